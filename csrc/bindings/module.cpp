@@ -1,0 +1,109 @@
+// tersor._C: thin pybind11 layer over the torch-free kernels. Tensors cross as integer data
+// addresses (t.data_ptr()) plus sizes and strides: that costs ~1 us per call, against 10+ us
+// for a torch custom op in eager mode (DESIGN decision 2). All validation happens in
+// python/tersor/ops/; these functions trust their arguments.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "common/cpu_features.h"
+#include "dequant/dequant.h"
+#include "gemm_w8/gemm_w8.h"
+#include "gemm_w8a8/gemm_w8a8.h"
+#include "quant_act/quant_act.h"
+
+namespace py = pybind11;
+using tersor::PackedW8LinearArgs;
+
+namespace {
+
+template <typename T>
+T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+PackedW8LinearArgs linear_args(std::uintptr_t x, int64_t M, int64_t K, int64_t ldx,
+                               std::uintptr_t w, std::uintptr_t colsum, std::uintptr_t w_scale,
+                               int64_t N, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
+                               int nthreads) {
+  return PackedW8LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const int8_t>(w),
+                            ptr<const int32_t>(colsum), ptr<const float>(w_scale), N,
+                            ptr<const float>(bias), ptr<float>(y), ldy, nthreads};
+}
+
+void bind_cpu(py::module_& m) {
+  m.def("cpu_info", [] {
+    using namespace tersor;
+    const CpuFeatures& f = cpu_features();
+    py::dict features;
+    features["avx2"] = f.avx2; features["fma"] = f.fma; features["f16c"] = f.f16c;
+    features["avx512f"] = f.avx512f; features["avx512bw"] = f.avx512bw;
+    features["avx512vl"] = f.avx512vl; features["avx512dq"] = f.avx512dq;
+    features["avx512vnni"] = f.avx512vnni;
+    features["os_ymm"] = f.os_ymm; features["os_zmm"] = f.os_zmm;
+    py::list avail;
+    for (Isa i : {Isa::Ref, Isa::Avx2, Isa::Avx512})
+      if (isa_available(i)) avail.append(isa_name(i));
+    py::dict d;
+    d["features"] = features;
+    d["available"] = avail;
+    d["best"] = isa_name(best_isa());
+    d["active"] = isa_name(active_isa());
+#if defined(_OPENMP)
+    d["openmp"] = true;
+#else
+    d["openmp"] = false;
+#endif
+    return d;
+  }, "CPU features (CPUID + XCR0), the ISA paths available, and the one TERSOR_CPU_ISA selects.");
+}
+
+void bind_quant_act(py::module_& m) {
+  m.def("quantize_rows",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t q,
+           std::uintptr_t scales, int nthreads) {
+          tersor::quant_act::quantize_rows(ptr<const float>(x), M, K, ldx, ptr<int8_t>(q),
+                                           ptr<float>(scales), nthreads);
+        },
+        py::call_guard<py::gil_scoped_release>());
+}
+
+void bind_gemm_w8a8(py::module_& m) {
+  m.def("gemm_w8a8",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t w,
+           std::uintptr_t colsum, std::uintptr_t w_scale, int64_t N, std::uintptr_t bias,
+           std::uintptr_t y, int64_t ldy, int nthreads) {
+          tersor::gemm_w8a8::run(
+              linear_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads));
+        },
+        py::call_guard<py::gil_scoped_release>());
+}
+
+void bind_gemm_w8(py::module_& m) {
+  m.def("gemm_w8",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t w,
+           std::uintptr_t w_scale, int64_t N, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
+           int nthreads) {
+          tersor::gemm_w8::run(linear_args(x, M, K, ldx, w, 0, w_scale, N, bias, y, ldy, nthreads));
+        },
+        py::call_guard<py::gil_scoped_release>());
+}
+
+void bind_dequant(py::module_& m) {
+  m.def("dequant_w8",
+        [](std::uintptr_t w, std::uintptr_t w_scale, int64_t N, int64_t K, std::uintptr_t out,
+           int nthreads) {
+          tersor::dequant::w8({ptr<const int8_t>(w), ptr<const float>(w_scale), N, K,
+                               ptr<float>(out), nthreads});
+        },
+        py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "tersor native kernels (torch-free)";
+  bind_cpu(m);
+  bind_quant_act(m);
+  bind_gemm_w8a8(m);
+  bind_gemm_w8(m);
+  bind_dequant(m);
+}

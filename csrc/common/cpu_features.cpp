@@ -1,0 +1,95 @@
+#include "common/cpu_features.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+#if defined(TERSOR_X86)
+#include <cpuid.h>
+#endif
+
+namespace tersor {
+namespace {
+
+CpuFeatures detect() {
+  CpuFeatures f;
+#if defined(TERSOR_X86)
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = c & (1u << 27);
+  f.fma = c & (1u << 12);
+  f.f16c = c & (1u << 29);
+  if (osxsave) {
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    f.os_ymm = (xlo & 0x6) == 0x6;     // SSE + AVX state
+    f.os_zmm = (xlo & 0xe6) == 0xe6;   // + opmask, ZMM_Hi256, Hi16_ZMM
+  }
+  if (__get_cpuid_max(0, nullptr) >= 7) {
+    __cpuid_count(7, 0, a, b, c, d);
+    f.avx2 = b & (1u << 5);
+    f.avx512f = b & (1u << 16);
+    f.avx512dq = b & (1u << 17);
+    f.avx512bw = b & (1u << 30);
+    f.avx512vl = b & (1u << 31);
+    f.avx512vnni = c & (1u << 11);
+  }
+#endif
+  return f;
+}
+
+}  // namespace
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = detect();
+  return f;
+}
+
+bool isa_available(Isa isa) {
+  const CpuFeatures& f = cpu_features();
+  switch (isa) {
+    case Isa::Ref: return true;
+#if defined(TERSOR_X86)
+    case Isa::Avx2: return f.os_ymm && f.avx2 && f.fma && f.f16c;
+    case Isa::Avx512:
+      return f.os_zmm && f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq &&
+             f.avx512vnni;
+#endif
+    default: return false;
+  }
+}
+
+Isa best_isa() {
+  if (isa_available(Isa::Avx512)) return Isa::Avx512;
+  if (isa_available(Isa::Avx2)) return Isa::Avx2;
+  return Isa::Ref;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Ref: return "ref";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+Isa active_isa() {
+  const char* env = std::getenv("TERSOR_CPU_ISA");
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return best_isa();
+  Isa want;
+  if (std::strcmp(env, "ref") == 0) want = Isa::Ref;
+  else if (std::strcmp(env, "avx2") == 0) want = Isa::Avx2;
+  else if (std::strcmp(env, "avx512") == 0) want = Isa::Avx512;
+  else
+    throw std::invalid_argument(std::string("TERSOR_CPU_ISA='") + env +
+                                "' is not one of auto, ref, avx2, avx512");
+  if (!isa_available(want))
+    throw std::runtime_error(std::string("TERSOR_CPU_ISA=") + env +
+                             " is not available on this CPU/build (see tersor.cpu_info())");
+  return want;
+}
+
+int clamp_threads(int requested) { return requested < 1 ? 1 : requested; }
+
+}  // namespace tersor

@@ -1,0 +1,28 @@
+// CPU feature detection (CPUID + XCR0, once) and per-call ISA resolution.
+//
+// The resolved ISA is never cached: `active_isa()` reads TERSOR_CPU_ISA on every call, so a test
+// can force each path in turn in one process (FBGEMM's function-local-static cache made a later
+// override silently ineffective; we avoid that).
+#pragma once
+#include <string>
+
+namespace tersor {
+
+enum class Isa : int { Ref = 0, Avx2 = 1, Avx512 = 2 };
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512vnni = false;
+  bool os_ymm = false, os_zmm = false;  // XCR0: the OS saves the wider registers
+};
+
+const CpuFeatures& cpu_features();       // detected once (the CPU does not change)
+bool isa_available(Isa isa);              // compiled in and supported by CPU + OS
+Isa best_isa();                           // the best available
+Isa active_isa();                         // TERSOR_CPU_ISA override or best; throws if unusable
+const char* isa_name(Isa isa);
+
+// Number of threads a kernel may use: the caller passes torch.get_num_threads().
+int clamp_threads(int requested);
+
+}  // namespace tersor

@@ -1,0 +1,38 @@
+// Packed weight layouts shared by the kernels. The Python side (python/tersor/formats/) builds
+// them at conversion; the diagrams below and there must agree.
+#pragma once
+#include <cstdint>
+
+namespace tersor {
+
+// ---------------------------------------------------------------------------------------------
+// int8 per-output-channel weight, "VNNI4" blocked layout (used by gemm_w8a8, gemm_w8, dequant).
+//
+//   W is N x K (y = x W^T). Pad N up to Np = 16*ceil(N/16), K up to Kp = 4*ceil(K/4) with zeros.
+//
+//   packed[Np/16][Kp/4]  of  W8Tile:        one W8Tile = 64 bytes = one zmm load
+//
+//            k4 = 0          k4 = 1                       byte j of lane c holds W[16*nb + c][4*k4 + j]
+//   nb=0  | W8Tile | W8Tile | ... | W8Tile |     W8Tile:  lane c = 0       1             15
+//   nb=1  | W8Tile | ...                   |              [k0 k1 k2 k3][k0 k1 k2 k3]...[k0 k1 k2 k3]
+//   ...                                                    (4 consecutive k of one column = one
+//                                                           32-bit lane of vpdpbusd)
+//
+//   A column block (16 outputs, all of K) is one contiguous stream of Kp*16 bytes, which is what
+//   a bandwidth-bound M = 1 kernel wants; a compute-bound kernel reads NB blocks side by side.
+//   AVX2 reads a tile as two ymm: columns 0-7 then 8-15.
+//   Values are in [-127, 127] (symmetric; -128 is never produced) so that the AVX2 sign trick
+//   (|a| * sign(w, a) with vpmaddubsw) cannot saturate.
+//   Beside it: scale[Np] (fp32, 0 in the padding) and colsum[Np] (int32, sum_k W[n][k]) which
+//   the VNNI kernel needs to undo its +128 activation offset.
+struct W8Tile {
+  int8_t q[16][4];
+};
+static_assert(sizeof(W8Tile) == 64, "W8Tile must be exactly one 64-byte vector");
+
+constexpr int kW8BlockN = 16;  // output columns per tile
+constexpr int kW8BlockK = 4;   // k values per 32-bit lane
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+}  // namespace tersor

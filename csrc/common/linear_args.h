@@ -1,0 +1,21 @@
+// Arguments of a y = x W^T + b kernel over a packed int8 weight (common/formats.h, W8Tile).
+// Plain pointers, sizes and strides: the native core never sees a torch tensor.
+#pragma once
+#include <cstdint>
+
+namespace tersor {
+
+struct PackedW8LinearArgs {
+  const float* x;         // M x K activations, row stride ldx (elements), unit column stride
+  int64_t M, K, ldx;
+  const int8_t* w;        // W8Tile[Np/16][Kp/4]
+  const int32_t* colsum;  // [Np] sum_k W[n][k] (used by the VNNI +128 offset trick)
+  const float* w_scale;   // [Np] per-output-channel scale
+  int64_t N;
+  const float* bias;      // [N] or nullptr
+  float* y;               // M x N output, row stride ldy
+  int64_t ldy;
+  int nthreads;
+};
+
+}  // namespace tersor

@@ -1,0 +1,20 @@
+// Threading helpers. Kernels run one OpenMP parallel region per call with the thread count the
+// caller passes (torch.get_num_threads()), and split work statically: on a 2-core machine a
+// dynamic scheduler buys nothing and costs a few microseconds per call.
+#pragma once
+#include <cstdint>
+
+namespace tersor {
+
+// [begin, end) of `n` items for thread `t` of `nt`, balanced to within one item.
+inline void split_range(int64_t n, int nt, int t, int64_t* begin, int64_t* end) {
+  *begin = n * t / nt;
+  *end = n * (t + 1) / nt;
+}
+
+// Below ~1M multiply-adds the fork/join costs more than a second thread saves.
+inline int threads_for_work(double macs, int nthreads) {
+  return macs < (1 << 20) ? 1 : (nthreads < 1 ? 1 : nthreads);
+}
+
+}  // namespace tersor

@@ -1,0 +1,33 @@
+// AVX2 int8 -> fp32 dequantize: 8 bytes of a W8Tile = 2 columns x 4 k -> one ymm.
+#include <immintrin.h>
+
+#include "common/formats.h"
+#include "dequant/dequant.h"
+
+namespace tersor::dequant {
+
+void w8_avx2(const W8Args& a) {
+  const int64_t Kp = round_up(a.K, 4), k4n = Kp / 4;
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+  for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    const int8_t* wb = a.w + blk * Kp * 16;
+    for (int c = 0; c < 8; ++c) {
+      const int64_t n0 = blk * 16 + 2 * c;
+      if (n0 >= a.N) break;
+      const __m256 s = _mm256_setr_m128(_mm_set1_ps(a.w_scale[n0]), _mm_set1_ps(a.w_scale[n0 + 1]));
+      for (int64_t k4 = 0; k4 < k4n; ++k4) {
+        const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(wb + k4 * 64 + 8 * c));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s);
+        const int64_t kleft = a.K - 4 * k4;
+        const __m128i km = _mm_cmpgt_epi32(_mm_set1_epi32(kleft >= 4 ? 4 : (int)kleft),
+                                           _mm_setr_epi32(0, 1, 2, 3));
+        float* out = a.out + n0 * a.K + 4 * k4;
+        _mm_maskstore_ps(out, km, _mm256_castps256_ps128(f));
+        if (n0 + 1 < a.N) _mm_maskstore_ps(out + a.K, km, _mm256_extractf128_ps(f, 1));
+      }
+    }
+  }
+}
+
+}  // namespace tersor::dequant

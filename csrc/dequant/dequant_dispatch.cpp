@@ -1,0 +1,17 @@
+#include "common/cpu_features.h"
+#include "dequant/dequant.h"
+
+namespace tersor::dequant {
+
+void w8(const W8Args& a) {
+  if (a.N == 0 || a.K == 0) return;
+  switch (active_isa()) {
+#if defined(TERSOR_X86)
+    case Isa::Avx512: return w8_avx512(a);
+    case Isa::Avx2: return w8_avx2(a);
+#endif
+    default: return w8_ref(a);
+  }
+}
+
+}  // namespace tersor::dequant

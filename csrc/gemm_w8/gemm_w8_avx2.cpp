@@ -1,0 +1,84 @@
+// AVX2 W8 weight-only GEMM: the shift-widening of gemm_w8_avx512.cpp on two ymm per W8Tile
+// (columns 0-7, 8-15). Register tile: 4 rows x 16 columns.
+#include <immintrin.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common/formats.h"
+#include "common/parallel.h"
+#include "gemm_w8/gemm_w8.h"
+
+namespace tersor::gemm_w8 {
+namespace {
+
+constexpr int kMR = 4;
+
+inline __m256 widen(__m256i v, int j) {
+  switch (j) {
+    case 0: return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 24));
+    case 1: return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 16), 24));
+    case 2: return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 8), 24));
+    default: return _mm256_cvtepi32_ps(_mm256_srai_epi32(v, 24));
+  }
+}
+
+template <int MR>
+void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t m0, int64_t n0) {
+  __m256 acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  const float* x = a.x + m0 * a.ldx;
+  const int64_t k4n = round_up(a.K, 4) / 4;
+  for (int64_t k4 = 0; k4 < k4n; ++k4) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k4 * 64));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k4 * 64 + 32));
+    const int kn = a.K - 4 * k4 >= 4 ? 4 : static_cast<int>(a.K - 4 * k4);
+    for (int i = 0; i < kn; ++i) {
+      const __m256 dlo = widen(lo, i), dhi = widen(hi, i);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 xb = _mm256_set1_ps(x[r * a.ldx + 4 * k4 + i]);
+        acc[r][0] = _mm256_fmadd_ps(xb, dlo, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(xb, dhi, acc[r][1]);
+      }
+    }
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int h = 0; h < 2; ++h) {
+    const int64_t n = n0 + 8 * h;
+    if (n >= a.N) break;
+    const int64_t left = a.N - n;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+    const __m256 sw = _mm256_loadu_ps(a.w_scale + n);
+    const __m256 b = a.bias ? _mm256_maskload_ps(a.bias + n, mask) : _mm256_setzero_ps();
+    for (int r = 0; r < MR; ++r)
+      _mm256_maskstore_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm256_fmadd_ps(acc[r][h], sw, b));
+  }
+}
+
+using TileFn = void (*)(const PackedW8LinearArgs&, const int8_t*, int64_t, int64_t);
+constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>, tile<4>};
+
+}  // namespace
+
+void run_avx2(const PackedW8LinearArgs& a) {
+  const int64_t Kp = round_up(a.K, 4);
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#if defined(_OPENMP)
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#else
+    const int t = 0, tn = 1;
+#endif
+    int64_t b0, b1;
+    split_range(n_blocks, tn, t, &b0, &b1);
+    for (int64_t blk = b0; blk < b1; ++blk)
+      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
+        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
+        kTiles[mr - 1](a, a.w + blk * Kp * 16, m0, blk * 16);
+      }
+  }
+}
+
+}  // namespace tersor::gemm_w8

@@ -1,0 +1,120 @@
+// AVX-512 W8 weight-only GEMM.
+//
+// One W8Tile (64 bytes) holds 16 columns x 4 k, k in the bytes of each 32-bit lane. Shifting a
+// lane left so byte j sits on top, then arithmetic-shifting right by 24, sign-extends byte j of
+// every lane at once: four shift pairs + four int->float converts turn a tile into the 4 zmm
+// W[., k..k+3] without any shuffle. Register tile: MR = 8 rows x NB = 2 blocks (32 columns).
+#include <immintrin.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common/formats.h"
+#include "common/parallel.h"
+#include "gemm_w8/gemm_w8.h"
+
+namespace tersor::gemm_w8 {
+namespace {
+
+constexpr int kMR = 8;
+constexpr int kNB = 2;
+
+template <int J>
+inline __m512 widen(__m512i v) {  // byte J of each lane, sign-extended, as float
+  if constexpr (J == 3) return _mm512_cvtepi32_ps(_mm512_srai_epi32(v, 24));
+  else return _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * J), 24));
+}
+
+template <int MR, int NB>
+void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t w_block_stride, int64_t m0,
+          int64_t n0) {
+  __m512 acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
+  const float* x = a.x + m0 * a.ldx;
+  const int64_t kfull = a.K / 4;
+  for (int64_t k4 = 0; k4 < kfull; ++k4) {
+    __m512 d[NB][4];
+    for (int j = 0; j < NB; ++j) {
+      const __m512i v = _mm512_loadu_si512(w + j * w_block_stride + k4 * 64);
+      d[j][0] = widen<0>(v); d[j][1] = widen<1>(v); d[j][2] = widen<2>(v); d[j][3] = widen<3>(v);
+    }
+    for (int r = 0; r < MR; ++r) {
+      const float* xr = x + r * a.ldx + 4 * k4;
+      for (int i = 0; i < 4; ++i) {
+        const __m512 xb = _mm512_set1_ps(xr[i]);
+        for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_fmadd_ps(xb, d[j][i], acc[r][j]);
+      }
+    }
+  }
+  const int ktail = static_cast<int>(a.K % 4);
+  if (ktail) {
+    __m512 d[NB][3];
+    for (int j = 0; j < NB; ++j) {
+      const __m512i v = _mm512_loadu_si512(w + j * w_block_stride + kfull * 64);
+      d[j][0] = widen<0>(v); d[j][1] = widen<1>(v); d[j][2] = widen<2>(v);
+    }
+    for (int r = 0; r < MR; ++r) {
+      const float* xr = x + r * a.ldx + 4 * kfull;
+      for (int i = 0; i < ktail; ++i) {
+        const __m512 xb = _mm512_set1_ps(xr[i]);
+        for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_fmadd_ps(xb, d[j][i], acc[r][j]);
+      }
+    }
+  }
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = n0 + 16 * j;
+    if (n >= a.N) break;
+    const int64_t left = a.N - n;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
+    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r)
+      _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_fmadd_ps(acc[r][j], sw, b));
+  }
+}
+
+using TileFn = void (*)(const PackedW8LinearArgs&, const int8_t*, int64_t, int64_t, int64_t);
+template <int MR>
+constexpr TileFn pick_nb(int nb) { return nb == 1 ? tile<MR, 1> : tile<MR, 2>; }
+TileFn pick(int mr, int nb) {
+  switch (mr) {
+    case 1: return pick_nb<1>(nb);
+    case 2: return pick_nb<2>(nb);
+    case 3: return pick_nb<3>(nb);
+    case 4: return pick_nb<4>(nb);
+    case 5: return pick_nb<5>(nb);
+    case 6: return pick_nb<6>(nb);
+    case 7: return pick_nb<7>(nb);
+    default: return pick_nb<8>(nb);
+  }
+}
+
+}  // namespace
+
+void run_avx512(const PackedW8LinearArgs& a) {
+  const int64_t Kp = round_up(a.K, 4);
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const int64_t n_chunks = (n_blocks + kNB - 1) / kNB;
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#if defined(_OPENMP)
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#else
+    const int t = 0, tn = 1;
+#endif
+    int64_t c0, c1;
+    split_range(n_chunks, tn, t, &c0, &c1);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t b0 = ch * kNB;
+      const int nb = static_cast<int>(n_blocks - b0 < kNB ? n_blocks - b0 : kNB);
+      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
+        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
+        pick(mr, nb)(a, a.w + b0 * Kp * 16, Kp * 16, m0, b0 * 16);
+      }
+    }
+  }
+}
+
+}  // namespace tersor::gemm_w8

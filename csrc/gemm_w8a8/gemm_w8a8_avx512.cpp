@@ -1,0 +1,154 @@
+// AVX-512 VNNI W8A8 GEMM.
+//
+// vpdpbusd multiplies unsigned by signed bytes, so activations are stored as u8 = q + 128
+// (q XOR 0x80) and the epilogue subtracts 128 * colsum[n] (precomputed at pack time):
+//     sum_k (q_k + 128) w_k  -  128 sum_k w_k  =  sum_k q_k w_k        (exact in int32)
+//
+// Activations are quantized straight into an interleaved A panel, 8 rows per panel:
+//
+//   apanel[M/8][Kp/4][8 rows][4 k]  u8      one 32-bit broadcast = 4 k of one row
+//
+// so a register tile of MR = 8 rows x NB = 3 column blocks (48 outputs, 24 zmm accumulators,
+// FBGEMM's AVX512-VNNI shape) reads one A stream and three W streams. Threads split the column
+// blocks; each thread keeps its current 3-block W panel (3 * Kp * 16 bytes, 192 KiB at K = 4096)
+// in L2 while it walks all rows, so W is read from memory exactly once per call.
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <memory>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common/formats.h"
+#include "common/parallel.h"
+#include "gemm_w8a8/gemm_w8a8.h"
+#include "quant_act/quant_act.h"
+
+namespace tersor::gemm_w8a8 {
+namespace {
+
+constexpr int kMR = 8;
+constexpr int kNB = 3;
+
+struct TileCtx {
+  const uint8_t* apanel;  // this tile's panel: [Kp/4][8][4]
+  const int8_t* w;        // first column block of the tile
+  int64_t w_block_stride; // bytes between column blocks (Kp * 16)
+  int64_t k4n;
+  const float* sx;        // activation scales of the tile's rows
+  const PackedW8LinearArgs* a;
+  int64_t m0, n0;
+};
+
+template <int MR, int NB>
+void tile(const TileCtx& c) {
+  __m512i acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
+
+  const uint8_t* ap = c.apanel;
+  const int8_t* wp = c.w;
+  for (int64_t k4 = 0; k4 < c.k4n; ++k4, ap += 4 * kMR, wp += 64) {
+    __m512i w[NB];
+    for (int j = 0; j < NB; ++j) w[j] = _mm512_loadu_si512(wp + j * c.w_block_stride);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r));
+      for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, w[j]);
+    }
+  }
+
+  const PackedW8LinearArgs& a = *c.a;
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = c.n0 + 16 * j;
+    if (n >= a.N) break;
+    const int64_t left = a.N - n;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(a.colsum + n), 7);
+    const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
+    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], comp));
+      const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c.sx[r]), sw);
+      _mm512_mask_storeu_ps(a.y + (c.m0 + r) * a.ldy + n, mask, _mm512_fmadd_ps(v, s, b));
+    }
+  }
+}
+
+using TileFn = void (*)(const TileCtx&);
+
+template <int MR>
+constexpr TileFn pick_nb(int nb) {
+  return nb == 1 ? tile<MR, 1> : nb == 2 ? tile<MR, 2> : tile<MR, 3>;
+}
+
+TileFn pick(int mr, int nb) {
+  switch (mr) {
+    case 1: return pick_nb<1>(nb);
+    case 2: return pick_nb<2>(nb);
+    case 3: return pick_nb<3>(nb);
+    case 4: return pick_nb<4>(nb);
+    case 5: return pick_nb<5>(nb);
+    case 6: return pick_nb<6>(nb);
+    case 7: return pick_nb<7>(nb);
+    default: return pick_nb<8>(nb);
+  }
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+}  // namespace
+
+void run_avx512(const PackedW8LinearArgs& a) {
+  const int64_t Kp = round_up(a.K, 4), k4n = Kp / 4;
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const int64_t n_chunks = (n_blocks + kNB - 1) / kNB;
+  const int64_t m_panels = (a.M + kMR - 1) / kMR;
+  const int64_t panel_bytes = Kp * kMR;
+
+  std::unique_ptr<uint8_t, FreeDeleter> apanel(
+      static_cast<uint8_t*>(std::aligned_alloc(64, round_up(m_panels * panel_bytes, 64))));
+  std::unique_ptr<float, FreeDeleter> sx(
+      static_cast<float*>(std::aligned_alloc(64, round_up(m_panels * kMR * 4, 64))));
+
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
+      sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, dst, 4 * kMR, 0x80);
+    }
+    // implicit barrier: the whole A panel is ready
+
+#if defined(_OPENMP)
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#else
+    const int t = 0, tn = 1;
+#endif
+    int64_t c0, c1;
+    split_range(n_chunks, tn, t, &c0, &c1);
+    TileCtx ctx;
+    ctx.a = &a;
+    ctx.k4n = k4n;
+    ctx.w_block_stride = Kp * 16;
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t b0 = ch * kNB;
+      const int nb = static_cast<int>(n_blocks - b0 < kNB ? n_blocks - b0 : kNB);
+      ctx.w = a.w + b0 * Kp * 16;
+      ctx.n0 = b0 * 16;
+      for (int64_t mp = 0; mp < m_panels; ++mp) {
+        const int64_t m0 = mp * kMR;
+        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
+        ctx.apanel = apanel.get() + mp * panel_bytes;
+        ctx.sx = sx.get() + m0;
+        ctx.m0 = m0;
+        pick(mr, nb)(ctx);
+      }
+    }
+  }
+}
+
+}  // namespace tersor::gemm_w8a8

@@ -1,0 +1,31 @@
+// Dynamic per-row activation quantization: fp32 row -> int8 codes + one fp32 scale.
+//
+//   amax  = max_k |x[k]|                  (exact)
+//   inv   = 127.0f / amax                 (one fp32 division, same in every ISA path)
+//   q[k]  = round_half_even(x[k] * inv)   in [-127, 127]
+//   scale = amax / 127.0f
+// amax == 0 gives scale 0 and q == 0. A row holding NaN or Inf gives scale NaN and q == 0, so
+// the GEMM epilogue turns the whole output row into NaN (NaN propagates, defined and tested).
+//
+// Codes are written in groups of 4 (one VNNI lane): byte k goes to
+//   dst[(k / 4) * group_stride + k % 4]
+// so the same routine writes a plain row (group_stride = 4) or one row of an interleaved
+// A panel (group_stride = 4 * rows_per_panel). Bytes K..Kp-1 are written as code 0. Every code
+// is XORed with `xor_mask` (0x80 turns s8 codes into the u8 "q + 128" that vpdpbusd wants).
+#pragma once
+#include <cstdint>
+
+namespace tersor::quant_act {
+
+float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                       uint8_t xor_mask);
+float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                        uint8_t xor_mask);
+float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                          uint8_t xor_mask);
+
+// Plain row-major s8 output for tests / tools: q is M x K (ld = K), scales M.
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scales,
+                   int nthreads);
+
+}  // namespace tersor::quant_act

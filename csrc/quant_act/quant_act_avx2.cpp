@@ -1,0 +1,65 @@
+// AVX2 per-row activation quantization (rules in quant_act.h; bit-exact with the ref).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "common/formats.h"
+#include "quant_act/quant_act.h"
+
+namespace tersor::quant_act {
+
+float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                        uint8_t xor_mask) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 vmax = zero, nonfinite = zero;
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 v = _mm256_loadu_ps(x + k);
+    vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, abs_mask));
+    nonfinite = _mm256_add_ps(nonfinite, _mm256_mul_ps(v, zero));
+  }
+  alignas(32) float lanes[8], checks[8];
+  _mm256_store_ps(lanes, vmax);
+  _mm256_store_ps(checks, nonfinite);
+  float amax = 0.0f;
+  bool finite = true;
+  for (int i = 0; i < 8; ++i) {
+    amax = std::fmax(amax, lanes[i]);
+    if (std::isnan(checks[i])) finite = false;
+  }
+  for (; k < K; ++k) {
+    if (!std::isfinite(x[k])) finite = false;
+    amax = std::fmax(amax, std::fabs(x[k]));
+  }
+  const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
+  const int64_t Kp = round_up(K, 4);
+  auto put = [&](int64_t kk, int8_t v) {
+    dst[(kk / 4) * group_stride + (kk % 4)] = static_cast<uint8_t>(v) ^ xor_mask;
+  };
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const __m128i vxor = _mm_set1_epi8(static_cast<char>(xor_mask));
+  k = 0;
+  if (finite) {
+    for (; k + 8 <= K; k += 8) {
+      __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv));
+      q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
+      const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+      const __m128i b = _mm_xor_si128(_mm_packs_epi16(w16, w16), vxor);  // 8 codes, low half
+      const int32_t g0 = _mm_cvtsi128_si32(b), g1 = _mm_extract_epi32(b, 1);
+      std::memcpy(dst + (k / 4) * group_stride, &g0, 4);
+      std::memcpy(dst + (k / 4 + 1) * group_stride, &g1, 4);
+    }
+    for (; k < K; ++k) {
+      float v = std::nearbyint(x[k] * inv);
+      put(k, static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, v))));
+    }
+  }
+  for (; k < Kp; ++k) put(k, 0);
+  if (!finite) return NAN;
+  return amax > 0.0f ? amax / 127.0f : 0.0f;
+}
+
+}  // namespace tersor::quant_act

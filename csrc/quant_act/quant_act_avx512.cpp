@@ -1,0 +1,62 @@
+// AVX-512 per-row activation quantization (rules in quant_act.h; bit-exact with the ref).
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "common/formats.h"
+#include "quant_act/quant_act.h"
+
+namespace tersor::quant_act {
+
+float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                          uint8_t xor_mask) {
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 vmax = zero;
+  __m512 nonfinite = zero;  // sum of x * 0: NaN iff some x is NaN or Inf
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 v = _mm512_loadu_ps(x + k);
+    vmax = _mm512_max_ps(vmax, _mm512_and_ps(v, abs_mask));
+    nonfinite = _mm512_add_ps(nonfinite, _mm512_mul_ps(v, zero));
+  }
+  if (k < K) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+    vmax = _mm512_max_ps(vmax, _mm512_and_ps(v, abs_mask));
+    nonfinite = _mm512_add_ps(nonfinite, _mm512_mul_ps(v, zero));
+  }
+  const float amax = _mm512_reduce_max_ps(vmax);
+  const float check = _mm512_reduce_add_ps(nonfinite);
+  const bool finite = !std::isnan(check);
+  const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
+
+  const int64_t Kp = round_up(K, 4);
+  const __m512 vinv = _mm512_set1_ps(inv);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  const __m128i vxor = _mm_set1_epi8(static_cast<char>(xor_mask));
+  const __m128i gidx = _mm_setr_epi32(0, 1 * (int)group_stride, 2 * (int)group_stride,
+                                      3 * (int)group_stride);
+  for (k = 0; k < Kp; k += 16) {
+    const int64_t left = K - k;
+    const __mmask16 m =
+        left >= 16 ? static_cast<__mmask16>(0xffff)
+                   : static_cast<__mmask16>(left > 0 ? (1u << left) - 1 : 0);
+    __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+    if (!finite) v = zero;
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, vinv));  // MXCSR: round half to even
+    q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+    const __m128i b = _mm_xor_si128(_mm512_cvtepi32_epi8(q), vxor);
+    const int64_t bytes = Kp - k < 16 ? Kp - k : 16;  // multiple of 4
+    uint8_t* out = dst + (k / 4) * group_stride;
+    if (group_stride == 4) {
+      _mm_mask_storeu_epi8(out, static_cast<__mmask16>((1u << bytes) - 1), b);
+    } else {
+      _mm_mask_i32scatter_epi32(out, static_cast<__mmask8>((1u << (bytes / 4)) - 1), gidx, b, 1);
+    }
+  }
+  if (!finite) return NAN;
+  return amax > 0.0f ? amax / 127.0f : 0.0f;
+}
+
+}  // namespace tersor::quant_act

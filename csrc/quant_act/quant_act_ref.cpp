@@ -1,0 +1,63 @@
+// Portable oracle for per-row activation quantization (see quant_act.h for the exact rules).
+#include <cmath>
+
+#include "common/cpu_features.h"
+#include "common/formats.h"
+#include "quant_act/quant_act.h"
+
+namespace tersor::quant_act {
+
+float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                       uint8_t xor_mask) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t k = 0; k < K; ++k) {
+    if (!std::isfinite(x[k])) finite = false;
+    amax = std::fmax(amax, std::fabs(x[k]));
+  }
+  const int64_t Kp = round_up(K, 4);
+  auto put = [&](int64_t k, int8_t v) {
+    dst[(k / 4) * group_stride + (k % 4)] = static_cast<uint8_t>(v) ^ xor_mask;
+  };
+  if (!finite || amax == 0.0f) {
+    for (int64_t k = 0; k < Kp; ++k) put(k, 0);
+    return finite ? 0.0f : NAN;
+  }
+  const float inv = 127.0f / amax;
+  for (int64_t k = 0; k < K; ++k) {
+    float v = std::nearbyint(x[k] * inv);  // default rounding mode: half to even
+    v = std::fmin(127.0f, std::fmax(-127.0f, v));
+    put(k, static_cast<int8_t>(v));
+  }
+  for (int64_t k = K; k < Kp; ++k) put(k, 0);
+  return amax / 127.0f;
+}
+
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scales,
+                   int nthreads) {
+  // Row-major output means group_stride 4, Kp == K only if K % 4 == 0: use a scratch-free path
+  // that writes exactly K codes per row by quantizing into a padded temporary.
+  const Isa isa = active_isa();
+  const int64_t Kp = round_up(K, 4);
+#pragma omp parallel num_threads(clamp_threads(M >= 8 ? nthreads : 1))
+  {
+    uint8_t* tmp = new uint8_t[Kp];
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xr = x + m * ldx;
+      float s;
+      switch (isa) {
+#if defined(TERSOR_X86)
+        case Isa::Avx512: s = quantize_row_avx512(xr, K, tmp, 4, 0); break;
+        case Isa::Avx2: s = quantize_row_avx2(xr, K, tmp, 4, 0); break;
+#endif
+        default: s = quantize_row_ref(xr, K, tmp, 4, 0); break;
+      }
+      scales[m] = s;
+      for (int64_t k = 0; k < K; ++k) q[m * K + k] = static_cast<int8_t>(tmp[k]);
+    }
+    delete[] tmp;
+  }
+}
+
+}  // namespace tersor::quant_act

@@ -1,0 +1,139 @@
+"""quantize_: swap a model's nn.Linear layers for QLinear, all or nothing, and report."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from tersor.configs import W8A8Config, W8Config
+from tersor.nn.qlinear import QLinear
+
+_CONFIGS = (W8A8Config, W8Config)
+
+
+@dataclass
+class LayerReport:
+    fqn: str
+    shape: tuple  # (out_features, in_features)
+    scheme: str  # the scheme applied, or "dense"
+    bytes_before: int
+    bytes_after: int
+    reason: str = ""  # why the layer was left dense
+
+
+@dataclass
+class Report:
+    """Per-layer outcome of a conversion; ``print(report)`` gives a table."""
+
+    scheme: str
+    layers: list = field(default_factory=list)
+
+    @property
+    def converted(self) -> list:
+        return [r for r in self.layers if r.scheme != "dense"]
+
+    @property
+    def skipped(self) -> list:
+        return [r for r in self.layers if r.scheme == "dense"]
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(r.bytes_before for r in self.layers)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(r.bytes_after for r in self.layers)
+
+    def __str__(self) -> str:
+        rows = [("layer", "shape (N, K)", "scheme", "MiB before", "MiB after", "note")]
+        for r in self.layers:
+            rows.append((r.fqn, str(r.shape), r.scheme, f"{r.bytes_before / 2**20:.3f}",
+                         f"{r.bytes_after / 2**20:.3f}", r.reason))
+        widths = [max(len(row[i]) for row in rows) for i in range(6)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"{len(self.converted)} converted to {self.scheme}, {len(self.skipped)} left "
+                     f"dense; linear weights {self.bytes_before / 2**20:.2f} MiB -> "
+                     f"{self.bytes_after / 2**20:.2f} MiB")
+        return "\n".join(lines)
+
+
+def _linear_bytes(m: nn.Linear) -> int:
+    return sum(p.numel() * p.element_size() for p in (m.weight, m.bias) if p is not None)
+
+
+def _cannot_serve(m: nn.Linear, parent: Optional[nn.Module]) -> str:
+    """Why the int8 CPU schemes cannot run this layer, or "" if they can."""
+    if isinstance(parent, nn.MultiheadAttention):
+        return "out_proj of nn.MultiheadAttention (its fused path reads .weight directly)"
+    if m.weight.dtype != torch.float32:
+        return f"weight dtype {m.weight.dtype}: the kernels take float32 layers"
+    if m.weight.device.type != "cpu":
+        return f"on {m.weight.device}: no native kernel for this device yet"
+    if m.in_features > 65536:
+        return f"in_features={m.in_features} > 65536 (int32 accumulator bound)"
+    if m.in_features == 0 or m.out_features == 0:
+        return "empty layer"
+    return ""
+
+
+def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:
+    """Replace every eligible ``nn.Linear`` of ``model`` in place; returns a Report.
+
+    ``filter_fn(module, fqn) -> bool`` picks layers. Layers the scheme cannot serve are left
+    dense and listed with the reason. All replacements are built before any is installed, so a
+    failure leaves the model exactly as it was (the error names the layer).
+    """
+    if not isinstance(config, _CONFIGS):
+        raise TypeError(f"tersor.quantize_: config must be one of "
+                        f"{[c.__name__ for c in _CONFIGS]}, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"tersor.quantize_: model must be an nn.Module, got {type(model).__name__}")
+    if type(model) is nn.Linear:
+        raise ValueError("tersor.quantize_: the model is a bare nn.Linear, which cannot be "
+                         "swapped in place; wrap it (nn.Sequential(linear)) or use "
+                         "tersor.nn.QLinear.from_float")
+    report = Report(config.scheme)
+
+    parents = {}
+    for pname, parent in model.named_modules(remove_duplicate=False):
+        for cname, child in parent._modules.items():  # named_children() drops repeats
+            if child is not None:
+                parents.setdefault(f"{pname}.{cname}" if pname else cname, (parent, cname))
+
+    plan, seen = [], {}
+    for fqn, (parent, cname) in parents.items():
+        m = parent._modules[cname]
+        if not isinstance(m, nn.Linear):
+            continue
+        shape = (m.out_features, m.in_features)
+        size = _linear_bytes(m)
+        reason = _cannot_serve(m, parent)
+        if not reason and fqn in config.skip_names:
+            reason = "listed in config.skip_names"
+        if not reason and filter_fn is not None and not filter_fn(m, fqn):
+            reason = "filter_fn returned False"
+        if reason:
+            report.layers.append(LayerReport(fqn, shape, "dense", size, size, reason))
+            continue
+        plan.append((fqn, parent, cname, m))
+
+    built = {}
+    for fqn, parent, cname, m in plan:
+        if id(m) in seen:  # a module shared under several names is converted once
+            continue
+        try:
+            built[id(m)] = QLinear.from_float(m, config, name=fqn)
+        except Exception as e:
+            raise type(e)(f"tersor.quantize_: converting '{fqn}' failed ({e}); the model is "
+                          f"unchanged") from e
+        seen[id(m)] = fqn
+
+    for fqn, parent, cname, m in plan:
+        q = built[id(m)]
+        setattr(parent, cname, q)
+        report.layers.append(LayerReport(fqn, (m.out_features, m.in_features), config.scheme,
+                                         _linear_bytes(m), q.nbytes))
+    return report

@@ -1,0 +1,47 @@
+"""Frozen configuration dataclasses: one per compression scheme (``<Scheme>Config``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KERNELS = ("auto", "native", "ref")
+
+
+def _check_kernel(cls: str, kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"{cls}.kernel must be one of {KERNELS}, got {kernel!r}")
+
+
+@dataclass(frozen=True)
+class _QuantConfig:
+    """Fields every quantization config has.
+
+    kernel: "auto" (native kernels where the device has them, else the torch reference),
+            "native" (refuse to run without them), "ref" (the torch reference, for debugging).
+    skip_names: fully qualified names of layers to leave dense (an output head, say).
+    """
+
+    kernel: str = "auto"
+    skip_names: tuple = ()
+
+    scheme = ""
+
+    def __post_init__(self):
+        _check_kernel(type(self).__name__, self.kernel)
+        if not isinstance(self.skip_names, tuple) or not all(
+                isinstance(s, str) for s in self.skip_names):
+            raise ValueError(f"{type(self).__name__}.skip_names must be a tuple of str, got "
+                             f"{self.skip_names!r}")
+
+
+@dataclass(frozen=True)
+class W8A8Config(_QuantConfig):
+    """int8 weights (symmetric, per output channel) x int8 activations (dynamic, per row)."""
+
+    scheme = "w8a8"
+
+
+@dataclass(frozen=True)
+class W8Config(_QuantConfig):
+    """int8 weights (symmetric, per output channel) x float32 activations (weight-only)."""
+
+    scheme = "w8"

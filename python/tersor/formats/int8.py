@@ -1,0 +1,82 @@
+"""int8 weights, symmetric per output channel.
+
+Canonical (state_dict) form, hardware-neutral::
+
+    weight_int8   int8    [N, K]   values in [-127, 127]
+    weight_scale  float32 [N]      W[n, k] ~= weight_int8[n, k] * weight_scale[n]
+
+Kernel form ("VNNI4" blocks, csrc/common/formats.h ``W8Tile``), built once at conversion::
+
+    N padded to Np = 16*ceil(N/16), K to Kp = 4*ceil(K/4), zeros in the padding
+
+    packed[Np/16][Kp/4][16][4] int8          one [16][4] tile = 64 bytes = one zmm
+
+                  k4 = 0           k4 = 1
+    nb = 0   [c0: k0 k1 k2 k3]  [c0: k4 k5 k6 k7]  ...     c = column within the block
+             [c1: k0 k1 k2 k3]  [c1: k4 ...     ]          (4 consecutive k of one column
+             ...                                            fill one 32-bit VNNI lane)
+             [c15: k0 .. k3  ]
+    nb = 1   ...
+
+    colsum[Np] int32 = sum_k weight_int8[n, k]   (undoes the VNNI kernel's +128 offset)
+    scale[Np]  fp32  (0 in the padding)
+
+-128 is never produced so that the AVX2 sign trick cannot saturate (see gemm_w8a8_avx2.cpp).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_N = 16
+BLOCK_K = 4
+QMAX = 127
+
+
+@dataclass(frozen=True)
+class PackedInt8:
+    packed: torch.Tensor  # int8 [Np/16, Kp/4, 16, 4]
+    colsum: torch.Tensor  # int32 [Np]
+    scale: torch.Tensor  # float32 [Np]
+    out_features: int
+    in_features: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.packed, self.colsum, self.scale))
+
+
+def _round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+def quantize_per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest symmetric per-row quantization of a float [N, K] weight."""
+    w = weight.detach().to(torch.float32)
+    amax = w.abs().amax(dim=1)
+    scale = amax / QMAX
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / safe[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, scale.contiguous()
+
+
+def pack_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedInt8:
+    """Canonical (int8 [N, K], fp32 [N]) -> kernel layout. Values must lie in [-127, 127]."""
+    n, k = q.shape
+    np_, kp = _round_up(n, BLOCK_N), _round_up(k, BLOCK_K)
+    padded = torch.zeros(np_, kp, dtype=torch.int8)
+    padded[:n, :k] = q
+    packed = padded.view(np_ // BLOCK_N, BLOCK_N, kp // BLOCK_K, BLOCK_K).permute(0, 2, 1, 3)
+    colsum = torch.zeros(np_, dtype=torch.int32)
+    colsum[:n] = q.to(torch.int32).sum(dim=1, dtype=torch.int32)
+    scale_p = torch.zeros(np_, dtype=torch.float32)
+    scale_p[:n] = scale
+    return PackedInt8(packed.contiguous(), colsum, scale_p, n, k)
+
+
+def unpack_int8(packed: torch.Tensor, scale: torch.Tensor, n: int, k: int):
+    """Kernel layout -> canonical (int8 [N, K], fp32 [N])."""
+    nb, k4, _, _ = packed.shape
+    q = packed.permute(0, 2, 1, 3).reshape(nb * BLOCK_N, k4 * BLOCK_K)
+    return q[:n, :k].contiguous(), scale[:n].contiguous()

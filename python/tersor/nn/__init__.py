@@ -1,0 +1,3 @@
+from tersor.nn.qlinear import QLinear
+
+__all__ = ["QLinear"]

@@ -1,0 +1,43 @@
+"""Reference math for the int8 family, written from the rules, not from the kernels.
+
+Shapes: x [M, K] float32, q [N, K] int8 (canonical), w_scale [N] float32, bias [N] or None.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def quantize_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: the exact rules of csrc/quant_act/quant_act.h."""
+    x = x.to(torch.float32)
+    amax = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])
+    finite = torch.isfinite(x).all(dim=1)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    inv = torch.where(finite, inv, torch.zeros_like(inv))
+    xs = torch.where(finite[:, None], x, torch.zeros_like(x))
+    q = torch.round(xs * inv[:, None]).clamp_(-127, 127).to(torch.int8)  # half to even
+    scale = torch.where(finite, amax / 127.0, torch.full_like(amax, float("nan")))
+    return q, scale
+
+
+def gemm_w8a8_ref(x, q, w_scale, bias=None):
+    """Dynamic int8 activations x int8 weights; integer products summed exactly (fp64)."""
+    qx, sx = quantize_rows_ref(x)
+    acc = qx.to(torch.float64) @ q.to(torch.float64).t()  # |acc| < 2^53: exact
+    y = acc * (sx[:, None].to(torch.float64) * w_scale[None, :].to(torch.float64))
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(torch.float32)
+
+
+def gemm_w8_ref(x, q, w_scale, bias=None):
+    """fp32 activations x dequantized int8 weights, accumulated in fp64."""
+    w = q.to(torch.float64) * w_scale.to(torch.float64)[:, None]
+    y = x.to(torch.float64) @ w.t()
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(torch.float32)
+
+
+def dequant_w8_ref(q, w_scale):
+    return q.to(torch.float32) * w_scale[:, None]

@@ -1,0 +1,36 @@
+import os
+
+import pytest
+import torch
+
+import tersor
+
+ISAS = tersor.available_isas()
+ALL_ISAS = ("ref", "avx2", "avx512")
+
+
+@pytest.fixture(params=ALL_ISAS)
+def isa(request, monkeypatch):
+    """Force one CPU path through TERSOR_CPU_ISA; paths this CPU lacks are skipped (reason)."""
+    if request.param not in ISAS:
+        pytest.skip(f"{request.param} is not available on this CPU/build: {ISAS}")
+    monkeypatch.setenv("TERSOR_CPU_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
+
+
+def ref_isa_output(fn):
+    """Run fn under the portable ref path (the C oracle), restoring the caller's choice."""
+    old = os.environ.get("TERSOR_CPU_ISA")
+    os.environ["TERSOR_CPU_ISA"] = "ref"
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ["TERSOR_CPU_ISA"]
+        else:
+            os.environ["TERSOR_CPU_ISA"] = old

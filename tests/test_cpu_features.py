@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+import tersor
+from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
+from tersor.ops import gemm_w8a8
+
+
+def test_cpu_info_reports_paths():
+    info = tersor.cpu_info()
+    assert "ref" in info["available"]
+    assert info["best"] in info["available"]
+    assert info["active"] == info["best"] or info["override"] != "auto"
+    assert info["threads"] == torch.get_num_threads()
+
+
+def test_override_is_read_per_call(isa):
+    assert tersor.cpu_info()["active"] == isa
+
+
+def test_bad_override_is_a_clear_error(monkeypatch):
+    q, s = quantize_per_channel_int8(torch.randn(8, 8))
+    p = pack_int8(q, s)
+    monkeypatch.setenv("TERSOR_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="TERSOR_CPU_ISA='sse9'"):
+        gemm_w8a8(torch.randn(2, 8), p.packed, p.colsum, p.scale, None, 8)
+
+
+def test_unavailable_override_is_a_clear_error(monkeypatch):
+    missing = [i for i in ("avx2", "avx512") if i not in tersor.available_isas()]
+    if not missing:
+        pytest.skip("every ISA path is available on this CPU")
+    monkeypatch.setenv("TERSOR_CPU_ISA", missing[0])
+    with pytest.raises(RuntimeError, match="not available"):
+        tersor.cpu_info()

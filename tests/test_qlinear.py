@@ -1,0 +1,129 @@
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import tersor
+from tersor.nn import QLinear
+
+CONFIGS = [tersor.W8A8Config(), tersor.W8Config()]
+
+
+def make_linear(k, n, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(k, n, bias=bias)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.scheme)
+@pytest.mark.parametrize("bias", [True, False])
+def test_from_float_matches_dense(isa, cfg, bias):
+    lin = make_linear(70, 33, bias)
+    q = QLinear.from_float(lin, cfg)
+    x = torch.randn(7, 70)
+    y, y_ref = q(x), lin(x)
+    assert y.shape == (7, 33)
+    rel = (y - y_ref).norm() / y_ref.norm()
+    assert rel < 0.02
+    # the module path equals the torch reference path of the same layer
+    q_ref = QLinear.from_float(lin, type(cfg)(kernel="ref"))
+    torch.testing.assert_close(y, q_ref(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.scheme)
+def test_nd_and_noncontiguous_inputs(cfg):
+    lin = make_linear(37, 20)
+    q = QLinear.from_float(lin, cfg)
+    x = torch.randn(2, 3, 5, 37)
+    y = q(x)
+    assert y.shape == (2, 3, 5, 20)
+    torch.testing.assert_close(y.reshape(-1, 20), q(x.reshape(-1, 37)))
+    xt = x.transpose(1, 2)  # non-contiguous N-D
+    torch.testing.assert_close(q(xt), q(xt.contiguous()))
+    xs = torch.randn(5, 80)[:, 10:47]  # strided rows
+    torch.testing.assert_close(q(xs), q(xs.contiguous()))
+    assert q(torch.empty(0, 37)).shape == (0, 20)
+    assert q(torch.empty(2, 0, 37)).shape == (2, 0, 20)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.scheme)
+def test_to_float_and_dequantized_weight(cfg):
+    lin = make_linear(37, 20)
+    q = QLinear.from_float(lin, cfg)
+    back = q.to_float()
+    qi, s = q.weight_int8()
+    torch.testing.assert_close(back.weight, qi.float() * s[:, None], rtol=0, atol=0)
+    assert (back.weight - lin.weight).abs().max() <= s.max() / 2 + 1e-7
+    torch.testing.assert_close(back.bias, lin.bias)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.scheme)
+def test_state_dict_round_trip(cfg):
+    lin = make_linear(37, 20)
+    q = QLinear.from_float(lin, cfg)
+    sd = q.state_dict()
+    assert set(sd) == {"weight_int8", "weight_scale", "bias"}
+    assert sd["weight_int8"].dtype == torch.int8 and sd["weight_int8"].shape == (20, 37)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    fresh = QLinear(37, 20, scheme=cfg.scheme)
+    fresh.load_state_dict(torch.load(buf))
+    x = torch.randn(4, 37)
+    assert torch.equal(fresh(x), q(x))
+
+
+def test_state_dict_errors():
+    q = QLinear.from_float(make_linear(37, 20), tersor.W8A8Config())
+    sd = q.state_dict()
+    fresh = QLinear(37, 21)
+    with pytest.raises(RuntimeError, match=r"weight_int8: expected int8 \(21, 37\)"):
+        fresh.load_state_dict(sd)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        QLinear(37, 20).load_state_dict({"weight_int8": sd["weight_int8"]})
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        QLinear(37, 20).load_state_dict({**sd, "weight": torch.zeros(1)})
+
+
+def test_model_state_dict_round_trip():
+    model = nn.Sequential(nn.Linear(37, 64), nn.ReLU(), nn.Linear(64, 10))
+    tersor.quantize_(model, tersor.W8A8Config())
+    sd = model.state_dict()
+    model2 = nn.Sequential(nn.Linear(37, 64), nn.ReLU(), nn.Linear(64, 10))
+    tersor.quantize_(model2, tersor.W8A8Config())
+    model2.load_state_dict(sd)
+    x = torch.randn(3, 37)
+    assert torch.equal(model(x), model2(x))
+
+
+def test_bad_inputs_name_the_layer():
+    model = nn.Sequential(nn.Linear(37, 20))
+    tersor.quantize_(model, tersor.W8A8Config())
+    layer = model[0]
+    for dtype in (torch.float16, torch.bfloat16, torch.float64, torch.int32):
+        with pytest.raises(TypeError, match=rf"layer '0' \(w8a8, in_features=37\): expected a "
+                                            rf"float32 input, got {dtype}"):
+            layer(torch.ones(2, 37, dtype=dtype))
+    with pytest.raises(ValueError, match=r"layer '0'.*expected input \[\.\.\., 37\], got \(2, 36\)"):
+        layer(torch.ones(2, 36))
+    with pytest.raises(ValueError, match="expected input"):
+        layer(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="on meta but the layer's weights are on cpu"):
+        layer(torch.ones(2, 37, device="meta"))
+
+
+def test_repr_says_scheme_and_bytes():
+    q = QLinear.from_float(make_linear(384, 384), tersor.W8A8Config())
+    r = repr(q)
+    assert "scheme=w8a8" in r and "MiB vs" in r
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.scheme)
+def test_torch_compile_fullgraph(cfg):
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(37, 64), nn.GELU(), nn.Linear(64, 10))
+    tersor.quantize_(model, cfg)
+    x = torch.randn(5, 37)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-5)
