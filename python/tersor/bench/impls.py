@@ -1,0 +1,141 @@
+"""Implementations of y = x W^T + b to time side by side: ours and the named baselines.
+
+Each ``Impl`` holds R copies of its weights in its own format and rotates through them, so that
+on this machine's large L3 (hundreds of MiB) no implementation is timed on cache-resident
+weights when the layer is big enough not to be (DESIGN, performance method).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tersor
+from tersor.nn import QLinear
+
+ROTATION_BYTES = 640 * 2**20  # > 2x the 300 MiB L3 of the reference machine
+MAX_COPIES = 32
+
+
+@dataclass
+class Impl:
+    name: str
+    fn: Callable  # fn(x, i) -> y, using weight copy i % copies
+    weight_bytes: int  # bytes of weights (and scales) read by one call
+    copies: int
+    kind: str  # "ours" or "baseline"
+    unavailable: str = ""  # reason when the baseline cannot run here
+
+
+def copies_for(weight_bytes: int, rotate: bool) -> int:
+    if not rotate:
+        return 1
+    return max(1, min(MAX_COPIES, math.ceil(ROTATION_BYTES / max(weight_bytes, 1))))
+
+
+def make_linear(k: int, n: int, seed: int = 0) -> nn.Linear:
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(k, n)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n, k, generator=g) / math.sqrt(k))
+        lin.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return lin
+
+
+def torch_fp32(lin: nn.Linear, rotate: bool) -> Impl:
+    nbytes = lin.weight.numel() * 4
+    r = copies_for(nbytes, rotate)
+    ws = [lin.weight.detach().clone() for _ in range(r)]
+    bs = [lin.bias.detach().clone() for _ in range(r)]
+    return Impl("torch fp32", lambda x, i: F.linear(x, ws[i % r], bs[i % r]), nbytes, r,
+                "baseline")
+
+
+def torch_ao_dynamic(lin: nn.Linear, rotate: bool) -> Impl:
+    nbytes = lin.weight.numel() + 4 * lin.out_features
+    r = copies_for(nbytes, rotate)
+    old = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "x86"
+        mods = [torch.ao.quantization.quantize_dynamic(nn.Sequential(copy.deepcopy(lin)),
+                                                       {nn.Linear}, dtype=torch.qint8)[0]
+                for _ in range(r)]
+    except Exception as e:  # pragma: no cover - depends on the torch build
+        return Impl("torch.ao dyn int8", None, nbytes, 0, "baseline", f"unavailable: {e}")
+    finally:
+        torch.backends.quantized.engine = old
+
+    def fn(x, i):
+        return mods[i % r](x)
+
+    return Impl("torch.ao dyn int8", fn, nbytes, r, "baseline")
+
+
+def ort_dynamic_int8(lin: nn.Linear, rotate: bool) -> Impl:
+    """onnxruntime's dynamic int8 MatMul (the fused op its quantize_dynamic tool produces:
+    DynamicQuantizeMatMul, per-column weight scales), one session per weight copy."""
+    nbytes = lin.weight.numel() + 4 * lin.out_features
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError as e:
+        return Impl("onnxruntime dyn int8", None, nbytes, 0, "baseline",
+                    f"onnxruntime/onnx not installed ({e.name}); pip install '.[bench]'")
+    from tersor.formats.int8 import quantize_per_channel_int8
+
+    q, s = quantize_per_channel_int8(lin.weight)
+    n, k = q.shape
+    inits = [numpy_helper.from_array(q.t().contiguous().numpy(), "W"),
+             numpy_helper.from_array(s.numpy(), "ws"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "wzp"),
+             numpy_helper.from_array(lin.bias.detach().numpy().copy(), "b")]
+    node = helper.make_node("DynamicQuantizeMatMul", ["x", "W", "ws", "wzp", "b"], ["y"],
+                            domain="com.microsoft")
+    graph = helper.make_graph([node], "linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    blob = model.SerializeToString()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    # Its pool would otherwise keep spinning after each call and steal one of the two cores
+    # from whatever is timed next (ours or torch's): measured, that made every other
+    # implementation several times slower.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    r = copies_for(nbytes, rotate)
+    sessions = [ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+                for _ in range(r)]
+
+    def fn(x, i):
+        return torch.from_numpy(sessions[i % r].run(None, {"x": x.numpy()})[0])
+
+    return Impl("onnxruntime dyn int8", fn, nbytes, r, "baseline")
+
+
+def tersor_linear(lin: nn.Linear, config, rotate: bool, name: str) -> Impl:
+    base = QLinear.from_float(lin, config)
+    nbytes = base.nbytes
+    r = copies_for(nbytes, rotate)
+    mods = [base] + [copy.deepcopy(base) for _ in range(r - 1)]
+    return Impl(name, lambda x, i: mods[i % r](x), nbytes, r, "ours")
+
+
+def linear_impls(lin: nn.Linear, rotate: bool, which=("w8a8", "w8", "fp32", "ao", "ort")):
+    makers = {
+        "w8a8": lambda: tersor_linear(lin, tersor.W8A8Config(), rotate, "tersor W8A8"),
+        "w8": lambda: tersor_linear(lin, tersor.W8Config(), rotate, "tersor W8"),
+        "fp32": lambda: torch_fp32(lin, rotate),
+        "ao": lambda: torch_ao_dynamic(lin, rotate),
+        "ort": lambda: ort_dynamic_int8(lin, rotate),
+    }
+    return [makers[w]() for w in which]
