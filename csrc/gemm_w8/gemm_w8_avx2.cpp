@@ -26,6 +26,7 @@ inline __m256 widen(__m256i v, int j) {
 template <int MR>
 void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t m0, int64_t n0) {
   __m256 acc[MR][2];
+TERSOR_UNROLL
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   const float* x = a.x + m0 * a.ldx;
   const int64_t k4n = round_up(a.K, 4) / 4;
@@ -33,8 +34,10 @@ void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t m0, int64_t n0) 
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k4 * 64));
     const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k4 * 64 + 32));
     const int kn = a.K - 4 * k4 >= 4 ? 4 : static_cast<int>(a.K - 4 * k4);
+TERSOR_UNROLL
     for (int i = 0; i < kn; ++i) {
       const __m256 dlo = widen(lo, i), dhi = widen(hi, i);
+TERSOR_UNROLL
       for (int r = 0; r < MR; ++r) {
         const __m256 xb = _mm256_set1_ps(x[r * a.ldx + 4 * k4 + i]);
         acc[r][0] = _mm256_fmadd_ps(xb, dlo, acc[r][0]);
@@ -43,6 +46,7 @@ void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t m0, int64_t n0) 
     }
   }
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+TERSOR_UNROLL
   for (int h = 0; h < 2; ++h) {
     const int64_t n = n0 + 8 * h;
     if (n >= a.N) break;
@@ -50,6 +54,7 @@ void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t m0, int64_t n0) 
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
     const __m256 sw = _mm256_loadu_ps(a.w_scale + n);
     const __m256 b = a.bias ? _mm256_maskload_ps(a.bias + n, mask) : _mm256_setzero_ps();
+TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
       _mm256_maskstore_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm256_fmadd_ps(acc[r][h], sw, b));
   }

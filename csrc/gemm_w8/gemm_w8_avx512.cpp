@@ -29,20 +29,26 @@ template <int MR, int NB>
 void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t w_block_stride, int64_t m0,
           int64_t n0) {
   __m512 acc[MR][NB];
+TERSOR_UNROLL
   for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
   const float* x = a.x + m0 * a.ldx;
   const int64_t kfull = a.K / 4;
   for (int64_t k4 = 0; k4 < kfull; ++k4) {
     __m512 d[NB][4];
+TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) {
       const __m512i v = _mm512_loadu_si512(w + j * w_block_stride + k4 * 64);
       d[j][0] = widen<0>(v); d[j][1] = widen<1>(v); d[j][2] = widen<2>(v); d[j][3] = widen<3>(v);
     }
+TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const float* xr = x + r * a.ldx + 4 * k4;
+TERSOR_UNROLL
       for (int i = 0; i < 4; ++i) {
         const __m512 xb = _mm512_set1_ps(xr[i]);
+TERSOR_UNROLL
         for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_fmadd_ps(xb, d[j][i], acc[r][j]);
       }
     }
@@ -50,18 +56,23 @@ void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t w_block_stride, 
   const int ktail = static_cast<int>(a.K % 4);
   if (ktail) {
     __m512 d[NB][3];
+TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) {
       const __m512i v = _mm512_loadu_si512(w + j * w_block_stride + kfull * 64);
       d[j][0] = widen<0>(v); d[j][1] = widen<1>(v); d[j][2] = widen<2>(v);
     }
+TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const float* xr = x + r * a.ldx + 4 * kfull;
+TERSOR_UNROLL
       for (int i = 0; i < ktail; ++i) {
         const __m512 xb = _mm512_set1_ps(xr[i]);
+TERSOR_UNROLL
         for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_fmadd_ps(xb, d[j][i], acc[r][j]);
       }
     }
   }
+TERSOR_UNROLL
   for (int j = 0; j < NB; ++j) {
     const int64_t n = n0 + 16 * j;
     if (n >= a.N) break;
@@ -69,6 +80,7 @@ void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t w_block_stride, 
     const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
     const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
     const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
       _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_fmadd_ps(acc[r][j], sw, b));
   }

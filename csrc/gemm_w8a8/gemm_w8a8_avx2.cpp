@@ -29,12 +29,14 @@ void tile(const uint8_t* apanel, const int8_t* wblock, int64_t k4n, const float*
           const PackedW8LinearArgs& a, int64_t m0, int64_t n0) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[MR][2];
+TERSOR_UNROLL
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
   const uint8_t* ap = apanel;
   const int8_t* wp = wblock;
   for (int64_t k4 = 0; k4 < k4n; ++k4, ap += 4 * kMR, wp += 64) {
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32));
+TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r));
       const __m256i aa = _mm256_abs_epi8(av);
@@ -44,6 +46,7 @@ void tile(const uint8_t* apanel, const int8_t* wblock, int64_t k4n, const float*
           acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(aa, _mm256_sign_epi8(w1, av)), ones));
     }
   }
+TERSOR_UNROLL
   for (int h = 0; h < 2; ++h) {
     const int64_t n = n0 + 8 * h;
     if (n >= a.N) break;
@@ -52,6 +55,7 @@ void tile(const uint8_t* apanel, const int8_t* wblock, int64_t k4n, const float*
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
     const __m256 sw = _mm256_loadu_ps(a.w_scale + n);
     const __m256 b = a.bias ? _mm256_maskload_ps(a.bias + n, mask) : _mm256_setzero_ps();
+TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m256 v = _mm256_cvtepi32_ps(acc[r][h]);
       const __m256 s = _mm256_mul_ps(_mm256_set1_ps(sx[r]), sw);

@@ -44,21 +44,27 @@ struct TileCtx {
 template <int MR, int NB>
 void tile(const TileCtx& c) {
   __m512i acc[MR][NB];
+TERSOR_UNROLL
   for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
 
   const uint8_t* ap = c.apanel;
   const int8_t* wp = c.w;
   for (int64_t k4 = 0; k4 < c.k4n; ++k4, ap += 4 * kMR, wp += 64) {
     __m512i w[NB];
+TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) w[j] = _mm512_loadu_si512(wp + j * c.w_block_stride);
+TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m512i av = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r));
+TERSOR_UNROLL
       for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av, w[j]);
     }
   }
 
   const PackedW8LinearArgs& a = *c.a;
+TERSOR_UNROLL
   for (int j = 0; j < NB; ++j) {
     const int64_t n = c.n0 + 16 * j;
     if (n >= a.N) break;
@@ -67,6 +73,7 @@ void tile(const TileCtx& c) {
     const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(a.colsum + n), 7);
     const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
     const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], comp));
       const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c.sx[r]), sw);
