@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from shapes import BATCHES, LINEAR_SHAPES
+from bench_shapes import BATCHES, LINEAR_SHAPES
 
 IMPLS = ["tersor W8A8", "tersor W8", "torch fp32", "torch.ao dyn int8", "onnxruntime dyn int8"]
 

@@ -6,7 +6,7 @@ import torch
 import tersor
 
 ISAS = tersor.available_isas()
-ALL_ISAS = ("ref", "avx2", "avx512")
+ALL_ISAS = ("ref", "avx2", "avx512", "amx")
 
 
 @pytest.fixture(params=ALL_ISAS)
@@ -23,14 +23,19 @@ def gen():
     return torch.Generator().manual_seed(1234)
 
 
-def ref_isa_output(fn):
-    """Run fn under the portable ref path (the C oracle), restoring the caller's choice."""
-    old = os.environ.get("TERSOR_CPU_ISA")
-    os.environ["TERSOR_CPU_ISA"] = "ref"
-    try:
-        return fn()
-    finally:
-        if old is None:
-            del os.environ["TERSOR_CPU_ISA"]
-        else:
-            os.environ["TERSOR_CPU_ISA"] = old
+@pytest.fixture
+def c_ref():
+    """c_ref(fn): fn() run under the portable C ref path (the oracle), then the caller's ISA."""
+
+    def run(fn):
+        old = os.environ.get("TERSOR_CPU_ISA")
+        os.environ["TERSOR_CPU_ISA"] = "ref"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["TERSOR_CPU_ISA"]
+            else:
+                os.environ["TERSOR_CPU_ISA"] = old
+
+    return run

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ref_isa_output
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.ops import dequant_w8, gemm_w8, gemm_w8a8, quantize_rows
 from tersor.ref import dequant_w8_ref, gemm_w8a8_ref, quantize_rows_ref
@@ -53,11 +52,11 @@ def test_quantize_rows_ties_and_zero_rows(isa):
 @pytest.mark.parametrize("layout", ["contiguous", "row_stride", "transposed"])
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("k,n", SHAPES_KN)
-def test_gemm_w8a8(isa, m, k, n, layout, gen):
+def test_gemm_w8a8(isa, m, k, n, layout, gen, c_ref):
     x, q, s, b, p = make(m, k, n, gen)
     xs = strided(x, layout)
     y = gemm_w8a8(xs, p.packed, p.colsum, p.scale, b, n)
-    y_c_ref = ref_isa_output(lambda: gemm_w8a8(x, p.packed, p.colsum, p.scale, b, n))
+    y_c_ref = c_ref(lambda: gemm_w8a8(x, p.packed, p.colsum, p.scale, b, n))
     assert torch.equal(y, y_c_ref), "ISA path differs from the C ref"
     torch.testing.assert_close(y, gemm_w8a8_ref(x, q, s, b), rtol=2e-6, atol=1e-5)
     # fp64 oracle: only activation rounding separates us from it
@@ -80,10 +79,10 @@ def test_gemm_w8a8_integer_accumulation_exact(isa, m, k, n, gen):
 @pytest.mark.parametrize("layout", ["contiguous", "row_stride", "transposed"])
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("k,n", SHAPES_KN)
-def test_gemm_w8(isa, m, k, n, layout, gen):
+def test_gemm_w8(isa, m, k, n, layout, gen, c_ref):
     x, q, s, b, p = make(m, k, n, gen)
     y = gemm_w8(strided(x, layout), p.packed, p.scale, b, n)
-    y_c_ref = ref_isa_output(lambda: gemm_w8(x, p.packed, p.scale, b, n))
+    y_c_ref = c_ref(lambda: gemm_w8(x, p.packed, p.scale, b, n))
     assert torch.equal(y, y_c_ref), "ISA path differs from the C ref"
     y64 = x.double() @ (q.double() * s.double()[:, None]).t() + b.double()
     # Close to torch's own fp32 error (RMS over the outputs). The kernels sum k in order, one
@@ -122,10 +121,10 @@ def test_empty_rows(isa, op, gen):
     assert y.shape == (0, 20)
 
 
-def test_large_k_and_many_rows_match_ref(isa, gen):
+def test_large_k_and_many_rows_match_ref(isa, gen, c_ref):
     """Long K exercises full tiles, the k4 loop and the thread split."""
     x, q, s, b, p = make(70, 2051, 100, gen)
     y = gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 100)
-    assert torch.equal(y, ref_isa_output(lambda: gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 100)))
+    assert torch.equal(y, c_ref(lambda: gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 100)))
     y8 = gemm_w8(x, p.packed, p.scale, b, 100)
-    assert torch.equal(y8, ref_isa_output(lambda: gemm_w8(x, p.packed, p.scale, b, 100)))
+    assert torch.equal(y8, c_ref(lambda: gemm_w8(x, p.packed, p.scale, b, 100)))

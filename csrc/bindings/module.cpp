@@ -38,9 +38,11 @@ void bind_cpu(py::module_& m) {
     features["avx512f"] = f.avx512f; features["avx512bw"] = f.avx512bw;
     features["avx512vl"] = f.avx512vl; features["avx512dq"] = f.avx512dq;
     features["avx512vnni"] = f.avx512vnni;
+    features["amx_tile"] = f.amx_tile; features["amx_int8"] = f.amx_int8;
+    features["os_amx"] = f.os_amx;
     features["os_ymm"] = f.os_ymm; features["os_zmm"] = f.os_zmm;
     py::list avail;
-    for (Isa i : {Isa::Ref, Isa::Avx2, Isa::Avx512})
+    for (Isa i : {Isa::Ref, Isa::Avx2, Isa::Avx512, Isa::Amx})
       if (isa_available(i)) avail.append(isa_name(i));
     py::dict d;
     d["features"] = features;

@@ -6,6 +6,10 @@
 
 #if defined(TERSOR_X86)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #endif
 
 namespace tersor {
@@ -33,6 +37,19 @@ CpuFeatures detect() {
     f.avx512bw = b & (1u << 30);
     f.avx512vl = b & (1u << 31);
     f.avx512vnni = c & (1u << 11);
+    f.amx_tile = d & (1u << 24);
+    f.amx_int8 = d & (1u << 25);
+  }
+  if (f.amx_tile && f.amx_int8 && osxsave) {
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    const bool xcr0_tiles = ((xlo >> 17) & 3) == 3;  // XTILECFG + XTILEDATA
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    // Linux hands out the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA);
+    // once granted it holds for every thread of the process.
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    f.os_amx = xcr0_tiles && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#endif
   }
 #endif
   return f;
@@ -54,12 +71,14 @@ bool isa_available(Isa isa) {
     case Isa::Avx512:
       return f.os_zmm && f.avx2 && f.fma && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq &&
              f.avx512vnni;
+    case Isa::Amx: return isa_available(Isa::Avx512) && f.amx_tile && f.amx_int8 && f.os_amx;
 #endif
     default: return false;
   }
 }
 
 Isa best_isa() {
+  if (isa_available(Isa::Amx)) return Isa::Amx;
   if (isa_available(Isa::Avx512)) return Isa::Avx512;
   if (isa_available(Isa::Avx2)) return Isa::Avx2;
   return Isa::Ref;
@@ -70,6 +89,7 @@ const char* isa_name(Isa isa) {
     case Isa::Ref: return "ref";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Amx: return "amx";
   }
   return "?";
 }
@@ -81,9 +101,10 @@ Isa active_isa() {
   if (std::strcmp(env, "ref") == 0) want = Isa::Ref;
   else if (std::strcmp(env, "avx2") == 0) want = Isa::Avx2;
   else if (std::strcmp(env, "avx512") == 0) want = Isa::Avx512;
+  else if (std::strcmp(env, "amx") == 0) want = Isa::Amx;
   else
     throw std::invalid_argument(std::string("TERSOR_CPU_ISA='") + env +
-                                "' is not one of auto, ref, avx2, avx512");
+                                "' is not one of auto, ref, avx2, avx512, amx");
   if (!isa_available(want))
     throw std::runtime_error(std::string("TERSOR_CPU_ISA=") + env +
                              " is not available on this CPU/build (see tersor.cpu_info())");

@@ -8,12 +8,15 @@
 
 namespace tersor {
 
-enum class Isa : int { Ref = 0, Avx2 = 1, Avx512 = 2 };
+// Amx = Avx512 plus AMX-INT8 tiles: families without an AMX kernel run their Avx512 one.
+enum class Isa : int { Ref = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };
 
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512vnni = false;
+  bool amx_tile = false, amx_int8 = false;
   bool os_ymm = false, os_zmm = false;  // XCR0: the OS saves the wider registers
+  bool os_amx = false;                  // XCR0 tile state + Linux granted this process the tiles
 };
 
 const CpuFeatures& cpu_features();       // detected once (the CPU does not change)

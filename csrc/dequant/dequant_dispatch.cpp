@@ -7,6 +7,7 @@ void w8(const W8Args& a) {
   if (a.N == 0 || a.K == 0) return;
   switch (active_isa()) {
 #if defined(TERSOR_X86)
+    case Isa::Amx:
     case Isa::Avx512: return w8_avx512(a);
     case Isa::Avx2: return w8_avx2(a);
 #endif

@@ -18,6 +18,7 @@ namespace {
 
 constexpr int kMR = 8;
 constexpr int kNB = 2;
+constexpr int kNBWide = 4;  // M <= 2
 
 template <int J>
 inline __m512 widen(__m512i v) {  // byte J of each lane, sign-extended, as float
@@ -89,10 +90,16 @@ TERSOR_UNROLL
 using TileFn = void (*)(const PackedW8LinearArgs&, const int8_t*, int64_t, int64_t, int64_t);
 template <int MR>
 constexpr TileFn pick_nb(int nb) { return nb == 1 ? tile<MR, 1> : tile<MR, 2>; }
+// One or two rows are bandwidth-bound: four column blocks give four independent weight
+// streams and FMA chains (the widening work per byte is the same).
+template <int MR>
+constexpr TileFn pick_wide(int nb) {
+  return nb == 1 ? tile<MR, 1> : nb == 2 ? tile<MR, 2> : nb == 3 ? tile<MR, 3> : tile<MR, 4>;
+}
 TileFn pick(int mr, int nb) {
   switch (mr) {
-    case 1: return pick_nb<1>(nb);
-    case 2: return pick_nb<2>(nb);
+    case 1: return pick_wide<1>(nb);
+    case 2: return pick_wide<2>(nb);
     case 3: return pick_nb<3>(nb);
     case 4: return pick_nb<4>(nb);
     case 5: return pick_nb<5>(nb);
@@ -107,7 +114,8 @@ TileFn pick(int mr, int nb) {
 void run_avx512(const PackedW8LinearArgs& a) {
   const int64_t Kp = round_up(a.K, 4);
   const int64_t n_blocks = round_up(a.N, 16) / 16;
-  const int64_t n_chunks = (n_blocks + kNB - 1) / kNB;
+  const int64_t nbw = a.M <= 2 ? kNBWide : kNB;  // column blocks per register tile
+  const int64_t n_chunks = (n_blocks + nbw - 1) / nbw;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
@@ -119,8 +127,8 @@ void run_avx512(const PackedW8LinearArgs& a) {
     int64_t c0, c1;
     split_range(n_chunks, tn, t, &c0, &c1);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t b0 = ch * kNB;
-      const int nb = static_cast<int>(n_blocks - b0 < kNB ? n_blocks - b0 : kNB);
+      const int64_t b0 = ch * nbw;
+      const int nb = static_cast<int>(n_blocks - b0 < nbw ? n_blocks - b0 : nbw);
       for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
         const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
         pick(mr, nb)(a, a.w + b0 * Kp * 16, Kp * 16, m0, b0 * 16);

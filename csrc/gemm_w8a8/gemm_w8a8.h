@@ -12,10 +12,12 @@
 namespace tersor::gemm_w8a8 {
 
 constexpr int64_t kMaxK = 65536;
+constexpr int64_t kAmxMinRows = 16;
 
 void run_ref(const PackedW8LinearArgs& a);
 void run_avx2(const PackedW8LinearArgs& a);
 void run_avx512(const PackedW8LinearArgs& a);
+void run_amx(const PackedW8LinearArgs& a);  // AMX-INT8 tiles from kAmxMinRows rows, else avx512
 void run(const PackedW8LinearArgs& a);  // per-call ISA dispatch
 
 }  // namespace tersor::gemm_w8a8

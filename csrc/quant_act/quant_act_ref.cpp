@@ -48,6 +48,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q,
       float s;
       switch (isa) {
 #if defined(TERSOR_X86)
+        case Isa::Amx:
         case Isa::Avx512: s = quantize_row_avx512(xr, K, tmp, 4, 0); break;
         case Isa::Avx2: s = quantize_row_avx2(xr, K, tmp, 4, 0); break;
 #endif

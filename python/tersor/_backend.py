@@ -11,7 +11,7 @@ import torch
 
 from tersor import _C
 
-ISAS = ("ref", "avx2", "avx512")
+ISAS = ("ref", "avx2", "avx512", "amx")
 
 
 def cpu_info() -> dict:

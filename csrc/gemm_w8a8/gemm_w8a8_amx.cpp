@@ -1,0 +1,175 @@
+// AMX-INT8 W8A8 GEMM for M >= kAmxMinRows (compute-bound shapes); fewer rows go to the
+// AVX-512 VNNI kernel, which is bandwidth-bound there anyway.
+//
+// TDPBSSD multiplies signed by signed bytes, so activations stay s8 (no +128 offset, no
+// column-sum compensation). The packed weight is already in AMX's B-tile layout: one W8Tile is
+// one 64-byte B row (16 columns x 4 k), and the Kp/4 tiles of a column block are contiguous, so
+// a B tile (16 rows = 64 k) is a plain 1 KiB load with stride 64:
+//
+//   A tile  (tmm4, tmm5): 16 rows of x_q x 64 k        from the s8 buffer aq[M32][K64]
+//   B tile  (tmm6, tmm7): 16 k4-rows x (16 cols x 4 k) straight from the packed weight
+//   C tiles (tmm0..3)   : 2 x 2 tiles of 16 x 16 int32 = a 32-row x 32-column register block
+//
+// Threads split pairs of column blocks; each walks all 32-row panels with its 2-block W panel
+// (2 * Kp * 16 bytes, 128 KiB at K = 4096) resident in L2. The int32 block goes through a small
+// buffer into the same fma epilogue as every other path (bit-identical results).
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common/formats.h"
+#include "common/parallel.h"
+#include "gemm_w8a8/gemm_w8a8.h"
+#include "quant_act/quant_act.h"
+
+namespace tersor::gemm_w8a8 {
+namespace {
+
+struct alignas(64) TileConfig {  // the LDTILECFG memory operand, palette 1
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];  // bytes per row of tmm0..15
+  uint8_t rows[16];
+};
+static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads exactly 64 bytes");
+
+void configure_tiles() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {  // every tile 16 rows x 64 bytes
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+constexpr int kRows = 32;  // rows of a register block (2 A tiles)
+
+// Epilogue of one 32 x 32 int32 block: y = fma(float(acc), sx[m] * sw[n], b[n]).
+void store_block(const int32_t (*acc)[32], const PackedW8LinearArgs& a, const float* sx,
+                 int64_t m0, int64_t n0, int nblocks) {
+  for (int h = 0; h < nblocks; ++h) {
+    const int64_t n = n0 + 16 * h;
+    if (n >= a.N) break;
+    const int64_t left = a.N - n;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
+    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+    const int rows = static_cast<int>(a.M - m0 < kRows ? a.M - m0 : kRows);
+    for (int r = 0; r < rows; ++r) {
+      const __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(&acc[r][16 * h]));
+      const __m512 s = _mm512_mul_ps(_mm512_set1_ps(sx[m0 + r]), sw);
+      _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_fmadd_ps(v, s, b));
+    }
+  }
+}
+
+}  // namespace
+
+void run_amx(const PackedW8LinearArgs& a) {
+  if (a.M < kAmxMinRows) return run_avx512(a);
+  const int64_t Kp = round_up(a.K, 4);    // the packed weight's K
+  const int64_t K64 = round_up(a.K, 64);  // the A buffer's row length: whole tiles
+  const int64_t M32 = round_up(a.M, kRows);
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const int64_t n_pairs = (n_blocks + 1) / 2;
+  const int64_t block_bytes = Kp * 16;
+
+  std::unique_ptr<int8_t, FreeDeleter> aq(
+      static_cast<int8_t*>(std::aligned_alloc(64, round_up(M32 * K64, 64))));
+  std::unique_ptr<float, FreeDeleter> sx(
+      static_cast<float*>(std::aligned_alloc(64, round_up(M32 * 4, 64))));
+
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M32; ++m) {
+      int8_t* row = aq.get() + m * K64;
+      if (m < a.M) {
+        sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K,
+                                                     reinterpret_cast<uint8_t*>(row), 4, 0);
+        std::memset(row + Kp, 0, K64 - Kp);
+      } else {
+        std::memset(row, 0, K64);  // padding rows: computed, never stored
+        sx.get()[m] = 0.0f;
+      }
+    }
+
+#if defined(_OPENMP)
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#else
+    const int t = 0, tn = 1;
+#endif
+    int64_t p0, p1;
+    split_range(n_pairs, tn, t, &p0, &p1);
+    if (p0 < p1) {
+      configure_tiles();
+      alignas(64) int32_t acc[kRows][32];
+      // The last k step of a K that is not a multiple of 64 would read B rows past the block:
+      // it reads zero-padded copies instead (A is zero there, but memory past the weight's end
+      // need not be mapped).
+      alignas(64) int8_t b_tail[2][16 * 64];
+      std::memset(b_tail, 0, sizeof(b_tail));
+      const int64_t k_full = Kp / 64 * 64;
+      const int64_t tail_bytes = (Kp - k_full) * 16;
+      for (int64_t pair = p0; pair < p1; ++pair) {
+        const int64_t nb0 = 2 * pair;
+        const int nblocks = static_cast<int>(n_blocks - nb0 < 2 ? n_blocks - nb0 : 2);
+        const int8_t* b0 = a.w + nb0 * block_bytes;
+        const int8_t* b1 = nblocks == 2 ? b0 + block_bytes : b0;  // odd tail: computed twice
+        if (tail_bytes) {
+          std::memcpy(b_tail[0], b0 + k_full * 16, tail_bytes);
+          std::memcpy(b_tail[1], b1 + k_full * 16, tail_bytes);
+        }
+        for (int64_t m0 = 0; m0 < M32; m0 += kRows) {
+          const int8_t* a0 = aq.get() + m0 * K64;
+          const int8_t* a1 = a0 + 16 * K64;
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (int64_t k = 0; k < k_full; k += 64) {
+            _tile_loadd(4, a0 + k, K64);
+            _tile_loadd(5, a1 + k, K64);
+            _tile_loadd(6, b0 + k * 16, 64);
+            _tile_loadd(7, b1 + k * 16, 64);
+            _tile_dpbssd(0, 4, 6);
+            _tile_dpbssd(1, 4, 7);
+            _tile_dpbssd(2, 5, 6);
+            _tile_dpbssd(3, 5, 7);
+          }
+          if (tail_bytes) {
+            _tile_loadd(4, a0 + k_full, K64);
+            _tile_loadd(5, a1 + k_full, K64);
+            _tile_loadd(6, b_tail[0], 64);
+            _tile_loadd(7, b_tail[1], 64);
+            _tile_dpbssd(0, 4, 6);
+            _tile_dpbssd(1, 4, 7);
+            _tile_dpbssd(2, 5, 6);
+            _tile_dpbssd(3, 5, 7);
+          }
+          _tile_stored(0, &acc[0][0], 128);
+          _tile_stored(1, &acc[0][16], 128);
+          _tile_stored(2, &acc[16][0], 128);
+          _tile_stored(3, &acc[16][16], 128);
+          if (m0 < a.M) store_block(acc, a, sx.get(), m0, nb0 * 16, nblocks);
+        }
+      }
+      _tile_release();
+    }
+  }
+}
+
+}  // namespace tersor::gemm_w8a8
