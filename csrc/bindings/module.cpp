@@ -82,9 +82,11 @@ void bind_gemm_w8a8(py::module_& m) {
 void bind_gemm_w8(py::module_& m) {
   m.def("gemm_w8",
         [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t w,
-           std::uintptr_t w_scale, int64_t N, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
-           int nthreads) {
-          tersor::gemm_w8::run(linear_args(x, M, K, ldx, w, 0, w_scale, N, bias, y, ldy, nthreads));
+           std::uintptr_t colsum, std::uintptr_t w_scale, int64_t N, std::uintptr_t bias,
+           std::uintptr_t y, int64_t ldy, int nthreads) {
+          // colsum is unused; the signature matches gemm_w8a8 so callers can swap kernels
+          tersor::gemm_w8::run(
+              linear_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads));
         },
         py::call_guard<py::gil_scoped_release>());
 }

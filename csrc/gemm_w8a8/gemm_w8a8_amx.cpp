@@ -1,5 +1,6 @@
-// AMX-INT8 W8A8 GEMM for M >= kAmxMinRows (compute-bound shapes); fewer rows go to the
-// AVX-512 VNNI kernel, which is bandwidth-bound there anyway.
+// AMX-INT8 W8A8 GEMM for M >= kAmxMinRows; fewer rows go to the AVX-512 VNNI kernel. From a
+// few rows on, the tile multiply is so cheap that the weights stream at memory speed, and for
+// large M it runs ~2x the VNNI kernel (see the closing notes of the foundation issue).
 //
 // TDPBSSD multiplies signed by signed bytes, so activations stay s8 (no +128 offset, no
 // column-sum compensation). The packed weight is already in AMX's B-tile layout: one W8Tile is
@@ -75,6 +76,65 @@ void store_block(const int32_t (*acc)[32], const PackedW8LinearArgs& a, const fl
   }
 }
 
+// One 32 x 32 block: A tiles tmm4, tmm5 (rows 0-15, 16-31), B tiles tmm6, tmm7, C tmm0..3.
+void block_32(const int8_t* a0, const int8_t* b0, const int8_t* b1, const int8_t (*b_tail)[1024],
+              int64_t K64, int64_t k_full, int64_t tail_bytes, int32_t (*acc)[32]) {
+  const int8_t* a1 = a0 + 16 * K64;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t k = 0; k < k_full; k += 64) {
+    _tile_loadd(4, a0 + k, K64);
+    _tile_loadd(5, a1 + k, K64);
+    _tile_loadd(6, b0 + k * 16, 64);
+    _tile_loadd(7, b1 + k * 16, 64);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  if (tail_bytes) {
+    _tile_loadd(4, a0 + k_full, K64);
+    _tile_loadd(5, a1 + k_full, K64);
+    _tile_loadd(6, b_tail[0], 64);
+    _tile_loadd(7, b_tail[1], 64);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+  }
+  _tile_stored(0, &acc[0][0], 128);
+  _tile_stored(1, &acc[0][16], 128);
+  _tile_stored(2, &acc[16][0], 128);
+  _tile_stored(3, &acc[16][16], 128);
+}
+
+// The last (or only) block of at most 16 rows: half the tile work, same weight stream. This
+// is what makes AMX pay from a few rows on: the weights stream once at memory speed and the
+// multiply costs next to nothing.
+void block_16(const int8_t* a0, const int8_t* b0, const int8_t* b1, const int8_t (*b_tail)[1024],
+              int64_t K64, int64_t k_full, int64_t tail_bytes, int32_t (*acc)[32]) {
+  _tile_zero(0);
+  _tile_zero(1);
+  for (int64_t k = 0; k < k_full; k += 64) {
+    _tile_loadd(4, a0 + k, K64);
+    _tile_loadd(6, b0 + k * 16, 64);
+    _tile_loadd(7, b1 + k * 16, 64);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+  }
+  if (tail_bytes) {
+    _tile_loadd(4, a0 + k_full, K64);
+    _tile_loadd(6, b_tail[0], 64);
+    _tile_loadd(7, b_tail[1], 64);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+  }
+  _tile_stored(0, &acc[0][0], 128);
+  _tile_stored(1, &acc[0][16], 128);
+}
+
 }  // namespace
 
 void run_amx(const PackedW8LinearArgs& a) {
@@ -120,7 +180,7 @@ void run_amx(const PackedW8LinearArgs& a) {
       // The last k step of a K that is not a multiple of 64 would read B rows past the block:
       // it reads zero-padded copies instead (A is zero there, but memory past the weight's end
       // need not be mapped).
-      alignas(64) int8_t b_tail[2][16 * 64];
+      alignas(64) int8_t b_tail[2][1024];
       std::memset(b_tail, 0, sizeof(b_tail));
       const int64_t k_full = Kp / 64 * 64;
       const int64_t tail_bytes = (Kp - k_full) * 16;
@@ -135,35 +195,11 @@ void run_amx(const PackedW8LinearArgs& a) {
         }
         for (int64_t m0 = 0; m0 < M32; m0 += kRows) {
           const int8_t* a0 = aq.get() + m0 * K64;
-          const int8_t* a1 = a0 + 16 * K64;
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-          for (int64_t k = 0; k < k_full; k += 64) {
-            _tile_loadd(4, a0 + k, K64);
-            _tile_loadd(5, a1 + k, K64);
-            _tile_loadd(6, b0 + k * 16, 64);
-            _tile_loadd(7, b1 + k * 16, 64);
-            _tile_dpbssd(0, 4, 6);
-            _tile_dpbssd(1, 4, 7);
-            _tile_dpbssd(2, 5, 6);
-            _tile_dpbssd(3, 5, 7);
+          if (a.M - m0 <= 16) {
+            block_16(a0, b0, b1, b_tail, K64, k_full, tail_bytes, acc);
+          } else {
+            block_32(a0, b0, b1, b_tail, K64, k_full, tail_bytes, acc);
           }
-          if (tail_bytes) {
-            _tile_loadd(4, a0 + k_full, K64);
-            _tile_loadd(5, a1 + k_full, K64);
-            _tile_loadd(6, b_tail[0], 64);
-            _tile_loadd(7, b_tail[1], 64);
-            _tile_dpbssd(0, 4, 6);
-            _tile_dpbssd(1, 4, 7);
-            _tile_dpbssd(2, 5, 6);
-            _tile_dpbssd(3, 5, 7);
-          }
-          _tile_stored(0, &acc[0][0], 128);
-          _tile_stored(1, &acc[0][16], 128);
-          _tile_stored(2, &acc[16][0], 128);
-          _tile_stored(3, &acc[16][16], 128);
           if (m0 < a.M) store_block(acc, a, sx.get(), m0, nb0 * 16, nblocks);
         }
       }

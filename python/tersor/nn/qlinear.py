@@ -18,6 +18,8 @@ from tersor.ref import int8 as int8_ref
 SCHEMES = ("w8a8", "w8")
 _BUFFERS = ("packed", "colsum", "scale", "bias")
 _F32 = torch.float32
+_is_compiling = torch.compiler.is_compiling
+_num_threads = torch.get_num_threads
 
 
 class QLinear(nn.Module):
@@ -83,42 +85,44 @@ class QLinear(nn.Module):
     # ---- forward ------------------------------------------------------------------------------
     # The eager fast path is budgeted at ~5 us above the kernel (DESIGN decision 2). Reading a
     # buffer through nn.Module.__getattr__ costs ~1 us each on this machine, so forward reads
-    # them from a tuple kept in __dict__, refreshed whenever a buffer is replaced.
+    # what the kernel needs from one tuple kept in __dict__, rebuilt whenever a buffer is
+    # replaced (assignment, .to(), ...). Data pointers are still read on every call.
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
-        if name in _BUFFERS:
-            self.__dict__["_tensors"] = None
+        if name in _BUFFERS or name == "kernel":
+            self.__dict__["_fast"] = None
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        self.__dict__["_tensors"] = None
+        self.__dict__["_fast"] = None
         return out
 
-    def _kernel_tensors(self):
-        t = self.__dict__.get("_tensors")
-        if t is None:
-            t = tuple(self._buffers[n] for n in _BUFFERS)
-            self.__dict__["_tensors"] = t
-        return t
+    def _fast_args(self):
+        """(kernel, packed, colsum, scale, bias, K, N) for the eager CPU path, or False."""
+        f = self.__dict__.get("_fast")
+        if f is None:
+            packed, colsum, scale, bias = (self._buffers[n] for n in _BUFFERS)
+            if self.kernel == "ref" or packed.device.type != "cpu":
+                f = False
+            else:
+                kernel = _C.gemm_w8a8 if self.scheme == "w8a8" else _C.gemm_w8
+                f = (kernel, packed, colsum, scale, bias, self.in_features, self.out_features)
+            self.__dict__["_fast"] = f
+        return f
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed, colsum, scale, bias = self._kernel_tensors()
-        if (x.dtype is _F32 and x.is_cpu and packed.is_cpu and x.dim() == 2
-                and x.shape[1] == self.in_features and x.stride(1) == 1 and self._native
-                and not torch.compiler.is_compiling()):
-            m, n = x.shape[0], self.out_features
-            y = torch.empty(m, n)
-            if m:
-                bias_ptr = 0 if bias is None else bias.data_ptr()
-                if self.scheme == "w8a8":
-                    _C.gemm_w8a8(x.data_ptr(), m, self.in_features, x.stride(0),
-                                 packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(), n,
-                                 bias_ptr, y.data_ptr(), n, torch.get_num_threads())
-                else:
-                    _C.gemm_w8(x.data_ptr(), m, self.in_features, x.stride(0), packed.data_ptr(),
-                               scale.data_ptr(), n, bias_ptr, y.data_ptr(), n,
-                               torch.get_num_threads())
-            return y
+        f = self._fast_args()
+        if (f and x.dtype is _F32 and x.is_cpu and x.dim() == 2 and x.is_contiguous()
+                and not _is_compiling()):
+            kernel, packed, colsum, scale, bias, k, n = f
+            m, kx = x.shape
+            if kx == k:
+                y = torch.empty(m, n)
+                if m:
+                    kernel(x.data_ptr(), m, k, k, packed.data_ptr(), colsum.data_ptr(),
+                           scale.data_ptr(), n, 0 if bias is None else bias.data_ptr(),
+                           y.data_ptr(), n, _num_threads())
+                return y
         return self._forward_general(x)
 
     def _forward_general(self, x):

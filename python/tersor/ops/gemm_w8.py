@@ -16,7 +16,7 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
     m = x2.shape[0]
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
-        _C.gemm_w8(x2.data_ptr(), m, k, x2.stride(0), packed.data_ptr(), scale.data_ptr(), n,
+        _C.gemm_w8(x2.data_ptr(), m, k, x2.stride(0), packed.data_ptr(), 0, scale.data_ptr(), n,
                    ptr(bias), y.data_ptr(), n, torch.get_num_threads())
     return y.view(*x.shape[:-1], n)
 
