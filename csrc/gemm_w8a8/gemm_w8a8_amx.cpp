@@ -7,7 +7,7 @@
 // one 64-byte B row (16 columns x 4 k), and the Kp/4 tiles of a column block are contiguous, so
 // a B tile (16 rows = 64 k) is a plain 1 KiB load with stride 64:
 //
-//   A tile  (tmm4, tmm5): 16 rows of x_q x 64 k        from the s8 buffer aq[M32][K64]
+//   A tile  (tmm4, tmm5): 16 rows of x_q x 64 k        from the s8 buffer aq[M32][lda]
 //   B tile  (tmm6, tmm7): 16 k4-rows x (16 cols x 4 k) straight from the packed weight
 //   C tiles (tmm0..3)   : 2 x 2 tiles of 16 x 16 int32 = a 32-row x 32-column register block
 //
@@ -78,15 +78,15 @@ void store_block(const int32_t (*acc)[32], const PackedW8LinearArgs& a, const fl
 
 // One 32 x 32 block: A tiles tmm4, tmm5 (rows 0-15, 16-31), B tiles tmm6, tmm7, C tmm0..3.
 void block_32(const int8_t* a0, const int8_t* b0, const int8_t* b1, const int8_t (*b_tail)[1024],
-              int64_t K64, int64_t k_full, int64_t tail_bytes, int32_t (*acc)[32]) {
-  const int8_t* a1 = a0 + 16 * K64;
+              int64_t lda, int64_t k_full, int64_t tail_bytes, int32_t (*acc)[32]) {
+  const int8_t* a1 = a0 + 16 * lda;
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
   for (int64_t k = 0; k < k_full; k += 64) {
-    _tile_loadd(4, a0 + k, K64);
-    _tile_loadd(5, a1 + k, K64);
+    _tile_loadd(4, a0 + k, lda);
+    _tile_loadd(5, a1 + k, lda);
     _tile_loadd(6, b0 + k * 16, 64);
     _tile_loadd(7, b1 + k * 16, 64);
     _tile_dpbssd(0, 4, 6);
@@ -95,8 +95,8 @@ void block_32(const int8_t* a0, const int8_t* b0, const int8_t* b1, const int8_t
     _tile_dpbssd(3, 5, 7);
   }
   if (tail_bytes) {
-    _tile_loadd(4, a0 + k_full, K64);
-    _tile_loadd(5, a1 + k_full, K64);
+    _tile_loadd(4, a0 + k_full, lda);
+    _tile_loadd(5, a1 + k_full, lda);
     _tile_loadd(6, b_tail[0], 64);
     _tile_loadd(7, b_tail[1], 64);
     _tile_dpbssd(0, 4, 6);
@@ -114,18 +114,18 @@ void block_32(const int8_t* a0, const int8_t* b0, const int8_t* b1, const int8_t
 // is what makes AMX pay from a few rows on: the weights stream once at memory speed and the
 // multiply costs next to nothing.
 void block_16(const int8_t* a0, const int8_t* b0, const int8_t* b1, const int8_t (*b_tail)[1024],
-              int64_t K64, int64_t k_full, int64_t tail_bytes, int32_t (*acc)[32]) {
+              int64_t lda, int64_t k_full, int64_t tail_bytes, int32_t (*acc)[32]) {
   _tile_zero(0);
   _tile_zero(1);
   for (int64_t k = 0; k < k_full; k += 64) {
-    _tile_loadd(4, a0 + k, K64);
+    _tile_loadd(4, a0 + k, lda);
     _tile_loadd(6, b0 + k * 16, 64);
     _tile_loadd(7, b1 + k * 16, 64);
     _tile_dpbssd(0, 4, 6);
     _tile_dpbssd(1, 4, 7);
   }
   if (tail_bytes) {
-    _tile_loadd(4, a0 + k_full, K64);
+    _tile_loadd(4, a0 + k_full, lda);
     _tile_loadd(6, b_tail[0], 64);
     _tile_loadd(7, b_tail[1], 64);
     _tile_dpbssd(0, 4, 6);
@@ -140,14 +140,17 @@ void block_16(const int8_t* a0, const int8_t* b0, const int8_t* b1, const int8_t
 void run_amx(const PackedW8LinearArgs& a) {
   if (a.M < kAmxMinRows) return run_avx512(a);
   const int64_t Kp = round_up(a.K, 4);    // the packed weight's K
-  const int64_t K64 = round_up(a.K, 64);  // the A buffer's row length: whole tiles
+  const int64_t K64 = round_up(a.K, 64);  // A row length: whole tiles
+  // Row stride of the A buffer: one line more than K64. With a power-of-two stride (K = 4096)
+  // the 16 rows of an A tile all map to one L1 set and evict each other: 4-10x slower.
+  const int64_t lda = K64 + 64;
   const int64_t M32 = round_up(a.M, kRows);
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t n_pairs = (n_blocks + 1) / 2;
   const int64_t block_bytes = Kp * 16;
 
   std::unique_ptr<int8_t, FreeDeleter> aq(
-      static_cast<int8_t*>(std::aligned_alloc(64, round_up(M32 * K64, 64))));
+      static_cast<int8_t*>(std::aligned_alloc(64, M32 * lda)));
   std::unique_ptr<float, FreeDeleter> sx(
       static_cast<float*>(std::aligned_alloc(64, round_up(M32 * 4, 64))));
 
@@ -156,13 +159,13 @@ void run_amx(const PackedW8LinearArgs& a) {
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M32; ++m) {
-      int8_t* row = aq.get() + m * K64;
+      int8_t* row = aq.get() + m * lda;
       if (m < a.M) {
         sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K,
                                                      reinterpret_cast<uint8_t*>(row), 4, 0);
-        std::memset(row + Kp, 0, K64 - Kp);
+        std::memset(row + Kp, 0, lda - Kp);
       } else {
-        std::memset(row, 0, K64);  // padding rows: computed, never stored
+        std::memset(row, 0, lda);  // padding rows: computed, never stored
         sx.get()[m] = 0.0f;
       }
     }
@@ -194,11 +197,11 @@ void run_amx(const PackedW8LinearArgs& a) {
           std::memcpy(b_tail[1], b1 + k_full * 16, tail_bytes);
         }
         for (int64_t m0 = 0; m0 < M32; m0 += kRows) {
-          const int8_t* a0 = aq.get() + m0 * K64;
+          const int8_t* a0 = aq.get() + m0 * lda;
           if (a.M - m0 <= 16) {
-            block_16(a0, b0, b1, b_tail, K64, k_full, tail_bytes, acc);
+            block_16(a0, b0, b1, b_tail, lda, k_full, tail_bytes, acc);
           } else {
-            block_32(a0, b0, b1, b_tail, K64, k_full, tail_bytes, acc);
+            block_32(a0, b0, b1, b_tail, lda, k_full, tail_bytes, acc);
           }
           if (m0 < a.M) store_block(acc, a, sx.get(), m0, nb0 * 16, nblocks);
         }
