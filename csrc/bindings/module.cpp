@@ -8,11 +8,14 @@
 
 #include "common/cpu_features.h"
 #include "dequant/dequant.h"
+#include "gemm_w4/gemm_w4.h"
+#include "gemm_w4a8/gemm_w4a8.h"
 #include "gemm_w8/gemm_w8.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
 
 namespace py = pybind11;
+using tersor::PackedW4LinearArgs;
 using tersor::PackedW8LinearArgs;
 
 namespace {
@@ -27,6 +30,15 @@ PackedW8LinearArgs linear_args(std::uintptr_t x, int64_t M, int64_t K, int64_t l
   return PackedW8LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const int8_t>(w),
                             ptr<const int32_t>(colsum), ptr<const float>(w_scale), N,
                             ptr<const float>(bias), ptr<float>(y), ldy, nthreads};
+}
+
+PackedW4LinearArgs w4_args(std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t w,
+                           std::uintptr_t scale, std::uintptr_t zero, int64_t group_size,
+                           int64_t ngroups, int64_t N, std::uintptr_t bias, std::uintptr_t y,
+                           int64_t ldy, int nthreads) {
+  return PackedW4LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const uint8_t>(w),
+                            ptr<const uint16_t>(scale), ptr<const uint8_t>(zero), group_size,
+                            ngroups, N, ptr<const float>(bias), ptr<float>(y), ldy, nthreads};
 }
 
 void bind_cpu(py::module_& m) {
@@ -91,7 +103,36 @@ void bind_gemm_w8(py::module_& m) {
         py::call_guard<py::gil_scoped_release>());
 }
 
+// gemm_w4 and gemm_w4a8 share one signature so callers can swap kernels:
+// (x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y, ldy, nthreads)
+void bind_gemm_w4(py::module_& m) {
+  m.def("gemm_w4",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t w,
+           std::uintptr_t scale, std::uintptr_t zero, int64_t group_size, int64_t ngroups,
+           int64_t N, std::uintptr_t bias, std::uintptr_t y, int64_t ldy, int nthreads) {
+          tersor::gemm_w4::run(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N,
+                                       bias, y, ldy, nthreads));
+        },
+        py::call_guard<py::gil_scoped_release>());
+  m.def("gemm_w4a8",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t w,
+           std::uintptr_t scale, std::uintptr_t zero, int64_t group_size, int64_t ngroups,
+           int64_t N, std::uintptr_t bias, std::uintptr_t y, int64_t ldy, int nthreads) {
+          tersor::gemm_w4a8::run(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N,
+                                         bias, y, ldy, nthreads));
+        },
+        py::call_guard<py::gil_scoped_release>());
+}
+
 void bind_dequant(py::module_& m) {
+  m.def("dequant_w4t",
+        [](std::uintptr_t w, std::uintptr_t scale, std::uintptr_t zero, int64_t group_size,
+           int64_t ngroups, int64_t N, int64_t K, std::uintptr_t out, int64_t ldo, int nthreads) {
+          tersor::dequant::w4t({ptr<const uint8_t>(w), ptr<const uint16_t>(scale),
+                                ptr<const uint8_t>(zero), group_size, ngroups, N, K,
+                                ptr<float>(out), ldo, nthreads});
+        },
+        py::call_guard<py::gil_scoped_release>());
   m.def("dequant_w8",
         [](std::uintptr_t w, std::uintptr_t w_scale, int64_t N, int64_t K, std::uintptr_t out,
            int nthreads) {
@@ -109,5 +150,6 @@ PYBIND11_MODULE(_C, m) {
   bind_quant_act(m);
   bind_gemm_w8a8(m);
   bind_gemm_w8(m);
+  bind_gemm_w4(m);
   bind_dequant(m);
 }

@@ -36,3 +36,33 @@ constexpr int kW8BlockK = 4;   // k values per 32-bit lane
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 }  // namespace tersor
+
+namespace tersor {
+
+// ---------------------------------------------------------------------------------------------
+// int4 group-wise weight (used by gemm_w4, gemm_w4a8, dequant). Codes q in [0, 15], zero point z
+// per (column, group) (symmetric: z = 8), W[n][k] = (q - z) * scale[n][k / G].
+//
+//   K padded to Kp = ngroups * G (G a multiple of 8), N to Np = 16 * ceil(N / 16).
+//
+//   codes[Np/16][Kp/8]  of  W4Tile            one W4Tile = 64 bytes = 16 columns x 8 k
+//
+//   W4Tile lane c (4 bytes) of tile t:  byte j = q[c][8t + j]  |  q[c][8t + 4 + j] << 4
+//
+//        byte:      0          1          2          3
+//        low  4b:  k0         k1         k2         k3      <- (v & 0x0f): 4 consecutive k,
+//        high 4b:  k4         k5         k6         k7      <- (v >> 4 & 0x0f): the next 4,
+//                                                              each exactly one VNNI lane
+//   so the int8 kernels need no shuffle (activations stay in natural k order), and the float
+//   kernels get k = 8t + i of all 16 columns with one shift and one mask of the whole zmm.
+//
+//   scale[Np/16][ngroups][16]  fp16   (16 columns of one group: one vcvtph2ps)
+//   zero [Np/16][ngroups][16]  uint8  (asymmetric only; absent for symmetric)
+struct W4Tile {
+  uint8_t q[16][4];
+};
+static_assert(sizeof(W4Tile) == 64, "W4Tile must be exactly one 64-byte vector");
+
+constexpr int kW4TileK = 8;  // k values per W4Tile
+
+}  // namespace tersor

@@ -19,3 +19,22 @@ struct PackedW8LinearArgs {
 };
 
 }  // namespace tersor
+
+namespace tersor {
+
+struct PackedW4LinearArgs {
+  const float* x;         // M x K activations, row stride ldx, unit column stride
+  int64_t M, K, ldx;
+  const uint8_t* w;       // W4Tile[Np/16][Kp/8]
+  const uint16_t* scale;  // fp16 [Np/16][ngroups][16]
+  const uint8_t* zero;    // uint8 [Np/16][ngroups][16], or nullptr: symmetric (z = 8)
+  int64_t group_size;     // G, a multiple of 8; Kp = ngroups * G >= K
+  int64_t ngroups;
+  int64_t N;
+  const float* bias;      // [N] or nullptr
+  float* y;
+  int64_t ldy;
+  int nthreads;
+};
+
+}  // namespace tersor

@@ -30,4 +30,37 @@ void w8_avx2(const W8Args& a) {
   }
 }
 
+void w4t_avx2(const W4TArgs& a) {
+  const int64_t G = a.group_size, Kp = a.ngroups * G;
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const __m256i nibble = _mm256_set1_epi32(0x0f);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+  for (int64_t nb = 0; nb < n_blocks; ++nb) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t left = a.N - nb * 16 - 8 * h;
+      if (left <= 0) break;
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+      for (int64_t g = 0; g < a.ngroups; ++g) {
+        const int64_t meta = (nb * a.ngroups + g) * 16 + 8 * h;
+        const __m256 s = _mm256_cvtph_ps(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.scale + meta)));
+        const __m256 z = a.zero ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                      reinterpret_cast<const __m128i*>(a.zero + meta))))
+                                : _mm256_set1_ps(8.0f);
+        const __m256 nzs = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, s));
+        for (int64_t k = g * G; k < (g + 1) * G && k < a.K; ++k) {
+          const __m256i v = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(a.w + nb * Kp * 8 + (k / 8) * 64 + 32 * h));
+          const int i = static_cast<int>(k % 8);
+          const __m256i q = _mm256_and_si256(
+              _mm256_srl_epi32(v, _mm_cvtsi32_si128(i < 4 ? 8 * i : 8 * (i - 4) + 4)), nibble);
+          _mm256_maskstore_ps(a.out + k * a.ldo + nb * 16 + 8 * h, mask,
+                              _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), s, nzs));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace tersor::dequant

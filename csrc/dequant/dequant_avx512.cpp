@@ -39,4 +39,32 @@ void w8_avx512(const W8Args& a) {
   }
 }
 
+void w4t_avx512(const W4TArgs& a) {
+  const int64_t G = a.group_size, Kp = a.ngroups * G;
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const __m512i nibble = _mm512_set1_epi32(0x0f);
+#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+  for (int64_t nb = 0; nb < n_blocks; ++nb) {
+    const int64_t left = a.N - nb * 16;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    for (int64_t g = 0; g < a.ngroups; ++g) {
+      const int64_t meta = (nb * a.ngroups + g) * 16;
+      const __m512 s =
+          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
+      const __m512 z = a.zero ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                    reinterpret_cast<const __m128i*>(a.zero + meta))))
+                              : _mm512_set1_ps(8.0f);
+      const __m512 nzs = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, s));
+      for (int64_t k = g * G; k < (g + 1) * G && k < a.K; ++k) {
+        const __m512i v = _mm512_loadu_si512(a.w + nb * Kp * 8 + (k / 8) * 64);
+        const int i = static_cast<int>(k % 8);
+        const __m512i q = _mm512_and_si512(
+            _mm512_srl_epi32(v, _mm_cvtsi32_si128(i < 4 ? 8 * i : 8 * (i - 4) + 4)), nibble);
+        _mm512_mask_storeu_ps(a.out + k * a.ldo + nb * 16, mask,
+                              _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), s, nzs));
+      }
+    }
+  }
+}
+
 }  // namespace tersor::dequant

@@ -24,6 +24,15 @@ float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_s
 float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
                           uint8_t xor_mask);
 
+using RowQuantizer = float (*)(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                               uint8_t xor_mask);
+
+// One row of a grouped (int4) GEMM's A panel: `quantize` writes s8 codes interleaved for
+// `panel_rows` rows, codes K..Kp-1 are zero (Kp = ngroups * G), and gsum[g] receives the sum of
+// the codes of group g (the zero-point term). Returns the row's scale.
+float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int64_t G,
+                           int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum);
+
 // Plain row-major s8 output for tests / tools: q is M x K (ld = K), scales M.
 void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scales,
                    int nthreads);

@@ -33,6 +33,21 @@ float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_st
   return amax / 127.0f;
 }
 
+float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int64_t G,
+                           int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum) {
+  const int64_t gs = 4 * panel_rows;  // bytes between consecutive 4-k groups of one row
+  const float scale = quantize(x, K, dst, gs, 0);
+  for (int64_t k4 = round_up(K, 4) / 4; k4 < ngroups * G / 4; ++k4)
+    for (int i = 0; i < 4; ++i) dst[k4 * gs + i] = 0;
+  for (int64_t g = 0; g < ngroups; ++g) {
+    int32_t sum = 0;
+    for (int64_t k4 = g * G / 4; k4 < (g + 1) * G / 4; ++k4)
+      for (int i = 0; i < 4; ++i) sum += static_cast<int8_t>(dst[k4 * gs + i]);
+    gsum[g] = sum;
+  }
+  return scale;
+}
+
 void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scales,
                    int nthreads) {
   // Row-major output means group_stride 4, Kp == K only if K % 4 == 0: use a scratch-free path

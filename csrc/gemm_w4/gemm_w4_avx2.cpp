@@ -1,0 +1,98 @@
+// AVX2 W4 weight-only GEMM: the shift-and-mask widening of gemm_w4_avx512.cpp on two ymm per
+// W4Tile (columns 0-7, 8-15). Register tile: 3 rows x 16 columns.
+#include <immintrin.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common/formats.h"
+#include "common/parallel.h"
+#include "gemm_w4/gemm_w4.h"
+
+namespace tersor::gemm_w4 {
+namespace {
+
+constexpr int kMR = 3;
+
+template <int MR>
+void tile(const PackedW4LinearArgs& a, int64_t m0, int64_t nb) {
+  const int64_t G = a.group_size, Kp = a.ngroups * G;
+  const __m256i nibble = _mm256_set1_epi32(0x0f);
+  const float* x = a.x + m0 * a.ldx;
+  const uint8_t* wb = a.w + nb * Kp * 8;
+  __m256 acc[MR][2];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  const int64_t k8_end = (a.K + 7) / 8;
+  for (int64_t g = 0; g < a.ngroups; ++g) {
+    const int64_t meta = (nb * a.ngroups + g) * 16;
+    __m256 s[2], nzs[2];
+TERSOR_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      s[h] = _mm256_cvtph_ps(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.scale + meta + 8 * h)));
+      const __m256 z = a.zero ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                    reinterpret_cast<const __m128i*>(a.zero + meta + 8 * h))))
+                              : _mm256_set1_ps(8.0f);
+      nzs[h] = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, s[h]));
+    }
+    const int64_t t_end = (g + 1) * G / 8 < k8_end ? (g + 1) * G / 8 : k8_end;
+    for (int64_t t = g * G / 8; t < t_end; ++t) {
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64 + 32));
+      const int kn = a.K - 8 * t >= 8 ? 8 : static_cast<int>(a.K - 8 * t);
+      for (int i = 0; i < kn; ++i) {
+        const __m128i sh = _mm_cvtsi32_si128(i < 4 ? 8 * i : 8 * (i - 4) + 4);
+        const __m256 w0 = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v0, sh), nibble)), s[0], nzs[0]);
+        const __m256 w1 = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v1, sh), nibble)), s[1], nzs[1]);
+TERSOR_UNROLL
+        for (int r = 0; r < MR; ++r) {
+          const __m256 xb = _mm256_set1_ps(x[r * a.ldx + 8 * t + i]);
+          acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+        }
+      }
+    }
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+TERSOR_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const int64_t n = nb * 16 + 8 * h;
+    if (n >= a.N) break;
+    const int64_t left = a.N - n;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+    const __m256 b = a.bias ? _mm256_maskload_ps(a.bias + n, mask) : _mm256_setzero_ps();
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r)
+      _mm256_maskstore_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm256_add_ps(acc[r][h], b));
+  }
+}
+
+using TileFn = void (*)(const PackedW4LinearArgs&, int64_t, int64_t);
+constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>};
+
+}  // namespace
+
+void run_avx2(const PackedW4LinearArgs& a) {
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#if defined(_OPENMP)
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#else
+    const int t = 0, tn = 1;
+#endif
+    int64_t b0, b1;
+    split_range(n_blocks, tn, t, &b0, &b1);
+    for (int64_t nb = b0; nb < b1; ++nb)
+      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
+        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
+        kTiles[mr - 1](a, m0, nb);
+      }
+  }
+}
+
+}  // namespace tersor::gemm_w4

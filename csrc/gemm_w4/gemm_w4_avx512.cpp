@@ -1,0 +1,134 @@
+// AVX-512 W4 weight-only GEMM (rules in gemm_w4.h).
+//
+// Lane c of a W4Tile holds k = 8t + i of column c at bits 8i (i < 4) and 8(i - 4) + 4 (i >= 4):
+// one shift and one mask of the whole zmm give k = 8t + i for all 16 columns as int32, a convert
+// and one fma with the group's (s, -z*s) dequantize it exactly. Register tile: MR rows x NB
+// blocks (NB = 4 for M <= 2: bandwidth-bound, more independent streams).
+#include <immintrin.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common/formats.h"
+#include "common/parallel.h"
+#include "gemm_w4/gemm_w4.h"
+
+namespace tersor::gemm_w4 {
+namespace {
+
+constexpr int kMR = 6;
+
+constexpr int shift_of(int i) { return i < 4 ? 8 * i : 8 * (i - 4) + 4; }
+
+template <int MR, int NB>
+void tile(const PackedW4LinearArgs& a, int64_t m0, int64_t nb0) {
+  const int64_t G = a.group_size, Kp = a.ngroups * G, block_bytes = Kp * 8;
+  const __m512i nibble = _mm512_set1_epi32(0x0f);
+  const float* x = a.x + m0 * a.ldx;
+  __m512 acc[MR][NB];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
+  const int64_t k8_end = (a.K + 7) / 8;
+  for (int64_t g = 0; g < a.ngroups; ++g) {
+    __m512 s[NB], nzs[NB];
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) {
+      const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
+      s[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
+      const __m512 z = a.zero ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                    reinterpret_cast<const __m128i*>(a.zero + meta))))
+                              : _mm512_set1_ps(8.0f);
+      nzs[j] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, s[j]));
+    }
+    const int64_t t_end = (g + 1) * G / 8 < k8_end ? (g + 1) * G / 8 : k8_end;
+    for (int64_t t = g * G / 8; t < t_end; ++t) {
+      __m512i v[NB];
+TERSOR_UNROLL
+      for (int j = 0; j < NB; ++j)
+        v[j] = _mm512_loadu_si512(a.w + (nb0 + j) * block_bytes + t * 64);
+      auto step = [&](int i) {
+        const int sh = shift_of(i);
+        __m512 w[NB];
+TERSOR_UNROLL
+        for (int j = 0; j < NB; ++j) {
+          const __m512i q = _mm512_and_si512(_mm512_srli_epi32(v[j], sh), nibble);
+          w[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), s[j], nzs[j]);
+        }
+TERSOR_UNROLL
+        for (int r = 0; r < MR; ++r) {
+          const __m512 xb = _mm512_set1_ps(x[r * a.ldx + 8 * t + i]);
+TERSOR_UNROLL
+          for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_fmadd_ps(xb, w[j], acc[r][j]);
+        }
+      };
+      const int kn = a.K - 8 * t >= 8 ? 8 : static_cast<int>(a.K - 8 * t);
+      if (kn == 8) {
+TERSOR_UNROLL
+        for (int i = 0; i < 8; ++i) step(i);  // constant shifts
+      } else {
+        for (int i = 0; i < kn; ++i) step(i);  // the last, partial tile of K
+      }
+    }
+  }
+TERSOR_UNROLL
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = (nb0 + j) * 16;
+    if (n >= a.N) break;
+    const int64_t left = a.N - n;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r)
+      _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[r][j], b));
+  }
+}
+
+using TileFn = void (*)(const PackedW4LinearArgs&, int64_t, int64_t);
+template <int MR>
+constexpr TileFn pick_wide(int nb) {
+  return nb == 1 ? tile<MR, 1> : nb == 2 ? tile<MR, 2> : nb == 3 ? tile<MR, 3> : tile<MR, 4>;
+}
+template <int MR>
+constexpr TileFn pick_narrow(int nb) { return nb == 1 ? tile<MR, 1> : tile<MR, 2>; }
+TileFn pick(int mr, int nb, bool wide) {
+  if (wide) return mr == 1 ? pick_wide<1>(nb) : pick_wide<2>(nb);
+  switch (mr) {
+    case 1: return pick_narrow<1>(nb);
+    case 2: return pick_narrow<2>(nb);
+    case 3: return pick_narrow<3>(nb);
+    case 4: return pick_narrow<4>(nb);
+    case 5: return pick_narrow<5>(nb);
+    default: return pick_narrow<6>(nb);
+  }
+}
+
+}  // namespace
+
+void run_avx512(const PackedW4LinearArgs& a) {
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const int64_t nbw = a.M <= 2 ? 4 : 2;
+  const int64_t n_chunks = (n_blocks + nbw - 1) / nbw;
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#if defined(_OPENMP)
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#else
+    const int t = 0, tn = 1;
+#endif
+    int64_t c0, c1;
+    split_range(n_chunks, tn, t, &c0, &c1);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t nb0 = ch * nbw;
+      const int nb = static_cast<int>(n_blocks - nb0 < nbw ? n_blocks - nb0 : nbw);
+      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
+        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
+        pick(mr, nb, nbw == 4)(a, m0, nb0);
+      }
+    }
+  }
+}
+
+}  // namespace tersor::gemm_w4

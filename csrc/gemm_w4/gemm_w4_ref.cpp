@@ -1,0 +1,32 @@
+// Portable oracle for the W4 weight-only GEMM (rules in gemm_w4.h).
+#include <cmath>
+
+#include "common/formats.h"
+#include "common/half.h"
+#include "gemm_w4/gemm_w4.h"
+
+namespace tersor::gemm_w4 {
+
+void run_ref(const PackedW4LinearArgs& a) {
+  const int64_t G = a.group_size, k8n = a.ngroups * G / 8;
+#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.x + m * a.ldx;
+    for (int64_t n = 0; n < a.N; ++n) {
+      const W4Tile* col = reinterpret_cast<const W4Tile*>(a.w) + (n / 16) * k8n;
+      const int64_t meta = (n / 16) * a.ngroups * 16 + n % 16;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < a.K; ++k) {
+        const int64_t g = k / G;
+        const float s = half_to_float(a.scale[meta + g * 16]);
+        const float zs = static_cast<float>(a.zero ? a.zero[meta + g * 16] : 8) * s;
+        const uint8_t byte = col[k / 8].q[n % 16][k % 4];
+        const int code = (k % 8) < 4 ? (byte & 0x0f) : (byte >> 4);
+        acc = std::fma(x[k], std::fma(static_cast<float>(code), s, -zs), acc);
+      }
+      a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
+    }
+  }
+}
+
+}  // namespace tersor::gemm_w4

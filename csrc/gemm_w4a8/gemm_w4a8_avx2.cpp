@@ -1,0 +1,133 @@
+// AVX2 W4A8 GEMM (CPUs without VNNI). Codes (0..15, unsigned) x activations (s8) through
+// vpmaddubsw: pair sums are at most 2 * 15 * 127 = 3810, far from int16 saturation; vpmaddwd
+// with ones widens them. Register tile: 2 rows x 16 columns (two ymm per W4Tile half).
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <memory>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "common/formats.h"
+#include "common/half.h"
+#include "common/parallel.h"
+#include "gemm_w4a8/gemm_w4a8.h"
+#include "quant_act/quant_act.h"
+
+namespace tersor::gemm_w4a8 {
+namespace {
+
+constexpr int kMR = 2;
+
+inline __m256i dot4(__m256i codes, __m256i x, __m256i ones) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), ones);
+}
+
+template <int MR>
+void tile(const PackedW4LinearArgs& a, const uint8_t* apanel, const int32_t* gsum,
+          const float* sx, int64_t m0, int64_t nb) {
+  const int64_t G = a.group_size, Kp = a.ngroups * G;
+  const __m256i nibble = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const uint8_t* wb = a.w + nb * Kp * 8;
+  __m256 accf[MR][2];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r) accf[r][0] = accf[r][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < a.ngroups; ++g) {
+    __m256i acc[MR][2];
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
+      const uint8_t* ap = apanel + t * 2 * 4 * kMR;
+TERSOR_UNROLL
+      for (int h = 0; h < 2; ++h) {  // columns 0-7, 8-15
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64 + 32 * h));
+        const __m256i lo = _mm256_and_si256(v, nibble);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+TERSOR_UNROLL
+        for (int r = 0; r < MR; ++r) {
+          const __m256i x0 = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r));
+          const __m256i x1 =
+              _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * kMR + 4 * r));
+          acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_add_epi32(dot4(lo, x0, ones),
+                                                                   dot4(hi, x1, ones)));
+        }
+      }
+    }
+    const int64_t meta = (nb * a.ngroups + g) * 16;
+TERSOR_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const __m256 s = _mm256_cvtph_ps(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.scale + meta + 8 * h)));
+      const __m256i z = a.zero ? _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                     reinterpret_cast<const __m128i*>(a.zero + meta + 8 * h)))
+                               : _mm256_set1_epi32(8);
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        const __m256i zs = _mm256_mullo_epi32(z, _mm256_set1_epi32(gsum[r * a.ngroups + g]));
+        accf[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], zs)), s,
+                                     accf[r][h]);
+      }
+    }
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+TERSOR_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const int64_t n = nb * 16 + 8 * h;
+    if (n >= a.N) break;
+    const int64_t left = a.N - n;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+    const __m256 b = a.bias ? _mm256_maskload_ps(a.bias + n, mask) : _mm256_setzero_ps();
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r)
+      _mm256_maskstore_ps(a.y + (m0 + r) * a.ldy + n, mask,
+                          _mm256_fmadd_ps(accf[r][h], _mm256_set1_ps(sx[r]), b));
+  }
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+}  // namespace
+
+void run_avx2(const PackedW4LinearArgs& a) {
+  const int64_t G = a.group_size, Kp = a.ngroups * G;
+  const int64_t n_blocks = round_up(a.N, 16) / 16;
+  const int64_t m_panels = (a.M + kMR - 1) / kMR;
+  const int64_t panel_bytes = Kp * kMR;
+  std::unique_ptr<uint8_t, FreeDeleter> apanel(
+      static_cast<uint8_t*>(std::aligned_alloc(64, round_up(m_panels * panel_bytes, 64))));
+  std::unique_ptr<float, FreeDeleter> sx(
+      static_cast<float*>(std::aligned_alloc(64, round_up(m_panels * kMR * 4, 64))));
+  std::unique_ptr<int32_t, FreeDeleter> gsum(static_cast<int32_t*>(
+      std::aligned_alloc(64, round_up(m_panels * kMR * a.ngroups * 4, 64))));
+
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
+      sx.get()[m] = quant_act::quantize_row_grouped(quant_act::quantize_row_avx2, a.x + m * a.ldx, a.K, G,
+                                                    a.ngroups, dst, kMR,
+                                                    gsum.get() + m * a.ngroups);
+    }
+#if defined(_OPENMP)
+    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+#else
+    const int t = 0, tn = 1;
+#endif
+    int64_t b0, b1;
+    split_range(n_blocks, tn, t, &b0, &b1);
+    for (int64_t nb = b0; nb < b1; ++nb)
+      for (int64_t mp = 0; mp < m_panels; ++mp) {
+        const int64_t m0 = mp * kMR;
+        const uint8_t* ap = apanel.get() + mp * panel_bytes;
+        if (a.M - m0 >= 2) tile<2>(a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
+        else tile<1>(a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
+      }
+  }
+}
+
+}  // namespace tersor::gemm_w4a8

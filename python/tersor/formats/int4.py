@@ -1,0 +1,250 @@
+"""int4 weights, group-wise along K, asymmetric (zero point per group) or symmetric.
+
+Dequantization: ``W[n, k] = (q[n, k] - zero[n, g]) * scale[n, g]``, ``g = k // G``, codes
+``q`` in [0, 15]; symmetric means ``zero == 8``. Group sizes G: 32, 64, 128, or -1 (one group
+per output channel, K padded to a multiple of 8).
+
+Scales are fp16 in both the canonical and the kernel form: at G = 32 an fp32 scale would add a
+full bit per weight (4.5 -> 5 bits, ~11% more bytes for a bandwidth-bound M = 1), while fp16's
+11-bit significand is far finer than the 4-bit codes it scales; it is also what GPTQ/AWQ
+checkpoints carry, so imports are lossless. (q - z) * s is exact in fp32.
+
+Canonical (state_dict) form, hardware-neutral::
+
+    weight_int4   uint8   [N, ceil(K/2)]  two codes per byte along K: k even low nibble, odd high
+    weight_scale  float16 [N, ngroups]
+    weight_zero   uint8   [N, ngroups]    (asymmetric only)
+
+Kernel form (csrc/common/formats.h, ``W4Tile``), built once at conversion::
+
+    codes[Np/16][Kp/8][16][4] uint8      Kp = ngroups * G, Np = 16 * ceil(N / 16)
+
+      W4Tile t of block nb, lane c:  byte j = q[16nb + c][8t + j] | q[16nb + c][8t + 4 + j] << 4
+
+               byte 0    byte 1    byte 2    byte 3
+      low:      k0        k1        k2        k3       (v & 0xf: one VNNI lane of 4 k)
+      high:     k4        k5        k6        k7       (v >> 4 & 0xf: the next lane)
+
+    scale[Np/16][ngroups][16] fp16,  zero[Np/16][ngroups][16] uint8 (asymmetric only)
+
+Checkpoint imports (``from_gptq``, ``from_awq``) return the canonical codes, scales and zeros.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+GROUP_SIZES = (32, 64, 128, -1)
+BLOCK_N = 16
+TILE_K = 8
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of an AWQ int32 holds column 8c + AWQ_ORDER[i]
+
+
+@dataclass(frozen=True)
+class PackedInt4:
+    codes: torch.Tensor  # uint8 [Np/16, Kp/8, 16, 4]
+    scale: torch.Tensor  # float16 [Np/16, ngroups, 16]
+    zero: Optional[torch.Tensor]  # uint8 [Np/16, ngroups, 16], None when symmetric
+    out_features: int
+    in_features: int
+    group_size: int  # effective G (a multiple of 8)
+
+    @property
+    def ngroups(self) -> int:
+        return self.scale.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        ts = [self.codes, self.scale] + ([self.zero] if self.zero is not None else [])
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+def effective_group_size(in_features: int, group_size: int, what: str = "layer") -> int:
+    """G actually used: -1 means one group of K rounded up to 8. Grouped K must divide evenly."""
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"{what}: group_size must be one of {GROUP_SIZES}, got {group_size}")
+    if group_size == -1:
+        return _round_up(max(in_features, 1), TILE_K)
+    if in_features % group_size:
+        raise ValueError(f"{what}: in_features={in_features} is not a multiple of group_size="
+                         f"{group_size}; refusing to pad silently (use group_size=-1, or a "
+                         f"group size that divides {in_features})")
+    return group_size
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int = 128, symmetric: bool = False,
+                  what: str = "layer"):
+    """Round-to-nearest int4. Returns (q uint8 [N, K], scale fp16 [N, ngroups],
+    zero uint8 [N, ngroups] or None, G)."""
+    w = weight.detach().to(torch.float32)
+    n, k = w.shape
+    g = effective_group_size(k, group_size, what)
+    kp = _round_up(k, g)
+    wp = torch.zeros(n, kp)
+    wp[:, :k] = w
+    wg = wp.view(n, kp // g, g)
+    if symmetric:
+        scale = (wg.abs().amax(-1) / 7.0).to(torch.float16)
+        zero = None
+        zf = torch.full_like(scale, 8, dtype=torch.float32)
+    else:
+        lo = wg.amin(-1).clamp(max=0.0)
+        hi = wg.amax(-1).clamp(min=0.0)
+        scale = ((hi - lo) / 15.0).to(torch.float16)
+    if torch.isinf(scale).any():
+        raise ValueError(f"{what}: weights too large for fp16 group scales (|w| > ~1e6)")
+    s = scale.to(torch.float32)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    if not symmetric:
+        zero = torch.round(-lo / safe).clamp(0, 15).to(torch.uint8)
+        zf = zero.to(torch.float32)
+    q = (torch.round(wg / safe[..., None]) + zf[..., None]).clamp(0, 15)
+    q = q.to(torch.uint8).view(n, kp)[:, :k].contiguous()
+    return q, scale, zero, g
+
+
+def dequantize_int4(q, scale, zero, group_size: int) -> torch.Tensor:
+    """Canonical codes -> float32 [N, K] (the reference for every kernel)."""
+    n, k = q.shape
+    z = zero.to(torch.float32) if zero is not None else torch.full(scale.shape, 8.0)
+    g_of_k = torch.arange(k) // group_size
+    return (q.to(torch.float32) - z[:, g_of_k]) * scale.to(torch.float32)[:, g_of_k]
+
+
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
+              group_size: int) -> PackedInt4:
+    """Canonical (q [N, K], scale [N, ngroups], zero) -> kernel layout (diagram above)."""
+    n, k = q.shape
+    ngroups = scale.shape[1]
+    np_, kp = _round_up(n, BLOCK_N), ngroups * group_size
+    qp = torch.zeros(np_, kp, dtype=torch.uint8)
+    qp[:n, :k] = q
+    # [nb, c, t, half, j] -> byte (nb, t, c, j) = half0 | half1 << 4
+    v = qp.view(np_ // BLOCK_N, BLOCK_N, kp // TILE_K, 2, 4)
+    codes = (v[:, :, :, 0, :] | (v[:, :, :, 1, :] << 4)).permute(0, 2, 1, 3).contiguous()
+
+    def per_block(t, dtype):
+        out = torch.zeros(np_, ngroups, dtype=dtype)
+        out[:n] = t
+        return out.view(np_ // BLOCK_N, BLOCK_N, ngroups).permute(0, 2, 1).contiguous()
+
+    scale_p = per_block(scale.to(torch.float16), torch.float16)
+    zero_p = per_block(zero, torch.uint8) if zero is not None else None
+    return PackedInt4(codes, scale_p, zero_p, n, k, group_size)
+
+
+def unpack_int4(codes, scale, zero, n: int, k: int):
+    """Kernel layout -> canonical (q [N, K], scale [N, ngroups], zero or None)."""
+    nb, k8, _, _ = codes.shape
+    lo, hi = codes & 0x0F, codes >> 4
+    q = torch.stack([lo, hi], dim=3)  # [nb, t, c, half, j]
+    q = q.permute(0, 2, 1, 3, 4).reshape(nb * BLOCK_N, k8 * TILE_K)[:n, :k]
+    s = scale.permute(0, 2, 1).reshape(nb * BLOCK_N, -1)[:n]
+    z = zero.permute(0, 2, 1).reshape(nb * BLOCK_N, -1)[:n] if zero is not None else None
+    return q.contiguous(), s.contiguous(), (z.contiguous() if z is not None else None)
+
+
+def to_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """[N, K] codes -> [N, ceil(K/2)] bytes, k even in the low nibble."""
+    n, k = q.shape
+    qp = torch.zeros(n, _round_up(k, 2), dtype=torch.uint8)
+    qp[:, :k] = q
+    return (qp[:, 0::2] | (qp[:, 1::2] << 4)).contiguous()
+
+
+def from_nibbles(b: torch.Tensor, k: int) -> torch.Tensor:
+    q = torch.stack([b & 0x0F, b >> 4], dim=2).reshape(b.shape[0], -1)
+    return q[:, :k].contiguous()
+
+
+# ---- checkpoint imports -------------------------------------------------------------------
+
+def _unpack_int32_nibbles(t: torch.Tensor, order=range(8)) -> torch.Tensor:
+    """int32 [..., c] -> uint8 [..., 8c]; nibble i (bits 4i) becomes element 8c + order[i]."""
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
+    nib = ((t[..., None] >> shifts) & 0xF).to(torch.uint8)  # [..., c, 8] by nibble position
+    out = torch.empty_like(nib)
+    out[..., list(order)] = nib
+    return out.reshape(*t.shape[:-1], t.shape[-1] * 8)
+
+
+def _check(cond, msg):
+    if not cond:
+        raise ValueError(msg)
+
+
+def from_gptq(qweight, qzeros, scales, g_idx=None, *, version: int = 1, what: str = "GPTQ"):
+    """GPTQ 4-bit tensors -> (q [N, K], scale fp16 [N, ngroups], zero [N, ngroups], G, perm).
+
+    qweight int32 [K/8, N] (8 codes along K, k = 8r + i in bits 4i), qzeros int32
+    [ngroups, N/8] (along N), scales [ngroups, N], g_idx int32 [K] (group of each k; any
+    permutation with act-order / desc_act). version=1 stores zero - 1 (AutoGPTQ's v1).
+    ``perm`` is None for ordered groups, else the input permutation that makes groups
+    contiguous: the layer computes x[..., perm] @ W[:, perm]^T, which is the same product.
+    """
+    _check(qweight.dtype == torch.int32 and qweight.dim() == 2,
+           f"{what}: qweight must be int32 [K/8, N], got {qweight.dtype} {tuple(qweight.shape)}")
+    k, n = qweight.shape[0] * 8, qweight.shape[1]
+    _check(scales.dim() == 2 and scales.shape[1] == n and scales.dtype in
+           (torch.float16, torch.float32, torch.bfloat16),
+           f"{what}: scales must be float [ngroups, {n}], got {scales.dtype} "
+           f"{tuple(scales.shape)}")
+    ngroups = scales.shape[0]
+    _check(ngroups > 0 and k % ngroups == 0,
+           f"{what}: {ngroups} scale rows do not divide K={k} into equal groups")
+    g = k // ngroups
+    _check(qzeros.dtype == torch.int32 and tuple(qzeros.shape) == (ngroups, n // 8)
+           and n % 8 == 0,
+           f"{what}: qzeros must be int32 [{ngroups}, {n // 8}], got {qzeros.dtype} "
+           f"{tuple(qzeros.shape)}")
+    _check(version in (1, 2), f"{what}: version must be 1 or 2, got {version}")
+    _check(g in (32, 64, 128) or ngroups == 1,
+           f"{what}: group size {g} is not supported (32, 64, 128 or per-channel)")
+    q = _unpack_int32_nibbles(qweight.t()).view(n, k // 8, 8).reshape(n, k)  # [N, K]
+    zero = _unpack_int32_nibbles(qzeros)  # [ngroups, N]
+    if version == 1:
+        zero = (zero + 1) & 0x0F
+    perm = None
+    if g_idx is not None:
+        _check(g_idx.dim() == 1 and g_idx.shape[0] == k and not g_idx.is_floating_point(),
+               f"{what}: g_idx must be an integer tensor [{k}], got {g_idx.dtype} "
+               f"{tuple(g_idx.shape)}")
+        gi = g_idx.to(torch.int64)
+        _check(bool(((gi >= 0) & (gi < ngroups)).all()),
+               f"{what}: g_idx values must lie in [0, {ngroups})")
+        if not torch.equal(gi, torch.arange(k) // g):
+            _check(bool((torch.bincount(gi, minlength=ngroups) == g).all()),
+                   f"{what}: g_idx must put exactly {g} inputs in every group")
+            perm = torch.argsort(gi, stable=True)
+            q = q[:, perm]
+    scale = scales.t().to(torch.float16).contiguous()
+    return q.contiguous(), scale, zero.t().contiguous(), (g if ngroups > 1 else k), perm
+
+
+def from_awq(qweight, qzeros, scales, group_size: int = 128, *, what: str = "AWQ"):
+    """AWQ 4-bit tensors -> (q [N, K], scale fp16 [N, ngroups], zero [N, ngroups], G).
+
+    qweight int32 [K, N/8] packed along N in AWQ's order [0, 2, 4, 6, 1, 3, 5, 7], qzeros int32
+    [K/G, N/8] likewise, scales [K/G, N]; W = (q - z) * s.
+    """
+    _check(qweight.dtype == torch.int32 and qweight.dim() == 2,
+           f"{what}: qweight must be int32 [K, N/8], got {qweight.dtype} {tuple(qweight.shape)}")
+    k, n = qweight.shape[0], qweight.shape[1] * 8
+    _check(group_size in (32, 64, 128) and k % group_size == 0,
+           f"{what}: group_size {group_size} must be 32, 64 or 128 and divide K={k}")
+    ngroups = k // group_size
+    _check(tuple(scales.shape) == (ngroups, n) and scales.is_floating_point(),
+           f"{what}: scales must be float [{ngroups}, {n}], got {scales.dtype} "
+           f"{tuple(scales.shape)}")
+    _check(qzeros.dtype == torch.int32 and tuple(qzeros.shape) == (ngroups, n // 8),
+           f"{what}: qzeros must be int32 [{ngroups}, {n // 8}], got {qzeros.dtype} "
+           f"{tuple(qzeros.shape)}")
+    q = _unpack_int32_nibbles(qweight, AWQ_ORDER).t().contiguous()  # [N, K]
+    zero = _unpack_int32_nibbles(qzeros, AWQ_ORDER).t().contiguous()  # [N, ngroups]
+    return q, scales.t().to(torch.float16).contiguous(), zero, group_size

@@ -1,0 +1,120 @@
+"""``tersor::gemm_w4`` (fp32 activations) and ``tersor::gemm_w4a8`` (dynamic int8 activations):
+y = x W^T + b with int4 group-wise weights in the kernel layout of formats/int4.py.
+
+Eager callers that validated their tensors (QLinear) call ``gemm_w4_cpu`` directly; the custom
+ops are what torch.compile traces.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from tersor import _C
+from tersor.ops._common import check, ptr, rows_view
+
+
+def gemm_w4_cpu(x, codes, scale, zero, bias, n: int, group_size: int,
+                act_int8: bool) -> torch.Tensor:
+    k = x.shape[-1]
+    x2 = rows_view(x, k)
+    m = x2.shape[0]
+    y = torch.empty((m, n), dtype=torch.float32)
+    if m:
+        kernel = _C.gemm_w4a8 if act_int8 else _C.gemm_w4
+        kernel(x2.data_ptr(), m, k, x2.stride(0), codes.data_ptr(), scale.data_ptr(), ptr(zero),
+               group_size, scale.shape[1], n, ptr(bias), y.data_ptr(), n, torch.get_num_threads())
+    return y.view(*x.shape[:-1], n)
+
+
+def check_packed_int4(op: str, x, codes, scale, zero, bias, n: int, group_size: int) -> None:
+    check(x.dtype == torch.float32 and x.dim() >= 1, f"{op}: x must be float32, got {x.dtype}")
+    k = x.shape[-1]
+    check(codes.dtype == torch.uint8 and codes.dim() == 4 and codes.shape[2:] == (16, 4),
+          f"{op}: codes must be uint8 [Np/16, Kp/8, 16, 4], got {codes.dtype} "
+          f"{tuple(codes.shape)}")
+    np_, kp = codes.shape[0] * 16, codes.shape[1] * 8
+    check(group_size % 8 == 0 and group_size > 0, f"{op}: group_size {group_size} must be a "
+                                                   f"positive multiple of 8")
+    ngroups = kp // group_size
+    check(ngroups * group_size == kp and kp >= k > kp - group_size,
+          f"{op}: packed K={kp} (group {group_size}) does not fit x with K={k}")
+    check(np_ >= n > np_ - 16, f"{op}: out_features={n} does not match the packed weight ({np_})")
+    check(scale.dtype == torch.float16 and tuple(scale.shape) == (np_ // 16, ngroups, 16),
+          f"{op}: scale must be float16 [{np_ // 16}, {ngroups}, 16], got {scale.dtype} "
+          f"{tuple(scale.shape)}")
+    if zero is not None:
+        check(zero.dtype == torch.uint8 and zero.shape == scale.shape,
+              f"{op}: zero must be uint8 {tuple(scale.shape)}, got {zero.dtype} "
+              f"{tuple(zero.shape)}")
+    if bias is not None:
+        check(bias.dtype == torch.float32 and tuple(bias.shape) == (n,),
+              f"{op}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
+    for t in (codes, scale, zero, bias):
+        if t is not None:
+            check(t.is_contiguous(), f"{op}: weight tensors must be contiguous")
+            check(t.device == x.device, f"{op}: all tensors must be on {x.device}")
+
+
+def _fallback(x, codes, scale, zero, bias, n, group_size, act_int8):
+    """Devices without a native kernel: the torch reference."""
+    from tersor.formats.int4 import unpack_int4
+    from tersor.ref.int4 import gemm_w4_ref, gemm_w4a8_ref
+
+    k = x.shape[-1]
+    q, s, z = unpack_int4(codes, scale, zero, n, k)
+    fn = gemm_w4a8_ref if act_int8 else gemm_w4_ref
+    return fn(x.reshape(-1, k), q, s, z, group_size, bias).view(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("tersor::gemm_w4", mutates_args=())
+def gemm_w4(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+            zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], out_features: int,
+            group_size: int) -> torch.Tensor:
+    check_packed_int4("tersor::gemm_w4", x, codes, scale, zero, bias, out_features, group_size)
+    if x.device.type == "cpu":
+        return gemm_w4_cpu(x, codes, scale, zero, bias, out_features, group_size, False)
+    return _fallback(x, codes, scale, zero, bias, out_features, group_size, False)
+
+
+@torch.library.custom_op("tersor::gemm_w4a8", mutates_args=())
+def gemm_w4a8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+              zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], out_features: int,
+              group_size: int) -> torch.Tensor:
+    check_packed_int4("tersor::gemm_w4a8", x, codes, scale, zero, bias, out_features, group_size)
+    if x.device.type == "cpu":
+        return gemm_w4_cpu(x, codes, scale, zero, bias, out_features, group_size, True)
+    return _fallback(x, codes, scale, zero, bias, out_features, group_size, True)
+
+
+@gemm_w4.register_fake
+def _(x, codes, scale, zero, bias, out_features, group_size):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@gemm_w4a8.register_fake
+def _(x, codes, scale, zero, bias, out_features, group_size):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.custom_op("tersor::dequant_w4t", mutates_args=())
+def dequant_w4t(codes: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
+                out_features: int, in_features: int, group_size: int) -> torch.Tensor:
+    """Packed int4 -> fp32 W^T [in_features, out_features] (exactly (q - z) * s)."""
+    check_packed_int4("tersor::dequant_w4t", torch.empty(0, in_features, device=codes.device),
+                      codes, scale, zero, None, out_features, group_size)
+    if codes.device.type != "cpu":
+        from tersor.formats.int4 import dequantize_int4, unpack_int4
+
+        q, s, z = unpack_int4(codes, scale, zero, out_features, in_features)
+        return dequantize_int4(q, s, z, group_size).t().contiguous()
+    out = torch.empty((in_features, out_features), dtype=torch.float32)
+    _C.dequant_w4t(codes.data_ptr(), scale.data_ptr(), ptr(zero), group_size, scale.shape[1],
+                   out_features, in_features, out.data_ptr(), out_features,
+                   torch.get_num_threads())
+    return out
+
+
+@dequant_w4t.register_fake
+def _(codes, scale, zero, out_features, in_features, group_size):
+    return codes.new_empty((in_features, out_features), dtype=torch.float32)

@@ -1,0 +1,43 @@
+"""Reference math for the int4 family, from the rules (python/tersor/formats/int4.py and
+csrc/gemm_w4a8/gemm_w4a8.h), not from the kernels.
+
+Shapes: x [M, K] float32; canonical q [N, K] uint8, scale fp16 [N, ngroups], zero uint8
+[N, ngroups] or None (symmetric, z = 8); G the effective group size.
+"""
+from __future__ import annotations
+
+import torch
+
+from tersor.formats.int4 import dequantize_int4
+from tersor.ref.int8 import quantize_rows_ref
+
+
+def gemm_w4_ref(x, q, scale, zero, group_size, bias=None):
+    """fp32 activations x exactly dequantized int4 weights, accumulated in fp64."""
+    w = dequantize_int4(q, scale, zero, group_size).to(torch.float64)
+    y = x.to(torch.float64) @ w.t()
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(torch.float32)
+
+
+def gemm_w4a8_ref(x, q, scale, zero, group_size, bias=None):
+    """Dynamic int8 activations x int4 weights: exact integer group sums, fp64 combination."""
+    m, k = x.shape
+    n, ngroups = scale.shape
+    qx, sx = quantize_rows_ref(x)
+    kp = ngroups * group_size
+    xq = torch.zeros(m, kp, dtype=torch.float64)
+    xq[:, :k] = qx.to(torch.float64)
+    qq = torch.zeros(n, kp, dtype=torch.float64)
+    qq[:, :k] = q.to(torch.float64)
+    z = (zero.to(torch.float64) if zero is not None else torch.full((n, ngroups), 8.0,
+                                                                     dtype=torch.float64))
+    dots = torch.einsum("mgk,ngk->mng", xq.view(m, ngroups, group_size),
+                        qq.view(n, ngroups, group_size))  # exact integers
+    sums = xq.view(m, ngroups, group_size).sum(-1)  # [m, g]
+    t = dots - z[None] * sums[:, None, :]
+    y = (t * scale.to(torch.float64)[None]).sum(-1) * sx.to(torch.float64)[:, None]
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(torch.float32)
