@@ -29,7 +29,7 @@ def test_quantize_report_and_skips():
     report = tersor.quantize_(model, tersor.W8A8Config(skip_names=("head",)))
     by_name = {r.fqn: r for r in report.layers}
     assert isinstance(model.fc1, QLinear) and by_name["fc1"].scheme == "w8a8"
-    assert by_name["fc1"].bytes_after < by_name["fc1"].bytes_before / 3
+    assert by_name["fc1"].bytes_after < by_name["fc1"].bytes_before / 2  # padded to tiles
     assert by_name["attn.out_proj"].scheme == "dense" and "MultiheadAttention" in \
         by_name["attn.out_proj"].reason
     assert "float16" in by_name["fp16"].reason and isinstance(model.fp16, nn.Linear)

@@ -51,7 +51,7 @@ def test_to_float_and_dequantized_weight(cfg):
     lin = make_linear(37, 20)
     q = QLinear.from_float(lin, cfg)
     back = q.to_float()
-    qi, s = q.weight_int8()
+    qi, s = q.canonical_weight()
     torch.testing.assert_close(back.weight, qi.float() * s[:, None], rtol=0, atol=0)
     assert (back.weight - lin.weight).abs().max() <= s.max() / 2 + 1e-7
     torch.testing.assert_close(back.bias, lin.bias)

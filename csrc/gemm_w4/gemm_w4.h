@@ -9,6 +9,8 @@
 
 namespace tersor::gemm_w4 {
 
+constexpr int64_t kChunk = 32;
+
 void run_ref(const PackedW4LinearArgs& a);
 void run_avx2(const PackedW4LinearArgs& a);
 void run_avx512(const PackedW4LinearArgs& a);

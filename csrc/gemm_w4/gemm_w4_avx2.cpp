@@ -12,7 +12,7 @@
 namespace tersor::gemm_w4 {
 namespace {
 
-constexpr int kMR = 3;
+constexpr int kMR = 2;
 
 template <int MR>
 void tile(const PackedW4LinearArgs& a, int64_t m0, int64_t nb) {
@@ -20,9 +20,9 @@ void tile(const PackedW4LinearArgs& a, int64_t m0, int64_t nb) {
   const __m256i nibble = _mm256_set1_epi32(0x0f);
   const float* x = a.x + m0 * a.ldx;
   const uint8_t* wb = a.w + nb * Kp * 8;
-  __m256 acc[MR][2];
+  __m256 acc[MR][2], part[MR][2];
 TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = part[r][0] = part[r][1] = _mm256_setzero_ps();
   const int64_t k8_end = (a.K + 7) / 8;
   for (int64_t g = 0; g < a.ngroups; ++g) {
     const int64_t meta = (nb * a.ngroups + g) * 16;
@@ -50,9 +50,17 @@ TERSOR_UNROLL
 TERSOR_UNROLL
         for (int r = 0; r < MR; ++r) {
           const __m256 xb = _mm256_set1_ps(x[r * a.ldx + 8 * t + i]);
-          acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
-          acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+          part[r][0] = _mm256_fmadd_ps(xb, w0, part[r][0]);
+          part[r][1] = _mm256_fmadd_ps(xb, w1, part[r][1]);
         }
+      }
+      if (t % (kChunk / 8) == kChunk / 8 - 1 || t == k8_end - 1) {  // close a 32-k chunk
+TERSOR_UNROLL
+        for (int r = 0; r < MR; ++r)
+          for (int h = 0; h < 2; ++h) {
+            acc[r][h] = _mm256_add_ps(acc[r][h], part[r][h]);
+            part[r][h] = _mm256_setzero_ps();
+          }
       }
     }
   }
@@ -71,7 +79,7 @@ TERSOR_UNROLL
 }
 
 using TileFn = void (*)(const PackedW4LinearArgs&, int64_t, int64_t);
-constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>};
+constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>};
 
 }  // namespace
 

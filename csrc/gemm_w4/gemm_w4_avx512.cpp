@@ -3,7 +3,7 @@
 // Lane c of a W4Tile holds k = 8t + i of column c at bits 8i (i < 4) and 8(i - 4) + 4 (i >= 4):
 // one shift and one mask of the whole zmm give k = 8t + i for all 16 columns as int32, a convert
 // and one fma with the group's (s, -z*s) dequantize it exactly. Register tile: MR rows x NB
-// blocks (NB = 4 for M <= 2: bandwidth-bound, more independent streams).
+// blocks (NB = 4 for M = 1: bandwidth-bound, more independent streams).
 #include <immintrin.h>
 #if defined(_OPENMP)
 #include <omp.h>
@@ -16,7 +16,7 @@
 namespace tersor::gemm_w4 {
 namespace {
 
-constexpr int kMR = 6;
+constexpr int kMR = 4;
 
 constexpr int shift_of(int i) { return i < 4 ? 8 * i : 8 * (i - 4) + 4; }
 
@@ -25,11 +25,11 @@ void tile(const PackedW4LinearArgs& a, int64_t m0, int64_t nb0) {
   const int64_t G = a.group_size, Kp = a.ngroups * G, block_bytes = Kp * 8;
   const __m512i nibble = _mm512_set1_epi32(0x0f);
   const float* x = a.x + m0 * a.ldx;
-  __m512 acc[MR][NB];
+  __m512 acc[MR][NB], part[MR][NB];
 TERSOR_UNROLL
   for (int r = 0; r < MR; ++r)
 TERSOR_UNROLL
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NB; ++j) acc[r][j] = part[r][j] = _mm512_setzero_ps();
   const int64_t k8_end = (a.K + 7) / 8;
   for (int64_t g = 0; g < a.ngroups; ++g) {
     __m512 s[NB], nzs[NB];
@@ -60,7 +60,7 @@ TERSOR_UNROLL
         for (int r = 0; r < MR; ++r) {
           const __m512 xb = _mm512_set1_ps(x[r * a.ldx + 8 * t + i]);
 TERSOR_UNROLL
-          for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_fmadd_ps(xb, w[j], acc[r][j]);
+          for (int j = 0; j < NB; ++j) part[r][j] = _mm512_fmadd_ps(xb, w[j], part[r][j]);
         }
       };
       const int kn = a.K - 8 * t >= 8 ? 8 : static_cast<int>(a.K - 8 * t);
@@ -69,6 +69,15 @@ TERSOR_UNROLL
         for (int i = 0; i < 8; ++i) step(i);  // constant shifts
       } else {
         for (int i = 0; i < kn; ++i) step(i);  // the last, partial tile of K
+      }
+      if (t % (kChunk / 8) == kChunk / 8 - 1 || t == k8_end - 1) {  // close a 32-k chunk
+TERSOR_UNROLL
+        for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+          for (int j = 0; j < NB; ++j) {
+            acc[r][j] = _mm512_add_ps(acc[r][j], part[r][j]);
+            part[r][j] = _mm512_setzero_ps();
+          }
       }
     }
   }
@@ -93,14 +102,12 @@ constexpr TileFn pick_wide(int nb) {
 template <int MR>
 constexpr TileFn pick_narrow(int nb) { return nb == 1 ? tile<MR, 1> : tile<MR, 2>; }
 TileFn pick(int mr, int nb, bool wide) {
-  if (wide) return mr == 1 ? pick_wide<1>(nb) : pick_wide<2>(nb);
+  if (wide) return pick_wide<1>(nb);
   switch (mr) {
     case 1: return pick_narrow<1>(nb);
     case 2: return pick_narrow<2>(nb);
     case 3: return pick_narrow<3>(nb);
-    case 4: return pick_narrow<4>(nb);
-    case 5: return pick_narrow<5>(nb);
-    default: return pick_narrow<6>(nb);
+    default: return pick_narrow<4>(nb);
   }
 }
 
@@ -108,7 +115,7 @@ TileFn pick(int mr, int nb, bool wide) {
 
 void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
-  const int64_t nbw = a.M <= 2 ? 4 : 2;
+  const int64_t nbw = a.M == 1 ? 4 : 2;  // 4 x 2 accumulators fit in 32 zmm only for 1 row
   const int64_t n_chunks = (n_blocks + nbw - 1) / nbw;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)

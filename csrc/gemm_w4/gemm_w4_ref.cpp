@@ -15,14 +15,18 @@ void run_ref(const PackedW4LinearArgs& a) {
     for (int64_t n = 0; n < a.N; ++n) {
       const W4Tile* col = reinterpret_cast<const W4Tile*>(a.w) + (n / 16) * k8n;
       const int64_t meta = (n / 16) * a.ngroups * 16 + n % 16;
-      float acc = 0.0f;
+      float acc = 0.0f, part = 0.0f;
       for (int64_t k = 0; k < a.K; ++k) {
         const int64_t g = k / G;
         const float s = half_to_float(a.scale[meta + g * 16]);
         const float zs = static_cast<float>(a.zero ? a.zero[meta + g * 16] : 8) * s;
         const uint8_t byte = col[k / 8].q[n % 16][k % 4];
         const int code = (k % 8) < 4 ? (byte & 0x0f) : (byte >> 4);
-        acc = std::fma(x[k], std::fma(static_cast<float>(code), s, -zs), acc);
+        part = std::fma(x[k], std::fma(static_cast<float>(code), s, -zs), part);
+        if (k % kChunk == kChunk - 1 || k == a.K - 1) {
+          acc += part;
+          part = 0.0f;
+        }
       }
       a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
     }

@@ -6,10 +6,10 @@
 """
 from tersor._backend import available_isas, cpu_info
 from tersor.api import LayerReport, Report, quantize_
-from tersor.configs import W8A8Config, W8Config
+from tersor.configs import W4A8Config, W4Config, W8A8Config, W8Config
 from tersor.nn import QLinear
 
 __version__ = "0.1.0"
 
-__all__ = ["LayerReport", "QLinear", "Report", "W8A8Config", "W8Config", "available_isas",
-           "cpu_info", "quantize_"]
+__all__ = ["LayerReport", "QLinear", "Report", "W4A8Config", "W4Config", "W8A8Config", "W8Config",
+           "available_isas", "cpu_info", "quantize_"]

@@ -7,10 +7,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tersor.configs import W8A8Config, W8Config
+from tersor.configs import W4A8Config, W4Config, W8A8Config, W8Config
+from tersor.formats.int4 import effective_group_size
 from tersor.nn.qlinear import QLinear
 
-_CONFIGS = (W8A8Config, W8Config)
+_CONFIGS = (W8A8Config, W8Config, W4Config, W4A8Config)
 
 
 @dataclass
@@ -64,8 +65,8 @@ def _linear_bytes(m: nn.Linear) -> int:
     return sum(p.numel() * p.element_size() for p in (m.weight, m.bias) if p is not None)
 
 
-def _cannot_serve(m: nn.Linear, parent: Optional[nn.Module]) -> str:
-    """Why the int8 CPU schemes cannot run this layer, or "" if they can."""
+def _cannot_serve(m: nn.Linear, parent: Optional[nn.Module], config) -> str:
+    """Why the scheme cannot run this layer, or "" if it can."""
     if isinstance(parent, nn.MultiheadAttention):
         return "out_proj of nn.MultiheadAttention (its fused path reads .weight directly)"
     if m.weight.dtype != torch.float32:
@@ -76,6 +77,12 @@ def _cannot_serve(m: nn.Linear, parent: Optional[nn.Module]) -> str:
         return f"in_features={m.in_features} > 65536 (int32 accumulator bound)"
     if m.in_features == 0 or m.out_features == 0:
         return "empty layer"
+    if isinstance(config, (W4Config, W4A8Config)):
+        try:
+            effective_group_size(m.in_features, config.group_size)
+        except ValueError:
+            return (f"in_features={m.in_features} is not a multiple of group_size="
+                    f"{config.group_size} (not padded; group_size=-1 would serve it)")
     return ""
 
 
@@ -110,7 +117,7 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
             continue
         shape = (m.out_features, m.in_features)
         size = _linear_bytes(m)
-        reason = _cannot_serve(m, parent)
+        reason = _cannot_serve(m, parent, config)
         if not reason and fqn in config.skip_names:
             reason = "listed in config.skip_names"
         if not reason and filter_fn is not None and not filter_fn(m, fqn):

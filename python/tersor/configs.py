@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tersor.formats.int4 import GROUP_SIZES
+
 KERNELS = ("auto", "native", "ref")
 
 
@@ -45,3 +47,34 @@ class W8Config(_QuantConfig):
     """int8 weights (symmetric, per output channel) x float32 activations (weight-only)."""
 
     scheme = "w8"
+
+
+@dataclass(frozen=True)
+class _Int4Config(_QuantConfig):
+    group_size: int = 128
+    symmetric: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.group_size not in GROUP_SIZES:
+            raise ValueError(f"{type(self).__name__}.group_size must be one of {GROUP_SIZES} "
+                             f"(-1: one group per output channel), got {self.group_size!r}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"{type(self).__name__}.symmetric must be a bool, got "
+                             f"{self.symmetric!r}")
+
+
+@dataclass(frozen=True)
+class W4Config(_Int4Config):
+    """int4 group-wise weights (fp16 scales, zero points unless symmetric) x float32
+    activations; the weights are dequantized exactly in registers."""
+
+    scheme = "w4"
+
+
+@dataclass(frozen=True)
+class W4A8Config(_Int4Config):
+    """int4 group-wise weights x int8 activations (dynamic, per row), VNNI/AMX dot products."""
+
+    group_size: int = 32
+    scheme = "w4a8"

@@ -37,7 +37,9 @@ def check_packed_int4(op: str, x, codes, scale, zero, bias, n: int, group_size: 
     check(group_size % 8 == 0 and group_size > 0, f"{op}: group_size {group_size} must be a "
                                                    f"positive multiple of 8")
     ngroups = kp // group_size
-    check(ngroups * group_size == kp and kp >= k > kp - group_size,
+    # one group: K padded up to a multiple of 8; several groups: K is exactly ngroups * G
+    fits = (kp >= k > kp - 8) if ngroups == 1 else (k == kp)
+    check(ngroups * group_size == kp and fits,
           f"{op}: packed K={kp} (group {group_size}) does not fit x with K={k}")
     check(np_ >= n > np_ - 16, f"{op}: out_features={n} does not match the packed weight ({np_})")
     check(scale.dtype == torch.float16 and tuple(scale.shape) == (np_ // 16, ngroups, 16),

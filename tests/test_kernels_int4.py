@@ -1,0 +1,94 @@
+"""Every ISA path of the int4 family against the C ref (bit for bit), the torch reference and an
+fp64 oracle, on odd shapes, group sizes, symmetric and asymmetric weights."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tersor.formats.int4 import dequantize_int4, pack_int4, quantize_int4
+from tersor.ops import dequant_w4t, gemm_w4, gemm_w4a8
+from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
+
+CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
+MS = [1, 7, 33]
+NS = [5, 33]
+
+
+def make(m, k, n, g, sym, gen, bias=True):
+    x = torch.randn(m, k, generator=gen) * 2
+    w = torch.randn(n, k, generator=gen)
+    q, s, z, G = quantize_int4(w, g, sym)
+    b = torch.randn(n, generator=gen) if bias else None
+    return x, q, s, z, G, b, pack_int4(q, s, z, G)
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("n", NS)
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("g,k", CASES)
+def test_gemm_w4a8(isa, g, k, m, n, sym, gen, c_ref):
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    xs = torch.randn(m, k + 5, generator=gen)[:, 2:2 + k]  # strided rows
+    xs.copy_(x)
+    y = gemm_w4a8(xs, p.codes, p.scale, p.zero, b, n, G)
+    assert torch.equal(y, c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, b, n, G)))
+    torch.testing.assert_close(y, gemm_w4a8_ref(x, q, s, z, G, b), rtol=2e-6, atol=2e-5)
+    y64 = x.double() @ dequantize_int4(q, s, z, G).double().t() + b.double()
+    assert (y.double() - y64).norm() <= 0.02 * y64.norm() + 1e-6
+
+
+@pytest.mark.parametrize("g,k", [(32, 64), (-1, 37), (128, 256)])
+def test_gemm_w4a8_integer_exact(isa, g, k, gen):
+    """Without bias and with one group, y = fl(fl(t * s) * sx): t the exact integer."""
+    x, q, s, z, G, _, p = make(7, k, 20, -1, False, gen, bias=False)
+    y = gemm_w4a8(x, p.codes, p.scale, p.zero, None, 20, G)
+    qx, sx = quantize_rows_ref(x)
+    t = qx.double() @ q.double().t() - z.double().t() * qx.double().sum(1, keepdim=True)
+    expect = (t.float() * s.float().t()) * sx[:, None]
+    assert torch.equal(y, expect)
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("n", NS)
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("g,k", CASES)
+def test_gemm_w4(isa, g, k, m, n, sym, gen, c_ref):
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    y = gemm_w4(x.t().contiguous().t(), p.codes, p.scale, p.zero, b, n, G)
+    assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)))
+    w = dequantize_int4(q, s, z, G)
+    y64 = x.double() @ w.double().t() + b.double()
+    torch_err = (F.linear(x, w, b).double() - y64).pow(2).mean().sqrt()
+    assert (y.double() - y64).pow(2).mean().sqrt() <= 3 * torch_err + 1e-6
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("g,k", CASES)
+def test_dequant_w4t_exact(isa, g, k, sym, gen):
+    _, q, s, z, G, _, p = make(1, k, 37, g, sym, gen)
+    assert torch.equal(dequant_w4t(p.codes, p.scale, p.zero, 37, k, G),
+                       dequantize_int4(q, s, z, G).t())
+
+
+@pytest.mark.parametrize("op", [gemm_w4, gemm_w4a8])
+def test_nan_rows_and_empty(isa, op, gen):
+    x, _, _, _, G, b, p = make(4, 64, 20, 32, False, gen)
+    x[2, 5] = float("nan")
+    y = op(x, p.codes, p.scale, p.zero, b, 20, G)
+    assert y[2].isnan().all() and torch.isfinite(y[[0, 1, 3]]).all()
+    assert op(torch.empty(0, 64), p.codes, p.scale, p.zero, b, 20, G).shape == (0, 20)
+
+
+def test_opcheck_int4_ops(gen):
+    x, _, _, _, G, b, p = make(3, 64, 20, 32, False, gen)
+    for op in (gemm_w4, gemm_w4a8):
+        torch.library.opcheck(op, (x, p.codes, p.scale, p.zero, b, 20, G))
+        torch.library.opcheck(op, (x[0], p.codes, p.scale, None, None, 20, G))
+    torch.library.opcheck(dequant_w4t, (p.codes, p.scale, p.zero, 20, 64, G))
+
+
+def test_int4_op_errors(gen):
+    x, _, _, _, G, b, p = make(3, 64, 20, 32, False, gen)
+    with pytest.raises(ValueError, match="packed K=64 .* does not fit x with K=63"):
+        gemm_w4(x[:, :63], p.codes, p.scale, p.zero, b, 20, G)
+    with pytest.raises(ValueError, match="scale must be float16"):
+        gemm_w4a8(x, p.codes, p.scale.float(), p.zero, b, 20, G)
