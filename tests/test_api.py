@@ -84,3 +84,14 @@ def test_already_quantized_layers_are_left_alone():
     first = model[0]
     report = tersor.quantize_(model, tersor.W8A8Config())
     assert model[0] is first and report.layers == []
+
+
+def test_int4_quantize_report_skips_indivisible_layers():
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 100), nn.Linear(100, 8))
+    report = tersor.quantize_(model, tersor.W4A8Config(group_size=32))
+    assert isinstance(model[0], QLinear) and isinstance(model[2], QLinear)
+    assert isinstance(model[3], nn.Linear)
+    reason = {r.fqn: r.reason for r in report.layers}["3"]
+    assert "in_features=100 is not a multiple of group_size=32" in reason
+    conv = {r.fqn: r for r in report.layers}["0"]
+    assert conv.bytes_after < conv.bytes_before / 5
