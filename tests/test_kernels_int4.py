@@ -92,3 +92,22 @@ def test_int4_op_errors(gen):
         gemm_w4(x[:, :63], p.codes, p.scale, p.zero, b, 20, G)
     with pytest.raises(ValueError, match="scale must be float16"):
         gemm_w4a8(x, p.codes, p.scale.float(), p.zero, b, 20, G)
+
+
+def test_w4_dense_path_for_large_batches(gen):
+    """From DENSE_MIN_ROWS rows the W4 op dequantizes panels of W^T and runs torch's GEMM;
+    several panels are exercised by shrinking the panel size."""
+    from tersor.ops import dense_path
+
+    m = dense_path.DENSE_MIN_ROWS["w4"]
+    x, q, s, z, G, b, p = make(m, 128, 100, 32, False, gen)
+    old = dense_path.PANEL_BYTES
+    dense_path.PANEL_BYTES = 128 * 4 * 32  # 32-column panels
+    try:
+        y = gemm_w4(x, p.codes, p.scale, p.zero, b, 100, G)
+    finally:
+        dense_path.PANEL_BYTES = old
+    y64 = x.double() @ dequantize_int4(q, s, z, G).double().t() + b.double()
+    assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
+    torch.testing.assert_close(y[: m - 1], gemm_w4(x[: m - 1], p.codes, p.scale, p.zero, b, 100,
+                                                   G), rtol=1e-5, atol=1e-4)

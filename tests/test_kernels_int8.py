@@ -128,3 +128,22 @@ def test_large_k_and_many_rows_match_ref(isa, gen, c_ref):
     assert torch.equal(y, c_ref(lambda: gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 100)))
     y8 = gemm_w8(x, p.packed, p.scale, b, 100)
     assert torch.equal(y8, c_ref(lambda: gemm_w8(x, p.packed, p.scale, b, 100)))
+
+
+def test_w8_dense_path_for_large_batches(gen):
+    """From DENSE_MIN_ROWS rows the W8 op dequantizes panels and runs torch's fp32 GEMM."""
+    from tersor.ops import dense_path
+
+    m = dense_path.DENSE_MIN_ROWS["w8"]
+    x, q, s, b, p = make(m, 300, 1100, gen)
+    old = dense_path.PANEL_BYTES
+    dense_path.PANEL_BYTES = 300 * 4 * 400  # 400-column panels: three of them
+    try:
+        y = gemm_w8(x, p.packed, p.scale, b, 1100)
+    finally:
+        dense_path.PANEL_BYTES = old
+    w = q.double() * s.double()[:, None]
+    y64 = x.double() @ w.t() + b.double()
+    assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
+    torch.testing.assert_close(y[: m - 1], gemm_w8(x[: m - 1], p.packed, p.scale, b, 1100),
+                               rtol=1e-5, atol=1e-4)

@@ -16,6 +16,7 @@ from torch import nn
 from tersor import _C
 from tersor.formats import int4 as f4
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8, unpack_int8
+from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.dequant import dequant_w8
 from tersor.ops.gemm_w4 import dequant_w4t, gemm_w4, gemm_w4_cpu, gemm_w4a8
 from tersor.ops.gemm_w8 import gemm_w8, gemm_w8_cpu
@@ -186,7 +187,8 @@ class QLinear(nn.Module):
         return out
 
     def _fast_args(self):
-        """(kernel, packed, colsum, scale, bias, K, N) for the eager CPU int8 path, or False."""
+        """(kernel, packed, colsum, scale, bias, K, N, max_rows) for the eager CPU int8 path,
+        or False."""
         f = self.__dict__.get("_fast")
         if f is None:
             b = self._buffers
@@ -194,8 +196,9 @@ class QLinear(nn.Module):
                 f = False
             else:
                 kernel = _C.gemm_w8a8 if self.scheme == "w8a8" else _C.gemm_w8
+                max_rows = DENSE_MIN_ROWS.get(self.scheme, 1 << 62)  # beyond: the dense path
                 f = (kernel, b["packed"], b["colsum"], b["scale"], b["bias"], self.in_features,
-                     self.out_features)
+                     self.out_features, max_rows)
             self.__dict__["_fast"] = f
         return f
 
@@ -203,9 +206,9 @@ class QLinear(nn.Module):
         f = self._fast_args()
         if (f and x.dtype is _F32 and x.is_cpu and x.dim() == 2 and x.is_contiguous()
                 and not _is_compiling()):
-            kernel, packed, colsum, scale, bias, k, n = f
+            kernel, packed, colsum, scale, bias, k, n, max_rows = f
             m, kx = x.shape
-            if kx == k:
+            if kx == k and m < max_rows:
                 y = torch.empty(m, n)
                 if m:
                     kernel(x.data_ptr(), m, k, k, packed.data_ptr(), colsum.data_ptr(),

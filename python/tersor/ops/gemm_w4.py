@@ -12,6 +12,7 @@ import torch
 
 from tersor import _C
 from tersor.ops._common import check, ptr, rows_view
+from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 
 def gemm_w4_cpu(x, codes, scale, zero, bias, n: int, group_size: int,
@@ -19,6 +20,9 @@ def gemm_w4_cpu(x, codes, scale, zero, bias, n: int, group_size: int,
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
+    if not act_int8 and m >= DENSE_MIN_ROWS["w4"]:
+        y = linear_w4_dense(x2, codes, scale, zero, bias, n, group_size)
+        return y.view(*x.shape[:-1], n)
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
         kernel = _C.gemm_w4a8 if act_int8 else _C.gemm_w4

@@ -7,6 +7,7 @@ import torch
 
 from tersor import _C
 from tersor.ops._common import check_packed_int8, ptr, rows_view
+from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w8_dense
 from tersor.ref.int8 import gemm_w8_ref
 
 
@@ -14,6 +15,8 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
+    if m >= DENSE_MIN_ROWS["w8"]:
+        return linear_w8_dense(x2, packed, scale, bias, n).view(*x.shape[:-1], n)
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
         _C.gemm_w8(x2.data_ptr(), m, k, x2.stride(0), packed.data_ptr(), 0, scale.data_ptr(), n,
