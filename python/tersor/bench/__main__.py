@@ -3,6 +3,7 @@
     python -m tersor.bench                       # every shape and M of the foundation issue
     python -m tersor.bench --shapes 4096x4096 --m 1,8 --json out.json
     python -m tersor.bench --quick               # small subset, a minute or so
+    python -m tersor.bench --family int4         # 4-bit weights against torch / onnxruntime int4
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 import torch
 
 import tersor
-from tersor.bench.impls import linear_impls, make_linear
+from tersor.bench.impls import int4_impls, linear_impls, make_linear
 from tersor.bench.overhead import measure_overhead
 from tersor.bench.timing import measure_bandwidth, measure_int8_peak, time_interleaved
 
@@ -23,12 +24,18 @@ SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (384, 1536), (1536, 384)] 
 MS = [1, 8, 32, 128, 512]
 
 
-def check_correct(impls, lin, x):
+FAMILIES = {  # impl factory, tolerated relative error against fp32 (RTN int4 on random
+    "int8": (linear_impls, 0.05),  # gaussian weights is ~7-10% off fp32 by itself)
+    "int4": (int4_impls, 0.15),
+}
+
+
+def check_correct(impls, lin, x, tol):
     ref = lin(x).detach()
     for im in impls:
         y = im.fn(x, 0)
         err = ((y - ref).norm() / ref.norm()).item()
-        if not err < 0.05:
+        if not err < tol:
             raise SystemExit(f"{im.name}: relative error {err:.3g} against fp32; not timing it")
 
 
@@ -43,34 +50,35 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_linear(shapes, ms, rotate, rounds, bw, peak_int8):
+def run_linear(family, shapes, ms, rotate, rounds, bw, peak_int8):
+    make_impls, tol = FAMILIES[family]
     rows = []
     for k, n in shapes:
         lin = make_linear(k, n)
-        impls = linear_impls(lin, rotate)
+        impls = make_impls(lin, rotate)
         ready = [im for im in impls if not im.unavailable]
         for im in impls:
             if im.unavailable:
                 print(f"  skipped {im.name}: {im.unavailable}")
         print(f"\nK={k} N={n}: weight copies rotated: "
               + ", ".join(f"{im.name} x{im.copies}" for im in ready))
-        header = (f"{'M':>4}  {'implementation':<22}{'us':>10}{'GB/s':>8}{'GOP/s':>8}"
+        header = (f"{'M':>4}  {'implementation':<30}{'us':>10}{'GB/s':>8}{'GOP/s':>8}"
                   f"{'roofline':>10}  ratios (baseline time / ours)")
         print(header)
         for m in ms:
             x = torch.randn(m, k)
-            check_correct(ready, lin, x)
+            check_correct(ready, lin, x, tol)
             times = time_interleaved({im.name: im.fn for im in ready}, x, rounds=rounds)
             baselines = {im.name: times[im.name] for im in ready if im.kind == "baseline"}
             for im in ready:
                 t = times[im.name]
                 floor = max(im.weight_bytes / bw, 2 * m * k * n / peak_int8)
                 ratios = {b: bt / t for b, bt in baselines.items()} if im.kind == "ours" else {}
-                rows.append(dict(K=k, N=n, M=m, impl=im.name, kind=im.kind, us=t * 1e6,
+                rows.append(dict(family=family, K=k, N=n, M=m, impl=im.name, kind=im.kind, us=t * 1e6,
                                  gbps=im.weight_bytes / t / 1e9, gops=2 * m * k * n / t / 1e9,
                                  roofline=floor / t, ratios=ratios))
                 rtxt = "  ".join(f"{r:5.2f}x {b}" for b, r in ratios.items())
-                print(f"{m:>4}  {im.name:<22}{t * 1e6:>10.0f}{im.weight_bytes / t / 1e9:>8.1f}"
+                print(f"{m:>4}  {im.name:<30}{t * 1e6:>10.0f}{im.weight_bytes / t / 1e9:>8.1f}"
                       f"{2 * m * k * n / t / 1e9:>8.0f}{100 * floor / t:>9.0f}%  {rtxt}")
     return rows
 
@@ -83,6 +91,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--no-rotate", action="store_true", help="one weight copy (cache-flattered)")
     p.add_argument("--quick", action="store_true", help="4096x4096 and 384x1536, M in 1,32")
+    p.add_argument("--family", choices=["int8", "int4", "all"], default="int8")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split("x"))
@@ -97,7 +106,11 @@ def main(argv=None):
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, ISA {info['active']}")
     print(f"measured: read bandwidth {bw / 1e9:.1f} GB/s, int8 peak (torch._int_mm) "
           f"{peak / 1e9:.0f} GOP/s; roofline = max(bytes / bandwidth, ops / int8 peak)")
-    rows = run_linear(shapes, ms, not a.no_rotate, a.rounds, bw, peak)
+    families = ["int8", "int4"] if a.family == "all" else [a.family]
+    rows = []
+    for fam in families:
+        print(f"\n=== {fam} weights ===")
+        rows += run_linear(fam, shapes, ms, not a.no_rotate, a.rounds, bw, peak)
     ov = measure_overhead()
     print(f"\nper-call overhead, 384x384 at M=1: QLinear {ov['qlinear_us']:.1f} us, bare kernel "
           f"{ov['kernel_us']:.1f} us -> {ov['overhead_us']:.1f} us above the kernel; "

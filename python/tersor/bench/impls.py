@@ -139,3 +139,99 @@ def linear_impls(lin: nn.Linear, rotate: bool, which=("w8a8", "w8", "fp32", "ao"
         "ort": lambda: ort_dynamic_int8(lin, rotate),
     }
     return [makers[w]() for w in which]
+
+
+# ---- int4 -------------------------------------------------------------------------------------
+
+def _int4_weights(lin: nn.Linear, group_size: int):
+    from tersor.formats.int4 import quantize_int4
+
+    return quantize_int4(lin.weight, group_size, symmetric=False)
+
+
+def torch_int4pack(lin: nn.Linear, group_size: int, rotate: bool) -> Impl:
+    """torch._weight_int4pack_mm_for_cpu (bf16 activations: torch's fastest int4 CPU path);
+    its zero point is a float: w = (q - 8) * s + zf, so zf = (8 - z) * s."""
+    name = f"torch int4pack g{group_size}"
+    q, s, z, g = _int4_weights(lin, group_size)
+    n, k = q.shape
+    nbytes = n * k // 2 + 4 * n * (k // g)
+    try:
+        packed = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
+    except (AttributeError, RuntimeError) as e:
+        return Impl(name, None, nbytes, 0, "baseline", f"unavailable in this torch: {e}")
+    sf = s.to(torch.float32).t()
+    sz = torch.stack([sf, (8.0 - z.to(torch.float32).t()) * sf], dim=-1).to(torch.bfloat16)
+    r = copies_for(nbytes, rotate)
+    ws = [(packed.clone(), sz.clone().contiguous()) for _ in range(r)]
+    bias = lin.bias.detach()
+
+    def fn(x, i):
+        p, sc = ws[i % r]
+        return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), p, g, sc).float() + bias
+
+    return Impl(name, fn, nbytes, r, "baseline")
+
+
+def ort_matmul_nbits(lin: nn.Linear, group_size: int, accuracy_level: int, rotate: bool) -> Impl:
+    """onnxruntime MatMulNBits (bits=4, block = group_size); accuracy_level 4 computes with
+    int8 activations, 0 with float."""
+    name = f"ort MatMulNBits g{group_size} acc{accuracy_level}"
+    q, s, z, g = _int4_weights(lin, group_size)
+    n, k = q.shape
+    ng = k // g
+    nbytes = n * k // 2 + n * ng * (4 + 1)
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError as e:
+        return Impl(name, None, nbytes, 0, "baseline", f"onnxruntime/onnx not installed ({e.name})")
+    from tersor.formats.int4 import to_nibbles
+
+    blob = to_nibbles(q).view(n, ng, g // 2).numpy()
+    zp = torch.zeros(n, (ng + 1) // 2 * 2, dtype=torch.uint8)
+    zp[:, :ng] = z
+    zp = (zp[:, 0::2] | (zp[:, 1::2] << 4)).numpy()
+    inits = [numpy_helper.from_array(blob, "B"),
+             numpy_helper.from_array(s.to(torch.float32).reshape(-1).numpy(), "scales"),
+             numpy_helper.from_array(zp.reshape(-1), "zp"),
+             numpy_helper.from_array(lin.bias.detach().numpy().copy(), "bias")]
+    node = helper.make_node("MatMulNBits", ["x", "B", "scales", "zp", "", "bias"], ["y"],
+                            domain="com.microsoft", K=k, N=n, bits=4, block_size=g,
+                            accuracy_level=accuracy_level)
+    graph = helper.make_graph([node], "linear4",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    r = copies_for(nbytes, rotate)
+    data = model.SerializeToString()
+    try:
+        sessions = [ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+                    for _ in range(r)]
+    except Exception as e:  # pragma: no cover - depends on the onnxruntime build
+        return Impl(name, None, nbytes, 0, "baseline", f"unavailable: {e}")
+
+    def fn(x, i):
+        return torch.from_numpy(sessions[i % r].run(None, {"x": x.numpy()})[0])
+
+    return Impl(name, fn, nbytes, r, "baseline")
+
+
+def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
+    w8a8 = tersor_linear(lin, tersor.W8A8Config(), rotate, "tersor W8A8")
+    w8a8.kind = "baseline"  # the issue's reference point for the 4-bit schemes
+    out = [torch_fp32(lin, rotate), w8a8]
+    for g in group_sizes:
+        out += [tersor_linear(lin, tersor.W4Config(group_size=g), rotate, f"tersor W4 g{g}"),
+                tersor_linear(lin, tersor.W4A8Config(group_size=g), rotate, f"tersor W4A8 g{g}"),
+                torch_int4pack(lin, g, rotate),
+                ort_matmul_nbits(lin, g, 0, rotate),
+                ort_matmul_nbits(lin, g, 4, rotate)]
+    return out
