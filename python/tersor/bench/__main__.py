@@ -39,6 +39,15 @@ def check_correct(impls, lin, x, tol):
             raise SystemExit(f"{im.name}: relative error {err:.3g} against fp32; not timing it")
 
 
+def same_group(ours: str, baseline: str) -> bool:
+    """Compare a g32 kernel with g32 baselines (and with group-less ones), not with g128."""
+    def group(name):
+        return next((w for w in name.split() if w[:1] == "g" and w[1:].isdigit()), None)
+
+    gb = group(baseline)
+    return gb is None or gb == group(ours)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -73,7 +82,8 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, peak_int8):
             for im in ready:
                 t = times[im.name]
                 floor = max(im.weight_bytes / bw, 2 * m * k * n / peak_int8)
-                ratios = {b: bt / t for b, bt in baselines.items()} if im.kind == "ours" else {}
+                ratios = ({b: bt / t for b, bt in baselines.items() if same_group(im.name, b)}
+                          if im.kind == "ours" else {})
                 rows.append(dict(family=family, K=k, N=n, M=m, impl=im.name, kind=im.kind, us=t * 1e6,
                                  gbps=im.weight_bytes / t / 1e9, gops=2 * m * k * n / t / 1e9,
                                  roofline=floor / t, ratios=ratios))
