@@ -77,7 +77,10 @@ def minilm_variants(base):
     torch.backends.quantized.engine = "x86"
     ao = torch.ao.quantization.quantize_dynamic(ao, {nn.Linear}, dtype=torch.qint8)
     out.append(("torch.ao dynamic int8", ao, ""))
-    for name, cfg in [("tersor W8A8", tersor.W8A8Config()), ("tersor W8", tersor.W8Config())]:
+    schemes = [("tersor W8A8", tersor.W8A8Config()), ("tersor W8", tersor.W8Config()),
+               ("tersor W4A8 g32", tersor.W4A8Config(group_size=32)),
+               ("tersor W4 g128", tersor.W4Config(group_size=128))]
+    for name, cfg in schemes:
         m = copy.deepcopy(base)
         rep = tersor.quantize_(m, cfg)
         out.append((name, m, f"{len(rep.converted)} layers converted, "
