@@ -17,6 +17,9 @@ namespace tersor::gemm_w4a8 {
 void run_ref(const PackedW4LinearArgs& a);
 void run_avx2(const PackedW4LinearArgs& a);
 void run_avx512(const PackedW4LinearArgs& a);
+void run_amx(const PackedW4LinearArgs& a);  // AMX-INT8 tiles from kAmxMinRows rows, else avx512
 void run(const PackedW4LinearArgs& a);
+
+constexpr int64_t kAmxMinRows = 8;  // measured (4096x4096, g32): VNNI wins at 4 rows, AMX at 8
 
 }  // namespace tersor::gemm_w4a8

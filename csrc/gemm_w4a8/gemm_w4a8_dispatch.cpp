@@ -7,7 +7,7 @@ void run(const PackedW4LinearArgs& a) {
   if (a.M == 0 || a.N == 0) return;
   switch (active_isa()) {
 #if defined(TERSOR_X86)
-    case Isa::Amx:
+    case Isa::Amx: return run_amx(a);
     case Isa::Avx512: return run_avx512(a);
     case Isa::Avx2: return run_avx2(a);
 #endif
