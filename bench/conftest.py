@@ -29,3 +29,4 @@ def _impls_for(k, n, rotate):
 @pytest.fixture
 def linear_case(rotate):
     return lambda k, n: _impls_for(k, n, rotate)
+

@@ -3,6 +3,11 @@
 // dynamic scheduler buys nothing and costs a few microseconds per call.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 // Fully unroll a register-tile loop before GCC decides where the tile's accumulator array
 // lives: without it the 24-zmm VNNI tile was kept on the stack (a store per dpbusd).
@@ -14,6 +19,28 @@ namespace tersor {
 inline void split_range(int64_t n, int nt, int t, int64_t* begin, int64_t* end) {
   *begin = n * t / nt;
   *end = n * (t + 1) / nt;
+}
+
+// This thread's share [begin, end) of n items, inside an OpenMP parallel region.
+inline void thread_range(int64_t n, int64_t* begin, int64_t* end) {
+#if defined(_OPENMP)
+  split_range(n, omp_get_num_threads(), omp_get_thread_num(), begin, end);
+#else
+  *begin = 0;
+  *end = n;
+#endif
+}
+
+// A 64-byte aligned scratch array (freed with the owner).
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+template <typename T>
+using Scratch = std::unique_ptr<T, FreeDeleter>;
+template <typename T>
+Scratch<T> alloc_scratch(int64_t count) {
+  const int64_t bytes = (count * int64_t(sizeof(T)) + 63) / 64 * 64;
+  return Scratch<T>(static_cast<T*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64)));
 }
 
 // Measured: a second thread pays from ~64K multiply-adds (384x384 at M = 1: 8.2 -> 6.8 us).

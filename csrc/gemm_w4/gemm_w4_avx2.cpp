@@ -1,9 +1,6 @@
 // AVX2 W4 weight-only GEMM: the shift-and-mask widening of gemm_w4_avx512.cpp on two ymm per
 // W4Tile (columns 0-7, 8-15). Register tile: 3 rows x 16 columns.
 #include <immintrin.h>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -88,13 +85,8 @@ void run_avx2(const PackedW4LinearArgs& a) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t b0, b1;
-    split_range(n_blocks, tn, t, &b0, &b1);
+    thread_range(n_blocks, &b0, &b1);
     for (int64_t nb = b0; nb < b1; ++nb)
       for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
         const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);

@@ -5,9 +5,6 @@
 // and one fma with the group's (s, -z*s) dequantize it exactly. Register tile: MR rows x NB
 // blocks (NB = 4 for M = 1: bandwidth-bound, more independent streams).
 #include <immintrin.h>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -120,13 +117,8 @@ void run_avx512(const PackedW4LinearArgs& a) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t c0, c1;
-    split_range(n_chunks, tn, t, &c0, &c1);
+    thread_range(n_chunks, &c0, &c1);
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t nb0 = ch * nbw;
       const int nb = static_cast<int>(n_blocks - nb0 < nbw ? n_blocks - nb0 : nbw);

@@ -12,12 +12,7 @@
 // same order as every other path. Groups of 32 use 32-k tiles, larger groups 64-k tiles.
 #include <immintrin.h>
 
-#include <cstdlib>
 #include <cstring>
-#include <memory>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -45,16 +40,6 @@ void configure_tiles(int ks) {
   for (int t = 4; t < 6; ++t) cfg.rows[t] = 16, cfg.colsb[t] = static_cast<uint16_t>(ks);
   for (int t = 6; t < 8; ++t) cfg.rows[t] = static_cast<uint8_t>(ks / 4), cfg.colsb[t] = 64;
   _tile_loadconfig(&cfg);
-}
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
-template <typename T>
-std::unique_ptr<T, FreeDeleter> alloc64(int64_t count) {
-  return std::unique_ptr<T, FreeDeleter>(
-      static_cast<T*>(std::aligned_alloc(64, round_up(count * int64_t(sizeof(T)), 64))));
 }
 
 // Codes of column block nb -> s8 rows (q - z), 64 bytes per k4 row.
@@ -95,36 +80,19 @@ void run_amx(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t n_pairs = (n_blocks + 1) / 2;
 
-  auto aq = alloc64<int8_t>(M32 * lda);
-  auto sx = alloc64<float>(M32);
+  auto aq = alloc_scratch<int8_t>(M32 * lda);
+  auto sx = alloc_scratch<float>(M32);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < M32; ++m) {
-      int8_t* row = aq.get() + m * lda;
-      if (m < a.M) {
-        sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K,
-                                                     reinterpret_cast<uint8_t*>(row), 4, 0);
-        const int64_t written = round_up(a.K, 4);
-        std::memset(row + written, 0, lda - written);
-      } else {
-        std::memset(row, 0, lda);
-        sx.get()[m] = 0.0f;
-      }
-    }
+    quant_act::quantize_rows_amx(a.x, a.M, a.K, a.ldx, M32, lda, aq.get(), sx.get());
 
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t p0, p1;
-    split_range(n_pairs, tn, t, &p0, &p1);
+    thread_range(n_pairs, &p0, &p1);
     if (p0 < p1) {
       configure_tiles(ks);
-      auto bexp = alloc64<int8_t>(2 * Kq * 16);  // two expanded blocks, Kq/4 rows of 64 B
+      auto bexp = alloc_scratch<int8_t>(2 * Kq * 16);  // two expanded blocks, Kq/4 rows of 64 B
       std::memset(bexp.get(), 0, 2 * Kq * 16);   // rows past Kp stay zero
       int8_t* bx[2] = {bexp.get(), bexp.get() + Kq * 16};
       alignas(64) int32_t cbuf[32][32];

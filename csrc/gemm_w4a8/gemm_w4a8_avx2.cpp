@@ -3,11 +3,6 @@
 // with ones widens them. Register tile: 2 rows x 16 columns (two ymm per W4Tile half).
 #include <immintrin.h>
 
-#include <cstdlib>
-#include <memory>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/half.h"
@@ -85,10 +80,6 @@ TERSOR_UNROLL
   }
 }
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
 }  // namespace
 
 void run_avx2(const PackedW4LinearArgs& a) {
@@ -96,12 +87,9 @@ void run_avx2(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
   const int64_t panel_bytes = Kp * kMR;
-  std::unique_ptr<uint8_t, FreeDeleter> apanel(
-      static_cast<uint8_t*>(std::aligned_alloc(64, round_up(m_panels * panel_bytes, 64))));
-  std::unique_ptr<float, FreeDeleter> sx(
-      static_cast<float*>(std::aligned_alloc(64, round_up(m_panels * kMR * 4, 64))));
-  std::unique_ptr<int32_t, FreeDeleter> gsum(static_cast<int32_t*>(
-      std::aligned_alloc(64, round_up(m_panels * kMR * a.ngroups * 4, 64))));
+  auto apanel = alloc_scratch<uint8_t>(m_panels * panel_bytes);
+  auto sx = alloc_scratch<float>(m_panels * kMR);
+  auto gsum = alloc_scratch<int32_t>(m_panels * kMR * a.ngroups);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
@@ -113,13 +101,8 @@ void run_avx2(const PackedW4LinearArgs& a) {
                                                     a.ngroups, dst, kMR,
                                                     gsum.get() + m * a.ngroups);
     }
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t b0, b1;
-    split_range(n_blocks, tn, t, &b0, &b1);
+    thread_range(n_blocks, &b0, &b1);
     for (int64_t nb = b0; nb < b1; ++nb)
       for (int64_t mp = 0; mp < m_panels; ++mp) {
         const int64_t m0 = mp * kMR;

@@ -8,11 +8,6 @@
 // bandwidth-bound M <= 2, else 2), an int32 accumulator per group and an fp32 one across groups.
 #include <immintrin.h>
 
-#include <cstdlib>
-#include <memory>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -121,10 +116,6 @@ TileFn pick(int mr, int nb, bool wide) {
   }
 }
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
 }  // namespace
 
 void run_avx512(const PackedW4LinearArgs& a) {
@@ -135,12 +126,9 @@ void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
   const int64_t panel_bytes = Kp * kMR;
 
-  std::unique_ptr<uint8_t, FreeDeleter> apanel(
-      static_cast<uint8_t*>(std::aligned_alloc(64, round_up(m_panels * panel_bytes, 64))));
-  std::unique_ptr<float, FreeDeleter> sx(
-      static_cast<float*>(std::aligned_alloc(64, round_up(m_panels * kMR * 4, 64))));
-  std::unique_ptr<int32_t, FreeDeleter> gsum(static_cast<int32_t*>(
-      std::aligned_alloc(64, round_up(m_panels * kMR * a.ngroups * 4, 64))));
+  auto apanel = alloc_scratch<uint8_t>(m_panels * panel_bytes);
+  auto sx = alloc_scratch<float>(m_panels * kMR);
+  auto gsum = alloc_scratch<int32_t>(m_panels * kMR * a.ngroups);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
@@ -153,13 +141,8 @@ void run_avx512(const PackedW4LinearArgs& a) {
                                                     a.ngroups, dst, kMR,
                                                     gsum.get() + m * a.ngroups);
     }
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t c0, c1;
-    split_range(n_chunks, tn, t, &c0, &c1);
+    thread_range(n_chunks, &c0, &c1);
     TileCtx ctx;
     ctx.a = &a;
     ctx.block_bytes = Kp * 8;

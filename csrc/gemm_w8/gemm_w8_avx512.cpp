@@ -5,9 +5,6 @@
 // every lane at once: four shift pairs + four int->float converts turn a tile into the 4 zmm
 // W[., k..k+3] without any shuffle. Register tile: MR = 8 rows x NB = 2 blocks (32 columns).
 #include <immintrin.h>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -119,13 +116,8 @@ void run_avx512(const PackedW8LinearArgs& a) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t c0, c1;
-    split_range(n_chunks, tn, t, &c0, &c1);
+    thread_range(n_chunks, &c0, &c1);
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t b0 = ch * nbw;
       const int nb = static_cast<int>(n_blocks - b0 < nbw ? n_blocks - b0 : nbw);

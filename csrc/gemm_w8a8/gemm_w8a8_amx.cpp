@@ -16,12 +16,7 @@
 // buffer into the same fma epilogue as every other path (bit-identical results).
 #include <immintrin.h>
 
-#include <cstdlib>
 #include <cstring>
-#include <memory>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -50,10 +45,6 @@ void configure_tiles() {
   }
   _tile_loadconfig(&cfg);
 }
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
 
 constexpr int kRows = 32;  // rows of a register block (2 A tiles)
 
@@ -149,34 +140,16 @@ void run_amx(const PackedW8LinearArgs& a) {
   const int64_t n_pairs = (n_blocks + 1) / 2;
   const int64_t block_bytes = Kp * 16;
 
-  std::unique_ptr<int8_t, FreeDeleter> aq(
-      static_cast<int8_t*>(std::aligned_alloc(64, M32 * lda)));
-  std::unique_ptr<float, FreeDeleter> sx(
-      static_cast<float*>(std::aligned_alloc(64, round_up(M32 * 4, 64))));
+  auto aq = alloc_scratch<int8_t>(M32 * lda);
+  auto sx = alloc_scratch<float>(M32);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < M32; ++m) {
-      int8_t* row = aq.get() + m * lda;
-      if (m < a.M) {
-        sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K,
-                                                     reinterpret_cast<uint8_t*>(row), 4, 0);
-        std::memset(row + Kp, 0, lda - Kp);
-      } else {
-        std::memset(row, 0, lda);  // padding rows: computed, never stored
-        sx.get()[m] = 0.0f;
-      }
-    }
+    quant_act::quantize_rows_amx(a.x, a.M, a.K, a.ldx, M32, lda, aq.get(), sx.get());
 
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t p0, p1;
-    split_range(n_pairs, tn, t, &p0, &p1);
+    thread_range(n_pairs, &p0, &p1);
     if (p0 < p1) {
       configure_tiles();
       alignas(64) int32_t acc[kRows][32];

@@ -8,11 +8,6 @@
 // A panel: apanel[M/4][Kp/4][4 rows][4 k] s8. Register tile: 4 rows x 16 columns (2 ymm each).
 #include <immintrin.h>
 
-#include <cstdlib>
-#include <memory>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -68,10 +63,6 @@ using TileFn = void (*)(const uint8_t*, const int8_t*, int64_t, const float*,
                         const PackedW8LinearArgs&, int64_t, int64_t);
 constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>, tile<4>};
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
 }  // namespace
 
 void run_avx2(const PackedW8LinearArgs& a) {
@@ -79,10 +70,8 @@ void run_avx2(const PackedW8LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
   const int64_t panel_bytes = Kp * kMR;
-  std::unique_ptr<uint8_t, FreeDeleter> apanel(
-      static_cast<uint8_t*>(std::aligned_alloc(64, round_up(m_panels * panel_bytes, 64))));
-  std::unique_ptr<float, FreeDeleter> sx(
-      static_cast<float*>(std::aligned_alloc(64, round_up(m_panels * kMR * 4, 64))));
+  auto apanel = alloc_scratch<uint8_t>(m_panels * panel_bytes);
+  auto sx = alloc_scratch<float>(m_panels * kMR);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
@@ -92,13 +81,8 @@ void run_avx2(const PackedW8LinearArgs& a) {
       uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
       sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, dst, 4 * kMR, 0);
     }
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t b0, b1;
-    split_range(n_blocks, tn, t, &b0, &b1);
+    thread_range(n_blocks, &b0, &b1);
     for (int64_t blk = b0; blk < b1; ++blk) {
       for (int64_t mp = 0; mp < m_panels; ++mp) {
         const int64_t m0 = mp * kMR;

@@ -14,11 +14,6 @@
 // in L2 while it walks all rows, so W is read from memory exactly once per call.
 #include <immintrin.h>
 
-#include <cstdlib>
-#include <memory>
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -102,10 +97,6 @@ TileFn pick(int mr, int nb) {
   }
 }
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
 }  // namespace
 
 void run_avx512(const PackedW8LinearArgs& a) {
@@ -115,10 +106,8 @@ void run_avx512(const PackedW8LinearArgs& a) {
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
   const int64_t panel_bytes = Kp * kMR;
 
-  std::unique_ptr<uint8_t, FreeDeleter> apanel(
-      static_cast<uint8_t*>(std::aligned_alloc(64, round_up(m_panels * panel_bytes, 64))));
-  std::unique_ptr<float, FreeDeleter> sx(
-      static_cast<float*>(std::aligned_alloc(64, round_up(m_panels * kMR * 4, 64))));
+  auto apanel = alloc_scratch<uint8_t>(m_panels * panel_bytes);
+  auto sx = alloc_scratch<float>(m_panels * kMR);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
@@ -130,13 +119,8 @@ void run_avx512(const PackedW8LinearArgs& a) {
     }
     // implicit barrier: the whole A panel is ready
 
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), tn = omp_get_num_threads();
-#else
-    const int t = 0, tn = 1;
-#endif
     int64_t c0, c1;
-    split_range(n_chunks, tn, t, &c0, &c1);
+    thread_range(n_chunks, &c0, &c1);
     TileCtx ctx;
     ctx.a = &a;
     ctx.k4n = k4n;

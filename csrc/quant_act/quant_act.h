@@ -33,6 +33,12 @@ using RowQuantizer = float (*)(const float* x, int64_t K, uint8_t* dst, int64_t 
 float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int64_t G,
                            int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum);
 
+// AMX A operand: rows 0..M-1 of x as s8 in a buffer of M_pad rows x lda bytes, zero beyond K
+// and in the padding rows (whose scale is 0). A work-shared loop: call it inside an OpenMP
+// parallel region.
+void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
+                       int64_t lda, int8_t* out, float* scales);
+
 // Plain row-major s8 output for tests / tools: q is M x K (ld = K), scales M.
 void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scales,
                    int nthreads);

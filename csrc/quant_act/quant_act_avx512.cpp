@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "common/formats.h"
 #include "quant_act/quant_act.h"
@@ -57,6 +58,22 @@ float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group
   }
   if (!finite) return NAN;
   return amax > 0.0f ? amax / 127.0f : 0.0f;
+}
+
+void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
+                       int64_t lda, int8_t* out, float* scales) {
+  const int64_t written = round_up(K, 4);
+#pragma omp for schedule(static)
+  for (int64_t m = 0; m < M_pad; ++m) {
+    int8_t* row = out + m * lda;
+    if (m < M) {
+      scales[m] = quantize_row_avx512(x + m * ldx, K, reinterpret_cast<uint8_t*>(row), 4, 0);
+      std::memset(row + written, 0, lda - written);
+    } else {
+      std::memset(row, 0, lda);  // padding rows: computed, never stored
+      scales[m] = 0.0f;
+    }
+  }
 }
 
 }  // namespace tersor::quant_act

@@ -1,0 +1,34 @@
+"""Shared by the bench files: named model-layer shapes (K = in_features, N = out_features),
+batch sizes, and the check-then-time body of a Linear case."""
+import itertools
+
+import pytest
+import torch
+
+LINEAR_SHAPES = {
+    "llama7b.q_proj": (4096, 4096),
+    "llama7b.up_proj": (4096, 11008),
+    "llama7b.down_proj": (11008, 4096),
+    "minilm.ffn_up": (384, 1536),
+    "minilm.ffn_down": (1536, 384),
+}
+BATCHES = [1, 8, 32, 128, 512]
+
+
+def time_linear_case(benchmark, lin, im, m: int, group: str, tol: float) -> None:
+    """Check impl `im` against fp32 once, then time it with its weight copies rotated."""
+    if im.unavailable:
+        pytest.skip(im.unavailable)
+    k, n = lin.in_features, lin.out_features
+    x = torch.randn(m, k)
+    ref = lin(x).detach()
+    y = im.fn(x, 0)
+    assert ((y - ref).norm() / ref.norm()).item() < tol, f"{im.name} is wrong before timing"
+    counter = itertools.count()
+    benchmark.group = group
+    benchmark.extra_info.update(weight_bytes=im.weight_bytes, copies=im.copies, M=m, K=k, N=n)
+    benchmark(lambda: im.fn(x, next(counter)))
+    if benchmark.stats is not None and benchmark.stats.stats.median > 0:
+        t = benchmark.stats.stats.median
+        benchmark.extra_info["GB/s"] = im.weight_bytes / t / 1e9
+        benchmark.extra_info["GOP/s"] = 2 * m * k * n / t / 1e9
