@@ -1,15 +1,25 @@
 // W4 GEMM: fp32 activations x int4 group-wise weights (common/formats.h, W4Tile) dequantized in
-// registers. Every path computes, per output, in k order with fused multiply-adds:
-//     w   = fma(float(q), s, -z * s)        == (q - z) * s exactly (small integer x fp16 scale)
-//     acc = fma(x[k], w, acc)
-//     y   = acc + bias
-// i.e. exact fp32 math on the exactly dequantized weights; all ISA paths agree bit for bit.
+// registers. (q - z) * s is factored so the per-weight work is one table lookup and one FMA:
+//
+//   for each run c of kChunk = 32 consecutive k (never straddling a group g):
+//     part = sum_{k in c} x[k] * (q[k] - 8)          fp32 FMAs in k order; q - 8 exact
+//     X_c  = sum_{k in c} x[k]                        fp32 adds in k order, once per row
+//     t    = fma(8 - z_g, X_c, part)                  == sum x * (q - z), rounded once more
+//     acc  = fma(t, s_g, acc)
+//   y = acc + bias
+//
+// Weights enter exactly ((q - 8) and s are exact in fp32); the only rounding is fp32
+// accumulation, two-level (32-k chunks), which tests hold to within 3x of torch's F.linear on
+// the dequantized weight. All ISA paths agree bit for bit.
 #pragma once
 #include "common/linear_args.h"
 
 namespace tersor::gemm_w4 {
 
 constexpr int64_t kChunk = 32;
+
+// Chunk sums X[m][c] of x (row stride ceil(K / kChunk)), the same arithmetic in every path.
+void chunk_sums(const float* x, int64_t K, float* out);
 
 void run_ref(const PackedW4LinearArgs& a);
 void run_avx2(const PackedW4LinearArgs& a);

@@ -1,9 +1,10 @@
 // AVX-512 W4 weight-only GEMM (rules in gemm_w4.h).
 //
-// Lane c of a W4Tile holds k = 8t + i of column c at bits 8i (i < 4) and 8(i - 4) + 4 (i >= 4):
-// one shift and one mask of the whole zmm give k = 8t + i for all 16 columns as int32, a convert
-// and one fma with the group's (s, -z*s) dequantize it exactly. Register tile: MR rows x NB
-// blocks (NB = 4 for M = 1: bandwidth-bound, more independent streams).
+// Lane c of a W4Tile holds k = 8t + i of column c at bits 8i (i < 4) and 8(i - 4) + 4 (i >= 4).
+// vpermps looks up only the low 4 bits of each index lane, so one shift and one permute of a
+// 16-entry table {-8, ..., 7} turn k = 8t + i of all 16 columns into exact floats (q - 8): no
+// mask, no convert, no per-weight scale. Scales and zero points are applied once per 32-k chunk.
+// Register tile: MR rows x NB blocks (NB = 4 for M = 1: bandwidth-bound, more streams).
 #include <immintrin.h>
 
 #include "common/formats.h"
@@ -18,9 +19,9 @@ constexpr int kMR = 4;
 constexpr int shift_of(int i) { return i < 4 ? 8 * i : 8 * (i - 4) + 4; }
 
 template <int MR, int NB>
-void tile(const PackedW4LinearArgs& a, int64_t m0, int64_t nb0) {
-  const int64_t G = a.group_size, Kp = a.ngroups * G, block_bytes = Kp * 8;
-  const __m512i nibble = _mm512_set1_epi32(0x0f);
+void tile(const PackedW4LinearArgs& a, const float* X, int64_t nchunks, int64_t m0, int64_t nb0) {
+  const int64_t G = a.group_size, block_bytes = a.ngroups * G * 8;
+  const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
   const float* x = a.x + m0 * a.ldx;
   __m512 acc[MR][NB], part[MR][NB];
 TERSOR_UNROLL
@@ -28,53 +29,47 @@ TERSOR_UNROLL
 TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) acc[r][j] = part[r][j] = _mm512_setzero_ps();
   const int64_t k8_end = (a.K + 7) / 8;
-  for (int64_t g = 0; g < a.ngroups; ++g) {
-    __m512 s[NB], nzs[NB];
+  for (int64_t t = 0; t < k8_end; ++t) {
+    __m512i v[NB];
 TERSOR_UNROLL
-    for (int j = 0; j < NB; ++j) {
-      const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
-      s[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
-      const __m512 z = a.zero ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                    reinterpret_cast<const __m128i*>(a.zero + meta))))
-                              : _mm512_set1_ps(8.0f);
-      nzs[j] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, s[j]));
-    }
-    const int64_t t_end = (g + 1) * G / 8 < k8_end ? (g + 1) * G / 8 : k8_end;
-    for (int64_t t = g * G / 8; t < t_end; ++t) {
-      __m512i v[NB];
+    for (int j = 0; j < NB; ++j) v[j] = _mm512_loadu_si512(a.w + (nb0 + j) * block_bytes + t * 64);
+    auto step = [&](int i) {
+      __m512 q[NB];
 TERSOR_UNROLL
       for (int j = 0; j < NB; ++j)
-        v[j] = _mm512_loadu_si512(a.w + (nb0 + j) * block_bytes + t * 64);
-      auto step = [&](int i) {
-        const int sh = shift_of(i);
-        __m512 w[NB];
+        q[j] = _mm512_permutexvar_ps(i == 0 ? v[j] : _mm512_srli_epi32(v[j], shift_of(i)), lut);
 TERSOR_UNROLL
-        for (int j = 0; j < NB; ++j) {
-          const __m512i q = _mm512_and_si512(_mm512_srli_epi32(v[j], sh), nibble);
-          w[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), s[j], nzs[j]);
-        }
+      for (int r = 0; r < MR; ++r) {
+        const __m512 xb = _mm512_set1_ps(x[r * a.ldx + 8 * t + i]);
+TERSOR_UNROLL
+        for (int j = 0; j < NB; ++j) part[r][j] = _mm512_fmadd_ps(xb, q[j], part[r][j]);
+      }
+    };
+    const int kn = a.K - 8 * t >= 8 ? 8 : static_cast<int>(a.K - 8 * t);
+    if (kn == 8) {
+TERSOR_UNROLL
+      for (int i = 0; i < 8; ++i) step(i);  // constant shifts
+    } else {
+      for (int i = 0; i < kn; ++i) step(i);  // the last, partial tile of K
+    }
+    if (t % (kChunk / 8) == kChunk / 8 - 1 || t == k8_end - 1) {  // close a 32-k chunk
+      const int64_t c = t / (kChunk / 8), g = 8 * t / G;
+TERSOR_UNROLL
+      for (int j = 0; j < NB; ++j) {
+        const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
+        const __m512 s =
+            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
+        const __m512 zc = a.zero ? _mm512_sub_ps(_mm512_set1_ps(8.0f),
+                                                 _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                                                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                                         a.zero + meta)))))
+                                 : _mm512_setzero_ps();
 TERSOR_UNROLL
         for (int r = 0; r < MR; ++r) {
-          const __m512 xb = _mm512_set1_ps(x[r * a.ldx + 8 * t + i]);
-TERSOR_UNROLL
-          for (int j = 0; j < NB; ++j) part[r][j] = _mm512_fmadd_ps(xb, w[j], part[r][j]);
+          const __m512 tv = _mm512_fmadd_ps(zc, _mm512_set1_ps(X[r * nchunks + c]), part[r][j]);
+          acc[r][j] = _mm512_fmadd_ps(tv, s, acc[r][j]);
+          part[r][j] = _mm512_setzero_ps();
         }
-      };
-      const int kn = a.K - 8 * t >= 8 ? 8 : static_cast<int>(a.K - 8 * t);
-      if (kn == 8) {
-TERSOR_UNROLL
-        for (int i = 0; i < 8; ++i) step(i);  // constant shifts
-      } else {
-        for (int i = 0; i < kn; ++i) step(i);  // the last, partial tile of K
-      }
-      if (t % (kChunk / 8) == kChunk / 8 - 1 || t == k8_end - 1) {  // close a 32-k chunk
-TERSOR_UNROLL
-        for (int r = 0; r < MR; ++r)
-TERSOR_UNROLL
-          for (int j = 0; j < NB; ++j) {
-            acc[r][j] = _mm512_add_ps(acc[r][j], part[r][j]);
-            part[r][j] = _mm512_setzero_ps();
-          }
       }
     }
   }
@@ -91,7 +86,7 @@ TERSOR_UNROLL
   }
 }
 
-using TileFn = void (*)(const PackedW4LinearArgs&, int64_t, int64_t);
+using TileFn = void (*)(const PackedW4LinearArgs&, const float*, int64_t, int64_t, int64_t);
 template <int MR>
 constexpr TileFn pick_wide(int nb) {
   return nb == 1 ? tile<MR, 1> : nb == 2 ? tile<MR, 2> : nb == 3 ? tile<MR, 3> : tile<MR, 4>;
@@ -114,9 +109,13 @@ void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t nbw = a.M == 1 ? 4 : 2;  // 4 x 2 accumulators fit in 32 zmm only for 1 row
   const int64_t n_chunks = (n_blocks + nbw - 1) / nbw;
+  const int64_t nks = (a.K + kChunk - 1) / kChunk;
+  auto X = alloc_scratch<float>(a.M * nks);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
     int64_t c0, c1;
     thread_range(n_chunks, &c0, &c1);
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -124,7 +123,7 @@ void run_avx512(const PackedW4LinearArgs& a) {
       const int nb = static_cast<int>(n_blocks - nb0 < nbw ? n_blocks - nb0 : nbw);
       for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
         const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
-        pick(mr, nb, nbw == 4)(a, m0, nb0);
+        pick(mr, nb, nbw == 4)(a, X.get() + m0 * nks, nks, m0, nb0);
       }
     }
   }

@@ -1,5 +1,6 @@
 // Portable oracle for the W4 weight-only GEMM (rules in gemm_w4.h).
 #include <cmath>
+#include <vector>
 
 #include "common/formats.h"
 #include "common/half.h"
@@ -7,24 +8,34 @@
 
 namespace tersor::gemm_w4 {
 
+void chunk_sums(const float* x, int64_t K, float* out) {
+  for (int64_t c = 0; c * kChunk < K; ++c) {
+    float sum = 0.0f;
+    for (int64_t k = c * kChunk; k < (c + 1) * kChunk && k < K; ++k) sum += x[k];
+    out[c] = sum;
+  }
+}
+
 void run_ref(const PackedW4LinearArgs& a) {
-  const int64_t G = a.group_size, k8n = a.ngroups * G / 8;
+  const int64_t G = a.group_size, k8n = a.ngroups * G / 8, nchunks = (a.K + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
   for (int64_t m = 0; m < a.M; ++m) {
     const float* x = a.x + m * a.ldx;
+    std::vector<float> X(nchunks);
+    chunk_sums(x, a.K, X.data());
     for (int64_t n = 0; n < a.N; ++n) {
       const W4Tile* col = reinterpret_cast<const W4Tile*>(a.w) + (n / 16) * k8n;
       const int64_t meta = (n / 16) * a.ngroups * 16 + n % 16;
       float acc = 0.0f, part = 0.0f;
       for (int64_t k = 0; k < a.K; ++k) {
-        const int64_t g = k / G;
-        const float s = half_to_float(a.scale[meta + g * 16]);
-        const float zs = static_cast<float>(a.zero ? a.zero[meta + g * 16] : 8) * s;
         const uint8_t byte = col[k / 8].q[n % 16][k % 4];
         const int code = (k % 8) < 4 ? (byte & 0x0f) : (byte >> 4);
-        part = std::fma(x[k], std::fma(static_cast<float>(code), s, -zs), part);
+        part = std::fma(x[k], static_cast<float>(code - 8), part);
         if (k % kChunk == kChunk - 1 || k == a.K - 1) {
-          acc += part;
+          const int64_t g = k / G;
+          const float zc = static_cast<float>(8 - (a.zero ? a.zero[meta + g * 16] : 8));
+          const float t = std::fma(zc, X[k / kChunk], part);
+          acc = std::fma(t, half_to_float(a.scale[meta + g * 16]), acc);
           part = 0.0f;
         }
       }
