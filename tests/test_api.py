@@ -92,6 +92,6 @@ def test_int4_quantize_report_skips_indivisible_layers():
     assert isinstance(model[0], QLinear) and isinstance(model[2], QLinear)
     assert isinstance(model[3], nn.Linear)
     reason = {r.fqn: r.reason for r in report.layers}["3"]
-    assert "in_features=100 is not a multiple of group_size=32" in reason
+    assert "K=100 is not a multiple of group_size=32" in reason
     conv = {r.fqn: r for r in report.layers}["0"]
     assert conv.bytes_after < conv.bytes_before / 5

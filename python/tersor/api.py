@@ -1,4 +1,5 @@
-"""quantize_: swap a model's nn.Linear layers for QLinear, all or nothing, and report."""
+"""quantize_: swap a model's nn.Linear / nn.Conv2d layers for QLinear / QConv2d, all or
+nothing, and report."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from torch import nn
 
 from tersor.configs import W4A8Config, W4Config, W8A8Config, W8Config
 from tersor.formats.int4 import effective_group_size
+from tersor.nn.qconv import QConv2d
 from tersor.nn.qlinear import QLinear
 
 _CONFIGS = (W8A8Config, W8Config, W4Config, W4A8Config)
@@ -17,7 +19,7 @@ _CONFIGS = (W8A8Config, W8Config, W4Config, W4A8Config)
 @dataclass
 class LayerReport:
     fqn: str
-    shape: tuple  # (out_features, in_features)
+    shape: tuple  # Linear (out_features, in_features); Conv2d (C_out, C_in, kh, kw)
     scheme: str  # the scheme applied, or "dense"
     bytes_before: int
     bytes_after: int
@@ -61,33 +63,40 @@ class Report:
         return "\n".join(lines)
 
 
-def _linear_bytes(m: nn.Linear) -> int:
+def _layer_bytes(m: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in (m.weight, m.bias) if p is not None)
 
 
-def _cannot_serve(m: nn.Linear, parent: Optional[nn.Module], config) -> str:
+def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config) -> str:
     """Why the scheme cannot run this layer, or "" if it can."""
+    k = m.in_features if isinstance(m, nn.Linear) else None
+    if isinstance(m, nn.Conv2d):
+        why = QConv2d.unsupported(m)
+        if why:
+            return why
+        k = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
     if isinstance(parent, nn.MultiheadAttention):
         return "out_proj of nn.MultiheadAttention (its fused path reads .weight directly)"
     if m.weight.dtype != torch.float32:
         return f"weight dtype {m.weight.dtype}: the kernels take float32 layers"
     if m.weight.device.type != "cpu":
         return f"on {m.weight.device}: no native kernel for this device yet"
-    if m.in_features > 65536:
-        return f"in_features={m.in_features} > 65536 (int32 accumulator bound)"
-    if m.in_features == 0 or m.out_features == 0:
+    if k > 65536:
+        return f"K={k} > 65536 (int32 accumulator bound)"
+    if k == 0 or m.weight.shape[0] == 0:
         return "empty layer"
     if isinstance(config, (W4Config, W4A8Config)):
         try:
-            effective_group_size(m.in_features, config.group_size)
+            effective_group_size(k, config.group_size)
         except ValueError:
-            return (f"in_features={m.in_features} is not a multiple of group_size="
-                    f"{config.group_size} (not padded; group_size=-1 would serve it)")
+            return (f"K={k} is not a multiple of group_size={config.group_size} (not padded; "
+                    f"group_size=-1 would serve it)")
     return ""
 
 
 def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:
-    """Replace every eligible ``nn.Linear`` of ``model`` in place; returns a Report.
+    """Replace every eligible ``nn.Linear`` / ``nn.Conv2d`` of ``model`` in place; returns a
+    Report.
 
     ``filter_fn(module, fqn) -> bool`` picks layers. Layers the scheme cannot serve are left
     dense and listed with the reason. All replacements are built before any is installed, so a
@@ -98,10 +107,10 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
                         f"{[c.__name__ for c in _CONFIGS]}, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"tersor.quantize_: model must be an nn.Module, got {type(model).__name__}")
-    if type(model) is nn.Linear:
-        raise ValueError("tersor.quantize_: the model is a bare nn.Linear, which cannot be "
-                         "swapped in place; wrap it (nn.Sequential(linear)) or use "
-                         "tersor.nn.QLinear.from_float")
+    if type(model) in (nn.Linear, nn.Conv2d):
+        raise ValueError(f"tersor.quantize_: the model is a bare nn.{type(model).__name__}, which "
+                         f"cannot be swapped in place; wrap it (nn.Sequential(layer)) or use "
+                         f"tersor.nn.QLinear / QConv2d .from_float")
     report = Report(config.scheme)
 
     parents = {}
@@ -113,10 +122,10 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
     plan, seen = [], {}
     for fqn, (parent, cname) in parents.items():
         m = parent._modules[cname]
-        if not isinstance(m, nn.Linear):
+        if not isinstance(m, (nn.Linear, nn.Conv2d)):
             continue
-        shape = (m.out_features, m.in_features)
-        size = _linear_bytes(m)
+        shape = tuple(m.weight.shape)
+        size = _layer_bytes(m)
         reason = _cannot_serve(m, parent, config)
         if not reason and fqn in config.skip_names:
             reason = "listed in config.skip_names"
@@ -132,7 +141,8 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
         if id(m) in seen:  # a module shared under several names is converted once
             continue
         try:
-            built[id(m)] = QLinear.from_float(m, config, name=fqn)
+            swap = QConv2d if isinstance(m, nn.Conv2d) else QLinear
+            built[id(m)] = swap.from_float(m, config, name=fqn)
         except Exception as e:
             raise type(e)(f"tersor.quantize_: converting '{fqn}' failed ({e}); the model is "
                           f"unchanged") from e
@@ -141,6 +151,7 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
     for fqn, parent, cname, m in plan:
         q = built[id(m)]
         setattr(parent, cname, q)
-        report.layers.append(LayerReport(fqn, (m.out_features, m.in_features), config.scheme,
-                                         _linear_bytes(m), q.nbytes))
+        nbytes = q.gemm.nbytes if isinstance(q, QConv2d) else q.nbytes
+        report.layers.append(LayerReport(fqn, tuple(m.weight.shape), config.scheme,
+                                         _layer_bytes(m), nbytes))
     return report
