@@ -128,59 +128,58 @@ void block_16(const int8_t* a0, const int8_t* b0, const int8_t* b1, const int8_t
 
 }  // namespace
 
-void run_amx(const PackedW8LinearArgs& a) {
-  if (a.M < kAmxMinRows) return run_avx512(a);
-  const int64_t Kp = round_up(a.K, 4);    // the packed weight's K
-  const int64_t K64 = round_up(a.K, 64);  // A row length: whole tiles
-  // Row stride of the A buffer: one line more than K64. With a power-of-two stride (K = 4096)
-  // the 16 rows of an A tile all map to one L1 set and evict each other: 4-10x slower.
-  const int64_t lda = K64 + 64;
+void amx_gemm_quantized(const PackedW8LinearArgs& a, const int8_t* aq, int64_t lda,
+                        const float* sx) {
+  const int64_t Kp = round_up(a.K, 4);  // the packed weight's K
   const int64_t M32 = round_up(a.M, kRows);
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t n_pairs = (n_blocks + 1) / 2;
   const int64_t block_bytes = Kp * 16;
+  int64_t p0, p1;
+  thread_range(n_pairs, &p0, &p1);
+  if (p0 >= p1) return;
+  configure_tiles();
+  alignas(64) int32_t acc[kRows][32];
+  // The last k step of a K that is not a multiple of 64 would read B rows past the block: it
+  // reads zero-padded copies instead (A is zero there, but memory past the weight's end need
+  // not be mapped).
+  alignas(64) int8_t b_tail[2][1024];
+  std::memset(b_tail, 0, sizeof(b_tail));
+  const int64_t k_full = Kp / 64 * 64;
+  const int64_t tail_bytes = (Kp - k_full) * 16;
+  for (int64_t pair = p0; pair < p1; ++pair) {
+    const int64_t nb0 = 2 * pair;
+    const int nblocks = static_cast<int>(n_blocks - nb0 < 2 ? n_blocks - nb0 : 2);
+    const int8_t* b0 = a.w + nb0 * block_bytes;
+    const int8_t* b1 = nblocks == 2 ? b0 + block_bytes : b0;  // odd tail: computed twice
+    if (tail_bytes) {
+      std::memcpy(b_tail[0], b0 + k_full * 16, tail_bytes);
+      std::memcpy(b_tail[1], b1 + k_full * 16, tail_bytes);
+    }
+    for (int64_t m0 = 0; m0 < M32; m0 += kRows) {
+      const int8_t* a0 = aq + m0 * lda;
+      if (a.M - m0 <= 16) {
+        block_16(a0, b0, b1, b_tail, lda, k_full, tail_bytes, acc);
+      } else {
+        block_32(a0, b0, b1, b_tail, lda, k_full, tail_bytes, acc);
+      }
+      if (m0 < a.M) store_block(acc, a, sx, m0, nb0 * 16, nblocks);
+    }
+  }
+  _tile_release();
+}
 
+void run_amx(const PackedW8LinearArgs& a) {
+  if (a.M < kAmxMinRows) return run_avx512(a);
+  const int64_t M32 = round_up(a.M, kRows);
+  const int64_t lda = amx_lda(a.K);
   auto aq = alloc_scratch<int8_t>(M32 * lda);
   auto sx = alloc_scratch<float>(M32);
-
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
     quant_act::quantize_rows_amx(a.x, a.M, a.K, a.ldx, M32, lda, aq.get(), sx.get());
-
-    int64_t p0, p1;
-    thread_range(n_pairs, &p0, &p1);
-    if (p0 < p1) {
-      configure_tiles();
-      alignas(64) int32_t acc[kRows][32];
-      // The last k step of a K that is not a multiple of 64 would read B rows past the block:
-      // it reads zero-padded copies instead (A is zero there, but memory past the weight's end
-      // need not be mapped).
-      alignas(64) int8_t b_tail[2][1024];
-      std::memset(b_tail, 0, sizeof(b_tail));
-      const int64_t k_full = Kp / 64 * 64;
-      const int64_t tail_bytes = (Kp - k_full) * 16;
-      for (int64_t pair = p0; pair < p1; ++pair) {
-        const int64_t nb0 = 2 * pair;
-        const int nblocks = static_cast<int>(n_blocks - nb0 < 2 ? n_blocks - nb0 : 2);
-        const int8_t* b0 = a.w + nb0 * block_bytes;
-        const int8_t* b1 = nblocks == 2 ? b0 + block_bytes : b0;  // odd tail: computed twice
-        if (tail_bytes) {
-          std::memcpy(b_tail[0], b0 + k_full * 16, tail_bytes);
-          std::memcpy(b_tail[1], b1 + k_full * 16, tail_bytes);
-        }
-        for (int64_t m0 = 0; m0 < M32; m0 += kRows) {
-          const int8_t* a0 = aq.get() + m0 * lda;
-          if (a.M - m0 <= 16) {
-            block_16(a0, b0, b1, b_tail, lda, k_full, tail_bytes, acc);
-          } else {
-            block_32(a0, b0, b1, b_tail, lda, k_full, tail_bytes, acc);
-          }
-          if (m0 < a.M) store_block(acc, a, sx.get(), m0, nb0 * 16, nblocks);
-        }
-      }
-      _tile_release();
-    }
+    amx_gemm_quantized(a, aq.get(), lda, sx.get());
   }
 }
 

@@ -39,6 +39,13 @@ float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int
 void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
                        int64_t lda, int8_t* out, float* scales);
 
+// One activation row gathered from `nseg` segments of `seglen` floats (a conv patch: kh * kw
+// runs of C channels), quantized by the same rules as quantize_row into dst[0 .. nseg*seglen)
+// as s8, zeros up to dst_len. The gather and the quantization are one pass over the patch:
+// no fp32 im2col row is ever written. Returns the scale.
+float quantize_gather_avx512(const float* const* segs, int64_t nseg, int64_t seglen,
+                             int8_t* dst, int64_t dst_len);
+
 // Plain row-major s8 output for tests / tools: q is M x K (ld = K), scales M.
 void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scales,
                    int nthreads);

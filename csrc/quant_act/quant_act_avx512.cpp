@@ -60,6 +60,42 @@ float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group
   return amax > 0.0f ? amax / 127.0f : 0.0f;
 }
 
+float quantize_gather_avx512(const float* const* segs, int64_t nseg, int64_t seglen,
+                             int8_t* dst, int64_t dst_len) {
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 vmax = zero, nonfinite = zero;
+  for (int64_t s = 0; s < nseg; ++s) {
+    for (int64_t k = 0; k < seglen; k += 16) {
+      const int64_t left = seglen - k;
+      const __mmask16 m = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(m, segs[s] + k);
+      vmax = _mm512_max_ps(vmax, _mm512_and_ps(v, abs_mask));
+      nonfinite = _mm512_add_ps(nonfinite, _mm512_mul_ps(v, zero));
+    }
+  }
+  const float amax = _mm512_reduce_max_ps(vmax);
+  const bool finite = !std::isnan(_mm512_reduce_add_ps(nonfinite));
+  const int64_t K = nseg * seglen;
+  if (!finite || amax == 0.0f) {
+    std::memset(dst, 0, dst_len);
+    return finite ? 0.0f : NAN;
+  }
+  const __m512 vinv = _mm512_set1_ps(127.0f / amax);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int64_t s = 0; s < nseg; ++s) {
+    for (int64_t k = 0; k < seglen; k += 16) {
+      const int64_t left = seglen - k;
+      const __mmask16 m = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+      __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, segs[s] + k), vinv));
+      q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+      _mm_mask_storeu_epi8(dst + s * seglen + k, m, _mm512_cvtepi32_epi8(q));
+    }
+  }
+  std::memset(dst + K, 0, dst_len - K);
+  return amax / 127.0f;
+}
+
 void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
                        int64_t lda, int8_t* out, float* scales) {
   const int64_t written = round_up(K, 4);

@@ -235,3 +235,38 @@ def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
                 ort_matmul_nbits(lin, g, 0, rotate),
                 ort_matmul_nbits(lin, g, 4, rotate)]
     return out
+
+
+# ---- Conv2d -----------------------------------------------------------------------------------
+
+def conv_impls(conv: nn.Conv2d, x_example: torch.Tensor):
+    """tersor W8A8 QConv2d, torch fp32 F.conv2d (oneDNN) and torch.ao's quantized conv (x86
+    engine, channels_last), each fp32 in / fp32 out: torch.ao pays its quantize / dequantize
+    of the activations like we do."""
+    from tersor.nn import QConv2d
+
+    q = QConv2d.from_float(conv, tersor.W8A8Config())
+    out = [Impl("tersor W8A8 conv", lambda x, i: q(x), 0, 1, "ours"),
+           Impl("torch fp32 conv", lambda x, i: conv(x), 0, 1, "baseline")]
+    try:
+        torch.backends.quantized.engine = "x86"
+        qconv = torch.ao.nn.quantized.Conv2d(conv.in_channels, conv.out_channels,
+                                             conv.kernel_size, conv.stride, conv.padding,
+                                             conv.dilation)
+        w = conv.weight.detach()
+        ws = w.abs().amax(dim=(1, 2, 3)) / 127
+        qw = torch.quantize_per_channel(w, ws, torch.zeros_like(ws, dtype=torch.int64), 0,
+                                        torch.qint8)
+        qconv.set_weight_bias(qw, conv.bias.detach() if conv.bias is not None else None)
+        ref = conv(x_example).detach()
+        qconv.scale, qconv.zero_point = float((ref.max() - ref.min()) / 255), 128
+        xs = float((x_example.max() - x_example.min()) / 255)
+        xz = int(round(-x_example.min().item() / xs))
+
+        def ao(x, i):
+            return qconv(torch.quantize_per_tensor(x, xs, xz, torch.quint8)).dequantize()
+
+        out.append(Impl("torch.ao quantized conv", ao, 0, 1, "baseline"))
+    except Exception as e:  # pragma: no cover - depends on the torch build
+        out.append(Impl("torch.ao quantized conv", None, 0, 0, "baseline", f"unavailable: {e}"))
+    return out

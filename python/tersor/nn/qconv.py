@@ -3,10 +3,11 @@
     M = batch * H_out * W_out (output pixels), K = kh * kw * C_in, N = C_out
 
 Activations are handled channels-last inside the layer. A 1x1 / stride-1 convolution is the
-GEMM itself on the NHWC view (no copy when the input is already channels_last). Larger kernels
-gather patches into a cache-sized im2col block of output rows at a time (never the whole
-batch's im2col buffer) and run the same kernels on it; with a dynamic-int8 scheme each output
-pixel's receptive field is one quantized activation row.
+GEMM itself on the NHWC view (no copy when the input is already channels_last). Other W8A8
+convolutions run the native conv kernel (csrc/conv): each output pixel's patch is gathered and
+quantized to int8 in one pass, a block of rows at a time, straight into the GEMM's buffer.
+The other schemes gather a cache-sized fp32 im2col block of output rows at a time (never the
+whole batch's im2col buffer) and run their GEMM on it.
 
 The weight lives in an inner QLinear (``self.gemm``) whose K order is (kh, kw, C_in), the order
 of an NHWC patch; its state_dict entries are the scheme's canonical form in that order.
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tersor.nn.qlinear import QLinear
+from tersor.ops.conv import MAX_TAPS, conv_w8a8, conv_w8a8_cpu
 
 IM2COL_BLOCK_BYTES = 4 << 20  # fp32 patch rows gathered per GEMM call
 
@@ -114,10 +116,27 @@ class QConv2d(nn.Module):
         xh = x.permute(0, 2, 3, 1)  # NHWC view
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
             y = self.gemm(xh.reshape(-1, c)).view(b, ho, wo, self.out_channels)
+        elif self._native_conv():
+            y = self._fused_conv(xh)
         else:
             y = self._im2col_gemm(xh, b, ho, wo)
         y = y.permute(0, 3, 1, 2)  # logical NCHW, channels_last in memory
         return y if channels_last else y.contiguous()
+
+    def _native_conv(self) -> bool:
+        """W8A8 on the CPU: patches are gathered and quantized inside the kernel."""
+        g = self.gemm
+        return (g.scheme == "w8a8" and g.kernel != "ref" and g.packed.device.type == "cpu"
+                and self.kernel_size[0] * self.kernel_size[1] <= MAX_TAPS)
+
+    def _fused_conv(self, xh):
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        xp = F.pad(xh, (0, 0, pw, pw, ph, ph)) if ph or pw else xh.contiguous()
+        g = self.gemm
+        fn = conv_w8a8 if torch.compiler.is_compiling() else conv_w8a8_cpu
+        return fn(xp, g.packed, g.colsum, g.scale, g.bias, self.out_channels, kh, kw, sh, sw,
+                  dh, dw)
 
     def _im2col_gemm(self, xh, b, ho, wo):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
