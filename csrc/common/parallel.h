@@ -31,6 +31,23 @@ inline void thread_range(int64_t n, int64_t* begin, int64_t* end) {
 #endif
 }
 
+// This thread's register tiles, inside a parallel region: the column blocks split into chunks
+// of `chunk` blocks (threads take whole chunks), each chunk visited for every tile of `rows`
+// rows (the last chunk and the last row tile may be short):
+//   fn(first_block, blocks_in_chunk, first_row, rows_in_tile)
+// Chunk-outer order keeps a chunk's weight panel in L2 while all rows stream past it.
+template <typename Fn>
+void for_each_tile(int64_t n_blocks, int64_t chunk, int64_t M, int64_t rows, Fn&& fn) {
+  int64_t c0, c1;
+  thread_range((n_blocks + chunk - 1) / chunk, &c0, &c1);
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const int64_t b0 = ch * chunk;
+    const int nb = static_cast<int>(n_blocks - b0 < chunk ? n_blocks - b0 : chunk);
+    for (int64_t m0 = 0; m0 < M; m0 += rows)
+      fn(b0, nb, m0, static_cast<int>(M - m0 < rows ? M - m0 : rows));
+  }
+}
+
 // A 64-byte aligned scratch array (freed with the owner).
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }

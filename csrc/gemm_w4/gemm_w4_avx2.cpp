@@ -87,13 +87,9 @@ void run_avx2(const PackedW4LinearArgs& a) {
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
-    int64_t b0, b1;
-    thread_range(n_blocks, &b0, &b1);
-    for (int64_t nb = b0; nb < b1; ++nb)
-      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
-        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
-        kTiles[mr - 1](a, X.get() + m0 * nks, nks, m0, nb);
-      }
+    for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
+      kTiles[mr - 1](a, X.get() + m0 * nks, nks, m0, nb);
+    });
   }
 }
 

@@ -108,7 +108,6 @@ TileFn pick(int mr, int nb, bool wide) {
 void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t nbw = a.M == 1 ? 4 : 2;  // 4 x 2 accumulators fit in 32 zmm only for 1 row
-  const int64_t n_chunks = (n_blocks + nbw - 1) / nbw;
   const int64_t nks = (a.K + kChunk - 1) / kChunk;
   auto X = alloc_scratch<float>(a.M * nks);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
@@ -116,16 +115,9 @@ void run_avx512(const PackedW4LinearArgs& a) {
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
-    int64_t c0, c1;
-    thread_range(n_chunks, &c0, &c1);
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t nb0 = ch * nbw;
-      const int nb = static_cast<int>(n_blocks - nb0 < nbw ? n_blocks - nb0 : nbw);
-      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
-        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
-        pick(mr, nb, nbw == 4)(a, X.get() + m0 * nks, nks, m0, nb0);
-      }
-    }
+    for_each_tile(n_blocks, nbw, a.M, kMR, [&](int64_t nb0, int nb, int64_t m0, int mr) {
+      pick(mr, nb, nbw == 4)(a, X.get() + m0 * nks, nks, m0, nb0);
+    });
   }
 }
 

@@ -101,15 +101,10 @@ void run_avx2(const PackedW4LinearArgs& a) {
                                                     a.ngroups, dst, kMR,
                                                     gsum.get() + m * a.ngroups);
     }
-    int64_t b0, b1;
-    thread_range(n_blocks, &b0, &b1);
-    for (int64_t nb = b0; nb < b1; ++nb)
-      for (int64_t mp = 0; mp < m_panels; ++mp) {
-        const int64_t m0 = mp * kMR;
-        const uint8_t* ap = apanel.get() + mp * panel_bytes;
-        if (a.M - m0 >= 2) tile<2>(a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
-        else tile<1>(a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
-      }
+    for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
+      const uint8_t* ap = apanel.get() + (m0 / kMR) * panel_bytes;
+      (mr == 2 ? tile<2> : tile<1>)(a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
+    });
   }
 }
 

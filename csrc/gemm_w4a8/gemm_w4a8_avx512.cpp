@@ -122,7 +122,6 @@ void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t G = a.group_size, Kp = a.ngroups * G;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t nbw = a.M <= 2 ? 4 : 2;
-  const int64_t n_chunks = (n_blocks + nbw - 1) / nbw;
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
   const int64_t panel_bytes = Kp * kMR;
 
@@ -141,23 +140,17 @@ void run_avx512(const PackedW4LinearArgs& a) {
                                                     a.ngroups, dst, kMR,
                                                     gsum.get() + m * a.ngroups);
     }
-    int64_t c0, c1;
-    thread_range(n_chunks, &c0, &c1);
     TileCtx ctx;
     ctx.a = &a;
     ctx.block_bytes = Kp * 8;
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      ctx.nb0 = ch * nbw;
-      const int nb = static_cast<int>(n_blocks - ctx.nb0 < nbw ? n_blocks - ctx.nb0 : nbw);
-      for (int64_t mp = 0; mp < m_panels; ++mp) {
-        ctx.m0 = mp * kMR;
-        const int mr = static_cast<int>(a.M - ctx.m0 < kMR ? a.M - ctx.m0 : kMR);
-        ctx.apanel = apanel.get() + mp * panel_bytes;
-        ctx.sx = sx.get() + ctx.m0;
-        ctx.gsum = gsum.get() + ctx.m0 * a.ngroups;
-        pick(mr, nb, nbw == 4)(ctx);
-      }
-    }
+    for_each_tile(n_blocks, nbw, a.M, kMR, [&](int64_t nb0, int nb, int64_t m0, int mr) {
+      ctx.nb0 = nb0;
+      ctx.m0 = m0;
+      ctx.apanel = apanel.get() + (m0 / kMR) * panel_bytes;
+      ctx.sx = sx.get() + m0;
+      ctx.gsum = gsum.get() + m0 * a.ngroups;
+      pick(mr, nb, nbw == 4)(ctx);
+    });
   }
 }
 

@@ -68,13 +68,9 @@ void run_avx2(const PackedW8LinearArgs& a) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-    int64_t b0, b1;
-    thread_range(n_blocks, &b0, &b1);
-    for (int64_t blk = b0; blk < b1; ++blk)
-      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
-        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
-        kTiles[mr - 1](a, a.w + blk * Kp * 16, m0, blk * 16);
-      }
+    for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
+      kTiles[mr - 1](a, a.w + blk * Kp * 16, m0, blk * 16);
+    });
   }
 }
 

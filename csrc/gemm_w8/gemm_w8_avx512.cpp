@@ -112,20 +112,12 @@ void run_avx512(const PackedW8LinearArgs& a) {
   const int64_t Kp = round_up(a.K, 4);
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t nbw = a.M <= 2 ? kNBWide : kNB;  // column blocks per register tile
-  const int64_t n_chunks = (n_blocks + nbw - 1) / nbw;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-    int64_t c0, c1;
-    thread_range(n_chunks, &c0, &c1);
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t b0 = ch * nbw;
-      const int nb = static_cast<int>(n_blocks - b0 < nbw ? n_blocks - b0 : nbw);
-      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
-        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
-        pick(mr, nb)(a, a.w + b0 * Kp * 16, Kp * 16, m0, b0 * 16);
-      }
-    }
+    for_each_tile(n_blocks, nbw, a.M, kMR, [&](int64_t b0, int nb, int64_t m0, int mr) {
+      pick(mr, nb)(a, a.w + b0 * Kp * 16, Kp * 16, m0, b0 * 16);
+    });
   }
 }
 

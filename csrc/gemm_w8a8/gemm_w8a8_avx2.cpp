@@ -81,16 +81,10 @@ void run_avx2(const PackedW8LinearArgs& a) {
       uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
       sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, dst, 4 * kMR, 0);
     }
-    int64_t b0, b1;
-    thread_range(n_blocks, &b0, &b1);
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      for (int64_t mp = 0; mp < m_panels; ++mp) {
-        const int64_t m0 = mp * kMR;
-        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
-        kTiles[mr - 1](apanel.get() + mp * panel_bytes, a.w + blk * Kp * 16, k4n, sx.get() + m0,
-                       a, m0, blk * 16);
-      }
-    }
+    for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
+      kTiles[mr - 1](apanel.get() + (m0 / kMR) * panel_bytes, a.w + blk * Kp * 16, k4n,
+                     sx.get() + m0, a, m0, blk * 16);
+    });
   }
 }
 

@@ -102,7 +102,6 @@ TileFn pick(int mr, int nb) {
 void run_avx512(const PackedW8LinearArgs& a) {
   const int64_t Kp = round_up(a.K, 4), k4n = Kp / 4;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
-  const int64_t n_chunks = (n_blocks + kNB - 1) / kNB;
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
   const int64_t panel_bytes = Kp * kMR;
 
@@ -119,26 +118,18 @@ void run_avx512(const PackedW8LinearArgs& a) {
     }
     // implicit barrier: the whole A panel is ready
 
-    int64_t c0, c1;
-    thread_range(n_chunks, &c0, &c1);
     TileCtx ctx;
     ctx.a = &a;
     ctx.k4n = k4n;
     ctx.w_block_stride = Kp * 16;
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const int64_t b0 = ch * kNB;
-      const int nb = static_cast<int>(n_blocks - b0 < kNB ? n_blocks - b0 : kNB);
+    for_each_tile(n_blocks, kNB, a.M, kMR, [&](int64_t b0, int nb, int64_t m0, int mr) {
       ctx.w = a.w + b0 * Kp * 16;
       ctx.n0 = b0 * 16;
-      for (int64_t mp = 0; mp < m_panels; ++mp) {
-        const int64_t m0 = mp * kMR;
-        const int mr = static_cast<int>(a.M - m0 < kMR ? a.M - m0 : kMR);
-        ctx.apanel = apanel.get() + mp * panel_bytes;
-        ctx.sx = sx.get() + m0;
-        ctx.m0 = m0;
-        pick(mr, nb)(ctx);
-      }
-    }
+      ctx.apanel = apanel.get() + (m0 / kMR) * panel_bytes;
+      ctx.sx = sx.get() + m0;
+      ctx.m0 = m0;
+      pick(mr, nb)(ctx);
+    });
   }
 }
 
