@@ -14,6 +14,7 @@
 #include "gemm_w8/gemm_w8.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
+#include "spmm_24/spmm_24.h"
 
 namespace py = pybind11;
 using tersor::PackedW4LinearArgs;
@@ -157,6 +158,18 @@ void bind_conv(py::module_& m) {
         py::call_guard<py::gil_scoped_release>());
 }
 
+void bind_spmm_24(py::module_& m) {
+  m.def("spmm_24",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t values,
+           std::uintptr_t meta, int64_t N, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
+           int nthreads) {
+          tersor::spmm_24::run({ptr<const float>(x), M, K, ldx, ptr<const float>(values),
+                                ptr<const uint8_t>(meta), N, ptr<const float>(bias), ptr<float>(y),
+                                ldy, nthreads});
+        },
+        py::call_guard<py::gil_scoped_release>());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -168,4 +181,5 @@ PYBIND11_MODULE(_C, m) {
   bind_gemm_w4(m);
   bind_dequant(m);
   bind_conv(m);
+  bind_spmm_24(m);
 }

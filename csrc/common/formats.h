@@ -66,3 +66,24 @@ static_assert(sizeof(W4Tile) == 64, "W4Tile must be exactly one 64-byte vector")
 constexpr int kW4TileK = 8;  // k values per W4Tile
 
 }  // namespace tersor
+
+namespace tersor {
+
+// ---------------------------------------------------------------------------------------------
+// 2:4 semi-structured sparse fp32 weight (used by spmm_24). In every group of 4 consecutive k
+// of a column at most 2 weights are nonzero; we keep exactly 2 (a zero may be kept).
+//
+//   values[Np/16][K/4][2][16] fp32    per column block and group: the kept value at the lower
+//                                     position (16 lanes), then the one at the higher position
+//   meta  [Np/16][K4p][16]   uint8    lane c: p0 | p1 << 2 (positions 0..3, p0 < p1);
+//                                     K4p = K/4 rounded up to 4 so one 64-byte load covers
+//                                     4 groups = 16 k
+//
+//   y[n] += x[4g + p0] * v0 + x[4g + p1] * v1: the 16 lanes pick their x with one vpermps
+//   from x[16 k] by index 4 (g % 4) + p. Half the weight bytes of dense fp32, plus 1/16.
+struct S24Group {
+  float v[2][16];
+};
+static_assert(sizeof(S24Group) == 128, "S24Group must be two 64-byte vectors");
+
+}  // namespace tersor

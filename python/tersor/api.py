@@ -8,10 +8,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tersor.configs import W4A8Config, W4Config, W8A8Config, W8Config
+from tersor.configs import Sparse24Config, W4A8Config, W4Config, W8A8Config, W8Config
 from tersor.formats.int4 import effective_group_size
 from tersor.nn.qconv import QConv2d
 from tersor.nn.qlinear import QLinear
+from tersor.nn.sparse_linear import SparseLinear
 
 _CONFIGS = (W8A8Config, W8Config, W4Config, W4A8Config)
 
@@ -94,6 +95,17 @@ def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config) -> str:
     return ""
 
 
+def sparsify_(model: nn.Module, config: Sparse24Config,
+              filter_fn: Optional[Callable] = None) -> Report:
+    """Prune (unless already 2:4) and swap every eligible ``nn.Linear`` for a SparseLinear;
+    all or nothing, like quantize_. Returns a Report (bytes before/after per layer)."""
+    if not isinstance(config, Sparse24Config):
+        raise TypeError(f"tersor.sparsify_: config must be a Sparse24Config, got "
+                        f"{type(config).__name__}")
+    return _convert(model, config, filter_fn, "sparsify_", lambda m: isinstance(m, nn.Linear),
+                    lambda m, fqn: SparseLinear.from_float(m, config, name=fqn))
+
+
 def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:
     """Replace every eligible ``nn.Linear`` / ``nn.Conv2d`` of ``model`` in place; returns a
     Report.
@@ -105,12 +117,23 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
     if not isinstance(config, _CONFIGS):
         raise TypeError(f"tersor.quantize_: config must be one of "
                         f"{[c.__name__ for c in _CONFIGS]}, got {type(config).__name__}")
+
+    def build(m, fqn):
+        swap = QConv2d if isinstance(m, nn.Conv2d) else QLinear
+        return swap.from_float(m, config, name=fqn)
+
+    return _convert(model, config, filter_fn, "quantize_",
+                    lambda m: isinstance(m, (nn.Linear, nn.Conv2d)), build)
+
+
+def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
+    """Shared walk of quantize_ / sparsify_: plan, build every replacement, then install."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"tersor.quantize_: model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"tersor.{verb}: model must be an nn.Module, got {type(model).__name__}")
     if type(model) in (nn.Linear, nn.Conv2d):
-        raise ValueError(f"tersor.quantize_: the model is a bare nn.{type(model).__name__}, which "
+        raise ValueError(f"tersor.{verb}: the model is a bare nn.{type(model).__name__}, which "
                          f"cannot be swapped in place; wrap it (nn.Sequential(layer)) or use "
-                         f"tersor.nn.QLinear / QConv2d .from_float")
+                         f"the layer class's from_float")
     report = Report(config.scheme)
 
     parents = {}
@@ -122,12 +145,12 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
     plan, seen = [], {}
     for fqn, (parent, cname) in parents.items():
         m = parent._modules[cname]
-        if not isinstance(m, (nn.Linear, nn.Conv2d)):
+        if not eligible(m):
             continue
         shape = tuple(m.weight.shape)
         size = _layer_bytes(m)
         reason = _cannot_serve(m, parent, config)
-        if not reason and fqn in config.skip_names:
+        if not reason and fqn in getattr(config, "skip_names", ()):
             reason = "listed in config.skip_names"
         if not reason and filter_fn is not None and not filter_fn(m, fqn):
             reason = "filter_fn returned False"
@@ -141,10 +164,9 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
         if id(m) in seen:  # a module shared under several names is converted once
             continue
         try:
-            swap = QConv2d if isinstance(m, nn.Conv2d) else QLinear
-            built[id(m)] = swap.from_float(m, config, name=fqn)
+            built[id(m)] = build(m, fqn)
         except Exception as e:
-            raise type(e)(f"tersor.quantize_: converting '{fqn}' failed ({e}); the model is "
+            raise type(e)(f"tersor.{verb}: converting '{fqn}' failed ({e}); the model is "
                           f"unchanged") from e
         seen[id(m)] = fqn
 

@@ -78,3 +78,16 @@ class W4A8Config(_Int4Config):
 
     group_size: int = 32
     scheme = "w4a8"
+
+
+@dataclass(frozen=True)
+class Sparse24Config:
+    """2:4 semi-structured sparsity along K (fp32 values). prune: magnitude-prune weights that
+    are not 2:4 already (False: such layers are an error)."""
+
+    prune: bool = True
+    scheme = "2:4"
+
+    def __post_init__(self):
+        if not isinstance(self.prune, bool):
+            raise ValueError(f"Sparse24Config.prune must be a bool, got {self.prune!r}")

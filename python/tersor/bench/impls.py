@@ -270,3 +270,22 @@ def conv_impls(conv: nn.Conv2d, x_example: torch.Tensor):
     except Exception as e:  # pragma: no cover - depends on the torch build
         out.append(Impl("torch.ao quantized conv", None, 0, 0, "baseline", f"unavailable: {e}"))
     return out
+
+
+# ---- 2:4 sparse ---------------------------------------------------------------------------------
+
+def sparse24_impls(lin: nn.Linear, rotate: bool):
+    """tersor 2:4 fp32 against torch fp32 dense on the same pruned weight."""
+    from tersor.formats.sparse24 import prune_24
+
+    pruned = nn.Linear(lin.in_features, lin.out_features)
+    with torch.no_grad():
+        pruned.weight.copy_(prune_24(lin.weight))
+        pruned.bias.copy_(lin.bias)
+    base = tersor.SparseLinear.from_float(pruned, tersor.Sparse24Config())
+    r = copies_for(base.nbytes, rotate)
+    mods = [base] + [copy.deepcopy(base) for _ in range(r - 1)]
+    ours = Impl("tersor 2:4 fp32", lambda x, i: mods[i % r](x), base.nbytes, r, "ours")
+    dense = torch_fp32(pruned, rotate)
+    dense.name = "torch fp32 dense (pruned)"
+    return [ours, dense]

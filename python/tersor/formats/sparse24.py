@@ -1,0 +1,102 @@
+"""2:4 semi-structured sparse fp32 weights (at most 2 nonzeros in every 4 consecutive k).
+
+Canonical (state_dict) form, hardware-neutral::
+
+    weight_values  float32 [N, K/2]   the two kept values of each group of 4, in k order
+    weight_meta    uint8   [N, K/4]   their positions: p0 | p1 << 2, 0 <= p0 < p1 <= 3
+
+Kernel form (csrc/common/formats.h, ``S24Group``), built once at conversion::
+
+    values[Np/16][K/4][2][16] fp32    block of 16 columns, group g: lane c holds column c's
+                                      value at p0 (first 16) and at p1 (next 16)
+    meta  [Np/16][K4p][16] uint8      lane c: p0 | p1 << 2; K4p = K/4 rounded up to 4
+
+K is padded to a multiple of 4 with zeros (a zero tail satisfies the pattern).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_N = 16
+
+
+@dataclass(frozen=True)
+class Packed24:
+    values: torch.Tensor  # float32 [Np/16, K/4, 2, 16]
+    meta: torch.Tensor  # uint8 [Np/16, K4p, 16]
+    out_features: int
+    in_features: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.numel() * 4 + self.meta.numel()
+
+
+def _groups(w: torch.Tensor) -> torch.Tensor:
+    n, k = w.shape
+    kp = (k + 3) // 4 * 4
+    wp = torch.zeros(n, kp, dtype=w.dtype)
+    wp[:, :k] = w
+    return wp.view(n, kp // 4, 4)
+
+
+def prune_24(weight: torch.Tensor, score: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the 2 largest-score entries of every group of 4 along K (score: |w| by default, or
+    e.g. Wanda's |w| * ||x||); returns the pruned float weight."""
+    w = weight.detach().to(torch.float32)
+    s = _groups(w.abs() if score is None else score.detach().to(torch.float32).abs())
+    keep = torch.zeros_like(s, dtype=torch.bool)
+    keep.scatter_(2, s.topk(2, dim=2).indices, True)
+    return (_groups(w) * keep).reshape(w.shape[0], -1)[:, : w.shape[1]].contiguous()
+
+
+def is_24(weight: torch.Tensor) -> bool:
+    """True when every group of 4 consecutive k holds at most 2 nonzeros."""
+    return bool(((_groups(weight) != 0).sum(2) <= 2).all())
+
+
+def compress_24(weight: torch.Tensor):
+    """A 2:4 float weight [N, K] -> canonical (values [N, K/2], meta uint8 [N, K/4])."""
+    if not is_24(weight):
+        raise ValueError("weight does not satisfy the 2:4 pattern (more than 2 nonzeros in a "
+                         "group of 4 along K); prune it first (tersor.formats.sparse24.prune_24)")
+    g = _groups(weight.detach().to(torch.float32))
+    # keep the nonzeros, topped up with zero slots, positions ascending
+    order = torch.argsort((g == 0).to(torch.int8) * 4 + torch.arange(4), dim=2, stable=True)
+    pos = order[:, :, :2].sort(dim=2).values
+    values = torch.gather(g, 2, pos)
+    meta = (pos[:, :, 0] | (pos[:, :, 1] << 2)).to(torch.uint8)
+    return values.reshape(weight.shape[0], -1).contiguous(), meta.contiguous()
+
+
+def decompress_24(values: torch.Tensor, meta: torch.Tensor, k: int) -> torch.Tensor:
+    """Canonical -> dense float32 [N, K] (the reference)."""
+    n, g = meta.shape
+    dense = torch.zeros(n, g, 4)
+    pos = torch.stack([meta & 3, meta >> 2], dim=2).to(torch.int64)
+    dense.scatter_(2, pos, values.view(n, g, 2))
+    return dense.view(n, -1)[:, :k].contiguous()
+
+
+def pack_24(values: torch.Tensor, meta: torch.Tensor, k: int) -> Packed24:
+    n, g = meta.shape
+    np_ = (n + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    g4 = (g + 3) // 4 * 4
+    v = torch.zeros(np_, g, 2)
+    v[:n] = values.view(n, g, 2)
+    m = torch.zeros(np_, g4, dtype=torch.uint8)
+    m[:n, :g] = meta
+    m[n:, :] = 1 << 2  # padding columns: positions (0, 1), values 0
+    m[:, g:] = 1 << 2
+    vk = v.view(np_ // BLOCK_N, BLOCK_N, g, 2).permute(0, 2, 3, 1).contiguous()
+    mk = m.view(np_ // BLOCK_N, BLOCK_N, g4).permute(0, 2, 1).contiguous()
+    return Packed24(vk, mk, n, k)
+
+
+def unpack_24(values: torch.Tensor, meta: torch.Tensor, n: int, k: int):
+    nb, g, _, _ = values.shape
+    v = values.permute(0, 3, 1, 2).reshape(nb * BLOCK_N, g * 2)[:n]
+    m = meta.permute(0, 2, 1).reshape(nb * BLOCK_N, -1)[:n, :g]
+    return v.contiguous(), m.contiguous()

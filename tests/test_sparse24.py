@@ -1,0 +1,95 @@
+"""2:4 sparse fp32: format, pruner, every ISA path against the C ref (bit for bit) and the dense
+product on the pruned weight, the module and sparsify_."""
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import tersor
+from tersor.formats.sparse24 import (compress_24, decompress_24, is_24, pack_24, prune_24,
+                                     unpack_24)
+from tersor.nn import SparseLinear
+from tersor.ops.spmm_24 import spmm_24
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 41), seed=st.integers(0, 2**31 - 1))
+def test_prune_compress_pack_round_trip(n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = prune_24(torch.randn(n, k, generator=g))
+    assert is_24(w)
+    v, m = compress_24(w)
+    assert torch.equal(decompress_24(v, m, k), w)
+    p = pack_24(v, m, k)
+    v2, m2 = unpack_24(p.values, p.meta, n, k)
+    assert torch.equal(v2, v) and torch.equal(m2, m)
+
+
+def test_pruner_keeps_the_two_largest_of_every_four():
+    w = torch.tensor([[1.0, -5.0, 3.0, 0.5, 0.0, 0.0, 0.0, 2.0, 9.0]])
+    p = prune_24(w)
+    assert p.tolist() == [[0.0, -5.0, 3.0, 0.0, 0.0, 0.0, 0.0, 2.0, 9.0]]
+    assert is_24(p) and not is_24(w)
+    with pytest.raises(ValueError, match="does not satisfy the 2:4 pattern"):
+        compress_24(w)
+
+
+@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("k,n", [(1, 1), (3, 5), (37, 33), (130, 70), (256, 17)])
+def test_spmm_24_every_isa(isa, m, k, n, gen, c_ref):
+    w = prune_24(torch.randn(n, k, generator=gen))
+    x = torch.randn(m, k + 3, generator=gen)[:, 1:1 + k]  # strided rows
+    b = torch.randn(n, generator=gen)
+    p = pack_24(*compress_24(w), k)
+    y = spmm_24(x, p.values, p.meta, b, n)
+    assert torch.equal(y, c_ref(lambda: spmm_24(x.contiguous(), p.values, p.meta, b, n)))
+    y64 = x.double() @ w.double().t() + b.double()
+    assert (y.double() - y64).abs().max() <= 1e-5 * (y64.abs().max() + 1)
+
+
+def test_all_zero_and_dense_rows(gen):
+    w = torch.zeros(20, 16)
+    w[3, :] = torch.tensor([1.0, 2.0, 0.0, 0.0] * 4)  # density 1/2 (the most 2:4 allows)
+    p = pack_24(*compress_24(w), 16)
+    x = torch.randn(4, 16, generator=gen)
+    torch.testing.assert_close(spmm_24(x, p.values, p.meta, None, 20), x @ w.t())
+    torch.library.opcheck(spmm_24, (x, p.values, p.meta, None, 20))
+
+
+def test_sparsify_module_state_dict_compile():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(37, 64), nn.ReLU(), nn.Linear(64, 10))
+    pruned = [prune_24(model[0].weight), prune_24(model[2].weight)]
+    report = tersor.sparsify_(model, tersor.Sparse24Config())
+    assert isinstance(model[0], SparseLinear) and len(report.converted) == 2
+    assert torch.equal(model[0].dense_weight(), pruned[0])
+    x = torch.randn(5, 37)
+    ref = torch.relu(x @ pruned[0].t() + model[0].bias) @ pruned[1].t() + model[2].bias
+    torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = nn.Sequential(SparseLinear(37, 64), nn.ReLU(), SparseLinear(64, 10))
+    fresh.load_state_dict(torch.load(buf))
+    assert torch.equal(fresh(x), model(x))
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+def test_sparsify_errors_leave_model_unchanged():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="converting '0' failed.*not 2:4 sparse.*prune=False"):
+        tersor.sparsify_(model, tersor.Sparse24Config(prune=False))
+    assert all(isinstance(m, nn.Linear) for m in model)
+    with pytest.raises(TypeError, match="config must be a Sparse24Config"):
+        tersor.sparsify_(model, tersor.W8A8Config())
+    with pytest.raises(ValueError, match="prune must be a bool"):
+        tersor.Sparse24Config(prune="yes")
+    layer = SparseLinear.from_float(nn.Linear(8, 4), tersor.Sparse24Config(), name="s")
+    with pytest.raises(TypeError, match=r"layer 's' \(2:4\): expected a float32 input"):
+        layer(torch.ones(2, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"expected input \[\.\.\., 8\], got \(2, 7\)"):
+        layer(torch.ones(2, 7))
