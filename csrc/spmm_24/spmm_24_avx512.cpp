@@ -13,63 +13,75 @@ namespace {
 
 constexpr int kMR = 6;
 
-template <int MR>
-void tile(const Args& a, int64_t nb, int64_t m0) {
+template <int MR, int NB>
+void tile(const Args& a, int64_t nb0, int64_t m0) {
   const int64_t G = groups(a.K), G4 = meta_groups(a.K);
-  const S24Group* grp = reinterpret_cast<const S24Group*>(a.values) + nb * G;
-  const uint8_t* meta = a.meta + nb * G4 * 16;
   const __m512i three = _mm512_set1_epi32(3);
-  __m512 acc[MR];
+  __m512 acc[NB][MR];
 TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
+  for (int c = 0; c < NB; ++c)
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) acc[c][r] = _mm512_setzero_ps();
   for (int64_t g0 = 0; g0 < G; g0 += 4) {
     const int64_t left = a.K - 4 * g0;
     const __mmask16 km = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
     __m512 xv[MR];
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) xv[r] = _mm512_maskz_loadu_ps(km, a.x + (m0 + r) * a.ldx + 4 * g0);
-    const __m512i mb = _mm512_loadu_si512(meta + g0 * 16);
     const int gn = G - g0 < 4 ? static_cast<int>(G - g0) : 4;
-    for (int j = 0; j < gn; ++j) {
-      __m128i bytes;
-      switch (j) {  // extract needs an immediate
-        case 0: bytes = _mm512_extracti32x4_epi32(mb, 0); break;
-        case 1: bytes = _mm512_extracti32x4_epi32(mb, 1); break;
-        case 2: bytes = _mm512_extracti32x4_epi32(mb, 2); break;
-        default: bytes = _mm512_extracti32x4_epi32(mb, 3); break;
-      }
-      const __m512i p = _mm512_cvtepu8_epi32(bytes);
-      const __m512i base = _mm512_set1_epi32(4 * j);
-      const __m512i i0 = _mm512_add_epi32(_mm512_and_si512(p, three), base);
-      const __m512i i1 = _mm512_add_epi32(_mm512_srli_epi32(p, 2), base);
-      const __m512 v0 = _mm512_loadu_ps(grp[g0 + j].v[0]);
-      const __m512 v1 = _mm512_loadu_ps(grp[g0 + j].v[1]);
 TERSOR_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, xv[r]), v0, acc[r]);
-        acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, xv[r]), v1, acc[r]);
+    for (int c = 0; c < NB; ++c) {
+      const S24Group* grp = reinterpret_cast<const S24Group*>(a.values) + (nb0 + c) * G;
+      const __m512i mb = _mm512_loadu_si512(a.meta + (nb0 + c) * G4 * 16 + g0 * 16);
+      for (int j = 0; j < gn; ++j) {
+        __m128i bytes;
+        switch (j) {  // extract needs an immediate
+          case 0: bytes = _mm512_extracti32x4_epi32(mb, 0); break;
+          case 1: bytes = _mm512_extracti32x4_epi32(mb, 1); break;
+          case 2: bytes = _mm512_extracti32x4_epi32(mb, 2); break;
+          default: bytes = _mm512_extracti32x4_epi32(mb, 3); break;
+        }
+        const __m512i p = _mm512_cvtepu8_epi32(bytes);
+        const __m512i base = _mm512_set1_epi32(4 * j);
+        const __m512i i0 = _mm512_add_epi32(_mm512_and_si512(p, three), base);
+        const __m512i i1 = _mm512_add_epi32(_mm512_srli_epi32(p, 2), base);
+        const __m512 v0 = _mm512_loadu_ps(grp[g0 + j].v[0]);
+        const __m512 v1 = _mm512_loadu_ps(grp[g0 + j].v[1]);
+TERSOR_UNROLL
+        for (int r = 0; r < MR; ++r) {
+          acc[c][r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, xv[r]), v0, acc[c][r]);
+          acc[c][r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, xv[r]), v1, acc[c][r]);
+        }
       }
     }
   }
-  const int64_t n = nb * 16, left = a.N - n;
-  const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
-  const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
 TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r)
-    _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[r], b));
+  for (int c = 0; c < NB; ++c) {
+    const int64_t n = (nb0 + c) * 16, left = a.N - n;
+    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r)
+      _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[c][r], b));
+  }
 }
 
+// Two column blocks per tile for 1-2 rows (two weight streams, two FMA chains each), one for
+// larger row tiles (register budget).
 using TileFn = void (*)(const Args&, int64_t, int64_t);
-constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+constexpr TileFn kTiles[kMR] = {tile<1, 1>, tile<2, 1>, tile<3, 1>, tile<4, 1>, tile<5, 1>,
+                                tile<6, 1>};
+constexpr TileFn kWide[2] = {tile<1, 2>, tile<2, 2>};
 
 }  // namespace
 
 void run_avx512(const Args& a) {
   const int64_t n_blocks = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.N * a.K / 2, a.nthreads);
+  const bool wide = a.M <= 2;
 #pragma omp parallel num_threads(nt)
-  for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
-    kTiles[mr - 1](a, nb, m0);
+  for_each_tile(n_blocks, wide ? 2 : 1, a.M, kMR, [&](int64_t nb, int nbs, int64_t m0, int mr) {
+    (wide && nbs == 2 ? kWide[mr - 1] : kTiles[mr - 1])(a, nb, m0);
   });
 }
 
