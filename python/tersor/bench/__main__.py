@@ -4,6 +4,7 @@
     python -m tersor.bench --shapes 4096x4096 --m 1,8 --json out.json
     python -m tersor.bench --quick               # small subset, a minute or so
     python -m tersor.bench --family int4         # 4-bit weights against torch / onnxruntime int4
+    python -m tersor.bench --family sparse24     # 2:4 sparse fp32 against dense on the same weight
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 import torch
 
 import tersor
-from tersor.bench.impls import int4_impls, linear_impls, make_linear
+from tersor.bench.impls import int4_impls, linear_impls, make_linear, sparse24_impls
 from tersor.bench.overhead import measure_overhead
 from tersor.bench.timing import measure_bandwidth, measure_int8_peak, time_interleaved
 
@@ -24,14 +25,16 @@ SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (384, 1536), (1536, 384)] 
 MS = [1, 8, 32, 128, 512]
 
 
-FAMILIES = {  # impl factory, tolerated relative error against fp32 (RTN int4 on random
-    "int8": (linear_impls, 0.05),  # gaussian weights is ~7-10% off fp32 by itself)
-    "int4": (int4_impls, 0.15),
+FAMILIES = {  # impl factory, tolerated relative error, the impl that is the reference (None:
+    "int8": (linear_impls, 0.05, None),  # fp32 on the unpruned weight; RTN int4 on random
+    "int4": (int4_impls, 0.15, None),  # gaussian weights is ~7-10% off fp32 by itself)
+    "sparse24": (sparse24_impls, 1e-4, "torch fp32 dense (pruned)"),
 }
 
 
-def check_correct(impls, lin, x, tol):
-    ref = lin(x).detach()
+def check_correct(impls, lin, x, tol, ref_name=None):
+    ref = (next(im for im in impls if im.name == ref_name).fn(x, 0) if ref_name
+           else lin(x).detach())
     for im in impls:
         y = im.fn(x, 0)
         err = ((y - ref).norm() / ref.norm()).item()
@@ -60,7 +63,7 @@ def cpu_name() -> str:
 
 
 def run_linear(family, shapes, ms, rotate, rounds, bw, peak_int8):
-    make_impls, tol = FAMILIES[family]
+    make_impls, tol, ref_name = FAMILIES[family]
     rows = []
     for k, n in shapes:
         lin = make_linear(k, n)
@@ -76,7 +79,7 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, peak_int8):
         print(header)
         for m in ms:
             x = torch.randn(m, k)
-            check_correct(ready, lin, x, tol)
+            check_correct(ready, lin, x, tol, ref_name)
             times = time_interleaved({im.name: im.fn for im in ready}, x, rounds=rounds)
             baselines = {im.name: times[im.name] for im in ready if im.kind == "baseline"}
             for im in ready:
@@ -101,7 +104,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--no-rotate", action="store_true", help="one weight copy (cache-flattered)")
     p.add_argument("--quick", action="store_true", help="4096x4096 and 384x1536, M in 1,32")
-    p.add_argument("--family", choices=["int8", "int4", "all"], default="int8")
+    p.add_argument("--family", choices=["int8", "int4", "sparse24", "all"], default="int8")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split("x"))
@@ -116,7 +119,7 @@ def main(argv=None):
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, ISA {info['active']}")
     print(f"measured: read bandwidth {bw / 1e9:.1f} GB/s, int8 peak (torch._int_mm) "
           f"{peak / 1e9:.0f} GOP/s; roofline = max(bytes / bandwidth, ops / int8 peak)")
-    families = ["int8", "int4"] if a.family == "all" else [a.family]
+    families = list(FAMILIES) if a.family == "all" else [a.family]
     rows = []
     for fam in families:
         print(f"\n=== {fam} weights ===")
