@@ -130,3 +130,22 @@ def test_conv_op_opcheck_and_matches_im2col_path():
     y_native = conv_w8a8(*args)
     y_im2col = q._im2col_gemm(x.permute(0, 2, 3, 1), 2, y_native.shape[1], y_native.shape[2])
     assert torch.equal(y_native, y_im2col)  # same quantization rules, same epilogue
+
+
+def test_digits_cnn_24_pruned_and_fine_tuned_within_two_points():
+    """2:4 pruning of every conv and linear layer plus a short fine-tune keeps the digits CNN
+    within 2 points of dense, running on the 2:4 kernels (QConv2d / SparseLinear)."""
+    datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn is not installed")
+    from tersor.demo import digits_cnn, prune_finetune_24, train_digits_cnn
+    from tersor.nn import SparseLinear
+
+    digits = datasets.load_digits()
+    torch.manual_seed(0)
+    model, (xt, yt) = train_digits_cnn(digits, epochs=25, model=digits_cnn())
+    sparse = prune_finetune_24(model, digits, epochs=8)
+    assert isinstance(sparse[0], QConv2d) and isinstance(sparse[0].gemm, SparseLinear)
+    assert isinstance(sparse[-1], SparseLinear)
+    with torch.no_grad():
+        acc = (model(xt).argmax(1) == yt).float().mean().item()
+        acc24 = (sparse(xt).argmax(1) == yt).float().mean().item()
+    assert acc24 >= acc - 0.02, (acc, acc24)

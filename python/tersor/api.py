@@ -97,13 +97,18 @@ def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config) -> str:
 
 def sparsify_(model: nn.Module, config: Sparse24Config,
               filter_fn: Optional[Callable] = None) -> Report:
-    """Prune (unless already 2:4) and swap every eligible ``nn.Linear`` for a SparseLinear;
-    all or nothing, like quantize_. Returns a Report (bytes before/after per layer)."""
+    """Prune (unless already 2:4) and swap every eligible ``nn.Linear`` for a SparseLinear and
+    ``nn.Conv2d`` for a 2:4 QConv2d (2:4 along the patch order (kh, kw, C_in)); all or
+    nothing, like quantize_. Returns a Report (bytes before/after per layer)."""
     if not isinstance(config, Sparse24Config):
         raise TypeError(f"tersor.sparsify_: config must be a Sparse24Config, got "
                         f"{type(config).__name__}")
-    return _convert(model, config, filter_fn, "sparsify_", lambda m: isinstance(m, nn.Linear),
-                    lambda m, fqn: SparseLinear.from_float(m, config, name=fqn))
+    def build(m, fqn):
+        swap = QConv2d if isinstance(m, nn.Conv2d) else SparseLinear
+        return swap.from_float(m, config, name=fqn)
+
+    return _convert(model, config, filter_fn, "sparsify_",
+                    lambda m: isinstance(m, (nn.Linear, nn.Conv2d)), build)
 
 
 def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:

@@ -148,8 +148,9 @@ def digits_cnn() -> nn.Sequential:
         m, (torch.ao.quantization.QuantStub, torch.ao.quantization.DeQuantStub))])
 
 
-def train_digits_cnn(digits, epochs: int = 25, model=None):
-    """Train on 75% of sklearn's digits (offline); returns (model, (x_test, y_test))."""
+def train_digits_cnn(digits, epochs: int = 25, model=None, masks=None):
+    """Train on 75% of sklearn's digits (offline); returns (model, (x_test, y_test)).
+    masks: {parameter: keep-mask} re-applied after every step (sparse fine-tuning)."""
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     y = torch.tensor(digits.target)
     g = torch.Generator().manual_seed(0)
@@ -164,8 +165,28 @@ def train_digits_cnn(digits, epochs: int = 25, model=None):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[b]), y[b]).backward()
             opt.step()
+            if masks:
+                with torch.no_grad():
+                    for p, keep in masks.items():
+                        p.mul_(keep)
     model.eval()
     return model, (x[te], y[te])
+
+
+def prune_finetune_24(model: nn.Module, digits, epochs: int = 8) -> nn.Module:
+    """Magnitude 2:4 pruning of every Conv2d / Linear (along the GEMM's K), a short fine-tune
+    with the pattern held fixed, then tersor.sparsify_ (which finds the weights already 2:4)."""
+    from tersor.formats.sparse24 import mask_24
+
+    m = copy.deepcopy(model).train()
+    masks = {mod.weight: mask_24(mod) for mod in m.modules()
+             if isinstance(mod, (nn.Conv2d, nn.Linear))}
+    with torch.no_grad():
+        for p, keep in masks.items():
+            p.mul_(keep)
+    m, _ = train_digits_cnn(digits, epochs=epochs, model=m, masks=masks)
+    tersor.sparsify_(m, tersor.Sparse24Config(prune=False))
+    return m
 
 
 def _ao_static_int8(model: _DigitsCNN, calib: torch.Tensor) -> nn.Module:
@@ -198,6 +219,7 @@ def run_digits(runs: int) -> None:
     tq = copy.deepcopy(model)
     tersor.quantize_(tq, tersor.W8A8Config())
     variants.append(("tersor W8A8", tq))
+    variants.append(("tersor 2:4 (pruned + fine-tune)", prune_finetune_24(model, digits)))
     batch = xt[:256]
     print(f"\nDigits CNN (conv3x3-pool-conv3x3-pool-fc-fc, trained here on sklearn digits), "
           f"{len(xt)} test images, batch {len(batch)} timed")

@@ -52,6 +52,18 @@ def prune_24(weight: torch.Tensor, score: torch.Tensor | None = None) -> torch.T
     return (_groups(w) * keep).reshape(w.shape[0], -1)[:, : w.shape[1]].contiguous()
 
 
+def mask_24(module) -> torch.Tensor:
+    """The 2:4 keep-mask of an nn.Linear or nn.Conv2d weight, in the weight's own shape: for a
+    convolution the groups of 4 run along the GEMM's K order (kh, kw, C_in), as QConv2d packs it.
+    Multiply the weight by it after every optimizer step to fine-tune with the pattern fixed."""
+    w = module.weight.detach()
+    if w.dim() == 4:  # [C_out, C_in, kh, kw] -> [C_out, kh * kw * C_in]
+        w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+        keep = prune_24(torch.ones_like(w2), score=w2) != 0
+        return keep.view(w.shape[0], w.shape[2], w.shape[3], w.shape[1]).permute(0, 3, 1, 2)
+    return prune_24(torch.ones_like(w), score=w) != 0
+
+
 def is_24(weight: torch.Tensor) -> bool:
     """True when every group of 4 consecutive k holds at most 2 nonzeros."""
     return bool(((_groups(weight) != 0).sum(2) <= 2).all())

@@ -9,8 +9,9 @@ quantized to int8 in one pass, a block of rows at a time, straight into the GEMM
 The other schemes gather a cache-sized fp32 im2col block of output rows at a time (never the
 whole batch's im2col buffer) and run their GEMM on it.
 
-The weight lives in an inner QLinear (``self.gemm``) whose K order is (kh, kw, C_in), the order
-of an NHWC patch; its state_dict entries are the scheme's canonical form in that order.
+The weight lives in an inner QLinear or SparseLinear (``self.gemm``) whose K order is
+(kh, kw, C_in), the order of an NHWC patch (so 2:4 groups run along C_in); its state_dict
+entries are the scheme's canonical form in that order.
 The output has the input's memory format (NCHW in, NCHW out; channels_last in, channels_last
 out).
 """
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tersor.nn.qlinear import QLinear
+from tersor.nn.sparse_linear import SparseLinear
 from tersor.ops.conv import MAX_TAPS, conv_w8a8, conv_w8a8_cpu
 
 IM2COL_BLOCK_BYTES = 4 << 20  # fp32 patch rows gathered per GEMM call
@@ -40,8 +42,12 @@ class QConv2d(nn.Module):
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         self.scheme, self.name = scheme, name
         kh, kw = self.kernel_size
-        self.gemm = QLinear(kh * kw * in_channels, out_channels, bias, scheme=scheme,
-                            kernel=kernel, name=name, **int4)
+        k = kh * kw * in_channels
+        if scheme == "2:4":
+            self.gemm = SparseLinear(k, out_channels, bias, name=name)
+        else:
+            self.gemm = QLinear(k, out_channels, bias, scheme=scheme, kernel=kernel, name=name,
+                                **int4)
 
     @staticmethod
     def unsupported(conv: nn.Conv2d) -> str:
@@ -72,7 +78,8 @@ class QConv2d(nn.Module):
         if config.scheme in ("w4", "w4a8"):
             int4 = dict(group_size=config.group_size, symmetric=config.symmetric)
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
-                conv.dilation, conv.bias is not None, config.scheme, config.kernel, name, **int4)
+                conv.dilation, conv.bias is not None, config.scheme,
+                getattr(config, "kernel", "auto"), name, **int4)
         # [C_out, C_in, kh, kw] -> [C_out, kh * kw * C_in]: the NHWC patch order
         w2 = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
         lin = nn.Linear(w2.shape[1], conv.out_channels, bias=conv.bias is not None)
@@ -80,7 +87,8 @@ class QConv2d(nn.Module):
             lin.weight.copy_(w2)
             if conv.bias is not None:
                 lin.bias.copy_(conv.bias)
-        m.gemm = QLinear.from_float(lin, config, name=name)
+        inner = SparseLinear if config.scheme == "2:4" else QLinear
+        m.gemm = inner.from_float(lin, config, name=name)
         return m
 
     def to_float(self) -> nn.Conv2d:

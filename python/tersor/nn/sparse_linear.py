@@ -49,6 +49,12 @@ class SparseLinear(nn.Module):
         v, m = f24.unpack_24(self.values, self.meta, self.out_features, self.in_features)
         return f24.decompress_24(v, m, self.in_features)
 
+    dequantized_weight = dense_weight  # the name QConv2d and QLinear share
+
+    @property
+    def kernel(self) -> str:
+        return "auto"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         what = f"layer '{self.name}' (2:4)" if self.name else "SparseLinear (2:4)"
         if x.dtype is not torch.float32:
