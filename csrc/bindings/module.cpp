@@ -15,6 +15,7 @@
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
 #include "spmm_24/spmm_24.h"
+#include "spmm_csr/spmm_csr.h"
 
 namespace py = pybind11;
 using tersor::PackedW4LinearArgs;
@@ -170,6 +171,22 @@ void bind_spmm_24(py::module_& m) {
         py::call_guard<py::gil_scoped_release>());
 }
 
+void bind_spmm_csr(py::module_& m) {
+  m.def("spmm_csr",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, int64_t N, std::uintptr_t rowptr,
+           std::uintptr_t col, std::uintptr_t val, std::uintptr_t ell_val, std::uintptr_t ell_col,
+           std::uintptr_t ell_cnt, std::uintptr_t ell_off, std::uintptr_t perm,
+           std::uintptr_t bias, std::uintptr_t y, int64_t ldy, int nthreads) {
+          tersor::spmm_csr::run({ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(rowptr),
+                                 ptr<const int32_t>(col), ptr<const float>(val),
+                                 ptr<const float>(ell_val), ptr<const uint16_t>(ell_col),
+                                 ptr<const uint16_t>(ell_cnt), ptr<const int64_t>(ell_off),
+                                 ptr<const int32_t>(perm), ptr<const float>(bias), ptr<float>(y),
+                                 ldy, nthreads});
+        },
+        py::call_guard<py::gil_scoped_release>());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -182,4 +199,5 @@ PYBIND11_MODULE(_C, m) {
   bind_dequant(m);
   bind_conv(m);
   bind_spmm_24(m);
+  bind_spmm_csr(m);
 }

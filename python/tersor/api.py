@@ -8,8 +8,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tersor.configs import Sparse24Config, W4A8Config, W4Config, W8A8Config, W8Config
+from tersor.configs import (Sparse24Config, SparseConfig, W4A8Config, W4Config, W8A8Config,
+                            W8Config)
+from tersor.formats.sparse_csr import prune_unstructured
 from tersor.formats.int4 import effective_group_size
+from tersor.nn.csr_linear import CsrLinear
 from tersor.nn.qconv import QConv2d
 from tersor.nn.qlinear import QLinear
 from tersor.nn.sparse_linear import SparseLinear
@@ -95,20 +98,42 @@ def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config) -> str:
     return ""
 
 
-def sparsify_(model: nn.Module, config: Sparse24Config,
-              filter_fn: Optional[Callable] = None) -> Report:
-    """Prune (unless already 2:4) and swap every eligible ``nn.Linear`` for a SparseLinear and
-    ``nn.Conv2d`` for a 2:4 QConv2d (2:4 along the patch order (kh, kw, C_in)); all or
-    nothing, like quantize_. Returns a Report (bytes before/after per layer)."""
-    if not isinstance(config, Sparse24Config):
-        raise TypeError(f"tersor.sparsify_: config must be a Sparse24Config, got "
-                        f"{type(config).__name__}")
-    def build(m, fqn):
-        swap = QConv2d if isinstance(m, nn.Conv2d) else SparseLinear
-        return swap.from_float(m, config, name=fqn)
+def sparsify_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:
+    """Prune (if needed) and swap layers for sparse ones; all or nothing, like quantize_.
 
-    return _convert(model, config, filter_fn, "sparsify_",
-                    lambda m: isinstance(m, (nn.Linear, nn.Conv2d)), build)
+    Sparse24Config: every eligible ``nn.Linear`` becomes a SparseLinear and ``nn.Conv2d`` a
+    2:4 QConv2d (2:4 along the patch order (kh, kw, C_in)). SparseConfig: every ``nn.Linear``
+    becomes a CsrLinear, except layers left denser than ``config.dense_below``, which stay
+    dense (pruned) and are reported "too dense to gain". Returns a Report.
+    """
+    if isinstance(config, Sparse24Config):
+        def build(m, fqn):
+            swap = QConv2d if isinstance(m, nn.Conv2d) else SparseLinear
+            return swap.from_float(m, config, name=fqn)
+
+        return _convert(model, config, filter_fn, "sparsify_",
+                        lambda m: isinstance(m, (nn.Linear, nn.Conv2d)), build)
+    if isinstance(config, SparseConfig):
+        def build_csr(m, fqn):
+            w = prune_unstructured(m.weight, config.sparsity) if config.prune else m.weight
+            sparsity = 1.0 - float((w != 0).float().mean())
+            if sparsity < config.dense_below:
+                raise _KeepDense(w, f"kept dense: too dense to gain (sparsity {sparsity:.2f} < "
+                                    f"measured break-even {config.dense_below:.2f})")
+            return CsrLinear.from_float(m, config, name=fqn)
+
+        return _convert(model, config, filter_fn, "sparsify_",
+                        lambda m: isinstance(m, nn.Linear), build_csr)
+    raise TypeError(f"tersor.sparsify_: config must be a Sparse24Config or SparseConfig, got "
+                    f"{type(config).__name__}")
+
+
+class _KeepDense(Exception):
+    """A builder's answer that the layer stays an nn.Linear (with this pruned weight)."""
+
+    def __init__(self, weight, reason):
+        super().__init__(reason)
+        self.weight, self.reason = weight, reason
 
 
 def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:
@@ -170,6 +195,8 @@ def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
             continue
         try:
             built[id(m)] = build(m, fqn)
+        except _KeepDense as keep:
+            built[id(m)] = keep
         except Exception as e:
             raise type(e)(f"tersor.{verb}: converting '{fqn}' failed ({e}); the model is "
                           f"unchanged") from e
@@ -177,6 +204,13 @@ def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
 
     for fqn, parent, cname, m in plan:
         q = built[id(m)]
+        if isinstance(q, _KeepDense):
+            with torch.no_grad():
+                m.weight.copy_(q.weight)
+            size = _layer_bytes(m)
+            report.layers.append(LayerReport(fqn, tuple(m.weight.shape), "dense", size, size,
+                                             q.reason))
+            continue
         setattr(parent, cname, q)
         nbytes = q.gemm.nbytes if isinstance(q, QConv2d) else q.nbytes
         report.layers.append(LayerReport(fqn, tuple(m.weight.shape), config.scheme,

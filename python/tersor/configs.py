@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from tersor.formats.int4 import GROUP_SIZES
 
@@ -91,3 +92,30 @@ class Sparse24Config:
     def __post_init__(self):
         if not isinstance(self.prune, bool):
             raise ValueError(f"Sparse24Config.prune must be a bool, got {self.prune!r}")
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """Unstructured sparsity (fp32 values): magnitude pruning of each layer to `sparsity`
+    (unless prune=False: the weights' own zeros are used). Layers left denser than
+    `dense_below` stay dense ("too dense to gain"): measured on 4096 x 4096, the sparse kernels
+    at 75% zeros run 1.3-2x dense up to 128 rows but 0.85x at 512, at 90% 1.4-3.9x.
+    block=(r, c) block-sparse formats are not implemented yet."""
+
+    sparsity: float = 0.9
+    block: Optional[tuple] = None
+    prune: bool = True
+    dense_below: float = 0.7
+    scheme = "unstructured"
+
+    def __post_init__(self):
+        if not 0.0 < self.sparsity < 1.0:
+            raise ValueError(f"SparseConfig.sparsity must lie in (0, 1), got {self.sparsity!r}")
+        if self.block is not None:
+            raise ValueError(f"SparseConfig.block={self.block!r}: block-sparse formats are not "
+                             f"implemented yet (use block=None)")
+        if not isinstance(self.prune, bool):
+            raise ValueError(f"SparseConfig.prune must be a bool, got {self.prune!r}")
+        if not 0.0 <= self.dense_below < 1.0:
+            raise ValueError(f"SparseConfig.dense_below must lie in [0, 1), got "
+                             f"{self.dense_below!r}")

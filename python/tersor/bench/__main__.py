@@ -5,6 +5,7 @@
     python -m tersor.bench --quick               # small subset, a minute or so
     python -m tersor.bench --family int4         # 4-bit weights against torch / onnxruntime int4
     python -m tersor.bench --family sparse24     # 2:4 sparse fp32 against dense on the same weight
+    python -m tersor.bench --family sparse90     # unstructured 90% (also sparse75, sparse95)
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ import sys
 import torch
 
 import tersor
-from tersor.bench.impls import int4_impls, linear_impls, make_linear, sparse24_impls
+import functools
+
+from tersor.bench.impls import (int4_impls, linear_impls, make_linear, sparse24_impls,
+                                unstructured_impls)
 from tersor.bench.overhead import measure_overhead
 from tersor.bench.timing import measure_bandwidth, measure_int8_peak, time_interleaved
 
@@ -29,6 +33,12 @@ FAMILIES = {  # impl factory, tolerated relative error, the impl that is the ref
     "int8": (linear_impls, 0.05, None),  # fp32 on the unpruned weight; RTN int4 on random
     "int4": (int4_impls, 0.15, None),  # gaussian weights is ~7-10% off fp32 by itself)
     "sparse24": (sparse24_impls, 1e-4, "torch fp32 dense (pruned)"),
+    "sparse75": (functools.partial(unstructured_impls, sparsity=0.75), 1e-4,
+                 "torch fp32 dense (pruned)"),
+    "sparse90": (functools.partial(unstructured_impls, sparsity=0.9), 1e-4,
+                 "torch fp32 dense (pruned)"),
+    "sparse95": (functools.partial(unstructured_impls, sparsity=0.95), 1e-4,
+                 "torch fp32 dense (pruned)"),
 }
 
 
@@ -104,7 +114,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--no-rotate", action="store_true", help="one weight copy (cache-flattered)")
     p.add_argument("--quick", action="store_true", help="4096x4096 and 384x1536, M in 1,32")
-    p.add_argument("--family", choices=["int8", "int4", "sparse24", "all"], default="int8")
+    p.add_argument("--family", choices=[*FAMILIES, "all"], default="int8")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split("x"))

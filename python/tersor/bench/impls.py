@@ -289,3 +289,26 @@ def sparse24_impls(lin: nn.Linear, rotate: bool):
     dense = torch_fp32(pruned, rotate)
     dense.name = "torch fp32 dense (pruned)"
     return [ours, dense]
+
+
+def unstructured_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9):
+    """tersor unstructured (CSR/ELL) against torch fp32 dense and torch's CSR matmul on the
+    same pruned weight."""
+    from tersor.formats.sparse_csr import prune_unstructured
+
+    pruned = nn.Linear(lin.in_features, lin.out_features)
+    with torch.no_grad():
+        pruned.weight.copy_(prune_unstructured(lin.weight, sparsity))
+        pruned.bias.copy_(lin.bias)
+    base = tersor.CsrLinear.from_float(pruned, tersor.SparseConfig(sparsity, prune=False))
+    r = copies_for(base.nbytes, rotate)
+    mods = [base] + [copy.deepcopy(base) for _ in range(r - 1)]
+    tag = f"{round(sparsity * 100)}%"
+    ours = Impl(f"tersor unstructured {tag}", lambda x, i: mods[i % r](x), base.nbytes, r, "ours")
+    dense = torch_fp32(pruned, rotate)
+    dense.name = "torch fp32 dense (pruned)"
+    csrs = [pruned.weight.detach().to_sparse_csr() for _ in range(min(r, 4))]
+    b = pruned.bias.detach()
+    csr = Impl("torch CSR", lambda x, i: torch.mm(csrs[i % len(csrs)], x.t()).t() + b,
+               base.nbytes, len(csrs), "baseline")
+    return [ours, dense, csr]

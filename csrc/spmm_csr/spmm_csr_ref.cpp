@@ -1,0 +1,46 @@
+// Portable oracle for the unstructured sparse GEMM (rules in spmm_csr.h), plus the dispatch.
+#include <cmath>
+
+#include "common/cpu_features.h"
+#include "spmm_csr/spmm_csr.h"
+
+namespace tersor::spmm_csr {
+
+void run_ref(const Args& a) {
+#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.x + m * a.ldx;
+    for (int64_t n = 0; n < a.N; ++n) {
+      float acc = 0.0f;
+      for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i)
+        acc = std::fma(x[a.col[i]], a.val[i], acc);
+      a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
+    }
+  }
+}
+
+void transpose_rows(const Args& a, float* xt, int64_t ld) {
+  const int64_t kt = (a.K + 15) / 16;
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < kt; ++t) {
+    const int64_t k0 = 16 * t, k1 = k0 + 16 < a.K ? k0 + 16 : a.K;
+    for (int64_t m0 = 0; m0 < ld; m0 += 16)
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t m = m0; m < m0 + 16 && m < ld; ++m)
+          xt[k * ld + m] = m < a.M ? a.x[m * a.ldx + k] : 0.0f;
+  }
+}
+
+void run(const Args& a) {
+  if (a.M == 0 || a.N == 0) return;
+  switch (active_isa()) {
+#if defined(TERSOR_X86)
+    case Isa::Amx:
+    case Isa::Avx512: return run_avx512(a);
+    case Isa::Avx2: return run_avx2(a);
+#endif
+    default: return run_ref(a);
+  }
+}
+
+}  // namespace tersor::spmm_csr
