@@ -87,6 +87,10 @@ def minilm_variants(base):
         rep = tersor.quantize_(m, cfg)
         out.append((name, m, f"{len(rep.converted)} layers converted, "
                              f"{len(rep.skipped)} left dense"))
+    m = copy.deepcopy(base)
+    rep = tersor.sparsify_(m, tersor.Sparse24Config())
+    out.append(("tersor 2:4 (no fine-tune)", m, f"{len(rep.converted)} layers magnitude-pruned "
+                                                 f"2:4, no retraining"))
     return out
 
 
