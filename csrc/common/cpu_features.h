@@ -28,4 +28,37 @@ const char* isa_name(Isa isa);
 // Number of threads a kernel may use: the caller passes torch.get_num_threads().
 int clamp_threads(int requested);
 
+// The x86 kernels of a family exist only in x86 builds: name them through this macro so that
+// an aarch64 build (ref only) never references them.
+#if defined(TERSOR_X86)
+#define TERSOR_X86_FN(fn) fn
+#else
+#define TERSOR_X86_FN(fn) nullptr
+#endif
+
+// Calls the kernel for the ISA this call resolves to; a family without a kernel for that ISA
+// (nullptr) runs the next one down (AMX -> AVX-512 -> AVX2 -> ref).
+template <typename Args>
+struct KernelOf {  // a non-deduced parameter type, so nullptr can be passed
+  using type = void (*)(const Args&);
+};
+template <typename Args>
+void dispatch_isa(const Args& a, void (*ref)(const Args&), typename KernelOf<Args>::type avx2,
+                  typename KernelOf<Args>::type avx512,
+                  typename KernelOf<Args>::type amx = nullptr) {
+  switch (active_isa()) {
+    case Isa::Amx:
+      if (amx) return amx(a);
+      [[fallthrough]];
+    case Isa::Avx512:
+      if (avx512) return avx512(a);
+      [[fallthrough]];
+    case Isa::Avx2:
+      if (avx2) return avx2(a);
+      [[fallthrough]];
+    default:
+      return ref(a);
+  }
+}
+
 }  // namespace tersor

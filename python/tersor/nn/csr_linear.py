@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from tersor.formats import sparse_csr as fc
+from tersor.nn._common import check_float_weight
 from tersor.ops.spmm_csr import spmm_csr, spmm_csr_cpu
 
 _KERNEL = ("rowptr", "col", "val", "ell_val", "ell_col", "ell_cnt", "ell_off", "perm")
@@ -30,10 +31,7 @@ class CsrLinear(nn.Module):
     def from_float(cls, linear: nn.Linear, config, name: str = "") -> "CsrLinear":
         label = f"layer '{name}'" if name else "CsrLinear"
         w = linear.weight.detach()
-        if w.dtype != torch.float32:
-            raise TypeError(f"{label}: weight must be float32, got {w.dtype}")
-        if not torch.isfinite(w).all():
-            raise ValueError(f"{label}: weight holds NaN or Inf")
+        check_float_weight(w, label)
         if config.prune:
             w = fc.prune_unstructured(w, config.sparsity)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, name)

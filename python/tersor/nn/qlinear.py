@@ -15,6 +15,7 @@ from torch import nn
 
 from tersor import _C
 from tersor.formats import int4 as f4
+from tersor.nn._common import check_float_weight
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8, unpack_int8
 from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.dequant import dequant_w8
@@ -76,10 +77,7 @@ class QLinear(nn.Module):
     def from_float(cls, linear: nn.Linear, config, name: str = "") -> "QLinear":
         w = linear.weight
         label = f"layer '{name}'" if name else "QLinear"
-        if w.dtype != torch.float32:
-            raise TypeError(f"{label}: weight must be float32, got {w.dtype}")
-        if not torch.isfinite(w).all():
-            raise ValueError(f"{label}: weight holds NaN or Inf; cannot quantize")
+        check_float_weight(w, label)
         extra = {}
         if SCHEMES[config.scheme] == "int4":
             extra = dict(group_size=config.group_size, symmetric=config.symmetric)

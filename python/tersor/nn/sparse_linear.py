@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from tersor.formats import sparse24 as f24
+from tersor.nn._common import check_float_weight
 from tersor.ops.spmm_24 import spmm_24, spmm_24_cpu
 
 
@@ -25,10 +26,7 @@ class SparseLinear(nn.Module):
     def from_float(cls, linear: nn.Linear, config, name: str = "") -> "SparseLinear":
         label = f"layer '{name}'" if name else "SparseLinear"
         w = linear.weight.detach()
-        if w.dtype != torch.float32:
-            raise TypeError(f"{label}: weight must be float32, got {w.dtype}")
-        if not torch.isfinite(w).all():
-            raise ValueError(f"{label}: weight holds NaN or Inf")
+        check_float_weight(w, label)
         if not f24.is_24(w):
             if not config.prune:
                 raise ValueError(f"{label}: weight is not 2:4 sparse and Sparse24Config(prune="
