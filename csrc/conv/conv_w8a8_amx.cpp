@@ -15,11 +15,9 @@ namespace tersor::conv {
 void run_w8a8_amx(const ConvW8A8Args& c) {
   const int64_t K = c.kh * c.kw * c.C, M = c.B * c.Ho * c.Wo;
   const int64_t lda = gemm_w8a8::amx_lda(K);
-  // With dilation 1 along W the kw taps of a kernel row are adjacent pixels: one contiguous
-  // run of kw * C floats (the 3-channel 7x7 stem: 7 runs of 21 instead of 49 runs of 3).
-  const bool merge = c.dw == 1;
-  const int64_t nseg = merge ? c.kh : c.kh * c.kw, seglen = merge ? c.kw * c.C : c.C;
   auto aq = alloc_scratch<int8_t>(kBlockRows * lda);
+  auto zeros = alloc_scratch<float>(c.kw * c.C);
+  std::memset(zeros.get(), 0, c.kw * c.C * sizeof(float));
   auto sx = alloc_scratch<float>(kBlockRows);
   const int nt = threads_for_work(double(M) * c.N * K, c.nthreads);
 #pragma omp parallel num_threads(nt)
@@ -36,12 +34,9 @@ void run_w8a8_amx(const ConvW8A8Args& c) {
           sx.get()[r] = 0.0f;
           continue;
         }
-        const int64_t m = m0 + r, b = m / (c.Ho * c.Wo), oh = m / c.Wo % c.Ho, ow = m % c.Wo;
-        const float* origin = c.x + ((b * c.Hp + oh * c.sh) * c.Wp + ow * c.sw) * c.C;
-        for (int64_t i = 0, s = 0; i < c.kh; ++i)
-          for (int64_t j = 0; j < (merge ? 1 : c.kw); ++j, ++s)
-            segs[s] = origin + (i * c.dh * c.Wp + j * c.dw) * c.C;
-        sx.get()[r] = quant_act::quantize_gather_avx512(segs, nseg, seglen, dst, lda);
+        int64_t len;
+        const int64_t n = patch_runs(c, m0 + r, zeros.get(), segs, &len);
+        sx.get()[r] = quant_act::quantize_gather_avx512(segs, n, len, dst, lda);
       }
       // implicit barrier: the block's A is ready
       const PackedW8LinearArgs blk{nullptr, rows, K, K, c.w, c.colsum, c.w_scale, c.N,

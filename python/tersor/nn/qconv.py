@@ -4,8 +4,9 @@
 
 Activations are handled channels-last inside the layer. A 1x1 / stride-1 convolution is the
 GEMM itself on the NHWC view (no copy when the input is already channels_last). Other W8A8
-convolutions run the native conv kernel (csrc/conv): each output pixel's patch is gathered and
-quantized to int8 in one pass, a block of rows at a time, straight into the GEMM's buffer.
+convolutions run the native conv kernel (csrc/conv): each output pixel's patch is gathered (zero
+padding applied in the gather) and quantized to int8 in one pass, a block of rows at a time,
+straight into the GEMM's buffer.
 The other schemes gather a cache-sized fp32 im2col block of output rows at a time (never the
 whole batch's im2col buffer) and run their GEMM on it.
 
@@ -140,11 +141,11 @@ class QConv2d(nn.Module):
     def _fused_conv(self, xh):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         (ph, pw), (dh, dw) = self.padding, self.dilation
-        xp = F.pad(xh, (0, 0, pw, pw, ph, ph)) if ph or pw else xh.contiguous()
         g = self.gemm
         fn = conv_w8a8 if torch.compiler.is_compiling() else conv_w8a8_cpu
-        return fn(xp, g.packed, g.colsum, g.scale, g.bias, self.out_channels, kh, kw, sh, sw,
-                  dh, dw)
+        # channels_last input: the NHWC view is already contiguous, no copy at all
+        return fn(xh.contiguous(), g.packed, g.colsum, g.scale, g.bias, self.out_channels, kh,
+                  kw, sh, sw, ph, pw, dh, dw)
 
     def _im2col_gemm(self, xh, b, ho, wo):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride

@@ -1,5 +1,6 @@
-"""``tersor::conv_w8a8``: W8A8 Conv2d on a zero-padded NHWC input, patches gathered and
-quantized inside the kernel (csrc/conv/conv_w8a8.h). Returns NHWC [B, H_out, W_out, C_out]."""
+"""``tersor::conv_w8a8``: W8A8 Conv2d on an NHWC input, zero padding applied in the kernel's
+gather, patches quantized inside the kernel (csrc/conv/conv_w8a8.h).
+Returns NHWC [B, H_out, W_out, C_out]."""
 from __future__ import annotations
 
 from typing import Optional
@@ -12,36 +13,40 @@ from tersor.ops._common import check, ptr
 MAX_TAPS = 64  # kh * kw the native gather supports
 
 
-def _out_hw(hp, wp, kh, kw, sh, sw, dh, dw):
-    return (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+def _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
+    return ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+            (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
 
 
-def conv_w8a8_cpu(xp, packed, colsum, scale, bias, n: int, kh: int, kw: int, sh: int, sw: int,
-                  dh: int, dw: int) -> torch.Tensor:
-    b, hp, wp, c = xp.shape
-    ho, wo = _out_hw(hp, wp, kh, kw, sh, sw, dh, dw)
+def conv_w8a8_cpu(xh, packed, colsum, scale, bias, n: int, kh: int, kw: int, sh: int, sw: int,
+                  ph: int, pw: int, dh: int, dw: int) -> torch.Tensor:
+    b, h, w, c = xh.shape
+    ho, wo = _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     y = torch.empty(b, ho, wo, n)
-    _C.conv_w8a8(xp.data_ptr(), b, hp, wp, c, kh, kw, sh, sw, dh, dw, ho, wo, packed.data_ptr(),
-                 colsum.data_ptr(), scale.data_ptr(), n, ptr(bias), y.data_ptr(),
-                 torch.get_num_threads())
+    _C.conv_w8a8(xh.data_ptr(), b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
+                 packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(), n, ptr(bias),
+                 y.data_ptr(), torch.get_num_threads())
     return y
 
 
 @torch.library.custom_op("tersor::conv_w8a8", mutates_args=())
-def conv_w8a8(xp: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, scale: torch.Tensor,
+def conv_w8a8(xh: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, scale: torch.Tensor,
               bias: Optional[torch.Tensor], out_channels: int, kh: int, kw: int, sh: int, sw: int,
-              dh: int, dw: int) -> torch.Tensor:
-    check(xp.dtype == torch.float32 and xp.dim() == 4 and xp.is_contiguous()
-          and xp.device.type == "cpu",
-          f"tersor::conv_w8a8: xp must be a contiguous float32 NHWC CPU tensor, got {xp.dtype} "
-          f"{tuple(xp.shape)} on {xp.device}")
+              ph: int, pw: int, dh: int, dw: int) -> torch.Tensor:
+    check(xh.dtype == torch.float32 and xh.dim() == 4 and xh.is_contiguous()
+          and xh.device.type == "cpu",
+          f"tersor::conv_w8a8: xh must be a contiguous float32 NHWC CPU tensor, got {xh.dtype} "
+          f"{tuple(xh.shape)} on {xh.device}")
     check(kh * kw <= MAX_TAPS, f"tersor::conv_w8a8: kernel {kh}x{kw} has more than {MAX_TAPS} taps")
-    check(packed.shape[1] * 4 >= kh * kw * xp.shape[3] > packed.shape[1] * 4 - 4,
+    check(packed.shape[1] * 4 >= kh * kw * xh.shape[3] > packed.shape[1] * 4 - 4,
           "tersor::conv_w8a8: packed weight K does not match kh * kw * C")
-    return conv_w8a8_cpu(xp, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, dh, dw)
+    ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
+    check(ho > 0 and wo > 0, "tersor::conv_w8a8: input smaller than the receptive field")
+    return conv_w8a8_cpu(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw,
+                         dh, dw)
 
 
 @conv_w8a8.register_fake
-def _(xp, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, dh, dw):
-    ho, wo = _out_hw(xp.shape[1], xp.shape[2], kh, kw, sh, sw, dh, dw)
-    return xp.new_empty((xp.shape[0], ho, wo, out_channels))
+def _(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw):
+    ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
+    return xh.new_empty((xh.shape[0], ho, wo, out_channels))
