@@ -33,7 +33,7 @@ static_assert(sizeof(W8Tile) == 64, "W8Tile must be exactly one 64-byte vector")
 constexpr int kW8BlockN = 16;  // output columns per tile
 constexpr int kW8BlockK = 4;   // k values per 32-bit lane
 
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+static inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 }  // namespace tersor
 

@@ -6,7 +6,7 @@
 
 namespace tersor {
 
-inline float half_to_float(uint16_t h) {
+static inline float half_to_float(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
   if (exp == 0x1f) {

@@ -1,4 +1,7 @@
-// Threading helpers. Kernels run one OpenMP parallel region per call with the thread count the
+// Threading helpers. Every helper here has internal linkage (static / an unnamed namespace):
+// this header is compiled into TUs with different ISA flags, and an inline function with
+// external linkage would be merged by the linker into one copy, possibly the AVX-512 one,
+// called from the portable path (the failure mode that made bitsandbytes SIGILL). Kernels run one OpenMP parallel region per call with the thread count the
 // caller passes (torch.get_num_threads()), and split work statically: on a 2-core machine a
 // dynamic scheduler buys nothing and costs a few microseconds per call.
 #pragma once
@@ -16,13 +19,13 @@
 namespace tersor {
 
 // [begin, end) of `n` items for thread `t` of `nt`, balanced to within one item.
-inline void split_range(int64_t n, int nt, int t, int64_t* begin, int64_t* end) {
+static inline void split_range(int64_t n, int nt, int t, int64_t* begin, int64_t* end) {
   *begin = n * t / nt;
   *end = n * (t + 1) / nt;
 }
 
 // This thread's share [begin, end) of n items, inside an OpenMP parallel region.
-inline void thread_range(int64_t n, int64_t* begin, int64_t* end) {
+static inline void thread_range(int64_t n, int64_t* begin, int64_t* end) {
 #if defined(_OPENMP)
   split_range(n, omp_get_num_threads(), omp_get_thread_num(), begin, end);
 #else
@@ -37,7 +40,7 @@ inline void thread_range(int64_t n, int64_t* begin, int64_t* end) {
 //   fn(first_block, blocks_in_chunk, first_row, rows_in_tile)
 // Chunk-outer order keeps a chunk's weight panel in L2 while all rows stream past it.
 template <typename Fn>
-void for_each_tile(int64_t n_blocks, int64_t chunk, int64_t M, int64_t rows, Fn&& fn) {
+static void for_each_tile(int64_t n_blocks, int64_t chunk, int64_t M, int64_t rows, Fn&& fn) {
   int64_t c0, c1;
   thread_range((n_blocks + chunk - 1) / chunk, &c0, &c1);
   for (int64_t ch = c0; ch < c1; ++ch) {
@@ -49,19 +52,21 @@ void for_each_tile(int64_t n_blocks, int64_t chunk, int64_t M, int64_t rows, Fn&
 }
 
 // A 64-byte aligned scratch array (freed with the owner).
+namespace {
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
+}  // namespace
 template <typename T>
 using Scratch = std::unique_ptr<T, FreeDeleter>;
 template <typename T>
-Scratch<T> alloc_scratch(int64_t count) {
+static Scratch<T> alloc_scratch(int64_t count) {
   const int64_t bytes = (count * int64_t(sizeof(T)) + 63) / 64 * 64;
   return Scratch<T>(static_cast<T*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64)));
 }
 
 // Measured: a second thread pays from ~64K multiply-adds (384x384 at M = 1: 8.2 -> 6.8 us).
-inline int threads_for_work(double macs, int nthreads) {
+static inline int threads_for_work(double macs, int nthreads) {
   return macs < (1 << 16) ? 1 : (nthreads < 1 ? 1 : nthreads);
 }
 

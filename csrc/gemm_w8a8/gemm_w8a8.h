@@ -24,7 +24,7 @@ void run(const PackedW8LinearArgs& a);  // per-call ISA dispatch
 // A is s8 [round_up(M, 32)][lda], zero beyond K and in the padding rows; sx its row scales.
 // Row stride lda = round_up(K, 64) + 64: whole 64-k tiles, and off a power of two (with a
 // power-of-two stride the 16 rows of an A tile share one L1 set: 4-10x slower at K = 4096).
-inline int64_t amx_lda(int64_t K) { return (K + 63) / 64 * 64 + 64; }
+static inline int64_t amx_lda(int64_t K) { return (K + 63) / 64 * 64 + 64; }
 // Call inside an OpenMP parallel region: threads split the column pairs; writes a.y.
 void amx_gemm_quantized(const PackedW8LinearArgs& a, const int8_t* aq, int64_t lda,
                         const float* sx);

@@ -19,8 +19,8 @@ struct Args {
   int nthreads;
 };
 
-inline int64_t groups(int64_t K) { return (K + 3) / 4; }
-inline int64_t meta_groups(int64_t K) { return (groups(K) + 3) / 4 * 4; }
+static inline int64_t groups(int64_t K) { return (K + 3) / 4; }
+static inline int64_t meta_groups(int64_t K) { return (groups(K) + 3) / 4 * 4; }
 
 void run_ref(const Args& a);
 void run_avx2(const Args& a);
