@@ -1,2 +1,7 @@
 """Triton kernels, installed as ``tersor.triton_kernels`` (Triton itself owns the top-level name
-``triton_kernels``). Empty until the GPU issue lands its kernels here."""
+``triton_kernels``). Importing a kernel module needs triton; on CPU tensors the kernels run under
+TRITON_INTERPRET=1 (the CI checks), on CUDA tensors natively.
+
+    gemm_w8a8.py   per-row int8 quantization + int8 tl.dot GEMM with the scale epilogue
+    gemm_w4.py     float x int4 group-wise GEMM, dequantize fused in the K loop
+"""
