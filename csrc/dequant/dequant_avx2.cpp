@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "dequant/dequant.h"
 
 namespace tersor::dequant {
@@ -34,13 +35,12 @@ void w4t_avx2(const W4TArgs& a) {
   const int64_t G = a.group_size, Kp = a.ngroups * G;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const __m256i nibble = _mm256_set1_epi32(0x0f);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
 #pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
   for (int64_t nb = 0; nb < n_blocks; ++nb) {
     for (int h = 0; h < 2; ++h) {
       const int64_t left = a.N - nb * 16 - 8 * h;
       if (left <= 0) break;
-      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+      const __m256i mask = tail_mask8(left);
       for (int64_t g = 0; g < a.ngroups; ++g) {
         const int64_t meta = (nb * a.ngroups + g) * 16 + 8 * h;
         const __m256 s = _mm256_cvtph_ps(

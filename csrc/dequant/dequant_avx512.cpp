@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "dequant/dequant.h"
 
 namespace tersor::dequant {
@@ -46,7 +47,7 @@ void w4t_avx512(const W4TArgs& a) {
 #pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
   for (int64_t nb = 0; nb < n_blocks; ++nb) {
     const int64_t left = a.N - nb * 16;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = tail_mask16(left);
     for (int64_t g = 0; g < a.ngroups; ++g) {
       const int64_t meta = (nb * a.ngroups + g) * 16;
       const __m512 s =

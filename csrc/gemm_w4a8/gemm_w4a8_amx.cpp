@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "common/parallel.h"
 #include "gemm_w4a8/gemm_w4a8.h"
 #include "quant_act/quant_act.h"
@@ -148,8 +149,8 @@ void run_amx(const PackedW4LinearArgs& a) {
             const int64_t n = (nb0 + h) * 16;
             if (n >= a.N) break;
             const int64_t left = a.N - n;
-            const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
-            const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+            const __mmask16 mask = tail_mask16(left);
+            const __m512 b = bias16(a.bias, n, mask);
             for (int r = 0; r < rows; ++r)
               _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask,
                                     _mm512_fmadd_ps(_mm512_load_ps(&acc[r][16 * h]),

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "common/parallel.h"
 #include "gemm_w8/gemm_w8.h"
 
@@ -42,15 +43,14 @@ TERSOR_UNROLL
       }
     }
   }
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
 TERSOR_UNROLL
   for (int h = 0; h < 2; ++h) {
     const int64_t n = n0 + 8 * h;
     if (n >= a.N) break;
     const int64_t left = a.N - n;
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+    const __m256i mask = tail_mask8(left);
     const __m256 sw = _mm256_loadu_ps(a.w_scale + n);
-    const __m256 b = a.bias ? _mm256_maskload_ps(a.bias + n, mask) : _mm256_setzero_ps();
+    const __m256 b = bias8(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
       _mm256_maskstore_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm256_fmadd_ps(acc[r][h], sw, b));

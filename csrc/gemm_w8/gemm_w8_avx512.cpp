@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "common/parallel.h"
 #include "gemm_w8/gemm_w8.h"
 
@@ -75,9 +76,9 @@ TERSOR_UNROLL
     const int64_t n = n0 + 16 * j;
     if (n >= a.N) break;
     const int64_t left = a.N - n;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = tail_mask16(left);
     const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
-    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+    const __m512 b = bias16(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
       _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_fmadd_ps(acc[r][j], sw, b));

@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "common/parallel.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
@@ -55,9 +56,9 @@ void store_block(const int32_t (*acc)[32], const PackedW8LinearArgs& a, const fl
     const int64_t n = n0 + 16 * h;
     if (n >= a.N) break;
     const int64_t left = a.N - n;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = tail_mask16(left);
     const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
-    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+    const __m512 b = bias16(a.bias, n, mask);
     const int rows = static_cast<int>(a.M - m0 < kRows ? a.M - m0 : kRows);
     for (int r = 0; r < rows; ++r) {
       const __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(&acc[r][16 * h]));

@@ -10,6 +10,7 @@
 
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "common/parallel.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
@@ -46,10 +47,9 @@ TERSOR_UNROLL
     const int64_t n = n0 + 8 * h;
     if (n >= a.N) break;
     const int64_t left = a.N - n;
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+    const __m256i mask = tail_mask8(left);
     const __m256 sw = _mm256_loadu_ps(a.w_scale + n);
-    const __m256 b = a.bias ? _mm256_maskload_ps(a.bias + n, mask) : _mm256_setzero_ps();
+    const __m256 b = bias8(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m256 v = _mm256_cvtepi32_ps(acc[r][h]);

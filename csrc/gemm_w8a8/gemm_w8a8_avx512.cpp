@@ -16,6 +16,7 @@
 
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "common/parallel.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
@@ -64,10 +65,10 @@ TERSOR_UNROLL
     const int64_t n = c.n0 + 16 * j;
     if (n >= a.N) break;
     const int64_t left = a.N - n;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = tail_mask16(left);
     const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(a.colsum + n), 7);
     const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
-    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+    const __m512 b = bias16(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], comp));

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "quant_act/quant_act.h"
 
 namespace tersor::quant_act {
@@ -29,7 +30,7 @@ struct AbsMax {
       }
     for (; k < n; k += 16) {
       const int64_t left = n - k;
-      const __mmask16 mk = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+      const __mmask16 mk = tail_mask16(left);
       const __m512 v = _mm512_maskz_loadu_ps(mk, x + k);
       nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
       m[0] = _mm512_max_ps(m[0], _mm512_and_ps(v, abs_mask));
@@ -99,7 +100,7 @@ float quantize_gather_avx512(const float* const* segs, int64_t nseg, int64_t seg
   for (int64_t s = 0; s < nseg; ++s) {
     for (int64_t k = 0; k < seglen; k += 16) {
       const int64_t left = seglen - k;
-      const __mmask16 m = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+      const __mmask16 m = tail_mask16(left);
       __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, segs[s] + k), vinv));
       q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
       _mm_mask_storeu_epi8(dst + s * seglen + k, m, _mm512_cvtepi32_epi8(q));

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "common/parallel.h"
 #include "spmm_24/spmm_24.h"
 
@@ -17,13 +18,12 @@ void tile(const Args& a, int64_t nb, int64_t m0) {
   const S24Group* grp = reinterpret_cast<const S24Group*>(a.values) + nb * G;
   const uint8_t* meta = a.meta + nb * G4 * 16;
   const __m256i three = _mm256_set1_epi32(3);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256 acc[MR][2];
 TERSOR_UNROLL
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int64_t g0 = 0; g0 < G; g0 += 2) {
     const int64_t left = a.K - 4 * g0;
-    const __m256i km = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
+    const __m256i km = tail_mask8(left);
     __m256 xv[MR];
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) xv[r] = _mm256_maskload_ps(a.x + (m0 + r) * a.ldx + 4 * g0, km);
@@ -51,8 +51,8 @@ TERSOR_UNROLL
     const int64_t n = nb * 16 + 8 * h;
     if (n >= a.N) break;
     const int64_t left = a.N - n;
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), lane);
-    const __m256 b = a.bias ? _mm256_maskload_ps(a.bias + n, mask) : _mm256_setzero_ps();
+    const __m256i mask = tail_mask8(left);
+    const __m256 b = bias8(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
       _mm256_maskstore_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm256_add_ps(acc[r][h], b));

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "common/formats.h"
+#include "common/simd.h"
 #include "common/parallel.h"
 #include "spmm_24/spmm_24.h"
 
@@ -24,7 +25,7 @@ TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) acc[c][r] = _mm512_setzero_ps();
   for (int64_t g0 = 0; g0 < G; g0 += 4) {
     const int64_t left = a.K - 4 * g0;
-    const __mmask16 km = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 km = tail_mask16(left);
     __m512 xv[MR];
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) xv[r] = _mm512_maskz_loadu_ps(km, a.x + (m0 + r) * a.ldx + 4 * g0);
@@ -58,8 +59,8 @@ TERSOR_UNROLL
 TERSOR_UNROLL
   for (int c = 0; c < NB; ++c) {
     const int64_t n = (nb0 + c) * 16, left = a.N - n;
-    const __mmask16 mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
-    const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n) : _mm512_setzero_ps();
+    const __mmask16 mask = tail_mask16(left);
+    const __m512 b = bias16(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
       _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[c][r], b));

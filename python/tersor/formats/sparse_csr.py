@@ -86,15 +86,16 @@ def pack_csr(rowptr, col, val, n: int, k: int) -> PackedCsr:
     ell_off = torch.zeros(depth.numel() + 1, dtype=torch.int64)
     ell_off[1:] = depth.cumsum(0)
     steps = int(ell_off[-1])
+    # nonzero i of channel ch (its j-th) lands at step ell_off[lane // 16] + j, lane lane % 16
+    lane_of = torch.empty(n, dtype=torch.int64)
+    lane_of[order] = torch.arange(n)
+    rows = torch.repeat_interleave(torch.arange(n), counts)
+    lane = lane_of[rows]
+    step = ell_off[lane // BLOCK_N] + torch.arange(rows.numel()) - rowptr[rows]
     ell_val = torch.zeros(steps, BLOCK_N)
     ell_col = torch.zeros(steps, BLOCK_N, dtype=torch.int32)
-    for lane in range(n):  # conversion time only
-        ch = int(order[lane])
-        b, c = divmod(lane, BLOCK_N)
-        lo, hi = int(rowptr[ch]), int(rowptr[ch + 1])
-        s0 = int(ell_off[b])
-        ell_val[s0:s0 + hi - lo, c] = val[lo:hi]
-        ell_col[s0:s0 + hi - lo, c] = col[lo:hi]
+    ell_val[step, lane % BLOCK_N] = val
+    ell_col[step, lane % BLOCK_N] = col
     return PackedCsr(rowptr.contiguous(), col.contiguous(), val.contiguous(),
                      ell_val.contiguous(), ell_col.to(torch.uint16).contiguous(),
                      cnt.to(torch.uint16).contiguous(), ell_off, perm, n, k)

@@ -1,0 +1,33 @@
+// Small SIMD helpers for the ISA files: the masks and bias loads of a partial column block.
+// Internal linkage (static) on purpose: each ISA file compiles its own copy with its own flags,
+// so no AVX-512 copy can be merged into the AVX2 path (see common/parallel.h).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace tersor {
+
+#if defined(__AVX2__)
+// Lanes [0, min(left, 8)) of an 8-float block (left > 0), as a vmaskmov mask.
+static inline __m256i tail_mask8(int64_t left) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : static_cast<int>(left)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+// bias[n .. n+8) under the block's mask, zeros without a bias.
+static inline __m256 bias8(const float* bias, int64_t n, __m256i mask) {
+  return bias ? _mm256_maskload_ps(bias + n, mask) : _mm256_setzero_ps();
+}
+#endif
+
+#if defined(__AVX512F__)
+// Lanes [0, min(left, 16)) of a 16-float block (left > 0).
+static inline __mmask16 tail_mask16(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+}
+static inline __m512 bias16(const float* bias, int64_t n, __mmask16 mask) {
+  return bias ? _mm512_maskz_loadu_ps(mask, bias + n) : _mm512_setzero_ps();
+}
+#endif
+
+}  // namespace tersor
