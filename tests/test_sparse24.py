@@ -93,3 +93,88 @@ def test_sparsify_errors_leave_model_unchanged():
         layer(torch.ones(2, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expected input \[\.\.\., 8\], got \(2, 7\)"):
         layer(torch.ones(2, 7))
+
+
+# ---- 2:4 + int8 (W8A8) ------------------------------------------------------------------------
+from tersor.formats.sparse24 import pack_24_int8, quantize_24_int8, unpack_24_int8  # noqa: E402
+from tersor.ops.spmm_24 import spmm_24_w8a8  # noqa: E402
+from tersor.ref import quantize_rows_ref  # noqa: E402
+
+
+def make_24_int8(n, k, gen):
+    w = prune_24(torch.randn(n, k, generator=gen))
+    v, m, s = quantize_24_int8(w)
+    return v, m, s, pack_24_int8(v, m, s, k)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 41), seed=st.integers(0, 2**31 - 1))
+def test_int8_pack_round_trip(n, k, seed):
+    v, m, s, p = make_24_int8(n, k, torch.Generator().manual_seed(seed))
+    v2, m2, s2 = unpack_24_int8(p.values, p.meta, p.scale, n, k)
+    assert torch.equal(v2, v) and torch.equal(m2, m) and torch.equal(s2, s)
+    assert torch.equal(p.colsum[:n], v.to(torch.int32).sum(1, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 33])
+@pytest.mark.parametrize("k,n", [(1, 1), (3, 5), (12, 16), (37, 33), (130, 70), (257, 49)])
+def test_spmm_24_w8a8_every_isa_exact(isa, m, k, n, gen, c_ref):
+    v, meta, s, p = make_24_int8(n, k, gen)
+    x = (torch.randn(m, k + 3, generator=gen) * 3)[:, 1:1 + k]  # strided rows
+    b = torch.randn(n, generator=gen)
+    args = (p.values, p.meta, p.colsum, p.scale)
+    y = spmm_24_w8a8(x, *args, b, n)
+    assert torch.equal(y, c_ref(lambda: spmm_24_w8a8(x.contiguous(), *args, b, n)))
+    # integer accumulation exact: y = fl(acc * fl(sx * sw)) without bias
+    y0 = spmm_24_w8a8(x, *args, None, n)
+    qx, sx = quantize_rows_ref(x)
+    q = decompress_24(v.to(torch.float32), meta, k)
+    acc = qx.double() @ q.double().t()
+    assert torch.equal(y0, (acc * (sx[:, None] * s[None, :]).double()).float())
+
+
+def test_spmm_24_w8a8_opcheck_and_errors(gen):
+    _, _, _, p = make_24_int8(20, 24, gen)
+    x = torch.randn(3, 24, generator=gen)
+    torch.library.opcheck(spmm_24_w8a8, (x, p.values, p.meta, p.colsum, p.scale, None, 20))
+    with pytest.raises(ValueError, match=r"values must be int8 \[Np/16, 2, 16, 4\]"):
+        spmm_24_w8a8(torch.randn(3, 16), p.values, p.meta, p.colsum, p.scale, None, 20)
+
+
+def test_sparsify_then_quantize_gives_sparse_int8_layers(gen):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 25, 33), nn.ReLU(), nn.Linear(33, 10))
+    tersor.sparsify_(model, tersor.Sparse24Config())
+    pruned = model[3].dense_weight()
+    x = torch.randn(3, 8, 5, 5, generator=gen)
+    y_fp32 = model(x)
+    report = tersor.quantize_(model, tersor.W8A8Config())
+    assert [r.scheme for r in report.layers] == ["2:4+w8a8"] * 3
+    assert isinstance(model[3], SparseLinear) and model[3].scheme == "2:4+w8a8"
+    assert model[0].gemm.scheme == "2:4+w8a8"
+    assert report.bytes_after < 0.4 * report.bytes_before
+    # the int8 layer's weight is the per-channel quantization of the 2:4 fp32 weight
+    v, m, s = model[3].canonical_weight()
+    q = decompress_24(v.float(), m, 400)
+    assert torch.equal((q != 0), (pruned != 0) & (q != 0))  # no new nonzeros
+    torch.testing.assert_close(q * s[:, None], pruned, atol=float(s.max()) / 2 + 1e-7, rtol=0)
+    y = model(x)
+    assert (y - y_fp32).norm() <= 0.05 * y_fp32.norm()
+    # state_dict round trip into fresh int8 layers, then torch.compile
+    fresh = nn.Sequential(tersor.nn.QConv2d(8, 16, 3, padding=1, scheme="2:4+w8a8"), nn.ReLU(),
+                          nn.Flatten(), SparseLinear(400, 33, scheme="2:4+w8a8"), nn.ReLU(),
+                          SparseLinear(33, 10, scheme="2:4+w8a8"))
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    assert torch.equal(fresh(x), y)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(fresh, fullgraph=True)(x), y)
+    # other schemes do not combine with sparsity: left as they are, with the reason
+    model2 = nn.Sequential(nn.Linear(16, 16))
+    tersor.sparsify_(model2, tersor.Sparse24Config())
+    rep = tersor.quantize_(model2, tersor.W4Config(group_size=-1))
+    assert rep.layers[0].scheme == "dense" and "W8A8Config only" in rep.layers[0].reason
+    assert model2[0].scheme == "2:4"

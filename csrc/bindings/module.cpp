@@ -169,6 +169,16 @@ void bind_spmm_24(py::module_& m) {
                                 ldy, nthreads});
         },
         py::call_guard<py::gil_scoped_release>());
+  m.def("spmm_24_w8a8",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t values,
+           std::uintptr_t meta, std::uintptr_t colsum, std::uintptr_t w_scale, int64_t N,
+           std::uintptr_t bias, std::uintptr_t y, int64_t ldy, int nthreads) {
+          tersor::spmm_24::run_w8a8({ptr<const float>(x), M, K, ldx, ptr<const int8_t>(values),
+                                     ptr<const uint8_t>(meta), ptr<const int32_t>(colsum),
+                                     ptr<const float>(w_scale), N, ptr<const float>(bias),
+                                     ptr<float>(y), ldy, nthreads});
+        },
+        py::call_guard<py::gil_scoped_release>());
 }
 
 void bind_spmm_csr(py::module_& m) {

@@ -87,3 +87,26 @@ struct S24Group {
 static_assert(sizeof(S24Group) == 128, "S24Group must be two 64-byte vectors");
 
 }  // namespace tersor
+
+namespace tersor {
+
+// ---------------------------------------------------------------------------------------------
+// 2:4 sparse int8 weight (used by spmm_24's W8A8 kernels). Same pattern as S24Group, values
+// quantized symmetric per output channel (int8 in [-127, 127], scale[Np] fp32, colsum[Np]).
+// Two groups of 4 k (8 k) of 16 columns make one 64-byte tile, one VNNI lane per column:
+//
+//   values[Np/16][K8][16][4] int8   (S24I8Tile; K8 = ceil(K / 8), K padded with zero groups)
+//       lane c: [ v0(g)  v1(g)  v0(g+1)  v1(g+1) ]      g = 2 * k8
+//   meta  [Np/16][K8][16]    uint8
+//       lane c: p0 | p1 << 2 | p2 << 4 | p3 << 6       (p0 < p1 in group g, p2 < p3 in g + 1)
+//
+//   The kernel turns a lane's meta byte into the 4 byte indices p0, p1, 4 + p2, 4 + p3 (shifts
+//   and one mask), broadcasts 8 activation bytes to every 64-bit slot and lets vpshufb hand
+//   each lane its own 4 activations: one shuffle + one vpdpbusd per 8 k of 16 columns, and
+//   80 bytes read where dense int8 reads 128.
+struct S24I8Tile {
+  int8_t v[16][4];
+};
+static_assert(sizeof(S24I8Tile) == 64, "S24I8Tile must be exactly one 64-byte vector");
+
+}  // namespace tersor

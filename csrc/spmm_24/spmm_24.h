@@ -27,4 +27,29 @@ void run_avx2(const Args& a);
 void run_avx512(const Args& a);
 void run(const Args& a);
 
+// 2:4 sparse int8 weight x int8 activations (S24I8Tile): activations quantized per row as in
+// gemm_w8a8 (quant_act.h), exact int32 accumulation, and the same epilogue in every path,
+//     y = fma(float(acc), scale_x[m] * scale_w[n], bias[n])
+// so all ISA paths agree bit for bit with the ref. K <= 65536 (int32 bound, as gemm_w8a8).
+struct W8A8Args {
+  const float* x;  // M x K, row stride ldx
+  int64_t M, K, ldx;
+  const int8_t* values;   // S24I8Tile[Np/16][K8]
+  const uint8_t* meta;    // [Np/16][K8][16]
+  const int32_t* colsum;  // [Np] sum of the kept int8 values (VNNI +128 offset)
+  const float* w_scale;   // [Np]
+  int64_t N;
+  const float* bias;
+  float* y;
+  int64_t ldy;
+  int nthreads;
+};
+
+static inline int64_t k8_blocks(int64_t K) { return (K + 7) / 8; }
+
+void run_w8a8_ref(const W8A8Args& a);
+void run_w8a8_avx2(const W8A8Args& a);
+void run_w8a8_avx512(const W8A8Args& a);
+void run_w8a8(const W8A8Args& a);
+
 }  // namespace tersor::spmm_24

@@ -18,6 +18,7 @@ from tersor.nn.qlinear import QLinear
 from tersor.nn.sparse_linear import SparseLinear
 
 _CONFIGS = (W8A8Config, W8Config, W4Config, W4A8Config)
+SPARSE_FP32_SCHEMES = ("2:4", "unstructured")
 
 
 @dataclass
@@ -68,11 +69,31 @@ class Report:
 
 
 def _layer_bytes(m: nn.Module) -> int:
+    if _is_sparse_fp32(m):
+        return m.gemm.nbytes if isinstance(m, QConv2d) else m.nbytes
     return sum(p.numel() * p.element_size() for p in (m.weight, m.bias) if p is not None)
+
+
+def _layer_shape(m: nn.Module) -> tuple:
+    if isinstance(m, QConv2d):
+        return (m.out_channels, m.in_channels, *m.kernel_size)
+    if _is_sparse_fp32(m):
+        return (m.out_features, m.in_features)
+    return tuple(m.weight.shape)
+
+
+def _is_sparse_fp32(m: nn.Module) -> bool:
+    """A layer sparsify_ produced with fp32 values: quantize_(W8A8Config()) makes it int8."""
+    return hasattr(m, "quantized") and getattr(m, "scheme", "") in SPARSE_FP32_SCHEMES
 
 
 def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config) -> str:
     """Why the scheme cannot run this layer, or "" if it can."""
+    if _is_sparse_fp32(m):
+        if not isinstance(config, W8A8Config):
+            return (f"{m.scheme} sparse layer: sparsity combines with W8A8Config only, kept "
+                    f"{m.scheme} fp32")
+        return ""
     k = m.in_features if isinstance(m, nn.Linear) else None
     if isinstance(m, nn.Conv2d):
         why = QConv2d.unsupported(m)
@@ -149,11 +170,14 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
                         f"{[c.__name__ for c in _CONFIGS]}, got {type(config).__name__}")
 
     def build(m, fqn):
+        if _is_sparse_fp32(m):
+            return m.quantized(config)
         swap = QConv2d if isinstance(m, nn.Conv2d) else QLinear
         return swap.from_float(m, config, name=fqn)
 
     return _convert(model, config, filter_fn, "quantize_",
-                    lambda m: isinstance(m, (nn.Linear, nn.Conv2d)), build)
+                    lambda m: isinstance(m, (nn.Linear, nn.Conv2d)) or _is_sparse_fp32(m),
+                    build)
 
 
 def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
@@ -175,9 +199,9 @@ def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
     plan, seen = [], {}
     for fqn, (parent, cname) in parents.items():
         m = parent._modules[cname]
-        if not eligible(m):
+        if not eligible(m) or isinstance(parent, QConv2d):  # a QConv2d converts its own gemm
             continue
-        shape = tuple(m.weight.shape)
+        shape = _layer_shape(m)
         size = _layer_bytes(m)
         reason = _cannot_serve(m, parent, config)
         if not reason and fqn in getattr(config, "skip_names", ()):
@@ -213,6 +237,6 @@ def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
             continue
         setattr(parent, cname, q)
         nbytes = q.gemm.nbytes if isinstance(q, QConv2d) else q.nbytes
-        report.layers.append(LayerReport(fqn, tuple(m.weight.shape), config.scheme,
-                                         _layer_bytes(m), nbytes))
+        report.layers.append(LayerReport(fqn, _layer_shape(m), q.scheme, _layer_bytes(m),
+                                         nbytes))
     return report

@@ -12,6 +12,14 @@ Kernel form (csrc/common/formats.h, ``S24Group``), built once at conversion::
     meta  [Np/16][K4p][16] uint8      lane c: p0 | p1 << 2; K4p = K/4 rounded up to 4
 
 K is padded to a multiple of 4 with zeros (a zero tail satisfies the pattern).
+
+int8 values (2:4 + W8A8): canonical ``weight_values`` int8 [N, K/2] (symmetric per output
+channel, in [-127, 127]), ``weight_meta`` as above, ``weight_scale`` float32 [N]. Kernel form
+(``S24I8Tile``): two groups (8 k) of 16 columns per 64-byte tile, one VNNI lane per column::
+
+    values[Np/16][K8][16][4] int8     lane c: v0(g) v1(g) v0(g+1) v1(g+1),  g = 2 * k8
+    meta  [Np/16][K8][16]   uint8     lane c: meta(g) | meta(g+1) << 4
+    colsum[Np] int32 (sum of the kept values), scale[Np] float32
 """
 from __future__ import annotations
 
@@ -32,6 +40,21 @@ class Packed24:
     @property
     def nbytes(self) -> int:
         return self.values.numel() * 4 + self.meta.numel()
+
+
+@dataclass(frozen=True)
+class Packed24Int8:
+    values: torch.Tensor  # int8 [Np/16, K8, 16, 4]
+    meta: torch.Tensor  # uint8 [Np/16, K8, 16]
+    colsum: torch.Tensor  # int32 [Np]
+    scale: torch.Tensor  # float32 [Np]
+    out_features: int
+    in_features: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size()
+                   for t in (self.values, self.meta, self.colsum, self.scale))
 
 
 def _groups(w: torch.Tensor) -> torch.Tensor:
@@ -112,3 +135,43 @@ def unpack_24(values: torch.Tensor, meta: torch.Tensor, n: int, k: int):
     v = values.permute(0, 3, 1, 2).reshape(nb * BLOCK_N, g * 2)[:n]
     m = meta.permute(0, 2, 1).reshape(nb * BLOCK_N, -1)[:n, :g]
     return v.contiguous(), m.contiguous()
+
+
+def quantize_24_int8(weight: torch.Tensor):
+    """A 2:4 float weight [N, K] -> canonical int8 (values int8 [N, K/2], meta, scale [N]):
+    symmetric per-channel scales from the kept values (the pruned zeros stay exactly zero)."""
+    from tersor.formats.int8 import quantize_per_channel_int8
+
+    q, scale = quantize_per_channel_int8(weight)
+    values, meta = compress_24(q.to(torch.float32))
+    return values.to(torch.int8), meta, scale
+
+
+def pack_24_int8(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor,
+                 k: int) -> Packed24Int8:
+    n, g = meta.shape
+    np_ = (n + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    k8 = (g + 1) // 2
+    v = torch.zeros(np_, 2 * k8, 2, dtype=torch.int8)
+    v[:n, :g] = values.view(n, g, 2)
+    m = torch.full((np_, 2 * k8), 1 << 2, dtype=torch.uint8)  # padding: positions (0, 1)
+    m[:n, :g] = meta
+    m = m.view(np_, k8, 2)
+    mk = (m[:, :, 0] | (m[:, :, 1] << 4)).view(np_ // BLOCK_N, BLOCK_N, k8).permute(0, 2, 1)
+    vk = v.view(np_ // BLOCK_N, BLOCK_N, k8, 4).permute(0, 2, 1, 3)
+    colsum = torch.zeros(np_, dtype=torch.int32)
+    colsum[:n] = values.to(torch.int32).sum(1, dtype=torch.int32)
+    s = torch.zeros(np_)
+    s[:n] = scale
+    return Packed24Int8(vk.contiguous(), mk.contiguous(), colsum, s, n, k)
+
+
+def unpack_24_int8(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor, n: int,
+                   k: int):
+    """Kernel form -> canonical (values int8 [N, K/2], meta uint8 [N, K/4], scale [N])."""
+    nb, k8 = meta.shape[:2]
+    g = (k + 3) // 4
+    v = values.permute(0, 2, 1, 3).reshape(nb * BLOCK_N, 4 * k8)[:n, : 2 * g]
+    m = meta.permute(0, 2, 1).reshape(nb * BLOCK_N, k8)[:n]
+    m = torch.stack([m & 15, m >> 4], dim=2).reshape(n, 2 * k8)[:, :g]
+    return v.contiguous(), m.contiguous(), scale[:n].contiguous()

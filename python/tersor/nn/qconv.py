@@ -44,8 +44,8 @@ class QConv2d(nn.Module):
         self.scheme, self.name = scheme, name
         kh, kw = self.kernel_size
         k = kh * kw * in_channels
-        if scheme == "2:4":
-            self.gemm = SparseLinear(k, out_channels, bias, name=name)
+        if scheme.startswith("2:4"):
+            self.gemm = SparseLinear(k, out_channels, bias, name=name, scheme=scheme)
         else:
             self.gemm = QLinear(k, out_channels, bias, scheme=scheme, kernel=kernel, name=name,
                                 **int4)
@@ -90,6 +90,14 @@ class QConv2d(nn.Module):
                 lin.bias.copy_(conv.bias)
         inner = SparseLinear if config.scheme == "2:4" else QLinear
         m.gemm = inner.from_float(lin, config, name=name)
+        return m
+
+    def quantized(self, config) -> "QConv2d":
+        """A 2:4 fp32 convolution's "2:4+w8a8" form (sparsify_ then quantize_(W8A8Config()))."""
+        m = QConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                    self.padding, self.dilation, self.gemm.bias is not None, "2:4+w8a8",
+                    name=self.name)
+        m.gemm = self.gemm.quantized(config)
         return m
 
     def to_float(self) -> nn.Conv2d:

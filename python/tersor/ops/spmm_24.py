@@ -1,4 +1,6 @@
-"""``tersor::spmm_24``: y = x W^T + b with a 2:4 sparse fp32 weight (formats/sparse24.py)."""
+"""``tersor::spmm_24``: y = x W^T + b with a 2:4 sparse fp32 weight, and
+``tersor::spmm_24_w8a8`` with a 2:4 sparse int8 weight x per-row int8 activations
+(formats/sparse24.py)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -47,4 +49,54 @@ def spmm_24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 
 @spmm_24.register_fake
 def _(x, values, meta, bias, out_features):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+def spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n: int) -> torch.Tensor:
+    k = x.shape[-1]
+    x2 = rows_view(x, k)
+    m = x2.shape[0]
+    y = torch.empty((m, n), dtype=torch.float32)
+    if m:
+        _C.spmm_24_w8a8(x2.data_ptr(), m, k, x2.stride(0), values.data_ptr(), meta.data_ptr(),
+                        colsum.data_ptr(), scale.data_ptr(), n, ptr(bias), y.data_ptr(), n,
+                        torch.get_num_threads())
+    return y.view(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("tersor::spmm_24_w8a8", mutates_args=())
+def spmm_24_w8a8(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                 colsum: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
+                 out_features: int) -> torch.Tensor:
+    k, op = x.shape[-1], "tersor::spmm_24_w8a8"
+    k8 = (k + 7) // 8
+    check(x.dtype == torch.float32, f"{op}: x must be float32, got {x.dtype}")
+    check(k <= 65536, f"{op}: K={k} > 65536 (int32 accumulator bound)")
+    check(values.dtype == torch.int8 and values.dim() == 4 and values.shape[1:] == (k8, 16, 4),
+          f"{op}: values must be int8 [Np/16, {k8}, 16, 4], got {values.dtype} "
+          f"{tuple(values.shape)}")
+    np_ = values.shape[0] * 16
+    check(meta.dtype == torch.uint8 and tuple(meta.shape) == (values.shape[0], k8, 16),
+          f"{op}: meta must be uint8 [{values.shape[0]}, {k8}, 16], got {tuple(meta.shape)}")
+    check(colsum.dtype == torch.int32 and scale.dtype == torch.float32
+          and colsum.shape == (np_,) and scale.shape == (np_,),
+          f"{op}: colsum/scale must be int32/float32 [{np_}]")
+    check(np_ >= out_features > np_ - 16,
+          f"{op}: out_features={out_features} does not match the packed weight")
+    if bias is not None:
+        check(bias.dtype == torch.float32 and tuple(bias.shape) == (out_features,),
+              f"{op}: bias must be float32 [{out_features}]")
+    if x.device.type != "cpu":
+        from tersor.formats.sparse24 import decompress_24, unpack_24_int8
+        from tersor.ref.int8 import gemm_w8a8_ref
+
+        v, m, s = unpack_24_int8(values, meta, scale, out_features, k)
+        q = decompress_24(v.to(torch.float32), m, k).to(torch.int8)
+        y = gemm_w8a8_ref(x.reshape(-1, k), q.to(x.device), s.to(x.device), bias)
+        return y.view(*x.shape[:-1], out_features)
+    return spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, out_features)
+
+
+@spmm_24_w8a8.register_fake
+def _(x, values, meta, colsum, scale, bias, out_features):
     return x.new_empty((*x.shape[:-1], out_features))
