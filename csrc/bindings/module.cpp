@@ -15,6 +15,7 @@
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
 #include "spmm_24/spmm_24.h"
+#include "spmm_block/spmm_block.h"
 #include "spmm_csr/spmm_csr.h"
 
 namespace py = pybind11;
@@ -197,6 +198,38 @@ void bind_spmm_csr(py::module_& m) {
         py::call_guard<py::gil_scoped_release>());
 }
 
+// spmm_block_f32 and spmm_block_w8a8 share one signature (colsum / w_scale are 0 for fp32):
+// (x, M, K, ldx, N, ptr, kidx, values, colsum, w_scale, bias, y, ldy, nthreads)
+void bind_spmm_block(py::module_& m) {
+  auto args = [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, int64_t N, std::uintptr_t p,
+                 std::uintptr_t kidx, std::uintptr_t values, std::uintptr_t colsum,
+                 std::uintptr_t w_scale, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
+                 int nthreads) {
+    return tersor::spmm_block::Args{ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(p),
+                                    ptr<const uint16_t>(kidx), ptr<const void>(values),
+                                    ptr<const int32_t>(colsum), ptr<const float>(w_scale),
+                                    ptr<const float>(bias), ptr<float>(y), ldy, nthreads};
+  };
+  m.def("spmm_block_f32",
+        [args](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, int64_t N, std::uintptr_t p,
+               std::uintptr_t kidx, std::uintptr_t values, std::uintptr_t colsum,
+               std::uintptr_t w_scale, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
+               int nthreads) {
+          tersor::spmm_block::run_f32(
+              args(x, M, K, ldx, N, p, kidx, values, colsum, w_scale, bias, y, ldy, nthreads));
+        },
+        py::call_guard<py::gil_scoped_release>());
+  m.def("spmm_block_w8a8",
+        [args](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, int64_t N, std::uintptr_t p,
+               std::uintptr_t kidx, std::uintptr_t values, std::uintptr_t colsum,
+               std::uintptr_t w_scale, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
+               int nthreads) {
+          tersor::spmm_block::run_w8a8(
+              args(x, M, K, ldx, N, p, kidx, values, colsum, w_scale, bias, y, ldy, nthreads));
+        },
+        py::call_guard<py::gil_scoped_release>());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -210,4 +243,5 @@ PYBIND11_MODULE(_C, m) {
   bind_conv(m);
   bind_spmm_24(m);
   bind_spmm_csr(m);
+  bind_spmm_block(m);
 }

@@ -5,6 +5,7 @@
 // caller passes (torch.get_num_threads()), and split work statically: on a 2-core machine a
 // dynamic scheduler buys nothing and costs a few microseconds per call.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -34,6 +35,20 @@ static inline void thread_range(int64_t n, int64_t* begin, int64_t* end) {
 #endif
 }
 
+// This thread's share [begin, end) of n items whose work is given as a prefix sum
+// (prefix[i + 1] - prefix[i] = work of item i, e.g. the nonzeros of a sparse row), balanced by
+// work rather than by item count, inside an OpenMP parallel region.
+static inline void balanced_range(const int64_t* prefix, int64_t n, int64_t* begin,
+                                  int64_t* end) {
+  int64_t t0, t1;
+  thread_range(prefix[n] - prefix[0], &t0, &t1);
+  auto at = [&](int64_t w) {
+    return std::lower_bound(prefix, prefix + n + 1, prefix[0] + w) - prefix;
+  };
+  *begin = t0 == 0 ? 0 : at(t0);
+  *end = t1 == prefix[n] - prefix[0] ? n : at(t1);
+}
+
 // This thread's register tiles, inside a parallel region: the column blocks split into chunks
 // of `chunk` blocks (threads take whole chunks), each chunk visited for every tile of `rows`
 // rows (the last chunk and the last row tile may be short):
@@ -49,6 +64,12 @@ static void for_each_tile(int64_t n_blocks, int64_t chunk, int64_t M, int64_t ro
     for (int64_t m0 = 0; m0 < M; m0 += rows)
       fn(b0, nb, m0, static_cast<int>(M - m0 < rows ? M - m0 : rows));
   }
+}
+
+// fn(r0, r1) for consecutive row blocks [r0, r1) of `rows` rows (the last may be short).
+template <typename Fn>
+static void for_row_blocks(int64_t M, int64_t rows, Fn&& fn) {
+  for (int64_t r0 = 0; r0 < M; r0 += rows) fn(r0, r0 + rows < M ? r0 + rows : M);
 }
 
 // A 64-byte aligned scratch array (freed with the owner).

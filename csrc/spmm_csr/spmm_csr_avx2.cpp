@@ -22,7 +22,7 @@ void run_avx2(const Args& a) {
   {
     transpose_rows(a, xt.get(), ldt);
     int64_t n0, n1;
-    thread_range(a.N, &n0, &n1);
+    balanced_range(a.rowptr, a.N, &n0, &n1);
     alignas(32) float tmp[8 * kMV];
     for (int64_t m0 = 0; m0 < M8; m0 += 8 * kMV) {
       const int nv = static_cast<int>(std::min<int64_t>(kMV, (M8 - m0) / 8));

@@ -16,17 +16,6 @@
 namespace tersor::spmm_csr {
 namespace {
 
-// [begin, end) of `n` items for this thread so that prefix[end] - prefix[begin] is balanced.
-void balanced_range(const int64_t* prefix, int64_t n, int64_t* begin, int64_t* end) {
-  int64_t t0, t1;
-  thread_range(prefix[n] - prefix[0], &t0, &t1);  // share of the total work
-  auto at = [&](int64_t w) {
-    return std::lower_bound(prefix, prefix + n + 1, prefix[0] + w) - prefix;
-  };
-  *begin = t0 == 0 ? 0 : at(t0);
-  *end = t1 == prefix[n] - prefix[0] ? n : at(t1);
-}
-
 constexpr int kMR = 4;
 
 template <int MR>

@@ -1,0 +1,141 @@
+"""Block-sparse weights: blocks of 16 output channels x BK consecutive k, the unit one vector
+instruction consumes (csrc/spmm_block/spmm_block.h).
+
+    fp32: BK = 1, a block is 16 channels at one k = one zmm of W^T: one broadcast + one FMA per
+          row, the dense GEMM's own inner step, so the kernel keeps dense efficiency per
+          stored block (measured: see SparseConfig).
+    int8: BK = 4, a block is one W8Tile (16 channels x 4 k, one VNNI lane per channel).
+
+Pruning may use any block shape (r, c) dividing the layer; the packed form keeps every kernel
+block holding a nonzero, so (16, 1) pruning fills fp32 kernel blocks exactly and (16, 4) int8
+ones (a finer shape keeps partly-zero kernel blocks: still exact, less sparse in work).
+
+Canonical (state_dict) form: torch's BSR of the weight zero-padded to Np x Kp with blocksize
+(16, BK) (``torch.sparse_bsr_tensor(crow, col, values)`` rebuilds it)::
+
+    weight_crow    int64   [Np/16 + 1]    kept blocks of panel p: crow[p] .. crow[p+1]-1
+    weight_col     int32   [blocks]       block column (k / BK), ascending within a panel
+    weight_values  float32 [blocks, 16, 1]   or int8 [blocks, 16, 4]
+    weight_scale   float32 [N]            (int8 only; symmetric per output channel)
+
+Kernel form: the same arrays (col as uint16, values as [blocks][16] fp32 or W8Tile)::
+
+    panel p:  | blk kidx[crow[p]]  | blk kidx[crow[p]+1] | ...      one blk = 16 lanes x BK
+              | c0 .. c15 (x BK)   | c0 .. c15 (x BK)    |          64 bytes fp32 or int8
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+BLOCK_N = 16
+KERNEL_BK = {"fp32": 1, "int8": 4}
+
+
+@dataclass(frozen=True)
+class PackedBlock:
+    ptr: torch.Tensor  # int64 [Np/16 + 1]
+    kidx: torch.Tensor  # uint16 [blocks]
+    values: torch.Tensor  # float32 [blocks, 16] or int8 [blocks, 16, 4]
+    colsum: Optional[torch.Tensor]  # int32 [Np] (int8)
+    scale: Optional[torch.Tensor]  # float32 [Np] (int8)
+    out_features: int
+    in_features: int
+
+    @property
+    def blocks(self) -> int:
+        return self.kidx.numel()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in
+                   (self.ptr, self.kidx, self.values, self.colsum, self.scale) if t is not None)
+
+
+def check_block(block, n: int, k: int, what: str = "layer") -> tuple:
+    if (not isinstance(block, (tuple, list)) or len(block) != 2
+            or not all(isinstance(v, int) and v > 0 for v in block)):
+        raise ValueError(f"{what}: block must be a pair of positive ints (rows, cols), got "
+                         f"{block!r}")
+    r, c = block
+    if n % r or k % c:
+        raise ValueError(f"{what}: block {tuple(block)} does not divide the weight [{n}, {k}] "
+                         f"(out_features % {r} = {n % r}, in_features % {c} = {k % c})")
+    return r, c
+
+
+def block_scores(weight: torch.Tensor, block, score=None) -> torch.Tensor:
+    """[N/r, K/c] sum of |w| (or of the given score) over each block."""
+    r, c = block
+    s = (weight.abs() if score is None else score.abs()).detach().to(torch.float32)
+    n, k = s.shape
+    return s.view(n // r, r, k // c, c).sum((1, 3))
+
+
+def block_keep(weight: torch.Tensor, block, keep_blocks: torch.Tensor) -> torch.Tensor:
+    """The pruned weight: blocks where keep_blocks [N/r, K/c] is False zeroed."""
+    r, c = block
+    n, k = weight.shape
+    mask = keep_blocks[:, None, :, None].expand(n // r, r, k // c, c).reshape(n, k)
+    return weight.detach().to(torch.float32) * mask
+
+
+def prune_block(weight: torch.Tensor, sparsity: float, block, score=None,
+                what: str = "layer") -> torch.Tensor:
+    """Zero the `sparsity` fraction of (r, c) blocks with the smallest summed score."""
+    check_block(block, *weight.shape, what)
+    s = block_scores(weight, block, score).flatten()
+    drop = int(round(sparsity * s.numel()))
+    keep = torch.ones_like(s, dtype=torch.bool)
+    if drop > 0:
+        keep[torch.topk(s, drop, largest=False).indices] = False
+    return block_keep(weight, block, keep.view(weight.shape[0] // block[0], -1))
+
+
+def _blocks(w: torch.Tensor, bk: int):
+    n, k = w.shape
+    np_, kp = -(-n // BLOCK_N) * BLOCK_N, -(-k // bk) * bk
+    wp = torch.zeros(np_, kp, dtype=w.dtype)
+    wp[:n, :k] = w
+    tiles = wp.view(np_ // BLOCK_N, BLOCK_N, kp // bk, bk).permute(0, 2, 1, 3)  # [P, KB, 16, bk]
+    nz = (tiles != 0).flatten(2).any(2)
+    p, kb = nz.nonzero(as_tuple=True)  # row-major: panels in order, k ascending
+    ptr = torch.zeros(np_ // BLOCK_N + 1, dtype=torch.int64)
+    ptr[1:] = nz.sum(1).cumsum(0)
+    return ptr, kb, tiles[p, kb].contiguous()
+
+
+def pack_block_f32(weight: torch.Tensor) -> PackedBlock:
+    """A (pruned) float weight [N, K] -> fp32 kernel blocks (16 x 1)."""
+    n, k = weight.shape
+    if k > 65536:
+        raise ValueError(f"block-sparse layers need in_features <= 65536, got {k}")
+    ptr, kb, vals = _blocks(weight.detach().to(torch.float32), KERNEL_BK["fp32"])
+    return PackedBlock(ptr, kb.to(torch.uint16), vals.view(-1, BLOCK_N), None, None, n, k)
+
+
+def pack_block_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedBlock:
+    """int8 weight [N, K] (values in [-127, 127]) + scale [N] -> int8 kernel blocks (16 x 4)."""
+    n, k = q.shape
+    if k > 65536:
+        raise ValueError(f"block-sparse layers need in_features <= 65536, got {k}")
+    ptr, kb, vals = _blocks(q.to(torch.int8), KERNEL_BK["int8"])
+    np_ = ptr.numel() * BLOCK_N - BLOCK_N
+    colsum = torch.zeros(np_, dtype=torch.int32)
+    colsum[:n] = q.to(torch.int32).sum(1, dtype=torch.int32)
+    s = torch.zeros(np_)
+    s[:n] = scale
+    return PackedBlock(ptr, kb.to(torch.uint16), vals, colsum, s, n, k)
+
+
+def unpack_block(ptr, kidx, values, n: int, k: int) -> torch.Tensor:
+    """Kernel blocks -> the dense weight [N, K] in the values' dtype."""
+    bk = 1 if values.dim() == 2 else values.shape[2]
+    panels = ptr.numel() - 1
+    kp = -(-k // bk) * bk
+    dense = torch.zeros(panels, kp // bk, BLOCK_N, bk, dtype=values.dtype)
+    p = torch.repeat_interleave(torch.arange(panels), ptr[1:] - ptr[:-1])
+    dense[p, kidx.to(torch.int64)] = values.view(-1, BLOCK_N, bk)
+    return dense.permute(0, 2, 1, 3).reshape(panels * BLOCK_N, kp)[:n, :k].contiguous()
