@@ -55,8 +55,10 @@ def test_opcheck_and_errors(gen):
         spmm_csr(torch.randn(4, 30), *args, None, 20)
     with pytest.raises(ValueError, match="sparsity must lie in"):
         tersor.SparseConfig(sparsity=1.0)
-    with pytest.raises(ValueError, match="block-sparse formats are not implemented yet"):
-        tersor.SparseConfig(block=(4, 4))
+    with pytest.raises(ValueError, match="block must be None or a pair of positive ints"):
+        tersor.SparseConfig(block=(4, 0))
+    with pytest.raises(ValueError, match="scope must be 'layer' or 'global'"):
+        tersor.SparseConfig(scope="model")
     bad = nn.Sequential(nn.Linear(8, 8))
     with torch.no_grad():
         bad[0].weight[0, 0] = float("inf")
@@ -90,3 +92,113 @@ def test_too_dense_layers_stay_dense_and_say_so():
     assert isinstance(model[0], nn.Linear)
     assert "too dense to gain (sparsity 0.50 < measured break-even 0.70)" in report.layers[0].reason
     assert float((model[0].weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_dense_fallback_at_large_m_is_reported_and_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48))
+    report = tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.75))
+    layer = model[0]
+    assert isinstance(layer, CsrLinear) and layer.dense_from_rows == 256
+    assert "dense from 256 rows" in report.layers[0].reason
+    w = layer.dense_weight()
+    for rows in (7, 300):  # sparse kernel below the threshold, dense copy above
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(layer(x), x @ w.t() + layer.bias, rtol=1e-5, atol=1e-5)
+    fresh = nn.Sequential(CsrLinear(64, 48))
+    fresh.load_state_dict(model.state_dict())
+    assert fresh[0].dense_from_rows == 256 and fresh[0].dense_w is not None
+    # sparse enough to win at every M: no dense copy
+    m90 = nn.Sequential(nn.Linear(64, 48))
+    tersor.sparsify_(m90, tersor.SparseConfig(sparsity=0.9))
+    assert m90[0].dense_w is None
+    m_off = nn.Sequential(nn.Linear(64, 48))
+    tersor.sparsify_(m_off, tersor.SparseConfig(sparsity=0.75, dense_fallback=False))
+    assert m_off[0].dense_w is None
+
+
+def test_global_scope_spreads_sparsity_by_magnitude():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    with torch.no_grad():
+        model[1].weight.mul_(10)  # the second layer's weights all outrank the first's
+    total = sum(m.weight.numel() for m in model)
+    tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.5, scope="global", dense_below=0.0))
+    kept = [int((m.dense_weight() != 0).sum()) for m in model]
+    assert kept[0] < 0.15 * 4096 and kept[1] > 0.85 * 4096  # per layer it would be 50% each
+    assert sum(kept) == pytest.approx(total / 2, abs=2)
+
+
+def test_wanda_scores_use_the_calibration_batch():
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16)
+    x = torch.randn(64, 32)
+    x[:, :8] *= 100  # the first 8 input features carry the energy
+    model = nn.Sequential(lin)
+    w = lin.weight.detach().clone()
+    report = tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.75, dense_below=0.0),
+                              calibration=x)
+    kept = model[0].dense_weight() != 0
+    assert torch.equal(kept, prune_unstructured(w, 0.75, score=w.abs() * x.norm(dim=0)) != 0)
+    assert kept[:, :8].float().mean() > 0.95  # nearly every weight on a loud feature stays
+    assert (prune_unstructured(w, 0.75)[:, :8] != 0).float().mean() < 0.5  # |w| alone: not
+    assert report.layers[0].scheme == "unstructured"
+    # 2:4 with Wanda: the loud features win within each group of 4
+    m24 = nn.Sequential(nn.Linear(32, 16))
+    x24 = torch.randn(64, 32)
+    x24[:, 0::4] *= 100
+    x24[:, 1::4] *= 100  # positions 0 and 1 of every group are loud
+    tersor.sparsify_(m24, tersor.Sparse24Config(), calibration=x24)
+    kept24 = m24[0].dense_weight().view(16, 8, 4) != 0
+    assert kept24[:, :, :2].all() and not kept24[:, :, 2:].any()
+    # a calibration batch that never reaches a layer is an error, model unchanged
+    branch = nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)})
+    branch.forward = lambda t: branch["a"](t)
+    with pytest.raises(ValueError, match="did not reach 1 layer.*model is unchanged"):
+        tersor.sparsify_(branch, tersor.SparseConfig(), calibration=torch.randn(2, 4))
+    assert isinstance(branch["b"], nn.Linear)
+
+
+def test_block_sparsify_quantize_state_dict_compile():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+    report = tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.75, block=(16, 4)))
+    assert [r.scheme for r in report.layers] == ["block", "block"]
+    assert "kernel blocks (16, 1) kept 0.250" in report.layers[0].reason
+    layer = model[0]
+    assert isinstance(layer, tersor.BlockSparseLinear)
+    assert float((layer.dense_weight() == 0).float().mean()) == 0.75
+    x = torch.randn(5, 64)
+    y = model(x)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = nn.Sequential(tersor.BlockSparseLinear(64, 96), nn.ReLU(),
+                          tersor.BlockSparseLinear(96, 32))
+    fresh.load_state_dict(torch.load(buf))
+    assert torch.equal(fresh(x), y)
+    # already block sparse: sparsify_ again keeps it (prune=False accepts it too)
+    again = nn.Linear(64, 96)
+    with torch.no_grad():
+        again.weight.copy_(layer.dense_weight())
+    tersor.sparsify_(nn.Sequential(again), tersor.SparseConfig(0.75, block=(16, 4),
+                                                               prune=False))
+    # then int8: 16 x 4 kernel blocks, exactly the pruned ones
+    rep = tersor.quantize_(model, tersor.W8A8Config())
+    assert [r.scheme for r in rep.layers] == ["block+w8a8"] * 2
+    assert model[0].density == pytest.approx(0.25)
+    assert (model(x) - y).norm() <= 0.05 * y.norm()
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+def test_block_errors_leave_model_unchanged():
+    model = nn.Sequential(nn.Linear(64, 96), nn.Linear(96, 30))
+    with pytest.raises(ValueError, match=r"converting '1' failed.*block \(16, 4\) does not "
+                                         r"divide the weight \[30, 96\]"):
+        tersor.sparsify_(model, tersor.SparseConfig(block=(16, 4)))
+    assert all(isinstance(m, nn.Linear) for m in model)
+    with pytest.raises(ValueError, match=r"only 0.0% of the \(16, 4\) blocks are zero.*"
+                                         r"prune=False"):
+        tersor.sparsify_(nn.Sequential(nn.Linear(64, 96)),
+                         tersor.SparseConfig(block=(16, 4), prune=False))

@@ -8,17 +8,18 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tersor.configs import (Sparse24Config, SparseConfig, W4A8Config, W4Config, W8A8Config,
-                            W8Config)
-from tersor.formats.sparse_csr import prune_unstructured
+from tersor import pruning
+from tersor.configs import (DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN, Sparse24Config,
+                            SparseConfig, W4A8Config, W4Config, W8A8Config, W8Config)
 from tersor.formats.int4 import effective_group_size
+from tersor.nn.block_linear import BlockSparseLinear
 from tersor.nn.csr_linear import CsrLinear
 from tersor.nn.qconv import QConv2d
 from tersor.nn.qlinear import QLinear
 from tersor.nn.sparse_linear import SparseLinear
 
 _CONFIGS = (W8A8Config, W8Config, W4Config, W4A8Config)
-SPARSE_FP32_SCHEMES = ("2:4", "unstructured")
+SPARSE_FP32_SCHEMES = ("2:4", "unstructured", "block")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class LayerReport:
     scheme: str  # the scheme applied, or "dense"
     bytes_before: int
     bytes_after: int
-    reason: str = ""  # why the layer was left dense
+    reason: str = ""  # why the layer was left dense, or notes on the conversion
 
 
 @dataclass
@@ -66,6 +67,13 @@ class Report:
                      f"dense; linear weights {self.bytes_before / 2**20:.2f} MiB -> "
                      f"{self.bytes_after / 2**20:.2f} MiB")
         return "\n".join(lines)
+
+
+def _note(q: nn.Module) -> str:
+    """What the report says about a converted layer: density reached, kernel, fallbacks."""
+    inner = q.gemm if isinstance(q, QConv2d) else q
+    note = getattr(inner, "describe", None)
+    return note() if note else ""
 
 
 def _layer_bytes(m: nn.Module) -> int:
@@ -119,34 +127,53 @@ def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config) -> str:
     return ""
 
 
-def sparsify_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:
+def sparsify_(model: nn.Module, config, filter_fn: Optional[Callable] = None,
+              calibration=None) -> Report:
     """Prune (if needed) and swap layers for sparse ones; all or nothing, like quantize_.
 
     Sparse24Config: every eligible ``nn.Linear`` becomes a SparseLinear and ``nn.Conv2d`` a
     2:4 QConv2d (2:4 along the patch order (kh, kw, C_in)). SparseConfig: every ``nn.Linear``
-    becomes a CsrLinear, except layers left denser than ``config.dense_below``, which stay
-    dense (pruned) and are reported "too dense to gain". Returns a Report.
+    becomes a CsrLinear (block=None) or a BlockSparseLinear (block=(r, c)), except layers left
+    denser than the format's break-even, which stay dense (pruned) and are reported "too dense
+    to gain". Weights already sparse enough in the requested pattern are kept as they are.
+
+    calibration: model input(s) (a tensor, a tuple of args or a dict of kwargs) run once to
+    score weights by Wanda's |w| * ||x_k|| instead of |w|.
+    Returns a Report (per layer: scheme, bytes before / after, density and kernel notes).
     """
+    if not isinstance(config, (Sparse24Config, SparseConfig)):
+        raise TypeError(f"tersor.sparsify_: config must be a Sparse24Config or SparseConfig, "
+                        f"got {type(config).__name__}")
+    ctx = {"norms": None, "threshold": None}
+
+    def prepare(layers):
+        if calibration is not None:
+            ctx["norms"] = pruning.input_norms(model, layers, calibration)
+        if isinstance(config, SparseConfig) and config.scope == "global" and config.prune:
+            ctx["threshold"] = pruning.global_threshold(layers, ctx["norms"], config)
+
     if isinstance(config, Sparse24Config):
         def build(m, fqn):
             swap = QConv2d if isinstance(m, nn.Conv2d) else SparseLinear
-            return swap.from_float(m, config, name=fqn)
+            return swap.from_float(m, config, name=fqn, score=pruning.score(m, ctx["norms"]))
 
         return _convert(model, config, filter_fn, "sparsify_",
-                        lambda m: isinstance(m, (nn.Linear, nn.Conv2d)), build)
-    if isinstance(config, SparseConfig):
-        def build_csr(m, fqn):
-            w = prune_unstructured(m.weight, config.sparsity) if config.prune else m.weight
-            sparsity = 1.0 - float((w != 0).float().mean())
-            if sparsity < config.dense_below:
-                raise _KeepDense(w, f"kept dense: too dense to gain (sparsity {sparsity:.2f} < "
-                                    f"measured break-even {config.dense_below:.2f})")
-            return CsrLinear.from_float(m, config, name=fqn)
+                        lambda m: isinstance(m, (nn.Linear, nn.Conv2d)), build, prepare)
 
-        return _convert(model, config, filter_fn, "sparsify_",
-                        lambda m: isinstance(m, nn.Linear), build_csr)
-    raise TypeError(f"tersor.sparsify_: config must be a Sparse24Config or SparseConfig, got "
-                    f"{type(config).__name__}")
+    def build_sparse(m, fqn):
+        w = pruning.prune_layer(m, config, ctx["norms"], ctx["threshold"], f"layer '{fqn}'")
+        sparsity = 1.0 - float((w != 0).float().mean())
+        if sparsity < config.break_even:
+            raise _KeepDense(w, f"kept dense: too dense to gain (sparsity {sparsity:.2f} < "
+                                f"measured break-even {config.break_even:.2f})")
+        if config.block is not None:
+            return BlockSparseLinear.from_float(m, w, name=fqn)
+        fallback = config.dense_fallback and sparsity < LARGE_M_BREAK_EVEN
+        return CsrLinear.from_float(m, w, name=fqn,
+                                    dense_from_rows=DENSE_FALLBACK_ROWS if fallback else None)
+
+    return _convert(model, config, filter_fn, "sparsify_",
+                    lambda m: isinstance(m, nn.Linear), build_sparse, prepare)
 
 
 class _KeepDense(Exception):
@@ -180,8 +207,9 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
                     build)
 
 
-def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
-    """Shared walk of quantize_ / sparsify_: plan, build every replacement, then install."""
+def _convert(model, config, filter_fn, verb, eligible, build, prepare=None) -> Report:
+    """Shared walk of quantize_ / sparsify_: plan, prepare(planned layers) (calibration,
+    global thresholds), build every replacement, then install."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"tersor.{verb}: model must be an nn.Module, got {type(model).__name__}")
     if type(model) in (nn.Linear, nn.Conv2d):
@@ -213,6 +241,11 @@ def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
             continue
         plan.append((fqn, parent, cname, m))
 
+    if prepare is not None:
+        try:
+            prepare(list({id(m): m for *_, m in plan}.values()))
+        except Exception as e:
+            raise type(e)(f"tersor.{verb}: {e}; the model is unchanged") from e
     built = {}
     for fqn, parent, cname, m in plan:
         if id(m) in seen:  # a module shared under several names is converted once
@@ -238,5 +271,5 @@ def _convert(model, config, filter_fn, verb, eligible, build) -> Report:
         setattr(parent, cname, q)
         nbytes = q.gemm.nbytes if isinstance(q, QConv2d) else q.nbytes
         report.layers.append(LayerReport(fqn, _layer_shape(m), q.scheme, _layer_bytes(m),
-                                         nbytes))
+                                         nbytes, _note(q)))
     return report

@@ -94,28 +94,70 @@ class Sparse24Config:
             raise ValueError(f"Sparse24Config.prune must be a bool, got {self.prune!r}")
 
 
+# Measured break-evens (4096 x 4096, 2 threads; python -m tersor.bench --family sparse*): the
+# sparsity below which a sparse layer is not faster than dense fp32.
+BREAK_EVEN = {"unstructured": 0.7, "block": 0.5}
+# Unstructured layers sparser than this beat dense at every M; below it they lose from
+# DENSE_FALLBACK_ROWS rows (75%: 1.5-1.9x dense up to 128 rows, 0.8-1.0x at 512).
+LARGE_M_BREAK_EVEN = 0.85
+DENSE_FALLBACK_ROWS = 256
+
+
 @dataclass(frozen=True)
 class SparseConfig:
-    """Unstructured sparsity (fp32 values): magnitude pruning of each layer to `sparsity`
-    (unless prune=False: the weights' own zeros are used). Layers left denser than
-    `dense_below` stay dense ("too dense to gain"): measured on 4096 x 4096, the sparse kernels
-    at 75% zeros run 1.3-2x dense up to 128 rows but 0.85x at 512, at 90% 1.4-3.9x.
-    block=(r, c) block-sparse formats are not implemented yet."""
+    """Unstructured (block=None) or block-sparse (block=(r, c)) fp32 weights.
+
+    sparsity:    fraction of weights (unstructured) or of (r, c) blocks to zero, in (0, 1).
+    block:       pruning block shape (rows = output channels, cols = k); must divide every
+                 layer. The kernels store 16 x 1 (fp32) / 16 x 4 (int8) blocks, so (16, 1)
+                 and (16, 4) shapes turn all pruned work into skipped work.
+    scope:       "layer" (every layer reaches `sparsity`) or "global" (one threshold over all
+                 converted layers' scores; layers end up with different sparsities).
+    prune:       False: use the weights' own zeros (a block layer must then already be block
+                 sparse to `sparsity`, else it is an error).
+    dense_below: layers left denser than this stay dense ("too dense to gain"); None: the
+                 measured break-even of the format (BREAK_EVEN).
+    dense_fallback: unstructured layers sparser than the break-even but below
+                 LARGE_M_BREAK_EVEN keep a dense copy too and run dense from
+                 DENSE_FALLBACK_ROWS rows (they lose to dense there); the report says so.
+    Weights are scored by |w|, or by Wanda's |w| * ||x_k|| when sparsify_ is given a
+    calibration batch.
+    """
 
     sparsity: float = 0.9
     block: Optional[tuple] = None
     prune: bool = True
-    dense_below: float = 0.7
-    scheme = "unstructured"
+    scope: str = "layer"
+    dense_below: Optional[float] = None
+    dense_fallback: bool = True
+
+    @property
+    def scheme(self) -> str:
+        return "unstructured" if self.block is None else "block"
+
+    @property
+    def break_even(self) -> float:
+        return BREAK_EVEN[self.scheme] if self.dense_below is None else self.dense_below
 
     def __post_init__(self):
-        if not 0.0 < self.sparsity < 1.0:
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
+                or not 0.0 < self.sparsity < 1.0:
             raise ValueError(f"SparseConfig.sparsity must lie in (0, 1), got {self.sparsity!r}")
         if self.block is not None:
-            raise ValueError(f"SparseConfig.block={self.block!r}: block-sparse formats are not "
-                             f"implemented yet (use block=None)")
+            b = self.block
+            if (not isinstance(b, tuple) or len(b) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                               for v in b)):
+                raise ValueError(f"SparseConfig.block must be None or a pair of positive ints "
+                                 f"(rows, cols), got {b!r}")
         if not isinstance(self.prune, bool):
             raise ValueError(f"SparseConfig.prune must be a bool, got {self.prune!r}")
-        if not 0.0 <= self.dense_below < 1.0:
-            raise ValueError(f"SparseConfig.dense_below must lie in [0, 1), got "
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"SparseConfig.scope must be 'layer' or 'global', got "
+                             f"{self.scope!r}")
+        if self.dense_below is not None and not 0.0 <= self.dense_below < 1.0:
+            raise ValueError(f"SparseConfig.dense_below must be None or lie in [0, 1), got "
                              f"{self.dense_below!r}")
+        if not isinstance(self.dense_fallback, bool):
+            raise ValueError(f"SparseConfig.dense_fallback must be a bool, got "
+                             f"{self.dense_fallback!r}")

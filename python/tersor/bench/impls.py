@@ -300,7 +300,7 @@ def unstructured_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9):
     with torch.no_grad():
         pruned.weight.copy_(prune_unstructured(lin.weight, sparsity))
         pruned.bias.copy_(lin.bias)
-    base = tersor.CsrLinear.from_float(pruned, tersor.SparseConfig(sparsity, prune=False))
+    base = tersor.CsrLinear.from_float(pruned)
     r = copies_for(base.nbytes, rotate)
     mods = [base] + [copy.deepcopy(base) for _ in range(r - 1)]
     tag = f"{round(sparsity * 100)}%"

@@ -63,6 +63,13 @@ class BlockSparseLinear(nn.Module):
         total = (self.bptr.numel() - 1) * -(-self.in_features // bk)
         return self.kidx.numel() / max(1, total)
 
+    def describe(self) -> str:
+        bk = fb.KERNEL_BK["int8" if self.int8 else "fp32"]
+        nz = int((self.values != 0).sum())
+        return (f"density {nz / max(1, self.out_features * self.in_features):.3f}, kernel "
+                f"blocks (16, {bk}) kept {self.density:.3f}, kernel spmm_block "
+                f"{'int8' if self.int8 else 'fp32'}")
+
     def dense_weight(self) -> torch.Tensor:
         """float32 [N, K] (int8: the dequantized values)."""
         w = fb.unpack_block(self.bptr, self.kidx, self.values, self.out_features,

@@ -21,6 +21,8 @@ class CsrLinear(nn.Module):
         self.scheme = "unstructured"
         self._pack(*fc.to_csr(torch.zeros(out_features, in_features)))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.dense_from_rows = None
+        self.register_buffer("dense_w", None, persistent=False)
 
     def _pack(self, rowptr, col, val):
         p = fc.pack_csr(rowptr, col, val, self.out_features, self.in_features)
@@ -28,17 +30,32 @@ class CsrLinear(nn.Module):
             self.register_buffer(name, getattr(p, name), persistent=False)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config, name: str = "") -> "CsrLinear":
+    def from_float(cls, linear: nn.Linear, weight=None, name: str = "",
+                   dense_from_rows=None) -> "CsrLinear":
+        """`weight`: the pruned weight to store (default: the layer's own, its zeros skipped).
+        dense_from_rows: from this many rows, run a dense copy of the weight instead (kept
+        beside the sparse form) -- for layers too dense to beat dense GEMM at large M."""
         label = f"layer '{name}'" if name else "CsrLinear"
-        w = linear.weight.detach()
+        w = linear.weight.detach() if weight is None else weight.detach()
         check_float_weight(w, label)
-        if config.prune:
-            w = fc.prune_unstructured(w, config.sparsity)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, name)
         m._pack(*fc.to_csr(w))
+        m.set_dense_fallback(dense_from_rows)
         if linear.bias is not None:
             m.bias.copy_(linear.bias.detach())
         return m
+
+    def set_dense_fallback(self, rows) -> None:
+        """Run a dense copy of the weight from `rows` rows on (None: always sparse)."""
+        self.dense_from_rows = rows
+        self.register_buffer("dense_w", None if rows is None else self.dense_weight(),
+                             persistent=False)
+
+    def get_extra_state(self):
+        return {"dense_from_rows": self.dense_from_rows}
+
+    def set_extra_state(self, state):
+        self.dense_from_rows = state.get("dense_from_rows")
 
     @property
     def density(self) -> float:
@@ -54,6 +71,8 @@ class CsrLinear(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{what}: expected input [..., {self.in_features}], got "
                              f"{tuple(x.shape)}")
+        if self.dense_w is not None and x.numel() // self.in_features >= self.dense_from_rows:
+            return torch.nn.functional.linear(x, self.dense_w, self.bias)
         args = [getattr(self, n) for n in _KERNEL]
         if torch.compiler.is_compiling():
             return spmm_csr(x, *args, self.bias, self.out_features)
@@ -63,6 +82,7 @@ class CsrLinear(nn.Module):
         destination[prefix + "weight_rowptr"] = self.rowptr.clone()
         destination[prefix + "weight_col"] = self.col.clone()
         destination[prefix + "weight_val"] = self.val.clone()
+        destination[prefix + "_extra_state"] = self.get_extra_state()
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
@@ -70,10 +90,12 @@ class CsrLinear(nn.Module):
                               unexpected_keys, error_msgs):
         names = ["weight_rowptr", "weight_col", "weight_val"] + (
             ["bias"] if self.bias is not None else [])
+        extra = prefix + "_extra_state"
         missing = [prefix + n for n in names if prefix + n not in state_dict]
         missing_keys.extend(missing)
         unexpected_keys.extend(k for k in state_dict if k.startswith(prefix)
-                               and "." not in k[len(prefix):] and k[len(prefix):] not in names)
+                               and "." not in k[len(prefix):] and k[len(prefix):] not in names
+                               and k != extra)
         if missing:
             return
         rp, col, val = (state_dict[prefix + n] for n in names[:3])
@@ -87,12 +109,24 @@ class CsrLinear(nn.Module):
         self._pack(rp.to(torch.int64), col.to(torch.int32), val.to(torch.float32))
         if self.bias is not None:
             self.bias.copy_(state_dict[prefix + "bias"])
+        if extra in state_dict:
+            self.set_extra_state(state_dict[extra])
+        self.set_dense_fallback(self.dense_from_rows)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: both kernel forms (CSR for many rows, ELL blocks for few)."""
-        return sum(getattr(self, n).numel() * getattr(self, n).element_size()
-                   for n in _KERNEL) + (4 * self.out_features if self.bias is not None else 0)
+        """Bytes held: both kernel forms (CSR for many rows, ELL blocks for few), and the dense
+        copy when it has one."""
+        held = [getattr(self, n) for n in _KERNEL] + [self.dense_w]
+        return sum(t.numel() * t.element_size() for t in held if t is not None) + (
+            4 * self.out_features if self.bias is not None else 0)
+
+    def describe(self) -> str:
+        note = f"density {self.density:.3f}, kernel spmm_csr"
+        if self.dense_w is not None:
+            note += (f"; dense from {self.dense_from_rows} rows (slower than dense there; "
+                     f"+{self.dense_w.numel() * 4 / 2**20:.1f} MiB dense copy)")
+        return note
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

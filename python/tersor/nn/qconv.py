@@ -66,7 +66,7 @@ class QConv2d(nn.Module):
         return ""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, config, name: str = "") -> "QConv2d":
+    def from_float(cls, conv: nn.Conv2d, config, name: str = "", score=None) -> "QConv2d":
         label = f"layer '{name}'" if name else "QConv2d"
         why = cls.unsupported(conv)
         if why:
@@ -88,8 +88,12 @@ class QConv2d(nn.Module):
             lin.weight.copy_(w2)
             if conv.bias is not None:
                 lin.bias.copy_(conv.bias)
-        inner = SparseLinear if config.scheme == "2:4" else QLinear
-        m.gemm = inner.from_float(lin, config, name=name)
+        if config.scheme == "2:4":
+            if score is not None:  # the 2:4 groups run along the GEMM's K order too
+                score = score.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+            m.gemm = SparseLinear.from_float(lin, config, name=name, score=score)
+        else:
+            m.gemm = QLinear.from_float(lin, config, name=name)
         return m
 
     def quantized(self, config) -> "QConv2d":

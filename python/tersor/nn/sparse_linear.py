@@ -37,7 +37,9 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config, name: str = "") -> "SparseLinear":
+    def from_float(cls, linear: nn.Linear, config, name: str = "",
+                   score=None) -> "SparseLinear":
+        """score: what magnitude pruning ranks (|w| by default; e.g. Wanda's |w| * ||x||)."""
         label = f"layer '{name}'" if name else "SparseLinear"
         w = linear.weight.detach()
         check_float_weight(w, label)
@@ -45,7 +47,7 @@ class SparseLinear(nn.Module):
             if not config.prune:
                 raise ValueError(f"{label}: weight is not 2:4 sparse and Sparse24Config(prune="
                                  f"False) forbids pruning it")
-            w = f24.prune_24(w, getattr(config, "_score", None))
+            w = f24.prune_24(w, score)
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, name)
         m._set(*f24.compress_24(w))
         if linear.bias is not None:
@@ -89,6 +91,11 @@ class SparseLinear(nn.Module):
     @property
     def kernel(self) -> str:
         return "auto"
+
+    def describe(self) -> str:
+        kept = int((self.canonical_weight()[0] != 0).sum())
+        return (f"density {kept / max(1, self.out_features * self.in_features):.3f}, kernel "
+                f"spmm_24{'_w8a8' if self.int8 else ''}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         what = f"layer '{self.name}' ({self.scheme})" if self.name else f"SparseLinear ({self.scheme})"

@@ -1,0 +1,103 @@
+"""How sparsify_ decides what to zero: scores (magnitude, or Wanda's activation-aware
+|w| * ||x_k|| from a calibration batch), per-layer or global thresholds, and the pruners of
+each format (formats/sparse24.py, sparse_csr.py, sparse_block.py)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tersor.formats.sparse_block import block_keep, block_scores, check_block, prune_block
+from tersor.formats.sparse_csr import prune_unstructured
+
+
+def input_norms(model: nn.Module, layers: list, calibration) -> dict:
+    """Run `calibration` through `model` once and return {id(layer): ||x_k||_2 per input
+    feature}, the Wanda statistic, for every nn.Linear / nn.Conv2d in `layers`.
+
+    calibration: a tensor (model(t)), a tuple/list (model(*args)) or a dict (model(**kw)).
+    For a Conv2d, feature k = (c, i, j) of the patch gets the norm of input channel c over
+    all positions (the patch shifts are not tracked: an approximation for the padded border).
+    """
+    sums, hooks = {}, []
+
+    def hook(mod, args):
+        x = args[0].detach().to(torch.float32)
+        if isinstance(mod, nn.Conv2d):
+            s = x.transpose(0, 1).reshape(x.shape[1], -1).pow(2).sum(1)
+        else:
+            s = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+        sums[id(mod)] = sums.get(id(mod), 0) + s
+
+    for m in layers:
+        hooks.append(m.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            if isinstance(calibration, dict):
+                model(**calibration)
+            elif isinstance(calibration, (tuple, list)):
+                model(*calibration)
+            else:
+                model(calibration)
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = [m for m in layers if id(m) not in sums]
+    if missing:
+        raise ValueError(f"tersor.sparsify_: the calibration batch did not reach "
+                         f"{len(missing)} layer(s) to prune (e.g. {type(missing[0]).__name__} "
+                         f"{tuple(missing[0].weight.shape)}); Wanda scores need every one")
+    return {k: v.sqrt() for k, v in sums.items()}
+
+
+def score(layer: nn.Module, norms: Optional[dict]) -> Optional[torch.Tensor]:
+    """|w| * ||x_k|| in the weight's own shape, or None (magnitude) without calibration."""
+    if not norms:
+        return None
+    w = layer.weight.detach().to(torch.float32).abs()
+    n = norms[id(layer)]
+    return w * (n[None, :, None, None] if w.dim() == 4 else n[None, :])
+
+
+def global_threshold(layers: list, norms: Optional[dict], config) -> float:
+    """The score below which weights (unstructured) or blocks (block) are zeroed so that
+    `config.sparsity` of all of them over `layers` go."""
+    parts = []
+    for m in layers:
+        s = score(m, norms)
+        s = m.weight.detach().abs().to(torch.float32) if s is None else s
+        if config.block is not None:
+            check_block(config.block, *s.shape, f"layer {tuple(s.shape)}")
+            s = block_scores(s, config.block)
+        parts.append(s.flatten())
+    allv = torch.cat(parts)
+    drop = int(round(config.sparsity * allv.numel()))
+    if drop <= 0:
+        return float("-inf")
+    return float(torch.kthvalue(allv, drop).values)
+
+
+def prune_layer(layer: nn.Module, config, norms: Optional[dict], threshold: Optional[float],
+                what: str) -> torch.Tensor:
+    """The layer's weight pruned to the config's pattern (kept as is when it already is)."""
+    w = layer.weight.detach().to(torch.float32)
+    s = score(layer, norms)
+    if config.block is not None:
+        r, c = check_block(config.block, *w.shape, what)
+        zero_blocks = float((block_scores(w, (r, c)) == 0).float().mean())
+        if zero_blocks >= config.sparsity - 1e-9:
+            return w  # already block sparse enough: kept as it is
+        if not config.prune:
+            raise ValueError(f"{what}: only {zero_blocks:.1%} of the {(r, c)} blocks are zero "
+                             f"and SparseConfig(prune=False) forbids pruning to "
+                             f"{config.sparsity:.0%}")
+        if threshold is None:
+            return prune_block(w, config.sparsity, (r, c), s, what)
+        bs = block_scores(w if s is None else s, (r, c))
+        return block_keep(w, (r, c), bs > threshold)
+    if not config.prune or float((w == 0).float().mean()) >= config.sparsity - 1e-9:
+        return w
+    if threshold is None:
+        return prune_unstructured(w, config.sparsity, s)
+    return w * ((w.abs() if s is None else s) > threshold)
