@@ -145,12 +145,15 @@ def test_wanda_scores_use_the_calibration_batch():
     assert report.layers[0].scheme == "unstructured"
     # 2:4 with Wanda: the loud features win within each group of 4
     m24 = nn.Sequential(nn.Linear(32, 16))
+    w24 = m24[0].weight.detach().clone()
     x24 = torch.randn(64, 32)
     x24[:, 0::4] *= 100
     x24[:, 1::4] *= 100  # positions 0 and 1 of every group are loud
     tersor.sparsify_(m24, tersor.Sparse24Config(), calibration=x24)
     kept24 = m24[0].dense_weight().view(16, 8, 4) != 0
-    assert kept24[:, :, :2].all() and not kept24[:, :, 2:].any()
+    assert kept24[:, :, :2].float().mean() > 0.95
+    from tersor.formats.sparse24 import prune_24
+    assert torch.equal(m24[0].dense_weight(), prune_24(w24, w24.abs() * x24.norm(dim=0)))
     # a calibration batch that never reaches a layer is an error, model unchanged
     branch = nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)})
     branch.forward = lambda t: branch["a"](t)
