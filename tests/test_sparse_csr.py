@@ -40,8 +40,8 @@ def test_spmm_csr_every_isa(isa, m, sparsity, k, n, gen, c_ref):
     x = torch.randn(m, k + 2, generator=gen)[:, 1:1 + k]  # strided rows
     b = torch.randn(n, generator=gen)
     args = packed(w)
-    y = spmm_csr(x, *args, b, n)
-    assert torch.equal(y, c_ref(lambda: spmm_csr(x.contiguous(), *args, b, n)))
+    y = spmm_csr(x, *args, None, b, n)
+    assert torch.equal(y, c_ref(lambda: spmm_csr(x.contiguous(), *args, None, b, n)))
     y64 = x.double() @ w.double().t() + b.double()
     assert (y.double() - y64).abs().max() <= 1e-5 * (y64.abs().max() + 1)
 
@@ -50,9 +50,9 @@ def test_opcheck_and_errors(gen):
     w = prune_unstructured(torch.randn(20, 37, generator=gen), 0.8)
     args = packed(w)
     x = torch.randn(4, 37, generator=gen)
-    torch.library.opcheck(spmm_csr, (x, *args, None, 20))
+    torch.library.opcheck(spmm_csr, (x, *args, None, None, 20))
     with pytest.raises(ValueError, match="column indices exceed in_features=30"):
-        spmm_csr(torch.randn(4, 30), *args, None, 20)
+        spmm_csr(torch.randn(4, 30), *args, None, None, 20)
     with pytest.raises(ValueError, match="sparsity must lie in"):
         tersor.SparseConfig(sparsity=1.0)
     with pytest.raises(ValueError, match="block must be None or a pair of positive ints"):
@@ -100,7 +100,7 @@ def test_dense_fallback_at_large_m_is_reported_and_exact():
     report = tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.75))
     layer = model[0]
     assert isinstance(layer, CsrLinear) and layer.dense_from_rows == 256
-    assert "dense from 256 rows" in report.layers[0].reason
+    assert "dense fp32 from 256 rows" in report.layers[0].reason
     w = layer.dense_weight()
     for rows in (7, 300):  # sparse kernel below the threshold, dense copy above
         x = torch.randn(rows, 64)
@@ -205,3 +205,74 @@ def test_block_errors_leave_model_unchanged():
                                          r"prune=False"):
         tersor.sparsify_(nn.Sequential(nn.Linear(64, 96)),
                          tersor.SparseConfig(block=(16, 4), prune=False))
+
+
+# ---- unstructured + int8 (W8A8) ---------------------------------------------------------------
+from tersor.formats.int8 import quantize_per_channel_int8  # noqa: E402
+from tersor.formats.sparse_csr import pack_csr  # noqa: E402
+from tersor.ref import quantize_rows_ref  # noqa: E402
+
+
+def packed_int8(w):
+    q, s = quantize_per_channel_int8(w)
+    rp, col, _ = to_csr(w)
+    p = pack_csr(rp, col, q[w != 0], *w.shape)
+    return q * (w != 0), s, (p.rowptr, p.col, p.val, p.ell_val, p.ell_col, p.ell_cnt,
+                             p.ell_off, p.perm)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 33])
+@pytest.mark.parametrize("k,n", [(1, 1), (3, 5), (37, 33), (130, 70), (257, 49)])
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+def test_spmm_csr_w8a8_every_isa_exact(isa, m, k, n, density, gen, c_ref):
+    w = torch.randn(n, k, generator=gen)
+    w = w * (torch.rand(n, k, generator=gen) < density)
+    q, s, args = packed_int8(w)
+    x = (torch.randn(m, k + 3, generator=gen) * 3)[:, 1:1 + k]
+    b = torch.randn(n, generator=gen)
+    y = spmm_csr(x, *args, s, b, n)
+    assert torch.equal(y, c_ref(lambda: spmm_csr(x.contiguous(), *args, s, b, n)))
+    y0 = spmm_csr(x, *args, s, None, n)
+    qx, sx = quantize_rows_ref(x)
+    acc = qx.double() @ q.double().t()
+    assert torch.equal(y0, (acc * (sx[:, None] * s[None, :]).double()).float())
+
+
+@pytest.mark.parametrize("m", [1, 9])
+def test_spmm_csr_w8a8_exact_past_the_fp32_chunk(isa, m, gen):
+    """Rows with 3000 nonzeros of the largest magnitude: partial sums far past 2^24."""
+    k = 3000
+    w = torch.full((3, k), 1.0)
+    w[1] = -1.0
+    w[2, ::2] = -1.0
+    q, s, args = packed_int8(w)
+    x = torch.ones(m, k)
+    y = spmm_csr(x, *args, s, None, 3)
+    expect = torch.tensor([127.0 * 127 * k, -127.0 * 127 * k, 0.0]) * s * (1 / 127)
+    torch.testing.assert_close(y, expect.expand(m, 3), rtol=0, atol=0)
+
+
+def test_unstructured_int8_via_quantize_and_state_dict(gen):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 10))
+    tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.75))
+    x = torch.randn(300, 64, generator=gen)  # past the dense fallback threshold too
+    y_fp32 = model(x)
+    rep = tersor.quantize_(model, tersor.W8A8Config())
+    assert [r.scheme for r in rep.layers] == ["unstructured+w8a8"] * 2
+    assert "dense W8A8 from 256 rows" in rep.layers[0].reason
+    layer = model[0]
+    assert (layer.dense_weight() != 0).sum() <= int(0.25 * 64 * 96) + 1
+    y = model(x)
+    assert (y - y_fp32).norm() <= 0.05 * y_fp32.norm()
+    # the dense W8A8 fallback computes exactly what the sparse int8 kernel does
+    torch.testing.assert_close(model(x[:7]), y[:7], rtol=0, atol=0)
+    fresh = nn.Sequential(CsrLinear(64, 96, scheme="unstructured+w8a8"), nn.ReLU(),
+                          CsrLinear(96, 10, scheme="unstructured+w8a8"))
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    assert torch.equal(fresh(x), y)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(fresh, fullgraph=True)(x[:5]), y[:5])

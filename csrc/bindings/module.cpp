@@ -196,6 +196,20 @@ void bind_spmm_csr(py::module_& m) {
                                  ldy, nthreads});
         },
         py::call_guard<py::gil_scoped_release>());
+  m.def("spmm_csr_w8a8",
+        [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, int64_t N, std::uintptr_t rowptr,
+           std::uintptr_t col, std::uintptr_t val, std::uintptr_t ell_val, std::uintptr_t ell_col,
+           std::uintptr_t ell_cnt, std::uintptr_t ell_off, std::uintptr_t perm,
+           std::uintptr_t w_scale, std::uintptr_t bias, std::uintptr_t y, int64_t ldy,
+           int nthreads) {
+          tersor::spmm_csr::run_w8a8(
+              {ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(rowptr),
+               ptr<const int32_t>(col), ptr<const int8_t>(val), ptr<const int8_t>(ell_val),
+               ptr<const uint16_t>(ell_col), ptr<const uint16_t>(ell_cnt),
+               ptr<const int64_t>(ell_off), ptr<const int32_t>(perm), ptr<const float>(w_scale),
+               ptr<const float>(bias), ptr<float>(y), ldy, nthreads});
+        },
+        py::call_guard<py::gil_scoped_release>());
 }
 
 // spmm_block_f32 and spmm_block_w8a8 share one signature (colsum / w_scale are 0 for fp32):

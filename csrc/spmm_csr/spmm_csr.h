@@ -52,4 +52,38 @@ void run_avx2(const Args& a);
 void run_avx512(const Args& a);
 void run(const Args& a);
 
+// int8 values x per-row int8 activations ("unstructured+w8a8"): the same CSR / ELL layouts with
+// int8 values (symmetric per output channel, scale w_scale[n]), activations quantized per row
+// (quant_act.h). Accumulation is exact in integers: the kernels multiply the integer codes in
+// fp32 FMAs, which is exact while a partial sum stays below 2^24, and move the partial sum to
+// an int32 accumulator every kExactChunk nonzeros (1024 * 127 * 127 < 2^24). One FMA per
+// nonzero, where int32 would need vpmulld (two uops) + an add. The epilogue, in every path,
+//     y = fma(float(acc), scale_x[m] * scale_w[n], bias[n])
+// so all paths agree bit for bit with the ref.
+constexpr int64_t kExactChunk = 1024;
+
+struct W8A8Args {
+  const float* x;  // M x K, row stride ldx
+  int64_t M, K, ldx;
+  int64_t N;
+  const int64_t* rowptr;
+  const int32_t* col;
+  const int8_t* val;
+  const int8_t* ell_val;
+  const uint16_t* ell_col;
+  const uint16_t* ell_cnt;
+  const int64_t* ell_off;
+  const int32_t* perm;
+  const float* w_scale;  // [N]
+  const float* bias;
+  float* y;
+  int64_t ldy;
+  int nthreads;
+};
+
+void w8a8_ref(const W8A8Args& a);
+void w8a8_avx2(const W8A8Args& a);
+void w8a8_avx512(const W8A8Args& a);
+void run_w8a8(const W8A8Args& a);
+
 }  // namespace tersor::spmm_csr

@@ -1,7 +1,9 @@
 // Portable oracle for the unstructured sparse GEMM (rules in spmm_csr.h), plus the dispatch.
 #include <cmath>
+#include <vector>
 
 #include "common/cpu_features.h"
+#include "quant_act/quant_act.h"
 #include "spmm_csr/spmm_csr.h"
 
 namespace tersor::spmm_csr {
@@ -15,6 +17,21 @@ void run_ref(const Args& a) {
       for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i)
         acc = std::fma(x[a.col[i]], a.val[i], acc);
       a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
+    }
+  }
+}
+
+void w8a8_ref(const W8A8Args& a) {
+#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+  for (int64_t m = 0; m < a.M; ++m) {
+    std::vector<uint8_t> q((a.K + 3) / 4 * 4);
+    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0);
+    for (int64_t n = 0; n < a.N; ++n) {
+      int32_t acc = 0;
+      for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i)
+        acc += int32_t(static_cast<int8_t>(q[a.col[i]])) * a.val[i];
+      const float b = a.bias ? a.bias[n] : 0.0f;
+      a.y[m * a.ldy + n] = std::fma(static_cast<float>(acc), sx * a.w_scale[n], b);
     }
   }
 }
@@ -34,6 +51,11 @@ void transpose_rows(const Args& a, float* xt, int64_t ld) {
 void run(const Args& a) {
   if (a.M == 0 || a.N == 0) return;
   dispatch_isa(a, run_ref, TERSOR_X86_FN(run_avx2), TERSOR_X86_FN(run_avx512));
+}
+
+void run_w8a8(const W8A8Args& a) {
+  if (a.M == 0 || a.N == 0) return;
+  dispatch_isa(a, w8a8_ref, TERSOR_X86_FN(w8a8_avx2), TERSOR_X86_FN(w8a8_avx512));
 }
 
 }  // namespace tersor::spmm_csr

@@ -15,6 +15,9 @@ transposed-activation kernel for many rows) and ELL blocks for few rows::
       ell_cnt[16 b + c] uint16: how many steps lane c really has (the rest are masked)
 
 Sorting by count keeps the lanes of a block busy (Sputnik's row reordering); K <= 65536.
+
+int8 values ("unstructured+w8a8"): the same arrays with ``weight_val`` / ``ell_val`` int8
+(symmetric per output channel, in [-127, 127]) and ``weight_scale`` float32 [N].
 """
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ def pack_csr(rowptr, col, val, n: int, k: int) -> PackedCsr:
     rows = torch.repeat_interleave(torch.arange(n), counts)
     lane = lane_of[rows]
     step = ell_off[lane // BLOCK_N] + torch.arange(rows.numel()) - rowptr[rows]
-    ell_val = torch.zeros(steps, BLOCK_N)
+    ell_val = torch.zeros(steps, BLOCK_N, dtype=val.dtype)
     ell_col = torch.zeros(steps, BLOCK_N, dtype=torch.int32)
     ell_val[step, lane % BLOCK_N] = val
     ell_col[step, lane % BLOCK_N] = col

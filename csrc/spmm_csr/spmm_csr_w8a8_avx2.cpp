@@ -1,0 +1,79 @@
+// AVX2 unstructured sparse int8 GEMM (rules in spmm_csr.h, W8A8Args): the transposed-codes
+// kernel of spmm_csr_w8a8_avx512.cpp, 8 lanes and 32 rows per pass, for every M.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/formats.h"
+#include "common/parallel.h"
+#include "quant_act/quant_act.h"
+#include "spmm_csr/spmm_csr.h"
+
+namespace tersor::spmm_csr {
+
+void w8a8_avx2(const W8A8Args& a) {
+  constexpr int kMV = 4;
+  const int64_t ldq = round_up(a.K, 8);
+  auto q8 = alloc_scratch<uint8_t>(a.M * ldq);
+  auto xq = alloc_scratch<float>(a.M * ldq);
+  auto sx = alloc_scratch<float>(a.M);
+  const int64_t M8 = round_up(a.M, 8), ldt = M8 + 16;
+  auto xt = alloc_scratch<float>(a.K * ldt);
+  const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      uint8_t* q = q8.get() + m * ldq;
+      const int64_t done = round_up(a.K, 4);
+      std::memset(q + done, 0, ldq - done);
+      sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, q, 4, 0);
+      for (int64_t k = 0; k < ldq; k += 8)
+        _mm256_storeu_ps(xq.get() + m * ldq + k,
+                         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                             _mm_loadl_epi64(reinterpret_cast<__m128i*>(q + k)))));
+    }
+    Args t{};
+    t.x = xq.get(), t.M = a.M, t.K = a.K, t.ldx = ldq;
+    transpose_rows(t, xt.get(), ldt);
+    int64_t n0, n1;
+    balanced_range(a.rowptr, a.N, &n0, &n1);
+    alignas(32) int32_t tmp[8 * kMV];
+    for (int64_t m0 = 0; m0 < M8; m0 += 8 * kMV) {
+      const int nv = static_cast<int>(std::min<int64_t>(kMV, (M8 - m0) / 8));
+      const int rows = static_cast<int>(std::min<int64_t>(8 * kMV, a.M - m0));
+      const float* xb = xt.get() + m0;
+      for (int64_t n = n0; n < n1; ++n) {
+        __m256 accf[kMV];
+        __m256i acci[kMV];
+TERSOR_UNROLL
+        for (int v = 0; v < kMV; ++v) accf[v] = _mm256_setzero_ps(), acci[v] = _mm256_setzero_si256();
+        for (int64_t i0 = a.rowptr[n]; i0 < a.rowptr[n + 1]; i0 += kExactChunk) {
+          const int64_t i1 = std::min(a.rowptr[n + 1], i0 + kExactChunk);
+          for (int64_t i = i0; i < i1; ++i) {
+            const __m256 w = _mm256_set1_ps(static_cast<float>(a.val[i]));
+            const float* xr = xb + int64_t(a.col[i]) * ldt;
+TERSOR_UNROLL
+            for (int v = 0; v < kMV; ++v)
+              if (v < nv) accf[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8 * v), w, accf[v]);
+          }
+TERSOR_UNROLL
+          for (int v = 0; v < kMV; ++v) {
+            acci[v] = _mm256_add_epi32(acci[v], _mm256_cvtps_epi32(accf[v]));
+            accf[v] = _mm256_setzero_ps();
+          }
+        }
+TERSOR_UNROLL
+        for (int v = 0; v < kMV; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8 * v), acci[v]);
+        const float b = a.bias ? a.bias[n] : 0.0f;
+        for (int r = 0; r < rows; ++r)
+          a.y[(m0 + r) * a.ldy + n] =
+              std::fma(static_cast<float>(tmp[r]), sx.get()[m0 + r] * a.w_scale[n], b);
+      }
+    }
+  }
+}
+
+}  // namespace tersor::spmm_csr
