@@ -32,3 +32,19 @@ def time_linear_case(benchmark, lin, im, m: int, group: str, tol: float) -> None
         t = benchmark.stats.stats.median
         benchmark.extra_info["GB/s"] = im.weight_bytes / t / 1e9
         benchmark.extra_info["GOP/s"] = 2 * m * k * n / t / 1e9
+
+
+def time_sparse_case(benchmark, impls: dict, ref_name: str, name: str, m: int, k: int, n: int,
+                     group: str) -> None:
+    """A sparse case: the reference is impl `ref_name` (the dense product on the same pruned
+    weight); int8 impls carry their own tolerance (im.tol)."""
+    ref = impls[ref_name]
+
+    class Ref:
+        in_features, out_features = k, n
+
+        def __call__(self, x):
+            return ref.fn(x, 0)
+
+    im = impls[name]
+    time_linear_case(benchmark, Ref(), im, m, group, tol=im.tol or 1e-4)

@@ -1,20 +1,19 @@
-"""2:4 sparse fp32 Linear against torch fp32 dense on the same pruned weight."""
+"""2:4 sparse Linear: fp32 against torch fp32 dense, int8 (2:4+w8a8) against our dense W8A8
+(AMX, and VNNI only), all on the same pruned weight."""
 import functools
 
 import pytest
 
-from bench_common import BATCHES, time_linear_case
-from tersor.bench.impls import make_linear, sparse24_impls
+from bench_common import BATCHES, time_sparse_case
+from tersor.bench.impls import DENSE, W8A8_DENSE, W8A8_VNNI, make_linear, sparse24_impls
 
 SHAPES = {"llama7b.q_proj": (4096, 4096), "llama7b.up_proj": (4096, 11008)}
-IMPLS = ["tersor 2:4 fp32", "torch fp32 dense (pruned)"]
+IMPLS = ["tersor 2:4 fp32", DENSE, "tersor 2:4+w8a8", W8A8_DENSE, W8A8_VNNI]
 
 
 @functools.lru_cache(maxsize=1)
 def _impls_for(k, n, rotate):
-    lin = make_linear(k, n)
-    impls = {im.name: im for im in sparse24_impls(lin, rotate)}
-    return impls["torch fp32 dense (pruned)"], impls
+    return {im.name: im for im in sparse24_impls(make_linear(k, n), rotate)}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -22,12 +21,5 @@ def _impls_for(k, n, rotate):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def bench_spmm_24(benchmark, rotate, shape, m, impl):
     k, n = SHAPES[shape]
-    dense, impls = _impls_for(k, n, rotate)
-
-    class Ref:  # the reference is the dense product on the pruned weight
-        in_features, out_features = k, n
-
-        def __call__(self, x):
-            return dense.fn(x, 0)
-
-    time_linear_case(benchmark, Ref(), impls[impl], m, f"2:4 {shape} {k}x{n} M={m}", tol=1e-4)
+    time_sparse_case(benchmark, _impls_for(k, n, rotate), DENSE, impl, m, k, n,
+                     f"2:4 {shape} {k}x{n} M={m}")

@@ -1,37 +1,32 @@
-"""Unstructured sparse fp32 Linear at 75 / 90 / 95% zeros against torch fp32 dense and torch's
-CSR matmul on the same pruned weight."""
+"""Unstructured sparse Linear at 75 / 90 / 95% zeros: fp32 against torch fp32 dense and torch's
+CSR matmul, int8 against our dense W8A8, all on the same pruned weight (75%: also the layer
+sparsify_ builds, dense from 256 rows)."""
 import functools
 
 import pytest
 
-from bench_common import BATCHES, time_linear_case
-from tersor.bench.impls import make_linear, unstructured_impls
+from bench_common import BATCHES, time_sparse_case
+from tersor.bench.impls import DENSE, W8A8_DENSE, W8A8_VNNI, make_linear, unstructured_impls
 
 SHAPES = {"llama7b.q_proj": (4096, 4096), "llama7b.up_proj": (4096, 11008)}
 SPARSITY = [0.75, 0.9, 0.95]
-IMPLS = ["tersor", "torch fp32 dense (pruned)", "torch CSR"]
+IMPLS = ["tersor unstructured {}", "tersor unstructured+w8a8 {}", DENSE, "torch CSR",
+         W8A8_DENSE, W8A8_VNNI]
+# (sparsity, impl) cases; sparsify_ keeps a dense copy only below the large-M break-even
+CASES = [(s, i) for s in SPARSITY for i in IMPLS] + [(0.75, "tersor unstructured {} (sparsify_)")]
 
 
 @functools.lru_cache(maxsize=1)
 def _impls_for(k, n, sparsity, rotate):
-    impls = {im.name: im for im in unstructured_impls(make_linear(k, n), rotate, sparsity)}
-    return impls["torch fp32 dense (pruned)"], impls
+    return {im.name: im for im in unstructured_impls(make_linear(k, n), rotate, sparsity)}
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("sparsity,impl", CASES)
 @pytest.mark.parametrize("m", BATCHES)
-@pytest.mark.parametrize("sparsity", SPARSITY)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def bench_spmm_csr(benchmark, rotate, shape, sparsity, m, impl):
     k, n = SHAPES[shape]
-    dense, impls = _impls_for(k, n, sparsity, rotate)
-    name = f"tersor unstructured {round(sparsity * 100)}%" if impl == "tersor" else impl
-
-    class Ref:  # the reference is the dense product on the pruned weight
-        in_features, out_features = k, n
-
-        def __call__(self, x):
-            return dense.fn(x, 0)
-
-    time_linear_case(benchmark, Ref(), impls[name], m,
-                     f"unstructured {round(sparsity * 100)}% {shape} M={m}", tol=1e-4)
+    impls = _impls_for(k, n, sparsity, rotate)
+    tag = f"{round(sparsity * 100)}%"
+    time_sparse_case(benchmark, impls, DENSE, impl.format(tag), m, k, n,
+                     f"unstructured {tag} {shape} M={m}")

@@ -6,6 +6,7 @@
     python -m tersor.bench --family int4         # 4-bit weights against torch / onnxruntime int4
     python -m tersor.bench --family sparse24     # 2:4 sparse fp32 against dense on the same weight
     python -m tersor.bench --family sparse90     # unstructured 90% (also sparse75, sparse95)
+    python -m tersor.bench --family block90      # block-sparse (16, 4) 90% (also block75)
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import torch
 import tersor
 import functools
 
-from tersor.bench.impls import (int4_impls, linear_impls, make_linear, sparse24_impls,
-                                unstructured_impls)
+from tersor.bench.impls import (DENSE, block_impls, int4_impls, linear_impls, make_linear,
+                                sparse24_impls, unstructured_impls)
 from tersor.bench.overhead import measure_overhead
 from tersor.bench.timing import measure_bandwidth, measure_int8_peak, time_interleaved
 
@@ -32,13 +33,11 @@ MS = [1, 8, 32, 128, 512]
 FAMILIES = {  # impl factory, tolerated relative error, the impl that is the reference (None:
     "int8": (linear_impls, 0.05, None),  # fp32 on the unpruned weight; RTN int4 on random
     "int4": (int4_impls, 0.15, None),  # gaussian weights is ~7-10% off fp32 by itself)
-    "sparse24": (sparse24_impls, 1e-4, "torch fp32 dense (pruned)"),
-    "sparse75": (functools.partial(unstructured_impls, sparsity=0.75), 1e-4,
-                 "torch fp32 dense (pruned)"),
-    "sparse90": (functools.partial(unstructured_impls, sparsity=0.9), 1e-4,
-                 "torch fp32 dense (pruned)"),
-    "sparse95": (functools.partial(unstructured_impls, sparsity=0.95), 1e-4,
-                 "torch fp32 dense (pruned)"),
+    "sparse24": (sparse24_impls, 1e-4, DENSE),
+    **{f"sparse{p}": (functools.partial(unstructured_impls, sparsity=p / 100), 1e-4, DENSE)
+       for p in (75, 90, 95)},
+    **{f"block{p}": (functools.partial(block_impls, sparsity=p / 100), 1e-4, DENSE)
+       for p in (75, 90)},
 }
 
 
@@ -48,7 +47,7 @@ def check_correct(impls, lin, x, tol, ref_name=None):
     for im in impls:
         y = im.fn(x, 0)
         err = ((y - ref).norm() / ref.norm()).item()
-        if not err < tol:
+        if not err < (im.tol or tol):
             raise SystemExit(f"{im.name}: relative error {err:.3g} against fp32; not timing it")
 
 
@@ -95,7 +94,8 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, peak_int8):
             for im in ready:
                 t = times[im.name]
                 floor = max(im.weight_bytes / bw, 2 * m * k * n / peak_int8)
-                ratios = ({b: bt / t for b, bt in baselines.items() if same_group(im.name, b)}
+                ratios = ({b: bt / t for b, bt in baselines.items()
+                           if same_group(im.name, b) and (not im.vs or b in im.vs)}
                           if im.kind == "ours" else {})
                 rows.append(dict(family=family, K=k, N=n, M=m, impl=im.name, kind=im.kind, us=t * 1e6,
                                  gbps=im.weight_bytes / t / 1e9, gops=2 * m * k * n / t / 1e9,

@@ -30,6 +30,8 @@ class Impl:
     copies: int
     kind: str  # "ours" or "baseline"
     unavailable: str = ""  # reason when the baseline cannot run here
+    vs: tuple = ()  # ours: the baselines its ratios are taken against (empty: all of them)
+    tol: float = 0.0  # relative error tolerated against the family's reference (0: family's)
 
 
 def copies_for(weight_bytes: int, rotate: bool) -> int:
@@ -272,43 +274,115 @@ def conv_impls(conv: nn.Conv2d, x_example: torch.Tensor):
     return out
 
 
-# ---- 2:4 sparse ---------------------------------------------------------------------------------
+# ---- sparse ------------------------------------------------------------------------------------
+# Every sparse family times ours and the baselines on the same pruned weight: fp32 formats against
+# torch fp32 dense and torch's sparse matmul, int8 formats against our dense W8A8 (AMX here) and
+# the same kernel restricted to AVX-512 VNNI (the CPUs without AMX the int8 figures assume).
 
-def sparse24_impls(lin: nn.Linear, rotate: bool):
-    """tersor 2:4 fp32 against torch fp32 dense on the same pruned weight."""
-    from tersor.formats.sparse24 import prune_24
+DENSE = "torch fp32 dense (pruned)"
+W8A8_DENSE = "tersor W8A8 dense (pruned)"
+W8A8_VNNI = "tersor W8A8 dense, VNNI (no AMX)"
+INT8_TOL = 0.05  # per-row int8 activations against the fp32 product
 
-    pruned = nn.Linear(lin.in_features, lin.out_features)
+
+def _pruned_linear(lin: nn.Linear, weight: torch.Tensor) -> nn.Linear:
+    out = nn.Linear(lin.in_features, lin.out_features)
     with torch.no_grad():
-        pruned.weight.copy_(prune_24(lin.weight))
-        pruned.bias.copy_(lin.bias)
-    base = tersor.SparseLinear.from_float(pruned, tersor.Sparse24Config())
+        out.weight.copy_(weight)
+        out.bias.copy_(lin.bias)
+    return out
+
+
+def _module_impl(base: nn.Module, rotate: bool, name: str, vs=(), tol=0.0) -> Impl:
     r = copies_for(base.nbytes, rotate)
     mods = [base] + [copy.deepcopy(base) for _ in range(r - 1)]
-    ours = Impl("tersor 2:4 fp32", lambda x, i: mods[i % r](x), base.nbytes, r, "ours")
+    return Impl(name, lambda x, i: mods[i % r](x), base.nbytes, r, "ours", vs=vs, tol=tol)
+
+
+def _dense_w8a8(pruned: nn.Linear, rotate: bool) -> list:
+    import os
+
+    dense = tersor_linear(pruned, tersor.W8A8Config(), rotate, W8A8_DENSE)
+    dense.kind, dense.tol = "baseline", INT8_TOL
+
+    def vnni(x, i):  # TERSOR_CPU_ISA is read on every call
+        old = os.environ.get("TERSOR_CPU_ISA")
+        os.environ["TERSOR_CPU_ISA"] = "avx512"
+        try:
+            return dense.fn(x, i)
+        finally:
+            if old is None:
+                del os.environ["TERSOR_CPU_ISA"]
+            else:
+                os.environ["TERSOR_CPU_ISA"] = old
+
+    return [dense, Impl(W8A8_VNNI, vnni, dense.weight_bytes, dense.copies, "baseline",
+                        tol=INT8_TOL)]
+
+
+def sparse24_impls(lin: nn.Linear, rotate: bool):
+    """tersor 2:4 fp32 against torch fp32 dense, 2:4 int8 against our dense W8A8, on the same
+    pruned weight."""
+    from tersor.formats.sparse24 import prune_24
+
+    pruned = _pruned_linear(lin, prune_24(lin.weight))
+    base = tersor.SparseLinear.from_float(pruned, tersor.Sparse24Config())
     dense = torch_fp32(pruned, rotate)
-    dense.name = "torch fp32 dense (pruned)"
-    return [ours, dense]
+    dense.name = DENSE
+    return [_module_impl(base, rotate, "tersor 2:4 fp32", vs=(DENSE,)), dense,
+            _module_impl(base.quantized(None), rotate, "tersor 2:4+w8a8",
+                         vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL),
+            *_dense_w8a8(pruned, rotate)]
 
 
 def unstructured_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9):
-    """tersor unstructured (CSR/ELL) against torch fp32 dense and torch's CSR matmul on the
-    same pruned weight."""
+    """tersor unstructured (CSR/ELL) against torch fp32 dense and torch's CSR matmul, its int8
+    form against our dense W8A8, on the same pruned weight; at sparsities below the large-M
+    break-even also the layer sparsify_ builds (dense from 256 rows)."""
+    from tersor.configs import DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN
     from tersor.formats.sparse_csr import prune_unstructured
 
-    pruned = nn.Linear(lin.in_features, lin.out_features)
-    with torch.no_grad():
-        pruned.weight.copy_(prune_unstructured(lin.weight, sparsity))
-        pruned.bias.copy_(lin.bias)
+    pruned = _pruned_linear(lin, prune_unstructured(lin.weight, sparsity))
     base = tersor.CsrLinear.from_float(pruned)
-    r = copies_for(base.nbytes, rotate)
-    mods = [base] + [copy.deepcopy(base) for _ in range(r - 1)]
     tag = f"{round(sparsity * 100)}%"
-    ours = Impl(f"tersor unstructured {tag}", lambda x, i: mods[i % r](x), base.nbytes, r, "ours")
     dense = torch_fp32(pruned, rotate)
-    dense.name = "torch fp32 dense (pruned)"
-    csrs = [pruned.weight.detach().to_sparse_csr() for _ in range(min(r, 4))]
+    dense.name = DENSE
+    csrs = [pruned.weight.detach().to_sparse_csr() for _ in range(min(dense.copies, 4))]
     b = pruned.bias.detach()
     csr = Impl("torch CSR", lambda x, i: torch.mm(csrs[i % len(csrs)], x.t()).t() + b,
                base.nbytes, len(csrs), "baseline")
-    return [ours, dense, csr]
+    out = [_module_impl(base, rotate, f"tersor unstructured {tag}", vs=(DENSE, "torch CSR")),
+           dense, csr]
+    if sparsity < LARGE_M_BREAK_EVEN:
+        chosen = tersor.CsrLinear.from_float(pruned, dense_from_rows=DENSE_FALLBACK_ROWS)
+        out.append(_module_impl(chosen, rotate, f"tersor unstructured {tag} (sparsify_)",
+                                vs=(DENSE, "torch CSR")))
+    out.append(_module_impl(base.quantized(None), rotate, f"tersor unstructured+w8a8 {tag}",
+                            vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL))
+    return out + _dense_w8a8(pruned, rotate)
+
+
+def block_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9, block=(16, 4)):
+    """tersor block-sparse fp32 (16 x 1 kernel blocks) against torch fp32 dense and torch's BSR
+    matmul (4 x 4 blocks: its CPU path takes square blocks only), the int8 form (16 x 4) against
+    our dense W8A8, on one weight pruned in (16, 4) blocks."""
+    import warnings
+
+    from tersor.formats.sparse_block import prune_block
+
+    pruned = _pruned_linear(lin, prune_block(lin.weight, sparsity, block))
+    base = tersor.BlockSparseLinear.from_float(pruned, pruned.weight)
+    tag = f"{round(sparsity * 100)}%"
+    dense = torch_fp32(pruned, rotate)
+    dense.name = DENSE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "BSR support is in beta"
+        bsrs = [pruned.weight.detach().to_sparse_bsr((4, 4)) for _ in range(min(dense.copies, 4))]
+    b = pruned.bias.detach()
+    bsr = Impl("torch BSR 4x4", lambda x, i: torch.mm(bsrs[i % len(bsrs)], x.t()).t() + b,
+               base.nbytes, len(bsrs), "baseline")
+    return [_module_impl(base, rotate, f"tersor block {tag}", vs=(DENSE, "torch BSR 4x4")),
+            dense, bsr,
+            _module_impl(base.quantized(None), rotate, f"tersor block+w8a8 {tag}",
+                         vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL),
+            *_dense_w8a8(pruned, rotate)]
