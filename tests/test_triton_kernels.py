@@ -49,3 +49,43 @@ def test_gemm_w4(m, k, n, g, sym, gen):
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="must nest"):
         tw4.gemm_w4(x, to_nibbles(q), s, z, G, b, block_k=48)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("m,k,n,g,split_k", [(1, 128, 5, 32, 4), (3, 256, 33, 64, 3),
+                                             (18, 64, 20, 32, 1)])
+def test_gemm_w4_half_inputs_and_split_k(m, k, n, g, split_k, dtype, gen):
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    q, s, z, G = quantize_int4(torch.randn(n, k, generator=gen), g, False)
+    b = torch.randn(n, generator=gen)
+    y = tw4.gemm_w4(x, to_nibbles(q), s, z, G, b, split_k=split_k)
+    assert y.dtype == dtype
+    ref = x.double() @ dequantize_int4(q, s, z, G).double().t() + b.double()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2 * float(ref.abs().max())
+    torch.testing.assert_close(y.double(), ref, rtol=1e-3, atol=tol)
+
+
+def test_split_k_choice():
+    assert tw4.split_k_for(1, 8192, 64, 64, 132) == 2  # 128 tiles for 132 SMs
+    assert tw4.split_k_for(1, 4096, 32, 64, 132) == 4
+    assert tw4.split_k_for(512, 8192, 64, 64, 132) == 1  # enough tiles
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("k,n", [(5, 3), (70, 33), (130, 17)])
+def test_dequant_w8(k, n, dtype, gen):
+    from tersor.triton_kernels import dequant as tdq
+
+    q, s = quantize_per_channel_int8(torch.randn(n, k, generator=gen))
+    out = tdq.dequant_w8(q, s, dtype)
+    assert torch.equal(out, (q.float() * s[:, None]).to(dtype))
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("k,n,g", [(64, 5, 32), (128, 33, 64), (256, 20, 128)])
+def test_dequant_w4(k, n, g, sym, gen):
+    from tersor.triton_kernels import dequant as tdq
+
+    q, s, z, G = quantize_int4(torch.randn(n, k, generator=gen), g, sym)
+    out = tdq.dequant_w4(to_nibbles(q), s, z, G, k, torch.float32)
+    assert torch.equal(out, dequantize_int4(q, s, z, G))

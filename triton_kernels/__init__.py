@@ -3,5 +3,7 @@
 TRITON_INTERPRET=1 (the CI checks), on CUDA tensors natively.
 
     gemm_w8a8.py   per-row int8 quantization + int8 tl.dot GEMM with the scale epilogue
-    gemm_w4.py     float x int4 group-wise GEMM, dequantize fused in the K loop
+    gemm_w4.py     float (fp32/fp16/bf16) x int4 group-wise GEMM, dequantize fused in the K loop,
+                   split-K for small M, autotuned tiles on a GPU
+    dequant.py     whole-weight int8 / int4 -> fp16/bf16/fp32 (the large-M path)
 """

@@ -110,3 +110,25 @@ struct S24I8Tile {
 static_assert(sizeof(S24I8Tile) == 64, "S24I8Tile must be exactly one 64-byte vector");
 
 }  // namespace tersor
+
+namespace tersor {
+
+// ---------------------------------------------------------------------------------------------
+// Block-sparse weight (used by spmm_block): BSR over panels of 16 output channels, blocks of
+// 16 channels x BK k (fp32: BK = 1, one zmm; int8: BK = 4, one W8Tile):
+//
+//   ptr [Np/16 + 1] int64        panel p owns blocks ptr[p] .. ptr[p+1]-1
+//   kidx[blocks]    uint16       k / BK of each block, ascending within a panel
+//   values                       fp32 BlockF32[blocks]  or  int8 W8Tile[blocks]
+//
+//   panel p:  [ blk @ k=3 ][ blk @ k=17 ][ blk @ k=18 ] ...      (only blocks holding a
+//              16 lanes      16 lanes      16 lanes               nonzero are stored)
+//
+// A block costs what a dense GEMM's inner step costs (one broadcast of x + one FMA / vpdpbusd
+// per row), so the kernel runs at dense efficiency per stored block.
+struct BlockF32 {
+  float v[16];
+};
+static_assert(sizeof(BlockF32) == 64, "BlockF32 must be exactly one 64-byte vector");
+
+}  // namespace tersor

@@ -91,6 +91,15 @@ def minilm_variants(base):
     rep = tersor.sparsify_(m, tersor.Sparse24Config())
     out.append(("tersor 2:4 (no fine-tune)", m, f"{len(rep.converted)} layers magnitude-pruned "
                                                  f"2:4, no retraining"))
+    # Wanda: |w| * ||x_k|| from one calibration batch (its own sentences, not the test set)
+    feats = base.tokenize(sentences(128)[96:])
+    m = copy.deepcopy(base)
+    rep = tersor.sparsify_(m, tersor.Sparse24Config(), calibration=(feats,))
+    out.append(("tersor 2:4 Wanda (no fine-tune)", m, f"{len(rep.converted)} layers pruned 2:4 "
+                                                       f"by |w|*||x||, 32 calibration sentences"))
+    m2 = copy.deepcopy(m)
+    rep = tersor.quantize_(m2, tersor.W8A8Config())
+    out.append(("tersor 2:4 Wanda + W8A8", m2, f"{len(rep.converted)} layers 2:4 sparse int8"))
     return out
 
 
