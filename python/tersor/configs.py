@@ -6,7 +6,7 @@ from typing import Optional
 
 from tersor.formats.int4 import GROUP_SIZES
 
-KERNELS = ("auto", "native", "ref")
+KERNELS = ("auto", "native", "cuda", "triton", "ref")
 
 
 def _check_kernel(cls: str, kernel: str) -> None:
@@ -18,8 +18,10 @@ def _check_kernel(cls: str, kernel: str) -> None:
 class _QuantConfig:
     """Fields every quantization config has.
 
-    kernel: "auto" (native kernels where the device has them, else the torch reference),
-            "native" (refuse to run without them), "ref" (the torch reference, for debugging).
+    kernel: "auto" (native kernels where the device has them: the C++ CPU kernels, on a GPU
+            the CUDA extension, else Triton, else the torch reference), "native" (refuse to run
+            without compiled kernels), "cuda" / "triton" (only that GPU kernel family; Triton
+            also runs CPU tensors under TRITON_INTERPRET=1), "ref" (the torch reference).
     skip_names: fully qualified names of layers to leave dense (an output head, say).
     """
 

@@ -112,8 +112,9 @@ def quantize_int4(weight: torch.Tensor, group_size: int = 128, symmetric: bool =
 def dequantize_int4(q, scale, zero, group_size: int) -> torch.Tensor:
     """Canonical codes -> float32 [N, K] (the reference for every kernel)."""
     n, k = q.shape
-    z = zero.to(torch.float32) if zero is not None else torch.full(scale.shape, 8.0)
-    g_of_k = torch.arange(k) // group_size
+    z = (zero.to(torch.float32) if zero is not None
+         else torch.full(scale.shape, 8.0, device=scale.device))
+    g_of_k = torch.arange(k, device=q.device) // group_size
     return (q.to(torch.float32) - z[:, g_of_k]) * scale.to(torch.float32)[:, g_of_k]
 
 
@@ -248,3 +249,31 @@ def from_awq(qweight, qzeros, scales, group_size: int = 128, *, what: str = "AWQ
     q = _unpack_int32_nibbles(qweight, AWQ_ORDER).t().contiguous()  # [N, K]
     zero = _unpack_int32_nibbles(qzeros, AWQ_ORDER).t().contiguous()  # [N, ngroups]
     return q, scales.t().to(torch.float16).contiguous(), zero, group_size
+
+
+def shuffle_w4_mma(q: torch.Tensor) -> torch.Tensor:
+    """Canonical codes [N, K] (K % 16 == 0) -> the CUDA W4 kernel's words (gemm_w4_cuda.cu):
+    int32 [ceil(N/32), K/16, 2, 32], lane (g, t) of tile pair p holding, at nibble i,
+
+        v0 = q[c0][k0], v4 = q[c0][k0+1], v1 = q[c0][k0+8], v5 = q[c0][k0+9]   c0 = 16p + g
+        v2 = q[c1][k0], v6 = q[c1][k0+1], v3 = q[c1][k0+8], v7 = q[c1][k0+9]   c1 = c0 + 8
+
+    (k0 = 16 kb + 2t): the mma.m16n8k16 B fragments of two 8-column tiles in one word. Columns
+    past N are zero codes."""
+    n, k = q.shape
+    if k % 16:
+        raise ValueError(f"shuffle_w4_mma: K={k} must be a multiple of 16")
+    np_ = -(-n // 32) * 32
+    qp = torch.zeros(np_, k, dtype=torch.int64)
+    qp[:n] = q.to(torch.int64)
+    t4 = qp.view(np_ // 32, 2, 2, 8, k // 16, 2, 8)  # [cb][p][h][g][kb][hi8][kk]
+    # t4[cb, p, h, g, kb, hi8, kk] = q[cb*32 + 16p + 8h + g][16 kb + 8 hi8 + kk]
+    lanes = []
+    for t in range(4):
+        v = lambda h, hi8, d: t4[:, :, h, :, :, hi8, 2 * t + d]  # [cb][p][g][kb]
+        word = (v(0, 0, 0) | v(0, 1, 0) << 4 | v(1, 0, 0) << 8 | v(1, 1, 0) << 12
+                | v(0, 0, 1) << 16 | v(0, 1, 1) << 20 | v(1, 0, 1) << 24 | v(1, 1, 1) << 28)
+        lanes.append(word)
+    w = torch.stack(lanes, dim=-1)  # [cb][p][g][kb][t]
+    w = w.permute(0, 3, 1, 2, 4).reshape(np_ // 32, k // 16, 2, 32)  # lane = 4 g + t
+    return (w - ((w >> 31) << 32)).to(torch.int32).contiguous()  # two's complement view

@@ -175,3 +175,14 @@ def unpack_24_int8(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor
     m = meta.permute(0, 2, 1).reshape(nb * BLOCK_N, k8)[:n]
     m = torch.stack([m & 15, m >> 4], dim=2).reshape(n, 2 * k8)[:, :g]
     return v.contiguous(), m.contiguous(), scale[:n].contiguous()
+
+
+def meta_words_24(meta: torch.Tensor) -> torch.Tensor:
+    """Canonical meta uint8 [N, K/4] (K % 32 == 0) -> the CUDA kernel's int32 [N, K/32]: the 8
+    nibbles of a k32 step in one word, chunk c at bits 4c .. 4c+3 (mma.sp metadata of a row)."""
+    n, g = meta.shape
+    if g % 8:
+        raise ValueError(f"meta_words_24: K={4 * g} must be a multiple of 32")
+    m = meta.to(torch.int64).view(n, g // 8, 8)
+    w = (m << (4 * torch.arange(8, device=meta.device))).sum(-1)
+    return (w - ((w >> 31) << 32)).to(torch.int32).contiguous()

@@ -147,7 +147,8 @@ class QConv2d(nn.Module):
     def _native_conv(self) -> bool:
         """W8A8 on the CPU: patches are gathered and quantized inside the kernel."""
         g = self.gemm
-        return (g.scheme == "w8a8" and g.kernel != "ref" and g.packed.device.type == "cpu"
+        return (g.scheme == "w8a8" and g.kernel in ("auto", "native")
+                and g.packed.device.type == "cpu"
                 and self.kernel_size[0] * self.kernel_size[1] <= MAX_TAPS)
 
     def _fused_conv(self, xh):

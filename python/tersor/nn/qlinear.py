@@ -17,6 +17,8 @@ from tersor import _C
 from tersor.formats import int4 as f4
 from tersor.nn._common import check_float_weight
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8, unpack_int8
+from tersor.configs import KERNELS
+from tersor.ops import device, gpu
 from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.dequant import dequant_w8
 from tersor.ops.gemm_w4 import dequant_w4t, gemm_w4, gemm_w4_cpu, gemm_w4a8
@@ -44,6 +46,8 @@ class QLinear(nn.Module):
         super().__init__()
         if scheme not in SCHEMES:
             raise ValueError(f"QLinear: scheme must be one of {tuple(SCHEMES)}, got {scheme!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"QLinear: kernel must be one of {KERNELS}, got {kernel!r}")
         self.in_features, self.out_features = in_features, out_features
         self.scheme, self.kernel, self.name = scheme, kernel, name
         self.family = SCHEMES[scheme]
@@ -124,6 +128,7 @@ class QLinear(nn.Module):
 
     def _set_int8(self, q: torch.Tensor, s: torch.Tensor) -> None:
         p = pack_int8(q, s)
+        self._drop_caches()
         # copy_ keeps the buffers' storage: anything holding them stays valid
         self.packed.copy_(p.packed)
         self.colsum.copy_(p.colsum)
@@ -135,6 +140,7 @@ class QLinear(nn.Module):
                 raise ValueError(f"{self._label()}: symmetric layer given zero points != 8")
             z = None
         p = f4.pack_int4(q, s, z, self._G)
+        self._drop_caches()
         self.packed.copy_(p.codes)
         self.scale.copy_(p.scale)
         if self.zero is not None:
@@ -177,12 +183,17 @@ class QLinear(nn.Module):
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
         if name in _BUFFERS or name == "kernel":
-            self.__dict__["_fast"] = None
+            self._drop_caches()
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        self.__dict__["_fast"] = None
+        self._drop_caches()
         return out
+
+    def _drop_caches(self):
+        """Forget the eager CPU argument tuple and the GPU weight forms (ops/gpu.py)."""
+        self.__dict__["_fast"] = None
+        self.__dict__["_gpu"] = None
 
     def _fast_args(self):
         """(kernel, packed, colsum, scale, bias, K, N, max_rows) for the eager CPU int8 path,
@@ -190,7 +201,8 @@ class QLinear(nn.Module):
         f = self.__dict__.get("_fast")
         if f is None:
             b = self._buffers
-            if self.kernel == "ref" or b["packed"].device.type != "cpu" or self.family != "int8":
+            if (self.kernel not in ("auto", "native") or b["packed"].device.type != "cpu"
+                    or self.family != "int8"):
                 f = False
             else:
                 kernel = _C.gemm_w8a8 if self.scheme == "w8a8" else _C.gemm_w8
@@ -217,6 +229,8 @@ class QLinear(nn.Module):
 
     def _forward_general(self, x):
         """int4, N-D / strided inputs, tracing, the ref kernel, other devices and bad input."""
+        if isinstance(x, torch.Tensor) and (x.is_cuda or self.kernel in ("cuda", "triton")):
+            return self._forward_device(x)
         if (x.dtype is not torch.float32 or x.dim() == 0 or x.shape[-1] != self.in_features
                 or x.device.type != "cpu" or self.packed.device.type != "cpu"):
             return self._forward_slow(x)
@@ -233,6 +247,36 @@ class QLinear(nn.Module):
             return gemm_w8a8_cpu(x, self.packed, self.colsum, self.scale, self.bias,
                                  self.out_features)
         return gemm_w8_cpu(x, self.packed, self.scale, self.bias, self.out_features)
+
+    def _forward_device(self, x):
+        """A CUDA tensor, or kernel="cuda" / "triton" (Triton also runs CPU tensors under
+        TRITON_INTERPRET=1): the kernel ops/device.py picks, on the GPU weight forms."""
+        what = f"{self._label()} ({self.scheme}, in_features={self.in_features})"
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{what}: expected a float32, float16 or bfloat16 input, got "
+                            f"{x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{what}: expected input [..., {self.in_features}], got "
+                             f"{tuple(x.shape)}")
+        if x.device != self.packed.device:
+            raise ValueError(f"{what}: input is on {x.device} but the layer's weights are on "
+                             f"{self.packed.device}")
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
+        x2 = x.reshape(-1, self.in_features)
+        if self.family == "int8":
+            q, s = gpu.gpu_weights(self, self.canonical_weight)
+            fn = gpu.w8a8 if self.scheme == "w8a8" else gpu.w8
+            y = fn(x2, q, s, self.bias, self.kernel, what)
+        elif self.scheme == "w4":
+            forms = gpu.gpu_weights(self, lambda: gpu.int4_forms(
+                *self.canonical_weight(), self._G, self.packed.is_cuda))
+            y = gpu.w4(x2, forms, self._G, self.bias, self.kernel, what)
+        else:  # w4a8: no GPU kernel (the GPU int4 path is W4 with fp16 activations)
+            device.pick(self.kernel, x2, (), what)
+            y = int4_ref.gemm_w4a8_ref(x2.float(), *self.canonical_weight(), self._G,
+                                       self.bias).to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def _forward_op(self, x):
         n = self.out_features

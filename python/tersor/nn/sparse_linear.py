@@ -63,7 +63,12 @@ class SparseLinear(nn.Module):
             m.bias.copy_(self.bias)
         return m
 
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__["_gpu"] = None  # GPU weight forms are per device (ops/gpu.py)
+        return super()._apply(fn, *args, **kwargs)
+
     def _set(self, values, meta, scale=None):
+        self.__dict__["_gpu"] = None
         k = self.in_features
         p = (f24.pack_24_int8(values, meta, scale, k) if self.int8
              else f24.pack_24(values, meta, k))
@@ -99,11 +104,19 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         what = f"layer '{self.name}' ({self.scheme})" if self.name else f"SparseLinear ({self.scheme})"
-        if x.dtype is not torch.float32:
-            raise TypeError(f"{what}: expected a float32 input, got {x.dtype}")
+        if x.dtype is not torch.float32 and not (x.is_cuda and x.dtype is torch.float16):
+            raise TypeError(f"{what}: expected a float32 input (or float16 on a GPU), got "
+                            f"{x.dtype}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{what}: expected input [..., {self.in_features}], got "
                              f"{tuple(x.shape)}")
+        if x.is_cuda and not self.int8:  # sparse tensor cores (ops/gpu.py)
+            from tersor.ops import gpu
+
+            v, m = gpu.gpu_weights(self, self.canonical_weight)
+            x2 = x.reshape(-1, self.in_features)
+            y = gpu.spmm_24(x2, v, m, self.bias, "auto", what, self.dense_weight)
+            return y.view(*x.shape[:-1], self.out_features)
         eager = x.device.type == "cpu" and not torch.compiler.is_compiling()
         if self.int8:
             fn = spmm_24_w8a8_cpu if eager else spmm_24_w8a8

@@ -27,12 +27,12 @@ def gemm_w4a8_ref(x, q, scale, zero, group_size, bias=None):
     n, ngroups = scale.shape
     qx, sx = quantize_rows_ref(x)
     kp = ngroups * group_size
-    xq = torch.zeros(m, kp, dtype=torch.float64)
+    xq = torch.zeros(m, kp, dtype=torch.float64, device=x.device)
     xq[:, :k] = qx.to(torch.float64)
-    qq = torch.zeros(n, kp, dtype=torch.float64)
+    qq = torch.zeros(n, kp, dtype=torch.float64, device=x.device)
     qq[:, :k] = q.to(torch.float64)
-    z = (zero.to(torch.float64) if zero is not None else torch.full((n, ngroups), 8.0,
-                                                                     dtype=torch.float64))
+    z = (zero.to(torch.float64) if zero is not None
+         else torch.full((n, ngroups), 8.0, dtype=torch.float64, device=x.device))
     dots = torch.einsum("mgk,ngk->mng", xq.view(m, ngroups, group_size),
                         qq.view(n, ngroups, group_size))  # exact integers
     sums = xq.view(m, ngroups, group_size).sum(-1)  # [m, g]

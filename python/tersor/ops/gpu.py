@@ -1,0 +1,161 @@
+"""The device (non-CPU) forward of the layers: GPU weight forms, cached per device, and one
+function per family that runs the kernel ops/device.py picks ("cuda", "triton" or "ref").
+
+GPU weight forms (built from the canonical form once per device, ``GpuWeights``):
+    int8:  q int8 [N, K], scale fp32 [N]                       (Triton, CUDA W8A8)
+    int4:  nibbles uint8 [N, K/2], scale fp16 [N, NG], zero uint8 [N, NG] or None (Triton);
+           words int32 (formats/int4.py shuffle_w4_mma), scale / 1024 + zero fp16 [NG, Np] (CUDA)
+    2:4:   values fp16 [N, K/2], meta words int32 [N, K/32]     (CUDA mma.sp)
+
+Large M: past DEQUANT_ROWS rows a weight-only layer dequantizes the whole weight (Triton) and
+runs cuBLAS, the dequantize + GEMM path DESIGN allows where it is faster; the thresholds are
+what bench/gpu_check.sh measures (they are the CPU-side defaults until a GPU run sets them).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tersor.ops import device
+
+DEQUANT_ROWS = {"w8": 1, "w4": 256}  # W8 has no fused GPU kernel: always dequantize + GEMM
+
+
+def gpu_weights(layer, build):
+    """layer's GPU weight form for its current device (cached in layer.__dict__; the layers
+    drop the cache whenever their buffers change)."""
+    cache = layer.__dict__.get("_gpu")
+    dev = next(iter(layer.buffers())).device
+    if cache is None or cache[0] != dev:
+        cache = (dev, build())
+        layer.__dict__["_gpu"] = cache
+    return cache[1]
+
+
+def _cuda_ext():
+    return device.cuda_extension()[0]
+
+
+def w8a8(x2, q, scale, bias, kernel, what):
+    """x2 [M, K] float (fp32 / fp16 / bf16) -> [M, N] in x2's dtype."""
+    k = device.pick(kernel, x2, ("cuda", "triton") if x2.shape[1] % 16 == 0 else ("triton",),
+                    what)
+    if k == "cuda":
+        ext, s = _cuda_ext(), device.stream_of(x2)
+        m, kk = x2.shape
+        xin = x2 if x2.dtype in (torch.float32, torch.float16) else x2.float()
+        xin = xin.contiguous()
+        xq = torch.empty(m, kk, dtype=torch.int8, device=x2.device)
+        sx = torch.empty(m, dtype=torch.float32, device=x2.device)
+        ext.quantize_rows(xin.data_ptr(), xin.dtype == torch.float16, m, kk, xin.stride(0),
+                          xq.data_ptr(), kk, sx.data_ptr(), s)
+        half = x2.dtype == torch.float16
+        y = torch.empty(m, q.shape[0], dtype=torch.float16 if half else torch.float32,
+                        device=x2.device)
+        b = None if bias is None else bias.float().contiguous()
+        ext.gemm_w8a8(xq.data_ptr(), sx.data_ptr(), q.data_ptr(), scale.data_ptr(),
+                      0 if b is None else b.data_ptr(), y.data_ptr(), half, m, q.shape[0], kk, s)
+        return y.to(x2.dtype)
+    if k == "triton":
+        from tersor.triton_kernels import gemm_w8a8 as tw8
+
+        return tw8.gemm_w8a8(x2.float().contiguous(), q, scale, bias).to(x2.dtype)
+    from tersor.ref.int8 import gemm_w8a8_ref
+
+    return gemm_w8a8_ref(x2.float(), q, scale, bias).to(x2.dtype)
+
+
+def w8(x2, q, scale, bias, kernel, what):
+    k = device.pick(kernel, x2, ("triton",), what)
+    if k == "triton":
+        from tersor.triton_kernels import dequant as tdq
+
+        w = tdq.dequant_w8(q, scale, x2.dtype)
+        return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
+    from tersor.ref.int8 import gemm_w8_ref
+
+    return gemm_w8_ref(x2.float(), q, scale, bias).to(x2.dtype)
+
+
+def w4(x2, gw, group_size, bias, kernel, what):
+    """Weight-only int4; gw: dict of the int4 GPU forms."""
+    m, kk = x2.shape
+    cuda_ok = x2.dtype == torch.float16 and group_size % 16 == 0 and kk % group_size == 0
+    k = device.pick(kernel, x2, ("cuda", "triton") if cuda_ok else ("triton",), what)
+    n = gw["nibbles"].shape[0]
+    if k == "cuda":
+        ext = _cuda_ext()
+        xin = x2.contiguous()
+        if xin.stride(0) % 8:
+            xin = F.pad(xin, (0, 8 - kk % 8))[:, :kk]
+        from tersor.triton_kernels.gemm_w4 import split_k_for
+
+        sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
+        split = split_k_for(m, n, kk // group_size, 128, sms)
+        y = (torch.zeros if split > 1 else torch.empty)(m, n, dtype=torch.float32,
+                                                          device=x2.device)
+        b = None if bias is None else bias.float().contiguous()
+        ext.gemm_w4(xin.data_ptr(), xin.stride(0), gw["words"].data_ptr(),
+                    gw["scale_t"].data_ptr(), gw["zf_t"].data_ptr(), gw["scale_t"].shape[1],
+                    0 if b is None else b.data_ptr(), y.data_ptr(), m, n, kk, group_size, split,
+                    device.stream_of(x2))
+        return y.to(x2.dtype)
+    if k == "triton":
+        from tersor.triton_kernels import dequant as tdq
+        from tersor.triton_kernels import gemm_w4 as tw4
+
+        if m >= DEQUANT_ROWS["w4"] and x2.is_cuda:
+            w = tdq.dequant_w4(gw["nibbles"], gw["scale"], gw["zero"], group_size, kk, x2.dtype)
+            return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
+        bk = 32 if group_size % 32 == 0 else 16
+        return tw4.gemm_w4(x2.contiguous(), gw["nibbles"], gw["scale"], gw["zero"], group_size,
+                           bias, block_k=bk)
+    from tersor.formats.int4 import dequantize_int4, from_nibbles
+
+    w = dequantize_int4(from_nibbles(gw["nibbles"], kk), gw["scale"], gw["zero"], group_size)
+    y = x2.double() @ w.double().t()
+    return (y if bias is None else y + bias.double()).to(x2.dtype)
+
+
+def int4_forms(q, scale, zero, group_size: int, cuda: bool) -> dict:
+    """The int4 GPU forms from the canonical (q [N, K], scale fp16 [N, NG], zero or None)."""
+    from tersor.formats.int4 import shuffle_w4_mma, to_nibbles
+
+    dev = scale.device
+    forms = {"nibbles": to_nibbles(q.cpu()).to(dev), "scale": scale.contiguous(),
+             "zero": None if zero is None else zero.contiguous()}
+    if cuda and q.shape[1] % 16 == 0 and group_size % 16 == 0:
+        n = q.shape[0]
+        np_ = -(-n // 32) * 32
+        z = zero.to(torch.float32) if zero is not None else torch.full_like(scale, 8.0,
+                                                                            dtype=torch.float32)
+        st = torch.zeros(scale.shape[1], np_, dtype=torch.float16, device=dev)
+        zt = torch.full((scale.shape[1], np_), 1024.0 + 8, dtype=torch.float16, device=dev)
+        st[:, :n] = scale.t()
+        zt[:, :n] = (1024.0 + z).t().to(torch.float16)  # exact: integers below 2048
+        forms.update(words=shuffle_w4_mma(q.cpu()).to(dev), scale_t=st, zf_t=zt)
+    return forms
+
+
+def spmm_24(x2, values, meta, bias, kernel, what, dense_weight):
+    """2:4 on a device: CUDA mma.sp for fp16 activations (K % 32 == 0), else the dense product
+    on the decompressed weight (cuBLAS: the reference here; Triton has no sparse dot)."""
+    k = device.pick(kernel, x2, ("cuda",) if x2.dtype == torch.float16 and x2.shape[1] % 32 == 0
+                    else (), what)
+    if k == "cuda":
+        from tersor.formats.sparse24 import meta_words_24
+
+        ext = _cuda_ext()
+        xin = x2.contiguous()
+        m, kk = xin.shape
+        n = values.shape[0]
+        y = torch.empty(m, n, dtype=torch.float16, device=x2.device)
+        vals = values.to(torch.float16).contiguous()
+        words = meta_words_24(meta)
+        b = None if bias is None else bias.to(torch.float16).contiguous()
+        ext.spmm_24(xin.data_ptr(), xin.stride(0), vals.data_ptr(), words.data_ptr(),
+                    0 if b is None else b.data_ptr(), y.data_ptr(), m, n, kk,
+                    device.stream_of(x2))
+        return y
+    w = dense_weight().to(x2.dtype)
+    return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
