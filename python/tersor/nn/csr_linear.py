@@ -9,7 +9,7 @@ from torch import nn
 from tersor.formats import sparse_csr as fc
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.nn._common import check_float_weight
-from tersor.ops.gemm_w8a8 import gemm_w8a8_cpu
+from tersor.ops.gemm_w8a8 import gemm_w8a8, gemm_w8a8_cpu
 from tersor.ops.spmm_csr import spmm_csr, spmm_csr_cpu
 
 SCHEMES = ("unstructured", "unstructured+w8a8")
@@ -67,7 +67,10 @@ class CsrLinear(nn.Module):
         m._pack(self.rowptr, self.col, q[w != 0], s)
         if self.bias is not None:
             m.bias.copy_(self.bias)
-        m.set_dense_fallback(self.dense_from_rows)
+        from tersor.configs import INT8_DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN
+
+        m.set_dense_fallback(1 if 1 - m.density < LARGE_M_BREAK_EVEN
+                             else INT8_DENSE_FALLBACK_ROWS)
         return m
 
     def set_dense_fallback(self, rows) -> None:
@@ -112,7 +115,8 @@ class CsrLinear(nn.Module):
         if self.dense_from_rows is not None and x.numel() // self.in_features >= self.dense_from_rows:
             if self.int8:
                 d = self._dense_int8
-                return gemm_w8a8_cpu(x, d.packed, d.colsum, d.scale, self.bias, self.out_features)
+                fn = gemm_w8a8 if torch.compiler.is_compiling() else gemm_w8a8_cpu
+                return fn(x, d.packed, d.colsum, d.scale, self.bias, self.out_features)
             return torch.nn.functional.linear(x, self.dense_w, self.bias)
         args = [getattr(self, n) for n in _KERNEL]
         if torch.compiler.is_compiling():
