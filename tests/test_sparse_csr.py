@@ -279,3 +279,13 @@ def test_unstructured_int8_via_quantize_and_state_dict(gen):
     assert torch.equal(fresh(x), y)
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(fresh, fullgraph=True)(x[:5]), y[:5])
+
+
+def test_wanda_calibration_may_be_a_callable():
+    torch.manual_seed(0)
+    x = torch.randn(16, 32)
+    a, b = nn.Sequential(nn.Linear(32, 16)), nn.Sequential(nn.Linear(32, 16))
+    b.load_state_dict(a.state_dict())
+    tersor.sparsify_(a, tersor.SparseConfig(0.8, dense_below=0.0), calibration=x)
+    tersor.sparsify_(b, tersor.SparseConfig(0.8, dense_below=0.0), calibration=lambda m: m(x))
+    assert torch.equal(a[0].dense_weight(), b[0].dense_weight())

@@ -137,8 +137,9 @@ def sparsify_(model: nn.Module, config, filter_fn: Optional[Callable] = None,
     denser than the format's break-even, which stay dense (pruned) and are reported "too dense
     to gain". Weights already sparse enough in the requested pattern are kept as they are.
 
-    calibration: model input(s) (a tensor, a tuple of args or a dict of kwargs) run once to
-    score weights by Wanda's |w| * ||x_k|| instead of |w|.
+    calibration: model input(s) (a tensor, a tuple of args, a dict of kwargs, or a callable
+    run as calibration(model)) run once to score weights by Wanda's |w| * ||x_k|| instead
+    of |w|.
     Returns a Report (per layer: scheme, bytes before / after, density and kernel notes).
     """
     if not isinstance(config, (Sparse24Config, SparseConfig)):

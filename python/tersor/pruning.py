@@ -16,7 +16,8 @@ def input_norms(model: nn.Module, layers: list, calibration) -> dict:
     """Run `calibration` through `model` once and return {id(layer): ||x_k||_2 per input
     feature}, the Wanda statistic, for every nn.Linear / nn.Conv2d in `layers`.
 
-    calibration: a tensor (model(t)), a tuple/list (model(*args)) or a dict (model(**kw)).
+    calibration: a tensor (model(t)), a tuple/list (model(*args)), a dict (model(**kw)), or a
+    callable run as calibration(model) (e.g. lambda m: m.encode(texts) for a wrapper model).
     For a Conv2d, feature k = (c, i, j) of the patch gets the norm of input channel c over
     all positions (the patch shifts are not tracked: an approximation for the padded border).
     """
@@ -34,7 +35,9 @@ def input_norms(model: nn.Module, layers: list, calibration) -> dict:
         hooks.append(m.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            if isinstance(calibration, dict):
+            if callable(calibration) and not isinstance(calibration, torch.Tensor):
+                calibration(model)
+            elif isinstance(calibration, dict):
                 model(**calibration)
             elif isinstance(calibration, (tuple, list)):
                 model(*calibration)
@@ -45,7 +48,7 @@ def input_norms(model: nn.Module, layers: list, calibration) -> dict:
             h.remove()
     missing = [m for m in layers if id(m) not in sums]
     if missing:
-        raise ValueError(f"tersor.sparsify_: the calibration batch did not reach "
+        raise ValueError(f"the calibration batch did not reach "
                          f"{len(missing)} layer(s) to prune (e.g. {type(missing[0]).__name__} "
                          f"{tuple(missing[0].weight.shape)}); Wanda scores need every one")
     return {k: v.sqrt() for k, v in sums.items()}
