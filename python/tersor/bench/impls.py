@@ -262,7 +262,10 @@ def conv_impls(conv: nn.Conv2d, x_example: torch.Tensor):
         qconv.set_weight_bias(qw, conv.bias.detach() if conv.bias is not None else None)
         ref = conv(x_example).detach()
         qconv.scale, qconv.zero_point = float((ref.max() - ref.min()) / 255), 128
-        xs = float((x_example.max() - x_example.min()) / 255)
+        # Without VNNI, fbgemm sums u8 x s8 pairs in saturating int16 (vpmaddubsw): activations
+        # get 7 bits there, as torch.ao's own reduce_range does.
+        levels = 255 if tersor.cpu_info()["features"].get("avx512vnni") else 127
+        xs = float((x_example.max() - x_example.min()) / levels)
         xz = int(round(-x_example.min().item() / xs))
 
         def ao(x, i):
@@ -316,8 +319,12 @@ def _dense_w8a8(pruned: nn.Linear, rotate: bool) -> list:
             else:
                 os.environ["TERSOR_CPU_ISA"] = old
 
+    info = tersor.cpu_info()
+    why = ("" if info["active"] == "amx" else
+           f"needs AMX active with AVX-512 VNNI beside it (active ISA here: {info['active']}), "
+           f"otherwise it is the W8A8 dense row")
     return [dense, Impl(W8A8_VNNI, vnni, dense.weight_bytes, dense.copies, "baseline",
-                        tol=INT8_TOL)]
+                        unavailable=why, tol=INT8_TOL)]
 
 
 def sparse24_impls(lin: nn.Linear, rotate: bool):
