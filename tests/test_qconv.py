@@ -43,7 +43,8 @@ def test_matches_conv2d_on_dequantized_weights(case, batch, layout, scheme):
         assert y.is_contiguous()
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[6]])
+# the last case takes the AMX implicit GEMM (stride 1, C_in % 64 == 0) where AMX is present
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[6], (64, 20, 3, 1, 1, 1)])
 def test_every_isa_path_agrees(isa, case, c_ref):
     conv = make_conv(*case)
     q = QConv2d.from_float(conv, tersor.W8A8Config())
@@ -117,19 +118,67 @@ def test_digits_cnn_w8a8_accuracy_within_one_point():
     assert isinstance(digits_cnn()[0], nn.Conv2d)
 
 
-def test_conv_op_opcheck_and_matches_im2col_path():
+def _close_to_ref(y, ref):
+    """fp32 fma epilogue against the fp64 reference on the same integer sums: a few ulps."""
+    torch.testing.assert_close(y, ref, rtol=2e-6, atol=2e-6 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[2:4] != (1, 1)],  # 1x1/1: the GEMM
+                         ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
+def test_w8a8_conv_is_the_per_image_rule(case):
+    """Native conv (every ISA), kernel="ref" and the torch reference agree: one activation scale
+    per image, exact integer sums."""
+    from tersor.ref.int8 import conv_w8a8_ref
+
+    conv = make_conv(*case)
+    q = QConv2d.from_float(conv, tersor.W8A8Config())
+    x = torch.randn(3, case[0], 13, 11)
+    x[1] *= 40.0  # images with very different ranges: a per-batch scale would fail this
+    g = q.gemm
+    ref = conv_w8a8_ref(x, *g.canonical_weight(), g.bias, q.kernel_size, q.stride, q.padding,
+                        q.dilation)
+    _close_to_ref(q(x), ref)
+    q_ref = QConv2d.from_float(conv, tersor.W8A8Config(kernel="ref"))
+    _close_to_ref(q_ref(x), ref)
+
+
+IMPLICIT_CASES = [  # (C_in, C_out, kernel, padding, dilation, H, W): stride 1, C_in % 64 == 0
+    (64, 40, 3, 1, 1, 9, 7), (128, 16, 3, 1, 1, 5, 6), (64, 33, (1, 3), (0, 1), 1, 4, 9),
+    (64, 24, 3, 2, 2, 7, 8), (64, 17, 5, 2, 1, 6, 5), (64, 32, 3, 0, 1, 5, 5),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("case", IMPLICIT_CASES, ids=lambda c: "ci{}-co{}-k{}-p{}-d{}-{}x{}"
+                         .format(*c))
+def test_implicit_gemm_addressing_bit_identical_to_gather_path(case, batch):
+    """The AMX implicit GEMM (output pixels over the padded width, one strided tile load per
+    tap) run over emulated tiles on any CPU: bit-identical to the gather path."""
+    from tersor.ops.conv import conv_w8a8_cpu
+
+    ci, co, k, p, d, h, w = case
+    conv = nn.Conv2d(ci, co, k, 1, p, d)
+    q = QConv2d.from_float(conv, tersor.W8A8Config())
+    xh = torch.randn(batch, h, w, ci)
+    g = q.gemm
+    (kh, kw), (ph, pw), (dh, dw) = q.kernel_size, q.padding, q.dilation
+    args = (xh, g.packed, g.colsum, g.scale, g.bias, co, kh, kw, 1, 1, ph, pw, dh, dw)
+    y = conv_w8a8_cpu(*args, emulate_implicit=True)
+    assert torch.equal(y, conv_w8a8_cpu(*args))
+    with pytest.raises(ValueError, match="stride 1 and C % 64"):
+        conv_w8a8_cpu(xh[..., :ci - 1].contiguous(), g.packed, g.colsum, g.scale, g.bias, co, kh,
+                      kw, 1, 1, ph, pw, dh, dw, emulate_implicit=True)
+
+
+def test_conv_op_opcheck():
     from tersor.ops import conv_w8a8
 
     conv = make_conv(6, 20, 3, 2, 1, 1)
     q = QConv2d.from_float(conv, tersor.W8A8Config())
-    x = torch.randn(2, 6, 9, 12)
-    xh = x.permute(0, 2, 3, 1).contiguous()
+    xh = torch.randn(2, 9, 12, 6)
     g = q.gemm
     args = (xh, g.packed, g.colsum, g.scale, g.bias, 20, 3, 3, 2, 2, 1, 1, 1, 1)
     torch.library.opcheck(conv_w8a8, args)
-    y_native = conv_w8a8(*args)
-    y_im2col = q._im2col_gemm(x.permute(0, 2, 3, 1), 2, y_native.shape[1], y_native.shape[2])
-    assert torch.equal(y_native, y_im2col)  # same quantization rules, same epilogue
 
 
 def test_digits_cnn_24_pruned_and_fine_tuned_within_two_points():

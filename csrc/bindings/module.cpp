@@ -147,16 +147,22 @@ void bind_dequant(py::module_& m) {
 }
 
 void bind_conv(py::module_& m) {
-  m.def("conv_w8a8",
-        [](std::uintptr_t x, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
-           int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t Ho,
-           int64_t Wo, std::uintptr_t w, std::uintptr_t colsum, std::uintptr_t w_scale,
-           int64_t N, std::uintptr_t bias, std::uintptr_t y, int nthreads) {
-          tersor::conv::run_w8a8({ptr<const float>(x), B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw,
-                                  Ho, Wo, ptr<const int8_t>(w), ptr<const int32_t>(colsum),
-                                  ptr<const float>(w_scale), N, ptr<const float>(bias),
-                                  ptr<float>(y), nthreads});
-        },
+  auto conv = [](tersor::conv::Path path) {
+    return [path](std::uintptr_t x, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh,
+                  int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                  int64_t dw, int64_t Ho, int64_t Wo, std::uintptr_t w, std::uintptr_t colsum,
+                  std::uintptr_t w_scale, int64_t N, std::uintptr_t bias, std::uintptr_t y,
+                  int nthreads) {
+      tersor::conv::run_w8a8({ptr<const float>(x), B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw,
+                              Ho, Wo, ptr<const int8_t>(w), ptr<const int32_t>(colsum),
+                              ptr<const float>(w_scale), N, ptr<const float>(bias),
+                              ptr<float>(y), nthreads},
+                             path);
+    };
+  };
+  m.def("conv_w8a8", conv(tersor::conv::Path::Auto), py::call_guard<py::gil_scoped_release>());
+  // test hook: the AMX implicit GEMM's addressing over emulated tiles, on any machine
+  m.def("conv_w8a8_implicit_emulated", conv(tersor::conv::Path::EmulatedImplicit),
         py::call_guard<py::gil_scoped_release>());
 }
 

@@ -1,14 +1,29 @@
 // W8A8 Conv2d by the GEMM view (M = B * H_out * W_out, K = kh * kw * C_in, N = C_out) on an NHWC
-// input; zero padding is applied in the gather (taps outside the image read a zero run), so no
-// padded copy of the input is made. Rows of the implicit im2col matrix are
-// produced a block at a time (kBlockRows output pixels), never for the whole batch:
-//   - AMX: each patch is gathered and quantized to s8 in one pass straight into the tile
-//     buffer (quant_act::quantize_gather_avx512), then gemm_w8a8::amx_gemm_quantized;
-//   - other ISAs: the block is gathered as fp32 rows and goes through gemm_w8a8::run.
-// Every path gives the bit-identical results of im2col + gemm_w8a8 (the same quantization
-// rules and epilogue).
+// input. The input is quantized once, with one scale per image (the quant_act rules applied to
+// the whole image), into a zero-padded s8 copy a quarter the size of the fp32 input:
+//
+//   xq[B][Hp][Wp][C]  s8     Hp = H + 2 ph, Wp = W + 2 pw, the border holds code 0
+//   +---------------+        (zero padding), and a few zero pixels follow the last image
+//   | 0 0 0 0 0 0 0 |
+//   | 0 x x x x x 0 |        every tap of every patch lies inside xq: no bounds checks
+//   | 0 x x x x x 0 |
+//   | 0 0 0 0 0 0 0 |
+//   +---------------+
+//
+// Then the GEMM reads its A rows (the patches) from xq:
+//   - AMX, stride 1, C % 64 == 0 (the 3x3 layers of a ResNet): implicit GEMM with no gather at
+//     all. Output pixels are numbered over the padded width, q = oh * Wp + ow, so the patch row
+//     of q at tap (i, j) starts at pixel q + i*dh*Wp + j*dw: 16 consecutive q are 16 pixels C
+//     bytes apart, one tile load with stride C. Rows with ow >= Wo are computed and dropped
+//     (Wp / Wo extra work: 4% at 56x56, 29% at 7x7).
+//   - otherwise: each patch is copied as kh runs of kw * C codes (kh * kw runs of C when
+//     dilated) into the GEMM's A buffer, a block of rows at a time (gemm_w8a8::run_rows).
+// Every path computes the same integer sums and the same epilogue: results are bit-identical
+// across ISAs.
 #pragma once
 #include <cstdint>
+
+#include "gemm_w8a8/gemm_w8a8.h"
 
 namespace tersor::conv {
 
@@ -25,16 +40,25 @@ struct ConvW8A8Args {
   int nthreads;
 };
 
-constexpr int64_t kBlockRows = 1024;
+// Zero pixels after the last image: the implicit GEMM's last 32-pixel block reads up to this far.
+static inline int64_t tail_pixels(const ConvW8A8Args& c) { return 32 + (c.kw - 1) * c.dw; }
 
-// The runs of one output pixel's patch, in (kh, kw, C) order: up to kh * kw pointers to C floats
-// (or kh pointers to kw * C floats when a kernel row lies inside the image and dilation_w is 1);
-// taps in the padding point at `zeros` (at least kw * C zero floats). Returns the run count and
-// sets *run_len to the floats per run.
-int64_t patch_runs(const ConvW8A8Args& c, int64_t m, const float* zeros, const float** runs,
-                   int64_t* run_len);
-void run_w8a8_generic(const ConvW8A8Args& c);
-void run_w8a8_amx(const ConvW8A8Args& c);
-void run_w8a8(const ConvW8A8Args& c);  // per-call ISA dispatch
+struct QuantizedInput {
+  int8_t* xq;    // [B][Hp][Wp][C], then tail_pixels(c) * C zero bytes
+  float* scale;  // [B]: amax / 127, 0 for an all-zero image, NaN if it holds NaN or Inf
+  int64_t Hp, Wp;
+};
+// Fills in.xq and in.scale (allocated by the caller) from c.x.
+void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in);
+
+// The GEMM's rows gathered from xq (for gemm_w8a8::run_rows / run_rows_amx).
+gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in);
+
+void run_w8a8_generic(const ConvW8A8Args& c, const QuantizedInput& in);
+void run_w8a8_amx(const ConvW8A8Args& c, const QuantizedInput& in);
+// Auto: quantize, then per-call ISA dispatch. EmulatedImplicit (tests): the AMX implicit GEMM
+// run over scalar tiles, on any machine.
+enum class Path { Auto, EmulatedImplicit };
+void run_w8a8(const ConvW8A8Args& c, Path path = Path::Auto);
 
 }  // namespace tersor::conv

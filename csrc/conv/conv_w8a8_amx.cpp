@@ -1,50 +1,52 @@
-// Fused gather + quantize + AMX GEMM for W8A8 convolution (see conv_w8a8.h).
+// AMX W8A8 convolution: the implicit GEMM (conv_w8a8_implicit.h) with AMX tile instructions
+// for stride-1 convolutions with C % 64 == 0; the patch gather + AMX GEMM otherwise.
 #include <immintrin.h>
 
-#include <cstring>
-
-#include "common/formats.h"
-#include "common/linear_args.h"
-#include "common/parallel.h"
 #include "conv/conv_w8a8.h"
+#include "conv/conv_w8a8_implicit.h"
 #include "gemm_w8a8/gemm_w8a8.h"
-#include "quant_act/quant_act.h"
 
 namespace tersor::conv {
+namespace {
 
-void run_w8a8_amx(const ConvW8A8Args& c) {
-  const int64_t K = c.kh * c.kw * c.C, M = c.B * c.Ho * c.Wo;
-  const int64_t lda = gemm_w8a8::amx_lda(K);
-  auto aq = alloc_scratch<int8_t>(kBlockRows * lda);
-  auto zeros = alloc_scratch<float>(c.kw * c.C);
-  std::memset(zeros.get(), 0, c.kw * c.C * sizeof(float));
-  auto sx = alloc_scratch<float>(kBlockRows);
-  const int nt = threads_for_work(double(M) * c.N * K, c.nthreads);
-#pragma omp parallel num_threads(nt)
-  {
-    const float* segs[64];  // kh * kw <= 64 (checked by the caller)
-    for (int64_t m0 = 0; m0 < M; m0 += kBlockRows) {
-      const int64_t rows = M - m0 < kBlockRows ? M - m0 : kBlockRows;
-      const int64_t rows32 = round_up(rows, 32);
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows32; ++r) {
-        int8_t* dst = aq.get() + r * lda;
-        if (r >= rows) {  // padding rows of the last block: computed, never stored
-          std::memset(dst, 0, lda);
-          sx.get()[r] = 0.0f;
-          continue;
-        }
-        int64_t len;
-        const int64_t n = patch_runs(c, m0 + r, zeros.get(), segs, &len);
-        sx.get()[r] = quant_act::quantize_gather_avx512(segs, n, len, dst, lda);
-      }
-      // implicit barrier: the block's A is ready
-      const PackedW8LinearArgs blk{nullptr, rows, K, K, c.w, c.colsum, c.w_scale, c.N,
-                                   c.bias, c.y + m0 * c.N, c.N, c.nthreads};
-      gemm_w8a8::amx_gemm_quantized(blk, aq.get(), lda, sx.get());
-#pragma omp barrier
-    }
-  }
+// GCC's tile intrinsics paste the tile number into the instruction text, so each tile the
+// implicit GEMM uses gets its own specialization.
+struct AmxTiles {
+  static void configure() { gemm_w8a8::amx_configure_tiles(); }
+  static void release() { _tile_release(); }
+  template <int t> static void zero();
+  template <int t> static void load(const void* p, int64_t stride);
+  template <int t> static void store(void* p, int64_t stride);
+  template <int ct, int at, int bt> static void dpbssd();
+};
+#define TERSOR_C_TILE(t)                                \
+  template <> void AmxTiles::zero<t>() { _tile_zero(t); } \
+  template <> void AmxTiles::store<t>(void* p, int64_t s) { _tile_stored(t, p, s); }
+#define TERSOR_AB_TILE(t) \
+  template <> void AmxTiles::load<t>(const void* p, int64_t s) { _tile_loadd(t, p, s); }
+TERSOR_C_TILE(0)
+TERSOR_C_TILE(1)
+TERSOR_C_TILE(2)
+TERSOR_C_TILE(3)
+TERSOR_AB_TILE(4)
+TERSOR_AB_TILE(5)
+TERSOR_AB_TILE(6)
+TERSOR_AB_TILE(7)
+#undef TERSOR_C_TILE
+#undef TERSOR_AB_TILE
+template <> void AmxTiles::dpbssd<0, 4, 6>() { _tile_dpbssd(0, 4, 6); }
+template <> void AmxTiles::dpbssd<1, 4, 7>() { _tile_dpbssd(1, 4, 7); }
+template <> void AmxTiles::dpbssd<2, 5, 6>() { _tile_dpbssd(2, 5, 6); }
+template <> void AmxTiles::dpbssd<3, 5, 7>() { _tile_dpbssd(3, 5, 7); }
+
+}  // namespace
+
+void run_w8a8_amx(const ConvW8A8Args& c, const QuantizedInput& in) {
+  if (implicit_gemm_applies(c)) return implicit_gemm<AmxTiles>(c, in);
+  const int64_t K = c.kh * c.kw * c.C;
+  gemm_w8a8::run_rows_amx(PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum,
+                                             c.w_scale, c.N, c.bias, c.y, c.N, c.nthreads},
+                          patch_rows(c, in));
 }
 
 }  // namespace tersor::conv

@@ -1,63 +1,142 @@
-// Portable part of the W8A8 convolution: the fp32 block gather for ISAs without the fused
-// AMX path, and the per-call dispatch.
+// Portable part of the W8A8 convolution: the per-image input quantization, the patch gather for
+// gemm_w8a8::run_rows, and the per-call dispatch.
+#include <cmath>
 #include <cstring>
-#include <vector>
+#include <stdexcept>
 
 #include "common/cpu_features.h"
+#include "common/formats.h"
 #include "common/linear_args.h"
+#include "common/parallel.h"
 #include "conv/conv_w8a8.h"
+#include "conv/conv_w8a8_implicit.h"
 #include "gemm_w8a8/gemm_w8a8.h"
+#include "quant_act/quant_act.h"
 
 namespace tersor::conv {
 
-int64_t patch_runs(const ConvW8A8Args& c, int64_t m, const float* zeros, const float** runs,
-                   int64_t* run_len) {
-  const int64_t b = m / (c.Ho * c.Wo), oh = m / c.Wo % c.Ho, ow = m % c.Wo;
-  const int64_t iw0 = ow * c.sw - c.pw;
-  // With dilation 1 and the kw taps inside the image horizontally, a kernel row is one run of
-  // kw * C adjacent floats (the 3-channel 7x7 stem: 7 runs of 21 instead of 49 runs of 3).
-  const bool whole_rows = c.dw == 1 && iw0 >= 0 && iw0 + c.kw <= c.W;
-  int64_t n = 0;
-  for (int64_t i = 0; i < c.kh; ++i) {
-    const int64_t ih = oh * c.sh + i * c.dh - c.ph;
-    const bool row_in = ih >= 0 && ih < c.H;
-    const float* row = c.x + (b * c.H + ih) * c.W * c.C;
-    if (whole_rows) {
-      runs[n++] = row_in ? row + iw0 * c.C : zeros;
-      continue;
-    }
-    for (int64_t j = 0; j < c.kw; ++j) {
-      const int64_t iw = iw0 + j * c.dw;
-      runs[n++] = row_in && iw >= 0 && iw < c.W ? row + iw * c.C : zeros;
-    }
-  }
-  *run_len = whole_rows ? c.kw * c.C : c.C;
-  return n;
-}
-
-void run_w8a8_generic(const ConvW8A8Args& c) {
-  const int64_t K = c.kh * c.kw * c.C, M = c.B * c.Ho * c.Wo;
-  std::vector<float> block(kBlockRows * K), zeros(c.kw * c.C, 0.0f);
-  const float* runs[64];
-  for (int64_t m0 = 0; m0 < M; m0 += kBlockRows) {
-    const int64_t rows = M - m0 < kBlockRows ? M - m0 : kBlockRows;
-    for (int64_t r = 0; r < rows; ++r) {
-      int64_t len;
-      const int64_t n = patch_runs(c, m0 + r, zeros.data(), runs, &len);
-      for (int64_t s = 0; s < n; ++s)
-        std::memcpy(block.data() + r * K + s * len, runs[s], len * sizeof(float));
-    }
-    gemm_w8a8::run(PackedW8LinearArgs{block.data(), rows, K, K, c.w, c.colsum, c.w_scale, c.N,
-                                      c.bias, c.y + m0 * c.N, c.N, c.nthreads});
-  }
-}
-
-void run_w8a8(const ConvW8A8Args& c) {
-  if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
+void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
+  const Isa isa = active_isa();
+  auto absmax = [&](const float* x, int64_t n, bool* finite) {
 #if defined(TERSOR_X86)
-  if (active_isa() == Isa::Amx) return run_w8a8_amx(c);
+    if (isa >= Isa::Avx512) return quant_act::absmax_avx512(x, n, finite);
+    if (isa == Isa::Avx2) return quant_act::absmax_avx2(x, n, finite);
 #endif
-  run_w8a8_generic(c);
+    return quant_act::absmax_ref(x, n, finite);
+  };
+  auto quantize = [&](const float* x, int64_t n, float inv, int8_t* dst) {
+#if defined(TERSOR_X86)
+    if (isa >= Isa::Avx512) return quant_act::quantize_scaled_avx512(x, n, inv, dst);
+    if (isa == Isa::Avx2) return quant_act::quantize_scaled_avx2(x, n, inv, dst);
+#endif
+    quant_act::quantize_scaled_ref(x, n, inv, dst);
+  };
+  const int64_t row = c.W * c.C, prow = in.Wp * c.C;
+  auto amax_rows = alloc_scratch<float>(c.B * c.H);  // per input row; NaN marks non-finite
+  auto inv = alloc_scratch<float>(c.B);
+  const int nt = threads_for_work(double(c.B) * c.H * row * 8, c.nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < c.B * c.H; ++r) {
+      bool finite;
+      const float m = absmax(c.x + r * row, row, &finite);
+      amax_rows.get()[r] = finite ? m : NAN;
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < c.B; ++b) {
+      float amax = 0.0f;
+      bool finite = true;
+      for (int64_t h = 0; h < c.H; ++h) {
+        const float m = amax_rows.get()[b * c.H + h];
+        finite = finite && !std::isnan(m);
+        amax = std::fmax(amax, m);
+      }
+      in.scale[b] = !finite ? NAN : amax / 127.0f;
+      inv.get()[b] = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < c.B * in.Hp; ++r) {  // padded rows
+      const int64_t b = r / in.Hp, h = r % in.Hp - c.ph;
+      int8_t* dst = in.xq + r * prow;
+      const float inv_b = inv.get()[b];
+      if (h < 0 || h >= c.H || inv_b == 0.0f) {  // border row, or an all-zero / non-finite image
+        std::memset(dst, 0, prow);
+        continue;
+      }
+      std::memset(dst, 0, c.pw * c.C);
+      quantize(c.x + (b * c.H + h) * row, row, inv_b, dst + c.pw * c.C);
+      std::memset(dst + c.pw * c.C + row, 0, c.pw * c.C);
+    }
+  }
+  std::memset(in.xq + c.B * in.Hp * prow, 0, tail_pixels(c) * c.C);
+}
+
+namespace {
+
+// Row m of the implicit im2col matrix: the patch of output pixel m, copied from xq as kh runs
+// of kw * C codes (kh * kw runs of C when dilated) in the GEMM's A layout (gemm_w8a8.h RowFill).
+float gather_row(const ConvW8A8Args& c, const QuantizedInput& in, int64_t m, uint8_t* dst,
+                 int64_t group_stride, uint8_t xor_mask) {
+  const int64_t b = m / (c.Ho * c.Wo), oh = m / c.Wo % c.Ho, ow = m % c.Wo;
+  const int64_t runs_per_row = c.dw == 1 ? 1 : c.kw, run = c.dw == 1 ? c.kw * c.C : c.C;
+  const int8_t* img = in.xq + b * in.Hp * in.Wp * c.C;
+  const int64_t K = c.kh * c.kw * c.C;
+  const bool plain = group_stride == 4 && xor_mask == 0;  // the AMX buffer: a plain s8 row
+  const bool words = c.C % 4 == 0;  // every run starts on a 4-k group
+  const uint32_t xor32 = xor_mask * 0x01010101u;
+  int64_t k = 0;
+  for (int64_t i = 0; i < c.kh; ++i) {
+    for (int64_t j = 0; j < runs_per_row; ++j, k += run) {
+      const int8_t* src = img + ((oh * c.sh + i * c.dh) * in.Wp + ow * c.sw + j * c.dw) * c.C;
+      if (plain) {
+        std::memcpy(dst + k, src, run);
+      } else if (words) {  // whole 4-k groups: one 32-bit move each
+        for (int64_t t = 0; t < run; t += 4) {
+          uint32_t v;
+          std::memcpy(&v, src + t, 4);
+          v ^= xor32;
+          std::memcpy(dst + (k + t) / 4 * group_stride, &v, 4);
+        }
+      } else {
+        for (int64_t t = 0; t < run; ++t)
+          dst[(k + t) / 4 * group_stride + (k + t) % 4] = static_cast<uint8_t>(src[t]) ^ xor_mask;
+      }
+    }
+  }
+  for (; k < round_up(K, 4); ++k) dst[k / 4 * group_stride + k % 4] = xor_mask;  // code 0
+  return in.scale[b];
+}
+
+}  // namespace
+
+gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in) {
+  return [&c, &in](int64_t m, uint8_t* dst, int64_t gs, uint8_t xm) {
+    return gather_row(c, in, m, dst, gs, xm);
+  };
+}
+
+void run_w8a8_generic(const ConvW8A8Args& c, const QuantizedInput& in) {
+  const int64_t K = c.kh * c.kw * c.C;
+  gemm_w8a8::run_rows(PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum,
+                                         c.w_scale, c.N, c.bias, c.y, c.N, c.nthreads},
+                      patch_rows(c, in));
+}
+
+void run_w8a8(const ConvW8A8Args& c, Path path) {
+  if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
+  if (path == Path::EmulatedImplicit && !implicit_gemm_applies(c))
+    throw std::invalid_argument("conv_w8a8: the implicit GEMM needs stride 1 and C % 64 == 0");
+  const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
+  auto xq = alloc_scratch<int8_t>((c.B * Hp * Wp + tail_pixels(c)) * c.C);
+  auto scale = alloc_scratch<float>(c.B);
+  const QuantizedInput in{xq.get(), scale.get(), Hp, Wp};
+  quantize_input(c, in);
+  if (path == Path::EmulatedImplicit) return implicit_gemm<EmulatedTiles>(c, in);
+#if defined(TERSOR_X86)
+  if (active_isa() == Isa::Amx) return run_w8a8_amx(c, in);
+#endif
+  run_w8a8_generic(c, in);
 }
 
 }  // namespace tersor::conv

@@ -7,6 +7,8 @@
 //
 // K is limited to 65536 so that the VNNI accumulator (sum of (q+128)*w) cannot overflow int32.
 #pragma once
+#include <functional>
+
 #include "common/linear_args.h"
 
 namespace tersor::gemm_w8a8 {
@@ -20,11 +22,25 @@ void run_avx512(const PackedW8LinearArgs& a);
 void run_amx(const PackedW8LinearArgs& a);  // AMX-INT8 tiles from kAmxMinRows rows, else avx512
 void run(const PackedW8LinearArgs& a);  // per-call ISA dispatch
 
+// Where the activation rows come from. run() quantizes the rows of a.x; the conv family instead
+// gathers rows of codes from an input quantized once (a.x unused). fill(m, dst, group_stride,
+// xor_mask) writes row m's s8 codes, byte k at dst[(k / 4) * group_stride + k % 4] XOR
+// xor_mask, codes K..round_up(K, 4)-1 zero, and returns the row's scale.
+using RowFill = std::function<float(int64_t m, uint8_t* dst, int64_t group_stride,
+                                    uint8_t xor_mask)>;
+void run_rows_ref(const PackedW8LinearArgs& a, const RowFill& fill);
+void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill);
+void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill);
+void run_rows_amx(const PackedW8LinearArgs& a, const RowFill& fill);
+void run_rows(const PackedW8LinearArgs& a, const RowFill& fill);  // per-call ISA dispatch
+
 // AMX building blocks for callers that quantize activations themselves (the conv family).
 // A is s8 [round_up(M, 32)][lda], zero beyond K and in the padding rows; sx its row scales.
 // Row stride lda = round_up(K, 64) + 64: whole 64-k tiles, and off a power of two (with a
 // power-of-two stride the 16 rows of an A tile share one L1 set: 4-10x slower at K = 4096).
 static inline int64_t amx_lda(int64_t K) { return (K + 63) / 64 * 64 + 64; }
+// Loads the tile configuration every AMX kernel here uses: tmm0..7 all 16 rows x 64 bytes.
+void amx_configure_tiles();
 // Call inside an OpenMP parallel region: threads split the column pairs; writes a.y.
 void amx_gemm_quantized(const PackedW8LinearArgs& a, const int8_t* aq, int64_t lda,
                         const float* sx);

@@ -36,7 +36,9 @@ struct alignas(64) TileConfig {  // the LDTILECFG memory operand, palette 1
 };
 static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads exactly 64 bytes");
 
-void configure_tiles() {
+}  // namespace
+
+void amx_configure_tiles() {
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof(cfg));
   cfg.palette_id = 1;
@@ -46,6 +48,8 @@ void configure_tiles() {
   }
   _tile_loadconfig(&cfg);
 }
+
+namespace {
 
 constexpr int kRows = 32;  // rows of a register block (2 A tiles)
 
@@ -139,7 +143,7 @@ void amx_gemm_quantized(const PackedW8LinearArgs& a, const int8_t* aq, int64_t l
   int64_t p0, p1;
   thread_range(n_pairs, &p0, &p1);
   if (p0 >= p1) return;
-  configure_tiles();
+  amx_configure_tiles();
   alignas(64) int32_t acc[kRows][32];
   // The last k step of a K that is not a multiple of 64 would read B rows past the block: it
   // reads zero-padded copies instead (A is zero there, but memory past the weight's end need
@@ -170,18 +174,34 @@ void amx_gemm_quantized(const PackedW8LinearArgs& a, const int8_t* aq, int64_t l
   _tile_release();
 }
 
-void run_amx(const PackedW8LinearArgs& a) {
-  if (a.M < kAmxMinRows) return run_avx512(a);
+void run_rows_amx(const PackedW8LinearArgs& a, const RowFill& fill) {
+  if (a.M < kAmxMinRows) return run_rows_avx512(a, fill);
   const int64_t M32 = round_up(a.M, kRows);
-  const int64_t lda = amx_lda(a.K);
+  const int64_t lda = amx_lda(a.K), written = round_up(a.K, 4);
   auto aq = alloc_scratch<int8_t>(M32 * lda);
   auto sx = alloc_scratch<float>(M32);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-    quant_act::quantize_rows_amx(a.x, a.M, a.K, a.ldx, M32, lda, aq.get(), sx.get());
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M32; ++m) {
+      int8_t* row = aq.get() + m * lda;
+      if (m < a.M) {
+        sx.get()[m] = fill(m, reinterpret_cast<uint8_t*>(row), 4, 0);
+        std::memset(row + written, 0, lda - written);
+      } else {
+        std::memset(row, 0, lda);  // padding rows: computed, never stored
+        sx.get()[m] = 0.0f;
+      }
+    }
     amx_gemm_quantized(a, aq.get(), lda, sx.get());
   }
+}
+
+void run_amx(const PackedW8LinearArgs& a) {
+  run_rows_amx(a, [&](int64_t m, uint8_t* dst, int64_t gs, uint8_t xm) {
+    return quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, dst, gs, xm);
+  });
 }
 
 }  // namespace tersor::gemm_w8a8

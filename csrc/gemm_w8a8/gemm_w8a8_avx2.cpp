@@ -65,7 +65,7 @@ constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>, tile<4>};
 
 }  // namespace
 
-void run_avx2(const PackedW8LinearArgs& a) {
+void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int64_t Kp = round_up(a.K, 4), k4n = Kp / 4;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
@@ -79,13 +79,19 @@ void run_avx2(const PackedW8LinearArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
-      sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, dst, 4 * kMR, 0);
+      sx.get()[m] = fill(m, dst, 4 * kMR, 0);
     }
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
       kTiles[mr - 1](apanel.get() + (m0 / kMR) * panel_bytes, a.w + blk * Kp * 16, k4n,
                      sx.get() + m0, a, m0, blk * 16);
     });
   }
+}
+
+void run_avx2(const PackedW8LinearArgs& a) {
+  run_rows_avx2(a, [&](int64_t m, uint8_t* dst, int64_t gs, uint8_t xm) {
+    return quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, dst, gs, xm);
+  });
 }
 
 }  // namespace tersor::gemm_w8a8

@@ -100,7 +100,7 @@ TileFn pick(int mr, int nb) {
 
 }  // namespace
 
-void run_avx512(const PackedW8LinearArgs& a) {
+void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int64_t Kp = round_up(a.K, 4), k4n = Kp / 4;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
@@ -115,7 +115,7 @@ void run_avx512(const PackedW8LinearArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
-      sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, dst, 4 * kMR, 0x80);
+      sx.get()[m] = fill(m, dst, 4 * kMR, 0x80);
     }
     // implicit barrier: the whole A panel is ready
 
@@ -132,6 +132,12 @@ void run_avx512(const PackedW8LinearArgs& a) {
       pick(mr, nb)(ctx);
     });
   }
+}
+
+void run_avx512(const PackedW8LinearArgs& a) {
+  run_rows_avx512(a, [&](int64_t m, uint8_t* dst, int64_t gs, uint8_t xm) {
+    return quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, dst, gs, xm);
+  });
 }
 
 }  // namespace tersor::gemm_w8a8

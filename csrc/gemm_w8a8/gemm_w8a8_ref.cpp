@@ -8,13 +8,13 @@
 
 namespace tersor::gemm_w8a8 {
 
-void run_ref(const PackedW8LinearArgs& a) {
+void run_rows_ref(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int64_t Kp = round_up(a.K, 4);
   const int64_t k4n = Kp / 4;
 #pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> q(Kp);
-    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0);
+    const float sx = fill(m, q.data(), 4, 0);
     for (int64_t n = 0; n < a.N; ++n) {
       const W8Tile* col = reinterpret_cast<const W8Tile*>(a.w) + (n / 16) * k4n;
       int32_t acc = 0;
@@ -24,6 +24,12 @@ void run_ref(const PackedW8LinearArgs& a) {
       a.y[m * a.ldy + n] = std::fma(static_cast<float>(acc), sx * a.w_scale[n], b);
     }
   }
+}
+
+void run_ref(const PackedW8LinearArgs& a) {
+  run_rows_ref(a, [&](int64_t m, uint8_t* dst, int64_t gs, uint8_t xm) {
+    return quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, dst, gs, xm);
+  });
 }
 
 }  // namespace tersor::gemm_w8a8

@@ -39,12 +39,15 @@ float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int
 void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
                        int64_t lda, int8_t* out, float* scales);
 
-// One activation row gathered from `nseg` segments of `seglen` floats (a conv patch: kh * kw
-// runs of C channels), quantized by the same rules as quantize_row into dst[0 .. nseg*seglen)
-// as s8, zeros up to dst_len. The gather and the quantization are one pass over the patch:
-// no fp32 im2col row is ever written. Returns the scale.
-float quantize_gather_avx512(const float* const* segs, int64_t nseg, int64_t seglen,
-                             int8_t* dst, int64_t dst_len);
+// The two halves of the rules for callers that quantize a whole block with one scale (the conv
+// family: one scale per image): absmax_* returns max |x| over n floats (*finite = false when one
+// is NaN or Inf), quantize_scaled_* writes q = clamp(round_half_even(x * inv), -127, 127) as s8.
+float absmax_ref(const float* x, int64_t n, bool* finite);
+float absmax_avx2(const float* x, int64_t n, bool* finite);
+float absmax_avx512(const float* x, int64_t n, bool* finite);
+void quantize_scaled_ref(const float* x, int64_t n, float inv, int8_t* dst);
+void quantize_scaled_avx2(const float* x, int64_t n, float inv, int8_t* dst);
+void quantize_scaled_avx512(const float* x, int64_t n, float inv, int8_t* dst);
 
 // Plain row-major s8 output for tests / tools: q is M x K (ld = K), scales M.
 void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, float* scales,

@@ -62,4 +62,45 @@ float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_s
   return amax > 0.0f ? amax / 127.0f : 0.0f;
 }
 
+float absmax_avx2(const float* x, int64_t n, bool* finite) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 m[4] = {zero, zero, zero, zero}, nonfinite = zero;  // 4 chains: max latency
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32)
+    for (int u = 0; u < 4; ++u) {
+      const __m256 v = _mm256_loadu_ps(x + k + 8 * u);
+      m[u] = _mm256_max_ps(m[u], _mm256_and_ps(v, abs_mask));
+      nonfinite = _mm256_add_ps(nonfinite, _mm256_mul_ps(v, zero));  // NaN iff NaN or Inf
+    }
+  alignas(32) float lanes[8], checks[8];
+  _mm256_store_ps(lanes, _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3])));
+  _mm256_store_ps(checks, nonfinite);
+  float amax = 0.0f;
+  *finite = true;
+  for (int i = 0; i < 8; ++i) {
+    amax = std::fmax(amax, lanes[i]);
+    if (std::isnan(checks[i])) *finite = false;
+  }
+  for (; k < n; ++k) {
+    if (!std::isfinite(x[k])) *finite = false;
+    amax = std::fmax(amax, std::fabs(x[k]));
+  }
+  return amax;
+}
+
+void quantize_scaled_avx2(const float* x, int64_t n, float inv, int8_t* dst) {
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv));
+    q = _mm256_min_epi32(_mm256_max_epi32(q, lo), hi);
+    const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + k), _mm_packs_epi16(w16, w16));
+  }
+  for (; k < n; ++k)
+    dst[k] = static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(x[k] * inv))));
+}
+
 }  // namespace tersor::quant_act

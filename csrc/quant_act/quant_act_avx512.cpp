@@ -84,30 +84,22 @@ float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group
   return amax > 0.0f ? amax / 127.0f : 0.0f;
 }
 
-float quantize_gather_avx512(const float* const* segs, int64_t nseg, int64_t seglen,
-                             int8_t* dst, int64_t dst_len) {
+float absmax_avx512(const float* x, int64_t n, bool* finite) {
   AbsMax am;
-  for (int64_t s = 0; s < nseg; ++s) am.add(segs[s], seglen);
-  bool finite;
-  const float amax = am.result(&finite);
-  const int64_t K = nseg * seglen;
-  if (!finite || amax == 0.0f) {
-    std::memset(dst, 0, dst_len);
-    return finite ? 0.0f : NAN;
-  }
-  const __m512 vinv = _mm512_set1_ps(127.0f / amax);
+  am.add(x, n);
+  return am.result(finite);
+}
+
+void quantize_scaled_avx512(const float* x, int64_t n, float inv, int8_t* dst) {
+  const __m512 vinv = _mm512_set1_ps(inv);
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
-  for (int64_t s = 0; s < nseg; ++s) {
-    for (int64_t k = 0; k < seglen; k += 16) {
-      const int64_t left = seglen - k;
-      const __mmask16 m = tail_mask16(left);
-      __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, segs[s] + k), vinv));
-      q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
-      _mm_mask_storeu_epi8(dst + s * seglen + k, m, _mm512_cvtepi32_epi8(q));
-    }
+  for (int64_t k = 0; k < n; k += 16) {
+    const int64_t left = n - k;
+    const __mmask16 m = tail_mask16(left);
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + k), vinv));
+    q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+    _mm_mask_storeu_epi8(dst + k, m, _mm512_cvtepi32_epi8(q));
   }
-  std::memset(dst + K, 0, dst_len - K);
-  return amax / 127.0f;
 }
 
 void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,

@@ -33,6 +33,23 @@ float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_st
   return amax / 127.0f;
 }
 
+float absmax_ref(const float* x, int64_t n, bool* finite) {
+  float amax = 0.0f;
+  *finite = true;
+  for (int64_t k = 0; k < n; ++k) {
+    if (!std::isfinite(x[k])) *finite = false;
+    amax = std::fmax(amax, std::fabs(x[k]));
+  }
+  return amax;
+}
+
+void quantize_scaled_ref(const float* x, int64_t n, float inv, int8_t* dst) {
+  for (int64_t k = 0; k < n; ++k) {
+    const float v = std::nearbyint(x[k] * inv);  // default rounding mode: half to even
+    dst[k] = static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, v)));
+  }
+}
+
 float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int64_t G,
                            int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum) {
   const int64_t gs = 4 * panel_rows;  // bytes between consecutive 4-k groups of one row

@@ -40,7 +40,8 @@ class _QuantConfig:
 
 @dataclass(frozen=True)
 class W8A8Config(_QuantConfig):
-    """int8 weights (symmetric, per output channel) x int8 activations (dynamic, per row)."""
+    """int8 weights (symmetric, per output channel) x int8 activations (dynamic, per row: per
+    token for a Linear, per pixel for a 1x1 Conv2d, per image for a larger Conv2d)."""
 
     scheme = "w8a8"
 

@@ -3,12 +3,14 @@
     M = batch * H_out * W_out (output pixels), K = kh * kw * C_in, N = C_out
 
 Activations are handled channels-last inside the layer. A 1x1 / stride-1 convolution is the
-GEMM itself on the NHWC view (no copy when the input is already channels_last). Other W8A8
-convolutions run the native conv kernel (csrc/conv): each output pixel's patch is gathered (zero
-padding applied in the gather) and quantized to int8 in one pass, a block of rows at a time,
-straight into the GEMM's buffer.
-The other schemes gather a cache-sized fp32 im2col block of output rows at a time (never the
-whole batch's im2col buffer) and run their GEMM on it.
+GEMM itself on the NHWC view (no copy when the input is already channels_last; activations
+quantized per pixel, the GEMM's per-row rule). Other W8A8 convolutions run the native conv
+kernel (csrc/conv): the input is quantized once with one scale per image into a zero-padded int8
+copy, and the GEMM reads its patches from there (an implicit GEMM with no gather at all on AMX
+for stride 1 and C_in % 64 == 0). kernel="ref" computes the same per-image rule in torch
+(tersor.ref.int8.conv_w8a8_ref).
+The other schemes (and W8A8 on a GPU, per patch) gather a cache-sized fp32 im2col block of
+output rows at a time (never the whole batch's im2col buffer) and run their GEMM on it.
 
 The weight lives in an inner QLinear or SparseLinear (``self.gemm``) whose K order is
 (kh, kw, C_in), the order of an NHWC patch (so 2:4 groups run along C_in); its state_dict
@@ -24,7 +26,8 @@ from torch import nn
 
 from tersor.nn.qlinear import QLinear
 from tersor.nn.sparse_linear import SparseLinear
-from tersor.ops.conv import MAX_TAPS, conv_w8a8, conv_w8a8_cpu
+from tersor.ops.conv import conv_w8a8, conv_w8a8_cpu
+from tersor.ref import int8 as int8_ref
 
 IM2COL_BLOCK_BYTES = 4 << 20  # fp32 patch rows gathered per GEMM call
 
@@ -139,6 +142,11 @@ class QConv2d(nn.Module):
             y = self.gemm(xh.reshape(-1, c)).view(b, ho, wo, self.out_channels)
         elif self._native_conv():
             y = self._fused_conv(xh)
+        elif self.gemm.scheme == "w8a8" and self.gemm.kernel == "ref":
+            g = self.gemm
+            y = int8_ref.conv_w8a8_ref(x, *g.canonical_weight(), g.bias, self.kernel_size,
+                                       self.stride, self.padding, self.dilation)
+            y = y.permute(0, 2, 3, 1)
         else:
             y = self._im2col_gemm(xh, b, ho, wo)
         y = y.permute(0, 3, 1, 2)  # logical NCHW, channels_last in memory
@@ -148,8 +156,7 @@ class QConv2d(nn.Module):
         """W8A8 on the CPU: patches are gathered and quantized inside the kernel."""
         g = self.gemm
         return (g.scheme == "w8a8" and g.kernel in ("auto", "native")
-                and g.packed.device.type == "cpu"
-                and self.kernel_size[0] * self.kernel_size[1] <= MAX_TAPS)
+                and g.packed.device.type == "cpu")
 
     def _fused_conv(self, xh):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
