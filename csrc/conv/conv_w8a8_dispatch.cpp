@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "common/cpu_features.h"
 #include "common/formats.h"
@@ -76,35 +77,33 @@ namespace {
 
 // Row m of the implicit im2col matrix: the patch of output pixel m, copied from xq as kh runs
 // of kw * C codes (kh * kw runs of C when dilated) in the GEMM's A layout (gemm_w8a8.h RowFill).
+// The AMX buffer takes the runs directly; the VNNI / AVX2 panels take them from a contiguous
+// copy, 4-k groups at a time.
 float gather_row(const ConvW8A8Args& c, const QuantizedInput& in, int64_t m, uint8_t* dst,
                  int64_t group_stride, uint8_t xor_mask) {
   const int64_t b = m / (c.Ho * c.Wo), oh = m / c.Wo % c.Ho, ow = m % c.Wo;
   const int64_t runs_per_row = c.dw == 1 ? 1 : c.kw, run = c.dw == 1 ? c.kw * c.C : c.C;
   const int8_t* img = in.xq + b * in.Hp * in.Wp * c.C;
-  const int64_t K = c.kh * c.kw * c.C;
+  const int64_t K = c.kh * c.kw * c.C, Kp = round_up(K, 4);
   const bool plain = group_stride == 4 && xor_mask == 0;  // the AMX buffer: a plain s8 row
-  const bool words = c.C % 4 == 0;  // every run starts on a 4-k group
-  const uint32_t xor32 = xor_mask * 0x01010101u;
+  thread_local std::vector<uint8_t> tmp;
+  if (!plain && static_cast<int64_t>(tmp.size()) < Kp) tmp.resize(Kp);
+  uint8_t* row = plain ? dst : tmp.data();
   int64_t k = 0;
-  for (int64_t i = 0; i < c.kh; ++i) {
-    for (int64_t j = 0; j < runs_per_row; ++j, k += run) {
-      const int8_t* src = img + ((oh * c.sh + i * c.dh) * in.Wp + ow * c.sw + j * c.dw) * c.C;
-      if (plain) {
-        std::memcpy(dst + k, src, run);
-      } else if (words) {  // whole 4-k groups: one 32-bit move each
-        for (int64_t t = 0; t < run; t += 4) {
-          uint32_t v;
-          std::memcpy(&v, src + t, 4);
-          v ^= xor32;
-          std::memcpy(dst + (k + t) / 4 * group_stride, &v, 4);
-        }
-      } else {
-        for (int64_t t = 0; t < run; ++t)
-          dst[(k + t) / 4 * group_stride + (k + t) % 4] = static_cast<uint8_t>(src[t]) ^ xor_mask;
-      }
+  for (int64_t i = 0; i < c.kh; ++i)
+    for (int64_t j = 0; j < runs_per_row; ++j, k += run)
+      std::memcpy(row + k,
+                  img + ((oh * c.sh + i * c.dh) * in.Wp + ow * c.sw + j * c.dw) * c.C, run);
+  std::memset(row + K, 0, Kp - K);
+  if (!plain) {
+    const uint32_t xor32 = xor_mask * 0x01010101u;
+    for (int64_t g = 0; g < Kp / 4; ++g) {
+      uint32_t v;
+      std::memcpy(&v, row + 4 * g, 4);
+      v ^= xor32;
+      std::memcpy(dst + g * group_stride, &v, 4);
     }
   }
-  for (; k < round_up(K, 4); ++k) dst[k / 4 * group_stride + k % 4] = xor_mask;  // code 0
   return in.scale[b];
 }
 

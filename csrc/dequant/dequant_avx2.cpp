@@ -24,8 +24,13 @@ void w8_avx2(const W8Args& a) {
         const __m128i km = _mm_cmpgt_epi32(_mm_set1_epi32(kleft >= 4 ? 4 : (int)kleft),
                                            _mm_setr_epi32(0, 1, 2, 3));
         float* out = a.out + n0 * a.K + 4 * k4;
-        _mm_maskstore_ps(out, km, _mm256_castps256_ps128(f));
-        if (n0 + 1 < a.N) _mm_maskstore_ps(out + a.K, km, _mm256_extractf128_ps(f, 1));
+        if (kleft >= 4) {  // masked stores are microcoded on AMD Zen: only the K tail
+          _mm_storeu_ps(out, _mm256_castps256_ps128(f));
+          if (n0 + 1 < a.N) _mm_storeu_ps(out + a.K, _mm256_extractf128_ps(f, 1));
+        } else {
+          _mm_maskstore_ps(out, km, _mm256_castps256_ps128(f));
+          if (n0 + 1 < a.N) _mm_maskstore_ps(out + a.K, km, _mm256_extractf128_ps(f, 1));
+        }
       }
     }
   }
@@ -55,7 +60,7 @@ void w4t_avx2(const W4TArgs& a) {
           const int i = static_cast<int>(k % 8);
           const __m256i q = _mm256_and_si256(
               _mm256_srl_epi32(v, _mm_cvtsi32_si128(i < 4 ? 8 * i : 8 * (i - 4) + 4)), nibble);
-          _mm256_maskstore_ps(a.out + k * a.ldo + nb * 16 + 8 * h, mask,
+          maskstore8(a.out + k * a.ldo + nb * 16 + 8 * h, mask,
                               _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), s, nzs));
         }
       }

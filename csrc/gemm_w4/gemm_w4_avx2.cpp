@@ -69,7 +69,7 @@ TERSOR_UNROLL
     const __m256 b = bias8(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
-      _mm256_maskstore_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm256_add_ps(acc[r][h], b));
+      maskstore8(a.y + (m0 + r) * a.ldy + n, mask, _mm256_add_ps(acc[r][h], b));
   }
 }
 

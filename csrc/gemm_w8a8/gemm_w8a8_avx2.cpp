@@ -54,7 +54,7 @@ TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m256 v = _mm256_cvtepi32_ps(acc[r][h]);
       const __m256 s = _mm256_mul_ps(_mm256_set1_ps(sx[r]), sw);
-      _mm256_maskstore_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm256_fmadd_ps(v, s, b));
+      maskstore8(a.y + (m0 + r) * a.ldy + n, mask, _mm256_fmadd_ps(v, s, b));
     }
   }
 }
