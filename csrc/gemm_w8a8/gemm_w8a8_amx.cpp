@@ -177,23 +177,14 @@ void amx_gemm_quantized(const PackedW8LinearArgs& a, const int8_t* aq, int64_t l
 void run_rows_amx(const PackedW8LinearArgs& a, const RowFill& fill) {
   if (a.M < kAmxMinRows) return run_rows_avx512(a, fill);
   const int64_t M32 = round_up(a.M, kRows);
-  const int64_t lda = amx_lda(a.K), written = round_up(a.K, 4);
+  const int64_t lda = amx_lda(a.K);
   auto aq = alloc_scratch<int8_t>(M32 * lda);
   auto sx = alloc_scratch<float>(M32);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(nt)
   {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < M32; ++m) {
-      int8_t* row = aq.get() + m * lda;
-      if (m < a.M) {
-        sx.get()[m] = fill(m, reinterpret_cast<uint8_t*>(row), 4, 0);
-        std::memset(row + written, 0, lda - written);
-      } else {
-        std::memset(row, 0, lda);  // padding rows: computed, never stored
-        sx.get()[m] = 0.0f;
-      }
-    }
+    quant_act::fill_rows_amx(a.M, a.K, M32, lda, aq.get(), sx.get(),
+                             [&](int64_t m, uint8_t* row) { return fill(m, row, 4, 0); });
     amx_gemm_quantized(a, aq.get(), lda, sx.get());
   }
 }

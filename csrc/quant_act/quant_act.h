@@ -14,6 +14,7 @@
 // is XORed with `xor_mask` (0x80 turns s8 codes into the u8 "q + 128" that vpdpbusd wants).
 #pragma once
 #include <cstdint>
+#include <functional>
 
 namespace tersor::quant_act {
 
@@ -33,9 +34,12 @@ using RowQuantizer = float (*)(const float* x, int64_t K, uint8_t* dst, int64_t 
 float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int64_t G,
                            int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum);
 
-// AMX A operand: rows 0..M-1 of x as s8 in a buffer of M_pad rows x lda bytes, zero beyond K
-// and in the padding rows (whose scale is 0). A work-shared loop: call it inside an OpenMP
-// parallel region.
+// AMX A operand: M_pad rows x lda bytes of s8, row m < M written by row_codes(m, row) (K codes,
+// zeros up to round_up(K, 4); returns the row's scale), zero beyond that and in the padding rows
+// (whose scale is 0). A work-shared loop: call it inside an OpenMP parallel region.
+void fill_rows_amx(int64_t M, int64_t K, int64_t M_pad, int64_t lda, int8_t* out,
+                   float* scales, const std::function<float(int64_t, uint8_t*)>& row_codes);
+// fill_rows_amx with rows 0..M-1 of x quantized by the per-row rules.
 void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
                        int64_t lda, int8_t* out, float* scales);
 

@@ -11,28 +11,8 @@ namespace tersor::quant_act {
 
 float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
                         uint8_t xor_mask) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256 zero = _mm256_setzero_ps();
-  __m256 vmax = zero, nonfinite = zero;
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    const __m256 v = _mm256_loadu_ps(x + k);
-    vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, abs_mask));
-    nonfinite = _mm256_add_ps(nonfinite, _mm256_mul_ps(v, zero));
-  }
-  alignas(32) float lanes[8], checks[8];
-  _mm256_store_ps(lanes, vmax);
-  _mm256_store_ps(checks, nonfinite);
-  float amax = 0.0f;
-  bool finite = true;
-  for (int i = 0; i < 8; ++i) {
-    amax = std::fmax(amax, lanes[i]);
-    if (std::isnan(checks[i])) finite = false;
-  }
-  for (; k < K; ++k) {
-    if (!std::isfinite(x[k])) finite = false;
-    amax = std::fmax(amax, std::fabs(x[k]));
-  }
+  bool finite;
+  const float amax = absmax_avx2(x, K, &finite);
   const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
   const int64_t Kp = round_up(K, 4);
   auto put = [&](int64_t kk, int8_t v) {
@@ -41,7 +21,7 @@ float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_s
   const __m256 vinv = _mm256_set1_ps(inv);
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
   const __m128i vxor = _mm_set1_epi8(static_cast<char>(xor_mask));
-  k = 0;
+  int64_t k = 0;
   if (finite) {
     for (; k + 8 <= K; k += 8) {
       __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv));

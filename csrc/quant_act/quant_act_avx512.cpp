@@ -102,20 +102,27 @@ void quantize_scaled_avx512(const float* x, int64_t n, float inv, int8_t* dst) {
   }
 }
 
-void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
-                       int64_t lda, int8_t* out, float* scales) {
+void fill_rows_amx(int64_t M, int64_t K, int64_t M_pad, int64_t lda, int8_t* out,
+                   float* scales, const std::function<float(int64_t, uint8_t*)>& row_codes) {
   const int64_t written = round_up(K, 4);
 #pragma omp for schedule(static)
   for (int64_t m = 0; m < M_pad; ++m) {
     int8_t* row = out + m * lda;
     if (m < M) {
-      scales[m] = quantize_row_avx512(x + m * ldx, K, reinterpret_cast<uint8_t*>(row), 4, 0);
+      scales[m] = row_codes(m, reinterpret_cast<uint8_t*>(row));
       std::memset(row + written, 0, lda - written);
     } else {
       std::memset(row, 0, lda);  // padding rows: computed, never stored
       scales[m] = 0.0f;
     }
   }
+}
+
+void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
+                       int64_t lda, int8_t* out, float* scales) {
+  fill_rows_amx(M, K, M_pad, lda, out, scales, [&](int64_t m, uint8_t* row) {
+    return quantize_row_avx512(x + m * ldx, K, row, 4, 0);
+  });
 }
 
 }  // namespace tersor::quant_act

@@ -9,12 +9,8 @@ namespace tersor::quant_act {
 
 float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
                        uint8_t xor_mask) {
-  float amax = 0.0f;
-  bool finite = true;
-  for (int64_t k = 0; k < K; ++k) {
-    if (!std::isfinite(x[k])) finite = false;
-    amax = std::fmax(amax, std::fabs(x[k]));
-  }
+  bool finite;
+  const float amax = absmax_ref(x, K, &finite);
   const int64_t Kp = round_up(K, 4);
   auto put = [&](int64_t k, int8_t v) {
     dst[(k / 4) * group_stride + (k % 4)] = static_cast<uint8_t>(v) ^ xor_mask;

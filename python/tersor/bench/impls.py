@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tersor
+from tersor.bench.timing import has_vnni
 from tersor.nn import QLinear
 
 ROTATION_BYTES = 640 * 2**20  # > 2x the 300 MiB L3 of the reference machine
@@ -264,7 +265,7 @@ def conv_impls(conv: nn.Conv2d, x_example: torch.Tensor):
         qconv.scale, qconv.zero_point = float((ref.max() - ref.min()) / 255), 128
         # Without VNNI, fbgemm sums u8 x s8 pairs in saturating int16 (vpmaddubsw): activations
         # get 7 bits there, as torch.ao's own reduce_range does.
-        levels = 255 if tersor.cpu_info()["features"].get("avx512vnni") else 127
+        levels = 255 if has_vnni() else 127
         xs = float((x_example.max() - x_example.min()) / levels)
         xz = int(round(-x_example.min().item() / xs))
 

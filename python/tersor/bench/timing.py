@@ -58,14 +58,15 @@ def measure_compute_peak() -> float:
         return 3 * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t0)
 
     fp32 = rate(torch.mm, torch.randn(512, 4096), torch.randn(4096, 4096))
-    if not tersor_has_vnni():
+    if not has_vnni():
         return fp32
     a = torch.randint(-127, 127, (512, 4096), dtype=torch.int8)
     b = torch.randint(-127, 127, (4096, 4096), dtype=torch.int8)
     return max(fp32, rate(torch._int_mm, a, b))
 
 
-def tersor_has_vnni() -> bool:
+def has_vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI (int8 dot products without int16 saturation)."""
     import tersor
 
     return bool(tersor.cpu_info()["features"].get("avx512vnni"))

@@ -153,7 +153,7 @@ class QConv2d(nn.Module):
         return y if channels_last else y.contiguous()
 
     def _native_conv(self) -> bool:
-        """W8A8 on the CPU: patches are gathered and quantized inside the kernel."""
+        """W8A8 on the CPU: the input is quantized and its patches read inside the kernel."""
         g = self.gemm
         return (g.scheme == "w8a8" and g.kernel in ("auto", "native")
                 and g.packed.device.type == "cpu")

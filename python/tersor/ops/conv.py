@@ -24,9 +24,8 @@ def conv_w8a8_cpu(xh, packed, colsum, scale, bias, n: int, kh: int, kw: int, sh:
     ho, wo = _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     y = torch.empty(b, ho, wo, n)
     fn = _C.conv_w8a8_implicit_emulated if emulate_implicit else _C.conv_w8a8
-    fn(xh.data_ptr(), b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
-                 packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(), n, ptr(bias),
-                 y.data_ptr(), torch.get_num_threads())
+    fn(xh.data_ptr(), b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, packed.data_ptr(),
+       colsum.data_ptr(), scale.data_ptr(), n, ptr(bias), y.data_ptr(), torch.get_num_threads())
     return y
 
 
