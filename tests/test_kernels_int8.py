@@ -76,6 +76,27 @@ def test_gemm_w8a8_integer_accumulation_exact(isa, m, k, n, gen):
     assert torch.equal(y, expect)
 
 
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("k,n", [(37, 33), (257, 49)])
+def test_gemm_w8a8_non_negative_rows_exact(isa, m, k, n, gen):
+    """Rows after a ReLU (every code >= 0) take AVX2's plain u8 x s8 tile, signed rows and 4-row
+    panels mixing both the sign trick. Codes at 127 against weights at +-127 give the largest
+    pair sums (2 * 127 * 127): no int16 saturation on any path."""
+    x, q, s, _, _ = make(m, k, n, gen, bias=False)
+    x[1::2] = x[1::2].relu()  # rows 1, 3, ...: non-negative; rows 0, 2, ...: signed
+    x[4:8] = x[4:8].relu()  # one whole non-negative 4-row panel (when m > 4)
+    x[0, ::3] = 5.0  # codes at 127
+    x[-1] = x[-1].abs() + 1.0  # the last, partial panel ends with a non-negative row
+    q[:, ::2], q[:, 1::2] = 127, -127
+    q[1:, 5:] = quantize_per_channel_int8(torch.randn(n - 1, k - 5, generator=gen))[0]
+    p = pack_int8(q, s)
+    y = gemm_w8a8(x, p.packed, p.colsum, p.scale, None, n)
+    qx, sx = quantize_rows_ref(x)
+    assert (qx[1::2] >= 0).all() and (m == 1 or (qx[0] < 0).any())
+    acc = qx.double() @ q.double().t()
+    assert torch.equal(y, (acc * (sx[:, None] * s[None, :]).double()).float())
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "row_stride", "transposed"])
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("k,n", SHAPES_KN)

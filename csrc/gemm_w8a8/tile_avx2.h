@@ -1,0 +1,111 @@
+// The AVX2 W8A8 micro-kernel (CPUs without VNNI), shared by the GEMM (gemm_w8a8_avx2.cpp) and
+// the direct convolution (conv/conv_w8a8_avx2.cpp). Include only from *_avx2.cpp files.
+//
+// vpmaddubsw multiplies u8 by s8 into saturating int16 pair sums. Two variants:
+//  - signed activations: the sign trick (llama.cpp), |a| * sign(w, a) == a * w; with |a|, |w|
+//    <= 127 a pair sum is at most 2 * 127 * 127 < 32767. abs + one sign per weight vector cost
+//    3 extra uops per 64 MACs: measured 49 GMAC/s per core against 65-74 without them (Zen 3).
+//  - non-negative activations (every conv after a ReLU): the s8 codes 0..127 are valid u8
+//    operands as they are, with the same no-overflow bound, so the plain u8 x s8 product is
+//    exact and the extra uops go. The caller picks the variant per tile from the codes.
+// Then vpmaddwd with ones widens the pairs to int32.
+//
+// Register tile: MR <= 4 rows x 16 columns (2 ymm each). Where the codes come from:
+//   row r's k-th 4-code group lies at  row[r] + run_offset[i] + g * step
+//   for run i in [0, n_runs), group g in [0, run_groups), k = (i * run_groups + g) * 4.
+//   - GEMM panel [M/4][Kp/4][4 rows][4 k]: row[r] = panel + 4r, step 16, one run.
+//   - direct conv: row[r] = the output pixel's first tap in the int8 NHWC input, step 4,
+//     one run per kernel row (kw * C contiguous codes) or per tap when dilated.
+// The weight block is the W8Tile column block of common/formats.h: [Kp/4][16 columns][4 k].
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "common/linear_args.h"
+#include "common/simd.h"
+
+namespace tersor::gemm_w8a8::avx2 {
+
+constexpr int kMR = 4;
+
+struct ARows {
+  const uint8_t* row[kMR];
+  int64_t step;
+  const int64_t* run_offset;
+  int64_t n_runs, run_groups;
+};
+
+template <int MR, bool kNonNegative>
+static inline void tile(const ARows& src, const int8_t* wblock, const float* sx,
+                        const PackedW8LinearArgs& a, int64_t m0, int64_t n0) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[MR][2];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const int8_t* wp = wblock;
+  for (int64_t i = 0; i < src.n_runs; ++i) {
+    const uint8_t* ap[MR];
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) ap[r] = src.row[r] + src.run_offset[i];
+    for (int64_t g = 0; g < src.run_groups; ++g, wp += 64) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32));
+      const int64_t off = g * src.step;
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
+        __m256i p0, p1;
+        if constexpr (kNonNegative) {
+          p0 = _mm256_maddubs_epi16(av, w0);
+          p1 = _mm256_maddubs_epi16(av, w1);
+        } else {
+          const __m256i aa = _mm256_abs_epi8(av);
+          p0 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w0, av));
+          p1 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w1, av));
+        }
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p0, ones));
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p1, ones));
+      }
+    }
+  }
+TERSOR_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const int64_t n = n0 + 8 * h;
+    if (n >= a.N) break;
+    const __m256i mask = tail_mask8(a.N - n);
+    const __m256 sw = _mm256_loadu_ps(a.w_scale + n);
+    const __m256 b = bias8(a.bias, n, mask);
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m256 v = _mm256_cvtepi32_ps(acc[r][h]);
+      const __m256 s = _mm256_mul_ps(_mm256_set1_ps(sx[r]), sw);
+      maskstore8(a.y + (m0 + r) * a.ldy + n, mask, _mm256_fmadd_ps(v, s, b));
+    }
+  }
+}
+
+// tile<mr, non_negative>(...) for a runtime row count 1..4.
+static inline void run_tile(int mr, bool non_negative, const ARows& src, const int8_t* wblock,
+                            const float* sx, const PackedW8LinearArgs& a, int64_t m0,
+                            int64_t n0) {
+  using TileFn = void (*)(const ARows&, const int8_t*, const float*, const PackedW8LinearArgs&,
+                          int64_t, int64_t);
+  static constexpr TileFn kTiles[2][kMR] = {
+      {tile<1, false>, tile<2, false>, tile<3, false>, tile<4, false>},
+      {tile<1, true>, tile<2, true>, tile<3, true>, tile<4, true>}};
+  kTiles[non_negative][mr - 1](src, wblock, sx, a, m0, n0);
+}
+
+// True when no byte of p[0, n) has its sign bit set (every s8 code >= 0).
+static inline bool all_non_negative(const uint8_t* p, int64_t n) {
+  __m256i any = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    any = _mm256_or_si256(any, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+  uint8_t tail = 0;
+  for (; i < n; ++i) tail |= p[i];
+  return _mm256_movemask_epi8(any) == 0 && (tail & 0x80) == 0;
+}
+
+}  // namespace tersor::gemm_w8a8::avx2
