@@ -142,6 +142,27 @@ def test_w8a8_conv_is_the_per_image_rule(case):
     _close_to_ref(q_ref(x), ref)
 
 
+@pytest.mark.parametrize("case", [(4, 6, 3, 1, 1, 1), (8, 20, 3, 2, 1, 1), (4, 6, 3, 1, 2, 2),
+                                  (16, 24, 1, 2, 0, 1), (64, 20, 3, 1, 1, 1), (5, 7, 3, 1, 1, 1)],
+                         ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
+def test_w8a8_conv_post_relu_images(isa, case, c_ref):
+    """Images after a ReLU (every code >= 0) take the AVX2 tile without the sign trick; a signed
+    image beside them, and 4-row tiles that straddle two images (13 x 11 output pixels per
+    image), keep it. Every path: the per-image rule, bit-identical to the C ref."""
+    from tersor.ref.int8 import conv_w8a8_ref
+
+    conv = make_conv(*case)
+    q = QConv2d.from_float(conv, tersor.W8A8Config())
+    x = torch.randn(4, case[0], 13, 11)
+    x[0], x[2], x[3] = x[0].relu(), x[2].relu() * 40.0, x[3].abs() + 0.5
+    g = q.gemm
+    ref = conv_w8a8_ref(x, *g.canonical_weight(), g.bias, q.kernel_size, q.stride, q.padding,
+                        q.dilation)
+    y = q(x)
+    _close_to_ref(y, ref)
+    assert torch.equal(y, c_ref(lambda: q(x)))
+
+
 IMPLICIT_CASES = [  # (C_in, C_out, kernel, padding, dilation, H, W): stride 1, C_in % 64 == 0
     (64, 40, 3, 1, 1, 9, 7), (128, 16, 3, 1, 1, 5, 6), (64, 33, (1, 3), (0, 1), 1, 4, 9),
     (64, 24, 3, 2, 2, 7, 8), (64, 17, 5, 2, 1, 6, 5), (64, 32, 3, 0, 1, 5, 5),

@@ -16,6 +16,8 @@
 //     of q at tap (i, j) starts at pixel q + i*dh*Wp + j*dw: 16 consecutive q are 16 pixels C
 //     bytes apart, one tile load with stride C. Rows with ow >= Wo are computed and dropped
 //     (Wp / Wo extra work: 4% at 56x56, 29% at 7x7).
+//   - AVX2, runs of codes a multiple of 4 long: the register tile broadcasts each output
+//     pixel's 4-code groups straight from xq, one pointer per row: no gather, any stride.
 //   - otherwise: each patch is copied as kh runs of kw * C codes (kh * kw runs of C when
 //     dilated) into the GEMM's A buffer, a block of rows at a time (gemm_w8a8::run_rows).
 // Every path computes the same integer sums and the same epilogue: results are bit-identical
@@ -46,6 +48,7 @@ static inline int64_t tail_pixels(const ConvW8A8Args& c) { return 32 + (c.kw - 1
 struct QuantizedInput {
   int8_t* xq;    // [B][Hp][Wp][C], then tail_pixels(c) * C zero bytes
   float* scale;  // [B]: amax / 127, 0 for an all-zero image, NaN if it holds NaN or Inf
+  bool* non_negative;  // [B]: every code of the image >= 0 (a ReLU's output), see tile_avx2.h
   int64_t Hp, Wp;
 };
 // Fills in.xq and in.scale (allocated by the caller) from c.x.
@@ -56,6 +59,9 @@ gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in);
 
 void run_w8a8_generic(const ConvW8A8Args& c, const QuantizedInput& in);
 void run_w8a8_amx(const ConvW8A8Args& c, const QuantizedInput& in);
+// AVX2: the patches read in place from xq (no gather) when every run of codes is a multiple of
+// 4 long (kw * C, or C when dilated); the gather path otherwise (the 3-channel stem).
+void run_w8a8_avx2(const ConvW8A8Args& c, const QuantizedInput& in);
 // Auto: quantize, then per-call ISA dispatch. EmulatedImplicit (tests): the AMX implicit GEMM
 // run over scalar tiles, on any machine.
 enum class Path { Auto, EmulatedImplicit };

@@ -35,6 +35,7 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
   const int64_t row = c.W * c.C, prow = in.Wp * c.C;
   auto amax_rows = alloc_scratch<float>(c.B * c.H);  // per input row; NaN marks non-finite
   auto inv = alloc_scratch<float>(c.B);
+  auto negative_rows = alloc_scratch<uint8_t>(c.B * in.Hp);  // per padded row: a code < 0
   const int nt = threads_for_work(double(c.B) * c.H * row * 8, c.nthreads);
 #pragma omp parallel num_threads(nt)
   {
@@ -61,6 +62,7 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
       const int64_t b = r / in.Hp, h = r % in.Hp - c.ph;
       int8_t* dst = in.xq + r * prow;
       const float inv_b = inv.get()[b];
+      negative_rows.get()[r] = 0;
       if (h < 0 || h >= c.H || inv_b == 0.0f) {  // border row, or an all-zero / non-finite image
         std::memset(dst, 0, prow);
         continue;
@@ -68,7 +70,14 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
       std::memset(dst, 0, c.pw * c.C);
       quantize(c.x + (b * c.H + h) * row, row, inv_b, dst + c.pw * c.C);
       std::memset(dst + c.pw * c.C + row, 0, c.pw * c.C);
+      uint8_t any = 0;  // OR of the codes' bytes: the sign bit says whether one is negative
+      for (int64_t i = 0; i < row; ++i) any |= static_cast<uint8_t>(dst[c.pw * c.C + i]);
+      negative_rows.get()[r] = any >> 7;
     }
+  }
+  for (int64_t b = 0; b < c.B; ++b) {
+    in.non_negative[b] = true;
+    for (int64_t h = 0; h < in.Hp; ++h) in.non_negative[b] &= !negative_rows.get()[b * in.Hp + h];
   }
   std::memset(in.xq + c.B * in.Hp * prow, 0, tail_pixels(c) * c.C);
 }
@@ -129,11 +138,13 @@ void run_w8a8(const ConvW8A8Args& c, Path path) {
   const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
   auto xq = alloc_scratch<int8_t>((c.B * Hp * Wp + tail_pixels(c)) * c.C);
   auto scale = alloc_scratch<float>(c.B);
-  const QuantizedInput in{xq.get(), scale.get(), Hp, Wp};
+  auto non_negative = alloc_scratch<bool>(c.B);
+  const QuantizedInput in{xq.get(), scale.get(), non_negative.get(), Hp, Wp};
   quantize_input(c, in);
   if (path == Path::EmulatedImplicit) return implicit_gemm<EmulatedTiles>(c, in);
 #if defined(TERSOR_X86)
   if (active_isa() == Isa::Amx) return run_w8a8_amx(c, in);
+  if (active_isa() == Isa::Avx2) return run_w8a8_avx2(c, in);
 #endif
   run_w8a8_generic(c, in);
 }

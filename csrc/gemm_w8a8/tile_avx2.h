@@ -20,9 +20,11 @@
 #pragma once
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common/linear_args.h"
+#include "common/parallel.h"
 #include "common/simd.h"
 
 namespace tersor::gemm_w8a8::avx2 {
@@ -95,6 +97,43 @@ static inline void run_tile(int mr, bool non_negative, const ARows& src, const i
       {tile<1, false>, tile<2, false>, tile<3, false>, tile<4, false>},
       {tile<1, true>, tile<2, true>, tile<3, true>, tile<4, true>}};
   kTiles[non_negative][mr - 1](src, wblock, sx, a, m0, n0);
+}
+
+// The rows of the large-M driver below, one block of kRowsPerBlock at a time.
+constexpr int64_t kRowsPerBlock = 64;
+struct RowBlock {
+  const uint8_t* row[kRowsPerBlock] = {};  // a short last tile copies null pointers, never read
+  float sx[kRowsPerBlock];
+  bool non_negative[kRowsPerBlock / kMR];  // per tile of kMR rows: take the plain u8 x s8 tile
+  int64_t step = 0;                        // ARows' fields, shared by every row
+  const int64_t* run_offset = nullptr;
+  int64_t n_runs = 0, run_groups = 0;
+};
+
+// Large M, inside an OpenMP parallel region: threads split the rows in blocks of
+// kRowsPerBlock; prepare(m0, m1, block) fills a block's row sources, then every column block
+// runs over it while its codes sit in L1/L2. The whole weight streams once per block: 64 MACs
+// per weight byte, far below what L3 delivers. (Split the columns instead when M is small.)
+template <typename Prepare>
+static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
+  const int64_t Kp = (a.K + 3) / 4 * 4, n_blocks = (a.N + 15) / 16;
+  int64_t t0, t1;
+  thread_range((a.M + kRowsPerBlock - 1) / kRowsPerBlock, &t0, &t1);
+  RowBlock block;
+  for (int64_t rb = t0; rb < t1; ++rb) {
+    const int64_t m0 = rb * kRowsPerBlock, m1 = std::min(a.M, m0 + kRowsPerBlock);
+    prepare(m0, m1, block);
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      for (int64_t m = m0; m < m1; m += kMR) {
+        const uint8_t* const* r = block.row + (m - m0);
+        const ARows src{{r[0], r[1], r[2], r[3]}, block.step, block.run_offset, block.n_runs,
+                        block.run_groups};
+        run_tile(static_cast<int>(std::min<int64_t>(kMR, m1 - m)),
+                 block.non_negative[(m - m0) / kMR], src, a.w + blk * Kp * 16,
+                 block.sx + (m - m0), a, m, blk * 16);
+      }
+    }
+  }
 }
 
 // True when no byte of p[0, n) has its sign bit set (every s8 code >= 0).
