@@ -86,15 +86,15 @@ namespace {
 
 // Row m of the implicit im2col matrix: the patch of output pixel m, copied from xq as kh runs
 // of kw * C codes (kh * kw runs of C when dilated) in the GEMM's A layout (gemm_w8a8.h RowFill).
-// The AMX buffer takes the runs directly; the VNNI / AVX2 panels take them from a contiguous
-// copy, 4-k groups at a time.
+// The AMX and AVX2 row buffers take the runs directly; the VNNI panel takes them from a
+// contiguous copy, 4-k groups at a time.
 float gather_row(const ConvW8A8Args& c, const QuantizedInput& in, int64_t m, uint8_t* dst,
                  int64_t group_stride, uint8_t xor_mask) {
   const int64_t b = m / (c.Ho * c.Wo), oh = m / c.Wo % c.Ho, ow = m % c.Wo;
   const int64_t runs_per_row = c.dw == 1 ? 1 : c.kw, run = c.dw == 1 ? c.kw * c.C : c.C;
   const int8_t* img = in.xq + b * in.Hp * in.Wp * c.C;
   const int64_t K = c.kh * c.kw * c.C, Kp = round_up(K, 4);
-  const bool plain = group_stride == 4 && xor_mask == 0;  // the AMX buffer: a plain s8 row
+  const bool plain = group_stride == 4 && xor_mask == 0;  // a plain s8 row (AMX, AVX2)
   thread_local std::vector<uint8_t> tmp;
   if (!plain && static_cast<int64_t>(tmp.size()) < Kp) tmp.resize(Kp);
   uint8_t* row = plain ? dst : tmp.data();
