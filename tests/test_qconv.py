@@ -13,13 +13,29 @@ CASES = [  # (C_in, C_out, kernel, stride, padding, dilation)
     (3, 8, 1, 1, 0, 1), (16, 24, 1, 2, 0, 1), (5, 7, 3, 1, 1, 1), (4, 6, 3, 2, 1, 1),
     (4, 6, 3, 1, 2, 2), (5, 9, 5, 1, 2, 1), (3, 5, 7, 2, 3, 1), (6, 4, 3, 1, 0, 1),
 ]
-SCHEMES = {"w8": (tersor.W8Config(), 1e-5), "w8a8": (tersor.W8A8Config(), 0.02),
-           "w4a8": (tersor.W4A8Config(group_size=-1), 0.03)}
+SCHEMES = {  # name: (configs applied in order, tolerance against F.conv2d on to_float())
+    "w8": ([tersor.W8Config()], 1e-5), "w8a8": ([tersor.W8A8Config()], 0.02),
+    "w4": ([tersor.W4Config(group_size=-1)], 1e-5),
+    "w4a8": ([tersor.W4A8Config(group_size=-1)], 0.03),
+    "2:4": ([tersor.Sparse24Config()], 1e-5),
+    "2:4+w8a8": ([tersor.Sparse24Config(), tersor.W8A8Config()], 0.02),
+}
 
 
 def make_conv(ci, co, k, s, p, d, seed=0):
     torch.manual_seed(seed)
     return nn.Conv2d(ci, co, k, s, p, d)
+
+
+def convert(conv, scheme):
+    """QConv2d of `scheme` from conv (2:4+w8a8: the 2:4 layer then quantized, as sparsify_ then
+    quantize_ do)."""
+    configs = SCHEMES[scheme][0]
+    q = QConv2d.from_float(conv, configs[0])
+    for cfg in configs[1:]:
+        q = q.quantized(cfg)
+    assert q.scheme == scheme
+    return q
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
@@ -28,8 +44,7 @@ def make_conv(ci, co, k, s, p, d, seed=0):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
 def test_matches_conv2d_on_dequantized_weights(case, batch, layout, scheme):
     conv = make_conv(*case)
-    cfg, tol = SCHEMES[scheme]
-    q = QConv2d.from_float(conv, cfg)
+    q, tol = convert(conv, scheme), SCHEMES[scheme][1]
     x = torch.randn(batch, case[0], 13, 11)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -50,6 +65,21 @@ def test_every_isa_path_agrees(isa, case, c_ref):
     q = QConv2d.from_float(conv, tersor.W8A8Config())
     x = torch.randn(2, case[0], 9, 10)
     assert torch.equal(q(x), c_ref(lambda: q(x)))
+
+
+@pytest.mark.parametrize("scheme", [s for s in SCHEMES if s != "w8a8"])  # w8a8: the test above
+@pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[6]],
+                         ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
+def test_every_scheme_on_every_isa_path(isa, scheme, case, c_ref):
+    """The schemes that run on the Linear kernels (im2col blocks): each ISA path against
+    F.conv2d on the dequantized weights, and against the C ref path."""
+    conv = make_conv(*case)
+    q = convert(conv, scheme)
+    x = torch.randn(3, case[0], 11, 9).contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(x, q.to_float().weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+    y = q(x)
+    assert ((y - ref).norm() / ref.norm()).item() < SCHEMES[scheme][1]
+    assert torch.equal(y, c_ref(lambda: q(x)))
 
 
 def test_to_float_state_dict_and_compile():
