@@ -7,6 +7,7 @@
     python -m tersor.bench --family sparse24     # 2:4 sparse fp32 against dense on the same weight
     python -m tersor.bench --family sparse90     # unstructured 90% (also sparse75, sparse95)
     python -m tersor.bench --family block90      # block-sparse (16, 4) 90% (also block75)
+    python -m tersor.bench --family conv         # W8A8 Conv2d at ResNet layers (--signed-inputs)
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ import torch
 import tersor
 import functools
 
-from tersor.bench.impls import (DENSE, block_impls, int4_impls, linear_impls, make_linear,
-                                sparse24_impls, unstructured_impls)
+from tersor.bench.impls import (CONV_LAYERS, DENSE, block_impls, conv_case, conv_impls,
+                                int4_impls, linear_impls, make_linear, sparse24_impls,
+                                unstructured_impls)
 from tersor.bench.overhead import measure_overhead
 from tersor.bench.timing import measure_bandwidth, measure_compute_peak, time_interleaved
 
@@ -106,6 +108,35 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, compute_peak):
     return rows
 
 
+def run_conv(rounds, signed):
+    """The ResNet layers of the Conv2d issue, ours and the baselines interleaved."""
+    rows = []
+    print(f"\n{'layer':<15}{'implementation':<26}{'ms':>9}{'GOP/s':>8}  ratios (baseline time / "
+          f"ours); inputs: {'signed' if signed else 'a ReLU output (body), signed (stem)'}")
+    for name, (ci, co, hw, k, s) in CONV_LAYERS.items():
+        conv, x = conv_case(name, signed)
+        impls = [im for im in conv_impls(conv, x) if not im.unavailable]
+        with torch.inference_mode():
+            ref = conv(x)
+            for im in impls:
+                err = ((im.fn(x, 0) - ref).norm() / ref.norm()).item()
+                if not err < 0.05:
+                    raise SystemExit(f"{name} {im.name}: relative error {err:.3g}; not timing it")
+            times = time_interleaved({im.name: im.fn for im in impls}, x, rounds=rounds)
+        ops = 2 * ref.numel() * ci * k * k
+        ours = next(im.name for im in impls if im.kind == "ours")
+        for im in impls:
+            t = times[im.name]
+            ratios = ({b.name: times[b.name] / t for b in impls if b.kind == "baseline"}
+                      if im.kind == "ours" else {})
+            rows.append(dict(family="conv", layer=name, impl=im.name, kind=im.kind, us=t * 1e6,
+                             gops=ops / t / 1e9, ratios=ratios, signed=signed))
+            rtxt = "  ".join(f"{r:5.2f}x {b}" for b, r in ratios.items())
+            print(f"{name if im.name == ours else '':<15}{im.name:<26}{t * 1e3:>9.2f}"
+                  f"{ops / t / 1e9:>8.0f}  {rtxt}")
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tersor.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,7 +145,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--no-rotate", action="store_true", help="one weight copy (cache-flattered)")
     p.add_argument("--quick", action="store_true", help="4096x4096 and 384x1536, M in 1,32")
-    p.add_argument("--family", choices=[*FAMILIES, "all"], default="int8")
+    p.add_argument("--family", choices=[*FAMILIES, "conv", "all"], default="int8")
+    p.add_argument("--signed-inputs", action="store_true",
+                   help="conv: signed inputs for every layer (default: a ReLU's output)")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split("x"))
@@ -130,9 +163,13 @@ def main(argv=None):
     print(f"measured: read bandwidth {bw / 1e9:.1f} GB/s, compute peak (best of torch._int_mm "
           f"and fp32 torch.mm) {peak / 1e9:.0f} GOP/s; roofline = max(bytes / bandwidth, ops / "
           f"compute peak), so above 100% = faster than the best torch GEMM rate here")
-    families = list(FAMILIES) if a.family == "all" else [a.family]
+    families = [*FAMILIES, "conv"] if a.family == "all" else [a.family]
     rows = []
     for fam in families:
+        if fam == "conv":
+            print(f"\n=== W8A8 Conv2d, ResNet layers, batch 8, channels_last ===")
+            rows += run_conv(a.rounds, a.signed_inputs)
+            continue
         print(f"\n=== {fam} weights ===")
         rows += run_linear(fam, shapes, ms, not a.no_rotate, a.rounds, bw, peak)
     ov = measure_overhead()

@@ -242,6 +242,29 @@ def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
 
 # ---- Conv2d -----------------------------------------------------------------------------------
 
+# ResNet layers of the Conv2d issue: name -> (C_in, C_out, H = W, kernel, stride), batch 8.
+CONV_LAYERS = {
+    "res2.3x3": (64, 64, 56, 3, 1), "res3.3x3": (128, 128, 28, 3, 1),
+    "res4.3x3": (256, 256, 14, 3, 1), "res5.3x3": (512, 512, 7, 3, 1),
+    "res2.1x1.up": (64, 256, 56, 1, 1), "res2.1x1.down": (256, 64, 56, 1, 1),
+    "stem.7x7": (3, 64, 224, 7, 2),
+}
+CONV_BATCH = 8
+
+
+def conv_case(name: str, signed: bool = False):
+    """(conv, x) for a CONV_LAYERS entry, fed what the layer sees inside a ResNet: the body
+    convolutions a ReLU's output (non-negative: on CPUs without VNNI our int8 tile then skips
+    the sign trick), the stem a normalized image (signed); signed=True: signed everywhere."""
+    ci, co, hw, k, s = CONV_LAYERS[name]
+    torch.manual_seed(0)
+    conv = nn.Conv2d(ci, co, k, s, k // 2).eval()
+    x = torch.randn(CONV_BATCH, ci, hw, hw).contiguous(memory_format=torch.channels_last)
+    if not name.startswith("stem") and not signed:
+        x = x.relu()
+    return conv, x
+
+
 def conv_impls(conv: nn.Conv2d, x_example: torch.Tensor):
     """tersor W8A8 QConv2d, torch fp32 F.conv2d (oneDNN) and torch.ao's quantized conv (x86
     engine, channels_last), each fp32 in / fp32 out: torch.ao pays its quantize / dequantize
