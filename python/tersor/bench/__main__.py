@@ -108,12 +108,14 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, compute_peak):
     return rows
 
 
-def run_conv(rounds, signed):
-    """The ResNet layers of the Conv2d issue, ours and the baselines interleaved."""
+def run_conv(rounds, signed, layers=None):
+    """The ResNet layers of the Conv2d issue (or `layers` of them), ours and the baselines
+    interleaved."""
     rows = []
     print(f"\n{'layer':<15}{'implementation':<26}{'ms':>9}{'GOP/s':>8}  ratios (baseline time / "
           f"ours); inputs: {'signed' if signed else 'a ReLU output (body), signed (stem)'}")
-    for name, (ci, co, hw, k, s) in CONV_LAYERS.items():
+    for name in layers or CONV_LAYERS:
+        ci, co, hw, k, s = CONV_LAYERS[name]
         conv, x = conv_case(name, signed)
         impls = [im for im in conv_impls(conv, x) if not im.unavailable]
         with torch.inference_mode():
