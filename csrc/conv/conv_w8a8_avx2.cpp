@@ -43,7 +43,6 @@ void run_w8a8_avx2(const ConvW8A8Args& c, const QuantizedInput& in) {
       bool& non_negative = block.non_negative[(m - m0) / kMR];
       non_negative = ((m - m0) % kMR == 0 || non_negative) && in.non_negative[b];
     }
-    block.step = 4;
     block.run_offset = run_offset.data();
     block.n_runs = static_cast<int64_t>(run_offset.size());
     block.run_groups = run / 4;

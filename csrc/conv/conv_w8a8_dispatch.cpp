@@ -76,8 +76,10 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
     }
   }
   for (int64_t b = 0; b < c.B; ++b) {
-    in.non_negative[b] = true;
-    for (int64_t h = 0; h < in.Hp; ++h) in.non_negative[b] &= !negative_rows.get()[b * in.Hp + h];
+    bool non_negative = true;
+    for (int64_t h = 0; h < in.Hp; ++h)
+      non_negative = non_negative && !negative_rows.get()[b * in.Hp + h];
+    in.non_negative[b] = non_negative;
   }
   std::memset(in.xq + c.B * in.Hp * prow, 0, tail_pixels(c) * c.C);
 }

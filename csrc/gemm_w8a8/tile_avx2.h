@@ -11,11 +11,11 @@
 // Then vpmaddwd with ones widens the pairs to int32.
 //
 // Register tile: MR <= 4 rows x 16 columns (2 ymm each). Where the codes come from:
-//   row r's k-th 4-code group lies at  row[r] + run_offset[i] + g * step
+//   row r's k-th 4-code group lies at  row[r] + run_offset[i] + 4 * g
 //   for run i in [0, n_runs), group g in [0, run_groups), k = (i * run_groups + g) * 4.
-//   - GEMM panel [M/4][Kp/4][4 rows][4 k]: row[r] = panel + 4r, step 16, one run.
-//   - direct conv: row[r] = the output pixel's first tap in the int8 NHWC input, step 4,
-//     one run per kernel row (kw * C contiguous codes) or per tap when dilated.
+//   - GEMM: row[r] = the row's Kp quantized codes, one run.
+//   - direct conv: row[r] = the output pixel's first tap in the int8 NHWC input, one run per
+//     kernel row (kw * C contiguous codes) or per tap when dilated.
 // The weight block is the W8Tile column block of common/formats.h: [Kp/4][16 columns][4 k].
 #pragma once
 #include <immintrin.h>
@@ -33,7 +33,6 @@ constexpr int kMR = 4;
 
 struct ARows {
   const uint8_t* row[kMR];
-  int64_t step;
   const int64_t* run_offset;
   int64_t n_runs, run_groups;
 };
@@ -53,7 +52,7 @@ TERSOR_UNROLL
     for (int64_t g = 0; g < src.run_groups; ++g, wp += 64) {
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32));
-      const int64_t off = g * src.step;
+      const int64_t off = 4 * g;
 TERSOR_UNROLL
       for (int r = 0; r < MR; ++r) {
         const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
@@ -105,8 +104,7 @@ struct RowBlock {
   const uint8_t* row[kRowsPerBlock] = {};  // a short last tile copies null pointers, never read
   float sx[kRowsPerBlock];
   bool non_negative[kRowsPerBlock / kMR];  // per tile of kMR rows: take the plain u8 x s8 tile
-  int64_t step = 0;                        // ARows' fields, shared by every row
-  const int64_t* run_offset = nullptr;
+  const int64_t* run_offset = nullptr;     // ARows' fields, shared by every row
   int64_t n_runs = 0, run_groups = 0;
 };
 
@@ -126,7 +124,7 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
     for (int64_t blk = 0; blk < n_blocks; ++blk) {
       for (int64_t m = m0; m < m1; m += kMR) {
         const uint8_t* const* r = block.row + (m - m0);
-        const ARows src{{r[0], r[1], r[2], r[3]}, block.step, block.run_offset, block.n_runs,
+        const ARows src{{r[0], r[1], r[2], r[3]}, block.run_offset, block.n_runs,
                         block.run_groups};
         run_tile(static_cast<int>(std::min<int64_t>(kMR, m1 - m)),
                  block.non_negative[(m - m0) / kMR], src, a.w + blk * Kp * 16,
