@@ -176,6 +176,13 @@ void bind_spmm_24(py::module_& m) {
                                 ldy, nthreads});
         },
         py::call_guard<py::gil_scoped_release>());
+  m.def("decompress_24",
+        [](std::uintptr_t values, std::uintptr_t meta, int64_t N, int64_t K, std::uintptr_t out,
+           int nthreads) {
+          tersor::spmm_24::decompress(ptr<const float>(values), ptr<const uint8_t>(meta), N, K,
+                                      ptr<float>(out), nthreads);
+        },
+        py::call_guard<py::gil_scoped_release>());
   m.def("spmm_24_w8a8",
         [](std::uintptr_t x, int64_t M, int64_t K, int64_t ldx, std::uintptr_t values,
            std::uintptr_t meta, std::uintptr_t colsum, std::uintptr_t w_scale, int64_t N,

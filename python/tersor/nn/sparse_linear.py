@@ -8,6 +8,7 @@ from torch import nn
 
 from tersor.formats import sparse24 as f24
 from tersor.nn._common import check_float_weight
+from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.spmm_24 import spmm_24, spmm_24_cpu, spmm_24_w8a8, spmm_24_w8a8_cpu
 
 SCHEMES = ("2:4", "2:4+w8a8")
@@ -99,8 +100,12 @@ class SparseLinear(nn.Module):
 
     def describe(self) -> str:
         kept = int((self.canonical_weight()[0] != 0).sum())
-        return (f"density {kept / max(1, self.out_features * self.in_features):.3f}, kernel "
+        note = (f"density {kept / max(1, self.out_features * self.in_features):.3f}, kernel "
                 f"spmm_24{'_w8a8' if self.int8 else ''}")
+        if not self.int8:
+            note += (f"; from {DENSE_MIN_ROWS['2:4']} rows on a CPU, panels decompressed for a "
+                     f"dense GEMM (no copy kept)")
+        return note
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         what = f"layer '{self.name}' ({self.scheme})" if self.name else f"SparseLinear ({self.scheme})"

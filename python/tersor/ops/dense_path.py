@@ -1,10 +1,14 @@
-"""The large-batch path of the weight-only schemes: dequantize a panel of output columns with
-our kernel, then let torch's dense fp32 GEMM (oneDNN) multiply it, panel by panel.
+"""The large-batch path of the weight-only and 2:4 fp32 schemes: dequantize (or decompress) a
+panel of output columns with our kernel, then let torch's dense fp32 GEMM (oneDNN) multiply it,
+panel by panel.
 
 Weight-only kernels widen every weight in registers once per row tile, which costs more than
 an fp32 GEMM's FMAs once M is large; a dequantized panel is reused by all M rows instead. The
-ops switch here from ``DENSE_MIN_ROWS`` rows, a threshold measured on the reference machine
-(4096 x 4096, 2 threads; see the foundation and int4 closing notes). Panels keep the fp32
+2:4 kernel does half the FMAs, but its per-weight shuffles make it 0.6-0.8x a dense GEMM from
+~256 rows (both machines measured; see the sparsity closing notes), while a decompressed panel
+costs one pass over the weight. The ops switch here from ``DENSE_MIN_ROWS`` rows, thresholds
+measured on the reference machines (2 threads; the foundation, int4 and Conv2d closing notes).
+Panels keep the fp32
 scratch at ~16 MiB instead of a full fp32 copy of the weight; the scratch is kept per thread
 between calls, because first-touching 16 MiB of fresh pages on every call cost ~15% of a
 512-row GEMM.
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 
 from tersor import _C
 
-DENSE_MIN_ROWS = {"w8": 256, "w4": 128}
+DENSE_MIN_ROWS = {"w8": 256, "w4": 128, "2:4": 256}
 PANEL_BYTES = 16 << 20
 
 
@@ -38,38 +42,65 @@ def _panel_cols(k: int) -> int:
     return max(16, (PANEL_BYTES // (4 * max(k, 1))) // 16 * 16)
 
 
-def linear_w8_dense(x2, packed, scale, bias, n: int) -> torch.Tensor:
-    """x2 [M, K] float32 contiguous rows; int8 packed weight (formats/int8.py)."""
+def _by_panels(x2, bias, n: int, fill, transposed: bool = False) -> torch.Tensor:
+    """y = x2 W^T + bias with W made a panel of output columns at a time: fill(n0, nn, out)
+    writes W[n0:n0+nn] as [nn, K] rows (transposed: W^T[:, n0:n0+nn] as [K, nn]) into out. One
+    panel covering every column is multiplied straight into the result (no copy)."""
     m, k = x2.shape
-    y = torch.empty(m, n)
     step = _panel_cols(k)
-    kp = packed.shape[1] * 4
     buf = _scratch(min(step, n) * k)
+    if step >= n:
+        w = buf.view(k, n) if transposed else buf.view(n, k)
+        fill(0, n, w)
+        return F.linear(x2, w.t() if transposed else w, bias)
+    y = torch.empty(m, n)
     for n0 in range(0, n, step):
         nn = min(step, n - n0)
-        w = buf[:nn * k].view(nn, k)
-        # block n0 / 16 starts at byte (n0 / 16) * Kp * 16 of the packed weight
+        w = buf[:nn * k].view(k, nn) if transposed else buf[:nn * k].view(nn, k)
+        fill(n0, nn, w)
+        y[:, n0:n0 + nn] = F.linear(x2, w.t() if transposed else w,
+                                    None if bias is None else bias[n0:n0 + nn])
+    return y
+
+
+def linear_w8_dense(x2, packed, scale, bias, n: int) -> torch.Tensor:
+    """x2 [M, K] float32 contiguous rows; int8 packed weight (formats/int8.py)."""
+    k = x2.shape[1]
+    kp = packed.shape[1] * 4
+
+    def fill(n0, nn, w):  # block n0 / 16 starts at byte (n0 / 16) * Kp * 16 of the packed weight
         _C.dequant_w8(packed.data_ptr() + n0 * kp, scale.data_ptr() + 4 * n0, nn, k,
                       w.data_ptr(), torch.get_num_threads())
-        y[:, n0:n0 + nn] = F.linear(x2, w, None if bias is None else bias[n0:n0 + nn])
-    return y
+
+    return _by_panels(x2, bias, n, fill)
 
 
 def linear_w4_dense(x2, codes, scale, zero, bias, n: int, group_size: int) -> torch.Tensor:
     """x2 [M, K] float32; int4 packed weight (formats/int4.py), dequantized as W^T panels."""
-    m, k = x2.shape
-    y = torch.empty(m, n)
-    step = _panel_cols(k)
+    k = x2.shape[1]
     ngroups = scale.shape[1]
     block_bytes = codes.shape[1] * 64  # one column block of codes
-    buf = _scratch(k * min(step, n))
-    for n0 in range(0, n, step):
-        nn = min(step, n - n0)
-        wt = buf[:k * nn].view(k, nn)
+
+    def fill(n0, nn, wt):
         nb = n0 // 16
         _C.dequant_w4t(codes.data_ptr() + nb * block_bytes,
                        scale.data_ptr() + 2 * nb * ngroups * 16,
                        0 if zero is None else zero.data_ptr() + nb * ngroups * 16, group_size,
                        ngroups, nn, k, wt.data_ptr(), nn, torch.get_num_threads())
-        y[:, n0:n0 + nn] = F.linear(x2, wt.t(), None if bias is None else bias[n0:n0 + nn])
-    return y
+
+    return _by_panels(x2, bias, n, fill, transposed=True)
+
+
+def linear_24_dense(x2, values, meta, bias, n: int) -> torch.Tensor:
+    """x2 [M, K] float32 rows; 2:4 fp32 weight (formats/sparse24.py pack_24), decompressed."""
+    k = x2.shape[1]
+    block_values = values.shape[1] * 2 * 16 * 4  # bytes of one 16-column block
+    block_meta = meta.shape[1] * 16
+
+    def fill(n0, nn, w):
+        nb = n0 // 16
+        _C.decompress_24(values.data_ptr() + nb * block_values,
+                         meta.data_ptr() + nb * block_meta, nn, k, w.data_ptr(),
+                         torch.get_num_threads())
+
+    return _by_panels(x2, bias, n, fill)
