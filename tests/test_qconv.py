@@ -193,6 +193,24 @@ def test_w8a8_conv_post_relu_images(isa, case, c_ref):
     assert torch.equal(y, c_ref(lambda: q(x)))
 
 
+@pytest.mark.parametrize("case", [(8, 20, 3, 1, 1, 1), (5, 7, 3, 2, 1, 1)],
+                         ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
+def test_w8a8_conv_zero_and_non_finite_images(isa, case, c_ref):
+    """An all-zero image gives the bias, an image holding NaN or Inf gives NaN everywhere (its
+    scale), and neither touches the other images of the batch: on every path."""
+    conv = make_conv(*case)
+    q = QConv2d.from_float(conv, tersor.W8A8Config())
+    x = torch.randn(4, case[0], 9, 10)
+    x[0] = 0.0
+    x[1, 0, 4, 5] = float("nan")
+    x[2, -1, 0, 0] = float("inf")
+    y = q(x)
+    assert torch.equal(y[0], conv.bias.detach()[:, None, None].expand_as(y[0]))
+    assert y[1].isnan().all() and y[2].isnan().all()
+    torch.testing.assert_close(y[3:], q(x[3:]), rtol=0, atol=0)
+    torch.testing.assert_close(y, c_ref(lambda: q(x)), rtol=0, atol=0, equal_nan=True)
+
+
 IMPLICIT_CASES = [  # (C_in, C_out, kernel, padding, dilation, H, W): stride 1, C_in % 64 == 0
     (64, 40, 3, 1, 1, 9, 7), (128, 16, 3, 1, 1, 5, 6), (64, 33, (1, 3), (0, 1), 1, 4, 9),
     (64, 24, 3, 2, 2, 7, 8), (64, 17, 5, 2, 1, 6, 5), (64, 32, 3, 0, 1, 5, 5),
