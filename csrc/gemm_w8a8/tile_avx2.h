@@ -49,6 +49,7 @@ TERSOR_UNROLL
     const uint8_t* ap[MR];
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) ap[r] = src.row[r] + src.run_offset[i];
+#pragma GCC unroll 2  // measured 5-15% on short K (1x1 convs: 16 groups per run)
     for (int64_t g = 0; g < src.run_groups; ++g, wp += 64) {
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32));
