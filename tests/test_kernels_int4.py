@@ -61,11 +61,12 @@ def test_gemm_w4(isa, g, k, m, n, sym, gen, c_ref):
     assert (y.double() - y64).pow(2).mean().sqrt() <= 3 * torch_err + 1e-6
 
 
+@pytest.mark.parametrize("n", [37, 45])  # last column block: one partial half / two halves
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("g,k", CASES)
-def test_dequant_w4t_exact(isa, g, k, sym, gen):
-    _, q, s, z, G, _, p = make(1, k, 37, g, sym, gen)
-    assert torch.equal(dequant_w4t(p.codes, p.scale, p.zero, 37, k, G),
+def test_dequant_w4t_exact(isa, g, k, sym, n, gen):
+    _, q, s, z, G, _, p = make(1, k, n, g, sym, gen)
+    assert torch.equal(dequant_w4t(p.codes, p.scale, p.zero, n, k, G),
                        dequantize_int4(q, s, z, G).t())
 
 
