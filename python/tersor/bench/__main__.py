@@ -115,7 +115,7 @@ def run_conv(rounds, signed, layers=None):
     print(f"\n{'layer':<15}{'implementation':<26}{'ms':>9}{'GOP/s':>8}  ratios (baseline time / "
           f"ours); inputs: {'signed' if signed else 'a ReLU output (body), signed (stem)'}")
     for name in layers or CONV_LAYERS:
-        ci, co, hw, k, s = CONV_LAYERS[name]
+        ci, _, _, k, _ = CONV_LAYERS[name]
         conv, x = conv_case(name, signed)
         impls = [im for im in conv_impls(conv, x) if not im.unavailable]
         with torch.inference_mode():
@@ -169,7 +169,7 @@ def main(argv=None):
     rows = []
     for fam in families:
         if fam == "conv":
-            print(f"\n=== W8A8 Conv2d, ResNet layers, batch 8, channels_last ===")
+            print("\n=== W8A8 Conv2d, ResNet layers, batch 8, channels_last ===")
             rows += run_conv(a.rounds, a.signed_inputs)
             continue
         print(f"\n=== {fam} weights ===")

@@ -8,10 +8,9 @@ an fp32 GEMM's FMAs once M is large; a dequantized panel is reused by all M rows
 ~256 rows (both machines measured; see the sparsity closing notes), while a decompressed panel
 costs one pass over the weight. The ops switch here from ``DENSE_MIN_ROWS`` rows, thresholds
 measured on the reference machines (2 threads; the foundation, int4 and Conv2d closing notes).
-Panels keep the fp32
-scratch at ~16 MiB instead of a full fp32 copy of the weight; the scratch is kept per thread
-between calls, because first-touching 16 MiB of fresh pages on every call cost ~15% of a
-512-row GEMM.
+Panels keep the fp32 scratch at ~16 MiB instead of a full fp32 copy of the weight; the scratch
+is kept per thread between calls, because first-touching 16 MiB of fresh pages on every call
+cost ~15% of a 512-row GEMM.
 """
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tersor import _C
+
 
 def _dense_min_rows() -> dict:
     """Rows from which the dense path wins, measured at 2 threads on 4096x4096 and 384x1536.
