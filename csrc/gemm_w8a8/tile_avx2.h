@@ -102,7 +102,8 @@ static inline void run_tile(int mr, bool non_negative, const ARows& src, const i
 // The rows of the large-M driver below, one block of kRowsPerBlock at a time.
 constexpr int64_t kRowsPerBlock = 64;
 struct RowBlock {
-  const uint8_t* row[kRowsPerBlock] = {};  // a short last tile copies null pointers, never read
+  const uint8_t* row[kRowsPerBlock] = {};  // a short tile copies the entries past its rows
+                                           // (null or stale) but never reads through them
   float sx[kRowsPerBlock];
   bool non_negative[kRowsPerBlock / kMR];  // per tile of kMR rows: take the plain u8 x s8 tile
   const int64_t* run_offset = nullptr;     // ARows' fields, shared by every row
