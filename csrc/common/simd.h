@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "common/parallel.h"  // TERSOR_UNROLL
+
 namespace tersor {
 
 #if defined(__AVX2__)
@@ -27,6 +29,28 @@ static inline void maskstore8(float* p, __m256i mask, __m256 v) {
 // bias[n .. n+8) under the block's mask, zeros without a bias.
 static inline __m256 bias8(const float* bias, int64_t n, __m256i mask) {
   return bias ? _mm256_maskload_ps(bias + n, mask) : _mm256_setzero_ps();
+}
+// The epilogue of every AVX2 int8 kernel, one register tile of MR rows x 16 columns (acc[r][h]:
+// row r, columns n0 + 8h ..): y[r][n] = fma(float(acc), sx[r] * w_scale[n], bias[n]), the
+// formula that keeps every ISA path bit-identical to the ref; columns from N on are not stored.
+template <int MR>
+static inline void store_int8_tile(const __m256i (&acc)[MR][2], const float* sx,
+                                   const float* w_scale, const float* bias, int64_t N, float* y,
+                                   int64_t ldy, int64_t n0) {
+TERSOR_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const int64_t n = n0 + 8 * h;
+    if (n >= N) break;
+    const __m256i mask = tail_mask8(N - n);
+    const __m256 sw = _mm256_loadu_ps(w_scale + n);
+    const __m256 b = bias8(bias, n, mask);
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m256 v = _mm256_cvtepi32_ps(acc[r][h]);
+      const __m256 s = _mm256_mul_ps(_mm256_set1_ps(sx[r]), sw);
+      maskstore8(y + r * ldy + n, mask, _mm256_fmadd_ps(v, s, b));
+    }
+  }
 }
 #endif
 

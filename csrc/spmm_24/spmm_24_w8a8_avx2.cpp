@@ -54,20 +54,8 @@ TERSOR_UNROLL
       }
     }
   }
-TERSOR_UNROLL
-  for (int h = 0; h < 2; ++h) {
-    const int64_t n = nb * 16 + 8 * h;
-    if (n >= a.N) break;
-    const __m256i mask = tail_mask8(a.N - n);
-    const __m256 sw = _mm256_loadu_ps(a.w_scale + n);
-    const __m256 b = bias8(a.bias, n, mask);
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      const __m256 v = _mm256_cvtepi32_ps(acc[r][h]);
-      const __m256 s = _mm256_mul_ps(_mm256_set1_ps(sx[m0 + r]), sw);
-      maskstore8(a.y + (m0 + r) * a.ldy + n, mask, _mm256_fmadd_ps(v, s, b));
-    }
-  }
+  store_int8_tile<MR>(acc, sx + m0, a.w_scale, a.bias, a.N, a.y + m0 * a.ldy, a.ldy,
+                      nb * 16);
 }
 
 using TileFn = void (*)(const W8A8Args&, const uint8_t*, int64_t, int64_t, const float*, int64_t,
