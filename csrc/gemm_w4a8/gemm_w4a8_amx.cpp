@@ -40,6 +40,10 @@ void configure_tiles(int ks) {
   for (int t = 0; t < 4; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
   for (int t = 4; t < 6; ++t) cfg.rows[t] = 16, cfg.colsb[t] = static_cast<uint16_t>(ks);
   for (int t = 6; t < 8; ++t) cfg.rows[t] = static_cast<uint8_t>(ks / 4), cfg.colsb[t] = 64;
+  // GCC 12 drops the stores to rows / colsb before the builtin (it does not see LDTILECFG
+  // read them: the tiles then stay unconfigured and the first tile instruction is #UD, seen on
+  // a Sapphire Rapids machine); the empty asm makes the whole struct live in memory.
+  asm volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 

@@ -46,6 +46,10 @@ void amx_configure_tiles() {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
+  // GCC 12 drops the stores to rows / colsb before the builtin (it does not see LDTILECFG
+  // read them: the tiles then stay unconfigured and the first tile instruction is #UD, seen on
+  // a Sapphire Rapids machine); the empty asm makes the whole struct live in memory.
+  asm volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
