@@ -26,8 +26,8 @@ def bench_overhead_qlinear(benchmark):
 def bench_overhead_bare_kernel(benchmark):
     _, q, x = _setup()
     y = torch.empty(1, 384)
-    args = (x.data_ptr(), 1, 384, 384, q.packed.data_ptr(), q.colsum.data_ptr(),
-            q.scale.data_ptr(), 384, q.bias.data_ptr(), y.data_ptr(), 384,
+    args = (x.data_ptr(), 1, 384, 384, q.fmt.packed.data_ptr(), q.fmt.colsum.data_ptr(),
+            q.fmt.scale.data_ptr(), 384, q.bias.data_ptr(), y.data_ptr(), 384,
             torch.get_num_threads())
     benchmark.group = "overhead 384x384 M=1"
     benchmark(_C.gemm_w8a8, *args)

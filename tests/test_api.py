@@ -78,12 +78,17 @@ def test_config_validation():
         tersor.quantize_(nn.Linear(2, 2), tersor.W8A8Config())
 
 
-def test_already_quantized_layers_are_left_alone():
-    model = nn.Sequential(nn.Linear(8, 8))
-    tersor.quantize_(model, tersor.W8A8Config())
+def test_already_quantized_layers_are_left_alone_and_reported():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    tersor.quantize_(model, tersor.W8A8Config(), filter_fn=lambda m, fqn: fqn == "0")
     first = model[0]
-    report = tersor.quantize_(model, tersor.W8A8Config())
-    assert model[0] is first and report.layers == []
+    report = tersor.quantize_(model, tersor.W4Config(group_size=-1))
+    assert model[0] is first and isinstance(model[1], QLinear) and model[1].scheme == "w4"
+    kept, new = report.layers
+    assert (kept.fqn, kept.scheme, kept.status) == ("0", "w8a8", "already compressed")
+    assert "already w8a8" in kept.reason and new.status == "converted"
+    assert report.kept == [kept] and report.converted == [new]
+    assert "1 converted to w4, 1 already compressed (kept), 0 left dense" in str(report)
 
 
 def test_int4_quantize_report_skips_indivisible_layers():

@@ -231,11 +231,11 @@ def test_implicit_gemm_addressing_bit_identical_to_gather_path(case, batch):
     xh = torch.randn(batch, h, w, ci)
     g = q.gemm
     (kh, kw), (ph, pw), (dh, dw) = q.kernel_size, q.padding, q.dilation
-    args = (xh, g.packed, g.colsum, g.scale, g.bias, co, kh, kw, 1, 1, ph, pw, dh, dw)
+    args = (xh, g.fmt.packed, g.fmt.colsum, g.fmt.scale, g.bias, co, kh, kw, 1, 1, ph, pw, dh, dw)
     y = conv_w8a8_cpu(*args, emulate_implicit=True)
     assert torch.equal(y, conv_w8a8_cpu(*args))
     with pytest.raises(ValueError, match="stride 1 and C % 64"):
-        conv_w8a8_cpu(xh[..., :ci - 1].contiguous(), g.packed, g.colsum, g.scale, g.bias, co, kh,
+        conv_w8a8_cpu(xh[..., :ci - 1].contiguous(), g.fmt.packed, g.fmt.colsum, g.fmt.scale, g.bias, co, kh,
                       kw, 1, 1, ph, pw, dh, dw, emulate_implicit=True)
 
 
@@ -246,7 +246,7 @@ def test_conv_op_opcheck():
     q = QConv2d.from_float(conv, tersor.W8A8Config())
     xh = torch.randn(2, 9, 12, 6)
     g = q.gemm
-    args = (xh, g.packed, g.colsum, g.scale, g.bias, 20, 3, 3, 2, 2, 1, 1, 1, 1)
+    args = (xh, g.fmt.packed, g.fmt.colsum, g.fmt.scale, g.bias, 20, 3, 3, 2, 2, 1, 1, 1, 1)
     torch.library.opcheck(conv_w8a8, args)
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import tersor
+from tersor.formats import Int8Format
 from tersor.nn import QLinear
 
 CONFIGS = [tersor.W8A8Config(), tersor.W8Config(), tersor.W4Config(group_size=-1),
@@ -53,7 +54,7 @@ def test_to_float_and_dequantized_weight(cfg):
     lin = make_linear(37, 20)
     q = QLinear.from_float(lin, cfg)
     back = q.to_float()
-    if q.family == "int8":
+    if isinstance(q.fmt, Int8Format):
         qi, s = q.canonical_weight()
         torch.testing.assert_close(back.weight, qi.float() * s[:, None], rtol=0, atol=0)
         assert (back.weight - lin.weight).abs().max() <= s.max() / 2 + 1e-7
@@ -61,7 +62,7 @@ def test_to_float_and_dequantized_weight(cfg):
         from tersor.formats.int4 import dequantize_int4
 
         qi, s, z = q.canonical_weight()
-        torch.testing.assert_close(back.weight, dequantize_int4(qi, s, z, q._G), rtol=0, atol=0)
+        torch.testing.assert_close(back.weight, dequantize_int4(qi, s, z, q.fmt.G), rtol=0, atol=0)
     torch.testing.assert_close(back.bias, lin.bias)
 
 
@@ -70,7 +71,7 @@ def test_state_dict_round_trip(cfg):
     lin = make_linear(37, 20)
     q = QLinear.from_float(lin, cfg)
     sd = q.state_dict()
-    if q.family == "int8":
+    if isinstance(q.fmt, Int8Format):
         assert set(sd) == {"weight_int8", "weight_scale", "bias"}
         assert sd["weight_int8"].dtype == torch.int8 and sd["weight_int8"].shape == (20, 37)
         fresh = QLinear(37, 20, scheme=cfg.scheme)

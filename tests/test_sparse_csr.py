@@ -107,14 +107,14 @@ def test_dense_fallback_at_large_m_is_reported_and_exact():
         torch.testing.assert_close(layer(x), x @ w.t() + layer.bias, rtol=1e-5, atol=1e-5)
     fresh = nn.Sequential(CsrLinear(64, 48))
     fresh.load_state_dict(model.state_dict())
-    assert fresh[0].dense_from_rows == 256 and fresh[0].dense_w is not None
+    assert fresh[0].dense_from_rows == 256 and fresh[0].fmt.dense_w is not None
     # sparse enough to win at every M: no dense copy
     m90 = nn.Sequential(nn.Linear(64, 48))
     tersor.sparsify_(m90, tersor.SparseConfig(sparsity=0.9))
-    assert m90[0].dense_w is None
+    assert m90[0].fmt.dense_w is None
     m_off = nn.Sequential(nn.Linear(64, 48))
     tersor.sparsify_(m_off, tersor.SparseConfig(sparsity=0.75, dense_fallback=False))
-    assert m_off[0].dense_w is None
+    assert m_off[0].fmt.dense_w is None
 
 
 def test_global_scope_spreads_sparsity_by_magnitude():
@@ -196,11 +196,16 @@ def test_block_sparsify_quantize_state_dict_compile():
 
 
 def test_block_errors_leave_model_unchanged():
+    # a layer the block does not divide (a 30-output head) is left dense and reported
     model = nn.Sequential(nn.Linear(64, 96), nn.Linear(96, 30))
-    with pytest.raises(ValueError, match=r"converting '1' failed.*block \(16, 4\) does not "
-                                         r"divide the weight \[30, 96\]"):
-        tersor.sparsify_(model, tersor.SparseConfig(block=(16, 4)))
-    assert all(isinstance(m, nn.Linear) for m in model)
+    report = tersor.sparsify_(model, tersor.SparseConfig(block=(16, 4)))
+    assert isinstance(model[0], tersor.BlockSparseLinear) and isinstance(model[1], nn.Linear)
+    head = report.layers[1]
+    assert (head.fqn, head.scheme, head.status) == ("1", "dense", "dense")
+    assert "block (16, 4) does not divide the weight [30, 96]" in head.reason
+    with pytest.raises(ValueError, match=r"layer 'h': block \(16, 4\) does not divide"):
+        tersor.BlockSparseLinear.from_float(nn.Linear(96, 30), tersor.SparseConfig(block=(16, 4)),
+                                            name="h")
     with pytest.raises(ValueError, match=r"only 0.0% of the \(16, 4\) blocks are zero.*"
                                          r"prune=False"):
         tersor.sparsify_(nn.Sequential(nn.Linear(64, 96)),

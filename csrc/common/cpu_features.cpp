@@ -78,10 +78,10 @@ bool isa_available(Isa isa) {
 }
 
 Isa best_isa() {
-  if (isa_available(Isa::Amx)) return Isa::Amx;
-  if (isa_available(Isa::Avx512)) return Isa::Avx512;
-  if (isa_available(Isa::Avx2)) return Isa::Avx2;
-  return Isa::Ref;
+  Isa best = Isa::Ref;
+  for (Isa i : kAllIsas)
+    if (isa_available(i)) best = i;
+  return best;
 }
 
 const char* isa_name(Isa isa) {
@@ -97,18 +97,19 @@ const char* isa_name(Isa isa) {
 Isa active_isa() {
   const char* env = std::getenv("TERSOR_CPU_ISA");
   if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return best_isa();
-  Isa want;
-  if (std::strcmp(env, "ref") == 0) want = Isa::Ref;
-  else if (std::strcmp(env, "avx2") == 0) want = Isa::Avx2;
-  else if (std::strcmp(env, "avx512") == 0) want = Isa::Avx512;
-  else if (std::strcmp(env, "amx") == 0) want = Isa::Amx;
-  else
-    throw std::invalid_argument(std::string("TERSOR_CPU_ISA='") + env +
-                                "' is not one of auto, ref, avx2, avx512, amx");
-  if (!isa_available(want))
+  const Isa* want = nullptr;
+  std::string names = "auto";
+  for (const Isa& i : kAllIsas) {
+    if (std::strcmp(env, isa_name(i)) == 0) want = &i;
+    names += std::string(", ") + isa_name(i);
+  }
+  if (want == nullptr)
+    throw std::invalid_argument(std::string("TERSOR_CPU_ISA='") + env + "' is not one of " +
+                                names);
+  if (!isa_available(*want))
     throw std::runtime_error(std::string("TERSOR_CPU_ISA=") + env +
                              " is not available on this CPU/build (see tersor.cpu_info())");
-  return want;
+  return *want;
 }
 
 int clamp_threads(int requested) { return requested < 1 ? 1 : requested; }

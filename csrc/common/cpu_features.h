@@ -9,7 +9,9 @@
 namespace tersor {
 
 // Amx = Avx512 plus AMX-INT8 tiles: families without an AMX kernel run their Avx512 one.
+// The one list of ISA paths, worst to best (Python reads it as tersor._C.ISAS).
 enum class Isa : int { Ref = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };
+inline constexpr Isa kAllIsas[] = {Isa::Ref, Isa::Avx2, Isa::Avx512, Isa::Amx};
 
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;

@@ -57,11 +57,17 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in);
 // The GEMM's rows gathered from xq (for gemm_w8a8::run_rows / run_rows_amx).
 gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in);
 
-void run_w8a8_generic(const ConvW8A8Args& c, const QuantizedInput& in);
-void run_w8a8_amx(const ConvW8A8Args& c, const QuantizedInput& in);
+// One call of the GEMM stage, what the shared dispatch_isa hands each path.
+struct ConvCall {
+  const ConvW8A8Args& c;
+  const QuantizedInput& in;
+};
+// Generic (ref and AVX-512): patch rows gathered for gemm_w8a8::run_rows, which dispatches.
+void run_w8a8_generic(const ConvCall& k);
+void run_w8a8_amx(const ConvCall& k);
 // AVX2: the patches read in place from xq (no gather) when every run of codes is a multiple of
 // 4 long (kw * C, or C when dilated); the gather path otherwise (the 3-channel stem).
-void run_w8a8_avx2(const ConvW8A8Args& c, const QuantizedInput& in);
+void run_w8a8_avx2(const ConvCall& k);
 // Auto: quantize, then per-call ISA dispatch. EmulatedImplicit (tests): the AMX implicit GEMM
 // run over scalar tiles, on any machine.
 enum class Path { Auto, EmulatedImplicit };

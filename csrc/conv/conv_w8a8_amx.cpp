@@ -41,12 +41,13 @@ template <> void AmxTiles::dpbssd<3, 5, 7>() { _tile_dpbssd(3, 5, 7); }
 
 }  // namespace
 
-void run_w8a8_amx(const ConvW8A8Args& c, const QuantizedInput& in) {
-  if (implicit_gemm_applies(c)) return implicit_gemm<AmxTiles>(c, in);
+void run_w8a8_amx(const ConvCall& k) {
+  const ConvW8A8Args& c = k.c;
+  if (implicit_gemm_applies(c)) return implicit_gemm<AmxTiles>(c, k.in);
   const int64_t K = c.kh * c.kw * c.C;
   gemm_w8a8::run_rows_amx(PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum,
                                              c.w_scale, c.N, c.bias, c.y, c.N, c.nthreads},
-                          patch_rows(c, in));
+                          patch_rows(c, k.in));
 }
 
 }  // namespace tersor::conv

@@ -19,10 +19,12 @@
 
 namespace tersor::conv {
 
-void run_w8a8_avx2(const ConvW8A8Args& c, const QuantizedInput& in) {
+void run_w8a8_avx2(const ConvCall& k) {
   using gemm_w8a8::avx2::kMR;
+  const ConvW8A8Args& c = k.c;
+  const QuantizedInput& in = k.in;
   const int64_t run = c.dw == 1 ? c.kw * c.C : c.C;
-  if (run % 4 != 0) return run_w8a8_generic(c, in);  // a 4-code group would straddle two runs
+  if (run % 4 != 0) return run_w8a8_generic(k);  // a 4-code group would straddle two runs
 
   const int64_t M = c.B * c.Ho * c.Wo, K = c.kh * c.kw * c.C;  // K % 4 == 0 here
   std::vector<int64_t> run_offset;

@@ -126,11 +126,12 @@ gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in) {
   };
 }
 
-void run_w8a8_generic(const ConvW8A8Args& c, const QuantizedInput& in) {
+void run_w8a8_generic(const ConvCall& k) {
+  const ConvW8A8Args& c = k.c;
   const int64_t K = c.kh * c.kw * c.C;
   gemm_w8a8::run_rows(PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum,
                                          c.w_scale, c.N, c.bias, c.y, c.N, c.nthreads},
-                      patch_rows(c, in));
+                      patch_rows(c, k.in));
 }
 
 void run_w8a8(const ConvW8A8Args& c, Path path) {
@@ -144,11 +145,9 @@ void run_w8a8(const ConvW8A8Args& c, Path path) {
   const QuantizedInput in{xq.get(), scale.get(), non_negative.get(), Hp, Wp};
   quantize_input(c, in);
   if (path == Path::EmulatedImplicit) return implicit_gemm<EmulatedTiles>(c, in);
-#if defined(TERSOR_X86)
-  if (active_isa() == Isa::Amx) return run_w8a8_amx(c, in);
-  if (active_isa() == Isa::Avx2) return run_w8a8_avx2(c, in);
-#endif
-  run_w8a8_generic(c, in);
+  // AVX-512 without AMX runs the generic path (its GEMM dispatches to the VNNI kernel)
+  dispatch_isa(ConvCall{c, in}, run_w8a8_generic, TERSOR_X86_FN(run_w8a8_avx2),
+               TERSOR_X86_FN(run_w8a8_generic), TERSOR_X86_FN(run_w8a8_amx));
 }
 
 }  // namespace tersor::conv

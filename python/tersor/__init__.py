@@ -5,14 +5,14 @@
     print(report)
 """
 from tersor._backend import available_isas, cpu_info
-from tersor.api import LayerReport, Report, quantize_, sparsify_
-from tersor.configs import (Sparse24Config, SparseConfig, W4A8Config, W4Config, W8A8Config,
-                            W8Config)
-from tersor.nn import BlockSparseLinear, CsrLinear, QConv2d, QLinear, SparseLinear
+from tersor.api import LayerReport, Report, quantize_, register_handler, sparsify_
+from tersor.configs import (Config, Sparse24Config, SparseConfig, W4A8Config, W4Config,
+                            W8A8Config, W8Config)
+from tersor.nn import BlockSparseLinear, CsrLinear, PackedLinear, QConv2d, QLinear, SparseLinear
 
 __version__ = "0.1.0"
 
-__all__ = ["BlockSparseLinear", "CsrLinear", "LayerReport", "QConv2d", "QLinear", "Report", "Sparse24Config",
-           "SparseConfig", "SparseLinear",
-           "W4A8Config", "W4Config", "W8A8Config", "W8Config", "available_isas", "cpu_info",
-           "quantize_", "sparsify_"]
+__all__ = ["BlockSparseLinear", "Config", "CsrLinear", "LayerReport", "PackedLinear", "QConv2d",
+           "QLinear", "Report", "Sparse24Config", "SparseConfig", "SparseLinear", "W4A8Config",
+           "W4Config", "W8A8Config", "W8Config", "available_isas", "cpu_info", "quantize_",
+           "register_handler", "sparsify_"]

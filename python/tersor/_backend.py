@@ -11,13 +11,13 @@ import torch
 
 from tersor import _C
 
-ISAS = ("ref", "avx2", "avx512", "amx")
+ISAS = tuple(_C.ISAS)  # worst to best; the one list lives in csrc/common/cpu_features.h
 
 
 def cpu_info() -> dict:
     """Features detected (CPUID + XCR0), ISA paths available, and the active one.
 
-    ``TERSOR_CPU_ISA`` (``auto|ref|avx2|avx512``) is read on every kernel call, so it can be
+    ``TERSOR_CPU_ISA`` (``auto`` or one of ``ISAS``) is read on every kernel call, so it can be
     changed at run time (tests force each path that way).
     """
     info = dict(_C.cpu_info())

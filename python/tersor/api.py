@@ -1,5 +1,11 @@
-"""quantize_: swap a model's nn.Linear / nn.Conv2d layers for QLinear / QConv2d, all or
-nothing, and report."""
+"""quantize_ / sparsify_: swap a model's nn.Linear / nn.Conv2d layers for tersor layers, all or
+nothing, and report.
+
+Each config type has a handler (``register_handler``, as torchao's
+``register_quantize_module_handler``): which modules it takes, why it cannot serve one, and
+how it builds the layer. quantize_, sparsify_ and every ``from_float`` go through the same
+handlers, so a new scheme is a format object + a config + a handler, with no change here.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,43 +15,50 @@ import torch
 from torch import nn
 
 from tersor import pruning
-from tersor.configs import (DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN, Sparse24Config,
-                            SparseConfig, W4A8Config, W4Config, W8A8Config, W8Config)
+from tersor.configs import (DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN, Config, Sparse24Config,
+                            SparseConfig, W4A8Config, W4Config, W8A8Config, W8Config,
+                            _QuantConfig)
+from tersor.formats import BlockFormat, CsrFormat, Int4Format, Int8Format, Sparse24Format
 from tersor.formats.int4 import effective_group_size
-from tersor.nn.block_linear import BlockSparseLinear
-from tersor.nn.csr_linear import CsrLinear
+from tersor.formats.sparse_block import check_block
+from tersor.nn.linear import PackedLinear
 from tersor.nn.qconv import QConv2d
-from tersor.nn.qlinear import QLinear
-from tersor.nn.sparse_linear import SparseLinear
 
-_CONFIGS = (W8A8Config, W8Config, W4Config, W4A8Config)
-SPARSE_FP32_SCHEMES = ("2:4", "unstructured", "block")
+# ---- report -------------------------------------------------------------------------------------
+
+CONVERTED, DENSE, KEPT = "converted", "dense", "already compressed"
 
 
 @dataclass
 class LayerReport:
     fqn: str
     shape: tuple  # Linear (out_features, in_features); Conv2d (C_out, C_in, kh, kw)
-    scheme: str  # the scheme applied, or "dense"
+    scheme: str  # the scheme applied (or kept), or "dense"
     bytes_before: int
     bytes_after: int
-    reason: str = ""  # why the layer was left dense, or notes on the conversion
+    reason: str = ""  # why the layer was left dense or kept, or notes on the conversion
+    status: str = CONVERTED  # CONVERTED, DENSE or KEPT (compressed before this call)
 
 
 @dataclass
 class Report:
-    """Per-layer outcome of a conversion; ``print(report)`` gives a table."""
+    """Per-layer outcome of a conversion, in model order; ``print(report)`` gives a table."""
 
     scheme: str
     layers: list = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def converted(self) -> list:
-        return [r for r in self.layers if r.scheme != "dense"]
+        return [r for r in self.layers if r.status == CONVERTED]
 
     @property
     def skipped(self) -> list:
-        return [r for r in self.layers if r.scheme == "dense"]
+        return [r for r in self.layers if r.status == DENSE]
+
+    @property
+    def kept(self) -> list:
+        return [r for r in self.layers if r.status == KEPT]
 
     @property
     def bytes_before(self) -> int:
@@ -56,133 +69,226 @@ class Report:
         return sum(r.bytes_after for r in self.layers)
 
     def __str__(self) -> str:
-        rows = [("layer", "shape (N, K)", "scheme", "MiB before", "MiB after", "note")]
+        rows = [("layer", "shape", "scheme", "MiB before", "MiB after", "note")]
         for r in self.layers:
-            rows.append((r.fqn, str(r.shape), r.scheme, f"{r.bytes_before / 2**20:.3f}",
-                         f"{r.bytes_after / 2**20:.3f}", r.reason))
+            rows.append((r.fqn, "x".join(map(str, r.shape)), r.scheme,
+                         f"{r.bytes_before / 2**20:.3f}", f"{r.bytes_after / 2**20:.3f}",
+                         r.reason))
         widths = [max(len(row[i]) for row in rows) for i in range(6)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "-" * len(lines[0]))
-        lines.append(f"{len(self.converted)} converted to {self.scheme}, {len(self.skipped)} left "
-                     f"dense; linear weights {self.bytes_before / 2**20:.2f} MiB -> "
-                     f"{self.bytes_after / 2**20:.2f} MiB")
+        kept = f", {len(self.kept)} already compressed (kept)" if self.kept else ""
+        lines.append(f"{len(self.converted)} converted to {self.scheme}{kept}, "
+                     f"{len(self.skipped)} left dense; weights {self.bytes_before / 2**20:.2f} "
+                     f"MiB -> {self.bytes_after / 2**20:.2f} MiB in {self.seconds:.1f} s")
         return "\n".join(lines)
 
 
-def _note(q: nn.Module) -> str:
-    """What the report says about a converted layer: density reached, kernel, fallbacks."""
-    inner = q.gemm if isinstance(q, QConv2d) else q
-    note = getattr(inner, "describe", None)
-    return note() if note else ""
+# ---- handlers -----------------------------------------------------------------------------------
+
+class KeepDense(Exception):
+    """A handler's answer that the layer stays an nn.Linear (with this pruned weight)."""
+
+    def __init__(self, weight, reason):
+        super().__init__(reason)
+        self.weight, self.reason = weight, reason
+
+
+@dataclass
+class Context:
+    """What a conversion call knows beyond the layer: Wanda input norms (calibration), a
+    global pruning threshold."""
+
+    norms: Optional[dict] = None
+    threshold: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Handler:
+    verb: str  # "quantize_" or "sparsify_": the entry point that takes the config
+    convert: Callable  # (module, config, ctx, name) -> nn.Module, or raise KeepDense
+    kinds: tuple = (nn.Linear, nn.Conv2d)  # float modules it converts
+    cannot_serve: Optional[Callable] = None  # (module, config) -> reason or ""
+    prepare: Optional[Callable] = None  # (model, layers, config, calibration, ctx) -> None
+
+
+_HANDLERS: dict = {}
+
+
+def register_handler(config_type: type, verb: str, **kw):
+    """Decorator: fn(module, config, ctx, name) builds the layer for config_type."""
+
+    def deco(fn):
+        _HANDLERS[config_type] = Handler(verb, fn, **kw)
+        return fn
+
+    return deco
+
+
+def _handler(config, verb: str) -> Handler:
+    h = _HANDLERS.get(type(config))
+    if h is None or h.verb != verb:
+        names = sorted(t.__name__ for t, h in _HANDLERS.items() if h.verb == verb)
+        raise TypeError(f"tersor.{verb}: config must be one of {names}, got "
+                        f"{type(config).__name__}")
+    return h
+
+
+def _label(name: str) -> str:
+    return f"layer '{name}'" if name else "layer"
+
+
+def _gemm_weight(m: nn.Module) -> torch.Tensor:
+    """The [N, K] weight a module's GEMM multiplies (convolutions in NHWC patch order)."""
+    return QConv2d.gemm_weight(m) if isinstance(m, nn.Conv2d) else m.weight.detach()
+
+
+def _build(m: nn.Module, fmt, config, name: str) -> nn.Module:
+    kernel = getattr(config, "kernel", "auto")
+    gemm = PackedLinear.wrap(fmt, m.bias, kernel=kernel, name=name)
+    return QConv2d.around(m, gemm, name) if isinstance(m, nn.Conv2d) else gemm
+
+
+def _cannot_serve_int4(m, config) -> str:
+    k = _gemm_weight(m).shape[1]
+    try:
+        effective_group_size(k, config.group_size)
+    except ValueError:
+        return (f"K={k} is not a multiple of group_size={config.group_size} (not padded; "
+                f"group_size=-1 would serve it)")
+    return ""
+
+
+def _quantize(m, config, ctx, name):
+    fmt_cls = Int4Format if isinstance(config, (W4Config, W4A8Config)) else Int8Format
+    return _build(m, fmt_cls.from_float(_gemm_weight(m), config, what=_label(name)), config,
+                  name)
+
+
+for _cfg in (W8A8Config, W8Config):
+    register_handler(_cfg, "quantize_")(_quantize)
+for _cfg in (W4Config, W4A8Config):
+    register_handler(_cfg, "quantize_", cannot_serve=_cannot_serve_int4)(_quantize)
+
+
+def _wanda(model, layers, config, calibration, ctx):
+    if calibration is not None:
+        ctx.norms = pruning.input_norms(model, layers, calibration)
+
+
+def _score(m, ctx):
+    s = pruning.score(m, ctx.norms)
+    if s is not None and s.dim() == 4:  # the 2:4 groups run along the GEMM's K order too
+        s = s.permute(0, 2, 3, 1).reshape(s.shape[0], -1)
+    return s
+
+
+@register_handler(Sparse24Config, "sparsify_", prepare=_wanda)
+def _sparsify_24(m, config, ctx, name):
+    fmt = Sparse24Format.from_float(_gemm_weight(m), config, what=_label(name),
+                                    score=_score(m, ctx))
+    return _build(m, fmt, config, name)
+
+
+def _cannot_serve_sparse(m, config) -> str:
+    if config.block is not None:
+        try:
+            check_block(config.block, *m.weight.shape)
+        except ValueError as e:
+            return f"{e}: left dense"
+    return ""
+
+
+def _prepare_sparse(model, layers, config, calibration, ctx):
+    _wanda(model, layers, config, calibration, ctx)
+    if config.scope == "global" and config.prune:
+        ctx.threshold = pruning.global_threshold(layers, ctx.norms, config)
+
+
+@register_handler(SparseConfig, "sparsify_", kinds=(nn.Linear,),
+                  cannot_serve=_cannot_serve_sparse, prepare=_prepare_sparse)
+def _sparsify(m, config, ctx, name):
+    w = pruning.prune_layer(m, config, ctx.norms, ctx.threshold, _label(name))
+    sparsity = 1.0 - float((w != 0).float().mean())
+    if sparsity < config.break_even:
+        raise KeepDense(w, f"kept dense: too dense to gain (sparsity {sparsity:.2f} < measured "
+                           f"break-even {config.break_even:.2f})")
+    if config.block is not None:
+        return _build(m, BlockFormat.from_float(w, what=_label(name)), config, name)
+    fallback = config.dense_fallback and sparsity < LARGE_M_BREAK_EVEN
+    fmt = CsrFormat.from_float(w, what=_label(name),
+                               dense_from_rows=DENSE_FALLBACK_ROWS if fallback else None)
+    return _build(m, fmt, config, name)
+
+
+# ---- the walk -----------------------------------------------------------------------------------
+
+def _compressed(m: nn.Module) -> bool:
+    return isinstance(m, (PackedLinear, QConv2d))
 
 
 def _layer_bytes(m: nn.Module) -> int:
-    if _is_sparse_fp32(m):
-        return m.gemm.nbytes if isinstance(m, QConv2d) else m.nbytes
+    if _compressed(m):
+        return m.nbytes
     return sum(p.numel() * p.element_size() for p in (m.weight, m.bias) if p is not None)
 
 
 def _layer_shape(m: nn.Module) -> tuple:
     if isinstance(m, QConv2d):
         return (m.out_channels, m.in_channels, *m.kernel_size)
-    if _is_sparse_fp32(m):
+    if isinstance(m, PackedLinear):
         return (m.out_features, m.in_features)
     return tuple(m.weight.shape)
 
 
-def _is_sparse_fp32(m: nn.Module) -> bool:
-    """A layer sparsify_ produced with fp32 values: quantize_(W8A8Config()) makes it int8."""
-    return hasattr(m, "quantized") and getattr(m, "scheme", "") in SPARSE_FP32_SCHEMES
-
-
-def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config) -> str:
-    """Why the scheme cannot run this layer, or "" if it can."""
-    if _is_sparse_fp32(m):
-        if not isinstance(config, W8A8Config):
-            return (f"{m.scheme} sparse layer: sparsity combines with W8A8Config only, kept "
-                    f"{m.scheme} fp32")
-        return ""
-    k = m.in_features if isinstance(m, nn.Linear) else None
+def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config, handler) -> str:
+    """Why the config cannot convert this float layer, or "" if it can (handler None: only the
+    checks every scheme shares; from_float lets the format raise its own, fuller error)."""
     if isinstance(m, nn.Conv2d):
         why = QConv2d.unsupported(m)
         if why:
             return why
-        k = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
     if isinstance(parent, nn.MultiheadAttention):
         return "out_proj of nn.MultiheadAttention (its fused path reads .weight directly)"
     if m.weight.dtype != torch.float32:
         return f"weight dtype {m.weight.dtype}: the kernels take float32 layers"
     if m.weight.device.type != "cpu":
         return f"on {m.weight.device}: no native kernel for this device yet"
+    n, k = _gemm_weight(m).shape
     if k > 65536:
         return f"K={k} > 65536 (int32 accumulator bound)"
-    if k == 0 or m.weight.shape[0] == 0:
+    if k == 0 or n == 0:
         return "empty layer"
-    if isinstance(config, (W4Config, W4A8Config)):
-        try:
-            effective_group_size(k, config.group_size)
-        except ValueError:
-            return (f"K={k} is not a multiple of group_size={config.group_size} (not padded; "
-                    f"group_size=-1 would serve it)")
-    return ""
+    return handler.cannot_serve(m, config) if handler and handler.cannot_serve else ""
+
+
+def _upgrade(m: nn.Module, config) -> str:
+    """Why an already compressed layer stays as it is under `config` ("" when it changes:
+    a sparse fp32 layer given W8A8Config gets int8 values)."""
+    if isinstance(config, W8A8Config) and m.scheme in ("2:4", "unstructured", "block"):
+        return ""
+    if m.scheme in ("2:4", "unstructured", "block") and isinstance(config, _QuantConfig):
+        return (f"{m.scheme} sparse layer: sparsity combines with W8A8Config only, kept "
+                f"{m.scheme} fp32")
+    return f"already {m.scheme}; left as it is (convert from the float model to change it)"
 
 
 def sparsify_(model: nn.Module, config, filter_fn: Optional[Callable] = None,
               calibration=None) -> Report:
     """Prune (if needed) and swap layers for sparse ones; all or nothing, like quantize_.
 
-    Sparse24Config: every eligible ``nn.Linear`` becomes a SparseLinear and ``nn.Conv2d`` a
-    2:4 QConv2d (2:4 along the patch order (kh, kw, C_in)). SparseConfig: every ``nn.Linear``
-    becomes a CsrLinear (block=None) or a BlockSparseLinear (block=(r, c)), except layers left
+    Sparse24Config: every eligible ``nn.Linear`` / ``nn.Conv2d`` gets a 2:4 weight (2:4 along
+    the patch order (kh, kw, C_in) for a convolution). SparseConfig: every ``nn.Linear``
+    becomes unstructured (block=None) or block-sparse (block=(r, c)), except layers left
     denser than the format's break-even, which stay dense (pruned) and are reported "too dense
-    to gain". Weights already sparse enough in the requested pattern are kept as they are.
+    to gain", and layers the block does not divide (left dense, reported). Weights already
+    sparse enough in the requested pattern are kept as they are.
 
     calibration: model input(s) (a tensor, a tuple of args, a dict of kwargs, or a callable
     run as calibration(model)) run once to score weights by Wanda's |w| * ||x_k|| instead
-    of |w|.
-    Returns a Report (per layer: scheme, bytes before / after, density and kernel notes).
+    of |w|. Returns a Report (per layer: scheme, bytes before / after, density and kernel).
     """
-    if not isinstance(config, (Sparse24Config, SparseConfig)):
-        raise TypeError(f"tersor.sparsify_: config must be a Sparse24Config or SparseConfig, "
-                        f"got {type(config).__name__}")
-    ctx = {"norms": None, "threshold": None}
-
-    def prepare(layers):
-        if calibration is not None:
-            ctx["norms"] = pruning.input_norms(model, layers, calibration)
-        if isinstance(config, SparseConfig) and config.scope == "global" and config.prune:
-            ctx["threshold"] = pruning.global_threshold(layers, ctx["norms"], config)
-
-    if isinstance(config, Sparse24Config):
-        def build(m, fqn):
-            swap = QConv2d if isinstance(m, nn.Conv2d) else SparseLinear
-            return swap.from_float(m, config, name=fqn, score=pruning.score(m, ctx["norms"]))
-
-        return _convert(model, config, filter_fn, "sparsify_",
-                        lambda m: isinstance(m, (nn.Linear, nn.Conv2d)), build, prepare)
-
-    def build_sparse(m, fqn):
-        w = pruning.prune_layer(m, config, ctx["norms"], ctx["threshold"], f"layer '{fqn}'")
-        sparsity = 1.0 - float((w != 0).float().mean())
-        if sparsity < config.break_even:
-            raise _KeepDense(w, f"kept dense: too dense to gain (sparsity {sparsity:.2f} < "
-                                f"measured break-even {config.break_even:.2f})")
-        if config.block is not None:
-            return BlockSparseLinear.from_float(m, w, name=fqn)
-        fallback = config.dense_fallback and sparsity < LARGE_M_BREAK_EVEN
-        return CsrLinear.from_float(m, w, name=fqn,
-                                    dense_from_rows=DENSE_FALLBACK_ROWS if fallback else None)
-
-    return _convert(model, config, filter_fn, "sparsify_",
-                    lambda m: isinstance(m, nn.Linear), build_sparse, prepare)
-
-
-class _KeepDense(Exception):
-    """A builder's answer that the layer stays an nn.Linear (with this pruned weight)."""
-
-    def __init__(self, weight, reason):
-        super().__init__(reason)
-        self.weight, self.reason = weight, reason
+    return _convert(model, config, filter_fn, "sparsify_", calibration)
 
 
 def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:
@@ -190,87 +296,126 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
     Report.
 
     ``filter_fn(module, fqn) -> bool`` picks layers. Layers the scheme cannot serve are left
-    dense and listed with the reason. All replacements are built before any is installed, so a
-    failure leaves the model exactly as it was (the error names the layer).
+    dense and listed with the reason. Layers sparsify_ made (fp32 values) get int8 values with
+    W8A8Config; other compressed layers are listed as already compressed and left as they are.
+    All replacements are built before any is installed, so a failure leaves the model exactly
+    as it was (the error names the layer).
     """
-    if not isinstance(config, _CONFIGS):
-        raise TypeError(f"tersor.quantize_: config must be one of "
-                        f"{[c.__name__ for c in _CONFIGS]}, got {type(config).__name__}")
-
-    def build(m, fqn):
-        if _is_sparse_fp32(m):
-            return m.quantized(config)
-        swap = QConv2d if isinstance(m, nn.Conv2d) else QLinear
-        return swap.from_float(m, config, name=fqn)
-
-    return _convert(model, config, filter_fn, "quantize_",
-                    lambda m: isinstance(m, (nn.Linear, nn.Conv2d)) or _is_sparse_fp32(m),
-                    build)
+    return _convert(model, config, filter_fn, "quantize_")
 
 
-def _convert(model, config, filter_fn, verb, eligible, build, prepare=None) -> Report:
-    """Shared walk of quantize_ / sparsify_: plan, prepare(planned layers) (calibration,
-    global thresholds), build every replacement, then install."""
+def convert_module(module: nn.Module, config, *, name: str = "", calibration=None) -> nn.Module:
+    """One layer through its config's handler (the layers' ``from_float``)."""
+    if not isinstance(config, Config) or type(config) not in _HANDLERS:
+        raise TypeError(f"from_float: config must be one of "
+                        f"{sorted(t.__name__ for t in _HANDLERS)}, got {type(config).__name__}")
+    handler = _HANDLERS[type(config)]
+    ctx = Context()
+    if _compressed(module):
+        why = _upgrade(module, config)
+        if why:
+            raise ValueError(f"{_label(name)}: {why}")
+        return module.quantized(config)
+    if not isinstance(module, handler.kinds):
+        raise TypeError(f"{_label(name)}: {type(config).__name__} converts "
+                        f"{[k.__name__ for k in handler.kinds]}, got {type(module).__name__}")
+    why = _cannot_serve(module, None, config, None)
+    if why:
+        raise ValueError(f"{_label(name)}: {why}")
+    if calibration is not None and handler.prepare is not None:
+        ctx.norms = pruning.input_norms(module, [module], calibration)
+    try:
+        return handler.convert(module, config, ctx, name)
+    except KeepDense as keep:
+        raise ValueError(f"{_label(name)}: {keep.reason}") from None
+
+
+def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
+    """Shared walk of quantize_ / sparsify_: plan, prepare (calibration, global thresholds),
+    build every replacement, then install."""
+    import time
+
+    handler = _handler(config, verb)
     if not isinstance(model, nn.Module):
         raise TypeError(f"tersor.{verb}: model must be an nn.Module, got {type(model).__name__}")
     if type(model) in (nn.Linear, nn.Conv2d):
         raise ValueError(f"tersor.{verb}: the model is a bare nn.{type(model).__name__}, which "
                          f"cannot be swapped in place; wrap it (nn.Sequential(layer)) or use "
                          f"the layer class's from_float")
+    t0 = time.perf_counter()
     report = Report(config.scheme)
 
     parents = {}
     for pname, parent in model.named_modules(remove_duplicate=False):
+        if _compressed(parent):  # a QConv2d's gemm is reported as the QConv2d
+            continue
         for cname, child in parent._modules.items():  # named_children() drops repeats
             if child is not None:
                 parents.setdefault(f"{pname}.{cname}" if pname else cname, (parent, cname))
 
-    plan, seen = [], {}
+    rows, plan = {}, []  # rows: fqn -> LayerReport, filled in model order below
     for fqn, (parent, cname) in parents.items():
         m = parent._modules[cname]
-        if not eligible(m) or isinstance(parent, QConv2d):  # a QConv2d converts its own gemm
+        if _compressed(m):
+            why = _upgrade(m, config) if verb == "quantize_" else \
+                f"already {m.scheme}; left as it is"
+            if why:
+                size = _layer_bytes(m)
+                rows[fqn] = LayerReport(fqn, _layer_shape(m), m.scheme, size, size, why, KEPT)
+                continue
+        elif not isinstance(m, handler.kinds):
             continue
-        shape = _layer_shape(m)
-        size = _layer_bytes(m)
-        reason = _cannot_serve(m, parent, config)
-        if not reason and fqn in getattr(config, "skip_names", ()):
-            reason = "listed in config.skip_names"
-        if not reason and filter_fn is not None and not filter_fn(m, fqn):
-            reason = "filter_fn returned False"
-        if reason:
-            report.layers.append(LayerReport(fqn, shape, "dense", size, size, reason))
-            continue
+        else:
+            why = _cannot_serve(m, parent, config, handler)
+            if not why and fqn in getattr(config, "skip_names", ()):
+                why = "listed in config.skip_names"
+            if not why and filter_fn is not None and not filter_fn(m, fqn):
+                why = "filter_fn returned False"
+            if why:
+                size = _layer_bytes(m)
+                rows[fqn] = LayerReport(fqn, _layer_shape(m), "dense", size, size, why, DENSE)
+                continue
+        rows[fqn] = None
         plan.append((fqn, parent, cname, m))
 
-    if prepare is not None:
+    ctx = Context()
+    if handler.prepare is not None:
+        floats = [m for *_, m in plan if not _compressed(m)]
         try:
-            prepare(list({id(m): m for *_, m in plan}.values()))
+            handler.prepare(model, list({id(m): m for m in floats}.values()), config,
+                            calibration, ctx)
         except Exception as e:
             raise type(e)(f"tersor.{verb}: {e}; the model is unchanged") from e
+
     built = {}
-    for fqn, parent, cname, m in plan:
-        if id(m) in seen:  # a module shared under several names is converted once
+    for fqn, _parent, _cname, m in plan:
+        if id(m) in built:  # a module shared under several names is converted once
             continue
         try:
-            built[id(m)] = build(m, fqn)
-        except _KeepDense as keep:
+            built[id(m)] = (m.quantized(config) if _compressed(m)
+                            else handler.convert(m, config, ctx, fqn))
+        except KeepDense as keep:
             built[id(m)] = keep
         except Exception as e:
             raise type(e)(f"tersor.{verb}: converting '{fqn}' failed ({e}); the model is "
                           f"unchanged") from e
-        seen[id(m)] = fqn
 
     for fqn, parent, cname, m in plan:
         q = built[id(m)]
-        if isinstance(q, _KeepDense):
+        if isinstance(q, KeepDense):
             with torch.no_grad():
                 m.weight.copy_(q.weight)
             size = _layer_bytes(m)
-            report.layers.append(LayerReport(fqn, tuple(m.weight.shape), "dense", size, size,
-                                             q.reason))
+            rows[fqn] = LayerReport(fqn, tuple(m.weight.shape), "dense", size, size, q.reason,
+                                    DENSE)
             continue
         setattr(parent, cname, q)
-        nbytes = q.gemm.nbytes if isinstance(q, QConv2d) else q.nbytes
-        report.layers.append(LayerReport(fqn, _layer_shape(m), q.scheme, _layer_bytes(m),
-                                         nbytes, _note(q)))
+        rows[fqn] = LayerReport(fqn, _layer_shape(m), q.scheme, _layer_bytes(m), q.nbytes,
+                                q.describe())
+    report.layers = [r for r in rows.values() if r is not None]
+    report.seconds = time.perf_counter() - t0
     return report
+
+
+__all__ = ["Context", "Handler", "KeepDense", "LayerReport", "Report", "convert_module",
+           "quantize_", "register_handler", "sparsify_"]

@@ -1,8 +1,8 @@
 """Frozen configuration dataclasses: one per compression scheme (``<Scheme>Config``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, fields
+from typing import ClassVar, Optional
 
 from tersor.formats.int4 import GROUP_SIZES
 
@@ -14,8 +14,50 @@ def _check_kernel(cls: str, kernel: str) -> None:
         raise ValueError(f"{cls}.kernel must be one of {KERNELS}, got {kernel!r}")
 
 
+CONFIG_TYPES: dict = {}  # class name -> config class (from_dict)
+
+
 @dataclass(frozen=True)
-class _QuantConfig:
+class Config:
+    """Base of every config: a frozen dataclass with a scheme name, a version (bumped when a
+    field's meaning changes) and a round trip through a JSON-able dict, the form checkpoint
+    manifests store."""
+
+    version: ClassVar[int] = 1
+    scheme: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if not cls.__name__.startswith("_"):
+            CONFIG_TYPES[cls.__name__] = cls
+
+    def to_dict(self) -> dict:
+        d = {"type": type(self).__name__, "version": self.version}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "Config":
+        d = dict(d)
+        name, version = d.pop("type", None), d.pop("version", 1)
+        cls = CONFIG_TYPES.get(name)
+        if cls is None:
+            raise ValueError(f"unknown tersor config type {name!r}; known: "
+                             f"{sorted(CONFIG_TYPES)}")
+        if version > cls.version:
+            raise ValueError(f"{name} version {version} is newer than this tersor's "
+                             f"({cls.version}); upgrade tersor to read it")
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"{name}: unknown fields {sorted(extra)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class _QuantConfig(Config):
     """Fields every quantization config has.
 
     kernel: "auto" (native kernels where the device has them: the C++ CPU kernels, on a GPU
@@ -27,8 +69,6 @@ class _QuantConfig:
 
     kernel: str = "auto"
     skip_names: tuple = ()
-
-    scheme = ""
 
     def __post_init__(self):
         _check_kernel(type(self).__name__, self.kernel)
@@ -43,14 +83,14 @@ class W8A8Config(_QuantConfig):
     """int8 weights (symmetric, per output channel) x int8 activations (dynamic, per row: per
     token for a Linear, per pixel for a 1x1 Conv2d, per image for a larger Conv2d)."""
 
-    scheme = "w8a8"
+    scheme: ClassVar[str] = "w8a8"
 
 
 @dataclass(frozen=True)
 class W8Config(_QuantConfig):
     """int8 weights (symmetric, per output channel) x float32 activations (weight-only)."""
 
-    scheme = "w8"
+    scheme: ClassVar[str] = "w8"
 
 
 @dataclass(frozen=True)
@@ -73,7 +113,7 @@ class W4Config(_Int4Config):
     """int4 group-wise weights (fp16 scales, zero points unless symmetric) x float32
     activations; the weights are dequantized exactly in registers."""
 
-    scheme = "w4"
+    scheme: ClassVar[str] = "w4"
 
 
 @dataclass(frozen=True)
@@ -81,16 +121,21 @@ class W4A8Config(_Int4Config):
     """int4 group-wise weights x int8 activations (dynamic, per row), VNNI/AMX dot products."""
 
     group_size: int = 32
-    scheme = "w4a8"
+    scheme: ClassVar[str] = "w4a8"
 
 
 @dataclass(frozen=True)
-class Sparse24Config:
+class _SparseConfig(Config):
+    """Base of the sparsity configs (sparsify_)."""
+
+
+@dataclass(frozen=True)
+class Sparse24Config(_SparseConfig):
     """2:4 semi-structured sparsity along K (fp32 values). prune: magnitude-prune weights that
     are not 2:4 already (False: such layers are an error)."""
 
     prune: bool = True
-    scheme = "2:4"
+    scheme: ClassVar[str] = "2:4"
 
     def __post_init__(self):
         if not isinstance(self.prune, bool):
@@ -112,7 +157,7 @@ INT8_DENSE_FALLBACK_ROWS = 4
 
 
 @dataclass(frozen=True)
-class SparseConfig:
+class SparseConfig(_SparseConfig):
     """Unstructured (block=None) or block-sparse (block=(r, c)) fp32 weights.
 
     sparsity:    fraction of weights (unstructured) or of (r, c) blocks to zero, in (0, 1).

@@ -85,7 +85,7 @@ def ort_dynamic_int8(lin: nn.Linear, rotate: bool) -> Impl:
     nbytes = lin.weight.numel() + 4 * lin.out_features
     try:
         import numpy as np
-        import onnx
+        import onnx  # noqa: F401  (availability: the graph helpers below need it)
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as e:
@@ -185,7 +185,6 @@ def ort_matmul_nbits(lin: nn.Linear, group_size: int, accuracy_level: int, rotat
     ng = k // g
     nbytes = n * k // 2 + n * ng * (4 + 1)
     try:
-        import numpy as np
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as e:
@@ -361,7 +360,7 @@ def sparse24_impls(lin: nn.Linear, rotate: bool):
     dense = torch_fp32(pruned, rotate)
     dense.name = DENSE
     return [_module_impl(base, rotate, "tersor 2:4 fp32", vs=(DENSE,)), dense,
-            _module_impl(base.quantized(None), rotate, "tersor 2:4+w8a8",
+            _module_impl(base.quantized(tersor.W8A8Config()), rotate, "tersor 2:4+w8a8",
                          vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL),
             *_dense_w8a8(pruned, rotate)]
 
@@ -374,7 +373,7 @@ def unstructured_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9):
     from tersor.formats.sparse_csr import prune_unstructured
 
     pruned = _pruned_linear(lin, prune_unstructured(lin.weight, sparsity))
-    base = tersor.CsrLinear.from_float(pruned)
+    base = tersor.CsrLinear.from_float(pruned, tersor.SparseConfig(sparsity, dense_fallback=False))
     tag = f"{round(sparsity * 100)}%"
     dense = torch_fp32(pruned, rotate)
     dense.name = DENSE
@@ -385,10 +384,11 @@ def unstructured_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9):
     out = [_module_impl(base, rotate, f"tersor unstructured {tag}", vs=(DENSE, "torch CSR")),
            dense, csr]
     if sparsity < LARGE_M_BREAK_EVEN:
-        chosen = tersor.CsrLinear.from_float(pruned, dense_from_rows=DENSE_FALLBACK_ROWS)
+        chosen = tersor.CsrLinear.from_float(pruned, tersor.SparseConfig(sparsity))
+        assert chosen.dense_from_rows == DENSE_FALLBACK_ROWS
         out.append(_module_impl(chosen, rotate, f"tersor unstructured {tag} (sparsify_)",
                                 vs=(DENSE, "torch CSR")))
-    out.append(_module_impl(base.quantized(None), rotate, f"tersor unstructured+w8a8 {tag}",
+    out.append(_module_impl(base.quantized(tersor.W8A8Config()), rotate, f"tersor unstructured+w8a8 {tag}",
                             vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL))
     return out + _dense_w8a8(pruned, rotate)
 
@@ -402,7 +402,7 @@ def block_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9, block=(16, 
     from tersor.formats.sparse_block import prune_block
 
     pruned = _pruned_linear(lin, prune_block(lin.weight, sparsity, block))
-    base = tersor.BlockSparseLinear.from_float(pruned, pruned.weight)
+    base = tersor.BlockSparseLinear.from_float(pruned, tersor.SparseConfig(sparsity, block=block))
     tag = f"{round(sparsity * 100)}%"
     dense = torch_fp32(pruned, rotate)
     dense.name = DENSE
@@ -414,6 +414,6 @@ def block_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9, block=(16, 
                base.nbytes, len(bsrs), "baseline")
     return [_module_impl(base, rotate, f"tersor block {tag}", vs=(DENSE, "torch BSR 4x4")),
             dense, bsr,
-            _module_impl(base.quantized(None), rotate, f"tersor block+w8a8 {tag}",
+            _module_impl(base.quantized(tersor.W8A8Config()), rotate, f"tersor block+w8a8 {tag}",
                          vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL),
             *_dense_w8a8(pruned, rotate)]

@@ -36,6 +36,9 @@ from typing import Optional
 
 import torch
 
+from tersor.formats.base import WeightFormat, check_float_weight, expect
+from tersor.ops.gemm_w4 import dequant_w4t, linear_w4
+
 GROUP_SIZES = (32, 64, 128, -1)
 BLOCK_N = 16
 TILE_K = 8
@@ -162,6 +165,123 @@ def to_nibbles(q: torch.Tensor) -> torch.Tensor:
 def from_nibbles(b: torch.Tensor, k: int) -> torch.Tensor:
     q = torch.stack([b & 0x0F, b >> 4], dim=2).reshape(b.shape[0], -1)
     return q[:, :k].contiguous()
+
+
+class Int4Format(WeightFormat):
+    """int4 group-wise weights; "w4" runs them against float activations (``tersor::gemm_w4``),
+    "w4a8" against dynamic int8 activations (``tersor::gemm_w4a8``). An input permutation
+    (``perm``: GPTQ act-order) is applied to x once per call, so the groups stay contiguous."""
+
+    tensor_names = ("codes", "scale", "zero", "perm")
+
+    def __init__(self, q, scale, zero, group_size: int, act_int8: bool = False,
+                 symmetric: bool = False, perm: Optional[torch.Tensor] = None,
+                 what: str = "layer"):
+        """q uint8 [N, K], scale fp16 [N, ngroups], zero uint8 or None (symmetric: z = 8),
+        group_size the configured one (32, 64, 128 or -1)."""
+        super().__init__(*q.shape)
+        n, k = q.shape
+        self.act_int8, self.symmetric, self.group_size = act_int8, symmetric, group_size
+        self.scheme = "w4a8" if act_int8 else "w4"
+        self.G = effective_group_size(k, group_size, what)
+        if symmetric and zero is not None:
+            if not bool((zero == 8).all()):
+                raise ValueError(f"{what}: symmetric layer given zero points != 8")
+            zero = None
+        if not symmetric and zero is None:  # a symmetric import into an asymmetric layer
+            zero = torch.full(scale.shape, 8, dtype=torch.uint8)
+        p = pack_int4(q, scale, zero, self.G)
+        self.codes, self.scale, self.zero = p.codes, p.scale, p.zero
+        self.perm = None if perm is None else perm.to(torch.int64).contiguous()
+        self._finish()
+
+    @classmethod
+    def from_float(cls, weight, config, *, what="layer", score=None):
+        check_float_weight(weight, what)
+        q, s, z, _ = quantize_int4(weight, config.group_size, config.symmetric, what)
+        return cls(q, s, z, config.group_size, config.scheme == "w4a8", config.symmetric,
+                   what=what)
+
+    @classmethod
+    def empty(cls, out_features, in_features, act_int8=False, group_size=128, symmetric=False,
+              act_order=False):
+        g = effective_group_size(in_features, group_size)
+        ng = -(-in_features // g)
+        return cls(torch.zeros(out_features, in_features, dtype=torch.uint8),
+                   torch.zeros(out_features, ng, dtype=torch.float16),
+                   None if symmetric else torch.zeros(out_features, ng, dtype=torch.uint8),
+                   group_size, act_int8, symmetric,
+                   torch.arange(in_features) if act_order else None)
+
+    def options(self):
+        opts = {"group_size": self.group_size}
+        if self.symmetric:
+            opts["symmetric"] = True
+        if self.perm is not None:
+            opts["act_order"] = True
+        if self.act_int8:
+            opts["act_int8"] = True
+        return opts
+
+    def canonical(self):
+        """(q uint8 [N, K], scale fp16 [N, ngroups], zero uint8 [N, ngroups] or None), in the
+        stored (act-order) K order."""
+        z = None if self.zero is None else self.zero.cpu()
+        return unpack_int4(self.codes.cpu(), self.scale.cpu(), z, self.out_features,
+                           self.in_features)
+
+    def state_names(self):
+        return (["weight_int4", "weight_scale"] + ([] if self.symmetric else ["weight_zero"])
+                + (["input_perm"] if self.perm is not None else []))
+
+    def state_dict(self):
+        q, s, z = self.canonical()
+        out = {"weight_int4": to_nibbles(q), "weight_scale": s}
+        if z is not None:
+            out["weight_zero"] = z
+        if self.perm is not None:
+            out["input_perm"] = self.perm.cpu().clone()
+        return out
+
+    def load_state(self, get, prefix):
+        n, k = self.out_features, self.in_features
+        ng = self.scale.shape[1]
+        b, s = get("weight_int4"), get("weight_scale")
+        z = None if self.symmetric else get("weight_zero")
+        err = (expect(prefix, "weight_int4", b, torch.uint8, (n, (k + 1) // 2))
+               or expect(prefix, "weight_scale", s, torch.float16, (n, ng))
+               or (z is not None and expect(prefix, "weight_zero", z, torch.uint8, (n, ng))))
+        if err:
+            return err
+        if z is not None and z.numel() and int(z.max()) > 15:
+            return f"{prefix}weight_zero: values must lie in [0, 15]"
+        perm = None
+        if self.perm is not None:
+            perm = get("input_perm")
+            err = expect(prefix, "input_perm", perm, torch.int64, (k,))
+            if err:
+                return err
+            if not torch.equal(torch.sort(perm.cpu()).values, torch.arange(k)):
+                return f"{prefix}input_perm: not a permutation of range({k})"
+        device = self.device
+        self.__init__(from_nibbles(b.cpu(), k), s.cpu(), None if z is None else z.cpu(),
+                      self.group_size, self.act_int8, self.symmetric,
+                      None if perm is None else perm.cpu())
+        self._apply(lambda t: t.to(device))
+        return None
+
+    def dequantize(self):
+        w = dequant_w4t(self.codes, self.scale, self.zero, self.out_features, self.in_features,
+                        self.G).t()
+        if self.perm is not None:  # columns were stored in act-order
+            w = w[:, torch.argsort(self.perm)]
+        return w.contiguous()
+
+    def linear(self, x, bias, kernel):
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
+        return linear_w4(x, self.codes, self.scale, self.zero, bias, self.out_features, self.G,
+                         self.act_int8, kernel)
 
 
 # ---- checkpoint imports -------------------------------------------------------------------

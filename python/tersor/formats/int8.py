@@ -29,6 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
+from tersor.formats.base import WeightFormat, check_float_weight, expect
+from tersor.ops.conv import conv_nhwc_w8a8
+from tersor.ops.dequant import dequant_w8
+from tersor.ops.gemm_w8 import linear_w8
+from tersor.ops.gemm_w8a8 import linear_w8a8
+
 BLOCK_N = 16
 BLOCK_K = 4
 QMAX = 127
@@ -80,3 +86,74 @@ def unpack_int8(packed: torch.Tensor, scale: torch.Tensor, n: int, k: int):
     nb, k4, _, _ = packed.shape
     q = packed.permute(0, 2, 1, 3).reshape(nb * BLOCK_N, k4 * BLOCK_K)
     return q[:n, :k].contiguous(), scale[:n].contiguous()
+
+
+class Int8Format(WeightFormat):
+    """int8 per-channel weights; "w8a8" runs them against dynamic int8 activations
+    (``tersor::gemm_w8a8``, and ``tersor::conv_w8a8`` for convolutions), "w8" against float
+    activations (``tersor::gemm_w8``)."""
+
+    tensor_names = ("packed", "colsum", "scale")
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, act_int8: bool = True):
+        super().__init__(*q.shape)
+        self.act_int8 = act_int8
+        self.scheme = "w8a8" if act_int8 else "w8"
+        p = pack_int8(q, scale)
+        self.packed, self.colsum, self.scale = p.packed, p.colsum, p.scale
+        self._finish()
+
+    @classmethod
+    def from_float(cls, weight, config, *, what="layer", score=None):
+        check_float_weight(weight, what)
+        return cls(*quantize_per_channel_int8(weight), act_int8=config.scheme == "w8a8")
+
+    @classmethod
+    def empty(cls, out_features, in_features, act_int8=True):
+        return cls(torch.zeros(out_features, in_features, dtype=torch.int8),
+                   torch.zeros(out_features), act_int8)
+
+    def options(self):
+        return {} if self.act_int8 else {"act_int8": False}
+
+    def canonical(self):
+        """(q int8 [N, K], scale fp32 [N])."""
+        return unpack_int8(self.packed.cpu(), self.scale.cpu(), self.out_features,
+                           self.in_features)
+
+    def state_names(self):
+        return ["weight_int8", "weight_scale"]
+
+    def state_dict(self):
+        q, s = self.canonical()
+        return {"weight_int8": q, "weight_scale": s}
+
+    def load_state(self, get, prefix):
+        n, k = self.out_features, self.in_features
+        q, s = get("weight_int8"), get("weight_scale")
+        err = (expect(prefix, "weight_int8", q, torch.int8, (n, k))
+               or expect(prefix, "weight_scale", s, torch.float32, (n,)))
+        if err:
+            return err
+        if q.numel() and int(q.min()) < -QMAX:
+            return f"{prefix}weight_int8: values must lie in [-127, 127]"
+        device = self.device
+        self.__init__(q.cpu(), s.cpu(), self.act_int8)
+        self._apply(lambda t: t.to(device))
+        return None
+
+    def dequantize(self):
+        return dequant_w8(self.packed, self.scale, self.out_features, self.in_features)
+
+    def linear(self, x, bias, kernel):
+        if self.act_int8:
+            return linear_w8a8(x, self.packed, self.colsum, self.scale, bias, self.out_features,
+                               kernel)
+        return linear_w8(x, self.packed, self.scale, bias, self.out_features, kernel)
+
+    def conv_nhwc(self, xh, bias, geometry, kernel):
+        # the native conv on the CPU (and its reference); on a GPU the layer runs im2col GEMMs
+        if not self.act_int8 or not (self.on_cpu or kernel == "ref"):
+            return None
+        return conv_nhwc_w8a8(xh.contiguous(), self.packed, self.colsum, self.scale, bias,
+                              self.out_features, *geometry, kernel)

@@ -27,6 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tersor.formats.base import WeightFormat, check_float_weight
+from tersor.ops.dense_path import DENSE_MIN_ROWS
+from tersor.ops.spmm_24 import linear_24, linear_24_w8a8
+
 BLOCK_N = 16
 
 
@@ -186,3 +190,108 @@ def meta_words_24(meta: torch.Tensor) -> torch.Tensor:
     m = meta.to(torch.int64).view(n, g // 8, 8)
     w = (m << (4 * torch.arange(8, device=meta.device))).sum(-1)
     return (w - ((w >> 31) << 32)).to(torch.int32).contiguous()
+
+
+class Sparse24Format(WeightFormat):
+    """2:4 sparse weights along K: fp32 values ("2:4", ``tersor::spmm_24``) or int8 values with
+    per-channel scales x dynamic int8 activations ("2:4+w8a8", ``tersor::spmm_24_w8a8``).
+
+    Canonical (state_dict) form: weight_values [N, K/2] (float32, or int8 in [-127, 127]),
+    weight_meta uint8 [N, K/4] (p0 | p1 << 2, p0 < p1), weight_scale float32 [N] (int8)."""
+
+    def __init__(self, values, meta, in_features: int, scale=None):
+        super().__init__(meta.shape[0], in_features)
+        self.int8 = scale is not None
+        self.scheme = "2:4+w8a8" if self.int8 else "2:4"
+        if self.int8:
+            self.tensor_names = ("values", "meta", "colsum", "scale")
+            p = pack_24_int8(values, meta, scale, in_features)
+            self.colsum, self.scale = p.colsum, p.scale
+        else:
+            self.tensor_names = ("values", "meta")
+            p = pack_24(values.to(torch.float32), meta, in_features)
+        self.values, self.meta = p.values, p.meta
+        self._finish()
+
+    @classmethod
+    def from_float(cls, weight, config, *, what="layer", score=None):
+        """Prunes to 2:4 by `score` (|w| by default) unless the weight already is 2:4."""
+        w = weight.detach()
+        check_float_weight(w, what)
+        if not is_24(w):
+            if not config.prune:
+                raise ValueError(f"{what}: weight is not 2:4 sparse and Sparse24Config(prune="
+                                 f"False) forbids pruning it")
+            w = prune_24(w, score)
+        return cls(*compress_24(w), w.shape[1])
+
+    @classmethod
+    def empty(cls, out_features, in_features, int8=False):
+        values, meta = compress_24(torch.zeros(out_features, in_features))
+        if int8:
+            return cls(values.to(torch.int8), meta, in_features, torch.zeros(out_features))
+        return cls(values, meta, in_features)
+
+    def options(self):
+        return {"int8": True} if self.int8 else {}
+
+    def canonical(self):
+        """(values [N, K/2], meta uint8 [N, K/4]) for fp32, plus scale [N] for int8."""
+        n, k = self.out_features, self.in_features
+        if self.int8:
+            return unpack_24_int8(self.values.cpu(), self.meta.cpu(), self.scale.cpu(), n, k)
+        return unpack_24(self.values.cpu(), self.meta.cpu(), n, k)
+
+    def state_names(self):
+        return ["weight_values", "weight_meta"] + (["weight_scale"] if self.int8 else [])
+
+    def state_dict(self):
+        return dict(zip(self.state_names(), self.canonical()))
+
+    def load_state(self, get, prefix):
+        n, k = self.out_features, self.in_features
+        g = (k + 3) // 4
+        v, m = get("weight_values"), get("weight_meta")
+        if tuple(v.shape) != (n, 2 * g) or tuple(m.shape) != (n, g):
+            return (f"{prefix}weight_values/weight_meta: expected {(n, 2 * g)} / {(n, g)}, got "
+                    f"{tuple(v.shape)} / {tuple(m.shape)}")
+        if bool(((m & 3) >= (m >> 2)).any()) or bool((m > 15).any()):
+            return f"{prefix}weight_meta: positions must satisfy p0 < p1 <= 3"
+        scale = None
+        if self.int8:
+            scale = get("weight_scale")
+            if v.dtype != torch.int8 or tuple(scale.shape) != (n,) or int(v.min()) < -127:
+                return (f"{prefix}weight_values/weight_scale: expected int8 values in "
+                        f"[-127, 127] and a float32 scale [{n}]")
+            scale = scale.cpu().to(torch.float32)
+        device = self.device
+        self.__init__(v.cpu() if self.int8 else v.cpu().to(torch.float32),
+                      m.cpu().to(torch.uint8), k, scale)
+        self._apply(lambda t: t.to(device))
+        return None
+
+    def dequantize(self):
+        """float32 [N, K] (int8: the dequantized values)."""
+        c = self.canonical()
+        w = decompress_24(c[0].to(torch.float32), c[1], self.in_features)
+        return w * c[2][:, None] if self.int8 else w
+
+    def with_int8_values(self, config):
+        values, meta, scale = quantize_24_int8(self.dequantize())
+        return Sparse24Format(values, meta, self.in_features, scale)
+
+    def describe(self):
+        kept = int((self.canonical()[0] != 0).sum())
+        note = (f"density {kept / max(1, self.out_features * self.in_features):.3f}, kernel "
+                f"spmm_24{'_w8a8' if self.int8 else ''}")
+        if not self.int8 and self.out_features * self.in_features >= 1 << 20:
+            # the note matters only where the weight is large enough for the path to matter
+            note += (f"; from {DENSE_MIN_ROWS['2:4']} rows on a CPU, panels decompressed for a "
+                     f"dense GEMM (no copy kept)")
+        return note
+
+    def linear(self, x, bias, kernel):
+        if self.int8:
+            return linear_24_w8a8(x, self.values, self.meta, self.colsum, self.scale, bias,
+                                  self.out_features, kernel)
+        return linear_24(x, self.values, self.meta, bias, self.out_features, kernel)

@@ -30,6 +30,9 @@ from typing import Optional
 
 import torch
 
+from tersor.formats.base import WeightFormat, check_float_weight
+from tersor.ops.spmm_block import linear_block
+
 BLOCK_N = 16
 KERNEL_BK = {"fp32": 1, "int8": 4}
 
@@ -139,3 +142,102 @@ def unpack_block(ptr, kidx, values, n: int, k: int) -> torch.Tensor:
     p = torch.repeat_interleave(torch.arange(panels), ptr[1:] - ptr[:-1])
     dense[p, kidx.to(torch.int64)] = values.view(-1, BLOCK_N, bk)
     return dense.permute(0, 2, 1, 3).reshape(panels * BLOCK_N, kp)[:n, :k].contiguous()
+
+
+class BlockFormat(WeightFormat):
+    """Block-sparse weights: fp32 16 x 1 blocks ("block") or int8 16 x 4 blocks with
+    per-channel scales x dynamic int8 activations ("block+w8a8"), run by
+    ``tersor::spmm_block``."""
+
+    tensor_names = ("bptr", "kidx", "values", "colsum", "scale")
+
+    def __init__(self, weight: torch.Tensor, scale: Optional[torch.Tensor] = None):
+        """weight: the pruned float weight [N, K] (fp32 blocks), or int8 codes with their
+        per-channel scale (int8 blocks); zero kernel blocks are skipped."""
+        super().__init__(*weight.shape)
+        self.int8 = scale is not None
+        self.scheme = "block+w8a8" if self.int8 else "block"
+        p = (pack_block_int8(weight, scale) if self.int8
+             else pack_block_f32(weight.to(torch.float32)))
+        self.bptr, self.kidx, self.values = p.ptr, p.kidx, p.values
+        self.colsum, self.scale = p.colsum, p.scale
+        self._finish()
+
+    @classmethod
+    def from_float(cls, weight, config=None, *, what="layer", score=None):
+        """weight: the pruned weight (sparsify_ prunes; zeros become skipped blocks)."""
+        w = weight.detach()
+        check_float_weight(w, what)
+        return cls(w)
+
+    @classmethod
+    def empty(cls, out_features, in_features, int8=False):
+        zero = torch.zeros(out_features, in_features)
+        return cls(zero.to(torch.int8), torch.zeros(out_features)) if int8 else cls(zero)
+
+    def options(self):
+        return {"int8": True} if self.int8 else {}
+
+    @property
+    def bk(self) -> int:
+        return KERNEL_BK["int8" if self.int8 else "fp32"]
+
+    @property
+    def density(self) -> float:
+        """Fraction of kernel blocks kept (the work done relative to dense)."""
+        total = (self.bptr.numel() - 1) * -(-self.in_features // self.bk)
+        return self.kidx.numel() / max(1, total)
+
+    def dequantize(self):
+        """float32 [N, K] (int8: the dequantized values)."""
+        w = unpack_block(self.bptr.cpu(), self.kidx.cpu(), self.values.cpu(), self.out_features,
+                         self.in_features)
+        if self.int8:
+            return w.to(torch.float32) * self.scale.cpu()[: self.out_features, None]
+        return w
+
+    def with_int8_values(self, config):
+        from tersor.formats.int8 import quantize_per_channel_int8
+
+        # per-channel int8 of the kept weights, re-blocked into 16 x 4 kernel blocks
+        return BlockFormat(*quantize_per_channel_int8(self.dequantize()))
+
+    def describe(self):
+        nz = int((self.values != 0).sum())
+        return (f"density {nz / max(1, self.out_features * self.in_features):.3f}, kernel "
+                f"blocks (16, {self.bk}) kept {self.density:.3f}, kernel spmm_block "
+                f"{'int8' if self.int8 else 'fp32'}")
+
+    def state_names(self):
+        return ["weight_crow", "weight_col", "weight_values"] + (
+            ["weight_scale"] if self.int8 else [])
+
+    def state_dict(self):
+        out = {"weight_crow": self.bptr.cpu().clone(),
+               "weight_col": self.kidx.cpu().to(torch.int32),
+               "weight_values": self.values.cpu().reshape(-1, 16, self.bk).clone()}
+        if self.int8:
+            out["weight_scale"] = self.scale.cpu()[: self.out_features].clone()
+        return out
+
+    def load_state(self, get, prefix):
+        crow, col, vals = get("weight_crow"), get("weight_col"), get("weight_values")
+        panels, kb = -(-self.out_features // 16), -(-self.in_features // self.bk)
+        nb = int(crow[-1]) if crow.numel() else -1
+        if (tuple(crow.shape) != (panels + 1,) or col.numel() != nb
+                or tuple(vals.shape) != (nb, 16, self.bk)
+                or (nb > 0 and (int(col.min()) < 0 or int(col.max()) >= kb))):
+            return (f"{prefix}weight_crow/col/values: not a BSR matrix of {panels} x {kb} "
+                    f"blocks of (16, {self.bk})")
+        w = unpack_block(crow.cpu(), col.cpu(),
+                         vals.cpu().to(torch.int8 if self.int8 else torch.float32),
+                         self.out_features, self.in_features)
+        scale = get("weight_scale").cpu().to(torch.float32) if self.int8 else None
+        device = self.device
+        self.__init__(w, scale)
+        self._apply(lambda t: t.to(device))
+        return None
+
+    def linear(self, x, bias, kernel):
+        return linear_block(x, self.bptr, self.kidx, self.values, self.colsum, self.scale, bias,
+                            self.out_features, kernel)

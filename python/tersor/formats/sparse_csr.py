@@ -25,6 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tersor.formats.base import WeightFormat, check_float_weight
+from tersor.ops.gemm_w8a8 import linear_w8a8
+from tersor.ops.spmm_csr import linear_csr
+
 BLOCK_N = 16
 
 
@@ -102,3 +106,145 @@ def pack_csr(rowptr, col, val, n: int, k: int) -> PackedCsr:
     return PackedCsr(rowptr.contiguous(), col.contiguous(), val.contiguous(),
                      ell_val.contiguous(), ell_col.to(torch.uint16).contiguous(),
                      cnt.to(torch.uint16).contiguous(), ell_off, perm, n, k)
+
+
+class CsrFormat(WeightFormat):
+    """Unstructured sparse weights: fp32 values ("unstructured") or int8 values x dynamic int8
+    activations ("unstructured+w8a8"), run by ``tersor::spmm_csr``.
+
+    dense_from_rows: from this many rows on, run a dense copy of the weight instead (kept beside
+    the sparse form: fp32 for F.linear, or the int8 weight packed for our dense W8A8 kernel, the
+    same math) -- for layers too dense to beat dense GEMM at large M (configs.py)."""
+
+    optional_state_names = ("_extra_state",)
+
+    def __init__(self, rowptr, col, val, n: int, k: int, scale=None, dense_from_rows=None):
+        super().__init__(n, k)
+        self.int8 = scale is not None
+        self.scheme = "unstructured+w8a8" if self.int8 else "unstructured"
+        p = pack_csr(rowptr, col, val, n, k)
+        self.rowptr, self.col, self.val = p.rowptr, p.col, p.val
+        self.ell_val, self.ell_col, self.ell_cnt = p.ell_val, p.ell_col, p.ell_cnt
+        self.ell_off, self.perm = p.ell_off, p.perm
+        self.scale = None if scale is None else scale.to(torch.float32).contiguous()
+        self.dense_from_rows = dense_from_rows
+        self.dense_w = self.dense_packed = self.dense_colsum = self.dense_scale = None
+        if dense_from_rows is not None:
+            if self.int8:
+                from tersor.formats.int8 import pack_int8
+
+                d = pack_int8(self._int8_dense(), self.scale)
+                self.dense_packed, self.dense_colsum, self.dense_scale = d.packed, d.colsum, d.scale
+            else:
+                self.dense_w = self.dense_weight()
+        self._finish()
+
+    tensor_names = ("rowptr", "col", "val", "ell_val", "ell_col", "ell_cnt", "ell_off", "perm",
+                    "scale", "dense_w", "dense_packed", "dense_colsum", "dense_scale")
+    _KERNEL = tensor_names[:9]  # what tersor::spmm_csr takes
+
+    @classmethod
+    def from_float(cls, weight, config=None, *, what="layer", score=None, dense_from_rows=None):
+        """weight: the pruned weight to store (its zeros are skipped)."""
+        w = weight.detach()
+        check_float_weight(w, what)
+        return cls(*to_csr(w), *w.shape, dense_from_rows=dense_from_rows)
+
+    @classmethod
+    def empty(cls, out_features, in_features, int8=False, dense_from_rows=None):
+        rp, col, val = to_csr(torch.zeros(out_features, in_features))
+        return cls(rp, col, val.to(torch.int8) if int8 else val, out_features, in_features,
+                   torch.zeros(out_features) if int8 else None, dense_from_rows)
+
+    def options(self):
+        return {"int8": True} if self.int8 else {}
+
+    @property
+    def density(self) -> float:
+        return int(self.rowptr[-1]) / max(1, self.out_features * self.in_features)
+
+    def _int8_dense(self) -> torch.Tensor:
+        return from_csr(self.rowptr.cpu(), self.col.cpu(), self.val.cpu().to(torch.float32),
+                        self.out_features, self.in_features).to(torch.int8)
+
+    def dense_weight(self) -> torch.Tensor:
+        w = from_csr(self.rowptr.cpu(), self.col.cpu(), self.val.cpu().to(torch.float32),
+                     self.out_features, self.in_features)
+        return w * self.scale.cpu()[:, None] if self.int8 else w
+
+    def dequantize(self):
+        """float32 [N, K] (int8: the dequantized values)."""
+        return self.dense_weight()
+
+    def with_int8_values(self, config):
+        from tersor._backend import cpu_info
+        from tersor.configs import INT8_DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN
+        from tersor.formats.int8 import quantize_per_channel_int8
+
+        w = self.dense_weight()
+        q, s = quantize_per_channel_int8(w)
+        # Decided at conversion, for the ISA active then: the sparse int8 kernel only wins with
+        # VNNI (AVX-512 / AMX machines); on AVX2 it lost at every M (Zen 3, 90% zeros, M = 1:
+        # 0.28x our dense W8A8). The fp32 layer's positions, row-major like its CSR (a value
+        # rounding to 0 stays).
+        vnni = cpu_info()["active"] in ("avx512", "amx")
+        rows = (INT8_DENSE_FALLBACK_ROWS if vnni and 1 - self.density >= LARGE_M_BREAK_EVEN
+                else 1)
+        return CsrFormat(self.rowptr.cpu(), self.col.cpu(), q[w != 0], self.out_features,
+                         self.in_features, s, rows)
+
+    def state_names(self):
+        return ["weight_rowptr", "weight_col", "weight_val"] + (
+            ["weight_scale"] if self.int8 else [])
+
+    def state_dict(self):
+        out = {"weight_rowptr": self.rowptr.cpu().clone(), "weight_col": self.col.cpu().clone(),
+               "weight_val": self.val.cpu().clone()}
+        if self.int8:
+            out["weight_scale"] = self.scale.cpu().clone()
+        out["_extra_state"] = {"dense_from_rows": self.dense_from_rows}
+        return out
+
+    def load_state(self, get, prefix):
+        rp, col, val = get("weight_rowptr"), get("weight_col"), get("weight_val")
+        n, k = self.out_features, self.in_features
+        nnz = int(rp[-1]) if rp.numel() else -1
+        if (rp.shape != (n + 1,) or col.numel() != nnz or val.numel() != nnz
+                or (nnz > 0 and (int(col.min()) < 0 or int(col.max()) >= k))):
+            return f"{prefix}weight_rowptr/col/val: not a CSR matrix of shape {(n, k)}"
+        scale = None
+        if self.int8:
+            scale = get("weight_scale")
+            if (val.dtype != torch.int8 or scale.shape != (n,)
+                    or (nnz > 0 and int(val.min()) < -127)):
+                return (f"{prefix}weight_val/weight_scale: expected int8 values in [-127, 127] "
+                        f"and a float32 scale [{n}]")
+            scale = scale.cpu()
+        else:
+            val = val.to(torch.float32)
+        extra = get("_extra_state")
+        rows = self.dense_from_rows if extra is None else extra.get("dense_from_rows")
+        device = self.device
+        self.__init__(rp.cpu().to(torch.int64), col.cpu().to(torch.int32), val.cpu(), n, k, scale,
+                      rows)
+        self._apply(lambda t: t.to(device))
+        return None
+
+    def describe(self):
+        note = f"density {self.density:.3f}, kernel spmm_csr{'_w8a8' if self.int8 else ''}"
+        if self.dense_from_rows is not None:
+            extra = sum(t.numel() * t.element_size() for t in
+                        (self.dense_w, self.dense_packed, self.dense_colsum, self.dense_scale)
+                        if t is not None)
+            note += (f"; dense {'W8A8' if self.int8 else 'fp32'} from {self.dense_from_rows} "
+                     f"rows (the sparse kernel loses there; +{extra / 2**20:.1f} MiB copy)")
+        return note
+
+    def linear(self, x, bias, kernel):
+        n = self.out_features
+        if self.dense_from_rows is not None and x.numel() >= self.dense_from_rows * x.shape[-1]:
+            if self.int8:
+                return linear_w8a8(x, self.dense_packed, self.dense_colsum, self.dense_scale,
+                                   bias, n, kernel)
+            return torch.nn.functional.linear(x, self.dense_w.to(x.dtype), bias)
+        return linear_csr(x, *(getattr(self, t) for t in self._KERNEL), bias, n, kernel)

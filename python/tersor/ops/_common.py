@@ -1,12 +1,39 @@
-"""Helpers shared by the op modules: 2-D views, pointer passing, validation messages."""
+"""Helpers shared by the op modules: the eager-or-op choice, 2-D views, pointer passing,
+validation messages.
+
+Every family module has the same three parts:
+  ``<family>_cpu(...)``  the direct ``_C`` call on validated CPU tensors (~1-2 us);
+  ``<family>(...)``      the custom op ``tersor::<family>`` (+ fake): the native CPU kernel
+                         registered for "cpu", the device path (ops/gpu.py: CUDA extension ->
+                         Triton -> torch reference) for every other device and for
+                         kernel_pref="cuda" | "triton" | "ref" (the layer's kernel=; not
+                         called `kernel`, which inductor's fallback kernels reserve);
+  ``linear_<...>(...)``  what a format calls: the eager CPU call when nothing needs the op
+                         (``eager``), else the op, so torch.compile traces the op on any device.
+"""
 from __future__ import annotations
 
 import torch
 
+# kernel= values served by the native CPU kernels ("auto" also picks the best GPU kernel)
+NATIVE = ("auto", "native")
+_is_compiling = torch.compiler.is_compiling
+
+
+def eager(x: torch.Tensor, kernel: str) -> bool:
+    """True when a call may skip the custom op (10+ us in eager mode) and call _C directly:
+    a CPU tensor, a native kernel, and no tracing. The layers have validated x already."""
+    return x.is_cpu and kernel in NATIVE and not _is_compiling()
+
+
+def out_2d(x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """y [M, N] viewed as x's leading dims + [N] (no view call for 2-D x: ~1 us saved)."""
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
+
 
 def rows_view(x: torch.Tensor, k: int) -> torch.Tensor:
     """x [..., K] -> [M, K] with unit column stride and row stride >= K (a view when possible)."""
-    x2 = x.reshape(-1, k)
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < k):
         x2 = x2.contiguous()
     return x2
@@ -23,7 +50,8 @@ def check(cond: bool, what: str) -> None:
 
 def check_packed_int8(op: str, x, packed, colsum, scale, bias, n: int) -> None:
     """Full argument validation for direct callers of the ops (QLinear checks only its input)."""
-    check(x.dtype == torch.float32, f"{op}: x must be float32, got {x.dtype}")
+    check(x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
+          f"{op}: x must be float32 (float16 / bfloat16 also on a GPU), got {x.dtype}")
     check(x.dim() >= 1, f"{op}: x must have at least 1 dimension")
     k = x.shape[-1]
     check(packed.dtype == torch.int8 and packed.dim() == 4 and packed.shape[2:] == (16, 4),

@@ -1,6 +1,7 @@
 """``tersor::conv_w8a8``: W8A8 Conv2d on an NHWC input: the input is quantized once (one scale
 per image) into a zero-padded int8 copy that the GEMM reads its patches from (csrc/conv).
-Returns NHWC [B, H_out, W_out, C_out]."""
+Returns NHWC [B, H_out, W_out, C_out]. kernel="ref" (and any device but the CPU) runs the
+torch reference of the same per-image rule (tersor.ref.int8.conv_w8a8_ref)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,7 +9,8 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import check, ptr
+from tersor.ops import device, gpu
+from tersor.ops._common import NATIVE, check, eager, ptr
 
 
 def _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
@@ -29,23 +31,57 @@ def conv_w8a8_cpu(xh, packed, colsum, scale, bias, n: int, kh: int, kw: int, sh:
     return y
 
 
-@torch.library.custom_op("tersor::conv_w8a8", mutates_args=())
-def conv_w8a8(xh: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, scale: torch.Tensor,
-              bias: Optional[torch.Tensor], out_channels: int, kh: int, kw: int, sh: int, sw: int,
-              ph: int, pw: int, dh: int, dw: int) -> torch.Tensor:
-    check(xh.dtype == torch.float32 and xh.dim() == 4 and xh.is_contiguous()
-          and xh.device.type == "cpu",
-          f"tersor::conv_w8a8: xh must be a contiguous float32 NHWC CPU tensor, got {xh.dtype} "
-          f"{tuple(xh.shape)} on {xh.device}")
+def conv_nhwc_w8a8(xh, packed, colsum, scale, bias, n: int, kh: int, kw: int, sh: int, sw: int,
+                   ph: int, pw: int, dh: int, dw: int, kernel_pref: str = "auto") -> torch.Tensor:
+    """What a format calls: the eager CPU call, or the op (tracing, other kernels/devices)."""
+    if eager(xh, kernel_pref):
+        return conv_w8a8_cpu(xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw)
+    return conv_w8a8(xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref)
+
+
+def _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw):
+    check(xh.dtype == torch.float32 and xh.dim() == 4 and xh.is_contiguous(),
+          f"tersor::conv_w8a8: xh must be a contiguous float32 NHWC tensor, got {xh.dtype} "
+          f"{tuple(xh.shape)}")
     check(packed.shape[1] * 4 >= kh * kw * xh.shape[3] > packed.shape[1] * 4 - 4,
           "tersor::conv_w8a8: packed weight K does not match kh * kw * C")
     ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
     check(ho > 0 and wo > 0, "tersor::conv_w8a8: input smaller than the receptive field")
-    return conv_w8a8_cpu(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw,
-                         dh, dw)
+
+
+def _conv_reference(xh, packed, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref):
+    from tersor.formats.int8 import unpack_int8
+    from tersor.ref.int8 import conv_w8a8_ref
+
+    device.pick(kernel_pref, xh, (), "tersor::conv_w8a8")
+    q, s = gpu.forms(packed, lambda: unpack_int8(packed, scale, n, kh * kw * xh.shape[3]))
+    y = conv_w8a8_ref(xh.permute(0, 3, 1, 2), q, s, bias, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    return y.permute(0, 2, 3, 1).contiguous()
+
+
+@torch.library.custom_op("tersor::conv_w8a8", mutates_args=())
+def conv_w8a8(xh: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, scale: torch.Tensor,
+              bias: Optional[torch.Tensor], out_channels: int, kh: int, kw: int, sh: int, sw: int,
+              ph: int, pw: int, dh: int, dw: int, kernel_pref: str = "auto") -> torch.Tensor:
+    """Any device: the torch reference (no GPU conv kernel; a layer on a GPU runs im2col GEMMs)."""
+    _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw)
+    return _conv_reference(xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
+                           kernel_pref)
+
+
+@conv_w8a8.register_kernel("cpu")
+def _(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
+      kernel_pref="auto"):
+    _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw)
+    if kernel_pref in NATIVE:
+        return conv_w8a8_cpu(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph,
+                             pw, dh, dw)
+    return _conv_reference(xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
+                           kernel_pref)
 
 
 @conv_w8a8.register_fake
-def _(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw):
+def _(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
+      kernel_pref="auto"):
     ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
     return xh.new_empty((xh.shape[0], ho, wo, out_channels))

@@ -1,8 +1,7 @@
 """``tersor::gemm_w4`` (fp32 activations) and ``tersor::gemm_w4a8`` (dynamic int8 activations):
 y = x W^T + b with int4 group-wise weights in the kernel layout of formats/int4.py.
 
-Eager callers that validated their tensors (QLinear) call ``gemm_w4_cpu`` directly; the custom
-ops are what torch.compile traces.
+Layout of every family module: ops/_common.py.
 """
 from __future__ import annotations
 
@@ -11,7 +10,8 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import check, ptr, rows_view
+from tersor.ops import gpu
+from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 
@@ -21,18 +21,26 @@ def gemm_w4_cpu(x, codes, scale, zero, bias, n: int, group_size: int,
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if not act_int8 and m >= DENSE_MIN_ROWS["w4"]:
-        y = linear_w4_dense(x2, codes, scale, zero, bias, n, group_size)
-        return y.view(*x.shape[:-1], n)
+        return out_2d(x, linear_w4_dense(x2, codes, scale, zero, bias, n, group_size), n)
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
-        kernel = _C.gemm_w4a8 if act_int8 else _C.gemm_w4
-        kernel(x2.data_ptr(), m, k, x2.stride(0), codes.data_ptr(), scale.data_ptr(), ptr(zero),
+        fn = _C.gemm_w4a8 if act_int8 else _C.gemm_w4
+        fn(x2.data_ptr(), m, k, x2.stride(0), codes.data_ptr(), scale.data_ptr(), ptr(zero),
                group_size, scale.shape[1], n, ptr(bias), y.data_ptr(), n, torch.get_num_threads())
-    return y.view(*x.shape[:-1], n)
+    return out_2d(x, y, n)
+
+
+def linear_w4(x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bool,
+              kernel_pref: str = "auto") -> torch.Tensor:
+    if eager(x, kernel_pref):
+        return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8)
+    op = gemm_w4a8 if act_int8 else gemm_w4
+    return op(x, codes, scale, zero, bias, n, group_size, kernel_pref)
 
 
 def check_packed_int4(op: str, x, codes, scale, zero, bias, n: int, group_size: int) -> None:
-    check(x.dtype == torch.float32 and x.dim() >= 1, f"{op}: x must be float32, got {x.dtype}")
+    check((x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point())) and x.dim() >= 1,
+          f"{op}: x must be float32 (float16 / bfloat16 also on a GPU), got {x.dtype}")
     k = x.shape[-1]
     check(codes.dtype == torch.uint8 and codes.dim() == 4 and codes.shape[2:] == (16, 4),
           f"{op}: codes must be uint8 [Np/16, Kp/8, 16, 4], got {codes.dtype} "
@@ -62,45 +70,37 @@ def check_packed_int4(op: str, x, codes, scale, zero, bias, n: int, group_size: 
             check(t.device == x.device, f"{op}: all tensors must be on {x.device}")
 
 
-def _fallback(x, codes, scale, zero, bias, n, group_size, act_int8):
-    """Devices without a native kernel: the torch reference."""
-    from tersor.formats.int4 import unpack_int4
-    from tersor.ref.int4 import gemm_w4_ref, gemm_w4a8_ref
+def _ops(name: str, act_int8: bool):
+    """tersor::gemm_w4 / tersor::gemm_w4a8: the native kernel registered for "cpu", the device
+    path (ops/gpu.py) for any other device and for kernel_pref="cuda" | "triton" | "ref"."""
 
-    k = x.shape[-1]
-    q, s, z = unpack_int4(codes, scale, zero, n, k)
-    fn = gemm_w4a8_ref if act_int8 else gemm_w4_ref
-    return fn(x.reshape(-1, k), q, s, z, group_size, bias).view(*x.shape[:-1], n)
+    def device_path(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
+        check_packed_int4(name, x, codes, scale, zero, bias, out_features, group_size)
+        return gpu.int4_linear(x, codes, scale, zero, bias, out_features, group_size, kernel_pref,
+                               act_int8)
 
+    def cpu(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
+        if kernel_pref not in NATIVE:
+            return device_path(x, codes, scale, zero, bias, out_features, group_size, kernel_pref)
+        check_packed_int4(name, x, codes, scale, zero, bias, out_features, group_size)
+        return gemm_w4_cpu(x, codes, scale, zero, bias, out_features, group_size, act_int8)
 
-@torch.library.custom_op("tersor::gemm_w4", mutates_args=())
-def gemm_w4(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-            zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], out_features: int,
-            group_size: int) -> torch.Tensor:
-    check_packed_int4("tersor::gemm_w4", x, codes, scale, zero, bias, out_features, group_size)
-    if x.device.type == "cpu":
-        return gemm_w4_cpu(x, codes, scale, zero, bias, out_features, group_size, False)
-    return _fallback(x, codes, scale, zero, bias, out_features, group_size, False)
+    def fake(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
+        return x.new_empty((*x.shape[:-1], out_features))
 
+    def schema_of(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                  zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], out_features: int,
+                  group_size: int, kernel_pref: str = "auto") -> torch.Tensor:
+        return device_path(x, codes, scale, zero, bias, out_features, group_size, kernel_pref)
 
-@torch.library.custom_op("tersor::gemm_w4a8", mutates_args=())
-def gemm_w4a8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-              zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], out_features: int,
-              group_size: int) -> torch.Tensor:
-    check_packed_int4("tersor::gemm_w4a8", x, codes, scale, zero, bias, out_features, group_size)
-    if x.device.type == "cpu":
-        return gemm_w4_cpu(x, codes, scale, zero, bias, out_features, group_size, True)
-    return _fallback(x, codes, scale, zero, bias, out_features, group_size, True)
+    op = torch.library.custom_op(name, schema_of, mutates_args=())
+    op.register_kernel("cpu")(cpu)
+    op.register_fake(fake)
+    return op
 
 
-@gemm_w4.register_fake
-def _(x, codes, scale, zero, bias, out_features, group_size):
-    return x.new_empty((*x.shape[:-1], out_features))
-
-
-@gemm_w4a8.register_fake
-def _(x, codes, scale, zero, bias, out_features, group_size):
-    return x.new_empty((*x.shape[:-1], out_features))
+gemm_w4 = _ops("tersor::gemm_w4", act_int8=False)
+gemm_w4a8 = _ops("tersor::gemm_w4a8", act_int8=True)
 
 
 @torch.library.custom_op("tersor::dequant_w4t", mutates_args=())

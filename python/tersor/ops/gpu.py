@@ -1,7 +1,9 @@
-"""The device (non-CPU) forward of the layers: GPU weight forms, cached per device, and one
-function per family that runs the kernel ops/device.py picks ("cuda", "triton" or "ref").
+"""The device path of the ops (any tensor that is not served by the native CPU kernels: CUDA
+tensors, and kernel="triton" / "ref" on CPU tensors): GPU weight forms, cached per packed
+tensor, and one function per family that runs the kernel ops/device.py picks ("cuda",
+"triton" or "ref"). The ops' device registrations call these; nothing else does.
 
-GPU weight forms (built from the canonical form once per device, ``GpuWeights``):
+GPU weight forms (built from the canonical form once per packed tensor, ``forms``):
     int8:  q int8 [N, K], scale fp32 [N]                       (Triton, CUDA W8A8)
     int4:  nibbles uint8 [N, K/2], scale fp16 [N, NG], zero uint8 [N, NG] or None (Triton);
            words int32 (formats/int4.py shuffle_w4_mma), scale / 1024 + zero fp16 [NG, Np] (CUDA)
@@ -15,21 +17,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from tersor.ops import device
 
 DEQUANT_ROWS = {"w8": 1, "w4": 256}  # W8 has no fused GPU kernel: always dequantize + GEMM
 
 
-def gpu_weights(layer, build):
-    """layer's GPU weight form for its current device (cached in layer.__dict__; the layers
-    drop the cache whenever their buffers change)."""
-    cache = layer.__dict__.get("_gpu")
-    dev = next(iter(layer.buffers())).device
-    if cache is None or cache[0] != dev:
-        cache = (dev, build())
-        layer.__dict__["_gpu"] = cache
-    return cache[1]
+_FORMS = WeakIdKeyDictionary()
+
+
+def forms(key: torch.Tensor, build):
+    """The GPU weight form built from a packed weight by build(), cached per tensor: keyed by
+    the identity of the packed tensor `key` (formats replace their tensors when they load new
+    weights or move, so a cached form never outlives the weights it came from)."""
+    hit = _FORMS.get(key)
+    if hit is None:
+        hit = build()
+        _FORMS[key] = hit
+    return hit
 
 
 def _cuda_ext():
@@ -159,3 +165,65 @@ def spmm_24(x2, values, meta, bias, kernel, what, dense_weight):
         return y
     w = dense_weight().to(x2.dtype)
     return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
+
+
+# ---- entry points of the ops' device registrations ---------------------------------------------
+# x [..., K] on any device (float32, or float16 / bfloat16 on a GPU); the weights in the CPU
+# kernel form of their format, on x's device; the result in x's dtype.
+
+def _rows(x):
+    return x.reshape(-1, x.shape[-1])
+
+
+def int8_linear(x, packed, scale, bias, n: int, kernel: str, act_int8: bool):
+    from tersor.formats.int8 import unpack_int8
+
+    q, s = forms(packed, lambda: unpack_int8(packed, scale, n, x.shape[-1]))
+    fn = w8a8 if act_int8 else w8
+    what = "tersor::gemm_w8a8" if act_int8 else "tersor::gemm_w8"
+    return fn(_rows(x), q, s, bias, kernel, what).view(*x.shape[:-1], n)
+
+
+def int4_linear(x, codes, scale, zero, bias, n: int, group_size: int, kernel: str,
+                act_int8: bool):
+    from tersor.formats.int4 import unpack_int4
+
+    k = x.shape[-1]
+    x2 = _rows(x)
+    if act_int8:  # no GPU kernel: the GPU int4 path is W4 with fp16 activations
+        device.pick(kernel, x2, (), "tersor::gemm_w4a8")
+        from tersor.ref.int4 import gemm_w4a8_ref
+
+        q, s, z = forms(codes, lambda: unpack_int4(codes, scale, zero, n, k))
+        y = gemm_w4a8_ref(x2.float(), q, s, z, group_size, bias).to(x.dtype)
+    else:
+        gw = forms(codes, lambda: int4_forms(*unpack_int4(codes, scale, zero, n, k), group_size,
+                                             codes.is_cuda))
+        y = w4(x2, gw, group_size, bias, kernel, "tersor::gemm_w4")
+    return y.view(*x.shape[:-1], n)
+
+
+def sparse24_linear(x, values, meta, bias, n: int, kernel: str):
+    from tersor.formats.sparse24 import decompress_24, unpack_24
+
+    k = x.shape[-1]
+    v, m = forms(values, lambda: unpack_24(values, meta, n, k))
+    y = spmm_24(_rows(x), v, m, bias, kernel, "tersor::spmm_24",
+                lambda: decompress_24(v.float(), m, k))
+    return y.view(*x.shape[:-1], n)
+
+
+def reference_linear(x, weight_fn, bias, n: int, kernel: str, what: str, int8_scale=None):
+    """Families without a GPU kernel: the torch reference on the dense weight (int8 values
+    with int8_scale: the W8A8 reference, exact integer sums)."""
+    from tersor.ref.int8 import gemm_w8a8_ref
+
+    x2 = _rows(x)
+    device.pick(kernel, x2, (), what)
+    w = weight_fn()
+    if int8_scale is None:
+        y = x2.double() @ w.double().t()
+        y = (y if bias is None else y + bias.double()).to(x.dtype)
+    else:
+        y = gemm_w8a8_ref(x2.float(), w, int8_scale, bias).to(x.dtype)
+    return y.view(*x.shape[:-1], n)

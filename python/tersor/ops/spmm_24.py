@@ -1,6 +1,6 @@
 """``tersor::spmm_24``: y = x W^T + b with a 2:4 sparse fp32 weight, and
 ``tersor::spmm_24_w8a8`` with a 2:4 sparse int8 weight x per-row int8 activations
-(formats/sparse24.py)."""
+(formats/sparse24.py kernel forms). Layout of every family module: ops/_common.py."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import check, ptr, rows_view
+from tersor.ops import gpu
+from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_24_dense
 
 
@@ -17,19 +18,24 @@ def spmm_24_cpu(x, values, meta, bias, n: int) -> torch.Tensor:
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if m >= DENSE_MIN_ROWS["2:4"]:  # measured: a decompressed panel + dense GEMM is faster
-        return linear_24_dense(x2, values, meta, bias, n).view(*x.shape[:-1], n)
+        return out_2d(x, linear_24_dense(x2, values, meta, bias, n), n)
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
         _C.spmm_24(x2.data_ptr(), m, k, x2.stride(0), values.data_ptr(), meta.data_ptr(), n,
                    ptr(bias), y.data_ptr(), n, torch.get_num_threads())
-    return y.view(*x.shape[:-1], n)
+    return out_2d(x, y, n)
 
 
-@torch.library.custom_op("tersor::spmm_24", mutates_args=())
-def spmm_24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
-            bias: Optional[torch.Tensor], out_features: int) -> torch.Tensor:
+def linear_24(x, values, meta, bias, n: int, kernel_pref: str = "auto") -> torch.Tensor:
+    if eager(x, kernel_pref):
+        return spmm_24_cpu(x, values, meta, bias, n)
+    return spmm_24(x, values, meta, bias, n, kernel_pref)
+
+
+def _check_24(x, values, meta, bias, out_features):
     k = x.shape[-1]
-    check(x.dtype == torch.float32, f"tersor::spmm_24: x must be float32, got {x.dtype}")
+    check(x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
+          f"tersor::spmm_24: x must be float32 (float16 also on a GPU), got {x.dtype}")
     check(values.dtype == torch.float32 and values.dim() == 4 and values.shape[2:] == (2, 16)
           and values.shape[1] == (k + 3) // 4,
           f"tersor::spmm_24: values must be float32 [Np/16, {(k + 3) // 4}, 2, 16], got "
@@ -42,16 +48,26 @@ def spmm_24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
     if bias is not None:
         check(bias.dtype == torch.float32 and tuple(bias.shape) == (out_features,),
               f"tersor::spmm_24: bias must be float32 [{out_features}]")
-    if x.device.type != "cpu":
-        from tersor.formats.sparse24 import decompress_24, unpack_24
 
-        v, m = unpack_24(values, meta, out_features, k)
-        return torch.nn.functional.linear(x, decompress_24(v, m, k).to(x.device), bias)
-    return spmm_24_cpu(x, values, meta, bias, out_features)
+
+@torch.library.custom_op("tersor::spmm_24", mutates_args=())
+def spmm_24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+            bias: Optional[torch.Tensor], out_features: int, kernel_pref: str = "auto") -> torch.Tensor:
+    """Any device: CUDA mma.sp for fp16, else the dense product on the decompressed weight."""
+    _check_24(x, values, meta, bias, out_features)
+    return gpu.sparse24_linear(x, values, meta, bias, out_features, kernel_pref)
+
+
+@spmm_24.register_kernel("cpu")
+def _(x, values, meta, bias, out_features, kernel_pref="auto"):
+    _check_24(x, values, meta, bias, out_features)
+    if kernel_pref in NATIVE:
+        return spmm_24_cpu(x, values, meta, bias, out_features)
+    return gpu.sparse24_linear(x, values, meta, bias, out_features, kernel_pref)
 
 
 @spmm_24.register_fake
-def _(x, values, meta, bias, out_features):
+def _(x, values, meta, bias, out_features, kernel_pref="auto"):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
@@ -64,16 +80,21 @@ def spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n: int) -> torch.Tens
         _C.spmm_24_w8a8(x2.data_ptr(), m, k, x2.stride(0), values.data_ptr(), meta.data_ptr(),
                         colsum.data_ptr(), scale.data_ptr(), n, ptr(bias), y.data_ptr(), n,
                         torch.get_num_threads())
-    return y.view(*x.shape[:-1], n)
+    return out_2d(x, y, n)
 
 
-@torch.library.custom_op("tersor::spmm_24_w8a8", mutates_args=())
-def spmm_24_w8a8(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
-                 colsum: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
-                 out_features: int) -> torch.Tensor:
+def linear_24_w8a8(x, values, meta, colsum, scale, bias, n: int,
+                   kernel_pref: str = "auto") -> torch.Tensor:
+    if eager(x, kernel_pref):
+        return spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n)
+    return spmm_24_w8a8(x, values, meta, colsum, scale, bias, n, kernel_pref)
+
+
+def _check_24_w8a8(x, values, meta, colsum, scale, bias, out_features):
     k, op = x.shape[-1], "tersor::spmm_24_w8a8"
     k8 = (k + 7) // 8
-    check(x.dtype == torch.float32, f"{op}: x must be float32, got {x.dtype}")
+    check(x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
+          f"{op}: x must be float32, got {x.dtype}")
     check(k <= 65536, f"{op}: K={k} > 65536 (int32 accumulator bound)")
     check(values.dtype == torch.int8 and values.dim() == 4 and values.shape[1:] == (k8, 16, 4),
           f"{op}: values must be int8 [Np/16, {k8}, 16, 4], got {values.dtype} "
@@ -89,17 +110,39 @@ def spmm_24_w8a8(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
     if bias is not None:
         check(bias.dtype == torch.float32 and tuple(bias.shape) == (out_features,),
               f"{op}: bias must be float32 [{out_features}]")
-    if x.device.type != "cpu":
-        from tersor.formats.sparse24 import decompress_24, unpack_24_int8
-        from tersor.ref.int8 import gemm_w8a8_ref
 
+
+def _24_w8a8_device(x, values, meta, scale, bias, out_features, kernel_pref):
+    from tersor.formats.sparse24 import decompress_24, unpack_24_int8
+
+    k = x.shape[-1]
+
+    def dense():
         v, m, s = unpack_24_int8(values, meta, scale, out_features, k)
-        q = decompress_24(v.to(torch.float32), m, k).to(torch.int8)
-        y = gemm_w8a8_ref(x.reshape(-1, k), q.to(x.device), s.to(x.device), bias)
-        return y.view(*x.shape[:-1], out_features)
-    return spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, out_features)
+        return decompress_24(v.to(torch.float32), m, k).to(torch.int8), s
+
+    q, s = gpu.forms(values, dense)
+    return gpu.reference_linear(x, lambda: q, bias, out_features, kernel_pref,
+                                "tersor::spmm_24_w8a8", int8_scale=s)
+
+
+@torch.library.custom_op("tersor::spmm_24_w8a8", mutates_args=())
+def spmm_24_w8a8(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                 colsum: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
+                 out_features: int, kernel_pref: str = "auto") -> torch.Tensor:
+    """Any device: the W8A8 reference on the decompressed int8 weight (no GPU kernel_pref)."""
+    _check_24_w8a8(x, values, meta, colsum, scale, bias, out_features)
+    return _24_w8a8_device(x, values, meta, scale, bias, out_features, kernel_pref)
+
+
+@spmm_24_w8a8.register_kernel("cpu")
+def _(x, values, meta, colsum, scale, bias, out_features, kernel_pref="auto"):
+    _check_24_w8a8(x, values, meta, colsum, scale, bias, out_features)
+    if kernel_pref in NATIVE:
+        return spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, out_features)
+    return _24_w8a8_device(x, values, meta, scale, bias, out_features, kernel_pref)
 
 
 @spmm_24_w8a8.register_fake
-def _(x, values, meta, colsum, scale, bias, out_features):
+def _(x, values, meta, colsum, scale, bias, out_features, kernel_pref="auto"):
     return x.new_empty((*x.shape[:-1], out_features))

@@ -1,6 +1,6 @@
 """``tersor::spmm_block_f32`` / ``tersor::spmm_block_w8a8``: y = x W^T + b with a block-sparse
 weight (formats/sparse_block.py): fp32 16 x 1 blocks, or int8 16 x 4 blocks x per-row int8
-activations."""
+activations. Layout of every family module: ops/_common.py."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import check, ptr, rows_view
+from tersor.ops import gpu
+from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
 
 
 def spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, n: int) -> torch.Tensor:
@@ -21,7 +22,14 @@ def spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, n: int) -> torch.
         fn(x2.data_ptr(), m, k, x2.stride(0), n, bptr.data_ptr(), kidx.data_ptr(),
            values.data_ptr(), ptr(colsum), ptr(scale), ptr(bias), y.data_ptr(), n,
            torch.get_num_threads())
-    return y.view(*x.shape[:-1], n)
+    return out_2d(x, y, n)
+
+
+def linear_block(x, bptr, kidx, values, colsum, scale, bias, n: int,
+                 kernel_pref: str = "auto") -> torch.Tensor:
+    if eager(x, kernel_pref):
+        return spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, n)
+    return spmm_block(x, bptr, kidx, values, colsum, scale, bias, n, kernel_pref)
 
 
 def _check(op, x, bptr, kidx, values, colsum, scale, bias, n):
@@ -29,8 +37,8 @@ def _check(op, x, bptr, kidx, values, colsum, scale, bias, n):
     int8 = values.dtype == torch.int8
     bk = 4 if int8 else 1
     np_ = (n + 15) // 16 * 16
-    check(x.dtype == torch.float32 and x.device.type == "cpu",
-          f"{op}: x must be a float32 CPU tensor, got {x.dtype} on {x.device}")
+    check(x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
+          f"{op}: x must be float32, got {x.dtype}")
     check(k <= 65536, f"{op}: K={k} > 65536")
     check(bptr.dtype == torch.int64 and bptr.shape == (np_ // 16 + 1,),
           f"{op}: ptr must be int64 [{np_ // 16 + 1}], got {bptr.dtype} {tuple(bptr.shape)}")
@@ -53,14 +61,35 @@ def _check(op, x, bptr, kidx, values, colsum, scale, bias, n):
               f"{op}: bias must be float32 [{n}]")
 
 
+def _block_device(x, bptr, kidx, values, scale, bias, n, kernel_pref):
+    from tersor.formats.sparse_block import unpack_block
+
+    def dense():
+        w = unpack_block(bptr.cpu(), kidx.cpu(), values.cpu(), n, x.shape[-1])
+        return w.to(x.device)
+
+    s = None if values.dtype != torch.int8 else scale[:n]
+    return gpu.reference_linear(x, lambda: gpu.forms(values, dense), bias, n, kernel_pref,
+                                "tersor::spmm_block", int8_scale=s)
+
+
 @torch.library.custom_op("tersor::spmm_block", mutates_args=())
 def spmm_block(x: torch.Tensor, bptr: torch.Tensor, kidx: torch.Tensor, values: torch.Tensor,
                colsum: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-               bias: Optional[torch.Tensor], out_features: int) -> torch.Tensor:
+               bias: Optional[torch.Tensor], out_features: int, kernel_pref: str = "auto") -> torch.Tensor:
+    """Any device: the torch reference on the dense weight (no GPU kernel_pref)."""
     _check("tersor::spmm_block", x, bptr, kidx, values, colsum, scale, bias, out_features)
-    return spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, out_features)
+    return _block_device(x, bptr, kidx, values, scale, bias, out_features, kernel_pref)
+
+
+@spmm_block.register_kernel("cpu")
+def _(x, bptr, kidx, values, colsum, scale, bias, out_features, kernel_pref="auto"):
+    _check("tersor::spmm_block", x, bptr, kidx, values, colsum, scale, bias, out_features)
+    if kernel_pref in NATIVE:
+        return spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, out_features)
+    return _block_device(x, bptr, kidx, values, scale, bias, out_features, kernel_pref)
 
 
 @spmm_block.register_fake
-def _(x, bptr, kidx, values, colsum, scale, bias, out_features):
+def _(x, bptr, kidx, values, colsum, scale, bias, out_features, kernel_pref="auto"):
     return x.new_empty((*x.shape[:-1], out_features))

@@ -1,6 +1,7 @@
 """``tersor::spmm_csr``: y = x W^T + b with an unstructured sparse weight (formats/sparse_csr.py;
 the CSR arrays and the ELL blocks travel together): fp32 values, or int8 values x per-row int8
-activations when ``scale`` (the per-channel weight scales) is given."""
+activations when ``scale`` (the per-channel weight scales) is given. Layout of every family
+module: ops/_common.py."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,7 +9,8 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import check, ptr, rows_view
+from tersor.ops import gpu
+from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
 
 
 def spmm_csr_cpu(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias,
@@ -18,25 +20,27 @@ def spmm_csr_cpu(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, 
     m = x2.shape[0]
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
-        common = (x2.data_ptr(), m, k, x2.stride(0), n, rowptr.data_ptr(), col.data_ptr(),
-                  val.data_ptr(), ell_val.data_ptr(), ell_col.data_ptr(), ell_cnt.data_ptr(),
-                  ell_off.data_ptr(), perm.data_ptr())
-        if scale is None:
-            _C.spmm_csr(*common, ptr(bias), y.data_ptr(), n, torch.get_num_threads())
-        else:
-            _C.spmm_csr_w8a8(*common, scale.data_ptr(), ptr(bias), y.data_ptr(), n,
-                             torch.get_num_threads())
-    return y.view(*x.shape[:-1], n)
+        fn = _C.spmm_csr if scale is None else _C.spmm_csr_w8a8
+        fn(x2.data_ptr(), m, k, x2.stride(0), n, rowptr.data_ptr(), col.data_ptr(),
+           val.data_ptr(), ell_val.data_ptr(), ell_col.data_ptr(), ell_cnt.data_ptr(),
+           ell_off.data_ptr(), perm.data_ptr(), ptr(scale), ptr(bias), y.data_ptr(), n,
+           torch.get_num_threads())
+    return out_2d(x, y, n)
 
 
-@torch.library.custom_op("tersor::spmm_csr", mutates_args=())
-def spmm_csr(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
-             ell_val: torch.Tensor, ell_col: torch.Tensor, ell_cnt: torch.Tensor,
-             ell_off: torch.Tensor, perm: torch.Tensor, scale: Optional[torch.Tensor],
-             bias: Optional[torch.Tensor], out_features: int) -> torch.Tensor:
-    n = out_features
-    check(x.dtype == torch.float32 and x.device.type == "cpu",
-          f"tersor::spmm_csr: x must be a float32 CPU tensor, got {x.dtype} on {x.device}")
+def linear_csr(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias,
+               n: int, kernel_pref: str = "auto") -> torch.Tensor:
+    if eager(x, kernel_pref):
+        return spmm_csr_cpu(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale,
+                            bias, n)
+    return spmm_csr(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias,
+                    n, kernel_pref)
+
+
+def _check_csr(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias,
+               n):
+    check(x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
+          f"tersor::spmm_csr: x must be float32, got {x.dtype}")
     check(rowptr.dtype == torch.int64 and rowptr.shape == (n + 1,),
           f"tersor::spmm_csr: rowptr must be int64 [{n + 1}]")
     nnz = int(rowptr[-1])
@@ -56,10 +60,41 @@ def spmm_csr(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, val: torc
     if bias is not None:
         check(bias.dtype == torch.float32 and bias.shape == (n,),
               f"tersor::spmm_csr: bias must be float32 [{n}]")
-    return spmm_csr_cpu(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale,
-                        bias, n)
+
+
+def _csr_device(x, rowptr, col, val, scale, bias, n, kernel_pref):
+    from tersor.formats.sparse_csr import from_csr
+
+    def dense():
+        w = from_csr(rowptr.cpu(), col.cpu(), val.cpu().to(torch.float32), n, x.shape[-1])
+        return w.to(x.device, torch.int8 if scale is not None else torch.float32)
+
+    return gpu.reference_linear(x, lambda: gpu.forms(val, dense), bias, n, kernel_pref,
+                                "tersor::spmm_csr", int8_scale=scale)
+
+
+@torch.library.custom_op("tersor::spmm_csr", mutates_args=())
+def spmm_csr(x: torch.Tensor, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
+             ell_val: torch.Tensor, ell_col: torch.Tensor, ell_cnt: torch.Tensor,
+             ell_off: torch.Tensor, perm: torch.Tensor, scale: Optional[torch.Tensor],
+             bias: Optional[torch.Tensor], out_features: int, kernel_pref: str = "auto") -> torch.Tensor:
+    """Any device: the torch reference on the dense weight (no GPU kernel_pref)."""
+    args = (rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias)
+    _check_csr(x, *args, out_features)
+    return _csr_device(x, rowptr, col, val, scale, bias, out_features, kernel_pref)
+
+
+@spmm_csr.register_kernel("cpu")
+def _(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias, out_features,
+      kernel_pref="auto"):
+    args = (rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias)
+    _check_csr(x, *args, out_features)
+    if kernel_pref in NATIVE:
+        return spmm_csr_cpu(x, *args, out_features)
+    return _csr_device(x, rowptr, col, val, scale, bias, out_features, kernel_pref)
 
 
 @spmm_csr.register_fake
-def _(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias, out_features):
+def _(x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias, out_features,
+      kernel_pref="auto"):
     return x.new_empty((*x.shape[:-1], out_features))

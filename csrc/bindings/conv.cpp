@@ -1,0 +1,38 @@
+// The W8A8 convolution family.
+#include "bindings/bind.h"
+#include "conv/conv_w8a8.h"
+
+namespace tersor::bindings {
+
+void bind_conv(py::module_& m) {
+  auto conv = [](conv::Path path) {
+    return [path](addr x, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
+                  int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                  int64_t Ho, int64_t Wo, addr w, addr colsum, addr w_scale, int64_t N,
+                  addr bias, addr y, int nthreads) {
+      conv::run_w8a8({ptr<const float>(x), B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
+                      ptr<const int8_t>(w), ptr<const int32_t>(colsum), ptr<const float>(w_scale),
+                      N, ptr<const float>(bias), ptr<float>(y), nthreads},
+                     path);
+    };
+  };
+  // 22 arguments: named, so a Python caller can (and ops/conv.py does) check them by name
+#define TERSOR_CONV_ARGS                                                                     \
+  py::arg("x"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("kh"),       \
+      py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),             \
+      py::arg("dh"), py::arg("dw"), py::arg("Ho"), py::arg("Wo"), py::arg("w"),              \
+      py::arg("colsum"), py::arg("w_scale"), py::arg("N"), py::arg("bias"), py::arg("y"),    \
+      py::arg("nthreads")
+  m.def("conv_w8a8", conv(conv::Path::Auto), TERSOR_CONV_ARGS, nogil(),
+        "W8A8 Conv2d: x fp32 NHWC [B, H, W, C] (contiguous), kernel (kh, kw), stride (sh, sw), "
+        "zero padding (ph, pw), dilation (dh, dw) -> y fp32 NHWC [B, Ho, Wo, N]. w / colsum / "
+        "w_scale: gemm_w8a8's packed int8 weight with K in (kh, kw, C) order; bias fp32 [N] or "
+        "0. x is quantized once per image.");
+  m.def("conv_w8a8_implicit_emulated", conv(conv::Path::EmulatedImplicit), TERSOR_CONV_ARGS,
+        nogil(),
+        "Test hook: conv_w8a8's AMX implicit GEMM run over scalar tiles with AMX semantics, on "
+        "any CPU (stride 1, C % 64 == 0).");
+#undef TERSOR_CONV_ARGS
+}
+
+}  // namespace tersor::bindings

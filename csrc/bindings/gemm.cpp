@@ -1,0 +1,133 @@
+// The dense GEMM families: quant_act (row quantizer), gemm_w8a8 / gemm_w8 (int8 weights),
+// gemm_w4 / gemm_w4a8 (int4 weights), dequant (packed weights -> fp32, the large-batch path).
+#include "bindings/bind.h"
+#include "dequant/dequant.h"
+#include "gemm_w4/gemm_w4.h"
+#include "gemm_w4a8/gemm_w4a8.h"
+#include "gemm_w8/gemm_w8.h"
+#include "gemm_w8a8/gemm_w8a8.h"
+#include "quant_act/quant_act.h"
+
+namespace tersor::bindings {
+namespace {
+
+PackedW8LinearArgs w8_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum,
+                           addr w_scale, int64_t N, addr bias, addr y, int64_t ldy,
+                           int nthreads) {
+  return PackedW8LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const int8_t>(w),
+                            ptr<const int32_t>(colsum), ptr<const float>(w_scale), N,
+                            ptr<const float>(bias), ptr<float>(y), ldy, nthreads};
+}
+
+PackedW4LinearArgs w4_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale,
+                           addr zero, int64_t group_size, int64_t ngroups, int64_t N, addr bias,
+                           addr y, int64_t ldy, int nthreads) {
+  return PackedW4LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const uint8_t>(w),
+                            ptr<const uint16_t>(scale), ptr<const uint8_t>(zero), group_size,
+                            ngroups, N, ptr<const float>(bias), ptr<float>(y), ldy, nthreads};
+}
+
+// The argument lists shared by the kernels of one weight form.
+#define TERSOR_W8_ARGS                                                                       \
+  py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("colsum"), \
+      py::arg("w_scale"), py::arg("N"), py::arg("bias"), py::arg("y"), py::arg("ldy"),       \
+      py::arg("nthreads")
+#define TERSOR_W4_ARGS                                                                      \
+  py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("scale"), \
+      py::arg("zero"), py::arg("group_size"), py::arg("ngroups"), py::arg("N"),             \
+      py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("nthreads")
+
+constexpr const char* kW8Doc =
+    "y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 "
+    "VNNI4 tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 "
+    "[Np], bias fp32 [N] or 0. ";
+constexpr const char* kW4Doc =
+    "y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes "
+    "[Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0 "
+    "(symmetric, z = 8), group_size the effective G (formats/int4.py). ";
+
+}  // namespace
+
+void bind_quant_act(py::module_& m) {
+  m.def(
+      "quantize_rows",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr q, addr scales, int nthreads) {
+        quant_act::quantize_rows(ptr<const float>(x), M, K, ldx, ptr<int8_t>(q),
+                                 ptr<float>(scales), nthreads);
+      },
+      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("q"), py::arg("scales"),
+      py::arg("nthreads"), nogil(),
+      "Per-row symmetric int8: q int8 [M, K] (contiguous), scales fp32 [M] = amax / 127 "
+      "(NaN for a row holding NaN/Inf) from x fp32 [M, K] (row stride ldx).");
+}
+
+void bind_gemm_w8a8(py::module_& m) {
+  m.def(
+      "gemm_w8a8",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+         addr bias, addr y, int64_t ldy, int nthreads) {
+        gemm_w8a8::run(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads));
+      },
+      TERSOR_W8_ARGS, nogil(),
+      (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8).").c_str());
+  m.def(
+      "gemm_w8",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+         addr bias, addr y, int64_t ldy, int nthreads) {
+        gemm_w8::run(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads));
+      },
+      TERSOR_W8_ARGS, nogil(),
+      (std::string(kW8Doc) + "fp32 activations (weight-only); colsum is unused (pass 0).")
+          .c_str());
+}
+
+void bind_gemm_w4(py::module_& m) {
+  m.def(
+      "gemm_w4",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+         int nthreads) {
+        gemm_w4::run(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y, ldy,
+                             nthreads));
+      },
+      TERSOR_W4_ARGS, nogil(),
+      (std::string(kW4Doc) + "fp32 activations, weights dequantized in registers.").c_str());
+  m.def(
+      "gemm_w4a8",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+         int nthreads) {
+        gemm_w4a8::run(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y,
+                               ldy, nthreads));
+      },
+      TERSOR_W4_ARGS, nogil(),
+      (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums.")
+          .c_str());
+}
+
+void bind_dequant(py::module_& m) {
+  m.def(
+      "dequant_w4t",
+      [](addr w, addr scale, addr zero, int64_t group_size, int64_t ngroups, int64_t N,
+         int64_t K, addr out, int64_t ldo, int nthreads) {
+        dequant::w4t({ptr<const uint8_t>(w), ptr<const uint16_t>(scale),
+                      ptr<const uint8_t>(zero), group_size, ngroups, N, K, ptr<float>(out), ldo,
+                      nthreads});
+      },
+      py::arg("w"), py::arg("scale"), py::arg("zero"), py::arg("group_size"),
+      py::arg("ngroups"), py::arg("N"), py::arg("K"), py::arg("out"), py::arg("ldo"),
+      py::arg("nthreads"), nogil(),
+      "Packed int4 (gemm_w4's w / scale / zero) -> out fp32 W^T [K, N] (row stride ldo), "
+      "exactly (q - z) * s.");
+  m.def(
+      "dequant_w8",
+      [](addr w, addr w_scale, int64_t N, int64_t K, addr out, int nthreads) {
+        dequant::w8({ptr<const int8_t>(w), ptr<const float>(w_scale), N, K, ptr<float>(out),
+                     nthreads});
+      },
+      py::arg("w"), py::arg("w_scale"), py::arg("N"), py::arg("K"), py::arg("out"),
+      py::arg("nthreads"), nogil(),
+      "Packed int8 (gemm_w8a8's w / w_scale) -> out fp32 W [N, K] (contiguous), q * s.");
+}
+
+}  // namespace tersor::bindings

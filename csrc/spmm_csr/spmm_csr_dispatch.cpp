@@ -1,0 +1,17 @@
+// Per-call ISA dispatch of the unstructured sparse kernels (common/cpu_features.h).
+#include "common/cpu_features.h"
+#include "spmm_csr/spmm_csr.h"
+
+namespace tersor::spmm_csr {
+
+void run(const Args& a) {
+  if (a.M == 0 || a.N == 0) return;
+  dispatch_isa(a, run_ref, TERSOR_X86_FN(run_avx2), TERSOR_X86_FN(run_avx512));
+}
+
+void run_w8a8(const W8A8Args& a) {
+  if (a.M == 0 || a.N == 0) return;
+  dispatch_isa(a, w8a8_ref, TERSOR_X86_FN(w8a8_avx2), TERSOR_X86_FN(w8a8_avx512));
+}
+
+}  // namespace tersor::spmm_csr

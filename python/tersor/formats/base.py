@@ -1,0 +1,132 @@
+"""The format object: one packed weight [out_features, in_features] in one scheme.
+
+A format owns everything that depends on the scheme, so the layers (nn/) never branch on it:
+
+    from_float(weight, config)   pack a float weight (quantize / prune-compress, then pack)
+    empty(n, k, **options)       a placeholder of the right shape, to load a state_dict into
+    state_dict() / load_state()  the canonical, hardware-neutral tensors (see each module)
+    dequantize()                 float32 [N, K] in the original input order
+    linear(x, bias, kernel)      y = x W^T + b through the family's op (ops/)
+    nbytes, describe(), options()
+
+Formats hold their tensors as plain attributes (not module buffers): reading them costs a dict
+lookup instead of nn.Module.__getattr__ (~1 us each, DESIGN decision 2), and ``_apply`` (what
+``.to()`` / ``.cuda()`` / ``.half()`` reach through the layer) moves every one of them, but
+never changes their dtype: the packed codes and scales are what the kernels read, whatever
+the model's float dtype. Loading new weights replaces the tensors (never copies into them), so
+caches keyed by tensor identity (ops/gpu.py) cannot go stale.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+
+def check_float_weight(weight: torch.Tensor, label: str) -> None:
+    """A float32 weight without NaN/Inf, or an error naming the layer."""
+    if weight.dtype != torch.float32:
+        raise TypeError(f"{label}: weight must be float32, got {weight.dtype}")
+    if not torch.isfinite(weight).all():
+        raise ValueError(f"{label}: weight holds NaN or Inf; cannot convert it")
+
+
+def expect(prefix: str, name: str, t: torch.Tensor, dtype, shape) -> Optional[str]:
+    """The state_dict error for a tensor of the wrong dtype or shape, or None."""
+    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        return (f"{prefix}{name}: expected {str(dtype).replace('torch.', '')} {tuple(shape)}, "
+                f"got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)}")
+    return None
+
+
+class WeightFormat:
+    """Base of the format objects (int8.py, int4.py, sparse24.py, sparse_csr.py,
+    sparse_block.py)."""
+
+    scheme = ""  # the name the report and repr show ("w8a8", "2:4+w8a8", ...)
+    tensor_names: tuple = ()  # the kernel-form tensors, attributes of the object
+    input_dtypes = (torch.float32,)  # accepted on the CPU kernels (GPU paths: fp16 / bf16 too)
+
+    def __init__(self, out_features: int, in_features: int):
+        self.out_features, self.in_features = out_features, in_features
+
+    # ---- the scheme's own parts (subclasses) ---------------------------------------------------
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, config, *, what: str = "layer",
+                   score: Optional[torch.Tensor] = None) -> "WeightFormat":
+        raise NotImplementedError
+
+    @classmethod
+    def empty(cls, out_features: int, in_features: int, **options) -> "WeightFormat":
+        raise NotImplementedError
+
+    def state_names(self) -> list:
+        """Canonical state_dict keys (without the layer prefix), in order."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state(self, get: Callable[[str], torch.Tensor], prefix: str) -> Optional[str]:
+        """Replace the weights with the canonical tensors get(name) returns; an error message
+        (nothing changed) or None."""
+        raise NotImplementedError
+
+    def dequantize(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def canonical(self) -> tuple:
+        """The canonical weight tensors, in state_names() order (formats may say more)."""
+        return tuple(v for k, v in self.state_dict().items() if not k.startswith("_"))
+
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor], kernel: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def options(self) -> dict:
+        """Constructor options beyond the shape (group size, ...): what ``empty`` needs."""
+        return {}
+
+    def describe(self) -> str:
+        """The report's note on a converted layer ("" when there is nothing to say)."""
+        return ""
+
+    def with_int8_values(self, config) -> Optional["WeightFormat"]:
+        """The int8 form of a sparse fp32 format (sparsify_ then quantize_(W8A8Config())), or
+        None when the format has none."""
+        return None
+
+    def conv_nhwc(self, xh, bias, geometry, kernel) -> Optional[torch.Tensor]:
+        """A native convolution on an NHWC input (QConv2d), or None: the layer then runs the
+        format's GEMM on im2col blocks. geometry: (kh, kw, sh, sw, ph, pw, dh, dw)."""
+        return None
+
+    # ---- shared ---------------------------------------------------------------------------------
+    @property
+    def tensors(self) -> list:
+        return [getattr(self, n) for n in self.tensor_names]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors if t is not None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors[0].device
+
+    def _apply(self, fn) -> None:
+        for name in self.tensor_names:
+            t = getattr(self, name)
+            if t is not None:
+                moved = fn(t)  # a dtype cast (model.half()) only moves: t's own values stay
+                setattr(self, name, moved if moved.dtype == t.dtype else t.to(moved.device))
+        self.on_cpu = self.device.type == "cpu"
+
+    def _finish(self) -> "WeightFormat":
+        """Called by constructors once the tensors are set."""
+        self.on_cpu = self.device.type == "cpu"
+        return self
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v}" for k, v in self.options().items())
+        return (f"{type(self).__name__}({self.scheme}, out_features={self.out_features}, "
+                f"in_features={self.in_features}{opts})")
