@@ -52,6 +52,8 @@ def test_every_format_through_one_layer(scheme):
     ref = x @ w.t() + layer.bias
     tol = 0.03 if "a8" in scheme else 1e-5
     assert (layer(x) - ref).norm() <= tol * ref.norm()
+    with pytest.raises(ValueError, match=r"expected input \[\.\.\., 64\], got \(2, 63\)"):
+        layer(torch.randn(2, 63))  # inside the packed (padded) width: still refused
     fresh_cls = type(layer)
     kw = {"scheme": scheme}
     if scheme.startswith("w4"):

@@ -118,7 +118,7 @@ def run_minilm(runs: int) -> int:
     times = {}
     # interleave the variants round by round so machine noise hits all alike
     samples = {name: [] for name, _, _ in variants}
-    for name, model, _ in variants:
+    for _name, model, _ in variants:
         encode(model, batch)
     for _ in range(runs):
         for name, model, _ in variants:
@@ -301,10 +301,13 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=7, help="timed runs per variant")
     p.add_argument("--skip-cnn", action="store_true", help="only the MiniLM section")
     a = p.parse_args(argv)
-    rc = run_minilm(a.runs)
-    if not a.skip_cnn:
-        run_digits(a.runs)
-        run_resnet(max(3, a.runs // 2))
+    from tersor.bench.timing import quiet_baselines
+
+    with quiet_baselines():
+        rc = run_minilm(a.runs)
+        if not a.skip_cnn:
+            run_digits(a.runs)
+            run_resnet(max(3, a.runs // 2))
     return rc
 
 

@@ -26,7 +26,8 @@ from tersor.bench.impls import (CONV_LAYERS, DENSE, block_impls, conv_case, conv
                                 int4_impls, linear_impls, make_linear, sparse24_impls,
                                 unstructured_impls)
 from tersor.bench.overhead import measure_overhead
-from tersor.bench.timing import measure_bandwidth, measure_compute_peak, time_interleaved
+from tersor.bench.timing import (measure_bandwidth, measure_compute_peak, quiet_baselines,
+                                 time_interleaved)
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (384, 1536), (1536, 384)]  # (K, N)
 MS = [1, 8, 32, 128, 512]
@@ -152,6 +153,11 @@ def main(argv=None):
                    help="conv: signed inputs for every layer (default: a ReLU's output)")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
+    with quiet_baselines():
+        return _run(a)
+
+
+def _run(a) -> int:
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split("x"))
                                           for s in a.shapes.split(",")]
     ms = MS if not a.m else [int(v) for v in a.m.split(",")]

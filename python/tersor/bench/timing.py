@@ -1,6 +1,8 @@
 """Side-by-side timing: implementations interleaved in rounds, medians, machine ceilings."""
 from __future__ import annotations
 
+import contextlib
+import warnings
 import statistics
 import time
 
@@ -70,3 +72,15 @@ def has_vnni() -> bool:
     import tersor
 
     return bool(tersor.cpu_info()["features"].get("avx512vnni"))
+
+
+@contextlib.contextmanager
+def quiet_baselines():
+    """A warnings context for the CLI runs: torch.ao (deprecated upstream in favour of torchao)
+    and torch's beta sparse formats warn on every use, and they are the *baselines* here; their
+    warnings would bury the tables. Our own warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*")
+        warnings.filterwarnings("ignore", module=r"torch\.ao")
+        warnings.filterwarnings("ignore", message=r"Sparse (CSR|BSR) tensor support is in beta")
+        yield

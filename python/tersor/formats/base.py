@@ -14,7 +14,9 @@ lookup instead of nn.Module.__getattr__ (~1 us each, DESIGN decision 2), and ``_
 ``.to()`` / ``.cuda()`` / ``.half()`` reach through the layer) moves every one of them, but
 never changes their dtype: the packed codes and scales are what the kernels read, whatever
 the model's float dtype. Loading new weights replaces the tensors (never copies into them), so
-caches keyed by tensor identity (ops/gpu.py) cannot go stale.
+caches keyed by tensor identity (ops/gpu.py) and the eager call's pointers (``cpu_call``,
+rebuilt by ``_finish``) cannot go stale: set a format's tensors only through its constructor,
+``load_state`` or ``_apply``.
 """
 from __future__ import annotations
 
@@ -113,17 +115,33 @@ class WeightFormat:
     def device(self) -> torch.device:
         return self.tensors[0].device
 
+    def cpu_runner(self) -> Callable:
+        """fn(x, bias) -> y, or None when x is not of the layer's width (0-d, wrong K; a runner
+        may also decline other layouts): the eager call of the native CPU kernel on this weight
+        for the layers' fast path (x float32 on the CPU, no gradient, no tracing). Formats whose
+        family has a leaner one (ops/<family>.py ``cpu_runner_*``) return that."""
+        k = self.in_features
+
+        def run(x, bias):
+            if x.dim() == 0 or x.shape[-1] != k:
+                return None
+            return self.linear(x, bias, "auto")
+
+        return run
+
     def _apply(self, fn) -> None:
         for name in self.tensor_names:
             t = getattr(self, name)
             if t is not None:
                 moved = fn(t)  # a dtype cast (model.half()) only moves: t's own values stay
                 setattr(self, name, moved if moved.dtype == t.dtype else t.to(moved.device))
-        self.on_cpu = self.device.type == "cpu"
+        self._finish()
 
     def _finish(self) -> "WeightFormat":
-        """Called by constructors once the tensors are set."""
+        """Called whenever the tensors are (re)placed: constructors, loading, moves."""
         self.on_cpu = self.device.type == "cpu"
+        # the layers' eager CPU call (None off the CPU: the ops' device path serves)
+        self.cpu_call = self.cpu_runner() if self.on_cpu else None
         return self
 
     def __repr__(self) -> str:

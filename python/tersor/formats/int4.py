@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 
 from tersor.formats.base import WeightFormat, check_float_weight, expect
-from tersor.ops.gemm_w4 import dequant_w4t, linear_w4
+from tersor.ops.gemm_w4 import dequant_w4t, gemm_w4_cpu, linear_w4
 
 GROUP_SIZES = (32, 64, 128, -1)
 BLOCK_N = 16
@@ -276,6 +276,20 @@ class Int4Format(WeightFormat):
         if self.perm is not None:  # columns were stored in act-order
             w = w[:, torch.argsort(self.perm)]
         return w.contiguous()
+
+    def cpu_runner(self):
+        if self.perm is not None:
+            return super().cpu_runner()
+        codes, scale, zero, n, g, a8 = (self.codes, self.scale, self.zero, self.out_features,
+                                        self.G, self.act_int8)
+        k = self.in_features
+
+        def run(x, bias):
+            if x.dim() == 0 or x.shape[-1] != k:
+                return None
+            return gemm_w4_cpu(x, codes, scale, zero, bias, n, g, a8)
+
+        return run
 
     def linear(self, x, bias, kernel):
         if self.perm is not None:

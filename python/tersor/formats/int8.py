@@ -32,8 +32,8 @@ import torch
 from tersor.formats.base import WeightFormat, check_float_weight, expect
 from tersor.ops.conv import conv_nhwc_w8a8
 from tersor.ops.dequant import dequant_w8
-from tersor.ops.gemm_w8 import linear_w8
-from tersor.ops.gemm_w8a8 import linear_w8a8
+from tersor.ops.gemm_w8 import cpu_runner_w8, linear_w8
+from tersor.ops.gemm_w8a8 import cpu_runner_w8a8, linear_w8a8
 
 BLOCK_N = 16
 BLOCK_K = 4
@@ -150,6 +150,12 @@ class Int8Format(WeightFormat):
             return linear_w8a8(x, self.packed, self.colsum, self.scale, bias, self.out_features,
                                kernel)
         return linear_w8(x, self.packed, self.scale, bias, self.out_features, kernel)
+
+    def cpu_runner(self):
+        if self.act_int8:
+            return cpu_runner_w8a8(self.packed, self.colsum, self.scale, self.out_features,
+                                   self.in_features)
+        return cpu_runner_w8(self.packed, self.scale, self.out_features, self.in_features)
 
     def conv_nhwc(self, xh, bias, geometry, kernel):
         # the native conv on the CPU (and its reference); on a GPU the layer runs im2col GEMMs

@@ -32,6 +32,7 @@ from tersor.formats.sparse_csr import CsrFormat
 from tersor.ops._common import NATIVE
 
 _F32 = torch.float32
+_is_compiling = torch.compiler.is_compiling
 _GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -138,14 +139,17 @@ class PackedLinear(nn.Module):
         return self.fmt.describe()
 
     # ---- forward --------------------------------------------------------------------------------
-    # Eager budget: ~5 us above the kernel (DESIGN decision 2). The common case (float32 CPU
-    # input of the right width, native kernel) is one test here and a direct _C call in ops/.
+    # Eager budget: ~5 us above the kernel (DESIGN decision 2). The one eager-or-op choice: a
+    # float32 CPU input of the right width, a native kernel, no gradient, no tracing -> the
+    # format's prepared _C call (ops/<family>.py cpu_runner_*); anything else -> checks with the
+    # layer's name, then the format's op (which every device and torch.compile go through).
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmt = self.fmt
-        if (x.dtype is _F32 and x.is_cpu and fmt.on_cpu and x.dim()
-                and x.shape[-1] == self.in_features and not x.requires_grad
-                and self.kernel in NATIVE):
-            return fmt.linear(x, self._buffers["bias"], self.kernel)
+        run = self.fmt.cpu_call
+        if (run is not None and x.dtype is _F32 and x.is_cpu and not x.requires_grad
+                and self.kernel in NATIVE and not _is_compiling()):
+            y = run(x, self._buffers["bias"])  # None: not a shape the runner takes
+            if y is not None:
+                return y
         return self._checked(x)
 
     def _label(self) -> str:

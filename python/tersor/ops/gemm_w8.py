@@ -26,6 +26,17 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
     return out_2d(x, y, n)
 
 
+def cpu_runner_w8(packed, scale, n: int, k: int):
+    """The eager CPU call of one packed weight (see gemm_w8a8.cpu_runner_w8a8)."""
+
+    def run(x, bias):
+        if x.dim() == 0 or x.shape[-1] != k:
+            return None
+        return gemm_w8_cpu(x, packed, scale, bias, n)
+
+    return run
+
+
 def linear_w8(x, packed, scale, bias, n: int, kernel_pref: str = "auto") -> torch.Tensor:
     if eager(x, kernel_pref):
         return gemm_w8_cpu(x, packed, scale, bias, n)
