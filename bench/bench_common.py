@@ -1,5 +1,6 @@
 """Shared by the bench files: named model-layer shapes (K = in_features, N = out_features),
 batch sizes, and the check-then-time body of a Linear case."""
+
 import itertools
 
 import pytest
@@ -34,8 +35,9 @@ def time_linear_case(benchmark, lin, im, m: int, group: str, tol: float) -> None
         benchmark.extra_info["GOP/s"] = 2 * m * k * n / t / 1e9
 
 
-def time_sparse_case(benchmark, impls: dict, ref_name: str, name: str, m: int, k: int, n: int,
-                     group: str) -> None:
+def time_sparse_case(
+    benchmark, impls: dict, ref_name: str, name: str, m: int, k: int, n: int, group: str
+) -> None:
     """A sparse case: the reference is impl `ref_name` (the dense product on the same pruned
     weight); int8 impls carry their own tolerance (im.tol)."""
     ref = impls[ref_name]

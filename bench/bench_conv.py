@@ -5,6 +5,7 @@ Inputs are what these layers see inside a ResNet (tersor.bench.impls.conv_case):
 output for the body layers, a signed image for the stem; ``TERSOR_BENCH_SIGNED=1`` feeds signed
 inputs to every layer. ``python -m tersor.bench --family conv`` times the same layers
 interleaved and prints the ratios."""
+
 import functools
 import os
 

@@ -1,5 +1,6 @@
 """4-bit weights: tersor W4 / W4A8 (g32, g128) against torch fp32, torch's int4pack CPU op,
 onnxruntime MatMulNBits (accuracy_level 0 and 4) and our W8A8."""
+
 import functools
 
 import pytest
@@ -7,10 +8,20 @@ import pytest
 from bench_common import BATCHES, LINEAR_SHAPES, time_linear_case
 from tersor.bench.impls import int4_impls, make_linear
 
-IMPLS = ["tersor W4 g32", "tersor W4A8 g32", "tersor W4 g128", "tersor W4A8 g128",
-         "torch int4pack g32", "torch int4pack g128", "ort MatMulNBits g32 acc0",
-         "ort MatMulNBits g32 acc4", "ort MatMulNBits g128 acc0", "ort MatMulNBits g128 acc4",
-         "torch fp32", "tersor W8A8"]
+IMPLS = [
+    "tersor W4 g32",
+    "tersor W4A8 g32",
+    "tersor W4 g128",
+    "tersor W4A8 g128",
+    "torch int4pack g32",
+    "torch int4pack g128",
+    "ort MatMulNBits g32 acc0",
+    "ort MatMulNBits g32 acc4",
+    "ort MatMulNBits g128 acc0",
+    "ort MatMulNBits g128 acc4",
+    "torch fp32",
+    "tersor W8A8",
+]
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
 """W8A8 / W8 Linear against torch fp32, torch.ao dynamic int8 and onnxruntime dynamic int8."""
+
 import pytest
 
 from bench_common import BATCHES, LINEAR_SHAPES, time_linear_case

@@ -1,5 +1,6 @@
 """Per-call eager overhead: QLinear on a 384x384 layer at M = 1, against F.linear and the bare
 kernel call (the difference is what tersor's Python layer costs; budget 5 us)."""
+
 import torch
 import torch.nn.functional as F
 
@@ -26,9 +27,20 @@ def bench_overhead_qlinear(benchmark):
 def bench_overhead_bare_kernel(benchmark):
     _, q, x = _setup()
     y = torch.empty(1, 384)
-    args = (x.data_ptr(), 1, 384, 384, q.fmt.packed.data_ptr(), q.fmt.colsum.data_ptr(),
-            q.fmt.scale.data_ptr(), 384, q.bias.data_ptr(), y.data_ptr(), 384,
-            torch.get_num_threads())
+    args = (
+        x.data_ptr(),
+        1,
+        384,
+        384,
+        q.fmt.packed.data_ptr(),
+        q.fmt.colsum.data_ptr(),
+        q.fmt.scale.data_ptr(),
+        384,
+        q.bias.data_ptr(),
+        y.data_ptr(),
+        384,
+        torch.get_num_threads(),
+    )
     benchmark.group = "overhead 384x384 M=1"
     benchmark(_C.gemm_w8a8, *args)
     torch.testing.assert_close(y, q(x))

@@ -1,5 +1,6 @@
 """2:4 sparse Linear: fp32 against torch fp32 dense, int8 (2:4+w8a8) against our dense W8A8
 (AMX, and VNNI only), all on the same pruned weight."""
+
 import functools
 
 import pytest
@@ -21,5 +22,6 @@ def _impls_for(k, n, rotate):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def bench_spmm_24(benchmark, rotate, shape, m, impl):
     k, n = SHAPES[shape]
-    time_sparse_case(benchmark, _impls_for(k, n, rotate), DENSE, impl, m, k, n,
-                     f"2:4 {shape} {k}x{n} M={m}")
+    time_sparse_case(
+        benchmark, _impls_for(k, n, rotate), DENSE, impl, m, k, n, f"2:4 {shape} {k}x{n} M={m}"
+    )

@@ -1,6 +1,7 @@
 """Unstructured sparse Linear at 75 / 90 / 95% zeros: fp32 against torch fp32 dense and torch's
 CSR matmul, int8 against our dense W8A8, all on the same pruned weight (75%: also the layer
 sparsify_ builds, dense from 256 rows)."""
+
 import functools
 
 import pytest
@@ -10,8 +11,14 @@ from tersor.bench.impls import DENSE, W8A8_DENSE, W8A8_VNNI, make_linear, unstru
 
 SHAPES = {"llama7b.q_proj": (4096, 4096), "llama7b.up_proj": (4096, 11008)}
 SPARSITY = [0.75, 0.9, 0.95]
-IMPLS = ["tersor unstructured {}", "tersor unstructured+w8a8 {}", DENSE, "torch CSR",
-         W8A8_DENSE, W8A8_VNNI]
+IMPLS = [
+    "tersor unstructured {}",
+    "tersor unstructured+w8a8 {}",
+    DENSE,
+    "torch CSR",
+    W8A8_DENSE,
+    W8A8_VNNI,
+]
 # (sparsity, impl) cases; sparsify_ keeps a dense copy only below the large-M break-even
 CASES = [(s, i) for s in SPARSITY for i in IMPLS] + [(0.75, "tersor unstructured {} (sparsify_)")]
 
@@ -28,5 +35,6 @@ def bench_spmm_csr(benchmark, rotate, shape, sparsity, m, impl):
     k, n = SHAPES[shape]
     impls = _impls_for(k, n, sparsity, rotate)
     tag = f"{round(sparsity * 100)}%"
-    time_sparse_case(benchmark, impls, DENSE, impl.format(tag), m, k, n,
-                     f"unstructured {tag} {shape} M={m}")
+    time_sparse_case(
+        benchmark, impls, DENSE, impl.format(tag), m, k, n, f"unstructured {tag} {shape} M={m}"
+    )

@@ -4,6 +4,7 @@ Correctness is checked once before timing; baselines are timed in the same sessi
 GOP/s go to extra_info. With --benchmark-disable (CI) each case runs once and weights are not
 rotated, so the suite stays fast and cannot rot.
 """
+
 import functools
 
 import pytest
@@ -29,4 +30,3 @@ def _impls_for(k, n, rotate):
 @pytest.fixture
 def linear_case(rotate):
     return lambda k, n: _impls_for(k, n, rotate)
-

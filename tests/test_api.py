@@ -30,8 +30,10 @@ def test_quantize_report_and_skips():
     by_name = {r.fqn: r for r in report.layers}
     assert isinstance(model.fc1, QLinear) and by_name["fc1"].scheme == "w8a8"
     assert by_name["fc1"].bytes_after < by_name["fc1"].bytes_before / 2  # padded to tiles
-    assert by_name["attn.out_proj"].scheme == "dense" and "MultiheadAttention" in \
-        by_name["attn.out_proj"].reason
+    assert (
+        by_name["attn.out_proj"].scheme == "dense"
+        and "MultiheadAttention" in by_name["attn.out_proj"].reason
+    )
     assert "float16" in by_name["fp16"].reason and isinstance(model.fp16, nn.Linear)
     assert by_name["head"].reason == "listed in config.skip_names"
     assert isinstance(model.head, nn.Linear)

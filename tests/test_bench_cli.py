@@ -1,5 +1,6 @@
 """`python -m tersor.bench --family conv` on its smallest layer: every implementation checked
 and timed, ratios against both baselines."""
+
 from tersor.bench.__main__ import run_conv
 
 

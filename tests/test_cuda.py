@@ -1,5 +1,6 @@
 """CUDA kernels against the references, on a GPU (``-m cuda``; skipped with the reason on a
 machine without one, like this project's CI). bench/gpu_check.sh runs these first."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,17 +1,31 @@
 """int4 format: packing round trips, the documented layout, RTN quantization, and GPTQ / AWQ
 imports checked against unpackers written here from the formats' documentation."""
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tersor.formats.int4 import (dequantize_int4, from_awq, from_gptq, from_nibbles, pack_int4,
-                                 quantize_int4, to_nibbles, unpack_int4)
+from tersor.formats.int4 import (
+    dequantize_int4,
+    from_awq,
+    from_gptq,
+    from_nibbles,
+    pack_int4,
+    quantize_int4,
+    to_nibbles,
+    unpack_int4,
+)
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 40), groups=st.integers(1, 4), g=st.sampled_from([8, 32, 64]),
-       sym=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    n=st.integers(1, 40),
+    groups=st.integers(1, 4),
+    g=st.sampled_from([8, 32, 64]),
+    sym=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_pack_unpack_round_trip(n, groups, g, sym, seed):
     gen = torch.Generator().manual_seed(seed)
     k = groups * g
@@ -59,6 +73,7 @@ def test_group_size_errors():
 
 
 # ---- GPTQ / AWQ, unpacked here from the documentation, element by element -------------------
+
 
 def _pack_gptq(q_kn, zeros_gn, v1):
     """q [K, N] -> qweight int32 [K/8, N] (8 codes along K: k = 8r + i in bits 4i);
@@ -111,8 +126,9 @@ def test_gptq_import(act_order, v1):
 
 
 def test_gptq_errors():
-    qw, qz = _pack_gptq(torch.zeros(64, 16, dtype=torch.int64),
-                        torch.ones(2, 16, dtype=torch.int64), True)
+    qw, qz = _pack_gptq(
+        torch.zeros(64, 16, dtype=torch.int64), torch.ones(2, 16, dtype=torch.int64), True
+    )
     s = torch.ones(2, 16).half()
     with pytest.raises(ValueError, match="qweight must be int32"):
         from_gptq(qw.float(), qz, s)

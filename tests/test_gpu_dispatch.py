@@ -2,6 +2,7 @@
 kernels reached through the layers on CPU tensors under TRITON_INTERPRET=1, the GPU weight
 layouts the CUDA kernels read (checked element by element against their specification), and
 the errors a request that cannot run gets. GPU runs are in test_cuda.py (-m cuda)."""
+
 import itertools
 import os
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 import tersor
-from tersor.formats.int4 import quantize_int4, shuffle_w4_mma
+from tersor.formats.int4 import shuffle_w4_mma
 from tersor.formats.sparse24 import compress_24, meta_words_24, prune_24
 from tersor.nn import QLinear
 from tersor.ops import device
@@ -22,14 +23,25 @@ pytest.importorskip("triton", reason="triton is not installed (pip install '.[te
 def layer(scheme, k=64, n=40, kernel="auto", seed=0, **kw):
     torch.manual_seed(seed)
     lin = nn.Linear(k, n)
-    cfg = {"w8a8": tersor.W8A8Config, "w8": tersor.W8Config, "w4": tersor.W4Config,
-           "w4a8": tersor.W4A8Config}[scheme](kernel=kernel, **kw)
+    cfg = {
+        "w8a8": tersor.W8A8Config,
+        "w8": tersor.W8Config,
+        "w4": tersor.W4Config,
+        "w4a8": tersor.W4A8Config,
+    }[scheme](kernel=kernel, **kw)
     return QLinear.from_float(lin, cfg, name="fc")
 
 
 @pytest.mark.parametrize("m", [1, 7, 33])
-@pytest.mark.parametrize("scheme,kw", [("w8a8", {}), ("w8", {}), ("w4", {"group_size": 32}),
-                                       ("w4", {"group_size": 64, "symmetric": True})])
+@pytest.mark.parametrize(
+    "scheme,kw",
+    [
+        ("w8a8", {}),
+        ("w8", {}),
+        ("w4", {"group_size": 32}),
+        ("w4", {"group_size": 64, "symmetric": True}),
+    ],
+)
 def test_triton_path_through_the_layer_matches_the_cpu_kernel(scheme, kw, m):
     ref = layer(scheme, **kw)
     tri = layer(scheme, kernel="triton", **kw)
@@ -41,8 +53,11 @@ def test_triton_path_through_the_layer_matches_the_cpu_kernel(scheme, kw, m):
 
 def test_kernel_preference_errors_name_the_layer_and_the_reason():
     lay = layer("w8a8", kernel="cuda")
-    with pytest.raises(RuntimeError, match=r"layer 'fc' \(w8a8.*kernel='cuda' cannot run here "
-                                           r"\(cuda: the input is not a CUDA tensor\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"layer 'fc' \(w8a8.*kernel='cuda' cannot run here "
+        r"\(cuda: the input is not a CUDA tensor\)",
+    ):
         lay(torch.randn(3, 64))
     w4a8 = layer("w4a8", kernel="triton", group_size=32)
     with pytest.raises(RuntimeError, match="no triton kernel for this scheme"):
@@ -78,8 +93,16 @@ def test_w4_mma_shuffle_matches_its_specification():
         word = int(w[cb, kb, p, 4 * g + t]) & 0xFFFFFFFF
         c0, k0 = cb * 32 + 16 * p + g, 16 * kb + 2 * t
         c1 = c0 + 8
-        expect = [code(c0, k0), code(c0, k0 + 8), code(c1, k0), code(c1, k0 + 8),
-                  code(c0, k0 + 1), code(c0, k0 + 9), code(c1, k0 + 1), code(c1, k0 + 9)]
+        expect = [
+            code(c0, k0),
+            code(c0, k0 + 8),
+            code(c1, k0),
+            code(c1, k0 + 8),
+            code(c0, k0 + 1),
+            code(c0, k0 + 9),
+            code(c1, k0 + 1),
+            code(c1, k0 + 9),
+        ]
         assert [(word >> (4 * i)) & 15 for i in range(8)] == expect
 
 

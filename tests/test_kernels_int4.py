@@ -1,5 +1,6 @@
 """Every ISA path of the int4 family against the C ref (bit for bit), the torch reference and an
 fp64 oracle, on odd shapes, group sizes, symmetric and asymmetric weights."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ def make(m, k, n, g, sym, gen, bias=True):
 @pytest.mark.parametrize("g,k", CASES)
 def test_gemm_w4a8(isa, g, k, m, n, sym, gen, c_ref):
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
-    xs = torch.randn(m, k + 5, generator=gen)[:, 2:2 + k]  # strided rows
+    xs = torch.randn(m, k + 5, generator=gen)[:, 2 : 2 + k]  # strided rows
     xs.copy_(x)
     y = gemm_w4a8(xs, p.codes, p.scale, p.zero, b, n, G)
     assert torch.equal(y, c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, b, n, G)))
@@ -66,8 +67,9 @@ def test_gemm_w4(isa, g, k, m, n, sym, gen, c_ref):
 @pytest.mark.parametrize("g,k", CASES)
 def test_dequant_w4t_exact(isa, g, k, sym, n, gen):
     _, q, s, z, G, _, p = make(1, k, n, g, sym, gen)
-    assert torch.equal(dequant_w4t(p.codes, p.scale, p.zero, n, k, G),
-                       dequantize_int4(q, s, z, G).t())
+    assert torch.equal(
+        dequant_w4t(p.codes, p.scale, p.zero, n, k, G), dequantize_int4(q, s, z, G).t()
+    )
 
 
 @pytest.mark.parametrize("op", [gemm_w4, gemm_w4a8])
@@ -110,5 +112,6 @@ def test_w4_dense_path_for_large_batches(gen):
         dense_path.PANEL_BYTES = old
     y64 = x.double() @ dequantize_int4(q, s, z, G).double().t() + b.double()
     assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
-    torch.testing.assert_close(y[: m - 1], gemm_w4(x[: m - 1], p.codes, p.scale, p.zero, b, 100,
-                                                   G), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        y[: m - 1], gemm_w4(x[: m - 1], p.codes, p.scale, p.zero, b, 100, G), rtol=1e-5, atol=1e-4
+    )

@@ -1,5 +1,6 @@
 """Every ISA path of the int8 family against the C ref (bit for bit), the torch reference
 (integer accumulations exact) and an fp64 oracle, on odd shapes and strided inputs."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,8 @@ def strided(x, kind):
     m, k = x.shape
     if kind == "row_stride":  # rows further apart than K: passed through as ldx
         big = torch.randn(m, k + 7)
-        big[:, 3:3 + k] = x
-        return big[:, 3:3 + k]
+        big[:, 3 : 3 + k] = x
+        return big[:, 3 : 3 + k]
     if kind == "transposed":  # column stride != 1: copied
         return x.t().contiguous().t()
     return x
@@ -42,8 +43,7 @@ def test_quantize_rows_exact(isa, m, k, n, gen):
 
 
 def test_quantize_rows_ties_and_zero_rows(isa):
-    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, 3.0],
-                      [0.0] * 7])
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, 3.0], [0.0] * 7])
     q, s = quantize_rows(x)
     assert q[0].tolist() == [127, 0, 2, 2, 0, -2, 3]  # half to even
     assert s[1] == 0 and not q[1].any()
@@ -124,8 +124,11 @@ def test_nan_inf_rows_propagate(isa, op, gen):
     x, q, s, b, p = make(5, 37, 20, gen)
     x[1, 3] = float("nan")
     x[3, 0] = float("inf")
-    fn = ((lambda t: gemm_w8a8(t, p.packed, p.colsum, p.scale, b, 20)) if op == "w8a8"
-          else (lambda t: gemm_w8(t, p.packed, p.scale, b, 20)))
+    fn = (
+        (lambda t: gemm_w8a8(t, p.packed, p.colsum, p.scale, b, 20))
+        if op == "w8a8"
+        else (lambda t: gemm_w8(t, p.packed, p.scale, b, 20))
+    )
     y = fn(x)
     assert y[1].isnan().all()  # a NaN in a row reaches every output of the row
     assert not y[3].isfinite().any()
@@ -137,8 +140,11 @@ def test_nan_inf_rows_propagate(isa, op, gen):
 def test_empty_rows(isa, op, gen):
     _, _, _, b, p = make(1, 37, 20, gen)
     x = torch.empty(0, 37)
-    y = (gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 20) if op == "w8a8"
-         else gemm_w8(x, p.packed, p.scale, b, 20))
+    y = (
+        gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 20)
+        if op == "w8a8"
+        else gemm_w8(x, p.packed, p.scale, b, 20)
+    )
     assert y.shape == (0, 20)
 
 
@@ -166,5 +172,6 @@ def test_w8_dense_path_for_large_batches(gen):
     w = q.double() * s.double()[:, None]
     y64 = x.double() @ w.t() + b.double()
     assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
-    torch.testing.assert_close(y[: m - 1], gemm_w8(x[: m - 1], p.packed, p.scale, b, 1100),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        y[: m - 1], gemm_w8(x[: m - 1], p.packed, p.scale, b, 1100), rtol=1e-5, atol=1e-4
+    )

@@ -1,6 +1,7 @@
 """The one-layer design: format objects behind PackedLinear, configs with a dict round trip and
 a handler registry, the self-describing binding, and the user-facing fixes that came with it
 (reports, already-compressed layers, straight-through input gradients, dtype-safe .to())."""
+
 import dataclasses
 
 import pytest
@@ -107,18 +108,23 @@ def test_conv_input_gradient_and_dtype_hint():
     w = q.to_float().weight
     ref = torch.nn.grad.conv2d_input(x.shape, w, torch.ones(2, 16, 6, 6), 1, 1)
     torch.testing.assert_close(x.grad, ref, rtol=1e-4, atol=1e-4)
-    with pytest.raises(TypeError, match=r"layer 'c' \(w8a8\): expected a float32 input, got "
-                                        r"torch.float16 \(cast with x.float\(\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"layer 'c' \(w8a8\): expected a float32 input, got "
+        r"torch.float16 \(cast with x.float\(\)",
+    ):
         q(torch.randn(1, 8, 6, 6).half())
 
 
 def test_from_float_is_one_signature_everywhere():
     torch.manual_seed(0)
     lin = nn.Linear(64, 32)
-    for cls, cfg in [(tersor.QLinear, tersor.W8A8Config()),
-                     (tersor.SparseLinear, tersor.Sparse24Config()),
-                     (tersor.CsrLinear, tersor.SparseConfig(0.9)),
-                     (tersor.BlockSparseLinear, tersor.SparseConfig(0.75, block=(16, 4)))]:
+    for cls, cfg in [
+        (tersor.QLinear, tersor.W8A8Config()),
+        (tersor.SparseLinear, tersor.Sparse24Config()),
+        (tersor.CsrLinear, tersor.SparseConfig(0.9)),
+        (tersor.BlockSparseLinear, tersor.SparseConfig(0.75, block=(16, 4))),
+    ]:
         layer = cls.from_float(lin, cfg, name="fc", calibration=None)
         assert isinstance(layer, cls) and layer.name == "fc"
     # calibration: Wanda scores from this layer's inputs, as sparsify_ computes them
@@ -133,8 +139,14 @@ def test_from_float_is_one_signature_everywhere():
 
 
 def test_report_is_in_model_order_with_conv_shapes():
-    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=16),
-                          nn.Flatten(), nn.Linear(16 * 16, 10), nn.Linear(10, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, groups=16),
+        nn.Flatten(),
+        nn.Linear(16 * 16, 10),
+        nn.Linear(10, 10),
+    )
     report = tersor.quantize_(model, tersor.W8A8Config(), filter_fn=lambda m, n: n != "5")
     assert [r.fqn for r in report.layers] == ["0", "2", "4", "5"]
     assert [r.status for r in report.layers] == ["converted", "dense", "converted", "dense"]
@@ -144,10 +156,14 @@ def test_report_is_in_model_order_with_conv_shapes():
 
 
 def test_configs_round_trip_through_dicts():
-    for cfg in [tersor.W8A8Config(skip_names=("head",)), tersor.W8Config(kernel="ref"),
-                tersor.W4Config(group_size=64, symmetric=True), tersor.W4A8Config(),
-                tersor.Sparse24Config(prune=False),
-                tersor.SparseConfig(0.8, block=(16, 4), scope="global")]:
+    for cfg in [
+        tersor.W8A8Config(skip_names=("head",)),
+        tersor.W8Config(kernel="ref"),
+        tersor.W4Config(group_size=64, symmetric=True),
+        tersor.W4A8Config(),
+        tersor.Sparse24Config(prune=False),
+        tersor.SparseConfig(0.8, block=(16, 4), scope="global"),
+    ]:
         d = cfg.to_dict()
         assert d["type"] == type(cfg).__name__ and d["version"] == type(cfg).version
         import json

@@ -1,4 +1,5 @@
 """torch.library.opcheck on every op, and the ops' own argument validation."""
+
 import pytest
 import torch
 
@@ -14,8 +15,10 @@ def packed(gen):
 
 def test_opcheck_gemm_w8a8(packed, gen):
     x = torch.randn(3, 5, 37, generator=gen)
-    torch.library.opcheck(gemm_w8a8, (x, packed.packed, packed.colsum, packed.scale,
-                                      torch.randn(20, generator=gen), 20))
+    torch.library.opcheck(
+        gemm_w8a8,
+        (x, packed.packed, packed.colsum, packed.scale, torch.randn(20, generator=gen), 20),
+    )
     torch.library.opcheck(gemm_w8a8, (x[0], packed.packed, packed.colsum, packed.scale, None, 20))
 
 

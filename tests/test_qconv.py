@@ -1,4 +1,5 @@
 """QConv2d against F.conv2d on the dequantized weights, for every scheme and ISA path."""
+
 import io
 
 import pytest
@@ -10,11 +11,18 @@ import tersor
 from tersor.nn import QConv2d
 
 CASES = [  # (C_in, C_out, kernel, stride, padding, dilation)
-    (3, 8, 1, 1, 0, 1), (16, 24, 1, 2, 0, 1), (5, 7, 3, 1, 1, 1), (4, 6, 3, 2, 1, 1),
-    (4, 6, 3, 1, 2, 2), (5, 9, 5, 1, 2, 1), (3, 5, 7, 2, 3, 1), (6, 4, 3, 1, 0, 1),
+    (3, 8, 1, 1, 0, 1),
+    (16, 24, 1, 2, 0, 1),
+    (5, 7, 3, 1, 1, 1),
+    (4, 6, 3, 2, 1, 1),
+    (4, 6, 3, 1, 2, 2),
+    (5, 9, 5, 1, 2, 1),
+    (3, 5, 7, 2, 3, 1),
+    (6, 4, 3, 1, 0, 1),
 ]
 SCHEMES = {  # name: (configs applied in order, tolerance against F.conv2d on to_float())
-    "w8": ([tersor.W8Config()], 1e-5), "w8a8": ([tersor.W8A8Config()], 0.02),
+    "w8": ([tersor.W8Config()], 1e-5),
+    "w8a8": ([tersor.W8A8Config()], 0.02),
     "w4": ([tersor.W4Config(group_size=-1)], 1e-5),
     "w4a8": ([tersor.W4A8Config(group_size=-1)], 0.03),
     "2:4": ([tersor.Sparse24Config()], 1e-5),
@@ -68,8 +76,9 @@ def test_every_isa_path_agrees(isa, case, c_ref):
 
 
 @pytest.mark.parametrize("scheme", [s for s in SCHEMES if s != "w8a8"])  # w8a8: the test above
-@pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[6]],
-                         ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
+@pytest.mark.parametrize(
+    "case", [CASES[1], CASES[4], CASES[6]], ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c)
+)
 def test_every_scheme_on_every_isa_path(isa, scheme, case, c_ref):
     """The schemes that run on the Linear kernels (im2col blocks): each ISA path against
     F.conv2d on the dequantized weights, and against the C ref path."""
@@ -95,15 +104,19 @@ def test_to_float_state_dict_and_compile():
     assert torch.equal(fresh(x), q(x))
     torch._dynamo.reset()
     model = nn.Sequential(q, nn.ReLU())
-    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_quantize_converts_conv_and_reports_what_stays_dense():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, padding=1, groups=8),          # depthwise
-                          nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
-                          nn.Conv2d(8, 4, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+        nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(8, 4, 1),
+    )
     x = torch.randn(2, 3, 10, 10)
     ref = model(x)
     report = tersor.quantize_(model, tersor.W8A8Config())
@@ -118,8 +131,9 @@ def test_quantize_converts_conv_and_reports_what_stays_dense():
 
 def test_conv_errors():
     with pytest.raises(ValueError, match="padding_mode='circular'"):
-        QConv2d.from_float(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
-                           tersor.W8A8Config(), name="c1")
+        QConv2d.from_float(
+            nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), tersor.W8A8Config(), name="c1"
+        )
     q = QConv2d.from_float(nn.Conv2d(3, 4, 3), tersor.W8A8Config(), name="c1")
     with pytest.raises(ValueError, match=r"layer 'c1' \(w8a8\): expected a 4-D input"):
         q(torch.randn(3, 8, 8))
@@ -153,8 +167,11 @@ def _close_to_ref(y, ref):
     torch.testing.assert_close(y, ref, rtol=2e-6, atol=2e-6 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[2:4] != (1, 1)],  # 1x1/1: the GEMM
-                         ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c[2:4] != (1, 1)],  # 1x1/1: the GEMM
+    ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c),
+)
 def test_w8a8_conv_is_the_per_image_rule(case):
     """Native conv (every ISA), kernel="ref" and the torch reference agree: one activation scale
     per image, exact integer sums."""
@@ -165,16 +182,26 @@ def test_w8a8_conv_is_the_per_image_rule(case):
     x = torch.randn(3, case[0], 13, 11)
     x[1] *= 40.0  # images with very different ranges: a per-batch scale would fail this
     g = q.gemm
-    ref = conv_w8a8_ref(x, *g.canonical_weight(), g.bias, q.kernel_size, q.stride, q.padding,
-                        q.dilation)
+    ref = conv_w8a8_ref(
+        x, *g.canonical_weight(), g.bias, q.kernel_size, q.stride, q.padding, q.dilation
+    )
     _close_to_ref(q(x), ref)
     q_ref = QConv2d.from_float(conv, tersor.W8A8Config(kernel="ref"))
     _close_to_ref(q_ref(x), ref)
 
 
-@pytest.mark.parametrize("case", [(4, 6, 3, 1, 1, 1), (8, 20, 3, 2, 1, 1), (4, 6, 3, 1, 2, 2),
-                                  (16, 24, 1, 2, 0, 1), (64, 20, 3, 1, 1, 1), (5, 7, 3, 1, 1, 1)],
-                         ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
+@pytest.mark.parametrize(
+    "case",
+    [
+        (4, 6, 3, 1, 1, 1),
+        (8, 20, 3, 2, 1, 1),
+        (4, 6, 3, 1, 2, 2),
+        (16, 24, 1, 2, 0, 1),
+        (64, 20, 3, 1, 1, 1),
+        (5, 7, 3, 1, 1, 1),
+    ],
+    ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c),
+)
 def test_w8a8_conv_post_relu_images(isa, case, c_ref):
     """Images after a ReLU (every code >= 0) take the AVX2 tile without the sign trick; a signed
     image beside them, and 4-row tiles that straddle two images (13 x 11 output pixels per
@@ -186,15 +213,19 @@ def test_w8a8_conv_post_relu_images(isa, case, c_ref):
     x = torch.randn(4, case[0], 13, 11)
     x[0], x[2], x[3] = x[0].relu(), x[2].relu() * 40.0, x[3].abs() + 0.5
     g = q.gemm
-    ref = conv_w8a8_ref(x, *g.canonical_weight(), g.bias, q.kernel_size, q.stride, q.padding,
-                        q.dilation)
+    ref = conv_w8a8_ref(
+        x, *g.canonical_weight(), g.bias, q.kernel_size, q.stride, q.padding, q.dilation
+    )
     y = q(x)
     _close_to_ref(y, ref)
     assert torch.equal(y, c_ref(lambda: q(x)))
 
 
-@pytest.mark.parametrize("case", [(8, 20, 3, 1, 1, 1), (5, 7, 3, 2, 1, 1)],
-                         ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c))
+@pytest.mark.parametrize(
+    "case",
+    [(8, 20, 3, 1, 1, 1), (5, 7, 3, 2, 1, 1)],
+    ids=lambda c: "ci{}-co{}-k{}-s{}-p{}-d{}".format(*c),
+)
 def test_w8a8_conv_zero_and_non_finite_images(isa, case, c_ref):
     """An all-zero image gives the bias, an image holding NaN or Inf gives NaN everywhere (its
     scale), and neither touches the other images of the batch: on every path."""
@@ -212,14 +243,19 @@ def test_w8a8_conv_zero_and_non_finite_images(isa, case, c_ref):
 
 
 IMPLICIT_CASES = [  # (C_in, C_out, kernel, padding, dilation, H, W): stride 1, C_in % 64 == 0
-    (64, 40, 3, 1, 1, 9, 7), (128, 16, 3, 1, 1, 5, 6), (64, 33, (1, 3), (0, 1), 1, 4, 9),
-    (64, 24, 3, 2, 2, 7, 8), (64, 17, 5, 2, 1, 6, 5), (64, 32, 3, 0, 1, 5, 5),
+    (64, 40, 3, 1, 1, 9, 7),
+    (128, 16, 3, 1, 1, 5, 6),
+    (64, 33, (1, 3), (0, 1), 1, 4, 9),
+    (64, 24, 3, 2, 2, 7, 8),
+    (64, 17, 5, 2, 1, 6, 5),
+    (64, 32, 3, 0, 1, 5, 5),
 ]
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("case", IMPLICIT_CASES, ids=lambda c: "ci{}-co{}-k{}-p{}-d{}-{}x{}"
-                         .format(*c))
+@pytest.mark.parametrize(
+    "case", IMPLICIT_CASES, ids=lambda c: "ci{}-co{}-k{}-p{}-d{}-{}x{}".format(*c)
+)
 def test_implicit_gemm_addressing_bit_identical_to_gather_path(case, batch):
     """The AMX implicit GEMM (output pixels over the padded width, one strided tile load per
     tap) run over emulated tiles on any CPU: bit-identical to the gather path."""
@@ -235,8 +271,23 @@ def test_implicit_gemm_addressing_bit_identical_to_gather_path(case, batch):
     y = conv_w8a8_cpu(*args, emulate_implicit=True)
     assert torch.equal(y, conv_w8a8_cpu(*args))
     with pytest.raises(ValueError, match="stride 1 and C % 64"):
-        conv_w8a8_cpu(xh[..., :ci - 1].contiguous(), g.fmt.packed, g.fmt.colsum, g.fmt.scale, g.bias, co, kh,
-                      kw, 1, 1, ph, pw, dh, dw, emulate_implicit=True)
+        conv_w8a8_cpu(
+            xh[..., : ci - 1].contiguous(),
+            g.fmt.packed,
+            g.fmt.colsum,
+            g.fmt.scale,
+            g.bias,
+            co,
+            kh,
+            kw,
+            1,
+            1,
+            ph,
+            pw,
+            dh,
+            dw,
+            emulate_implicit=True,
+        )
 
 
 def test_conv_op_opcheck():

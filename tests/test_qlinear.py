@@ -9,8 +9,12 @@ import tersor
 from tersor.formats import Int8Format
 from tersor.nn import QLinear
 
-CONFIGS = [tersor.W8A8Config(), tersor.W8Config(), tersor.W4Config(group_size=-1),
-           tersor.W4A8Config(group_size=-1, symmetric=True)]
+CONFIGS = [
+    tersor.W8A8Config(),
+    tersor.W8Config(),
+    tersor.W4Config(group_size=-1),
+    tersor.W4A8Config(group_size=-1, symmetric=True),
+]
 
 
 def make_linear(k, n, bias=True, seed=0):
@@ -77,10 +81,12 @@ def test_state_dict_round_trip(cfg):
         fresh = QLinear(37, 20, scheme=cfg.scheme)
     else:
         assert set(sd) == {"weight_int4", "weight_scale", "bias"} | (
-            set() if cfg.symmetric else {"weight_zero"})
+            set() if cfg.symmetric else {"weight_zero"}
+        )
         assert sd["weight_int4"].dtype == torch.uint8 and sd["weight_int4"].shape == (20, 19)
-        fresh = QLinear(37, 20, scheme=cfg.scheme, group_size=cfg.group_size,
-                        symmetric=cfg.symmetric)
+        fresh = QLinear(
+            37, 20, scheme=cfg.scheme, group_size=cfg.group_size, symmetric=cfg.symmetric
+        )
     buf = io.BytesIO()
     torch.save(sd, buf)
     buf.seek(0)
@@ -117,10 +123,15 @@ def test_bad_inputs_name_the_layer():
     tersor.quantize_(model, tersor.W8A8Config())
     layer = model[0]
     for dtype in (torch.float16, torch.bfloat16, torch.float64, torch.int32):
-        with pytest.raises(TypeError, match=rf"layer '0' \(w8a8, in_features=37\): expected a "
-                                            rf"float32 input, got {dtype}"):
+        with pytest.raises(
+            TypeError,
+            match=rf"layer '0' \(w8a8, in_features=37\): expected a "
+            rf"float32 input, got {dtype}",
+        ):
             layer(torch.ones(2, 37, dtype=dtype))
-    with pytest.raises(ValueError, match=r"layer '0'.*expected input \[\.\.\., 37\], got \(2, 36\)"):
+    with pytest.raises(
+        ValueError, match=r"layer '0'.*expected input \[\.\.\., 37\], got \(2, 36\)"
+    ):
         layer(torch.ones(2, 36))
     with pytest.raises(ValueError, match="expected input"):
         layer(torch.tensor(1.0))

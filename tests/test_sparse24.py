@@ -1,5 +1,6 @@
 """2:4 sparse fp32: format, pruner, every ISA path against the C ref (bit for bit) and the dense
 product on the pruned weight, the module and sparsify_."""
+
 import io
 
 import pytest
@@ -9,8 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tersor
-from tersor.formats.sparse24 import (compress_24, decompress_24, is_24, pack_24, prune_24,
-                                     unpack_24)
+from tersor.formats.sparse24 import compress_24, decompress_24, is_24, pack_24, prune_24, unpack_24
 from tersor.nn import SparseLinear
 from tersor.ops.spmm_24 import spmm_24
 
@@ -63,8 +63,9 @@ def test_dense_path_for_large_batches(panels, gen):
         dense_path.PANEL_BYTES = old
     y64 = x.double() @ w.double().t() + b.double()
     assert (y.double() - y64).abs().max() <= 1e-5 * y64.abs().max()
-    torch.testing.assert_close(y[: m - 1], spmm_24(x[: m - 1], p.values, p.meta, b, n),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        y[: m - 1], spmm_24(x[: m - 1], p.values, p.meta, b, n), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_pruner_keeps_the_two_largest_of_every_four():
@@ -80,7 +81,7 @@ def test_pruner_keeps_the_two_largest_of_every_four():
 @pytest.mark.parametrize("k,n", [(1, 1), (3, 5), (37, 33), (130, 70), (256, 17)])
 def test_spmm_24_every_isa(isa, m, k, n, gen, c_ref):
     w = prune_24(torch.randn(n, k, generator=gen))
-    x = torch.randn(m, k + 3, generator=gen)[:, 1:1 + k]  # strided rows
+    x = torch.randn(m, k + 3, generator=gen)[:, 1 : 1 + k]  # strided rows
     b = torch.randn(n, generator=gen)
     p = pack_24(*compress_24(w), k)
     y = spmm_24(x, p.values, p.meta, b, n)
@@ -123,12 +124,16 @@ def test_sparsify_errors_leave_model_unchanged():
     with pytest.raises(ValueError, match="converting '0' failed.*not 2:4 sparse.*prune=False"):
         tersor.sparsify_(model, tersor.Sparse24Config(prune=False))
     assert all(isinstance(m, nn.Linear) for m in model)
-    with pytest.raises(TypeError, match=r"config must be one of \['Sparse24Config', 'SparseConfig'\]"):
+    with pytest.raises(
+        TypeError, match=r"config must be one of \['Sparse24Config', 'SparseConfig'\]"
+    ):
         tersor.sparsify_(model, tersor.W8A8Config())
     with pytest.raises(ValueError, match="prune must be a bool"):
         tersor.Sparse24Config(prune="yes")
     layer = SparseLinear.from_float(nn.Linear(8, 4), tersor.Sparse24Config(), name="s")
-    with pytest.raises(TypeError, match=r"layer 's' \(2:4, in_features=8\): expected a float32 input"):
+    with pytest.raises(
+        TypeError, match=r"layer 's' \(2:4, in_features=8\): expected a float32 input"
+    ):
         layer(torch.ones(2, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expected input \[\.\.\., 8\], got \(2, 7\)"):
         layer(torch.ones(2, 7))
@@ -159,7 +164,7 @@ def test_int8_pack_round_trip(n, k, seed):
 @pytest.mark.parametrize("k,n", [(1, 1), (3, 5), (12, 16), (37, 33), (130, 70), (257, 49)])
 def test_spmm_24_w8a8_every_isa_exact(isa, m, k, n, gen, c_ref):
     v, meta, s, p = make_24_int8(n, k, gen)
-    x = (torch.randn(m, k + 3, generator=gen) * 3)[:, 1:1 + k]  # strided rows
+    x = (torch.randn(m, k + 3, generator=gen) * 3)[:, 1 : 1 + k]  # strided rows
     b = torch.randn(n, generator=gen)
     args = (p.values, p.meta, p.colsum, p.scale)
     y = spmm_24_w8a8(x, *args, b, n)
@@ -182,8 +187,14 @@ def test_spmm_24_w8a8_opcheck_and_errors(gen):
 
 def test_sparsify_then_quantize_gives_sparse_int8_layers(gen):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(16 * 25, 33), nn.ReLU(), nn.Linear(33, 10))
+    model = nn.Sequential(
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 25, 33),
+        nn.ReLU(),
+        nn.Linear(33, 10),
+    )
     tersor.sparsify_(model, tersor.Sparse24Config())
     pruned = model[3].dense_weight()
     x = torch.randn(3, 8, 5, 5, generator=gen)
@@ -201,9 +212,14 @@ def test_sparsify_then_quantize_gives_sparse_int8_layers(gen):
     y = model(x)
     assert (y - y_fp32).norm() <= 0.05 * y_fp32.norm()
     # state_dict round trip into fresh int8 layers, then torch.compile
-    fresh = nn.Sequential(tersor.nn.QConv2d(8, 16, 3, padding=1, scheme="2:4+w8a8"), nn.ReLU(),
-                          nn.Flatten(), SparseLinear(400, 33, scheme="2:4+w8a8"), nn.ReLU(),
-                          SparseLinear(33, 10, scheme="2:4+w8a8"))
+    fresh = nn.Sequential(
+        tersor.nn.QConv2d(8, 16, 3, padding=1, scheme="2:4+w8a8"),
+        nn.ReLU(),
+        nn.Flatten(),
+        SparseLinear(400, 33, scheme="2:4+w8a8"),
+        nn.ReLU(),
+        SparseLinear(33, 10, scheme="2:4+w8a8"),
+    )
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)

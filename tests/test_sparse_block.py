@@ -1,19 +1,20 @@
 """Block-sparse fp32 (16 x 1 blocks) and int8 (16 x 4): format, pruner, every ISA path against
 the C ref (bit for bit), the dense product on the pruned weight (fp32) and the exact integer
 dot product (int8), the module, sparsify_ / quantize_."""
-import io
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
-import tersor
 from tersor.formats.int8 import quantize_per_channel_int8
-from tersor.formats.sparse_block import (check_block, pack_block_f32, pack_block_int8,
-                                         prune_block, unpack_block)
-from tersor.nn import BlockSparseLinear
+from tersor.formats.sparse_block import (
+    check_block,
+    pack_block_f32,
+    pack_block_int8,
+    prune_block,
+    unpack_block,
+)
 from tersor.ops.spmm_block import spmm_block
 from tersor.ref import quantize_rows_ref
 
@@ -58,7 +59,7 @@ def test_pruner_reaches_the_block_sparsity(gen):
 def test_spmm_block_f32_every_isa(isa, m, k, n, density, gen, c_ref):
     w = pruned(n, k, density, gen)
     p = pack_block_f32(w)
-    x = torch.randn(m, k + 3, generator=gen)[:, 1:1 + k]
+    x = torch.randn(m, k + 3, generator=gen)[:, 1 : 1 + k]
     b = torch.randn(n, generator=gen)
     args = (p.ptr, p.kidx, p.values, None, None, b, n)
     y = spmm_block(x, *args)
@@ -71,10 +72,11 @@ def test_spmm_block_f32_every_isa(isa, m, k, n, density, gen, c_ref):
 @pytest.mark.parametrize("k,n", SHAPES_KN)
 @pytest.mark.parametrize("density", DENSITIES)
 def test_spmm_block_w8a8_every_isa_exact(isa, m, k, n, density, gen, c_ref):
-    q, s = quantize_per_channel_int8(pruned(n, k, density, gen, block=(1, 4) if k % 4 == 0
-                                            else (1, 1)))
+    q, s = quantize_per_channel_int8(
+        pruned(n, k, density, gen, block=(1, 4) if k % 4 == 0 else (1, 1))
+    )
     p = pack_block_int8(q, s)
-    x = (torch.randn(m, k + 3, generator=gen) * 3)[:, 1:1 + k]
+    x = (torch.randn(m, k + 3, generator=gen) * 3)[:, 1 : 1 + k]
     b = torch.randn(n, generator=gen)
     args = (p.ptr, p.kidx, p.values, p.colsum, p.scale)
     y = spmm_block(x, *args, b, n)

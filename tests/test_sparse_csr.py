@@ -1,5 +1,6 @@
 """Unstructured sparse fp32: pruner, CSR/ELL packing, every ISA path against the C ref (bit for
 bit) and the dense product, at densities 0, in between and 1; module and sparsify_."""
+
 import io
 
 import pytest
@@ -37,7 +38,7 @@ def test_spmm_csr_every_isa(isa, m, sparsity, k, n, gen, c_ref):
     w = torch.randn(n, k, generator=gen)
     w = prune_unstructured(w, sparsity) if 0 < sparsity < 1 else w * (sparsity == 0.0)
     w[n // 2] = 0.0  # an all-zero output channel
-    x = torch.randn(m, k + 2, generator=gen)[:, 1:1 + k]  # strided rows
+    x = torch.randn(m, k + 2, generator=gen)[:, 1 : 1 + k]  # strided rows
     b = torch.randn(n, generator=gen)
     args = packed(w)
     y = spmm_csr(x, *args, None, b, n)
@@ -136,8 +137,9 @@ def test_wanda_scores_use_the_calibration_batch():
     x[:, :8] *= 100  # the first 8 input features carry the energy
     model = nn.Sequential(lin)
     w = lin.weight.detach().clone()
-    report = tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.75, dense_below=0.0),
-                              calibration=x)
+    report = tersor.sparsify_(
+        model, tersor.SparseConfig(sparsity=0.75, dense_below=0.0), calibration=x
+    )
     kept = model[0].dense_weight() != 0
     assert torch.equal(kept, prune_unstructured(w, 0.75, score=w.abs() * x.norm(dim=0)) != 0)
     assert kept[:, :8].float().mean() > 0.95  # nearly every weight on a loud feature stays
@@ -153,6 +155,7 @@ def test_wanda_scores_use_the_calibration_batch():
     kept24 = m24[0].dense_weight().view(16, 8, 4) != 0
     assert kept24[:, :, :2].float().mean() > 0.95
     from tersor.formats.sparse24 import prune_24
+
     assert torch.equal(m24[0].dense_weight(), prune_24(w24, w24.abs() * x24.norm(dim=0)))
     # a calibration batch that never reaches a layer is an error, model unchanged
     branch = nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)})
@@ -176,16 +179,16 @@ def test_block_sparsify_quantize_state_dict_compile():
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
-    fresh = nn.Sequential(tersor.BlockSparseLinear(64, 96), nn.ReLU(),
-                          tersor.BlockSparseLinear(96, 32))
+    fresh = nn.Sequential(
+        tersor.BlockSparseLinear(64, 96), nn.ReLU(), tersor.BlockSparseLinear(96, 32)
+    )
     fresh.load_state_dict(torch.load(buf))
     assert torch.equal(fresh(x), y)
     # already block sparse: sparsify_ again keeps it (prune=False accepts it too)
     again = nn.Linear(64, 96)
     with torch.no_grad():
         again.weight.copy_(layer.dense_weight())
-    tersor.sparsify_(nn.Sequential(again), tersor.SparseConfig(0.75, block=(16, 4),
-                                                               prune=False))
+    tersor.sparsify_(nn.Sequential(again), tersor.SparseConfig(0.75, block=(16, 4), prune=False))
     # then int8: 16 x 4 kernel blocks, exactly the pruned ones
     rep = tersor.quantize_(model, tersor.W8A8Config())
     assert [r.scheme for r in rep.layers] == ["block+w8a8"] * 2
@@ -204,17 +207,21 @@ def test_block_errors_leave_model_unchanged():
     assert (head.fqn, head.scheme, head.status) == ("1", "dense", "dense")
     assert "block (16, 4) does not divide the weight [30, 96]" in head.reason
     with pytest.raises(ValueError, match=r"layer 'h': block \(16, 4\) does not divide"):
-        tersor.BlockSparseLinear.from_float(nn.Linear(96, 30), tersor.SparseConfig(block=(16, 4)),
-                                            name="h")
-    with pytest.raises(ValueError, match=r"only 0.0% of the \(16, 4\) blocks are zero.*"
-                                         r"prune=False"):
-        tersor.sparsify_(nn.Sequential(nn.Linear(64, 96)),
-                         tersor.SparseConfig(block=(16, 4), prune=False))
+        tersor.BlockSparseLinear.from_float(
+            nn.Linear(96, 30), tersor.SparseConfig(block=(16, 4)), name="h"
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"only 0.0% of the \(16, 4\) blocks are zero.*"
+        r"prune=False",
+    ):
+        tersor.sparsify_(
+            nn.Sequential(nn.Linear(64, 96)), tersor.SparseConfig(block=(16, 4), prune=False)
+        )
 
 
 # ---- unstructured + int8 (W8A8) ---------------------------------------------------------------
 from tersor.formats.int8 import quantize_per_channel_int8  # noqa: E402
-from tersor.formats.sparse_csr import pack_csr  # noqa: E402
 from tersor.ref import quantize_rows_ref  # noqa: E402
 
 
@@ -222,8 +229,11 @@ def packed_int8(w):
     q, s = quantize_per_channel_int8(w)
     rp, col, _ = to_csr(w)
     p = pack_csr(rp, col, q[w != 0], *w.shape)
-    return q * (w != 0), s, (p.rowptr, p.col, p.val, p.ell_val, p.ell_col, p.ell_cnt,
-                             p.ell_off, p.perm)
+    return (
+        q * (w != 0),
+        s,
+        (p.rowptr, p.col, p.val, p.ell_val, p.ell_col, p.ell_cnt, p.ell_off, p.perm),
+    )
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 7, 33])
@@ -233,7 +243,7 @@ def test_spmm_csr_w8a8_every_isa_exact(isa, m, k, n, density, gen, c_ref):
     w = torch.randn(n, k, generator=gen)
     w = w * (torch.rand(n, k, generator=gen) < density)
     q, s, args = packed_int8(w)
-    x = (torch.randn(m, k + 3, generator=gen) * 3)[:, 1:1 + k]
+    x = (torch.randn(m, k + 3, generator=gen) * 3)[:, 1 : 1 + k]
     b = torch.randn(n, generator=gen)
     y = spmm_csr(x, *args, s, b, n)
     assert torch.equal(y, c_ref(lambda: spmm_csr(x.contiguous(), *args, s, b, n)))
@@ -275,8 +285,11 @@ def test_unstructured_int8_via_quantize_and_state_dict(gen):
     sparse_out = layer(x[:7])
     layer.set_dense_fallback(1)
     assert torch.equal(layer(x[:7]), sparse_out)
-    fresh = nn.Sequential(CsrLinear(64, 96, scheme="unstructured+w8a8"), nn.ReLU(),
-                          CsrLinear(96, 10, scheme="unstructured+w8a8"))
+    fresh = nn.Sequential(
+        CsrLinear(64, 96, scheme="unstructured+w8a8"),
+        nn.ReLU(),
+        CsrLinear(96, 10, scheme="unstructured+w8a8"),
+    )
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)

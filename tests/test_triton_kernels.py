@@ -1,5 +1,6 @@
 """The Triton kernels on CPU tensors under TRITON_INTERPRET=1 (no GPU here or in CI), against the
 torch references, on small odd shapes. Kept small: the interpreter is slow."""
+
 import os
 
 import pytest
@@ -14,9 +15,10 @@ from tersor.ref import gemm_w8a8_ref, quantize_rows_ref  # noqa: E402
 from tersor.triton_kernels import gemm_w4 as tw4  # noqa: E402
 from tersor.triton_kernels import gemm_w8a8 as tw8  # noqa: E402
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and
-                                not torch.cuda.is_available(),
-                                reason="no GPU and TRITON_INTERPRET is not 1")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+    reason="no GPU and TRITON_INTERPRET is not 1",
+)
 
 
 @pytest.mark.parametrize("m,k", [(1, 5), (7, 70), (3, 300)])
@@ -52,8 +54,9 @@ def test_gemm_w4(m, k, n, g, sym, gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-@pytest.mark.parametrize("m,k,n,g,split_k", [(1, 128, 5, 32, 4), (3, 256, 33, 64, 3),
-                                             (18, 64, 20, 32, 1)])
+@pytest.mark.parametrize(
+    "m,k,n,g,split_k", [(1, 128, 5, 32, 4), (3, 256, 33, 64, 3), (18, 64, 20, 32, 1)]
+)
 def test_gemm_w4_half_inputs_and_split_k(m, k, n, g, split_k, dtype, gen):
     x = torch.randn(m, k, generator=gen).to(dtype)
     q, s, z, G = quantize_int4(torch.randn(n, k, generator=gen), g, False)

@@ -7,14 +7,14 @@ then a dense tensor-core GEMM beats any fused low-bit kernel there).
 
 Runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1 (the tests).
 """
+
 import torch
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def dequant_w8_kernel(q_ptr, s_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr):
+def dequant_w8_kernel(q_ptr, s_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rn[:, None] < N) & (rk[None, :] < K)
@@ -25,8 +25,19 @@ def dequant_w8_kernel(q_ptr, s_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
-def dequant_w4_kernel(b_ptr, s_ptr, z_ptr, out_ptr, N, K, G, NG, HAS_ZERO: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def dequant_w4_kernel(
+    b_ptr,
+    s_ptr,
+    z_ptr,
+    out_ptr,
+    N,
+    K,
+    G,
+    NG,
+    HAS_ZERO: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rn[:, None] < N) & (rk[None, :] < K)
@@ -47,18 +58,27 @@ def dequant_w8(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float16) -> tor
     n, k = q.shape
     out = torch.empty(n, k, dtype=dtype, device=q.device)
     grid = (triton.cdiv(n, 32), triton.cdiv(k, 64))
-    dequant_w8_kernel[grid](q.contiguous(), scale.contiguous(), out, n, k, BLOCK_N=32,
-                            BLOCK_K=64)
+    dequant_w8_kernel[grid](q.contiguous(), scale.contiguous(), out, n, k, BLOCK_N=32, BLOCK_K=64)
     return out
 
 
-def dequant_w4(nibbles: torch.Tensor, scale: torch.Tensor, zero, group_size: int, k: int,
-               dtype=torch.float16) -> torch.Tensor:
+def dequant_w4(
+    nibbles: torch.Tensor, scale: torch.Tensor, zero, group_size: int, k: int, dtype=torch.float16
+) -> torch.Tensor:
     n = nibbles.shape[0]
     out = torch.empty(n, k, dtype=dtype, device=nibbles.device)
     grid = (triton.cdiv(n, 32), triton.cdiv(k, 64))
-    dequant_w4_kernel[grid](nibbles.contiguous(), scale.contiguous(),
-                            zero.contiguous() if zero is not None else scale, out, n, k,
-                            group_size, scale.shape[1], HAS_ZERO=zero is not None, BLOCK_N=32,
-                            BLOCK_K=64)
+    dequant_w4_kernel[grid](
+        nibbles.contiguous(),
+        scale.contiguous(),
+        zero.contiguous() if zero is not None else scale,
+        out,
+        n,
+        k,
+        group_size,
+        scale.shape[1],
+        HAS_ZERO=zero is not None,
+        BLOCK_N=32,
+        BLOCK_K=64,
+    )
     return out

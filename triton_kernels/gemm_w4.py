@@ -12,6 +12,7 @@ K range (whole groups each) and add their partial sums atomically into an fp32 b
 On a GPU the tile shape is autotuned per architecture (key: M bucket, N, K); under
 TRITON_INTERPRET=1 (CPU tensors, the tests) one fixed configuration runs.
 """
+
 import os
 
 import torch
@@ -19,10 +20,29 @@ import triton
 import triton.language as tl
 
 
-def _kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, M, N, K, G, NG, stride_xm,
-            GROUPS_PER_SPLIT, M_BUCKET, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-            SPLIT_K: tl.constexpr, FP32_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    z_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    G,
+    NG,
+    stride_xm,
+    GROUPS_PER_SPLIT,
+    M_BUCKET,
+    HAS_ZERO: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     pm, pn, pk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -38,13 +58,22 @@ def _kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, M, N, K, G, NG, stride_
         else:
             z = tl.full((BLOCK_N,), 8.0, tl.float32)
         kb = k0 // 2 + rp
-        byte = tl.load(w_ptr + rn[None, :] * (K // 2) + kb[:, None],
-                       mask=(rn[None, :] < N) & (kb[:, None] < K // 2), other=0).to(tl.int32)
+        byte = tl.load(
+            w_ptr + rn[None, :] * (K // 2) + kb[:, None],
+            mask=(rn[None, :] < N) & (kb[:, None] < K // 2),
+            other=0,
+        ).to(tl.int32)
         ke = k0 + 2 * rp
-        x_even = tl.load(x_ptr + rm[:, None] * stride_xm + ke[None, :],
-                         mask=(rm[:, None] < M) & (ke[None, :] < K), other=0.0)
-        x_odd = tl.load(x_ptr + rm[:, None] * stride_xm + ke[None, :] + 1,
-                        mask=(rm[:, None] < M) & (ke[None, :] + 1 < K), other=0.0)
+        x_even = tl.load(
+            x_ptr + rm[:, None] * stride_xm + ke[None, :],
+            mask=(rm[:, None] < M) & (ke[None, :] < K),
+            other=0.0,
+        )
+        x_odd = tl.load(
+            x_ptr + rm[:, None] * stride_xm + ke[None, :] + 1,
+            mask=(rm[:, None] < M) & (ke[None, :] + 1 < K),
+            other=0.0,
+        )
         # (q - z) * s is exact in fp16 / bf16 only up to their mantissa: dequantize in fp32,
         # round once to the activations' dtype for the tensor-core dot
         w_even = (((byte & 15).to(tl.float32) - z[None, :]) * s[None, :]).to(x_even.dtype)
@@ -67,12 +96,19 @@ def _kernel(x_ptr, w_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, M, N, K, G, NG, stride_
 
 gemm_w4_kernel = triton.jit(_kernel)
 
-_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w,
-                          num_stages=st)
-            for bm, bn, bk, w, st in [(16, 64, 32, 4, 4), (16, 64, 64, 4, 4), (16, 128, 64, 4, 4),
-                                      (32, 128, 32, 4, 3),
-                                      (32, 64, 128, 4, 3), (64, 128, 64, 8, 3),
-                                      (128, 128, 32, 8, 3), (128, 256, 32, 8, 3)]]
+_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+    for bm, bn, bk, w, st in [
+        (16, 64, 32, 4, 4),
+        (16, 64, 64, 4, 4),
+        (16, 128, 64, 4, 4),
+        (32, 128, 32, 4, 3),
+        (32, 64, 128, 4, 3),
+        (64, 128, 64, 8, 3),
+        (128, 128, 32, 8, 3),
+        (128, 256, 32, 8, 3),
+    ]
+]
 
 
 def _m_bucket(m):
@@ -84,9 +120,12 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if named_args["G"] % c.kwargs["BLOCK_K"] == 0] or configs[:1]
 
 
-gemm_w4_tuned = triton.autotune(_CONFIGS, key=["M_BUCKET", "N", "K"], reset_to_zero=["y_ptr"],
-                                prune_configs_by={"early_config_prune": _prune})(
-                                    triton.jit(_kernel))
+gemm_w4_tuned = triton.autotune(
+    _CONFIGS,
+    key=["M_BUCKET", "N", "K"],
+    reset_to_zero=["y_ptr"],
+    prune_configs_by={"early_config_prune": _prune},
+)(triton.jit(_kernel))
 
 
 def _interpreted() -> bool:
@@ -101,34 +140,64 @@ def split_k_for(m: int, n: int, ngroups: int, block_n: int, sms: int) -> int:
     return max(1, min(ngroups, (2 * sms) // tiles, 16))
 
 
-def gemm_w4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero, group_size: int,
-            bias=None, block_m: int = 16, block_n: int = 32, block_k: int = 32,
-            split_k: int | None = None) -> torch.Tensor:
+def gemm_w4(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    zero,
+    group_size: int,
+    bias=None,
+    block_m: int = 16,
+    block_n: int = 32,
+    block_k: int = 32,
+    split_k: int | None = None,
+) -> torch.Tensor:
     """x [M, K] float32/float16/bfloat16, packed [N, K/2] uint8, scale [N, K/G] fp16, zero
     [N, K/G] uint8 or None -> y [M, N] in x's dtype. K must be a multiple of G and G of
     block_k. split_k=None picks it from the SM count (1 on CPU tensors)."""
     m, k = x.shape
     n, ng = packed.shape[0], k // group_size
     if k % group_size or group_size % block_k:
-        raise ValueError(f"gemm_w4 (triton): K={k}, group_size={group_size} and block_k={block_k}"
-                         f" must nest (K % G == 0, G % block_k == 0)")
+        raise ValueError(
+            f"gemm_w4 (triton): K={k}, group_size={group_size} and block_k={block_k}"
+            f" must nest (K % G == 0, G % block_k == 0)"
+        )
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"gemm_w4 (triton): x must be float32, float16 or bfloat16, got {x.dtype}")
     if split_k is None:
-        sms = (torch.cuda.get_device_properties(x.device).multi_processor_count
-               if x.is_cuda else 1)
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
         split_k = split_k_for(m, n, ng, block_n, sms)
     gps = triton.cdiv(ng, split_k)
     split_k = triton.cdiv(ng, gps)
     y = (torch.zeros if split_k > 1 else torch.empty)(m, n, dtype=torch.float32, device=x.device)
-    args = (x, packed.contiguous(), scale.contiguous(), zero if zero is not None else scale,
-            bias if bias is not None else scale, y, m, n, k, group_size, ng, x.stride(0), gps,
-            _m_bucket(m))
-    flags = dict(HAS_ZERO=zero is not None, HAS_BIAS=bias is not None, SPLIT_K=split_k,
-                 FP32_DOT=x.dtype == torch.float32)
+    args = (
+        x,
+        packed.contiguous(),
+        scale.contiguous(),
+        zero if zero is not None else scale,
+        bias if bias is not None else scale,
+        y,
+        m,
+        n,
+        k,
+        group_size,
+        ng,
+        x.stride(0),
+        gps,
+        _m_bucket(m),
+    )
+    flags = dict(
+        HAS_ZERO=zero is not None,
+        HAS_BIAS=bias is not None,
+        SPLIT_K=split_k,
+        FP32_DOT=x.dtype == torch.float32,
+    )
     if x.is_cuda and not _interpreted():
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]),
-                             split_k)
+        grid = lambda meta: (
+            triton.cdiv(m, meta["BLOCK_M"]),
+            triton.cdiv(n, meta["BLOCK_N"]),
+            split_k,
+        )
         gemm_w4_tuned[grid](*args, **flags)
     else:
         grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split_k)

@@ -4,6 +4,7 @@ accumulation via tl.dot) with the activation x weight scale epilogue; fp32 out.
 Weights are the canonical int8 form of formats/int8.py ([N, K] int8 + [N] fp32 scales), the form
 a GPU re-packs from. Runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1 (the tests).
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -32,19 +33,37 @@ def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, BLOCK_K: tl.constexp
 
 
 @triton.jit
-def gemm_w8a8_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, y_ptr, M, N, K,
-                     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+def gemm_w8a8_kernel(
+    a_ptr,
+    sa_ptr,
+    b_ptr,
+    sb_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     pm, pn = tl.program_id(0), tl.program_id(1)
     rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + rm[:, None] * K + rk[None, :],
-                    mask=(rm[:, None] < M) & (rk[None, :] < K), other=0)
-        b = tl.load(b_ptr + rn[None, :] * K + rk[:, None],
-                    mask=(rn[None, :] < N) & (rk[:, None] < K), other=0)
+        a = tl.load(
+            a_ptr + rm[:, None] * K + rk[None, :],
+            mask=(rm[:, None] < M) & (rk[None, :] < K),
+            other=0,
+        )
+        b = tl.load(
+            b_ptr + rn[None, :] * K + rk[:, None],
+            mask=(rn[None, :] < N) & (rk[:, None] < K),
+            other=0,
+        )
         acc += tl.dot(a, b)
     sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
     sb = tl.load(sb_ptr + rn, mask=rn < N, other=0.0)
@@ -54,8 +73,15 @@ def gemm_w8a8_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, y_ptr, M, N, K,
     tl.store(y_ptr + rm[:, None] * N + rn[None, :], y, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def gemm_w8a8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias=None,
-              block_m: int = 16, block_n: int = 32, block_k: int = 32) -> torch.Tensor:
+def gemm_w8a8(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    bias=None,
+    block_m: int = 16,
+    block_n: int = 32,
+    block_k: int = 32,
+) -> torch.Tensor:
     """x [M, K] float32, q [N, K] int8, scale [N] float32 -> y [M, N] float32."""
     m, k = x.shape
     n = q.shape[0]
@@ -64,7 +90,19 @@ def gemm_w8a8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias=None,
     quantize_rows_kernel[(m,)](x, xq, sx, k, x.stride(0), BLOCK_K=128)
     y = torch.empty(m, n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    gemm_w8a8_kernel[grid](xq, sx, q.contiguous(), scale, bias if bias is not None else scale, y,
-                           m, n, k, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-                           BLOCK_K=block_k)
+    gemm_w8a8_kernel[grid](
+        xq,
+        sx,
+        q.contiguous(),
+        scale,
+        bias if bias is not None else scale,
+        y,
+        m,
+        n,
+        k,
+        HAS_BIAS=bias is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+    )
     return y

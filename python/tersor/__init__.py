@@ -1,18 +1,44 @@
 """tersor: native kernels that make compressed PyTorch models run faster.
 
-    import tersor
-    report = tersor.quantize_(model, tersor.W8A8Config())
-    print(report)
+import tersor
+report = tersor.quantize_(model, tersor.W8A8Config())
+print(report)
 """
+
 from tersor._backend import available_isas, cpu_info
 from tersor.api import LayerReport, Report, quantize_, register_handler, sparsify_
-from tersor.configs import (Config, Sparse24Config, SparseConfig, W4A8Config, W4Config,
-                            W8A8Config, W8Config)
+from tersor.configs import (
+    Config,
+    Sparse24Config,
+    SparseConfig,
+    W4A8Config,
+    W4Config,
+    W8A8Config,
+    W8Config,
+)
 from tersor.nn import BlockSparseLinear, CsrLinear, PackedLinear, QConv2d, QLinear, SparseLinear
 
 __version__ = "0.1.0"
 
-__all__ = ["BlockSparseLinear", "Config", "CsrLinear", "LayerReport", "PackedLinear", "QConv2d",
-           "QLinear", "Report", "Sparse24Config", "SparseConfig", "SparseLinear", "W4A8Config",
-           "W4Config", "W8A8Config", "W8Config", "available_isas", "cpu_info", "quantize_",
-           "register_handler", "sparsify_"]
+__all__ = [
+    "BlockSparseLinear",
+    "Config",
+    "CsrLinear",
+    "LayerReport",
+    "PackedLinear",
+    "QConv2d",
+    "QLinear",
+    "Report",
+    "Sparse24Config",
+    "SparseConfig",
+    "SparseLinear",
+    "W4A8Config",
+    "W4Config",
+    "W8A8Config",
+    "W8Config",
+    "available_isas",
+    "cpu_info",
+    "quantize_",
+    "register_handler",
+    "sparsify_",
+]

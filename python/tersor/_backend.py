@@ -3,6 +3,7 @@
 torch is imported first on purpose: its wheel ships ``libgomp.so.1``, and loading it before
 ``tersor._C`` makes our OpenMP regions share torch's runtime instead of starting a second one.
 """
+
 from __future__ import annotations
 
 import os

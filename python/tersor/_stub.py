@@ -5,6 +5,7 @@ and docstring, so editors and type checkers see what the binding really takes.
     python -m tersor._stub           # regenerate after changing csrc/bindings/
     python -m tersor._stub --check   # CI: fail when the committed stub is stale
 """
+
 from __future__ import annotations
 
 import pathlib

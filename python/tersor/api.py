@@ -6,6 +6,7 @@ Each config type has a handler (``register_handler``, as torchao's
 how it builds the layer. quantize_, sparsify_ and every ``from_float`` go through the same
 handlers, so a new scheme is a format object + a config + a handler, with no change here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,9 +16,18 @@ import torch
 from torch import nn
 
 from tersor import pruning
-from tersor.configs import (DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN, Config, Sparse24Config,
-                            SparseConfig, W4A8Config, W4Config, W8A8Config, W8Config,
-                            _QuantConfig)
+from tersor.configs import (
+    DENSE_FALLBACK_ROWS,
+    LARGE_M_BREAK_EVEN,
+    Config,
+    Sparse24Config,
+    SparseConfig,
+    W4A8Config,
+    W4Config,
+    W8A8Config,
+    W8Config,
+    _QuantConfig,
+)
 from tersor.formats import BlockFormat, CsrFormat, Int4Format, Int8Format, Sparse24Format
 from tersor.formats.int4 import effective_group_size
 from tersor.formats.sparse_block import check_block
@@ -71,20 +81,30 @@ class Report:
     def __str__(self) -> str:
         rows = [("layer", "shape", "scheme", "MiB before", "MiB after", "note")]
         for r in self.layers:
-            rows.append((r.fqn, "x".join(map(str, r.shape)), r.scheme,
-                         f"{r.bytes_before / 2**20:.3f}", f"{r.bytes_after / 2**20:.3f}",
-                         r.reason))
+            rows.append(
+                (
+                    r.fqn,
+                    "x".join(map(str, r.shape)),
+                    r.scheme,
+                    f"{r.bytes_before / 2**20:.3f}",
+                    f"{r.bytes_after / 2**20:.3f}",
+                    r.reason,
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(6)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         kept = f", {len(self.kept)} already compressed (kept)" if self.kept else ""
-        lines.append(f"{len(self.converted)} converted to {self.scheme}{kept}, "
-                     f"{len(self.skipped)} left dense; weights {self.bytes_before / 2**20:.2f} "
-                     f"MiB -> {self.bytes_after / 2**20:.2f} MiB in {self.seconds:.1f} s")
+        lines.append(
+            f"{len(self.converted)} converted to {self.scheme}{kept}, "
+            f"{len(self.skipped)} left dense; weights {self.bytes_before / 2**20:.2f} "
+            f"MiB -> {self.bytes_after / 2**20:.2f} MiB in {self.seconds:.1f} s"
+        )
         return "\n".join(lines)
 
 
 # ---- handlers -----------------------------------------------------------------------------------
+
 
 class KeepDense(Exception):
     """A handler's answer that the layer stays an nn.Linear (with this pruned weight)."""
@@ -129,8 +149,9 @@ def _handler(config, verb: str) -> Handler:
     h = _HANDLERS.get(type(config))
     if h is None or h.verb != verb:
         names = sorted(t.__name__ for t, h in _HANDLERS.items() if h.verb == verb)
-        raise TypeError(f"tersor.{verb}: config must be one of {names}, got "
-                        f"{type(config).__name__}")
+        raise TypeError(
+            f"tersor.{verb}: config must be one of {names}, got {type(config).__name__}"
+        )
     return h
 
 
@@ -154,15 +175,16 @@ def _cannot_serve_int4(m, config) -> str:
     try:
         effective_group_size(k, config.group_size)
     except ValueError:
-        return (f"K={k} is not a multiple of group_size={config.group_size} (not padded; "
-                f"group_size=-1 would serve it)")
+        return (
+            f"K={k} is not a multiple of group_size={config.group_size} (not padded; "
+            f"group_size=-1 would serve it)"
+        )
     return ""
 
 
 def _quantize(m, config, ctx, name):
     fmt_cls = Int4Format if isinstance(config, (W4Config, W4A8Config)) else Int8Format
-    return _build(m, fmt_cls.from_float(_gemm_weight(m), config, what=_label(name)), config,
-                  name)
+    return _build(m, fmt_cls.from_float(_gemm_weight(m), config, what=_label(name)), config, name)
 
 
 for _cfg in (W8A8Config, W8Config):
@@ -185,8 +207,9 @@ def _score(m, ctx):
 
 @register_handler(Sparse24Config, "sparsify_", prepare=_wanda)
 def _sparsify_24(m, config, ctx, name):
-    fmt = Sparse24Format.from_float(_gemm_weight(m), config, what=_label(name),
-                                    score=_score(m, ctx))
+    fmt = Sparse24Format.from_float(
+        _gemm_weight(m), config, what=_label(name), score=_score(m, ctx)
+    )
     return _build(m, fmt, config, name)
 
 
@@ -205,23 +228,33 @@ def _prepare_sparse(model, layers, config, calibration, ctx):
         ctx.threshold = pruning.global_threshold(layers, ctx.norms, config)
 
 
-@register_handler(SparseConfig, "sparsify_", kinds=(nn.Linear,),
-                  cannot_serve=_cannot_serve_sparse, prepare=_prepare_sparse)
+@register_handler(
+    SparseConfig,
+    "sparsify_",
+    kinds=(nn.Linear,),
+    cannot_serve=_cannot_serve_sparse,
+    prepare=_prepare_sparse,
+)
 def _sparsify(m, config, ctx, name):
     w = pruning.prune_layer(m, config, ctx.norms, ctx.threshold, _label(name))
     sparsity = 1.0 - float((w != 0).float().mean())
     if sparsity < config.break_even:
-        raise KeepDense(w, f"kept dense: too dense to gain (sparsity {sparsity:.2f} < measured "
-                           f"break-even {config.break_even:.2f})")
+        raise KeepDense(
+            w,
+            f"kept dense: too dense to gain (sparsity {sparsity:.2f} < measured "
+            f"break-even {config.break_even:.2f})",
+        )
     if config.block is not None:
         return _build(m, BlockFormat.from_float(w, what=_label(name)), config, name)
     fallback = config.dense_fallback and sparsity < LARGE_M_BREAK_EVEN
-    fmt = CsrFormat.from_float(w, what=_label(name),
-                               dense_from_rows=DENSE_FALLBACK_ROWS if fallback else None)
+    fmt = CsrFormat.from_float(
+        w, what=_label(name), dense_from_rows=DENSE_FALLBACK_ROWS if fallback else None
+    )
     return _build(m, fmt, config, name)
 
 
 # ---- the walk -----------------------------------------------------------------------------------
+
 
 def _compressed(m: nn.Module) -> bool:
     return isinstance(m, (PackedLinear, QConv2d))
@@ -268,13 +301,15 @@ def _upgrade(m: nn.Module, config) -> str:
     if isinstance(config, W8A8Config) and m.scheme in ("2:4", "unstructured", "block"):
         return ""
     if m.scheme in ("2:4", "unstructured", "block") and isinstance(config, _QuantConfig):
-        return (f"{m.scheme} sparse layer: sparsity combines with W8A8Config only, kept "
-                f"{m.scheme} fp32")
+        return (
+            f"{m.scheme} sparse layer: sparsity combines with W8A8Config only, kept {m.scheme} fp32"
+        )
     return f"already {m.scheme}; left as it is (convert from the float model to change it)"
 
 
-def sparsify_(model: nn.Module, config, filter_fn: Optional[Callable] = None,
-              calibration=None) -> Report:
+def sparsify_(
+    model: nn.Module, config, filter_fn: Optional[Callable] = None, calibration=None
+) -> Report:
     """Prune (if needed) and swap layers for sparse ones; all or nothing, like quantize_.
 
     Sparse24Config: every eligible ``nn.Linear`` / ``nn.Conv2d`` gets a 2:4 weight (2:4 along
@@ -307,8 +342,10 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
 def convert_module(module: nn.Module, config, *, name: str = "", calibration=None) -> nn.Module:
     """One layer through its config's handler (the layers' ``from_float``)."""
     if not isinstance(config, Config) or type(config) not in _HANDLERS:
-        raise TypeError(f"from_float: config must be one of "
-                        f"{sorted(t.__name__ for t in _HANDLERS)}, got {type(config).__name__}")
+        raise TypeError(
+            f"from_float: config must be one of "
+            f"{sorted(t.__name__ for t in _HANDLERS)}, got {type(config).__name__}"
+        )
     handler = _HANDLERS[type(config)]
     ctx = Context()
     if _compressed(module):
@@ -317,8 +354,10 @@ def convert_module(module: nn.Module, config, *, name: str = "", calibration=Non
             raise ValueError(f"{_label(name)}: {why}")
         return module.quantized(config)
     if not isinstance(module, handler.kinds):
-        raise TypeError(f"{_label(name)}: {type(config).__name__} converts "
-                        f"{[k.__name__ for k in handler.kinds]}, got {type(module).__name__}")
+        raise TypeError(
+            f"{_label(name)}: {type(config).__name__} converts "
+            f"{[k.__name__ for k in handler.kinds]}, got {type(module).__name__}"
+        )
     why = _cannot_serve(module, None, config, None)
     if why:
         raise ValueError(f"{_label(name)}: {why}")
@@ -339,9 +378,11 @@ def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
     if not isinstance(model, nn.Module):
         raise TypeError(f"tersor.{verb}: model must be an nn.Module, got {type(model).__name__}")
     if type(model) in (nn.Linear, nn.Conv2d):
-        raise ValueError(f"tersor.{verb}: the model is a bare nn.{type(model).__name__}, which "
-                         f"cannot be swapped in place; wrap it (nn.Sequential(layer)) or use "
-                         f"the layer class's from_float")
+        raise ValueError(
+            f"tersor.{verb}: the model is a bare nn.{type(model).__name__}, which "
+            f"cannot be swapped in place; wrap it (nn.Sequential(layer)) or use "
+            f"the layer class's from_float"
+        )
     t0 = time.perf_counter()
     report = Report(config.scheme)
 
@@ -357,8 +398,9 @@ def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
     for fqn, (parent, cname) in parents.items():
         m = parent._modules[cname]
         if _compressed(m):
-            why = _upgrade(m, config) if verb == "quantize_" else \
-                f"already {m.scheme}; left as it is"
+            why = (
+                _upgrade(m, config) if verb == "quantize_" else f"already {m.scheme}; left as it is"
+            )
             if why:
                 size = _layer_bytes(m)
                 rows[fqn] = LayerReport(fqn, _layer_shape(m), m.scheme, size, size, why, KEPT)
@@ -382,8 +424,9 @@ def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
     if handler.prepare is not None:
         floats = [m for *_, m in plan if not _compressed(m)]
         try:
-            handler.prepare(model, list({id(m): m for m in floats}.values()), config,
-                            calibration, ctx)
+            handler.prepare(
+                model, list({id(m): m for m in floats}.values()), config, calibration, ctx
+            )
         except Exception as e:
             raise type(e)(f"tersor.{verb}: {e}; the model is unchanged") from e
 
@@ -392,13 +435,15 @@ def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
         if id(m) in built:  # a module shared under several names is converted once
             continue
         try:
-            built[id(m)] = (m.quantized(config) if _compressed(m)
-                            else handler.convert(m, config, ctx, fqn))
+            built[id(m)] = (
+                m.quantized(config) if _compressed(m) else handler.convert(m, config, ctx, fqn)
+            )
         except KeepDense as keep:
             built[id(m)] = keep
         except Exception as e:
-            raise type(e)(f"tersor.{verb}: converting '{fqn}' failed ({e}); the model is "
-                          f"unchanged") from e
+            raise type(e)(
+                f"tersor.{verb}: converting '{fqn}' failed ({e}); the model is unchanged"
+            ) from e
 
     for fqn, parent, cname, m in plan:
         q = built[id(m)]
@@ -406,16 +451,27 @@ def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
             with torch.no_grad():
                 m.weight.copy_(q.weight)
             size = _layer_bytes(m)
-            rows[fqn] = LayerReport(fqn, tuple(m.weight.shape), "dense", size, size, q.reason,
-                                    DENSE)
+            rows[fqn] = LayerReport(
+                fqn, tuple(m.weight.shape), "dense", size, size, q.reason, DENSE
+            )
             continue
         setattr(parent, cname, q)
-        rows[fqn] = LayerReport(fqn, _layer_shape(m), q.scheme, _layer_bytes(m), q.nbytes,
-                                q.describe())
+        rows[fqn] = LayerReport(
+            fqn, _layer_shape(m), q.scheme, _layer_bytes(m), q.nbytes, q.describe()
+        )
     report.layers = [r for r in rows.values() if r is not None]
     report.seconds = time.perf_counter() - t0
     return report
 
 
-__all__ = ["Context", "Handler", "KeepDense", "LayerReport", "Report", "convert_module",
-           "quantize_", "register_handler", "sparsify_"]
+__all__ = [
+    "Context",
+    "Handler",
+    "KeepDense",
+    "LayerReport",
+    "Report",
+    "convert_module",
+    "quantize_",
+    "register_handler",
+    "sparsify_",
+]

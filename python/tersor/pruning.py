@@ -1,6 +1,7 @@
 """How sparsify_ decides what to zero: scores (magnitude, or Wanda's activation-aware
 |w| * ||x_k|| from a calibration batch), per-layer or global thresholds, and the pruners of
 each format (formats/sparse24.py, sparse_csr.py, sparse_block.py)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -48,9 +49,11 @@ def input_norms(model: nn.Module, layers: list, calibration) -> dict:
             h.remove()
     missing = [m for m in layers if id(m) not in sums]
     if missing:
-        raise ValueError(f"the calibration batch did not reach "
-                         f"{len(missing)} layer(s) to prune (e.g. {type(missing[0]).__name__} "
-                         f"{tuple(missing[0].weight.shape)}); Wanda scores need every one")
+        raise ValueError(
+            f"the calibration batch did not reach "
+            f"{len(missing)} layer(s) to prune (e.g. {type(missing[0]).__name__} "
+            f"{tuple(missing[0].weight.shape)}); Wanda scores need every one"
+        )
     return {k: v.sqrt() for k, v in sums.items()}
 
 
@@ -81,8 +84,9 @@ def global_threshold(layers: list, norms: Optional[dict], config) -> float:
     return float(torch.kthvalue(allv, drop).values)
 
 
-def prune_layer(layer: nn.Module, config, norms: Optional[dict], threshold: Optional[float],
-                what: str) -> torch.Tensor:
+def prune_layer(
+    layer: nn.Module, config, norms: Optional[dict], threshold: Optional[float], what: str
+) -> torch.Tensor:
     """The layer's weight pruned to the config's pattern (kept as is when it already is)."""
     w = layer.weight.detach().to(torch.float32)
     s = score(layer, norms)
@@ -92,9 +96,11 @@ def prune_layer(layer: nn.Module, config, norms: Optional[dict], threshold: Opti
         if zero_blocks >= config.sparsity - 1e-9:
             return w  # already block sparse enough: kept as it is
         if not config.prune:
-            raise ValueError(f"{what}: only {zero_blocks:.1%} of the {(r, c)} blocks are zero "
-                             f"and SparseConfig(prune=False) forbids pruning to "
-                             f"{config.sparsity:.0%}")
+            raise ValueError(
+                f"{what}: only {zero_blocks:.1%} of the {(r, c)} blocks are zero "
+                f"and SparseConfig(prune=False) forbids pruning to "
+                f"{config.sparsity:.0%}"
+            )
         if threshold is None:
             return prune_block(w, config.sparsity, (r, c), s, what)
         bs = block_scores(w if s is None else s, (r, c))

@@ -1,18 +1,20 @@
 """``python -m tersor.bench``: our kernels against the baselines, side by side, as tables.
 
-    python -m tersor.bench                       # every shape and M of the foundation issue
-    python -m tersor.bench --shapes 4096x4096 --m 1,8 --json out.json
-    python -m tersor.bench --quick               # small subset, a minute or so
-    python -m tersor.bench --family int4         # 4-bit weights against torch / onnxruntime int4
-    python -m tersor.bench --family sparse24     # 2:4 sparse fp32 against dense on the same weight
-    python -m tersor.bench --family sparse90     # unstructured 90% (also sparse75, sparse95)
-    python -m tersor.bench --family block90      # block-sparse (16, 4) 90% (also block75)
-    python -m tersor.bench --family conv         # W8A8 Conv2d at ResNet layers (--signed-inputs)
+python -m tersor.bench                       # every shape and M of the foundation issue
+python -m tersor.bench --shapes 4096x4096 --m 1,8 --json out.json
+python -m tersor.bench --quick               # small subset, a minute or so
+python -m tersor.bench --family int4         # 4-bit weights against torch / onnxruntime int4
+python -m tersor.bench --family sparse24     # 2:4 sparse fp32 against dense on the same weight
+python -m tersor.bench --family sparse90     # unstructured 90% (also sparse75, sparse95)
+python -m tersor.bench --family block90      # block-sparse (16, 4) 90% (also block75)
+python -m tersor.bench --family conv         # W8A8 Conv2d at ResNet layers (--signed-inputs)
 """
+
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import platform
 import sys
@@ -20,14 +22,25 @@ import sys
 import torch
 
 import tersor
-import functools
-
-from tersor.bench.impls import (CONV_LAYERS, DENSE, block_impls, conv_case, conv_impls,
-                                int4_impls, linear_impls, make_linear, sparse24_impls,
-                                unstructured_impls)
+from tersor.bench.impls import (
+    CONV_LAYERS,
+    DENSE,
+    block_impls,
+    conv_case,
+    conv_impls,
+    int4_impls,
+    linear_impls,
+    make_linear,
+    sparse24_impls,
+    unstructured_impls,
+)
 from tersor.bench.overhead import measure_overhead
-from tersor.bench.timing import (measure_bandwidth, measure_compute_peak, quiet_baselines,
-                                 time_interleaved)
+from tersor.bench.timing import (
+    measure_bandwidth,
+    measure_compute_peak,
+    quiet_baselines,
+    time_interleaved,
+)
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (384, 1536), (1536, 384)]  # (K, N)
 MS = [1, 8, 32, 128, 512]
@@ -37,16 +50,19 @@ FAMILIES = {  # impl factory, tolerated relative error, the impl that is the ref
     "int8": (linear_impls, 0.05, None),  # fp32 on the unpruned weight; RTN int4 on random
     "int4": (int4_impls, 0.15, None),  # gaussian weights is ~7-10% off fp32 by itself)
     "sparse24": (sparse24_impls, 1e-4, DENSE),
-    **{f"sparse{p}": (functools.partial(unstructured_impls, sparsity=p / 100), 1e-4, DENSE)
-       for p in (75, 90, 95)},
-    **{f"block{p}": (functools.partial(block_impls, sparsity=p / 100), 1e-4, DENSE)
-       for p in (75, 90)},
+    **{
+        f"sparse{p}": (functools.partial(unstructured_impls, sparsity=p / 100), 1e-4, DENSE)
+        for p in (75, 90, 95)
+    },
+    **{
+        f"block{p}": (functools.partial(block_impls, sparsity=p / 100), 1e-4, DENSE)
+        for p in (75, 90)
+    },
 }
 
 
 def check_correct(impls, lin, x, tol, ref_name=None):
-    ref = (next(im for im in impls if im.name == ref_name).fn(x, 0) if ref_name
-           else lin(x).detach())
+    ref = next(im for im in impls if im.name == ref_name).fn(x, 0) if ref_name else lin(x).detach()
     for im in impls:
         y = im.fn(x, 0)
         err = ((y - ref).norm() / ref.norm()).item()
@@ -56,6 +72,7 @@ def check_correct(impls, lin, x, tol, ref_name=None):
 
 def same_group(ours: str, baseline: str) -> bool:
     """Compare a g32 kernel with g32 baselines (and with group-less ones), not with g128."""
+
     def group(name):
         return next((w for w in name.split() if w[:1] == "g" and w[1:].isdigit()), None)
 
@@ -84,10 +101,14 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, compute_peak):
         for im in impls:
             if im.unavailable:
                 print(f"  skipped {im.name}: {im.unavailable}")
-        print(f"\nK={k} N={n}: weight copies rotated: "
-              + ", ".join(f"{im.name} x{im.copies}" for im in ready))
-        header = (f"{'M':>4}  {'implementation':<30}{'us':>10}{'GB/s':>8}{'GOP/s':>8}"
-                  f"{'roofline':>10}  ratios (baseline time / ours)")
+        print(
+            f"\nK={k} N={n}: weight copies rotated: "
+            + ", ".join(f"{im.name} x{im.copies}" for im in ready)
+        )
+        header = (
+            f"{'M':>4}  {'implementation':<30}{'us':>10}{'GB/s':>8}{'GOP/s':>8}"
+            f"{'roofline':>10}  ratios (baseline time / ours)"
+        )
         print(header)
         for m in ms:
             x = torch.randn(m, k)
@@ -97,15 +118,35 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, compute_peak):
             for im in ready:
                 t = times[im.name]
                 floor = max(im.weight_bytes / bw, 2 * m * k * n / compute_peak)
-                ratios = ({b: bt / t for b, bt in baselines.items()
-                           if same_group(im.name, b) and (not im.vs or b in im.vs)}
-                          if im.kind == "ours" else {})
-                rows.append(dict(family=family, K=k, N=n, M=m, impl=im.name, kind=im.kind, us=t * 1e6,
-                                 gbps=im.weight_bytes / t / 1e9, gops=2 * m * k * n / t / 1e9,
-                                 roofline=floor / t, ratios=ratios))
+                ratios = (
+                    {
+                        b: bt / t
+                        for b, bt in baselines.items()
+                        if same_group(im.name, b) and (not im.vs or b in im.vs)
+                    }
+                    if im.kind == "ours"
+                    else {}
+                )
+                rows.append(
+                    dict(
+                        family=family,
+                        K=k,
+                        N=n,
+                        M=m,
+                        impl=im.name,
+                        kind=im.kind,
+                        us=t * 1e6,
+                        gbps=im.weight_bytes / t / 1e9,
+                        gops=2 * m * k * n / t / 1e9,
+                        roofline=floor / t,
+                        ratios=ratios,
+                    )
+                )
                 rtxt = "  ".join(f"{r:5.2f}x {b}" for b, r in ratios.items())
-                print(f"{m:>4}  {im.name:<30}{t * 1e6:>10.0f}{im.weight_bytes / t / 1e9:>8.1f}"
-                      f"{2 * m * k * n / t / 1e9:>8.0f}{100 * floor / t:>9.0f}%  {rtxt}")
+                print(
+                    f"{m:>4}  {im.name:<30}{t * 1e6:>10.0f}{im.weight_bytes / t / 1e9:>8.1f}"
+                    f"{2 * m * k * n / t / 1e9:>8.0f}{100 * floor / t:>9.0f}%  {rtxt}"
+                )
     return rows
 
 
@@ -113,8 +154,10 @@ def run_conv(rounds, signed, layers=None):
     """The ResNet layers of the Conv2d issue (or `layers` of them), ours and the baselines
     interleaved."""
     rows = []
-    print(f"\n{'layer':<15}{'implementation':<26}{'ms':>9}{'GOP/s':>8}  ratios (baseline time / "
-          f"ours); inputs: {'signed' if signed else 'a ReLU output (body), signed (stem)'}")
+    print(
+        f"\n{'layer':<15}{'implementation':<26}{'ms':>9}{'GOP/s':>8}  ratios (baseline time / "
+        f"ours); inputs: {'signed' if signed else 'a ReLU output (body), signed (stem)'}"
+    )
     for name in layers or CONV_LAYERS:
         ci, _, _, k, _ = CONV_LAYERS[name]
         conv, x = conv_case(name, signed)
@@ -130,27 +173,48 @@ def run_conv(rounds, signed, layers=None):
         ours = next(im.name for im in impls if im.kind == "ours")
         for im in impls:
             t = times[im.name]
-            ratios = ({b.name: times[b.name] / t for b in impls if b.kind == "baseline"}
-                      if im.kind == "ours" else {})
-            rows.append(dict(family="conv", layer=name, impl=im.name, kind=im.kind, us=t * 1e6,
-                             gops=ops / t / 1e9, ratios=ratios, signed=signed))
+            ratios = (
+                {b.name: times[b.name] / t for b in impls if b.kind == "baseline"}
+                if im.kind == "ours"
+                else {}
+            )
+            rows.append(
+                dict(
+                    family="conv",
+                    layer=name,
+                    impl=im.name,
+                    kind=im.kind,
+                    us=t * 1e6,
+                    gops=ops / t / 1e9,
+                    ratios=ratios,
+                    signed=signed,
+                )
+            )
             rtxt = "  ".join(f"{r:5.2f}x {b}" for b, r in ratios.items())
-            print(f"{name if im.name == ours else '':<15}{im.name:<26}{t * 1e3:>9.2f}"
-                  f"{ops / t / 1e9:>8.0f}  {rtxt}")
+            print(
+                f"{name if im.name == ours else '':<15}{im.name:<26}{t * 1e3:>9.2f}"
+                f"{ops / t / 1e9:>8.0f}  {rtxt}"
+            )
     return rows
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tersor.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tersor.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--shapes", help="comma list of KxN (default: the five issue shapes)")
     p.add_argument("--m", help="comma list of batch sizes M (default 1,8,32,128,512)")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--no-rotate", action="store_true", help="one weight copy (cache-flattered)")
     p.add_argument("--quick", action="store_true", help="4096x4096 and 384x1536, M in 1,32")
     p.add_argument("--family", choices=[*FAMILIES, "conv", "all"], default="int8")
-    p.add_argument("--signed-inputs", action="store_true",
-                   help="conv: signed inputs for every layer (default: a ReLU's output)")
+    p.add_argument(
+        "--signed-inputs",
+        action="store_true",
+        help="conv: signed inputs for every layer (default: a ReLU's output)",
+    )
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     with quiet_baselines():
@@ -158,19 +222,26 @@ def main(argv=None):
 
 
 def _run(a) -> int:
-    shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split("x"))
-                                          for s in a.shapes.split(",")]
+    shapes = (
+        SHAPES
+        if not a.shapes
+        else [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    )
     ms = MS if not a.m else [int(v) for v in a.m.split(",")]
     if a.quick:
         shapes, ms, a.rounds = [(4096, 4096), (384, 1536)], [1, 32], 5
 
     info = tersor.cpu_info()
     bw, peak = measure_bandwidth(), measure_compute_peak()
-    print(f"tersor {tersor.__version__} bench, {datetime.date.today()}, {cpu_name()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, ISA {info['active']}")
-    print(f"measured: read bandwidth {bw / 1e9:.1f} GB/s, compute peak (best of torch._int_mm "
-          f"and fp32 torch.mm) {peak / 1e9:.0f} GOP/s; roofline = max(bytes / bandwidth, ops / "
-          f"compute peak), so above 100% = faster than the best torch GEMM rate here")
+    print(
+        f"tersor {tersor.__version__} bench, {datetime.date.today()}, {cpu_name()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, ISA {info['active']}"
+    )
+    print(
+        f"measured: read bandwidth {bw / 1e9:.1f} GB/s, compute peak (best of torch._int_mm "
+        f"and fp32 torch.mm) {peak / 1e9:.0f} GOP/s; roofline = max(bytes / bandwidth, ops / "
+        f"compute peak), so above 100% = faster than the best torch GEMM rate here"
+    )
     families = [*FAMILIES, "conv"] if a.family == "all" else [a.family]
     rows = []
     for fam in families:
@@ -181,13 +252,26 @@ def _run(a) -> int:
         print(f"\n=== {fam} weights ===")
         rows += run_linear(fam, shapes, ms, not a.no_rotate, a.rounds, bw, peak)
     ov = measure_overhead()
-    print(f"\nper-call overhead, 384x384 at M=1: QLinear {ov['qlinear_us']:.1f} us, bare kernel "
-          f"{ov['kernel_us']:.1f} us -> {ov['overhead_us']:.1f} us above the kernel; "
-          f"F.linear fp32 {ov['flinear_us']:.1f} us")
+    print(
+        f"\nper-call overhead, 384x384 at M=1: QLinear {ov['qlinear_us']:.1f} us, bare kernel "
+        f"{ov['kernel_us']:.1f} us -> {ov['overhead_us']:.1f} us above the kernel; "
+        f"F.linear fp32 {ov['flinear_us']:.1f} us"
+    )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(dict(date=str(datetime.date.today()), cpu=cpu_name(), info=info,
-                           bandwidth=bw, compute_peak=peak, rows=rows, overhead=ov), f, indent=1)
+            json.dump(
+                dict(
+                    date=str(datetime.date.today()),
+                    cpu=cpu_name(),
+                    info=info,
+                    bandwidth=bw,
+                    compute_peak=peak,
+                    rows=rows,
+                    overhead=ov,
+                ),
+                f,
+                indent=1,
+            )
         print(f"wrote {a.json}")
     return 0
 

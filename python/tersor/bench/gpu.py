@@ -1,6 +1,7 @@
 """``python -m tersor.bench.gpu``: our GPU kernels against torch.matmul fp16 (cuBLAS), side by
 side, on one CUDA GPU (bench/gpu_check.sh runs it). Ratios = cuBLAS time / ours; every kernel is
 checked against the fp16 product once before timing. Needs a CUDA GPU and tersor._C_cuda."""
+
 from __future__ import annotations
 
 import sys
@@ -33,8 +34,10 @@ def main() -> int:
     from tersor.nn import QLinear, SparseLinear
 
     print(f"tersor GPU bench on {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"{'K':>6}{'N':>7}{'M':>6}{'fp16 us':>10}  {'W4 g128':>9}{'W8A8':>9}{'2:4 fp16':>10}"
-          f"   (ratio = cuBLAS fp16 time / ours)")
+    print(
+        f"{'K':>6}{'N':>7}{'M':>6}{'fp16 us':>10}  {'W4 g128':>9}{'W8A8':>9}{'2:4 fp16':>10}"
+        f"   (ratio = cuBLAS fp16 time / ours)"
+    )
     for k, n in SHAPES:
         torch.manual_seed(0)
         lin = nn.Linear(k, n).half().cuda()
@@ -51,8 +54,9 @@ def main() -> int:
                 want = x.float() @ mod.dequantized_weight().cuda().t() + mod.bias.float()
                 err = float((mod(x).float() - want).norm() / want.norm())
                 if not err < 0.02:
-                    raise SystemExit(f"{name} K={k} N={n} M={m}: relative error {err:.3g}; "
-                                     f"not timing it")
+                    raise SystemExit(
+                        f"{name} K={k} N={n} M={m}: relative error {err:.3g}; not timing it"
+                    )
             t = cuda_time(lambda: lin(x))
             r = [t / cuda_time(lambda: mod(x)) for mod in (w4, w8, s24)]
             print(f"{k:>6}{n:>7}{m:>6}{t:>10.1f}  {r[0]:>8.2f}x{r[1]:>8.2f}x{r[2]:>9.2f}x")

@@ -4,6 +4,7 @@ Each ``Impl`` holds R copies of its weights in its own format and rotates throug
 on this machine's large L3 (hundreds of MiB) no implementation is timed on cache-resident
 weights when the layer is big enough not to be (DESIGN, performance method).
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,7 @@ def torch_fp32(lin: nn.Linear, rotate: bool) -> Impl:
     r = copies_for(nbytes, rotate)
     ws = [lin.weight.detach().clone() for _ in range(r)]
     bs = [lin.bias.detach().clone() for _ in range(r)]
-    return Impl("torch fp32", lambda x, i: F.linear(x, ws[i % r], bs[i % r]), nbytes, r,
-                "baseline")
+    return Impl("torch fp32", lambda x, i: F.linear(x, ws[i % r], bs[i % r]), nbytes, r, "baseline")
 
 
 def torch_ao_dynamic(lin: nn.Linear, rotate: bool) -> Impl:
@@ -65,9 +65,12 @@ def torch_ao_dynamic(lin: nn.Linear, rotate: bool) -> Impl:
     old = torch.backends.quantized.engine
     try:
         torch.backends.quantized.engine = "x86"
-        mods = [torch.ao.quantization.quantize_dynamic(nn.Sequential(copy.deepcopy(lin)),
-                                                       {nn.Linear}, dtype=torch.qint8)[0]
-                for _ in range(r)]
+        mods = [
+            torch.ao.quantization.quantize_dynamic(
+                nn.Sequential(copy.deepcopy(lin)), {nn.Linear}, dtype=torch.qint8
+            )[0]
+            for _ in range(r)
+        ]
     except Exception as e:  # pragma: no cover - depends on the torch build
         return Impl("torch.ao dyn int8", None, nbytes, 0, "baseline", f"unavailable: {e}")
     finally:
@@ -89,24 +92,37 @@ def ort_dynamic_int8(lin: nn.Linear, rotate: bool) -> Impl:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
     except ImportError as e:
-        return Impl("onnxruntime dyn int8", None, nbytes, 0, "baseline",
-                    f"onnxruntime/onnx not installed ({e.name}); pip install '.[bench]'")
+        return Impl(
+            "onnxruntime dyn int8",
+            None,
+            nbytes,
+            0,
+            "baseline",
+            f"onnxruntime/onnx not installed ({e.name}); pip install '.[bench]'",
+        )
     from tersor.formats.int8 import quantize_per_channel_int8
 
     q, s = quantize_per_channel_int8(lin.weight)
     n, k = q.shape
-    inits = [numpy_helper.from_array(q.t().contiguous().numpy(), "W"),
-             numpy_helper.from_array(s.numpy(), "ws"),
-             numpy_helper.from_array(np.zeros(n, np.int8), "wzp"),
-             numpy_helper.from_array(lin.bias.detach().numpy().copy(), "b")]
-    node = helper.make_node("DynamicQuantizeMatMul", ["x", "W", "ws", "wzp", "b"], ["y"],
-                            domain="com.microsoft")
-    graph = helper.make_graph([node], "linear",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+    inits = [
+        numpy_helper.from_array(q.t().contiguous().numpy(), "W"),
+        numpy_helper.from_array(s.numpy(), "ws"),
+        numpy_helper.from_array(np.zeros(n, np.int8), "wzp"),
+        numpy_helper.from_array(lin.bias.detach().numpy().copy(), "b"),
+    ]
+    node = helper.make_node(
+        "DynamicQuantizeMatMul", ["x", "W", "ws", "wzp", "b"], ["y"], domain="com.microsoft"
+    )
+    graph = helper.make_graph(
+        [node],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     blob = model.SerializeToString()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
@@ -116,8 +132,9 @@ def ort_dynamic_int8(lin: nn.Linear, rotate: bool) -> Impl:
     # implementation several times slower.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     r = copies_for(nbytes, rotate)
-    sessions = [ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-                for _ in range(r)]
+    sessions = [
+        ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"]) for _ in range(r)
+    ]
 
     def fn(x, i):
         return torch.from_numpy(sessions[i % r].run(None, {"x": x.numpy()})[0])
@@ -145,6 +162,7 @@ def linear_impls(lin: nn.Linear, rotate: bool, which=("w8a8", "w8", "fp32", "ao"
 
 
 # ---- int4 -------------------------------------------------------------------------------------
+
 
 def _int4_weights(lin: nn.Linear, group_size: int):
     from tersor.formats.int4 import quantize_int4
@@ -195,19 +213,33 @@ def ort_matmul_nbits(lin: nn.Linear, group_size: int, accuracy_level: int, rotat
     zp = torch.zeros(n, (ng + 1) // 2 * 2, dtype=torch.uint8)
     zp[:, :ng] = z
     zp = (zp[:, 0::2] | (zp[:, 1::2] << 4)).numpy()
-    inits = [numpy_helper.from_array(blob, "B"),
-             numpy_helper.from_array(s.to(torch.float32).reshape(-1).numpy(), "scales"),
-             numpy_helper.from_array(zp.reshape(-1), "zp"),
-             numpy_helper.from_array(lin.bias.detach().numpy().copy(), "bias")]
-    node = helper.make_node("MatMulNBits", ["x", "B", "scales", "zp", "", "bias"], ["y"],
-                            domain="com.microsoft", K=k, N=n, bits=4, block_size=g,
-                            accuracy_level=accuracy_level)
-    graph = helper.make_graph([node], "linear4",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+    inits = [
+        numpy_helper.from_array(blob, "B"),
+        numpy_helper.from_array(s.to(torch.float32).reshape(-1).numpy(), "scales"),
+        numpy_helper.from_array(zp.reshape(-1), "zp"),
+        numpy_helper.from_array(lin.bias.detach().numpy().copy(), "bias"),
+    ]
+    node = helper.make_node(
+        "MatMulNBits",
+        ["x", "B", "scales", "zp", "", "bias"],
+        ["y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=4,
+        block_size=g,
+        accuracy_level=accuracy_level,
+    )
+    graph = helper.make_graph(
+        [node],
+        "linear4",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
@@ -215,8 +247,9 @@ def ort_matmul_nbits(lin: nn.Linear, group_size: int, accuracy_level: int, rotat
     r = copies_for(nbytes, rotate)
     data = model.SerializeToString()
     try:
-        sessions = [ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-                    for _ in range(r)]
+        sessions = [
+            ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]) for _ in range(r)
+        ]
     except Exception as e:  # pragma: no cover - depends on the onnxruntime build
         return Impl(name, None, nbytes, 0, "baseline", f"unavailable: {e}")
 
@@ -231,11 +264,13 @@ def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
     w8a8.kind = "baseline"  # the issue's reference point for the 4-bit schemes
     out = [torch_fp32(lin, rotate), w8a8]
     for g in group_sizes:
-        out += [tersor_linear(lin, tersor.W4Config(group_size=g), rotate, f"tersor W4 g{g}"),
-                tersor_linear(lin, tersor.W4A8Config(group_size=g), rotate, f"tersor W4A8 g{g}"),
-                torch_int4pack(lin, g, rotate),
-                ort_matmul_nbits(lin, g, 0, rotate),
-                ort_matmul_nbits(lin, g, 4, rotate)]
+        out += [
+            tersor_linear(lin, tersor.W4Config(group_size=g), rotate, f"tersor W4 g{g}"),
+            tersor_linear(lin, tersor.W4A8Config(group_size=g), rotate, f"tersor W4A8 g{g}"),
+            torch_int4pack(lin, g, rotate),
+            ort_matmul_nbits(lin, g, 0, rotate),
+            ort_matmul_nbits(lin, g, 4, rotate),
+        ]
     return out
 
 
@@ -243,9 +278,12 @@ def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
 
 # ResNet layers of the Conv2d issue: name -> (C_in, C_out, H = W, kernel, stride), batch 8.
 CONV_LAYERS = {
-    "res2.3x3": (64, 64, 56, 3, 1), "res3.3x3": (128, 128, 28, 3, 1),
-    "res4.3x3": (256, 256, 14, 3, 1), "res5.3x3": (512, 512, 7, 3, 1),
-    "res2.1x1.up": (64, 256, 56, 1, 1), "res2.1x1.down": (256, 64, 56, 1, 1),
+    "res2.3x3": (64, 64, 56, 3, 1),
+    "res3.3x3": (128, 128, 28, 3, 1),
+    "res4.3x3": (256, 256, 14, 3, 1),
+    "res5.3x3": (512, 512, 7, 3, 1),
+    "res2.1x1.up": (64, 256, 56, 1, 1),
+    "res2.1x1.down": (256, 64, 56, 1, 1),
     "stem.7x7": (3, 64, 224, 7, 2),
 }
 CONV_BATCH = 8
@@ -271,17 +309,25 @@ def conv_impls(conv: nn.Conv2d, x_example: torch.Tensor):
     from tersor.nn import QConv2d
 
     q = QConv2d.from_float(conv, tersor.W8A8Config())
-    out = [Impl("tersor W8A8 conv", lambda x, i: q(x), 0, 1, "ours"),
-           Impl("torch fp32 conv", lambda x, i: conv(x), 0, 1, "baseline")]
+    out = [
+        Impl("tersor W8A8 conv", lambda x, i: q(x), 0, 1, "ours"),
+        Impl("torch fp32 conv", lambda x, i: conv(x), 0, 1, "baseline"),
+    ]
     try:
         torch.backends.quantized.engine = "x86"
-        qconv = torch.ao.nn.quantized.Conv2d(conv.in_channels, conv.out_channels,
-                                             conv.kernel_size, conv.stride, conv.padding,
-                                             conv.dilation)
+        qconv = torch.ao.nn.quantized.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+        )
         w = conv.weight.detach()
         ws = w.abs().amax(dim=(1, 2, 3)) / 127
-        qw = torch.quantize_per_channel(w, ws, torch.zeros_like(ws, dtype=torch.int64), 0,
-                                        torch.qint8)
+        qw = torch.quantize_per_channel(
+            w, ws, torch.zeros_like(ws, dtype=torch.int64), 0, torch.qint8
+        )
         qconv.set_weight_bias(qw, conv.bias.detach() if conv.bias is not None else None)
         ref = conv(x_example).detach()
         qconv.scale, qconv.zero_point = float((ref.max() - ref.min()) / 255), 128
@@ -343,11 +389,24 @@ def _dense_w8a8(pruned: nn.Linear, rotate: bool) -> list:
                 os.environ["TERSOR_CPU_ISA"] = old
 
     info = tersor.cpu_info()
-    why = ("" if info["active"] == "amx" else
-           f"needs AMX active with AVX-512 VNNI beside it (active ISA here: {info['active']}), "
-           f"otherwise it is the W8A8 dense row")
-    return [dense, Impl(W8A8_VNNI, vnni, dense.weight_bytes, dense.copies, "baseline",
-                        unavailable=why, tol=INT8_TOL)]
+    why = (
+        ""
+        if info["active"] == "amx"
+        else f"needs AMX active with AVX-512 VNNI beside it (active ISA here: {info['active']}), "
+        f"otherwise it is the W8A8 dense row"
+    )
+    return [
+        dense,
+        Impl(
+            W8A8_VNNI,
+            vnni,
+            dense.weight_bytes,
+            dense.copies,
+            "baseline",
+            unavailable=why,
+            tol=INT8_TOL,
+        ),
+    ]
 
 
 def sparse24_impls(lin: nn.Linear, rotate: bool):
@@ -359,10 +418,18 @@ def sparse24_impls(lin: nn.Linear, rotate: bool):
     base = tersor.SparseLinear.from_float(pruned, tersor.Sparse24Config())
     dense = torch_fp32(pruned, rotate)
     dense.name = DENSE
-    return [_module_impl(base, rotate, "tersor 2:4 fp32", vs=(DENSE,)), dense,
-            _module_impl(base.quantized(tersor.W8A8Config()), rotate, "tersor 2:4+w8a8",
-                         vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL),
-            *_dense_w8a8(pruned, rotate)]
+    return [
+        _module_impl(base, rotate, "tersor 2:4 fp32", vs=(DENSE,)),
+        dense,
+        _module_impl(
+            base.quantized(tersor.W8A8Config()),
+            rotate,
+            "tersor 2:4+w8a8",
+            vs=(W8A8_DENSE, W8A8_VNNI),
+            tol=INT8_TOL,
+        ),
+        *_dense_w8a8(pruned, rotate),
+    ]
 
 
 def unstructured_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9):
@@ -379,17 +446,35 @@ def unstructured_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9):
     dense.name = DENSE
     csrs = [pruned.weight.detach().to_sparse_csr() for _ in range(min(dense.copies, 4))]
     b = pruned.bias.detach()
-    csr = Impl("torch CSR", lambda x, i: torch.mm(csrs[i % len(csrs)], x.t()).t() + b,
-               base.nbytes, len(csrs), "baseline")
-    out = [_module_impl(base, rotate, f"tersor unstructured {tag}", vs=(DENSE, "torch CSR")),
-           dense, csr]
+    csr = Impl(
+        "torch CSR",
+        lambda x, i: torch.mm(csrs[i % len(csrs)], x.t()).t() + b,
+        base.nbytes,
+        len(csrs),
+        "baseline",
+    )
+    out = [
+        _module_impl(base, rotate, f"tersor unstructured {tag}", vs=(DENSE, "torch CSR")),
+        dense,
+        csr,
+    ]
     if sparsity < LARGE_M_BREAK_EVEN:
         chosen = tersor.CsrLinear.from_float(pruned, tersor.SparseConfig(sparsity))
         assert chosen.dense_from_rows == DENSE_FALLBACK_ROWS
-        out.append(_module_impl(chosen, rotate, f"tersor unstructured {tag} (sparsify_)",
-                                vs=(DENSE, "torch CSR")))
-    out.append(_module_impl(base.quantized(tersor.W8A8Config()), rotate, f"tersor unstructured+w8a8 {tag}",
-                            vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL))
+        out.append(
+            _module_impl(
+                chosen, rotate, f"tersor unstructured {tag} (sparsify_)", vs=(DENSE, "torch CSR")
+            )
+        )
+    out.append(
+        _module_impl(
+            base.quantized(tersor.W8A8Config()),
+            rotate,
+            f"tersor unstructured+w8a8 {tag}",
+            vs=(W8A8_DENSE, W8A8_VNNI),
+            tol=INT8_TOL,
+        )
+    )
     return out + _dense_w8a8(pruned, rotate)
 
 
@@ -410,10 +495,23 @@ def block_impls(lin: nn.Linear, rotate: bool, sparsity: float = 0.9, block=(16, 
         warnings.simplefilter("ignore")  # "BSR support is in beta"
         bsrs = [pruned.weight.detach().to_sparse_bsr((4, 4)) for _ in range(min(dense.copies, 4))]
     b = pruned.bias.detach()
-    bsr = Impl("torch BSR 4x4", lambda x, i: torch.mm(bsrs[i % len(bsrs)], x.t()).t() + b,
-               base.nbytes, len(bsrs), "baseline")
-    return [_module_impl(base, rotate, f"tersor block {tag}", vs=(DENSE, "torch BSR 4x4")),
-            dense, bsr,
-            _module_impl(base.quantized(tersor.W8A8Config()), rotate, f"tersor block+w8a8 {tag}",
-                         vs=(W8A8_DENSE, W8A8_VNNI), tol=INT8_TOL),
-            *_dense_w8a8(pruned, rotate)]
+    bsr = Impl(
+        "torch BSR 4x4",
+        lambda x, i: torch.mm(bsrs[i % len(bsrs)], x.t()).t() + b,
+        base.nbytes,
+        len(bsrs),
+        "baseline",
+    )
+    return [
+        _module_impl(base, rotate, f"tersor block {tag}", vs=(DENSE, "torch BSR 4x4")),
+        dense,
+        bsr,
+        _module_impl(
+            base.quantized(tersor.W8A8Config()),
+            rotate,
+            f"tersor block+w8a8 {tag}",
+            vs=(W8A8_DENSE, W8A8_VNNI),
+            tol=INT8_TOL,
+        ),
+        *_dense_w8a8(pruned, rotate),
+    ]

@@ -1,4 +1,5 @@
 """Per-call eager overhead of QLinear above the bare kernel (DESIGN decision 2: <= ~5 us)."""
+
 from __future__ import annotations
 
 import statistics
@@ -31,8 +32,20 @@ def measure_overhead(k: int = 384, n: int = 384) -> dict:
     x = torch.randn(1, k)
     y = torch.empty(1, n)
     threads = torch.get_num_threads()
-    args = (x.data_ptr(), 1, k, k, q.fmt.packed.data_ptr(), q.fmt.colsum.data_ptr(), q.fmt.scale.data_ptr(),
-            n, q.bias.data_ptr(), y.data_ptr(), n, threads)
+    args = (
+        x.data_ptr(),
+        1,
+        k,
+        k,
+        q.fmt.packed.data_ptr(),
+        q.fmt.colsum.data_ptr(),
+        q.fmt.scale.data_ptr(),
+        n,
+        q.bias.data_ptr(),
+        y.data_ptr(),
+        n,
+        threads,
+    )
     kernel = _median_us(lambda: _C.gemm_w8a8(*args))
     qlin = _median_us(lambda: q(x))
     flin = _median_us(lambda: F.linear(x, lin.weight, lin.bias))

@@ -1,10 +1,11 @@
 """Side-by-side timing: implementations interleaved in rounds, medians, machine ceilings."""
+
 from __future__ import annotations
 
 import contextlib
-import warnings
 import statistics
 import time
+import warnings
 
 import torch
 
@@ -52,6 +53,7 @@ def measure_compute_peak() -> float:
     shape: torch._int_mm (oneDNN int8: VNNI / AMX) or fp32 torch.mm, whichever is faster. On a
     CPU without VNNI torch._int_mm falls back to a slow loop (1 GOP/s on Zen 3), and the fp32
     GEMM is the roof that matters."""
+
     def rate(fn, a, b):
         fn(a, b)
         t0 = time.perf_counter()

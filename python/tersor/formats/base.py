@@ -18,6 +18,7 @@ caches keyed by tensor identity (ops/gpu.py) and the eager call's pointers (``cp
 rebuilt by ``_finish``) cannot go stale: set a format's tensors only through its constructor,
 ``load_state`` or ``_apply``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -36,8 +37,10 @@ def check_float_weight(weight: torch.Tensor, label: str) -> None:
 def expect(prefix: str, name: str, t: torch.Tensor, dtype, shape) -> Optional[str]:
     """The state_dict error for a tensor of the wrong dtype or shape, or None."""
     if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-        return (f"{prefix}{name}: expected {str(dtype).replace('torch.', '')} {tuple(shape)}, "
-                f"got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)}")
+        return (
+            f"{prefix}{name}: expected {str(dtype).replace('torch.', '')} {tuple(shape)}, "
+            f"got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)}"
+        )
     return None
 
 
@@ -54,8 +57,14 @@ class WeightFormat:
 
     # ---- the scheme's own parts (subclasses) ---------------------------------------------------
     @classmethod
-    def from_float(cls, weight: torch.Tensor, config, *, what: str = "layer",
-                   score: Optional[torch.Tensor] = None) -> "WeightFormat":
+    def from_float(
+        cls,
+        weight: torch.Tensor,
+        config,
+        *,
+        what: str = "layer",
+        score: Optional[torch.Tensor] = None,
+    ) -> "WeightFormat":
         raise NotImplementedError
 
     @classmethod
@@ -146,5 +155,7 @@ class WeightFormat:
 
     def __repr__(self) -> str:
         opts = "".join(f", {k}={v}" for k, v in self.options().items())
-        return (f"{type(self).__name__}({self.scheme}, out_features={self.out_features}, "
-                f"in_features={self.in_features}{opts})")
+        return (
+            f"{type(self).__name__}({self.scheme}, out_features={self.out_features}, "
+            f"in_features={self.in_features}{opts})"
+        )

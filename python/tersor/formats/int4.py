@@ -29,6 +29,7 @@ Kernel form (csrc/common/formats.h, ``W4Tile``), built once at conversion::
 
 Checkpoint imports (``from_gptq``, ``from_awq``) return the canonical codes, scales and zeros.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,14 +76,17 @@ def effective_group_size(in_features: int, group_size: int, what: str = "layer")
     if group_size == -1:
         return _round_up(max(in_features, 1), TILE_K)
     if in_features % group_size:
-        raise ValueError(f"{what}: in_features={in_features} is not a multiple of group_size="
-                         f"{group_size}; refusing to pad silently (use group_size=-1, or a "
-                         f"group size that divides {in_features})")
+        raise ValueError(
+            f"{what}: in_features={in_features} is not a multiple of group_size="
+            f"{group_size}; refusing to pad silently (use group_size=-1, or a "
+            f"group size that divides {in_features})"
+        )
     return group_size
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int = 128, symmetric: bool = False,
-                  what: str = "layer"):
+def quantize_int4(
+    weight: torch.Tensor, group_size: int = 128, symmetric: bool = False, what: str = "layer"
+):
     """Round-to-nearest int4. Returns (q uint8 [N, K], scale fp16 [N, ngroups],
     zero uint8 [N, ngroups] or None, G)."""
     w = weight.detach().to(torch.float32)
@@ -115,14 +119,18 @@ def quantize_int4(weight: torch.Tensor, group_size: int = 128, symmetric: bool =
 def dequantize_int4(q, scale, zero, group_size: int) -> torch.Tensor:
     """Canonical codes -> float32 [N, K] (the reference for every kernel)."""
     n, k = q.shape
-    z = (zero.to(torch.float32) if zero is not None
-         else torch.full(scale.shape, 8.0, device=scale.device))
+    z = (
+        zero.to(torch.float32)
+        if zero is not None
+        else torch.full(scale.shape, 8.0, device=scale.device)
+    )
     g_of_k = torch.arange(k, device=q.device) // group_size
     return (q.to(torch.float32) - z[:, g_of_k]) * scale.to(torch.float32)[:, g_of_k]
 
 
-def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
-              group_size: int) -> PackedInt4:
+def pack_int4(
+    q: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], group_size: int
+) -> PackedInt4:
     """Canonical (q [N, K], scale [N, ngroups], zero) -> kernel layout (diagram above)."""
     n, k = q.shape
     ngroups = scale.shape[1]
@@ -174,9 +182,17 @@ class Int4Format(WeightFormat):
 
     tensor_names = ("codes", "scale", "zero", "perm")
 
-    def __init__(self, q, scale, zero, group_size: int, act_int8: bool = False,
-                 symmetric: bool = False, perm: Optional[torch.Tensor] = None,
-                 what: str = "layer"):
+    def __init__(
+        self,
+        q,
+        scale,
+        zero,
+        group_size: int,
+        act_int8: bool = False,
+        symmetric: bool = False,
+        perm: Optional[torch.Tensor] = None,
+        what: str = "layer",
+    ):
         """q uint8 [N, K], scale fp16 [N, ngroups], zero uint8 or None (symmetric: z = 8),
         group_size the configured one (32, 64, 128 or -1)."""
         super().__init__(*q.shape)
@@ -199,19 +215,29 @@ class Int4Format(WeightFormat):
     def from_float(cls, weight, config, *, what="layer", score=None):
         check_float_weight(weight, what)
         q, s, z, _ = quantize_int4(weight, config.group_size, config.symmetric, what)
-        return cls(q, s, z, config.group_size, config.scheme == "w4a8", config.symmetric,
-                   what=what)
+        return cls(q, s, z, config.group_size, config.scheme == "w4a8", config.symmetric, what=what)
 
     @classmethod
-    def empty(cls, out_features, in_features, act_int8=False, group_size=128, symmetric=False,
-              act_order=False):
+    def empty(
+        cls,
+        out_features,
+        in_features,
+        act_int8=False,
+        group_size=128,
+        symmetric=False,
+        act_order=False,
+    ):
         g = effective_group_size(in_features, group_size)
         ng = -(-in_features // g)
-        return cls(torch.zeros(out_features, in_features, dtype=torch.uint8),
-                   torch.zeros(out_features, ng, dtype=torch.float16),
-                   None if symmetric else torch.zeros(out_features, ng, dtype=torch.uint8),
-                   group_size, act_int8, symmetric,
-                   torch.arange(in_features) if act_order else None)
+        return cls(
+            torch.zeros(out_features, in_features, dtype=torch.uint8),
+            torch.zeros(out_features, ng, dtype=torch.float16),
+            None if symmetric else torch.zeros(out_features, ng, dtype=torch.uint8),
+            group_size,
+            act_int8,
+            symmetric,
+            torch.arange(in_features) if act_order else None,
+        )
 
     def options(self):
         opts = {"group_size": self.group_size}
@@ -227,12 +253,16 @@ class Int4Format(WeightFormat):
         """(q uint8 [N, K], scale fp16 [N, ngroups], zero uint8 [N, ngroups] or None), in the
         stored (act-order) K order."""
         z = None if self.zero is None else self.zero.cpu()
-        return unpack_int4(self.codes.cpu(), self.scale.cpu(), z, self.out_features,
-                           self.in_features)
+        return unpack_int4(
+            self.codes.cpu(), self.scale.cpu(), z, self.out_features, self.in_features
+        )
 
     def state_names(self):
-        return (["weight_int4", "weight_scale"] + ([] if self.symmetric else ["weight_zero"])
-                + (["input_perm"] if self.perm is not None else []))
+        return (
+            ["weight_int4", "weight_scale"]
+            + ([] if self.symmetric else ["weight_zero"])
+            + (["input_perm"] if self.perm is not None else [])
+        )
 
     def state_dict(self):
         q, s, z = self.canonical()
@@ -248,9 +278,11 @@ class Int4Format(WeightFormat):
         ng = self.scale.shape[1]
         b, s = get("weight_int4"), get("weight_scale")
         z = None if self.symmetric else get("weight_zero")
-        err = (expect(prefix, "weight_int4", b, torch.uint8, (n, (k + 1) // 2))
-               or expect(prefix, "weight_scale", s, torch.float16, (n, ng))
-               or (z is not None and expect(prefix, "weight_zero", z, torch.uint8, (n, ng))))
+        err = (
+            expect(prefix, "weight_int4", b, torch.uint8, (n, (k + 1) // 2))
+            or expect(prefix, "weight_scale", s, torch.float16, (n, ng))
+            or (z is not None and expect(prefix, "weight_zero", z, torch.uint8, (n, ng)))
+        )
         if err:
             return err
         if z is not None and z.numel() and int(z.max()) > 15:
@@ -264,15 +296,22 @@ class Int4Format(WeightFormat):
             if not torch.equal(torch.sort(perm.cpu()).values, torch.arange(k)):
                 return f"{prefix}input_perm: not a permutation of range({k})"
         device = self.device
-        self.__init__(from_nibbles(b.cpu(), k), s.cpu(), None if z is None else z.cpu(),
-                      self.group_size, self.act_int8, self.symmetric,
-                      None if perm is None else perm.cpu())
+        self.__init__(
+            from_nibbles(b.cpu(), k),
+            s.cpu(),
+            None if z is None else z.cpu(),
+            self.group_size,
+            self.act_int8,
+            self.symmetric,
+            None if perm is None else perm.cpu(),
+        )
         self._apply(lambda t: t.to(device))
         return None
 
     def dequantize(self):
-        w = dequant_w4t(self.codes, self.scale, self.zero, self.out_features, self.in_features,
-                        self.G).t()
+        w = dequant_w4t(
+            self.codes, self.scale, self.zero, self.out_features, self.in_features, self.G
+        ).t()
         if self.perm is not None:  # columns were stored in act-order
             w = w[:, torch.argsort(self.perm)]
         return w.contiguous()
@@ -280,8 +319,14 @@ class Int4Format(WeightFormat):
     def cpu_runner(self):
         if self.perm is not None:
             return super().cpu_runner()
-        codes, scale, zero, n, g, a8 = (self.codes, self.scale, self.zero, self.out_features,
-                                        self.G, self.act_int8)
+        codes, scale, zero, n, g, a8 = (
+            self.codes,
+            self.scale,
+            self.zero,
+            self.out_features,
+            self.G,
+            self.act_int8,
+        )
         k = self.in_features
 
         def run(x, bias):
@@ -294,11 +339,21 @@ class Int4Format(WeightFormat):
     def linear(self, x, bias, kernel):
         if self.perm is not None:
             x = x.index_select(-1, self.perm)
-        return linear_w4(x, self.codes, self.scale, self.zero, bias, self.out_features, self.G,
-                         self.act_int8, kernel)
+        return linear_w4(
+            x,
+            self.codes,
+            self.scale,
+            self.zero,
+            bias,
+            self.out_features,
+            self.G,
+            self.act_int8,
+            kernel,
+        )
 
 
 # ---- checkpoint imports -------------------------------------------------------------------
+
 
 def _unpack_int32_nibbles(t: torch.Tensor, order=range(8)) -> torch.Tensor:
     """int32 [..., c] -> uint8 [..., 8c]; nibble i (bits 4i) becomes element 8c + order[i]."""
@@ -323,39 +378,54 @@ def from_gptq(qweight, qzeros, scales, g_idx=None, *, version: int = 1, what: st
     ``perm`` is None for ordered groups, else the input permutation that makes groups
     contiguous: the layer computes x[..., perm] @ W[:, perm]^T, which is the same product.
     """
-    _check(qweight.dtype == torch.int32 and qweight.dim() == 2,
-           f"{what}: qweight must be int32 [K/8, N], got {qweight.dtype} {tuple(qweight.shape)}")
+    _check(
+        qweight.dtype == torch.int32 and qweight.dim() == 2,
+        f"{what}: qweight must be int32 [K/8, N], got {qweight.dtype} {tuple(qweight.shape)}",
+    )
     k, n = qweight.shape[0] * 8, qweight.shape[1]
-    _check(scales.dim() == 2 and scales.shape[1] == n and scales.dtype in
-           (torch.float16, torch.float32, torch.bfloat16),
-           f"{what}: scales must be float [ngroups, {n}], got {scales.dtype} "
-           f"{tuple(scales.shape)}")
+    _check(
+        scales.dim() == 2
+        and scales.shape[1] == n
+        and scales.dtype in (torch.float16, torch.float32, torch.bfloat16),
+        f"{what}: scales must be float [ngroups, {n}], got {scales.dtype} {tuple(scales.shape)}",
+    )
     ngroups = scales.shape[0]
-    _check(ngroups > 0 and k % ngroups == 0,
-           f"{what}: {ngroups} scale rows do not divide K={k} into equal groups")
+    _check(
+        ngroups > 0 and k % ngroups == 0,
+        f"{what}: {ngroups} scale rows do not divide K={k} into equal groups",
+    )
     g = k // ngroups
-    _check(qzeros.dtype == torch.int32 and tuple(qzeros.shape) == (ngroups, n // 8)
-           and n % 8 == 0,
-           f"{what}: qzeros must be int32 [{ngroups}, {n // 8}], got {qzeros.dtype} "
-           f"{tuple(qzeros.shape)}")
+    _check(
+        qzeros.dtype == torch.int32 and tuple(qzeros.shape) == (ngroups, n // 8) and n % 8 == 0,
+        f"{what}: qzeros must be int32 [{ngroups}, {n // 8}], got {qzeros.dtype} "
+        f"{tuple(qzeros.shape)}",
+    )
     _check(version in (1, 2), f"{what}: version must be 1 or 2, got {version}")
-    _check(g in (32, 64, 128) or ngroups == 1,
-           f"{what}: group size {g} is not supported (32, 64, 128 or per-channel)")
+    _check(
+        g in (32, 64, 128) or ngroups == 1,
+        f"{what}: group size {g} is not supported (32, 64, 128 or per-channel)",
+    )
     q = _unpack_int32_nibbles(qweight.t()).view(n, k // 8, 8).reshape(n, k)  # [N, K]
     zero = _unpack_int32_nibbles(qzeros)  # [ngroups, N]
     if version == 1:
         zero = (zero + 1) & 0x0F
     perm = None
     if g_idx is not None:
-        _check(g_idx.dim() == 1 and g_idx.shape[0] == k and not g_idx.is_floating_point(),
-               f"{what}: g_idx must be an integer tensor [{k}], got {g_idx.dtype} "
-               f"{tuple(g_idx.shape)}")
+        _check(
+            g_idx.dim() == 1 and g_idx.shape[0] == k and not g_idx.is_floating_point(),
+            f"{what}: g_idx must be an integer tensor [{k}], got {g_idx.dtype} "
+            f"{tuple(g_idx.shape)}",
+        )
         gi = g_idx.to(torch.int64)
-        _check(bool(((gi >= 0) & (gi < ngroups)).all()),
-               f"{what}: g_idx values must lie in [0, {ngroups})")
+        _check(
+            bool(((gi >= 0) & (gi < ngroups)).all()),
+            f"{what}: g_idx values must lie in [0, {ngroups})",
+        )
         if not torch.equal(gi, torch.arange(k) // g):
-            _check(bool((torch.bincount(gi, minlength=ngroups) == g).all()),
-                   f"{what}: g_idx must put exactly {g} inputs in every group")
+            _check(
+                bool((torch.bincount(gi, minlength=ngroups) == g).all()),
+                f"{what}: g_idx must put exactly {g} inputs in every group",
+            )
             perm = torch.argsort(gi, stable=True)
             q = q[:, perm]
     scale = scales.t().to(torch.float16).contiguous()
@@ -368,18 +438,25 @@ def from_awq(qweight, qzeros, scales, group_size: int = 128, *, what: str = "AWQ
     qweight int32 [K, N/8] packed along N in AWQ's order [0, 2, 4, 6, 1, 3, 5, 7], qzeros int32
     [K/G, N/8] likewise, scales [K/G, N]; W = (q - z) * s.
     """
-    _check(qweight.dtype == torch.int32 and qweight.dim() == 2,
-           f"{what}: qweight must be int32 [K, N/8], got {qweight.dtype} {tuple(qweight.shape)}")
+    _check(
+        qweight.dtype == torch.int32 and qweight.dim() == 2,
+        f"{what}: qweight must be int32 [K, N/8], got {qweight.dtype} {tuple(qweight.shape)}",
+    )
     k, n = qweight.shape[0], qweight.shape[1] * 8
-    _check(group_size in (32, 64, 128) and k % group_size == 0,
-           f"{what}: group_size {group_size} must be 32, 64 or 128 and divide K={k}")
+    _check(
+        group_size in (32, 64, 128) and k % group_size == 0,
+        f"{what}: group_size {group_size} must be 32, 64 or 128 and divide K={k}",
+    )
     ngroups = k // group_size
-    _check(tuple(scales.shape) == (ngroups, n) and scales.is_floating_point(),
-           f"{what}: scales must be float [{ngroups}, {n}], got {scales.dtype} "
-           f"{tuple(scales.shape)}")
-    _check(qzeros.dtype == torch.int32 and tuple(qzeros.shape) == (ngroups, n // 8),
-           f"{what}: qzeros must be int32 [{ngroups}, {n // 8}], got {qzeros.dtype} "
-           f"{tuple(qzeros.shape)}")
+    _check(
+        tuple(scales.shape) == (ngroups, n) and scales.is_floating_point(),
+        f"{what}: scales must be float [{ngroups}, {n}], got {scales.dtype} {tuple(scales.shape)}",
+    )
+    _check(
+        qzeros.dtype == torch.int32 and tuple(qzeros.shape) == (ngroups, n // 8),
+        f"{what}: qzeros must be int32 [{ngroups}, {n // 8}], got {qzeros.dtype} "
+        f"{tuple(qzeros.shape)}",
+    )
     q = _unpack_int32_nibbles(qweight, AWQ_ORDER).t().contiguous()  # [N, K]
     zero = _unpack_int32_nibbles(qzeros, AWQ_ORDER).t().contiguous()  # [N, ngroups]
     return q, scales.t().to(torch.float16).contiguous(), zero, group_size
@@ -405,8 +482,16 @@ def shuffle_w4_mma(q: torch.Tensor) -> torch.Tensor:
     lanes = []
     for t in range(4):
         v = lambda h, hi8, d: t4[:, :, h, :, :, hi8, 2 * t + d]  # [cb][p][g][kb]
-        word = (v(0, 0, 0) | v(0, 1, 0) << 4 | v(1, 0, 0) << 8 | v(1, 1, 0) << 12
-                | v(0, 0, 1) << 16 | v(0, 1, 1) << 20 | v(1, 0, 1) << 24 | v(1, 1, 1) << 28)
+        word = (
+            v(0, 0, 0)
+            | v(0, 1, 0) << 4
+            | v(1, 0, 0) << 8
+            | v(1, 1, 0) << 12
+            | v(0, 0, 1) << 16
+            | v(0, 1, 1) << 20
+            | v(1, 0, 1) << 24
+            | v(1, 1, 1) << 28
+        )
         lanes.append(word)
     w = torch.stack(lanes, dim=-1)  # [cb][p][g][kb][t]
     w = w.permute(0, 3, 1, 2, 4).reshape(np_ // 32, k // 16, 2, 32)  # lane = 4 g + t

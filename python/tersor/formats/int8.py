@@ -23,6 +23,7 @@ Kernel form ("VNNI4" blocks, csrc/common/formats.h ``W8Tile``), built once at co
 
 -128 is never produced so that the AVX2 sign trick cannot saturate (see gemm_w8a8_avx2.cpp).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -110,16 +111,18 @@ class Int8Format(WeightFormat):
 
     @classmethod
     def empty(cls, out_features, in_features, act_int8=True):
-        return cls(torch.zeros(out_features, in_features, dtype=torch.int8),
-                   torch.zeros(out_features), act_int8)
+        return cls(
+            torch.zeros(out_features, in_features, dtype=torch.int8),
+            torch.zeros(out_features),
+            act_int8,
+        )
 
     def options(self):
         return {} if self.act_int8 else {"act_int8": False}
 
     def canonical(self):
         """(q int8 [N, K], scale fp32 [N])."""
-        return unpack_int8(self.packed.cpu(), self.scale.cpu(), self.out_features,
-                           self.in_features)
+        return unpack_int8(self.packed.cpu(), self.scale.cpu(), self.out_features, self.in_features)
 
     def state_names(self):
         return ["weight_int8", "weight_scale"]
@@ -131,8 +134,9 @@ class Int8Format(WeightFormat):
     def load_state(self, get, prefix):
         n, k = self.out_features, self.in_features
         q, s = get("weight_int8"), get("weight_scale")
-        err = (expect(prefix, "weight_int8", q, torch.int8, (n, k))
-               or expect(prefix, "weight_scale", s, torch.float32, (n,)))
+        err = expect(prefix, "weight_int8", q, torch.int8, (n, k)) or expect(
+            prefix, "weight_scale", s, torch.float32, (n,)
+        )
         if err:
             return err
         if q.numel() and int(q.min()) < -QMAX:
@@ -147,19 +151,29 @@ class Int8Format(WeightFormat):
 
     def linear(self, x, bias, kernel):
         if self.act_int8:
-            return linear_w8a8(x, self.packed, self.colsum, self.scale, bias, self.out_features,
-                               kernel)
+            return linear_w8a8(
+                x, self.packed, self.colsum, self.scale, bias, self.out_features, kernel
+            )
         return linear_w8(x, self.packed, self.scale, bias, self.out_features, kernel)
 
     def cpu_runner(self):
         if self.act_int8:
-            return cpu_runner_w8a8(self.packed, self.colsum, self.scale, self.out_features,
-                                   self.in_features)
+            return cpu_runner_w8a8(
+                self.packed, self.colsum, self.scale, self.out_features, self.in_features
+            )
         return cpu_runner_w8(self.packed, self.scale, self.out_features, self.in_features)
 
     def conv_nhwc(self, xh, bias, geometry, kernel):
         # the native conv on the CPU (and its reference); on a GPU the layer runs im2col GEMMs
         if not self.act_int8 or not (self.on_cpu or kernel == "ref"):
             return None
-        return conv_nhwc_w8a8(xh.contiguous(), self.packed, self.colsum, self.scale, bias,
-                              self.out_features, *geometry, kernel)
+        return conv_nhwc_w8a8(
+            xh.contiguous(),
+            self.packed,
+            self.colsum,
+            self.scale,
+            bias,
+            self.out_features,
+            *geometry,
+            kernel,
+        )

@@ -21,6 +21,7 @@ channel, in [-127, 127]), ``weight_meta`` as above, ``weight_scale`` float32 [N]
     meta  [Np/16][K8][16]   uint8     lane c: meta(g) | meta(g+1) << 4
     colsum[Np] int32 (sum of the kept values), scale[Np] float32
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,9 @@ class Packed24Int8:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size()
-                   for t in (self.values, self.meta, self.colsum, self.scale))
+        return sum(
+            t.numel() * t.element_size() for t in (self.values, self.meta, self.colsum, self.scale)
+        )
 
 
 def _groups(w: torch.Tensor) -> torch.Tensor:
@@ -99,8 +101,10 @@ def is_24(weight: torch.Tensor) -> bool:
 def compress_24(weight: torch.Tensor):
     """A 2:4 float weight [N, K] -> canonical (values [N, K/2], meta uint8 [N, K/4])."""
     if not is_24(weight):
-        raise ValueError("weight does not satisfy the 2:4 pattern (more than 2 nonzeros in a "
-                         "group of 4 along K); prune it first (tersor.formats.sparse24.prune_24)")
+        raise ValueError(
+            "weight does not satisfy the 2:4 pattern (more than 2 nonzeros in a "
+            "group of 4 along K); prune it first (tersor.formats.sparse24.prune_24)"
+        )
     g = _groups(weight.detach().to(torch.float32))
     # keep the nonzeros, topped up with zero slots, positions ascending
     order = torch.argsort((g == 0).to(torch.int8) * 4 + torch.arange(4), dim=2, stable=True)
@@ -151,8 +155,9 @@ def quantize_24_int8(weight: torch.Tensor):
     return values.to(torch.int8), meta, scale
 
 
-def pack_24_int8(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor,
-                 k: int) -> Packed24Int8:
+def pack_24_int8(
+    values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor, k: int
+) -> Packed24Int8:
     n, g = meta.shape
     np_ = (n + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     k8 = (g + 1) // 2
@@ -170,8 +175,7 @@ def pack_24_int8(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor,
     return Packed24Int8(vk.contiguous(), mk.contiguous(), colsum, s, n, k)
 
 
-def unpack_24_int8(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor, n: int,
-                   k: int):
+def unpack_24_int8(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor, n: int, k: int):
     """Kernel form -> canonical (values int8 [N, K/2], meta uint8 [N, K/4], scale [N])."""
     nb, k8 = meta.shape[:2]
     g = (k + 3) // 4
@@ -220,8 +224,10 @@ class Sparse24Format(WeightFormat):
         check_float_weight(w, what)
         if not is_24(w):
             if not config.prune:
-                raise ValueError(f"{what}: weight is not 2:4 sparse and Sparse24Config(prune="
-                                 f"False) forbids pruning it")
+                raise ValueError(
+                    f"{what}: weight is not 2:4 sparse and Sparse24Config(prune="
+                    f"False) forbids pruning it"
+                )
             w = prune_24(w, score)
         return cls(*compress_24(w), w.shape[1])
 
@@ -253,20 +259,25 @@ class Sparse24Format(WeightFormat):
         g = (k + 3) // 4
         v, m = get("weight_values"), get("weight_meta")
         if tuple(v.shape) != (n, 2 * g) or tuple(m.shape) != (n, g):
-            return (f"{prefix}weight_values/weight_meta: expected {(n, 2 * g)} / {(n, g)}, got "
-                    f"{tuple(v.shape)} / {tuple(m.shape)}")
+            return (
+                f"{prefix}weight_values/weight_meta: expected {(n, 2 * g)} / {(n, g)}, got "
+                f"{tuple(v.shape)} / {tuple(m.shape)}"
+            )
         if bool(((m & 3) >= (m >> 2)).any()) or bool((m > 15).any()):
             return f"{prefix}weight_meta: positions must satisfy p0 < p1 <= 3"
         scale = None
         if self.int8:
             scale = get("weight_scale")
             if v.dtype != torch.int8 or tuple(scale.shape) != (n,) or int(v.min()) < -127:
-                return (f"{prefix}weight_values/weight_scale: expected int8 values in "
-                        f"[-127, 127] and a float32 scale [{n}]")
+                return (
+                    f"{prefix}weight_values/weight_scale: expected int8 values in "
+                    f"[-127, 127] and a float32 scale [{n}]"
+                )
             scale = scale.cpu().to(torch.float32)
         device = self.device
-        self.__init__(v.cpu() if self.int8 else v.cpu().to(torch.float32),
-                      m.cpu().to(torch.uint8), k, scale)
+        self.__init__(
+            v.cpu() if self.int8 else v.cpu().to(torch.float32), m.cpu().to(torch.uint8), k, scale
+        )
         self._apply(lambda t: t.to(device))
         return None
 
@@ -282,16 +293,21 @@ class Sparse24Format(WeightFormat):
 
     def describe(self):
         kept = int((self.canonical()[0] != 0).sum())
-        note = (f"density {kept / max(1, self.out_features * self.in_features):.3f}, kernel "
-                f"spmm_24{'_w8a8' if self.int8 else ''}")
+        note = (
+            f"density {kept / max(1, self.out_features * self.in_features):.3f}, kernel "
+            f"spmm_24{'_w8a8' if self.int8 else ''}"
+        )
         if not self.int8 and self.out_features * self.in_features >= 1 << 20:
             # the note matters only where the weight is large enough for the path to matter
-            note += (f"; from {DENSE_MIN_ROWS['2:4']} rows on a CPU, panels decompressed for a "
-                     f"dense GEMM (no copy kept)")
+            note += (
+                f"; from {DENSE_MIN_ROWS['2:4']} rows on a CPU, panels decompressed for a "
+                f"dense GEMM (no copy kept)"
+            )
         return note
 
     def linear(self, x, bias, kernel):
         if self.int8:
-            return linear_24_w8a8(x, self.values, self.meta, self.colsum, self.scale, bias,
-                                  self.out_features, kernel)
+            return linear_24_w8a8(
+                x, self.values, self.meta, self.colsum, self.scale, bias, self.out_features, kernel
+            )
         return linear_24(x, self.values, self.meta, bias, self.out_features, kernel)

@@ -23,6 +23,7 @@ Kernel form: the same arrays (col as uint16, values as [blocks][16] fp32 or W8Ti
     panel p:  | blk kidx[crow[p]]  | blk kidx[crow[p]+1] | ...      one blk = 16 lanes x BK
               | c0 .. c15 (x BK)   | c0 .. c15 (x BK)    |          64 bytes fp32 or int8
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,19 +54,28 @@ class PackedBlock:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in
-                   (self.ptr, self.kidx, self.values, self.colsum, self.scale) if t is not None)
+        return sum(
+            t.numel() * t.element_size()
+            for t in (self.ptr, self.kidx, self.values, self.colsum, self.scale)
+            if t is not None
+        )
 
 
 def check_block(block, n: int, k: int, what: str = "layer") -> tuple:
-    if (not isinstance(block, (tuple, list)) or len(block) != 2
-            or not all(isinstance(v, int) and v > 0 for v in block)):
-        raise ValueError(f"{what}: block must be a pair of positive ints (rows, cols), got "
-                         f"{block!r}")
+    if (
+        not isinstance(block, (tuple, list))
+        or len(block) != 2
+        or not all(isinstance(v, int) and v > 0 for v in block)
+    ):
+        raise ValueError(
+            f"{what}: block must be a pair of positive ints (rows, cols), got {block!r}"
+        )
     r, c = block
     if n % r or k % c:
-        raise ValueError(f"{what}: block {tuple(block)} does not divide the weight [{n}, {k}] "
-                         f"(out_features % {r} = {n % r}, in_features % {c} = {k % c})")
+        raise ValueError(
+            f"{what}: block {tuple(block)} does not divide the weight [{n}, {k}] "
+            f"(out_features % {r} = {n % r}, in_features % {c} = {k % c})"
+        )
     return r, c
 
 
@@ -85,8 +95,9 @@ def block_keep(weight: torch.Tensor, block, keep_blocks: torch.Tensor) -> torch.
     return weight.detach().to(torch.float32) * mask
 
 
-def prune_block(weight: torch.Tensor, sparsity: float, block, score=None,
-                what: str = "layer") -> torch.Tensor:
+def prune_block(
+    weight: torch.Tensor, sparsity: float, block, score=None, what: str = "layer"
+) -> torch.Tensor:
     """Zero the `sparsity` fraction of (r, c) blocks with the smallest summed score."""
     check_block(block, *weight.shape, what)
     s = block_scores(weight, block, score).flatten()
@@ -157,8 +168,11 @@ class BlockFormat(WeightFormat):
         super().__init__(*weight.shape)
         self.int8 = scale is not None
         self.scheme = "block+w8a8" if self.int8 else "block"
-        p = (pack_block_int8(weight, scale) if self.int8
-             else pack_block_f32(weight.to(torch.float32)))
+        p = (
+            pack_block_int8(weight, scale)
+            if self.int8
+            else pack_block_f32(weight.to(torch.float32))
+        )
         self.bptr, self.kidx, self.values = p.ptr, p.kidx, p.values
         self.colsum, self.scale = p.colsum, p.scale
         self._finish()
@@ -190,8 +204,9 @@ class BlockFormat(WeightFormat):
 
     def dequantize(self):
         """float32 [N, K] (int8: the dequantized values)."""
-        w = unpack_block(self.bptr.cpu(), self.kidx.cpu(), self.values.cpu(), self.out_features,
-                         self.in_features)
+        w = unpack_block(
+            self.bptr.cpu(), self.kidx.cpu(), self.values.cpu(), self.out_features, self.in_features
+        )
         if self.int8:
             return w.to(torch.float32) * self.scale.cpu()[: self.out_features, None]
         return w
@@ -204,18 +219,23 @@ class BlockFormat(WeightFormat):
 
     def describe(self):
         nz = int((self.values != 0).sum())
-        return (f"density {nz / max(1, self.out_features * self.in_features):.3f}, kernel "
-                f"blocks (16, {self.bk}) kept {self.density:.3f}, kernel spmm_block "
-                f"{'int8' if self.int8 else 'fp32'}")
+        return (
+            f"density {nz / max(1, self.out_features * self.in_features):.3f}, kernel "
+            f"blocks (16, {self.bk}) kept {self.density:.3f}, kernel spmm_block "
+            f"{'int8' if self.int8 else 'fp32'}"
+        )
 
     def state_names(self):
         return ["weight_crow", "weight_col", "weight_values"] + (
-            ["weight_scale"] if self.int8 else [])
+            ["weight_scale"] if self.int8 else []
+        )
 
     def state_dict(self):
-        out = {"weight_crow": self.bptr.cpu().clone(),
-               "weight_col": self.kidx.cpu().to(torch.int32),
-               "weight_values": self.values.cpu().reshape(-1, 16, self.bk).clone()}
+        out = {
+            "weight_crow": self.bptr.cpu().clone(),
+            "weight_col": self.kidx.cpu().to(torch.int32),
+            "weight_values": self.values.cpu().reshape(-1, 16, self.bk).clone(),
+        }
         if self.int8:
             out["weight_scale"] = self.scale.cpu()[: self.out_features].clone()
         return out
@@ -224,14 +244,23 @@ class BlockFormat(WeightFormat):
         crow, col, vals = get("weight_crow"), get("weight_col"), get("weight_values")
         panels, kb = -(-self.out_features // 16), -(-self.in_features // self.bk)
         nb = int(crow[-1]) if crow.numel() else -1
-        if (tuple(crow.shape) != (panels + 1,) or col.numel() != nb
-                or tuple(vals.shape) != (nb, 16, self.bk)
-                or (nb > 0 and (int(col.min()) < 0 or int(col.max()) >= kb))):
-            return (f"{prefix}weight_crow/col/values: not a BSR matrix of {panels} x {kb} "
-                    f"blocks of (16, {self.bk})")
-        w = unpack_block(crow.cpu(), col.cpu(),
-                         vals.cpu().to(torch.int8 if self.int8 else torch.float32),
-                         self.out_features, self.in_features)
+        if (
+            tuple(crow.shape) != (panels + 1,)
+            or col.numel() != nb
+            or tuple(vals.shape) != (nb, 16, self.bk)
+            or (nb > 0 and (int(col.min()) < 0 or int(col.max()) >= kb))
+        ):
+            return (
+                f"{prefix}weight_crow/col/values: not a BSR matrix of {panels} x {kb} "
+                f"blocks of (16, {self.bk})"
+            )
+        w = unpack_block(
+            crow.cpu(),
+            col.cpu(),
+            vals.cpu().to(torch.int8 if self.int8 else torch.float32),
+            self.out_features,
+            self.in_features,
+        )
         scale = get("weight_scale").cpu().to(torch.float32) if self.int8 else None
         device = self.device
         self.__init__(w, scale)
@@ -239,5 +268,14 @@ class BlockFormat(WeightFormat):
         return None
 
     def linear(self, x, bias, kernel):
-        return linear_block(x, self.bptr, self.kidx, self.values, self.colsum, self.scale, bias,
-                            self.out_features, kernel)
+        return linear_block(
+            x,
+            self.bptr,
+            self.kidx,
+            self.values,
+            self.colsum,
+            self.scale,
+            bias,
+            self.out_features,
+            kernel,
+        )

@@ -19,6 +19,7 @@ Sorting by count keeps the lanes of a block busy (Sputnik's row reordering); K <
 int8 values ("unstructured+w8a8"): the same arrays with ``weight_val`` / ``ell_val`` int8
 (symmetric per output channel, in [-127, 127]) and ``weight_scale`` float32 [N].
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -103,9 +104,18 @@ def pack_csr(rowptr, col, val, n: int, k: int) -> PackedCsr:
     ell_col = torch.zeros(steps, BLOCK_N, dtype=torch.int32)
     ell_val[step, lane % BLOCK_N] = val
     ell_col[step, lane % BLOCK_N] = col
-    return PackedCsr(rowptr.contiguous(), col.contiguous(), val.contiguous(),
-                     ell_val.contiguous(), ell_col.to(torch.uint16).contiguous(),
-                     cnt.to(torch.uint16).contiguous(), ell_off, perm, n, k)
+    return PackedCsr(
+        rowptr.contiguous(),
+        col.contiguous(),
+        val.contiguous(),
+        ell_val.contiguous(),
+        ell_col.to(torch.uint16).contiguous(),
+        cnt.to(torch.uint16).contiguous(),
+        ell_off,
+        perm,
+        n,
+        k,
+    )
 
 
 class CsrFormat(WeightFormat):
@@ -139,8 +149,21 @@ class CsrFormat(WeightFormat):
                 self.dense_w = self.dense_weight()
         self._finish()
 
-    tensor_names = ("rowptr", "col", "val", "ell_val", "ell_col", "ell_cnt", "ell_off", "perm",
-                    "scale", "dense_w", "dense_packed", "dense_colsum", "dense_scale")
+    tensor_names = (
+        "rowptr",
+        "col",
+        "val",
+        "ell_val",
+        "ell_col",
+        "ell_cnt",
+        "ell_off",
+        "perm",
+        "scale",
+        "dense_w",
+        "dense_packed",
+        "dense_colsum",
+        "dense_scale",
+    )
     _KERNEL = tensor_names[:9]  # what tersor::spmm_csr takes
 
     @classmethod
@@ -153,8 +176,15 @@ class CsrFormat(WeightFormat):
     @classmethod
     def empty(cls, out_features, in_features, int8=False, dense_from_rows=None):
         rp, col, val = to_csr(torch.zeros(out_features, in_features))
-        return cls(rp, col, val.to(torch.int8) if int8 else val, out_features, in_features,
-                   torch.zeros(out_features) if int8 else None, dense_from_rows)
+        return cls(
+            rp,
+            col,
+            val.to(torch.int8) if int8 else val,
+            out_features,
+            in_features,
+            torch.zeros(out_features) if int8 else None,
+            dense_from_rows,
+        )
 
     def options(self):
         return {"int8": True} if self.int8 else {}
@@ -164,12 +194,22 @@ class CsrFormat(WeightFormat):
         return int(self.rowptr[-1]) / max(1, self.out_features * self.in_features)
 
     def _int8_dense(self) -> torch.Tensor:
-        return from_csr(self.rowptr.cpu(), self.col.cpu(), self.val.cpu().to(torch.float32),
-                        self.out_features, self.in_features).to(torch.int8)
+        return from_csr(
+            self.rowptr.cpu(),
+            self.col.cpu(),
+            self.val.cpu().to(torch.float32),
+            self.out_features,
+            self.in_features,
+        ).to(torch.int8)
 
     def dense_weight(self) -> torch.Tensor:
-        w = from_csr(self.rowptr.cpu(), self.col.cpu(), self.val.cpu().to(torch.float32),
-                     self.out_features, self.in_features)
+        w = from_csr(
+            self.rowptr.cpu(),
+            self.col.cpu(),
+            self.val.cpu().to(torch.float32),
+            self.out_features,
+            self.in_features,
+        )
         return w * self.scale.cpu()[:, None] if self.int8 else w
 
     def dequantize(self):
@@ -188,18 +228,28 @@ class CsrFormat(WeightFormat):
         # 0.28x our dense W8A8). The fp32 layer's positions, row-major like its CSR (a value
         # rounding to 0 stays).
         vnni = cpu_info()["active"] in ("avx512", "amx")
-        rows = (INT8_DENSE_FALLBACK_ROWS if vnni and 1 - self.density >= LARGE_M_BREAK_EVEN
-                else 1)
-        return CsrFormat(self.rowptr.cpu(), self.col.cpu(), q[w != 0], self.out_features,
-                         self.in_features, s, rows)
+        rows = INT8_DENSE_FALLBACK_ROWS if vnni and 1 - self.density >= LARGE_M_BREAK_EVEN else 1
+        return CsrFormat(
+            self.rowptr.cpu(),
+            self.col.cpu(),
+            q[w != 0],
+            self.out_features,
+            self.in_features,
+            s,
+            rows,
+        )
 
     def state_names(self):
         return ["weight_rowptr", "weight_col", "weight_val"] + (
-            ["weight_scale"] if self.int8 else [])
+            ["weight_scale"] if self.int8 else []
+        )
 
     def state_dict(self):
-        out = {"weight_rowptr": self.rowptr.cpu().clone(), "weight_col": self.col.cpu().clone(),
-               "weight_val": self.val.cpu().clone()}
+        out = {
+            "weight_rowptr": self.rowptr.cpu().clone(),
+            "weight_col": self.col.cpu().clone(),
+            "weight_val": self.val.cpu().clone(),
+        }
         if self.int8:
             out["weight_scale"] = self.scale.cpu().clone()
         out["_extra_state"] = {"dense_from_rows": self.dense_from_rows}
@@ -209,42 +259,57 @@ class CsrFormat(WeightFormat):
         rp, col, val = get("weight_rowptr"), get("weight_col"), get("weight_val")
         n, k = self.out_features, self.in_features
         nnz = int(rp[-1]) if rp.numel() else -1
-        if (rp.shape != (n + 1,) or col.numel() != nnz or val.numel() != nnz
-                or (nnz > 0 and (int(col.min()) < 0 or int(col.max()) >= k))):
+        if (
+            rp.shape != (n + 1,)
+            or col.numel() != nnz
+            or val.numel() != nnz
+            or (nnz > 0 and (int(col.min()) < 0 or int(col.max()) >= k))
+        ):
             return f"{prefix}weight_rowptr/col/val: not a CSR matrix of shape {(n, k)}"
         scale = None
         if self.int8:
             scale = get("weight_scale")
-            if (val.dtype != torch.int8 or scale.shape != (n,)
-                    or (nnz > 0 and int(val.min()) < -127)):
-                return (f"{prefix}weight_val/weight_scale: expected int8 values in [-127, 127] "
-                        f"and a float32 scale [{n}]")
+            if (
+                val.dtype != torch.int8
+                or scale.shape != (n,)
+                or (nnz > 0 and int(val.min()) < -127)
+            ):
+                return (
+                    f"{prefix}weight_val/weight_scale: expected int8 values in [-127, 127] "
+                    f"and a float32 scale [{n}]"
+                )
             scale = scale.cpu()
         else:
             val = val.to(torch.float32)
         extra = get("_extra_state")
         rows = self.dense_from_rows if extra is None else extra.get("dense_from_rows")
         device = self.device
-        self.__init__(rp.cpu().to(torch.int64), col.cpu().to(torch.int32), val.cpu(), n, k, scale,
-                      rows)
+        self.__init__(
+            rp.cpu().to(torch.int64), col.cpu().to(torch.int32), val.cpu(), n, k, scale, rows
+        )
         self._apply(lambda t: t.to(device))
         return None
 
     def describe(self):
         note = f"density {self.density:.3f}, kernel spmm_csr{'_w8a8' if self.int8 else ''}"
         if self.dense_from_rows is not None:
-            extra = sum(t.numel() * t.element_size() for t in
-                        (self.dense_w, self.dense_packed, self.dense_colsum, self.dense_scale)
-                        if t is not None)
-            note += (f"; dense {'W8A8' if self.int8 else 'fp32'} from {self.dense_from_rows} "
-                     f"rows (the sparse kernel loses there; +{extra / 2**20:.1f} MiB copy)")
+            extra = sum(
+                t.numel() * t.element_size()
+                for t in (self.dense_w, self.dense_packed, self.dense_colsum, self.dense_scale)
+                if t is not None
+            )
+            note += (
+                f"; dense {'W8A8' if self.int8 else 'fp32'} from {self.dense_from_rows} "
+                f"rows (the sparse kernel loses there; +{extra / 2**20:.1f} MiB copy)"
+            )
         return note
 
     def linear(self, x, bias, kernel):
         n = self.out_features
         if self.dense_from_rows is not None and x.numel() >= self.dense_from_rows * x.shape[-1]:
             if self.int8:
-                return linear_w8a8(x, self.dense_packed, self.dense_colsum, self.dense_scale,
-                                   bias, n, kernel)
+                return linear_w8a8(
+                    x, self.dense_packed, self.dense_colsum, self.dense_scale, bias, n, kernel
+                )
             return torch.nn.functional.linear(x, self.dense_w.to(x.dtype), bias)
         return linear_csr(x, *(getattr(self, t) for t in self._KERNEL), bias, n, kernel)

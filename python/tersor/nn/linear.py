@@ -17,6 +17,7 @@ Quantized layers are inference layers: the weights are frozen (not parameters). 
 w.r.t. the input does flow (straight-through: dy/dx = the dequantized weight), so a model
 with tersor layers can still sit under a loss, e.g. to train layers in front of it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -69,12 +70,19 @@ class PackedLinear(nn.Module):
         for f in formats:
             PackedLinear._layer_class[f] = cls
 
-    def __init__(self, fmt: WeightFormat, bias: Optional[torch.Tensor] = None, *,
-                 kernel: str = "auto", name: str = ""):
+    def __init__(
+        self,
+        fmt: WeightFormat,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        kernel: str = "auto",
+        name: str = "",
+    ):
         super().__init__()
         if kernel not in KERNELS:
-            raise ValueError(f"{type(self).__name__}: kernel must be one of {KERNELS}, got "
-                             f"{kernel!r}")
+            raise ValueError(
+                f"{type(self).__name__}: kernel must be one of {KERNELS}, got {kernel!r}"
+            )
         self.fmt = fmt  # a plain attribute: read without nn.Module.__getattr__
         self.in_features, self.out_features = fmt.in_features, fmt.out_features
         self.kernel, self.name = kernel, name
@@ -91,8 +99,9 @@ class PackedLinear(nn.Module):
         return layer
 
     @classmethod
-    def from_float(cls, module: nn.Module, config, *, name: str = "",
-                   calibration=None) -> nn.Module:
+    def from_float(
+        cls, module: nn.Module, config, *, name: str = "", calibration=None
+    ) -> nn.Module:
         """The layer `config` makes of `module` (an nn.Linear, or an nn.Conv2d for QConv2d), as
         tersor.quantize_ / sparsify_ would build it. calibration: inputs of this layer
         ([..., in_features]) to score weights by (Wanda's |w| * ||x_k|| for pruning)."""
@@ -145,8 +154,14 @@ class PackedLinear(nn.Module):
     # layer's name, then the format's op (which every device and torch.compile go through).
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         run = self.fmt.cpu_call
-        if (run is not None and x.dtype is _F32 and x.is_cpu and not x.requires_grad
-                and self.kernel in NATIVE and not _is_compiling()):
+        if (
+            run is not None
+            and x.dtype is _F32
+            and x.is_cpu
+            and not x.requires_grad
+            and self.kernel in NATIVE
+            and not _is_compiling()
+        ):
             y = run(x, self._buffers["bias"])  # None: not a shape the runner takes
             if y is not None:
                 return y
@@ -166,17 +181,22 @@ class PackedLinear(nn.Module):
             raise TypeError(f"{what}: expected a torch.Tensor input, got {type(x).__name__}")
         device_path = not x.is_cpu or self.kernel in ("cuda", "triton")
         if x.dtype is not _F32 and not (device_path and x.dtype in _GPU_DTYPES):
-            raise TypeError(f"{what}: expected a float32 input, got {x.dtype} "
-                            f"(cast with x.float(), or keep this layer dense)")
+            raise TypeError(
+                f"{what}: expected a float32 input, got {x.dtype} "
+                f"(cast with x.float(), or keep this layer dense)"
+            )
         if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"{what}: expected input [..., {self.in_features}], "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"{what}: expected input [..., {self.in_features}], got {tuple(x.shape)}"
+            )
         if x.device != self.fmt.device:
-            raise ValueError(f"{what}: input is on {x.device} but the layer's weights are on "
-                             f"{self.fmt.device}")
+            raise ValueError(
+                f"{what}: input is on {x.device} but the layer's weights are on {self.fmt.device}"
+            )
         if self.kernel == "native" and not x.is_cpu:
-            raise RuntimeError(f"{what}: no native kernel for device {x.device} "
-                               f"(kernel='native' was requested)")
+            raise RuntimeError(
+                f"{what}: no native kernel for device {x.device} (kernel='native' was requested)"
+            )
         try:
             if _wants_grad(x):
                 return _StraightThrough.apply(x, self)
@@ -217,16 +237,21 @@ class PackedLinear(nn.Module):
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         names = self._state_names()
         optional = getattr(self.fmt, "optional_state_names", ())
         missing = [prefix + n for n in names if prefix + n not in state_dict]
         missing_keys.extend(missing)
         for key in state_dict:
-            rest = key[len(prefix):]
-            if key.startswith(prefix) and "." not in rest and rest not in names \
-                    and rest not in optional:
+            rest = key[len(prefix) :]
+            if (
+                key.startswith(prefix)
+                and "." not in rest
+                and rest not in names
+                and rest not in optional
+            ):
                 unexpected_keys.append(key)
         if missing:
             return
@@ -237,18 +262,22 @@ class PackedLinear(nn.Module):
         if self.bias is not None:
             b = state_dict[prefix + "bias"]
             if tuple(b.shape) != (self.out_features,):
-                error_msgs.append(f"{prefix}bias: expected ({self.out_features},), got "
-                                  f"{tuple(b.shape)}")
+                error_msgs.append(
+                    f"{prefix}bias: expected ({self.out_features},), got {tuple(b.shape)}"
+                )
                 return
             self.bias.copy_(b)
 
     def extra_repr(self) -> str:
         fp32 = 4 * self.out_features * (self.in_features + (self.bias is not None))
-        opts = "".join(f", {k}={v}" for k, v in self.fmt.options().items()
-                       if k not in ("act_int8", "int8"))
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, scheme={self.scheme}{opts}, "
-                f"{self.nbytes / 2**20:.2f} MiB vs {fp32 / 2**20:.2f} MiB fp32")
+        opts = "".join(
+            f", {k}={v}" for k, v in self.fmt.options().items() if k not in ("act_int8", "int8")
+        )
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, scheme={self.scheme}{opts}, "
+            f"{self.nbytes / 2**20:.2f} MiB vs {fp32 / 2**20:.2f} MiB fp32"
+        )
 
 
 def _empty(scheme: str, n: int, k: int, cls_name: str, **options) -> WeightFormat:
@@ -265,9 +294,18 @@ def _bias(flag: bool, n: int) -> Optional[torch.Tensor]:
 class QLinear(PackedLinear, formats=(f4.Int4Format, SCHEMES["w8a8"][0])):
     """int8 per-channel ("w8a8", "w8") or int4 group-wise ("w4a8", "w4") weights."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 scheme: str = "w8a8", kernel: str = "auto", name: str = "",
-                 group_size: int = 128, symmetric: bool = False, act_order: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        scheme: str = "w8a8",
+        kernel: str = "auto",
+        name: str = "",
+        group_size: int = 128,
+        symmetric: bool = False,
+        act_order: bool = False,
+    ):
         opts = {}
         if SCHEMES.get(scheme, (None,))[0] is Int4Format:
             opts = dict(group_size=group_size, symmetric=symmetric, act_order=act_order)
@@ -275,35 +313,65 @@ class QLinear(PackedLinear, formats=(f4.Int4Format, SCHEMES["w8a8"][0])):
         super().__init__(fmt, _bias(bias, out_features), kernel=kernel, name=name)
 
     @classmethod
-    def from_gptq(cls, qweight, qzeros, scales, g_idx=None, bias=None, *, version: int = 1,
-                  scheme: str = "w4", kernel: str = "auto", name: str = "") -> "QLinear":
+    def from_gptq(
+        cls,
+        qweight,
+        qzeros,
+        scales,
+        g_idx=None,
+        bias=None,
+        *,
+        version: int = 1,
+        scheme: str = "w4",
+        kernel: str = "auto",
+        name: str = "",
+    ) -> "QLinear":
         """A QLinear from GPTQ 4-bit tensors (formats/int4.py ``from_gptq``); act-order
         (a permuted g_idx) is served by permuting the input features once per call."""
         what = f"GPTQ layer '{name}'" if name else "GPTQ"
-        q, s, z, g, perm = f4.from_gptq(qweight, qzeros, scales, g_idx, version=version,
-                                        what=what)
-        fmt = Int4Format(q, s, z, g if g < q.shape[1] else -1, scheme == "w4a8", perm=perm,
-                         what=what)
+        q, s, z, g, perm = f4.from_gptq(qweight, qzeros, scales, g_idx, version=version, what=what)
+        fmt = Int4Format(
+            q, s, z, g if g < q.shape[1] else -1, scheme == "w4a8", perm=perm, what=what
+        )
         return PackedLinear.wrap(fmt, bias, kernel=kernel, name=name)
 
     @classmethod
-    def from_awq(cls, qweight, qzeros, scales, group_size: int = 128, bias=None, *,
-                 scheme: str = "w4", kernel: str = "auto", name: str = "") -> "QLinear":
+    def from_awq(
+        cls,
+        qweight,
+        qzeros,
+        scales,
+        group_size: int = 128,
+        bias=None,
+        *,
+        scheme: str = "w4",
+        kernel: str = "auto",
+        name: str = "",
+    ) -> "QLinear":
         """A QLinear from AWQ 4-bit tensors (formats/int4.py ``from_awq``)."""
         what = f"AWQ layer '{name}'" if name else "AWQ"
         q, s, z, g = f4.from_awq(qweight, qzeros, scales, group_size, what=what)
-        return PackedLinear.wrap(Int4Format(q, s, z, g, scheme == "w4a8", what=what), bias,
-                                 kernel=kernel, name=name)
+        return PackedLinear.wrap(
+            Int4Format(q, s, z, g, scheme == "w4a8", what=what), bias, kernel=kernel, name=name
+        )
 
 
 class SparseLinear(PackedLinear, formats=(SCHEMES["2:4"][0],)):
     """2:4 sparse weights, fp32 ("2:4") or int8 ("2:4+w8a8") values."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, name: str = "",
-                 scheme: str = "2:4", kernel: str = "auto"):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        name: str = "",
+        scheme: str = "2:4",
+        kernel: str = "auto",
+    ):
         if scheme not in ("2:4", "2:4+w8a8"):
-            raise ValueError(f"SparseLinear: scheme must be one of ('2:4', '2:4+w8a8'), got "
-                             f"{scheme!r}")
+            raise ValueError(
+                f"SparseLinear: scheme must be one of ('2:4', '2:4+w8a8'), got {scheme!r}"
+            )
         fmt = _empty(scheme, out_features, in_features, "SparseLinear")
         super().__init__(fmt, _bias(bias, out_features), kernel=kernel, name=name)
 
@@ -311,11 +379,20 @@ class SparseLinear(PackedLinear, formats=(SCHEMES["2:4"][0],)):
 class CsrLinear(PackedLinear, formats=(CsrFormat,)):
     """Unstructured sparse weights, fp32 ("unstructured") or int8 ("unstructured+w8a8")."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, name: str = "",
-                 scheme: str = "unstructured", kernel: str = "auto"):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        name: str = "",
+        scheme: str = "unstructured",
+        kernel: str = "auto",
+    ):
         if scheme not in ("unstructured", "unstructured+w8a8"):
-            raise ValueError(f"CsrLinear: scheme must be one of ('unstructured', "
-                             f"'unstructured+w8a8'), got {scheme!r}")
+            raise ValueError(
+                f"CsrLinear: scheme must be one of ('unstructured', "
+                f"'unstructured+w8a8'), got {scheme!r}"
+            )
         fmt = _empty(scheme, out_features, in_features, "CsrLinear")
         super().__init__(fmt, _bias(bias, out_features), kernel=kernel, name=name)
 
@@ -331,19 +408,34 @@ class CsrLinear(PackedLinear, formats=(CsrFormat,)):
         """Run a dense copy of the weight from `rows` rows on (None: always sparse)."""
         f = self.fmt
         device = f.device
-        self.fmt = CsrFormat(f.rowptr.cpu(), f.col.cpu(), f.val.cpu(), f.out_features,
-                             f.in_features, None if f.scale is None else f.scale.cpu(), rows)
+        self.fmt = CsrFormat(
+            f.rowptr.cpu(),
+            f.col.cpu(),
+            f.val.cpu(),
+            f.out_features,
+            f.in_features,
+            None if f.scale is None else f.scale.cpu(),
+            rows,
+        )
         self.fmt._apply(lambda t: t.to(device))
 
 
 class BlockSparseLinear(PackedLinear, formats=(SCHEMES["block"][0],)):
     """Block-sparse weights, fp32 16x1 ("block") or int8 16x4 ("block+w8a8") blocks."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, name: str = "",
-                 scheme: str = "block", kernel: str = "auto"):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        name: str = "",
+        scheme: str = "block",
+        kernel: str = "auto",
+    ):
         if scheme not in ("block", "block+w8a8"):
-            raise ValueError(f"BlockSparseLinear: scheme must be one of ('block', "
-                             f"'block+w8a8'), got {scheme!r}")
+            raise ValueError(
+                f"BlockSparseLinear: scheme must be one of ('block', 'block+w8a8'), got {scheme!r}"
+            )
         fmt = _empty(scheme, out_features, in_features, "BlockSparseLinear")
         super().__init__(fmt, _bias(bias, out_features), kernel=kernel, name=name)
 

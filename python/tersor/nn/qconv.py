@@ -17,6 +17,7 @@ The weight lives in an inner PackedLinear (``self.gemm``, any format) whose K or
 entries are the format's canonical form in that order. The output has the input's memory
 format (NCHW in, NCHW out; channels_last in, channels_last out).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,9 +34,20 @@ def _pair(v):
 
 
 class QConv2d(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, bias: bool = True, scheme: str = "w8a8", kernel: str = "auto",
-                 name: str = "", **int4):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        scheme: str = "w8a8",
+        kernel: str = "auto",
+        name: str = "",
+        **int4,
+    ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
@@ -46,8 +58,9 @@ class QConv2d(nn.Module):
         if scheme.startswith("2:4"):
             self.gemm = SparseLinear(k, out_channels, bias, name=name, scheme=scheme)
         else:
-            self.gemm = QLinear(k, out_channels, bias, scheme=scheme, kernel=kernel, name=name,
-                                **int4)
+            self.gemm = QLinear(
+                k, out_channels, bias, scheme=scheme, kernel=kernel, name=name, **int4
+            )
 
     @classmethod
     def around(cls, conv: nn.Conv2d, gemm: PackedLinear, name: str = "") -> "QConv2d":
@@ -59,8 +72,11 @@ class QConv2d(nn.Module):
         m.dilation, m.name = _pair(conv.dilation), name
         padding = conv.padding
         if isinstance(padding, str):
-            padding = (0, 0) if padding == "valid" else tuple(
-                d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
+            padding = (
+                (0, 0)
+                if padding == "valid"
+                else tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
+            )
         m.padding = _pair(padding)
         m.gemm = gemm
         return m
@@ -76,13 +92,15 @@ class QConv2d(nn.Module):
         """Why a Conv2d cannot be converted, or "" if it can."""
         if conv.groups != 1:
             kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
-            return (f"{kind} convolution (groups={conv.groups}): no grouped int8 kernel yet, "
-                    f"left dense")
+            return (
+                f"{kind} convolution (groups={conv.groups}): no grouped int8 kernel yet, left dense"
+            )
         if conv.padding_mode != "zeros":
             return f"padding_mode='{conv.padding_mode}': only zero padding is served"
         if isinstance(conv.padding, str):
-            if conv.padding == "same" and any(d * (k - 1) % 2
-                                               for d, k in zip(conv.dilation, conv.kernel_size)):
+            if conv.padding == "same" and any(
+                d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size)
+            ):
                 return "padding='same' with an even receptive field needs asymmetric padding"
         return ""
 
@@ -105,8 +123,15 @@ class QConv2d(nn.Module):
 
     def to_float(self) -> nn.Conv2d:
         kh, kw = self.kernel_size
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                         self.padding, self.dilation, bias=self.gemm.bias is not None)
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.gemm.bias is not None,
+        )
         with torch.no_grad():
             conv.weight.copy_(self._weight4d())
             if self.gemm.bias is not None:
@@ -121,15 +146,22 @@ class QConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         what = f"{self.gemm._label()} ({self.scheme})"
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"{what}: expected a 4-D input [B, C, H, W], got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+            raise ValueError(
+                f"{what}: expected a 4-D input [B, C, H, W], got "
+                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}"
+            )
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"{what}: expected {self.in_channels} input channels, got "
-                             f"{x.shape[1]} (input {tuple(x.shape)})")
-        if x.dtype != torch.float32 and not (x.is_cuda and x.dtype in (torch.float16,
-                                                                       torch.bfloat16)):
-            raise TypeError(f"{what}: expected a float32 input, got {x.dtype} (cast with "
-                            f"x.float(), or keep this layer dense)")
+            raise ValueError(
+                f"{what}: expected {self.in_channels} input channels, got "
+                f"{x.shape[1]} (input {tuple(x.shape)})"
+            )
+        if x.dtype != torch.float32 and not (
+            x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+        ):
+            raise TypeError(
+                f"{what}: expected a float32 input, got {x.dtype} (cast with "
+                f"x.float(), or keep this layer dense)"
+            )
         if _wants_grad(x):
             return _StraightThrough.apply(x, self)
         return self._run(x)
@@ -141,10 +173,10 @@ class QConv2d(nn.Module):
         ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         if ho <= 0 or wo <= 0:
-            raise ValueError(f"{self.gemm._label()}: input {h}x{w} is smaller than the "
-                             f"receptive field")
-        channels_last = (x.is_contiguous(memory_format=torch.channels_last)
-                         and not x.is_contiguous())
+            raise ValueError(
+                f"{self.gemm._label()}: input {h}x{w} is smaller than the receptive field"
+            )
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         xh = x.permute(0, 2, 3, 1)  # NHWC view
         g = self.gemm
         y = None
@@ -159,8 +191,7 @@ class QConv2d(nn.Module):
 
     def _input_grad(self, shape, grad):
         w = self._weight4d().to(grad.device, grad.dtype)
-        return torch.nn.grad.conv2d_input(shape, w, grad, self.stride, self.padding,
-                                          self.dilation)
+        return torch.nn.grad.conv2d_input(shape, w, grad, self.stride, self.padding, self.dilation)
 
     def _im2col_gemm(self, xh, b, ho, wo):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -169,8 +200,9 @@ class QConv2d(nn.Module):
         xp = F.pad(xh, (0, 0, pw, pw, ph, ph)) if ph or pw else xh.contiguous()
         s_b, s_h, s_w, s_c = xp.stride()
         # [B, Ho, Wo, kh, kw, C] view of every patch; a block of output rows is copied out
-        patches = xp.as_strided((b, ho, wo, kh, kw, c),
-                                (s_b, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
+        patches = xp.as_strided(
+            (b, ho, wo, kh, kw, c), (s_b, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c)
+        )
         k = kh * kw * c
         y = torch.empty(b, ho, wo, self.out_channels, dtype=xh.dtype, device=xh.device)
         rows = max(1, IM2COL_BLOCK_BYTES // (4 * k * wo))  # output rows per block
@@ -189,6 +221,8 @@ class QConv2d(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-                f"scheme={self.scheme}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"scheme={self.scheme}"
+        )

@@ -2,6 +2,7 @@
 per image) into a zero-padded int8 copy that the GEMM reads its patches from (csrc/conv).
 Returns NHWC [B, H_out, W_out, C_out]. kernel="ref" (and any device but the CPU) runs the
 torch reference of the same per-image rule (tersor.ref.int8.conv_w8a8_ref)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -14,37 +15,93 @@ from tersor.ops._common import NATIVE, check, eager, ptr
 
 
 def _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
-    return ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-            (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+    return ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
 
 
-def conv_w8a8_cpu(xh, packed, colsum, scale, bias, n: int, kh: int, kw: int, sh: int, sw: int,
-                  ph: int, pw: int, dh: int, dw: int, emulate_implicit: bool = False
-                  ) -> torch.Tensor:
+def conv_w8a8_cpu(
+    xh,
+    packed,
+    colsum,
+    scale,
+    bias,
+    n: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    emulate_implicit: bool = False,
+) -> torch.Tensor:
     """emulate_implicit (tests): run the AMX implicit GEMM over scalar tiles, on any CPU."""
     b, h, w, c = xh.shape
     ho, wo = _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     y = torch.empty(b, ho, wo, n)
     fn = _C.conv_w8a8_implicit_emulated if emulate_implicit else _C.conv_w8a8
-    fn(xh.data_ptr(), b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, packed.data_ptr(),
-       colsum.data_ptr(), scale.data_ptr(), n, ptr(bias), y.data_ptr(), torch.get_num_threads())
+    fn(
+        xh.data_ptr(),
+        b,
+        h,
+        w,
+        c,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        dh,
+        dw,
+        ho,
+        wo,
+        packed.data_ptr(),
+        colsum.data_ptr(),
+        scale.data_ptr(),
+        n,
+        ptr(bias),
+        y.data_ptr(),
+        torch.get_num_threads(),
+    )
     return y
 
 
-def conv_nhwc_w8a8(xh, packed, colsum, scale, bias, n: int, kh: int, kw: int, sh: int, sw: int,
-                   ph: int, pw: int, dh: int, dw: int, kernel_pref: str = "auto") -> torch.Tensor:
+def conv_nhwc_w8a8(
+    xh,
+    packed,
+    colsum,
+    scale,
+    bias,
+    n: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    kernel_pref: str = "auto",
+) -> torch.Tensor:
     """What a format calls: the eager CPU call, or the op (tracing, other kernels/devices)."""
     if eager(xh, kernel_pref):
         return conv_w8a8_cpu(xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw)
-    return conv_w8a8(xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref)
+    return conv_w8a8(
+        xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref
+    )
 
 
 def _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw):
-    check(xh.dtype == torch.float32 and xh.dim() == 4 and xh.is_contiguous(),
-          f"tersor::conv_w8a8: xh must be a contiguous float32 NHWC tensor, got {xh.dtype} "
-          f"{tuple(xh.shape)}")
-    check(packed.shape[1] * 4 >= kh * kw * xh.shape[3] > packed.shape[1] * 4 - 4,
-          "tersor::conv_w8a8: packed weight K does not match kh * kw * C")
+    check(
+        xh.dtype == torch.float32 and xh.dim() == 4 and xh.is_contiguous(),
+        f"tersor::conv_w8a8: xh must be a contiguous float32 NHWC tensor, got {xh.dtype} "
+        f"{tuple(xh.shape)}",
+    )
+    check(
+        packed.shape[1] * 4 >= kh * kw * xh.shape[3] > packed.shape[1] * 4 - 4,
+        "tersor::conv_w8a8: packed weight K does not match kh * kw * C",
+    )
     ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
     check(ho > 0 and wo > 0, "tersor::conv_w8a8: input smaller than the receptive field")
 
@@ -60,28 +117,75 @@ def _conv_reference(xh, packed, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, 
 
 
 @torch.library.custom_op("tersor::conv_w8a8", mutates_args=())
-def conv_w8a8(xh: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, scale: torch.Tensor,
-              bias: Optional[torch.Tensor], out_channels: int, kh: int, kw: int, sh: int, sw: int,
-              ph: int, pw: int, dh: int, dw: int, kernel_pref: str = "auto") -> torch.Tensor:
+def conv_w8a8(
+    xh: torch.Tensor,
+    packed: torch.Tensor,
+    colsum: torch.Tensor,
+    scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_channels: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    kernel_pref: str = "auto",
+) -> torch.Tensor:
     """Any device: the torch reference (no GPU conv kernel; a layer on a GPU runs im2col GEMMs)."""
     _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw)
-    return _conv_reference(xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
-                           kernel_pref)
+    return _conv_reference(
+        xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref
+    )
 
 
 @conv_w8a8.register_kernel("cpu")
-def _(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
-      kernel_pref="auto"):
+def _(
+    xh,
+    packed,
+    colsum,
+    scale,
+    bias,
+    out_channels,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    kernel_pref="auto",
+):
     _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw)
     if kernel_pref in NATIVE:
-        return conv_w8a8_cpu(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph,
-                             pw, dh, dw)
-    return _conv_reference(xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
-                           kernel_pref)
+        return conv_w8a8_cpu(
+            xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw
+        )
+    return _conv_reference(
+        xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref
+    )
 
 
 @conv_w8a8.register_fake
-def _(xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
-      kernel_pref="auto"):
+def _(
+    xh,
+    packed,
+    colsum,
+    scale,
+    bias,
+    out_channels,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    kernel_pref="auto",
+):
     ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
     return xh.new_empty((xh.shape[0], ho, wo, out_channels))

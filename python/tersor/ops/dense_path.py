@@ -12,6 +12,7 @@ Panels keep the fp32 scratch at ~16 MiB instead of a full fp32 copy of the weigh
 is kept per thread between calls, because first-touching 16 MiB of fresh pages on every call
 cost ~15% of a 512-row GEMM.
 """
+
 from __future__ import annotations
 
 import threading
@@ -68,10 +69,11 @@ def _by_panels(x2, bias, n: int, fill, transposed: bool = False) -> torch.Tensor
     y = torch.empty(m, n)
     for n0 in range(0, n, step):
         nn = min(step, n - n0)
-        w = buf[:nn * k].view(k, nn) if transposed else buf[:nn * k].view(nn, k)
+        w = buf[: nn * k].view(k, nn) if transposed else buf[: nn * k].view(nn, k)
         fill(n0, nn, w)
-        y[:, n0:n0 + nn] = F.linear(x2, w.t() if transposed else w,
-                                    None if bias is None else bias[n0:n0 + nn])
+        y[:, n0 : n0 + nn] = F.linear(
+            x2, w.t() if transposed else w, None if bias is None else bias[n0 : n0 + nn]
+        )
     return y
 
 
@@ -81,8 +83,14 @@ def linear_w8_dense(x2, packed, scale, bias, n: int) -> torch.Tensor:
     kp = packed.shape[1] * 4
 
     def fill(n0, nn, w):  # block n0 / 16 starts at byte (n0 / 16) * Kp * 16 of the packed weight
-        _C.dequant_w8(packed.data_ptr() + n0 * kp, scale.data_ptr() + 4 * n0, nn, k,
-                      w.data_ptr(), torch.get_num_threads())
+        _C.dequant_w8(
+            packed.data_ptr() + n0 * kp,
+            scale.data_ptr() + 4 * n0,
+            nn,
+            k,
+            w.data_ptr(),
+            torch.get_num_threads(),
+        )
 
     return _by_panels(x2, bias, n, fill)
 
@@ -95,10 +103,18 @@ def linear_w4_dense(x2, codes, scale, zero, bias, n: int, group_size: int) -> to
 
     def fill(n0, nn, wt):
         nb = n0 // 16
-        _C.dequant_w4t(codes.data_ptr() + nb * block_bytes,
-                       scale.data_ptr() + 2 * nb * ngroups * 16,
-                       0 if zero is None else zero.data_ptr() + nb * ngroups * 16, group_size,
-                       ngroups, nn, k, wt.data_ptr(), nn, torch.get_num_threads())
+        _C.dequant_w4t(
+            codes.data_ptr() + nb * block_bytes,
+            scale.data_ptr() + 2 * nb * ngroups * 16,
+            0 if zero is None else zero.data_ptr() + nb * ngroups * 16,
+            group_size,
+            ngroups,
+            nn,
+            k,
+            wt.data_ptr(),
+            nn,
+            torch.get_num_threads(),
+        )
 
     return _by_panels(x2, bias, n, fill, transposed=True)
 
@@ -111,8 +127,13 @@ def linear_24_dense(x2, values, meta, bias, n: int) -> torch.Tensor:
 
     def fill(n0, nn, w):
         nb = n0 // 16
-        _C.decompress_24(values.data_ptr() + nb * block_values,
-                         meta.data_ptr() + nb * block_meta, nn, k, w.data_ptr(),
-                         torch.get_num_threads())
+        _C.decompress_24(
+            values.data_ptr() + nb * block_values,
+            meta.data_ptr() + nb * block_meta,
+            nn,
+            k,
+            w.data_ptr(),
+            torch.get_num_threads(),
+        )
 
     return _by_panels(x2, bias, n, fill)

@@ -13,6 +13,7 @@ device and cached (``gpu_weights``): int8 [N, K]; int4 nibbles [N, K/2] + fp16 s
 [N, K/G] + zeros; the CUDA W4 kernel's fragment-shuffled words (formats/int4.py
 ``shuffle_w4_mma``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,10 @@ def cuda_extension():
     try:
         return importlib.import_module("tersor._C_cuda"), ""
     except ImportError as e:
-        return None, (f"the CUDA extension is not built ({e}); rebuild with "
-                      f"CMAKE_ARGS=-DTERSOR_CUDA=on where nvcc is installed")
+        return None, (
+            f"the CUDA extension is not built ({e}); rebuild with "
+            f"CMAKE_ARGS=-DTERSOR_CUDA=on where nvcc is installed"
+        )
 
 
 def cuda_unavailable(x: torch.Tensor) -> str:
@@ -59,8 +62,12 @@ def pick(pref: str, x: torch.Tensor, has: tuple, what: str) -> str:
     "triton") that `pref` allows and that can run on x, else "ref"."""
     if pref == "ref":
         return "ref"
-    order = {"auto": ("cuda", "triton"), "native": ("cuda",), "cuda": ("cuda",),
-             "triton": ("triton",)}[pref]
+    order = {
+        "auto": ("cuda", "triton"),
+        "native": ("cuda",),
+        "cuda": ("cuda",),
+        "triton": ("triton",),
+    }[pref]
     reasons = []
     for k in order:
         if k not in has:

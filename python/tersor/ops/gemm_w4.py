@@ -3,6 +3,7 @@ y = x W^T + b with int4 group-wise weights in the kernel layout of formats/int4.
 
 Layout of every family module: ops/_common.py.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -15,8 +16,9 @@ from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 
-def gemm_w4_cpu(x, codes, scale, zero, bias, n: int, group_size: int,
-                act_int8: bool) -> torch.Tensor:
+def gemm_w4_cpu(
+    x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bool
+) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -25,13 +27,28 @@ def gemm_w4_cpu(x, codes, scale, zero, bias, n: int, group_size: int,
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
         fn = _C.gemm_w4a8 if act_int8 else _C.gemm_w4
-        fn(x2.data_ptr(), m, k, x2.stride(0), codes.data_ptr(), scale.data_ptr(), ptr(zero),
-               group_size, scale.shape[1], n, ptr(bias), y.data_ptr(), n, torch.get_num_threads())
+        fn(
+            x2.data_ptr(),
+            m,
+            k,
+            x2.stride(0),
+            codes.data_ptr(),
+            scale.data_ptr(),
+            ptr(zero),
+            group_size,
+            scale.shape[1],
+            n,
+            ptr(bias),
+            y.data_ptr(),
+            n,
+            torch.get_num_threads(),
+        )
     return out_2d(x, y, n)
 
 
-def linear_w4(x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bool,
-              kernel_pref: str = "auto") -> torch.Tensor:
+def linear_w4(
+    x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bool, kernel_pref: str = "auto"
+) -> torch.Tensor:
     if eager(x, kernel_pref):
         return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8)
     op = gemm_w4a8 if act_int8 else gemm_w4
@@ -39,31 +56,43 @@ def linear_w4(x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bo
 
 
 def check_packed_int4(op: str, x, codes, scale, zero, bias, n: int, group_size: int) -> None:
-    check((x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point())) and x.dim() >= 1,
-          f"{op}: x must be float32 (float16 / bfloat16 also on a GPU), got {x.dtype}")
+    check(
+        (x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point())) and x.dim() >= 1,
+        f"{op}: x must be float32 (float16 / bfloat16 also on a GPU), got {x.dtype}",
+    )
     k = x.shape[-1]
-    check(codes.dtype == torch.uint8 and codes.dim() == 4 and codes.shape[2:] == (16, 4),
-          f"{op}: codes must be uint8 [Np/16, Kp/8, 16, 4], got {codes.dtype} "
-          f"{tuple(codes.shape)}")
+    check(
+        codes.dtype == torch.uint8 and codes.dim() == 4 and codes.shape[2:] == (16, 4),
+        f"{op}: codes must be uint8 [Np/16, Kp/8, 16, 4], got {codes.dtype} {tuple(codes.shape)}",
+    )
     np_, kp = codes.shape[0] * 16, codes.shape[1] * 8
-    check(group_size % 8 == 0 and group_size > 0, f"{op}: group_size {group_size} must be a "
-                                                   f"positive multiple of 8")
+    check(
+        group_size % 8 == 0 and group_size > 0,
+        f"{op}: group_size {group_size} must be a positive multiple of 8",
+    )
     ngroups = kp // group_size
     # one group: K padded up to a multiple of 8; several groups: K is exactly ngroups * G
     fits = (kp >= k > kp - 8) if ngroups == 1 else (k == kp)
-    check(ngroups * group_size == kp and fits,
-          f"{op}: packed K={kp} (group {group_size}) does not fit x with K={k}")
+    check(
+        ngroups * group_size == kp and fits,
+        f"{op}: packed K={kp} (group {group_size}) does not fit x with K={k}",
+    )
     check(np_ >= n > np_ - 16, f"{op}: out_features={n} does not match the packed weight ({np_})")
-    check(scale.dtype == torch.float16 and tuple(scale.shape) == (np_ // 16, ngroups, 16),
-          f"{op}: scale must be float16 [{np_ // 16}, {ngroups}, 16], got {scale.dtype} "
-          f"{tuple(scale.shape)}")
+    check(
+        scale.dtype == torch.float16 and tuple(scale.shape) == (np_ // 16, ngroups, 16),
+        f"{op}: scale must be float16 [{np_ // 16}, {ngroups}, 16], got {scale.dtype} "
+        f"{tuple(scale.shape)}",
+    )
     if zero is not None:
-        check(zero.dtype == torch.uint8 and zero.shape == scale.shape,
-              f"{op}: zero must be uint8 {tuple(scale.shape)}, got {zero.dtype} "
-              f"{tuple(zero.shape)}")
+        check(
+            zero.dtype == torch.uint8 and zero.shape == scale.shape,
+            f"{op}: zero must be uint8 {tuple(scale.shape)}, got {zero.dtype} {tuple(zero.shape)}",
+        )
     if bias is not None:
-        check(bias.dtype == torch.float32 and tuple(bias.shape) == (n,),
-              f"{op}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}")
+        check(
+            bias.dtype == torch.float32 and tuple(bias.shape) == (n,),
+            f"{op}: bias must be float32 [{n}], got {bias.dtype} {tuple(bias.shape)}",
+        )
     for t in (codes, scale, zero, bias):
         if t is not None:
             check(t.is_contiguous(), f"{op}: weight tensors must be contiguous")
@@ -76,8 +105,9 @@ def _ops(name: str, act_int8: bool):
 
     def device_path(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
         check_packed_int4(name, x, codes, scale, zero, bias, out_features, group_size)
-        return gpu.int4_linear(x, codes, scale, zero, bias, out_features, group_size, kernel_pref,
-                               act_int8)
+        return gpu.int4_linear(
+            x, codes, scale, zero, bias, out_features, group_size, kernel_pref, act_int8
+        )
 
     def cpu(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
         if kernel_pref not in NATIVE:
@@ -88,9 +118,16 @@ def _ops(name: str, act_int8: bool):
     def fake(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
         return x.new_empty((*x.shape[:-1], out_features))
 
-    def schema_of(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-                  zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], out_features: int,
-                  group_size: int, kernel_pref: str = "auto") -> torch.Tensor:
+    def schema_of(
+        x: torch.Tensor,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero: Optional[torch.Tensor],
+        bias: Optional[torch.Tensor],
+        out_features: int,
+        group_size: int,
+        kernel_pref: str = "auto",
+    ) -> torch.Tensor:
         return device_path(x, codes, scale, zero, bias, out_features, group_size, kernel_pref)
 
     op = torch.library.custom_op(name, schema_of, mutates_args=())
@@ -104,20 +141,43 @@ gemm_w4a8 = _ops("tersor::gemm_w4a8", act_int8=True)
 
 
 @torch.library.custom_op("tersor::dequant_w4t", mutates_args=())
-def dequant_w4t(codes: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
-                out_features: int, in_features: int, group_size: int) -> torch.Tensor:
+def dequant_w4t(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: Optional[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    group_size: int,
+) -> torch.Tensor:
     """Packed int4 -> fp32 W^T [in_features, out_features] (exactly (q - z) * s)."""
-    check_packed_int4("tersor::dequant_w4t", torch.empty(0, in_features, device=codes.device),
-                      codes, scale, zero, None, out_features, group_size)
+    check_packed_int4(
+        "tersor::dequant_w4t",
+        torch.empty(0, in_features, device=codes.device),
+        codes,
+        scale,
+        zero,
+        None,
+        out_features,
+        group_size,
+    )
     if codes.device.type != "cpu":
         from tersor.formats.int4 import dequantize_int4, unpack_int4
 
         q, s, z = unpack_int4(codes, scale, zero, out_features, in_features)
         return dequantize_int4(q, s, z, group_size).t().contiguous()
     out = torch.empty((in_features, out_features), dtype=torch.float32)
-    _C.dequant_w4t(codes.data_ptr(), scale.data_ptr(), ptr(zero), group_size, scale.shape[1],
-                   out_features, in_features, out.data_ptr(), out_features,
-                   torch.get_num_threads())
+    _C.dequant_w4t(
+        codes.data_ptr(),
+        scale.data_ptr(),
+        ptr(zero),
+        group_size,
+        scale.shape[1],
+        out_features,
+        in_features,
+        out.data_ptr(),
+        out_features,
+        torch.get_num_threads(),
+    )
     return out
 
 

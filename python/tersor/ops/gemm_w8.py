@@ -1,6 +1,7 @@
 """``tersor::gemm_w8``: y = x W^T + b with float activations and int8 weights widened in
 registers (formats/int8.py kernel form); from DENSE_MIN_ROWS rows, dequantized panels into
 torch's fp32 GEMM (ops/dense_path.py)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -21,8 +22,20 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
         return out_2d(x, linear_w8_dense(x2, packed, scale, bias, n), n)
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
-        _C.gemm_w8(x2.data_ptr(), m, k, x2.stride(0), packed.data_ptr(), 0, scale.data_ptr(), n,
-                   ptr(bias), y.data_ptr(), n, torch.get_num_threads())
+        _C.gemm_w8(
+            x2.data_ptr(),
+            m,
+            k,
+            x2.stride(0),
+            packed.data_ptr(),
+            0,
+            scale.data_ptr(),
+            n,
+            ptr(bias),
+            y.data_ptr(),
+            n,
+            torch.get_num_threads(),
+        )
     return out_2d(x, y, n)
 
 
@@ -44,8 +57,14 @@ def linear_w8(x, packed, scale, bias, n: int, kernel_pref: str = "auto") -> torc
 
 
 @torch.library.custom_op("tersor::gemm_w8", mutates_args=())
-def gemm_w8(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
-            bias: Optional[torch.Tensor], out_features: int, kernel_pref: str = "auto") -> torch.Tensor:
+def gemm_w8(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    kernel_pref: str = "auto",
+) -> torch.Tensor:
     check_packed_int8("tersor::gemm_w8", x, packed, None, scale, bias, out_features)
     return gpu.int8_linear(x, packed, scale, bias, out_features, kernel_pref, act_int8=False)
 

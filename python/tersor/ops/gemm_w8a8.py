@@ -1,5 +1,6 @@
 """``tersor::gemm_w8a8``: y = x W^T + b with dynamic per-row int8 activations, int8 weights in
 the kernel form of formats/int8.py (the same tensors on every device)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -18,23 +19,48 @@ def gemm_w8a8_cpu(x, packed, colsum, scale, bias, n: int) -> torch.Tensor:
         m, k = x.shape
         y = x.new_empty(m, n)  # float32 like x (torch.empty(..., dtype=) costs 1 us more)
         if m:
-            _C.gemm_w8a8(x.data_ptr(), m, k, k, packed.data_ptr(), colsum.data_ptr(),
-                         scale.data_ptr(), n, ptr(bias), y.data_ptr(), n, _num_threads())
+            _C.gemm_w8a8(
+                x.data_ptr(),
+                m,
+                k,
+                k,
+                packed.data_ptr(),
+                colsum.data_ptr(),
+                scale.data_ptr(),
+                n,
+                ptr(bias),
+                y.data_ptr(),
+                n,
+                _num_threads(),
+            )
         return y
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
     y = x2.new_empty(m, n)
     if m:
-        _C.gemm_w8a8(x2.data_ptr(), m, k, x2.stride(0), packed.data_ptr(), colsum.data_ptr(),
-                     scale.data_ptr(), n, ptr(bias), y.data_ptr(), n, _num_threads())
+        _C.gemm_w8a8(
+            x2.data_ptr(),
+            m,
+            k,
+            x2.stride(0),
+            packed.data_ptr(),
+            colsum.data_ptr(),
+            scale.data_ptr(),
+            n,
+            ptr(bias),
+            y.data_ptr(),
+            n,
+            _num_threads(),
+        )
     return out_2d(x, y, n)
 
 
 def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int):
     """The eager CPU call of one packed weight, for the layers' fast path (contiguous 2-D float32
-    input of the layer's width, else None): the weight's data pointers are read once here (the closure keeps the tensors alive, and formats replace their
-    tensors rather than resize them), which saves ~0.5 us per call of a small layer."""
+        input of the layer's width, else None): the weight's data pointers are read once here (the
+    closure keeps the tensors alive, and formats replace their tensors rather than resize
+    them), which saves ~0.5 us per call of a small layer."""
     wp, cp, sp = packed.data_ptr(), colsum.data_ptr(), scale.data_ptr()
     kernel, kw = _C.gemm_w8a8, k
 
@@ -47,8 +73,20 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int):
             return None
         y = x.new_empty(m, n)
         if m:
-            kernel(x.data_ptr(), m, kw, kw, wp, cp, sp, n, 0 if bias is None else bias.data_ptr(),
-                   y.data_ptr(), n, _num_threads())
+            kernel(
+                x.data_ptr(),
+                m,
+                kw,
+                kw,
+                wp,
+                cp,
+                sp,
+                n,
+                0 if bias is None else bias.data_ptr(),
+                y.data_ptr(),
+                n,
+                _num_threads(),
+            )
         return y
 
     return run
@@ -61,9 +99,15 @@ def linear_w8a8(x, packed, colsum, scale, bias, n: int, kernel_pref: str = "auto
 
 
 @torch.library.custom_op("tersor::gemm_w8a8", mutates_args=())
-def gemm_w8a8(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, scale: torch.Tensor,
-              bias: Optional[torch.Tensor], out_features: int,
-              kernel_pref: str = "auto") -> torch.Tensor:
+def gemm_w8a8(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    colsum: torch.Tensor,
+    scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    kernel_pref: str = "auto",
+) -> torch.Tensor:
     """Any device: the device path (CUDA extension -> Triton -> torch reference)."""
     check_packed_int8("tersor::gemm_w8a8", x, packed, colsum, scale, bias, out_features)
     return gpu.int8_linear(x, packed, scale, bias, out_features, kernel_pref, act_int8=True)

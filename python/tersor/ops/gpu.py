@@ -13,6 +13,7 @@ Large M: past DEQUANT_ROWS rows a weight-only layer dequantizes the whole weight
 runs cuBLAS, the dequantize + GEMM path DESIGN allows where it is faster; the thresholds are
 what bench/gpu_check.sh measures (they are the CPU-side defaults until a GPU run sets them).
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,7 @@ def _cuda_ext():
 
 def w8a8(x2, q, scale, bias, kernel, what):
     """x2 [M, K] float (fp32 / fp16 / bf16) -> [M, N] in x2's dtype."""
-    k = device.pick(kernel, x2, ("cuda", "triton") if x2.shape[1] % 16 == 0 else ("triton",),
-                    what)
+    k = device.pick(kernel, x2, ("cuda", "triton") if x2.shape[1] % 16 == 0 else ("triton",), what)
     if k == "cuda":
         ext, s = _cuda_ext(), device.stream_of(x2)
         m, kk = x2.shape
@@ -53,14 +53,35 @@ def w8a8(x2, q, scale, bias, kernel, what):
         xin = xin.contiguous()
         xq = torch.empty(m, kk, dtype=torch.int8, device=x2.device)
         sx = torch.empty(m, dtype=torch.float32, device=x2.device)
-        ext.quantize_rows(xin.data_ptr(), xin.dtype == torch.float16, m, kk, xin.stride(0),
-                          xq.data_ptr(), kk, sx.data_ptr(), s)
+        ext.quantize_rows(
+            xin.data_ptr(),
+            xin.dtype == torch.float16,
+            m,
+            kk,
+            xin.stride(0),
+            xq.data_ptr(),
+            kk,
+            sx.data_ptr(),
+            s,
+        )
         half = x2.dtype == torch.float16
-        y = torch.empty(m, q.shape[0], dtype=torch.float16 if half else torch.float32,
-                        device=x2.device)
+        y = torch.empty(
+            m, q.shape[0], dtype=torch.float16 if half else torch.float32, device=x2.device
+        )
         b = None if bias is None else bias.float().contiguous()
-        ext.gemm_w8a8(xq.data_ptr(), sx.data_ptr(), q.data_ptr(), scale.data_ptr(),
-                      0 if b is None else b.data_ptr(), y.data_ptr(), half, m, q.shape[0], kk, s)
+        ext.gemm_w8a8(
+            xq.data_ptr(),
+            sx.data_ptr(),
+            q.data_ptr(),
+            scale.data_ptr(),
+            0 if b is None else b.data_ptr(),
+            y.data_ptr(),
+            half,
+            m,
+            q.shape[0],
+            kk,
+            s,
+        )
         return y.to(x2.dtype)
     if k == "triton":
         from tersor.triton_kernels import gemm_w8a8 as tw8
@@ -98,13 +119,24 @@ def w4(x2, gw, group_size, bias, kernel, what):
 
         sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
         split = split_k_for(m, n, kk // group_size, 128, sms)
-        y = (torch.zeros if split > 1 else torch.empty)(m, n, dtype=torch.float32,
-                                                          device=x2.device)
+        y = (torch.zeros if split > 1 else torch.empty)(m, n, dtype=torch.float32, device=x2.device)
         b = None if bias is None else bias.float().contiguous()
-        ext.gemm_w4(xin.data_ptr(), xin.stride(0), gw["words"].data_ptr(),
-                    gw["scale_t"].data_ptr(), gw["zf_t"].data_ptr(), gw["scale_t"].shape[1],
-                    0 if b is None else b.data_ptr(), y.data_ptr(), m, n, kk, group_size, split,
-                    device.stream_of(x2))
+        ext.gemm_w4(
+            xin.data_ptr(),
+            xin.stride(0),
+            gw["words"].data_ptr(),
+            gw["scale_t"].data_ptr(),
+            gw["zf_t"].data_ptr(),
+            gw["scale_t"].shape[1],
+            0 if b is None else b.data_ptr(),
+            y.data_ptr(),
+            m,
+            n,
+            kk,
+            group_size,
+            split,
+            device.stream_of(x2),
+        )
         return y.to(x2.dtype)
     if k == "triton":
         from tersor.triton_kernels import dequant as tdq
@@ -114,8 +146,9 @@ def w4(x2, gw, group_size, bias, kernel, what):
             w = tdq.dequant_w4(gw["nibbles"], gw["scale"], gw["zero"], group_size, kk, x2.dtype)
             return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
         bk = 32 if group_size % 32 == 0 else 16
-        return tw4.gemm_w4(x2.contiguous(), gw["nibbles"], gw["scale"], gw["zero"], group_size,
-                           bias, block_k=bk)
+        return tw4.gemm_w4(
+            x2.contiguous(), gw["nibbles"], gw["scale"], gw["zero"], group_size, bias, block_k=bk
+        )
     from tersor.formats.int4 import dequantize_int4, from_nibbles
 
     w = dequantize_int4(from_nibbles(gw["nibbles"], kk), gw["scale"], gw["zero"], group_size)
@@ -128,13 +161,19 @@ def int4_forms(q, scale, zero, group_size: int, cuda: bool) -> dict:
     from tersor.formats.int4 import shuffle_w4_mma, to_nibbles
 
     dev = scale.device
-    forms = {"nibbles": to_nibbles(q.cpu()).to(dev), "scale": scale.contiguous(),
-             "zero": None if zero is None else zero.contiguous()}
+    forms = {
+        "nibbles": to_nibbles(q.cpu()).to(dev),
+        "scale": scale.contiguous(),
+        "zero": None if zero is None else zero.contiguous(),
+    }
     if cuda and q.shape[1] % 16 == 0 and group_size % 16 == 0:
         n = q.shape[0]
         np_ = -(-n // 32) * 32
-        z = zero.to(torch.float32) if zero is not None else torch.full_like(scale, 8.0,
-                                                                            dtype=torch.float32)
+        z = (
+            zero.to(torch.float32)
+            if zero is not None
+            else torch.full_like(scale, 8.0, dtype=torch.float32)
+        )
         st = torch.zeros(scale.shape[1], np_, dtype=torch.float16, device=dev)
         zt = torch.full((scale.shape[1], np_), 1024.0 + 8, dtype=torch.float16, device=dev)
         st[:, :n] = scale.t()
@@ -146,8 +185,9 @@ def int4_forms(q, scale, zero, group_size: int, cuda: bool) -> dict:
 def spmm_24(x2, values, meta, bias, kernel, what, dense_weight):
     """2:4 on a device: CUDA mma.sp for fp16 activations (K % 32 == 0), else the dense product
     on the decompressed weight (cuBLAS: the reference here; Triton has no sparse dot)."""
-    k = device.pick(kernel, x2, ("cuda",) if x2.dtype == torch.float16 and x2.shape[1] % 32 == 0
-                    else (), what)
+    k = device.pick(
+        kernel, x2, ("cuda",) if x2.dtype == torch.float16 and x2.shape[1] % 32 == 0 else (), what
+    )
     if k == "cuda":
         from tersor.formats.sparse24 import meta_words_24
 
@@ -159,9 +199,18 @@ def spmm_24(x2, values, meta, bias, kernel, what, dense_weight):
         vals = values.to(torch.float16).contiguous()
         words = meta_words_24(meta)
         b = None if bias is None else bias.to(torch.float16).contiguous()
-        ext.spmm_24(xin.data_ptr(), xin.stride(0), vals.data_ptr(), words.data_ptr(),
-                    0 if b is None else b.data_ptr(), y.data_ptr(), m, n, kk,
-                    device.stream_of(x2))
+        ext.spmm_24(
+            xin.data_ptr(),
+            xin.stride(0),
+            vals.data_ptr(),
+            words.data_ptr(),
+            0 if b is None else b.data_ptr(),
+            y.data_ptr(),
+            m,
+            n,
+            kk,
+            device.stream_of(x2),
+        )
         return y
     w = dense_weight().to(x2.dtype)
     return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
@@ -170,6 +219,7 @@ def spmm_24(x2, values, meta, bias, kernel, what, dense_weight):
 # ---- entry points of the ops' device registrations ---------------------------------------------
 # x [..., K] on any device (float32, or float16 / bfloat16 on a GPU); the weights in the CPU
 # kernel form of their format, on x's device; the result in x's dtype.
+
 
 def _rows(x):
     return x.reshape(-1, x.shape[-1])
@@ -184,8 +234,7 @@ def int8_linear(x, packed, scale, bias, n: int, kernel: str, act_int8: bool):
     return fn(_rows(x), q, s, bias, kernel, what).view(*x.shape[:-1], n)
 
 
-def int4_linear(x, codes, scale, zero, bias, n: int, group_size: int, kernel: str,
-                act_int8: bool):
+def int4_linear(x, codes, scale, zero, bias, n: int, group_size: int, kernel: str, act_int8: bool):
     from tersor.formats.int4 import unpack_int4
 
     k = x.shape[-1]
@@ -197,8 +246,10 @@ def int4_linear(x, codes, scale, zero, bias, n: int, group_size: int, kernel: st
         q, s, z = forms(codes, lambda: unpack_int4(codes, scale, zero, n, k))
         y = gemm_w4a8_ref(x2.float(), q, s, z, group_size, bias).to(x.dtype)
     else:
-        gw = forms(codes, lambda: int4_forms(*unpack_int4(codes, scale, zero, n, k), group_size,
-                                             codes.is_cuda))
+        gw = forms(
+            codes,
+            lambda: int4_forms(*unpack_int4(codes, scale, zero, n, k), group_size, codes.is_cuda),
+        )
         y = w4(x2, gw, group_size, bias, kernel, "tersor::gemm_w4")
     return y.view(*x.shape[:-1], n)
 
@@ -208,8 +259,9 @@ def sparse24_linear(x, values, meta, bias, n: int, kernel: str):
 
     k = x.shape[-1]
     v, m = forms(values, lambda: unpack_24(values, meta, n, k))
-    y = spmm_24(_rows(x), v, m, bias, kernel, "tersor::spmm_24",
-                lambda: decompress_24(v.float(), m, k))
+    y = spmm_24(
+        _rows(x), v, m, bias, kernel, "tersor::spmm_24", lambda: decompress_24(v.float(), m, k)
+    )
     return y.view(*x.shape[:-1], n)
 
 

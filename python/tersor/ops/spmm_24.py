@@ -1,6 +1,7 @@
 """``tersor::spmm_24``: y = x W^T + b with a 2:4 sparse fp32 weight, and
 ``tersor::spmm_24_w8a8`` with a 2:4 sparse int8 weight x per-row int8 activations
 (formats/sparse24.py kernel forms). Layout of every family module: ops/_common.py."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -21,8 +22,19 @@ def spmm_24_cpu(x, values, meta, bias, n: int) -> torch.Tensor:
         return out_2d(x, linear_24_dense(x2, values, meta, bias, n), n)
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
-        _C.spmm_24(x2.data_ptr(), m, k, x2.stride(0), values.data_ptr(), meta.data_ptr(), n,
-                   ptr(bias), y.data_ptr(), n, torch.get_num_threads())
+        _C.spmm_24(
+            x2.data_ptr(),
+            m,
+            k,
+            x2.stride(0),
+            values.data_ptr(),
+            meta.data_ptr(),
+            n,
+            ptr(bias),
+            y.data_ptr(),
+            n,
+            torch.get_num_threads(),
+        )
     return out_2d(x, y, n)
 
 
@@ -34,25 +46,44 @@ def linear_24(x, values, meta, bias, n: int, kernel_pref: str = "auto") -> torch
 
 def _check_24(x, values, meta, bias, out_features):
     k = x.shape[-1]
-    check(x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
-          f"tersor::spmm_24: x must be float32 (float16 also on a GPU), got {x.dtype}")
-    check(values.dtype == torch.float32 and values.dim() == 4 and values.shape[2:] == (2, 16)
-          and values.shape[1] == (k + 3) // 4,
-          f"tersor::spmm_24: values must be float32 [Np/16, {(k + 3) // 4}, 2, 16], got "
-          f"{values.dtype} {tuple(values.shape)}")
-    check(meta.dtype == torch.uint8 and meta.shape[0] == values.shape[0]
-          and meta.shape[1] == ((k + 3) // 4 + 3) // 4 * 4,
-          f"tersor::spmm_24: meta does not match values, got {tuple(meta.shape)}")
-    check(values.shape[0] * 16 >= out_features > values.shape[0] * 16 - 16,
-          f"tersor::spmm_24: out_features={out_features} does not match the packed weight")
+    check(
+        x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
+        f"tersor::spmm_24: x must be float32 (float16 also on a GPU), got {x.dtype}",
+    )
+    check(
+        values.dtype == torch.float32
+        and values.dim() == 4
+        and values.shape[2:] == (2, 16)
+        and values.shape[1] == (k + 3) // 4,
+        f"tersor::spmm_24: values must be float32 [Np/16, {(k + 3) // 4}, 2, 16], got "
+        f"{values.dtype} {tuple(values.shape)}",
+    )
+    check(
+        meta.dtype == torch.uint8
+        and meta.shape[0] == values.shape[0]
+        and meta.shape[1] == ((k + 3) // 4 + 3) // 4 * 4,
+        f"tersor::spmm_24: meta does not match values, got {tuple(meta.shape)}",
+    )
+    check(
+        values.shape[0] * 16 >= out_features > values.shape[0] * 16 - 16,
+        f"tersor::spmm_24: out_features={out_features} does not match the packed weight",
+    )
     if bias is not None:
-        check(bias.dtype == torch.float32 and tuple(bias.shape) == (out_features,),
-              f"tersor::spmm_24: bias must be float32 [{out_features}]")
+        check(
+            bias.dtype == torch.float32 and tuple(bias.shape) == (out_features,),
+            f"tersor::spmm_24: bias must be float32 [{out_features}]",
+        )
 
 
 @torch.library.custom_op("tersor::spmm_24", mutates_args=())
-def spmm_24(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
-            bias: Optional[torch.Tensor], out_features: int, kernel_pref: str = "auto") -> torch.Tensor:
+def spmm_24(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    kernel_pref: str = "auto",
+) -> torch.Tensor:
     """Any device: CUDA mma.sp for fp16, else the dense product on the decompressed weight."""
     _check_24(x, values, meta, bias, out_features)
     return gpu.sparse24_linear(x, values, meta, bias, out_features, kernel_pref)
@@ -77,14 +108,27 @@ def spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n: int) -> torch.Tens
     m = x2.shape[0]
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
-        _C.spmm_24_w8a8(x2.data_ptr(), m, k, x2.stride(0), values.data_ptr(), meta.data_ptr(),
-                        colsum.data_ptr(), scale.data_ptr(), n, ptr(bias), y.data_ptr(), n,
-                        torch.get_num_threads())
+        _C.spmm_24_w8a8(
+            x2.data_ptr(),
+            m,
+            k,
+            x2.stride(0),
+            values.data_ptr(),
+            meta.data_ptr(),
+            colsum.data_ptr(),
+            scale.data_ptr(),
+            n,
+            ptr(bias),
+            y.data_ptr(),
+            n,
+            torch.get_num_threads(),
+        )
     return out_2d(x, y, n)
 
 
-def linear_24_w8a8(x, values, meta, colsum, scale, bias, n: int,
-                   kernel_pref: str = "auto") -> torch.Tensor:
+def linear_24_w8a8(
+    x, values, meta, colsum, scale, bias, n: int, kernel_pref: str = "auto"
+) -> torch.Tensor:
     if eager(x, kernel_pref):
         return spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n)
     return spmm_24_w8a8(x, values, meta, colsum, scale, bias, n, kernel_pref)
@@ -93,23 +137,36 @@ def linear_24_w8a8(x, values, meta, colsum, scale, bias, n: int,
 def _check_24_w8a8(x, values, meta, colsum, scale, bias, out_features):
     k, op = x.shape[-1], "tersor::spmm_24_w8a8"
     k8 = (k + 7) // 8
-    check(x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
-          f"{op}: x must be float32, got {x.dtype}")
+    check(
+        x.dtype == torch.float32 or (not x.is_cpu and x.is_floating_point()),
+        f"{op}: x must be float32, got {x.dtype}",
+    )
     check(k <= 65536, f"{op}: K={k} > 65536 (int32 accumulator bound)")
-    check(values.dtype == torch.int8 and values.dim() == 4 and values.shape[1:] == (k8, 16, 4),
-          f"{op}: values must be int8 [Np/16, {k8}, 16, 4], got {values.dtype} "
-          f"{tuple(values.shape)}")
+    check(
+        values.dtype == torch.int8 and values.dim() == 4 and values.shape[1:] == (k8, 16, 4),
+        f"{op}: values must be int8 [Np/16, {k8}, 16, 4], got {values.dtype} {tuple(values.shape)}",
+    )
     np_ = values.shape[0] * 16
-    check(meta.dtype == torch.uint8 and tuple(meta.shape) == (values.shape[0], k8, 16),
-          f"{op}: meta must be uint8 [{values.shape[0]}, {k8}, 16], got {tuple(meta.shape)}")
-    check(colsum.dtype == torch.int32 and scale.dtype == torch.float32
-          and colsum.shape == (np_,) and scale.shape == (np_,),
-          f"{op}: colsum/scale must be int32/float32 [{np_}]")
-    check(np_ >= out_features > np_ - 16,
-          f"{op}: out_features={out_features} does not match the packed weight")
+    check(
+        meta.dtype == torch.uint8 and tuple(meta.shape) == (values.shape[0], k8, 16),
+        f"{op}: meta must be uint8 [{values.shape[0]}, {k8}, 16], got {tuple(meta.shape)}",
+    )
+    check(
+        colsum.dtype == torch.int32
+        and scale.dtype == torch.float32
+        and colsum.shape == (np_,)
+        and scale.shape == (np_,),
+        f"{op}: colsum/scale must be int32/float32 [{np_}]",
+    )
+    check(
+        np_ >= out_features > np_ - 16,
+        f"{op}: out_features={out_features} does not match the packed weight",
+    )
     if bias is not None:
-        check(bias.dtype == torch.float32 and tuple(bias.shape) == (out_features,),
-              f"{op}: bias must be float32 [{out_features}]")
+        check(
+            bias.dtype == torch.float32 and tuple(bias.shape) == (out_features,),
+            f"{op}: bias must be float32 [{out_features}]",
+        )
 
 
 def _24_w8a8_device(x, values, meta, scale, bias, out_features, kernel_pref):
@@ -122,14 +179,22 @@ def _24_w8a8_device(x, values, meta, scale, bias, out_features, kernel_pref):
         return decompress_24(v.to(torch.float32), m, k).to(torch.int8), s
 
     q, s = gpu.forms(values, dense)
-    return gpu.reference_linear(x, lambda: q, bias, out_features, kernel_pref,
-                                "tersor::spmm_24_w8a8", int8_scale=s)
+    return gpu.reference_linear(
+        x, lambda: q, bias, out_features, kernel_pref, "tersor::spmm_24_w8a8", int8_scale=s
+    )
 
 
 @torch.library.custom_op("tersor::spmm_24_w8a8", mutates_args=())
-def spmm_24_w8a8(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
-                 colsum: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
-                 out_features: int, kernel_pref: str = "auto") -> torch.Tensor:
+def spmm_24_w8a8(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    colsum: torch.Tensor,
+    scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    kernel_pref: str = "auto",
+) -> torch.Tensor:
     """Any device: the W8A8 reference on the decompressed int8 weight (no GPU kernel_pref)."""
     _check_24_w8a8(x, values, meta, colsum, scale, bias, out_features)
     return _24_w8a8_device(x, values, meta, scale, bias, out_features, kernel_pref)

@@ -4,6 +4,7 @@ csrc/gemm_w4a8/gemm_w4a8.h), not from the kernels.
 Shapes: x [M, K] float32; canonical q [N, K] uint8, scale fp16 [N, ngroups], zero uint8
 [N, ngroups] or None (symmetric, z = 8); G the effective group size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,10 +32,14 @@ def gemm_w4a8_ref(x, q, scale, zero, group_size, bias=None):
     xq[:, :k] = qx.to(torch.float64)
     qq = torch.zeros(n, kp, dtype=torch.float64, device=x.device)
     qq[:, :k] = q.to(torch.float64)
-    z = (zero.to(torch.float64) if zero is not None
-         else torch.full((n, ngroups), 8.0, dtype=torch.float64, device=x.device))
-    dots = torch.einsum("mgk,ngk->mng", xq.view(m, ngroups, group_size),
-                        qq.view(n, ngroups, group_size))  # exact integers
+    z = (
+        zero.to(torch.float64)
+        if zero is not None
+        else torch.full((n, ngroups), 8.0, dtype=torch.float64, device=x.device)
+    )
+    dots = torch.einsum(
+        "mgk,ngk->mng", xq.view(m, ngroups, group_size), qq.view(n, ngroups, group_size)
+    )  # exact integers
     sums = xq.view(m, ngroups, group_size).sum(-1)  # [m, g]
     t = dots - z[None] * sums[:, None, :]
     y = (t * scale.to(torch.float64)[None]).sum(-1) * sx.to(torch.float64)[:, None]

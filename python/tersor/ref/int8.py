@@ -2,6 +2,7 @@
 
 Shapes: x [M, K] float32, q [N, K] int8 (canonical), w_scale [N] float32, bias [N] or None.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,10 +38,12 @@ def conv_w8a8_ref(x, q, w_scale, bias, kernel_size, stride, padding, dilation):
     qx, sx = quantize_rows_ref(x.reshape(b, -1))
     kh, kw = kernel_size
     wq = q.view(q.shape[0], kh, kw, c).permute(0, 3, 1, 2).to(torch.float64)
-    acc = torch.nn.functional.conv2d(qx.view(x.shape).to(torch.float64), wq, None, stride,
-                                     padding, dilation)
-    y = acc * (sx.to(torch.float64)[:, None, None, None]
-               * w_scale.to(torch.float64)[None, :, None, None])
+    acc = torch.nn.functional.conv2d(
+        qx.view(x.shape).to(torch.float64), wq, None, stride, padding, dilation
+    )
+    y = acc * (
+        sx.to(torch.float64)[:, None, None, None] * w_scale.to(torch.float64)[None, :, None, None]
+    )
     if bias is not None:
         y = y + bias.to(torch.float64)[None, :, None, None]
     return y.to(torch.float32)
