@@ -267,15 +267,10 @@ def sparse24_linear(x, values, meta, bias, n: int, kernel: str):
 
 def reference_linear(x, weight_fn, bias, n: int, kernel: str, what: str, int8_scale=None):
     """Families without a GPU kernel: the torch reference on the dense weight (int8 values
-    with int8_scale: the W8A8 reference, exact integer sums)."""
-    from tersor.ref.int8 import gemm_w8a8_ref
+    with int8_scale: the W8A8 reference, exact integer sums; tersor.ref.sparse)."""
+    from tersor.ref.sparse import dense_ref
 
     x2 = _rows(x)
     device.pick(kernel, x2, (), what)
-    w = weight_fn()
-    if int8_scale is None:
-        y = x2.double() @ w.double().t()
-        y = (y if bias is None else y + bias.double()).to(x.dtype)
-    else:
-        y = gemm_w8a8_ref(x2.float(), w, int8_scale, bias).to(x.dtype)
+    y = dense_ref(x2, weight_fn(), bias, int8_scale).to(x.dtype)
     return y.view(*x.shape[:-1], n)

@@ -2,6 +2,7 @@
 
 from tersor.ref.int4 import gemm_w4_ref, gemm_w4a8_ref
 from tersor.ref.int8 import dequant_w8_ref, gemm_w8_ref, gemm_w8a8_ref, quantize_rows_ref
+from tersor.ref.sparse import spmm_24_ref, spmm_block_ref, spmm_csr_ref
 
 __all__ = [
     "dequant_w8_ref",
@@ -10,4 +11,7 @@ __all__ = [
     "gemm_w8_ref",
     "gemm_w8a8_ref",
     "quantize_rows_ref",
+    "spmm_24_ref",
+    "spmm_block_ref",
+    "spmm_csr_ref",
 ]
