@@ -10,8 +10,8 @@ from torch import nn
 
 import tersor
 from tersor import _C
-from tersor.api import _quantize, register_handler
-from tersor.formats import SCHEMES, WeightFormat
+from tersor.api import quantize_with, register_handler
+from tersor.formats import SCHEMES, Int8Format, WeightFormat
 from tersor.nn import PackedLinear, QConv2d
 
 SCHEME_CONFIGS = {
@@ -211,7 +211,7 @@ def test_a_new_config_needs_only_a_handler():
     class MyInt8Config(tersor.W8Config):
         pass
 
-    register_handler(MyInt8Config, "quantize_")(_quantize)
+    register_handler(MyInt8Config, "quantize_")(quantize_with(Int8Format))
     model = nn.Sequential(nn.Linear(16, 8))
     report = tersor.quantize_(model, MyInt8Config())
     assert isinstance(model[0], tersor.QLinear) and report.converted[0].scheme == "w8"

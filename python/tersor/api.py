@@ -182,15 +182,23 @@ def _cannot_serve_int4(m, config) -> str:
     return ""
 
 
-def _quantize(m, config, ctx, name):
-    fmt_cls = Int4Format if isinstance(config, (W4Config, W4A8Config)) else Int8Format
-    return _build(m, fmt_cls.from_float(_gemm_weight(m), config, what=_label(name)), config, name)
+def quantize_with(fmt_cls) -> Callable:
+    """The handler of a quantization config whose layers hold `fmt_cls` formats built from
+    the float weight by ``fmt_cls.from_float(weight, config)``."""
+
+    def convert(m, config, ctx, name):
+        fmt = fmt_cls.from_float(_gemm_weight(m), config, what=_label(name))
+        return _build(m, fmt, config, name)
+
+    return convert
 
 
-for _cfg in (W8A8Config, W8Config):
-    register_handler(_cfg, "quantize_")(_quantize)
-for _cfg in (W4Config, W4A8Config):
-    register_handler(_cfg, "quantize_", cannot_serve=_cannot_serve_int4)(_quantize)
+register_handler(W8A8Config, "quantize_")(quantize_with(Int8Format))
+register_handler(W8Config, "quantize_")(quantize_with(Int8Format))
+register_handler(W4Config, "quantize_", cannot_serve=_cannot_serve_int4)(quantize_with(Int4Format))
+register_handler(W4A8Config, "quantize_", cannot_serve=_cannot_serve_int4)(
+    quantize_with(Int4Format)
+)
 
 
 def _wanda(model, layers, config, calibration, ctx):
@@ -472,6 +480,7 @@ __all__ = [
     "Report",
     "convert_module",
     "quantize_",
+    "quantize_with",
     "register_handler",
     "sparsify_",
 ]

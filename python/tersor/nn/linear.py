@@ -26,10 +26,16 @@ import torch
 from torch import nn
 
 from tersor.configs import KERNELS
-from tersor.formats import SCHEMES, WeightFormat
+from tersor.formats import (
+    SCHEMES,
+    BlockFormat,
+    CsrFormat,
+    Int4Format,
+    Int8Format,
+    Sparse24Format,
+    WeightFormat,
+)
 from tersor.formats import int4 as f4
-from tersor.formats.int4 import Int4Format
-from tersor.formats.sparse_csr import CsrFormat
 from tersor.ops._common import NATIVE
 
 _F32 = torch.float32
@@ -291,7 +297,7 @@ def _bias(flag: bool, n: int) -> Optional[torch.Tensor]:
     return torch.zeros(n) if flag else None
 
 
-class QLinear(PackedLinear, formats=(f4.Int4Format, SCHEMES["w8a8"][0])):
+class QLinear(PackedLinear, formats=(Int8Format, Int4Format)):
     """int8 per-channel ("w8a8", "w8") or int4 group-wise ("w4a8", "w4") weights."""
 
     def __init__(
@@ -356,7 +362,7 @@ class QLinear(PackedLinear, formats=(f4.Int4Format, SCHEMES["w8a8"][0])):
         )
 
 
-class SparseLinear(PackedLinear, formats=(SCHEMES["2:4"][0],)):
+class SparseLinear(PackedLinear, formats=(Sparse24Format,)):
     """2:4 sparse weights, fp32 ("2:4") or int8 ("2:4+w8a8") values."""
 
     def __init__(
@@ -420,7 +426,7 @@ class CsrLinear(PackedLinear, formats=(CsrFormat,)):
         self.fmt._apply(lambda t: t.to(device))
 
 
-class BlockSparseLinear(PackedLinear, formats=(SCHEMES["block"][0],)):
+class BlockSparseLinear(PackedLinear, formats=(BlockFormat,)):
     """Block-sparse weights, fp32 16x1 ("block") or int8 16x4 ("block+w8a8") blocks."""
 
     def __init__(

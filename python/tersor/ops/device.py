@@ -5,12 +5,13 @@ On a CUDA tensor each family runs, in order of preference,
     "triton" the Triton kernels (tersor.triton_kernels)
     "ref"    the torch reference (exact, slow)
 and a layer's ``kernel=`` ("auto", "native", "cuda", "triton", "ref") narrows the choice: a
-requested kernel that cannot run is an error naming the layer and the reason, never a silent
+requested kernel that cannot run is an error naming the op (the layer adds its name) and the
+reason, never a silent
 fallback. "triton" also runs on CPU tensors under TRITON_INTERPRET=1 (how CI tests this path).
 
-The layers hand the GPU kernels the canonical weight forms (formats/), re-laid out once per
-device and cached (``gpu_weights``): int8 [N, K]; int4 nibbles [N, K/2] + fp16 scales
-[N, K/G] + zeros; the CUDA W4 kernel's fragment-shuffled words (formats/int4.py
+The ops' device path (ops/gpu.py) hands the GPU kernels forms built from the canonical
+weights, once per packed tensor (``gpu.forms``): int8 [N, K]; int4 nibbles [N, K/2] + fp16
+scales [N, K/G] + zeros; the CUDA W4 kernel's fragment-shuffled words (formats/int4.py
 ``shuffle_w4_mma``).
 """
 
