@@ -291,12 +291,14 @@ class Sparse24Format(WeightFormat):
         values, meta, scale = quantize_24_int8(self.dequantize())
         return Sparse24Format(values, meta, self.in_features, scale)
 
-    def describe(self):
+    @property
+    def density(self) -> float:
+        """Fraction of the weights that are nonzero (at most 0.5)."""
         kept = int((self.canonical()[0] != 0).sum())
-        note = (
-            f"density {kept / max(1, self.out_features * self.in_features):.3f}, kernel "
-            f"spmm_24{'_w8a8' if self.int8 else ''}"
-        )
+        return kept / max(1, self.out_features * self.in_features)
+
+    def describe(self):
+        note = f"density {self.density:.3f}, kernel spmm_24{'_w8a8' if self.int8 else ''}"
         if not self.int8 and self.out_features * self.in_features >= 1 << 20:
             # the note matters only where the weight is large enough for the path to matter
             note += (

@@ -362,8 +362,11 @@ class QLinear(PackedLinear, formats=(Int8Format, Int4Format)):
         )
 
 
-class SparseLinear(PackedLinear, formats=(Sparse24Format,)):
-    """2:4 sparse weights, fp32 ("2:4") or int8 ("2:4+w8a8") values."""
+class _SparseLayer(PackedLinear):
+    """The sparse layer classes' shared constructor: (in, out, bias, name, scheme, kernel),
+    scheme one of the class's ``schemes`` (the first, fp32 values, by default)."""
+
+    schemes: tuple = ()
 
     def __init__(
         self,
@@ -371,44 +374,35 @@ class SparseLinear(PackedLinear, formats=(Sparse24Format,)):
         out_features: int,
         bias: bool = True,
         name: str = "",
-        scheme: str = "2:4",
+        scheme: Optional[str] = None,
         kernel: str = "auto",
     ):
-        if scheme not in ("2:4", "2:4+w8a8"):
-            raise ValueError(
-                f"SparseLinear: scheme must be one of ('2:4', '2:4+w8a8'), got {scheme!r}"
-            )
-        fmt = _empty(scheme, out_features, in_features, "SparseLinear")
+        cls = type(self).__name__
+        scheme = self.schemes[0] if scheme is None else scheme
+        if scheme not in self.schemes:
+            raise ValueError(f"{cls}: scheme must be one of {self.schemes}, got {scheme!r}")
+        fmt = _empty(scheme, out_features, in_features, cls)
         super().__init__(fmt, _bias(bias, out_features), kernel=kernel, name=name)
-
-
-class CsrLinear(PackedLinear, formats=(CsrFormat,)):
-    """Unstructured sparse weights, fp32 ("unstructured") or int8 ("unstructured+w8a8")."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        name: str = "",
-        scheme: str = "unstructured",
-        kernel: str = "auto",
-    ):
-        if scheme not in ("unstructured", "unstructured+w8a8"):
-            raise ValueError(
-                f"CsrLinear: scheme must be one of ('unstructured', "
-                f"'unstructured+w8a8'), got {scheme!r}"
-            )
-        fmt = _empty(scheme, out_features, in_features, "CsrLinear")
-        super().__init__(fmt, _bias(bias, out_features), kernel=kernel, name=name)
-
-    @property
-    def dense_from_rows(self) -> Optional[int]:
-        return self.fmt.dense_from_rows
 
     @property
     def density(self) -> float:
         return self.fmt.density
+
+
+class SparseLinear(_SparseLayer, formats=(Sparse24Format,)):
+    """2:4 sparse weights, fp32 ("2:4") or int8 ("2:4+w8a8") values."""
+
+    schemes = ("2:4", "2:4+w8a8")
+
+
+class CsrLinear(_SparseLayer, formats=(CsrFormat,)):
+    """Unstructured sparse weights, fp32 ("unstructured") or int8 ("unstructured+w8a8")."""
+
+    schemes = ("unstructured", "unstructured+w8a8")
+
+    @property
+    def dense_from_rows(self) -> Optional[int]:
+        return self.fmt.dense_from_rows
 
     def set_dense_fallback(self, rows: Optional[int]) -> None:
         """Run a dense copy of the weight from `rows` rows on (None: always sparse)."""
@@ -426,25 +420,7 @@ class CsrLinear(PackedLinear, formats=(CsrFormat,)):
         self.fmt._apply(lambda t: t.to(device))
 
 
-class BlockSparseLinear(PackedLinear, formats=(BlockFormat,)):
+class BlockSparseLinear(_SparseLayer, formats=(BlockFormat,)):
     """Block-sparse weights, fp32 16x1 ("block") or int8 16x4 ("block+w8a8") blocks."""
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        name: str = "",
-        scheme: str = "block",
-        kernel: str = "auto",
-    ):
-        if scheme not in ("block", "block+w8a8"):
-            raise ValueError(
-                f"BlockSparseLinear: scheme must be one of ('block', 'block+w8a8'), got {scheme!r}"
-            )
-        fmt = _empty(scheme, out_features, in_features, "BlockSparseLinear")
-        super().__init__(fmt, _bias(bias, out_features), kernel=kernel, name=name)
-
-    @property
-    def density(self) -> float:
-        return self.fmt.density
+    schemes = ("block", "block+w8a8")
