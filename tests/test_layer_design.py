@@ -244,3 +244,17 @@ def test_unknown_isa_names_the_choices(monkeypatch):
     monkeypatch.setenv("TERSOR_CPU_ISA", "sse2")
     with pytest.raises(ValueError, match="'sse2' is not one of auto, ref, avx2, avx512, amx"):
         layer(torch.randn(2, 8))
+
+
+def test_cli_runs_keep_baseline_warnings_out_of_the_tables():
+    import warnings
+
+    from tersor.bench.timing import quiet_baselines
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_baselines():
+            warnings.warn("torch.ao.quantization is deprecated", DeprecationWarning, stacklevel=1)
+            warnings.warn("Sparse CSR tensor support is in beta state", UserWarning, stacklevel=1)
+            warnings.warn("tersor: something of our own", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["tersor: something of our own"]
