@@ -9,6 +9,7 @@ handlers, so a new scheme is a format object + a config + a handler, with no cha
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -128,11 +129,24 @@ class Handler:
     verb: str  # "quantize_" or "sparsify_": the entry point that takes the config
     convert: Callable  # (module, config, ctx, name) -> nn.Module, or raise KeepDense
     kinds: tuple = (nn.Linear, nn.Conv2d)  # float modules it converts
+    hf_conv1d: bool = False  # also transformers' Conv1D (GPT-2's projections, weight [in, out])
     cannot_serve: Optional[Callable] = None  # (module, config) -> reason or ""
     prepare: Optional[Callable] = None  # (model, layers, config, calibration, ctx) -> None
 
+    def accepts(self, m: nn.Module) -> bool:
+        return isinstance(m, self.kinds) or (self.hf_conv1d and _is_hf_conv1d(m))
+
 
 _HANDLERS: dict = {}
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    """transformers.pytorch_utils.Conv1D (y = x @ W + b, W [in, out]), known by its shape so
+    that transformers need not be imported."""
+    return (
+        type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None
+    )
 
 
 def register_handler(config_type: type, verb: str, **kw):
@@ -160,8 +174,14 @@ def _label(name: str) -> str:
 
 
 def _gemm_weight(m: nn.Module) -> torch.Tensor:
-    """The [N, K] weight a module's GEMM multiplies (convolutions in NHWC patch order)."""
-    return QConv2d.gemm_weight(m) if isinstance(m, nn.Conv2d) else m.weight.detach()
+    """The float32 [N, K] weight a module's GEMM multiplies (convolutions in NHWC patch order,
+    a transformers Conv1D's [in, out] weight transposed; bf16 / fp16 weights widened)."""
+    if isinstance(m, nn.Conv2d):
+        w = QConv2d.gemm_weight(m)
+    else:
+        w = m.weight.detach()
+        w = w.t() if _is_hf_conv1d(m) else w
+    return w.to(torch.float32)
 
 
 def _build(m: nn.Module, fmt, config, name: str) -> nn.Module:
@@ -193,12 +213,13 @@ def quantize_with(fmt_cls) -> Callable:
     return convert
 
 
-register_handler(W8A8Config, "quantize_")(quantize_with(Int8Format))
-register_handler(W8Config, "quantize_")(quantize_with(Int8Format))
-register_handler(W4Config, "quantize_", cannot_serve=_cannot_serve_int4)(quantize_with(Int4Format))
-register_handler(W4A8Config, "quantize_", cannot_serve=_cannot_serve_int4)(
-    quantize_with(Int4Format)
-)
+for _cfg, _fmt, _why in [
+    (W8A8Config, Int8Format, None),
+    (W8Config, Int8Format, None),
+    (W4Config, Int4Format, _cannot_serve_int4),
+    (W4A8Config, Int4Format, _cannot_serve_int4),
+]:
+    register_handler(_cfg, "quantize_", cannot_serve=_why, hf_conv1d=True)(quantize_with(_fmt))
 
 
 def _wanda(model, layers, config, calibration, ctx):
@@ -279,7 +300,7 @@ def _layer_shape(m: nn.Module) -> tuple:
         return (m.out_channels, m.in_channels, *m.kernel_size)
     if isinstance(m, PackedLinear):
         return (m.out_features, m.in_features)
-    return tuple(m.weight.shape)
+    return tuple(m.weight.shape[::-1]) if _is_hf_conv1d(m) else tuple(m.weight.shape)
 
 
 def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config, handler) -> str:
@@ -291,8 +312,8 @@ def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config, handler) ->
             return why
     if isinstance(parent, nn.MultiheadAttention):
         return "out_proj of nn.MultiheadAttention (its fused path reads .weight directly)"
-    if m.weight.dtype != torch.float32:
-        return f"weight dtype {m.weight.dtype}: the kernels take float32 layers"
+    if m.weight.dtype not in _FLOATS:
+        return f"weight dtype {m.weight.dtype}: the kernels take float32 / bf16 / fp16 layers"
     if m.weight.device.type != "cpu":
         return f"on {m.weight.device}: no native kernel for this device yet"
     n, k = _gemm_weight(m).shape
@@ -316,7 +337,11 @@ def _upgrade(m: nn.Module, config) -> str:
 
 
 def sparsify_(
-    model: nn.Module, config, filter_fn: Optional[Callable] = None, calibration=None
+    model: nn.Module,
+    config,
+    filter_fn: Optional[Callable] = None,
+    calibration=None,
+    progress: Optional[bool] = None,
 ) -> Report:
     """Prune (if needed) and swap layers for sparse ones; all or nothing, like quantize_.
 
@@ -331,10 +356,15 @@ def sparsify_(
     run as calibration(model)) run once to score weights by Wanda's |w| * ||x_k|| instead
     of |w|. Returns a Report (per layer: scheme, bytes before / after, density and kernel).
     """
-    return _convert(model, config, filter_fn, "sparsify_", calibration)
+    return _convert(model, config, filter_fn, "sparsify_", calibration, progress)
 
 
-def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) -> Report:
+def quantize_(
+    model: nn.Module,
+    config,
+    filter_fn: Optional[Callable] = None,
+    progress: Optional[bool] = None,
+) -> Report:
     """Replace every eligible ``nn.Linear`` / ``nn.Conv2d`` of ``model`` in place; returns a
     Report.
 
@@ -342,9 +372,12 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable] = None) ->
     dense and listed with the reason. Layers sparsify_ made (fp32 values) get int8 values with
     W8A8Config; other compressed layers are listed as already compressed and left as they are.
     All replacements are built before any is installed, so a failure leaves the model exactly
-    as it was (the error names the layer).
+    as it was (the error names the layer). Hugging Face models convert in one call: their
+    ``Conv1D`` projections (GPT-2) too, bf16 / fp16 layers too (the layers then take and
+    return bf16 / fp16 activations), lm_head included unless ``filter_fn`` says otherwise.
+    progress: a progress bar over the layers (tqdm); None shows it when stderr is a terminal.
     """
-    return _convert(model, config, filter_fn, "quantize_")
+    return _convert(model, config, filter_fn, "quantize_", progress=progress)
 
 
 def convert_module(module: nn.Module, config, *, name: str = "", calibration=None) -> nn.Module:
@@ -361,7 +394,7 @@ def convert_module(module: nn.Module, config, *, name: str = "", calibration=Non
         if why:
             raise ValueError(f"{_label(name)}: {why}")
         return module.quantized(config)
-    if not isinstance(module, handler.kinds):
+    if not handler.accepts(module):
         raise TypeError(
             f"{_label(name)}: {type(config).__name__} converts "
             f"{[k.__name__ for k in handler.kinds]}, got {type(module).__name__}"
@@ -377,7 +410,17 @@ def convert_module(module: nn.Module, config, *, name: str = "", calibration=Non
         raise ValueError(f"{_label(name)}: {keep.reason}") from None
 
 
-def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
+def _progress(items: list, verb: str, enabled: Optional[bool]):
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=f"tersor.{verb}", unit="layer", leave=False)
+
+
+def _convert(model, config, filter_fn, verb, calibration=None, progress=None) -> Report:
     """Shared walk of quantize_ / sparsify_: plan, prepare (calibration, global thresholds),
     build every replacement, then install."""
     import time
@@ -413,7 +456,7 @@ def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
                 size = _layer_bytes(m)
                 rows[fqn] = LayerReport(fqn, _layer_shape(m), m.scheme, size, size, why, KEPT)
                 continue
-        elif not isinstance(m, handler.kinds):
+        elif not handler.accepts(m):
             continue
         else:
             why = _cannot_serve(m, parent, config, handler)
@@ -439,7 +482,7 @@ def _convert(model, config, filter_fn, verb, calibration=None) -> Report:
             raise type(e)(f"tersor.{verb}: {e}; the model is unchanged") from e
 
     built = {}
-    for fqn, _parent, _cname, m in plan:
+    for fqn, _parent, _cname, m in _progress(plan, verb, progress):
         if id(m) in built:  # a module shared under several names is converted once
             continue
         try:

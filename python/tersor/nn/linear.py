@@ -40,7 +40,7 @@ from tersor.ops._common import NATIVE
 
 _F32 = torch.float32
 _is_compiling = torch.compiler.is_compiling
-_GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FLOAT_INPUTS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -65,8 +65,9 @@ def _wants_grad(x: torch.Tensor) -> bool:
 class PackedLinear(nn.Module):
     """y = x W^T + b with W held by a format object.
 
-    x: [..., in_features], float32 on the CPU (float16 / bfloat16 too on the GPU paths), any
-    strides; returns [..., out_features] in x's dtype.
+    x: [..., in_features], float32, bfloat16 or float16 (on the CPU widened to float32 for the
+    kernels, the output rounded back once), any strides; returns [..., out_features] in x's
+    dtype.
     """
 
     _layer_class: dict = {}  # format class -> the public class that shows it (QLinear, ...)
@@ -186,10 +187,10 @@ class PackedLinear(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{what}: expected a torch.Tensor input, got {type(x).__name__}")
         device_path = not x.is_cpu or self.kernel in ("cuda", "triton")
-        if x.dtype is not _F32 and not (device_path and x.dtype in _GPU_DTYPES):
+        if x.dtype not in _FLOAT_INPUTS:
             raise TypeError(
-                f"{what}: expected a float32 input, got {x.dtype} "
-                f"(cast with x.float(), or keep this layer dense)"
+                f"{what}: expected a float32 input, got {x.dtype} (bfloat16 and float16 are "
+                f"taken too; cast with x.float(), or keep this layer dense)"
             )
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
@@ -199,6 +200,10 @@ class PackedLinear(nn.Module):
             raise ValueError(
                 f"{what}: input is on {x.device} but the layer's weights are on {self.fmt.device}"
             )
+        if x.dtype is not _F32 and not device_path:
+            # bf16 / fp16 on the CPU: the kernels take fp32 rows, so the input is widened
+            # (exact) and the fp32-accumulated output rounded back to x's dtype once
+            return self.forward(x.float()).to(x.dtype)
         if self.kernel == "native" and not x.is_cpu:
             raise RuntimeError(
                 f"{what}: no native kernel for device {x.device} (kernel='native' was requested)"

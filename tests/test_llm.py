@@ -1,0 +1,77 @@
+"""Hugging Face causal LMs through quantize_ (the LLM issue's first slice): GPT-2's Conv1D
+projections converted (not skipped), lm_head included, bf16 models (bf16 weights quantized,
+bf16 activations in and out). Models are built from configs with random weights (no hub)."""
+
+import pytest
+import torch
+
+import tersor
+from tersor.nn import PackedLinear
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=64, attn_implementation="eager"
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _llama(dtype=torch.float32):
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+@pytest.mark.parametrize("cfg", [tersor.W8A8Config(), tersor.W4A8Config(group_size=32)])
+def test_gpt2_conv1d_projections_are_converted(cfg):
+    model = _gpt2()
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = tersor.quantize_(model, cfg, progress=True)  # a tqdm bar on stderr
+    by_name = {r.fqn: r for r in report.layers}
+    attn = by_name["transformer.h.0.attn.c_attn"]
+    assert attn.status == "converted" and attn.shape == (192, 64)  # (N, K) of W [in, out]
+    assert by_name["lm_head"].status == "converted"
+    assert not report.skipped and len(report.converted) == 2 * 4 + 1
+    assert isinstance(model.transformer.h[1].mlp.c_proj, PackedLinear)
+    with torch.no_grad():
+        out = model(ids).logits
+    tol = 0.05 if cfg.scheme == "w8a8" else 0.2
+    assert (out - ref).norm() <= tol * ref.norm()
+
+
+def test_bf16_llama_runs_in_bf16():
+    """A bf16 model: its bf16 weights are quantized (widened exactly first), activations come in
+    and go out as bf16, accumulated in fp32; close to the bf16 dense model."""
+    model = _llama(torch.bfloat16)
+    ids = torch.randint(0, 128, (1, 10))
+    with torch.no_grad():
+        ref = model(ids).logits.float()
+    report = tersor.quantize_(model, tersor.W8A8Config())
+    assert len(report.converted) == 2 * 7 + 1 and not report.skipped
+    layer = model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, PackedLinear)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    # the layer computes in fp32 on the widened input, rounded once to bf16
+    torch.testing.assert_close(y, layer(x.float()).to(torch.bfloat16), rtol=0, atol=0)
+    with torch.no_grad():
+        out = model(ids).logits
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).norm() <= 0.08 * ref.norm()
+    gen = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert gen.shape == (1, 14)
