@@ -7,6 +7,7 @@ print(report)
 
 from tersor._backend import available_isas, cpu_info
 from tersor.api import LayerReport, Report, quantize_, register_handler, sparsify_
+from tersor.checkpoint import load_pretrained, save_pretrained
 from tersor.configs import (
     Config,
     Sparse24Config,
@@ -39,6 +40,8 @@ __all__ = [
     "available_isas",
     "cpu_info",
     "quantize_",
+    "load_pretrained",
     "register_handler",
+    "save_pretrained",
     "sparsify_",
 ]

@@ -452,6 +452,8 @@ def _convert(model, config, filter_fn, verb, calibration=None, progress=None) ->
             why = (
                 _upgrade(m, config) if verb == "quantize_" else f"already {m.scheme}; left as it is"
             )
+            if not why and filter_fn is not None and not filter_fn(m, fqn):
+                why = f"filter_fn returned False; kept {m.scheme}"
             if why:
                 size = _layer_bytes(m)
                 rows[fqn] = LayerReport(fqn, _layer_shape(m), m.scheme, size, size, why, KEPT)

@@ -1,0 +1,270 @@
+"""tersor checkpoints: ``save_pretrained`` / ``load_pretrained``.
+
+A checkpoint is a folder holding
+
+    tersor.json                    the manifest: tersor version, checkpoint format version, and
+                                   per compressed layer its class, scheme, format options,
+                                   shape, bias, kernel preference and (Conv2d) geometry; which
+                                   shard holds each tensor; non-tensor state (CSR fallbacks)
+    model-0000i-of-0000n.safetensors
+                                   the model's state_dict: every compressed layer in its
+                                   format's canonical, hardware-neutral form (formats/*.py), the
+                                   rest (embeddings, norms, dense layers) as it is
+
+Loading rebuilds each compressed layer from the manifest (an empty format of the right shape),
+reads only that layer's tensors from the shards, re-packs them for this machine, and swaps the
+layer into the model, which may have been created on the meta device: the float weights of
+the compressed layers are never materialized. Every layer is built before any is installed,
+so a bad checkpoint leaves the model as it was, and errors name the file and the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tersor.formats import SCHEMES
+from tersor.nn.linear import PackedLinear
+from tersor.nn.qconv import QConv2d
+
+MANIFEST = "tersor.json"
+FORMAT_VERSION = 1
+DEFAULT_SHARD_BYTES = 2 << 30
+
+
+def _compressed_layers(model: nn.Module) -> dict:
+    """fqn -> PackedLinear or QConv2d (a QConv2d's inner gemm is part of it)."""
+    out = {}
+    for fqn, m in model.named_modules():
+        if isinstance(m, QConv2d) or (
+            isinstance(m, PackedLinear) and not any(fqn.startswith(q + ".") for q in out)
+        ):
+            out[fqn] = m
+    return out
+
+
+def _layer_entry(m: nn.Module) -> dict:
+    gemm = m.gemm if isinstance(m, QConv2d) else m
+    entry = {
+        "class": type(m).__name__,
+        "scheme": gemm.scheme,
+        "options": gemm.fmt.options(),
+        "in_features": gemm.in_features,
+        "out_features": gemm.out_features,
+        "bias": gemm.bias is not None,
+        "kernel": gemm.kernel,
+    }
+    if isinstance(m, QConv2d):
+        entry["conv"] = {
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+            "dilation": list(m.dilation),
+        }
+    return entry
+
+
+def save_pretrained(
+    model: nn.Module, path: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES
+) -> dict:
+    """Write `model` (tersor layers in their canonical forms) to the folder `path`; returns
+    the manifest."""
+    from safetensors.torch import save_file
+
+    from tersor import __version__
+
+    os.makedirs(path, exist_ok=True)
+    sd = model.state_dict()
+    tensors, extra, seen = {}, {}, {}
+    aliases = {}
+    for key, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            extra[key] = v  # e.g. a CSR layer's dense-fallback setting
+            continue
+        v = v.detach()
+        ident = (v.data_ptr(), v.dtype, tuple(v.shape), tuple(v.stride())) if v.numel() else None
+        if ident is not None and ident in seen:  # tied weights: stored once
+            aliases[key] = seen[ident]
+            continue
+        if ident is not None:
+            seen[ident] = key
+        tensors[key] = v.to("cpu").contiguous()
+
+    shards, cur, size = [], {}, 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if cur and size + nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[key] = t
+        size += nbytes
+    shards.append(cur)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(path, name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+
+    manifest = {
+        "tersor_version": __version__,
+        "format_version": FORMAT_VERSION,
+        "layers": {fqn: _layer_entry(m) for fqn, m in _compressed_layers(model).items()},
+        "weight_map": weight_map,
+        "aliases": aliases,
+        "extra_state": extra,
+    }
+    with open(os.path.join(path, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1, default=_jsonable)
+    return manifest
+
+
+def _jsonable(v):
+    if isinstance(v, tuple):
+        return list(v)
+    raise TypeError(f"tersor.save_pretrained: cannot store {type(v).__name__} in the manifest")
+
+
+class _Shards:
+    """Lazy readers of a checkpoint's shards; errors name the file and the tensor."""
+
+    def __init__(self, path: str, weight_map: dict):
+        self.path, self.weight_map, self.open = path, weight_map, {}
+
+    def get(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        name = self.weight_map.get(key)
+        if name is None:
+            raise KeyError(f"{self.path}: the manifest lists no tensor '{key}'")
+        f = self.open.get(name)
+        if f is None:
+            file = os.path.join(self.path, name)
+            if not os.path.exists(file):
+                raise FileNotFoundError(f"{file}: shard missing (it holds '{key}')")
+            try:
+                f = safe_open(file, framework="pt", device="cpu").__enter__()
+            except Exception as e:
+                raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
+            self.open[name] = f
+        try:
+            return f.get_tensor(key)
+        except Exception as e:
+            raise ValueError(f"{os.path.join(self.path, name)}: cannot read '{key}' ({e})") from e
+
+    def close(self) -> None:
+        for f in self.open.values():
+            f.__exit__(None, None, None)
+        self.open.clear()
+
+
+def _empty_layer(fqn: str, entry: dict) -> nn.Module:
+    scheme = entry.get("scheme")
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"layer '{fqn}': unknown scheme {scheme!r} in the manifest (this tersor knows "
+            f"{sorted(SCHEMES)})"
+        )
+    fmt_cls, fixed = SCHEMES[scheme]
+    opts = {k: v for k, v in entry.get("options", {}).items() if k not in fixed}
+    fmt = fmt_cls.empty(entry["out_features"], entry["in_features"], **fixed, **opts)
+    bias = torch.zeros(entry["out_features"]) if entry["bias"] else None
+    gemm = PackedLinear.wrap(fmt, bias, kernel=entry.get("kernel", "auto"), name=fqn)
+    if "conv" not in entry:
+        return gemm
+    c = entry["conv"]
+    geometry = nn.Conv2d(
+        c["in_channels"],
+        c["out_channels"],
+        tuple(c["kernel_size"]),
+        tuple(c["stride"]),
+        tuple(c["padding"]),
+        tuple(c["dilation"]),
+        device="meta",
+    )
+    return QConv2d.around(geometry, gemm, fqn)
+
+
+def load_pretrained(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
+    """Load a folder written by ``save_pretrained`` into `model` (the same architecture, float,
+    possibly on the meta device): each compressed layer is rebuilt from its canonical tensors
+    and swapped in, everything else is loaded (assigned) from the shards. Returns the model."""
+    file = os.path.join(path, MANIFEST)
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: not a tersor checkpoint (no manifest)")
+    with open(file) as f:
+        try:
+            manifest = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: corrupted manifest ({e})") from e
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{file}: checkpoint format {manifest['format_version']} is newer "
+            f"than this tersor's ({FORMAT_VERSION}); upgrade tersor"
+        )
+    shards = _Shards(path, manifest["weight_map"])
+    try:
+        return _load(model, path, manifest, shards, strict)
+    finally:
+        shards.close()
+
+
+def _load(model, path, manifest, shards, strict):
+    aliases, extra = manifest.get("aliases", {}), manifest.get("extra_state", {})
+
+    built, claimed = {}, set()
+    for fqn, entry in manifest["layers"].items():
+        layer = _empty_layer(fqn, entry)
+        prefix = f"{fqn}." if fqn else ""
+        sd = {}
+        for key in layer.state_dict():
+            full = prefix + key
+            sd[key] = extra[full] if full in extra else shards.get(aliases.get(full, full))
+            claimed.add(full)
+        try:
+            layer.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: layer '{fqn}' does not load ({e})") from e
+        built[fqn] = layer
+
+    # everything else: the model's own parameters and buffers, assigned from the shards (tied
+    # weights stay tied: an alias gets the very tensor its target got)
+    def outside(key):
+        return not any(key.startswith(f + ".") for f in built)
+
+    loaded, rest = {}, {}
+    for key in list(manifest["weight_map"]) + list(aliases):
+        if key not in claimed and outside(key):
+            target = aliases.get(key, key)
+            if target not in loaded:
+                loaded[target] = shards.get(target)
+            rest[key] = loaded[target]
+    wanted = {k for k in model.state_dict() if outside(k) and k not in built}
+    missing, unexpected = sorted(wanted - set(rest)), sorted(set(rest) - wanted)
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"{path}: the checkpoint does not match the model (missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}); the model is "
+            f"unchanged"
+        )
+    if "" in built:
+        raise ValueError(f"{path}: the model itself is a compressed layer; use load_state_dict")
+    for fqn, layer in built.items():  # swapped in only once every layer has loaded
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer)
+    model.load_state_dict(rest, strict=False, assign=True)
+    return model
+
+
+def manifest_of(path: str) -> Optional[dict]:
+    file = os.path.join(path, MANIFEST)
+    if not os.path.exists(file):
+        return None
+    with open(file) as f:
+        return json.load(f)
