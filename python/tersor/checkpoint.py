@@ -163,6 +163,26 @@ class _Shards:
         self.open.clear()
 
 
+def _release_freed_memory() -> None:
+    """Hand the re-packing temporaries of a layer back to the OS: glibc keeps freed heap pages
+    between the long-lived packed tensors (measured: without this, loading held ~4.5x the
+    compressed size in RSS; with it, about the compressed size plus one layer's temporaries)."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc = None
+
+
 def _empty_layer(fqn: str, entry: dict) -> nn.Module:
     scheme = entry.get("scheme")
     if scheme not in SCHEMES:
@@ -231,6 +251,8 @@ def _load(model, path, manifest, shards, strict):
         except RuntimeError as e:
             raise ValueError(f"{path}: layer '{fqn}' does not load ({e})") from e
         built[fqn] = layer
+        del sd
+        _release_freed_memory()
 
     # everything else: the model's own parameters and buffers, assigned from the shards (tied
     # weights stay tied: an alias gets the very tensor its target got)
