@@ -75,3 +75,22 @@ def test_bf16_llama_runs_in_bf16():
     assert (out.float() - ref).norm() <= 0.08 * ref.norm()
     gen = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert gen.shape == (1, 14)
+
+
+def test_saved_llm_loads_into_a_meta_model(tmp_path):
+    """A quantized Llama saved and loaded into a model built on the meta device (no float
+    weights): its non-persistent rotary buffer travels too; same logits."""
+    model = _llama()
+    tersor.quantize_(model, tersor.W4A8Config(group_size=32))
+    ids = torch.randint(0, 128, (1, 9))
+    with torch.no_grad():
+        ref = model(ids).logits
+    tersor.save_pretrained(model, str(tmp_path))
+    with torch.device("meta"):
+        fresh = transformers.LlamaForCausalLM(model.config)
+    tersor.load_pretrained(fresh, str(tmp_path))
+    assert not any(t.is_meta for t in fresh.buffers()) and not any(
+        p.is_meta for p in fresh.parameters()
+    )
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(ids).logits, ref)

@@ -96,6 +96,16 @@ def save_pretrained(
             seen[ident] = key
         tensors[key] = v.to("cpu").contiguous()
 
+    # non-persistent buffers (a rotary embedding's inv_freq): not in the state_dict, yet a model
+    # built on the meta device has no values for them, so they travel too
+    layers = _compressed_layers(model)
+    non_persistent = []
+    for key, buf in model.named_buffers():
+        inside = any(key.startswith(f + ".") for f in layers)
+        if key not in sd and not inside and buf is not None:
+            tensors[key] = buf.detach().to("cpu").contiguous()
+            non_persistent.append(key)
+
     shards, cur, size = [], {}, 0
     for key, t in tensors.items():
         nbytes = t.numel() * t.element_size()
@@ -114,7 +124,8 @@ def save_pretrained(
     manifest = {
         "tersor_version": __version__,
         "format_version": FORMAT_VERSION,
-        "layers": {fqn: _layer_entry(m) for fqn, m in _compressed_layers(model).items()},
+        "layers": {fqn: _layer_entry(m) for fqn, m in layers.items()},
+        "non_persistent": non_persistent,
         "weight_map": weight_map,
         "aliases": aliases,
         "extra_state": extra,
@@ -259,9 +270,11 @@ def _load(model, path, manifest, shards, strict):
     def outside(key):
         return not any(key.startswith(f + ".") for f in built)
 
+    non_persistent = set(manifest.get("non_persistent", ()))
+    buffers = {k: shards.get(k) for k in non_persistent}
     loaded, rest = {}, {}
     for key in list(manifest["weight_map"]) + list(aliases):
-        if key not in claimed and outside(key):
+        if key not in claimed and key not in non_persistent and outside(key):
             target = aliases.get(key, key)
             if target not in loaded:
                 loaded[target] = shards.get(target)
@@ -281,6 +294,11 @@ def _load(model, path, manifest, shards, strict):
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)
     model.load_state_dict(rest, strict=False, assign=True)
+    for key, t in buffers.items():  # stays non-persistent: only the value is set
+        owner, _, name = key.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        if name in module._buffers:
+            module._buffers[name] = t
     return model
 
 
