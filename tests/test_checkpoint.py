@@ -116,6 +116,11 @@ def test_bad_checkpoints_name_the_file_and_leave_the_model_unchanged(tmp_path):
             r"layer 'q8': unknown scheme 'w3'",
         ),
         (
+            lambda m: m["weight_map"].update({"q8.weight_extra": m["weight_map"]["q8.bias"]}),
+            ValueError,
+            r"layer 'q8' has tensors it does not take: \['q8.weight_extra'\]",
+        ),
+        (
             lambda m: m["weight_map"].pop("q8.weight_scale"),
             KeyError,
             r"the manifest lists no tensor 'q8.weight_scale'",

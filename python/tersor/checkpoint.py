@@ -194,7 +194,9 @@ def _release_freed_memory() -> None:
 _libc = None
 
 
-def _empty_layer(fqn: str, entry: dict) -> nn.Module:
+def _build_layer(fqn: str, entry: dict, get, path: str) -> nn.Module:
+    """The compressed layer of one manifest entry, straight from its canonical tensors
+    (get(key) reads one from the shards; no placeholder packed first)."""
     scheme = entry.get("scheme")
     if scheme not in SCHEMES:
         raise ValueError(
@@ -203,8 +205,19 @@ def _empty_layer(fqn: str, entry: dict) -> nn.Module:
         )
     fmt_cls, fixed = SCHEMES[scheme]
     opts = {k: v for k, v in entry.get("options", {}).items() if k not in fixed}
-    fmt = fmt_cls.empty(entry["out_features"], entry["in_features"], **fixed, **opts)
-    bias = torch.zeros(entry["out_features"]) if entry["bias"] else None
+    prefix = (f"{fqn}." if fqn else "") + ("gemm." if "conv" in entry else "")
+    n, k = entry["out_features"], entry["in_features"]
+    optional = set(getattr(fmt_cls, "optional_state_names", ()))
+    fmt = fmt_cls.from_state(
+        lambda name: get(prefix + name, name in optional), prefix, n, k, **fixed, **opts
+    )
+    if isinstance(fmt, str):
+        raise ValueError(f"{path}: layer '{fqn}' does not load ({fmt})")
+    bias = None
+    if entry["bias"]:
+        bias = get(prefix + "bias", False)
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"{path}: {prefix}bias: expected ({n},), got {tuple(bias.shape)}")
     gemm = PackedLinear.wrap(fmt, bias, kernel=entry.get("kernel", "auto"), name=fqn)
     if "conv" not in entry:
         return gemm
@@ -248,22 +261,33 @@ def load_pretrained(model: nn.Module, path: str, strict: bool = True) -> nn.Modu
 def _load(model, path, manifest, shards, strict):
     aliases, extra = manifest.get("aliases", {}), manifest.get("extra_state", {})
 
-    built, claimed = {}, set()
+    weight_map = manifest["weight_map"]
+
+    def get(key, optional=False):
+        if key in extra:
+            return extra[key]
+        if optional and aliases.get(key, key) not in weight_map:
+            return None
+        return shards.get(aliases.get(key, key))
+
+    built = {}
     for fqn, entry in manifest["layers"].items():
-        layer = _empty_layer(fqn, entry)
-        prefix = f"{fqn}." if fqn else ""
-        sd = {}
-        for key in layer.state_dict():
-            full = prefix + key
-            sd[key] = extra[full] if full in extra else shards.get(aliases.get(full, full))
-            claimed.add(full)
-        try:
-            layer.load_state_dict(sd, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: layer '{fqn}' does not load ({e})") from e
-        built[fqn] = layer
-        del sd
+        built[fqn] = _build_layer(fqn, entry, get, path)
         _release_freed_memory()
+    # every tensor under a layer must be one it took
+    claimed = set()
+    for fqn, layer in built.items():
+        gemm = layer.gemm if isinstance(layer, QConv2d) else layer
+        prefix = (f"{fqn}." if fqn else "") + ("gemm." if isinstance(layer, QConv2d) else "")
+        names = gemm._state_names() + list(getattr(gemm.fmt, "optional_state_names", ()))
+        claimed.update(prefix + n for n in names)
+        stray = [
+            key
+            for key in list(weight_map) + list(extra)
+            if key.startswith(f"{fqn}.") and key not in claimed
+        ]
+        if stray:
+            raise ValueError(f"{path}: layer '{fqn}' has tensors it does not take: {stray[:5]}")
 
     # everything else: the model's own parameters and buffers, assigned from the shards (tied
     # weights stay tied: an alias gets the very tensor its target got)

@@ -83,6 +83,21 @@ class WeightFormat:
         (nothing changed) or None."""
         raise NotImplementedError
 
+    @classmethod
+    def from_state(
+        cls,
+        get: Callable[[str], torch.Tensor],
+        prefix: str,
+        out_features: int,
+        in_features: int,
+        **options,
+    ):
+        """A format built straight from its canonical tensors (what checkpoints load), or the
+        error message when they do not fit. The default loads into ``empty``; formats whose
+        ``empty`` costs a full pack override it."""
+        fmt = cls.empty(out_features, in_features, **options)
+        return fmt.load_state(get, prefix) or fmt
+
     def dequantize(self) -> torch.Tensor:
         raise NotImplementedError
 

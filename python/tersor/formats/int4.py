@@ -273,11 +273,12 @@ class Int4Format(WeightFormat):
             out["input_perm"] = self.perm.cpu().clone()
         return out
 
-    def load_state(self, get, prefix):
-        n, k = self.out_features, self.in_features
-        ng = self.scale.shape[1]
+    @staticmethod
+    def _canonical_args(get, prefix, n, k, group_size, symmetric, act_order):
+        """(q, scale, zero, perm) on the CPU from the canonical tensors, or the error message."""
+        ng = -(-k // effective_group_size(k, group_size, prefix or "layer"))
         b, s = get("weight_int4"), get("weight_scale")
-        z = None if self.symmetric else get("weight_zero")
+        z = None if symmetric else get("weight_zero")
         err = (
             expect(prefix, "weight_int4", b, torch.uint8, (n, (k + 1) // 2))
             or expect(prefix, "weight_scale", s, torch.float16, (n, ng))
@@ -288,25 +289,53 @@ class Int4Format(WeightFormat):
         if z is not None and z.numel() and int(z.max()) > 15:
             return f"{prefix}weight_zero: values must lie in [0, 15]"
         perm = None
-        if self.perm is not None:
+        if act_order:
             perm = get("input_perm")
             err = expect(prefix, "input_perm", perm, torch.int64, (k,))
             if err:
                 return err
             if not torch.equal(torch.sort(perm.cpu()).values, torch.arange(k)):
                 return f"{prefix}input_perm: not a permutation of range({k})"
-        device = self.device
-        self.__init__(
-            from_nibbles(b.cpu(), k),
-            s.cpu(),
-            None if z is None else z.cpu(),
+            perm = perm.cpu()
+        return from_nibbles(b.cpu(), k), s.cpu(), None if z is None else z.cpu(), perm
+
+    def load_state(self, get, prefix):
+        args = self._canonical_args(
+            get,
+            prefix,
+            self.out_features,
+            self.in_features,
             self.group_size,
-            self.act_int8,
             self.symmetric,
-            None if perm is None else perm.cpu(),
+            self.perm is not None,
         )
+        if isinstance(args, str):
+            return args
+        q, s, z, perm = args
+        device = self.device
+        self.__init__(q, s, z, self.group_size, self.act_int8, self.symmetric, perm)
         self._apply(lambda t: t.to(device))
         return None
+
+    @classmethod
+    def from_state(
+        cls,
+        get,
+        prefix,
+        out_features,
+        in_features,
+        act_int8=False,
+        group_size=128,
+        symmetric=False,
+        act_order=False,
+    ):
+        args = cls._canonical_args(
+            get, prefix, out_features, in_features, group_size, symmetric, act_order
+        )
+        if isinstance(args, str):
+            return args
+        q, s, z, perm = args
+        return cls(q, s, z, group_size, act_int8, symmetric, perm, what=prefix or "layer")
 
     def dequantize(self):
         w = dequant_w4t(

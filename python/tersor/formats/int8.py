@@ -131,8 +131,9 @@ class Int8Format(WeightFormat):
         q, s = self.canonical()
         return {"weight_int8": q, "weight_scale": s}
 
-    def load_state(self, get, prefix):
-        n, k = self.out_features, self.in_features
+    @staticmethod
+    def _canonical_args(get, prefix, n, k):
+        """(q, scale) on the CPU from the canonical tensors, or the error message."""
         q, s = get("weight_int8"), get("weight_scale")
         err = expect(prefix, "weight_int8", q, torch.int8, (n, k)) or expect(
             prefix, "weight_scale", s, torch.float32, (n,)
@@ -141,10 +142,21 @@ class Int8Format(WeightFormat):
             return err
         if q.numel() and int(q.min()) < -QMAX:
             return f"{prefix}weight_int8: values must lie in [-127, 127]"
+        return q.cpu(), s.cpu()
+
+    def load_state(self, get, prefix):
+        args = self._canonical_args(get, prefix, self.out_features, self.in_features)
+        if isinstance(args, str):
+            return args
         device = self.device
-        self.__init__(q.cpu(), s.cpu(), self.act_int8)
+        self.__init__(*args, self.act_int8)
         self._apply(lambda t: t.to(device))
         return None
+
+    @classmethod
+    def from_state(cls, get, prefix, out_features, in_features, act_int8=True):
+        args = cls._canonical_args(get, prefix, out_features, in_features)
+        return args if isinstance(args, str) else cls(*args, act_int8)
 
     def dequantize(self):
         return dequant_w8(self.packed, self.scale, self.out_features, self.in_features)
