@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 import torch
 from torch import nn
@@ -260,7 +259,6 @@ def load_pretrained(model: nn.Module, path: str, strict: bool = True) -> nn.Modu
 
 def _load(model, path, manifest, shards, strict):
     aliases, extra = manifest.get("aliases", {}), manifest.get("extra_state", {})
-
     weight_map = manifest["weight_map"]
 
     def get(key, optional=False):
@@ -297,7 +295,7 @@ def _load(model, path, manifest, shards, strict):
     non_persistent = set(manifest.get("non_persistent", ()))
     buffers = {k: shards.get(k) for k in non_persistent}
     loaded, rest = {}, {}
-    for key in list(manifest["weight_map"]) + list(aliases):
+    for key in list(weight_map) + list(aliases):
         if key not in claimed and key not in non_persistent and outside(key):
             target = aliases.get(key, key)
             if target not in loaded:
@@ -324,11 +322,3 @@ def _load(model, path, manifest, shards, strict):
         if name in module._buffers:
             module._buffers[name] = t
     return model
-
-
-def manifest_of(path: str) -> Optional[dict]:
-    file = os.path.join(path, MANIFEST)
-    if not os.path.exists(file):
-        return None
-    with open(file) as f:
-        return json.load(f)
