@@ -11,3 +11,20 @@ def test_conv_family_times_ours_against_both_baselines(capsys):
     assert set(ours[0]["ratios"]) >= {"torch fp32 conv"}
     assert all(v > 0 for v in ours[0]["ratios"].values())
     assert "res5.3x3" in capsys.readouterr().out
+
+
+def test_llm_family_on_the_tiny_shape(capsys):
+    """`--family llm` end to end on a tiny Llama: fp32 and every tersor scheme checked against
+    the fp32 logits, timed, with bytes per token and the memory-floor percentage."""
+    import pytest
+
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    from tersor.bench.llm import run_llm
+
+    rows = run_llm("tiny", prompt_len=16, new_tokens=4, bandwidth=20e9)
+    ours = [r for r in rows if r["kind"] == "ours"]
+    assert [r["impl"] for r in ours] == ["tersor W8A8", "tersor W4A8 g32", "tersor W4 g128"]
+    fp32 = rows[0]
+    assert all(r["bytes"] < fp32["bytes"] / 2 and r["decode_tok_s"] > 0 for r in ours)
+    assert all(r["floor_pct"] > 0 and "HF fp32 eager" in r["ratios"] for r in ours)
+    assert "decode tok/s" in capsys.readouterr().out

@@ -1,0 +1,159 @@
+"""``python -m tersor.bench --family llm``: a Hugging Face Llama (built from a config, random
+weights of the real shapes) in eager mode, fp32 against tersor schemes: prefill of a prompt and
+greedy decode at batch 1, with weight bytes per token and the % of the memory floor (bytes per
+token / measured read bandwidth, over the measured time per token).
+
+Peers on the same architecture (llama.cpp Q4_0 / Q8_0 through llama-cpp-python + gguf,
+OpenVINO INT8 / INT4 through optimum-intel + NNCF) are listed unavailable with the reason when
+they are not installed; llama-cpp-python is a ~12-minute source build, never installed in CI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import torch
+
+import tersor
+
+SHAPES = {  # Llama-3.2-1B, and a tiny one CI runs
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=True,
+    ),
+}
+SCHEMES = {
+    "tersor W8A8": lambda: tersor.W8A8Config(),
+    "tersor W4A8 g32": lambda: tersor.W4A8Config(group_size=32),
+    "tersor W4 g128": lambda: tersor.W4Config(group_size=128),
+}
+PEERS = {
+    "llama.cpp Q4_0 / Q8_0": (
+        "llama_cpp",
+        "llama-cpp-python is not installed (a ~12-minute source build; never in CI)",
+    ),
+    "OpenVINO INT8 / INT4": ("optimum", "optimum-intel / openvino / nncf are not installed"),
+}
+
+
+def build(shape: str):
+    import transformers
+
+    cfg = transformers.LlamaConfig(max_position_embeddings=4096, **SHAPES[shape])
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of every Linear-like weight a decode step reads (the embedding row is noise)."""
+    from tersor.nn import PackedLinear
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, PackedLinear):
+            total += m.nbytes
+        elif isinstance(m, torch.nn.Linear):
+            total += sum(p.numel() * p.element_size() for p in (m.weight, m.bias) if p is not None)
+    return total
+
+
+def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> dict:
+    """Prefill ms (one forward of the prompt) and decode tokens/s (greedy generate of
+    new_tokens minus its prefill), after a warm-up generation."""
+    with torch.inference_mode():
+        model.generate(prompt[:, :8], max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        t0 = time.perf_counter()
+        model(prompt)
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.generate(
+            prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+        )
+        total = time.perf_counter() - t0
+    per_token = max(total - prefill, 1e-9) / max(new_tokens - 1, 1)
+    return dict(prefill_ms=prefill * 1e3, decode_tok_s=1.0 / per_token, s_per_token=per_token)
+
+
+def run_llm(
+    shape: str = "1b",
+    prompt_len: int = 128,
+    new_tokens: int = 64,
+    bandwidth: float = 0.0,
+    schemes=None,
+) -> list:
+    """Rows for HF fp32 and each tersor scheme (checked against fp32 logits first), plus the
+    peers' availability; prints the table."""
+    schemes = list(SCHEMES) if schemes is None else schemes
+    model = build(shape)
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=gen)
+    with torch.inference_mode():
+        ref = model(prompt[:, :16]).logits
+    rows = [
+        dict(
+            impl="HF fp32 eager",
+            kind="baseline",
+            bytes=weight_bytes_per_token(model),
+            **time_generation(model, prompt, new_tokens),
+        )
+    ]
+    for name in schemes:
+        m = model if name == schemes[-1] else build(shape)  # the last one converts in place
+        report = tersor.quantize_(m, SCHEMES[name](), progress=False)
+        with torch.inference_mode():
+            out = m(prompt[:, :16]).logits
+        err = ((out - ref).norm() / ref.norm()).item()
+        if not err < 0.35:  # random-weight logits; int4 RTN alone is ~10-20% off
+            raise SystemExit(f"{name}: logits {err:.3g} off fp32; not timing it")
+        rows.append(
+            dict(
+                impl=name,
+                kind="ours",
+                bytes=weight_bytes_per_token(m),
+                convert_s=report.seconds,
+                logit_err=err,
+                **time_generation(m, prompt, new_tokens),
+            )
+        )
+        del m
+    base = rows[0]["decode_tok_s"]
+    print(
+        f"Llama ({shape} shape, random weights), prompt {prompt_len}, {new_tokens} new tokens, "
+        f"batch 1, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'engine':<24}{'MB/token':>10}{'prefill ms':>12}{'decode tok/s':>14}"
+        f"{'vs fp32':>9}{'% floor':>9}"
+    )
+    for r in rows:
+        floor = r["bytes"] / bandwidth if bandwidth else 0.0
+        r["floor_pct"] = 100 * floor / r["s_per_token"] if bandwidth else None
+        r["ratios"] = {"HF fp32 eager": r["decode_tok_s"] / base} if r["kind"] == "ours" else {}
+        pct = f"{r['floor_pct']:8.0f}%" if bandwidth else f"{'-':>9}"
+        print(
+            f"{r['impl']:<24}{r['bytes'] / 1e6:>10.0f}{r['prefill_ms']:>12.0f}"
+            f"{r['decode_tok_s']:>14.1f}{r['decode_tok_s'] / base:>8.2f}x{pct}"
+        )
+    for name, (module, why) in PEERS.items():
+        if importlib.util.find_spec(module) is None:
+            print(f"{name:<24}unavailable: {why}")
+            rows.append(dict(impl=name, kind="baseline", unavailable=why))
+        else:
+            print(f"{name:<24}installed, but its side-by-side run is not written yet")
+            rows.append(dict(impl=name, kind="baseline", unavailable="not written yet"))
+    return rows
