@@ -10,6 +10,7 @@ handlers, so a new scheme is a format object + a config + a handler, with no cha
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -423,8 +424,6 @@ def _progress(items: list, verb: str, enabled: Optional[bool]):
 def _convert(model, config, filter_fn, verb, calibration=None, progress=None) -> Report:
     """Shared walk of quantize_ / sparsify_: plan, prepare (calibration, global thresholds),
     build every replacement, then install."""
-    import time
-
     handler = _handler(config, verb)
     if not isinstance(model, nn.Module):
         raise TypeError(f"tersor.{verb}: model must be an nn.Module, got {type(model).__name__}")

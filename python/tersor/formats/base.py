@@ -50,7 +50,6 @@ class WeightFormat:
 
     scheme = ""  # the name the report and repr show ("w8a8", "2:4+w8a8", ...)
     tensor_names: tuple = ()  # the kernel-form tensors, attributes of the object
-    input_dtypes = (torch.float32,)  # accepted on the CPU kernels (GPU paths: fp16 / bf16 too)
 
     def __init__(self, out_features: int, in_features: int):
         self.out_features, self.in_features = out_features, in_features

@@ -15,25 +15,6 @@ _num_threads = torch.get_num_threads
 
 
 def gemm_w8a8_cpu(x, packed, colsum, scale, bias, n: int) -> torch.Tensor:
-    if x.dim() == 2 and x.is_contiguous():  # the common case, ~1 us cheaper than the view
-        m, k = x.shape
-        y = x.new_empty(m, n)  # float32 like x (torch.empty(..., dtype=) costs 1 us more)
-        if m:
-            _C.gemm_w8a8(
-                x.data_ptr(),
-                m,
-                k,
-                k,
-                packed.data_ptr(),
-                colsum.data_ptr(),
-                scale.data_ptr(),
-                n,
-                ptr(bias),
-                y.data_ptr(),
-                n,
-                _num_threads(),
-            )
-        return y
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
