@@ -17,6 +17,7 @@ from tersor.configs import (
     W8A8Config,
     W8Config,
 )
+from tersor.importers import empty_weights, from_pretrained
 from tersor.nn import BlockSparseLinear, CsrLinear, PackedLinear, QConv2d, QLinear, SparseLinear
 
 __version__ = "0.1.0"
@@ -39,6 +40,8 @@ __all__ = [
     "W8Config",
     "available_isas",
     "cpu_info",
+    "empty_weights",
+    "from_pretrained",
     "quantize_",
     "load_pretrained",
     "register_handler",

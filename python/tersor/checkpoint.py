@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from typing import Optional
 
 import torch
 from torch import nn
@@ -131,6 +133,9 @@ def save_pretrained(
     }
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1, default=_jsonable)
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_json_file"):  # a transformers model: tersor.from_pretrained(path)
+        config.to_json_file(os.path.join(path, "config.json"))
     return manifest
 
 
@@ -233,13 +238,41 @@ def _build_layer(fqn: str, entry: dict, get, path: str) -> nn.Module:
     return QConv2d.around(geometry, gemm, fqn)
 
 
-def load_pretrained(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
-    """Load a folder written by ``save_pretrained`` into `model` (the same architecture, float,
-    possibly on the meta device): each compressed layer is rebuilt from its canonical tensors
-    and swapped in, everything else is loaded (assigned) from the shards. Returns the model."""
+def load_pretrained(
+    model: nn.Module,
+    path: str,
+    strict: bool = True,
+    activations: Optional[str] = None,
+    report: bool = False,
+):
+    """Load a checkpoint folder into `model` (the same architecture, float, possibly on the meta
+    device or built under ``tersor.empty_weights()``); returns the model, or (model, Report)
+    with report=True.
+
+    - A folder written by ``save_pretrained``: each compressed layer is rebuilt from its
+      canonical tensors and swapped in, everything else is loaded (assigned) from the shards.
+    - A Hugging Face folder whose config.json has a ``quantization_config`` (compressed-tensors,
+      GPTQ, AWQ; tersor/importers/): its quantized layers become tersor layers directly, the
+      rest is loaded in the dtype the model was built with. activations: None runs each layer
+      as the checkpoint says, "int8" quantizes activations (W4A16 -> W4A8, the faster CPU
+      kernel), "float" keeps them float.
+    """
+    from tersor import importers
+
     file = os.path.join(path, MANIFEST)
+    if not os.path.exists(file) and importers.is_hf_folder(path):
+        rep = importers.load_hf(model, path, activations, strict)
+        return (model, rep) if report else model
     if not os.path.exists(file):
-        raise FileNotFoundError(f"{file}: not a tersor checkpoint (no manifest)")
+        raise FileNotFoundError(
+            f"{file}: not a tersor checkpoint (no manifest) nor a Hugging Face folder (no "
+            f"config.json)"
+        )
+    if activations is not None:
+        raise ValueError(
+            f"{path}: activations= applies to imported checkpoints; a tersor checkpoint keeps "
+            f"the schemes it was saved with"
+        )
     with open(file) as f:
         try:
             manifest = json.load(f)
@@ -251,10 +284,20 @@ def load_pretrained(model: nn.Module, path: str, strict: bool = True) -> nn.Modu
             f"than this tersor's ({FORMAT_VERSION}); upgrade tersor"
         )
     shards = _Shards(path, manifest["weight_map"])
+    t0 = time.perf_counter()
     try:
-        return _load(model, path, manifest, shards, strict)
+        _load(model, path, manifest, shards, strict)
     finally:
         shards.close()
+    if not report:
+        return model
+    from tersor.api import CONVERTED, LayerReport, Report, _layer_shape
+
+    rows = [
+        LayerReport(fqn, _layer_shape(m), m.scheme, 0, m.nbytes, "", CONVERTED)
+        for fqn, m in _compressed_layers(model).items()
+    ]
+    return model, Report("tersor layers from a tersor checkpoint", rows, time.perf_counter() - t0)
 
 
 def _load(model, path, manifest, shards, strict):
@@ -321,4 +364,3 @@ def _load(model, path, manifest, shards, strict):
         module = model.get_submodule(owner) if owner else model
         if name in module._buffers:
             module._buffers[name] = t
-    return model

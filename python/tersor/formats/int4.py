@@ -384,7 +384,7 @@ class Int4Format(WeightFormat):
 # ---- checkpoint imports -------------------------------------------------------------------
 
 
-def _unpack_int32_nibbles(t: torch.Tensor, order=range(8)) -> torch.Tensor:
+def unpack_int32_nibbles(t: torch.Tensor, order=range(8)) -> torch.Tensor:
     """int32 [..., c] -> uint8 [..., 8c]; nibble i (bits 4i) becomes element 8c + order[i]."""
     shifts = torch.arange(0, 32, 4, dtype=torch.int32)
     nib = ((t[..., None] >> shifts) & 0xF).to(torch.uint8)  # [..., c, 8] by nibble position
@@ -434,31 +434,51 @@ def from_gptq(qweight, qzeros, scales, g_idx=None, *, version: int = 1, what: st
         g in (32, 64, 128) or ngroups == 1,
         f"{what}: group size {g} is not supported (32, 64, 128 or per-channel)",
     )
-    q = _unpack_int32_nibbles(qweight.t()).view(n, k // 8, 8).reshape(n, k)  # [N, K]
-    zero = _unpack_int32_nibbles(qzeros)  # [ngroups, N]
+    q = unpack_int32_nibbles(qweight.t()).view(n, k // 8, 8).reshape(n, k)  # [N, K]
+    zero = unpack_int32_nibbles(qzeros)  # [ngroups, N]
     if version == 1:
         zero = (zero + 1) & 0x0F
-    perm = None
-    if g_idx is not None:
-        _check(
-            g_idx.dim() == 1 and g_idx.shape[0] == k and not g_idx.is_floating_point(),
-            f"{what}: g_idx must be an integer tensor [{k}], got {g_idx.dtype} "
-            f"{tuple(g_idx.shape)}",
-        )
-        gi = g_idx.to(torch.int64)
-        _check(
-            bool(((gi >= 0) & (gi < ngroups)).all()),
-            f"{what}: g_idx values must lie in [0, {ngroups})",
-        )
-        if not torch.equal(gi, torch.arange(k) // g):
-            _check(
-                bool((torch.bincount(gi, minlength=ngroups) == g).all()),
-                f"{what}: g_idx must put exactly {g} inputs in every group",
-            )
-            perm = torch.argsort(gi, stable=True)
-            q = q[:, perm]
-    scale = scales.t().to(torch.float16).contiguous()
+    perm = perm_from_g_idx(g_idx, k, g, what)
+    if perm is not None:
+        q = q[:, perm]
+    scale = fp16_scales(scales.t(), what)
     return q.contiguous(), scale, zero.t().contiguous(), (g if ngroups > 1 else k), perm
+
+
+def perm_from_g_idx(g_idx, k: int, g: int, what: str):
+    """The input permutation that makes act-order groups contiguous (None when g_idx is None or
+    already in order): g_idx [K] gives the group of each input k; every group must hold g."""
+    if g_idx is None:
+        return None
+    ngroups = k // g
+    _check(
+        g_idx.dim() == 1 and g_idx.shape[0] == k and not g_idx.is_floating_point(),
+        f"{what}: g_idx must be an integer tensor [{k}], got {g_idx.dtype} {tuple(g_idx.shape)}",
+    )
+    gi = g_idx.to(torch.int64)
+    _check(
+        bool(((gi >= 0) & (gi < ngroups)).all()), f"{what}: g_idx values must lie in [0, {ngroups})"
+    )
+    if torch.equal(gi, torch.arange(k) // g):
+        return None
+    _check(
+        bool((torch.bincount(gi, minlength=ngroups) == g).all()),
+        f"{what}: g_idx must put exactly {g} inputs in every group",
+    )
+    return torch.argsort(gi, stable=True)
+
+
+def fp16_scales(scales: torch.Tensor, what: str) -> torch.Tensor:
+    """Checkpoint scales (fp16 / bf16 / fp32) -> the fp16 the int4 format keeps; refuses
+    non-finite values and ones fp16 cannot hold."""
+    _check(
+        scales.dtype in (torch.float16, torch.bfloat16, torch.float32),
+        f"{what}: scales must be float16 / bfloat16 / float32, got {scales.dtype}",
+    )
+    _check(bool(torch.isfinite(scales).all()), f"{what}: scales hold NaN or Inf")
+    s = scales.to(torch.float16)
+    _check(bool(torch.isfinite(s).all()), f"{what}: scales exceed float16's range (65504)")
+    return s.contiguous()
 
 
 def from_awq(qweight, qzeros, scales, group_size: int = 128, *, what: str = "AWQ"):
@@ -486,9 +506,9 @@ def from_awq(qweight, qzeros, scales, group_size: int = 128, *, what: str = "AWQ
         f"{what}: qzeros must be int32 [{ngroups}, {n // 8}], got {qzeros.dtype} "
         f"{tuple(qzeros.shape)}",
     )
-    q = _unpack_int32_nibbles(qweight, AWQ_ORDER).t().contiguous()  # [N, K]
-    zero = _unpack_int32_nibbles(qzeros, AWQ_ORDER).t().contiguous()  # [N, ngroups]
-    return q, scales.t().to(torch.float16).contiguous(), zero, group_size
+    q = unpack_int32_nibbles(qweight, AWQ_ORDER).t().contiguous()  # [N, K]
+    zero = unpack_int32_nibbles(qzeros, AWQ_ORDER).t().contiguous()  # [N, ngroups]
+    return q, fp16_scales(scales.t(), what), zero, group_size
 
 
 def shuffle_w4_mma(q: torch.Tensor) -> torch.Tensor:
