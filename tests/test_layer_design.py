@@ -258,3 +258,26 @@ def test_cli_runs_keep_baseline_warnings_out_of_the_tables():
             warnings.warn("Sparse CSR tensor support is in beta state", UserWarning, stacklevel=1)
             warnings.warn("tersor: something of our own", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["tersor: something of our own"]
+
+
+@pytest.mark.parametrize("cfg", [tersor.W8A8Config(), tersor.W4Config(group_size=32)])
+def test_copies_and_pickles_run_their_own_weights(cfg):
+    """copy.deepcopy / torch.save of a converted model: the copy's prepared CPU call reads the
+    copy's tensors (a copied closure would read the original's)."""
+    import copy
+    import io
+
+    model = nn.Sequential(nn.Linear(64, 32))
+    tersor.quantize_(model, cfg, progress=False)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = model(x)
+        clone = copy.deepcopy(model)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for t in model[0].fmt.tensors:
+            if t is not None and t.is_floating_point():
+                t.zero_()  # the original changes; the copies must not
+        assert torch.equal(clone(x), ref) and torch.equal(loaded(x), ref)

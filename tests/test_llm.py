@@ -94,3 +94,63 @@ def test_saved_llm_loads_into_a_meta_model(tmp_path):
     )
     with torch.no_grad():
         assert torch.equal(fresh.eval()(ids).logits, ref)
+
+
+def _family(name):
+    """Tiny configs of the other families the LLM issue names (random weights, real layout):
+    Qwen2 (q/k/v biases), Qwen3 (q/k norms), Mistral (sliding window), Phi-3 (fused qkv_proj and
+    gate_up_proj)."""
+    common = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    cfg = {
+        "qwen2": lambda: transformers.Qwen2Config(**common),
+        "qwen3": lambda: transformers.Qwen3Config(head_dim=16, **common),
+        "mistral": lambda: transformers.MistralConfig(sliding_window=16, **common),
+        "phi3": lambda: transformers.Phi3Config(pad_token_id=0, **common),
+    }[name]()
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral", "phi3"])
+@pytest.mark.parametrize(
+    "cfg", [tersor.W8A8Config(), tersor.W4A8Config(group_size=32)], ids=["w8a8", "w4a8"]
+)
+def test_other_llm_families_convert_whole_and_generate(family, cfg):
+    model = _family(family)
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    ids = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = tersor.quantize_(model, cfg, progress=False)
+    assert not report.skipped and len(report.converted) == len(linears)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    if family == "phi3":  # the fused projections are one layer each, as the model has them
+        assert model.model.layers[0].self_attn.qkv_proj.out_features == 64 + 2 * 32
+    if family == "qwen2":  # q/k/v carry biases
+        assert model.model.layers[0].self_attn.q_proj.bias is not None
+    with torch.no_grad():
+        out = model(ids).logits
+    tol = 0.05 if cfg.scheme == "w8a8" else 0.2
+    assert (out - ref).norm() <= tol * ref.norm()
+    assert model.generate(ids[:1], max_new_tokens=3, do_sample=False).shape == (1, 14)
+
+
+def test_torch_compile_of_the_quantized_hf_model():
+    """The whole quantized HF model under torch.compile (inductor): tersor's custom ops trace as
+    opaque calls, the rest is compiled; the output matches eager."""
+    model = _llama()
+    tersor.quantize_(model, tersor.W4A8Config(group_size=32), progress=False)
+    ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        eager = model(ids).logits
+        compiled = torch.compile(model)(ids).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

@@ -19,6 +19,7 @@ from tersor.configs import (
 )
 from tersor.importers import empty_weights, from_pretrained
 from tersor.nn import BlockSparseLinear, CsrLinear, PackedLinear, QConv2d, QLinear, SparseLinear
+from tersor.nn.fused import fuse_projections
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "cpu_info",
     "empty_weights",
     "from_pretrained",
+    "fuse_projections",
     "quantize_",
     "load_pretrained",
     "register_handler",

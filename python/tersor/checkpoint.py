@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tersor.formats import SCHEMES
+from tersor.nn.fused import fuse_projections as fuse
 from tersor.nn.linear import PackedLinear
 from tersor.nn.qconv import QConv2d
 
@@ -244,6 +245,7 @@ def load_pretrained(
     strict: bool = True,
     activations: Optional[str] = None,
     report: bool = False,
+    fuse_projections="auto",
 ):
     """Load a checkpoint folder into `model` (the same architecture, float, possibly on the meta
     device or built under ``tersor.empty_weights()``); returns the model, or (model, Report)
@@ -256,12 +258,17 @@ def load_pretrained(
       rest is loaded in the dtype the model was built with. activations: None runs each layer
       as the checkpoint says, "int8" quantizes activations (W4A16 -> W4A8, the faster CPU
       kernel), "float" keeps them float.
+
+    fuse_projections: as in ``quantize_`` (one packed call for q/k/v where measured faster).
     """
     from tersor import importers
 
     file = os.path.join(path, MANIFEST)
     if not os.path.exists(file) and importers.is_hf_folder(path):
+        from tersor.api import _note_fused
+
         rep = importers.load_hf(model, path, activations, strict)
+        _note_fused(rep, fuse(model, fuse_projections))
         return (model, rep) if report else model
     if not os.path.exists(file):
         raise FileNotFoundError(
@@ -289,12 +296,13 @@ def load_pretrained(
         _load(model, path, manifest, shards, strict)
     finally:
         shards.close()
+    notes = fuse(model, fuse_projections)
     if not report:
         return model
     from tersor.api import CONVERTED, LayerReport, Report, _layer_shape
 
     rows = [
-        LayerReport(fqn, _layer_shape(m), m.scheme, 0, m.nbytes, "", CONVERTED)
+        LayerReport(fqn, _layer_shape(m), m.scheme, 0, m.nbytes, notes.get(fqn, ""), CONVERTED)
         for fqn, m in _compressed_layers(model).items()
     ]
     return model, Report("tersor layers from a tersor checkpoint", rows, time.perf_counter() - t0)

@@ -72,7 +72,7 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
-def _dequantized_copy(model):
+def dequantized_copy(model):
     """model with every tersor layer replaced by nn.Linear on its dequantized weight."""
     import copy
 
@@ -132,7 +132,7 @@ def run_llm(
         report = tersor.quantize_(m, config, progress=False)
         with torch.inference_mode():
             out = m(prompt[:, :16]).logits
-            deq = _dequantized_copy(m)(prompt[:, :16]).logits
+            deq = dequantized_copy(m)(prompt[:, :16]).logits
         err = ((out - ref).norm() / ref.norm()).item()  # the quantization's own error (shown)
         kernel_err = ((out - deq).norm() / deq.norm()).item()
         # checked against the same weights in fp32: weight-only schemes to float rounding,

@@ -167,6 +167,15 @@ class WeightFormat:
         self.cpu_call = self.cpu_runner() if self.on_cpu else None
         return self
 
+    # copies and pickles (copy.deepcopy(model), torch.save(model)) carry the tensors, never the
+    # prepared call: a copied closure would run the original's weights
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "cpu_call"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._finish()
+
     def __repr__(self) -> str:
         opts = "".join(f", {k}={v}" for k, v in self.options().items())
         return (

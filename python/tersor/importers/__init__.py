@@ -80,6 +80,7 @@ def from_pretrained(
     dtype: Optional[torch.dtype] = None,
     activations: Optional[str] = None,
     model_class=None,
+    fuse_projections="auto",
 ):
     """A transformers model built from `path`'s config.json with empty weights, then loaded by
     ``tersor.load_pretrained`` (a tersor checkpoint or a GPTQ / AWQ / compressed-tensors one).
@@ -105,4 +106,4 @@ def from_pretrained(
     finally:
         torch.set_default_dtype(previous)
     model.eval()
-    return load_pretrained(model, path, activations=activations)
+    return load_pretrained(model, path, activations=activations, fuse_projections=fuse_projections)

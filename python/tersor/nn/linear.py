@@ -71,6 +71,7 @@ class PackedLinear(nn.Module):
     """
 
     _layer_class: dict = {}  # format class -> the public class that shows it (QLinear, ...)
+    _fused = None  # the FusedGroup (nn/fused.py) this layer runs with, if any
 
     def __init_subclass__(cls, formats: tuple = (), **kw):
         super().__init_subclass__(**kw)
@@ -160,6 +161,11 @@ class PackedLinear(nn.Module):
     # format's prepared _C call (ops/<family>.py cpu_runner_*); anything else -> checks with the
     # layer's name, then the format's op (which every device and torch.compile go through).
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        group = self._fused
+        if group is not None and group.enabled:
+            y = group(self, x)
+            if y is not None:
+                return y
         run = self.fmt.cpu_call
         if (
             run is not None
@@ -228,6 +234,8 @@ class PackedLinear(nn.Module):
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() / model.half() move the packed tensors and the bias, but never cast
         # them: the kernels read fp32 biases and the format's own dtypes
+        if self._fused is not None:  # members moved one by one no longer share storage
+            self._fused.dissolve()
         b = self._buffers.pop("bias")
         try:
             super()._apply(fn, recurse)
@@ -266,6 +274,8 @@ class PackedLinear(nn.Module):
                 unexpected_keys.append(key)
         if missing:
             return
+        if self._fused is not None:  # new weights for one member: the group's call is stale
+            self._fused.dissolve()
         err = self.fmt.load_state(lambda n: state_dict.get(prefix + n), prefix)
         if err:
             error_msgs.append(err)

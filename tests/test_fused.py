@@ -1,0 +1,164 @@
+"""fuse_projections: q/k/v (and gate/up) as one packed call. The numbers must not change, the
+module tree stays the model's, members still work alone, and copies / moves / reloads keep
+every layer correct."""
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import tersor
+from tersor.nn import PackedLinear
+
+
+class Attn(nn.Module):
+    def __init__(self, d=64, kv=40, bias=False):
+        super().__init__()
+        self.q_proj = nn.Linear(d, d, bias=bias)
+        self.k_proj = nn.Linear(d, kv, bias=bias)
+        self.v_proj = nn.Linear(d, kv, bias=bias)
+
+    def forward(self, x):
+        return self.q_proj(x).sum(-1) + self.k_proj(x).sum(-1) * self.v_proj(x).mean(-1)
+
+
+def _pair(cfg, bias=False, kv=48):
+    torch.manual_seed(0)
+    a = Attn(kv=kv, bias=bias).eval()
+    b = copy.deepcopy(a)
+    tersor.quantize_(a, cfg, progress=False, fuse_projections=False)
+    report = tersor.quantize_(b, cfg, progress=False, fuse_projections=True)
+    return a, b, report
+
+
+CFGS = [
+    tersor.W8A8Config(),
+    tersor.W8Config(),
+    tersor.W4A8Config(group_size=32),
+    tersor.W4Config(group_size=32),
+]
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=lambda c: c.scheme)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("m", [1, 7, 33])
+def test_fused_outputs_are_bitwise_the_separate_ones(isa, cfg, bias, m):
+    sep, fused, report = _pair(cfg, bias)
+    assert fused.q_proj._fused is not None and sep.q_proj._fused is None
+    assert "one call with k_proj, v_proj" in report.layers[0].reason
+    x = torch.randn(2, m, 64)
+    with torch.no_grad():
+        for name in ("q_proj", "k_proj", "v_proj"):  # each member alone, then the group
+            assert torch.equal(getattr(fused, name)(x), getattr(sep, name)(x))
+        assert torch.equal(fused(x), sep(x))
+        xb = x.to(torch.bfloat16)
+        assert torch.equal(fused(xb), sep(xb))
+
+
+def test_members_called_with_other_inputs_and_in_any_order():
+    sep, fused, _ = _pair(tersor.W8A8Config())
+    x, y = torch.randn(3, 64), torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(fused.k_proj(x), sep.k_proj(x))  # computes q, v for x too
+        assert torch.equal(fused.q_proj(y), sep.q_proj(y))  # another input: not x's result
+        assert torch.equal(fused.v_proj(x), sep.v_proj(x))
+        x.add_(1.0)  # modified in place: the pending result is stale
+        assert torch.equal(fused.q_proj(x), sep.q_proj(x))
+        assert torch.equal(fused.k_proj(x), sep.k_proj(x))
+
+
+def test_auto_skips_large_layers_and_unaligned_ones():
+    torch.manual_seed(0)
+    big = nn.Module()
+    big.gate_proj, big.up_proj = (
+        nn.Linear(2048, 8192, bias=False),
+        nn.Linear(2048, 8192, bias=False),
+    )
+    tersor.quantize_(big, tersor.W8A8Config(), progress=False)
+    assert big.gate_proj._fused is None  # measured: no gain at this size
+    odd = Attn(kv=40)  # k_proj's 40 columns end mid-block: v_proj's views could not start there
+    tersor.quantize_(odd, tersor.W8A8Config(), progress=False, fuse_projections=True)
+    assert odd.q_proj._fused is None
+
+
+def test_members_share_the_weights_no_extra_memory():
+    _, fused, _ = _pair(tersor.W4A8Config(group_size=32))
+    g = fused.q_proj._fused
+    for m in (fused.q_proj, fused.k_proj, fused.v_proj):
+        assert m.fmt.codes.untyped_storage().data_ptr() == g.fmt.codes.untyped_storage().data_ptr()
+
+
+def test_copy_pickle_move_and_reload_keep_every_layer_right():
+    sep, fused, _ = _pair(tersor.W8A8Config(), bias=True)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        ref = sep(x)
+        clone = copy.deepcopy(fused)
+        buf = io.BytesIO()
+        torch.save(fused, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for m in (clone, loaded):
+            assert m.q_proj._fused is not None and m.q_proj._fused is not fused.q_proj._fused
+            assert torch.equal(m(x), ref)
+        # a state_dict load into one member: the group dissolves, the new weights are used
+        other = Attn(kv=48, bias=True)
+        tersor.quantize_(other, tersor.W8A8Config(), progress=False, fuse_projections=False)
+        fused.k_proj.load_state_dict(other.k_proj.state_dict())
+        assert fused.q_proj._fused is None
+        assert torch.equal(fused.k_proj(x), other.k_proj(x))
+        assert torch.equal(fused.q_proj(x), sep.q_proj(x))
+        clone.to("cpu")  # a move dissolves (members then own their tensors)
+        assert clone.q_proj._fused is None and torch.equal(clone(x), ref)
+
+
+def test_threads_get_their_own_results():
+    import threading
+
+    sep, fused, _ = _pair(tersor.W4A8Config(group_size=32))
+    xs = [torch.randn(4, 64) for _ in range(4)]
+    with torch.no_grad():
+        want = [sep(x) for x in xs]
+    got = [None] * 4
+
+    def work(i):
+        with torch.no_grad():
+            for _ in range(50):
+                got[i] = fused(xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_llama_fused_by_default_same_logits():
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    a = transformers.LlamaForCausalLM(cfg).eval()
+    b = copy.deepcopy(a)
+    tersor.quantize_(a, tersor.W4A8Config(group_size=32), progress=False)
+    tersor.quantize_(b, tersor.W4A8Config(group_size=32), progress=False, fuse_projections=False)
+    attn = a.model.layers[0].self_attn
+    assert attn.q_proj._fused is not None and a.model.layers[0].mlp.gate_proj._fused is not None
+    assert isinstance(attn.k_proj, PackedLinear)  # the tree is the model's
+    ids = torch.randint(0, 128, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
+        assert torch.equal(
+            a.generate(ids, max_new_tokens=5, do_sample=False),
+            b.generate(ids, max_new_tokens=5, do_sample=False),
+        )
