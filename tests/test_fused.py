@@ -20,8 +20,19 @@ class Attn(nn.Module):
         self.k_proj = nn.Linear(d, kv, bias=bias)
         self.v_proj = nn.Linear(d, kv, bias=bias)
 
-    def forward(self, x):
-        return self.q_proj(x).sum(-1) + self.k_proj(x).sum(-1) * self.v_proj(x).mean(-1)
+    def forward(self, x, y=None, order="qkv", mutate=False):
+        """The three projections in `order`; k and v read y when given; mutate: x changes in
+        place after the first call."""
+        out = {}
+        for c in order:
+            out[c] = getattr(self, f"{c}_proj")(y if (y is not None and c != "q") else x)
+            if mutate and len(out) == 1:
+                x.add_(1.0)
+        return out["q"], out["k"], out["v"]
+
+
+def _equal(a, b):
+    return all(torch.equal(u, v) for u, v in zip(a, b))
 
 
 def _pair(cfg, bias=False, kv=48):
@@ -52,21 +63,37 @@ def test_fused_outputs_are_bitwise_the_separate_ones(isa, cfg, bias, m):
     with torch.no_grad():
         for name in ("q_proj", "k_proj", "v_proj"):  # each member alone, then the group
             assert torch.equal(getattr(fused, name)(x), getattr(sep, name)(x))
-        assert torch.equal(fused(x), sep(x))
+        assert _equal(fused(x), sep(x))
         xb = x.to(torch.bfloat16)
-        assert torch.equal(fused(xb), sep(xb))
+        assert _equal(fused(xb), sep(xb))
+    with torch.inference_mode():
+        assert _equal(fused(x), sep(x))
 
 
-def test_members_called_with_other_inputs_and_in_any_order():
+def test_one_kernel_call_per_parent_forward():
+    _, fused, _ = _pair(tersor.W4A8Config(group_size=32))
+    g, calls = fused.q_proj._fused, []
+    run = g.fmt.cpu_call
+    g.fmt.cpu_call = lambda x, b: calls.append(1) or run(x, b)
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        fused(x)
+        assert len(calls) == 1
+        fused(x, torch.randn(1, 64))  # k and v read another input: q's call, then k's
+        assert len(calls) == 3
+        fused.k_proj(x)  # outside the parent's forward: the member's own call
+        assert len(calls) == 3
+
+
+@pytest.mark.parametrize("order", ["qkv", "vkq", "kqv"])
+def test_members_called_in_any_order_with_other_inputs(order):
     sep, fused, _ = _pair(tersor.W8A8Config())
     x, y = torch.randn(3, 64), torch.randn(3, 64)
     with torch.no_grad():
-        assert torch.equal(fused.k_proj(x), sep.k_proj(x))  # computes q, v for x too
-        assert torch.equal(fused.q_proj(y), sep.q_proj(y))  # another input: not x's result
-        assert torch.equal(fused.v_proj(x), sep.v_proj(x))
-        x.add_(1.0)  # modified in place: the pending result is stale
-        assert torch.equal(fused.q_proj(x), sep.q_proj(x))
-        assert torch.equal(fused.k_proj(x), sep.k_proj(x))
+        assert _equal(fused(x, order=order), sep(x, order=order))
+        assert _equal(fused(x, y, order=order), sep(x, y, order=order))  # k, v read y
+        # x modified in place after the first call: the pending results are stale
+        assert _equal(fused(x.clone(), order=order, mutate=True), sep(x, order=order, mutate=True))
 
 
 def test_auto_skips_large_layers_and_unaligned_ones():
@@ -102,7 +129,7 @@ def test_copy_pickle_move_and_reload_keep_every_layer_right():
         loaded = torch.load(buf, weights_only=False)
         for m in (clone, loaded):
             assert m.q_proj._fused is not None and m.q_proj._fused is not fused.q_proj._fused
-            assert torch.equal(m(x), ref)
+            assert _equal(m(x), ref)
         # a state_dict load into one member: the group dissolves, the new weights are used
         other = Attn(kv=48, bias=True)
         tersor.quantize_(other, tersor.W8A8Config(), progress=False, fuse_projections=False)
@@ -111,7 +138,7 @@ def test_copy_pickle_move_and_reload_keep_every_layer_right():
         assert torch.equal(fused.k_proj(x), other.k_proj(x))
         assert torch.equal(fused.q_proj(x), sep.q_proj(x))
         clone.to("cpu")  # a move dissolves (members then own their tensors)
-        assert clone.q_proj._fused is None and torch.equal(clone(x), ref)
+        assert clone.q_proj._fused is None and _equal(clone(x), ref)
 
 
 def test_threads_get_their_own_results():
@@ -133,7 +160,7 @@ def test_threads_get_their_own_results():
         t.start()
     for t in threads:
         t.join()
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert all(_equal(a, b) for a, b in zip(got, want))
 
 
 def test_llama_fused_by_default_same_logits():

@@ -8,9 +8,11 @@ small layer: measured on Zen 3 (AVX2, 2 threads), Llama-3.2-1B's q/k/v (2048x204
 
 The module tree stays the model's: q_proj, k_proj, v_proj remain three layers, and each still
 works alone. Their packed weights become views into one concatenation along N (no extra
-memory), so the group's single kernel call produces every member's output; the first member
-called computes all of them, the others take theirs if they are called with the very same
-input tensor (same object, unmodified), else compute their own. Fusion changes no numbers:
+memory), so the group's single kernel call produces every member's output. Only inside one
+forward of their parent module (the attention block: forward hooks arm and clear the group)
+does the first member called compute all of them; the others take theirs if called with the
+very same input tensor (same object, not modified since, where torch tracks versions), else
+compute their own. Called outside the parent, a member runs alone. Fusion changes no numbers:
 every output column is the same dot product in the same order.
 
     fused packed weight (N-leading tensors, 16-column blocks):
@@ -44,7 +46,7 @@ AUTO_MAX_MEAN_WEIGHTS = 1 << 23  # "auto" fuses groups of small layers (the meas
 class FusedGroup:
     """One packed call for a group of PackedLinear layers (see the module docstring)."""
 
-    def __init__(self, layers: list):
+    def __init__(self, parent: nn.Module, layers: list):
         self.layers = list(layers)
         fmts = [m.fmt for m in self.layers]
         fused = copy.copy(fmts[0])
@@ -73,10 +75,20 @@ class FusedGroup:
             self.bounds.append((start, start + f.out_features))
             start += f.out_features
         self.index = {id(m): i for i, m in enumerate(self.layers)}
-        self.local = threading.local()  # pending outputs are per thread
+        self.local = threading.local()  # armed flag and pending outputs are per thread
         self.enabled, self.wasted = True, 0
         for m in self.layers:
             m._fused = self
+        self.hooks = [
+            parent.register_forward_pre_hook(self._arm),
+            parent.register_forward_hook(self._disarm),
+        ]
+
+    def _arm(self, module, args) -> None:
+        self.local.pending = {}
+
+    def _disarm(self, module, args, out) -> None:
+        self.local.pending = None
 
     def __call__(self, layer, x: torch.Tensor) -> Optional[torch.Tensor]:
         """layer's output from the group's call, or None (the layer runs alone)."""
@@ -89,11 +101,14 @@ class FusedGroup:
             or torch.compiler.is_compiling()
         ):
             return None
-        i = self.index[id(layer)]
         pending = getattr(self.local, "pending", None)
+        if pending is None:  # not inside the parent's forward: the member runs alone
+            return None
+        i = self.index[id(layer)]
+        version = None if x.is_inference() else x._version  # inference tensors have none
         if pending:
             got = pending.pop(i, None)
-            if got is not None and got[0] is x and got[1] == x._version:
+            if got is not None and got[0] is x and got[1] == version:
                 return got[2]
             self.wasted += 1  # results computed for a member that never came for them
             if self.wasted > 2:  # members do not share their input here (cross-attention)
@@ -106,7 +121,7 @@ class FusedGroup:
             outs = [o.to(x.dtype) for o in outs]
         elif y.dim() > 1 and y.numel() != y.shape[-1]:
             outs = [o.contiguous() for o in outs]
-        self.local.pending = {j: (x, x._version, o) for j, o in enumerate(outs) if j != i}
+        self.local.pending = {j: (x, version, o) for j, o in enumerate(outs) if j != i}
         return outs[i]
 
     def __getstate__(self) -> dict:  # copies and pickles: the per-thread results stay behind
@@ -122,6 +137,8 @@ class FusedGroup:
         self.enabled = False
         for m in self.layers:
             m._fused = None
+        for h in self.hooks:
+            h.remove()
 
 
 def _why_not(layers) -> str:
@@ -168,7 +185,7 @@ def fuse_projections(model: nn.Module, mode="auto") -> dict:
                 why = "large layers: one call is not faster (measured)"
             if why:
                 continue
-            FusedGroup(layers)
+            FusedGroup(parent, layers)
             for n in names:
                 fqn = f"{prefix}.{n}" if prefix else n
                 notes[fqn] = "one call with " + ", ".join(o for o in names if o != n)
