@@ -45,7 +45,7 @@ SCHEMES = {
 PEERS = {
     "llama.cpp Q4_0 / Q8_0": (
         "llama_cpp",
-        "llama-cpp-python is not installed (a ~12-minute source build; never in CI)",
+        "llama-cpp-python + gguf are not installed (a ~12-minute source build; never in CI)",
     ),
     "OpenVINO INT8 / INT4": ("optimum", "optimum-intel / openvino / nncf are not installed"),
 }
@@ -88,9 +88,8 @@ def dequantized_copy(model):
 
 def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> dict:
     """Prefill ms (one forward of the prompt) and decode tokens/s (greedy generate of
-    new_tokens minus its prefill), after a warm-up generation."""
+    new_tokens minus its prefill)."""
     with torch.inference_mode():
-        model.generate(prompt[:, :8], max_new_tokens=2, min_new_tokens=2, do_sample=False)
         t0 = time.perf_counter()
         model(prompt)
         prefill = time.perf_counter() - t0
@@ -103,31 +102,41 @@ def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> dict:
     return dict(prefill_ms=prefill * 1e3, decode_tok_s=1.0 / per_token, s_per_token=per_token)
 
 
+def _warm_up(model, prompt) -> None:
+    with torch.inference_mode():
+        model.generate(prompt[:, :8], max_new_tokens=2, min_new_tokens=2, do_sample=False)
+
+
+# llama.cpp's file type of the same bits as each scheme: the ratios the issue's figures use
+SAME_BITS = {"W8": "llama.cpp Q8_0", "W4": "llama.cpp Q4_0"}
+
+
 def run_llm(
     shape: str = "1b",
     prompt_len: int = 128,
     new_tokens: int = 64,
     bandwidth: float = 0.0,
     schemes=None,
+    rounds: int = 3,
 ) -> list:
-    """Rows for HF fp32 and each tersor scheme (checked against fp32 logits first), plus the
-    peers' availability; prints the table."""
+    """Rows for HF fp32, each tersor scheme (checked against its own weights dequantized
+    first) and the peers that are installed, timed in `rounds` interleaved rounds (medians:
+    the machine is shared); prints the table."""
+    import statistics
+
     schemes = list(SCHEMES) if schemes is None else schemes
     model = build(shape)
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=gen)
     with torch.inference_mode():
         ref = model(prompt[:, :16]).logits
-    rows = [
-        dict(
-            impl="HF fp32 eager",
-            kind="baseline",
-            bytes=weight_bytes_per_token(model),
-            **time_generation(model, prompt, new_tokens),
-        )
-    ]
+    engines = {"HF fp32 eager": (model, time_generation)}
+    rows = [dict(impl="HF fp32 eager", kind="baseline", bytes=weight_bytes_per_token(model))]
+    peers, peer_engines = _peers(model, prompt, new_tokens)
+    rows += [r for r in peers if "unavailable" not in r]
+    engines.update(peer_engines)
     for name in schemes:
-        m = model if name == schemes[-1] else build(shape)  # the last one converts in place
+        m = build(shape)  # the same seed: the same weights
         config = SCHEMES[name]()
         report = tersor.quantize_(m, config, progress=False)
         with torch.inference_mode():
@@ -139,6 +148,7 @@ def run_llm(
         # int8 activations to their quantization noise compounded over the layers
         if not kernel_err < (0.35 if "a8" in config.scheme else 1e-3):
             raise SystemExit(f"{name}: logits {kernel_err:.3g} off its dequantized weights")
+        engines[name] = (m, time_generation)
         rows.append(
             dict(
                 impl=name,
@@ -146,14 +156,30 @@ def run_llm(
                 bytes=weight_bytes_per_token(m),
                 convert_s=report.seconds,
                 logit_err=err,
-                **time_generation(m, prompt, new_tokens),
             )
         )
-        del m
+    for name, (m, _) in engines.items():
+        if name in SCHEMES or name == "HF fp32 eager":
+            _warm_up(m, prompt)
+    samples = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, (m, timer) in engines.items():
+            samples[name].append(timer(m, prompt, new_tokens))
+    for r in rows:
+        got = samples[r["impl"]]
+        for key in ("prefill_ms", "s_per_token"):
+            r[key] = statistics.median(t[key] for t in got)
+        r["decode_tok_s"] = 1.0 / r["s_per_token"]
+    _print_llm(rows, peers, shape, prompt_len, new_tokens, rounds, bandwidth)
+    return rows + [r for r in peers if "unavailable" in r]
+
+
+def _print_llm(rows, peers, shape, prompt_len, new_tokens, rounds, bandwidth) -> None:
     base = rows[0]["decode_tok_s"]
+    by_name = {r["impl"]: r for r in rows}
     print(
         f"Llama ({shape} shape, random weights), prompt {prompt_len}, {new_tokens} new tokens, "
-        f"batch 1, {torch.get_num_threads()} threads"
+        f"batch 1, {torch.get_num_threads()} threads, medians of {rounds} interleaved rounds"
     )
     print(
         f"{'engine':<24}{'MB/token':>10}{'prefill ms':>12}{'decode tok/s':>14}"
@@ -162,17 +188,48 @@ def run_llm(
     for r in rows:
         floor = r["bytes"] / bandwidth if bandwidth else 0.0
         r["floor_pct"] = 100 * floor / r["s_per_token"] if bandwidth else None
-        r["ratios"] = {"HF fp32 eager": r["decode_tok_s"] / base} if r["kind"] == "ours" else {}
+        r["ratios"] = {}
+        if r["kind"] == "ours":  # decode tok/s ratio, > 1: tersor is faster
+            r["ratios"]["HF fp32 eager"] = r["decode_tok_s"] / base
+            peer = by_name.get(SAME_BITS.get(r["impl"].split()[1][:2], ""))
+            if peer is not None:
+                r["ratios"][peer["impl"]] = r["decode_tok_s"] / peer["decode_tok_s"]
+                r["prefill_ratio"] = {peer["impl"]: peer["prefill_ms"] / r["prefill_ms"]}
         pct = f"{r['floor_pct']:8.0f}%" if bandwidth else f"{'-':>9}"
         print(
             f"{r['impl']:<24}{r['bytes'] / 1e6:>10.0f}{r['prefill_ms']:>12.0f}"
             f"{r['decode_tok_s']:>14.1f}{r['decode_tok_s'] / base:>8.2f}x{pct}"
         )
+    for r in peers:
+        if "unavailable" in r:
+            print(f"{r['impl']:<24}unavailable: {r['unavailable']}")
+    for r in rows:
+        for peer, v in r.get("prefill_ratio", {}).items():
+            print(
+                f"{r['impl']} vs {peer} (same bits): decode {r['ratios'][peer]:.2f}x, "
+                f"prefill {v:.2f}x"
+            )
+
+
+def _peers(model, prompt, new_tokens):
+    """llama.cpp (and, when written, OpenVINO) on the same float model: (rows, {name: (engine,
+    timer)}), or rows saying why not."""
+    import tempfile
+
+    rows, engines = [], {}
     for name, (module, why) in PEERS.items():
-        if importlib.util.find_spec(module) is None:
-            print(f"{name:<24}unavailable: {why}")
+        if importlib.util.find_spec(module) is None or (
+            module == "llama_cpp" and importlib.util.find_spec("gguf") is None
+        ):
             rows.append(dict(impl=name, kind="baseline", unavailable=why))
+        elif module == "llama_cpp":
+            from tersor.bench import llamacpp
+
+            with tempfile.TemporaryDirectory() as d:
+                got = llamacpp.prepare(model, prompt, new_tokens, d, prompt[:, :16])
+            for row, llm in got:
+                rows.append(row)
+                engines[row["impl"]] = (llm, llamacpp.time_generation)
         else:
-            print(f"{name:<24}installed, but its side-by-side run is not written yet")
-            rows.append(dict(impl=name, kind="baseline", unavailable="not written yet"))
-    return rows
+            rows.append(dict(impl=name, kind="baseline", unavailable="its run is not written"))
+    return rows, engines
