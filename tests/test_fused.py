@@ -75,14 +75,16 @@ def test_one_kernel_call_per_parent_forward():
     g, calls = fused.q_proj._fused, []
     run = g.fmt.cpu_call
     g.fmt.cpu_call = lambda x, b: calls.append(1) or run(x, b)
-    x = torch.randn(1, 64)
-    with torch.no_grad():
-        fused(x)
-        assert len(calls) == 1
-        fused(x, torch.randn(1, 64))  # k and v read another input: q's call, then k's
-        assert len(calls) == 3
-        fused.k_proj(x)  # outside the parent's forward: the member's own call
-        assert len(calls) == 3
+    for x in (torch.randn(1, 64), torch.randn(2, 5, 64), torch.randn(5, 128)[:, ::2]):
+        calls.clear()
+        with torch.no_grad():
+            fused(x)
+            assert len(calls) == 1
+            fused(x, torch.randn(x.shape))  # k and v read another input: q's call, then k's
+            assert len(calls) == 3
+            fused.k_proj(x)  # outside the parent's forward: the member's own call
+            assert len(calls) == 3
+        g.wasted = 0
 
 
 @pytest.mark.parametrize("order", ["qkv", "vkq", "kqv"])

@@ -113,9 +113,12 @@ class FusedGroup:
             self.wasted += 1  # results computed for a member that never came for them
             if self.wasted > 2:  # members do not share their input here (cross-attention)
                 self.enabled = False
-        y = run(x if x.dtype is torch.float32 else x.float(), self.bias)
+        xf = x if x.dtype is torch.float32 else x.float()
+        x2 = xf.reshape(-1, xf.shape[-1]).contiguous()  # the prepared calls take [M, K]
+        y = run(x2, self.bias)
         if y is None:
             return None
+        y = y.view(*x.shape[:-1], y.shape[-1])
         outs = [y[..., a:b] for a, b in self.bounds]
         if x.dtype is not torch.float32:
             outs = [o.to(x.dtype) for o in outs]
