@@ -189,9 +189,9 @@ def _save_w4a8(path, n, width):
 
 def test_loading_never_materializes_the_float_weights(tmp_path):
     """Peak RSS growth while loading 8 W4A8 layers of 2048 x 2048 (sampled every 0.5 ms in a
-    fresh process) stays well under the 128 MiB the float weights would take. (Measured: 68 MiB
-    = the 19 MiB compressed + the shard's mmapped pages + one layer's re-packing temporaries;
-    the issue's bound, compressed + one float layer = 35 MiB, is not reached yet.)"""
+    fresh process) stays within the compressed size + one float layer (35 MiB; the float
+    weights would take 128 MiB). Measured 23-26 MiB on Zen 3: the shard is unmapped after each
+    layer and the nibbles are re-packed without unpacking to one byte per code."""
     import subprocess
     import sys
 
@@ -206,4 +206,5 @@ def test_loading_never_materializes_the_float_weights(tmp_path):
     before, peak, compressed = map(int, out.stdout.split())
     float_model = 8 * 2048 * 2048 * 4
     assert compressed < float_model / 6
-    assert peak - before < 0.75 * float_model, (peak - before, compressed)
+    one_float_layer = 2048 * 2048 * 4
+    assert peak - before <= compressed + one_float_layer, (peak - before, compressed)

@@ -165,3 +165,16 @@ def test_awq_import():
     torch.testing.assert_close(dequantize_int4(qc, s, z, G), want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="group_size 48 must be 32, 64 or 128"):
         from_awq(pack(q), pack(zeros), scales, 48)
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 8), (40, 64), (33, 96)])
+def test_packing_from_nibble_bytes_equals_packing_the_codes(n, k):
+    """Checkpoint loading packs the canonical nibble bytes directly (pack_int4_nibbles): the
+    same kernel codes as unpacking them to one byte per code first."""
+    from tersor.formats.int4 import from_nibbles, pack_int4, pack_int4_nibbles, to_nibbles
+
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+    b = to_nibbles(q)
+    assert torch.equal(from_nibbles(b, k), q)
+    scale = torch.rand(n, k // 8).to(torch.float16)
+    assert torch.equal(pack_int4_nibbles(b, n, k), pack_int4(q, scale, None, 8).codes)

@@ -322,6 +322,9 @@ def _load(model, path, manifest, shards, strict):
     built = {}
     for fqn, entry in manifest["layers"].items():
         built[fqn] = _build_layer(fqn, entry, get, path)
+        # unmapped after each layer: the shard's pages read so far would otherwise stay in the
+        # process's resident set until the end (the reopening costs one header parse)
+        shards.close()
         _release_freed_memory()
     # every tensor under a layer must be one it took
     claimed = set()

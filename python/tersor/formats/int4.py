@@ -141,14 +141,40 @@ def pack_int4(
     v = qp.view(np_ // BLOCK_N, BLOCK_N, kp // TILE_K, 2, 4)
     codes = (v[:, :, :, 0, :] | (v[:, :, :, 1, :] << 4)).permute(0, 2, 1, 3).contiguous()
 
+    scale_p, zero_p = pack_group_params(scale, zero)
+    return PackedInt4(codes, scale_p, zero_p, n, k, group_size)
+
+
+def pack_group_params(scale: torch.Tensor, zero: Optional[torch.Tensor]):
+    """scale fp16 / zero uint8 [N, ngroups] -> [Np/16, ngroups, 16] (the kernel form)."""
+    n, ngroups = scale.shape
+    np_ = _round_up(n, BLOCK_N)
+
     def per_block(t, dtype):
         out = torch.zeros(np_, ngroups, dtype=dtype)
         out[:n] = t
         return out.view(np_ // BLOCK_N, BLOCK_N, ngroups).permute(0, 2, 1).contiguous()
 
-    scale_p = per_block(scale.to(torch.float16), torch.float16)
     zero_p = per_block(zero, torch.uint8) if zero is not None else None
-    return PackedInt4(codes, scale_p, zero_p, n, k, group_size)
+    return per_block(scale.to(torch.float16), torch.float16), zero_p
+
+
+def pack_int4_nibbles(b: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Canonical nibble bytes [N, K/2] -> the kernel codes [Np/16, K/8, 16, 4] without
+    unpacking to one byte per code (checkpoint loading: half the temporaries). K % 8 == 0.
+
+    Canonical bytes pair (k, k+1), the kernel's (k, k+4): per 8 k, B0..B3 = (k0,k1) (k2,k3)
+    (k4,k5) (k6,k7) become k0|k4, k1|k5, k2|k6, k3|k7 (low | high << 4)."""
+    np_ = _round_up(n, BLOCK_N)
+    v = b.view(n, k // 8, 4)
+    b0, b1, b2, b3 = v.unbind(-1)
+    lo_f, hi_f = 0x0F, 0xF0
+    out = torch.zeros(np_, k // 8, 4, dtype=torch.uint8)
+    out[:n, :, 0] = (b0 & lo_f) | ((b2 & lo_f) << 4)
+    out[:n, :, 1] = (b0 >> 4) | (b2 & hi_f)
+    out[:n, :, 2] = (b1 & lo_f) | ((b3 & lo_f) << 4)
+    out[:n, :, 3] = (b1 >> 4) | (b3 & hi_f)
+    return out.view(np_ // BLOCK_N, BLOCK_N, k // 8, 4).permute(0, 2, 1, 3).contiguous()
 
 
 def unpack_int4(codes, scale, zero, n: int, k: int):
@@ -192,11 +218,13 @@ class Int4Format(WeightFormat):
         symmetric: bool = False,
         perm: Optional[torch.Tensor] = None,
         what: str = "layer",
+        nibbles_k: Optional[int] = None,
     ):
         """q uint8 [N, K], scale fp16 [N, ngroups], zero uint8 or None (symmetric: z = 8),
-        group_size the configured one (32, 64, 128 or -1)."""
-        super().__init__(*q.shape)
-        n, k = q.shape
+        group_size the configured one (32, 64, 128 or -1). nibbles_k = K: q is the canonical
+        nibble bytes [N, ceil(K/2)] instead (what checkpoints hold)."""
+        n, k = q.shape if nibbles_k is None else (q.shape[0], nibbles_k)
+        super().__init__(n, k)
         self.act_int8, self.symmetric, self.group_size = act_int8, symmetric, group_size
         self.scheme = "w4a8" if act_int8 else "w4"
         self.G = effective_group_size(k, group_size, what)
@@ -206,8 +234,13 @@ class Int4Format(WeightFormat):
             zero = None
         if not symmetric and zero is None:  # a symmetric import into an asymmetric layer
             zero = torch.full(scale.shape, 8, dtype=torch.uint8)
-        p = pack_int4(q, scale, zero, self.G)
-        self.codes, self.scale, self.zero = p.codes, p.scale, p.zero
+        if nibbles_k is not None and k % 8 == 0 and self.G * scale.shape[1] == k:
+            self.codes = pack_int4_nibbles(q, n, k)
+            self.scale, self.zero = pack_group_params(scale, zero)
+        else:
+            q = from_nibbles(q, k) if nibbles_k is not None else q
+            p = pack_int4(q, scale, zero, self.G)
+            self.codes, self.scale, self.zero = p.codes, p.scale, p.zero
         self.perm = None if perm is None else perm.to(torch.int64).contiguous()
         self._finish()
 
@@ -275,7 +308,8 @@ class Int4Format(WeightFormat):
 
     @staticmethod
     def _canonical_args(get, prefix, n, k, group_size, symmetric, act_order):
-        """(q, scale, zero, perm) on the CPU from the canonical tensors, or the error message."""
+        """(nibble bytes, scale, zero, perm) on the CPU from the canonical tensors, or the error
+        message."""
         ng = -(-k // effective_group_size(k, group_size, prefix or "layer"))
         b, s = get("weight_int4"), get("weight_scale")
         z = None if symmetric else get("weight_zero")
@@ -297,7 +331,7 @@ class Int4Format(WeightFormat):
             if not torch.equal(torch.sort(perm.cpu()).values, torch.arange(k)):
                 return f"{prefix}input_perm: not a permutation of range({k})"
             perm = perm.cpu()
-        return from_nibbles(b.cpu(), k), s.cpu(), None if z is None else z.cpu(), perm
+        return b.cpu(), s.cpu(), None if z is None else z.cpu(), perm
 
     def load_state(self, get, prefix):
         args = self._canonical_args(
@@ -311,9 +345,10 @@ class Int4Format(WeightFormat):
         )
         if isinstance(args, str):
             return args
-        q, s, z, perm = args
+        b, s, z, perm = args
         device = self.device
-        self.__init__(q, s, z, self.group_size, self.act_int8, self.symmetric, perm)
+        k = self.in_features
+        self.__init__(b, s, z, self.group_size, self.act_int8, self.symmetric, perm, nibbles_k=k)
         self._apply(lambda t: t.to(device))
         return None
 
@@ -334,8 +369,9 @@ class Int4Format(WeightFormat):
         )
         if isinstance(args, str):
             return args
-        q, s, z, perm = args
-        return cls(q, s, z, group_size, act_int8, symmetric, perm, what=prefix or "layer")
+        b, s, z, perm = args
+        what = prefix or "layer"
+        return cls(b, s, z, group_size, act_int8, symmetric, perm, what, nibbles_k=in_features)
 
     def dequantize(self):
         w = dequant_w4t(
