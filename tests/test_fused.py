@@ -191,3 +191,11 @@ def test_llama_fused_by_default_same_logits():
             a.generate(ids, max_new_tokens=5, do_sample=False),
             b.generate(ids, max_new_tokens=5, do_sample=False),
         )
+
+
+def test_fused_model_compiles_fullgraph():
+    sep, fused, _ = _pair(tersor.W8A8Config())
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        got = torch.compile(fused, fullgraph=True)(x)
+        assert _equal(got, sep(x))

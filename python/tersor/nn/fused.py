@@ -84,11 +84,14 @@ class FusedGroup:
             parent.register_forward_hook(self._disarm),
         ]
 
+    # (under torch.compile the members run their own ops: the hooks do nothing there)
     def _arm(self, module, args) -> None:
-        self.local.pending = {}
+        if not torch.compiler.is_compiling():
+            self.local.pending = {}
 
     def _disarm(self, module, args, out) -> None:
-        self.local.pending = None
+        if not torch.compiler.is_compiling():
+            self.local.pending = None
 
     def __call__(self, layer, x: torch.Tensor) -> Optional[torch.Tensor]:
         """layer's output from the group's call, or None (the layer runs alone)."""
