@@ -57,13 +57,19 @@ def test_shared_module_converted_once():
     assert isinstance(model[0], QLinear) and model[0] is model[2]
 
 
-def test_failed_conversion_leaves_model_unchanged():
-    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize(
+    "cfg",
+    [tersor.W8A8Config(), tersor.W8Config(), tersor.W4A8Config(group_size=32), tersor.W4Config()],
+    ids=lambda c: c.scheme,
+)
+def test_failed_conversion_leaves_model_unchanged(bad, cfg):
+    model = nn.Sequential(nn.Linear(128, 8), nn.Linear(128, 8))
     with torch.no_grad():
-        model[1].weight[0, 0] = float("nan")
+        model[1].weight[5, 77] = bad
     before = [id(m) for m in model]
     with pytest.raises(ValueError, match="converting '1' failed.*NaN or Inf.*model is unchanged"):
-        tersor.quantize_(model, tersor.W8A8Config())
+        tersor.quantize_(model, cfg)
     assert [id(m) for m in model] == before and all(isinstance(m, nn.Linear) for m in model)
 
 

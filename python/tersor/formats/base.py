@@ -26,11 +26,12 @@ from typing import Callable, Optional
 import torch
 
 
-def check_float_weight(weight: torch.Tensor, label: str) -> None:
-    """A float32 weight without NaN/Inf, or an error naming the layer."""
+def check_float_weight(weight: torch.Tensor, label: str, finite: bool = True) -> None:
+    """A float32 weight without NaN/Inf, or an error naming the layer (finite=False: the caller
+    checks values itself, e.g. through its group ranges, without a pass over the weight)."""
     if weight.dtype != torch.float32:
         raise TypeError(f"{label}: weight must be float32, got {weight.dtype}")
-    if not torch.isfinite(weight).all():
+    if finite and not torch.isfinite(weight).all():
         raise ValueError(f"{label}: weight holds NaN or Inf; cannot convert it")
 
 

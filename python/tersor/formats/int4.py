@@ -93,16 +93,21 @@ def quantize_int4(
     n, k = w.shape
     g = effective_group_size(k, group_size, what)
     kp = _round_up(k, g)
-    wp = torch.zeros(n, kp)
-    wp[:, :k] = w
+    if kp == k:  # no padded copy: at 1B-model sizes every full-size temporary costs ~0.1 s
+        wp = w.contiguous()
+    else:
+        wp = torch.zeros(n, kp)
+        wp[:, :k] = w
     wg = wp.view(n, kp // g, g)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+        raise ValueError(f"{what}: weight holds NaN or Inf; cannot convert it")
     if symmetric:
-        scale = (wg.abs().amax(-1) / 7.0).to(torch.float16)
+        scale = (torch.maximum(-lo, hi) / 7.0).to(torch.float16)
         zero = None
         zf = torch.full_like(scale, 8, dtype=torch.float32)
     else:
-        lo = wg.amin(-1).clamp(max=0.0)
-        hi = wg.amax(-1).clamp(min=0.0)
+        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
         scale = ((hi - lo) / 15.0).to(torch.float16)
     if torch.isinf(scale).any():
         raise ValueError(f"{what}: weights too large for fp16 group scales (|w| > ~1e6)")
@@ -111,9 +116,10 @@ def quantize_int4(
     if not symmetric:
         zero = torch.round(-lo / safe).clamp(0, 15).to(torch.uint8)
         zf = zero.to(torch.float32)
-    q = (torch.round(wg / safe[..., None]) + zf[..., None]).clamp(0, 15)
-    q = q.to(torch.uint8).view(n, kp)[:, :k].contiguous()
-    return q, scale, zero, g
+    t = wg / safe[..., None]  # one float temporary, rounded and shifted in place
+    t.round_().add_(zf[..., None]).clamp_(0, 15)
+    q = t.to(torch.uint8).view(n, kp)
+    return (q if kp == k else q[:, :k].contiguous()), scale, zero, g
 
 
 def dequantize_int4(q, scale, zero, group_size: int) -> torch.Tensor:
@@ -246,7 +252,7 @@ class Int4Format(WeightFormat):
 
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
-        check_float_weight(weight, what)
+        check_float_weight(weight, what, finite=False)  # quantize_int4 checks the group ranges
         q, s, z, _ = quantize_int4(weight, config.group_size, config.symmetric, what)
         return cls(q, s, z, config.group_size, config.scheme == "w4a8", config.symmetric, what=what)
 

@@ -58,13 +58,19 @@ def _round_up(v: int, m: int) -> int:
     return (v + m - 1) // m * m
 
 
-def quantize_per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round-to-nearest symmetric per-row quantization of a float [N, K] weight."""
+def quantize_per_channel_int8(
+    weight: torch.Tensor, what: str = "layer"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest symmetric per-row quantization of a float [N, K] weight (NaN / Inf
+    refused through the row ranges: no extra pass over the weight)."""
     w = weight.detach().to(torch.float32)
-    amax = w.abs().amax(dim=1)
+    amax = torch.maximum(-w.amin(dim=1), w.amax(dim=1))
+    if not bool(torch.isfinite(amax).all()):
+        raise ValueError(f"{what}: weight holds NaN or Inf; cannot convert it")
     scale = amax / QMAX
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(w / safe[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    t = w / safe[:, None]  # one float temporary, rounded and clamped in place
+    q = t.round_().clamp_(-QMAX, QMAX).to(torch.int8)
     return q, scale.contiguous()
 
 
@@ -106,8 +112,8 @@ class Int8Format(WeightFormat):
 
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
-        check_float_weight(weight, what)
-        return cls(*quantize_per_channel_int8(weight), act_int8=config.scheme == "w8a8")
+        check_float_weight(weight, what, finite=False)  # the row ranges are checked
+        return cls(*quantize_per_channel_int8(weight, what), act_int8=config.scheme == "w8a8")
 
     @classmethod
     def empty(cls, out_features, in_features, act_int8=True):
