@@ -166,18 +166,10 @@ def test_threads_get_their_own_results():
 
 
 def test_llama_fused_by_default_same_logits():
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
-    cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    a = transformers.LlamaForCausalLM(cfg).eval()
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    from llm_models import tiny_llm
+
+    a = tiny_llm("llama")
     b = copy.deepcopy(a)
     tersor.quantize_(a, tersor.W4A8Config(group_size=32), progress=False)
     tersor.quantize_(b, tersor.W4A8Config(group_size=32), progress=False, fuse_projections=False)

@@ -22,21 +22,11 @@ from hf_writers import (  # noqa: E402
     write_ct_real,
     write_gptq,
 )
+from llm_models import tiny_llm  # noqa: E402
 
 
 def _llama():
-    cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_llm("llama")
 
 
 def _reference(model, ref_weights):

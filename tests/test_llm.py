@@ -9,6 +9,7 @@ import tersor
 from tersor.nn import PackedLinear
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+from llm_models import tiny_llm  # noqa: E402
 
 
 def _gpt2():
@@ -20,18 +21,7 @@ def _gpt2():
 
 
 def _llama(dtype=torch.float32):
-    cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+    return tiny_llm("llama", dtype)
 
 
 @pytest.mark.parametrize("cfg", [tersor.W8A8Config(), tersor.W4A8Config(group_size=32)])
@@ -96,36 +86,12 @@ def test_saved_llm_loads_into_a_meta_model(tmp_path):
         assert torch.equal(fresh.eval()(ids).logits, ref)
 
 
-def _family(name):
-    """Tiny configs of the other families the LLM issue names (random weights, real layout):
-    Qwen2 (q/k/v biases), Qwen3 (q/k norms), Mistral (sliding window), Phi-3 (fused qkv_proj and
-    gate_up_proj)."""
-    common = dict(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    cfg = {
-        "qwen2": lambda: transformers.Qwen2Config(**common),
-        "qwen3": lambda: transformers.Qwen3Config(head_dim=16, **common),
-        "mistral": lambda: transformers.MistralConfig(sliding_window=16, **common),
-        "phi3": lambda: transformers.Phi3Config(pad_token_id=0, **common),
-    }[name]()
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
-
-
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral", "phi3"])
 @pytest.mark.parametrize(
     "cfg", [tersor.W8A8Config(), tersor.W4A8Config(group_size=32)], ids=["w8a8", "w4a8"]
 )
 def test_other_llm_families_convert_whole_and_generate(family, cfg):
-    model = _family(family)
+    model = tiny_llm(family)
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     ids = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

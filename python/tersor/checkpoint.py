@@ -32,6 +32,7 @@ from tersor.formats import SCHEMES
 from tersor.nn.fused import fuse_projections as fuse
 from tersor.nn.linear import PackedLinear
 from tersor.nn.qconv import QConv2d
+from tersor.safetensors_files import SafetensorsFiles
 
 MANIFEST = "tersor.json"
 FORMAT_VERSION = 1
@@ -146,39 +147,6 @@ def _jsonable(v):
     raise TypeError(f"tersor.save_pretrained: cannot store {type(v).__name__} in the manifest")
 
 
-class _Shards:
-    """Lazy readers of a checkpoint's shards; errors name the file and the tensor."""
-
-    def __init__(self, path: str, weight_map: dict):
-        self.path, self.weight_map, self.open = path, weight_map, {}
-
-    def get(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        name = self.weight_map.get(key)
-        if name is None:
-            raise KeyError(f"{self.path}: the manifest lists no tensor '{key}'")
-        f = self.open.get(name)
-        if f is None:
-            file = os.path.join(self.path, name)
-            if not os.path.exists(file):
-                raise FileNotFoundError(f"{file}: shard missing (it holds '{key}')")
-            try:
-                f = safe_open(file, framework="pt", device="cpu").__enter__()
-            except Exception as e:
-                raise ValueError(f"{file}: not a readable safetensors file ({e})") from e
-            self.open[name] = f
-        try:
-            return f.get_tensor(key)
-        except Exception as e:
-            raise ValueError(f"{os.path.join(self.path, name)}: cannot read '{key}' ({e})") from e
-
-    def close(self) -> None:
-        for f in self.open.values():
-            f.__exit__(None, None, None)
-        self.open.clear()
-
-
 def _release_freed_memory() -> None:
     """Hand the re-packing temporaries of a layer back to the OS: glibc keeps freed heap pages
     between the long-lived packed tensors (measured: without this, loading held ~4.5x the
@@ -290,7 +258,7 @@ def load_pretrained(
             f"{file}: checkpoint format {manifest['format_version']} is newer "
             f"than this tersor's ({FORMAT_VERSION}); upgrade tersor"
         )
-    shards = _Shards(path, manifest["weight_map"])
+    shards = SafetensorsFiles(path, manifest["weight_map"], "the manifest")
     t0 = time.perf_counter()
     try:
         _load(model, path, manifest, shards, strict)
