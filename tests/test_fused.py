@@ -110,6 +110,9 @@ def test_auto_skips_large_layers_and_unaligned_ones():
     odd = Attn(kv=40)  # k_proj's 40 columns end mid-block: v_proj's views could not start there
     tersor.quantize_(odd, tersor.W8A8Config(), progress=False, fuse_projections=True)
     assert odd.q_proj._fused is None
+    pinned = Attn(kv=48)  # kernel="ref" asks for the reference path: no fused native call
+    tersor.quantize_(pinned, tersor.W8A8Config(kernel="ref"), progress=False, fuse_projections=True)
+    assert pinned.q_proj._fused is None
 
 
 def test_members_share_the_weights_no_extra_memory():

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tersor.formats import Int4Format, Int8Format
+from tersor.ops._common import NATIVE
 
 # sibling names that read the same input in the common architectures
 GROUPS = (
@@ -159,8 +160,8 @@ def _why_not(layers) -> str:
             return "members differ in input width or device"
         if getattr(f, "perm", None) is not None:
             return "act-order layers (input permutations) are not fused"
-        if m.kernel != layers[0].kernel:
-            return "members differ in kernel choice"
+        if m.kernel not in NATIVE:
+            return f"kernel={m.kernel!r} pins another path than the native CPU kernel"
     if any(m.out_features % BLOCK_N for m in layers[:-1]):
         return f"out_features not a multiple of {BLOCK_N} (the packed blocks)"
     return ""
