@@ -111,6 +111,7 @@ def import_folder(model: nn.Module, folder: Folder, importer: Importer, strict: 
         rows.append(
             LayerReport(fqn, shape, fmt.scheme, before, built[fqn].nbytes, got.note, CONVERTED)
         )
+        folder.close()  # unmap the pages read so far, as tersor checkpoints do per layer
         _release_freed_memory()
     if "" in built:
         raise ValueError(f"{folder.path}: the model itself is a Linear; build the layer instead")
