@@ -22,6 +22,7 @@ T* ptr(addr p) { return reinterpret_cast<T*>(p); }
 using nogil = py::call_guard<py::gil_scoped_release>;
 
 void bind_cpu(py::module_& m);
+void bind_half_io(py::module_& m);
 void bind_quant_act(py::module_& m);
 void bind_gemm_w8a8(py::module_& m);
 void bind_gemm_w4(py::module_& m);

@@ -6,6 +6,7 @@
 #include "gemm_w4a8/gemm_w4a8.h"
 #include "gemm_w8/gemm_w8.h"
 #include "gemm_w8a8/gemm_w8a8.h"
+#include "half_io/half_io.h"
 #include "quant_act/quant_act.h"
 
 namespace tersor::bindings {
@@ -31,22 +32,41 @@ PackedW4LinearArgs w4_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, ad
 #define TERSOR_W8_ARGS                                                                       \
   py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("colsum"), \
       py::arg("w_scale"), py::arg("N"), py::arg("bias"), py::arg("y"), py::arg("ldy"),       \
-      py::arg("nthreads")
+      py::arg("nthreads"), py::arg("io") = 0
 #define TERSOR_W4_ARGS                                                                      \
   py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("scale"), \
       py::arg("zero"), py::arg("group_size"), py::arg("ngroups"), py::arg("N"),             \
-      py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("nthreads")
+      py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("nthreads"), py::arg("io") = 0
 
 constexpr const char* kW8Doc =
     "y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 "
     "VNNI4 tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 "
     "[Np], bias fp32 [N] or 0. ";
+// io: 0 fp32 x and y; 1 bf16, 2 fp16 x and y, staged through fp32 rows (half_io/half_io.h)
+constexpr const char* kIoDoc =
+    " io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are "
+    "widened exactly and the output rounded to nearest even, as torch's .to() does.";
 constexpr const char* kW4Doc =
     "y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes "
     "[Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0 "
     "(symmetric, z = 8), group_size the effective G (formats/int4.py). ";
 
 }  // namespace
+
+void bind_half_io(py::module_& m) {
+  m.def(
+      "convert_rows",
+      [](addr src, int64_t M, int64_t K, int64_t lds, addr dst, int64_t ldd, int dtype,
+         bool to_half) {
+        const half_io::RowsArgs a{ptr<const void>(src), M, K, lds, ptr<void>(dst), ldd, dtype};
+        to_half ? half_io::narrow(a) : half_io::widen(a);
+      },
+      py::arg("src"), py::arg("M"), py::arg("K"), py::arg("lds"), py::arg("dst"), py::arg("ldd"),
+      py::arg("dtype"), py::arg("to_half"), nogil(),
+      "The staging conversions of the GEMMs' io argument: to_half, fp32 src -> dtype (1 bf16, "
+      "2 fp16) dst rounded to nearest even; else dtype src -> fp32 dst exactly. M x K "
+      "elements, row strides lds / ldd in elements.");
+}
 
 void bind_quant_act(py::module_& m) {
   m.def(
@@ -65,19 +85,21 @@ void bind_gemm_w8a8(py::module_& m) {
   m.def(
       "gemm_w8a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads) {
-        gemm_w8a8::run(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads));
+         addr bias, addr y, int64_t ldy, int nthreads, int io) {
+        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
+                            io, gemm_w8a8::run);
       },
       TERSOR_W8_ARGS, nogil(),
-      (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8).").c_str());
+      (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc).c_str());
   m.def(
       "gemm_w8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads) {
-        gemm_w8::run(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads));
+         addr bias, addr y, int64_t ldy, int nthreads, int io) {
+        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
+                            io, gemm_w8::run);
       },
       TERSOR_W8_ARGS, nogil(),
-      (std::string(kW8Doc) + "fp32 activations (weight-only); colsum is unused (pass 0).")
+      (std::string(kW8Doc) + "fp32 activations (weight-only); colsum is unused (pass 0)." + kIoDoc)
           .c_str());
 }
 
@@ -86,22 +108,24 @@ void bind_gemm_w4(py::module_& m) {
       "gemm_w4",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads) {
-        gemm_w4::run(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y, ldy,
-                             nthreads));
+         int nthreads, int io) {
+        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
+                                    y, ldy, nthreads),
+                            io, gemm_w4::run);
       },
       TERSOR_W4_ARGS, nogil(),
-      (std::string(kW4Doc) + "fp32 activations, weights dequantized in registers.").c_str());
+      (std::string(kW4Doc) + "fp32 activations, weights dequantized in registers." + kIoDoc).c_str());
   m.def(
       "gemm_w4a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads) {
-        gemm_w4a8::run(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y,
-                               ldy, nthreads));
+         int nthreads, int io) {
+        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
+                                    y, ldy, nthreads),
+                            io, gemm_w4a8::run);
       },
       TERSOR_W4_ARGS, nogil(),
-      (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums.")
+      (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums." + kIoDoc)
           .c_str());
 }
 

@@ -7,6 +7,7 @@ namespace b = tersor::bindings;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "tersor native kernels (torch-free): raw tensor addresses, sizes and strides";
   b::bind_cpu(m);
+  b::bind_half_io(m);
   b::bind_quant_act(m);
   b::bind_gemm_w8a8(m);
   b::bind_gemm_w4(m);

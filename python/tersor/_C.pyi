@@ -62,6 +62,20 @@ def conv_w8a8_implicit_emulated(
     """Test hook: conv_w8a8's AMX implicit GEMM run over scalar tiles with AMX semantics, on any
     CPU (stride 1, C % 64 == 0)."""
 
+def convert_rows(
+    src: int,
+    M: int,
+    K: int,
+    lds: int,
+    dst: int,
+    ldd: int,
+    dtype: int,
+    to_half: bool,
+) -> None:
+    """The staging conversions of the GEMMs' io argument: to_half, fp32 src -> dtype (1 bf16, 2
+    fp16) dst rounded to nearest even; else dtype src -> fp32 dst exactly. M x K elements, row
+    strides lds / ldd in elements."""
+
 def cpu_info() -> dict:
     """CPU features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in order), the
     best one and the one TERSOR_CPU_ISA selects now."""
@@ -102,11 +116,14 @@ def gemm_w4(
     y: int,
     ldy: int,
     nthreads: int,
+    io: int = 0,
 ) -> None:
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
     (symmetric, z = 8), group_size the effective G (formats/int4.py). fp32 activations, weights
-    dequantized in registers."""
+    dequantized in registers. io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in
+    elements); half rows are widened exactly and the output rounded to nearest even, as torch's
+    .to() does."""
 
 def gemm_w4a8(
     x: int,
@@ -123,11 +140,14 @@ def gemm_w4a8(
     y: int,
     ldy: int,
     nthreads: int,
+    io: int = 0,
 ) -> None:
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
     (symmetric, z = 8), group_size the effective G (formats/int4.py). x quantized per row to
-    int8 inside; exact integer group sums."""
+    int8 inside; exact integer group sums. io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y;
+    strides in elements); half rows are widened exactly and the output rounded to nearest even,
+    as torch's .to() does."""
 
 def gemm_w8(
     x: int,
@@ -142,10 +162,13 @@ def gemm_w8(
     y: int,
     ldy: int,
     nthreads: int,
+    io: int = 0,
 ) -> None:
     """y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 VNNI4
     tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 [Np], bias
-    fp32 [N] or 0. fp32 activations (weight-only); colsum is unused (pass 0)."""
+    fp32 [N] or 0. fp32 activations (weight-only); colsum is unused (pass 0). io: 0 (fp32 x, y),
+    1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the
+    output rounded to nearest even, as torch's .to() does."""
 
 def gemm_w8a8(
     x: int,
@@ -160,10 +183,13 @@ def gemm_w8a8(
     y: int,
     ldy: int,
     nthreads: int,
+    io: int = 0,
 ) -> None:
     """y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 VNNI4
     tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 [Np], bias
-    fp32 [N] or 0. x is quantized per row to int8 inside (dynamic W8A8)."""
+    fp32 [N] or 0. x is quantized per row to int8 inside (dynamic W8A8). io: 0 (fp32 x, y), 1
+    (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the
+    output rounded to nearest even, as torch's .to() does."""
 
 def quantize_rows(x: int, M: int, K: int, ldx: int, q: int, scales: int, nthreads: int) -> None:
     """Per-row symmetric int8: q int8 [M, K] (contiguous), scales fp32 [M] = amax / 127 (NaN for

@@ -41,13 +41,19 @@ SCHEMES = {
     "tersor W8A8": lambda: tersor.W8A8Config(),
     "tersor W4A8 g32": lambda: tersor.W4A8Config(group_size=32),
     "tersor W4 g128": lambda: tersor.W4Config(group_size=128),
+    "tersor W4A8 g32 bf16": lambda: tersor.W4A8Config(group_size=32),
 }
+MODEL_DTYPE = {"tersor W4A8 g32 bf16": torch.bfloat16}  # else the model stays fp32
 PEERS = {
     "llama.cpp Q4_0 / Q8_0": (
         "llama_cpp",
         "llama-cpp-python + gguf are not installed (a ~12-minute source build; never in CI)",
     ),
-    "OpenVINO INT8 / INT4": ("optimum", "optimum-intel / openvino / nncf are not installed"),
+    "OpenVINO INT8 / INT4": (
+        "optimum.intel",
+        "optimum-intel / openvino / nncf are not installed (pip install 'optimum-intel[openvino]' "
+        "with torch pinned; not in CI: it pins its own transformers)",
+    ),
 }
 
 
@@ -82,7 +88,7 @@ def dequantized_copy(model):
     for name, m in list(deq.named_modules()):
         if isinstance(m, PackedLinear):
             parent, _, child = name.rpartition(".")
-            setattr(deq.get_submodule(parent) if parent else deq, child, m.to_float())
+            setattr(deq.get_submodule(parent) if parent else deq, child, m.to_float().to(deq.dtype))
     return deq
 
 
@@ -108,7 +114,7 @@ def _warm_up(model, prompt) -> None:
 
 
 # llama.cpp's file type of the same bits as each scheme: the ratios the issue's figures use
-SAME_BITS = {"W8": "llama.cpp Q8_0", "W4": "llama.cpp Q4_0"}
+SAME_BITS = {"W8": ("llama.cpp Q8_0", "OpenVINO INT8"), "W4": ("llama.cpp Q4_0", "OpenVINO INT4")}
 
 
 def run_llm(
@@ -136,12 +142,12 @@ def run_llm(
     rows += [r for r in peers if "unavailable" not in r]
     engines.update(peer_engines)
     for name in schemes:
-        m = build(shape)  # the same seed: the same weights
+        m = build(shape).to(MODEL_DTYPE.get(name, torch.float32))  # the same seed and weights
         config = SCHEMES[name]()
         report = tersor.quantize_(m, config, progress=False)
         with torch.inference_mode():
-            out = m(prompt[:, :16]).logits
-            deq = dequantized_copy(m)(prompt[:, :16]).logits
+            out = m(prompt[:, :16]).logits.float()
+            deq = dequantized_copy(m)(prompt[:, :16]).logits.float()
         err = ((out - ref).norm() / ref.norm()).item()  # the quantization's own error (shown)
         kernel_err = ((out - deq).norm() / deq.norm()).item()
         # checked against the same weights in fp32: weight-only schemes to float rounding,
@@ -191,10 +197,12 @@ def _print_llm(rows, peers, shape, prompt_len, new_tokens, rounds, bandwidth) ->
         r["ratios"] = {}
         if r["kind"] == "ours":  # decode tok/s ratio, > 1: tersor is faster
             r["ratios"]["HF fp32 eager"] = r["decode_tok_s"] / base
-            peer = by_name.get(SAME_BITS.get(r["impl"].split()[1][:2], ""))
-            if peer is not None:
-                r["ratios"][peer["impl"]] = r["decode_tok_s"] / peer["decode_tok_s"]
-                r["prefill_ratio"] = {peer["impl"]: peer["prefill_ms"] / r["prefill_ms"]}
+            r["prefill_ratio"] = {}
+            for name in SAME_BITS.get(r["impl"].split()[1][:2], ()):
+                peer = by_name.get(name)
+                if peer is not None:
+                    r["ratios"][name] = r["decode_tok_s"] / peer["decode_tok_s"]
+                    r["prefill_ratio"][name] = peer["prefill_ms"] / r["prefill_ms"]
         pct = f"{r['floor_pct']:8.0f}%" if bandwidth else f"{'-':>9}"
         print(
             f"{r['impl']:<24}{r['bytes'] / 1e6:>10.0f}{r['prefill_ms']:>12.0f}"
@@ -211,16 +219,21 @@ def _print_llm(rows, peers, shape, prompt_len, new_tokens, rounds, bandwidth) ->
             )
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is absent
+        return False
+
+
 def _peers(model, prompt, new_tokens):
-    """llama.cpp (and, when written, OpenVINO) on the same float model: (rows, {name: (engine,
-    timer)}), or rows saying why not."""
+    """llama.cpp and OpenVINO on the same float model: (rows, {name: (engine, timer)}), or rows
+    saying why not."""
     import tempfile
 
     rows, engines = [], {}
     for name, (module, why) in PEERS.items():
-        if importlib.util.find_spec(module) is None or (
-            module == "llama_cpp" and importlib.util.find_spec("gguf") is None
-        ):
+        if not _installed(module) or (module == "llama_cpp" and not _installed("gguf")):
             rows.append(dict(impl=name, kind="baseline", unavailable=why))
         elif module == "llama_cpp":
             from tersor.bench import llamacpp
@@ -231,5 +244,11 @@ def _peers(model, prompt, new_tokens):
                 rows.append(row)
                 engines[row["impl"]] = (llm, llamacpp.time_generation)
         else:
-            rows.append(dict(impl=name, kind="baseline", unavailable="its run is not written"))
+            from tersor.bench import openvino
+
+            with tempfile.TemporaryDirectory() as d:  # the compiled models keep no file open
+                got = openvino.prepare(model, d, prompt[:, :16])
+            for row, ov in got:
+                rows.append(row)
+                engines[row["impl"]] = (ov, time_generation)
     return rows, engines

@@ -166,12 +166,14 @@ class WeightFormat:
         self.on_cpu = self.device.type == "cpu"
         # the layers' eager CPU call (None off the CPU: the ops' device path serves)
         self.cpu_call = self.cpu_runner() if self.on_cpu else None
+        # whether it takes bf16 / fp16 rows itself (ops/_common.py takes_half), else widened first
+        self.cpu_half = getattr(self.cpu_call, "takes_half", False)
         return self
 
     # copies and pickles (copy.deepcopy(model), torch.save(model)) carry the tensors, never the
     # prepared call: a copied closure would run the original's weights
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "cpu_call"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("cpu_call", "cpu_half")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

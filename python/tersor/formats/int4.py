@@ -38,6 +38,7 @@ from typing import Optional
 import torch
 
 from tersor.formats.base import WeightFormat, check_float_weight, expect
+from tersor.ops._common import takes_half
 from tersor.ops.gemm_w4 import dequant_w4t, gemm_w4_cpu, linear_w4
 
 GROUP_SIZES = (32, 64, 128, -1)
@@ -400,6 +401,7 @@ class Int4Format(WeightFormat):
         )
         k = self.in_features
 
+        @takes_half
         def run(x, bias):
             if x.dim() == 0 or x.shape[-1] != k:
                 return None

@@ -117,16 +117,15 @@ class FusedGroup:
             self.wasted += 1  # results computed for a member that never came for them
             if self.wasted > 2:  # members do not share their input here (cross-attention)
                 self.enabled = False
-        xf = x if x.dtype is torch.float32 else x.float()
-        x2 = xf.reshape(-1, xf.shape[-1]).contiguous()  # the prepared calls take [M, K]
+        # the prepared calls take [M, K] rows, bf16 / fp16 ones as they are (FUSABLE formats'
+        # kernels stage them natively) and return x's dtype
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
         y = run(x2, self.bias)
         if y is None:
             return None
         y = y.view(*x.shape[:-1], y.shape[-1])
         outs = [y[..., a:b] for a, b in self.bounds]
-        if x.dtype is not torch.float32:
-            outs = [o.to(x.dtype) for o in outs]
-        elif y.dim() > 1 and y.numel() != y.shape[-1]:
+        if y.dim() > 1 and y.numel() != y.shape[-1]:
             outs = [o.contiguous() for o in outs]
         self.local.pending = {j: (x, version, o) for j, o in enumerate(outs) if j != i}
         return outs[i]

@@ -180,14 +180,17 @@ class PackedLinear(nn.Module):
                 if y is not None:
                     return y
             elif x.dim() > 2 or (x.dtype in _HALF_INPUTS and x.dim() == 2):
-                # HF's [B, S, K] and bf16 / fp16 rows: the prepared call on the [M, K] fp32 view
-                # (widened exactly), the output rounded back once: what _checked would do, less
-                # its ~5-40 us of checks and re-dispatch per call
+                # HF's [B, S, K] and bf16 / fp16 rows: the prepared call on the [M, K] view.
+                # bf16 / fp16 rows go in as they are where the kernel stages them itself (the
+                # dense int8 / int4 families), else widened exactly here; the output is rounded
+                # back once either way: what _checked would do, less its ~5-40 us of checks
                 xf = x.reshape(-1, x.shape[-1])
-                y = run(xf if xf.dtype is _F32 else xf.float(), self._buffers["bias"])
+                if xf.dtype is not _F32 and not self.fmt.cpu_half:
+                    xf = xf.float()
+                y = run(xf, self._buffers["bias"])
                 if y is not None:
                     y = y.view(*x.shape[:-1], y.shape[-1])
-                    return y if x.dtype is _F32 else y.to(x.dtype)
+                    return y if y.dtype is x.dtype else y.to(x.dtype)
         return self._checked(x)
 
     def _label(self) -> str:

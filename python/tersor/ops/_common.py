@@ -27,6 +27,17 @@ def eager(x: torch.Tensor, kernel: str) -> bool:
     return x.is_cpu and kernel in NATIVE and not _is_compiling()
 
 
+# the `io` argument of the dense GEMM bindings: bf16 / fp16 rows go in and come out as they are
+# (staged through fp32 inside the native call, csrc/half_io/half_io.h)
+IO_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def takes_half(run):
+    """Marks a format's prepared CPU call as taking bf16 / fp16 rows itself (see IO_CODE)."""
+    run.takes_half = True
+    return run
+
+
 def out_2d(x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
     """y [M, N] viewed as x's leading dims + [N] (no view call for 2-D x: ~1 us saved)."""
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)

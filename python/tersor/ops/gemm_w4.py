@@ -12,7 +12,7 @@ import torch
 
 from tersor import _C
 from tersor.ops import gpu
-from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
+from tersor.ops._common import IO_CODE, NATIVE, check, eager, out_2d, ptr, rows_view
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 
@@ -23,8 +23,9 @@ def gemm_w4_cpu(
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if not act_int8 and m >= DENSE_MIN_ROWS["w4"]:
-        return out_2d(x, linear_w4_dense(x2, codes, scale, zero, bias, n, group_size), n)
-    y = torch.empty((m, n), dtype=torch.float32)
+        y = linear_w4_dense(x2.float(), codes, scale, zero, bias, n, group_size)
+        return out_2d(x, y.to(x.dtype), n)
+    y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
         fn = _C.gemm_w4a8 if act_int8 else _C.gemm_w4
         fn(
@@ -42,6 +43,7 @@ def gemm_w4_cpu(
             y.data_ptr(),
             n,
             torch.get_num_threads(),
+            IO_CODE[x.dtype],
         )
     return out_2d(x, y, n)
 

@@ -10,7 +10,16 @@ import torch
 
 from tersor import _C
 from tersor.ops import gpu
-from tersor.ops._common import NATIVE, check_packed_int8, eager, out_2d, ptr, rows_view
+from tersor.ops._common import (
+    IO_CODE,
+    NATIVE,
+    check_packed_int8,
+    eager,
+    out_2d,
+    ptr,
+    rows_view,
+    takes_half,
+)
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w8_dense
 
 
@@ -19,8 +28,9 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if m >= DENSE_MIN_ROWS["w8"]:
-        return out_2d(x, linear_w8_dense(x2, packed, scale, bias, n), n)
-    y = torch.empty((m, n), dtype=torch.float32)
+        y = linear_w8_dense(x2.float(), packed, scale, bias, n)
+        return out_2d(x, y.to(x.dtype), n)
+    y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
         _C.gemm_w8(
             x2.data_ptr(),
@@ -35,6 +45,7 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
             y.data_ptr(),
             n,
             torch.get_num_threads(),
+            IO_CODE[x.dtype],
         )
     return out_2d(x, y, n)
 
@@ -42,6 +53,7 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
 def cpu_runner_w8(packed, scale, n: int, k: int):
     """The eager CPU call of one packed weight (see gemm_w8a8.cpu_runner_w8a8)."""
 
+    @takes_half
     def run(x, bias):
         if x.dim() == 0 or x.shape[-1] != k:
             return None

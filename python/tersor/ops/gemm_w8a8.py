@@ -9,7 +9,16 @@ import torch
 
 from tersor import _C
 from tersor.ops import gpu
-from tersor.ops._common import NATIVE, check_packed_int8, eager, out_2d, ptr, rows_view
+from tersor.ops._common import (
+    IO_CODE,
+    NATIVE,
+    check_packed_int8,
+    eager,
+    out_2d,
+    ptr,
+    rows_view,
+    takes_half,
+)
 
 _num_threads = torch.get_num_threads
 
@@ -38,13 +47,15 @@ def gemm_w8a8_cpu(x, packed, colsum, scale, bias, n: int) -> torch.Tensor:
 
 
 def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int):
-    """The eager CPU call of one packed weight, for the layers' fast path (contiguous 2-D float32
-        input of the layer's width, else None): the weight's data pointers are read once here (the
+    """The eager CPU call of one packed weight, for the layers' fast path (contiguous 2-D float32,
+    bfloat16 or float16 input of the layer's width, else None; the output in x's dtype): the
+    weight's data pointers are read once here (the
     closure keeps the tensors alive, and formats replace their tensors rather than resize
     them), which saves ~0.5 us per call of a small layer."""
     wp, cp, sp = packed.data_ptr(), colsum.data_ptr(), scale.data_ptr()
     kernel, kw = _C.gemm_w8a8, k
 
+    @takes_half
     def run(x, bias):
         """None when x is not a contiguous [M, K] (the layer then checks and takes the op)."""
         if x.dim() != 2 or not x.is_contiguous():
@@ -67,6 +78,7 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int):
                 y.data_ptr(),
                 n,
                 _num_threads(),
+                IO_CODE[x.dtype],
             )
         return y
 
