@@ -59,7 +59,8 @@ class Report:
 
     scheme: str
     layers: list = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole call
+    calibration_seconds: float = 0.0  # of which calibration (method="gptq")
 
     @property
     def converted(self) -> list:
@@ -102,6 +103,11 @@ class Report:
             f"{len(self.converted)} converted to {self.scheme}{kept}, "
             f"{len(self.skipped)} left dense; weights {self.bytes_before / 2**20:.2f} "
             f"MiB -> {self.bytes_after / 2**20:.2f} MiB in {self.seconds:.1f} s"
+            + (
+                f" ({self.calibration_seconds:.1f} s calibrating)"
+                if self.calibration_seconds
+                else ""
+            )
         )
         return "\n".join(lines)
 
@@ -124,6 +130,9 @@ class Context:
 
     norms: Optional[dict] = None
     threshold: Optional[float] = None
+    solved: dict = field(default_factory=dict)  # id(layer) -> calibration.gptq.Solved
+    notes: dict = field(default_factory=dict)  # id(layer) -> a line for the report
+    calibration_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -204,15 +213,70 @@ def _cannot_serve_int4(m, config) -> str:
     return ""
 
 
+def _solved_format(solved, config):
+    """The format of a GPTQ result: the same formats round-to-nearest builds."""
+    if isinstance(config, (W4Config, W4A8Config)):
+        return Int4Format(
+            solved.q,
+            solved.scale,
+            solved.zero,
+            config.group_size,
+            config.scheme == "w4a8",
+            config.symmetric,
+            solved.perm,
+        )
+    return Int8Format(solved.q, solved.scale, act_int8=config.scheme == "w8a8")
+
+
 def quantize_with(fmt_cls) -> Callable:
     """The handler of a quantization config whose layers hold `fmt_cls` formats built from
-    the float weight by ``fmt_cls.from_float(weight, config)``."""
+    the float weight by ``fmt_cls.from_float(weight, config)``, or from the GPTQ result the
+    calibration left in ctx.solved."""
 
     def convert(m, config, ctx, name):
+        solved = ctx.solved.get(id(m))
+        if solved is not None:
+            return _build(m, _solved_format(solved, config), config, name)
         fmt = fmt_cls.from_float(_gemm_weight(m), config, what=_label(name))
         return _build(m, fmt, config, name)
 
     return convert
+
+
+def _calibrate(model, layers, config, calibration, ctx, progress=None):
+    """method="gptq": every Linear of `layers` solved block by block (tersor/calibration)."""
+    if config.method == "rtn":
+        return
+    if calibration is None:
+        raise ValueError(f"method={config.method!r} needs calibration= (inputs of the model)")
+    from tersor.calibration import blocks, gptq
+
+    int4 = isinstance(config, (W4Config, W4A8Config))
+    fmt_cls = Int4Format if int4 else Int8Format
+
+    shared = []  # (hessian, Prepared): q / k / v read the same input, one Cholesky serves
+
+    def solve(m, hessian, rows):
+        w = _gemm_weight(m)
+        g = effective_group_size(w.shape[1], config.group_size) if int4 else None
+        grid = gptq.Int4Grid(g, config.symmetric) if int4 else gptq.Int8Grid()
+        prep = next(
+            (p for h, p in shared if h.shape == hessian.shape and torch.equal(h, hessian)), None
+        )
+        if prep is None:
+            prep = gptq.prepare(hessian, config.damp, config.act_order)
+            shared[:] = [(hessian, prep)]  # siblings are solved one after another
+        got = gptq.gptq(w, prep, grid)
+        rtn = fmt_cls.from_float(w, config).dequantize() - w
+        rtn_err = float((rtn @ hessian * rtn).sum() / (w @ hessian * w).sum().clamp(min=1e-30))
+        ctx.solved[id(m)] = got
+        ctx.notes[id(m)] = (
+            f"gptq over {rows} calibration rows: output error {got.err:.2e} (round to nearest "
+            f"{rtn_err:.2e})"
+        )
+        return got.dequantized.t() if _is_hf_conv1d(m) else got.dequantized
+
+    ctx.calibration_s = blocks.calibrate(model, layers, calibration, solve, progress)
 
 
 for _cfg, _fmt, _why in [
@@ -221,7 +285,9 @@ for _cfg, _fmt, _why in [
     (W4Config, Int4Format, _cannot_serve_int4),
     (W4A8Config, Int4Format, _cannot_serve_int4),
 ]:
-    register_handler(_cfg, "quantize_", cannot_serve=_why, hf_conv1d=True)(quantize_with(_fmt))
+    register_handler(_cfg, "quantize_", cannot_serve=_why, hf_conv1d=True, prepare=_calibrate)(
+        quantize_with(_fmt)
+    )
 
 
 def _wanda(model, layers, config, calibration, ctx):
@@ -367,6 +433,7 @@ def quantize_(
     filter_fn: Optional[Callable] = None,
     progress: Optional[bool] = None,
     fuse_projections="auto",
+    calibration=None,
 ) -> Report:
     """Replace every eligible ``nn.Linear`` / ``nn.Conv2d`` of ``model`` in place; returns a
     Report.
@@ -383,8 +450,12 @@ def quantize_(
     query/key/value) run as one packed call where that was measured faster ("auto": groups of
     small layers), for every group (True) or never (False); the module tree stays the
     model's, numbers do not change (tersor/nn/fused.py).
+    calibration: inputs of the model for config.method="gptq" (a tensor, a tuple / dict of
+    arguments, a list of batches, a DataLoader, or a callable run as calibration(model);
+    tersor/calibration/data.py), run block by block; the time is in report.seconds and each
+    layer's output error against round-to-nearest in its reason.
     """
-    report = _convert(model, config, filter_fn, "quantize_", progress=progress)
+    report = _convert(model, config, filter_fn, "quantize_", calibration, progress)
     t0 = time.perf_counter()
     _note_fused(report, fuse(model, fuse_projections))
     report.seconds += time.perf_counter() - t0
@@ -419,7 +490,10 @@ def convert_module(module: nn.Module, config, *, name: str = "", calibration=Non
     why = _cannot_serve(module, None, config, None)
     if why:
         raise ValueError(f"{_label(name)}: {why}")
-    if calibration is not None and handler.prepare is not None:
+    if handler.verb == "quantize_":
+        # the layer is its own model: calibration holds its inputs [..., in_features]
+        handler.prepare(module, [module], config, calibration, ctx)
+    elif calibration is not None and handler.prepare is not None:
         ctx.norms = pruning.input_norms(module, [module], calibration)
     try:
         return handler.convert(module, config, ctx, name)
@@ -492,9 +566,11 @@ def _convert(model, config, filter_fn, verb, calibration=None, progress=None) ->
     if handler.prepare is not None:
         floats = [m for *_, m in plan if not _compressed(m)]
         try:
-            handler.prepare(
-                model, list({id(m): m for m in floats}.values()), config, calibration, ctx
-            )
+            floats = list({id(m): m for m in floats}.values())
+            if handler.verb == "quantize_":
+                handler.prepare(model, floats, config, calibration, ctx, progress)
+            else:
+                handler.prepare(model, floats, config, calibration, ctx)
         except Exception as e:
             raise type(e)(f"tersor.{verb}: {e}; the model is unchanged") from e
 
@@ -524,11 +600,11 @@ def _convert(model, config, filter_fn, verb, calibration=None, progress=None) ->
             )
             continue
         setattr(parent, cname, q)
-        rows[fqn] = LayerReport(
-            fqn, _layer_shape(m), q.scheme, _layer_bytes(m), q.nbytes, q.describe()
-        )
+        why = "; ".join(x for x in (q.describe(), ctx.notes.get(id(m), "")) if x)
+        rows[fqn] = LayerReport(fqn, _layer_shape(m), q.scheme, _layer_bytes(m), q.nbytes, why)
     report.layers = [r for r in rows.values() if r is not None]
     report.seconds = time.perf_counter() - t0
+    report.calibration_seconds = ctx.calibration_s
     return report
 
 

@@ -8,6 +8,7 @@ from typing import ClassVar, Optional
 from tersor.formats.int4 import GROUP_SIZES
 
 KERNELS = ("auto", "native", "cuda", "triton", "ref")
+METHODS = ("rtn", "gptq")  # how quantization configs choose their weights
 
 
 def _check_kernel(cls: str, kernel: str) -> None:
@@ -67,13 +68,29 @@ class _QuantConfig(Config):
             without compiled kernels), "cuda" / "triton" (only that GPU kernel family; Triton
             also runs CPU tensors under TRITON_INTERPRET=1), "ref" (the torch reference).
     skip_names: fully qualified names of layers to leave dense (an output head, say).
+    method: "rtn" (round to nearest, no data) or "gptq" (error feedback against the layer's
+            calibration inputs; quantize_(..., calibration=...) runs it block by block,
+            tersor/calibration/); nn.Conv2d layers are rounded to nearest either way.
+    act_order: gptq only: quantize input columns in decreasing activity (int4 stores the
+            order as the layer's input permutation).
+    damp: gptq only: the Hessian's dampening, as a fraction of its mean diagonal.
     """
 
     kernel: str = "auto"
     skip_names: tuple = ()
+    method: str = "rtn"
+    act_order: bool = False
+    damp: float = 0.01
 
     def __post_init__(self):
         _check_kernel(type(self).__name__, self.kernel)
+        name = type(self).__name__
+        if self.method not in METHODS:
+            raise ValueError(f"{name}.method must be one of {METHODS}, got {self.method!r}")
+        if self.act_order and self.method != "gptq":
+            raise ValueError(f"{name}.act_order applies to method='gptq' only")
+        if not (isinstance(self.damp, (int, float)) and 0 < self.damp < 1):
+            raise ValueError(f"{name}.damp must be in (0, 1), got {self.damp!r}")
         if not isinstance(self.skip_names, tuple) or not all(
             isinstance(s, str) for s in self.skip_names
         ):

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from tersor.calibration import data
 from tersor.formats.sparse_block import block_keep, block_scores, check_block, prune_block
 from tersor.formats.sparse_csr import prune_unstructured
 
@@ -17,8 +18,9 @@ def input_norms(model: nn.Module, layers: list, calibration) -> dict:
     """Run `calibration` through `model` once and return {id(layer): ||x_k||_2 per input
     feature}, the Wanda statistic, for every nn.Linear / nn.Conv2d in `layers`.
 
-    calibration: a tensor (model(t)), a tuple/list (model(*args)), a dict (model(**kw)), or a
-    callable run as calibration(model) (e.g. lambda m: m.encode(texts) for a wrapper model).
+    calibration: a tensor (model(t)), a tuple (model(*args)), a dict (model(**kw)), a list of
+    such batches, a DataLoader, or a callable run as calibration(model) (e.g.
+    lambda m: m.encode(texts) for a wrapper model): tersor/calibration/data.py.
     For a Conv2d, feature k = (c, i, j) of the patch gets the norm of input channel c over
     all positions (the patch shifts are not tracked: an approximation for the padded border).
     """
@@ -35,15 +37,7 @@ def input_norms(model: nn.Module, layers: list, calibration) -> dict:
     for m in layers:
         hooks.append(m.register_forward_pre_hook(hook))
     try:
-        with torch.no_grad():
-            if callable(calibration) and not isinstance(calibration, torch.Tensor):
-                calibration(model)
-            elif isinstance(calibration, dict):
-                model(**calibration)
-            elif isinstance(calibration, (tuple, list)):
-                model(*calibration)
-            else:
-                model(calibration)
+        data.run_all(model, calibration)
     finally:
         for h in hooks:
             h.remove()

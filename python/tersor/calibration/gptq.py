@@ -1,0 +1,217 @@
+"""GPTQ (Frantar et al., 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers"), written from the paper for tersor's int4 and int8 grids.
+
+Quantizing column k of W [N, K] to q_k leaves an error e_k = (w_k - q_k) / [H^-1]_kk that is
+pushed onto the columns not yet quantized, weighted by the inverse Hessian of the layer's
+squared output error, H = 2 X^T X / n (X: the calibration inputs of the layer):
+
+    W[:, j] -= e_k * [H^-1]_kj            for every j > k
+
+With U the upper Cholesky factor of H^-1 (H^-1 = U^T U), row k of U holds exactly the weights
+this update needs once columns < k are done, so the whole pass is one Cholesky and rank-1
+updates. Updates are applied lazily: inside a block of B columns immediately, to the rest of W
+once per block (one GEMM), which is what makes it fast.
+
+    columns:  | done | block i1..i2 (rank-1 updates) | rest (updated once per block) |
+
+Grids (the same rules as round-to-nearest in formats/int4.py / int8.py, so the result packs
+into the very same formats):
+- int4 group-wise: a group's scale / zero point are computed from the current (already
+  updated) weights when the pass reaches the group's first column, then fixed for the group;
+  scales are rounded to fp16 first, as the format stores them.
+- int8 per channel: the scale is the row's absmax / 127 of the original weight.
+
+act_order: columns go in decreasing diag(H) (the most active inputs first). Groups are then
+contiguous in that order, which is exactly what Int4Format's input permutation stores (x is
+permuted once per call), so act-order costs no extra work at run time.
+
+Numerical safety: inputs never active in calibration (diag(H) = 0) get H_kk = 1 (their columns
+are rounded without feedback); dampening adds damp * mean(diag(H)) to the diagonal, and is
+raised tenfold (up to 3 times) when the Cholesky still fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Solved:
+    """A layer's GPTQ result in canonical form: int4 (q uint8 [N, K] in `perm` order when
+    act_order, scale fp16 / zero uint8 [N, ngroups]) or int8 (q int8 [N, K], scale fp32 [N])."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero: Optional[torch.Tensor]
+    perm: Optional[torch.Tensor]
+    dequantized: torch.Tensor  # float32 [N, K], original column order: the weight it stands for
+    err: float  # relative output error on the calibration Hessian: tr(dW H dW^T) / tr(W H W^T)
+
+
+class Int4Grid:
+    def __init__(self, group_size: int, symmetric: bool):
+        self.g, self.symmetric = group_size, symmetric
+
+    def params(self, w: torch.Tensor):
+        """scale fp16, zero (float) for the group columns w [N, g]: formats/int4 rules."""
+        lo, hi = w.amin(1), w.amax(1)
+        if self.symmetric:
+            scale = (torch.maximum(-lo, hi) / 7.0).to(torch.float16)
+            zero = torch.full_like(lo, 8.0)
+        else:
+            lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+            scale = ((hi - lo) / 15.0).to(torch.float16)
+        s = scale.float()
+        safe = torch.where(s > 0, s, torch.ones_like(s))
+        if not self.symmetric:
+            zero = torch.round(-lo / safe).clamp(0, 15)
+        return scale, zero, safe
+
+    @staticmethod
+    def codes(w, safe, zero):
+        return (torch.round(w / safe) + zero).clamp_(0, 15)
+
+    @staticmethod
+    def value(q, safe, zero):
+        return (q - zero) * safe
+
+
+class Int8Grid:
+    g = None  # one "group": the whole row, its scale fixed from the original weight
+
+    @staticmethod
+    def params(w: torch.Tensor):
+        amax = torch.maximum(-w.amin(1), w.amax(1))
+        scale = amax / 127.0
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale, torch.zeros_like(scale), safe
+
+    @staticmethod
+    def codes(w, safe, zero):
+        return torch.round(w / safe).clamp_(-127, 127)
+
+    @staticmethod
+    def value(q, safe, zero):
+        return q * safe
+
+
+def inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1 (H^-1 = U^T U): in float32,
+    then float64, then with the dampening raised tenfold (3 times) while H is not positive
+    definite."""
+    mean = h.diagonal().mean().clamp(min=1e-12)
+    for attempt in range(4):
+        for dtype in (torch.float32, torch.float64):
+            hd = h.to(dtype)
+            hd = hd + (damp * 10**attempt) * mean.to(dtype) * torch.eye(h.shape[0], dtype=dtype)
+            low, info = torch.linalg.cholesky_ex(hd)
+            if int(info) == 0:
+                u, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(low), upper=True)
+                if int(info) == 0 and bool(torch.isfinite(u).all()):
+                    return u.to(torch.float32)
+    raise ValueError(
+        f"the calibration Hessian is not positive definite even with dampening "
+        f"{damp * 1000:g} x its mean diagonal"
+    )
+
+
+@dataclass
+class Prepared:
+    """What GPTQ needs of a Hessian, shared by layers that read the same input (q/k/v)."""
+
+    h: torch.Tensor  # the Hessian as given
+    perm: Optional[torch.Tensor]  # act-order column order, or None
+    u: torch.Tensor  # inverse_cholesky of the (dead-fixed, permuted) Hessian
+
+
+def prepare(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = False) -> Prepared:
+    h = hessian.detach().to(torch.float32)
+    if not bool(torch.isfinite(h).all()):
+        raise ValueError("the calibration inputs hold NaN or Inf")
+    hf = h.clone()
+    dead = hf.diagonal() == 0  # inputs never active: rounded without feedback
+    hf[dead, dead] = 1.0
+    perm = None
+    if act_order:
+        perm = torch.argsort(hf.diagonal(), descending=True, stable=True)
+        hf = hf[perm][:, perm]
+    return Prepared(h, perm, inverse_cholesky(hf, damp))
+
+
+def gptq(
+    weight: torch.Tensor,
+    hessian,
+    grid,
+    *,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+) -> Solved:
+    """GPTQ of weight [N, K] (float) against hessian [K, K] (the sum of x x^T over the
+    calibration rows; its scale does not matter), or a Prepared one, on `grid` (Int4Grid /
+    Int8Grid)."""
+    prep = hessian if isinstance(hessian, Prepared) else prepare(hessian, damp, act_order)
+    w = weight.detach().to(torch.float32).clone()
+    n, k = w.shape
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("the weight holds NaN or Inf")
+    perm, u, h_orig = prep.perm, prep.u, prep.h
+    if perm is not None:
+        w = w[:, perm]
+
+    grouped = grid.g is not None and grid.g < k
+    g = grid.g if grouped else k
+    if grouped and block_size % g:
+        block_size = max(g, block_size // g * g)  # whole groups per block
+    # the pass works on W^T [K, N]: a column of W is a contiguous row here
+    wt = w.t().contiguous()
+    q_t, deq_t = torch.empty(k, n), torch.empty(k, n)
+    scales, zeros = [], []
+    if not grouped:  # one grid per row of W, from the original weights
+        scale, zero, safe = grid.params(w)
+        scales.append(scale)
+        zeros.append(zero)
+    diag = u.diagonal().tolist()
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        w1 = wt[i1:i2]  # a view: updated in place
+        err1 = torch.empty(i2 - i1, n)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if grouped and col % g == 0:  # the group's grid, fixed from here on
+                scale, zero, safe = grid.params(w1[i : i + g].t())
+                scales.append(scale)
+                zeros.append(zero)
+            x = w1[i]
+            q = grid.codes(x, safe, zero)
+            v = grid.value(q, safe, zero)
+            q_t[col], deq_t[col] = q, v
+            e = torch.sub(x, v, out=err1[i]).div_(diag[col])
+            if i + 1 < i2 - i1:  # W[:, j] -= e_k * U[k, j] for the block's later columns
+                # (addmm_ of [B, 1] x [1, N]: BLAS; torch's addr_ is ~100x slower on CPU)
+                w1[i + 1 :].addmm_(u1[i, i + 1 :, None], e[None, :], alpha=-1.0)
+        if i2 < k:
+            wt[i2:].addmm_(u[i1:i2, i2:].t(), err1, alpha=-1.0)
+    q_all, deq = q_t.t(), deq_t.t()
+
+    deq_orig = deq
+    if perm is not None:
+        inv = torch.argsort(perm)
+        deq_orig = deq[:, inv]
+        if not grouped:  # one grid per row: the column order is not part of the format
+            q_all, perm = q_all[:, inv], None
+    w0 = weight.detach().to(torch.float32)
+    dw = deq_orig - w0
+    num = (dw @ h_orig * dw).sum()
+    den = (w0 @ h_orig * w0).sum().clamp(min=1e-30)
+    if isinstance(grid, Int4Grid):
+        scale = torch.stack(scales, 1)
+        zero = None if grid.symmetric else torch.stack(zeros, 1).to(torch.uint8)
+        q_out = q_all.to(torch.uint8)
+    else:
+        scale, zero, q_out = scales[0], None, q_all.to(torch.int8)
+    return Solved(q_out, scale, zero, perm, deq_orig, float(num / den))
