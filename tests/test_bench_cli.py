@@ -23,7 +23,12 @@ def test_llm_family_on_the_tiny_shape(capsys):
 
     rows = run_llm("tiny", prompt_len=16, new_tokens=4, bandwidth=20e9)
     ours = [r for r in rows if r["kind"] == "ours"]
-    assert [r["impl"] for r in ours] == ["tersor W8A8", "tersor W4A8 g32", "tersor W4 g128"]
+    assert [r["impl"] for r in ours] == [
+        "tersor W8A8",
+        "tersor W4A8 g32",
+        "tersor W4 g128",
+        "tersor W4A8 g32 bf16",
+    ]
     fp32 = rows[0]
     assert all(r["bytes"] < fp32["bytes"] / 2 and r["decode_tok_s"] > 0 for r in ours)
     assert all(r["floor_pct"] > 0 and "HF fp32 eager" in r["ratios"] for r in ours)

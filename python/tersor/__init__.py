@@ -17,6 +17,7 @@ from tersor.configs import (
     W8A8Config,
     W8Config,
 )
+from tersor.distill import distill_
 from tersor.importers import empty_weights, from_pretrained
 from tersor.nn import BlockSparseLinear, CsrLinear, PackedLinear, QConv2d, QLinear, SparseLinear
 from tersor.nn.fused import fuse_projections
@@ -41,6 +42,7 @@ __all__ = [
     "W8Config",
     "available_isas",
     "cpu_info",
+    "distill_",
     "empty_weights",
     "from_pretrained",
     "fuse_projections",

@@ -142,7 +142,7 @@ class Handler:
     kinds: tuple = (nn.Linear, nn.Conv2d)  # float modules it converts
     hf_conv1d: bool = False  # also transformers' Conv1D (GPT-2's projections, weight [in, out])
     cannot_serve: Optional[Callable] = None  # (module, config) -> reason or ""
-    prepare: Optional[Callable] = None  # (model, layers, config, calibration, ctx) -> None
+    prepare: Optional[Callable] = None  # (model, layers, config, calibration, ctx, progress)
 
     def accepts(self, m: nn.Module) -> bool:
         return isinstance(m, self.kinds) or (self.hf_conv1d and _is_hf_conv1d(m))
@@ -290,9 +290,35 @@ for _cfg, _fmt, _why in [
     )
 
 
-def _wanda(model, layers, config, calibration, ctx):
-    if calibration is not None:
+def _wanda(model, layers, config, calibration, ctx, progress=None):
+    """Scores from calibration: Wanda's input norms (prune=True or "wanda"), or SparseGPT's
+    pruned and updated weights in ctx.solved (prune="sparsegpt", block by block)."""
+    if config.prune in ("wanda", "sparsegpt") and calibration is None:
+        raise ValueError(f"prune={config.prune!r} needs calibration= (inputs of the model)")
+    if config.prune == "sparsegpt":
+        _sparsegpt(model, layers, config, calibration, ctx, progress)
+    elif calibration is not None and config.prune in (True, "wanda"):
         ctx.norms = pruning.input_norms(model, layers, calibration)
+
+
+def _sparsegpt(model, layers, config, calibration, ctx, progress):
+    from tersor.calibration import blocks, gptq, sparsegpt
+
+    n_of_4 = isinstance(config, Sparse24Config)
+    if not n_of_4 and (config.block is not None or config.scope != "layer"):
+        raise ValueError("prune='sparsegpt' makes 2:4 or unstructured layer-scope sparsity")
+
+    def solve(m, hessian, rows):
+        w = _gemm_weight(m)
+        prep = gptq.prepare(hessian)
+        got = sparsegpt.sparsegpt(w, prep, n_of_4=n_of_4, sparsity=getattr(config, "sparsity", 0.5))
+        ctx.solved[id(m)] = got
+        dw = got - w
+        err = float((dw @ hessian * dw).sum() / (w @ hessian * w).sum().clamp(min=1e-30))
+        ctx.notes[id(m)] = f"sparsegpt over {rows} calibration rows: output error {err:.2e}"
+        return got.t() if _is_hf_conv1d(m) else got
+
+    ctx.calibration_s = blocks.calibrate(model, layers, calibration, solve, progress)
 
 
 def _score(m, ctx):
@@ -304,9 +330,9 @@ def _score(m, ctx):
 
 @register_handler(Sparse24Config, "sparsify_", prepare=_wanda)
 def _sparsify_24(m, config, ctx, name):
-    fmt = Sparse24Format.from_float(
-        _gemm_weight(m), config, what=_label(name), score=_score(m, ctx)
-    )
+    w = ctx.solved.get(id(m))  # SparseGPT's weight: 2:4 already
+    w = _gemm_weight(m) if w is None else w
+    fmt = Sparse24Format.from_float(w, config, what=_label(name), score=_score(m, ctx))
     return _build(m, fmt, config, name)
 
 
@@ -319,8 +345,8 @@ def _cannot_serve_sparse(m, config) -> str:
     return ""
 
 
-def _prepare_sparse(model, layers, config, calibration, ctx):
-    _wanda(model, layers, config, calibration, ctx)
+def _prepare_sparse(model, layers, config, calibration, ctx, progress=None):
+    _wanda(model, layers, config, calibration, ctx, progress)
     if config.scope == "global" and config.prune:
         ctx.threshold = pruning.global_threshold(layers, ctx.norms, config)
 
@@ -333,7 +359,9 @@ def _prepare_sparse(model, layers, config, calibration, ctx):
     prepare=_prepare_sparse,
 )
 def _sparsify(m, config, ctx, name):
-    w = pruning.prune_layer(m, config, ctx.norms, ctx.threshold, _label(name))
+    w = ctx.solved.get(id(m))  # SparseGPT's weight, pruned already
+    if w is None:
+        w = pruning.prune_layer(m, config, ctx.norms, ctx.threshold, _label(name))
     sparsity = 1.0 - float((w != 0).float().mean())
     if sparsity < config.break_even:
         raise KeepDense(
@@ -490,11 +518,9 @@ def convert_module(module: nn.Module, config, *, name: str = "", calibration=Non
     why = _cannot_serve(module, None, config, None)
     if why:
         raise ValueError(f"{_label(name)}: {why}")
-    if handler.verb == "quantize_":
+    if handler.prepare is not None:
         # the layer is its own model: calibration holds its inputs [..., in_features]
         handler.prepare(module, [module], config, calibration, ctx)
-    elif calibration is not None and handler.prepare is not None:
-        ctx.norms = pruning.input_norms(module, [module], calibration)
     try:
         return handler.convert(module, config, ctx, name)
     except KeepDense as keep:
@@ -567,10 +593,7 @@ def _convert(model, config, filter_fn, verb, calibration=None, progress=None) ->
         floats = [m for *_, m in plan if not _compressed(m)]
         try:
             floats = list({id(m): m for m in floats}.values())
-            if handler.verb == "quantize_":
-                handler.prepare(model, floats, config, calibration, ctx, progress)
-            else:
-                handler.prepare(model, floats, config, calibration, ctx)
+            handler.prepare(model, floats, config, calibration, ctx, progress)
         except Exception as e:
             raise type(e)(f"tersor.{verb}: {e}; the model is unchanged") from e
 

@@ -148,6 +148,18 @@ class W4A8Config(_Int4Config):
     scheme: ClassVar[str] = "w4a8"
 
 
+# prune= of the sparsity configs: True (|w|, or Wanda's |w| * ||x_k|| when sparsify_ gets
+# calibration), "magnitude", "wanda" (needs calibration), "sparsegpt" (needs calibration: the
+# kept weights are updated to make up for the pruned ones, tersor/calibration/sparsegpt.py),
+# False (no pruning: the weights' own zeros).
+PRUNE_METHODS = (True, False, "magnitude", "wanda", "sparsegpt")
+
+
+def _check_prune(cls: str, prune) -> None:
+    if not any(prune is p or (isinstance(p, str) and prune == p) for p in PRUNE_METHODS):
+        raise ValueError(f"{cls}.prune must be one of {PRUNE_METHODS}, got {prune!r}")
+
+
 @dataclass(frozen=True)
 class _SparseConfig(Config):
     """Base of the sparsity configs (sparsify_)."""
@@ -155,15 +167,14 @@ class _SparseConfig(Config):
 
 @dataclass(frozen=True)
 class Sparse24Config(_SparseConfig):
-    """2:4 semi-structured sparsity along K (fp32 values). prune: magnitude-prune weights that
-    are not 2:4 already (False: such layers are an error)."""
+    """2:4 semi-structured sparsity along K (fp32 values). prune: how weights that are not 2:4
+    already are pruned (PRUNE_METHODS; False: such layers are an error)."""
 
-    prune: bool = True
+    prune: object = True
     scheme: ClassVar[str] = "2:4"
 
     def __post_init__(self):
-        if not isinstance(self.prune, bool):
-            raise ValueError(f"Sparse24Config.prune must be a bool, got {self.prune!r}")
+        _check_prune(type(self).__name__, self.prune)
 
 
 # Measured break-evens (4096 x 4096, 2 threads; python -m tersor.bench --family sparse*): the
@@ -190,8 +201,9 @@ class SparseConfig(_SparseConfig):
                  and (16, 4) shapes turn all pruned work into skipped work.
     scope:       "layer" (every layer reaches `sparsity`) or "global" (one threshold over all
                  converted layers' scores; layers end up with different sparsities).
-    prune:       False: use the weights' own zeros (a block layer must then already be block
-                 sparse to `sparsity`, else it is an error).
+    prune:       how weights are pruned (PRUNE_METHODS); False: use the weights' own zeros
+                 (a block layer must then already be block sparse to `sparsity`, else it is
+                 an error).
     dense_below: layers left denser than this stay dense ("too dense to gain"); None: the
                  measured break-even of the format (BREAK_EVEN).
     dense_fallback: unstructured layers sparser than the break-even but below
@@ -203,7 +215,7 @@ class SparseConfig(_SparseConfig):
 
     sparsity: float = 0.9
     block: Optional[tuple] = None
-    prune: bool = True
+    prune: object = True
     scope: str = "layer"
     dense_below: Optional[float] = None
     dense_fallback: bool = True
@@ -234,8 +246,7 @@ class SparseConfig(_SparseConfig):
                     f"SparseConfig.block must be None or a pair of positive ints "
                     f"(rows, cols), got {b!r}"
                 )
-        if not isinstance(self.prune, bool):
-            raise ValueError(f"SparseConfig.prune must be a bool, got {self.prune!r}")
+        _check_prune(type(self).__name__, self.prune)
         if self.scope not in ("layer", "global"):
             raise ValueError(f"SparseConfig.scope must be 'layer' or 'global', got {self.scope!r}")
         if self.dense_below is not None and not 0.0 <= self.dense_below < 1.0:

@@ -101,7 +101,12 @@ def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> dict:
         prefill = time.perf_counter() - t0
         t0 = time.perf_counter()
         model.generate(
-            prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            prompt,
+            attention_mask=torch.ones_like(prompt),  # batch 1, no padding: HF warns without
+            pad_token_id=model.generation_config.eos_token_id,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
         )
         total = time.perf_counter() - t0
     per_token = max(total - prefill, 1e-9) / max(new_tokens - 1, 1)
@@ -110,7 +115,15 @@ def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> dict:
 
 def _warm_up(model, prompt) -> None:
     with torch.inference_mode():
-        model.generate(prompt[:, :8], max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        p = prompt[:, :8]
+        model.generate(
+            p,
+            attention_mask=torch.ones_like(p),
+            pad_token_id=model.generation_config.eos_token_id,
+            max_new_tokens=2,
+            min_new_tokens=2,
+            do_sample=False,
+        )
 
 
 # llama.cpp's file type of the same bits as each scheme: the ratios the figures use
