@@ -235,13 +235,15 @@ def distill_(
         rms = float(s.weight.detach().square().mean().sqrt().clamp(min=1e-8))
         groups.append({"params": [p for p in (s.weight, s.bias) if p is not None], "lr": lr * rms})
     opt = torch.optim.Adam(groups)
+    # both in eval mode: the student learns the teacher's deterministic outputs (no dropout
+    # noise), and batch norms keep their statistics
     was_training = student.training
+    student.eval()
     teacher.eval()
     losses, t0 = [], time.perf_counter()
     monitor = runs[:4]  # the loss on these batches decides whether training helped
 
     def monitored() -> float:
-        student.eval()
         with torch.no_grad():
             return sum(float(fn(run(student), run(teacher))) for run in monitor)
 
@@ -251,7 +253,6 @@ def distill_(
         kind = ("kl" if hasattr(first, "logits") else "mse") if loss == "auto" else loss
         fn = _loss_fn(kind, temperature)
         start = monitored()
-        student.train()
         for _, run in zip(_progress(range(steps), "distill_", progress), itertools.cycle(runs)):
             with torch.no_grad():
                 target = run(teacher)
