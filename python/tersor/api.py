@@ -267,8 +267,7 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
             prep = gptq.prepare(hessian, config.damp, config.act_order)
             shared[:] = [(hessian, prep)]  # siblings are solved one after another
         got = gptq.gptq(w, prep, grid)
-        rtn = fmt_cls.from_float(w, config).dequantize() - w
-        rtn_err = float((rtn @ hessian * rtn).sum() / (w @ hessian * w).sum().clamp(min=1e-30))
+        rtn_err = gptq.output_error(fmt_cls.from_float(w, config).dequantize() - w, w, hessian)
         ctx.solved[id(m)] = got
         ctx.notes[id(m)] = (
             f"gptq over {rows} calibration rows: output error {got.err:.2e} (round to nearest "
@@ -313,8 +312,7 @@ def _sparsegpt(model, layers, config, calibration, ctx, progress):
         prep = gptq.prepare(hessian)
         got = sparsegpt.sparsegpt(w, prep, n_of_4=n_of_4, sparsity=getattr(config, "sparsity", 0.5))
         ctx.solved[id(m)] = got
-        dw = got - w
-        err = float((dw @ hessian * dw).sum() / (w @ hessian * w).sum().clamp(min=1e-30))
+        err = gptq.output_error(got - w, w, hessian)
         ctx.notes[id(m)] = f"sparsegpt over {rows} calibration rows: output error {err:.2e}"
         return got.t() if _is_hf_conv1d(m) else got
 

@@ -196,8 +196,9 @@ def distill_(
     """Train the compressed `student` to match the float `teacher` on `data` (the batch forms
     of ``calibration=``: a tensor, a tuple / dict of arguments, a list of batches, a
     DataLoader), in place; returns the loss of every step. lr is relative: each layer's
-    weights move by about lr x their RMS per step. When the loss on the first batches is not
-    lower at the end, the student keeps its layers and a warning says so.
+    weights move by about lr x their RMS per step. The last eighth of the batches (when there
+    are 4 or more) is held out: when their loss is not lower at the end, the student keeps its
+    layers and a warning says so.
 
     forward(model, batch) -> output, for models called otherwise (a sentence-transformers
     wrapper: ``lambda m, b: m(b)["sentence_embedding"]``). loss: "auto" is "kl" when the
@@ -241,7 +242,11 @@ def distill_(
     student.eval()
     teacher.eval()
     losses, t0 = [], time.perf_counter()
-    monitor = runs[:4]  # the loss on these batches decides whether training helped
+    # the loss on held-out batches (the last eighth, when there are 4+) decides whether
+    # training helped: the training batches' own loss falls even when the student over-fits
+    held = max(1, len(runs) // 8) if len(runs) >= 4 else 0
+    monitor = runs[len(runs) - held :] if held else runs
+    runs = runs[: len(runs) - held] if held else runs
 
     def monitored() -> float:
         with torch.no_grad():
@@ -273,7 +278,8 @@ def distill_(
         _swap(student, {name: s.repacked() for name, s in shadows.items()})
     else:
         warnings.warn(
-            f"distill_: training did not lower the loss on the first {len(monitor)} batches "
+            f"distill_: training did not lower the loss on {len(monitor)} "
+            f"{'held-out' if held else 'training'} batch(es) "
             f"({start:.4g} -> {end:.4g}); the student keeps its layers as they were (a lower "
             f"lr or more steps may help)",
             stacklevel=2,
