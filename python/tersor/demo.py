@@ -155,7 +155,7 @@ def minilm_variants(base):
         m, tersor.Sparse24Config(prune="sparsegpt"), calibration=lambda mod: encode(mod, calib)
     )
     note = f"{len(calib)} calibration sentences, {rep.calibration_seconds:.1f} s"
-    out.append(("tersor 2:4 SparseGPT (no fine-tune)", m, note))
+    out.append(("tersor 2:4 SparseGPT", m, note))
     return out
 
 
