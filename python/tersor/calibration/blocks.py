@@ -34,25 +34,16 @@ class _Stop(Exception):
     pass
 
 
-def _is_target(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or (type(m).__name__ == "Conv1D" and hasattr(m, "nf"))
-
-
 def find_blocks(model: nn.Module, layers: list) -> list:
-    """The children of the largest ModuleList holding target layers (see the module doc)."""
+    """The children of the ModuleList holding the most target layers (see the module doc)."""
     ids = {id(m) for m in layers}
-    best = []
+    best, most = [], 0
     for mod in model.modules():
         if isinstance(mod, nn.ModuleList) and len(mod) > 1:
-            blocks = [b for b in mod if any(id(x) in ids for x in b.modules())]
-            n = sum(1 for b in blocks for x in b.modules() if id(x) in ids)
-            if len(blocks) > 1 and n > sum(1 for b in best for x in b.modules() if id(x) in ids):
-                best = blocks
+            n = sum(1 for b in mod for x in b.modules() if id(x) in ids)
+            if n > most:
+                best, most = list(mod), n
     return best
-
-
-def _rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
 
 
 class _Hessians:
@@ -65,7 +56,7 @@ class _Hessians:
             self.hooks.append(m.register_forward_pre_hook(self._hook))
 
     def _hook(self, m, args):
-        x = _rows(m, args[0])
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
         k = id(m)
         if k not in self.h:
             self.h[k] = torch.zeros(x.shape[1], x.shape[1])
@@ -135,13 +126,14 @@ def _run_block(block, inputs: list) -> list:
 
 
 def calibrate(model: nn.Module, layers: list, calibration, solve: Callable, progress=None):
-    """Solve every layer in `layers` (nn.Linear / transformers Conv1D) block by block;
+    """Solve every layer in `layers` (nn.Linear / transformers Conv1D; convolutions are left
+    to the caller) block by block;
     ``solve(layer, hessian, rows) -> float weight`` in the layer's own weight layout, which
     stands in for the layer in the rest of the pass. Returns the seconds spent."""
     from tersor.api import _progress
 
     t0 = time.perf_counter()
-    targets = [m for m in layers if _is_target(m)]
+    targets = [m for m in layers if not isinstance(m, nn.Conv2d)]
     fns, opaque = data.calls(calibration)
     blocks = find_blocks(model, targets)
     in_blocks = {id(x) for b in blocks for x in b.modules()}
