@@ -132,3 +132,26 @@ def test_distill_keeps_the_layers_when_held_out_loss_rises():
         tersor.distill_(student, teacher, batches, steps=20, lr=30.0, progress=False)
     for a, b in zip(student[0].fmt.canonical(), old):
         assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:distill_. training did not lower")
+def test_distill_llm_smoke():
+    """A tiny Llama (KL on logits, fused q/k/v): a few steps run, the layers come back packed and
+    fused, and the model still generates."""
+    pytest.importorskip("transformers")
+    from tests.llm_models import tiny_llm
+
+    teacher = tiny_llm("llama")
+    student = copy.deepcopy(teacher)
+    tersor.quantize_(student, tersor.W4A8Config(group_size=32), progress=False)
+    attn = student.model.layers[0].self_attn
+    assert attn.q_proj._fused is not None
+    gen = torch.Generator().manual_seed(5)
+    batches = [torch.randint(0, 128, (2, 16), generator=gen) for _ in range(5)]
+    losses = tersor.distill_(student, teacher, batches, steps=6, progress=False)
+    assert len(losses) == 6 and all(v == v for v in losses)
+    attn = student.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, tersor.PackedLinear) and attn.q_proj._fused is not None
+    with torch.no_grad():
+        out = student.generate(batches[0][:1], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 19)

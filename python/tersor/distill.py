@@ -209,22 +209,24 @@ def distill_(
 
     if steps < 1:
         raise ValueError(f"distill_: steps must be >= 1, got {steps}")
-    tersor_layers = {
+    convs = [n for n, m in student.named_modules() if isinstance(m, QConv2d)]
+    tersor_layers = {  # a QConv2d trains as one (its GEMM inside is not a layer of its own)
         name: m
         for name, m in student.named_modules()
         if isinstance(m, (PackedLinear, QConv2d))
-        and not any(name.startswith(p + ".") for p in _qconv_names(student))
+        and not any(name.startswith(c + ".") for c in convs)
     }
     if not tersor_layers:
         raise ValueError("distill_: the student has no tersor layers (run quantize_ first)")
     if forward is None:
         runs, _ = calib_data.calls(data)
     else:
-        batches = data if isinstance(data, list) else [data]
+        one = isinstance(data, (torch.Tensor, dict, tuple))
+        batches = [data] if one else list(data)
         runs = [(lambda b: lambda m: forward(m, b))(b) for b in batches]
+    shadows = {name: _Shadow(m) for name, m in tersor_layers.items()}  # may refuse a format
     fused = any(getattr(m, "_fused", None) is not None for m in tersor_layers.values())
     fuse_projections(student, False)  # the groups' hooks would hold the old layers
-    shadows = {name: _Shadow(m) for name, m in tersor_layers.items()}
     frozen = [p for p in student.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -274,8 +276,12 @@ def distill_(
         student.train(was_training)
         for p in frozen:
             p.requires_grad_(True)
+        if fused:
+            fuse_projections(student, "auto")
     if end < start:
         _swap(student, {name: s.repacked() for name, s in shadows.items()})
+        if fused:
+            fuse_projections(student, "auto")  # the new layers' groups
     else:
         warnings.warn(
             f"distill_: training did not lower the loss on {len(monitor)} "
@@ -284,13 +290,7 @@ def distill_(
             f"lr or more steps may help)",
             stacklevel=2,
         )
-    if fused:
-        fuse_projections(student, "auto")
     return losses
-
-
-def _qconv_names(model: nn.Module) -> list:
-    return [n for n, m in model.named_modules() if isinstance(m, QConv2d)]
 
 
 def _swap(model: nn.Module, new: dict) -> dict:
