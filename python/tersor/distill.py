@@ -72,8 +72,9 @@ class _Shadow(nn.Module):
         if isinstance(fmt, Int8Format):
             self.grid = fmt.canonical()[1]  # scale [N]
         elif isinstance(fmt, Int4Format):
-            q, scale, zero = fmt.canonical()
+            _, scale, zero = fmt.canonical()
             self.grid = (scale.float(), None if zero is None else zero.float())
+            self.unperm = None if fmt.perm is None else torch.argsort(fmt.perm)
         elif isinstance(fmt, (Sparse24Format, CsrFormat, BlockFormat)):
             self.mask = self.weight.detach() != 0
         else:
@@ -90,7 +91,7 @@ class _Shadow(nn.Module):
             wp = w if fmt.perm is None else w[:, fmt.perm]
             q = self._int4_codes(wp)
             deq = dequantize_int4(q, scale, zero, fmt.G)
-            return deq if fmt.perm is None else deq[:, torch.argsort(fmt.perm)]
+            return deq if fmt.perm is None else deq[:, self.unperm]
         w = w * self.mask
         if fmt.int8:
             s = w.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.0

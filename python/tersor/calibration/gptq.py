@@ -39,6 +39,8 @@ from typing import Optional
 
 import torch
 
+from tersor.formats.int4 import group_grid
+
 
 @dataclass
 class Solved:
@@ -58,19 +60,9 @@ class Int4Grid:
         self.g, self.symmetric = group_size, symmetric
 
     def params(self, w: torch.Tensor):
-        """scale fp16, zero (float) for the group columns w [N, g]: formats/int4 rules."""
-        lo, hi = w.amin(1), w.amax(1)
-        if self.symmetric:
-            scale = (torch.maximum(-lo, hi) / 7.0).to(torch.float16)
-            zero = torch.full_like(lo, 8.0)
-        else:
-            lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-            scale = ((hi - lo) / 15.0).to(torch.float16)
-        s = scale.float()
-        safe = torch.where(s > 0, s, torch.ones_like(s))
-        if not self.symmetric:
-            zero = torch.round(-lo / safe).clamp(0, 15)
-        return scale, zero, safe
+        """(scale fp16, zero float, safe scale) of the group columns w [N, g]: the rule
+        round-to-nearest uses (formats/int4.py group_grid)."""
+        return group_grid(w.amin(1), w.amax(1), self.symmetric)
 
     @staticmethod
     def codes(w, safe, zero):

@@ -85,6 +85,21 @@ def effective_group_size(in_features: int, group_size: int, what: str = "layer")
     return group_size
 
 
+def group_grid(lo: torch.Tensor, hi: torch.Tensor, symmetric: bool):
+    """The int4 grid of groups whose weights span [lo, hi]: (scale fp16, zero point as float,
+    scale as float32 with 1 where it is 0, safe to divide by). Symmetric: scale = amax / 7,
+    z = 8; else the range widened to hold 0, scale = range / 15, z = round(-lo / scale)."""
+    if symmetric:
+        scale = (torch.maximum(-lo, hi) / 7.0).to(torch.float16)
+    else:
+        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+        scale = ((hi - lo) / 15.0).to(torch.float16)
+    s = scale.to(torch.float32)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    zero = torch.full_like(s, 8.0) if symmetric else torch.round(-lo / safe).clamp(0, 15)
+    return scale, zero, safe
+
+
 def quantize_int4(
     weight: torch.Tensor, group_size: int = 128, symmetric: bool = False, what: str = "layer"
 ):
@@ -103,20 +118,10 @@ def quantize_int4(
     lo, hi = wg.amin(-1), wg.amax(-1)
     if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
         raise ValueError(f"{what}: weight holds NaN or Inf; cannot convert it")
-    if symmetric:
-        scale = (torch.maximum(-lo, hi) / 7.0).to(torch.float16)
-        zero = None
-        zf = torch.full_like(scale, 8, dtype=torch.float32)
-    else:
-        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-        scale = ((hi - lo) / 15.0).to(torch.float16)
+    scale, zf, safe = group_grid(lo, hi, symmetric)
     if torch.isinf(scale).any():
         raise ValueError(f"{what}: weights too large for fp16 group scales (|w| > ~1e6)")
-    s = scale.to(torch.float32)
-    safe = torch.where(s > 0, s, torch.ones_like(s))
-    if not symmetric:
-        zero = torch.round(-lo / safe).clamp(0, 15).to(torch.uint8)
-        zf = zero.to(torch.float32)
+    zero = None if symmetric else zf.to(torch.uint8)
     t = wg / safe[..., None]  # one float temporary, rounded and shifted in place
     t.round_().add_(zf[..., None]).clamp_(0, 15)
     q = t.to(torch.uint8).view(n, kp)
