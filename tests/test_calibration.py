@@ -335,3 +335,79 @@ def test_sparsify_sparsegpt():
         )
     with pytest.raises(ValueError, match="prune must be one of"):
         tersor.Sparse24Config(prune="obs")
+
+
+# ---- convolutions ------------------------------------------------------------------------------
+
+
+def _smooth_images(n: int, c: int, size: int, seed: int) -> torch.Tensor:
+    """Images with correlated neighbouring pixels (upsampled noise): patches GPTQ can use."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(n, c, size // 2, size // 2, generator=g)
+    return nn.functional.interpolate(low, size=(size, size), mode="bilinear") + 0.05 * torch.randn(
+        n, c, size, size, generator=g
+    )
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Conv2d(3, 8, (3, 2), stride=2, dilation=(1, 2)),
+        nn.Conv2d(3, 8, 3, padding="same"),
+        nn.Conv2d(3, 8, 1),
+    ],
+    ids=["3x3", "strided-dilated", "same", "1x1"],
+)
+def test_conv_patches_are_the_packed_weights_rows(conv):
+    """x's patches times the GEMM weight (NHWC patch order) is the convolution."""
+    from tersor.nn.qconv import QConv2d
+
+    x = torch.randn(2, 3, 9, 10)
+    with torch.no_grad():
+        want = nn.functional.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation)
+    got = blocks.conv_patches(conv, x) @ QConv2d.gemm_weight(conv).t()
+    torch.testing.assert_close(got, want.permute(0, 2, 3, 1).reshape(-1, 8), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cfg", [tersor.W4Config(group_size=32, method="gptq"), tersor.W8A8Config(method="gptq")]
+)
+def test_gptq_on_convolutions(cfg):
+    torch.manual_seed(12)
+    model = nn.Sequential(
+        nn.Conv2d(4, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+    calib, test = _smooth_images(64, 4, 12, seed=12), _smooth_images(16, 4, 12, seed=13)
+    with torch.no_grad():
+        ref = model(test)
+    rtn = copy.deepcopy(model)
+    method_rtn = tersor.configs.Config.from_dict({**cfg.to_dict(), "method": "rtn"})
+    tersor.quantize_(rtn, method_rtn, progress=False)
+    report = tersor.quantize_(model, cfg, calibration=calib, progress=False)
+    conv = next(r for r in report.converted if r.fqn == "2")
+    assert "gptq over 1600 calibration rows" in conv.reason  # 64 images x 5 x 5 positions
+    with torch.no_grad():
+        got, base = model(test), rtn(test)
+    assert (got - ref).norm() < (base - ref).norm()
+
+
+@pytest.mark.parametrize("k", [9, 10, 11])
+def test_sparsegpt_24_tail_groups(k):
+    """K % 4 columns at the end: the format pads them with zeros, so all but 2 go."""
+    from tersor.calibration import sparsegpt
+    from tersor.formats import Sparse24Format
+
+    w, x = torch.randn(6, k), _correlated(50, k, seed=k)
+    got = sparsegpt.sparsegpt(w, x.t() @ x)
+    tail = got[:, k // 4 * 4 :]
+    assert int((tail != 0).sum(1).max()) <= 2
+    assert torch.equal(
+        Sparse24Format.from_float(got, tersor.Sparse24Config(prune=False)).dequantize(), got
+    )

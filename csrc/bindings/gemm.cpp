@@ -32,11 +32,12 @@ PackedW4LinearArgs w4_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, ad
 #define TERSOR_W8_ARGS                                                                       \
   py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("colsum"), \
       py::arg("w_scale"), py::arg("N"), py::arg("bias"), py::arg("y"), py::arg("ldy"),       \
-      py::arg("nthreads"), py::arg("io") = 0
+      py::arg("nthreads"), py::arg("io") = 0, py::arg("x_scale") = 0
 #define TERSOR_W4_ARGS                                                                      \
   py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("scale"), \
       py::arg("zero"), py::arg("group_size"), py::arg("ngroups"), py::arg("N"),             \
-      py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("nthreads"), py::arg("io") = 0
+      py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("nthreads"), py::arg("io") = 0, \
+      py::arg("x_scale") = 0
 
 constexpr const char* kW8Doc =
     "y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 "
@@ -45,7 +46,9 @@ constexpr const char* kW8Doc =
 // io: 0 fp32 x and y; 1 bf16, 2 fp16 x and y, staged through fp32 rows (half_io/half_io.h)
 constexpr const char* kIoDoc =
     " io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are "
-    "widened exactly and the output rounded to nearest even, as torch's .to() does.";
+    "widened exactly and the output rounded to nearest even, as torch's .to() does. x_scale: "
+    "0, or fp32 [K] multiplied into x's columns while the rows are staged (a layer's input "
+    "scale: AWQ / SmoothQuant).";
 constexpr const char* kW4Doc =
     "y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes "
     "[Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0 "
@@ -85,18 +88,18 @@ void bind_gemm_w8a8(py::module_& m) {
   m.def(
       "gemm_w8a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io) {
+         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
         half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
-                            io, gemm_w8a8::run);
+                            io, ptr<const float>(x_scale), gemm_w8a8::run);
       },
       TERSOR_W8_ARGS, nogil(),
       (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc).c_str());
   m.def(
       "gemm_w8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io) {
+         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
         half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
-                            io, gemm_w8::run);
+                            io, ptr<const float>(x_scale), gemm_w8::run);
       },
       TERSOR_W8_ARGS, nogil(),
       (std::string(kW8Doc) + "fp32 activations (weight-only); colsum is unused (pass 0)." + kIoDoc)
@@ -108,10 +111,10 @@ void bind_gemm_w4(py::module_& m) {
       "gemm_w4",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads, int io) {
+         int nthreads, int io, addr x_scale) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads),
-                            io, gemm_w4::run);
+                            io, ptr<const float>(x_scale), gemm_w4::run);
       },
       TERSOR_W4_ARGS, nogil(),
       (std::string(kW4Doc) + "fp32 activations, weights dequantized in registers." + kIoDoc).c_str());
@@ -119,10 +122,10 @@ void bind_gemm_w4(py::module_& m) {
       "gemm_w4a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads, int io) {
+         int nthreads, int io, addr x_scale) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads),
-                            io, gemm_w4a8::run);
+                            io, ptr<const float>(x_scale), gemm_w4a8::run);
       },
       TERSOR_W4_ARGS, nogil(),
       (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums." + kIoDoc)

@@ -11,6 +11,11 @@
 // Widening is exact (every bf16 / fp16 value is an fp32 value), and narrowing rounds exactly as
 // torch's .to(dtype) does (nearest even; NaN stays NaN; fp16 overflows to Inf), so a half call
 // returns bit for bit `layer(x.float()).to(dtype)`, on every ISA path.
+//
+// The same staging applies a layer's input scale (AWQ / SmoothQuant, x_scale [K]: the x
+// multiplier a layer keeps when no preceding op could absorb it): the staged rows are
+// x[m][k] * x_scale[k], one IEEE multiply each, so the call returns bit for bit
+// `layer_without_scale(x * x_scale)` without a torch op or an allocation per call.
 #pragma once
 #include <cstdint>
 
@@ -35,37 +40,61 @@ void narrow_ref(const RowsArgs& a);
 void narrow_avx2(const RowsArgs& a);
 void narrow(const RowsArgs& a);
 
+struct ScaleArgs {  // dst[m][k] = src[m][k] * s[k] (fp32; dst may be src)
+  const float* src;
+  int64_t M, K, lds;
+  float* dst;
+  int64_t ldd;
+  const float* s;
+};
+void scale_columns_ref(const ScaleArgs& a);
+void scale_columns_avx2(const ScaleArgs& a);
+void scale_columns(const ScaleArgs& a);
+
 // Rows per block of a staged call: the fp32 scratch holds rows x (K + N) floats, at most
 // kScratchFloats (16 MiB), and at least one row.
 inline constexpr int64_t kScratchFloats = int64_t(1) << 22;
 float* scratch(int64_t floats);  // this thread's buffer, grown on demand to <= kScratchFloats
                                  // (or one row's K + N when that is larger)
 
-// Runs `kernel(args)` on fp32 staging rows when io is BF16 / F16, else directly. Args is a
-// GEMM argument struct with x, M, K, ldx, N, y, ldy (common/linear_args.h).
+// Runs `kernel(args)` on fp32 staging rows when io is BF16 / F16 or x_scale is given, else
+// directly. Args is a GEMM argument struct with x, M, K, ldx, N, y, ldy
+// (common/linear_args.h). fp32 outputs go straight to y; half ones through the scratch.
 template <typename Args, typename Kernel>
-void run_staged(const Args& a, int io, Kernel kernel) {
-  if (io == F32 || a.M == 0) return kernel(a);
-  const int64_t per_row = a.K + a.N;
+void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel) {
+  if ((io == F32 && x_scale == nullptr) || a.M == 0) return kernel(a);
+  const bool half = io != F32;
+  const int64_t per_row = a.K + (half ? a.N : 0);
   int64_t rows = kScratchFloats / per_row;
   if (rows < 1) rows = 1;
   if (rows > a.M) rows = a.M;
   float* xs = scratch(rows * per_row);
   float* ys = xs + rows * a.K;
-  const int64_t bytes = 2;  // both halves are 2-byte types
+  const int64_t bytes = half ? 2 : 4;
   for (int64_t m0 = 0; m0 < a.M; m0 += rows) {
     const int64_t mb = a.M - m0 < rows ? a.M - m0 : rows;
-    widen({static_cast<const char*>(static_cast<const void*>(a.x)) + m0 * a.ldx * bytes, mb, a.K,
-           a.ldx, xs, a.K, io});
+    const void* x0 = static_cast<const char*>(static_cast<const void*>(a.x)) + m0 * a.ldx * bytes;
+    if (half) {
+      widen({x0, mb, a.K, a.ldx, xs, a.K, io});
+      if (x_scale) scale_columns({xs, mb, a.K, a.K, xs, a.K, x_scale});
+    } else {
+      scale_columns({static_cast<const float*>(x0), mb, a.K, a.ldx, xs, a.K, x_scale});
+    }
     Args b = a;
     b.x = xs;
     b.ldx = a.K;
     b.M = mb;
-    b.y = ys;
-    b.ldy = a.N;
+    if (half) {
+      b.y = ys;
+      b.ldy = a.N;
+    } else {
+      b.y = a.y + m0 * a.ldy;
+    }
     kernel(b);
-    narrow({ys, mb, a.N, a.N, static_cast<char*>(static_cast<void*>(a.y)) + m0 * a.ldy * bytes,
-            a.ldy, io});
+    if (half) {
+      narrow({ys, mb, a.N, a.N, static_cast<char*>(static_cast<void*>(a.y)) + m0 * a.ldy * bytes,
+              a.ldy, io});
+    }
   }
 }
 

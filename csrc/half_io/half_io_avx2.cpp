@@ -51,4 +51,16 @@ void narrow_avx2(const RowsArgs& a) {
   }
 }
 
+void scale_columns_avx2(const ScaleArgs& a) {
+  const int64_t K8 = a.K & ~int64_t(7);
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* s = a.src + m * a.lds;
+    float* d = a.dst + m * a.ldd;
+    for (int64_t k = 0; k < K8; k += 8)  // a plain multiply: the same bits as the ref
+      _mm256_storeu_ps(d + k, _mm256_mul_ps(_mm256_loadu_ps(s + k), _mm256_loadu_ps(a.s + k)));
+    for (int64_t k = K8; k < a.K; ++k) d[k] = s[k] * a.s[k];
+  }
+}
+
 }  // namespace tersor::half_io
+

@@ -17,6 +17,11 @@ void narrow(const RowsArgs& a) {
   dispatch_isa(a, narrow_ref, TERSOR_X86_FN(narrow_avx2), nullptr);
 }
 
+void scale_columns(const ScaleArgs& a) {
+  if (a.M == 0 || a.K == 0) return;
+  dispatch_isa(a, scale_columns_ref, TERSOR_X86_FN(scale_columns_avx2), nullptr);
+}
+
 float* scratch(int64_t floats) {
   // per thread: layers called from several Python threads at once each stage their own rows
   thread_local std::unique_ptr<float[]> buf;

@@ -70,4 +70,12 @@ void narrow_ref(const RowsArgs& a) {
   }
 }
 
+void scale_columns_ref(const ScaleArgs& a) {
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* s = a.src + m * a.lds;
+    float* d = a.dst + m * a.ldd;
+    for (int64_t k = 0; k < a.K; ++k) d[k] = s[k] * a.s[k];
+  }
+}
+
 }  // namespace tersor::half_io

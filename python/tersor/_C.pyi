@@ -117,13 +117,15 @@ def gemm_w4(
     ldy: int,
     nthreads: int,
     io: int = 0,
+    x_scale: int = 0,
 ) -> None:
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
     (symmetric, z = 8), group_size the effective G (formats/int4.py). fp32 activations, weights
     dequantized in registers. io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in
     elements); half rows are widened exactly and the output rounded to nearest even, as torch's
-    .to() does."""
+    .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns while the rows are staged (a
+    layer's input scale: AWQ / SmoothQuant)."""
 
 def gemm_w4a8(
     x: int,
@@ -141,13 +143,15 @@ def gemm_w4a8(
     ldy: int,
     nthreads: int,
     io: int = 0,
+    x_scale: int = 0,
 ) -> None:
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
     (symmetric, z = 8), group_size the effective G (formats/int4.py). x quantized per row to
     int8 inside; exact integer group sums. io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y;
     strides in elements); half rows are widened exactly and the output rounded to nearest even,
-    as torch's .to() does."""
+    as torch's .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns while the rows
+    are staged (a layer's input scale: AWQ / SmoothQuant)."""
 
 def gemm_w8(
     x: int,
@@ -163,12 +167,14 @@ def gemm_w8(
     ldy: int,
     nthreads: int,
     io: int = 0,
+    x_scale: int = 0,
 ) -> None:
     """y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 VNNI4
     tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 [Np], bias
     fp32 [N] or 0. fp32 activations (weight-only); colsum is unused (pass 0). io: 0 (fp32 x, y),
     1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the
-    output rounded to nearest even, as torch's .to() does."""
+    output rounded to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied
+    into x's columns while the rows are staged (a layer's input scale: AWQ / SmoothQuant)."""
 
 def gemm_w8a8(
     x: int,
@@ -184,12 +190,14 @@ def gemm_w8a8(
     ldy: int,
     nthreads: int,
     io: int = 0,
+    x_scale: int = 0,
 ) -> None:
     """y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 VNNI4
     tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 [Np], bias
     fp32 [N] or 0. x is quantized per row to int8 inside (dynamic W8A8). io: 0 (fp32 x, y), 1
     (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the
-    output rounded to nearest even, as torch's .to() does."""
+    output rounded to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied
+    into x's columns while the rows are staged (a layer's input scale: AWQ / SmoothQuant)."""
 
 def quantize_rows(x: int, M: int, K: int, ldx: int, q: int, scales: int, nthreads: int) -> None:
     """Per-row symmetric int8: q int8 [M, K] (contiguous), scales fp32 [M] = amax / 127 (NaN for

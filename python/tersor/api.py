@@ -31,7 +31,8 @@ from tersor.configs import (
     _QuantConfig,
 )
 from tersor.formats import BlockFormat, CsrFormat, Int4Format, Int8Format, Sparse24Format
-from tersor.formats.int4 import effective_group_size
+from tersor.formats.int4 import GROUP_SIZES, dequantize_int4, effective_group_size, quantize_int4
+from tersor.formats.int8 import quantize_per_channel_int8
 from tersor.formats.sparse_block import check_block
 from tersor.nn.fused import fuse_projections as fuse
 from tersor.nn.linear import PackedLinear
@@ -130,9 +131,14 @@ class Context:
 
     norms: Optional[dict] = None
     threshold: Optional[float] = None
-    solved: dict = field(default_factory=dict)  # id(layer) -> calibration.gptq.Solved
+    # id(layer) -> the calibrated result: a format (quantization), a pruned weight (SparseGPT)
+    solved: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)  # id(layer) -> a line for the report
     calibration_s: float = 0.0
+    # input scales folded into the ops before the layers (calibration/smooth.py):
+    # id(producer) -> (producer, t), its output channels multiplied by t when installed
+    folds: dict = field(default_factory=dict)
+    bias_scale: dict = field(default_factory=dict)  # id(converted producer) -> t, for its bias
 
 
 @dataclass(frozen=True)
@@ -195,9 +201,22 @@ def _gemm_weight(m: nn.Module) -> torch.Tensor:
     return w.to(torch.float32)
 
 
-def _build(m: nn.Module, fmt, config, name: str) -> nn.Module:
+def _layer_layout(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """A GEMM weight [N, K] (_gemm_weight's layout) in the module's own weight layout."""
+    if isinstance(m, nn.Conv2d):  # [C_out, C_in, kh, kw] from the NHWC patch order
+        kh, kw = m.kernel_size
+        return w.view(w.shape[0], kh, kw, -1).permute(0, 3, 1, 2)
+    return w.t() if _is_hf_conv1d(m) else w
+
+
+def _build(m: nn.Module, fmt, config, name: str, bias_scale=None) -> nn.Module:
+    """The layer of `fmt` in m's place (bias_scale: a consumer's input scale folded into this
+    layer's output rows, calibration/smooth.py)."""
     kernel = getattr(config, "kernel", "auto")
-    gemm = PackedLinear.wrap(fmt, m.bias, kernel=kernel, name=name)
+    bias = m.bias
+    if bias is not None and bias_scale is not None:
+        bias = bias.detach().float() * bias_scale
+    gemm = PackedLinear.wrap(fmt, bias, kernel=kernel, name=name)
     return QConv2d.around(m, gemm, name) if isinstance(m, nn.Conv2d) else gemm
 
 
@@ -234,48 +253,128 @@ def quantize_with(fmt_cls) -> Callable:
     calibration left in ctx.solved."""
 
     def convert(m, config, ctx, name):
-        solved = ctx.solved.get(id(m))
-        if solved is not None:
-            return _build(m, _solved_format(solved, config), config, name)
-        fmt = fmt_cls.from_float(_gemm_weight(m), config, what=_label(name))
-        return _build(m, fmt, config, name)
+        fmt = ctx.solved.get(id(m))
+        if fmt is None:
+            fmt = fmt_cls.from_float(_gemm_weight(m), config, what=_label(name))
+        return _build(m, fmt, config, name, ctx.bias_scale.get(id(m)))
 
     return convert
 
 
+def _rtn_dequantized(w: torch.Tensor, config, group_size=None) -> torch.Tensor:
+    """Round-to-nearest of float [N, K] on the config's grid (int4: groups of group_size,
+    default the config's), dequantized (the rules of the formats' from_float, unpacked)."""
+    if isinstance(config, (W4Config, W4A8Config)):
+        g = config.group_size if group_size is None else group_size
+        q, s, z, g = quantize_int4(w, g if g in GROUP_SIZES else -1, config.symmetric)
+        return dequantize_int4(q, s, z, g)
+    q, s = quantize_per_channel_int8(w)
+    return q.float() * s[:, None]
+
+
 def _calibrate(model, layers, config, calibration, ctx, progress=None):
-    """method="gptq": every Linear of `layers` solved block by block (tersor/calibration)."""
-    if config.method == "rtn":
+    """Calibrated quantization, block by block (tersor/calibration): method="gptq" (error
+    feedback), method="awq" or smooth=alpha (input scales, folded into the op before the
+    layers where the block proves it exact, else kept by the layer; calibration/smooth.py)."""
+    if config.method == "rtn" and config.smooth is None:
         return
     if calibration is None:
-        raise ValueError(f"method={config.method!r} needs calibration= (inputs of the model)")
-    from tersor.calibration import blocks, gptq
+        what = f"method={config.method!r}" if config.smooth is None else "smooth="
+        raise ValueError(f"{what} needs calibration= (inputs of the model)")
+    from tersor.calibration import blocks, gptq, smooth
 
     int4 = isinstance(config, (W4Config, W4A8Config))
     fmt_cls = Int4Format if int4 else Int8Format
+    act_int8 = config.scheme in ("w8a8", "w4a8")
+    scaled = config.method == "awq" or config.smooth is not None
+    names = {id(m): n for n, m in model.named_modules()} if scaled else {}
+    in_scale, row_scale, kept = {}, {}, set()  # id -> s (x / s), producer rows, in-layer
+    samples = {}  # id -> sampled input rows (AWQ's clip search), one block's at a time
 
+    def scales(block, mine, hs, inputs):
+        samples.clear()
+        # convolutions are solved without input scales (round to nearest, or gptq)
+        mine = [m for m in mine if not isinstance(m, nn.Conv2d)]
+        for group in smooth.input_groups(mine, hs):
+            ws = [_gemm_weight(m) for m in group]
+            mean_abs, max_abs, sample = hs.input_stats(group[0])
+            if config.method == "awq":
+                s, alpha, err, base = smooth.awq_scale(
+                    ws, sample, mean_abs, lambda w: _rtn_dequantized(w, config), act_int8
+                )
+                how = f"alpha {alpha:.2f} (search error {err / max(base, 1e-30):.2f}x rtn's)"
+            else:
+                s = smooth.smooth_scale(ws, max_abs, config.smooth)
+                how = f"alpha {config.smooth:g}"
+            p = None if block is None else smooth.find_fold(block, group, *inputs[0])
+            if p is not None:
+                ctx.folds[id(p)] = (p, 1.0 / s)
+                if id(p) in ctx_targets:
+                    row_scale[id(p)] = 1.0 / s
+                where = f"input scale folded into '{names.get(id(p), type(p).__name__)}'"
+            else:
+                kept.update(id(m) for m in group)
+                where = "input scale kept by the layer (no op before it can absorb it)"
+            for m in group:
+                in_scale[id(m)] = s
+                ctx.notes[id(m)] = f"{how}; {where}"
+                if config.method == "awq":
+                    samples[id(m)] = sample / s
+
+    ctx_targets = {id(m) for m in layers}
     shared = []  # (hessian, Prepared): q / k / v read the same input, one Cholesky serves
 
     def solve(m, hessian, rows):
-        w = _gemm_weight(m)
-        g = effective_group_size(w.shape[1], config.group_size) if int4 else None
-        grid = gptq.Int4Grid(g, config.symmetric) if int4 else gptq.Int8Grid()
-        prep = next(
-            (p for h, p in shared if h.shape == hessian.shape and torch.equal(h, hessian)), None
+        w0 = _gemm_weight(m)
+        w, h = w0, hessian
+        s, r = in_scale.get(id(m)), row_scale.get(id(m))
+        if r is not None:  # a consumer's scale folded into this layer's output rows
+            w = w * r[:, None]
+        if s is not None:  # x / s meets W diag(s); the Hessian of x / s
+            w = w * s[None, :]
+            h = hessian / s[:, None] / s[None, :]
+        if config.method == "gptq":
+            g = effective_group_size(w.shape[1], config.group_size) if int4 else None
+            grid = gptq.Int4Grid(g, config.symmetric) if int4 else gptq.Int8Grid()
+            prep = next((p for hh, p in shared if hh.shape == h.shape and torch.equal(hh, h)), None)
+            if prep is None:
+                prep = gptq.prepare(h, config.damp, config.act_order)
+                shared[:] = [(h, prep)]  # siblings are solved one after another
+            got = gptq.gptq(w, prep, grid)
+            fmt, deq = _solved_format(got, config), got.dequantized
+        else:
+            if id(m) in samples:  # awq: the clipped ranges, then round to nearest
+                g = effective_group_size(w.shape[1], config.group_size) if int4 else w.shape[1]
+                w = smooth.awq_clip(
+                    w, samples[id(m)], g, lambda wc: _rtn_dequantized(wc, config, g)
+                )
+            fmt = fmt_cls.from_float(w, config)
+            deq = fmt.dequantize()
+        if id(m) in kept:
+            fmt = fmt.with_input_scale(1.0 / s)
+        # the weight standing in for the layer in the rest of the pass, in the model's terms
+        eff = deq if s is None else deq / s[None, :]
+        eff = eff if r is None else eff / r[:, None]
+        ctx.solved[id(m)] = fmt
+        if r is not None:
+            ctx.bias_scale[id(m)] = r
+        rtn = _rtn_dequantized(w0, config)
+        err, rtn_err = (
+            gptq.output_error(eff - w0, w0, hessian),
+            gptq.output_error(rtn - w0, w0, hessian),
         )
-        if prep is None:
-            prep = gptq.prepare(hessian, config.damp, config.act_order)
-            shared[:] = [(hessian, prep)]  # siblings are solved one after another
-        got = gptq.gptq(w, prep, grid)
-        rtn_err = gptq.output_error(fmt_cls.from_float(w, config).dequantize() - w, w, hessian)
-        ctx.solved[id(m)] = got
-        ctx.notes[id(m)] = (
-            f"gptq over {rows} calibration rows: output error {got.err:.2e} (round to nearest "
-            f"{rtn_err:.2e})"
+        how = {"gptq": "gptq", "awq": "awq", "rtn": "round to nearest"}[config.method]
+        if config.smooth is not None:
+            how = f"smoothquant + {how}"
+        scale_note = ctx.notes.get(id(m), "")
+        ctx.notes[id(m)] = f"{how} over {rows} calibration rows: output error {err:.2e} " + (
+            f"(round to nearest {rtn_err:.2e})" + (f"; {scale_note}" if scale_note else "")
         )
-        return got.dequantized.t() if _is_hf_conv1d(m) else got.dequantized
+        return _layer_layout(m, eff)
 
-    ctx.calibration_s = blocks.calibrate(model, layers, calibration, solve, progress)
+    ctx.calibration_s = blocks.calibrate(
+        model, layers, calibration, solve, progress, scales if scaled else None
+    )
 
 
 for _cfg, _fmt, _why in [
@@ -314,7 +413,7 @@ def _sparsegpt(model, layers, config, calibration, ctx, progress):
         ctx.solved[id(m)] = got
         err = gptq.output_error(got - w, w, hessian)
         ctx.notes[id(m)] = f"sparsegpt over {rows} calibration rows: output error {err:.2e}"
-        return got.t() if _is_hf_conv1d(m) else got
+        return _layer_layout(m, got)
 
     ctx.calibration_s = blocks.calibrate(model, layers, calibration, solve, progress)
 
@@ -623,6 +722,12 @@ def _convert(model, config, filter_fn, verb, calibration=None, progress=None) ->
         setattr(parent, cname, q)
         why = "; ".join(x for x in (q.describe(), ctx.notes.get(id(m), "")) if x)
         rows[fqn] = LayerReport(fqn, _layer_shape(m), q.scheme, _layer_bytes(m), q.nbytes, why)
+    if ctx.folds:  # the ops that absorb input scales; converted producers hold theirs already
+        from tersor.calibration.smooth import scale_outputs
+
+        for p, t in ctx.folds.values():
+            if id(p) not in built:
+                scale_outputs(p, t)
     report.layers = [r for r in rows.values() if r is not None]
     report.seconds = time.perf_counter() - t0
     report.calibration_seconds = ctx.calibration_s

@@ -8,7 +8,7 @@ from typing import ClassVar, Optional
 from tersor.formats.int4 import GROUP_SIZES
 
 KERNELS = ("auto", "native", "cuda", "triton", "ref")
-METHODS = ("rtn", "gptq")  # how quantization configs choose their weights
+METHODS = ("rtn", "gptq", "awq")  # how quantization configs choose their weights
 
 
 def _check_kernel(cls: str, kernel: str) -> None:
@@ -68,12 +68,19 @@ class _QuantConfig(Config):
             without compiled kernels), "cuda" / "triton" (only that GPU kernel family; Triton
             also runs CPU tensors under TRITON_INTERPRET=1), "ref" (the torch reference).
     skip_names: fully qualified names of layers to leave dense (an output head, say).
-    method: "rtn" (round to nearest, no data) or "gptq" (error feedback against the layer's
-            calibration inputs; quantize_(..., calibration=...) runs it block by block,
-            tersor/calibration/); nn.Conv2d layers are rounded to nearest either way.
+    method: "rtn" (round to nearest, no data), "gptq" (error feedback against the layer's
+            calibration inputs) or "awq" (per-input-channel scales searched on the
+            activations, then round to nearest); quantize_(..., calibration=...) runs them
+            block by block (tersor/calibration/); nn.Conv2d layers are solved on their
+            patches by gptq, and get no input scales (awq rounds them to nearest).
     act_order: gptq only: quantize input columns in decreasing activity (int4 stores the
             order as the layer's input permutation).
     damp: gptq only: the Hessian's dampening, as a fraction of its mean diagonal.
+    smooth: SmoothQuant's migration strength alpha in (0, 1] for the schemes with int8
+            activations (None: off): s = max|x|^alpha / max|w|^(1 - alpha) per input
+            channel, with method "rtn" or "gptq" after it. AWQ's and SmoothQuant's scales
+            fold into the op before the layers where the block proves that exact, else the
+            layer keeps them (calibration/smooth.py).
     """
 
     kernel: str = "auto"
@@ -81,6 +88,7 @@ class _QuantConfig(Config):
     method: str = "rtn"
     act_order: bool = False
     damp: float = 0.01
+    smooth: Optional[float] = None
 
     def __post_init__(self):
         _check_kernel(type(self).__name__, self.kernel)
@@ -91,6 +99,18 @@ class _QuantConfig(Config):
             raise ValueError(f"{name}.act_order applies to method='gptq' only")
         if not (isinstance(self.damp, (int, float)) and 0 < self.damp < 1):
             raise ValueError(f"{name}.damp must be in (0, 1), got {self.damp!r}")
+        if self.smooth is not None:
+            if isinstance(self.smooth, bool) or not (
+                isinstance(self.smooth, (int, float)) and 0 < self.smooth <= 1
+            ):
+                raise ValueError(f"{name}.smooth must be None or in (0, 1], got {self.smooth!r}")
+            if self.scheme not in ("w8a8", "w4a8"):
+                raise ValueError(
+                    f"{name}.smooth moves activation outliers into the weights: it serves the "
+                    f"schemes with int8 activations (W8A8Config, W4A8Config)"
+                )
+            if self.method == "awq":
+                raise ValueError(f"{name}: smooth and method='awq' both set input scales; pick one")
         if not isinstance(self.skip_names, tuple) or not all(
             isinstance(s, str) for s in self.skip_names
         ):

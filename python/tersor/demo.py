@@ -115,15 +115,27 @@ def minilm_variants(base):
             (name, m, f"{len(rep.converted)} layers converted, {len(rep.skipped)} left dense")
         )
     # GPTQ: the same schemes with weights chosen against 96 calibration sentences (disjoint
-    # from the 96 the cosines are measured on), block by block, act-order
+    # from the 96 the cosines are measured on), block by block
     calib = sentences(96, phase=1)
-    for name, cfg in [
-        ("tersor W4A8 g32 GPTQ", tersor.W4A8Config(group_size=32, method="gptq", act_order=True)),
-        ("tersor W4 g128 GPTQ", tersor.W4Config(group_size=128, method="gptq", act_order=True)),
+    # AWQ / SmoothQuant: per-input-channel scales from the same sentences, folded into the op
+    # before a layer where the block proves it exact, else kept by the layer
+    for name, cfg, how in [
+        (
+            "tersor W4A8 g32 GPTQ",
+            tersor.W4A8Config(group_size=32, method="gptq", act_order=True),
+            "act-order, ",
+        ),
+        (
+            "tersor W4 g128 GPTQ",
+            tersor.W4Config(group_size=128, method="gptq", act_order=True),
+            "act-order, ",
+        ),
+        ("tersor W4 g128 AWQ", tersor.W4Config(group_size=128, method="awq"), "scales + clip, "),
+        ("tersor W8A8 SmoothQuant", tersor.W8A8Config(smooth=0.5), "alpha 0.5, "),
     ]:
         m = copy.deepcopy(base)
         rep = tersor.quantize_(m, cfg, calibration=lambda mod: encode(mod, calib))
-        note = f"act-order, {len(calib)} calibration sentences, {rep.calibration_seconds:.1f} s"
+        note = f"{how}{len(calib)} calibration sentences, {rep.calibration_seconds:.1f} s"
         out.append((name, m, note))
     m = copy.deepcopy(base)
     rep = tersor.sparsify_(m, tersor.Sparse24Config())

@@ -64,7 +64,11 @@ class _Shadow(nn.Module):
         self.layer = layer
         gemm = layer.gemm if isinstance(layer, QConv2d) else layer
         self.fmt = fmt = gemm.fmt
-        self.weight = nn.Parameter(fmt.dequantize().clone())  # [N, K], original K order
+        # [N, K], original K order; with an input scale (AWQ / SmoothQuant) the weight the
+        # format stores, and x * input_scale goes in, as in the kernels
+        self.xs = fmt.input_scale
+        w = fmt.dequantize()
+        self.weight = nn.Parameter(w.clone() if self.xs is None else w / self.xs)
         b = gemm.bias
         self.bias = None if b is None else nn.Parameter(b.detach().clone())
         self.act_int8 = "w8a8" in fmt.scheme or fmt.scheme == "w4a8"
@@ -118,6 +122,8 @@ class _Shadow(nn.Module):
                 x = _fq_rows_int8(x, (1, 2, 3))
             w4 = w.view(c.out_channels, kh, kw, c.in_channels).permute(0, 3, 1, 2)
             return F.conv2d(x, w4, self.bias, c.stride, c.padding, c.dilation)
+        if self.xs is not None:
+            x = x * self.xs.to(x.dtype)
         if self.act_int8:
             x = _fq_rows_int8(x, -1)
         return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -145,6 +151,7 @@ class _Shadow(nn.Module):
                 new = BlockFormat.from_float(wm)
             if fmt.int8:
                 new = new.with_int8_values(W8A8Config())
+        new = new.with_input_scale(self.xs) if self.xs is not None else new
         gemm = self.layer.gemm if isinstance(self.layer, QConv2d) else self.layer
         layer = PackedLinear.wrap(new, self.bias, kernel=gemm.kernel, name=gemm.name)
         if isinstance(self.layer, QConv2d):

@@ -248,20 +248,26 @@ def _peers(model, prompt, new_tokens):
     for name, (module, why) in PEERS.items():
         if not _installed(module) or (module == "llama_cpp" and not _installed("gguf")):
             rows.append(dict(impl=name, kind="baseline", unavailable=why))
-        elif module == "llama_cpp":
-            from tersor.bench import llamacpp
+            continue
+        try:
+            if module == "llama_cpp":
+                from tersor.bench import llamacpp as peer
 
-            with tempfile.TemporaryDirectory() as d:
-                got = llamacpp.prepare(model, prompt, new_tokens, d, prompt[:, :16])
-            for row, llm in got:
-                rows.append(row)
-                engines[row["impl"]] = (llm, llamacpp.time_generation)
-        else:
-            from tersor.bench import openvino
+                with tempfile.TemporaryDirectory() as d:
+                    got = peer.prepare(model, prompt, new_tokens, d, prompt[:, :16])
+                timer = peer.time_generation
+            else:
+                from tersor.bench import openvino as peer
 
-            with tempfile.TemporaryDirectory() as d:  # the compiled models keep no file open
-                got = openvino.prepare(model, d, prompt[:, :16])
-            for row, ov in got:
-                rows.append(row)
-                engines[row["impl"]] = (ov, time_generation)
+                with tempfile.TemporaryDirectory() as d:  # compiled models keep no file open
+                    got = peer.prepare(model, d, prompt[:, :16])
+                timer = time_generation
+        except ImportError as e:  # installed, but not for this torch / transformers
+            rows.append(
+                dict(impl=name, kind="baseline", unavailable=f"{module} fails to import: {e}")
+            )
+            continue
+        for row, engine in got:
+            rows.append(row)
+            engines[row["impl"]] = (engine, timer)
     return rows, engines

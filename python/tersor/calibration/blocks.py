@@ -22,7 +22,7 @@ model is unchanged until it installs them.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -46,27 +46,72 @@ def find_blocks(model: nn.Module, layers: list) -> list:
     return best
 
 
+SAMPLE_ROWS = 1024  # input rows kept per layer for scale searches (AWQ)
+SAMPLE_PER_CALL = 128
+
+
 class _Hessians:
     """Forward pre-hooks summing x^T x (float64 would double the time; the sum over a few
-    thousand rows stays well within float32) for each target layer."""
+    thousand rows stays well within float32) for each target layer; with stats, also each
+    input channel's mean and max |x| and a sample of input rows (evenly spaced in each call,
+    at most SAMPLE_ROWS) for the input-scale methods (calibration/smooth.py)."""
 
-    def __init__(self, layers: list):
+    def __init__(self, layers: list, stats: bool = False):
         self.h, self.rows, self.hooks = {}, {}, []
+        self.stats = stats
+        self.abs_sum, self.abs_max, self.sample = {}, {}, {}
         for m in layers:
             self.hooks.append(m.register_forward_pre_hook(self._hook))
 
     def _hook(self, m, args):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
+        if isinstance(m, nn.Conv2d):
+            x = conv_patches(m, args[0].detach().to(torch.float32))
+        else:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
         k = id(m)
         if k not in self.h:
             self.h[k] = torch.zeros(x.shape[1], x.shape[1])
             self.rows[k] = 0
+            if self.stats:
+                self.abs_sum[k], self.abs_max[k] = torch.zeros(x.shape[1]), torch.zeros(x.shape[1])
+                self.sample[k] = []
         self.h[k].addmm_(x.t(), x)
         self.rows[k] += x.shape[0]
+        if self.stats and x.shape[0]:
+            a = x.abs()
+            self.abs_sum[k] += a.sum(0)
+            torch.maximum(self.abs_max[k], a.amax(0), out=self.abs_max[k])
+            have = sum(t.shape[0] for t in self.sample[k])
+            take = min(SAMPLE_PER_CALL, x.shape[0], SAMPLE_ROWS - have)
+            if take > 0:
+                pick = torch.linspace(0, x.shape[0] - 1, take).long()
+                self.sample[k].append(x[pick].clone())
+
+    def input_stats(self, m) -> tuple:
+        """(mean |x| [K], max |x| [K], sampled rows [R, K]) of layer m's inputs."""
+        k = id(m)
+        return self.abs_sum[k] / max(self.rows[k], 1), self.abs_max[k], torch.cat(self.sample[k])
 
     def close(self):
         for h in self.hooks:
             h.remove()
+
+
+def conv_patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The GEMM rows a Conv2d multiplies: x [B, C, H, W] -> patches [B * L, kh * kw * C] in
+    the NHWC patch order of its packed weight (nn/qconv.py gemm_weight)."""
+    kh, kw = conv.kernel_size
+    pad = conv.padding
+    if pad == "valid":
+        pad = (0, 0)
+    elif pad == "same":
+        pad = tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
+    if x.dim() == 3:
+        x = x[None]
+    cols = torch.nn.functional.unfold(x, (kh, kw), conv.dilation, pad, conv.stride)
+    b, _, n_pos = cols.shape  # [B, C * kh * kw, positions], C-major
+    cols = cols.view(b, x.shape[1], kh * kw, n_pos).permute(0, 3, 2, 1)
+    return cols.reshape(b * n_pos, kh * kw * x.shape[1])
 
 
 def _drop_cache(kwargs: dict) -> dict:
@@ -125,15 +170,25 @@ def _run_block(block, inputs: list) -> list:
     return outs
 
 
-def calibrate(model: nn.Module, layers: list, calibration, solve: Callable, progress=None):
-    """Solve every layer in `layers` (nn.Linear / transformers Conv1D; convolutions are left
-    to the caller) block by block;
+def calibrate(
+    model: nn.Module,
+    layers: list,
+    calibration,
+    solve: Callable,
+    progress=None,
+    scales: Optional[Callable] = None,
+):
+    """Solve every layer in `layers` (nn.Linear, transformers Conv1D, nn.Conv2d on its
+    patches) block by block;
     ``solve(layer, hessian, rows) -> float weight`` in the layer's own weight layout, which
-    stands in for the layer in the rest of the pass. Returns the seconds spent."""
+    stands in for the layer in the rest of the pass. scales: the input-scale methods' step
+    before a block's layers are solved, ``scales(block, layers, hessians, inputs)`` (block
+    and inputs None for the layers outside the blocks; hessians.input_stats(layer) holds the
+    statistics). Returns the seconds spent."""
     from tersor.api import _progress
 
     t0 = time.perf_counter()
-    targets = [m for m in layers if not isinstance(m, nn.Conv2d)]
+    targets = list(layers)
     fns, opaque = data.calls(calibration)
     blocks = find_blocks(model, targets)
     in_blocks = {id(x) for b in blocks for x in b.modules()}
@@ -157,22 +212,26 @@ def calibrate(model: nn.Module, layers: list, calibration, solve: Callable, prog
             wanted = {id(t) for t in targets}
             for block in _progress(blocks, "calibrate", progress):
                 mine = [x for x in block.modules() if id(x) in wanted]
-                hs = _Hessians(mine)
+                hs = _Hessians(mine, stats=scales is not None)
                 try:
                     _run_block(block, inputs)
                 finally:
                     hs.close()
+                if scales is not None:
+                    scales(block, mine, hs, inputs)
                 solve_all(mine, hs)
                 del hs
                 inputs = _run_block(block, inputs)
         if outside:
-            hs = _Hessians(outside)
+            hs = _Hessians(outside, stats=scales is not None)
             try:
                 with torch.no_grad():
                     for fn in fns:
                         fn(model)
             finally:
                 hs.close()
+            if scales is not None:
+                scales(None, outside, hs, None)
             solve_all(outside, hs)
     finally:
         for m, w in originals.values():

@@ -34,8 +34,6 @@ def sparsegpt(
     if not bool(torch.isfinite(w).all()):
         raise ValueError("the weight holds NaN or Inf")
     n, k = w.shape
-    if n_of_4 and k % 4:
-        raise ValueError(f"2:4 needs in_features divisible by 4, got {k}")
     wt = w.t().contiguous()  # [K, N]: a column of W is a contiguous row
     d2 = u.diagonal().square()
     diag = u.diagonal().tolist()
@@ -52,9 +50,11 @@ def sparsegpt(
                 idx = torch.topk(score.flatten(), drop, largest=False).indices
                 pruned.view(-1)[idx] = True
         for i in range(i2 - i1):
-            if n_of_4 and i % 4 == 0:  # this group's 2 smallest saliencies go
+            # this group's 2 smallest saliencies go (a tail group of K % 4 columns is padded
+            # with zeros in the format: it drops all but 2)
+            if n_of_4 and i % 4 == 0 and min(4, i2 - i1 - i) > 2:
                 score = w1[i : i + 4].square() / d2[i1 + i : i1 + i + 4, None]
-                idx = torch.topk(score, 2, dim=0, largest=False).indices
+                idx = torch.topk(score, score.shape[0] - 2, dim=0, largest=False).indices
                 pruned[i : i + 4].scatter_(0, idx, True)
             x = w1[i]
             e = torch.where(pruned[i], x, torch.zeros_like(x)).div_(diag[i1 + i])

@@ -45,12 +45,30 @@ def expect(prefix: str, name: str, t: torch.Tensor, dtype, shape) -> Optional[st
     return None
 
 
+def check_input_scale(s, k: int, what: str) -> torch.Tensor:
+    """A layer's input scale: float32 [K], finite and > 0 (x is multiplied by it)."""
+    if not isinstance(s, torch.Tensor) or s.dtype != torch.float32 or tuple(s.shape) != (k,):
+        got = f"{s.dtype} {tuple(s.shape)}" if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ValueError(f"{what}: input_scale must be float32 ({k},), got {got}")
+    if not bool((torch.isfinite(s) & (s > 0)).all()):
+        raise ValueError(f"{what}: input_scale must be finite and > 0")
+    return s.detach().contiguous()
+
+
 class WeightFormat:
     """Base of the format objects (int8.py, int4.py, sparse24.py, sparse_csr.py,
     sparse_block.py)."""
 
     scheme = ""  # the name the report and repr show ("w8a8", "2:4+w8a8", ...)
     tensor_names: tuple = ()  # the kernel-form tensors, attributes of the object
+    # Tensors indexed by input feature rather than output channel (a fused group shares
+    # them instead of concatenating them, nn/fused.py).
+    input_tensor_names: tuple = ()
+    # x's multiplier (float32 [K]) for formats that take one (the dense int8 / int4 formats:
+    # AWQ / SmoothQuant scales no preceding op could absorb); the weight stored is W / it,
+    # so dequantize() gives W. State key "input_scale"; the kernels apply it while staging
+    # x's rows (csrc/half_io/half_io.h), no pass of its own.
+    input_scale: Optional[torch.Tensor] = None
 
     def __init__(self, out_features: int, in_features: int):
         self.out_features, self.in_features = out_features, in_features
@@ -127,6 +145,33 @@ class WeightFormat:
         return None
 
     # ---- shared ---------------------------------------------------------------------------------
+    def with_input_scale(self, s: Optional[torch.Tensor], what: str = "layer") -> "WeightFormat":
+        """This format with x multiplied by s (float32 [K]) before the product; None: none."""
+        if s is not None and "input_scale" not in self.tensor_names:
+            raise ValueError(f"{what}: a {self.scheme} layer takes no input_scale")
+        if s is not None:
+            s = check_input_scale(s, self.in_features, what).to(self.device)
+        self.input_scale = s
+        return self._finish()
+
+    def _input_scale_state(self, out: dict) -> dict:
+        if self.input_scale is not None:
+            out["input_scale"] = self.input_scale.cpu().clone()
+        return out
+
+    @staticmethod
+    def _read_input_scale(get, prefix: str, k: int, wanted: bool):
+        """The canonical input_scale (CPU) when the layer has one, None, or an error message."""
+        if not wanted:
+            return None
+        s = get("input_scale")
+        err = expect(prefix, "input_scale", s, torch.float32, (k,))
+        if err:
+            return err
+        if not bool((torch.isfinite(s) & (s > 0)).all()):
+            return f"{prefix}input_scale: values must be finite and > 0"
+        return s.cpu()
+
     @property
     def tensors(self) -> list:
         return [getattr(self, n) for n in self.tensor_names]

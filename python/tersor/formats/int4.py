@@ -218,7 +218,8 @@ class Int4Format(WeightFormat):
     "w4a8" against dynamic int8 activations (``tersor::gemm_w4a8``). An input permutation
     (``perm``: GPTQ act-order) is applied to x once per call, so the groups stay contiguous."""
 
-    tensor_names = ("codes", "scale", "zero", "perm")
+    tensor_names = ("codes", "scale", "zero", "perm", "input_scale")
+    input_tensor_names = ("perm", "input_scale")
 
     def __init__(
         self,
@@ -271,6 +272,7 @@ class Int4Format(WeightFormat):
         group_size=128,
         symmetric=False,
         act_order=False,
+        input_scaled=False,
     ):
         g = effective_group_size(in_features, group_size)
         ng = -(-in_features // g)
@@ -282,7 +284,7 @@ class Int4Format(WeightFormat):
             act_int8,
             symmetric,
             torch.arange(in_features) if act_order else None,
-        )
+        ).with_input_scale(torch.ones(in_features) if input_scaled else None)
 
     def options(self):
         opts = {"group_size": self.group_size}
@@ -292,6 +294,8 @@ class Int4Format(WeightFormat):
             opts["act_order"] = True
         if self.act_int8:
             opts["act_int8"] = True
+        if self.input_scale is not None:
+            opts["input_scaled"] = True
         return opts
 
     def canonical(self):
@@ -307,6 +311,7 @@ class Int4Format(WeightFormat):
             ["weight_int4", "weight_scale"]
             + ([] if self.symmetric else ["weight_zero"])
             + (["input_perm"] if self.perm is not None else [])
+            + (["input_scale"] if self.input_scale is not None else [])
         )
 
     def state_dict(self):
@@ -316,12 +321,12 @@ class Int4Format(WeightFormat):
             out["weight_zero"] = z
         if self.perm is not None:
             out["input_perm"] = self.perm.cpu().clone()
-        return out
+        return self._input_scale_state(out)
 
-    @staticmethod
-    def _canonical_args(get, prefix, n, k, group_size, symmetric, act_order):
-        """(nibble bytes, scale, zero, perm) on the CPU from the canonical tensors, or the error
-        message."""
+    @classmethod
+    def _canonical_args(cls, get, prefix, n, k, group_size, symmetric, act_order, input_scaled):
+        """(nibble bytes, scale, zero, perm, input_scale) on the CPU from the canonical
+        tensors, or the error message."""
         ng = -(-k // effective_group_size(k, group_size, prefix or "layer"))
         b, s = get("weight_int4"), get("weight_scale")
         z = None if symmetric else get("weight_zero")
@@ -343,7 +348,10 @@ class Int4Format(WeightFormat):
             if not torch.equal(torch.sort(perm.cpu()).values, torch.arange(k)):
                 return f"{prefix}input_perm: not a permutation of range({k})"
             perm = perm.cpu()
-        return b.cpu(), s.cpu(), None if z is None else z.cpu(), perm
+        xs = cls._read_input_scale(get, prefix, k, input_scaled)
+        if isinstance(xs, str):
+            return xs
+        return b.cpu(), s.cpu(), None if z is None else z.cpu(), perm, xs
 
     def load_state(self, get, prefix):
         args = self._canonical_args(
@@ -354,13 +362,15 @@ class Int4Format(WeightFormat):
             self.group_size,
             self.symmetric,
             self.perm is not None,
+            self.input_scale is not None,
         )
         if isinstance(args, str):
             return args
-        b, s, z, perm = args
+        b, s, z, perm, xs = args
         device = self.device
         k = self.in_features
         self.__init__(b, s, z, self.group_size, self.act_int8, self.symmetric, perm, nibbles_k=k)
+        self.input_scale = xs
         self._apply(lambda t: t.to(device))
         return None
 
@@ -375,15 +385,17 @@ class Int4Format(WeightFormat):
         group_size=128,
         symmetric=False,
         act_order=False,
+        input_scaled=False,
     ):
         args = cls._canonical_args(
-            get, prefix, out_features, in_features, group_size, symmetric, act_order
+            get, prefix, out_features, in_features, group_size, symmetric, act_order, input_scaled
         )
         if isinstance(args, str):
             return args
-        b, s, z, perm = args
+        b, s, z, perm, xs = args
         what = prefix or "layer"
-        return cls(b, s, z, group_size, act_int8, symmetric, perm, what, nibbles_k=in_features)
+        fmt = cls(b, s, z, group_size, act_int8, symmetric, perm, what, nibbles_k=in_features)
+        return fmt.with_input_scale(xs, what)
 
     def dequantize(self):
         w = dequant_w4t(
@@ -391,18 +403,21 @@ class Int4Format(WeightFormat):
         ).t()
         if self.perm is not None:  # columns were stored in act-order
             w = w[:, torch.argsort(self.perm)]
+        if self.input_scale is not None:
+            w = w * self.input_scale
         return w.contiguous()
 
     def cpu_runner(self):
         if self.perm is not None:
             return super().cpu_runner()
-        codes, scale, zero, n, g, a8 = (
+        codes, scale, zero, n, g, a8, xs = (
             self.codes,
             self.scale,
             self.zero,
             self.out_features,
             self.G,
             self.act_int8,
+            self.input_scale,
         )
         k = self.in_features
 
@@ -410,13 +425,15 @@ class Int4Format(WeightFormat):
         def run(x, bias):
             if x.dim() == 0 or x.shape[-1] != k:
                 return None
-            return gemm_w4_cpu(x, codes, scale, zero, bias, n, g, a8)
+            return gemm_w4_cpu(x, codes, scale, zero, bias, n, g, a8, xs)
 
         return run
 
     def linear(self, x, bias, kernel):
-        if self.perm is not None:
+        xs = self.input_scale
+        if self.perm is not None:  # x * s, then the act-order permutation
             x = x.index_select(-1, self.perm)
+            xs = None if xs is None else xs[self.perm]
         return linear_w4(
             x,
             self.codes,
@@ -427,6 +444,7 @@ class Int4Format(WeightFormat):
             self.G,
             self.act_int8,
             kernel,
+            xs,
         )
 
 

@@ -100,7 +100,8 @@ class Int8Format(WeightFormat):
     (``tersor::gemm_w8a8``, and ``tersor::conv_w8a8`` for convolutions), "w8" against float
     activations (``tersor::gemm_w8``)."""
 
-    tensor_names = ("packed", "colsum", "scale")
+    tensor_names = ("packed", "colsum", "scale", "input_scale")
+    input_tensor_names = ("input_scale",)
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, act_int8: bool = True):
         super().__init__(*q.shape)
@@ -116,30 +117,36 @@ class Int8Format(WeightFormat):
         return cls(*quantize_per_channel_int8(weight, what), act_int8=config.scheme == "w8a8")
 
     @classmethod
-    def empty(cls, out_features, in_features, act_int8=True):
+    def empty(cls, out_features, in_features, act_int8=True, input_scaled=False):
         return cls(
             torch.zeros(out_features, in_features, dtype=torch.int8),
             torch.zeros(out_features),
             act_int8,
-        )
+        ).with_input_scale(torch.ones(in_features) if input_scaled else None)
 
     def options(self):
-        return {} if self.act_int8 else {"act_int8": False}
+        opts = {} if self.act_int8 else {"act_int8": False}
+        if self.input_scale is not None:
+            opts["input_scaled"] = True
+        return opts
 
     def canonical(self):
         """(q int8 [N, K], scale fp32 [N])."""
         return unpack_int8(self.packed.cpu(), self.scale.cpu(), self.out_features, self.in_features)
 
     def state_names(self):
-        return ["weight_int8", "weight_scale"]
+        return ["weight_int8", "weight_scale"] + (
+            ["input_scale"] if self.input_scale is not None else []
+        )
 
     def state_dict(self):
         q, s = self.canonical()
-        return {"weight_int8": q, "weight_scale": s}
+        return self._input_scale_state({"weight_int8": q, "weight_scale": s})
 
-    @staticmethod
-    def _canonical_args(get, prefix, n, k):
-        """(q, scale) on the CPU from the canonical tensors, or the error message."""
+    @classmethod
+    def _canonical_args(cls, get, prefix, n, k, input_scaled):
+        """(q, scale, input_scale) on the CPU from the canonical tensors, or the error
+        message."""
         q, s = get("weight_int8"), get("weight_scale")
         err = expect(prefix, "weight_int8", q, torch.int8, (n, k)) or expect(
             prefix, "weight_scale", s, torch.float32, (n,)
@@ -148,42 +155,51 @@ class Int8Format(WeightFormat):
             return err
         if q.numel() and int(q.min()) < -QMAX:
             return f"{prefix}weight_int8: values must lie in [-127, 127]"
-        return q.cpu(), s.cpu()
+        xs = cls._read_input_scale(get, prefix, k, input_scaled)
+        return xs if isinstance(xs, str) else (q.cpu(), s.cpu(), xs)
 
     def load_state(self, get, prefix):
-        args = self._canonical_args(get, prefix, self.out_features, self.in_features)
+        args = self._canonical_args(
+            get, prefix, self.out_features, self.in_features, self.input_scale is not None
+        )
         if isinstance(args, str):
             return args
         device = self.device
-        self.__init__(*args, self.act_int8)
+        self.__init__(*args[:2], self.act_int8)
+        self.input_scale = args[2]
         self._apply(lambda t: t.to(device))
         return None
 
     @classmethod
-    def from_state(cls, get, prefix, out_features, in_features, act_int8=True):
-        args = cls._canonical_args(get, prefix, out_features, in_features)
-        return args if isinstance(args, str) else cls(*args, act_int8)
+    def from_state(cls, get, prefix, out_features, in_features, act_int8=True, input_scaled=False):
+        args = cls._canonical_args(get, prefix, out_features, in_features, input_scaled)
+        if isinstance(args, str):
+            return args
+        return cls(*args[:2], act_int8).with_input_scale(args[2], prefix or "layer")
 
     def dequantize(self):
-        return dequant_w8(self.packed, self.scale, self.out_features, self.in_features)
+        w = dequant_w8(self.packed, self.scale, self.out_features, self.in_features)
+        return w if self.input_scale is None else w * self.input_scale
 
     def linear(self, x, bias, kernel):
+        xs, n = self.input_scale, self.out_features
         if self.act_int8:
-            return linear_w8a8(
-                x, self.packed, self.colsum, self.scale, bias, self.out_features, kernel
-            )
-        return linear_w8(x, self.packed, self.scale, bias, self.out_features, kernel)
+            return linear_w8a8(x, self.packed, self.colsum, self.scale, bias, n, kernel, xs)
+        return linear_w8(x, self.packed, self.scale, bias, n, kernel, xs)
 
     def cpu_runner(self):
+        n, k, xs = self.out_features, self.in_features, self.input_scale
         if self.act_int8:
-            return cpu_runner_w8a8(
-                self.packed, self.colsum, self.scale, self.out_features, self.in_features
-            )
-        return cpu_runner_w8(self.packed, self.scale, self.out_features, self.in_features)
+            return cpu_runner_w8a8(self.packed, self.colsum, self.scale, n, k, xs)
+        return cpu_runner_w8(self.packed, self.scale, n, k, xs)
 
     def conv_nhwc(self, xh, bias, geometry, kernel):
         # the native conv on the CPU (and its reference); on a GPU the layer runs im2col GEMMs
-        if not self.act_int8 or not (self.on_cpu or kernel == "ref"):
+        if (
+            not self.act_int8
+            or not (self.on_cpu or kernel == "ref")
+            or self.input_scale is not None
+        ):
             return None
         return conv_nhwc_w8a8(
             xh.contiguous(),

@@ -53,7 +53,7 @@ class FusedGroup:
         fused = copy.copy(fmts[0])
         for name in fused.tensor_names:
             parts = [getattr(f, name) for f in fmts]
-            if parts[0] is None:
+            if parts[0] is None or name in fused.input_tensor_names:  # shared (equal), kept
                 continue
             whole = torch.cat(parts, dim=0)
             setattr(fused, name, whole)
@@ -159,6 +159,10 @@ def _why_not(layers) -> str:
             return "members differ in input width or device"
         if getattr(f, "perm", None) is not None:
             return "act-order layers (input permutations) are not fused"
+        if (f.input_scale is None) != (f0.input_scale is None) or (
+            f.input_scale is not None and not torch.equal(f.input_scale, f0.input_scale)
+        ):
+            return "members differ in input scale"
         if m.kernel not in NATIVE:
             return f"kernel={m.kernel!r} pins another path than the native CPU kernel"
     if any(m.out_features % BLOCK_N for m in layers[:-1]):

@@ -17,13 +17,15 @@ from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 
 def gemm_w4_cpu(
-    x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bool
+    x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bool, x_scale=None
 ) -> torch.Tensor:
+    """x_scale: the layer's input scale (fp32 [K]) or None (see gemm_w8a8.linear_w8a8)."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if not act_int8 and m >= DENSE_MIN_ROWS["w4"]:
-        y = linear_w4_dense(x2.float(), codes, scale, zero, bias, n, group_size)
+        xf = x2.float() if x_scale is None else x2.float() * x_scale
+        y = linear_w4_dense(xf, codes, scale, zero, bias, n, group_size)
         return out_2d(x, y.to(x.dtype), n)
     y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
@@ -44,15 +46,27 @@ def gemm_w4_cpu(
             n,
             torch.get_num_threads(),
             IO_CODE[x.dtype],
+            ptr(x_scale),
         )
     return out_2d(x, y, n)
 
 
 def linear_w4(
-    x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bool, kernel_pref: str = "auto"
+    x,
+    codes,
+    scale,
+    zero,
+    bias,
+    n: int,
+    group_size: int,
+    act_int8: bool,
+    kernel_pref: str = "auto",
+    x_scale=None,
 ) -> torch.Tensor:
     if eager(x, kernel_pref):
-        return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8)
+        return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
+    if x_scale is not None:
+        x = x * x_scale.to(x.dtype)
     op = gemm_w4a8 if act_int8 else gemm_w4
     return op(x, codes, scale, zero, bias, n, group_size, kernel_pref)
 

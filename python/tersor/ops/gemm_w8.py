@@ -23,12 +23,13 @@ from tersor.ops._common import (
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w8_dense
 
 
-def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
+def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if m >= DENSE_MIN_ROWS["w8"]:
-        y = linear_w8_dense(x2.float(), packed, scale, bias, n)
+        xf = x2.float() if x_scale is None else x2.float() * x_scale
+        y = linear_w8_dense(xf, packed, scale, bias, n)
         return out_2d(x, y.to(x.dtype), n)
     y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
@@ -46,25 +47,30 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int) -> torch.Tensor:
             n,
             torch.get_num_threads(),
             IO_CODE[x.dtype],
+            ptr(x_scale),
         )
     return out_2d(x, y, n)
 
 
-def cpu_runner_w8(packed, scale, n: int, k: int):
+def cpu_runner_w8(packed, scale, n: int, k: int, x_scale=None):
     """The eager CPU call of one packed weight (see gemm_w8a8.cpu_runner_w8a8)."""
 
     @takes_half
     def run(x, bias):
         if x.dim() == 0 or x.shape[-1] != k:
             return None
-        return gemm_w8_cpu(x, packed, scale, bias, n)
+        return gemm_w8_cpu(x, packed, scale, bias, n, x_scale)
 
     return run
 
 
-def linear_w8(x, packed, scale, bias, n: int, kernel_pref: str = "auto") -> torch.Tensor:
+def linear_w8(
+    x, packed, scale, bias, n: int, kernel_pref: str = "auto", x_scale=None
+) -> torch.Tensor:
     if eager(x, kernel_pref):
-        return gemm_w8_cpu(x, packed, scale, bias, n)
+        return gemm_w8_cpu(x, packed, scale, bias, n, x_scale)
+    if x_scale is not None:  # see linear_w8a8
+        x = x * x_scale.to(x.dtype)
     return gemm_w8(x, packed, scale, bias, n, kernel_pref)
 
 

@@ -23,7 +23,7 @@ from tersor.ops._common import (
 _num_threads = torch.get_num_threads
 
 
-def gemm_w8a8_cpu(x, packed, colsum, scale, bias, n: int) -> torch.Tensor:
+def gemm_w8a8_cpu(x, packed, colsum, scale, bias, n: int, x_scale=None) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -42,17 +42,20 @@ def gemm_w8a8_cpu(x, packed, colsum, scale, bias, n: int) -> torch.Tensor:
             y.data_ptr(),
             n,
             _num_threads(),
+            0,
+            ptr(x_scale),
         )
     return out_2d(x, y, n)
 
 
-def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int):
+def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None):
     """The eager CPU call of one packed weight, for the layers' fast path (contiguous 2-D float32,
     bfloat16 or float16 input of the layer's width, else None; the output in x's dtype): the
     weight's data pointers are read once here (the
     closure keeps the tensors alive, and formats replace their tensors rather than resize
-    them), which saves ~0.5 us per call of a small layer."""
-    wp, cp, sp = packed.data_ptr(), colsum.data_ptr(), scale.data_ptr()
+    them), which saves ~0.5 us per call of a small layer. x_scale: the layer's input scale
+    (fp32 [K]) or None."""
+    wp, cp, sp, xsp = packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(), ptr(x_scale)
     kernel, kw = _C.gemm_w8a8, k
 
     @takes_half
@@ -79,15 +82,22 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int):
                 n,
                 _num_threads(),
                 IO_CODE[x.dtype],
+                xsp,
             )
         return y
 
     return run
 
 
-def linear_w8a8(x, packed, colsum, scale, bias, n: int, kernel_pref: str = "auto") -> torch.Tensor:
+def linear_w8a8(
+    x, packed, colsum, scale, bias, n: int, kernel_pref: str = "auto", x_scale=None
+) -> torch.Tensor:
+    """x_scale: the layer's input scale (fp32 [K]), multiplied into x inside the native call,
+    or by one torch multiply before the op."""
     if eager(x, kernel_pref):
-        return gemm_w8a8_cpu(x, packed, colsum, scale, bias, n)
+        return gemm_w8a8_cpu(x, packed, colsum, scale, bias, n, x_scale)
+    if x_scale is not None:
+        x = x * x_scale.to(x.dtype)
     return gemm_w8a8(x, packed, colsum, scale, bias, n, kernel_pref)
 
 
