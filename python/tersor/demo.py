@@ -253,15 +253,27 @@ def digits_cnn() -> nn.Sequential:
     )
 
 
+def _digits_split(digits):
+    """(images [n, 1, 8, 8], labels, train indices, test indices): a fixed 75% / 25% split."""
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(digits.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    cut = len(x) * 3 // 4
+    return x, y, perm[:cut], perm[cut:]
+
+
+def train_images(digits) -> torch.Tensor:
+    x, _, tr, _ = _digits_split(digits)
+    return x[tr]
+
+
 def train_digits_cnn(digits, epochs: int = 25, model=None, masks=None):
     """Train on 75% of sklearn's digits (offline); returns (model, (x_test, y_test)).
     masks: {parameter: keep-mask} re-applied after every step (sparse fine-tuning)."""
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(digits.target)
+    x, y, tr, te = _digits_split(digits)
+    cut = len(tr)
     g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(x), generator=g)
-    cut = len(x) * 3 // 4
-    tr, te = perm[:cut], perm[cut:]
+    torch.randperm(len(x), generator=g)  # (the split's draw: keeps the batches as they were)
     model = model if model is not None else digits_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(epochs):
@@ -325,7 +337,17 @@ def run_digits(runs: int) -> None:
     tq = copy.deepcopy(model)
     tersor.quantize_(tq, tersor.W8A8Config())
     variants.append(("tersor W8A8", tq))
+    t4 = copy.deepcopy(model)
+    tersor.quantize_(t4, tersor.W4A8Config(group_size=32))
+    variants.append(("tersor W4A8 g32", t4))
     variants.append(("tersor 2:4 (pruned + fine-tune)", prune_finetune_24(model, digits)))
+    # one-shot 2:4 (magnitude), then distilled from the fp32 model on the training images
+    # (the labels unused): the masks stay, the kept weights learn
+    s24 = copy.deepcopy(model)
+    tersor.sparsify_(s24, tersor.Sparse24Config())
+    train = train_images(digits)
+    tersor.distill_(s24, model, list(train.split(64)), steps=300, progress=False)
+    variants.append(("tersor 2:4 + distill_", s24))
     batch = xt[:256]
     print(
         f"\nDigits CNN (conv3x3-pool-conv3x3-pool-fc-fc, trained here on sklearn digits), "
