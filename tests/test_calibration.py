@@ -411,3 +411,51 @@ def test_sparsegpt_24_tail_groups(k):
     assert torch.equal(
         Sparse24Format.from_float(got, tersor.Sparse24Config(prune=False)).dequantize(), got
     )
+
+
+# ---- pruning and quantization together ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sparse",
+    [
+        tersor.Sparse24Config(prune="sparsegpt"),
+        tersor.SparseConfig(sparsity=0.75, prune="sparsegpt", dense_below=0.0),
+        tersor.SparseConfig(sparsity=0.75, block=(16, 4), dense_below=0.0),
+    ],
+    ids=["2:4", "unstructured", "block"],
+)
+def test_gptq_int8_values_for_sparse_layers(sparse):
+    """sparsify_ then quantize_(W8A8Config(method="gptq")): the int8 values are solved by GPTQ
+    with the sparsity pattern held (pruned weights stay exactly zero), closer to the sparse
+    fp32 model than per-channel rounding."""
+    model = _mlp()
+    calib, test = _correlated(768, 96, seed=14).split([512, 256])
+    tersor.sparsify_(model, sparse, calibration=calib, progress=False)
+    with torch.no_grad():
+        ref = model(test)
+    sparse_layers = [i for i in (0, 2) if isinstance(model[i], tersor.nn.PackedLinear)]
+    kept = [
+        model[i].dequantized_weight() != 0 for i in sparse_layers
+    ]  # (block: 40 rows stay dense)
+    rtn = copy.deepcopy(model)
+    tersor.quantize_(rtn, tersor.W8A8Config(), progress=False)
+    report = tersor.quantize_(
+        model, tersor.W8A8Config(method="gptq"), calibration=calib, progress=False
+    )
+    assert all("gptq over 512 calibration rows" in r.reason for r in report.converted)
+    for i, mask in zip(sparse_layers, kept):
+        assert model[i].scheme.endswith("+w8a8")
+        assert not bool(model[i].dequantized_weight()[~mask].any())  # pattern held
+    with torch.no_grad():
+        got, base = model(test), rtn(test)
+    assert (got - ref).norm() < (base - ref).norm()
+
+
+def test_gptq_mask_keeps_zeros_on_the_int8_grid():
+    w, x = torch.randn(16, 32), _correlated(200, 32, seed=15)
+    mask = torch.rand(16, 32) > 0.5
+    got = gptq.gptq(w * mask, x.t() @ x, gptq.Int8Grid(), mask=mask, act_order=True)
+    assert not bool(got.q[~mask].any()) and not bool(got.dequantized[~mask].any())
+    with pytest.raises(ValueError, match="int8 grid only"):
+        gptq.gptq(w, x.t() @ x, gptq.Int4Grid(32, False), mask=mask)

@@ -139,6 +139,7 @@ class Context:
     # id(producer) -> (producer, t), its output channels multiplied by t when installed
     folds: dict = field(default_factory=dict)
     bias_scale: dict = field(default_factory=dict)  # id(converted producer) -> t, for its bias
+    masks: dict = field(default_factory=dict)  # id(stand-in of a sparse layer) -> kept [N, K]
 
 
 @dataclass(frozen=True)
@@ -340,8 +341,11 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
             if prep is None:
                 prep = gptq.prepare(h, config.damp, config.act_order)
                 shared[:] = [(h, prep)]  # siblings are solved one after another
-            got = gptq.gptq(w, prep, grid)
-            fmt, deq = _solved_format(got, config), got.dequantized
+            mask = ctx.masks.get(id(m))
+            got = gptq.gptq(w, prep, grid, mask=mask)
+            deq = got.dequantized
+            # a sparse layer takes int8 values (nn/linear.py quantized), the others a format
+            fmt = (got.q, got.scale) if mask is not None else _solved_format(got, config)
         else:
             if id(m) in samples:  # awq: the clipped ranges, then round to nearest
                 g = effective_group_size(w.shape[1], config.group_size) if int4 else w.shape[1]
@@ -480,6 +484,24 @@ def _sparsify(m, config, ctx, name):
 
 def _compressed(m: nn.Module) -> bool:
     return isinstance(m, (PackedLinear, QConv2d))
+
+
+def _sparse_standins(plan: list, config, calibration) -> list:
+    """[(parent, name, sparse layer, float stand-in)] for the sparse fp32 layers that
+    quantize_(W8A8Config(method="gptq"), calibration=...) gives GPTQ-chosen int8 values, the
+    sparsity pattern held (ctx.masks)."""
+    if (
+        calibration is None
+        or not isinstance(config, W8A8Config)
+        or config.method != "gptq"
+        or config.smooth is not None
+    ):
+        return []
+    out = []
+    for _fqn, parent, cname, m in plan:
+        if _compressed(m) and m.scheme in ("2:4", "unstructured", "block"):
+            out.append((parent, cname, m, m.to_float()))
+    return out
 
 
 def _layer_bytes(m: nn.Module) -> int:
@@ -688,11 +710,25 @@ def _convert(model, config, filter_fn, verb, calibration=None, progress=None) ->
     ctx = Context()
     if handler.prepare is not None:
         floats = [m for *_, m in plan if not _compressed(m)]
+        # sparse fp32 layers GPTQ gives int8 values: float stand-ins for the calibration pass
+        standins = _sparse_standins(plan, config, calibration)
         try:
+            for parent, cname, _, lin in standins:
+                setattr(parent, cname, lin)
+            floats += [lin for *_, lin in standins]
             floats = list({id(m): m for m in floats}.values())
+            for *_, lin in standins:
+                ctx.masks[id(lin)] = _gemm_weight(lin) != 0
             handler.prepare(model, floats, config, calibration, ctx, progress)
         except Exception as e:
             raise type(e)(f"tersor.{verb}: {e}; the model is unchanged") from e
+        finally:
+            for parent, cname, m, _ in standins:
+                setattr(parent, cname, m)
+        for _, _, m, lin in standins:  # the results belong to the sparse layers
+            for d in (ctx.solved, ctx.notes):
+                if id(lin) in d:
+                    d[id(m)] = d.pop(id(lin))
 
     built = {}
     for fqn, _parent, _cname, m in _progress(plan, verb, progress):
@@ -700,7 +736,9 @@ def _convert(model, config, filter_fn, verb, calibration=None, progress=None) ->
             continue
         try:
             built[id(m)] = (
-                m.quantized(config) if _compressed(m) else handler.convert(m, config, ctx, fqn)
+                m.quantized(config, ctx.solved.get(id(m)))
+                if _compressed(m)
+                else handler.convert(m, config, ctx, fqn)
             )
         except KeepDense as keep:
             built[id(m)] = keep

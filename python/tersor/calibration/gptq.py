@@ -154,18 +154,25 @@ def gptq(
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = False,
+    mask: Optional[torch.Tensor] = None,
 ) -> Solved:
     """GPTQ of weight [N, K] (float) against hessian [K, K] (the sum of x x^T over the
     calibration rows; its scale does not matter), or a Prepared one, on `grid` (Int4Grid /
-    Int8Grid)."""
+    Int8Grid). mask: bool [N, K], the weights a sparse layer keeps (Int8Grid only): the others
+    are quantized to 0 and their error spread like any other's (SparseGPT's joint pruning and
+    quantization, with the pattern already chosen)."""
     prep = hessian if isinstance(hessian, Prepared) else prepare(hessian, damp, act_order)
     w = weight.detach().to(torch.float32).clone()
     n, k = w.shape
     if not bool(torch.isfinite(w).all()):
         raise ValueError("the weight holds NaN or Inf")
+    if mask is not None and not isinstance(grid, Int8Grid):
+        raise ValueError("a sparsity mask is held on the int8 grid only")
     perm, u, h_orig = prep.perm, prep.u, prep.h
     if perm is not None:
         w = w[:, perm]
+        mask = None if mask is None else mask[:, perm]
+    keep_t = None if mask is None else mask.t().contiguous()
 
     grouped = grid.g is not None and grid.g < k
     g = grid.g if grouped else k
@@ -193,6 +200,8 @@ def gptq(
                 zeros.append(zero)
             x = w1[i]
             q = grid.codes(x, safe, zero)
+            if keep_t is not None:  # pruned: code 0, value 0 (Int8Grid)
+                q = q.masked_fill_(~keep_t[col], 0.0)
             v = grid.value(q, safe, zero)
             q_t[col], deq_t[col] = q, v
             e = torch.sub(x, v, out=err1[i]).div_(diag[col])

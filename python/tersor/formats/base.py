@@ -134,9 +134,11 @@ class WeightFormat:
         """The report's note on a converted layer ("" when there is nothing to say)."""
         return ""
 
-    def with_int8_values(self, config) -> Optional["WeightFormat"]:
+    def with_int8_values(self, config, solved=None) -> Optional["WeightFormat"]:
         """The int8 form of a sparse fp32 format (sparsify_ then quantize_(W8A8Config())), or
-        None when the format has none."""
+        None when the format has none. solved: (q int8 [N, K], scale [N]) chosen by
+        calibration (GPTQ with the sparsity held), zero wherever the weight is; None: round
+        to nearest per channel."""
         return None
 
     def conv_nhwc(self, xh, bias, geometry, kernel) -> Optional[torch.Tensor]:

@@ -287,8 +287,13 @@ class Sparse24Format(WeightFormat):
         w = decompress_24(c[0].to(torch.float32), c[1], self.in_features)
         return w * c[2][:, None] if self.int8 else w
 
-    def with_int8_values(self, config):
-        values, meta, scale = quantize_24_int8(self.dequantize())
+    def with_int8_values(self, config, solved=None):
+        if solved is None:
+            values, meta, scale = quantize_24_int8(self.dequantize())
+        else:
+            q, scale = solved
+            values, meta = compress_24(q.to(torch.float32))
+            values = values.to(torch.int8)
         return Sparse24Format(values, meta, self.in_features, scale)
 
     @property

@@ -211,11 +211,13 @@ class BlockFormat(WeightFormat):
             return w.to(torch.float32) * self.scale.cpu()[: self.out_features, None]
         return w
 
-    def with_int8_values(self, config):
+    def with_int8_values(self, config, solved=None):
         from tersor.formats.int8 import quantize_per_channel_int8
 
         # per-channel int8 of the kept weights, re-blocked into 16 x 4 kernel blocks
-        return BlockFormat(*quantize_per_channel_int8(self.dequantize()))
+        return BlockFormat(
+            *(quantize_per_channel_int8(self.dequantize()) if solved is None else solved)
+        )
 
     def describe(self):
         nz = int((self.values != 0).sum())

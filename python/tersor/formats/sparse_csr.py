@@ -216,13 +216,13 @@ class CsrFormat(WeightFormat):
         """float32 [N, K] (int8: the dequantized values)."""
         return self.dense_weight()
 
-    def with_int8_values(self, config):
+    def with_int8_values(self, config, solved=None):
         from tersor._backend import cpu_info
         from tersor.configs import INT8_DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN
         from tersor.formats.int8 import quantize_per_channel_int8
 
         w = self.dense_weight()
-        q, s = quantize_per_channel_int8(w)
+        q, s = quantize_per_channel_int8(w) if solved is None else solved
         # Decided at conversion, for the ISA active then: the sparse int8 kernel only wins with
         # VNNI (AVX-512 / AMX machines); on AVX2 it lost at every M (Zen 3, 90% zeros, M = 1:
         # 0.28x our dense W8A8). The fp32 layer's positions, row-major like its CSR (a value

@@ -146,9 +146,10 @@ class PackedLinear(nn.Module):
                 lin.bias.copy_(self.bias)
         return lin
 
-    def quantized(self, config) -> "PackedLinear":
-        """The int8-valued layer of a sparse fp32 one (sparsify_ then quantize_(W8A8Config()))."""
-        fmt = self.fmt.with_int8_values(config)
+    def quantized(self, config, solved=None) -> "PackedLinear":
+        """The int8-valued layer of a sparse fp32 one (sparsify_ then quantize_(W8A8Config()));
+        solved: the int8 values calibration chose (formats/base.py with_int8_values)."""
+        fmt = self.fmt.with_int8_values(config, solved)
         if fmt is None:
             raise ValueError(f"{self._label()}: a {self.scheme} layer has no int8 form")
         return PackedLinear.wrap(fmt, self.bias, kernel=self.kernel, name=self.name)

@@ -117,9 +117,10 @@ class QConv2d(nn.Module):
     def describe(self) -> str:
         return self.gemm.describe()
 
-    def quantized(self, config) -> "QConv2d":
-        """A sparse fp32 convolution's int8 form (sparsify_ then quantize_(W8A8Config()))."""
-        return QConv2d.around(self, self.gemm.quantized(config), self.name)
+    def quantized(self, config, solved=None) -> "QConv2d":
+        """A sparse fp32 convolution's int8 form (sparsify_ then quantize_(W8A8Config()));
+        solved: calibrated int8 values in the GEMM's patch order (PackedLinear.quantized)."""
+        return QConv2d.around(self, self.gemm.quantized(config, solved), self.name)
 
     def to_float(self) -> nn.Conv2d:
         kh, kw = self.kernel_size
