@@ -362,11 +362,12 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
         ctx.solved[id(m)] = fmt
         if r is not None:
             ctx.bias_scale[id(m)] = r
-        rtn = _rtn_dequantized(w0, config)
-        err, rtn_err = (
-            gptq.output_error(eff - w0, w0, hessian),
-            gptq.output_error(rtn - w0, w0, hessian),
-        )
+        same = config.method == "gptq" and s is None and r is None  # then GPTQ measured it
+        err = got.err if same else gptq.output_error(eff - w0, w0, hessian)
+        # round to nearest of the rows the error is measured on (the grids are per row)
+        pick = gptq.error_rows(*w0.shape)
+        w_rows = w0 if pick is None else w0[pick]
+        rtn_err = gptq.output_error(_rtn_dequantized(w_rows, config) - w_rows, w_rows, hessian)
         how = {"gptq": "gptq", "awq": "awq", "rtn": "round to nearest"}[config.method]
         if config.smooth is not None:
             how = f"smoothquant + {how}"

@@ -224,12 +224,29 @@ def calibrate(
                 inputs = _run_block(block, inputs)
         if outside:
             hs = _Hessians(outside, stats=scales is not None)
+            # the pass stops once every outside layer has had its input (unless the user's
+            # callable runs the model: it might catch the stop): lm_head's own product, 2048
+            # tokens x 128256 x 2048 on a 1B LLM, is never needed
+            seen: set = set()
+
+            def stop_when_all_seen(m, args):
+                seen.add(id(m))
+                if not opaque and len(seen) == len(outside):
+                    raise _Stop
+
+            stops = [m.register_forward_pre_hook(stop_when_all_seen) for m in outside]
             try:
                 with torch.no_grad():
                     for fn in fns:
-                        fn(model)
+                        seen.clear()
+                        try:
+                            fn(model)
+                        except _Stop:
+                            pass
             finally:
                 hs.close()
+                for h in stops:
+                    h.remove()
             if scales is not None:
                 scales(None, outside, hs, None)
             solve_all(outside, hs)
