@@ -155,3 +155,45 @@ def test_distill_llm_smoke():
     with torch.no_grad():
         out = student.generate(batches[0][:1], max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 19)
+
+
+def test_distill_block_loss():
+    """block_loss adds each decoder block's output MSE against the teacher's: the student's
+    blocks end closer to the teacher's than they started; models without blocks refuse it."""
+    pytest.importorskip("transformers")
+    from tests.llm_models import tiny_llm
+
+    teacher = tiny_llm("llama")
+    student = copy.deepcopy(teacher)
+    tersor.quantize_(student, tersor.W4A8Config(group_size=-1), progress=False)
+    gen = torch.Generator().manual_seed(6)
+    batches = [torch.randint(0, 128, (2, 16), generator=gen) for _ in range(8)]
+
+    def block_err(model):
+        outs = {}
+        hooks = [
+            b.register_forward_hook(lambda m, a, o, i=i, k=k: outs.__setitem__((k, i), o))
+            for k, net in enumerate((model, teacher))
+            for i, b in enumerate(net.model.layers)
+        ]
+        with torch.no_grad():  # a training batch: what the block term pulls together
+            model(batches[0])
+            teacher(batches[0])
+        for h in hooks:
+            h.remove()
+        first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
+        return sum(
+            float((first(outs[(0, i)]) - first(outs[(1, i)])).square().mean())
+            for i in range(len(model.model.layers))
+        )
+
+    before = block_err(student)
+    losses = tersor.distill_(
+        student, teacher, batches, steps=40, lr=1e-2, block_loss=1.0, progress=False
+    )
+    assert len(losses) == 40 and losses[-1] < losses[0]
+    assert block_err(student) < 0.85 * before
+    mlp = _mlp()
+    tersor.quantize_(mlp, tersor.W8A8Config(), progress=False)
+    with pytest.raises(ValueError, match="block_loss needs a model"):
+        tersor.distill_(mlp, _mlp(), torch.randn(4, 64), steps=1, block_loss=1.0)

@@ -18,7 +18,10 @@ SparseGPT): training moves weights between grid points, it does not move the gri
 every layer is re-packed from its trained shadow into the same format and runs on the kernels.
 
 Losses: "kl" on logits (outputs with ``.logits``, the default there), "mse" or "cosine" on an
-output tensor (embeddings; "mse" the default). Time is bounded by ``steps`` and ``max_seconds``.
+output tensor (embeddings; "mse" the default); block_loss > 0 adds each block's output MSE
+against the teacher's (the blocks calibration uses: the children of the ModuleList holding
+the tersor layers), relative to the teacher's mean square there, times block_loss. Time is
+bounded by ``steps`` and ``max_seconds``.
 """
 
 from __future__ import annotations
@@ -200,6 +203,7 @@ def distill_(
     forward: Optional[Callable] = None,
     max_seconds: Optional[float] = None,
     progress: Optional[bool] = None,
+    block_loss: float = 0.0,
 ) -> list:
     """Train the compressed `student` to match the float `teacher` on `data` (the batch forms
     of ``calibration=``: a tensor, a tuple / dict of arguments, a list of batches, a
@@ -210,8 +214,9 @@ def distill_(
 
     forward(model, batch) -> output, for models called otherwise (a sentence-transformers
     wrapper: ``lambda m, b: m(b)["sentence_embedding"]``). loss: "auto" is "kl" when the
-    output has ``.logits``, else "mse". Stops after `steps` steps or `max_seconds`. Only the
-    tersor layers learn (their shadow weights and biases); the rest of the student is frozen.
+    output has ``.logits``, else "mse". block_loss: the weight of the per-block MSE (see the
+    module doc; 0: off). Stops after `steps` steps or `max_seconds`. Only the tersor layers
+    learn (their shadow weights and biases); the rest of the student is frozen.
     """
     from tersor.api import _progress
 
@@ -232,6 +237,7 @@ def distill_(
         one = isinstance(data, (torch.Tensor, dict, tuple))
         batches = [data] if one else list(data)
         runs = [(lambda b: lambda m: forward(m, b))(b) for b in batches]
+    taps = _BlockTaps(student, teacher, list(tersor_layers.values())) if block_loss else None
     shadows = {name: _Shadow(m) for name, m in tersor_layers.items()}  # may refuse a format
     fused = any(getattr(m, "_fused", None) is not None for m in tersor_layers.values())
     fuse_projections(student, False)  # the groups' hooks would hold the old layers
@@ -272,6 +278,8 @@ def distill_(
             with torch.no_grad():
                 target = run(teacher)
             value = fn(run(student), target)
+            if taps is not None:
+                value = value + block_loss * taps.loss()
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
@@ -280,6 +288,8 @@ def distill_(
                 break
         end = monitored()
     finally:
+        if taps is not None:
+            taps.close()
         _swap(student, swapped)  # the original layers back, whatever happened
         student.train(was_training)
         for p in frozen:
@@ -299,6 +309,55 @@ def distill_(
             stacklevel=2,
         )
     return losses
+
+
+class _BlockTaps:
+    """Forward hooks keeping the last output of each block of the student and of the same-named
+    module of the teacher (block_loss)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, layers: list):
+        from tersor.calibration.blocks import find_blocks
+
+        found = {id(b) for b in find_blocks(student, layers)}
+        names = [n for n, m in student.named_modules() if id(m) in found]
+        if not names:
+            raise ValueError(
+                "distill_: block_loss needs a model whose tersor layers sit in a ModuleList of "
+                "blocks (a transformer's layers); this one has none"
+            )
+        try:
+            pairs = [(student.get_submodule(n), teacher.get_submodule(n)) for n in names]
+        except AttributeError:
+            raise ValueError(
+                "distill_: block_loss needs the teacher to have the student's blocks under the "
+                f"same names ({names[0]}, ...)"
+            ) from None
+        self.out = {}
+        self.hooks = [
+            m.register_forward_hook(self._keep(side, i))
+            for i, pair in enumerate(pairs)
+            for side, m in enumerate(pair)
+        ]
+
+    def _keep(self, side: int, i: int):
+        def hook(module, args, out):
+            self.out[(side, i)] = out[0] if isinstance(out, (tuple, list)) else out
+
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        total, n = 0.0, 0
+        for (side, i), s in list(self.out.items()):
+            if side == 0 and (1, i) in self.out:
+                t = self.out[(1, i)].detach().float()
+                total = total + F.mse_loss(s.float(), t) / t.square().mean().clamp(min=1e-12)
+                n += 1
+        self.out.clear()
+        return total / max(n, 1)
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
 
 
 def _swap(model: nn.Module, new: dict) -> dict:
