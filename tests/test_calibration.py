@@ -459,3 +459,31 @@ def test_gptq_mask_keeps_zeros_on_the_int8_grid():
     assert not bool(got.q[~mask].any()) and not bool(got.dequantized[~mask].any())
     with pytest.raises(ValueError, match="int8 grid only"):
         gptq.gptq(w, x.t() @ x, gptq.Int4Grid(32, False), mask=mask)
+
+
+def test_last_pass_replays_the_blocks_exactly(monkeypatch):
+    """The pass for lm_head replays each solved block's recorded output (same input, same
+    answer): the quantized model is bit for bit the one a full re-run gives."""
+    pytest.importorskip("transformers")
+    from tests.llm_models import tiny_llm
+
+    gen = torch.Generator().manual_seed(16)
+    calib = [torch.randint(0, 128, (2, 12), generator=gen) for _ in range(3)]
+    cfg = tersor.W4Config(group_size=32, method="gptq")
+    replayed, rerun = tiny_llm("llama"), tiny_llm("llama")
+    calls = []
+    real = blocks._Replay.__init__
+
+    def spy(self, *a):
+        calls.append(1)
+        real(self, *a)
+
+    monkeypatch.setattr(blocks._Replay, "__init__", spy)
+    tersor.quantize_(replayed, cfg, calibration=calib, progress=False)
+    assert calls  # the replay ran
+    assert "forward" not in replayed.model.layers[0].__dict__  # and was undone
+    monkeypatch.setattr(blocks, "REPLAY_BYTES", 0)
+    tersor.quantize_(rerun, cfg, calibration=calib, progress=False)
+    assert len(calls) == 1
+    for k, v in replayed.state_dict().items():
+        assert torch.equal(v, rerun.state_dict()[k]), k

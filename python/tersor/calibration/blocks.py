@@ -5,7 +5,9 @@
                      solve its layers; their weights become the solved (quantized) ones
                      run it again: its outputs are the next block's inputs
     layers outside the blocks (lm_head, a classifier): one pass of the whole model, whose
-    blocks are already quantized, gives their Hessians
+    blocks are already quantized, gives their Hessians (each block answers with the output
+    it computed in its own pass when it meets the same input; the pass stops at the last of
+    those layers' inputs)
 
 Blocks are the children of the model's largest nn.ModuleList that holds target layers (the
 decoder / encoder layers of a transformer). The next block takes the previous block's first
@@ -160,14 +162,57 @@ def _capture_inputs(model, block, fns, opaque) -> list:
     return got
 
 
-def _run_block(block, inputs: list) -> list:
+def _run_block(block, inputs: list, replay: Optional[list] = None) -> list:
+    """The next block's inputs; replay (a list) receives (input, whole output) per batch."""
     outs = []
     with torch.no_grad():
         for args, kwargs in inputs:
-            out = block(*args, **kwargs)
-            out = out[0] if isinstance(out, (tuple, list)) else out
+            whole = block(*args, **kwargs)
+            out = whole[0] if isinstance(whole, (tuple, list)) else whole
             outs.append(((out,) + tuple(args[1:]), kwargs))
+            if replay is not None:
+                replay.append((args[0], whole))
     return outs
+
+
+REPLAY_BYTES = 2 << 30  # the most the solved blocks' inputs and outputs may hold for replay
+
+
+class _Replay:
+    """During the last pass (the layers outside the blocks), each solved block answers with
+    the output it computed in its own pass when it gets the very input it had then (checked:
+    the same tensor, or equal values), instead of running again; any other input runs the
+    block. Saves a third of the forward work of a 1B LLM's calibration."""
+
+    def __init__(self, blocks: list, records: list):
+        self.blocks, self.records = blocks, records
+        self.next = [0] * len(blocks)
+        # a forward set on the instance (accelerate's hooks do that) is wrapped and put back
+        self.own = [b.__dict__.get("forward") for b in blocks]
+        for i, b in enumerate(blocks):
+            b.forward = self._answer(i, b.forward)
+
+    def _answer(self, i: int, forward):
+        def run(*args, **kwargs):
+            j = self.next[i]
+            self.next[i] += 1
+            if j < len(self.records[i]) and args:
+                x, whole = self.records[i][j]
+                a = args[0]
+                if a is x or (
+                    isinstance(a, torch.Tensor) and a.shape == x.shape and torch.equal(a, x)
+                ):
+                    return whole
+            return forward(*args, **kwargs)
+
+        return run
+
+    def close(self):
+        for b, own in zip(self.blocks, self.own):
+            if own is None:
+                del b.forward  # the class's forward again
+            else:
+                b.forward = own
 
 
 def calibrate(
@@ -207,9 +252,12 @@ def calibrate(
             m.weight.data = w.to(m.weight.dtype)
 
     try:
+        records = None
         if blocks:
             inputs = _capture_inputs(model, blocks[0], fns, opaque)
             wanted = {id(t) for t in targets}
+            size = sum(a[0].numel() * a[0].element_size() for a, _ in inputs)
+            records = [] if outside and 2 * size * len(blocks) <= REPLAY_BYTES else None
             for block in _progress(blocks, "calibrate", progress):
                 mine = [x for x in block.modules() if id(x) in wanted]
                 hs = _Hessians(mine, stats=scales is not None)
@@ -221,7 +269,9 @@ def calibrate(
                     scales(block, mine, hs, inputs)
                 solve_all(mine, hs)
                 del hs
-                inputs = _run_block(block, inputs)
+                if records is not None:
+                    records.append([])
+                inputs = _run_block(block, inputs, None if records is None else records[-1])
         if outside:
             hs = _Hessians(outside, stats=scales is not None)
             # the pass stops once every outside layer has had its input (unless the user's
@@ -235,6 +285,7 @@ def calibrate(
                     raise _Stop
 
             stops = [m.register_forward_pre_hook(stop_when_all_seen) for m in outside]
+            replay = _Replay(blocks, records) if blocks and records else None
             try:
                 with torch.no_grad():
                     for fn in fns:
@@ -247,6 +298,8 @@ def calibrate(
                 hs.close()
                 for h in stops:
                     h.remove()
+                if replay is not None:
+                    replay.close()
             if scales is not None:
                 scales(None, outside, hs, None)
             solve_all(outside, hs)
