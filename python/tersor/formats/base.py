@@ -35,6 +35,18 @@ def check_float_weight(weight: torch.Tensor, label: str, finite: bool = True) ->
         raise ValueError(f"{label}: weight holds NaN or Inf; cannot convert it")
 
 
+CHUNK_ELEMENTS = 1 << 24  # float elements a row block of a conversion holds (64 MiB)
+
+
+def row_blocks(n: int, k: int, multiple: int = 16) -> list:
+    """(r0, r1) row ranges of about CHUNK_ELEMENTS each, whole multiples of `multiple` rows
+    (the packed layouts' row blocks): conversions go block by block, so their float
+    temporaries stay small whatever the layer (a 131072 x 16400 vocabulary projection's
+    fp32 weight alone is 8 GiB)."""
+    rows = max(multiple, CHUNK_ELEMENTS // max(k, 1) // multiple * multiple)
+    return [(r, min(r + rows, n)) for r in range(0, n, rows)]
+
+
 def expect(prefix: str, name: str, t: torch.Tensor, dtype, shape) -> Optional[str]:
     """The state_dict error for a tensor of the wrong dtype or shape, or None."""
     if t.dtype != dtype or tuple(t.shape) != tuple(shape):

@@ -37,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from tersor.formats.base import WeightFormat, check_float_weight, expect
+from tersor.formats.base import WeightFormat, check_float_weight, expect, row_blocks
 from tersor.ops._common import takes_half
 from tersor.ops.gemm_w4 import dequant_w4t, gemm_w4_cpu, linear_w4
 
@@ -122,9 +122,11 @@ def quantize_int4(
     if torch.isinf(scale).any():
         raise ValueError(f"{what}: weights too large for fp16 group scales (|w| > ~1e6)")
     zero = None if symmetric else zf.to(torch.uint8)
-    t = wg / safe[..., None]  # one float temporary, rounded and shifted in place
-    t.round_().add_(zf[..., None]).clamp_(0, 15)
-    q = t.to(torch.uint8).view(n, kp)
+    q = torch.empty(n, kp // g, g, dtype=torch.uint8)
+    for r0, r1 in row_blocks(n, kp, multiple=1):  # float temporaries of one block
+        t = wg[r0:r1] / safe[r0:r1, :, None]
+        q[r0:r1] = t.round_().add_(zf[r0:r1, :, None]).clamp_(0, 15)
+    q = q.view(n, kp)
     return (q if kp == k else q[:, :k].contiguous()), scale, zero, g
 
 
@@ -260,8 +262,34 @@ class Int4Format(WeightFormat):
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
         check_float_weight(weight, what, finite=False)  # quantize_int4 checks the group ranges
-        q, s, z, _ = quantize_int4(weight, config.group_size, config.symmetric, what)
-        return cls(q, s, z, config.group_size, config.scheme == "w4a8", config.symmetric, what=what)
+        a8, sym, gs = config.scheme == "w4a8", config.symmetric, config.group_size
+        n, k = weight.shape
+        blocks = row_blocks(n, k, BLOCK_N)
+        if len(blocks) == 1:
+            q, s, z, _ = quantize_int4(weight, gs, sym, what)
+            return cls(q, s, z, gs, a8, sym, what=what)
+        # large layers: quantized and packed a row block at a time into the final tensors
+        # (every packed tensor is row-block-major), so the peak stays near the weight itself
+        parts = None
+        for r0, r1 in blocks:
+            q, s, z, g = quantize_int4(weight[r0:r1], gs, sym, what)
+            p = pack_int4(q, s, None if sym else z, g)
+            if parts is None:
+                nb = _round_up(n, BLOCK_N) // BLOCK_N
+                parts = [
+                    None if t is None else torch.empty((nb, *t.shape[1:]), dtype=t.dtype)
+                    for t in (p.codes, p.scale, p.zero)
+                ]
+            for whole, t in zip(parts, (p.codes, p.scale, p.zero)):
+                if t is not None:
+                    whole[r0 // BLOCK_N : r0 // BLOCK_N + t.shape[0]] = t
+        fmt = cls.__new__(cls)
+        WeightFormat.__init__(fmt, n, k)
+        fmt.act_int8, fmt.symmetric, fmt.group_size, fmt.G = a8, sym, gs, g
+        fmt.scheme = "w4a8" if a8 else "w4"
+        fmt.codes, fmt.scale, fmt.zero = parts
+        fmt.perm = None
+        return fmt._finish()
 
     @classmethod
     def empty(

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tersor.formats.base import WeightFormat, check_float_weight, expect
+from tersor.formats.base import WeightFormat, check_float_weight, expect, row_blocks
 from tersor.ops.conv import conv_nhwc_w8a8
 from tersor.ops.dequant import dequant_w8
 from tersor.ops.gemm_w8 import cpu_runner_w8, linear_w8
@@ -63,14 +63,16 @@ def quantize_per_channel_int8(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest symmetric per-row quantization of a float [N, K] weight (NaN / Inf
     refused through the row ranges: no extra pass over the weight)."""
-    w = weight.detach().to(torch.float32)
-    amax = torch.maximum(-w.amin(dim=1), w.amax(dim=1))
+    w = weight.detach()
+    amax = torch.maximum(-w.amin(dim=1), w.amax(dim=1)).to(torch.float32)
     if not bool(torch.isfinite(amax).all()):
         raise ValueError(f"{what}: weight holds NaN or Inf; cannot convert it")
     scale = amax / QMAX
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    t = w / safe[:, None]  # one float temporary, rounded and clamped in place
-    q = t.round_().clamp_(-QMAX, QMAX).to(torch.int8)
+    q = torch.empty(w.shape, dtype=torch.int8)
+    for r0, r1 in row_blocks(*w.shape, multiple=1):  # float temporaries of one block
+        t = w[r0:r1].to(torch.float32) / safe[r0:r1, None]
+        q[r0:r1] = t.round_().clamp_(-QMAX, QMAX)
     return q, scale.contiguous()
 
 
@@ -78,8 +80,11 @@ def pack_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedInt8:
     """Canonical (int8 [N, K], fp32 [N]) -> kernel layout. Values must lie in [-127, 127]."""
     n, k = q.shape
     np_, kp = _round_up(n, BLOCK_N), _round_up(k, BLOCK_K)
-    padded = torch.zeros(np_, kp, dtype=torch.int8)
-    padded[:n, :k] = q
+    if (np_, kp) == (n, k) and q.is_contiguous():
+        padded = q  # the permuted copy below is the only one
+    else:
+        padded = torch.zeros(np_, kp, dtype=torch.int8)
+        padded[:n, :k] = q
     packed = padded.view(np_ // BLOCK_N, BLOCK_N, kp // BLOCK_K, BLOCK_K).permute(0, 2, 1, 3)
     colsum = torch.zeros(np_, dtype=torch.int32)
     colsum[:n] = q.to(torch.int32).sum(dim=1, dtype=torch.int32)
@@ -114,7 +119,27 @@ class Int8Format(WeightFormat):
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
         check_float_weight(weight, what, finite=False)  # the row ranges are checked
-        return cls(*quantize_per_channel_int8(weight, what), act_int8=config.scheme == "w8a8")
+        n, k = weight.shape
+        blocks = row_blocks(n, k, BLOCK_N)
+        act_int8 = config.scheme == "w8a8"
+        if len(blocks) == 1:
+            return cls(*quantize_per_channel_int8(weight, what), act_int8=act_int8)
+        # large layers: quantized and packed a row block at a time into the final tensors
+        # (the packed layout is row-block-major), so the peak stays near the weight itself
+        np_, kp = _round_up(n, BLOCK_N), _round_up(k, BLOCK_K)
+        packed = torch.empty(np_ // BLOCK_N, kp // BLOCK_K, BLOCK_N, BLOCK_K, dtype=torch.int8)
+        colsum = torch.empty(np_, dtype=torch.int32)
+        scale = torch.empty(np_)
+        for r0, r1 in blocks:
+            p = pack_int8(*quantize_per_channel_int8(weight[r0:r1], what))
+            b0, b1 = r0 // BLOCK_N, r0 // BLOCK_N + p.packed.shape[0]
+            packed[b0:b1], colsum[r0 : r0 + len(p.colsum)] = p.packed, p.colsum
+            scale[r0 : r0 + len(p.scale)] = p.scale
+        fmt = cls.__new__(cls)
+        WeightFormat.__init__(fmt, n, k)
+        fmt.act_int8, fmt.scheme = act_int8, "w8a8" if act_int8 else "w8"
+        fmt.packed, fmt.colsum, fmt.scale = packed, colsum, scale
+        return fmt._finish()
 
     @classmethod
     def empty(cls, out_features, in_features, act_int8=True, input_scaled=False):
