@@ -4,6 +4,11 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "common/parallel.h"
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
 #if defined(TERSOR_X86)
 #include <cpuid.h>
 #if defined(__linux__)
@@ -13,7 +18,19 @@
 #endif
 
 namespace tersor {
+
+std::atomic<bool> g_team_started{false};
+std::atomic<bool> g_forked_child{false};
+
 namespace {
+
+#if defined(__unix__) || defined(__APPLE__)
+// see common/parallel.h team()
+const int kForkHandler = pthread_atfork(nullptr, nullptr, [] {
+  if (g_team_started.load(std::memory_order_relaxed))
+    g_forked_child.store(true, std::memory_order_relaxed);
+});
+#endif
 
 CpuFeatures detect() {
   CpuFeatures f;

@@ -6,6 +6,7 @@
 // dynamic scheduler buys nothing and costs a few microseconds per call.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -18,6 +19,21 @@
 #define TERSOR_UNROLL _Pragma("GCC unroll 16")
 
 namespace tersor {
+
+// fork(): GNU OpenMP cannot run a thread team in the child of a process whose team had
+// started (the child waits forever for worker threads that fork did not copy). The child
+// handler (common/cpu_features.cpp) sets g_forked_child when our team had started, and from
+// then on every parallel region of that child runs on the calling thread: same results (work
+// splits never change them), no hang. Every `omp parallel` takes its size from team().
+extern std::atomic<bool> g_team_started;
+extern std::atomic<bool> g_forked_child;
+
+static inline int team(int requested) {
+  if (requested <= 1 || g_forked_child.load(std::memory_order_relaxed)) return 1;
+  if (!g_team_started.load(std::memory_order_relaxed))
+    g_team_started.store(true, std::memory_order_relaxed);
+  return requested;
+}
 
 // [begin, end) of `n` items for thread `t` of `nt`, balanced to within one item.
 static inline void split_range(int64_t n, int nt, int t, int64_t* begin, int64_t* end) {

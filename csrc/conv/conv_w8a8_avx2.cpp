@@ -34,7 +34,7 @@ void run_w8a8_avx2(const ConvCall& k) {
   const PackedW8LinearArgs a{nullptr, M, K, K, c.w, c.colsum, c.w_scale, c.N, c.bias, c.y,
                              c.N, c.nthreads};
   const int nt = threads_for_work(double(M) * c.N * K, c.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   gemm_w8a8::avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1,
                                          gemm_w8a8::avx2::RowBlock& block) {
     for (int64_t m = m0; m < m1; ++m) {

@@ -37,7 +37,7 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
   auto inv = alloc_scratch<float>(c.B);
   auto negative_rows = alloc_scratch<uint8_t>(c.B * in.Hp);  // per padded row: a code < 0
   const int nt = threads_for_work(double(c.B) * c.H * row * 8, c.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < c.B * c.H; ++r) {

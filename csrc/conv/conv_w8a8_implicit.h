@@ -90,7 +90,7 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
   const int64_t panels = (c.Ho * in.Wp + kImplicitRows - 1) / kImplicitRows;  // per image
   const int64_t img_bytes = in.Hp * in.Wp * c.C;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * K, c.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     // Work items in (column pair, image, panel) order: a thread's share keeps one weight pair
     // panel (2 * K * 16 bytes) in L2 while the images stream past it.

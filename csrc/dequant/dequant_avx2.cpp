@@ -1,6 +1,7 @@
 // AVX2 int8 -> fp32 dequantize: 8 bytes of a W8Tile = 2 columns x 4 k -> one ymm.
 #include <immintrin.h>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "common/simd.h"
 #include "dequant/dequant.h"
@@ -10,7 +11,7 @@ namespace tersor::dequant {
 void w8_avx2(const W8Args& a) {
   const int64_t Kp = round_up(a.K, 4), k4n = Kp / 4;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t blk = 0; blk < n_blocks; ++blk) {
     const int8_t* wb = a.w + blk * Kp * 16;
     for (int c = 0; c < 8; ++c) {
@@ -40,7 +41,7 @@ void w4t_avx2(const W4TArgs& a) {
   const int64_t G = a.group_size, Kp = a.ngroups * G;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const __m256i nibble = _mm256_set1_epi32(0x0f);
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t nb = 0; nb < n_blocks; ++nb) {
     const int halves = a.N - nb * 16 > 8 ? 2 : 1;
     const __m256i mask[2] = {tail_mask8(a.N - nb * 16), tail_mask8(a.N - nb * 16 - 8)};

@@ -2,6 +2,7 @@
 // to one zmm, scale by [s_c x4, s_c+1 x4, ...], and store each 128-bit lane into its row.
 #include <immintrin.h>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "common/simd.h"
 #include "dequant/dequant.h"
@@ -12,7 +13,7 @@ void w8_avx512(const W8Args& a) {
   const int64_t Kp = round_up(a.K, 4), k4n = Kp / 4;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t blk = 0; blk < n_blocks; ++blk) {
     const int8_t* wb = a.w + blk * Kp * 16;
     for (int c = 0; c < 4; ++c) {
@@ -44,7 +45,7 @@ void w4t_avx512(const W4TArgs& a) {
   const int64_t G = a.group_size, Kp = a.ngroups * G;
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const __m512i nibble = _mm512_set1_epi32(0x0f);
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t nb = 0; nb < n_blocks; ++nb) {
     const int64_t left = a.N - nb * 16;
     const __mmask16 mask = tail_mask16(left);

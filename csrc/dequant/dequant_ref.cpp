@@ -1,5 +1,6 @@
 #include <cmath>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "common/half.h"
 #include "dequant/dequant.h"
@@ -8,7 +9,7 @@ namespace tersor::dequant {
 
 void w8_ref(const W8Args& a) {
   const int64_t k4n = round_up(a.K, 4) / 4;
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t n = 0; n < a.N; ++n) {
     const W8Tile* col = reinterpret_cast<const W8Tile*>(a.w) + (n / 16) * k4n;
     for (int64_t k = 0; k < a.K; ++k)
@@ -18,7 +19,7 @@ void w8_ref(const W8Args& a) {
 
 void w4t_ref(const W4TArgs& a) {
   const int64_t G = a.group_size, k8n = a.ngroups * G / 8;
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t n = 0; n < a.N; ++n) {
     const W4Tile* col = reinterpret_cast<const W4Tile*>(a.w) + (n / 16) * k8n;
     const int64_t meta = (n / 16) * a.ngroups * 16 + n % 16;

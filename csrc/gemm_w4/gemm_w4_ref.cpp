@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "common/half.h"
 #include "gemm_w4/gemm_w4.h"
@@ -18,7 +19,7 @@ void chunk_sums(const float* x, int64_t K, float* out) {
 
 void run_ref(const PackedW4LinearArgs& a) {
   const int64_t G = a.group_size, k8n = a.ngroups * G / 8, nchunks = (a.K + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     const float* x = a.x + m * a.ldx;
     std::vector<float> X(nchunks);

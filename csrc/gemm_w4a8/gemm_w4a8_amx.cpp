@@ -89,7 +89,7 @@ void run_amx(const PackedW4LinearArgs& a) {
   auto sx = alloc_scratch<float>(M32);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     quant_act::quantize_rows_amx(a.x, a.M, a.K, a.ldx, M32, lda, aq.get(), sx.get());
 

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "common/half.h"
 #include "gemm_w4a8/gemm_w4a8.h"
@@ -11,7 +12,7 @@ namespace tersor::gemm_w4a8 {
 
 void run_ref(const PackedW4LinearArgs& a) {
   const int64_t G = a.group_size, Kp = a.ngroups * G, k8n = Kp / 8;
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> qb(Kp);
     std::vector<int32_t> S(a.ngroups);

@@ -66,7 +66,7 @@ void run_avx2(const PackedW8LinearArgs& a) {
   const int64_t Kp = round_up(a.K, 4);
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
       kTiles[mr - 1](a, a.w + blk * Kp * 16, m0, blk * 16);

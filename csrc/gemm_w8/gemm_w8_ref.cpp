@@ -1,6 +1,7 @@
 // Portable oracle for the W8 weight-only GEMM.
 #include <cmath>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "gemm_w8/gemm_w8.h"
 
@@ -8,7 +9,7 @@ namespace tersor::gemm_w8 {
 
 void run_ref(const PackedW8LinearArgs& a) {
   const int64_t k4n = round_up(a.K, 4) / 4;
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     const float* x = a.x + m * a.ldx;
     for (int64_t n = 0; n < a.N; ++n) {

@@ -26,7 +26,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 
   if (a.M >= avx2::kRowsPerBlock * nt) {  // every thread gets whole row blocks
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
     {
       auto rows = alloc_scratch<uint8_t>(avx2::kRowsPerBlock * Kp);
       avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1, avx2::RowBlock& block) {
@@ -47,7 +47,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto rows = alloc_scratch<uint8_t>(tiles * kMR * Kp);  // whole tiles: every row pointer valid
   auto sx = alloc_scratch<float>(tiles * kMR);
   auto non_negative = alloc_scratch<bool>(tiles);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t)

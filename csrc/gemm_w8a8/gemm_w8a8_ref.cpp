@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
@@ -11,7 +12,7 @@ namespace tersor::gemm_w8a8 {
 void run_rows_ref(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int64_t Kp = round_up(a.K, 4);
   const int64_t k4n = Kp / 4;
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> q(Kp);
     const float sx = fill(m, q.data(), 4, 0);

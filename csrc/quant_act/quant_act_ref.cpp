@@ -1,6 +1,7 @@
 // Portable oracle for per-row activation quantization (see quant_act.h for the exact rules).
 #include <cmath>
 
+#include "common/parallel.h"
 #include "common/cpu_features.h"
 #include "common/formats.h"
 #include "quant_act/quant_act.h"
@@ -67,7 +68,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q,
   // that writes exactly K codes per row by quantizing into a padded temporary.
   const Isa isa = active_isa();
   const int64_t Kp = round_up(K, 4);
-#pragma omp parallel num_threads(clamp_threads(M >= 8 ? nthreads : 1))
+#pragma omp parallel num_threads(::tersor::team(clamp_threads(M >= 8 ? nthreads : 1)))
   {
     uint8_t* tmp = new uint8_t[Kp];
 #pragma omp for schedule(static)

@@ -67,7 +67,7 @@ constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>};
 void run_avx2(const Args& a) {
   const int64_t n_blocks = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.N * a.K / 2, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
     kTiles[mr - 1](a, nb, m0);
   });

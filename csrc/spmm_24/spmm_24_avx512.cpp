@@ -80,7 +80,7 @@ void run_avx512(const Args& a) {
   const int64_t n_blocks = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.N * a.K / 2, a.nthreads);
   const bool wide = a.M <= 2;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   for_each_tile(n_blocks, wide ? 2 : 1, a.M, kMR, [&](int64_t nb, int nbs, int64_t m0, int mr) {
     (wide && nbs == 2 ? kWide[mr - 1] : kTiles[mr - 1])(a, nb, m0);
   });

@@ -1,5 +1,6 @@
 #include <cstring>
 
+#include "common/parallel.h"
 #include "common/cpu_features.h"
 #include "common/formats.h"
 #include "spmm_24/spmm_24.h"
@@ -19,7 +20,7 @@ void run_w8a8(const W8A8Args& a) {
 void decompress(const float* values, const uint8_t* meta, int64_t N, int64_t K, float* out,
                 int nthreads) {
   const int64_t G = groups(K), G4 = meta_groups(K);
-#pragma omp parallel for schedule(static) num_threads(nthreads < 1 ? 1 : nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(nthreads < 1 ? 1 : nthreads))
   for (int64_t n = 0; n < N; ++n) {
     const S24Group* grp = reinterpret_cast<const S24Group*>(values) + (n / 16) * G;
     const uint8_t* pos = meta + (n / 16) * G4 * 16 + n % 16;

@@ -1,6 +1,7 @@
 // Portable oracle for the 2:4 sparse GEMM (rules in spmm_24.h).
 #include <cmath>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "spmm_24/spmm_24.h"
 
@@ -8,7 +9,7 @@ namespace tersor::spmm_24 {
 
 void run_ref(const Args& a) {
   const int64_t G = groups(a.K), G4 = meta_groups(a.K);
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     const float* x = a.x + m * a.ldx;
     auto xk = [&](int64_t k) { return k < a.K ? x[k] : 0.0f; };

@@ -70,7 +70,7 @@ void run_w8a8_avx2(const W8A8Args& a) {
   auto aq = alloc_scratch<uint8_t>(a.M * lda);
   auto sx = alloc_scratch<float>(a.M);
   const int nt = threads_for_work(double(a.M) * a.N * a.K / 2, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "quant_act/quant_act.h"
 #include "spmm_24/spmm_24.h"
@@ -11,7 +12,7 @@ namespace tersor::spmm_24 {
 
 void run_w8a8_ref(const W8A8Args& a) {
   const int64_t K8 = k8_blocks(a.K);
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> q(K8 * 8, 0);
     const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0);

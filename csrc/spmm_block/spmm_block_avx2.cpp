@@ -98,7 +98,7 @@ constexpr W8Fn kW8[kMR] = {w8a8_tile<1>, w8a8_tile<2>, w8a8_tile<3>};
 void f32_avx2(const Args& a) {
   const int64_t np = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.ptr[np] * 16, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     int64_t p0, p1;
     balanced_range(a.ptr, np, &p0, &p1);
@@ -117,7 +117,7 @@ void w8a8_avx2(const Args& a) {
   auto aq = alloc_scratch<uint8_t>(a.M * lda);
   auto sx = alloc_scratch<float>(a.M);
   const int nt = threads_for_work(double(a.M) * a.ptr[np] * 64, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m)

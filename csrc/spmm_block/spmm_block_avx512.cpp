@@ -126,7 +126,7 @@ int64_t row_block(int64_t row_bytes) {
 void f32_avx512(const Args& a) {
   const int64_t np = panels(a);
   const int nt = threads_for_work(double(a.M) * a.ptr[np] * 16, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     int64_t p0, p1;
     balanced_range(a.ptr, np, &p0, &p1);
@@ -144,7 +144,7 @@ void w8a8_avx512(const Args& a) {
   auto aq = alloc_scratch<uint8_t>(a.M * lda);
   auto sx = alloc_scratch<float>(a.M);
   const int nt = threads_for_work(double(a.M) * a.ptr[np] * 64, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m)

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/parallel.h"
 #include "common/formats.h"
 #include "quant_act/quant_act.h"
 #include "spmm_block/spmm_block.h"
@@ -10,7 +11,7 @@ namespace tersor::spmm_block {
 
 void f32_ref(const Args& a) {
   const float* vals = static_cast<const float*>(a.values);
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     const float* x = a.x + m * a.ldx;
     for (int64_t n = 0; n < a.N; ++n) {
@@ -28,7 +29,7 @@ void f32_ref(const Args& a) {
 void w8a8_ref(const Args& a) {
   const W8Tile* tiles = static_cast<const W8Tile*>(a.values);
   const int64_t Kp = round_up(a.K, 4);
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> q(Kp);
     const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0);

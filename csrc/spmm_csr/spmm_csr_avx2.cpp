@@ -18,7 +18,7 @@ void run_avx2(const Args& a) {
   const int64_t ldt = M8 + 16;
   auto xt = alloc_scratch<float>(a.K * ldt);
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     transpose_rows(a, xt.get(), ldt);
     int64_t n0, n1;

@@ -54,7 +54,7 @@ constexpr EllFn kEll[kMR] = {ell_tile<1>, ell_tile<2>, ell_tile<3>, ell_tile<4>}
 void run_ell(const Args& a) {
   const int64_t nblocks = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     int64_t b0, b1;
     balanced_range(a.ell_off, nblocks, &b0, &b1);
@@ -72,7 +72,7 @@ void run_transposed(const Args& a) {
   const int64_t ldt = M16 + 16;
   auto xt = alloc_scratch<float>(a.K * ldt);
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     transpose_rows(a, xt.get(), ldt);
     int64_t n0, n1;

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/parallel.h"
 #include "common/cpu_features.h"
 #include "quant_act/quant_act.h"
 #include "spmm_csr/spmm_csr.h"
@@ -9,7 +10,7 @@
 namespace tersor::spmm_csr {
 
 void run_ref(const Args& a) {
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     const float* x = a.x + m * a.ldx;
     for (int64_t n = 0; n < a.N; ++n) {
@@ -22,7 +23,7 @@ void run_ref(const Args& a) {
 }
 
 void w8a8_ref(const W8A8Args& a) {
-#pragma omp parallel for schedule(static) num_threads(a.nthreads < 1 ? 1 : a.nthreads)
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> q((a.K + 3) / 4 * 4);
     const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0);

@@ -22,7 +22,7 @@ void w8a8_avx2(const W8A8Args& a) {
   const int64_t M8 = round_up(a.M, 8), ldt = M8 + 16;
   auto xt = alloc_scratch<float>(a.K * ldt);
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {

@@ -84,7 +84,7 @@ void run_transposed(const W8A8Args& a, int64_t ldq, uint8_t* q8, float* xq, floa
   const int64_t M16 = round_up(a.M, 16), ldt = M16 + 16;  // off a power of two (spmm_csr)
   auto xt = alloc_scratch<float>(a.K * ldt);
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     quantize_codes(a, q8, ldq, xq, sx);  // ends in a barrier
     Args t{};
@@ -138,7 +138,7 @@ void w8a8_avx512(const W8A8Args& a) {
   if (a.M >= kLargeM) return run_transposed(a, ldq, q8.get(), xq.get(), sx.get());
   const int64_t nblocks = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     quantize_codes(a, q8.get(), ldq, xq.get(), sx.get());
     int64_t b0, b1;

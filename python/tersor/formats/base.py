@@ -35,7 +35,7 @@ def check_float_weight(weight: torch.Tensor, label: str, finite: bool = True) ->
         raise ValueError(f"{label}: weight holds NaN or Inf; cannot convert it")
 
 
-CHUNK_ELEMENTS = 1 << 24  # float elements a row block of a conversion holds (64 MiB)
+CHUNK_ELEMENTS = 1 << 22  # float elements a row block of a conversion holds (16 MiB)
 
 
 def row_blocks(n: int, k: int, multiple: int = 16) -> list:
