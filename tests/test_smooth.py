@@ -147,12 +147,21 @@ def test_smoothquant_scale_balances_the_maxima():
 
 
 def test_awq_clip_never_worse_than_no_clip():
-    x, w = _outliers(300, 64, seed=3), torch.randn(20, 64)
+    """The clip search's objective, per row and group of 32: || x_g (w_g - Q(clip(w_g)))^T ||^2
+    on its sample rows, never above the unclipped one; an outlier weight's group gains."""
+    g = torch.Generator().manual_seed(3)
+    x, w = _outliers(200, 64, seed=3), torch.randn(20, 64, generator=g)
     w[0, 5] = 8.0  # one outlier weight: clipping its group pays
     wc = smooth.awq_clip(w, x, 32, _rtn4)
-    err = lambda v: (x @ (_rtn4(v) - w).t()).pow(2).sum(0)  # noqa: E731
-    assert bool((err(wc) <= err(w) * (1 + 1e-5)).all())
-    assert float(err(wc)[0]) < float(err(w)[0])
+
+    def group_err(v):  # [rows, groups]
+        d = (_rtn4(v) - w).view(20, 2, 32)
+        return torch.stack(
+            [(x[:, j * 32 : (j + 1) * 32] @ d[:, j].t()).pow(2).sum(0) for j in (0, 1)], 1
+        )
+
+    assert bool((group_err(wc) <= group_err(w) * (1 + 1e-5)).all())
+    assert float(group_err(wc)[0, 0]) < float(group_err(w)[0, 0])
 
 
 # ---- folds -------------------------------------------------------------------------------------
