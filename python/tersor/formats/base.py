@@ -67,6 +67,26 @@ def check_input_scale(s, k: int, what: str) -> torch.Tensor:
     return s.detach().contiguous()
 
 
+def bad_scale(prefix: str, name: str, s: torch.Tensor) -> Optional[str]:
+    """The state_dict error for scales that are not finite and >= 0, or None."""
+    if s.numel() and not bool((torch.isfinite(s) & (s >= 0)).all()):
+        return f"{prefix}{name}: scales must be finite and >= 0 (NaN, Inf or negative found)"
+    return None
+
+
+def bad_index_ptr(prefix: str, name: str, ptr: torch.Tensor, rows: int) -> Optional[str]:
+    """The state_dict error for a compressed-row pointer that is not an integer [rows + 1]
+    starting at 0 and never decreasing (the kernels walk rows by it), or None."""
+    if ptr.dtype not in (torch.int32, torch.int64) or tuple(ptr.shape) != (rows + 1,):
+        return (
+            f"{prefix}{name}: expected an int32 / int64 ({rows + 1},) pointer, got "
+            f"{ptr.dtype} {tuple(ptr.shape)}"
+        )
+    if int(ptr[0]) != 0 or bool((ptr[1:] < ptr[:-1]).any()):
+        return f"{prefix}{name}: must start at 0 and never decrease"
+    return None
+
+
 class WeightFormat:
     """Base of the format objects (int8.py, int4.py, sparse24.py, sparse_csr.py,
     sparse_block.py)."""

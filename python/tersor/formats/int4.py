@@ -37,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from tersor.formats.base import WeightFormat, check_float_weight, expect, row_blocks
+from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, expect, row_blocks
 from tersor.ops._common import takes_half
 from tersor.ops.gemm_w4 import dequant_w4t, gemm_w4_cpu, linear_w4
 
@@ -367,6 +367,9 @@ class Int4Format(WeightFormat):
             return err
         if z is not None and z.numel() and int(z.max()) > 15:
             return f"{prefix}weight_zero: values must lie in [0, 15]"
+        err = bad_scale(prefix, "weight_scale", s)
+        if err:
+            return err
         perm = None
         if act_order:
             perm = get("input_perm")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tersor.formats.base import WeightFormat, check_float_weight, expect, row_blocks
+from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, expect, row_blocks
 from tersor.ops.conv import conv_nhwc_w8a8
 from tersor.ops.dequant import dequant_w8
 from tersor.ops.gemm_w8 import cpu_runner_w8, linear_w8
@@ -180,6 +180,9 @@ class Int8Format(WeightFormat):
             return err
         if q.numel() and int(q.min()) < -QMAX:
             return f"{prefix}weight_int8: values must lie in [-127, 127]"
+        err = bad_scale(prefix, "weight_scale", s)
+        if err:
+            return err
         xs = cls._read_input_scale(get, prefix, k, input_scaled)
         return xs if isinstance(xs, str) else (q.cpu(), s.cpu(), xs)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tersor.formats.base import WeightFormat, check_float_weight
+from tersor.formats.base import WeightFormat, bad_scale, check_float_weight
 from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.spmm_24 import linear_24, linear_24_w8a8
 
@@ -263,12 +263,19 @@ class Sparse24Format(WeightFormat):
                 f"{prefix}weight_values/weight_meta: expected {(n, 2 * g)} / {(n, g)}, got "
                 f"{tuple(v.shape)} / {tuple(m.shape)}"
             )
-        if bool(((m & 3) >= (m >> 2)).any()) or bool((m > 15).any()):
+        if m.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+            return f"{prefix}weight_meta: expected integer positions, got {m.dtype}"
+        if bool(((m & 3) >= (m >> 2)).any()) or bool((m > 15).any()) or bool((m < 0).any()):
             return f"{prefix}weight_meta: positions must satisfy p0 < p1 <= 3"
         scale = None
         if self.int8:
             scale = get("weight_scale")
-            if v.dtype != torch.int8 or tuple(scale.shape) != (n,) or int(v.min()) < -127:
+            if (
+                v.dtype != torch.int8
+                or tuple(scale.shape) != (n,)
+                or int(v.min()) < -127
+                or bad_scale(prefix, "weight_scale", scale)
+            ):
                 return (
                     f"{prefix}weight_values/weight_scale: expected int8 values in "
                     f"[-127, 127] and a float32 scale [{n}]"

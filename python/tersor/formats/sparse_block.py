@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from tersor.formats.base import WeightFormat, check_float_weight
+from tersor.formats.base import WeightFormat, bad_index_ptr, bad_scale, check_float_weight, expect
 from tersor.ops.spmm_block import linear_block
 
 BLOCK_N = 16
@@ -245,9 +245,13 @@ class BlockFormat(WeightFormat):
     def load_state(self, get, prefix):
         crow, col, vals = get("weight_crow"), get("weight_col"), get("weight_values")
         panels, kb = -(-self.out_features // 16), -(-self.in_features // self.bk)
-        nb = int(crow[-1]) if crow.numel() else -1
+        err = bad_index_ptr(prefix, "weight_crow", crow, panels)
+        if err:
+            return err
+        nb = int(crow[-1])
         if (
-            tuple(crow.shape) != (panels + 1,)
+            col.dtype not in (torch.int32, torch.int64)
+            or col.dim() != 1
             or col.numel() != nb
             or tuple(vals.shape) != (nb, 16, self.bk)
             or (nb > 0 and (int(col.min()) < 0 or int(col.max()) >= kb))
@@ -263,7 +267,16 @@ class BlockFormat(WeightFormat):
             self.out_features,
             self.in_features,
         )
-        scale = get("weight_scale").cpu().to(torch.float32) if self.int8 else None
+        scale = None
+        if self.int8:
+            scale = get("weight_scale")
+            err = expect(prefix, "weight_scale", scale, torch.float32, (self.out_features,))
+            err = err or bad_scale(prefix, "weight_scale", scale)
+            if err:
+                return err
+            if vals.dtype != torch.int8 or (nb > 0 and int(vals.min()) < -127):
+                return f"{prefix}weight_values: expected int8 values in [-127, 127]"
+            scale = scale.cpu()
         device = self.device
         self.__init__(w, scale)
         self._apply(lambda t: t.to(device))

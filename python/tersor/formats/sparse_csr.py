@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tersor.formats.base import WeightFormat, check_float_weight
+from tersor.formats.base import WeightFormat, bad_index_ptr, bad_scale, check_float_weight
 from tersor.ops.gemm_w8a8 import linear_w8a8
 from tersor.ops.spmm_csr import linear_csr
 
@@ -258,9 +258,20 @@ class CsrFormat(WeightFormat):
     def load_state(self, get, prefix):
         rp, col, val = get("weight_rowptr"), get("weight_col"), get("weight_val")
         n, k = self.out_features, self.in_features
-        nnz = int(rp[-1]) if rp.numel() else -1
+        err = bad_index_ptr(prefix, "weight_rowptr", rp, n)
+        if err:
+            return err
+        if col.dtype not in (torch.int32, torch.int64) or (
+            not self.int8 and not val.is_floating_point()
+        ):
+            return (
+                f"{prefix}weight_col/val: expected integer columns and float values, got "
+                f"{col.dtype} / {val.dtype}"
+            )
+        nnz = int(rp[-1])
         if (
-            rp.shape != (n + 1,)
+            col.dim() != 1
+            or val.dim() != 1
             or col.numel() != nnz
             or val.numel() != nnz
             or (nnz > 0 and (int(col.min()) < 0 or int(col.max()) >= k))
@@ -271,8 +282,10 @@ class CsrFormat(WeightFormat):
             scale = get("weight_scale")
             if (
                 val.dtype != torch.int8
+                or scale.dtype != torch.float32
                 or scale.shape != (n,)
                 or (nnz > 0 and int(val.min()) < -127)
+                or bad_scale(prefix, "weight_scale", scale)
             ):
                 return (
                     f"{prefix}weight_val/weight_scale: expected int8 values in [-127, 127] "
