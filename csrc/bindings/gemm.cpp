@@ -14,18 +14,20 @@ namespace {
 
 PackedW8LinearArgs w8_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum,
                            addr w_scale, int64_t N, addr bias, addr y, int64_t ldy,
-                           int nthreads) {
+                           int nthreads, addr row_amax = 0) {
   return PackedW8LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const int8_t>(w),
                             ptr<const int32_t>(colsum), ptr<const float>(w_scale), N,
-                            ptr<const float>(bias), ptr<float>(y), ldy, nthreads};
+                            ptr<const float>(bias), ptr<float>(y), ldy, nthreads,
+                            ptr<const float>(row_amax)};
 }
 
 PackedW4LinearArgs w4_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale,
                            addr zero, int64_t group_size, int64_t ngroups, int64_t N, addr bias,
-                           addr y, int64_t ldy, int nthreads) {
+                           addr y, int64_t ldy, int nthreads, addr row_amax = 0) {
   return PackedW4LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const uint8_t>(w),
                             ptr<const uint16_t>(scale), ptr<const uint8_t>(zero), group_size,
-                            ngroups, N, ptr<const float>(bias), ptr<float>(y), ldy, nthreads};
+                            ngroups, N, ptr<const float>(bias), ptr<float>(y), ldy, nthreads,
+                            ptr<const float>(row_amax)};
 }
 
 // The argument lists shared by the kernels of one weight form.
@@ -49,6 +51,10 @@ constexpr const char* kIoDoc =
     "widened exactly and the output rounded to nearest even, as torch's .to() does. x_scale: "
     "0, or fp32 [K] multiplied into x's columns while the rows are staged (a layer's input "
     "scale: AWQ / SmoothQuant).";
+// the int8-activation kernels' extra argument
+constexpr const char* kRowAmaxDoc =
+    " row_amax: 0, or fp32 [M] floors under each row's amax (the rows of a tensor-parallel "
+    "shard quantize with the whole row's scale: quant_act.h).";
 constexpr const char* kW4Doc =
     "y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes "
     "[Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0 "
@@ -88,12 +94,15 @@ void bind_gemm_w8a8(py::module_& m) {
   m.def(
       "gemm_w8a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w8a8::run);
+         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale, addr row_amax) {
+        half_io::run_staged(
+            w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, row_amax), io,
+            ptr<const float>(x_scale), gemm_w8a8::run);
       },
-      TERSOR_W8_ARGS, nogil(),
-      (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc).c_str());
+      TERSOR_W8_ARGS, py::arg("row_amax") = 0, nogil(),
+      (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc +
+       kRowAmaxDoc)
+          .c_str());
   m.def(
       "gemm_w8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
@@ -122,13 +131,14 @@ void bind_gemm_w4(py::module_& m) {
       "gemm_w4a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads, int io, addr x_scale) {
+         int nthreads, int io, addr x_scale, addr row_amax) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
-                                    y, ldy, nthreads),
+                                    y, ldy, nthreads, row_amax),
                             io, ptr<const float>(x_scale), gemm_w4a8::run);
       },
-      TERSOR_W4_ARGS, nogil(),
-      (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums." + kIoDoc)
+      TERSOR_W4_ARGS, py::arg("row_amax") = 0, nogil(),
+      (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums." +
+       kIoDoc + kRowAmaxDoc)
           .c_str());
 }
 

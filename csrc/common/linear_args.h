@@ -16,6 +16,7 @@ struct PackedW8LinearArgs {
   float* y;               // M x N output, row stride ldy
   int64_t ldy;
   int nthreads;
+  const float* row_amax = nullptr;  // A8 kernels: fp32 [M] floors under the rows' amax, or none
 };
 
 }  // namespace tersor
@@ -35,6 +36,7 @@ struct PackedW4LinearArgs {
   float* y;
   int64_t ldy;
   int nthreads;
+  const float* row_amax = nullptr;  // A8 kernels: fp32 [M] floors under the rows' amax, or none
 };
 
 }  // namespace tersor

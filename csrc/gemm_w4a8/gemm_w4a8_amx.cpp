@@ -91,7 +91,8 @@ void run_amx(const PackedW4LinearArgs& a) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    quant_act::quantize_rows_amx(a.x, a.M, a.K, a.ldx, M32, lda, aq.get(), sx.get());
+    quant_act::quantize_rows_amx(a.x, a.M, a.K, a.ldx, M32, lda, aq.get(), sx.get(),
+                                 a.row_amax);
 
     int64_t p0, p1;
     thread_range(n_pairs, &p0, &p1);

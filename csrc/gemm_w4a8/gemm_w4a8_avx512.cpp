@@ -139,7 +139,8 @@ void run_avx512(const PackedW4LinearArgs& a) {
       sx.get()[m] = quant_act::quantize_row_grouped(quant_act::quantize_row_avx512,
                                                     a.x + m * a.ldx, a.K, G,
                                                     a.ngroups, dst, kMR,
-                                                    gsum.get() + m * a.ngroups);
+                                                    gsum.get() + m * a.ngroups,
+                                                    quant_act::amax_floor(a.row_amax, m));
     }
     TileCtx ctx;
     ctx.a = &a;

@@ -84,6 +84,7 @@ void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel) {
     b.x = xs;
     b.ldx = a.K;
     b.M = mb;
+    if (b.row_amax) b.row_amax += m0;
     if (half) {
       b.y = ys;
       b.ldy = a.N;

@@ -19,20 +19,24 @@
 namespace tersor::quant_act {
 
 float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                       uint8_t xor_mask);
+                       uint8_t xor_mask, float amax_floor = 0.0f);
 float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                        uint8_t xor_mask);
+                        uint8_t xor_mask, float amax_floor = 0.0f);
 float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                          uint8_t xor_mask);
+                          uint8_t xor_mask, float amax_floor = 0.0f);
 
 using RowQuantizer = float (*)(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                               uint8_t xor_mask);
+                               uint8_t xor_mask, float amax_floor);
+
+// Row m's floor from a kernel argument row_amax (fp32 [M] or nullptr).
+inline float amax_floor(const float* row_amax, int64_t m) { return row_amax ? row_amax[m] : 0.0f; }
 
 // One row of a grouped (int4) GEMM's A panel: `quantize` writes s8 codes interleaved for
 // `panel_rows` rows, codes K..Kp-1 are zero (Kp = ngroups * G), and gsum[g] receives the sum of
 // the codes of group g (the zero-point term). Returns the row's scale.
 float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int64_t G,
-                           int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum);
+                           int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum,
+                           float amax_floor = 0.0f);
 
 // AMX A operand: M_pad rows x lda bytes of s8, row m < M written by row_codes(m, row) (K codes,
 // zeros up to round_up(K, 4); returns the row's scale), zero beyond that and in the padding rows
@@ -41,7 +45,7 @@ void fill_rows_amx(int64_t M, int64_t K, int64_t M_pad, int64_t lda, int8_t* out
                    float* scales, const std::function<float(int64_t, uint8_t*)>& row_codes);
 // fill_rows_amx with rows 0..M-1 of x quantized by the per-row rules.
 void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
-                       int64_t lda, int8_t* out, float* scales);
+                       int64_t lda, int8_t* out, float* scales, const float* row_amax = nullptr);
 
 // The two halves of the rules for callers that quantize a whole block with one scale (the conv
 // family: one scale per image): absmax_* returns max |x| over n floats (*finite = false when one

@@ -10,9 +10,9 @@
 namespace tersor::quant_act {
 
 float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                        uint8_t xor_mask) {
+                        uint8_t xor_mask, float amax_floor) {
   bool finite;
-  const float amax = absmax_avx2(x, K, &finite);
+  const float amax = std::fmax(absmax_avx2(x, K, &finite), amax_floor);
   const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
   const int64_t Kp = round_up(K, 4);
   auto put = [&](int64_t kk, int8_t v) {

@@ -48,12 +48,12 @@ struct AbsMax {
 }  // namespace
 
 float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                          uint8_t xor_mask) {
+                          uint8_t xor_mask, float amax_floor) {
   const __m512 zero = _mm512_setzero_ps();
   AbsMax am;
   am.add(x, K);
   bool finite;
-  const float amax = am.result(&finite);
+  const float amax = std::fmax(am.result(&finite), amax_floor);
   const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
 
   const int64_t Kp = round_up(K, 4);
@@ -119,9 +119,9 @@ void fill_rows_amx(int64_t M, int64_t K, int64_t M_pad, int64_t lda, int8_t* out
 }
 
 void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
-                       int64_t lda, int8_t* out, float* scales) {
+                       int64_t lda, int8_t* out, float* scales, const float* row_amax) {
   fill_rows_amx(M, K, M_pad, lda, out, scales, [&](int64_t m, uint8_t* row) {
-    return quantize_row_avx512(x + m * ldx, K, row, 4, 0);
+    return quantize_row_avx512(x + m * ldx, K, row, 4, 0, amax_floor(row_amax, m));
   });
 }
 

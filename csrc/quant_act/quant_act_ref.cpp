@@ -9,9 +9,9 @@
 namespace tersor::quant_act {
 
 float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                       uint8_t xor_mask) {
+                       uint8_t xor_mask, float amax_floor) {
   bool finite;
-  const float amax = absmax_ref(x, K, &finite);
+  const float amax = std::fmax(absmax_ref(x, K, &finite), amax_floor);
   const int64_t Kp = round_up(K, 4);
   auto put = [&](int64_t k, int8_t v) {
     dst[(k / 4) * group_stride + (k % 4)] = static_cast<uint8_t>(v) ^ xor_mask;
@@ -48,9 +48,10 @@ void quantize_scaled_ref(const float* x, int64_t n, float inv, int8_t* dst) {
 }
 
 float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int64_t G,
-                           int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum) {
+                           int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum,
+                           float amax_floor) {
   const int64_t gs = 4 * panel_rows;  // bytes between consecutive 4-k groups of one row
-  const float scale = quantize(x, K, dst, gs, 0);
+  const float scale = quantize(x, K, dst, gs, 0, amax_floor);
   for (int64_t k4 = round_up(K, 4) / 4; k4 < ngroups * G / 4; ++k4)
     for (int i = 0; i < 4; ++i) dst[k4 * gs + i] = 0;
   for (int64_t g = 0; g < ngroups; ++g) {

@@ -48,6 +48,7 @@ struct W8A8Args {
   float* y;
   int64_t ldy;
   int nthreads;
+  const float* row_amax = nullptr;  // fp32 [M] floors under the rows' amax, or none
 };
 
 static inline int64_t k8_blocks(int64_t K) { return (K + 7) / 8; }

@@ -77,7 +77,8 @@ void run_w8a8_avx2(const W8A8Args& a) {
       uint8_t* row = aq.get() + m * lda;
       const int64_t done = round_up(a.K, 4);
       std::memset(row + done, 0, K8 * 8 - done);
-      sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, row, 4, 0);
+      sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, row, 4, 0,
+                                                 quant_act::amax_floor(a.row_amax, m));
     }
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
       kTiles[mr - 1](a, aq.get(), lda, K8, sx.get(), nb, m0);

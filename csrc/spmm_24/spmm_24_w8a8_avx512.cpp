@@ -126,7 +126,8 @@ void run_w8a8_avx512(const W8A8Args& a) {
       uint8_t* row = aq.get() + m * lda;
       const int64_t done = round_up(a.K, 4);  // quantize_row writes the codes up to here
       std::memset(row + done, 0x80, K8 * 8 - done);
-      sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, row, 4, 0x80);
+      sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, row, 4, 0x80,
+                                                   quant_act::amax_floor(a.row_amax, m));
     }
     Ctx c{&a, aq.get(), lda, K8, sx.get(), nullptr};
     if (small) {

@@ -15,7 +15,8 @@ void run_w8a8_ref(const W8A8Args& a) {
 #pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> q(K8 * 8, 0);
-    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0);
+    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0,
+                                                 quant_act::amax_floor(a.row_amax, m));
     for (int64_t n = 0; n < a.N; ++n) {
       const S24I8Tile* t = reinterpret_cast<const S24I8Tile*>(a.values) + (n / 16) * K8;
       const uint8_t* meta = a.meta + (n / 16) * K8 * 16 + n % 16;

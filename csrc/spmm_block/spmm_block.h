@@ -32,6 +32,7 @@ struct Args {
   float* y;
   int64_t ldy;
   int nthreads;
+  const float* row_amax = nullptr;  // int8 only: fp32 [M] floors under the rows' amax, or none
 };
 
 void f32_ref(const Args& a);

@@ -121,7 +121,8 @@ void w8a8_avx2(const Args& a) {
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m)
-      sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, aq.get() + m * lda, 4, 0);
+      sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, aq.get() + m * lda, 4, 0,
+                                                 quant_act::amax_floor(a.row_amax, m));
     int64_t p0, p1;
     balanced_range(a.ptr, np, &p0, &p1);
     for_row_blocks(a.M, row_block(lda), [&](int64_t r0, int64_t r1) {

@@ -32,7 +32,8 @@ void w8a8_ref(const Args& a) {
 #pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> q(Kp);
-    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0);
+    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0,
+                                                 quant_act::amax_floor(a.row_amax, m));
     for (int64_t n = 0; n < a.N; ++n) {
       const int64_t p = n / 16;
       int32_t acc = 0;

@@ -79,6 +79,7 @@ struct W8A8Args {
   float* y;
   int64_t ldy;
   int nthreads;
+  const float* row_amax = nullptr;  // fp32 [M] floors under the rows' amax, or none
 };
 
 void w8a8_ref(const W8A8Args& a);

@@ -26,7 +26,8 @@ void w8a8_ref(const W8A8Args& a) {
 #pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> q((a.K + 3) / 4 * 4);
-    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0);
+    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0,
+                                                 quant_act::amax_floor(a.row_amax, m));
     for (int64_t n = 0; n < a.N; ++n) {
       int32_t acc = 0;
       for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i)

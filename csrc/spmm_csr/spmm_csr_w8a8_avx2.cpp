@@ -29,7 +29,8 @@ void w8a8_avx2(const W8A8Args& a) {
       uint8_t* q = q8.get() + m * ldq;
       const int64_t done = round_up(a.K, 4);
       std::memset(q + done, 0, ldq - done);
-      sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, q, 4, 0);
+      sx.get()[m] = quant_act::quantize_row_avx2(a.x + m * a.ldx, a.K, q, 4, 0,
+                                                 quant_act::amax_floor(a.row_amax, m));
       for (int64_t k = 0; k < ldq; k += 8)
         _mm256_storeu_ps(xq.get() + m * ldq + k,
                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(

@@ -22,7 +22,8 @@ void quantize_codes(const W8A8Args& a, uint8_t* q8, int64_t ldq, float* xq, floa
     uint8_t* q = q8 + m * ldq;
     const int64_t done = round_up(a.K, 4);  // quantize_row writes the codes up to here
     std::memset(q + done, 0, ldq - done);
-    sx[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, q, 4, 0);
+    sx[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, q, 4, 0,
+                                                   quant_act::amax_floor(a.row_amax, m));
     for (int64_t k = 0; k < ldq; k += 16)
       _mm512_storeu_ps(xq + m * ldq + k, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                                              _mm_loadu_si128(reinterpret_cast<__m128i*>(q + k)))));

@@ -144,6 +144,7 @@ def gemm_w4a8(
     nthreads: int,
     io: int = 0,
     x_scale: int = 0,
+    row_amax: int = 0,
 ) -> None:
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
@@ -151,7 +152,9 @@ def gemm_w4a8(
     int8 inside; exact integer group sums. io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y;
     strides in elements); half rows are widened exactly and the output rounded to nearest even,
     as torch's .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns while the rows
-    are staged (a layer's input scale: AWQ / SmoothQuant)."""
+    are staged (a layer's input scale: AWQ / SmoothQuant). row_amax: 0, or fp32 [M] floors under
+    each row's amax (the rows of a tensor-parallel shard quantize with the whole row's scale:
+    quant_act.h)."""
 
 def gemm_w8(
     x: int,
@@ -191,13 +194,16 @@ def gemm_w8a8(
     nthreads: int,
     io: int = 0,
     x_scale: int = 0,
+    row_amax: int = 0,
 ) -> None:
     """y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 VNNI4
     tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 [Np], bias
     fp32 [N] or 0. x is quantized per row to int8 inside (dynamic W8A8). io: 0 (fp32 x, y), 1
     (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the
     output rounded to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied
-    into x's columns while the rows are staged (a layer's input scale: AWQ / SmoothQuant)."""
+    into x's columns while the rows are staged (a layer's input scale: AWQ / SmoothQuant).
+    row_amax: 0, or fp32 [M] floors under each row's amax (the rows of a tensor-parallel shard
+    quantize with the whole row's scale: quant_act.h)."""
 
 def quantize_rows(x: int, M: int, K: int, ldx: int, q: int, scales: int, nthreads: int) -> None:
     """Per-row symmetric int8: q int8 [M, K] (contiguous), scales fp32 [M] = amax / 127 (NaN for
@@ -233,9 +239,11 @@ def spmm_24_w8a8(
     y: int,
     ldy: int,
     nthreads: int,
+    row_amax: int = 0,
 ) -> None:
     """2:4 with int8 values [Np/16][K8][16][4], meta uint8 [Np/16][K8][16], colsum int32 /
-    w_scale fp32 [Np] (formats/sparse24.py pack_24_int8); x quantized per row to int8."""
+    w_scale fp32 [Np] (formats/sparse24.py pack_24_int8); x quantized per row to int8 (row_amax:
+    0 or fp32 [M] floors under the rows' amax, quant_act.h)."""
 
 def spmm_block_f32(
     x: int,
@@ -252,6 +260,7 @@ def spmm_block_f32(
     y: int,
     ldy: int,
     nthreads: int,
+    row_amax: int = 0,
 ) -> None:
     """y[M, N] = x[M, K] W^T + bias, W block-sparse: ptr int64 [Np/16 + 1], kidx uint16
     [blocks], values fp32 [blocks][16] (16 x 1 blocks); colsum and w_scale 0."""
@@ -271,9 +280,11 @@ def spmm_block_w8a8(
     y: int,
     ldy: int,
     nthreads: int,
+    row_amax: int = 0,
 ) -> None:
     """spmm_block with int8 16 x 4 blocks [blocks][16][4], colsum int32 / w_scale fp32 [Np]; x
-    quantized per row to int8."""
+    quantized per row to int8 (row_amax: 0 or fp32 [M] floors under the rows' amax, quant_act.h;
+    unused by spmm_block_f32)."""
 
 def spmm_csr(
     x: int,
@@ -294,6 +305,7 @@ def spmm_csr(
     y: int,
     ldy: int,
     nthreads: int,
+    row_amax: int = 0,
 ) -> None:
     """y[M, N] = x[M, K] W^T + bias, W unstructured sparse with fp32 values: CSR rowptr int64 [N
     + 1], col int32 / val [nnz], and the ELL blocks ell_val [steps][16], ell_col / ell_cnt
@@ -318,5 +330,7 @@ def spmm_csr_w8a8(
     y: int,
     ldy: int,
     nthreads: int,
+    row_amax: int = 0,
 ) -> None:
-    """spmm_csr with int8 values and per-channel w_scale fp32 [N]; x quantized per row."""
+    """spmm_csr with int8 values and per-channel w_scale fp32 [N]; x quantized per row
+    (row_amax: 0 or fp32 [M] floors under the rows' amax, quant_act.h; unused by spmm_csr)."""

@@ -155,7 +155,11 @@ class WeightFormat:
         """The canonical weight tensors, in state_names() order (formats may say more)."""
         return tuple(v for k, v in self.state_dict().items() if not k.startswith("_"))
 
-    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor], kernel: str) -> torch.Tensor:
+    def linear(
+        self, x: torch.Tensor, bias: Optional[torch.Tensor], kernel: str, row_amax=None
+    ) -> torch.Tensor:
+        """row_amax: fp32 [M] floors under the rows' amax for formats with int8 activations
+        (a tensor-parallel shard quantizes with the whole row's scale, distributed/)."""
         raise NotImplementedError
 
     def options(self) -> dict:

@@ -460,7 +460,7 @@ class Int4Format(WeightFormat):
 
         return run
 
-    def linear(self, x, bias, kernel):
+    def linear(self, x, bias, kernel, row_amax=None):
         xs = self.input_scale
         if self.perm is not None:  # x * s, then the act-order permutation
             x = x.index_select(-1, self.perm)
@@ -476,6 +476,7 @@ class Int4Format(WeightFormat):
             self.act_int8,
             kernel,
             xs,
+            row_amax,
         )
 
 

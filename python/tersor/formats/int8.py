@@ -209,10 +209,12 @@ class Int8Format(WeightFormat):
         w = dequant_w8(self.packed, self.scale, self.out_features, self.in_features)
         return w if self.input_scale is None else w * self.input_scale
 
-    def linear(self, x, bias, kernel):
+    def linear(self, x, bias, kernel, row_amax=None):
         xs, n = self.input_scale, self.out_features
         if self.act_int8:
-            return linear_w8a8(x, self.packed, self.colsum, self.scale, bias, n, kernel, xs)
+            return linear_w8a8(
+                x, self.packed, self.colsum, self.scale, bias, n, kernel, xs, row_amax
+            )
         return linear_w8(x, self.packed, self.scale, bias, n, kernel, xs)
 
     def cpu_runner(self):

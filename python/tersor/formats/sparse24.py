@@ -319,9 +319,17 @@ class Sparse24Format(WeightFormat):
             )
         return note
 
-    def linear(self, x, bias, kernel):
+    def linear(self, x, bias, kernel, row_amax=None):
         if self.int8:
             return linear_24_w8a8(
-                x, self.values, self.meta, self.colsum, self.scale, bias, self.out_features, kernel
+                x,
+                self.values,
+                self.meta,
+                self.colsum,
+                self.scale,
+                bias,
+                self.out_features,
+                kernel,
+                row_amax,
             )
         return linear_24(x, self.values, self.meta, bias, self.out_features, kernel)

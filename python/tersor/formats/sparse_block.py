@@ -282,7 +282,7 @@ class BlockFormat(WeightFormat):
         self._apply(lambda t: t.to(device))
         return None
 
-    def linear(self, x, bias, kernel):
+    def linear(self, x, bias, kernel, row_amax=None):
         return linear_block(
             x,
             self.bptr,
@@ -293,4 +293,5 @@ class BlockFormat(WeightFormat):
             bias,
             self.out_features,
             kernel,
+            row_amax,
         )

@@ -317,12 +317,11 @@ class CsrFormat(WeightFormat):
             )
         return note
 
-    def linear(self, x, bias, kernel):
+    def linear(self, x, bias, kernel, row_amax=None):
         n = self.out_features
         if self.dense_from_rows is not None and x.numel() >= self.dense_from_rows * x.shape[-1]:
             if self.int8:
-                return linear_w8a8(
-                    x, self.dense_packed, self.dense_colsum, self.dense_scale, bias, n, kernel
-                )
+                d = (self.dense_packed, self.dense_colsum, self.dense_scale)
+                return linear_w8a8(x, *d, bias, n, kernel, None, row_amax)
             return torch.nn.functional.linear(x, self.dense_w.to(x.dtype), bias)
-        return linear_csr(x, *(getattr(self, t) for t in self._KERNEL), bias, n, kernel)
+        return linear_csr(x, *(getattr(self, t) for t in self._KERNEL), bias, n, kernel, row_amax)

@@ -21,6 +21,13 @@ NATIVE = ("auto", "native")
 _is_compiling = torch.compiler.is_compiling
 
 
+def no_row_amax(row_amax, op: str) -> None:
+    """row_amax (fp32 [M] floors under the rows' amax, csrc/quant_act/quant_act.h) is an
+    argument of the native CPU kernels only."""
+    if row_amax is not None:
+        raise NotImplementedError(f"{op}: row_amax is taken by the native CPU kernel only")
+
+
 def eager(x: torch.Tensor, kernel: str) -> bool:
     """True when a call may skip the custom op (10+ us in eager mode) and call _C directly:
     a CPU tensor, a native kernel, and no tracing. The layers have validated x already."""

@@ -12,14 +12,23 @@ import torch
 
 from tersor import _C
 from tersor.ops import gpu
-from tersor.ops._common import IO_CODE, NATIVE, check, eager, out_2d, ptr, rows_view
+from tersor.ops._common import IO_CODE, NATIVE, check, eager, no_row_amax, out_2d, ptr, rows_view
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 
 def gemm_w4_cpu(
-    x, codes, scale, zero, bias, n: int, group_size: int, act_int8: bool, x_scale=None
+    x,
+    codes,
+    scale,
+    zero,
+    bias,
+    n: int,
+    group_size: int,
+    act_int8: bool,
+    x_scale=None,
+    row_amax=None,
 ) -> torch.Tensor:
-    """x_scale: the layer's input scale (fp32 [K]) or None (see gemm_w8a8.linear_w8a8)."""
+    """x_scale, row_amax (int8 activations only): see gemm_w8a8.linear_w8a8."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -47,6 +56,7 @@ def gemm_w4_cpu(
             torch.get_num_threads(),
             IO_CODE[x.dtype],
             ptr(x_scale),
+            *((ptr(row_amax),) if act_int8 else ()),
         )
     return out_2d(x, y, n)
 
@@ -62,9 +72,11 @@ def linear_w4(
     act_int8: bool,
     kernel_pref: str = "auto",
     x_scale=None,
+    row_amax=None,
 ) -> torch.Tensor:
     if eager(x, kernel_pref):
-        return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
+        return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale, row_amax)
+    no_row_amax(row_amax, "tersor::gemm_w4a8")
     if x_scale is not None:
         x = x * x_scale.to(x.dtype)
     op = gemm_w4a8 if act_int8 else gemm_w4

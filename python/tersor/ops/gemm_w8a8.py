@@ -14,6 +14,7 @@ from tersor.ops._common import (
     NATIVE,
     check_packed_int8,
     eager,
+    no_row_amax,
     out_2d,
     ptr,
     rows_view,
@@ -23,7 +24,9 @@ from tersor.ops._common import (
 _num_threads = torch.get_num_threads
 
 
-def gemm_w8a8_cpu(x, packed, colsum, scale, bias, n: int, x_scale=None) -> torch.Tensor:
+def gemm_w8a8_cpu(
+    x, packed, colsum, scale, bias, n: int, x_scale=None, row_amax=None
+) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -44,6 +47,7 @@ def gemm_w8a8_cpu(x, packed, colsum, scale, bias, n: int, x_scale=None) -> torch
             _num_threads(),
             0,
             ptr(x_scale),
+            ptr(row_amax),
         )
     return out_2d(x, y, n)
 
@@ -90,12 +94,14 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None):
 
 
 def linear_w8a8(
-    x, packed, colsum, scale, bias, n: int, kernel_pref: str = "auto", x_scale=None
+    x, packed, colsum, scale, bias, n: int, kernel_pref: str = "auto", x_scale=None, row_amax=None
 ) -> torch.Tensor:
     """x_scale: the layer's input scale (fp32 [K]), multiplied into x inside the native call,
-    or by one torch multiply before the op."""
+    or by one torch multiply before the op. row_amax: fp32 [M] floors under the rows' amax
+    (tensor-parallel shards, distributed/), native CPU kernel only."""
     if eager(x, kernel_pref):
-        return gemm_w8a8_cpu(x, packed, colsum, scale, bias, n, x_scale)
+        return gemm_w8a8_cpu(x, packed, colsum, scale, bias, n, x_scale, row_amax)
+    no_row_amax(row_amax, "tersor::gemm_w8a8")
     if x_scale is not None:
         x = x * x_scale.to(x.dtype)
     return gemm_w8a8(x, packed, colsum, scale, bias, n, kernel_pref)

@@ -10,7 +10,7 @@ import torch
 
 from tersor import _C
 from tersor.ops import gpu
-from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
+from tersor.ops._common import NATIVE, check, eager, no_row_amax, out_2d, ptr, rows_view
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_24_dense
 
 
@@ -102,7 +102,7 @@ def _(x, values, meta, bias, out_features, kernel_pref="auto"):
     return x.new_empty((*x.shape[:-1], out_features))
 
 
-def spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n: int) -> torch.Tensor:
+def spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n: int, row_amax=None) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -122,15 +122,17 @@ def spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n: int) -> torch.Tens
             y.data_ptr(),
             n,
             torch.get_num_threads(),
+            ptr(row_amax),
         )
     return out_2d(x, y, n)
 
 
 def linear_24_w8a8(
-    x, values, meta, colsum, scale, bias, n: int, kernel_pref: str = "auto"
+    x, values, meta, colsum, scale, bias, n: int, kernel_pref: str = "auto", row_amax=None
 ) -> torch.Tensor:
     if eager(x, kernel_pref):
-        return spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n)
+        return spmm_24_w8a8_cpu(x, values, meta, colsum, scale, bias, n, row_amax)
+    no_row_amax(row_amax, "tersor::spmm_24_w8a8")
     return spmm_24_w8a8(x, values, meta, colsum, scale, bias, n, kernel_pref)
 
 

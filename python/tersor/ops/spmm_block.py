@@ -10,10 +10,12 @@ import torch
 
 from tersor import _C
 from tersor.ops import gpu
-from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
+from tersor.ops._common import NATIVE, check, eager, no_row_amax, out_2d, ptr, rows_view
 
 
-def spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, n: int) -> torch.Tensor:
+def spmm_block_cpu(
+    x, bptr, kidx, values, colsum, scale, bias, n: int, row_amax=None
+) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -35,15 +37,17 @@ def spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, n: int) -> torch.
             y.data_ptr(),
             n,
             torch.get_num_threads(),
+            ptr(row_amax),
         )
     return out_2d(x, y, n)
 
 
 def linear_block(
-    x, bptr, kidx, values, colsum, scale, bias, n: int, kernel_pref: str = "auto"
+    x, bptr, kidx, values, colsum, scale, bias, n: int, kernel_pref: str = "auto", row_amax=None
 ) -> torch.Tensor:
     if eager(x, kernel_pref):
-        return spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, n)
+        return spmm_block_cpu(x, bptr, kidx, values, colsum, scale, bias, n, row_amax)
+    no_row_amax(row_amax, "tersor::spmm_block")
     return spmm_block(x, bptr, kidx, values, colsum, scale, bias, n, kernel_pref)
 
 

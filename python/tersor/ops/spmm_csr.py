@@ -11,11 +11,23 @@ import torch
 
 from tersor import _C
 from tersor.ops import gpu
-from tersor.ops._common import NATIVE, check, eager, out_2d, ptr, rows_view
+from tersor.ops._common import NATIVE, check, eager, no_row_amax, out_2d, ptr, rows_view
 
 
 def spmm_csr_cpu(
-    x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias, n: int
+    x,
+    rowptr,
+    col,
+    val,
+    ell_val,
+    ell_col,
+    ell_cnt,
+    ell_off,
+    perm,
+    scale,
+    bias,
+    n: int,
+    row_amax=None,
 ) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
@@ -42,6 +54,7 @@ def spmm_csr_cpu(
             y.data_ptr(),
             n,
             torch.get_num_threads(),
+            ptr(row_amax),
         )
     return out_2d(x, y, n)
 
@@ -60,11 +73,13 @@ def linear_csr(
     bias,
     n: int,
     kernel_pref: str = "auto",
+    row_amax=None,
 ) -> torch.Tensor:
     if eager(x, kernel_pref):
         return spmm_csr_cpu(
-            x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias, n
+            x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias, n, row_amax
         )
+    no_row_amax(row_amax, "tersor::spmm_csr")
     return spmm_csr(
         x, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, scale, bias, n, kernel_pref
     )
