@@ -5,6 +5,7 @@ report = tersor.quantize_(model, tersor.W8A8Config())
 print(report)
 """
 
+from tersor import distributed
 from tersor._backend import available_isas, cpu_info
 from tersor.api import LayerReport, Report, quantize_, register_handler, sparsify_
 from tersor.checkpoint import load_pretrained, save_pretrained
@@ -43,6 +44,7 @@ __all__ = [
     "available_isas",
     "cpu_info",
     "distill_",
+    "distributed",
     "empty_weights",
     "from_pretrained",
     "fuse_projections",

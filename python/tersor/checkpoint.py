@@ -248,22 +248,8 @@ def load_pretrained(
             f"{path}: activations= applies to imported checkpoints; a tersor checkpoint keeps "
             f"the schemes it was saved with"
         )
-    with open(file) as f:
-        try:
-            manifest = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file}: corrupted manifest ({e})") from e
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{file}: checkpoint format {manifest['format_version']} is newer "
-            f"than this tersor's ({FORMAT_VERSION}); upgrade tersor"
-        )
-    shards = SafetensorsFiles(path, manifest["weight_map"], "the manifest")
     t0 = time.perf_counter()
-    try:
-        _load(model, path, manifest, shards, strict)
-    finally:
-        shards.close()
+    load_into(model, path, read_manifest(path), strict)
     notes = fuse(model, fuse_projections)
     if not report:
         return model
@@ -276,7 +262,37 @@ def load_pretrained(
     return model, Report("tersor layers from a tersor checkpoint", rows, time.perf_counter() - t0)
 
 
-def _load(model, path, manifest, shards, strict):
+def read_manifest(path: str) -> dict:
+    """The manifest of the tersor checkpoint folder `path` (errors name the file)."""
+    file = os.path.join(path, MANIFEST)
+    if not os.path.exists(file):
+        raise FileNotFoundError(f"{file}: not a tersor checkpoint (no manifest)")
+    with open(file) as f:
+        try:
+            manifest = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: corrupted manifest ({e})") from e
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{file}: checkpoint format {manifest['format_version']} is newer "
+            f"than this tersor's ({FORMAT_VERSION}); upgrade tersor"
+        )
+    return manifest
+
+
+def load_into(model: nn.Module, path: str, manifest: dict, strict: bool = True, build=None):
+    """Load the checkpoint `path` (its `manifest`) into `model`. build(fqn, entry, get,
+    slice_of): the module to install for a compressed layer instead of rebuilding it whole, or
+    None (tensor-parallel shards, distributed/: slice_of(key, optional) gives a safetensors
+    slice, so only the part asked for is read); such a layer claims every tensor under it."""
+    shards = SafetensorsFiles(path, manifest["weight_map"], "the manifest")
+    try:
+        _load(model, path, manifest, shards, strict, build)
+    finally:
+        shards.close()
+
+
+def _load(model, path, manifest, shards, strict, build=None):
     aliases, extra = manifest.get("aliases", {}), manifest.get("extra_state", {})
     weight_map = manifest["weight_map"]
 
@@ -287,9 +303,19 @@ def _load(model, path, manifest, shards, strict):
             return None
         return shards.get(aliases.get(key, key))
 
-    built = {}
+    def slice_of(key, optional=False):
+        if key in extra:
+            return extra[key]
+        if optional and aliases.get(key, key) not in weight_map:
+            return None
+        return shards.get_slice(aliases.get(key, key))
+
+    built, custom = {}, set()
     for fqn, entry in manifest["layers"].items():
-        built[fqn] = _build_layer(fqn, entry, get, path)
+        layer = None if build is None else build(fqn, entry, get, slice_of)
+        if layer is not None:
+            custom.add(fqn)
+        built[fqn] = _build_layer(fqn, entry, get, path) if layer is None else layer
         # unmapped after each layer: the shard's pages read so far would otherwise stay in the
         # process's resident set until the end (the reopening costs one header parse)
         shards.close()
@@ -297,6 +323,9 @@ def _load(model, path, manifest, shards, strict):
     # every tensor under a layer must be one it took
     claimed = set()
     for fqn, layer in built.items():
+        if fqn in custom:
+            claimed.update(k for k in list(weight_map) + list(extra) if k.startswith(f"{fqn}."))
+            continue
         gemm = layer.gemm if isinstance(layer, QConv2d) else layer
         prefix = (f"{fqn}." if fqn else "") + ("gemm." if isinstance(layer, QConv2d) else "")
         names = gemm._state_names() + list(getattr(gemm.fmt, "optional_state_names", ()))

@@ -55,6 +55,16 @@ class SafetensorsFiles:
         except Exception as e:
             raise ValueError(f"{self.file_of(key)}: cannot read '{key}' ({e})") from e
 
+    def get_slice(self, key: str):
+        """A lazy safetensors slice of `key` (``[a:b]`` / ``[:, a:b]`` read only that part)."""
+        name = self.weight_map.get(key)
+        if name is None:
+            raise KeyError(f"{self.path}: tensor '{key}' is missing ({self.what} lists none)")
+        try:
+            return self.open(name).get_slice(key)
+        except Exception as e:
+            raise ValueError(f"{self.file_of(key)}: cannot read '{key}' ({e})") from e
+
     def close(self) -> None:
         for f in self._files.values():
             f.__exit__(None, None, None)
