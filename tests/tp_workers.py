@@ -61,7 +61,7 @@ def compress(lin: nn.Linear, scheme: str, seed: int = 0) -> nn.Module:
     elif base.startswith("unstructured"):
         fmt = CsrFormat.from_float(prune_unstructured(w, 0.8))
     else:
-        fmt = BlockFormat.from_float(prune_block(w, 0.5, (16, 4)))
+        fmt = BlockFormat.from_float(prune_block(w, 0.5, (8, 4)))
     if base.endswith("+w8a8"):
         fmt = fmt.with_int8_values(tersor.W8A8Config())
     if scheme.endswith("input-scale"):

@@ -8,10 +8,13 @@ from __future__ import annotations
 import torch
 
 
-def quantize_rows_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric int8: the exact rules of csrc/quant_act/quant_act.h."""
+def quantize_rows_ref(x: torch.Tensor, row_amax=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: the exact rules of csrc/quant_act/quant_act.h (row_amax: fp32
+    [M] floors under the rows' amax)."""
     x = x.to(torch.float32)
     amax = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])
+    if row_amax is not None:
+        amax = torch.fmax(amax, row_amax)
     finite = torch.isfinite(x).all(dim=1)
     inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
     inv = torch.where(finite, inv, torch.zeros_like(inv))
