@@ -80,7 +80,7 @@ def llama_results(tmp_path_factory):
 def test_llama_matches_single_process(llama_results, scheme):
     for res in llama_results:
         got = res[scheme]
-        assert got["layers"] == 2 * 7  # q, k, v, o, gate, up, down per block
+        assert got["layers"] == 2 * 7 + 1  # q, k, v, o, gate, up, down per block; lm_head
         # per rank: half of the sharded layers' bytes (+ the per-channel scales a row-wise
         # int8 shard keeps whole; a block-sparse rank holds the blocks its half kept)
         low = 0.45 if "block" in scheme else 0.5
@@ -96,6 +96,17 @@ def test_llama_bf16(tmp_path):
             got = r[scheme]
             # bf16 between the layers: a rounding flip in one element may carry on
             assert _rel(got["y"], got["ref"]) < 2e-2, (scheme, _rel(got["y"], got["ref"]))
+
+
+def test_torch_styles_mesh_replicated_input_local_scale(tmp_path):
+    for got in run_ranks(tmp_path, "styles"):
+        assert torch.equal(got["torch_styles"], got["strings"])
+        assert _rel(got["strings"], got["ref"]) < 2e-6
+        y, ref = got["replicated_input"]
+        assert _rel(y, ref) < 2e-6
+        # each rank's own activation scale: another rounding of x, as close as W8A8 itself
+        y, ref = got["local"]
+        assert 0 < _rel(y, ref) < 0.05
 
 
 def test_bad_plans_fail_on_every_rank(tmp_path):
@@ -124,6 +135,6 @@ def test_sharded_checkpoint_loading(tmp_path, scheme):
     tersor.save_pretrained(model, path)
     res = run_ranks(tmp_path, "checkpoint", path=path, scheme=scheme)
     for got in res:
-        assert got["rows"] == 2 * 7
+        assert got["rows"] == 2 * 7 + 1  # lm_head: dense in the checkpoint, read whole, cut
         assert 0.5 <= got["ratio"] < 0.56, got["ratio"]
         assert _rel(got["y"], got["ref"]) < 1e-4

@@ -108,6 +108,41 @@ def scenario_mlp(rank, world, schemes=SCHEMES):
     return out
 
 
+def scenario_styles(rank, world):
+    """torch's ParallelStyle objects and a DeviceMesh give what our plan strings give; a
+    replicated input to a row-wise layer; act_scale="local"."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    import tersor
+
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(1))
+    out = {}
+    with torch.no_grad():
+        m = _mlp("w4a8")
+        out["ref"] = m(x)
+        tersor.distributed.parallelize_(m, plan=MLP_PLAN)
+        out["strings"] = m(x)
+        m = _mlp("w4a8")
+        torch_plan = {
+            "0": ColwiseParallel(),
+            "2": RowwiseParallel(),
+            "3": ColwiseParallel(output_layouts=Replicate()),
+        }
+        tersor.distributed.parallelize_(m, init_device_mesh("cpu", (world,)), torch_plan)
+        out["torch_styles"] = m(x)
+        m = _mlp("w8a8")
+        ref = m[2](x.new_ones(3, 128).cumsum(-1).sin())
+        tersor.distributed.parallelize_(m, plan={"2": RowwiseParallel(input_layouts=Replicate())})
+        out["replicated_input"] = (m[2](x.new_ones(3, 128).cumsum(-1).sin()), ref)
+        m = _mlp("w8a8")
+        ref = m(x)
+        tersor.distributed.parallelize_(m, plan=MLP_PLAN, act_scale="local")
+        out["local"] = (m(x), ref)
+    return out
+
+
 def tiny_llama(dtype=torch.float32, seed: int = 0):
     import transformers
 

@@ -16,7 +16,7 @@ features split, input sharded, output all-reduced), "colwise_gather" (output all
 fused output cut per segment, or torch's own ``ColwiseParallel()`` / ``RowwiseParallel()``
 objects (their input / output layouts are honored). plan="auto" is the Megatron split of a
 Hugging Face decoder: q/k/v and gate/up column-wise, o and down row-wise, so one block
-all-reduces twice.
+all-reduces twice; lm_head column-wise with the logits gathered.
 
 Every rank computes every shard's slice before changing anything (a cut that would split an
 int4 group, a 2:4 group, a block or a head is refused with the layer's name on every rank, and
@@ -80,9 +80,12 @@ STYLES = {
     "rowwise_replicate": Rowwise(input="replicate"),
 }
 
-# plan="auto": Megatron's split of the common decoder layouts (Llama, Mistral, Qwen2 / 3, Gemma)
+# plan="auto": Megatron's split of the common decoder layouts (Llama, Mistral, Qwen2 / 3, Gemma),
+# and the vocabulary projection column-wise with its logits gathered (as torchtitan's plan): a
+# rank reads half of the largest layer for one all_gather of the logits
 AUTO_COLWISE = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 AUTO_ROWWISE = ("o_proj", "down_proj")
+AUTO_GATHERED = ("lm_head",)
 
 
 def _style(value, key: str):
@@ -145,6 +148,8 @@ def auto_plan(model: nn.Module, world: int) -> dict:
             plan[fqn] = Colwise()
         elif _linear_like(m) and leaf in AUTO_ROWWISE:
             plan[fqn] = Rowwise()
+        elif _linear_like(m) and fqn in AUTO_GATHERED and m.out_features % world == 0:
+            plan[fqn] = Colwise(gather=True)
         elif leaf in ("qkv_proj", "gate_up_proj") and _linear_like(m):
             raise ValueError(
                 f"plan='auto': '{fqn}' fuses several projections into one output; its "
