@@ -33,3 +33,21 @@ def test_llm_family_on_the_tiny_shape(capsys):
     assert all(r["bytes"] < fp32["bytes"] / 2 and r["decode_tok_s"] > 0 for r in ours)
     assert all(r["floor_pct"] > 0 and "HF fp32 eager" in r["ratios"] for r in ours)
     assert "decode tok/s" in capsys.readouterr().out
+
+
+def test_tp_family_on_the_tiny_shape(capsys):
+    """`--family tp` end to end on a tiny Llama: 2 gloo ranks x 1 thread against one process,
+    logits checked, the collectives counted, each rank's weights half of the whole."""
+    import pytest
+
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    from tersor.bench.tp import run_tp
+
+    rows = run_tp("tiny", steps=4, prompt_len=8, schemes=["W4A8 g32"])
+    decode = [r for r in rows if r["impl"].startswith("tp decode")]
+    assert [r["impl"] for r in decode] == ["tp decode W4A8 g32 global", "tp decode W4A8 g32 local"]
+    for r in decode:
+        assert r["two_s"] > 0 and r["bytes_per_token"] > 0
+        assert abs(r["weight_fraction"] - 0.5) < 0.01
+    assert len([r for r in rows if r["impl"].startswith("tp layer")]) == 3
+    assert "standing in for two machines" in capsys.readouterr().out

@@ -138,3 +138,24 @@ def test_sharded_checkpoint_loading(tmp_path, scheme):
         assert got["rows"] == 2 * 7 + 1  # lm_head: dense in the checkpoint, read whole, cut
         assert 0.5 <= got["ratio"] < 0.56, got["ratio"]
         assert _rel(got["y"], got["ref"]) < 1e-4
+
+
+def test_data_parallel_gptq_sums_hessians_over_ranks(tmp_path):
+    """Each rank calibrates on its half of the batches; the Hessians are summed, so both ranks
+    solve the same weights, those of one process calibrating on every batch (up to the order
+    of the float sums in the Hessians)."""
+    import tersor
+
+    res = run_ranks(tmp_path, "dp")
+    a, b = res[0]["state"], res[1]["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    model = tp_workers.tiny_llama()
+    cfg = tersor.W4A8Config(group_size=32, method="gptq")
+    tersor.quantize_(model, cfg, calibration=tp_workers.dp_batches())
+    one = tp_workers.gptq_state(model)
+    codes = [k for k in one if "weight_int4" in k]
+    assert len(codes) == 2 * 7 + 1
+    same = sum(int((one[k] == a[k]).sum()) for k in codes) / sum(one[k].numel() for k in codes)
+    assert same > 0.99, same
+    for r in res:
+        assert "cannot run data-parallel" in r["awq"]

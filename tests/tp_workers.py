@@ -247,6 +247,33 @@ def scenario_checkpoint(rank, world, path, scheme):
     return {"y": y, "ref": ref, "ratio": rep.shard_bytes / rep.full_bytes, "rows": len(rep.rows)}
 
 
+def dp_batches():
+    g = torch.Generator().manual_seed(4)
+    return [torch.randint(0, 128, (2, 16), generator=g) for _ in range(4)]
+
+
+def gptq_state(model) -> dict:
+    return {k: v for k, v in model.state_dict().items() if "weight_int4" in k or "scale" in k}
+
+
+def scenario_dp(rank, world):
+    """GPTQ with each rank's half of the batches, Hessians summed over the ranks."""
+    import tersor
+
+    batches = dp_batches()[rank::world]
+    model = tiny_llama()
+    cfg = tersor.W4A8Config(group_size=32, method="gptq")
+    tersor.quantize_(model, cfg, calibration=tersor.distributed.DataParallel(batches))
+    out = {"state": gptq_state(model)}
+    try:
+        awq = tersor.W4A8Config(group_size=32, method="awq")
+        tersor.quantize_(tiny_llama(), awq, calibration=tersor.distributed.DataParallel(batches))
+        out["awq"] = "no error"
+    except ValueError as e:
+        out["awq"] = str(e)
+    return out
+
+
 def worker(rank, world, port, scenario, out_dir, kwargs):
     """One rank: gloo, 1 thread, the scenario; results (or the error) saved for the test."""
     import torch.distributed as dist

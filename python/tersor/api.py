@@ -282,6 +282,11 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
     if calibration is None:
         what = f"method={config.method!r}" if config.smooth is None else "smooth="
         raise ValueError(f"{what} needs calibration= (inputs of the model)")
+    if config.method == "awq" and hasattr(calibration, "reduce_hessians"):
+        raise ValueError(
+            "method='awq' searches on the calibration rows themselves; it cannot run "
+            "data-parallel (tersor.distributed.DataParallel): use method='gptq' or smooth="
+        )
     from tersor.calibration import blocks, gptq, smooth
 
     int4 = isinstance(config, (W4Config, W4A8Config))
@@ -401,6 +406,11 @@ def _wanda(model, layers, config, calibration, ctx, progress=None):
     if config.prune == "sparsegpt":
         _sparsegpt(model, layers, config, calibration, ctx, progress)
     elif calibration is not None and config.prune in (True, "wanda"):
+        if hasattr(calibration, "reduce_hessians"):
+            raise ValueError(
+                "Wanda's scores come from this process's calibration rows; data-parallel "
+                "calibration (tersor.distributed.DataParallel) serves prune='sparsegpt'"
+            )
         ctx.norms = pruning.input_norms(model, layers, calibration)
 
 

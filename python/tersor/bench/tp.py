@@ -29,7 +29,7 @@ SCHEMES = {
     "W8A8": lambda: tersor.W8A8Config(),
 }
 LAYER_MS = (1, 32, 512)
-LAYER_KN = (4096, 11008)
+LAYER_KN = {"1b": (4096, 11008), "tiny": (256, 688)}  # (K, N) of the column-wise layer
 
 
 def _decode(model, prompt, steps: int, warmup: int = 3) -> tuple:
@@ -73,11 +73,11 @@ def _time(fn, x, rounds: int = 7) -> float:
     return statistics.median(samples)
 
 
-def _layer_rows(scheme: str, tp: bool) -> list:
+def _layer_rows(scheme: str, tp: bool, kn: tuple) -> list:
     """Seconds per call of the column-wise and the row-wise layer, per M (and comm share)."""
     from tersor.distributed import COMM, parallelize_
 
-    k, n = LAYER_KN
+    k, n = kn
     m = _layers(k, n, scheme)
     if tp:
         parallelize_(m, plan={"0": "colwise", "1": "rowwise"})
@@ -94,7 +94,7 @@ def _layer_rows(scheme: str, tp: bool) -> list:
     return rows
 
 
-def _rank_main(rank, world, port, path, out_dir, schemes, steps, prompt_len):
+def _rank_main(rank, world, port, path, out_dir, schemes, steps, kn):
     import torch.distributed as dist
     import transformers
 
@@ -132,12 +132,12 @@ def _rank_main(rank, world, port, path, out_dir, schemes, steps, prompt_len):
                 load_s=rep.seconds,
             )
         del model
-        result[scheme, "global"]["layers"] = _layer_rows(scheme, tp=True)
+        result[scheme, "global"]["layers"] = _layer_rows(scheme, True, kn)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-def _spawn(path, schemes, steps, prompt_len, timeout=1800) -> list:
+def _spawn(path, schemes, steps, kn, timeout=1800) -> list:
     import socket
 
     import torch.multiprocessing as mp
@@ -149,7 +149,7 @@ def _spawn(path, schemes, steps, prompt_len, timeout=1800) -> list:
     os.makedirs(out_dir, exist_ok=True)
     ctx = mp.start_processes(
         _rank_main,
-        args=(2, port, path, out_dir, schemes, steps, prompt_len),
+        args=(2, port, path, out_dir, schemes, steps, kn),
         nprocs=2,
         join=False,
         start_method="spawn",
@@ -181,10 +181,11 @@ def run_tp(shape: str = "1b", steps: int = 32, prompt_len: int = 32, schemes=Non
             tersor.quantize_(model, SCHEMES[scheme](), progress=False)
             tersor.save_pretrained(model, os.path.join(path, scheme.replace(" ", "_")))
             step_s, first = _decode(model, prompt, steps)
-            single[scheme] = dict(step_s=step_s, first=first, layers=_layer_rows(scheme, tp=False))
+            layers = _layer_rows(scheme, False, LAYER_KN[shape])
+            single[scheme] = dict(step_s=step_s, first=first, layers=layers)
             del model
         torch.set_num_threads(1)  # the ranks get one core each
-        ranks = _spawn(path, schemes, steps, prompt_len)
+        ranks = _spawn(path, schemes, steps, LAYER_KN[shape])
         torch.set_num_threads(threads)
     print(
         f"Llama ({shape} shape) decode step, batch 1, prompt {prompt_len}, {steps} steps: "
@@ -224,7 +225,7 @@ def run_tp(shape: str = "1b", steps: int = 32, prompt_len: int = 32, schemes=Non
                 f"{row['slowdown']:>10.2f}x{row['comm_pct']:>7.1f}%"
                 f"{r0['comm_bytes'] / 1024:>11.1f}{r0['comm_calls']:>12.0f}{frac:>13.3f}x"
             )
-    k, n = LAYER_KN
+    k, n = LAYER_KN[shape]
     print(f"\n{k} -> {n} column-wise / {n} -> {k} row-wise layer, ms per call (2x1 / 1x2 ratio)")
     print(
         f"{'scheme':<10}{'M':>5}{'col 1x2':>9}{'col 2x1':>9}{'row 1x2':>9}{'row 2x1':>9}"

@@ -235,6 +235,8 @@ def calibrate(
     t0 = time.perf_counter()
     targets = list(layers)
     fns, opaque = data.calls(calibration)
+    # tersor.distributed.DataParallel: Hessians summed over the ranks before each solve
+    reduce = getattr(calibration, "reduce_hessians", lambda hs, ms: None)
     blocks = find_blocks(model, targets)
     in_blocks = {id(x) for b in blocks for x in b.modules()}
     outside = [m for m in targets if id(m) not in in_blocks]
@@ -265,6 +267,7 @@ def calibrate(
                     _run_block(block, inputs)
                 finally:
                     hs.close()
+                reduce(hs, mine)
                 if scales is not None:
                     scales(block, mine, hs, inputs)
                 solve_all(mine, hs)
@@ -300,6 +303,7 @@ def calibrate(
                     h.remove()
                 if replay is not None:
                     replay.close()
+            reduce(hs, outside)
             if scales is not None:
                 scales(None, outside, hs, None)
             solve_all(outside, hs)

@@ -35,6 +35,8 @@ def calls(calibration) -> tuple[list, bool]:
     """([fn(model)], opaque): one call per batch; opaque when it is the user's callable."""
     if calibration is None:
         raise ValueError("calibration is required here and was not given")
+    if hasattr(calibration, "reduce_hessians"):  # tersor.distributed.DataParallel
+        return calls(calibration.batches)
     if isinstance(calibration, (torch.Tensor, dict, tuple)):
         return [_call(calibration, False)], False
     if isinstance(calibration, list):

@@ -48,6 +48,7 @@ __all__ = [
     "COMM",
     "Colwise",
     "ColwiseLinear",
+    "DataParallel",
     "Rowwise",
     "RowwiseLinear",
     "TPReport",
@@ -211,6 +212,38 @@ def _ranges(size: int, world: int, rank: int, style, what: str) -> list:
         out.append((start + rank * step, start + (rank + 1) * step))
         start += seg
     return out
+
+
+class DataParallel:
+    """This rank's calibration batches, for calibration spread over ranks:
+    ``tersor.quantize_(model, W4A8Config(method="gptq"), calibration=DataParallel(batches,
+    group))`` runs each rank's batches through its copy of the model block by block and sums
+    every layer's Hessian (and SmoothQuant's max |x|: the max) over the ranks before solving,
+    so every rank solves the same weights from all ranks' data (bit-identical when the ranks
+    run the same thread count). sparsify_(prune="sparsegpt") too. AWQ's scale search and
+    Wanda's scores read the data itself, not its sums: refused."""
+
+    def __init__(self, batches, group=None):
+        self.batches, self.group = batches, group
+
+    def reduce_hessians(self, hs, layers: list) -> None:
+        group, _, _ = _group_of(self.group)
+        seen = torch.tensor([int(id(m) in hs.h) for m in layers], dtype=torch.int32)
+        dist.all_reduce(seen, op=dist.ReduceOp.MIN, group=group)
+        if not bool(seen.all()):
+            raise ValueError(
+                "DataParallel calibration: the batches of some rank never reached "
+                f"{int((seen == 0).sum())} of the layers; every rank must run every layer"
+            )
+        rows = torch.tensor([hs.rows[id(m)] for m in layers], dtype=torch.int64)
+        dist.all_reduce(rows, group=group)
+        for m, r in zip(layers, rows.tolist()):
+            k = id(m)
+            dist.all_reduce(hs.h[k], group=group)
+            hs.rows[k] = r
+            if hs.stats:
+                dist.all_reduce(hs.abs_sum[k], group=group)
+                dist.all_reduce(hs.abs_max[k], op=dist.ReduceOp.MAX, group=group)
 
 
 # ---- building the shards ----------------------------------------------------------------------
