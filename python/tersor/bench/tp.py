@@ -35,18 +35,22 @@ LAYER_KN = {"1b": (4096, 11008), "tiny": (256, 688)}  # (K, N) of the column-wis
 def _decode(model, prompt, steps: int, warmup: int = 3) -> tuple:
     """(seconds per decode step, first logits): greedy steps with the KV cache after the
     prompt's prefill."""
+    import inspect
+
+    from tersor.distributed import COMM
+
+    # the KV cache argument: "cache" from transformers 5.x, "past_key_values" before
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.inference_mode():
         out = model(prompt, use_cache=True)
         first = out.logits[:, -1].float().clone()
-        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, tok = out[key], out.logits[:, -1:].argmax(-1)
         for i in range(warmup + steps):
             if i == warmup:
-                from tersor.distributed import COMM
-
                 COMM.reset()
                 t0 = time.perf_counter()
-            out = model(tok, past_key_values=past, use_cache=True)
-            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(tok, use_cache=True, **{key: past})
+            past, tok = out[key], out.logits[:, -1:].argmax(-1)
         return (time.perf_counter() - t0) / steps, first
 
 
