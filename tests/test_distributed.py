@@ -98,6 +98,15 @@ def test_llama_bf16(tmp_path):
             assert _rel(got["y"], got["ref"]) < 2e-2, (scheme, _rel(got["y"], got["ref"]))
 
 
+def test_other_decoder_families(tmp_path):
+    for got in run_ranks(tmp_path, "families"):
+        for family, r in got.items():
+            # Phi-3: qkv_proj, o, gate_up_proj, down per block (+ lm_head); the others 7 + 1
+            assert r["rows"] == (2 * 4 + 1 if family == "phi3" else 2 * 7 + 1), (family, r["rows"])
+            assert _rel(r["y"], r["ref"]) < 1e-4, (family, _rel(r["y"], r["ref"]))
+            assert torch.equal(r["gen"], r["ref_gen"]), family
+
+
 def test_torch_styles_mesh_replicated_input_local_scale(tmp_path):
     for got in run_ranks(tmp_path, "styles"):
         assert torch.equal(got["torch_styles"], got["strings"])

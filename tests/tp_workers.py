@@ -199,6 +199,27 @@ def scenario_llama(rank, world, schemes=LLM_SCHEMES, dtype=torch.float32):
     return out
 
 
+def scenario_families(rank, world, families=("qwen2", "qwen3", "mistral", "phi3")):
+    """The other decoder layouts under plan="auto": q/k/v biases (Qwen2), per-head q/k norms
+    (Qwen3), sliding-window attention (Mistral), fused qkv_proj / gate_up_proj cut per part
+    (Phi-3, whose attention splits qkv with its head counts: they become this rank's)."""
+    import tersor
+    from llm_models import tiny_llm
+
+    ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(2))
+    out = {}
+    for family in families:
+        model = _compress_llm(tiny_llm(family), "w8a8")
+        with torch.no_grad():
+            ref = model(ids).logits
+            ref_gen = model.generate(ids, max_new_tokens=5, do_sample=False)
+            _, rep = tersor.distributed.parallelize_(model, plan="auto", report=True)
+            y = model(ids).logits
+            gen = model.generate(ids, max_new_tokens=5, do_sample=False)
+        out[family] = {"y": y, "ref": ref, "gen": gen, "ref_gen": ref_gen, "rows": len(rep.rows)}
+    return out
+
+
 def scenario_errors(rank, world):
     """Bad plans: each must raise the same clear error on every rank, the model unchanged."""
     import tersor

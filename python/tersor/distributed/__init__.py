@@ -15,8 +15,9 @@ features split, input sharded, output all-reduced), "colwise_gather" (output all
 "rowwise_replicate" (x whole: each rank takes its columns), ``Colwise(segments=...)`` for a
 fused output cut per segment, or torch's own ``ColwiseParallel()`` / ``RowwiseParallel()``
 objects (their input / output layouts are honored). plan="auto" is the Megatron split of a
-Hugging Face decoder: q/k/v and gate/up column-wise, o and down row-wise, so one block
-all-reduces twice; lm_head column-wise with the logits gathered.
+Hugging Face decoder (Llama, Mistral, Qwen2 / 3, Phi-3): q/k/v and gate/up column-wise, o and
+down row-wise, so one block all-reduces twice; lm_head column-wise with the logits gathered;
+Phi-3's fused qkv_proj / gate_up_proj cut per part.
 
 Every rank computes every shard's slice before changing anything (a cut that would split an
 int4 group, a 2:4 group, a block or a head is refused with the layer's name on every rank, and
@@ -26,6 +27,7 @@ the model stays as it was), and the ranks check that they agree on the plan and 
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import json
@@ -87,6 +89,50 @@ STYLES = {
 AUTO_COLWISE = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 AUTO_ROWWISE = ("o_proj", "down_proj")
 AUTO_GATHERED = ("lm_head",)
+AUTO_FUSED = ("qkv_proj", "gate_up_proj")  # Phi-3: [q | k | v] and [gate | up] in one output
+
+
+def _fused_segments(model: nn.Module, leaf: str, fqn: str) -> tuple:
+    """The parts of a fused projection's output, from the model's config."""
+    cfg = getattr(model, "config", None)
+    heads, kv = getattr(cfg, "num_attention_heads", None), getattr(cfg, "num_key_value_heads", None)
+    inter = getattr(cfg, "intermediate_size", None)
+    if leaf == "qkv_proj" and isinstance(heads, int):
+        d = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return (heads * d, (kv or heads) * d, (kv or heads) * d)
+    if leaf == "gate_up_proj" and isinstance(inter, int):
+        return (inter, inter)
+    raise ValueError(f"plan='auto': the parts of '{fqn}' are not in the model's config")
+
+
+# attention attributes that count heads: a rank's attention runs its own heads
+HEAD_COUNTS = ("num_heads", "num_attention_heads", "num_key_value_heads")
+
+
+def _localize_heads(model: nn.Module, resolved: dict, world: int) -> None:
+    """Modules holding column-wise q / k / v projections count this rank's heads: their head
+    attributes (and a private copy of their config's) are divided by the world size. Llama-
+    style attention infers heads from the shapes (view(..., -1, head_dim)) and needs none of
+    it; Phi-3's splits qkv_proj with config.num_attention_heads."""
+    parents = {
+        fqn.rpartition(".")[0]
+        for fqn, style in resolved.items()
+        if isinstance(style, Colwise) and fqn.rpartition(".")[2] in AUTO_COLWISE[:3] + ("qkv_proj",)
+    }
+    for name in parents:
+        attn = model.get_submodule(name)
+        for attr in HEAD_COUNTS:
+            v = attn.__dict__.get(attr)
+            if isinstance(v, int) and v % world == 0:
+                setattr(attn, attr, v // world)
+        cfg = attn.__dict__.get("config")
+        if cfg is not None and cfg is getattr(model, "config", None):
+            cfg = copy.copy(cfg)
+            for attr in HEAD_COUNTS:
+                v = getattr(cfg, attr, None)
+                if isinstance(v, int) and v % world == 0:
+                    setattr(cfg, attr, v // world)
+            attn.config = cfg
 
 
 def _style(value, key: str):
@@ -151,13 +197,8 @@ def auto_plan(model: nn.Module, world: int) -> dict:
             plan[fqn] = Rowwise()
         elif _linear_like(m) and fqn in AUTO_GATHERED and m.out_features % world == 0:
             plan[fqn] = Colwise(gather=True)
-        elif leaf in ("qkv_proj", "gate_up_proj") and _linear_like(m):
-            raise ValueError(
-                f"plan='auto': '{fqn}' fuses several projections into one output; its "
-                f"attention splits it with the model's full head counts, so it cannot be "
-                f"sharded without changing the model's code (pass an explicit plan that "
-                f"leaves it whole)"
-            )
+        elif _linear_like(m) and leaf in AUTO_FUSED:
+            plan[fqn] = Colwise(segments=_fused_segments(model, leaf, fqn))
     if not plan:
         raise ValueError(
             f"plan='auto' found no q/k/v/o or gate/up/down projections in "
@@ -446,6 +487,7 @@ def parallelize_(
     _all_ok(group, error)
     fuse_projections(model, False)
     _install(model, built)
+    _localize_heads(model, resolved, world)
     fuse_projections(model, fuse)
     rep = TPReport(
         rank,
@@ -527,6 +569,7 @@ def load_pretrained(
     except (ValueError, TypeError, RuntimeError, KeyError, FileNotFoundError) as e:
         error = e
     _all_ok(group, error)
+    _localize_heads(model, resolved, world)
     fuse_projections(model, fuse)
     rep = TPReport(
         rank,
