@@ -113,7 +113,7 @@ def test_quantize_converts_conv_and_reports_what_stays_dense():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),  # grouped, 2 channels per group
         nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
         nn.Conv2d(8, 4, 1),
     )
@@ -123,7 +123,7 @@ def test_quantize_converts_conv_and_reports_what_stays_dense():
     by = {r.fqn: r for r in report.layers}
     assert isinstance(model[0], QConv2d) and isinstance(model[4], QConv2d)
     assert by["0"].shape == (8, 3, 3, 3)
-    assert "depthwise convolution (groups=8)" in by["2"].reason
+    assert "grouped convolution (groups=4, 2 channels per group)" in by["2"].reason
     assert "padding_mode='reflect'" in by["3"].reason
     assert isinstance(model[2], nn.Conv2d) and isinstance(model[3], nn.Conv2d)
     assert ((model(x) - ref).norm() / ref.norm()).item() < 0.03

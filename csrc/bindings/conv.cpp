@@ -1,5 +1,6 @@
 // The W8A8 convolution family.
 #include "bindings/bind.h"
+#include "conv/conv_dw_w8a8.h"
 #include "conv/conv_w8a8.h"
 
 namespace tersor::bindings {
@@ -32,6 +33,20 @@ void bind_conv(py::module_& m) {
         nogil(),
         "Test hook: conv_w8a8's AMX implicit GEMM run over scalar tiles with AMX semantics, on "
         "any CPU (stride 1, C % 64 == 0).");
+  m.def(
+      "conv_dw_w8a8",
+      [](addr x, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw, int64_t sh,
+         int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t Ho, int64_t Wo,
+         addr w, addr colsum, addr w_scale, int64_t N, addr bias, addr y, int nthreads) {
+        conv::run_dw_w8a8({ptr<const float>(x), B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho,
+                           Wo, ptr<const int8_t>(w), ptr<const int32_t>(colsum),
+                           ptr<const float>(w_scale), N, ptr<const float>(bias), ptr<float>(y),
+                           nthreads});
+      },
+      TERSOR_CONV_ARGS, nogil(),
+      "W8A8 depthwise Conv2d (groups = C, N = mult * C; output channel n reads input channel "
+      "n / mult): arguments as conv_w8a8, the packed weight's K = kh * kw; colsum unused. x is "
+      "quantized once per image.");
 #undef TERSOR_CONV_ARGS
 }
 

@@ -6,6 +6,34 @@ python/tersor/ops/ validates every argument before calling these functions.
 
 ISAS: tuple[str, ...]  # ('ref', 'avx2', 'avx512', 'amx')
 
+def conv_dw_w8a8(
+    x: int,
+    B: int,
+    H: int,
+    W: int,
+    C: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    Ho: int,
+    Wo: int,
+    w: int,
+    colsum: int,
+    w_scale: int,
+    N: int,
+    bias: int,
+    y: int,
+    nthreads: int,
+) -> None:
+    """W8A8 depthwise Conv2d (groups = C, N = mult * C; output channel n reads input channel n /
+    mult): arguments as conv_w8a8, the packed weight's K = kh * kw; colsum unused. x is
+    quantized once per image."""
+
 def conv_w8a8(
     x: int,
     B: int,

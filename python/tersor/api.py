@@ -204,7 +204,7 @@ def _gemm_weight(m: nn.Module) -> torch.Tensor:
 
 def _layer_layout(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
     """A GEMM weight [N, K] (_gemm_weight's layout) in the module's own weight layout."""
-    if isinstance(m, nn.Conv2d):  # [C_out, C_in, kh, kw] from the NHWC patch order
+    if isinstance(m, nn.Conv2d):  # [C_out, C_in / groups, kh, kw] from the NHWC patch order
         kh, kw = m.kernel_size
         return w.view(w.shape[0], kh, kw, -1).permute(0, 3, 1, 2)
     return w.t() if _is_hf_conv1d(m) else w
@@ -282,6 +282,11 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
     if calibration is None:
         what = f"method={config.method!r}" if config.smooth is None else "smooth="
         raise ValueError(f"{what} needs calibration= (inputs of the model)")
+    # depthwise convolutions: every output channel has inputs of its own, not the shared input
+    # GPTQ and the input-scale methods solve for; they are rounded to nearest
+    for m in [m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1]:
+        ctx.notes[id(m)] = "depthwise: round to nearest (no shared input to calibrate on)"
+    layers = [m for m in layers if not (isinstance(m, nn.Conv2d) and m.groups > 1)]
     if config.method == "awq" and hasattr(calibration, "reduce_hessians"):
         raise ValueError(
             "method='awq' searches on the calibration rows themselves; it cannot run "
@@ -533,7 +538,7 @@ def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config, handler) ->
     """Why the config cannot convert this float layer, or "" if it can (handler None: only the
     checks every scheme shares; from_float lets the format raise its own, fuller error)."""
     if isinstance(m, nn.Conv2d):
-        why = QConv2d.unsupported(m)
+        why = QConv2d.unsupported(m, getattr(config, "scheme", "w8a8"))
         if why:
             return why
     if isinstance(parent, nn.MultiheadAttention):

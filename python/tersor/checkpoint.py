@@ -69,6 +69,7 @@ def _layer_entry(m: nn.Module) -> dict:
             "stride": list(m.stride),
             "padding": list(m.padding),
             "dilation": list(m.dilation),
+            "groups": m.groups,
         }
     return entry
 
@@ -202,6 +203,7 @@ def _build_layer(fqn: str, entry: dict, get, path: str) -> nn.Module:
         tuple(c["stride"]),
         tuple(c["padding"]),
         tuple(c["dilation"]),
+        groups=c.get("groups", 1),
         device="meta",
     )
     return QConv2d.around(geometry, gemm, fqn)

@@ -179,7 +179,8 @@ class WeightFormat:
 
     def conv_nhwc(self, xh, bias, geometry, kernel) -> Optional[torch.Tensor]:
         """A native convolution on an NHWC input (QConv2d), or None: the layer then runs the
-        format's GEMM on im2col blocks. geometry: (kh, kw, sh, sw, ph, pw, dh, dw)."""
+        format's GEMM on im2col blocks. geometry: (kh, kw, sh, sw, ph, pw, dh, dw, groups);
+        a depthwise one (groups > 1) must be served here (no GEMM view)."""
         return None
 
     # ---- shared ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, expect, row_blocks
-from tersor.ops.conv import conv_nhwc_w8a8
+from tersor.ops.conv import conv_nhwc_dw_w8a8, conv_nhwc_w8a8
 from tersor.ops.dequant import dequant_w8
 from tersor.ops.gemm_w8 import cpu_runner_w8, linear_w8
 from tersor.ops.gemm_w8a8 import cpu_runner_w8a8, linear_w8a8
@@ -224,6 +224,18 @@ class Int8Format(WeightFormat):
         return cpu_runner_w8(self.packed, self.scale, n, k, xs)
 
     def conv_nhwc(self, xh, bias, geometry, kernel):
+        if len(geometry) > 8 and geometry[8] > 1:  # depthwise: the op serves every device
+            if not self.act_int8 or self.input_scale is not None:
+                return None
+            return conv_nhwc_dw_w8a8(
+                xh.contiguous(),
+                self.packed,
+                self.scale,
+                bias,
+                self.out_features,
+                *geometry[:8],
+                kernel,
+            )
         # the native conv on the CPU (and its reference); on a GPU the layer runs im2col GEMMs
         if (
             not self.act_int8
@@ -238,6 +250,6 @@ class Int8Format(WeightFormat):
             self.scale,
             bias,
             self.out_features,
-            *geometry,
+            *geometry[:8],
             kernel,
         )

@@ -46,15 +46,16 @@ class QConv2d(nn.Module):
         scheme: str = "w8a8",
         kernel: str = "auto",
         name: str = "",
+        groups: int = 1,
         **int4,
     ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
-        self.name = name
+        self.name, self.groups = name, groups
         kh, kw = self.kernel_size
-        k = kh * kw * in_channels
+        k = kh * kw * in_channels // groups
         if scheme.startswith("2:4"):
             self.gemm = SparseLinear(k, out_channels, bias, name=name, scheme=scheme)
         else:
@@ -69,7 +70,7 @@ class QConv2d(nn.Module):
         nn.Module.__init__(m)
         m.in_channels, m.out_channels = conv.in_channels, conv.out_channels
         m.kernel_size, m.stride = _pair(conv.kernel_size), _pair(conv.stride)
-        m.dilation, m.name = _pair(conv.dilation), name
+        m.dilation, m.name, m.groups = _pair(conv.dilation), name, conv.groups
         padding = conv.padding
         if isinstance(padding, str):
             padding = (
@@ -83,18 +84,23 @@ class QConv2d(nn.Module):
 
     @staticmethod
     def gemm_weight(conv: nn.Conv2d) -> torch.Tensor:
-        """[C_out, C_in, kh, kw] -> [C_out, kh * kw * C_in]: the NHWC patch order."""
+        """[C_out, C_in / groups, kh, kw] -> [C_out, kh * kw * C_in / groups]: the NHWC patch
+        order (depthwise: the kh * kw taps of each channel)."""
         w = conv.weight.detach()
         return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
 
     @staticmethod
-    def unsupported(conv: nn.Conv2d) -> str:
-        """Why a Conv2d cannot be converted, or "" if it can."""
+    def unsupported(conv: nn.Conv2d, scheme: str = "w8a8") -> str:
+        """Why a Conv2d cannot be converted to `scheme`, or "" if it can."""
         if conv.groups != 1:
-            kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
-            return (
-                f"{kind} convolution (groups={conv.groups}): no grouped int8 kernel yet, left dense"
-            )
+            if conv.groups != conv.in_channels or conv.out_channels % conv.in_channels:
+                return (
+                    f"grouped convolution (groups={conv.groups}, "
+                    f"{conv.in_channels // conv.groups} channels per group): no grouped int8 "
+                    f"kernel yet, left dense"
+                )
+            if scheme != "w8a8":
+                return "depthwise convolution: only W8A8 has a depthwise kernel, left dense"
         if conv.padding_mode != "zeros":
             return f"padding_mode='{conv.padding_mode}': only zero padding is served"
         if isinstance(conv.padding, str):
@@ -131,6 +137,7 @@ class QConv2d(nn.Module):
             self.stride,
             self.padding,
             self.dilation,
+            groups=self.groups,
             bias=self.gemm.bias is not None,
         )
         with torch.no_grad():
@@ -141,7 +148,8 @@ class QConv2d(nn.Module):
 
     def _weight4d(self) -> torch.Tensor:
         kh, kw = self.kernel_size
-        w = self.gemm.dequantized_weight().view(self.out_channels, kh, kw, self.in_channels)
+        cg = self.in_channels // self.groups
+        w = self.gemm.dequantized_weight().view(self.out_channels, kh, kw, cg)
         return w.permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,10 +189,15 @@ class QConv2d(nn.Module):
         xh = x.permute(0, 2, 3, 1)  # NHWC view
         g = self.gemm
         y = None
-        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and self.groups == 1:
             y = g(xh.reshape(-1, c)).view(b, ho, wo, self.out_channels)
         else:
-            y = g.fmt.conv_nhwc(xh, g.bias, (kh, kw, sh, sw, ph, pw, dh, dw), g.kernel)
+            geometry = (kh, kw, sh, sw, ph, pw, dh, dw, self.groups)
+            y = g.fmt.conv_nhwc(xh, g.bias, geometry, g.kernel)
+            if y is None and self.groups > 1:
+                raise RuntimeError(
+                    f"{g._label()}: no depthwise kernel for {self.scheme} (W8A8 has one)"
+                )
             if y is None:
                 y = self._im2col_gemm(xh, b, ho, wo)
         y = y.permute(0, 3, 1, 2)  # logical NCHW, channels_last in memory
@@ -192,7 +205,9 @@ class QConv2d(nn.Module):
 
     def _input_grad(self, shape, grad):
         w = self._weight4d().to(grad.device, grad.dtype)
-        return torch.nn.grad.conv2d_input(shape, w, grad, self.stride, self.padding, self.dilation)
+        return torch.nn.grad.conv2d_input(
+            shape, w, grad, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def _im2col_gemm(self, xh, b, ho, wo):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -225,5 +240,6 @@ class QConv2d(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"scheme={self.scheme}"
+            + (f"groups={self.groups}, " if self.groups != 1 else "")
+            + f"scheme={self.scheme}"
         )

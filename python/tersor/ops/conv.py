@@ -1,7 +1,9 @@
 """``tersor::conv_w8a8``: W8A8 Conv2d on an NHWC input: the input is quantized once (one scale
 per image) into a zero-padded int8 copy that the GEMM reads its patches from (csrc/conv).
-Returns NHWC [B, H_out, W_out, C_out]. kernel="ref" (and any device but the CPU) runs the
-torch reference of the same per-image rule (tersor.ref.int8.conv_w8a8_ref)."""
+``tersor::conv_dw_w8a8``: the depthwise one (groups = C_in), from the same copy, kh * kw
+products per output (csrc/conv/conv_dw_w8a8.h). Both return NHWC [B, H_out, W_out, C_out];
+kernel="ref" (and any device but the CPU) runs the torch reference of the same per-image rule
+(tersor.ref.int8.conv_w8a8_ref)."""
 
 from __future__ import annotations
 
@@ -187,5 +189,115 @@ def _(
     dw,
     kernel_pref="auto",
 ):
+    ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
+    return xh.new_empty((xh.shape[0], ho, wo, out_channels))
+
+
+def conv_dw_w8a8_cpu(xh, packed, scale, bias, n: int, kh, kw, sh, sw, ph, pw, dh, dw):
+    b, h, w, c = xh.shape
+    ho, wo = _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw)
+    y = torch.empty(b, ho, wo, n)
+    _C.conv_dw_w8a8(
+        xh.data_ptr(),
+        b,
+        h,
+        w,
+        c,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        dh,
+        dw,
+        ho,
+        wo,
+        packed.data_ptr(),
+        0,
+        scale.data_ptr(),
+        n,
+        ptr(bias),
+        y.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return y
+
+
+def conv_nhwc_dw_w8a8(
+    xh, packed, scale, bias, n: int, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref: str = "auto"
+) -> torch.Tensor:
+    """What a format calls for a depthwise convolution (groups = C_in, C_out = mult * C_in)."""
+    if eager(xh, kernel_pref):
+        return conv_dw_w8a8_cpu(xh, packed, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw)
+    return conv_dw_w8a8(xh, packed, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref)
+
+
+def _check_dw(xh, packed, n, kh, kw, sh, sw, ph, pw, dh, dw):
+    check(
+        xh.dtype == torch.float32 and xh.dim() == 4 and xh.is_contiguous(),
+        f"tersor::conv_dw_w8a8: xh must be a contiguous float32 NHWC tensor, got {xh.dtype} "
+        f"{tuple(xh.shape)}",
+    )
+    check(
+        packed.shape[1] * 4 >= kh * kw > packed.shape[1] * 4 - 4 and n % xh.shape[3] == 0,
+        "tersor::conv_dw_w8a8: the packed weight must have K = kh * kw and a multiple of C rows",
+    )
+    ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
+    check(ho > 0 and wo > 0, "tersor::conv_dw_w8a8: input smaller than the receptive field")
+
+
+def _dw_reference(xh, packed, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref):
+    from tersor.formats.int8 import unpack_int8
+    from tersor.ref.int8 import conv_w8a8_ref
+
+    device.pick(kernel_pref, xh, (), "tersor::conv_dw_w8a8")
+    q, s = gpu.forms(packed, lambda: unpack_int8(packed, scale, n, kh * kw))
+    c = xh.shape[3]
+    # mult > 1: output channel n reads input channel n / mult, torch's grouped order too
+    y = conv_w8a8_ref(
+        xh.permute(0, 3, 1, 2), q, s, bias, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups=c
+    )
+    return y.permute(0, 2, 3, 1).contiguous()
+
+
+@torch.library.custom_op("tersor::conv_dw_w8a8", mutates_args=())
+def conv_dw_w8a8(
+    xh: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_channels: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    kernel_pref: str = "auto",
+) -> torch.Tensor:
+    """Any device: the torch reference."""
+    _check_dw(xh, packed, out_channels, kh, kw, sh, sw, ph, pw, dh, dw)
+    return _dw_reference(
+        xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref
+    )
+
+
+@conv_dw_w8a8.register_kernel("cpu")
+def _(xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref="auto"):
+    _check_dw(xh, packed, out_channels, kh, kw, sh, sw, ph, pw, dh, dw)
+    if kernel_pref in NATIVE:
+        return conv_dw_w8a8_cpu(
+            xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw
+        )
+    return _dw_reference(
+        xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref
+    )
+
+
+@conv_dw_w8a8.register_fake
+def _(xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref="auto"):
     ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
     return xh.new_empty((xh.shape[0], ho, wo, out_channels))

@@ -34,15 +34,16 @@ def gemm_w8a8_ref(x, q, w_scale, bias=None):
     return y.to(torch.float32)
 
 
-def conv_w8a8_ref(x, q, w_scale, bias, kernel_size, stride, padding, dilation):
+def conv_w8a8_ref(x, q, w_scale, bias, kernel_size, stride, padding, dilation, groups=1):
     """W8A8 Conv2d: x [B, C, H, W] quantized with one scale per image (the row rules applied to
-    the whole image), q [N, kh * kw * C] in (kh, kw, C) order; integer sums exact (fp64)."""
+    the whole image), q [N, kh * kw * C / groups] in (kh, kw, C / groups) order; integer sums
+    exact (fp64)."""
     b, c = x.shape[:2]
     qx, sx = quantize_rows_ref(x.reshape(b, -1))
     kh, kw = kernel_size
-    wq = q.view(q.shape[0], kh, kw, c).permute(0, 3, 1, 2).to(torch.float64)
+    wq = q.view(q.shape[0], kh, kw, c // groups).permute(0, 3, 1, 2).to(torch.float64)
     acc = torch.nn.functional.conv2d(
-        qx.view(x.shape).to(torch.float64), wq, None, stride, padding, dilation
+        qx.view(x.shape).to(torch.float64), wq, None, stride, padding, dilation, groups
     )
     y = acc * (
         sx.to(torch.float64)[:, None, None, None] * w_scale.to(torch.float64)[None, :, None, None]

@@ -1,0 +1,42 @@
+// W8A8 depthwise Conv2d (groups == C_in, C_out = mult * C_in): output channel n reads input
+// channel n / mult only, so there is no GEMM to speak of: kh * kw products per output, where
+// the dense convolution has kh * kw * C_in. Same input rules as conv_w8a8.h (one scale per
+// image, a zero-padded s8 copy xq), same weight tensors (gemm_w8a8's packed int8 weight with
+// K = kh * kw, per-channel scale), same epilogue
+//     y = fma(float(acc), scale_x[b] * scale_w[n], bias[n])
+// so every ISA path is bit-identical to the ref.
+//
+// The weights are re-laid out once per call, channel-innermost (a few KiB):
+//
+//     wt[tap][Np] int16      tap = i * kw + j;   wt[tap][n] = W[n][tap]
+//
+// and each path walks output pixels, 8 / 16 channels per vector: for every tap, the codes of
+// those channels at that tap's input pixel (C bytes apart in xq, read in place), times the
+// tap's weights, summed in int32 (|x w| <= 127 * 127, so the int16 products are exact).
+#pragma once
+#include <cstdint>
+
+#include "conv/conv_w8a8.h"
+
+namespace tersor::conv {
+
+// What every path gets: the arguments, the quantized input, the re-laid weights.
+struct DwCall {
+  const ConvW8A8Args& c;
+  const QuantizedInput& in;
+  const int16_t* wt;  // [kh * kw][Np]
+  int64_t Np;         // N rounded up to 16
+  int64_t mult;       // N / C
+};
+
+void run_dw_ref(const DwCall& k);
+void run_dw_avx2(const DwCall& k);
+void run_dw_avx512(const DwCall& k);
+
+// c.w: K = kh * kw (c.C is the input channel count; c.N a multiple of it).
+void run_dw_w8a8(const ConvW8A8Args& c);
+
+// Scalar epilogue of one output pixel's channels [n0, n1) (the vector paths' tails).
+void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0, int64_t n1);
+
+}  // namespace tersor::conv

@@ -1,0 +1,61 @@
+// Portable part of the depthwise W8A8 convolution: weight re-layout, the scalar path (the
+// oracle), the per-call dispatch. See conv_dw_w8a8.h.
+#include <cmath>
+#include <stdexcept>
+
+#include "common/cpu_features.h"
+#include "common/formats.h"
+#include "common/parallel.h"
+#include "conv/conv_dw_w8a8.h"
+
+namespace tersor::conv {
+
+void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0, int64_t n1) {
+  const ConvW8A8Args& c = k.c;
+  const int8_t* img = k.in.xq + b * k.in.Hp * k.in.Wp * c.C;
+  const float sx = k.in.scale[b];
+  float* y = c.y + ((b * c.Ho + oh) * c.Wo + ow) * c.N;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t ch = n / k.mult;
+    int32_t acc = 0;
+    for (int64_t i = 0; i < c.kh; ++i)
+      for (int64_t j = 0; j < c.kw; ++j) {
+        const int64_t pix = (oh * c.sh + i * c.dh) * k.in.Wp + ow * c.sw + j * c.dw;
+        acc += int32_t(img[pix * c.C + ch]) * k.wt[(i * c.kw + j) * k.Np + n];
+      }
+    const float bias = c.bias ? c.bias[n] : 0.0f;
+    y[n] = std::fma(static_cast<float>(acc), sx * c.w_scale[n], bias);
+  }
+}
+
+void run_dw_ref(const DwCall& k) {
+  const ConvW8A8Args& c = k.c;
+  const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * c.kh * c.kw, c.nthreads);
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
+  for (int64_t r = 0; r < c.B * c.Ho; ++r)
+    for (int64_t ow = 0; ow < c.Wo; ++ow) dw_pixel_ref(k, r / c.Ho, r % c.Ho, ow, 0, c.N);
+}
+
+void run_dw_w8a8(const ConvW8A8Args& c) {
+  if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
+  if (c.C <= 0 || c.N % c.C)
+    throw std::invalid_argument("conv_dw_w8a8: N must be a multiple of the input channels");
+  const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
+  auto xq = alloc_scratch<int8_t>((c.B * Hp * Wp + tail_pixels(c)) * c.C);
+  auto scale = alloc_scratch<float>(c.B);
+  auto non_negative = alloc_scratch<bool>(c.B);
+  const QuantizedInput in{xq.get(), scale.get(), non_negative.get(), Hp, Wp};
+  quantize_input(c, in);
+  // wt[tap][n] from the packed W8Tile blocks: byte tap % 4 of lane n % 16 of tile
+  // (n / 16, tap / 4); padding channels (N .. Np) hold 0
+  const int64_t taps = c.kh * c.kw, Np = round_up(c.N, 16), k4 = round_up(taps, 4) / 4;
+  auto wt = alloc_scratch<int16_t>(taps * Np);
+  const W8Tile* tiles = reinterpret_cast<const W8Tile*>(c.w);
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t n = 0; n < Np; ++n)
+      wt.get()[t * Np + n] = tiles[(n / 16) * k4 + t / 4].q[n % 16][t % 4];
+  dispatch_isa(DwCall{c, in, wt.get(), Np, c.N / c.C}, run_dw_ref, TERSOR_X86_FN(run_dw_avx2),
+               TERSOR_X86_FN(run_dw_avx512), TERSOR_X86_FN(run_dw_avx512));
+}
+
+}  // namespace tersor::conv
