@@ -51,3 +51,15 @@ def test_tp_family_on_the_tiny_shape(capsys):
         assert abs(r["weight_fraction"] - 0.5) < 0.01
     assert len([r for r in rows if r["impl"].startswith("tp layer")]) == 3
     assert "standing in for two machines" in capsys.readouterr().out
+
+
+def test_cnn_family_converts_every_convolution(capsys):
+    """`--family cnn` on small images: MobileNetV2 (17 depthwise layers) and ResNet-18 layouts,
+    every convolution converted, checked against fp32, timed."""
+    from tersor.bench.cnn import run_cnn
+
+    rows = run_cnn(batch=1, size=64, rounds=1)
+    assert [r["impl"] for r in rows] == ["cnn MobileNetV2 W8A8", "cnn ResNet-18 W8A8"]
+    assert all(r["ratio"] > 0 and r["cosine"] > 0.9 for r in rows)
+    out = capsys.readouterr().out
+    assert "52 / 52" in out and "20 / 20" in out

@@ -10,6 +10,7 @@ python -m tersor.bench --family block90      # block-sparse (16, 4) 90% (also bl
 python -m tersor.bench --family conv         # W8A8 Conv2d at ResNet layers (--signed-inputs)
 python -m tersor.bench --family llm          # Llama-3.2-1B shape: prefill + decode tokens/s
 python -m tersor.bench --family tp           # 2 gloo processes x 1 thread vs 1 x 2 threads
+python -m tersor.bench --family cnn          # MobileNetV2 / ResNet-18 layouts, W8A8 vs fp32
 """
 
 from __future__ import annotations
@@ -153,16 +154,16 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, compute_peak):
 
 
 def run_conv(rounds, signed, layers=None):
-    """The ResNet layers of the Conv2d issue (or `layers` of them), ours and the baselines
-    interleaved."""
+    """The ResNet layers of the Conv2d issue and MobileNetV2's depthwise ones (or `layers` of
+    them), ours and the baselines interleaved."""
     rows = []
     print(
         f"\n{'layer':<15}{'implementation':<26}{'ms':>9}{'GOP/s':>8}  ratios (baseline time / "
         f"ours); inputs: {'signed' if signed else 'a ReLU output (body), signed (stem)'}"
     )
     for name in layers or CONV_LAYERS:
-        ci, _, _, k, _ = CONV_LAYERS[name]
         conv, x = conv_case(name, signed)
+        ci, k = conv.in_channels // conv.groups, conv.kernel_size[0]
         impls = [im for im in conv_impls(conv, x) if not im.unavailable]
         with torch.inference_mode():
             ref = conv(x)
@@ -211,7 +212,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--no-rotate", action="store_true", help="one weight copy (cache-flattered)")
     p.add_argument("--quick", action="store_true", help="4096x4096 and 384x1536, M in 1,32")
-    p.add_argument("--family", choices=[*FAMILIES, "conv", "llm", "tp", "all"], default="int8")
+    p.add_argument(
+        "--family", choices=[*FAMILIES, "conv", "llm", "tp", "cnn", "all"], default="int8"
+    )
     p.add_argument("--llm-shape", choices=["1b", "tiny"], default="1b", help="llm: model shape")
     p.add_argument("--new-tokens", type=int, default=64, help="llm: tokens decoded")
     p.add_argument(
@@ -254,6 +257,12 @@ def _run(a) -> int:
 
             print("\n=== LLM, Hugging Face eager ===")
             rows += run_llm(a.llm_shape, new_tokens=a.new_tokens, bandwidth=bw)
+            continue
+        if fam == "cnn":
+            from tersor.bench.cnn import run_cnn
+
+            print("\n=== whole CNNs (torchvision layouts) ===")
+            rows += run_cnn(rounds=a.rounds)
             continue
         if fam == "tp":
             from tersor.bench.tp import run_tp

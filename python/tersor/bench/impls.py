@@ -285,6 +285,12 @@ CONV_LAYERS = {
     "res2.1x1.up": (64, 256, 56, 1, 1),
     "res2.1x1.down": (256, 64, 56, 1, 1),
     "stem.7x7": (3, 64, 224, 7, 2),
+    # MobileNetV2's depthwise 3x3 layers (groups = channels), after a ReLU6
+    "mbv2.dw32.112": (32, 32, 112, 3, 1, 32),
+    "mbv2.dw144.56s2": (144, 144, 56, 3, 2, 144),
+    "mbv2.dw192.28": (192, 192, 28, 3, 1, 192),
+    "mbv2.dw576.14": (576, 576, 14, 3, 1, 576),
+    "mbv2.dw960.7": (960, 960, 7, 3, 1, 960),
 }
 CONV_BATCH = 8
 
@@ -293,9 +299,9 @@ def conv_case(name: str, signed: bool = False):
     """(conv, x) for a CONV_LAYERS entry, fed what the layer sees inside a ResNet: the body
     convolutions a ReLU's output (non-negative: on CPUs without VNNI our int8 tile then skips
     the sign trick), the stem a normalized image (signed); signed=True: signed everywhere."""
-    ci, co, hw, k, s = CONV_LAYERS[name]
+    ci, co, hw, k, s, *groups = CONV_LAYERS[name]
     torch.manual_seed(0)
-    conv = nn.Conv2d(ci, co, k, s, k // 2).eval()
+    conv = nn.Conv2d(ci, co, k, s, k // 2, groups=groups[0] if groups else 1).eval()
     x = torch.randn(CONV_BATCH, ci, hw, hw).contiguous(memory_format=torch.channels_last)
     if not name.startswith("stem") and not signed:
         x = x.relu()
@@ -322,6 +328,7 @@ def conv_impls(conv: nn.Conv2d, x_example: torch.Tensor):
             conv.stride,
             conv.padding,
             conv.dilation,
+            conv.groups,
         )
         w = conv.weight.detach()
         ws = w.abs().amax(dim=(1, 2, 3)) / 127

@@ -150,6 +150,12 @@ class RowwiseLinear(nn.Module):
         if self._a8:
             amax = None
             if self.act_scale == "global":
+                if not x2.is_cpu:
+                    raise NotImplementedError(
+                        f"{_label(self.name, 'RowwiseLinear')}: act_scale='global' needs the "
+                        f"CPU kernels (the whole row's scale is their row_amax argument); on "
+                        f"{x2.device} parallelize with act_scale='local'"
+                    )
                 # the whole row's amax of what the kernels quantize (x times the input scale):
                 # the ranks' inputs partition the row, so it is the max of their own maxima
                 xs = self._xs
