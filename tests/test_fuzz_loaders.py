@@ -163,3 +163,124 @@ def test_corrupted_gptq_tensors(which, how, pick, act_order):
     with torch.no_grad():
         y = layer(torch.randn(2, layer.in_features))
     assert y.shape == (2, layer.out_features)
+
+
+def _awq_tensors():
+    """(qweight, qzeros, scales) as AutoAWQ's GEMM packing stores them (tests/hf_writers.py)."""
+    from tests.hf_writers import AWQ_ORDER, _random_int4, pack_nibbles_int32
+
+    q, z, s = _random_int4(N, K, 32, torch.Generator().manual_seed(3))
+    return (
+        pack_nibbles_int32(q.t().contiguous(), AWQ_ORDER),
+        pack_nibbles_int32(z.t().contiguous(), AWQ_ORDER),
+        s.t().contiguous(),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(which=st.integers(0, 2), how=st.sampled_from(MUTATIONS), pick=st.integers(0, 10**6))
+def test_corrupted_awq_tensors(which, how, pick):
+    tensors = list(_awq_tensors())
+    tensors[which] = _mutate(tensors[which], how, pick)
+    try:
+        layer = tersor.QLinear.from_awq(*tensors, group_size=32)
+    except (RuntimeError, ValueError, TypeError) as e:
+        assert str(e), "an error without a message"
+        return
+    with torch.no_grad():
+        y = layer(torch.randn(2, layer.in_features))
+    assert y.shape == (2, layer.out_features)
+
+
+CKPT = {}
+
+
+def _checkpoint(tmp_root: str) -> tuple:
+    """A saved model with int4 act-order, 2:4 + int8 and dense layers (made once): its folder,
+    its files' bytes, an input, and the output it gives."""
+    import os
+
+    if "path" not in CKPT:
+        torch.manual_seed(0)
+        # K -> N int4 act-order, N -> 48 2:4 + int8 (input-scaled W8A8 would need K -> N too),
+        # 48 -> 16 dense
+        m = nn.Sequential(_get("w4a8 act-order"), nn.ReLU(), nn.Linear(N, 48), nn.Linear(48, 16))
+        tersor.sparsify_(m, tersor.Sparse24Config(), filter_fn=lambda mod, f: f == "2")
+        tersor.quantize_(m, tersor.W8A8Config(), filter_fn=lambda mod, f: f == "2")
+        path = os.path.join(tmp_root, "ckpt")
+        tersor.save_pretrained(m, path, max_shard_bytes=4096)
+        x = torch.randn(3, K)
+        with torch.no_grad():
+            y = m(x)
+        files = {}
+        for f in sorted(os.listdir(path)):
+            with open(os.path.join(path, f), "rb") as fh:
+                files[f] = fh.read()
+        CKPT.update(path=path, files=files, x=x, y=y, model=m)
+    return CKPT["path"], CKPT["files"], CKPT["x"], CKPT["y"]
+
+
+def _fresh_model():
+    m = nn.Sequential(nn.Linear(K, N), nn.ReLU(), nn.Linear(N, 48), nn.Linear(48, 16))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(0.5)
+    return m
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    which=st.integers(0, 50),
+    how=st.sampled_from(("truncate", "byte", "delete", "json")),
+    at=st.floats(0.0, 1.0),
+    value=st.integers(0, 255),
+)
+def test_corrupted_checkpoint_files(which, how, at, value, tmp_path_factory):
+    """A checkpoint folder with one file truncated, one byte overwritten, a file deleted, or a
+    manifest value changed: load_pretrained raises an error naming a file or a tensor and
+    leaves the model as it was, or (a harmless byte) loads a model that runs."""
+    import json
+    import os
+    import tempfile
+
+    _, files, x, y = _checkpoint(str(tmp_path_factory.getbasetemp()))
+    names = sorted(files)
+    name = names[which % len(names)]
+    with tempfile.TemporaryDirectory() as d:
+        for f, data in files.items():
+            if how == "delete" and f == name:
+                continue
+            if f == name and how == "truncate":
+                data = data[: int(at * len(data))]
+            elif f == name and how == "byte" and data:
+                i = min(int(at * len(data)), len(data) - 1)
+                data = data[:i] + bytes([value]) + data[i + 1 :]
+            elif f == name == "tersor.json" and how == "json":
+                manifest = json.loads(data)
+                layer = sorted(manifest["layers"])[value % len(manifest["layers"])]
+                entry = manifest["layers"][layer]
+                key = ("scheme", "in_features", "out_features", "options", "bias")[value % 5]
+                entry[key] = {
+                    "scheme": "w3",
+                    "in_features": 7,
+                    "out_features": 0,
+                    "options": {"group_size": 5},
+                    "bias": not entry["bias"],
+                }[key]
+                data = json.dumps(manifest).encode()
+            with open(os.path.join(d, f), "wb") as fh:
+                fh.write(data)
+        model = _fresh_model()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        types = [type(m) for m in model]
+        try:
+            tersor.load_pretrained(model, d)
+        except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError, OSError) as e:
+            assert d in str(e), f"the error does not name the checkpoint: {e}"
+            assert [type(m) for m in model] == types, "a failed load changed the model"
+            after = model.state_dict()
+            assert all(torch.equal(before[k], after[k]) for k in before), "half loaded"
+            return
+        with torch.no_grad():
+            got = model(x)
+        assert got.shape == y.shape

@@ -174,17 +174,27 @@ def _build_layer(fqn: str, entry: dict, get, path: str) -> nn.Module:
     scheme = entry.get("scheme")
     if scheme not in SCHEMES:
         raise ValueError(
-            f"layer '{fqn}': unknown scheme {scheme!r} in the manifest (this tersor knows "
-            f"{sorted(SCHEMES)})"
+            f"{path}: layer '{fqn}': unknown scheme {scheme!r} in the manifest (this tersor "
+            f"knows {sorted(SCHEMES)})"
         )
     fmt_cls, fixed = SCHEMES[scheme]
     opts = {k: v for k, v in entry.get("options", {}).items() if k not in fixed}
     prefix = (f"{fqn}." if fqn else "") + ("gemm." if "conv" in entry else "")
-    n, k = entry["out_features"], entry["in_features"]
+    n, k = entry.get("out_features"), entry.get("in_features")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n, k)):
+        raise ValueError(
+            f"{path}: layer '{fqn}': the manifest's in_features / out_features must be positive "
+            f"integers, got {k!r} / {n!r}"
+        )
     optional = set(getattr(fmt_cls, "optional_state_names", ()))
-    fmt = fmt_cls.from_state(
-        lambda name: get(prefix + name, name in optional), prefix, n, k, **fixed, **opts
-    )
+    try:
+        fmt = fmt_cls.from_state(
+            lambda name: get(prefix + name, name in optional), prefix, n, k, **fixed, **opts
+        )
+    except (KeyError, FileNotFoundError):
+        raise  # already name the file and the tensor
+    except (ValueError, TypeError, RuntimeError) as e:  # options the format does not take, ...
+        raise ValueError(f"{path}: layer '{fqn}' does not load ({e})") from e
     if isinstance(fmt, str):
         raise ValueError(f"{path}: layer '{fqn}' does not load ({fmt})")
     bias = None
@@ -269,11 +279,13 @@ def read_manifest(path: str) -> dict:
     file = os.path.join(path, MANIFEST)
     if not os.path.exists(file):
         raise FileNotFoundError(f"{file}: not a tersor checkpoint (no manifest)")
-    with open(file) as f:
+    with open(file, "rb") as f:
         try:
-            manifest = json.load(f)
-        except json.JSONDecodeError as e:
+            manifest = json.loads(f.read().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{file}: corrupted manifest ({e})") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), dict):
+        raise ValueError(f"{file}: corrupted manifest (no 'layers' table)")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(
             f"{file}: checkpoint format {manifest['format_version']} is newer "
