@@ -356,6 +356,31 @@ def test_int4_weight_over_2_31_elements(act_int8):
 
 
 @pytest.mark.large
+@pytest.mark.parametrize("act_int8", [True, False])
+def test_int8_weight_over_2_31_elements(act_int8):
+    """A 131072 x 16400 int8 layer (2.15e9 weights, 2 GiB packed) from canonical tensors with a
+    pattern that is cheap to check: W[n, k] = (n % 7 - 3) * c[k], c[k] = k % 4 - 1, scales 1,
+    so y[n] = (n % 7 - 3) * (x . c), exact (integer x whose row max is 127: the int8
+    activations are x itself). A 32-bit row offset would read another n % 7."""
+    from tersor.formats import Int8Format
+
+    n, k = 131072, 16400
+    assert n * k > 2**31
+    rows = (torch.arange(n) % 7 - 3).to(torch.int8)
+    c = (torch.arange(k) % 4 - 1).to(torch.int8)
+    q = rows[:, None] * c[None, :]
+    layer = PackedLinear.wrap(Int8Format(q, torch.ones(n), act_int8=act_int8), None)
+    del q
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randint(-127, 128, (2, k), generator=gen).to(torch.float32)
+    x[:, 0] = 127.0
+    with torch.no_grad():
+        y = layer(x)
+    want = (x.double() @ c.double())[:, None] * rows.double()[None, :]
+    assert torch.equal(y.double(), want)
+
+
+@pytest.mark.large
 def test_output_over_2_31_elements_bf16():
     """M x N = 16400 x 131072 outputs (2.15e9 bf16 values): x row m is e_(m % 32), so
     y[m, n] = W[n, m % 32] (small integers: exact in bf16); checked on rows spread over the

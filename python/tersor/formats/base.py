@@ -47,6 +47,15 @@ def row_blocks(n: int, k: int, multiple: int = 16) -> list:
     return [(r, min(r + rows, n)) for r in range(0, n, rows)]
 
 
+def row_sums_int32(q: torch.Tensor) -> torch.Tensor:
+    """int32 [N]: the sums of an int8 [N, K]'s rows (the VNNI kernels' column sums), a row
+    block at a time: torch widens what it sums, and a whole 2 GiB weight would take 8 GiB."""
+    out = torch.empty(q.shape[0], dtype=torch.int32)
+    for r0, r1 in row_blocks(q.shape[0], max(q.shape[1], 1), multiple=1):
+        out[r0:r1] = q[r0:r1].sum(dim=1, dtype=torch.int32)
+    return out
+
+
 def expect(prefix: str, name: str, t: torch.Tensor, dtype, shape) -> Optional[str]:
     """The state_dict error for a tensor of the wrong dtype or shape, or None."""
     if t.dtype != dtype or tuple(t.shape) != tuple(shape):

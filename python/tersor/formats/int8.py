@@ -30,7 +30,14 @@ from dataclasses import dataclass
 
 import torch
 
-from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, expect, row_blocks
+from tersor.formats.base import (
+    WeightFormat,
+    bad_scale,
+    check_float_weight,
+    expect,
+    row_blocks,
+    row_sums_int32,
+)
 from tersor.ops.conv import conv_nhwc_dw_w8a8, conv_nhwc_w8a8
 from tersor.ops.dequant import dequant_w8
 from tersor.ops.gemm_w8 import cpu_runner_w8, linear_w8
@@ -87,7 +94,7 @@ def pack_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedInt8:
         padded[:n, :k] = q
     packed = padded.view(np_ // BLOCK_N, BLOCK_N, kp // BLOCK_K, BLOCK_K).permute(0, 2, 1, 3)
     colsum = torch.zeros(np_, dtype=torch.int32)
-    colsum[:n] = q.to(torch.int32).sum(dim=1, dtype=torch.int32)
+    colsum[:n] = row_sums_int32(q)
     scale_p = torch.zeros(np_, dtype=torch.float32)
     scale_p[:n] = scale
     return PackedInt8(packed.contiguous(), colsum, scale_p, n, k)

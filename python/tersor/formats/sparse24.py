@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tersor.formats.base import WeightFormat, bad_scale, check_float_weight
+from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, row_sums_int32
 from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.spmm_24 import linear_24, linear_24_w8a8
 
@@ -169,7 +169,7 @@ def pack_24_int8(
     mk = (m[:, :, 0] | (m[:, :, 1] << 4)).view(np_ // BLOCK_N, BLOCK_N, k8).permute(0, 2, 1)
     vk = v.view(np_ // BLOCK_N, BLOCK_N, k8, 4).permute(0, 2, 1, 3)
     colsum = torch.zeros(np_, dtype=torch.int32)
-    colsum[:n] = values.to(torch.int32).sum(1, dtype=torch.int32)
+    colsum[:n] = row_sums_int32(values)
     s = torch.zeros(np_)
     s[:n] = scale
     return Packed24Int8(vk.contiguous(), mk.contiguous(), colsum, s, n, k)

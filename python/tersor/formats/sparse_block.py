@@ -31,7 +31,14 @@ from typing import Optional
 
 import torch
 
-from tersor.formats.base import WeightFormat, bad_index_ptr, bad_scale, check_float_weight, expect
+from tersor.formats.base import (
+    WeightFormat,
+    bad_index_ptr,
+    bad_scale,
+    check_float_weight,
+    expect,
+    row_sums_int32,
+)
 from tersor.ops.spmm_block import linear_block
 
 BLOCK_N = 16
@@ -138,7 +145,7 @@ def pack_block_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedBlock:
     ptr, kb, vals = _blocks(q.to(torch.int8), KERNEL_BK["int8"])
     np_ = ptr.numel() * BLOCK_N - BLOCK_N
     colsum = torch.zeros(np_, dtype=torch.int32)
-    colsum[:n] = q.to(torch.int32).sum(1, dtype=torch.int32)
+    colsum[:n] = row_sums_int32(q)
     s = torch.zeros(np_)
     s[:n] = scale
     return PackedBlock(ptr, kb.to(torch.uint16), vals, colsum, s, n, k)
