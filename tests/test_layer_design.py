@@ -171,7 +171,7 @@ def test_report_is_in_model_order_with_conv_shapes():
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3),
         nn.ReLU(),
-        nn.Conv2d(16, 16, 3, groups=16),
+        nn.Conv2d(16, 16, 3, groups=8),  # grouped, 2 channels per group: no kernel
         nn.Flatten(),
         nn.Linear(16 * 16, 10),
         nn.Linear(10, 10),
@@ -180,7 +180,7 @@ def test_report_is_in_model_order_with_conv_shapes():
     assert [r.fqn for r in report.layers] == ["0", "2", "4", "5"]
     assert [r.status for r in report.layers] == ["converted", "dense", "converted", "dense"]
     text = str(report)
-    assert "16x3x3x3" in text and "depthwise" in text and "weights" in text
+    assert "16x3x3x3" in text and "grouped" in text and "weights" in text
     assert "linear weights" not in text and report.seconds > 0
 
 

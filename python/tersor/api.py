@@ -479,7 +479,7 @@ def _sparsify(m, config, ctx, name):
     w = ctx.solved.get(id(m))  # SparseGPT's weight, pruned already
     if w is None:
         w = pruning.prune_layer(m, config, ctx.norms, ctx.threshold, _label(name))
-    sparsity = 1.0 - float((w != 0).float().mean())
+    sparsity = 1.0 - int(w.count_nonzero()) / max(w.numel(), 1)
     if sparsity < config.break_even:
         raise KeepDense(
             w,

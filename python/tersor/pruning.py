@@ -11,7 +11,7 @@ from torch import nn
 
 from tersor.calibration import data
 from tersor.formats.sparse_block import block_keep, block_scores, check_block, prune_block
-from tersor.formats.sparse_csr import prune_unstructured
+from tersor.formats.sparse_csr import kth_smallest, prune_unstructured
 
 
 def input_norms(model: nn.Module, layers: list, calibration) -> dict:
@@ -63,19 +63,23 @@ def score(layer: nn.Module, norms: Optional[dict]) -> Optional[torch.Tensor]:
 def global_threshold(layers: list, norms: Optional[dict], config) -> float:
     """The score below which weights (unstructured) or blocks (block) are zeroed so that
     `config.sparsity` of all of them over `layers` go."""
-    parts = []
-    for m in layers:
-        s = score(m, norms)
-        s = m.weight.detach().abs().to(torch.float32) if s is None else s
-        if config.block is not None:
-            check_block(config.block, *s.shape, f"layer {tuple(s.shape)}")
-            s = block_scores(s, config.block)
-        parts.append(s.flatten())
-    allv = torch.cat(parts)
-    drop = int(round(config.sparsity * allv.numel()))
+
+    def layer_scores():  # one layer's scores at a time (a radix select pass each, kth_smallest)
+        for m in layers:
+            s = score(m, norms)
+            s = m.weight.detach().abs().to(torch.float32) if s is None else s
+            if config.block is not None:
+                check_block(config.block, *s.shape, f"layer {tuple(s.shape)}")
+                s = block_scores(s, config.block)
+            yield s
+
+    total = sum(s.numel() for s in layer_scores()) if config.block is not None else None
+    if total is None:
+        total = sum(m.weight.numel() for m in layers)
+    drop = int(round(config.sparsity * total))
     if drop <= 0:
         return float("-inf")
-    return float(torch.kthvalue(allv, drop).values)
+    return kth_smallest(layer_scores, drop)
 
 
 def prune_layer(
@@ -99,7 +103,8 @@ def prune_layer(
             return prune_block(w, config.sparsity, (r, c), s, what)
         bs = block_scores(w if s is None else s, (r, c))
         return block_keep(w, (r, c), bs > threshold)
-    if not config.prune or float((w == 0).float().mean()) >= config.sparsity - 1e-9:
+    zeros = 1.0 - int(w.count_nonzero()) / max(w.numel(), 1)
+    if not config.prune or zeros >= config.sparsity - 1e-9:
         return w
     if threshold is None:
         return prune_unstructured(w, config.sparsity, s)

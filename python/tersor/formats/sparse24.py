@@ -28,7 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
-from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, row_sums_int32
+from tersor.formats.base import (
+    WeightFormat,
+    bad_scale,
+    check_float_weight,
+    row_blocks,
+    row_sums_int32,
+)
 from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.spmm_24 import linear_24, linear_24_w8a8
 
@@ -127,14 +133,19 @@ def pack_24(values: torch.Tensor, meta: torch.Tensor, k: int) -> Packed24:
     n, g = meta.shape
     np_ = (n + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     g4 = (g + 3) // 4 * 4
-    v = torch.zeros(np_, g, 2)
-    v[:n] = values.view(n, g, 2)
-    m = torch.zeros(np_, g4, dtype=torch.uint8)
-    m[:n, :g] = meta
-    m[n:, :] = 1 << 2  # padding columns: positions (0, 1), values 0
-    m[:, g:] = 1 << 2
-    vk = v.view(np_ // BLOCK_N, BLOCK_N, g, 2).permute(0, 2, 3, 1).contiguous()
-    mk = m.view(np_ // BLOCK_N, BLOCK_N, g4).permute(0, 2, 1).contiguous()
+    vk = torch.zeros(np_ // BLOCK_N, g, 2, BLOCK_N)
+    # padding rows / groups: positions (0, 1), values 0
+    mk = torch.full((np_ // BLOCK_N, g4, BLOCK_N), 1 << 2, dtype=torch.uint8)
+    for r0, r1 in row_blocks(n, 2 * g, BLOCK_N):  # straight into the kernel form, no full copy
+        b0, b1 = r0 // BLOCK_N, -(-r1 // BLOCK_N)
+        pad = (b1 - b0) * BLOCK_N - (r1 - r0)
+        v = values[r0:r1].reshape(r1 - r0, g, 2)
+        m = meta[r0:r1]
+        if pad:
+            v = torch.cat([v, v.new_zeros(pad, g, 2)])
+            m = torch.cat([m, m.new_full((pad, g), 1 << 2)])
+        vk[b0:b1] = v.view(b1 - b0, BLOCK_N, g, 2).permute(0, 2, 3, 1)
+        mk[b0:b1, :g] = m.view(b1 - b0, BLOCK_N, g).permute(0, 2, 1)
     return Packed24(vk, mk, n, k)
 
 
@@ -219,17 +230,26 @@ class Sparse24Format(WeightFormat):
 
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
-        """Prunes to 2:4 by `score` (|w| by default) unless the weight already is 2:4."""
+        """Prunes to 2:4 by `score` (|w| by default) unless the weight already is 2:4. Every
+        step is row-local, so it goes a row block at a time: the pruning's and compression's
+        temporaries (group views, top-k indices, sort orders: ~8x the weight whole) stay one
+        block's."""
         w = weight.detach()
         check_float_weight(w, what)
-        if not is_24(w):
-            if not config.prune:
-                raise ValueError(
-                    f"{what}: weight is not 2:4 sparse and Sparse24Config(prune="
-                    f"False) forbids pruning it"
-                )
-            w = prune_24(w, score)
-        return cls(*compress_24(w), w.shape[1])
+        n, k = w.shape
+        values = torch.empty(n, 2 * ((k + 3) // 4), dtype=torch.float32)
+        meta = torch.empty(n, (k + 3) // 4, dtype=torch.uint8)
+        for r0, r1 in row_blocks(n, k, multiple=1):
+            wb = w[r0:r1]
+            if not is_24(wb):
+                if not config.prune:
+                    raise ValueError(
+                        f"{what}: weight is not 2:4 sparse and Sparse24Config(prune="
+                        f"False) forbids pruning it"
+                    )
+                wb = prune_24(wb, None if score is None else score[r0:r1])
+            values[r0:r1], meta[r0:r1] = compress_24(wb)
+        return cls(values, meta, k)
 
     @classmethod
     def empty(cls, out_features, in_features, int8=False):
@@ -306,7 +326,7 @@ class Sparse24Format(WeightFormat):
     @property
     def density(self) -> float:
         """Fraction of the weights that are nonzero (at most 0.5)."""
-        kept = int((self.canonical()[0] != 0).sum())
+        kept = int(self.values.count_nonzero())  # the padding holds zeros: no unpacked copy
         return kept / max(1, self.out_features * self.in_features)
 
     def describe(self):

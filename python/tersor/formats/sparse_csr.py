@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import torch
 
-from tersor.formats.base import WeightFormat, bad_index_ptr, bad_scale, check_float_weight
+from tersor.formats.base import (
+    WeightFormat,
+    bad_index_ptr,
+    bad_scale,
+    check_float_weight,
+    row_blocks,
+)
 from tersor.ops.gemm_w8a8 import linear_w8a8
 from tersor.ops.spmm_csr import linear_csr
 
@@ -51,26 +57,68 @@ class PackedCsr:
         return int(self.rowptr[-1])
 
 
+def kth_smallest(chunks, kth: int) -> float:
+    """The kth smallest (1-based) of non-negative float32 values given as chunks (a callable
+    returning an iterable of tensors, called once per pass), exact, in memory of one chunk: a
+    radix select on the bit patterns (non-negative floats order like their int32 bits), 8
+    bits per pass over the data. torch.kthvalue / topk over a whole weight copy it and add
+    int64 indices (3x the weight and more)."""
+    prefix = 0
+    for shift in (24, 16, 8, 0):
+        counts = torch.zeros(256, dtype=torch.int64)
+        for c in chunks():
+            b = c.reshape(-1).contiguous().view(torch.int32)
+            if shift < 24:
+                b = b[(b >> (shift + 8)) == (prefix >> (shift + 8))]
+            counts += torch.bincount((b >> shift) & 0xFF, minlength=256)
+        below = torch.cumsum(counts, 0)
+        j = int(torch.searchsorted(below, torch.tensor(kth)))
+        kth -= int(below[j - 1]) if j else 0
+        prefix |= j << shift
+    return float(torch.tensor([prefix], dtype=torch.int32).view(torch.float32))
+
+
 def prune_unstructured(weight: torch.Tensor, sparsity: float, score=None) -> torch.Tensor:
     """Zero the `sparsity` fraction of entries with the smallest score (|w| by default, or
-    e.g. Wanda's |w| * ||x||) over the whole layer."""
+    e.g. Wanda's |w| * ||x||) over the whole layer: exactly that many (ties at the threshold
+    go in row-major order), in memory of the result plus one row block."""
     w = weight.detach().to(torch.float32)
-    s = (w.abs() if score is None else score.detach().to(torch.float32).abs()).flatten()
-    drop = int(round(sparsity * s.numel()))
+    n, k = w.shape
+    drop = int(round(sparsity * w.numel()))
     if drop <= 0:
         return w.clone()
-    keep = torch.ones_like(s, dtype=torch.bool)
-    keep[torch.topk(s, drop, largest=False).indices] = False
-    return (w.flatten() * keep).view_as(w)
+    blocks = row_blocks(n, k, multiple=1)
+
+    def scores(r0, r1):
+        return w[r0:r1].abs() if score is None else score[r0:r1].detach().to(torch.float32).abs()
+
+    thr = kth_smallest(lambda: (scores(r0, r1) for r0, r1 in blocks), drop)
+    ties = drop - sum(int((scores(r0, r1) < thr).sum()) for r0, r1 in blocks)
+    out = torch.empty_like(w)
+    for r0, r1 in blocks:
+        sb = scores(r0, r1)
+        eq = (sb == thr).reshape(-1)
+        # of the entries equal to the threshold, the first `ties` (row-major) go too
+        kept_eq = eq & (torch.cumsum(eq, 0) > ties)
+        ties = max(0, ties - int(eq.sum()))
+        out[r0:r1] = w[r0:r1] * ((sb > thr) | kept_eq.view_as(sb))
+    return out
 
 
 def to_csr(weight: torch.Tensor):
+    """(rowptr int64 [N + 1], col int32 [nnz], val [nnz]) of the nonzeros, a row block at a
+    time (nonzero()'s int64 [nnz, 2] indices of a whole dense weight are 4x its nonzeros)."""
     w = weight.detach().to(torch.float32)
-    nz = w != 0
-    rowptr = torch.zeros(w.shape[0] + 1, dtype=torch.int64)
-    rowptr[1:] = nz.sum(1).cumsum(0)
-    col = nz.nonzero()[:, 1].to(torch.int32)  # row-major: ascending k within a row
-    return rowptr, col.contiguous(), w[nz].contiguous()
+    n, k = w.shape
+    rowptr = torch.zeros(n + 1, dtype=torch.int64)
+    cols, vals = [], []
+    for r0, r1 in row_blocks(n, k, multiple=1):
+        nz = w[r0:r1] != 0
+        rowptr[r0 + 1 : r1 + 1] = nz.sum(1)
+        cols.append(nz.nonzero()[:, 1].to(torch.int32))  # row-major: ascending k within a row
+        vals.append(w[r0:r1][nz])
+    rowptr = rowptr.cumsum(0)
+    return rowptr, torch.cat(cols).contiguous(), torch.cat(vals).contiguous()
 
 
 def from_csr(rowptr, col, val, n: int, k: int) -> torch.Tensor:
