@@ -144,18 +144,13 @@ def scenario_styles(rank, world):
 
 
 def tiny_llama(dtype=torch.float32, seed: int = 0):
+    """tests/llm_models.py's tiny Llama with intermediate 128: down_proj's half of K (64) then
+    holds whole int4 groups of 32."""
     import transformers
 
-    cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
+    from llm_models import SIZES
+
+    cfg = transformers.LlamaConfig(**{**SIZES, "intermediate_size": 128})
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
 

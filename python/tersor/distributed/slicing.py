@@ -174,6 +174,28 @@ def _sparse24(get, n, k, options, dim, ranges, what) -> Slice:
     return Slice(state, n, hi - lo, options)
 
 
+def _compressed_rows(ptr, idx, vals, row_ranges) -> tuple:
+    """(ptr, idx, vals) of the compressed rows [p0, p1) of each range, concatenated (CSR rows,
+    BSR panels): each range's pointers rebased onto the ones before it."""
+    ptrs, idxs, vs, base = [torch.zeros(1, dtype=torch.int64)], [], [], 0
+    for p0, p1 in row_ranges:
+        a, b = int(ptr[p0]), int(ptr[p1])
+        ptrs.append(ptr[p0 + 1 : p1 + 1].to(torch.int64) - a + base)
+        idxs.append(idx[a:b])
+        vs.append(vals[a:b])
+        base += b - a
+    return torch.cat(ptrs), torch.cat(idxs), torch.cat(vs)
+
+
+def _compressed_cols(ptr, idx, vals, rows: int, lo: int, hi: int) -> tuple:
+    """(ptr, idx - lo, vals) of the entries whose column index lies in [lo, hi)."""
+    keep = (idx >= lo) & (idx < hi)
+    row = torch.repeat_interleave(torch.arange(rows), (ptr[1:] - ptr[:-1]).to(torch.int64))
+    counts = torch.bincount(row[keep], minlength=rows)
+    ptr2 = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+    return ptr2, (idx[keep] - lo).to(idx.dtype), vals[keep]
+
+
 def _csr(get, n, k, options, dim, ranges, what) -> Slice:
     """CsrFormat: weight_rowptr [N + 1], weight_col / weight_val [nnz], weight_scale [N]."""
     rp, col, val = (_whole(get(x)) for x in ("weight_rowptr", "weight_col", "weight_val"))
@@ -184,35 +206,15 @@ def _csr(get, n, k, options, dim, ranges, what) -> Slice:
     int8 = options.get("int8", False)
     scale = _whole(get("weight_scale")) if int8 else None
     extra = get("_extra_state")
+    names = ("weight_rowptr", "weight_col", "weight_val")
     if dim == COLWISE:
-        ptrs, cols, vals, scales = [torch.zeros(1, dtype=torch.int64)], [], [], []
-        base = 0
-        for lo, hi in ranges:
-            a, b = int(rp[lo]), int(rp[hi])
-            ptrs.append(rp[lo + 1 : hi + 1].to(torch.int64) - a + base)
-            cols.append(col[a:b])
-            vals.append(val[a:b])
-            base += b - a
-            if int8:
-                scales.append(scale[lo:hi])
-        state = {
-            "weight_rowptr": torch.cat(ptrs),
-            "weight_col": torch.cat(cols),
-            "weight_val": torch.cat(vals),
-        }
+        state = dict(zip(names, _compressed_rows(rp, col, val, ranges)))
         if int8:
-            state["weight_scale"] = torch.cat(scales)
+            state["weight_scale"] = _rows(scale, ranges)
         n2, k2 = _total(ranges), k
     else:
         ((lo, hi),) = ranges
-        keep = (col >= lo) & (col < hi)
-        row = torch.repeat_interleave(torch.arange(n), (rp[1:] - rp[:-1]).to(torch.int64))
-        counts = torch.bincount(row[keep], minlength=n)
-        state = {
-            "weight_rowptr": torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]),
-            "weight_col": (col[keep] - lo).to(col.dtype),
-            "weight_val": val[keep],
-        }
+        state = dict(zip(names, _compressed_cols(rp, col, val, n, lo, hi)))
         if int8:
             state["weight_scale"] = scale
         n2, k2 = n, hi - lo
@@ -233,6 +235,7 @@ def _block(get, n, k, options, dim, ranges, what) -> Slice:
         f"{what}: weight_crow has {tuple(crow.shape)}, expected ({panels + 1},)",
     )
     scale = _whole(get("weight_scale")) if int8 else None
+    names = ("weight_crow", "weight_col", "weight_values")
     if dim == COLWISE:
         for lo, hi in ranges:
             _need(
@@ -240,23 +243,10 @@ def _block(get, n, k, options, dim, ranges, what) -> Slice:
                 f"{what}: a column-wise cut at outputs [{lo}, {hi}) would split a block of 16 "
                 f"output channels; each rank's share must be a multiple of 16",
             )
-        ptrs, cols, vs, scales, base = [torch.zeros(1, dtype=torch.int64)], [], [], [], 0
-        for lo, hi in ranges:
-            p0, p1 = lo // 16, -(-hi // 16)
-            a, b = int(crow[p0]), int(crow[p1])
-            ptrs.append(crow[p0 + 1 : p1 + 1].to(torch.int64) - a + base)
-            cols.append(col[a:b])
-            vs.append(vals[a:b])
-            base += b - a
-            if int8:
-                scales.append(scale[lo:hi])
-        state = {
-            "weight_crow": torch.cat(ptrs),
-            "weight_col": torch.cat(cols),
-            "weight_values": torch.cat(vs),
-        }
+        panels_of = [(lo // 16, -(-hi // 16)) for lo, hi in ranges]
+        state = dict(zip(names, _compressed_rows(crow, col, vals, panels_of)))
         if int8:
-            state["weight_scale"] = torch.cat(scales)
+            state["weight_scale"] = _rows(scale, ranges)
         return Slice(state, _total(ranges), k, options)
     ((lo, hi),) = ranges
     _need(
@@ -264,14 +254,7 @@ def _block(get, n, k, options, dim, ranges, what) -> Slice:
         f"{what}: a row-wise cut at inputs [{lo}, {hi}) would split a kernel block of {bk} "
         f"inputs; each rank's share of K={k} must be a multiple of {bk}",
     )
-    keep = (col >= lo // bk) & (col < -(-hi // bk))
-    panel = torch.repeat_interleave(torch.arange(panels), (crow[1:] - crow[:-1]).to(torch.int64))
-    counts = torch.bincount(panel[keep], minlength=panels)
-    state = {
-        "weight_crow": torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]),
-        "weight_col": (col[keep] - lo // bk).to(col.dtype),
-        "weight_values": vals[keep],
-    }
+    state = dict(zip(names, _compressed_cols(crow, col, vals, panels, lo // bk, -(-hi // bk))))
     if int8:
         state["weight_scale"] = scale
     return Slice(state, n, hi - lo, options)
