@@ -126,6 +126,8 @@ def test_bad_plans_fail_on_every_rank(tmp_path):
         assert "layer '1'" in got["cut_group"]
         assert "disagree" in got["mismatch"], got
         assert "unknown style 'diagonal'" in got["unknown_style"], got
+        want = "unknown style 'diagonal'" if r == 0 else "disagree"
+        assert want in got["one_rank_bad_plan"], got
         assert "no module of the model matches" in got["no_match"], got
         if r == 1:
             assert "weight_scale" in got["one_rank_fails"] and "layer '0'" in got["one_rank_fails"]

@@ -242,6 +242,9 @@ def scenario_errors(rank, world):
     plan = {"0": "colwise", "1": "rowwise"} if rank == 0 else {"0": "rowwise", "1": "colwise"}
     attempt("mismatch", nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32)), plan)
     attempt("unknown_style", nn.Sequential(nn.Linear(32, 32)), {"0": "diagonal"})
+    # one rank's plan does not resolve, the other's does: neither waits for the other
+    plan = {"0": "diagonal"} if rank == 0 else {"0": "colwise"}
+    attempt("one_rank_bad_plan", nn.Sequential(nn.Linear(32, 32)), plan)
     attempt("no_match", nn.Sequential(nn.Linear(32, 32)), {"lm_head": "colwise"})
     return out
 

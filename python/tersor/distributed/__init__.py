@@ -383,19 +383,33 @@ def _canonical(m: nn.Module) -> dict:
     return state
 
 
-def _agree(group, rank: int, world: int, digest: str) -> None:
-    """Every rank holds the same plan and layer shapes, or every rank raises."""
+def _agreed(group, rank: int, world: int, plan_of) -> tuple:
+    """plan_of() -> (resolved plan, layer infos) on every rank, or the error of a rank whose
+    plan does not resolve; every rank takes part in one all_gather of a digest first, so a rank
+    failing alone, or ranks with another plan or model, raise on every rank instead of leaving
+    the others waiting in a collective."""
+    try:
+        resolved, infos = plan_of()
+        digest, error = _digest(resolved, infos, world), None
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+        digest, error = f"error: {type(e).__name__}: {e}", e
     got = [None] * world
     dist.all_gather_object(got, digest, group=group)
+    if error is not None:
+        raise error
     odd = [r for r, d in enumerate(got) if d != got[0]]
     if odd:
         raise RuntimeError(
             f"tersor.distributed (rank {rank}): ranks {odd} disagree with rank 0 on the plan or "
-            f"the model's layers; every rank must call with the same model and plan"
+            f"the model's layers (or failed to resolve it); every rank must call with the same "
+            f"model and plan"
         )
+    return resolved, infos
 
 
-def _digest(resolved: dict, infos: dict, world: int) -> str:
+def _digest(resolved, infos: dict, world: int) -> str:
+    if isinstance(resolved, tuple):  # (plan, manifest) of load_pretrained
+        resolved = resolved[0]
     rows = [
         (f, _describe(s), getattr(s, "segments", None), infos[f][:6]) for f, s in resolved.items()
     ]
@@ -471,10 +485,13 @@ def parallelize_(
     (model, TPReport) with report=True."""
     t0 = time.perf_counter()
     group, rank, world = _group_of(group)
-    resolved = _resolve(model, plan, world)
     modules = dict(model.named_modules())
-    infos = {fqn: _info(modules[fqn]) for fqn in resolved}
-    _agree(group, rank, world, _digest(resolved, infos, world))
+
+    def plan_of():
+        resolved = _resolve(model, plan, world)
+        return resolved, {fqn: _info(modules[fqn]) for fqn in resolved}
+
+    resolved, infos = _agreed(group, rank, world, plan_of)
     built, error = {}, None
     try:
         for fqn, style in resolved.items():
@@ -517,28 +534,32 @@ def load_pretrained(
 
     t0 = time.perf_counter()
     group, rank, world = _group_of(group)
-    manifest = checkpoint.read_manifest(path)
-    resolved = _resolve(model, plan, world)
-    layers = manifest["layers"]
-    for fqn in resolved:
-        if "conv" in layers.get(fqn, {}):
-            raise ValueError(f"{path}: plan names '{fqn}', a convolution in the checkpoint")
-    packed = {f: s for f, s in resolved.items() if f in layers}
-    infos = {
-        fqn: (
-            e["scheme"],
-            e.get("options", {}),
-            e["out_features"],
-            e["in_features"],
-            e["bias"],
-            e.get("kernel", "auto"),
-        )
-        for fqn, e in layers.items()
-        if fqn in packed
-    }
     modules = dict(model.named_modules())
-    infos.update({f: _info(modules[f]) for f in resolved if f not in packed})
-    _agree(group, rank, world, _digest(resolved, infos, world))
+
+    def plan_of():
+        manifest = checkpoint.read_manifest(path)
+        resolved = _resolve(model, plan, world)
+        layers = manifest["layers"]
+        for fqn in resolved:
+            if "conv" in layers.get(fqn, {}):
+                raise ValueError(f"{path}: plan names '{fqn}', a convolution in the checkpoint")
+        infos = {
+            fqn: (
+                e["scheme"],
+                e.get("options", {}),
+                e["out_features"],
+                e["in_features"],
+                e["bias"],
+                e.get("kernel", "auto"),
+            )
+            if fqn in layers
+            else _info(modules[fqn])
+            for fqn, e in ((f, layers.get(f, {})) for f in resolved)
+        }
+        return (resolved, manifest), infos
+
+    (resolved, manifest), infos = _agreed(group, rank, world, plan_of)
+    packed = {f: s for f, s in resolved.items() if f in manifest["layers"]}
     built, error = {}, None
 
     def build(fqn, entry, get, slice_of):
