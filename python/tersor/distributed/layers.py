@@ -116,9 +116,7 @@ class RowwiseLinear(nn.Module):
         if bias is not None:
             bias = bias.detach().to(torch.float32, copy=True)
         self.register_buffer("bias", bias)
-        fmt = getattr(shard, "fmt", None)
         self._a8 = isinstance(shard, PackedLinear) and shard.scheme in _A8
-        self._xs = None if fmt is None else fmt.input_scale  # the kernel's input scale
 
     def _local_input(self, x2: torch.Tensor) -> torch.Tensor:
         lo, hi = self.in_range
@@ -158,7 +156,7 @@ class RowwiseLinear(nn.Module):
                     )
                 # the whole row's amax of what the kernels quantize (x times the input scale):
                 # the ranks' inputs partition the row, so it is the max of their own maxima
-                xs = self._xs
+                xs = self.shard.fmt.input_scale
                 amax = (x2 if xs is None else x2 * xs).abs().amax(dim=-1)
                 amax = reduce_(amax, self.group, "max")
             y = self.shard.fmt.linear(x2, None, self.shard.kernel, row_amax=amax)
