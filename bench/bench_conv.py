@@ -1,5 +1,6 @@
-"""Conv2d at ResNet layer shapes, batch 8, channels_last: tersor W8A8 against torch fp32
-F.conv2d (oneDNN) and torch.ao's quantized conv (x86 engine), fp32 in and out.
+"""Conv2d at ResNet and MobileNetV2 (depthwise) layer shapes, batch 8, channels_last: tersor
+W8A8 against torch fp32 F.conv2d (oneDNN) and torch.ao's quantized conv (x86 engine), fp32 in
+and out.
 
 Inputs are what these layers see inside a ResNet (tersor.bench.impls.conv_case): a ReLU's
 output for the body layers, a signed image for the stem; ``TERSOR_BENCH_SIGNED=1`` feeds signed
@@ -37,8 +38,9 @@ def bench_conv(benchmark, layer, impl):
         y = im.fn(x, 0)
         assert ((y - ref).norm() / ref.norm()).item() < 0.05, f"{impl} is wrong before timing"
         benchmark.group = f"conv {layer} batch {BATCH}"
-        ci, co, hw, k, s = LAYERS[layer]
         benchmark(im.fn, x, 0)
     if benchmark.stats is not None and benchmark.stats.stats.median > 0:
-        ops = 2 * BATCH * ref.shape[2] * ref.shape[3] * co * ci * k * k
+        ci = conv.in_channels // conv.groups  # inputs per output (1 for a depthwise layer)
+        k = conv.kernel_size[0]
+        ops = 2 * BATCH * ref.shape[2] * ref.shape[3] * conv.out_channels * ci * k * k
         benchmark.extra_info["GOP/s"] = ops / benchmark.stats.stats.median / 1e9
