@@ -504,14 +504,15 @@ def parallelize_(
     _all_ok(group, error)
     fuse_projections(model, False)
     _install(model, built)
+    return _finish(model, resolved, built, rank, world, fuse, t0, report)
+
+
+def _finish(model, resolved, built, rank, world, fuse, t0, report):
+    """The installed shards' head counts and fusion; the model, or (model, TPReport)."""
     _localize_heads(model, resolved, world)
     fuse_projections(model, fuse)
-    rep = TPReport(
-        rank,
-        world,
-        [(f, b.style, b.full_bytes, b.shard_bytes) for f, b in built.items()],
-        time.perf_counter() - t0,
-    )
+    rows = [(f, b.style, b.full_bytes, b.shard_bytes) for f, b in built.items()]
+    rep = TPReport(rank, world, rows, time.perf_counter() - t0)
     return (model, rep) if report else model
 
 
@@ -578,6 +579,7 @@ def load_pretrained(
         built[fqn] = b
         return b.module
 
+    dense = {}
     try:
         checkpoint.load_into(model, path, manifest, build=build)
         for fqn, style in resolved.items():  # planned layers the checkpoint keeps dense
@@ -585,20 +587,12 @@ def load_pretrained(
                 state = _canonical(model.get_submodule(fqn))
                 b = _shard_layer(fqn, style, infos[fqn], state.get, group, world, rank, act_scale)
                 b.full_bytes = _nbytes(state.values())
-                built[fqn] = b
-                _install(model, {fqn: built[fqn]})
+                dense[fqn] = built[fqn] = b
     except (ValueError, TypeError, RuntimeError, KeyError, FileNotFoundError) as e:
         error = e
     _all_ok(group, error)
-    _localize_heads(model, resolved, world)
-    fuse_projections(model, fuse)
-    rep = TPReport(
-        rank,
-        world,
-        [(f, b.style, b.full_bytes, b.shard_bytes) for f, b in built.items()],
-        time.perf_counter() - t0,
-    )
-    return (model, rep) if report else model
+    _install(model, dense)  # once every one is built
+    return _finish(model, resolved, built, rank, world, fuse, t0, report)
 
 
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
