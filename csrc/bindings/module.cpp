@@ -13,6 +13,7 @@ PYBIND11_MODULE(_C, m) {
   b::bind_gemm_w4(m);
   b::bind_dequant(m);
   b::bind_conv(m);
+  b::bind_int8_ops(m);
   b::bind_spmm_24(m);
   b::bind_spmm_csr(m);
   b::bind_spmm_block(m);

@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/parallel.h"
 #include "conv/conv_w8a8.h"
 
 namespace tersor::conv {
@@ -36,7 +37,21 @@ void run_dw_avx512(const DwCall& k);
 // c.w: K = kh * kw (c.C is the input channel count; c.N a multiple of it).
 void run_dw_w8a8(const ConvW8A8Args& c);
 
-// Scalar epilogue of one output pixel's channels [n0, n1) (the vector paths' tails).
-void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0, int64_t n1);
+// Scalar epilogue of one output pixel's channels [n0, n1) (the vector paths' tails), written
+// to y[n0 .. n1) (y: the pixel's N outputs).
+void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0, int64_t n1,
+                  float* y);
+
+// Where output row r = b * Ho + oh goes: c.y's, or with c.out (the static pipeline) a
+// per-thread scratch of Wo * N floats that finish_row requantizes while it is in L1/L2.
+struct DwRowOutput {
+  explicit DwRowOutput(const ConvW8A8Args& c);
+  float* row(int64_t r) const { return scratch_ ? scratch_.get() : c_.y + r * c_.Wo * c_.N; }
+  void finish_row(int64_t r) const;
+
+ private:
+  const ConvW8A8Args& c_;
+  Scratch<float> scratch_;
+};
 
 }  // namespace tersor::conv

@@ -13,14 +13,17 @@ void run_dw_avx2(const DwCall& k) {
   const ConvW8A8Args& c = k.c;
   const int64_t full = c.N / 16 * 16, Hp = k.in.Hp, Wp = k.in.Wp;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * c.kh * c.kw, c.nthreads);
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+  const DwRowOutput out(c);
+#pragma omp for schedule(static)
   for (int64_t r = 0; r < c.B * c.Ho; ++r) {
     const int64_t b = r / c.Ho, oh = r % c.Ho;
     const int8_t* img = k.in.xq + b * Hp * Wp * c.C;
     const __m256 vsx = _mm256_set1_ps(k.in.scale[b]);
     for (int64_t ow = 0; ow < c.Wo; ++ow) {
       const int8_t* patch = img + (oh * c.sh * Wp + ow * c.sw) * c.C;
-      float* y = c.y + ((b * c.Ho + oh) * c.Wo + ow) * c.N;
+      float* y = out.row(r) + ow * c.N;
       for (int64_t n0 = 0; n0 < full; n0 += 16) {
         __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
         const int16_t* w = k.wt + n0;
@@ -41,8 +44,10 @@ void run_dw_avx2(const DwCall& k) {
         _mm256_storeu_ps(y + n0, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), s0, b0));
         _mm256_storeu_ps(y + n0 + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), s1, b1));
       }
-      if (full < c.N) dw_pixel_ref(k, b, oh, ow, full, c.N);
+      if (full < c.N) dw_pixel_ref(k, b, oh, ow, full, c.N, y);
     }
+    out.finish_row(r);
+  }
   }
 }
 

@@ -13,14 +13,17 @@ void run_dw_avx512(const DwCall& k) {
   const ConvW8A8Args& c = k.c;
   const int64_t Hp = k.in.Hp, Wp = k.in.Wp;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * c.kh * c.kw, c.nthreads);
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+  const DwRowOutput out(c);
+#pragma omp for schedule(static)
   for (int64_t r = 0; r < c.B * c.Ho; ++r) {
     const int64_t b = r / c.Ho, oh = r % c.Ho;
     const int8_t* img = k.in.xq + b * Hp * Wp * c.C;
     const __m512 vsx = _mm512_set1_ps(k.in.scale[b]);
     for (int64_t ow = 0; ow < c.Wo; ++ow) {
       const int8_t* patch = img + (oh * c.sh * Wp + ow * c.sw) * c.C;
-      float* y = c.y + ((b * c.Ho + oh) * c.Wo + ow) * c.N;
+      float* y = out.row(r) + ow * c.N;
       for (int64_t n0 = 0; n0 < c.N; n0 += 16) {
         const int64_t left = c.N - n0;
         const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
@@ -39,6 +42,8 @@ void run_dw_avx512(const DwCall& k) {
         _mm512_mask_storeu_ps(y + n0, m, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, bias));
       }
     }
+    out.finish_row(r);
+  }
   }
 }
 

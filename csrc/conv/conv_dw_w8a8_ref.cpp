@@ -10,11 +10,23 @@
 
 namespace tersor::conv {
 
-void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0, int64_t n1) {
+DwRowOutput::DwRowOutput(const ConvW8A8Args& c)
+    : c_(c), scratch_(c.out ? alloc_scratch<float>(c.Wo * c.N) : Scratch<float>()) {}
+
+void DwRowOutput::finish_row(int64_t r) const {
+  if (!c_.out) return;
+  const bool avx2 = TERSOR_X86_FN(requant_rows_avx2) != nullptr && active_isa() >= Isa::Avx2;
+#if defined(TERSOR_X86)
+  if (avx2) return requant_rows_avx2(*c_.out, scratch_.get(), c_.N, r * c_.Wo, r * c_.Wo + c_.Wo, c_.N);
+#endif
+  requant_rows_ref(*c_.out, scratch_.get(), c_.N, r * c_.Wo, r * c_.Wo + c_.Wo, c_.N);
+}
+
+void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0, int64_t n1,
+                  float* y) {
   const ConvW8A8Args& c = k.c;
   const int8_t* img = k.in.xq + b * k.in.Hp * k.in.Wp * c.C;
   const float sx = k.in.scale[b];
-  float* y = c.y + ((b * c.Ho + oh) * c.Wo + ow) * c.N;
   for (int64_t n = n0; n < n1; ++n) {
     const int64_t ch = n / k.mult;
     int32_t acc = 0;
@@ -31,9 +43,17 @@ void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0
 void run_dw_ref(const DwCall& k) {
   const ConvW8A8Args& c = k.c;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * c.kh * c.kw, c.nthreads);
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
-  for (int64_t r = 0; r < c.B * c.Ho; ++r)
-    for (int64_t ow = 0; ow < c.Wo; ++ow) dw_pixel_ref(k, r / c.Ho, r % c.Ho, ow, 0, c.N);
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+    const DwRowOutput out(c);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < c.B * c.Ho; ++r) {
+      float* y = out.row(r);
+      for (int64_t ow = 0; ow < c.Wo; ++ow)
+        dw_pixel_ref(k, r / c.Ho, r % c.Ho, ow, 0, c.N, y + ow * c.N);
+      out.finish_row(r);
+    }
+  }
 }
 
 void run_dw_w8a8(const ConvW8A8Args& c) {

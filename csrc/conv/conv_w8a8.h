@@ -25,6 +25,7 @@
 #pragma once
 #include <cstdint>
 
+#include "conv/requant.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 
 namespace tersor::conv {
@@ -40,6 +41,11 @@ struct ConvW8A8Args {
   const float* bias;
   float* y;  // NHWC output [B * Ho * Wo][N]
   int nthreads;
+  // The static int8 pipeline (requant.h): the input arrives as s8 codes at one fixed scale
+  // (x unused), and / or the output leaves as codes through *out (y unused).
+  const int8_t* xs = nullptr;  // NHWC [B][H][W][C] codes
+  float xs_scale = 0.0f;
+  const Requant* out = nullptr;
 };
 
 // Zero pixels after the last image: the implicit GEMM's last 32-pixel block reads up to this far.
@@ -51,7 +57,7 @@ struct QuantizedInput {
   bool* non_negative;  // [B]: every code of the image >= 0 (a ReLU's output), see tile_avx2.h
   int64_t Hp, Wp;
 };
-// Fills in.xq and in.scale (allocated by the caller) from c.x.
+// Fills in.xq and in.scale (allocated by the caller) from c.x, or copies c.xs.
 void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in);
 
 // The GEMM's rows gathered from xq (for gemm_w8a8::run_rows / run_rows_amx).
@@ -66,8 +72,12 @@ struct ConvCall {
 void run_w8a8_generic(const ConvCall& k);
 void run_w8a8_amx(const ConvCall& k);
 // AVX2: the patches read in place from xq (no gather) when every run of codes is a multiple of
-// 4 long (kw * C, or C when dilated); the gather path otherwise (the 3-channel stem).
+// 4 long (kw * C, or C when dilated), requantized (c.out) one row block at a time; the gather
+// path otherwise (the 3-channel stem).
 void run_w8a8_avx2(const ConvCall& k);
+// fn(k) as it is without c.out; with it, fn writes fp32 into a scratch [M][N] that requant_all
+// then turns into codes (the paths without a fused requantization).
+void run_unfused(const ConvCall& k, void (*fn)(const ConvCall&));
 // Auto: quantize, then per-call ISA dispatch. EmulatedImplicit (tests): the AMX implicit GEMM
 // run over scalar tiles, on any machine.
 enum class Path { Auto, EmulatedImplicit };

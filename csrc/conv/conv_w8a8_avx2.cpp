@@ -24,7 +24,8 @@ void run_w8a8_avx2(const ConvCall& k) {
   const ConvW8A8Args& c = k.c;
   const QuantizedInput& in = k.in;
   const int64_t run = c.dw == 1 ? c.kw * c.C : c.C;
-  if (run % 4 != 0) return run_w8a8_generic(k);  // a 4-code group would straddle two runs
+  if (run % 4 != 0) return run_unfused(k, run_w8a8_generic);  // a 4-code group would straddle
+                                                                // two runs
 
   const int64_t M = c.B * c.Ho * c.Wo, K = c.kh * c.kw * c.C;  // K % 4 == 0 here
   std::vector<int64_t> run_offset;
@@ -35,6 +36,9 @@ void run_w8a8_avx2(const ConvCall& k) {
                              c.N, c.nthreads};
   const int nt = threads_for_work(double(M) * c.N * K, c.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
+  {
+  // c.out: each block's fp32 rows go to a scratch still in L1/L2 when they are requantized
+  auto block_y = alloc_scratch<float>(c.out ? gemm_w8a8::avx2::kRowsPerBlock * c.N : 0);
   gemm_w8a8::avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1,
                                          gemm_w8a8::avx2::RowBlock& block) {
     for (int64_t m = m0; m < m1; ++m) {
@@ -48,7 +52,12 @@ void run_w8a8_avx2(const ConvCall& k) {
     block.run_offset = run_offset.data();
     block.n_runs = static_cast<int64_t>(run_offset.size());
     block.run_groups = run / 4;
+    block.y = c.out ? block_y.get() : nullptr;
+    block.ldy = c.N;
+  }, [&](int64_t m0, int64_t m1, const gemm_w8a8::avx2::RowBlock&) {
+    if (c.out) requant_rows_avx2(*c.out, block_y.get(), c.N, m0, m1, c.N);
   });
+  }
 }
 
 }  // namespace tersor::conv

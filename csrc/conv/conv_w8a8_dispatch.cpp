@@ -33,6 +33,7 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
     quant_act::quantize_scaled_ref(x, n, inv, dst);
   };
   const int64_t row = c.W * c.C, prow = in.Wp * c.C;
+  const bool codes = c.xs != nullptr;  // static pipeline: codes at one scale, copied as they are
   auto amax_rows = alloc_scratch<float>(c.B * c.H);  // per input row; NaN marks non-finite
   auto inv = alloc_scratch<float>(c.B);
   auto negative_rows = alloc_scratch<uint8_t>(c.B * in.Hp);  // per padded row: a code < 0
@@ -40,13 +41,18 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < c.B * c.H; ++r) {
+    for (int64_t r = 0; r < (codes ? 0 : c.B * c.H); ++r) {
       bool finite;
       const float m = absmax(c.x + r * row, row, &finite);
       amax_rows.get()[r] = finite ? m : NAN;
     }
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < c.B; ++b) {
+      if (codes) {
+        in.scale[b] = c.xs_scale;
+        inv.get()[b] = 1.0f;  // any non-zero: the rows are copied
+        continue;
+      }
       float amax = 0.0f;
       bool finite = true;
       for (int64_t h = 0; h < c.H; ++h) {
@@ -68,7 +74,11 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
         continue;
       }
       std::memset(dst, 0, c.pw * c.C);
-      quantize(c.x + (b * c.H + h) * row, row, inv_b, dst + c.pw * c.C);
+      if (codes) {
+        std::memcpy(dst + c.pw * c.C, c.xs + (b * c.H + h) * row, row);
+      } else {
+        quantize(c.x + (b * c.H + h) * row, row, inv_b, dst + c.pw * c.C);
+      }
       std::memset(dst + c.pw * c.C + row, 0, c.pw * c.C);
       uint8_t any = 0;  // OR of the codes' bytes: the sign bit says whether one is negative
       for (int64_t i = 0; i < row; ++i) any |= static_cast<uint8_t>(dst[c.pw * c.C + i]);
@@ -134,6 +144,25 @@ void run_w8a8_generic(const ConvCall& k) {
                       patch_rows(c, k.in));
 }
 
+void run_unfused(const ConvCall& k, void (*fn)(const ConvCall&)) {
+  if (!k.c.out) return fn(k);
+  const int64_t M = k.c.B * k.c.Ho * k.c.Wo;
+  auto y = alloc_scratch<float>(M * k.c.N);
+  ConvW8A8Args c = k.c;
+  c.y = y.get();
+  c.out = nullptr;
+  fn(ConvCall{c, k.in});
+  requant_all(*k.c.out, y.get(), M, k.c.N, k.c.nthreads);
+}
+
+namespace {
+void run_emulated_implicit(const ConvCall& k) { implicit_gemm<EmulatedTiles>(k.c, k.in); }
+void run_generic_unfused(const ConvCall& k) { run_unfused(k, run_w8a8_generic); }
+#if defined(TERSOR_X86)
+void run_amx_unfused(const ConvCall& k) { run_unfused(k, run_w8a8_amx); }
+#endif
+}  // namespace
+
 void run_w8a8(const ConvW8A8Args& c, Path path) {
   if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
   if (path == Path::EmulatedImplicit && !implicit_gemm_applies(c))
@@ -144,10 +173,10 @@ void run_w8a8(const ConvW8A8Args& c, Path path) {
   auto non_negative = alloc_scratch<bool>(c.B);
   const QuantizedInput in{xq.get(), scale.get(), non_negative.get(), Hp, Wp};
   quantize_input(c, in);
-  if (path == Path::EmulatedImplicit) return implicit_gemm<EmulatedTiles>(c, in);
+  if (path == Path::EmulatedImplicit) return run_unfused(ConvCall{c, in}, run_emulated_implicit);
   // AVX-512 without AMX runs the generic path (its GEMM dispatches to the VNNI kernel)
-  dispatch_isa(ConvCall{c, in}, run_w8a8_generic, TERSOR_X86_FN(run_w8a8_avx2),
-               TERSOR_X86_FN(run_w8a8_generic), TERSOR_X86_FN(run_w8a8_amx));
+  dispatch_isa(ConvCall{c, in}, run_generic_unfused, TERSOR_X86_FN(run_w8a8_avx2),
+               TERSOR_X86_FN(run_generic_unfused), TERSOR_X86_FN(run_amx_unfused));
 }
 
 }  // namespace tersor::conv

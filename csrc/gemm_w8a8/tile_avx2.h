@@ -37,9 +37,10 @@ struct ARows {
   int64_t n_runs, run_groups;
 };
 
+// Writes the tile's MR rows at y (row stride ldy), columns n0 .. n0 + 16.
 template <int MR, bool kNonNegative>
 static inline void tile(const ARows& src, const int8_t* wblock, const float* sx,
-                        const PackedW8LinearArgs& a, int64_t m0, int64_t n0) {
+                        const PackedW8LinearArgs& a, float* y, int64_t ldy, int64_t n0) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[MR][2];
 TERSOR_UNROLL
@@ -71,19 +72,19 @@ TERSOR_UNROLL
       }
     }
   }
-  store_int8_tile<MR>(acc, sx, a.w_scale, a.bias, a.N, a.y + m0 * a.ldy, a.ldy, n0);
+  store_int8_tile<MR>(acc, sx, a.w_scale, a.bias, a.N, y, ldy, n0);
 }
 
 // tile<mr, non_negative>(...) for a runtime row count 1..4.
 static inline void run_tile(int mr, bool non_negative, const ARows& src, const int8_t* wblock,
-                            const float* sx, const PackedW8LinearArgs& a, int64_t m0,
+                            const float* sx, const PackedW8LinearArgs& a, float* y, int64_t ldy,
                             int64_t n0) {
   using TileFn = void (*)(const ARows&, const int8_t*, const float*, const PackedW8LinearArgs&,
-                          int64_t, int64_t);
+                          float*, int64_t, int64_t);
   static constexpr TileFn kTiles[2][kMR] = {
       {tile<1, false>, tile<2, false>, tile<3, false>, tile<4, false>},
       {tile<1, true>, tile<2, true>, tile<3, true>, tile<4, true>}};
-  kTiles[non_negative][mr - 1](src, wblock, sx, a, m0, n0);
+  kTiles[non_negative][mr - 1](src, wblock, sx, a, y, ldy, n0);
 }
 
 // The rows of the large-M driver below, one block of kRowsPerBlock at a time.
@@ -95,14 +96,21 @@ struct RowBlock {
   bool non_negative[kRowsPerBlock / kMR];  // per tile of kMR rows: take the plain u8 x s8 tile
   const int64_t* run_offset = nullptr;     // ARows' fields, shared by every row
   int64_t n_runs = 0, run_groups = 0;
+  float* y = nullptr;  // where the block's rows go (row stride ldy), or null: a.y's rows m0..
+  int64_t ldy = 0;
 };
 
 // Large M, inside an OpenMP parallel region: threads split the rows in blocks of
 // kRowsPerBlock; prepare(m0, m1, block) fills a block's row sources, then every column block
 // runs over it while its codes sit in L1/L2. The whole weight streams once per block: 64 MACs
 // per weight byte, far below what L3 delivers. (Split the columns instead when M is small.)
-template <typename Prepare>
-static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
+// finish(m0, m1, block) runs once the block's outputs are written (the conv's requantization).
+struct NoFinish {
+  void operator()(int64_t, int64_t, const RowBlock&) const {}
+};
+template <typename Prepare, typename Finish = NoFinish>
+static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare,
+                                  Finish&& finish = Finish()) {
   const int64_t Kp = (a.K + 3) / 4 * 4, n_blocks = (a.N + 15) / 16;
   int64_t t0, t1;
   thread_range((a.M + kRowsPerBlock - 1) / kRowsPerBlock, &t0, &t1);
@@ -115,11 +123,13 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
         const uint8_t* const* r = block.row + (m - m0);
         const ARows src{{r[0], r[1], r[2], r[3]}, block.run_offset, block.n_runs,
                         block.run_groups};
+        float* y = block.y ? block.y + (m - m0) * block.ldy : a.y + m * a.ldy;
         run_tile(static_cast<int>(std::min<int64_t>(kMR, m1 - m)),
                  block.non_negative[(m - m0) / kMR], src, a.w + blk * Kp * 16,
-                 block.sx + (m - m0), a, m, blk * 16);
+                 block.sx + (m - m0), a, y, block.y ? block.ldy : a.ldy, blk * 16);
       }
     }
+    finish(m0, m1, block);
   }
 }
 

@@ -6,6 +6,40 @@ python/tersor/ops/ validates every argument before calling these functions.
 
 ISAS: tuple[str, ...]  # ('ref', 'avx2', 'avx512', 'amx')
 
+def add_s8(
+    a: int,
+    sa: typing.SupportsFloat | typing.SupportsIndex,
+    b: int,
+    sb: typing.SupportsFloat | typing.SupportsIndex,
+    n: int,
+    inv_scale: typing.SupportsFloat | typing.SupportsIndex,
+    lo: typing.SupportsFloat | typing.SupportsIndex,
+    hi: typing.SupportsFloat | typing.SupportsIndex,
+    y: int,
+    nthreads: int,
+) -> None:
+    """y = nearbyint(clamp(fma(b, sb, a * sa) * inv_scale, lo, hi)) over n s8 codes (b = 0: a *
+    sa alone, a change of scale); NaN -> 0."""
+
+def avg_pool_s8(
+    x: int,
+    B: int,
+    H: int,
+    W: int,
+    C: int,
+    Ho: int,
+    Wo: int,
+    h0: int,
+    h1: int,
+    w0: int,
+    w1: int,
+    div_h: int,
+    div_w: int,
+    y: int,
+    nthreads: int,
+) -> None:
+    """Average pooling of s8 NHWC codes: nearbyint(window sum / (div_h[oh] * div_w[ow]))."""
+
 def conv_dw_w8a8(
     x: int,
     B: int,
@@ -89,6 +123,44 @@ def conv_w8a8_implicit_emulated(
 ) -> None:
     """Test hook: conv_w8a8's AMX implicit GEMM run over scalar tiles with AMX semantics, on any
     CPU (stride 1, C % 64 == 0)."""
+
+def conv_w8a8_static(
+    xs: int,
+    xs_scale: typing.SupportsFloat | typing.SupportsIndex,
+    B: int,
+    H: int,
+    W: int,
+    C: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    Ho: int,
+    Wo: int,
+    w: int,
+    colsum: int,
+    w_scale: int,
+    N: int,
+    bias: int,
+    depthwise: bool,
+    y: int,
+    q: int,
+    inv_scale: typing.SupportsFloat | typing.SupportsIndex,
+    lo: typing.SupportsFloat | typing.SupportsIndex,
+    hi: typing.SupportsFloat | typing.SupportsIndex,
+    res: int,
+    res_scale: typing.SupportsFloat | typing.SupportsIndex,
+    path: int,
+    nthreads: int,
+) -> None:
+    """The static int8 pipeline's convolution (dense, or depthwise: arguments as conv_w8a8 /
+    conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale. Output: y fp32 NHWC, or (q != 0) s8 codes
+    q = nearbyint(clamp((y + res * res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] codes or 0;
+    NaN -> 0). path 1: the AMX implicit GEMM emulated (tests)."""
 
 def convert_rows(
     src: int,
@@ -233,9 +305,42 @@ def gemm_w8a8(
     row_amax: 0, or fp32 [M] floors under each row's amax (the rows of a tensor-parallel shard
     quantize with the whole row's scale: quant_act.h)."""
 
+def max_pool_s8(
+    x: int,
+    B: int,
+    H: int,
+    W: int,
+    C: int,
+    Ho: int,
+    Wo: int,
+    h0: int,
+    h1: int,
+    w0: int,
+    w1: int,
+    div_h: int,
+    div_w: int,
+    y: int,
+    nthreads: int,
+) -> None:
+    """Max pooling of s8 NHWC codes: output (oh, ow) = max over rows [h0[oh], h1[oh]) x columns
+    [w0[ow], w1[ow]) (int64 arrays); div_h / div_w unused."""
+
 def quantize_rows(x: int, M: int, K: int, ldx: int, q: int, scales: int, nthreads: int) -> None:
     """Per-row symmetric int8: q int8 [M, K] (contiguous), scales fp32 [M] = amax / 127 (NaN for
     a row holding NaN/Inf) from x fp32 [M, K] (row stride ldx)."""
+
+def quantize_static(
+    x: int,
+    M: int,
+    N: int,
+    inv_scale: typing.SupportsFloat | typing.SupportsIndex,
+    lo: typing.SupportsFloat | typing.SupportsIndex,
+    hi: typing.SupportsFloat | typing.SupportsIndex,
+    q: int,
+    nthreads: int,
+) -> None:
+    """fp32 [M][N] -> s8 codes at a fixed scale: nearbyint(clamp(x * inv_scale, lo, hi)), NaN ->
+    0 (conv/requant.h)."""
 
 def spmm_24(
     x: int,

@@ -1,0 +1,161 @@
+"""Kernels of the static int8 pipeline (csrc/conv/requant.h, csrc/int8_ops): the convolution
+from s8 codes to s8 codes (bias, clamp, residual add and requantization fused) or to fp32, dense
+(every conv path: the AVX2 direct one, the gather path, the AMX implicit GEMM emulated) and
+depthwise; pooling, add and quantize. Every ISA path bit for bit with the C ref; the C ref
+against the torch reference of the rules (codes within one of it: the fp32 epilogue against
+fp64 can round a value lying on a .5 the other way; fp32 outputs within fp32 rounding)."""
+
+import pytest
+import torch
+
+from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
+from tersor.ops import int8_static as ops
+
+# (C, N, k, stride, padding, dilation, H, W, depthwise)
+CASES = [
+    (3, 16, 3, 2, 1, 1, 9, 11, False),  # the stem: runs of 3 codes, the gather path
+    (8, 7, 1, 1, 0, 1, 5, 6, False),  # 1x1, N < 16
+    (16, 33, 3, 1, 1, 1, 7, 7, False),  # N past a tile
+    (64, 20, 3, 1, 1, 1, 6, 5, False),  # C % 64 == 0: the implicit GEMM applies
+    (12, 24, 3, 2, 1, 2, 13, 10, False),  # dilated: one run per tap
+    (37, 37, 3, 1, 1, 1, 6, 7, True),  # depthwise, channel tail
+    (32, 32, 3, 2, 1, 1, 9, 9, True),
+]
+
+
+def _case(case, gen, batch=3, relu=False):
+    c, n, k, s, p, d, h, w, dwise = case
+    xs = torch.randint(0 if relu else -127, 128, (batch, h, w, c), dtype=torch.int8, generator=gen)
+    k_in = k * k * (1 if dwise else c)
+    q, sc = quantize_per_channel_int8(torch.randn(n, k_in, generator=gen))
+    pk = pack_int8(q, sc)
+    bias = torch.randn(n, generator=gen)
+    return xs, q, sc, pk, bias, (k, k, s, s, p, p, d, d), dwise
+
+
+def _run(xs, pk, bias, n, geom, dwise, out_scale, lo, hi, res=None, res_scale=0.0, emu=False):
+    return ops.conv_static_cpu(
+        xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, geom, dwise, out_scale, lo, hi,
+        res, res_scale, emulate_implicit=emu,
+    )  # fmt: skip
+
+
+def _ho_wo(xs, geom):
+    kh, kw, sh, sw, ph, pw, dh, dw = geom
+    h, w = xs.shape[1:3]
+    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+@pytest.mark.parametrize("epilogue", ["fp32", "codes", "relu", "residual_relu", "relu6"])
+@pytest.mark.parametrize("case", CASES)
+def test_conv_every_isa_matches_ref(isa, case, epilogue, gen, c_ref):
+    xs, q, sc, pk, bias, geom, dwise = _case(case, gen, relu=epilogue == "relu")
+    n = q.shape[0]
+    out_scale, lo, hi, res, rs = 0.0, -127.0, 127.0, None, 0.0
+    if epilogue != "fp32":
+        y32 = _run(xs, pk, bias, n, geom, dwise, 0.0, 0, 0)
+        out_scale = float(y32.abs().amax()) / 127 * 0.8  # some values clip
+        lo = 0.0 if "relu" in epilogue else -127.0
+        hi = round(6.0 / out_scale) if epilogue == "relu6" else 127.0
+    if epilogue == "residual_relu":
+        res = torch.randint(-127, 128, (xs.shape[0], *_ho_wo(xs, geom), n), dtype=torch.int8,
+                            generator=gen)  # fmt: skip
+        rs = out_scale * 0.7
+    run = lambda: _run(xs, pk, bias, n, geom, dwise, out_scale, lo, hi, res, rs)  # noqa: E731
+    y = run()
+    assert torch.equal(y, c_ref(run))
+    ref = ops.conv_static_ref(xs, 0.02, q, sc, bias, geom, dwise, out_scale, lo, hi, res, rs)
+    if epilogue == "fp32":
+        torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
+    else:
+        assert y.dtype == torch.int8
+        diff = (y.int() - ref.int()).abs()
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.01
+        assert int(y.min()) >= lo and int(y.max()) <= hi
+        assert ((y == lo) | (y == hi)).any() and (y != 0).float().mean() > 0.3  # clips, not all 0
+
+
+@pytest.mark.parametrize("epilogue", ["fp32", "residual_relu"])
+def test_conv_implicit_gemm_emulated_matches(epilogue, gen):
+    xs, q, sc, pk, bias, geom, dwise = _case(CASES[3], gen)
+    n = q.shape[0]
+    out_scale, res, rs = 0.0, None, 0.0
+    if epilogue != "fp32":
+        out_scale = 0.05
+        res = torch.randint(-127, 128, (xs.shape[0], *_ho_wo(xs, geom), n), dtype=torch.int8,
+                            generator=gen)  # fmt: skip
+        rs = 0.03
+    args = (xs, pk, bias, n, geom, dwise, out_scale, 0.0, 127.0, res, rs)
+    assert torch.equal(_run(*args, emu=True), _run(*args))
+
+
+def test_requant_nan_inf_and_halves(isa, c_ref):
+    x = torch.tensor(
+        [
+            [
+                0.5,
+                1.5,
+                2.5,
+                -0.5,
+                -1.5,
+                float("nan"),
+                float("inf"),
+                -float("inf"),
+                1e30,
+                -1e-30,
+                126.5,
+                127.49,
+                -300.0,
+                3.0,
+                0.49999997,
+                7.5,
+                8.5,
+                0.0,
+            ]
+        ]  # fmt: skip
+    )
+    x = x.repeat(3, 1)  # 18 columns: one 16-wide vector step and a scalar tail per row
+    q = ops.quantize_s8_cpu(x, 1.0, -127.0, 127.0)
+    assert torch.equal(q, c_ref(lambda: ops.quantize_s8_cpu(x, 1.0, -127.0, 127.0)))
+    want = [0, 2, 2, 0, -2, 0, 127, -127, 127, 0, 126, 127, -127, 3, 0, 8, 8, 0]
+    assert q[0].tolist() == want
+    assert torch.equal(q, ops._requant_ref(x, 1.0, -127.0, 127.0))
+    relu = ops.quantize_s8_cpu(x, 0.5, 0.0, 13.0)
+    assert int(relu.min()) == 0 and int(relu.max()) == 13
+
+
+@pytest.mark.parametrize(
+    "kind,params",
+    [
+        (ops.MAX, (3, 3, 2, 2, 1, 1, 0)),
+        (ops.MAX, (2, 2, 2, 2, 0, 0, 0)),
+        (ops.AVG, (3, 3, 2, 2, 1, 1, 1)),
+        (ops.AVG, (3, 3, 1, 1, 1, 1, 0)),
+        (ops.ADAPTIVE_AVG, (1, 1)),
+        (ops.ADAPTIVE_AVG, (3, 2)),
+    ],
+)
+def test_pool_matches_torch(kind, params, gen):
+    xs = torch.randint(-127, 128, (2, 9, 7, 19), dtype=torch.int8, generator=gen)
+    y = ops.pool_s8_cpu(xs, kind, params)
+    assert torch.equal(y, ops.pool_s8_ref(xs, kind, params))
+    x = xs.permute(0, 3, 1, 2).double()  # torch's own pooling on the codes, as numbers
+    if kind == ops.MAX:
+        kh, kw, sh, sw, ph, pw, _ = params
+        want = torch.nn.functional.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw))
+    elif kind == ops.AVG:
+        kh, kw, sh, sw, ph, pw, inc = params
+        want = torch.nn.functional.avg_pool2d(x, (kh, kw), (sh, sw), (ph, pw), False, bool(inc))
+    else:
+        want = torch.nn.functional.adaptive_avg_pool2d(x, params)
+    assert torch.equal(y.permute(0, 3, 1, 2).double(), want.round())
+
+
+def test_add_matches_reference(gen):
+    a = torch.randint(-127, 128, (4, 5, 6, 7), dtype=torch.int8, generator=gen)
+    b = torch.randint(-127, 128, (4, 5, 6, 7), dtype=torch.int8, generator=gen)
+    y = ops.add_s8_cpu(a, 0.03, b, 0.05, 0.06, 0.0, 127.0)
+    want = ops._requant_ref(a.float() * 0.03 + b.float() * 0.05, 1 / 0.06, 0.0, 127.0)
+    assert int((y.int() - want.int()).abs().max()) <= 1 and int(y.min()) == 0
+    rescaled = ops.add_s8_cpu(a, 0.03, None, 0.0, 0.06, -127.0, 127.0)
+    assert torch.equal(rescaled, ops._requant_ref(a.float() * 0.03, 1 / 0.06, -127.0, 127.0))
