@@ -16,12 +16,14 @@ from tersor.configs import (
     W4A8Config,
     W4Config,
     W8A8Config,
+    W8A8StaticConfig,
     W8Config,
 )
 from tersor.distill import distill_
 from tersor.importers import empty_weights, from_pretrained
 from tersor.nn import BlockSparseLinear, CsrLinear, PackedLinear, QConv2d, QLinear, SparseLinear
 from tersor.nn.fused import fuse_projections
+from tersor.static_int8 import StaticReport, quantize_static
 
 __version__ = "0.1.0"
 
@@ -34,12 +36,14 @@ __all__ = [
     "QConv2d",
     "QLinear",
     "Report",
+    "StaticReport",
     "Sparse24Config",
     "SparseConfig",
     "SparseLinear",
     "W4A8Config",
     "W4Config",
     "W8A8Config",
+    "W8A8StaticConfig",
     "W8Config",
     "available_isas",
     "cpu_info",
@@ -49,6 +53,7 @@ __all__ = [
     "from_pretrained",
     "fuse_projections",
     "quantize_",
+    "quantize_static",
     "load_pretrained",
     "register_handler",
     "save_pretrained",

@@ -277,3 +277,34 @@ class SparseConfig(_SparseConfig):
             raise ValueError(
                 f"SparseConfig.dense_fallback must be a bool, got {self.dense_fallback!r}"
             )
+
+
+OBSERVERS = ("minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class W8A8StaticConfig(Config):
+    """The static int8 pipeline (``tersor.quantize_static``): int8 weights per output channel,
+    activation scales fixed from calibration batches, int8 tensors between layers.
+
+    observer: how each activation scale is chosen ("minmax" | "percentile" | "mse",
+    tersor/static_int8/observers.py); percentile: for "percentile" (of |x|);
+    keep_float: fnmatch patterns of layer names kept fp32 (listed in the report).
+    """
+
+    scheme: ClassVar[str] = "w8a8-static"
+    observer: str = "mse"
+    percentile: float = 99.99
+    keep_float: tuple = ()
+
+    def __post_init__(self):
+        if self.observer not in OBSERVERS:
+            raise ValueError(
+                f"W8A8StaticConfig.observer must be one of {OBSERVERS}, got {self.observer!r}"
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(
+                f"W8A8StaticConfig.percentile must lie in (50, 100], got {self.percentile}"
+            )
+        if isinstance(self.keep_float, str):
+            object.__setattr__(self, "keep_float", (self.keep_float,))

@@ -1,0 +1,251 @@
+"""The modules of a converted graph (static_int8/convert.py). Between them flow plain int8
+tensors of s8 codes, one scale per tensor fixed at calibration (held by the modules, zero point
+0); 4-D ones are logical NCHW and channels_last in memory, so the kernels read them as NHWC
+without a copy and torch's own data-movement ops (flatten, view, cat, dropout) stay correct.
+
+Scales are buffers (state_dict round trip); the packed weight is rebuilt from the canonical
+int8 weight on load. Each module checks its input's dtype and names itself in the error.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
+from tersor.ops import int8_static as ops
+from tersor.ops._common import eager
+
+QMAX = 127.0
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """A 4-D logical NCHW tensor as contiguous NHWC (a view when it is channels_last)."""
+    xh = x.permute(0, 2, 3, 1)
+    return xh if xh.is_contiguous() else xh.contiguous()
+
+
+def code_bounds(scale: float, act) -> tuple[float, float]:
+    """The codes a value clamped to act = (low, high) (None: no clamp) can take at `scale`."""
+    lo, hi = -QMAX, QMAX
+    if act is not None:
+        a, b = act
+        if a is not None and a > -float("inf"):
+            lo = max(lo, min(QMAX, round(a / scale)))
+        if b is not None and b < float("inf"):
+            hi = min(hi, max(-QMAX, round(b / scale)))
+    return float(lo), float(hi)
+
+
+class _Static(nn.Module):
+    """Scales as 0-dim float32 buffers, mirrored in Python floats for the calls."""
+
+    scale_names: tuple = ()
+
+    def _set_scales(self, **scales):
+        for k, v in scales.items():
+            self.register_buffer(k, torch.tensor(float(v), dtype=torch.float32))
+        self._refresh()
+        self.register_load_state_dict_post_hook(lambda m, _: m._refresh())
+
+    def _refresh(self):
+        for k in self.scale_names:
+            setattr(self, "_" + k, float(getattr(self, k)))
+
+    def _check(self, x, what="input"):
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.int8:
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"{self.label}: {what} must be int8 codes, got {got}")
+
+
+class Quantize(_Static):
+    """fp32 -> codes at the calibrated scale (where the network enters int8)."""
+
+    scale_names = ("scale",)
+
+    def __init__(self, scale: float, label: str = "quantize"):
+        super().__init__()
+        self.label = label
+        self._set_scales(scale=scale)
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{self.label}: expected a float tensor, got {getattr(x, 'dtype', x)}")
+        x = x.float()
+        if x.dim() == 4:
+            return ops.quantize(nhwc(x), self._scale).permute(0, 3, 1, 2)
+        return ops.quantize(x.contiguous(), self._scale)
+
+    def extra_repr(self):
+        return f"scale={self._scale:.4g}"
+
+
+class Dequantize(_Static):
+    """codes -> fp32 (where the network leaves int8: an op the pipeline does not run)."""
+
+    scale_names = ("scale",)
+
+    def __init__(self, scale: float, label: str = "dequantize"):
+        super().__init__()
+        self.label = label
+        self._set_scales(scale=scale)
+
+    def forward(self, x):
+        self._check(x)
+        return x.float() * self._scale
+
+    def extra_repr(self):
+        return f"scale={self._scale:.4g}"
+
+
+class StaticConv(_Static):
+    """A Conv2d (dense or depthwise) or Linear from codes at input_scale to codes at
+    output_scale (output_scale 0: fp32 out), with its bias, the activation clamp and a residual
+    add (forward's `res`, codes at residual_scale) fused in the kernel's epilogue."""
+
+    scale_names = ("input_scale", "output_scale", "residual_scale")
+
+    def __init__(self, layer: nn.Module, label: str, input_scale: float, output_scale: float,
+                 act=None, residual_scale: float = 0.0):  # fmt: skip
+        super().__init__()
+        self.label = label
+        self.linear = isinstance(layer, nn.Linear)
+        w = layer.weight.detach().float()
+        if self.linear:
+            self.geometry = [1, 1, 1, 1, 0, 0, 1, 1]
+            self.depthwise = False
+            self.in_channels = layer.in_features
+            w2 = w
+        else:
+            (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+            (ph, pw), (dh, dw) = layer.padding, layer.dilation
+            self.geometry = [kh, kw, sh, sw, ph, pw, dh, dw]
+            self.depthwise = layer.groups != 1
+            self.in_channels = layer.in_channels
+            w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (kh, kw, C) patch order
+        self.out_channels = w.shape[0]
+        q, s = quantize_per_channel_int8(w2, label)
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("weight_scale", s)
+        b = layer.bias.detach().float().clone() if layer.bias is not None else None
+        self.register_buffer("bias", b)
+        self.act = act
+        self._set_scales(
+            input_scale=input_scale, output_scale=output_scale, residual_scale=residual_scale
+        )
+        self.register_load_state_dict_post_hook(lambda m, _: m._pack())
+        self._pack()
+
+    def _refresh(self):
+        super()._refresh()
+        self._lo, self._hi = (
+            code_bounds(self._output_scale, self.act) if self._output_scale > 0 else (0.0, 0.0)
+        )
+
+    def _pack(self):
+        p = pack_int8(self.weight_int8, self.weight_scale)
+        self._packed, self._colsum, self._w_scale = p.packed, p.colsum, p.scale
+
+    def forward(self, x, res=None):
+        self._check(x)
+        if res is not None:
+            self._check(res, "residual")
+        if self.linear:
+            if x.shape[-1] != self.in_channels:
+                raise ValueError(f"{self.label}: expected {self.in_channels} input features, "
+                                 f"got {tuple(x.shape)}")  # fmt: skip
+            lead = x.shape[:-1]
+            xs = x.reshape(-1, 1, 1, self.in_channels).contiguous()
+            rs = None if res is None else res.reshape(-1, 1, 1, self.out_channels).contiguous()
+        else:
+            if x.dim() != 4 or x.shape[1] != self.in_channels:
+                raise ValueError(f"{self.label}: expected [B, {self.in_channels}, H, W], got "
+                                 f"{tuple(x.shape)}")  # fmt: skip
+            xs, rs = nhwc(x), None if res is None else nhwc(res)
+        args = (
+            xs, self._input_scale, self._packed, self._colsum, self._w_scale, self.bias,
+            self.out_channels, self.geometry, self.depthwise, self._output_scale, self._lo,
+            self._hi, rs, self._residual_scale,
+        )  # fmt: skip
+        y = ops.conv_static_cpu(*args) if eager(xs, "auto") else ops.conv_w8a8_static(*args)
+        if self.linear:
+            return y.view(*lead, self.out_channels)
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self):
+        kind = "linear" if self.linear else ("depthwise " if self.depthwise else "") + "conv"
+        out = f"{self._output_scale:.4g}" if self._output_scale > 0 else "fp32"
+        extra = f", act={self.act}" if self.act else ""
+        extra += ", residual" if self._residual_scale > 0 else ""
+        return (f"{kind} {self.in_channels}->{self.out_channels}, geometry={self.geometry}, "
+                f"in={self._input_scale:.4g}, out={out}{extra}")  # fmt: skip
+
+
+class Pool(nn.Module):
+    """Max / average / adaptive-average pooling of codes (the scale is kept)."""
+
+    def __init__(self, kind: int, params: tuple, label: str):
+        super().__init__()
+        self.kind, self.params, self.label = kind, list(params), label
+
+    def forward(self, x):
+        if x.dtype != torch.int8 or x.dim() != 4:
+            raise TypeError(f"{self.label}: expected 4-D int8 codes, got {x.dtype} {tuple(x.shape)}")
+        xs = nhwc(x)
+        y = ops.pool_s8_cpu(xs, self.kind, tuple(self.params)) if eager(xs, "auto") else (
+            ops.pool_s8(xs, self.kind, self.params))  # fmt: skip
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self):
+        return f"{['max', 'avg', 'adaptive_avg'][self.kind]}, {self.params}"
+
+
+class Add(_Static):
+    """a + b of two code tensors (or one rescaled: b None) at output_scale, clamped to act."""
+
+    scale_names = ("a_scale", "b_scale", "output_scale")
+
+    def __init__(self, a_scale, b_scale, output_scale, act=None, label="add"):
+        super().__init__()
+        self.label, self.act = label, act
+        self._set_scales(a_scale=a_scale, b_scale=b_scale, output_scale=output_scale)
+
+    def forward(self, a, b=None):
+        self._check(a)
+        if b is not None:
+            self._check(b)
+            if a.shape != b.shape:
+                raise ValueError(f"{self.label}: shapes {tuple(a.shape)} and {tuple(b.shape)} "
+                                 "differ (broadcasting is not served in int8)")  # fmt: skip
+        lo, hi = code_bounds(self._output_scale, self.act)
+        four = a.dim() == 4
+        a2 = nhwc(a) if four else a.contiguous()
+        b2 = None if b is None else (nhwc(b) if four else b.contiguous())
+        args = (a2, self._a_scale, b2, self._b_scale, self._output_scale, lo, hi)
+        y = ops.add_s8_cpu(*args) if eager(a2, "auto") else ops.add_s8(*args)
+        return y.permute(0, 3, 1, 2) if four else y
+
+
+class Cat(nn.Module):
+    """torch.cat of code tensors, each rescaled to the output scale first where it differs."""
+
+    def __init__(self, rescales: list, dim: int, label: str):
+        super().__init__()
+        self.rescales = nn.ModuleList(r if r is not None else nn.Identity() for r in rescales)
+        self.dim, self.label = dim, label
+
+    def forward(self, *xs):
+        return torch.cat([r(x) for r, x in zip(self.rescales, xs)], self.dim)
+
+
+class Clamp(nn.Module):
+    """A standalone ReLU / ReLU6 / hardtanh on codes (the conv before it could not absorb it)."""
+
+    def __init__(self, lo: float, hi: float, label: str):
+        super().__init__()
+        self.lo, self.hi, self.label = int(lo), int(hi), label
+
+    def forward(self, x):
+        if x.dtype != torch.int8:
+            raise TypeError(f"{self.label}: expected int8 codes, got {x.dtype}")
+        return x.clamp(self.lo, self.hi)

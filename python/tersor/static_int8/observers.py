@@ -1,0 +1,74 @@
+"""Activation observers of the static int8 pipeline: one symmetric scale per tensor, chosen
+from calibration batches (the codes are s8 with zero point 0; a ReLU's output uses 0..127).
+
+- ``minmax``: the largest |x| seen (no clipping; one outlier costs every other value bits);
+- ``percentile``: the |x| below which `percentile` % of the values lie;
+- ``mse``: the clipping threshold that minimizes the expected squared error of the codes,
+  rounding (step^2 / 12 per value inside) plus clipping ((|x| - t)^2 per value outside),
+  searched over a histogram of |x|.
+
+Histograms need the range first, so percentile and mse take two passes over the batches
+(``needs_histogram``): pass one finds each tensor's amax, pass two fills 2048 bins over it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OBSERVERS = ("minmax", "percentile", "mse")
+BINS = 2048
+QMAX = 127
+
+
+class Observer:
+    def __init__(self, kind: str, percentile: float = 99.99):
+        self.kind, self.percentile = kind, percentile
+        self.amax = 0.0
+        self.min = float("inf")
+        self.hist = None
+
+    @property
+    def needs_histogram(self) -> bool:
+        return self.kind != "minmax"
+
+    def observe_range(self, x: torch.Tensor) -> None:
+        if x.numel():
+            x = x.detach()
+            finite = x[torch.isfinite(x)] if not bool(torch.isfinite(x).all()) else x
+            if finite.numel():
+                self.amax = max(self.amax, float(finite.abs().max()))
+                self.min = min(self.min, float(finite.min()))
+
+    def observe_histogram(self, x: torch.Tensor) -> None:
+        if self.amax <= 0 or not x.numel():
+            return
+        h = torch.histc(x.detach().abs().float().flatten(), BINS, 0.0, self.amax)
+        self.hist = h if self.hist is None else self.hist + h
+
+    @property
+    def non_negative(self) -> bool:
+        return self.min >= 0.0
+
+    def threshold(self) -> float:
+        """The |x| that maps to code 127."""
+        if self.amax <= 0:
+            return 1.0  # all zeros (or never seen): any scale gives code 0
+        if self.kind == "minmax" or self.hist is None or float(self.hist.sum()) == 0:
+            return self.amax
+        h = self.hist.double()
+        width = self.amax / BINS
+        centers = (torch.arange(BINS, dtype=torch.float64) + 0.5) * width
+        if self.kind == "percentile":
+            cdf = torch.cumsum(h, 0) / h.sum()
+            i = int(torch.searchsorted(cdf, torch.tensor(self.percentile / 100.0)).clamp(max=BINS - 1))
+            return float((i + 1) * width)
+        # mse: candidate thresholds at bin edges from amax / 64 up to amax
+        cand = torch.arange(BINS // 64, BINS + 1, dtype=torch.float64) * width
+        step = cand / QMAX
+        inside = centers[None, :] <= cand[:, None]
+        rounding = (h[None, :] * inside).sum(1) * step**2 / 12
+        clipping = (h[None, :] * (~inside) * (centers[None, :] - cand[:, None]) ** 2).sum(1)
+        return float(cand[int(torch.argmin(rounding + clipping))])
+
+    def scale(self) -> float:
+        return self.threshold() / QMAX
