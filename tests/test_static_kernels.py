@@ -159,3 +159,22 @@ def test_add_matches_reference(gen):
     assert int((y.int() - want.int()).abs().max()) <= 1 and int(y.min()) == 0
     rescaled = ops.add_s8_cpu(a, 0.03, None, 0.0, 0.06, -127.0, 127.0)
     assert torch.equal(rescaled, ops._requant_ref(a.float() * 0.03, 1 / 0.06, -127.0, 127.0))
+
+
+def test_conv_reads_fewer_channels_as_zero_padded(isa, gen, c_ref):
+    """A 3-channel image read as 4 channels (the stem): the same as padding the codes."""
+    xs = torch.randint(-127, 128, (2, 11, 9, 3), dtype=torch.int8, generator=gen)
+    q, sc = quantize_per_channel_int8(torch.randn(16, 7 * 7 * 4, generator=gen))
+    pk = pack_int8(q, sc)
+    g = [7, 7, 2, 2, 3, 3, 1, 1]
+    run = lambda x, ch: ops.conv_static_cpu(  # noqa: E731
+        x, 0.02, pk.packed, pk.colsum, pk.scale, None, 16, g, False, 0.05, -127.0, 127.0,
+        None, 0.0, channels=ch,
+    )  # fmt: skip
+    y = run(xs, 4)
+    padded = torch.nn.functional.pad(xs, (0, 1))
+    assert torch.equal(y, run(padded, 0))
+    assert torch.equal(y, c_ref(lambda: run(xs, 4)))
+    ref = ops._conv_ref_call(xs, 0.02, pk.packed, pk.scale, None, 16, g, False, 0.05, -127.0,
+                             127.0, None, 0.0, 4)  # fmt: skip
+    assert int((y.int() - ref.int()).abs().max()) <= 1

@@ -52,7 +52,8 @@ void bind_conv(py::module_& m) {
 
   m.def(
       "conv_w8a8_static",
-      [](addr xs, float xs_scale, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh,
+      [](addr xs, float xs_scale, int64_t xs_channels, int64_t B, int64_t H, int64_t W,
+         int64_t C, int64_t kh,
          int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
          int64_t Ho, int64_t Wo, addr w, addr colsum, addr w_scale, int64_t N, addr bias,
          bool depthwise, addr y, addr q, float inv_scale, float lo, float hi, addr res,
@@ -65,11 +66,12 @@ void bind_conv(py::module_& m) {
                              nthreads};
         c.xs = ptr<const int8_t>(xs);
         c.xs_scale = xs_scale;
+        c.xs_channels = xs_channels;
         c.out = q ? &out : nullptr;
         if (depthwise) return conv::run_dw_w8a8(c);
         conv::run_w8a8(c, path == 1 ? conv::Path::EmulatedImplicit : conv::Path::Auto);
       },
-      py::arg("xs"), py::arg("xs_scale"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("C"),
+      py::arg("xs"), py::arg("xs_scale"), py::arg("xs_channels"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("C"),
       py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
       py::arg("dh"), py::arg("dw"), py::arg("Ho"), py::arg("Wo"), py::arg("w"),
       py::arg("colsum"), py::arg("w_scale"), py::arg("N"), py::arg("bias"),
@@ -77,7 +79,8 @@ void bind_conv(py::module_& m) {
       py::arg("hi"), py::arg("res"), py::arg("res_scale"), py::arg("path"), py::arg("nthreads"),
       nogil(),
       "The static int8 pipeline's convolution (dense, or depthwise: arguments as conv_w8a8 / "
-      "conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale. Output: y fp32 NHWC, or (q != 0) s8 "
+      "conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale, xs_channels <= C codes per pixel "
+      "(the rest zero; 0: C). Output: y fp32 NHWC, or (q != 0) s8 "
       "codes q = nearbyint(clamp((y + res * res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] "
       "codes or 0; NaN -> 0). path 1: the AMX implicit GEMM emulated (tests).");
 }

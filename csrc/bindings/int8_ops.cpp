@@ -29,8 +29,8 @@ void bind_int8_ops(py::module_& m) {
       "add_s8",
       [](addr a, float sa, addr b, float sb, int64_t n, float inv_scale, float lo, float hi,
          addr y, int nthreads) {
-        int8_ops::add(ptr<const int8_t>(a), sa, ptr<const int8_t>(b), sb, n, inv_scale, lo, hi,
-                      ptr<int8_t>(y), nthreads);
+        int8_ops::add({ptr<const int8_t>(a), sa, ptr<const int8_t>(b), sb, n, inv_scale, lo, hi,
+                       ptr<int8_t>(y), nthreads});
       },
       py::arg("a"), py::arg("sa"), py::arg("b"), py::arg("sb"), py::arg("n"),
       py::arg("inv_scale"), py::arg("lo"), py::arg("hi"), py::arg("y"), py::arg("nthreads"),
@@ -39,14 +39,18 @@ void bind_int8_ops(py::module_& m) {
       "a * sa alone, a change of scale); NaN -> 0.");
   m.def(
       "quantize_static",
-      [](addr x, int64_t M, int64_t N, float inv_scale, float lo, float hi, addr q,
-         int nthreads) {
-        const conv::Requant r{ptr<int8_t>(q), N, inv_scale, lo, hi};
-        conv::requant_all(r, ptr<const float>(x), M, N, nthreads);
+      [](addr x, int64_t n, float inv_scale, float lo, float hi, addr q, int nthreads) {
+        // as rows of 4096 (threads split rows; a tensor's own last dim may be 3 long), + a tail
+        constexpr int64_t kRow = 4096;
+        const conv::Requant r{ptr<int8_t>(q), kRow, inv_scale, lo, hi};
+        conv::requant_all(r, ptr<const float>(x), n / kRow, kRow, nthreads);
+        const int64_t done = n / kRow * kRow;
+        const conv::Requant tail{ptr<int8_t>(q) + done, kRow, inv_scale, lo, hi};
+        conv::requant_all(tail, ptr<const float>(x) + done, n > done ? 1 : 0, n - done, 1);
       },
-      py::arg("x"), py::arg("M"), py::arg("N"), py::arg("inv_scale"), py::arg("lo"),
-      py::arg("hi"), py::arg("q"), py::arg("nthreads"), nogil(),
-      "fp32 [M][N] -> s8 codes at a fixed scale: nearbyint(clamp(x * inv_scale, lo, hi)), "
+      py::arg("x"), py::arg("n"), py::arg("inv_scale"), py::arg("lo"), py::arg("hi"),
+      py::arg("q"), py::arg("nthreads"), nogil(),
+      "n fp32 values -> s8 codes at a fixed scale: nearbyint(clamp(x * inv_scale, lo, hi)), "
       "NaN -> 0 (conv/requant.h).");
 }
 

@@ -43,8 +43,10 @@ struct ConvW8A8Args {
   int nthreads;
   // The static int8 pipeline (requant.h): the input arrives as s8 codes at one fixed scale
   // (x unused), and / or the output leaves as codes through *out (y unused).
-  const int8_t* xs = nullptr;  // NHWC [B][H][W][C] codes
+  const int8_t* xs = nullptr;  // NHWC [B][H][W][xs_channels] codes
   float xs_scale = 0.0f;
+  int64_t xs_channels = 0;  // <= C: the rest of each pixel's C codes are zero (a 3-channel
+                            // image read as 4 channels, whole 4-code groups); 0 means C
   const Requant* out = nullptr;
 };
 

@@ -34,6 +34,7 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
   };
   const int64_t row = c.W * c.C, prow = in.Wp * c.C;
   const bool codes = c.xs != nullptr;  // static pipeline: codes at one scale, copied as they are
+  const int64_t xs_c = c.xs_channels > 0 ? c.xs_channels : c.C;
   auto amax_rows = alloc_scratch<float>(c.B * c.H);  // per input row; NaN marks non-finite
   auto inv = alloc_scratch<float>(c.B);
   auto negative_rows = alloc_scratch<uint8_t>(c.B * in.Hp);  // per padded row: a code < 0
@@ -74,8 +75,13 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
         continue;
       }
       std::memset(dst, 0, c.pw * c.C);
-      if (codes) {
+      if (codes && xs_c == c.C) {
         std::memcpy(dst + c.pw * c.C, c.xs + (b * c.H + h) * row, row);
+      } else if (codes) {  // pixels of xs_c codes spread to C, zero-filled
+        const int8_t* src = c.xs + (b * c.H + h) * c.W * xs_c;
+        int8_t* px = dst + c.pw * c.C;
+        std::memset(px, 0, row);
+        for (int64_t w = 0; w < c.W; ++w) std::memcpy(px + w * c.C, src + w * xs_c, xs_c);
       } else {
         quantize(c.x + (b * c.H + h) * row, row, inv_b, dst + c.pw * c.C);
       }

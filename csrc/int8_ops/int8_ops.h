@@ -9,8 +9,8 @@
 //              convolution before it could not absorb, or (b null) a change of scale
 //
 // with requant as in conv/requant.h (NaN -> 0, clamp to [lo, hi], round half to even).
-// One portable implementation each: they move bytes (no multiply-heavy inner loop) and the
-// compiler vectorizes the channel loops; results are the same on every machine.
+// One implementation each (int8_ops_impl.h), compiled portable and with AVX2: they move bytes
+// and the compiler vectorizes the channel loops; results are the same on every path.
 #pragma once
 #include <cstdint>
 
@@ -29,10 +29,26 @@ struct PoolArgs {
   int8_t* y;  // [B][Ho][Wo][C]
   int nthreads;
 };
+struct AddArgs {
+  const int8_t* a;
+  float sa;
+  const int8_t* b;  // or null
+  float sb;
+  int64_t n;
+  float inv_scale, lo, hi;
+  int8_t* y;
+  int nthreads;
+};
+
+// Per-call ISA dispatch, and the paths.
 void max_pool(const PoolArgs& a);
 void avg_pool(const PoolArgs& a);
-
-void add(const int8_t* a, float sa, const int8_t* b, float sb, int64_t n, float inv_scale,
-         float lo, float hi, int8_t* y, int nthreads);
+void add(const AddArgs& a);
+void max_pool_ref(const PoolArgs& a);
+void avg_pool_ref(const PoolArgs& a);
+void add_ref(const AddArgs& a);
+void max_pool_avx2(const PoolArgs& a);
+void avg_pool_avx2(const PoolArgs& a);
+void add_avx2(const AddArgs& a);
 
 }  // namespace tersor::int8_ops

@@ -8,13 +8,13 @@ ISAS: tuple[str, ...]  # ('ref', 'avx2', 'avx512', 'amx')
 
 def add_s8(
     a: int,
-    sa: typing.SupportsFloat | typing.SupportsIndex,
+    sa: float,
     b: int,
-    sb: typing.SupportsFloat | typing.SupportsIndex,
+    sb: float,
     n: int,
-    inv_scale: typing.SupportsFloat | typing.SupportsIndex,
-    lo: typing.SupportsFloat | typing.SupportsIndex,
-    hi: typing.SupportsFloat | typing.SupportsIndex,
+    inv_scale: float,
+    lo: float,
+    hi: float,
     y: int,
     nthreads: int,
 ) -> None:
@@ -126,7 +126,8 @@ def conv_w8a8_implicit_emulated(
 
 def conv_w8a8_static(
     xs: int,
-    xs_scale: typing.SupportsFloat | typing.SupportsIndex,
+    xs_scale: float,
+    xs_channels: int,
     B: int,
     H: int,
     W: int,
@@ -149,18 +150,19 @@ def conv_w8a8_static(
     depthwise: bool,
     y: int,
     q: int,
-    inv_scale: typing.SupportsFloat | typing.SupportsIndex,
-    lo: typing.SupportsFloat | typing.SupportsIndex,
-    hi: typing.SupportsFloat | typing.SupportsIndex,
+    inv_scale: float,
+    lo: float,
+    hi: float,
     res: int,
-    res_scale: typing.SupportsFloat | typing.SupportsIndex,
+    res_scale: float,
     path: int,
     nthreads: int,
 ) -> None:
     """The static int8 pipeline's convolution (dense, or depthwise: arguments as conv_w8a8 /
-    conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale. Output: y fp32 NHWC, or (q != 0) s8 codes
-    q = nearbyint(clamp((y + res * res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] codes or 0;
-    NaN -> 0). path 1: the AMX implicit GEMM emulated (tests)."""
+    conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale, xs_channels <= C codes per pixel (the
+    rest zero; 0: C). Output: y fp32 NHWC, or (q != 0) s8 codes q = nearbyint(clamp((y + res *
+    res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] codes or 0; NaN -> 0). path 1: the AMX
+    implicit GEMM emulated (tests)."""
 
 def convert_rows(
     src: int,
@@ -331,16 +333,15 @@ def quantize_rows(x: int, M: int, K: int, ldx: int, q: int, scales: int, nthread
 
 def quantize_static(
     x: int,
-    M: int,
-    N: int,
-    inv_scale: typing.SupportsFloat | typing.SupportsIndex,
-    lo: typing.SupportsFloat | typing.SupportsIndex,
-    hi: typing.SupportsFloat | typing.SupportsIndex,
+    n: int,
+    inv_scale: float,
+    lo: float,
+    hi: float,
     q: int,
     nthreads: int,
 ) -> None:
-    """fp32 [M][N] -> s8 codes at a fixed scale: nearbyint(clamp(x * inv_scale, lo, hi)), NaN ->
-    0 (conv/requant.h)."""
+    """n fp32 values -> s8 codes at a fixed scale: nearbyint(clamp(x * inv_scale, lo, hi)), NaN
+    -> 0 (conv/requant.h)."""
 
 def spmm_24(
     x: int,

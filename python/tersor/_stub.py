@@ -24,6 +24,7 @@ def _signature(sig: str) -> str:
     """pybind11's signature line as a `def`, types spelled the same under pybind11 2 and 3
     (3 writes `typing.SupportsInt | typing.SupportsIndex` for an int argument), wrapped."""
     sig = sig.replace("typing.SupportsInt | typing.SupportsIndex", "int")
+    sig = sig.replace("typing.SupportsFloat | typing.SupportsIndex", "float")
     head = f"def {sig}:"
     if len(head) <= 100:
         return head

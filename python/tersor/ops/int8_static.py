@@ -40,11 +40,9 @@ def _requant_ref(v: torch.Tensor, inv_scale: float, lo: float, hi: float) -> tor
 def quantize_s8_cpu(x: torch.Tensor, scale: float, lo: float, hi: float) -> torch.Tensor:
     x = x.contiguous()
     q = torch.empty(x.shape, dtype=torch.int8)
-    n = x.shape[-1] if x.dim() else 1
     _C.quantize_static(
-        x.data_ptr(), x.numel() // max(n, 1), n, 1.0 / scale, lo, hi, q.data_ptr(),
-        torch.get_num_threads(),
-    )  # fmt: skip
+        x.data_ptr(), x.numel(), 1.0 / scale, lo, hi, q.data_ptr(), torch.get_num_threads()
+    )
     return q
 
 
@@ -76,16 +74,18 @@ def quantize(x: torch.Tensor, scale: float, lo: float = -QMAX, hi: float = QMAX)
 
 def conv_static_cpu(
     xs, xs_scale, packed, colsum, w_scale, bias, n, geometry, depthwise,
-    out_scale, lo, hi, res, res_scale, emulate_implicit=False,
+    out_scale, lo, hi, res, res_scale, emulate_implicit=False, channels=0,
 ):  # fmt: skip
-    """xs: s8 NHWC [B, H, W, C] contiguous; out_scale 0: fp32 output, else codes."""
+    """xs: s8 NHWC [B, H, W, C'] contiguous, read as `channels` >= C' (zero codes after C';
+    0: C'); out_scale 0: fp32 output, else codes."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    b, h, w, c = xs.shape
+    b, h, w, xc = xs.shape
+    c = max(channels, xc)
     ho, wo = _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     codes = out_scale > 0
     y = torch.empty(b, ho, wo, n, dtype=torch.int8 if codes else torch.float32)
     _C.conv_w8a8_static(
-        xs.data_ptr(), xs_scale, b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
+        xs.data_ptr(), xs_scale, xc, b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
         packed.data_ptr(), colsum.data_ptr(), w_scale.data_ptr(), n, ptr(bias), depthwise,
         0 if codes else y.data_ptr(), y.data_ptr() if codes else 0,
         1.0 / out_scale if codes else 0.0, lo, hi, ptr(res), res_scale,
@@ -134,33 +134,37 @@ def conv_w8a8_static(
     hi: float,
     res: Optional[torch.Tensor],
     res_scale: float,
+    channels: int = 0,
     kernel_pref: str = "auto",
 ) -> torch.Tensor:
-    """Any device: the torch reference (conv_static_ref)."""
+    """Any device: the torch reference (conv_static_ref). channels: as conv_static_cpu."""
     return _conv_ref_call(
         xs, xs_scale, packed, w_scale, bias, out_channels, geometry, depthwise, out_scale, lo,
-        hi, res, res_scale,
+        hi, res, res_scale, channels,
     )  # fmt: skip
 
 
 @conv_w8a8_static.register_kernel("cpu")
 def _(xs, xs_scale, packed, colsum, w_scale, bias, out_channels, geometry, depthwise,
-      out_scale, lo, hi, res, res_scale, kernel_pref="auto"):  # fmt: skip
+      out_scale, lo, hi, res, res_scale, channels=0, kernel_pref="auto"):  # fmt: skip
     if kernel_pref not in NATIVE:
         return _conv_ref_call(
             xs, xs_scale, packed, w_scale, bias, out_channels, geometry, depthwise,
-            out_scale, lo, hi, res, res_scale,
+            out_scale, lo, hi, res, res_scale, channels,
         )  # fmt: skip
     return conv_static_cpu(
         xs.contiguous(), xs_scale, packed, colsum, w_scale, bias, out_channels, geometry,
         depthwise, out_scale, lo, hi, None if res is None else res.contiguous(), res_scale,
+        channels=channels,
     )  # fmt: skip
 
 
 def _conv_ref_call(xs, xs_scale, packed, w_scale, bias, n, geometry, depthwise, out_scale, lo,
-                   hi, res, res_scale):  # fmt: skip
+                   hi, res, res_scale, channels=0):  # fmt: skip
     from tersor.formats.int8 import unpack_int8
 
+    if channels > xs.shape[3]:
+        xs = torch.nn.functional.pad(xs, (0, channels - xs.shape[3]))
     kh, kw = geometry[0], geometry[1]
     k = kh * kw * (1 if depthwise else xs.shape[3])
     q, _ = unpack_int8(packed.cpu(), w_scale.cpu(), n, k)
@@ -172,7 +176,7 @@ def _conv_ref_call(xs, xs_scale, packed, w_scale, bias, n, geometry, depthwise, 
 
 @conv_w8a8_static.register_fake
 def _(xs, xs_scale, packed, colsum, w_scale, bias, out_channels, geometry, depthwise,
-      out_scale, lo, hi, res, res_scale, kernel_pref="auto"):  # fmt: skip
+      out_scale, lo, hi, res, res_scale, channels=0, kernel_pref="auto"):  # fmt: skip
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho, wo = _out_hw(xs.shape[1], xs.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
     dtype = torch.int8 if out_scale > 0 else torch.float32

@@ -147,7 +147,9 @@ def _conv_unsupported(m: nn.Module) -> str:
     if isinstance(m.padding, str):
         return "padding given as a string: not served by the int8 pipeline yet"
     if m.groups != 1 and (m.groups != m.in_channels or m.out_channels % m.in_channels):
-        return f"grouped convolution ({m.in_channels // m.groups} channels per group): no int8 kernel"
+        return (
+            f"grouped convolution ({m.in_channels // m.groups} channels per group): no int8 kernel"
+        )
     return ""
 
 
@@ -338,8 +340,9 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
         if n not in dequantized:
             name = add_module("dequantize", M.Dequantize(s, f"dequantize {n.name}"))
             dequantized[n] = g2.call_module(name, (new,))
-            what = user.target if user.op == "call_module" else getattr(user.target, "__name__",
-                                                                       str(user.target))  # fmt: skip
+            what = user.target
+            if user.op != "call_module":
+                what = getattr(what, "__name__", str(what))
             report.int8_exits.append(f"before {user.name} ({what})")
         return dequantized[n]
 
@@ -361,8 +364,8 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
             out_q = accepts_int8(n)
             s_out = scale_of(n) if out_q else 0.0
             res = as_q(g.res) if g.res is not None else None
-            layer = M.StaticConv(conv, g.conv.target, q_scale(x) if is_q(x) else scale_of(x),
-                                 s_out, g.act, q_scale(g.res) if g.res is not None else 0.0)  # fmt: skip
+            s_res = q_scale(g.res) if g.res is not None else 0.0
+            layer = M.StaticConv(conv, g.conv.target, q_scale(x), s_out, g.act, s_res)
             name = add_module("conv", layer)
             args = (as_q(x),) if res is None else (as_q(x), res)
             env[n] = (g2.call_module(name, args), s_out if out_q else None)
@@ -405,9 +408,9 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
             seq = _norm(n)["tensors"]
             s_out = scale_of(n)
             rescales = [
-                None if env[a][1] == s_out else M.Add(env[a][1], 0.0, s_out, label=f"{n.name} rescale")
+                None if env[a][1] == s_out else M.Add(env[a][1], 0.0, s_out, label=n.name)
                 for a in seq
-            ]  # fmt: skip
+            ]
             name = add_module("cat", M.Cat(rescales, info, n.name))
             env[n] = (g2.call_module(name, tuple(env[a][0] for a in seq)), s_out)
             continue

@@ -10,6 +10,7 @@ int8 weight on load. Each module checks its input's dtype and names itself in th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
@@ -110,6 +111,7 @@ class StaticConv(_Static):
         super().__init__()
         self.label = label
         self.linear = isinstance(layer, nn.Linear)
+        self.pad_channels = 0
         w = layer.weight.detach().float()
         if self.linear:
             self.geometry = [1, 1, 1, 1, 0, 0, 1, 1]
@@ -122,6 +124,13 @@ class StaticConv(_Static):
             self.geometry = [kh, kw, sh, sw, ph, pw, dh, dw]
             self.depthwise = layer.groups != 1
             self.in_channels = layer.in_channels
+            run = kw * self.in_channels if dw == 1 else self.in_channels
+            # The AVX2 kernel reads patches in place when a patch row is whole 4-code groups;
+            # a 3-channel stem gets a zero 4th channel (weights here, codes in the kernel's
+            # padded copy of the input) instead of a gather
+            if not self.depthwise and run % 4:
+                self.pad_channels = -self.in_channels % 4
+                w = F.pad(w, (0, 0, 0, 0, 0, self.pad_channels))
             w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (kh, kw, C) patch order
         self.out_channels = w.shape[0]
         q, s = quantize_per_channel_int8(w2, label)
@@ -167,7 +176,11 @@ class StaticConv(_Static):
             self.out_channels, self.geometry, self.depthwise, self._output_scale, self._lo,
             self._hi, rs, self._residual_scale,
         )  # fmt: skip
-        y = ops.conv_static_cpu(*args) if eager(xs, "auto") else ops.conv_w8a8_static(*args)
+        c = self.in_channels + self.pad_channels
+        if eager(xs, "auto"):
+            y = ops.conv_static_cpu(*args, channels=c)
+        else:
+            y = ops.conv_w8a8_static(*args, channels=c)
         if self.linear:
             return y.view(*lead, self.out_channels)
         return y.permute(0, 3, 1, 2)
@@ -190,7 +203,9 @@ class Pool(nn.Module):
 
     def forward(self, x):
         if x.dtype != torch.int8 or x.dim() != 4:
-            raise TypeError(f"{self.label}: expected 4-D int8 codes, got {x.dtype} {tuple(x.shape)}")
+            raise TypeError(
+                f"{self.label}: expected 4-D int8 codes, got {x.dtype} {tuple(x.shape)}"
+            )
         xs = nhwc(x)
         y = ops.pool_s8_cpu(xs, self.kind, tuple(self.params)) if eager(xs, "auto") else (
             ops.pool_s8(xs, self.kind, self.params))  # fmt: skip

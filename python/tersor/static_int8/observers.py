@@ -60,7 +60,9 @@ class Observer:
         centers = (torch.arange(BINS, dtype=torch.float64) + 0.5) * width
         if self.kind == "percentile":
             cdf = torch.cumsum(h, 0) / h.sum()
-            i = int(torch.searchsorted(cdf, torch.tensor(self.percentile / 100.0)).clamp(max=BINS - 1))
+            i = int(
+                torch.searchsorted(cdf, torch.tensor(self.percentile / 100.0)).clamp(max=BINS - 1)
+            )
             return float((i + 1) * width)
         # mse: candidate thresholds at bin edges from amax / 64 up to amax
         cand = torch.arange(BINS // 64, BINS + 1, dtype=torch.float64) * width
