@@ -56,10 +56,8 @@ void run_dw_ref(const DwCall& k) {
   }
 }
 
-void run_dw_w8a8(const ConvW8A8Args& c) {
-  if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
-  if (c.C <= 0 || c.N % c.C)
-    throw std::invalid_argument("conv_dw_w8a8: N must be a multiple of the input channels");
+namespace {
+void run_dw_folded(const ConvW8A8Args& c) {
   const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
   auto xq = alloc_scratch<int8_t>((c.B * Hp * Wp + tail_pixels(c)) * c.C);
   auto scale = alloc_scratch<float>(c.B);
@@ -76,6 +74,14 @@ void run_dw_w8a8(const ConvW8A8Args& c) {
       wt.get()[t * Np + n] = tiles[(n / 16) * k4 + t / 4].q[n % 16][t % 4];
   dispatch_isa(DwCall{c, in, wt.get(), Np, c.N / c.C}, run_dw_ref, TERSOR_X86_FN(run_dw_avx2),
                TERSOR_X86_FN(run_dw_avx512), TERSOR_X86_FN(run_dw_avx512));
+}
+}  // namespace
+
+void run_dw_w8a8(const ConvW8A8Args& c) {
+  if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
+  if (c.C <= 0 || c.N % c.C)
+    throw std::invalid_argument("conv_dw_w8a8: N must be a multiple of the input channels");
+  with_folded_scales(c, run_dw_folded);
 }
 
 }  // namespace tersor::conv

@@ -24,6 +24,7 @@
 // across ISAs.
 #pragma once
 #include <cstdint>
+#include <functional>
 
 #include "conv/requant.h"
 #include "gemm_w8a8/gemm_w8a8.h"
@@ -84,5 +85,8 @@ void run_unfused(const ConvCall& k, void (*fn)(const ConvCall&));
 // run over scalar tiles, on any machine.
 enum class Path { Auto, EmulatedImplicit };
 void run_w8a8(const ConvW8A8Args& c, Path path = Path::Auto);
+// run(c), or with c.out run(c with the output scale folded into its per-column factors and an
+// input scale of 1: fold_output_scale in requant.h).
+void with_folded_scales(const ConvW8A8Args& c, const std::function<void(const ConvW8A8Args&)>& run);
 
 }  // namespace tersor::conv

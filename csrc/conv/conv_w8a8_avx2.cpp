@@ -11,6 +11,7 @@
 // (dilated: one run of C codes per tap.) The K order (kh, kw, C) of the packed weight is the
 // order of the runs, so the weight block streams as in the GEMM. This skips the patch copy
 // (~20% of the AVX2 time at 56x56, measured with perf) and the panel's trip through memory.
+// In the static pipeline (c.out) the tiles write the next layer's codes directly.
 #include <vector>
 
 #include "common/parallel.h"
@@ -24,8 +25,8 @@ void run_w8a8_avx2(const ConvCall& k) {
   const ConvW8A8Args& c = k.c;
   const QuantizedInput& in = k.in;
   const int64_t run = c.dw == 1 ? c.kw * c.C : c.C;
-  if (run % 4 != 0) return run_unfused(k, run_w8a8_generic);  // a 4-code group would straddle
-                                                                // two runs
+  // a 4-code group would straddle two runs; non-finite factors: the NaN rule of requant.h
+  if (run % 4 != 0 || (c.out && !c.out->folded_finite)) return run_unfused(k, run_w8a8_generic);
 
   const int64_t M = c.B * c.Ho * c.Wo, K = c.kh * c.kw * c.C;  // K % 4 == 0 here
   std::vector<int64_t> run_offset;
@@ -34,11 +35,13 @@ void run_w8a8_avx2(const ConvCall& k) {
       run_offset.push_back((i * c.dh * in.Wp + j * c.dw) * c.C);
   const PackedW8LinearArgs a{nullptr, M, K, K, c.w, c.colsum, c.w_scale, c.N, c.bias, c.y,
                              c.N, c.nthreads};
+  // c.out (folded, requant.h): the tiles write codes straight from their accumulators
+  const gemm_w8a8::avx2::CodesOut codes =
+      c.out ? gemm_w8a8::avx2::CodesOut{c.out->q, c.out->ldq, c.out->res, c.out->ldres,
+                                        c.out->res_scale, c.out->lo, c.out->hi}
+            : gemm_w8a8::avx2::CodesOut{};
   const int nt = threads_for_work(double(M) * c.N * K, c.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
-  {
-  // c.out: each block's fp32 rows go to a scratch still in L1/L2 when they are requantized
-  auto block_y = alloc_scratch<float>(c.out ? gemm_w8a8::avx2::kRowsPerBlock * c.N : 0);
   gemm_w8a8::avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1,
                                          gemm_w8a8::avx2::RowBlock& block) {
     for (int64_t m = m0; m < m1; ++m) {
@@ -52,12 +55,8 @@ void run_w8a8_avx2(const ConvCall& k) {
     block.run_offset = run_offset.data();
     block.n_runs = static_cast<int64_t>(run_offset.size());
     block.run_groups = run / 4;
-    block.y = c.out ? block_y.get() : nullptr;
-    block.ldy = c.N;
-  }, [&](int64_t m0, int64_t m1, const gemm_w8a8::avx2::RowBlock&) {
-    if (c.out) requant_rows_avx2(*c.out, block_y.get(), c.N, m0, m1, c.N);
+    block.codes = c.out ? &codes : nullptr;
   });
-  }
 }
 
 }  // namespace tersor::conv

@@ -2,6 +2,7 @@
 // gemm_w8a8::run_rows, and the per-call dispatch.
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <vector>
 
@@ -169,8 +170,21 @@ void run_amx_unfused(const ConvCall& k) { run_unfused(k, run_w8a8_amx); }
 #endif
 }  // namespace
 
-void run_w8a8(const ConvW8A8Args& c, Path path) {
-  if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
+void with_folded_scales(const ConvW8A8Args& c, const std::function<void(const ConvW8A8Args&)>& run) {
+  if (!c.out) return run(c);
+  // static pipeline: the output scale moves into the epilogue's factors (requant.h)
+  FoldedScales f =
+      fold_output_scale(c.w_scale, c.bias, c.N, round_up(c.N, 16), c.xs_scale, *c.out);
+  ConvW8A8Args folded = c;
+  folded.w_scale = f.m.get();
+  folded.bias = f.c.get();
+  folded.xs_scale = 1.0f;
+  folded.out = &f.out;
+  run(folded);
+}
+
+namespace {
+void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
   if (path == Path::EmulatedImplicit && !implicit_gemm_applies(c))
     throw std::invalid_argument("conv_w8a8: the implicit GEMM needs stride 1 and C % 64 == 0");
   const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
@@ -183,6 +197,12 @@ void run_w8a8(const ConvW8A8Args& c, Path path) {
   // AVX-512 without AMX runs the generic path (its GEMM dispatches to the VNNI kernel)
   dispatch_isa(ConvCall{c, in}, run_generic_unfused, TERSOR_X86_FN(run_w8a8_avx2),
                TERSOR_X86_FN(run_generic_unfused), TERSOR_X86_FN(run_amx_unfused));
+}
+}  // namespace
+
+void run_w8a8(const ConvW8A8Args& c, Path path) {
+  if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
+  with_folded_scales(c, [path](const ConvW8A8Args& f) { run_w8a8_folded(f, path); });
 }
 
 }  // namespace tersor::conv

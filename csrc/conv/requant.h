@@ -1,9 +1,13 @@
 // The requantization epilogue of the static int8 pipeline (tersor.static_int8): a convolution's
-// fp32 results, already  y = fma(float(acc), sx * sw[n], bias[n]),  become the next layer's s8
-// codes at a fixed, calibrated scale, with the residual add and the activation fused:
+// fp32 results become the next layer's s8 codes at a fixed, calibrated scale, with the residual
+// add and the activation fused. fold_output_scale first moves the output scale into the
+// kernel's own per-column factors, so the kernels' usual fp32 epilogue (with an input scale of
+// 1) already gives the value in output codes, one fma per value:
 //
-//   v = res ? fma(float(res[m][n]), res_scale, y[m][n]) : y[m][n]   (a skip connection)
-//   t = v * inv_scale;  t = isnan(t) ? 0 : t
+//   m[n] = (xs_scale * w_scale[n]) * inv_out      c[n] = bias[n] * inv_out      (fp32)
+//   y = fma(float(acc), m[n], c[n])                                 (the kernels' epilogue)
+//   v = res ? fma(float(res[m][n]), res_scale * inv_out, y) : y     (a skip connection)
+//   t = v * inv_scale (1 after folding);  t = isnan(t) ? 0 : t
 //   q[m][n] = nearbyint(min(max(t, lo), hi))                          (half to even)
 //
 // lo / hi are whole codes: [-127, 127] plain, [0, 127] after a ReLU (7-bit unsigned codes, the
@@ -12,6 +16,8 @@
 // +-Inf and huge values away from the float -> int32 conversion. Every path is bit-identical.
 #pragma once
 #include <cstdint>
+
+#include "common/parallel.h"
 
 namespace tersor::conv {
 
@@ -23,6 +29,9 @@ struct Requant {
   const int8_t* res = nullptr;  // [M][ldres] residual codes, or none
   int64_t ldres = 0;
   float res_scale = 0.0f;
+  // set by fold_output_scale when inv_scale is 1 and every factor is finite: no t is NaN, so a
+  // kernel may write codes from its accumulators without the NaN test (conv_w8a8_avx2.cpp)
+  bool folded_finite = false;
 };
 
 // Rows [m0, m1) of N columns: y points at row m0 (row stride ldy); writes q / reads res at
@@ -33,5 +42,14 @@ void requant_rows_avx2(const Requant& r, const float* y, int64_t ldy, int64_t m0
                        int64_t N);
 // All M rows of a contiguous [M][N] y, threads over rows, per-call ISA dispatch.
 void requant_all(const Requant& r, const float* y, int64_t M, int64_t N, int nthreads);
+
+// The factors above for a layer of N columns (arrays padded to Np, zero past N: the kernels
+// load whole column blocks) and the requantization that follows them.
+struct FoldedScales {
+  Scratch<float> m, c;
+  Requant out;
+};
+FoldedScales fold_output_scale(const float* w_scale, const float* bias, int64_t N, int64_t Np,
+                               float xs_scale, const Requant& out);
 
 }  // namespace tersor::conv

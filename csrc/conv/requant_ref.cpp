@@ -21,6 +21,21 @@ void requant_rows_ref(const Requant& r, const float* y, int64_t ldy, int64_t m0,
   }
 }
 
+FoldedScales fold_output_scale(const float* w_scale, const float* bias, int64_t N, int64_t Np,
+                               float xs_scale, const Requant& out) {
+  FoldedScales f{alloc_scratch<float>(Np), alloc_scratch<float>(Np), out};
+  bool finite = true;
+  for (int64_t n = 0; n < Np; ++n) {
+    f.m.get()[n] = n < N ? (xs_scale * w_scale[n]) * out.inv_scale : 0.0f;
+    f.c.get()[n] = n < N && bias ? bias[n] * out.inv_scale : 0.0f;
+    finite = finite && std::isfinite(f.m.get()[n]) && std::isfinite(f.c.get()[n]);
+  }
+  f.out.res_scale = out.res_scale * out.inv_scale;
+  f.out.inv_scale = 1.0f;
+  f.out.folded_finite = finite && std::isfinite(f.out.res_scale);
+  return f;
+}
+
 void requant_all(const Requant& r, const float* y, int64_t M, int64_t N, int nthreads) {
   const bool avx2 = TERSOR_X86_FN(requant_rows_avx2) != nullptr && active_isa() >= Isa::Avx2;
   const int nt = threads_for_work(double(M) * N * 4, nthreads);

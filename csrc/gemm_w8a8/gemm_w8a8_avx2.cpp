@@ -57,7 +57,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
       const uint8_t* r = rows.get() + m0 * Kp;
       const avx2::ARows src{{r, r + Kp, r + 2 * Kp, r + 3 * Kp}, &kOneRun, 1, Kp / 4};
       avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16, sx.get() + m0,
-                     a, a.y + m0 * a.ldy, a.ldy, blk * 16);
+                     a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0}, blk * 16);
     });
   }
 }

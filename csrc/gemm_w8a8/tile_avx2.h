@@ -31,16 +31,77 @@ namespace tersor::gemm_w8a8::avx2 {
 
 constexpr int kMR = 4;
 
+// Codes out instead of fp32 (the static int8 pipeline, conv/requant.h after fold_output_scale:
+// a.w_scale / a.bias hold the folded factors m / c, the input scale is 1):
+//   t = fma(float(acc), m[n], c[n]);  res: t = fma(float(res), res_scale, t)
+//   q = cvt(min(max(t, lo), hi))      (round half to even; finite factors: t is never NaN)
+struct CodesOut {
+  int8_t* q;  // [M][ldq]
+  int64_t ldq;
+  const int8_t* res;  // [M][ldres] or null
+  int64_t ldres;
+  float res_scale, lo, hi;
+};
+
+template <int MR>
+static inline void store_codes_tile(const __m256i (&acc)[MR][2], const float* m_scale,
+                                    const float* c, int64_t N, const CodesOut& o, int64_t m0,
+                                    int64_t n0) {
+  const int64_t cols = std::min<int64_t>(16, N - n0);
+  const __m256 lo = _mm256_set1_ps(o.lo), hi = _mm256_set1_ps(o.hi);
+  const __m256 rs = _mm256_set1_ps(o.res_scale);
+  const __m256 m0v = _mm256_loadu_ps(m_scale + n0), m1v = _mm256_loadu_ps(m_scale + n0 + 8);
+  const __m256 c0v = _mm256_loadu_ps(c + n0), c1v = _mm256_loadu_ps(c + n0 + 8);  // [Np]
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    __m256 t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][0]), m0v, c0v);
+    __m256 t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][1]), m1v, c1v);
+    if (o.res) {
+      alignas(16) int8_t tail[16] = {};
+      const int8_t* rp = o.res + (m0 + r) * o.ldres + n0;
+      if (cols < 16) {
+        for (int64_t i = 0; i < cols; ++i) tail[i] = rp[i];
+        rp = tail;
+      }
+      const __m128i r16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rp));
+      t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(r16)), rs, t0);
+      t1 = _mm256_fmadd_ps(
+          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(r16, r16))), rs, t1);
+    }
+    const __m256i q0 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t0, lo), hi));
+    const __m256i q1 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t1, lo), hi));
+    const __m256i q01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+    const __m128i codes =
+        _mm_packs_epi16(_mm256_castsi256_si128(q01), _mm256_extracti128_si256(q01, 1));
+    int8_t* dst = o.q + (m0 + r) * o.ldq + n0;
+    if (cols == 16) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), codes);
+    } else {
+      alignas(16) int8_t tmp[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(tmp), codes);
+      for (int64_t i = 0; i < cols; ++i) dst[i] = tmp[i];
+    }
+  }
+}
+
 struct ARows {
   const uint8_t* row[kMR];
   const int64_t* run_offset;
   int64_t n_runs, run_groups;
 };
 
-// Writes the tile's MR rows at y (row stride ldy), columns n0 .. n0 + 16.
+// Where a tile's MR rows go: fp32 at y (row stride ldy), or codes (rows m.. of *codes).
+struct TileOut {
+  float* y;
+  int64_t ldy;
+  const CodesOut* codes;
+  int64_t m;
+};
+
+// Writes the tile's MR rows, columns n0 .. n0 + 16.
 template <int MR, bool kNonNegative>
 static inline void tile(const ARows& src, const int8_t* wblock, const float* sx,
-                        const PackedW8LinearArgs& a, float* y, int64_t ldy, int64_t n0) {
+                        const PackedW8LinearArgs& a, const TileOut& out, int64_t n0) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[MR][2];
 TERSOR_UNROLL
@@ -72,19 +133,23 @@ TERSOR_UNROLL
       }
     }
   }
-  store_int8_tile<MR>(acc, sx, a.w_scale, a.bias, a.N, y, ldy, n0);
+  if (out.codes) {
+    store_codes_tile<MR>(acc, a.w_scale, a.bias, a.N, *out.codes, out.m, n0);
+  } else {
+    store_int8_tile<MR>(acc, sx, a.w_scale, a.bias, a.N, out.y, out.ldy, n0);
+  }
 }
 
 // tile<mr, non_negative>(...) for a runtime row count 1..4.
 static inline void run_tile(int mr, bool non_negative, const ARows& src, const int8_t* wblock,
-                            const float* sx, const PackedW8LinearArgs& a, float* y, int64_t ldy,
+                            const float* sx, const PackedW8LinearArgs& a, const TileOut& out,
                             int64_t n0) {
   using TileFn = void (*)(const ARows&, const int8_t*, const float*, const PackedW8LinearArgs&,
-                          float*, int64_t, int64_t);
+                          const TileOut&, int64_t);
   static constexpr TileFn kTiles[2][kMR] = {
       {tile<1, false>, tile<2, false>, tile<3, false>, tile<4, false>},
       {tile<1, true>, tile<2, true>, tile<3, true>, tile<4, true>}};
-  kTiles[non_negative][mr - 1](src, wblock, sx, a, y, ldy, n0);
+  kTiles[non_negative][mr - 1](src, wblock, sx, a, out, n0);
 }
 
 // The rows of the large-M driver below, one block of kRowsPerBlock at a time.
@@ -96,21 +161,15 @@ struct RowBlock {
   bool non_negative[kRowsPerBlock / kMR];  // per tile of kMR rows: take the plain u8 x s8 tile
   const int64_t* run_offset = nullptr;     // ARows' fields, shared by every row
   int64_t n_runs = 0, run_groups = 0;
-  float* y = nullptr;  // where the block's rows go (row stride ldy), or null: a.y's rows m0..
-  int64_t ldy = 0;
+  const CodesOut* codes = nullptr;  // codes out (the static pipeline), or fp32 to a.y
 };
 
 // Large M, inside an OpenMP parallel region: threads split the rows in blocks of
 // kRowsPerBlock; prepare(m0, m1, block) fills a block's row sources, then every column block
 // runs over it while its codes sit in L1/L2. The whole weight streams once per block: 64 MACs
 // per weight byte, far below what L3 delivers. (Split the columns instead when M is small.)
-// finish(m0, m1, block) runs once the block's outputs are written (the conv's requantization).
-struct NoFinish {
-  void operator()(int64_t, int64_t, const RowBlock&) const {}
-};
-template <typename Prepare, typename Finish = NoFinish>
-static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare,
-                                  Finish&& finish = Finish()) {
+template <typename Prepare>
+static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
   const int64_t Kp = (a.K + 3) / 4 * 4, n_blocks = (a.N + 15) / 16;
   int64_t t0, t1;
   thread_range((a.M + kRowsPerBlock - 1) / kRowsPerBlock, &t0, &t1);
@@ -123,13 +182,12 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
         const uint8_t* const* r = block.row + (m - m0);
         const ARows src{{r[0], r[1], r[2], r[3]}, block.run_offset, block.n_runs,
                         block.run_groups};
-        float* y = block.y ? block.y + (m - m0) * block.ldy : a.y + m * a.ldy;
+        const TileOut out{a.y + m * a.ldy, a.ldy, block.codes, m};
         run_tile(static_cast<int>(std::min<int64_t>(kMR, m1 - m)),
                  block.non_negative[(m - m0) / kMR], src, a.w + blk * Kp * 16,
-                 block.sx + (m - m0), a, y, block.y ? block.ldy : a.ldy, blk * 16);
+                 block.sx + (m - m0), a, out, blk * 16);
       }
     }
-    finish(m0, m1, block);
   }
 }
 

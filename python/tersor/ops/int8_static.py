@@ -97,8 +97,10 @@ def conv_static_cpu(
 def conv_static_ref(
     xs, xs_scale, q, w_scale, bias, geometry, depthwise, out_scale, lo, hi, res, res_scale
 ):
-    """The rule in torch: integer sums exact (fp64), y = acc * (sx * sw) + bias in fp64 rounded
-    to fp32 once, then the requantization of csrc/conv/requant.h."""
+    """The rule in torch (csrc/conv/requant.h): integer sums exact (fp64); fp32 output
+    y = acc * (sx * sw) + bias; codes: the output scale folded into fp32 per-column factors
+    m = (sx * sw) / s_out, c = bias / s_out, then y = acc * m + c, the residual's
+    res * (s_res / s_out) added, each step rounded to fp32 once (fp64 inside)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     c = xs.shape[3]
     groups = c if depthwise else 1
@@ -106,16 +108,19 @@ def conv_static_ref(
     acc = torch.nn.functional.conv2d(
         xs.permute(0, 3, 1, 2).to(torch.float64), wq, None, (sh, sw), (ph, pw), (dh, dw), groups
     ).permute(0, 2, 3, 1)
-    s = (torch.tensor(xs_scale, dtype=torch.float32) * w_scale.cpu()).to(torch.float64)
-    y = acc * s.to(acc.device)
-    if bias is not None:
-        y = y + bias.to(torch.float64)
-    y = y.to(torch.float32)
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    s = f32(xs_scale) * w_scale.cpu().float()
+    b = bias.cpu().float() if bias is not None else torch.zeros_like(s)
+    if out_scale > 0:
+        inv = f32(1.0 / out_scale)
+        s, b = s * inv, b * inv
+    y = (acc * s.to(torch.float64).to(acc.device) + b.to(torch.float64).to(acc.device)).float()
     if out_scale <= 0:
         return y.contiguous()
     if res is not None:
-        y = (res.to(torch.float64) * res_scale + y.to(torch.float64)).to(torch.float32)
-    return _requant_ref(y, 1.0 / out_scale, lo, hi).contiguous()
+        r = (f32(res_scale) * f32(1.0 / out_scale)).double()
+        y = (res.to(torch.float64) * r + y.to(torch.float64)).to(torch.float32)
+    return _requant_ref(y, 1.0, lo, hi).contiguous()
 
 
 @torch.library.custom_op("tersor::conv_w8a8_static", mutates_args=())
