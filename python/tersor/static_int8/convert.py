@@ -165,7 +165,10 @@ def _classify(n: fx.Node, mods: dict, keep: tuple, report: StaticReport):
                 report.kept_float.append((n.target, why))
                 return "other", None
             return "conv", m
-        if isinstance(m, (nn.Flatten, nn.Identity)) or isinstance(m, nn.modules.dropout._DropoutNd):
+        stubs = (torch.ao.quantization.QuantStub, torch.ao.quantization.DeQuantStub)
+        if isinstance(m, (nn.Flatten, nn.Identity, *stubs)) or isinstance(
+            m, nn.modules.dropout._DropoutNd
+        ):  # (float stubs are identities)
             return "move", None
     if _act(n, mods) is not None:
         return "act", _act(n, mods)

@@ -82,7 +82,8 @@ class Quantize(_Static):
 
 
 class Dequantize(_Static):
-    """codes -> fp32 (where the network leaves int8: an op the pipeline does not run)."""
+    """codes -> fp32 (where the network leaves int8: an op the pipeline does not run), in the
+    default contiguous layout: the model's own code after it may assume it (a .view)."""
 
     scale_names = ("scale",)
 
@@ -93,7 +94,7 @@ class Dequantize(_Static):
 
     def forward(self, x):
         self._check(x)
-        return x.float() * self._scale
+        return x.contiguous().float() * self._scale
 
     def extra_repr(self):
         return f"scale={self._scale:.4g}"
@@ -101,8 +102,9 @@ class Dequantize(_Static):
 
 class StaticConv(_Static):
     """A Conv2d (dense or depthwise) or Linear from codes at input_scale to codes at
-    output_scale (output_scale 0: fp32 out), with its bias, the activation clamp and a residual
-    add (forward's `res`, codes at residual_scale) fused in the kernel's epilogue."""
+    output_scale, with its bias, the activation clamp and a residual add (forward's `res`,
+    codes at residual_scale) fused in the kernel's epilogue. output_scale 0: fp32 out (where
+    the network leaves int8), the residual and clamp then applied in torch after the kernel."""
 
     scale_names = ("input_scale", "output_scale", "residual_scale")
 
@@ -181,6 +183,11 @@ class StaticConv(_Static):
             y = ops.conv_static_cpu(*args, channels=c)
         else:
             y = ops.conv_w8a8_static(*args, channels=c)
+        if self._output_scale == 0:  # fp32 out (the network leaves int8): the rest in torch
+            if rs is not None:
+                y = y + rs.float() * self._residual_scale
+            if self.act is not None:
+                y = y.clamp(*self.act)
         if self.linear:
             return y.view(*lead, self.out_channels)
         return y.permute(0, 3, 1, 2)
