@@ -58,8 +58,13 @@ def test_cnn_family_converts_every_convolution(capsys):
     every convolution converted, checked against fp32, timed."""
     from tersor.bench.cnn import run_cnn
 
-    rows = run_cnn(batch=1, size=64, rounds=1)
-    assert [r["impl"] for r in rows] == ["cnn MobileNetV2 W8A8", "cnn ResNet-18 W8A8"]
-    assert all(r["ratio"] > 0 and r["cosine"] > 0.9 for r in rows)
+    rows = run_cnn(batches=(1,), size=64, rounds=1, peers=("torch.ao",))
+    assert [r["impl"] for r in rows] == [
+        "cnn MobileNetV2 b1 static int8",
+        "cnn ResNet-18 b1 static int8",
+    ]
+    assert all(r["ratio"] > 0 and r["cosine"] > 0.9 and r["peer_ratio"] > 0 for r in rows)
+    assert {r["best_peer"] for r in rows} == {"torch.ao static"}
     out = capsys.readouterr().out
-    assert "52 / 52" in out and "20 / 20" in out
+    assert "52 / 52 convs converted by W8A8, 53 layers" in out
+    assert "20 / 20 convs converted by W8A8, 21 layers" in out

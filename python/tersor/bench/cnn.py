@@ -1,7 +1,9 @@
 """``python -m tersor.bench --family cnn``: whole CNNs in the torchvision layer layout (written
-out here: torchvision is not a dependency), random weights, batch 8, 224x224, channels_last:
-torch fp32 against tersor W8A8 (every convolution converted, depthwise ones included;
-activations quantized per image at each layer's input, fp32 between layers).
+out here: torchvision is not a dependency), random weights (BN statistics drawn as a trained
+network has them), batch 1 and 8, 224x224, channels_last: torch fp32, tersor W8A8 (dynamic:
+activations quantized per image at each layer's input, fp32 between layers), tersor static int8
+(``quantize_static``: int8 between layers), torch.ao FX static int8 (x86 engine) and OpenVINO
+int8 (NNCF post-training quantization) where it installs.
 
 The residual adds live in ``forward``, as in torchvision: tersor converts the modules and
 leaves the model code alone.
@@ -111,33 +113,94 @@ def fold_bn(model: nn.Module) -> nn.Module:
 MODELS = {"MobileNetV2": mobilenet_v2, "ResNet-18": resnet18}
 
 
-def run_cnn(batch: int = 8, size: int = 224, rounds: int = 5) -> list:
+def _torch_ao_static(model: nn.Module, cal: list, x: torch.Tensor):
+    """torch.ao's FX static int8 (x86 engine, its default qconfig: conv+bn+relu fused, u8
+    activations with reduce_range), calibrated on the same batches as tersor."""
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (x,))
+        with torch.no_grad():
+            for c in cal:
+                p(c)
+        return convert_fx(p)
+
+
+def _openvino_int8(model: nn.Module, cal: list, x: torch.Tensor):
+    """OpenVINO's CPU plugin on the model converted by ov.convert_model and quantized by NNCF's
+    post-training quantization (int8 weights and activations) on the same batches, 2 inference
+    threads, the LATENCY hint; None (with the reason printed) when it does not install."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError as e:
+        print(f"  OpenVINO int8 skipped: {e.name} is not installed (pip install openvino nncf)")
+        return None
+    om = ov.convert_model(model, example_input=x)
+    qm = nncf.quantize(om, nncf.Dataset(cal, lambda b: b.numpy()), subset_size=len(cal) * 8)
+    cfg = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+    req = ov.Core().compile_model(qm, "CPU", cfg).create_infer_request()
+    return lambda t: torch.from_numpy(next(iter(req.infer({0: t.numpy()}).values())).copy())
+
+
+def run_cnn(batches=(1, 8), size: int = 224, rounds: int = 5, peers=("torch.ao", "openvino")):
+    """Each model at each batch: torch fp32, tersor W8A8 (dynamic, fp32 between layers),
+    tersor static int8 (quantize_static), and the int8 peers; logits checked against fp32
+    before timing; ratios from one interleaved run."""
     rows = []
-    print(
-        f"{'model':<13}{'fp32 ms':>9}{'W8A8 ms':>9}{'vs fp32':>9}{'convs converted':>17}"
-        f"{'logit cosine':>14}  (batch {batch}, {size}x{size}, channels_last)"
-    )
     for name, build in MODELS.items():
         torch.manual_seed(0)
-        fp32 = fold_bn(build().eval())
-        q = copy.deepcopy(fp32)
-        rep = tersor.quantize_(q, tersor.W8A8Config(), progress=False)
+        model = build().eval()
+        g = torch.Generator().manual_seed(1)
+        for m in model.modules():  # BN statistics as a trained network has them
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+        fp32 = fold_bn(copy.deepcopy(model))
+        cal = [torch.randn(4, 3, size, size, generator=g) for _ in range(2)]
+        dyn = copy.deepcopy(fp32)
+        rep = tersor.quantize_(dyn, tersor.W8A8Config(), progress=False)
         convs = sum(isinstance(m, nn.Conv2d) for m in fp32.modules())
         done = sum(1 for r in rep.converted if len(r.shape) == 4)
-        x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            ref, got = fp32(x), q(x)
-            cos = torch.nn.functional.cosine_similarity(ref, got, dim=1).mean().item()
-            if not cos > 0.9:
-                raise SystemExit(f"{name}: W8A8 logits cosine {cos:.3f} to fp32; not timing it")
-            t = time_interleaved(
-                {"fp32": lambda x, i: fp32(x), "w8a8": lambda x, i: q(x)}, x, rounds
-            )
-        row = dict(impl=f"cnn {name} W8A8", fp32_s=t["fp32"], ours_s=t["w8a8"], cosine=cos)
-        row["ratio"] = t["fp32"] / t["w8a8"]
-        rows.append(row)
-        print(
-            f"{name:<13}{t['fp32'] * 1e3:>9.1f}{t['w8a8'] * 1e3:>9.1f}{row['ratio']:>8.2f}x"
-            f"{f'{done} / {convs}':>17}{cos:>14.4f}"
-        )
+        static = tersor.quantize_static(model, tersor.W8A8StaticConfig(), calibration=cal)
+        n_static = len(static.tersor_report.converted)
+        impls = {"fp32": fp32, "tersor W8A8": dyn, "tersor static": static}
+        x0 = torch.randn(max(batches), 3, size, size, generator=g)
+        if "torch.ao" in peers:
+            impls["torch.ao static"] = _torch_ao_static(model, cal, x0)
+        for b in batches:
+            x = x0[:b].contiguous(memory_format=torch.channels_last)
+            run = dict(impls)
+            if "openvino" in peers:
+                ov_model = _openvino_int8(model, cal, x0[:b])
+                if ov_model is not None:
+                    run["OpenVINO int8"] = ov_model
+            with torch.inference_mode():
+                ref = fp32(x)
+                cos = {}
+                for k, f in run.items():
+                    cos[k] = torch.nn.functional.cosine_similarity(ref, f(x), dim=1).min().item()
+                    if not cos[k] > 0.9:
+                        raise SystemExit(f"{name} {k}: logits cosine {cos[k]:.3f} to fp32")
+                t = time_interleaved({k: (lambda x, i, f=f: f(x)) for k, f in run.items()}, x,
+                                     rounds)  # fmt: skip
+            peer_t = {k: v for k, v in t.items() if k != "fp32" and not k.startswith("tersor")}
+            print(f"{name} batch {b} ({size}x{size}, channels_last; {done} / {convs} convs "
+                  f"converted by W8A8, {n_static} layers by static int8)")  # fmt: skip
+            print(f"  {'impl':<18}{'ms':>9}{'fp32 / impl':>13}{'static vs it':>14}{'cosine':>9}")
+            for k, v in t.items():
+                print(f"  {k:<18}{v * 1e3:>9.1f}{t['fp32'] / v:>12.2f}x"
+                      f"{v / t['tersor static']:>13.2f}x{cos[k]:>9.4f}")  # fmt: skip
+            row = dict(impl=f"cnn {name} b{b} static int8", fp32_s=t["fp32"],
+                       ours_s=t["tersor static"], ratio=t["fp32"] / t["tersor static"],
+                       cosine=cos["tersor static"], dynamic_s=t["tersor W8A8"])  # fmt: skip
+            if peer_t:  # the fastest int8 peer, and its time over ours (> 1: tersor is faster)
+                row["best_peer"] = min(peer_t, key=peer_t.get)
+                row["peer_ratio"] = peer_t[row["best_peer"]] / row["ours_s"]
+            rows.append(row)
     return rows
