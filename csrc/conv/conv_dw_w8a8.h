@@ -48,6 +48,8 @@ struct DwRowOutput {
   explicit DwRowOutput(const ConvW8A8Args& c);
   float* row(int64_t r) const { return scratch_ ? scratch_.get() : c_.y + r * c_.Wo * c_.N; }
   void finish_row(int64_t r) const;
+  // finish_row for columns [n0, N) only (the rest already written as codes)
+  void finish_columns(int64_t r, int64_t n0) const;
 
  private:
   const ConvW8A8Args& c_;

@@ -22,6 +22,12 @@ void DwRowOutput::finish_row(int64_t r) const {
   requant_rows_ref(*c_.out, scratch_.get(), c_.N, r * c_.Wo, r * c_.Wo + c_.Wo, c_.N);
 }
 
+void DwRowOutput::finish_columns(int64_t r, int64_t n0) const {
+  Requant tail = *c_.out;
+  tail.q += n0;
+  requant_rows_ref(tail, scratch_.get() + n0, c_.N, r * c_.Wo, r * c_.Wo + c_.Wo, c_.N - n0);
+}
+
 void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0, int64_t n1,
                   float* y) {
   const ConvW8A8Args& c = k.c;

@@ -62,6 +62,9 @@ struct QuantizedInput {
 };
 // Fills in.xq and in.scale (allocated by the caller) from c.x, or copies c.xs.
 void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in);
+// in.xq is c.xs itself (a 1x1 convolution without padding): fills in.scale and
+// in.non_negative only.
+void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in);
 
 // The GEMM's rows gathered from xq (for gemm_w8a8::run_rows / run_rows_amx).
 gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in);
