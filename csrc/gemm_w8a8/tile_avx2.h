@@ -167,17 +167,30 @@ struct RowBlock {
 // Large M, inside an OpenMP parallel region: threads split the rows in blocks of
 // kRowsPerBlock; prepare(m0, m1, block) fills a block's row sources, then every column block
 // runs over it while its codes sit in L1/L2. The whole weight streams once per block: 64 MACs
-// per weight byte, far below what L3 delivers. (Split the columns instead when M is small.)
+// per weight byte, far below what L3 delivers. When there are fewer row blocks than twice the
+// threads (a 7x7 layer at batch 1 is one block), each row block's columns are also split in
+// chunks, so no thread idles; prepare then runs once per chunk (pointer set-up only).
 template <typename Prepare>
 static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
   const int64_t Kp = (a.K + 3) / 4 * 4, n_blocks = (a.N + 15) / 16;
+  const int64_t row_blocks = (a.M + kRowsPerBlock - 1) / kRowsPerBlock;
+#if defined(_OPENMP)
+  const int64_t nt = omp_get_num_threads();
+#else
+  const int64_t nt = 1;
+#endif
+  const int64_t chunks = std::min(n_blocks, std::max<int64_t>(1, (2 * nt + row_blocks - 1) /
+                                                                     row_blocks));
+  const int64_t per_chunk = (n_blocks + chunks - 1) / chunks;
   int64_t t0, t1;
-  thread_range((a.M + kRowsPerBlock - 1) / kRowsPerBlock, &t0, &t1);
+  thread_range(row_blocks * chunks, &t0, &t1);
   RowBlock block;
-  for (int64_t rb = t0; rb < t1; ++rb) {
+  for (int64_t item = t0; item < t1; ++item) {
+    const int64_t rb = item / chunks, chunk = item % chunks;
     const int64_t m0 = rb * kRowsPerBlock, m1 = std::min(a.M, m0 + kRowsPerBlock);
     prepare(m0, m1, block);
-    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    const int64_t blk1 = std::min(n_blocks, (chunk + 1) * per_chunk);
+    for (int64_t blk = chunk * per_chunk; blk < blk1; ++blk) {
       for (int64_t m = m0; m < m1; m += kMR) {
         const uint8_t* const* r = block.row + (m - m0);
         const ARows src{{r[0], r[1], r[2], r[3]}, block.run_offset, block.n_runs,
