@@ -218,3 +218,97 @@ def test_keep_float_and_digits_accuracy():
     with torch.inference_mode():
         assert F.cosine_similarity(ref, kept(xt), dim=1).mean().item() >= 0.98
     assert copy.deepcopy(q)(xt[:4]).shape == (4, 10)
+
+
+def _mobile_digits():
+    """A MobileNetV2-style network (BN, ReLU6, depthwise, inverted residuals with the skip in
+    forward) for 16x16 digit images."""
+    from tersor.bench.cnn import InvertedResidual
+
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        InvertedResidual(16, 16, 1, 4),
+        InvertedResidual(16, 24, 2, 4),
+        InvertedResidual(24, 24, 1, 4),
+        InvertedResidual(24, 32, 2, 4),
+        nn.Conv2d(32, 96, 1, bias=False),
+        nn.BatchNorm2d(96),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(96, 10),
+    )
+
+
+def test_trained_mobile_cnn_agrees_with_fp32():
+    """Trained weights (not random): a depthwise-separable network trained here on digits,
+    calibrated on training images, measured on the held-out ones."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+    x = F.interpolate(x, size=16, mode="bilinear", align_corners=False)
+    y = torch.tensor(digits.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    tr, te = perm[:1300], perm[1300:]
+    torch.manual_seed(0)
+    model = _mobile_digits()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        for idx in torch.randperm(len(tr), generator=g).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[tr[idx]]), y[tr[idx]]).backward()
+            opt.step()
+    model.eval()
+    q = tersor.quantize_static(model, calibration=list(x[tr[:512]].split(128)))
+    assert len(q.tersor_report.converted) == sum(
+        isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()
+    )
+    with torch.inference_mode():
+        ref, got = model(x[te]), q(x[te])
+    assert (ref.argmax(1) == y[te]).float().mean() > 0.9  # the network did learn
+    agree = (ref.argmax(1) == got.argmax(1)).float().mean().item()
+    cos = F.cosine_similarity(ref, got, dim=1).mean().item()
+    assert agree >= 0.95 and cos >= 0.99, (agree, cos)
+
+
+class _Outlier(nn.Module):
+    """fc2's input has one feature 1000x the others, which fc2 ignores: one scale per tensor
+    leaves the features it reads almost no codes, so fc2 alone loses far more than fc1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 8)
+        with torch.no_grad():
+            self.fc1.weight[0] *= 1000.0
+            self.fc1.bias[0] = 1000.0
+            self.fc2.weight[:, 0] = 0.0
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x))
+
+
+def test_min_sqnr_keeps_the_sensitive_layer_float(gen):
+    torch.manual_seed(0)
+    model = _Outlier().eval()
+    cal = [torch.randn(64, 16, generator=gen)]
+    cfg = tersor.W8A8StaticConfig(observer="minmax", min_sqnr=30.0)
+    q = tersor.quantize_static(model, cfg, calibration=cal)
+    kept = q.tersor_report.kept_float
+    assert [n for n, _ in kept] == ["fc2"] and "SQNR" in kept[0][1], kept
+    assert [n for n, _ in q.tersor_report.converted] == ["fc1"]
+    x = torch.randn(32, 16, generator=gen)
+    plain = tersor.quantize_static(
+        model, tersor.W8A8StaticConfig(observer="minmax"), calibration=cal
+    )
+    with torch.inference_mode():
+        ref = model(x)
+        err = lambda m: ((m(x) - ref).norm() / ref.norm()).item()  # noqa: E731
+        assert err(q) < err(plain) / 3
+    everything = tersor.W8A8StaticConfig(min_sqnr=200.0)
+    q_all = tersor.quantize_static(model, everything, calibration=cal)
+    assert not q_all.tersor_report.converted and len(q_all.tersor_report.kept_float) == 2
+    with pytest.raises(ValueError, match="min_sqnr"):
+        tersor.W8A8StaticConfig(min_sqnr="high")

@@ -290,12 +290,16 @@ class W8A8StaticConfig(Config):
     observer: how each activation scale is chosen ("minmax" | "percentile" | "mse",
     tersor/static_int8/observers.py); percentile: for "percentile" (of |x|);
     keep_float: fnmatch patterns of layer names kept fp32 (listed in the report).
+    min_sqnr: keep fp32 (and report) every layer whose int8 form, run alone on the first
+    calibration batch, has a signal-to-quantization-noise ratio below this many dB (None: off;
+    30-35 dB keeps only the layers that lose clearly more than the rest).
     """
 
     scheme: ClassVar[str] = "w8a8-static"
     observer: str = "mse"
     percentile: float = 99.99
     keep_float: tuple = ()
+    min_sqnr: Optional[float] = None
 
     def __post_init__(self):
         if self.observer not in OBSERVERS:
@@ -308,3 +312,7 @@ class W8A8StaticConfig(Config):
             )
         if isinstance(self.keep_float, str):
             object.__setattr__(self, "keep_float", (self.keep_float,))
+        if self.min_sqnr is not None and not isinstance(self.min_sqnr, (int, float)):
+            raise ValueError(
+                f"W8A8StaticConfig.min_sqnr must be a number of dB or None, got {self.min_sqnr!r}"
+            )

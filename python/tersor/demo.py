@@ -5,7 +5,8 @@ MiniLM-L6 (sentence-transformers all-MiniLM-L6-v2, 22M parameters, from the offl
 fp32 and torch.ao dynamic int8 quantization: encode time for a batch of 32 sentences, mean and
 worst cosine similarity of the embeddings to fp32 over 96 sentences, serialized model bytes.
 Then CNNs: a small CNN trained here on sklearn's digits (top-1 accuracy and speed for fp32,
-torch.ao static int8 and tersor W8A8) and a ResNet-18-shaped network (speed at batch 8).
+torch.ao static int8, tersor W8A8 and tersor static int8) and a ResNet-18-shaped network (speed
+at batch 8).
 Last, an LLM: a Llama-3.2-1B-shaped Hugging Face model (random weights: no hub access here)
 converted to W4A8 g32 in one call, saved and reloaded as a checkpoint, and greedy decode
 tokens/s beside the fp32 model (``python -m tersor.bench --family llm`` has every scheme).
@@ -337,6 +338,10 @@ def run_digits(runs: int) -> None:
     tq = copy.deepcopy(model)
     tersor.quantize_(tq, tersor.W8A8Config())
     variants.append(("tersor W8A8", tq))
+    # int8 between layers, scales calibrated on training images (disjoint from the test set)
+    train = train_images(digits)
+    static = tersor.quantize_static(model, calibration=list(train[:512].split(128)))
+    variants.append(("tersor static int8", static))
     t4 = copy.deepcopy(model)
     tersor.quantize_(t4, tersor.W4A8Config(group_size=32))
     variants.append(("tersor W4A8 g32", t4))
@@ -345,7 +350,6 @@ def run_digits(runs: int) -> None:
     # (the labels unused): the masks stay, the kept weights learn
     s24 = copy.deepcopy(model)
     tersor.sparsify_(s24, tersor.Sparse24Config())
-    train = train_images(digits)
     tersor.distill_(s24, model, list(train.split(64)), steps=300, progress=False)
     variants.append(("tersor 2:4 + distill_", s24))
     batch = xt[:256]
@@ -400,15 +404,22 @@ def run_resnet(runs: int, size: int = 112, batch: int = 8) -> None:
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     q = copy.deepcopy(model)
     report = tersor.quantize_(q, tersor.W8A8Config())
+    g = torch.Generator().manual_seed(1)
+    static = tersor.quantize_static(
+        model, calibration=[torch.randn(4, 3, size, size, generator=g) for _ in range(2)]
+    )
     with torch.inference_mode():
         ref = model(x)
         rel = ((q(x) - ref).norm() / ref.norm()).item()
+        rel_s = ((static(x) - ref).norm() / ref.norm()).item()
         t32 = median_time(lambda: model(x), runs)
         t8 = median_time(lambda: q(x), runs)
+        ts = median_time(lambda: static(x), runs)
     print(
         f"\nResNet-18-shaped network (random weights), batch {batch}, {size}x{size}, "
         f"channels_last input: fp32 {t32 * 1e3:.0f} ms, tersor W8A8 {t8 * 1e3:.0f} ms "
-        f"({t32 / t8:.2f}x), relative output error {rel:.3f}, {len(report.converted)} layers "
+        f"({t32 / t8:.2f}x, relative output error {rel:.3f}), tersor static int8 "
+        f"{ts * 1e3:.0f} ms ({t32 / ts:.2f}x, {rel_s:.3f}); {len(report.converted)} layers "
         f"converted"
     )
 

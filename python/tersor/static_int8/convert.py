@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 import operator
 import time
 from dataclasses import dataclass, field
@@ -286,7 +287,7 @@ class _Recorder(fx.Interpreter):
         return out
 
 
-def _calibrate(gm, config, calibration) -> tuple[dict, int]:
+def _calibrate(gm, config, calibration) -> tuple[dict, list]:
     fns, opaque = calls(calibration)
     if opaque:
         raise TypeError(
@@ -300,7 +301,59 @@ def _calibrate(gm, config, calibration) -> tuple[dict, int]:
             rec = _Recorder(gm, obs, histogram)
             for fn in fns:
                 fn(lambda *a, **k: rec.run(*a, **k))
-    return obs, len(fns)
+    return obs, fns
+
+
+_ACCEPTS_INT8 = ("conv", "add", "pool", "move", "cat", "act", "meta")
+
+
+def _output_is_int8(n: fx.Node, kinds: dict) -> bool:
+    return any(kinds[u][0] in _ACCEPTS_INT8 for u in n.users)
+
+
+def _sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
+    err = (ref.double() - got.double()).pow(2).sum().item()
+    sig = ref.double().pow(2).sum().item()
+    return float("inf") if err == 0 else 10.0 * math.log10(max(sig, 1e-300) / err)
+
+
+def _keep_sensitive(gm, kinds, member, groups, obs, config, first_call, report) -> None:
+    """config.min_sqnr: each fused group run alone in int8 on the first calibration batch (its
+    fp32 input quantized at the calibrated scale) against its fp32 output; a group below the
+    bound stays fp32 (listed in the report with its SQNR)."""
+    need = set()
+    for last, g in groups.items():
+        need |= {g.conv.args[0], last} | ({g.res} if g.res is not None else set())
+    values = {}
+
+    class _Keep(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n in need:
+                values[n] = out
+            return out
+
+    with torch.no_grad():
+        first_call(lambda *a, **k: _Keep(gm).run(*a, **k))
+    mods = dict(gm.named_modules())
+    for last, g in list(groups.items()):
+        x = g.conv.args[0]
+        s_out = obs[last].scale() if _output_is_int8(last, kinds) else 0.0
+        s_res = obs[g.res].scale() if g.res is not None else 0.0
+        layer = M.StaticConv(mods[g.conv.target], g.conv.target, obs[x].scale(), s_out, g.act,
+                             s_res)  # fmt: skip
+        with torch.no_grad():
+            res = M.Quantize(s_res)(values[g.res]) if g.res is not None else None
+            y = layer(M.Quantize(obs[x].scale())(values[x]), res)
+        db = _sqnr_db(values[last], y.float() * s_out if s_out else y)
+        if db < config.min_sqnr:
+            del groups[last]
+            for m in (g.conv, g.add, last):
+                member.pop(m, None)
+            kinds[g.conv] = ("other", None)
+            report.kept_float.append(
+                (g.conv.target, f"SQNR {db:.1f} dB < min_sqnr {config.min_sqnr:g} dB (calibration)")
+            )
 
 
 def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
@@ -349,10 +402,6 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
             report.int8_exits.append(f"before {user.name} ({what})")
         return dequantized[n]
 
-    def accepts_int8(n: fx.Node) -> bool:
-        return any(kinds[u][0] in ("conv", "add", "pool", "move", "cat", "act", "meta")
-                   for u in n.users)  # fmt: skip
-
     def is_q(a) -> bool:
         return isinstance(a, fx.Node) and env[a][1] is not None
 
@@ -364,7 +413,7 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
             g = groups[n]
             conv = mods[g.conv.target]
             x = g.conv.args[0]
-            out_q = accepts_int8(n)
+            out_q = _output_is_int8(n, kinds)
             s_out = scale_of(n) if out_q else 0.0
             res = as_q(g.res) if g.res is not None else None
             s_res = q_scale(g.res) if g.res is not None else 0.0
@@ -445,7 +494,10 @@ def quantize_static(model: nn.Module, config=None, calibration=None) -> fx.Graph
     gm = _trace(src)
     _fold_bn(gm)
     kinds, member, groups = _plan(gm, tuple(config.keep_float), report)
-    obs, report.batches = _calibrate(gm, config, calibration)
+    obs, fns = _calibrate(gm, config, calibration)
+    report.batches = len(fns)
+    if config.min_sqnr is not None:
+        _keep_sensitive(gm, kinds, member, groups, obs, config, fns[0], report)
     out = _emit(gm, kinds, member, groups, obs, report, config)
     report.seconds = time.perf_counter() - t0
     out.tersor_report = report
