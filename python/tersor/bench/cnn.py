@@ -2,8 +2,9 @@
 out here: torchvision is not a dependency), random weights (BN statistics drawn as a trained
 network has them), batch 1 and 8, 224x224, channels_last: torch fp32, tersor W8A8 (dynamic:
 activations quantized per image at each layer's input, fp32 between layers), tersor static int8
-(``quantize_static``: int8 between layers), torch.ao FX static int8 (x86 engine) and OpenVINO
-int8 (NNCF post-training quantization) where it installs.
+(``quantize_static``: int8 between layers), torch.ao FX static int8 (x86 engine), torchao's
+pt2e x86 quantizer + torch.compile, and OpenVINO int8 (NNCF post-training quantization), the
+last two where they install.
 
 The residual adds live in ``forward``, as in torchvision: tersor converts the modules and
 leaves the model code alone.
@@ -131,6 +132,32 @@ def _torch_ao_static(model: nn.Module, cal: list, x: torch.Tensor):
         return convert_fx(p)
 
 
+def _torchao_pt2e(model: nn.Module, cal: list, x: torch.Tensor):
+    """torchao's pt2e flow with its X86InductorQuantizer (static int8, u8 activations), then
+    torch.compile (inductor), calibrated on the same batches (at the timed batch size: the
+    exported graph is specialized to it); None (with the reason printed) when torchao is absent
+    or the flow fails on this model."""
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        print("  torchao pt2e skipped: torchao is not installed (pip install torchao --no-deps)")
+        return None
+    try:
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        p = prepare_pt2e(torch.export.export(copy.deepcopy(model), (x,)).module(), quantizer)
+        with torch.no_grad():
+            for c in cal:
+                p(torch.cat([c] * (-(-len(x) // len(c))))[: len(x)])
+            compiled = torch.compile(convert_pt2e(p))
+            compiled(x)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - a peer's failure is reported, not ours
+        print(f"  torchao pt2e skipped: {type(e).__name__}: {str(e)[:120]}")
+        return None
+
+
 def _openvino_int8(model: nn.Module, cal: list, x: torch.Tensor):
     """OpenVINO's CPU plugin on the model converted by ov.convert_model and quantized by NNCF's
     post-training quantization (int8 weights and activations) on the same batches, 2 inference
@@ -148,7 +175,9 @@ def _openvino_int8(model: nn.Module, cal: list, x: torch.Tensor):
     return lambda t: torch.from_numpy(next(iter(req.infer({0: t.numpy()}).values())).copy())
 
 
-def run_cnn(batches=(1, 8), size: int = 224, rounds: int = 5, peers=("torch.ao", "openvino")):
+def run_cnn(
+    batches=(1, 8), size: int = 224, rounds: int = 5, peers=("torch.ao", "torchao", "openvino")
+):
     """Each model at each batch: torch fp32, tersor W8A8 (dynamic, fp32 between layers),
     tersor static int8 (quantize_static), and the int8 peers; logits checked against fp32
     before timing; ratios from one interleaved run."""
@@ -176,6 +205,10 @@ def run_cnn(batches=(1, 8), size: int = 224, rounds: int = 5, peers=("torch.ao",
         for b in batches:
             x = x0[:b].contiguous(memory_format=torch.channels_last)
             run = dict(impls)
+            if "torchao" in peers:
+                pt2e = _torchao_pt2e(model, cal, x)
+                if pt2e is not None:
+                    run["torchao pt2e"] = pt2e
             if "openvino" in peers:
                 ov_model = _openvino_int8(model, cal, x0[:b])
                 if ov_model is not None:
