@@ -364,9 +364,13 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
     quantized, dequantized = {}, {}
     counter = [0]
 
-    def add_module(prefix: str, m: nn.Module) -> str:
+    def add_module(prefix: str, m: nn.Module, layer: str = "") -> str:
+        """A new submodule: a converted layer keeps its name ("layer1.0.conv2" ->
+        "layer1_0_conv2": state_dict keys a reader can map back), the rest are numbered."""
         counter[0] += 1
-        name = f"_tersor_{prefix}_{counter[0]}"
+        name = layer.replace(".", "_") if layer else f"_tersor_{prefix}_{counter[0]}"
+        if hasattr(root, name):
+            name = f"{name}_{counter[0]}"
         root.add_submodule(name, m)
         return name
 
@@ -418,7 +422,7 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
             res = as_q(g.res) if g.res is not None else None
             s_res = q_scale(g.res) if g.res is not None else 0.0
             layer = M.StaticConv(conv, g.conv.target, q_scale(x), s_out, g.act, s_res)
-            name = add_module("conv", layer)
+            name = add_module("conv", layer, "int8_" + g.conv.target)
             args = (as_q(x),) if res is None else (as_q(x), res)
             env[n] = (g2.call_module(name, args), s_out if out_q else None)
             report.converted.append((g.conv.target, layer.extra_repr()))
