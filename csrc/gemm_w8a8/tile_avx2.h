@@ -167,9 +167,10 @@ struct RowBlock {
 // Large M, inside an OpenMP parallel region: threads split the rows in blocks of
 // kRowsPerBlock; prepare(m0, m1, block) fills a block's row sources, then every column block
 // runs over it while its codes sit in L1/L2. The whole weight streams once per block: 64 MACs
-// per weight byte, far below what L3 delivers. When there are fewer row blocks than twice the
-// threads (a 7x7 layer at batch 1 is one block), each row block's columns are also split in
-// chunks, so no thread idles; prepare then runs once per chunk (pointer set-up only).
+// per weight byte, far below what L3 delivers. When there are fewer row blocks than 8 per
+// thread (a 7x7 layer at batch 1 is one block, at batch 8 seven), each row block's columns are
+// also split in chunks, so no thread idles long at the end; prepare then runs once per chunk
+// (pointer set-up only), and the weight still streams once per row block.
 template <typename Prepare>
 static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
   const int64_t Kp = (a.K + 3) / 4 * 4, n_blocks = (a.N + 15) / 16;
@@ -179,7 +180,7 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
 #else
   const int64_t nt = 1;
 #endif
-  const int64_t chunks = std::min(n_blocks, std::max<int64_t>(1, (2 * nt + row_blocks - 1) /
+  const int64_t chunks = std::min(n_blocks, std::max<int64_t>(1, (8 * nt + row_blocks - 1) /
                                                                      row_blocks));
   const int64_t per_chunk = (n_blocks + chunks - 1) / chunks;
   int64_t t0, t1;
