@@ -6,6 +6,53 @@ python/tersor/ops/ validates every argument before calling these functions.
 
 ISAS: tuple[str, ...]  # ('ref', 'avx2', 'avx512', 'amx')
 
+class StaticConvPlan:
+    """conv_w8a8_static's fixed arguments (one layer's), for run()."""
+    def __init__(
+        self,
+        xs_scale: float,
+        xs_channels: int,
+        C: int,
+        kh: int,
+        kw: int,
+        sh: int,
+        sw: int,
+        ph: int,
+        pw: int,
+        dh: int,
+        dw: int,
+        w: int,
+        colsum: int,
+        w_scale: int,
+        N: int,
+        bias: int,
+        depthwise: bool,
+        inv_scale: float,
+        lo: float,
+        hi: float,
+        res_scale: float,
+    ) -> None:
+        """xs_scale: the input codes' scale; C channels per pixel read of which xs_channels come
+        from xs (the rest zero); the kernel geometry; the packed weight (w, colsum, w_scale) of
+        N outputs, bias fp32 [N] or 0; inv_scale: 1 / the output scale (0: fp32 out); lo / hi:
+        the code bounds; res_scale: the residual codes' scale. The plan holds these addresses:
+        the tensors must outlive it."""
+    def run(
+        self,
+        xs: int,
+        B: int,
+        H: int,
+        W: int,
+        Ho: int,
+        Wo: int,
+        out: int,
+        res: int,
+        nthreads: int,
+    ) -> None:
+        """conv_w8a8_static with the plan's arguments: xs s8 NHWC codes [B, H, W, xs_channels]
+        -> out (s8 codes [B, Ho, Wo, N], or fp32 when the plan's inv_scale is 0); res: s8 [B,
+        Ho, Wo, N] residual codes or 0."""
+
 def add_s8(
     a: int,
     sa: float,

@@ -9,6 +9,7 @@ and docstring, so editors and type checkers see what the binding really takes.
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 import textwrap
 
@@ -38,16 +39,29 @@ def render() -> str:
     from tersor import _C
 
     out = [HEADER, f"ISAS: tuple[str, ...]  # {_C.ISAS}", ""]
+
+    def function(name: str, fn, indent: str = "") -> None:
+        sig, _, doc = (fn.__doc__ or "").strip().partition("\n")
+        if not sig.startswith(name + "("):
+            raise RuntimeError(f"_C.{name}: no pybind11 signature line in its docstring")
+        sig = re.sub(r"self: [\w.]+", "self", sig)
+        out.append(textwrap.indent(_signature(sig), indent))
+        body = " ".join(doc.split()) or "(undocumented)"
+        out.append(
+            textwrap.indent(textwrap.fill(f'"""{body}"""', 92 - len(indent)), indent + "    ")
+        )
+
     for name in sorted(dir(_C)):
         fn = getattr(_C, name)
         if name.startswith("_") or not callable(fn):
             continue
-        sig, _, doc = (fn.__doc__ or "").strip().partition("\n")
-        if not sig.startswith(name + "("):
-            raise RuntimeError(f"_C.{name}: no pybind11 signature line in its docstring")
-        out.append(_signature(sig))
-        body = " ".join(doc.split()) or "(undocumented)"
-        out.append(textwrap.indent(textwrap.fill(f'"""{body}"""', 92), "    "))
+        if isinstance(fn, type):  # a pybind11 class: its constructor and public methods
+            out.append(f"class {name}:")
+            out.append(f'    """{" ".join((fn.__doc__ or "").split())}"""')
+            for meth in ["__init__", *sorted(m for m in vars(fn) if not m.startswith("_"))]:
+                function(meth, getattr(fn, meth), "    ")
+        else:
+            function(name, fn)
         out.append("")
     return "\n".join(out)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tersor import _C
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.ops import int8_static as ops
 from tersor.ops._common import eager
@@ -147,8 +148,18 @@ class StaticConv(_Static):
         self.register_load_state_dict_post_hook(lambda m, _: m._pack())
         self._pack()
 
+    def __getstate__(self):  # copies and pickles rebuild the plan (it holds addresses)
+        state = super().__getstate__()
+        state["_plan"] = None
+        return state
+
+    def _apply(self, fn, *args, **kw):  # .to() / .float() may replace the bias
+        self._plan = None
+        return super()._apply(fn, *args, **kw)
+
     def _refresh(self):
         super()._refresh()
+        self._plan = None
         self._lo, self._hi = (
             code_bounds(self._output_scale, self.act) if self._output_scale > 0 else (0.0, 0.0)
         )
@@ -156,6 +167,20 @@ class StaticConv(_Static):
     def _pack(self):
         p = pack_int8(self.weight_int8, self.weight_scale)
         self._packed, self._colsum, self._w_scale = p.packed, p.colsum, p.scale
+        self._plan = None  # the eager CPU call's fixed arguments, built at the first call
+
+    def _eager_plan(self):
+        """_C.StaticConvPlan over this layer's tensors (it holds their addresses: rebuilt
+        whenever _pack or a state_dict load replaces them)."""
+        out = self._output_scale
+        self._plan = _C.StaticConvPlan(
+            self._input_scale, self.in_channels, self.in_channels + self.pad_channels,
+            *self.geometry, self._packed.data_ptr(), self._colsum.data_ptr(),
+            self._w_scale.data_ptr(), self.out_channels,
+            0 if self.bias is None else self.bias.data_ptr(), self.depthwise,
+            1.0 / out if out > 0 else 0.0, self._lo, self._hi, self._residual_scale,
+        )  # fmt: skip
+        return self._plan
 
     def forward(self, x, res=None):
         self._check(x)
@@ -173,16 +198,14 @@ class StaticConv(_Static):
                 raise ValueError(f"{self.label}: expected [B, {self.in_channels}, H, W], got "
                                  f"{tuple(x.shape)}")  # fmt: skip
             xs, rs = nhwc(x), None if res is None else nhwc(res)
-        args = (
-            xs, self._input_scale, self._packed, self._colsum, self._w_scale, self.bias,
-            self.out_channels, self.geometry, self.depthwise, self._output_scale, self._lo,
-            self._hi, rs, self._residual_scale,
-        )  # fmt: skip
-        c = self.in_channels + self.pad_channels
-        if eager(xs, "auto"):
-            y = ops.conv_static_cpu(*args, channels=c)
+        if eager(xs, "auto") and (rs is None or rs.is_contiguous()):
+            y = self._run_eager(xs, rs)
         else:
-            y = ops.conv_w8a8_static(*args, channels=c)
+            y = ops.conv_w8a8_static(
+                xs, self._input_scale, self._packed, self._colsum, self._w_scale, self.bias,
+                self.out_channels, self.geometry, self.depthwise, self._output_scale, self._lo,
+                self._hi, rs, self._residual_scale, self.in_channels + self.pad_channels,
+            )  # fmt: skip
         if self._output_scale == 0:  # fp32 out (the network leaves int8): the rest in torch
             if rs is not None:
                 y = y + rs.float() * self._residual_scale
@@ -191,6 +214,20 @@ class StaticConv(_Static):
         if self.linear:
             return y.view(*lead, self.out_channels)
         return y.permute(0, 3, 1, 2)
+
+    def _run_eager(self, xs, rs):
+        plan = self._plan if self._plan is not None else self._eager_plan()
+        b, h, w, _ = xs.shape
+        kh, kw, sh, sw, ph, pw, dh, dw = self.geometry
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if ho <= 0 or wo <= 0:
+            raise ValueError(f"{self.label}: input {h}x{w} is smaller than the receptive field")
+        dtype = torch.int8 if self._output_scale > 0 else torch.float32
+        y = torch.empty(b, ho, wo, self.out_channels, dtype=dtype)
+        plan.run(xs.data_ptr(), b, h, w, ho, wo, y.data_ptr(), 0 if rs is None else rs.data_ptr(),
+                 torch.get_num_threads())  # fmt: skip
+        return y
 
     def extra_repr(self):
         kind = "linear" if self.linear else ("depthwise " if self.depthwise else "") + "conv"
