@@ -64,12 +64,8 @@ void run_dw_ref(const DwCall& k) {
 
 namespace {
 void run_dw_folded(const ConvW8A8Args& c) {
-  const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
-  auto xq = alloc_scratch<int8_t>((c.B * Hp * Wp + tail_pixels(c)) * c.C);
-  auto scale = alloc_scratch<float>(c.B);
-  auto non_negative = alloc_scratch<bool>(c.B);
-  const QuantizedInput in{xq.get(), scale.get(), non_negative.get(), Hp, Wp};
-  quantize_input(c, in);
+  const PreparedInput prepared(c, true);
+  const QuantizedInput& in = prepared.in;
   // wt[tap][n] from the packed W8Tile blocks: byte tap % 4 of lane n % 16 of tile
   // (n / 16, tap / 4); padding channels (N .. Np) hold 0
   const int64_t taps = c.kh * c.kw, Np = round_up(c.N, 16), k4 = round_up(taps, 4) / 4;

@@ -66,6 +66,17 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in);
 // in.non_negative only.
 void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in);
 
+// A convolution's input ready for the paths, and the buffers behind it: quantize_input into a
+// padded copy, or (may_read_in_place, codes of a 1x1 convolution without padding) c.xs itself
+// with scan_codes.
+struct PreparedInput {
+  PreparedInput(const ConvW8A8Args& c, bool may_read_in_place);
+  Scratch<int8_t> xq;
+  Scratch<float> scale;
+  Scratch<bool> non_negative;
+  QuantizedInput in{};
+};
+
 // The GEMM's rows gathered from xq (for gemm_w8a8::run_rows / run_rows_amx).
 gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in);
 

@@ -114,6 +114,21 @@ void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in) {
   }
 }
 
+PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place)
+    : scale(alloc_scratch<float>(c.B)), non_negative(alloc_scratch<bool>(c.B)) {
+  const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
+  const bool in_place = may_read_in_place && c.xs && c.kh == 1 && c.kw == 1 && c.ph == 0 &&
+                        c.pw == 0 && (c.xs_channels == 0 || c.xs_channels == c.C);
+  xq = alloc_scratch<int8_t>(in_place ? 0 : (c.B * Hp * Wp + tail_pixels(c)) * c.C);
+  in = QuantizedInput{in_place ? const_cast<int8_t*>(c.xs) : xq.get(), scale.get(),
+                      non_negative.get(), Hp, Wp};
+  if (in_place) {
+    scan_codes(c, in);
+  } else {
+    quantize_input(c, in);
+  }
+}
+
 namespace {
 
 // Row m of the implicit im2col matrix: the patch of output pixel m, copied from xq as kh runs
@@ -200,22 +215,9 @@ namespace {
 void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
   if (path == Path::EmulatedImplicit && !implicit_gemm_applies(c))
     throw std::invalid_argument("conv_w8a8: the implicit GEMM needs stride 1 and C % 64 == 0");
-  const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
-  auto scale = alloc_scratch<float>(c.B);
-  auto non_negative = alloc_scratch<bool>(c.B);
-  // Codes of a 1x1 convolution without padding need no padded copy: the paths read them in
-  // place (not the AMX implicit GEMM, which reads whole 32-pixel blocks past the last image)
-  const bool in_place = c.xs && c.kh == 1 && c.kw == 1 && c.ph == 0 && c.pw == 0 &&
-                        (c.xs_channels == 0 || c.xs_channels == c.C) &&
-                        path == Path::Auto && active_isa() != Isa::Amx;
-  auto xq = alloc_scratch<int8_t>(in_place ? 0 : (c.B * Hp * Wp + tail_pixels(c)) * c.C);
-  const QuantizedInput in{in_place ? const_cast<int8_t*>(c.xs) : xq.get(), scale.get(),
-                          non_negative.get(), Hp, Wp};
-  if (in_place) {
-    scan_codes(c, in);
-  } else {
-    quantize_input(c, in);
-  }
+  // not in place for the AMX implicit GEMM: it reads whole 32-pixel blocks past the last image
+  const PreparedInput prepared(c, path == Path::Auto && active_isa() != Isa::Amx);
+  const QuantizedInput& in = prepared.in;
   if (path == Path::EmulatedImplicit) return run_unfused(ConvCall{c, in}, run_emulated_implicit);
   // AVX-512 without AMX runs the generic path (its GEMM dispatches to the VNNI kernel)
   dispatch_isa(ConvCall{c, in}, run_generic_unfused, TERSOR_X86_FN(run_w8a8_avx2),
