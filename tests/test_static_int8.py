@@ -194,6 +194,11 @@ def test_errors_name_what_is_wrong(gen):
         conv(torch.randn(1, 3, 12, 12))
     with pytest.raises(ValueError, match="input channels|expected"):
         conv(torch.zeros(1, 5, 12, 12, dtype=torch.int8))
+    bad = {k: v.clone() for k, v in q.state_dict().items()}
+    key = next(k for k in bad if k.endswith("input_scale"))
+    bad[key].fill_(0.0)
+    with pytest.raises(ValueError, match="input_scale must be a finite scale > 0"):
+        q.load_state_dict(bad)
 
 
 def test_keep_float_and_digits_accuracy():

@@ -9,6 +9,8 @@ int8 weight on load. Each module checks its input's dtype and names itself in th
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +45,7 @@ class _Static(nn.Module):
     """Scales as 0-dim float32 buffers, mirrored in Python floats for the calls."""
 
     scale_names: tuple = ()
+    zero_means_none: tuple = ()  # scales that may be 0 (StaticConv: fp32 out, no residual)
 
     def _set_scales(self, **scales):
         for k, v in scales.items():
@@ -52,7 +55,12 @@ class _Static(nn.Module):
 
     def _refresh(self):
         for k in self.scale_names:
-            setattr(self, "_" + k, float(getattr(self, k)))
+            v = float(getattr(self, k))
+            positive = k not in self.zero_means_none
+            if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
+                want = "> 0" if positive else ">= 0"
+                raise ValueError(f"{self.label}: {k} must be a finite scale {want}, got {v}")
+            setattr(self, "_" + k, v)
 
     def _check(self, x, what="input"):
         if not isinstance(x, torch.Tensor) or x.dtype != torch.int8:
@@ -108,6 +116,7 @@ class StaticConv(_Static):
     the network leaves int8), the residual and clamp then applied in torch after the kernel."""
 
     scale_names = ("input_scale", "output_scale", "residual_scale")
+    zero_means_none = ("output_scale", "residual_scale")
 
     def __init__(self, layer: nn.Module, label: str, input_scale: float, output_scale: float,
                  act=None, residual_scale: float = 0.0):  # fmt: skip
@@ -263,6 +272,7 @@ class Add(_Static):
     """a + b of two code tensors (or one rescaled: b None) at output_scale, clamped to act."""
 
     scale_names = ("a_scale", "b_scale", "output_scale")
+    zero_means_none = ("b_scale",)  # a rescale of a alone
 
     def __init__(self, a_scale, b_scale, output_scale, act=None, label="add"):
         super().__init__()
