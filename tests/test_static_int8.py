@@ -317,3 +317,32 @@ def test_min_sqnr_keeps_the_sensitive_layer_float(gen):
     assert not q_all.tersor_report.converted and len(q_all.tersor_report.kept_float) == 2
     with pytest.raises(ValueError, match="min_sqnr"):
         tersor.W8A8StaticConfig(min_sqnr="high")
+
+
+class _BroadcastAdd(nn.Module):
+    """conv(x) + a [C, 1, 1] parameter, then ReLU: an add, but no residual to fuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.shift = nn.Parameter(torch.randn(8, 1, 1))
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x) + self.shift))
+
+
+def test_a_broadcasting_add_is_not_fused_as_a_residual(gen):
+    model = _BroadcastAdd().eval()
+    cal = [torch.randn(2, 3, 10, 10, generator=gen)]
+    q = tersor.quantize_static(model, calibration=cal)
+    convs = {m.label: m for m in q.modules() if isinstance(m, M.StaticConv)}
+    assert set(convs) == {"conv", "head"} and convs["conv"]._residual_scale == 0
+    x = torch.randn(3, 3, 10, 10, generator=gen)
+    with torch.inference_mode():
+        assert _cos(model(x), q(x)) > 0.99
+        with pytest.raises(ValueError, match="residual"):  # never read past a short residual
+            convs["conv"]._run_eager(
+                torch.zeros(1, 10, 10, 3, dtype=torch.int8),
+                torch.zeros(1, 1, 1, 8, dtype=torch.int8),
+            )

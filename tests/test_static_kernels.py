@@ -178,3 +178,27 @@ def test_conv_reads_fewer_channels_as_zero_padded(isa, gen, c_ref):
     ref = ops._conv_ref_call(xs, 0.02, pk.packed, pk.scale, None, 16, g, False, 0.05, -127.0,
                              127.0, None, 0.0, 4)  # fmt: skip
     assert int((y.int() - ref.int()).abs().max()) <= 1
+
+
+def test_the_public_op_checks_sizes(gen):
+    xs, q, sc, pk, bias, geom, dwise = _case(CASES[2], gen)
+    n = q.shape[0]
+    args = [xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, list(geom), dwise, 0.05, -127.0,
+            127.0, None, 0.0]  # fmt: skip
+    assert ops.conv_w8a8_static(*args).shape[3] == n
+    for i, bad, what in [
+        (0, xs[..., :5].contiguous(), "packed weight"),  # K no longer matches
+        (5, bias[:3], "bias"),
+        (12, torch.zeros(1, 1, 1, n, dtype=torch.int8), "res must be"),
+        (0, xs.float(), "int8 NHWC"),
+    ]:
+        wrong = list(args)
+        wrong[i] = bad
+        with pytest.raises(ValueError, match=what):
+            ops.conv_w8a8_static(*wrong)
+    a = torch.zeros(2, 3, 4, 5, dtype=torch.int8)
+    with pytest.raises(ValueError, match="one shape"):
+        ops.add_s8(a, 1.0, a[:1], 1.0, 1.0, -127.0, 127.0)
+    with pytest.raises(ValueError, match="empty pooling window"):
+        ops.pool_s8(a, ops.MAX, [7, 7, 1, 1, 0, 0, 0])
+    assert ops.pool_s8(a, ops.MAX, [2, 2, 2, 2, 0, 0, 0]).shape == (2, 1, 2, 5)

@@ -149,9 +149,32 @@ def conv_w8a8_static(
     )  # fmt: skip
 
 
+def _check_static(xs, packed, w_scale, bias, n, geometry, depthwise, res, channels):
+    """What the native kernel trusts, checked (the op is public: a direct caller's sizes)."""
+    op = "tersor::conv_w8a8_static"
+    check(len(geometry) == 8, f"{op}: geometry must be [kh, kw, sh, sw, ph, pw, dh, dw]")
+    check(xs.dtype == torch.int8 and xs.dim() == 4, f"{op}: xs must be int8 NHWC codes, got "
+          f"{xs.dtype} {tuple(xs.shape)}")  # fmt: skip
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    c = max(channels, xs.shape[3])
+    k = kh * kw * (1 if depthwise else c)
+    check(packed.dtype == torch.int8 and packed.dim() == 4
+          and packed.shape[1] * 4 >= k > packed.shape[1] * 4 - 4
+          and packed.shape[0] * 16 >= n > packed.shape[0] * 16 - 16,
+          f"{op}: packed weight {tuple(packed.shape)} does not hold {n} x {k}")  # fmt: skip
+    check(w_scale.numel() >= packed.shape[0] * 16, f"{op}: w_scale shorter than the packing")
+    check(bias is None or bias.numel() == n, f"{op}: bias must have {n} values")
+    check(not depthwise or n % c == 0, f"{op}: depthwise N must be a multiple of C")
+    ho, wo = _out_hw(xs.shape[1], xs.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
+    check(ho > 0 and wo > 0, f"{op}: input smaller than the receptive field")
+    check(res is None or (res.dtype == torch.int8 and tuple(res.shape) == (xs.shape[0], ho, wo, n)),
+          f"{op}: res must be int8 {(xs.shape[0], ho, wo, n)}")  # fmt: skip
+
+
 @conv_w8a8_static.register_kernel("cpu")
 def _(xs, xs_scale, packed, colsum, w_scale, bias, out_channels, geometry, depthwise,
       out_scale, lo, hi, res, res_scale, channels=0, kernel_pref="auto"):  # fmt: skip
+    _check_static(xs, packed, w_scale, bias, out_channels, geometry, depthwise, res, channels)
     if kernel_pref not in NATIVE:
         return _conv_ref_call(
             xs, xs_scale, packed, w_scale, bias, out_channels, geometry, depthwise,
@@ -261,6 +284,10 @@ def pool_s8(xs: torch.Tensor, kind: int, params: list[int]) -> torch.Tensor:
 
 @pool_s8.register_kernel("cpu")
 def _(xs, kind, params):
+    check(xs.dtype == torch.int8 and xs.dim() == 4, "tersor::pool_s8: xs must be int8 NHWC")
+    check(kind in (MAX, AVG, ADAPTIVE_AVG), f"tersor::pool_s8: unknown kind {kind}")
+    ho, wo = pool_windows(kind, xs.shape[1], xs.shape[2], tuple(params))[:2]
+    check(ho > 0 and wo > 0 and min(params[:2]) > 0, "tersor::pool_s8: empty pooling window")
     return pool_s8_cpu(xs.contiguous(), kind, tuple(params))
 
 
@@ -304,6 +331,9 @@ def add_s8(
 
 @add_s8.register_kernel("cpu")
 def _(a, sa, b, sb, out_scale, lo, hi):
+    check(a.dtype == torch.int8 and (b is None or (b.dtype == torch.int8 and b.shape == a.shape)),
+          "tersor::add_s8: a and b must be int8 codes of one shape")  # fmt: skip
+    check(out_scale > 0, "tersor::add_s8: out_scale must be > 0")
     return add_s8_cpu(a, sa, b, sb, out_scale, lo, hi)
 
 

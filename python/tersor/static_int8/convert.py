@@ -307,6 +307,27 @@ def _calibrate(gm, config, calibration) -> tuple[dict, list]:
 _ACCEPTS_INT8 = ("conv", "add", "pool", "move", "cat", "act", "meta")
 
 
+def _same_shapes(obs: dict, *nodes) -> bool:
+    """Every node had one shape in calibration, the same for all (no broadcasting add)."""
+    shapes = [obs[n].shapes for n in nodes]
+    return all(len(s) == 1 for s in shapes) and all(s == shapes[0] for s in shapes)
+
+
+def _unfuse_broadcast_adds(kinds, member, groups, obs) -> None:
+    """A conv's add whose other operand is not of the conv's output shape (a bias-like
+    tensor, a broadcast) is no residual: the group keeps the conv alone; the add (and the
+    activation after it) run as ops of their own."""
+    for last, g in list(groups.items()):
+        if g.add is None or _same_shapes(obs, g.conv, g.res, g.add):
+            continue
+        del groups[last]
+        for m in (g.add, last):
+            member.pop(m, None)
+        g.add = g.res = g.act = None
+        g.last = g.conv
+        groups[g.conv] = g
+
+
 def _output_is_int8(n: fx.Node, kinds: dict) -> bool:
     return any(kinds[u][0] in _ACCEPTS_INT8 for u in n.users)
 
@@ -454,7 +475,7 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
             new = g2.node_copy(n, lambda a: env[a][0])
             env[n] = (new, None)
             continue
-        if kind == "add" and (is_q(n.args[0]) or is_q(n.args[1])):
+        if kind == "add" and (is_q(n.args[0]) or is_q(n.args[1])) and _same_shapes(obs, *n.args):
             a, b = n.args
             s_out = scale_of(n)
             name = add_module("add", M.Add(q_scale(a), q_scale(b), s_out, label=n.name))
@@ -500,6 +521,7 @@ def quantize_static(model: nn.Module, config=None, calibration=None) -> fx.Graph
     kinds, member, groups = _plan(gm, tuple(config.keep_float), report)
     obs, fns = _calibrate(gm, config, calibration)
     report.batches = len(fns)
+    _unfuse_broadcast_adds(kinds, member, groups, obs)
     if config.min_sqnr is not None:
         _keep_sensitive(gm, kinds, member, groups, obs, config, fns[0], report)
     out = _emit(gm, kinds, member, groups, obs, report, config)

@@ -232,6 +232,9 @@ class StaticConv(_Static):
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         if ho <= 0 or wo <= 0:
             raise ValueError(f"{self.label}: input {h}x{w} is smaller than the receptive field")
+        if rs is not None and rs.shape != (b, ho, wo, self.out_channels):
+            raise ValueError(f"{self.label}: residual {tuple(rs.shape)} (NHWC) is not the "
+                             f"output's {(b, ho, wo, self.out_channels)}")  # fmt: skip
         dtype = torch.int8 if self._output_scale > 0 else torch.float32
         y = torch.empty(b, ho, wo, self.out_channels, dtype=dtype)
         plan.run(xs.data_ptr(), b, h, w, ho, wo, y.data_ptr(), 0 if rs is None else rs.data_ptr(),

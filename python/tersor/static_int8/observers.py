@@ -26,12 +26,14 @@ class Observer:
         self.amax = 0.0
         self.min = float("inf")
         self.hist = None
+        self.shapes = set()  # every shape seen: a residual add fuses only between equal ones
 
     @property
     def needs_histogram(self) -> bool:
         return self.kind != "minmax"
 
     def observe_range(self, x: torch.Tensor) -> None:
+        self.shapes.add(tuple(x.shape))
         if x.numel():
             x = x.detach()
             finite = x[torch.isfinite(x)] if not bool(torch.isfinite(x).all()) else x
