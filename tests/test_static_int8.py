@@ -161,8 +161,9 @@ def test_the_torch_reference_agrees(gen):
         args = (xs, conv._input_scale, conv._packed, conv._colsum, conv._w_scale, conv.bias,
                 conv.out_channels, conv.geometry, conv.depthwise, conv._output_scale, conv._lo,
                 conv._hi, None, 0.0)  # fmt: skip
-        native = ops.conv_static_cpu(*args)
-        ref = ops.conv_w8a8_static(*args, kernel_pref="ref")
+        c = conv.in_channels + conv.pad_channels  # the 3-channel stem is read as 4
+        native = ops.conv_static_cpu(*args, channels=c)
+        ref = ops.conv_w8a8_static(*args, c, kernel_pref="ref")
         assert int((native.int() - ref.int()).abs().max()) <= 1
     assert torch.isfinite(got).all()
 
