@@ -223,6 +223,9 @@ def test_binding_is_self_describing():
     """Every _C function names its arguments and says what it does; the ISA list is C++'s."""
     fns = [getattr(_C, n) for n in dir(_C) if not n.startswith("_") and callable(getattr(_C, n))]
     assert len(fns) >= 17
+    for cls in [f for f in fns if isinstance(f, type)]:  # a class: its constructor and methods
+        fns.remove(cls)
+        fns += [getattr(cls, m) for m in vars(cls) if m == "__init__" or not m.startswith("_")]
     for fn in fns:
         sig, _, doc = fn.__doc__.partition("\n")
         assert "arg0" not in sig and len(doc.strip()) > 20, fn.__name__
