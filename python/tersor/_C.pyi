@@ -68,6 +68,36 @@ def add_s8(
     """y = nearbyint(clamp(fma(b, sb, a * sa) * inv_scale, lo, hi)) over n s8 codes (b = 0: a *
     sa alone, a change of scale); NaN -> 0."""
 
+def attention_decode(
+    q: int,
+    ldq: int,
+    k: int,
+    ldk: int,
+    v: int,
+    ldv: int,
+    cos: int,
+    sin: int,
+    ldcs: int,
+    kcache: int,
+    vcache: int,
+    B: int,
+    H: int,
+    Hkv: int,
+    D: int,
+    cap: int,
+    pos: int,
+    scaling: float,
+    out: int,
+    ldo: int,
+    dtype: int,
+    nthreads: int,
+) -> None:
+    """One decode step of grouped-query attention: q [B][H*D], new k / v [B][Hkv*D] (row strides
+    in elements); k roped with cos / sin [B][D] (0: no rotary) and written with v into row pos
+    of kcache / vcache [B][Hkv][cap][D]; out [B][H*D] = softmax(rope(q) K^T * scaling) V over
+    rows 0..pos, query head h reading kv head h / (H / Hkv). dtype 0 fp32, 1 bf16, 2 fp16 for
+    every tensor; fp32 arithmetic. D % 8 == 0, H / Hkv <= 64."""
+
 def avg_pool_s8(
     x: int,
     B: int,

@@ -21,6 +21,7 @@ from tersor.configs import (
 )
 from tersor.distill import distill_
 from tersor.importers import empty_weights, from_pretrained
+from tersor.llm import DecodingReport, optimize_decoding_
 from tersor.nn import BlockSparseLinear, CsrLinear, PackedLinear, QConv2d, QLinear, SparseLinear
 from tersor.nn.fused import fuse_projections
 from tersor.static_int8 import StaticReport, quantize_static
@@ -31,6 +32,7 @@ __all__ = [
     "BlockSparseLinear",
     "Config",
     "CsrLinear",
+    "DecodingReport",
     "LayerReport",
     "PackedLinear",
     "QConv2d",
@@ -55,6 +57,7 @@ __all__ = [
     "quantize_",
     "quantize_static",
     "load_pretrained",
+    "optimize_decoding_",
     "register_handler",
     "save_pretrained",
     "sparsify_",

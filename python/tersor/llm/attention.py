@@ -1,0 +1,229 @@
+"""Decode steps of Hugging Face attention blocks on ``tersor::attention_decode``.
+
+A decode step (one new token per sequence) of a Llama-style attention block is, in HF eager
+mode, ~25 torch ops around the projections: views and transposes, rotary embedding (slices,
+a negation, a cat, four products, two sums), two ``torch.cat`` that grow the KV cache by
+copying all of it, and SDPA on one query row (~0.2 ms alone at 190 cached positions, 2 threads,
+Zen 3). Here the three projections run as before (our layers, fused), and one native call does
+the rest: rope q and k, write k and v into the cache, attend (csrc/attention/attention.h).
+
+How it attaches, and why so:
+- The attention module's class is swapped for a subclass whose ``forward`` takes the fast
+  path when it applies and otherwise calls the model's own ``forward`` unchanged (prefill,
+  masks, training, other caches). Same instance, same children and state_dict keys: the
+  module tree the user sees is the model's.
+- The cache stays HF's ``DynamicCache``. Its ``DynamicLayer`` grows by ``torch.cat`` (a copy of
+  the whole cache per token); here the layer's keys / values become views of buffers with
+  room to grow (capacity doubling), so a step writes one row. Anything HF does to the layer
+  (crop, reorder for beam search, its own update in a prefill) replaces those views with
+  plain tensors; the next fast step notices and adopts them into new buffers.
+- Each block is checked when it is swapped: its own forward and the fast one run a short
+  prefill and two decode steps on scratch caches and must agree, else the block is left as
+  it was, with the reason in the report.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tersor.ops.attention import attention_decode_cpu
+
+CACHE_ARG_NAMES = ("cache", "past_key_values", "past_key_value")  # across transformers versions
+MIN_CAPACITY = 256  # cache rows allocated at first adoption
+
+
+class FastDecodeAttention:
+    """Mixed into a swapped HF attention class (see the module docstring)."""
+
+    _tersor_cache_arg = "cache"  # the HF forward's name for the cache, set per class
+
+    def forward(self, *args, **kwargs):
+        out = self._tersor_decode_step(args, kwargs)
+        if out is None:
+            return super().forward(*args, **kwargs)
+        return out
+
+    def _tersor_decode_step(self, args, kwargs):
+        """(attn_output, None) for a decode step the kernel serves, else None."""
+        x = args[0] if args else kwargs.get("hidden_states")
+        if len(args) > 1 or x is None or self.training:
+            return None
+        cache = kwargs.get(self._tersor_cache_arg)
+        pe = kwargs.get("position_embeddings")
+        mask = kwargs.get("attention_mask")
+        if cache is None or pe is None:
+            return None
+        if x.dim() != 3 or x.shape[1] != 1 or not x.is_cpu:
+            return None
+        if x.requires_grad and torch.is_grad_enabled():
+            return None
+        layers = getattr(cache, "layers", None)
+        idx = self.layer_idx
+        if layers is None or len(layers) <= idx or getattr(cache, "offloading", False):
+            return None
+        layer = layers[idx]
+        if type(layer).__name__ != "DynamicLayer" or not layer.is_initialized:
+            return None  # sliding-window, static, quantized caches: HF's path
+        keys, values = layer.keys, layer.values
+        if keys is None or keys.dim() != 4 or keys.shape[-2] == 0 or keys.dtype != x.dtype:
+            return None
+        pos = keys.shape[-2]
+        if mask is not None and not _attends_to_all(mask, pos + 1):
+            return None  # padding, or a mask HF built for another cache: HF's path
+        b = x.shape[0]
+        d = self.head_dim
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if getattr(self, "q_norm", None) is not None:  # Qwen3: RMSNorm per head, before rope
+            q = self.q_norm(q.view(b, 1, -1, d)).reshape(b, 1, -1)
+            k = self.k_norm(k.view(b, 1, -1, d)).reshape(b, 1, -1)
+        cos, sin = pe
+        if not (q.dtype == k.dtype == v.dtype == cos.dtype == x.dtype):
+            return None
+        kbuf, vbuf = _buffers(layer, keys, values, pos)
+        cos = cos.reshape(cos.shape[0], -1).expand(b, d)  # [B or 1, 1, D] -> [B, D]
+        sin = sin.reshape(sin.shape[0], -1).expand(b, d)
+        out = attention_decode_cpu(
+            q.view(b, -1), k.view(b, -1), v.view(b, -1), cos, sin, kbuf, vbuf, pos, self.scaling
+        )
+        layer.keys, layer.values = kbuf[:, :, : pos + 1], vbuf[:, :, : pos + 1]
+        return self.o_proj(out.view(b, 1, -1)), None
+
+
+def _attends_to_all(mask: torch.Tensor, length: int) -> bool:
+    """A decode step's mask [B, 1, 1, length] that hides nothing (eager attention builds one
+    even without padding): all True (bool) or all 0 (additive float)."""
+    if mask.dim() != 4 or mask.shape[-2] != 1 or mask.shape[-1] != length:
+        return False
+    return bool(mask.all()) if mask.dtype == torch.bool else not bool(mask.any())
+
+
+def _buffers(layer, keys: torch.Tensor, values: torch.Tensor, pos: int):
+    """The layer's growable cache buffers, [B, Hkv, capacity, D] with capacity > pos, holding
+    its keys / values in rows [0, pos): the current ones when layer.keys is still their view,
+    else new ones (capacity doubling) with the layer's tensors copied in."""
+    kbuf = getattr(layer, "_tersor_kbuf", None)
+    vbuf = getattr(layer, "_tersor_vbuf", None)
+    if (
+        kbuf is not None
+        and keys.data_ptr() == kbuf.data_ptr()
+        and values.data_ptr() == vbuf.data_ptr()
+        and keys.shape[:2] == kbuf.shape[:2]
+        and keys.shape[-1] == kbuf.shape[-1]
+        and keys.dtype == kbuf.dtype
+        and pos < kbuf.shape[2]
+    ):
+        return kbuf, vbuf
+    b, hkv, _, d = keys.shape
+    cap = max(MIN_CAPACITY, 2 * (pos + 1))
+    kbuf = keys.new_empty(b, hkv, cap, d)
+    vbuf = values.new_empty(b, hkv, cap, d)
+    kbuf[:, :, :pos] = keys
+    vbuf[:, :, :pos] = values
+    layer._tersor_kbuf, layer._tersor_vbuf = kbuf, vbuf
+    return kbuf, vbuf
+
+
+# -- swapping ------------------------------------------------------------------------------------
+
+_FAST_CLASSES: dict = {}
+
+
+def _fast_class(cls: type) -> type:
+    if cls not in _FAST_CLASSES:
+        params = inspect.signature(cls.forward).parameters
+        cache_arg = next((n for n in CACHE_ARG_NAMES if n in params), None)
+        _FAST_CLASSES[cls] = type(
+            f"FastDecode{cls.__name__}",
+            (FastDecodeAttention, cls),
+            {"__module__": __name__, "_tersor_cache_arg": cache_arg},
+        )
+    return _FAST_CLASSES[cls]
+
+
+def unsupported(module: nn.Module) -> Optional[str]:
+    """Why this attention module cannot take the fast path, or None."""
+    missing = [
+        n
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx")
+        if not hasattr(module, n)
+    ]
+    if missing:
+        return f"not a Llama-style attention block (no {', '.join(missing)})"
+    params = inspect.signature(type(module).forward).parameters
+    if not any(n in params for n in CACHE_ARG_NAMES) or "position_embeddings" not in params:
+        return "its forward takes no cache / position_embeddings arguments"
+    cfg = getattr(module, "config", None)
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return f"sliding-window attention (window {cfg.sliding_window})"
+    if getattr(cfg, "attn_logit_softcapping", None):
+        return "attention logit soft-capping"
+    if module.head_dim % 8:
+        return f"head dim {module.head_dim} is not a multiple of 8"
+    if getattr(module, "is_causal", True) is not True:
+        return "not causal"
+    return None
+
+
+def _self_check(module: nn.Module, fast: type) -> Optional[str]:
+    """Runs the module's own forward and the fast one on the same short sequence (a 3-token
+    prefill, then two decode steps) with scratch caches; None when they agree."""
+    from transformers.cache_utils import DynamicCache
+
+    p = next(module.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    for buf in module.buffers():  # packed layers hold their weights in buffers
+        if buf.is_floating_point() and buf.dtype in (torch.bfloat16, torch.float16):
+            dtype = buf.dtype
+    hidden = module.q_proj.in_features
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randn(1, 5, hidden, generator=gen).to(dtype)
+    ang = torch.randn(1, 5, module.head_dim, generator=gen)
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+    caches = (DynamicCache(), DynamicCache())
+    outs = []
+    orig = type(module)
+    with torch.inference_mode():
+        for cls, cache in zip((orig, fast), caches):
+            module.__class__ = cls
+            try:
+                run = (
+                    lambda t0, t1: module(  # noqa: E731
+                        hidden_states=xs[:, t0:t1],
+                        position_embeddings=(cos[:, t0:t1], sin[:, t0:t1]),
+                        attention_mask=None,
+                        **{fast._tersor_cache_arg: cache},
+                    )[0]
+                )
+                outs.append([run(0, 3), run(3, 4), run(4, 5)])
+            finally:
+                module.__class__ = orig
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for step, (a, b) in enumerate(zip(*outs)):
+        err = ((a.float() - b.float()).abs().max() / a.float().abs().max().clamp_min(1e-30)).item()
+        if not err <= tol:
+            return f"fast path differs from the module's own forward at step {step} ({err:.2g})"
+    la, lb = (c.layers[module.layer_idx] for c in caches)
+    if not torch.allclose(la.keys.float(), lb.keys.float(), rtol=tol, atol=tol):
+        return "fast path writes different cache keys"
+    return None
+
+
+def swap_attention(module: nn.Module) -> Optional[str]:
+    """Gives the module the fast decode path; the reason it was left as it was, or None."""
+    if isinstance(module, FastDecodeAttention):
+        return None
+    reason = unsupported(module)
+    if reason is not None:
+        return reason
+    fast = _fast_class(type(module))
+    try:
+        reason = _self_check(module, fast)
+    except Exception as e:  # the check itself failed: leave the block as it was
+        reason = f"self-check failed: {type(e).__name__}: {e}"
+    if reason is None:
+        module.__class__ = fast
+    return reason

@@ -1,0 +1,275 @@
+"""tersor::attention_decode (csrc/attention) and tersor.optimize_decoding_ (python/tersor/llm):
+the kernel against a plain torch reference on odd shapes and every dtype, ISA paths bit for
+bit against the portable build, bad arguments, and HF models whose decode steps take it."""
+
+import pytest
+import torch
+from tests.llm_models import tiny_llm
+
+import tersor
+from tersor.ops.attention import attention_decode, attention_decode_ref
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def make_args(b, h, hkv, d, pos, dtype, gen, rotary=True, cap=None, row_pad=0):
+    cap = cap or pos + 5
+    f = lambda *s: torch.randn(*s, generator=gen).to(dtype)  # noqa: E731
+    q = f(b, h * d + row_pad)[:, : h * d]  # rows inside wider rows: strided like fused outputs
+    k, v = f(b, hkv * d), f(b, hkv * d)
+    ang = torch.rand(b, d, generator=gen) * 6
+    cos, sin = (ang.cos().to(dtype), ang.sin().to(dtype)) if rotary else (None, None)
+    kc, vc = f(b, hkv, cap, d), f(b, hkv, cap, d)
+    return [q, k, v, cos, sin, kc, vc, pos, d**-0.5]
+
+
+def clone_caches(args):
+    out = list(args)
+    out[5], out[6] = args[5].clone(), args[6].clone()
+    return out
+
+
+SHAPES = [  # b, h, hkv, d, pos
+    (1, 4, 4, 8, 0),  # one position; multi-head (G = 1)
+    (1, 32, 8, 64, 190),  # Llama-3.2-1B
+    (2, 6, 2, 72, 7),  # D = 9 chunks: the 8-, and 1-chunk value paths; L < 8
+    (3, 8, 1, 16, 64),  # multi-query; L = 65: one full 8-block group + a tail
+    (1, 12, 4, 128, 33),  # D = 128
+    (2, 4, 2, 32, 129),  # value blocks of 64 positions and a tail
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_the_torch_reference(shape, dtype, gen):
+    args = make_args(*shape, dtype, gen)
+    ref_args = clone_caches(args)
+    out = attention_decode(*args)
+    ref = attention_decode_ref(*ref_args)
+    tol = 2e-6 if dtype == torch.float32 else 1e-2  # fp32 sums; a half output's rounding
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert (out.float() - ref.float()).abs().max() <= tol * ref.float().abs().max()
+    pos = shape[-1]
+    assert torch.equal(args[5], ref_args[5]), "the roped key written to the cache"
+    assert torch.equal(args[6], ref_args[6])
+    assert not torch.equal(args[5][:, :, pos], make_args(*shape, dtype, gen)[5][:, :, pos])
+
+
+def test_without_rotary(gen):
+    args = make_args(2, 8, 2, 32, 40, torch.float32, gen, rotary=False)
+    ref_args = clone_caches(args)
+    out, ref = attention_decode(*args), attention_decode_ref(*ref_args)
+    assert (out - ref).abs().max() <= 2e-6 * ref.abs().max()
+    assert torch.equal(args[5], ref_args[5])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 32, 8, 64, 190), (2, 6, 2, 72, 7), (3, 8, 1, 16, 64)])
+def test_isa_paths_are_bit_identical_to_the_portable_build(shape, dtype, isa, gen, c_ref):
+    args = make_args(*shape, dtype, gen)
+    ref_args = clone_caches(args)
+    out = attention_decode(*args)
+    ref = c_ref(lambda: attention_decode(*ref_args))
+    assert torch.equal(out, ref), isa
+    assert torch.equal(args[5], ref_args[5]) and torch.equal(args[6], ref_args[6])
+
+
+def test_threads_do_not_change_results(gen):
+    args = make_args(2, 16, 4, 64, 100, torch.float32, gen)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(attention_decode(*clone_caches(args)))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_extreme_scores_stay_finite(gen):
+    """Huge logits: the max subtraction keeps exp in range; the result is a convex mix."""
+    args = make_args(1, 4, 2, 16, 20, torch.float32, gen)
+    args[0] = args[0] * 1e4
+    out = attention_decode(*args)
+    assert torch.isfinite(out).all()
+    vals = args[6][:, :, :21].abs().max()
+    assert out.abs().max() <= vals * (1 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a.__setitem__(0, a[0].double()), "q is torch.float64"),
+        (lambda a: a.__setitem__(5, a[5][..., :12].contiguous()), "k_cache / v_cache"),
+        (lambda a: a.__setitem__(1, a[1][:, :-16]), "k must be"),
+        (lambda a: a.__setitem__(3, None), "cos and sin go together"),
+        (lambda a: a.__setitem__(7, 30), "pos 30 outside"),
+        (lambda a: a.__setitem__(7, -1), "pos -1 outside"),
+        (lambda a: a.__setitem__(0, a[0][:, ::2]), "q needs unit column stride"),
+        (lambda a: a.__setitem__(0, a[0][:, :40]), "q must be"),
+    ],
+)
+def test_bad_arguments_are_named(edit, message, gen):
+    args = make_args(1, 4, 2, 16, 20, torch.float32, gen, cap=24)
+    edit(args)
+    with pytest.raises(ValueError, match=message):
+        attention_decode(*args)
+
+
+def test_head_dim_must_be_a_multiple_of_8(gen):
+    args = make_args(1, 2, 1, 12, 3, torch.float32, gen)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        attention_decode(*args)
+
+
+def test_custom_op_registration(gen):
+    args = make_args(1, 4, 2, 16, 5, torch.float32, gen)
+    torch.library.opcheck(torch.ops.tersor.attention_decode, tuple(args))
+
+
+# -- Hugging Face models --------------------------------------------------------------------
+
+
+def sdpa(model):
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+def decode_logits(model, prompt, steps=6):
+    """Logits of a prefill then `steps` greedy decode steps (the cache HF makes; its argument
+    is `cache` from transformers 5.x, `past_key_values` before)."""
+    import inspect
+
+    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with torch.inference_mode():
+        out = model(prompt, use_cache=True)
+        logits = [out.logits]
+        for _ in range(steps):
+            cache = getattr(out, arg, None) or out.past_key_values
+            tok = out.logits[:, -1:].argmax(-1)
+            out = model(tok, use_cache=True, **{arg: cache})
+            logits.append(out.logits)
+    return logits
+
+
+def counting_fast_steps(monkeypatch):
+    from tersor.llm.attention import FastDecodeAttention
+
+    hits = {"fast": 0, "model": 0}
+    orig = FastDecodeAttention._tersor_decode_step
+
+    def counted(self, args, kwargs):
+        out = orig(self, args, kwargs)
+        hits["model" if out is None else "fast"] += 1
+        return out
+
+    monkeypatch.setattr(FastDecodeAttention, "_tersor_decode_step", counted)
+    return hits
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_hf_decode_steps_match_the_model(family, attn, monkeypatch):
+    pytest.importorskip("transformers")
+    model = tiny_llm(family)
+    model.config._attn_implementation = attn
+    prompt = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    ref = decode_logits(model, prompt)
+    keys = list(model.state_dict())
+    report = tersor.optimize_decoding_(model)
+    assert len(report.attention) == 2 and not report.left, report
+    assert list(model.state_dict()) == keys  # the module tree is the model's
+    hits = counting_fast_steps(monkeypatch)
+    got = decode_logits(model, prompt)
+    assert hits == {"fast": 2 * 6, "model": 2}  # every decode step, not the prefill
+    for a, b in zip(ref, got):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+def test_generate_greedy_beams_and_padding_match(monkeypatch):
+    """generate(): greedy, beam search (HF reorders the cache: the layer's tensors are
+    replaced, and adopted again), and a padded batch (a real mask: the model's own path)."""
+    pytest.importorskip("transformers")
+    model = sdpa(tiny_llm("llama"))
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 128, (2, 7), generator=gen)
+    padded = torch.ones_like(prompt)
+    padded[0, :2] = 0
+    kw = dict(pad_token_id=0, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+
+    def run(m):
+        with torch.inference_mode():
+            return [
+                m.generate(prompt, attention_mask=torch.ones_like(prompt), **kw),
+                m.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=3, **kw),
+                m.generate(prompt, attention_mask=padded, **kw),
+            ]
+
+    ref = run(model)
+    tersor.optimize_decoding_(model)
+    hits = counting_fast_steps(monkeypatch)
+    got = run(model)
+    assert hits["fast"] >= 2 * 11 * 2  # greedy and beams: every decode step of both layers
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+
+
+def test_bf16_model_decodes_close_to_its_own_forward():
+    pytest.importorskip("transformers")
+    model = sdpa(tiny_llm("llama", dtype=torch.bfloat16))
+    prompt = torch.randint(0, 128, (1, 11), generator=torch.Generator().manual_seed(2))
+    ref = decode_logits(model, prompt)
+    tersor.optimize_decoding_(model)
+    got = decode_logits(model, prompt)
+    for a, b in zip(ref, got):  # HF ropes in bf16, the kernel in fp32 (one rounding)
+        assert b.dtype == torch.bfloat16
+        assert (a.float() - b.float()).abs().max() <= 0.05 * a.float().abs().max()
+
+
+def test_quantized_model_takes_the_fast_path(monkeypatch):
+    pytest.importorskip("transformers")
+    model = sdpa(tiny_llm("llama"))
+    tersor.quantize_(model, tersor.W8Config(), progress=False)  # weight-only: no act rounding
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(3))
+    ref = decode_logits(model, prompt)
+    tersor.optimize_decoding_(model)
+    hits = counting_fast_steps(monkeypatch)
+    got = decode_logits(model, prompt)
+    assert hits["fast"] == 12
+    for a, b in zip(ref, got):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+def test_blocks_that_do_not_qualify_are_left_with_the_reason():
+    pytest.importorskip("transformers")
+    import transformers
+
+    mistral = tiny_llm("mistral")  # sliding window
+    report = tersor.optimize_decoding_(mistral)
+    assert not report.attention and all("sliding-window" in r for r in report.left.values())
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)
+    gpt2 = transformers.GPT2LMHeadModel(cfg).eval()
+    report = tersor.optimize_decoding_(gpt2)
+    assert not report.attention and "not a Llama-style" in report.left["transformer.h.0.attn"]
+    assert type(gpt2.transformer.h[0].attn) is transformers.models.gpt2.modeling_gpt2.GPT2Attention
+
+
+def test_a_block_that_disagrees_with_its_forward_is_left(monkeypatch):
+    pytest.importorskip("transformers")
+    import tersor.llm.attention as att
+
+    model = sdpa(tiny_llm("llama"))
+    monkeypatch.setattr(att, "attention_decode_cpu", lambda *a: 2 * attention_decode_ref(*a))
+    report = tersor.optimize_decoding_(model)
+    assert not report.attention and all("differs" in r for r in report.left.values())
+    assert not isinstance(model.model.layers[0].self_attn, att.FastDecodeAttention)
+
+
+def test_optimizing_twice_is_harmless():
+    pytest.importorskip("transformers")
+    model = sdpa(tiny_llm("llama"))
+    tersor.optimize_decoding_(model)
+    cls = type(model.model.layers[0].self_attn)
+    report = tersor.optimize_decoding_(model)
+    assert len(report.attention) == 2 and type(model.model.layers[0].self_attn) is cls
