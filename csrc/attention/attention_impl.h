@@ -1,15 +1,6 @@
 // The decode-attention algorithm of attention.h, written once over an 8-lane fp32 vector policy
-// P and compiled twice: attention_ref.cpp (P = plain arrays, the oracle) and
-// attention_avx2.cpp (P = __m256). Every lane operation is one IEEE operation (mul, add, fma,
-// max, round to nearest even) and every horizontal reduction is the same tree
-//
-//   sum:  ((v0+v1) + (v2+v3)) + ((v4+v5) + (v6+v7))     (what two vhaddps give)
-//   max:  v0..v7 -> (max(v0,v4) .. max(v3,v7)) -> (max(a0,a2), max(a1,a3)) -> max(b0,b1)
-//
-// so the two builds return the same bits. Policy members: vec, zero, set1, load, store, fma,
-// mul, add, sub, max (a > b ? a : b, as maxps: a NaN in b propagates), round, pow2n (2^n for
-// integral n in [-126, 127]), hsum, hsum8 (8 vectors -> the vector of their 8 sums), hmax,
-// widen (a row of dtype -> fp32).
+// P (common/lanes.h) and compiled twice: attention_ref.cpp (Lanes8, the oracle) and
+// attention_avx2.cpp (Avx2Lanes8): the same bits.
 #pragma once
 #include <cstring>
 #include <limits>

@@ -1,6 +1,8 @@
-// Decode-step attention with rotary embedding and an in-place KV cache write (attention.h).
+// The model around the linear layers of an LLM: decode-step attention with rotary embedding
+// and an in-place KV cache write (attention/attention.h), RMSNorm (norm/norm.h).
 #include "attention/attention.h"
 #include "bindings/bind.h"
+#include "norm/norm.h"
 
 namespace tersor::bindings {
 
@@ -26,6 +28,18 @@ void bind_attention(py::module_& m) {
       "into row pos of kcache / vcache [B][Hkv][cap][D]; out [B][H*D] = softmax(rope(q) K^T * "
       "scaling) V over rows 0..pos, query head h reading kv head h / (H / Hkv). dtype 0 fp32, "
       "1 bf16, 2 fp16 for every tensor; fp32 arithmetic. D % 8 == 0, H / Hkv <= 64.");
+  m.def(
+      "rms_norm",
+      [](addr x, int64_t M, int64_t N, int64_t ldx, addr w, float eps, addr y, int64_t ldy,
+         int dtype, int nthreads) {
+        norm::rms_norm({ptr<const void>(x), M, N, ldx, ptr<const void>(w), eps, ptr<void>(y), ldy,
+                        dtype, nthreads});
+      },
+      py::arg("x"), py::arg("M"), py::arg("N"), py::arg("ldx"), py::arg("w"), py::arg("eps"),
+      py::arg("y"), py::arg("ldy"), py::arg("dtype"), py::arg("nthreads"), nogil(),
+      "y[m] = w * (x[m] / sqrt(mean(x[m]^2) + eps)) over M rows of N (row strides in elements); "
+      "dtype 0 fp32, 1 bf16, 2 fp16 for x, w, y; fp32 arithmetic, each product rounded to the "
+      "dtype as HF's RMSNorm does.");
 }
 
 }  // namespace tersor::bindings

@@ -420,6 +420,22 @@ def quantize_static(
     """n fp32 values -> s8 codes at a fixed scale: nearbyint(clamp(x * inv_scale, lo, hi)), NaN
     -> 0 (conv/requant.h)."""
 
+def rms_norm(
+    x: int,
+    M: int,
+    N: int,
+    ldx: int,
+    w: int,
+    eps: float,
+    y: int,
+    ldy: int,
+    dtype: int,
+    nthreads: int,
+) -> None:
+    """y[m] = w * (x[m] / sqrt(mean(x[m]^2) + eps)) over M rows of N (row strides in elements);
+    dtype 0 fp32, 1 bf16, 2 fp16 for x, w, y; fp32 arithmetic, each product rounded to the dtype
+    as HF's RMSNorm does."""
+
 def spmm_24(
     x: int,
     M: int,

@@ -1,7 +1,9 @@
 """``python -m tersor.bench --family llm``: a Hugging Face Llama (built from a config, random
 weights of the real shapes) in eager mode, fp32 against tersor schemes: prefill of a prompt and
 greedy decode at batch 1, with weight bytes per token and the % of the memory floor (bytes per
-token / measured read bandwidth, over the measured time per token).
+token / measured read bandwidth, over the measured time per token). The tersor rows are the
+model after ``tersor.quantize_`` and ``tersor.optimize_decoding_`` (attention of the decode
+steps on our kernel); the fp32 row is the model as HF runs it.
 
 Peers on the same architecture (llama.cpp Q4_0 / Q8_0 through llama-cpp-python + gguf,
 OpenVINO INT8 / INT4 through optimum-intel + NNCF) are listed unavailable with the reason when
@@ -158,6 +160,8 @@ def run_llm(
         m = build(shape).to(MODEL_DTYPE.get(name, torch.float32))  # the same seed and weights
         config = SCHEMES[name]()
         report = tersor.quantize_(m, config, progress=False)
+        if not tersor.optimize_decoding_(m).attention:
+            raise SystemExit(f"{name}: no attention block took the decode kernel")
         with torch.inference_mode():
             out = m(prompt[:, :16]).logits.float()
             deq = dequantized_copy(m)(prompt[:, :16]).logits.float()

@@ -1,0 +1,125 @@
+// 8-lane fp32 vector policies for kernels written once and compiled portable and with AVX2
+// (attention/, norm/): Lanes8 is a plain array (the oracle), Avx2Lanes8 one __m256 (only in
+// TUs built with -mavx2). Each member is one IEEE operation per lane, or a fixed tree:
+//
+//   hsum:  ((v0+v1) + (v2+v3)) + ((v4+v5) + (v6+v7))     (what two vhaddps give)
+//   hsum8: 8 vectors -> the vector of their 8 hsums (the same tree)
+//   hmax:  v0..v7 -> (max(v0,v4) .. max(v3,v7)) -> (max(a0,a2), max(a1,a3)) -> max(b0,b1)
+//   max(a, b) = a > b ? a : b (maxps: b when unordered, so a NaN in b propagates)
+//   round: nearest even;  pow2n: 2^n for integral n in [-126, 127]
+//   widen: a row of half_io::Dtype -> fp32 (exact)
+//
+// so the two builds of such a kernel return the same bits. Internal linkage on purpose (see
+// common/parallel.h).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "half_io/half_io.h"
+
+namespace tersor {
+namespace {
+
+struct Lanes8 {
+  struct vec {
+    float v[8];
+  };
+  template <typename F>
+  static vec map(F f) {
+    vec r;
+    for (int i = 0; i < 8; ++i) r.v[i] = f(i);
+    return r;
+  }
+  static vec zero() { return set1(0.0f); }
+  static vec set1(float x) { return map([&](int) { return x; }); }
+  static vec load(const float* p) { return map([&](int i) { return p[i]; }); }
+  static void store(float* p, vec a) { std::memcpy(p, a.v, sizeof a.v); }
+  static vec fma(vec a, vec b, vec c) {
+    return map([&](int i) { return std::fma(a.v[i], b.v[i], c.v[i]); });
+  }
+  static vec mul(vec a, vec b) { return map([&](int i) { return a.v[i] * b.v[i]; }); }
+  static vec add(vec a, vec b) { return map([&](int i) { return a.v[i] + b.v[i]; }); }
+  static vec sub(vec a, vec b) { return map([&](int i) { return a.v[i] - b.v[i]; }); }
+  static float max1(float a, float b) { return a > b ? a : b; }  // maxps: b when unordered
+  static vec max(vec a, vec b) { return map([&](int i) { return max1(a.v[i], b.v[i]); }); }
+  static vec round(vec a) { return map([&](int i) { return std::nearbyint(a.v[i]); }); }
+  static vec pow2n(vec n) {
+    return map([&](int i) {
+      // vcvtps2dq turns NaN into INT32_MIN; the product with a NaN polynomial is NaN anyway
+      const uint32_t k = std::isnan(n.v[i]) ? 0x80000000u : uint32_t(int32_t(n.v[i]));
+      const uint32_t bits = (k + 127u) << 23;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    });
+  }
+  static float hsum(vec a) {
+    return ((a.v[0] + a.v[1]) + (a.v[2] + a.v[3])) + ((a.v[4] + a.v[5]) + (a.v[6] + a.v[7]));
+  }
+  static vec hsum8(const vec (&a)[8]) { return map([&](int i) { return hsum(a[i]); }); }
+  static float hmax(vec a) {
+    const float b0 = max1(max1(a.v[0], a.v[4]), max1(a.v[2], a.v[6]));
+    const float b1 = max1(max1(a.v[1], a.v[5]), max1(a.v[3], a.v[7]));
+    return max1(b0, b1);
+  }
+  static void widen(const void* src, int64_t n, float* dst, int dtype) {
+    if (dtype == half_io::F32)
+      std::memcpy(dst, src, size_t(n) * 4);
+    else
+      half_io::widen_ref({src, 1, n, n, dst, n, dtype});
+  }
+};
+
+
+#if defined(__AVX2__)
+struct Avx2Lanes8 {
+  using vec = __m256;
+  static vec zero() { return _mm256_setzero_ps(); }
+  static vec set1(float x) { return _mm256_set1_ps(x); }
+  static vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, vec a) { _mm256_storeu_ps(p, a); }
+  static vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+  static vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
+  static vec round(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static vec pow2n(vec n) {
+    const __m256i k = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(k, 23));
+  }
+  // ((v0+v1) + (v2+v3)) + ((v4+v5) + (v6+v7)): the tree of the portable build
+  static float hsum(vec a) {
+    const __m256 h = _mm256_hadd_ps(a, a);  // v01 v23 v01 v23 | v45 v67 v45 v67
+    const __m256 h2 = _mm256_hadd_ps(h, h);  // v0123 .. | v4567 ..
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h2), _mm256_extractf128_ps(h2, 1)));
+  }
+  // lane i = hsum(a[i]), the same tree: hadd pairs, hadd quads, then the two halves
+  static vec hsum8(const vec (&a)[8]) {
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1);  // a..d: low quads | high quads
+    const __m256 u1 = _mm256_hadd_ps(t2, t3);  // e..h
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+  }
+  static float hmax(vec a) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
+  static void widen(const void* src, int64_t n, float* dst, int dtype) {
+    if (dtype == half_io::F32)
+      std::memcpy(dst, src, size_t(n) * 4);
+    else
+      half_io::widen_avx2({src, 1, n, n, dst, n, dtype});
+  }
+};
+
+#endif
+
+}  // namespace
+}  // namespace tersor
