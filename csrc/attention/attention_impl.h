@@ -7,30 +7,12 @@
 #include <vector>
 
 #include "attention/attention.h"
+#include "common/lanes.h"
 #include "common/parallel.h"
 #include "half_io/half_io.h"
 
 namespace tersor::attention {
 namespace {
-
-// e^x for x <= 0 (softmax arguments), Cephes' expf: n = round(x log2 e), r = x - n ln 2 in two
-// parts, e^r by a degree-7 polynomial, times 2^n. Below -87 the result is clamped at ~2^-126
-// (softmax weights that small are noise in an fp32 sum). Relative error < 2e-7.
-template <class P>
-inline typename P::vec exp_nonpositive(typename P::vec x) {
-  x = P::max(P::set1(-87.0f), x);  // x second: a NaN argument stays NaN
-  const auto n = P::round(P::mul(x, P::set1(1.44269504088896341f)));
-  auto r = P::fma(n, P::set1(-0.693359375f), x);
-  r = P::fma(n, P::set1(2.12194440e-4f), r);
-  auto p = P::set1(1.9875691500e-4f);
-  p = P::fma(p, r, P::set1(1.3981999507e-3f));
-  p = P::fma(p, r, P::set1(8.3334519073e-3f));
-  p = P::fma(p, r, P::set1(4.1665795894e-2f));
-  p = P::fma(p, r, P::set1(1.6666665459e-1f));
-  p = P::fma(p, r, P::set1(5.0000001201e-1f));
-  const auto y = P::add(P::fma(p, P::mul(r, r), r), P::set1(1.0f));
-  return P::mul(y, P::pow2n(n));
-}
 
 // x[i] cos[i] + rotate_half(x)[i] sin[i], as HF computes it (a product, a product, a sum: no
 // fused multiply-add), scalar: D elements per head.

@@ -1,5 +1,7 @@
 // The model around the linear layers of an LLM: decode-step attention with rotary embedding
-// and an in-place KV cache write (attention/attention.h), RMSNorm (norm/norm.h).
+// and an in-place KV cache write (attention/attention.h), RMSNorm (norm/norm.h), SwiGLU's
+// silu(g) * u (act/act.h).
+#include "act/act.h"
 #include "attention/attention.h"
 #include "bindings/bind.h"
 #include "norm/norm.h"
@@ -40,6 +42,17 @@ void bind_attention(py::module_& m) {
       "y[m] = w * (x[m] / sqrt(mean(x[m]^2) + eps)) over M rows of N (row strides in elements); "
       "dtype 0 fp32, 1 bf16, 2 fp16 for x, w, y; fp32 arithmetic, each product rounded to the "
       "dtype as HF's RMSNorm does.");
+  m.def(
+      "silu_mul",
+      [](addr g, addr u, int64_t M, int64_t N, int64_t ldg, int64_t ldu, addr y, int64_t ldy,
+         int dtype, int nthreads) {
+        act::silu_mul({ptr<const void>(g), ptr<const void>(u), M, N, ldg, ldu, ptr<void>(y), ldy,
+                       dtype, nthreads});
+      },
+      py::arg("g"), py::arg("u"), py::arg("M"), py::arg("N"), py::arg("ldg"), py::arg("ldu"),
+      py::arg("y"), py::arg("ldy"), py::arg("dtype"), py::arg("nthreads"), nogil(),
+      "y = silu(g) * u over M rows of N (row strides in elements); dtype 0 fp32, 1 bf16, 2 "
+      "fp16 for g, u, y; fp32 arithmetic, a half result rounded once.");
 }
 
 }  // namespace tersor::bindings

@@ -7,6 +7,7 @@
 //   hmax:  v0..v7 -> (max(v0,v4) .. max(v3,v7)) -> (max(a0,a2), max(a1,a3)) -> max(b0,b1)
 //   max(a, b) = a > b ? a : b (maxps: b when unordered, so a NaN in b propagates)
 //   round: nearest even;  pow2n: 2^n for integral n in [-126, 127]
+//   abs: the sign bit cleared;  select_neg(x, a, b): a where x's sign bit is set, else b
 //   widen: a row of half_io::Dtype -> fp32 (exact)
 //
 // so the two builds of such a kernel return the same bits. Internal linkage on purpose (see
@@ -44,6 +45,11 @@ struct Lanes8 {
   static vec mul(vec a, vec b) { return map([&](int i) { return a.v[i] * b.v[i]; }); }
   static vec add(vec a, vec b) { return map([&](int i) { return a.v[i] + b.v[i]; }); }
   static vec sub(vec a, vec b) { return map([&](int i) { return a.v[i] - b.v[i]; }); }
+  static vec div(vec a, vec b) { return map([&](int i) { return a.v[i] / b.v[i]; }); }
+  static vec abs(vec a) { return map([&](int i) { return std::fabs(a.v[i]); }); }
+  static vec select_neg(vec x, vec a, vec b) {
+    return map([&](int i) { return std::signbit(x.v[i]) ? a.v[i] : b.v[i]; });
+  }
   static float max1(float a, float b) { return a > b ? a : b; }  // maxps: b when unordered
   static vec max(vec a, vec b) { return map([&](int i) { return max1(a.v[i], b.v[i]); }); }
   static vec round(vec a) { return map([&](int i) { return std::nearbyint(a.v[i]); }); }
@@ -86,6 +92,9 @@ struct Avx2Lanes8 {
   static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
   static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
   static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+  static vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
+  static vec abs(vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static vec select_neg(vec x, vec a, vec b) { return _mm256_blendv_ps(b, a, x); }
   static vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
   static vec round(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static vec pow2n(vec n) {
@@ -120,6 +129,26 @@ struct Avx2Lanes8 {
 };
 
 #endif
+
+// e^x for x <= 0 (softmax arguments, a sigmoid's exp(-|x|)) on either policy, Cephes' expf:
+// n = round(x log2 e), r = x - n ln 2 in two parts, e^r by a degree-7 polynomial, times 2^n.
+// Below -87 the result is clamped at ~2^-126 (values that small are noise in an fp32 sum).
+// Relative error < 2e-7.
+template <class P>
+inline typename P::vec exp_nonpositive(typename P::vec x) {
+  x = P::max(P::set1(-87.0f), x);  // x second: a NaN argument stays NaN
+  const auto n = P::round(P::mul(x, P::set1(1.44269504088896341f)));
+  auto r = P::fma(n, P::set1(-0.693359375f), x);
+  r = P::fma(n, P::set1(2.12194440e-4f), r);
+  auto p = P::set1(1.9875691500e-4f);
+  p = P::fma(p, r, P::set1(1.3981999507e-3f));
+  p = P::fma(p, r, P::set1(8.3334519073e-3f));
+  p = P::fma(p, r, P::set1(4.1665795894e-2f));
+  p = P::fma(p, r, P::set1(1.6666665459e-1f));
+  p = P::fma(p, r, P::set1(5.0000001201e-1f));
+  const auto y = P::add(P::fma(p, P::mul(r, r), r), P::set1(1.0f));
+  return P::mul(y, P::pow2n(n));
+}
 
 }  // namespace
 }  // namespace tersor

@@ -436,6 +436,21 @@ def rms_norm(
     dtype 0 fp32, 1 bf16, 2 fp16 for x, w, y; fp32 arithmetic, each product rounded to the dtype
     as HF's RMSNorm does."""
 
+def silu_mul(
+    g: int,
+    u: int,
+    M: int,
+    N: int,
+    ldg: int,
+    ldu: int,
+    y: int,
+    ldy: int,
+    dtype: int,
+    nthreads: int,
+) -> None:
+    """y = silu(g) * u over M rows of N (row strides in elements); dtype 0 fp32, 1 bf16, 2 fp16
+    for g, u, y; fp32 arithmetic, a half result rounded once."""
+
 def spmm_24(
     x: int,
     M: int,

@@ -1,5 +1,5 @@
 """Faster decoding for Hugging Face causal LMs: the work of a decode step outside the linear
-layers (attention with the KV cache, RMSNorm), on tersor kernels.
+layers (attention with the KV cache, RMSNorm, the SwiGLU gate), on tersor kernels.
 
     tersor.quantize_(model, tersor.W4A8Config())
     report = tersor.optimize_decoding_(model)   # then model.generate(...) as usual
@@ -13,23 +13,31 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from tersor.llm.attention import FastDecodeAttention, swap_attention
+from tersor.llm.mlp import FastSwiGLU, is_mlp, swap_mlp
 from tersor.llm.norm import FastRMSNorm, is_rms_norm, swap_rms_norm
 
-__all__ = ["DecodingReport", "FastDecodeAttention", "FastRMSNorm", "optimize_decoding_"]
+__all__ = [
+    "DecodingReport",
+    "FastDecodeAttention",
+    "FastRMSNorm",
+    "FastSwiGLU",
+    "optimize_decoding_",
+]
 
 
 @dataclass
 class DecodingReport:
     attention: list = field(default_factory=list)  # names of the blocks on the fast path
     norms: list = field(default_factory=list)  # RMSNorm modules on the native forward
+    mlps: list = field(default_factory=list)  # MLPs whose silu(gate) * up is native
     left: dict = field(default_factory=dict)  # name -> why it was left as it was
     seconds: float = 0.0
 
     def __str__(self) -> str:
         lines = [
             f"tersor.optimize_decoding_: {len(self.attention)} attention blocks on the "
-            f"decode kernel, {len(self.norms)} RMSNorms native, {len(self.left)} modules left "
-            f"as they were ({self.seconds:.2f} s)"
+            f"decode kernel, {len(self.norms)} RMSNorms and {len(self.mlps)} MLP gates native, "
+            f"{len(self.left)} modules left as they were ({self.seconds:.2f} s)"
         ]
         lines += [f"  left {name}: {why}" for name, why in self.left.items()]
         return "\n".join(lines)
@@ -44,8 +52,9 @@ def _is_attention(name: str, module: nn.Module) -> bool:
 def optimize_decoding_(model: nn.Module) -> DecodingReport:
     """Gives every Llama-style attention block of ``model`` (Llama, Mistral without a sliding
     window, Qwen2 / Qwen3, ... : q/k/v/o projections, rotary embedding, a ``DynamicCache``)
-    the native decode step of ``tersor.llm.attention``, and every Llama-style RMSNorm the
-    native norm of ``tersor.llm.norm``, in place. Each block is checked
+    the native decode step of ``tersor.llm.attention``, every Llama-style RMSNorm the
+    native norm of ``tersor.llm.norm`` and every SwiGLU MLP the native gate of
+    ``tersor.llm.mlp``, in place. Each block is checked
     against its own forward first; blocks that do not qualify stay as they were, with the
     reason in the report. Outputs equal the model's own to fp32 rounding (the kernel computes
     in fp32, also for bf16 / fp16 models)."""
@@ -54,6 +63,8 @@ def optimize_decoding_(model: nn.Module) -> DecodingReport:
     for name, module in model.named_modules():
         if is_rms_norm(module):
             swap, done = swap_rms_norm, report.norms
+        elif is_mlp(module):
+            swap, done = swap_mlp, report.mlps
         elif _is_attention(name, module):
             swap, done = swap_attention, report.attention
         else:

@@ -1,9 +1,11 @@
-"""tersor::rms_norm (csrc/norm) and the RMSNorm swap of tersor.optimize_decoding_: against HF's
-formula on odd sizes and every dtype, ISA paths bit for bit against the portable build."""
+"""tersor::rms_norm (csrc/norm), tersor::silu_mul (csrc/act) and their swaps in
+tersor.optimize_decoding_: against HF's formulas on odd sizes and every dtype, ISA paths bit
+for bit against the portable build."""
 
 import pytest
 import torch
 
+from tersor.ops.act import silu_mul, silu_mul_ref
 from tersor.ops.norm import rms_norm, rms_norm_ref
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -83,3 +85,62 @@ def test_hf_rms_norms_are_swapped_and_fall_back_for_autograd():
     x = torch.randn(2, 64, requires_grad=True)
     norm(x).sum().backward()  # autograd: the model's own forward, differentiable
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# -- silu_mul -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 8192), (7, 13), (33, 96), (2, 3, 5)])
+def test_silu_mul_matches_torch(shape, dtype, gen):
+    g = (torch.randn(*shape, generator=gen) * 6).to(dtype)
+    u = torch.randn(*shape, generator=gen).to(dtype)
+    y, ref = silu_mul(g, u), silu_mul_ref(g, u)
+    assert y.dtype == dtype and y.shape == g.shape
+    tol = 2e-6 if dtype == torch.float32 else 8e-3
+    assert (y.float() - ref.float()).abs().max() <= tol * ref.float().abs().max()
+
+
+def test_silu_mul_extremes():
+    g = torch.tensor([0.0, -0.0, 100.0, -100.0, 1e-30, -1e-30, 88.0, -88.0, float("nan")])
+    y = silu_mul(g, torch.ones_like(g))
+    assert torch.equal(y[:2], torch.zeros(2)) and y[2] == 100.0
+    assert -1e-30 < y[3] <= 0 and torch.isnan(y[-1])
+    assert (y[:-1] - torch.nn.functional.silu(g[:-1])).abs().max() <= 1e-6 * 100
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_isa_paths_are_bit_identical(dtype, isa, gen, c_ref):
+    g = (torch.randn(5, 1003, generator=gen) * 6).to(dtype)
+    u = torch.randn(5, 1003, generator=gen).to(dtype)
+    assert torch.equal(silu_mul(g, u), c_ref(lambda: silu_mul(g, u)))
+
+
+def test_silu_mul_bad_arguments_and_op(gen):
+    with pytest.raises(ValueError, match="u is torch.float64"):
+        silu_mul(torch.randn(2, 8), torch.randn(2, 8).double())
+    with pytest.raises(ValueError, match="one shape"):
+        silu_mul(torch.randn(2, 8), torch.randn(2, 9))
+    g, u = torch.randn(3, 16, generator=gen), torch.randn(3, 16, generator=gen)
+    torch.library.opcheck(torch.ops.tersor.silu_mul, (g, u))
+
+
+def test_hf_mlps_are_swapped():
+    pytest.importorskip("transformers")
+    from tests.llm_models import tiny_llm
+
+    import tersor
+    from tersor.llm.mlp import FastSwiGLU
+
+    model = tiny_llm("llama")
+    x = torch.randn(2, 5, 64)
+    with torch.inference_mode():
+        want = model.model.layers[0].mlp(x)
+    report = tersor.optimize_decoding_(model)
+    mlp = model.model.layers[0].mlp
+    assert len(report.mlps) == 2 and isinstance(mlp, FastSwiGLU)
+    with torch.inference_mode():
+        got = mlp(x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    phi3 = tiny_llm("phi3")  # fused gate_up_proj: no gate_proj, not an MLP this swap knows
+    assert not tersor.optimize_decoding_(phi3).mlps
