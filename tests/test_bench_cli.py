@@ -13,6 +13,23 @@ def test_conv_family_times_ours_against_both_baselines(capsys):
     assert "res5.3x3" in capsys.readouterr().out
 
 
+def test_llm_step_breakdown_on_the_tiny_shape(capsys):
+    """`--family llm-step`: HF's and optimize_decoding_'s decode steps, interleaved, each with
+    its time inside the tersor layers; the fast paths are restored afterwards."""
+    from tersor.bench.llm import run_llm_step
+    from tersor.llm import FastDecodeAttention
+
+    fast = FastDecodeAttention._tersor_decode_step
+    rows = run_llm_step("tiny", prompt_len=8, steps=3, rounds=2)
+    assert [r["impl"] for r in rows] == ["HF attention / norms / gate", "optimize_decoding_"]
+    for r in rows:
+        assert len(r["step_ms"]) == 2 and all(
+            0 < i < s for s, i in zip(r["step_ms"], r["layers_ms"])
+        )
+    assert FastDecodeAttention._tersor_decode_step is fast
+    assert "in tersor layers" in capsys.readouterr().out
+
+
 def test_llm_family_on_the_tiny_shape(capsys):
     """`--family llm` end to end on a tiny Llama: fp32 and every tersor scheme checked against
     the fp32 logits, timed, with bytes per token and the memory-floor percentage."""

@@ -9,6 +9,7 @@ python -m tersor.bench --family sparse90     # unstructured 90% (also sparse75, 
 python -m tersor.bench --family block90      # block-sparse (16, 4) 90% (also block75)
 python -m tersor.bench --family conv         # W8A8 Conv2d at ResNet layers (--signed-inputs)
 python -m tersor.bench --family llm          # Llama-3.2-1B shape: prefill + decode tokens/s
+python -m tersor.bench --family llm-step     # a decode step inside / outside the tersor layers
 python -m tersor.bench --family tp           # 2 gloo processes x 1 thread vs 1 x 2 threads
 python -m tersor.bench --family cnn          # MobileNetV2 / ResNet-18 layouts, W8A8 vs fp32
 """
@@ -213,7 +214,9 @@ def main(argv=None):
     p.add_argument("--no-rotate", action="store_true", help="one weight copy (cache-flattered)")
     p.add_argument("--quick", action="store_true", help="4096x4096 and 384x1536, M in 1,32")
     p.add_argument(
-        "--family", choices=[*FAMILIES, "conv", "llm", "tp", "cnn", "all"], default="int8"
+        "--family",
+        choices=[*FAMILIES, "conv", "llm", "llm-step", "tp", "cnn", "all"],
+        default="int8",
     )
     p.add_argument("--llm-shape", choices=["1b", "tiny"], default="1b", help="llm: model shape")
     p.add_argument("--new-tokens", type=int, default=64, help="llm: tokens decoded")
@@ -257,6 +260,12 @@ def _run(a) -> int:
 
             print("\n=== LLM, Hugging Face eager ===")
             rows += run_llm(a.llm_shape, new_tokens=a.new_tokens, bandwidth=bw)
+            continue
+        if fam == "llm-step":
+            from tersor.bench.llm import run_llm_step
+
+            print("\n=== LLM decode step: inside and outside the tersor layers ===")
+            rows += run_llm_step(a.llm_shape)
             continue
         if fam == "cnn":
             from tersor.bench.cnn import run_cnn

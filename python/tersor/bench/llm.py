@@ -275,3 +275,73 @@ def _peers(model, prompt, new_tokens):
             rows.append(row)
             engines[row["impl"]] = (engine, timer)
     return rows, engines
+
+
+def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, rounds: int = 4):
+    """Where a decode step goes, HF's own attention / norms / MLP gate against
+    ``optimize_decoding_``'s, on one W4A8 g32 model, interleaved rounds (the machine is
+    shared): per round the median step and the time inside the tersor layers (each call
+    timed), so step - layers is the time outside them."""
+    import inspect
+    import statistics
+
+    from tersor.llm import FastDecodeAttention, FastRMSNorm, FastSwiGLU
+    from tersor.nn import PackedLinear
+
+    model = build(shape)
+    tersor.quantize_(model, tersor.W4A8Config(group_size=32), progress=False)
+    print(tersor.optimize_decoding_(model))
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len))
+    params = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x / 4.x
+    fast = FastDecodeAttention._tersor_decode_step, FastRMSNorm.forward, FastSwiGLU.forward
+    hf = (
+        lambda self, args, kwargs: None,
+        lambda self, x: super(FastRMSNorm, self).forward(x),
+        lambda self, x: super(FastSwiGLU, self).forward(x),
+    )
+    inside = [0.0]
+    layer_forward = PackedLinear.forward
+
+    def timed(self, x):
+        t0 = time.perf_counter()
+        y = layer_forward(self, x)
+        inside[0] += time.perf_counter() - t0
+        return y
+
+    def measure():
+        with torch.inference_mode():
+            out = model(prompt, use_cache=True)
+            cache = out.past_key_values
+            times, inside[0] = [], 0.0
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                tok = out.logits[:, -1:].argmax(-1)
+                out = model(tok, use_cache=True, **{cache_arg: cache})
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3, inside[0] / steps * 1e3
+
+    rows = {"HF attention / norms / gate": [], "optimize_decoding_": []}
+    PackedLinear.forward = timed
+    try:
+        for _ in range(rounds):
+            for name, impl in zip(rows, (hf, fast)):
+                (
+                    FastDecodeAttention._tersor_decode_step,
+                    FastRMSNorm.forward,
+                    FastSwiGLU.forward,
+                ) = impl
+                rows[name].append(measure())
+    finally:
+        PackedLinear.forward = layer_forward
+        FastDecodeAttention._tersor_decode_step, FastRMSNorm.forward, FastSwiGLU.forward = fast
+    print(
+        f"Llama ({shape} shape) W4A8 g32, decode steps after a {prompt_len}-token prompt, "
+        f"{torch.get_num_threads()} threads; per round: step ms / in tersor layers ms / outside"
+    )
+    out = []
+    for name, got in rows.items():
+        cells = "  ".join(f"{s:.1f} / {i:.1f} / {s - i:.1f}" for s, i in got)
+        print(f"{name:<30}{cells}")
+        out.append(dict(impl=name, step_ms=[s for s, _ in got], layers_ms=[i for _, i in got]))
+    return out
