@@ -112,9 +112,11 @@ def test_other_llm_families_convert_whole_and_generate(family, cfg):
 
 def test_torch_compile_of_the_quantized_hf_model():
     """The whole quantized HF model under torch.compile (inductor): tersor's custom ops trace as
-    opaque calls, the rest is compiled; the output matches eager."""
+    opaque calls, the rest is compiled (optimize_decoding_'s modules trace as the model's own);
+    the output matches eager."""
     model = _llama()
     tersor.quantize_(model, tersor.W4A8Config(group_size=32), progress=False)
+    tersor.optimize_decoding_(model)
     ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         eager = model(ids).logits

@@ -50,8 +50,8 @@ class FastDecodeAttention:
     def _tersor_decode_step(self, args, kwargs):
         """(attn_output, None) for a decode step the kernel serves, else None."""
         x = args[0] if args else kwargs.get("hidden_states")
-        if len(args) > 1 or x is None or self.training:
-            return None
+        if len(args) > 1 or x is None or self.training or torch.compiler.is_compiling():
+            return None  # (compiled: the model's own forward is what dynamo traces)
         cache = kwargs.get(self._tersor_cache_arg)
         pe = kwargs.get("position_embeddings")
         mask = kwargs.get("attention_mask")
