@@ -55,6 +55,33 @@ def test_matches_the_torch_reference(shape, dtype, gen):
     assert not torch.equal(args[5][:, :, pos], make_args(*shape, dtype, gen)[5][:, :, pos])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_left_padding_skips_each_sequences_first_rows(dtype, gen):
+    args = make_args(3, 8, 2, 32, 70, dtype, gen)
+    start = torch.tensor([0, 9, 70])  # none, some (not a multiple of 8), all but the new row
+    ref_args = clone_caches(args)
+    out = attention_decode(*args, start=start)
+    ref = attention_decode_ref(*ref_args, start=start)
+    tol = 2e-6 if dtype == torch.float32 else 1e-2
+    assert (out.float() - ref.float()).abs().max() <= tol * ref.float().abs().max()
+    # the last sequence sees only its new position: its output is that position's value
+    h = 8
+    want = args[6][2, :, 70].float().repeat_interleave(h // 2, dim=0).reshape(-1)
+    assert (out[2].float() - want).abs().max() <= tol * want.abs().max()
+    with pytest.raises(ValueError, match="start must lie in"):
+        attention_decode(*clone_caches(args), start=torch.tensor([0, 0, 71]))
+    with pytest.raises(ValueError, match="start must be contiguous int64"):
+        attention_decode(*clone_caches(args), start=torch.tensor([0, 0, 1], dtype=torch.int32))
+
+
+def test_left_padding_isa_paths_are_bit_identical(isa, gen, c_ref):
+    args = make_args(3, 8, 2, 32, 70, torch.float32, gen)
+    start = torch.tensor([0, 9, 70])
+    ref_args = clone_caches(args)
+    out = attention_decode(*args, start=start)
+    assert torch.equal(out, c_ref(lambda: attention_decode(*ref_args, start=start)))
+
+
 def test_without_rotary(gen):
     args = make_args(2, 8, 2, 32, 40, torch.float32, gen, rotary=False)
     ref_args = clone_caches(args)
@@ -189,7 +216,7 @@ def test_hf_decode_steps_match_the_model(family, attn, monkeypatch):
 
 def test_generate_greedy_beams_and_padding_match(monkeypatch):
     """generate(): greedy, beam search (HF reorders the cache: the layer's tensors are
-    replaced, and adopted again), and a padded batch (a real mask: the model's own path)."""
+    replaced, and adopted again), and a left-padded batch (each sequence skips its padding)."""
     pytest.importorskip("transformers")
     model = sdpa(tiny_llm("llama"))
     gen = torch.Generator().manual_seed(1)
@@ -210,7 +237,7 @@ def test_generate_greedy_beams_and_padding_match(monkeypatch):
     tersor.optimize_decoding_(model)
     hits = counting_fast_steps(monkeypatch)
     got = run(model)
-    assert hits["fast"] >= 2 * 11 * 2  # greedy and beams: every decode step of both layers
+    assert hits["fast"] >= 3 * 2 * 11  # greedy, beams, padded: every decode step, both layers
     for a, b in zip(ref, got):
         assert torch.equal(a, b)
 

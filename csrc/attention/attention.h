@@ -4,7 +4,7 @@
 //   for each sequence b, kv head j, and query head h of j's group (h = j*G .. j*G + G-1,
 //   G = H / Hkv, the repeat_kv order of Hugging Face models):
 //     K[b][j][pos] = rope(k[b][j]),  V[b][j][pos] = v[b][j]        (cache rows, in place)
-//     s[p]   = (rope(q[b][h]) . K[b][j][p]) * scaling,   p = 0 .. pos
+//     s[p]   = (rope(q[b][h]) . K[b][j][p]) * scaling,   p = start[b] .. pos
 //     out[b][h] = sum_p softmax(s)[p] * V[b][j][p]
 //
 //   rope(x)[i] = x[i] * cos[i] + rotate_half(x)[i] * sin[i],
@@ -13,6 +13,9 @@
 // Why a kernel: a 1B Llama's decode step calls attention 16 times on one query row; in eager
 // PyTorch each call is ~25 ops (views, rotary, two torch.cat into the cache, SDPA), ~0.4 ms
 // against ~20 us of arithmetic here.
+//
+// start (null: all 0) skips a sequence's first cache rows: the left padding of a batch whose
+// prompts differ in length (start[b] <= pos).
 //
 // Tensors are fp32, bf16 or fp16 (`dtype`, half_io::Dtype), all the same; the arithmetic is
 // fp32 (halves widened exactly, results rounded once to nearest even). The cache is
@@ -34,6 +37,7 @@ struct DecodeArgs {
   void* kcache;  // [B][Hkv][cap][D]
   void* vcache;
   int64_t B, H, Hkv, D, cap, pos;  // D % 8 == 0, pos < cap
+  const int64_t* start;             // [B] or null
   float scaling;
   void* out;  // [B][H * D], row stride ldo
   int64_t ldo;

@@ -83,6 +83,7 @@ void decode_impl(const DecodeArgs& a) {
     thread_range(items, &i0, &i1);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t b = it / a.Hkv, j = it % a.Hkv;
+      const int64_t p_lo = a.start ? a.start[b] : 0;  // rows before it are padding
       const bool rot = a.cos != nullptr;
       if (rot) {
         P::widen(at(a.cos, b * a.ldcs, es), D, cs, a.dtype);
@@ -135,11 +136,13 @@ TERSOR_UNROLL
           sc[g * Lp + p] = P::hsum(acc) * a.scaling;
         }
       }
-      // softmax weights, unnormalized (the padding lanes exactly 0), and 1 / their sums
+      // softmax weights, unnormalized (the padding lanes and rows exactly 0), and 1 / their
+      // sums
       float inv_sum[64];  // G <= 64 (checked by the op)
       for (int64_t g = 0; g < G; ++g) {
         float* s = sc + g * Lp;
         for (int64_t q = L; q < Lp; ++q) s[q] = -std::numeric_limits<float>::infinity();
+        for (int64_t q = 0; q < p_lo; ++q) s[q] = -std::numeric_limits<float>::infinity();
         vec m = P::load(s);
         for (int64_t c = 1; c < Lp / 8; ++c) m = P::max(m, P::load(s + 8 * c));
         const vec mx = P::set1(P::hmax(m));
@@ -148,6 +151,7 @@ TERSOR_UNROLL
           P::store(s + 8 * c, exp_nonpositive<P>(P::sub(P::load(s + 8 * c), mx)));
           if (c == Lp / 8 - 1)
             for (int64_t q = L; q < Lp; ++q) s[q] = 0.0f;
+          for (int64_t q = 8 * c; q < p_lo && q < 8 * c + 8; ++q) s[q] = 0.0f;
           sum = P::add(sum, P::load(s + 8 * c));
         }
         inv_sum[g] = 1.0f / P::hsum(sum);
@@ -157,7 +161,7 @@ TERSOR_UNROLL
       // block streams by. Each output element is fma'd in position order, however the
       // positions and chunks are blocked.
       std::fill(acc, acc + G * D, 0.0f);
-      for (int64_t p0 = 0; p0 < L; p0 += kValueRows) {
+      for (int64_t p0 = p_lo; p0 < L; p0 += kValueRows) {
         const int64_t p1 = std::min(L, p0 + kValueRows);
         for (int64_t g = 0; g < G; ++g) {
           const float* w = sc + g * Lp;

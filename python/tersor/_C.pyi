@@ -86,6 +86,7 @@ def attention_decode(
     D: int,
     cap: int,
     pos: int,
+    start: int,
     scaling: float,
     out: int,
     ldo: int,
@@ -95,8 +96,9 @@ def attention_decode(
     """One decode step of grouped-query attention: q [B][H*D], new k / v [B][Hkv*D] (row strides
     in elements); k roped with cos / sin [B][D] (0: no rotary) and written with v into row pos
     of kcache / vcache [B][Hkv][cap][D]; out [B][H*D] = softmax(rope(q) K^T * scaling) V over
-    rows 0..pos, query head h reading kv head h / (H / Hkv). dtype 0 fp32, 1 bf16, 2 fp16 for
-    every tensor; fp32 arithmetic. D % 8 == 0, H / Hkv <= 64."""
+    rows start[b]..pos (start int64 [B], 0: none: left padding), query head h reading kv head h
+    / (H / Hkv). dtype 0 fp32, 1 bf16, 2 fp16 for every tensor; fp32 arithmetic. D % 8 == 0, H /
+    Hkv <= 64."""
 
 def avg_pool_s8(
     x: int,

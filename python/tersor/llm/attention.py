@@ -8,6 +8,9 @@ Zen 3). Here the three projections run as before (our layers, fused), and one na
 the rest: rope q and k, write k and v into the cache, attend (csrc/attention/attention.h).
 
 How it attaches, and why so:
+- Masks: none (sdpa without padding), all-visible (eager attention), and left padding (a
+  batch of prompts of different lengths: each sequence skips its padded cache rows) take the
+  kernel; any other mask takes the model's own forward.
 - The attention module's class is swapped for a subclass whose ``forward`` takes the fast
   path when it applies and otherwise calls the model's own ``forward`` unchanged (prefill,
   masks, training, other caches). Same instance, same children and state_dict keys: the
@@ -72,8 +75,11 @@ class FastDecodeAttention:
         if keys is None or keys.dim() != 4 or keys.shape[-2] == 0 or keys.dtype != x.dtype:
             return None
         pos = keys.shape[-2]
-        if mask is not None and not _attends_to_all(mask, pos + 1):
-            return None  # padding, or a mask HF built for another cache: HF's path
+        start = None
+        if mask is not None:
+            start = _padding_start(mask, pos + 1)
+            if start is False:
+                return None  # a mask that is not left padding: HF's path
         b = x.shape[0]
         d = self.head_dim
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -87,18 +93,42 @@ class FastDecodeAttention:
         cos = cos.reshape(cos.shape[0], -1).expand(b, d)  # [B or 1, 1, D] -> [B, D]
         sin = sin.reshape(sin.shape[0], -1).expand(b, d)
         out = attention_decode_cpu(
-            q.view(b, -1), k.view(b, -1), v.view(b, -1), cos, sin, kbuf, vbuf, pos, self.scaling
+            q.view(b, -1),
+            k.view(b, -1),
+            v.view(b, -1),
+            cos,
+            sin,
+            kbuf,
+            vbuf,
+            pos,
+            self.scaling,
+            start,
         )
         layer.keys, layer.values = kbuf[:, :, : pos + 1], vbuf[:, :, : pos + 1]
         return self.o_proj(out.view(b, 1, -1)), None
 
 
-def _attends_to_all(mask: torch.Tensor, length: int) -> bool:
-    """A decode step's mask [B, 1, 1, length] that hides nothing (eager attention builds one
-    even without padding): all True (bool) or all 0 (additive float)."""
-    if mask.dim() != 4 or mask.shape[-2] != 1 or mask.shape[-1] != length:
-        return False
-    return bool(mask.all()) if mask.dtype == torch.bool else not bool(mask.any())
+_last_mask: list = [None, None]  # (mask, its start): every layer of a step gets the same mask
+
+
+def _padding_start(mask: torch.Tensor, length: int):
+    """A decode step's mask [B, 1, 1, length] (bool: True attends; float: 0 attends) as the
+    kernel's start rows: None when it hides nothing (eager attention builds one even without
+    padding), int64 [B] for left padding (each row hides a prefix, never the new position),
+    False for anything else. Computed once per step: HF hands every layer the same mask."""
+    if _last_mask[0] is mask:
+        return _last_mask[1]
+    result = False
+    if mask.dim() == 4 and mask.shape[-2] == 1 and mask.shape[-1] == length:
+        valid = mask[:, 0, 0] if mask.dtype == torch.bool else mask[:, 0, 0] == 0
+        if bool(valid.all()):
+            result = None
+        else:
+            lead = (~valid).to(torch.int64).cumprod(-1).sum(-1)  # hidden prefix lengths
+            if bool((valid.sum(-1) == length - lead).all()) and int(lead.max()) < length:
+                result = lead.contiguous()
+    _last_mask[0], _last_mask[1] = mask, result
+    return result
 
 
 def _buffers(layer, keys: torch.Tensor, values: torch.Tensor, pos: int):

@@ -4,6 +4,7 @@ embedding, writing the new key and value into a preallocated cache in place
 
     q [B, H*D]  k, v [B, Hkv*D]  cos, sin [B, D] or None   (rows with unit column stride)
     k_cache, v_cache [B, Hkv, cap, D] contiguous, rows 0 .. pos-1 filled
+    start int64 [B] or None: sequence b attends rows start[b] .. pos (left padding)
     -> out [B, H*D];  k_cache[:, :, pos] = rope(k), v_cache[:, :, pos] = v
 
 fp32, bf16 or fp16 (all the same dtype), fp32 arithmetic. The direct ``_C`` call serves eager
@@ -23,7 +24,7 @@ from tersor.ops._common import IO_CODE, ptr
 OP = "tersor::attention_decode"
 
 
-def decode_problem(q, k, v, cos, sin, k_cache, v_cache, pos: int) -> Optional[str]:
+def decode_problem(q, k, v, cos, sin, k_cache, v_cache, pos: int, start=None) -> Optional[str]:
     """What is wrong with the arguments (the tensor and what was expected), or None. Messages
     are built only on failure: this runs once per decode step and layer."""
     if k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
@@ -66,24 +67,31 @@ def decode_problem(q, k, v, cos, sin, k_cache, v_cache, pos: int) -> Optional[st
         return "k_cache / v_cache must be contiguous"
     if not 0 <= pos < cap:
         return f"pos {pos} outside the cache's {cap} rows"
+    if start is not None:
+        if start.dtype != torch.int64 or start.shape != (b,) or not start.is_contiguous():
+            return f"start must be contiguous int64 [B={b}], got {start.dtype} {tuple(start.shape)}"
+        if start.device != k_cache.device:
+            return f"start is on {start.device}, k_cache on {k_cache.device}"
+        if b and not (0 <= int(start.min()) and int(start.max()) <= pos):
+            return f"start must lie in [0, pos={pos}], got {start.tolist()}"
     return None
 
 
-def check_decode(q, k, v, cos, sin, k_cache, v_cache, pos: int) -> None:
-    problem = decode_problem(q, k, v, cos, sin, k_cache, v_cache, pos)
+def check_decode(q, k, v, cos, sin, k_cache, v_cache, pos: int, start=None) -> None:
+    problem = decode_problem(q, k, v, cos, sin, k_cache, v_cache, pos, start)
     if problem is not None:
         raise ValueError(f"{OP}: {problem}")
 
 
-def attention_decode_cpu(q, k, v, cos, sin, k_cache, v_cache, pos: int, scaling: float):
+def attention_decode_cpu(q, k, v, cos, sin, k_cache, v_cache, pos: int, scaling: float, start=None):
     """The native kernel on validated CPU tensors."""
     b, hkv, cap, d = k_cache.shape
     out = torch.empty(q.shape, dtype=q.dtype)
     _C.attention_decode(
         q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
         ptr(cos), ptr(sin), 0 if cos is None else cos.stride(0), k_cache.data_ptr(),
-        v_cache.data_ptr(), b, q.shape[1] // d, hkv, d, cap, pos, scaling, out.data_ptr(),
-        out.stride(0), IO_CODE[q.dtype], torch.get_num_threads(),
+        v_cache.data_ptr(), b, q.shape[1] // d, hkv, d, cap, pos, ptr(start), scaling,
+        out.data_ptr(), out.stride(0), IO_CODE[q.dtype], torch.get_num_threads(),
     )  # fmt: skip
     return out
 
@@ -94,7 +102,7 @@ def rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
     return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
 
 
-def attention_decode_ref(q, k, v, cos, sin, k_cache, v_cache, pos: int, scaling: float):
+def attention_decode_ref(q, k, v, cos, sin, k_cache, v_cache, pos: int, scaling: float, start=None):
     """The rule in torch, fp32 arithmetic (the cache written in its dtype)."""
     b, hkv, _, d = k_cache.shape
     h = q.shape[1] // d
@@ -106,7 +114,11 @@ def attention_decode_ref(q, k, v, cos, sin, k_cache, v_cache, pos: int, scaling:
     v_cache[:, :, pos] = v.view(b, hkv, d)
     keys = k_cache[:, :, : pos + 1].float().repeat_interleave(h // hkv, dim=1)
     values = v_cache[:, :, : pos + 1].float().repeat_interleave(h // hkv, dim=1)
-    w = torch.softmax((qf[:, :, None] @ keys.transpose(-1, -2)) * scaling, dim=-1)
+    s = (qf[:, :, None] @ keys.transpose(-1, -2)) * scaling  # [B, H, 1, pos + 1]
+    if start is not None:
+        hidden = torch.arange(pos + 1, device=s.device)[None] < start.to(s.device)[:, None]
+        s = s.masked_fill(hidden[:, None, None], float("-inf"))
+    w = torch.softmax(s, dim=-1)
     return (w @ values).reshape(b, h * d).to(q.dtype)
 
 
@@ -121,19 +133,20 @@ def attention_decode_op(
     v_cache: torch.Tensor,
     pos: int,
     scaling: float,
+    start: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Decode-step attention (module docstring); the torch reference off the CPU."""
-    return attention_decode_ref(q, k, v, cos, sin, k_cache, v_cache, pos, scaling)
+    return attention_decode_ref(q, k, v, cos, sin, k_cache, v_cache, pos, scaling, start)
 
 
 @attention_decode_op.register_kernel("cpu")
-def _(q, k, v, cos, sin, k_cache, v_cache, pos, scaling):
-    check_decode(q, k, v, cos, sin, k_cache, v_cache, pos)
-    return attention_decode_cpu(q, k, v, cos, sin, k_cache, v_cache, pos, scaling)
+def _(q, k, v, cos, sin, k_cache, v_cache, pos, scaling, start=None):
+    check_decode(q, k, v, cos, sin, k_cache, v_cache, pos, start)
+    return attention_decode_cpu(q, k, v, cos, sin, k_cache, v_cache, pos, scaling, start)
 
 
 @attention_decode_op.register_fake
-def _(q, k, v, cos, sin, k_cache, v_cache, pos, scaling):
+def _(q, k, v, cos, sin, k_cache, v_cache, pos, scaling, start=None):
     return torch.empty_like(q)
 
 
@@ -147,9 +160,10 @@ def attention_decode(
     v_cache: torch.Tensor,
     pos: int,
     scaling: float,
+    start: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Validated; the direct native call in eager CPU use, else the custom op."""
-    check_decode(q, k, v, cos, sin, k_cache, v_cache, pos)
+    check_decode(q, k, v, cos, sin, k_cache, v_cache, pos, start)
     if q.is_cpu and not torch.compiler.is_compiling():
-        return attention_decode_cpu(q, k, v, cos, sin, k_cache, v_cache, pos, scaling)
-    return attention_decode_op(q, k, v, cos, sin, k_cache, v_cache, pos, scaling)
+        return attention_decode_cpu(q, k, v, cos, sin, k_cache, v_cache, pos, scaling, start)
+    return attention_decode_op(q, k, v, cos, sin, k_cache, v_cache, pos, scaling, start)
