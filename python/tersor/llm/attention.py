@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from tersor.llm._swap import fast_subclass
 from tersor.ops.attention import attention_decode_cpu
 
 CACHE_ARG_NAMES = ("cache", "past_key_values", "past_key_value")  # across transformers versions
@@ -159,19 +160,11 @@ def _buffers(layer, keys: torch.Tensor, values: torch.Tensor, pos: int):
 
 # -- swapping ------------------------------------------------------------------------------------
 
-_FAST_CLASSES: dict = {}
-
 
 def _fast_class(cls: type) -> type:
-    if cls not in _FAST_CLASSES:
-        params = inspect.signature(cls.forward).parameters
-        cache_arg = next((n for n in CACHE_ARG_NAMES if n in params), None)
-        _FAST_CLASSES[cls] = type(
-            f"FastDecode{cls.__name__}",
-            (FastDecodeAttention, cls),
-            {"__module__": __name__, "_tersor_cache_arg": cache_arg},
-        )
-    return _FAST_CLASSES[cls]
+    params = inspect.signature(cls.forward).parameters
+    cache_arg = next((n for n in CACHE_ARG_NAMES if n in params), None)
+    return fast_subclass(cls, FastDecodeAttention, _tersor_cache_arg=cache_arg)
 
 
 def unsupported(module: nn.Module) -> Optional[str]:

@@ -1,7 +1,7 @@
 """HF Llama-family MLPs (down(silu(gate(x)) * up(x))) with the gate on ``tersor::silu_mul``
 (csrc/act/act.h): one native pass over the MLP's widest rows instead of two torch ops (~90 us
 per layer at one row of 8192, measured in a 1B Llama decode step on Zen 3). Swapped and
-checked like the attention blocks and norms (tersor/llm/attention.py).
+checked on random input like the norms (tersor/llm/_swap.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from tersor.llm._swap import fast_subclass, swap_if_same
 from tersor.ops._common import IO_CODE
 from tersor.ops.act import silu_mul_cpu
 
@@ -27,17 +28,6 @@ class FastSwiGLU:
         if g.dtype is not u.dtype or g.shape != u.shape:
             return self.down_proj(self.act_fn(g) * u)
         return self.down_proj(silu_mul_cpu(g, u))
-
-
-_FAST_CLASSES: dict = {}
-
-
-def _fast_class(cls: type) -> type:
-    if cls not in _FAST_CLASSES:
-        _FAST_CLASSES[cls] = type(
-            f"Fast{cls.__name__}", (FastSwiGLU, cls), {"__module__": __name__}
-        )
-    return _FAST_CLASSES[cls]
 
 
 def is_mlp(module: nn.Module) -> bool:
@@ -62,19 +52,4 @@ def swap_mlp(module: nn.Module) -> Optional[str]:
     dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, module.gate_proj.in_features, generator=gen).to(dtype)
-    orig, fast = type(module), _fast_class(type(module))
-    with torch.inference_mode():
-        want = module(x)
-        module.__class__ = fast
-        try:
-            got = module(x)
-        finally:
-            module.__class__ = orig
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    err = (
-        (got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-30)
-    ).item()
-    if got.dtype != want.dtype or not err <= tol:
-        return f"native gate differs from the module's own ({err:.2g})"
-    module.__class__ = fast
-    return None
+    return swap_if_same(module, fast_subclass(type(module), FastSwiGLU), x, "gate")

@@ -4,8 +4,7 @@ Eager PyTorch runs the norm as 7 ops per call (~30 us at one row); a 1B Llama's 
 calls it 33 times. The module's class is swapped for a subclass whose ``forward`` calls the
 kernel when the call is plain inference on the CPU (no autograd, not compiling, x and the
 weight of one dtype) and the model's own ``forward`` otherwise; each module is checked
-against its own forward when it is swapped (the attention swap does the same, see
-tersor/llm/attention.py).
+against its own forward when it is swapped (tersor/llm/_swap.py).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from tersor.llm._swap import fast_subclass, swap_if_same
 from tersor.ops._common import IO_CODE
 from tersor.ops.norm import rms_norm_cpu
 
@@ -34,17 +34,6 @@ class FastRMSNorm:
         ):
             return rms_norm_cpu(x, w, self.variance_epsilon)
         return super().forward(hidden_states)
-
-
-_FAST_CLASSES: dict = {}
-
-
-def _fast_class(cls: type) -> type:
-    if cls not in _FAST_CLASSES:
-        _FAST_CLASSES[cls] = type(
-            f"Fast{cls.__name__}", (FastRMSNorm, cls), {"__module__": __name__}
-        )
-    return _FAST_CLASSES[cls]
 
 
 def is_rms_norm(module: nn.Module) -> bool:
@@ -68,19 +57,4 @@ def swap_rms_norm(module: nn.Module) -> Optional[str]:
     w = module.weight
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(3, w.shape[0], generator=gen) * 3).to(w.dtype)
-    orig, fast = type(module), _fast_class(type(module))
-    with torch.inference_mode():
-        want = module(x)
-        module.__class__ = fast
-        try:
-            got = module(x)
-        finally:
-            module.__class__ = orig
-    tol = 1e-5 if w.dtype == torch.float32 else 1e-2  # the mean's summation order
-    err = (
-        (got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-30)
-    ).item()
-    if got.dtype != want.dtype or not err <= tol:
-        return f"native forward differs from the module's own ({err:.2g})"
-    module.__class__ = fast
-    return None
+    return swap_if_same(module, fast_subclass(type(module), FastRMSNorm), x, "RMSNorm")
