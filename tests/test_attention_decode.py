@@ -300,3 +300,30 @@ def test_optimizing_twice_is_harmless():
     cls = type(model.model.layers[0].self_attn)
     report = tersor.optimize_decoding_(model)
     assert len(report.attention) == 2 and type(model.model.layers[0].self_attn) is cls
+
+
+def test_threads_decoding_different_batches_at_once():
+    """Two optimized models decoding differently padded batches in 4 threads at once give what
+    they give alone (the per-step mask cache is shared by the process)."""
+    pytest.importorskip("transformers")
+    from concurrent.futures import ThreadPoolExecutor
+
+    models = [sdpa(tiny_llm("llama", seed=s)) for s in (0, 1)]
+    for m in models:
+        tersor.optimize_decoding_(m)
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 128, (2, 6), generator=gen) for _ in range(2)]
+    masks = [torch.ones(2, 6, dtype=torch.long) for _ in range(2)]
+    masks[0][0, :2] = 0
+    masks[1][1, :4] = 0
+    kw = dict(pad_token_id=0, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+
+    def run(i):
+        with torch.inference_mode():
+            return models[i % 2].generate(prompts[i % 2], attention_mask=masks[i % 2], **kw)
+
+    alone = [run(0), run(1)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, range(8)))
+    for i, got in enumerate(together):
+        assert torch.equal(got, alone[i % 2])

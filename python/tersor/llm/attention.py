@@ -109,7 +109,9 @@ class FastDecodeAttention:
         return self.o_proj(out.view(b, 1, -1)), None
 
 
-_last_mask: list = [None, None]  # (mask, its start): every layer of a step gets the same mask
+# (mask, its start) of the last step: every layer of a step gets the same mask. One tuple,
+# replaced whole, so threads running models at once never pair one's mask with another's start.
+_last_mask: list = [(None, None)]
 
 
 def _padding_start(mask: torch.Tensor, length: int):
@@ -117,8 +119,9 @@ def _padding_start(mask: torch.Tensor, length: int):
     kernel's start rows: None when it hides nothing (eager attention builds one even without
     padding), int64 [B] for left padding (each row hides a prefix, never the new position),
     False for anything else. Computed once per step: HF hands every layer the same mask."""
-    if _last_mask[0] is mask:
-        return _last_mask[1]
+    last = _last_mask[0]
+    if last[0] is mask:
+        return last[1]
     result = False
     if mask.dim() == 4 and mask.shape[-2] == 1 and mask.shape[-1] == length:
         valid = mask[:, 0, 0] if mask.dtype == torch.bool else mask[:, 0, 0] == 0
@@ -128,7 +131,7 @@ def _padding_start(mask: torch.Tensor, length: int):
             lead = (~valid).to(torch.int64).cumprod(-1).sum(-1)  # hidden prefix lengths
             if bool((valid.sum(-1) == length - lead).all()) and int(lead.max()) < length:
                 result = lead.contiguous()
-    _last_mask[0], _last_mask[1] = mask, result
+    _last_mask[0] = (mask, result)
     return result
 
 
