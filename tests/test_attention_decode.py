@@ -327,3 +327,25 @@ def test_threads_decoding_different_batches_at_once():
         together = list(pool.map(run, range(8)))
     for i, got in enumerate(together):
         assert torch.equal(got, alone[i % 2])
+
+
+def test_autograd_keeps_the_models_own_path():
+    """Gradients on: an input that needs none still meets float projections whose weights do,
+    so the MLP gate and a decode step's attention take the model's own path and backward
+    reaches every weight."""
+    pytest.importorskip("transformers")
+    import inspect
+
+    model = sdpa(tiny_llm("llama"))
+    tersor.optimize_decoding_(model)
+    layer = model.model.layers[0]
+    layer.mlp(torch.randn(2, 64)).sum().backward()  # x without grad, weights with
+    assert layer.mlp.gate_proj.weight.grad is not None
+    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        cache = model(prompt, use_cache=True).past_key_values
+    model.model.embed_tokens.weight.requires_grad_(False)  # the step's x needs no gradient
+    step = model(prompt[:, -1:], use_cache=True, **{arg: cache})
+    step.logits.sum().backward()
+    assert layer.self_attn.q_proj.weight.grad is not None

@@ -90,6 +90,8 @@ class FastDecodeAttention:
         cos, sin = pe
         if not (q.dtype == k.dtype == v.dtype == cos.dtype == x.dtype):
             return None
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return None  # autograd through float projections: the model's own path
         kbuf, vbuf = _buffers(layer, keys, values, pos)
         cos = cos.reshape(cos.shape[0], -1).expand(b, d)  # [B or 1, 1, D] -> [B, D]
         sin = sin.reshape(sin.shape[0], -1).expand(b, d)

@@ -22,10 +22,12 @@ class FastSwiGLU:
     def forward(self, x):
         if not x.is_cpu or torch.compiler.is_compiling() or x.dtype not in IO_CODE:
             return super().forward(x)
-        if torch.is_grad_enabled() and (x.requires_grad or self.training):
-            return super().forward(x)
         g, u = self.gate_proj(x), self.up_proj(x)
-        if g.dtype is not u.dtype or g.shape != u.shape:
+        if (
+            g.dtype is not u.dtype
+            or g.shape != u.shape
+            or (torch.is_grad_enabled() and (g.requires_grad or u.requires_grad))
+        ):  # (autograd: float projections' weights, or x, need the gradient)
             return self.down_proj(self.act_fn(g) * u)
         return self.down_proj(silu_mul_cpu(g, u))
 
