@@ -307,3 +307,61 @@ def test_wanda_calibration_may_be_a_callable():
     tersor.sparsify_(a, tersor.SparseConfig(0.8, dense_below=0.0), calibration=x)
     tersor.sparsify_(b, tersor.SparseConfig(0.8, dense_below=0.0), calibration=lambda m: m(x))
     assert torch.equal(a[0].dense_weight(), b[0].dense_weight())
+
+
+def _csr_whole(w):
+    """The plain CSR of a dense weight: torch's nonzero over the whole of it."""
+    nz = w.nonzero()
+    rowptr = torch.zeros(w.shape[0] + 1, dtype=torch.int64)
+    rowptr[1:] = torch.bincount(nz[:, 0], minlength=w.shape[0]).cumsum(0)
+    return rowptr, nz[:, 1].to(torch.int32), w[w != 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_blocked_prune_csr_ell_and_int8_values_equal_the_whole_ones(monkeypatch, gen, dtype):
+    """sparsify_ prunes straight into CSR a row block at a time, packs ELL and takes int8
+    values a row block at a time: the same arrays as the whole-weight computations, bf16
+    weights as their fp32 widening."""
+    from tersor.formats import base
+    from tersor.formats.sparse_csr import CsrFormat
+
+    w = torch.randn(70, 45, generator=gen).to(dtype)
+    w[3, :9] = 0.0
+    w[5, :7] = 0.25  # ties at the threshold
+    whole = prune_unstructured(w.float(), 0.6)
+    model = nn.Sequential(nn.Linear(45, 70, bias=False, dtype=dtype))
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 3 * 45)  # blocks of 3 rows
+    assert torch.equal(prune_unstructured(w, 0.6), whole)
+    tersor.sparsify_(model, tersor.SparseConfig(0.6, dense_fallback=False, dense_below=0.5))
+    layer = model[0].fmt
+    for got, want in zip((layer.rowptr, layer.col, layer.val), _csr_whole(whole)):
+        assert torch.equal(got, want)
+    assert torch.equal(layer.dense_weight(), whole)
+    ref = CsrFormat(*_csr_whole(whole), 70, 45)  # packed in one block
+    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 1 << 22)
+    for name in ("ell_val", "ell_col", "ell_cnt", "ell_off", "perm"):
+        assert torch.equal(getattr(layer, name), getattr(ref, name)), name
+    q, s = quantize_per_channel_int8(whole)
+    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 3 * 45)
+    tersor.quantize_(model, tersor.W8A8Config())
+    got = model[0].fmt
+    assert torch.equal(got.val, q[whole != 0]) and torch.equal(got.scale[:70], s)
+
+
+def test_ell_columns_past_int16(gen):
+    """Columns >= 32768 go through int16 storage and come back as uint16 unchanged."""
+    n, k = 5, 40000
+    w = torch.zeros(n, k)
+    cols = torch.tensor([0, 32767, 32768, 39999])
+    w[:, cols] = torch.randn(n, 4, generator=gen)
+    p = pack_csr(*to_csr(w), n, k)
+    assert sorted(p.ell_col[p.ell_col.to(torch.int32) > 0].to(torch.int32).unique().tolist()) == [
+        32767,
+        32768,
+        39999,
+    ]
+    x = torch.randn(3, k, generator=gen)
+    args = (p.rowptr, p.col, p.val, p.ell_val, p.ell_col, p.ell_cnt, p.ell_off, p.perm)
+    torch.testing.assert_close(spmm_csr(x, *args, None, None, n), x @ w.t())

@@ -34,6 +34,7 @@ from tersor.formats import BlockFormat, CsrFormat, Int4Format, Int8Format, Spars
 from tersor.formats.int4 import GROUP_SIZES, dequantize_int4, effective_group_size, quantize_int4
 from tersor.formats.int8 import quantize_per_channel_int8
 from tersor.formats.sparse_block import check_block
+from tersor.formats.sparse_csr import csr_from_rows, from_csr
 from tersor.nn.fused import fuse_projections as fuse
 from tersor.nn.linear import PackedLinear
 from tersor.nn.qconv import QConv2d
@@ -191,15 +192,25 @@ def _label(name: str) -> str:
     return f"layer '{name}'" if name else "layer"
 
 
-def _gemm_weight(m: nn.Module) -> torch.Tensor:
+def _gemm_weight(m: nn.Module, widen: bool = True) -> torch.Tensor:
     """The float32 [N, K] weight a module's GEMM multiplies (convolutions in NHWC patch order,
-    a transformers Conv1D's [in, out] weight transposed; bf16 / fp16 weights widened)."""
+    a transformers Conv1D's [in, out] weight transposed; bf16 / fp16 weights widened, unless
+    widen=False: for the formats whose from_float widens a row block at a time, so a bf16
+    model's conversion never holds an fp32 copy of a whole weight)."""
     if isinstance(m, nn.Conv2d):
         w = QConv2d.gemm_weight(m)
     else:
         w = m.weight.detach()
         w = w.t() if _is_hf_conv1d(m) else w
-    return w.to(torch.float32)
+    return w.to(torch.float32) if widen else w
+
+
+def _gemm_shape(m: nn.Module) -> tuple:
+    """(N, K) of _gemm_weight(m), without building it."""
+    w = m.weight
+    if isinstance(m, nn.Conv2d):
+        return w.shape[0], w[0].numel()
+    return tuple(w.shape[::-1]) if _is_hf_conv1d(m) else tuple(w.shape)
 
 
 def _layer_layout(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
@@ -222,7 +233,7 @@ def _build(m: nn.Module, fmt, config, name: str, bias_scale=None) -> nn.Module:
 
 
 def _cannot_serve_int4(m, config) -> str:
-    k = _gemm_weight(m).shape[1]
+    k = _gemm_shape(m)[1]
     try:
         effective_group_size(k, config.group_size)
     except ValueError:
@@ -256,7 +267,8 @@ def quantize_with(fmt_cls) -> Callable:
     def convert(m, config, ctx, name):
         fmt = ctx.solved.get(id(m))
         if fmt is None:
-            fmt = fmt_cls.from_float(_gemm_weight(m), config, what=_label(name))
+            w = _gemm_weight(m, widen=not fmt_cls.widens_by_rows)
+            fmt = fmt_cls.from_float(w, config, what=_label(name))
         return _build(m, fmt, config, name, ctx.bias_scale.get(id(m)))
 
     return convert
@@ -448,7 +460,7 @@ def _score(m, ctx):
 @register_handler(Sparse24Config, "sparsify_", prepare=_wanda)
 def _sparsify_24(m, config, ctx, name):
     w = ctx.solved.get(id(m))  # SparseGPT's weight: 2:4 already
-    w = _gemm_weight(m) if w is None else w
+    w = _gemm_weight(m, widen=False) if w is None else w
     fmt = Sparse24Format.from_float(w, config, what=_label(name), score=_score(m, ctx))
     return _build(m, fmt, config, name)
 
@@ -476,23 +488,37 @@ def _prepare_sparse(model, layers, config, calibration, ctx, progress=None):
     prepare=_prepare_sparse,
 )
 def _sparsify(m, config, ctx, name):
+    what = _label(name)
     w = ctx.solved.get(id(m))  # SparseGPT's weight, pruned already
+    if config.block is not None:
+        w = pruning.prune_blocks(m, config, ctx.norms, ctx.threshold, what) if w is None else w
+        _keep_dense_below_break_even(w.numel(), pruning.count_nonzero(w), config, lambda: w)
+        return _build(m, BlockFormat.from_float(w, what=what), config, name)
+    # unstructured: pruned a row block at a time straight into CSR (no dense pruned copy)
     if w is None:
-        w = pruning.prune_layer(m, config, ctx.norms, ctx.threshold, _label(name))
-    sparsity = 1.0 - int(w.count_nonzero()) / max(w.numel(), 1)
+        rows = pruning.unstructured_rows(m, config, ctx.norms, ctx.threshold, what)
+    else:
+        rows = lambda r0, r1: w[r0:r1]  # noqa: E731
+    n, k = m.weight.shape
+    csr = csr_from_rows(n, k, rows)
+    sparsity = _keep_dense_below_break_even(
+        n * k, len(csr[1]), config, lambda: from_csr(*csr, n, k)
+    )
+    fallback = config.dense_fallback and sparsity < LARGE_M_BREAK_EVEN
+    fmt = CsrFormat(*csr, n, k, dense_from_rows=DENSE_FALLBACK_ROWS if fallback else None)
+    return _build(m, fmt, config, name)
+
+
+def _keep_dense_below_break_even(numel: int, nnz: int, config, dense) -> float:
+    """The layer's sparsity, or KeepDense(dense()) below the config's measured break-even."""
+    sparsity = 1.0 - nnz / max(numel, 1)
     if sparsity < config.break_even:
         raise KeepDense(
-            w,
+            dense(),
             f"kept dense: too dense to gain (sparsity {sparsity:.2f} < measured "
             f"break-even {config.break_even:.2f})",
         )
-    if config.block is not None:
-        return _build(m, BlockFormat.from_float(w, what=_label(name)), config, name)
-    fallback = config.dense_fallback and sparsity < LARGE_M_BREAK_EVEN
-    fmt = CsrFormat.from_float(
-        w, what=_label(name), dense_from_rows=DENSE_FALLBACK_ROWS if fallback else None
-    )
-    return _build(m, fmt, config, name)
+    return sparsity
 
 
 # ---- the walk -----------------------------------------------------------------------------------
@@ -547,7 +573,7 @@ def _cannot_serve(m: nn.Module, parent: Optional[nn.Module], config, handler) ->
         return f"weight dtype {m.weight.dtype}: the kernels take float32 / bf16 / fp16 layers"
     if m.weight.device.type != "cpu":
         return f"on {m.weight.device}: no native kernel for this device yet"
-    n, k = _gemm_weight(m).shape
+    n, k = _gemm_shape(m)
     if k > 65536:
         return f"K={k} > 65536 (int32 accumulator bound)"
     if k == 0 or n == 0:

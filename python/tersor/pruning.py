@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from tersor.calibration import data
+from tersor.formats.base import row_blocks
 from tersor.formats.sparse_block import block_keep, block_scores, check_block, prune_block
-from tersor.formats.sparse_csr import kth_smallest, prune_unstructured
+from tersor.formats.sparse_csr import kth_smallest, prune_unstructured_rows
 
 
 def input_norms(model: nn.Module, layers: list, calibration) -> dict:
@@ -60,21 +61,34 @@ def score(layer: nn.Module, norms: Optional[dict]) -> Optional[torch.Tensor]:
     return w * (n[None, :, None, None] if w.dim() == 4 else n[None, :])
 
 
+def score_rows(layer: nn.Module, norms: Optional[dict]):
+    """rows(r0, r1) -> float32 scores of a Linear's weight rows r0:r1 (|w|, or Wanda's
+    |w| * ||x_k||): one row block at a time, never a copy of the whole weight."""
+    w = layer.weight.detach()
+    n = norms[id(layer)] if norms else None
+    if n is None:
+        return lambda r0, r1: w[r0:r1].to(torch.float32).abs()
+    return lambda r0, r1: w[r0:r1].to(torch.float32).abs() * n[None, :]
+
+
 def global_threshold(layers: list, norms: Optional[dict], config) -> float:
     """The score below which weights (unstructured) or blocks (block) are zeroed so that
     `config.sparsity` of all of them over `layers` go."""
 
-    def layer_scores():  # one layer's scores at a time (a radix select pass each, kth_smallest)
+    def layer_scores():  # a row block of one layer at a time (radix select passes)
         for m in layers:
+            if config.block is None:
+                rows = score_rows(m, norms)
+                yield from (rows(r0, r1) for r0, r1 in row_blocks(*m.weight.shape, multiple=1))
+                continue
             s = score(m, norms)
             s = m.weight.detach().abs().to(torch.float32) if s is None else s
-            if config.block is not None:
-                check_block(config.block, *s.shape, f"layer {tuple(s.shape)}")
-                s = block_scores(s, config.block)
-            yield s
+            check_block(config.block, *s.shape, f"layer {tuple(s.shape)}")
+            yield block_scores(s, config.block)
 
-    total = sum(s.numel() for s in layer_scores()) if config.block is not None else None
-    if total is None:
+    if config.block is not None:
+        total = sum(s.numel() for s in layer_scores())
+    else:
         total = sum(m.weight.numel() for m in layers)
     drop = int(round(config.sparsity * total))
     if drop <= 0:
@@ -82,30 +96,47 @@ def global_threshold(layers: list, norms: Optional[dict], config) -> float:
     return kth_smallest(layer_scores, drop)
 
 
-def prune_layer(
+def unstructured_rows(
+    layer: nn.Module, config, norms: Optional[dict], threshold: Optional[float], what: str
+):
+    """rows(r0, r1) -> float32 rows r0:r1 of the layer's weight pruned to the config (as they
+    are when they are sparse enough already), computed a row block at a time: the pruned
+    weight is never built whole (formats/sparse_csr.py csr_from_rows packs straight from
+    it)."""
+    w = layer.weight.detach()
+    zeros = 1.0 - count_nonzero(w) / max(w.numel(), 1)
+    if not config.prune or zeros >= config.sparsity - 1e-9:
+        return prune_unstructured_rows(w, 0.0, what=what)
+    rows = score_rows(layer, norms)
+    if threshold is None:
+        return prune_unstructured_rows(w, config.sparsity, rows, what=what)
+    dense = prune_unstructured_rows(w, 0.0, what=what)  # widened, NaN / Inf refused
+    return lambda r0, r1: dense(r0, r1) * (rows(r0, r1) > threshold)
+
+
+def count_nonzero(w: torch.Tensor) -> int:
+    """Nonzeros of a 2-D weight, a row block at a time (count_nonzero's mask of a whole
+    8 GiB weight is 2 GiB)."""
+    return sum(int(w[r0:r1].count_nonzero()) for r0, r1 in row_blocks(*w.shape, multiple=1))
+
+
+def prune_blocks(
     layer: nn.Module, config, norms: Optional[dict], threshold: Optional[float], what: str
 ) -> torch.Tensor:
-    """The layer's weight pruned to the config's pattern (kept as is when it already is)."""
+    """The layer's weight pruned to the config's blocks (kept as is when it already is)."""
     w = layer.weight.detach().to(torch.float32)
+    r, c = check_block(config.block, *w.shape, what)
+    zero_blocks = float((block_scores(w, (r, c)) == 0).float().mean())
+    if zero_blocks >= config.sparsity - 1e-9:
+        return w  # already block sparse enough: kept as it is
+    if not config.prune:
+        raise ValueError(
+            f"{what}: only {zero_blocks:.1%} of the {(r, c)} blocks are zero "
+            f"and SparseConfig(prune=False) forbids pruning to "
+            f"{config.sparsity:.0%}"
+        )
     s = score(layer, norms)
-    if config.block is not None:
-        r, c = check_block(config.block, *w.shape, what)
-        zero_blocks = float((block_scores(w, (r, c)) == 0).float().mean())
-        if zero_blocks >= config.sparsity - 1e-9:
-            return w  # already block sparse enough: kept as it is
-        if not config.prune:
-            raise ValueError(
-                f"{what}: only {zero_blocks:.1%} of the {(r, c)} blocks are zero "
-                f"and SparseConfig(prune=False) forbids pruning to "
-                f"{config.sparsity:.0%}"
-            )
-        if threshold is None:
-            return prune_block(w, config.sparsity, (r, c), s, what)
-        bs = block_scores(w if s is None else s, (r, c))
-        return block_keep(w, (r, c), bs > threshold)
-    zeros = 1.0 - int(w.count_nonzero()) / max(w.numel(), 1)
-    if not config.prune or zeros >= config.sparsity - 1e-9:
-        return w
     if threshold is None:
-        return prune_unstructured(w, config.sparsity, s)
-    return w * ((w.abs() if s is None else s) > threshold)
+        return prune_block(w, config.sparsity, (r, c), s, what)
+    bs = block_scores(w if s is None else s, (r, c))
+    return block_keep(w, (r, c), bs > threshold)

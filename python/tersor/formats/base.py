@@ -25,12 +25,18 @@ from typing import Callable, Optional
 
 import torch
 
+HALVES = (torch.bfloat16, torch.float16)
 
-def check_float_weight(weight: torch.Tensor, label: str, finite: bool = True) -> None:
-    """A float32 weight without NaN/Inf, or an error naming the layer (finite=False: the caller
+
+def check_float_weight(
+    weight: torch.Tensor, label: str, finite: bool = True, halves: bool = False
+) -> None:
+    """A float32 weight (halves=True: or bf16 / fp16, for the formats that widen it a row block
+    at a time) without NaN/Inf, or an error naming the layer (finite=False: the caller
     checks values itself, e.g. through its group ranges, without a pass over the weight)."""
-    if weight.dtype != torch.float32:
-        raise TypeError(f"{label}: weight must be float32, got {weight.dtype}")
+    if weight.dtype != torch.float32 and not (halves and weight.dtype in HALVES):
+        want = "float32, bfloat16 or float16" if halves else "float32"
+        raise TypeError(f"{label}: weight must be {want}, got {weight.dtype}")
     if finite and weight.dim() == 2:  # a row block at a time: isfinite's temporaries of a
         for r0, r1 in row_blocks(*weight.shape, multiple=1):  # whole weight are 1.7x it
             if not bool(torch.isfinite(weight[r0:r1]).all()):
@@ -114,6 +120,8 @@ class WeightFormat:
     # so dequantize() gives W. State key "input_scale"; the kernels apply it while staging
     # x's rows (csrc/half_io/half_io.h), no pass of its own.
     input_scale: Optional[torch.Tensor] = None
+    # from_float takes bf16 / fp16 weights and widens them a row block at a time
+    widens_by_rows = False
 
     def __init__(self, out_features: int, in_features: int):
         self.out_features, self.in_features = out_features, in_features

@@ -220,6 +220,8 @@ class Int4Format(WeightFormat):
     "w4a8" against dynamic int8 activations (``tersor::gemm_w4a8``). An input permutation
     (``perm``: GPTQ act-order) is applied to x once per call, so the groups stay contiguous."""
 
+    widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
+
     tensor_names = ("codes", "scale", "zero", "perm", "input_scale")
     input_tensor_names = ("perm", "input_scale")
 
@@ -261,7 +263,8 @@ class Int4Format(WeightFormat):
 
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
-        check_float_weight(weight, what, finite=False)  # quantize_int4 checks the group ranges
+        # quantize_int4 checks the group ranges, and widens halves a row block at a time
+        check_float_weight(weight, what, finite=False, halves=True)
         a8, sym, gs = config.scheme == "w4a8", config.symmetric, config.group_size
         n, k = weight.shape
         blocks = row_blocks(n, k, BLOCK_N)

@@ -112,6 +112,8 @@ class Int8Format(WeightFormat):
     (``tersor::gemm_w8a8``, and ``tersor::conv_w8a8`` for convolutions), "w8" against float
     activations (``tersor::gemm_w8``)."""
 
+    widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
+
     tensor_names = ("packed", "colsum", "scale", "input_scale")
     input_tensor_names = ("input_scale",)
 
@@ -125,7 +127,7 @@ class Int8Format(WeightFormat):
 
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
-        check_float_weight(weight, what, finite=False)  # the row ranges are checked
+        check_float_weight(weight, what, finite=False, halves=True)  # row ranges checked
         n, k = weight.shape
         blocks = row_blocks(n, k, BLOCK_N)
         act_int8 = config.scheme == "w8a8"

@@ -214,6 +214,8 @@ class Sparse24Format(WeightFormat):
     Canonical (state_dict) form: weight_values [N, K/2] (float32, or int8 in [-127, 127]),
     weight_meta uint8 [N, K/4] (p0 | p1 << 2, p0 < p1), weight_scale float32 [N] (int8)."""
 
+    widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
+
     def __init__(self, values, meta, in_features: int, scale=None):
         super().__init__(meta.shape[0], in_features)
         self.int8 = scale is not None
@@ -235,12 +237,16 @@ class Sparse24Format(WeightFormat):
         temporaries (group views, top-k indices, sort orders: ~8x the weight whole) stay one
         block's."""
         w = weight.detach()
-        check_float_weight(w, what)
+        check_float_weight(w, what, halves=True)
         n, k = w.shape
-        values = torch.empty(n, 2 * ((k + 3) // 4), dtype=torch.float32)
-        meta = torch.empty(n, (k + 3) // 4, dtype=torch.uint8)
-        for r0, r1 in row_blocks(n, k, multiple=1):
-            wb = w[r0:r1]
+        nb = -(-n // BLOCK_N)
+        # straight into the kernel form, a whole number of its 16-row blocks at a time: the
+        # canonical [N, K/2] values are never held beside the packed ones
+        g = (k + 3) // 4  # groups of 4 along K (pack_24's layout)
+        vk = torch.empty(nb, g, 2, BLOCK_N)
+        mk = torch.empty(nb, (g + 3) // 4 * 4, BLOCK_N, dtype=torch.uint8)
+        for r0, r1 in row_blocks(n, k, BLOCK_N):
+            wb = w[r0:r1].to(torch.float32)
             if not is_24(wb):
                 if not config.prune:
                     raise ValueError(
@@ -248,8 +254,14 @@ class Sparse24Format(WeightFormat):
                         f"False) forbids pruning it"
                     )
                 wb = prune_24(wb, None if score is None else score[r0:r1])
-            values[r0:r1], meta[r0:r1] = compress_24(wb)
-        return cls(values, meta, k)
+            p = pack_24(*compress_24(wb), k)
+            b0 = r0 // BLOCK_N
+            vk[b0 : b0 + p.values.shape[0]], mk[b0 : b0 + p.meta.shape[0]] = p.values, p.meta
+        fmt = cls.__new__(cls)
+        WeightFormat.__init__(fmt, n, k)
+        fmt.int8, fmt.scheme, fmt.tensor_names = False, "2:4", ("values", "meta")
+        fmt.values, fmt.meta = vk, mk
+        return fmt._finish()
 
     @classmethod
     def empty(cls, out_features, in_features, int8=False):

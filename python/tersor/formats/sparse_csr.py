@@ -78,53 +78,109 @@ def kth_smallest(chunks, kth: int) -> float:
     return float(torch.tensor([prefix], dtype=torch.int32).view(torch.float32))
 
 
-def prune_unstructured(weight: torch.Tensor, sparsity: float, score=None) -> torch.Tensor:
-    """Zero the `sparsity` fraction of entries with the smallest score (|w| by default, or
-    e.g. Wanda's |w| * ||x||) over the whole layer: exactly that many (ties at the threshold
-    go in row-major order), in memory of the result plus one row block."""
-    w = weight.detach().to(torch.float32)
+def prune_unstructured_rows(weight: torch.Tensor, sparsity: float, score=None, what="layer"):
+    """rows(r0, r1) -> float32 rows r0:r1 of `weight` with the `sparsity` fraction of entries
+    of smallest score (|w| by default, or e.g. Wanda's |w| * ||x||, a tensor or a rows
+    callable like this one's) over the whole layer
+    zeroed: exactly that many (ties at the threshold go in row-major order). Nothing the size
+    of the weight is ever built: the threshold is a radix select over row blocks, and each
+    call computes its rows again (bf16 / fp16 weights are widened a block at a time). NaN /
+    Inf weights are refused, naming `what`, rather than pruned away."""
+    w = weight.detach()
     n, k = w.shape
     drop = int(round(sparsity * w.numel()))
-    if drop <= 0:
-        return w.clone()
     blocks = row_blocks(n, k, multiple=1)
 
-    def scores(r0, r1):
-        return w[r0:r1].abs() if score is None else score[r0:r1].detach().to(torch.float32).abs()
+    def scores(r0, r1):  # score: None (|w|), a tensor like w, or rows(r0, r1) of one
+        s = w[r0:r1] if score is None else score(r0, r1) if callable(score) else score[r0:r1]
+        return s.detach().to(torch.float32).abs()
 
+    def finite(wb, r0):
+        if not bool(torch.isfinite(wb).all()):
+            raise ValueError(f"{what}: weight holds NaN or Inf (rows from {r0}); cannot prune it")
+        return wb
+
+    if drop <= 0:
+        return lambda r0, r1: finite(w[r0:r1].to(torch.float32), r0)
     thr = kth_smallest(lambda: (scores(r0, r1) for r0, r1 in blocks), drop)
+    # of the entries equal to the threshold, the first `ties` (row-major) go too: each row
+    # block's share, so that any block can be computed on its own
     ties = drop - sum(int((scores(r0, r1) < thr).sum()) for r0, r1 in blocks)
-    out = torch.empty_like(w)
+    tie_drop = {}
     for r0, r1 in blocks:
-        sb = scores(r0, r1)
-        eq = (sb == thr).reshape(-1)
-        # of the entries equal to the threshold, the first `ties` (row-major) go too
-        kept_eq = eq & (torch.cumsum(eq, 0) > ties)
-        ties = max(0, ties - int(eq.sum()))
-        out[r0:r1] = w[r0:r1] * ((sb > thr) | kept_eq.view_as(sb))
+        tie_drop[r0] = min(ties, int((scores(r0, r1) == thr).sum()))
+        ties -= tie_drop[r0]
+
+    def rows(r0, r1):
+        # any (r0, r1) within one of `blocks` (those are the ones callers use)
+        b0 = max(b for b, _ in blocks if b <= r0)
+        wb = finite(w[b0:r1].to(torch.float32), b0)
+        sb = scores(b0, r1)
+        keep = sb > thr
+        if tie_drop[b0]:
+            eq = (sb == thr).reshape(-1)
+            keep |= (eq & (torch.cumsum(eq, 0) > tie_drop[b0])).view_as(sb)
+        else:
+            keep |= sb == thr
+        return (wb * keep)[r0 - b0 :]
+
+    return rows
+
+
+def prune_unstructured(weight: torch.Tensor, sparsity: float, score=None) -> torch.Tensor:
+    """The dense float32 weight prune_unstructured_rows describes (for tests and callers that
+    want the pruned weight itself; layers are built from the rows, csr_from_rows)."""
+    n, k = weight.shape
+    rows = prune_unstructured_rows(weight, sparsity, score)
+    out = torch.empty(n, k)
+    for r0, r1 in row_blocks(n, k, multiple=1):
+        out[r0:r1] = rows(r0, r1)
     return out
 
 
-def to_csr(weight: torch.Tensor):
-    """(rowptr int64 [N + 1], col int32 [nnz], val [nnz]) of the nonzeros, a row block at a
-    time (nonzero()'s int64 [nnz, 2] indices of a whole dense weight are 4x its nonzeros)."""
-    w = weight.detach().to(torch.float32)
-    n, k = w.shape
+def csr_from_rows(n: int, k: int, rows):
+    """(rowptr int64 [N + 1], col int32 [nnz], val float32 [nnz]) of the nonzeros of the
+    float32 weight whose rows r0:r1 rows(r0, r1) computes (called twice per row block:
+    count, then fill the arrays allocated at their final size). Neither a dense copy nor
+    nonzero()'s int64 [nnz, 2] indices of a whole weight (4x its nonzeros) is ever made."""
+    blocks = row_blocks(n, k, multiple=1)
     rowptr = torch.zeros(n + 1, dtype=torch.int64)
-    cols, vals = [], []
-    for r0, r1 in row_blocks(n, k, multiple=1):
-        nz = w[r0:r1] != 0
-        rowptr[r0 + 1 : r1 + 1] = nz.sum(1)
-        cols.append(nz.nonzero()[:, 1].to(torch.int32))  # row-major: ascending k within a row
-        vals.append(w[r0:r1][nz])
+    for r0, r1 in blocks:
+        rowptr[r0 + 1 : r1 + 1] = (rows(r0, r1) != 0).sum(1)
     rowptr = rowptr.cumsum(0)
-    return rowptr, torch.cat(cols).contiguous(), torch.cat(vals).contiguous()
+    nnz = int(rowptr[-1])
+    col = torch.empty(nnz, dtype=torch.int32)
+    val = torch.empty(nnz, dtype=torch.float32)
+    for r0, r1 in blocks:
+        wb = rows(r0, r1)
+        nz = wb != 0
+        a, b = int(rowptr[r0]), int(rowptr[r1])
+        col[a:b] = nz.nonzero()[:, 1]  # row-major: ascending k within a row
+        val[a:b] = wb[nz]
+    return rowptr, col, val
+
+
+def to_csr(weight: torch.Tensor):
+    """(rowptr int64 [N + 1], col int32 [nnz], val float32 [nnz]) of a weight's nonzeros."""
+    w = weight.detach()
+    return csr_from_rows(*w.shape, lambda r0, r1: w[r0:r1].to(torch.float32))
+
+
+def csr_rows(rowptr, n: int, k: int):
+    """(r0, r1, a, b, rows) over row blocks of a CSR matrix: rows r0:r1 hold nonzeros a:b,
+    rows int64 [b - a] the row of each (the per-nonzero index temporaries of one block)."""
+    counts = rowptr[1:] - rowptr[:-1]
+    for r0, r1 in row_blocks(n, k, multiple=1):
+        a, b = int(rowptr[r0]), int(rowptr[r1])
+        yield r0, r1, a, b, torch.repeat_interleave(torch.arange(r0, r1), counts[r0:r1])
 
 
 def from_csr(rowptr, col, val, n: int, k: int) -> torch.Tensor:
-    w = torch.zeros(n, k)
-    rows = torch.repeat_interleave(torch.arange(n), rowptr[1:] - rowptr[:-1])
-    w[rows, col.to(torch.int64)] = val
+    """The dense [N, K] weight (val's dtype) of a CSR matrix."""
+    w = torch.zeros(n, k, dtype=val.dtype)
+    flat = w.view(-1)
+    for _, _, a, b, rows in csr_rows(rowptr, n, k):
+        flat[rows * k + col[a:b]] = val[a:b]
     return w
 
 
@@ -145,19 +201,21 @@ def pack_csr(rowptr, col, val, n: int, k: int) -> PackedCsr:
     # nonzero i of channel ch (its j-th) lands at step ell_off[lane // 16] + j, lane lane % 16
     lane_of = torch.empty(n, dtype=torch.int64)
     lane_of[order] = torch.arange(n)
-    rows = torch.repeat_interleave(torch.arange(n), counts)
-    lane = lane_of[rows]
-    step = ell_off[lane // BLOCK_N] + torch.arange(rows.numel()) - rowptr[rows]
     ell_val = torch.zeros(steps, BLOCK_N, dtype=val.dtype)
-    ell_col = torch.zeros(steps, BLOCK_N, dtype=torch.int32)
-    ell_val[step, lane % BLOCK_N] = val
-    ell_col[step, lane % BLOCK_N] = col
+    # columns < 65536 stored through int16 (wrapping) and read as uint16: no int32 copy
+    ell_col = torch.zeros(steps, BLOCK_N, dtype=torch.int16)
+    for _, _, a, b, rows in csr_rows(rowptr, n, k):
+        lane = lane_of[rows]
+        step = ell_off[lane // BLOCK_N] + torch.arange(a, b) - rowptr[rows]
+        at = step * BLOCK_N + lane % BLOCK_N
+        ell_val.view(-1)[at] = val[a:b]
+        ell_col.view(-1)[at] = col[a:b].to(torch.int16)
     return PackedCsr(
         rowptr.contiguous(),
         col.contiguous(),
         val.contiguous(),
-        ell_val.contiguous(),
-        ell_col.to(torch.uint16).contiguous(),
+        ell_val,
+        ell_col.view(torch.uint16),
         cnt.to(torch.uint16).contiguous(),
         ell_off,
         perm,
@@ -173,6 +231,8 @@ class CsrFormat(WeightFormat):
     dense_from_rows: from this many rows on, run a dense copy of the weight instead (kept beside
     the sparse form: fp32 for F.linear, or the int8 weight packed for our dense W8A8 kernel, the
     same math) -- for layers too dense to beat dense GEMM at large M (configs.py)."""
+
+    widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
 
     optional_state_names = ("_extra_state",)
 
@@ -218,7 +278,7 @@ class CsrFormat(WeightFormat):
     def from_float(cls, weight, config=None, *, what="layer", score=None, dense_from_rows=None):
         """weight: the pruned weight to store (its zeros are skipped)."""
         w = weight.detach()
-        check_float_weight(w, what)
+        check_float_weight(w, what, halves=True)  # to_csr widens a row block at a time
         return cls(*to_csr(w), *w.shape, dense_from_rows=dense_from_rows)
 
     @classmethod
@@ -242,13 +302,8 @@ class CsrFormat(WeightFormat):
         return int(self.rowptr[-1]) / max(1, self.out_features * self.in_features)
 
     def _int8_dense(self) -> torch.Tensor:
-        return from_csr(
-            self.rowptr.cpu(),
-            self.col.cpu(),
-            self.val.cpu().to(torch.float32),
-            self.out_features,
-            self.in_features,
-        ).to(torch.int8)
+        n, k = self.out_features, self.in_features
+        return from_csr(self.rowptr.cpu(), self.col.cpu(), self.val.cpu(), n, k)
 
     def dense_weight(self) -> torch.Tensor:
         w = from_csr(
@@ -265,27 +320,36 @@ class CsrFormat(WeightFormat):
         return self.dense_weight()
 
     def with_int8_values(self, config, solved=None):
+        """The same positions with int8 values: symmetric per output channel, rounded to
+        nearest (quantize_per_channel_int8 of the dense weight, bit for bit, computed from
+        the nonzeros alone), or `solved` = GPTQ's dense (q, scale) read at the positions."""
         from tersor._backend import cpu_info
         from tersor.configs import INT8_DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN
-        from tersor.formats.int8 import quantize_per_channel_int8
+        from tersor.formats.int8 import QMAX
 
-        w = self.dense_weight()
-        q, s = quantize_per_channel_int8(w) if solved is None else solved
+        n, k = self.out_features, self.in_features
+        rp, col, val = self.rowptr.cpu(), self.col.cpu(), self.val.cpu()
+        if self.int8:
+            val = val.to(torch.float32) * self.scale.cpu().repeat_interleave(rp[1:] - rp[:-1])
+        q = torch.empty(val.shape, dtype=torch.int8)
+        if solved is None:
+            amax = torch.zeros(n)  # a row's zeros count too: max |w| over the row, >= 0
+            for _, _, a, b, rows in csr_rows(rp, n, k):
+                amax.scatter_reduce_(0, rows, val[a:b].abs(), "amax")
+            s = amax / QMAX
+            safe = torch.where(s > 0, s, torch.ones_like(s))
+            for _, _, a, b, rows in csr_rows(rp, n, k):
+                q[a:b] = (val[a:b] / safe[rows]).round_().clamp_(-QMAX, QMAX)
+        else:
+            dense_q, s = solved
+            for _, _, a, b, rows in csr_rows(rp, n, k):
+                q[a:b] = dense_q.reshape(-1)[rows * k + col[a:b]]
         # Decided at conversion, for the ISA active then: the sparse int8 kernel only wins with
         # VNNI (AVX-512 / AMX machines); on AVX2 it lost at every M (Zen 3, 90% zeros, M = 1:
-        # 0.28x our dense W8A8). The fp32 layer's positions, row-major like its CSR (a value
-        # rounding to 0 stays).
+        # 0.28x our dense W8A8). The fp32 layer's positions stay (a value rounding to 0 too).
         vnni = cpu_info()["active"] in ("avx512", "amx")
         rows = INT8_DENSE_FALLBACK_ROWS if vnni and 1 - self.density >= LARGE_M_BREAK_EVEN else 1
-        return CsrFormat(
-            self.rowptr.cpu(),
-            self.col.cpu(),
-            q[w != 0],
-            self.out_features,
-            self.in_features,
-            s,
-            rows,
-        )
+        return CsrFormat(rp, col, q, n, k, s, rows)
 
     def state_names(self):
         return ["weight_rowptr", "weight_col", "weight_val"] + (
