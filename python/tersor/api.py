@@ -33,7 +33,7 @@ from tersor.configs import (
 from tersor.formats import BlockFormat, CsrFormat, Int4Format, Int8Format, Sparse24Format
 from tersor.formats.int4 import GROUP_SIZES, dequantize_int4, effective_group_size, quantize_int4
 from tersor.formats.int8 import quantize_per_channel_int8
-from tersor.formats.sparse_block import check_block
+from tersor.formats.sparse_block import check_block, dense_of_rows
 from tersor.formats.sparse_csr import csr_from_rows, from_csr
 from tersor.nn.fused import fuse_projections as fuse
 from tersor.nn.linear import PackedLinear
@@ -488,18 +488,21 @@ def _prepare_sparse(model, layers, config, calibration, ctx, progress=None):
     prepare=_prepare_sparse,
 )
 def _sparsify(m, config, ctx, name):
+    """Pruned and packed a row block at a time (formats/sparse_csr.py, sparse_block.py): the
+    pruned weight is never built whole."""
     what = _label(name)
-    w = ctx.solved.get(id(m))  # SparseGPT's weight, pruned already
-    if config.block is not None:
-        w = pruning.prune_blocks(m, config, ctx.norms, ctx.threshold, what) if w is None else w
-        _keep_dense_below_break_even(w.numel(), pruning.count_nonzero(w), config, lambda: w)
-        return _build(m, BlockFormat.from_float(w, what=what), config, name)
-    # unstructured: pruned a row block at a time straight into CSR (no dense pruned copy)
-    if w is None:
-        rows = pruning.unstructured_rows(m, config, ctx.norms, ctx.threshold, what)
-    else:
-        rows = lambda r0, r1: w[r0:r1]  # noqa: E731
     n, k = m.weight.shape
+    w = ctx.solved.get(id(m))  # SparseGPT's weight, pruned already
+    if w is not None:
+        rows = lambda r0, r1: w[r0:r1]  # noqa: E731
+    elif config.block is not None:
+        rows = pruning.prune_blocks(m, config, ctx.norms, ctx.threshold, what)[2]
+    else:
+        rows = pruning.unstructured_rows(m, config, ctx.norms, ctx.threshold, what)
+    if config.block is not None:
+        nnz = pruning.count_nonzero(n, k, rows)
+        _keep_dense_below_break_even(n * k, nnz, config, lambda: dense_of_rows(n, k, rows))
+        return _build(m, BlockFormat.from_float((n, k, rows), what=what), config, name)
     csr = csr_from_rows(n, k, rows)
     sparsity = _keep_dense_below_break_even(
         n * k, len(csr[1]), config, lambda: from_csr(*csr, n, k)

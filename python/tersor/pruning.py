@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from tersor.calibration import data
-from tersor.formats.base import row_blocks
-from tersor.formats.sparse_block import block_keep, block_scores, check_block, prune_block
+from tersor.formats.base import check_float_weight, row_blocks
+from tersor.formats.sparse_block import block_keep_rows, block_scores, check_block, prune_block_rows
 from tersor.formats.sparse_csr import kth_smallest, prune_unstructured_rows
 
 
@@ -104,7 +104,7 @@ def unstructured_rows(
     weight is never built whole (formats/sparse_csr.py csr_from_rows packs straight from
     it)."""
     w = layer.weight.detach()
-    zeros = 1.0 - count_nonzero(w) / max(w.numel(), 1)
+    zeros = 1.0 - count_nonzero(*w.shape, lambda r0, r1: w[r0:r1]) / max(w.numel(), 1)
     if not config.prune or zeros >= config.sparsity - 1e-9:
         return prune_unstructured_rows(w, 0.0, what=what)
     rows = score_rows(layer, norms)
@@ -114,29 +114,31 @@ def unstructured_rows(
     return lambda r0, r1: dense(r0, r1) * (rows(r0, r1) > threshold)
 
 
-def count_nonzero(w: torch.Tensor) -> int:
-    """Nonzeros of a 2-D weight, a row block at a time (count_nonzero's mask of a whole
-    8 GiB weight is 2 GiB)."""
-    return sum(int(w[r0:r1].count_nonzero()) for r0, r1 in row_blocks(*w.shape, multiple=1))
+def count_nonzero(n: int, k: int, rows) -> int:
+    """Nonzeros of the [N, K] weight rows(r0, r1) computes, a row block at a time
+    (count_nonzero's mask of a whole 8 GiB weight is 2 GiB)."""
+    return sum(int(rows(r0, r1).count_nonzero()) for r0, r1 in row_blocks(n, k, multiple=1))
 
 
 def prune_blocks(
     layer: nn.Module, config, norms: Optional[dict], threshold: Optional[float], what: str
-) -> torch.Tensor:
-    """The layer's weight pruned to the config's blocks (kept as is when it already is)."""
-    w = layer.weight.detach().to(torch.float32)
-    r, c = check_block(config.block, *w.shape, what)
+) -> tuple:
+    """(n, k, rows(r0, r1)): the layer's weight pruned to the config's blocks (kept as is when
+    it already is), computed a row block at a time (BlockFormat packs straight from it)."""
+    w = layer.weight.detach()
+    check_float_weight(w, what, halves=True)
+    n, k = w.shape
+    r, c = check_block(config.block, n, k, what)
     zero_blocks = float((block_scores(w, (r, c)) == 0).float().mean())
     if zero_blocks >= config.sparsity - 1e-9:
-        return w  # already block sparse enough: kept as it is
+        return n, k, lambda r0, r1: w[r0:r1].to(torch.float32)  # block sparse enough already
     if not config.prune:
         raise ValueError(
             f"{what}: only {zero_blocks:.1%} of the {(r, c)} blocks are zero "
             f"and SparseConfig(prune=False) forbids pruning to "
             f"{config.sparsity:.0%}"
         )
-    s = score(layer, norms)
+    s = score_rows(layer, norms)
     if threshold is None:
-        return prune_block(w, config.sparsity, (r, c), s, what)
-    bs = block_scores(w if s is None else s, (r, c))
-    return block_keep(w, (r, c), bs > threshold)
+        return n, k, prune_block_rows(w, config.sparsity, (r, c), s, what)
+    return n, k, block_keep_rows(w, (r, c), block_scores(w, (r, c), s) > threshold)

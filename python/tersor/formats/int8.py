@@ -38,6 +38,7 @@ from tersor.formats.base import (
     row_blocks,
     row_sums_int32,
 )
+from tersor.ops._common import QMAX
 from tersor.ops.conv import conv_nhwc_dw_w8a8, conv_nhwc_w8a8
 from tersor.ops.dequant import dequant_w8
 from tersor.ops.gemm_w8 import cpu_runner_w8, linear_w8
@@ -45,7 +46,6 @@ from tersor.ops.gemm_w8a8 import cpu_runner_w8a8, linear_w8a8
 
 BLOCK_N = 16
 BLOCK_K = 4
-QMAX = 127
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,13 @@ from typing import Optional
 import torch
 
 from tersor.formats.base import (
+    CHUNK_ELEMENTS,
     WeightFormat,
     bad_index_ptr,
     bad_scale,
     check_float_weight,
     expect,
+    row_blocks,
     row_sums_int32,
 )
 from tersor.ops.spmm_block import linear_block
@@ -86,54 +88,111 @@ def check_block(block, n: int, k: int, what: str = "layer") -> tuple:
     return r, c
 
 
+def _rows_of(t) -> callable:
+    """rows(r0, r1) of a tensor, or the callable itself (a row source computed on demand)."""
+    return t if callable(t) else lambda r0, r1: t[r0:r1]
+
+
 def block_scores(weight: torch.Tensor, block, score=None) -> torch.Tensor:
-    """[N/r, K/c] sum of |w| (or of the given score) over each block."""
-    r, c = block
-    s = (weight.abs() if score is None else score.abs()).detach().to(torch.float32)
-    n, k = s.shape
-    return s.view(n // r, r, k // c, c).sum((1, 3))
-
-
-def block_keep(weight: torch.Tensor, block, keep_blocks: torch.Tensor) -> torch.Tensor:
-    """The pruned weight: blocks where keep_blocks [N/r, K/c] is False zeroed."""
+    """[N/r, K/c] sum of |w| (or of the given score: a tensor like w, or rows(r0, r1) of one)
+    over each block, a row block at a time (no |w| copy of a whole weight)."""
     r, c = block
     n, k = weight.shape
-    mask = keep_blocks[:, None, :, None].expand(n // r, r, k // c, c).reshape(n, k)
-    return weight.detach().to(torch.float32) * mask
+    rows = _rows_of(weight.detach() if score is None else score)
+    out = torch.empty(n // r, k // c)
+    for r0, r1 in row_blocks(n, k, multiple=r):
+        sb = rows(r0, r1).detach().to(torch.float32).abs()
+        out[r0 // r : r1 // r] = sb.view((r1 - r0) // r, r, k // c, c).sum((1, 3))
+    return out
 
 
-def prune_block(
-    weight: torch.Tensor, sparsity: float, block, score=None, what: str = "layer"
-) -> torch.Tensor:
-    """Zero the `sparsity` fraction of (r, c) blocks with the smallest summed score."""
+def block_keep_rows(weight: torch.Tensor, block, keep_blocks: torch.Tensor):
+    """rows(r0, r1) -> float32 rows of the pruned weight: blocks where keep_blocks [N/r, K/c]
+    is False zeroed (computed on demand, never the whole pruned weight)."""
+    r, c = block
+    w = weight.detach()
+
+    def rows(r0, r1):
+        mask = keep_blocks[torch.arange(r0, r1) // r].repeat_interleave(c, dim=1)
+        return w[r0:r1].to(torch.float32) * mask
+
+    return rows
+
+
+def prune_block_rows(weight, sparsity: float, block, score=None, what: str = "layer"):
+    """rows(r0, r1) of the weight with the `sparsity` fraction of (r, c) blocks of smallest
+    summed score zeroed."""
+    from tersor.formats.sparse_csr import kth_smallest
+
     check_block(block, *weight.shape, what)
     s = block_scores(weight, block, score).flatten()
     drop = int(round(sparsity * s.numel()))
     keep = torch.ones_like(s, dtype=torch.bool)
     if drop > 0:
-        keep[torch.topk(s, drop, largest=False).indices] = False
-    return block_keep(weight, block, keep.view(weight.shape[0] // block[0], -1))
+        # exact threshold by radix select (topk's values, int64 indices and sort buffers are
+        # ~10x the scores), ties at it dropped in row-major order, a chunk at a time
+        chunks = lambda: s.split(CHUNK_ELEMENTS)  # noqa: E731
+        thr = kth_smallest(chunks, drop)
+        ties = drop - sum(int((c < thr).sum()) for c in chunks())
+        for c, kc in zip(chunks(), keep.split(CHUNK_ELEMENTS)):
+            eq = c == thr
+            kc.copy_((c > thr) | (eq & (torch.cumsum(eq, 0) > ties)))
+            ties = max(0, ties - int(eq.sum()))
+    return block_keep_rows(weight, block, keep.view(weight.shape[0] // block[0], -1))
 
 
-def _blocks(w: torch.Tensor, bk: int):
-    n, k = w.shape
-    np_, kp = -(-n // BLOCK_N) * BLOCK_N, -(-k // bk) * bk
-    wp = torch.zeros(np_, kp, dtype=w.dtype)
-    wp[:n, :k] = w
-    tiles = wp.view(np_ // BLOCK_N, BLOCK_N, kp // bk, bk).permute(0, 2, 1, 3)  # [P, KB, 16, bk]
-    nz = (tiles != 0).flatten(2).any(2)
-    p, kb = nz.nonzero(as_tuple=True)  # row-major: panels in order, k ascending
-    ptr = torch.zeros(np_ // BLOCK_N + 1, dtype=torch.int64)
-    ptr[1:] = nz.sum(1).cumsum(0)
-    return ptr, kb, tiles[p, kb].contiguous()
+def dense_of_rows(n: int, k: int, rows, dtype=torch.float32) -> torch.Tensor:
+    """The [N, K] tensor a row source describes (tests, benchmarks, dense stand-ins)."""
+    out = torch.empty(n, k, dtype=dtype)
+    for r0, r1 in row_blocks(n, k, multiple=1):
+        out[r0:r1] = rows(r0, r1)
+    return out
 
 
-def pack_block_f32(weight: torch.Tensor) -> PackedBlock:
-    """A (pruned) float weight [N, K] -> fp32 kernel blocks (16 x 1)."""
-    n, k = weight.shape
+def prune_block(weight, sparsity: float, block, score=None, what: str = "layer"):
+    """The dense float32 weight prune_block_rows describes."""
+    rows = prune_block_rows(weight, sparsity, block, score, what)
+    return dense_of_rows(*weight.shape, rows)
+
+
+def _blocks(n: int, k: int, rows, bk: int, dtype):
+    """(ptr, kidx int32, tiles [blocks, 16, bk]) of the nonzero 16 x bk kernel blocks of the
+    weight rows(r0, r1) computes, panels in order and k ascending within a panel: two passes
+    over 16-row-aligned row blocks (count, then fill arrays of their final size)."""
+    panels, kb = -(-n // BLOCK_N), -(-k // bk)
+    blocks = row_blocks(n, k, BLOCK_N)
+
+    def tiles(r0, r1):  # [P, KB, 16, bk] of rows r0:r1 (r0 a panel start), zero-padded
+        wb = rows(r0, r1).to(dtype)
+        p = -(-(r1 - r0) // BLOCK_N)
+        wp = torch.zeros(p * BLOCK_N, kb * bk, dtype=dtype)
+        wp[: r1 - r0, :k] = wb
+        t = wp.view(p, BLOCK_N, kb, bk).permute(0, 2, 1, 3)
+        return t, (t != 0).flatten(2).any(2)
+
+    ptr = torch.zeros(panels + 1, dtype=torch.int64)
+    for r0, r1 in blocks:
+        _, nz = tiles(r0, r1)
+        p0 = r0 // BLOCK_N
+        ptr[p0 + 1 : p0 + 1 + nz.shape[0]] = nz.sum(1)
+    ptr = ptr.cumsum(0)
+    kidx = torch.empty(int(ptr[-1]), dtype=torch.int32)
+    vals = torch.empty(int(ptr[-1]), BLOCK_N, bk, dtype=dtype)
+    for r0, r1 in blocks:
+        t, nz = tiles(r0, r1)
+        p, kk = nz.nonzero(as_tuple=True)  # row-major: panels in order, k ascending
+        a, b = int(ptr[r0 // BLOCK_N]), int(ptr[r0 // BLOCK_N + nz.shape[0]])
+        kidx[a:b], vals[a:b] = kk, t[p, kk]
+    return ptr, kidx, vals
+
+
+def pack_block_f32(weight) -> PackedBlock:
+    """A (pruned) float weight [N, K] (or a row source: (n, k, rows)) -> fp32 kernel blocks
+    (16 x 1)."""
+    n, k, rows = weight if isinstance(weight, tuple) else (*weight.shape, _rows_of(weight))
     if k > 65536:
         raise ValueError(f"block-sparse layers need in_features <= 65536, got {k}")
-    ptr, kb, vals = _blocks(weight.detach().to(torch.float32), KERNEL_BK["fp32"])
+    ptr, kb, vals = _blocks(n, k, rows, KERNEL_BK["fp32"], torch.float32)
     return PackedBlock(ptr, kb.to(torch.uint16), vals.view(-1, BLOCK_N), None, None, n, k)
 
 
@@ -142,7 +201,7 @@ def pack_block_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedBlock:
     n, k = q.shape
     if k > 65536:
         raise ValueError(f"block-sparse layers need in_features <= 65536, got {k}")
-    ptr, kb, vals = _blocks(q.to(torch.int8), KERNEL_BK["int8"])
+    ptr, kb, vals = _blocks(n, k, _rows_of(q), KERNEL_BK["int8"], torch.int8)
     np_ = ptr.numel() * BLOCK_N - BLOCK_N
     colsum = torch.zeros(np_, dtype=torch.int32)
     colsum[:n] = row_sums_int32(q)
@@ -151,15 +210,19 @@ def pack_block_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedBlock:
     return PackedBlock(ptr, kb.to(torch.uint16), vals, colsum, s, n, k)
 
 
-def unpack_block(ptr, kidx, values, n: int, k: int) -> torch.Tensor:
-    """Kernel blocks -> the dense weight [N, K] in the values' dtype."""
+def unpack_block(ptr, kidx, values, n: int, k: int, r0: int = 0, r1=None) -> torch.Tensor:
+    """Kernel blocks -> the dense weight rows r0:r1 (r0 a multiple of 16; default all) [.., K]
+    in the values' dtype."""
+    r1 = n if r1 is None else r1
     bk = 1 if values.dim() == 2 else values.shape[2]
-    panels = ptr.numel() - 1
+    p0, p1 = r0 // BLOCK_N, -(-r1 // BLOCK_N)
+    a, b = int(ptr[p0]), int(ptr[p1])
     kp = -(-k // bk) * bk
-    dense = torch.zeros(panels, kp // bk, BLOCK_N, bk, dtype=values.dtype)
-    p = torch.repeat_interleave(torch.arange(panels), ptr[1:] - ptr[:-1])
-    dense[p, kidx.to(torch.int64)] = values.view(-1, BLOCK_N, bk)
-    return dense.permute(0, 2, 1, 3).reshape(panels * BLOCK_N, kp)[:n, :k].contiguous()
+    dense = torch.zeros(p1 - p0, kp // bk, BLOCK_N, bk, dtype=values.dtype)
+    p = torch.repeat_interleave(torch.arange(p1 - p0), ptr[p0 + 1 : p1 + 1] - ptr[p0:p1])
+    dense[p, kidx[a:b].to(torch.int64)] = values[a:b].view(-1, BLOCK_N, bk)
+    out = dense.permute(0, 2, 1, 3).reshape((p1 - p0) * BLOCK_N, kp)
+    return out[: r1 - r0, :k].contiguous()
 
 
 class BlockFormat(WeightFormat):
@@ -169,27 +232,29 @@ class BlockFormat(WeightFormat):
 
     tensor_names = ("bptr", "kidx", "values", "colsum", "scale")
 
-    def __init__(self, weight: torch.Tensor, scale: Optional[torch.Tensor] = None):
-        """weight: the pruned float weight [N, K] (fp32 blocks), or int8 codes with their
-        per-channel scale (int8 blocks); zero kernel blocks are skipped."""
-        super().__init__(*weight.shape)
+    widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
+
+    def __init__(self, weight, scale: Optional[torch.Tensor] = None):
+        """weight: the pruned float weight [N, K] or a row source (n, k, rows(r0, r1)) (fp32
+        blocks), or int8 codes with their per-channel scale (int8 blocks); zero kernel blocks
+        are skipped."""
+        super().__init__(*(weight[:2] if isinstance(weight, tuple) else weight.shape))
         self.int8 = scale is not None
         self.scheme = "block+w8a8" if self.int8 else "block"
-        p = (
-            pack_block_int8(weight, scale)
-            if self.int8
-            else pack_block_f32(weight.to(torch.float32))
-        )
+        p = pack_block_int8(weight, scale) if self.int8 else pack_block_f32(weight)
         self.bptr, self.kidx, self.values = p.ptr, p.kidx, p.values
         self.colsum, self.scale = p.colsum, p.scale
         self._finish()
 
     @classmethod
     def from_float(cls, weight, config=None, *, what="layer", score=None):
-        """weight: the pruned weight (sparsify_ prunes; zeros become skipped blocks)."""
+        """weight: the pruned weight, or a row source (n, k, rows(r0, r1)) of one (sparsify_
+        prunes; zeros become skipped blocks)."""
+        if isinstance(weight, tuple):
+            return cls(weight)
         w = weight.detach()
-        check_float_weight(w, what)
-        return cls(w)
+        check_float_weight(w, what, halves=True)
+        return cls((*w.shape, lambda r0, r1: w[r0:r1].to(torch.float32)))
 
     @classmethod
     def empty(cls, out_features, in_features, int8=False):
@@ -209,22 +274,28 @@ class BlockFormat(WeightFormat):
         total = (self.bptr.numel() - 1) * -(-self.in_features // self.bk)
         return self.kidx.numel() / max(1, total)
 
-    def dequantize(self):
-        """float32 [N, K] (int8: the dequantized values)."""
-        w = unpack_block(
-            self.bptr.cpu(), self.kidx.cpu(), self.values.cpu(), self.out_features, self.in_features
-        )
+    def dequantize(self, r0: int = 0, r1=None):
+        """float32 [N, K] (int8: the dequantized values); rows r0:r1 only (r0 a multiple of
+        16) when given."""
+        n, k = self.out_features, self.in_features
+        r1 = n if r1 is None else r1
+        w = unpack_block(self.bptr.cpu(), self.kidx.cpu(), self.values.cpu(), n, k, r0, r1)
         if self.int8:
-            return w.to(torch.float32) * self.scale.cpu()[: self.out_features, None]
+            return w.to(torch.float32) * self.scale.cpu()[r0:r1, None]
         return w
 
     def with_int8_values(self, config, solved=None):
+        """Per-channel int8 of the kept weights, re-blocked into 16 x 4 kernel blocks: a row
+        block at a time (rows are quantized on their own)."""
         from tersor.formats.int8 import quantize_per_channel_int8
 
-        # per-channel int8 of the kept weights, re-blocked into 16 x 4 kernel blocks
-        return BlockFormat(
-            *(quantize_per_channel_int8(self.dequantize()) if solved is None else solved)
-        )
+        if solved is not None:
+            return BlockFormat(*solved)
+        n, k = self.out_features, self.in_features
+        q, scale = torch.empty(n, k, dtype=torch.int8), torch.empty(n)
+        for r0, r1 in row_blocks(n, k, BLOCK_N):
+            q[r0:r1], scale[r0:r1] = quantize_per_channel_int8(self.dequantize(r0, r1))
+        return BlockFormat(q, scale)
 
     def describe(self):
         nz = int((self.values != 0).sum())

@@ -325,7 +325,7 @@ class CsrFormat(WeightFormat):
         the nonzeros alone), or `solved` = GPTQ's dense (q, scale) read at the positions."""
         from tersor._backend import cpu_info
         from tersor.configs import INT8_DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN
-        from tersor.formats.int8 import QMAX
+        from tersor.ops._common import QMAX
 
         n, k = self.out_features, self.in_features
         rp, col, val = self.rowptr.cpu(), self.col.cpu(), self.val.cpu()

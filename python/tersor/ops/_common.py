@@ -20,6 +20,10 @@ import torch
 NATIVE = ("auto", "native")
 _is_compiling = torch.compiler.is_compiling
 
+# The int8 code range of every scheme, weights and activations: symmetric [-127, 127] (-128 is
+# never used, so negating a code is exact and the VNNI u8 x s8 products cannot saturate).
+QMAX = 127
+
 
 def no_row_amax(row_amax, op: str) -> None:
     """row_amax (fp32 [M] floors under the rows' amax, csrc/quant_act/quant_act.h) is an

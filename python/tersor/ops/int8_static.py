@@ -23,10 +23,8 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import NATIVE, check, eager, ptr
+from tersor.ops._common import NATIVE, QMAX, check, eager, ptr
 from tersor.ops.conv import _out_hw
-
-QMAX = 127.0
 
 
 def _requant_ref(v: torch.Tensor, inv_scale: float, lo: float, hi: float) -> torch.Tensor:

@@ -18,9 +18,7 @@ from torch import nn
 from tersor import _C
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.ops import int8_static as ops
-from tersor.ops._common import eager
-
-QMAX = 127.0
+from tersor.ops._common import QMAX, eager
 
 
 def nhwc(x: torch.Tensor) -> torch.Tensor:

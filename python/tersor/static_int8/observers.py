@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from tersor.ops._common import QMAX
+
 OBSERVERS = ("minmax", "percentile", "mse")
 BINS = 2048
-QMAX = 127
 
 
 class Observer:
