@@ -298,7 +298,7 @@ class BlockFormat(WeightFormat):
         return BlockFormat(q, scale)
 
     def describe(self):
-        nz = int((self.values != 0).sum())
+        nz = int(self.values.count_nonzero())  # a bool sum widens to int64: 2x the values
         return (
             f"density {nz / max(1, self.out_features * self.in_features):.3f}, kernel "
             f"blocks (16, {self.bk}) kept {self.density:.3f}, kernel spmm_block "
