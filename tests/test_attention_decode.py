@@ -4,7 +4,7 @@ bit against the portable build, bad arguments, and HF models whose decode steps 
 
 import pytest
 import torch
-from tests.llm_models import tiny_llm
+from tests.llm_models import SIZES, tiny_llm
 
 import tersor
 from tersor.ops.attention import attention_decode, attention_decode_ref
@@ -195,7 +195,7 @@ def counting_fast_steps(monkeypatch):
     return hits
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_hf_decode_steps_match_the_model(family, attn, monkeypatch):
     pytest.importorskip("transformers")
@@ -205,7 +205,7 @@ def test_hf_decode_steps_match_the_model(family, attn, monkeypatch):
     ref = decode_logits(model, prompt)
     keys = list(model.state_dict())
     report = tersor.optimize_decoding_(model)
-    assert len(report.attention) == 2 and not report.left, report
+    assert len(report.attention) == 2 and len(report.mlps) == 2 and not report.left, report
     assert list(model.state_dict()) == keys  # the module tree is the model's
     hits = counting_fast_steps(monkeypatch)
     got = decode_logits(model, prompt)
@@ -254,9 +254,12 @@ def test_bf16_model_decodes_close_to_its_own_forward():
         assert (a.float() - b.float()).abs().max() <= 0.05 * a.float().abs().max()
 
 
-def test_quantized_model_takes_the_fast_path(monkeypatch):
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_quantized_model_takes_the_fast_path(family, monkeypatch):
+    """Our layers under the kernel (Phi-3: its fused qkv_proj / gate_up_proj packed whole,
+    the q / k / v and gate / up parts read as views of their outputs)."""
     pytest.importorskip("transformers")
-    model = sdpa(tiny_llm("llama"))
+    model = sdpa(tiny_llm(family))
     tersor.quantize_(model, tersor.W8Config(), progress=False)  # weight-only: no act rounding
     prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(3))
     ref = decode_logits(model, prompt)
@@ -275,6 +278,11 @@ def test_blocks_that_do_not_qualify_are_left_with_the_reason():
     mistral = tiny_llm("mistral")  # sliding window
     report = tersor.optimize_decoding_(mistral)
     assert not report.attention and all("sliding-window" in r for r in report.left.values())
+    phi = transformers.AutoModelForCausalLM.from_config(
+        transformers.Phi3Config(partial_rotary_factor=0.5, pad_token_id=0, **SIZES)
+    )
+    report = tersor.optimize_decoding_(phi)
+    assert not report.attention and all("partial rotary" in r for r in report.left.values())
     cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)
     gpt2 = transformers.GPT2LMHeadModel(cfg).eval()
     report = tersor.optimize_decoding_(gpt2)

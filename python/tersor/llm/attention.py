@@ -83,13 +83,13 @@ class FastDecodeAttention:
                 return None  # a mask that is not left padding: HF's path
         b = x.shape[0]
         d = self.head_dim
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self._tersor_qkv(x)
         if getattr(self, "q_norm", None) is not None:  # Qwen3: RMSNorm per head, before rope
             q = self.q_norm(q.view(b, 1, -1, d)).reshape(b, 1, -1)
             k = self.k_norm(k.view(b, 1, -1, d)).reshape(b, 1, -1)
         cos, sin = pe
-        if not (q.dtype == k.dtype == v.dtype == cos.dtype == x.dtype):
-            return None
+        if not (q.dtype == k.dtype == v.dtype == cos.dtype == x.dtype) or cos.shape[-1] != d:
+            return None  # (a partial rotary's cos is narrower than a head)
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             return None  # autograd through float projections: the model's own path
         kbuf, vbuf = _buffers(layer, keys, values, pos)
@@ -109,6 +109,17 @@ class FastDecodeAttention:
         )
         layer.keys, layer.values = kbuf[:, :, : pos + 1], vbuf[:, :, : pos + 1]
         return self.o_proj(out.view(b, 1, -1)), None
+
+    def _tersor_qkv(self, x):
+        """q, k, v [B, 1, heads * D]: three projections, or views into Phi-3's fused qkv_proj
+        output (rows with unit column stride: what the kernel reads)."""
+        fused = getattr(self, "qkv_proj", None)
+        if fused is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        qkv = fused(x)
+        nq = self.config.num_attention_heads * self.head_dim
+        nkv = self.num_key_value_heads * self.head_dim
+        return qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
 
 
 # (mask, its start) of the last step: every layer of a step gets the same mask. One tuple,
@@ -174,11 +185,16 @@ def _fast_class(cls: type) -> type:
 
 def unsupported(module: nn.Module) -> Optional[str]:
     """Why this attention module cannot take the fast path, or None."""
+    projections = ("qkv_proj",) if hasattr(module, "qkv_proj") else ("q_proj", "k_proj", "v_proj")
     missing = [
         n
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx")
+        for n in (*projections, "o_proj", "head_dim", "scaling", "layer_idx")
         if not hasattr(module, n)
     ]
+    if projections == ("qkv_proj",):  # Phi-3: the split needs the head counts
+        cfg = getattr(module, "config", None)
+        if not hasattr(cfg, "num_attention_heads") or not hasattr(module, "num_key_value_heads"):
+            missing.append("config.num_attention_heads / num_key_value_heads")
     if missing:
         return f"not a Llama-style attention block (no {', '.join(missing)})"
     params = inspect.signature(type(module).forward).parameters
@@ -187,6 +203,8 @@ def unsupported(module: nn.Module) -> Optional[str]:
     cfg = getattr(module, "config", None)
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
         return f"sliding-window attention (window {cfg.sliding_window})"
+    if getattr(cfg, "partial_rotary_factor", 1.0) not in (None, 1.0):
+        return f"partial rotary embedding (factor {cfg.partial_rotary_factor})"
     if getattr(cfg, "attn_logit_softcapping", None):
         return "attention logit soft-capping"
     if module.head_dim % 8:
@@ -206,7 +224,8 @@ def _self_check(module: nn.Module, fast: type) -> Optional[str]:
     for buf in module.buffers():  # packed layers hold their weights in buffers
         if buf.is_floating_point() and buf.dtype in (torch.bfloat16, torch.float16):
             dtype = buf.dtype
-    hidden = module.q_proj.in_features
+    hidden = getattr(module, "qkv_proj", None) or module.q_proj
+    hidden = hidden.in_features
     gen = torch.Generator().manual_seed(0)
     xs = torch.randn(1, 5, hidden, generator=gen).to(dtype)
     ang = torch.randn(1, 5, module.head_dim, generator=gen)
