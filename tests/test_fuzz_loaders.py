@@ -160,6 +160,7 @@ def test_corrupted_gptq_tensors(which, how, pick, act_order):
     except (RuntimeError, ValueError, TypeError) as e:
         assert "GPTQ" in str(e) or str(e)
         return
+    assert not (which == 2 and how in ("nan", "inf", "negative")), f"scales {how} loaded"
     with torch.no_grad():
         y = layer(torch.randn(2, layer.in_features))
     assert y.shape == (2, layer.out_features)
@@ -187,6 +188,7 @@ def test_corrupted_awq_tensors(which, how, pick):
     except (RuntimeError, ValueError, TypeError) as e:
         assert str(e), "an error without a message"
         return
+    assert not (which == 2 and how in ("nan", "inf", "negative")), f"scales {how} loaded"
     with torch.no_grad():
         y = layer(torch.randn(2, layer.in_features))
     assert y.shape == (2, layer.out_features)
@@ -284,3 +286,81 @@ def test_corrupted_checkpoint_files(which, how, at, value, tmp_path_factory):
         with torch.no_grad():
             got = model(x)
         assert got.shape == y.shape
+
+
+CT = {}
+
+
+def _ct_folder(kind: str, tmp_root: str):
+    """A compressed-tensors folder of a tiny Llama (tests/hf_writers.py; made once per kind):
+    its path and its tensors."""
+    import os
+
+    from safetensors.torch import load_file
+    from tests.hf_writers import write_ct_24, write_ct_int8, write_ct_pack
+    from tests.llm_models import tiny_llm
+
+    if kind not in CT:
+        writer, kw = {
+            "pack sym": (write_ct_pack, {}),
+            "pack asym act-order": (write_ct_pack, {"sym": False, "act_order": True}),
+            "int8": (write_ct_int8, {}),
+            "2:4 int8": (write_ct_24, {"int8": True}),
+            "2:4": (write_ct_24, {}),
+        }[kind]
+        path = os.path.join(tmp_root, "ct-" + kind.replace(" ", "-").replace(":", ""))
+        writer(tiny_llm("llama"), path, **kw)
+        CT[kind] = (path, load_file(os.path.join(path, "model.safetensors")))
+    return CT[kind]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(("pack sym", "pack asym act-order", "int8", "2:4 int8", "2:4")),
+    which=st.integers(0, 10**6),
+    how=st.sampled_from(MUTATIONS),
+    pick=st.integers(0, 10**6),
+)
+def test_corrupted_compressed_tensors_folders(kind, which, how, pick, tmp_path_factory):
+    """A compressed-tensors checkpoint (llm-compressor's format) with one quantized layer's
+    tensor corrupted: load_pretrained raises an error naming the folder's file and the layer
+    with the model unchanged, or (harmless corruption) loads a model that runs. NaN / Inf /
+    negative scales are always refused."""
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+    from tests.llm_models import tiny_llm
+
+    path, tensors = _ct_folder(kind, str(tmp_path_factory.getbasetemp()))
+    quantized = sorted(
+        k
+        for k in tensors
+        if k.rsplit(".", 1)[-1]
+        in ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape")
+        or k.endswith((".compressed", ".bitmask", ".shape"))
+        or (k.endswith(".weight") and tensors[k].dtype == torch.int8)
+    )
+    name = quantized[which % len(quantized)]
+    bad = dict(tensors)
+    bad[name] = _mutate(tensors[name], how, pick)
+    must_refuse = (name.endswith("weight_scale") and how in ("nan", "inf", "negative")) or (
+        kind == "2:4" and name.endswith(".compressed") and how in ("nan", "inf")
+    )
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copy(os.path.join(path, "config.json"), d)
+        save_file({k: v.contiguous() for k, v in bad.items()}, os.path.join(d, "model.safetensors"))
+        with tersor.empty_weights():
+            model = tiny_llm("llama")
+        types = [type(m) for m in model.modules()]
+        try:
+            tersor.load_pretrained(model, d)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            assert d in str(e) or "model.safetensors" in str(e), f"names no file: {e}"
+            assert [type(m) for m in model.modules()] == types, "a failed load changed the model"
+            return
+        assert not must_refuse or torch.equal(bad[name], tensors[name]), f"{name} {how} loaded"
+        with torch.no_grad():
+            logits = model(torch.randint(0, 128, (1, 5))).logits
+        assert logits.shape == (1, 5, 128)

@@ -215,7 +215,7 @@ BAD = {
         lambda p: _edit_tensors(
             p, lambda t: t[f"{P}.weight_scale"].view(-1).__setitem__(3, float("nan"))
         ),
-        "scales hold NaN or Inf",
+        "scales hold NaN, Inf or negative values",
     ),
     "not 2:4": (
         write_ct_24,

@@ -572,12 +572,16 @@ def perm_from_g_idx(g_idx, k: int, g: int, what: str):
 
 def fp16_scales(scales: torch.Tensor, what: str) -> torch.Tensor:
     """Checkpoint scales (fp16 / bf16 / fp32) -> the fp16 the int4 format keeps; refuses
-    non-finite values and ones fp16 cannot hold."""
+    non-finite and negative values (GPTQ / AWQ / compressed-tensors scales are a range over
+    15 steps, >= 0; tersor's own loader refuses them too) and ones fp16 cannot hold."""
     _check(
         scales.dtype in (torch.float16, torch.bfloat16, torch.float32),
         f"{what}: scales must be float16 / bfloat16 / float32, got {scales.dtype}",
     )
-    _check(bool(torch.isfinite(scales).all()), f"{what}: scales hold NaN or Inf")
+    _check(
+        bool(torch.isfinite(scales).all()) and not bool((scales < 0).any()),
+        f"{what}: scales hold NaN, Inf or negative values",
+    )
     s = scales.to(torch.float16)
     _check(bool(torch.isfinite(s).all()), f"{what}: scales exceed float16's range (65504)")
     return s.contiguous()

@@ -255,6 +255,8 @@ class CompressedTensorsImporter(Importer):
             values = values.to(torch.float32) * scale[:, None]
         elif not values.is_floating_point():
             raise ValueError(f"{what}: compressed must be float or int8, got {values.dtype}")
+        elif not bool(torch.isfinite(values).all()):  # as from_float refuses such weights
+            raise ValueError(f"{what}: compressed holds NaN or Inf values")
         return Sparse24Format(values.to(torch.float32), meta, k), keys
 
 
