@@ -283,11 +283,59 @@ def test_blocks_that_do_not_qualify_are_left_with_the_reason():
     )
     report = tersor.optimize_decoding_(phi)
     assert not report.attention and all("partial rotary" in r for r in report.left.values())
-    cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)
+    cfg = transformers.GPT2Config(
+        n_embd=32, n_layer=1, n_head=2, vocab_size=64, reorder_and_upcast_attn=True
+    )
     gpt2 = transformers.GPT2LMHeadModel(cfg).eval()
     report = tersor.optimize_decoding_(gpt2)
-    assert not report.attention and "not a Llama-style" in report.left["transformer.h.0.attn"]
+    assert not report.attention and "reorder_and_upcast" in report.left["transformer.h.0.attn"]
     assert type(gpt2.transformer.h[0].attn) is transformers.models.gpt2.modeling_gpt2.GPT2Attention
+
+
+def _gpt2(attn: str):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=64, attn_implementation=attn
+    )
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "w8"])
+def test_gpt2_decode_steps_match_the_model(attn, quantized, monkeypatch):
+    """GPT-2: no rotary embedding, q / k / v read as views of the fused c_attn output (a
+    transformers Conv1D, or our layer after quantize_)."""
+    pytest.importorskip("transformers")
+    model = _gpt2(attn)
+    if quantized:
+        tersor.quantize_(model, tersor.W8Config(), progress=False)
+    prompt = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    ref = decode_logits(model, prompt)
+    report = tersor.optimize_decoding_(model)
+    assert len(report.attention) == 2 and not report.left, report
+    hits = counting_fast_steps(monkeypatch)
+    got = decode_logits(model, prompt)
+    assert hits == {"fast": 2 * 6, "model": 2}
+    for a, b in zip(ref, got):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+def test_gpt2_generate_with_padding_matches(monkeypatch):
+    pytest.importorskip("transformers")
+    model = _gpt2("sdpa")
+    prompt = torch.randint(1, 128, (2, 7), generator=torch.Generator().manual_seed(4))
+    padded = torch.ones_like(prompt)
+    padded[0, :3] = 0
+    kw = dict(pad_token_id=0, max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    with torch.inference_mode():
+        ref = model.generate(prompt, attention_mask=padded, **kw)
+    tersor.optimize_decoding_(model)
+    hits = counting_fast_steps(monkeypatch)
+    with torch.inference_mode():
+        got = model.generate(prompt, attention_mask=padded, **kw)
+    assert hits["fast"] >= 2 * 9 and torch.equal(ref, got)
 
 
 def test_a_block_that_disagrees_with_its_forward_is_left(monkeypatch):

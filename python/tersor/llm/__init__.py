@@ -52,12 +52,12 @@ def _is_attention(name: str, module: nn.Module) -> bool:
 def optimize_decoding_(model: nn.Module) -> DecodingReport:
     """Gives every Llama-style attention block of ``model`` (Llama, Mistral without a sliding
     window, Qwen2 / Qwen3, Phi-3 with its fused qkv_proj, ...: q/k/v/o projections, rotary
-    embedding, a ``DynamicCache``) the native decode step of ``tersor.llm.attention``, every
-    Llama-style RMSNorm the native norm of ``tersor.llm.norm`` and every SwiGLU MLP the native
-    gate of ``tersor.llm.mlp``, in place. Each block is checked against its own forward first;
-    blocks that do not qualify stay as they were, with the reason in the report. Outputs equal
-    the model's own to fp32 rounding (the kernel computes in fp32, also for bf16 / fp16
-    models)."""
+    embedding, a ``DynamicCache``; and GPT-2's, without rotary) the native decode step of
+    ``tersor.llm.attention``, every Llama-style RMSNorm the native norm of ``tersor.llm.norm``
+    and every SwiGLU MLP the native gate of ``tersor.llm.mlp``, in place. Each block is
+    checked against its own forward first; blocks that do not qualify stay as they were, with
+    the reason in the report. Outputs equal the model's own to fp32 rounding (the kernel
+    computes in fp32, also for bf16 / fp16 models)."""
     t0 = time.perf_counter()
     report = DecodingReport()
     for name, module in model.named_modules():

@@ -1,4 +1,6 @@
-"""Decode steps of Hugging Face attention blocks on ``tersor::attention_decode``.
+"""Decode steps of Hugging Face attention blocks on ``tersor::attention_decode``: Llama-style
+blocks (q/k/v/o projections or Phi-3's fused qkv_proj, rotary embedding) and GPT-2's (fused
+c_attn, no rotary: the kernel's cos / sin are then None).
 
 A decode step (one new token per sequence) of a Llama-style attention block is, in HF eager
 mode, ~25 torch ops around the projections: views and transposes, rotary embedding (slices,
@@ -44,6 +46,7 @@ class FastDecodeAttention:
     """Mixed into a swapped HF attention class (see the module docstring)."""
 
     _tersor_cache_arg = "cache"  # the HF forward's name for the cache, set per class
+    _tersor_layout = "llama"  # where the projections are (_layout), set per class
 
     def forward(self, *args, **kwargs):
         out = self._tersor_decode_step(args, kwargs)
@@ -59,7 +62,12 @@ class FastDecodeAttention:
         cache = kwargs.get(self._tersor_cache_arg)
         pe = kwargs.get("position_embeddings")
         mask = kwargs.get("attention_mask")
-        if cache is None or pe is None:
+        rope = self._tersor_layout != "gpt2"  # GPT-2 adds learned positions before its blocks
+        if (
+            cache is None
+            or (rope and pe is None)
+            or kwargs.get("encoder_hidden_states") is not None
+        ):
             return None
         if x.dim() != 3 or x.shape[1] != 1 or not x.is_cpu:
             return None
@@ -87,14 +95,17 @@ class FastDecodeAttention:
         if getattr(self, "q_norm", None) is not None:  # Qwen3: RMSNorm per head, before rope
             q = self.q_norm(q.view(b, 1, -1, d)).reshape(b, 1, -1)
             k = self.k_norm(k.view(b, 1, -1, d)).reshape(b, 1, -1)
-        cos, sin = pe
-        if not (q.dtype == k.dtype == v.dtype == cos.dtype == x.dtype) or cos.shape[-1] != d:
+        cos, sin = pe if rope else (None, None)
+        if not (q.dtype == k.dtype == v.dtype == x.dtype):
+            return None
+        if rope and (cos.dtype != x.dtype or cos.shape[-1] != d):
             return None  # (a partial rotary's cos is narrower than a head)
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             return None  # autograd through float projections: the model's own path
         kbuf, vbuf = _buffers(layer, keys, values, pos)
-        cos = cos.reshape(cos.shape[0], -1).expand(b, d)  # [B or 1, 1, D] -> [B, D]
-        sin = sin.reshape(sin.shape[0], -1).expand(b, d)
+        if rope:
+            cos = cos.reshape(cos.shape[0], -1).expand(b, d)  # [B or 1, 1, D] -> [B, D]
+            sin = sin.reshape(sin.shape[0], -1).expand(b, d)
         out = attention_decode_cpu(
             q.view(b, -1),
             k.view(b, -1),
@@ -108,15 +119,17 @@ class FastDecodeAttention:
             start,
         )
         layer.keys, layer.values = kbuf[:, :, : pos + 1], vbuf[:, :, : pos + 1]
-        return self.o_proj(out.view(b, 1, -1)), None
+        out = out.view(b, 1, -1)
+        return (self.c_proj(out) if self._tersor_layout == "gpt2" else self.o_proj(out)), None
 
     def _tersor_qkv(self, x):
-        """q, k, v [B, 1, heads * D]: three projections, or views into Phi-3's fused qkv_proj
-        output (rows with unit column stride: what the kernel reads)."""
-        fused = getattr(self, "qkv_proj", None)
-        if fused is None:
+        """q, k, v [B, 1, heads * D]: three projections, or views into one fused output (Phi-3's
+        qkv_proj, GPT-2's c_attn): rows with unit column stride, what the kernel reads."""
+        if self._tersor_layout == "gpt2":
+            return self.c_attn(x).split(self.split_size, dim=2)
+        if self._tersor_layout == "llama":
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        qkv = fused(x)
+        qkv = self.qkv_proj(x)
         nq = self.config.num_attention_heads * self.head_dim
         nkv = self.num_key_value_heads * self.head_dim
         return qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
@@ -177,29 +190,49 @@ def _buffers(layer, keys: torch.Tensor, values: torch.Tensor, pos: int):
 # -- swapping ------------------------------------------------------------------------------------
 
 
-def _fast_class(cls: type) -> type:
+def _layout(module: nn.Module) -> str:
+    """Where a block's projections are: "llama" (q/k/v/o_proj), "phi3" (fused qkv_proj, o_proj)
+    or "gpt2" (fused c_attn and c_proj, no rotary embedding)."""
+    if hasattr(module, "c_attn") and hasattr(module, "c_proj"):
+        return "gpt2"
+    return "phi3" if hasattr(module, "qkv_proj") else "llama"
+
+
+def _fast_class(module: nn.Module) -> type:
+    cls = type(module)
     params = inspect.signature(cls.forward).parameters
     cache_arg = next((n for n in CACHE_ARG_NAMES if n in params), None)
-    return fast_subclass(cls, FastDecodeAttention, _tersor_cache_arg=cache_arg)
+    return fast_subclass(
+        cls, FastDecodeAttention, _tersor_cache_arg=cache_arg, _tersor_layout=_layout(module)
+    )
 
 
 def unsupported(module: nn.Module) -> Optional[str]:
     """Why this attention module cannot take the fast path, or None."""
-    projections = ("qkv_proj",) if hasattr(module, "qkv_proj") else ("q_proj", "k_proj", "v_proj")
+    layout = _layout(module)
+    projections = {
+        "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+        "phi3": ("qkv_proj", "o_proj"),
+        "gpt2": ("c_attn", "c_proj", "split_size"),
+    }[layout]
     missing = [
-        n
-        for n in (*projections, "o_proj", "head_dim", "scaling", "layer_idx")
-        if not hasattr(module, n)
+        n for n in (*projections, "head_dim", "scaling", "layer_idx") if not hasattr(module, n)
     ]
-    if projections == ("qkv_proj",):  # Phi-3: the split needs the head counts
+    if layout == "phi3":  # the split needs the head counts
         cfg = getattr(module, "config", None)
         if not hasattr(cfg, "num_attention_heads") or not hasattr(module, "num_key_value_heads"):
             missing.append("config.num_attention_heads / num_key_value_heads")
     if missing:
-        return f"not a Llama-style attention block (no {', '.join(missing)})"
+        return f"not a Llama-, Phi-3- or GPT-2-style attention block (no {', '.join(missing)})"
     params = inspect.signature(type(module).forward).parameters
-    if not any(n in params for n in CACHE_ARG_NAMES) or "position_embeddings" not in params:
-        return "its forward takes no cache / position_embeddings arguments"
+    if not any(n in params for n in CACHE_ARG_NAMES):
+        return "its forward takes no cache argument"
+    if layout != "gpt2" and "position_embeddings" not in params:
+        return "its forward takes no position_embeddings argument"
+    if layout == "gpt2" and getattr(module, "is_cross_attention", False):
+        return "cross-attention"
+    if layout == "gpt2" and getattr(module, "reorder_and_upcast_attn", False):
+        return "reorder_and_upcast_attn (its own eager attention)"
     cfg = getattr(module, "config", None)
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
         return f"sliding-window attention (window {cfg.sliding_window})"
@@ -224,8 +257,11 @@ def _self_check(module: nn.Module, fast: type) -> Optional[str]:
     for buf in module.buffers():  # packed layers hold their weights in buffers
         if buf.is_floating_point() and buf.dtype in (torch.bfloat16, torch.float16):
             dtype = buf.dtype
-    hidden = getattr(module, "qkv_proj", None) or module.q_proj
-    hidden = hidden.in_features
+    layout = fast._tersor_layout
+    first = {"llama": "q_proj", "phi3": "qkv_proj", "gpt2": "c_attn"}[layout]
+    first = getattr(module, first)
+    # (a transformers Conv1D keeps its weight [in, out]; our layers say in_features)
+    hidden = getattr(first, "in_features", None) or first.weight.shape[0]
     gen = torch.Generator().manual_seed(0)
     xs = torch.randn(1, 5, hidden, generator=gen).to(dtype)
     ang = torch.randn(1, 5, module.head_dim, generator=gen)
@@ -240,9 +276,13 @@ def _self_check(module: nn.Module, fast: type) -> Optional[str]:
                 run = (
                     lambda t0, t1: module(  # noqa: E731
                         hidden_states=xs[:, t0:t1],
-                        position_embeddings=(cos[:, t0:t1], sin[:, t0:t1]),
                         attention_mask=None,
                         **{fast._tersor_cache_arg: cache},
+                        **(
+                            {}
+                            if layout == "gpt2"
+                            else {"position_embeddings": (cos[:, t0:t1], sin[:, t0:t1])}
+                        ),
                     )[0]
                 )
                 outs.append([run(0, 3), run(3, 4), run(4, 5)])
@@ -266,7 +306,7 @@ def swap_attention(module: nn.Module) -> Optional[str]:
     reason = unsupported(module)
     if reason is not None:
         return reason
-    fast = _fast_class(type(module))
+    fast = _fast_class(module)
     try:
         reason = _self_check(module, fast)
     except Exception as e:  # the check itself failed: leave the block as it was
