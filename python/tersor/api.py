@@ -31,9 +31,10 @@ from tersor.configs import (
     _QuantConfig,
 )
 from tersor.formats import BlockFormat, CsrFormat, Int4Format, Int8Format, Sparse24Format
+from tersor.formats.base import dense_of_rows
 from tersor.formats.int4 import GROUP_SIZES, dequantize_int4, effective_group_size, quantize_int4
 from tersor.formats.int8 import quantize_per_channel_int8
-from tersor.formats.sparse_block import check_block, dense_of_rows
+from tersor.formats.sparse_block import check_block
 from tersor.formats.sparse_csr import csr_from_rows, from_csr
 from tersor.nn.fused import fuse_projections as fuse
 from tersor.nn.linear import PackedLinear

@@ -57,6 +57,15 @@ def row_blocks(n: int, k: int, multiple: int = 16) -> list:
     return [(r, min(r + rows, n)) for r in range(0, n, rows)]
 
 
+def dense_of_rows(n: int, k: int, rows, dtype=torch.float32) -> torch.Tensor:
+    """The [N, K] tensor a row source rows(r0, r1) describes (the pruners compute their rows
+    on demand; tests, benchmarks and dense stand-ins want the whole weight)."""
+    out = torch.empty(n, k, dtype=dtype)
+    for r0, r1 in row_blocks(n, k, multiple=1):
+        out[r0:r1] = rows(r0, r1)
+    return out
+
+
 def row_sums_int32(q: torch.Tensor) -> torch.Tensor:
     """int32 [N]: the sums of an int8 [N, K]'s rows (the VNNI kernels' column sums), a row
     block at a time: torch widens what it sums, and a whole 2 GiB weight would take 8 GiB."""

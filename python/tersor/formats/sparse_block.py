@@ -37,6 +37,7 @@ from tersor.formats.base import (
     bad_index_ptr,
     bad_scale,
     check_float_weight,
+    dense_of_rows,
     expect,
     row_blocks,
     row_sums_int32,
@@ -139,14 +140,6 @@ def prune_block_rows(weight, sparsity: float, block, score=None, what: str = "la
             kc.copy_((c > thr) | (eq & (torch.cumsum(eq, 0) > ties)))
             ties = max(0, ties - int(eq.sum()))
     return block_keep_rows(weight, block, keep.view(weight.shape[0] // block[0], -1))
-
-
-def dense_of_rows(n: int, k: int, rows, dtype=torch.float32) -> torch.Tensor:
-    """The [N, K] tensor a row source describes (tests, benchmarks, dense stand-ins)."""
-    out = torch.empty(n, k, dtype=dtype)
-    for r0, r1 in row_blocks(n, k, multiple=1):
-        out[r0:r1] = rows(r0, r1)
-    return out
 
 
 def prune_block(weight, sparsity: float, block, score=None, what: str = "layer"):

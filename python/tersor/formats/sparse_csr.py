@@ -31,6 +31,7 @@ from tersor.formats.base import (
     bad_index_ptr,
     bad_scale,
     check_float_weight,
+    dense_of_rows,
     row_blocks,
 )
 from tersor.ops.gemm_w8a8 import linear_w8a8
@@ -79,13 +80,13 @@ def kth_smallest(chunks, kth: int) -> float:
 
 
 def prune_unstructured_rows(weight: torch.Tensor, sparsity: float, score=None, what="layer"):
-    """rows(r0, r1) -> float32 rows r0:r1 of `weight` with the `sparsity` fraction of entries
-    of smallest score (|w| by default, or e.g. Wanda's |w| * ||x||, a tensor or a rows
-    callable like this one's) over the whole layer
-    zeroed: exactly that many (ties at the threshold go in row-major order). Nothing the size
-    of the weight is ever built: the threshold is a radix select over row blocks, and each
-    call computes its rows again (bf16 / fp16 weights are widened a block at a time). NaN /
-    Inf weights are refused, naming `what`, rather than pruned away."""
+    """rows(r0, r1) -> float32 rows r0:r1 of `weight`, with the `sparsity` fraction of entries
+    of smallest score over the whole layer zeroed: exactly that many (ties at the threshold go
+    in row-major order). score: |w| by default, or e.g. Wanda's |w| * ||x||, as a tensor or as
+    a rows callable like this one's. Nothing the size of the weight is ever built: the
+    threshold is a radix select over row blocks, and each call computes its rows again (bf16 /
+    fp16 weights widened a block at a time). NaN / Inf weights are refused, naming `what`,
+    rather than pruned away."""
     w = weight.detach()
     n, k = w.shape
     drop = int(round(sparsity * w.numel()))
@@ -130,12 +131,7 @@ def prune_unstructured_rows(weight: torch.Tensor, sparsity: float, score=None, w
 def prune_unstructured(weight: torch.Tensor, sparsity: float, score=None) -> torch.Tensor:
     """The dense float32 weight prune_unstructured_rows describes (for tests and callers that
     want the pruned weight itself; layers are built from the rows, csr_from_rows)."""
-    n, k = weight.shape
-    rows = prune_unstructured_rows(weight, sparsity, score)
-    out = torch.empty(n, k)
-    for r0, r1 in row_blocks(n, k, multiple=1):
-        out[r0:r1] = rows(r0, r1)
-    return out
+    return dense_of_rows(*weight.shape, prune_unstructured_rows(weight, sparsity, score))
 
 
 def csr_from_rows(n: int, k: int, rows):
@@ -348,8 +344,10 @@ class CsrFormat(WeightFormat):
         # VNNI (AVX-512 / AMX machines); on AVX2 it lost at every M (Zen 3, 90% zeros, M = 1:
         # 0.28x our dense W8A8). The fp32 layer's positions stay (a value rounding to 0 too).
         vnni = cpu_info()["active"] in ("avx512", "amx")
-        rows = INT8_DENSE_FALLBACK_ROWS if vnni and 1 - self.density >= LARGE_M_BREAK_EVEN else 1
-        return CsrFormat(rp, col, q, n, k, s, rows)
+        dense_from = (
+            INT8_DENSE_FALLBACK_ROWS if vnni and 1 - self.density >= LARGE_M_BREAK_EVEN else 1
+        )
+        return CsrFormat(rp, col, q, n, k, s, dense_from)
 
     def state_names(self):
         return ["weight_rowptr", "weight_col", "weight_val"] + (
