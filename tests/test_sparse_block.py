@@ -95,3 +95,35 @@ def test_opcheck_and_errors(gen):
         spmm_block(x, p.ptr[:2], p.kidx, p.values, None, None, None, 20)
     with pytest.raises(ValueError, match="block indices exceed in_features=8"):
         spmm_block(torch.randn(3, 8), p.ptr, p.kidx, p.values, None, None, None, 20)
+
+
+def test_global_block_scope_is_one_threshold_over_the_layers():
+    """scope="global": one threshold over every layer's (16, 4) block sums, so the layer of
+    small weights loses more blocks; exactly `sparsity` of all blocks go, the survivors are
+    the largest sums (computed here from the whole weights)."""
+    from torch import nn
+
+    import tersor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.Linear(96, 64))
+    with torch.no_grad():
+        model[1].weight.mul_(0.2)
+    sums = [
+        m.weight.detach().abs().view(m.out_features // 16, 16, -1, 4).sum((1, 3)) for m in model
+    ]
+    everything = torch.cat([s.flatten() for s in sums])
+    thr = everything.sort().values[int(round(0.6 * everything.numel())) - 1]
+    tersor.sparsify_(
+        model, tersor.SparseConfig(0.6, block=(16, 4), scope="global", dense_below=0.0)
+    )
+    kept = [
+        (m.dequantized_weight().view(m.out_features // 16, 16, -1, 4) != 0).any(3).any(1)
+        for m in model
+    ]
+    assert sum(int(k.sum()) for k in kept) == everything.numel() - int(
+        round(0.6 * everything.numel())
+    )
+    for k, s in zip(kept, sums):
+        assert torch.equal(k, s > thr)
+    assert float(kept[1].float().mean()) < float(kept[0].float().mean())

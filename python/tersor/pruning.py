@@ -75,16 +75,14 @@ def global_threshold(layers: list, norms: Optional[dict], config) -> float:
     """The score below which weights (unstructured) or blocks (block) are zeroed so that
     `config.sparsity` of all of them over `layers` go."""
 
-    def layer_scores():  # a row block of one layer at a time (radix select passes)
+    def layer_scores():  # a row block (or one layer's block sums) at a time: radix select
         for m in layers:
+            rows = score_rows(m, norms)
             if config.block is None:
-                rows = score_rows(m, norms)
                 yield from (rows(r0, r1) for r0, r1 in row_blocks(*m.weight.shape, multiple=1))
                 continue
-            s = score(m, norms)
-            s = m.weight.detach().abs().to(torch.float32) if s is None else s
-            check_block(config.block, *s.shape, f"layer {tuple(s.shape)}")
-            yield block_scores(s, config.block)
+            check_block(config.block, *m.weight.shape, f"layer {tuple(m.weight.shape)}")
+            yield block_scores(m.weight, config.block, rows)
 
     if config.block is not None:
         total = sum(s.numel() for s in layer_scores())
