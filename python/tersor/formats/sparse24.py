@@ -239,13 +239,8 @@ class Sparse24Format(WeightFormat):
         w = weight.detach()
         check_float_weight(w, what, halves=True)
         n, k = w.shape
-        nb = -(-n // BLOCK_N)
-        # straight into the kernel form, a whole number of its 16-row blocks at a time: the
-        # canonical [N, K/2] values are never held beside the packed ones
-        g = (k + 3) // 4  # groups of 4 along K (pack_24's layout)
-        vk = torch.empty(nb, g, 2, BLOCK_N)
-        mk = torch.empty(nb, (g + 3) // 4 * 4, BLOCK_N, dtype=torch.uint8)
-        for r0, r1 in row_blocks(n, k, BLOCK_N):
+
+        def packed_rows(r0, r1):
             wb = w[r0:r1].to(torch.float32)
             if not is_24(wb):
                 if not config.prune:
@@ -254,13 +249,37 @@ class Sparse24Format(WeightFormat):
                         f"False) forbids pruning it"
                     )
                 wb = prune_24(wb, None if score is None else score[r0:r1])
-            p = pack_24(*compress_24(wb), k)
-            b0 = r0 // BLOCK_N
-            vk[b0 : b0 + p.values.shape[0]], mk[b0 : b0 + p.meta.shape[0]] = p.values, p.meta
+            return pack_24(*compress_24(wb), k)
+
+        return cls._by_row_blocks(n, k, packed_rows, int8=False)
+
+    @classmethod
+    def _by_row_blocks(cls, n: int, k: int, packed_rows, int8: bool) -> "Sparse24Format":
+        """The layer packed a whole number of its 16-row blocks at a time straight into the
+        kernel tensors (packed_rows(r0, r1): a Packed24 / Packed24Int8 of rows r0:r1): the
+        canonical form and whole-weight temporaries are never held beside the packed ones."""
+        if n == 0:  # nothing to pack: the constructor's empty tensors
+            g = (k + 3) // 4
+            values = torch.empty(0, 2 * g, dtype=torch.int8 if int8 else torch.float32)
+            return cls(
+                values, torch.empty(0, g, dtype=torch.uint8), k, torch.empty(0) if int8 else None
+            )
+        names = ("values", "meta", "colsum", "scale") if int8 else ("values", "meta")
+        nb, parts = -(-n // BLOCK_N), None
+        for r0, r1 in row_blocks(n, k, BLOCK_N):
+            got = [getattr(packed_rows(r0, r1), t) for t in names]
+            if parts is None:  # values / meta: per 16-row panel; colsum / scale: per row, padded
+                parts = [torch.empty((nb, *t.shape[1:]), dtype=t.dtype) for t in got[:2]]
+                parts += [torch.empty(nb * BLOCK_N, dtype=t.dtype) for t in got[2:]]
+            b0, b1 = r0 // BLOCK_N, r0 // BLOCK_N + got[0].shape[0]
+            parts[0][b0:b1], parts[1][b0:b1] = got[0], got[1]
+            for whole, t in zip(parts[2:], got[2:]):
+                whole[b0 * BLOCK_N : b1 * BLOCK_N] = t
         fmt = cls.__new__(cls)
         WeightFormat.__init__(fmt, n, k)
-        fmt.int8, fmt.scheme, fmt.tensor_names = False, "2:4", ("values", "meta")
-        fmt.values, fmt.meta = vk, mk
+        fmt.int8, fmt.scheme, fmt.tensor_names = int8, "2:4+w8a8" if int8 else "2:4", names
+        for name, t in zip(names, parts):
+            setattr(fmt, name, t)
         return fmt._finish()
 
     @classmethod
@@ -332,31 +351,16 @@ class Sparse24Format(WeightFormat):
         the final tensors: compress_24's sort orders of a whole weight are ~10x it (a 1 GiB
         fp32 layer took 10 GiB)."""
         n, k = self.out_features, self.in_features
-        blocks = row_blocks(n, k, BLOCK_N)
-        parts = None
-        for r0, r1 in blocks:
+
+        def packed_rows(r0, r1):
             if solved is None:
                 v, m, s = quantize_24_int8(self._dense_rows(r0, r1))
             else:
                 v, m = compress_24(solved[0][r0:r1].to(torch.float32))
                 v, s = v.to(torch.int8), solved[1][r0:r1]
-            if len(blocks) == 1:
-                return Sparse24Format(v, m, k, s)
-            p = pack_24_int8(v, m, s, k)
-            if parts is None:
-                nb = -(-n // BLOCK_N)
-                parts = [torch.empty((nb, *t.shape[1:]), dtype=t.dtype) for t in (p.values, p.meta)]
-                parts += [torch.empty(nb * BLOCK_N, dtype=t.dtype) for t in (p.colsum, p.scale)]
-            b0, b1 = r0 // BLOCK_N, r0 // BLOCK_N + p.values.shape[0]
-            parts[0][b0:b1], parts[1][b0:b1] = p.values, p.meta
-            parts[2][b0 * BLOCK_N : b1 * BLOCK_N] = p.colsum
-            parts[3][b0 * BLOCK_N : b1 * BLOCK_N] = p.scale
-        fmt = Sparse24Format.__new__(Sparse24Format)
-        WeightFormat.__init__(fmt, n, k)
-        fmt.int8, fmt.scheme = True, "2:4+w8a8"
-        fmt.tensor_names = ("values", "meta", "colsum", "scale")
-        fmt.values, fmt.meta, fmt.colsum, fmt.scale = parts
-        return fmt._finish()
+            return pack_24_int8(v, m, s, k)
+
+        return Sparse24Format._by_row_blocks(n, k, packed_rows, int8=True)
 
     def _dense_rows(self, r0: int, r1: int) -> torch.Tensor:
         """float32 rows r0:r1 (r0 a multiple of 16) of an fp32 2:4 layer, from its packed
