@@ -49,6 +49,21 @@ def test_quantize_rows_ties_and_zero_rows(isa):
     assert s[1] == 0 and not q[1].any()
 
 
+@pytest.mark.parametrize("m", [130, 301])
+@pytest.mark.parametrize("k,n", [(37, 33), (130, 170)])
+def test_gemm_w8a8_row_blocks_exact(isa, m, k, n, gen):
+    """Many rows: threads take blocks of 64 rows, each quantized once and reused by every column
+    chunk the thread runs over it; blocks mixing signed and non-negative panels, a partial last
+    block, more column chunks than threads."""
+    x, q, s, _, p = make(m, k, n, gen, bias=False)
+    x[64:128] = x[64:128].relu()  # one whole block after a ReLU
+    x[::5] = x[::5].relu()
+    y = gemm_w8a8(x, p.packed, p.colsum, p.scale, None, n)
+    qx, sx = quantize_rows_ref(x)
+    acc = qx.double() @ q.double().t()
+    assert torch.equal(y, (acc * (sx[:, None] * s[None, :]).double()).float())
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "row_stride", "transposed"])
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("k,n", SHAPES_KN)

@@ -14,20 +14,21 @@ namespace {
 
 PackedW8LinearArgs w8_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum,
                            addr w_scale, int64_t N, addr bias, addr y, int64_t ldy,
-                           int nthreads, addr row_amax = 0) {
+                           int nthreads, addr row_amax = 0, addr x_scale = 0) {
   return PackedW8LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const int8_t>(w),
                             ptr<const int32_t>(colsum), ptr<const float>(w_scale), N,
                             ptr<const float>(bias), ptr<float>(y), ldy, nthreads,
-                            ptr<const float>(row_amax)};
+                            ptr<const float>(row_amax), ptr<const float>(x_scale)};
 }
 
 PackedW4LinearArgs w4_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale,
                            addr zero, int64_t group_size, int64_t ngroups, int64_t N, addr bias,
-                           addr y, int64_t ldy, int nthreads, addr row_amax = 0) {
+                           addr y, int64_t ldy, int nthreads, addr row_amax = 0,
+                           addr x_scale = 0) {
   return PackedW4LinearArgs{ptr<const float>(x), M, K, ldx, ptr<const uint8_t>(w),
                             ptr<const uint16_t>(scale), ptr<const uint8_t>(zero), group_size,
                             ngroups, N, ptr<const float>(bias), ptr<float>(y), ldy, nthreads,
-                            ptr<const float>(row_amax)};
+                            ptr<const float>(row_amax), ptr<const float>(x_scale)};
 }
 
 // The argument lists shared by the kernels of one weight form.
@@ -49,8 +50,9 @@ constexpr const char* kW8Doc =
 constexpr const char* kIoDoc =
     " io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are "
     "widened exactly and the output rounded to nearest even, as torch's .to() does. x_scale: "
-    "0, or fp32 [K] multiplied into x's columns while the rows are staged (a layer's input "
-    "scale: AWQ / SmoothQuant).";
+    "0, or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ / SmoothQuant), "
+    "by the row quantizer in the int8-activation kernels, while the rows are staged in the "
+    "others.";
 // the int8-activation kernels' extra argument
 constexpr const char* kRowAmaxDoc =
     " row_amax: 0, or fp32 [M] floors under each row's amax (the rows of a tensor-parallel "
@@ -95,9 +97,10 @@ void bind_gemm_w8a8(py::module_& m) {
       "gemm_w8a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale, addr row_amax) {
+        // the row quantizer applies x_scale (quant_act::a8_row): no staging pass for it
         half_io::run_staged(
-            w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, row_amax), io,
-            ptr<const float>(x_scale), gemm_w8a8::run);
+            w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, row_amax, x_scale),
+            io, nullptr, gemm_w8a8::run);
       },
       TERSOR_W8_ARGS, py::arg("row_amax") = 0, nogil(),
       (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc +
@@ -133,8 +136,8 @@ void bind_gemm_w4(py::module_& m) {
          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
          int nthreads, int io, addr x_scale, addr row_amax) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
-                                    y, ldy, nthreads, row_amax),
-                            io, ptr<const float>(x_scale), gemm_w4a8::run);
+                                    y, ldy, nthreads, row_amax, x_scale),
+                            io, nullptr, gemm_w4a8::run);
       },
       TERSOR_W4_ARGS, py::arg("row_amax") = 0, nogil(),
       (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums." +

@@ -17,6 +17,7 @@ struct PackedW8LinearArgs {
   int64_t ldy;
   int nthreads;
   const float* row_amax = nullptr;  // A8 kernels: fp32 [M] floors under the rows' amax, or none
+  const float* x_scale = nullptr;   // A8 kernels: fp32 [K] input scale (quant_act::a8_row)
 };
 
 }  // namespace tersor
@@ -37,6 +38,7 @@ struct PackedW4LinearArgs {
   int64_t ldy;
   int nthreads;
   const float* row_amax = nullptr;  // A8 kernels: fp32 [M] floors under the rows' amax, or none
+  const float* x_scale = nullptr;   // A8 kernels: fp32 [K] input scale (quant_act::a8_row)
 };
 
 }  // namespace tersor

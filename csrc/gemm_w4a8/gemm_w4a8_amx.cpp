@@ -91,8 +91,10 @@ void run_amx(const PackedW4LinearArgs& a) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    quant_act::quantize_rows_amx(a.x, a.M, a.K, a.ldx, M32, lda, aq.get(), sx.get(),
-                                 a.row_amax);
+    quant_act::fill_rows_amx(a.M, a.K, M32, lda, aq.get(), sx.get(), [&](int64_t m, uint8_t* row) {
+      return quant_act::quantize_row_avx512(quant_act::a8_row(a, m), a.K, row, 4, 0,
+                                            quant_act::amax_floor(a.row_amax, m));
+    });
 
     int64_t p0, p1;
     thread_range(n_pairs, &p0, &p1);

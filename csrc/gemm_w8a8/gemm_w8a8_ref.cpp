@@ -29,7 +29,7 @@ void run_rows_ref(const PackedW8LinearArgs& a, const RowFill& fill) {
 
 void run_ref(const PackedW8LinearArgs& a) {
   run_rows_ref(a, [&](int64_t m, uint8_t* dst, int64_t gs, uint8_t xm) {
-    return quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, dst, gs, xm,
+    return quant_act::quantize_row_ref(quant_act::a8_row(a, m), a.K, dst, gs, xm,
                                           quant_act::amax_floor(a.row_amax, m));
   });
 }

@@ -169,8 +169,10 @@ struct RowBlock {
 // runs over it while its codes sit in L1/L2. The whole weight streams once per block: 64 MACs
 // per weight byte, far below what L3 delivers. When there are fewer row blocks than 8 per
 // thread (a 7x7 layer at batch 1 is one block, at batch 8 seven), each row block's columns are
-// also split in chunks, so no thread idles long at the end; prepare then runs once per chunk
-// (pointer set-up only), and the weight still streams once per row block.
+// also split in chunks, so no thread idles long at the end. A thread's items are consecutive,
+// so its chunks of one row block follow each other: prepare runs once per row block and
+// thread (the GEMM quantizes the block's rows there), and the weight still streams once per
+// row block.
 template <typename Prepare>
 static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
   const int64_t Kp = (a.K + 3) / 4 * 4, n_blocks = (a.N + 15) / 16;
@@ -186,10 +188,12 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
   int64_t t0, t1;
   thread_range(row_blocks * chunks, &t0, &t1);
   RowBlock block;
+  int64_t prepared = -1;  // the row block `block` holds
   for (int64_t item = t0; item < t1; ++item) {
     const int64_t rb = item / chunks, chunk = item % chunks;
     const int64_t m0 = rb * kRowsPerBlock, m1 = std::min(a.M, m0 + kRowsPerBlock);
-    prepare(m0, m1, block);
+    if (rb != prepared) prepare(m0, m1, block);
+    prepared = rb;
     const int64_t blk1 = std::min(n_blocks, (chunk + 1) * per_chunk);
     for (int64_t blk = chunk * per_chunk; blk < blk1; ++blk) {
       for (int64_t m = m0; m < m1; m += kMR) {

@@ -12,10 +12,12 @@
 // torch's .to(dtype) does (nearest even; NaN stays NaN; fp16 overflows to Inf), so a half call
 // returns bit for bit `layer(x.float()).to(dtype)`, on every ISA path.
 //
-// The same staging applies a layer's input scale (AWQ / SmoothQuant, x_scale [K]: the x
-// multiplier a layer keeps when no preceding op could absorb it): the staged rows are
-// x[m][k] * x_scale[k], one IEEE multiply each, so the call returns bit for bit
-// `layer_without_scale(x * x_scale)` without a torch op or an allocation per call.
+// The same staging applies a layer's input scale for the fp32-activation kernels (AWQ /
+// SmoothQuant, x_scale [K]: the x multiplier a layer keeps when no preceding op could absorb
+// it): the staged rows are x[m][k] * x_scale[k], one IEEE multiply each, so the call returns bit
+// for bit `layer_without_scale(x * x_scale)` without a torch op or an allocation per call. The
+// int8-activation kernels take the scale in their arguments instead and apply it row by row
+// as they quantize (quant_act::a8_row), with the same products.
 #pragma once
 #include <cstdint>
 

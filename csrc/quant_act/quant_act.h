@@ -28,6 +28,19 @@ float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group
 using RowQuantizer = float (*)(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
                                uint8_t xor_mask, float amax_floor);
 
+// Row m of an A8 kernel's activations (Args: common/linear_args.h), as its quantizer reads it:
+// the row itself or, when the layer keeps an input scale (AWQ / SmoothQuant), x[m][k] *
+// x_scale[k] formed in this thread's row buffer just before the quantizer reads it. One IEEE
+// multiply per element on a cache-resident row: the scale costs no pass over x in memory, and
+// the codes are bit for bit those of quantizing x * x_scale. The buffer is overwritten by the
+// thread's next call.
+const float* scaled_row(const float* x, const float* s, int64_t K);
+template <typename Args>
+inline const float* a8_row(const Args& a, int64_t m) {
+  const float* x = a.x + m * a.ldx;
+  return a.x_scale ? scaled_row(x, a.x_scale, a.K) : x;
+}
+
 // Row m's floor from a kernel argument row_amax (fp32 [M] or nullptr).
 inline float amax_floor(const float* row_amax, int64_t m) { return row_amax ? row_amax[m] : 0.0f; }
 
@@ -43,9 +56,6 @@ float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int
 // (whose scale is 0). A work-shared loop: call it inside an OpenMP parallel region.
 void fill_rows_amx(int64_t M, int64_t K, int64_t M_pad, int64_t lda, int8_t* out,
                    float* scales, const std::function<float(int64_t, uint8_t*)>& row_codes);
-// fill_rows_amx with rows 0..M-1 of x quantized by the per-row rules.
-void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
-                       int64_t lda, int8_t* out, float* scales, const float* row_amax = nullptr);
 
 // The two halves of the rules for callers that quantize a whole block with one scale (the conv
 // family: one scale per image): absmax_* returns max |x| over n floats (*finite = false when one

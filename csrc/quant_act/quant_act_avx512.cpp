@@ -118,11 +118,4 @@ void fill_rows_amx(int64_t M, int64_t K, int64_t M_pad, int64_t lda, int8_t* out
   }
 }
 
-void quantize_rows_amx(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t M_pad,
-                       int64_t lda, int8_t* out, float* scales, const float* row_amax) {
-  fill_rows_amx(M, K, M_pad, lda, out, scales, [&](int64_t m, uint8_t* row) {
-    return quantize_row_avx512(x + m * ldx, K, row, 4, 0, amax_floor(row_amax, m));
-  });
-}
-
 }  // namespace tersor::quant_act

@@ -1,5 +1,6 @@
 // Portable oracle for per-row activation quantization (see quant_act.h for the exact rules).
 #include <cmath>
+#include <vector>
 
 #include "common/parallel.h"
 #include "common/cpu_features.h"
@@ -28,6 +29,14 @@ float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_st
   }
   for (int64_t k = K; k < Kp; ++k) put(k, 0);
   return amax / 127.0f;
+}
+
+const float* scaled_row(const float* x, const float* s, int64_t K) {
+  thread_local std::vector<float> row;
+  if (static_cast<int64_t>(row.size()) < K) row.resize(K);
+  float* out = row.data();
+  for (int64_t k = 0; k < K; ++k) out[k] = x[k] * s[k];
+  return out;
 }
 
 float absmax_ref(const float* x, int64_t n, bool* finite) {

@@ -305,8 +305,9 @@ def gemm_w4(
     (symmetric, z = 8), group_size the effective G (formats/int4.py). fp32 activations, weights
     dequantized in registers. io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in
     elements); half rows are widened exactly and the output rounded to nearest even, as torch's
-    .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns while the rows are staged (a
-    layer's input scale: AWQ / SmoothQuant)."""
+    .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ
+    / SmoothQuant), by the row quantizer in the int8-activation kernels, while the rows are
+    staged in the others."""
 
 def gemm_w4a8(
     x: int,
@@ -332,10 +333,10 @@ def gemm_w4a8(
     (symmetric, z = 8), group_size the effective G (formats/int4.py). x quantized per row to
     int8 inside; exact integer group sums. io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y;
     strides in elements); half rows are widened exactly and the output rounded to nearest even,
-    as torch's .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns while the rows
-    are staged (a layer's input scale: AWQ / SmoothQuant). row_amax: 0, or fp32 [M] floors under
-    each row's amax (the rows of a tensor-parallel shard quantize with the whole row's scale:
-    quant_act.h)."""
+    as torch's .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns (a layer's input
+    scale: AWQ / SmoothQuant), by the row quantizer in the int8-activation kernels, while the
+    rows are staged in the others. row_amax: 0, or fp32 [M] floors under each row's amax (the
+    rows of a tensor-parallel shard quantize with the whole row's scale: quant_act.h)."""
 
 def gemm_w8(
     x: int,
@@ -358,7 +359,8 @@ def gemm_w8(
     fp32 [N] or 0. fp32 activations (weight-only); colsum is unused (pass 0). io: 0 (fp32 x, y),
     1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the
     output rounded to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied
-    into x's columns while the rows are staged (a layer's input scale: AWQ / SmoothQuant)."""
+    into x's columns (a layer's input scale: AWQ / SmoothQuant), by the row quantizer in the
+    int8-activation kernels, while the rows are staged in the others."""
 
 def gemm_w8a8(
     x: int,
@@ -382,9 +384,10 @@ def gemm_w8a8(
     fp32 [N] or 0. x is quantized per row to int8 inside (dynamic W8A8). io: 0 (fp32 x, y), 1
     (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the
     output rounded to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied
-    into x's columns while the rows are staged (a layer's input scale: AWQ / SmoothQuant).
-    row_amax: 0, or fp32 [M] floors under each row's amax (the rows of a tensor-parallel shard
-    quantize with the whole row's scale: quant_act.h)."""
+    into x's columns (a layer's input scale: AWQ / SmoothQuant), by the row quantizer in the
+    int8-activation kernels, while the rows are staged in the others. row_amax: 0, or fp32 [M]
+    floors under each row's amax (the rows of a tensor-parallel shard quantize with the whole
+    row's scale: quant_act.h)."""
 
 def max_pool_s8(
     x: int,
