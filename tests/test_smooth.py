@@ -19,6 +19,7 @@ SCHEMES = {
     "w8": (Int8Format, tersor.W8Config()),
     "w4 g32": (Int4Format, tersor.W4Config(group_size=32)),
     "w4a8 g-1": (Int4Format, tersor.W4A8Config(group_size=-1)),
+    "w4a8 g32": (Int4Format, tersor.W4A8Config(group_size=32)),
 }
 
 
@@ -34,11 +35,12 @@ def _outliers(n: int, k: int, seed: int = 0, hot: int = 4, gain: float = 20.0) -
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("m", [1, 7, 33, 130])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_kept_input_scale_is_x_times_scale_bit_for_bit(isa, scheme, m, dtype):
     """y = layer(x) with input_scale s is exactly layer_without_s(x * s) on every ISA path:
-    one IEEE multiply per element while the rows are staged."""
+    one IEEE multiply per element, by the row quantizer (int8 activations) or while the rows
+    are staged (fp32 activations)."""
     fmt_cls, cfg = SCHEMES[scheme]
     k = 64 if "g32" in scheme else 45  # K not a multiple of the tiles where groups allow
     g = torch.Generator().manual_seed(m)
@@ -220,8 +222,10 @@ def test_folds_are_proven_on_the_block():
         tersor.W4A8Config(group_size=32, method="awq"),
         tersor.W8A8Config(smooth=0.5),
         tersor.W8A8Config(smooth=0.5, method="gptq"),
+        tersor.W4Config(group_size=32, method="awq+gptq", act_order=True),
+        tersor.W4A8Config(group_size=32, method="awq+gptq"),
     ],
-    ids=lambda c: f"{c.scheme}-{c.method}-{c.smooth}",
+    ids=lambda c: f"{c.scheme}-{c.method}-{c.smooth}-{c.act_order}",
 )
 def test_post_norm_network_keeps_scales_in_layers(cfg):
     model = _PostNormNet().eval()
@@ -231,7 +235,9 @@ def test_post_norm_network_keeps_scales_in_layers(cfg):
     rtn = copy.deepcopy(model)
     tersor.quantize_(
         rtn,
-        tersor.configs.Config.from_dict({**cfg.to_dict(), "method": "rtn", "smooth": None}),
+        tersor.configs.Config.from_dict(
+            {**cfg.to_dict(), "method": "rtn", "smooth": None, "act_order": False}
+        ),
         progress=False,
     )
     report = tersor.quantize_(model, cfg, calibration=calib, progress=False)
@@ -253,7 +259,8 @@ def test_post_norm_network_keeps_scales_in_layers(cfg):
         assert torch.equal(model(test), got)
 
 
-def test_llama_folds_into_norms_and_up_proj():
+@pytest.mark.parametrize("method", ["awq", "awq+gptq"])
+def test_llama_folds_into_norms_and_up_proj(method):
     """Pre-norm decoder: q/k/v fold into input_layernorm, gate/up into
     post_attention_layernorm, down into up_proj's rows; o_proj (GQA: v has fewer channels)
     and lm_head keep theirs. The folded model computes what the calibration pass ran."""
@@ -273,7 +280,7 @@ def test_llama_folds_into_norms_and_up_proj():
     rtn = copy.deepcopy(model)
     tersor.quantize_(rtn, tersor.W4Config(group_size=32), progress=False)
     report = tersor.quantize_(
-        model, tersor.W4Config(group_size=32, method="awq"), calibration=calib, progress=False
+        model, tersor.W4Config(group_size=32, method=method), calibration=calib, progress=False
     )
     notes = {r.fqn: r.reason for r in report.converted}
     p = "model.layers.1."
@@ -316,6 +323,11 @@ def test_config_checks():
         tersor.W4Config(smooth=0.5)
     with pytest.raises(ValueError, match="pick one"):
         tersor.W8A8Config(smooth=0.5, method="awq")
+    with pytest.raises(ValueError, match="pick one"):
+        tersor.W8A8Config(smooth=0.5, method="awq+gptq")
+    with pytest.raises(ValueError, match=r"act_order applies to method='gptq' or 'awq\+gptq'"):
+        tersor.W4Config(method="awq", act_order=True)
+    assert tersor.W4Config(method="awq+gptq", act_order=True).act_order
     with pytest.raises(ValueError, match=r"smooth must be None or in \(0, 1\]"):
         tersor.W8A8Config(smooth=0.0)
     with pytest.raises(ValueError, match="smooth= needs calibration="):

@@ -289,7 +289,8 @@ def _rtn_dequantized(w: torch.Tensor, config, group_size=None) -> torch.Tensor:
 def _calibrate(model, layers, config, calibration, ctx, progress=None):
     """Calibrated quantization, block by block (tersor/calibration): method="gptq" (error
     feedback), method="awq" or smooth=alpha (input scales, folded into the op before the
-    layers where the block proves it exact, else kept by the layer; calibration/smooth.py)."""
+    layers where the block proves it exact, else kept by the layer; calibration/smooth.py),
+    method="awq+gptq" (AWQ's scales, then GPTQ on the scaled weights)."""
     if config.method == "rtn" and config.smooth is None:
         return
     if calibration is None:
@@ -300,9 +301,11 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
     for m in [m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1]:
         ctx.notes[id(m)] = "depthwise: round to nearest (no shared input to calibrate on)"
     layers = [m for m in layers if not (isinstance(m, nn.Conv2d) and m.groups > 1)]
-    if config.method == "awq" and hasattr(calibration, "reduce_hessians"):
+    awq = config.method in ("awq", "awq+gptq")
+    use_gptq = config.method in ("gptq", "awq+gptq")
+    if awq and hasattr(calibration, "reduce_hessians"):
         raise ValueError(
-            "method='awq' searches on the calibration rows themselves; it cannot run "
+            f"method={config.method!r} searches on the calibration rows themselves; it cannot run "
             "data-parallel (tersor.distributed.DataParallel): use method='gptq' or smooth="
         )
     from tersor.calibration import blocks, gptq, smooth
@@ -310,7 +313,7 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
     int4 = isinstance(config, (W4Config, W4A8Config))
     fmt_cls = Int4Format if int4 else Int8Format
     act_int8 = config.scheme in ("w8a8", "w4a8")
-    scaled = config.method == "awq" or config.smooth is not None
+    scaled = awq or config.smooth is not None
     names = {id(m): n for n, m in model.named_modules()} if scaled else {}
     in_scale, row_scale, kept = {}, {}, set()  # id -> s (x / s), producer rows, in-layer
     samples = {}  # id -> sampled input rows (AWQ's clip search), one block's at a time
@@ -322,7 +325,7 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
         for group in smooth.input_groups(mine, hs):
             ws = [_gemm_weight(m) for m in group]
             mean_abs, max_abs, sample = hs.input_stats(group[0])
-            if config.method == "awq":
+            if awq:  # the search measures round to nearest, also ahead of GPTQ
                 s, alpha, err, base = smooth.awq_scale(
                     ws, sample, mean_abs, lambda w: _rtn_dequantized(w, config), act_int8
                 )
@@ -342,7 +345,7 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
             for m in group:
                 in_scale[id(m)] = s
                 ctx.notes[id(m)] = f"{how}; {where}"
-                if config.method == "awq":
+                if config.method == "awq":  # the clip search (GPTQ picks its own grids)
                     samples[id(m)] = sample / s
 
     ctx_targets = {id(m) for m in layers}
@@ -357,7 +360,7 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
         if s is not None:  # x / s meets W diag(s); the Hessian of x / s
             w = w * s[None, :]
             h = hessian / s[:, None] / s[None, :]
-        if config.method == "gptq":
+        if use_gptq:
             g = effective_group_size(w.shape[1], config.group_size) if int4 else None
             grid = gptq.Int4Grid(g, config.symmetric) if int4 else gptq.Int8Grid()
             prep = next((p for hh, p in shared if hh.shape == h.shape and torch.equal(hh, h)), None)
@@ -385,13 +388,13 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
         ctx.solved[id(m)] = fmt
         if r is not None:
             ctx.bias_scale[id(m)] = r
-        same = config.method == "gptq" and s is None and r is None  # then GPTQ measured it
+        same = use_gptq and s is None and r is None  # then GPTQ measured it
         err = got.err if same else gptq.output_error(eff - w0, w0, hessian)
         # round to nearest of the rows the error is measured on (the grids are per row)
         pick = gptq.error_rows(*w0.shape)
         w_rows = w0 if pick is None else w0[pick]
         rtn_err = gptq.output_error(_rtn_dequantized(w_rows, config) - w_rows, w_rows, hessian)
-        how = {"gptq": "gptq", "awq": "awq", "rtn": "round to nearest"}[config.method]
+        how = {"rtn": "round to nearest"}.get(config.method, config.method)
         if config.smooth is not None:
             how = f"smoothquant + {how}"
         scale_note = ctx.notes.get(id(m), "")

@@ -8,7 +8,7 @@ from typing import ClassVar, Optional
 from tersor.formats.int4 import GROUP_SIZES
 
 KERNELS = ("auto", "native", "cuda", "triton", "ref")
-METHODS = ("rtn", "gptq", "awq")  # how quantization configs choose their weights
+METHODS = ("rtn", "gptq", "awq", "awq+gptq")  # how quantization configs choose their weights
 
 
 def _check_kernel(cls: str, kernel: str) -> None:
@@ -69,13 +69,15 @@ class _QuantConfig(Config):
             also runs CPU tensors under TRITON_INTERPRET=1), "ref" (the torch reference).
     skip_names: fully qualified names of layers to leave dense (an output head, say).
     method: "rtn" (round to nearest, no data), "gptq" (error feedback against the layer's
-            calibration inputs) or "awq" (per-input-channel scales searched on the
-            activations, then round to nearest); quantize_(..., calibration=...) runs them
-            block by block (tersor/calibration/); nn.Conv2d layers are solved on their
-            patches by gptq, and get no input scales (awq rounds them to nearest).
-    act_order: gptq only: quantize input columns in decreasing activity (int4 stores the
-            order as the layer's input permutation).
-    damp: gptq only: the Hessian's dampening, as a fraction of its mean diagonal.
+            calibration inputs), "awq" (per-input-channel scales searched on the
+            activations, then AWQ's clip search and round to nearest) or "awq+gptq" (AWQ's
+            scales, then GPTQ on the scaled weights instead of clip and round to nearest);
+            quantize_(..., calibration=...) runs them block by block (tersor/calibration/);
+            nn.Conv2d layers are solved on their patches by gptq, and get no input scales
+            (awq rounds them to nearest).
+    act_order: gptq / awq+gptq only: quantize input columns in decreasing activity (int4
+            stores the order as the layer's input permutation).
+    damp: gptq / awq+gptq only: the Hessian's dampening, as a fraction of its mean diagonal.
     smooth: SmoothQuant's migration strength alpha in (0, 1] for the schemes with int8
             activations (None: off): s = max|x|^alpha / max|w|^(1 - alpha) per input
             channel, with method "rtn" or "gptq" after it. AWQ's and SmoothQuant's scales
@@ -95,8 +97,8 @@ class _QuantConfig(Config):
         name = type(self).__name__
         if self.method not in METHODS:
             raise ValueError(f"{name}.method must be one of {METHODS}, got {self.method!r}")
-        if self.act_order and self.method != "gptq":
-            raise ValueError(f"{name}.act_order applies to method='gptq' only")
+        if self.act_order and "gptq" not in self.method:
+            raise ValueError(f"{name}.act_order applies to method='gptq' or 'awq+gptq' only")
         if not (isinstance(self.damp, (int, float)) and 0 < self.damp < 1):
             raise ValueError(f"{name}.damp must be in (0, 1), got {self.damp!r}")
         if self.smooth is not None:
@@ -109,8 +111,10 @@ class _QuantConfig(Config):
                     f"{name}.smooth moves activation outliers into the weights: it serves the "
                     f"schemes with int8 activations (W8A8Config, W4A8Config)"
                 )
-            if self.method == "awq":
-                raise ValueError(f"{name}: smooth and method='awq' both set input scales; pick one")
+            if "awq" in self.method:
+                raise ValueError(
+                    f"{name}: smooth and method={self.method!r} both set input scales; pick one"
+                )
         if not isinstance(self.skip_names, tuple) or not all(
             isinstance(s, str) for s in self.skip_names
         ):
