@@ -132,6 +132,11 @@ def minilm_variants(base):
             "act-order, ",
         ),
         ("tersor W4 g128 AWQ", tersor.W4Config(group_size=128, method="awq"), "scales + clip, "),
+        (
+            "tersor W4 g128 AWQ+GPTQ",
+            tersor.W4Config(group_size=128, method="awq+gptq", act_order=True),
+            "scales, then act-order GPTQ, ",
+        ),
         ("tersor W8A8 SmoothQuant", tersor.W8A8Config(smooth=0.5), "alpha 0.5, "),
     ]:
         m = copy.deepcopy(base)

@@ -21,7 +21,8 @@ Where x / s comes from, in order of preference:
     in-layer: no op can absorb it (the residual stream of a post-norm model feeds the norm's
               output to the residual add as well; a GELU sits in front of BERT's output
               dense): the layer keeps input_scale = 1 / s, which the kernels multiply into x
-              while staging its rows (csrc/half_io/half_io.h).
+              as their row quantizer reads it (int8 activations: quant_act::a8_row) or while
+              staging its rows (float activations: csrc/half_io/half_io.h).
 
 A fold is accepted only when it is proven on the block: with the producer's output channels
 multiplied by a random t in [0.5, 2] and the layers' input columns divided by t, the block's
