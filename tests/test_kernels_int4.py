@@ -48,6 +48,23 @@ def test_gemm_w4a8_integer_exact(isa, g, k, gen):
     assert torch.equal(y, expect)
 
 
+@pytest.mark.parametrize("g,k", [(32, 64), (64, 128), (128, 256), (-1, 261)])
+def test_gemm_w4a8_extreme_codes(isa, g, k, gen, c_ref):
+    """Codes 15 and 0 against activations at +-127 over whole groups: the largest partial sums
+    the kernels form in narrow integers (AVX2 adds 8 vpmaddubsw pair sums in int16, up to
+    8 * 3810), bit for bit the C ref's int32 sums."""
+    x, q, s, z, G, b, _ = make(6, k, 20, g, False, gen)
+    x[0], x[1] = 3.0, -3.0  # every code +127 / -127
+    x[2] = torch.where(torch.arange(k) % 2 == 0, 3.0, -3.0)
+    q[:8] = 15
+    q[8:12] = 0
+    q[12:16] = torch.where(torch.arange(k) % 2 == 0, 15, 0).to(q.dtype)
+    p = pack_int4(q, s, z, G)
+    y = gemm_w4a8(x, p.codes, p.scale, p.zero, b, 20, G)
+    assert torch.equal(y, c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, b, 20, G)))
+    torch.testing.assert_close(y, gemm_w4a8_ref(x, q, s, z, G, b), rtol=2e-6, atol=2e-5)
+
+
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("n", NS)
 @pytest.mark.parametrize("m", MS)

@@ -1,6 +1,9 @@
 // AVX2 W4A8 GEMM (CPUs without VNNI). Codes (0..15, unsigned) x activations (s8) through
-// vpmaddubsw: pair sums are at most 2 * 15 * 127 = 3810, far from int16 saturation; vpmaddwd
-// with ones widens them. Register tile: 2 rows x 16 columns (two ymm per W4Tile half).
+// vpmaddubsw: pair sums are at most 2 * 15 * 127 = 3810, so kSteps16 = 4 k-steps of 8 (two
+// vpmaddubsw each, 8 pair sums <= 30480) add exactly in int16 before one vpmaddwd with ones
+// widens them: half the multiply-port work of widening every vpmaddubsw (the multiply ports
+// are what bound this kernel from a few rows up). Register tile: 2 rows x 16 columns (two ymm
+// per W4Tile half).
 #include <immintrin.h>
 
 
@@ -15,10 +18,7 @@ namespace tersor::gemm_w4a8 {
 namespace {
 
 constexpr int kMR = 2;
-
-inline __m256i dot4(__m256i codes, __m256i x, __m256i ones) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), ones);
-}
+constexpr int64_t kSteps16 = 4;  // k-steps of 8 summed in int16 (8 * 3810 < 32768)
 
 template <int MR>
 void tile(const PackedW4LinearArgs& a, const uint8_t* apanel, const int32_t* gsum,
@@ -33,22 +33,36 @@ TERSOR_UNROLL
     __m256i acc[MR][2];
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-    for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
-      const uint8_t* ap = apanel + t * 2 * 4 * kMR;
+    const int64_t t_end = (g + 1) * G / 8;
+    for (int64_t t0 = g * G / 8; t0 < t_end; t0 += kSteps16) {
+      __m256i acc16[MR][2];
 TERSOR_UNROLL
-      for (int h = 0; h < 2; ++h) {  // columns 0-7, 8-15
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64 + 32 * h));
-        const __m256i lo = _mm256_and_si256(v, nibble);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+      for (int r = 0; r < MR; ++r) acc16[r][0] = acc16[r][1] = _mm256_setzero_si256();
+      const int64_t t1 = t0 + kSteps16 < t_end ? t0 + kSteps16 : t_end;
+      for (int64_t t = t0; t < t1; ++t) {
+        const uint8_t* ap = apanel + t * 2 * 4 * kMR;
 TERSOR_UNROLL
-        for (int r = 0; r < MR; ++r) {
-          const __m256i x0 = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r));
-          const __m256i x1 =
-              _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * kMR + 4 * r));
-          acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_add_epi32(dot4(lo, x0, ones),
-                                                                   dot4(hi, x1, ones)));
+        for (int h = 0; h < 2; ++h) {  // columns 0-7, 8-15
+          const __m256i v =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64 + 32 * h));
+          const __m256i lo = _mm256_and_si256(v, nibble);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+TERSOR_UNROLL
+          for (int r = 0; r < MR; ++r) {
+            const __m256i x0 = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * r));
+            const __m256i x1 =
+                _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap + 4 * kMR + 4 * r));
+            acc16[r][h] = _mm256_add_epi16(
+                acc16[r][h], _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0),
+                                              _mm256_maddubs_epi16(hi, x1)));
+          }
         }
       }
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+        for (int h = 0; h < 2; ++h)
+          acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(acc16[r][h], ones));
     }
     const int64_t meta = (nb * a.ngroups + g) * 16;
 TERSOR_UNROLL
