@@ -10,7 +10,7 @@ from tersor.ops import dequant_w4t, gemm_w4, gemm_w4a8
 from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
-MS = [1, 7, 33]
+MS = [1, 6, 7, 33]  # 6 and 7: partial row tiles of 2 and 3 (tiles of 4 rows)
 NS = [5, 33]
 
 

@@ -2,8 +2,9 @@
 // vpmaddubsw: pair sums are at most 2 * 15 * 127 = 3810, so kSteps16 = 4 k-steps of 8 (two
 // vpmaddubsw each, 8 pair sums <= 30480) add exactly in int16 before one vpmaddwd with ones
 // widens them: half the multiply-port work of widening every vpmaddubsw (the multiply ports
-// are what bound this kernel from a few rows up). Register tile: 2 rows x 16 columns (two ymm
-// per W4Tile half).
+// are what bound this kernel from a few rows up). Register tile: up to 4 rows x 16 columns
+// (two ymm per W4Tile half and row): each weight byte unpacked serves 4 rows (measured 8-10%
+// faster than 2 rows from 8 rows up on Zen 3).
 #include <immintrin.h>
 
 
@@ -17,7 +18,7 @@
 namespace tersor::gemm_w4a8 {
 namespace {
 
-constexpr int kMR = 2;
+constexpr int kMR = 4;
 constexpr int64_t kSteps16 = 4;  // k-steps of 8 summed in int16 (8 * 3810 < 32768)
 
 template <int MR>
@@ -118,7 +119,8 @@ void run_avx2(const PackedW4LinearArgs& a) {
     }
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
       const uint8_t* ap = apanel.get() + (m0 / kMR) * panel_bytes;
-      (mr == 2 ? tile<2> : tile<1>)(a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
+      static constexpr decltype(&tile<1>) kTiles[] = {tile<1>, tile<2>, tile<3>, tile<4>};
+      kTiles[mr - 1](a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
     });
   }
 }
