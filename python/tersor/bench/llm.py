@@ -95,11 +95,12 @@ def dequantized_copy(model):
 
 
 def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> dict:
-    """Prefill ms (one forward of the prompt) and decode tokens/s (greedy generate of
-    new_tokens minus its prefill)."""
+    """Prefill ms (one forward of the prompt, the last position's logits only, as generate
+    and llama.cpp compute them) and decode tokens/s (greedy generate of new_tokens minus its
+    prefill)."""
     with torch.inference_mode():
         t0 = time.perf_counter()
-        model(prompt)
+        model(prompt, logits_to_keep=1)
         prefill = time.perf_counter() - t0
         t0 = time.perf_counter()
         model.generate(
