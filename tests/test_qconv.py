@@ -123,7 +123,7 @@ def test_quantize_converts_conv_and_reports_what_stays_dense():
     by = {r.fqn: r for r in report.layers}
     assert isinstance(model[0], QConv2d) and isinstance(model[4], QConv2d)
     assert by["0"].shape == (8, 3, 3, 3)
-    assert "grouped convolution (groups=4, 2 channels per group)" in by["2"].reason
+    assert "grouped convolution (groups=4, 2 outputs per group)" in by["2"].reason
     assert "padding_mode='reflect'" in by["3"].reason
     assert isinstance(model[2], nn.Conv2d) and isinstance(model[3], nn.Conv2d)
     assert ((model(x) - ref).norm() / ref.norm()).item() < 0.03

@@ -24,11 +24,13 @@ void bind_conv(py::module_& m) {
     return [path](addr x, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
                   int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                   int64_t Ho, int64_t Wo, addr w, addr colsum, addr w_scale, int64_t N,
-                  addr bias, addr y, int nthreads) {
-      conv::run_w8a8({ptr<const float>(x), B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
-                      ptr<const int8_t>(w), ptr<const int32_t>(colsum), ptr<const float>(w_scale),
-                      N, ptr<const float>(bias), ptr<float>(y), nthreads},
-                     path);
+                  addr bias, addr y, int nthreads, int64_t groups) {
+      conv::ConvW8A8Args c{ptr<const float>(x), B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho,
+                           Wo, ptr<const int8_t>(w), ptr<const int32_t>(colsum),
+                           ptr<const float>(w_scale), N, ptr<const float>(bias), ptr<float>(y),
+                           nthreads};
+      c.groups = groups;
+      conv::run_w8a8(c, path);
     };
   };
   // 22 arguments: named, so a Python caller can (and ops/conv.py does) check them by name
@@ -38,13 +40,15 @@ void bind_conv(py::module_& m) {
       py::arg("dh"), py::arg("dw"), py::arg("Ho"), py::arg("Wo"), py::arg("w"),              \
       py::arg("colsum"), py::arg("w_scale"), py::arg("N"), py::arg("bias"), py::arg("y"),    \
       py::arg("nthreads")
-  m.def("conv_w8a8", conv(conv::Path::Auto), TERSOR_CONV_ARGS, nogil(),
+  m.def("conv_w8a8", conv(conv::Path::Auto), TERSOR_CONV_ARGS, py::arg("groups") = 1, nogil(),
         "W8A8 Conv2d: x fp32 NHWC [B, H, W, C] (contiguous), kernel (kh, kw), stride (sh, sw), "
         "zero padding (ph, pw), dilation (dh, dw) -> y fp32 NHWC [B, Ho, Wo, N]. w / colsum / "
-        "w_scale: gemm_w8a8's packed int8 weight with K in (kh, kw, C) order; bias fp32 [N] or "
-        "0. x is quantized once per image.");
+        "w_scale: gemm_w8a8's packed int8 weight with K in (kh, kw, C / groups) order; bias "
+        "fp32 [N] or 0. x is quantized once per image. groups: a grouped convolution (group g "
+        "reads channels g * C / groups.. and writes outputs g * N / groups..; N / groups a "
+        "multiple of 16).");
   m.def("conv_w8a8_implicit_emulated", conv(conv::Path::EmulatedImplicit), TERSOR_CONV_ARGS,
-        nogil(),
+        py::arg("groups") = 1, nogil(),
         "Test hook: conv_w8a8's AMX implicit GEMM run over scalar tiles with AMX semantics, on "
         "any CPU (stride 1, C % 64 == 0).");
   m.def(

@@ -49,7 +49,19 @@ struct ConvW8A8Args {
   int64_t xs_channels = 0;  // <= C: the rest of each pixel's C codes are zero (a 3-channel
                             // image read as 4 channels, whole 4-code groups); 0 means C
   const Requant* out = nullptr;
+  // A grouped convolution (1 < groups, not depthwise: conv_dw_w8a8.h): group g reads input
+  // channels [g * C / groups, (g + 1) * C / groups) and writes N / groups outputs, a multiple
+  // of 16, so the packed weight's 16-column blocks never straddle two groups (nn/qconv.py
+  // merges narrower groups block-diagonally). w: the [N][kh * kw * C / groups] packed weight.
+  int64_t groups = 1;
+  // What a path reads and writes (run_w8a8 sets them per group): codes c0 .. c0 + cg of each
+  // pixel (cg 0: all C), output rows ldy apart (0: N).
+  int64_t c0 = 0, cg = 0, ldy = 0;
 };
+
+// The channels of each pixel a patch reads, and the output row stride (see ConvW8A8Args).
+static inline int64_t patch_channels(const ConvW8A8Args& c) { return c.cg ? c.cg : c.C; }
+static inline int64_t out_stride(const ConvW8A8Args& c) { return c.ldy ? c.ldy : c.N; }
 
 // Zero pixels after the last image: the implicit GEMM's last 32-pixel block reads up to this far.
 static inline int64_t tail_pixels(const ConvW8A8Args& c) { return 32 + (c.kw - 1) * c.dw; }

@@ -44,9 +44,10 @@ template <> void AmxTiles::dpbssd<3, 5, 7>() { _tile_dpbssd(3, 5, 7); }
 void run_w8a8_amx(const ConvCall& k) {
   const ConvW8A8Args& c = k.c;
   if (implicit_gemm_applies(c)) return implicit_gemm<AmxTiles>(c, k.in);
-  const int64_t K = c.kh * c.kw * c.C;
+  const int64_t K = c.kh * c.kw * patch_channels(c);
   gemm_w8a8::run_rows_amx(PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum,
-                                             c.w_scale, c.N, c.bias, c.y, c.N, c.nthreads},
+                                             c.w_scale, c.N, c.bias, c.y, out_stride(c),
+                                             c.nthreads},
                           patch_rows(c, k.in));
 }
 

@@ -8,7 +8,7 @@
 //   row oh*s+1   [ . . a a a . . ]   run 1 = run 0 + 1 * Wp * C
 //   row oh*s+2   [ . . a a a . . ]   run 2 = run 0 + 2 * Wp * C
 //
-// (dilated: one run of C codes per tap.) The K order (kh, kw, C) of the packed weight is the
+// (dilated, or one group's channels of a grouped convolution: one run per tap.) The K order (kh, kw, C) of the packed weight is the
 // order of the runs, so the weight block streams as in the GEMM. This skips the patch copy
 // (~20% of the AVX2 time at 56x56, measured with perf) and the panel's trip through memory.
 // In the static pipeline (c.out) the tiles write the next layer's codes directly.
@@ -24,17 +24,19 @@ void run_w8a8_avx2(const ConvCall& k) {
   using gemm_w8a8::avx2::kMR;
   const ConvW8A8Args& c = k.c;
   const QuantizedInput& in = k.in;
-  const int64_t run = c.dw == 1 ? c.kw * c.C : c.C;
+  const int64_t cg = patch_channels(c);
+  const bool whole_rows = c.dw == 1 && cg == c.C;  // a kernel row's taps: one run of codes
+  const int64_t run = whole_rows ? c.kw * c.C : cg;
   // a 4-code group would straddle two runs; non-finite factors: the NaN rule of requant.h
   if (run % 4 != 0 || (c.out && !c.out->folded_finite)) return run_unfused(k, run_w8a8_generic);
 
-  const int64_t M = c.B * c.Ho * c.Wo, K = c.kh * c.kw * c.C;  // K % 4 == 0 here
+  const int64_t M = c.B * c.Ho * c.Wo, K = c.kh * c.kw * cg;  // K % 4 == 0 here
   std::vector<int64_t> run_offset;
   for (int64_t i = 0; i < c.kh; ++i)
-    for (int64_t j = 0; j < (c.dw == 1 ? 1 : c.kw); ++j)
+    for (int64_t j = 0; j < (whole_rows ? 1 : c.kw); ++j)
       run_offset.push_back((i * c.dh * in.Wp + j * c.dw) * c.C);
   const PackedW8LinearArgs a{nullptr, M, K, K, c.w, c.colsum, c.w_scale, c.N, c.bias, c.y,
-                             c.N, c.nthreads};
+                             out_stride(c), c.nthreads};
   // c.out (folded, requant.h): the tiles write codes straight from their accumulators
   const gemm_w8a8::avx2::CodesOut codes =
       c.out ? gemm_w8a8::avx2::CodesOut{c.out->q, c.out->ldq, c.out->res, c.out->ldres,
@@ -47,7 +49,7 @@ void run_w8a8_avx2(const ConvCall& k) {
     for (int64_t m = m0; m < m1; ++m) {
       const int64_t b = m / (c.Ho * c.Wo), oh = m / c.Wo % c.Ho, ow = m % c.Wo;
       block.row[m - m0] = reinterpret_cast<const uint8_t*>(
-          in.xq + ((b * in.Hp + oh * c.sh) * in.Wp + ow * c.sw) * c.C);
+          in.xq + ((b * in.Hp + oh * c.sh) * in.Wp + ow * c.sw) * c.C + c.c0);
       block.sx[m - m0] = in.scale[b];
       bool& non_negative = block.non_negative[(m - m0) / kMR];
       non_negative = ((m - m0) % kMR == 0 || non_negative) && in.non_negative[b];

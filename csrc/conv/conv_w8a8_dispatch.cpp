@@ -132,15 +132,18 @@ PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place)
 namespace {
 
 // Row m of the implicit im2col matrix: the patch of output pixel m, copied from xq as kh runs
-// of kw * C codes (kh * kw runs of C when dilated) in the GEMM's A layout (gemm_w8a8.h RowFill).
+// of kw * C codes (kh * kw runs of C when dilated, of cg for a group's channels) in the GEMM's
+// A layout (gemm_w8a8.h RowFill).
 // The AMX and AVX2 row buffers take the runs directly; the VNNI panel takes them from a
 // contiguous copy, 4-k groups at a time.
 float gather_row(const ConvW8A8Args& c, const QuantizedInput& in, int64_t m, uint8_t* dst,
                  int64_t group_stride, uint8_t xor_mask) {
   const int64_t b = m / (c.Ho * c.Wo), oh = m / c.Wo % c.Ho, ow = m % c.Wo;
-  const int64_t runs_per_row = c.dw == 1 ? 1 : c.kw, run = c.dw == 1 ? c.kw * c.C : c.C;
-  const int8_t* img = in.xq + b * in.Hp * in.Wp * c.C;
-  const int64_t K = c.kh * c.kw * c.C, Kp = round_up(K, 4);
+  const int64_t cg = patch_channels(c);
+  const bool whole_rows = c.dw == 1 && cg == c.C;  // a kernel row's taps: one run of codes
+  const int64_t runs_per_row = whole_rows ? 1 : c.kw, run = whole_rows ? c.kw * c.C : cg;
+  const int8_t* img = in.xq + b * in.Hp * in.Wp * c.C + c.c0;
+  const int64_t K = c.kh * c.kw * cg, Kp = round_up(K, 4);
   const bool plain = group_stride == 4 && xor_mask == 0;  // a plain s8 row (AMX, AVX2)
   thread_local std::vector<uint8_t> tmp;
   if (!plain && static_cast<int64_t>(tmp.size()) < Kp) tmp.resize(Kp);
@@ -173,9 +176,9 @@ gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in) {
 
 void run_w8a8_generic(const ConvCall& k) {
   const ConvW8A8Args& c = k.c;
-  const int64_t K = c.kh * c.kw * c.C;
+  const int64_t K = c.kh * c.kw * patch_channels(c);
   gemm_w8a8::run_rows(PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum,
-                                         c.w_scale, c.N, c.bias, c.y, c.N, c.nthreads},
+                                         c.w_scale, c.N, c.bias, c.y, out_stride(c), c.nthreads},
                       patch_rows(c, k.in));
 }
 
@@ -185,6 +188,7 @@ void run_unfused(const ConvCall& k, void (*fn)(const ConvCall&)) {
   auto y = alloc_scratch<float>(M * k.c.N);
   ConvW8A8Args c = k.c;
   c.y = y.get();
+  c.ldy = 0;  // the scratch holds this call's N columns
   c.out = nullptr;
   fn(ConvCall{c, k.in});
   requant_all(*k.c.out, y.get(), M, k.c.N, k.c.nthreads);
@@ -220,13 +224,44 @@ void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
   const QuantizedInput& in = prepared.in;
   if (path == Path::EmulatedImplicit) return run_unfused(ConvCall{c, in}, run_emulated_implicit);
   // AVX-512 without AMX runs the generic path (its GEMM dispatches to the VNNI kernel)
-  dispatch_isa(ConvCall{c, in}, run_generic_unfused, TERSOR_X86_FN(run_w8a8_avx2),
-               TERSOR_X86_FN(run_generic_unfused), TERSOR_X86_FN(run_amx_unfused));
+  auto run = [&in](const ConvW8A8Args& g) {
+    dispatch_isa(ConvCall{g, in}, run_generic_unfused, TERSOR_X86_FN(run_w8a8_avx2),
+                 TERSOR_X86_FN(run_generic_unfused), TERSOR_X86_FN(run_amx_unfused));
+  };
+  if (c.groups == 1) return run(c);
+  // a grouped convolution: each group a plain one over its channel slice, on the input
+  // quantized once (one scale per image, as ungrouped), its output columns in place
+  const int64_t cg = c.C / c.groups, ng = c.N / c.groups;
+  const int64_t Kp = round_up(c.kh * c.kw * cg, 4);
+  Requant out;
+  for (int64_t gi = 0; gi < c.groups; ++gi) {
+    ConvW8A8Args g = c;
+    g.groups = 1;
+    g.c0 = gi * cg;
+    g.cg = cg;
+    g.N = ng;
+    g.ldy = c.N;
+    g.w = c.w + gi * ng * Kp;  // ng / 16 column blocks of 16 * Kp bytes (common/formats.h)
+    g.colsum = c.colsum + gi * ng;
+    g.w_scale = c.w_scale + gi * ng;
+    if (c.bias) g.bias = c.bias + gi * ng;
+    if (c.y) g.y = c.y + gi * ng;
+    if (c.out) {
+      out = *c.out;
+      out.q += gi * ng;
+      if (out.res) out.res += gi * ng;
+      g.out = &out;
+    }
+    run(g);
+  }
 }
 }  // namespace
 
 void run_w8a8(const ConvW8A8Args& c, Path path) {
   if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
+  if (c.groups < 1 || (c.groups > 1 && (c.C % c.groups || c.N % c.groups || (c.N / c.groups) % 16)))
+    throw std::invalid_argument(
+        "conv_w8a8: groups must divide C and N into groups of a multiple of 16 outputs");
   with_folded_scales(c, [path](const ConvW8A8Args& f) { run_w8a8_folded(f, path); });
 }
 

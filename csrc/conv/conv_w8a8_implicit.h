@@ -19,7 +19,7 @@ namespace tersor::conv {
 constexpr int64_t kImplicitRows = 32;  // output pixels of a register block (2 A tiles)
 
 static inline bool implicit_gemm_applies(const ConvW8A8Args& c) {
-  return c.sh == 1 && c.sw == 1 && c.C % 64 == 0;
+  return c.sh == 1 && c.sw == 1 && c.C % 64 == 0 && patch_channels(c) == c.C;
 }
 
 namespace implicit_detail {

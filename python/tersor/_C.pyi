@@ -170,11 +170,13 @@ def conv_w8a8(
     bias: int,
     y: int,
     nthreads: int,
+    groups: int = 1,
 ) -> None:
     """W8A8 Conv2d: x fp32 NHWC [B, H, W, C] (contiguous), kernel (kh, kw), stride (sh, sw),
     zero padding (ph, pw), dilation (dh, dw) -> y fp32 NHWC [B, Ho, Wo, N]. w / colsum /
-    w_scale: gemm_w8a8's packed int8 weight with K in (kh, kw, C) order; bias fp32 [N] or 0. x
-    is quantized once per image."""
+    w_scale: gemm_w8a8's packed int8 weight with K in (kh, kw, C / groups) order; bias fp32 [N]
+    or 0. x is quantized once per image. groups: a grouped convolution (group g reads channels g
+    * C / groups.. and writes outputs g * N / groups..; N / groups a multiple of 16)."""
 
 def conv_w8a8_implicit_emulated(
     x: int,
@@ -199,6 +201,7 @@ def conv_w8a8_implicit_emulated(
     bias: int,
     y: int,
     nthreads: int,
+    groups: int = 1,
 ) -> None:
     """Test hook: conv_w8a8's AMX implicit GEMM run over scalar tiles with AMX semantics, on any
     CPU (stride 1, C % 64 == 0)."""

@@ -296,10 +296,11 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
     if calibration is None:
         what = f"method={config.method!r}" if config.smooth is None else "smooth="
         raise ValueError(f"{what} needs calibration= (inputs of the model)")
-    # depthwise convolutions: every output channel has inputs of its own, not the shared input
-    # GPTQ and the input-scale methods solve for; they are rounded to nearest
+    # grouped / depthwise convolutions: each group of outputs has inputs of its own, not the
+    # shared input GPTQ and the input-scale methods solve for; they are rounded to nearest
     for m in [m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1]:
-        ctx.notes[id(m)] = "depthwise: round to nearest (no shared input to calibrate on)"
+        what = "depthwise" if m.groups == m.in_channels else "grouped"
+        ctx.notes[id(m)] = f"{what}: round to nearest (no shared input to calibrate on)"
     layers = [m for m in layers if not (isinstance(m, nn.Conv2d) and m.groups > 1)]
     awq = config.method in ("awq", "awq+gptq")
     use_gptq = config.method in ("gptq", "awq+gptq")

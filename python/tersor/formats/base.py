@@ -210,7 +210,7 @@ class WeightFormat:
     def conv_nhwc(self, xh, bias, geometry, kernel) -> Optional[torch.Tensor]:
         """A native convolution on an NHWC input (QConv2d), or None: the layer then runs the
         format's GEMM on im2col blocks. geometry: (kh, kw, sh, sw, ph, pw, dh, dw, groups);
-        a depthwise one (groups > 1) must be served here (no GEMM view)."""
+        a grouped or depthwise one (groups > 1) must be served here (no GEMM view)."""
         return None
 
     # ---- shared ---------------------------------------------------------------------------------

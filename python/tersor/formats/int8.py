@@ -233,9 +233,22 @@ class Int8Format(WeightFormat):
         return cpu_runner_w8(self.packed, self.scale, n, k, xs)
 
     def conv_nhwc(self, xh, bias, geometry, kernel):
-        if len(geometry) > 8 and geometry[8] > 1:  # depthwise: the op serves every device
-            if not self.act_int8 or self.input_scale is not None:
-                return None
+        groups = geometry[8] if len(geometry) > 8 else 1
+        if groups > 1 and (not self.act_int8 or self.input_scale is not None):
+            return None
+        if groups > 1 and groups < xh.shape[-1]:  # grouped: the op serves every device
+            return conv_nhwc_w8a8(
+                xh.contiguous(),
+                self.packed,
+                self.colsum,
+                self.scale,
+                bias,
+                self.out_features,
+                *geometry[:8],
+                kernel,
+                groups,
+            )
+        if groups > 1:  # depthwise: the op serves every device
             return conv_nhwc_dw_w8a8(
                 xh.contiguous(),
                 self.packed,

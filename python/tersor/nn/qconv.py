@@ -92,15 +92,18 @@ class QConv2d(nn.Module):
     @staticmethod
     def unsupported(conv: nn.Conv2d, scheme: str = "w8a8") -> str:
         """Why a Conv2d cannot be converted to `scheme`, or "" if it can."""
-        if conv.groups != 1:
-            if conv.groups != conv.in_channels or conv.out_channels % conv.in_channels:
-                return (
-                    f"grouped convolution (groups={conv.groups}, "
-                    f"{conv.in_channels // conv.groups} channels per group): no grouped int8 "
-                    f"kernel yet, left dense"
-                )
+        g = conv.groups
+        if g != 1:
+            depthwise = g == conv.in_channels and conv.out_channels % conv.in_channels == 0
+            what = "depthwise" if depthwise else "grouped"
             if scheme != "w8a8":
-                return "depthwise convolution: only W8A8 has a depthwise kernel, left dense"
+                return f"{what} convolution: only W8A8 has a {what} kernel, left dense"
+            if not depthwise and conv.out_channels // g % 16:
+                return (
+                    f"grouped convolution (groups={g}, {conv.out_channels // g} outputs per "
+                    f"group): the grouped kernel needs a multiple of 16 outputs per group, "
+                    f"left dense"
+                )
         if conv.padding_mode != "zeros":
             return f"padding_mode='{conv.padding_mode}': only zero padding is served"
         if isinstance(conv.padding, str):
@@ -196,7 +199,7 @@ class QConv2d(nn.Module):
             y = g.fmt.conv_nhwc(xh, g.bias, geometry, g.kernel)
             if y is None and self.groups > 1:
                 raise RuntimeError(
-                    f"{g._label()}: no depthwise kernel for {self.scheme} (W8A8 has one)"
+                    f"{g._label()}: no grouped / depthwise kernel for {self.scheme} (W8A8 has them)"
                 )
             if y is None:
                 y = self._im2col_gemm(xh, b, ho, wo)

@@ -36,8 +36,10 @@ def conv_w8a8_cpu(
     dh: int,
     dw: int,
     emulate_implicit: bool = False,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """emulate_implicit (tests): run the AMX implicit GEMM over scalar tiles, on any CPU."""
+    """emulate_implicit (tests): run the AMX implicit GEMM over scalar tiles, on any CPU.
+    groups: a grouped convolution (n / groups a multiple of 16)."""
     b, h, w, c = xh.shape
     ho, wo = _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     y = torch.empty(b, ho, wo, n)
@@ -65,6 +67,7 @@ def conv_w8a8_cpu(
         ptr(bias),
         y.data_ptr(),
         torch.get_num_threads(),
+        groups,
     )
     return y
 
@@ -85,36 +88,51 @@ def conv_nhwc_w8a8(
     dh: int,
     dw: int,
     kernel_pref: str = "auto",
+    groups: int = 1,
 ) -> torch.Tensor:
     """What a format calls: the eager CPU call, or the op (tracing, other kernels/devices)."""
     if eager(xh, kernel_pref):
-        return conv_w8a8_cpu(xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw)
+        return conv_w8a8_cpu(
+            xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, groups=groups
+        )
     return conv_w8a8(
-        xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref
+        xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref, groups
     )
 
 
-def _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw):
+def _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw, n=None, groups=1):
     check(
         xh.dtype == torch.float32 and xh.dim() == 4 and xh.is_contiguous(),
         f"tersor::conv_w8a8: xh must be a contiguous float32 NHWC tensor, got {xh.dtype} "
         f"{tuple(xh.shape)}",
     )
+    c = xh.shape[3]
     check(
-        packed.shape[1] * 4 >= kh * kw * xh.shape[3] > packed.shape[1] * 4 - 4,
-        "tersor::conv_w8a8: packed weight K does not match kh * kw * C",
+        groups == 1
+        or (groups > 1 and c % groups == 0 and n % groups == 0 and n // groups % 16 == 0),
+        f"tersor::conv_w8a8: groups={groups} must divide C={c} and N={n} into groups of a "
+        f"multiple of 16 outputs",
+    )
+    check(
+        packed.shape[1] * 4 >= kh * kw * (c // groups) > packed.shape[1] * 4 - 4,
+        "tersor::conv_w8a8: packed weight K does not match kh * kw * C / groups",
     )
     ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
     check(ho > 0 and wo > 0, "tersor::conv_w8a8: input smaller than the receptive field")
 
 
-def _conv_reference(xh, packed, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref):
+def _conv_reference(
+    xh, packed, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref, groups=1
+):
     from tersor.formats.int8 import unpack_int8
     from tersor.ref.int8 import conv_w8a8_ref
 
     device.pick(kernel_pref, xh, (), "tersor::conv_w8a8")
-    q, s = gpu.forms(packed, lambda: unpack_int8(packed, scale, n, kh * kw * xh.shape[3]))
-    y = conv_w8a8_ref(xh.permute(0, 3, 1, 2), q, s, bias, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    k = kh * kw * (xh.shape[3] // groups)
+    q, s = gpu.forms(packed, lambda: unpack_int8(packed, scale, n, k))
+    y = conv_w8a8_ref(
+        xh.permute(0, 3, 1, 2), q, s, bias, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups
+    )
     return y.permute(0, 2, 3, 1).contiguous()
 
 
@@ -135,11 +153,13 @@ def conv_w8a8(
     dh: int,
     dw: int,
     kernel_pref: str = "auto",
+    groups: int = 1,
 ) -> torch.Tensor:
-    """Any device: the torch reference (no GPU conv kernel; a layer on a GPU runs im2col GEMMs)."""
-    _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw)
+    """Any device: the torch reference (no GPU conv kernel; a layer on a GPU runs im2col GEMMs,
+    a grouped one this reference)."""
+    _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw, out_channels, groups)
     return _conv_reference(
-        xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref
+        xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref, groups
     )
 
 
@@ -160,14 +180,16 @@ def _(
     dh,
     dw,
     kernel_pref="auto",
+    groups=1,
 ):
-    _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw)
+    _check_conv(xh, packed, kh, kw, sh, sw, ph, pw, dh, dw, out_channels, groups)
     if kernel_pref in NATIVE:
         return conv_w8a8_cpu(
-            xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw
-        )
+            xh, packed, colsum, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw,
+            groups=groups,
+        )  # fmt: skip
     return _conv_reference(
-        xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref
+        xh, packed, scale, bias, out_channels, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref, groups
     )
 
 
@@ -188,6 +210,7 @@ def _(
     dh,
     dw,
     kernel_pref="auto",
+    groups=1,
 ):
     ho, wo = _out_hw(xh.shape[1], xh.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)
     return xh.new_empty((xh.shape[0], ho, wo, out_channels))
