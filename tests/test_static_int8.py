@@ -1,6 +1,6 @@
 """quantize_static (tersor/static_int8): whole CNNs rewritten to run int8 between layers.
 
-Graph coverage (residual adds in forward, depthwise, pooling, cat, view, functional ReLU, an op
+Graph coverage (residual adds in forward, depthwise and grouped convolutions, pooling, cat, view, functional ReLU, an op
 the pipeline does not know), the report, the model left unchanged, observers, state_dict round
 trip, torch.compile, errors, and accuracy on the digits CNN trained here."""
 
@@ -100,6 +100,41 @@ def test_graph_ops_on_codes_and_fp32_fallback(gen):
     assert str(rep).count("leaves int8") == len(rep.int8_exits)
 
 
+class _ResNeXtish(nn.Module):
+    """A stem and one ResNeXt bottleneck (grouped 3x3: 2 groups of 16), the skip in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.reduce = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.grouped = nn.Sequential(
+            nn.Conv2d(32, 32, 3, padding=1, groups=2), nn.BatchNorm2d(32), nn.ReLU()
+        )
+        self.expand = nn.Sequential(nn.Conv2d(32, 16, 1), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.expand(self.grouped(self.reduce(x)))
+        y = F.relu(x + y)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_grouped_convolution_runs_int8(gen):
+    torch.manual_seed(0)
+    model = _randomize_bn(_ResNeXtish(), gen)
+    cal = [torch.randn(2, 3, 16, 16, generator=gen) for _ in range(2)]
+    q = tersor.quantize_static(model, tersor.W8A8StaticConfig(), calibration=cal)
+    rep = q.tersor_report
+    assert len(rep.converted) == 5 and not rep.kept_float and rep.int8_exits == []
+    grouped = [m for m in q.modules() if isinstance(m, M.StaticConv) and m.groups == 2]
+    assert len(grouped) == 1 and not grouped[0].depthwise and "groups=2" in repr(grouped[0])
+    x = torch.randn(3, 3, 16, 16, generator=gen)
+    with torch.inference_mode():
+        ref, got = model(x), q(x)
+    assert _cos(ref, got) > 0.99
+
+
 def test_observers():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(100_000, generator=g)
@@ -159,7 +194,7 @@ def test_the_torch_reference_agrees(gen):
         conv = next(m for m in q.modules() if isinstance(m, M.StaticConv))
         xs = torch.randint(-127, 128, (2, 12, 12, 3), dtype=torch.int8, generator=gen)
         args = (xs, conv._input_scale, conv._packed, conv._colsum, conv._w_scale, conv.bias,
-                conv.out_channels, conv.geometry, conv.depthwise, conv._output_scale, conv._lo,
+                conv.out_channels, conv.geometry, conv.groups, conv._output_scale, conv._lo,
                 conv._hi, None, 0.0)  # fmt: skip
         c = conv.in_channels + conv.pad_channels  # the 3-channel stem is read as 4
         native = ops.conv_static_cpu(*args, channels=c)

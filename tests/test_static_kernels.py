@@ -1,7 +1,7 @@
 """Kernels of the static int8 pipeline (csrc/conv/requant.h, csrc/int8_ops): the convolution
 from s8 codes to s8 codes (bias, clamp, residual add and requantization fused) or to fp32, dense
 (every conv path: the AVX2 direct one, the gather path, the AMX implicit GEMM emulated) and
-depthwise; pooling, add and quantize. Every ISA path bit for bit with the C ref; the C ref
+grouped and depthwise; pooling, add and quantize. Every ISA path bit for bit with the C ref; the C ref
 against the torch reference of the rules (codes within one of it: the fp32 epilogue against
 fp64 can round a value lying on a .5 the other way; fp32 outputs within fp32 rounding)."""
 
@@ -11,31 +11,34 @@ import torch
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.ops import int8_static as ops
 
-# (C, N, k, stride, padding, dilation, H, W, depthwise)
+# (C, N, k, stride, padding, dilation, H, W, groups: C is depthwise)
 CASES = [
-    (3, 16, 3, 2, 1, 1, 9, 11, False),  # the stem: runs of 3 codes, the gather path
-    (8, 7, 1, 1, 0, 1, 5, 6, False),  # 1x1, N < 16
-    (16, 33, 3, 1, 1, 1, 7, 7, False),  # N past a tile
-    (64, 20, 3, 1, 1, 1, 6, 5, False),  # C % 64 == 0: the implicit GEMM applies
-    (12, 24, 3, 2, 1, 2, 13, 10, False),  # dilated: one run per tap
-    (37, 37, 3, 1, 1, 1, 6, 7, True),  # depthwise, channel tail
-    (32, 32, 3, 2, 1, 1, 9, 9, True),
+    (3, 16, 3, 2, 1, 1, 9, 11, 1),  # the stem: runs of 3 codes, the gather path
+    (8, 7, 1, 1, 0, 1, 5, 6, 1),  # 1x1, N < 16
+    (16, 33, 3, 1, 1, 1, 7, 7, 1),  # N past a tile
+    (64, 20, 3, 1, 1, 1, 6, 5, 1),  # C % 64 == 0: the implicit GEMM applies
+    (12, 24, 3, 2, 1, 2, 13, 10, 1),  # dilated: one run per tap
+    (37, 37, 3, 1, 1, 1, 6, 7, 37),  # depthwise, channel tail
+    (32, 32, 3, 2, 1, 1, 9, 9, 32),
+    (8, 32, 3, 1, 1, 1, 7, 6, 2),  # grouped, 4 channels per group: read in place on AVX2
+    (6, 48, 3, 2, 1, 1, 7, 9, 3),  # grouped, 2 channels per group: gathered
+    (64, 64, 3, 1, 1, 1, 6, 5, 4),  # grouped with C % 64 == 0: no implicit GEMM
 ]
 
 
 def _case(case, gen, batch=3, relu=False):
-    c, n, k, s, p, d, h, w, dwise = case
+    c, n, k, s, p, d, h, w, groups = case
     xs = torch.randint(0 if relu else -127, 128, (batch, h, w, c), dtype=torch.int8, generator=gen)
-    k_in = k * k * (1 if dwise else c)
+    k_in = k * k * (c // groups)
     q, sc = quantize_per_channel_int8(torch.randn(n, k_in, generator=gen))
     pk = pack_int8(q, sc)
     bias = torch.randn(n, generator=gen)
-    return xs, q, sc, pk, bias, (k, k, s, s, p, p, d, d), dwise
+    return xs, q, sc, pk, bias, (k, k, s, s, p, p, d, d), groups
 
 
-def _run(xs, pk, bias, n, geom, dwise, out_scale, lo, hi, res=None, res_scale=0.0, emu=False):
+def _run(xs, pk, bias, n, geom, groups, out_scale, lo, hi, res=None, res_scale=0.0, emu=False):
     return ops.conv_static_cpu(
-        xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, geom, dwise, out_scale, lo, hi,
+        xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, geom, groups, out_scale, lo, hi,
         res, res_scale, emulate_implicit=emu,
     )  # fmt: skip
 
@@ -49,11 +52,11 @@ def _ho_wo(xs, geom):
 @pytest.mark.parametrize("epilogue", ["fp32", "codes", "relu", "residual_relu", "relu6"])
 @pytest.mark.parametrize("case", CASES)
 def test_conv_every_isa_matches_ref(isa, case, epilogue, gen, c_ref):
-    xs, q, sc, pk, bias, geom, dwise = _case(case, gen, relu=epilogue == "relu")
+    xs, q, sc, pk, bias, geom, groups = _case(case, gen, relu=epilogue == "relu")
     n = q.shape[0]
     out_scale, lo, hi, res, rs = 0.0, -127.0, 127.0, None, 0.0
     if epilogue != "fp32":
-        y32 = _run(xs, pk, bias, n, geom, dwise, 0.0, 0, 0)
+        y32 = _run(xs, pk, bias, n, geom, groups, 0.0, 0, 0)
         out_scale = float(y32.abs().amax()) / 127 * 0.8  # some values clip
         lo = 0.0 if "relu" in epilogue else -127.0
         hi = round(6.0 / out_scale) if epilogue == "relu6" else 127.0
@@ -61,10 +64,10 @@ def test_conv_every_isa_matches_ref(isa, case, epilogue, gen, c_ref):
         res = torch.randint(-127, 128, (xs.shape[0], *_ho_wo(xs, geom), n), dtype=torch.int8,
                             generator=gen)  # fmt: skip
         rs = out_scale * 0.7
-    run = lambda: _run(xs, pk, bias, n, geom, dwise, out_scale, lo, hi, res, rs)  # noqa: E731
+    run = lambda: _run(xs, pk, bias, n, geom, groups, out_scale, lo, hi, res, rs)  # noqa: E731
     y = run()
     assert torch.equal(y, c_ref(run))
-    ref = ops.conv_static_ref(xs, 0.02, q, sc, bias, geom, dwise, out_scale, lo, hi, res, rs)
+    ref = ops.conv_static_ref(xs, 0.02, q, sc, bias, geom, groups, out_scale, lo, hi, res, rs)
     if epilogue == "fp32":
         torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
     else:
@@ -77,7 +80,7 @@ def test_conv_every_isa_matches_ref(isa, case, epilogue, gen, c_ref):
 
 @pytest.mark.parametrize("epilogue", ["fp32", "residual_relu"])
 def test_conv_implicit_gemm_emulated_matches(epilogue, gen):
-    xs, q, sc, pk, bias, geom, dwise = _case(CASES[3], gen)
+    xs, q, sc, pk, bias, geom, groups = _case(CASES[3], gen)
     n = q.shape[0]
     out_scale, res, rs = 0.0, None, 0.0
     if epilogue != "fp32":
@@ -85,7 +88,7 @@ def test_conv_implicit_gemm_emulated_matches(epilogue, gen):
         res = torch.randint(-127, 128, (xs.shape[0], *_ho_wo(xs, geom), n), dtype=torch.int8,
                             generator=gen)  # fmt: skip
         rs = 0.03
-    args = (xs, pk, bias, n, geom, dwise, out_scale, 0.0, 127.0, res, rs)
+    args = (xs, pk, bias, n, geom, groups, out_scale, 0.0, 127.0, res, rs)
     assert torch.equal(_run(*args, emu=True), _run(*args))
 
 
@@ -168,22 +171,22 @@ def test_conv_reads_fewer_channels_as_zero_padded(isa, gen, c_ref):
     pk = pack_int8(q, sc)
     g = [7, 7, 2, 2, 3, 3, 1, 1]
     run = lambda x, ch: ops.conv_static_cpu(  # noqa: E731
-        x, 0.02, pk.packed, pk.colsum, pk.scale, None, 16, g, False, 0.05, -127.0, 127.0,
+        x, 0.02, pk.packed, pk.colsum, pk.scale, None, 16, g, 1, 0.05, -127.0, 127.0,
         None, 0.0, channels=ch,
     )  # fmt: skip
     y = run(xs, 4)
     padded = torch.nn.functional.pad(xs, (0, 1))
     assert torch.equal(y, run(padded, 0))
     assert torch.equal(y, c_ref(lambda: run(xs, 4)))
-    ref = ops._conv_ref_call(xs, 0.02, pk.packed, pk.scale, None, 16, g, False, 0.05, -127.0,
+    ref = ops._conv_ref_call(xs, 0.02, pk.packed, pk.scale, None, 16, g, 1, 0.05, -127.0,
                              127.0, None, 0.0, 4)  # fmt: skip
     assert int((y.int() - ref.int()).abs().max()) <= 1
 
 
 def test_the_public_op_checks_sizes(gen):
-    xs, q, sc, pk, bias, geom, dwise = _case(CASES[2], gen)
+    xs, q, sc, pk, bias, geom, groups = _case(CASES[2], gen)
     n = q.shape[0]
-    args = [xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, list(geom), dwise, 0.05, -127.0,
+    args = [xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, list(geom), groups, 0.05, -127.0,
             127.0, None, 0.0]  # fmt: skip
     assert ops.conv_w8a8_static(*args).shape[3] == n
     for i, bad, what in [

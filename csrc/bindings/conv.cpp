@@ -73,7 +73,7 @@ void bind_conv(py::module_& m) {
          int64_t C, int64_t kh,
          int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
          int64_t Ho, int64_t Wo, addr w, addr colsum, addr w_scale, int64_t N, addr bias,
-         bool depthwise, addr y, addr q, float inv_scale, float lo, float hi, addr res,
+         int64_t groups, addr y, addr q, float inv_scale, float lo, float hi, addr res,
          float res_scale, int path, int nthreads) {
         const conv::Requant out{ptr<int8_t>(q), N, inv_scale, lo, hi, ptr<const int8_t>(res), N,
                                 res_scale};
@@ -85,18 +85,19 @@ void bind_conv(py::module_& m) {
         c.xs_scale = xs_scale;
         c.xs_channels = xs_channels;
         c.out = q ? &out : nullptr;
-        if (depthwise) return conv::run_dw_w8a8(c);
+        if (groups > 1 && groups == C) return conv::run_dw_w8a8(c);  // depthwise
+        c.groups = groups;
         conv::run_w8a8(c, path == 1 ? conv::Path::EmulatedImplicit : conv::Path::Auto);
       },
       py::arg("xs"), py::arg("xs_scale"), py::arg("xs_channels"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("C"),
       py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
       py::arg("dh"), py::arg("dw"), py::arg("Ho"), py::arg("Wo"), py::arg("w"),
       py::arg("colsum"), py::arg("w_scale"), py::arg("N"), py::arg("bias"),
-      py::arg("depthwise"), py::arg("y"), py::arg("q"), py::arg("inv_scale"), py::arg("lo"),
+      py::arg("groups"), py::arg("y"), py::arg("q"), py::arg("inv_scale"), py::arg("lo"),
       py::arg("hi"), py::arg("res"), py::arg("res_scale"), py::arg("path"), py::arg("nthreads"),
       nogil(),
-      "The static int8 pipeline's convolution (dense, or depthwise: arguments as conv_w8a8 / "
-      "conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale, xs_channels <= C codes per pixel "
+      "The static int8 pipeline's convolution (dense, grouped, or depthwise when groups == C: "
+      "arguments as conv_w8a8 / conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale, xs_channels <= C codes per pixel "
       "(the rest zero; 0: C). Output: y fp32 NHWC, or (q != 0) s8 "
       "codes q = nearbyint(clamp((y + res * res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] "
       "codes or 0; NaN -> 0). path 1: the AMX implicit GEMM emulated (tests).");
@@ -105,7 +106,7 @@ void bind_conv(py::module_& m) {
                              "conv_w8a8_static's fixed arguments (one layer's), for run().")
       .def(py::init([](float xs_scale, int64_t xs_channels, int64_t C, int64_t kh, int64_t kw,
                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                       addr w, addr colsum, addr w_scale, int64_t N, addr bias, bool depthwise,
+                       addr w, addr colsum, addr w_scale, int64_t N, addr bias, int64_t groups,
                        float inv_scale, float lo, float hi, float res_scale) {
              StaticConvPlan p;
              p.c = conv::ConvW8A8Args{nullptr, 0, 0, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, 0, 0,
@@ -114,18 +115,19 @@ void bind_conv(py::module_& m) {
                                       nullptr, 1};
              p.c.xs_scale = xs_scale;
              p.c.xs_channels = xs_channels;
-             p.depthwise = depthwise;
+             p.depthwise = groups > 1 && groups == C;
+             p.c.groups = p.depthwise ? 1 : groups;
              p.out = conv::Requant{nullptr, N, inv_scale, lo, hi, nullptr, N, res_scale};
              return p;
            }),
            py::arg("xs_scale"), py::arg("xs_channels"), py::arg("C"), py::arg("kh"),
            py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
            py::arg("dh"), py::arg("dw"), py::arg("w"), py::arg("colsum"), py::arg("w_scale"),
-           py::arg("N"), py::arg("bias"), py::arg("depthwise"), py::arg("inv_scale"),
+           py::arg("N"), py::arg("bias"), py::arg("groups"), py::arg("inv_scale"),
            py::arg("lo"), py::arg("hi"), py::arg("res_scale"),
            "xs_scale: the input codes' scale; C channels per pixel read of which xs_channels "
            "come from xs (the rest zero); the kernel geometry; the packed weight (w, colsum, "
-           "w_scale) of N outputs, bias fp32 [N] or 0; inv_scale: 1 / the output scale (0: "
+           "w_scale) of N outputs, bias fp32 [N] or 0; groups (depthwise when C); inv_scale: 1 / the output scale (0: "
            "fp32 out); lo / hi: the code bounds; res_scale: the residual codes' scale. The plan "
            "holds these addresses: the tensors must outlive it.")
       .def(

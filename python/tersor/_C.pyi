@@ -26,7 +26,7 @@ class StaticConvPlan:
         w_scale: int,
         N: int,
         bias: int,
-        depthwise: bool,
+        groups: int,
         inv_scale: float,
         lo: float,
         hi: float,
@@ -34,9 +34,9 @@ class StaticConvPlan:
     ) -> None:
         """xs_scale: the input codes' scale; C channels per pixel read of which xs_channels come
         from xs (the rest zero); the kernel geometry; the packed weight (w, colsum, w_scale) of
-        N outputs, bias fp32 [N] or 0; inv_scale: 1 / the output scale (0: fp32 out); lo / hi:
-        the code bounds; res_scale: the residual codes' scale. The plan holds these addresses:
-        the tensors must outlive it."""
+        N outputs, bias fp32 [N] or 0; groups (depthwise when C); inv_scale: 1 / the output
+        scale (0: fp32 out); lo / hi: the code bounds; res_scale: the residual codes' scale. The
+        plan holds these addresses: the tensors must outlive it."""
     def run(
         self,
         xs: int,
@@ -229,7 +229,7 @@ def conv_w8a8_static(
     w_scale: int,
     N: int,
     bias: int,
-    depthwise: bool,
+    groups: int,
     y: int,
     q: int,
     inv_scale: float,
@@ -240,11 +240,11 @@ def conv_w8a8_static(
     path: int,
     nthreads: int,
 ) -> None:
-    """The static int8 pipeline's convolution (dense, or depthwise: arguments as conv_w8a8 /
-    conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale, xs_channels <= C codes per pixel (the
-    rest zero; 0: C). Output: y fp32 NHWC, or (q != 0) s8 codes q = nearbyint(clamp((y + res *
-    res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] codes or 0; NaN -> 0). path 1: the AMX
-    implicit GEMM emulated (tests)."""
+    """The static int8 pipeline's convolution (dense, grouped, or depthwise when groups == C:
+    arguments as conv_w8a8 / conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale, xs_channels <= C
+    codes per pixel (the rest zero; 0: C). Output: y fp32 NHWC, or (q != 0) s8 codes q =
+    nearbyint(clamp((y + res * res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] codes or 0; NaN
+    -> 0). path 1: the AMX implicit GEMM emulated (tests)."""
 
 def convert_rows(
     src: int,

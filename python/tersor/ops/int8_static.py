@@ -1,7 +1,7 @@
 """The kernels of the static int8 pipeline (``tersor.static_int8``), on s8 codes with one fixed
 scale per tensor (zero point 0), channels-last:
 
-``tersor::conv_w8a8_static``  a W8A8 convolution (dense or depthwise; a Linear is its 1x1 case)
+``tersor::conv_w8a8_static``  a W8A8 convolution (dense, grouped or depthwise; a Linear is its 1x1 case)
                               from codes, to codes at the next scale (bias, ReLU / clamp and a
                               residual add fused, csrc/conv/requant.h) or to fp32
 ``tersor::pool_s8``           max / average / adaptive-average pooling of codes (the scale is
@@ -71,11 +71,12 @@ def quantize(x: torch.Tensor, scale: float, lo: float = -QMAX, hi: float = QMAX)
 
 
 def conv_static_cpu(
-    xs, xs_scale, packed, colsum, w_scale, bias, n, geometry, depthwise,
+    xs, xs_scale, packed, colsum, w_scale, bias, n, geometry, groups,
     out_scale, lo, hi, res, res_scale, emulate_implicit=False, channels=0,
 ):  # fmt: skip
     """xs: s8 NHWC [B, H, W, C'] contiguous, read as `channels` >= C' (zero codes after C';
-    0: C'); out_scale 0: fp32 output, else codes."""
+    0: C'); groups: 1, a grouped convolution, or C (depthwise); out_scale 0: fp32 output, else
+    codes."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     b, h, w, xc = xs.shape
     c = max(channels, xc)
@@ -84,7 +85,7 @@ def conv_static_cpu(
     y = torch.empty(b, ho, wo, n, dtype=torch.int8 if codes else torch.float32)
     _C.conv_w8a8_static(
         xs.data_ptr(), xs_scale, xc, b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
-        packed.data_ptr(), colsum.data_ptr(), w_scale.data_ptr(), n, ptr(bias), depthwise,
+        packed.data_ptr(), colsum.data_ptr(), w_scale.data_ptr(), n, ptr(bias), groups,
         0 if codes else y.data_ptr(), y.data_ptr() if codes else 0,
         1.0 / out_scale if codes else 0.0, lo, hi, ptr(res), res_scale,
         1 if emulate_implicit else 0, torch.get_num_threads(),
@@ -93,15 +94,13 @@ def conv_static_cpu(
 
 
 def conv_static_ref(
-    xs, xs_scale, q, w_scale, bias, geometry, depthwise, out_scale, lo, hi, res, res_scale
+    xs, xs_scale, q, w_scale, bias, geometry, groups, out_scale, lo, hi, res, res_scale
 ):
     """The rule in torch (csrc/conv/requant.h): integer sums exact (fp64); fp32 output
     y = acc * (sx * sw) + bias; codes: the output scale folded into fp32 per-column factors
     m = (sx * sw) / s_out, c = bias / s_out, then y = acc * m + c, the residual's
     res * (s_res / s_out) added, each step rounded to fp32 once (fp64 inside)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    c = xs.shape[3]
-    groups = c if depthwise else 1
     wq = q.view(q.shape[0], kh, kw, -1).permute(0, 3, 1, 2).to(torch.float64)
     acc = torch.nn.functional.conv2d(
         xs.permute(0, 3, 1, 2).to(torch.float64), wq, None, (sh, sw), (ph, pw), (dh, dw), groups
@@ -131,7 +130,7 @@ def conv_w8a8_static(
     bias: Optional[torch.Tensor],
     out_channels: int,
     geometry: list[int],
-    depthwise: bool,
+    groups: int,
     out_scale: float,
     lo: float,
     hi: float,
@@ -140,14 +139,16 @@ def conv_w8a8_static(
     channels: int = 0,
     kernel_pref: str = "auto",
 ) -> torch.Tensor:
-    """Any device: the torch reference (conv_static_ref). channels: as conv_static_cpu."""
+    """Any device: the torch reference (conv_static_ref). channels, groups: as
+    conv_static_cpu."""
+    _check_static(xs, packed, w_scale, bias, out_channels, geometry, groups, res, channels)
     return _conv_ref_call(
-        xs, xs_scale, packed, w_scale, bias, out_channels, geometry, depthwise, out_scale, lo,
+        xs, xs_scale, packed, w_scale, bias, out_channels, geometry, groups, out_scale, lo,
         hi, res, res_scale, channels,
     )  # fmt: skip
 
 
-def _check_static(xs, packed, w_scale, bias, n, geometry, depthwise, res, channels):
+def _check_static(xs, packed, w_scale, bias, n, geometry, groups, res, channels):
     """What the native kernel trusts, checked (the op is public: a direct caller's sizes)."""
     op = "tersor::conv_w8a8_static"
     check(len(geometry) == 8, f"{op}: geometry must be [kh, kw, sh, sw, ph, pw, dh, dw]")
@@ -155,7 +156,12 @@ def _check_static(xs, packed, w_scale, bias, n, geometry, depthwise, res, channe
           f"{xs.dtype} {tuple(xs.shape)}")  # fmt: skip
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     c = max(channels, xs.shape[3])
-    k = kh * kw * (1 if depthwise else c)
+    depthwise = groups > 1 and groups == c
+    check(groups == 1 or depthwise or (c % groups == 0 and n % groups == 0
+                                       and n // groups % 16 == 0),
+          f"{op}: groups={groups} must be 1, C={c} (depthwise) or divide C and N={n} into "
+          f"groups of a multiple of 16 outputs")  # fmt: skip
+    k = kh * kw * (c // groups)
     check(packed.dtype == torch.int8 and packed.dim() == 4
           and packed.shape[1] * 4 >= k > packed.shape[1] * 4 - 4
           and packed.shape[0] * 16 >= n > packed.shape[0] * 16 - 16,
@@ -170,38 +176,38 @@ def _check_static(xs, packed, w_scale, bias, n, geometry, depthwise, res, channe
 
 
 @conv_w8a8_static.register_kernel("cpu")
-def _(xs, xs_scale, packed, colsum, w_scale, bias, out_channels, geometry, depthwise,
+def _(xs, xs_scale, packed, colsum, w_scale, bias, out_channels, geometry, groups,
       out_scale, lo, hi, res, res_scale, channels=0, kernel_pref="auto"):  # fmt: skip
-    _check_static(xs, packed, w_scale, bias, out_channels, geometry, depthwise, res, channels)
+    _check_static(xs, packed, w_scale, bias, out_channels, geometry, groups, res, channels)
     if kernel_pref not in NATIVE:
         return _conv_ref_call(
-            xs, xs_scale, packed, w_scale, bias, out_channels, geometry, depthwise,
+            xs, xs_scale, packed, w_scale, bias, out_channels, geometry, groups,
             out_scale, lo, hi, res, res_scale, channels,
         )  # fmt: skip
     return conv_static_cpu(
         xs.contiguous(), xs_scale, packed, colsum, w_scale, bias, out_channels, geometry,
-        depthwise, out_scale, lo, hi, None if res is None else res.contiguous(), res_scale,
+        groups, out_scale, lo, hi, None if res is None else res.contiguous(), res_scale,
         channels=channels,
     )  # fmt: skip
 
 
-def _conv_ref_call(xs, xs_scale, packed, w_scale, bias, n, geometry, depthwise, out_scale, lo,
+def _conv_ref_call(xs, xs_scale, packed, w_scale, bias, n, geometry, groups, out_scale, lo,
                    hi, res, res_scale, channels=0):  # fmt: skip
     from tersor.formats.int8 import unpack_int8
 
     if channels > xs.shape[3]:
         xs = torch.nn.functional.pad(xs, (0, channels - xs.shape[3]))
     kh, kw = geometry[0], geometry[1]
-    k = kh * kw * (1 if depthwise else xs.shape[3])
+    k = kh * kw * (xs.shape[3] // groups)
     q, _ = unpack_int8(packed.cpu(), w_scale.cpu(), n, k)
     return conv_static_ref(
-        xs, xs_scale, q.to(xs.device), w_scale[:n], bias, geometry, depthwise, out_scale, lo, hi,
+        xs, xs_scale, q.to(xs.device), w_scale[:n], bias, geometry, groups, out_scale, lo, hi,
         res, res_scale,
     )  # fmt: skip
 
 
 @conv_w8a8_static.register_fake
-def _(xs, xs_scale, packed, colsum, w_scale, bias, out_channels, geometry, depthwise,
+def _(xs, xs_scale, packed, colsum, w_scale, bias, out_channels, geometry, groups,
       out_scale, lo, hi, res, res_scale, channels=0, kernel_pref="auto"):  # fmt: skip
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho, wo = _out_hw(xs.shape[1], xs.shape[2], kh, kw, sh, sw, ph, pw, dh, dw)

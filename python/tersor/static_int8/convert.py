@@ -147,9 +147,10 @@ def _conv_unsupported(m: nn.Module) -> str:
         return f"padding_mode='{m.padding_mode}': only zero padding is served"
     if isinstance(m.padding, str):
         return "padding given as a string: not served by the int8 pipeline yet"
-    if m.groups != 1 and (m.groups != m.in_channels or m.out_channels % m.in_channels):
+    if m.groups not in (1, m.in_channels) and m.out_channels // m.groups % 16:
         return (
-            f"grouped convolution ({m.in_channels // m.groups} channels per group): no int8 kernel"
+            f"grouped convolution ({m.out_channels // m.groups} outputs per group): the grouped "
+            f"kernel needs a multiple of 16"
         )
     return ""
 

@@ -108,7 +108,7 @@ class Dequantize(_Static):
 
 
 class StaticConv(_Static):
-    """A Conv2d (dense or depthwise) or Linear from codes at input_scale to codes at
+    """A Conv2d (dense, grouped or depthwise) or Linear from codes at input_scale to codes at
     output_scale, with its bias, the activation clamp and a residual add (forward's `res`,
     codes at residual_scale) fused in the kernel's epilogue. output_scale 0: fp32 out (where
     the network leaves int8), the residual and clamp then applied in torch after the kernel."""
@@ -125,20 +125,20 @@ class StaticConv(_Static):
         w = layer.weight.detach().float()
         if self.linear:
             self.geometry = [1, 1, 1, 1, 0, 0, 1, 1]
-            self.depthwise = False
+            self.groups = 1
             self.in_channels = layer.in_features
             w2 = w
         else:
             (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
             (ph, pw), (dh, dw) = layer.padding, layer.dilation
             self.geometry = [kh, kw, sh, sw, ph, pw, dh, dw]
-            self.depthwise = layer.groups != 1
+            self.groups = layer.groups
             self.in_channels = layer.in_channels
             run = kw * self.in_channels if dw == 1 else self.in_channels
             # The AVX2 kernel reads patches in place when a patch row is whole 4-code groups;
             # a 3-channel stem gets a zero 4th channel (weights here, codes in the kernel's
             # padded copy of the input) instead of a gather
-            if not self.depthwise and run % 4:
+            if self.groups == 1 and run % 4:
                 self.pad_channels = -self.in_channels % 4
                 w = F.pad(w, (0, 0, 0, 0, 0, self.pad_channels))
             w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (kh, kw, C) patch order
@@ -154,6 +154,10 @@ class StaticConv(_Static):
         )
         self.register_load_state_dict_post_hook(lambda m, _: m._pack())
         self._pack()
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels
 
     def __getstate__(self):  # copies and pickles rebuild the plan (it holds addresses)
         state = super().__getstate__()
@@ -184,7 +188,7 @@ class StaticConv(_Static):
             self._input_scale, self.in_channels, self.in_channels + self.pad_channels,
             *self.geometry, self._packed.data_ptr(), self._colsum.data_ptr(),
             self._w_scale.data_ptr(), self.out_channels,
-            0 if self.bias is None else self.bias.data_ptr(), self.depthwise,
+            0 if self.bias is None else self.bias.data_ptr(), self.groups,
             1.0 / out if out > 0 else 0.0, self._lo, self._hi, self._residual_scale,
         )  # fmt: skip
         return self._plan
@@ -210,7 +214,7 @@ class StaticConv(_Static):
         else:
             y = ops.conv_w8a8_static(
                 xs, self._input_scale, self._packed, self._colsum, self._w_scale, self.bias,
-                self.out_channels, self.geometry, self.depthwise, self._output_scale, self._lo,
+                self.out_channels, self.geometry, self.groups, self._output_scale, self._lo,
                 self._hi, rs, self._residual_scale, self.in_channels + self.pad_channels,
             )  # fmt: skip
         if self._output_scale == 0:  # fp32 out (the network leaves int8): the rest in torch
@@ -241,6 +245,7 @@ class StaticConv(_Static):
 
     def extra_repr(self):
         kind = "linear" if self.linear else ("depthwise " if self.depthwise else "") + "conv"
+        kind += f", groups={self.groups}" if self.groups > 1 and not self.depthwise else ""
         out = f"{self._output_scale:.4g}" if self._output_scale > 0 else "fp32"
         extra = f", act={self.act}" if self.act else ""
         extra += ", residual" if self._residual_scale > 0 else ""
