@@ -1,8 +1,9 @@
 """quantize_static (tersor/static_int8): whole CNNs rewritten to run int8 between layers.
 
-Graph coverage (residual adds in forward, depthwise and grouped convolutions, pooling, cat, view, functional ReLU, an op
-the pipeline does not know), the report, the model left unchanged, observers, state_dict round
-trip, torch.compile, errors, and accuracy on the digits CNN trained here."""
+Graph coverage (residual adds in forward, depthwise and grouped convolutions, pooling, cat,
+view, functional ReLU, an op the pipeline does not know), the report, the model left
+unchanged, observers, state_dict round trip, torch.compile, errors, and accuracy on the digits
+CNN trained here."""
 
 import copy
 

@@ -1,9 +1,10 @@
 """Kernels of the static int8 pipeline (csrc/conv/requant.h, csrc/int8_ops): the convolution
 from s8 codes to s8 codes (bias, clamp, residual add and requantization fused) or to fp32, dense
-(every conv path: the AVX2 direct one, the gather path, the AMX implicit GEMM emulated) and
-grouped and depthwise; pooling, add and quantize. Every ISA path bit for bit with the C ref; the C ref
-against the torch reference of the rules (codes within one of it: the fp32 epilogue against
-fp64 can round a value lying on a .5 the other way; fp32 outputs within fp32 rounding)."""
+(every conv path: the AVX2 direct one, the gather path, the AMX implicit GEMM emulated),
+grouped and depthwise; pooling, add and quantize. Every ISA path bit for bit with the C ref;
+the C ref against the torch reference of the rules (codes within one of it: the fp32 epilogue
+against fp64 can round a value lying on a .5 the other way; fp32 outputs within fp32
+rounding)."""
 
 import pytest
 import torch

@@ -1,9 +1,9 @@
 """The kernels of the static int8 pipeline (``tersor.static_int8``), on s8 codes with one fixed
 scale per tensor (zero point 0), channels-last:
 
-``tersor::conv_w8a8_static``  a W8A8 convolution (dense, grouped or depthwise; a Linear is its 1x1 case)
-                              from codes, to codes at the next scale (bias, ReLU / clamp and a
-                              residual add fused, csrc/conv/requant.h) or to fp32
+``tersor::conv_w8a8_static``  a W8A8 convolution (dense, grouped or depthwise; a Linear is its
+                              1x1 case) from codes, to codes at the next scale (bias, ReLU /
+                              clamp and a residual add fused, csrc/conv/requant.h) or to fp32
 ``tersor::pool_s8``           max / average / adaptive-average pooling of codes (the scale is
                               kept: csrc/int8_ops/int8_ops.h)
 ``tersor::add_s8``            the sum of two code tensors at a third scale (or a rescale)

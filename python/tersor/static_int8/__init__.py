@@ -4,8 +4,8 @@ between layers:
 
 - weights int8 per output channel; activation scales calibrated once (observers ``minmax``,
   ``percentile``, ``mse``: static_int8/observers.py), one per tensor, symmetric s8 codes;
-- convolutions (dense, grouped, depthwise) and linears read codes and write the next layer's codes, with
-  bias, ReLU / ReLU6 / clamp and a following residual add fused in the epilogue
+- convolutions (dense, grouped, depthwise) and linears read codes and write the next layer's
+  codes, with bias, ReLU / ReLU6 / clamp and a following residual add fused in the epilogue
   (csrc/conv/requant.h); BatchNorm folded first;
 - max / average / adaptive-average pooling, adds, concatenation, flatten / view / dropout run on
   the codes (csrc/int8_ops);
