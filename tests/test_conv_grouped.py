@@ -88,11 +88,43 @@ def test_quantize_converts_grouped_for_w8a8(gen):
     assert ((model(x) - ref).norm() / ref.norm()).item() < 0.03
     xc = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(model(xc), model(x))
-    # what the kernel cannot serve stays dense, with the reason
-    narrow = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=4))  # 8 outputs per group
+    # what the kernel cannot serve stays dense, with the reason: 3 outputs per group would
+    # need 16 groups merged into one
+    narrow = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=4))
     by = {r.fqn: r for r in tersor.quantize_(narrow, tersor.W8A8Config()).layers}
     assert "needs a multiple of 16 outputs per group" in by["0"].reason
     assert type(narrow[0]) is nn.Conv2d
+
+
+@pytest.mark.parametrize("groups,outs", [(8, 4), (4, 8), (6, 24), (16, 12)])
+def test_narrow_groups_merge_block_diagonally(groups, outs, gen, tmp_path):
+    """Groups of 4 / 8 / 24 / 12 outputs run merged by 4 / 2 / 2 / 4 (block-diagonal weights):
+    the same function as the float convolution, the checkpoint and to_float included."""
+    cin = 2 * groups
+    conv = nn.Conv2d(cin, groups * outs, 3, stride=2, padding=1, groups=groups)
+    model = nn.Sequential(conv)
+    x = torch.randn(2, cin, 9, 7, generator=gen)
+    ref = conv(x)
+    rep = tersor.quantize_(model, tersor.W8A8Config())
+    q = model[0]
+    assert len(rep.converted) == 1 and isinstance(q, QConv2d)
+    t = 16 // __import__("math").gcd(outs, 16)
+    assert q.groups == groups // t and q.out_channels // q.groups % 16 == 0
+    assert ((q(x) - ref).norm() / ref.norm()).item() < 0.03
+    # the merged weight is block-diagonal: what lies off the blocks is exactly zero
+    w = q.to_float().weight  # [N, t * cin / groups, kh, kw]
+    n, cg = groups * outs, cin // groups
+    place = torch.arange(n) // outs % t
+    for i in range(t):
+        off = torch.ones(t * cg, dtype=torch.bool)
+        off[i * cg : (i + 1) * cg] = False
+        assert (w[place == i][:, off] == 0).all()
+    torch.testing.assert_close(q.to_float()(x), ref, rtol=0.05, atol=0.05)
+    tersor.save_pretrained(model, str(tmp_path / "ck"))
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Conv2d(cin, groups * outs, 3, stride=2, padding=1, groups=groups))
+    tersor.load_pretrained(meta, str(tmp_path / "ck"))
+    assert torch.equal(meta(x), q(x))
     for config in (tersor.W8Config(), tersor.W4A8Config(group_size=-1), tersor.Sparse24Config()):
         m = _resnext_block()
         verb = tersor.sparsify_ if isinstance(config, tersor.Sparse24Config) else tersor.quantize_

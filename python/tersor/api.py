@@ -209,8 +209,8 @@ def _gemm_weight(m: nn.Module, widen: bool = True) -> torch.Tensor:
 def _gemm_shape(m: nn.Module) -> tuple:
     """(N, K) of _gemm_weight(m), without building it."""
     w = m.weight
-    if isinstance(m, nn.Conv2d):
-        return w.shape[0], w[0].numel()
+    if isinstance(m, nn.Conv2d):  # merged narrow groups: QConv2d.kernel_groups
+        return w.shape[0], w[0].numel() * (m.groups // QConv2d.kernel_groups(m))
     return tuple(w.shape[::-1]) if _is_hf_conv1d(m) else tuple(w.shape)
 
 

@@ -291,7 +291,10 @@ CONV_LAYERS = {
     "mbv2.dw192.28": (192, 192, 28, 3, 1, 192),
     "mbv2.dw576.14": (576, 576, 14, 3, 1, 576),
     "mbv2.dw960.7": (960, 960, 7, 3, 1, 960),
-    # ResNeXt-50 32x4d's grouped 3x3 layers of stages 3 and 4 (32 groups of 16 / 32 channels)
+    # ResNeXt-50 32x4d's grouped 3x3 layers (32 groups of 4, 8, 16, 32 channels; groups of 4
+    # and 8 run merged into groups of 16: QConv2d.kernel_groups)
+    "rnx50.g32x4.56": (128, 128, 56, 3, 1, 32),
+    "rnx50.g32x8.28": (256, 256, 28, 3, 1, 32),
     "rnx50.g32x16.14": (512, 512, 14, 3, 1, 32),
     "rnx50.g32x32.7": (1024, 1024, 7, 3, 1, 32),
 }
