@@ -54,8 +54,8 @@ struct ConvW8A8Args {
   // of 16, so the packed weight's 16-column blocks never straddle two groups (nn/qconv.py
   // merges narrower groups block-diagonally). w: the [N][kh * kw * C / groups] packed weight.
   int64_t groups = 1;
-  // What a path reads and writes (run_w8a8 sets them per group): codes c0 .. c0 + cg of each
-  // pixel (cg 0: all C), output rows ldy apart (0: N).
+  // What a path reads and writes (for_each_group sets them per group): codes c0 .. c0 + cg of
+  // each pixel (cg 0: all C), output rows ldy apart (0: N).
   int64_t c0 = 0, cg = 0, ldy = 0;
 };
 
@@ -97,12 +97,16 @@ struct ConvCall {
   const ConvW8A8Args& c;
   const QuantizedInput& in;
 };
+// fn(k), or for a grouped convolution fn once per group: a plain convolution over the group's
+// channel slice (c0, cg) writing its columns of w / colsum / w_scale / bias / y / out.
+void for_each_group(const ConvCall& k, void (*fn)(const ConvCall&));
 // Generic (ref and AVX-512): patch rows gathered for gemm_w8a8::run_rows, which dispatches.
 void run_w8a8_generic(const ConvCall& k);
 void run_w8a8_amx(const ConvCall& k);
 // AVX2: the patches read in place from xq (no gather) when every run of codes is a multiple of
-// 4 long (kw * C, or C when dilated), requantized (c.out) one row block at a time; the gather
-// path otherwise (the 3-channel stem).
+// 4 long (kw * C, or C when dilated, or C / groups), requantized (c.out) one row block at a
+// time, every group of a grouped convolution in the same pass; the gather path otherwise (the
+// 3-channel stem).
 void run_w8a8_avx2(const ConvCall& k);
 // fn(k) as it is without c.out; with it, fn writes fp32 into a scratch [M][N] that requant_all
 // then turns into codes (the paths without a fused requantization).

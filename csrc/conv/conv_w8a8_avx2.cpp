@@ -24,11 +24,12 @@ void run_w8a8_avx2(const ConvCall& k) {
   using gemm_w8a8::avx2::kMR;
   const ConvW8A8Args& c = k.c;
   const QuantizedInput& in = k.in;
-  const int64_t cg = patch_channels(c);
+  const int64_t cg = c.groups > 1 ? c.C / c.groups : patch_channels(c);
   const bool whole_rows = c.dw == 1 && cg == c.C;  // a kernel row's taps: one run of codes
   const int64_t run = whole_rows ? c.kw * c.C : cg;
   // a 4-code group would straddle two runs; non-finite factors: the NaN rule of requant.h
-  if (run % 4 != 0 || (c.out && !c.out->folded_finite)) return run_unfused(k, run_w8a8_generic);
+  if (run % 4 != 0 || (c.out && !c.out->folded_finite))
+    return for_each_group(k, [](const ConvCall& g) { run_unfused(g, run_w8a8_generic); });
 
   const int64_t M = c.B * c.Ho * c.Wo, K = c.kh * c.kw * cg;  // K % 4 == 0 here
   std::vector<int64_t> run_offset;
@@ -58,6 +59,10 @@ void run_w8a8_avx2(const ConvCall& k) {
     block.n_runs = static_cast<int64_t>(run_offset.size());
     block.run_groups = run / 4;
     block.codes = c.out ? &codes : nullptr;
+    if (c.groups > 1) {  // N / groups is a multiple of 16: a column block lies in one group
+      block.group_cols = c.N / c.groups;
+      block.group_bytes = cg;
+    }
   });
 }
 

@@ -194,11 +194,43 @@ void run_unfused(const ConvCall& k, void (*fn)(const ConvCall&)) {
   requant_all(*k.c.out, y.get(), M, k.c.N, k.c.nthreads);
 }
 
+void for_each_group(const ConvCall& k, void (*fn)(const ConvCall&)) {
+  const ConvW8A8Args& c = k.c;
+  if (c.groups == 1) return fn(k);
+  // each group a plain convolution over its channel slice, on the input quantized once (one
+  // scale per image, as ungrouped), its output columns in place
+  const int64_t cg = c.C / c.groups, ng = c.N / c.groups;
+  const int64_t Kp = round_up(c.kh * c.kw * cg, 4);
+  Requant out;
+  for (int64_t gi = 0; gi < c.groups; ++gi) {
+    ConvW8A8Args g = c;
+    g.groups = 1;
+    g.c0 = gi * cg;
+    g.cg = cg;
+    g.N = ng;
+    g.ldy = c.N;
+    g.w = c.w + gi * ng * Kp;  // ng / 16 column blocks of 16 * Kp bytes (common/formats.h)
+    g.colsum = c.colsum + gi * ng;
+    g.w_scale = c.w_scale + gi * ng;
+    if (c.bias) g.bias = c.bias + gi * ng;
+    if (c.y) g.y = c.y + gi * ng;
+    if (c.out) {
+      out = *c.out;
+      out.q += gi * ng;
+      if (out.res) out.res += gi * ng;
+      g.out = &out;
+    }
+    fn(ConvCall{g, k.in});
+  }
+}
+
 namespace {
 void run_emulated_implicit(const ConvCall& k) { implicit_gemm<EmulatedTiles>(k.c, k.in); }
 void run_generic_unfused(const ConvCall& k) { run_unfused(k, run_w8a8_generic); }
+void run_generic_grouped(const ConvCall& k) { for_each_group(k, run_generic_unfused); }
 #if defined(TERSOR_X86)
 void run_amx_unfused(const ConvCall& k) { run_unfused(k, run_w8a8_amx); }
+void run_amx_grouped(const ConvCall& k) { for_each_group(k, run_amx_unfused); }
 #endif
 }  // namespace
 
@@ -223,37 +255,10 @@ void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
   const PreparedInput prepared(c, path == Path::Auto && active_isa() != Isa::Amx);
   const QuantizedInput& in = prepared.in;
   if (path == Path::EmulatedImplicit) return run_unfused(ConvCall{c, in}, run_emulated_implicit);
-  // AVX-512 without AMX runs the generic path (its GEMM dispatches to the VNNI kernel)
-  auto run = [&in](const ConvW8A8Args& g) {
-    dispatch_isa(ConvCall{g, in}, run_generic_unfused, TERSOR_X86_FN(run_w8a8_avx2),
-                 TERSOR_X86_FN(run_generic_unfused), TERSOR_X86_FN(run_amx_unfused));
-  };
-  if (c.groups == 1) return run(c);
-  // a grouped convolution: each group a plain one over its channel slice, on the input
-  // quantized once (one scale per image, as ungrouped), its output columns in place
-  const int64_t cg = c.C / c.groups, ng = c.N / c.groups;
-  const int64_t Kp = round_up(c.kh * c.kw * cg, 4);
-  Requant out;
-  for (int64_t gi = 0; gi < c.groups; ++gi) {
-    ConvW8A8Args g = c;
-    g.groups = 1;
-    g.c0 = gi * cg;
-    g.cg = cg;
-    g.N = ng;
-    g.ldy = c.N;
-    g.w = c.w + gi * ng * Kp;  // ng / 16 column blocks of 16 * Kp bytes (common/formats.h)
-    g.colsum = c.colsum + gi * ng;
-    g.w_scale = c.w_scale + gi * ng;
-    if (c.bias) g.bias = c.bias + gi * ng;
-    if (c.y) g.y = c.y + gi * ng;
-    if (c.out) {
-      out = *c.out;
-      out.q += gi * ng;
-      if (out.res) out.res += gi * ng;
-      g.out = &out;
-    }
-    run(g);
-  }
+  // AVX-512 without AMX runs the generic path (its GEMM dispatches to the VNNI kernel); AVX2
+  // runs every group in one pass over the rows, the others a group at a time
+  dispatch_isa(ConvCall{c, in}, run_generic_grouped, TERSOR_X86_FN(run_w8a8_avx2),
+               TERSOR_X86_FN(run_generic_grouped), TERSOR_X86_FN(run_amx_grouped));
 }
 }  // namespace
 

@@ -162,6 +162,9 @@ struct RowBlock {
   const int64_t* run_offset = nullptr;     // ARows' fields, shared by every row
   int64_t n_runs = 0, run_groups = 0;
   const CodesOut* codes = nullptr;  // codes out (the static pipeline), or fp32 to a.y
+  // A grouped convolution: column block b reads its rows group_bytes * (16 b / group_cols)
+  // further on (its group's channels); group_cols 0: every block reads the rows as given.
+  int64_t group_cols = 0, group_bytes = 0;
 };
 
 // Large M, inside an OpenMP parallel region: threads split the rows in blocks of
@@ -196,9 +199,11 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
     prepared = rb;
     const int64_t blk1 = std::min(n_blocks, (chunk + 1) * per_chunk);
     for (int64_t blk = chunk * per_chunk; blk < blk1; ++blk) {
+      const int64_t shift = block.group_cols ? blk * 16 / block.group_cols * block.group_bytes : 0;
+      auto at = [shift](const uint8_t* p) { return p ? p + shift : p; };  // unused ones are null
       for (int64_t m = m0; m < m1; m += kMR) {
         const uint8_t* const* r = block.row + (m - m0);
-        const ARows src{{r[0], r[1], r[2], r[3]}, block.run_offset, block.n_runs,
+        const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.run_offset, block.n_runs,
                         block.run_groups};
         const TileOut out{a.y + m * a.ldy, a.ldy, block.codes, m};
         run_tile(static_cast<int>(std::min<int64_t>(kMR, m1 - m)),
