@@ -102,14 +102,15 @@ def test_graph_ops_on_codes_and_fp32_fallback(gen):
 
 
 class _ResNeXtish(nn.Module):
-    """A stem and one ResNeXt bottleneck (grouped 3x3: 2 groups of 16), the skip in forward."""
+    """A stem and one ResNeXt bottleneck (grouped 3x3: `groups` groups of 32 / groups), the
+    skip in forward."""
 
-    def __init__(self):
+    def __init__(self, groups=2):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
         self.reduce = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
         self.grouped = nn.Sequential(
-            nn.Conv2d(32, 32, 3, padding=1, groups=2), nn.BatchNorm2d(32), nn.ReLU()
+            nn.Conv2d(32, 32, 3, padding=1, groups=groups), nn.BatchNorm2d(32), nn.ReLU()
         )
         self.expand = nn.Sequential(nn.Conv2d(32, 16, 1), nn.BatchNorm2d(16))
         self.fc = nn.Linear(16, 4)
@@ -121,9 +122,10 @@ class _ResNeXtish(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
 
 
-def test_grouped_convolution_runs_int8(gen):
+@pytest.mark.parametrize("groups", [2, 8])  # 16 outputs per group; 4, run as 2 merged groups
+def test_grouped_convolution_runs_int8(groups, gen):
     torch.manual_seed(0)
-    model = _randomize_bn(_ResNeXtish(), gen)
+    model = _randomize_bn(_ResNeXtish(groups), gen)
     cal = [torch.randn(2, 3, 16, 16, generator=gen) for _ in range(2)]
     q = tersor.quantize_static(model, tersor.W8A8StaticConfig(), calibration=cal)
     rep = q.tersor_report

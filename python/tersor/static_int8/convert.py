@@ -30,6 +30,7 @@ from torch.fx.operator_schemas import normalize_function
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tersor.calibration.data import calls
+from tersor.nn.qconv import MAX_GROUP_MERGE, QConv2d
 from tersor.ops import int8_static as ops
 from tersor.static_int8 import modules as M
 from tersor.static_int8.observers import Observer
@@ -147,10 +148,10 @@ def _conv_unsupported(m: nn.Module) -> str:
         return f"padding_mode='{m.padding_mode}': only zero padding is served"
     if isinstance(m.padding, str):
         return "padding given as a string: not served by the int8 pipeline yet"
-    if m.groups not in (1, m.in_channels) and m.out_channels // m.groups % 16:
+    if m.groups not in (1, m.in_channels) and m.out_channels // QConv2d.kernel_groups(m) % 16:
         return (
             f"grouped convolution ({m.out_channels // m.groups} outputs per group): the grouped "
-            f"kernel needs a multiple of 16"
+            f"kernel needs a multiple of 16 (or up to {MAX_GROUP_MERGE} groups merged into one)"
         )
     return ""
 

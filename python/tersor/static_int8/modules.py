@@ -17,6 +17,7 @@ from torch import nn
 
 from tersor import _C
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
+from tersor.nn.qconv import QConv2d
 from tersor.ops import int8_static as ops
 from tersor.ops._common import QMAX, eager
 
@@ -132,7 +133,7 @@ class StaticConv(_Static):
             (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
             (ph, pw), (dh, dw) = layer.padding, layer.dilation
             self.geometry = [kh, kw, sh, sw, ph, pw, dh, dw]
-            self.groups = layer.groups
+            self.groups = QConv2d.kernel_groups(layer)  # narrow groups merged (block-diagonal)
             self.in_channels = layer.in_channels
             run = kw * self.in_channels if dw == 1 else self.in_channels
             # The AVX2 kernel reads patches in place when a patch row is whole 4-code groups;
@@ -141,7 +142,9 @@ class StaticConv(_Static):
             if self.groups == 1 and run % 4:
                 self.pad_channels = -self.in_channels % 4
                 w = F.pad(w, (0, 0, 0, 0, 0, self.pad_channels))
-            w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (kh, kw, C) patch order
+                w2 = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (kh, kw, C) patch order
+            else:
+                w2 = QConv2d.gemm_weight(layer).float()
         self.out_channels = w.shape[0]
         q, s = quantize_per_channel_int8(w2, label)
         self.register_buffer("weight_int8", q)
