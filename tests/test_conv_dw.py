@@ -5,6 +5,7 @@ checkpoints and torch.compile."""
 
 import pytest
 import torch
+from tests.conv_layers import check_round_trips, check_w8a8_only
 from torch import nn
 
 import tersor
@@ -100,34 +101,11 @@ def test_quantize_converts_depthwise_for_w8a8_only(gen):
     xc = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(model(xc), model(x))
     assert model(xc).is_contiguous(memory_format=torch.channels_last)
-    for config in (tersor.W8Config(), tersor.W4A8Config(group_size=-1), tersor.Sparse24Config()):
-        m = _mobile_block()
-        verb = tersor.sparsify_ if isinstance(config, tersor.Sparse24Config) else tersor.quantize_
-        by = {r.fqn: r for r in verb(m, config).layers}
-        assert "only W8A8 has a depthwise kernel" in by["2"].reason
-        assert type(m[2]) is nn.Conv2d
+    check_w8a8_only(_mobile_block, 2, "depthwise")
 
 
 def test_state_dict_checkpoint_to_float_and_compile(tmp_path, gen):
-    torch.manual_seed(0)
-    model = _mobile_block()
-    tersor.quantize_(model, tersor.W8A8Config())
-    x = torch.randn(2, 8, 9, 9, generator=gen)
-    y = model(x)
-    fresh = _mobile_block()
-    tersor.quantize_(fresh, tersor.W8A8Config())
-    fresh.load_state_dict(model.state_dict())
-    assert torch.equal(fresh(x), y)
-    tersor.save_pretrained(model, str(tmp_path / "ck"))
-    with torch.device("meta"):
-        meta = _mobile_block()
-    tersor.load_pretrained(meta, str(tmp_path / "ck"))
-    assert meta[2].groups == 48 and torch.equal(meta(x), y)
-    dense = model[2].to_float()
-    assert dense.groups == 48
-    torch.testing.assert_close(dense(torch.ones(1, 48, 5, 5)).shape, torch.Size([1, 48, 3, 3]))
-    torch._dynamo.reset()
-    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), y, rtol=1e-5, atol=1e-5)
+    check_round_trips(_mobile_block, torch.randn(2, 8, 9, 9, generator=gen), 2, 48, tmp_path)
 
 
 def test_gradient_flows_through_depthwise(gen):

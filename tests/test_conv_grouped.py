@@ -5,6 +5,7 @@ strides, paddings, dilations; the layer, reports, checkpoints, torch.compile."""
 
 import pytest
 import torch
+from tests.conv_layers import check_round_trips, check_w8a8_only
 from torch import nn
 
 import tersor
@@ -125,35 +126,13 @@ def test_narrow_groups_merge_block_diagonally(groups, outs, gen, tmp_path):
         meta = nn.Sequential(nn.Conv2d(cin, groups * outs, 3, stride=2, padding=1, groups=groups))
     tersor.load_pretrained(meta, str(tmp_path / "ck"))
     assert torch.equal(meta(x), q(x))
-    for config in (tersor.W8Config(), tersor.W4A8Config(group_size=-1), tersor.Sparse24Config()):
-        m = _resnext_block()
-        verb = tersor.sparsify_ if isinstance(config, tersor.Sparse24Config) else tersor.quantize_
-        by = {r.fqn: r for r in verb(m, config).layers}
-        assert "only W8A8 has a grouped kernel" in by["2"].reason
-        assert type(m[2]) is nn.Conv2d
+    check_w8a8_only(_resnext_block, 2, "grouped")
 
 
 def test_state_dict_checkpoint_to_float_compile_and_gradient(tmp_path, gen):
-    torch.manual_seed(0)
-    model = _resnext_block()
-    tersor.quantize_(model, tersor.W8A8Config())
     x = torch.randn(2, 32, 9, 9, generator=gen)
-    y = model(x)
-    fresh = _resnext_block()
-    tersor.quantize_(fresh, tersor.W8A8Config())
-    fresh.load_state_dict(model.state_dict())
-    assert torch.equal(fresh(x), y)
-    tersor.save_pretrained(model, str(tmp_path / "ck"))
-    with torch.device("meta"):
-        meta = _resnext_block()
-    tersor.load_pretrained(meta, str(tmp_path / "ck"))
-    assert meta[2].groups == 4 and torch.equal(meta(x), y)
-    dense = model[2].to_float()
-    assert dense.groups == 4
-    h = torch.randn(1, 64, 6, 6, generator=gen)
-    torch.testing.assert_close(dense(h), model[2](h), rtol=0.05, atol=0.05)
-    torch._dynamo.reset()
-    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), y, rtol=1e-5, atol=1e-5)
+    check_round_trips(_resnext_block, x, 2, 4, tmp_path)
+    q = QConv2d.from_float(nn.Conv2d(32, 64, 3, padding=1, groups=2), tersor.W8A8Config())
     xg = x.clone().requires_grad_(True)
-    model(xg).sum().backward()
+    q(xg).sum().backward()
     assert xg.grad.shape == x.shape and torch.isfinite(xg.grad).all()

@@ -234,44 +234,13 @@ class Int8Format(WeightFormat):
 
     def conv_nhwc(self, xh, bias, geometry, kernel):
         groups = geometry[8] if len(geometry) > 8 else 1
-        if groups > 1 and (not self.act_int8 or self.input_scale is not None):
+        if not self.act_int8 or self.input_scale is not None:
             return None
-        if groups > 1 and groups < xh.shape[-1]:  # grouped: the op serves every device
-            return conv_nhwc_w8a8(
-                xh.contiguous(),
-                self.packed,
-                self.colsum,
-                self.scale,
-                bias,
-                self.out_features,
-                *geometry[:8],
-                kernel,
-                groups,
-            )
-        if groups > 1:  # depthwise: the op serves every device
-            return conv_nhwc_dw_w8a8(
-                xh.contiguous(),
-                self.packed,
-                self.scale,
-                bias,
-                self.out_features,
-                *geometry[:8],
-                kernel,
-            )
-        # the native conv on the CPU (and its reference); on a GPU the layer runs im2col GEMMs
-        if (
-            not self.act_int8
-            or not (self.on_cpu or kernel == "ref")
-            or self.input_scale is not None
-        ):
+        args = (xh.contiguous(), self.packed, self.colsum, self.scale, bias, self.out_features)
+        if groups > 1 and groups == xh.shape[-1]:  # depthwise: the op serves every device
+            return conv_nhwc_dw_w8a8(*args[:2], *args[3:], *geometry[:8], kernel)
+        # a grouped convolution: the op serves every device; a plain one natively on the CPU
+        # (and its reference), on a GPU the layer runs im2col GEMMs
+        if groups == 1 and not (self.on_cpu or kernel == "ref"):
             return None
-        return conv_nhwc_w8a8(
-            xh.contiguous(),
-            self.packed,
-            self.colsum,
-            self.scale,
-            bias,
-            self.out_features,
-            *geometry[:8],
-            kernel,
-        )
+        return conv_nhwc_w8a8(*args, *geometry[:8], kernel, groups)
