@@ -127,8 +127,8 @@ void bind_conv(py::module_& m) {
            py::arg("lo"), py::arg("hi"), py::arg("res_scale"),
            "xs_scale: the input codes' scale; C channels per pixel read of which xs_channels "
            "come from xs (the rest zero); the kernel geometry; the packed weight (w, colsum, "
-           "w_scale) of N outputs, bias fp32 [N] or 0; groups (depthwise when C); inv_scale: 1 / the output scale (0: "
-           "fp32 out); lo / hi: the code bounds; res_scale: the residual codes' scale. The plan "
+           "w_scale) of N outputs, bias fp32 [N] or 0; groups (depthwise when C); inv_scale: "
+           "1 / the output scale (0: fp32 out); lo / hi: the code bounds; res_scale: the residual codes' scale. The plan "
            "holds these addresses: the tensors must outlive it.")
       .def(
           "run",

@@ -8,9 +8,10 @@
 //   row oh*s+1   [ . . a a a . . ]   run 1 = run 0 + 1 * Wp * C
 //   row oh*s+2   [ . . a a a . . ]   run 2 = run 0 + 2 * Wp * C
 //
-// (dilated, or one group's channels of a grouped convolution: one run per tap.) The K order (kh, kw, C) of the packed weight is the
-// order of the runs, so the weight block streams as in the GEMM. This skips the patch copy
-// (~20% of the AVX2 time at 56x56, measured with perf) and the panel's trip through memory.
+// (dilated, or one group's channels of a grouped convolution: one run per tap.) The K order
+// (kh, kw, C) of the packed weight is the order of the runs, so the weight block streams as in
+// the GEMM. This skips the patch copy (~20% of the AVX2 time at 56x56, measured with perf) and
+// the panel's trip through memory.
 // In the static pipeline (c.out) the tiles write the next layer's codes directly.
 #include <vector>
 
