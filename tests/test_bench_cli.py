@@ -85,3 +85,14 @@ def test_cnn_family_converts_every_convolution(capsys):
     out = capsys.readouterr().out
     assert "52 / 52 convs converted by W8A8, 53 layers" in out
     assert "20 / 20 convs converted by W8A8, 21 layers" in out
+
+
+def test_real_shapes_preset(capsys, monkeypatch):
+    """`--shapes real` runs the real models' layer shapes (one small stand-in here)."""
+    from tersor.bench import __main__ as cli
+
+    assert all(len(s) == 2 for s in cli.REAL_SHAPES) and len(cli.REAL_SHAPES) == 24
+    assert any(k % 256 for k, _ in cli.REAL_SHAPES)  # hidden sizes that are not powers of two
+    monkeypatch.setattr(cli, "REAL_SHAPES", [(1600, 48)])
+    cli.main(["--shapes", "real", "--m", "1", "--rounds", "1", "--family", "int8"])
+    assert "K=1600 N=48" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 python -m tersor.bench                       # every shape and M of the foundation issue
 python -m tersor.bench --shapes 4096x4096 --m 1,8 --json out.json
+python -m tersor.bench --family int4 --shapes real --m 1,32   # real models' layer shapes
 python -m tersor.bench --quick               # small subset, a minute or so
 python -m tersor.bench --family int4         # 4-bit weights against torch / onnxruntime int4
 python -m tersor.bench --family sparse24     # 2:4 sparse fp32 against dense on the same weight
@@ -48,6 +49,19 @@ from tersor.bench.timing import (
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (384, 1536), (1536, 384)]  # (K, N)
 MS = [1, 8, 32, 128, 512]
+# `--shapes real`: hidden sizes 1536-8192 that are not all powers of two, with each model's MLP
+# width (ratios 2.7-4): the square attention projection, the MLP's up and its down (K, N)
+REAL_MODELS = {
+    "GPT-2 XL": (1600, 6400),
+    "Qwen2-1.5B": (1536, 8960),
+    "Phi-2": (2560, 10240),
+    "Llama-3.2-3B": (3072, 8192),
+    "Falcon-7B": (4544, 18176),
+    "Mistral-7B": (4096, 14336),
+    "Llama-2-13B": (5120, 13824),
+    "Llama-3-70B": (8192, 28672),
+}
+REAL_SHAPES = [s for h, f in REAL_MODELS.values() for s in ((h, h), (h, f), (f, h))]
 
 
 FAMILIES = {  # impl factory, tolerated relative error, the impl that is the reference (None:
@@ -208,7 +222,11 @@ def main(argv=None):
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--shapes", help="comma list of KxN (default: the five issue shapes)")
+    p.add_argument(
+        "--shapes",
+        help="comma list of KxN, or 'real' (the square, up and down layers of 8 models with "
+        "hidden sizes 1536-8192: REAL_MODELS); default: the five issue shapes",
+    )
     p.add_argument("--m", help="comma list of batch sizes M (default 1,8,32,128,512)")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--no-rotate", action="store_true", help="one weight copy (cache-flattered)")
@@ -235,6 +253,8 @@ def _run(a) -> int:
     shapes = (
         SHAPES
         if not a.shapes
+        else REAL_SHAPES
+        if a.shapes == "real"
         else [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     )
     ms = MS if not a.m else [int(v) for v in a.m.split(",")]
