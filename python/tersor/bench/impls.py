@@ -264,6 +264,10 @@ def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
     w8a8.kind = "baseline"  # the reference point for the 4-bit schemes
     out = [torch_fp32(lin, rotate), w8a8]
     for g in group_sizes:
+        if lin.in_features % g:  # GPT-2 XL's 1600 at g128: every g-group scheme, ours too
+            why = f"group size {g} does not divide K={lin.in_features}"
+            out.append(Impl(f"int4 g{g} (every implementation)", None, 0, 0, "ours", why))
+            continue
         out += [
             tersor_linear(lin, tersor.W4Config(group_size=g), rotate, f"tersor W4 g{g}"),
             tersor_linear(lin, tersor.W4A8Config(group_size=g), rotate, f"tersor W4A8 g{g}"),
