@@ -16,7 +16,8 @@ from tersor.ref.int8 import conv_w8a8_ref
 
 # (C, N, groups, k, stride, padding, dilation, H, W)
 CASES = [
-    (8, 32, 2, 3, 1, 1, 1, 7, 6),  # 4 channels per group: the AVX2 path reads them in place
+    (8, 32, 2, 3, 1, 1, 1, 7, 6),  # 4 channels per group: AVX2 / AVX-512 read them in place
+    (8, 64, 2, 3, 1, 1, 1, 7, 6),  # 2 column blocks per group: a 3-block VNNI tile stops at 2
     (12, 48, 3, 3, 2, 1, 1, 9, 8),
     (6, 32, 2, 3, 1, 1, 1, 5, 7),  # 3 channels per group: gathered
     (64, 64, 4, 3, 1, 1, 1, 6, 6),  # 16 per group, stride 1, C % 64 == 0: no implicit GEMM

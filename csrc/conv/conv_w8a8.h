@@ -16,8 +16,9 @@
 //     of q at tap (i, j) starts at pixel q + i*dh*Wp + j*dw: 16 consecutive q are 16 pixels C
 //     bytes apart, one tile load with stride C. Rows with ow >= Wo are computed and dropped
 //     (Wp / Wo extra work: 4% at 56x56, 29% at 7x7).
-//   - AVX2, runs of codes a multiple of 4 long: the register tile broadcasts each output
-//     pixel's 4-code groups straight from xq, one pointer per row: no gather, any stride.
+//   - AVX2 and AVX-512 VNNI, runs of codes a multiple of 4 long: the register tile broadcasts
+//     each output pixel's 4-code groups straight from xq, one pointer per row: no gather, any
+//     stride.
 //   - otherwise: each patch is copied as kh runs of kw * C codes (kh * kw runs of C when
 //     dilated) into the GEMM's A buffer, a block of rows at a time (gemm_w8a8::run_rows).
 // Every path computes the same integer sums and the same epilogue: results are bit-identical
@@ -100,14 +101,15 @@ struct ConvCall {
 // fn(k), or for a grouped convolution fn once per group: a plain convolution over the group's
 // channel slice (c0, cg) writing its columns of w / colsum / w_scale / bias / y / out.
 void for_each_group(const ConvCall& k, void (*fn)(const ConvCall&));
-// Generic (ref and AVX-512): patch rows gathered for gemm_w8a8::run_rows, which dispatches.
+// Generic (ref, and the other paths' fallback): patch rows gathered for gemm_w8a8::run_rows, which dispatches.
 void run_w8a8_generic(const ConvCall& k);
 void run_w8a8_amx(const ConvCall& k);
-// AVX2: the patches read in place from xq (no gather) when every run of codes is a multiple of
-// 4 long (kw * C, or C when dilated, or C / groups), requantized (c.out) one row block at a
-// time, every group of a grouped convolution in the same pass; the gather path otherwise (the
-// 3-channel stem).
+// AVX2 and AVX-512 VNNI: the patches read in place from xq (no gather, direct_rows.h) when
+// every run of codes is a multiple of 4 long (kw * C, or C when dilated, or C / groups),
+// requantized (c.out) one row block at a time, every group of a grouped convolution in the same
+// pass; the gather path otherwise (the 3-channel stem).
 void run_w8a8_avx2(const ConvCall& k);
+void run_w8a8_avx512(const ConvCall& k);
 // fn(k) as it is without c.out; with it, fn writes fp32 into a scratch [M][N] that requant_all
 // then turns into codes (the paths without a fused requantization).
 void run_unfused(const ConvCall& k, void (*fn)(const ConvCall&));

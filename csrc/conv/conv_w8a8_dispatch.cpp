@@ -255,10 +255,10 @@ void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
   const PreparedInput prepared(c, path == Path::Auto && active_isa() != Isa::Amx);
   const QuantizedInput& in = prepared.in;
   if (path == Path::EmulatedImplicit) return run_unfused(ConvCall{c, in}, run_emulated_implicit);
-  // AVX-512 without AMX runs the generic path (its GEMM dispatches to the VNNI kernel); AVX2
-  // runs every group in one pass over the rows, the others a group at a time
+  // AVX2 and AVX-512 VNNI run every group in one pass over the rows, the others a group at a
+  // time
   dispatch_isa(ConvCall{c, in}, run_generic_grouped, TERSOR_X86_FN(run_w8a8_avx2),
-               TERSOR_X86_FN(run_generic_grouped), TERSOR_X86_FN(run_amx_grouped));
+               TERSOR_X86_FN(run_w8a8_avx512), TERSOR_X86_FN(run_amx_grouped));
 }
 }  // namespace
 

@@ -25,18 +25,16 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   };
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 
-  if (a.M >= avx2::kRowsPerBlock * nt) {  // every thread gets whole row blocks
+  if (a.M >= kRowsPerBlock * nt) {  // every thread gets whole row blocks
 #pragma omp parallel num_threads(::tersor::team(nt))
     {
-      auto rows = alloc_scratch<uint8_t>(avx2::kRowsPerBlock * Kp);
+      auto rows = alloc_scratch<uint8_t>(kRowsPerBlock * Kp);
       avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1, avx2::RowBlock& block) {
         for (int64_t m = m0; m < m1; m += kMR)
           block.non_negative[(m - m0) / kMR] = quantize(
               m, std::min(m + kMR, m1), rows.get() + (m - m0) * Kp, block.sx + (m - m0));
-        for (int64_t i = 0; i < avx2::kRowsPerBlock; ++i) block.row[i] = rows.get() + i * Kp;
-        block.run_offset = &kOneRun;
-        block.n_runs = 1;
-        block.run_groups = Kp / 4;
+        for (int64_t i = 0; i < kRowsPerBlock; ++i) block.row[i] = rows.get() + i * Kp;
+        block.runs = RowRuns{&kOneRun, 1, Kp / 4};
       });
     }
     return;
@@ -55,7 +53,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
                                        rows.get() + t * kMR * Kp, sx.get() + t * kMR);
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
       const uint8_t* r = rows.get() + m0 * Kp;
-      const avx2::ARows src{{r, r + Kp, r + 2 * Kp, r + 3 * Kp}, &kOneRun, 1, Kp / 4};
+      const avx2::ARows src{{r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}};
       avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16, sx.get() + m0,
                      a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0}, blk * 16);
     });

@@ -10,12 +10,8 @@
 //    exact and the extra uops go. The caller picks the variant per tile from the codes.
 // Then vpmaddwd with ones widens the pairs to int32.
 //
-// Register tile: MR <= 4 rows x 16 columns (2 ymm each). Where the codes come from:
-//   row r's k-th 4-code group lies at  row[r] + run_offset[i] + 4 * g
-//   for run i in [0, n_runs), group g in [0, run_groups), k = (i * run_groups + g) * 4.
-//   - GEMM: row[r] = the row's Kp quantized codes, one run.
-//   - direct conv: row[r] = the output pixel's first tap in the int8 NHWC input, one run per
-//     kernel row (kw * C contiguous codes) or per tap when dilated.
+// Register tile: MR <= 4 rows x 16 columns (2 ymm each), one pointer per row (where the codes
+// come from: RowRuns in row_blocks.h).
 // The weight block is the W8Tile column block of common/formats.h: [Kp/4][16 columns][4 k].
 #pragma once
 #include <immintrin.h>
@@ -26,22 +22,11 @@
 #include "common/linear_args.h"
 #include "common/parallel.h"
 #include "common/simd.h"
+#include "gemm_w8a8/row_blocks.h"
 
 namespace tersor::gemm_w8a8::avx2 {
 
 constexpr int kMR = 4;
-
-// Codes out instead of fp32 (the static int8 pipeline, conv/requant.h after fold_output_scale:
-// a.w_scale / a.bias hold the folded factors m / c, the input scale is 1):
-//   t = fma(float(acc), m[n], c[n]);  res: t = fma(float(res), res_scale, t)
-//   q = cvt(min(max(t, lo), hi))      (round half to even; finite factors: t is never NaN)
-struct CodesOut {
-  int8_t* q;  // [M][ldq]
-  int64_t ldq;
-  const int8_t* res;  // [M][ldres] or null
-  int64_t ldres;
-  float res_scale, lo, hi;
-};
 
 template <int MR>
 static inline void store_codes_tile(const __m256i (&acc)[MR][2], const float* m_scale,
@@ -86,8 +71,7 @@ TERSOR_UNROLL
 
 struct ARows {
   const uint8_t* row[kMR];
-  const int64_t* run_offset;
-  int64_t n_runs, run_groups;
+  RowRuns runs;
 };
 
 // Where a tile's MR rows go: fp32 at y (row stride ldy), or codes (rows m.. of *codes).
@@ -107,12 +91,12 @@ static inline void tile(const ARows& src, const int8_t* wblock, const float* sx,
 TERSOR_UNROLL
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
   const int8_t* wp = wblock;
-  for (int64_t i = 0; i < src.n_runs; ++i) {
+  for (int64_t i = 0; i < src.runs.n_runs; ++i) {
     const uint8_t* ap[MR];
 TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) ap[r] = src.row[r] + src.run_offset[i];
+    for (int r = 0; r < MR; ++r) ap[r] = src.row[r] + src.runs.run_offset[i];
 #pragma GCC unroll 2  // measured 5-15% on short K (1x1 convs: 16 groups per run)
-    for (int64_t g = 0; g < src.run_groups; ++g, wp += 64) {
+    for (int64_t g = 0; g < src.runs.run_groups; ++g, wp += 64) {
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32));
       const int64_t off = 4 * g;
@@ -152,66 +136,22 @@ static inline void run_tile(int mr, bool non_negative, const ARows& src, const i
   kTiles[non_negative][mr - 1](src, wblock, sx, a, out, n0);
 }
 
-// The rows of the large-M driver below, one block of kRowsPerBlock at a time.
-constexpr int64_t kRowsPerBlock = 64;
-struct RowBlock {
-  const uint8_t* row[kRowsPerBlock] = {};  // a short tile copies the entries past its rows
-                                           // (null or stale) but never reads through them
-  float sx[kRowsPerBlock];
-  bool non_negative[kRowsPerBlock / kMR];  // per tile of kMR rows: take the plain u8 x s8 tile
-  const int64_t* run_offset = nullptr;     // ARows' fields, shared by every row
-  int64_t n_runs = 0, run_groups = 0;
-  const CodesOut* codes = nullptr;  // codes out (the static pipeline), or fp32 to a.y
-  // A grouped convolution: column block b reads its rows group_bytes * (16 b / group_cols)
-  // further on (its group's channels); group_cols 0: every block reads the rows as given.
-  int64_t group_cols = 0, group_bytes = 0;
-};
+using RowBlock = gemm_w8a8::RowBlock<kMR>;
 
-// Large M, inside an OpenMP parallel region: threads split the rows in blocks of
-// kRowsPerBlock; prepare(m0, m1, block) fills a block's row sources, then every column block
-// runs over it while its codes sit in L1/L2. The whole weight streams once per block: 64 MACs
-// per weight byte, far below what L3 delivers. When there are fewer row blocks than 8 per
-// thread (a 7x7 layer at batch 1 is one block, at batch 8 seven), each row block's columns are
-// also split in chunks, so no thread idles long at the end. A thread's items are consecutive,
-// so its chunks of one row block follow each other: prepare runs once per row block and
-// thread (the GEMM quantizes the block's rows there), and the weight still streams once per
-// row block.
+// run_row_blocks (row_blocks.h) with this tile, one column block at a time.
 template <typename Prepare>
 static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
-  const int64_t Kp = (a.K + 3) / 4 * 4, n_blocks = (a.N + 15) / 16;
-  const int64_t row_blocks = (a.M + kRowsPerBlock - 1) / kRowsPerBlock;
-#if defined(_OPENMP)
-  const int64_t nt = omp_get_num_threads();
-#else
-  const int64_t nt = 1;
-#endif
-  const int64_t chunks = std::min(n_blocks, std::max<int64_t>(1, (8 * nt + row_blocks - 1) /
-                                                                     row_blocks));
-  const int64_t per_chunk = (n_blocks + chunks - 1) / chunks;
-  int64_t t0, t1;
-  thread_range(row_blocks * chunks, &t0, &t1);
-  RowBlock block;
-  int64_t prepared = -1;  // the row block `block` holds
-  for (int64_t item = t0; item < t1; ++item) {
-    const int64_t rb = item / chunks, chunk = item % chunks;
-    const int64_t m0 = rb * kRowsPerBlock, m1 = std::min(a.M, m0 + kRowsPerBlock);
-    if (rb != prepared) prepare(m0, m1, block);
-    prepared = rb;
-    const int64_t blk1 = std::min(n_blocks, (chunk + 1) * per_chunk);
-    for (int64_t blk = chunk * per_chunk; blk < blk1; ++blk) {
-      const int64_t shift = block.group_cols ? blk * 16 / block.group_cols * block.group_bytes : 0;
-      auto at = [shift](const uint8_t* p) { return p ? p + shift : p; };  // unused ones are null
-      for (int64_t m = m0; m < m1; m += kMR) {
-        const uint8_t* const* r = block.row + (m - m0);
-        const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.run_offset, block.n_runs,
-                        block.run_groups};
+  const int64_t Kp = (a.K + 3) / 4 * 4;
+  gemm_w8a8::run_row_blocks<kMR, 1>(
+      a, prepare, [&](const RowBlock& block, int64_t m, int mr, int64_t blk, int, int64_t shift) {
+        const int64_t i = m % kRowsPerBlock;
+        auto at = [shift](const uint8_t* p) { return p ? p + shift : p; };  // unused ones: null
+        const uint8_t* const* r = block.row + i;
+        const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.runs};
         const TileOut out{a.y + m * a.ldy, a.ldy, block.codes, m};
-        run_tile(static_cast<int>(std::min<int64_t>(kMR, m1 - m)),
-                 block.non_negative[(m - m0) / kMR], src, a.w + blk * Kp * 16,
-                 block.sx + (m - m0), a, out, blk * 16);
-      }
-    }
-  }
+        run_tile(mr, block.non_negative[i / kMR], src, a.w + blk * Kp * 16, block.sx + i, a,
+                 out, blk * 16);
+      });
 }
 
 // True when no byte of p[0, n) has its sign bit set (every s8 code >= 0).
