@@ -5,8 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tersor
+from tersor import _C
 from tersor.formats.int4 import dequantize_int4, pack_int4, quantize_int4
 from tersor.ops import dequant_w4t, gemm_w4, gemm_w4a8
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS, gemm_w4_cpu
 from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
@@ -132,3 +135,52 @@ def test_w4_dense_path_for_large_batches(gen):
     torch.testing.assert_close(
         y[: m - 1], gemm_w4(x[: m - 1], p.codes, p.scale, p.zero, b, 100, G), rtol=1e-5, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("g,k", CASES)
+def test_gemm_w4_bf16(isa, g, k, m, sym, gen, c_ref):
+    """The bf16 dot-product path (csrc/gemm_w4/gemm_w4.h: vdpbf16ps where the CPU has
+    AVX512-BF16, its C ref on every other path): bit for bit the C ref, the fp64 product of the
+    bf16-rounded x and the exact weights to fp32 accumulation, and the fp32 path to the
+    rounding of x."""
+    n = 37
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    y = gemm_w4_cpu(x.t().contiguous().t(), p.codes, p.scale, p.zero, b, n, G, False, bf16=True)
+    ref = c_ref(lambda: gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=True))
+    assert torch.equal(y, ref)
+    w = dequantize_int4(q, s, z, G).double()
+    y64 = x.bfloat16().double() @ w.t() + b.double()
+    assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
+    y64_fp32_x = x.double() @ w.t() + b.double()
+    assert (y.double() - y64_fp32_x).norm() <= 2**-8 * y64_fp32_x.norm()
+
+
+def test_gemm_w4_bf16_half_inputs_and_auto_choice(gen, c_ref):
+    """bf16 activations in, bf16 out, the same bits as widening first; from BF16_MIN_ROWS rows
+    on a CPU with AVX512-BF16 the op takes this kernel for bf16 activations by itself, and
+    fp32 activations keep the fp32 kernels."""
+    m, k, n, G = 33, 256, 40, 128
+    x, q, s, z, G, b, p = make(m, k, n, G, False, gen)
+    xb = x.bfloat16()
+    y = gemm_w4_cpu(xb, p.codes, p.scale, p.zero, b, n, G, False, bf16=True)
+    assert y.dtype == torch.bfloat16
+    y32 = gemm_w4_cpu(xb.float(), p.codes, p.scale, p.zero, b, n, G, False, bf16=True)
+    assert torch.equal(y, y32.bfloat16())
+    auto = gemm_w4_cpu(xb, p.codes, p.scale, p.zero, b, n, G, False)
+    assert torch.equal(
+        auto,
+        y
+        if BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS
+        else gemm_w4_cpu(xb, p.codes, p.scale, p.zero, b, n, G, False, bf16=False),
+    )
+    fp32 = gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False)
+    assert torch.equal(fp32, gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=False))
+
+
+def test_bf16_dot_is_used_where_the_cpu_has_it(isa):
+    """has_bf16_dot() says which code ran above: the vdpbf16ps kernel exactly on the AVX-512
+    paths of a CPU with AVX512-BF16 (Zen 4, Sapphire Rapids), the C ref otherwise."""
+    feat = tersor.cpu_info()["features"].get("avx512bf16", False)
+    assert _C.has_bf16_dot() == (feat and isa in ("avx512", "amx"))

@@ -20,6 +20,7 @@ void bind_cpu(py::module_& m) {
     features["avx512f"] = f.avx512f; features["avx512bw"] = f.avx512bw;
     features["avx512vl"] = f.avx512vl; features["avx512dq"] = f.avx512dq;
     features["avx512vnni"] = f.avx512vnni;
+    features["avx512bf16"] = f.avx512bf16;
     features["amx_tile"] = f.amx_tile; features["amx_int8"] = f.amx_int8;
     features["os_amx"] = f.os_amx;
     features["os_ymm"] = f.os_ymm; features["os_zmm"] = f.os_zmm;

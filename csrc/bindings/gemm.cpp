@@ -131,6 +131,23 @@ void bind_gemm_w4(py::module_& m) {
       TERSOR_W4_ARGS, nogil(),
       (std::string(kW4Doc) + "fp32 activations, weights dequantized in registers." + kIoDoc).c_str());
   m.def(
+      "gemm_w4_bf16",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+         int nthreads, int io, addr x_scale) {
+        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
+                                    y, ldy, nthreads),
+                            io, ptr<const float>(x_scale), gemm_w4::run_bf16);
+      },
+      TERSOR_W4_ARGS, nogil(),
+      (std::string(kW4Doc) +
+       "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
+       "gemm_w4.h states the arithmetic)." + kIoDoc)
+          .c_str());
+  m.def("has_bf16_dot", &gemm_w4::bf16_available,
+        "True when this CPU has AVX512-BF16 and the active ISA path is AVX-512 or above: "
+        "gemm_w4_bf16 then runs vdpbf16ps instead of its C ref.");
+  m.def(
       "gemm_w4a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,

@@ -56,6 +56,8 @@ CpuFeatures detect() {
     f.avx512vnni = c & (1u << 11);
     f.amx_tile = d & (1u << 24);
     f.amx_int8 = d & (1u << 25);
+    __cpuid_count(7, 1, a, b, c, d);
+    f.avx512bf16 = a & (1u << 5);
   }
   if (f.amx_tile && f.amx_int8 && osxsave) {
     unsigned xlo, xhi;

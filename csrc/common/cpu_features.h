@@ -16,6 +16,7 @@ inline constexpr Isa kAllIsas[] = {Isa::Ref, Isa::Avx2, Isa::Avx512, Isa::Amx};
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512vnni = false;
+  bool avx512bf16 = false;  // vdpbf16ps (Zen 4, Cooper Lake, Sapphire Rapids on)
   bool amx_tile = false, amx_int8 = false;
   bool os_ymm = false, os_zmm = false;  // XCR0: the OS saves the wider registers
   bool os_amx = false;                  // XCR0 tile state + Linux granted this process the tiles

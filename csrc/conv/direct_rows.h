@@ -58,13 +58,22 @@ template <int MR>
 static inline void direct_rows(const ConvW8A8Args& c, const QuantizedInput& in,
                                const DirectRuns& d, const gemm_w8a8::CodesOut* codes, int64_t m0,
                                int64_t m1, gemm_w8a8::RowBlock<MR>& block) {
+  // the pixel's (b, oh, ow) counted on from m0's: three divisions per row cost more than the
+  // dot products of a layer with a short K (a 1x1 convolution over 16-32 channels, the stem)
+  int64_t b = m0 / (c.Ho * c.Wo), oh = m0 / c.Wo % c.Ho, ow = m0 % c.Wo;
   for (int64_t m = m0; m < m1; ++m) {
-    const int64_t b = m / (c.Ho * c.Wo), oh = m / c.Wo % c.Ho, ow = m % c.Wo;
     block.row[m - m0] = reinterpret_cast<const uint8_t*>(
         in.xq + ((b * in.Hp + oh * c.sh) * in.Wp + ow * c.sw) * c.C + c.c0);
     block.sx[m - m0] = in.scale[b];
     bool& non_negative = block.non_negative[(m - m0) / MR];
     non_negative = ((m - m0) % MR == 0 || non_negative) && in.non_negative[b];
+    if (++ow == c.Wo) {
+      ow = 0;
+      if (++oh == c.Ho) {
+        oh = 0;
+        ++b;
+      }
+    }
   }
   block.runs = gemm_w8a8::RowRuns{d.offsets.data(), static_cast<int64_t>(d.offsets.size()),
                                   d.run / 4};

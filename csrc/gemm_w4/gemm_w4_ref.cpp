@@ -45,4 +45,35 @@ void run_ref(const PackedW4LinearArgs& a) {
   }
 }
 
+void run_bf16_ref(const PackedW4LinearArgs& a) {
+  const int64_t G = a.group_size, k8n = a.ngroups * G / 8, Kp = a.ngroups * G;
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
+  for (int64_t m = 0; m < a.M; ++m) {
+    std::vector<float> xb(Kp, 0.0f), X(a.ngroups, 0.0f);
+    for (int64_t k = 0; k < a.K; ++k) xb[k] = bf16_to_float(bf16_from(a.x[m * a.ldx + k]));
+    for (int64_t g = 0; g < a.ngroups; ++g)
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) X[g] += xb[k];
+    for (int64_t n = 0; n < a.N; ++n) {
+      const W4Tile* col = reinterpret_cast<const W4Tile*>(a.w) + (n / 16) * k8n;
+      const int64_t meta = (n / 16) * a.ngroups * 16 + n % 16;
+      auto wq = [&](int64_t k) {  // q - 8, exact
+        const uint8_t byte = col[k / 8].q[n % 16][k % 4];
+        return static_cast<float>(((k % 8) < 4 ? (byte & 0x0f) : (byte >> 4)) - 8);
+      };
+      float acc = 0.0f;
+      for (int64_t g = 0; g < a.ngroups; ++g) {
+        float part = 0.0f;
+        for (int64_t k = g * G; k < (g + 1) * G; k += 2) {
+          part += xb[k + 1] * wq(k + 1);  // products exact; each add rounded
+          part += xb[k] * wq(k);
+        }
+        const float zc = a.zero ? static_cast<float>(8 - a.zero[meta + g * 16]) : 0.0f;
+        acc = std::fma(std::fma(zc, a.zero ? X[g] : 0.0f, part),
+                       half_to_float(a.scale[meta + g * 16]), acc);
+      }
+      a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
+    }
+  }
+}
+
 }  // namespace tersor::gemm_w4

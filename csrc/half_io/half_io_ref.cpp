@@ -13,13 +13,6 @@ inline uint32_t bits_of(float f) {
   return u;
 }
 
-// torch's c10::BFloat16 rounding: nearest even on the upper 16 bits, NaN -> quiet 0x7fc0.
-inline uint16_t bf16_from(float f) {
-  const uint32_t u = bits_of(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 // IEEE binary16, nearest even, overflow -> Inf, NaN -> quiet NaN (the payload's top bits kept,
 // as vcvtps2ph does).
 inline uint16_t f16_from(float f) {

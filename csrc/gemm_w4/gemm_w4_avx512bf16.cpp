@@ -1,0 +1,200 @@
+// W4 weight-only GEMM on CPUs with AVX512-BF16 (Zen 4, Cooper Lake, Sapphire Rapids on): the
+// bf16 dot-product path of gemm_w4.h, for batches of rows. vdpbf16ps does 32 multiply-adds per
+// instruction where an fp32 FMA does 16, and the int4 weights are exact in bf16, so only the
+// activations are rounded.
+//
+// Per call, the rows are rounded to bf16 once (A16[M][lda], zero past K). Per NB column blocks,
+// each thread widens the weights once into a panel that every row tile then reads from L2:
+//
+//   panel[j][kk][16 lanes]  u32 = bf16(q[2kk] - 8) | bf16(q[2kk + 1] - 8) << 16    kk < Kp / 2
+//
+// one 32-bit broadcast of A16 (the same two k of one row) against it is one vdpbf16ps. A W4Tile
+// lane holds k = 8t + i at nibble i of bytes 0-3 (low nibbles k 0-3, high k 4-7, formats.h);
+// vpshufb spreads bytes (0, 1) and (2, 3) of every lane into words, and vpermw looks the nibble
+// up in a 32-word table of bf16(i % 16 - 8) (it reads index bits 0-4, so the high nibble
+// sitting in bits 4-7 of a word selects the same value; shifted down 4 it is the index itself):
+// 8 instructions per 128 weights. Scales and zero points per group, as in gemm_w4.h.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/formats.h"
+#include "common/half.h"
+#include "common/parallel.h"
+#include "common/simd.h"
+#include "gemm_w4/gemm_w4.h"
+
+namespace tersor::gemm_w4 {
+namespace {
+
+constexpr int kMR = 4, kNB = 3;
+
+// words i of the table: bf16(i % 16 - 8), the top half of the exact fp32 value
+__m512i nibble_table() {
+  alignas(64) uint16_t t[32];
+  for (int i = 0; i < 32; ++i) {
+    const float v = static_cast<float>(i % 16 - 8);
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    t[i] = static_cast<uint16_t>(u >> 16);
+  }
+  return _mm512_load_si512(t);
+}
+
+// Column blocks nb0 .. nb0 + nb of the weight as bf16 pairs (the layout above).
+void widen_panel(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, uint32_t* panel) {
+  const __m512i lut = nibble_table();
+  // per 32-bit lane: bytes (0, 1) -> words (0, 1); bytes (2, 3) -> words (0, 1)
+  const __m512i spread01 = _mm512_broadcast_i32x4(
+      _mm_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1));
+  const __m512i spread23 = _mm512_broadcast_i32x4(
+      _mm_setr_epi8(2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1));
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* w = a.w + (nb0 + j) * Kp * 8;  // Kp / 8 W4Tiles of 64 bytes
+    __m512i* out = reinterpret_cast<__m512i*>(panel + j * Kp * 8);
+    for (int64_t t = 0; t < Kp / 8; ++t) {
+      const __m512i v = _mm512_loadu_si512(w + t * 64);
+      const __m512i b01 = _mm512_shuffle_epi8(v, spread01), b23 = _mm512_shuffle_epi8(v, spread23);
+      _mm512_storeu_si512(out + 4 * t + 0, _mm512_permutexvar_epi16(b01, lut));  // k 0, 1
+      _mm512_storeu_si512(out + 4 * t + 1, _mm512_permutexvar_epi16(b23, lut));  // k 2, 3
+      _mm512_storeu_si512(out + 4 * t + 2,
+                          _mm512_permutexvar_epi16(_mm512_srli_epi16(b01, 4), lut));  // k 4, 5
+      _mm512_storeu_si512(out + 4 * t + 3,
+                          _mm512_permutexvar_epi16(_mm512_srli_epi16(b23, 4), lut));  // k 6, 7
+    }
+  }
+}
+
+struct Rows {
+  const uint16_t* a16;  // the tile's first row, rows lda apart
+  int64_t lda;
+  const float* X;       // its group sums, rows ngroups apart (zero points only)
+  int64_t m0;
+};
+
+template <int MR, int NB>
+void tile(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, const uint32_t* panel,
+          int64_t nb0) {
+  const int64_t G = a.group_size, pairs = G / 2;
+  __m512 acc[MR][NB];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < a.ngroups; ++g) {
+    __m512 part[MR][NB];
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+      for (int j = 0; j < NB; ++j) part[r][j] = _mm512_setzero_ps();
+    const uint32_t* wp = panel + g * pairs * 16;
+    const uint16_t* ap = rows.a16 + g * G;
+    for (int64_t kk = 0; kk < pairs; ++kk, wp += 16, ap += 2) {
+      __m512bh w[NB];
+TERSOR_UNROLL
+      for (int j = 0; j < NB; ++j) w[j] = (__m512bh)_mm512_loadu_si512(wp + j * Kp * 8);
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, ap + r * rows.lda, 4);
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+TERSOR_UNROLL
+        for (int j = 0; j < NB; ++j) part[r][j] = _mm512_dpbf16_ps(part[r][j], av, w[j]);
+      }
+    }
+    // close the group: t = fma(8 - z, X, part); acc = fma(t, s, acc)
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) {
+      const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
+      const __m512 s = _mm512_cvtph_ps(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
+      const __m512 zc = a.zero ? _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                                     _mm512_set1_epi32(8), _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                                               reinterpret_cast<const __m128i*>(
+                                                                   a.zero + meta)))))
+                               : _mm512_setzero_ps();
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        const __m512 X = _mm512_set1_ps(a.zero ? rows.X[r * a.ngroups + g] : 0.0f);
+        acc[r][j] = _mm512_fmadd_ps(_mm512_fmadd_ps(zc, X, part[r][j]), s, acc[r][j]);
+      }
+    }
+  }
+TERSOR_UNROLL
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = (nb0 + j) * 16;
+    if (n >= a.N) break;  // never taken; keeps GCC from putting the tile on the stack
+    const __mmask16 mask = tail_mask16(a.N - n);
+    const __m512 b = bias16(a.bias, n, mask);
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r)
+      _mm512_mask_storeu_ps(a.y + (rows.m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[r][j], b));
+  }
+}
+
+using TileFn = void (*)(const PackedW4LinearArgs&, int64_t, const Rows&, const uint32_t*, int64_t);
+
+template <int MR>
+constexpr TileFn pick_nb(int nb) {
+  return nb == 1 ? tile<MR, 1> : nb == 2 ? tile<MR, 2> : tile<MR, 3>;
+}
+
+TileFn pick(int mr, int nb) {
+  switch (mr) {
+    case 1: return pick_nb<1>(nb);
+    case 2: return pick_nb<2>(nb);
+    case 3: return pick_nb<3>(nb);
+    default: return pick_nb<4>(nb);
+  }
+}
+
+// Row m of x rounded to bf16 (round to nearest even) into a16 [lda], zero past K; with zero
+// points, X[g] = the sum of group g's rounded values, fp32 adds in k order.
+void round_row(const PackedW4LinearArgs& a, int64_t m, int64_t lda, uint16_t* a16, float* X) {
+  const float* x = a.x + m * a.ldx;
+  for (int64_t k = 0; k < lda; k += 16) {
+    const __mmask16 mask = k < a.K ? tail_mask16(a.K - k) : 0;
+    const __m512 v = _mm512_maskz_loadu_ps(mask, x + k);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a16 + k), (__m256i)_mm512_cvtneps_pbh(v));
+  }
+  if (!X) return;
+  for (int64_t g = 0; g < a.ngroups; ++g) {
+    float sum = 0.0f;
+    for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; ++k)
+      sum += bf16_to_float(a16[k]);
+    X[g] = sum;
+  }
+}
+
+}  // namespace
+
+void run_avx512bf16(const PackedW4LinearArgs& a) {
+  const int64_t Kp = a.ngroups * a.group_size, lda = (Kp + 15) / 16 * 16;
+  const int64_t n_blocks = (a.N + 15) / 16, panels = (n_blocks + kNB - 1) / kNB;
+  auto a16 = alloc_scratch<uint16_t>(a.M * lda);
+  auto X = alloc_scratch<float>(a.zero ? a.M * a.ngroups : 1);
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m)
+      round_row(a, m, lda, a16.get() + m * lda, a.zero ? X.get() + m * a.ngroups : nullptr);
+    // implicit barrier: every row is ready
+    auto panel = alloc_scratch<uint32_t>(kNB * Kp * 8);
+    int64_t p0, p1;
+    thread_range(panels, &p0, &p1);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t nb0 = p * kNB;
+      const int nb = static_cast<int>(std::min<int64_t>(kNB, n_blocks - nb0));
+      widen_panel(a, nb0, nb, Kp, panel.get());
+      for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, a.M - m0));
+        const Rows rows{a16.get() + m0 * lda, lda, a.zero ? X.get() + m0 * a.ngroups : nullptr, m0};
+        pick(mr, nb)(a, Kp, rows, panel.get(), nb0);
+      }
+    }
+  }
+}
+
+}  // namespace tersor::gemm_w4
