@@ -44,8 +44,11 @@ SCHEMES = {
     "tersor W4A8 g32": lambda: tersor.W4A8Config(group_size=32),
     "tersor W4 g128": lambda: tersor.W4Config(group_size=128),
     "tersor W4A8 g32 bf16": lambda: tersor.W4A8Config(group_size=32),
+    # a bf16 model: on CPUs with AVX512-BF16 its prefill takes the vdpbf16ps kernel
+    "tersor W4 g128 bf16": lambda: tersor.W4Config(group_size=128),
 }
-MODEL_DTYPE = {"tersor W4A8 g32 bf16": torch.bfloat16}  # else the model stays fp32
+# else the model stays fp32
+MODEL_DTYPE = {"tersor W4A8 g32 bf16": torch.bfloat16, "tersor W4 g128 bf16": torch.bfloat16}
 PEERS = {
     "llama.cpp Q4_0 / Q8_0": (
         "llama_cpp",

@@ -24,9 +24,10 @@ def _bf16_min_rows() -> Optional[int]:
     gets the kernel; an fp32 one can ask for it with bf16=True). Chosen by the hardware, not by
     the forced ISA path: under a lower path the same arithmetic runs in the C ref, so every path
     of one machine gives the same bits. Measured on Zen 4 (2 threads, 2048x2048 / 2048x8192 /
-    8192x2048, g128): from 16 rows it beats the register kernel, and from 64 rows it runs
-    2.1-2.8x the fp32 dense-panel path."""
-    return 16 if _C.cpu_info()["features"].get("avx512bf16") else None
+    8192x2048, g128): 1.2-1.6x the register kernel at 8 rows, 2.0-2.3x from 64; 2.0-4.6x the
+    fp32 dense-panel path from 64 rows; 0.8-0.9x torch's bf16 GEMM on the uncompressed weight
+    from 128 rows."""
+    return 8 if _C.cpu_info()["features"].get("avx512bf16") else None
 
 
 BF16_MIN_ROWS = _bf16_min_rows()
