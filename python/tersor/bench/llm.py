@@ -171,9 +171,11 @@ def run_llm(
             deq = dequantized_copy(m)(prompt[:, :16]).logits.float()
         err = ((out - ref).norm() / ref.norm()).item()  # the quantization's own error (shown)
         kernel_err = ((out - deq).norm() / deq.norm()).item()
-        # checked against the same weights in fp32: weight-only schemes to float rounding,
+        # checked against the same weights in the model's dtype: weight-only schemes to float
+        # rounding (a bf16 model's: 0.030 on the 1b shape, the same with the bf16 kernel off),
         # int8 activations to their quantization noise compounded over the layers
-        if not kernel_err < (0.35 if "a8" in config.scheme else 1e-3):
+        bf16 = MODEL_DTYPE.get(name) == torch.bfloat16
+        if not kernel_err < (0.35 if "a8" in config.scheme else 0.06 if bf16 else 1e-3):
             raise SystemExit(f"{name}: logits {kernel_err:.3g} off its dequantized weights")
         engines[name] = (m, time_generation)
         rows.append(
