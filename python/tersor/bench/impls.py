@@ -274,6 +274,17 @@ def ort_matmul_nbits(lin: nn.Linear, group_size: int, accuracy_level: int, rotat
     return Impl(name, fn, nbytes, r, "baseline")
 
 
+def tersor_w4_bf16(lin: nn.Linear, group_size: int, rotate: bool) -> Impl:
+    """The W4 layer fed bf16 activations (a bf16 model's), as torch int4pack is: on CPUs with
+    AVX512-BF16 it takes the vdpbf16ps kernel from 8 rows (csrc/gemm_w4/gemm_w4.h)."""
+    im = tersor_linear(lin, tersor.W4Config(group_size=group_size), rotate, "")
+    run = im.fn
+    im.name = f"tersor W4 g{group_size} bf16"
+    im.fn = lambda x, i: run(x.to(torch.bfloat16), i).float()
+    im.vs = (f"torch int4pack g{group_size}",)  # the same activation type
+    return im
+
+
 def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
     w8a8 = tersor_linear(lin, tersor.W8A8Config(), rotate, "tersor W8A8")
     w8a8.kind = "baseline"  # the issue's reference point for the 4-bit schemes
@@ -285,6 +296,7 @@ def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
             continue
         out += [
             tersor_linear(lin, tersor.W4Config(group_size=g), rotate, f"tersor W4 g{g}"),
+            tersor_w4_bf16(lin, g, rotate),
             tersor_linear(lin, tersor.W4A8Config(group_size=g), rotate, f"tersor W4A8 g{g}"),
             torch_int4pack(lin, g, rotate),
             ort_matmul_nbits(lin, g, 0, rotate),

@@ -18,15 +18,15 @@ from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 def _bf16_min_rows() -> Optional[int]:
     """Rows from which bf16 activations take the bf16 dot-product kernel (_C.gemm_w4_bf16,
-    csrc/gemm_w4/gemm_w4.h) on CPUs with AVX512-BF16; None elsewhere. bf16 activations only:
-    they enter that kernel exactly, so the results are those of the fp32 path up to the order
-    of the fp32 additions, while fp32 activations keep their fp32 contract (a model run in bf16
-    gets the kernel; an fp32 one can ask for it with bf16=True). Chosen by the hardware, not by
-    the forced ISA path: under a lower path the same arithmetic runs in the C ref, so every path
-    of one machine gives the same bits. Measured on Zen 4 (2 threads, 2048x2048 / 2048x8192 /
-    8192x2048, g128): 1.2-1.6x the register kernel at 8 rows, 2.0-2.3x from 64; 2.0-4.6x the
-    fp32 dense-panel path from 64 rows; 0.8-0.9x torch's bf16 GEMM on the uncompressed weight
-    from 128 rows."""
+    csrc/gemm_w4/gemm_w4.h) on CPUs with AVX512-BF16; None elsewhere. bf16 activations only (and
+    no kept input scale): they enter that kernel exactly, so the results are those of the fp32
+    path up to the order of the fp32 additions, while fp32 activations keep their fp32 contract
+    (a model run in bf16 gets the kernel; an fp32 one can ask for it with bf16=True). Chosen by
+    the hardware, not by the forced ISA path: under a lower path the same arithmetic runs in the
+    C ref, so every path of one machine gives the same bits. Measured on Zen 4 (2 threads,
+    2048x2048 / 2048x8192 / 8192x2048, g128): 1.2-1.6x the register kernel at 8 rows, 2.0-2.3x
+    from 64; 2.0-4.6x the fp32 dense-panel path from 64 rows; 0.8-0.9x torch's bf16 GEMM on the
+    uncompressed weight from 128 rows."""
     return 8 if _C.cpu_info()["features"].get("avx512bf16") else None
 
 
@@ -55,6 +55,7 @@ def gemm_w4_cpu(
         bf16 = (
             not act_int8
             and x.dtype == torch.bfloat16
+            and x_scale is None  # x * s would not be bf16 any more
             and BF16_MIN_ROWS is not None
             and m >= BF16_MIN_ROWS
         )
