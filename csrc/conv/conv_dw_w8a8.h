@@ -15,6 +15,7 @@
 // tap's weights, summed in int32 (|x w| <= 127 * 127, so the int16 products are exact).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "common/parallel.h"
 #include "conv/conv_w8a8.h"
@@ -33,6 +34,18 @@ struct DwCall {
 void run_dw_ref(const DwCall& k);
 void run_dw_avx2(const DwCall& k);
 void run_dw_avx512(const DwCall& k);
+
+// Byte offset of each tap from a patch's first pixel in xq, for taps taken two at a time: a
+// count rounded up to even, the odd tap's partner at any valid address (its weights are 0).
+static inline std::vector<int64_t> dw_tap_offsets(const ConvW8A8Args& c, int64_t Wp) {
+  const int64_t taps = c.kh * c.kw, pairs = (taps + 1) / 2;
+  std::vector<int64_t> off(pairs * 2);
+  for (int64_t t = 0; t < pairs * 2; ++t) {
+    const int64_t tt = t < taps ? t : taps - 1;
+    off[t] = ((tt / c.kw) * c.dh * Wp + (tt % c.kw) * c.dw) * c.C;
+  }
+  return off;
+}
 
 // c.w: K = kh * kw (c.C is the input channel count; c.N a multiple of it).
 void run_dw_w8a8(const ConvW8A8Args& c);

@@ -33,11 +33,7 @@ void run_dw_avx512(const DwCall& k) {
   const int64_t Hp = k.in.Hp, Wp = k.in.Wp, blocks = k.Np / 16;
   // weights of each 16-channel block and tap pair, interleaved as the codes will be
   std::vector<__m512i> wp(blocks * pairs);
-  std::vector<int64_t> tap_offset(pairs * 2);  // byte offset of each tap in the patch
-  for (int64_t t = 0; t < pairs * 2; ++t) {
-    const int64_t tt = t < taps ? t : taps - 1;  // the odd tap's partner: any valid address
-    tap_offset[t] = ((tt / c.kw) * c.dh * Wp + (tt % c.kw) * c.dw) * c.C;
-  }
+  const std::vector<int64_t> tap_offset = dw_tap_offsets(c, Wp);
   for (int64_t nb = 0; nb < blocks; ++nb)
     for (int64_t p = 0; p < pairs; ++p) {
       const auto load = [&](int64_t t) {  // 16 weights widened to int32 lanes

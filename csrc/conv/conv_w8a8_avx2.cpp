@@ -11,9 +11,7 @@ namespace tersor::conv {
 void run_w8a8_avx2(const ConvCall& k) {
   const ConvW8A8Args& c = k.c;
   const DirectRuns d = direct_runs(c, k.in);
-  // non-finite factors: the NaN rule of requant.h
-  if (!d.applies() || (c.out && !c.out->folded_finite))
-    return for_each_group(k, [](const ConvCall& g) { run_unfused(g, run_w8a8_generic); });
+  if (!direct_applies(c, d)) return run_gathered(k);
   const PackedW8LinearArgs a = direct_gemm_args(c, d);
   const gemm_w8a8::CodesOut codes = direct_codes(c);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, c.nthreads);

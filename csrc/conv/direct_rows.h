@@ -23,8 +23,6 @@ struct DirectRuns {
   std::vector<int64_t> offsets;  // of each run from the pixel's first tap, in bytes
   int64_t run = 0;               // codes per run
   int64_t cg = 0;                // input channels per group
-  // false: a 4-code group would straddle two runs, take the gather path
-  bool applies() const { return run % 4 == 0; }
 };
 
 static inline DirectRuns direct_runs(const ConvW8A8Args& c, const QuantizedInput& in) {
@@ -38,9 +36,19 @@ static inline DirectRuns direct_runs(const ConvW8A8Args& c, const QuantizedInput
   return d;
 }
 
+// false: take the gathered rows of the generic path (a group at a time): a 4-code group would
+// straddle two runs (the 3-channel stem), or the folded factors are not finite (the NaN rule of
+// requant.h, which the tiles' codes epilogue does not test).
+static inline bool direct_applies(const ConvW8A8Args& c, const DirectRuns& d) {
+  return d.run % 4 == 0 && !(c.out && !c.out->folded_finite);
+}
+static inline void run_gathered(const ConvCall& k) {
+  for_each_group(k, [](const ConvCall& g) { run_unfused(g, run_w8a8_generic); });
+}
+
 // The GEMM view of the convolution (M output pixels, K = kh * kw * cg) for run_row_blocks.
 static inline PackedW8LinearArgs direct_gemm_args(const ConvW8A8Args& c, const DirectRuns& d) {
-  const int64_t K = c.kh * c.kw * d.cg;  // K % 4 == 0 when d.applies()
+  const int64_t K = c.kh * c.kw * d.cg;  // K % 4 == 0 when direct_applies
   return PackedW8LinearArgs{nullptr,   c.B * c.Ho * c.Wo, K, K, c.w, c.colsum, c.w_scale, c.N,
                             c.bias,    c.y, out_stride(c), c.nthreads};
 }
