@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.ops import dequant_w8, gemm_w8, gemm_w8a8, quantize_rows
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS
+from tersor.ops.gemm_w8 import gemm_w8_cpu
 from tersor.ref import dequant_w8_ref, gemm_w8a8_ref, quantize_rows_ref
 
 SHAPES_KN = [(1, 1), (3, 5), (4, 16), (37, 33), (130, 70), (257, 49)]
@@ -126,6 +128,26 @@ def test_gemm_w8(isa, m, k, n, layout, gen, c_ref):
     # DESIGN "2x torch" rule is relaxed to 3x here: measured worst case 2.2x at K = 130-257.
     torch_err = (F.linear(x, q.float() * s[:, None], b).double() - y64).pow(2).mean().sqrt()
     assert (y.double() - y64).pow(2).mean().sqrt() <= 3 * torch_err + 1e-6
+
+
+@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("k,n", SHAPES_KN)
+def test_gemm_w8_bf16(isa, m, k, n, gen, c_ref):
+    """The bf16 dot-product path (csrc/gemm_w8/gemm_w8.h: vdpbf16ps where the CPU has
+    AVX512-BF16, its C ref on every other path): bit for bit the C ref, the fp64 product of the
+    bf16-rounded x to fp32 accumulation, and the op's own choice for bf16 activations."""
+    x, q, s, b, p = make(m, k, n, gen)
+    y = gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=True)
+    assert torch.equal(y, c_ref(lambda: gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=True)))
+    w = q.double() * s.double()[:, None]
+    y64 = x.bfloat16().double() @ w.t() + b.double()
+    assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
+    xb = x.bfloat16()
+    auto = gemm_w8_cpu(xb, p.packed, p.scale, b, n)
+    bf16 = BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS
+    assert torch.equal(auto, gemm_w8_cpu(xb, p.packed, p.scale, b, n, bf16=bf16))
+    half = gemm_w8_cpu(xb, p.packed, p.scale, b, n, bf16=True)  # bf16 in, bf16 out
+    assert torch.equal(half, gemm_w8_cpu(xb.float(), p.packed, p.scale, b, n, bf16=True).bfloat16())
 
 
 @pytest.mark.parametrize("k,n", SHAPES_KN + [(1000, 300)])

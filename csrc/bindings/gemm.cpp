@@ -1,6 +1,7 @@
 // The dense GEMM families: quant_act (row quantizer), gemm_w8a8 / gemm_w8 (int8 weights),
 // gemm_w4 / gemm_w4a8 (int4 weights), dequant (packed weights -> fp32, the large-batch path).
 #include "bindings/bind.h"
+#include "common/cpu_features.h"
 #include "dequant/dequant.h"
 #include "gemm_w4/gemm_w4.h"
 #include "gemm_w4a8/gemm_w4a8.h"
@@ -116,6 +117,18 @@ void bind_gemm_w8a8(py::module_& m) {
       TERSOR_W8_ARGS, nogil(),
       (std::string(kW8Doc) + "fp32 activations (weight-only); colsum is unused (pass 0)." + kIoDoc)
           .c_str());
+  m.def(
+      "gemm_w8_bf16",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
+        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
+                            io, ptr<const float>(x_scale), gemm_w8::run_bf16);
+      },
+      TERSOR_W8_ARGS, nogil(),
+      (std::string(kW8Doc) +
+       "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
+       "gemm_w8.h states the arithmetic); colsum is unused (pass 0)." + kIoDoc)
+          .c_str());
 }
 
 void bind_gemm_w4(py::module_& m) {
@@ -144,9 +157,9 @@ void bind_gemm_w4(py::module_& m) {
        "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
        "gemm_w4.h states the arithmetic)." + kIoDoc)
           .c_str());
-  m.def("has_bf16_dot", &gemm_w4::bf16_available,
+  m.def("has_bf16_dot", &bf16_dot_available,
         "True when this CPU has AVX512-BF16 and the active ISA path is AVX-512 or above: "
-        "gemm_w4_bf16 then runs vdpbf16ps instead of its C ref.");
+        "gemm_w4_bf16 / gemm_w8_bf16 then run vdpbf16ps instead of their C refs.");
   m.def(
       "gemm_w4a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,

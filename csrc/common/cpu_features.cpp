@@ -133,4 +133,12 @@ Isa active_isa() {
 
 int clamp_threads(int requested) { return requested < 1 ? 1 : requested; }
 
+bool bf16_dot_available() {
+#if defined(TERSOR_X86)
+  return cpu_features().avx512bf16 && active_isa() >= Isa::Avx512;
+#else
+  return false;
+#endif
+}
+
 }  // namespace tersor

@@ -27,6 +27,9 @@ bool isa_available(Isa isa);              // compiled in and supported by CPU + 
 Isa best_isa();                           // the best available
 Isa active_isa();                         // TERSOR_CPU_ISA override or best; throws if unusable
 const char* isa_name(Isa isa);
+// AVX512-BF16 present and the active ISA path AVX-512 or above: the *_avx512bf16.cpp kernels
+// (vdpbf16ps) run, else their families' C refs of the same arithmetic.
+bool bf16_dot_available();
 
 // Number of threads a kernel may use: the caller passes torch.get_num_threads().
 int clamp_threads(int requested);

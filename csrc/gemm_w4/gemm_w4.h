@@ -36,9 +36,8 @@ void run(const PackedW4LinearArgs& a);
 //   acc = fma(fma(8 - z_g, X_g, part_g), s_g, acc)        (symmetric: 8 - z = 0)
 //   y = acc + bias
 // Against the fp32 path the only change is the rounding of x (relative 2^-9 per value).
-bool bf16_available();  // AVX512-BF16 present and the active ISA path is AVX-512 or above
 void run_bf16_ref(const PackedW4LinearArgs& a);
 void run_avx512bf16(const PackedW4LinearArgs& a);
-void run_bf16(const PackedW4LinearArgs& a);  // avx512bf16, or the ref where it is unavailable
+void run_bf16(const PackedW4LinearArgs& a);  // avx512bf16 where bf16_dot_available(), else the ref
 
 }  // namespace tersor::gemm_w4

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/bf16_avx512.h"
 #include "common/formats.h"
 #include "common/half.h"
 #include "common/parallel.h"
@@ -152,12 +153,7 @@ TileFn pick(int mr, int nb) {
 // Row m of x rounded to bf16 (round to nearest even) into a16 [lda], zero past K; with zero
 // points, X[g] = the sum of group g's rounded values, fp32 adds in k order.
 void round_row(const PackedW4LinearArgs& a, int64_t m, int64_t lda, uint16_t* a16, float* X) {
-  const float* x = a.x + m * a.ldx;
-  for (int64_t k = 0; k < lda; k += 16) {
-    const __mmask16 mask = k < a.K ? tail_mask16(a.K - k) : 0;
-    const __m512 v = _mm512_maskz_loadu_ps(mask, x + k);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a16 + k), (__m256i)_mm512_cvtneps_pbh(v));
-  }
+  round_row_bf16(a.x + m * a.ldx, a.K, lda, a16);
   if (!X) return;
   for (int64_t g = 0; g < a.ngroups; ++g) {
     float sum = 0.0f;

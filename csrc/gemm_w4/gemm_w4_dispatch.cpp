@@ -8,18 +8,10 @@ void run(const PackedW4LinearArgs& a) {
   dispatch_isa(a, run_ref, TERSOR_X86_FN(run_avx2), TERSOR_X86_FN(run_avx512));
 }
 
-bool bf16_available() {
-#if defined(TERSOR_X86)
-  return cpu_features().avx512bf16 && active_isa() >= Isa::Avx512;
-#else
-  return false;
-#endif
-}
-
 void run_bf16(const PackedW4LinearArgs& a) {
   if (a.M == 0 || a.N == 0) return;
 #if defined(TERSOR_X86)
-  if (bf16_available()) return run_avx512bf16(a);
+  if (bf16_dot_available()) return run_avx512bf16(a);
 #endif
   run_bf16_ref(a);
 }

@@ -12,4 +12,12 @@ void run_avx2(const PackedW8LinearArgs& a);
 void run_avx512(const PackedW8LinearArgs& a);
 void run(const PackedW8LinearArgs& a);
 
+// The bf16 dot-product path (CPUs with AVX512-BF16, bf16 activations from a few rows:
+// ops/gemm_w8.py), as gemm_w4.h's: x rounded to bf16, the int8 weights exact, products exact,
+// added in fp32 as vdpbf16ps adds them (odd k, then even k, each add rounded):
+//   acc = sum over pairs of  xb[2i+1] w[2i+1] then xb[2i] w[2i];   y = fma(acc, scale_w, bias)
+void run_bf16_ref(const PackedW8LinearArgs& a);
+void run_avx512bf16(const PackedW8LinearArgs& a);
+void run_bf16(const PackedW8LinearArgs& a);  // avx512bf16 where bf16_dot_available(), else the ref
+
 }  // namespace tersor::gemm_w8

@@ -8,4 +8,12 @@ void run(const PackedW8LinearArgs& a) {
   dispatch_isa(a, run_ref, TERSOR_X86_FN(run_avx2), TERSOR_X86_FN(run_avx512));
 }
 
+void run_bf16(const PackedW8LinearArgs& a) {
+  if (a.M == 0 || a.N == 0) return;
+#if defined(TERSOR_X86)
+  if (bf16_dot_available()) return run_avx512bf16(a);
+#endif
+  run_bf16_ref(a);
+}
+
 }  // namespace tersor::gemm_w8

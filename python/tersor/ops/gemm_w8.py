@@ -21,19 +21,29 @@ from tersor.ops._common import (
     takes_half,
 )
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w8_dense
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS
 
 
-def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None) -> torch.Tensor:
+def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None, bf16=None) -> torch.Tensor:
+    """bf16: the bf16 dot-product kernel (csrc/gemm_w8/gemm_w8.h); None takes it as the int4
+    op does (ops/gemm_w4.py BF16_MIN_ROWS): bf16 activations, no kept input scale."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
-    if m >= DENSE_MIN_ROWS["w8"]:
+    if bf16 is None:
+        bf16 = (
+            x.dtype == torch.bfloat16
+            and x_scale is None
+            and BF16_MIN_ROWS is not None
+            and m >= BF16_MIN_ROWS
+        )
+    if not bf16 and m >= DENSE_MIN_ROWS["w8"]:
         xf = x2.float() if x_scale is None else x2.float() * x_scale
         y = linear_w8_dense(xf, packed, scale, bias, n)
         return out_2d(x, y.to(x.dtype), n)
     y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
-        _C.gemm_w8(
+        (_C.gemm_w8_bf16 if bf16 else _C.gemm_w8)(
             x2.data_ptr(),
             m,
             k,
