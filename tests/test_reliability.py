@@ -629,10 +629,12 @@ def test_converting_and_deleting_returns_memory():
     """Models converted (W8A8, W4A8, 2:4), run and deleted, 12 rounds: RSS does not trend up.
     glibc keeps freed blocks for reuse, so single rounds move by up to ~150 MiB either way
     (measured); a leaked model per round (>= 17 MiB compressed) would add >= 136 MiB between
-    the medians of the first and last 4 rounds."""
+    the medians of the first and last 4 rounds. Without a leak the medians differed by 0-1 MiB
+    in most runs, but once by 88 MiB (a clean-clone CI run on Zen 4, 2026-12-02; the same
+    build gave 0.1 MiB three times after): the bound sits between that and a leak."""
     got = subprocess.run(
         [sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True, text=True, timeout=600
     )
     assert got.returncode == 0, got.stderr[-2000:]
     grown = float(got.stdout.split()[-1])
-    assert grown < 64, f"RSS trended up {grown:.0f} MiB over 12 rounds of converting and deleting"
+    assert grown < 112, f"RSS trended up {grown:.0f} MiB over 12 rounds of converting and deleting"
