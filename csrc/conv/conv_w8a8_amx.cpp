@@ -1,10 +1,11 @@
-// AMX W8A8 convolution: the implicit GEMM (conv_w8a8_implicit.h) with AMX tile instructions
-// for stride-1 convolutions with C % 64 == 0; the patch gather + AMX GEMM otherwise.
+// AMX W8A8 convolution: the implicit GEMM (conv_w8a8_implicit.h) with AMX tile instructions,
+// for the layers implicit_gemm_applies to (conv_w8a8_dispatch.cpp runs the others on the
+// AVX-512 VNNI direct path).
 #include <immintrin.h>
 
 #include "conv/conv_w8a8.h"
 #include "conv/conv_w8a8_implicit.h"
-#include "gemm_w8a8/gemm_w8a8.h"
+#include "gemm_w8a8/gemm_w8a8.h"  // amx_configure_tiles
 
 namespace tersor::conv {
 namespace {
@@ -41,14 +42,6 @@ template <> void AmxTiles::dpbssd<3, 5, 7>() { _tile_dpbssd(3, 5, 7); }
 
 }  // namespace
 
-void run_w8a8_amx(const ConvCall& k) {
-  const ConvW8A8Args& c = k.c;
-  if (implicit_gemm_applies(c)) return implicit_gemm<AmxTiles>(c, k.in);
-  const int64_t K = c.kh * c.kw * patch_channels(c);
-  gemm_w8a8::run_rows_amx(PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum,
-                                             c.w_scale, c.N, c.bias, c.y, out_stride(c),
-                                             c.nthreads},
-                          patch_rows(c, k.in));
-}
+void run_w8a8_amx(const ConvCall& k) { implicit_gemm<AmxTiles>(k.c, k.in); }
 
 }  // namespace tersor::conv

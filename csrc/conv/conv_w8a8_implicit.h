@@ -13,13 +13,19 @@
 #include "common/formats.h"
 #include "common/parallel.h"
 #include "conv/conv_w8a8.h"
+#if defined(__AVX512F__)  // the AMX file
+#include "common/simd.h"
+#endif
 
 namespace tersor::conv {
 
 constexpr int64_t kImplicitRows = 32;  // output pixels of a register block (2 A tiles)
 
+// The static pipeline's codes come out of the block's epilogue when every folded factor is
+// finite (requant.h); otherwise through fp32 and requant_all (conv_w8a8_dispatch.cpp).
 static inline bool implicit_gemm_applies(const ConvW8A8Args& c) {
-  return c.sh == 1 && c.sw == 1 && c.C % 64 == 0 && patch_channels(c) == c.C;
+  return c.sh == 1 && c.sw == 1 && c.C % 64 == 0 && patch_channels(c) == c.C &&
+         c.groups == 1 && !(c.out && !c.out->folded_finite);
 }
 
 namespace implicit_detail {
@@ -59,8 +65,54 @@ void block_32(const ConvW8A8Args& c, const QuantizedInput& in, const int8_t* img
   Tiles::template store<3>(&acc[16][16], 128);
 }
 
-// y = fma(float(acc), scale_image * scale_w[n], bias[n]), the epilogue of every W8A8 path, for
-// the block's real pixels: columns ow >= Wo and pixels past the image are dropped.
+// One output pixel's columns n0 .. n0 + cols of a block (cols <= 32), from its accumulators:
+//   fp32:  y = fma(float(acc), sx * w_scale[n], bias[n]), the epilogue of every W8A8 path;
+//   codes: the static pipeline's requantization (c.out, after fold_output_scale: w_scale /
+//          bias hold the folded m / c, sx is 1), as the direct kernels write them
+//          (gemm_w8a8/row_blocks.h CodesOut) and requant_rows_ref computes them unfused.
+// The AMX file compiles this with AVX-512 (two masked 16-column halves); the emulated tiles
+// with the scalar loop: the same operations in the same order, bit for bit.
+static inline void store_pixel(const ConvW8A8Args& c, const int32_t* acc, float sx, int64_t m,
+                               int64_t n0, int64_t cols) {
+  const float* sw = c.w_scale + n0;
+  const float* bias = c.bias ? c.bias + n0 : nullptr;
+  const Requant* o = c.out;
+  const int8_t* res = o && o->res ? o->res + m * o->ldres + n0 : nullptr;
+#if defined(__AVX512F__)
+  for (int64_t h = 0; h < cols; h += 16) {
+    const __mmask16 mask = tail_mask16(cols - h);
+    const __m512 v = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc + h));
+    if (o) {
+      __m512 t = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, sw + h), bias16(bias, h, mask));
+      if (res)
+        t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                _mm_maskz_loadu_epi8(mask, res + h))),
+                            _mm512_set1_ps(o->res_scale), t);
+      t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(o->lo)), _mm512_set1_ps(o->hi));
+      _mm_mask_storeu_epi8(o->q + m * o->ldq + n0 + h, mask,
+                           _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t)));
+    } else {
+      const __m512 s = _mm512_mul_ps(_mm512_set1_ps(sx), _mm512_maskz_loadu_ps(mask, sw + h));
+      _mm512_mask_storeu_ps(c.y + m * out_stride(c) + n0 + h, mask,
+                            _mm512_fmadd_ps(v, s, bias16(bias, h, mask)));
+    }
+  }
+#else
+  for (int64_t n = 0; n < cols; ++n) {
+    const float v = static_cast<float>(acc[n]);
+    if (o) {
+      float t = std::fma(v, sw[n], bias ? bias[n] : 0.0f);
+      if (res) t = std::fma(static_cast<float>(res[n]), o->res_scale, t);
+      o->q[m * o->ldq + n0 + n] =
+          static_cast<int8_t>(std::nearbyint(std::fmin(std::fmax(t, o->lo), o->hi)));
+    } else {
+      c.y[m * out_stride(c) + n0 + n] = std::fma(v, sx * sw[n], bias ? bias[n] : 0.0f);
+    }
+  }
+#endif
+}
+
+// The block's real pixels: columns ow >= Wo and pixels past the image are dropped.
 static inline void store_block(const ConvW8A8Args& c, const QuantizedInput& in,
                                const int32_t (*acc)[32], int64_t b, int64_t q0, int64_t n0) {
   const float sx = in.scale[b];
@@ -69,15 +121,7 @@ static inline void store_block(const ConvW8A8Args& c, const QuantizedInput& in,
     const int64_t q = q0 + r, oh = q / in.Wp, ow = q % in.Wp;
     if (oh >= c.Ho) break;
     if (ow >= c.Wo) continue;
-    float* y = c.y + ((b * c.Ho + oh) * c.Wo + ow) * c.N + n0;
-    const float* sw = c.w_scale + n0;
-    if (c.bias) {
-      for (int64_t n = 0; n < cols; ++n)
-        y[n] = std::fma(static_cast<float>(acc[r][n]), sx * sw[n], c.bias[n0 + n]);
-    } else {
-      for (int64_t n = 0; n < cols; ++n)
-        y[n] = std::fma(static_cast<float>(acc[r][n]), sx * sw[n], 0.0f);
-    }
+    store_pixel(c, acc[r], sx, (b * c.Ho + oh) * c.Wo + ow, n0, cols);
   }
 }
 
