@@ -79,9 +79,25 @@ def test_conv_every_isa_matches_ref(isa, case, epilogue, gen, c_ref):
         assert ((y == lo) | (y == hi)).any() and (y != 0).float().mean() > 0.3  # clips, not all 0
 
 
+# The implicit GEMM's K steps (csrc/conv/conv_w8a8_implicit.h ImplicitPlan) and its pixel
+# numbering: over the padded width at stride 1, per output row otherwise.
+IMPLICIT_CASES = [
+    (64, 20, 3, 1, 1, 1, 6, 5, 1),  # 64-code steps, stride 1
+    (4, 64, 7, 2, 3, 1, 23, 21, 1),  # the stem: one 28-code step per kernel row, stride 2
+    (16, 33, 1, 1, 0, 1, 5, 37, 1),  # a 1x1 layer of 16 channels; rows past 16 pixels
+    (96, 24, 1, 1, 0, 1, 4, 5, 1),  # 96 = 2 steps of 48
+    (144, 16, 1, 2, 0, 1, 9, 9, 1),  # 3 steps of 48, stride 2
+    (64, 48, 3, 2, 1, 1, 9, 35, 1),  # stride 2, 3 segments per output row
+    (8, 32, 3, 1, 2, 2, 9, 8, 1),  # dilated: runs of C per tap
+]
+
+
 @pytest.mark.parametrize("epilogue", ["fp32", "residual_relu"])
-def test_conv_implicit_gemm_emulated_matches(epilogue, gen):
-    xs, q, sc, pk, bias, geom, groups = _case(CASES[3], gen)
+@pytest.mark.parametrize("case", IMPLICIT_CASES)
+def test_conv_implicit_gemm_emulated_matches(case, epilogue, gen, c_ref):
+    """The AMX implicit GEMM over emulated tiles (any CPU): bit for bit with the C ref, and
+    with the AMX tiles where the CPU has them (the default path there)."""
+    xs, q, sc, pk, bias, geom, groups = _case(case, gen, batch=2)
     n = q.shape[0]
     out_scale, res, rs = 0.0, None, 0.0
     if epilogue != "fp32":
@@ -90,7 +106,9 @@ def test_conv_implicit_gemm_emulated_matches(epilogue, gen):
                             generator=gen)  # fmt: skip
         rs = 0.03
     args = (xs, pk, bias, n, geom, groups, out_scale, 0.0, 127.0, res, rs)
-    assert torch.equal(_run(*args, emu=True), _run(*args))
+    y = _run(*args, emu=True)
+    assert torch.equal(y, c_ref(lambda: _run(*args)))
+    assert torch.equal(y, _run(*args))
 
 
 def test_requant_nan_inf_and_halves(isa, c_ref):

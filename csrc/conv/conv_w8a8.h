@@ -65,7 +65,9 @@ static inline int64_t patch_channels(const ConvW8A8Args& c) { return c.cg ? c.cg
 static inline int64_t out_stride(const ConvW8A8Args& c) { return c.ldy ? c.ldy : c.N; }
 
 // Zero pixels after the last image: the implicit GEMM's last 32-pixel block reads up to this far.
-static inline int64_t tail_pixels(const ConvW8A8Args& c) { return 32 + (c.kw - 1) * c.dw; }
+// Zero pixels after the last image: the AMX implicit GEMM's last 16-pixel segment (pixels sw
+// apart) reads up to 16 * sw + (kw - 1) * dw of them (conv_w8a8_implicit.h).
+static inline int64_t tail_pixels(const ConvW8A8Args& c) { return 32 * c.sw + (c.kw - 1) * c.dw; }
 
 struct QuantizedInput {
   int8_t* xq;    // [B][Hp][Wp][C], then tail_pixels(c) * C zero bytes

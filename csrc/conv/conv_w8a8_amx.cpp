@@ -13,7 +13,7 @@ namespace {
 // GCC's tile intrinsics paste the tile number into the instruction text, so each tile the
 // implicit GEMM uses gets its own specialization.
 struct AmxTiles {
-  static void configure() { gemm_w8a8::amx_configure_tiles(); }
+  static void configure(int64_t k_bytes) { gemm_w8a8::amx_configure_tiles(k_bytes); }
   static void release() { _tile_release(); }
   template <int t> static void zero();
   template <int t> static void load(const void* p, int64_t stride);

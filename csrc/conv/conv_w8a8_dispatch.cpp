@@ -229,13 +229,13 @@ void run_emulated_implicit(const ConvCall& k) { implicit_gemm<EmulatedTiles>(k.c
 void run_generic_unfused(const ConvCall& k) { run_unfused(k, run_w8a8_generic); }
 void run_generic_grouped(const ConvCall& k) { for_each_group(k, run_generic_unfused); }
 #if defined(TERSOR_X86)
-// AMX: the implicit GEMM where it applies (stride 1, C % 64 == 0, one group: the deep 3x3
-// layers, 1.2-1.5x the VNNI tile there); every other layer (strided, 1x1 on narrow inputs,
-// grouped, the stem) on the AVX-512 VNNI direct path, which reads its patches in place and
-// writes codes from its tiles, where the AMX GEMM over gathered patches ran 1.2-7x slower
-// (ResNet-18 / MobileNetV2 layers, batch 8, Sapphire Rapids class).
+// AMX: the implicit GEMM where it applies and pays (conv_w8a8_implicit.h: the 3x3 layers, the
+// stem, strided and 1x1 layers of 64 channels and more); the others (grouped, narrow 1x1) on
+// the AVX-512 VNNI direct path, which reads its patches in place and writes codes from its
+// register tiles. The AMX GEMM over gathered patches that ran them before was 1.2-7x slower
+// (ResNet-18 / MobileNetV2 layers at batch 8, Sapphire Rapids class).
 void run_amx_or_avx512(const ConvCall& k) {
-  if (implicit_gemm_applies(k.c)) return run_w8a8_amx(k);
+  if (implicit_gemm_pays(k.c)) return run_w8a8_amx(k);
   run_w8a8_avx512(k);
 }
 #endif
@@ -259,11 +259,12 @@ void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
   const bool implicit = implicit_gemm_applies(c);
   if (path == Path::EmulatedImplicit && !implicit)
     throw std::invalid_argument(
-        "conv_w8a8: the implicit GEMM needs stride 1, C % 64 == 0, one group and finite "
-        "folded factors");
+        "conv_w8a8: the implicit GEMM needs patch runs (kw * C codes, C when dilated) of a "
+        "multiple of 4 codes cut into steps of 32-64 codes, one group, and finite folded "
+        "factors");
   // not in place for the implicit GEMM: it reads whole 32-pixel blocks past the last image
   const PreparedInput prepared(
-      c, path == Path::Auto && !(implicit && active_isa() == Isa::Amx));
+      c, path == Path::Auto && !(implicit_gemm_pays(c) && active_isa() == Isa::Amx));
   const QuantizedInput& in = prepared.in;
   if (path == Path::EmulatedImplicit) return run_emulated_implicit(ConvCall{c, in});
   // AVX2 and AVX-512 VNNI run every group in one pass over the rows, the reference a group at

@@ -21,35 +21,89 @@ namespace tersor::conv {
 
 constexpr int64_t kImplicitRows = 32;  // output pixels of a register block (2 A tiles)
 
+// The K walk of the implicit GEMM. The packed weight's K order is (kh, kw, C), so a kernel row
+// of taps is one run of kw * C codes of the input row (kw runs of C when dilated), and B
+// advances linearly along it. Each run is cut into steps of `step` codes: one A tile of
+// 16 pixels x step bytes, one B tile of step / 4 rows x 64 bytes. step is 64 when the run is
+// whole 64-code steps (C % 64 == 0), the whole run when it is at most 64 codes long (the
+// 4-channel stem's 7 x 4 = 28, a 1x1 layer's 16 or 24 channels), else the largest multiple of
+// 4 below 64 that divides it (48 for 96 or 144 channels); 0 (does not apply) below 32.
+struct ImplicitPlan {
+  int64_t run;   // codes per run: kw * C, or C when dilated
+  int64_t runs;  // runs per kernel row: 1, or kw when dilated
+  int64_t step;  // bytes per tile step (a multiple of 4, <= 64), 0: no plan
+  // A tile rows: pixels `row_stride` bytes apart. Stride 1: output pixels numbered over the
+  // padded width (q = oh * Wp + ow, blocks span output rows). Otherwise each 16-pixel segment
+  // lies in one output row (ow0 .. ow0 + 15), its pixels sw * C bytes apart.
+  bool linear;
+  int64_t row_stride;
+};
+
+static inline ImplicitPlan implicit_plan(const ConvW8A8Args& c) {
+  ImplicitPlan p{c.dw == 1 ? c.kw * c.C : c.C, c.dw == 1 ? 1 : c.kw, 0, c.sh == 1 && c.sw == 1,
+                 c.sw * c.C};
+  if (p.run % 4) return p;
+  if (p.run <= 64) {
+    p.step = p.run;
+  } else {
+    for (int64_t s = 64; s >= 32 && !p.step; s -= 4) p.step = p.run % s ? 0 : s;
+  }
+  return p;
+}
+
 // The static pipeline's codes come out of the block's epilogue when every folded factor is
 // finite (requant.h); otherwise through fp32 and requant_all (conv_w8a8_dispatch.cpp).
 static inline bool implicit_gemm_applies(const ConvW8A8Args& c) {
-  return c.sh == 1 && c.sw == 1 && c.C % 64 == 0 && patch_channels(c) == c.C &&
-         c.groups == 1 && !(c.out && !c.out->folded_finite);
+  return implicit_plan(c).step > 0 && patch_channels(c) == c.C && c.groups == 1 &&
+         !(c.out && !c.out->folded_finite);
+}
+// Where the AMX path takes it (conv_w8a8_dispatch.cpp): from kImplicitMinK codes per patch.
+// Below, a block's 32 x 32 epilogue through memory outweighs its one or two tile steps, and
+// the VNNI register tile is faster (a 1x1 layer of 16 or 24 channels: 1.5x).
+constexpr int64_t kImplicitMinK = 64;
+static inline bool implicit_gemm_pays(const ConvW8A8Args& c) {
+  return implicit_gemm_applies(c) && c.kh * c.kw * c.C >= kImplicitMinK;
 }
 
 namespace implicit_detail {
 
-// One 32-pixel x 32-channel block of an image, pixels q0.. numbered over the padded width,
-// column blocks b0, b1 (C tiles 0..3 = rows 0-15 / 16-31 x columns b0 / b1). The K loop walks
-// the taps and, inside a tap, C in steps of 64; the packed weight's K order (kh, kw, C) is the
-// same walk, so B advances linearly.
+// Where segment s (16 output pixels) of an image starts in the padded input, and which output
+// pixel its first row is (oh, ow; rows ow + r >= Wo, or past Ho, are dropped by store_block).
+struct Segment {
+  int64_t offset, oh, ow;
+};
+static inline Segment segment(const ConvW8A8Args& c, const QuantizedInput& in,
+                              const ImplicitPlan& p, int64_t s) {
+  if (p.linear) {
+    const int64_t q = 16 * s;
+    return {q * c.C, q / in.Wp, q % in.Wp};
+  }
+  const int64_t per_row = (c.Wo + 15) / 16, oh = s / per_row, ow = s % per_row * 16;
+  return {(oh * c.sh * in.Wp + ow * c.sw) * c.C, oh, ow};
+}
+static inline int64_t segments(const ConvW8A8Args& c, const QuantizedInput& in,
+                               const ImplicitPlan& p) {
+  return p.linear ? (c.Ho * in.Wp + 15) / 16 : c.Ho * ((c.Wo + 15) / 16);
+}
+
+// One 32-pixel x 32-channel block: A tiles from segments a0 / a1 of the image, column blocks
+// b0, b1 (C tiles 0..3 = rows 0-15 / 16-31 x columns b0 / b1). The K loop walks the kernel
+// rows, the runs of a row, and each run in steps (ImplicitPlan).
 template <class Tiles>
-void block_32(const ConvW8A8Args& c, const QuantizedInput& in, const int8_t* img, int64_t q0,
-              const int8_t* b0, const int8_t* b1, int32_t (*acc)[32]) {
-  const int64_t C = c.C;
+void block_32(const ConvW8A8Args& c, const QuantizedInput& in, const ImplicitPlan& p,
+              const int8_t* a0, const int8_t* a1, const int8_t* b0, const int8_t* b1,
+              int32_t (*acc)[32]) {
   Tiles::template zero<0>();
   Tiles::template zero<1>();
   Tiles::template zero<2>();
   Tiles::template zero<3>();
   int64_t k = 0;
   for (int64_t i = 0; i < c.kh; ++i) {
-    for (int64_t j = 0; j < c.kw; ++j) {
-      const int8_t* a0 = img + (q0 + i * c.dh * in.Wp + j * c.dw) * C;
-      const int8_t* a1 = a0 + 16 * C;
-      for (int64_t c0 = 0; c0 < C; c0 += 64, k += 64) {
-        Tiles::template load<4>(a0 + c0, C);
-        Tiles::template load<5>(a1 + c0, C);
+    for (int64_t j = 0; j < p.runs; ++j) {
+      const int64_t tap = (i * c.dh * in.Wp + j * c.dw) * c.C;
+      for (int64_t c0 = 0; c0 < p.run; c0 += p.step, k += p.step) {
+        Tiles::template load<4>(a0 + tap + c0, p.row_stride);
+        Tiles::template load<5>(a1 + tap + c0, p.row_stride);
         Tiles::template load<6>(b0 + k * 16, 64);
         Tiles::template load<7>(b1 + k * 16, 64);
         Tiles::template dpbssd<0, 4, 6>();
@@ -112,13 +166,16 @@ static inline void store_pixel(const ConvW8A8Args& c, const int32_t* acc, float 
 #endif
 }
 
-// The block's real pixels: columns ow >= Wo and pixels past the image are dropped.
-static inline void store_block(const ConvW8A8Args& c, const QuantizedInput& in,
-                               const int32_t (*acc)[32], int64_t b, int64_t q0, int64_t n0) {
+// The 16 rows of one segment held in acc: pixels past the output row's end (ow >= Wo: the
+// padded width, or a segment's tail) and past the image are dropped.
+static inline void store_segment(const ConvW8A8Args& c, const QuantizedInput& in,
+                                 const ImplicitPlan& p, const int32_t (*acc)[32], int64_t b,
+                                 const Segment& sg, int64_t n0) {
   const float sx = in.scale[b];
   const int64_t cols = c.N - n0 < 32 ? c.N - n0 : 32;
-  for (int64_t r = 0; r < kImplicitRows; ++r) {
-    const int64_t q = q0 + r, oh = q / in.Wp, ow = q % in.Wp;
+  int64_t oh = sg.oh, ow = sg.ow;
+  for (int64_t r = 0; r < 16; ++r, ++ow) {
+    if (p.linear && ow == in.Wp) ow = 0, ++oh;
     if (oh >= c.Ho) break;
     if (ow >= c.Wo) continue;
     store_pixel(c, acc[r], sx, (b * c.Ho + oh) * c.Wo + ow, n0, cols);
@@ -129,9 +186,11 @@ static inline void store_block(const ConvW8A8Args& c, const QuantizedInput& in,
 
 template <class Tiles>
 void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
-  const int64_t K = c.kh * c.kw * c.C;  // a multiple of 64: no k tail
+  const ImplicitPlan p = implicit_plan(c);
+  const int64_t K = c.kh * c.kw * c.C;  // whole steps: no k tail
   const int64_t n_blocks = round_up(c.N, 16) / 16, n_pairs = (n_blocks + 1) / 2;
-  const int64_t panels = (c.Ho * in.Wp + kImplicitRows - 1) / kImplicitRows;  // per image
+  const int64_t segs = implicit_detail::segments(c, in, p);
+  const int64_t panels = (segs + 1) / 2;  // blocks of two segments, per image
   const int64_t img_bytes = in.Hp * in.Wp * c.C;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * K, c.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
@@ -141,16 +200,22 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
     int64_t w0, w1;
     thread_range(n_pairs * c.B * panels, &w0, &w1);
     if (w0 < w1) {
-      Tiles::configure();
+      Tiles::configure(p.step);
       alignas(64) int32_t acc[kImplicitRows][32];
       for (int64_t w = w0; w < w1; ++w) {
-        const int64_t pair = w / (c.B * panels), b = w / panels % c.B, p = w % panels;
+        const int64_t pair = w / (c.B * panels), b = w / panels % c.B, pn = w % panels;
         const int64_t nb0 = 2 * pair;
         const int8_t* b0 = c.w + nb0 * K * 16;
         const int8_t* b1 = nb0 + 1 < n_blocks ? b0 + K * 16 : b0;  // odd tail: computed twice
-        implicit_detail::block_32<Tiles>(c, in, in.xq + b * img_bytes, p * kImplicitRows, b0,
-                                         b1, acc);
-        implicit_detail::store_block(c, in, acc, b, p * kImplicitRows, nb0 * 16);
+        const int8_t* img = in.xq + b * img_bytes;
+        const implicit_detail::Segment s0 = implicit_detail::segment(c, in, p, 2 * pn);
+        const bool two = 2 * pn + 1 < segs;  // an odd last segment: its pair computed twice
+        const implicit_detail::Segment s1 =
+            two ? implicit_detail::segment(c, in, p, 2 * pn + 1) : s0;
+        implicit_detail::block_32<Tiles>(c, in, p, img + s0.offset, img + s1.offset, b0, b1,
+                                         acc);
+        implicit_detail::store_segment(c, in, p, acc, b, s0, nb0 * 16);
+        if (two) implicit_detail::store_segment(c, in, p, acc + 16, b, s1, nb0 * 16);
       }
       Tiles::release();
     }
@@ -160,17 +225,22 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
 // Scalar tiles with the AMX semantics, one register file per thread.
 struct EmulatedTiles {
   static inline thread_local int8_t reg[8][16][64];
-  static void configure() {}
+  static inline thread_local int step = 64;  // A tiles' bytes per row, B tiles' rows * 4
+  static void configure(int64_t k_bytes) { step = static_cast<int>(k_bytes); }
   static void release() {}
   template <int t>
   static void zero() {
     for (auto& row : reg[t])
       for (auto& v : row) v = 0;
   }
+  // as configured (conv_w8a8_amx.cpp): tiles 4, 5 (A) 16 rows x step bytes, 6, 7 (B)
+  // step / 4 rows x 64 bytes; what lies past them reads as zero, as in a tile
   template <int t>
   static void load(const void* p, int64_t stride) {
+    const int rows = t >= 6 ? step / 4 : 16, cols = t == 4 || t == 5 ? step : 64;
     for (int r = 0; r < 16; ++r)
-      for (int i = 0; i < 64; ++i) reg[t][r][i] = static_cast<const int8_t*>(p)[r * stride + i];
+      for (int i = 0; i < 64; ++i)
+        reg[t][r][i] = r < rows && i < cols ? static_cast<const int8_t*>(p)[r * stride + i] : 0;
   }
   template <int t>
   static void store(void* p, int64_t stride) {

@@ -39,8 +39,10 @@ void run_rows(const PackedW8LinearArgs& a, const RowFill& fill);  // per-call IS
 // Row stride lda = round_up(K, 64) + 64: whole 64-k tiles, and off a power of two (with a
 // power-of-two stride the 16 rows of an A tile share one L1 set: 4-10x slower at K = 4096).
 static inline int64_t amx_lda(int64_t K) { return (K + 63) / 64 * 64 + 64; }
-// Loads the tile configuration every AMX kernel here uses: tmm0..7 all 16 rows x 64 bytes.
-void amx_configure_tiles();
+// Loads the tile configuration every AMX kernel here uses: tmm0..3 (C) 16 rows x 64 bytes,
+// tmm4..5 (A) 16 rows x k_bytes, tmm6..7 (B) k_bytes / 4 rows x 64 bytes; k_bytes a multiple
+// of 4 up to 64 (below 64: the convolution's narrow steps, conv/conv_w8a8_implicit.h).
+void amx_configure_tiles(int64_t k_bytes = 64);
 // Call inside an OpenMP parallel region: threads split the column pairs; writes a.y.
 void amx_gemm_quantized(const PackedW8LinearArgs& a, const int8_t* aq, int64_t lda,
                         const float* sx);

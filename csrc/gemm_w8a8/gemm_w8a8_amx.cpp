@@ -38,13 +38,13 @@ static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads exactly 64 bytes");
 
 }  // namespace
 
-void amx_configure_tiles() {
+void amx_configure_tiles(int64_t k_bytes) {
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof(cfg));
   cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {  // every tile 16 rows x 64 bytes
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
+  for (int t = 0; t < 8; ++t) {  // 16 rows x 64 bytes; A (4, 5) and B (6, 7) k_bytes deep
+    cfg.rows[t] = t >= 6 ? static_cast<uint8_t>(k_bytes / 4) : 16;
+    cfg.colsb[t] = t == 4 || t == 5 ? static_cast<uint16_t>(k_bytes) : 64;
   }
   // GCC 12 drops the stores to rows / colsb before the builtin (it does not see LDTILECFG
   // read them: the tiles then stay unconfigured and the first tile instruction is #UD, seen on
