@@ -24,6 +24,11 @@ CASES = [
     (24, 1, 3, 1, 2, 2, 10, 12),
     (40, 1, 1, 1, 0, 1, 4, 5),
     (3, 3, (3, 1), 1, (1, 0), 1, 7, 5),
+    # three taps wide (AVX-512: quad rows, one vpdpbusd per kernel row): rows reused from the
+    # ring across output rows and images, a channel tail, stride 2, five kernel rows
+    (33, 1, 3, 1, 1, 1, 13, 17),
+    (20, 1, (5, 3), 2, (2, 1), 1, 11, 9),
+    (16, 1, 3, 2, 1, 1, 14, 14),
 ]
 
 

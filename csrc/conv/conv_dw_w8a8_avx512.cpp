@@ -12,6 +12,18 @@
 // with zero weights; the channel tail runs under masks. In the static pipeline (folded scales,
 // requant.h) the codes are written straight from the sums. Bit-identical to the ref
 // (conv_dw_w8a8.h). Channel multipliers > 1 take the ref.
+//
+// Kernels three taps wide, not dilated (MobileNet's 3x3 layers, stride 1 or 2) take
+// run_rows_of_three instead: one vpdpbusd per kernel row. Each input row a thread needs is
+// turned once into quads, the codes of a kernel row's three taps of each channel side by side
+// (u8: + 128 when the image has negative codes, taken back with 128 * the weights' sum):
+//
+//   T[block][ow] = | x[iw][c] x[iw+1][c] x[iw+2][c] 0 | ... 16 channels c ... |  iw = ow * sw
+//   W[block][i]  = | w[i][0][c] w[i][1][c] w[i][2][c] 0 | ...                 |  (s8)
+//   acc(oh, ow) = sum over kernel rows i of vpdpbusd(T of input row oh * sh + i, W[i])
+//
+// A thread walks consecutive output rows and keeps the last kh quad rows in a ring, so at
+// stride 1 each input row is built once and read kh times.
 #include <immintrin.h>
 
 #include <vector>
@@ -24,11 +36,118 @@ namespace tersor::conv {
 
 namespace {
 constexpr int kMaxPairs = 13;  // up to 5x5 (13 pairs) in registers; larger kernels: the ref
+constexpr int kMaxRows = 7;    // kernel rows of run_rows_of_three
+
+// The epilogue of 16 channels of output pixel (r, ow): codes when `codes` (requant.h with
+// inv_scale 1 and no NaN: clamp, round half to even), else fp32 to the row output.
+inline void store16(const ConvW8A8Args& c, const DwRowOutput& out, bool codes, int64_t r,
+                    int64_t ow, int64_t n0, __mmask16 m, __m512i acc, __m512 s, __m512 bias) {
+  const __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, bias);
+  if (codes) {
+    const __m512 v = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(c.out->lo)),
+                                   _mm512_set1_ps(c.out->hi));
+    _mm_mask_storeu_epi8(c.out->q + (r * c.Wo + ow) * c.out->ldq + n0, m,
+                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+  } else {
+    _mm512_mask_storeu_ps(out.row(r) + ow * c.N + n0, m, y);
+  }
 }
+
+// T[block][ow] of one input row (see the top of the file): 16 channels of three pixels, each
+// loaded once, interleaved bytewise into 16 quads.
+void build_quads(const ConvW8A8Args& c, const int8_t* src, int64_t blocks, bool flip,
+                 uint8_t* T) {
+  const __m128i zero = _mm_setzero_si128(), bias = _mm_set1_epi8(flip ? -128 : 0);
+  for (int64_t nb = 0; nb < blocks; ++nb) {
+    const __mmask16 m = tail_mask16(c.C - nb * 16);
+    for (int64_t ow = 0; ow < c.Wo; ++ow, T += 64) {
+      const int8_t* p = src + ow * c.sw * c.C + nb * 16;
+      const __m128i a = _mm_xor_si128(_mm_maskz_loadu_epi8(m, p), bias);
+      const __m128i b = _mm_xor_si128(_mm_maskz_loadu_epi8(m, p + c.C), bias);
+      const __m128i d = _mm_xor_si128(_mm_maskz_loadu_epi8(m, p + 2 * c.C), bias);
+      const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+      const __m128i d_lo = _mm_unpacklo_epi8(d, zero), d_hi = _mm_unpackhi_epi8(d, zero);
+      __m512i q = _mm512_castsi128_si512(_mm_unpacklo_epi16(ab_lo, d_lo));  // channels 0-3
+      q = _mm512_inserti32x4(q, _mm_unpackhi_epi16(ab_lo, d_lo), 1);          // 4-7
+      q = _mm512_inserti32x4(q, _mm_unpacklo_epi16(ab_hi, d_hi), 2);          // 8-11
+      q = _mm512_inserti32x4(q, _mm_unpackhi_epi16(ab_hi, d_hi), 3);          // 12-15
+      _mm512_storeu_si512(T, q);
+    }
+  }
+}
+
+void run_rows_of_three(const DwCall& k, bool codes) {
+  const ConvW8A8Args& c = k.c;
+  const int64_t blocks = k.Np / 16, kh = c.kh, Hp = k.in.Hp, Wp = k.in.Wp;
+  // W[block][i] and 128 * the sum of each channel's weights (for images read as x + 128)
+  std::vector<__m512i> wq(blocks * kh), comp(blocks);
+  for (int64_t nb = 0; nb < blocks; ++nb) {
+    alignas(64) int8_t q[64];
+    alignas(64) int32_t sum[16] = {};
+    for (int64_t i = 0; i < kh; ++i) {
+      for (int l = 0; l < 16; ++l) {
+        for (int j = 0; j < 3; ++j) {
+          const int16_t w = k.wt[(i * 3 + j) * k.Np + nb * 16 + l];
+          q[4 * l + j] = static_cast<int8_t>(w);
+          sum[l] += w;
+        }
+        q[4 * l + 3] = 0;
+      }
+      wq[nb * kh + i] = _mm512_load_si512(q);
+    }
+    comp[nb] = _mm512_slli_epi32(_mm512_load_si512(sum), 7);
+  }
+  const int64_t row_bytes = blocks * c.Wo * 64;
+  const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * kh * 3, c.nthreads);
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+    const DwRowOutput out(c);
+    auto ring = alloc_scratch<uint8_t>(kh * row_bytes);
+    int64_t held[kMaxRows];  // the padded input row (b * Hp + ih) each ring slot holds
+    for (int64_t i = 0; i < kh; ++i) held[i] = -1;
+    int64_t r0, r1;
+    thread_range(c.B * c.Ho, &r0, &r1);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / c.Ho, oh = r % c.Ho;
+      const bool flip = !k.in.non_negative[b];
+      const uint8_t* rows[kMaxRows];
+      for (int64_t i = 0; i < kh; ++i) {
+        const int64_t ih = b * Hp + oh * c.sh + i, slot = ih % kh;
+        uint8_t* T = ring.get() + slot * row_bytes;
+        if (held[slot] != ih) {
+          build_quads(c, k.in.xq + ih * Wp * c.C, blocks, flip, T);
+          held[slot] = ih;
+        }
+        rows[i] = T;
+      }
+      const __m512 vsx = _mm512_set1_ps(k.in.scale[b]);
+      for (int64_t nb = 0; nb < blocks; ++nb) {
+        const int64_t n0 = nb * 16;
+        const __mmask16 m = tail_mask16(c.N - n0);
+        const __m512 s = _mm512_mul_ps(vsx, _mm512_loadu_ps(c.w_scale + n0));  // [Np]
+        const __m512 bias = bias16(c.bias, n0, m);
+        const __m512i cp = flip ? comp[nb] : _mm512_setzero_si512();
+        const __m512i* w = &wq[nb * kh];
+        const int64_t at = nb * c.Wo * 64;
+        for (int64_t ow = 0; ow < c.Wo; ++ow) {
+          __m512i acc = _mm512_setzero_si512();
+          for (int64_t i = 0; i < kh; ++i)
+            acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(rows[i] + at + ow * 64), w[i]);
+          store16(c, out, codes, r, ow, n0, m, _mm512_sub_epi32(acc, cp), s, bias);
+        }
+      }
+      if (!codes) out.finish_row(r);
+    }
+  }
+}
+}  // namespace
 
 void run_dw_avx512(const DwCall& k) {
   const ConvW8A8Args& c = k.c;
   const int64_t taps = c.kh * c.kw, pairs = (taps + 1) / 2;
+  const bool codes = c.out && c.out->folded_finite && !c.out->res;
+  if (k.mult == 1 && c.kw == 3 && c.dw == 1 && c.dh == 1 && c.kh <= kMaxRows)
+    return run_rows_of_three(k, codes);
   if (k.mult != 1 || pairs > kMaxPairs) return run_dw_ref(k);
   const int64_t Hp = k.in.Hp, Wp = k.in.Wp, blocks = k.Np / 16;
   // weights of each 16-channel block and tap pair, interleaved as the codes will be
@@ -44,7 +163,6 @@ void run_dw_avx512(const DwCall& k) {
       wp[nb * pairs + p] = _mm512_mask_mov_epi16(_mm512_slli_epi32(load(2 * p + 1), 16),
                                                  0x55555555, load(2 * p));
     }
-  const bool codes = c.out && c.out->folded_finite && !c.out->res;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * taps, c.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
@@ -72,15 +190,7 @@ void run_dw_avx512(const DwCall& k) {
           const __m512i x = _mm512_mask_mov_epi16(_mm512_slli_epi32(xb, 16), 0x55555555, xa);
           acc = _mm512_dpwssd_epi32(acc, x, w[p]);
         }
-        const __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, bias);
-        if (codes) {  // requant.h with inv_scale 1 and no NaN: clamp, round half to even
-          const __m512 v = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(c.out->lo)),
-                                         _mm512_set1_ps(c.out->hi));
-          _mm_mask_storeu_epi8(c.out->q + (r * c.Wo + ow) * c.out->ldq + n0, m,
-                               _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
-        } else {
-          _mm512_mask_storeu_ps(out.row(r) + ow * c.N + n0, m, y);
-        }
+        store16(c, out, codes, r, ow, n0, m, acc, s, bias);
       }
     }
     if (!codes) out.finish_row(r);

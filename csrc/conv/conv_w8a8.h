@@ -11,11 +11,14 @@
 //   +---------------+
 //
 // Then the GEMM reads its A rows (the patches) from xq:
-//   - AMX, stride 1, C % 64 == 0 (the 3x3 layers of a ResNet): implicit GEMM with no gather at
-//     all. Output pixels are numbered over the padded width, q = oh * Wp + ow, so the patch row
-//     of q at tap (i, j) starts at pixel q + i*dh*Wp + j*dw: 16 consecutive q are 16 pixels C
-//     bytes apart, one tile load with stride C. Rows with ow >= Wo are computed and dropped
-//     (Wp / Wo extra work: 4% at 56x56, 29% at 7x7).
+//   - AMX, patches of 64 codes and more whose kernel rows are runs of a multiple of 4 codes
+//     (the 3x3 and strided layers of a ResNet, its 7x7 stem on 4 channels): implicit GEMM
+//     with no gather at all (conv_w8a8_implicit.h). At stride 1 output pixels are numbered
+//     over the padded width, q = oh * Wp + ow, so the patch row of q at tap (i, j) starts at
+//     pixel q + i*dh*Wp + j*dw: 16 consecutive q are 16 pixels C bytes apart, one tile load
+//     with stride C; rows with ow >= Wo are computed and dropped (Wp / Wo extra work: 4% at
+//     56x56, 29% at 7x7). Strided, each tile holds 16 pixels of one output row, sw * C bytes
+//     apart.
 //   - AVX2 and AVX-512 VNNI, runs of codes a multiple of 4 long: the register tile broadcasts
 //     each output pixel's 4-code groups straight from xq, one pointer per row: no gather, any
 //     stride.

@@ -81,8 +81,17 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
       } else if (codes) {  // pixels of xs_c codes spread to C, zero-filled
         const int8_t* src = c.xs + (b * c.H + h) * c.W * xs_c;
         int8_t* px = dst + c.pw * c.C;
-        std::memset(px, 0, row);
-        for (int64_t w = 0; w < c.W; ++w) std::memcpy(px + w * c.C, src + w * xs_c, xs_c);
+        if (xs_c == 3 && c.C == 4) {  // an RGB image: one 4-byte store per pixel, not a memcpy
+          for (int64_t w = 0; w < c.W; ++w) {
+            const uint32_t v = uint32_t(uint8_t(src[3 * w])) |
+                               uint32_t(uint8_t(src[3 * w + 1])) << 8 |
+                               uint32_t(uint8_t(src[3 * w + 2])) << 16;
+            std::memcpy(px + 4 * w, &v, 4);
+          }
+        } else {
+          std::memset(px, 0, row);
+          for (int64_t w = 0; w < c.W; ++w) std::memcpy(px + w * c.C, src + w * xs_c, xs_c);
+        }
       } else {
         quantize(c.x + (b * c.H + h) * row, row, inv_b, dst + c.pw * c.C);
       }
