@@ -21,6 +21,7 @@ CASES = [
     (12, 24, 3, 2, 1, 2, 13, 10, 1),  # dilated: one run per tap
     (37, 37, 3, 1, 1, 1, 6, 7, 37),  # depthwise, channel tail
     (32, 32, 3, 2, 1, 1, 9, 9, 32),
+    (24, 24, 3, 1, 2, 1, 5, 9, 24),  # depthwise read in place, a border two pixels deep
     (8, 32, 3, 1, 1, 1, 7, 6, 2),  # grouped, 4 channels per group: read in place on AVX2
     (6, 48, 3, 2, 1, 1, 7, 9, 3),  # grouped, 2 channels per group: gathered
     (64, 64, 3, 1, 1, 1, 6, 5, 4),  # grouped with C % 64 == 0: no implicit GEMM

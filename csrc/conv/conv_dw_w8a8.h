@@ -29,7 +29,16 @@ struct DwCall {
   const int16_t* wt;  // [kh * kw][Np]
   int64_t Np;         // N rounded up to 16
   int64_t mult;       // N / C
+  // in.xq has the zero border (Hp = H + 2 ph); false: in.xq is the codes themselves
+  // (in.Hp = H, in.Wp = W), only for the AVX-512 rows of three (dw_reads_unpadded)
+  bool padded = true;
 };
+
+// The AVX-512 kernel for kernels three taps wide (conv_dw_w8a8_avx512.cpp run_rows_of_three),
+// which also reads static codes in place, handling the zero border itself.
+static inline bool dw_rows_of_three(const ConvW8A8Args& c, int64_t mult) {
+  return mult == 1 && c.kw == 3 && c.dw == 1 && c.dh == 1 && c.kh <= 7;
+}
 
 void run_dw_ref(const DwCall& k);
 void run_dw_avx2(const DwCall& k);

@@ -26,6 +26,7 @@
 // stride 1 each input row is built once and read kh times.
 #include <immintrin.h>
 
+#include <cstring>
 #include <vector>
 
 #include "common/parallel.h"
@@ -40,31 +41,55 @@ constexpr int kMaxRows = 7;    // kernel rows of run_rows_of_three
 
 // The epilogue of 16 channels of output pixel (r, ow): codes when `codes` (requant.h with
 // inv_scale 1 and no NaN: clamp, round half to even), else fp32 to the row output.
-inline void store16(const ConvW8A8Args& c, const DwRowOutput& out, bool codes, int64_t r,
-                    int64_t ow, int64_t n0, __mmask16 m, __m512i acc, __m512 s, __m512 bias) {
-  const __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, bias);
-  if (codes) {
-    const __m512 v = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(c.out->lo)),
-                                   _mm512_set1_ps(c.out->hi));
-    _mm_mask_storeu_epi8(c.out->q + (r * c.Wo + ow) * c.out->ldq + n0, m,
-                         _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
-  } else {
-    _mm512_mask_storeu_ps(out.row(r) + ow * c.N + n0, m, y);
+// (Its arguments copied out of c once per row: the int8 stores may alias c, so the compiler
+// would reload every field per pixel.)
+struct Store16 {
+  bool codes;
+  int8_t* q;      // codes: output row r's first pixel
+  int64_t ldq;
+  float* y;       // fp32: the row's output
+  int64_t ldy;
+  __m512 lo, hi;
+  Store16(const ConvW8A8Args& c, const DwRowOutput& out, bool codes, int64_t r)
+      : codes(codes),
+        q(codes ? c.out->q + r * c.Wo * c.out->ldq : nullptr),
+        ldq(codes ? c.out->ldq : 0),
+        y(codes ? nullptr : out.row(r)),
+        ldy(c.N),
+        lo(_mm512_set1_ps(codes ? c.out->lo : 0.0f)),
+        hi(_mm512_set1_ps(codes ? c.out->hi : 0.0f)) {}
+  void operator()(int64_t ow, int64_t n0, __mmask16 m, __m512i acc, __m512 s,
+                  __m512 bias) const {
+    const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, bias);
+    if (codes) {
+      _mm_mask_storeu_epi8(q + ow * ldq + n0, m,
+                           _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(
+                               _mm512_min_ps(_mm512_max_ps(v, lo), hi))));
+    } else {
+      _mm512_mask_storeu_ps(y + ow * ldy + n0, m, v);
+    }
   }
-}
+};
 
 // T[block][ow] of one input row (see the top of the file): 16 channels of three pixels, each
-// loaded once, interleaved bytewise into 16 quads.
-void build_quads(const ConvW8A8Args& c, const int8_t* src, int64_t blocks, bool flip,
-                 uint8_t* T) {
+// loaded once, interleaved bytewise into 16 quads. src: the row's pixel 0; x0: the column of
+// output 0's first tap, -pw when the row has no zero border (k.padded false), whose taps
+// outside [0, W) then read as zero codes (a zero mask: masked-off lanes never fault).
+void build_quads(const ConvW8A8Args& c, const int8_t* src, int64_t x0, int64_t W,
+                 int64_t blocks, bool flip, uint8_t* T) {
   const __m128i zero = _mm_setzero_si128(), bias = _mm_set1_epi8(flip ? -128 : 0);
   for (int64_t nb = 0; nb < blocks; ++nb) {
     const __mmask16 m = tail_mask16(c.C - nb * 16);
-    for (int64_t ow = 0; ow < c.Wo; ++ow, T += 64) {
-      const int8_t* p = src + ow * c.sw * c.C + nb * 16;
-      const __m128i a = _mm_xor_si128(_mm_maskz_loadu_epi8(m, p), bias);
-      const __m128i b = _mm_xor_si128(_mm_maskz_loadu_epi8(m, p + c.C), bias);
-      const __m128i d = _mm_xor_si128(_mm_maskz_loadu_epi8(m, p + 2 * c.C), bias);
+    const int64_t C = c.C, sw = c.sw, Wo = c.Wo;  // locals: the stores below may alias c
+    for (int64_t ow = 0; ow < Wo; ++ow, T += 64) {
+      const int64_t iw = x0 + ow * sw;
+      const int8_t* p = src + iw * C + nb * 16;
+      const bool inside = iw >= 0 && iw + 2 < W;
+      const auto tap = [&](int64_t j) {
+        const __mmask16 mj = inside || (iw + j >= 0 && iw + j < W) ? m : 0;
+        return _mm_xor_si128(_mm_maskz_loadu_epi8(mj, p + j * C), bias);
+      };
+      const __m128i a = tap(0), b = tap(1), d = tap(2);
       const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
       const __m128i d_lo = _mm_unpacklo_epi8(d, zero), d_hi = _mm_unpackhi_epi8(d, zero);
       __m512i q = _mm512_castsi128_si512(_mm_unpacklo_epi16(ab_lo, d_lo));  // channels 0-3
@@ -103,7 +128,7 @@ void run_rows_of_three(const DwCall& k, bool codes) {
   {
     const DwRowOutput out(c);
     auto ring = alloc_scratch<uint8_t>(kh * row_bytes);
-    int64_t held[kMaxRows];  // the padded input row (b * Hp + ih) each ring slot holds
+    int64_t held[kMaxRows];  // the input row each ring slot holds: image b, row h -> tag
     for (int64_t i = 0; i < kh; ++i) held[i] = -1;
     int64_t r0, r1;
     thread_range(c.B * c.Ho, &r0, &r1);
@@ -112,15 +137,23 @@ void run_rows_of_three(const DwCall& k, bool codes) {
       const bool flip = !k.in.non_negative[b];
       const uint8_t* rows[kMaxRows];
       for (int64_t i = 0; i < kh; ++i) {
-        const int64_t ih = b * Hp + oh * c.sh + i, slot = ih % kh;
+        // the row in the input's own coordinates: padded, or H rows with the border implied
+        const int64_t h = oh * c.sh + i - (k.padded ? 0 : c.ph);
+        const int64_t tag = b * (Hp + 2 * c.ph) + h + c.ph, slot = tag % kh;  // h >= -ph
         uint8_t* T = ring.get() + slot * row_bytes;
-        if (held[slot] != ih) {
-          build_quads(c, k.in.xq + ih * Wp * c.C, blocks, flip, T);
-          held[slot] = ih;
+        if (held[slot] != tag) {
+          if (h < 0 || h >= Hp) {  // a border row: zero codes (128 read as u8 when flipped)
+            std::memset(T, flip ? 0x80 : 0, row_bytes);
+          } else {
+            build_quads(c, k.in.xq + (b * Hp + h) * Wp * c.C, k.padded ? 0 : -c.pw, Wp, blocks,
+                        flip, T);
+          }
+          held[slot] = tag;
         }
         rows[i] = T;
       }
       const __m512 vsx = _mm512_set1_ps(k.in.scale[b]);
+      const Store16 store(c, out, codes, r);
       for (int64_t nb = 0; nb < blocks; ++nb) {
         const int64_t n0 = nb * 16;
         const __mmask16 m = tail_mask16(c.N - n0);
@@ -128,12 +161,12 @@ void run_rows_of_three(const DwCall& k, bool codes) {
         const __m512 bias = bias16(c.bias, n0, m);
         const __m512i cp = flip ? comp[nb] : _mm512_setzero_si512();
         const __m512i* w = &wq[nb * kh];
-        const int64_t at = nb * c.Wo * 64;
-        for (int64_t ow = 0; ow < c.Wo; ++ow) {
+        const int64_t Wo = c.Wo, at = nb * Wo * 64;
+        for (int64_t ow = 0; ow < Wo; ++ow) {
           __m512i acc = _mm512_setzero_si512();
           for (int64_t i = 0; i < kh; ++i)
             acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(rows[i] + at + ow * 64), w[i]);
-          store16(c, out, codes, r, ow, n0, m, _mm512_sub_epi32(acc, cp), s, bias);
+          store(ow, n0, m, _mm512_sub_epi32(acc, cp), s, bias);
         }
       }
       if (!codes) out.finish_row(r);
@@ -172,6 +205,7 @@ void run_dw_avx512(const DwCall& k) {
     const int64_t b = r / c.Ho, oh = r % c.Ho;
     const int8_t* row = k.in.xq + (b * Hp + oh * c.sh) * Wp * c.C;
     const __m512 vsx = _mm512_set1_ps(k.in.scale[b]);
+    const Store16 store(c, out, codes, r);
     for (int64_t nb = 0; nb < blocks; ++nb) {
       const int64_t n0 = nb * 16;
       const __mmask16 m = tail_mask16(c.N - n0);
@@ -190,7 +224,7 @@ void run_dw_avx512(const DwCall& k) {
           const __m512i x = _mm512_mask_mov_epi16(_mm512_slli_epi32(xb, 16), 0x55555555, xa);
           acc = _mm512_dpwssd_epi32(acc, x, w[p]);
         }
-        store16(c, out, codes, r, ow, n0, m, acc, s, bias);
+        store(ow, n0, m, acc, s, bias);
       }
     }
     if (!codes) out.finish_row(r);

@@ -64,7 +64,10 @@ void run_dw_ref(const DwCall& k) {
 
 namespace {
 void run_dw_folded(const ConvW8A8Args& c) {
-  const PreparedInput prepared(c, true);
+  // the rows of three read static codes in place: no padded copy of the input (a copy is a
+  // read and a write of the whole input, as much traffic as the layer's own at 112x112)
+  const bool unpadded = active_isa() >= Isa::Avx512 && dw_rows_of_three(c, c.N / c.C);
+  const PreparedInput prepared(c, true, unpadded);
   const QuantizedInput& in = prepared.in;
   // wt[tap][n] from the packed W8Tile blocks: byte tap % 4 of lane n % 16 of tile
   // (n / 16, tap / 4); padding channels (N .. Np) hold 0
@@ -74,7 +77,7 @@ void run_dw_folded(const ConvW8A8Args& c) {
   for (int64_t t = 0; t < taps; ++t)
     for (int64_t n = 0; n < Np; ++n)
       wt.get()[t * Np + n] = tiles[(n / 16) * k4 + t / 4].q[n % 16][t % 4];
-  dispatch_isa(DwCall{c, in, wt.get(), Np, c.N / c.C}, run_dw_ref, TERSOR_X86_FN(run_dw_avx2),
+  dispatch_isa(DwCall{c, in, wt.get(), Np, c.N / c.C, in.xq != c.xs}, run_dw_ref, TERSOR_X86_FN(run_dw_avx2),
                TERSOR_X86_FN(run_dw_avx512), TERSOR_X86_FN(run_dw_avx512));
 }
 }  // namespace

@@ -87,8 +87,12 @@ void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in);
 // A convolution's input ready for the paths, and the buffers behind it: quantize_input into a
 // padded copy, or (may_read_in_place, codes of a 1x1 convolution without padding) c.xs itself
 // with scan_codes.
+// The input a path reads: quantized (or codes copied) into the padded xq, or the codes
+// themselves (c.xs, every channel) when the path may read them in place: a 1x1 layer without
+// padding, or any layer with `unpadded` (the path handles the border itself: in.Hp / in.Wp are
+// then H / W).
 struct PreparedInput {
-  PreparedInput(const ConvW8A8Args& c, bool may_read_in_place);
+  PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool unpadded = false);
   Scratch<int8_t> xq;
   Scratch<float> scale;
   Scratch<bool> non_negative;

@@ -123,11 +123,12 @@ void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in) {
   }
 }
 
-PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place)
+PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool unpadded)
     : scale(alloc_scratch<float>(c.B)), non_negative(alloc_scratch<bool>(c.B)) {
-  const int64_t Hp = c.H + 2 * c.ph, Wp = c.W + 2 * c.pw;
-  const bool in_place = may_read_in_place && c.xs && c.kh == 1 && c.kw == 1 && c.ph == 0 &&
-                        c.pw == 0 && (c.xs_channels == 0 || c.xs_channels == c.C);
+  const bool in_place = may_read_in_place && c.xs &&
+                        (unpadded || (c.kh == 1 && c.kw == 1 && c.ph == 0 && c.pw == 0)) &&
+                        (c.xs_channels == 0 || c.xs_channels == c.C);
+  const int64_t Hp = in_place ? c.H : c.H + 2 * c.ph, Wp = in_place ? c.W : c.W + 2 * c.pw;
   xq = alloc_scratch<int8_t>(in_place ? 0 : (c.B * Hp * Wp + tail_pixels(c)) * c.C);
   in = QuantizedInput{in_place ? const_cast<int8_t*>(c.xs) : xq.get(), scale.get(),
                       non_negative.get(), Hp, Wp};
