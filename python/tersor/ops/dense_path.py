@@ -29,9 +29,13 @@ def _dense_min_rows() -> dict:
     switches at the same M and stays bit-identical to the others): with AVX-512 (the Intel
     reference machine) the weight-only kernels keep up longer than with AVX2 alone, where they
     widen 8 weights per instruction (Zen 3: W8 0.62-0.75x torch fp32 from 64 rows against
-    0.76-0.96x for the dense path; W4 0.5-0.73x against 0.62-0.77x)."""
+    0.76-0.96x for the dense path; W4 0.5-0.73x against 0.62-0.77x). W4 with AVX-512 from 384
+    rows: on a Sapphire Rapids class Xeon (2026-12-02, g128, 4096x4096 and 2048x8192) the
+    kernel took 30 / 46 / 52 / 92 ms at 128 / 192 / 256 / 384 rows against the dense path's
+    48 / 60 / 64-72 / 91-93 ms, and the Emerald Rapids figures of the int4 notes agree (the
+    kernel's 32-row time x 4 below the dense path's at 128 rows)."""
     if _C.cpu_info()["features"].get("avx512f"):
-        return {"w8": 256, "w4": 128, "2:4": 256}
+        return {"w8": 256, "w4": 384, "2:4": 256}
     return {"w8": 96, "w4": 64, "2:4": 256}
 
 
