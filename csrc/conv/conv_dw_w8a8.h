@@ -30,7 +30,7 @@ struct DwCall {
   int64_t Np;         // N rounded up to 16
   int64_t mult;       // N / C
   // in.xq has the zero border (Hp = H + 2 ph); false: in.xq is the codes themselves
-  // (in.Hp = H, in.Wp = W), only for the AVX-512 rows of three (dw_reads_unpadded)
+  // (in.Hp = H, in.Wp = W), only for the AVX-512 rows of three (dw_rows_of_three)
   bool padded = true;
 };
 

@@ -71,32 +71,46 @@ struct Store16 {
   }
 };
 
-// T[block][ow] of one input row (see the top of the file): 16 channels of three pixels, each
-// loaded once, interleaved bytewise into 16 quads. src: the row's pixel 0; x0: the column of
-// output 0's first tap, -pw when the row has no zero border (k.padded false), whose taps
-// outside [0, W) then read as zero codes (a zero mask: masked-off lanes never fault).
+// T[block][ow] of one input row (see the top of the file): 16 channels of the three pixels,
+// one xmm each, side by side in a zmm; a word permutation gives each 128-bit lane its four
+// channels' codes of the three taps, and a byte shuffle in the lane makes them quads:
+//
+//   [ a0..a15 | b0..b15 | d0..d15 | - ]                        (a, b, d: taps 0, 1, 2)
+//   vpermw   -> lane L: a[4L..4L+3] b[4L..4L+3] d[4L..4L+3] -
+//   vpshufb  -> lane L: a[4L] b[4L] d[4L] 0  a[4L+1] b[4L+1] d[4L+1] 0 ...
+//
+// src: the row's pixel 0; x0: the column of output 0's first tap, -pw when the row has no
+// zero border (k.padded false), whose taps outside [0, W) then read as zero codes (a zero
+// mask: masked-off lanes never fault).
 void build_quads(const ConvW8A8Args& c, const int8_t* src, int64_t x0, int64_t W,
                  int64_t blocks, bool flip, uint8_t* T) {
-  const __m128i zero = _mm_setzero_si128(), bias = _mm_set1_epi8(flip ? -128 : 0);
+  const __m512i bias = _mm512_set1_epi8(flip ? -128 : 0);
+  alignas(64) int16_t words[32];
+  alignas(64) int8_t bytes[64];
+  for (int l = 0; l < 4; ++l)
+    for (int t = 0; t < 4; ++t) {
+      words[8 * l + 2 * t] = static_cast<int16_t>(8 * t + 2 * l);  // t: tap a, b, d; 3: unused
+      words[8 * l + 2 * t + 1] = static_cast<int16_t>(8 * t + 2 * l + 1);
+      for (int j = 0; j < 4; ++j)  // quad t: codes of channel 4l + t at taps j = 0, 1, 2; 0
+        bytes[16 * l + 4 * t + j] = static_cast<int8_t>(j < 3 ? 4 * j + t : -128);
+    }
+  const __m512i word_index = _mm512_load_si512(words), byte_index = _mm512_load_si512(bytes);
+  const int64_t C = c.C, sw = c.sw, Wo = c.Wo;  // locals: the stores below may alias c
   for (int64_t nb = 0; nb < blocks; ++nb) {
-    const __mmask16 m = tail_mask16(c.C - nb * 16);
-    const int64_t C = c.C, sw = c.sw, Wo = c.Wo;  // locals: the stores below may alias c
+    const __mmask16 m = tail_mask16(C - nb * 16);
     for (int64_t ow = 0; ow < Wo; ++ow, T += 64) {
       const int64_t iw = x0 + ow * sw;
       const int8_t* p = src + iw * C + nb * 16;
       const bool inside = iw >= 0 && iw + 2 < W;
       const auto tap = [&](int64_t j) {
         const __mmask16 mj = inside || (iw + j >= 0 && iw + j < W) ? m : 0;
-        return _mm_xor_si128(_mm_maskz_loadu_epi8(mj, p + j * C), bias);
+        return _mm_maskz_loadu_epi8(mj, p + j * C);
       };
-      const __m128i a = tap(0), b = tap(1), d = tap(2);
-      const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
-      const __m128i d_lo = _mm_unpacklo_epi8(d, zero), d_hi = _mm_unpackhi_epi8(d, zero);
-      __m512i q = _mm512_castsi128_si512(_mm_unpacklo_epi16(ab_lo, d_lo));  // channels 0-3
-      q = _mm512_inserti32x4(q, _mm_unpackhi_epi16(ab_lo, d_lo), 1);          // 4-7
-      q = _mm512_inserti32x4(q, _mm_unpacklo_epi16(ab_hi, d_hi), 2);          // 8-11
-      q = _mm512_inserti32x4(q, _mm_unpackhi_epi16(ab_hi, d_hi), 3);          // 12-15
-      _mm512_storeu_si512(T, q);
+      __m512i v = _mm512_castsi128_si512(tap(0));
+      v = _mm512_inserti32x4(v, tap(1), 1);
+      v = _mm512_inserti32x4(v, tap(2), 2);
+      v = _mm512_permutexvar_epi16(word_index, _mm512_xor_si512(v, bias));
+      _mm512_storeu_si512(T, _mm512_shuffle_epi8(v, byte_index));
     }
   }
 }

@@ -77,8 +77,10 @@ void run_dw_folded(const ConvW8A8Args& c) {
   for (int64_t t = 0; t < taps; ++t)
     for (int64_t n = 0; n < Np; ++n)
       wt.get()[t * Np + n] = tiles[(n / 16) * k4 + t / 4].q[n % 16][t % 4];
-  dispatch_isa(DwCall{c, in, wt.get(), Np, c.N / c.C, in.xq != c.xs}, run_dw_ref, TERSOR_X86_FN(run_dw_avx2),
-               TERSOR_X86_FN(run_dw_avx512), TERSOR_X86_FN(run_dw_avx512));
+  const bool padded = in.xq != c.xs;
+  dispatch_isa(DwCall{c, in, wt.get(), Np, c.N / c.C, padded}, run_dw_ref,
+               TERSOR_X86_FN(run_dw_avx2), TERSOR_X86_FN(run_dw_avx512),
+               TERSOR_X86_FN(run_dw_avx512));
 }
 }  // namespace
 

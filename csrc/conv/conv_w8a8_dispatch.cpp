@@ -270,8 +270,8 @@ void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
   if (path == Path::EmulatedImplicit && !implicit)
     throw std::invalid_argument(
         "conv_w8a8: the implicit GEMM needs patch runs (kw * C codes, C when dilated) of a "
-        "multiple of 4 codes cut into steps of 32-64 codes, one group, and finite folded "
-        "factors");
+        "multiple of 4 codes, at most 64 or cut into steps of 32-64 codes, one group, and "
+        "finite folded factors");
   // not in place for the implicit GEMM: it reads whole 32-pixel blocks past the last image
   const PreparedInput prepared(
       c, path == Path::Auto && !(implicit_gemm_pays(c) && active_isa() == Isa::Amx));

@@ -1,11 +1,19 @@
-// The implicit GEMM of a stride-1 W8A8 convolution with C % 64 == 0 (see conv_w8a8.h), written
-// over a tile-operations policy: AMX runs it with its tile instructions (conv_w8a8_amx.cpp),
-// and EmulatedTiles runs the same code with scalar tiles on every machine, so the addressing
-// below is tested (bit for bit against the gather path) even where no AMX unit exists.
+// The implicit GEMM of a W8A8 convolution whose kernel rows are runs of a multiple of 4 codes
+// (see conv_w8a8.h and ImplicitPlan below), written over a tile-operations policy: AMX runs it
+// with its tile instructions (conv_w8a8_amx.cpp), and EmulatedTiles runs the same code with
+// scalar tiles on every machine, so the addressing below is tested (bit for bit against the
+// C ref) even where no AMX unit exists.
 //
-// Tiles: configure() / release(); zero<t>(); load<t>(ptr, stride_bytes); store<t>(ptr, stride);
-// dpbssd<c, a, b>(): C tile c (16 x 16 int32) += A tile a (16 x 64 s8) . B tile b (16 rows of
-// 16 columns x 4 k s8), the AMX TDPBSSD contract.
+// Tiles: configure(step) / release(); zero<t>(); load<t>(ptr, stride_bytes); store<t>(ptr,
+// stride); dpbssd<c, a, b>(): C tile c (16 x 16 int32) += A tile a (16 x step s8) . B tile b
+// (step / 4 rows of 16 columns x 4 k s8), the AMX TDPBSSD contract.
+//
+// The stem (C = 4 after the zero 4th channel, 7x7, stride 2), one kernel row i of a segment:
+//
+//   xq row 2 oh + i:  | px 2ow | px 2ow+1 | ... | px 2ow+6 | ...      (4 codes a pixel)
+//                      \________ 28 codes: row r of A ________/
+//   A tile: 16 rows (ow0 .. ow0 + 15), each 28 codes, 8 bytes apart (sw * C)
+//   B tile: 7 rows (28 / 4) of 16 columns x 4 k, the weight's k = 28 i .. 28 i + 27
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -68,7 +76,8 @@ static inline bool implicit_gemm_pays(const ConvW8A8Args& c) {
 namespace implicit_detail {
 
 // Where segment s (16 output pixels) of an image starts in the padded input, and which output
-// pixel its first row is (oh, ow; rows ow + r >= Wo, or past Ho, are dropped by store_block).
+// pixel its first row is (oh, ow; rows ow + r >= Wo, or past Ho, are dropped by
+// store_segment).
 struct Segment {
   int64_t offset, oh, ow;
 };
