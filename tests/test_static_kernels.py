@@ -80,6 +80,31 @@ def test_conv_every_isa_matches_ref(isa, case, epilogue, gen, c_ref):
         assert ((y == lo) | (y == hi)).any() and (y != 0).float().mean() > 0.3  # clips, not all 0
 
 
+@pytest.mark.parametrize("c", [16, 32, 96])
+def test_conv_1x1_reads_the_signs_of_each_tile(isa, c, gen, c_ref):
+    """A 1x1 layer's direct paths take each 8-row tile's signs from its own codes (direct_rows.h):
+    codes >= 0 but for a few negative ones scattered over the images (one image has none); a
+    tile that missed one would read it as u8 (128 off)."""
+    b, h, w, n = 3, 7, 9, 24
+    xs = torch.randint(0, 128, (b, h, w, c), dtype=torch.int8, generator=gen)
+    for i in range(2):  # image 2 stays non-negative
+        for _ in range(3):
+            px = torch.randint(0, h * w, (1,), generator=gen).item()
+            xs[i, px // w, px % w, torch.randint(0, c, (1,), generator=gen).item()] = -100
+    q, sc = quantize_per_channel_int8(torch.randn(n, c, generator=gen))
+    pk, bias = pack_int8(q, sc), torch.randn(n, generator=gen)
+    geom = (1, 1, 1, 1, 0, 0, 1, 1)
+    for out_scale in (0.0, 0.05):
+        run = lambda o=out_scale: _run(xs, pk, bias, n, geom, 1, o, -127.0, 127.0)  # noqa: E731
+        y = run()
+        assert torch.equal(y, c_ref(run))
+        ref = ops.conv_static_ref(
+            xs, 0.02, q, sc, bias, geom, 1, out_scale, -127.0, 127.0, None, 0.0
+        )
+        if out_scale == 0.0:
+            torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
+
+
 # The implicit GEMM's K steps (csrc/conv/conv_w8a8_implicit.h ImplicitPlan) and its pixel
 # numbering: over the padded width at stride 1, per output row otherwise.
 IMPLICIT_CASES = [

@@ -67,7 +67,6 @@ struct ConvW8A8Args {
 static inline int64_t patch_channels(const ConvW8A8Args& c) { return c.cg ? c.cg : c.C; }
 static inline int64_t out_stride(const ConvW8A8Args& c) { return c.ldy ? c.ldy : c.N; }
 
-// Zero pixels after the last image: the implicit GEMM's last 32-pixel block reads up to this far.
 // Zero pixels after the last image: the AMX implicit GEMM's last 16-pixel segment (pixels sw
 // apart) reads up to 16 * sw + (kw - 1) * dw of them (conv_w8a8_implicit.h).
 static inline int64_t tail_pixels(const ConvW8A8Args& c) { return 32 * c.sw + (c.kw - 1) * c.dw; }
@@ -78,21 +77,22 @@ struct QuantizedInput {
   bool* non_negative;  // [B]: every code of the image >= 0 (a ReLU's output), see tile_avx2.h
   int64_t Hp, Wp;
 };
-// Fills in.xq and in.scale (allocated by the caller) from c.x, or copies c.xs.
+// Fills in.xq, in.scale and in.non_negative (allocated by the caller) from c.x, or copies c.xs.
 void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in);
-// in.xq is c.xs itself (a 1x1 convolution without padding): fills in.scale and
-// in.non_negative only.
-void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in);
+// in.xq is c.xs itself: fills in.scale, and in.non_negative from a pass over the codes when
+// `scan` (else false: every path then reads the codes as signed, exact for any code).
+void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in, bool scan = true);
 
-// A convolution's input ready for the paths, and the buffers behind it: quantize_input into a
-// padded copy, or (may_read_in_place, codes of a 1x1 convolution without padding) c.xs itself
-// with scan_codes.
 // The input a path reads: quantized (or codes copied) into the padded xq, or the codes
 // themselves (c.xs, every channel) when the path may read them in place: a 1x1 layer without
 // padding, or any layer with `unpadded` (the path handles the border itself: in.Hp / in.Wp are
-// then H / W).
+// then H / W). `scan_signs` false: no pass over codes read in place for their signs
+// (in.non_negative all false, which every path reads correctly): the depthwise rows of three
+// flip every image at no cost, the direct paths read a 1x1 layer's signs per tile. (The pass
+// was a quarter of a depthwise layer's time at 112x112.)
 struct PreparedInput {
-  PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool unpadded = false);
+  PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool unpadded = false,
+                bool scan_signs = true);
   Scratch<int8_t> xq;
   Scratch<float> scale;
   Scratch<bool> non_negative;
@@ -101,6 +101,12 @@ struct PreparedInput {
 
 // The GEMM's rows gathered from xq (for gemm_w8a8::run_rows / run_rows_amx).
 gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in);
+
+// A 1x1 layer without groups: the direct paths (AVX2, AVX-512 VNNI) read the signs of each
+// tile's codes themselves (direct_rows.h), so codes read in place need no scan_codes pass.
+static inline bool direct_reads_signs(const ConvW8A8Args& c) {
+  return c.kh == 1 && c.kw == 1 && c.groups == 1 && patch_channels(c) == c.C;
+}
 
 // One call of the GEMM stage, what the shared dispatch_isa hands each path.
 struct ConvCall {

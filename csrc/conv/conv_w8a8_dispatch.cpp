@@ -1,5 +1,6 @@
 // Portable part of the W8A8 convolution: the per-image input quantization, the patch gather for
 // gemm_w8a8::run_rows, and the per-call dispatch.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -110,20 +111,24 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
   std::memset(in.xq + c.B * in.Hp * prow, 0, tail_pixels(c) * c.C);
 }
 
-void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in) {
+void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in, bool scan) {
   const int64_t image = c.H * c.W * c.C;
-  const int nt = threads_for_work(double(c.B) * image, c.nthreads);
+  const int nt = scan ? threads_for_work(double(c.B) * image, c.nthreads) : 1;
 #pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
   for (int64_t b = 0; b < c.B; ++b) {
     const uint8_t* p = reinterpret_cast<const uint8_t*>(c.xs) + b * image;
-    uint8_t any = 0;  // OR of the codes' bytes: the sign bit says whether one is negative
-    for (int64_t i = 0; i < image; ++i) any |= p[i];
+    // OR of the codes' bytes, 4 KiB at a time: the sign bit says whether one is negative (a
+    // signed image stops at its first chunk)
+    uint8_t any = scan ? 0 : 0x80;
+    for (int64_t i0 = 0; i0 < image && !(any >> 7); i0 += 4096)
+      for (int64_t i = i0, i1 = std::min(image, i0 + 4096); i < i1; ++i) any |= p[i];
     in.scale[b] = c.xs_scale;
     in.non_negative[b] = !(any >> 7);
   }
 }
 
-PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool unpadded)
+PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool unpadded,
+                             bool scan_signs)
     : scale(alloc_scratch<float>(c.B)), non_negative(alloc_scratch<bool>(c.B)) {
   const bool in_place = may_read_in_place && c.xs &&
                         (unpadded || (c.kh == 1 && c.kw == 1 && c.ph == 0 && c.pw == 0)) &&
@@ -133,7 +138,7 @@ PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool
   in = QuantizedInput{in_place ? const_cast<int8_t*>(c.xs) : xq.get(), scale.get(),
                       non_negative.get(), Hp, Wp};
   if (in_place) {
-    scan_codes(c, in);
+    scan_codes(c, in, scan_signs);
   } else {
     quantize_input(c, in);
   }
@@ -272,9 +277,12 @@ void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
         "conv_w8a8: the implicit GEMM needs patch runs (kw * C codes, C when dilated) of a "
         "multiple of 4 codes, at most 64 or cut into steps of 32-64 codes, one group, and "
         "finite folded factors");
-  // not in place for the implicit GEMM: it reads whole 32-pixel blocks past the last image
-  const PreparedInput prepared(
-      c, path == Path::Auto && !(implicit_gemm_pays(c) && active_isa() == Isa::Amx));
+  // a 1x1 layer's codes read in place by every path (the implicit GEMM copies the blocks that
+  // would read past the input's end); signs left to the direct paths' tiles where they run
+  const Isa isa = active_isa();
+  const bool direct = path == Path::Auto && isa >= Isa::Avx2 &&
+                      !(isa == Isa::Amx && implicit_gemm_pays(c));
+  const PreparedInput prepared(c, true, false, !(direct && direct_reads_signs(c)));
   const QuantizedInput& in = prepared.in;
   if (path == Path::EmulatedImplicit) return run_emulated_implicit(ConvCall{c, in});
   // AVX2 and AVX-512 VNNI run every group in one pass over the rows, the reference a group at

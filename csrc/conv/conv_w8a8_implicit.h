@@ -17,6 +17,8 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "common/formats.h"
 #include "common/parallel.h"
@@ -201,6 +203,15 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
   const int64_t segs = implicit_detail::segments(c, in, p);
   const int64_t panels = (segs + 1) / 2;  // blocks of two segments, per image
   const int64_t img_bytes = in.Hp * in.Wp * c.C;
+  // A segment's A tiles read `reach` bytes from its first pixel; rows past the output row or
+  // image read the next one's codes, which store_segment drops. Past the last image a padded
+  // copy has tail_pixels(c) zero pixels; the codes read in place (a 1x1 layer without padding,
+  // PreparedInput) do not, so the blocks that would read past `end` take a copy of the input's
+  // last bytes with zeros behind them (a block or two per call).
+  const int64_t reach = ((c.kh - 1) * c.dh * in.Wp + (p.runs - 1) * c.dw) * c.C +
+                        15 * p.row_stride + p.run;
+  const int8_t* const end =
+      in.xq + c.B * img_bytes + (in.xq == c.xs ? 0 : tail_pixels(c) * c.C);
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * K, c.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
@@ -211,6 +222,7 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
     if (w0 < w1) {
       Tiles::configure(p.step);
       alignas(64) int32_t acc[kImplicitRows][32];
+      std::vector<int8_t> tail;  // the input's last bytes and zeros (in place, see above)
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t pair = w / (c.B * panels), b = w / panels % c.B, pn = w % panels;
         const int64_t nb0 = 2 * pair;
@@ -221,8 +233,15 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
         const bool two = 2 * pn + 1 < segs;  // an odd last segment: its pair computed twice
         const implicit_detail::Segment s1 =
             two ? implicit_detail::segment(c, in, p, 2 * pn + 1) : s0;
-        implicit_detail::block_32<Tiles>(c, in, p, img + s0.offset, img + s1.offset, b0, b1,
-                                         acc);
+        const int8_t* a0 = img + s0.offset;
+        const int8_t* a1 = img + s1.offset;
+        if (a1 + reach > end) {  // only when read in place: a padded copy has the zeros
+          tail.assign(a1 + reach - a0, 0);
+          std::memcpy(tail.data(), a0, end - a0);
+          a1 = tail.data() + (a1 - a0);
+          a0 = tail.data();
+        }
+        implicit_detail::block_32<Tiles>(c, in, p, a0, a1, b0, b1, acc);
         implicit_detail::store_segment(c, in, p, acc, b, s0, nb0 * 16);
         if (two) implicit_detail::store_segment(c, in, p, acc + 16, b, s1, nb0 * 16);
       }

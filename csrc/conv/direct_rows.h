@@ -12,6 +12,9 @@
 // the GEMM. This skips the patch copy (~20% of the AVX2 time at 56x56, measured with perf) and
 // the panel's trip through memory. Include only from the ISA files.
 #pragma once
+#include <immintrin.h>
+
+#include <cstring>
 #include <vector>
 
 #include "conv/conv_w8a8.h"
@@ -60,27 +63,65 @@ static inline gemm_w8a8::CodesOut direct_codes(const ConvW8A8Args& c) {
                : gemm_w8a8::CodesOut{};
 }
 
+// True when no byte of p[0, n) has its sign bit set (every s8 code >= 0).
+static inline bool no_sign_bits(const uint8_t* p, int64_t n) {
+#if defined(__AVX512BW__)
+  for (int64_t i = 0; i < n; i += 64) {  // vpmovb2m: the sign bits as a mask
+    const __mmask64 m = n - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - i)) - 1;
+    if (_mm512_movepi8_mask(_mm512_maskz_loadu_epi8(m, p + i))) return false;
+  }
+  return true;
+#else
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 32 <= n; i += 32)
+    if (_mm256_movemask_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i))))
+      return false;
+#endif
+  uint64_t any = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v;
+    std::memcpy(&v, p + i, 8);
+    any |= v;
+  }
+  for (; i < n; ++i) any |= p[i];
+  return !(any & 0x8080808080808080ull);
+#endif
+}
+
 // Fills rows [m0, m1) of a row block: each output pixel's first tap, its image's scale, and per
-// tile of MR rows whether every code it reads is >= 0.
+// tile of MR rows whether every code it reads is >= 0: the image's flag, or for a 1x1 layer
+// (direct_reads_signs) the tile's own codes, read here while the tile is about to use them
+// (its input then skips the pass over every code: scan_codes).
 template <int MR>
 static inline void direct_rows(const ConvW8A8Args& c, const QuantizedInput& in,
                                const DirectRuns& d, const gemm_w8a8::CodesOut* codes, int64_t m0,
                                int64_t m1, gemm_w8a8::RowBlock<MR>& block) {
-  // the pixel's (b, oh, ow) counted on from m0's: three divisions per row cost more than the
-  // dot products of a layer with a short K (a 1x1 convolution over 16-32 channels, the stem)
+  // the pixel's (b, oh, ow) counted on from m0's, and its pointer moved sw pixels at a time: the
+  // address arithmetic per row costs as much as the dot products of a 1x1 layer over 16-32
+  // channels
   int64_t b = m0 / (c.Ho * c.Wo), oh = m0 / c.Wo % c.Ho, ow = m0 % c.Wo;
+  const bool own_signs = direct_reads_signs(c);
+  const int64_t step = c.sw * c.C;
+  const auto pixel = [&] {
+    return reinterpret_cast<const uint8_t*>(in.xq) +
+           ((b * in.Hp + oh * c.sh) * in.Wp + ow * c.sw) * c.C + c.c0;
+  };
+  const uint8_t* p = pixel();
   for (int64_t m = m0; m < m1; ++m) {
-    block.row[m - m0] = reinterpret_cast<const uint8_t*>(
-        in.xq + ((b * in.Hp + oh * c.sh) * in.Wp + ow * c.sw) * c.C + c.c0);
+    block.row[m - m0] = p;
     block.sx[m - m0] = in.scale[b];
     bool& non_negative = block.non_negative[(m - m0) / MR];
-    non_negative = ((m - m0) % MR == 0 || non_negative) && in.non_negative[b];
+    if ((m - m0) % MR == 0) non_negative = true;
+    non_negative = non_negative && (in.non_negative[b] || (own_signs && no_sign_bits(p, c.C)));
+    p += step;
     if (++ow == c.Wo) {
       ow = 0;
       if (++oh == c.Ho) {
         oh = 0;
         ++b;
       }
+      if (m + 1 < m1) p = pixel();
     }
   }
   block.runs = gemm_w8a8::RowRuns{d.offsets.data(), static_cast<int64_t>(d.offsets.size()),
