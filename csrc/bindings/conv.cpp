@@ -1,4 +1,6 @@
 // The W8A8 convolution family.
+#include <memory>
+
 #include "bindings/bind.h"
 #include "conv/conv_dw_w8a8.h"
 #include "conv/conv_w8a8.h"
@@ -14,6 +16,7 @@ namespace {
 struct StaticConvPlan {
   conv::ConvW8A8Args c{};
   bool depthwise = false;
+  std::shared_ptr<const conv::DwWeights> dw;  // a depthwise layer's re-laid weights
   conv::Requant out{};  // q, res set per call; inv_scale 0: fp32 out
 };
 
@@ -117,6 +120,8 @@ void bind_conv(py::module_& m) {
              p.c.xs_channels = xs_channels;
              p.depthwise = groups > 1 && groups == C;
              p.c.groups = p.depthwise ? 1 : groups;
+             if (p.depthwise)
+               p.dw = std::make_shared<const conv::DwWeights>(conv::prepare_dw_weights(p.c));
              p.out = conv::Requant{nullptr, N, inv_scale, lo, hi, nullptr, N, res_scale};
              return p;
            }),
@@ -143,7 +148,7 @@ void bind_conv(py::module_& m) {
             const bool codes = r.inv_scale > 0.0f;
             c.y = codes ? nullptr : ptr<float>(out);
             c.out = codes ? &r : nullptr;
-            if (p.depthwise) return conv::run_dw_w8a8(c);
+            if (p.depthwise) return conv::run_dw_w8a8(c, p.dw.get());
             conv::run_w8a8(c);
           },
           py::arg("xs"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("Ho"), py::arg("Wo"),

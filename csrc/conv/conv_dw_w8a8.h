@@ -22,12 +22,26 @@
 
 namespace tersor::conv {
 
+// A layer's weights re-laid for the paths: wt (above), and for the AVX-512 rows of three
+// (dw_rows_of_three) each 16-channel block's kernel rows as quads of codes (w[i][0], w[i][1],
+// w[i][2], 0) per channel, with 128 * the sum of each channel's weights. Built per call, or
+// once per layer by the static pipeline's plan (bindings/conv.cpp): a few thousand scalar
+// steps, as long as the whole call of a 14x14 layer at batch 1.
+struct DwWeights {
+  int64_t Np = 0;               // N rounded up to 16
+  std::vector<int16_t> wt;      // [kh * kw][Np]
+  std::vector<int8_t> rows3;    // [Np / 16][kh][16 channels][4]  (rows of three only)
+  std::vector<int32_t> comp3;   // [Np / 16][16]: 128 * sum of the channel's weights
+};
+DwWeights prepare_dw_weights(const ConvW8A8Args& c);
+
 // What every path gets: the arguments, the quantized input, the re-laid weights.
 struct DwCall {
   const ConvW8A8Args& c;
   const QuantizedInput& in;
-  const int16_t* wt;  // [kh * kw][Np]
-  int64_t Np;         // N rounded up to 16
+  const DwWeights& weights;
+  const int16_t* wt;  // weights.wt
+  int64_t Np;         // weights.Np
   int64_t mult;       // N / C
   // in.xq has the zero border (Hp = H + 2 ph); false: in.xq is the codes themselves
   // (in.Hp = H, in.Wp = W), only for the AVX-512 rows of three (dw_rows_of_three)
@@ -56,8 +70,9 @@ static inline std::vector<int64_t> dw_tap_offsets(const ConvW8A8Args& c, int64_t
   return off;
 }
 
-// c.w: K = kh * kw (c.C is the input channel count; c.N a multiple of it).
-void run_dw_w8a8(const ConvW8A8Args& c);
+// c.w: K = kh * kw (c.C is the input channel count; c.N a multiple of it). weights: c.w
+// prepared (prepare_dw_weights), or null to prepare them in the call.
+void run_dw_w8a8(const ConvW8A8Args& c, const DwWeights* weights = nullptr);
 
 // Scalar epilogue of one output pixel's channels [n0, n1) (the vector paths' tails), written
 // to y[n0 .. n1) (y: the pixel's N outputs).

@@ -85,16 +85,22 @@ struct Store16 {
 void build_quads(const ConvW8A8Args& c, const int8_t* src, int64_t x0, int64_t W,
                  int64_t blocks, bool flip, uint8_t* T) {
   const __m512i bias = _mm512_set1_epi8(flip ? -128 : 0);
-  alignas(64) int16_t words[32];
-  alignas(64) int8_t bytes[64];
-  for (int l = 0; l < 4; ++l)
-    for (int t = 0; t < 4; ++t) {
-      words[8 * l + 2 * t] = static_cast<int16_t>(8 * t + 2 * l);  // t: tap a, b, d; 3: unused
-      words[8 * l + 2 * t + 1] = static_cast<int16_t>(8 * t + 2 * l + 1);
-      for (int j = 0; j < 4; ++j)  // quad t: codes of channel 4l + t at taps j = 0, 1, 2; 0
-        bytes[16 * l + 4 * t + j] = static_cast<int8_t>(j < 3 ? 4 * j + t : -128);
+  struct Index {  // the two permutations, built once
+    alignas(64) int16_t words[32];
+    alignas(64) int8_t bytes[64];
+    Index() {
+      for (int l = 0; l < 4; ++l)
+        for (int t = 0; t < 4; ++t) {
+          words[8 * l + 2 * t] = static_cast<int16_t>(8 * t + 2 * l);  // t: tap a, b, d; 3: unused
+          words[8 * l + 2 * t + 1] = static_cast<int16_t>(8 * t + 2 * l + 1);
+          for (int j = 0; j < 4; ++j)  // quad t: codes of channel 4l + t at taps j = 0, 1, 2; 0
+            bytes[16 * l + 4 * t + j] = static_cast<int8_t>(j < 3 ? 4 * j + t : -128);
+        }
     }
-  const __m512i word_index = _mm512_load_si512(words), byte_index = _mm512_load_si512(bytes);
+  };
+  static const Index index;
+  const __m512i word_index = _mm512_load_si512(index.words);
+  const __m512i byte_index = _mm512_load_si512(index.bytes);
   const int64_t C = c.C, sw = c.sw, Wo = c.Wo;  // locals: the stores below may alias c
   for (int64_t nb = 0; nb < blocks; ++nb) {
     const __mmask16 m = tail_mask16(C - nb * 16);
@@ -119,23 +125,8 @@ void run_rows_of_three(const DwCall& k, bool codes) {
   const ConvW8A8Args& c = k.c;
   const int64_t blocks = k.Np / 16, kh = c.kh, Hp = k.in.Hp, Wp = k.in.Wp;
   // W[block][i] and 128 * the sum of each channel's weights (for images read as x + 128)
-  std::vector<__m512i> wq(blocks * kh), comp(blocks);
-  for (int64_t nb = 0; nb < blocks; ++nb) {
-    alignas(64) int8_t q[64];
-    alignas(64) int32_t sum[16] = {};
-    for (int64_t i = 0; i < kh; ++i) {
-      for (int l = 0; l < 16; ++l) {
-        for (int j = 0; j < 3; ++j) {
-          const int16_t w = k.wt[(i * 3 + j) * k.Np + nb * 16 + l];
-          q[4 * l + j] = static_cast<int8_t>(w);
-          sum[l] += w;
-        }
-        q[4 * l + 3] = 0;
-      }
-      wq[nb * kh + i] = _mm512_load_si512(q);
-    }
-    comp[nb] = _mm512_slli_epi32(_mm512_load_si512(sum), 7);
-  }
+  const int8_t* wq = k.weights.rows3.data();
+  const int32_t* comp = k.weights.comp3.data();
   const int64_t row_bytes = blocks * c.Wo * 64;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * kh * 3, c.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
@@ -173,8 +164,9 @@ void run_rows_of_three(const DwCall& k, bool codes) {
         const __mmask16 m = tail_mask16(c.N - n0);
         const __m512 s = _mm512_mul_ps(vsx, _mm512_loadu_ps(c.w_scale + n0));  // [Np]
         const __m512 bias = bias16(c.bias, n0, m);
-        const __m512i cp = flip ? comp[nb] : _mm512_setzero_si512();
-        const __m512i* w = &wq[nb * kh];
+        const __m512i cp = flip ? _mm512_loadu_si512(comp + nb * 16) : _mm512_setzero_si512();
+        __m512i w[kMaxRows];
+        for (int64_t i = 0; i < kh; ++i) w[i] = _mm512_loadu_si512(wq + (nb * kh + i) * 64);
         const int64_t Wo = c.Wo, at = nb * Wo * 64;
         for (int64_t ow = 0; ow < Wo; ++ow) {
           __m512i acc = _mm512_setzero_si512();

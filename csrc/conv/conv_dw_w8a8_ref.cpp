@@ -62,34 +62,59 @@ void run_dw_ref(const DwCall& k) {
   }
 }
 
+DwWeights prepare_dw_weights(const ConvW8A8Args& c) {
+  // wt[tap][n] from the packed W8Tile blocks: byte tap % 4 of lane n % 16 of tile
+  // (n / 16, tap / 4); padding channels (N .. Np) hold 0
+  DwWeights d;
+  const int64_t taps = c.kh * c.kw, k4 = round_up(taps, 4) / 4;
+  d.Np = round_up(c.N, 16);
+  d.wt.resize(taps * d.Np);
+  const W8Tile* tiles = reinterpret_cast<const W8Tile*>(c.w);
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t n = 0; n < d.Np; ++n)
+      d.wt[t * d.Np + n] = tiles[(n / 16) * k4 + t / 4].q[n % 16][t % 4];
+  if (dw_rows_of_three(c, c.N / c.C)) {
+    const int64_t blocks = d.Np / 16;
+    d.rows3.assign(blocks * c.kh * 64, 0);
+    d.comp3.assign(blocks * 16, 0);
+    for (int64_t nb = 0; nb < blocks; ++nb)
+      for (int64_t i = 0; i < c.kh; ++i)
+        for (int64_t l = 0; l < 16; ++l)
+          for (int64_t j = 0; j < 3; ++j) {
+            const int16_t w = d.wt[(i * 3 + j) * d.Np + nb * 16 + l];
+            d.rows3[(nb * c.kh + i) * 64 + 4 * l + j] = static_cast<int8_t>(w);
+            d.comp3[nb * 16 + l] += 128 * w;
+          }
+  }
+  return d;
+}
+
 namespace {
-void run_dw_folded(const ConvW8A8Args& c) {
+void run_dw_folded(const ConvW8A8Args& c, const DwWeights* prepared) {
   // the rows of three read static codes in place: no padded copy of the input (a copy is a
   // read and a write of the whole input, as much traffic as the layer's own at 112x112)
   // (and flip every image's codes to u8 at no cost: no pass over the codes for their signs)
   const bool unpadded = active_isa() >= Isa::Avx512 && dw_rows_of_three(c, c.N / c.C);
-  const PreparedInput prepared(c, true, unpadded, !unpadded);
-  const QuantizedInput& in = prepared.in;
-  // wt[tap][n] from the packed W8Tile blocks: byte tap % 4 of lane n % 16 of tile
-  // (n / 16, tap / 4); padding channels (N .. Np) hold 0
-  const int64_t taps = c.kh * c.kw, Np = round_up(c.N, 16), k4 = round_up(taps, 4) / 4;
-  auto wt = alloc_scratch<int16_t>(taps * Np);
-  const W8Tile* tiles = reinterpret_cast<const W8Tile*>(c.w);
-  for (int64_t t = 0; t < taps; ++t)
-    for (int64_t n = 0; n < Np; ++n)
-      wt.get()[t * Np + n] = tiles[(n / 16) * k4 + t / 4].q[n % 16][t % 4];
+  const PreparedInput prepared_input(c, true, unpadded, !unpadded);
+  const QuantizedInput& in = prepared_input.in;
+  DwWeights local;
+  if (!prepared) local = prepare_dw_weights(c);
+  const DwWeights& w = prepared ? *prepared : local;
   const bool padded = in.xq != c.xs;
-  dispatch_isa(DwCall{c, in, wt.get(), Np, c.N / c.C, padded}, run_dw_ref,
+  dispatch_isa(DwCall{c, in, w, w.wt.data(), w.Np, c.N / c.C, padded}, run_dw_ref,
                TERSOR_X86_FN(run_dw_avx2), TERSOR_X86_FN(run_dw_avx512),
                TERSOR_X86_FN(run_dw_avx512));
 }
 }  // namespace
 
-void run_dw_w8a8(const ConvW8A8Args& c) {
+void run_dw_w8a8(const ConvW8A8Args& c, const DwWeights* weights) {
   if (c.B * c.Ho * c.Wo == 0 || c.N == 0) return;
   if (c.C <= 0 || c.N % c.C)
     throw std::invalid_argument("conv_dw_w8a8: N must be a multiple of the input channels");
-  with_folded_scales(c, run_dw_folded);
+  if (weights && (weights->Np != round_up(c.N, 16) ||
+                  static_cast<int64_t>(weights->wt.size()) != c.kh * c.kw * weights->Np))
+    throw std::invalid_argument("conv_dw_w8a8: prepared weights of another layer");
+  with_folded_scales(c, [weights](const ConvW8A8Args& f) { run_dw_folded(f, weights); });
 }
 
 }  // namespace tersor::conv
