@@ -62,9 +62,13 @@ struct Store16 {
                   __m512 bias) const {
     const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, bias);
     if (codes) {
-      _mm_mask_storeu_epi8(q + ow * ldq + n0, m,
-                           _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(
-                               _mm512_min_ps(_mm512_max_ps(v, lo), hi))));
+      const __m128i q16 =
+          _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi)));
+      if (m == 0xFFFF) {  // a whole block: a plain store (the masked byte store is slower)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + ow * ldq + n0), q16);
+      } else {
+        _mm_mask_storeu_epi8(q + ow * ldq + n0, m, q16);
+      }
     } else {
       _mm512_mask_storeu_ps(y + ow * ldy + n0, m, v);
     }
@@ -121,6 +125,34 @@ void build_quads(const ConvW8A8Args& c, const int8_t* src, int64_t x0, int64_t W
   }
 }
 
+// One output row's pixels in one 16-channel block: its kh quad rows (at `at` in the ring rows)
+// against the block's kernel rows. KH: kh known when compiling (3: the weights and row
+// pointers stay in registers, no loop over taps), 0: kh at run time.
+struct RowBlock {
+  const uint8_t* const* rows;
+  const int8_t* wq;  // the block's kh weight quads
+  int64_t at, Wo, n0;
+  __mmask16 m;
+  __m512i cp;
+  __m512 s, bias;
+};
+template <int KH>
+inline void row_block(const RowBlock& b, const Store16& store, int64_t kh_run_time) {
+  const int64_t kh = KH > 0 ? KH : kh_run_time;
+  __m512i w[kMaxRows];
+  const uint8_t* p[kMaxRows];
+  for (int64_t i = 0; i < kh; ++i) {
+    w[i] = _mm512_loadu_si512(b.wq + i * 64);
+    p[i] = b.rows[i] + b.at;
+  }
+  for (int64_t ow = 0; ow < b.Wo; ++ow) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t i = 0; i < kh; ++i)
+      acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(p[i] + ow * 64), w[i]);
+    store(ow, b.n0, b.m, _mm512_sub_epi32(acc, b.cp), b.s, b.bias);
+  }
+}
+
 void run_rows_of_three(const DwCall& k, bool codes) {
   const ConvW8A8Args& c = k.c;
   const int64_t blocks = k.Np / 16, kh = c.kh, Hp = k.in.Hp, Wp = k.in.Wp;
@@ -165,14 +197,11 @@ void run_rows_of_three(const DwCall& k, bool codes) {
         const __m512 s = _mm512_mul_ps(vsx, _mm512_loadu_ps(c.w_scale + n0));  // [Np]
         const __m512 bias = bias16(c.bias, n0, m);
         const __m512i cp = flip ? _mm512_loadu_si512(comp + nb * 16) : _mm512_setzero_si512();
-        __m512i w[kMaxRows];
-        for (int64_t i = 0; i < kh; ++i) w[i] = _mm512_loadu_si512(wq + (nb * kh + i) * 64);
-        const int64_t Wo = c.Wo, at = nb * Wo * 64;
-        for (int64_t ow = 0; ow < Wo; ++ow) {
-          __m512i acc = _mm512_setzero_si512();
-          for (int64_t i = 0; i < kh; ++i)
-            acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(rows[i] + at + ow * 64), w[i]);
-          store(ow, n0, m, _mm512_sub_epi32(acc, cp), s, bias);
+        const RowBlock rb{rows, wq + nb * kh * 64, nb * c.Wo * 64, c.Wo, n0, m, cp, s, bias};
+        if (kh == 3) {
+          row_block<3>(rb, store, kh);
+        } else {
+          row_block<0>(rb, store, kh);
         }
       }
       if (!codes) out.finish_row(r);
