@@ -104,9 +104,23 @@ def test_layer_half_is_float_call_rounded(isa, name, dtype, m):
     x = torch.randn(2, m, 96, generator=gen).to(dtype)
     y = layer(x)
     assert y.dtype == dtype and y.shape == (2, m, 53)
-    assert _same(y, layer(x.float()).to(dtype))
     xs = torch.randn(m, 130, generator=gen).to(dtype)[:, 10:106]  # row stride 130
-    assert _same(layer(xs), layer(xs.float()).to(dtype))
+    for inp, out in ((x, y), (xs, layer(xs))):
+        ref = layer(inp.float())
+        if _w4_tiles(isa, name, dtype, inp.numel() // 96):
+            # bf16 rows of W4 on AMX-BF16 tiles: the weights widened to bf16 with their scales
+            # (csrc/gemm_w4/gemm_w4_amx.cpp), so not the float call's bits: its error bound
+            assert (out.float() - ref).norm() <= 2**-7 * ref.norm()
+        else:
+            assert _same(out, ref.to(dtype))
+
+
+def _w4_tiles(isa, name, dtype, rows):
+    """Whether a W4 layer's bf16 call of `rows` rows runs the AMX-BF16 tiles here."""
+    from tersor.ops.gemm_w4 import TILES_MIN_ROWS
+
+    tiles = TILES_MIN_ROWS is not None and rows >= TILES_MIN_ROWS and _C.has_amx_bf16()
+    return name.startswith("w4 ") and dtype == torch.bfloat16 and isa == "amx" and tiles
 
 
 def test_half_rows_staged_in_blocks():

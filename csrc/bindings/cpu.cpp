@@ -22,6 +22,7 @@ void bind_cpu(py::module_& m) {
     features["avx512vnni"] = f.avx512vnni;
     features["avx512bf16"] = f.avx512bf16;
     features["amx_tile"] = f.amx_tile; features["amx_int8"] = f.amx_int8;
+    features["amx_bf16"] = f.amx_bf16;
     features["os_amx"] = f.os_amx;
     features["os_ymm"] = f.os_ymm; features["os_zmm"] = f.os_zmm;
     py::list avail;

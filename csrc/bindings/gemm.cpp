@@ -157,6 +157,24 @@ void bind_gemm_w4(py::module_& m) {
        "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
        "gemm_w4.h states the arithmetic)." + kIoDoc)
           .c_str());
+  m.def(
+      "gemm_w4_bf16_tiles",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+         int nthreads, int io, addr x_scale) {
+        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
+                                    y, ldy, nthreads),
+                            io, ptr<const float>(x_scale), gemm_w4::run_bf16_tiles);
+      },
+      TERSOR_W4_ARGS, nogil(),
+      (std::string(kW4Doc) +
+       "activations rounded to bf16, AMX-BF16 tiles over weights widened to bf16 with their "
+       "scales where the CPU has them and the active path is amx, with group_size % 32 == 0; "
+       "gemm_w4_bf16 otherwise (gemm_w4.h states both arithmetics)." + kIoDoc)
+          .c_str());
+  m.def("has_amx_bf16", &amx_bf16_available,
+        "True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then "
+        "runs the tiles (for group sizes that are multiples of 32).");
   m.def("has_bf16_dot", &bf16_dot_available,
         "True when this CPU has AVX512-BF16 and the active ISA path is AVX-512 or above: "
         "gemm_w4_bf16 / gemm_w8_bf16 then run vdpbf16ps instead of their C refs.");

@@ -1,5 +1,5 @@
-// Helpers of the vdpbf16ps kernels. Include only from *_avx512bf16.cpp files (internal
-// linkage: see common/parallel.h).
+// Helpers of the bf16 kernels. Include only from *_avx512bf16.cpp and *_amx.cpp files (both
+// compiled with AVX512-BF16; internal linkage: see common/parallel.h).
 #pragma once
 #include <immintrin.h>
 

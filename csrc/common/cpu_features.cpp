@@ -56,6 +56,7 @@ CpuFeatures detect() {
     f.avx512vnni = c & (1u << 11);
     f.amx_tile = d & (1u << 24);
     f.amx_int8 = d & (1u << 25);
+    f.amx_bf16 = d & (1u << 22);
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512bf16 = a & (1u << 5);
   }
@@ -132,6 +133,14 @@ Isa active_isa() {
 }
 
 int clamp_threads(int requested) { return requested < 1 ? 1 : requested; }
+
+bool amx_bf16_available() {
+#if defined(TERSOR_X86)
+  return cpu_features().amx_bf16 && active_isa() == Isa::Amx;
+#else
+  return false;
+#endif
+}
 
 bool bf16_dot_available() {
 #if defined(TERSOR_X86)

@@ -17,7 +17,7 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512vnni = false;
   bool avx512bf16 = false;  // vdpbf16ps (Zen 4, Cooper Lake, Sapphire Rapids on)
-  bool amx_tile = false, amx_int8 = false;
+  bool amx_tile = false, amx_int8 = false, amx_bf16 = false;
   bool os_ymm = false, os_zmm = false;  // XCR0: the OS saves the wider registers
   bool os_amx = false;                  // XCR0 tile state + Linux granted this process the tiles
 };
@@ -30,6 +30,9 @@ const char* isa_name(Isa isa);
 // AVX512-BF16 present and the active ISA path AVX-512 or above: the *_avx512bf16.cpp kernels
 // (vdpbf16ps) run, else their families' C refs of the same arithmetic.
 bool bf16_dot_available();
+// AMX-BF16 tiles usable and the active ISA path AMX: the bf16 tile kernels run
+// (gemm_w4::run_bf16_tiles), else the vdpbf16ps ones.
+bool amx_bf16_available();
 
 // Number of threads a kernel may use: the caller passes torch.get_num_threads().
 int clamp_threads(int requested);

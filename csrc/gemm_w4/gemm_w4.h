@@ -40,4 +40,13 @@ void run_bf16_ref(const PackedW4LinearArgs& a);
 void run_avx512bf16(const PackedW4LinearArgs& a);
 void run_bf16(const PackedW4LinearArgs& a);  // avx512bf16 where bf16_dot_available(), else the ref
 
+// The same on AMX-BF16 tiles, for batches of rows (gemm_w4_amx.cpp): the scales go into the
+// widened weights, w = bf16((q - z) * s) (fp32 product rounded to nearest even, relative
+// 2^-9), so besides the rounding of x the weights are rounded too, and the tile unit orders
+// the fp32 additions:  y = sum_k bf16(x[k]) w[k] (fp32) + bias. Tests hold it to the fp64
+// product of the rounded operands (2^-13 relative) and the fp32 path to 2^-8.
+// run_bf16_tiles: this where amx_bf16_available() and group_size % 32 == 0, else run_bf16.
+void run_amx_bf16(const PackedW4LinearArgs& a);
+void run_bf16_tiles(const PackedW4LinearArgs& a);
+
 }  // namespace tersor::gemm_w4

@@ -340,6 +340,35 @@ def gemm_w4_bf16(
     SmoothQuant), by the row quantizer in the int8-activation kernels, while the rows are staged
     in the others."""
 
+def gemm_w4_bf16_tiles(
+    x: int,
+    M: int,
+    K: int,
+    ldx: int,
+    w: int,
+    scale: int,
+    zero: int,
+    group_size: int,
+    ngroups: int,
+    N: int,
+    bias: int,
+    y: int,
+    ldy: int,
+    nthreads: int,
+    io: int = 0,
+    x_scale: int = 0,
+) -> None:
+    """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
+    [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
+    (symmetric, z = 8), group_size the effective G (formats/int4.py). activations rounded to
+    bf16, AMX-BF16 tiles over weights widened to bf16 with their scales where the CPU has them
+    and the active path is amx, with group_size % 32 == 0; gemm_w4_bf16 otherwise (gemm_w4.h
+    states both arithmetics). io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in
+    elements); half rows are widened exactly and the output rounded to nearest even, as torch's
+    .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ
+    / SmoothQuant), by the row quantizer in the int8-activation kernels, while the rows are
+    staged in the others."""
+
 def gemm_w4a8(
     x: int,
     M: int,
@@ -444,6 +473,10 @@ def gemm_w8a8(
     int8-activation kernels, while the rows are staged in the others. row_amax: 0, or fp32 [M]
     floors under each row's amax (the rows of a tensor-parallel shard quantize with the whole
     row's scale: quant_act.h)."""
+
+def has_amx_bf16() -> bool:
+    """True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then
+    runs the tiles (for group sizes that are multiples of 32)."""
 
 def has_bf16_dot() -> bool:
     """True when this CPU has AVX512-BF16 and the active ISA path is AVX-512 or above:
