@@ -129,6 +129,19 @@ void bind_gemm_w8a8(py::module_& m) {
        "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
        "gemm_w8.h states the arithmetic); colsum is unused (pass 0)." + kIoDoc)
           .c_str());
+  m.def(
+      "gemm_w8_bf16_tiles",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
+        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
+                            io, ptr<const float>(x_scale), gemm_w8::run_bf16_tiles);
+      },
+      TERSOR_W8_ARGS, nogil(),
+      (std::string(kW8Doc) +
+       "activations rounded to bf16, AMX-BF16 tiles where the CPU has them and the active path "
+       "is amx, gemm_w8_bf16 otherwise (gemm_w8.h states both); colsum is unused (pass 0)." +
+       kIoDoc)
+          .c_str());
 }
 
 void bind_gemm_w4(py::module_& m) {

@@ -6,15 +6,9 @@
 //
 //   w[k][n] = bf16((q - z) * s)      fp32 product, rounded to nearest even (relative 2^-9)
 //
-// Per call, the rows are rounded to bf16 once (A16[Mp][Kp], zero past K and past M). Each
-// thread takes pairs of 16-column blocks; per pair it widens the two blocks once into a panel
-// that every 32-row block then multiplies from L2:
+// The tiles, the rows and the threads: common/bf16_tiles.h, over the panel
 //
-//   panel[j][kk][16 columns]  u32 = w[2kk][n] | w[2kk + 1][n] << 16     (tdpbf16ps' B layout)
-//
-//   B tile of step s: rows kk = 16 s .. 16 s + 15 of block j (32 k), 64 bytes each
-//   A tile:           16 rows of A16, k = 32 s .. 32 s + 31 (64 bytes)
-//   C tiles 0..3:     rows 0-15 / 16-31 x blocks j0 / j1, fp32, over the whole K
+//   panel[j][kk][16 columns]  u32 = w[2kk][n] | w[2kk + 1][n] << 16
 //
 // Then y = C + bias. The widening starts as gemm_w4_avx512bf16.cpp's (a nibble table gives
 // bf16(q - 8) pairs), then takes each pair to fp32, applies fma(q - 8, s, (8 - z) s) and
@@ -24,18 +18,13 @@
 #include <algorithm>
 #include <cstring>
 
-#include "common/bf16_avx512.h"
+#include "common/bf16_tiles.h"
 #include "common/formats.h"
-#include "common/parallel.h"
 #include "common/simd.h"
 #include "gemm_w4/gemm_w4.h"
-#include "gemm_w8a8/gemm_w8a8.h"  // amx_configure_tiles
 
 namespace tersor::gemm_w4 {
 namespace {
-
-constexpr int64_t kRows = 32;  // rows of a block (2 A tiles)
-constexpr int64_t kStep = 32;  // k per tile step (16 bf16 pairs: 64 bytes a tile row)
 
 // words i of the table: bf16(i % 16 - 8), the top half of the exact fp32 value
 __m512i nibble_table() {
@@ -98,76 +87,23 @@ void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, 
   }
 }
 
-// One 32-row x 32-column block over the whole K, then y = acc + bias for rows < M, columns < N.
-void block(const PackedW4LinearArgs& a, int64_t Kp, const uint16_t* a16, int64_t m0,
-           const uint32_t* panel, int64_t nb0, int nb) {
-  const char* b0 = reinterpret_cast<const char*>(panel);
-  const char* b1 = nb > 1 ? b0 + Kp * 32 : b0;  // a lone last block: computed twice
-  const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kp);
-  const char* a1 = a0 + 16 * Kp * 2;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  for (int64_t k = 0; k < Kp; k += kStep) {
-    _tile_loadd(4, a0 + k * 2, Kp * 2);
-    _tile_loadd(5, a1 + k * 2, Kp * 2);
-    _tile_loadd(6, b0 + k * 32, 64);  // 16 pair rows of 64 bytes: 32 k
-    _tile_loadd(7, b1 + k * 32, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  alignas(64) float acc[kRows][32];
-  _tile_stored(0, &acc[0][0], 128);
-  _tile_stored(1, &acc[0][16], 128);
-  _tile_stored(2, &acc[16][0], 128);
-  _tile_stored(3, &acc[16][16], 128);
-  const int64_t rows = std::min(kRows, a.M - m0);
-  for (int h = 0; h < nb; ++h) {
-    const int64_t n = (nb0 + h) * 16;
-    const __mmask16 mask = tail_mask16(a.N - n);
-    const __m512 bias = bias16(a.bias, n, mask);
-    for (int64_t r = 0; r < rows; ++r)
-      _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask,
-                            _mm512_add_ps(_mm512_loadu_ps(&acc[r][16 * h]), bias));
-  }
-}
-
 }  // namespace
 
 void run_amx_bf16(const PackedW4LinearArgs& a) {
-  const int64_t Kp = a.ngroups * a.group_size;  // a multiple of kStep (group_size % 32 == 0)
-  const int64_t Mp = (a.M + kRows - 1) / kRows * kRows;
-  const int64_t n_blocks = (a.N + 15) / 16, pairs = (n_blocks + 1) / 2;
-  auto a16 = alloc_scratch<uint16_t>(Mp * Kp);
-  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < Mp; ++m) {
-      if (m < a.M) {
-        round_row_bf16(a.x + m * a.ldx, a.K, Kp, a16.get() + m * Kp);
-      } else {
-        std::memset(a16.get() + m * Kp, 0, Kp * 2);
-      }
-    }
-    // implicit barrier: every row is ready
-    int64_t p0, p1;
-    thread_range(pairs, &p0, &p1);
-    if (p0 < p1) {
-      auto panel = alloc_scratch<uint32_t>(2 * Kp * 8);
-      gemm_w8a8::amx_configure_tiles(64);  // A, B and C tiles all 16 rows x 64 bytes
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t nb0 = 2 * p;
-        const int nb = static_cast<int>(std::min<int64_t>(2, n_blocks - nb0));
-        widen_scaled(a, nb0, nb, Kp, panel.get());
-        for (int64_t m0 = 0; m0 < a.M; m0 += kRows) block(a, Kp, a16.get(), m0, panel.get(), nb0, nb);
-      }
-      _tile_release();
-    }
-  }
+  const int64_t Kp = a.ngroups * a.group_size;  // a multiple of 32 (run_bf16_tiles)
+  bf16_tiles::run(
+      a.x, a.M, a.K, a.ldx, a.N, Kp, a.nthreads,
+      [&](int64_t nb0, int nb, uint32_t* panel) { widen_scaled(a, nb0, nb, Kp, panel); },
+      [&](const float (*acc)[32], int64_t m0, int64_t rows, int64_t nb0, int nb) {
+        for (int h = 0; h < nb; ++h) {  // y = acc + bias
+          const int64_t n = (nb0 + h) * 16;
+          const __mmask16 mask = tail_mask16(a.N - n);
+          const __m512 bias = bias16(a.bias, n, mask);
+          for (int64_t r = 0; r < rows; ++r)
+            _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask,
+                                  _mm512_add_ps(_mm512_loadu_ps(&acc[r][16 * h]), bias));
+        }
+      });
 }
 
 }  // namespace tersor::gemm_w4

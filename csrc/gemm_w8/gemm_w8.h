@@ -20,4 +20,11 @@ void run_bf16_ref(const PackedW8LinearArgs& a);
 void run_avx512bf16(const PackedW8LinearArgs& a);
 void run_bf16(const PackedW8LinearArgs& a);  // avx512bf16 where bf16_dot_available(), else the ref
 
+// The same on AMX-BF16 tiles, for batches of rows (gemm_w8_amx.cpp): the codes exact in bf16,
+// the scale in the epilogue as above; the tile unit orders the fp32 additions:
+//   acc = sum_k bf16(x[k]) w[k],   y = fma(acc, scale_w, bias)
+// run_bf16_tiles: this where amx_bf16_available(), else run_bf16.
+void run_amx_bf16(const PackedW8LinearArgs& a);
+void run_bf16_tiles(const PackedW8LinearArgs& a);
+
 }  // namespace tersor::gemm_w8

@@ -16,4 +16,12 @@ void run_bf16(const PackedW8LinearArgs& a) {
   run_bf16_ref(a);
 }
 
+void run_bf16_tiles(const PackedW8LinearArgs& a) {
+  if (a.M == 0 || a.N == 0) return;
+#if defined(TERSOR_X86)
+  if (amx_bf16_available()) return run_amx_bf16(a);
+#endif
+  run_bf16(a);
+}
+
 }  // namespace tersor::gemm_w8

@@ -447,6 +447,31 @@ def gemm_w8_bf16(
     into x's columns (a layer's input scale: AWQ / SmoothQuant), by the row quantizer in the
     int8-activation kernels, while the rows are staged in the others."""
 
+def gemm_w8_bf16_tiles(
+    x: int,
+    M: int,
+    K: int,
+    ldx: int,
+    w: int,
+    colsum: int,
+    w_scale: int,
+    N: int,
+    bias: int,
+    y: int,
+    ldy: int,
+    nthreads: int,
+    io: int = 0,
+    x_scale: int = 0,
+) -> None:
+    """y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 VNNI4
+    tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 [Np], bias
+    fp32 [N] or 0. activations rounded to bf16, AMX-BF16 tiles where the CPU has them and the
+    active path is amx, gemm_w8_bf16 otherwise (gemm_w8.h states both); colsum is unused (pass
+    0). io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are
+    widened exactly and the output rounded to nearest even, as torch's .to() does. x_scale: 0,
+    or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ / SmoothQuant), by the
+    row quantizer in the int8-activation kernels, while the rows are staged in the others."""
+
 def gemm_w8a8(
     x: int,
     M: int,

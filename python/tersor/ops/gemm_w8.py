@@ -21,12 +21,13 @@ from tersor.ops._common import (
     takes_half,
 )
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w8_dense
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS, TILES_MIN_ROWS
 
 
 def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None, bf16=None) -> torch.Tensor:
     """bf16: the bf16 dot-product kernel (csrc/gemm_w8/gemm_w8.h); None takes it as the int4
-    op does (ops/gemm_w4.py BF16_MIN_ROWS): bf16 activations, no kept input scale."""
+    op does (ops/gemm_w4.py BF16_MIN_ROWS): bf16 activations, no kept input scale; from
+    TILES_MIN_ROWS rows its AMX-BF16 tile form (the same exact weights)."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -43,7 +44,8 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None, bf16=None) -> torc
         return out_2d(x, y.to(x.dtype), n)
     y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
-        (_C.gemm_w8_bf16 if bf16 else _C.gemm_w8)(
+        tiles = bf16 and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS
+        (_C.gemm_w8_bf16_tiles if tiles else _C.gemm_w8_bf16 if bf16 else _C.gemm_w8)(
             x2.data_ptr(),
             m,
             k,

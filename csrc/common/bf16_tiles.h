@@ -1,0 +1,100 @@
+// The AMX-BF16 driver of the weight-only families (gemm_w4_amx.cpp, gemm_w8_amx.cpp): bf16 rows
+// against bf16 weight panels on tdpbf16ps tiles. Include only from *_amx.cpp files (AMX-BF16
+// and AVX512-BF16 flags; internal linkage: see common/parallel.h).
+//
+// Per call, the rows are rounded to bf16 once (A16[Mp][Kt], zero past K and past M; Kt a
+// multiple of kStep). Each thread takes pairs of 16-column blocks; per pair the family widens
+// its two blocks once into a panel that every 32-row block then multiplies from L2:
+//
+//   panel[j][kk][16 columns]  u32 = w[2kk][n] | w[2kk + 1][n] << 16    (bf16; kk < Kt / 2)
+//
+//   A tile:           16 rows of A16, k = 32 s .. 32 s + 31 (64 bytes)
+//   B tile of step s: rows kk = 16 s .. 16 s + 15 of block j, 64 bytes each
+//   C tiles 0..3:     rows 0-15 / 16-31 x blocks j0 / j1, fp32, over the whole K
+//
+// then the family's epilogue writes a block's rows < M and columns < N from the fp32 sums.
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "common/bf16_avx512.h"
+#include "common/parallel.h"
+#include "gemm_w8a8/gemm_w8a8.h"  // amx_configure_tiles
+
+namespace tersor::bf16_tiles {
+
+constexpr int64_t kRows = 32;  // rows of a block (2 A tiles)
+constexpr int64_t kStep = 32;  // k per tile step (16 bf16 pairs: 64 bytes a tile row)
+
+// acc = the 32 x 32 block (rows m0.., blocks j0 / j1 of the panel) summed over Kt.
+static inline void block(const uint16_t* a16, int64_t Kt, int64_t m0, const uint32_t* j0,
+                         const uint32_t* j1, float (*acc)[32]) {
+  const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kt);
+  const char* a1 = a0 + 16 * Kt * 2;
+  const char* b0 = reinterpret_cast<const char*>(j0);
+  const char* b1 = reinterpret_cast<const char*>(j1);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t k = 0; k < Kt; k += kStep) {
+    _tile_loadd(4, a0 + k * 2, Kt * 2);
+    _tile_loadd(5, a1 + k * 2, Kt * 2);
+    _tile_loadd(6, b0 + k * 32, 64);  // 16 pair rows of 64 bytes: 32 k
+    _tile_loadd(7, b1 + k * 32, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, &acc[0][0], 128);
+  _tile_stored(1, &acc[0][16], 128);
+  _tile_stored(2, &acc[16][0], 128);
+  _tile_stored(3, &acc[16][16], 128);
+}
+
+// widen(nb0, nb, panel): blocks nb0 .. nb0 + nb (nb 1 or 2) into panel (Kt * 8 u32 a block);
+// store(acc, m0, rows, nb0, nb): the block's epilogue.
+template <class Widen, class Store>
+static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N, int64_t Kt,
+                       int nthreads, Widen&& widen, Store&& store) {
+  const int64_t Mp = (M + kRows - 1) / kRows * kRows;
+  const int64_t n_blocks = (N + 15) / 16, pairs = (n_blocks + 1) / 2;
+  auto a16 = alloc_scratch<uint16_t>(Mp * Kt);
+  const int nt = threads_for_work(double(M) * N * K, nthreads);
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < Mp; ++m) {
+      if (m < M) {
+        round_row_bf16(x + m * ldx, K, Kt, a16.get() + m * Kt);
+      } else {
+        std::memset(a16.get() + m * Kt, 0, Kt * 2);
+      }
+    }
+    // implicit barrier: every row is ready
+    int64_t p0, p1;
+    thread_range(pairs, &p0, &p1);
+    if (p0 < p1) {
+      auto panel = alloc_scratch<uint32_t>(2 * Kt * 8);
+      alignas(64) float acc[kRows][32];
+      gemm_w8a8::amx_configure_tiles(64);  // A, B and C tiles all 16 rows x 64 bytes
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t nb0 = 2 * p;
+        const int nb = static_cast<int>(std::min<int64_t>(2, n_blocks - nb0));
+        widen(nb0, nb, panel.get());
+        const uint32_t* j1 = panel.get() + (nb > 1 ? Kt * 8 : 0);  // a lone block: twice
+        for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+          block(a16.get(), Kt, m0, panel.get(), j1, acc);
+          store(acc, m0, std::min(kRows, M - m0), nb0, nb);
+        }
+      }
+      _tile_release();
+    }
+  }
+}
+
+}  // namespace tersor::bf16_tiles
