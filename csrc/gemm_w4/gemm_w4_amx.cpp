@@ -10,9 +10,8 @@
 //
 //   panel[j][kk][16 columns]  u32 = w[2kk][n] | w[2kk + 1][n] << 16
 //
-// Then y = C + bias. The widening starts as gemm_w4_avx512bf16.cpp's (a nibble table gives
-// bf16(q - 8) pairs), then takes each pair to fp32, applies fma(q - 8, s, (8 - z) s) and
-// rounds back with vcvtne2ps2bf16.
+// Then y = C + bias. The widening starts from bf16(q - 8) pairs (gemm_w4/bf16_pairs.h), takes
+// each pair to fp32, applies fma(q - 8, s, (8 - z) s) and rounds back with vcvtne2ps2bf16.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -21,35 +20,22 @@
 #include "common/bf16_tiles.h"
 #include "common/formats.h"
 #include "common/simd.h"
+#include "gemm_w4/bf16_pairs.h"
 #include "gemm_w4/gemm_w4.h"
 
 namespace tersor::gemm_w4 {
 namespace {
 
-// words i of the table: bf16(i % 16 - 8), the top half of the exact fp32 value
-__m512i nibble_table() {
-  alignas(64) uint16_t t[32];
-  for (int i = 0; i < 32; ++i) {
-    const float v = static_cast<float>(i % 16 - 8);
-    uint32_t u;
-    std::memcpy(&u, &v, 4);
-    t[i] = static_cast<uint16_t>(u >> 16);
-  }
-  return _mm512_load_si512(t);
-}
-
 // Column blocks nb0, nb0 + 1 (nb of them) of the weight as scaled bf16 pairs (the layout above).
 void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, uint32_t* panel) {
-  const __m512i lut = nibble_table();
-  // per 32-bit lane: bytes (0, 1) -> words (0, 1); bytes (2, 3) -> words (0, 1)
-  const __m512i spread01 = _mm512_broadcast_i32x4(
-      _mm_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1));
-  const __m512i spread23 = _mm512_broadcast_i32x4(
-      _mm_setr_epi8(2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1));
+  const W4Pairs pairs_of;
   // vcvtne2ps2bf16 (hi, lo) gives lo's 16 values, then hi's: interleave them back into pairs
-  alignas(64) int16_t pairs[32];
-  for (int i = 0; i < 16; ++i) pairs[2 * i] = static_cast<int16_t>(i), pairs[2 * i + 1] = static_cast<int16_t>(16 + i);
-  const __m512i interleave = _mm512_load_si512(pairs);
+  alignas(64) int16_t order[32];
+  for (int i = 0; i < 16; ++i) {
+    order[2 * i] = static_cast<int16_t>(i);
+    order[2 * i + 1] = static_cast<int16_t>(16 + i);
+  }
+  const __m512i interleave = _mm512_load_si512(order);
   const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
   const int64_t G = a.group_size;
   for (int j = 0; j < nb; ++j) {
@@ -74,14 +60,9 @@ void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, 
         return _mm512_permutexvar_epi16(interleave, both);
       };
       for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
-        const __m512i v = _mm512_loadu_si512(w + t * 64);
-        const __m512i b01 = _mm512_shuffle_epi8(v, spread01), b23 = _mm512_shuffle_epi8(v, spread23);
-        _mm512_storeu_si512(out + 4 * t + 0, scaled(_mm512_permutexvar_epi16(b01, lut)));  // k 0, 1
-        _mm512_storeu_si512(out + 4 * t + 1, scaled(_mm512_permutexvar_epi16(b23, lut)));  // k 2, 3
-        _mm512_storeu_si512(out + 4 * t + 2,
-                            scaled(_mm512_permutexvar_epi16(_mm512_srli_epi16(b01, 4), lut)));
-        _mm512_storeu_si512(out + 4 * t + 3,
-                            scaled(_mm512_permutexvar_epi16(_mm512_srli_epi16(b23, 4), lut)));
+        __m512i p[4];
+        pairs_of(w + t * 64, p);
+        for (int i = 0; i < 4; ++i) _mm512_storeu_si512(out + 4 * t + i, scaled(p[i]));
       }
     }
   }

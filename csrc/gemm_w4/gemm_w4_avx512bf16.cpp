@@ -8,12 +8,8 @@
 //
 //   panel[j][kk][16 lanes]  u32 = bf16(q[2kk] - 8) | bf16(q[2kk + 1] - 8) << 16    kk < Kp / 2
 //
-// one 32-bit broadcast of A16 (the same two k of one row) against it is one vdpbf16ps. A W4Tile
-// lane holds k = 8t + i at nibble i of bytes 0-3 (low nibbles k 0-3, high k 4-7, formats.h);
-// vpshufb spreads bytes (0, 1) and (2, 3) of every lane into words, and vpermw looks the nibble
-// up in a 32-word table of bf16(i % 16 - 8) (it reads index bits 0-4, so the high nibble
-// sitting in bits 4-7 of a word selects the same value; shifted down 4 it is the index itself):
-// 8 instructions per 128 weights. Scales and zero points per group, as in gemm_w4.h.
+// one 32-bit broadcast of A16 (the same two k of one row) against it is one vdpbf16ps (the
+// pairs: gemm_w4/bf16_pairs.h). Scales and zero points per group, as in gemm_w4.h.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -24,6 +20,7 @@
 #include "common/half.h"
 #include "common/parallel.h"
 #include "common/simd.h"
+#include "gemm_w4/bf16_pairs.h"
 #include "gemm_w4/gemm_w4.h"
 
 namespace tersor::gemm_w4 {
@@ -31,38 +28,16 @@ namespace {
 
 constexpr int kMR = 4, kNB = 3;
 
-// words i of the table: bf16(i % 16 - 8), the top half of the exact fp32 value
-__m512i nibble_table() {
-  alignas(64) uint16_t t[32];
-  for (int i = 0; i < 32; ++i) {
-    const float v = static_cast<float>(i % 16 - 8);
-    uint32_t u;
-    std::memcpy(&u, &v, 4);
-    t[i] = static_cast<uint16_t>(u >> 16);
-  }
-  return _mm512_load_si512(t);
-}
-
 // Column blocks nb0 .. nb0 + nb of the weight as bf16 pairs (the layout above).
 void widen_panel(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, uint32_t* panel) {
-  const __m512i lut = nibble_table();
-  // per 32-bit lane: bytes (0, 1) -> words (0, 1); bytes (2, 3) -> words (0, 1)
-  const __m512i spread01 = _mm512_broadcast_i32x4(
-      _mm_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1));
-  const __m512i spread23 = _mm512_broadcast_i32x4(
-      _mm_setr_epi8(2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15, -1));
+  const W4Pairs pairs;
   for (int j = 0; j < nb; ++j) {
     const uint8_t* w = a.w + (nb0 + j) * Kp * 8;  // Kp / 8 W4Tiles of 64 bytes
     __m512i* out = reinterpret_cast<__m512i*>(panel + j * Kp * 8);
     for (int64_t t = 0; t < Kp / 8; ++t) {
-      const __m512i v = _mm512_loadu_si512(w + t * 64);
-      const __m512i b01 = _mm512_shuffle_epi8(v, spread01), b23 = _mm512_shuffle_epi8(v, spread23);
-      _mm512_storeu_si512(out + 4 * t + 0, _mm512_permutexvar_epi16(b01, lut));  // k 0, 1
-      _mm512_storeu_si512(out + 4 * t + 1, _mm512_permutexvar_epi16(b23, lut));  // k 2, 3
-      _mm512_storeu_si512(out + 4 * t + 2,
-                          _mm512_permutexvar_epi16(_mm512_srli_epi16(b01, 4), lut));  // k 4, 5
-      _mm512_storeu_si512(out + 4 * t + 3,
-                          _mm512_permutexvar_epi16(_mm512_srli_epi16(b23, 4), lut));  // k 6, 7
+      __m512i p[4];
+      pairs(w + t * 64, p);
+      for (int i = 0; i < 4; ++i) _mm512_storeu_si512(out + 4 * t + i, p[i]);
     }
   }
 }

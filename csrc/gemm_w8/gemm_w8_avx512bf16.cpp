@@ -1,9 +1,6 @@
 // W8 weight-only GEMM on CPUs with AVX512-BF16: the bf16 dot-product path of gemm_w8.h, the
 // int8 sibling of gemm_w4/gemm_w4_avx512bf16.cpp (same row rounding, panel, tile and threads).
-// Codes in [-127, 127] are exact in bf16. A W8Tile lane holds k 0-3 of one column as 4 bytes
-// (formats.h); per lane, vpshufb moves bytes (0, 1) and (2, 3) into the high halves of two
-// words, an arithmetic shift sign-extends them, and the int16 pair goes through fp32 (exact) to
-// its top 16 bits, the bf16:
+// Codes in [-127, 127] are exact in bf16 (the pairs: gemm_w8/bf16_pairs.h):
 //
 //   panel[j][kk][16 lanes]  u32 = bf16(w[2kk]) | bf16(w[2kk + 1]) << 16      kk < Kp / 2
 #include <immintrin.h>
@@ -15,6 +12,7 @@
 #include "common/formats.h"
 #include "common/parallel.h"
 #include "common/simd.h"
+#include "gemm_w8/bf16_pairs.h"
 #include "gemm_w8/gemm_w8.h"
 
 namespace tersor::gemm_w8 {
@@ -22,30 +20,17 @@ namespace {
 
 constexpr int kMR = 4, kNB = 3;
 
-// int16 pairs (one per 32-bit lane) -> bf16 pairs, exactly (|v| <= 127)
-__m512i bf16_pairs(__m512i v) {
-  const __m512 even = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16));
-  const __m512 odd = _mm512_cvtepi32_ps(_mm512_srai_epi32(v, 16));
-  return _mm512_mask_blend_epi16(0xAAAAAAAA, _mm512_srli_epi32(_mm512_castps_si512(even), 16),
-                                 _mm512_castps_si512(odd));
-}
-
 // Column blocks nb0 .. nb0 + nb of the weight as bf16 pairs (the layout above); Kp % 4 == 0.
 void widen_panel(const PackedW8LinearArgs& a, int64_t nb0, int nb, int64_t Kp, uint32_t* panel) {
-  // per 32-bit lane: bytes (0, 1) / (2, 3) -> the high bytes of words (0, 1)
-  const __m512i hi01 = _mm512_broadcast_i32x4(
-      _mm_setr_epi8(-1, 0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13));
-  const __m512i hi23 = _mm512_broadcast_i32x4(
-      _mm_setr_epi8(-1, 2, -1, 3, -1, 6, -1, 7, -1, 10, -1, 11, -1, 14, -1, 15));
+  const W8Pairs pairs;
   for (int j = 0; j < nb; ++j) {
     const int8_t* w = a.w + (nb0 + j) * Kp * 16;  // Kp / 4 W8Tiles of 64 bytes
     __m512i* out = reinterpret_cast<__m512i*>(panel + j * Kp * 8);
     for (int64_t t = 0; t < Kp / 4; ++t) {
-      const __m512i v = _mm512_loadu_si512(w + t * 64);
-      _mm512_storeu_si512(out + 2 * t,  // k 0, 1
-                          bf16_pairs(_mm512_srai_epi16(_mm512_shuffle_epi8(v, hi01), 8)));
-      _mm512_storeu_si512(out + 2 * t + 1,  // k 2, 3
-                          bf16_pairs(_mm512_srai_epi16(_mm512_shuffle_epi8(v, hi23), 8)));
+      __m512i p[2];
+      pairs(w + t * 64, p);
+      _mm512_storeu_si512(out + 2 * t, p[0]);
+      _mm512_storeu_si512(out + 2 * t + 1, p[1]);
     }
   }
 }
