@@ -276,7 +276,8 @@ def ort_matmul_nbits(lin: nn.Linear, group_size: int, accuracy_level: int, rotat
 
 def tersor_w4_bf16(lin: nn.Linear, group_size: int, rotate: bool) -> Impl:
     """The W4 layer fed bf16 activations (a bf16 model's), as torch int4pack is: on CPUs with
-    AVX512-BF16 it takes the vdpbf16ps kernel from 8 rows (csrc/gemm_w4/gemm_w4.h)."""
+    AVX512-BF16 it takes the vdpbf16ps kernel from 8 rows, and with AMX-BF16 the tiles from 16
+    (csrc/gemm_w4/gemm_w4.h)."""
     im = tersor_linear(lin, tersor.W4Config(group_size=group_size), rotate, "")
     run = im.fn
     im.name = f"tersor W4 g{group_size} bf16"
