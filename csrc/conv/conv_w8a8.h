@@ -67,8 +67,9 @@ struct ConvW8A8Args {
 static inline int64_t patch_channels(const ConvW8A8Args& c) { return c.cg ? c.cg : c.C; }
 static inline int64_t out_stride(const ConvW8A8Args& c) { return c.ldy ? c.ldy : c.N; }
 
-// Zero pixels after the last image: the AMX implicit GEMM's last 16-pixel segment (pixels sw
-// apart) reads up to 16 * sw + (kw - 1) * dw of them (conv_w8a8_implicit.h).
+// Zero pixels after the last image in a padded copy: the AMX implicit GEMM's last block of two
+// 16-pixel segments (pixels sw apart) reads up to 32 * sw + (kw - 1) * dw of them
+// (conv_w8a8_implicit.h; codes read in place take a copy of the last block there instead).
 static inline int64_t tail_pixels(const ConvW8A8Args& c) { return 32 * c.sw + (c.kw - 1) * c.dw; }
 
 struct QuantizedInput {

@@ -14,11 +14,13 @@
 #pragma once
 #include <immintrin.h>
 
-#include <cstring>
 #include <vector>
 
 #include "conv/conv_w8a8.h"
 #include "gemm_w8a8/row_blocks.h"
+#if !defined(__AVX512BW__)
+#include "gemm_w8a8/tile_avx2.h"  // all_non_negative
+#endif
 
 namespace tersor::conv {
 
@@ -63,29 +65,17 @@ static inline gemm_w8a8::CodesOut direct_codes(const ConvW8A8Args& c) {
                : gemm_w8a8::CodesOut{};
 }
 
-// True when no byte of p[0, n) has its sign bit set (every s8 code >= 0).
+// True when no byte of p[0, n) has its sign bit set (every s8 code >= 0): vpmovb2m on
+// AVX-512, the AVX2 tile's own check (tile_avx2.h) otherwise.
 static inline bool no_sign_bits(const uint8_t* p, int64_t n) {
 #if defined(__AVX512BW__)
-  for (int64_t i = 0; i < n; i += 64) {  // vpmovb2m: the sign bits as a mask
+  for (int64_t i = 0; i < n; i += 64) {
     const __mmask64 m = n - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - i)) - 1;
     if (_mm512_movepi8_mask(_mm512_maskz_loadu_epi8(m, p + i))) return false;
   }
   return true;
 #else
-  int64_t i = 0;
-#if defined(__AVX2__)
-  for (; i + 32 <= n; i += 32)
-    if (_mm256_movemask_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i))))
-      return false;
-#endif
-  uint64_t any = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t v;
-    std::memcpy(&v, p + i, 8);
-    any |= v;
-  }
-  for (; i < n; ++i) any |= p[i];
-  return !(any & 0x8080808080808080ull);
+  return gemm_w8a8::avx2::all_non_negative(p, n);
 #endif
 }
 

@@ -262,20 +262,22 @@ class StaticConv(_Static):
         if self.linear or len(shape) != 4 or shape[1] != self.in_channels:
             return None
         b, _, h, w = shape
-        kh, kw, sh, sw, ph, pw, dh, dw = self.geometry
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        ho, wo = self._out_size(h, w)
         if ho <= 0 or wo <= 0:
             return None
         self._calls[shape] = call = (torch.Size((b, self.out_channels, ho, wo)), (b, h, w, ho, wo))
         return call
 
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        kh, kw, sh, sw, ph, pw, dh, dw = self.geometry
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (
+            w + 2 * pw - dw * (kw - 1) - 1
+        ) // sw + 1
+
     def _run_eager(self, xs, rs):
         plan = self._plan if self._plan is not None else self._eager_plan()
         b, h, w, _ = xs.shape
-        kh, kw, sh, sw, ph, pw, dh, dw = self.geometry
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        ho, wo = self._out_size(h, w)
         if ho <= 0 or wo <= 0:
             raise ValueError(f"{self.label}: input {h}x{w} is smaller than the receptive field")
         if rs is not None and rs.shape != (b, ho, wo, self.out_channels):
