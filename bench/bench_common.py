@@ -25,6 +25,8 @@ def time_linear_case(benchmark, lin, im, m: int, group: str, tol: float) -> None
     ref = lin(x).detach()
     y = im.fn(x, 0)
     assert ((y - ref).norm() / ref.norm()).item() < tol, f"{im.name} is wrong before timing"
+    if im.prepare is not None:
+        im.prepare(x)
     counter = itertools.count()
     benchmark.group = group
     benchmark.extra_info.update(weight_bytes=im.weight_bytes, copies=im.copies, M=m, K=k, N=n)

@@ -1,5 +1,6 @@
 """4-bit weights: tersor W4 / W4A8 (g32, g128) against torch fp32, torch's int4pack CPU op,
-onnxruntime MatMulNBits (accuracy_level 0 and 4) and our W8A8."""
+onnxruntime MatMulNBits (accuracy_level 0 and 4), OpenVINO INT4 (NNCF; int8, fp32 and bf16
+activations; skipped with the reason when not installed) and our W8A8."""
 
 import functools
 
@@ -19,6 +20,7 @@ IMPLS = [
     "ort MatMulNBits g32 acc4",
     "ort MatMulNBits g128 acc0",
     "ort MatMulNBits g128 acc4",
+    *(f"OpenVINO INT4 g{g} {act}" for g in (32, 128) for act in ("i8", "f32", "bf16")),
     "torch fp32",
     "tersor W8A8",
 ]

@@ -1,10 +1,21 @@
-"""W8A8 / W8 Linear against torch fp32, torch.ao dynamic int8 and onnxruntime dynamic int8."""
+"""W8A8 / W8 Linear against torch fp32, torch.ao dynamic int8, onnxruntime dynamic int8,
+torchao's compiled int8 dynamic and OpenVINO INT8 (NNCF; int8 and fp32 activations); a peer
+that is not installed is skipped with the reason."""
 
 import pytest
 
 from bench_common import BATCHES, LINEAR_SHAPES, time_linear_case
 
-IMPLS = ["tersor W8A8", "tersor W8", "torch fp32", "torch.ao dyn int8", "onnxruntime dyn int8"]
+IMPLS = [
+    "tersor W8A8",
+    "tersor W8",
+    "torch fp32",
+    "torch.ao dyn int8",
+    "onnxruntime dyn int8",
+    "torchao int8 dyn (compiled)",
+    "OpenVINO INT8 i8",
+    "OpenVINO INT8 f32",
+]
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -131,8 +131,12 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, compute_peak):
         for m in ms:
             x = torch.randn(m, k)
             check_correct(ready, lin, x, tol, ref_name)
+            for im in ready:
+                if im.prepare is not None:
+                    im.prepare(x)
             times = time_interleaved({im.name: im.fn for im in ready}, x, rounds=rounds)
             baselines = {im.name: times[im.name] for im in ready if im.kind == "baseline"}
+            acts = {im.name: im.act for im in ready}
             for im in ready:
                 t = times[im.name]
                 floor = max(im.weight_bytes / bw, 2 * m * k * n / compute_peak)
@@ -140,7 +144,9 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, compute_peak):
                     {
                         b: bt / t
                         for b, bt in baselines.items()
-                        if same_group(im.name, b) and (not im.vs or b in im.vs)
+                        if same_group(im.name, b)
+                        and (not im.vs or b in im.vs)
+                        and (not im.act or not acts[b] or acts[b] == im.act)
                     }
                     if im.kind == "ours"
                     else {}

@@ -8,16 +8,17 @@ weights when the layer is big enough not to be (DESIGN, performance method).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import tersor
-from tersor.bench.timing import has_vnni
+from tersor.bench.timing import has_vnni, quiet_baselines
 from tersor.nn import QLinear
 
 
@@ -49,6 +50,13 @@ class Impl:
     unavailable: str = ""  # reason when the baseline cannot run here
     vs: tuple = ()  # ours: the baselines its ratios are taken against (empty: all of them)
     tol: float = 0.0  # relative error tolerated against the family's reference (0: family's)
+    # the activations the dot products take: "f32", "bf16", "i8" ("": a reference point that
+    # every row is compared with, e.g. torch fp32). Ours are compared with baselines of the
+    # same activation type (and with the untagged ones): the issue's "same scheme" rule.
+    act: str = ""
+    # prepare(x): run before timing on each input shape, for baselines whose first call per
+    # weight copy and shape builds their kernels (OpenVINO)
+    prepare: Optional[Callable] = None
 
 
 def copies_for(weight_bytes: int, rotate: bool) -> int:
@@ -94,7 +102,7 @@ def torch_ao_dynamic(lin: nn.Linear, rotate: bool) -> Impl:
     def fn(x, i):
         return mods[i % r](x)
 
-    return Impl("torch.ao dyn int8", fn, nbytes, r, "baseline")
+    return Impl("torch.ao dyn int8", fn, nbytes, r, "baseline", act="i8")
 
 
 def ort_dynamic_int8(lin: nn.Linear, rotate: bool) -> Impl:
@@ -154,24 +162,119 @@ def ort_dynamic_int8(lin: nn.Linear, rotate: bool) -> Impl:
     def fn(x, i):
         return torch.from_numpy(sessions[i % r].run(None, {"x": x.numpy()})[0])
 
-    return Impl("onnxruntime dyn int8", fn, nbytes, r, "baseline")
+    return Impl("onnxruntime dyn int8", fn, nbytes, r, "baseline", act="i8")
 
 
-def tersor_linear(lin: nn.Linear, config, rotate: bool, name: str) -> Impl:
+# OpenVINO's CPU plugin on one Linear: activations per variant (compile-time properties)
+OPENVINO_ACTS = {
+    # int8 activations: the plugin's dynamic quantization of compressed-weight matmuls (its
+    # default, per group of 32 activations), the rest in fp32
+    "i8": {"INFERENCE_PRECISION_HINT": "f32"},
+    "f32": {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"},
+    # its default on CPUs with AVX512-BF16 / AMX: bf16 activations and fp32 accumulation
+    "bf16": {"INFERENCE_PRECISION_HINT": "bf16", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"},
+}
+
+
+def openvino_linear(lin: nn.Linear, bits: int, group_size: int, act: str, rotate: bool) -> Impl:
+    """OpenVINO's CPU plugin on the layer as a user would get it: an OpenVINO model of the
+    Linear (MatMul + bias) whose weight NNCF compresses (int8 per output channel, or int4
+    symmetric group-wise, every layer, ratio 1), compiled with the bench's thread count and
+    the LATENCY hint, activations per OPENVINO_ACTS. One compiled model per weight copy: the
+    plugin repacks the weight per compiled model (measured: R compiled models of one IR rotate
+    like R distinct ones)."""
+    tag = "INT8" if bits == 8 else f"INT4 g{group_size}"
+    name = f"OpenVINO {tag} {act}"
+    n, k = lin.weight.shape
+    nbytes = n * k * bits // 8 + 2 * n * (1 if bits == 8 else k // group_size)
+    try:
+        import nncf
+        import openvino as ov
+        from openvino import opset13 as ops
+    except ImportError as e:
+        why = f"openvino / nncf not installed ({e.name}); pip install openvino nncf"
+        return Impl(name, None, nbytes, 0, "baseline", why, act=act)
+    if act == "bf16" and not tersor.cpu_info()["features"].get("avx512bf16"):
+        why = "this CPU has no AVX512-BF16 (OpenVINO would run the f32 variant)"
+        return Impl(name, None, nbytes, 0, "baseline", why, act=act)
+    x = ops.parameter([-1, k], ov.Type.f32, name="x")
+    w = ops.constant(lin.weight.detach().numpy().copy())
+    y = ops.add(ops.matmul(x, w, False, True), ops.constant(lin.bias.detach().numpy().copy()))
+    mode = nncf.CompressWeightsMode
+    opts = (  # int8 modes compress every layer already (and refuse all_layers)
+        dict(mode=mode.INT8_SYM)
+        if bits == 8
+        else dict(mode=mode.INT4_SYM, group_size=group_size, ratio=1.0, all_layers=True)
+    )
+    nncf.set_log_level(logging.ERROR)  # its per-call bit-width table would split the bench's
+    model = nncf.compress_weights(ov.Model([y], [x], "linear"), **opts)
+    config = {
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY",
+        **OPENVINO_ACTS[act],
+    }
+    core = ov.Core()
+    r = copies_for(nbytes, rotate)
+    requests = [core.compile_model(model, "CPU", config).create_infer_request() for _ in range(r)]
+
+    def fn(x, i):
+        return torch.from_numpy(requests[i % r].infer({0: x.numpy()})[0].copy())
+
+    def prepare(x):  # the plugin repacks a weight and builds its kernels on the first call
+        for req in requests:
+            req.infer({0: x.numpy()})
+
+    return Impl(name, fn, nbytes, r, "baseline", act=act, prepare=prepare)
+
+
+def torchao_int8_dynamic(lin: nn.Linear, rotate: bool) -> Impl:
+    """torchao's int8 dynamic activation x int8 weight (Int8DynamicActivationInt8WeightConfig),
+    under torch.compile as torchao recommends (one compiled call per M, shared by the copies)."""
+    name = "torchao int8 dyn (compiled)"
+    nbytes = lin.weight.numel() + 4 * lin.out_features
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as e:
+        why = f"torchao not installed ({e.name}); pip install torchao --no-deps"
+        return Impl(name, None, nbytes, 0, "baseline", why, act="i8")
+    r = copies_for(nbytes, rotate)
+    mods = []
+    with quiet_baselines():
+        for _ in range(r):
+            m = nn.Sequential(copy.deepcopy(lin))
+            quantize_(m, Int8DynamicActivationInt8WeightConfig())
+            mods.append(m)
+    run = torch.compile(lambda x, m: m(x), dynamic=False)
+
+    def fn(x, i):
+        with torch.no_grad():
+            return run(x, mods[i % r])
+
+    return Impl(name, fn, nbytes, r, "baseline", act="i8")
+
+
+def tersor_linear(lin: nn.Linear, config, rotate: bool, name: str, act: str = "") -> Impl:
     base = QLinear.from_float(lin, config)
     nbytes = base.nbytes
     r = copies_for(nbytes, rotate)
     mods = [base] + [copy.deepcopy(base) for _ in range(r - 1)]
-    return Impl(name, lambda x, i: mods[i % r](x), nbytes, r, "ours")
+    return Impl(name, lambda x, i: mods[i % r](x), nbytes, r, "ours", act=act)
 
 
-def linear_impls(lin: nn.Linear, rotate: bool, which=("w8a8", "w8", "fp32", "ao", "ort")):
+def linear_impls(
+    lin: nn.Linear,
+    rotate: bool,
+    which=("w8a8", "w8", "fp32", "ao", "ort", "torchao", "ov-i8", "ov-f32"),
+):
     makers = {
-        "w8a8": lambda: tersor_linear(lin, tersor.W8A8Config(), rotate, "tersor W8A8"),
-        "w8": lambda: tersor_linear(lin, tersor.W8Config(), rotate, "tersor W8"),
+        "w8a8": lambda: tersor_linear(lin, tersor.W8A8Config(), rotate, "tersor W8A8", "i8"),
+        "w8": lambda: tersor_linear(lin, tersor.W8Config(), rotate, "tersor W8", "f32"),
         "fp32": lambda: torch_fp32(lin, rotate),
         "ao": lambda: torch_ao_dynamic(lin, rotate),
         "ort": lambda: ort_dynamic_int8(lin, rotate),
+        "torchao": lambda: torchao_int8_dynamic(lin, rotate),
+        "ov-i8": lambda: openvino_linear(lin, 8, 0, "i8", rotate),
+        "ov-f32": lambda: openvino_linear(lin, 8, 0, "f32", rotate),
     }
     return [makers[w]() for w in which]
 
@@ -206,7 +309,7 @@ def torch_int4pack(lin: nn.Linear, group_size: int, rotate: bool) -> Impl:
         p, sc = ws[i % r]
         return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), p, g, sc).float() + bias
 
-    return Impl(name, fn, nbytes, r, "baseline")
+    return Impl(name, fn, nbytes, r, "baseline", act="bf16")
 
 
 def ort_matmul_nbits(lin: nn.Linear, group_size: int, accuracy_level: int, rotate: bool) -> Impl:
@@ -271,7 +374,7 @@ def ort_matmul_nbits(lin: nn.Linear, group_size: int, accuracy_level: int, rotat
     def fn(x, i):
         return torch.from_numpy(sessions[i % r].run(None, {"x": x.numpy()})[0])
 
-    return Impl(name, fn, nbytes, r, "baseline")
+    return Impl(name, fn, nbytes, r, "baseline", act="i8" if accuracy_level == 4 else "f32")
 
 
 def tersor_w4_bf16(lin: nn.Linear, group_size: int, rotate: bool) -> Impl:
@@ -282,7 +385,7 @@ def tersor_w4_bf16(lin: nn.Linear, group_size: int, rotate: bool) -> Impl:
     run = im.fn
     im.name = f"tersor W4 g{group_size} bf16"
     im.fn = lambda x, i: run(x.to(torch.bfloat16), i).float()
-    im.vs = (f"torch int4pack g{group_size}",)  # the same activation type
+    im.act = "bf16"
     return im
 
 
@@ -296,12 +399,13 @@ def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
             out.append(Impl(f"int4 g{g} (every implementation)", None, 0, 0, "ours", why))
             continue
         out += [
-            tersor_linear(lin, tersor.W4Config(group_size=g), rotate, f"tersor W4 g{g}"),
+            tersor_linear(lin, tersor.W4Config(group_size=g), rotate, f"tersor W4 g{g}", "f32"),
             tersor_w4_bf16(lin, g, rotate),
-            tersor_linear(lin, tersor.W4A8Config(group_size=g), rotate, f"tersor W4A8 g{g}"),
+            tersor_linear(lin, tersor.W4A8Config(group_size=g), rotate, f"tersor W4A8 g{g}", "i8"),
             torch_int4pack(lin, g, rotate),
             ort_matmul_nbits(lin, g, 0, rotate),
             ort_matmul_nbits(lin, g, 4, rotate),
+            *(openvino_linear(lin, 4, g, act, rotate) for act in OPENVINO_ACTS),
         ]
     return out
 
