@@ -119,7 +119,7 @@ def _w4_tiles(isa, name, dtype, rows):
     """Whether a W4 layer's bf16 call of `rows` rows runs the AMX-BF16 tiles here."""
     from tersor.ops.gemm_w4 import TILES_MIN_ROWS
 
-    tiles = TILES_MIN_ROWS is not None and rows >= TILES_MIN_ROWS and _C.has_amx_bf16()
+    tiles = TILES_MIN_ROWS is not None and rows >= TILES_MIN_ROWS["w4"] and _C.has_amx_bf16()
     return name.startswith("w4 ") and dtype == torch.bfloat16 and isa == "amx" and tiles
 
 

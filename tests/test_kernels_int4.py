@@ -163,7 +163,7 @@ def test_gemm_w4_bf16(isa, g, k, m, sym, gen, c_ref):
 
 def _tiles_run(isa, m, group_size):
     """Whether gemm_w4_cpu(bf16=True) runs the AMX-BF16 tiles for these rows here."""
-    return (isa == "amx" and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS
+    return (isa == "amx" and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS["w4"]
             and group_size % 32 == 0 and _C.has_amx_bf16())  # fmt: skip
 
 
@@ -219,11 +219,32 @@ def test_gemm_w4_bf16_half_inputs_and_auto_choice(gen, c_ref):
     assert torch.equal(
         auto,
         y
-        if BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS
+        if BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS["w4"]
         else gemm_w4_cpu(xb, p.codes, p.scale, p.zero, b, n, G, False, bf16=False),
     )
     fp32 = gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False)
     assert torch.equal(fp32, gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=False))
+
+
+@pytest.mark.parametrize("precision", ["medium", "high", "highest"])
+def test_fp32_rows_take_bf16_only_under_medium_matmul_precision(precision, gen):
+    """fp32 activations take the bf16 kernels (rows rounded to bf16) from BF16_MIN_ROWS rows
+    only when torch.set_float32_matmul_precision("medium") allows bf16 for fp32 matmuls, on a
+    CPU with bf16 arithmetic; "high" and the default "highest" keep the fp32 kernels."""
+    m, k, n, G = 33, 256, 40, 128
+    x, q, s, z, G, b, p = make(m, k, n, G, False, gen)
+    args = (p.codes, p.scale, p.zero, b, n, G, False)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        auto = gemm_w4_cpu(x, *args)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    bf16 = precision == "medium" and BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS["w4"]
+    assert torch.equal(auto, gemm_w4_cpu(x, *args, bf16=bf16))
+    if bf16:
+        assert not torch.equal(auto, gemm_w4_cpu(x, *args, bf16=False))
+        assert torch.equal(auto, gemm_w4_cpu(x.bfloat16().float(), *args, bf16=True))
 
 
 def test_bf16_dot_is_used_where_the_cpu_has_it(isa):

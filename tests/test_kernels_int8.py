@@ -139,7 +139,7 @@ def test_gemm_w8_bf16(isa, m, k, n, gen, c_ref):
     bf16-rounded x to fp32 accumulation, and the op's own choice for bf16 activations."""
     x, q, s, b, p = make(m, k, n, gen)
     y = gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=True)
-    tiles = isa == "amx" and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS
+    tiles = isa == "amx" and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS["w8"]
     if not (tiles and _C.has_amx_bf16()):  # the AMX-BF16 tiles order their additions
         assert torch.equal(y, c_ref(lambda: gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=True)))
     w = q.double() * s.double()[:, None]
@@ -147,10 +147,30 @@ def test_gemm_w8_bf16(isa, m, k, n, gen, c_ref):
     assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
     xb = x.bfloat16()
     auto = gemm_w8_cpu(xb, p.packed, p.scale, b, n)
-    bf16 = BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS
+    bf16 = BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS["w8"]
     assert torch.equal(auto, gemm_w8_cpu(xb, p.packed, p.scale, b, n, bf16=bf16))
     half = gemm_w8_cpu(xb, p.packed, p.scale, b, n, bf16=True)  # bf16 in, bf16 out
     assert torch.equal(half, gemm_w8_cpu(xb.float(), p.packed, p.scale, b, n, bf16=True).bfloat16())
+
+
+def test_w8_fp32_rows_take_bf16_only_under_medium_matmul_precision(gen):
+    """As W4's (test_kernels_int4.py): fp32 rows take the bf16 kernel from BF16_MIN_ROWS rows
+    only under torch.set_float32_matmul_precision("medium")."""
+    m, k, n = 40, 160, 48
+    x, q, s, b, p = make(m, k, n, gen)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        medium = gemm_w8_cpu(x, p.packed, p.scale, b, n)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    bf16 = BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS["w8"]
+    assert torch.equal(medium, gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=bf16))
+    assert torch.equal(
+        gemm_w8_cpu(x, p.packed, p.scale, b, n), gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=False)
+    )
+    if bf16:
+        assert not torch.equal(medium, gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=False))
 
 
 @pytest.mark.parametrize("k,n", SHAPES_KN + [(1000, 300)])

@@ -12,6 +12,7 @@ they are not installed; llama-cpp-python is a ~12-minute source build, never ins
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 
@@ -44,11 +45,15 @@ SCHEMES = {
     "tersor W4A8 g32": lambda: tersor.W4A8Config(group_size=32),
     "tersor W4 g128": lambda: tersor.W4Config(group_size=128),
     "tersor W4A8 g32 bf16": lambda: tersor.W4A8Config(group_size=32),
-    # a bf16 model: on CPUs with AVX512-BF16 its prefill takes the vdpbf16ps kernel
+    # a bf16 model: its prefill takes the bf16 kernels (AMX-BF16 tiles / vdpbf16ps)
     "tersor W4 g128 bf16": lambda: tersor.W4Config(group_size=128),
+    # the fp32 model under torch.set_float32_matmul_precision("medium"): its rows of 12 and
+    # more take the same bf16 kernels (ops/gemm_w4.py bf16_allowed); HF's own fp32 ops too
+    "tersor W4 g128 medium": lambda: tersor.W4Config(group_size=128),
 }
 # else the model stays fp32
 MODEL_DTYPE = {"tersor W4A8 g32 bf16": torch.bfloat16, "tersor W4 g128 bf16": torch.bfloat16}
+MATMUL_PRECISION = {"tersor W4 g128 medium": "medium"}  # else torch's, while timed
 PEERS = {
     "llama.cpp Q4_0 / Q8_0": (
         "llama_cpp",
@@ -97,10 +102,17 @@ def dequantized_copy(model):
     return deq
 
 
-def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> dict:
+def time_generation(model, prompt: torch.Tensor, new_tokens: int, precision=None) -> dict:
     """Prefill ms (one forward of the prompt, the last position's logits only, as generate
     and llama.cpp compute them) and decode tokens/s (greedy generate of new_tokens minus its
-    prefill)."""
+    prefill); precision: torch's float32 matmul precision while timed (None: as it is)."""
+    if precision is not None:
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(precision)
+        try:
+            return time_generation(model, prompt, new_tokens)
+        finally:
+            torch.set_float32_matmul_precision(old)
     with torch.inference_mode():
         t0 = time.perf_counter()
         model(prompt, logits_to_keep=1)
@@ -177,7 +189,10 @@ def run_llm(
         bf16 = MODEL_DTYPE.get(name) == torch.bfloat16
         if not kernel_err < (0.35 if "a8" in config.scheme else 0.06 if bf16 else 1e-3):
             raise SystemExit(f"{name}: logits {kernel_err:.3g} off its dequantized weights")
-        engines[name] = (m, time_generation)
+        engines[name] = (
+            m,
+            functools.partial(time_generation, precision=MATMUL_PRECISION.get(name)),
+        )
         rows.append(
             dict(
                 impl=name,

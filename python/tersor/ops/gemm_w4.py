@@ -16,36 +16,54 @@ from tersor.ops._common import IO_CODE, NATIVE, check, eager, no_row_amax, out_2
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 
-def _bf16_min_rows() -> Optional[int]:
-    """Rows from which bf16 activations take the bf16 dot-product kernel (_C.gemm_w4_bf16,
-    csrc/gemm_w4/gemm_w4.h) on CPUs with AVX512-BF16; None elsewhere. bf16 activations only (and
-    no kept input scale): they enter that kernel exactly, so the results are those of the fp32
-    path up to the order of the fp32 additions, while fp32 activations keep their fp32 contract
-    (a model run in bf16 gets the kernel; an fp32 one can ask for it with bf16=True). Chosen by
-    the hardware, not by the forced ISA path: under a lower path the same arithmetic runs in the
-    C ref, so every path of one machine gives the same bits. Measured on Zen 4 (2 threads,
-    2048x2048 / 2048x8192 / 8192x2048, g128): 1.2-1.6x the register kernel at 8 rows, 2.0-2.3x
-    from 64; 2.0-4.6x the fp32 dense-panel path from 64 rows; 0.8-0.9x torch's bf16 GEMM on the
-    uncompressed weight from 128 rows."""
-    return 8 if _C.cpu_info()["features"].get("avx512bf16") else None
+def _tiles_min_rows() -> Optional[dict]:
+    """Rows from which the bf16 paths run on AMX-BF16 tiles (csrc/common/bf16_tiles.h), per
+    family, on CPUs that have them; None elsewhere. W4 (gemm_w4_amx.cpp): the scales go into
+    weights widened to bf16, so the weights are rounded too (relative 2^-9); the native call
+    takes the tiles only where the active path is amx and the group size a multiple of 32, the
+    vdpbf16ps kernel otherwise. W8 (gemm_w8_amx.cpp): exact codes, the scale in the epilogue.
+    Measured on a Sapphire Rapids class Xeon (2 threads, 2048x8192 / 4096x4096 / 2048x2048):
+    W4 g128 tiles 0.82-0.91x the fp32 register kernel's time at 12 rows, 0.48-0.62x at 16,
+    0.25-0.36x at 32 (1.3-1.5x torch's bf16 GEMM on the uncompressed weight at 32-64 rows,
+    0.73-0.93x at 512); W8 0.71-1.10x at 16 rows, about 2x faster from 32."""
+    return {"w4": 12, "w8": 16} if _C.cpu_info()["features"].get("amx_bf16") else None
+
+
+TILES_MIN_ROWS = _tiles_min_rows()
+
+
+def _bf16_min_rows() -> Optional[dict]:
+    """Rows from which bf16 activations take a bf16 dot-product kernel, per family: the AMX-BF16
+    tiles' rows where the CPU has them, else the vdpbf16ps kernels (_C.gemm_w4_bf16 /
+    gemm_w8_bf16) from 8 rows on CPUs with AVX512-BF16; None elsewhere. bf16 activations enter
+    those kernels exactly, so the results are those of the fp32 path up to the order of the
+    fp32 additions (and W4's weight rounding on the tiles); fp32 activations take them only
+    when torch's float32 matmul precision allows bf16 (bf16_allowed). Chosen by the hardware,
+    not by the forced ISA path: under a lower path the same arithmetic runs in the C ref, so
+    every path of one machine gives the same bits. Measured: on Zen 4 (2 threads, 2048x2048 /
+    2048x8192 / 8192x2048, g128) vdpbf16ps is 1.2-1.6x the fp32 register kernel at 8 rows,
+    2.0-2.3x from 64; on Sapphire Rapids it is 0.65-0.9x the register kernel at 4-32 rows, so
+    there the tiles' rows decide, and below them the register kernel runs."""
+    if TILES_MIN_ROWS is not None:
+        return TILES_MIN_ROWS
+    return {"w4": 8, "w8": 8} if _C.cpu_info()["features"].get("avx512bf16") else None
 
 
 BF16_MIN_ROWS = _bf16_min_rows()
 
 
-def _tiles_min_rows() -> Optional[int]:
-    """Rows from which the bf16 path runs on AMX-BF16 tiles (_C.gemm_w4_bf16_tiles,
-    csrc/gemm_w4/gemm_w4_amx.cpp: the scales go into weights widened to bf16, so the weights are
-    rounded too, relative 2^-9) on CPUs that have them; None elsewhere. The native call takes
-    the tiles only where the active path is amx and the group size a multiple of 32, and the
-    vdpbf16ps kernel otherwise. Measured on a Sapphire Rapids class Xeon (2 threads, bf16
-    activations, g128, 2048x8192 / 4096x4096 / 8192x2048): 1.7-1.9x the vdpbf16ps kernel at 16
-    rows, 2.9-3.1x at 32, 3.4-4.3x from 64; 1.3-1.5x torch's bf16 GEMM on the uncompressed
-    weight at 32-64 rows, 0.73-0.93x at 512."""
-    return 16 if _C.cpu_info()["features"].get("amx_bf16") else None
-
-
-TILES_MIN_ROWS = _tiles_min_rows()
+def bf16_allowed(x: torch.Tensor, family: str, m: int, x_scale) -> bool:
+    """Whether rows of x take the bf16 kernels: from BF16_MIN_ROWS[family] rows, bf16
+    activations without a kept input scale (x * s would not be bf16 any more), and fp32
+    activations when ``torch.set_float32_matmul_precision("medium")`` allows bf16 arithmetic
+    for fp32 matmuls, as torch's own GEMMs read it: then the rows are rounded to bf16 (relative
+    2^-9) and accumulated in fp32. The default ("highest") keeps fp32 activations on the fp32
+    kernels, bit for bit on every ISA path."""
+    if BF16_MIN_ROWS is None or m < BF16_MIN_ROWS[family]:
+        return False
+    if x.dtype == torch.bfloat16:
+        return x_scale is None
+    return x.dtype == torch.float32 and torch.get_float32_matmul_precision() == "medium"
 
 
 def gemm_w4_cpu(
@@ -61,20 +79,14 @@ def gemm_w4_cpu(
     row_amax=None,
     bf16: Optional[bool] = None,
 ) -> torch.Tensor:
-    """x_scale, row_amax (int8 activations only): see gemm_w8a8.linear_w8a8. bf16 (fp32
-    activations only): the bf16 dot-product kernel; None chooses it by rows (BF16_MIN_ROWS),
-    and from TILES_MIN_ROWS rows its AMX-BF16 tile form."""
+    """x_scale, row_amax (int8 activations only): see gemm_w8a8.linear_w8a8. bf16 (float
+    activations only): the bf16 dot-product kernel, from TILES_MIN_ROWS rows in its AMX-BF16
+    tile form; None chooses it (bf16_allowed)."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if bf16 is None:
-        bf16 = (
-            not act_int8
-            and x.dtype == torch.bfloat16
-            and x_scale is None  # x * s would not be bf16 any more
-            and BF16_MIN_ROWS is not None
-            and m >= BF16_MIN_ROWS
-        )
+        bf16 = not act_int8 and bf16_allowed(x, "w4", m, x_scale)
     if not act_int8 and not bf16 and m >= DENSE_MIN_ROWS["w4"]:
         xf = x2.float() if x_scale is None else x2.float() * x_scale
         y = linear_w4_dense(xf, codes, scale, zero, bias, n, group_size)
@@ -84,7 +96,7 @@ def gemm_w4_cpu(
         if act_int8:
             fn = _C.gemm_w4a8
         elif bf16:
-            tiles = TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS
+            tiles = TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS["w4"]
             fn = _C.gemm_w4_bf16_tiles if tiles else _C.gemm_w4_bf16
         else:
             fn = _C.gemm_w4

@@ -21,30 +21,25 @@ from tersor.ops._common import (
     takes_half,
 )
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w8_dense
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS, TILES_MIN_ROWS
+from tersor.ops.gemm_w4 import TILES_MIN_ROWS, bf16_allowed
 
 
 def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None, bf16=None) -> torch.Tensor:
-    """bf16: the bf16 dot-product kernel (csrc/gemm_w8/gemm_w8.h); None takes it as the int4
-    op does (ops/gemm_w4.py BF16_MIN_ROWS): bf16 activations, no kept input scale; from
-    TILES_MIN_ROWS rows its AMX-BF16 tile form (the same exact weights)."""
+    """bf16: the bf16 dot-product kernel (csrc/gemm_w8/gemm_w8.h), from TILES_MIN_ROWS rows in
+    its AMX-BF16 tile form (the same exact weights); None chooses it as the int4 op does
+    (ops/gemm_w4.py bf16_allowed)."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if bf16 is None:
-        bf16 = (
-            x.dtype == torch.bfloat16
-            and x_scale is None
-            and BF16_MIN_ROWS is not None
-            and m >= BF16_MIN_ROWS
-        )
+        bf16 = bf16_allowed(x, "w8", m, x_scale)
     if not bf16 and m >= DENSE_MIN_ROWS["w8"]:
         xf = x2.float() if x_scale is None else x2.float() * x_scale
         y = linear_w8_dense(xf, packed, scale, bias, n)
         return out_2d(x, y.to(x.dtype), n)
     y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
-        tiles = bf16 and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS
+        tiles = bf16 and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS["w8"]
         (_C.gemm_w8_bf16_tiles if tiles else _C.gemm_w8_bf16 if bf16 else _C.gemm_w8)(
             x2.data_ptr(),
             m,
