@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import tersor
 from tersor import _C
-from tersor.formats.int4 import dequantize_int4, pack_int4, quantize_int4
+from tersor.formats.int4 import Int4Format, dequantize_int4, pack_int4, quantize_int4
 from tersor.ops import dequant_w4t, gemm_w4, gemm_w4a8
 from tersor.ops.gemm_w4 import BF16_MIN_ROWS, TILES_MIN_ROWS, gemm_w4_cpu
 from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
@@ -245,6 +245,25 @@ def test_fp32_rows_take_bf16_only_under_medium_matmul_precision(precision, gen):
     if bf16:
         assert not torch.equal(auto, gemm_w4_cpu(x, *args, bf16=False))
         assert torch.equal(auto, gemm_w4_cpu(x.bfloat16().float(), *args, bf16=True))
+
+
+@pytest.mark.parametrize("a8", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepared_call_is_the_general_call(isa, a8, dtype, gen):
+    """The layers' prepared int4 call (ops/gemm_w4.py cpu_runner_w4: fewer rows than the bf16
+    and dense paths go straight to the register kernel) gives gemm_w4_cpu's bits, with a kept
+    input scale and zero points, at 0, 1, 7, 33 rows and past the other paths' rows."""
+    k, n, G = 192, 40, 64
+    cfg = (tersor.W4A8Config if a8 else tersor.W4Config)(group_size=G)
+    w, b = torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    s = torch.rand(k, generator=gen) + 0.5
+    fmt = Int4Format.from_float(w, cfg).with_input_scale(s)
+    run = fmt.cpu_call
+    for m in (0, 1, 7, 33, 400):
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        want = gemm_w4_cpu(x, fmt.codes, fmt.scale, fmt.zero, b, n, G, a8, s)
+        got = run(x, b)
+        assert got.dtype == dtype and torch.equal(got, want), m
 
 
 def test_bf16_dot_is_used_where_the_cpu_has_it(isa):

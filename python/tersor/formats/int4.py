@@ -38,8 +38,7 @@ from typing import Optional
 import torch
 
 from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, expect, row_blocks
-from tersor.ops._common import takes_half
-from tersor.ops.gemm_w4 import dequant_w4t, gemm_w4_cpu, linear_w4
+from tersor.ops.gemm_w4 import cpu_runner_w4, dequant_w4t, linear_w4
 
 GROUP_SIZES = (32, 64, 128, -1)
 BLOCK_N = 16
@@ -453,15 +452,7 @@ class Int4Format(WeightFormat):
             self.act_int8,
             self.input_scale,
         )
-        k = self.in_features
-
-        @takes_half
-        def run(x, bias):
-            if x.dim() == 0 or x.shape[-1] != k:
-                return None
-            return gemm_w4_cpu(x, codes, scale, zero, bias, n, g, a8, xs)
-
-        return run
+        return cpu_runner_w4(codes, scale, zero, n, self.in_features, g, a8, xs)
 
     def linear(self, x, bias, kernel, row_amax=None):
         xs = self.input_scale
