@@ -30,8 +30,13 @@ constexpr int64_t kRows = 32;  // rows of a block (2 A tiles)
 constexpr int64_t kStep = 32;  // k per tile step (16 bf16 pairs: 64 bytes a tile row)
 
 // acc = the 32 x 32 block (rows m0.., blocks j0 / j1 of the panel) summed over Kt.
+// pf / pf_lines: the next pair's packed weights, prefetched into L2 a few lines per step while
+// the tiles multiply, so that its widening reads L2 instead of waiting on memory (measured on
+// a Sapphire Rapids class Xeon, weights from DRAM, bf16 rows: W4 g128 and W8 at 16-32 rows
+// 0.80-0.93x the time without, 0.93-1.04x at 128 rows).
 static inline void block(const uint16_t* a16, int64_t Kt, int64_t m0, const uint32_t* j0,
-                         const uint32_t* j1, float (*acc)[32]) {
+                         const uint32_t* j1, float (*acc)[32], const char* pf = nullptr,
+                         int64_t pf_lines = 0) {
   const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kt);
   const char* a1 = a0 + 16 * Kt * 2;
   const char* b0 = reinterpret_cast<const char*>(j0);
@@ -40,7 +45,11 @@ static inline void block(const uint16_t* a16, int64_t Kt, int64_t m0, const uint
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
+  const int64_t steps = Kt / kStep, per_step = (pf_lines + steps - 1) / steps;
+  int64_t line = 0;
   for (int64_t k = 0; k < Kt; k += kStep) {
+    for (int64_t i = 0; i < per_step && line < pf_lines; ++i, ++line)
+      _mm_prefetch(pf + line * 64, _MM_HINT_T1);
     _tile_loadd(4, a0 + k * 2, Kt * 2);
     _tile_loadd(5, a1 + k * 2, Kt * 2);
     _tile_loadd(6, b0 + k * 32, 64);  // 16 pair rows of 64 bytes: 32 k
@@ -57,10 +66,12 @@ static inline void block(const uint16_t* a16, int64_t Kt, int64_t m0, const uint
 }
 
 // widen(nb0, nb, panel): blocks nb0 .. nb0 + nb (nb 1 or 2) into panel (Kt * 8 u32 a block);
-// store(acc, m0, rows, nb0, nb): the block's epilogue.
+// store(acc, m0, rows, nb0, nb): the block's epilogue; block_bytes: a block's packed weight
+// bytes (the blocks of a family lie one after another).
 template <class Widen, class Store>
 static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N, int64_t Kt,
-                       int nthreads, Widen&& widen, Store&& store) {
+                       int nthreads, const void* w, int64_t block_bytes, Widen&& widen,
+                       Store&& store) {
   const int64_t Mp = (M + kRows - 1) / kRows * kRows;
   const int64_t n_blocks = (N + 15) / 16, pairs = (n_blocks + 1) / 2;
   auto a16 = alloc_scratch<uint16_t>(Mp * Kt);
@@ -87,8 +98,13 @@ static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_
         const int nb = static_cast<int>(std::min<int64_t>(2, n_blocks - nb0));
         widen(nb0, nb, panel.get());
         const uint32_t* j1 = panel.get() + (nb > 1 ? Kt * 8 : 0);  // a lone block: twice
+        // this thread's next pair of blocks, prefetched while this one multiplies
+        const int64_t pf_lines =
+            p + 1 < p1 ? std::min<int64_t>(2, n_blocks - nb0 - 2) * block_bytes / 64 : 0;
+        const char* pf = pf_lines ? static_cast<const char*>(w) + (nb0 + 2) * block_bytes
+                                  : nullptr;
         for (int64_t m0 = 0; m0 < M; m0 += kRows) {
-          block(a16.get(), Kt, m0, panel.get(), j1, acc);
+          block(a16.get(), Kt, m0, panel.get(), j1, acc, pf, m0 == 0 ? pf_lines : 0);
           store(acc, m0, std::min(kRows, M - m0), nb0, nb);
         }
       }

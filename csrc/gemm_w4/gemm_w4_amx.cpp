@@ -73,7 +73,7 @@ void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, 
 void run_amx_bf16(const PackedW4LinearArgs& a) {
   const int64_t Kp = a.ngroups * a.group_size;  // a multiple of 32 (run_bf16_tiles)
   bf16_tiles::run(
-      a.x, a.M, a.K, a.ldx, a.N, Kp, a.nthreads,
+      a.x, a.M, a.K, a.ldx, a.N, Kp, a.nthreads, a.w, Kp * 8,
       [&](int64_t nb0, int nb, uint32_t* panel) { widen_scaled(a, nb0, nb, Kp, panel); },
       [&](const float (*acc)[32], int64_t m0, int64_t rows, int64_t nb0, int nb) {
         for (int h = 0; h < nb; ++h) {  // y = acc + bias

@@ -43,7 +43,7 @@ void widen(const PackedW8LinearArgs& a, int64_t nb0, int nb, int64_t Kp, int64_t
 void run_amx_bf16(const PackedW8LinearArgs& a) {
   const int64_t Kp = round_up(a.K, 4), Kt = round_up(a.K, bf16_tiles::kStep);
   bf16_tiles::run(
-      a.x, a.M, a.K, a.ldx, a.N, Kt, a.nthreads,
+      a.x, a.M, a.K, a.ldx, a.N, Kt, a.nthreads, a.w, Kp * 16,
       [&](int64_t nb0, int nb, uint32_t* panel) { widen(a, nb0, nb, Kp, Kt, panel); },
       [&](const float (*acc)[32], int64_t m0, int64_t rows, int64_t nb0, int nb) {
         for (int h = 0; h < nb; ++h) {  // y = fma(acc, scale_w, bias)
