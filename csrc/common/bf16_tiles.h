@@ -2,13 +2,18 @@
 // against bf16 weight panels on tdpbf16ps tiles. Include only from *_amx.cpp files (AMX-BF16
 // and AVX512-BF16 flags; internal linkage: see common/parallel.h).
 //
-// Per call, the rows are rounded to bf16 once (A16[Mp][Kt], zero past K and past M; Kt a
-// multiple of kStep). Each thread takes pairs of 16-column blocks; per pair the family widens
-// its two blocks once into a panel that every 32-row block then multiplies from L2:
+// Per call, the rows are rounded to bf16 once, in tile order (zero past K and past M; Kt a
+// multiple of kStep), so that an A tile is 1 KiB in one piece rather than 16 rows 2 Kt bytes
+// apart (at K = 4096 each in its own page; measured 0.90-0.97x the time of row-major rows):
+//
+//   A16[Mp / 16][Kt / 32][16 rows][32 k]  bf16
+//
+// Each thread takes pairs of 16-column blocks; per pair the family widens its two blocks once
+// into a panel that every 32-row block then multiplies from L2:
 //
 //   panel[j][kk][16 columns]  u32 = w[2kk][n] | w[2kk + 1][n] << 16    (bf16; kk < Kt / 2)
 //
-//   A tile:           16 rows of A16, k = 32 s .. 32 s + 31 (64 bytes)
+//   A tile:           A16[rows / 16][s] (1 KiB, rows of 64 bytes)
 //   B tile of step s: rows kk = 16 s .. 16 s + 15 of block j, 64 bytes each
 //   C tiles 0..3:     rows 0-15 / 16-31 x blocks j0 / j1, fp32, over the whole K
 //
@@ -29,6 +34,17 @@ namespace tersor::bf16_tiles {
 constexpr int64_t kRows = 32;  // rows of a block (2 A tiles)
 constexpr int64_t kStep = 32;  // k per tile step (16 bf16 pairs: 64 bytes a tile row)
 
+// x[0, K) rounded to bf16 (nearest even) as one row of A16: k into tile k / 32 (512 bf16
+// apart) at column k % 32 of the row `dst` points to; zero from K to Kt.
+static inline void round_row_tiled(const float* x, int64_t K, int64_t Kt, uint16_t* dst) {
+  for (int64_t k = 0; k < Kt; k += 16) {
+    const __mmask16 mask = k < K ? tail_mask16(K - k) : 0;
+    const __m512 v = _mm512_maskz_loadu_ps(mask, x + k);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k / kStep * 16 * kStep + k % kStep),
+                        (__m256i)_mm512_cvtneps_pbh(v));
+  }
+}
+
 // acc = the 32 x 32 block (rows m0.., blocks j0 / j1 of the panel) summed over Kt.
 // pf / pf_lines: the next pair's packed weights, prefetched into L2 a few lines per step while
 // the tiles multiply, so that its widening reads L2 instead of waiting on memory (measured on
@@ -37,7 +53,7 @@ constexpr int64_t kStep = 32;  // k per tile step (16 bf16 pairs: 64 bytes a til
 static inline void block(const uint16_t* a16, int64_t Kt, int64_t m0, const uint32_t* j0,
                          const uint32_t* j1, float (*acc)[32], const char* pf = nullptr,
                          int64_t pf_lines = 0) {
-  const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kt);
+  const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kt);  // row blocks m0, m0 + 16
   const char* a1 = a0 + 16 * Kt * 2;
   const char* b0 = reinterpret_cast<const char*>(j0);
   const char* b1 = reinterpret_cast<const char*>(j1);
@@ -50,8 +66,8 @@ static inline void block(const uint16_t* a16, int64_t Kt, int64_t m0, const uint
   for (int64_t k = 0; k < Kt; k += kStep) {
     for (int64_t i = 0; i < per_step && line < pf_lines; ++i, ++line)
       _mm_prefetch(pf + line * 64, _MM_HINT_T1);
-    _tile_loadd(4, a0 + k * 2, Kt * 2);
-    _tile_loadd(5, a1 + k * 2, Kt * 2);
+    _tile_loadd(4, a0 + k * 32, 64);  // tile k / 32 of the row block: 16 x 64 bytes
+    _tile_loadd(5, a1 + k * 32, 64);
     _tile_loadd(6, b0 + k * 32, 64);  // 16 pair rows of 64 bytes: 32 k
     _tile_loadd(7, b1 + k * 32, 64);
     _tile_dpbf16ps(0, 4, 6);
@@ -79,13 +95,9 @@ static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < Mp; ++m) {
-      if (m < M) {
-        round_row_bf16(x + m * ldx, K, Kt, a16.get() + m * Kt);
-      } else {
-        std::memset(a16.get() + m * Kt, 0, Kt * 2);
-      }
-    }
+    for (int64_t m = 0; m < Mp; ++m)  // rows past M: zero (K = 0)
+      round_row_tiled(x + (m < M ? m : 0) * ldx, m < M ? K : 0, Kt,
+                      a16.get() + m / 16 * 16 * Kt + m % 16 * kStep);
     // implicit barrier: every row is ready
     int64_t p0, p1;
     thread_range(pairs, &p0, &p1);
