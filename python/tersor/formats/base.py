@@ -256,6 +256,7 @@ class WeightFormat:
     def cpu_runner(self) -> Callable:
         """fn(x, bias) -> y, or None when x is not of the layer's width (0-d, wrong K; a runner
         may also decline other layouts): the eager call of the native CPU kernel on this weight
+        (x [..., K], y [..., N]),
         for the layers' fast path (x float32 on the CPU, no gradient, no tracing). Formats whose
         family has a leaner one (ops/<family>.py ``cpu_runner_*``) return that."""
         k = self.in_features
@@ -263,7 +264,10 @@ class WeightFormat:
         def run(x, bias):
             if x.dim() == 0 or x.shape[-1] != k:
                 return None
-            return self.linear(x, bias, "auto")
+            if x.dim() == 2:
+                return self.linear(x, bias, "auto")
+            y = self.linear(x.reshape(-1, k), bias, "auto")
+            return y.view(*x.shape[:-1], y.shape[-1])
 
         return run
 

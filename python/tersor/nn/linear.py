@@ -176,22 +176,19 @@ class PackedLinear(nn.Module):
             and self.kernel in NATIVE
             and not _is_compiling()
         ):
-            if x.dtype is _F32 and x.dim() == 2:
-                y = run(x, self._buffers["bias"])  # None: not a shape the runner takes
+            # [..., K] as it is (HF's [B, S, K] too: the runners allocate [..., N] at once);
+            # bf16 / fp16 rows go in as they are where the kernel stages them itself (the dense
+            # int8 / int4 families), else widened exactly here and the output rounded back
+            # once: what _checked would do, less its ~5-40 us of checks
+            dt = x.dtype
+            if dt is _F32 or (dt in _HALF_INPUTS and self.fmt.cpu_half):
+                y = run(x, self._buffers["bias"])  # None: not a layout the runner takes
                 if y is not None:
                     return y
-            elif x.dim() > 2 or (x.dtype in _HALF_INPUTS and x.dim() == 2):
-                # HF's [B, S, K] and bf16 / fp16 rows: the prepared call on the [M, K] view.
-                # bf16 / fp16 rows go in as they are where the kernel stages them itself (the
-                # dense int8 / int4 families), else widened exactly here; the output is rounded
-                # back once either way: what _checked would do, less its ~5-40 us of checks
-                xf = x.reshape(-1, x.shape[-1])
-                if xf.dtype is not _F32 and not self.fmt.cpu_half:
-                    xf = xf.float()
-                y = run(xf, self._buffers["bias"])
+            elif dt in _HALF_INPUTS:
+                y = run(x.float(), self._buffers["bias"])
                 if y is not None:
-                    y = y.view(*x.shape[:-1], y.shape[-1])
-                    return y if y.dtype is x.dtype else y.to(x.dtype)
+                    return y.to(dt)
         return self._checked(x)
 
     def _label(self) -> str:

@@ -26,6 +26,7 @@ from tersor.ops._common import (
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 _num_threads = torch.get_num_threads
+_empty = torch.empty
 
 
 def _tiles_min_rows() -> Optional[dict]:
@@ -136,7 +137,7 @@ def gemm_w4_cpu(
 
 def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8: bool, x_scale):
     """The eager CPU call of one packed int4 weight for the layers' fast path (see
-    gemm_w8a8.cpu_runner_w8a8): a contiguous [M, K] float32 / bf16 / fp16 x of fewer rows than
+    gemm_w8a8.cpu_runner_w8a8): a contiguous [..., K] float32 / bf16 / fp16 x of fewer rows than
     any other path takes (the bf16 kernels, the dense panels) goes straight to the register
     kernel with the weight's pointers read once, ~10 us less per call than gemm_w4_cpu's
     general path (measured on 384x384 at M = 1); anything else takes gemm_w4_cpu."""
@@ -152,10 +153,10 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
     def run(x, bias):
         if x.dim() == 0 or x.shape[-1] != k:
             return None
-        if x.dim() != 2 or x.shape[0] >= lean_rows or not x.is_contiguous():
+        m = x.numel() // k
+        if m >= lean_rows or not x.is_contiguous():
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
-        m = x.shape[0]
-        y = x.new_empty(m, n)
+        y = _empty(x.shape[:-1] + (n,), dtype=x.dtype)  # [..., N] at once: no view per call
         if m:
             kernel(
                 x.data_ptr(),
