@@ -36,6 +36,8 @@ def test_llm_family_on_the_tiny_shape(capsys):
     import pytest
 
     pytest.importorskip("transformers", reason="transformers is not installed")
+    import torch
+
     from tersor.bench.llm import run_llm
 
     rows = run_llm("tiny", prompt_len=16, new_tokens=4, bandwidth=20e9)
@@ -46,7 +48,9 @@ def test_llm_family_on_the_tiny_shape(capsys):
         "tersor W4 g128",
         "tersor W4A8 g32 bf16",
         "tersor W4 g128 bf16",
+        "tersor W4 g128 medium",
     ]
+    assert torch.get_float32_matmul_precision() == "highest"  # restored after its timing
     fp32 = rows[0]
     assert all(r["bytes"] < fp32["bytes"] / 2 and r["decode_tok_s"] > 0 for r in ours)
     assert all(r["floor_pct"] > 0 and "HF fp32 eager" in r["ratios"] for r in ours)
