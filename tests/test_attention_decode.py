@@ -155,6 +155,94 @@ def test_custom_op_registration(gen):
     torch.library.opcheck(torch.ops.tersor.attention_decode, tuple(args))
 
 
+def make_rows(b, n, h, hkv, d, pos, dtype, gen, rotary=True, row_pad=0):
+    """Arguments for n new rows per sequence: q / k / v [B, n, X] (q's rows inside wider ones,
+    like a fused projection's output), cos / sin [1, n, D] expanded over the batch."""
+    f = lambda *s: torch.randn(*s, generator=gen).to(dtype)  # noqa: E731
+    q = f(b, n, h * d + row_pad)[..., : h * d]
+    k, v = f(b, n, hkv * d), f(b, n, hkv * d)
+    ang = torch.rand(1, n, d, generator=gen) * 6
+    cos, sin = (ang.cos().to(dtype).expand(b, n, d), ang.sin().to(dtype).expand(b, n, d))
+    if not rotary:
+        cos = sin = None
+    kc, vc = f(b, hkv, pos + n + 3, d), f(b, hkv, pos + n + 3, d)
+    return [q, k, v, cos, sin, kc, vc, pos, d**-0.5]
+
+
+ROW_SHAPES = [  # b, n, h, hkv, d, pos
+    (1, 128, 32, 8, 64, 0),  # a 1B Llama's 128-token prefill
+    (2, 7, 6, 2, 72, 0),  # odd: D = 9 chunks, rows < 8
+    (3, 33, 8, 1, 16, 5),  # a chunk after 5 cached rows; multi-query
+    (1, 2, 4, 4, 8, 64),  # two rows after a full 8-block group
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+def test_new_rows_are_causal_and_match_the_reference(shape, dtype, gen):
+    args = make_rows(*shape, dtype, gen, row_pad=8)
+    ref_args = clone_caches(args)
+    out = attention_decode(*args)
+    ref = attention_decode_ref(*ref_args)
+    tol = 2e-6 if dtype == torch.float32 else 1e-2
+    assert out.shape == args[0].shape and out.dtype == dtype
+    assert (out.float() - ref.float()).abs().max() <= tol * ref.float().abs().max()
+    assert torch.equal(args[5], ref_args[5]) and torch.equal(args[6], ref_args[6])
+    # row t is the decode step at position pos + t on the cache of the rows before it
+    b, n, h, hkv, d, pos = shape
+    t = n // 2
+    step = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    for i in (0, 1, 2, 3, 4):
+        step[i] = args[i][:, t].contiguous() if args[i] is not None else None
+    step[7] = pos + t
+    one = attention_decode(*step)
+    assert (one.float() - out[:, t].float()).abs().max() <= tol * ref.float().abs().max()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_rows_isa_paths_are_bit_identical(dtype, isa, gen, c_ref):
+    for shape in ROW_SHAPES[1:]:
+        args = make_rows(*shape, dtype, gen)
+        ref_args = clone_caches(args)
+        out = attention_decode(*args)
+        assert torch.equal(out, c_ref(lambda: attention_decode(*ref_args))), (isa, shape)
+        assert torch.equal(args[5], ref_args[5])
+
+
+def test_new_rows_with_left_padding_and_without_rotary(gen):
+    args = make_rows(3, 5, 8, 2, 32, 12, torch.float32, gen, rotary=False)
+    start = torch.tensor([0, 3, 12])
+    ref_args = clone_caches(args)
+    out = attention_decode(*args, start=start)
+    ref = attention_decode_ref(*ref_args, start=start)
+    assert (out - ref).abs().max() <= 2e-6 * ref.abs().max()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: a.__setitem__(7, 28), "pos 28 outside the cache.s 32 rows .5 new rows"),
+        (lambda a: a.__setitem__(1, a[1][:, :4]), "k must be .B=2, T=5, Hkv"),
+        (lambda a: a.__setitem__(3, a[3][:, :, :8]), "cos must be .B=2, T=5, D=16"),
+        (
+            lambda a: a.__setitem__(0, a[0].transpose(0, 1).contiguous().transpose(0, 1)),
+            "q's rows must be evenly spaced",
+        ),
+    ],
+)
+def test_bad_new_rows_are_named(edit, message, gen):
+    args = make_rows(2, 5, 4, 2, 16, 24, torch.float32, gen)
+    edit(args)
+    with pytest.raises(ValueError, match=message):
+        attention_decode(*args)
+
+
+def test_new_rows_custom_op_registration(gen):
+    args = make_rows(1, 3, 4, 2, 16, 2, torch.float32, gen)
+    args[3], args[4] = args[3].contiguous(), args[4].contiguous()
+    torch.library.opcheck(torch.ops.tersor.attention_decode, tuple(args))
+
+
 # -- Hugging Face models --------------------------------------------------------------------
 
 
@@ -209,7 +297,40 @@ def test_hf_decode_steps_match_the_model(family, attn, monkeypatch):
     assert list(model.state_dict()) == keys  # the module tree is the model's
     hits = counting_fast_steps(monkeypatch)
     got = decode_logits(model, prompt)
-    assert hits == {"fast": 2 * 6, "model": 2}  # every decode step, not the prefill
+    assert hits == {"fast": 2 * 7, "model": 0}  # the prefill and every decode step
+    for a, b in zip(ref, got):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_prefill_chunks_and_padded_prefills(attn, monkeypatch):
+    """A prompt prefilled in two chunks (the second with a mask over pos > 0 cached rows) takes
+    the kernel both times; a left-padded batch's prefill takes the model's own path (its padded
+    query rows see nothing), its decode steps the kernel; the logits match the model's."""
+    pytest.importorskip("transformers")
+    import inspect
+
+    model = tiny_llm("llama")
+    model.config._attn_implementation = attn
+    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    gen = torch.Generator().manual_seed(5)
+    prompt = torch.randint(0, 128, (2, 11), generator=gen)
+    padded = torch.ones_like(prompt)
+    padded[0, :4] = 0
+
+    def run(m):
+        with torch.inference_mode():
+            first = m(prompt[:, :6], use_cache=True)
+            cache = getattr(first, arg, None) or first.past_key_values
+            second = m(prompt[:, 6:], use_cache=True, **{arg: cache})
+            pad = m(prompt, attention_mask=padded, use_cache=True)
+        return [first.logits, second.logits, pad.logits]
+
+    ref = run(model)
+    tersor.optimize_decoding_(model)
+    hits = counting_fast_steps(monkeypatch)
+    got = run(model)
+    assert hits == {"fast": 2 * 2, "model": 2}
     for a, b in zip(ref, got):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
@@ -266,7 +387,7 @@ def test_quantized_model_takes_the_fast_path(family, monkeypatch):
     tersor.optimize_decoding_(model)
     hits = counting_fast_steps(monkeypatch)
     got = decode_logits(model, prompt)
-    assert hits["fast"] == 12
+    assert hits["fast"] == 14  # the prefill and 6 decode steps, 2 layers
     for a, b in zip(ref, got):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
@@ -317,7 +438,7 @@ def test_gpt2_decode_steps_match_the_model(attn, quantized, monkeypatch):
     assert len(report.attention) == 2 and not report.left, report
     hits = counting_fast_steps(monkeypatch)
     got = decode_logits(model, prompt)
-    assert hits == {"fast": 2 * 6, "model": 2}
+    assert hits == {"fast": 2 * 7, "model": 0}  # the prefill and every decode step
     for a, b in zip(ref, got):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 

@@ -78,9 +78,11 @@ def attention_decode(
     cos: int,
     sin: int,
     ldcs: int,
+    ldcs_t: int,
     kcache: int,
     vcache: int,
     B: int,
+    T: int,
     H: int,
     Hkv: int,
     D: int,
@@ -93,12 +95,13 @@ def attention_decode(
     dtype: int,
     nthreads: int,
 ) -> None:
-    """One decode step of grouped-query attention: q [B][H*D], new k / v [B][Hkv*D] (row strides
-    in elements); k roped with cos / sin [B][D] (0: no rotary) and written with v into row pos
-    of kcache / vcache [B][Hkv][cap][D]; out [B][H*D] = softmax(rope(q) K^T * scaling) V over
-    rows start[b]..pos (start int64 [B], 0: none: left padding), query head h reading kv head h
-    / (H / Hkv). dtype 0 fp32, 1 bf16, 2 fp16 for every tensor; fp32 arithmetic. D % 8 == 0, H /
-    Hkv <= 64."""
+    """Grouped-query attention over T new rows per sequence (a decode step: T = 1; a causal
+    prefill chunk): q [B][T][H*D], new k / v [B][T][Hkv*D] (row (b, t) at (b T + t) ld, in
+    elements); k roped with cos / sin [B][T][D] (row (b, t) at b ldcs + t ldcs_t; 0: no rotary)
+    and written with v into rows pos .. pos+T-1 of kcache / vcache [B][Hkv][cap][D]; out
+    [B][T][H*D]: row t = softmax(rope(q) K^T * scaling) V over rows start[b]..pos+t (start int64
+    [B], 0: none: left padding), query head h reading kv head h / (H / Hkv). dtype 0 fp32, 1
+    bf16, 2 fp16 for every tensor; fp32 arithmetic. D % 8 == 0, H / Hkv <= 64."""
 
 def avg_pool_s8(
     x: int,

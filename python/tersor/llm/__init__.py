@@ -1,5 +1,5 @@
-"""Faster decoding for Hugging Face causal LMs: the work of a decode step outside the linear
-layers (attention with the KV cache, RMSNorm, the SwiGLU gate), on tersor kernels.
+"""Faster decoding for Hugging Face causal LMs: the work of a decode step or a prefill outside
+the linear layers (attention with the KV cache, RMSNorm, the SwiGLU gate), on tersor kernels.
 
     tersor.quantize_(model, tersor.W4A8Config())
     report = tersor.optimize_decoding_(model)   # then model.generate(...) as usual
