@@ -458,7 +458,7 @@ def run_llm(shape: str = "1b", prompt_len: int = 32, new_tokens: int = 16) -> No
         t_load = time.perf_counter() - t0
     with torch.inference_mode():
         same = torch.equal(model(prompt).logits, before)
-    tersor.optimize_decoding_(model)  # attention of the decode steps on our kernel
+    tersor.optimize_decoding_(model)  # attention (decode steps, prefill) on our kernel
     t4 = time_generation(model, prompt, new_tokens)
     print(
         f"\nLlama-3.2-1B-shaped model (Hugging Face eager, random weights), prompt {prompt_len}, "
