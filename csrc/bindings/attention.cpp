@@ -23,9 +23,9 @@ void bind_attention(py::module_& m) {
       },
       py::arg("q"), py::arg("ldq"), py::arg("k"), py::arg("ldk"), py::arg("v"), py::arg("ldv"),
       py::arg("cos"), py::arg("sin"), py::arg("ldcs"), py::arg("ldcs_t"), py::arg("kcache"),
-      py::arg("vcache"), py::arg("B"), py::arg("T"), py::arg("H"), py::arg("Hkv"), py::arg("D"), py::arg("cap"), py::arg("pos"),
-      py::arg("start"), py::arg("scaling"), py::arg("out"), py::arg("ldo"), py::arg("dtype"), py::arg("nthreads"),
-      nogil(),
+      py::arg("vcache"), py::arg("B"), py::arg("T"), py::arg("H"), py::arg("Hkv"), py::arg("D"),
+      py::arg("cap"), py::arg("pos"), py::arg("start"), py::arg("scaling"), py::arg("out"),
+      py::arg("ldo"), py::arg("dtype"), py::arg("nthreads"), nogil(),
       "Grouped-query attention over T new rows per sequence (a decode step: T = 1; a causal "
       "prefill chunk): q [B][T][H*D], new k / v [B][T][Hkv*D] (row (b, t) at (b T + t) ld, in "
       "elements); k roped with cos / sin [B][T][D] (row (b, t) at b ldcs + t ldcs_t; 0: no "
