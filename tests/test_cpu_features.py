@@ -1,7 +1,10 @@
+import os
+
 import pytest
 import torch
 
 import tersor
+from tersor import _C
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.ops import gemm_w8a8
 
@@ -33,3 +36,18 @@ def test_unavailable_override_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TERSOR_CPU_ISA", missing[0])
     with pytest.raises(RuntimeError, match="not available"):
         tersor.cpu_info()
+
+
+@pytest.mark.skipif("TERSOR_WEIGHT_STREAM" in os.environ, reason="the hint is forced")
+def test_weight_stream_hint_follows_reuse_distance():
+    """common/weight_stream.h: the non-temporal prefetch for a weight read for the first time or
+    after more weight bytes than the last-level cache holds; T0 when it is still cached."""
+    llc = tersor.cpu_info()["llc_bytes"]
+    assert 64 << 10 <= llc <= 4 << 30
+    w = 0x7F0000000000 + (id(llc) & 0xFFFFF) * 64  # addresses only recorded, never read
+    assert _C.weight_stream_nta(w, 4096)  # first read
+    assert not _C.weight_stream_nta(w, 4096)  # again at once: its lines are in the cache
+    _C.weight_stream_nta(w + (1 << 30), llc // 2)
+    assert not _C.weight_stream_nta(w, 4096)  # half the cache streamed between: still there
+    _C.weight_stream_nta(w + (1 << 30), llc)
+    assert _C.weight_stream_nta(w, 4096)  # a cache's worth between: gone

@@ -271,3 +271,13 @@ def test_bf16_dot_is_used_where_the_cpu_has_it(isa):
     paths of a CPU with AVX512-BF16 (Zen 4, Sapphire Rapids), the C ref otherwise."""
     feat = tersor.cpu_info()["features"].get("avx512bf16", False)
     assert _C.has_bf16_dot() == (feat and isa in ("avx512", "amx"))
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemm_w4a8_repeated_calls(isa, m, gen, c_ref):
+    """A decode step's weight prefetch (gemm_w4a8_avx2.cpp): the first call streams it
+    (non-temporal hint), a second at once finds it cached (T0); both are the C ref's result."""
+    x, q, s, z, G, b, p = make(m, 1024, 37, 32, False, gen)  # 128 lines per block
+    want = c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, b, 37, G))
+    for _ in range(3):
+        assert torch.equal(gemm_w4a8(x, p.codes, p.scale, p.zero, b, 37, G), want)

@@ -235,3 +235,13 @@ def test_w8_dense_path_for_large_batches(gen):
     torch.testing.assert_close(
         y[: m - 1], gemm_w8(x[: m - 1], p.packed, p.scale, b, 1100), rtol=1e-5, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemm_w8a8_repeated_calls(isa, m, gen, c_ref):
+    """A decode step's weight prefetch (gemm_w8a8_avx2.cpp): the first call streams it
+    (non-temporal hint), a second at once finds it cached (T0); both are the C ref's result."""
+    x, q, s, b, p = make(m, 200, 37, gen)
+    want = c_ref(lambda: gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 37))
+    for _ in range(3):
+        assert torch.equal(gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 37), want)

@@ -6,6 +6,7 @@
 
 #include "bindings/bind.h"
 #include "common/cpu_features.h"
+#include "common/weight_stream.h"
 
 namespace tersor::bindings {
 
@@ -33,6 +34,7 @@ void bind_cpu(py::module_& m) {
     d["available"] = avail;
     d["best"] = isa_name(best_isa());
     d["active"] = isa_name(active_isa());
+    d["llc_bytes"] = last_level_cache_bytes();
 #if defined(_OPENMP)
     d["openmp"] = true;
 #else
@@ -41,6 +43,12 @@ void bind_cpu(py::module_& m) {
     return d;
   }, "CPU features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in order), the "
      "best one and the one TERSOR_CPU_ISA selects now.");
+  m.def(
+      "weight_stream_nta",
+      [](addr w, int64_t bytes) { return weight_stream_nta(ptr<void>(w), bytes); },
+      py::arg("w"), py::arg("bytes"),
+      "Records a kernel call's read of `bytes` of weights at address w; whether it takes the "
+      "non-temporal prefetch (common/weight_stream.h). For tests.");
 }
 
 }  // namespace tersor::bindings

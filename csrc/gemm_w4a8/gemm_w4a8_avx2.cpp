@@ -12,6 +12,7 @@
 #include "common/simd.h"
 #include "common/half.h"
 #include "common/parallel.h"
+#include "common/weight_stream.h"
 #include "gemm_w4a8/gemm_w4a8.h"
 #include "quant_act/quant_act.h"
 
@@ -21,7 +22,15 @@ namespace {
 constexpr int kMR = 4;
 constexpr int64_t kSteps16 = 4;  // k-steps of 8 summed in int16 (8 * 3810 < 32768)
 
-template <int MR>
+// When the rows fit one tile (M <= kMR: a decode step) each weight line is read once per call:
+// it is prefetched 16 lines (1 KiB) ahead, with the hint common/weight_stream.h picks. Zen 2,
+// 2 threads, weights from DRAM, M = 1: NTA 0.72-0.80x the time of no prefetch (1B decode
+// 21.5 -> 26.8 tok/s), T0 0.83-0.88x; 8 / 12 / 24 / 32 lines ahead were slower. More rows read
+// each line once per tile of rows and keep the hardware's prefetch.
+constexpr int64_t kPrefetchLines = 16;
+enum class Prefetch { kNone, kT0, kNta };
+
+template <int MR, Prefetch PF>
 void tile(const PackedW4LinearArgs& a, const uint8_t* apanel, const int32_t* gsum,
           const float* sx, int64_t m0, int64_t nb) {
   const int64_t G = a.group_size, Kp = a.ngroups * G;
@@ -42,6 +51,10 @@ TERSOR_UNROLL
       const int64_t t1 = t0 + kSteps16 < t_end ? t0 + kSteps16 : t_end;
       for (int64_t t = t0; t < t1; ++t) {
         const uint8_t* ap = apanel + t * 2 * 4 * kMR;
+        // past the block's end: the next block's start, or nothing (a prefetch never faults)
+        const char* ahead = reinterpret_cast<const char*>(wb + (t + kPrefetchLines) * 64);
+        if constexpr (PF == Prefetch::kNta) _mm_prefetch(ahead, _MM_HINT_NTA);
+        if constexpr (PF == Prefetch::kT0) _mm_prefetch(ahead, _MM_HINT_T0);
 TERSOR_UNROLL
         for (int h = 0; h < 2; ++h) {  // columns 0-7, 8-15
           const __m256i v =
@@ -107,6 +120,18 @@ void run_avx2(const PackedW4LinearArgs& a) {
   auto gsum = alloc_scratch<int32_t>(m_panels * kMR * a.ngroups);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+  using TileFn = decltype(&tile<1, Prefetch::kNone>);
+  static constexpr TileFn kTiles[3][kMR] = {
+      {tile<1, Prefetch::kNone>, tile<2, Prefetch::kNone>, tile<3, Prefetch::kNone>,
+       tile<4, Prefetch::kNone>},
+      {tile<1, Prefetch::kT0>, tile<2, Prefetch::kT0>, tile<3, Prefetch::kT0>,
+       tile<4, Prefetch::kT0>},
+      {tile<1, Prefetch::kNta>, tile<2, Prefetch::kNta>, tile<3, Prefetch::kNta>,
+       tile<4, Prefetch::kNta>}};
+  const Prefetch pf = a.M > kMR                                  ? Prefetch::kNone
+                      : weight_stream_nta(a.w, n_blocks * Kp * 8) ? Prefetch::kNta
+                                                                  : Prefetch::kT0;
+  const TileFn* tiles = kTiles[static_cast<int>(pf)];
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
@@ -118,8 +143,7 @@ void run_avx2(const PackedW4LinearArgs& a) {
     }
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
       const uint8_t* ap = apanel.get() + (m0 / kMR) * panel_bytes;
-      static constexpr decltype(&tile<1>) kTiles[] = {tile<1>, tile<2>, tile<3>, tile<4>};
-      kTiles[mr - 1](a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
+      tiles[mr - 1](a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
     });
   }
 }

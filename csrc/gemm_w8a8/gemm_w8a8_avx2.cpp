@@ -7,6 +7,7 @@
 
 #include "common/formats.h"
 #include "common/parallel.h"
+#include "common/weight_stream.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "gemm_w8a8/tile_avx2.h"
 #include "quant_act/quant_act.h"
@@ -45,6 +46,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto rows = alloc_scratch<uint8_t>(tiles * kMR * Kp);  // whole tiles: every row pointer valid
   auto sx = alloc_scratch<float>(tiles * kMR);
   auto non_negative = alloc_scratch<bool>(tiles);
+  const int prefetch = a.M > kMR ? 0 : weight_stream_nta(a.w, n_blocks * Kp * 16) ? 2 : 1;
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
@@ -53,7 +55,8 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
                                        rows.get() + t * kMR * Kp, sx.get() + t * kMR);
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
       const uint8_t* r = rows.get() + m0 * Kp;
-      const avx2::ARows src{{r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}};
+      const avx2::ARows src{
+          {r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}, prefetch};
       avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16, sx.get() + m0,
                      a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0}, blk * 16);
     });

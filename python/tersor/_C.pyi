@@ -702,3 +702,7 @@ def spmm_csr_w8a8(
 ) -> None:
     """spmm_csr with int8 values and per-channel w_scale fp32 [N]; x quantized per row
     (row_amax: 0 or fp32 [M] floors under the rows' amax, quant_act.h; unused by spmm_csr)."""
+
+def weight_stream_nta(w: int, bytes: int) -> bool:
+    """Records a kernel call's read of `bytes` of weights at address w; whether it takes the
+    non-temporal prefetch (common/weight_stream.h). For tests."""
