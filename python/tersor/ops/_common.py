@@ -49,6 +49,19 @@ def takes_half(run):
     return run
 
 
+def empty_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """An uninitialized [..., n] of x's leading dims, dtype and device: x.new_empty with int
+    arguments, which torch's argument parser takes ~3x faster than a torch.Size or a dtype=
+    keyword (Zen 2: ~2 against ~6 us; the eager layers' fast path pays it on every call)."""
+    s = x.shape
+    d = len(s)
+    if d == 2:
+        return x.new_empty(s[0], n)
+    if d == 3:
+        return x.new_empty(s[0], s[1], n)
+    return x.new_empty(*s[:-1], n)
+
+
 def out_2d(x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
     """y [M, N] viewed as x's leading dims + [N] (no view call for 2-D x: ~1 us saved)."""
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import IO_CODE, rows_view
+from tersor.ops._common import IO_CODE, empty_rows, rows_view
 
 OP = "tersor::silu_mul"
 
@@ -33,7 +33,7 @@ def silu_mul_cpu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The native kernel on validated CPU tensors."""
     n = g.shape[-1]
     g2, u2 = rows_view(g, n), rows_view(u, n)
-    y = torch.empty(g.shape, dtype=g.dtype)
+    y = empty_rows(g, g.shape[-1])
     _C.silu_mul(
         g2.data_ptr(), u2.data_ptr(), g2.shape[0], n, g2.stride(0), u2.stride(0), y.data_ptr(), n,
         IO_CODE[g.dtype], torch.get_num_threads(),

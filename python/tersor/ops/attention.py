@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import IO_CODE, ptr
+from tersor.ops._common import IO_CODE, empty_rows, ptr
 
 OP = "tersor::attention_decode"
 
@@ -106,7 +106,7 @@ def attention_decode_cpu(q, k, v, cos, sin, k_cache, v_cache, pos: int, scaling:
     """The native kernel on validated CPU tensors."""
     b, hkv, cap, d = k_cache.shape
     n_new = q.shape[1] if q.dim() == 3 else 1
-    out = torch.empty(q.shape, dtype=q.dtype)
+    out = empty_rows(q, q.shape[-1])
     ldcs = ldcs_t = 0
     if cos is not None:
         ldcs, ldcs_t = cos.stride(0), (cos.stride(1) if cos.dim() == 3 else 0)

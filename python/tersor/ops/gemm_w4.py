@@ -17,6 +17,7 @@ from tersor.ops._common import (
     NATIVE,
     check,
     eager,
+    empty_rows,
     no_row_amax,
     out_2d,
     ptr,
@@ -26,7 +27,6 @@ from tersor.ops._common import (
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 _num_threads = torch.get_num_threads
-_empty = torch.empty
 
 
 def _tiles_min_rows() -> Optional[dict]:
@@ -156,7 +156,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
         m = x.numel() // k
         if m >= lean_rows or not x.is_contiguous():
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
-        y = _empty(x.shape[:-1] + (n,), dtype=x.dtype)  # [..., N] at once: no view per call
+        y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:
             kernel(
                 x.data_ptr(),

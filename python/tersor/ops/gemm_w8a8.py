@@ -14,6 +14,7 @@ from tersor.ops._common import (
     NATIVE,
     check_packed_int8,
     eager,
+    empty_rows,
     no_row_amax,
     out_2d,
     ptr,
@@ -22,7 +23,6 @@ from tersor.ops._common import (
 )
 
 _num_threads = torch.get_num_threads
-_empty = torch.empty
 
 
 def gemm_w8a8_cpu(
@@ -70,7 +70,7 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None):
         if x.dim() == 0 or x.shape[-1] != kw or not x.is_contiguous():
             return None
         m = x.numel() // kw
-        y = _empty(x.shape[:-1] + (n,), dtype=x.dtype)  # [..., N] at once: no view per call
+        y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:
             kernel(
                 x.data_ptr(),

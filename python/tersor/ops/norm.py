@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from tersor import _C
-from tersor.ops._common import IO_CODE
+from tersor.ops._common import IO_CODE, empty_rows
 
 OP = "tersor::rms_norm"
 
@@ -36,7 +36,7 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < n):
         x2 = x2.contiguous()
     w = weight if weight.is_contiguous() else weight.contiguous()
-    y = torch.empty(x.shape, dtype=x.dtype)
+    y = empty_rows(x, n)
     _C.rms_norm(
         x2.data_ptr(), x2.shape[0], n, x2.stride(0), w.data_ptr(), eps, y.data_ptr(), n,
         IO_CODE[x.dtype], torch.get_num_threads(),
