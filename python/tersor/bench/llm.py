@@ -135,6 +135,12 @@ def dequantized(model):
             setattr(owner, child, m)
 
 
+# Exactly max_new_tokens, as llama.cpp's loop decodes them: no end-of-sequence token to stop at.
+# (min_new_tokens would do it by masking EOS in the logits every step: HF builds the mask with
+# torch.isin over the whole vocabulary, ~1 ms per token at 128256 on Zen 2, which no engine pays.)
+_NO_EOS = dict(eos_token_id=None, pad_token_id=0)
+
+
 def time_generation(model, prompt: torch.Tensor, new_tokens: int, precision=None) -> dict:
     """Prefill ms (one forward of the prompt, the last position's logits only, as generate
     and llama.cpp compute them) and decode tokens/s (greedy generate of new_tokens minus its
@@ -151,15 +157,16 @@ def time_generation(model, prompt: torch.Tensor, new_tokens: int, precision=None
         model(prompt, logits_to_keep=1)
         prefill = time.perf_counter() - t0
         t0 = time.perf_counter()
-        model.generate(
+        out = model.generate(
             prompt,
             attention_mask=torch.ones_like(prompt),  # batch 1, no padding: HF warns without
-            pad_token_id=model.generation_config.eos_token_id,
+            **_NO_EOS,
             max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
             do_sample=False,
         )
         total = time.perf_counter() - t0
+    if out.shape[-1] != prompt.shape[-1] + new_tokens:
+        raise RuntimeError(f"generate decoded {out.shape[-1] - prompt.shape[-1]} of {new_tokens}")
     per_token = max(total - prefill, 1e-9) / max(new_tokens - 1, 1)
     return dict(prefill_ms=prefill * 1e3, decode_tok_s=1.0 / per_token, s_per_token=per_token)
 
@@ -170,9 +177,8 @@ def _warm_up(model, prompt) -> None:
         model.generate(
             p,
             attention_mask=torch.ones_like(p),
-            pad_token_id=model.generation_config.eos_token_id,
+            **_NO_EOS,
             max_new_tokens=2,
-            min_new_tokens=2,
             do_sample=False,
         )
 
