@@ -5,8 +5,8 @@
 // lines are best fetched with the non-temporal hint (prefetchnta: into L1, not kept in L2 / L3),
 // which also leaves the caches to the activations and the KV cache. But the same hint on a
 // small model whose weights do stay in the L3 from one call to the next makes every call a
-// DRAM read. measured on Zen 2 (2 threads, W4A8 g32, M = 1): from DRAM NTA 0.75-0.80x the time
-// of no prefetch and 0.88x of T0; L3-resident NTA 1.3-1.5x the time, T0 1.0-1.05x.
+// DRAM read. Measured on Zen 2 (2 threads, W4A8 g32, M = 1): from DRAM NTA 0.72-0.78x the time
+// of no prefetch and 0.88-0.93x that of T0; L3-resident NTA 1.3-1.5x the time, T0 1.0-1.05x.
 //
 // So the call asks: have more weight bytes streamed through tersor's kernels since this weight
 // was last read (its reuse distance) than the last-level cache holds? Then its lines are gone
