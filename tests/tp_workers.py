@@ -310,4 +310,8 @@ def worker(rank, world, port, scenario, out_dir, kwargs):
     except Exception:  # noqa: BLE001 - reported to the test process
         result = {"crash": traceback.format_exc()}
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    # both ranks leave together: a rank tearing gloo down while its peer still closes the
+    # connection made the peer abort ("terminate called without an active exception") once in
+    # CI, with the machine loaded
+    dist.barrier()
     dist.destroy_process_group()
