@@ -27,7 +27,9 @@ def bench_llm_tiny_generate(benchmark, scheme):
 
     def step():
         with torch.inference_mode():
-            model.generate(prompt, max_new_tokens=4, eos_token_id=None, pad_token_id=0, do_sample=False)
+            model.generate(
+                prompt, max_new_tokens=4, eos_token_id=None, pad_token_id=0, do_sample=False
+            )
 
     benchmark(step)
 
