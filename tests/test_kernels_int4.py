@@ -14,7 +14,7 @@ from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
 MS = [1, 6, 7, 33]  # 6 and 7: partial row tiles of 2 and 3 (tiles of 4 rows)
-W4_MS = [1, 2, 4, 5, 6, 7, 33]  # the AVX2 W4 kernel's tiles of 1..6 rows (33 = 5 x 6 + 3)
+W4_MS = [1, 2, 4, 5, 6, 7, 33]  # the AVX2 W4 kernel's tiles of 1..6 rows, its slabs from 7
 NS = [5, 33]
 
 
@@ -81,6 +81,20 @@ def test_gemm_w4(isa, g, k, m, n, sym, gen, c_ref):
     y64 = x.double() @ w.double().t() + b.double()
     torch_err = (F.linear(x, w, b).double() - y64).pow(2).mean().sqrt()
     assert (y.double() - y64).pow(2).mean().sqrt() <= 3 * torch_err + 1e-6
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("m,n", [(7, 5), (13, 40), (300, 21)])
+@pytest.mark.parametrize("g,k", [(32, 608), (-1, 523), (128, 640)])
+def test_gemm_w4_slabs(isa, g, k, m, n, sym, gen, c_ref):
+    """The AVX2 kernel's slab path (7 rows and more): K over several 256-k slabs with a partial
+    one, rows split between threads when the column blocks are few (n = 5, 21), more rows than
+    one pass over the weight (300 > 256), balanced row tiles (13 = 7 + 6)."""
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    y = gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)
+    assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)))
+    y64 = x.double() @ dequantize_int4(q, s, z, G).double().t() + b.double()
+    assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
 
 
 @pytest.mark.parametrize("n", [37, 45])  # last column block: one partial half / two halves

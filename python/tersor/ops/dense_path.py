@@ -33,13 +33,14 @@ def _dense_min_rows() -> dict:
     rows: on a Sapphire Rapids class Xeon (2026-12-02, g128, 4096x4096 and 2048x8192) the
     kernel took 30 / 46 / 52 / 92 ms at 128 / 192 / 256 / 384 rows against the dense path's
     48 / 60 / 64-72 / 91-93 ms, and the Emerald Rapids figures of the int4 notes agree (the
-    kernel's 32-row time x 4 below the dense path's at 128 rows). W4 with AVX2 alone from 192
-    rows since its half-block tile of 6 rows (2026-12-03, Zen 2, g128, 2048x2048 / 2048x8192 /
-    8192x2048): kernel / dense path 1.00 at 32 rows, 0.61-0.74 at 64, 0.83-1.01 at 128,
-    0.96-1.23 at 256."""
+    kernel's 32-row time x 4 below the dense path's at 128 rows). W4 with AVX2 alone from 2048
+    rows since the kernel widens slabs once per column block from 7 rows (2026-12-03, Zen 2,
+    g128, 2048x2048 / 2048x8192 / 8192x2048): kernel / dense path 0.57-0.64 at 128 rows,
+    0.73-0.79 at 256, 0.84-0.96 at 512, 0.89-0.99 at 1024, 0.96-1.04 at 2048 (its 6 x 16 fp32
+    tile runs at torch's own GEMM speed, and the dense path adds the widening)."""
     if _C.cpu_info()["features"].get("avx512f"):
         return {"w8": 256, "w4": 384, "2:4": 256}
-    return {"w8": 96, "w4": 192, "2:4": 256}
+    return {"w8": 96, "w4": 2048, "2:4": 256}
 
 
 DENSE_MIN_ROWS = _dense_min_rows()
