@@ -131,6 +131,19 @@ def test_gemm_w8(isa, m, k, n, layout, gen, c_ref):
     assert (y.double() - y64).pow(2).mean().sqrt() <= 3 * torch_err + 1e-6
 
 
+@pytest.mark.parametrize("m,n", [(16, 5), (17, 40), (300, 21)])
+@pytest.mark.parametrize("k", [7, 600])
+def test_gemm_w8_slabs(isa, m, k, n, gen, c_ref):
+    """The AVX2 kernel's slab path (16 rows and more): K of one partial slab and of three (256,
+    256, 88), rows split between threads when the column blocks are few (n = 5, 21), more rows
+    than one pass over the weight (300 > 256), balanced row tiles (17 = 6 + 6 + 5)."""
+    x, q, s, b, p = make(m, k, n, gen)
+    y = gemm_w8(x, p.packed, p.scale, b, n)
+    assert torch.equal(y, c_ref(lambda: gemm_w8(x, p.packed, p.scale, b, n)))
+    y64 = x.double() @ (q.double() * s.double()[:, None]).t() + b.double()
+    assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
+
+
 @pytest.mark.parametrize("m", [1, 7, 33])
 @pytest.mark.parametrize("k,n", SHAPES_KN)
 def test_gemm_w8_bf16(isa, m, k, n, gen, c_ref):
@@ -217,10 +230,12 @@ def test_large_k_and_many_rows_match_ref(isa, gen, c_ref):
     assert torch.equal(y8, c_ref(lambda: gemm_w8(x, p.packed, p.scale, b, 100)))
 
 
-def test_w8_dense_path_for_large_batches(gen):
-    """From DENSE_MIN_ROWS rows the W8 op dequantizes panels and runs torch's fp32 GEMM."""
+def test_w8_dense_path_for_large_batches(gen, monkeypatch):
+    """From DENSE_MIN_ROWS rows the W8 op dequantizes panels and runs torch's fp32 GEMM (the
+    threshold lowered to 40 rows: with AVX2 alone it is 8192)."""
     from tersor.ops import dense_path
 
+    monkeypatch.setitem(dense_path.DENSE_MIN_ROWS, "w8", 40)
     m = dense_path.DENSE_MIN_ROWS["w8"]
     x, q, s, b, p = make(m, 300, 1100, gen)
     old = dense_path.PANEL_BYTES

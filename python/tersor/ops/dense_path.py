@@ -24,23 +24,25 @@ from tersor import _C
 
 
 def _dense_min_rows() -> dict:
-    """Rows from which the dense path wins, measured at 2 threads on 4096x4096 and 384x1536.
-    It depends on the hardware (not on the forced ISA path, so that every path of one machine
-    switches at the same M and stays bit-identical to the others): with AVX-512 (the Intel
-    reference machine) the weight-only kernels keep up longer than with AVX2 alone, where they
-    widen 8 weights per instruction (Zen 3: W8 0.62-0.75x torch fp32 from 64 rows against
-    0.76-0.96x for the dense path; W4 0.5-0.73x against 0.62-0.77x). W4 with AVX-512 from 384
+    """Rows from which the dense path wins, measured at 2 threads. It depends on the hardware
+    (not on the forced ISA path, so that every path of one machine switches at the same M and
+    stays bit-identical to the others).
+
+    With AVX-512 the weight-only kernels widen in registers once per row tile. W4 from 384
     rows: on a Sapphire Rapids class Xeon (2026-12-02, g128, 4096x4096 and 2048x8192) the
     kernel took 30 / 46 / 52 / 92 ms at 128 / 192 / 256 / 384 rows against the dense path's
-    48 / 60 / 64-72 / 91-93 ms, and the Emerald Rapids figures of the int4 notes agree (the
-    kernel's 32-row time x 4 below the dense path's at 128 rows). W4 with AVX2 alone from 2048
-    rows since the kernel widens slabs once per column block from 7 rows (2026-12-03, Zen 2,
-    g128, 2048x2048 / 2048x8192 / 8192x2048): kernel / dense path 0.57-0.64 at 128 rows,
-    0.73-0.79 at 256, 0.84-0.96 at 512, 0.89-0.99 at 1024, 0.96-1.04 at 2048 (its 6 x 16 fp32
-    tile runs at torch's own GEMM speed, and the dense path adds the widening)."""
+    48 / 60 / 64-72 / 91-93 ms, and the Emerald Rapids figures of the int4 notes agree.
+
+    With AVX2 alone the kernels widen slabs of the weight once into L1 and run every row over
+    them in a 6 x 16 fp32 tile (from 7 rows for W4, 16 for W8), at or above torch's own GEMM
+    speed, so the dense path, which adds the widening to that GEMM, wins late or never
+    (2026-12-03, Zen 2, 2048x2048 / 2048x8192 / 8192x2048; kernel / dense path time):
+      W4 g128: 0.57-0.64 at 128 rows, 0.84-0.96 at 512, 0.89-0.99 at 1024, 0.96-1.04 at 2048;
+      W8: 0.57-0.58 at 128 rows, 0.73-0.79 at 512, 0.78-0.86 at 2048, 0.81-0.85 at 4096
+      (slabs 84-90 GMAC/s against torch's 61-68), so 8192, twice the largest size measured."""
     if _C.cpu_info()["features"].get("avx512f"):
         return {"w8": 256, "w4": 384, "2:4": 256}
-    return {"w8": 96, "w4": 2048, "2:4": 256}
+    return {"w8": 8192, "w4": 2048, "2:4": 256}
 
 
 DENSE_MIN_ROWS = _dense_min_rows()
