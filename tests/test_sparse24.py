@@ -44,11 +44,13 @@ def test_native_decompress_matches_the_format(n, k, seed):
 
 
 @pytest.mark.parametrize("panels", [1, 3])
-def test_dense_path_for_large_batches(panels, gen):
+def test_dense_path_for_large_batches(panels, gen, monkeypatch):
     """From DENSE_MIN_ROWS rows the 2:4 op decompresses panels of output columns and runs
-    torch's fp32 GEMM: the dense product on the pruned weight, as the sparse kernel gives."""
+    torch's fp32 GEMM: the dense product on the pruned weight, as the sparse kernel gives (the
+    threshold lowered to 40 rows: with AVX2 alone the path is never taken)."""
     from tersor.ops import dense_path
 
+    monkeypatch.setitem(dense_path.DENSE_MIN_ROWS, "2:4", 40)
     m, k, n = dense_path.DENSE_MIN_ROWS["2:4"], 37, 1100
     w = prune_24(torch.randn(n, k, generator=gen))
     b = torch.randn(n, generator=gen)
@@ -77,7 +79,7 @@ def test_pruner_keeps_the_two_largest_of_every_four():
         compress_24(w)
 
 
-@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("m", [1, 7, 33])  # 33: the AVX2 slabs
 @pytest.mark.parametrize("k,n", [(1, 1), (3, 5), (37, 33), (130, 70), (256, 17)])
 def test_spmm_24_every_isa(isa, m, k, n, gen, c_ref):
     w = prune_24(torch.randn(n, k, generator=gen))
@@ -88,6 +90,28 @@ def test_spmm_24_every_isa(isa, m, k, n, gen, c_ref):
     assert torch.equal(y, c_ref(lambda: spmm_24(x.contiguous(), p.values, p.meta, b, n)))
     y64 = x.double() @ w.double().t() + b.double()
     assert (y.double() - y64).abs().max() <= 1e-5 * (y64.abs().max() + 1)
+
+
+@pytest.mark.parametrize("m,k,n", [(16, 600, 21), (300, 37, 40)])
+def test_spmm_24_slabs(isa, m, k, n, gen, c_ref):
+    """The AVX2 kernel's dense form over slabs (16 rows and more): K over three slabs, rows split
+    between threads (n = 21: two column blocks), two passes of rows (300 > 256); bit for bit the
+    rules' result, also with an Inf or NaN at a pruned position, where the slabs would give NaN
+    and the kernel takes its sparse tile instead."""
+    w = prune_24(torch.randn(n, k, generator=gen))
+    x = torch.randn(m, k, generator=gen)
+    b = torch.randn(n, generator=gen)
+    p = pack_24(*compress_24(w), k)
+    y = spmm_24(x, p.values, p.meta, b, n)
+    assert torch.equal(y, c_ref(lambda: spmm_24(x, p.values, p.meta, b, n)))
+    x[3, 5], x[5, 30] = float("inf"), float("nan")
+    y = spmm_24(x, p.values, p.meta, b, n)
+    torch.testing.assert_close(
+        y, c_ref(lambda: spmm_24(x, p.values, p.meta, b, n)), rtol=0, atol=0, equal_nan=True
+    )
+    for row, col in ((3, 5), (5, 30)):  # outputs that prune that k stay finite
+        skip = w[:, col] == 0
+        assert skip.any() and torch.isfinite(y[row, skip]).all()
 
 
 def test_all_zero_and_dense_rows(gen):

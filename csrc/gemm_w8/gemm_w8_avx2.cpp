@@ -1,13 +1,12 @@
 // AVX2 W8 weight-only GEMM: the shift-widening of gemm_w8_avx512.cpp on two ymm per W8Tile
 // (columns 0-7, 8-15). Up to 15 rows: a 4 rows x 16 columns register tile widening in
-// registers; from 16 rows: slabs widened once into L1 (below).
+// registers; from 16 rows: slabs widened once into L1 (common/slab_gemm_avx2.h).
 #include <immintrin.h>
-
-#include <algorithm>
 
 #include "common/formats.h"
 #include "common/simd.h"
 #include "common/parallel.h"
+#include "common/slab_gemm_avx2.h"
 #include "gemm_w8/gemm_w8.h"
 
 namespace tersor::gemm_w8 {
@@ -63,21 +62,9 @@ TERSOR_UNROLL
 using TileFn = void (*)(const PackedW8LinearArgs&, const int8_t*, int64_t, int64_t);
 constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>, tile<4>};
 
-// ---- Rows in batches: widen once per slab (gemm_w4_avx2.cpp's slab path, one-level acc) ----
-//
-// The 4 x 16 tile widens every weight once per 4 rows and keeps 8 FMA chains (Zen 2 needs 10).
-// From kSlabMinRows rows a slab of kSlabK k x 16 columns is widened once into an L1-resident
-// float panel and every row runs over it 6 rows x 16 columns at a time (12 chains); acc goes
-// through memory between slabs, which rounds nothing, so the FMAs per output are the ref's in
-// the ref's order.
-//
-//   panel[kSlabK][16] float = W[n][k] (exact)       acc[M][16] float
-constexpr int kSlabMR = 6;
-constexpr int64_t kSlabK = 256;      // 16 KiB of panel
-constexpr int64_t kSlabRows = 256;   // rows per pass over the weight: their x stays in the L3
-// From 16 rows (Zen 2, interleaved A/B, 384x1536 / 2048x2048 / 8192x2048: at 4-8 rows the
-// 4 x 16 tile is 1.1-1.7x faster, at 16 even, at 32 / 64 / 256 the slabs 1.23-1.30x / 1.33-1.38x
-// / 1.37-1.45x (84-90 GMAC/s, torch's fp32 GEMM 61-68)).
+// From 16 rows: slabs widened once into L1 (common/slab_gemm_avx2.h). Zen 2, interleaved A/B,
+// 384x1536 / 2048x2048 / 8192x2048: at 4-8 rows the 4 x 16 tile is 1.1-1.7x faster, at 16
+// even, at 32 / 64 / 256 the slabs 1.23-1.30x / 1.33-1.38x / 1.37-1.45x.
 constexpr int64_t kSlabMinRows = 16;
 
 // The 16 columns of block blk, k in [k0, k1) (k0 a multiple of 4) -> panel[(k - k0) * 16 + col].
@@ -95,48 +82,9 @@ TERSOR_UNROLL
   }
 }
 
-// MR rows from m0 over the slab [k0, k1), its panel widened; acc rows m0.. (first: start at 0).
-template <int MR>
-void slab_tile(const PackedW8LinearArgs& a, int64_t m0, int64_t k0, int64_t k1,
-               const float* panel, float* acc, bool first) {
-  const float* x = a.x + m0 * a.ldx;
-  __m256 c[MR][2];
-TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r)
-    for (int h = 0; h < 2; ++h)
-      c[r][h] = first ? _mm256_setzero_ps() : _mm256_load_ps(acc + (m0 + r) * 16 + 8 * h);
-  for (int64_t k = k0; k < k1; ++k) {
-    const __m256 w0 = _mm256_load_ps(panel + (k - k0) * 16);
-    const __m256 w1 = _mm256_load_ps(panel + (k - k0) * 16 + 8);
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      const __m256 xb = _mm256_broadcast_ss(x + r * a.ldx + k);
-      c[r][0] = _mm256_fmadd_ps(xb, w0, c[r][0]);
-      c[r][1] = _mm256_fmadd_ps(xb, w1, c[r][1]);
-    }
-  }
-TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r)
-    for (int h = 0; h < 2; ++h) _mm256_store_ps(acc + (m0 + r) * 16 + 8 * h, c[r][h]);
-}
-
-using SlabFn = void (*)(const PackedW8LinearArgs&, int64_t, int64_t, int64_t, const float*, float*,
-                        bool);
-constexpr SlabFn kSlabTiles[kSlabMR] = {slab_tile<1>, slab_tile<2>, slab_tile<3>,
-                                        slab_tile<4>, slab_tile<5>, slab_tile<6>};
-
-// Rows [r0, r1) of column block blk through the slabs (row tiles balanced: 8 rows = 4 + 4).
-void block_by_slabs(const PackedW8LinearArgs& a, int64_t blk, int64_t r0, int64_t r1,
-                    float* panel, float* acc) {
-  const int64_t ntiles = (r1 - r0 + kSlabMR - 1) / kSlabMR;
-  for (int64_t k0 = 0; k0 < a.K; k0 += kSlabK) {
-    const int64_t k1 = std::min(k0 + kSlabK, a.K);
-    widen_slab(a, blk, k0, k1, panel);
-    for (int64_t t = 0; t < ntiles; ++t) {
-      const int64_t m0 = r0 + (r1 - r0) * t / ntiles, m1 = r0 + (r1 - r0) * (t + 1) / ntiles;
-      kSlabTiles[m1 - m0 - 1](a, m0, k0, k1, panel, acc, k0 == 0);
-    }
-  }
+// y[r0, r1) of block blk = fma(acc, scale_w, bias).
+void store_rows(const PackedW8LinearArgs& a, int64_t blk, int64_t r0, int64_t r1,
+                const float* acc) {
 TERSOR_UNROLL
   for (int h = 0; h < 2; ++h) {
     const int64_t n = blk * 16 + 8 * h;
@@ -156,32 +104,20 @@ void run_avx2(const PackedW8LinearArgs& a) {
   const int64_t Kp = round_up(a.K, 4);
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  const bool slabs = a.M >= kSlabMinRows;
-  // Slabs: work items are (column block, part of a pass's rows); the rows are split only when
-  // the column blocks are too few to share among the threads.
-  int64_t row_parts = 1;
-  if (slabs && n_blocks < 2 * nt)
-    row_parts = std::min<int64_t>(nt, (std::min(a.M, kSlabRows) + kSlabMR - 1) / kSlabMR);
+  if (a.M >= kSlabMinRows) {
+    slab_avx2::run(
+        a.x, a.ldx, a.M, a.K, n_blocks, nt,
+        [&](int64_t blk, int64_t k0, int64_t k1, float* p) { widen_slab(a, blk, k0, k1, p); },
+        [&](int64_t blk, int64_t r0, int64_t r1, const float* acc) {
+          store_rows(a, blk, r0, r1, acc);
+        });
+    return;
+  }
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    if (slabs) {
-      auto panel = alloc_scratch<float>(kSlabK * 16);
-      auto acc = alloc_scratch<float>(a.M * 16);
-      for (int64_t rb0 = 0; rb0 < a.M; rb0 += kSlabRows) {
-        const int64_t rows = std::min(kSlabRows, a.M - rb0);
-        int64_t i0, i1;
-        thread_range(n_blocks * row_parts, &i0, &i1);
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t blk = i / row_parts, p = i % row_parts;
-          block_by_slabs(a, blk, rb0 + rows * p / row_parts, rb0 + rows * (p + 1) / row_parts,
-                         panel.get(), acc.get());
-        }
-      }
-    } else {
-      for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
-        kTiles[mr - 1](a, a.w + blk * Kp * 16, m0, blk * 16);
-      });
-    }
+    for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
+      kTiles[mr - 1](a, a.w + blk * Kp * 16, m0, blk * 16);
+    });
   }
 }
 

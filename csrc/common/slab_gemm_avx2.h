@@ -1,0 +1,102 @@
+// fp32 GEMM over weight slabs widened once into L1 (AVX2 translation units only): the batch
+// path of the AVX2 weight kernels whose per-output sum is one FMA chain in k order (gemm_w8,
+// spmm_24's dense form; gemm_w4's two-level sums have their own tile in gemm_w4_avx2.cpp). A register tile that widens its weights in registers pays the
+// widening once per row tile and, at 4 rows x 16 columns, keeps 8 FMA chains where Zen 2's FMA
+// (latency 5, two ports) needs 10. Here a slab of kSlabK k x 16 columns is widened once per
+// column block into an L1-resident float panel, and every row runs over it 6 rows x 16
+// columns at a time (12 chains); acc goes through memory between slabs, which rounds nothing,
+// so each output gets the same FMAs in the same order as a one-chain reference.
+//
+//   panel[kSlabK][16] float: W[16 nb + c][k0 + i] at [i][c]      acc[M][16] float
+//   for each pass of <= kSlabRows rows, each (column block, part of the rows) of this thread:
+//     for each slab [k0, k1):  widen(nb, k0, k1, panel)
+//                              for each tile of <= 6 rows:  acc[r] = fma-chain over the slab
+//     store(nb, r0, r1, acc):  the kernel's epilogue (scale, bias, tail mask) into y
+//
+// Zen 2, 2 threads: 84-90 GMAC/s for W8 from 32 rows, where torch's fp32 GEMM reaches 61-68.
+// Internal linkage throughout (common/parallel.h says why).
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/parallel.h"
+
+namespace tersor {
+namespace {
+namespace slab_avx2 {
+
+constexpr int kMR = 6;
+constexpr int64_t kSlabK = 256;     // 16 KiB of panel: half of Zen 2's L1D
+constexpr int64_t kSlabRows = 256;  // rows per pass over the weight: their x stays in the L3
+
+// MR rows of x from m0 over the slab [k0, k1), its panel widened; acc rows m0.. (first: from 0).
+template <int MR>
+void tile(const float* x, int64_t ldx, int64_t m0, int64_t k0, int64_t k1, const float* panel,
+          float* acc, bool first) {
+  const float* xr = x + m0 * ldx;
+  __m256 c[MR][2];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < 2; ++h)
+      c[r][h] = first ? _mm256_setzero_ps() : _mm256_load_ps(acc + (m0 + r) * 16 + 8 * h);
+  for (int64_t k = k0; k < k1; ++k) {
+    const __m256 w0 = _mm256_load_ps(panel + (k - k0) * 16);
+    const __m256 w1 = _mm256_load_ps(panel + (k - k0) * 16 + 8);
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xb = _mm256_broadcast_ss(xr + r * ldx + k);
+      c[r][0] = _mm256_fmadd_ps(xb, w0, c[r][0]);
+      c[r][1] = _mm256_fmadd_ps(xb, w1, c[r][1]);
+    }
+  }
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < 2; ++h) _mm256_store_ps(acc + (m0 + r) * 16 + 8 * h, c[r][h]);
+}
+
+using TileFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const float*, float*,
+                        bool);
+constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+
+// y = x W^T over n_blocks column blocks of 16, M rows of x (row stride ldx), K deep, on nt
+// threads: widen(nb, k0, k1, panel) (k0 a multiple of kSlabK), store(nb, r0, r1, acc).
+template <typename Widen, typename Store>
+void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, int nt,
+         Widen&& widen, Store&& store) {
+  // Work items: (column block, part of a pass's rows); rows split only when the column blocks
+  // are too few to share among the threads. Row tiles balanced (8 rows: 4 + 4, not 6 + 2).
+  int64_t row_parts = 1;
+  if (n_blocks < 2 * nt)
+    row_parts = std::min<int64_t>(nt, (std::min(M, kSlabRows) + kMR - 1) / kMR);
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+    auto panel = alloc_scratch<float>(kSlabK * 16);
+    auto acc = alloc_scratch<float>(M * 16);
+    for (int64_t rb0 = 0; rb0 < M; rb0 += kSlabRows) {
+      const int64_t rows = std::min(kSlabRows, M - rb0);
+      int64_t i0, i1;
+      thread_range(n_blocks * row_parts, &i0, &i1);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t nb = i / row_parts, p = i % row_parts;
+        const int64_t r0 = rb0 + rows * p / row_parts, r1 = rb0 + rows * (p + 1) / row_parts;
+        const int64_t ntiles = (r1 - r0 + kMR - 1) / kMR;
+        for (int64_t k0 = 0; k0 < K; k0 += kSlabK) {
+          const int64_t k1 = std::min(k0 + kSlabK, K);
+          widen(nb, k0, k1, panel.get());
+          for (int64_t t = 0; t < ntiles; ++t) {
+            const int64_t m0 = r0 + (r1 - r0) * t / ntiles;
+            const int64_t m1 = r0 + (r1 - r0) * (t + 1) / ntiles;
+            kTiles[m1 - m0 - 1](x, ldx, m0, k0, k1, panel.get(), acc.get(), k0 == 0);
+          }
+        }
+        store(nb, r0, r1, static_cast<const float*>(acc.get()));
+      }
+    }
+  }
+}
+
+}  // namespace slab_avx2
+}  // namespace
+}  // namespace tersor
