@@ -1,14 +1,15 @@
 // AVX2 unstructured sparse GEMM (rules in spmm_csr.h).
 //  - One row (a decode step): scalar FMAs reading x itself, which stays in L1 (the transposed
 //    kernel loaded a vector of L2-resident xt per nonzero for one useful lane), in the ELL
-//    blocks' channel order (perm: channels sorted by nonzero count), 8 channels in lockstep.
-//    Each output's sum is one FMA chain (the rules), Zen 2's FMA has a latency of 5 on two
-//    ports, so one channel at a time ran a nonzero per 5 cycles; 8 channels of nearly equal
-//    counts keep 8 chains busy until the shortest ends, each in its own k order:
-//      channels ch[0..8):  j < min(len):  acc[r] = fma(x[col[ch_r, j]], val[ch_r, j], acc[r])
+//    blocks' channel order (perm: channels sorted by nonzero count), 4 channels in lockstep.
+//    Each output's sum is one FMA chain (the rules), Zen 2's FMA has a latency of 5, so one
+//    channel at a time ran a nonzero per 5 cycles; 4 channels of nearly equal counts keep 4
+//    chains busy until the shortest ends, each in its own k order (8 ran out of registers:
+//    0.71-0.81x the speed of 4):
+//      channels ch[0..4):  j < min(len):  acc[r] = fma(x[col[ch_r, j]], val[ch_r, j], acc[r])
 //                          j >= min(len): the same, one channel at a time
-//    Zen 2, interleaved A/B against the transposed kernel below: 1.20x (384x1536) to 1.66x
-//    (2048x512) faster, 1.38x on 4096x4096 from DRAM.
+//    Zen 2, bare kernel, interleaved against the transposed kernel below at one row: 1.29x
+//    (512x2048) to 2.1x (1536x384) faster, 1.64x on 4096x4096 (90% sparse).
 //  - More rows: the transposed-activation kernel of spmm_csr_avx512.cpp (8 lanes, 32 rows per
 //    pass); AVX2 gathers are too slow to pay at few rows. (Channels in lockstep there lost:
 //    0.74-0.92x at 32 rows, where y is written a column per channel and the sorted order
@@ -29,23 +30,24 @@ namespace {
 template <int R>
 void channels_one_row(const Args& a, const int32_t* ch) {
   float acc[R];
-  int64_t beg[R], len[R], common = INT64_MAX;
+  const int32_t* col[R];
+  const float* val[R];
+  int64_t len[R], common = INT64_MAX;
 TERSOR_UNROLL
   for (int r = 0; r < R; ++r) {
-    beg[r] = a.rowptr[ch[r]];
-    len[r] = a.rowptr[ch[r] + 1] - beg[r];
+    col[r] = a.col + a.rowptr[ch[r]];
+    val[r] = a.val + a.rowptr[ch[r]];
+    len[r] = a.rowptr[ch[r] + 1] - a.rowptr[ch[r]];
     common = std::min(common, len[r]);
     acc[r] = 0.0f;
   }
   for (int64_t j = 0; j < common; ++j) {
 TERSOR_UNROLL
-    for (int r = 0; r < R; ++r)
-      acc[r] = std::fma(a.x[a.col[beg[r] + j]], a.val[beg[r] + j], acc[r]);
+    for (int r = 0; r < R; ++r) acc[r] = std::fma(a.x[col[r][j]], val[r][j], acc[r]);
   }
 TERSOR_UNROLL
   for (int r = 0; r < R; ++r) {
-    for (int64_t j = common; j < len[r]; ++j)
-      acc[r] = std::fma(a.x[a.col[beg[r] + j]], a.val[beg[r] + j], acc[r]);
+    for (int64_t j = common; j < len[r]; ++j) acc[r] = std::fma(a.x[col[r][j]], val[r][j], acc[r]);
     a.y[ch[r]] = acc[r] + (a.bias ? a.bias[ch[r]] : 0.0f);
   }
 }
@@ -71,8 +73,8 @@ void run_avx2(const Args& a) {
   if (a.M == 1) {
     const int nt = threads_for_work(double(a.rowptr[a.N]) * 4, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
-    for_channel_groups<8>(
-        a, [&](const int32_t* ch) { channels_one_row<8>(a, ch); },
+    for_channel_groups<4>(
+        a, [&](const int32_t* ch) { channels_one_row<4>(a, ch); },
         [&](const int32_t* ch) { channels_one_row<1>(a, ch); });
     return;
   }
