@@ -95,6 +95,28 @@ def test_too_dense_layers_stay_dense_and_say_so():
     assert float((model[0].weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
 
 
+@pytest.mark.parametrize("sparsity", [0.75, 0.9])  # 0.75: a dense copy from 256 rows
+def test_prepared_call_is_the_general_call(isa, sparsity, gen):
+    """The layer's eager fast path (ops/spmm_csr.py cpu_runner_csr) gives the general op's
+    result bit for bit: 2-d and 3-d rows, strided rows (which it hands on), rows past the
+    dense copy's threshold, no bias."""
+    model = nn.Sequential(nn.Linear(70, 45))
+    tersor.sparsify_(model, tersor.SparseConfig(sparsity=sparsity))
+    layer, f = model[0], model[0].fmt
+    xs = [
+        torch.randn(1, 70, generator=gen),
+        torch.randn(3, 5, 70, generator=gen),
+        torch.randn(70, 9, generator=gen).t(),
+        torch.randn(300, 70, generator=gen),
+    ]
+    for bias in (layer.bias, None):
+        for x in xs:
+            y = f.cpu_call(x, bias)
+            general = f.linear(x.reshape(-1, 70), bias, "auto").view(*x.shape[:-1], 45)
+            assert torch.equal(y, general)
+    assert torch.equal(layer(xs[0]), f.linear(xs[0], layer.bias, "auto"))
+
+
 def test_dense_fallback_at_large_m_is_reported_and_exact():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 48))

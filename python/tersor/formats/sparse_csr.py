@@ -35,7 +35,7 @@ from tersor.formats.base import (
     row_blocks,
 )
 from tersor.ops.gemm_w8a8 import linear_w8a8
-from tersor.ops.spmm_csr import linear_csr
+from tersor.ops.spmm_csr import cpu_runner_csr, linear_csr
 
 BLOCK_N = 16
 
@@ -426,6 +426,15 @@ class CsrFormat(WeightFormat):
                 f"rows (the sparse kernel loses there; +{extra / 2**20:.1f} MiB copy)"
             )
         return note
+
+    def cpu_runner(self):
+        if self.int8:
+            return super().cpu_runner()
+        generic = super().cpu_runner()
+        arrays = [getattr(self, t) for t in self._KERNEL[:8]]
+        return cpu_runner_csr(
+            arrays, self.out_features, self.in_features, self.dense_from_rows, generic
+        )
 
     def linear(self, x, bias, kernel, row_amax=None):
         n = self.out_features
