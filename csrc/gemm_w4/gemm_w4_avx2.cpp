@@ -21,6 +21,7 @@
 #include "common/formats.h"
 #include "common/simd.h"
 #include "common/parallel.h"
+#include "common/slab_gemm_avx2.h"
 #include "gemm_w4/gemm_w4.h"
 
 namespace tersor::gemm_w4 {
@@ -146,30 +147,25 @@ TERSOR_UNROLL
   for (int r = 0; r < MR; ++r) maskstore8(a.y + (m0 + r) * a.ldy + n, mask, _mm256_add_ps(acc[r], b));
 }
 
-// ---- Rows in batches: dequantize once per slab, then a 6 x 16 register tile ------------------
+// ---- Rows in batches: slabs widened once into L1 (common/slab_gemm_avx2.h) -----------------
 //
 // The half-block tile widens its 8 columns once per 6 rows and keeps only 6 FMA chains, while
-// Zen 2's FMA (latency 5, two ports) needs 10 in flight. From kSlabMinRows rows a thread
-// instead widens a slab of kSlabK k x 16 columns once into an L1-resident float panel and runs
-// every row over it, 6 rows x 16 columns at a time (12 chains): 68-71 GMAC/s on 2 Zen 2 cores,
-// where torch's own fp32 GEMM reaches 58-66 at 512-2048 rows.
+// Zen 2's FMA (latency 5, two ports) needs 10 in flight. From kSlabMinRows rows the slab
+// driver widens 256 k x 16 columns once into an L1-resident panel and this tile runs every row
+// over it, 6 rows x 16 columns at a time (12 chains), closing each 32-k chunk as the rules say:
 //
-//   panel[kSlabK][16] float = q - 8 (exact)        acc[M][16] float, the rules' acc, in memory
-//   for each slab of the column block:  widen it; for each tile of <= 6 rows:
-//     for each 32-k chunk of the slab:  part[r][2] = sum x[r][k] * panel[k]   (k in order)
-//                                       acc[r] = fma(fma(8 - z, X, part), s, acc[r])
+//   panel[256][16] float = q - 8 (exact)        acc[M][16] float, the rules' acc, in memory
+//   for each 32-k chunk of the slab:  part[r][2] = sum x[r][k] * panel[k]   (k in order)
+//                                     acc[r] = fma(fma(8 - z, X, part), s, acc[r])
 //   y = acc + bias
 //
 // Per output the operations and their order are the rules' exactly (acc goes through memory
-// between chunks, which rounds nothing).
-constexpr int64_t kSlabK = 256;  // 16 KiB of panel: half of Zen 2's L1D, with x and acc beside
+// between chunks, which rounds nothing). 68-71 GMAC/s on 2 Zen 2 cores, where torch's own fp32
+// GEMM reaches 58-66 at 512-2048 rows; the closes cost it the W8 slabs' 84-90.
 // From 7 rows (Zen 2, interleaved A/B on 512x2048 .. 8192x2048: 1.17-1.40x the half-block tile's
 // speed at 7-8 rows, 1.25-1.36x at 32-256; at 5-6 rows it wins or loses by shape).
 constexpr int64_t kSlabMinRows = 7;
-static_assert(kSlabK % kChunk == 0, "a slab holds whole chunks");
-// Rows per pass over the weight: every column block reads its rows' x again, so the rows of a
-// pass keep x in the L3 (256 x K = 8192 is 8 MiB; at 512 rows the kernel lost 20%).
-constexpr int64_t kSlabRows = 256;
+static_assert(slab_avx2::kSlabK % kChunk == 0, "a slab holds whole chunks");
 
 // The 16 columns of block nb, k in [k0, k1) (k0 a multiple of 8) -> panel[(k - k0) * 16 + col].
 void widen_slab(const PackedW4LinearArgs& a, int64_t nb, int64_t k0, int64_t k1, float* panel) {
@@ -188,8 +184,11 @@ void widen_slab(const PackedW4LinearArgs& a, int64_t nb, int64_t k0, int64_t k1,
 // MR rows from m0 over the slab [k0, k1) of block nb, its panel widened.
 template <int MR>
 void slab_tile(const PackedW4LinearArgs& a, const float* X, int64_t nchunks, int64_t m0,
-               int64_t nb, int64_t k0, int64_t k1, const float* panel, float* acc) {
+               int64_t nb, int64_t k0, int64_t k1, const float* panel, float* acc, bool first) {
   const float* x = a.x + m0 * a.ldx;
+  if (first)
+    for (int64_t i = m0 * 16; i < (m0 + MR) * 16; i += 8)
+      _mm256_store_ps(acc + i, _mm256_setzero_ps());
   for (int64_t c0 = k0; c0 < k1; c0 += kChunk) {
     const int64_t c1 = c0 + kChunk < k1 ? c0 + kChunk : k1;
     __m256 part[MR][2];
@@ -227,32 +226,21 @@ TERSOR_UNROLL
 }
 
 using SlabFn = void (*)(const PackedW4LinearArgs&, const float*, int64_t, int64_t, int64_t,
-                        int64_t, int64_t, const float*, float*);
+                        int64_t, int64_t, const float*, float*, bool);
 constexpr SlabFn kSlabTiles[kMR] = {slab_tile<1>, slab_tile<2>, slab_tile<3>,
                                     slab_tile<4>, slab_tile<5>, slab_tile<6>};
 
-// Rows [r0, r1) of column block nb through the slabs; panel and acc (>= M x 16) are this
-// thread's scratch. Row tiles are balanced (8 rows: 4 + 4, not 6 + 2) to keep chains in flight.
-void block_by_slabs(const PackedW4LinearArgs& a, const float* X, int64_t nchunks, int64_t nb,
-                    int64_t r0, int64_t r1, float* panel, float* acc) {
-  const int64_t n = nb * 16;
-  for (int64_t i = r0 * 16; i < r1 * 16; i += 8) _mm256_store_ps(acc + i, _mm256_setzero_ps());
-  const int64_t ntiles = (r1 - r0 + kMR - 1) / kMR;
-  for (int64_t k0 = 0; k0 < a.K; k0 += kSlabK) {
-    const int64_t k1 = k0 + kSlabK < a.K ? k0 + kSlabK : a.K;
-    widen_slab(a, nb, k0, k1, panel);
-    for (int64_t t = 0; t < ntiles; ++t) {
-      const int64_t m0 = r0 + (r1 - r0) * t / ntiles, m1 = r0 + (r1 - r0) * (t + 1) / ntiles;
-      kSlabTiles[m1 - m0 - 1](a, X, nchunks, m0, nb, k0, k1, panel, acc);
-    }
-  }
+// y[r0, r1) of block nb = acc + bias.
+void store_rows(const PackedW4LinearArgs& a, int64_t nb, int64_t r0, int64_t r1,
+                const float* acc) {
 TERSOR_UNROLL
   for (int h = 0; h < 2; ++h) {
-    if (n + 8 * h >= a.N) break;
-    const __m256i mask = tail_mask8(a.N - n - 8 * h);
-    const __m256 b = bias8(a.bias, n + 8 * h, mask);
+    const int64_t n = nb * 16 + 8 * h;
+    if (n >= a.N) break;
+    const __m256i mask = tail_mask8(a.N - n);
+    const __m256 b = bias8(a.bias, n, mask);
     for (int64_t m = r0; m < r1; ++m)
-      maskstore8(a.y + m * a.ldy + n + 8 * h, mask,
+      maskstore8(a.y + m * a.ldy + n, mask,
                  _mm256_add_ps(_mm256_load_ps(acc + m * 16 + 8 * h), b));
   }
 }
@@ -269,30 +257,25 @@ void run_avx2(const PackedW4LinearArgs& a) {
   const int64_t nks = (a.K + kChunk - 1) / kChunk;
   auto X = alloc_scratch<float>(a.M * nks);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  const bool slabs = a.M >= kSlabMinRows;
-  // Slabs: work items are (column block, part of a pass's rows); the rows are split only when
-  // the column blocks are too few to share among the threads.
-  int64_t row_parts = 1;
-  if (slabs && n_blocks < 2 * nt)
-    row_parts = std::min<int64_t>(nt, (std::min(a.M, kSlabRows) + kMR - 1) / kMR);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  auto sums = [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
-    if (slabs) {
-      auto panel = alloc_scratch<float>(kSlabK * 16);
-      auto acc = alloc_scratch<float>(a.M * 16);
-      for (int64_t rb0 = 0; rb0 < a.M; rb0 += kSlabRows) {
-        const int64_t rows = std::min(kSlabRows, a.M - rb0);
-        int64_t i0, i1;
-        thread_range(n_blocks * row_parts, &i0, &i1);
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t nb = i / row_parts, p = i % row_parts;
-          block_by_slabs(a, X.get(), nks, nb, rb0 + rows * p / row_parts,
-                         rb0 + rows * (p + 1) / row_parts, panel.get(), acc.get());
-        }
-      }
-    } else if (a.M == 1) {
+  };
+  if (a.M >= kSlabMinRows) {
+    slab_avx2::run_tiles(
+        a.M, a.K, n_blocks, nt, sums,
+        [&](int64_t nb, int64_t k0, int64_t k1, float* p) { widen_slab(a, nb, k0, k1, p); },
+        [&](int64_t nb, int rows, int64_t m0, int64_t k0, int64_t k1, const float* p, float* acc,
+            bool first) { kSlabTiles[rows - 1](a, X.get(), nks, m0, nb, k0, k1, p, acc, first); },
+        [&](int64_t nb, int64_t r0, int64_t r1, const float* acc) {
+          store_rows(a, nb, r0, r1, acc);
+        });
+    return;
+  }
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+    sums();
+    if (a.M == 1) {
       for_each_tile(n_blocks, 2, 1, 1, [&](int64_t nb0, int nb, int64_t, int) {
         (nb == 2 ? gemv<2> : gemv<1>)(a, X.get(), nks, nb0);
       });
