@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "common/parallel.h"
+#include "common/simd.h"
 
 namespace tersor {
 namespace {
@@ -113,6 +114,21 @@ void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, in
       [&](int64_t, int rows, int64_t m0, int64_t k0, int64_t k1, const float* panel, float* acc,
           bool first) { kTiles[rows - 1](x, ldx, m0, k0, k1, panel, acc, first); },
       store);
+}
+
+// The epilogue y[r0, r1) of block nb = acc + bias (the store of the kernels whose rules end
+// there: gemm_w4, spmm_24), the last block's tail columns masked.
+static inline void store_plus_bias(float* y, int64_t ldy, int64_t N, const float* bias,
+                                   int64_t nb, int64_t r0, int64_t r1, const float* acc) {
+TERSOR_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const int64_t n = nb * 16 + 8 * h;
+    if (n >= N) break;
+    const __m256i mask = tail_mask8(N - n);
+    const __m256 b = bias8(bias, n, mask);
+    for (int64_t m = r0; m < r1; ++m)
+      maskstore8(y + m * ldy + n, mask, _mm256_add_ps(_mm256_load_ps(acc + m * 16 + 8 * h), b));
+  }
 }
 
 }  // namespace slab_avx2

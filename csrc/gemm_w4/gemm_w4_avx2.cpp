@@ -230,21 +230,6 @@ using SlabFn = void (*)(const PackedW4LinearArgs&, const float*, int64_t, int64_
 constexpr SlabFn kSlabTiles[kMR] = {slab_tile<1>, slab_tile<2>, slab_tile<3>,
                                     slab_tile<4>, slab_tile<5>, slab_tile<6>};
 
-// y[r0, r1) of block nb = acc + bias.
-void store_rows(const PackedW4LinearArgs& a, int64_t nb, int64_t r0, int64_t r1,
-                const float* acc) {
-TERSOR_UNROLL
-  for (int h = 0; h < 2; ++h) {
-    const int64_t n = nb * 16 + 8 * h;
-    if (n >= a.N) break;
-    const __m256i mask = tail_mask8(a.N - n);
-    const __m256 b = bias8(a.bias, n, mask);
-    for (int64_t m = r0; m < r1; ++m)
-      maskstore8(a.y + m * a.ldy + n, mask,
-                 _mm256_add_ps(_mm256_load_ps(acc + m * 16 + 8 * h), b));
-  }
-}
-
 using HalfFn = void (*)(const PackedW4LinearArgs&, const float*, int64_t, int64_t, int64_t);
 template <int MR>
 constexpr HalfFn kHalf[2] = {tile_half<MR, 0>, tile_half<MR, 1>};
@@ -268,7 +253,7 @@ void run_avx2(const PackedW4LinearArgs& a) {
         [&](int64_t nb, int rows, int64_t m0, int64_t k0, int64_t k1, const float* p, float* acc,
             bool first) { kSlabTiles[rows - 1](a, X.get(), nks, m0, nb, k0, k1, p, acc, first); },
         [&](int64_t nb, int64_t r0, int64_t r1, const float* acc) {
-          store_rows(a, nb, r0, r1, acc);
+          slab_avx2::store_plus_bias(a.y, a.ldy, a.N, a.bias, nb, r0, r1, acc);
         });
     return;
   }

@@ -130,16 +130,7 @@ void run_avx2(const Args& a) {
         a.x, a.ldx, a.M, a.K, n_blocks, nt,
         [&](int64_t nb, int64_t k0, int64_t k1, float* p) { widen_slab(a, nb, k0, k1, p); },
         [&](int64_t nb, int64_t r0, int64_t r1, const float* acc) {
-TERSOR_UNROLL
-          for (int h = 0; h < 2; ++h) {
-            const int64_t n = nb * 16 + 8 * h;
-            if (n >= a.N) break;
-            const __m256i mask = tail_mask8(a.N - n);
-            const __m256 b = bias8(a.bias, n, mask);
-            for (int64_t m = r0; m < r1; ++m)
-              maskstore8(a.y + m * a.ldy + n, mask,
-                         _mm256_add_ps(_mm256_load_ps(acc + m * 16 + 8 * h), b));
-          }
+          slab_avx2::store_plus_bias(a.y, a.ldy, a.N, a.bias, nb, r0, r1, acc);
         });
     return;
   }

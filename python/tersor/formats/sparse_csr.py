@@ -428,9 +428,9 @@ class CsrFormat(WeightFormat):
         return note
 
     def cpu_runner(self):
-        if self.int8:
-            return super().cpu_runner()
         generic = super().cpu_runner()
+        if self.int8:
+            return generic
         arrays = [getattr(self, t) for t in self._KERNEL[:8]]
         return cpu_runner_csr(
             arrays, self.out_features, self.in_features, self.dense_from_rows, generic

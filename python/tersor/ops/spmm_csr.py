@@ -75,7 +75,7 @@ def cpu_runner_csr(arrays, n: int, k: int, dense_from_rows, fallback):
     """The eager CPU call of one fp32 sparse weight for the layers' fast path (as
     gemm_w4.cpu_runner_w4): a contiguous float32 [..., K] x of fewer than dense_from_rows rows
     goes straight to the kernel with the weight's pointers read once (Zen 2, 384x1536 at one
-    row: ~7 us less per call than spmm_csr_cpu, which views, allocates with a dtype keyword and
+    row: ~10 us less per call than spmm_csr_cpu, which views, allocates with a dtype keyword and
     reads 13 pointers); anything else takes fallback(x, bias). arrays: the format's rowptr,
     col, val, ell_val, ell_col, ell_cnt, ell_off, perm."""
     ptrs = [t.data_ptr() for t in arrays]
