@@ -29,3 +29,20 @@ def tiny_llm(family: str = "llama", dtype=torch.float32, seed: int = 0):
     }[family]()
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+
+
+def decode_logits(model, prompt, steps=6):
+    """Logits of a prefill then `steps` greedy decode steps (the cache HF makes; its argument
+    is `cache` from transformers 5.x, `past_key_values` before)."""
+    import inspect
+
+    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with torch.inference_mode():
+        out = model(prompt, use_cache=True)
+        logits = [out.logits]
+        for _ in range(steps):
+            cache = getattr(out, arg, None) or out.past_key_values
+            tok = out.logits[:, -1:].argmax(-1)
+            out = model(tok, use_cache=True, **{arg: cache})
+            logits.append(out.logits)
+    return logits

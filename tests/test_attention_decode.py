@@ -4,7 +4,7 @@ bit against the portable build, bad arguments, and HF models whose decode steps 
 
 import pytest
 import torch
-from tests.llm_models import SIZES, tiny_llm
+from tests.llm_models import SIZES, decode_logits, tiny_llm
 
 import tersor
 from tersor.ops.attention import attention_decode, attention_decode_ref
@@ -251,35 +251,30 @@ def sdpa(model):
     return model
 
 
-def decode_logits(model, prompt, steps=6):
-    """Logits of a prefill then `steps` greedy decode steps (the cache HF makes; its argument
-    is `cache` from transformers 5.x, `past_key_values` before)."""
-    import inspect
-
-    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    with torch.inference_mode():
-        out = model(prompt, use_cache=True)
-        logits = [out.logits]
-        for _ in range(steps):
-            cache = getattr(out, arg, None) or out.past_key_values
-            tok = out.logits[:, -1:].argmax(-1)
-            out = model(tok, use_cache=True, **{arg: cache})
-            logits.append(out.logits)
-    return logits
-
-
 def counting_fast_steps(monkeypatch):
+    """Counts the attention steps the kernel served ("fast": the attention block's own fast
+    step, or a decoder layer's lean step, tersor/llm/layer.py) and those it left ("model")."""
     from tersor.llm.attention import FastDecodeAttention
+    from tersor.llm.layer import _Plan
 
-    hits = {"fast": 0, "model": 0}
+    hits = {"fast": 0, "model": 0, "layer": 0}
     orig = FastDecodeAttention._tersor_decode_step
+    orig_layer = _Plan.step
 
     def counted(self, args, kwargs):
         out = orig(self, args, kwargs)
         hits["model" if out is None else "fast"] += 1
         return out
 
+    def counted_layer(self, layer, x, kwargs):
+        out = orig_layer(self, layer, x, kwargs)
+        if out is not None:  # (else the layer's own forward runs the attention: counted there)
+            hits["fast"] += 1
+            hits["layer"] += 1
+        return out
+
     monkeypatch.setattr(FastDecodeAttention, "_tersor_decode_step", counted)
+    monkeypatch.setattr(_Plan, "step", counted_layer)
     return hits
 
 
@@ -297,7 +292,8 @@ def test_hf_decode_steps_match_the_model(family, attn, monkeypatch):
     assert list(model.state_dict()) == keys  # the module tree is the model's
     hits = counting_fast_steps(monkeypatch)
     got = decode_logits(model, prompt)
-    assert hits == {"fast": 2 * 7, "model": 0}  # the prefill and every decode step
+    # the prefill and every decode step (those as whole-layer lean steps)
+    assert hits == {"fast": 2 * 7, "model": 0, "layer": 2 * 6}
     for a, b in zip(ref, got):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
@@ -330,7 +326,7 @@ def test_prefill_chunks_and_padded_prefills(attn, monkeypatch):
     tersor.optimize_decoding_(model)
     hits = counting_fast_steps(monkeypatch)
     got = run(model)
-    assert hits == {"fast": 2 * 2, "model": 2}
+    assert hits == {"fast": 2 * 2, "model": 2, "layer": 0}
     for a, b in zip(ref, got):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
@@ -359,6 +355,7 @@ def test_generate_greedy_beams_and_padding_match(monkeypatch):
     hits = counting_fast_steps(monkeypatch)
     got = run(model)
     assert hits["fast"] >= 3 * 2 * 11  # greedy, beams, padded: every decode step, both layers
+    assert hits["layer"] >= 3 * 2 * 10  # (beam search's first step after HF's reorder: not)
     for a, b in zip(ref, got):
         assert torch.equal(a, b)
 
@@ -387,7 +384,7 @@ def test_quantized_model_takes_the_fast_path(family, monkeypatch):
     tersor.optimize_decoding_(model)
     hits = counting_fast_steps(monkeypatch)
     got = decode_logits(model, prompt)
-    assert hits["fast"] == 14  # the prefill and 6 decode steps, 2 layers
+    assert hits["fast"] == 14 and hits["layer"] == 12  # the prefill and 6 decode steps, 2 layers
     for a, b in zip(ref, got):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
@@ -438,7 +435,7 @@ def test_gpt2_decode_steps_match_the_model(attn, quantized, monkeypatch):
     assert len(report.attention) == 2 and not report.left, report
     hits = counting_fast_steps(monkeypatch)
     got = decode_logits(model, prompt)
-    assert hits == {"fast": 2 * 7, "model": 0}  # the prefill and every decode step
+    assert hits == {"fast": 2 * 7, "model": 0, "layer": 0}  # GPT-2 blocks keep their forward
     for a, b in zip(ref, got):
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 

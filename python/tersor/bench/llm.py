@@ -356,14 +356,16 @@ def _peers(model, prompt, new_tokens):
 
 
 def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, rounds: int = 4):
-    """Where a decode step goes, HF's own attention / norms / MLP gate against
-    ``optimize_decoding_``'s, on one W4A8 g32 model, interleaved rounds (the machine is
-    shared): per round the median step and the time inside the tersor layers (each call
-    timed), so step - layers is the time outside them."""
+    """Where a decode step goes, on one W4A8 g32 model, interleaved rounds (the machine is
+    shared): HF's own attention / norms / MLP gate, ``optimize_decoding_``'s parts alone, and
+    with its lean decoder-layer steps; per round the median step and the time inside the
+    tersor layers (each call timed), so step - layers is the time outside them."""
     import inspect
     import statistics
 
     from tersor.llm import FastDecodeAttention, FastRMSNorm, FastSwiGLU
+    from tersor.llm import layer as layer_mod
+    from tersor.llm.layer import _Plan
     from tersor.nn import PackedLinear
 
     model = build(shape)
@@ -372,20 +374,45 @@ def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, roun
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len))
     params = inspect.signature(model.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x / 4.x
-    fast = FastDecodeAttention._tersor_decode_step, FastRMSNorm.forward, FastSwiGLU.forward
+    fast = (
+        FastDecodeAttention._tersor_decode_step,
+        FastRMSNorm.forward,
+        FastSwiGLU.forward,
+        _Plan.step,
+    )
     hf = (
         lambda self, args, kwargs: None,
         lambda self, x: super(FastRMSNorm, self).forward(x),
         lambda self, x: super(FastSwiGLU, self).forward(x),
+        lambda self, layer, x, kwargs: None,
     )
+    parts = (*fast[:3], hf[3])
     inside = [0.0]
     layer_forward = PackedLinear.forward
+    projections = layer_mod._project, layer_mod._project_all
 
     def timed(self, x):
+        if depth[0]:  # (a lean step's projection falling back to the layer's forward)
+            return layer_forward(self, x)
         t0 = time.perf_counter()
         y = layer_forward(self, x)
         inside[0] += time.perf_counter() - t0
         return y
+
+    depth = [0]
+
+    def timing(fn):  # the lean layer steps call the projections without PackedLinear.forward
+        def run(*args):
+            depth[0] += 1  # (_project_all calls _project: the outer call counts)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    inside[0] += time.perf_counter() - t0
+
+        return run
 
     def measure():
         with torch.inference_mode():
@@ -399,20 +426,29 @@ def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, roun
                 times.append(time.perf_counter() - t0)
         return statistics.median(times) * 1e3, inside[0] / steps * 1e3
 
-    rows = {"HF attention / norms / gate": [], "optimize_decoding_": []}
+    rows = {"HF attention / norms / gate": [], "optimize_decoding_ parts": []}
+    rows["+ lean layer steps"] = []
     PackedLinear.forward = timed
+    layer_mod._project, layer_mod._project_all = map(timing, projections)
     try:
         for _ in range(rounds):
-            for name, impl in zip(rows, (hf, fast)):
+            for name, impl in zip(rows, (hf, parts, fast)):
                 (
                     FastDecodeAttention._tersor_decode_step,
                     FastRMSNorm.forward,
                     FastSwiGLU.forward,
+                    _Plan.step,
                 ) = impl
                 rows[name].append(measure())
     finally:
         PackedLinear.forward = layer_forward
-        FastDecodeAttention._tersor_decode_step, FastRMSNorm.forward, FastSwiGLU.forward = fast
+        layer_mod._project, layer_mod._project_all = projections
+        (
+            FastDecodeAttention._tersor_decode_step,
+            FastRMSNorm.forward,
+            FastSwiGLU.forward,
+            _Plan.step,
+        ) = fast
     print(
         f"Llama ({shape} shape) W4A8 g32, decode steps after a {prompt_len}-token prompt, "
         f"{torch.get_num_threads()} threads; per round: step ms / in tersor layers ms / outside"

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from tersor.llm.attention import FastDecodeAttention, swap_attention
+from tersor.llm.layer import FastDecoderLayer, is_decoder_layer, swap_layer
 from tersor.llm.mlp import FastSwiGLU, is_mlp, swap_mlp
 from tersor.llm.norm import FastRMSNorm, is_rms_norm, swap_rms_norm
 
 __all__ = [
     "DecodingReport",
     "FastDecodeAttention",
+    "FastDecoderLayer",
     "FastRMSNorm",
     "FastSwiGLU",
     "optimize_decoding_",
@@ -30,6 +32,7 @@ class DecodingReport:
     attention: list = field(default_factory=list)  # names of the blocks on the fast path
     norms: list = field(default_factory=list)  # RMSNorm modules on the native forward
     mlps: list = field(default_factory=list)  # MLPs whose silu(gate) * up is native
+    layers: list = field(default_factory=list)  # decoder layers with the lean decode step
     left: dict = field(default_factory=dict)  # name -> why it was left as it was
     seconds: float = 0.0
 
@@ -37,6 +40,7 @@ class DecodingReport:
         lines = [
             f"tersor.optimize_decoding_: {len(self.attention)} attention blocks on the "
             f"decode kernel, {len(self.norms)} RMSNorms and {len(self.mlps)} MLP gates native, "
+            f"{len(self.layers)} decoder layers on the lean decode step, "
             f"{len(self.left)} modules left as they were ({self.seconds:.2f} s)"
         ]
         lines += [f"  left {name}: {why}" for name, why in self.left.items()]
@@ -54,7 +58,8 @@ def optimize_decoding_(model: nn.Module) -> DecodingReport:
     window, Qwen2 / Qwen3, Phi-3 with its fused qkv_proj, ...: q/k/v/o projections, rotary
     embedding, a ``DynamicCache``; and GPT-2's, without rotary) the native decode step of
     ``tersor.llm.attention``, every Llama-style RMSNorm the native norm of ``tersor.llm.norm``
-    and every SwiGLU MLP the native gate of ``tersor.llm.mlp``, in place. Each block is
+    and every SwiGLU MLP the native gate of ``tersor.llm.mlp``, in place; then every decoder
+    layer whose parts all took theirs the lean decode step of ``tersor.llm.layer``. Each block is
     checked against its own forward first; blocks that do not qualify stay as they were, with
     the reason in the report. Outputs equal the model's own to fp32 rounding (the kernel
     computes in fp32, also for bf16 / fp16 models)."""
@@ -74,5 +79,13 @@ def optimize_decoding_(model: nn.Module) -> DecodingReport:
             done.append(name)
         else:
             report.left[name] = reason
+    # (after their parts: a layer's lean step runs the parts' native forwards)
+    for name, module in model.named_modules():
+        if is_decoder_layer(module):
+            reason = swap_layer(module)
+            if reason is None:
+                report.layers.append(name)
+            else:
+                report.left[name] = reason
     report.seconds = time.perf_counter() - t0
     return report

@@ -62,7 +62,20 @@ class FastDecodeAttention:
         """(attn_output, None) for a step the kernel serves (a decode step, or a causal prefill
         chunk: see _step_mask), else None."""
         x = args[0] if args else kwargs.get("hidden_states")
-        if len(args) > 1 or x is None or self.training or torch.compiler.is_compiling():
+        if len(args) > 1 or x is None:
+            return None
+        rows = self._tersor_cache_rows(x, kwargs)
+        if rows is None:
+            return None
+        out = self._tersor_attend(x, rows, *self._tersor_qkv(x))
+        if out is None:
+            return None
+        return (self.c_proj(out) if self._tersor_layout == "gpt2" else self.o_proj(out)), None
+
+    def _tersor_cache_rows(self, x, kwargs):
+        """What a step needs besides q, k, v: (cache layer, its keys, values, pos, start rows,
+        cos, sin), or None when the step is not the kernel's (the model's own forward)."""
+        if self.training or torch.compiler.is_compiling():
             return None  # (compiled: the model's own forward is what dynamo traces)
         cache = kwargs.get(self._tersor_cache_arg)
         pe = kwargs.get("position_embeddings")
@@ -89,37 +102,41 @@ class FastDecodeAttention:
         if not fresh and (keys.dim() != 4 or keys.dtype != x.dtype):
             return None
         pos = 0 if fresh else keys.shape[-2]
-        b, n = x.shape[:2]
-        start = _step_mask(kwargs.get("attention_mask"), n, pos)
+        start = _step_mask(kwargs.get("attention_mask"), x.shape[1], pos)
         if start is False:
             return None  # a mask that is not causal (+ left padding in a decode step)
+        cos, sin = pe if rope else (None, None)
+        if rope and (cos.dtype != x.dtype or cos.shape[-1] != self.head_dim):
+            return None  # (a partial rotary's cos is narrower than a head)
+        return layer, (None if fresh else keys), values, pos, start, cos, sin
+
+    def _tersor_attend(self, x, rows, q, k, v):
+        """The kernel's step on q, k, v [B, n, heads * D] (the projections' outputs): rope, the
+        cache rows written, attention; [B, n, heads * D], or None (the model's own path)."""
+        layer, keys, values, pos, start, cos, sin = rows
+        b, n = x.shape[:2]
         d = self.head_dim
-        q, k, v = self._tersor_qkv(x)
         if getattr(self, "q_norm", None) is not None:  # Qwen3: RMSNorm per head, before rope
             q = self.q_norm(q.view(b, n, -1, d)).reshape(b, n, -1)
             k = self.k_norm(k.view(b, n, -1, d)).reshape(b, n, -1)
-        cos, sin = pe if rope else (None, None)
         if not (q.dtype == k.dtype == v.dtype == x.dtype):
             return None
-        if rope and (cos.dtype != x.dtype or cos.shape[-1] != d):
-            return None  # (a partial rotary's cos is narrower than a head)
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             return None  # autograd through float projections: the model's own path
-        if fresh:  # HF's own initialization, on empty rows
+        if keys is None:  # HF's own initialization, on empty rows
             empty = k.new_empty(b, k.shape[-1] // d, 0, d)
             keys, values = layer.update(empty, empty.clone())
         kbuf, vbuf = _buffers(layer, keys, values, pos, n)
         if n == 1:  # the kernel's decode form: [B, X] rows
             q, k, v = q.view(b, -1), k.view(b, -1), v.view(b, -1)
-        if rope:
+        if cos is not None:
             cos = cos.reshape(cos.shape[0], n, d).expand(b, n, d)  # [B or 1, n, D]
             sin = sin.reshape(sin.shape[0], n, d).expand(b, n, d)
             if n == 1:
                 cos, sin = cos[:, 0], sin[:, 0]
         out = attention_decode_cpu(q, k, v, cos, sin, kbuf, vbuf, pos, self.scaling, start)
         layer.keys, layer.values = kbuf[:, :, : pos + n], vbuf[:, :, : pos + n]
-        out = out.view(b, n, -1)
-        return (self.c_proj(out) if self._tersor_layout == "gpt2" else self.o_proj(out)), None
+        return out.view(b, n, -1)
 
     def _tersor_qkv(self, x):
         """q, k, v [B, 1, heads * D]: three projections, or views into one fused output (Phi-3's

@@ -1,0 +1,244 @@
+"""Decode steps of whole Hugging Face decoder layers in one lean call: pre-norm attention and a
+SwiGLU MLP, each with its residual add (Llama, Qwen2 / Qwen3, Phi-3, Mistral without a sliding
+window), once ``optimize_decoding_`` has given the layer's attention, norms and MLP their
+native forwards.
+
+Why: with those forwards a 1B Llama's W4A8 decode step (Zen 2, 2 threads) still spent ~5 ms of
+~36 in Python between the native calls: 12 module calls per layer, each through
+``nn.Module.__call__``, HF's checkpointing wrapper and argument shims, plus the fused-projection
+bookkeeping and each piece's own checks. A decode step (one new row per sequence) of a swapped
+layer makes the same native calls in the same order from one function instead:
+
+    h = rms_norm(x)         q, k, v = one call (fused group) or three     attention (+ cache)
+    x = x + o_proj(attn)    h = rms_norm(x)    g, u = one call or two     x = x + down(silu(g) * u)
+
+so its output is the layer's own bit for bit (checked when the layer is swapped). Anything
+else takes the layer's own forward: a prefill, autograd, training, torch.compile, a cache or
+mask the attention kernel does not serve, a hook on a module the step would skip, a module
+replaced since the swap.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+from torch import nn
+
+from tersor.llm._swap import fast_subclass
+from tersor.llm.attention import CACHE_ARG_NAMES, FastDecodeAttention
+from tersor.llm.mlp import FastSwiGLU
+from tersor.llm.norm import FastRMSNorm
+from tersor.ops._common import IO_CODE, NATIVE
+from tersor.ops.act import silu_mul_cpu
+from tersor.ops.norm import rms_norm_cpu
+
+_F32 = torch.float32
+_hooks = nn.modules.module  # the global forward hooks live in this module's namespace
+
+
+class FastDecoderLayer:
+    """Mixed into a swapped decoder-layer class (see the module docstring)."""
+
+    _tersor_plan = None  # the _Plan of this instance, set when it is swapped
+
+    def forward(self, hidden_states, *args, **kwargs):
+        plan = self._tersor_plan
+        if plan is not None and not args:
+            out = plan.step(self, hidden_states, kwargs)
+            if out is not None:
+                return out
+        return super().forward(hidden_states, *args, **kwargs)
+
+
+def _project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) for x [M, K]: a tersor layer's prepared native call (its weight and bias read
+    now, as its forward does), else the module's own call."""
+    fmt = getattr(module, "fmt", None)
+    run = getattr(fmt, "cpu_call", None)
+    if run is not None and module.kernel in NATIVE and (x.dtype is _F32 or fmt.cpu_half):
+        y = run(x, module._buffers["bias"])
+        if y is not None:
+            return y
+    return module(x)
+
+
+def _project_all(modules: list, x: torch.Tensor) -> list:
+    """Every module's output for x [M, K]: one call of their fused group (nn/fused.py) while it
+    is enabled and holds exactly them, else one call each."""
+    group = getattr(modules[0], "_fused", None)
+    if group is not None and group.enabled and group.layers == modules:
+        run = group.fmt.cpu_call
+        if run is not None and (x.dtype is _F32 or group.fmt.cpu_half):
+            y = run(x, group.bias)
+            if y is not None:
+                return [y[:, a:b] for a, b in group.bounds]
+    return [_project(m, x) for m in modules]
+
+
+class _Plan:
+    """A swapped layer's decode step over the modules it had at the swap (modules and numbers
+    only: copies and pickles of the model carry it along)."""
+
+    def __init__(self, layer: nn.Module):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.attn, self.mlp = attn, mlp
+        self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
+        self.qkv_split = None  # Phi-3's fused qkv_proj: q / k / v widths
+        if attn._tersor_layout == "phi3":
+            self.qkv = [attn.qkv_proj]
+            nq = attn.config.num_attention_heads * attn.head_dim
+            self.qkv_split = (nq, attn.num_key_value_heads * attn.head_dim)
+        else:
+            self.qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        fused_mlp = hasattr(mlp, "gate_up_proj")
+        self.gate_up = [mlp.gate_up_proj] if fused_mlp else [mlp.gate_proj, mlp.up_proj]
+        self.o, self.down = attn.o_proj, mlp.down_proj
+        # (parent, child name, child): the tree as it was; the step checks it is still so
+        self.tree = [
+            (layer, n, getattr(layer, n))
+            for n in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+        ]
+        for parent, children in ((attn, [*self.qkv, self.o]), (mlp, [*self.gate_up, self.down])):
+            self.tree += [(parent, n, m) for n, m in parent._modules.items() if m in children]
+        skipped = [attn, mlp, self.norm1, self.norm2, *self.qkv, *self.gate_up, self.o, self.down]
+        self.hook_dicts = [d for m in skipped for d in (m._forward_hooks, m._forward_pre_hooks)]
+        self.hooks = self._hook_count()  # the fused groups' own (they arm their members)
+
+    def _hook_count(self) -> int:
+        return sum(map(len, self.hook_dicts))
+
+    def _current(self) -> bool:
+        """The modules are the ones planned, without new hooks."""
+        for parent, name, child in self.tree:
+            if parent._modules.get(name) is not child:
+                return False
+        if _hooks._global_forward_hooks or _hooks._global_forward_pre_hooks:
+            return False
+        return self._hook_count() == self.hooks
+
+    def step(self, layer: nn.Module, x: torch.Tensor, kwargs: dict):
+        """The layer's output for a decode step, or None (its own forward)."""
+        if (
+            not isinstance(x, torch.Tensor)
+            or x.dim() != 3
+            or x.shape[1] != 1
+            or torch.is_grad_enabled()
+            or layer.training
+            or kwargs.get("output_attentions")
+            or not self._current()
+        ):
+            return None
+        attn = self.attn
+        rows = attn._tersor_cache_rows(x, kwargs)
+        if rows is None:
+            return None
+        b = x.shape[0]
+        x2 = x.reshape(b, x.shape[-1])
+        n1, n2 = self.norm1, self.norm2
+        if x2.dtype not in IO_CODE or not (x2.dtype is n1.weight.dtype is n2.weight.dtype):
+            return None
+        h = rms_norm_cpu(x2, n1.weight, n1.variance_epsilon)
+        if self.qkv_split is None:
+            q, k, v = _project_all(self.qkv, h)
+        else:
+            qkv, (nq, nkv) = _project(self.qkv[0], h), self.qkv_split
+            q, k, v = qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
+        out = attn._tersor_attend(x, rows, q.view(b, 1, -1), k.view(b, 1, -1), v.view(b, 1, -1))
+        if out is None:  # (q, k, v in another dtype: the cache rows are not written yet)
+            return None
+        x2 = x2 + _project(self.o, out.view(b, -1))
+        h = rms_norm_cpu(x2, n2.weight, n2.variance_epsilon)
+        if len(self.gate_up) == 1:  # Phi-3: [gate | up] in one output row
+            g, u = _project(self.gate_up[0], h).chunk(2, dim=-1)
+        else:
+            g, u = _project_all(self.gate_up, h)
+        y = x2 + _project(self.down, silu_mul_cpu(g, u))
+        return y.view(x.shape)
+
+
+_PARTS = {
+    "self_attn": FastDecodeAttention,
+    "mlp": FastSwiGLU,
+    "input_layernorm": FastRMSNorm,
+    "post_attention_layernorm": FastRMSNorm,
+}
+
+
+def is_decoder_layer(module: nn.Module) -> bool:
+    """A pre-norm decoder layer whose attention, MLP and norms all have their native forwards
+    (a part left as it was is reported as that part)."""
+    return all(isinstance(getattr(module, n, None), cls) for n, cls in _PARTS.items())
+
+
+def unsupported(module: nn.Module) -> Optional[str]:
+    """Why such a layer cannot take the lean step, or None."""
+    if module.self_attn._tersor_layout == "gpt2":
+        return "GPT-2 layout"
+    params = inspect.signature(type(module).forward).parameters
+    if not any(n in params for n in CACHE_ARG_NAMES):
+        return "its forward takes no cache argument"
+    return None
+
+
+def _self_check(module: nn.Module) -> Optional[str]:
+    """The layer's own forward and the lean step on the same short sequence (a 3-row prefill
+    by the layer's forward, then two decode steps; scratch caches): None when the step served
+    both decode steps and every output and cache row is the same bit for bit."""
+    from transformers.cache_utils import DynamicCache
+
+    params = inspect.signature(type(module).forward).parameters
+    cache_arg = next(n for n in CACHE_ARG_NAMES if n in params)
+    norm = module.input_layernorm.weight
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randn(1, 5, norm.shape[0], generator=gen).to(norm.dtype)
+    ang = torch.randn(1, 5, module.self_attn.head_dim, generator=gen)
+    cos, sin = ang.cos().to(norm.dtype), ang.sin().to(norm.dtype)
+    caches = (DynamicCache(), DynamicCache())
+
+    def kwargs(t0, t1, cache):
+        return dict(
+            attention_mask=None,
+            position_ids=torch.arange(t0, t1)[None],
+            position_embeddings=(cos[:, t0:t1], sin[:, t0:t1]),
+            use_cache=True,
+            **{cache_arg: cache},
+        )
+
+    with torch.inference_mode():
+        want = [module(xs[:, a:b], **kwargs(a, b, caches[0])) for a, b in ((0, 3), (3, 4), (4, 5))]
+        module(xs[:, :3], **kwargs(0, 3, caches[1]))
+        got = [
+            module._tersor_plan.step(module, xs[:, t : t + 1], kwargs(t, t + 1, caches[1]))
+            for t in (3, 4)
+        ]
+    if not isinstance(want[1], torch.Tensor):
+        return f"its forward returns {type(want[1]).__name__}, not a tensor"
+    if any(g is None for g in got):
+        return "the lean step declined a plain decode step"
+    if not all(torch.equal(a, b) for a, b in zip(want[1:], got)):
+        return "the lean step differs from the layer's own forward"
+    la, lb = (c.layers[module.self_attn.layer_idx] for c in caches)
+    if not (torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)):
+        return "the lean step writes different cache rows"
+    return None
+
+
+def swap_layer(module: nn.Module) -> Optional[str]:
+    """Gives the decoder layer the lean decode step; the reason it was left as it was, or None."""
+    if isinstance(module, FastDecoderLayer):
+        return None
+    reason = unsupported(module)
+    if reason is not None:
+        return reason
+    module._tersor_plan = _Plan(module)
+    try:
+        reason = _self_check(module)
+    except Exception as e:  # the check itself failed: leave the layer as it was
+        reason = f"self-check failed: {type(e).__name__}: {e}"
+    if reason is None:
+        module.__class__ = fast_subclass(type(module), FastDecoderLayer)
+    else:
+        del module._tersor_plan
+    return reason
