@@ -15,23 +15,34 @@ def test_conv_family_times_ours_against_both_baselines(capsys):
 
 def test_llm_step_breakdown_on_the_tiny_shape(capsys):
     """`--family llm-step`: HF's decode steps, optimize_decoding_'s parts, and with its lean
-    layer steps, interleaved, each with its time inside the tersor layers; the fast paths are
-    restored afterwards."""
+    layer steps (Python, native), interleaved, each with its time inside the tersor layers;
+    the fast paths are restored afterwards."""
     from tersor.bench.llm import run_llm_step
     from tersor.llm import FastDecodeAttention, layer
+    from tersor.nn import PackedLinear
 
-    fast = FastDecodeAttention._tersor_decode_step, layer._Plan.step, layer._project
+    def current():
+        return (
+            FastDecodeAttention._tersor_decode_step,
+            layer._Plan.step,
+            layer._Plan._native_step,
+            layer._project,
+            PackedLinear.forward,
+        )
+
+    fast = current()
     rows = run_llm_step("tiny", prompt_len=8, steps=3, rounds=2)
     assert [r["impl"] for r in rows] == [
         "HF attention / norms / gate",
         "optimize_decoding_ parts",
-        "+ lean layer steps",
+        "+ lean layer steps (Python)",
+        "+ lean layer steps (native)",
     ]
     for r in rows:
         assert len(r["step_ms"]) == 2 and all(
             0 < i < s for s, i in zip(r["step_ms"], r["layers_ms"])
         )
-    assert (FastDecodeAttention._tersor_decode_step, layer._Plan.step, layer._project) == fast
+    assert current() == fast
     assert "in tersor layers" in capsys.readouterr().out
 
 

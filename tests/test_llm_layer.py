@@ -46,6 +46,16 @@ def without_lean_steps(model, fn):
         _Plan.step = orig
 
 
+def natives(model) -> list:
+    """Whether each layer's steps run as one native call (_C.DecoderLayer)."""
+    plans = [layer._tersor_plan for layer in model.model.layers]
+    return [p.native is not None and p.native.layer is not None for p in plans]
+
+
+def python_steps_only(monkeypatch):
+    monkeypatch.setattr(_Plan, "_native_step", lambda *a: None)
+
+
 def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
     model = tiny_llm(family, dtype=dtype)
     if SCHEMES[scheme] is not None:
@@ -58,24 +68,31 @@ def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
 @pytest.mark.parametrize(
-    "scheme,dtype,fuse",
+    "scheme,dtype,fuse,native",
     [
-        ("float", torch.float32, "auto"),
-        ("float", torch.bfloat16, "auto"),
-        ("w8a8", torch.float32, "auto"),
-        ("w4a8", torch.float32, False),
-        ("w4", torch.bfloat16, "auto"),
+        ("float", torch.float32, "auto", False),
+        ("float", torch.bfloat16, "auto", False),
+        ("w8a8", torch.float32, "auto", True),
+        ("w8a8", torch.float32, "auto", False),
+        ("w4a8", torch.float32, False, True),
+        ("w4", torch.bfloat16, "auto", False),
     ],
 )
-def test_lean_steps_equal_the_layers_own_forward(family, scheme, dtype, fuse, monkeypatch):
+def test_lean_steps_equal_the_layers_own_forward(family, scheme, dtype, fuse, native, monkeypatch):
     """Fused q/k/v and gate/up groups, separate projections, Phi-3's fused qkv_proj and
-    gate_up_proj, Qwen3's per-head norms, bf16 models; a batch of two sequences."""
+    gate_up_proj, Qwen3's per-head norms, bf16 models; a batch of two sequences. int8 / int4
+    weights with int8 activations in fp32 models step natively (but Qwen3's: per-head norms),
+    others in Python; both are the layer's own forward bit for bit."""
+    if not native:
+        python_steps_only(monkeypatch)
     model = optimized(family, scheme, dtype, fuse)
     prompt = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(0))
     want = without_lean_steps(model, lambda: decode_logits(model, prompt, steps=5))
     served = counting_lean_steps(monkeypatch)
     got = decode_logits(model, prompt, steps=5)
     assert served == [0, 1] * 5
+    if native:
+        assert natives(model) == [family != "qwen3"] * 2
     for a, b in zip(want, got):
         assert a.dtype == dtype and torch.equal(a, b)
 
@@ -93,7 +110,30 @@ def test_left_padded_generate_takes_lean_steps(monkeypatch):
 
     want = without_lean_steps(model, run)
     served = counting_lean_steps(monkeypatch)
-    assert torch.equal(run(), want) and len(served) == 2 * 7
+    assert torch.equal(run(), want) and len(served) == 2 * 7 and all(natives(model))
+
+
+def test_native_steps_follow_fusion_and_format_changes(monkeypatch):
+    """Dissolving the fused groups, or a format preparing a new call (its tensors replaced),
+    rebuilds the native layer from the current modules."""
+    from tersor.nn.fused import fuse_projections
+
+    model = optimized("llama", "w4a8")
+    prompt = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(5))
+    want = decode_logits(model, prompt, steps=4)
+    first = [layer._tersor_plan.native for layer in model.model.layers]
+    assert all(n.groups for n in first)  # q/k/v and gate/up as one call each
+    fuse_projections(model, False)
+    got = decode_logits(model, prompt, steps=4)
+    again = [layer._tersor_plan.native for layer in model.model.layers]
+    assert all(a is not b and not a.groups and a.layer is not None for a, b in zip(again, first))
+    down = model.model.layers[1].mlp.down_proj
+    down.fmt.codes = down.fmt.codes.clone()
+    down.fmt._finish()
+    assert not model.model.layers[1]._tersor_plan.native.current()
+    last = decode_logits(model, prompt, steps=4)
+    for a, b, c in zip(want, got, last):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_hooks_replaced_modules_and_autograd_take_the_layers_own_forward(monkeypatch):

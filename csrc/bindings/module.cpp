@@ -15,6 +15,7 @@ PYBIND11_MODULE(_C, m) {
   b::bind_conv(m);
   b::bind_int8_ops(m);
   b::bind_attention(m);
+  b::bind_decoder_layer(m);
   b::bind_spmm_24(m);
   b::bind_spmm_csr(m);
   b::bind_spmm_block(m);

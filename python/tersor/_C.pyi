@@ -4,7 +4,57 @@ Tensors cross as integer addresses (``t.data_ptr()``, 0 for an absent optional t
 python/tersor/ops/ validates every argument before calling these functions.
 """
 
+import collections.abc
+
 ISAS: tuple[str, ...]  # ('ref', 'avx2', 'avx512', 'amx')
+
+class DecoderLayer:
+    """A pre-norm decoder layer's decode step in one call: rms_norm, q/k/v, attention with
+    the cache write, o + residual, rms_norm, gate/up, silu(g) * u, down + residual, all fp32
+    (decoder_layer/decoder_layer.h). Projections: flat lists of 11 integers each (kind 0
+    W8A8 / 1 W4A8, w, scale, aux (colsum / zero points), bias, x_scale, K, N, group_size,
+    ngroups, first output column). Addresses must outlive the object."""
+    def __init__(
+        self,
+        hidden: int,
+        norm1: int,
+        eps1: float,
+        norm2: int,
+        eps2: float,
+        qkv: collections.abc.Sequence[int],
+        nq: int,
+        nkv: int,
+        o: collections.abc.Sequence[int],
+        gate_up: collections.abc.Sequence[int],
+        inter: int,
+        down: collections.abc.Sequence[int],
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        scaling: float,
+    ) -> None:
+        """hidden H; norm1 / norm2 fp32 [H] with their eps; qkv projections writing [q | k | v]
+        (nq = heads * head_dim, nkv = kv_heads * head_dim columns), o (nq -> H), gate_up writing
+        [gate | up] (2 * inter columns), down (inter -> H); scaling: the attention scores'
+        factor."""
+    def step(
+        self,
+        x: int,
+        y: int,
+        B: int,
+        cos: int,
+        sin: int,
+        ldcs: int,
+        kcache: int,
+        vcache: int,
+        cap: int,
+        pos: int,
+        start: int,
+        nthreads: int,
+    ) -> None:
+        """y [B][H] = the layer on x [B][H] (one new row per sequence, fp32), its k / v rows
+        written at pos of the caches [B][Hkv][cap][D]; cos / sin rows of D at b * ldcs (0: no
+        rotary); start int64 [B] or 0 (left padding)."""
 
 class StaticConvPlan:
     """conv_w8a8_static's fixed arguments (one layer's), for run()."""

@@ -57,13 +57,17 @@ def render() -> str:
             continue
         if isinstance(fn, type):  # a pybind11 class: its constructor and public methods
             out.append(f"class {name}:")
-            out.append(f'    """{" ".join((fn.__doc__ or "").split())}"""')
+            doc = textwrap.fill(f'"""{" ".join((fn.__doc__ or "").split())}"""', 88)
+            out.append(textwrap.indent(doc, "    "))
             for meth in ["__init__", *sorted(m for m in vars(fn) if not m.startswith("_"))]:
                 function(meth, getattr(fn, meth), "    ")
         else:
             function(name, fn)
         out.append("")
-    return "\n".join(out)
+    text = "\n".join(out)
+    if "collections.abc." in text:  # (pybind11's name for a list argument)
+        text = text.replace(HEADER, HEADER + "\nimport collections.abc\n", 1)
+    return text
 
 
 def main(argv: list) -> int:

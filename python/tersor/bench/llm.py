@@ -358,8 +358,9 @@ def _peers(model, prompt, new_tokens):
 def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, rounds: int = 4):
     """Where a decode step goes, on one W4A8 g32 model, interleaved rounds (the machine is
     shared): HF's own attention / norms / MLP gate, ``optimize_decoding_``'s parts alone, and
-    with its lean decoder-layer steps; per round the median step and the time inside the
-    tersor layers (each call timed), so step - layers is the time outside them."""
+    with its lean decoder-layer steps in Python and as one native call each; per round the
+    median step and the time inside the tersor layers (each call timed; a native layer step
+    counts whole), so step - layers is the time outside them."""
     import inspect
     import statistics
 
@@ -374,36 +375,29 @@ def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, roun
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len))
     params = inspect.signature(model.forward).parameters
     cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x / 4.x
-    fast = (
-        FastDecodeAttention._tersor_decode_step,
-        FastRMSNorm.forward,
-        FastSwiGLU.forward,
-        _Plan.step,
-    )
-    hf = (
-        lambda self, args, kwargs: None,
-        lambda self, x: super(FastRMSNorm, self).forward(x),
-        lambda self, x: super(FastSwiGLU, self).forward(x),
-        lambda self, layer, x, kwargs: None,
-    )
-    parts = (*fast[:3], hf[3])
-    inside = [0.0]
+    patched = [
+        (FastDecodeAttention, "_tersor_decode_step", lambda self, args, kwargs: None),
+        (FastRMSNorm, "forward", lambda self, x: super(FastRMSNorm, self).forward(x)),
+        (FastSwiGLU, "forward", lambda self, x: super(FastSwiGLU, self).forward(x)),
+        (_Plan, "step", lambda self, layer, x, kwargs: None),
+        (_Plan, "_native_step", lambda self, x, x2, rows: None),
+    ]
+    fast = [getattr(cls, name) for cls, name, _ in patched]
+    modes = {  # how many of `patched` keep their fast version
+        "HF attention / norms / gate": 0,
+        "optimize_decoding_ parts": 3,
+        "+ lean layer steps (Python)": 4,
+        "+ lean layer steps (native)": 5,
+    }
+    inside, depth = [0.0], [0]
     layer_forward = PackedLinear.forward
-    projections = layer_mod._project, layer_mod._project_all
+    timed_functions = [(layer_mod, "_project"), (layer_mod, "_project_all")]
+    timed_functions += [(PackedLinear, "forward"), (_Plan, "_native_step")]
+    originals = [getattr(owner, name) for owner, name in timed_functions]
 
-    def timed(self, x):
-        if depth[0]:  # (a lean step's projection falling back to the layer's forward)
-            return layer_forward(self, x)
-        t0 = time.perf_counter()
-        y = layer_forward(self, x)
-        inside[0] += time.perf_counter() - t0
-        return y
-
-    depth = [0]
-
-    def timing(fn):  # the lean layer steps call the projections without PackedLinear.forward
+    def timing(fn):  # the outermost timed call counts (_project_all calls _project, ...)
         def run(*args):
-            depth[0] += 1  # (_project_all calls _project: the outer call counts)
+            depth[0] += 1
             t0 = time.perf_counter()
             try:
                 return fn(*args)
@@ -426,29 +420,22 @@ def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, roun
                 times.append(time.perf_counter() - t0)
         return statistics.median(times) * 1e3, inside[0] / steps * 1e3
 
-    rows = {"HF attention / norms / gate": [], "optimize_decoding_ parts": []}
-    rows["+ lean layer steps"] = []
-    PackedLinear.forward = timed
-    layer_mod._project, layer_mod._project_all = map(timing, projections)
+    rows = {name: [] for name in modes}
     try:
+        for (owner, name), fn in zip(timed_functions, originals):
+            setattr(owner, name, timing(fn))
+        fast[4] = _Plan._native_step  # (timed)
         for _ in range(rounds):
-            for name, impl in zip(rows, (hf, parts, fast)):
-                (
-                    FastDecodeAttention._tersor_decode_step,
-                    FastRMSNorm.forward,
-                    FastSwiGLU.forward,
-                    _Plan.step,
-                ) = impl
-                rows[name].append(measure())
+            for mode, keep in modes.items():
+                for i, (cls, name, slow) in enumerate(patched):
+                    setattr(cls, name, fast[i] if i < keep else slow)
+                rows[mode].append(measure())
     finally:
-        PackedLinear.forward = layer_forward
-        layer_mod._project, layer_mod._project_all = projections
-        (
-            FastDecodeAttention._tersor_decode_step,
-            FastRMSNorm.forward,
-            FastSwiGLU.forward,
-            _Plan.step,
-        ) = fast
+        for (owner, name), fn in zip(timed_functions, originals):
+            setattr(owner, name, fn)
+        for (cls, name, _), fn in zip(patched[:4], fast):
+            setattr(cls, name, fn)
+        assert PackedLinear.forward is layer_forward
     print(
         f"Llama ({shape} shape) W4A8 g32, decode steps after a {prompt_len}-token prompt, "
         f"{torch.get_num_threads()} threads; per round: step ms / in tersor layers ms / outside"

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from tersor.llm._swap import fast_subclass
-from tersor.llm.attention import CACHE_ARG_NAMES, FastDecodeAttention
+from tersor.llm.attention import CACHE_ARG_NAMES, FastDecodeAttention, _buffers
 from tersor.llm.mlp import FastSwiGLU
 from tersor.llm.norm import FastRMSNorm
-from tersor.ops._common import IO_CODE, NATIVE
+from tersor.nn.fused import FusedGroup
+from tersor.ops._common import IO_CODE, NATIVE, ptr
 from tersor.ops.act import silu_mul_cpu
 from tersor.ops.norm import rms_norm_cpu
 
@@ -77,6 +78,108 @@ def _project_all(modules: list, x: torch.Tensor) -> list:
     return [_project(m, x) for m in modules]
 
 
+def _native_projection(module, fmt, bias, col: int):
+    """The 11 integers of csrc/decoder_layer's Projection for a packed int8 / int4 weight with
+    int8 activations on the native CPU kernel, and the tensors they point into; None for any
+    other layer (the lean step then runs in Python)."""
+    from tersor.formats import Int4Format, Int8Format
+    from tersor.nn.linear import PackedLinear
+
+    if not isinstance(module, PackedLinear) or module.kernel not in NATIVE or fmt.cpu_call is None:
+        return None
+    if not getattr(fmt, "act_int8", False) or getattr(fmt, "perm", None) is not None:
+        return None
+    xs = fmt.input_scale
+    if isinstance(fmt, Int8Format):
+        tensors = (fmt.packed, fmt.scale, fmt.colsum)
+        kind, sizes = 0, (0, 0)
+    elif isinstance(fmt, Int4Format):
+        tensors = (fmt.codes, fmt.scale, fmt.zero)
+        kind, sizes = 1, (fmt.G, fmt.scale.shape[1])
+    else:
+        return None
+    keep = [t for t in (*tensors, bias, xs) if t is not None]
+    if any(t.device.type != "cpu" or not t.is_contiguous() for t in keep):
+        return None
+    if any(t.dtype != _F32 for t in (bias, xs) if t is not None):
+        return None
+    ptrs = [0 if t is None else t.data_ptr() for t in (*tensors, bias, xs)]
+    return [kind, *ptrs, fmt.in_features, fmt.out_features, *sizes, col], keep
+
+
+class _Native:
+    """The layer's step as one native call (_C.DecoderLayer), where every projection is a
+    packed int8 / int4 weight with int8 activations and the model is fp32 without per-head
+    norms: built from the plan's modules, valid while their prepared calls are the same
+    objects (a format replacing its tensors prepares a new call) and their fused groups stay
+    enabled. Holds the tensors it points into."""
+
+    def __init__(self, plan: "_Plan"):
+        from tersor import _C
+
+        attn, n1, n2 = plan.attn, plan.norm1, plan.norm2
+        self.layer = None
+        if getattr(attn, "q_norm", None) is not None or not (
+            n1.weight.dtype is n2.weight.dtype is _F32
+        ):
+            return
+        self.norms, self.calls, self.groups = (n1, n2), [], []
+        self.keep = [n1.weight, n2.weight]
+        stages = []
+        for mods in (plan.qkv, [plan.o], plan.gate_up, [plan.down]):
+            flat = self._stage(mods)
+            if flat is None:
+                return
+            stages.append(flat)
+        if not all(w.is_contiguous() for w in self.keep[:2]):
+            return
+        hidden = n1.weight.shape[0]
+        if plan.qkv_split is None:
+            nq, nkv = (m.out_features for m in plan.qkv[:2])
+        else:
+            nq, nkv = plan.qkv_split
+        inter = plan.down.in_features
+        self.layer = _C.DecoderLayer(
+            hidden, n1.weight.data_ptr(), n1.variance_epsilon, n2.weight.data_ptr(),
+            n2.variance_epsilon, stages[0], nq, nkv, stages[1], stages[2], inter, stages[3],
+            nq // attn.head_dim, nkv // attn.head_dim, attn.head_dim, attn.scaling,
+        )  # fmt: skip
+
+    def _stage(self, modules: list):
+        """The flat projections of one stage writing side by side: their fused group's one
+        call, or one each."""
+        group = getattr(modules[0], "_fused", None)
+        if group is not None and group.enabled and group.layers == modules:
+            got = _native_projection(modules[0], group.fmt, group.bias, 0)
+            if got is None:
+                return None
+            self.groups.append(group)
+            self.calls += [(m, m.fmt, m.fmt.cpu_call) for m in modules]
+            self.keep += got[1]
+            return got[0]
+        flat, col = [], 0
+        for m in modules:
+            fmt = getattr(m, "fmt", None)
+            got = None if fmt is None else _native_projection(m, fmt, m._buffers["bias"], col)
+            if got is None:
+                return None
+            self.calls.append((m, m.fmt, m.fmt.cpu_call))
+            self.keep += got[1]
+            flat += got[0]
+            col += m.out_features
+        return flat
+
+    def current(self) -> bool:
+        for m, fmt, call in self.calls:
+            if m.fmt is not fmt or fmt.cpu_call is not call:
+                return False
+        for g in self.groups:  # (a group's members prepare new calls with it)
+            if not g.enabled or g.fmt.cpu_call is None:
+                return False
+        n1, n2 = self.norms
+        return n1._parameters["weight"] is self.keep[0] and n2._parameters["weight"] is self.keep[1]
+
+
 class _Plan:
     """A swapped layer's decode step over the modules it had at the swap (modules and numbers
     only: copies and pickles of the model carry it along)."""
@@ -103,20 +206,59 @@ class _Plan:
         for parent, children in ((attn, [*self.qkv, self.o]), (mlp, [*self.gate_up, self.down])):
             self.tree += [(parent, n, m) for n, m in parent._modules.items() if m in children]
         skipped = [attn, mlp, self.norm1, self.norm2, *self.qkv, *self.gate_up, self.o, self.down]
+        self.native = None  # its _Native, built at the first step (copies rebuild theirs)
         self.hook_dicts = [d for m in skipped for d in (m._forward_hooks, m._forward_pre_hooks)]
-        self.hooks = self._hook_count()  # the fused groups' own (they arm their members)
 
-    def _hook_count(self) -> int:
-        return sum(map(len, self.hook_dicts))
+    def __getstate__(self) -> dict:  # (the native layer holds addresses: never copied)
+        return {**self.__dict__, "native": None}
 
     def _current(self) -> bool:
-        """The modules are the ones planned, without new hooks."""
+        """The modules are the ones planned, with no hooks but the fused groups'."""
         for parent, name, child in self.tree:
             if parent._modules.get(name) is not child:
                 return False
         if _hooks._global_forward_hooks or _hooks._global_forward_pre_hooks:
             return False
-        return self._hook_count() == self.hooks
+        for hooks in self.hook_dicts:  # only fused groups' (they arm their members)
+            if hooks and any(
+                type(getattr(h, "__self__", None)) is not FusedGroup for h in hooks.values()
+            ):
+                return False
+        return True
+
+    def _native_step(self, x, x2, rows):
+        """The step as one native call where _Native serves it (fp32 rows, a cache that has
+        rows, rotary rows for one or every sequence), else None."""
+        native = self.native
+        if native is None:
+            native = self.native = _Native(self)
+        cos = rows[5]
+        b = x2.shape[0]
+        if (
+            native.layer is None
+            or x2.dtype is not _F32
+            or rows[1] is None  # (a fresh cache: HF initializes it in the Python path)
+            or (cos is not None and cos.shape[0] not in (1, b))
+        ):
+            return None
+        if not native.current():
+            self.native = None  # rebuilt at the next step
+            return None
+        layer, keys, values, pos, start, cos, sin = rows
+        kbuf, vbuf = _buffers(layer, keys, values, pos)
+        d = self.attn.head_dim
+        ldcs = 0
+        if cos is not None:  # [B or 1, 1, D] rows; one row serves every sequence
+            cos, sin = cos.reshape(-1, d).contiguous(), sin.reshape(-1, d).contiguous()
+            ldcs = d if cos.shape[0] == b else 0
+        x2 = x2.contiguous()
+        y = x2.new_empty(x.shape)
+        native.layer.step(
+            x2.data_ptr(), y.data_ptr(), b, ptr(cos), ptr(sin), ldcs, kbuf.data_ptr(),
+            vbuf.data_ptr(), kbuf.shape[2], pos, ptr(start), torch.get_num_threads(),
+        )  # fmt: skip
+        layer.keys, layer.values = kbuf[:, :, : pos + 1], vbuf[:, :, : pos + 1]
+        return y
 
     def step(self, layer: nn.Module, x: torch.Tensor, kwargs: dict):
         """The layer's output for a decode step, or None (its own forward)."""
@@ -139,6 +281,9 @@ class _Plan:
         n1, n2 = self.norm1, self.norm2
         if x2.dtype not in IO_CODE or not (x2.dtype is n1.weight.dtype is n2.weight.dtype):
             return None
+        y = self._native_step(x, x2, rows)
+        if y is not None:
+            return y
         h = rms_norm_cpu(x2, n1.weight, n1.variance_epsilon)
         if self.qkv_split is None:
             q, k, v = _project_all(self.qkv, h)

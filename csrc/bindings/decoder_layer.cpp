@@ -1,0 +1,71 @@
+// A decoder layer's decode step in one call (decoder_layer/decoder_layer.h): the layer is built
+// once (python/tersor/llm/native.py) and stepped per token.
+#include <pybind11/stl.h>
+
+#include "bindings/bind.h"
+#include "decoder_layer/decoder_layer.h"
+
+namespace tersor::bindings {
+
+namespace {
+
+// A projection crosses as 11 integers: kind, w, scale, aux, bias, x_scale, K, N, group_size,
+// ngroups, col (Projection's fields, in order).
+std::vector<decoder_layer::Projection> projections(const std::vector<int64_t>& flat) {
+  std::vector<decoder_layer::Projection> out;
+  for (size_t i = 0; i + 11 <= flat.size(); i += 11) {
+    const int64_t* f = flat.data() + i;
+    out.push_back({static_cast<decoder_layer::Projection::Kind>(f[0]),
+                   ptr<const void>(static_cast<addr>(f[1])), ptr<const void>(static_cast<addr>(f[2])),
+                   ptr<const void>(static_cast<addr>(f[3])), ptr<const float>(static_cast<addr>(f[4])),
+                   ptr<const float>(static_cast<addr>(f[5])), f[6], f[7], f[8], f[9], f[10]});
+  }
+  return out;
+}
+
+}  // namespace
+
+void bind_decoder_layer(py::module_& m) {
+  using decoder_layer::Layer;
+  py::class_<Layer>(m, "DecoderLayer",
+                    "A pre-norm decoder layer's decode step in one call: rms_norm, q/k/v, "
+                    "attention with the cache write, o + residual, rms_norm, gate/up, "
+                    "silu(g) * u, down + residual, all fp32 (decoder_layer/decoder_layer.h). "
+                    "Projections: flat lists of 11 integers each (kind 0 W8A8 / 1 W4A8, w, "
+                    "scale, aux (colsum / zero points), bias, x_scale, K, N, group_size, "
+                    "ngroups, first output column). Addresses must outlive the object.")
+      .def(py::init([](int64_t hidden, addr norm1, float eps1, addr norm2, float eps2,
+                       const std::vector<int64_t>& qkv, int64_t nq, int64_t nkv,
+                       const std::vector<int64_t>& o, const std::vector<int64_t>& gate_up,
+                       int64_t inter, const std::vector<int64_t>& down, int64_t heads,
+                       int64_t kv_heads, int64_t head_dim, float scaling) {
+             return Layer{hidden, ptr<const float>(norm1), eps1, ptr<const float>(norm2), eps2,
+                          projections(qkv), nq, nkv, projections(o), projections(gate_up),
+                          inter, projections(down), heads, kv_heads, head_dim, scaling};
+           }),
+           py::arg("hidden"), py::arg("norm1"), py::arg("eps1"), py::arg("norm2"),
+           py::arg("eps2"), py::arg("qkv"), py::arg("nq"), py::arg("nkv"), py::arg("o"),
+           py::arg("gate_up"), py::arg("inter"), py::arg("down"), py::arg("heads"),
+           py::arg("kv_heads"), py::arg("head_dim"), py::arg("scaling"),
+           "hidden H; norm1 / norm2 fp32 [H] with their eps; qkv projections writing [q | k | "
+           "v] (nq = heads * head_dim, nkv = kv_heads * head_dim columns), o (nq -> H), gate_up "
+           "writing [gate | up] (2 * inter columns), down (inter -> H); scaling: the attention "
+           "scores' factor.")
+      .def(
+          "step",
+          [](const Layer& layer, addr x, addr y, int64_t B, addr cos, addr sin, int64_t ldcs,
+             addr kcache, addr vcache, int64_t cap, int64_t pos, addr start, int nthreads) {
+            decoder_layer::step(layer, {ptr<const float>(x), ptr<float>(y), B,
+                                        ptr<const float>(cos), ptr<const float>(sin), ldcs,
+                                        ptr<float>(kcache), ptr<float>(vcache), cap, pos,
+                                        ptr<const int64_t>(start), nthreads});
+          },
+          py::arg("x"), py::arg("y"), py::arg("B"), py::arg("cos"), py::arg("sin"),
+          py::arg("ldcs"), py::arg("kcache"), py::arg("vcache"), py::arg("cap"), py::arg("pos"),
+          py::arg("start"), py::arg("nthreads"), nogil(),
+          "y [B][H] = the layer on x [B][H] (one new row per sequence, fp32), its k / v rows "
+          "written at pos of the caches [B][Hkv][cap][D]; cos / sin rows of D at b * ldcs "
+          "(0: no rotary); start int64 [B] or 0 (left padding).");
+}
+
+}  // namespace tersor::bindings
