@@ -75,14 +75,16 @@ def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
         ("w8a8", torch.float32, "auto", True),
         ("w8a8", torch.float32, "auto", False),
         ("w4a8", torch.float32, False, True),
+        ("w4a8", torch.bfloat16, "auto", True),
+        ("w8a8", torch.float16, False, True),
         ("w4", torch.bfloat16, "auto", False),
     ],
 )
 def test_lean_steps_equal_the_layers_own_forward(family, scheme, dtype, fuse, native, monkeypatch):
     """Fused q/k/v and gate/up groups, separate projections, Phi-3's fused qkv_proj and
-    gate_up_proj, Qwen3's per-head norms, bf16 models; a batch of two sequences. int8 / int4
-    weights with int8 activations in fp32 models step natively (but Qwen3's: per-head norms),
-    others in Python; both are the layer's own forward bit for bit."""
+    gate_up_proj, Qwen3's per-head norms, bf16 / fp16 models; a batch of two sequences. int8 /
+    int4 weights with int8 activations step natively (but Qwen3's: per-head norms), others in
+    Python; both are the layer's own forward bit for bit."""
     if not native:
         python_steps_only(monkeypatch)
     model = optimized(family, scheme, dtype, fuse)

@@ -30,7 +30,7 @@ void bind_decoder_layer(py::module_& m) {
   py::class_<Layer>(m, "DecoderLayer",
                     "A pre-norm decoder layer's decode step in one call: rms_norm, q/k/v, "
                     "attention with the cache write, o + residual, rms_norm, gate/up, "
-                    "silu(g) * u, down + residual, all fp32 (decoder_layer/decoder_layer.h). "
+                    "silu(g) * u, down + residual (decoder_layer/decoder_layer.h). "
                     "Projections: flat lists of 11 integers each (kind 0 W8A8 / 1 W4A8, w, "
                     "scale, aux (colsum / zero points), bias, x_scale, K, N, group_size, "
                     "ngroups, first output column). Addresses must outlive the object.")
@@ -39,7 +39,7 @@ void bind_decoder_layer(py::module_& m) {
                        const std::vector<int64_t>& o, const std::vector<int64_t>& gate_up,
                        int64_t inter, const std::vector<int64_t>& down, int64_t heads,
                        int64_t kv_heads, int64_t head_dim, float scaling) {
-             return Layer{hidden, ptr<const float>(norm1), eps1, ptr<const float>(norm2), eps2,
+             return Layer{hidden, ptr<const void>(norm1), eps1, ptr<const void>(norm2), eps2,
                           projections(qkv), nq, nkv, projections(o), projections(gate_up),
                           inter, projections(down), heads, kv_heads, head_dim, scaling};
            }),
@@ -54,18 +54,20 @@ void bind_decoder_layer(py::module_& m) {
       .def(
           "step",
           [](const Layer& layer, addr x, addr y, int64_t B, addr cos, addr sin, int64_t ldcs,
-             addr kcache, addr vcache, int64_t cap, int64_t pos, addr start, int nthreads) {
-            decoder_layer::step(layer, {ptr<const float>(x), ptr<float>(y), B,
-                                        ptr<const float>(cos), ptr<const float>(sin), ldcs,
-                                        ptr<float>(kcache), ptr<float>(vcache), cap, pos,
-                                        ptr<const int64_t>(start), nthreads});
+             addr kcache, addr vcache, int64_t cap, int64_t pos, addr start, int dtype,
+             int nthreads) {
+            decoder_layer::step(layer, {ptr<const void>(x), ptr<void>(y), B, ptr<const void>(cos),
+                                        ptr<const void>(sin), ldcs, ptr<void>(kcache),
+                                        ptr<void>(vcache), cap, pos, ptr<const int64_t>(start),
+                                        dtype, nthreads});
           },
           py::arg("x"), py::arg("y"), py::arg("B"), py::arg("cos"), py::arg("sin"),
           py::arg("ldcs"), py::arg("kcache"), py::arg("vcache"), py::arg("cap"), py::arg("pos"),
-          py::arg("start"), py::arg("nthreads"), nogil(),
-          "y [B][H] = the layer on x [B][H] (one new row per sequence, fp32), its k / v rows "
-          "written at pos of the caches [B][Hkv][cap][D]; cos / sin rows of D at b * ldcs "
-          "(0: no rotary); start int64 [B] or 0 (left padding).");
+          py::arg("start"), py::arg("dtype"), py::arg("nthreads"), nogil(),
+          "y [B][H] = the layer on x [B][H] (one new row per sequence), its k / v rows written "
+          "at pos of the caches [B][Hkv][cap][D]; cos / sin rows of D at b * ldcs (0: no "
+          "rotary); start int64 [B] or 0 (left padding). dtype 0 fp32, 1 bf16, 2 fp16 for x, "
+          "y, cos, sin, the caches and the norm weights.");
 }
 
 }  // namespace tersor::bindings

@@ -6,72 +6,91 @@
 #include "attention/attention.h"
 #include "gemm_w4a8/gemm_w4a8.h"
 #include "gemm_w8a8/gemm_w8a8.h"
+#include "half_io/half_io.h"
 #include "norm/norm.h"
 
 namespace tersor::decoder_layer {
 
-void Projection::run(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy,
+void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
                      int nthreads) const {
-  y += col;
+  // half rows are staged through fp32 by half_io (the layers' prepared calls do the same)
+  const float* xf = static_cast<const float*>(x);
+  float* yf = reinterpret_cast<float*>(static_cast<char*>(y) + col * (io ? 2 : 4));
   if (kind == W8A8) {
-    PackedW8LinearArgs a{x, M, K, ldx, static_cast<const int8_t*>(w),
+    PackedW8LinearArgs a{xf, M, K, ldx, static_cast<const int8_t*>(w),
                          static_cast<const int32_t*>(aux), static_cast<const float*>(scale), N,
-                         bias, y, ldy, nthreads};
+                         bias, yf, ldy, nthreads};
     a.x_scale = x_scale;
-    gemm_w8a8::run(a);
+    half_io::run_staged(a, io, nullptr, gemm_w8a8::run);
   } else {
-    PackedW4LinearArgs a{x, M, K, ldx, static_cast<const uint8_t*>(w),
+    PackedW4LinearArgs a{xf, M, K, ldx, static_cast<const uint8_t*>(w),
                          static_cast<const uint16_t*>(scale), static_cast<const uint8_t*>(aux),
-                         group_size, ngroups, N, bias, y, ldy, nthreads};
+                         group_size, ngroups, N, bias, yf, ldy, nthreads};
     a.x_scale = x_scale;
-    gemm_w4a8::run(a);
+    half_io::run_staged(a, io, nullptr, gemm_w4a8::run);
   }
 }
 
 namespace {
 
-void run_all(const std::vector<Projection>& ps, const float* x, int64_t M, int64_t ldx, float* y,
-             int64_t ldy, int nthreads) {
-  for (const Projection& p : ps) p.run(x, M, ldx, y, ldy, nthreads);
+void run_all(const std::vector<Projection>& ps, const void* x, int64_t M, int64_t ldx, void* y,
+             int64_t ldy, int io, int nthreads) {
+  for (const Projection& p : ps) p.run(x, M, ldx, y, ldy, io, nthreads);
 }
 
-void rms_norm(const float* x, int64_t M, int64_t N, const float* w, float eps, float* y,
-              int nthreads) {
-  norm::rms_norm({x, M, N, N, w, eps, y, N, /*dtype=*/0, nthreads});
-}
-
-// Scratch rows, grown as needed and kept per thread (a step allocates nothing after the first).
-float* scratch(size_t floats) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < floats) buf.resize(floats);
+// Scratch bytes, grown as needed and kept per thread (a step allocates nothing after the first).
+char* scratch(size_t bytes) {
+  thread_local std::vector<char> buf;
+  if (buf.size() < bytes) buf.resize(bytes);
   return buf.data();
+}
+
+// out = a + b over n elements of dtype: fp32 adds, a half sum rounded to nearest even as
+// torch's half adds are (widened exactly, added, narrowed: half_io). out may be b.
+void add(const void* a, const void* b, void* out, int64_t n, int dtype, float* tmp) {
+  if (dtype == half_io::F32) {
+    const float* fa = static_cast<const float*>(a);
+    const float* fb = static_cast<const float*>(b);
+    float* fo = static_cast<float*>(out);
+    for (int64_t i = 0; i < n; ++i) fo[i] = fa[i] + fb[i];
+    return;
+  }
+  float* wb = tmp + n;
+  half_io::widen({a, 1, n, n, tmp, n, dtype});
+  half_io::widen({b, 1, n, n, wb, n, dtype});
+  for (int64_t i = 0; i < n; ++i) tmp[i] += wb[i];
+  half_io::narrow({tmp, 1, n, n, out, n, dtype});
 }
 
 }  // namespace
 
 void step(const Layer& L, const StepArgs& a) {
   const int64_t B = a.B, H = L.hidden, nqkv = L.nq + 2 * L.nkv, I = L.inter;
-  const int nt = a.nthreads;
-  // h [B][H] | qkv [B][nqkv] | attn [B][nq] | x1 [B][H] | gu [B][2I] | act [B][I]
-  float* h = scratch(static_cast<size_t>(B) * (2 * H + nqkv + L.nq + 3 * I));
-  float* qkv = h + B * H;
-  float* attn = qkv + B * nqkv;
-  float* x1 = attn + B * L.nq;
-  float* gu = x1 + B * H;
-  float* act = gu + B * 2 * I;
+  const int nt = a.nthreads, dt = a.dtype;
+  const int64_t es = dt == half_io::F32 ? 4 : 2;  // bytes per element
+  // h [B][H] | qkv [B][nqkv] | attn [B][nq] | x1 [B][H] | gu [B][2I] | act [B][I], then fp32
+  // room for a half add (2 B H)
+  const int64_t elems = B * (2 * H + nqkv + L.nq + 3 * I);
+  char* h = scratch(static_cast<size_t>(elems * es + (es == 4 ? 0 : 2 * B * H * 4)));
+  char* qkv = h + B * H * es;
+  char* attn = qkv + B * nqkv * es;
+  char* x1 = attn + B * L.nq * es;
+  char* gu = x1 + B * H * es;
+  char* act = gu + B * 2 * I * es;
+  float* tmp = reinterpret_cast<float*>(h + elems * es);
 
-  rms_norm(a.x, B, H, L.norm1, L.eps1, h, nt);
-  run_all(L.qkv, h, B, H, qkv, nqkv, nt);
-  attention::decode({qkv, qkv + L.nq, qkv + L.nq + L.nkv, nqkv, nqkv, nqkv, a.cos, a.sin, a.ldcs,
-                     0, a.kcache, a.vcache, B, 1, L.heads, L.kv_heads, L.head_dim, a.cap, a.pos,
-                     a.start, L.scaling, attn, L.nq, /*dtype=*/0, nt});
-  run_all(L.o, attn, B, L.nq, x1, H, nt);
-  for (int64_t i = 0; i < B * H; ++i) x1[i] = a.x[i] + x1[i];
-  rms_norm(x1, B, H, L.norm2, L.eps2, h, nt);
-  run_all(L.gate_up, h, B, H, gu, 2 * I, nt);
-  act::silu_mul({gu, gu + I, B, I, 2 * I, 2 * I, act, I, /*dtype=*/0, nt});
-  run_all(L.down, act, B, I, a.y, H, nt);
-  for (int64_t i = 0; i < B * H; ++i) a.y[i] = x1[i] + a.y[i];
+  norm::rms_norm({a.x, B, H, H, L.norm1, L.eps1, h, H, dt, nt});
+  run_all(L.qkv, h, B, H, qkv, nqkv, dt, nt);
+  attention::decode({qkv, qkv + L.nq * es, qkv + (L.nq + L.nkv) * es, nqkv, nqkv, nqkv, a.cos,
+                     a.sin, a.ldcs, 0, a.kcache, a.vcache, B, 1, L.heads, L.kv_heads, L.head_dim,
+                     a.cap, a.pos, a.start, L.scaling, attn, L.nq, dt, nt});
+  run_all(L.o, attn, B, L.nq, x1, H, dt, nt);
+  add(a.x, x1, x1, B * H, dt, tmp);
+  norm::rms_norm({x1, B, H, H, L.norm2, L.eps2, h, H, dt, nt});
+  run_all(L.gate_up, h, B, H, gu, 2 * I, dt, nt);
+  act::silu_mul({gu, gu + I * es, B, I, 2 * I, 2 * I, act, I, dt, nt});
+  run_all(L.down, act, B, I, a.y, H, dt, nt);
+  add(x1, a.y, a.y, B * H, dt, tmp);
 }
 
 }  // namespace tersor::decoder_layer

@@ -2,18 +2,19 @@
 // native call, from the same kernels in the same order as tersor.llm's per-module path, so the
 // results are that path's bit for bit (python/tersor/llm/layer.py checks it at the swap):
 //
-//   h   = rms_norm(x, norm1)                      x [B][H] fp32, one new row per sequence
+//   h   = rms_norm(x, norm1)                      x [B][H], one new row per sequence
 //   qkv = [q | k | v] = h Wqkv^T (+ b)            one packed call, or one per projection
 //   a   = attention(q, k, v, cos, sin, cache)     rope, cache rows written at pos, GQA
-//   x1  = x + (a Wo^T (+ b))                      fp32 adds, as torch's
+//   x1  = x + (a Wo^T (+ b))                      adds in fp32, rounded to the dtype (torch's)
 //   h   = rms_norm(x1, norm2)
 //   gu  = [g | u] = h Wgu^T (+ b)                 one packed call, or two
 //   y   = x1 + (silu(g) * u) Wdown^T (+ b)
 //
 // Why: from Python the step is ~12 calls through torch and pybind; on a 1B model at 2 threads
 // (Zen 2) their overhead was ~4 ms of a ~34 ms token. Projections are int8 or int4 weights with
-// int8 activations (gemm_w8a8 / gemm_w4a8, fp32 rows): the kernels the layers' prepared calls
-// use at any row count.
+// int8 activations (gemm_w8a8 / gemm_w4a8): the kernels the layers' prepared calls use at any
+// row count. Every tensor of a step has the model's dtype (fp32, bf16 or fp16: the kernels'
+// `dtype` / `io` codes), but biases and input scales, fp32 as the layers keep them.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -31,14 +32,16 @@ struct Projection {
   const float* bias;  // [N] or null
   const float* x_scale;  // [K] input scale or null
   int64_t K, N, group_size, ngroups, col;
-  void run(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, int nthreads) const;
+  // y columns [col, col + N) of rows ldy apart; x, y of dtype io (half_io::Dtype)
+  void run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
+           int nthreads) const;
 };
 
 struct Layer {
   int64_t hidden;  // H
-  const float* norm1;
+  const void* norm1;  // [H], the model's dtype
   float eps1;
-  const float* norm2;
+  const void* norm2;
   float eps2;
   std::vector<Projection> qkv;      // into [B][nq + 2 nkv]
   int64_t nq, nkv;                  // heads * D, kv_heads * D
@@ -50,19 +53,21 @@ struct Layer {
   float scaling;
 };
 
-// Step arguments: x, y [B][H] fp32 (contiguous); cos / sin fp32 rows of D at b * ldcs (null:
-// no rotary); the caches fp32 [B][Hkv][cap][D]; start int64 [B] or null (left padding).
+// Step arguments: x, y [B][H] (contiguous); cos / sin rows of D at b * ldcs (null: no
+// rotary); the caches [B][Hkv][cap][D]; all of `dtype` (0 fp32, 1 bf16, 2 fp16); start int64
+// [B] or null (left padding).
 struct StepArgs {
-  const float* x;
-  float* y;
+  const void* x;
+  void* y;
   int64_t B;
-  const float* cos;
-  const float* sin;
+  const void* cos;
+  const void* sin;
   int64_t ldcs;
-  float* kcache;
-  float* vcache;
+  void* kcache;
+  void* vcache;
   int64_t cap, pos;
   const int64_t* start;
+  int dtype;
   int nthreads;
 };
 

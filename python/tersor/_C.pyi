@@ -10,7 +10,7 @@ ISAS: tuple[str, ...]  # ('ref', 'avx2', 'avx512', 'amx')
 
 class DecoderLayer:
     """A pre-norm decoder layer's decode step in one call: rms_norm, q/k/v, attention with
-    the cache write, o + residual, rms_norm, gate/up, silu(g) * u, down + residual, all fp32
+    the cache write, o + residual, rms_norm, gate/up, silu(g) * u, down + residual
     (decoder_layer/decoder_layer.h). Projections: flat lists of 11 integers each (kind 0
     W8A8 / 1 W4A8, w, scale, aux (colsum / zero points), bias, x_scale, K, N, group_size,
     ngroups, first output column). Addresses must outlive the object."""
@@ -50,11 +50,13 @@ class DecoderLayer:
         cap: int,
         pos: int,
         start: int,
+        dtype: int,
         nthreads: int,
     ) -> None:
-        """y [B][H] = the layer on x [B][H] (one new row per sequence, fp32), its k / v rows
-        written at pos of the caches [B][Hkv][cap][D]; cos / sin rows of D at b * ldcs (0: no
-        rotary); start int64 [B] or 0 (left padding)."""
+        """y [B][H] = the layer on x [B][H] (one new row per sequence), its k / v rows written
+        at pos of the caches [B][Hkv][cap][D]; cos / sin rows of D at b * ldcs (0: no rotary);
+        start int64 [B] or 0 (left padding). dtype 0 fp32, 1 bf16, 2 fp16 for x, y, cos, sin,
+        the caches and the norm weights."""
 
 class StaticConvPlan:
     """conv_w8a8_static's fixed arguments (one layer's), for run()."""

@@ -89,6 +89,8 @@ def _native_projection(module, fmt, bias, col: int):
         return None
     if not getattr(fmt, "act_int8", False) or getattr(fmt, "perm", None) is not None:
         return None
+    if not fmt.cpu_half:  # (the kernel's call stages bf16 / fp16 rows itself)
+        return None
     xs = fmt.input_scale
     if isinstance(fmt, Int8Format):
         tensors = (fmt.packed, fmt.scale, fmt.colsum)
@@ -109,7 +111,7 @@ def _native_projection(module, fmt, bias, col: int):
 
 class _Native:
     """The layer's step as one native call (_C.DecoderLayer), where every projection is a
-    packed int8 / int4 weight with int8 activations and the model is fp32 without per-head
+    packed int8 / int4 weight with int8 activations and the model has no per-head
     norms: built from the plan's modules, valid while their prepared calls are the same
     objects (a format replacing its tensors prepares a new call) and their fused groups stay
     enabled. Holds the tensors it points into."""
@@ -118,9 +120,9 @@ class _Native:
         from tersor import _C
 
         attn, n1, n2 = plan.attn, plan.norm1, plan.norm2
-        self.layer = None
+        self.layer, self.dtype = None, n1.weight.dtype
         if getattr(attn, "q_norm", None) is not None or not (
-            n1.weight.dtype is n2.weight.dtype is _F32
+            n1.weight.dtype is n2.weight.dtype and self.dtype in IO_CODE
         ):
             return
         self.norms, self.calls, self.groups = (n1, n2), [], []
@@ -138,11 +140,16 @@ class _Native:
             nq, nkv = (m.out_features for m in plan.qkv[:2])
         else:
             nq, nkv = plan.qkv_split
-        inter = plan.down.in_features
+        inter, d = plan.down.in_features, attn.head_dim
+        # (K, total N) of each stage, as the native step lays its rows out
+        want = [({hidden}, nq + 2 * nkv), ({nq}, hidden), ({hidden}, 2 * inter), ({inter}, hidden)]
+        got = [(set(flat[6::11]), sum(flat[7::11])) for flat in stages]
+        if got != want or nq % d or nkv % d or (nq // d) % (nkv // d):
+            return
         self.layer = _C.DecoderLayer(
             hidden, n1.weight.data_ptr(), n1.variance_epsilon, n2.weight.data_ptr(),
             n2.variance_epsilon, stages[0], nq, nkv, stages[1], stages[2], inter, stages[3],
-            nq // attn.head_dim, nkv // attn.head_dim, attn.head_dim, attn.scaling,
+            nq // d, nkv // d, d, attn.scaling,
         )  # fmt: skip
 
     def _stage(self, modules: list):
@@ -227,7 +234,7 @@ class _Plan:
         return True
 
     def _native_step(self, x, x2, rows):
-        """The step as one native call where _Native serves it (fp32 rows, a cache that has
+        """The step as one native call where _Native serves it (rows of its dtype, a cache that has
         rows, rotary rows for one or every sequence), else None."""
         native = self.native
         if native is None:
@@ -236,7 +243,7 @@ class _Plan:
         b = x2.shape[0]
         if (
             native.layer is None
-            or x2.dtype is not _F32
+            or x2.dtype is not native.dtype
             or rows[1] is None  # (a fresh cache: HF initializes it in the Python path)
             or (cos is not None and cos.shape[0] not in (1, b))
         ):
@@ -255,7 +262,8 @@ class _Plan:
         y = x2.new_empty(x.shape)
         native.layer.step(
             x2.data_ptr(), y.data_ptr(), b, ptr(cos), ptr(sin), ldcs, kbuf.data_ptr(),
-            vbuf.data_ptr(), kbuf.shape[2], pos, ptr(start), torch.get_num_threads(),
+            vbuf.data_ptr(), kbuf.shape[2], pos, ptr(start), IO_CODE[x2.dtype],
+            torch.get_num_threads(),
         )  # fmt: skip
         layer.keys, layer.values = kbuf[:, :, : pos + 1], vbuf[:, :, : pos + 1]
         return y
