@@ -83,8 +83,8 @@ def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
 def test_lean_steps_equal_the_layers_own_forward(family, scheme, dtype, fuse, native, monkeypatch):
     """Fused q/k/v and gate/up groups, separate projections, Phi-3's fused qkv_proj and
     gate_up_proj, Qwen3's per-head norms, bf16 / fp16 models; a batch of two sequences. int8 /
-    int4 weights with int8 activations step natively (but Qwen3's: per-head norms), others in
-    Python; both are the layer's own forward bit for bit."""
+    int4 weights with int8 activations step natively, others in Python; both are the layer's
+    own forward bit for bit."""
     if not native:
         python_steps_only(monkeypatch)
     model = optimized(family, scheme, dtype, fuse)
@@ -94,7 +94,7 @@ def test_lean_steps_equal_the_layers_own_forward(family, scheme, dtype, fuse, na
     got = decode_logits(model, prompt, steps=5)
     assert served == [0, 1] * 5
     if native:
-        assert natives(model) == [family != "qwen3"] * 2
+        assert natives(model) == [True, True]
     for a, b in zip(want, got):
         assert a.dtype == dtype and torch.equal(a, b)
 

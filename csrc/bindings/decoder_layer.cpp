@@ -38,19 +38,23 @@ void bind_decoder_layer(py::module_& m) {
                        const std::vector<int64_t>& qkv, int64_t nq, int64_t nkv,
                        const std::vector<int64_t>& o, const std::vector<int64_t>& gate_up,
                        int64_t inter, const std::vector<int64_t>& down, int64_t heads,
-                       int64_t kv_heads, int64_t head_dim, float scaling) {
+                       int64_t kv_heads, int64_t head_dim, float scaling, addr q_norm,
+                       float q_eps, addr k_norm, float k_eps) {
              return Layer{hidden, ptr<const void>(norm1), eps1, ptr<const void>(norm2), eps2,
                           projections(qkv), nq, nkv, projections(o), projections(gate_up),
-                          inter, projections(down), heads, kv_heads, head_dim, scaling};
+                          inter, projections(down), heads, kv_heads, head_dim, scaling,
+                          ptr<const void>(q_norm), ptr<const void>(k_norm), q_eps, k_eps};
            }),
            py::arg("hidden"), py::arg("norm1"), py::arg("eps1"), py::arg("norm2"),
            py::arg("eps2"), py::arg("qkv"), py::arg("nq"), py::arg("nkv"), py::arg("o"),
            py::arg("gate_up"), py::arg("inter"), py::arg("down"), py::arg("heads"),
-           py::arg("kv_heads"), py::arg("head_dim"), py::arg("scaling"),
+           py::arg("kv_heads"), py::arg("head_dim"), py::arg("scaling"), py::arg("q_norm") = 0,
+           py::arg("q_eps") = 0.0f, py::arg("k_norm") = 0, py::arg("k_eps") = 0.0f,
            "hidden H; norm1 / norm2 fp32 [H] with their eps; qkv projections writing [q | k | "
            "v] (nq = heads * head_dim, nkv = kv_heads * head_dim columns), o (nq -> H), gate_up "
            "writing [gate | up] (2 * inter columns), down (inter -> H); scaling: the attention "
-           "scores' factor.")
+           "scores' factor; q_norm / k_norm: [head_dim] weights of per-head RMSNorms on q and "
+           "k before rope (Qwen3), or 0.")
       .def(
           "step",
           [](const Layer& layer, addr x, addr y, int64_t B, addr cos, addr sin, int64_t ldcs,

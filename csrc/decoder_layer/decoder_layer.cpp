@@ -68,22 +68,35 @@ void step(const Layer& L, const StepArgs& a) {
   const int64_t B = a.B, H = L.hidden, nqkv = L.nq + 2 * L.nkv, I = L.inter;
   const int nt = a.nthreads, dt = a.dtype;
   const int64_t es = dt == half_io::F32 ? 4 : 2;  // bytes per element
-  // h [B][H] | qkv [B][nqkv] | attn [B][nq] | x1 [B][H] | gu [B][2I] | act [B][I], then fp32
-  // room for a half add (2 B H)
-  const int64_t elems = B * (2 * H + nqkv + L.nq + 3 * I);
+  // h [B][H] | qkv [B][nqkv] | attn [B][nq] | x1 [B][H] | gu [B][2I] | act [B][I] | normed
+  // q, k [B][nq + nkv], then fp32 room for a half add (2 B H)
+  const int64_t elems = B * (2 * H + nqkv + L.nq + 3 * I + L.nq + L.nkv);
   char* h = scratch(static_cast<size_t>(elems * es + (es == 4 ? 0 : 2 * B * H * 4)));
   char* qkv = h + B * H * es;
   char* attn = qkv + B * nqkv * es;
   char* x1 = attn + B * L.nq * es;
   char* gu = x1 + B * H * es;
   char* act = gu + B * 2 * I * es;
+  char* qk = act + B * I * es;
   float* tmp = reinterpret_cast<float*>(h + elems * es);
 
   norm::rms_norm({a.x, B, H, H, L.norm1, L.eps1, h, H, dt, nt});
   run_all(L.qkv, h, B, H, qkv, nqkv, dt, nt);
-  attention::decode({qkv, qkv + L.nq * es, qkv + (L.nq + L.nkv) * es, nqkv, nqkv, nqkv, a.cos,
-                     a.sin, a.ldcs, 0, a.kcache, a.vcache, B, 1, L.heads, L.kv_heads, L.head_dim,
-                     a.cap, a.pos, a.start, L.scaling, attn, L.nq, dt, nt});
+  const char *q = qkv, *k = qkv + L.nq * es;
+  int64_t ldq = nqkv, ldk = nqkv;
+  if (L.q_norm) {  // each head's D values normed: q [B][nq] and k [B][nkv] rows, contiguous
+    const int64_t D = L.head_dim;
+    for (int64_t b = 0; b < B; ++b) {
+      norm::rms_norm({q + b * nqkv * es, L.heads, D, D, L.q_norm, L.q_eps,
+                      qk + b * L.nq * es, D, dt, nt});
+      norm::rms_norm({k + b * nqkv * es, L.kv_heads, D, D, L.k_norm, L.k_eps,
+                      qk + (B * L.nq + b * L.nkv) * es, D, dt, nt});
+    }
+    q = qk, k = qk + B * L.nq * es, ldq = L.nq, ldk = L.nkv;
+  }
+  attention::decode({q, k, qkv + (L.nq + L.nkv) * es, ldq, ldk, nqkv, a.cos, a.sin, a.ldcs, 0,
+                     a.kcache, a.vcache, B, 1, L.heads, L.kv_heads, L.head_dim, a.cap, a.pos,
+                     a.start, L.scaling, attn, L.nq, dt, nt});
   run_all(L.o, attn, B, L.nq, x1, H, dt, nt);
   add(a.x, x1, x1, B * H, dt, tmp);
   norm::rms_norm({x1, B, H, H, L.norm2, L.eps2, h, H, dt, nt});

@@ -4,6 +4,7 @@
 //
 //   h   = rms_norm(x, norm1)                      x [B][H], one new row per sequence
 //   qkv = [q | k | v] = h Wqkv^T (+ b)            one packed call, or one per projection
+//   q, k = rms_norm per head (Qwen3's q_norm / k_norm, where the layer has them)
 //   a   = attention(q, k, v, cos, sin, cache)     rope, cache rows written at pos, GQA
 //   x1  = x + (a Wo^T (+ b))                      adds in fp32, rounded to the dtype (torch's)
 //   h   = rms_norm(x1, norm2)
@@ -51,6 +52,9 @@ struct Layer {
   std::vector<Projection> down;     // one: [B][H]
   int64_t heads, kv_heads, head_dim;
   float scaling;
+  const void* q_norm = nullptr;  // [D] per-head norms before rope (Qwen3), or null
+  const void* k_norm = nullptr;
+  float q_eps = 0, k_eps = 0;
 };
 
 // Step arguments: x, y [B][H] (contiguous); cos / sin rows of D at b * ldcs (null: no

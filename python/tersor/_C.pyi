@@ -32,11 +32,16 @@ class DecoderLayer:
         kv_heads: int,
         head_dim: int,
         scaling: float,
+        q_norm: int = 0,
+        q_eps: float = 0.0,
+        k_norm: int = 0,
+        k_eps: float = 0.0,
     ) -> None:
         """hidden H; norm1 / norm2 fp32 [H] with their eps; qkv projections writing [q | k | v]
         (nq = heads * head_dim, nkv = kv_heads * head_dim columns), o (nq -> H), gate_up writing
         [gate | up] (2 * inter columns), down (inter -> H); scaling: the attention scores'
-        factor."""
+        factor; q_norm / k_norm: [head_dim] weights of per-head RMSNorms on q and k before rope
+        (Qwen3), or 0."""
     def step(
         self,
         x: int,

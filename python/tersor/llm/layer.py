@@ -111,45 +111,52 @@ def _native_projection(module, fmt, bias, col: int):
 
 class _Native:
     """The layer's step as one native call (_C.DecoderLayer), where every projection is a
-    packed int8 / int4 weight with int8 activations and the model has no per-head
-    norms: built from the plan's modules, valid while their prepared calls are the same
-    objects (a format replacing its tensors prepares a new call) and their fused groups stay
-    enabled. Holds the tensors it points into."""
+    packed int8 / int4 weight with int8 activations: built from the plan's modules, valid while
+    their prepared calls are the same objects (a format replacing its tensors prepares a new
+    call), their fused groups stay enabled and the norms keep their weights. Holds the tensors
+    it points into."""
 
     def __init__(self, plan: "_Plan"):
         from tersor import _C
 
         attn, n1, n2 = plan.attn, plan.norm1, plan.norm2
         self.layer, self.dtype = None, n1.weight.dtype
-        if getattr(attn, "q_norm", None) is not None or not (
-            n1.weight.dtype is n2.weight.dtype and self.dtype in IO_CODE
+        self.norms, self.calls, self.groups = (n1, n2, *plan.qk_norms), [], []
+        self.keep = [n.weight for n in self.norms]
+        d = attn.head_dim
+        if self.dtype not in IO_CODE or any(
+            not isinstance(n, FastRMSNorm) or w.dtype is not self.dtype or not w.is_contiguous()
+            for n, w in zip(self.norms, self.keep)
         ):
             return
-        self.norms, self.calls, self.groups = (n1, n2), [], []
-        self.keep = [n1.weight, n2.weight]
+        if plan.qk_norms and any(w.shape != (d,) for w in self.keep[2:]):
+            return
         stages = []
         for mods in (plan.qkv, [plan.o], plan.gate_up, [plan.down]):
             flat = self._stage(mods)
             if flat is None:
                 return
             stages.append(flat)
-        if not all(w.is_contiguous() for w in self.keep[:2]):
-            return
         hidden = n1.weight.shape[0]
         if plan.qkv_split is None:
             nq, nkv = (m.out_features for m in plan.qkv[:2])
         else:
             nq, nkv = plan.qkv_split
-        inter, d = plan.down.in_features, attn.head_dim
+        inter = plan.down.in_features
         # (K, total N) of each stage, as the native step lays its rows out
         want = [({hidden}, nq + 2 * nkv), ({nq}, hidden), ({hidden}, 2 * inter), ({inter}, hidden)]
         got = [(set(flat[6::11]), sum(flat[7::11])) for flat in stages]
         if got != want or nq % d or nkv % d or (nq // d) % (nkv // d):
             return
+        qk = ()
+        if plan.qk_norms:
+            qn, kn = plan.qk_norms
+            qk = (qn.weight.data_ptr(), qn.variance_epsilon, kn.weight.data_ptr())
+            qk += (kn.variance_epsilon,)
         self.layer = _C.DecoderLayer(
             hidden, n1.weight.data_ptr(), n1.variance_epsilon, n2.weight.data_ptr(),
             n2.variance_epsilon, stages[0], nq, nkv, stages[1], stages[2], inter, stages[3],
-            nq // d, nkv // d, d, attn.scaling,
+            nq // d, nkv // d, d, attn.scaling, *qk,
         )  # fmt: skip
 
     def _stage(self, modules: list):
@@ -183,8 +190,7 @@ class _Native:
         for g in self.groups:  # (a group's members prepare new calls with it)
             if not g.enabled or g.fmt.cpu_call is None:
                 return False
-        n1, n2 = self.norms
-        return n1._parameters["weight"] is self.keep[0] and n2._parameters["weight"] is self.keep[1]
+        return all(n._parameters["weight"] is w for n, w in zip(self.norms, self.keep))
 
 
 class _Plan:
@@ -210,9 +216,12 @@ class _Plan:
             (layer, n, getattr(layer, n))
             for n in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
         ]
-        for parent, children in ((attn, [*self.qkv, self.o]), (mlp, [*self.gate_up, self.down])):
+        qk = getattr(attn, "q_norm", None) is not None
+        self.qk_norms = [attn.q_norm, attn.k_norm] if qk else []  # Qwen3: per head, before rope
+        attn_children = [*self.qkv, self.o, *self.qk_norms]
+        for parent, children in ((attn, attn_children), (mlp, [*self.gate_up, self.down])):
             self.tree += [(parent, n, m) for n, m in parent._modules.items() if m in children]
-        skipped = [attn, mlp, self.norm1, self.norm2, *self.qkv, *self.gate_up, self.o, self.down]
+        skipped = [attn, mlp, self.norm1, self.norm2, *attn_children, *self.gate_up, self.down]
         self.native = None  # its _Native, built at the first step (copies rebuild theirs)
         self.hook_dicts = [d for m in skipped for d in (m._forward_hooks, m._forward_pre_hooks)]
 
