@@ -116,8 +116,8 @@ def test_left_padded_generate_takes_lean_steps(monkeypatch):
 
 
 def test_native_steps_follow_fusion_and_format_changes(monkeypatch):
-    """Dissolving the fused groups, or a format preparing a new call (its tensors replaced),
-    rebuilds the native layer from the current modules."""
+    """Dissolving the fused groups, a format preparing a new call (its tensors replaced) or a
+    norm weight's new storage rebuilds the native layer from the current modules."""
     from tersor.nn.fused import fuse_projections
 
     model = optimized("llama", "w4a8")
@@ -134,8 +134,12 @@ def test_native_steps_follow_fusion_and_format_changes(monkeypatch):
     down.fmt._finish()
     assert not model.model.layers[1]._tersor_plan.native.current()
     last = decode_logits(model, prompt, steps=4)
-    for a, b, c in zip(want, got, last):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    norm = model.model.layers[0].input_layernorm.weight
+    norm.data = norm.data.clone()  # (what .to() does to a Parameter: same object, new storage)
+    assert not model.model.layers[0]._tersor_plan.native.current()
+    after = decode_logits(model, prompt, steps=4)
+    for a, b, c, d in zip(want, got, last, after):
+        assert torch.equal(a, b) and torch.equal(a, c) and torch.equal(a, d)
 
 
 def test_hooks_replaced_modules_and_autograd_take_the_layers_own_forward(monkeypatch):

@@ -123,6 +123,7 @@ class _Native:
         self.layer, self.dtype = None, n1.weight.dtype
         self.norms, self.calls, self.groups = (n1, n2, *plan.qk_norms), [], []
         self.keep = [n.weight for n in self.norms]
+        self.norm_ptrs = [w.data_ptr() for w in self.keep]  # (.to() swaps a Parameter's data)
         d = attn.head_dim
         if self.dtype not in IO_CODE or any(
             not isinstance(n, FastRMSNorm) or w.dtype is not self.dtype or not w.is_contiguous()
@@ -168,7 +169,7 @@ class _Native:
             if got is None:
                 return None
             self.groups.append(group)
-            self.calls += [(m, m.fmt, m.fmt.cpu_call) for m in modules]
+            self.calls += [(m, m.fmt, m.fmt.cpu_call, m._buffers["bias"]) for m in modules]
             self.keep += got[1]
             return got[0]
         flat, col = [], 0
@@ -177,20 +178,24 @@ class _Native:
             got = None if fmt is None else _native_projection(m, fmt, m._buffers["bias"], col)
             if got is None:
                 return None
-            self.calls.append((m, m.fmt, m.fmt.cpu_call))
+            self.calls.append((m, m.fmt, m.fmt.cpu_call, m._buffers["bias"]))
             self.keep += got[1]
             flat += got[0]
             col += m.out_features
         return flat
 
     def current(self) -> bool:
-        for m, fmt, call in self.calls:
-            if m.fmt is not fmt or fmt.cpu_call is not call:
+        """The addresses it holds are still the modules' tensors."""
+        for m, fmt, call, bias in self.calls:
+            if m.fmt is not fmt or fmt.cpu_call is not call or m._buffers["bias"] is not bias:
                 return False
         for g in self.groups:  # (a group's members prepare new calls with it)
             if not g.enabled or g.fmt.cpu_call is None:
                 return False
-        return all(n._parameters["weight"] is w for n, w in zip(self.norms, self.keep))
+        for n, w, p in zip(self.norms, self.keep, self.norm_ptrs):
+            if n._parameters["weight"] is not w or w.data_ptr() != p:
+                return False
+        return True
 
 
 class _Plan:
