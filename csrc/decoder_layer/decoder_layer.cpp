@@ -71,14 +71,15 @@ void step(const Layer& L, const StepArgs& a) {
   // h [B][H] | qkv [B][nqkv] | attn [B][nq] | x1 [B][H] | gu [B][2I] | act [B][I] | normed
   // q, k [B][nq + nkv], then fp32 room for a half add (2 B H)
   const int64_t elems = B * (2 * H + nqkv + L.nq + 3 * I + L.nq + L.nkv);
-  char* h = scratch(static_cast<size_t>(elems * es + (es == 4 ? 0 : 2 * B * H * 4)));
+  const int64_t tmp_at = (elems * es + 63) / 64 * 64;  // (fp32 after half rows: aligned)
+  char* h = scratch(static_cast<size_t>(tmp_at + (es == 4 ? 0 : 2 * B * H * 4)));
   char* qkv = h + B * H * es;
   char* attn = qkv + B * nqkv * es;
   char* x1 = attn + B * L.nq * es;
   char* gu = x1 + B * H * es;
   char* act = gu + B * 2 * I * es;
   char* qk = act + B * I * es;
-  float* tmp = reinterpret_cast<float*>(h + elems * es);
+  float* tmp = reinterpret_cast<float*>(h + tmp_at);
 
   norm::rms_norm({a.x, B, H, H, L.norm1, L.eps1, h, H, dt, nt});
   run_all(L.qkv, h, B, H, qkv, nqkv, dt, nt);
