@@ -70,11 +70,9 @@ def _project_all(modules: list, x: torch.Tensor) -> list:
     is enabled and holds exactly them, else one call each."""
     group = getattr(modules[0], "_fused", None)
     if group is not None and group.enabled and group.layers == modules:
-        run = group.fmt.cpu_call
-        if run is not None and (x.dtype is _F32 or group.fmt.cpu_half):
-            y = run(x, group.bias)
-            if y is not None:
-                return [y[:, a:b] for a, b in group.bounds]
+        outs = group.outputs(x)
+        if outs is not None:
+            return outs
     return [_project(m, x) for m in modules]
 
 

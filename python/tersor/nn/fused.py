@@ -117,18 +117,22 @@ class FusedGroup:
             self.wasted += 1  # results computed for a member that never came for them
             if self.wasted > 2:  # members do not share their input here (cross-attention)
                 self.enabled = False
-        # the prepared calls take [M, K] rows, bf16 / fp16 ones as they are (FUSABLE formats'
-        # kernels stage them natively) and return x's dtype
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        y = run(x2, self.bias)
-        if y is None:
+        outs = self.outputs(x.reshape(-1, x.shape[-1]).contiguous())
+        if outs is None:
             return None
-        y = y.view(*x.shape[:-1], y.shape[-1])
-        outs = [y[..., a:b] for a, b in self.bounds]
-        if y.dim() > 1 and y.numel() != y.shape[-1]:
+        outs = [o.view(*x.shape[:-1], o.shape[-1]) for o in outs]
+        if x.dim() > 1 and x.numel() != x.shape[-1]:
             outs = [o.contiguous() for o in outs]
         self.local.pending = {j: (x, version, o) for j, o in enumerate(outs) if j != i}
         return outs[i]
+
+    def outputs(self, x2: torch.Tensor) -> Optional[list]:
+        """Every member's output for rows x2 [M, K] (float32, or bf16 / fp16: FUSABLE formats'
+        kernels stage them natively), views of one call's [M, N total]; None where the group's
+        prepared call does not take them."""
+        run = self.fmt.cpu_call
+        y = None if run is None else run(x2, self.bias)
+        return None if y is None else [y[:, a:b] for a, b in self.bounds]
 
     def __getstate__(self) -> dict:  # copies and pickles: the per-thread results stay behind
         return {k: v for k, v in self.__dict__.items() if k != "local"}
