@@ -117,3 +117,26 @@ def test_real_shapes_preset(capsys, monkeypatch):
     monkeypatch.setattr(cli, "REAL_SHAPES", [(1600, 48)])
     cli.main(["--shapes", "real", "--m", "1", "--rounds", "1", "--family", "int8"])
     assert "K=1600 N=48" in capsys.readouterr().out
+
+
+def test_openvino_peer_in_another_interpreter(monkeypatch, tmp_path):
+    """The OpenVINO peer's other-interpreter path (bench/openvino.py _Server): listed as
+    available once TERSOR_BENCH_OPENVINO_PYTHON names an interpreter, and a child that cannot
+    serve (here: this interpreter, without optimum-intel) fails with its own traceback rather
+    than hanging or returning rows."""
+    import sys
+
+    import pytest
+
+    from tersor.bench import openvino
+
+    if openvino._here():
+        pytest.skip("optimum-intel is installed here: the bench runs it in this process")
+    monkeypatch.delenv(openvino.PYTHON_ENV, raising=False)
+    assert "not installed" in openvino.unavailable()
+    monkeypatch.setenv(openvino.PYTHON_ENV, sys.executable)
+    assert openvino.unavailable() is None
+    server = openvino._Server(sys.executable, 1)
+    with pytest.raises(RuntimeError, match="failed on load(.|\n)*optimum"):
+        server.load(str(tmp_path / "hf"), str(tmp_path))
+    assert server.close() == 0

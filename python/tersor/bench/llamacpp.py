@@ -19,6 +19,15 @@ import numpy as np
 import torch
 
 
+def unavailable() -> str | None:
+    """None when llama-cpp-python and gguf import here, else why not."""
+    import importlib.util
+
+    if all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "gguf")):
+        return None
+    return "llama-cpp-python + gguf are not installed (a ~12-minute source build; never in CI)"
+
+
 def _permute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """HF rows [head][half][i] -> llama.cpp rows [head][i][half] (rotate-half -> pairs)."""
     return (

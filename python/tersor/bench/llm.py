@@ -6,20 +6,22 @@ model after ``tersor.quantize_`` and ``tersor.optimize_decoding_`` (attention of
 steps on our kernel); the fp32 row is the model as HF runs it.
 
 Peers on the same architecture (llama.cpp Q4_0 / Q8_0 through llama-cpp-python + gguf,
-OpenVINO INT8 / INT4 through optimum-intel + NNCF) are listed unavailable with the reason when
-they are not installed; llama-cpp-python is a ~12-minute source build, never installed in CI.
+OpenVINO INT8 / INT4 through optimum-intel + NNCF, in this interpreter or in the one
+TERSOR_BENCH_OPENVINO_PYTHON names: optimum-intel pins an older transformers) are listed
+unavailable with the reason when they are not installed; llama-cpp-python is a ~12-minute
+source build, never installed in CI.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import time
 
 import torch
 
 import tersor
+from tersor.bench.generation import time_generation, warm_up
 
 SHAPES = {  # Llama-3.2-1B, and a tiny one CI runs
     "1b": dict(
@@ -55,17 +57,6 @@ SCHEMES = {
 # else the model stays fp32
 MODEL_DTYPE = {"tersor W4A8 g32 bf16": torch.bfloat16, "tersor W4 g128 bf16": torch.bfloat16}
 MATMUL_PRECISION = {"tersor W4 g128 medium": "medium"}  # else torch's, while timed
-PEERS = {
-    "llama.cpp Q4_0 / Q8_0": (
-        "llama_cpp",
-        "llama-cpp-python + gguf are not installed (a ~12-minute source build; never in CI)",
-    ),
-    "OpenVINO INT8 / INT4": (
-        "optimum.intel",
-        "optimum-intel / openvino / nncf are not installed (pip install 'optimum-intel[openvino]' "
-        "with torch pinned; not in CI: it pins its own transformers)",
-    ),
-}
 
 
 def build(shape: str):
@@ -135,71 +126,6 @@ def dequantized(model):
             setattr(owner, child, m)
 
 
-# Exactly max_new_tokens, as llama.cpp's loop decodes them: no end-of-sequence token to stop at.
-# (min_new_tokens would do it by masking EOS in the logits every step: HF builds the mask with
-# torch.isin over the whole vocabulary, ~1 ms per token at 128256 on Zen 2, which no engine pays.)
-_NO_EOS = dict(eos_token_id=None, pad_token_id=0)
-
-
-class _TokenTimes:
-    """A generate streamer that only notes when each token arrives (put: the prompt, then one
-    call per new token)."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
-def time_generation(model, prompt: torch.Tensor, new_tokens: int, precision=None) -> dict:
-    """Prefill ms (one forward of the prompt, the last position's logits only, as generate
-    and llama.cpp compute them) and decode tokens/s (greedy generate of new_tokens: from its
-    first new token to its last, as each arrives, so the prefill inside generate does not
-    count; subtracting a separately timed prefill made a short demo run's decode figure swing
-    with that one call's noise); precision: torch's float32 matmul precision while timed
-    (None: as it is)."""
-    if precision is not None:
-        old = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision(precision)
-        try:
-            return time_generation(model, prompt, new_tokens)
-        finally:
-            torch.set_float32_matmul_precision(old)
-    stamps = _TokenTimes()
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        model(prompt, logits_to_keep=1)
-        prefill = time.perf_counter() - t0
-        out = model.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),  # batch 1, no padding: HF warns without
-            **_NO_EOS,
-            max_new_tokens=new_tokens,
-            do_sample=False,
-            streamer=stamps,
-        )
-    if out.shape[-1] != prompt.shape[-1] + new_tokens or len(stamps.times) != new_tokens + 1:
-        raise RuntimeError(f"generate decoded {out.shape[-1] - prompt.shape[-1]} of {new_tokens}")
-    per_token = max(stamps.times[-1] - stamps.times[1], 1e-9) / max(new_tokens - 1, 1)
-    return dict(prefill_ms=prefill * 1e3, decode_tok_s=1.0 / per_token, s_per_token=per_token)
-
-
-def _warm_up(model, prompt) -> None:
-    with torch.inference_mode():
-        p = prompt[:, :8]
-        model.generate(
-            p,
-            attention_mask=torch.ones_like(p),
-            **_NO_EOS,
-            max_new_tokens=2,
-            do_sample=False,
-        )
-
-
 # llama.cpp's file type of the same bits as each scheme: the ratios the issue's figures use
 SAME_BITS = {"W8": ("llama.cpp Q8_0", "OpenVINO INT8"), "W4": ("llama.cpp Q4_0", "OpenVINO INT4")}
 
@@ -261,7 +187,7 @@ def run_llm(
         )
     for name, (m, _) in engines.items():
         if name in SCHEMES or name == "HF fp32 eager":
-            _warm_up(m, prompt)
+            warm_up(m, prompt)
     samples = {name: [] for name in engines}
     for _ in range(rounds):
         for name, (m, timer) in engines.items():
@@ -314,44 +240,31 @@ def _print_llm(rows, peers, shape, prompt_len, new_tokens, rounds, bandwidth) ->
             )
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a dotted name whose parent package is absent
-        return False
-
-
 def _peers(model, prompt, new_tokens):
     """llama.cpp and OpenVINO on the same float model: (rows, {name: (engine, timer)}), or rows
     saying why not."""
     import tempfile
 
+    from tersor.bench import llamacpp, openvino
+
     rows, engines = [], {}
-    for name, (module, why) in PEERS.items():
-        if not _installed(module) or (module == "llama_cpp" and not _installed("gguf")):
+    for name, peer in (("llama.cpp Q4_0 / Q8_0", llamacpp), ("OpenVINO INT8 / INT4", openvino)):
+        why = peer.unavailable()
+        if why:
             rows.append(dict(impl=name, kind="baseline", unavailable=why))
             continue
         try:
-            if module == "llama_cpp":
-                from tersor.bench import llamacpp as peer
-
-                with tempfile.TemporaryDirectory() as d:
+            with tempfile.TemporaryDirectory() as d:  # loaded engines keep no file open
+                if peer is llamacpp:
                     got = peer.prepare(model, prompt, new_tokens, d, prompt[:, :16])
-                timer = peer.time_generation
-            else:
-                from tersor.bench import openvino as peer
-
-                with tempfile.TemporaryDirectory() as d:  # compiled models keep no file open
+                else:
                     got = peer.prepare(model, d, prompt[:, :16])
-                timer = time_generation
         except ImportError as e:  # installed, but not for this torch / transformers
-            rows.append(
-                dict(impl=name, kind="baseline", unavailable=f"{module} fails to import: {e}")
-            )
+            rows.append(dict(impl=name, kind="baseline", unavailable=f"fails to import: {e}"))
             continue
         for row, engine in got:
             rows.append(row)
-            engines[row["impl"]] = (engine, timer)
+            engines[row["impl"]] = (engine, peer.time_generation)
     return rows, engines
 
 
@@ -418,7 +331,10 @@ def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, roun
                 tok = out.logits[:, -1:].argmax(-1)
                 out = model(tok, use_cache=True, **{cache_arg: cache})
                 times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3, inside[0] / steps * 1e3
+        # the median step, and its share inside the layers as over all steps (a mean inside
+        # beside a median step could exceed it when one step of a noisy run was slow)
+        step = statistics.median(times)
+        return step * 1e3, step * inside[0] / sum(times) * 1e3
 
     rows = {name: [] for name in modes}
     try:
