@@ -14,6 +14,7 @@ fp32 before timing. Not in CI (optimum-intel pins its own transformers version).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -133,7 +134,7 @@ def prepare(model, workdir: str, check_ids):
         return [
             (
                 _checked(row, server.logits(row["impl"], check_ids, workdir), ref),
-                _Remote(server, row),
+                _Remote(server, row["impl"]),
             )
             for row in server.load(src, workdir)
         ]
@@ -144,6 +145,7 @@ def prepare(model, workdir: str, check_ids):
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def _generation():
     """bench/generation.py, loaded by path (this interpreter may not have tersor)."""
     import importlib.util
@@ -165,8 +167,8 @@ def time_generation(engine, prompt: torch.Tensor, new_tokens: int) -> dict:
 
 
 class _Remote:  # one variant loaded in the _Server's process
-    def __init__(self, server, row: dict):
-        self.server, self.name = server, row["impl"]
+    def __init__(self, server, name: str):
+        self.server, self.name = server, name
 
 
 _REPLY = "@@tersor "  # marks the serving child's answers among whatever else it prints
