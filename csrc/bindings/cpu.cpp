@@ -6,6 +6,7 @@
 
 #include "bindings/bind.h"
 #include "common/cpu_features.h"
+#include "common/team_governor.h"
 #include "common/weight_stream.h"
 
 namespace tersor::bindings {
@@ -49,6 +50,54 @@ void bind_cpu(py::module_& m) {
       py::arg("w"), py::arg("bytes"),
       "Records a kernel call's read of `bytes` of weights at address w; whether it takes the "
       "non-temporal prefetch (common/weight_stream.h). For tests.");
+
+  auto stats_dict = [](const TeamGovernor::Stats& s, bool enabled) {
+    py::dict d;
+    d["adaptive"] = enabled;
+    d["threads_given_up"] = s.cut;
+    d["regions"] = s.regions;
+    d["stalled_regions"] = s.stalled;
+    d["windows"] = s.windows;
+    d["cuts"] = s.cuts;
+    d["tries"] = s.tries;
+    return d;
+  };
+  m.def(
+      "set_adaptive_threads",
+      [](bool on) {
+        const bool was = team_governor().enabled();
+        team_governor().set_enabled(on);
+        return was;
+      },
+      py::arg("on"),
+      "Whether kernels give up threads while other work keeps the cores busy "
+      "(common/team_governor.h); returns the previous setting. Turning it on or off gives "
+      "back every thread given up.");
+  m.def(
+      "team_stats", [stats_dict] { return stats_dict(team_governor().stats(), team_governor().enabled()); },
+      "The thread governor's counters since the process started, and the threads given up now.");
+  py::class_<TeamGovernor>(m, "TeamGovernor",
+                           "A thread governor of its own (common/team_governor.h), driven with "
+                           "made-up times: for tests of its decisions.")
+      .def(py::init<>(), "A governor with every thread, on.")
+      .def("size_at", &TeamGovernor::size_at, py::arg("requested"), py::arg("now_ns"),
+           "Threads for a region asking for `requested` at time now_ns.")
+      .def(
+          "report",
+          [](TeamGovernor& g, int64_t t0_ns, const std::vector<int64_t>& ends_ns) {
+            g.report(t0_ns, ends_ns.data(), static_cast<int>(ends_ns.size()));
+          },
+          py::arg("t0_ns"), py::arg("ends_ns"),
+          "A region began at t0_ns; its threads finished at ends_ns.")
+      .def("set_enabled", &TeamGovernor::set_enabled, py::arg("on"),
+           "On or off; either gives back every thread given up.")
+      .def(
+          "stats", [stats_dict](TeamGovernor& g) { return stats_dict(g.stats(), g.enabled()); },
+          "Counters, as team_stats().")
+      .def_readonly_static("WINDOW_NS", &TeamGovernor::kWindowNs)
+      .def_readonly_static("STALL_NS", &TeamGovernor::kStallNs)
+      .def_readonly_static("BACKOFF_MIN_NS", &TeamGovernor::kBackoffMinNs)
+      .def_readonly_static("BACKOFF_MAX_NS", &TeamGovernor::kBackoffMaxNs);
 }
 
 }  // namespace tersor::bindings

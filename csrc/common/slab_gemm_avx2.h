@@ -76,7 +76,8 @@ void run_tiles(int64_t M, int64_t K, int64_t n_blocks, int nt, Prologue&& prolog
   int64_t row_parts = 1;
   if (n_blocks < 2 * nt)
     row_parts = std::min<int64_t>(nt, (std::min(M, kSlabRows) + kMR - 1) / kMR);
-#pragma omp parallel num_threads(::tersor::team(nt))
+  TeamClock clock(nt);
+#pragma omp parallel num_threads(clock.size())
   {
     prologue();
     auto panel = alloc_scratch<float>(kSlabK * 16);
@@ -102,6 +103,7 @@ void run_tiles(int64_t M, int64_t K, int64_t n_blocks, int nt, Prologue&& prolog
         store(nb, r0, r1, static_cast<const float*>(acc.get()));
       }
     }
+    clock.finished();
   }
 }
 

@@ -146,7 +146,8 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
   auto a16 = alloc_scratch<uint16_t>(a.M * lda);
   auto X = alloc_scratch<float>(a.zero ? a.M * a.ngroups : 1);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
+  TeamClock clock(nt);
+#pragma omp parallel num_threads(clock.size())
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m)
@@ -165,6 +166,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
         pick(mr, nb)(a, Kp, rows, panel.get(), nb0);
       }
     }
+    clock.finished();
   }
 }
 

@@ -110,6 +110,24 @@ class StaticConvPlan:
         -> out (s8 codes [B, Ho, Wo, N], or fp32 when the plan's inv_scale is 0); res: s8 [B,
         Ho, Wo, N] residual codes or 0."""
 
+class TeamGovernor:
+    """A thread governor of its own (common/team_governor.h), driven with made-up times: for
+    tests of its decisions."""
+    def __init__(self) -> None:
+        """A governor with every thread, on."""
+    BACKOFF_MAX_NS: int  # 1600000000
+    BACKOFF_MIN_NS: int  # 100000000
+    STALL_NS: int  # 100000
+    WINDOW_NS: int  # 20000000
+    def report(self, t0_ns: int, ends_ns: collections.abc.Sequence[int]) -> None:
+        """A region began at t0_ns; its threads finished at ends_ns."""
+    def set_enabled(self, on: bool) -> None:
+        """On or off; either gives back every thread given up."""
+    def size_at(self, requested: int, now_ns: int) -> int:
+        """Threads for a region asking for `requested` at time now_ns."""
+    def stats(self) -> dict:
+        """Counters, as team_stats()."""
+
 def add_s8(
     a: int,
     sa: float,
@@ -619,6 +637,11 @@ def rms_norm(
     dtype 0 fp32, 1 bf16, 2 fp16 for x, w, y; fp32 arithmetic, each product rounded to the dtype
     as HF's RMSNorm does."""
 
+def set_adaptive_threads(on: bool) -> bool:
+    """Whether kernels give up threads while other work keeps the cores busy
+    (common/team_governor.h); returns the previous setting. Turning it on or off gives back
+    every thread given up."""
+
 def silu_mul(
     g: int,
     u: int,
@@ -759,6 +782,10 @@ def spmm_csr_w8a8(
 ) -> None:
     """spmm_csr with int8 values and per-channel w_scale fp32 [N]; x quantized per row
     (row_amax: 0 or fp32 [M] floors under the rows' amax, quant_act.h; unused by spmm_csr)."""
+
+def team_stats() -> dict:
+    """The thread governor's counters since the process started, and the threads given up
+    now."""
 
 def weight_stream_nta(w: int, bytes: int) -> bool:
     """Records a kernel call's read of `bytes` of weights at address w; whether it takes the

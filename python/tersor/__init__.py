@@ -6,7 +6,7 @@ print(report)
 """
 
 from tersor import distributed
-from tersor._backend import available_isas, cpu_info
+from tersor._backend import available_isas, cpu_info, set_adaptive_threads
 from tersor.api import LayerReport, Report, quantize_, register_handler, sparsify_
 from tersor.checkpoint import load_pretrained, save_pretrained
 from tersor.configs import (
@@ -56,6 +56,7 @@ __all__ = [
     "fuse_projections",
     "quantize_",
     "quantize_static",
+    "set_adaptive_threads",
     "load_pretrained",
     "optimize_decoding_",
     "register_handler",

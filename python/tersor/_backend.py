@@ -24,7 +24,24 @@ def cpu_info() -> dict:
     info = dict(_C.cpu_info())
     info["override"] = os.environ.get("TERSOR_CPU_ISA", "auto")
     info["threads"] = torch.get_num_threads()
+    team = _C.team_stats()
+    info["adaptive_threads"] = team["adaptive"]
+    info["threads_given_up"] = team["threads_given_up"]
     return info
+
+
+def set_adaptive_threads(enabled: bool) -> bool:
+    """Whether tersor's kernels may run on fewer threads than ``torch.get_num_threads()`` while
+    other work keeps the cores busy; returns the previous setting. On by default
+    (``TERSOR_ADAPTIVE_THREADS=0`` turns it off at start-up).
+
+    A kernel's threads share its work statically and meet at its end, so one thread that the OS
+    takes off a busy core stalls every call. The kernels time how late their last thread
+    finishes; when stalls take over a quarter of 20 ms of calls, they give up a thread, and try
+    it again after 0.1-1.6 s (csrc/common/team_governor.h). Results do not depend on it.
+    ``cpu_info()["threads_given_up"]`` says how many are given up now.
+    """
+    return bool(_C.set_adaptive_threads(bool(enabled)))
 
 
 def available_isas() -> list[str]:

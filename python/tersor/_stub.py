@@ -60,7 +60,11 @@ def render() -> str:
             doc = textwrap.fill(f'"""{" ".join((fn.__doc__ or "").split())}"""', 88)
             out.append(textwrap.indent(doc, "    "))
             for meth in ["__init__", *sorted(m for m in vars(fn) if not m.startswith("_"))]:
-                function(meth, getattr(fn, meth), "    ")
+                value = getattr(fn, meth)
+                if callable(value):
+                    function(meth, value, "    ")
+                else:  # a read-only constant
+                    out.append(f"    {meth}: {type(value).__name__}  # {value}")
         else:
             function(name, fn)
         out.append("")
