@@ -1,9 +1,9 @@
 """The thread governor (csrc/common/team_governor.h): kernels give up threads while other work
 keeps the cores busy, and take them back when it has gone.
 
-Its decisions are tested on a governor of its own driven with made-up times; the kernels'
-reports on the real one. That a busy process beside a decode really gets faster is shown by
-``python -m tersor.bench --family busy`` (timing, not a unit test)."""
+Its decisions are tested on a governor of its own, on made-up times and switch counts; that the
+kernels ask it, on the real one. That a decode beside a busy process really gets faster is
+shown by ``python -m tersor.bench --family busy`` (timing, not a unit test)."""
 
 import pytest
 import torch
@@ -15,116 +15,95 @@ G = _C.TeamGovernor
 MS = 1_000_000
 
 
-def balanced(g, t0, n=2, dur=2 * MS):
-    """One region of n threads that all finish together; returns its end."""
-    g.report(t0, [t0 + dur] * n)
-    return t0 + dur
+class Clock:
+    """Kernel calls every millisecond on a governor, with the process's involuntary context
+    switches growing at `rate` per second."""
+
+    def __init__(self, g):
+        self.g, self.t, self.switches = g, 0, 0.0
+
+    def run(self, ns, rate, requested=2):
+        """Calls for `ns`; returns the team sizes they got."""
+        sizes = []
+        for _ in range(ns // MS):
+            self.t += MS
+            self.switches += rate / 1000
+            self.g.set_switches(int(self.switches))
+            sizes.append(self.g.size_at(requested, self.t))
+        return sizes
 
 
-def stalled(g, t0, n=2, dur=1 * MS, late=3 * MS):
-    """One region whose last thread finishes `late` after the others (it was off the CPU)."""
-    g.report(t0, [t0 + dur] * (n - 1) + [t0 + dur + late])
-    return t0 + dur + late
+CALM, BUSY = 30, 200  # switches / s decoding on 2 threads, idle cores / one busy process (Zen 3)
 
 
-def run(g, region, t, until, **kw):
-    while t < until:
-        t = region(g, t, **kw)
-    return t
-
-
-def one_window(g, region, t, **kw):
-    """Regions until the governor decides once; returns the time of that decision."""
-    windows = g.stats()["windows"]
-    while g.stats()["windows"] == windows:
-        t = region(g, t, **kw)
-    return t
-
-
-def test_balanced_regions_keep_every_thread():
+def test_calm_cores_keep_every_thread():
     g = G()
-    t = run(g, balanced, 0, 10 * G.WINDOW_NS)
+    sizes = Clock(g).run(10 * G.WINDOW_NS, CALM)
     s = g.stats()
-    assert s["windows"] >= 9 and s["regions"] >= 90 and s["stalled_regions"] == 0
-    assert s["cuts"] == 0 and g.size_at(2, t) == 2 and g.size_at(8, t) == 8
+    assert set(sizes) == {2} and s["windows"] >= 9 and s["cuts"] == 0
+    assert s["regions"] == len(sizes) and 20 < s["switches_per_s"] < 40
 
 
-def test_uneven_split_is_not_a_stall():
-    """A static split of 3 chunks over 2 threads ends one thread at twice the other's time."""
+def one_thread_stretches(sizes):
+    """Lengths (calls) of the stretches on one thread that ended within `sizes`."""
+    runs, n = [], 0
+    for s in sizes:
+        if s == 1:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs
+
+
+def test_busy_cores_give_up_a_thread_then_try_it_again():
     g = G()
-    t = 0
-    while t < 5 * G.WINDOW_NS:
-        g.report(t, [t + MS, t + 2 * MS])
-        t += 2 * MS
-    assert g.stats()["stalled_regions"] == 0 and g.size_at(2, t) == 2
-
-
-def test_short_late_start_is_not_a_stall():
-    """A worker woken from sleep starts tens of microseconds late: under STALL_NS, not a stall."""
-    g = G()
-    t = 0
-    while t < 5 * G.WINDOW_NS:
-        g.report(t, [t + 10_000, t + 10_000 + G.STALL_NS - 1000])
-        t += 200_000
-    assert g.stats()["stalled_regions"] == 0 and g.size_at(2, t) == 2
-
-
-def test_stalls_give_up_a_thread_then_try_it_again():
-    g = G()
-    t = one_window(g, stalled, 0)
-    assert g.stats()["cuts"] == 1
-    assert g.size_at(2, t) == 1  # within the back-off
-    assert g.size_at(2, t + G.BACKOFF_MIN_NS - 1) == 1
-    t += G.BACKOFF_MIN_NS
-    assert g.size_at(2, t) == 2  # the try
-    assert g.stats()["tries"] == 1
-    # the try stalls: the thread goes again, and the next try waits twice as long
-    t = one_window(g, stalled, t)
-    assert g.stats()["cuts"] == 2
-    assert g.size_at(2, t + 2 * G.BACKOFF_MIN_NS - 1) == 1
-    t += 2 * G.BACKOFF_MIN_NS
-    assert g.size_at(2, t) == 2
-    # the load has gone: the try passes and every thread stays
-    t = run(g, balanced, t, t + 3 * G.WINDOW_NS)
-    assert g.size_at(2, t) == 2 and g.stats()["threads_given_up"] == 0
+    c = Clock(g)
+    assert set(c.run(G.WINDOW_NS, BUSY)) == {2}  # judged at the window's end
+    # given up for the back-off, tried for a window: the load is still there, so given up
+    # again, and the next try waits twice as long
+    sizes = c.run(2 * G.WINDOW_NS + 3 * G.BACKOFF_MIN_NS, BUSY)
+    assert one_thread_stretches(sizes) == [G.BACKOFF_MIN_NS // MS, 2 * G.BACKOFF_MIN_NS // MS]
+    assert g.stats()["cuts"] == 2 and g.stats()["tries"] == 2
+    # the load goes as that try's window ends (it is still judged busy): the try after keeps
+    # its thread
+    sizes = c.run(10 * G.WINDOW_NS, CALM)
+    assert one_thread_stretches(sizes) == [4 * G.BACKOFF_MIN_NS // MS]
+    assert sizes[-1] == 2 and g.stats()["threads_given_up"] == 0
+    assert g.stats()["cuts"] == 3 and g.stats()["tries"] == 3
 
 
 def test_back_off_grows_to_its_limit_and_is_forgotten():
     g = G()
-    t, waits = 0, []
-    for _ in range(8):  # lasting load: every try stalls
-        t = one_window(g, stalled, t)
-        start = t
-        while g.size_at(2, t) == 1:
-            t += G.BACKOFF_MIN_NS // 4
-        waits.append(t - start)
-    assert waits[0] <= G.BACKOFF_MIN_NS + G.BACKOFF_MIN_NS // 4
-    assert waits == sorted(waits) and G.BACKOFF_MAX_NS <= waits[-1] <= G.BACKOFF_MAX_NS * 1.2
-    # calm for longer than the forget time with every thread: back to the shortest back-off
-    t = run(g, balanced, t, t + 2 * G.BACKOFF_MAX_NS)
-    t = one_window(g, stalled, t)
-    assert g.size_at(2, t + G.BACKOFF_MIN_NS) == 2
+    c = Clock(g)
+    runs = one_thread_stretches(c.run(8 * G.BACKOFF_MAX_NS, BUSY))
+    assert runs[0] == G.BACKOFF_MIN_NS // MS
+    assert runs == sorted(runs) and runs[-1] == G.BACKOFF_MAX_NS // MS
+    # every thread and no switches for longer than FORGET_NS: back to the shortest back-off
+    c.run(G.BACKOFF_MAX_NS + G.FORGET_NS + 2 * G.WINDOW_NS, 0)
+    assert g.stats()["threads_given_up"] == 0
+    runs = one_thread_stretches(c.run(2 * G.WINDOW_NS + G.BACKOFF_MIN_NS, BUSY))
+    assert runs == [G.BACKOFF_MIN_NS // MS]
 
 
 def test_steps_down_one_thread_at_a_time_never_below_one():
     g = G()
-    t = 0
-    for n in (4, 3, 2):
-        assert g.size_at(4, t) == n
-        t = one_window(g, stalled, t, n=n)
-    assert g.size_at(4, t) == 1 and g.stats()["threads_given_up"] == 3
-    assert g.size_at(2, t) == 1 and g.size_at(1, t) == 1 and g.size_at(0, t) == 1
+    c = Clock(g)
+    sizes = c.run(4 * G.WINDOW_NS, 10 * BUSY, requested=4)
+    assert sizes[0] == 4 and sorted(set(sizes), reverse=True) == [4, 3, 2, 1]
+    assert g.stats()["threads_given_up"] == 3
+    assert g.size_at(2, c.t) == 1 and g.size_at(1, c.t) == 1 and g.size_at(0, c.t) == 1
 
 
 def test_disabled_governor_gives_what_is_asked():
     g = G()
-    t = one_window(g, stalled, 0)
-    assert g.size_at(2, t) == 1
-    g.set_enabled(False)  # gives back every thread, and ignores reports
-    t = run(g, stalled, 0, 3 * G.WINDOW_NS)
-    assert g.size_at(2, t) == 2 and g.stats()["adaptive"] is False
+    c = Clock(g)
+    c.run(G.WINDOW_NS + MS, BUSY)
+    assert g.size_at(2, c.t) == 1
+    g.set_enabled(False)  # gives back every thread, and counts nothing
+    assert set(c.run(5 * G.WINDOW_NS, BUSY)) == {2} and g.stats()["adaptive"] is False
     g.set_enabled(True)
-    assert g.size_at(2, t) == 2
+    assert g.size_at(8, c.t) == 8
 
 
 def test_public_switch_and_cpu_info():
@@ -148,11 +127,8 @@ CONFIGS = {
 
 @pytest.mark.parametrize("scheme", sorted(CONFIGS))
 @pytest.mark.parametrize("rows", [1, 33])
-def test_kernels_report_their_regions(isa, scheme, rows):
-    """Every ISA path's GEMM regions report to the governor (the portable ref does not: it is
-    the oracle, not a path for speed)."""
-    if isa == "ref":
-        pytest.skip("the portable path's regions are not timed")
+def test_kernels_ask_the_governor(isa, scheme, rows):
+    """Every ISA path's regions take their size from the governor."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(512, 384))
     tersor.quantize_(model, CONFIGS[scheme](), progress=False)

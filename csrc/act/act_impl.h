@@ -25,9 +25,8 @@ void silu_mul_impl(const SwigluArgs& a) {
   const int64_t N = a.N, N8 = N / 8 * 8;
   const bool f32 = a.dtype == half_io::F32;
   const int64_t es = f32 ? 4 : 2;
-  const int nt = a.M * N >= (int64_t(1) << 16) ? a.nthreads : 1;
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+  const int nt = a.M * N >= (int64_t(1) << 16) ? team(a.nthreads) : 1;
+#pragma omp parallel num_threads(nt)
   {
     std::vector<float> buf(f32 ? 0 : size_t(3 * N + 8));
     float* gf = buf.data();
@@ -56,7 +55,6 @@ void silu_mul_impl(const SwigluArgs& a) {
       }
       if (!f32) half_io::narrow_ref({yf, 1, N, N, yrow, N, a.dtype});
     }
-    clock.finished();
   }
 }
 

@@ -66,9 +66,8 @@ void decode_impl(const DecodeArgs& a) {
   const bool f32 = a.dtype == half_io::F32;
   const bool rot = a.cos != nullptr;
   const int64_t items = a.B * a.Hkv;
-  const int nt = static_cast<int>(std::min<int64_t>(items, a.nthreads));
-  TeamClock clock(nt > 1 ? nt : 1);
-#pragma omp parallel num_threads(clock.size())
+  const int nt = static_cast<int>(std::min<int64_t>(items, team(a.nthreads)));
+#pragma omp parallel num_threads(nt > 1 ? nt : 1)
   {
     // roped queries, scores / weights, outputs, staging rows, and (halves) the head's cache
     // in fp32
@@ -209,7 +208,6 @@ TERSOR_UNROLL
         }
       }
     }
-    clock.finished();
   }
 }
 

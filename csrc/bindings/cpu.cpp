@@ -56,10 +56,10 @@ void bind_cpu(py::module_& m) {
     d["adaptive"] = enabled;
     d["threads_given_up"] = s.cut;
     d["regions"] = s.regions;
-    d["stalled_regions"] = s.stalled;
     d["windows"] = s.windows;
     d["cuts"] = s.cuts;
     d["tries"] = s.tries;
+    d["switches_per_s"] = s.switches_per_s;
     return d;
   };
   m.def(
@@ -74,30 +74,30 @@ void bind_cpu(py::module_& m) {
       "(common/team_governor.h); returns the previous setting. Turning it on or off gives "
       "back every thread given up.");
   m.def(
-      "team_stats", [stats_dict] { return stats_dict(team_governor().stats(), team_governor().enabled()); },
-      "The thread governor's counters since the process started, and the threads given up now.");
+      "team_stats",
+      [stats_dict] { return stats_dict(team_governor().stats(), team_governor().enabled()); },
+      "The thread governor's counters since the process started (regions: those that asked "
+      "for more than one thread), the involuntary context switches per second of its last "
+      "window, and the threads given up now.");
   py::class_<TeamGovernor>(m, "TeamGovernor",
-                           "A thread governor of its own (common/team_governor.h), driven with "
-                           "made-up times: for tests of its decisions.")
-      .def(py::init<>(), "A governor with every thread, on.")
+                           "A thread governor of its own (common/team_governor.h) on made-up "
+                           "times and switch counts: for tests of its decisions.")
+      .def(py::init<bool>(), py::arg("fake_switches") = true,
+           "A governor with every thread, on; counting the switches set_switches() gives.")
       .def("size_at", &TeamGovernor::size_at, py::arg("requested"), py::arg("now_ns"),
            "Threads for a region asking for `requested` at time now_ns.")
-      .def(
-          "report",
-          [](TeamGovernor& g, int64_t t0_ns, const std::vector<int64_t>& ends_ns) {
-            g.report(t0_ns, ends_ns.data(), static_cast<int>(ends_ns.size()));
-          },
-          py::arg("t0_ns"), py::arg("ends_ns"),
-          "A region began at t0_ns; its threads finished at ends_ns.")
+      .def("set_switches", &TeamGovernor::set_switches, py::arg("count"),
+           "The process's involuntary context switches so far, as the governor will read them.")
       .def("set_enabled", &TeamGovernor::set_enabled, py::arg("on"),
            "On or off; either gives back every thread given up.")
       .def(
           "stats", [stats_dict](TeamGovernor& g) { return stats_dict(g.stats(), g.enabled()); },
           "Counters, as team_stats().")
       .def_readonly_static("WINDOW_NS", &TeamGovernor::kWindowNs)
-      .def_readonly_static("STALL_NS", &TeamGovernor::kStallNs)
+      .def_readonly_static("SWITCHES_PER_SECOND", &TeamGovernor::kSwitchesPerSecond)
       .def_readonly_static("BACKOFF_MIN_NS", &TeamGovernor::kBackoffMinNs)
-      .def_readonly_static("BACKOFF_MAX_NS", &TeamGovernor::kBackoffMaxNs);
+      .def_readonly_static("BACKOFF_MAX_NS", &TeamGovernor::kBackoffMaxNs)
+      .def_readonly_static("FORGET_NS", &TeamGovernor::kForgetNs);
 }
 
 }  // namespace tersor::bindings

@@ -92,8 +92,7 @@ static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_
   const int64_t n_blocks = (N + 15) / 16, pairs = (n_blocks + 1) / 2;
   auto a16 = alloc_scratch<uint16_t>(Mp * Kt);
   const int nt = threads_for_work(double(M) * N * K, nthreads);
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < Mp; ++m)  // rows past M: zero (K = 0)
@@ -123,7 +122,6 @@ static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_
       }
       _tile_release();
     }
-    clock.finished();
   }
 }
 

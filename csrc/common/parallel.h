@@ -38,42 +38,6 @@ static inline int team(int requested) {
   return team_governor().size(requested);
 }
 
-namespace {
-// A parallel region's team size, and when its threads finished, for the governor:
-//   TeamClock clock(nt);
-//   #pragma omp parallel num_threads(clock.size())
-//   { ...this thread's share...; clock.finished(); }
-// (In an unnamed namespace for the reason at the top of this file.)
-class TeamClock {
- public:
-  explicit TeamClock(int requested) : size_(team(requested)) {
-    if (size_ < 2 || size_ > kMaxThreads) return;
-    for (int i = 0; i < size_; ++i) ends_[i] = 0;
-    t0_ = monotonic_ns();
-  }
-  int size() const { return size_; }
-  void finished() {
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num();
-    if (size_ > 1 && t < kMaxThreads) ends_[t] = monotonic_ns();
-#endif
-  }
-  ~TeamClock() {
-    if (size_ < 2 || size_ > kMaxThreads) return;
-    for (int i = 0; i < size_; ++i)
-      if (ends_[i] == 0) return;  // the runtime gave fewer threads, or a share did not say
-    team_governor().report(t0_, ends_, size_);
-  }
-  TeamClock(const TeamClock&) = delete;
-  TeamClock& operator=(const TeamClock&) = delete;
-
- private:
-  static constexpr int kMaxThreads = 64;
-  int size_;
-  int64_t t0_ = 0;
-  int64_t ends_[kMaxThreads];
-};
-}  // namespace
 
 // [begin, end) of `n` items for thread `t` of `nt`, balanced to within one item.
 static inline void split_range(int64_t n, int nt, int t, int64_t* begin, int64_t* end) {

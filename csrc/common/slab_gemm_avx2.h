@@ -76,8 +76,7 @@ void run_tiles(int64_t M, int64_t K, int64_t n_blocks, int nt, Prologue&& prolog
   int64_t row_parts = 1;
   if (n_blocks < 2 * nt)
     row_parts = std::min<int64_t>(nt, (std::min(M, kSlabRows) + kMR - 1) / kMR);
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     prologue();
     auto panel = alloc_scratch<float>(kSlabK * 16);
@@ -103,7 +102,6 @@ void run_tiles(int64_t M, int64_t K, int64_t n_blocks, int nt, Prologue&& prolog
         store(nb, r0, r1, static_cast<const float*>(acc.get()));
       }
     }
-    clock.finished();
   }
 }
 

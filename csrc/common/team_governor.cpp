@@ -4,6 +4,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/resource.h>
+#endif
 
 namespace tersor {
 
@@ -13,64 +16,71 @@ int64_t monotonic_ns() {
       .count();
 }
 
+int64_t TeamGovernor::switches() const {
+  if (fake_) return fake_count_.load(std::memory_order_relaxed);
+#if defined(__unix__) || defined(__APPLE__)
+  rusage u;
+  if (getrusage(RUSAGE_SELF, &u) == 0) return u.ru_nivcsw;
+#endif
+  return 0;  // nothing to count: never gives up a thread
+}
+
 int TeamGovernor::size(int requested) {
-  // The clock is read only while threads are given up (the common case costs one load).
-  if (requested <= 1 || cut_.load(std::memory_order_relaxed) == 0) return std::max(1, requested);
+  if (requested <= 1) return 1;
   return size_at(requested, monotonic_ns());
 }
 
 int TeamGovernor::size_at(int requested, int64_t now_ns) {
   if (requested <= 1) return 1;
   if (!enabled_.load(std::memory_order_relaxed)) return requested;
-  int cut = cut_.load(std::memory_order_relaxed);
-  if (cut > 0 && now_ns >= try_at_.load(std::memory_order_relaxed)) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (cut_ > 0 && !trying_ && now_ns >= try_at_) {  // take one thread back for a window
-      cut_ -= 1;
-      trying_ = true;
-      window_ = stalled_late_ = 0;
-      stats_.tries += 1;
-    }
-    cut = cut_;
+  regions_.fetch_add(1, std::memory_order_relaxed);
+  const int cut = cut_.load(std::memory_order_relaxed);
+  const int64_t end = window_end_.load(std::memory_order_relaxed);
+  const bool try_due = cut > 0 && now_ns >= try_at_.load(std::memory_order_relaxed);
+  const bool to_open = end == 0 && requested - cut > 1, to_judge = end != 0 && now_ns >= end;
+  if (!try_due && !to_open && !to_judge) return std::max(1, requested - cut);
+
+  std::lock_guard<std::mutex> lock(mu_);
+  if (window_end_ != 0 && now_ns >= window_end_) decide(window_size_, now_ns);
+  if (cut_ > 0 && !trying_ && now_ns >= try_at_) {  // take one thread back for a window
+    cut_ -= 1;
+    trying_ = true;
+    window_end_ = 0;
+    stats_.tries += 1;
   }
-  return std::max(1, requested - cut);
+  const int size = std::max(1, requested - cut_.load(std::memory_order_relaxed));
+  if (window_end_ == 0 && size > 1) {
+    window_start_ = now_ns;
+    window_switches_ = switches();
+    window_size_ = size;
+    window_end_ = now_ns + kWindowNs;
+  }
+  return size;
 }
 
-void TeamGovernor::report(int64_t t0_ns, const int64_t* ends_ns, int n) {
-  if (n < 2 || !enabled_.load(std::memory_order_relaxed)) return;
-  int64_t first = ends_ns[0], last = ends_ns[0];
-  for (int i = 1; i < n; ++i) {
-    first = std::min(first, ends_ns[i]);
-    last = std::max(last, ends_ns[i]);
-  }
-  const int64_t late = last - first;
-  const bool stalled = late > kStallNs && late > 2 * (first - t0_ns);
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.regions += 1;
-  stats_.stalled += stalled;
-  window_ += last - t0_ns;
-  if (stalled) stalled_late_ += late;
-  if (window_ < kWindowNs) return;
+void TeamGovernor::decide(int size, int64_t now_ns) {
+  const double rate = double(switches() - window_switches_) * 1e9 /
+                      double(std::max<int64_t>(now_ns - window_start_, 1));
   stats_.windows += 1;
-  if (stalled_late_ > kStalledShare * window_) {
-    // Give up a thread (this region had n, so at most n - 1 more go). Every cut doubles the
-    // wait before the next try: under lasting load a try often passes its own window (a thread
-    // that slept is let back on a busy core at once for a while) and stalls the next.
-    const int requested = n + cut_;
-    if (cut_ < requested - 1) {
+  stats_.switches_per_s = rate;
+  if (rate > kSwitchesPerSecond) {
+    // Give up a thread. Every cut doubles the wait before the next try: under lasting load a
+    // try often passes its own window (a thread that slept is let back on a busy core at once
+    // for a while) and the next window cuts again.
+    if (size > 1) {
       cut_ += 1;
       stats_.cuts += 1;
     }
-    try_at_ = last + backoff_;
+    try_at_ = now_ns + backoff_;
     backoff_ = std::min(2 * backoff_, kBackoffMaxNs);
-    last_cut_ = last;
-  } else if (!trying_ && cut_ == 0 && last - last_cut_ > kForgetNs) {
+    last_cut_ = now_ns;
+  } else if (!trying_ && cut_ == 0 && now_ns - last_cut_ > kForgetNs) {
     backoff_ = kBackoffMinNs;  // calm with every thread for a while: the load has gone
   } else if (trying_) {
-    try_at_ = last + backoff_;  // the thread taken back stays; the next try waits as long
+    try_at_ = now_ns + backoff_;  // the thread taken back stays; the next try waits as long
   }
   trying_ = false;
-  window_ = stalled_late_ = 0;
+  window_end_ = 0;
 }
 
 void TeamGovernor::set_enabled(bool on) {
@@ -78,13 +88,14 @@ void TeamGovernor::set_enabled(bool on) {
   enabled_ = on;
   cut_ = 0;
   trying_ = false;
-  window_ = stalled_late_ = 0;
+  window_end_ = 0;
   backoff_ = kBackoffMinNs;
 }
 
 TeamGovernor::Stats TeamGovernor::stats() {
   std::lock_guard<std::mutex> lock(mu_);
   Stats s = stats_;
+  s.regions = regions_.load(std::memory_order_relaxed);
   s.cut = cut_;
   return s;
 }

@@ -286,8 +286,7 @@ void run_avx2(const PackedW4LinearArgs& a) {
         });
     return;
   }
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     sums();
     if (a.M == 1) {
@@ -299,7 +298,6 @@ void run_avx2(const PackedW4LinearArgs& a) {
         for (int h = 0; h < 2; ++h) kHalves[mr - 1][h](a, X.get() + m0 * nks, nks, m0, nb);
       });
     }
-    clock.finished();
   }
 }
 

@@ -124,15 +124,13 @@ void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t nks = (a.K + kChunk - 1) / kChunk;
   auto X = alloc_scratch<float>(a.M * nks);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
     for_each_tile(n_blocks, nbw, a.M, kMR, [&](int64_t nb0, int nb, int64_t m0, int mr) {
       pick(mr, nb, nbw == 4)(a, X.get() + m0 * nks, nks, m0, nb0);
     });
-    clock.finished();
   }
 }
 

@@ -146,8 +146,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
   auto a16 = alloc_scratch<uint16_t>(a.M * lda);
   auto X = alloc_scratch<float>(a.zero ? a.M * a.ngroups : 1);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m)
@@ -166,7 +165,6 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
         pick(mr, nb)(a, Kp, rows, panel.get(), nb0);
       }
     }
-    clock.finished();
   }
 }
 

@@ -111,8 +111,7 @@ void run_amx(const PackedW4LinearArgs& a) {
   auto sx = alloc_scratch<float>(M32);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     quant_act::fill_rows_amx(a.M, a.K, M32, lda, aq.get(), sx.get(), [&](int64_t m, uint8_t* row) {
       return quant_act::quantize_row_avx512(quant_act::a8_row(a, m), a.K, row, 4, 0,
@@ -199,7 +198,6 @@ void run_amx(const PackedW4LinearArgs& a) {
       }
       _tile_release();
     }
-    clock.finished();
   }
 }
 

@@ -131,8 +131,7 @@ void run_avx512(const PackedW4LinearArgs& a) {
   auto gsum = alloc_scratch<int32_t>(m_panels * kMR * a.ngroups);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
@@ -154,7 +153,6 @@ void run_avx512(const PackedW4LinearArgs& a) {
       ctx.gsum = gsum.get() + m0 * a.ngroups;
       pick(mr, nb, nbw == 4)(ctx);
     });
-    clock.finished();
   }
 }
 

@@ -113,13 +113,11 @@ void run_avx2(const PackedW8LinearArgs& a) {
         });
     return;
   }
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
       kTiles[mr - 1](a, a.w + blk * Kp * 16, m0, blk * 16);
     });
-    clock.finished();
   }
 }
 

@@ -27,8 +27,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 
   if (a.M >= kRowsPerBlock * nt) {  // every thread gets whole row blocks
-    TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
     {
       auto rows = alloc_scratch<uint8_t>(kRowsPerBlock * Kp);
       avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1, avx2::RowBlock& block) {
@@ -38,7 +37,6 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
         for (int64_t i = 0; i < kRowsPerBlock; ++i) block.row[i] = rows.get() + i * Kp;
         block.runs = RowRuns{&kOneRun, 1, Kp / 4};
       });
-      clock.finished();
     }
     return;
   }
@@ -49,8 +47,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto sx = alloc_scratch<float>(tiles * kMR);
   auto non_negative = alloc_scratch<bool>(tiles);
   const int prefetch = a.M > kMR ? 0 : weight_stream_nta(a.w, n_blocks * Kp * 16) ? 2 : 1;
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t)
@@ -63,7 +60,6 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
       avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16, sx.get() + m0,
                      a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0}, blk * 16);
     });
-    clock.finished();
   }
 }
 

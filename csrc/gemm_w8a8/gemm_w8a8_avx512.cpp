@@ -110,8 +110,7 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto sx = alloc_scratch<float>(m_panels * kMR);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+#pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
@@ -132,7 +131,6 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
       ctx.m0 = m0;
       pick(mr, nb)(ctx);
     });
-    clock.finished();
   }
 }
 

@@ -19,9 +19,8 @@ void rms_norm_impl(const RmsArgs& a) {
   const bool f32 = a.dtype == half_io::F32;
   const size_t es = f32 ? 4 : 2;
   // a row is ~N / 8 fmas: below a few rows of 2048 the thread team costs more than it saves
-  const int nt = a.M * N >= (int64_t(1) << 14) ? a.nthreads : 1;
-  TeamClock clock(nt);
-#pragma omp parallel num_threads(clock.size())
+  const int nt = a.M * N >= (int64_t(1) << 14) ? team(a.nthreads) : 1;
+#pragma omp parallel num_threads(nt)
   {
     std::vector<float> buf(f32 ? 0 : size_t(3 * N));  // w, a row, its product (halves)
     float* wf = buf.data();
@@ -60,7 +59,6 @@ void rms_norm_impl(const RmsArgs& a) {
         half_io::narrow_ref({tf, 1, N, N, yrow, N, a.dtype});
       }
     }
-    clock.finished();
   }
 }
 

@@ -111,18 +111,19 @@ class StaticConvPlan:
         Ho, Wo, N] residual codes or 0."""
 
 class TeamGovernor:
-    """A thread governor of its own (common/team_governor.h), driven with made-up times: for
-    tests of its decisions."""
-    def __init__(self) -> None:
-        """A governor with every thread, on."""
+    """A thread governor of its own (common/team_governor.h) on made-up times and switch
+    counts: for tests of its decisions."""
+    def __init__(self, fake_switches: bool = True) -> None:
+        """A governor with every thread, on; counting the switches set_switches() gives."""
     BACKOFF_MAX_NS: int  # 1600000000
     BACKOFF_MIN_NS: int  # 100000000
-    STALL_NS: int  # 100000
-    WINDOW_NS: int  # 20000000
-    def report(self, t0_ns: int, ends_ns: collections.abc.Sequence[int]) -> None:
-        """A region began at t0_ns; its threads finished at ends_ns."""
+    FORGET_NS: int  # 2000000000
+    SWITCHES_PER_SECOND: float  # 100.0
+    WINDOW_NS: int  # 100000000
     def set_enabled(self, on: bool) -> None:
         """On or off; either gives back every thread given up."""
+    def set_switches(self, count: int) -> None:
+        """The process's involuntary context switches so far, as the governor will read them."""
     def size_at(self, requested: int, now_ns: int) -> int:
         """Threads for a region asking for `requested` at time now_ns."""
     def stats(self) -> dict:
@@ -784,8 +785,9 @@ def spmm_csr_w8a8(
     (row_amax: 0 or fp32 [M] floors under the rows' amax, quant_act.h; unused by spmm_csr)."""
 
 def team_stats() -> dict:
-    """The thread governor's counters since the process started, and the threads given up
-    now."""
+    """The thread governor's counters since the process started (regions: those that asked for
+    more than one thread), the involuntary context switches per second of its last window, and
+    the threads given up now."""
 
 def weight_stream_nta(w: int, bytes: int) -> bool:
     """Records a kernel call's read of `bytes` of weights at address w; whether it takes the

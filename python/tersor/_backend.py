@@ -36,10 +36,11 @@ def set_adaptive_threads(enabled: bool) -> bool:
     (``TERSOR_ADAPTIVE_THREADS=0`` turns it off at start-up).
 
     A kernel's threads share its work statically and meet at its end, so one thread that the OS
-    takes off a busy core stalls every call. The kernels time how late their last thread
-    finishes; when stalls take over a quarter of 20 ms of calls, they give up a thread, and try
-    it again after 0.1-1.6 s (csrc/common/team_governor.h). Results do not depend on it.
-    ``cpu_info()["threads_given_up"]`` says how many are given up now.
+    takes off a busy core stalls every call. While kernels run on more than one thread, the
+    process's involuntary context switches are counted over 100 ms windows; above 100 per
+    second a thread is given up, and tried again after 0.1-1.6 s (csrc/common/team_governor.h).
+    Results do not depend on it. ``cpu_info()["threads_given_up"]`` says how many are given up
+    now.
     """
     return bool(_C.set_adaptive_threads(bool(enabled)))
 

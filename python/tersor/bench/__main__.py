@@ -11,6 +11,7 @@ python -m tersor.bench --family block90      # block-sparse (16, 4) 90% (also bl
 python -m tersor.bench --family conv         # W8A8 Conv2d at ResNet layers (--signed-inputs)
 python -m tersor.bench --family llm          # Llama-3.2-1B shape: prefill + decode tokens/s
 python -m tersor.bench --family llm-step     # a decode step inside / outside the tersor layers
+python -m tersor.bench --family busy         # decode beside busy processes (thread governor)
 python -m tersor.bench --family tp           # 2 gloo processes x 1 thread vs 1 x 2 threads
 python -m tersor.bench --family cnn          # MobileNetV2 / ResNet-18 layouts, W8A8 vs fp32
 """
@@ -239,7 +240,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="4096x4096 and 384x1536, M in 1,32")
     p.add_argument(
         "--family",
-        choices=[*FAMILIES, "conv", "llm", "llm-step", "tp", "cnn", "all"],
+        choices=[*FAMILIES, "conv", "llm", "llm-step", "busy", "tp", "cnn", "all"],
         default="int8",
     )
     p.add_argument("--llm-shape", choices=["1b", "tiny"], default="1b", help="llm: model shape")
@@ -292,6 +293,12 @@ def _run(a) -> int:
 
             print("\n=== LLM decode step: inside and outside the tersor layers ===")
             rows += run_llm_step(a.llm_shape)
+            continue
+        if fam == "busy":
+            from tersor.bench.busy import run_busy
+
+            print("\n=== LLM decode beside busy processes ===")
+            rows += run_busy(a.llm_shape, new_tokens=min(a.new_tokens, 32))
             continue
         if fam == "cnn":
             from tersor.bench.cnn import run_cnn
