@@ -144,18 +144,24 @@ def test_openvino_peer_in_another_interpreter(monkeypatch, tmp_path):
 
 def test_busy_family_on_the_tiny_shape(capsys):
     """`--family busy`: decode alone and beside busy-loop processes, the thread governor on
-    and off (and llama.cpp when installed); the busy processes end with the block, and the
-    governor is left as it was."""
+    and off, one thread (and llama.cpp when installed); the busy processes end with the block,
+    and the governor and thread count are left as they were."""
+    import torch
+
     import tersor
     from tersor.bench.busy import busy_processes, run_busy
 
     with busy_processes(2) as procs:
         assert len(procs) == 2 and all(p.poll() is None for p in procs)
     assert all(p.poll() is not None for p in procs)
-    was = tersor.cpu_info()["adaptive_threads"]
+    was, threads = tersor.cpu_info()["adaptive_threads"], torch.get_num_threads()
     rows = run_busy("tiny", prompt_len=8, new_tokens=3, rounds=1)
-    assert [r["impl"] for r in rows][:2] == ["tersor W4A8 g32", "tersor W4A8 g32, fixed threads"]
+    assert [r["impl"] for r in rows][:3] == [
+        "tersor W4A8 g32",
+        "tersor W4A8 g32, fixed threads",
+        "tersor W4A8 g32, one thread",
+    ]
     assert all(r["decode_tok_s"] > 0 and r["busy_decode_tok_s"] > 0 for r in rows)
     assert set(rows[0]["ratios"]) == {r["impl"] for r in rows[1:]}
-    assert tersor.cpu_info()["adaptive_threads"] == was
+    assert tersor.cpu_info()["adaptive_threads"] == was and torch.get_num_threads() == threads
     assert "busy / alone" in capsys.readouterr().out

@@ -4,8 +4,9 @@ A kernel's threads share its work statically and meet at its end, so when anothe
 holds a core, every call waits for the thread the OS has taken off it. tersor's kernels give
 up threads while that lasts (``tersor.set_adaptive_threads``, csrc/common/team_governor.h).
 This runs the LLM bench's W4A8 g32 model alone and beside busy-loop processes (one per two of
-torch's threads), with the governor on and off, and llama.cpp Q4_0 on the same weights when
-llama-cpp-python is installed; rounds interleave (the machine is shared).
+torch's threads), with the governor on and off and on one thread (what the governor can reach
+on 2 cores), and llama.cpp Q4_0 on the same weights when llama-cpp-python is installed; rounds
+interleave (the machine is shared).
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def _adaptive(on: bool):
     return timer
 
 
+def _one_thread(model, prompt, new_tokens):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return time_generation(model, prompt, new_tokens)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_busy(shape: str = "1b", prompt_len: int = 32, new_tokens: int = 32, rounds: int = 3):
     from tersor.bench import llamacpp, llm
 
@@ -72,6 +82,7 @@ def run_busy(shape: str = "1b", prompt_len: int = 32, new_tokens: int = 32, roun
     engines = {
         "tersor W4A8 g32": (m, _adaptive(True)),
         "tersor W4A8 g32, fixed threads": (m, _adaptive(False)),
+        "tersor W4A8 g32, one thread": (m, _one_thread),
         **engines,
     }
     samples = {(name, b): [] for name in engines for b in (0, busy)}
