@@ -29,13 +29,14 @@ void tile(const PackedW8LinearArgs& a, const int8_t* w, int64_t m0, int64_t n0) 
 TERSOR_UNROLL
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   const float* x = a.x + m0 * a.ldx;
-  const int64_t k4n = round_up(a.K, 4) / 4;
-  for (int64_t k4 = 0; k4 < k4n; ++k4) {
+  // k = 4 k4 + i; whole W8Tiles first, then the partial last one (Zen 3, 2048x8192 M = 1:
+  // 0.96x the time of one loop with a bound per tile).
+  auto step = [&](int64_t k4, int kn) {
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k4 * 64));
     const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k4 * 64 + 32));
-    const int kn = a.K - 4 * k4 >= 4 ? 4 : static_cast<int>(a.K - 4 * k4);
 TERSOR_UNROLL
-    for (int i = 0; i < kn; ++i) {
+    for (int i = 0; i < 4; ++i) {
+      if (i >= kn) break;
       const __m256 dlo = widen(lo, i), dhi = widen(hi, i);
 TERSOR_UNROLL
       for (int r = 0; r < MR; ++r) {
@@ -44,7 +45,10 @@ TERSOR_UNROLL
         acc[r][1] = _mm256_fmadd_ps(xb, dhi, acc[r][1]);
       }
     }
-  }
+  };
+  const int64_t k4_full = a.K / 4;
+  for (int64_t k4 = 0; k4 < k4_full; ++k4) step(k4, 4);
+  if (a.K % 4) step(k4_full, static_cast<int>(a.K % 4));
 TERSOR_UNROLL
   for (int h = 0; h < 2; ++h) {
     const int64_t n = n0 + 8 * h;
