@@ -189,15 +189,19 @@ def run_llm(
         if name in SCHEMES or name == "HF fp32 eager":
             warm_up(m, prompt)
     samples = {name: [] for name in engines}
+    cuts = tersor._C.team_stats()["cuts"]
     for _ in range(rounds):
         for name, (m, timer) in engines.items():
             samples[name].append(timer(m, prompt, new_tokens))
+    cuts = tersor._C.team_stats()["cuts"] - cuts
     for r in rows:
         got = samples[r["impl"]]
         for key in ("prefill_ms", "s_per_token"):
             r[key] = statistics.median(t[key] for t in got)
         r["decode_tok_s"] = 1.0 / r["s_per_token"]
     _print_llm(rows, peers, shape, prompt_len, new_tokens, rounds, bandwidth)
+    if cuts:  # other work kept the cores busy (csrc/common/team_governor.h)
+        print(f"busy cores: tersor's kernels gave up a thread {cuts} times while timed")
     return rows + [r for r in peers if "unavailable" in r]
 
 
