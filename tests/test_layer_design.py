@@ -225,7 +225,11 @@ def test_binding_is_self_describing():
     assert len(fns) >= 17
     for cls in [f for f in fns if isinstance(f, type)]:  # a class: its constructor and methods
         fns.remove(cls)
-        fns += [getattr(cls, m) for m in vars(cls) if m == "__init__" or not m.startswith("_")]
+        fns += [
+            getattr(cls, m)
+            for m in vars(cls)
+            if (m == "__init__" or not m.startswith("_")) and callable(getattr(cls, m))
+        ]  # (not its constants)
     for fn in fns:
         sig, _, doc = fn.__doc__.partition("\n")
         assert "arg0" not in sig and len(doc.strip()) > 20, fn.__name__

@@ -38,7 +38,6 @@ static inline int team(int requested) {
   return team_governor().size(requested);
 }
 
-
 // [begin, end) of `n` items for thread `t` of `nt`, balanced to within one item.
 static inline void split_range(int64_t n, int nt, int t, int64_t* begin, int64_t* end) {
   *begin = n * t / nt;
