@@ -68,7 +68,7 @@ def run_busy(shape: str = "1b", prompt_len: int = 32, new_tokens: int = 32, roun
     engines, skipped = {}, []
     why = llamacpp.unavailable()
     if why:
-        skipped.append(f"llama.cpp Q4_0: {why}")
+        skipped.append(("llama.cpp Q4_0", why))
     else:
         with tempfile.TemporaryDirectory() as d:
             for row, engine in llamacpp.prepare(model, prompt, new_tokens, d, prompt[:, :16]):
@@ -78,6 +78,13 @@ def run_busy(shape: str = "1b", prompt_len: int = 32, new_tokens: int = 32, roun
     tersor.quantize_(m, tersor.W4A8Config(group_size=32), progress=False)
     tersor.optimize_decoding_(m)
     del model
+    with torch.inference_mode():  # checked once against its own weights dequantized
+        out = m(prompt[:, :16]).logits
+        with llm.dequantized(m):
+            deq = m(prompt[:, :16]).logits
+    err = ((out - deq).norm() / deq.norm()).item()
+    if not err < 0.35:  # int8 activations' noise over the layers (the LLM bench's bound)
+        raise SystemExit(f"tersor W4A8 g32: logits {err:.3g} off its dequantized weights")
     warm_up(m, prompt)
     engines = {
         "tersor W4A8 g32": (m, _adaptive(True)),
@@ -85,6 +92,8 @@ def run_busy(shape: str = "1b", prompt_len: int = 32, new_tokens: int = 32, roun
         "tersor W4A8 g32, one thread": (m, _one_thread),
         **engines,
     }
+    # The governor rows set it on / off per timing, which also clears its state: each busy
+    # phase starts from every thread, as when a busy process appears.
     samples = {(name, b): [] for name in engines for b in (0, busy)}
     cuts0 = tersor._C.team_stats()["cuts"]
     for _ in range(rounds):
@@ -120,6 +129,6 @@ def run_busy(shape: str = "1b", prompt_len: int = 32, new_tokens: int = 32, roun
     for name, v in ours["ratios"].items():
         print(f"busy: tersor W4A8 g32 vs {name}: {v:.2f}x")
     print(f"threads given up {tersor._C.team_stats()['cuts'] - cuts0} times")
-    for s in skipped:
-        print(f"{s.split(':')[0]:<32}unavailable: {s.split(': ', 1)[1]}")
+    for name, why in skipped:
+        print(f"{name:<32}unavailable: {why}")
     return rows
