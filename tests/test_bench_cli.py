@@ -1,6 +1,7 @@
 """`python -m tersor.bench --family conv` on its smallest layer: every implementation checked
 and timed, ratios against both baselines."""
 
+import tersor
 from tersor.bench.__main__ import run_conv
 
 
@@ -14,11 +15,11 @@ def test_conv_family_times_ours_against_both_baselines(capsys):
 
 
 def test_llm_step_breakdown_on_the_tiny_shape(capsys):
-    """`--family llm-step`: HF's decode steps, optimize_decoding_'s parts, and with its lean
-    layer steps (Python, native), interleaved, each with its time inside the tersor layers;
-    the fast paths are restored afterwards."""
+    """`--family llm-step`: HF's decode steps, optimize_decoding_'s parts, with its lean
+    layer steps (Python, native) and the whole stack in one call, interleaved, each with its
+    time inside the tersor layers; the fast paths are restored afterwards."""
     from tersor.bench.llm import run_llm_step
-    from tersor.llm import FastDecodeAttention, layer
+    from tersor.llm import FastDecodeAttention, layer, stack
     from tersor.nn import PackedLinear
 
     def current():
@@ -26,6 +27,8 @@ def test_llm_step_breakdown_on_the_tiny_shape(capsys):
             FastDecodeAttention._tersor_decode_step,
             layer._Plan.step,
             layer._Plan._native_step,
+            stack._StackPlan.step,
+            tersor._C.decoder_layers_step,
             layer._project,
             PackedLinear.forward,
         )
@@ -37,6 +40,7 @@ def test_llm_step_breakdown_on_the_tiny_shape(capsys):
         "optimize_decoding_ parts",
         "+ lean layer steps (Python)",
         "+ lean layer steps (native)",
+        "+ whole stack in one call",
     ]
     for r in rows:
         assert len(r["step_ms"]) == 2 and all(

@@ -15,6 +15,16 @@ from tersor.llm.layer import FastDecoderLayer, _Plan
 
 pytest.importorskip("transformers")
 
+
+@pytest.fixture(autouse=True)
+def layer_steps_only(monkeypatch):
+    """These tests are about each layer's step: the decoder stack's one call (which would serve
+    the native steps instead; tests/test_llm_stack.py) stays out of the way."""
+    from tersor.llm.stack import _StackPlan
+
+    monkeypatch.setattr(_StackPlan, "step", lambda *a: None)
+
+
 SCHEMES = {
     "float": None,
     "w8a8": tersor.W8A8Config(),

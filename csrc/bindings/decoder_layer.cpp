@@ -1,6 +1,9 @@
 // A decoder layer's decode step in one call (decoder_layer/decoder_layer.h): the layer is built
-// once (python/tersor/llm/native.py) and stepped per token.
+// once (python/tersor/llm/layer.py) and stepped per token; a stack of them in one call too
+// (python/tersor/llm/stack.py).
 #include <pybind11/stl.h>
+
+#include <stdexcept>
 
 #include "bindings/bind.h"
 #include "decoder_layer/decoder_layer.h"
@@ -71,7 +74,30 @@ void bind_decoder_layer(py::module_& m) {
           "y [B][H] = the layer on x [B][H] (one new row per sequence), its k / v rows written "
           "at pos of the caches [B][Hkv][cap][D]; cos / sin rows of D at b * ldcs (0: no "
           "rotary); start int64 [B] or 0 (left padding). dtype 0 fp32, 1 bf16, 2 fp16 for x, "
-          "y, cos, sin, the caches and the norm weights.");
+          "y, cos, sin, the caches and the norm weights. y may be x.");
+  m.def(
+      "decoder_layers_step",
+      [](const std::vector<const Layer*>& layers, addr x, addr y, int64_t B, addr cos, addr sin,
+         int64_t ldcs, const std::vector<addr>& kcache, const std::vector<addr>& vcache,
+         const std::vector<int64_t>& cap, int64_t pos, addr start, int dtype, int nthreads) {
+        const size_t n = layers.size();
+        if (kcache.size() != n || vcache.size() != n || cap.size() != n)
+          throw std::invalid_argument("decoder_layers_step: one kcache, vcache and cap per layer");
+        std::vector<void*> ks(n), vs(n);
+        for (size_t i = 0; i < n; ++i) ks[i] = ptr<void>(kcache[i]), vs[i] = ptr<void>(vcache[i]);
+        py::gil_scoped_release nogil_here;
+        decoder_layer::step_layers(layers,
+                                   {ptr<const void>(x), ptr<void>(y), B, ptr<const void>(cos),
+                                    ptr<const void>(sin), ldcs, nullptr, nullptr, 0, pos,
+                                    ptr<const int64_t>(start), dtype, nthreads},
+                                   ks, vs, cap);
+      },
+      py::arg("layers"), py::arg("x"), py::arg("y"), py::arg("B"), py::arg("cos"), py::arg("sin"),
+      py::arg("ldcs"), py::arg("kcache"), py::arg("vcache"), py::arg("cap"), py::arg("pos"),
+      py::arg("start"), py::arg("dtype"), py::arg("nthreads"),
+      "A decoder stack's decode step: DecoderLayer.step of each layer in order, layer i on its "
+      "caches kcache[i] / vcache[i] of capacity cap[i], x's rows in and y's out (y may be x: "
+      "the rows are stepped in place); the other arguments as DecoderLayer.step's.");
 }
 
 }  // namespace tersor::bindings

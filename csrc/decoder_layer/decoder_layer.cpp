@@ -107,4 +107,15 @@ void step(const Layer& L, const StepArgs& a) {
   add(x1, a.y, a.y, B * H, dt, tmp);
 }
 
+void step_layers(const std::vector<const Layer*>& layers, const StepArgs& a,
+                 const std::vector<void*>& kcache, const std::vector<void*>& vcache,
+                 const std::vector<int64_t>& cap) {
+  StepArgs s = a;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    s.x = i ? a.y : a.x;
+    s.kcache = kcache[i], s.vcache = vcache[i], s.cap = cap[i];
+    step(*layers[i], s);
+  }
+}
+
 }  // namespace tersor::decoder_layer

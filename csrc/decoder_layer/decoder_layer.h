@@ -57,7 +57,7 @@ struct Layer {
   float q_eps = 0, k_eps = 0;
 };
 
-// Step arguments: x, y [B][H] (contiguous); cos / sin rows of D at b * ldcs (null: no
+// Step arguments: x, y [B][H] (contiguous; y may be x); cos / sin rows of D at b * ldcs (null: no
 // rotary); the caches [B][Hkv][cap][D]; all of `dtype` (0 fp32, 1 bf16, 2 fp16); start int64
 // [B] or null (left padding).
 struct StepArgs {
@@ -76,5 +76,12 @@ struct StepArgs {
 };
 
 void step(const Layer& layer, const StepArgs& a);
+
+// A whole decoder stack's step: layers[i] on its own caches kcache[i] / vcache[i] (capacity
+// cap[i]), a.x's rows in, a.y's out (a.y may be a.x: a layer reads its x before it writes its
+// y, so the rows are stepped in place, layer after layer). a.kcache / vcache / cap unused.
+void step_layers(const std::vector<const Layer*>& layers, const StepArgs& a,
+                 const std::vector<void*>& kcache, const std::vector<void*>& vcache,
+                 const std::vector<int64_t>& cap);
 
 }  // namespace tersor::decoder_layer

@@ -61,7 +61,7 @@ class DecoderLayer:
         """y [B][H] = the layer on x [B][H] (one new row per sequence), its k / v rows written
         at pos of the caches [B][Hkv][cap][D]; cos / sin rows of D at b * ldcs (0: no rotary);
         start int64 [B] or 0 (left padding). dtype 0 fp32, 1 bf16, 2 fp16 for x, y, cos, sin,
-        the caches and the norm weights."""
+        the caches and the norm weights. y may be x."""
 
 class StaticConvPlan:
     """conv_w8a8_static's fixed arguments (one layer's), for run()."""
@@ -342,6 +342,26 @@ def convert_rows(
 def cpu_info() -> dict:
     """CPU features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in order), the
     best one and the one TERSOR_CPU_ISA selects now."""
+
+def decoder_layers_step(
+    layers: collections.abc.Sequence[tersor._C.DecoderLayer],
+    x: int,
+    y: int,
+    B: int,
+    cos: int,
+    sin: int,
+    ldcs: int,
+    kcache: collections.abc.Sequence[int],
+    vcache: collections.abc.Sequence[int],
+    cap: collections.abc.Sequence[int],
+    pos: int,
+    start: int,
+    dtype: int,
+    nthreads: int,
+) -> None:
+    """A decoder stack's decode step: DecoderLayer.step of each layer in order, layer i on its
+    caches kcache[i] / vcache[i] of capacity cap[i], x's rows in and y's out (y may be x: the
+    rows are stepped in place); the other arguments as DecoderLayer.step's."""
 
 def decompress_24(values: int, meta: int, N: int, K: int, out: int, nthreads: int) -> None:
     """spmm_24's packed weight -> out fp32 W [N, K] (contiguous), exact."""

@@ -274,16 +274,18 @@ def _peers(model, prompt, new_tokens):
 
 def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, rounds: int = 4):
     """Where a decode step goes, on one W4A8 g32 model, interleaved rounds (the machine is
-    shared): HF's own attention / norms / MLP gate, ``optimize_decoding_``'s parts alone, and
-    with its lean decoder-layer steps in Python and as one native call each; per round the
-    median step and the time inside the tersor layers (each call timed; a native layer step
-    counts whole), so step - layers is the time outside them."""
+    shared): HF's own attention / norms / MLP gate, ``optimize_decoding_``'s parts alone, with
+    its lean decoder-layer steps in Python and as one native call each, and with every layer
+    in one native call (tersor.llm.stack); per round the median step and the time inside the
+    tersor layers (each call timed; a native layer or stack step counts whole), so step -
+    layers is the time outside them."""
     import inspect
     import statistics
 
     from tersor.llm import FastDecodeAttention, FastRMSNorm, FastSwiGLU
     from tersor.llm import layer as layer_mod
     from tersor.llm.layer import _Plan
+    from tersor.llm.stack import _StackPlan
     from tersor.nn import PackedLinear
 
     model = build(shape)
@@ -298,6 +300,7 @@ def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, roun
         (FastSwiGLU, "forward", lambda self, x: super(FastSwiGLU, self).forward(x)),
         (_Plan, "step", lambda self, layer, x, kwargs: None),
         (_Plan, "_native_step", lambda self, x, x2, rows: None),
+        (_StackPlan, "step", lambda self, model, kw: None),
     ]
     fast = [getattr(cls, name) for cls, name, _ in patched]
     modes = {  # how many of `patched` keep their fast version
@@ -305,11 +308,13 @@ def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, roun
         "optimize_decoding_ parts": 3,
         "+ lean layer steps (Python)": 4,
         "+ lean layer steps (native)": 5,
+        "+ whole stack in one call": 6,
     }
     inside, depth = [0.0], [0]
     layer_forward = PackedLinear.forward
     timed_functions = [(layer_mod, "_project"), (layer_mod, "_project_all")]
     timed_functions += [(PackedLinear, "forward"), (_Plan, "_native_step")]
+    timed_functions += [(tersor._C, "decoder_layers_step")]
     originals = [getattr(owner, name) for owner, name in timed_functions]
 
     def timing(fn):  # the outermost timed call counts (_project_all calls _project, ...)
@@ -353,8 +358,9 @@ def run_llm_step(shape: str = "1b", prompt_len: int = 128, steps: int = 16, roun
     finally:
         for (owner, name), fn in zip(timed_functions, originals):
             setattr(owner, name, fn)
-        for (cls, name, _), fn in zip(patched[:4], fast):
-            setattr(cls, name, fn)
+        for i, ((cls, name, _), fn) in enumerate(zip(patched, fast)):
+            if i != 4:  # (_native_step: restored with the timed functions)
+                setattr(cls, name, fn)
         assert PackedLinear.forward is layer_forward
     print(
         f"Llama ({shape} shape) W4A8 g32, decode steps after a {prompt_len}-token prompt, "

@@ -1,0 +1,193 @@
+"""tersor.llm.stack: a decoder stack's decode step with every layer in one native call
+(optimize_decoding_): the model's own outputs bit for bit, and the model's own forward (its
+layers on their lean steps) wherever the one call would skip something."""
+
+import copy
+
+import pytest
+import torch
+from tests.llm_models import decode_logits, tiny_llm
+from torch import nn
+
+import tersor
+from tersor.llm import stack as stack_mod
+from tersor.llm.layer import _Plan
+from tersor.llm.stack import FastDecoderStack, _StackPlan
+
+pytest.importorskip("transformers")
+
+
+def counting(monkeypatch) -> dict:
+    """How many decode steps the one call served, and how many layer steps ran on their own."""
+    hits = {"stack": 0, "layer": 0}
+    step, layer_step = _StackPlan.step, _Plan.step
+
+    def counted(self, model, kw):
+        out = step(self, model, kw)
+        hits["stack"] += out is not None
+        return out
+
+    def counted_layer(self, layer, x, kwargs):
+        out = layer_step(self, layer, x, kwargs)
+        hits["layer"] += out is not None
+        return out
+
+    monkeypatch.setattr(_StackPlan, "step", counted)
+    monkeypatch.setattr(_Plan, "step", counted_layer)
+    return hits
+
+
+def without_stack(fn):
+    orig = _StackPlan.step
+    _StackPlan.step = lambda *a: None
+    try:
+        return fn()
+    finally:
+        _StackPlan.step = orig
+
+
+def optimized(family="llama", config=None, dtype=torch.float32, fuse="auto"):
+    model = tiny_llm(family, dtype=dtype)
+    tersor.quantize_(model, config or tersor.W8A8Config(), progress=False, fuse_projections=fuse)
+    report = tersor.optimize_decoding_(model)
+    assert report.stacks == ["model"] and not report.left, report
+    assert isinstance(model.model, FastDecoderStack)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize(
+    "config,dtype,fuse",
+    [
+        (tersor.W8A8Config(), torch.float32, "auto"),
+        (tersor.W4A8Config(group_size=32), torch.float32, False),
+        (tersor.W4A8Config(group_size=32), torch.bfloat16, "auto"),
+        (tersor.W8A8Config(), torch.float16, False),
+    ],
+)
+def test_one_call_steps_equal_the_models_own_forward(family, config, dtype, fuse, monkeypatch):
+    """Every decode step of a batch of two in one call; the logits and the cache rows are the
+    model's own (its layers' lean steps, themselves checked against HF's forward) bit for bit."""
+    model = optimized(family, config, dtype, fuse)
+    prompt = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(0))
+    want = without_stack(lambda: decode_logits(model, prompt, steps=5))
+    hits = counting(monkeypatch)
+    got = decode_logits(model, prompt, steps=5)
+    assert hits == {"stack": 5, "layer": 0}
+    for a, b in zip(want, got):
+        assert a.dtype == dtype and torch.equal(a, b)
+
+
+def test_generate_with_left_padding_takes_the_one_call(monkeypatch):
+    model = optimized("llama", tersor.W4A8Config(group_size=32))
+    prompt = torch.randint(1, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    padded = torch.ones_like(prompt)
+    padded[0, :3] = 0
+    kw = dict(pad_token_id=0, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+
+    def run(mask):
+        with torch.inference_mode():
+            return model.generate(prompt, attention_mask=mask, output_logits=True,
+                                  return_dict_in_generate=True, **kw)  # fmt: skip
+
+    for mask in (padded, torch.ones_like(prompt)):
+        want = without_stack(lambda: run(mask))
+        hits = counting(monkeypatch)
+        got = run(mask)
+        assert hits == {"stack": 7, "layer": 0}
+        assert torch.equal(got.sequences, want.sequences)
+        assert all(torch.equal(a, b) for a, b in zip(got.logits, want.logits))
+
+
+def test_the_models_own_forward_wherever_the_one_call_would_skip_something(monkeypatch):
+    model = optimized("llama")
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(2))
+    want = decode_logits(model, prompt, steps=3)
+    hits = counting(monkeypatch)
+
+    def expect(stack, layer):
+        got = decode_logits(model, prompt, steps=3)
+        assert hits == {"stack": stack, "layer": layer}
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
+        hits.update(stack=0, layer=0)
+
+    seen = []
+    handle = model.model.layers[1].register_forward_hook(lambda m, a, out: seen.append(1))
+    expect(stack=0, layer=2 * 3)  # a hook on a layer: every layer called as a module
+    assert len(seen) == 4
+    handle.remove()
+    handle = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda *a: None)
+    expect(stack=0, layer=3)  # inside a layer: that layer on its own forward
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        expect(stack=0, layer=0)
+    finally:
+        handle.remove()
+    expect(stack=3, layer=0)
+
+    layers = model.model.layers
+    planned = layers[1]
+    layers[1] = copy.deepcopy(planned)  # a layer replaced since the swap
+    expect(stack=0, layer=2 * 3)
+    layers[1] = planned
+    expect(stack=3, layer=0)
+
+    with torch.inference_mode():  # asking for hidden states: the model's forward
+        out = model(prompt, use_cache=True)
+        arg = "cache" if hasattr(out, "cache") and out.cache is not None else "past_key_values"
+        tok = out.logits[:, -1:].argmax(-1)
+        step = model(tok, use_cache=True, output_hidden_states=True, **{arg: getattr(out, arg)})
+    # (transformers 5 records them with hooks on the layers, which then stay: later steps
+    # take the model's forward and the layers theirs)
+    assert len(step.hidden_states) == 3 and hits["stack"] == 0
+
+
+def test_changed_layers_take_one_step_of_their_own_then_the_one_call(monkeypatch):
+    """A format preparing a new call, or the fused groups dissolved: the next step takes the
+    layers' own lean steps, which rebuild their native layers from the current modules; the
+    one call serves the steps after it."""
+    from tersor.nn.fused import fuse_projections
+
+    model = optimized("llama", tersor.W4A8Config(group_size=32))
+    prompt = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(5))
+    want = decode_logits(model, prompt, steps=4)
+    hits = counting(monkeypatch)
+    down = model.model.layers[1].mlp.down_proj
+    down.fmt.codes = down.fmt.codes.clone()
+    down.fmt._finish()
+    fuse_projections(model, False)
+    got = decode_logits(model, prompt, steps=4)
+    assert hits == {"stack": 3, "layer": 2}  # the first step rebuilt the native layers
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+def test_copies_run_their_own_modules():
+    model = optimized("llama", tersor.W4A8Config(group_size=32))
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(3))
+    want = decode_logits(model, prompt, steps=3)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.model.layers[0].post_attention_layernorm.weight.mul_(2)
+    changed = decode_logits(twin, prompt, steps=3)
+    assert all(torch.equal(a, b) for a, b in zip(want, decode_logits(model, prompt, steps=3)))
+    assert not torch.equal(want[-1], changed[-1])
+    expected = without_stack(lambda: decode_logits(twin, prompt, steps=3))
+    assert all(torch.equal(a, b) for a, b in zip(expected, changed))
+
+
+def test_stacks_of_python_steps_and_failed_checks_keep_their_forward(monkeypatch):
+    model = tiny_llm("llama")  # float layers step in Python: no one call, nothing to report
+    report = tersor.optimize_decoding_(model)
+    assert report.stacks == [] and not report.left and len(report.layers) == 2
+
+    class NoStep:  # a native stack step that leaves the rows as they were
+        def __getattr__(self, name):
+            return lambda *a: None if name == "decoder_layers_step" else getattr(tersor._C, name)
+
+    monkeypatch.setattr(stack_mod, "_C", NoStep())
+    model = tiny_llm("llama")
+    tersor.quantize_(model, tersor.W8A8Config(), progress=False)
+    report = tersor.optimize_decoding_(model)
+    assert report.stacks == [] and "differs" in report.left["model"], report
+    assert not isinstance(model.model, FastDecoderStack) and len(report.layers) == 2
