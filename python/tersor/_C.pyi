@@ -344,7 +344,7 @@ def cpu_info() -> dict:
     best one and the one TERSOR_CPU_ISA selects now."""
 
 def decoder_layers_step(
-    layers: collections.abc.Sequence[tersor._C.DecoderLayer],
+    layers: collections.abc.Sequence[DecoderLayer],
     x: int,
     y: int,
     B: int,

@@ -26,6 +26,7 @@ def _signature(sig: str) -> str:
     (3 writes `typing.SupportsInt | typing.SupportsIndex` for an int argument), wrapped."""
     sig = sig.replace("typing.SupportsInt | typing.SupportsIndex", "int")
     sig = sig.replace("typing.SupportsFloat | typing.SupportsIndex", "float")
+    sig = sig.replace("tersor._C.", "")  # (a class of this module, as the stub names it)
     head = f"def {sig}:"
     if len(head) <= 100:
         return head
