@@ -88,13 +88,15 @@ def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
         ("w4a8", torch.bfloat16, "auto", True),
         ("w8a8", torch.float16, False, True),
         ("w4", torch.bfloat16, "auto", False),
+        ("w4", torch.float32, "auto", True),
+        ("w4", torch.bfloat16, False, True),
     ],
 )
 def test_lean_steps_equal_the_layers_own_forward(family, scheme, dtype, fuse, native, monkeypatch):
     """Fused q/k/v and gate/up groups, separate projections, Phi-3's fused qkv_proj and
     gate_up_proj, Qwen3's per-head norms, bf16 / fp16 models; a batch of two sequences. int8 /
-    int4 weights with int8 activations step natively, others in Python; both are the layer's
-    own forward bit for bit."""
+    int4 weights with int8 activations and int4 weights with fp32 ones (W4) step natively, or
+    in Python (native=False, and float layers); both are the layer's own forward bit for bit."""
     if not native:
         python_steps_only(monkeypatch)
     model = optimized(family, scheme, dtype, fuse)
@@ -123,6 +125,34 @@ def test_left_padded_generate_takes_lean_steps(monkeypatch):
     want = without_lean_steps(model, run)
     served = counting_lean_steps(monkeypatch)
     assert torch.equal(run(), want) and len(served) == 2 * 7 and all(natives(model))
+
+
+def test_w4_layers_step_natively_only_where_their_calls_run_the_register_kernel(monkeypatch):
+    """A W4 weight's prepared call leaves the register kernel for the dense panels (and, on
+    CPUs with AVX512-BF16, for the bf16 kernels) from some rows on: there the native step
+    declines and the lean step runs the prepared calls in Python."""
+    import tersor.llm.layer as layer_mod
+
+    model = optimized("llama", "w4")
+    prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(4))
+    want = decode_logits(model, prompt, steps=3)
+    assert all(natives(model))
+    monkeypatch.setattr(layer_mod, "DENSE_MIN_ROWS", {"w4": 2})  # (as if 2 rows were many)
+    native_steps, native_step = [], _Plan._native_step
+
+    def counted(self, x, x2, rows):
+        out = native_step(self, x, x2, rows)
+        native_steps.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_Plan, "_native_step", counted)
+    served = counting_lean_steps(monkeypatch)
+    got = decode_logits(model, prompt, steps=3)
+    assert served == [0, 1] * 3 and native_steps == [False] * 6
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    native = model.model.layers[0]._tersor_plan.native
+    assert native.weight_only and not native.serves(torch.float32, 2)
+    assert native.serves(torch.float32, 1)
 
 
 def test_native_steps_follow_fusion_and_format_changes(monkeypatch):

@@ -63,6 +63,8 @@ def optimized(family="llama", config=None, dtype=torch.float32, fuse="auto"):
         (tersor.W4A8Config(group_size=32), torch.float32, False),
         (tersor.W4A8Config(group_size=32), torch.bfloat16, "auto"),
         (tersor.W8A8Config(), torch.float16, False),
+        (tersor.W4Config(group_size=32), torch.float32, "auto"),
+        (tersor.W4Config(group_size=32), torch.bfloat16, False),
     ],
 )
 def test_one_call_steps_equal_the_models_own_forward(family, config, dtype, fuse, monkeypatch):

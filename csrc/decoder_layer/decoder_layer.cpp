@@ -4,6 +4,7 @@
 
 #include "act/act.h"
 #include "attention/attention.h"
+#include "gemm_w4/gemm_w4.h"
 #include "gemm_w4a8/gemm_w4a8.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "half_io/half_io.h"
@@ -26,6 +27,10 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
     PackedW4LinearArgs a{xf, M, K, ldx, static_cast<const uint8_t*>(w),
                          static_cast<const uint16_t*>(scale), static_cast<const uint8_t*>(aux),
                          group_size, ngroups, N, bias, yf, ldy, nthreads};
+    if (kind == W4) {  // (the staging scales fp32 rows by x_scale, as _C.gemm_w4 does)
+      half_io::run_staged(a, io, x_scale, gemm_w4::run);
+      return;
+    }
     a.x_scale = x_scale;
     half_io::run_staged(a, io, nullptr, gemm_w4a8::run);
   }

@@ -14,8 +14,11 @@
 // Why: from Python the step is ~12 calls through torch and pybind; on a 1B model at 2 threads
 // (Zen 2) their overhead was ~4 ms of a ~34 ms token. Projections are int8 or int4 weights with
 // int8 activations (gemm_w8a8 / gemm_w4a8): the kernels the layers' prepared calls use at any
-// row count. Every tensor of a step has the model's dtype (fp32, bf16 or fp16: the kernels'
-// `dtype` / `io` codes), but biases and input scales, fp32 as the layers keep them.
+// row count, or int4 weights with fp32 activations (gemm_w4's register kernel: what the W4
+// layers' prepared calls run below the rows of their bf16 and dense paths; the Python side
+// steps natively only there). Every tensor of a step has the model's dtype (fp32, bf16 or
+// fp16: the kernels' `dtype` / `io` codes), but biases and input scales, fp32 as the layers
+// keep them.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -26,10 +29,10 @@ namespace tersor::decoder_layer {
 
 // One projection: its packed weight, writing columns [col, col + N) of the stage's output.
 struct Projection {
-  enum Kind { W8A8 = 0, W4A8 = 1 } kind;
+  enum Kind { W8A8 = 0, W4A8 = 1, W4 = 2 } kind;  // W4: fp32 activations (gemm_w4)
   const void* w;      // W8Tile / W4Tile codes
-  const void* scale;  // fp32 [Np] (W8A8) or fp16 [Np/16][ngroups][16] (W4A8)
-  const void* aux;    // colsum int32 [Np] (W8A8) or zero points (W4A8; null: symmetric)
+  const void* scale;  // fp32 [Np] (W8A8) or fp16 [Np/16][ngroups][16] (W4A8, W4)
+  const void* aux;    // colsum int32 [Np] (W8A8) or zero points (W4A8, W4; null: symmetric)
   const float* bias;  // [N] or null
   const float* x_scale;  // [K] input scale or null
   int64_t K, N, group_size, ngroups, col;

@@ -33,6 +33,8 @@ from tersor.llm.norm import FastRMSNorm
 from tersor.nn.fused import FusedGroup
 from tersor.ops._common import IO_CODE, NATIVE, ptr
 from tersor.ops.act import silu_mul_cpu
+from tersor.ops.dense_path import DENSE_MIN_ROWS
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS
 from tersor.ops.norm import rms_norm_cpu
 
 _F32 = torch.float32
@@ -78,24 +80,25 @@ def _project_all(modules: list, x: torch.Tensor) -> list:
 
 def _native_projection(module, fmt, bias, col: int):
     """The 11 integers of csrc/decoder_layer's Projection for a packed int8 / int4 weight with
-    int8 activations on the native CPU kernel, and the tensors they point into; None for any
+    int8 activations, or an int4 weight with fp32 activations (W4: imported GPTQ / AWQ
+    checkpoints), on the native CPU kernel, and the tensors they point into; None for any
     other layer (the lean step then runs in Python)."""
     from tersor.formats import Int4Format, Int8Format
     from tersor.nn.linear import PackedLinear
 
     if not isinstance(module, PackedLinear) or module.kernel not in NATIVE or fmt.cpu_call is None:
         return None
-    if not getattr(fmt, "act_int8", False) or getattr(fmt, "perm", None) is not None:
+    if getattr(fmt, "perm", None) is not None:
         return None
     if not fmt.cpu_half:  # (the kernel's call stages bf16 / fp16 rows itself)
         return None
-    xs = fmt.input_scale
-    if isinstance(fmt, Int8Format):
+    xs, act_int8 = fmt.input_scale, getattr(fmt, "act_int8", False)
+    if isinstance(fmt, Int8Format) and act_int8:
         tensors = (fmt.packed, fmt.scale, fmt.colsum)
         kind, sizes = 0, (0, 0)
     elif isinstance(fmt, Int4Format):
         tensors = (fmt.codes, fmt.scale, fmt.zero)
-        kind, sizes = 1, (fmt.G, fmt.scale.shape[1])
+        kind, sizes = 1 if act_int8 else 2, (fmt.G, fmt.scale.shape[1])
     else:
         return None
     keep = [t for t in (*tensors, bias, xs) if t is not None]
@@ -118,7 +121,7 @@ class _Native:
         from tersor import _C
 
         attn, n1, n2 = plan.attn, plan.norm1, plan.norm2
-        self.layer, self.dtype = None, n1.weight.dtype
+        self.layer, self.dtype, self.weight_only = None, n1.weight.dtype, False
         self.norms, self.calls, self.groups = (n1, n2, *plan.qk_norms), [], []
         self.keep = [n.weight for n in self.norms]
         self.norm_ptrs = [w.data_ptr() for w in self.keep]  # (.to() swaps a Parameter's data)
@@ -136,6 +139,7 @@ class _Native:
             if flat is None:
                 return
             stages.append(flat)
+        self.weight_only = any(kind == 2 for flat in stages for kind in flat[0::11])
         hidden = n1.weight.shape[0]
         if plan.qkv_split is None:
             nq, nkv = (m.out_features for m in plan.qkv[:2])
@@ -181,6 +185,21 @@ class _Native:
             flat += got[0]
             col += m.out_features
         return flat
+
+    def serves(self, dtype: torch.dtype, rows: int) -> bool:
+        """Whether the layers' own calls would run the kernels of this step on `rows` rows of
+        `dtype`: int8 activations at any row count; a W4 weight (fp32 activations) only below
+        the rows where its prepared call leaves the register kernel for the bf16 kernels
+        (bf16 rows, or fp32 ones under "medium" matmul precision, on CPUs with AVX512-BF16)
+        or the dense panels (ops/gemm_w4.py)."""
+        if not self.weight_only:
+            return True
+        if rows >= DENSE_MIN_ROWS["w4"]:
+            return False
+        if BF16_MIN_ROWS is None or rows < BF16_MIN_ROWS["w4"]:
+            return True
+        medium = torch.get_float32_matmul_precision() == "medium"
+        return dtype is torch.float16 or (dtype is _F32 and not medium)
 
     def current(self) -> bool:
         """The addresses it holds are still the modules' tensors."""
@@ -256,6 +275,7 @@ class _Plan:
         if (
             native.layer is None
             or x2.dtype is not native.dtype
+            or not native.serves(x2.dtype, b)
             or rows[1] is None  # (a fresh cache: HF initializes it in the Python path)
             or (cos is not None and cos.shape[0] not in (1, b))
         ):

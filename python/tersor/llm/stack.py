@@ -1,6 +1,7 @@
 """Decode steps of a whole Hugging Face decoder stack (a causal LM's ``model.model``: embedding,
 decoder layers, final norm) with every layer in one native call, once each layer steps as one
-native call itself (tersor.llm.layer's ``_Native``: int8 / int4 weights, int8 activations).
+native call itself (tersor.llm.layer's ``_Native``: int8 / int4 weights with int8 activations,
+int4 weights with fp32 ones).
 
 Why: with each layer's step native, a 1B Llama's W4A8 decode step (Zen 3, 2 threads) still
 spent ~4 ms of ~29 in Python: per layer ~170 us of module call, HF's checkpointing wrapper,
@@ -99,8 +100,8 @@ class _StackPlan:
         self.tree += [(model.layers, str(i), layer) for i, layer in enumerate(self.layers)]
         self.hook_dicts = [d for m in self.layers for d in (m._forward_hooks, m._forward_pre_hooks)]
 
-    def _natives(self, dtype) -> Optional[list]:
-        """Every layer's native step, current and of this dtype, or None."""
+    def _natives(self, dtype, rows: int) -> Optional[list]:
+        """Every layer's native step, current and serving `rows` rows of this dtype, or None."""
         if _hooks._global_forward_hooks or _hooks._global_forward_pre_hooks:
             return None
         if any(self.hook_dicts):
@@ -115,7 +116,7 @@ class _StackPlan:
             native = plan.native
             if native is None:
                 native = plan.native = _Native(plan)
-            if native.layer is None or native.dtype is not dtype:
+            if native.layer is None or native.dtype is not dtype or not native.serves(dtype, rows):
                 return None
             if not native.current():
                 plan.native = None  # rebuilt at the next step
@@ -160,7 +161,7 @@ class _StackPlan:
         start = _start_rows(kw.get("attention_mask"), b, pos + 1)
         if start is False:
             return None
-        layers = self._natives(dtype)
+        layers = self._natives(dtype, b)
         if layers is None:
             return None
         h = model.embed_tokens(ids)
