@@ -92,7 +92,7 @@ def optimize_decoding_(model: nn.Module) -> DecodingReport:
                 report.layers.append(name)
             else:
                 report.left[name] = reason
-    # (after the layers: a stack steps their native layers; a stack of float or weight-only
+    # (after the layers: a stack steps their native layers; a stack of float or W8 weight-only
     # layers keeps its forward, each layer stepping in Python, which the report's layers say)
     for name, module in model.named_modules():
         if is_decoder_stack(module) and _natively_stepped(module):
