@@ -193,3 +193,19 @@ def test_stacks_of_python_steps_and_failed_checks_keep_their_forward(monkeypatch
     report = tersor.optimize_decoding_(model)
     assert report.stacks == [] and "differs" in report.left["model"], report
     assert not isinstance(model.model, FastDecoderStack) and len(report.layers) == 2
+
+
+@pytest.mark.parametrize(
+    "config",
+    [tersor.W8A8Config(), tersor.W4A8Config(group_size=32), tersor.W4Config(group_size=32)],
+)
+def test_one_call_on_every_isa_path_equals_the_portable_path(config, isa, c_ref, monkeypatch):
+    """The one call runs each kernel on the forced path; every path gives the portable C
+    path's bits, so its logits equal the model's own forward under the ref path."""
+    model = optimized("llama", config)
+    prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(6))
+    want = c_ref(lambda: without_stack(lambda: decode_logits(model, prompt, steps=3)))
+    hits = counting(monkeypatch)
+    got = decode_logits(model, prompt, steps=3)
+    assert hits == {"stack": 3, "layer": 0}
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
