@@ -128,6 +128,13 @@ def test_the_models_own_forward_wherever_the_one_call_would_skip_something(monke
         handle.remove()
     expect(stack=3, layer=0)
 
+    with torch.inference_mode():  # another batch's cache: the model's own path says so
+        out = model(prompt, use_cache=True)
+        arg = "cache" if hasattr(out, "cache") and out.cache is not None else "past_key_values"
+        with pytest.raises(RuntimeError):
+            model(torch.zeros(2, 1, dtype=torch.long), use_cache=True, **{arg: getattr(out, arg)})
+    assert hits == {"stack": 0, "layer": 0}
+
     layers = model.model.layers
     planned = layers[1]
     layers[1] = copy.deepcopy(planned)  # a layer replaced since the swap

@@ -101,6 +101,8 @@ class FastDecodeAttention:
         fresh = keys is None or keys.numel() == 0  # no rows yet (HF's empty may be 1-D)
         if not fresh and (keys.dim() != 4 or keys.dtype != x.dtype):
             return None
+        if not fresh and keys.shape[0] != x.shape[0]:
+            return None  # another batch's cache: the model's own path says what is wrong
         pos = 0 if fresh else keys.shape[-2]
         start = _step_mask(kwargs.get("attention_mask"), x.shape[1], pos)
         if start is False:

@@ -95,6 +95,9 @@ class _StackPlan:
         self.config = model.config
         self.hidden = model.norm.weight.shape[0]
         self.head_dim = self.plans[0].attn.head_dim
+        first = self.plans[0]
+        nkv = first.qkv_split[1] if first.qkv_split is not None else first.qkv[1].out_features
+        self.kv_heads = nkv // self.head_dim
         # (parent, child name, child): the tree as it was; a step checks it is still so
         self.tree = [(model, n, getattr(model, n)) for n in ("embed_tokens", "layers", "norm")]
         self.tree += [(model.layers, str(i), layer) for i, layer in enumerate(self.layers)]
@@ -140,6 +143,9 @@ class _StackPlan:
         ids = kw.get("input_ids")
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] != 1:
             return None
+        if not ids.is_cpu:
+            return None
+        b = ids.shape[0]
         cache = next((kw[n] for n in CACHE_ARG_NAMES if kw.get(n) is not None), None)
         rows = getattr(cache, "layers", None)
         if rows is None or len(rows) != len(self.layers) or getattr(cache, "offloading", False):
@@ -149,13 +155,14 @@ class _StackPlan:
             if type(row).__name__ != "DynamicLayer" or not row.is_initialized:
                 return None  # sliding-window, static, quantized caches: HF's path
             keys = row.keys
-            if keys is None or keys.dim() != 4 or keys.dtype is not dtype:
+            if keys is None or keys.dim() != 4 or keys.dtype is not dtype or not keys.is_cpu:
                 return None
+            if keys.shape[:2] != (b, self.kv_heads) or keys.shape[3] != self.head_dim:
+                return None  # (another batch's cache: the model's path says what is wrong)
             if pos is None:
                 pos = keys.shape[-2]
             elif keys.shape[-2] != pos:
                 return None
-        b = ids.shape[0]
         if not pos or dtype not in IO_CODE:
             return None  # (a fresh cache: HF initializes it in the model's path)
         start = _start_rows(kw.get("attention_mask"), b, pos + 1)
