@@ -179,12 +179,19 @@ def _step_mask(mask, n: int, pos: int):
         if bool((valid == causal).all()):
             result = None
         elif n == 1:
-            valid = valid[:, 0]
-            lead = (~valid).to(torch.int64).cumprod(-1).sum(-1)  # hidden prefix lengths
-            if bool((valid.sum(-1) == length - lead).all()) and int(lead.max()) < length:
-                result = lead.contiguous()
+            result = left_padding(valid[:, 0])
     _last_mask[0] = (mask, n, pos, result)
     return result
+
+
+def left_padding(valid: torch.Tensor):
+    """A decode step's visible cache rows, bool [B, length], as the kernel's start rows: int64
+    [B] when each sequence hides a prefix of its rows (never the new, last one), else False."""
+    length = valid.shape[-1]
+    lead = (~valid).to(torch.int64).cumprod(-1).sum(-1)  # hidden prefix lengths
+    if bool((valid.sum(-1) == length - lead).all()) and int(lead.max()) < length:
+        return lead.contiguous()
+    return False
 
 
 def _buffers(layer, keys: torch.Tensor, values: torch.Tensor, pos: int, n: int = 1):

@@ -31,7 +31,7 @@ from torch import nn
 
 from tersor import _C
 from tersor.llm._swap import fast_subclass
-from tersor.llm.attention import CACHE_ARG_NAMES, _buffers
+from tersor.llm.attention import CACHE_ARG_NAMES, _buffers, left_padding
 from tersor.llm.layer import FastDecoderLayer, _Native
 from tersor.ops._common import IO_CODE, ptr
 
@@ -77,12 +77,7 @@ def _start_rows(mask, b: int, length: int):
     if not isinstance(mask, torch.Tensor) or mask.shape != (b, length):
         return False
     valid = mask if mask.dtype is torch.bool else mask != 0
-    if bool(valid.all()):
-        return None
-    lead = (~valid).to(torch.int64).cumprod(-1).sum(-1)  # hidden prefix lengths
-    if bool((valid.sum(-1) == length - lead).all()) and int(lead.max()) < length:
-        return lead.contiguous()
-    return False
+    return None if bool(valid.all()) else left_padding(valid)
 
 
 class _StackPlan:
