@@ -22,6 +22,11 @@ CASES = [
     (37, 37, 3, 1, 1, 1, 6, 7, 37),  # depthwise, channel tail
     (32, 32, 3, 2, 1, 1, 9, 9, 32),
     (24, 24, 3, 1, 2, 1, 5, 9, 24),  # depthwise read in place, a border two pixels deep
+    (20, 20, 5, 1, 2, 1, 8, 7, 20),  # depthwise 5x5: 13 tap pairs, channel tail
+    (48, 48, 3, 1, 2, 2, 9, 8, 48),  # depthwise dilated: the AVX2 ring holds rows 2 apart
+    (16, 16, 3, 1, 0, 1, 6, 6, 16),  # depthwise without a border
+    (8, 16, 3, 1, 1, 1, 5, 5, 8),  # depthwise, channel multiplier 2: the padded copy
+    (16, 16, 7, 1, 3, 1, 9, 9, 16),  # depthwise 7x7 (49 taps): the padded copy, the ref
     (8, 32, 3, 1, 1, 1, 7, 6, 2),  # grouped, 4 channels per group: read in place on AVX2
     (6, 48, 3, 2, 1, 1, 7, 9, 3),  # grouped, 2 channels per group: gathered
     (64, 64, 3, 1, 1, 1, 6, 5, 4),  # grouped with C % 64 == 0: no implicit GEMM

@@ -44,7 +44,8 @@ struct DwCall {
   int64_t Np;         // weights.Np
   int64_t mult;       // N / C
   // in.xq has the zero border (Hp = H + 2 ph); false: in.xq is the codes themselves
-  // (in.Hp = H, in.Wp = W), only for the AVX-512 rows of three (dw_rows_of_three)
+  // (in.Hp = H, in.Wp = W), only for the AVX-512 rows of three (dw_rows_of_three) and the AVX2
+  // walk (dw_avx2_reads_in_place)
   bool padded = true;
 };
 
@@ -52,6 +53,12 @@ struct DwCall {
 // which also reads static codes in place, handling the zero border itself.
 static inline bool dw_rows_of_three(const ConvW8A8Args& c, int64_t mult) {
   return mult == 1 && c.kw == 3 && c.dw == 1 && c.dh == 1 && c.kh <= 7;
+}
+
+// The AVX2 path's row walk (conv_dw_w8a8_avx2.cpp), which reads static codes in place too,
+// bordering the rows it reads itself: channel multiplier 1, up to 5x5 taps.
+static inline bool dw_avx2_reads_in_place(const ConvW8A8Args& c, int64_t mult) {
+  return mult == 1 && c.kh * c.kw <= 26;
 }
 
 void run_dw_ref(const DwCall& k);

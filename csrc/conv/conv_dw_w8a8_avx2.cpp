@@ -7,11 +7,20 @@
 //                         lane 1: channels 8-11          (unpackhi: 4-7 and 12-15)
 //
 // so the two accumulators hold channels [0-3 | 8-11] and [4-7 | 12-15] until one lane swap at
-// the end. An odd last tap pairs with zero weights. Channel tails and channel multipliers > 1
-// take the scalar pixel of the ref. In the static pipeline (folded scales, requant.h) the
-// codes are written straight from the sums. Bit-identical to the ref (conv_dw_w8a8.h).
+// the end. An odd last tap pairs with zero weights. Channel multipliers > 1 take the ref.
+//
+// A thread walks consecutive output rows; for each it takes the kh input rows it reads with
+// their zero border (Wp = W + 2 pw pixels): rows of the padded copy, or, where the static
+// pipeline hands its codes in place (k.padded false), rows copied into a ring of kh bordered
+// rows, each built once at stride 1. The copy of the whole input that the ring replaces was a
+// read and a write of every code, a third of a 56x56 layer's time (Zen 3). Each 16-channel
+// block then walks the row with its weights, scales and bias held, and writes codes straight
+// from the sums in the static pipeline (folded scales, requant.h). Bit-identical to the ref
+// (conv_dw_w8a8.h).
 #include <immintrin.h>
 
+#include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "common/parallel.h"
@@ -19,14 +28,120 @@
 
 namespace tersor::conv {
 
+namespace {
+constexpr int kMaxPairs = 13;  // dw_avx2_reads_in_place: up to 26 taps
+constexpr int kMaxRows = 25;   // kernel rows (kh <= 2 * kMaxPairs)
+
+// The kh bordered input rows of an output row (see the top of the file).
+class BorderedRows {
+ public:
+  BorderedRows(const DwCall& k) : k_(k), c_(k.c), wp_(k.c.W + 2 * k.c.pw) {
+    if (k.padded) return;
+    const int64_t bytes = wp_ * c_.C;
+    ring_ = alloc_scratch<int8_t>((c_.kh + 1) * bytes);
+    std::memset(ring_.get(), 0, (c_.kh + 1) * bytes);  // slot kh: the zero row
+    for (int64_t i = 0; i < c_.kh; ++i) held_[i] = -1;
+  }
+  // rows[i] = input row oh * sh + i * dh (padded coordinates) of image b
+  void get(int64_t b, int64_t oh, const int8_t** rows) {
+    const int64_t Hp = c_.H + 2 * c_.ph, bytes = wp_ * c_.C;
+    if (k_.padded) {
+      for (int64_t i = 0; i < c_.kh; ++i)
+        rows[i] = k_.in.xq + (b * k_.in.Hp + oh * c_.sh + i * c_.dh) * k_.in.Wp * c_.C;
+      return;
+    }
+    int64_t tag[kMaxRows];
+    for (int64_t i = 0; i < c_.kh; ++i) tag[i] = b * Hp + oh * c_.sh + i * c_.dh;
+    for (int64_t i = 0; i < c_.kh; ++i) {
+      const int64_t h = oh * c_.sh + i * c_.dh - c_.ph;  // the row in the codes
+      if (h < 0 || h >= c_.H) {
+        rows[i] = ring_.get() + c_.kh * bytes;
+        continue;
+      }
+      int64_t slot = find(tag[i]);
+      if (slot < 0) {  // a slot no row of this output row holds
+        for (slot = 0; slot < c_.kh; ++slot) {
+          bool needed = false;
+          for (int64_t j = 0; j < c_.kh; ++j) needed = needed || held_[slot] == tag[j];
+          if (!needed) break;
+        }
+        int8_t* dst = ring_.get() + slot * bytes;  // the border bytes stay zero
+        std::memcpy(dst + c_.pw * c_.C, c_.xs + (b * c_.H + h) * c_.W * c_.C, c_.W * c_.C);
+        held_[slot] = tag[i];
+      }
+      rows[i] = ring_.get() + slot * bytes;
+    }
+  }
+
+ private:
+  int64_t find(int64_t tag) const {
+    for (int64_t s = 0; s < c_.kh; ++s)
+      if (held_[s] == tag) return s;
+    return -1;
+  }
+  const DwCall& k_;
+  const ConvW8A8Args& c_;
+  const int64_t wp_;
+  Scratch<int8_t> ring_;
+  int64_t held_[kMaxRows];
+};
+
+// One output row of one 16-channel block: PAIRS tap pairs known when compiling (5: a 3x3
+// kernel), 0: `pairs` at run time.
+struct BlockWalk {
+  const int8_t* const* tap;  // [2 * pairs]: each tap's pixel 0 in its bordered row, + n0
+  const __m256i* w;          // the block's interleaved weights, [pairs][2]
+  int64_t pairs, Wo, step;   // step: sw * C
+  __m256 s0, s1, b0, b1;     // channels 0-7 and 8-15
+  int8_t* q;                 // codes out: the row's pixel 0 + n0 (ldq apart), or
+  int64_t ldq;
+  float* y;                  // fp32 out: the row's pixel 0 + n0 (ldy apart)
+  int64_t ldy;
+  __m256 lo, hi;
+};
+template <int PAIRS>
+inline void walk_block(const BlockWalk& a) {
+  const int64_t pairs = PAIRS > 0 ? PAIRS : a.pairs;
+  __m256i w[2 * kMaxPairs];
+  for (int64_t p = 0; p < 2 * pairs; ++p) w[p] = a.w[p];
+  for (int64_t ow = 0; ow < a.Wo; ++ow) {
+    const int64_t off = ow * a.step;
+    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+    for (int64_t p = 0; p < pairs; ++p) {
+      const __m256i xa = _mm256_cvtepi8_epi16(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tap[2 * p] + off)));
+      const __m256i xb = _mm256_cvtepi8_epi16(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tap[2 * p + 1] + off)));
+      lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[2 * p]));
+      hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[2 * p + 1]));
+    }
+    const __m256i a0 = _mm256_permute2x128_si256(lo, hi, 0x20);  // channels 0-7
+    const __m256i a1 = _mm256_permute2x128_si256(lo, hi, 0x31);  // channels 8-15
+    const __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), a.s0, a.b0);
+    const __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), a.s1, a.b1);
+    if (a.q) {  // the codes now (requant.h with inv_scale 1, no NaN)
+      const __m256i q0 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y0, a.lo), a.hi));
+      const __m256i q1 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y1, a.lo), a.hi));
+      const __m256i q01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+      _mm_storeu_si128(
+          reinterpret_cast<__m128i*>(a.q + ow * a.ldq),
+          _mm_packs_epi16(_mm256_castsi256_si128(q01), _mm256_extracti128_si256(q01, 1)));
+    } else {
+      _mm256_storeu_ps(a.y + ow * a.ldy, y0);
+      _mm256_storeu_ps(a.y + ow * a.ldy + 8, y1);
+    }
+  }
+}
+}  // namespace
+
 void run_dw_avx2(const DwCall& k) {
-  if (k.mult != 1) return run_dw_ref(k);  // input channel n / mult: no contiguous vector
   const ConvW8A8Args& c = k.c;
-  const int64_t full = c.N / 16 * 16, Hp = k.in.Hp, Wp = k.in.Wp;
-  const int64_t taps = c.kh * c.kw, pairs = (taps + 1) / 2, blocks = full / 16;
+  const int64_t taps = c.kh * c.kw, pairs = (taps + 1) / 2;
+  // (a channel multiplier > 1 reads input channel n / mult: no contiguous vector)
+  if (!dw_avx2_reads_in_place(c, k.mult)) return run_dw_ref(k);
+  const int64_t N = c.N, full = N / 16 * 16, blocks = full / 16, C = c.C;
   // weights of each 16-channel block and tap pair, interleaved as the codes will be
   std::vector<__m256i> wp(blocks * pairs * 2);
-  const std::vector<int64_t> tap_offset = dw_tap_offsets(c, Wp);
   for (int64_t nb = 0; nb < blocks; ++nb)
     for (int64_t p = 0; p < pairs; ++p) {
       const auto load = [&](int64_t t) {
@@ -38,61 +153,61 @@ void run_dw_avx2(const DwCall& k) {
       wp[(nb * pairs + p) * 2] = _mm256_unpacklo_epi16(a, b);
       wp[(nb * pairs + p) * 2 + 1] = _mm256_unpackhi_epi16(a, b);
     }
-  const bool codes = c.out && c.out->folded_finite;
-  const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * c.kh * c.kw, c.nthreads);
+  const bool codes = c.out && c.out->folded_finite && !c.out->res;
+  const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * N * taps, c.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-  const DwRowOutput out(c);
-#pragma omp for schedule(static)
-  for (int64_t r = 0; r < c.B * c.Ho; ++r) {
-    const int64_t b = r / c.Ho, oh = r % c.Ho;
-    const int8_t* img = k.in.xq + b * Hp * Wp * c.C;
-    const __m256 vsx = _mm256_set1_ps(k.in.scale[b]);
-    for (int64_t ow = 0; ow < c.Wo; ++ow) {
-      const int8_t* patch = img + (oh * c.sh * Wp + ow * c.sw) * c.C;
-      float* y = out.row(r) + ow * c.N;
+    const DwRowOutput out(c);
+    BorderedRows input(k);
+    int64_t r0, r1;
+    thread_range(c.B * c.Ho, &r0, &r1);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / c.Ho, oh = r % c.Ho;
+      const int8_t* rows[kMaxRows];
+      input.get(b, oh, rows);
+      const int8_t* tap0[2 * kMaxPairs];  // each tap's pixel 0; an odd last tap's partner:
+      for (int64_t t = 0; t < 2 * pairs; ++t) {  // the last tap again (its weights are 0)
+        const int64_t tt = t < taps ? t : taps - 1;
+        tap0[t] = rows[tt / c.kw] + (tt % c.kw) * c.dw * C;
+      }
+      const float sx = k.in.scale[b];
+      const __m256 vsx = _mm256_set1_ps(sx);
+      float* y = out.row(r);
       for (int64_t nb = 0; nb < blocks; ++nb) {
         const int64_t n0 = nb * 16;
-        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-        const __m256i* w = wp.data() + nb * pairs * 2;
-        for (int64_t p = 0; p < pairs; ++p, w += 2) {
-          const __m256i xa = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-              reinterpret_cast<const __m128i*>(patch + tap_offset[2 * p] + n0)));
-          const __m256i xb = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-              reinterpret_cast<const __m128i*>(patch + tap_offset[2 * p + 1] + n0)));
-          lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[0]));
-          hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[1]));
-        }
-        const __m256i a0 = _mm256_permute2x128_si256(lo, hi, 0x20);  // channels 0-7
-        const __m256i a1 = _mm256_permute2x128_si256(lo, hi, 0x31);  // channels 8-15
-        const __m256 s0 = _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0));
-        const __m256 s1 = _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0 + 8));
-        const __m256 b0 = c.bias ? _mm256_loadu_ps(c.bias + n0) : _mm256_setzero_ps();
-        const __m256 b1 = c.bias ? _mm256_loadu_ps(c.bias + n0 + 8) : _mm256_setzero_ps();
-        const __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), s0, b0);
-        const __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), s1, b1);
-        if (codes && !c.out->res) {  // the codes now (requant.h with inv_scale 1, no NaN)
-          const __m256 lo_c = _mm256_set1_ps(c.out->lo), hi_c = _mm256_set1_ps(c.out->hi);
-          const __m256i q0 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y0, lo_c), hi_c));
-          const __m256i q1 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y1, lo_c), hi_c));
-          const __m256i q01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(c.out->q + (r * c.Wo + ow) * c.N + n0),
-                           _mm_packs_epi16(_mm256_castsi256_si128(q01),
-                                           _mm256_extracti128_si256(q01, 1)));
+        const int8_t* tap[2 * kMaxPairs];
+        for (int64_t t = 0; t < 2 * pairs; ++t) tap[t] = tap0[t] + n0;
+        BlockWalk a{tap, wp.data() + nb * pairs * 2, pairs, c.Wo, c.sw * C,
+                    _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0)),
+                    _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0 + 8)),
+                    c.bias ? _mm256_loadu_ps(c.bias + n0) : _mm256_setzero_ps(),
+                    c.bias ? _mm256_loadu_ps(c.bias + n0 + 8) : _mm256_setzero_ps(),
+                    codes ? c.out->q + r * c.Wo * c.out->ldq + n0 : nullptr,
+                    codes ? c.out->ldq : 0, y + n0, N,
+                    _mm256_set1_ps(codes ? c.out->lo : 0.0f),
+                    _mm256_set1_ps(codes ? c.out->hi : 0.0f)};
+        if (pairs == 5) {
+          walk_block<5>(a);
         } else {
-          _mm256_storeu_ps(y + n0, y0);
-          _mm256_storeu_ps(y + n0 + 8, y1);
+          walk_block<0>(a);
         }
       }
-      if (full < c.N) dw_pixel_ref(k, b, oh, ow, full, c.N, y);
+      // the channel tail, as the ref's pixel (dw_pixel_ref) over the bordered rows
+      for (int64_t ow = 0; ow < c.Wo; ++ow)
+        for (int64_t n = full; n < N; ++n) {
+          int32_t acc = 0;
+          for (int64_t t = 0; t < taps; ++t)
+            acc += int32_t(tap0[t][ow * c.sw * C + n]) * k.wt[t * k.Np + n];
+          y[ow * N + n] = std::fma(static_cast<float>(acc), sx * c.w_scale[n],
+                                   c.bias ? c.bias[n] : 0.0f);
+        }
+      // codes written above for the full blocks; the tail (and residual rows) through requant
+      if (!codes) {
+        out.finish_row(r);
+      } else if (full < N) {
+        out.finish_columns(r, full);
+      }
     }
-    // codes written above for the full blocks; the tail (and residual rows) through requant
-    if (codes && !c.out->res) {
-      if (full < c.N) out.finish_columns(r, full);
-    } else {
-      out.finish_row(r);
-    }
-  }
   }
 }
 

@@ -91,10 +91,14 @@ DwWeights prepare_dw_weights(const ConvW8A8Args& c) {
 
 namespace {
 void run_dw_folded(const ConvW8A8Args& c, const DwWeights* prepared) {
-  // the rows of three read static codes in place: no padded copy of the input (a copy is a
-  // read and a write of the whole input, as much traffic as the layer's own at 112x112)
-  // (and flip every image's codes to u8 at no cost: no pass over the codes for their signs)
-  const bool unpadded = active_isa() >= Isa::Avx512 && dw_rows_of_three(c, c.N / c.C);
+  // the AVX-512 rows of three and the AVX2 walk read static codes in place: no padded copy of
+  // the input (a copy is a read and a write of the whole input, as much traffic as the layer's
+  // own at 112x112); the rows of three flip every image's codes to u8 at no cost, and the AVX2
+  // walk reads them as signed: no pass over the codes for their signs either
+  const Isa isa = active_isa();
+  const bool unpadded = (isa >= Isa::Avx512 && dw_rows_of_three(c, c.N / c.C)) ||
+                        (isa == Isa::Avx2 && TERSOR_X86_FN(run_dw_avx2) != nullptr &&
+                         dw_avx2_reads_in_place(c, c.N / c.C));
   const PreparedInput prepared_input(c, true, unpadded, !unpadded);
   const QuantizedInput& in = prepared_input.in;
   DwWeights local;
