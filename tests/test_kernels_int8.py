@@ -52,12 +52,13 @@ def test_quantize_rows_ties_and_zero_rows(isa):
     assert s[1] == 0 and not q[1].any()
 
 
-@pytest.mark.parametrize("m", [130, 301])
-@pytest.mark.parametrize("k,n", [(37, 33), (130, 170)])
+@pytest.mark.parametrize("m", [130, 301, 1200])
+@pytest.mark.parametrize("k,n", [(37, 33), (24, 170), (130, 170)])
 def test_gemm_w8a8_row_blocks_exact(isa, m, k, n, gen):
     """Many rows: threads take blocks of 64 rows, each quantized once and reused by every column
     chunk the thread runs over it; blocks mixing signed and non-negative panels, a partial last
-    block, more column chunks than threads."""
+    block, more column chunks than threads. 1200 rows of short K: AVX2 tiles of several column
+    blocks (8 and then 3 of the 11 at N = 170)."""
     x, q, s, _, p = make(m, k, n, gen, bias=False)
     x[64:128] = x[64:128].relu()  # one whole block after a ReLU
     x[::5] = x[::5].relu()

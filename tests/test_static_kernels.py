@@ -27,6 +27,8 @@ CASES = [
     (16, 16, 3, 1, 0, 1, 6, 6, 16),  # depthwise without a border
     (8, 16, 3, 1, 1, 1, 5, 5, 8),  # depthwise, channel multiplier 2: the padded copy
     (16, 16, 7, 1, 3, 1, 9, 9, 16),  # depthwise 7x7 (49 taps): the padded copy, the ref
+    (24, 40, 1, 1, 0, 1, 40, 40, 1),  # 1x1 over 24 channels, 1600 rows: a tile runs 3 blocks
+    (8, 24, 3, 1, 1, 1, 36, 36, 1),  # short K (72), 1296 rows: the same, three runs per row
     (8, 32, 3, 1, 1, 1, 7, 6, 2),  # grouped, 4 channels per group: read in place on AVX2
     (6, 48, 3, 2, 1, 1, 7, 9, 3),  # grouped, 2 channels per group: gathered
     (64, 64, 3, 1, 1, 1, 6, 5, 4),  # grouped with C % 64 == 0: no implicit GEMM
