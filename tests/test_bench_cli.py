@@ -169,3 +169,25 @@ def test_busy_family_on_the_tiny_shape(capsys):
     assert set(rows[0]["ratios"]) == {r["impl"] for r in rows[1:]}
     assert tersor.cpu_info()["adaptive_threads"] == was and torch.get_num_threads() == threads
     assert "busy / alone" in capsys.readouterr().out
+
+
+def test_interleaved_timing_leaves_the_gaps_out():
+    """gap_s pauses before each block (another implementation's pool stops spinning) are not
+    part of the time per call; every call of every implementation runs with its own index."""
+    import time
+
+    from tersor.bench.timing import time_interleaved
+
+    seen = {"a": [], "b": []}
+
+    def call(name, s):
+        def fn(x, i):
+            seen[name].append(i)
+            time.sleep(s)
+
+        return fn
+
+    t = time_interleaved({"a": call("a", 0.002), "b": call("b", 0.004)}, None, rounds=3,
+                         target_s=0.004, gap_s=0.05)  # fmt: skip
+    assert 0.002 <= t["a"] < 0.02 and 0.004 <= t["b"] < 0.025, t
+    assert seen["a"] == list(range(len(seen["a"]))) and len(seen["b"]) >= 4

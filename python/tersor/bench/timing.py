@@ -10,11 +10,17 @@ import warnings
 import torch
 
 
-def time_interleaved(fns: dict, x, rounds: int = 9, target_s: float = 0.02) -> dict:
+def time_interleaved(
+    fns: dict, x, rounds: int = 9, target_s: float = 0.02, gap_s: float = 0.0
+) -> dict:
     """Median seconds per call of each fn(x, i), measured in alternating blocks of calls.
 
     Blocks (not single calls) alternate so each implementation's thread pool is warm for its own
-    calls, while slow drifts of this shared machine hit every implementation alike.
+    calls, while slow drifts of this shared machine hit every implementation alike. gap_s: an
+    untimed pause before each block, long enough for the previous implementation's thread pool
+    to stop spinning (OpenVINO's TBB workers spin on after a call returns and took a core from
+    the next implementation's threads: tersor's ResNet-18 at batch 1 timed 27 ms after
+    OpenVINO's calls, 15.5 ms after torch.ao's, in one interleaved run on 2 cores).
     """
     counters = {name: 0 for name in fns}
     calls = {}
@@ -28,6 +34,8 @@ def time_interleaved(fns: dict, x, rounds: int = 9, target_s: float = 0.02) -> d
     for _ in range(rounds):
         for name, fn in fns.items():
             n = calls[name]
+            if gap_s:
+                time.sleep(gap_s)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn(x, counters[name])
