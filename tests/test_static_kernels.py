@@ -12,7 +12,7 @@ import torch
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.ops import int8_static as ops
 
-# (C, N, k, stride, padding, dilation, H, W, groups: C is depthwise)
+# (C, N, k, stride, padding, dilation, H, W, groups: C is depthwise; k, padding: n or (h, w))
 CASES = [
     (3, 16, 3, 2, 1, 1, 9, 11, 1),  # the stem: runs of 3 codes, the gather path
     (8, 7, 1, 1, 0, 1, 5, 6, 1),  # 1x1, N < 16
@@ -27,6 +27,7 @@ CASES = [
     (16, 16, 3, 1, 0, 1, 6, 6, 16),  # depthwise without a border
     (8, 16, 3, 1, 1, 1, 5, 5, 8),  # depthwise, channel multiplier 2: the padded copy
     (16, 16, 7, 1, 3, 1, 9, 9, 16),  # depthwise 7x7 (49 taps): the padded copy, the ref
+    (16, 16, (26, 1), 1, (12, 0), 1, 27, 5, 16),  # depthwise 26 x 1: the AVX2 ring's most rows
     (24, 40, 1, 1, 0, 1, 40, 40, 1),  # 1x1 over 24 channels, 1600 rows: a tile runs 3 blocks
     (8, 24, 3, 1, 1, 1, 36, 36, 1),  # short K (72), 1296 rows: the same, three runs per row
     (8, 32, 3, 1, 1, 1, 7, 6, 2),  # grouped, 4 channels per group: read in place on AVX2
@@ -37,12 +38,16 @@ CASES = [
 
 def _case(case, gen, batch=3, relu=False):
     c, n, k, s, p, d, h, w, groups = case
+    (kh, kw), (ph, pw) = (
+        (k if isinstance(k, tuple) else (k, k)),
+        (p if isinstance(p, tuple) else (p, p)),
+    )
     xs = torch.randint(0 if relu else -127, 128, (batch, h, w, c), dtype=torch.int8, generator=gen)
-    k_in = k * k * (c // groups)
+    k_in = kh * kw * (c // groups)
     q, sc = quantize_per_channel_int8(torch.randn(n, k_in, generator=gen))
     pk = pack_int8(q, sc)
     bias = torch.randn(n, generator=gen)
-    return xs, q, sc, pk, bias, (k, k, s, s, p, p, d, d), groups
+    return xs, q, sc, pk, bias, (kh, kw, s, s, ph, pw, d, d), groups
 
 
 def _run(xs, pk, bias, n, geom, groups, out_scale, lo, hi, res=None, res_scale=0.0, emu=False):

@@ -30,7 +30,7 @@ namespace tersor::conv {
 
 namespace {
 constexpr int kMaxPairs = 13;  // dw_avx2_reads_in_place: up to 26 taps
-constexpr int kMaxRows = 25;   // kernel rows (kh <= 2 * kMaxPairs)
+constexpr int kMaxRows = 2 * kMaxPairs;  // kernel rows: kh <= kh * kw <= 26
 
 // The kh bordered input rows of an output row (see the top of the file).
 class BorderedRows {
