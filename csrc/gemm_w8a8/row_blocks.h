@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "common/linear_args.h"
 #include "common/parallel.h"
@@ -74,8 +75,17 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
   const int64_t chunks = std::min(
       (n_blocks + NB - 1) / NB, std::max<int64_t>(1, (8 * nt + row_blocks - 1) / row_blocks));
   const int64_t per_chunk = (n_blocks + chunks - 1) / chunks;
+  // Threads split the items by their rows, not their count: with a short last row block (196
+  // rows: three of 64 and one of 4) a split by count left one thread two whole blocks and the
+  // other one (MobileNetV2's 14x14 layers at batch 1 ran 1.1-1.4x faster on two threads than
+  // on one, Zen 3)
+  const int64_t items = row_blocks * chunks;
+  std::vector<int64_t> prefix(items + 1, 0);
+  for (int64_t item = 0; item < items; ++item)
+    prefix[item + 1] =
+        prefix[item] + std::min(kRowsPerBlock, a.M - item / chunks * kRowsPerBlock);
   int64_t t0, t1;
-  thread_range(row_blocks * chunks, &t0, &t1);
+  balanced_range(prefix.data(), items, &t0, &t1);
   RowBlock<MR> block;
   int64_t prepared = -1;  // the row block `block` holds
   for (int64_t item = t0; item < t1; ++item) {
