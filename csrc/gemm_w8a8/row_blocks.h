@@ -5,7 +5,6 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "common/linear_args.h"
 #include "common/parallel.h"
@@ -78,14 +77,17 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
   // Threads split the items by their rows, not their count: with a short last row block (196
   // rows: three of 64 and one of 4) a split by count left one thread two whole blocks and the
   // other one (MobileNetV2's 14x14 layers at batch 1 ran 1.1-1.4x faster on two threads than
-  // on one, Zen 3)
-  const int64_t items = row_blocks * chunks;
-  std::vector<int64_t> prefix(items + 1, 0);
-  for (int64_t item = 0; item < items; ++item)
-    prefix[item + 1] =
-        prefix[item] + std::min(kRowsPerBlock, a.M - item / chunks * kRowsPerBlock);
-  int64_t t0, t1;
-  balanced_range(prefix.data(), items, &t0, &t1);
+  // on one, Zen 3). Items before `full` hold kRowsPerBlock rows, the last row block's `last`.
+  const int64_t items = row_blocks * chunks, full = std::max<int64_t>(0, items - chunks);
+  const int64_t last = a.M - (row_blocks - 1) * kRowsPerBlock, rows = a.M * chunks;
+  const auto first_item_at = [&](int64_t r) {  // the first item with r rows before it
+    const int64_t head = full * kRowsPerBlock;
+    return r <= head ? (r + kRowsPerBlock - 1) / kRowsPerBlock
+                     : full + (r - head + last - 1) / last;
+  };
+  int64_t r0, r1;
+  thread_range(rows, &r0, &r1);
+  const int64_t t0 = first_item_at(r0), t1 = r1 == rows ? items : first_item_at(r1);
   RowBlock<MR> block;
   int64_t prepared = -1;  // the row block `block` holds
   for (int64_t item = t0; item < t1; ++item) {
