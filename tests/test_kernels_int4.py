@@ -97,6 +97,34 @@ def test_gemm_w4_slabs(isa, g, k, m, n, sym, gen, c_ref):
     assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
 
 
+def fma_chain(x, w):
+    """sum_k x[:, k] * w[:, k] as one fp32 FMA chain per output in k order, exactly: with x of
+    9 significant bits and w exact (<= 15 bits), each fp64 step x * w + acc is exact here, so
+    rounding it to fp32 is the one rounding of an fp32 FMA."""
+    acc = torch.zeros(x.shape[0], w.shape[0], dtype=torch.float64)
+    x64, w64 = x.double(), w.double()
+    for k in range(x.shape[1]):
+        acc = (acc + x64[:, k, None] * w64[None, :, k]).float().double()
+    return acc.float()
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("m", [7, 20])
+@pytest.mark.parametrize("g,k", [(32, 608), (-1, 261), (128, 640)])
+def test_gemm_w4_dequantized_rules(isa, g, k, m, sym, gen):
+    """Where a call follows the dequantized rules (gemm_w4.h: rows in batches on machines
+    without AVX-512), y = fma-chain(x, (q - z) * s) + bias bit for bit on every path."""
+    if not _C.gemm_w4_dequantized_rows(m):
+        pytest.skip("this machine has AVX-512: the 32-k chunk rules hold for every M")
+    n = 21
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    x = torch.randint(-256, 257, (m, k), generator=gen).float() / 64  # 9 significant bits
+    y = gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)
+    w = dequantize_int4(q, s, z, G)
+    assert torch.equal(y, fma_chain(x, w) + b)
+    assert not torch.equal(y.double(), x.double() @ w.double().t() + b.double())  # it rounds
+
+
 @pytest.mark.parametrize("n", [37, 45])  # last column block: one partial half / two halves
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("g,k", CASES)

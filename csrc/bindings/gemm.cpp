@@ -145,6 +145,9 @@ void bind_gemm_w8a8(py::module_& m) {
 }
 
 void bind_gemm_w4(py::module_& m) {
+  m.def("gemm_w4_dequantized_rows", &gemm_w4::dequantized_rows, py::arg("M"),
+        "Whether gemm_w4 over M rows follows the dequantized rules on this machine (one fp32 "
+        "FMA chain per output over w = (q - z) * s; gemm_w4.h), not the 32-k chunk rules.");
   m.def(
       "gemm_w4",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,

@@ -10,7 +10,8 @@
 //    single block's two; the codes picked out by vpshufb (dequant_byte);
 //  - 2-6 rows: up to kMR rows x one 8-column half of a block, each dequantized half serving
 //    every row (a whole block for four rows would already need all 16 ymm as accumulators);
-//  - 7 rows and more: slabs of the weight widened once into L1 (below).
+//  - 7 rows and more where the dequantized rules apply (gemm_w4.h): slabs of the dequantized
+//    weight widened once into L1 (below).
 // Zen 2, 2 threads, interleaved against the previous 2-row x 16-column tile with a convert:
 // M = 1 0.82-0.94x the time, M = 4-8 0.80-0.83x, M = 32 0.68x (384x1536 .. 8192x2048).
 #include <immintrin.h>
@@ -85,13 +86,16 @@ static inline bool chunk_ends(int64_t t, int64_t k8_end) {
 // fewer per k where the widening, not the FMA, bounds the row (Zen 2, interleaved: 0.89-0.93x
 // the time with resident weights, 0.90-0.94x from DRAM). Same floats, bit for bit.
 template <int B>
-static inline __m256 dequant_byte(__m256i nib) {
+static inline __m256 biased_byte(__m256i nib) {  // the floats 2^23 + q
   constexpr char Z = -128;  // vpshufb: a set top bit zeroes the byte
   const __m256i idx = _mm256_setr_epi8(B, Z, Z, Z, 4 + B, Z, Z, Z, 8 + B, Z, Z, Z, 12 + B, Z, Z, Z,
                                        B, Z, Z, Z, 4 + B, Z, Z, Z, 8 + B, Z, Z, Z, 12 + B, Z, Z, Z);
-  const __m256i bits =
-      _mm256_or_si256(_mm256_shuffle_epi8(nib, idx), _mm256_set1_epi32(0x4B000000));
-  return _mm256_sub_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(8388616.0f));
+  return _mm256_castsi256_ps(
+      _mm256_or_si256(_mm256_shuffle_epi8(nib, idx), _mm256_set1_epi32(0x4B000000)));
+}
+template <int B>
+static inline __m256 dequant_byte(__m256i nib) {
+  return _mm256_sub_ps(biased_byte<B>(nib), _mm256_set1_ps(8388616.0f));
 }
 
 // One row x NB column blocks from block nb0.
@@ -188,85 +192,56 @@ TERSOR_UNROLL
 // ---- Rows in batches: slabs widened once into L1 (common/slab_gemm_avx2.h) -----------------
 //
 // The half-block tile widens its 8 columns once per 6 rows and keeps only 6 FMA chains, while
-// Zen 2's FMA (latency 5, two ports) needs 10 in flight. From kSlabMinRows rows the slab
-// driver widens 256 k x 16 columns once into an L1-resident panel and this tile runs every row
-// over it, 6 rows x 16 columns at a time (12 chains), closing each 32-k chunk as the rules say:
+// Zen 2's FMA (latency 5, two ports) needs 10 in flight. Where the dequantized rules apply
+// (gemm_w4.h: 7 rows and more on a machine without AVX-512) the slab driver widens 256 k x 16
+// columns of the dequantized weight once into an L1-resident panel, and its one-chain tile
+// runs every row over it, 6 rows x 16 columns at a time (12 chains):
 //
-//   panel[256][16] float = q - 8 (exact)        acc[M][16] float, the rules' acc, in memory
-//   for each 32-k chunk of the slab:  part[r][2] = sum x[r][k] * panel[k]   (k in order)
-//                                     acc[r] = fma(fma(8 - z, X, part), s, acc[r])
-//   y = acc + bias
+//   panel[256][16] float = (q - z) * s  (exact)        acc[M][16] float, in memory
+//   acc[r] = fma-chain over the slab's k (in order);    y = acc + bias
 //
-// Per output the operations and their order are the rules' exactly (acc goes through memory
-// between chunks, which rounds nothing). 68-71 GMAC/s on 2 Zen 2 cores, where torch's own fp32
-// GEMM reaches 58-66 at 512-2048 rows; the closes cost it the W8 slabs' 84-90.
-// From 7 rows (Zen 2, interleaved A/B on 512x2048 .. 8192x2048: 1.17-1.40x the half-block tile's
-// speed at 7-8 rows, 1.25-1.36x at 32-256; at 5-6 rows it wins or loses by shape).
-constexpr int64_t kSlabMinRows = 7;
-static_assert(slab_avx2::kSlabK % kChunk == 0, "a slab holds whole chunks");
+// The scale goes into the panel once per weight, for all rows; the earlier form, which closed
+// every 32-k chunk of every row with two FMAs (the rules for 1-6 rows), ran 68-71 GMAC/s on
+// 2 Zen 2 cores where the W8 slabs' pure FMA chains run 84-90.
 
-// The 16 columns of block nb, k in [k0, k1) (k0 a multiple of 8) -> panel[(k - k0) * 16 + col].
-void widen_slab(const PackedW4LinearArgs& a, int64_t nb, int64_t k0, int64_t k1, float* panel) {
+// The dequantized 16 columns of block nb, k in [k0, k1) (k0 a multiple of 8) -> panel[(k - k0)
+// * 16 + col]. A W4Tile's 8 k lie in one group (the group size is a multiple of 8). Per k and
+// half: one vpshufb (biased_byte), an or, then (2^23 + q) - (2^23 + z) and the scale, both
+// exact: 5 ops per 8 weights where a shift and a mask per k and a separate zero step took 7.
+void widen_slab_dequantized(const PackedW4LinearArgs& a, int64_t nb, int64_t k0, int64_t k1,
+                            float* panel) {
   const uint8_t* wb = a.w + nb * a.ngroups * a.group_size * 8;
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
   for (int64_t t = k0 / 8; t < (k1 + 7) / 8; ++t) {
-    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64));
-    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64 + 32));
+    const int64_t meta = (nb * a.ngroups + 8 * t / a.group_size) * 16;
     float* out = panel + (8 * t - k0) * 16;
-    for_each_k<true>(8, [&](auto sh, int i) {
-      _mm256_store_ps(out + 16 * i, dequant<decltype(sh)::value>(v0));
-      _mm256_store_ps(out + 16 * i + 8, dequant<decltype(sh)::value>(v1));
-    });
-  }
-}
-
-// MR rows from m0 over the slab [k0, k1) of block nb, its panel widened.
-template <int MR>
-void slab_tile(const PackedW4LinearArgs& a, const float* X, int64_t nchunks, int64_t m0,
-               int64_t nb, int64_t k0, int64_t k1, const float* panel, float* acc, bool first) {
-  const float* x = a.x + m0 * a.ldx;
-  if (first)
-    for (int64_t i = m0 * 16; i < (m0 + MR) * 16; i += 8)
-      _mm256_store_ps(acc + i, _mm256_setzero_ps());
-  for (int64_t c0 = k0; c0 < k1; c0 += kChunk) {
-    const int64_t c1 = c0 + kChunk < k1 ? c0 + kChunk : k1;
-    __m256 part[MR][2];
 TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) part[r][0] = part[r][1] = _mm256_setzero_ps();
-    for (int64_t k = c0; k < c1; ++k) {
-      const __m256 w0 = _mm256_load_ps(panel + (k - k0) * 16);
-      const __m256 w1 = _mm256_load_ps(panel + (k - k0) * 16 + 8);
-TERSOR_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        const __m256 xb = _mm256_broadcast_ss(x + r * a.ldx + k);
-        part[r][0] = _mm256_fmadd_ps(xb, w0, part[r][0]);
-        part[r][1] = _mm256_fmadd_ps(xb, w1, part[r][1]);
-      }
-    }
-    const int64_t c = c0 / kChunk, meta = (nb * a.ngroups + (c1 - 1) / a.group_size) * 16;
-TERSOR_UNROLL
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < 2; ++h) {  // columns 0-7, 8-15
       const __m256 s = _mm256_cvtph_ps(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.scale + meta + 8 * h)));
-      const __m256 zc =
-          a.zero ? _mm256_sub_ps(_mm256_set1_ps(8.0f),
-                                 _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                     reinterpret_cast<const __m128i*>(a.zero + meta + 8 * h)))))
-                 : _mm256_setzero_ps();
+      const __m256 off =  // 2^23 + z
+          a.zero ? _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                     reinterpret_cast<const __m128i*>(a.zero + meta + 8 * h)))),
+                                 _mm256_set1_ps(8388608.0f))
+                 : _mm256_set1_ps(8388616.0f);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64 + 32 * h));
+      const __m256i nib[2] = {_mm256_and_si256(v, m4),
+                              _mm256_and_si256(_mm256_srli_epi32(v, 4), m4)};
 TERSOR_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        float* ar = acc + (m0 + r) * 16 + 8 * h;
-        const __m256 xc = _mm256_set1_ps(X[(m0 + r) * nchunks + c]);
-        const __m256 tv = _mm256_fmadd_ps(zc, xc, part[r][h]);
-        _mm256_store_ps(ar, _mm256_fmadd_ps(tv, s, _mm256_load_ps(ar)));
+      for (int hi = 0; hi < 2; ++hi) {  // k = 8t + 4 hi + B
+        auto put = [&](auto b) {
+          constexpr int B = decltype(b)::value;
+          _mm256_store_ps(out + 16 * (4 * hi + B) + 8 * h,
+                          _mm256_mul_ps(_mm256_sub_ps(biased_byte<B>(nib[hi]), off), s));
+        };
+        put(std::integral_constant<int, 0>{});
+        put(std::integral_constant<int, 1>{});
+        put(std::integral_constant<int, 2>{});
+        put(std::integral_constant<int, 3>{});
       }
     }
   }
 }
-
-using SlabFn = void (*)(const PackedW4LinearArgs&, const float*, int64_t, int64_t, int64_t,
-                        int64_t, int64_t, const float*, float*, bool);
-constexpr SlabFn kSlabTiles[kMR] = {slab_tile<1>, slab_tile<2>, slab_tile<3>,
-                                    slab_tile<4>, slab_tile<5>, slab_tile<6>};
 
 using HalfFn = void (*)(const PackedW4LinearArgs&, const float*, int64_t, int64_t, int64_t);
 template <int MR>
@@ -277,27 +252,25 @@ constexpr const HalfFn* kHalves[kMR] = {kHalf<1>, kHalf<2>, kHalf<3>, kHalf<4>, 
 
 void run_avx2(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
-  const int64_t nks = (a.K + kChunk - 1) / kChunk;
-  auto X = alloc_scratch<float>(a.M * nks);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  auto sums = [&] {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
-  };
-  if (a.M >= kSlabMinRows) {
-    slab_avx2::run_tiles(
-        a.M, a.K, n_blocks, nt, sums,
-        [&](int64_t nb, int64_t k0, int64_t k1, float* p) { widen_slab(a, nb, k0, k1, p); },
-        [&](int64_t nb, int rows, int64_t m0, int64_t k0, int64_t k1, const float* p, float* acc,
-            bool first) { kSlabTiles[rows - 1](a, X.get(), nks, m0, nb, k0, k1, p, acc, first); },
+  if (dequantized_rows(a.M)) {
+    slab_avx2::run(
+        a.x, a.ldx, a.M, a.K, n_blocks, nt,
+        [&](int64_t nb, int64_t k0, int64_t k1, float* p) {
+          widen_slab_dequantized(a, nb, k0, k1, p);
+        },
         [&](int64_t nb, int64_t r0, int64_t r1, const float* acc) {
           slab_avx2::store_plus_bias(a.y, a.ldy, a.N, a.bias, nb, r0, r1, acc);
         });
     return;
   }
+  // The chunk rules: 1-6 rows (and any rows where the machine has AVX-512, forced to this path)
+  const int64_t nks = (a.K + kChunk - 1) / kChunk;
+  auto X = alloc_scratch<float>(a.M * nks);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    sums();
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
     if (a.M == 1) {
       for_each_tile(n_blocks, 2, 1, 1, [&](int64_t nb0, int nb, int64_t, int) {
         (nb == 2 ? gemv<2> : gemv<1>)(a, X.get(), nks, nb0);

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/parallel.h"
 #include "common/formats.h"
 #include "common/half.h"
@@ -17,7 +18,37 @@ void chunk_sums(const float* x, int64_t K, float* out) {
   }
 }
 
+bool dequantized_rows(int64_t M) {
+  static const bool no_avx512 = best_isa() < Isa::Avx512;
+  return M >= kDequantMinRows && no_avx512;
+}
+
+// The dequantized rules (gemm_w4.h): one FMA chain per output over w = (q - z) * s.
+static void run_ref_dequantized(const PackedW4LinearArgs& a) {
+  const int64_t G = a.group_size, k8n = a.ngroups * G / 8;
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
+  for (int64_t n = 0; n < a.N; ++n) {
+    const W4Tile* col = reinterpret_cast<const W4Tile*>(a.w) + (n / 16) * k8n;
+    const int64_t meta = (n / 16) * a.ngroups * 16 + n % 16;
+    std::vector<float> w(a.K);
+    for (int64_t k = 0; k < a.K; ++k) {
+      const uint8_t byte = col[k / 8].q[n % 16][k % 4];
+      const int code = (k % 8) < 4 ? (byte & 0x0f) : (byte >> 4);
+      const int64_t g = k / G;
+      const int z = a.zero ? a.zero[meta + g * 16] : 8;
+      w[k] = static_cast<float>(code - z) * half_to_float(a.scale[meta + g * 16]);
+    }
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* x = a.x + m * a.ldx;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < a.K; ++k) acc = std::fma(x[k], w[k], acc);
+      a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
+    }
+  }
+}
+
 void run_ref(const PackedW4LinearArgs& a) {
+  if (dequantized_rows(a.M)) return run_ref_dequantized(a);
   const int64_t G = a.group_size, k8n = a.ngroups * G / 8, nchunks = (a.K + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
   for (int64_t m = 0; m < a.M; ++m) {

@@ -468,6 +468,10 @@ def gemm_w4_bf16_tiles(
     / SmoothQuant), by the row quantizer in the int8-activation kernels, while the rows are
     staged in the others."""
 
+def gemm_w4_dequantized_rows(M: int) -> bool:
+    """Whether gemm_w4 over M rows follows the dequantized rules on this machine (one fp32 FMA
+    chain per output over w = (q - z) * s; gemm_w4.h), not the 32-k chunk rules."""
+
 def gemm_w4a8(
     x: int,
     M: int,

@@ -38,13 +38,16 @@ def _dense_min_rows() -> dict:
     speed, so the dense path, which adds the widening to that GEMM, wins late or never
     (2026-12-03, Zen 2, 2048x2048 / 2048x8192 / 8192x2048; kernel / dense path time):
       W4 g128: 0.57-0.64 at 128 rows, 0.84-0.96 at 512, 0.89-0.99 at 1024, 0.96-1.04 at 2048;
+      with the dequantized slabs (csrc/gemm_w4/gemm_w4.h, 2026-12-04, Zen 3, 2048x2048 /
+      2048x8192 / 8192x2048; 81-87 GMAC/s): 0.86-1.00 at 512, 0.88-1.01 at 2048, 0.94-1.07 at
+      4096, so 4096;
       W8: 0.57-0.58 at 128 rows, 0.73-0.79 at 512, 0.78-0.86 at 2048, 0.81-0.85 at 4096
       (slabs 84-90 GMAC/s against torch's 61-68), so 8192, twice the largest size measured;
       2:4: never (from 16 rows its slabs of the decompressed weight run 1.22-1.69x torch's
       dense GEMM at 128-512 rows, this path 0.77-1.06x; csrc/spmm_24/spmm_24_avx2.cpp)."""
     if _C.cpu_info()["features"].get("avx512f"):
         return {"w8": 256, "w4": 384, "2:4": 256}
-    return {"w8": 8192, "w4": 2048, "2:4": 1 << 62}
+    return {"w8": 8192, "w4": 4096, "2:4": 1 << 62}
 
 
 DENSE_MIN_ROWS = _dense_min_rows()
