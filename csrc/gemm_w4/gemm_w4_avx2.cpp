@@ -12,6 +12,8 @@
 //    (top_byte, scaled_row): two ops per 8 weights before the FMA where dequant_byte's or and
 //    subtract took three. Zen 3, one core, resident weights: 16.9-17.3 -> 19.0-19.3 GMAC/s.
 //    (Three column blocks, six chains: 2-3% more, not kept: coarser splits between threads.)
+//    Two rows run it row after row over each pair of blocks (the second reads them from L1 /
+//    L2): 1.15x the 2-row half-block tile, whose two FMA chains wait on their latency.
 //  - 2-6 rows: up to kMR rows x one 8-column half of a block, each dequantized half serving
 //    every row (a whole block for four rows would already need all 16 ymm as accumulators);
 //  - 7 rows and more where the dequantized rules apply (gemm_w4.h): slabs of the dequantized
@@ -34,6 +36,7 @@ namespace tersor::gemm_w4 {
 namespace {
 
 constexpr int kMR = 6;  // rows of the half-block tile: 2 x 6 accumulators + operands in 16 ymm
+constexpr int64_t kGemvRows = 2;  // rows up to this run the one-row kernel (gemv), row by row
 
 constexpr int shift_of(int i) { return i < 4 ? 8 * i : 8 * (i - 4) + 4; }
 
@@ -116,7 +119,7 @@ static inline __m256 top_byte(__m256i nib) {
 // One row x NB column blocks from block nb0. x: the row, or (kScaled) the row times 2^-28.
 template <int NB, bool kScaled>
 void gemv(const PackedW4LinearArgs& a, const float* x, const float* X, int64_t nchunks,
-          int64_t nb0) {
+          int64_t nb0, float* y) {
   const int64_t G = a.group_size, block_bytes = a.ngroups * G * 8;
   constexpr int kHalves = 2 * NB;  // accumulator j: block j / 2, half j % 2
   __m256 acc[kHalves][1], part[kHalves][1];
@@ -174,7 +177,7 @@ TERSOR_UNROLL
     const int64_t n = (nb0 + j / 2) * 16 + 8 * (j % 2);
     if (n >= a.N) break;
     const __m256i mask = tail_mask8(a.N - n);
-    maskstore8(a.y + n, mask, _mm256_add_ps(acc[j][0], bias8(a.bias, n, mask)));
+    maskstore8(y + n, mask, _mm256_add_ps(acc[j][0], bias8(a.bias, n, mask)));
   }
 }
 
@@ -266,17 +269,18 @@ TERSOR_UNROLL
   }
 }
 
-// One row times 2^-28 for gemv<kScaled>, or none where that is not exact (a nonzero |x| below
-// 2^-98 would lose bits): then x * (q - 8) 2^28 is the rules' x * (q - 8) exactly, product and
-// all, so the FMA chains round as before, bit for bit. The codes then reach the FMA in two ops
-// (vpshufb into the top byte, convert) instead of three (vpshufb, or 2^23, subtract).
-Scratch<float> scaled_row(const float* x, int64_t K) {
-  auto xs = alloc_scratch<float>(round_up(K, 8));
-  for (int64_t k = 0; k < K; ++k) {
-    const float v = std::fabs(x[k]);
-    if (v != 0.0f && v < 0x1p-98f) return nullptr;
-    xs.get()[k] = x[k] * 0x1p-28f;
-  }
+// The rows times 2^-28 for gemv<kScaled> (row stride round_up(K, 8)), or none where that is
+// not exact (a nonzero |x| below 2^-98 would lose bits): then x * (q - 8) 2^28 is the rules'
+// x * (q - 8) exactly, product and all, so the FMA chains round as before, bit for bit.
+Scratch<float> scaled_rows(const PackedW4LinearArgs& a) {
+  const int64_t ld = round_up(a.K, 8);
+  auto xs = alloc_scratch<float>(a.M * ld);
+  for (int64_t m = 0; m < a.M; ++m)
+    for (int64_t k = 0; k < a.K; ++k) {
+      const float v = a.x[m * a.ldx + k];
+      if (v != 0.0f && std::fabs(v) < 0x1p-98f) return nullptr;
+      xs.get()[m * ld + k] = v * 0x1p-28f;
+    }
   return xs;
 }
 
@@ -304,18 +308,22 @@ void run_avx2(const PackedW4LinearArgs& a) {
   // The chunk rules: 1-6 rows (and any rows where the machine has AVX-512, forced to this path)
   const int64_t nks = (a.K + kChunk - 1) / kChunk;
   auto X = alloc_scratch<float>(a.M * nks);
-  Scratch<float> xs;
-  if (a.M == 1) xs = scaled_row(a.x, a.K);
+  Scratch<float> xs = a.M <= kGemvRows ? scaled_rows(a) : nullptr;
+  const int64_t ldxs = round_up(a.K, 8);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
-    if (a.M == 1) {
+    if (a.M <= kGemvRows) {
       for_each_tile(n_blocks, 2, 1, 1, [&](int64_t nb0, int nb, int64_t, int) {
-        if (xs)
-          (nb == 2 ? gemv<2, true> : gemv<1, true>)(a, xs.get(), X.get(), nks, nb0);
-        else
-          (nb == 2 ? gemv<2, false> : gemv<1, false>)(a, a.x, X.get(), nks, nb0);
+        for (int64_t m = 0; m < a.M; ++m) {
+          float* y = a.y + m * a.ldy;
+          const float* Xm = X.get() + m * nks;
+          if (xs)
+            (nb == 2 ? gemv<2, true> : gemv<1, true>)(a, xs.get() + m * ldxs, Xm, nks, nb0, y);
+          else
+            (nb == 2 ? gemv<2, false> : gemv<1, false>)(a, a.x + m * a.ldx, Xm, nks, nb0, y);
+        }
       });
     } else {
       for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
