@@ -97,13 +97,14 @@ def test_gemm_w4_slabs(isa, g, k, m, n, sym, gen, c_ref):
     assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
 
 
+@pytest.mark.parametrize("m", [1, 2])
 @pytest.mark.parametrize("scale", [1.0, 2.0**-90, 2.0**-100, 2.0**-118])
-def test_gemm_w4_one_row_tiny_inputs(isa, scale, gen, c_ref):
-    """The AVX2 one-row kernel multiplies x * 2^-28 by (q - 8) * 2^28, which is exact only
-    while x * 2^-28 stays normal: rows with a nonzero |x| below 2^-98 take the unscaled form.
-    Both give the C ref's bits, down to rows of denormal products."""
-    x, q, s, z, G, _, p = make(1, 96, 37, 32, True, gen, bias=False)
-    x *= scale
+def test_gemm_w4_one_row_tiny_inputs(isa, scale, m, gen, c_ref):
+    """The AVX2 one-row kernel (1-2 rows) multiplies x * 2^-28 by (q - 8) * 2^28, which is
+    exact only while x * 2^-28 stays normal: calls with a nonzero |x| below 2^-98 take the
+    unscaled form. Both give the C ref's bits, down to rows of denormal products."""
+    x, q, s, z, G, _, p = make(m, 96, 37, 32, True, gen, bias=False)
+    x[0] *= scale
     x[0, 5] = 0.0
     y = gemm_w4(x, p.codes, p.scale, p.zero, None, 37, G)
     assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, None, 37, G)))
