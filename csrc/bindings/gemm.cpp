@@ -158,7 +158,11 @@ void bind_gemm_w4(py::module_& m) {
                             io, ptr<const float>(x_scale), gemm_w4::run);
       },
       TERSOR_W4_ARGS, nogil(),
-      (std::string(kW4Doc) + "fp32 activations, weights dequantized in registers." + kIoDoc).c_str());
+      (std::string(kW4Doc) +
+       "fp32 activations, weights dequantized in registers (or, for rows in batches where "
+       "gemm_w4_dequantized_rows says so, into L1 slabs; gemm_w4.h states both rules)." +
+       kIoDoc)
+          .c_str());
   m.def(
       "gemm_w4_bf16",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,

@@ -405,11 +405,12 @@ def gemm_w4(
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
     (symmetric, z = 8), group_size the effective G (formats/int4.py). fp32 activations, weights
-    dequantized in registers. io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in
-    elements); half rows are widened exactly and the output rounded to nearest even, as torch's
-    .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ
-    / SmoothQuant), by the row quantizer in the int8-activation kernels, while the rows are
-    staged in the others."""
+    dequantized in registers (or, for rows in batches where gemm_w4_dequantized_rows says so,
+    into L1 slabs; gemm_w4.h states both rules). io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x,
+    y; strides in elements); half rows are widened exactly and the output rounded to nearest
+    even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns (a layer's
+    input scale: AWQ / SmoothQuant), by the row quantizer in the int8-activation kernels, while
+    the rows are staged in the others."""
 
 def gemm_w4_bf16(
     x: int,
