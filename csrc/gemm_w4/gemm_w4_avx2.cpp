@@ -9,7 +9,7 @@
 //  - one row (a decode step): NB = 2 column blocks, four FMA chains, whose latency bounds a
 //    single block's two; each code put by one vpshufb into the top byte of its lane as the
 //    signed nibble q - 8 and converted, (q - 8) * 2^28 exactly, against the row times 2^-28
-//    (top_byte, scaled_row): two ops per 8 weights before the FMA where dequant_byte's or and
+//    (top_byte, scaled_rows): two ops per 8 weights before the FMA where dequant_byte's or and
 //    subtract took three. Zen 3, one core, resident weights: 16.9-17.3 -> 19.0-19.3 GMAC/s.
 //    (Three column blocks, six chains: 2-3% more, not kept: coarser splits between threads.)
 //    Two rows run it row after row over each pair of blocks (the second reads them from L1 /
