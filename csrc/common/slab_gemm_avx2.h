@@ -1,6 +1,6 @@
 // fp32 GEMM over weight slabs widened once into L1 (AVX2 translation units only): the batch
-// path of the AVX2 weight kernels (gemm_w8 and spmm_24's dense form with the one-chain tile
-// here, gemm_w4 with its own two-level tile). A register tile that widens its weights in
+// path of the AVX2 weight kernels (gemm_w8, spmm_24's dense form, and gemm_w4 where its
+// dequantized rules apply). A register tile that widens its weights in
 // registers pays the widening once per row tile and, at 4 rows x 16 columns, keeps 8 FMA
 // chains where Zen 2's FMA (latency 5, two ports) needs 10. Here a slab of kSlabK k x 16
 // columns is widened once per column block into an L1-resident float panel, and every row
@@ -13,7 +13,6 @@
 //     for each slab [k0, k1):  widen(nb, k0, k1, panel)
 //                              for each tile of <= 6 rows:  acc[r] = fma-chain over the slab
 //     store(nb, r0, r1, acc):  the kernel's epilogue (scale, bias, tail mask) into y
-// (run_tiles takes the tile too: gemm_w4_avx2.cpp's closes a chunk every 32 k.)
 //
 // Zen 2, 2 threads: 84-90 GMAC/s for W8 from 32 rows, where torch's fp32 GEMM reaches 61-68.
 // Internal linkage throughout (common/parallel.h says why).
@@ -63,14 +62,12 @@ using TileFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const 
                         bool);
 constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
 
-// The driver: n_blocks column blocks of 16, M rows, K deep, on nt threads.
-//   prologue()                      first, inside the team (a worksharing loop, say)
+// y = x W^T (x: M rows of stride ldx), n_blocks column blocks of 16, K deep, on nt threads:
 //   widen(nb, k0, k1, panel)        k0 a multiple of kSlabK
-//   tile(nb, rows, m0, k0, k1, panel, acc, first)   rows <= kMR from m0 over the slab
 //   store(nb, r0, r1, acc)          the epilogue (scale, bias, tail mask) into y
-template <typename Prologue, typename Widen, typename Tile, typename Store>
-void run_tiles(int64_t M, int64_t K, int64_t n_blocks, int nt, Prologue&& prologue,
-               Widen&& widen, Tile&& tile, Store&& store) {
+template <typename Widen, typename Store>
+void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, int nt,
+         Widen&& widen, Store&& store) {
   // Work items: (column block, part of a pass's rows); rows split only when the column blocks
   // are too few to share among the threads. Row tiles balanced (8 rows: 4 + 4, not 6 + 2).
   int64_t row_parts = 1;
@@ -78,7 +75,6 @@ void run_tiles(int64_t M, int64_t K, int64_t n_blocks, int nt, Prologue&& prolog
     row_parts = std::min<int64_t>(nt, (std::min(M, kSlabRows) + kMR - 1) / kMR);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    prologue();
     auto panel = alloc_scratch<float>(kSlabK * 16);
     auto acc = alloc_scratch<float>(M * 16);
     for (int64_t rb0 = 0; rb0 < M; rb0 += kSlabRows) {
@@ -95,25 +91,13 @@ void run_tiles(int64_t M, int64_t K, int64_t n_blocks, int nt, Prologue&& prolog
           for (int64_t t = 0; t < ntiles; ++t) {
             const int64_t m0 = r0 + (r1 - r0) * t / ntiles;
             const int64_t m1 = r0 + (r1 - r0) * (t + 1) / ntiles;
-            tile(nb, static_cast<int>(m1 - m0), m0, k0, k1,
-                 static_cast<const float*>(panel.get()), acc.get(), k0 == 0);
+            kTiles[m1 - m0 - 1](x, ldx, m0, k0, k1, panel.get(), acc.get(), k0 == 0);
           }
         }
         store(nb, r0, r1, static_cast<const float*>(acc.get()));
       }
     }
   }
-}
-
-// y = x W^T (x: M rows of stride ldx) with the one-chain tile above.
-template <typename Widen, typename Store>
-void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, int nt,
-         Widen&& widen, Store&& store) {
-  run_tiles(
-      M, K, n_blocks, nt, [] {}, widen,
-      [&](int64_t, int rows, int64_t m0, int64_t k0, int64_t k1, const float* panel, float* acc,
-          bool first) { kTiles[rows - 1](x, ldx, m0, k0, k1, panel, acc, first); },
-      store);
 }
 
 // The epilogue y[r0, r1) of block nb = acc + bias (the store of the kernels whose rules end
