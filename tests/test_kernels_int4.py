@@ -97,14 +97,22 @@ def test_gemm_w4_slabs(isa, g, k, m, n, sym, gen, c_ref):
     assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
 
 
+@pytest.mark.parametrize("where", ["row", "head", "tail"])
 @pytest.mark.parametrize("m", [1, 2])
 @pytest.mark.parametrize("scale", [1.0, 2.0**-90, 2.0**-100, 2.0**-118])
-def test_gemm_w4_one_row_tiny_inputs(isa, scale, m, gen, c_ref):
+def test_gemm_w4_one_row_tiny_inputs(isa, scale, m, where, gen, c_ref):
     """The AVX2 one-row kernel (1-2 rows) multiplies x * 2^-28 by (q - 8) * 2^28, which is
     exact only while x * 2^-28 stays normal: calls with a nonzero |x| below 2^-98 take the
-    unscaled form. Both give the C ref's bits, down to rows of denormal products."""
-    x, q, s, z, G, _, p = make(m, 96, 37, 32, True, gen, bias=False)
-    x[0] *= scale
+    unscaled form. Both give the C ref's bits, down to rows of denormal products; the tiny
+    values fill the first row, or that row is zero but for one k, whose product alone is each
+    output: in the first 8 (head) or past the last whole 8 of K = 101 (tail)."""
+    x, q, s, z, G, _, p = make(m, 101, 37, -1, True, gen, bias=False)
+    if where == "row":
+        x[0] *= scale
+    else:
+        k = 3 if where == "head" else 100
+        x[0] = 0.0
+        x[0, k] = 1.2345678 * scale
     x[0, 5] = 0.0
     y = gemm_w4(x, p.codes, p.scale, p.zero, None, 37, G)
     assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, None, 37, G)))

@@ -273,14 +273,26 @@ TERSOR_UNROLL
 // not exact (a nonzero |x| below 2^-98 would lose bits): then x * (q - 8) 2^28 is the rules'
 // x * (q - 8) exactly, product and all, so the FMA chains round as before, bit for bit.
 Scratch<float> scaled_rows(const PackedW4LinearArgs& a) {
-  const int64_t ld = round_up(a.K, 8);
+  const int64_t ld = round_up(a.K, 8), K8 = a.K / 8 * 8;
   auto xs = alloc_scratch<float>(a.M * ld);
-  for (int64_t m = 0; m < a.M; ++m)
-    for (int64_t k = 0; k < a.K; ++k) {
-      const float v = a.x[m * a.ldx + k];
-      if (v != 0.0f && std::fabs(v) < 0x1p-98f) return nullptr;
-      xs.get()[m * ld + k] = v * 0x1p-28f;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 tiny = _mm256_set1_ps(0x1p-98f), scale = _mm256_set1_ps(0x1p-28f);
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.x + m * a.ldx;
+    float* out = xs.get() + m * ld;
+    __m256 bad = _mm256_setzero_ps();  // lanes that saw 0 < |x| < 2^-98
+    for (int64_t k = 0; k < K8; k += 8) {
+      const __m256 v = _mm256_loadu_ps(x + k), av = _mm256_and_ps(v, abs_mask);
+      bad = _mm256_or_ps(bad, _mm256_and_ps(_mm256_cmp_ps(av, tiny, _CMP_LT_OQ),
+                                            _mm256_cmp_ps(av, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+      _mm256_storeu_ps(out + k, _mm256_mul_ps(v, scale));
     }
+    if (_mm256_movemask_ps(bad)) return nullptr;
+    for (int64_t k = K8; k < a.K; ++k) {
+      if (x[k] != 0.0f && std::fabs(x[k]) < 0x1p-98f) return nullptr;
+      out[k] = x[k] * 0x1p-28f;
+    }
+  }
   return xs;
 }
 
