@@ -47,8 +47,12 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto sx = alloc_scratch<float>(tiles * kMR);
   auto non_negative = alloc_scratch<bool>(tiles);
   const int prefetch = a.M > kMR ? 0 : weight_stream_nta(a.w, n_blocks * Kp * 16) ? 2 : 1;
+  // signed rows take the XOR tile (tile_avx2.h) where staging its operands, once per column
+  // block and call, costs less than it saves: from 8 row tiles
+  const bool xor_tiles = a.M >= 8 * kMR;
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
+    avx2::XorWeights xw;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t)
       non_negative.get()[t] = quantize(t * kMR, std::min(a.M, t * kMR + kMR),
@@ -58,7 +62,8 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
       const avx2::ARows src{
           {r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}, prefetch};
       avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16, sx.get() + m0,
-                     a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0}, blk * 16);
+                     a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0}, blk * 16,
+                     xor_tiles ? &xw : nullptr);
     });
   }
 }

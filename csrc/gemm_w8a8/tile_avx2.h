@@ -1,16 +1,19 @@
 // The AVX2 W8A8 micro-kernel (CPUs without VNNI), shared by the GEMM (gemm_w8a8_avx2.cpp) and
 // the direct convolution (conv/conv_w8a8_avx2.cpp). Include only from *_avx2.cpp files.
 //
-// vpmaddubsw multiplies u8 by s8 into saturating int16 pair sums. Two variants:
-//  - signed activations: the sign trick (llama.cpp), |a| * sign(w, a) == a * w; with |a|, |w|
-//    <= 127 a pair sum is at most 2 * 127 * 127 < 32767. abs + one sign per weight vector cost
-//    3 extra uops per 64 MACs: measured 49 GMAC/s per core against 65-74 without them (Zen 3).
-//    Tiles of 3-4 rows take it the other way round, |w| * sign(a, w): one abs per weight
-//    vector instead of one per row.
+// vpmaddubsw multiplies u8 by s8 into saturating int16 pair sums; vpmaddwd with ones then
+// widens the pairs to int32. Three variants, by the row codes' signs (Signs below):
 //  - non-negative activations (every conv after a ReLU): the s8 codes 0..127 are valid u8
-//    operands as they are, with the same no-overflow bound, so the plain u8 x s8 product is
-//    exact and the extra uops go. The caller picks the variant per tile from the codes.
-// Then vpmaddwd with ones widens the pairs to int32.
+//    operands as they are; a pair sum is at most 2 * 127 * 127 < 32767, so u8 x s8 is exact.
+//  - signed activations, 3-4 rows: |w| x (a XOR m), m = 0xFF where w < 0. Where w < 0 that
+//    is |w| * (-a - 1) = a * w - |w|, so the accumulators start at the column's sum of |w| over
+//    its negative codes (XorWeights stages |w|, the masks and these sums once per column
+//    block and thread) and the sum comes out exact. |w| <= 127 and -128 <= a XOR m <= 127 cannot saturate. Per row this
+//    costs one XOR per weight vector, which any vector ALU takes; the sign trick's vpsignb
+//    (below) competes with vpmaddubsw / vpmaddwd for the two multiply ports on Zen:
+//    Zen 3, one thread, 256-512 signed rows: 65 -> 73 GMAC/s (non-negative rows: 90).
+//  - signed activations, 1-2 rows (a decode step, bound by the weight stream): the sign trick
+//    (llama.cpp), |a| * sign(w, a) == a * w, with no set-up per column block.
 //
 // Register tile: MR <= 4 rows x 16 columns (2 ymm each), one pointer per row (where the codes
 // come from: RowRuns in row_blocks.h).
@@ -89,32 +92,110 @@ struct TileOut {
   int64_t m;
 };
 
+enum class Signs { kNonNegative, kXorW, kSignA };  // the three variants above
+
+constexpr int64_t kShortBlocks = 8;  // the most column blocks one tile call runs (see below)
+
+// One thread's kXorW operands for the column blocks its tiles are on, staged once per block
+// (and row block) instead of once per row tile: abs and a compare per weight vector in every
+// 4-row tile cost 6-7% of the tile's time (Zen 3). The drivers run every row tile of a column
+// block (range) before the next, so one entry is enough.
+//
+//   ops[j][g] = | |w| cols 0-7 | |w| cols 8-15 | neg cols 0-7 | neg cols 8-15 |   128 bytes
+//                 (one 4-k group g of column block j; neg = 0xFF where w < 0)
+//   sums[16 j + c] = sum over column c's negative codes of |w|, where its accumulators start
+namespace {  // its Scratch member has internal linkage (common/parallel.h)
+struct XorWeights {
+  const int8_t* src = nullptr;  // the weight blocks staged now
+  int nb = 0;
+  Scratch<uint8_t> ops;
+  int64_t capacity = 0;
+  alignas(32) int32_t sums[16 * kShortBlocks];
+
+  // Stages nb column blocks (block_bytes apart) at w, unless they are the staged ones.
+  // vpmaddubsw of ones by min(w, 0) gives pair sums in [-254, 0]; 128 of them still fit int16
+  // before vpmaddwd widens them.
+  const uint8_t* stage(const int8_t* w, int64_t block_bytes, int n) {
+    if (w == src && n == nb) return ops.get();
+    if (2 * n * block_bytes > capacity) {
+      capacity = 2 * n * block_bytes;
+      ops = alloc_scratch<uint8_t>(capacity);
+    }
+    const __m256i zero = _mm256_setzero_si256(), ones8 = _mm256_set1_epi8(1);
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    const int64_t groups = block_bytes / 64;
+    uint8_t* dst = ops.get();
+    for (int j = 0; j < n; ++j) {
+      const int8_t* wb = w + j * block_bytes;
+      __m256i s32[2] = {zero, zero};
+      for (int64_t g0 = 0; g0 < groups; g0 += 128) {
+        __m256i s16[2] = {zero, zero};
+        const int64_t g1 = std::min<int64_t>(groups, g0 + 128);
+        for (int64_t g = g0; g < g1; ++g, dst += 128) {
+TERSOR_UNROLL
+          for (int h = 0; h < 2; ++h) {
+            const __m256i v =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 64 * g + 32 * h));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 32 * h), _mm256_abs_epi8(v));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 64 + 32 * h),
+                               _mm256_cmpgt_epi8(zero, v));
+            s16[h] = _mm256_add_epi16(s16[h],
+                                      _mm256_maddubs_epi16(ones8, _mm256_min_epi8(v, zero)));
+          }
+        }
+TERSOR_UNROLL
+        for (int h = 0; h < 2; ++h)
+          s32[h] = _mm256_add_epi32(s32[h], _mm256_madd_epi16(s16[h], ones16));
+      }
+TERSOR_UNROLL
+      for (int h = 0; h < 2; ++h)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums + 16 * j + 8 * h),
+                           _mm256_sub_epi32(zero, s32[h]));
+    }
+    src = w;
+    nb = n;
+    return ops.get();
+  }
+};
+}  // namespace
+
 // Writes the tile's MR rows, columns n0 .. n0 + 16 * nb (nb column blocks, their weight
 // blocks Kp * 16 bytes apart: one call per row tile for short K, see run_row_blocks).
-template <int MR, bool kNonNegative>
+// kXorW: xw holds the nb blocks staged (XorWeights); wblock is not read.
+template <int MR, Signs kSigns>
 static inline void tile(const ARows& src, const int8_t* wblock, const float* sx,
-                        const PackedW8LinearArgs& a, const TileOut& out, int64_t n0, int nb) {
-  const __m256i ones = _mm256_set1_epi16(1);
+                        const PackedW8LinearArgs& a, const TileOut& out, int64_t n0, int nb,
+                        const XorWeights* xw) {
+  constexpr bool kXor = kSigns == Signs::kXorW;
+  const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
   const int64_t block_bytes = (a.K + 3) / 4 * 4 * 16;
-  for (int j = 0; j < nb; ++j, wblock += block_bytes, n0 += 16) {
+  const int32_t* neg_sums = kXor ? xw->sums : nullptr;
+  const int64_t step = kXor ? 128 : 64;  // bytes per 4-k group
+  const int8_t* wsrc = kXor ? reinterpret_cast<const int8_t*>(xw->ops.get()) : wblock;
+  for (int j = 0; j < nb; ++j, wsrc += step * block_bytes / 64, n0 += 16) {
     __m256i acc[MR][2];
 TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-    const int8_t* wp = wblock;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i start =
+          kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(neg_sums + 16 * j + 8 * h))
+              : zero;
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r) acc[r][h] = start;
+    }
+    const int8_t* wp = wsrc;
     for (int64_t i = 0; i < src.runs.n_runs; ++i) {
       const uint8_t* ap[MR];
 TERSOR_UNROLL
       for (int r = 0; r < MR; ++r) ap[r] = src.row[r] + src.runs.run_offset[i];
 #pragma GCC unroll 2  // measured 5-15% on short K (1x1 convs: 16 groups per run)
-      for (int64_t g = 0; g < src.runs.run_groups; ++g, wp += 64) {
+      for (int64_t g = 0; g < src.runs.run_groups; ++g, wp += step) {
+        // kXorW: |w| and w's sign masks (staged), else w
         const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
         const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32));
-        // signed rows, 3 or 4 of them: |w| once per weight vector and each row's codes given
-        // w's signs, |w| * (a sign(w)) == a * w: two abs per group instead of one per row
-        // (Zen 3, 1 thread: a 16-channel 1x1 layer and the 7x7 stem 0.92-0.96x the time)
-        constexpr bool kAbsW = !kNonNegative && MR >= 3;
-        const __m256i aw0 = kAbsW ? _mm256_abs_epi8(w0) : w0;
-        const __m256i aw1 = kAbsW ? _mm256_abs_epi8(w1) : w1;
+        const __m256i neg0 =
+            kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 64)) : zero;
+        const __m256i neg1 =
+            kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 96)) : zero;
         const int64_t off = 4 * g;
         const char* ahead = reinterpret_cast<const char*>(wp + kPrefetchLines * 64);
         if (src.prefetch == 2) _mm_prefetch(ahead, _MM_HINT_NTA);
@@ -123,12 +204,12 @@ TERSOR_UNROLL
         for (int r = 0; r < MR; ++r) {
           const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
           __m256i p0, p1;
-          if constexpr (kNonNegative) {
+          if constexpr (kSigns == Signs::kNonNegative) {
             p0 = _mm256_maddubs_epi16(av, w0);
             p1 = _mm256_maddubs_epi16(av, w1);
-          } else if constexpr (kAbsW) {
-            p0 = _mm256_maddubs_epi16(aw0, _mm256_sign_epi8(av, w0));
-            p1 = _mm256_maddubs_epi16(aw1, _mm256_sign_epi8(av, w1));
+          } else if constexpr (kXor) {
+            p0 = _mm256_maddubs_epi16(w0, _mm256_xor_si256(av, neg0));
+            p1 = _mm256_maddubs_epi16(w1, _mm256_xor_si256(av, neg1));
           } else {
             const __m256i aa = _mm256_abs_epi8(av);
             p0 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w0, av));
@@ -147,16 +228,25 @@ TERSOR_UNROLL
   }
 }
 
-// tile<mr, non_negative>(...) for a runtime row count 1..4.
+// The tile for a runtime row count 1..4 and the rows' signs. Signed rows take kXorW from 3
+// rows when the caller keeps staged operands (xw), else kSignA.
 static inline void run_tile(int mr, bool non_negative, const ARows& src, const int8_t* wblock,
                             const float* sx, const PackedW8LinearArgs& a, const TileOut& out,
-                            int64_t n0, int nb = 1) {
+                            int64_t n0, XorWeights* xw, int nb = 1) {
   using TileFn = void (*)(const ARows&, const int8_t*, const float*, const PackedW8LinearArgs&,
-                          const TileOut&, int64_t, int);
-  static constexpr TileFn kTiles[2][kMR] = {
-      {tile<1, false>, tile<2, false>, tile<3, false>, tile<4, false>},
-      {tile<1, true>, tile<2, true>, tile<3, true>, tile<4, true>}};
-  kTiles[non_negative][mr - 1](src, wblock, sx, a, out, n0, nb);
+                          const TileOut&, int64_t, int, const XorWeights*);
+  static constexpr TileFn kTiles[3][kMR] = {
+      {tile<1, Signs::kNonNegative>, tile<2, Signs::kNonNegative>,
+       tile<3, Signs::kNonNegative>, tile<4, Signs::kNonNegative>},
+      {tile<1, Signs::kXorW>, tile<2, Signs::kXorW>, tile<3, Signs::kXorW>,
+       tile<4, Signs::kXorW>},
+      {tile<1, Signs::kSignA>, tile<2, Signs::kSignA>, tile<3, Signs::kSignA>,
+       tile<4, Signs::kSignA>}};
+  const Signs signs = non_negative           ? Signs::kNonNegative
+                      : (xw && mr >= 3)      ? Signs::kXorW
+                                             : Signs::kSignA;
+  if (signs == Signs::kXorW) xw->stage(wblock, (a.K + 3) / 4 * 4 * 16, nb);
+  kTiles[static_cast<int>(signs)][mr - 1](src, wblock, sx, a, out, n0, nb, xw);
 }
 
 using RowBlock = gemm_w8a8::RowBlock<kMR>;
@@ -168,10 +258,11 @@ using RowBlock = gemm_w8a8::RowBlock<kMR>;
 // tile's set-up and the driver's per-tile steps than in its dot products (Zen 3: 1.35-1.55x the
 // speed of one block per call). Longer K: one column block at a time, its weight block in L1
 // while every row tile of the row block runs over it.
-constexpr int64_t kShortK = 128, kShortBlocks = 8;
+constexpr int64_t kShortK = 128;
 template <typename Prepare>
 static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
   const int64_t Kp = (a.K + 3) / 4 * 4;
+  XorWeights xw;  // this thread's (the drivers run inside the parallel region)
   const auto tile = [&](const RowBlock& block, int64_t m, int mr, int64_t blk, int nb,
                         int64_t shift) {
     const int64_t i = m % kRowsPerBlock;
@@ -180,7 +271,7 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
     const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.runs};
     const TileOut out{a.y + m * a.ldy, a.ldy, block.codes, m};
     run_tile(mr, block.non_negative[i / kMR], src, a.w + blk * Kp * 16, block.sx + i, a, out,
-             blk * 16, nb);
+             blk * 16, &xw, nb);
   };
   if (Kp <= kShortK && (a.M + kRowsPerBlock - 1) / kRowsPerBlock >= 8 * a.nthreads) {
     gemm_w8a8::run_row_blocks<kMR, kShortBlocks>(a, prepare, tile);
