@@ -115,8 +115,8 @@ struct XorWeights {
   // Stages nb column blocks (block_bytes apart) at w, unless they are the staged ones.
   // vpmaddubsw of ones by min(w, 0) gives pair sums in [-254, 0]; 128 of them still fit int16
   // before vpmaddwd widens them.
-  const uint8_t* stage(const int8_t* w, int64_t block_bytes, int n) {
-    if (w == src && n == nb) return ops.get();
+  void stage(const int8_t* w, int64_t block_bytes, int n) {
+    if (w == src && n == nb) return;
     if (2 * n * block_bytes > capacity) {
       capacity = 2 * n * block_bytes;
       ops = alloc_scratch<uint8_t>(capacity);
@@ -154,7 +154,6 @@ TERSOR_UNROLL
     }
     src = w;
     nb = n;
-    return ops.get();
   }
 };
 }  // namespace

@@ -21,7 +21,8 @@ Kernel form ("VNNI4" blocks, csrc/common/formats.h ``W8Tile``), built once at co
     colsum[Np] int32 = sum_k weight_int8[n, k]   (undoes the VNNI kernel's +128 offset)
     scale[Np]  fp32  (0 in the padding)
 
--128 is never produced so that the AVX2 sign trick cannot saturate (see gemm_w8a8_avx2.cpp).
+-128 is never produced so that the AVX2 tiles' |w| fits vpmaddubsw's u8 operand with no
+saturation (see gemm_w8a8/tile_avx2.h).
 """
 
 from __future__ import annotations
