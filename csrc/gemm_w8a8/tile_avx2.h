@@ -8,10 +8,11 @@
 //  - signed activations, 3-4 rows: |w| x (a XOR m), m = 0xFF where w < 0. Where w < 0 that
 //    is |w| * (-a - 1) = a * w - |w|, so the accumulators start at the column's sum of |w| over
 //    its negative codes (XorWeights stages |w|, the masks and these sums once per column
-//    block and thread) and the sum comes out exact. |w| <= 127 and -128 <= a XOR m <= 127 cannot saturate. Per row this
-//    costs one XOR per weight vector, which any vector ALU takes; the sign trick's vpsignb
-//    (below) competes with vpmaddubsw / vpmaddwd for the two multiply ports on Zen:
-//    Zen 3, one thread, 256-512 signed rows: 65 -> 73 GMAC/s (non-negative rows: 90).
+//    block and thread) and the sum comes out exact. |w| <= 127 against any s8 code cannot
+//    saturate. Per row this costs one XOR per weight vector, which any vector ALU takes; the
+//    sign trick's vpsignb (below) competes with vpmaddubsw / vpmaddwd for the two multiply
+//    ports on Zen. Zen 3, one thread, 256-512 signed rows: 65-69 -> 72-75 GMAC/s
+//    (non-negative rows: 90).
 //  - signed activations, 1-2 rows (a decode step, bound by the weight stream): the sign trick
 //    (llama.cpp), |a| * sign(w, a) == a * w, with no set-up per column block.
 //
