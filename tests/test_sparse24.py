@@ -170,7 +170,10 @@ from tersor.ref import quantize_rows_ref  # noqa: E402
 
 
 def make_24_int8(n, k, gen):
-    w = prune_24(torch.randn(n, k, generator=gen))
+    return make_24_int8_of(prune_24(torch.randn(n, k, generator=gen)), k)
+
+
+def make_24_int8_of(w, k):
     v, m, s = quantize_24_int8(w)
     return v, m, s, pack_24_int8(v, m, s, k)
 
@@ -199,6 +202,35 @@ def test_spmm_24_w8a8_every_isa_exact(isa, m, k, n, gen, c_ref):
     q = decompress_24(v.to(torch.float32), meta, k)
     acc = qx.double() @ q.double().t()
     assert torch.equal(y0, (acc * (sx[:, None] * s[None, :]).double()).float())
+
+
+@pytest.mark.parametrize("m", [8, 13, 33])
+@pytest.mark.parametrize("k,n", [(1030, 19), (2053, 40)])
+def test_spmm_24_w8a8_extreme_codes_exact(isa, m, k, n, gen, c_ref):
+    """From 8 rows AVX2 folds the sign of w into the activation selection (|w| x a, or x ~a
+    where w < 0, accumulators starting at each column's sum of |w| over its negative values):
+    columns all at -127 and half at -127, +-127 alternating, codes at +-127 against them (the
+    largest pair sums), K long enough that the sums pass int16."""
+    w = prune_24(torch.randn(n, k, generator=gen))
+    kept = (w != 0).float()
+    w[0] = -kept[0]  # every kept value -127 after quantization
+    w[1, : k // 2] = -kept[1, : k // 2]
+    w[1, k // 2 :] = kept[1, k // 2 :] * 0.5
+    alt = torch.ones(k)
+    alt[1::2] = -1
+    w[2] = kept[2] * alt
+    v, meta, s, p = make_24_int8_of(w, k)
+    assert (v[0][v[0] != 0] == -127).all() and (v[2] == 127).any() and (v[2] == -127).any()
+    x = torch.randn(m, k, generator=gen)
+    x[:, ::7] = 9.0  # codes at 127 ...
+    x[:, 3::7] = -9.0  # ... and at -127
+    args = (p.values, p.meta, p.colsum, p.scale)
+    y = spmm_24_w8a8(x, *args, None, n)
+    assert torch.equal(y, c_ref(lambda: spmm_24_w8a8(x, *args, None, n)))
+    qx, sx = quantize_rows_ref(x)
+    assert (qx == 127).any() and (qx == -127).any()
+    acc = qx.double() @ decompress_24(v.to(torch.float32), meta, k).double().t()  # exact
+    assert torch.equal(y, (acc.float().double() * (sx[:, None] * s[None, :]).double()).float())
 
 
 def test_spmm_24_w8a8_opcheck_and_errors(gen):
