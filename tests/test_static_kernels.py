@@ -92,6 +92,22 @@ def test_conv_every_isa_matches_ref(isa, case, epilogue, gen, c_ref):
         assert ((y == lo) | (y == hi)).any() and (y != 0).float().mean() > 0.3  # clips, not all 0
 
 
+@pytest.mark.parametrize("lo", [-127.0, 0.0, 5.0])
+def test_conv_codes_past_the_int32_range(isa, lo, gen, c_ref):
+    """A tiny output scale puts the requantized values far past int32 (the AVX2 epilogue bounds
+    them above in fp32 and below on the packed bytes): every path clamps them to [lo, 127]
+    like the ref, in tiles of 1-4 rows and a column tail."""
+    xs = torch.randint(-127, 128, (1, 5, 3, 20), dtype=torch.int8, generator=gen)
+    q, sc = quantize_per_channel_int8(torch.randn(19, 20, generator=gen))
+    pk, bias = pack_int8(q, sc), torch.zeros(19)
+    geom = (1, 1, 1, 1, 0, 0, 1, 1)
+    y = _run(xs, pk, bias, 19, geom, 1, 1e-30, lo, 127.0)
+    assert torch.equal(y, c_ref(lambda: _run(xs, pk, bias, 19, geom, 1, 1e-30, lo, 127.0)))
+    y32 = _run(xs, pk, bias, 19, geom, 1, 0.0, 0, 0)
+    want = torch.where(y32 > 0, 127, torch.where(y32 < 0, int(lo), max(0, int(lo))))
+    assert torch.equal(y.int(), want.int()) and (y == 127).any() and (y == int(lo)).any()
+
+
 @pytest.mark.parametrize("c", [16, 32, 96])
 def test_conv_1x1_reads_the_signs_of_each_tile(isa, c, gen, c_ref):
     """A 1x1 layer's direct paths take each 8-row tile's signs from its own codes (direct_rows.h):

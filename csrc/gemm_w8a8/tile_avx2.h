@@ -34,22 +34,34 @@ namespace tersor::gemm_w8a8::avx2 {
 
 constexpr int kMR = 4;
 
+// Codes out (CodesOut in row_blocks.h), two rows per byte pack. The upper bound is taken in
+// fp32, which keeps vcvtps2dq in range; the lower one on the packed bytes, where a t below
+// INT32_MIN (converted to INT32_MIN, saturated to -128 by the packs) ends at lo as well. Both
+// bounds are integers, so round(clamp(t)) == clamp(round(t)): the codes are the ref's. Per pair
+// of rows: one vpacksswb, one vpermd, one vpmaxsb where the row-at-a-time form spent two
+// lane extracts and permutes and two fp32 max per row (short-K 1x1 layers, where K is 16-160,
+// spend a fifth or more of their tile here).
 template <int MR>
 static inline void store_codes_tile(const __m256i (&acc)[MR][2], const float* m_scale,
                                     const float* c, int64_t N, const CodesOut& o, int64_t m0,
                                     int64_t n0) {
   const int64_t cols = std::min<int64_t>(16, N - n0);
-  const __m256 lo = _mm256_set1_ps(o.lo), hi = _mm256_set1_ps(o.hi);
-  const __m256 rs = _mm256_set1_ps(o.res_scale);
+  const __m256 hi = _mm256_set1_ps(o.hi), rs = _mm256_set1_ps(o.res_scale);
+  const __m256i lo = _mm256_set1_epi8(static_cast<int8_t>(o.lo));
   const __m256 m0v = _mm256_loadu_ps(m_scale + n0), m1v = _mm256_loadu_ps(m_scale + n0 + 8);
   const __m256 c0v = _mm256_loadu_ps(c + n0), c1v = _mm256_loadu_ps(c + n0 + 8);  // [Np]
+  const int8_t* const res = o.res;
+  int8_t* const q = o.q;
+  const int64_t ldq = o.ldq, ldres = o.ldres;
+  // row r as 16 int16: lane 0 = columns 0-3, 8-11; lane 1 = columns 4-7, 12-15
+  __m256i q16[MR];
 TERSOR_UNROLL
   for (int r = 0; r < MR; ++r) {
     __m256 t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][0]), m0v, c0v);
     __m256 t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][1]), m1v, c1v);
-    if (o.res) {
+    if (res) {
       alignas(16) int8_t tail[16] = {};
-      const int8_t* rp = o.res + (m0 + r) * o.ldres + n0;
+      const int8_t* rp = res + (m0 + r) * ldres + n0;
       if (cols < 16) {
         for (int64_t i = 0; i < cols; ++i) tail[i] = rp[i];
         rp = tail;
@@ -59,18 +71,30 @@ TERSOR_UNROLL
       t1 = _mm256_fmadd_ps(
           _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(r16, r16))), rs, t1);
     }
-    const __m256i q0 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t0, lo), hi));
-    const __m256i q1 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t1, lo), hi));
-    const __m256i q01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
-    const __m128i codes =
-        _mm_packs_epi16(_mm256_castsi256_si128(q01), _mm256_extracti128_si256(q01, 1));
-    int8_t* dst = o.q + (m0 + r) * o.ldq + n0;
-    if (cols == 16) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), codes);
-    } else {
-      alignas(16) int8_t tmp[16];
-      _mm_store_si128(reinterpret_cast<__m128i*>(tmp), codes);
-      for (int64_t i = 0; i < cols; ++i) dst[i] = tmp[i];
+    q16[r] = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_min_ps(t0, hi)),
+                                _mm256_cvtps_epi32(_mm256_min_ps(t1, hi)));
+  }
+  // packs of rows r, r + 1 holds, in dwords: r 0-3, r 8-11, r+1 0-3, r+1 8-11 | r 4-7, r 12-15,
+  // r+1 4-7, r+1 12-15; vpermd puts row r in the low lane and row r + 1 in the high one
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+TERSOR_UNROLL
+  for (int r = 0; r < MR; r += 2) {
+    const __m256i pair = _mm256_max_epi8(
+        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[r], q16[r + 1 < MR ? r + 1 : r]),
+                                    order),
+        lo);
+    const int rows = r + 1 < MR ? 2 : 1;
+    for (int i = 0; i < rows; ++i) {
+      const __m128i codes =
+          i ? _mm256_extracti128_si256(pair, 1) : _mm256_castsi256_si128(pair);
+      int8_t* dst = q + (m0 + r + i) * ldq + n0;
+      if (cols == 16) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), codes);
+      } else {
+        alignas(16) int8_t tmp[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), codes);
+        for (int64_t j = 0; j < cols; ++j) dst[j] = tmp[j];
+      }
     }
   }
 }
