@@ -6,8 +6,9 @@
 //   unpacklo(x_t, x_t+1)  lane 0: (x_t[0], x_t+1[0]) .. (x_t[3], x_t+1[3])   channels 0-3
 //                         lane 1: channels 8-11          (unpackhi: 4-7 and 12-15)
 //
-// so the two accumulators hold channels [0-3 | 8-11] and [4-7 | 12-15] until one lane swap at
-// the end. An odd last tap pairs with zero weights. Channel multipliers > 1 take the ref.
+// so the two accumulators hold channels [0-3 | 8-11] and [4-7 | 12-15]; the scales and biases
+// are laid out the same way, so the codes pack back to channels 0-15 with no lane swap (fp32
+// output swaps lanes once). An odd last tap pairs with zero weights. Channel multipliers > 1 take the ref.
 //
 // A thread walks consecutive output rows; for each it takes the kh input rows it reads with
 // their zero border (Wp = W + 2 pw pixels): rows of the padded copy, or, where the static
@@ -92,13 +93,20 @@ struct BlockWalk {
   const int8_t* const* tap;  // [2 * pairs]: each tap's pixel 0 in its bordered row, + n0
   const __m256i* w;          // the block's interleaved weights, [pairs][2]
   int64_t pairs, Wo, step;   // step: sw * C
-  __m256 s0, s1, b0, b1;     // channels 0-7 and 8-15
+  // scales and biases in the accumulators' order: channels [0-3 | 8-11] and [4-7 | 12-15]
+  __m256 s0, s1, b0, b1;
   int8_t* q;                 // codes out: the row's pixel 0 + n0 (ldq apart), or
   int64_t ldq;
   float* y;                  // fp32 out: the row's pixel 0 + n0 (ldy apart)
   int64_t ldy;
-  __m256 lo, hi;
+  __m256 hi;                 // the codes' bounds: hi in fp32, lo on the packed bytes
+  __m128i lo;                // (tile_avx2.h store_codes_tile: the same codes as the ref)
 };
+// 16 channels of 8 (channels 0-7, 8-15) in the accumulators' order (above)
+inline void to_acc_order(__m256 c0_7, __m256 c8_15, __m256* lo, __m256* hi) {
+  *lo = _mm256_permute2f128_ps(c0_7, c8_15, 0x20);
+  *hi = _mm256_permute2f128_ps(c0_7, c8_15, 0x31);
+}
 template <int PAIRS>
 inline void walk_block(const BlockWalk& a) {
   const int64_t pairs = PAIRS > 0 ? PAIRS : a.pairs;
@@ -115,20 +123,18 @@ inline void walk_block(const BlockWalk& a) {
       lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[2 * p]));
       hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[2 * p + 1]));
     }
-    const __m256i a0 = _mm256_permute2x128_si256(lo, hi, 0x20);  // channels 0-7
-    const __m256i a1 = _mm256_permute2x128_si256(lo, hi, 0x31);  // channels 8-15
-    const __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), a.s0, a.b0);
-    const __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), a.s1, a.b1);
+    // in the accumulators' order, which packs back to channels 0-15 without a lane swap
+    const __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), a.s0, a.b0);
+    const __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), a.s1, a.b1);
     if (a.q) {  // the codes now (requant.h with inv_scale 1, no NaN)
-      const __m256i q0 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y0, a.lo), a.hi));
-      const __m256i q1 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y1, a.lo), a.hi));
-      const __m256i q01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
-      _mm_storeu_si128(
-          reinterpret_cast<__m128i*>(a.q + ow * a.ldq),
-          _mm_packs_epi16(_mm256_castsi256_si128(q01), _mm256_extracti128_si256(q01, 1)));
+      const __m256i q01 = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_min_ps(y0, a.hi)),
+                                             _mm256_cvtps_epi32(_mm256_min_ps(y1, a.hi)));
+      const __m128i codes =
+          _mm_packs_epi16(_mm256_castsi256_si128(q01), _mm256_extracti128_si256(q01, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(a.q + ow * a.ldq), _mm_max_epi8(codes, a.lo));
     } else {
-      _mm256_storeu_ps(a.y + ow * a.ldy, y0);
-      _mm256_storeu_ps(a.y + ow * a.ldy + 8, y1);
+      _mm256_storeu_ps(a.y + ow * a.ldy, _mm256_permute2f128_ps(y0, y1, 0x20));
+      _mm256_storeu_ps(a.y + ow * a.ldy + 8, _mm256_permute2f128_ps(y0, y1, 0x31));
     }
   }
 }
@@ -177,15 +183,16 @@ void run_dw_avx2(const DwCall& k) {
         const int64_t n0 = nb * 16;
         const int8_t* tap[2 * kMaxPairs];
         for (int64_t t = 0; t < 2 * pairs; ++t) tap[t] = tap0[t] + n0;
-        BlockWalk a{tap, wp.data() + nb * pairs * 2, pairs, c.Wo, c.sw * C,
-                    _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0)),
-                    _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0 + 8)),
-                    c.bias ? _mm256_loadu_ps(c.bias + n0) : _mm256_setzero_ps(),
-                    c.bias ? _mm256_loadu_ps(c.bias + n0 + 8) : _mm256_setzero_ps(),
+        __m256 s0, s1, b0, b1;
+        to_acc_order(_mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0)),
+                     _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0 + 8)), &s0, &s1);
+        to_acc_order(c.bias ? _mm256_loadu_ps(c.bias + n0) : _mm256_setzero_ps(),
+                     c.bias ? _mm256_loadu_ps(c.bias + n0 + 8) : _mm256_setzero_ps(), &b0, &b1);
+        BlockWalk a{tap, wp.data() + nb * pairs * 2, pairs, c.Wo, c.sw * C, s0, s1, b0, b1,
                     codes ? c.out->q + r * c.Wo * c.out->ldq + n0 : nullptr,
                     codes ? c.out->ldq : 0, y + n0, N,
-                    _mm256_set1_ps(codes ? c.out->lo : 0.0f),
-                    _mm256_set1_ps(codes ? c.out->hi : 0.0f)};
+                    _mm256_set1_ps(codes ? c.out->hi : 0.0f),
+                    _mm_set1_epi8(static_cast<int8_t>(codes ? c.out->lo : 0.0f))};
         if (pairs == 5) {
           walk_block<5>(a);
         } else {
