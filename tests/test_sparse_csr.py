@@ -47,6 +47,23 @@ def test_spmm_csr_every_isa(isa, m, sparsity, k, n, gen, c_ref):
     assert (y.double() - y64).abs().max() <= 1e-5 * (y64.abs().max() + 1)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_spmm_csr_padded_lanes_leave_no_trace(isa, m, gen, c_ref):
+    """Channels of very different counts share an ELL block, so most lanes run past their
+    count: those steps must not touch the sum (an FMA with a padding weight of 0 would turn
+    inf * 0 into NaN). x holds inf at a k only one channel reads."""
+    n, k = 37, 50
+    w = torch.zeros(n, k)
+    w[0] = torch.randn(k, generator=gen)  # a full channel: every other lane is padded
+    w[1:, 10:12] = torch.randn(n - 1, 2, generator=gen)
+    x = torch.randn(m, k, generator=gen)
+    x[:, 0] = float("inf")  # read by channel 0 alone
+    args = packed(w)
+    y = spmm_csr(x, *args, None, None, n)
+    assert torch.equal(y, c_ref(lambda: spmm_csr(x, *args, None, None, n)))
+    assert torch.isinf(y[:, 0]).all() and torch.isfinite(y[:, 1:]).all()
+
+
 def test_opcheck_and_errors(gen):
     w = prune_unstructured(torch.randn(20, 37, generator=gen), 0.8)
     args = packed(w)

@@ -37,9 +37,9 @@ struct Args {
   int nthreads;
 };
 
-// Rows from which the transposed-activation kernel is used (AVX-512; AVX2 always uses it):
-// measured on 4096 x 4096 at 90% sparsity, the lane-gather kernel wins only below 4 rows
-// (M = 8: 2.4 ms transposed vs 5.0 ms gathered).
+// Rows from which the AVX-512 path takes the transposed-activation kernel (AVX2: from 3, see
+// spmm_csr_avx2.cpp): measured on 4096 x 4096 at 90% sparsity, the lane-gather kernel wins
+// only below 4 rows (M = 8: 2.4 ms transposed vs 5.0 ms gathered).
 constexpr int64_t kLargeM = 4;
 
 // x [M][K] -> xt [K][ld] (rows M..ld-1 zero), in 16 x 16 tiles: a column-at-a-time copy reads

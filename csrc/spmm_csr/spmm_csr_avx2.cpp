@@ -1,19 +1,14 @@
 // AVX2 unstructured sparse GEMM (rules in spmm_csr.h).
-//  - One row (a decode step): scalar FMAs reading x itself, which stays in L1 (the transposed
-//    kernel loaded a vector of L2-resident xt per nonzero for one useful lane), in the ELL
-//    blocks' channel order (perm: channels sorted by nonzero count), 4 channels in lockstep.
-//    Each output's sum is one FMA chain (the rules), Zen 2's FMA has a latency of 5, so one
-//    channel at a time ran a nonzero per 5 cycles; 4 channels of nearly equal counts keep 4
-//    chains busy until the shortest ends, each in its own k order (8 ran out of registers:
-//    0.71-0.81x the speed of 4):
-//      channels ch[0..4):  j < min(len):  acc[r] = fma(x[col[ch_r, j]], val[ch_r, j], acc[r])
-//                          j >= min(len): the same, one channel at a time
-//    Zen 2, bare kernel, interleaved against the transposed kernel below at one row: 1.29x
-//    (512x2048) to 2.1x (1536x384) faster, 1.64x on 4096x4096 (90% sparse).
+//  - 1-2 rows (decode steps): the ELL blocks, 8 lanes per vector, each lane's own x[k]
+//    gathered (vgatherdps; a row of x sits in L1) for one FMA per lane and row, each lane its
+//    own chain in k order. Zen 3, 2 threads, 90% zeros, against the scalar kernel it replaces
+//    (4 channels in lockstep, one scalar FMA chain each: FMA-latency bound where rows are
+//    short): 1.1-2.1x faster at one row (384x1536 .. 4096x11008), 1.1-1.6x at two; against
+//    torch's CSR (MKL) at one row 0.93-1.7x -> 1.7-2.6x (75-95% zeros).
 //  - More rows: the transposed-activation kernel of spmm_csr_avx512.cpp (8 lanes, 32 rows per
-//    pass); AVX2 gathers are too slow to pay at few rows. (Channels in lockstep there lost:
-//    0.74-0.92x at 32 rows, where y is written a column per channel and the sorted order
-//    scatters those writes.)
+//    pass); its cost per call is about flat up to 32 rows, the gathers' grow with every row
+//    (3 rows: even). (Channels in lockstep there lost: 0.74-0.92x at 32 rows, where y is
+//    written a column per channel and the sorted order scatters those writes.)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -26,56 +21,82 @@
 namespace tersor::spmm_csr {
 namespace {
 
-// One row: channels ch[0..R) in lockstep (above), x read in place.
-template <int R>
-void channels_one_row(const Args& a, const int32_t* ch) {
-  float acc[R];
-  const int32_t* col[R];
-  const float* val[R];
-  int64_t len[R], common = INT64_MAX;
-TERSOR_UNROLL
-  for (int r = 0; r < R; ++r) {
-    col[r] = a.col + a.rowptr[ch[r]];
-    val[r] = a.val + a.rowptr[ch[r]];
-    len[r] = a.rowptr[ch[r] + 1] - a.rowptr[ch[r]];
-    common = std::min(common, len[r]);
-    acc[r] = 0.0f;
-  }
-  for (int64_t j = 0; j < common; ++j) {
-TERSOR_UNROLL
-    for (int r = 0; r < R; ++r) acc[r] = std::fma(a.x[col[r][j]], val[r][j], acc[r]);
-  }
-TERSOR_UNROLL
-  for (int r = 0; r < R; ++r) {
-    for (int64_t j = common; j < len[r]; ++j) acc[r] = std::fma(a.x[col[r][j]], val[r][j], acc[r]);
-    a.y[ch[r]] = acc[r] + (a.bias ? a.bias[ch[r]] : 0.0f);
-  }
-}
+constexpr int64_t kEllMaxRows = 2;  // the gathers' cost grows per row (above)
 
-// This thread's ELL blocks (16 channels of nearly equal counts, balanced by depth) in groups of
-// R channels (group), the rest one at a time (one); the padding lanes of the last block skipped.
-template <int R, typename Group, typename One>
-void for_channel_groups(const Args& a, Group&& group, One&& one) {
-  int64_t b0, b1;
-  balanced_range(a.ell_off, round_up(a.N, 16) / 16, &b0, &b1);
-  for (int64_t b = b0; b < b1; ++b) {
-    const int32_t* ch = a.perm + 16 * b;
-    const int live = static_cast<int>(std::min<int64_t>(16, a.N - 16 * b));
-    int c = 0;
-    for (; c + R <= live; c += R) group(ch + c);
-    for (; c < live; ++c) one(ch + c);
+// Few rows through the ELL blocks (spmm_csr_avx512.cpp's few-rows kernel at 8 lanes): each
+// step gathers every lane's own x[k] (a row of x sits in L1) for one FMA per lane and row.
+// Lanes past their count gather nothing: their FMA adds 0 * 0 (the padding's weight), where
+// an unmasked x[k] could be inf. NB blocks at a time: 2 NB FMA chains per row in flight.
+template <int MR, int NB>
+void ell_blocks(const Args& a, int64_t b, int64_t m0) {
+  __m256i cnt[NB][2];
+  __m256 acc[MR][NB][2];
+  int64_t s0[NB], depth = 0;
+TERSOR_UNROLL
+  for (int i = 0; i < NB; ++i) {
+TERSOR_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      cnt[i][h] = _mm256_cvtepu16_epi32(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.ell_cnt + 16 * (b + i) + 8 * h)));
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r) acc[r][i][h] = _mm256_setzero_ps();
+    }
+    s0[i] = a.ell_off[b + i];
+    depth = std::max(depth, a.ell_off[b + i + 1] - s0[i]);
   }
+  for (int64_t j = 0; j < depth; ++j) {
+    const __m256i step = _mm256_set1_epi32(static_cast<int>(j));
+TERSOR_UNROLL
+    for (int i = 0; i < NB; ++i) {
+      const int64_t e = (s0[i] + j) * 16;  // past a shorter block's depth: its live lanes are 0
+TERSOR_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(cnt[i][h], step));
+        if (_mm256_testz_ps(live, live)) continue;
+        const __m256i idx = _mm256_cvtepu16_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.ell_col + e + 8 * h)));
+        const __m256 w = _mm256_loadu_ps(a.ell_val + e + 8 * h);
+TERSOR_UNROLL
+        for (int r = 0; r < MR; ++r) {
+          const __m256 xg = _mm256_mask_i32gather_ps(_mm256_setzero_ps(),
+                                                     a.x + (m0 + r) * a.ldx, idx, live, 4);
+          acc[r][i][h] = _mm256_fmadd_ps(xg, w, acc[r][i][h]);
+        }
+      }
+    }
+  }
+TERSOR_UNROLL
+  for (int i = 0; i < NB; ++i)
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      alignas(32) float out[16];
+      _mm256_store_ps(out, acc[r][i][0]);
+      _mm256_store_ps(out + 8, acc[r][i][1]);
+      float* y = a.y + (m0 + r) * a.ldy;
+      for (int c = 0; c < 16; ++c) {
+        const int32_t n = a.perm[16 * (b + i) + c];
+        if (n < a.N) y[n] = out[c] + (a.bias ? a.bias[n] : 0.0f);
+      }
+    }
 }
 
 }  // namespace
 
 void run_avx2(const Args& a) {
-  if (a.M == 1) {
-    const int nt = threads_for_work(double(a.rowptr[a.N]) * 4, a.nthreads);
+  if (a.M <= kEllMaxRows) {
+    const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
-    for_channel_groups<4>(
-        a, [&](const int32_t* ch) { channels_one_row<4>(a, ch); },
-        [&](const int32_t* ch) { channels_one_row<1>(a, ch); });
+    {
+      int64_t b0, b1;
+      balanced_range(a.ell_off, round_up(a.N, 16) / 16, &b0, &b1);
+      if (a.M == 2) {
+        for (int64_t b = b0; b < b1; ++b) ell_blocks<2, 1>(a, b, 0);
+      } else {
+        int64_t b = b0;
+        for (; b + 2 <= b1; b += 2) ell_blocks<1, 2>(a, b, 0);
+        if (b < b1) ell_blocks<1, 1>(a, b, 0);
+      }
+    }
     return;
   }
   constexpr int kMV = 4;
