@@ -306,6 +306,38 @@ def test_spmm_csr_w8a8_exact_past_the_fp32_chunk(isa, m, gen):
     torch.testing.assert_close(y, expect.expand(m, 3), rtol=0, atol=0)
 
 
+def test_unstructured_int8_rows_window_without_vnni(monkeypatch, gen):
+    """Converted for the AVX2 path, a 90% sparse int8 layer runs the dense W8A8 copy below
+    INT8_AVX2_SPARSE_FROM_ROWS rows and the sparse kernel from there (the same integers, so the
+    same outputs); the window survives a state_dict round trip and shows in the report."""
+    from tersor.configs import INT8_AVX2_SPARSE_FROM_ROWS as back
+
+    monkeypatch.setenv("TERSOR_CPU_ISA", "avx2" if "avx2" in tersor.available_isas() else "ref")
+    model = nn.Sequential(nn.Linear(64, 48))
+    tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.9))
+    rep = tersor.quantize_(model, tersor.W8A8Config())
+    layer = model[0]
+    assert (layer.dense_from_rows, layer.sparse_from_rows) == (1, back)
+    assert f"dense W8A8 from 1 to {back - 1} rows" in rep.layers[0].reason
+    calls = []
+    for name in ("gemm_w8a8", "spmm_csr_w8a8"):
+        real = getattr(tersor._C, name)
+        spy = lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a)  # noqa: E731
+        monkeypatch.setattr(tersor._C, name, spy)
+    layer.set_dense_fallback(1, back)  # rebuilt: its lean call binds the (spied) kernel now
+    x = torch.randn(back + 3, 64, generator=gen)
+    with torch.no_grad():
+        y_few, y_many = layer(x[: back - 1]), layer(x)
+    assert calls == ["gemm_w8a8", "spmm_csr_w8a8"]
+    layer.set_dense_fallback(None)  # the sparse kernel alone: the same outputs
+    with torch.no_grad():
+        assert torch.equal(layer(x[: back - 1]), y_few) and torch.equal(layer(x), y_many)
+    layer.set_dense_fallback(1, back)
+    fresh = nn.Sequential(CsrLinear(64, 48, scheme="unstructured+w8a8"))
+    fresh.load_state_dict(model.state_dict())
+    assert (fresh[0].dense_from_rows, fresh[0].sparse_from_rows) == (1, back)
+
+
 def test_unstructured_int8_via_quantize_and_state_dict(gen):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 10))

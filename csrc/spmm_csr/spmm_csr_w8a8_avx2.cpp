@@ -1,5 +1,6 @@
-// AVX2 unstructured sparse int8 GEMM (rules in spmm_csr.h, W8A8Args): the transposed-codes
-// kernel of spmm_csr_w8a8_avx512.cpp, 8 lanes and 32 rows per pass, for every M.
+// AVX2 unstructured sparse int8 GEMM (rules in spmm_csr.h, W8A8Args): the fp32 kernels' two
+// shapes (spmm_csr_avx2.cpp: ELL lane gathers for 1-2 rows, transposed activations for more) on
+// integer codes held in fp32, the partial sums moved to int32 every kExactChunk nonzeros.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -13,14 +14,136 @@
 
 namespace tersor::spmm_csr {
 
-void w8a8_avx2(const W8A8Args& a) {
+namespace {
+
+// 1-2 rows over the ELL blocks, as spmm_csr_avx2.cpp's ell_blocks on codes held in fp32 (xq):
+// lanes past their count gather nothing and add 0 * 0.
+template <int MR, int NB>
+void ell_blocks_w8a8(const W8A8Args& a, const float* xq, int64_t ldq, const float* sx,
+                     int64_t b) {
+  __m256i cnt[NB][2], acci[MR][NB][2];
+  __m256 accf[MR][NB][2];
+  int64_t s0[NB], depth = 0;
+TERSOR_UNROLL
+  for (int i = 0; i < NB; ++i) {
+TERSOR_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      cnt[i][h] = _mm256_cvtepu16_epi32(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.ell_cnt + 16 * (b + i) + 8 * h)));
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r)
+        accf[r][i][h] = _mm256_setzero_ps(), acci[r][i][h] = _mm256_setzero_si256();
+    }
+    s0[i] = a.ell_off[b + i];
+    depth = std::max(depth, a.ell_off[b + i + 1] - s0[i]);
+  }
+  for (int64_t j0 = 0; j0 < depth; j0 += kExactChunk) {
+    const int64_t j1 = std::min(depth, j0 + kExactChunk);
+    for (int64_t j = j0; j < j1; ++j) {
+      const __m256i step = _mm256_set1_epi32(static_cast<int>(j));
+TERSOR_UNROLL
+      for (int i = 0; i < NB; ++i) {
+        const int64_t e = (s0[i] + j) * 16;  // past a shorter block's depth: no lane is live
+TERSOR_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(cnt[i][h], step));
+          if (_mm256_testz_ps(live, live)) continue;
+          const __m256i idx = _mm256_cvtepu16_epi32(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.ell_col + e + 8 * h)));
+          const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.ell_val + e + 8 * h))));
+TERSOR_UNROLL
+          for (int r = 0; r < MR; ++r) {
+            const __m256 xg =
+                _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xq + r * ldq, idx, live, 4);
+            accf[r][i][h] = _mm256_fmadd_ps(xg, w, accf[r][i][h]);
+          }
+        }
+      }
+    }
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+      for (int i = 0; i < NB; ++i)
+TERSOR_UNROLL
+        for (int h = 0; h < 2; ++h) {  // exact integers
+          acci[r][i][h] = _mm256_add_epi32(acci[r][i][h], _mm256_cvtps_epi32(accf[r][i][h]));
+          accf[r][i][h] = _mm256_setzero_ps();
+        }
+  }
+TERSOR_UNROLL
+  for (int i = 0; i < NB; ++i)
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      alignas(32) int32_t out[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out), acci[r][i][0]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8), acci[r][i][1]);
+      float* y = a.y + r * a.ldy;
+      for (int c = 0; c < 16; ++c) {
+        const int32_t n = a.perm[16 * (b + i) + c];
+        if (n < a.N)
+          y[n] = std::fma(static_cast<float>(out[c]), sx[r] * a.w_scale[n],
+                          a.bias ? a.bias[n] : 0.0f);
+      }
+    }
+}
+
+// More rows: the codes transposed (xt [K][ldt]), each nonzero broadcast against 32 rows per
+// pass (spmm_csr_avx512.cpp's many-rows kernel at 8 lanes). Work-shared: call inside the
+// parallel region.
+void transposed_w8a8(const W8A8Args& a, const float* xq, int64_t ldq, const float* sx, float* xt,
+                     int64_t ldt) {
   constexpr int kMV = 4;
+  const int64_t M8 = round_up(a.M, 8);
+  Args t{};
+  t.x = xq, t.M = a.M, t.K = a.K, t.ldx = ldq;
+  transpose_rows(t, xt, ldt);
+  int64_t n0, n1;
+  balanced_range(a.rowptr, a.N, &n0, &n1);
+  alignas(32) int32_t tmp[8 * kMV];
+  for (int64_t m0 = 0; m0 < M8; m0 += 8 * kMV) {
+    const int nv = static_cast<int>(std::min<int64_t>(kMV, (M8 - m0) / 8));
+    const int rows = static_cast<int>(std::min<int64_t>(8 * kMV, a.M - m0));
+    const float* xb = xt + m0;
+    for (int64_t n = n0; n < n1; ++n) {
+      __m256 accf[kMV];
+      __m256i acci[kMV];
+TERSOR_UNROLL
+      for (int v = 0; v < kMV; ++v) accf[v] = _mm256_setzero_ps(), acci[v] = _mm256_setzero_si256();
+      for (int64_t i0 = a.rowptr[n]; i0 < a.rowptr[n + 1]; i0 += kExactChunk) {
+        const int64_t i1 = std::min(a.rowptr[n + 1], i0 + kExactChunk);
+        for (int64_t i = i0; i < i1; ++i) {
+          const __m256 w = _mm256_set1_ps(static_cast<float>(a.val[i]));
+          const float* xr = xb + int64_t(a.col[i]) * ldt;
+TERSOR_UNROLL
+          for (int v = 0; v < kMV; ++v)
+            if (v < nv) accf[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8 * v), w, accf[v]);
+        }
+TERSOR_UNROLL
+        for (int v = 0; v < kMV; ++v) {
+          acci[v] = _mm256_add_epi32(acci[v], _mm256_cvtps_epi32(accf[v]));
+          accf[v] = _mm256_setzero_ps();
+        }
+      }
+TERSOR_UNROLL
+      for (int v = 0; v < kMV; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8 * v), acci[v]);
+      const float b = a.bias ? a.bias[n] : 0.0f;
+      for (int r = 0; r < rows; ++r)
+        a.y[(m0 + r) * a.ldy + n] =
+            std::fma(static_cast<float>(tmp[r]), sx[m0 + r] * a.w_scale[n], b);
+    }
+  }
+}
+
+}  // namespace
+
+void w8a8_avx2(const W8A8Args& a) {
   const int64_t ldq = round_up(a.K, 8);
   auto q8 = alloc_scratch<uint8_t>(a.M * ldq);
   auto xq = alloc_scratch<float>(a.M * ldq);
   auto sx = alloc_scratch<float>(a.M);
   const int64_t M8 = round_up(a.M, 8), ldt = M8 + 16;
-  auto xt = alloc_scratch<float>(a.K * ldt);
+  auto xt = alloc_scratch<float>(a.M <= 2 ? 0 : a.K * ldt);
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
@@ -36,43 +159,18 @@ void w8a8_avx2(const W8A8Args& a) {
                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
                              _mm_loadl_epi64(reinterpret_cast<__m128i*>(q + k)))));
     }
-    Args t{};
-    t.x = xq.get(), t.M = a.M, t.K = a.K, t.ldx = ldq;
-    transpose_rows(t, xt.get(), ldt);
-    int64_t n0, n1;
-    balanced_range(a.rowptr, a.N, &n0, &n1);
-    alignas(32) int32_t tmp[8 * kMV];
-    for (int64_t m0 = 0; m0 < M8; m0 += 8 * kMV) {
-      const int nv = static_cast<int>(std::min<int64_t>(kMV, (M8 - m0) / 8));
-      const int rows = static_cast<int>(std::min<int64_t>(8 * kMV, a.M - m0));
-      const float* xb = xt.get() + m0;
-      for (int64_t n = n0; n < n1; ++n) {
-        __m256 accf[kMV];
-        __m256i acci[kMV];
-TERSOR_UNROLL
-        for (int v = 0; v < kMV; ++v) accf[v] = _mm256_setzero_ps(), acci[v] = _mm256_setzero_si256();
-        for (int64_t i0 = a.rowptr[n]; i0 < a.rowptr[n + 1]; i0 += kExactChunk) {
-          const int64_t i1 = std::min(a.rowptr[n + 1], i0 + kExactChunk);
-          for (int64_t i = i0; i < i1; ++i) {
-            const __m256 w = _mm256_set1_ps(static_cast<float>(a.val[i]));
-            const float* xr = xb + int64_t(a.col[i]) * ldt;
-TERSOR_UNROLL
-            for (int v = 0; v < kMV; ++v)
-              if (v < nv) accf[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8 * v), w, accf[v]);
-          }
-TERSOR_UNROLL
-          for (int v = 0; v < kMV; ++v) {
-            acci[v] = _mm256_add_epi32(acci[v], _mm256_cvtps_epi32(accf[v]));
-            accf[v] = _mm256_setzero_ps();
-          }
-        }
-TERSOR_UNROLL
-        for (int v = 0; v < kMV; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8 * v), acci[v]);
-        const float b = a.bias ? a.bias[n] : 0.0f;
-        for (int r = 0; r < rows; ++r)
-          a.y[(m0 + r) * a.ldy + n] =
-              std::fma(static_cast<float>(tmp[r]), sx.get()[m0 + r] * a.w_scale[n], b);
+    if (a.M <= 2) {  // the ELL gathers (spmm_csr_avx2.cpp: kEllMaxRows); after the barrier
+      int64_t b0, b1;  // that ends the quantization loop
+      balanced_range(a.ell_off, round_up(a.N, 16) / 16, &b0, &b1);
+      if (a.M == 2) {
+        for (int64_t b = b0; b < b1; ++b) ell_blocks_w8a8<2, 1>(a, xq.get(), ldq, sx.get(), b);
+      } else {
+        int64_t b = b0;
+        for (; b + 2 <= b1; b += 2) ell_blocks_w8a8<1, 2>(a, xq.get(), ldq, sx.get(), b);
+        if (b < b1) ell_blocks_w8a8<1, 1>(a, xq.get(), ldq, sx.get(), b);
       }
+    } else {
+      transposed_w8a8(a, xq.get(), ldq, sx.get(), xt.get(), ldt);
     }
   }
 }

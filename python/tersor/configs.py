@@ -211,8 +211,11 @@ DENSE_FALLBACK_ROWS = 256
 # Their int8 form ("unstructured+w8a8") against our dense W8A8 (AMX here): 1.35-2.7x at M = 1
 # from 90% zeros, 0.4-1.0x from 8 rows, 0.6-0.8x at 75% even at M = 1. So an int8 layer runs
 # the dense W8A8 kernel on a dense int8 copy from INT8_DENSE_FALLBACK_ROWS rows, and always
-# below LARGE_M_BREAK_EVEN sparsity, and always on CPUs without VNNI (AVX2: 0.28x at M = 1).
+# below LARGE_M_BREAK_EVEN sparsity. On CPUs without VNNI it is the other way round: the dense
+# W8A8 kernel below INT8_AVX2_SPARSE_FROM_ROWS rows, the sparse one from there when the layer
+# is LARGE_M_BREAK_EVEN sparse (formats/sparse_csr.py with_int8_values has the figures).
 INT8_DENSE_FALLBACK_ROWS = 4
+INT8_AVX2_SPARSE_FROM_ROWS = 32
 
 
 @dataclass(frozen=True)

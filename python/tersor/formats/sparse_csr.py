@@ -34,7 +34,7 @@ from tersor.formats.base import (
     dense_of_rows,
     row_blocks,
 )
-from tersor.ops.gemm_w8a8 import linear_w8a8
+from tersor.ops.gemm_w8a8 import cpu_runner_w8a8, linear_w8a8
 from tersor.ops.spmm_csr import cpu_runner_csr, linear_csr
 
 BLOCK_N = 16
@@ -226,13 +226,19 @@ class CsrFormat(WeightFormat):
 
     dense_from_rows: from this many rows on, run a dense copy of the weight instead (kept beside
     the sparse form: fp32 for F.linear, or the int8 weight packed for our dense W8A8 kernel, the
-    same math) -- for layers too dense to beat dense GEMM at large M (configs.py)."""
+    same math) -- for layers too dense to beat dense GEMM at large M (configs.py).
+    sparse_from_rows: from this many rows on, the sparse kernel again (the dense copy serves
+    [dense_from_rows, sparse_from_rows) rows): int8 layers on CPUs without VNNI, where the dense
+    W8A8 kernel wins at few rows and the sparse one from a few dozen (configs.py)."""
 
     widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
 
     optional_state_names = ("_extra_state",)
 
-    def __init__(self, rowptr, col, val, n: int, k: int, scale=None, dense_from_rows=None):
+    def __init__(
+        self, rowptr, col, val, n: int, k: int, scale=None, dense_from_rows=None,
+        sparse_from_rows=None,
+    ):  # fmt: skip
         super().__init__(n, k)
         self.int8 = scale is not None
         self.scheme = "unstructured+w8a8" if self.int8 else "unstructured"
@@ -242,6 +248,7 @@ class CsrFormat(WeightFormat):
         self.ell_off, self.perm = p.ell_off, p.perm
         self.scale = None if scale is None else scale.to(torch.float32).contiguous()
         self.dense_from_rows = dense_from_rows
+        self.sparse_from_rows = None if dense_from_rows is None else sparse_from_rows
         self.dense_w = self.dense_packed = self.dense_colsum = self.dense_scale = None
         if dense_from_rows is not None:
             if self.int8:
@@ -320,7 +327,11 @@ class CsrFormat(WeightFormat):
         nearest (quantize_per_channel_int8 of the dense weight, bit for bit, computed from
         the nonzeros alone), or `solved` = GPTQ's dense (q, scale) read at the positions."""
         from tersor._backend import cpu_info
-        from tersor.configs import INT8_DENSE_FALLBACK_ROWS, LARGE_M_BREAK_EVEN
+        from tersor.configs import (
+            INT8_AVX2_SPARSE_FROM_ROWS,
+            INT8_DENSE_FALLBACK_ROWS,
+            LARGE_M_BREAK_EVEN,
+        )
         from tersor.ops._common import QMAX
 
         n, k = self.out_features, self.in_features
@@ -340,14 +351,19 @@ class CsrFormat(WeightFormat):
             dense_q, s = solved
             for _, _, a, b, rows in csr_rows(rp, n, k):
                 q[a:b] = dense_q.reshape(-1)[rows * k + col[a:b]]
-        # Decided at conversion, for the ISA active then: the sparse int8 kernel only wins with
-        # VNNI (AVX-512 / AMX machines); on AVX2 it lost at every M (Zen 3, 90% zeros, M = 1:
-        # 0.28x our dense W8A8). The fp32 layer's positions stay (a value rounding to 0 too).
+        # Decided at conversion, for the ISA active then. With VNNI (AVX-512 / AMX machines) the
+        # sparse int8 kernel wins at few rows only. On AVX2 the dense W8A8 kernel wins at few
+        # rows (Zen 3, 90% zeros: the sparse one 0.63-0.97x at M = 1, 0.5-0.76x at 2) and loses
+        # from a few dozen, where the sparse one runs the fp32 kernels' FMAs on codes (1.16-1.72x
+        # at 32 rows, 1.31-1.80x at 128; 85% zeros: 1.38x / 1.27x). The fp32 layer's positions
+        # stay (a value rounding to 0 too).
         vnni = cpu_info()["active"] in ("avx512", "amx")
-        dense_from = (
-            INT8_DENSE_FALLBACK_ROWS if vnni and 1 - self.density >= LARGE_M_BREAK_EVEN else 1
-        )
-        return CsrFormat(rp, col, q, n, k, s, dense_from)
+        sparse_enough = 1 - self.density >= LARGE_M_BREAK_EVEN
+        if vnni:
+            dense_from, sparse_from = (INT8_DENSE_FALLBACK_ROWS if sparse_enough else 1), None
+        else:
+            dense_from, sparse_from = 1, (INT8_AVX2_SPARSE_FROM_ROWS if sparse_enough else None)
+        return CsrFormat(rp, col, q, n, k, s, dense_from, sparse_from)
 
     def state_names(self):
         return ["weight_rowptr", "weight_col", "weight_val"] + (
@@ -362,7 +378,10 @@ class CsrFormat(WeightFormat):
         }
         if self.int8:
             out["weight_scale"] = self.scale.cpu().clone()
-        out["_extra_state"] = {"dense_from_rows": self.dense_from_rows}
+        out["_extra_state"] = {
+            "dense_from_rows": self.dense_from_rows,
+            "sparse_from_rows": self.sparse_from_rows,
+        }
         return out
 
     def load_state(self, get, prefix):
@@ -406,9 +425,10 @@ class CsrFormat(WeightFormat):
             val = val.to(torch.float32)
         extra = get("_extra_state")
         rows = self.dense_from_rows if extra is None else extra.get("dense_from_rows")
+        back = self.sparse_from_rows if extra is None else extra.get("sparse_from_rows")
         device = self.device
         self.__init__(
-            rp.cpu().to(torch.int64), col.cpu().to(torch.int32), val.cpu(), n, k, scale, rows
+            rp.cpu().to(torch.int64), col.cpu().to(torch.int32), val.cpu(), n, k, scale, rows, back
         )
         self._apply(lambda t: t.to(device))
         return None
@@ -421,8 +441,9 @@ class CsrFormat(WeightFormat):
                 for t in (self.dense_w, self.dense_packed, self.dense_colsum, self.dense_scale)
                 if t is not None
             )
+            upto = "" if self.sparse_from_rows is None else f" to {self.sparse_from_rows - 1}"
             note += (
-                f"; dense {'W8A8' if self.int8 else 'fp32'} from {self.dense_from_rows} "
+                f"; dense {'W8A8' if self.int8 else 'fp32'} from {self.dense_from_rows}{upto} "
                 f"rows (the sparse kernel loses there; +{extra / 2**20:.1f} MiB copy)"
             )
         return note
@@ -430,15 +451,37 @@ class CsrFormat(WeightFormat):
     def cpu_runner(self):
         generic = super().cpu_runner()
         if self.int8:
-            return generic
+            if self.dense_from_rows is None:
+                return generic
+            # the dense window's rows straight to the dense W8A8 kernel's lean call (the generic
+            # call costs ~7 us more: a 384x1536 layer at one row took 41 us against 34)
+            n, k = self.out_features, self.in_features
+            dense = cpu_runner_w8a8(self.dense_packed, self.dense_colsum, self.dense_scale, n, k)
+            lo, hi = self.dense_from_rows, self.sparse_from_rows or 1 << 62
+
+            def run(x, bias):
+                if x.dim() == 0 or x.shape[-1] != k:
+                    return None
+                rows = x.numel() // k
+                return dense(x, bias) if lo <= rows < hi else generic(x, bias)
+
+            return run
         arrays = [getattr(self, t) for t in self._KERNEL[:8]]
         return cpu_runner_csr(
             arrays, self.out_features, self.in_features, self.dense_from_rows, generic
         )
 
+    def _dense_for(self, x) -> bool:
+        """Whether x's rows take the dense copy (dense_from_rows <= rows < sparse_from_rows)."""
+        if self.dense_from_rows is None:
+            return False
+        rows = x.numel() // max(x.shape[-1], 1)
+        back = self.sparse_from_rows
+        return rows >= self.dense_from_rows and (back is None or rows < back)
+
     def linear(self, x, bias, kernel, row_amax=None):
         n = self.out_features
-        if self.dense_from_rows is not None and x.numel() >= self.dense_from_rows * x.shape[-1]:
+        if self._dense_for(x):
             if self.int8:
                 d = (self.dense_packed, self.dense_colsum, self.dense_scale)
                 return linear_w8a8(x, *d, bias, n, kernel, None, row_amax)

@@ -430,8 +430,13 @@ class CsrLinear(_SparseLayer, formats=(CsrFormat,)):
     def dense_from_rows(self) -> Optional[int]:
         return self.fmt.dense_from_rows
 
-    def set_dense_fallback(self, rows: Optional[int]) -> None:
-        """Run a dense copy of the weight from `rows` rows on (None: always sparse)."""
+    @property
+    def sparse_from_rows(self) -> Optional[int]:
+        return self.fmt.sparse_from_rows
+
+    def set_dense_fallback(self, rows: Optional[int], until: Optional[int] = None) -> None:
+        """Run a dense copy of the weight from `rows` rows on (None: always sparse), up to
+        `until` rows (exclusive; None: no end), where the sparse kernel takes over again."""
         f = self.fmt
         device = f.device
         self.fmt = CsrFormat(
@@ -442,6 +447,7 @@ class CsrLinear(_SparseLayer, formats=(CsrFormat,)):
             f.in_features,
             None if f.scale is None else f.scale.cpu(),
             rows,
+            until,
         )
         self.fmt._apply(lambda t: t.to(device))
 
