@@ -336,6 +336,11 @@ def test_unstructured_int8_rows_window_without_vnni(monkeypatch, gen):
     fresh = nn.Sequential(CsrLinear(64, 48, scheme="unstructured+w8a8"))
     fresh.load_state_dict(model.state_dict())
     assert (fresh[0].dense_from_rows, fresh[0].sparse_from_rows) == (1, back)
+    sd = model.state_dict()
+    sd["0._extra_state"] = {"dense_from_rows": 1, "sparse_from_rows": "32"}
+    with pytest.raises(RuntimeError, match=r"0._extra_state: sparse_from_rows must be None or a"):
+        fresh.load_state_dict(sd)
+    assert (fresh[0].dense_from_rows, fresh[0].sparse_from_rows) == (1, back)  # unchanged
 
 
 def test_unstructured_int8_via_quantize_and_state_dict(gen):

@@ -426,6 +426,9 @@ class CsrFormat(WeightFormat):
         extra = get("_extra_state")
         rows = self.dense_from_rows if extra is None else extra.get("dense_from_rows")
         back = self.sparse_from_rows if extra is None else extra.get("sparse_from_rows")
+        for name, v in (("dense_from_rows", rows), ("sparse_from_rows", back)):
+            if v is not None and (type(v) is not int or v < 1):
+                return f"{prefix}_extra_state: {name} must be None or a positive int, got {v!r}"
         device = self.device
         self.__init__(
             rp.cpu().to(torch.int64), col.cpu().to(torch.int32), val.cpu(), n, k, scale, rows, back
