@@ -16,87 +16,30 @@
 
 #include "common/formats.h"
 #include "common/parallel.h"
+#include "spmm_csr/ell_avx2.h"
 #include "spmm_csr/spmm_csr.h"
 
 namespace tersor::spmm_csr {
 namespace {
 
-constexpr int64_t kEllMaxRows = 2;  // the gathers' cost grows per row (above)
-
-// Few rows through the ELL blocks (spmm_csr_avx512.cpp's few-rows kernel at 8 lanes): each
-// step gathers every lane's own x[k] (a row of x sits in L1) for one FMA per lane and row.
-// Lanes past their count gather nothing: their FMA adds 0 * 0 (the padding's weight), where
-// an unmasked x[k] could be inf. NB blocks at a time: 2 NB FMA chains per row in flight.
-template <int MR, int NB>
-void ell_blocks(const Args& a, int64_t b, int64_t m0) {
-  __m256i cnt[NB][2];
-  __m256 acc[MR][NB][2];
-  int64_t s0[NB], depth = 0;
-TERSOR_UNROLL
-  for (int i = 0; i < NB; ++i) {
-TERSOR_UNROLL
-    for (int h = 0; h < 2; ++h) {
-      cnt[i][h] = _mm256_cvtepu16_epi32(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.ell_cnt + 16 * (b + i) + 8 * h)));
-TERSOR_UNROLL
-      for (int r = 0; r < MR; ++r) acc[r][i][h] = _mm256_setzero_ps();
-    }
-    s0[i] = a.ell_off[b + i];
-    depth = std::max(depth, a.ell_off[b + i + 1] - s0[i]);
-  }
-  for (int64_t j = 0; j < depth; ++j) {
-    const __m256i step = _mm256_set1_epi32(static_cast<int>(j));
-TERSOR_UNROLL
-    for (int i = 0; i < NB; ++i) {
-      const int64_t e = (s0[i] + j) * 16;  // past a shorter block's depth: its live lanes are 0
-TERSOR_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(cnt[i][h], step));
-        if (_mm256_testz_ps(live, live)) continue;
-        const __m256i idx = _mm256_cvtepu16_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.ell_col + e + 8 * h)));
-        const __m256 w = _mm256_loadu_ps(a.ell_val + e + 8 * h);
-TERSOR_UNROLL
-        for (int r = 0; r < MR; ++r) {
-          const __m256 xg = _mm256_mask_i32gather_ps(_mm256_setzero_ps(),
-                                                     a.x + (m0 + r) * a.ldx, idx, live, 4);
-          acc[r][i][h] = _mm256_fmadd_ps(xg, w, acc[r][i][h]);
-        }
-      }
-    }
-  }
-TERSOR_UNROLL
-  for (int i = 0; i < NB; ++i)
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      alignas(32) float out[16];
-      _mm256_store_ps(out, acc[r][i][0]);
-      _mm256_store_ps(out + 8, acc[r][i][1]);
-      float* y = a.y + (m0 + r) * a.ldy;
-      for (int c = 0; c < 16; ++c) {
-        const int32_t n = a.perm[16 * (b + i) + c];
-        if (n < a.N) y[n] = out[c] + (a.bias ? a.bias[n] : 0.0f);
-      }
-    }
-}
-
 }  // namespace
 
 void run_avx2(const Args& a) {
-  if (a.M <= kEllMaxRows) {
+  if (a.M <= ell_avx2::kMaxRows) {
+    const ell_avx2::Ell ell{a.ell_cnt, a.ell_off, a.ell_col, a.perm, a.N};
     const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
-    {
-      int64_t b0, b1;
-      balanced_range(a.ell_off, round_up(a.N, 16) / 16, &b0, &b1);
-      if (a.M == 2) {
-        for (int64_t b = b0; b < b1; ++b) ell_blocks<2, 1>(a, b, 0);
-      } else {
-        int64_t b = b0;
-        for (; b + 2 <= b1; b += 2) ell_blocks<1, 2>(a, b, 0);
-        if (b < b1) ell_blocks<1, 1>(a, b, 0);
-      }
-    }
+    ell_avx2::for_blocks(ell, a.M, [&](int64_t b, auto shape) {
+      constexpr int MR = decltype(shape)::kRows, NB = decltype(shape)::kBlocks;
+      ell_avx2::walk<MR, NB>(
+          ell, b, a.x, a.ldx, INT64_MAX,
+          [&](int64_t e) { return _mm256_loadu_ps(a.ell_val + e); },
+          [&](const __m256(&acc)[MR][NB][2]) {  // once, at the end: y = acc + bias
+            ell_avx2::scatter<float>(ell, b, acc, [&](int r, int32_t n, float v) {
+              a.y[r * a.ldy + n] = v + (a.bias ? a.bias[n] : 0.0f);
+            });
+          });
+    });
     return;
   }
   constexpr int kMV = 4;

@@ -10,83 +10,12 @@
 #include "common/formats.h"
 #include "common/parallel.h"
 #include "quant_act/quant_act.h"
+#include "spmm_csr/ell_avx2.h"
 #include "spmm_csr/spmm_csr.h"
 
 namespace tersor::spmm_csr {
 
 namespace {
-
-// 1-2 rows over the ELL blocks, as spmm_csr_avx2.cpp's ell_blocks on codes held in fp32 (xq):
-// lanes past their count gather nothing and add 0 * 0.
-template <int MR, int NB>
-void ell_blocks_w8a8(const W8A8Args& a, const float* xq, int64_t ldq, const float* sx,
-                     int64_t b) {
-  __m256i cnt[NB][2], acci[MR][NB][2];
-  __m256 accf[MR][NB][2];
-  int64_t s0[NB], depth = 0;
-TERSOR_UNROLL
-  for (int i = 0; i < NB; ++i) {
-TERSOR_UNROLL
-    for (int h = 0; h < 2; ++h) {
-      cnt[i][h] = _mm256_cvtepu16_epi32(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.ell_cnt + 16 * (b + i) + 8 * h)));
-TERSOR_UNROLL
-      for (int r = 0; r < MR; ++r)
-        accf[r][i][h] = _mm256_setzero_ps(), acci[r][i][h] = _mm256_setzero_si256();
-    }
-    s0[i] = a.ell_off[b + i];
-    depth = std::max(depth, a.ell_off[b + i + 1] - s0[i]);
-  }
-  for (int64_t j0 = 0; j0 < depth; j0 += kExactChunk) {
-    const int64_t j1 = std::min(depth, j0 + kExactChunk);
-    for (int64_t j = j0; j < j1; ++j) {
-      const __m256i step = _mm256_set1_epi32(static_cast<int>(j));
-TERSOR_UNROLL
-      for (int i = 0; i < NB; ++i) {
-        const int64_t e = (s0[i] + j) * 16;  // past a shorter block's depth: no lane is live
-TERSOR_UNROLL
-        for (int h = 0; h < 2; ++h) {
-          const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(cnt[i][h], step));
-          if (_mm256_testz_ps(live, live)) continue;
-          const __m256i idx = _mm256_cvtepu16_epi32(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.ell_col + e + 8 * h)));
-          const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.ell_val + e + 8 * h))));
-TERSOR_UNROLL
-          for (int r = 0; r < MR; ++r) {
-            const __m256 xg =
-                _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xq + r * ldq, idx, live, 4);
-            accf[r][i][h] = _mm256_fmadd_ps(xg, w, accf[r][i][h]);
-          }
-        }
-      }
-    }
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r)
-TERSOR_UNROLL
-      for (int i = 0; i < NB; ++i)
-TERSOR_UNROLL
-        for (int h = 0; h < 2; ++h) {  // exact integers
-          acci[r][i][h] = _mm256_add_epi32(acci[r][i][h], _mm256_cvtps_epi32(accf[r][i][h]));
-          accf[r][i][h] = _mm256_setzero_ps();
-        }
-  }
-TERSOR_UNROLL
-  for (int i = 0; i < NB; ++i)
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      alignas(32) int32_t out[16];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out), acci[r][i][0]);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8), acci[r][i][1]);
-      float* y = a.y + r * a.ldy;
-      for (int c = 0; c < 16; ++c) {
-        const int32_t n = a.perm[16 * (b + i) + c];
-        if (n < a.N)
-          y[n] = std::fma(static_cast<float>(out[c]), sx[r] * a.w_scale[n],
-                          a.bias ? a.bias[n] : 0.0f);
-      }
-    }
-}
 
 // More rows: the codes transposed (xt [K][ldt]), each nonzero broadcast against 32 rows per
 // pass (spmm_csr_avx512.cpp's many-rows kernel at 8 lanes). Work-shared: call inside the
@@ -159,16 +88,34 @@ void w8a8_avx2(const W8A8Args& a) {
                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
                              _mm_loadl_epi64(reinterpret_cast<__m128i*>(q + k)))));
     }
-    if (a.M <= 2) {  // the ELL gathers (spmm_csr_avx2.cpp: kEllMaxRows); after the barrier
-      int64_t b0, b1;  // that ends the quantization loop
-      balanced_range(a.ell_off, round_up(a.N, 16) / 16, &b0, &b1);
-      if (a.M == 2) {
-        for (int64_t b = b0; b < b1; ++b) ell_blocks_w8a8<2, 1>(a, xq.get(), ldq, sx.get(), b);
-      } else {
-        int64_t b = b0;
-        for (; b + 2 <= b1; b += 2) ell_blocks_w8a8<1, 2>(a, xq.get(), ldq, sx.get(), b);
-        if (b < b1) ell_blocks_w8a8<1, 1>(a, xq.get(), ldq, sx.get(), b);
-      }
+    if (a.M <= ell_avx2::kMaxRows) {  // after the barrier that ends the quantization loop
+      const ell_avx2::Ell ell{a.ell_cnt, a.ell_off, a.ell_col, a.perm, a.N};
+      ell_avx2::for_blocks(ell, a.M, [&](int64_t b, auto shape) {
+        constexpr int MR = decltype(shape)::kRows, NB = decltype(shape)::kBlocks;
+        __m256i acc[MR][NB][2] = {};  // the exact integer sums
+        ell_avx2::walk<MR, NB>(
+            ell, b, xq.get(), ldq, kExactChunk,
+            [&](int64_t e) {
+              return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.ell_val + e))));
+            },
+            [&](__m256(&part)[MR][NB][2]) {  // codes in fp32: exact below 2^24
+TERSOR_UNROLL
+              for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+                for (int i = 0; i < NB; ++i)
+TERSOR_UNROLL
+                  for (int h = 0; h < 2; ++h) {
+                    acc[r][i][h] =
+                        _mm256_add_epi32(acc[r][i][h], _mm256_cvtps_epi32(part[r][i][h]));
+                    part[r][i][h] = _mm256_setzero_ps();
+                  }
+            });
+        ell_avx2::scatter<int32_t>(ell, b, acc, [&](int r, int32_t n, int32_t v) {
+          a.y[r * a.ldy + n] = std::fma(static_cast<float>(v), sx.get()[r] * a.w_scale[n],
+                                        a.bias ? a.bias[n] : 0.0f);
+        });
+      });
     } else {
       transposed_w8a8(a, xq.get(), ldq, sx.get(), xt.get(), ldt);
     }
