@@ -20,9 +20,6 @@
 #include "spmm_csr/spmm_csr.h"
 
 namespace tersor::spmm_csr {
-namespace {
-
-}  // namespace
 
 void run_avx2(const Args& a) {
   if (a.M <= ell_avx2::kMaxRows) {
