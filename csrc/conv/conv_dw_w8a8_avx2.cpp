@@ -8,7 +8,8 @@
 //
 // so the two accumulators hold channels [0-3 | 8-11] and [4-7 | 12-15]; the scales and biases
 // are laid out the same way, so the codes pack back to channels 0-15 with no lane swap (fp32
-// output swaps lanes once). An odd last tap pairs with zero weights. Channel multipliers > 1 take the ref.
+// output swaps lanes once). An odd last tap pairs with zero weights. Channel multipliers > 1
+// take the ref.
 //
 // A thread walks consecutive output rows; for each it takes the kh input rows it reads with
 // their zero border (Wp = W + 2 pw pixels): rows of the padded copy, or, where the static

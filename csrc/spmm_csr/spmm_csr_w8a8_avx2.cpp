@@ -38,7 +38,8 @@ void transposed_w8a8(const W8A8Args& a, const float* xq, int64_t ldq, const floa
       __m256 accf[kMV];
       __m256i acci[kMV];
 TERSOR_UNROLL
-      for (int v = 0; v < kMV; ++v) accf[v] = _mm256_setzero_ps(), acci[v] = _mm256_setzero_si256();
+      for (int v = 0; v < kMV; ++v)
+        accf[v] = _mm256_setzero_ps(), acci[v] = _mm256_setzero_si256();
       for (int64_t i0 = a.rowptr[n]; i0 < a.rowptr[n + 1]; i0 += kExactChunk) {
         const int64_t i1 = std::min(a.rowptr[n + 1], i0 + kExactChunk);
         for (int64_t i = i0; i < i1; ++i) {
@@ -55,7 +56,8 @@ TERSOR_UNROLL
         }
       }
 TERSOR_UNROLL
-      for (int v = 0; v < kMV; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8 * v), acci[v]);
+      for (int v = 0; v < kMV; ++v)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8 * v), acci[v]);
       const float b = a.bias ? a.bias[n] : 0.0f;
       for (int r = 0; r < rows; ++r)
         a.y[(m0 + r) * a.ldy + n] =
@@ -72,7 +74,7 @@ void w8a8_avx2(const W8A8Args& a) {
   auto xq = alloc_scratch<float>(a.M * ldq);
   auto sx = alloc_scratch<float>(a.M);
   const int64_t M8 = round_up(a.M, 8), ldt = M8 + 16;
-  auto xt = alloc_scratch<float>(a.M <= 2 ? 0 : a.K * ldt);
+  auto xt = alloc_scratch<float>(a.M <= ell_avx2::kMaxRows ? 0 : a.K * ldt);
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
