@@ -8,6 +8,7 @@ from bench_common import BATCHES, LINEAR_SHAPES, time_linear_case
 
 IMPLS = [
     "tersor W8A8",
+    "tersor W7A8",  # W8A8Config(weight_bits=7)
     "tersor W8",
     "torch fp32",
     "torch.ao dyn int8",

@@ -126,6 +126,7 @@ CONFIGS = [
     tersor.W4A8Config(group_size=32, method="gptq"),
     tersor.W4Config(group_size=32, symmetric=True, method="gptq", act_order=True),
     tersor.W8A8Config(method="gptq"),
+    tersor.W8A8Config(method="gptq", weight_bits=7),
     tersor.W8Config(method="gptq", act_order=True),
 ]
 
@@ -135,7 +136,11 @@ def _mlp():
     return nn.Sequential(nn.Linear(96, 128), nn.GELU(), nn.Linear(128, 40))
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.scheme}-ao{int(c.act_order)}")
+@pytest.mark.parametrize(
+    "cfg",
+    CONFIGS,
+    ids=lambda c: f"{c.scheme}-ao{int(c.act_order)}-w{getattr(c, 'weight_bits', '')}",
+)
 def test_quantize_gptq_layers_run_their_solved_weights(cfg):
     model = _mlp()
     calib, test = _correlated(768, 96, seed=4).split([512, 256])  # one input distribution
@@ -157,6 +162,9 @@ def test_quantize_gptq_layers_run_their_solved_weights(cfg):
     assert isinstance(layer, tersor.nn.PackedLinear) and layer.scheme == cfg.scheme
     if cfg.scheme == "w4" and cfg.act_order:
         assert layer.fmt.perm is not None
+    if getattr(cfg, "weight_bits", 8) == 7:  # GPTQ on the 7-bit grid
+        codes = layer.state_dict()["weight_int8"]
+        assert int(codes.abs().max()) == 63 and layer.fmt.narrow_w
     # the layer runs exactly the weights GPTQ chose (weight-only: to float rounding)
     if cfg.scheme in ("w4", "w8"):
         x = torch.randn(7, 96)

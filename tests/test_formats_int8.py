@@ -38,3 +38,42 @@ def test_quantize_per_channel_properties():
     assert q.abs().amax(1)[torch.arange(33) != 5].eq(127).all()  # each row uses the full range
     err = (q.float() * s[:, None] - w).abs()
     assert (err <= s[:, None] / 2 + 1e-6 * w.abs()).all()
+
+
+def test_weight_bits_7_layers():
+    """W8A8Config(weight_bits=7): codes in [-63, 63], each row reaching 63; the narrow-weight
+    hint set from the codes (so a state_dict load finds it again, and 8-bit codes loaded into
+    the layer clear it); the output is the call's without the hint, bit for bit; the report
+    says so; a bad value is refused."""
+    import pytest
+
+    import tersor
+    from tersor.ops.gemm_w8a8 import gemm_w8a8_cpu
+
+    g = torch.Generator().manual_seed(7)
+    lin = torch.nn.Linear(70, 33)
+    q7 = tersor.nn.QLinear.from_float(lin, tersor.W8A8Config(weight_bits=7))
+    q8 = tersor.nn.QLinear.from_float(lin, tersor.W8A8Config())
+    codes = q7.state_dict()["weight_int8"]
+    assert int(codes.abs().max()) == 63 and codes.abs().amax(1).eq(63).all()
+    assert q7.fmt.narrow_w and not q8.fmt.narrow_w
+    assert "7-bit weights" in q7.fmt.describe()
+    x = torch.randn(9, 70, generator=g)
+    f = q7.fmt
+    plain = gemm_w8a8_cpu(x, f.packed, f.colsum, f.scale, q7.bias, 33)
+    assert torch.equal(q7(x), plain)
+    err7 = (q7(x) - lin(x)).norm() / lin(x).norm()
+    err8 = (q8(x) - lin(x)).norm() / lin(x).norm()
+    assert err8 < err7 < 4 * err8  # one bit less: about twice the weight rounding error
+
+    fresh = tersor.nn.QLinear.from_float(torch.nn.Linear(70, 33), tersor.W8A8Config())
+    fresh.load_state_dict(q7.state_dict())
+    assert fresh.fmt.narrow_w and torch.equal(fresh(x), q7(x))
+    q7.load_state_dict(q8.state_dict())  # 8-bit codes: the hint goes
+    assert not q7.fmt.narrow_w and torch.equal(q7(x), q8(x))
+    w8 = tersor.nn.QLinear.from_float(lin, tersor.W8Config())
+    assert not w8.fmt.narrow_w  # fp32 activations: no such kernel
+
+    for bad in (6, 16, True):
+        with pytest.raises(ValueError, match="weight_bits must be 8 or 7"):
+            tersor.W8A8Config(weight_bits=bad)

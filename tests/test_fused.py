@@ -46,13 +46,14 @@ def _pair(cfg, bias=False, kv=48):
 
 CFGS = [
     tersor.W8A8Config(),
+    tersor.W8A8Config(weight_bits=7),
     tersor.W8Config(),
     tersor.W4A8Config(group_size=32),
     tersor.W4Config(group_size=32),
 ]
 
 
-@pytest.mark.parametrize("cfg", CFGS, ids=lambda c: c.scheme)
+@pytest.mark.parametrize("cfg", CFGS, ids=lambda c: c.scheme + str(getattr(c, "weight_bits", "")))
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("m", [1, 7, 33])
 def test_fused_outputs_are_bitwise_the_separate_ones(isa, cfg, bias, m):
@@ -194,3 +195,20 @@ def test_fused_model_compiles_fullgraph():
     with torch.no_grad():
         got = torch.compile(fused, fullgraph=True)(x)
         assert _equal(got, sep(x))
+
+
+def test_a_group_is_narrow_only_when_every_member_is():
+    """The AVX2 kernel trusts the narrow-weight hint (every |w| <= 64) without looking: a group
+    holding one 8-bit member must not carry it, and its outputs stay the members' own."""
+    torch.manual_seed(0)
+    a = Attn(kv=48).eval()
+    tersor.quantize_(a, tersor.W8A8Config(weight_bits=7), progress=False, fuse_projections=False)
+    q8 = tersor.nn.QLinear.from_float(nn.Linear(64, 48, bias=False), tersor.W8A8Config())
+    a.v_proj.load_state_dict(q8.state_dict())  # 8-bit codes in the last member
+    assert not a.v_proj.fmt.narrow_w and a.q_proj.fmt.narrow_w
+    x = torch.randn(33, 64) * 4
+    with torch.no_grad():
+        want = a(x)
+        tersor.fuse_projections(a, mode=True)
+        assert a.q_proj._fused is not None and not a.q_proj._fused.fmt.narrow_w
+        assert _equal(a(x), want)

@@ -88,6 +88,28 @@ def test_gemm_w8a8_signed_rows_extreme_codes_exact(isa, m, k, n, gen):
     assert torch.equal(y, (acc.float().double() * (sx[:, None] * s[None, :]).double()).float())
 
 
+@pytest.mark.parametrize("m", [1, 2, 7, 33, 130])
+@pytest.mark.parametrize("k,n", [(37, 33), (1029, 40)])
+def test_gemm_w8a8_narrow_weights_exact(isa, m, k, n, gen):
+    """Narrow weights (every |w| <= 64, W8A8Config(weight_bits=7)): AVX2 multiplies the rows as
+    u8 a + 128 and takes 128 * colsum off. Weights at +-64 in whole columns against codes at
+    +-127 give the largest pair sums (255 * 64 * 2); both drivers; the same output as the call
+    without the hint, and the exact integer product."""
+    x, _, s, _, _ = make(m, k, n, gen, bias=False)
+    x[:, ::5] = 50.0  # codes at 127 ...
+    x[:, 2::5] = -50.0  # ... and at -127
+    q = quantize_per_channel_int8(torch.randn(n, k, generator=gen), qmax=63)[0]
+    q[0], q[1, : k // 2] = -64, 64  # a column at -64, one half at +64
+    q[2, ::2], q[2, 1::2] = 64, -64
+    p = pack_int8(q, s)
+    y = gemm_w8a8(x, p.packed, p.colsum, p.scale, None, n, "auto", True)
+    assert torch.equal(y, gemm_w8a8(x, p.packed, p.colsum, p.scale, None, n))
+    qx, sx = quantize_rows_ref(x)
+    assert (qx == 127).any() and (qx == -127).any()
+    acc = qx.double() @ q.double().t()
+    assert torch.equal(y, (acc.float().double() * (sx[:, None] * s[None, :]).double()).float())
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "row_stride", "transposed"])
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("k,n", SHAPES_KN)

@@ -28,6 +28,7 @@ def layer_steps_only(monkeypatch):
 SCHEMES = {
     "float": None,
     "w8a8": tersor.W8A8Config(),
+    "w7a8": tersor.W8A8Config(weight_bits=7),  # narrow weights: the native kind 3
     "w4a8": tersor.W4A8Config(group_size=32),
     "w4": tersor.W4Config(group_size=32),
 }
@@ -84,6 +85,7 @@ def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
         ("float", torch.bfloat16, "auto", False),
         ("w8a8", torch.float32, "auto", True),
         ("w8a8", torch.float32, "auto", False),
+        ("w7a8", torch.float32, "auto", True),
         ("w4a8", torch.float32, False, True),
         ("w4a8", torch.bfloat16, "auto", True),
         ("w8a8", torch.float16, False, True),

@@ -291,3 +291,7 @@ def test_sparsify_then_quantize_gives_sparse_int8_layers(gen):
     assert (kept.scheme, kept.status) == ("2:4", "already compressed")
     assert "W8A8Config only" in kept.reason and isinstance(model2[0], SparseLinear)
     assert model2[0].scheme == "2:4"
+    rep = tersor.quantize_(model2, tersor.W8A8Config(weight_bits=7))  # int8 values: 8-bit only
+    kept = rep.layers[0]
+    assert kept.status == "already compressed" and "8-bit only" in kept.reason
+    assert model2[0].scheme == "2:4"

@@ -58,6 +58,10 @@ constexpr const char* kIoDoc =
 constexpr const char* kRowAmaxDoc =
     " row_amax: 0, or fp32 [M] floors under each row's amax (the rows of a tensor-parallel "
     "shard quantize with the whole row's scale: quant_act.h).";
+// the W8A8 kernels' speed hint
+constexpr const char* kNarrowDoc =
+    " narrow_w: every |w| <= 64 (W8A8Config(weight_bits=7)); the AVX2 kernel then runs u8 x s8 "
+    "multiplies with no sign handling. The result is the same either way.";
 constexpr const char* kW4Doc =
     "y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes "
     "[Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0 "
@@ -97,15 +101,17 @@ void bind_gemm_w8a8(py::module_& m) {
   m.def(
       "gemm_w8a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale, addr row_amax) {
+         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale, addr row_amax,
+         bool narrow_w) {
         // the row quantizer applies x_scale (quant_act::a8_row): no staging pass for it
-        half_io::run_staged(
-            w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, row_amax, x_scale),
-            io, nullptr, gemm_w8a8::run);
+        PackedW8LinearArgs a =
+            w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, row_amax, x_scale);
+        a.narrow_w = narrow_w;
+        half_io::run_staged(a, io, nullptr, gemm_w8a8::run);
       },
-      TERSOR_W8_ARGS, py::arg("row_amax") = 0, nogil(),
+      TERSOR_W8_ARGS, py::arg("row_amax") = 0, py::arg("narrow_w") = false, nogil(),
       (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc +
-       kRowAmaxDoc)
+       kRowAmaxDoc + kNarrowDoc)
           .c_str());
   m.def(
       "gemm_w8",

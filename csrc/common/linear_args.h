@@ -18,6 +18,10 @@ struct PackedW8LinearArgs {
   int nthreads;
   const float* row_amax = nullptr;  // A8 kernels: fp32 [M] floors under the rows' amax, or none
   const float* x_scale = nullptr;   // A8 kernels: fp32 [K] input scale (quant_act::a8_row)
+  // Every |w| <= 64 (W8A8Config(weight_bits=7)): a speed hint, never a change of result. The
+  // AVX2 tile then multiplies the rows as u8 (a + 128) by w, whose vpmaddubsw pair sums cannot
+  // saturate (255 * 64 * 2 < 32768), and takes 128 * colsum off (gemm_w8a8/tile_avx2.h).
+  bool narrow_w = false;
 };
 
 }  // namespace tersor

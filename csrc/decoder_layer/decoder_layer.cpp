@@ -17,11 +17,12 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
   // half rows are staged through fp32 by half_io (the layers' prepared calls do the same)
   const float* xf = static_cast<const float*>(x);
   float* yf = reinterpret_cast<float*>(static_cast<char*>(y) + col * (io ? 2 : 4));
-  if (kind == W8A8) {
+  if (kind == W8A8 || kind == W8A8Narrow) {
     PackedW8LinearArgs a{xf, M, K, ldx, static_cast<const int8_t*>(w),
                          static_cast<const int32_t*>(aux), static_cast<const float*>(scale), N,
                          bias, yf, ldy, nthreads};
     a.x_scale = x_scale;
+    a.narrow_w = kind == W8A8Narrow;
     half_io::run_staged(a, io, nullptr, gemm_w8a8::run);
   } else {
     PackedW4LinearArgs a{xf, M, K, ldx, static_cast<const uint8_t*>(w),

@@ -19,10 +19,13 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int64_t Kp = round_up(a.K, 4);
   static const int64_t kOneRun = 0;
   // Rows [m0, m1) quantized to rows + (m - m0) * Kp, their scales to sx; returns whether
-  // every code is >= 0 (the tile variant to take).
+  // every code is >= 0 (the tile variant to take). Narrow weights: the codes are written as
+  // u8 a + 128 (tile_avx2.h), whatever their signs.
+  const bool biased = a.narrow_w;
   auto quantize = [&](int64_t m0, int64_t m1, uint8_t* rows, float* sx) {
-    for (int64_t m = m0; m < m1; ++m) sx[m - m0] = fill(m, rows + (m - m0) * Kp, 4, 0);
-    return avx2::all_non_negative(rows, (m1 - m0) * Kp);
+    for (int64_t m = m0; m < m1; ++m)
+      sx[m - m0] = fill(m, rows + (m - m0) * Kp, 4, biased ? 0x80 : 0);
+    return !biased && avx2::all_non_negative(rows, (m1 - m0) * Kp);
   };
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 
@@ -36,6 +39,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
               m, std::min(m + kMR, m1), rows.get() + (m - m0) * Kp, block.sx + (m - m0));
         for (int64_t i = 0; i < kRowsPerBlock; ++i) block.row[i] = rows.get() + i * Kp;
         block.runs = RowRuns{&kOneRun, 1, Kp / 4};
+        block.biased = biased;
       });
     }
     return;
@@ -60,7 +64,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
       const uint8_t* r = rows.get() + m0 * Kp;
       const avx2::ARows src{
-          {r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}, prefetch};
+          {r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}, prefetch, biased};
       avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16, sx.get() + m0,
                      a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0}, blk * 16,
                      xor_tiles ? &xw : nullptr);

@@ -43,6 +43,7 @@ struct RowBlock {
                                            // (null or stale) but never reads through them
   float sx[kRowsPerBlock];
   bool non_negative[kRowsPerBlock / MR];  // per tile: every code >= 0, the plain u8 x s8 tile
+  bool biased = false;  // the codes are stored as u8 a + 128 (narrow weights, tile_avx2.h)
   RowRuns runs{nullptr, 0, 0};            // shared by every row
   const CodesOut* codes = nullptr;        // codes out (the static pipeline), or fp32 to a.y
   // A grouped convolution: column block b reads its rows group_bytes * (16 b / group_cols)

@@ -2,7 +2,8 @@
 // the direct convolution (conv/conv_w8a8_avx2.cpp). Include only from *_avx2.cpp files.
 //
 // vpmaddubsw multiplies u8 by s8 into saturating int16 pair sums; vpmaddwd with ones then
-// widens the pairs to int32. Three variants, by the row codes' signs (Signs below):
+// widens the pairs to int32. Four variants, by the row codes' signs and the weights' range
+// (Signs below):
 //  - non-negative activations (every conv after a ReLU): the s8 codes 0..127 are valid u8
 //    operands as they are; a pair sum is at most 2 * 127 * 127 < 32767, so u8 x s8 is exact.
 //  - signed activations, 3-4 rows: |w| x (a XOR m), m = 0xFF where w < 0. Where w < 0 that
@@ -15,6 +16,12 @@
 //    (non-negative rows: 90).
 //  - signed activations, 1-2 rows (a decode step, bound by the weight stream): the sign trick
 //    (llama.cpp), |a| * sign(w, a) == a * w, with no set-up per column block.
+//  - narrow weights (every |w| <= 64: W8A8Config(weight_bits=7), OpenVINO's choice on CPUs
+//    without VNNI), any rows: u8 (a + 128) x s8 w, whose pair sums stay within 255 * 64 * 2 <
+//    32768; the accumulators start at -128 * colsum. The GEMM's quantizer writes the rows as
+//    a + 128 already (a XOR 0x80); codes read in place (the convolutions) are flipped once per
+//    row and k-step, shared by both weight vectors. The non-negative tile's three ops per row
+//    and weight vector: Zen 3, one thread, 90 GMAC/s against the XOR tile's 75.
 //
 // Register tile: MR <= 4 rows x 16 columns (2 ymm each), one pointer per row (where the codes
 // come from: RowRuns in row_blocks.h).
@@ -106,6 +113,7 @@ struct ARows {
   // prefetched kPrefetchLines ahead with the hint of common/weight_stream.h. Zen 2, 2 threads,
   // weights from DRAM, M = 1: 0.90-0.93x the time; 16 lines alike, 24 slower.
   int prefetch = 0;  // 0: none, 1: T0, 2: NTA
+  bool biased = false;  // the codes are stored as u8 a + 128 (narrow weights only)
 };
 constexpr int64_t kPrefetchLines = 8;
 
@@ -117,7 +125,9 @@ struct TileOut {
   int64_t m;
 };
 
-enum class Signs { kNonNegative, kXorW, kSignA };  // the three variants above
+// the variants above; narrow weights: rows stored as a + 128 (kNarrowBiased) or as s8 codes,
+// flipped in the tile (kNarrowFlip)
+enum class Signs { kNonNegative, kXorW, kSignA, kNarrowBiased, kNarrowFlip };
 
 constexpr int64_t kShortBlocks = 8;  // the most column blocks one tile call runs (see below)
 
@@ -191,7 +201,9 @@ static inline void tile(const ARows& src, const int8_t* wblock, const float* sx,
                         const PackedW8LinearArgs& a, const TileOut& out, int64_t n0, int nb,
                         const XorWeights* xw) {
   constexpr bool kXor = kSigns == Signs::kXorW;
+  constexpr bool kNarrow = kSigns == Signs::kNarrowBiased || kSigns == Signs::kNarrowFlip;
   const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const int64_t block_bytes = (a.K + 3) / 4 * 4 * 16;
   const int32_t* neg_sums = kXor ? xw->sums : nullptr;
   const int64_t step = kXor ? 128 : 64;  // bytes per 4-k group
@@ -200,9 +212,12 @@ static inline void tile(const ARows& src, const int8_t* wblock, const float* sx,
     __m256i acc[MR][2];
 TERSOR_UNROLL
     for (int h = 0; h < 2; ++h) {
-      const __m256i start =
-          kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(neg_sums + 16 * j + 8 * h))
-              : zero;
+      __m256i start = zero;
+      if constexpr (kXor)
+        start = _mm256_load_si256(reinterpret_cast<const __m256i*>(neg_sums + 16 * j + 8 * h));
+      if constexpr (kNarrow)  // sum (a + 128) w - 128 sum w
+        start = _mm256_sub_epi32(zero, _mm256_slli_epi32(_mm256_loadu_si256(
+                    reinterpret_cast<const __m256i*>(a.colsum + n0 + 8 * h)), 7));
 TERSOR_UNROLL
       for (int r = 0; r < MR; ++r) acc[r][h] = start;
     }
@@ -226,9 +241,10 @@ TERSOR_UNROLL
         if (src.prefetch == 1) _mm_prefetch(ahead, _MM_HINT_T0);
 TERSOR_UNROLL
         for (int r = 0; r < MR; ++r) {
-          const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
+          __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
+          if constexpr (kSigns == Signs::kNarrowFlip) av = _mm256_xor_si256(av, flip);
           __m256i p0, p1;
-          if constexpr (kSigns == Signs::kNonNegative) {
+          if constexpr (kSigns == Signs::kNonNegative || kNarrow) {
             p0 = _mm256_maddubs_epi16(av, w0);
             p1 = _mm256_maddubs_epi16(av, w1);
           } else if constexpr (kXor) {
@@ -252,21 +268,28 @@ TERSOR_UNROLL
   }
 }
 
-// The tile for a runtime row count 1..4 and the rows' signs. Signed rows take kXorW from 3
-// rows when the caller keeps staged operands (xw), else kSignA.
+// The tile for a runtime row count 1..4 and the rows' signs. Signed rows take the narrow
+// weights' tile where the weights allow it, else kXorW from 3 rows when the caller keeps
+// staged operands (xw), else kSignA. Rows stored as a + 128 (src.biased) take kNarrowBiased.
 static inline void run_tile(int mr, bool non_negative, const ARows& src, const int8_t* wblock,
                             const float* sx, const PackedW8LinearArgs& a, const TileOut& out,
                             int64_t n0, XorWeights* xw, int nb = 1) {
   using TileFn = void (*)(const ARows&, const int8_t*, const float*, const PackedW8LinearArgs&,
                           const TileOut&, int64_t, int, const XorWeights*);
-  static constexpr TileFn kTiles[3][kMR] = {
+  static constexpr TileFn kTiles[5][kMR] = {
       {tile<1, Signs::kNonNegative>, tile<2, Signs::kNonNegative>,
        tile<3, Signs::kNonNegative>, tile<4, Signs::kNonNegative>},
       {tile<1, Signs::kXorW>, tile<2, Signs::kXorW>, tile<3, Signs::kXorW>,
        tile<4, Signs::kXorW>},
       {tile<1, Signs::kSignA>, tile<2, Signs::kSignA>, tile<3, Signs::kSignA>,
-       tile<4, Signs::kSignA>}};
-  const Signs signs = non_negative           ? Signs::kNonNegative
+       tile<4, Signs::kSignA>},
+      {tile<1, Signs::kNarrowBiased>, tile<2, Signs::kNarrowBiased>,
+       tile<3, Signs::kNarrowBiased>, tile<4, Signs::kNarrowBiased>},
+      {tile<1, Signs::kNarrowFlip>, tile<2, Signs::kNarrowFlip>, tile<3, Signs::kNarrowFlip>,
+       tile<4, Signs::kNarrowFlip>}};
+  const Signs signs = src.biased             ? Signs::kNarrowBiased
+                      : non_negative         ? Signs::kNonNegative
+                      : a.narrow_w           ? Signs::kNarrowFlip
                       : (xw && mr >= 3)      ? Signs::kXorW
                                              : Signs::kSignA;
   if (signs == Signs::kXorW) xw->stage(wblock, (a.K + 3) / 4 * 4 * 16, nb);
@@ -292,7 +315,7 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
     const int64_t i = m % kRowsPerBlock;
     auto at = [shift](const uint8_t* p) { return p ? p + shift : p; };  // unused ones: null
     const uint8_t* const* r = block.row + i;
-    const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.runs};
+    const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.runs, 0, block.biased};
     const TileOut out{a.y + m * a.ldy, a.ldy, block.codes, m};
     run_tile(mr, block.non_negative[i / kMR], src, a.w + blk * Kp * 16, block.sx + i, a, out,
              blk * 16, &xw, nb);

@@ -12,8 +12,9 @@ class DecoderLayer:
     """A pre-norm decoder layer's decode step in one call: rms_norm, q/k/v, attention with
     the cache write, o + residual, rms_norm, gate/up, silu(g) * u, down + residual
     (decoder_layer/decoder_layer.h). Projections: flat lists of 11 integers each (kind 0
-    W8A8 / 1 W4A8 / 2 W4, w, scale, aux (colsum / zero points), bias, x_scale, K, N,
-    group_size, ngroups, first output column). Addresses must outlive the object."""
+    W8A8 / 1 W4A8 / 2 W4 / 3 W8A8 with every |w| <= 64, w, scale, aux (colsum / zero
+    points), bias, x_scale, K, N, group_size, ngroups, first output column). Addresses must
+    outlive the object."""
     def __init__(
         self,
         hidden: int,
@@ -592,6 +593,7 @@ def gemm_w8a8(
     io: int = 0,
     x_scale: int = 0,
     row_amax: int = 0,
+    narrow_w: bool = False,
 ) -> None:
     """y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 VNNI4
     tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 [Np], bias
@@ -601,7 +603,9 @@ def gemm_w8a8(
     into x's columns (a layer's input scale: AWQ / SmoothQuant), by the row quantizer in the
     int8-activation kernels, while the rows are staged in the others. row_amax: 0, or fp32 [M]
     floors under each row's amax (the rows of a tensor-parallel shard quantize with the whole
-    row's scale: quant_act.h)."""
+    row's scale: quant_act.h). narrow_w: every |w| <= 64 (W8A8Config(weight_bits=7)); the AVX2
+    kernel then runs u8 x s8 multiplies with no sign handling. The result is the same either
+    way."""
 
 def has_amx_bf16() -> bool:
     """True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then

@@ -33,7 +33,7 @@ from tersor.configs import (
 from tersor.formats import BlockFormat, CsrFormat, Int4Format, Int8Format, Sparse24Format
 from tersor.formats.base import dense_of_rows
 from tersor.formats.int4 import GROUP_SIZES, dequantize_int4, effective_group_size, quantize_int4
-from tersor.formats.int8 import quantize_per_channel_int8
+from tersor.formats.int8 import quantize_per_channel_int8, weight_qmax
 from tersor.formats.sparse_block import check_block
 from tersor.formats.sparse_csr import csr_from_rows, from_csr
 from tersor.nn.fused import fuse_projections as fuse
@@ -282,7 +282,7 @@ def _rtn_dequantized(w: torch.Tensor, config, group_size=None) -> torch.Tensor:
         g = config.group_size if group_size is None else group_size
         q, s, z, g = quantize_int4(w, g if g in GROUP_SIZES else -1, config.symmetric)
         return dequantize_int4(q, s, z, g)
-    q, s = quantize_per_channel_int8(w)
+    q, s = quantize_per_channel_int8(w, qmax=weight_qmax(config))
     return q.float() * s[:, None]
 
 
@@ -363,7 +363,9 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
             h = hessian / s[:, None] / s[None, :]
         if use_gptq:
             g = effective_group_size(w.shape[1], config.group_size) if int4 else None
-            grid = gptq.Int4Grid(g, config.symmetric) if int4 else gptq.Int8Grid()
+            grid = (
+                gptq.Int4Grid(g, config.symmetric) if int4 else gptq.Int8Grid(weight_qmax(config))
+            )
             prep = next((p for hh, p in shared if hh.shape == h.shape and torch.equal(hh, h)), None)
             if prep is None:
                 prep = gptq.prepare(h, config.damp, config.act_order)
@@ -593,6 +595,11 @@ def _upgrade(m: nn.Module, config) -> str:
     """Why an already compressed layer stays as it is under `config` ("" when it changes:
     a sparse fp32 layer given W8A8Config gets int8 values)."""
     if isinstance(config, W8A8Config) and m.scheme in ("2:4", "unstructured", "block"):
+        if config.weight_bits != 8:
+            return (
+                f"{m.scheme} sparse layer: its int8 values are 8-bit only "
+                f"(weight_bits={config.weight_bits} serves dense layers), kept {m.scheme} fp32"
+            )
         return ""
     if m.scheme in ("2:4", "unstructured", "block") and isinstance(config, _QuantConfig):
         return (

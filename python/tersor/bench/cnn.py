@@ -220,10 +220,10 @@ def run_cnn(
                     cos[k] = torch.nn.functional.cosine_similarity(ref, f(x), dim=1).min().item()
                     if not cos[k] > 0.9:
                         raise SystemExit(f"{name} {k}: logits cosine {cos[k]:.3f} to fp32")
-                # 50 ms between blocks: OpenVINO's TBB workers (and the OpenMP ones) spin on
-                # after a call, and took a core from whichever implementation came next
-                t = time_interleaved({k: (lambda x, i, f=f: f(x)) for k, f in run.items()}, x,
-                                     rounds, gap_s=0.05)  # fmt: skip
+                # (with a pause between blocks: timing.POOL_QUIET_S)
+                t = time_interleaved(
+                    {k: (lambda x, i, f=f: f(x)) for k, f in run.items()}, x, rounds
+                )
             peer_t = {k: v for k, v in t.items() if k != "fp32" and not k.startswith("tersor")}
             print(f"{name} batch {b} ({size}x{size}, channels_last; {done} / {convs} convs "
                   f"converted by W8A8, {n_static} layers by static int8)")  # fmt: skip

@@ -264,10 +264,15 @@ def tersor_linear(lin: nn.Linear, config, rotate: bool, name: str, act: str = ""
 def linear_impls(
     lin: nn.Linear,
     rotate: bool,
-    which=("w8a8", "w8", "fp32", "ao", "ort", "torchao", "ov-i8", "ov-f32"),
+    which=("w8a8", "w7a8", "w8", "fp32", "ao", "ort", "torchao", "ov-i8", "ov-f32"),
 ):
+    """tersor W7A8: W8A8Config(weight_bits=7), the grid OpenVINO's NNCF picks on CPUs without
+    VNNI (torch.ao's fbgemm drops an activation bit there instead)."""
     makers = {
         "w8a8": lambda: tersor_linear(lin, tersor.W8A8Config(), rotate, "tersor W8A8", "i8"),
+        "w7a8": lambda: tersor_linear(
+            lin, tersor.W8A8Config(weight_bits=7), rotate, "tersor W7A8", "i8"
+        ),
         "w8": lambda: tersor_linear(lin, tersor.W8Config(), rotate, "tersor W8", "f32"),
         "fp32": lambda: torch_fp32(lin, rotate),
         "ao": lambda: torch_ao_dynamic(lin, rotate),

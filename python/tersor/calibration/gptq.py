@@ -19,7 +19,8 @@ into the very same formats):
 - int4 group-wise: a group's scale / zero point are computed from the current (already
   updated) weights when the pass reaches the group's first column, then fixed for the group;
   scales are rounded to fp16 first, as the format stores them.
-- int8 per channel: the scale is the row's absmax / 127 of the original weight.
+- int8 per channel: the scale is the row's absmax / qmax of the original weight (qmax 127, or
+  63 for W8A8Config(weight_bits=7)).
 
 act_order: columns go in decreasing diag(H) (the most active inputs first). Groups are then
 contiguous in that order, which is what Int4Format's input permutation stores: x is permuted
@@ -76,16 +77,17 @@ class Int4Grid:
 class Int8Grid:
     g = None  # one "group": the whole row, its scale fixed from the original weight
 
-    @staticmethod
-    def params(w: torch.Tensor):
+    def __init__(self, qmax: int = 127):
+        self.qmax = qmax
+
+    def params(self, w: torch.Tensor):
         amax = torch.maximum(-w.amin(1), w.amax(1))
-        scale = amax / 127.0
+        scale = amax / float(self.qmax)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         return scale, torch.zeros_like(scale), safe
 
-    @staticmethod
-    def codes(w, safe, zero):
-        return torch.round(w / safe).clamp_(-127, 127)
+    def codes(self, w, safe, zero):
+        return torch.round(w / safe).clamp_(-self.qmax, self.qmax)
 
     @staticmethod
     def value(q, safe, zero):

@@ -22,7 +22,9 @@ Kernel form ("VNNI4" blocks, csrc/common/formats.h ``W8Tile``), built once at co
     scale[Np]  fp32  (0 in the padding)
 
 -128 is never produced so that the AVX2 tiles' |w| fits vpmaddubsw's u8 operand with no
-saturation (see gemm_w8a8/tile_avx2.h).
+saturation (see gemm_w8a8/tile_avx2.h). W8A8Config(weight_bits=7) quantizes to [-63, 63]; a
+weight whose codes all lie within [-64, 64] is "narrow" (``narrow_w``, found from the codes, so
+loaded checkpoints get it too), which the AVX2 W8A8 kernel runs faster.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ from tersor.ops.gemm_w8a8 import cpu_runner_w8a8, linear_w8a8
 
 BLOCK_N = 16
 BLOCK_K = 4
+NARROW_MAX = 64  # every |code| <= 64: the AVX2 kernel's u8 (a + 128) x s8 w cannot saturate
+
+
+def weight_qmax(config) -> int:
+    """The largest int8 weight code a config asks for: 127, or 63 for weight_bits=7."""
+    return (1 << (getattr(config, "weight_bits", 8) - 1)) - 1
+
+
+def is_narrow(codes: torch.Tensor) -> bool:
+    return codes.numel() == 0 or int(codes.abs().amax()) <= NARROW_MAX
 
 
 @dataclass(frozen=True)
@@ -67,20 +79,20 @@ def _round_up(v: int, m: int) -> int:
 
 
 def quantize_per_channel_int8(
-    weight: torch.Tensor, what: str = "layer"
+    weight: torch.Tensor, what: str = "layer", qmax: int = QMAX
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round-to-nearest symmetric per-row quantization of a float [N, K] weight (NaN / Inf
-    refused through the row ranges: no extra pass over the weight)."""
+    """Round-to-nearest symmetric per-row quantization of a float [N, K] weight to codes in
+    [-qmax, qmax] (NaN / Inf refused through the row ranges: no extra pass over the weight)."""
     w = weight.detach()
     amax = torch.maximum(-w.amin(dim=1), w.amax(dim=1)).to(torch.float32)
     if not bool(torch.isfinite(amax).all()):
         raise ValueError(f"{what}: weight holds NaN or Inf; cannot convert it")
-    scale = amax / QMAX
+    scale = amax / qmax
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.empty(w.shape, dtype=torch.int8)
     for r0, r1 in row_blocks(*w.shape, multiple=1):  # float temporaries of one block
         t = w[r0:r1].to(torch.float32) / safe[r0:r1, None]
-        q[r0:r1] = t.round_().clamp_(-QMAX, QMAX)
+        q[r0:r1] = t.round_().clamp_(-qmax, qmax)
     return q, scale.contiguous()
 
 
@@ -124,6 +136,7 @@ class Int8Format(WeightFormat):
         self.scheme = "w8a8" if act_int8 else "w8"
         p = pack_int8(q, scale)
         self.packed, self.colsum, self.scale = p.packed, p.colsum, p.scale
+        self.narrow_w = act_int8 and is_narrow(q)
         self._finish()
 
     @classmethod
@@ -131,9 +144,9 @@ class Int8Format(WeightFormat):
         check_float_weight(weight, what, finite=False, halves=True)  # row ranges checked
         n, k = weight.shape
         blocks = row_blocks(n, k, BLOCK_N)
-        act_int8 = config.scheme == "w8a8"
+        act_int8, qmax = config.scheme == "w8a8", weight_qmax(config)
         if len(blocks) == 1:
-            return cls(*quantize_per_channel_int8(weight, what), act_int8=act_int8)
+            return cls(*quantize_per_channel_int8(weight, what, qmax), act_int8=act_int8)
         # large layers: quantized and packed a row block at a time into the final tensors
         # (the packed layout is row-block-major), so the peak stays near the weight itself
         np_, kp = _round_up(n, BLOCK_N), _round_up(k, BLOCK_K)
@@ -141,7 +154,7 @@ class Int8Format(WeightFormat):
         colsum = torch.empty(np_, dtype=torch.int32)
         scale = torch.empty(np_)
         for r0, r1 in blocks:
-            p = pack_int8(*quantize_per_channel_int8(weight[r0:r1], what))
+            p = pack_int8(*quantize_per_channel_int8(weight[r0:r1], what, qmax))
             b0, b1 = r0 // BLOCK_N, r0 // BLOCK_N + p.packed.shape[0]
             packed[b0:b1], colsum[r0 : r0 + len(p.colsum)] = p.packed, p.colsum
             scale[r0 : r0 + len(p.scale)] = p.scale
@@ -149,6 +162,7 @@ class Int8Format(WeightFormat):
         WeightFormat.__init__(fmt, n, k)
         fmt.act_int8, fmt.scheme = act_int8, "w8a8" if act_int8 else "w8"
         fmt.packed, fmt.colsum, fmt.scale = packed, colsum, scale
+        fmt.narrow_w = act_int8 and qmax <= NARROW_MAX
         return fmt._finish()
 
     @classmethod
@@ -164,6 +178,9 @@ class Int8Format(WeightFormat):
         if self.input_scale is not None:
             opts["input_scaled"] = True
         return opts
+
+    def describe(self):
+        return "7-bit weights (every |code| <= 64)" if self.narrow_w else ""
 
     def canonical(self):
         """(q int8 [N, K], scale fp32 [N])."""
@@ -223,14 +240,23 @@ class Int8Format(WeightFormat):
         xs, n = self.input_scale, self.out_features
         if self.act_int8:
             return linear_w8a8(
-                x, self.packed, self.colsum, self.scale, bias, n, kernel, xs, row_amax
+                x,
+                self.packed,
+                self.colsum,
+                self.scale,
+                bias,
+                n,
+                kernel,
+                xs,
+                row_amax,
+                self.narrow_w,
             )
         return linear_w8(x, self.packed, self.scale, bias, n, kernel, xs)
 
     def cpu_runner(self):
         n, k, xs = self.out_features, self.in_features, self.input_scale
         if self.act_int8:
-            return cpu_runner_w8a8(self.packed, self.colsum, self.scale, n, k, xs)
+            return cpu_runner_w8a8(self.packed, self.colsum, self.scale, n, k, xs, self.narrow_w)
         return cpu_runner_w8(self.packed, self.scale, n, k, xs)
 
     def conv_nhwc(self, xh, bias, geometry, kernel):

@@ -95,7 +95,7 @@ def _native_projection(module, fmt, bias, col: int):
     xs, act_int8 = fmt.input_scale, getattr(fmt, "act_int8", False)
     if isinstance(fmt, Int8Format) and act_int8:
         tensors = (fmt.packed, fmt.scale, fmt.colsum)
-        kind, sizes = 0, (0, 0)
+        kind, sizes = 3 if fmt.narrow_w else 0, (0, 0)
     elif isinstance(fmt, Int4Format):
         tensors = (fmt.codes, fmt.scale, fmt.zero)
         kind, sizes = 1 if act_int8 else 2, (fmt.G, fmt.scale.shape[1])

@@ -62,6 +62,8 @@ class FusedGroup:
                 setattr(f, name, whole.narrow(0, start, p.shape[0]))
                 start += p.shape[0]
         fused.out_features = sum(f.out_features for f in fmts)
+        if isinstance(fused, Int8Format):  # the kernels' hint must hold for every member
+            fused.narrow_w = all(f.narrow_w for f in fmts)
         self.fmt = fused._finish()
         for f in fmts:
             f._finish()  # their prepared calls point at the views

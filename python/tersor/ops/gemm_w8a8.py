@@ -26,7 +26,7 @@ _num_threads = torch.get_num_threads
 
 
 def gemm_w8a8_cpu(
-    x, packed, colsum, scale, bias, n: int, x_scale=None, row_amax=None
+    x, packed, colsum, scale, bias, n: int, x_scale=None, row_amax=None, narrow_w=False
 ) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
@@ -49,18 +49,19 @@ def gemm_w8a8_cpu(
             0,
             ptr(x_scale),
             ptr(row_amax),
+            narrow_w,
         )
     return out_2d(x, y, n)
 
 
-def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None):
+def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None, narrow_w=False):
     """The eager CPU call of one packed weight, for the layers' fast path (contiguous float32,
     bfloat16 or float16 [..., K] input of the layer's width, else None; the output [..., N] in
     x's dtype): the
     weight's data pointers are read once here (the
     closure keeps the tensors alive, and formats replace their tensors rather than resize
     them), which saves ~0.5 us per call of a small layer. x_scale: the layer's input scale
-    (fp32 [K]) or None."""
+    (fp32 [K]) or None. narrow_w: every |w| <= 64 (a speed hint: formats/int8.py)."""
     wp, cp, sp, xsp = packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(), ptr(x_scale)
     kernel, kw = _C.gemm_w8a8, k
 
@@ -87,6 +88,8 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None):
                 _num_threads(),
                 IO_CODE[x.dtype],
                 xsp,
+                0,
+                narrow_w,
             )
         return y
 
@@ -94,17 +97,27 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None):
 
 
 def linear_w8a8(
-    x, packed, colsum, scale, bias, n: int, kernel_pref: str = "auto", x_scale=None, row_amax=None
+    x,
+    packed,
+    colsum,
+    scale,
+    bias,
+    n: int,
+    kernel_pref: str = "auto",
+    x_scale=None,
+    row_amax=None,
+    narrow_w=False,
 ) -> torch.Tensor:
     """x_scale: the layer's input scale (fp32 [K]), multiplied into x inside the native call,
     or by one torch multiply before the op. row_amax: fp32 [M] floors under the rows' amax
-    (tensor-parallel shards, distributed/), native CPU kernel only."""
+    (tensor-parallel shards, distributed/), native CPU kernel only. narrow_w: every |w| <= 64
+    (formats/int8.py), a speed hint for the AVX2 kernel."""
     if eager(x, kernel_pref):
-        return gemm_w8a8_cpu(x, packed, colsum, scale, bias, n, x_scale, row_amax)
+        return gemm_w8a8_cpu(x, packed, colsum, scale, bias, n, x_scale, row_amax, narrow_w)
     no_row_amax(row_amax, "tersor::gemm_w8a8")
     if x_scale is not None:
         x = x * x_scale.to(x.dtype)
-    return gemm_w8a8(x, packed, colsum, scale, bias, n, kernel_pref)
+    return gemm_w8a8(x, packed, colsum, scale, bias, n, kernel_pref, narrow_w)
 
 
 @torch.library.custom_op("tersor::gemm_w8a8", mutates_args=())
@@ -116,6 +129,7 @@ def gemm_w8a8(
     bias: Optional[torch.Tensor],
     out_features: int,
     kernel_pref: str = "auto",
+    narrow_w: bool = False,
 ) -> torch.Tensor:
     """Any device: the device path (CUDA extension -> Triton -> torch reference)."""
     check_packed_int8("tersor::gemm_w8a8", x, packed, colsum, scale, bias, out_features)
@@ -123,13 +137,13 @@ def gemm_w8a8(
 
 
 @gemm_w8a8.register_kernel("cpu")
-def _(x, packed, colsum, scale, bias, out_features, kernel_pref="auto"):
+def _(x, packed, colsum, scale, bias, out_features, kernel_pref="auto", narrow_w=False):
     check_packed_int8("tersor::gemm_w8a8", x, packed, colsum, scale, bias, out_features)
     if kernel_pref in NATIVE:
-        return gemm_w8a8_cpu(x, packed, colsum, scale, bias, out_features)
+        return gemm_w8a8_cpu(x, packed, colsum, scale, bias, out_features, narrow_w=narrow_w)
     return gpu.int8_linear(x, packed, scale, bias, out_features, kernel_pref, act_int8=True)
 
 
 @gemm_w8a8.register_fake
-def _(x, packed, colsum, scale, bias, out_features, kernel_pref="auto"):
+def _(x, packed, colsum, scale, bias, out_features, kernel_pref="auto", narrow_w=False):
     return x.new_empty((*x.shape[:-1], out_features))
