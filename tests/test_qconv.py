@@ -68,9 +68,11 @@ def test_matches_conv2d_on_dequantized_weights(case, batch, layout, scheme):
 
 # the last case takes the AMX implicit GEMM (stride 1, C_in % 64 == 0) where AMX is present
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[6], (64, 20, 3, 1, 1, 1)])
-def test_every_isa_path_agrees(isa, case, c_ref):
+@pytest.mark.parametrize("weight_bits", [8, 7])  # 7: narrow weights (AVX2: u8 a + 128 x w)
+def test_every_isa_path_agrees(isa, case, weight_bits, c_ref):
     conv = make_conv(*case)
-    q = QConv2d.from_float(conv, tersor.W8A8Config())
+    q = QConv2d.from_float(conv, tersor.W8A8Config(weight_bits=weight_bits))
+    assert q.gemm.fmt.narrow_w == (weight_bits == 7)
     x = torch.randn(2, case[0], 9, 10)
     assert torch.equal(q(x), c_ref(lambda: q(x)))
 

@@ -183,6 +183,24 @@ def test_state_dict_round_trip_and_compile(gen):
         assert torch.equal(compiled(x), ya)
 
 
+def test_seven_bit_weights_match_the_reference_path(isa, gen, c_ref):
+    """W8A8StaticConfig(weight_bits=7): codes within [-63, 63] and the narrow-weight hint on
+    every layer, so on AVX2 the layers reading signed codes (the stem, MobileNetV2's expansion
+    convolutions after the projections) multiply u8 a + 128 (flipped in the tile) by w and
+    take 128 * colsum off; the network's output is the C ref's bit for bit."""
+    torch.manual_seed(0)
+    model = _randomize_bn(mobilenet_v2(num_classes=10), gen)
+    cal = [torch.randn(2, 3, 48, 48, generator=gen) for _ in range(2)]
+    q = tersor.quantize_static(model, tersor.W8A8StaticConfig(weight_bits=7), calibration=cal)
+    convs = [m for m in q.modules() if isinstance(m, M.StaticConv)]
+    assert all(m._narrow_w and int(m.weight_int8.abs().max()) == 63 for m in convs)
+    x = torch.randn(2, 3, 48, 48, generator=gen)
+    with torch.inference_mode():
+        got = q(x)
+        assert torch.equal(got, c_ref(lambda: q(x)))
+        assert _cos(model(x), got) > 0.98
+
+
 def test_the_torch_reference_agrees(gen):
     """Every module through its custom op's torch reference (kernel_pref="ref" is what other
     devices run): codes within one of the kernels', outputs close."""

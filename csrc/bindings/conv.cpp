@@ -27,12 +27,13 @@ void bind_conv(py::module_& m) {
     return [path](addr x, int64_t B, int64_t H, int64_t W, int64_t C, int64_t kh, int64_t kw,
                   int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                   int64_t Ho, int64_t Wo, addr w, addr colsum, addr w_scale, int64_t N,
-                  addr bias, addr y, int nthreads, int64_t groups) {
+                  addr bias, addr y, int nthreads, int64_t groups, bool narrow_w) {
       conv::ConvW8A8Args c{ptr<const float>(x), B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho,
                            Wo, ptr<const int8_t>(w), ptr<const int32_t>(colsum),
                            ptr<const float>(w_scale), N, ptr<const float>(bias), ptr<float>(y),
                            nthreads};
       c.groups = groups;
+      c.narrow_w = narrow_w;
       conv::run_w8a8(c, path);
     };
   };
@@ -43,15 +44,16 @@ void bind_conv(py::module_& m) {
       py::arg("dh"), py::arg("dw"), py::arg("Ho"), py::arg("Wo"), py::arg("w"),              \
       py::arg("colsum"), py::arg("w_scale"), py::arg("N"), py::arg("bias"), py::arg("y"),    \
       py::arg("nthreads")
-  m.def("conv_w8a8", conv(conv::Path::Auto), TERSOR_CONV_ARGS, py::arg("groups") = 1, nogil(),
+  m.def("conv_w8a8", conv(conv::Path::Auto), TERSOR_CONV_ARGS, py::arg("groups") = 1,
+        py::arg("narrow_w") = false, nogil(),
         "W8A8 Conv2d: x fp32 NHWC [B, H, W, C] (contiguous), kernel (kh, kw), stride (sh, sw), "
         "zero padding (ph, pw), dilation (dh, dw) -> y fp32 NHWC [B, Ho, Wo, N]. w / colsum / "
         "w_scale: gemm_w8a8's packed int8 weight with K in (kh, kw, C / groups) order; bias "
         "fp32 [N] or 0. x is quantized once per image. groups: a grouped convolution (group g "
         "reads channels g * C / groups.. and writes outputs g * N / groups..; N / groups a "
-        "multiple of 16).");
+        "multiple of 16). narrow_w: every |w| <= 64 (gemm_w8a8's speed hint).");
   m.def("conv_w8a8_implicit_emulated", conv(conv::Path::EmulatedImplicit), TERSOR_CONV_ARGS,
-        py::arg("groups") = 1, nogil(),
+        py::arg("groups") = 1, py::arg("narrow_w") = false, nogil(),
         "Test hook: conv_w8a8's AMX implicit GEMM run over scalar tiles with AMX semantics, on "
         "any CPU (stride 1, C % 64 == 0).");
   m.def(
@@ -77,7 +79,7 @@ void bind_conv(py::module_& m) {
          int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
          int64_t Ho, int64_t Wo, addr w, addr colsum, addr w_scale, int64_t N, addr bias,
          int64_t groups, addr y, addr q, float inv_scale, float lo, float hi, addr res,
-         float res_scale, int path, int nthreads) {
+         float res_scale, int path, int nthreads, bool narrow_w) {
         const conv::Requant out{ptr<int8_t>(q), N, inv_scale, lo, hi, ptr<const int8_t>(res), N,
                                 res_scale};
         conv::ConvW8A8Args c{nullptr, B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
@@ -88,6 +90,7 @@ void bind_conv(py::module_& m) {
         c.xs_scale = xs_scale;
         c.xs_channels = xs_channels;
         c.out = q ? &out : nullptr;
+        c.narrow_w = narrow_w;
         if (groups > 1 && groups == C) return conv::run_dw_w8a8(c);  // depthwise
         c.groups = groups;
         conv::run_w8a8(c, path == 1 ? conv::Path::EmulatedImplicit : conv::Path::Auto);
@@ -98,19 +101,20 @@ void bind_conv(py::module_& m) {
       py::arg("colsum"), py::arg("w_scale"), py::arg("N"), py::arg("bias"),
       py::arg("groups"), py::arg("y"), py::arg("q"), py::arg("inv_scale"), py::arg("lo"),
       py::arg("hi"), py::arg("res"), py::arg("res_scale"), py::arg("path"), py::arg("nthreads"),
-      nogil(),
+      py::arg("narrow_w") = false, nogil(),
       "The static int8 pipeline's convolution (dense, grouped, or depthwise when groups == C: "
       "arguments as conv_w8a8 / conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale, xs_channels <= C codes per pixel "
       "(the rest zero; 0: C). Output: y fp32 NHWC, or (q != 0) s8 "
       "codes q = nearbyint(clamp((y + res * res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] "
-      "codes or 0; NaN -> 0). path 1: the AMX implicit GEMM emulated (tests).");
+      "codes or 0; NaN -> 0). path 1: the AMX implicit GEMM emulated (tests). narrow_w: "
+      "every |w| <= 64 (gemm_w8a8's speed hint).");
 
   py::class_<StaticConvPlan>(m, "StaticConvPlan",
                              "conv_w8a8_static's fixed arguments (one layer's), for run().")
       .def(py::init([](float xs_scale, int64_t xs_channels, int64_t C, int64_t kh, int64_t kw,
                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                        addr w, addr colsum, addr w_scale, int64_t N, addr bias, int64_t groups,
-                       float inv_scale, float lo, float hi, float res_scale) {
+                       float inv_scale, float lo, float hi, float res_scale, bool narrow_w) {
              StaticConvPlan p;
              p.c = conv::ConvW8A8Args{nullptr, 0, 0, 0, C, kh, kw, sh, sw, ph, pw, dh, dw, 0, 0,
                                       ptr<const int8_t>(w), ptr<const int32_t>(colsum),
@@ -118,6 +122,7 @@ void bind_conv(py::module_& m) {
                                       nullptr, 1};
              p.c.xs_scale = xs_scale;
              p.c.xs_channels = xs_channels;
+             p.c.narrow_w = narrow_w;
              p.depthwise = groups > 1 && groups == C;
              p.c.groups = p.depthwise ? 1 : groups;
              if (p.depthwise)
@@ -129,11 +134,11 @@ void bind_conv(py::module_& m) {
            py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
            py::arg("dh"), py::arg("dw"), py::arg("w"), py::arg("colsum"), py::arg("w_scale"),
            py::arg("N"), py::arg("bias"), py::arg("groups"), py::arg("inv_scale"),
-           py::arg("lo"), py::arg("hi"), py::arg("res_scale"),
+           py::arg("lo"), py::arg("hi"), py::arg("res_scale"), py::arg("narrow_w") = false,
            "xs_scale: the input codes' scale; C channels per pixel read of which xs_channels "
            "come from xs (the rest zero); the kernel geometry; the packed weight (w, colsum, "
            "w_scale) of N outputs, bias fp32 [N] or 0; groups (depthwise when C); inv_scale: "
-           "1 / the output scale (0: fp32 out); lo / hi: the code bounds; res_scale: the residual codes' scale. The plan "
+           "1 / the output scale (0: fp32 out); lo / hi: the code bounds; res_scale: the residual codes' scale; narrow_w: every |w| <= 64 (gemm_w8a8's speed hint). The plan "
            "holds these addresses: the tensors must outlive it.")
       .def(
           "run",

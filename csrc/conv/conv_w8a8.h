@@ -61,6 +61,7 @@ struct ConvW8A8Args {
   // What a path reads and writes (for_each_group sets them per group): codes c0 .. c0 + cg of
   // each pixel (cg 0: all C), output rows ldy apart (0: N).
   int64_t c0 = 0, cg = 0, ldy = 0;
+  bool narrow_w = false;  // every |w| <= 64: PackedW8LinearArgs::narrow_w
 };
 
 // The channels of each pixel a patch reads, and the output row stride (see ConvW8A8Args).

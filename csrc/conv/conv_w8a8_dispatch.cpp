@@ -192,9 +192,10 @@ gemm_w8a8::RowFill patch_rows(const ConvW8A8Args& c, const QuantizedInput& in) {
 void run_w8a8_generic(const ConvCall& k) {
   const ConvW8A8Args& c = k.c;
   const int64_t K = c.kh * c.kw * patch_channels(c);
-  gemm_w8a8::run_rows(PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum,
-                                         c.w_scale, c.N, c.bias, c.y, out_stride(c), c.nthreads},
-                      patch_rows(c, k.in));
+  PackedW8LinearArgs a{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum, c.w_scale, c.N,
+                       c.bias, c.y, out_stride(c), c.nthreads};
+  a.narrow_w = c.narrow_w;
+  gemm_w8a8::run_rows(a, patch_rows(c, k.in));
 }
 
 void run_unfused(const ConvCall& k, void (*fn)(const ConvCall&)) {

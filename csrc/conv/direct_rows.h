@@ -54,8 +54,10 @@ static inline void run_gathered(const ConvCall& k) {
 // The GEMM view of the convolution (M output pixels, K = kh * kw * cg) for run_row_blocks.
 static inline PackedW8LinearArgs direct_gemm_args(const ConvW8A8Args& c, const DirectRuns& d) {
   const int64_t K = c.kh * c.kw * d.cg;  // K % 4 == 0 when direct_applies
-  return PackedW8LinearArgs{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum, c.w_scale, c.N,
-                            c.bias, c.y, out_stride(c), c.nthreads};
+  PackedW8LinearArgs a{nullptr, c.B * c.Ho * c.Wo, K, K, c.w, c.colsum, c.w_scale, c.N,
+                       c.bias, c.y, out_stride(c), c.nthreads};
+  a.narrow_w = c.narrow_w;
+  return a;
 }
 
 // The static pipeline's folded requantization (requant.h) as the tiles' codes epilogue.

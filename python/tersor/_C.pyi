@@ -89,12 +89,14 @@ class StaticConvPlan:
         lo: float,
         hi: float,
         res_scale: float,
+        narrow_w: bool = False,
     ) -> None:
         """xs_scale: the input codes' scale; C channels per pixel read of which xs_channels come
         from xs (the rest zero); the kernel geometry; the packed weight (w, colsum, w_scale) of
         N outputs, bias fp32 [N] or 0; groups (depthwise when C); inv_scale: 1 / the output
-        scale (0: fp32 out); lo / hi: the code bounds; res_scale: the residual codes' scale. The
-        plan holds these addresses: the tensors must outlive it."""
+        scale (0: fp32 out); lo / hi: the code bounds; res_scale: the residual codes' scale;
+        narrow_w: every |w| <= 64 (gemm_w8a8's speed hint). The plan holds these addresses: the
+        tensors must outlive it."""
     def run(
         self,
         xs: int,
@@ -251,12 +253,14 @@ def conv_w8a8(
     y: int,
     nthreads: int,
     groups: int = 1,
+    narrow_w: bool = False,
 ) -> None:
     """W8A8 Conv2d: x fp32 NHWC [B, H, W, C] (contiguous), kernel (kh, kw), stride (sh, sw),
     zero padding (ph, pw), dilation (dh, dw) -> y fp32 NHWC [B, Ho, Wo, N]. w / colsum /
     w_scale: gemm_w8a8's packed int8 weight with K in (kh, kw, C / groups) order; bias fp32 [N]
     or 0. x is quantized once per image. groups: a grouped convolution (group g reads channels g
-    * C / groups.. and writes outputs g * N / groups..; N / groups a multiple of 16)."""
+    * C / groups.. and writes outputs g * N / groups..; N / groups a multiple of 16). narrow_w:
+    every |w| <= 64 (gemm_w8a8's speed hint)."""
 
 def conv_w8a8_implicit_emulated(
     x: int,
@@ -282,6 +286,7 @@ def conv_w8a8_implicit_emulated(
     y: int,
     nthreads: int,
     groups: int = 1,
+    narrow_w: bool = False,
 ) -> None:
     """Test hook: conv_w8a8's AMX implicit GEMM run over scalar tiles with AMX semantics, on any
     CPU (stride 1, C % 64 == 0)."""
@@ -319,12 +324,14 @@ def conv_w8a8_static(
     res_scale: float,
     path: int,
     nthreads: int,
+    narrow_w: bool = False,
 ) -> None:
     """The static int8 pipeline's convolution (dense, grouped, or depthwise when groups == C:
     arguments as conv_w8a8 / conv_dw_w8a8): xs s8 NHWC codes at scale xs_scale, xs_channels <= C
     codes per pixel (the rest zero; 0: C). Output: y fp32 NHWC, or (q != 0) s8 codes q =
     nearbyint(clamp((y + res * res_scale) * inv_scale, lo, hi)) (res: s8 [M][N] codes or 0; NaN
-    -> 0). path 1: the AMX implicit GEMM emulated (tests)."""
+    -> 0). path 1: the AMX implicit GEMM emulated (tests). narrow_w: every |w| <= 64
+    (gemm_w8a8's speed hint)."""
 
 def convert_rows(
     src: int,

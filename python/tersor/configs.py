@@ -313,6 +313,8 @@ class W8A8StaticConfig(Config):
     min_sqnr: keep fp32 (and report) every layer whose int8 form, run alone on the first
     calibration batch, has a signal-to-quantization-noise ratio below this many dB (None: off;
     30-35 dB keeps only the layers that lose clearly more than the rest).
+    weight_bits: 8, or 7 as in W8A8Config: on CPUs without VNNI the layers whose inputs are
+    signed (no ReLU before them) then multiply without sign handling.
     """
 
     scheme: ClassVar[str] = "w8a8-static"
@@ -320,8 +322,13 @@ class W8A8StaticConfig(Config):
     percentile: float = 99.99
     keep_float: tuple = ()
     min_sqnr: Optional[float] = None
+    weight_bits: int = 8
 
     def __post_init__(self):
+        if self.weight_bits not in (7, 8) or isinstance(self.weight_bits, bool):
+            raise ValueError(
+                f"W8A8StaticConfig.weight_bits must be 8 or 7, got {self.weight_bits!r}"
+            )
         if self.observer not in OBSERVERS:
             raise ValueError(
                 f"W8A8StaticConfig.observer must be one of {OBSERVERS}, got {self.observer!r}"

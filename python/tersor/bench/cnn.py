@@ -175,6 +175,9 @@ def _openvino_int8(model: nn.Module, cal: list, x: torch.Tensor):
     return lambda t: torch.from_numpy(next(iter(req.infer({0: t.numpy()}).values())).copy())
 
 
+STATIC7 = "tersor static w7"
+
+
 def run_cnn(
     batches=(1, 8), size: int = 224, rounds: int = 5, peers=("torch.ao", "torchao", "openvino")
 ):
@@ -198,7 +201,10 @@ def run_cnn(
         done = sum(1 for r in rep.converted if len(r.shape) == 4)
         static = tersor.quantize_static(model, tersor.W8A8StaticConfig(), calibration=cal)
         n_static = len(static.tersor_report.converted)
-        impls = {"fp32": fp32, "tersor W8A8": dyn, "tersor static": static}
+        # 7-bit weights: the grid OpenVINO's NNCF picks on CPUs without VNNI (configs.py)
+        cfg7 = tersor.W8A8StaticConfig(weight_bits=7)
+        static7 = tersor.quantize_static(model, cfg7, calibration=cal)
+        impls = {"fp32": fp32, "tersor W8A8": dyn, "tersor static": static, STATIC7: static7}
         x0 = torch.randn(max(batches), 3, size, size, generator=g)
         if "torch.ao" in peers:
             impls["torch.ao static"] = _torch_ao_static(model, cal, x0)
@@ -233,7 +239,8 @@ def run_cnn(
                       f"{v / t['tersor static']:>13.2f}x{cos[k]:>9.4f}")  # fmt: skip
             row = dict(impl=f"cnn {name} b{b} static int8", fp32_s=t["fp32"],
                        ours_s=t["tersor static"], ratio=t["fp32"] / t["tersor static"],
-                       cosine=cos["tersor static"], dynamic_s=t["tersor W8A8"])  # fmt: skip
+                       cosine=cos["tersor static"], dynamic_s=t["tersor W8A8"],
+                       static7_s=t[STATIC7], cosine7=cos[STATIC7])  # fmt: skip
             if peer_t:  # the fastest int8 peer, and its time over ours (> 1: tersor is faster)
                 row["best_peer"] = min(peer_t, key=peer_t.get)
                 row["peer_ratio"] = peer_t[row["best_peer"]] / row["ours_s"]

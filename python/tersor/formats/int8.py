@@ -270,4 +270,4 @@ class Int8Format(WeightFormat):
         # (and its reference), on a GPU the layer runs im2col GEMMs
         if groups == 1 and not (self.on_cpu or kernel == "ref"):
             return None
-        return conv_nhwc_w8a8(*args, *geometry[:8], kernel, groups)
+        return conv_nhwc_w8a8(*args, *geometry[:8], kernel, groups, self.narrow_w)

@@ -37,9 +37,11 @@ def conv_w8a8_cpu(
     dw: int,
     emulate_implicit: bool = False,
     groups: int = 1,
+    narrow_w: bool = False,
 ) -> torch.Tensor:
     """emulate_implicit (tests): run the AMX implicit GEMM over scalar tiles, on any CPU.
-    groups: a grouped convolution (n / groups a multiple of 16)."""
+    groups: a grouped convolution (n / groups a multiple of 16). narrow_w: every |w| <= 64
+    (the AVX2 kernel's speed hint, formats/int8.py)."""
     b, h, w, c = xh.shape
     ho, wo = _out_hw(h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     y = torch.empty(b, ho, wo, n)
@@ -68,6 +70,7 @@ def conv_w8a8_cpu(
         y.data_ptr(),
         torch.get_num_threads(),
         groups,
+        narrow_w,
     )
     return y
 
@@ -89,12 +92,15 @@ def conv_nhwc_w8a8(
     dw: int,
     kernel_pref: str = "auto",
     groups: int = 1,
+    narrow_w: bool = False,
 ) -> torch.Tensor:
-    """What a format calls: the eager CPU call, or the op (tracing, other kernels/devices)."""
+    """What a format calls: the eager CPU call, or the op (tracing, other kernels/devices;
+    narrow_w, a speed hint, serves the eager call only)."""
     if eager(xh, kernel_pref):
         return conv_w8a8_cpu(
-            xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, groups=groups
-        )
+            xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw,
+            groups=groups, narrow_w=narrow_w,
+        )  # fmt: skip
     return conv_w8a8(
         xh, packed, colsum, scale, bias, n, kh, kw, sh, sw, ph, pw, dh, dw, kernel_pref, groups
     )

@@ -364,7 +364,7 @@ def _keep_sensitive(gm, kinds, member, groups, obs, config, first_call, report) 
         s_out = obs[last].scale() if _output_is_int8(last, kinds) else 0.0
         s_res = obs[g.res].scale() if g.res is not None else 0.0
         layer = M.StaticConv(mods[g.conv.target], g.conv.target, obs[x].scale(), s_out, g.act,
-                             s_res)  # fmt: skip
+                             s_res, config.weight_bits)  # fmt: skip
         with torch.no_grad():
             res = M.Quantize(s_res)(values[g.res]) if g.res is not None else None
             y = layer(M.Quantize(obs[x].scale())(values[x]), res)
@@ -444,7 +444,9 @@ def _emit(gm, kinds, member, groups, obs, report, config) -> fx.GraphModule:
             s_out = scale_of(n) if out_q else 0.0
             res = as_q(g.res) if g.res is not None else None
             s_res = q_scale(g.res) if g.res is not None else 0.0
-            layer = M.StaticConv(conv, g.conv.target, q_scale(x), s_out, g.act, s_res)
+            layer = M.StaticConv(
+                conv, g.conv.target, q_scale(x), s_out, g.act, s_res, config.weight_bits
+            )
             name = add_module("conv", layer, "int8_" + g.conv.target)
             args = (as_q(x),) if res is None else (as_q(x), res)
             env[n] = (g2.call_module(name, args), s_out if out_q else None)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tersor import _C
-from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
+from tersor.formats.int8 import is_narrow, pack_int8, quantize_per_channel_int8
 from tersor.nn.qconv import QConv2d
 from tersor.ops import int8_static as ops
 from tersor.ops._common import QMAX, _is_compiling, eager
@@ -118,7 +118,7 @@ class StaticConv(_Static):
     zero_means_none = ("output_scale", "residual_scale")
 
     def __init__(self, layer: nn.Module, label: str, input_scale: float, output_scale: float,
-                 act=None, residual_scale: float = 0.0):  # fmt: skip
+                 act=None, residual_scale: float = 0.0, weight_bits: int = 8):  # fmt: skip
         super().__init__()
         self.label = label
         self.linear = isinstance(layer, nn.Linear)
@@ -146,7 +146,7 @@ class StaticConv(_Static):
             else:
                 w2 = QConv2d.gemm_weight(layer).float()
         self.out_channels = w.shape[0]
-        q, s = quantize_per_channel_int8(w2, label)
+        q, s = quantize_per_channel_int8(w2, label, (1 << (weight_bits - 1)) - 1)
         self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", s)
         b = layer.bias.detach().float().clone() if layer.bias is not None else None
@@ -182,6 +182,8 @@ class StaticConv(_Static):
     def _pack(self):
         p = pack_int8(self.weight_int8, self.weight_scale)
         self._packed, self._colsum, self._w_scale = p.packed, p.colsum, p.scale
+        # every |w| <= 64 (weight_bits=7): the AVX2 kernel's speed hint, found from the codes
+        self._narrow_w = is_narrow(self.weight_int8)
         self._plan = None  # the eager CPU call's fixed arguments, built at the first call
 
     def _eager_plan(self):
@@ -194,6 +196,7 @@ class StaticConv(_Static):
             self._w_scale.data_ptr(), self.out_channels,
             0 if self.bias is None else self.bias.data_ptr(), self.groups,
             1.0 / out if out > 0 else 0.0, self._lo, self._hi, self._residual_scale,
+            self._narrow_w,
         )  # fmt: skip
         return self._plan
 
