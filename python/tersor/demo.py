@@ -105,6 +105,7 @@ def minilm_variants(base):
     out.append(("torch.ao dynamic int8", ao, ""))
     schemes = [
         ("tersor W8A8", tersor.W8A8Config()),
+        ("tersor W7A8", tersor.W8A8Config(weight_bits=7)),  # faster on AVX2-only CPUs
         ("tersor W8", tersor.W8Config()),
         ("tersor W4A8 g32", tersor.W4A8Config(group_size=32)),
         ("tersor W4 g128", tersor.W4Config(group_size=128)),
