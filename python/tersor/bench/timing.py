@@ -26,7 +26,9 @@ def time_interleaved(
     the next implementation's threads: tersor's ResNet-18 at batch 1 timed 27 ms after
     OpenVINO's calls, 15.5 ms after torch.ao's, in one interleaved run on 2 cores; a 2048x512
     layer at 32 rows: tersor W8A8 589 us after OpenVINO's fp32-activation calls, 515 us with
-    the pause, Zen 3).
+    the pause, Zen 3). After the pause one call runs untimed: without it the first call of a
+    block woke the sleeping threads (and vCPUs), and a 2048x512 layer at one row read 0.2-5 ms
+    per call in some runs instead of 0.08.
     """
     counters = {name: 0 for name in fns}
     calls = {}
@@ -40,8 +42,10 @@ def time_interleaved(
     for _ in range(rounds):
         for name, fn in fns.items():
             n = calls[name]
-            if gap_s:
+            if gap_s:  # then one call untimed: its threads (and this VM's idle vCPUs) wake up
                 time.sleep(gap_s)
+                fn(x, counters[name])
+                counters[name] += 1
             t0 = time.perf_counter()
             for _ in range(n):
                 fn(x, counters[name])
