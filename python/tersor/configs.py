@@ -130,7 +130,7 @@ class W8A8Config(_QuantConfig):
 
     weight_bits: 8, or 7 (codes in [-63, 63], scale = absmax / 63: twice the weight rounding
             error). On CPUs without VNNI (AVX2 only) 7-bit weights let the int8 multiply run
-            without sign handling (1.2-1.4x the speed from 8 rows; OpenVINO's default there,
+            without sign handling (1.2-1.5x the speed from 8 rows; OpenVINO's default there,
             where torch.ao drops an activation bit instead); elsewhere the same speed. The
             results are the same on every ISA path either way.
     """

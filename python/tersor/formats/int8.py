@@ -54,7 +54,11 @@ NARROW_MAX = 64  # every |code| <= 64: the AVX2 kernel's u8 (a + 128) x s8 w can
 
 def weight_qmax(config) -> int:
     """The largest int8 weight code a config asks for: 127, or 63 for weight_bits=7."""
-    return (1 << (getattr(config, "weight_bits", 8) - 1)) - 1
+    return qmax_of_bits(getattr(config, "weight_bits", 8))
+
+
+def qmax_of_bits(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
 
 
 def is_narrow(codes: torch.Tensor) -> bool:

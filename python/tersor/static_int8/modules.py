@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tersor import _C
-from tersor.formats.int8 import is_narrow, pack_int8, quantize_per_channel_int8
+from tersor.formats.int8 import is_narrow, pack_int8, qmax_of_bits, quantize_per_channel_int8
 from tersor.nn.qconv import QConv2d
 from tersor.ops import int8_static as ops
 from tersor.ops._common import QMAX, _is_compiling, eager
@@ -146,7 +146,7 @@ class StaticConv(_Static):
             else:
                 w2 = QConv2d.gemm_weight(layer).float()
         self.out_channels = w.shape[0]
-        q, s = quantize_per_channel_int8(w2, label, (1 << (weight_bits - 1)) - 1)
+        q, s = quantize_per_channel_int8(w2, label, qmax_of_bits(weight_bits))
         self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", s)
         b = layer.bias.detach().float().clone() if layer.bias is not None else None
