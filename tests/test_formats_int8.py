@@ -74,6 +74,10 @@ def test_weight_bits_7_layers():
     w8 = tersor.nn.QLinear.from_float(lin, tersor.W8Config())
     assert not w8.fmt.narrow_w  # fp32 activations: no such kernel
 
+    compiled = torch.compile(fresh, fullgraph=True)  # the op takes the hint too
+    with torch.no_grad():
+        assert torch.equal(compiled(x), fresh(x))
+
     for bad in (6, 16, True):
         with pytest.raises(ValueError, match="weight_bits must be 8 or 7"):
             tersor.W8A8Config(weight_bits=bad)
