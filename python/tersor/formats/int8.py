@@ -130,6 +130,7 @@ class Int8Format(WeightFormat):
     activations (``tersor::gemm_w8``)."""
 
     widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
+    narrow_w = False  # set from the codes by the constructors (a pickle from before it: False)
 
     tensor_names = ("packed", "colsum", "scale", "input_scale")
     input_tensor_names = ("input_scale",)

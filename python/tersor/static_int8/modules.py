@@ -116,6 +116,7 @@ class StaticConv(_Static):
 
     scale_names = ("input_scale", "output_scale", "residual_scale")
     zero_means_none = ("output_scale", "residual_scale")
+    _narrow_w = False  # set from the codes by _pack (a pickle from before it: False)
 
     def __init__(self, layer: nn.Module, label: str, input_scale: float, output_scale: float,
                  act=None, residual_scale: float = 0.0, weight_bits: int = 8):  # fmt: skip
