@@ -79,5 +79,6 @@ def test_weight_bits_7_layers():
         assert torch.equal(compiled(x), fresh(x))
 
     for bad in (6, 16, True):
-        with pytest.raises(ValueError, match="weight_bits must be 8 or 7"):
-            tersor.W8A8Config(weight_bits=bad)
+        for cfg in (tersor.W8A8Config, tersor.W8A8StaticConfig):
+            with pytest.raises(ValueError, match=f"{cfg.__name__}.weight_bits must be 8 or 7"):
+                cfg(weight_bits=bad)

@@ -11,6 +11,11 @@ KERNELS = ("auto", "native", "cuda", "triton", "ref")
 METHODS = ("rtn", "gptq", "awq", "awq+gptq")  # how quantization configs choose their weights
 
 
+def _check_weight_bits(cls: str, bits) -> None:
+    if bits not in (7, 8) or isinstance(bits, bool):
+        raise ValueError(f"{cls}.weight_bits must be 8 or 7, got {bits!r}")
+
+
 def _check_kernel(cls: str, kernel: str) -> None:
     if kernel not in KERNELS:
         raise ValueError(f"{cls}.kernel must be one of {KERNELS}, got {kernel!r}")
@@ -140,8 +145,7 @@ class W8A8Config(_QuantConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.weight_bits not in (7, 8) or isinstance(self.weight_bits, bool):
-            raise ValueError(f"W8A8Config.weight_bits must be 8 or 7, got {self.weight_bits!r}")
+        _check_weight_bits(type(self).__name__, self.weight_bits)
 
 
 @dataclass(frozen=True)
@@ -325,10 +329,7 @@ class W8A8StaticConfig(Config):
     weight_bits: int = 8
 
     def __post_init__(self):
-        if self.weight_bits not in (7, 8) or isinstance(self.weight_bits, bool):
-            raise ValueError(
-                f"W8A8StaticConfig.weight_bits must be 8 or 7, got {self.weight_bits!r}"
-            )
+        _check_weight_bits(type(self).__name__, self.weight_bits)
         if self.observer not in OBSERVERS:
             raise ValueError(
                 f"W8A8StaticConfig.observer must be one of {OBSERVERS}, got {self.observer!r}"
