@@ -7,3 +7,8 @@ TRITON_INTERPRET=1 (the CI checks), on CUDA tensors natively.
                    split-K for small M, autotuned tiles on a GPU
     dequant.py     whole-weight int8 / int4 -> fp16/bf16/fp32 (the large-M path)
 """
+
+# Every launch names its floating-point contraction (Triton 3.9 warns when a launch leaves it to
+# the default, which 3.10 changes): fused multiply-adds on in the GEMMs and dequantization, off
+# where a rounding must match the CPU kernels' (gemm_w8a8.quantize_rows).
+FP_FUSION = {"enable_fp_fusion": True}

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import FP_FUSION
+
 
 @triton.jit
 def dequant_w8_kernel(q_ptr, s_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -58,7 +60,9 @@ def dequant_w8(q: torch.Tensor, scale: torch.Tensor, dtype=torch.float16) -> tor
     n, k = q.shape
     out = torch.empty(n, k, dtype=dtype, device=q.device)
     grid = (triton.cdiv(n, 32), triton.cdiv(k, 64))
-    dequant_w8_kernel[grid](q.contiguous(), scale.contiguous(), out, n, k, BLOCK_N=32, BLOCK_K=64)
+    dequant_w8_kernel[grid](
+        q.contiguous(), scale.contiguous(), out, n, k, BLOCK_N=32, BLOCK_K=64, **FP_FUSION
+    )
     return out
 
 
@@ -80,5 +84,6 @@ def dequant_w4(
         HAS_ZERO=zero is not None,
         BLOCK_N=32,
         BLOCK_K=64,
+        **FP_FUSION,
     )
     return out

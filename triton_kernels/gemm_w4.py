@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import FP_FUSION
+
 
 def _kernel(
     x_ptr,
@@ -191,6 +193,7 @@ def gemm_w4(
         HAS_BIAS=bias is not None,
         SPLIT_K=split_k,
         FP32_DOT=x.dtype == torch.float32,
+        **FP_FUSION,
     )
     if x.is_cuda and not _interpreted():
         grid = lambda meta: (

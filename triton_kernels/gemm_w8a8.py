@@ -9,7 +9,11 @@ import torch
 import triton
 import triton.language as tl
 
-_MAGIC = 12582912.0  # 1.5 * 2**23: x + M - M rounds fp32 |x| < 2**22 half to even
+from . import FP_FUSION
+
+# 1.5 * 2**23: x + M - M rounds fp32 |x| < 2**22 half to even (a constexpr: a jit function reads
+# no other globals)
+_MAGIC = tl.constexpr(12582912.0)
 
 
 @triton.jit
@@ -22,14 +26,16 @@ def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, BLOCK_K: tl.constexp
         x = tl.load(x_ptr + row * stride_xm + rk, mask=rk < K, other=0.0)
         amax = tl.maximum(amax, tl.abs(x))
     a = tl.max(amax, axis=0)
-    inv = tl.where(a > 0, 127.0 / a, 0.0)
+    # IEEE divisions (Triton's "/" is the approximate one on a GPU): the scale and the codes are
+    # the CPU kernel's bit for bit
+    inv = tl.where(a > 0, tl.math.div_rn(tl.zeros_like(a) + 127.0, a), 0.0)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + row * stride_xm + rk, mask=rk < K, other=0.0)
         q = (x * inv + _MAGIC) - _MAGIC
         q = tl.minimum(tl.maximum(q, -127.0), 127.0)
         tl.store(q_ptr + row * K + rk, q.to(tl.int8), mask=rk < K)
-    tl.store(s_ptr + row, a / 127.0)
+    tl.store(s_ptr + row, tl.math.div_rn(a, tl.zeros_like(a) + 127.0))
 
 
 @triton.jit
@@ -73,6 +79,17 @@ def gemm_w8a8_kernel(
     tl.store(y_ptr + rm[:, None] * N + rn[None, :], y, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
+def quantize_rows(x: torch.Tensor):
+    """x [M, K] float32 (row stride free, unit column stride) -> (q int8 [M, K], scale fp32 [M]),
+    bit for bit the CPU kernels' codes and scales."""
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.int8, device=x.device)
+    s = torch.empty(m, dtype=torch.float32, device=x.device)
+    # no fused multiply-add: x * inv is rounded before the rounding to an integer, as on the CPU
+    quantize_rows_kernel[(m,)](x, q, s, k, x.stride(0), BLOCK_K=128, enable_fp_fusion=False)
+    return q, s
+
+
 def gemm_w8a8(
     x: torch.Tensor,
     q: torch.Tensor,
@@ -85,9 +102,7 @@ def gemm_w8a8(
     """x [M, K] float32, q [N, K] int8, scale [N] float32 -> y [M, N] float32."""
     m, k = x.shape
     n = q.shape[0]
-    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
-    sx = torch.empty(m, dtype=torch.float32, device=x.device)
-    quantize_rows_kernel[(m,)](x, xq, sx, k, x.stride(0), BLOCK_K=128)
+    xq, sx = quantize_rows(x)
     y = torch.empty(m, n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     gemm_w8a8_kernel[grid](
@@ -104,5 +119,6 @@ def gemm_w8a8(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
+        **FP_FUSION,
     )
     return y

@@ -5,13 +5,18 @@
 //   values fp16 [N][K/2]   the canonical 2:4 values (formats/sparse24.py), as they are: lane
 //                          (g, t) of a 16-row tile reads chunk t (and 4 + t) of rows g, g + 8
 //   meta   u32  [N][K/32]  8 canonical meta nibbles (p0 | p1 << 2) per word, chunk c at bits
-//                          4c .. 4c + 3: the mma.sp metadata of one row for one k32 step
-//                          (sparsity selector 0: lanes t = 0 / 1 of a quad give rows g / g + 8)
+//                          4c .. 4c + 3: one row's metadata for one k32 step
+//
+// mma.sp m16n8k32 .f16 metadata, sparsity selector 0 (PTX ISA "sparse-mma-metadata-16832-f16"):
+// lanes t = 0 and 1 of quad g supply it, each for both of the quad's rows and one k16 half:
+//
+//   lane (g, t)   bits 0..15: row g,     chunks 4t .. 4t + 3   (k 16t .. 16t + 15)
+//                 bits 16..31: row g + 8, chunks 4t .. 4t + 3
+//
+// so a lane takes half of each of its two rows' words (one byte permute).
 //
 // Block: 4 warps x 16 channels = 64 channels, 64 activation rows (8 n8 tiles); x tiles of 64 k
 // double-buffered in shared memory by cp.async. Requires K % 32 == 0 and ldx % 8 == 0.
-// The metadata lane assignment follows the PTX ISA figure for m16n8k32 .f16; not yet run on a
-// GPU here (bench/gpu_check.sh checks it against the reference first).
 #include "common/cuda_common.cuh"
 #include "spmm_24/spmm_24_cuda.h"
 
@@ -44,11 +49,14 @@ spmm_24_kernel(const __half* __restrict__ x, int64_t ldx, const uint32_t* __rest
       cuda::cp_async16(&sx[buf][r][kc], ok ? x + int64_t(m0 + r) * ldx + k0 + kc : x, ok);
     }
   };
-  // this lane's rows of W (g and g + 8) and its metadata row (lanes t = 0 / 1 of the quad)
-  const bool ok0 = n0 + g < N, ok1 = n0 + g + 8 < N, okm = t < 2 && n0 + g + 8 * t < N;
+  // this lane's rows of W (g and g + 8): values, and the metadata words of both
+  const bool ok0 = n0 + g < N, ok1 = n0 + g + 8 < N;
   const uint32_t* v0 = values + int64_t(ok0 ? n0 + g : 0) * vstride;
   const uint32_t* v1 = values + int64_t(ok1 ? n0 + g + 8 : 0) * vstride;
-  const uint32_t* mrow = meta + int64_t(okm ? n0 + g + 8 * t : 0) * mstride;
+  const uint32_t* m0row = meta + int64_t(ok0 ? n0 + g : 0) * mstride;
+  const uint32_t* m1row = meta + int64_t(ok1 ? n0 + g + 8 : 0) * mstride;
+  // low halves (k 0..15) for lane t = 0, high halves (k 16..31) for t = 1 (t = 2, 3: unread)
+  const uint32_t half_sel = (t & 1) ? 0x7632u : 0x5410u;
 
   float acc[8][4] = {};
   load_x(0, 0);
@@ -69,7 +77,9 @@ spmm_24_kernel(const __half* __restrict__ x, int64_t ldx, const uint32_t* __rest
         a[2] = ok0 ? v0[c0 + 4 + t] : 0u;
         a[3] = ok1 ? v1[c0 + 4 + t] : 0u;
         // padding rows: positions (0, 1) with zero values
-        const uint32_t e = okm ? mrow[k / 32] : 0x44444444u;
+        const uint32_t w0 = ok0 ? m0row[k / 32] : 0x44444444u;
+        const uint32_t w1 = ok1 ? m1row[k / 32] : 0x44444444u;
+        const uint32_t e = __byte_perm(w0, w1, half_sel);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const __half* p = &sx[s & 1][j * 8 + g][ks + 2 * t];

@@ -7,7 +7,7 @@ GPU weight forms (built from the canonical form once per packed tensor, ``forms`
     int8:  q int8 [N, K], scale fp32 [N]                       (Triton, CUDA W8A8)
     int4:  nibbles uint8 [N, K/2], scale fp16 [N, NG], zero uint8 [N, NG] or None (Triton);
            words int32 (formats/int4.py shuffle_w4_mma), scale / 1024 + zero fp16 [NG, Np] (CUDA)
-    2:4:   values fp16 [N, K/2], meta words int32 [N, K/32]     (CUDA mma.sp)
+    2:4:   values fp16 [N, K/2], meta words int32 [N, K/32]     (CUDA mma.sp; sparse24_forms)
 
 Large M: past DEQUANT_ROWS rows a weight-only layer dequantizes the whole weight (Triton) and
 runs cuBLAS, the dequantize + GEMM path DESIGN allows where it is faster; the thresholds are
@@ -182,22 +182,20 @@ def int4_forms(q, scale, zero, group_size: int, cuda: bool) -> dict:
     return forms
 
 
-def spmm_24(x2, values, meta, bias, kernel, what, dense_weight):
+def spmm_24(x2, sf, bias, kernel, what, dense_weight):
     """2:4 on a device: CUDA mma.sp for fp16 activations (K % 32 == 0), else the dense product
-    on the decompressed weight (cuBLAS: the reference here; Triton has no sparse dot)."""
+    on the decompressed weight (cuBLAS: the reference here; Triton has no sparse dot).
+    sf: sparse24_forms()."""
     k = device.pick(
         kernel, x2, ("cuda",) if x2.dtype == torch.float16 and x2.shape[1] % 32 == 0 else (), what
     )
     if k == "cuda":
-        from tersor.formats.sparse24 import meta_words_24
-
         ext = _cuda_ext()
         xin = x2.contiguous()
         m, kk = xin.shape
-        n = values.shape[0]
+        n = sf["values16"].shape[0]
         y = torch.empty(m, n, dtype=torch.float16, device=x2.device)
-        vals = values.to(torch.float16).contiguous()
-        words = meta_words_24(meta)
+        vals, words = sf["values16"], sf["words"]
         b = None if bias is None else bias.to(torch.float16).contiguous()
         ext.spmm_24(
             xin.data_ptr(),
@@ -254,14 +252,25 @@ def int4_linear(x, codes, scale, zero, bias, n: int, group_size: int, kernel: st
     return y.view(*x.shape[:-1], n)
 
 
+def sparse24_forms(values, meta, n: int, k: int) -> dict:
+    """The 2:4 GPU forms from the packed ones: canonical values / meta, plus, where the CUDA
+    kernel can run (a CUDA tensor, K % 32 == 0), fp16 values and its metadata words."""
+    from tersor.formats.sparse24 import meta_words_24, unpack_24
+
+    v, m = unpack_24(values, meta, n, k)
+    sf = {"values": v, "meta": m}
+    if v.is_cuda and k % 32 == 0:
+        sf.update(values16=v.to(torch.float16).contiguous(), words=meta_words_24(m))
+    return sf
+
+
 def sparse24_linear(x, values, meta, bias, n: int, kernel: str):
-    from tersor.formats.sparse24 import decompress_24, unpack_24
+    from tersor.formats.sparse24 import decompress_24
 
     k = x.shape[-1]
-    v, m = forms(values, lambda: unpack_24(values, meta, n, k))
-    y = spmm_24(
-        _rows(x), v, m, bias, kernel, "tersor::spmm_24", lambda: decompress_24(v.float(), m, k)
-    )
+    sf = forms(values, lambda: sparse24_forms(values, meta, n, k))
+    dense = lambda: decompress_24(sf["values"].float(), sf["meta"], k)
+    y = spmm_24(_rows(x), sf, bias, kernel, "tersor::spmm_24", dense)
     return y.view(*x.shape[:-1], n)
 
 
