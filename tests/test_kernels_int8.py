@@ -110,6 +110,25 @@ def test_gemm_w8a8_narrow_weights_exact(isa, m, k, n, gen):
     assert torch.equal(y, (acc.float().double() * (sx[:, None] * s[None, :]).double()).float())
 
 
+@pytest.mark.parametrize("m", [5, 13, 32])
+@pytest.mark.parametrize("k", [260, 1029])
+@pytest.mark.parametrize("narrow", [False, True])
+def test_gemm_w8a8_few_rows_k_chunks_exact(isa, m, k, narrow, gen):
+    """5-32 rows run each column block in k chunks, every row tile over a chunk before the next
+    (gemm_w8a8_avx2.cpp): tiles of non-negative and of signed rows side by side, K over several
+    chunks with a short last one, 7- and 8-bit weights; the exact integer product."""
+    n = 40
+    x = torch.randn(m, k, generator=gen)
+    x[:4], x[8:12] = x[:4].abs(), x[8:12].abs()  # tiles 0 and 2: non-negative codes
+    q = quantize_per_channel_int8(torch.randn(n, k, generator=gen), qmax=63 if narrow else 127)[0]
+    s = torch.rand(n, generator=gen) + 0.5
+    p = pack_int8(q, s)
+    y = gemm_w8a8(x, p.packed, p.colsum, p.scale, None, n, "auto", narrow)
+    qx, sx = quantize_rows_ref(x)
+    acc = qx.double() @ q.double().t()
+    assert torch.equal(y, (acc.float().double() * (sx[:, None] * s[None, :]).double()).float())
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "row_stride", "transposed"])
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("k,n", SHAPES_KN)

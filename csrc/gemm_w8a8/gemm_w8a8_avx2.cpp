@@ -13,6 +13,111 @@
 #include "quant_act/quant_act.h"
 
 namespace tersor::gemm_w8a8 {
+namespace {
+
+using avx2::kMR;
+using avx2::Signs;
+
+// Few rows (5-32), k chunks: each column block goes in chunks of kChunkGroups 4-k groups (4 KiB
+// of weights, in L1), every row tile over a chunk before the next one, the tiles' accumulators
+// parked in memory between chunks; the first tile prefetches kChunkPrefetchLines ahead. One
+// tile after another over the whole 16-column block streamed it from memory in the first tile,
+// with little compute to overlap, then left memory idle while the others re-read it from L2.
+// Zen 3, weights from DRAM, GMAC/s per core, interleaved in one process (best of 7): one
+// thread, 7-bit weights, 4096x4096 at 8 / 16 rows 61-71 / 66-80 -> 77-83 / 78-87; two threads
+// 1.0-1.25x at 5-32 rows on 4096x4096, 4096x11008 and 11008x4096, exact 8-bit weights (the
+// sign trick) 1.0-1.15x; cache-resident layers unchanged. At 64 rows it lost (0.9x): the
+// tiles' accumulator traffic and a single prefetching tile.
+constexpr int64_t kChunkGroups = 64, kChunkPrefetchLines = 32, kChunkMaxTiles = 8;
+
+// One row tile's pass over groups [g0, g0 + groups) of a column block, its accumulators in
+// acc_mem [MR][2].
+template <int MR, Signs kSigns>
+void chunk_pass(__m256i* acc_mem, const uint8_t* const* rows, int64_t g0, int64_t groups,
+                const int8_t* wblock, int prefetch) {
+  __m256i acc[MR][2];
+  const uint8_t* ap[MR];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = _mm256_load_si256(acc_mem + 2 * r);
+    acc[r][1] = _mm256_load_si256(acc_mem + 2 * r + 1);
+    ap[r] = rows[r] + 4 * g0;
+  }
+  avx2::dot_groups<MR, kSigns>(acc, ap, wblock + 64 * g0, groups, prefetch, kChunkPrefetchLines);
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    _mm256_store_si256(acc_mem + 2 * r, acc[r][0]);
+    _mm256_store_si256(acc_mem + 2 * r + 1, acc[r][1]);
+  }
+}
+
+template <int MR, Signs kSigns>
+void chunk_start(__m256i* acc_mem, const PackedW8LinearArgs& a, int64_t n0) {
+  __m256i acc[MR][2];
+  avx2::start_acc<MR, kSigns>(acc, a, n0, nullptr);
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < 2; ++h) _mm256_store_si256(acc_mem + 2 * r + h, acc[r][h]);
+}
+
+template <int MR>
+void chunk_finish(const __m256i* acc_mem, const float* sx, const PackedW8LinearArgs& a,
+                  float* y, int64_t n0) {
+  __m256i acc[MR][2];
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_load_si256(acc_mem + 2 * r + h);
+  store_int8_tile<MR>(acc, sx, a.w_scale, a.bias, a.N, y, a.ldy, n0);
+}
+
+// The tile variants the k-chunk driver takes, by row tile: non-negative codes, signed codes
+// (the sign trick: the XOR tile stages whole column blocks instead), narrow weights' a + 128
+using PassFn = void (*)(__m256i*, const uint8_t* const*, int64_t, int64_t, const int8_t*, int);
+using StartFn = void (*)(__m256i*, const PackedW8LinearArgs&, int64_t);
+using FinishFn = void (*)(const __m256i*, const float*, const PackedW8LinearArgs&, float*,
+                          int64_t);
+constexpr PassFn kPass[3][kMR] = {
+    {chunk_pass<1, Signs::kNonNegative>, chunk_pass<2, Signs::kNonNegative>,
+     chunk_pass<3, Signs::kNonNegative>, chunk_pass<4, Signs::kNonNegative>},
+    {chunk_pass<1, Signs::kSignA>, chunk_pass<2, Signs::kSignA>, chunk_pass<3, Signs::kSignA>,
+     chunk_pass<4, Signs::kSignA>},
+    {chunk_pass<1, Signs::kNarrowBiased>, chunk_pass<2, Signs::kNarrowBiased>,
+     chunk_pass<3, Signs::kNarrowBiased>, chunk_pass<4, Signs::kNarrowBiased>}};
+constexpr StartFn kStart[3][kMR] = {
+    {chunk_start<1, Signs::kNonNegative>, chunk_start<2, Signs::kNonNegative>,
+     chunk_start<3, Signs::kNonNegative>, chunk_start<4, Signs::kNonNegative>},
+    {chunk_start<1, Signs::kSignA>, chunk_start<2, Signs::kSignA>,
+     chunk_start<3, Signs::kSignA>, chunk_start<4, Signs::kSignA>},
+    {chunk_start<1, Signs::kNarrowBiased>, chunk_start<2, Signs::kNarrowBiased>,
+     chunk_start<3, Signs::kNarrowBiased>, chunk_start<4, Signs::kNarrowBiased>}};
+constexpr FinishFn kFinish[kMR] = {chunk_finish<1>, chunk_finish<2>, chunk_finish<3>,
+                                   chunk_finish<4>};
+
+// Inside the parallel region: the few-rows GEMM over `tiles` row tiles of quantized rows (Kp
+// codes each, whole tiles), threads splitting the column blocks, in k chunks.
+void run_k_chunks(const PackedW8LinearArgs& a, int64_t tiles, const uint8_t* rows,
+                  const float* sx, const bool* non_negative, bool biased) {
+  const int64_t Kp = round_up(a.K, 4), groups = Kp / 4, n_blocks = round_up(a.N, 16) / 16;
+  auto acc = alloc_scratch<__m256i>(tiles * kMR * 2);
+  auto ptrs = alloc_scratch<const uint8_t*>(tiles * kMR);
+  for (int64_t i = 0; i < tiles * kMR; ++i) ptrs.get()[i] = rows + i * Kp;
+  const auto variant = [&](int64_t t) { return biased ? 2 : non_negative[t] ? 0 : 1; };
+  const auto rows_of = [&](int64_t t) { return int(std::min<int64_t>(kMR, a.M - t * kMR)); };
+  int64_t b0, b1;
+  thread_range(n_blocks, &b0, &b1);
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int8_t* wb = a.w + blk * Kp * 16;
+    for (int64_t t = 0; t < tiles; ++t)
+      kStart[variant(t)][rows_of(t) - 1](acc.get() + t * 2 * kMR, a, blk * 16);
+    for (int64_t g0 = 0; g0 < groups; g0 += kChunkGroups)
+      for (int64_t t = 0; t < tiles; ++t)
+        kPass[variant(t)][rows_of(t) - 1](acc.get() + t * 2 * kMR, ptrs.get() + t * kMR, g0,
+                                          std::min(kChunkGroups, groups - g0), wb, t == 0);
+    for (int64_t t = 0; t < tiles; ++t)
+      kFinish[rows_of(t) - 1](acc.get() + t * 2 * kMR, sx + t * kMR, a, a.y + t * kMR * a.ldy,
+                              blk * 16);
+  }
+}
+
+}  // namespace
 
 void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   using avx2::kMR;
@@ -54,6 +159,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   // signed rows take the XOR tile (tile_avx2.h) where staging its operands, once per column
   // block and call, costs less than it saves: from 8 row tiles
   const bool xor_tiles = a.M >= 8 * kMR;
+  const bool k_chunks = tiles > 1 && tiles <= kChunkMaxTiles && !(xor_tiles && !biased);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
     avx2::XorWeights xw;
@@ -61,17 +167,20 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
     for (int64_t t = 0; t < tiles; ++t)
       non_negative.get()[t] = quantize(t * kMR, std::min(a.M, t * kMR + kMR),
                                        rows.get() + t * kMR * Kp, sx.get() + t * kMR);
-    for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
-      const uint8_t* r = rows.get() + m0 * Kp;
-      const avx2::ARows src{
-          {r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}, prefetch, biased};
-      avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16, sx.get() + m0,
-                     a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0}, blk * 16,
-                     xor_tiles ? &xw : nullptr);
-    });
+    if (k_chunks) {
+      run_k_chunks(a, tiles, rows.get(), sx.get(), non_negative.get(), biased);
+    } else {
+      for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
+        const uint8_t* r = rows.get() + m0 * Kp;
+        const avx2::ARows src{
+            {r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}, prefetch, biased};
+        avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16,
+                       sx.get() + m0, a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0},
+                       blk * 16, xor_tiles ? &xw : nullptr);
+      });
+    }
   }
 }
-
 void run_avx2(const PackedW8LinearArgs& a) {
   run_rows_avx2(a, [&](int64_t m, uint8_t* dst, int64_t gs, uint8_t xm) {
     return quant_act::quantize_row_avx2(quant_act::a8_row(a, m), a.K, dst, gs, xm,

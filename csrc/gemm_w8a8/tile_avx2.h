@@ -193,6 +193,71 @@ TERSOR_UNROLL
 };
 }  // namespace
 
+// The accumulators' start: 0, kXorW the column's sum of |w| over its negative codes (staged
+// in neg_sums), narrow weights -128 * colsum.
+template <int MR, Signs kSigns>
+static inline void start_acc(__m256i (&acc)[MR][2], const PackedW8LinearArgs& a, int64_t n0,
+                             const int32_t* neg_sums) {
+  const __m256i zero = _mm256_setzero_si256();
+TERSOR_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    __m256i start = zero;
+    if constexpr (kSigns == Signs::kXorW)
+      start = _mm256_load_si256(reinterpret_cast<const __m256i*>(neg_sums + 8 * h));
+    if constexpr (kSigns == Signs::kNarrowBiased || kSigns == Signs::kNarrowFlip)
+      start = _mm256_sub_epi32(zero, _mm256_slli_epi32(_mm256_loadu_si256(
+                  reinterpret_cast<const __m256i*>(a.colsum + n0 + 8 * h)), 7));
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) acc[r][h] = start;
+  }
+}
+
+// acc += the rows' codes ap[r][0 .. 4 * groups) x `groups` 4-k groups of one column block at
+// wp (64 bytes each; kXorW: the staged 128-byte groups). prefetch: ARows::prefetch.
+template <int MR, Signs kSigns>
+static inline void dot_groups(__m256i (&acc)[MR][2], const uint8_t* const (&ap)[MR],
+                              const int8_t* wp, int64_t groups, int prefetch,
+                              int64_t prefetch_lines = kPrefetchLines) {
+  constexpr bool kXor = kSigns == Signs::kXorW;
+  constexpr bool kNarrow = kSigns == Signs::kNarrowBiased || kSigns == Signs::kNarrowFlip;
+  constexpr int64_t step = kXor ? 128 : 64;  // bytes per 4-k group
+  const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+#pragma GCC unroll 2  // measured 5-15% on short K (1x1 convs: 16 groups per run)
+  for (int64_t g = 0; g < groups; ++g, wp += step) {
+    // kXorW: |w| and w's sign masks (staged), else w
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32));
+    const __m256i neg0 =
+        kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 64)) : zero;
+    const __m256i neg1 =
+        kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 96)) : zero;
+    const int64_t off = 4 * g;
+    const char* ahead = reinterpret_cast<const char*>(wp + prefetch_lines * 64);
+    if (prefetch == 2) _mm_prefetch(ahead, _MM_HINT_NTA);
+    if (prefetch == 1) _mm_prefetch(ahead, _MM_HINT_T0);
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
+      if constexpr (kSigns == Signs::kNarrowFlip) av = _mm256_xor_si256(av, flip);
+      __m256i p0, p1;
+      if constexpr (kSigns == Signs::kNonNegative || kNarrow) {
+        p0 = _mm256_maddubs_epi16(av, w0);
+        p1 = _mm256_maddubs_epi16(av, w1);
+      } else if constexpr (kXor) {
+        p0 = _mm256_maddubs_epi16(w0, _mm256_xor_si256(av, neg0));
+        p1 = _mm256_maddubs_epi16(w1, _mm256_xor_si256(av, neg1));
+      } else {
+        const __m256i aa = _mm256_abs_epi8(av);
+        p0 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w0, av));
+        p1 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w1, av));
+      }
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p0, ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p1, ones));
+    }
+  }
+}
+
 // Writes the tile's MR rows, columns n0 .. n0 + 16 * nb (nb column blocks, their weight
 // blocks Kp * 16 bytes apart: one call per row tile for short K, see run_row_blocks).
 // kXorW: xw holds the nb blocks staged (XorWeights); wblock is not read.
@@ -201,64 +266,18 @@ static inline void tile(const ARows& src, const int8_t* wblock, const float* sx,
                         const PackedW8LinearArgs& a, const TileOut& out, int64_t n0, int nb,
                         const XorWeights* xw) {
   constexpr bool kXor = kSigns == Signs::kXorW;
-  constexpr bool kNarrow = kSigns == Signs::kNarrowBiased || kSigns == Signs::kNarrowFlip;
-  const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const int64_t block_bytes = (a.K + 3) / 4 * 4 * 16;
-  const int32_t* neg_sums = kXor ? xw->sums : nullptr;
   const int64_t step = kXor ? 128 : 64;  // bytes per 4-k group
   const int8_t* wsrc = kXor ? reinterpret_cast<const int8_t*>(xw->ops.get()) : wblock;
   for (int j = 0; j < nb; ++j, wsrc += step * block_bytes / 64, n0 += 16) {
     __m256i acc[MR][2];
-TERSOR_UNROLL
-    for (int h = 0; h < 2; ++h) {
-      __m256i start = zero;
-      if constexpr (kXor)
-        start = _mm256_load_si256(reinterpret_cast<const __m256i*>(neg_sums + 16 * j + 8 * h));
-      if constexpr (kNarrow)  // sum (a + 128) w - 128 sum w
-        start = _mm256_sub_epi32(zero, _mm256_slli_epi32(_mm256_loadu_si256(
-                    reinterpret_cast<const __m256i*>(a.colsum + n0 + 8 * h)), 7));
-TERSOR_UNROLL
-      for (int r = 0; r < MR; ++r) acc[r][h] = start;
-    }
+    start_acc<MR, kSigns>(acc, a, n0, kXor ? xw->sums + 16 * j : nullptr);
     const int8_t* wp = wsrc;
-    for (int64_t i = 0; i < src.runs.n_runs; ++i) {
+    for (int64_t i = 0; i < src.runs.n_runs; ++i, wp += step * src.runs.run_groups) {
       const uint8_t* ap[MR];
 TERSOR_UNROLL
       for (int r = 0; r < MR; ++r) ap[r] = src.row[r] + src.runs.run_offset[i];
-#pragma GCC unroll 2  // measured 5-15% on short K (1x1 convs: 16 groups per run)
-      for (int64_t g = 0; g < src.runs.run_groups; ++g, wp += step) {
-        // kXorW: |w| and w's sign masks (staged), else w
-        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
-        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32));
-        const __m256i neg0 =
-            kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 64)) : zero;
-        const __m256i neg1 =
-            kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 96)) : zero;
-        const int64_t off = 4 * g;
-        const char* ahead = reinterpret_cast<const char*>(wp + kPrefetchLines * 64);
-        if (src.prefetch == 2) _mm_prefetch(ahead, _MM_HINT_NTA);
-        if (src.prefetch == 1) _mm_prefetch(ahead, _MM_HINT_T0);
-TERSOR_UNROLL
-        for (int r = 0; r < MR; ++r) {
-          __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
-          if constexpr (kSigns == Signs::kNarrowFlip) av = _mm256_xor_si256(av, flip);
-          __m256i p0, p1;
-          if constexpr (kSigns == Signs::kNonNegative || kNarrow) {
-            p0 = _mm256_maddubs_epi16(av, w0);
-            p1 = _mm256_maddubs_epi16(av, w1);
-          } else if constexpr (kXor) {
-            p0 = _mm256_maddubs_epi16(w0, _mm256_xor_si256(av, neg0));
-            p1 = _mm256_maddubs_epi16(w1, _mm256_xor_si256(av, neg1));
-          } else {
-            const __m256i aa = _mm256_abs_epi8(av);
-            p0 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w0, av));
-            p1 = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(w1, av));
-          }
-          acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p0, ones));
-          acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p1, ones));
-        }
-      }
+      dot_groups<MR, kSigns>(acc, ap, wp, src.runs.run_groups, src.prefetch);
     }
     if (out.codes) {
       store_codes_tile<MR>(acc, a.w_scale, a.bias, a.N, *out.codes, out.m, n0);
