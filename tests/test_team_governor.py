@@ -5,6 +5,10 @@ Its decisions are tested on a governor of its own, on made-up times and switch c
 kernels ask it, on the real one. That a decode beside a busy process really gets faster is
 shown by ``python -m tersor.bench --family busy`` (timing, not a unit test)."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -71,6 +75,39 @@ def test_busy_cores_give_up_a_thread_then_try_it_again():
     assert one_thread_stretches(sizes) == [4 * G.BACKOFF_MIN_NS // MS]
     assert sizes[-1] == 2 and g.stats()["threads_given_up"] == 0
     assert g.stats()["cuts"] == 3 and g.stats()["tries"] == 3
+
+
+def test_switches_without_another_process_keep_every_thread():
+    """Threads of this process preempting each other (a tokenizer pool spinning after its batch)
+    count as switches too; with no other process's thread waiting to run when a window is
+    judged, no thread is given up. One waiting: the switches decide again."""
+    g = G()
+    g.set_others_runnable(0)
+    c = Clock(g)
+    assert set(c.run(10 * G.WINDOW_NS, BUSY)) == {2}
+    s = g.stats()
+    assert s["cuts"] == 0 and s["windows"] >= 9 and s["others_runnable"] == 0
+    g.set_others_runnable(1)
+    sizes = c.run(2 * G.WINDOW_NS, BUSY)
+    assert 1 in sizes and g.stats()["cuts"] >= 1 and g.stats()["others_runnable"] == 1
+
+
+def test_others_runnable_sees_a_busy_process():
+    """The real count (/proc): a busy-looping child process is seen waiting or running."""
+    if _C.others_runnable() < 0:
+        pytest.skip("/proc/loadavg or /proc/self/task cannot be read here")
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        seen = []
+        for _ in range(100):  # up to ~1 s: the child may not have started yet
+            seen.append(_C.others_runnable())
+            if seen[-1] >= 1:
+                break
+            time.sleep(0.01)
+        assert max(seen) >= 1, seen
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_back_off_grows_to_its_limit_and_is_forgotten():

@@ -60,6 +60,7 @@ void bind_cpu(py::module_& m) {
     d["cuts"] = s.cuts;
     d["tries"] = s.tries;
     d["switches_per_s"] = s.switches_per_s;
+    d["others_runnable"] = s.others_runnable;
     return d;
   };
   m.def(
@@ -73,6 +74,9 @@ void bind_cpu(py::module_& m) {
       "Whether kernels give up threads while other work keeps the cores busy "
       "(common/team_governor.h); returns the previous setting. Turning it on or off gives "
       "back every thread given up.");
+  m.def("others_runnable", &others_runnable_now,
+        "Threads of other processes waiting to run now, as the thread governor sees them "
+        "(common/team_governor.h); -1 where /proc cannot say.");
   m.def(
       "team_stats",
       [stats_dict] { return stats_dict(team_governor().stats(), team_governor().enabled()); },
@@ -88,6 +92,9 @@ void bind_cpu(py::module_& m) {
            "Threads for a region asking for `requested` at time now_ns.")
       .def("set_switches", &TeamGovernor::set_switches, py::arg("count"),
            "The process's involuntary context switches so far, as the governor will read them.")
+      .def("set_others_runnable", &TeamGovernor::set_others_runnable, py::arg("n"),
+           "Threads of other processes waiting to run, as the governor will see them when it "
+           "judges a busy window (1 until set: the switches alone decide).")
       .def("set_enabled", &TeamGovernor::set_enabled, py::arg("on"),
            "On or off; either gives back every thread given up.")
       .def(

@@ -3,9 +3,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/resource.h>
+#endif
+#if defined(__linux__)
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
 #endif
 
 namespace tersor {
@@ -23,6 +29,52 @@ int64_t TeamGovernor::switches() const {
   if (getrusage(RUSAGE_SELF, &u) == 0) return u.ru_nivcsw;
 #endif
   return 0;  // nothing to count: never gives up a thread
+}
+
+#if defined(__linux__)
+namespace {
+// The file's first `cap` - 1 bytes, NUL-terminated; false when it cannot be read.
+bool read_head(const char* path, char* buf, size_t cap) {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = ::read(fd, buf, cap - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = 0;
+  return true;
+}
+}  // namespace
+#endif
+
+int others_runnable_now() {
+#if defined(__linux__)
+  char load[256];  // "0.50 0.40 0.30 3/450 12345": 3 runnable now, system-wide
+  if (!read_head("/proc/loadavg", load, sizeof load)) return -1;
+  const char* slash = std::strchr(load, '/');
+  if (!slash) return -1;
+  const char* at = slash;
+  while (at > load && at[-1] != ' ') --at;
+  const long running = std::strtol(at, nullptr, 10);
+  DIR* dir = ::opendir("/proc/self/task");
+  if (!dir) return -1;
+  long ours = 0;
+  while (const dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    char path[64], buf[512];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+    if (!read_head(path, buf, sizeof buf)) continue;
+    const char* paren = std::strrchr(buf, ')');  // the state follows "(comm) "
+    if (paren && paren[1] == ' ' && paren[2] == 'R') ++ours;
+  }
+  ::closedir(dir);
+  return static_cast<int>(std::max(0L, running - ours));
+#else
+  return -1;
+#endif
+}
+
+int TeamGovernor::others_runnable() const {
+  return fake_ ? fake_others_.load(std::memory_order_relaxed) : others_runnable_now();
 }
 
 int TeamGovernor::size(int requested) {
@@ -63,7 +115,9 @@ void TeamGovernor::decide(int size, int64_t now_ns) {
                       double(std::max<int64_t>(now_ns - window_start_, 1));
   stats_.windows += 1;
   stats_.switches_per_s = rate;
-  if (rate > kSwitchesPerSecond) {
+  const int others = rate > kSwitchesPerSecond ? others_runnable() : -1;
+  if (rate > kSwitchesPerSecond) stats_.others_runnable = others;
+  if (rate > kSwitchesPerSecond && others != 0) {
     // Give up a thread. Every cut doubles the wait before the next try: under lasting load a
     // try often passes its own window (a thread that slept is let back on a busy core at once
     // for a while) and the next window cuts again.

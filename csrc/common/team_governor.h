@@ -18,6 +18,15 @@
 // without a cut. Results never depend on the team size (every split gives whole output tiles to
 // one thread), so this changes speed only.
 //
+// The switches are the whole process's, and threads of this process preempt each other too: a
+// tokenizer's worker pool spinning after its batch (Hugging Face tokenizers), or an inference
+// pool beside ours. Giving up a thread does not help against those: they are gone a few
+// milliseconds later, and the cut stays for the back-off. (MiniLM encode, Zen 3: 860 switches
+// / s, most of them the tokenizer threads', and a cut team made the int8 layers 2x slower.) So
+// a busy window also needs a thread of another process waiting to run, seen when the window is
+// judged: the runnable count of /proc/loadavg less this process's threads in state R. Where that cannot
+// be read, the switches alone decide.
+//
 // TERSOR_ADAPTIVE_THREADS=0 turns it off at start-up; set_adaptive_threads() at run time.
 #pragma once
 #include <atomic>
@@ -40,15 +49,19 @@ class TeamGovernor {
     int64_t cuts = 0;     // threads given up
     int64_t tries = 0;    // threads taken back to try
     double switches_per_s = 0;  // in the last window
+    int others_runnable = -1;   // threads of other processes waiting to run, at the last busy
+                                // window (-1: not looked at or not readable)
     int cut = 0;          // threads given up now
   };
 
-  // fake_switches: the switch count is what set_switches() last said (tests), not getrusage.
+  // fake_switches: the switch count is what set_switches() last said (tests), not getrusage, and
+  // the runnable threads of other processes what set_others_runnable() said, not /proc.
   explicit TeamGovernor(bool fake_switches = false) : fake_(fake_switches) {}
   // Threads for a region that asks for `requested` (1 when requested <= 1), now / at now_ns.
   int size(int requested);
   int size_at(int requested, int64_t now_ns);
   void set_switches(int64_t count) { fake_count_ = count; }
+  void set_others_runnable(int n) { fake_others_ = n; }
   void set_enabled(bool on);
   bool enabled() const { return enabled_; }
   Stats stats();
@@ -56,10 +69,12 @@ class TeamGovernor {
  private:
   void decide(int size, int64_t now_ns);  // under mu_
   int64_t switches() const;
+  int others_runnable() const;
 
   std::mutex mu_;
   const bool fake_;
   std::atomic<int64_t> fake_count_{0};
+  std::atomic<int> fake_others_{1};
   std::atomic<bool> enabled_{true};
   std::atomic<int> cut_{0};         // size() reads these without the lock
   std::atomic<int64_t> try_at_{0};  // when to take a thread back
@@ -75,5 +90,8 @@ class TeamGovernor {
 
 TeamGovernor& team_governor();  // the process's one, used by team()
 int64_t monotonic_ns();
+// Runnable threads of other processes now (/proc/loadavg's runnable count less this process's
+// threads in state R), or -1 where /proc cannot say.
+int others_runnable_now();
 
 }  // namespace tersor

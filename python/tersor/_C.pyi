@@ -125,6 +125,9 @@ class TeamGovernor:
     WINDOW_NS: int  # 100000000
     def set_enabled(self, on: bool) -> None:
         """On or off; either gives back every thread given up."""
+    def set_others_runnable(self, n: int) -> None:
+        """Threads of other processes waiting to run, as the governor will see them when it
+        judges a busy window (1 until set: the switches alone decide)."""
     def set_switches(self, count: int) -> None:
         """The process's involuntary context switches so far, as the governor will read them."""
     def size_at(self, requested: int, now_ns: int) -> int:
@@ -641,6 +644,10 @@ def max_pool_s8(
 ) -> None:
     """Max pooling of s8 NHWC codes: output (oh, ow) = max over rows [h0[oh], h1[oh]) x columns
     [w0[ow], w1[ow]) (int64 arrays); div_h / div_w unused."""
+
+def others_runnable() -> int:
+    """Threads of other processes waiting to run now, as the thread governor sees them
+    (common/team_governor.h); -1 where /proc cannot say."""
 
 def quantize_rows(x: int, M: int, K: int, ldx: int, q: int, scales: int, nthreads: int) -> None:
     """Per-row symmetric int8: q int8 [M, K] (contiguous), scales fp32 [M] = amax / 127 (NaN for
