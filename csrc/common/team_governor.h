@@ -24,8 +24,9 @@
 // milliseconds later, and the cut stays for the back-off. (MiniLM encode, Zen 3: 860 switches
 // / s, most of them the tokenizer threads', and a cut team made the int8 layers 2x slower.) So
 // a busy window also needs a thread of another process waiting to run, seen when the window is
-// judged: the runnable count of /proc/loadavg less this process's threads in state R. Where that cannot
-// be read, the switches alone decide.
+// judged: the runnable count of /proc/loadavg less this process's threads in state R (two
+// reads, not one snapshot: a thread changing state between them can miscount by one). Where
+// /proc cannot be read, the switches alone decide.
 //
 // TERSOR_ADAPTIVE_THREADS=0 turns it off at start-up; set_adaptive_threads() at run time.
 #pragma once

@@ -213,7 +213,8 @@ TERSOR_UNROLL
 }
 
 // acc += the rows' codes ap[r][0 .. 4 * groups) x `groups` 4-k groups of one column block at
-// wp (64 bytes each; kXorW: the staged 128-byte groups). prefetch: ARows::prefetch.
+// wp (64 bytes each; kXorW: the staged 128-byte groups). prefetch: ARows::prefetch, of the
+// line prefetch_lines ahead.
 template <int MR, Signs kSigns>
 static inline void dot_groups(__m256i (&acc)[MR][2], const uint8_t* const (&ap)[MR],
                               const int8_t* wp, int64_t groups, int prefetch,
