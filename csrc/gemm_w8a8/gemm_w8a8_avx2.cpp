@@ -27,7 +27,9 @@ using avx2::Signs;
 // thread, 7-bit weights, 4096x4096 at 8 / 16 rows 61-71 / 66-80 -> 77-83 / 78-87; two threads
 // 1.0-1.25x at 5-32 rows on 4096x4096, 4096x11008 and 11008x4096, exact 8-bit weights (the
 // sign trick) 1.0-1.15x; cache-resident layers unchanged. At 64 rows it lost (0.9x): the
-// tiles' accumulator traffic and a single prefetching tile.
+// tiles' accumulator traffic and a single prefetching tile. Signed rows take the sign trick
+// here (from 32 rows, the XOR tile over whole staged blocks below): the XOR tile with each
+// chunk staged ran 0.65-0.95x its time at 5-16 rows.
 constexpr int64_t kChunkGroups = 64, kChunkPrefetchLines = 32, kChunkMaxTiles = 8;
 
 // One row tile's pass over groups [g0, g0 + groups) of a column block, its accumulators in
