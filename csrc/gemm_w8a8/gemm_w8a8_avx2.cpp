@@ -98,9 +98,9 @@ constexpr FinishFn kFinish[kMR] = {chunk_finish<1>, chunk_finish<2>, chunk_finis
 void run_k_chunks(const PackedW8LinearArgs& a, int64_t tiles, const uint8_t* rows,
                   const float* sx, const bool* non_negative, bool biased) {
   const int64_t Kp = round_up(a.K, 4), groups = Kp / 4, n_blocks = round_up(a.N, 16) / 16;
-  auto acc = alloc_scratch<__m256i>(tiles * kMR * 2);
-  auto ptrs = alloc_scratch<const uint8_t*>(tiles * kMR);
-  for (int64_t i = 0; i < tiles * kMR; ++i) ptrs.get()[i] = rows + i * Kp;
+  __m256i acc[kChunkMaxTiles * kMR * 2];  // tiles <= kChunkMaxTiles: no allocation per call
+  const uint8_t* ptrs[kChunkMaxTiles * kMR];
+  for (int64_t i = 0; i < tiles * kMR; ++i) ptrs[i] = rows + i * Kp;
   const auto variant = [&](int64_t t) { return biased ? 2 : non_negative[t] ? 0 : 1; };
   const auto rows_of = [&](int64_t t) { return int(std::min<int64_t>(kMR, a.M - t * kMR)); };
   int64_t b0, b1;
@@ -108,13 +108,13 @@ void run_k_chunks(const PackedW8LinearArgs& a, int64_t tiles, const uint8_t* row
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int8_t* wb = a.w + blk * Kp * 16;
     for (int64_t t = 0; t < tiles; ++t)
-      kStart[variant(t)][rows_of(t) - 1](acc.get() + t * 2 * kMR, a, blk * 16);
+      kStart[variant(t)][rows_of(t) - 1](acc + t * 2 * kMR, a, blk * 16);
     for (int64_t g0 = 0; g0 < groups; g0 += kChunkGroups)
       for (int64_t t = 0; t < tiles; ++t)
-        kPass[variant(t)][rows_of(t) - 1](acc.get() + t * 2 * kMR, ptrs.get() + t * kMR, g0,
+        kPass[variant(t)][rows_of(t) - 1](acc + t * 2 * kMR, ptrs + t * kMR, g0,
                                           std::min(kChunkGroups, groups - g0), wb, t == 0);
     for (int64_t t = 0; t < tiles; ++t)
-      kFinish[rows_of(t) - 1](acc.get() + t * 2 * kMR, sx + t * kMR, a, a.y + t * kMR * a.ldy,
+      kFinish[rows_of(t) - 1](acc + t * 2 * kMR, sx + t * kMR, a, a.y + t * kMR * a.ldy,
                               blk * 16);
   }
 }
