@@ -133,6 +133,51 @@ def test_conv_1x1_reads_the_signs_of_each_tile(isa, c, gen, c_ref):
             torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
 
 
+# (C, N, k, stride, padding, H, W): 4-code groups per kernel row even (3x3 over 64), odd (the
+# 4-channel stem's 7, 3x3 over 4 channels' 3), a 1x1 layer's 6, N past a tile
+NARROW_CASES = [
+    (64, 40, 3, 1, 1, 6, 5),
+    (4, 16, 7, 2, 3, 11, 9),
+    (4, 33, 3, 1, 1, 7, 1),
+    (24, 20, 1, 1, 0, 9, 11),
+]
+
+
+@pytest.mark.parametrize("case", NARROW_CASES)
+def test_conv_narrow_weights_sum_group_pairs_exactly(isa, case, gen, c_ref):
+    """Narrow weights (|w| <= 64) over non-negative codes: the AVX2 tile adds the int16 pair
+    sums of two 4-k groups before widening them (tile_avx2.h). At the extremes (codes 127,
+    weights +-64 of one sign per column) two pair sums reach +-32512: exact, no saturation. One
+    image holds negative codes (the flipped narrow tile), the others none."""
+    c, n, k, s, p, h, w = case
+    xs = torch.where(
+        torch.rand(3, h, w, c, generator=gen) < 0.7,
+        torch.tensor(127, dtype=torch.int8),
+        torch.randint(0, 128, (3, h, w, c), dtype=torch.int8, generator=gen),
+    )
+    xs[1, 0, 0, 0] = -127
+    sign = torch.where(torch.rand(n, 1, generator=gen) < 0.5, -1, 1)
+    q = torch.where(
+        torch.rand(n, k * k * c, generator=gen) < 0.8,
+        64 * sign,
+        torch.randint(-64, 65, (n, k * k * c), generator=gen),
+    ).to(torch.int8)
+    sc = torch.rand(n, generator=gen) * 1e-3 + 1e-4
+    pk, bias = pack_int8(q, sc), torch.randn(n, generator=gen)
+    geom = (k, k, s, s, p, p, 1, 1)
+    for out_scale in (0.0, 0.5):
+        run = lambda o=out_scale: ops.conv_static_cpu(  # noqa: E731
+            xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, geom, 1, o, -127.0, 127.0,
+            None, 0.0, narrow_w=True,
+        )  # fmt: skip
+        y = run()
+        assert torch.equal(y, c_ref(run))
+        if out_scale == 0.0:
+            ref = ops.conv_static_ref(xs, 0.02, q, sc, bias, geom, 1, 0.0, -127.0, 127.0, None, 0.0)
+            torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
+            assert float(y.abs().amax()) > 0.5 * 127 * 64 * k * k * c * 0.02 * float(sc.min())
+
+
 # The implicit GEMM's K steps (csrc/conv/conv_w8a8_implicit.h ImplicitPlan) and its pixel
 # numbering: over the padded width at stride 1, per output row otherwise.
 IMPLICIT_CASES = [

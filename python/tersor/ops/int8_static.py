@@ -72,11 +72,11 @@ def quantize(x: torch.Tensor, scale: float, lo: float = -QMAX, hi: float = QMAX)
 
 def conv_static_cpu(
     xs, xs_scale, packed, colsum, w_scale, bias, n, geometry, groups,
-    out_scale, lo, hi, res, res_scale, emulate_implicit=False, channels=0,
+    out_scale, lo, hi, res, res_scale, emulate_implicit=False, channels=0, narrow_w=False,
 ):  # fmt: skip
     """xs: s8 NHWC [B, H, W, C'] contiguous, read as `channels` >= C' (zero codes after C';
     0: C'); groups: 1, a grouped convolution, or C (depthwise); out_scale 0: fp32 output, else
-    codes."""
+    codes; narrow_w: every |w| <= 64 (the kernels' speed hint)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     b, h, w, xc = xs.shape
     c = max(channels, xc)
@@ -88,7 +88,7 @@ def conv_static_cpu(
         packed.data_ptr(), colsum.data_ptr(), w_scale.data_ptr(), n, ptr(bias), groups,
         0 if codes else y.data_ptr(), y.data_ptr() if codes else 0,
         1.0 / out_scale if codes else 0.0, lo, hi, ptr(res), res_scale,
-        1 if emulate_implicit else 0, torch.get_num_threads(),
+        1 if emulate_implicit else 0, torch.get_num_threads(), narrow_w,
     )  # fmt: skip
     return y
 
