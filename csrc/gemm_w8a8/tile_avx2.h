@@ -220,11 +220,10 @@ TERSOR_UNROLL
 
 // acc += the rows' codes ap[r][0 .. 4 * groups) x `groups` 4-k groups of one column block at
 // wp (64 bytes each; kXorW: the staged 128-byte groups). prefetch: ARows::prefetch, of the
-// line prefetch_lines ahead.
-template <int MR, Signs kSigns>
-static inline void dot_groups(__m256i (&acc)[MR][2], const uint8_t* const (&ap)[MR],
-                              const int8_t* wp, int64_t groups, int prefetch,
-                              int64_t prefetch_lines = kPrefetchLines) {
+// line prefetch_lines ahead, a template argument in the loops (dot_groups below).
+template <int MR, Signs kSigns, int prefetch>
+static inline void dot_groups_with(__m256i (&acc)[MR][2], const uint8_t* const (&ap)[MR],
+                                   const int8_t* wp, int64_t groups, int64_t prefetch_lines) {
   constexpr bool kXor = kSigns == Signs::kXorW;
   constexpr bool kNarrow = kSigns == Signs::kNarrowBiased || kSigns == Signs::kNarrowFlip;
   constexpr int64_t step = kXor ? 128 : 64;  // bytes per 4-k group
@@ -239,8 +238,10 @@ static inline void dot_groups(__m256i (&acc)[MR][2], const uint8_t* const (&ap)[
       const __m256i w2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 64));
       const __m256i w3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 96));
       const char* ahead = reinterpret_cast<const char*>(wp + prefetch_lines * 64);
-      if (prefetch == 2) _mm_prefetch(ahead, _MM_HINT_NTA), _mm_prefetch(ahead + 64, _MM_HINT_NTA);
-      if (prefetch == 1) _mm_prefetch(ahead, _MM_HINT_T0), _mm_prefetch(ahead + 64, _MM_HINT_T0);
+      if constexpr (prefetch == 2)
+        _mm_prefetch(ahead, _MM_HINT_NTA), _mm_prefetch(ahead + 64, _MM_HINT_NTA);
+      if constexpr (prefetch == 1)
+        _mm_prefetch(ahead, _MM_HINT_T0), _mm_prefetch(ahead + 64, _MM_HINT_T0);
 TERSOR_UNROLL
       for (int r = 0; r < MR; ++r) {
         const __m256i a0 = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + 4 * g));
@@ -266,8 +267,8 @@ TERSOR_UNROLL
         kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 96)) : zero;
     const int64_t off = 4 * g;
     const char* ahead = reinterpret_cast<const char*>(wp + prefetch_lines * 64);
-    if (prefetch == 2) _mm_prefetch(ahead, _MM_HINT_NTA);
-    if (prefetch == 1) _mm_prefetch(ahead, _MM_HINT_T0);
+    if constexpr (prefetch == 2) _mm_prefetch(ahead, _MM_HINT_NTA);
+    if constexpr (prefetch == 1) _mm_prefetch(ahead, _MM_HINT_T0);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
@@ -289,6 +290,18 @@ TERSOR_UNROLL
       acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p1, ones));
     }
   }
+}
+
+// The prefetch hint picked once per call: tested inside the loops, it split their bodies (the
+// convolutions never prefetch). Zen 3, static int8 layers at batch 8, four alternating runs:
+// 1.0-1.25x on 3x3 over 256 channels and 1x1 over 144, the same on the others.
+template <int MR, Signs kSigns>
+static inline void dot_groups(__m256i (&acc)[MR][2], const uint8_t* const (&ap)[MR],
+                              const int8_t* wp, int64_t groups, int prefetch,
+                              int64_t prefetch_lines = kPrefetchLines) {
+  if (prefetch == 1) return dot_groups_with<MR, kSigns, 1>(acc, ap, wp, groups, prefetch_lines);
+  if (prefetch == 2) return dot_groups_with<MR, kSigns, 2>(acc, ap, wp, groups, prefetch_lines);
+  dot_groups_with<MR, kSigns, 0>(acc, ap, wp, groups, prefetch_lines);
 }
 
 // Writes the tile's MR rows, columns n0 .. n0 + 16 * nb (nb column blocks, their weight
