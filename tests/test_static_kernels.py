@@ -140,6 +140,8 @@ NARROW_CASES = [
     (4, 16, 7, 2, 3, 11, 9),
     (4, 33, 3, 1, 1, 7, 1),
     (24, 20, 1, 1, 0, 9, 11),
+    (48, 40, 1, 1, 0, 12, 12),  # the flipped copy's 32- and 16-byte steps; 7 row blocks
+    (36, 20, 1, 1, 0, 9, 11),  # and its scalar tail
 ]
 
 
@@ -147,8 +149,10 @@ NARROW_CASES = [
 def test_conv_narrow_weights_sum_group_pairs_exactly(isa, case, gen, c_ref):
     """Narrow weights (|w| <= 64) over non-negative codes: the AVX2 tile adds the int16 pair
     sums of two 4-k groups before widening them (tile_avx2.h). At the extremes (codes 127,
-    weights +-64 of one sign per column) two pair sums reach +-32512: exact, no saturation. One
-    image holds negative codes (the flipped narrow tile), the others none."""
+    weights +-64 of one sign per column) two pair sums reach +-32512: exact, no saturation.
+    Image 1 holds one negative code, image 2 signed codes throughout (the flipped narrow tile;
+    a 1x1 layer's row blocks over 32 channels or more copied as u8 a + 128,
+    conv_w8a8_avx2.cpp), image 0 none."""
     c, n, k, s, p, h, w = case
     xs = torch.where(
         torch.rand(3, h, w, c, generator=gen) < 0.7,
@@ -156,6 +160,7 @@ def test_conv_narrow_weights_sum_group_pairs_exactly(isa, case, gen, c_ref):
         torch.randint(0, 128, (3, h, w, c), dtype=torch.int8, generator=gen),
     )
     xs[1, 0, 0, 0] = -127
+    xs[2] = torch.randint(-127, 128, (h, w, c), dtype=torch.int8, generator=gen)
     sign = torch.where(torch.rand(n, 1, generator=gen) < 0.5, -1, 1)
     q = torch.where(
         torch.rand(n, k * k * c, generator=gen) < 0.8,
