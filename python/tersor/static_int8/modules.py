@@ -219,11 +219,12 @@ class StaticConv(_Static):
             if call is None:
                 call = self._eager_call(x.shape)
             if call is not None:
-                out_shape, args = call
+                out_shape, out_stride, args = call
                 if res is not None and res.shape != out_shape:
                     raise ValueError(f"{self.label}: residual {tuple(res.shape)} is not the "
                                      f"output's {tuple(out_shape)}")  # fmt: skip
-                y = torch.empty(out_shape, dtype=torch.int8, memory_format=torch.channels_last)
+                # channels_last by its strides: 1.7 us where memory_format= takes 2.9
+                y = torch.empty_strided(out_shape, out_stride, dtype=torch.int8)
                 plan = self._plan if self._plan is not None else self._eager_plan()
                 plan.run(x.data_ptr(), *args, y.data_ptr(),
                          0 if res is None else res.data_ptr(), torch.get_num_threads())  # fmt: skip
@@ -269,7 +270,9 @@ class StaticConv(_Static):
         ho, wo = self._out_size(h, w)
         if ho <= 0 or wo <= 0:
             return None
-        self._calls[shape] = call = (torch.Size((b, self.out_channels, ho, wo)), (b, h, w, ho, wo))
+        n = self.out_channels
+        out_stride = (ho * wo * n, 1, wo * n, n)  # channels_last
+        self._calls[shape] = call = (torch.Size((b, n, ho, wo)), out_stride, (b, h, w, ho, wo))
         return call
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
