@@ -93,9 +93,10 @@ class BorderedRows {
 struct BlockWalk {
   const int8_t* const* tap;  // [2 * pairs]: each tap's pixel 0 in its bordered row, + n0
   const __m256i* w;          // the block's interleaved weights, [pairs][2]
+  // the block's scales s0, s1 and biases b0, b1 in the accumulators' order: channels
+  // [0-3 | 8-11] and [4-7 | 12-15]
+  const __m256* sb;
   int64_t pairs, Wo, step;   // step: sw * C
-  // scales and biases in the accumulators' order: channels [0-3 | 8-11] and [4-7 | 12-15]
-  __m256 s0, s1, b0, b1;
   float* y;                  // the row's pixel 0 + n0 (ldy apart)
   int64_t ldy;
 };
@@ -120,8 +121,8 @@ inline void walk_block(const BlockWalk& a) {
       lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[2 * p]));
       hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[2 * p + 1]));
     }
-    const __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), a.s0, a.b0);
-    const __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), a.s1, a.b1);
+    const __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), a.sb[0], a.sb[2]);
+    const __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), a.sb[1], a.sb[3]);
     _mm256_storeu_ps(a.y + ow * a.ldy, _mm256_permute2f128_ps(y0, y1, 0x20));
     _mm256_storeu_ps(a.y + ow * a.ldy + 8, _mm256_permute2f128_ps(y0, y1, 0x31));
   }
@@ -200,7 +201,7 @@ void run_dw_avx2(const DwCall& k) {
   {
     const DwRowOutput out(c);
     BorderedRows input(k);
-    std::vector<__m256> sb(4 * blocks);  // scales / biases of the image sb_image
+    std::vector<__m256> sb(4 * blocks);  // [blocks][s0, s1, b0, b1] of the image sb_image
     int64_t sb_image = -1;
     int64_t r0, r1;
     thread_range(c.B * c.Ho, &r0, &r1);
@@ -214,21 +215,21 @@ void run_dw_avx2(const DwCall& k) {
         tap0[t] = rows[tt / c.kw] + (tt % c.kw) * c.dw * C;
       }
       const float sx = k.in.scale[b];
-      const __m256 vsx = _mm256_set1_ps(sx);
       float* y = out.row(r);
-      if (codes) {
-        if (b != sb_image) {
-          for (int64_t nb = 0; nb < blocks; ++nb) {
-            const int64_t n0 = nb * 16;
-            __m256* v = sb.data() + 4 * nb;
-            to_acc_order(_mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0)),
-                         _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0 + 8)), v, v + 1);
-            to_acc_order(c.bias ? _mm256_loadu_ps(c.bias + n0) : _mm256_setzero_ps(),
-                         c.bias ? _mm256_loadu_ps(c.bias + n0 + 8) : _mm256_setzero_ps(), v + 2,
-                         v + 3);
-          }
-          sb_image = b;
+      if (b != sb_image) {  // the image's scales (sx * w_scale) and biases, per block
+        const __m256 vsx = _mm256_set1_ps(sx);
+        for (int64_t nb = 0; nb < blocks; ++nb) {
+          const int64_t n0 = nb * 16;
+          __m256* v = sb.data() + 4 * nb;
+          to_acc_order(_mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0)),
+                       _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0 + 8)), v, v + 1);
+          to_acc_order(c.bias ? _mm256_loadu_ps(c.bias + n0) : _mm256_setzero_ps(),
+                       c.bias ? _mm256_loadu_ps(c.bias + n0 + 8) : _mm256_setzero_ps(), v + 2,
+                       v + 3);
         }
+        sb_image = b;
+      }
+      if (codes) {
         const RowWalk a{tap0, wp.data(), sb.data(), pairs, blocks, c.Wo, c.sw * C,
                         c.out->q + r * c.Wo * c.out->ldq, c.out->ldq,
                         _mm256_set1_ps(c.out->hi),
@@ -243,12 +244,7 @@ void run_dw_avx2(const DwCall& k) {
         const int64_t n0 = nb * 16;
         const int8_t* tap[2 * kMaxPairs];
         for (int64_t t = 0; t < 2 * pairs; ++t) tap[t] = tap0[t] + n0;
-        __m256 s0, s1, b0, b1;
-        to_acc_order(_mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0)),
-                     _mm256_mul_ps(vsx, _mm256_loadu_ps(c.w_scale + n0 + 8)), &s0, &s1);
-        to_acc_order(c.bias ? _mm256_loadu_ps(c.bias + n0) : _mm256_setzero_ps(),
-                     c.bias ? _mm256_loadu_ps(c.bias + n0 + 8) : _mm256_setzero_ps(), &b0, &b1);
-        BlockWalk a{tap, wp.data() + nb * pairs * 2, pairs, c.Wo, c.sw * C, s0, s1, b0, b1,
+        BlockWalk a{tap, wp.data() + nb * pairs * 2, sb.data() + 4 * nb, pairs, c.Wo, c.sw * C,
                     y + n0, N};
         if (pairs == 5) {
           walk_block<5>(a);
