@@ -105,24 +105,31 @@ inline void to_acc_order(__m256 c0_7, __m256 c8_15, __m256* lo, __m256* hi) {
   *lo = _mm256_permute2f128_ps(c0_7, c8_15, 0x20);
   *hi = _mm256_permute2f128_ps(c0_7, c8_15, 0x31);
 }
+// 16 channels of one output pixel: the codes at byte `off` of each tap, summed over the tap
+// pairs against the interleaved weights w ([pairs][2]), then y = sum * scale + bias (sb: s0,
+// s1, b0, b1), channels in the accumulators' order.
+inline void pixel_block(const int8_t* const* tap, int64_t off, const __m256i* w, int64_t pairs,
+                        const __m256* sb, __m256* y0, __m256* y1) {
+  __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m256i xa = _mm256_cvtepi8_epi16(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(tap[2 * p] + off)));
+    const __m256i xb = _mm256_cvtepi8_epi16(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(tap[2 * p + 1] + off)));
+    lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[2 * p]));
+    hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[2 * p + 1]));
+  }
+  *y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), sb[0], sb[2]);
+  *y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), sb[1], sb[3]);
+}
 template <int PAIRS>
 inline void walk_block(const BlockWalk& a) {
   const int64_t pairs = PAIRS > 0 ? PAIRS : a.pairs;
   __m256i w[2 * kMaxPairs];
   for (int64_t p = 0; p < 2 * pairs; ++p) w[p] = a.w[p];
   for (int64_t ow = 0; ow < a.Wo; ++ow) {
-    const int64_t off = ow * a.step;
-    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-    for (int64_t p = 0; p < pairs; ++p) {
-      const __m256i xa = _mm256_cvtepi8_epi16(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tap[2 * p] + off)));
-      const __m256i xb = _mm256_cvtepi8_epi16(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tap[2 * p + 1] + off)));
-      lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[2 * p]));
-      hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[2 * p + 1]));
-    }
-    const __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), a.sb[0], a.sb[2]);
-    const __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), a.sb[1], a.sb[3]);
+    __m256 y0, y1;
+    pixel_block(a.tap, ow * a.step, w, pairs, a.sb, &y0, &y1);
     _mm256_storeu_ps(a.y + ow * a.ldy, _mm256_permute2f128_ps(y0, y1, 0x20));
     _mm256_storeu_ps(a.y + ow * a.ldy + 8, _mm256_permute2f128_ps(y0, y1, 0x31));
   }
@@ -151,20 +158,8 @@ inline void walk_row(const RowWalk& a) {
   for (int64_t ow = 0; ow < a.Wo; ++ow) {
     const int64_t off = ow * a.step;
     for (int64_t nb = 0; nb < a.blocks; ++nb) {
-      const __m256i* w = a.w + nb * pairs * 2;
-      const int64_t o = off + nb * 16;
-      __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-      for (int64_t p = 0; p < pairs; ++p) {
-        const __m256i xa = _mm256_cvtepi8_epi16(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tap[2 * p] + o)));
-        const __m256i xb = _mm256_cvtepi8_epi16(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.tap[2 * p + 1] + o)));
-        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(xa, xb), w[2 * p]));
-        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(xa, xb), w[2 * p + 1]));
-      }
-      const __m256* sb = a.sb + 4 * nb;
-      const __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), sb[0], sb[2]);
-      const __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), sb[1], sb[3]);
+      __m256 y0, y1;
+      pixel_block(a.tap, off + nb * 16, a.w + nb * pairs * 2, pairs, a.sb + 4 * nb, &y0, &y1);
       const __m256i q01 = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_min_ps(y0, a.hi)),
                                              _mm256_cvtps_epi32(_mm256_min_ps(y1, a.hi)));
       const __m128i codes =
