@@ -42,7 +42,8 @@ void run_w8a8_avx2(const ConvCall& k) {
   const bool flip_rows = c.narrow_w && direct_reads_signs(c) && c.C >= 32;
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    auto flipped = alloc_scratch<uint8_t>(flip_rows ? gemm_w8a8::kRowsPerBlock * c.C : 0);
+    Scratch<uint8_t> flipped;  // allocated only where rows are flipped (no allocation per call)
+    if (flip_rows) flipped = alloc_scratch<uint8_t>(gemm_w8a8::kRowsPerBlock * c.C);
     gemm_w8a8::avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1,
                                            gemm_w8a8::avx2::RowBlock& block) {
       direct_rows(c, k.in, d, &codes, m0, m1, block);
