@@ -63,7 +63,10 @@ struct RowBlock {
 // follow each other: prepare runs once per row block and thread (the GEMM quantizes the block's
 // rows there), and the weight still streams once per row block. With 8 row blocks per thread
 // or more, threads take whole row blocks in turn (below).
-template <int MR, int NB, typename Prepare, typename Tile>
+//
+// kRowSpans: tile is called once per row block and column step with mr = the block's row count
+// (m its first row), and runs the block's row tiles itself (the AVX2 short-K tiles, tile_avx2.h).
+template <int MR, int NB, bool kRowSpans = false, typename Prepare, typename Tile>
 static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare, Tile&& tile) {
   static_assert(kRowsPerBlock % MR == 0, "a row block holds whole tiles");
   const int64_t n_blocks = (a.N + 15) / 16;
@@ -100,8 +103,12 @@ static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare
       const int64_t group = blk / group_blocks;  // a tile never straddles two groups
       const int nb = static_cast<int>(std::min<int64_t>({NB, blk1 - blk, (group + 1) * group_blocks - blk}));
       const int64_t shift = block.group_cols ? group * block.group_bytes : 0;
-      for (int64_t m = m0; m < m1; m += MR)
-        tile(block, m, static_cast<int>(std::min<int64_t>(MR, m1 - m)), blk, nb, shift);
+      if constexpr (kRowSpans) {
+        tile(block, m0, static_cast<int>(m1 - m0), blk, nb, shift);
+      } else {
+        for (int64_t m = m0; m < m1; m += MR)
+          tile(block, m, static_cast<int>(std::min<int64_t>(MR, m1 - m)), blk, nb, shift);
+      }
       blk += nb;
     }
   };
