@@ -400,52 +400,57 @@ static void tile_span(const RowBlock& block, int64_t i0, int64_t i1, int64_t m, 
   }
 }
 
+constexpr int64_t kShortK = 128;
+
+// Rows [0, rows) of a row block (rows m .. m + rows of the output), column blocks blk ..
+// blk + nb: spans of full tiles of one variant (tile_span), then a short last tile. Signed rows
+// take kXorW (xw: this thread's staged operands).
+static inline void block_tiles(const RowBlock& block, int64_t m, int rows, int64_t blk, int nb,
+                               int64_t shift, const PackedW8LinearArgs& a, XorWeights& xw) {
+  using SpanFn = void (*)(const RowBlock&, int64_t, int64_t, int64_t, int64_t, const int8_t*,
+                          const PackedW8LinearArgs&, int64_t, int, const XorWeights*);
+  static constexpr SpanFn kSpans[6] = {
+      tile_span<Signs::kNonNegative>, tile_span<Signs::kXorW>,
+      tile_span<Signs::kSignA>,       tile_span<Signs::kNarrowBiased>,
+      tile_span<Signs::kNarrowFlip>,  tile_span<Signs::kNarrowNonNegative>};
+  const int64_t Kp = (a.K + 3) / 4 * 4;
+  const int8_t* wblock = a.w + blk * Kp * 16;
+  const auto signs_of = [&](int64_t i) {
+    return pick_signs(block.biased, block.non_negative[i / kMR], a.narrow_w, true);
+  };
+  const int64_t full = rows / kMR * kMR;
+  for (int64_t i = 0; i < full;) {
+    const Signs signs = signs_of(i);
+    int64_t j = i + kMR;
+    while (j < full && signs_of(j) == signs) j += kMR;
+    if (signs == Signs::kXorW) xw.stage(wblock, Kp * 16, nb);
+    kSpans[static_cast<int>(signs)](block, i, j, m, shift, wblock, a, blk * 16, nb, &xw);
+    i = j;
+  }
+  if (full < rows) {
+    auto at = [shift](const uint8_t* p) { return p ? p + shift : p; };  // unused ones: null
+    const uint8_t* const* r = block.row + full;
+    const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.runs, 0, block.biased};
+    const TileOut out{a.y + (m + full) * a.ldy, a.ldy, block.codes, m + full};
+    run_tile(rows - full, block.non_negative[full / kMR], src, wblock, block.sx + full, a, out,
+             blk * 16, &xw, nb);
+  }
+}
+
 // run_row_blocks (row_blocks.h) with this tile. Short K (Kp <= kShortK) and rows for 8 row
 // blocks per thread (no column chunks needed to share the work): a row tile runs up to
 // kShortBlocks column blocks in one call (their weights, <= 16 KiB, stay in L1 across the row
 // block's tiles); a 1x1 layer over 16-24 channels spent more of its time in the call, the
 // tile's set-up and the driver's per-tile steps than in its dot products (Zen 3: 1.35-1.55x the
 // speed of one block per call). Longer K: one column block at a time, its weight block in L1
-// while every row tile of the row block runs over it. Either way the row block's full tiles run
-// as spans (tile_span).
-constexpr int64_t kShortK = 128;
+// while every row tile of the row block runs over it. Either way the row block's tiles run in
+// one block_tiles call.
 template <typename Prepare>
 static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare) {
   const int64_t Kp = (a.K + 3) / 4 * 4;
   XorWeights xw;  // this thread's (the drivers run inside the parallel region)
-  const auto tile = [&](const RowBlock& block, int64_t m, int mr, int64_t blk, int nb,
-                        int64_t shift) {
-    const int64_t i = m % kRowsPerBlock;
-    auto at = [shift](const uint8_t* p) { return p ? p + shift : p; };  // unused ones: null
-    const uint8_t* const* r = block.row + i;
-    const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.runs, 0, block.biased};
-    const TileOut out{a.y + m * a.ldy, a.ldy, block.codes, m};
-    run_tile(mr, block.non_negative[i / kMR], src, a.w + blk * Kp * 16, block.sx + i, a, out,
-             blk * 16, &xw, nb);
-  };
-  // a row block's tiles: spans of full tiles of one variant, then a short last tile
   const auto tiles = [&](const RowBlock& block, int64_t m, int rows, int64_t blk, int nb,
-                         int64_t shift) {
-    using SpanFn = void (*)(const RowBlock&, int64_t, int64_t, int64_t, int64_t, const int8_t*,
-                            const PackedW8LinearArgs&, int64_t, int, const XorWeights*);
-    static constexpr SpanFn kSpans[6] = {
-        tile_span<Signs::kNonNegative>,  tile_span<Signs::kXorW>,
-        tile_span<Signs::kSignA>,        tile_span<Signs::kNarrowBiased>,
-        tile_span<Signs::kNarrowFlip>,   tile_span<Signs::kNarrowNonNegative>};
-    const int8_t* wblock = a.w + blk * Kp * 16;
-    const int64_t full = rows / kMR * kMR;
-    for (int64_t i = 0; i < full;) {
-      const Signs signs = pick_signs(block.biased, block.non_negative[i / kMR], a.narrow_w, true);
-      int64_t j = i + kMR;
-      while (j < full && pick_signs(block.biased, block.non_negative[j / kMR], a.narrow_w,
-                                    true) == signs)
-        j += kMR;
-      if (signs == Signs::kXorW) xw.stage(wblock, Kp * 16, nb);
-      kSpans[static_cast<int>(signs)](block, i, j, m, shift, wblock, a, blk * 16, nb, &xw);
-      i = j;
-    }
-    if (full < rows) tile(block, m + full, rows - full, blk, nb, shift);
-  };
+                         int64_t shift) { block_tiles(block, m, rows, blk, nb, shift, a, xw); };
   if (Kp <= kShortK && (a.M + kRowsPerBlock - 1) / kRowsPerBlock >= 8 * a.nthreads) {
     gemm_w8a8::run_row_blocks<kMR, kShortBlocks, true>(a, prepare, tiles);
   } else {
