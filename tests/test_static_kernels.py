@@ -306,6 +306,42 @@ def test_conv_reads_fewer_channels_as_zero_padded(isa, gen, c_ref):
     assert int((y.int() - ref.int()).abs().max()) <= 1
 
 
+@pytest.mark.parametrize(
+    "case",
+    [  # (C read, C stored, N, k, stride, padding, H, W)
+        (4, 3, 32, 3, 2, 1, 13, 12),  # MobileNetV2's stem
+        (4, 3, 64, 7, 2, 3, 11, 9),  # ResNet's stem: a border 3 pixels deep
+        (16, 16, 24, 3, 1, 1, 7, 6),  # a 3x3 layer over signed codes; N past a tile
+    ],
+)
+def test_conv_narrow_weights_over_signed_images_in_the_padded_copy(isa, case, gen, c_ref):
+    """Narrow weights (|w| <= 64) over images that are all signed, read from the kernel's
+    padded copy (a normalized photo into the stem): the AVX2 path turns its copy into u8
+    a + 128 once, the zero borders and the zero 4th channel into the biased zero, and takes the
+    biased tile. Every path matches the ref, the borders included; codes at -127 and 127."""
+    ch, c, n, k, s, p, h, w = case
+    xs = torch.randint(-127, 128, (2, h, w, c), dtype=torch.int8, generator=gen)
+    xs[0, 0, 0, 0], xs[1, -1, -1, -1] = -127, 127
+    q = torch.randint(-64, 65, (n, k, k, ch), dtype=torch.int8, generator=gen)
+    q[..., c:] = 0  # the channels past the stored ones
+    q = q.reshape(n, -1)
+    sc = torch.rand(n, generator=gen) * 1e-3 + 1e-4
+    pk, bias = pack_int8(q, sc), torch.randn(n, generator=gen)
+    geom = (k, k, s, s, p, p, 1, 1)
+    for out_scale in (0.0, 0.5):
+        run = lambda o=out_scale: ops.conv_static_cpu(  # noqa: E731
+            xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, geom, 1, o, -127.0, 127.0,
+            None, 0.0, channels=ch, narrow_w=True,
+        )  # fmt: skip
+        y = run()
+        assert torch.equal(y, c_ref(run))
+        if out_scale == 0.0:
+            padded = torch.nn.functional.pad(xs, (0, ch - c))
+            ref = ops.conv_static_ref(padded, 0.02, q, sc, bias, geom, 1, 0.0, -127.0, 127.0,
+                                      None, 0.0)  # fmt: skip
+            torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
+
+
 def test_the_public_op_checks_sizes(gen):
     xs, q, sc, pk, bias, geom, groups = _case(CASES[2], gen)
     n = q.shape[0]
