@@ -168,19 +168,27 @@ def test_conv_narrow_weights_sum_group_pairs_exactly(isa, case, gen, c_ref):
         torch.randint(-64, 65, (n, k * k * c), generator=gen),
     ).to(torch.int8)
     sc = torch.rand(n, generator=gen) * 1e-3 + 1e-4
+    y = _check_narrow(xs, q, sc, (k, k, s, s, p, p, 1, 1), gen, c_ref)
+    assert float(y.abs().amax()) > 0.5 * 127 * 64 * k * k * c * 0.02 * float(sc.min())
+
+
+def _check_narrow(xs, q, sc, geom, gen, c_ref, channels=0):
+    """The narrow-weights convolution of xs (read as `channels`, 0: its own) with codes out
+    and fp32 out: the ISA path equal to the C ref, the fp32 output to the torch rule; returns
+    the fp32 output."""
+    n = q.shape[0]
     pk, bias = pack_int8(q, sc), torch.randn(n, generator=gen)
-    geom = (k, k, s, s, p, p, 1, 1)
-    for out_scale in (0.0, 0.5):
+    for out_scale in (0.5, 0.0):
         run = lambda o=out_scale: ops.conv_static_cpu(  # noqa: E731
             xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, geom, 1, o, -127.0, 127.0,
-            None, 0.0, narrow_w=True,
+            None, 0.0, channels=channels, narrow_w=True,
         )  # fmt: skip
         y = run()
         assert torch.equal(y, c_ref(run))
-        if out_scale == 0.0:
-            ref = ops.conv_static_ref(xs, 0.02, q, sc, bias, geom, 1, 0.0, -127.0, 127.0, None, 0.0)
-            torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
-            assert float(y.abs().amax()) > 0.5 * 127 * 64 * k * k * c * 0.02 * float(sc.min())
+    padded = torch.nn.functional.pad(xs, (0, max(channels, xs.shape[3]) - xs.shape[3]))
+    ref = ops.conv_static_ref(padded, 0.02, q, sc, bias, geom, 1, 0.0, -127.0, 127.0, None, 0.0)
+    torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
+    return y
 
 
 # The implicit GEMM's K steps (csrc/conv/conv_w8a8_implicit.h ImplicitPlan) and its pixel
@@ -324,22 +332,8 @@ def test_conv_narrow_weights_over_signed_images_in_the_padded_copy(isa, case, ge
     xs[0, 0, 0, 0], xs[1, -1, -1, -1] = -127, 127
     q = torch.randint(-64, 65, (n, k, k, ch), dtype=torch.int8, generator=gen)
     q[..., c:] = 0  # the channels past the stored ones
-    q = q.reshape(n, -1)
     sc = torch.rand(n, generator=gen) * 1e-3 + 1e-4
-    pk, bias = pack_int8(q, sc), torch.randn(n, generator=gen)
-    geom = (k, k, s, s, p, p, 1, 1)
-    for out_scale in (0.0, 0.5):
-        run = lambda o=out_scale: ops.conv_static_cpu(  # noqa: E731
-            xs, 0.02, pk.packed, pk.colsum, pk.scale, bias, n, geom, 1, o, -127.0, 127.0,
-            None, 0.0, channels=ch, narrow_w=True,
-        )  # fmt: skip
-        y = run()
-        assert torch.equal(y, c_ref(run))
-        if out_scale == 0.0:
-            padded = torch.nn.functional.pad(xs, (0, ch - c))
-            ref = ops.conv_static_ref(padded, 0.02, q, sc, bias, geom, 1, 0.0, -127.0, 127.0,
-                                      None, 0.0)  # fmt: skip
-            torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
+    _check_narrow(xs, q.reshape(n, -1), sc, (k, k, s, s, p, p, 1, 1), gen, c_ref, channels=ch)
 
 
 def test_the_public_op_checks_sizes(gen):
