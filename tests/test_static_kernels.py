@@ -30,6 +30,7 @@ CASES = [
     (16, 16, (26, 1), 1, (12, 0), 1, 27, 5, 16),  # depthwise 26 x 1: the AVX2 ring's most rows
     (24, 40, 1, 1, 0, 1, 40, 40, 1),  # 1x1 over 24 channels, 1600 rows: a tile runs 3 blocks
     (8, 24, 3, 1, 1, 1, 36, 36, 1),  # short K (72), 1296 rows: the same, three runs per row
+    (16, 40, 3, 1, 1, 1, 20, 20, 1),  # K 144 (short up to 192), 1200 rows; 8 columns last
     (8, 32, 3, 1, 1, 1, 7, 6, 2),  # grouped, 4 channels per group: read in place on AVX2
     (6, 48, 3, 2, 1, 1, 7, 9, 3),  # grouped, 2 channels per group: gathered
     (64, 64, 3, 1, 1, 1, 6, 5, 4),  # grouped with C % 64 == 0: no implicit GEMM
