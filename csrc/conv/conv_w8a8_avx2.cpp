@@ -61,7 +61,7 @@ void run_w8a8_avx2(const ConvCall& k) {
         flip_copy(p, p, std::min(kChunk, copy_bytes - i));
       }
     }
-    Scratch<uint8_t> flipped;  // allocated only where rows are flipped (no allocation per call)
+    Scratch<uint8_t> flipped;  // a row block's copy, per thread, only for layers that flip rows
     if (flip_rows) flipped = alloc_scratch<uint8_t>(gemm_w8a8::kRowsPerBlock * c.C);
     gemm_w8a8::avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1,
                                            gemm_w8a8::avx2::RowBlock& block) {

@@ -65,7 +65,7 @@ struct RowBlock {
 // or more, threads take whole row blocks in turn (below).
 //
 // kRowSpans: tile is called once per row block and column step with mr = the block's row count
-// (m its first row), and runs the block's row tiles itself (the AVX2 short-K tiles, tile_avx2.h).
+// (m its first row), and runs the block's row tiles itself (the AVX2 tiles: tile_avx2.h).
 template <int MR, int NB, bool kRowSpans = false, typename Prepare, typename Tile>
 static inline void run_row_blocks(const PackedW8LinearArgs& a, Prepare&& prepare, Tile&& tile) {
   static_assert(kRowsPerBlock % MR == 0, "a row block holds whole tiles");
