@@ -147,6 +147,28 @@ def test_openvino_peer_in_another_interpreter(monkeypatch, tmp_path):
     assert server.close() == 0
 
 
+def test_llm_bench_goes_on_when_the_openvino_child_fails(monkeypatch):
+    """A broken OpenVINO venv (here: this interpreter, without optimum-intel) makes the LLM
+    bench list the peer as unavailable with the child's reason, not end the whole run."""
+    import sys
+
+    import pytest
+    import torch
+
+    from tersor.bench import llamacpp, llm, openvino
+
+    if openvino._here():
+        pytest.skip("optimum-intel is installed here: the bench runs it in this process")
+    monkeypatch.setenv(openvino.PYTHON_ENV, sys.executable)
+    monkeypatch.setattr(llamacpp, "unavailable", lambda: "not in this test")
+    model = llm.build("tiny")
+    prompt = torch.randint(0, model.config.vocab_size, (1, 8))
+    rows, engines = llm._peers(model, prompt, 2)
+    assert engines == {}
+    (row,) = [r for r in rows if r["impl"].startswith("OpenVINO")]
+    assert row["unavailable"].startswith("its child failed:") and "optimum" in row["unavailable"]
+
+
 def test_busy_family_on_the_tiny_shape(capsys):
     """`--family busy`: decode alone and beside busy-loop processes, the thread governor on
     and off, one thread (and llama.cpp when installed); the busy processes end with the block,

@@ -282,6 +282,10 @@ def _peers(model, prompt, new_tokens):
         except ImportError as e:  # installed, but not for this torch / transformers
             rows.append(dict(impl=name, kind="baseline", unavailable=f"fails to import: {e}"))
             continue
+        except openvino.ChildFailed as e:  # its own venv is broken: the log's last line says why
+            last = str(e).strip().splitlines()[-1]
+            rows.append(dict(impl=name, kind="baseline", unavailable=f"its child failed: {last}"))
+            continue
         for row, engine in got:
             rows.append(row)
             engines[row["impl"]] = (engine, peer.time_generation)

@@ -32,6 +32,11 @@ VARIANTS = {  # name: NNCF weight compression at export
 MAX_LOGIT_ERR = {"OpenVINO INT8": 0.25, "OpenVINO INT4": 0.9}
 
 
+class ChildFailed(RuntimeError):
+    """The OpenVINO venv's child process failed (a broken install there, an export that
+    fails): the LLM bench reports the peer unavailable and goes on with the others."""
+
+
 def _weight_bytes(folder: str) -> int:
     return sum(
         os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".bin")
@@ -53,7 +58,7 @@ def export(src: str, dst: str, name: str) -> None:
     cmd = [sys.executable, "-c", code, src, dst, json.dumps(VARIANTS[name])]
     got = subprocess.run(cmd, capture_output=True, text=True)
     if got.returncode != 0:
-        raise RuntimeError(f"{name}: the OpenVINO export failed:\n{got.stderr[-3000:]}")
+        raise ChildFailed(f"{name}: the OpenVINO export failed:\n{got.stderr[-3000:]}")
 
 
 # optimum-intel pins transformers below the version tersor's tests use, so it often lives in an
@@ -131,12 +136,17 @@ def prepare(model, workdir: str, check_ids):
     threads = torch.get_num_threads()
     if not _here():
         server = _Server(os.environ[PYTHON_ENV], threads)
+        try:
+            loaded = server.load(src, workdir)
+        except ChildFailed:
+            server.close()
+            raise
         return [
             (
                 _checked(row, server.logits(row["impl"], check_ids, workdir), ref),
                 _Remote(server, row["impl"]),
             )
-            for row in server.load(src, workdir)
+            for row in loaded
         ]
     out = []
     for row, ov in _load(src, workdir, threads):
@@ -201,7 +211,7 @@ class _Server:
                     break
                 return answer["result"]
         self.log.seek(0)
-        raise RuntimeError(
+        raise ChildFailed(
             f"the OpenVINO child ({os.environ.get(PYTHON_ENV)}) failed on {request['cmd']}:\n"
             + self.log.read()[-3000:]
         )
