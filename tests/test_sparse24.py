@@ -79,6 +79,25 @@ def test_pruner_keeps_the_two_largest_of_every_four():
         compress_24(w)
 
 
+def test_compress_meta_of_every_pattern():
+    """All 16 nonzero patterns of a group: the 11 with at most 2 nonzeros keep them, topped up
+    with the lowest zero slots, positions ascending; the other 5 are refused. NaN counts as
+    nonzero."""
+    for bits in range(16):
+        nz = [p for p in range(4) if bits >> p & 1]
+        w = torch.zeros(1, 4)
+        w[0, nz] = torch.tensor([float("nan"), -2.0, 3.0, 4.0][: len(nz)])
+        if len(nz) > 2:
+            assert not is_24(w)
+            with pytest.raises(ValueError, match="does not satisfy the 2:4 pattern"):
+                compress_24(w)
+            continue
+        v, m = compress_24(w)
+        want = sorted(nz + [p for p in range(4) if p not in nz][: 2 - len(nz)])
+        assert m.tolist() == [[want[0] | want[1] << 2]], bits
+        assert torch.equal(v.nan_to_num(7.0), w[:, want].nan_to_num(7.0)), bits
+
+
 @pytest.mark.parametrize("m", [1, 7, 33])  # 33: the AVX2 slabs
 @pytest.mark.parametrize("k,n", [(1, 1), (3, 5), (37, 33), (130, 70), (256, 17)])
 def test_spmm_24_every_isa(isa, m, k, n, gen, c_ref):
