@@ -137,8 +137,13 @@ def dequantize_int4(q, scale, zero, group_size: int) -> torch.Tensor:
         if zero is not None
         else torch.full(scale.shape, 8.0, device=scale.device)
     )
+    s = scale.to(torch.float32)
+    ngroups = scale.shape[1]
+    if k == ngroups * group_size:  # whole groups: broadcast over a group view, no gathers
+        qg = q.view(n, ngroups, group_size).to(torch.float32)
+        return ((qg - z[:, :, None]) * s[:, :, None]).view(n, k)
     g_of_k = torch.arange(k, device=q.device) // group_size
-    return (q.to(torch.float32) - z[:, g_of_k]) * scale.to(torch.float32)[:, g_of_k]
+    return (q.to(torch.float32) - z[:, g_of_k]) * s[:, g_of_k]
 
 
 def pack_int4(
