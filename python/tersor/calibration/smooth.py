@@ -199,22 +199,47 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+FOLD_TRIES = 2  # producers tried per group, nearest first: each try is a forward of the block
+
+
 def find_fold(block: nn.Module, group: list, args: tuple, kwargs: dict) -> Optional[nn.Module]:
     """The module of `block` whose output channels can absorb the group's input scale (see the
-    module doc: proven on block(*args, **kwargs)), or None."""
+    module doc: proven on block(*args, **kwargs)), or None.
+
+    Only a module that finishes before the group's first layer starts can produce its input:
+    one forward (the reference output too) records when each candidate last finished, and the
+    FOLD_TRIES nearest are tried, the nearest first (the norm before q/k/v or gate/up, v_proj
+    before o_proj, up_proj before down_proj). Trying every candidate cost up to 8 forwards of
+    the block per group."""
     k = group[0].weight.shape[0] if _is_conv1d(group[0]) else group[0].weight.shape[1]
     members = {id(m) for m in group}
     cands = [p for p in block.modules() if id(p) not in members and out_channels(p) == k]
-    cands.sort(key=lambda p: isinstance(p, nn.Linear) or _is_conv1d(p))  # norms first
     if not cands:
         return None
     half = any(m.weight.dtype != torch.float32 for m in group)
     tol = 3e-2 if half else 1e-3
     t = torch.empty(k).uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(k))
+    finished, clock, started = {}, [0], []
+
+    def finish(m, a, out):
+        clock[0] += 1
+        if not started:
+            finished[id(m)] = clock[0]
+
+    def start(m, a):
+        started.append(True)
+
+    hooks = [p.register_forward_hook(finish) for p in cands]
+    hooks += [m.register_forward_pre_hook(start) for m in group]
     with torch.no_grad():
-        base = _first(block(*args, **kwargs)).float()
+        try:
+            base = _first(block(*args, **kwargs)).float()
+        finally:
+            for h in hooks:
+                h.remove()
         scale = base.abs().max().clamp(min=1e-12)
-        for p in cands:
+        near = sorted((p for p in cands if id(p) in finished), key=lambda p: -finished[id(p)])
+        for p in near[:FOLD_TRIES]:
             with _saved([p, *group]):
                 scale_outputs(p, t)
                 for m in group:
