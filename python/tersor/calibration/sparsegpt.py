@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tersor.calibration.gptq import Prepared, prepare
+from tersor.calibration.gptq import SUB_BLOCK, Prepared, prepare
 
 
 def sparsegpt(
@@ -49,6 +49,7 @@ def sparsegpt(
             if drop:
                 idx = torch.topk(score.flatten(), drop, largest=False).indices
                 pruned.view(-1)[idx] = True
+        xs, es = w1.unbind(0), err1.unbind(0)
         for i in range(i2 - i1):
             # this group's 2 smallest saliencies go (a tail group of K % 4 columns is padded
             # with zeros in the format: it drops all but 2)
@@ -56,12 +57,15 @@ def sparsegpt(
                 score = w1[i : i + 4].square() / d2[i1 + i : i1 + i + 4, None]
                 idx = torch.topk(score, score.shape[0] - 2, dim=0, largest=False).indices
                 pruned[i : i + 4].scatter_(0, idx, True)
-            x = w1[i]
-            e = torch.where(pruned[i], x, torch.zeros_like(x)).div_(diag[i1 + i])
-            err1[i] = e
-            x.masked_fill_(pruned[i], 0.0)
-            if i + 1 < i2 - i1:
-                w1[i + 1 :].addmm_(u1[i, i + 1 :, None], e[None, :], alpha=-1.0)
+            x, drop = xs[i], pruned[i]
+            e = torch.mul(x, drop, out=es[i]).div_(diag[i1 + i])
+            x.masked_fill_(drop, 0.0)
+            s2 = min(i // SUB_BLOCK * SUB_BLOCK + SUB_BLOCK, i2 - i1)  # as in gptq._pass
+            if i + 1 < s2:
+                w1[i + 1 : s2].addmm_(u1[i, i + 1 : s2, None], e[None, :], alpha=-1.0)
+            if i + 1 == s2 and s2 < i2 - i1:
+                s1 = s2 - SUB_BLOCK
+                w1[s2:].addmm_(u1[s1:s2, s2:].t(), err1[s1:s2], alpha=-1.0)
         if i2 < k:
             wt[i2:].addmm_(u[i1:i2, i2:].t(), err1, alpha=-1.0)
     return wt.t().contiguous()
