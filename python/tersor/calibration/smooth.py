@@ -99,27 +99,27 @@ def awq_clip(w: torch.Tensor, x: torch.Tensor, group: int, quantize: Callable) -
     """AWQ's clipping search: for every row and group of `group` input columns of w [N, K]
     (already scaled), the range [lo, hi] of the group shrunk by the ratio in CLIP_RATIOS that
     minimizes the group's share of the output error on x [R, K],
-    || x_g (w_g - Q(clamp(w_g, r lo, r hi)))^T ||^2; returns w clamped to the chosen ranges,
-    which round-to-nearest then turns into the clipped grids (Q = `quantize` on [N, group])."""
+    || x_g (w_g - Q(clamp(w_g, r lo, r hi)))^T ||^2 (the first ratio wins a tie); returns w
+    clamped to the chosen ranges, which round-to-nearest then turns into the clipped grids
+    (Q = `quantize` on [rows, group]). Every ratio of a group is one quantize call and one
+    batched product, over chunks of rows that keep the temporaries near 64 MiB."""
     if x.shape[0] > CLIP_ROWS:
         x = x[torch.linspace(0, x.shape[0] - 1, CLIP_ROWS).long()]
+    n_ratios = len(CLIP_RATIOS)
+    ratios = torch.tensor(CLIP_RATIOS)[:, None, None]
+    rows = max(1, (16 << 20) // (n_ratios * max(group, x.shape[0])))
     out = w.clone()
     for g0 in range(0, w.shape[1], group):
-        wg, xg = w[:, g0 : g0 + group], x[:, g0 : g0 + group]
-        lo = wg.amin(1, keepdim=True).clamp(max=0.0)
-        hi = wg.amax(1, keepdim=True).clamp(min=0.0)
-        ref = xg @ wg.t()
-        best_err, best = None, wg
-        for r in CLIP_RATIOS:
-            wc = torch.maximum(torch.minimum(wg, hi * r), lo * r)
-            err = (xg @ quantize(wc).t() - ref).pow_(2).sum(0)
-            if best_err is None:
-                best_err, best = err, wc
-                continue
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best = torch.where(better[:, None], wc, best)
-        out[:, g0 : g0 + group] = best
+        xg = x[:, g0 : g0 + group]
+        for r0 in range(0, w.shape[0], rows):
+            wg = w[r0 : r0 + rows, g0 : g0 + group]
+            lo = wg.amin(1, keepdim=True).clamp(max=0.0)
+            hi = wg.amax(1, keepdim=True).clamp(min=0.0)
+            wc = torch.maximum(torch.minimum(wg, hi * ratios), lo * ratios)  # [C, rows, g]
+            deq = quantize(wc.reshape(-1, wg.shape[1])).view(wc.shape)
+            err = (xg @ deq.transpose(1, 2) - xg @ wg.t()).pow_(2).sum(1)  # [C, rows]
+            best = err.argmin(0)
+            out[r0 : r0 + rows, g0 : g0 + group] = wc[best, torch.arange(wg.shape[0])]
     return out
 
 
