@@ -488,7 +488,7 @@ def main(argv=None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--runs", type=int, default=7, help="timed runs per variant")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per variant")
     p.add_argument("--skip-cnn", action="store_true", help="no CNN section")
     p.add_argument("--skip-llm", action="store_true", help="no LLM section")
     p.add_argument("--llm-shape", default="1b", choices=["1b", "tiny"], help="the LLM's shape")
