@@ -19,8 +19,8 @@ IMPLS = [
     W8A8_DENSE,
     W8A8_VNNI,
 ]
-SPARSIFY = "tersor unstructured {} (sparsify_)"  # sparsify_ keeps a dense copy only below
-# the large-M break-even; 75% only
+# the layer sparsify_ builds (a dense copy kept only below the large-M break-even), at 75%
+SPARSIFY = "tersor unstructured {} (sparsify_)"
 # Ordered so that every M of a (shape, sparsity) runs before the next sparsity: the cache below
 # holds one pruned layer's impls (building them is most of this file's time)
 CASES = [

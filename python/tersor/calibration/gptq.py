@@ -183,6 +183,19 @@ ROW_CHUNK = 8192
 SUB_BLOCK = 16
 
 
+def spread_error(w1, u1, err1, e, i: int) -> None:
+    """W[:, j] -= e_k * U[k, j] for the block's columns j after column i (rows of w1, the
+    block of W^T; e = err1[i]): the rest of its sub-block now, the rest of the block in one
+    product when the sub-block ends."""
+    b = w1.shape[0]
+    s2 = min(i // SUB_BLOCK * SUB_BLOCK + SUB_BLOCK, b)
+    if i + 1 < s2:  # (addmm_ of [B, 1] x [1, N]: BLAS; torch's addr_ is ~100x slower on CPU)
+        w1[i + 1 : s2].addmm_(u1[i, i + 1 : s2, None], e[None, :], alpha=-1.0)
+    if i + 1 == s2 and s2 < b:
+        s1 = s2 - SUB_BLOCK
+        w1[s2:].addmm_(u1[s1:s2, s2:].t(), err1[s1:s2], alpha=-1.0)
+
+
 def _pass(w, u, grid, grouped: bool, block_size: int, keep_t):
     """The column pass over the rows w [n, K] (see the module doc): (codes [n, K], values
     [n, K], the groups' scales, the groups' zero points)."""
@@ -216,13 +229,7 @@ def _pass(w, u, grid, grouped: bool, block_size: int, keep_t):
                 q.masked_fill_(~keep_t[col], 0.0)
             v = grid.value(vs[i], q, safe, zero)
             e = torch.sub(xs[i], v, out=es[i]).div_(diag[col])
-            s2 = min(i // SUB_BLOCK * SUB_BLOCK + SUB_BLOCK, i2 - i1)
-            if i + 1 < s2:  # W[:, j] -= e_k * U[k, j] for the sub-block's later columns
-                # (addmm_ of [B, 1] x [1, N]: BLAS; torch's addr_ is ~100x slower on CPU)
-                w1[i + 1 : s2].addmm_(u1[i, i + 1 : s2, None], e[None, :], alpha=-1.0)
-            if i + 1 == s2 and s2 < i2 - i1:  # the sub-block's errors, on the block's rest
-                s1 = s2 - SUB_BLOCK
-                w1[s2:].addmm_(u1[s1:s2, s2:].t(), err1[s1:s2], alpha=-1.0)
+            spread_error(w1, u1, err1, e, i)
         if i2 < k:
             wt[i2:].addmm_(u[i1:i2, i2:].t(), err1, alpha=-1.0)
     return q_t.t(), deq_t.t(), scales, zeros

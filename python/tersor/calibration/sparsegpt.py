@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tersor.calibration.gptq import SUB_BLOCK, Prepared, prepare
+from tersor.calibration.gptq import Prepared, prepare, spread_error
 
 
 def sparsegpt(
@@ -60,12 +60,7 @@ def sparsegpt(
             x, drop = xs[i], pruned[i]
             e = torch.mul(x, drop, out=es[i]).div_(diag[i1 + i])
             x.masked_fill_(drop, 0.0)
-            s2 = min(i // SUB_BLOCK * SUB_BLOCK + SUB_BLOCK, i2 - i1)  # as in gptq._pass
-            if i + 1 < s2:
-                w1[i + 1 : s2].addmm_(u1[i, i + 1 : s2, None], e[None, :], alpha=-1.0)
-            if i + 1 == s2 and s2 < i2 - i1:
-                s1 = s2 - SUB_BLOCK
-                w1[s2:].addmm_(u1[s1:s2, s2:].t(), err1[s1:s2], alpha=-1.0)
+            spread_error(w1, u1, err1, e, i)
         if i2 < k:
             wt[i2:].addmm_(u[i1:i2, i2:].t(), err1, alpha=-1.0)
     return wt.t().contiguous()
