@@ -272,20 +272,77 @@ def test_corrupted_checkpoint_files(which, how, at, value, tmp_path_factory):
                 data = json.dumps(manifest).encode()
             with open(os.path.join(d, f), "wb") as fh:
                 fh.write(data)
-        model = _fresh_model()
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        types = [type(m) for m in model]
-        try:
-            tersor.load_pretrained(model, d)
-        except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError, OSError) as e:
-            assert d in str(e), f"the error does not name the checkpoint: {e}"
-            assert [type(m) for m in model] == types, "a failed load changed the model"
-            after = model.state_dict()
-            assert all(torch.equal(before[k], after[k]) for k in before), "half loaded"
-            return
-        with torch.no_grad():
-            got = model(x)
-        assert got.shape == y.shape
+        _loads_or_fails_cleanly(d, x, y)
+
+
+def _loads_or_fails_cleanly(d: str, x, y, fresh=None) -> None:
+    """load_pretrained of folder d into a fresh model (fresh(), default _fresh_model) raises an
+    error naming d and leaves the model as it was, or loads a model that runs."""
+    model = (fresh or _fresh_model)()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model]
+    try:
+        tersor.load_pretrained(model, d)
+    except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError, OSError) as e:
+        assert d in str(e), f"the error does not name the checkpoint: {e}"
+        assert [type(m) for m in model] == types, "a failed load changed the model"
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), "half loaded"
+        return
+    with torch.no_grad():
+        got = model(x)
+    assert got.shape == y.shape
+
+
+def test_manifest_tables_missing_or_of_the_wrong_type(tmp_path_factory):
+    """Every key of the manifest, and every key of each layer's entry, removed or turned into a
+    string: an error naming the checkpoint, or a model that runs (a byte changed in the key
+    'weight_map' once raised a bare KeyError)."""
+    import copy
+    import json
+    import os
+    import tempfile
+
+    def conv_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+
+    conv = conv_model()
+    tersor.quantize_(conv, tersor.W8A8Config())
+    conv_dir = str(tmp_path_factory.mktemp("conv_ckpt"))
+    tersor.save_pretrained(conv, conv_dir)
+    conv_files = {}
+    for f in os.listdir(conv_dir):
+        with open(os.path.join(conv_dir, f), "rb") as fh:
+            conv_files[f] = fh.read()
+    xc = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        yc = conv(xc)
+    root = str(tmp_path_factory.getbasetemp())
+    for (_, files, x, y), fresh in (
+        (_checkpoint(root), None),
+        ((0, conv_files, xc, yc), conv_model),
+    ):
+        manifest = json.loads(files["tersor.json"])
+        cases = [((), key) for key in manifest]
+        for fqn, entry in manifest["layers"].items():
+            cases += [(("layers", fqn), key) for key in entry]
+            cases += [(("layers", fqn, "conv"), key) for key in entry.get("conv", {})]
+        for where, key in cases:
+            for how in ("drop", "string"):
+                m = copy.deepcopy(manifest)
+                table = m
+                for step in where:
+                    table = table[step]
+                if how == "drop":
+                    del table[key]
+                else:
+                    table[key] = "x"
+                with tempfile.TemporaryDirectory() as d:
+                    for f, data in files.items():
+                        with open(os.path.join(d, f), "wb") as fh:
+                            fh.write(json.dumps(m).encode() if f == "tersor.json" else data)
+                    _loads_or_fails_cleanly(d, x, y, fresh)
 
 
 CT = {}

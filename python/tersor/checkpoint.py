@@ -202,21 +202,50 @@ def _build_layer(fqn: str, entry: dict, get, path: str) -> nn.Module:
         bias = get(prefix + "bias", False)
         if tuple(bias.shape) != (n,):
             raise ValueError(f"{path}: {prefix}bias: expected ({n},), got {tuple(bias.shape)}")
-    gemm = PackedLinear.wrap(fmt, bias, kernel=entry.get("kernel", "auto"), name=fqn)
-    if "conv" not in entry:
-        return gemm
-    c = entry["conv"]
-    geometry = nn.Conv2d(
-        c["in_channels"],
-        c["out_channels"],
-        tuple(c["kernel_size"]),
-        tuple(c["stride"]),
-        tuple(c["padding"]),
-        tuple(c["dilation"]),
-        groups=c.get("groups", 1),
-        device="meta",
-    )
-    return QConv2d.around(geometry, gemm, fqn)
+    try:  # the entry's other fields: the kernel, a convolution's geometry
+        gemm = PackedLinear.wrap(fmt, bias, kernel=entry.get("kernel", "auto"), name=fqn)
+        if "conv" not in entry:
+            return gemm
+        c = entry["conv"]
+        geometry = nn.Conv2d(
+            c["in_channels"],
+            c["out_channels"],
+            tuple(c["kernel_size"]),
+            tuple(c["stride"]),
+            tuple(c["padding"]),
+            tuple(c["dilation"]),
+            groups=c.get("groups", 1),
+            device="meta",
+        )
+        _check_conv_geometry(c, gemm)
+        return QConv2d.around(geometry, gemm, fqn)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"{path}: layer '{fqn}': the manifest's entry does not build ({e!r})"
+        ) from e
+
+
+def _check_conv_geometry(c: dict, gemm) -> None:
+    """A convolution's manifest geometry: pairs of integers (kernel, stride, dilation >= 1,
+    padding >= 0) that make the packed GEMM's shape, K = kh * kw * C_in / groups and
+    N = C_out."""
+
+    def pair(key, lo):
+        v = c[key]
+        return isinstance(v, list) and len(v) == 2 and all(type(e) is int and e >= lo for e in v)
+
+    ok = all(pair(key, 1) for key in ("kernel_size", "stride", "dilation")) and pair("padding", 0)
+    if ok:
+        (kh, kw), groups = c["kernel_size"], c.get("groups", 1)
+        ok = c["in_channels"] % groups == 0 and (
+            kh * kw * (c["in_channels"] // groups),
+            c["out_channels"],
+        ) == (gemm.in_features, gemm.out_features)
+    if not ok:
+        raise ValueError(
+            f"convolution {c} does not make its packed weight "
+            f"[{gemm.out_features}, {gemm.in_features}]"
+        )
 
 
 def load_pretrained(
@@ -274,6 +303,37 @@ def load_pretrained(
     return model, Report("tersor layers from a tersor checkpoint", rows, time.perf_counter() - t0)
 
 
+def _check_manifest(file: str, manifest) -> None:
+    """The manifest's tables have the types the loader reads them as: a byte changed in the
+    file otherwise surfaced as a bare KeyError naming neither the file nor the table."""
+
+    def corrupted(what: str):
+        raise ValueError(f"{file}: corrupted manifest ({what})")
+
+    def names(table) -> bool:  # str -> str
+        return all(isinstance(k, str) and isinstance(v, str) for k, v in table.items())
+
+    if not isinstance(manifest, dict):
+        corrupted("not a table")
+    for key, required in (("layers", 1), ("weight_map", 1), ("aliases", 0), ("extra_state", 0)):
+        if not isinstance(manifest.get(key, None if required else {}), dict):
+            corrupted(f"no '{key}' table")
+    if not names(manifest["weight_map"]) or not names(manifest.get("aliases", {})):
+        corrupted("'weight_map' / 'aliases' must map tensor names to names")
+    non_persistent = manifest.get("non_persistent", [])
+    if not isinstance(non_persistent, list) or not all(isinstance(k, str) for k in non_persistent):
+        corrupted("'non_persistent' must be a list of names")
+    if type(manifest.get("format_version", 0)) is not int:
+        corrupted("'format_version' is not an integer")
+    for fqn, entry in manifest["layers"].items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("bias"), bool)
+            or not isinstance(entry.get("options", {}), dict)
+        ):
+            corrupted(f"layer '{fqn}': expected a table with 'bias' (true / false) and 'options'")
+
+
 def read_manifest(path: str) -> dict:
     """The manifest of the tersor checkpoint folder `path` (errors name the file)."""
     file = os.path.join(path, MANIFEST)
@@ -284,8 +344,7 @@ def read_manifest(path: str) -> dict:
             manifest = json.loads(f.read().decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{file}: corrupted manifest ({e})") from e
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), dict):
-        raise ValueError(f"{file}: corrupted manifest (no 'layers' table)")
+    _check_manifest(file, manifest)
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(
             f"{file}: checkpoint format {manifest['format_version']} is newer "
