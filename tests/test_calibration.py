@@ -495,3 +495,135 @@ def test_last_pass_replays_the_blocks_exactly(monkeypatch):
     assert len(calls) == 1
     for k, v in replayed.state_dict().items():
         assert torch.equal(v, rerun.state_dict()[k]), k
+
+
+def _python_pass(w, u, grid, block, keep_t=None):
+    """gptq._pass in torch, element-wise ops in the native pass's order (csrc/gptq: per
+    column quantize, then the rank-1 updates of the block's later columns; the columns after
+    the block in one product): the native pass must give the same bits."""
+    n, k = w.shape
+    wt = w.t().contiguous()
+    lo, hi = grid.code_range
+    grouped = grid.g is not None and grid.g < k
+    if not grouped:
+        _, zero, safe = grid.params(w)
+    qs, vs = torch.empty(k, n), torch.empty(k, n)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        err = torch.empty(i2 - i1, n)
+        for i in range(i1, i2):
+            if grouped and i % grid.g == 0:
+                _, zero, safe = grid.params(wt[i : i + grid.g].t())
+            c = (wt[i] / safe).round() + zero
+            c = c.clamp(lo, hi)
+            if keep_t is not None:
+                c = torch.where(keep_t[i], c, torch.zeros_like(c))
+            v = (c - zero) * safe
+            qs[i], vs[i] = c, v
+            err[i - i1] = (wt[i] - v) / u[i, i]
+            for j in range(i + 1, i2):
+                wt[j] -= u[i, j] * err[i - i1]
+        if i2 < k:
+            wt[i2:].addmm_(u[i1:i2, i2:].t(), err, alpha=-1.0)
+    return qs.t(), vs.t()
+
+
+@pytest.mark.parametrize(
+    "kind", ["int4 g8", "int4 g8 sym", "int4 one group", "int8", "int8 masked", "int7"]
+)
+def test_native_column_pass_is_the_python_pass(kind):
+    """csrc/gptq against the same pass written in torch, bit for bit: 300 rows (two row
+    tiles, both threads), K = 72 in blocks of 32 (a partial last block), odd group starts."""
+    torch.manual_seed(1)
+    n, k = 300, 72
+    w = torch.randn(n, k) * torch.logspace(-2, 1, n)[:, None]
+    w[5] = 0.0  # a zero row: scale 0, safe 1
+    prep = gptq.prepare(_correlated(500, k).t() @ _correlated(500, k), act_order=False)
+    keep_t = None
+    if "int4" in kind:
+        grid = gptq.Int4Grid(None if "one" in kind else 8, "sym" in kind)
+    else:
+        grid = gptq.Int8Grid(63 if kind == "int7" else 127)
+        if "masked" in kind:
+            keep_t = torch.rand(k, n) > 0.5
+    grouped = grid.g is not None and grid.g < k
+    q, v, _, _ = gptq._pass(w, prep.u, grid, grouped, 32, keep_t)
+    q_ref, v_ref = _python_pass(w, prep.u, grid, 32, keep_t)
+    assert torch.equal(q, q_ref) and torch.equal(v, v_ref)
+    if keep_t is not None:
+        assert not v.t()[~keep_t].any()
+
+
+@pytest.mark.parametrize("n_of_4,k", [(True, 72), (True, 71), (True, 70), (False, 72)])
+def test_native_sparsegpt_pass_is_the_python_pass(n_of_4, k):
+    """SparseGPT's native column pass against the same pass in torch, bit for bit (300 rows:
+    two row tiles on both threads; K with 3- and 2-column tail groups; blocks of 32)."""
+    from tersor.calibration import sparsegpt
+
+    torch.manual_seed(2)
+    n = 300
+    w = torch.randn(n, k)
+    prep = gptq.prepare(_correlated(500, k).t() @ _correlated(500, k))
+    u = prep.u
+    wt = w.t().contiguous()
+    d2 = u.diagonal().square()
+    for i1 in range(0, k, 32):
+        i2 = min(i1 + 32, k)
+        err = torch.empty(i2 - i1, n)
+        drop_t = torch.zeros(i2 - i1, n, dtype=torch.bool)
+        if not n_of_4:
+            score = wt[i1:i2].square() / d2[i1:i2, None]
+            idx = torch.topk(score.flatten(), int(round(score.numel() * 0.5)), largest=False)
+            drop_t.view(-1)[idx.indices] = True
+        for i in range(i1, i2):
+            cols = min(4, i2 - i)
+            if n_of_4 and (i - i1) % 4 == 0 and cols > 2:
+                score = wt[i : i + cols].square() / d2[i : i + cols, None]
+                idx = torch.topk(score, cols - 2, dim=0, largest=False).indices
+                drop_t[i - i1 : i - i1 + cols].scatter_(0, idx, True)
+            go = drop_t[i - i1]
+            err[i - i1] = torch.where(go, wt[i] / u[i, i], torch.zeros_like(wt[i]))
+            wt[i] = torch.where(go, torch.zeros_like(wt[i]), wt[i])
+            for j in range(i + 1, i2):
+                wt[j] -= u[i, j] * err[i - i1]
+        if i2 < k:
+            wt[i2:].addmm_(u[i1:i2, i2:].t(), err, alpha=-1.0)
+    got = sparsegpt.sparsegpt(w, prep, n_of_4=n_of_4, block_size=32)
+    assert torch.equal(got, wt.t())
+    if n_of_4:
+        full = got[:, : k // 4 * 4].reshape(n, -1, 4)
+        assert int((full != 0).sum(-1).max()) <= 2
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_native_rtn_int4_is_quantize_then_dequantize(sym):
+    """The searches' round to nearest (csrc/gptq rtn_int4) against the format's own
+    quantize_int4 + dequantize_int4, bit for bit: odd rows, zero and one-signed rows, scales
+    over five decades, every group size."""
+    from tersor.api import _rtn_dequantized
+    from tersor.formats.int4 import dequantize_int4
+
+    torch.manual_seed(3)
+    for n, k in [(7, 96), (33, 128), (300, 384), (5, 100), (1, 8)]:
+        for g in (32, 64, 128, -1):
+            if g > 0 and k % g:
+                continue
+            w = torch.randn(n, k) * torch.logspace(-3, 2, n)[:, None]
+            w[0] = 0.0
+            w[-1] = w[-1].abs()
+            got = _rtn_dequantized(w, tersor.W4Config(group_size=g, symmetric=sym))
+            assert torch.equal(got, dequantize_int4(*quantize_int4(w, g, sym)))
+
+
+def test_native_fp16_rounding_is_torchs():
+    """The GPTQ pass rounds group scales to fp16 itself (csrc/gptq round_to_fp16): nearest
+    even as torch's .half(), across subnormals, the normal range and the overflow edge."""
+    from tersor import _C
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(20000, generator=g) * 10 ** torch.empty(20000).uniform_(-9, 6, generator=g)
+    edges = [65504.0, 65519.99, 65520.0, 65536.0, 6.1e-5, 6.103515625e-05, 5.96e-8, 2.98e-8]
+    x = torch.cat([x, torch.tensor(edges + [2.99e-8, 0.0, -0.0, float("inf"), -1e9])])
+    got = torch.tensor([_C.round_to_fp16(float(v)) for v in x])
+    assert torch.equal(got, x.half().float())
+    assert torch.equal(torch.tensor(_C.round_to_fp16(-0.0)).signbit(), torch.tensor(True))

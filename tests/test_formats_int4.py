@@ -169,12 +169,44 @@ def test_awq_import():
 
 @pytest.mark.parametrize(("n", "k"), [(1, 8), (40, 64), (33, 96)])
 def test_packing_from_nibble_bytes_equals_packing_the_codes(n, k):
-    """Checkpoint loading packs the canonical nibble bytes directly (pack_int4_nibbles): the
+    """Checkpoint loading packs the canonical nibble bytes directly (codes_to_tiles): the
     same kernel codes as unpacking them to one byte per code first."""
-    from tersor.formats.int4 import from_nibbles, pack_int4, pack_int4_nibbles, to_nibbles
+    from tersor.formats.int4 import codes_to_tiles, from_nibbles, pack_int4, to_nibbles
 
     q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
     b = to_nibbles(q)
     assert torch.equal(from_nibbles(b, k), q)
     scale = torch.rand(n, k // 8).to(torch.float16)
-    assert torch.equal(pack_int4_nibbles(b, n, k), pack_int4(q, scale, None, 8).codes)
+    assert torch.equal(codes_to_tiles(b, n, k, k, True), pack_int4(q, scale, None, 8).codes)
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 33])
+@pytest.mark.parametrize("k,kp", [(8, 8), (13, 16), (24, 32), (40, 40), (129, 136), (96, 128)])
+@pytest.mark.parametrize("nibbles", [False, True])
+def test_native_repack_matches_torch(n, k, kp, nibbles):
+    """csrc/repack (save / load / conversion) against the torch path (other devices), both
+    ways; past K and past N the tiles hold 0, an odd K's last high nibble is 0."""
+    from tersor.formats.int4 import (
+        _codes_to_tiles_torch,
+        _tiles_to_codes_torch,
+        codes_to_tiles,
+        tiles_to_codes,
+    )
+
+    gen = torch.Generator().manual_seed(n * 1000 + k)
+    q = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    rows = to_nibbles(q) if nibbles else q
+    tiles = codes_to_tiles(rows, n, k, kp, nibbles)
+    assert tiles.shape == ((n + 15) // 16, kp // 8, 16, 4)
+    assert torch.equal(tiles, _codes_to_tiles_torch(rows, n, k, kp, nibbles))
+    back = tiles_to_codes(tiles, n, k, nibbles)
+    assert torch.equal(back, rows)
+    assert torch.equal(back, _tiles_to_codes_torch(tiles, n, k, nibbles))
+    # garbage in the padding must not leak into the rows
+    noisy = tiles.clone().view(-1, kp // 8, 16, 4)
+    full = torch.randint(0, 256, noisy.shape, generator=gen, dtype=torch.uint8)
+    mask = _codes_to_tiles_torch(torch.full_like(rows, 0xFF), n, k, kp, nibbles)
+    noisy = torch.where(mask.bool(), noisy, full)
+    assert torch.equal(tiles_to_codes(noisy, n, k, nibbles), rows)
+    with pytest.raises(ValueError, match="int4 codes: expected uint8"):
+        codes_to_tiles(rows[:, :-1], n, k, kp, nibbles)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,3 +83,33 @@ def test_weight_bits_7_layers():
         for cfg in (tersor.W8A8Config, tersor.W8A8StaticConfig):
             with pytest.raises(ValueError, match=f"{cfg.__name__}.weight_bits must be 8 or 7"):
                 cfg(weight_bits=bad)
+
+
+def test_native_pack_padding_range_and_unpack_ignore_padding():
+    """csrc/repack: every padded byte 0, colsum and the codes' range in the same pass, and
+    unpacking reads only k < K of rows < N (garbage in the padding does not leak)."""
+    g = torch.Generator().manual_seed(3)
+    for n, k in [(1, 1), (7, 13), (33, 1030), (48, 64)]:
+        q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+        q[0, 0] = -127  # the range's ends are known
+        p = pack_int8(q, torch.rand(n) + 0.01)
+        assert p.code_absmax == 127
+        full = torch.zeros(p.packed.shape[0] * 16, p.packed.shape[1] * 4, dtype=torch.int8)
+        full[:n, :k] = q
+        want = full.view(-1, 16, full.shape[1] // 4, 4).permute(0, 2, 1, 3)
+        assert torch.equal(p.packed, want)
+        assert torch.equal(p.colsum[:n], q.int().sum(1)) and not p.colsum[n:].any()
+        assert torch.equal(unpack_int8(p.packed, p.scale, n, k)[0], q)
+        pad = torch.ones_like(full, dtype=torch.bool)
+        pad[:n, :k] = False
+        pad = pad.view(-1, 16, full.shape[1] // 4, 4).permute(0, 2, 1, 3)
+        noise = torch.randint(-128, 128, p.packed.shape, generator=g, dtype=torch.int8)
+        noisy = torch.where(pad, noise, p.packed)
+        assert torch.equal(unpack_int8(noisy, p.scale, n, k)[0], q)
+    narrow = torch.randint(-64, 65, (9, 20), generator=g, dtype=torch.int8)
+    assert pack_int8(narrow, torch.ones(9)).code_absmax <= 64
+    with pytest.raises(ValueError, match="int8 codes: expected int8"):
+        pack_int8(narrow.to(torch.int16), torch.ones(9))
+    p = pack_int8(narrow, torch.ones(9))
+    with pytest.raises(ValueError, match="int8 codes: expected int8 tiles for"):
+        unpack_int8(p.packed, p.scale, 9, 24)  # K past the tiles

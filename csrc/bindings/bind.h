@@ -34,5 +34,7 @@ void bind_decoder_layer(py::module_& m);
 void bind_spmm_24(py::module_& m);
 void bind_spmm_csr(py::module_& m);
 void bind_spmm_block(py::module_& m);
+void bind_repack(py::module_& m);
+void bind_gptq(py::module_& m);
 
 }  // namespace tersor::bindings

@@ -19,4 +19,6 @@ PYBIND11_MODULE(_C, m) {
   b::bind_spmm_24(m);
   b::bind_spmm_csr(m);
   b::bind_spmm_block(m);
+  b::bind_repack(m);
+  b::bind_gptq(m);
 }

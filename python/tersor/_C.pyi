@@ -617,6 +617,40 @@ def gemm_w8a8(
     kernel then runs u8 x s8 multiplies with no sign handling. The result is the same either
     way."""
 
+def gptq_block(
+    w: int,
+    ldw: int,
+    u: int,
+    ldu: int,
+    err: int,
+    q: int,
+    deq: int,
+    ldq: int,
+    keep: int,
+    ldk: int,
+    B: int,
+    n: int,
+    group: int,
+    symmetric: bool,
+    safe: int,
+    zero: int,
+    qlo: float,
+    qhi: float,
+    group_scale: int,
+    group_zero: int,
+    mode: int,
+    nthreads: int,
+) -> None:
+    """GPTQ's column pass over one block of B columns of W, held as rows of W^T (fp32 w
+    [B][ldw], n used, updated in place; u the block's square of the upper factor U [B][ldu]);
+    writes err [B][n] = (w - value) / u_ii, codes q and values deq [B][ldq]. keep: uint8
+    [B][ldk] (0: pruned, code 0) or 0. group > 0: int4 groups, each row's grid from the current
+    weights at the group's first column (symmetric or not), scales (fp16 values) and zero points
+    written to group_scale / group_zero [B/group][n]; group == 0: the fixed grid safe, zero [n].
+    Codes clamp(round(w / safe) + zero, qlo, qhi). mode 0: that grid; 1: prune where keep is 0
+    (values w or 0, no grid); 2: prune 2 of every 4 columns by w^2 / u_jj^2 (SparseGPT); q may
+    be 0 and deq may be w. gptq/gptq.h."""
+
 def has_amx_bf16() -> bool:
     """True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then
     runs the tiles (for group sizes that are multiples of 32)."""
@@ -624,6 +658,62 @@ def has_amx_bf16() -> bool:
 def has_bf16_dot() -> bool:
     """True when this CPU has AVX512-BF16 and the active ISA path is AVX-512 or above:
     gemm_w4_bf16 / gemm_w8_bf16 then run vdpbf16ps instead of their C refs."""
+
+def int4_rows_to_tiles(
+    tiles: int,
+    rows: int,
+    N: int,
+    K: int,
+    Kp: int,
+    ld: int,
+    nibbles: bool,
+    nthreads: int,
+) -> None:
+    """Canonical int4 rows -> kernel tiles; codes past K and rows past N are 0. tiles: uint8
+    W4Tile codes [Np/16][Kp/8][16][4] (Np = 16 ceil(N/16), Kp >= K a multiple of 8); rows: uint8
+    [N][ld], two codes per byte along K (nibbles=True: k even in the low nibble) or one per
+    byte."""
+
+def int4_tiles_to_rows(
+    tiles: int,
+    rows: int,
+    N: int,
+    K: int,
+    Kp: int,
+    ld: int,
+    nibbles: bool,
+    nthreads: int,
+) -> None:
+    """Kernel int4 tiles -> canonical rows over k < K (an odd K's last high nibble is 0). tiles:
+    uint8 W4Tile codes [Np/16][Kp/8][16][4] (Np = 16 ceil(N/16), Kp >= K a multiple of 8); rows:
+    uint8 [N][ld], two codes per byte along K (nibbles=True: k even in the low nibble) or one
+    per byte."""
+
+def int8_rows_to_tiles(
+    tiles: int,
+    colsum: int,
+    rows: int,
+    N: int,
+    K: int,
+    Kp: int,
+    ld: int,
+    nthreads: int,
+) -> tuple[int, int]:
+    """Canonical int8 rows -> kernel tiles (zeros past K and N) and colsum int32 [Np] (each
+    row's sum); returns the codes' (min, max), (0, 0) when empty. tiles: int8 W8Tile blocks
+    [Np/16][Kp/4][16][4] (Np = 16 ceil(N/16), Kp = 4 ceil(K/4)); rows: int8 [N][ld]."""
+
+def int8_tiles_to_rows(
+    tiles: int,
+    rows: int,
+    N: int,
+    K: int,
+    Kp: int,
+    ld: int,
+    nthreads: int,
+) -> None:
+    """Kernel int8 tiles -> canonical rows over k < K. tiles: int8 W8Tile blocks
+    [Np/16][Kp/4][16][4] (Np = 16 ceil(N/16), Kp = 4 ceil(K/4)); rows: int8 [N][ld]."""
 
 def max_pool_s8(
     x: int,
@@ -680,6 +770,14 @@ def rms_norm(
     """y[m] = w * (x[m] / sqrt(mean(x[m]^2) + eps)) over M rows of N (row strides in elements);
     dtype 0 fp32, 1 bf16, 2 fp16 for x, w, y; fp32 arithmetic, each product rounded to the dtype
     as HF's RMSNorm does."""
+
+def round_to_fp16(f: float) -> float:
+    """float(fp16(f)), nearest even, overflow to inf (the GPTQ pass's scale rounding)."""
+
+def rtn_int4(w: int, N: int, K: int, group: int, symmetric: bool, out: int, nthreads: int) -> None:
+    """Round to nearest on the int4 grid, dequantized: w fp32 [N][K] -> out fp32 [N][K], groups
+    of `group` columns (the last may be shorter), fp16-rounded scales; what quantize_int4 then
+    dequantize_int4 give (gptq/gptq.h)."""
 
 def set_adaptive_threads(on: bool) -> bool:
     """Whether kernels give up threads while other work keeps the cores busy

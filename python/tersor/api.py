@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from tersor import pruning
+from tersor import _C, pruning
 from tersor.configs import (
     DENSE_FALLBACK_ROWS,
     LARGE_M_BREAK_EVEN,
@@ -280,7 +280,17 @@ def _rtn_dequantized(w: torch.Tensor, config, group_size=None) -> torch.Tensor:
     default the config's), dequantized (the rules of the formats' from_float, unpacked)."""
     if isinstance(config, (W4Config, W4A8Config)):
         g = config.group_size if group_size is None else group_size
-        q, s, z, g = quantize_int4(w, g if g in GROUP_SIZES else -1, config.symmetric)
+        g = g if g in GROUP_SIZES else -1
+        if w.is_cpu and w.dtype == torch.float32 and w.dim() == 2:  # one native pass
+            n, k = w.shape
+            w = w.contiguous()
+            out = torch.empty_like(w)
+            g = effective_group_size(k, g)
+            _C.rtn_int4(
+                w.data_ptr(), n, k, g, config.symmetric, out.data_ptr(), torch.get_num_threads()
+            )
+            return out
+        q, s, z, g = quantize_int4(w, g, config.symmetric)
         return dequantize_int4(q, s, z, g)
     q, s = quantize_per_channel_int8(w, qmax=weight_qmax(config))
     return q.float() * s[:, None]
@@ -371,7 +381,7 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
                 prep = gptq.prepare(h, config.damp, config.act_order)
                 shared[:] = [(h, prep)]  # siblings are solved one after another
             mask = ctx.masks.get(id(m))
-            got = gptq.gptq(w, prep, grid, mask=mask)
+            got = gptq.gptq(w, prep, grid, mask=mask, measure=False)
             deq = got.dequantized
             # a sparse layer takes int8 values (nn/linear.py quantized), the others a format
             fmt = (got.q, got.scale) if mask is not None else _solved_format(got, config)
@@ -391,12 +401,14 @@ def _calibrate(model, layers, config, calibration, ctx, progress=None):
         ctx.solved[id(m)] = fmt
         if r is not None:
             ctx.bias_scale[id(m)] = r
-        same = use_gptq and s is None and r is None  # then GPTQ measured it
-        err = got.err if same else gptq.output_error(eff - w0, w0, hessian)
         # round to nearest of the rows the error is measured on (the grids are per row)
         pick = gptq.error_rows(*w0.shape)
         w_rows = w0 if pick is None else w0[pick]
-        rtn_err = gptq.output_error(_rtn_dequantized(w_rows, config) - w_rows, w_rows, hessian)
+        energy = gptq.output_energy(w_rows, hessian)
+        err = gptq.output_error(eff - w0, w0, hessian, energy)
+        rtn_err = gptq.output_error(
+            _rtn_dequantized(w_rows, config) - w_rows, w_rows, hessian, energy
+        )
         how = {"rtn": "round to nearest"}.get(config.method, config.method)
         if config.smooth is not None:
             how = f"smoothquant + {how}"

@@ -10,7 +10,8 @@ squared output error, H = 2 X^T X / n (X: the calibration inputs of the layer):
 With U the upper Cholesky factor of H^-1 (H^-1 = U^T U), row k of U holds exactly the weights
 this update needs once columns < k are done, so the whole pass is one Cholesky and rank-1
 updates. Updates are applied lazily: inside a block of B columns immediately, to the rest of W
-once per block (one GEMM), which is what makes it fast.
+once per block (one GEMM), which is what makes it fast. The block's column loop runs natively
+(csrc/gptq/gptq.h states its arithmetic; a torch loop paid 5-60 us of dispatch per column).
 
     columns:  | done | block i1..i2 (rank-1 updates) | rest (updated once per block) |
 
@@ -40,6 +41,7 @@ from typing import Optional
 
 import torch
 
+from tersor import _C
 from tersor.formats.int4 import group_grid
 
 
@@ -57,6 +59,8 @@ class Solved:
 
 
 class Int4Grid:
+    code_range = (0.0, 15.0)
+
     def __init__(self, group_size: int, symmetric: bool):
         self.g, self.symmetric = group_size, symmetric
 
@@ -65,33 +69,19 @@ class Int4Grid:
         round-to-nearest uses (formats/int4.py group_grid)."""
         return group_grid(w.amin(1), w.amax(1), self.symmetric)
 
-    @staticmethod
-    def codes(out, w, safe, zero):
-        return torch.div(w, safe, out=out).round_().add_(zero).clamp_(0, 15)
-
-    @staticmethod
-    def value(out, q, safe, zero):
-        return torch.sub(q, zero, out=out).mul_(safe)
-
 
 class Int8Grid:
     g = None  # one "group": the whole row, its scale fixed from the original weight
 
     def __init__(self, qmax: int = 127):
         self.qmax = qmax
+        self.code_range = (-float(qmax), float(qmax))
 
     def params(self, w: torch.Tensor):
         amax = torch.maximum(-w.amin(1), w.amax(1))
         scale = amax / float(self.qmax)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         return scale, torch.zeros_like(scale), safe
-
-    def codes(self, out, w, safe, zero):
-        return torch.div(w, safe, out=out).round_().clamp_(-self.qmax, self.qmax)
-
-    @staticmethod
-    def value(out, q, safe, zero):
-        return torch.mul(q, safe, out=out)
 
 
 def error_rows(n: int, k: int):
@@ -103,14 +93,25 @@ def error_rows(n: int, k: int):
     return torch.linspace(0, n - 1, rows).long() if n > rows else None
 
 
-def output_error(dw: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> float:
+def output_error(
+    dw: torch.Tensor, w: torch.Tensor, h: torch.Tensor, energy: Optional[float] = None
+) -> float:
     """tr(dW H dW^T) / tr(W H W^T): the relative squared output error on the calibration
-    inputs, over the rows error_rows picks."""
+    inputs, over the rows error_rows picks; energy: output_energy(w, h) when several errors
+    of one layer are measured (the denominator costs as much as the error)."""
     pick = error_rows(*dw.shape)
     if pick is not None:
-        dw, w = dw[pick], w[pick]
-    num = (dw @ h * dw).sum()
-    return float(num / (w @ h * w).sum().clamp(min=1e-30))
+        dw = dw[pick]
+    num = float((dw @ h * dw).sum())
+    return num / (output_energy(w, h) if energy is None else energy)
+
+
+def output_energy(w: torch.Tensor, h: torch.Tensor) -> float:
+    """tr(W H W^T) over the rows error_rows picks (output_error's denominator), at least 1e-30."""
+    pick = error_rows(*w.shape)
+    if pick is not None:
+        w = w[pick]
+    return max(float((w @ h * w).sum()), 1e-30)
 
 
 def _lower_inverse(low: torch.Tensor, block: int = 1024) -> torch.Tensor:
@@ -176,60 +177,118 @@ def prepare(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = False) 
 
 
 ROW_CHUNK = 8192
-# Inside a block the rank-1 updates reach only the rest of a SUB_BLOCK of columns, and each
-# finished sub-block updates the rest of the block in one product: the same lazy batching
-# one level down (per column, 15 rows of W^T touched instead of up to 127). It divides every
-# group size, so a group's grid is taken from fully updated weights.
-SUB_BLOCK = 16
 
 
-def spread_error(w1, u1, err1, e, i: int) -> None:
-    """W[:, j] -= e_k * U[k, j] for the block's columns j after column i (rows of w1, the
-    block of W^T; e = err1[i]): the rest of its sub-block now, the rest of the block in one
-    product when the sub-block ends."""
-    b = w1.shape[0]
-    s2 = min(i // SUB_BLOCK * SUB_BLOCK + SUB_BLOCK, b)
-    if i + 1 < s2:  # (addmm_ of [B, 1] x [1, N]: BLAS; torch's addr_ is ~100x slower on CPU)
-        w1[i + 1 : s2].addmm_(u1[i, i + 1 : s2, None], e[None, :], alpha=-1.0)
-    if i + 1 == s2 and s2 < b:
-        s1 = s2 - SUB_BLOCK
-        w1[s2:].addmm_(u1[s1:s2, s2:].t(), err1[s1:s2], alpha=-1.0)
+QUANTIZE, PRUNE_KEPT, PRUNE_TWO_OF_FOUR = 0, 1, 2  # csrc/gptq/gptq.h Mode
+
+
+def block_pass(
+    w1,
+    u1,
+    err1,
+    deq,
+    *,
+    q=None,
+    keep=None,
+    mode: int = QUANTIZE,
+    group: int = 0,
+    symmetric: bool = False,
+    safe=None,
+    zero=None,
+    code_range=(0.0, 0.0),
+    group_scale=None,
+    group_zero=None,
+) -> None:
+    """One block's column pass, natively (csrc/gptq/gptq.h): w1 [B, n] (rows of W^T, updated
+    in place, rows contiguous), u1 its square of U (a view of U: rows strided), err1 [B, n]
+    out; deq (and q) [B, n] out, row-contiguous views (deq may be w1); keep bool [B, n] rows
+    contiguous, or None."""
+    b, n = w1.shape
+    if b == 0:
+        return
+    rows = [w1, err1, deq] + ([q] if q is not None else [])
+    if (
+        any(t.dtype != torch.float32 or t.stride(1) != 1 or t.shape != (b, n) for t in rows)
+        or (keep is not None and (keep.dtype != torch.bool or keep.stride(1) != 1))
+        or u1.stride(1) != 1
+        or u1.shape != (b, b)
+        or (mode == PRUNE_KEPT and keep is None)
+        or (mode == QUANTIZE and group == 0 and (safe is None or zero is None))
+        or (group > 0 and (group_scale is None or group_zero is None))
+    ):  # the native pass trusts its pointers
+        raise ValueError(
+            "gptq block_pass: float32 [B, n] row-contiguous tensors, and the grid or mask "
+            "its mode reads, expected"
+        )
+    _C.gptq_block(
+        w1.data_ptr(),
+        w1.stride(0),
+        u1.data_ptr(),
+        u1.stride(0),
+        err1.data_ptr(),
+        0 if q is None else q.data_ptr(),
+        deq.data_ptr(),
+        deq.stride(0),
+        0 if keep is None else keep.data_ptr(),
+        0 if keep is None else keep.stride(0),
+        b,
+        n,
+        group,
+        symmetric,
+        0 if safe is None else safe.data_ptr(),
+        0 if zero is None else zero.data_ptr(),
+        code_range[0],
+        code_range[1],
+        0 if group_scale is None else group_scale.data_ptr(),
+        0 if group_zero is None else group_zero.data_ptr(),
+        mode,
+        torch.get_num_threads(),
+    )
 
 
 def _pass(w, u, grid, grouped: bool, block_size: int, keep_t):
     """The column pass over the rows w [n, K] (see the module doc): (codes [n, K], values
-    [n, K], the groups' scales, the groups' zero points)."""
+    [n, K], the groups' scales, the groups' zero points). Each block's columns run natively
+    (csrc/gptq: quantize, then the rank-1 updates inside the block); the columns after it
+    take the block's errors in one product here."""
     n, k = w.shape
     g = grid.g if grouped else k
     # the pass works on W^T [K, N]: a column of W is a contiguous row here
     wt = w.t().contiguous()
     q_t, deq_t = torch.empty(k, n), torch.empty(k, n)
     scales, zeros = [], []
+    safe = zero = None
     if not grouped:  # one grid per row of W, from the original weights
         scale, zero, safe = grid.params(w)
         scales.append(scale)
         zeros.append(zero)
-    diag = u.diagonal().tolist()
+        safe, zero = safe.float().contiguous(), zero.float().contiguous()
+    lo, hi = grid.code_range
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        w1 = wt[i1:i2]  # a view: updated in place
-        err1 = torch.empty(i2 - i1, n)
+        b = i2 - i1
+        err1 = torch.empty(b, n)
         u1 = u[i1:i2, i1:i2]
-        # the block's rows as views, made in one call each (per-column indexing costs ~5 us
-        # a view on a slow core, and the loop is per column)
-        xs, qs, vs, es = (t.unbind(0) for t in (w1, q_t[i1:i2], deq_t[i1:i2], err1))
-        for i in range(i2 - i1):
-            col = i1 + i
-            if grouped and col % g == 0:  # the group's grid, fixed from here on
-                scale, zero, safe = grid.params(w1[i : i + g].t())
-                scales.append(scale)
-                zeros.append(zero)
-            q = grid.codes(qs[i], xs[i], safe, zero)
-            if keep_t is not None:  # pruned: code 0, value 0 (Int8Grid)
-                q.masked_fill_(~keep_t[col], 0.0)
-            v = grid.value(vs[i], q, safe, zero)
-            e = torch.sub(xs[i], v, out=es[i]).div_(diag[col])
-            spread_error(w1, u1, err1, e, i)
+        ng = -(-b // g) if grouped else 0
+        g_scale, g_zero = torch.empty(ng, n), torch.empty(ng, n)
+        block_pass(
+            wt[i1:i2],
+            u1,
+            err1,
+            deq_t[i1:i2],
+            q=q_t[i1:i2],
+            keep=None if keep_t is None else keep_t[i1:i2],
+            group=g if grouped else 0,
+            symmetric=bool(getattr(grid, "symmetric", False)),
+            safe=safe,
+            zero=zero,
+            code_range=(lo, hi),
+            group_scale=g_scale,
+            group_zero=g_zero,
+        )
+        for j in range(ng):
+            scales.append(g_scale[j].to(torch.float16))
+            zeros.append(g_zero[j])
         if i2 < k:
             wt[i2:].addmm_(u[i1:i2, i2:].t(), err1, alpha=-1.0)
     return q_t.t(), deq_t.t(), scales, zeros
@@ -244,12 +303,14 @@ def gptq(
     damp: float = 0.01,
     act_order: bool = False,
     mask: Optional[torch.Tensor] = None,
+    measure: bool = True,
 ) -> Solved:
     """GPTQ of weight [N, K] (float) against hessian [K, K] (the sum of x x^T over the
     calibration rows; its scale does not matter), or a Prepared one, on `grid` (Int4Grid /
     Int8Grid). mask: bool [N, K], the weights a sparse layer keeps (Int8Grid only): the others
     are quantized to 0 and their error spread like any other's (SparseGPT's joint pruning and
-    quantization, with the pattern already chosen)."""
+    quantization, with the pattern already chosen). measure=False: err is NaN (a caller that
+    measures several errors of the layer shares their denominator)."""
     prep = hessian if isinstance(hessian, Prepared) else prepare(hessian, damp, act_order)
     w = weight.detach().to(torch.float32).clone()
     n, k = w.shape
@@ -292,7 +353,7 @@ def gptq(
         if not grouped:  # one grid per row: the column order is not part of the format
             q_all, perm = q_all[:, inv], None
     w0 = weight.detach().to(torch.float32)
-    err = output_error(deq_orig - w0, w0, h_orig)
+    err = output_error(deq_orig - w0, w0, h_orig) if measure else float("nan")
     if isinstance(grid, Int4Grid):
         scale = torch.stack(scales, 1)
         zero = None if grid.symmetric else torch.stack(zeros, 1).to(torch.uint8)

@@ -70,7 +70,11 @@ def awq_scale(
     for w in weights:  # the error adds over output rows: a spread of rows measures it
         pick = torch.linspace(0, w.shape[0] - 1, min(SEARCH_ROWS, w.shape[0])).long()
         sample.append(w[pick].float())
-    refs = [x @ w.t() for w in sample]
+    # with float activations the error is tr(dW H dW^T), dW = Q(W diag(s)) / s - W, H = x^T x:
+    # a [K, K] product per layer instead of an [R, K] one, cheaper when K < R (MiniLM's
+    # 384-wide inputs against ~1000 sampled rows: 2.7x fewer flops)
+    gram = x.t() @ x if not act_int8 and x.shape[1] < x.shape[0] else None
+    refs = [] if gram is not None else [x @ w.t() for w in sample]
     m = mean_abs.float().clamp(min=1e-4)
     best = None
     base = None
@@ -78,12 +82,17 @@ def awq_scale(
         alpha = i / N_GRID
         s = m.pow(alpha)
         s = s / (s.max() * s.min()).sqrt()
-        xs = x / s
-        if act_int8:
-            xs = _fq_rows(xs)
         err = 0.0
-        for w, ref in zip(sample, refs):
-            err += float((xs @ quantize(w * s).t() - ref).pow(2).sum())
+        if gram is not None:
+            for w in sample:
+                dw = quantize(w * s).div_(s).sub_(w)
+                err += float((dw @ gram).mul_(dw).sum())
+        else:
+            xs = x / s
+            if act_int8:
+                xs = _fq_rows(xs)
+            for w, ref in zip(sample, refs):
+                err += float((xs @ quantize(w * s).t() - ref).pow(2).sum())
         if base is None:
             base = err
         if best is None or err < best[2]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from tersor.calibration.gptq import Prepared, prepare, spread_error
+from tersor.calibration import gptq
+from tersor.calibration.gptq import Prepared, prepare
 
 
 def sparsegpt(
@@ -36,31 +37,25 @@ def sparsegpt(
     n, k = w.shape
     wt = w.t().contiguous()  # [K, N]: a column of W is a contiguous row
     d2 = u.diagonal().square()
-    diag = u.diagonal().tolist()
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         w1 = wt[i1:i2]
         err1 = torch.empty(i2 - i1, n)
         u1 = u[i1:i2, i1:i2]
-        pruned = torch.zeros(i2 - i1, n, dtype=torch.bool)
+        keep = None
         if not n_of_4:  # the block's mask, over all its rows and columns at once
             score = w1.square() / d2[i1:i2, None]
             drop = int(round(score.numel() * sparsity))
+            keep = torch.ones(i2 - i1, n, dtype=torch.bool)
             if drop:
                 idx = torch.topk(score.flatten(), drop, largest=False).indices
-                pruned.view(-1)[idx] = True
-        xs, es = w1.unbind(0), err1.unbind(0)
-        for i in range(i2 - i1):
-            # this group's 2 smallest saliencies go (a tail group of K % 4 columns is padded
-            # with zeros in the format: it drops all but 2)
-            if n_of_4 and i % 4 == 0 and min(4, i2 - i1 - i) > 2:
-                score = w1[i : i + 4].square() / d2[i1 + i : i1 + i + 4, None]
-                idx = torch.topk(score, score.shape[0] - 2, dim=0, largest=False).indices
-                pruned[i : i + 4].scatter_(0, idx, True)
-            x, drop = xs[i], pruned[i]
-            e = torch.mul(x, drop, out=es[i]).div_(diag[i1 + i])
-            x.masked_fill_(drop, 0.0)
-            spread_error(w1, u1, err1, e, i)
+                keep.view(-1)[idx] = False
+        # natively (csrc/gptq): column by column, the pruned weights zeroed and their error
+        # spread over the block's later columns; 2:4 chooses each group's 2 smallest
+        # saliencies when the pass reaches it (a tail group of K % 4 columns is padded with
+        # zeros in the format: it drops all but 2)
+        mode = gptq.PRUNE_TWO_OF_FOUR if n_of_4 else gptq.PRUNE_KEPT
+        gptq.block_pass(w1, u1, err1, w1, keep=keep, mode=mode)
         if i2 < k:
             wt[i2:].addmm_(u[i1:i2, i2:].t(), err1, alpha=-1.0)
     return wt.t().contiguous()

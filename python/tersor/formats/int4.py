@@ -37,6 +37,7 @@ from typing import Optional
 
 import torch
 
+from tersor import _C
 from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, expect, row_blocks
 from tersor.ops.gemm_w4 import cpu_runner_w4, dequant_w4t, linear_w4
 
@@ -151,16 +152,82 @@ def pack_int4(
 ) -> PackedInt4:
     """Canonical (q [N, K], scale [N, ngroups], zero) -> kernel layout (diagram above)."""
     n, k = q.shape
-    ngroups = scale.shape[1]
-    np_, kp = _round_up(n, BLOCK_N), ngroups * group_size
-    qp = torch.zeros(np_, kp, dtype=torch.uint8)
+    codes = codes_to_tiles(q, n, k, scale.shape[1] * group_size, nibbles=False)
+    scale_p, zero_p = pack_group_params(scale, zero)
+    return PackedInt4(codes, scale_p, zero_p, n, k, group_size)
+
+
+def codes_to_tiles(rows: torch.Tensor, n: int, k: int, kp: int, nibbles: bool) -> torch.Tensor:
+    """Canonical codes, rows [N, K] one per byte or [N, ceil(K/2)] nibble bytes (k even in
+    the low nibble) -> the kernel codes [Np/16, Kp/8, 16, 4]; codes at k >= K and rows past N
+    are 0. Native on the CPU (csrc/repack), in torch elsewhere."""
+    np_ = _round_up(n, BLOCK_N)
+    width = (k + 1) // 2 if nibbles else k
+    if rows.dtype != torch.uint8 or tuple(rows.shape) != (n, width) or kp < k or kp % TILE_K:
+        raise ValueError(
+            f"int4 codes: expected uint8 [{n}, {width}] and Kp >= {k} a multiple of {TILE_K}, "
+            f"got {rows.dtype} {tuple(rows.shape)} and Kp = {kp}"
+        )
+    if rows.is_cpu:
+        rows = rows.contiguous()
+        out = torch.empty(np_ // BLOCK_N, kp // TILE_K, BLOCK_N, 4, dtype=torch.uint8)
+        _C.int4_rows_to_tiles(
+            out.data_ptr(),
+            rows.data_ptr(),
+            n,
+            k,
+            kp,
+            rows.shape[1],
+            nibbles,
+            torch.get_num_threads(),
+        )
+        return out
+    return _codes_to_tiles_torch(rows, n, k, kp, nibbles)
+
+
+def _codes_to_tiles_torch(rows, n: int, k: int, kp: int, nibbles: bool) -> torch.Tensor:
+    np_ = _round_up(n, BLOCK_N)
+    q = from_nibbles(rows, k) if nibbles else rows
+    qp = torch.zeros(np_, kp, dtype=torch.uint8, device=rows.device)
     qp[:n, :k] = q
     # [nb, c, t, half, j] -> byte (nb, t, c, j) = half0 | half1 << 4
     v = qp.view(np_ // BLOCK_N, BLOCK_N, kp // TILE_K, 2, 4)
-    codes = (v[:, :, :, 0, :] | (v[:, :, :, 1, :] << 4)).permute(0, 2, 1, 3).contiguous()
+    return (v[:, :, :, 0, :] | (v[:, :, :, 1, :] << 4)).permute(0, 2, 1, 3).contiguous()
 
-    scale_p, zero_p = pack_group_params(scale, zero)
-    return PackedInt4(codes, scale_p, zero_p, n, k, group_size)
+
+def tiles_to_codes(codes: torch.Tensor, n: int, k: int, nibbles: bool) -> torch.Tensor:
+    """The kernel codes [Np/16, Kp/8, 16, 4] -> canonical rows over k < K: [N, K] one code
+    per byte, or [N, ceil(K/2)] nibble bytes (an odd K's last high nibble 0)."""
+    nb, k8, _, _ = codes.shape
+    if codes.dtype != torch.uint8 or nb * BLOCK_N < n or k8 * TILE_K < k:
+        raise ValueError(
+            f"int4 codes: expected uint8 tiles for [{n}, {k}], got {codes.dtype} "
+            f"{tuple(codes.shape)}"
+        )
+    if codes.is_cpu:
+        codes = codes.contiguous()
+        width = (k + 1) // 2 if nibbles else k
+        out = torch.empty(n, width, dtype=torch.uint8)
+        _C.int4_tiles_to_rows(
+            codes.data_ptr(),
+            out.data_ptr(),
+            n,
+            k,
+            k8 * TILE_K,
+            width,
+            nibbles,
+            torch.get_num_threads(),
+        )
+        return out
+    return _tiles_to_codes_torch(codes, n, k, nibbles)
+
+
+def _tiles_to_codes_torch(codes, n: int, k: int, nibbles: bool) -> torch.Tensor:
+    nb, k8, _, _ = codes.shape
+    lo, hi = codes & 0x0F, codes >> 4
+    q = torch.stack([lo, hi], dim=3)  # [nb, t, c, half, j]
+    q = q.permute(0, 2, 1, 3, 4).reshape(nb * BLOCK_N, k8 * TILE_K)[:n, :k].contiguous()
+    return to_nibbles(q) if nibbles else q
 
 
 def pack_group_params(scale: torch.Tensor, zero: Optional[torch.Tensor]):
@@ -177,33 +244,19 @@ def pack_group_params(scale: torch.Tensor, zero: Optional[torch.Tensor]):
     return per_block(scale.to(torch.float16), torch.float16), zero_p
 
 
-def pack_int4_nibbles(b: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Canonical nibble bytes [N, K/2] -> the kernel codes [Np/16, K/8, 16, 4] without
-    unpacking to one byte per code (checkpoint loading: half the temporaries). K % 8 == 0.
-
-    Canonical bytes pair (k, k+1), the kernel's (k, k+4): per 8 k, B0..B3 = (k0,k1) (k2,k3)
-    (k4,k5) (k6,k7) become k0|k4, k1|k5, k2|k6, k3|k7 (low | high << 4)."""
-    np_ = _round_up(n, BLOCK_N)
-    v = b.view(n, k // 8, 4)
-    b0, b1, b2, b3 = v.unbind(-1)
-    lo_f, hi_f = 0x0F, 0xF0
-    out = torch.zeros(np_, k // 8, 4, dtype=torch.uint8)
-    out[:n, :, 0] = (b0 & lo_f) | ((b2 & lo_f) << 4)
-    out[:n, :, 1] = (b0 >> 4) | (b2 & hi_f)
-    out[:n, :, 2] = (b1 & lo_f) | ((b3 & lo_f) << 4)
-    out[:n, :, 3] = (b1 >> 4) | (b3 & hi_f)
-    return out.view(np_ // BLOCK_N, BLOCK_N, k // 8, 4).permute(0, 2, 1, 3).contiguous()
-
-
 def unpack_int4(codes, scale, zero, n: int, k: int):
     """Kernel layout -> canonical (q [N, K], scale [N, ngroups], zero or None)."""
-    nb, k8, _, _ = codes.shape
-    lo, hi = codes & 0x0F, codes >> 4
-    q = torch.stack([lo, hi], dim=3)  # [nb, t, c, half, j]
-    q = q.permute(0, 2, 1, 3, 4).reshape(nb * BLOCK_N, k8 * TILE_K)[:n, :k]
-    s = scale.permute(0, 2, 1).reshape(nb * BLOCK_N, -1)[:n]
-    z = zero.permute(0, 2, 1).reshape(nb * BLOCK_N, -1)[:n] if zero is not None else None
-    return q.contiguous(), s.contiguous(), (z.contiguous() if z is not None else None)
+    q = tiles_to_codes(codes, n, k, nibbles=False)
+    s, z = unpack_group_params(scale, zero, n)
+    return q, s, z
+
+
+def unpack_group_params(scale, zero, n: int):
+    """pack_group_params' inverse: [Np/16, ngroups, 16] -> [N, ngroups] (contiguous)."""
+    nb = scale.shape[0]
+    s = scale.permute(0, 2, 1).reshape(nb * BLOCK_N, -1)[:n].contiguous()
+    z = None if zero is None else zero.permute(0, 2, 1).reshape(nb * BLOCK_N, -1)[:n]
+    return s, (None if z is None else z.contiguous())
 
 
 def to_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -255,13 +308,9 @@ class Int4Format(WeightFormat):
             zero = None
         if not symmetric and zero is None:  # a symmetric import into an asymmetric layer
             zero = torch.full(scale.shape, 8, dtype=torch.uint8)
-        if nibbles_k is not None and k % 8 == 0 and self.G * scale.shape[1] == k:
-            self.codes = pack_int4_nibbles(q, n, k)
-            self.scale, self.zero = pack_group_params(scale, zero)
-        else:
-            q = from_nibbles(q, k) if nibbles_k is not None else q
-            p = pack_int4(q, scale, zero, self.G)
-            self.codes, self.scale, self.zero = p.codes, p.scale, p.zero
+        kp = self.G * scale.shape[1]
+        self.codes = codes_to_tiles(q, n, k, kp, nibbles=nibbles_k is not None)
+        self.scale, self.zero = pack_group_params(scale, zero)
         self.perm = None if perm is None else perm.to(torch.int64).contiguous()
         self._finish()
 
@@ -350,8 +399,11 @@ class Int4Format(WeightFormat):
         )
 
     def state_dict(self):
-        q, s, z = self.canonical()
-        out = {"weight_int4": to_nibbles(q), "weight_scale": s}
+        s, z = unpack_group_params(
+            self.scale.cpu(), None if self.zero is None else self.zero.cpu(), self.out_features
+        )
+        q = tiles_to_codes(self.codes.cpu(), self.out_features, self.in_features, nibbles=True)
+        out = {"weight_int4": q, "weight_scale": s}
         if z is not None:
             out["weight_zero"] = z
         if self.perm is not None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tersor import _C
 from tersor.formats.base import (
     WeightFormat,
     bad_scale,
@@ -72,6 +73,7 @@ class PackedInt8:
     scale: torch.Tensor  # float32 [Np]
     out_features: int
     in_features: int
+    code_absmax: int  # the largest |code| (is_narrow without another pass)
 
     @property
     def nbytes(self) -> int:
@@ -103,23 +105,43 @@ def quantize_per_channel_int8(
 def pack_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedInt8:
     """Canonical (int8 [N, K], fp32 [N]) -> kernel layout. Values must lie in [-127, 127]."""
     n, k = q.shape
+    if q.dtype != torch.int8:
+        raise ValueError(f"int8 codes: expected int8 [N, K], got {q.dtype}")
     np_, kp = _round_up(n, BLOCK_N), _round_up(k, BLOCK_K)
-    if (np_, kp) == (n, k) and q.is_contiguous():
-        padded = q  # the permuted copy below is the only one
-    else:
-        padded = torch.zeros(np_, kp, dtype=torch.int8)
-        padded[:n, :k] = q
+    scale_p = torch.zeros(np_, dtype=torch.float32)
+    scale_p[:n] = scale
+    if q.is_cpu:  # one native pass: tiles, column sums and the codes' range (csrc/repack)
+        q = q.contiguous()
+        packed = torch.empty(np_ // BLOCK_N, kp // BLOCK_K, BLOCK_N, BLOCK_K, dtype=torch.int8)
+        colsum = torch.empty(np_, dtype=torch.int32)
+        lo, hi = _C.int8_rows_to_tiles(
+            packed.data_ptr(), colsum.data_ptr(), q.data_ptr(), n, k, kp, k, torch.get_num_threads()
+        )
+        return PackedInt8(packed, colsum, scale_p, n, k, max(-lo, hi))
+    padded = torch.zeros(np_, kp, dtype=torch.int8, device=q.device)
+    padded[:n, :k] = q
     packed = padded.view(np_ // BLOCK_N, BLOCK_N, kp // BLOCK_K, BLOCK_K).permute(0, 2, 1, 3)
     colsum = torch.zeros(np_, dtype=torch.int32)
     colsum[:n] = row_sums_int32(q)
-    scale_p = torch.zeros(np_, dtype=torch.float32)
-    scale_p[:n] = scale
-    return PackedInt8(packed.contiguous(), colsum, scale_p, n, k)
+    amax = int(q.abs().amax()) if q.numel() else 0
+    return PackedInt8(packed.contiguous(), colsum, scale_p, n, k, amax)
 
 
 def unpack_int8(packed: torch.Tensor, scale: torch.Tensor, n: int, k: int):
     """Kernel layout -> canonical (int8 [N, K], fp32 [N])."""
     nb, k4, _, _ = packed.shape
+    if packed.dtype != torch.int8 or nb * BLOCK_N < n or k4 * BLOCK_K < k:
+        raise ValueError(
+            f"int8 codes: expected int8 tiles for [{n}, {k}], got {packed.dtype} "
+            f"{tuple(packed.shape)}"
+        )
+    if packed.is_cpu:
+        packed = packed.contiguous()
+        q = torch.empty(n, k, dtype=torch.int8)
+        _C.int8_tiles_to_rows(
+            packed.data_ptr(), q.data_ptr(), n, k, k4 * BLOCK_K, k, torch.get_num_threads()
+        )
+        return q, scale[:n].contiguous()
     q = packed.permute(0, 2, 1, 3).reshape(nb * BLOCK_N, k4 * BLOCK_K)
     return q[:n, :k].contiguous(), scale[:n].contiguous()
 
@@ -141,7 +163,7 @@ class Int8Format(WeightFormat):
         self.scheme = "w8a8" if act_int8 else "w8"
         p = pack_int8(q, scale)
         self.packed, self.colsum, self.scale = p.packed, p.colsum, p.scale
-        self.narrow_w = act_int8 and is_narrow(q)
+        self.narrow_w = act_int8 and p.code_absmax <= NARROW_MAX
         self._finish()
 
     @classmethod

@@ -1,0 +1,75 @@
+// repack: canonical (checkpoint) weight forms <-> kernel forms (repack/repack.h).
+#include "bindings/bind.h"
+#include "repack/repack.h"
+
+#include <pybind11/stl.h>
+
+#include <utility>
+
+namespace tersor::bindings {
+
+#define TERSOR_INT4_REPACK_ARGS                                                              \
+  py::arg("tiles"), py::arg("rows"), py::arg("N"), py::arg("K"), py::arg("Kp"), py::arg("ld"), \
+      py::arg("nibbles"), py::arg("nthreads")
+
+void bind_repack(py::module_& m) {
+  constexpr const char* kInt4Doc =
+      " tiles: uint8 W4Tile codes [Np/16][Kp/8][16][4] (Np = 16 ceil(N/16), Kp >= K a multiple "
+      "of 8); rows: uint8 [N][ld], two codes per byte along K (nibbles=True: k even in the low "
+      "nibble) or one per byte.";
+  auto args = [](addr tiles, addr rows, int64_t N, int64_t K, int64_t Kp, int64_t ld,
+                 bool nibbles, int nthreads) {
+    return repack::Int4Args{ptr<uint8_t>(tiles), ptr<uint8_t>(rows), N, K, Kp, ld, nibbles,
+                            nthreads};
+  };
+  m.def(
+      "int4_rows_to_tiles",
+      [args](addr tiles, addr rows, int64_t N, int64_t K, int64_t Kp, int64_t ld, bool nibbles,
+             int nthreads) {
+        repack::int4_rows_to_tiles(args(tiles, rows, N, K, Kp, ld, nibbles, nthreads));
+      },
+      TERSOR_INT4_REPACK_ARGS, nogil(),
+      (std::string("Canonical int4 rows -> kernel tiles; codes past K and rows past N are 0.") +
+       kInt4Doc)
+          .c_str());
+  m.def(
+      "int4_tiles_to_rows",
+      [args](addr tiles, addr rows, int64_t N, int64_t K, int64_t Kp, int64_t ld, bool nibbles,
+             int nthreads) {
+        repack::int4_tiles_to_rows(args(tiles, rows, N, K, Kp, ld, nibbles, nthreads));
+      },
+      TERSOR_INT4_REPACK_ARGS, nogil(),
+      (std::string("Kernel int4 tiles -> canonical rows over k < K (an odd K's last high nibble "
+                   "is 0).") +
+       kInt4Doc)
+          .c_str());
+
+  constexpr const char* kInt8Doc =
+      " tiles: int8 W8Tile blocks [Np/16][Kp/4][16][4] (Np = 16 ceil(N/16), Kp = 4 ceil(K/4)); "
+      "rows: int8 [N][ld].";
+  m.def(
+      "int8_rows_to_tiles",
+      [](addr tiles, addr colsum, addr rows, int64_t N, int64_t K, int64_t Kp, int64_t ld,
+         int nthreads) {
+        const auto r = repack::int8_rows_to_tiles(repack::Int8Args{
+            ptr<int8_t>(tiles), ptr<int32_t>(colsum), ptr<int8_t>(rows), N, K, Kp, ld, nthreads});
+        return std::make_pair(r.min, r.max);
+      },
+      py::arg("tiles"), py::arg("colsum"), py::arg("rows"), py::arg("N"), py::arg("K"),
+      py::arg("Kp"), py::arg("ld"), py::arg("nthreads"), nogil(),
+      (std::string("Canonical int8 rows -> kernel tiles (zeros past K and N) and colsum int32 "
+                   "[Np] (each row's sum); returns the codes' (min, max), (0, 0) when empty.") +
+       kInt8Doc)
+          .c_str());
+  m.def(
+      "int8_tiles_to_rows",
+      [](addr tiles, addr rows, int64_t N, int64_t K, int64_t Kp, int64_t ld, int nthreads) {
+        repack::int8_tiles_to_rows(repack::Int8Args{ptr<int8_t>(tiles), nullptr,
+                                                    ptr<int8_t>(rows), N, K, Kp, ld, nthreads});
+      },
+      py::arg("tiles"), py::arg("rows"), py::arg("N"), py::arg("K"), py::arg("Kp"), py::arg("ld"),
+      py::arg("nthreads"), nogil(),
+      (std::string("Kernel int8 tiles -> canonical rows over k < K.") + kInt8Doc).c_str());
+}
+
+}  // namespace tersor::bindings
