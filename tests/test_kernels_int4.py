@@ -13,7 +13,7 @@ from tersor.ops.gemm_w4 import BF16_MIN_ROWS, TILES_MIN_ROWS, gemm_w4_cpu
 from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
-MS = [1, 6, 7, 33]  # 6 and 7: partial row tiles of 2 and 3 (tiles of 4 rows)
+MS = [1, 2, 6, 7, 33]  # 1, 2: the AVX-512 decode tile; 6, 7: partial row tiles of 2 and 3
 W4_MS = [1, 2, 4, 5, 6, 7, 33]  # the AVX2 W4 kernel's tiles of 1..6 rows, its slabs from 7
 NS = [5, 33]
 

@@ -13,7 +13,7 @@ from tersor.ops.gemm_w8 import gemm_w8_cpu
 from tersor.ref import dequant_w8_ref, gemm_w8a8_ref, quantize_rows_ref
 
 SHAPES_KN = [(1, 1), (3, 5), (4, 16), (37, 33), (130, 70), (257, 49)]
-MS = [1, 7, 33]
+MS = [1, 2, 7, 33]  # 1, 2: the AVX-512 decode tile
 
 
 def make(m, k, n, gen, bias=True):
