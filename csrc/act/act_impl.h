@@ -53,7 +53,7 @@ void silu_mul_impl(const SwigluArgs& a) {
         P::store(yt, silu_mul8<P>(P::load(gt), P::load(ut)));
         for (int64_t i = N8; i < N; ++i) y[i] = yt[i - N8];
       }
-      if (!f32) half_io::narrow_ref({yf, 1, N, N, yrow, N, a.dtype});
+      if (!f32) P::narrow(yf, N, yrow, a.dtype);
     }
   }
 }

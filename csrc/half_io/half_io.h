@@ -31,6 +31,7 @@ struct RowsArgs {  // M x K elements, row strides in elements
   void* dst;
   int64_t ldd;
   int dtype;  // BF16 or F16: the half side
+  int nthreads = 1;  // widen / narrow split large blocks over this many threads
 };
 
 // half src -> fp32 dst
@@ -77,7 +78,7 @@ void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel) {
     const int64_t mb = a.M - m0 < rows ? a.M - m0 : rows;
     const void* x0 = static_cast<const char*>(static_cast<const void*>(a.x)) + m0 * a.ldx * bytes;
     if (half) {
-      widen({x0, mb, a.K, a.ldx, xs, a.K, io});
+      widen({x0, mb, a.K, a.ldx, xs, a.K, io, a.nthreads});
       if (x_scale) scale_columns({xs, mb, a.K, a.K, xs, a.K, x_scale});
     } else {
       scale_columns({static_cast<const float*>(x0), mb, a.K, a.ldx, xs, a.K, x_scale});
@@ -96,7 +97,7 @@ void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel) {
     kernel(b);
     if (half) {
       narrow({ys, mb, a.N, a.N, static_cast<char*>(static_cast<void*>(a.y)) + m0 * a.ldy * bytes,
-              a.ldy, io});
+              a.ldy, io, a.nthreads});
     }
   }
 }

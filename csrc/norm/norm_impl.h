@@ -53,10 +53,10 @@ void rms_norm_impl(const RmsArgs& a) {
         for (int64_t i = 8 * C; i < N; ++i) y[i] = wf[i] * (x[i] * r);
       } else {  // t = half(x * r), y = half(w * t): HF's two ops in the model's dtype
         for (int64_t i = 0; i < N; ++i) tf[i] = x[i] * r;
-        half_io::narrow_ref({tf, 1, N, N, yrow, N, a.dtype});
+        P::narrow(tf, N, yrow, a.dtype);
         P::widen(yrow, N, tf, a.dtype);
         for (int64_t i = 0; i < N; ++i) tf[i] = wf[i] * tf[i];
-        half_io::narrow_ref({tf, 1, N, N, yrow, N, a.dtype});
+        P::narrow(tf, N, yrow, a.dtype);
       }
     }
   }
