@@ -206,7 +206,7 @@ def test_w4_dense_path_for_large_batches(gen, monkeypatch):
 
 
 @pytest.mark.parametrize("sym", [False, True])
-@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("m", [*MS, 8])  # up to 8: vdpbf16ps on pairs made in registers
 @pytest.mark.parametrize("g,k", [*CASES, (32, 576), (128, 640)])  # 18 and 5 groups
 def test_gemm_w4_bf16(isa, g, k, m, sym, gen, c_ref):
     """The bf16 dot-product path (csrc/gemm_w4/gemm_w4.h: vdpbf16ps where the CPU has
