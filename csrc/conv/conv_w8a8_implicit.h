@@ -157,8 +157,12 @@ static inline void store_pixel(const ConvW8A8Args& c, const int32_t* acc, float 
                                 _mm_maskz_loadu_epi8(mask, res + h))),
                             _mm512_set1_ps(o->res_scale), t);
       t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(o->lo)), _mm512_set1_ps(o->hi));
-      _mm_mask_storeu_epi8(o->q + m * o->ldq + n0 + h, mask,
-                           _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t)));
+      const __m128i q16 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t));
+      int8_t* dst = o->q + m * o->ldq + n0 + h;
+      if (mask == 0xffff)  // a whole block: a plain store (conv_w8a8_avx512.cpp)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), q16);
+      else
+        _mm_mask_storeu_epi8(dst, mask, q16);
     } else {
       const __m512 s = _mm512_mul_ps(_mm512_set1_ps(sx), _mm512_maskz_loadu_ps(mask, sw + h));
       _mm512_mask_storeu_ps(c.y + m * out_stride(c) + n0 + h, mask,
