@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tersor.formats.int4 import (
+    Int4Format,
+    _gather_columns,
     dequantize_int4,
     from_awq,
     from_gptq,
@@ -210,3 +212,39 @@ def test_native_repack_matches_torch(n, k, kp, nibbles):
     assert torch.equal(tiles_to_codes(noisy, n, k, nibbles), rows)
     with pytest.raises(ValueError, match="int4 codes: expected uint8"):
         codes_to_tiles(rows[:, :-1], n, k, kp, nibbles)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 37), (7, 384), (3, 33, 130), (300, 5)])
+def test_native_column_gather_is_index_select(dtype, shape):
+    """The act-order input permutation (formats/int4.py _gather_columns): x[..., perm] bit for
+    bit, on strided rows too, large enough for both threads."""
+    g = torch.Generator().manual_seed(3)
+    k = shape[-1]
+    perm = torch.randperm(k, generator=g)
+    wide = torch.randn(*shape[:-1], k + 3, generator=g).to(dtype)
+    for x in (wide[..., :k].contiguous(), wide[..., 2 : 2 + k]):
+        assert torch.equal(_gather_columns(x, perm), x.index_select(-1, perm))
+
+
+def test_act_order_layer_matches_permuting_first_and_rejects_a_bad_permutation():
+    g = torch.Generator().manual_seed(4)
+    n, k = 20, 64
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+    s = torch.rand(n, 2, generator=g).half() / 10 + 0.01
+    z = torch.randint(0, 16, (n, 2), dtype=torch.uint8, generator=g)
+    perm = torch.randperm(k, generator=g)
+    scale = torch.rand(k, generator=g) + 0.5
+    for a8 in (False, True):
+        for xs in (None, scale):  # a kept input scale (AWQ): x * s, then the permutation
+            fmt = Int4Format(q, s, z, 32, act_int8=a8, perm=perm).with_input_scale(xs)
+            plain = Int4Format(q, s, z, 32, act_int8=a8)
+            plain = plain.with_input_scale(None if xs is None else xs[perm])
+            for x in (torch.randn(5, k, generator=g), torch.randn(2, 3, k, generator=g)):
+                want = plain.linear(x.index_select(-1, perm).reshape(-1, k), None, "auto")
+                want = want.view(*x.shape[:-1], n)
+                assert torch.equal(fmt.linear(x.reshape(-1, k), None, "auto").view_as(want), want)
+                assert torch.equal(fmt.cpu_runner()(x, None), want)  # the layers' lean call
+    for bad in (perm.clone().fill_(0), torch.arange(k) + 1, torch.arange(k - 1)):
+        with pytest.raises(ValueError, match="act-order input permutation"):
+            Int4Format(q, s, z, 32, perm=bad)

@@ -4,6 +4,7 @@
 
 #include <pybind11/stl.h>
 
+#include <stdexcept>
 #include <utility>
 
 namespace tersor::bindings {
@@ -70,6 +71,18 @@ void bind_repack(py::module_& m) {
       py::arg("tiles"), py::arg("rows"), py::arg("N"), py::arg("K"), py::arg("Kp"), py::arg("ld"),
       py::arg("nthreads"), nogil(),
       (std::string("Kernel int8 tiles -> canonical rows over k < K.") + kInt8Doc).c_str());
+  m.def(
+      "gather_columns",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr perm, addr y, int64_t ldy, int bytes,
+         int nthreads) {
+        if (bytes != 2 && bytes != 4) throw std::invalid_argument("gather_columns: bytes must be 2 or 4");
+        repack::gather_columns(ptr<const void>(x), M, K, ldx, ptr<const int64_t>(perm),
+                               ptr<void>(y), ldy, bytes, nthreads);
+      },
+      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("perm"), py::arg("y"),
+      py::arg("ldy"), py::arg("bytes"), py::arg("nthreads"), nogil(),
+      "y[m][k] = x[m][perm[k]]: M rows of K elements of `bytes` (2 or 4) each, row strides "
+      "ldx / ldy in elements; perm int64 [K], every index in [0, K) (not checked here).");
 }
 
 }  // namespace tersor::bindings

@@ -166,4 +166,30 @@ void int8_tiles_to_rows(const Int8Args& a) {
   });
 }
 
+template <typename T>
+void gather_rows(const T* x, int64_t M, int64_t K, int64_t ldx, const int64_t* perm, T* y,
+                 int64_t ldy, int nthreads) {
+  const int nt = M * K < (int64_t(1) << 15) ? 1 : nthreads;
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+    int64_t m0, m1;
+    thread_range(M, &m0, &m1);
+    for (int64_t m = m0; m < m1; ++m) {
+      const T* xr = x + m * ldx;
+      T* yr = y + m * ldy;
+      for (int64_t k = 0; k < K; ++k) yr[k] = xr[perm[k]];
+    }
+  }
+}
+
+void gather_columns(const void* x, int64_t M, int64_t K, int64_t ldx, const int64_t* perm,
+                    void* y, int64_t ldy, int bytes, int nthreads) {
+  if (bytes == 4)
+    gather_rows(static_cast<const uint32_t*>(x), M, K, ldx, perm, static_cast<uint32_t*>(y),
+                ldy, nthreads);
+  else
+    gather_rows(static_cast<const uint16_t*>(x), M, K, ldx, perm, static_cast<uint16_t*>(y),
+                ldy, nthreads);
+}
+
 }  // namespace tersor::repack

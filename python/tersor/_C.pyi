@@ -395,6 +395,20 @@ def dequant_w4t(
 def dequant_w8(w: int, w_scale: int, N: int, K: int, out: int, nthreads: int) -> None:
     """Packed int8 (gemm_w8a8's w / w_scale) -> out fp32 W [N, K] (contiguous), q * s."""
 
+def gather_columns(
+    x: int,
+    M: int,
+    K: int,
+    ldx: int,
+    perm: int,
+    y: int,
+    ldy: int,
+    bytes: int,
+    nthreads: int,
+) -> None:
+    """y[m][k] = x[m][perm[k]]: M rows of K elements of `bytes` (2 or 4) each, row strides ldx /
+    ldy in elements; perm int64 [K], every index in [0, K) (not checked here)."""
+
 def gemm_w4(
     x: int,
     M: int,
