@@ -130,6 +130,16 @@ def test_half_rows_staged_in_blocks():
     assert _same(layer(x), layer(x.float()).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_half_staging_split_over_threads(rows):
+    """Blocks of 64K elements and more are converted by all threads: by rows, or by columns
+    when there are fewer rows than threads (one row of a large vocabulary's lm_head)."""
+    layer = _layer("w4a8 g32", 64, 70001)
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(rows)) * 3
+    for dtype in HALVES:
+        assert _same(layer(x.to(dtype)), layer(x.to(dtype).float()).to(dtype))
+
+
 def test_half_nan_row_stays_nan():
     layer = _layer("w4a8 g32", 64, 32)
     x = torch.randn(3, 64).to(torch.bfloat16)

@@ -108,7 +108,7 @@ TERSOR_UNROLL
 // prefetch) took 1.3-1.45x the time from DRAM: Zen 5, 2 threads, g32, M = 1, 2048x8192 /
 // 8192x2048 / 2048x2048 283-312 / 258-267 / 74-77 us against 214 / 215-217 / 61-66 us, when a
 // plain read ran at 41-45 GB/s (the new tile: ~42 GB/s). 16 / 32 / 64 / 128 / 192 lines ahead:
-// 244-251, 223-237, 214-222, 207-217 us at 2048x8192; T0 instead of NTA 1.1x the time.
+// 244-251, 223-237, 214-222, 207-217 us at 2048x8192; T0 instead of NTA 1.0-1.04x the time.
 // One block gives a row one accumulator, a chain of dependent vpdpbusd; four (lo / hi nibbles
 // of even / odd k-steps) keep four chains in flight.
 constexpr int64_t kPrefetchLines = 96;

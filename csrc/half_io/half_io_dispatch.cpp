@@ -10,7 +10,7 @@ namespace tersor::half_io {
 // Conversions have no AVX-512 path of their own: AVX2 + F16C is already far below the GEMM's
 // cost (the AVX-512 and AMX paths run the AVX2 conversion). A large block is split over the
 // threads (rows, or columns when there are fewer rows than threads): run single-threaded, a
-// bf16 layer's staging left the second core idle for 3-5% of a 128-row W4A8 GEMM (Zen 5).
+// bf16 layer's staging left the second core idle for ~2-3% of a 128-row W4A8 GEMM (Zen 5).
 namespace {
 
 template <typename Fn>
