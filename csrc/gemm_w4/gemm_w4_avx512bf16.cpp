@@ -49,6 +49,25 @@ struct Rows {
   int64_t m0;
 };
 
+// Closing group g of column block nb for a row: t = fma(8 - z, X, part); acc = fma(t, s, acc).
+struct GroupClose {
+  const PackedW4LinearArgs& a;
+  int64_t g;
+  __m512 s, zc;
+  GroupClose(const PackedW4LinearArgs& args, int64_t nb, int64_t group) : a(args), g(group) {
+    const int64_t meta = (nb * a.ngroups + g) * 16;
+    s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
+    zc = a.zero ? _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                      _mm512_set1_epi32(8), _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                                reinterpret_cast<const __m128i*>(a.zero + meta)))))
+                : _mm512_setzero_ps();
+  }
+  __m512 operator()(const Rows& rows, int r, __m512 part, __m512 acc) const {
+    const __m512 X = _mm512_set1_ps(a.zero ? rows.X[r * a.ngroups + g] : 0.0f);
+    return _mm512_fmadd_ps(_mm512_fmadd_ps(zc, X, part), s, acc);
+  }
+};
+
 template <int MR, int NB>
 void tile(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, const uint32_t* panel,
           int64_t nb0) {
@@ -79,22 +98,11 @@ TERSOR_UNROLL
         for (int j = 0; j < NB; ++j) part[r][j] = _mm512_dpbf16_ps(part[r][j], av, w[j]);
       }
     }
-    // close the group: t = fma(8 - z, X, part); acc = fma(t, s, acc)
 TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) {
-      const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
-      const __m512 s = _mm512_cvtph_ps(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
-      const __m512 zc = a.zero ? _mm512_cvtepi32_ps(_mm512_sub_epi32(
-                                     _mm512_set1_epi32(8), _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                                               reinterpret_cast<const __m128i*>(
-                                                                   a.zero + meta)))))
-                               : _mm512_setzero_ps();
+      const GroupClose close(a, nb0 + j, g);
 TERSOR_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        const __m512 X = _mm512_set1_ps(a.zero ? rows.X[r * a.ngroups + g] : 0.0f);
-        acc[r][j] = _mm512_fmadd_ps(_mm512_fmadd_ps(zc, X, part[r][j]), s, acc[r][j]);
-      }
+      for (int r = 0; r < MR; ++r) acc[r][j] = close(rows, r, part[r][j], acc[r][j]);
     }
   }
 TERSOR_UNROLL
@@ -144,19 +152,9 @@ TERSOR_UNROLL
         }
       }
     }
-    const int64_t meta = (nb * a.ngroups + g) * 16;
-    const __m512 s = _mm512_cvtph_ps(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
-    const __m512 zc = a.zero ? _mm512_cvtepi32_ps(_mm512_sub_epi32(
-                                   _mm512_set1_epi32(8), _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                                             reinterpret_cast<const __m128i*>(
-                                                                 a.zero + meta)))))
-                             : _mm512_setzero_ps();
+    const GroupClose close(a, nb, g);
 TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      const __m512 X = _mm512_set1_ps(a.zero ? rows.X[r * a.ngroups + g] : 0.0f);
-      acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(zc, X, part[r]), s, acc[r]);
-    }
+    for (int r = 0; r < MR; ++r) acc[r] = close(rows, r, part[r], acc[r]);
   }
   const int64_t n = nb * 16;
   const __mmask16 mask = tail_mask16(a.N - n);
