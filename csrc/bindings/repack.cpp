@@ -75,7 +75,8 @@ void bind_repack(py::module_& m) {
       "gather_columns",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr perm, addr y, int64_t ldy, int bytes,
          int nthreads) {
-        if (bytes != 2 && bytes != 4) throw std::invalid_argument("gather_columns: bytes must be 2 or 4");
+        if (bytes != 2 && bytes != 4)
+          throw std::invalid_argument("gather_columns: bytes must be 2 or 4");
         repack::gather_columns(ptr<const void>(x), M, K, ldx, ptr<const int64_t>(perm),
                                ptr<void>(y), ldy, bytes, nthreads);
       },

@@ -211,14 +211,16 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
     for (int64_t m = 0; m < a.M; ++m)
       round_row(a, m, lda, a16.get() + m * lda, a.zero ? X.get() + m * a.ngroups : nullptr);
     // implicit barrier: every row is ready
+    auto rows_at = [&](int64_t m0) {
+      return Rows{a16.get() + m0 * lda, lda, a.zero ? X.get() + m0 * a.ngroups : nullptr, m0};
+    };
     if (a.M <= kDirectRows) {
       int64_t b0, b1;
       thread_range(n_blocks, &b0, &b1);
       for (int64_t nb = b0; nb < b1; ++nb)
         for (int64_t m0 = 0; m0 < a.M; m0 += 8) {
           const int mr = static_cast<int>(std::min<int64_t>(8, a.M - m0));
-          const Rows rows{a16.get() + m0 * lda, lda, a.zero ? X.get() + m0 * a.ngroups : nullptr, m0};
-          kDirect[mr - 1](a, Kp, rows, nb);
+          kDirect[mr - 1](a, Kp, rows_at(m0), nb);
         }
     } else {
       auto panel = alloc_scratch<uint32_t>(kNB * Kp * 8);
@@ -230,8 +232,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
         widen_panel(a, nb0, nb, Kp, panel.get());
         for (int64_t m0 = 0; m0 < a.M; m0 += kMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kMR, a.M - m0));
-          const Rows rows{a16.get() + m0 * lda, lda, a.zero ? X.get() + m0 * a.ngroups : nullptr, m0};
-          pick(mr, nb)(a, Kp, rows, panel.get(), nb0);
+          pick(mr, nb)(a, Kp, rows_at(m0), panel.get(), nb0);
         }
       }
     }

@@ -10,7 +10,6 @@
 
 #include <type_traits>
 
-
 #include "common/formats.h"
 #include "common/simd.h"
 #include "common/parallel.h"
@@ -203,8 +202,9 @@ void run_avx512(const PackedW4LinearArgs& a) {
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
   const bool stream = a.M <= 2;
-  static constexpr TileFn kStream[2][2] = {{stream_tile<1, Prefetch::kT0>, stream_tile<2, Prefetch::kT0>},
-                                           {stream_tile<1, Prefetch::kNta>, stream_tile<2, Prefetch::kNta>}};
+  static constexpr TileFn kStream[2][2] = {
+      {stream_tile<1, Prefetch::kT0>, stream_tile<2, Prefetch::kT0>},
+      {stream_tile<1, Prefetch::kNta>, stream_tile<2, Prefetch::kNta>}};
   const TileFn* stream_fns = kStream[weight_stream_nta(a.w, n_blocks * Kp * 8)];
 #pragma omp parallel num_threads(::tersor::team(nt))
   {

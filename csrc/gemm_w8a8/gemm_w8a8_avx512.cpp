@@ -16,7 +16,6 @@
 
 #include <type_traits>
 
-
 #include "common/formats.h"
 #include "common/simd.h"
 #include "common/parallel.h"
@@ -167,8 +166,9 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
   const bool stream = a.M <= 2;
-  static constexpr TileFn kStream[2][2] = {{stream_tile<1, Prefetch::kT0>, stream_tile<2, Prefetch::kT0>},
-                                           {stream_tile<1, Prefetch::kNta>, stream_tile<2, Prefetch::kNta>}};
+  static constexpr TileFn kStream[2][2] = {
+      {stream_tile<1, Prefetch::kT0>, stream_tile<2, Prefetch::kT0>},
+      {stream_tile<1, Prefetch::kNta>, stream_tile<2, Prefetch::kNta>}};
   const TileFn* stream_fns = kStream[weight_stream_nta(a.w, n_blocks * Kp * 16)];
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
@@ -183,7 +183,8 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
     ctx.a = &a;
     ctx.k4n = k4n;
     ctx.w_block_stride = Kp * 16;
-    for_each_tile(n_blocks, stream ? 1 : kNB, a.M, kMR, [&](int64_t b0, int nb, int64_t m0, int mr) {
+    const int64_t chunk = stream ? 1 : kNB;
+    for_each_tile(n_blocks, chunk, a.M, kMR, [&](int64_t b0, int nb, int64_t m0, int mr) {
       ctx.w = a.w + b0 * Kp * 16;
       ctx.n0 = b0 * 16;
       ctx.apanel = apanel.get() + (m0 / kMR) * panel_bytes;
