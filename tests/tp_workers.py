@@ -297,6 +297,8 @@ def worker(rank, world, port, scenario, out_dir, kwargs):
     """One rank: gloo, 1 thread, the scenario; results (or the error) saved for the test."""
     import torch.distributed as dist
 
+    import tersor.distributed
+
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -310,8 +312,4 @@ def worker(rank, world, port, scenario, out_dir, kwargs):
     except Exception:  # noqa: BLE001 - reported to the test process
         result = {"crash": traceback.format_exc()}
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    # both ranks leave together: a rank tearing gloo down while its peer still closes the
-    # connection made the peer abort ("terminate called without an active exception") once in
-    # CI, with the machine loaded
-    dist.barrier()
-    dist.destroy_process_group()
+    tersor.distributed._exit_spawned_rank(rank, world, out_dir)

@@ -138,11 +138,7 @@ def _rank_main(rank, world, port, path, out_dir, schemes, steps, kn):
         del model
         result[scheme, "global"]["layers"] = _layer_rows(scheme, True, kn)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    # both ranks leave together (as tests/tp_workers.py): a rank tearing gloo down while its
-    # peer still closes the connection made the peer abort ("terminate called without an
-    # active exception"), in CI with the machine loaded
-    dist.barrier()
-    dist.destroy_process_group()
+    tersor.distributed._exit_spawned_rank(rank, world, out_dir)
 
 
 def _spawn(path, schemes, steps, kn, timeout=1800) -> list:

@@ -607,3 +607,22 @@ def _header_bytes(items) -> int:
         elif hasattr(t, "get_shape"):
             total += _DTYPE_BYTES.get(t.get_dtype(), 4) * int(torch.tensor(t.get_shape()).prod())
     return total
+
+
+def _exit_spawned_rank(rank: int, world: int, folder: str, poll_s: float = 0.05) -> None:
+    """End a spawned gloo rank whose results are saved: wait until every rank has reached
+    this point (a marker file each in `folder`), then os._exit(0) without tearing gloo down.
+
+    Why: destroy_process_group() (or the interpreter's exit) on one rank while its peer still
+    closes the connection aborted the peer ("terminate called without an active exception")
+    in CI under load, even after a barrier. Past the markers no rank has gloo traffic left,
+    and os._exit runs no gloo destructor. Used by the test workers and `bench tp`."""
+    import os
+
+    open(os.path.join(folder, f"left{rank}"), "w").close()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if all(os.path.exists(os.path.join(folder, f"left{r}")) for r in range(world)):
+            break
+        time.sleep(poll_s)
+    os._exit(0)
