@@ -31,14 +31,6 @@ inline void* at(void* base, int64_t i, size_t es) {
   return static_cast<char*>(base) + i * int64_t(es);
 }
 
-// fp32 row -> dtype row (nearest even; a plain copy for fp32)
-inline void narrow_row(const float* src, int64_t n, void* dst, int dtype) {
-  if (dtype == half_io::F32)
-    std::memcpy(dst, src, size_t(n) * 4);
-  else
-    half_io::narrow_ref({src, 1, n, n, dst, n, dtype});
-}
-
 constexpr int64_t kValueRows = 64;
 
 // o[8 c0 .. 8 (c0 + NC)) += sum_{p0 <= p < p1} w[p] v[p][the same columns], in p order
@@ -67,6 +59,7 @@ void decode_impl(const DecodeArgs& a) {
   const bool rot = a.cos != nullptr;
   const int64_t items = a.B * a.Hkv;
   const int nt = static_cast<int>(std::min<int64_t>(items, team(a.nthreads)));
+  const half_io::Converters cv = half_io::converters();
 #pragma omp parallel num_threads(nt > 1 ? nt : 1)
   {
     // roped queries, scores / weights, outputs, staging rows, and (halves) the head's cache
@@ -85,7 +78,7 @@ void decode_impl(const DecodeArgs& a) {
     // them was a third of its time), else widened into tmp
     auto f32_row = [&](const void* src, float* tmp) -> const float* {
       if (f32) return static_cast<const float*>(src);
-      P::widen(src, D, tmp, a.dtype);
+      cv.widen(src, D, tmp, a.dtype);
       return tmp;
     };
     const float *c_row = nullptr, *s_row = nullptr;  // the angles of the current new row
@@ -107,9 +100,9 @@ void decode_impl(const DecodeArgs& a) {
         if (rot) {
           rope_row(b, t);
           rope(kr, c_row, s_row, D, f32 ? static_cast<float*>(kdst) : y);
-          if (!f32) narrow_row(y, D, kdst, a.dtype);
+          if (!f32) cv.narrow(y, D, kdst, a.dtype);
         } else {
-          narrow_row(kr, D, kdst, a.dtype);
+          cv.narrow(kr, D, kdst, a.dtype);
         }
         std::memcpy(at(a.vcache, cr * D, es), at(a.v, r * a.ldv + j * D, es), size_t(D) * es);
       }
@@ -117,8 +110,8 @@ void decode_impl(const DecodeArgs& a) {
         kf = static_cast<float*>(at(a.kcache, crow * D, es));
         vf = static_cast<float*>(at(a.vcache, crow * D, es));
       } else {  // widened once here, read G T times below
-        P::widen(at(a.kcache, crow * D, es), Lall * D, kf, a.dtype);
-        P::widen(at(a.vcache, crow * D, es), Lall * D, vf, a.dtype);
+        cv.widen(at(a.kcache, crow * D, es), Lall * D, kf, a.dtype);
+        cv.widen(at(a.vcache, crow * D, es), Lall * D, vf, a.dtype);
       }
       // new row t (position pos + t) sees cache rows p_lo .. pos + t
       for (int64_t t = 0; t < T; ++t) {
@@ -131,7 +124,7 @@ void decode_impl(const DecodeArgs& a) {
           if (rot)
             rope(f32_row(src, x), c_row, s_row, D, qr + g * D);
           else
-            P::widen(src, D, qr + g * D, a.dtype);
+            cv.widen(src, D, qr + g * D, a.dtype);
         }
         // scores, 8 positions at a time (8 independent accumulators, one 8-way reduction);
         // the block's 8 key rows (2 KiB at D = 64) are read from L2 once and from L1 by the G
@@ -204,7 +197,7 @@ TERSOR_UNROLL
           float* y8 = f32 ? static_cast<float*>(dst) : o;  // fp32: straight into out
           const vec inv = P::set1(inv_sum[g]);
           for (int64_t c = 0; c < C; ++c) P::store(y8 + 8 * c, P::mul(P::load(o + 8 * c), inv));
-          if (!f32) narrow_row(o, D, dst, a.dtype);
+          if (!f32) cv.narrow(o, D, dst, a.dtype);
         }
       }
     }

@@ -107,7 +107,7 @@ void bind_gemm_w8a8(py::module_& m) {
         PackedW8LinearArgs a =
             w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, row_amax, x_scale);
         a.narrow_w = narrow_w;
-        half_io::run_staged(a, io, nullptr, gemm_w8a8::run);
+        half_io::run_staged(a, io, nullptr, gemm_w8a8::run, true);
       },
       TERSOR_W8_ARGS, py::arg("row_amax") = 0, py::arg("narrow_w") = false, nogil(),
       (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc +
@@ -211,7 +211,7 @@ void bind_gemm_w4(py::module_& m) {
          int nthreads, int io, addr x_scale, addr row_amax) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads, row_amax, x_scale),
-                            io, nullptr, gemm_w4a8::run);
+                            io, nullptr, gemm_w4a8::run, true);
       },
       TERSOR_W4_ARGS, py::arg("row_amax") = 0, nogil(),
       (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums." +

@@ -8,7 +8,8 @@
 //   max(a, b) = a > b ? a : b (maxps: b when unordered, so a NaN in b propagates)
 //   round: nearest even;  pow2n: 2^n for integral n in [-126, 127]
 //   abs: the sign bit cleared;  select_neg(x, a, b): a where x's sign bit is set, else b
-//   widen: a row of half_io::Dtype -> fp32 (exact)
+//   load_half / store_half: 8 lanes of bf16 / fp16 at p -> fp32 (exact) and back (nearest
+//   even, NaN -> 0x7fc0 for bf16), as half_io's rows (whole rows: half_io::converters())
 //
 // so the two builds of such a kernel return the same bits. Internal linkage on purpose (see
 // common/parallel.h).
@@ -72,14 +73,13 @@ struct Lanes8 {
     const float b1 = max1(max1(a.v[1], a.v[5]), max1(a.v[3], a.v[7]));
     return max1(b0, b1);
   }
-  static void widen(const void* src, int64_t n, float* dst, int dtype) {
-    if (dtype == half_io::F32)
-      std::memcpy(dst, src, size_t(n) * 4);
-    else
-      half_io::widen_ref({src, 1, n, n, dst, n, dtype});
+  static vec load_half(const void* p, int dtype) {
+    vec r;
+    half_io::widen_ref({p, 1, 8, 8, r.v, 8, dtype});
+    return r;
   }
-  static void narrow(const float* src, int64_t n, void* dst, int dtype) {  // dtype BF16 / F16
-    half_io::narrow_ref({src, 1, n, n, dst, n, dtype});
+  static void store_half(void* p, vec a, int dtype) {
+    half_io::narrow_ref({a.v, 1, 8, 8, p, 8, dtype});
   }
 };
 
@@ -123,16 +123,26 @@ struct Avx2Lanes8 {
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
   }
-  static void widen(const void* src, int64_t n, float* dst, int dtype) {
-    if (dtype == half_io::F32)
-      std::memcpy(dst, src, size_t(n) * 4);
-    else
-      half_io::widen_avx2({src, 1, n, n, dst, n, dtype});
+  static vec load_half(const void* p, int dtype) {
+    const __m128i h = _mm_loadu_si128(static_cast<const __m128i*>(p));
+    return dtype == half_io::BF16
+               ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+               : _mm256_cvtph_ps(h);
   }
-  // the same bits as narrow_ref (half_io.h); a bf16 RMSNorm's two scalar passes per row took
-  // 2.4x the fp32 norm's time (Zen 5, 128 rows of 2048)
-  static void narrow(const float* src, int64_t n, void* dst, int dtype) {
-    half_io::narrow_avx2({src, 1, n, n, dst, n, dtype});
+  // bf16 nearest even: u + 0x7fff + ((u >> 16) & 1), high half; NaN lanes -> 0x7fc0 (torch's)
+  static __m128i to_bf16(vec v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+    // pack 8 x u32 (< 2^16) to 8 x u16: packus works per 128-bit lane
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  }
+  static void store_half(void* p, vec a, int dtype) {
+    const __m128i h = dtype == half_io::BF16 ? to_bf16(a) : _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(static_cast<__m128i*>(p), h);
   }
 };
 

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "half_io/half_io.h"
+
 namespace tersor {
 
 struct PackedW8LinearArgs {
@@ -18,6 +20,10 @@ struct PackedW8LinearArgs {
   int nthreads;
   const float* row_amax = nullptr;  // A8 kernels: fp32 [M] floors under the rows' amax, or none
   const float* x_scale = nullptr;   // A8 kernels: fp32 [K] input scale (quant_act::a8_row)
+  // A8 kernels: 0, or half_io::BF16 / F16 when x holds half rows (the pointer's type aside),
+  // widened one row at a time by x_widen as the quantizer reads it (quant_act::a8_row)
+  int x_io = 0;
+  half_io::RowsFn x_widen = nullptr;
   // Every |w| <= 64 (W8A8Config(weight_bits=7)): a speed hint, never a change of result. The
   // AVX2 tile then multiplies the rows as u8 (a + 128) by w, whose vpmaddubsw pair sums cannot
   // saturate (255 * 64 * 2 < 32768), and takes 128 * colsum off (gemm_w8a8/tile_avx2.h).
@@ -43,6 +49,10 @@ struct PackedW4LinearArgs {
   int nthreads;
   const float* row_amax = nullptr;  // A8 kernels: fp32 [M] floors under the rows' amax, or none
   const float* x_scale = nullptr;   // A8 kernels: fp32 [K] input scale (quant_act::a8_row)
+  // A8 kernels: 0, or half_io::BF16 / F16 when x holds half rows (the pointer's type aside),
+  // widened one row at a time by x_widen as the quantizer reads it (quant_act::a8_row)
+  int x_io = 0;
+  half_io::RowsFn x_widen = nullptr;
 };
 
 }  // namespace tersor

@@ -14,7 +14,8 @@ namespace tersor::decoder_layer {
 
 void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
                      int nthreads) const {
-  // half rows are staged through fp32 by half_io (the layers' prepared calls do the same)
+  // half rows are staged through fp32 by half_io, or widened row by row by the A8 kernels
+  // (the layers' prepared calls do the same)
   const float* xf = static_cast<const float*>(x);
   float* yf = reinterpret_cast<float*>(static_cast<char*>(y) + col * (io ? 2 : 4));
   if (kind == W8A8 || kind == W8A8Narrow) {
@@ -23,7 +24,7 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
                          bias, yf, ldy, nthreads};
     a.x_scale = x_scale;
     a.narrow_w = kind == W8A8Narrow;
-    half_io::run_staged(a, io, nullptr, gemm_w8a8::run);
+    half_io::run_staged(a, io, nullptr, gemm_w8a8::run, true);
   } else {
     PackedW4LinearArgs a{xf, M, K, ldx, static_cast<const uint8_t*>(w),
                          static_cast<const uint16_t*>(scale), static_cast<const uint8_t*>(aux),
@@ -33,7 +34,7 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
       return;
     }
     a.x_scale = x_scale;
-    half_io::run_staged(a, io, nullptr, gemm_w4a8::run);
+    half_io::run_staged(a, io, nullptr, gemm_w4a8::run, true);
   }
 }
 

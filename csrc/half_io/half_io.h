@@ -37,11 +37,25 @@ struct RowsArgs {  // M x K elements, row strides in elements
 // half src -> fp32 dst
 void widen_ref(const RowsArgs& a);
 void widen_avx2(const RowsArgs& a);
+void widen_avx512(const RowsArgs& a);
 void widen(const RowsArgs& a);
 // fp32 src -> half dst
 void narrow_ref(const RowsArgs& a);
 void narrow_avx2(const RowsArgs& a);
+void narrow_avx512(const RowsArgs& a);
 void narrow(const RowsArgs& a);
+
+// The active ISA's single-threaded converters, resolved once (active_isa() reads the
+// environment: once per kernel call is fine, once per row of a kernel that converts thousands of
+// short rows was not). Conversions are exact, so every ISA path of a kernel may use them.
+using RowsFn = void (*)(const RowsArgs&);
+struct Converters {
+  RowsFn widen_rows, narrow_rows;
+  // n elements of dtype <-> fp32 (a plain copy for F32)
+  void widen(const void* src, int64_t n, float* dst, int dtype) const;
+  void narrow(const float* src, int64_t n, void* dst, int dtype) const;
+};
+Converters converters();
 
 struct ScaleArgs {  // dst[m][k] = src[m][k] * s[k] (fp32; dst may be src)
   const float* src;
@@ -63,29 +77,41 @@ float* scratch(int64_t floats);  // this thread's buffer, grown on demand to <= 
 // Runs `kernel(args)` on fp32 staging rows when io is BF16 / F16 or x_scale is given, else
 // directly. Args is a GEMM argument struct with x, M, K, ldx, N, y, ldy
 // (common/linear_args.h). fp32 outputs go straight to y; half ones through the scratch.
+//
+// rows_widened_by_kernel: the int8-activation kernels read x one row at a time as they quantize
+// it, so half rows go to them as they are (Args::x_io, each row widened in cache by
+// quant_act::a8_row) and only the output is staged: no pass over x. Same bits as widening first.
 template <typename Args, typename Kernel>
-void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel) {
+void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel,
+                bool rows_widened_by_kernel = false) {
   if ((io == F32 && x_scale == nullptr) || a.M == 0) return kernel(a);
   const bool half = io != F32;
-  const int64_t per_row = a.K + (half ? a.N : 0);
+  const bool stage_x = !(half && rows_widened_by_kernel && x_scale == nullptr);
+  const int64_t per_row = (stage_x ? a.K : 0) + (half ? a.N : 0);
   int64_t rows = kScratchFloats / per_row;
   if (rows < 1) rows = 1;
   if (rows > a.M) rows = a.M;
   float* xs = scratch(rows * per_row);
-  float* ys = xs + rows * a.K;
+  float* ys = xs + (stage_x ? rows * a.K : 0);
   const int64_t bytes = half ? 2 : 4;
   for (int64_t m0 = 0; m0 < a.M; m0 += rows) {
     const int64_t mb = a.M - m0 < rows ? a.M - m0 : rows;
     const void* x0 = static_cast<const char*>(static_cast<const void*>(a.x)) + m0 * a.ldx * bytes;
-    if (half) {
+    Args b = a;
+    if (!stage_x) {
+      b.x = static_cast<const float*>(x0);  // half rows (x_io says so)
+      b.x_io = io;
+      b.x_widen = converters().widen_rows;
+    } else if (half) {
       widen({x0, mb, a.K, a.ldx, xs, a.K, io, a.nthreads});
       if (x_scale) scale_columns({xs, mb, a.K, a.K, xs, a.K, x_scale});
     } else {
       scale_columns({static_cast<const float*>(x0), mb, a.K, a.ldx, xs, a.K, x_scale});
     }
-    Args b = a;
-    b.x = xs;
-    b.ldx = a.K;
+    if (stage_x) {
+      b.x = xs;
+      b.ldx = a.K;
+    }
     b.M = mb;
     if (b.row_amax) b.row_amax += m0;
     if (half) {

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstring>
 #include <memory>
 
 #include "common/cpu_features.h"
@@ -7,9 +8,7 @@
 
 namespace tersor::half_io {
 
-// Conversions have no AVX-512 path of their own: AVX2 + F16C is already far below the GEMM's
-// cost (the AVX-512 and AMX paths run the AVX2 conversion). A large block is split over the
-// threads (rows, or columns when there are fewer rows than threads): run single-threaded, a
+// The AMX path runs the AVX-512 conversions. A large block is split over the threads (rows, or columns when there are fewer rows than threads): run single-threaded, a
 // bf16 layer's staging left the second core idle for ~2-3% of a 128-row W4A8 GEMM (Zen 5).
 namespace {
 
@@ -39,13 +38,38 @@ void split(const RowsArgs& a, int64_t src_bytes, int64_t dst_bytes, Fn fn) {
 }
 
 void widen_one(const RowsArgs& a) {
-  dispatch_isa(a, widen_ref, TERSOR_X86_FN(widen_avx2), nullptr);
+  dispatch_isa(a, widen_ref, TERSOR_X86_FN(widen_avx2), TERSOR_X86_FN(widen_avx512));
 }
 void narrow_one(const RowsArgs& a) {
-  dispatch_isa(a, narrow_ref, TERSOR_X86_FN(narrow_avx2), nullptr);
+  dispatch_isa(a, narrow_ref, TERSOR_X86_FN(narrow_avx2), TERSOR_X86_FN(narrow_avx512));
 }
 
 }  // namespace
+
+Converters converters() {
+  switch (active_isa()) {
+#if defined(TERSOR_X86)
+    case Isa::Amx:
+    case Isa::Avx512: return {widen_avx512, narrow_avx512};
+    case Isa::Avx2: return {widen_avx2, narrow_avx2};
+#endif
+    default: return {widen_ref, narrow_ref};
+  }
+}
+
+void Converters::widen(const void* src, int64_t n, float* dst, int dtype) const {
+  if (dtype == F32)
+    std::memcpy(dst, src, size_t(n) * 4);
+  else if (n > 0)
+    widen_rows({src, 1, n, n, dst, n, dtype});
+}
+
+void Converters::narrow(const float* src, int64_t n, void* dst, int dtype) const {
+  if (dtype == F32)
+    std::memcpy(dst, src, size_t(n) * 4);
+  else if (n > 0)
+    narrow_rows({src, 1, n, n, dst, n, dtype});
+}
 
 void widen(const RowsArgs& a) {
   if (a.M == 0 || a.K == 0) return;

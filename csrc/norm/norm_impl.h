@@ -20,23 +20,23 @@ void rms_norm_impl(const RmsArgs& a) {
   const size_t es = f32 ? 4 : 2;
   // a row is ~N / 8 fmas: below a few rows of 2048 the thread team costs more than it saves
   const int nt = a.M * N >= (int64_t(1) << 14) ? team(a.nthreads) : 1;
+  const half_io::Converters cv = half_io::converters();
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<float> buf(f32 ? 0 : size_t(3 * N));  // w, a row, its product (halves)
+    std::vector<float> buf(f32 ? 0 : size_t(2 * N));  // w and a row (halves)
     float* wf = buf.data();
     float* xf = wf + N;
-    float* tf = xf + N;
     if (f32)
       wf = static_cast<float*>(const_cast<void*>(a.w));
     else
-      P::widen(a.w, N, wf, a.dtype);
+      cv.widen(a.w, N, wf, a.dtype);
     int64_t m0, m1;
     thread_range(a.M, &m0, &m1);
     for (int64_t m = m0; m < m1; ++m) {
       const void* xrow = static_cast<const char*>(a.x) + m * a.ldx * int64_t(es);
       void* yrow = static_cast<char*>(a.y) + m * a.ldy * int64_t(es);
       const float* x = f32 ? static_cast<const float*>(xrow) : xf;
-      if (!f32) P::widen(xrow, N, xf, a.dtype);
+      if (!f32) cv.widen(xrow, N, xf, a.dtype);
       vec s = P::zero();
       for (int64_t c = 0; c < C; ++c) {
         const vec v = P::load(x + 8 * c);
@@ -52,11 +52,22 @@ void rms_norm_impl(const RmsArgs& a) {
           P::store(y + 8 * c, P::mul(P::load(wf + 8 * c), P::mul(P::load(x + 8 * c), rv)));
         for (int64_t i = 8 * C; i < N; ++i) y[i] = wf[i] * (x[i] * r);
       } else {  // t = half(x * r), y = half(w * t): HF's two ops in the model's dtype
-        for (int64_t i = 0; i < N; ++i) tf[i] = x[i] * r;
-        P::narrow(tf, N, yrow, a.dtype);
-        P::widen(yrow, N, tf, a.dtype);
-        for (int64_t i = 0; i < N; ++i) tf[i] = wf[i] * tf[i];
-        P::narrow(tf, N, yrow, a.dtype);
+        const vec rv = P::set1(r);
+        uint16_t t[8];
+        auto lanes = [&](const float* xc, const float* wc) {  // 8 outputs, in registers
+          P::store_half(t, P::mul(P::load(xc), rv), a.dtype);
+          return P::mul(P::load(wc), P::load_half(t, a.dtype));
+        };
+        for (int64_t c = 0; c < C; ++c)
+          P::store_half(static_cast<uint16_t*>(yrow) + 8 * c, lanes(x + 8 * c, wf + 8 * c),
+                        a.dtype);
+        if (8 * C < N) {  // the tail through the same lanes (padded with zeros)
+          float xt[8] = {}, wt[8] = {}, yt[8];
+          std::copy(x + 8 * C, x + N, xt);
+          std::copy(wf + 8 * C, wf + N, wt);
+          P::store(yt, lanes(xt, wt));
+          cv.narrow(yt, N - 8 * C, static_cast<uint16_t*>(yrow) + 8 * C, a.dtype);
+        }
       }
     }
   }

@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <functional>
 
+#include "half_io/half_io.h"
+
 namespace tersor::quant_act {
 
 float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
@@ -34,9 +36,17 @@ using RowQuantizer = float (*)(const float* x, int64_t K, uint8_t* dst, int64_t 
 // multiply per element on a cache-resident row: the scale costs no pass over x in memory, and
 // the codes are bit for bit those of quantizing x * x_scale. The buffer is overwritten by the
 // thread's next call.
+//
+// Half rows (a.x_io BF16 / F16, half_io::run_staged_a8) are widened into the same buffer the
+// same way, exactly, then scaled: the codes are those of quantizing the widened rows.
 const float* scaled_row(const float* x, const float* s, int64_t K);
+const float* widened_row(const void* x, int io, half_io::RowsFn widen, const float* s,
+                         int64_t K);
 template <typename Args>
 inline const float* a8_row(const Args& a, int64_t m) {
+  if (a.x_io)
+    return widened_row(reinterpret_cast<const uint16_t*>(a.x) + m * a.ldx, a.x_io, a.x_widen,
+                       a.x_scale, a.K);
   const float* x = a.x + m * a.ldx;
   return a.x_scale ? scaled_row(x, a.x_scale, a.K) : x;
 }

@@ -5,6 +5,7 @@
 #include "common/parallel.h"
 #include "common/cpu_features.h"
 #include "common/formats.h"
+#include "half_io/half_io.h"
 #include "quant_act/quant_act.h"
 
 namespace tersor::quant_act {
@@ -31,11 +32,24 @@ float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_st
   return amax / 127.0f;
 }
 
-const float* scaled_row(const float* x, const float* s, int64_t K) {
+static float* row_buffer(int64_t K) {  // this thread's, overwritten by its next row
   thread_local std::vector<float> row;
   if (static_cast<int64_t>(row.size()) < K) row.resize(K);
-  float* out = row.data();
+  return row.data();
+}
+
+const float* scaled_row(const float* x, const float* s, int64_t K) {
+  float* out = row_buffer(K);
   for (int64_t k = 0; k < K; ++k) out[k] = x[k] * s[k];
+  return out;
+}
+
+const float* widened_row(const void* x, int io, half_io::RowsFn widen, const float* s,
+                         int64_t K) {
+  float* out = row_buffer(K);
+  widen({x, 1, K, K, out, K, io});
+  if (s)
+    for (int64_t k = 0; k < K; ++k) out[k] *= s[k];
   return out;
 }
 
