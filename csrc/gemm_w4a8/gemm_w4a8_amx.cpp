@@ -19,6 +19,7 @@
 #include "common/parallel.h"
 #include "gemm_w4a8/gemm_w4a8.h"
 #include "quant_act/quant_act.h"
+#include "half_io/half_avx512.h"
 
 namespace tersor::gemm_w4a8 {
 namespace {
@@ -190,9 +191,9 @@ void run_amx(const PackedW4LinearArgs& a) {
             const __mmask16 mask = tail_mask16(left);
             const __m512 b = bias16(a.bias, n, mask);
             for (int r = 0; r < rows; ++r)
-              _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask,
-                                    _mm512_fmadd_ps(_mm512_load_ps(&acc[r][16 * h]),
-                                                    _mm512_set1_ps(sx.get()[m0 + r]), b));
+              half_io::store_y16(a, m0 + r, n, mask,
+                                 _mm512_fmadd_ps(_mm512_load_ps(&acc[r][16 * h]),
+                                                 _mm512_set1_ps(sx.get()[m0 + r]), b));
           }
         }
       }

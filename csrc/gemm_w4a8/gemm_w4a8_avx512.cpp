@@ -16,6 +16,7 @@
 #include "common/weight_stream.h"
 #include "gemm_w4a8/gemm_w4a8.h"
 #include "quant_act/quant_act.h"
+#include "half_io/half_avx512.h"
 
 namespace tersor::gemm_w4a8 {
 namespace {
@@ -95,8 +96,8 @@ TERSOR_UNROLL
     const __m512 b = bias16(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
-      _mm512_mask_storeu_ps(a.y + (c.m0 + r) * a.ldy + n, mask,
-                            _mm512_fmadd_ps(accf[r][j], _mm512_set1_ps(c.sx[r]), b));
+      half_io::store_y16(a, c.m0 + r, n, mask,
+                         _mm512_fmadd_ps(accf[r][j], _mm512_set1_ps(c.sx[r]), b));
   }
 }
 
@@ -174,8 +175,7 @@ TERSOR_UNROLL
   const __m512 b = bias16(a.bias, n, mask);
 TERSOR_UNROLL
   for (int r = 0; r < MR; ++r)
-    _mm512_mask_storeu_ps(a.y + (c.m0 + r) * a.ldy + n, mask,
-                          _mm512_fmadd_ps(accf[r], _mm512_set1_ps(c.sx[r]), b));
+    half_io::store_y16(a, c.m0 + r, n, mask, _mm512_fmadd_ps(accf[r], _mm512_set1_ps(c.sx[r]), b));
 }
 
 using TileFn = void (*)(const TileCtx&);

@@ -23,6 +23,7 @@
 #include "common/parallel.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
+#include "half_io/half_avx512.h"
 
 namespace tersor::gemm_w8a8 {
 namespace {
@@ -71,7 +72,7 @@ void store_block(const int32_t (*acc)[32], const PackedW8LinearArgs& a, const fl
     for (int r = 0; r < rows; ++r) {
       const __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(&acc[r][16 * h]));
       const __m512 s = _mm512_mul_ps(_mm512_set1_ps(sx[m0 + r]), sw);
-      _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_fmadd_ps(v, s, b));
+      half_io::store_y16(a, m0 + r, n, mask, _mm512_fmadd_ps(v, s, b));
     }
   }
 }

@@ -22,6 +22,7 @@
 #include "common/weight_stream.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
+#include "half_io/half_avx512.h"
 
 namespace tersor::gemm_w8a8 {
 namespace {
@@ -75,7 +76,7 @@ TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], comp));
       const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c.sx[r]), sw);
-      _mm512_mask_storeu_ps(a.y + (c.m0 + r) * a.ldy + n, mask, _mm512_fmadd_ps(v, s, b));
+      half_io::store_y16(a, c.m0 + r, n, mask, _mm512_fmadd_ps(v, s, b));
     }
   }
 }
@@ -129,7 +130,7 @@ TERSOR_UNROLL
                                          _mm512_add_epi32(acc[r][2], acc[r][3]));
     const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, comp));
     const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c.sx[r]), sw);
-    _mm512_mask_storeu_ps(a.y + (c.m0 + r) * a.ldy + n, mask, _mm512_fmadd_ps(v, s, b));
+    half_io::store_y16(a, c.m0 + r, n, mask, _mm512_fmadd_ps(v, s, b));
   }
 }
 

@@ -78,16 +78,27 @@ float* scratch(int64_t floats);  // this thread's buffer, grown on demand to <= 
 // directly. Args is a GEMM argument struct with x, M, K, ldx, N, y, ldy
 // (common/linear_args.h). fp32 outputs go straight to y; half ones through the scratch.
 //
-// rows_widened_by_kernel: the int8-activation kernels read x one row at a time as they quantize
-// it, so half rows go to them as they are (Args::x_io, each row widened in cache by
-// quant_act::a8_row) and only the output is staged: no pass over x. Same bits as widening first.
+// a8: an int8-activation kernel (gemm_w8a8 / gemm_w4a8). It reads x one row at a time as it
+// quantizes it, so half rows go to it as they are (Args::x_io, each row widened in cache by
+// quant_act::a8_row): no pass over x. Where a8_writes_half_rows(), its epilogue rounds the
+// outputs to half itself (Args::y_io): no scratch at all. Same bits as staging.
+bool a8_writes_half_rows();  // the A8 kernels' active path is AVX-512 or AMX
 template <typename Args, typename Kernel>
-void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel,
-                bool rows_widened_by_kernel = false) {
+void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel, bool a8 = false) {
   if ((io == F32 && x_scale == nullptr) || a.M == 0) return kernel(a);
   const bool half = io != F32;
-  const bool stage_x = !(half && rows_widened_by_kernel && x_scale == nullptr);
-  const int64_t per_row = (stage_x ? a.K : 0) + (half ? a.N : 0);
+  const bool stage_x = !(half && a8 && x_scale == nullptr);
+  const bool stage_y = half && !(a8 && a8_writes_half_rows());
+  Args b = a;
+  if (!stage_x) {
+    b.x_io = io;  // half rows (the pointer's type aside)
+    b.x_widen = converters().widen_rows;
+    if (!stage_y) {
+      b.y_io = io;
+      return kernel(b);
+    }
+  }
+  const int64_t per_row = (stage_x ? a.K : 0) + (stage_y ? a.N : 0);
   int64_t rows = kScratchFloats / per_row;
   if (rows < 1) rows = 1;
   if (rows > a.M) rows = a.M;
@@ -97,34 +108,29 @@ void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel,
   for (int64_t m0 = 0; m0 < a.M; m0 += rows) {
     const int64_t mb = a.M - m0 < rows ? a.M - m0 : rows;
     const void* x0 = static_cast<const char*>(static_cast<const void*>(a.x)) + m0 * a.ldx * bytes;
-    Args b = a;
+    void* y0 = static_cast<char*>(static_cast<void*>(a.y)) + m0 * a.ldy * bytes;
     if (!stage_x) {
-      b.x = static_cast<const float*>(x0);  // half rows (x_io says so)
-      b.x_io = io;
-      b.x_widen = converters().widen_rows;
-    } else if (half) {
-      widen({x0, mb, a.K, a.ldx, xs, a.K, io, a.nthreads});
-      if (x_scale) scale_columns({xs, mb, a.K, a.K, xs, a.K, x_scale});
+      b.x = static_cast<const float*>(x0);
     } else {
-      scale_columns({static_cast<const float*>(x0), mb, a.K, a.ldx, xs, a.K, x_scale});
-    }
-    if (stage_x) {
+      if (half) {
+        widen({x0, mb, a.K, a.ldx, xs, a.K, io, a.nthreads});
+        if (x_scale) scale_columns({xs, mb, a.K, a.K, xs, a.K, x_scale});
+      } else {
+        scale_columns({static_cast<const float*>(x0), mb, a.K, a.ldx, xs, a.K, x_scale});
+      }
       b.x = xs;
       b.ldx = a.K;
     }
     b.M = mb;
-    if (b.row_amax) b.row_amax += m0;
-    if (half) {
+    if (a.row_amax) b.row_amax = a.row_amax + m0;
+    if (stage_y) {
       b.y = ys;
       b.ldy = a.N;
     } else {
-      b.y = a.y + m0 * a.ldy;
+      b.y = static_cast<float*>(y0);  // fp32 rows, or half ones (y_io)
     }
     kernel(b);
-    if (half) {
-      narrow({ys, mb, a.N, a.N, static_cast<char*>(static_cast<void*>(a.y)) + m0 * a.ldy * bytes,
-              a.ldy, io, a.nthreads});
-    }
+    if (stage_y) narrow({ys, mb, a.N, a.N, y0, a.ldy, io, a.nthreads});
   }
 }
 

@@ -1,33 +1,13 @@
 // bf16 / fp16 <-> fp32 rows with AVX-512, 16 elements a step, the tail under a mask: the same
-// bits as half_io_ref.cpp (exact widening; nearest-even narrowing, NaN -> 0x7fc0 for bf16).
-//
-// Not vcvtneps2bf16 (AVX512-BF16): it flushes denormal inputs to zero, torch's .to() does not.
-// The integer rounding below is 7 ops per 16 values, against 11 per 8 for the AVX2 path: a bf16
-// LLM prefill converts ~100M values (GEMM rows, attention rows, the MLP gate), which took 3-4%
-// of its time on the AVX2 conversions (Zen 5).
+// bits as half_io_ref.cpp (half_avx512.h). The bf16 rounding is 7 ops per 16 values against 11
+// per 8 on the AVX2 path: a bf16 LLM prefill converts ~100M values (attention rows, the MLP
+// gate, GEMM rows), which took 3-4% of its time with the AVX2 conversions (Zen 5).
 #include <immintrin.h>
 
 #include "common/simd.h"
-#include "half_io/half_io.h"
+#include "half_io/half_avx512.h"
 
 namespace tersor::half_io {
-namespace {
-
-inline __m512 widen16(__m256i h, int dtype) {
-  return dtype == BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-                       : _mm512_cvtph_ps(h);
-}
-
-inline __m256i narrow16(__m512 v, int dtype) {
-  if (dtype != BF16) return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512i u = _mm512_castps_si512(v);  // u + 0x7fff + ((u >> 16) & 1), the high half
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-  return _mm512_cvtepi32_epi16(r);
-}
-
-}  // namespace
 
 void widen_avx512(const RowsArgs& a) {
   for (int64_t m = 0; m < a.M; ++m) {

@@ -71,6 +71,14 @@ void Converters::narrow(const float* src, int64_t n, void* dst, int dtype) const
     narrow_rows({src, 1, n, n, dst, n, dtype});
 }
 
+bool a8_writes_half_rows() {
+#if defined(TERSOR_X86)
+  return active_isa() >= Isa::Avx512;
+#else
+  return false;
+#endif
+}
+
 void widen(const RowsArgs& a) {
   if (a.M == 0 || a.K == 0) return;
   split(a, 2, 4, widen_one);
