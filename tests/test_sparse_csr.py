@@ -31,7 +31,7 @@ def test_pruner_and_csr_round_trip(sparsity, gen):
     assert torch.equal(from_csr(rp, col, val, 33, 70), p)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 7, 13, 30, 33])  # (channels in lockstep: 4-32 rows)
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 13, 30, 33, 70])  # (lockstep: 4-32 rows; 70: 2 passes)
 @pytest.mark.parametrize("sparsity", [0.0, 0.6, 0.9, 1.0])
 @pytest.mark.parametrize("k,n", [(1, 1), (37, 33), (130, 70)])
 def test_spmm_csr_every_isa(isa, m, sparsity, k, n, gen, c_ref):

@@ -67,9 +67,10 @@ TERSOR_UNROLL
   }
 }
 
-void flush_tile(const Args& a, const float* tile, int rows, int64_t n_tile, int64_t cols) {
+void flush_tile(float* y, int64_t ldy, const float* tile, int rows, int64_t n_tile,
+                int64_t cols) {
   for (int r = 0; r < rows; ++r)
-    std::memcpy(a.y + r * a.ldy + n_tile, tile + r * kTileCols, size_t(cols) * 4);
+    std::memcpy(y + r * ldy + n_tile, tile + r * kTileCols, size_t(cols) * 4);
 }
 
 }  // namespace
@@ -107,38 +108,42 @@ void run_avx2(const Args& a) {
     transpose_rows(a, xt.get(), ldt);
     int64_t n0, n1;
     balanced_range(a.rowptr, a.N, &n0, &n1);
-    alignas(32) float tmp[8 * kMV];
+    alignas(64) float tmp[8 * kMV];
+    alignas(64) float tile[8 * kMV * kTileCols];  // outputs of kTileCols channels
     if (M8 <= 16) {
-      alignas(64) float tile[16 * kTileCols];
       const int rows = static_cast<int>(a.M);
       for (int64_t nt = n0; nt < n1; nt += kTileCols) {
         const int64_t cols = std::min<int64_t>(kTileCols, n1 - nt);
         for (int64_t n = nt; n < nt + cols; n += kLockstep)
           (M8 == 8 ? channels_in_lockstep<1> : channels_in_lockstep<2>)(
-              a, xt.get(), ldt, rows, n, static_cast<int>(std::min<int64_t>(kLockstep, nt + cols - n)),
-              tile, nt);
-        flush_tile(a, tile, rows, nt, cols);
+              a, xt.get(), ldt, rows, n,
+              static_cast<int>(std::min<int64_t>(kLockstep, nt + cols - n)), tile, nt);
+        flush_tile(a.y, a.ldy, tile, rows, nt, cols);
       }
     }
     for (int64_t m0 = 0; M8 > 16 && m0 < M8; m0 += 8 * kMV) {
       const int nv = static_cast<int>(std::min<int64_t>(kMV, (M8 - m0) / 8));
       const int rows = static_cast<int>(std::min<int64_t>(8 * kMV, a.M - m0));
       const float* xb = xt.get() + m0;
-      for (int64_t n = n0; n < n1; ++n) {
-        __m256 acc[kMV];
+      for (int64_t nt = n0; nt < n1; nt += kTileCols) {
+        const int64_t cols = std::min<int64_t>(kTileCols, n1 - nt);
+        for (int64_t n = nt; n < nt + cols; ++n) {
+          __m256 acc[kMV];
 TERSOR_UNROLL
-        for (int v = 0; v < kMV; ++v) acc[v] = _mm256_setzero_ps();
-        for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i) {
-          const __m256 w = _mm256_set1_ps(a.val[i]);
-          const float* xr = xb + int64_t(a.col[i]) * ldt;
+          for (int v = 0; v < kMV; ++v) acc[v] = _mm256_setzero_ps();
+          for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i) {
+            const __m256 w = _mm256_set1_ps(a.val[i]);
+            const float* xr = xb + int64_t(a.col[i]) * ldt;
 TERSOR_UNROLL
-          for (int v = 0; v < kMV; ++v)
-            if (v < nv) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8 * v), w, acc[v]);
+            for (int v = 0; v < kMV; ++v)
+              if (v < nv) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8 * v), w, acc[v]);
+          }
+TERSOR_UNROLL
+          for (int v = 0; v < kMV; ++v) _mm256_store_ps(tmp + 8 * v, acc[v]);
+          const float b = a.bias ? a.bias[n] : 0.0f;
+          for (int r = 0; r < rows; ++r) tile[r * kTileCols + (n - nt)] = tmp[r] + b;
         }
-TERSOR_UNROLL
-        for (int v = 0; v < kMV; ++v) _mm256_store_ps(tmp + 8 * v, acc[v]);
-        const float b = a.bias ? a.bias[n] : 0.0f;
-        for (int r = 0; r < rows; ++r) a.y[(m0 + r) * a.ldy + n] = tmp[r] + b;
+        flush_tile(a.y + m0 * a.ldy, a.ldy, tile, rows, nt, cols);
       }
     }
   }

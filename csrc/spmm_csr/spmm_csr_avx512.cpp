@@ -111,9 +111,10 @@ TERSOR_UNROLL
   }
 }
 
-void flush_tile(const Args& a, const float* tile, int rows, int64_t n_tile, int64_t cols) {
+void flush_tile(float* y, int64_t ldy, const float* tile, int rows, int64_t n_tile,
+                int64_t cols) {
   for (int r = 0; r < rows; ++r)
-    std::memcpy(a.y + r * a.ldy + n_tile, tile + r * kTileCols, size_t(cols) * 4);
+    std::memcpy(y + r * ldy + n_tile, tile + r * kTileCols, size_t(cols) * 4);
 }
 
 void run_transposed(const Args& a) {
@@ -129,37 +130,41 @@ void run_transposed(const Args& a) {
     int64_t n0, n1;
     balanced_range(a.rowptr, a.N, &n0, &n1);
     alignas(64) float tmp[16 * kMV];
+    alignas(64) float tile[16 * kMV * kTileCols];  // outputs of kTileCols channels
     if (M16 <= 32) {
-      alignas(64) float tile[32 * kTileCols];
       const int rows = static_cast<int>(a.M);
       for (int64_t nt = n0; nt < n1; nt += kTileCols) {
         const int64_t cols = std::min<int64_t>(kTileCols, n1 - nt);
         for (int64_t n = nt; n < nt + cols; n += kLockstep)
           (M16 == 16 ? channels_in_lockstep<1> : channels_in_lockstep<2>)(
-              a, xt.get(), ldt, rows, n, static_cast<int>(std::min<int64_t>(kLockstep, nt + cols - n)),
-              tile, nt);
-        flush_tile(a, tile, rows, nt, cols);
+              a, xt.get(), ldt, rows, n,
+              static_cast<int>(std::min<int64_t>(kLockstep, nt + cols - n)), tile, nt);
+        flush_tile(a.y, a.ldy, tile, rows, nt, cols);
       }
     }
     for (int64_t m0 = 0; M16 > 32 && m0 < M16; m0 += 16 * kMV) {
       const int nv = static_cast<int>(std::min<int64_t>(kMV, (M16 - m0) / 16));
       const int rows = static_cast<int>(std::min<int64_t>(16 * kMV, a.M - m0));
       const float* xb = xt.get() + m0;
-      for (int64_t n = n0; n < n1; ++n) {
-        __m512 acc[kMV];
+      for (int64_t nt = n0; nt < n1; nt += kTileCols) {
+        const int64_t cols = std::min<int64_t>(kTileCols, n1 - nt);
+        for (int64_t n = nt; n < nt + cols; ++n) {
+          __m512 acc[kMV];
 TERSOR_UNROLL
-        for (int v = 0; v < kMV; ++v) acc[v] = _mm512_setzero_ps();
-        for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i) {
-          const __m512 w = _mm512_set1_ps(a.val[i]);
-          const float* xr = xb + int64_t(a.col[i]) * ldt;
+          for (int v = 0; v < kMV; ++v) acc[v] = _mm512_setzero_ps();
+          for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i) {
+            const __m512 w = _mm512_set1_ps(a.val[i]);
+            const float* xr = xb + int64_t(a.col[i]) * ldt;
 TERSOR_UNROLL
-          for (int v = 0; v < kMV; ++v)
-            if (v < nv) acc[v] = _mm512_fmadd_ps(_mm512_loadu_ps(xr + 16 * v), w, acc[v]);
+            for (int v = 0; v < kMV; ++v)
+              if (v < nv) acc[v] = _mm512_fmadd_ps(_mm512_loadu_ps(xr + 16 * v), w, acc[v]);
+          }
+TERSOR_UNROLL
+          for (int v = 0; v < kMV; ++v) _mm512_store_ps(tmp + 16 * v, acc[v]);
+          const float b = a.bias ? a.bias[n] : 0.0f;
+          for (int r = 0; r < rows; ++r) tile[r * kTileCols + (n - nt)] = tmp[r] + b;
         }
-TERSOR_UNROLL
-        for (int v = 0; v < kMV; ++v) _mm512_store_ps(tmp + 16 * v, acc[v]);
-        const float b = a.bias ? a.bias[n] : 0.0f;
-        for (int r = 0; r < rows; ++r) a.y[(m0 + r) * a.ldy + n] = tmp[r] + b;
+        flush_tile(a.y + m0 * a.ldy, a.ldy, tile, rows, nt, cols);
       }
     }
   }
