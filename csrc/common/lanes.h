@@ -141,7 +141,8 @@ struct Avx2Lanes8 {
     return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
   }
   static void store_half(void* p, vec a, int dtype) {
-    const __m128i h = dtype == half_io::BF16 ? to_bf16(a) : _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT);
+    const __m128i h =
+        dtype == half_io::BF16 ? to_bf16(a) : _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT);
     _mm_storeu_si128(static_cast<__m128i*>(p), h);
   }
 };

@@ -24,7 +24,7 @@ struct PackedW8LinearArgs {
   // widened one row at a time by x_widen as the quantizer reads it (quant_act::a8_row)
   int x_io = 0;
   half_io::RowsFn x_widen = nullptr;
-  // A8 kernels on the AVX-512 / AMX paths (writes_half_rows()): half_io::BF16 / F16 when y is
+  // A8 kernels on the AVX-512 / AMX paths (half_io::a8_writes_half_rows()): BF16 / F16 when y is
   // half rows (the pointer's type aside), rounded in the epilogue (half_io/half_avx512.h)
   int y_io = 0;
   // Every |w| <= 64 (W8A8Config(weight_bits=7)): a speed hint, never a change of result. The
@@ -56,7 +56,7 @@ struct PackedW4LinearArgs {
   // widened one row at a time by x_widen as the quantizer reads it (quant_act::a8_row)
   int x_io = 0;
   half_io::RowsFn x_widen = nullptr;
-  // A8 kernels on the AVX-512 / AMX paths (writes_half_rows()): half_io::BF16 / F16 when y is
+  // A8 kernels on the AVX-512 / AMX paths (half_io::a8_writes_half_rows()): BF16 / F16 when y is
   // half rows (the pointer's type aside), rounded in the epilogue (half_io/half_avx512.h)
   int y_io = 0;
 };

@@ -12,7 +12,8 @@ void widen_avx2(const RowsArgs& a) {
   for (int64_t m = 0; m < a.M; ++m) {
     const uint16_t* s = static_cast<const uint16_t*>(a.src) + m * a.lds;
     float* d = static_cast<float*>(a.dst) + m * a.ldd;
-    for (int64_t k = 0; k < K8; k += 8) _mm256_storeu_ps(d + k, Avx2Lanes8::load_half(s + k, a.dtype));
+    for (int64_t k = 0; k < K8; k += 8)
+      _mm256_storeu_ps(d + k, Avx2Lanes8::load_half(s + k, a.dtype));
     if (K8 < a.K) widen_ref({s + K8, 1, a.K - K8, a.lds, d + K8, a.ldd, a.dtype});
   }
 }
@@ -22,7 +23,8 @@ void narrow_avx2(const RowsArgs& a) {
   for (int64_t m = 0; m < a.M; ++m) {
     const float* s = static_cast<const float*>(a.src) + m * a.lds;
     uint16_t* d = static_cast<uint16_t*>(a.dst) + m * a.ldd;
-    for (int64_t k = 0; k < K8; k += 8) Avx2Lanes8::store_half(d + k, _mm256_loadu_ps(s + k), a.dtype);
+    for (int64_t k = 0; k < K8; k += 8)
+      Avx2Lanes8::store_half(d + k, _mm256_loadu_ps(s + k), a.dtype);
     if (K8 < a.K) narrow_ref({s + K8, 1, a.K - K8, a.lds, d + K8, a.ldd, a.dtype});
   }
 }

@@ -15,7 +15,8 @@ void widen_avx512(const RowsArgs& a) {
     float* d = static_cast<float*>(a.dst) + m * a.ldd;
     int64_t k = 0;
     for (; k + 16 <= a.K; k += 16)
-      _mm512_storeu_ps(d + k, widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + k)), a.dtype));
+      _mm512_storeu_ps(
+          d + k, widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + k)), a.dtype));
     if (k < a.K) {
       const __mmask16 mask = tail_mask16(a.K - k);
       _mm512_mask_storeu_ps(d + k, mask, widen16(_mm256_maskz_loadu_epi16(mask, s + k), a.dtype));
@@ -29,7 +30,8 @@ void narrow_avx512(const RowsArgs& a) {
     uint16_t* d = static_cast<uint16_t*>(a.dst) + m * a.ldd;
     int64_t k = 0;
     for (; k + 16 <= a.K; k += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + k), narrow16(_mm512_loadu_ps(s + k), a.dtype));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + k),
+                          narrow16(_mm512_loadu_ps(s + k), a.dtype));
     if (k < a.K) {
       const __mmask16 mask = tail_mask16(a.K - k);
       _mm256_mask_storeu_epi16(d + k, mask, narrow16(_mm512_maskz_loadu_ps(mask, s + k), a.dtype));

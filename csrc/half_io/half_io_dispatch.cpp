@@ -8,8 +8,9 @@
 
 namespace tersor::half_io {
 
-// The AMX path runs the AVX-512 conversions. A large block is split over the threads (rows, or columns when there are fewer rows than threads): run single-threaded, a
-// bf16 layer's staging left the second core idle for ~2-3% of a 128-row W4A8 GEMM (Zen 5).
+// The AMX path runs the AVX-512 conversions. A large block is split over the threads (rows,
+// or columns when there are fewer rows than threads): run single-threaded, a bf16 layer's
+// staging left the second core idle for ~2-3% of a 128-row W4A8 GEMM (Zen 5).
 namespace {
 
 template <typename Fn>

@@ -37,7 +37,7 @@ using RowQuantizer = float (*)(const float* x, int64_t K, uint8_t* dst, int64_t 
 // the codes are bit for bit those of quantizing x * x_scale. The buffer is overwritten by the
 // thread's next call.
 //
-// Half rows (a.x_io BF16 / F16, half_io::run_staged_a8) are widened into the same buffer the
+// Half rows (a.x_io BF16 / F16, half_io::run_staged with a8) are widened into the same buffer the
 // same way, exactly, then scaled: the codes are those of quantizing the widened rows.
 const float* scaled_row(const float* x, const float* s, int64_t K);
 const float* widened_row(const void* x, int io, half_io::RowsFn widen, const float* s,
