@@ -68,25 +68,26 @@ TERSOR_UNROLL
   }
 }
 
-// One channel over a pass of nv <= kMV vectors.
-template <class V>
-void channel_wide(const Args& a, const float* xb, int64_t ldt, int nv, int rows, int64_t n,
-                  float* tile, int64_t n_tile) {
-  typename V::vec acc[kMV];
+// The channels [n, n1) of a tile, one at a time, over a pass of NV <= kMV vectors.
+template <class V, int NV>
+void channels_wide(const Args& a, const float* xb, int64_t ldt, int rows, int64_t n,
+                   int64_t n1, float* tile, int64_t n_tile) {
+  alignas(64) float tmp[V::kLanes * NV];
+  for (; n < n1; ++n) {
+    typename V::vec acc[NV];
 TERSOR_UNROLL
-  for (int v = 0; v < kMV; ++v) acc[v] = V::zero();
-  for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i) {
-    const auto w = V::set1(a.val[i]);
-    const float* xr = xb + int64_t(a.col[i]) * ldt;
+    for (int v = 0; v < NV; ++v) acc[v] = V::zero();
+    for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i) {
+      const auto w = V::set1(a.val[i]);
+      const float* xr = xb + int64_t(a.col[i]) * ldt;
 TERSOR_UNROLL
-    for (int v = 0; v < kMV; ++v)
-      if (v < nv) acc[v] = V::fma(V::load(xr + V::kLanes * v), w, acc[v]);
+      for (int v = 0; v < NV; ++v) acc[v] = V::fma(V::load(xr + V::kLanes * v), w, acc[v]);
+    }
+TERSOR_UNROLL
+    for (int v = 0; v < NV; ++v) V::store(tmp + V::kLanes * v, acc[v]);
+    const float b = a.bias ? a.bias[n] : 0.0f;
+    for (int r = 0; r < rows; ++r) tile[r * kTileCols + (n - n_tile)] = tmp[r] + b;
   }
-  alignas(64) float tmp[V::kLanes * kMV];
-TERSOR_UNROLL
-  for (int v = 0; v < kMV; ++v) V::store(tmp + V::kLanes * v, acc[v]);
-  const float b = a.bias ? a.bias[n] : 0.0f;
-  for (int r = 0; r < rows; ++r) tile[r * kTileCols + (n - n_tile)] = tmp[r] + b;
 }
 
 // xT's row stride ldt >= round_up(M, V::kLanes) floats (the caller's choice, see its files).
@@ -117,8 +118,9 @@ void run_transposed(const Args& a, int64_t ldt) {
                 static_cast<int>(std::min<int64_t>(kLockstep, n_tile + cols - n)), tile,
                 n_tile);
         } else {
-          for (int64_t n = n_tile; n < n_tile + cols; ++n)
-            channel_wide<V>(a, xb, ldt, nv, rows, n, tile, n_tile);
+          constexpr decltype(&channels_wide<V, 1>) kWide[kMV] = {
+              channels_wide<V, 1>, channels_wide<V, 2>, channels_wide<V, 3>, channels_wide<V, 4>};
+          kWide[nv - 1](a, xb, ldt, rows, n_tile, n_tile + cols, tile, n_tile);
         }
         for (int r = 0; r < rows; ++r)  // the tile out, a row of cols outputs at a time
           std::memcpy(a.y + (m0 + r) * a.ldy + n_tile, tile + r * kTileCols, size_t(cols) * 4);
