@@ -15,6 +15,10 @@ def test_cpu_info_reports_paths():
     assert info["best"] in info["available"]
     assert info["active"] == info["best"] or info["override"] != "auto"
     assert info["threads"] == torch.get_num_threads()
+    # the CPUID vendor string (x86: 12 characters; the large-M thresholds of ops/dense_path.py
+    # depend on it); empty on other architectures
+    assert isinstance(info["vendor"], str) and len(info["vendor"]) in (0, 12)
+    assert info["vendor"] or "avx2" not in info["available"]
 
 
 def test_override_is_read_per_call(isa):

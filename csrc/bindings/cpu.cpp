@@ -32,6 +32,7 @@ void bind_cpu(py::module_& m) {
       if (isa_available(i)) avail.append(isa_name(i));
     py::dict d;
     d["features"] = features;
+    d["vendor"] = std::string(f.vendor);
     d["available"] = avail;
     d["best"] = isa_name(best_isa());
     d["active"] = isa_name(active_isa());
@@ -42,7 +43,7 @@ void bind_cpu(py::module_& m) {
     d["openmp"] = false;
 #endif
     return d;
-  }, "CPU features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in order), the "
+  }, "CPU vendor and features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in order), the "
      "best one and the one TERSOR_CPU_ISA selects now.");
   m.def(
       "weight_stream_nta",

@@ -36,6 +36,11 @@ CpuFeatures detect() {
   CpuFeatures f;
 #if defined(TERSOR_X86)
   unsigned a, b, c, d;
+  if (__get_cpuid(0, &a, &b, &c, &d)) {  // the vendor string: EBX, EDX, ECX
+    std::memcpy(f.vendor, &b, 4);
+    std::memcpy(f.vendor + 4, &d, 4);
+    std::memcpy(f.vendor + 8, &c, 4);
+  }
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   const bool osxsave = c & (1u << 27);
   f.fma = c & (1u << 12);

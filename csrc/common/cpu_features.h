@@ -20,6 +20,7 @@ struct CpuFeatures {
   bool amx_tile = false, amx_int8 = false, amx_bf16 = false;
   bool os_ymm = false, os_zmm = false;  // XCR0: the OS saves the wider registers
   bool os_amx = false;                  // XCR0 tile state + Linux granted this process the tiles
+  char vendor[13] = {};                 // CPUID leaf 0: "GenuineIntel", "AuthenticAMD", ...
 };
 
 const CpuFeatures& cpu_features();       // detected once (the CPU does not change)

@@ -351,8 +351,8 @@ def convert_rows(
     strides lds / ldd in elements."""
 
 def cpu_info() -> dict:
-    """CPU features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in order), the
-    best one and the one TERSOR_CPU_ISA selects now."""
+    """CPU vendor and features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in
+    order), the best one and the one TERSOR_CPU_ISA selects now."""
 
 def decoder_layers_step(
     layers: collections.abc.Sequence[DecoderLayer],

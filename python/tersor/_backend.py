@@ -16,7 +16,7 @@ ISAS = tuple(_C.ISAS)  # worst to best; the one list lives in csrc/common/cpu_fe
 
 
 def cpu_info() -> dict:
-    """Features detected (CPUID + XCR0), ISA paths available, and the active one.
+    """CPU vendor and features detected (CPUID + XCR0), ISA paths available, and the active one.
 
     ``TERSOR_CPU_ISA`` (``auto`` or one of ``ISAS``) is read on every kernel call, so it can be
     changed at run time (tests force each path that way).

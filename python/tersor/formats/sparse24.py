@@ -404,7 +404,7 @@ class Sparse24Format(WeightFormat):
     def describe(self):
         note = f"density {self.density:.3f}, kernel spmm_24{'_w8a8' if self.int8 else ''}"
         big = self.out_features * self.in_features >= 1 << 20
-        if not self.int8 and big and DENSE_MIN_ROWS["2:4"] < 1 << 30:  # AVX2: never taken
+        if not self.int8 and big and DENSE_MIN_ROWS["2:4"] < 1 << 30:  # (AVX2, AMD: never taken)
             # the note matters only where the weight is large enough for the path to matter
             note += (
                 f"; from {DENSE_MIN_ROWS['2:4']} rows on a CPU, panels decompressed for a "

@@ -44,10 +44,21 @@ def _dense_min_rows() -> dict:
       W8: 0.57-0.58 at 128 rows, 0.73-0.79 at 512, 0.78-0.86 at 2048, 0.81-0.85 at 4096
       (slabs 84-90 GMAC/s against torch's 61-68), so 8192, twice the largest size measured;
       2:4: never (from 16 rows its slabs of the decompressed weight run 1.22-1.69x torch's
-      dense GEMM at 128-512 rows, this path 0.77-1.06x; csrc/spmm_24/spmm_24_avx2.cpp)."""
-    if _C.cpu_info()["features"].get("avx512f"):
-        return {"w8": 256, "w4": 384, "2:4": 256}
-    return {"w8": 8192, "w4": 4096, "2:4": 1 << 62}
+      dense GEMM at 128-512 rows, this path 0.77-1.06x; csrc/spmm_24/spmm_24_avx2.cpp).
+
+    AMD's AVX-512 (Zen 4 and 5) is another case: torch's fp32 GEMM runs there at ~40% of the
+    FMA peak (106 GMAC/s on 2 Zen 5 cores), so the kernels keep their lead at every M measured
+    (2026-12-05, Zen 5, 2 threads; kernel time / this path's):
+      W4 g128 and W8, 2048x8192 / 4096x4096: 0.36-0.41 at 384 rows, 0.41-0.51 at 1024, 0.53-0.63
+      at 4096, so 8192 (twice the largest size measured);
+      2:4 (kernel / torch's dense GEMM): 0.36-0.50 at 256-1024 rows on 384x1536 .. 2048x8192,
+      where this path ran 1.01-1.49x dense: never."""
+    info = _C.cpu_info()
+    if not info["features"].get("avx512f"):
+        return {"w8": 8192, "w4": 4096, "2:4": 1 << 62}
+    if info["vendor"] == "AuthenticAMD":
+        return {"w8": 8192, "w4": 8192, "2:4": 1 << 62}
+    return {"w8": 256, "w4": 384, "2:4": 256}
 
 
 DENSE_MIN_ROWS = _dense_min_rows()
