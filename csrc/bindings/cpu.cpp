@@ -43,8 +43,8 @@ void bind_cpu(py::module_& m) {
     d["openmp"] = false;
 #endif
     return d;
-  }, "CPU vendor and features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in order), the "
-     "best one and the one TERSOR_CPU_ISA selects now.");
+  }, "CPU vendor and features (CPUID + XCR0), the ISA paths available (a subset of ISAS, in "
+     "order), the best one and the one TERSOR_CPU_ISA selects now.");
   m.def(
       "weight_stream_nta",
       [](addr w, int64_t bytes) { return weight_stream_nta(ptr<void>(w), bytes); },
