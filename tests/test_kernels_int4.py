@@ -14,7 +14,7 @@ from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
 MS = [1, 2, 6, 7, 33]  # 1, 2: the AVX-512 decode tile; 6, 7: partial row tiles of 2 and 3
-W4_MS = [1, 2, 4, 5, 6, 7, 33]  # the AVX2 W4 kernel's tiles of 1..6 rows, its slabs from 7
+W4_MS = [1, 2, 4, 5, 6, 7, 16, 33]  # the W4 kernels' tiles of 1..6 rows, slabs from 7 (AVX2) / 16
 NS = [5, 33]
 
 
@@ -84,12 +84,13 @@ def test_gemm_w4(isa, g, k, m, n, sym, gen, c_ref):
 
 
 @pytest.mark.parametrize("sym", [False, True])
-@pytest.mark.parametrize("m,n", [(7, 5), (13, 40), (300, 21)])
+@pytest.mark.parametrize("m,n", [(7, 5), (13, 40), (16, 45), (33, 70), (300, 21)])
 @pytest.mark.parametrize("g,k", [(32, 608), (-1, 523), (128, 640)])
 def test_gemm_w4_slabs(isa, g, k, m, n, sym, gen, c_ref):
-    """The AVX2 kernel's slab path (7 rows and more): K over several 256-k slabs with a partial
-    one, rows split between threads when the column blocks are few (n = 5, 21), more rows than
-    one pass over the weight (300 > 256), balanced row tiles (13 = 7 + 6)."""
+    """The slab paths (AVX2 from 7 rows, AVX-512 from 16): K over several 256-k (AVX2) / 128-k
+    (AVX-512) slabs with a partial one, rows split between threads when the column blocks are
+    few (n = 5, 21), more rows than one pass over the weight (300 > 256), balanced row tiles
+    (13 = 7 + 6), panels of 4 column blocks with 1-3 in the last (n = 21, 45, 70)."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     y = gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)
     assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)))
@@ -132,13 +133,14 @@ def fma_chain(x, w):
 
 
 @pytest.mark.parametrize("sym", [False, True])
-@pytest.mark.parametrize("m", [7, 20])
+@pytest.mark.parametrize("m", [7, 16, 20])
 @pytest.mark.parametrize("g,k", [(32, 608), (-1, 261), (128, 640)])
 def test_gemm_w4_dequantized_rules(isa, g, k, m, sym, gen):
-    """Where a call follows the dequantized rules (gemm_w4.h: rows in batches on machines
-    without AVX-512), y = fma-chain(x, (q - z) * s) + bias bit for bit on every path."""
+    """Where a call follows the dequantized rules (gemm_w4.h: from 7 rows on machines without
+    AVX-512, from 16 on those with it), y = fma-chain(x, (q - z) * s) + bias bit for bit on
+    every path."""
     if not _C.gemm_w4_dequantized_rows(m):
-        pytest.skip("this machine has AVX-512: the 32-k chunk rules hold for every M")
+        pytest.skip(f"this machine has AVX-512: the 32-k chunk rules hold for {m} rows")
     n = 21
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     x = torch.randint(-256, 257, (m, k), generator=gen).float() / 64  # 9 significant bits

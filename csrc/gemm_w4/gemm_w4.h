@@ -12,10 +12,11 @@
 // accumulation, two-level (32-k chunks), which tests hold to within 3x of torch's F.linear on
 // the dequantized weight. All ISA paths agree bit for bit.
 //
-// Rows in batches on machines without an AVX-512 path (dequantized_rows): the AVX2 kernel
-// widens slabs of the weight into L1 once for all rows (gemm_w4_avx2.cpp), and there the
-// dequantized weight costs nothing more than q - 8, while the chunk closes above cost its
-// fp32 tile 10-15%. So there the rules are those of F.linear on the dequantized weight:
+// Rows in batches (dequantized_rows): the AVX2 kernel from 7 rows on machines without an
+// AVX-512 path, the AVX-512 kernel from 16 rows, widen slabs of the dequantized weight into L1
+// once for all rows (common/slab_gemm_avx2.h, slab_gemm_avx512.h), and there the dequantized
+// weight costs nothing more than q - 8, while the chunk closes above cost the fp32 tile 10-20%.
+// So there the rules are those of F.linear on the dequantized weight:
 //
 //     w[n][k] = (q - z_g) * s_g      exact in fp32 (|q - z| <= 15 times an fp16 scale: at
 //                                    most 15 significant bits)
@@ -23,8 +24,8 @@
 //
 // one fp32 FMA chain per output. Chosen by the machine and the rows, not by the forced ISA
 // path, so that every path of one machine gives the same bits (the ref computes these rules
-// there too); a row's result may differ in the last bits between a call of 1-6 rows and one
-// of 7 or more, as it does where the ops switch to the dense panels (ops/dense_path.py).
+// there too); a row's result may differ in the last bits between a call of fewer rows and one
+// of more, as it does where the ops switch to the dense panels (ops/dense_path.py).
 #pragma once
 #include "common/linear_args.h"
 
@@ -32,9 +33,14 @@ namespace tersor::gemm_w4 {
 
 constexpr int64_t kChunk = 32;
 constexpr int64_t kDequantMinRows = 7;  // the AVX2 kernel's slabs, from 7 rows
+// The AVX-512 slabs, from 16 rows: there they match the register tile (1.02x), from 32 rows
+// 1.10-1.12x faster, from 64 rows 1.15-1.22x (96-98% of the FMA peak: Zen 5, 2 threads, g128,
+// 2048x512 .. 8192x2048).
+constexpr int64_t kDequantMinRowsAvx512 = 16;
 
 // Whether a call of M rows follows the dequantized rules above: M >= kDequantMinRows on a
-// machine whose best path is AVX2 (or the portable ref alone).
+// machine whose best path is AVX2 (or the portable ref alone), M >= kDequantMinRowsAvx512 on
+// one with an AVX-512 path.
 bool dequantized_rows(int64_t M);
 
 // Chunk sums X[m][c] of x (row stride ceil(K / kChunk)), the same arithmetic in every path.

@@ -317,7 +317,7 @@ void run_avx2(const PackedW4LinearArgs& a) {
         });
     return;
   }
-  // The chunk rules: 1-6 rows (and any rows where the machine has AVX-512, forced to this path)
+  // The chunk rules: 1-6 rows (1-15 where the machine has AVX-512 and this path is forced)
   const int64_t nks = (a.K + kChunk - 1) / kChunk;
   auto X = alloc_scratch<float>(a.M * nks);
   Scratch<float> xs = a.M <= kGemvRows ? scaled_rows(a) : nullptr;

@@ -10,6 +10,7 @@
 #include "common/formats.h"
 #include "common/simd.h"
 #include "common/parallel.h"
+#include "common/slab_gemm_avx512.h"
 #include "gemm_w4/gemm_w4.h"
 
 namespace tersor::gemm_w4 {
@@ -116,10 +117,51 @@ TileFn pick(int mr, int nb, bool wide) {
   }
 }
 
+// Rows in batches where the dequantized rules apply (gemm_w4.h): the dequantized columns of
+// blocks nb0 .. nb0 + nb - 1, k in [k0, k1) (k0 a multiple of 8) -> panel[(k - k0) * 64 +
+// 16 j + c] (common/slab_gemm_avx512.h), whole W4Tiles (the codes past K are zero padding).
+// Per 16 weights: a shift, the table lookup (q - 8), minus z - 8 and times s, all exact.
+void widen_slab_dequantized(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t k0,
+                            int64_t k1, float* panel) {
+  const int64_t block_bytes = a.ngroups * a.group_size * 8;
+  const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* wb = a.w + (nb0 + j) * block_bytes;
+    for (int64_t t = k0 / 8; t < (k1 + 7) / 8; ++t) {
+      const int64_t meta = ((nb0 + j) * a.ngroups + 8 * t / a.group_size) * 16;
+      const __m512 s =
+          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
+      const __m512 zc =  // z - 8
+          a.zero ? _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                     reinterpret_cast<const __m128i*>(a.zero + meta)))),
+                                 _mm512_set1_ps(8.0f))
+                 : _mm512_setzero_ps();
+      const __m512i v = _mm512_loadu_si512(wb + t * 64);
+      float* out = panel + (8 * t - k0) * slab_avx512::kCols + 16 * j;
+TERSOR_UNROLL
+      for (int i = 0; i < 8; ++i) {
+        const __m512 q = _mm512_permutexvar_ps(i == 0 ? v : _mm512_srli_epi32(v, shift_of(i)), lut);
+        _mm512_store_ps(out + i * slab_avx512::kCols, _mm512_mul_ps(_mm512_sub_ps(q, zc), s));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
+  if (dequantized_rows(a.M)) {
+    slab_avx512::run(
+        a.x, a.ldx, a.M, a.K, n_blocks, threads_for_work(double(a.M) * a.N * a.K, a.nthreads),
+        [&](int64_t nb0, int nb, int64_t k0, int64_t k1, float* p) {
+          widen_slab_dequantized(a, nb0, nb, k0, k1, p);
+        },
+        [&](int64_t nb0, int nb, int64_t r0, int64_t r1, const float* acc) {
+          slab_avx512::store_plus_bias(a.y, a.ldy, a.N, a.bias, nb0, nb, r0, r1, acc);
+        });
+    return;
+  }
   const int64_t nbw = a.M == 1 ? 4 : 2;  // 4 x 2 accumulators fit in 32 zmm only for 1 row
   const int64_t nks = (a.K + kChunk - 1) / kChunk;
   auto X = alloc_scratch<float>(a.M * nks);

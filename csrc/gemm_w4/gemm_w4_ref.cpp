@@ -19,8 +19,8 @@ void chunk_sums(const float* x, int64_t K, float* out) {
 }
 
 bool dequantized_rows(int64_t M) {
-  static const bool no_avx512 = best_isa() < Isa::Avx512;
-  return M >= kDequantMinRows && no_avx512;
+  static const bool avx512 = best_isa() >= Isa::Avx512;
+  return M >= (avx512 ? kDequantMinRowsAvx512 : kDequantMinRows);
 }
 
 // The dequantized rules (gemm_w4.h): one FMA chain per output over w = (q - z) * s.

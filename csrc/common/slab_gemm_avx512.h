@@ -1,0 +1,134 @@
+// fp32 GEMM over weight panels widened once into L1 (AVX-512 translation units only): the batch
+// path of gemm_w4 where its dequantized rules apply (gemm_w4.h). The AVX-512 register kernel
+// turns codes into floats inside its tile, once per 4 rows, and closes every 32-k chunk of
+// every output with two more FMAs: 72-79% of the FMA peak from 32 rows (Zen 5). Here a slab of
+// kSlabK k x 64 columns (4 column blocks) is widened once into an L1-resident panel, for all
+// rows, and a 6-row x 64-column register tile (24 FMA chains) runs every row over it:
+//
+//   panel[kSlabK][64] float: W[16 (nb0 + j) + c][k0 + i] at [i][16 j + c]
+//   acc[rows][64] float, in memory between slabs (which rounds nothing: each output is one FMA
+//   chain in k order, as a one-chain reference computes it)
+//
+//   for each pass of <= kSlabRows rows, each (group of <= 4 column blocks, part of the rows):
+//     for each slab [k0, k1):  widen(nb0, nb, k0, k1, panel)
+//                              for each tile of <= 6 rows:  acc[r] = fma-chain over the slab
+//     store(nb0, nb, r0, r1, acc):  the kernel's epilogue (bias, tail mask) into y
+//
+// Per k a tile loads 4 panel vectors and broadcasts 6 x values for 24 FMAs: two FMAs a cycle
+// leave the load ports room. Internal linkage throughout (common/parallel.h says why).
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/parallel.h"
+#include "common/simd.h"
+
+namespace tersor {
+namespace {
+namespace slab_avx512 {
+
+constexpr int kMR = 6;
+constexpr int kNB = 4;                   // column blocks of 16 per panel
+constexpr int64_t kCols = 16 * kNB;      // panel row: 64 floats, 256 bytes
+constexpr int64_t kSlabK = 128;          // 32 KiB of panel: within a 48 KiB L1D
+constexpr int64_t kSlabRows = 256;       // rows per pass over the weight: their x stays in L2 / L3
+
+// MR rows of x from m0 x NB column blocks over the slab [k0, k1); acc holds those rows at
+// stride kCols (first: start from 0).
+template <int MR, int NB>
+void tile(const float* x, int64_t ldx, int64_t m0, int64_t k0, int64_t k1, const float* panel,
+          float* acc, bool first) {
+  const float* xr = x + m0 * ldx;
+  __m512 c[MR][NB];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j)
+      c[r][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(acc + r * kCols + 16 * j);
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* p = panel + (k - k0) * kCols;
+    __m512 w[NB];
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) w[j] = _mm512_load_ps(p + 16 * j);
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xb = _mm512_set1_ps(xr[r * ldx + k]);
+TERSOR_UNROLL
+      for (int j = 0; j < NB; ++j) c[r][j] = _mm512_fmadd_ps(xb, w[j], c[r][j]);
+    }
+  }
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) _mm512_store_ps(acc + r * kCols + 16 * j, c[r][j]);
+}
+
+using TileFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const float*, float*,
+                        bool);
+template <int NB>
+constexpr TileFn kRowTiles[kMR] = {tile<1, NB>, tile<2, NB>, tile<3, NB>,
+                                   tile<4, NB>, tile<5, NB>, tile<6, NB>};
+constexpr const TileFn* kTiles[kNB] = {kRowTiles<1>, kRowTiles<2>, kRowTiles<3>, kRowTiles<4>};
+
+// y = x W^T (x: M rows of stride ldx), n_blocks column blocks of 16, K deep, on nt threads:
+//   widen(nb0, nb, k0, k1, panel)   blocks nb0 .. nb0 + nb - 1 (nb <= kNB), k0 a multiple of
+//                                   kSlabK; may write the rows up to k0 + round_up(k1 - k0, 8)
+//   store(nb0, nb, r0, r1, acc)     the epilogue into y; acc[(m - r0) * kCols + 16 j + c]
+template <typename Widen, typename Store>
+void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, int nt,
+         Widen&& widen, Store&& store) {
+  const int64_t n_groups = (n_blocks + kNB - 1) / kNB;
+  // Work items: (group of column blocks, part of a pass's rows); rows split only when the
+  // groups are too few to share among the threads. Row tiles balanced (8 rows: 4 + 4).
+  int64_t row_parts = 1;
+  if (n_groups < 2 * nt)
+    row_parts = std::min<int64_t>(nt, (std::min(M, kSlabRows) + kMR - 1) / kMR);
+#pragma omp parallel num_threads(::tersor::team(nt))
+  {
+    auto panel = alloc_scratch<float>(kSlabK * kCols);
+    auto acc = alloc_scratch<float>(std::min(M, kSlabRows) * kCols);
+    for (int64_t rb0 = 0; rb0 < M; rb0 += kSlabRows) {
+      const int64_t rows = std::min(kSlabRows, M - rb0);
+      int64_t i0, i1;
+      thread_range(n_groups * row_parts, &i0, &i1);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t nb0 = i / row_parts * kNB, p = i % row_parts;
+        const int nb = static_cast<int>(std::min<int64_t>(kNB, n_blocks - nb0));
+        const int64_t r0 = rb0 + rows * p / row_parts, r1 = rb0 + rows * (p + 1) / row_parts;
+        const int64_t ntiles = (r1 - r0 + kMR - 1) / kMR;
+        for (int64_t k0 = 0; k0 < K; k0 += kSlabK) {
+          const int64_t k1 = std::min(k0 + kSlabK, K);
+          widen(nb0, nb, k0, k1, panel.get());
+          for (int64_t t = 0; t < ntiles; ++t) {
+            const int64_t m0 = r0 + (r1 - r0) * t / ntiles;
+            const int64_t m1 = r0 + (r1 - r0) * (t + 1) / ntiles;
+            kTiles[nb - 1][m1 - m0 - 1](x, ldx, m0, k0, k1, panel.get(),
+                                        acc.get() + (m0 - r0) * kCols, k0 == 0);
+          }
+        }
+        store(nb0, nb, r0, r1, static_cast<const float*>(acc.get()));
+      }
+    }
+  }
+}
+
+// The epilogue y[r0, r1) of blocks nb0 .. nb0 + nb - 1 = acc + bias, the last block's tail
+// columns masked.
+static inline void store_plus_bias(float* y, int64_t ldy, int64_t N, const float* bias,
+                                   int64_t nb0, int nb, int64_t r0, int64_t r1, const float* acc) {
+  for (int j = 0; j < nb; ++j) {
+    const int64_t n = (nb0 + j) * 16;
+    if (n >= N) break;
+    const __mmask16 mask = tail_mask16(N - n);
+    const __m512 b = bias16(bias, n, mask);
+    for (int64_t m = r0; m < r1; ++m)
+      _mm512_mask_storeu_ps(y + m * ldy + n, mask,
+                            _mm512_add_ps(_mm512_load_ps(acc + (m - r0) * kCols + 16 * j), b));
+  }
+}
+
+}  // namespace slab_avx512
+}  // namespace
+}  // namespace tersor
