@@ -1,7 +1,8 @@
 // fp32 GEMM over weight panels widened once into L1 (AVX-512 translation units only): the batch
 // path of gemm_w4 where its dequantized rules apply (gemm_w4.h). The AVX-512 register kernel
 // turns codes into floats inside its tile, once per 4 rows, and closes every 32-k chunk of
-// every output with two more FMAs: 72-79% of the FMA peak from 32 rows (Zen 5). Here a slab of
+// every output with two more FMAs: ~445 GFLOP/s from 32 rows on 2 Zen 5 cores, where pure FMA
+// chains (gemm_w8's register tile) read ~560. Here a slab of
 // kSlabK k x 64 columns (4 column blocks) is widened once into an L1-resident panel, for all
 // rows, and a 6-row x 64-column register tile (24 FMA chains) runs every row over it:
 //
@@ -15,7 +16,10 @@
 //     store(nb0, nb, r0, r1, acc):  the kernel's epilogue (bias, tail mask) into y
 //
 // Per k a tile loads 4 panel vectors and broadcasts 6 x values for 24 FMAs: two FMAs a cycle
-// leave the load ports room. Internal linkage throughout (common/parallel.h says why).
+// leave the load ports room. 510-540 GFLOP/s from 64 rows; 8 x 2, 4 x 4 tiles ran the same,
+// 8 x 3 and 7 x 3 4-6% slower, 64- to 512-k slabs within 3%. (gemm_w8 keeps its register
+// tile: its widening is cheap, and these slabs ran 0.70-0.97x it.)
+// Internal linkage throughout (common/parallel.h says why).
 #pragma once
 #include <immintrin.h>
 

@@ -34,8 +34,8 @@ namespace tersor::gemm_w4 {
 constexpr int64_t kChunk = 32;
 constexpr int64_t kDequantMinRows = 7;  // the AVX2 kernel's slabs, from 7 rows
 // The AVX-512 slabs, from 16 rows: there they match the register tile (1.02x), from 32 rows
-// 1.10-1.12x faster, from 64 rows 1.15-1.22x (96-98% of the FMA peak: Zen 5, 2 threads, g128,
-// 2048x512 .. 8192x2048).
+// 1.10-1.12x faster, from 64 rows 1.15-1.22x: 510-540 GFLOP/s where gemm_w8's register tile
+// reads 530-563 (Zen 5, 2 threads, g128, 2048x512 .. 8192x2048).
 constexpr int64_t kDequantMinRowsAvx512 = 16;
 
 // Whether a call of M rows follows the dequantized rules above: M >= kDequantMinRows on a
