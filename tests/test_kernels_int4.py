@@ -231,6 +231,22 @@ def test_gemm_w4_bf16(isa, g, k, m, sym, gen, c_ref):
     assert (y.double() - y64_fp32_x).norm() <= 2**-8 * y64_fp32_x.norm()
 
 
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("m,n", [(9, 5), (16, 45), (33, 70), (300, 21)])
+@pytest.mark.parametrize("g,k", [(32, 608), (-1, 523), (128, 640)])
+def test_gemm_w4_bf16_slabs(isa, g, k, m, n, sym, gen, c_ref):
+    """The vdpbf16ps kernel's slabs (from 9 rows): 256-k slabs with groups inside one (g32,
+    g128) or across several (one group of 528), panels of 4 column blocks with 1-3 in the last
+    (n = 5, 21, 45, 70), rows split between threads when the blocks are few, more rows than one
+    pass (300 > 256): bit for bit the C ref."""
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    if _tiles_run(isa, m, G):
+        pytest.skip(f"the AMX-BF16 tiles run {m} rows of group size {G} here")
+    y = gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=True)
+    ref = c_ref(lambda: gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=True))
+    assert torch.equal(y, ref)
+
+
 def _tiles_run(isa, m, group_size):
     """Whether gemm_w4_cpu(bf16=True) runs the AMX-BF16 tiles for these rows here."""
     return (isa == "amx" and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS["w4"]

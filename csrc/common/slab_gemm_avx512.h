@@ -76,13 +76,20 @@ constexpr TileFn kRowTiles[kMR] = {tile<1, NB>, tile<2, NB>, tile<3, NB>,
                                    tile<4, NB>, tile<5, NB>, tile<6, NB>};
 constexpr const TileFn* kTiles[kNB] = {kRowTiles<1>, kRowTiles<2>, kRowTiles<3>, kRowTiles<4>};
 
-// y = x W^T (x: M rows of stride ldx), n_blocks column blocks of 16, K deep, on nt threads:
-//   widen(nb0, nb, k0, k1, panel)   blocks nb0 .. nb0 + nb - 1 (nb <= kNB), k0 a multiple of
-//                                   kSlabK; may write the rows up to k0 + round_up(k1 - k0, 8)
-//   store(nb0, nb, r0, r1, acc)     the epilogue into y; acc[(m - r0) * kCols + 16 j + c]
-template <typename Widen, typename Store>
-void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, int nt,
-         Widen&& widen, Store&& store) {
+// The passes, work items, slabs and row tiles of the comment above, on nt threads, for any
+// panel element (fp32 here, bf16 pairs in gemm_w4_avx512bf16.cpp): n_blocks column blocks of
+// 16, K deep (a multiple of 8 past the real K is fine: the widened codes there are zeros),
+// acc_floats per row of scratch for the tiles' accumulators:
+//   widen(nb0, nb, k0, k1, panel)       blocks nb0 .. nb0 + nb - 1 (nb <= kNB), k0 a multiple
+//                                       of slab_k; may write the rows up to k0 + round_up(k1 - k0, 8)
+//   rows(nb0, nb, m0, mr, k0, k1, panel, acc)
+//                                       mr (<= kMR) rows from m0 over the slab; acc: row m0's
+//                                       scratch (rows acc_floats apart), whose contents the
+//                                       tile keeps between slabs (k0 == 0: start afresh)
+//   store(nb0, nb, r0, r1, acc)         the epilogue into y; acc: row r0's scratch
+template <typename Panel, typename Widen, typename Rows, typename Store>
+void run_slabs(int64_t M, int64_t K, int64_t slab_k, int64_t n_blocks, int nt,
+               int64_t acc_floats, Widen&& widen, Rows&& rows_fn, Store&& store) {
   const int64_t n_groups = (n_blocks + kNB - 1) / kNB;
   // Work items: (group of column blocks, part of a pass's rows); rows split only when the
   // groups are too few to share among the threads. Row tiles balanced (8 rows: 4 + 4).
@@ -91,8 +98,8 @@ void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, in
     row_parts = std::min<int64_t>(nt, (std::min(M, kSlabRows) + kMR - 1) / kMR);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    auto panel = alloc_scratch<float>(kSlabK * kCols);
-    auto acc = alloc_scratch<float>(std::min(M, kSlabRows) * kCols);
+    auto panel = alloc_scratch<Panel>(slab_k * kCols);
+    auto acc = alloc_scratch<float>(std::min(M, kSlabRows) * acc_floats);
     for (int64_t rb0 = 0; rb0 < M; rb0 += kSlabRows) {
       const int64_t rows = std::min(kSlabRows, M - rb0);
       int64_t i0, i1;
@@ -102,14 +109,14 @@ void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, in
         const int nb = static_cast<int>(std::min<int64_t>(kNB, n_blocks - nb0));
         const int64_t r0 = rb0 + rows * p / row_parts, r1 = rb0 + rows * (p + 1) / row_parts;
         const int64_t ntiles = (r1 - r0 + kMR - 1) / kMR;
-        for (int64_t k0 = 0; k0 < K; k0 += kSlabK) {
-          const int64_t k1 = std::min(k0 + kSlabK, K);
+        for (int64_t k0 = 0; k0 < K; k0 += slab_k) {
+          const int64_t k1 = std::min(k0 + slab_k, K);
           widen(nb0, nb, k0, k1, panel.get());
           for (int64_t t = 0; t < ntiles; ++t) {
             const int64_t m0 = r0 + (r1 - r0) * t / ntiles;
             const int64_t m1 = r0 + (r1 - r0) * (t + 1) / ntiles;
-            kTiles[nb - 1][m1 - m0 - 1](x, ldx, m0, k0, k1, panel.get(),
-                                        acc.get() + (m0 - r0) * kCols, k0 == 0);
+            rows_fn(nb0, nb, m0, static_cast<int>(m1 - m0), k0, k1,
+                    static_cast<const Panel*>(panel.get()), acc.get() + (m0 - r0) * acc_floats);
           }
         }
         store(nb0, nb, r0, r1, static_cast<const float*>(acc.get()));
@@ -118,10 +125,22 @@ void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, in
   }
 }
 
+// y = x W^T over fp32 panels (x: M rows of stride ldx): run_slabs with the tiles above.
+template <typename Widen, typename Store>
+void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, int nt,
+         Widen&& widen, Store&& store) {
+  run_slabs<float>(
+      M, K, kSlabK, n_blocks, nt, kCols, widen,
+      [&](int64_t, int nb, int64_t m0, int mr, int64_t k0, int64_t k1, const float* panel,
+          float* acc) { kTiles[nb - 1][mr - 1](x, ldx, m0, k0, k1, panel, acc, k0 == 0); },
+      store);
+}
+
 // The epilogue y[r0, r1) of blocks nb0 .. nb0 + nb - 1 = acc + bias, the last block's tail
-// columns masked.
+// columns masked; acc: row r0's accumulators, rows acc_floats apart.
 static inline void store_plus_bias(float* y, int64_t ldy, int64_t N, const float* bias,
-                                   int64_t nb0, int nb, int64_t r0, int64_t r1, const float* acc) {
+                                   int64_t nb0, int nb, int64_t r0, int64_t r1, const float* acc,
+                                   int64_t acc_floats = kCols) {
   for (int j = 0; j < nb; ++j) {
     const int64_t n = (nb0 + j) * 16;
     if (n >= N) break;
@@ -129,7 +148,7 @@ static inline void store_plus_bias(float* y, int64_t ldy, int64_t N, const float
     const __m512 b = bias16(bias, n, mask);
     for (int64_t m = r0; m < r1; ++m)
       _mm512_mask_storeu_ps(y + m * ldy + n, mask,
-                            _mm512_add_ps(_mm512_load_ps(acc + (m - r0) * kCols + 16 * j), b));
+                            _mm512_add_ps(_mm512_load_ps(acc + (m - r0) * acc_floats + 16 * j), b));
   }
 }
 
