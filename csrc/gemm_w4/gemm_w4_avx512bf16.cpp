@@ -114,9 +114,10 @@ constexpr DirectFn kDirect[8] = {direct_tile<1>, direct_tile<2>, direct_tile<3>,
 //   slab[(k - k0) / 2][64 lanes] u32: the pairs above, 4 column blocks side by side
 //
 // Against the panel of all of K for 3 blocks with a 4 x 3 tile that it replaced (1.5 MiB at
-// K = 8192: past L2): 1.04-1.12x faster at 12-16 rows, 0.98-1.07x at 32-128 (Zen 5, 2 threads,
-// g128, 2048x512 .. 8192x2048; 700-920 GFLOP/s). Same vdpbf16ps in the same order per output,
-// the same group closes: the same bits.
+// K = 8192: past L2), Zen 5, 2 threads, 2048x512 .. 8192x2048: g128 1.04-1.12x faster at 12-16
+// rows, 0.98-1.07x at 32-128 (700-960 GFLOP/s); g32 at 32-128 rows 0.97-1.03x (its totals
+// go through scratch every 16 pairs, where the 4 x 3 tile kept them in registers). Same
+// vdpbf16ps in the same order per output, the same group closes: the same bits.
 constexpr int64_t kSlabK = 256;
 constexpr int64_t kScratch = 2 * slab_avx512::kCols;
 
