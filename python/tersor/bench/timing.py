@@ -54,9 +54,11 @@ def time_interleaved(
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def measure_bandwidth(nbytes: int = 1 << 30) -> float:
-    """Read bandwidth (bytes/s) of a streaming reduction over a buffer 3x the L3."""
-    buf = torch.ones(nbytes // 4)
+def measure_bandwidth(nbytes: int = 1 << 30, buf=None) -> float:
+    """Read bandwidth (bytes/s) of a streaming reduction over a buffer 3x the L3 (``buf``: one
+    from an earlier call, for probes in a loop)."""
+    buf = torch.ones(nbytes // 4) if buf is None else buf
+    nbytes = buf.numel() * 4
     buf.sum()
     best = float("inf")
     for _ in range(3):
