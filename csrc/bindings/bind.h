@@ -29,6 +29,7 @@ void bind_gemm_w4(py::module_& m);
 void bind_dequant(py::module_& m);
 void bind_conv(py::module_& m);
 void bind_int8_ops(py::module_& m);
+void bind_static_program(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_decoder_layer(py::module_& m);
 void bind_spmm_24(py::module_& m);

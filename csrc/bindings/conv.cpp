@@ -5,22 +5,11 @@
 #include "conv/conv_dw_w8a8.h"
 #include "conv/conv_w8a8.h"
 #include "conv/requant.h"
+#include "conv/static_plan.h"
 
 namespace tersor::bindings {
 
-namespace {
-
-// A static-pipeline convolution's fixed arguments, built once per layer, so a call passes only
-// what changes (~2 us instead of ~15 us for 31 converted arguments: the per-call cost of
-// every layer of a small network at batch 1).
-struct StaticConvPlan {
-  conv::ConvW8A8Args c{};
-  bool depthwise = false;
-  std::shared_ptr<const conv::DwWeights> dw;  // a depthwise layer's re-laid weights
-  conv::Requant out{};  // q, res set per call; inv_scale 0: fp32 out
-};
-
-}  // namespace
+using conv::StaticConvPlan;
 
 void bind_conv(py::module_& m) {
   auto conv = [](conv::Path path) {
@@ -144,17 +133,8 @@ void bind_conv(py::module_& m) {
           "run",
           [](const StaticConvPlan& p, addr xs, int64_t B, int64_t H, int64_t W, int64_t Ho,
              int64_t Wo, addr out, addr res, int nthreads) {
-            conv::ConvW8A8Args c = p.c;
-            c.xs = ptr<const int8_t>(xs);
-            c.B = B, c.H = H, c.W = W, c.Ho = Ho, c.Wo = Wo, c.nthreads = nthreads;
-            conv::Requant r = p.out;
-            r.q = ptr<int8_t>(out);
-            r.res = ptr<const int8_t>(res);
-            const bool codes = r.inv_scale > 0.0f;
-            c.y = codes ? nullptr : ptr<float>(out);
-            c.out = codes ? &r : nullptr;
-            if (p.depthwise) return conv::run_dw_w8a8(c, p.dw.get());
-            conv::run_w8a8(c);
+            conv::run_static_plan(p, ptr<const int8_t>(xs), B, H, W, Ho, Wo, ptr<void>(out),
+                                  ptr<const int8_t>(res), nthreads);
           },
           py::arg("xs"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("Ho"), py::arg("Wo"),
           py::arg("out"), py::arg("res"), py::arg("nthreads"), nogil(),

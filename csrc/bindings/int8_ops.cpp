@@ -40,13 +40,7 @@ void bind_int8_ops(py::module_& m) {
   m.def(
       "quantize_static",
       [](addr x, int64_t n, float inv_scale, float lo, float hi, addr q, int nthreads) {
-        // as rows of 4096 (threads split rows; a tensor's own last dim may be 3 long), + a tail
-        constexpr int64_t kRow = 4096;
-        const conv::Requant r{ptr<int8_t>(q), kRow, inv_scale, lo, hi};
-        conv::requant_all(r, ptr<const float>(x), n / kRow, kRow, nthreads);
-        const int64_t done = n / kRow * kRow;
-        const conv::Requant tail{ptr<int8_t>(q) + done, kRow, inv_scale, lo, hi};
-        conv::requant_all(tail, ptr<const float>(x) + done, n > done ? 1 : 0, n - done, 1);
+        conv::quantize_codes(ptr<const float>(x), n, inv_scale, lo, hi, ptr<int8_t>(q), nthreads);
       },
       py::arg("x"), py::arg("n"), py::arg("inv_scale"), py::arg("lo"), py::arg("hi"),
       py::arg("q"), py::arg("nthreads"), nogil(),

@@ -14,6 +14,7 @@ PYBIND11_MODULE(_C, m) {
   b::bind_dequant(m);
   b::bind_conv(m);
   b::bind_int8_ops(m);
+  b::bind_static_program(m);
   b::bind_attention(m);
   b::bind_decoder_layer(m);
   b::bind_spmm_24(m);

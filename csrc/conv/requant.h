@@ -43,6 +43,18 @@ void requant_rows_avx2(const Requant& r, const float* y, int64_t ldy, int64_t m0
 // All M rows of a contiguous [M][N] y, threads over rows, per-call ISA dispatch.
 void requant_all(const Requant& r, const float* y, int64_t M, int64_t N, int nthreads);
 
+// n fp32 values -> s8 codes at a fixed scale (the pipeline's entry, tersor.static_int8's
+// Quantize): as rows of 4096 (threads split rows; a tensor's own last dim may be 3 long) and
+// a tail.
+inline void quantize_codes(const float* x, int64_t n, float inv_scale, float lo, float hi,
+                           int8_t* q, int nthreads) {
+  constexpr int64_t kRow = 4096;
+  const int64_t done = n / kRow * kRow;
+  requant_all(Requant{q, kRow, inv_scale, lo, hi}, x, n / kRow, kRow, nthreads);
+  requant_all(Requant{q + done, kRow, inv_scale, lo, hi}, x + done, n > done ? 1 : 0, n - done,
+              1);
+}
+
 // The factors above for a layer of N columns (arrays padded to Np, zero past N: the kernels
 // load whole column blocks) and the requantization that follows them.
 struct FoldedScales {

@@ -113,6 +113,76 @@ class StaticConvPlan:
         -> out (s8 codes [B, Ho, Wo, N], or fp32 when the plan's inv_scale is 0); res: s8 [B,
         Ho, Wo, N] residual codes or 0."""
 
+class StaticProgram:
+    """A static int8 network's steps over one arena, run in one call. Buffer offsets: bytes
+    into the arena, -1 the input, -2 the output (-3: none)."""
+    def __init__(self) -> None:
+        """(undocumented)"""
+    def add_add(
+        self,
+        a: int,
+        sa: float,
+        b: int,
+        sb: float,
+        out: int,
+        n: int,
+        inv_scale: float,
+        lo: float,
+        hi: float,
+    ) -> None:
+        """add_s8 on arena buffers."""
+    def add_conv(
+        self,
+        plan: StaticConvPlan,
+        x: int,
+        res: int,
+        out: int,
+        B: int,
+        H: int,
+        W: int,
+        Ho: int,
+        Wo: int,
+    ) -> None:
+        """StaticConvPlan.run on arena buffers (the plan is copied: it holds the layer's tensor
+        addresses, which must outlive the program)."""
+    def add_dequantize(self, x: int, out: int, n: int, scale: float) -> None:
+        """s8 codes [n] -> fp32 float(q) * scale (tersor.static_int8 Dequantize)."""
+    def add_pool(
+        self,
+        max: bool,
+        x: int,
+        out: int,
+        B: int,
+        H: int,
+        W: int,
+        C: int,
+        h0: collections.abc.Sequence[int],
+        h1: collections.abc.Sequence[int],
+        w0: collections.abc.Sequence[int],
+        w1: collections.abc.Sequence[int],
+        div_h: collections.abc.Sequence[int],
+        div_w: collections.abc.Sequence[int],
+    ) -> None:
+        """max_pool_s8 / avg_pool_s8 with the windows of ops.int8_static.pool_windows."""
+    def add_quantize(
+        self,
+        x: int,
+        out: int,
+        n: int,
+        inv_scale: float,
+        lo: float,
+        hi: float,
+    ) -> None:
+        """fp32 [n] -> s8 codes (tersor.static_int8 Quantize)."""
+    def arena_bytes(self) -> int:
+        """The arena's size."""
+    def num_steps(self) -> int:
+        """The steps so far."""
+    def run(self, x: int, y: int, nthreads: int) -> None:
+        """Every step in order: x the fp32 input (NHWC for an image), y the output."""
+    def set_arena_bytes(self, bytes: int) -> None:
+        """The arena's size, from the builder's layout of the buffers."""
+
 class TeamGovernor:
     """A thread governor of its own (common/team_governor.h) on made-up times and switch
     counts: for tests of its decisions."""

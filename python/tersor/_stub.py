@@ -21,14 +21,14 @@ python/tersor/ops/ validates every argument before calling these functions.
 '''
 
 
-def _signature(sig: str) -> str:
+def _signature(sig: str, width: int = 100) -> str:
     """pybind11's signature line as a `def`, types spelled the same under pybind11 2 and 3
     (3 writes `typing.SupportsInt | typing.SupportsIndex` for an int argument), wrapped."""
     sig = sig.replace("typing.SupportsInt | typing.SupportsIndex", "int")
     sig = sig.replace("typing.SupportsFloat | typing.SupportsIndex", "float")
     sig = sig.replace("tersor._C.", "")  # (a class of this module, as the stub names it)
     head = f"def {sig}:"
-    if len(head) <= 100:
+    if len(head) <= width:
         return head
     name, rest = sig.split("(", 1)
     args, ret = rest.rsplit(")", 1)
@@ -46,7 +46,7 @@ def render() -> str:
         if not sig.startswith(name + "("):
             raise RuntimeError(f"_C.{name}: no pybind11 signature line in its docstring")
         sig = re.sub(r"self: [\w.]+", "self", sig)
-        out.append(textwrap.indent(_signature(sig), indent))
+        out.append(textwrap.indent(_signature(sig, 100 - len(indent)), indent))
         body = " ".join(doc.split()) or "(undocumented)"
         out.append(
             textwrap.indent(textwrap.fill(f'"""{body}"""', 92 - len(indent)), indent + "    ")

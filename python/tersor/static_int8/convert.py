@@ -33,6 +33,7 @@ from tersor.calibration.data import calls
 from tersor.nn.qconv import MAX_GROUP_MERGE, QConv2d
 from tersor.ops import int8_static as ops
 from tersor.static_int8 import modules as M
+from tersor.static_int8 import program
 from tersor.static_int8.observers import Observer
 
 
@@ -529,6 +530,7 @@ def quantize_static(model: nn.Module, config=None, calibration=None) -> fx.Graph
     if config.min_sqnr is not None:
         _keep_sensitive(gm, kinds, member, groups, obs, config, fns[0], report)
     out = _emit(gm, kinds, member, groups, obs, report, config)
+    program.install(out)
     report.seconds = time.perf_counter() - t0
     out.tersor_report = report
     return out

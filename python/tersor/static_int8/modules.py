@@ -40,6 +40,11 @@ def code_bounds(scale: float, act) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+# Bumped whenever a module's scales or packed weights change: a native program
+# (static_int8/program.py) built before then holds stale copies and is rebuilt.
+GENERATION = [0]
+
+
 class _Static(nn.Module):
     """Scales as 0-dim float32 buffers, mirrored in Python floats for the calls."""
 
@@ -53,6 +58,7 @@ class _Static(nn.Module):
         self.register_load_state_dict_post_hook(lambda m, _: m._refresh())
 
     def _refresh(self):
+        GENERATION[0] += 1
         for k in self.scale_names:
             v = float(getattr(self, k))
             positive = k not in self.zero_means_none
@@ -170,6 +176,7 @@ class StaticConv(_Static):
 
     def _apply(self, fn, *args, **kw):  # .to() / .float() may replace the bias
         self._plan = None
+        GENERATION[0] += 1
         return super()._apply(fn, *args, **kw)
 
     def _refresh(self):
@@ -186,6 +193,7 @@ class StaticConv(_Static):
         # every |w| <= 64 (weight_bits=7): the AVX2 kernel's speed hint, found from the codes
         self._narrow_w = is_narrow(self.weight_int8)
         self._plan = None  # the eager CPU call's fixed arguments, built at the first call
+        GENERATION[0] += 1
 
     def _eager_plan(self):
         """_C.StaticConvPlan over this layer's tensors (it holds their addresses: rebuilt

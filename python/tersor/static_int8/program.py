@@ -1,0 +1,283 @@
+"""The converted network as one native call (csrc/static_program/program.h).
+
+Each module of the converted graph calls one kernel; from Python a call costs 4-5 us besides
+the kernel (the module call, its checks, the output tensor), which is 15% of a MobileNetV2 at
+batch 1. The first call with an input shape records the graph (an ``fx.Interpreter`` run, whose
+output it returns) and lays out a program of the same kernel calls over one arena; later calls
+with that shape run the program. A graph with anything the program does not hold (an fp32 op,
+a Cat, a view that moves bytes, more than one input or output) keeps the graph's own forward,
+as does torch.compile / export, autograd, and a non-CPU or non-fp32 input.
+
+The program is checked against the graph's own output once, bit for bit, when it is built; a
+module whose scales or packed weights change afterwards (a state_dict load, ``.to()``) bumps
+``modules.GENERATION`` and the program is rebuilt at the next call. Pool windows are read at
+build time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from tersor import _C
+from tersor.ops._common import QMAX, _is_compiling
+from tersor.ops.int8_static import MAX, pool_windows
+from tersor.static_int8 import modules as M
+
+_INPUT, _OUTPUT, _NONE = -1, -2, -3
+_ALIGN = 64
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _Buf:
+    """An int8 value of the graph in the arena: logical shape (NCHW for 4-D), NHWC bytes."""
+
+    def __init__(self, nbytes: int, start: int):
+        self.nbytes, self.start, self.end, self.offset = nbytes, start, start, None
+
+
+def _record(gm: fx.GraphModule, x: torch.Tensor):
+    values = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            v = super().run_node(n)
+            values[n] = v
+            return v
+
+    return Recorder(gm).run(x), values
+
+
+def _alias_ok(src: torch.Tensor, dst: torch.Tensor) -> bool:
+    """A view that keeps the program's bytes: NHWC [B, C, 1, 1] -> [B, C], or the same shape."""
+    if not isinstance(dst, torch.Tensor) or dst.dtype != torch.int8:
+        return False
+    if dst.data_ptr() != src.data_ptr() or dst.numel() != src.numel():
+        return False
+    if src.dim() == 4:
+        return src.shape[2] == src.shape[3] == 1 and dst.dim() == 2 and dst.is_contiguous()
+    return dst.shape == src.shape and dst.is_contiguous()
+
+
+def _layout(gm: fx.GraphModule, values: dict):
+    """The steps (as tuples naming buffers) and the buffers, from the values of one recorded
+    run; raises _Unsupported."""
+    where = {}  # node -> _INPUT, _OUTPUT or a _Buf
+    bufs, steps = [], []
+    output_node = None
+
+    def codes_of(arg, step):
+        if not isinstance(arg, fx.Node) or not isinstance(where.get(arg), _Buf):
+            raise _Unsupported(f"{arg} is not int8 codes the program holds")
+        b = where[arg]
+        b.end = max(b.end, step)
+        return b
+
+    def new_buf(v, step):
+        if not isinstance(v, torch.Tensor) or v.dtype != torch.int8:
+            raise _Unsupported("an int8 step without int8 codes out")
+        b = _Buf(-(-v.numel() // _ALIGN) * _ALIGN, step)
+        bufs.append(b)
+        return b
+
+    for n in gm.graph.nodes:
+        v = values.get(n)
+        i = len(steps)
+        if n.op == "placeholder":
+            if where or not isinstance(v, torch.Tensor) or v.dim() != 4:
+                raise _Unsupported("one 4-D input")
+            where[n] = _INPUT
+        elif n.op == "output":
+            (res,) = n.args if len(n.args) == 1 else (None,)
+            if not isinstance(res, fx.Node) or where.get(res) is not _OUTPUT:
+                raise _Unsupported("the output is not one fp32 tensor of the last step")
+            output_node = res
+        elif n.op == "call_module":
+            mod = gm.get_submodule(n.target)
+            args = list(n.args) + list(n.kwargs.values())
+            if isinstance(mod, M.Quantize):
+                if where.get(args[0]) is not _INPUT or values[args[0]].dim() != 4:
+                    raise _Unsupported("Quantize of something other than the image")
+                where[n] = b = new_buf(v, i)
+                steps.append(("quantize", b, v.numel(), 1.0 / mod._scale))
+            elif isinstance(mod, M.StaticConv):
+                xb = codes_of(args[0], i)
+                res = args[1] if len(args) > 1 else None
+                rb = codes_of(res, i) if res is not None else None
+                xv = values[args[0]]
+                if mod.linear:
+                    if xv.dim() != 2:
+                        raise _Unsupported("a linear layer over more than 2 dims")
+                    geo = (xv.shape[0], 1, 1, 1, 1)
+                else:
+                    geo = (xv.shape[0], xv.shape[2], xv.shape[3], v.shape[2], v.shape[3])
+                if mod._output_scale > 0:
+                    where[n] = ob = new_buf(v, i)
+                else:  # fp32 out: the program's output
+                    if not (v.dtype == torch.float32 and v.is_contiguous()):
+                        raise _Unsupported("an fp32 output that is not contiguous")
+                    where[n] = ob = _OUTPUT
+                plan = mod._plan if mod._plan is not None else mod._eager_plan()
+                steps.append(("conv", plan, xb, rb, ob, geo))
+            elif isinstance(mod, M.Pool):
+                xb = codes_of(args[0], i)
+                xv = values[args[0]]
+                b_, c, h, w = xv.shape
+                ho, wo, *win = pool_windows(mod.kind, h, w, tuple(mod.params))
+                where[n] = ob = new_buf(v, i)
+                steps.append(("pool", mod.kind == MAX, xb, ob, (b_, h, w, c), win))
+            elif isinstance(mod, M.Add):
+                ab = codes_of(args[0], i)
+                bb = codes_of(args[1], i) if len(args) > 1 and args[1] is not None else None
+                if bb is not None and values[args[0]].shape != values[args[1]].shape:
+                    raise _Unsupported("an add of two shapes")
+                lo, hi = M.code_bounds(mod._output_scale, mod.act)
+                where[n] = ob = new_buf(v, i)
+                steps.append(
+                    (
+                        "add",
+                        ab,
+                        mod._a_scale,
+                        bb,
+                        mod._b_scale,
+                        ob,
+                        v.numel(),
+                        1.0 / mod._output_scale,
+                        lo,
+                        hi,
+                    )  # fmt: skip
+                )
+            elif isinstance(mod, M.Dequantize):
+                xb = codes_of(args[0], i)
+                xv = values[args[0]]
+                if xv.dim() not in (2, 4) or xv.dim() == 4 and xv.shape[2:] != (1, 1):
+                    raise _Unsupported("a Dequantize of a 4-D tensor wider than 1x1")
+                where[n] = _OUTPUT
+                steps.append(("dequantize", xb, v.numel(), mod._scale))
+            elif isinstance(mod, (torch.nn.Flatten, torch.nn.Dropout, torch.nn.Identity)):
+                src = args[0]
+                if not (isinstance(where.get(src), _Buf) and _alias_ok(values[src], v)):
+                    raise _Unsupported(f"{n.target} moves bytes")
+                where[n] = where[src]
+                codes_of(src, i)
+            else:
+                raise _Unsupported(f"{n.target} ({type(mod).__name__})")
+        elif n.op in ("call_function", "call_method"):
+            src = n.args[0] if n.args else None
+            if not (isinstance(src, fx.Node) and isinstance(where.get(src), _Buf)
+                    and _alias_ok(values[src], v)):  # fmt: skip
+                raise _Unsupported(f"{n.op} {n.target}")
+            where[n] = where[src]
+            codes_of(src, i)
+        else:
+            raise _Unsupported(f"{n.op} {n.target}")
+    if output_node is None:
+        raise _Unsupported("no output")
+    if [n for n, w in where.items() if w is _OUTPUT] != [output_node]:
+        raise _Unsupported("more than one fp32 value leaves the codes")
+    return steps, bufs
+
+
+def _place(bufs: list) -> int:
+    """Arena offsets: a buffer takes the smallest free block that fits once every buffer read
+    last before its producing step is free (a step never writes over what it reads)."""
+    free, live, top = [], [], 0
+    for b in sorted(bufs, key=lambda b: b.start):
+        for d in [d for d in live if d.end < b.start]:
+            live.remove(d)
+            free.append((d.offset, d.nbytes))
+        fits = [f for f in free if f[1] >= b.nbytes]
+        if fits:
+            f = min(fits, key=lambda f: f[1])
+            free.remove(f)
+            b.offset = f[0]
+            if f[1] > b.nbytes:
+                free.append((f[0] + b.nbytes, f[1] - b.nbytes))
+        else:
+            b.offset, top = top, top + b.nbytes
+        live.append(b)
+    return top
+
+
+def build(gm: fx.GraphModule, x: torch.Tensor):
+    """(program, output shape, the graph's output for x), or (None, the reason, that output)."""
+    out, values = _record(gm, x)
+    try:
+        steps, bufs = _layout(gm, values)
+    except _Unsupported as e:
+        return None, str(e), out
+    p = _C.StaticProgram()
+    p.set_arena_bytes(_place(bufs))
+
+    def off(b):
+        return _NONE if b is None else b if isinstance(b, int) else b.offset
+
+    for s in steps:
+        kind = s[0]
+        if kind == "quantize":
+            _, ob, n, inv = s
+            p.add_quantize(_INPUT, off(ob), n, inv, -QMAX, QMAX)
+        elif kind == "conv":
+            _, plan, xb, rb, ob, (b_, h, w, ho, wo) = s
+            p.add_conv(plan, off(xb), off(rb), off(ob), b_, h, w, ho, wo)
+        elif kind == "pool":
+            _, is_max, xb, ob, (b_, h, w, c), win = s
+            p.add_pool(is_max, off(xb), off(ob), b_, h, w, c, *(t.tolist() for t in win))
+        elif kind == "add":
+            _, ab, sa, bb, sb, ob, n, inv, lo, hi = s
+            p.add_add(off(ab), sa, off(bb), sb if bb is not None else 0.0, off(ob), n, inv, lo, hi)
+        else:
+            _, xb, n, scale = s
+            p.add_dequantize(off(xb), _OUTPUT, n, scale)
+    y = torch.empty(out.shape, dtype=torch.float32)
+    xi = _image(x)  # held: a temporary's data_ptr() would outlive its memory
+    p.run(xi.data_ptr(), y.data_ptr(), torch.get_num_threads())
+    if not torch.equal(y, out):  # never seen; the graph's forward stays the path if it were
+        return None, "the program's output differs from the graph's", out
+    return p, tuple(out.shape), out
+
+
+def _image(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def run(gm: fx.GraphModule, args: tuple, kwargs: dict):
+    """The output of gm(*args, **kwargs) from its native program, or None: the graph's own
+    forward runs instead (the module docstring says when)."""
+    if kwargs or len(args) != 1:
+        return None
+    x = args[0]
+    if (type(x) is not torch.Tensor or x.dtype != torch.float32 or x.dim() != 4 or not x.is_cpu
+            or (x.requires_grad and torch.is_grad_enabled()) or _is_compiling()):  # fmt: skip
+        return None
+    programs = gm.__dict__.setdefault("_tersor_programs", {})
+    key = tuple(x.shape)
+    entry = programs.get(key)
+    if entry is None or entry[0] != M.GENERATION[0]:
+        program, shape, out = build(gm, x)
+        programs[key] = (M.GENERATION[0], program, shape)
+        return out  # the recorded run's output
+    _, program, shape = entry
+    if program is None:
+        return None
+    y = torch.empty(shape, dtype=torch.float32)
+    xi = _image(x)
+    program.run(xi.data_ptr(), y.data_ptr(), torch.get_num_threads())
+    return y
+
+
+def install(gm: fx.GraphModule) -> None:
+    """gm's forward tries its native program first (gm's class is its own: torch.fx makes one
+    per GraphModule). A recompile() replaces it with the graph's forward again."""
+    cls = type(gm)
+    graph_forward = cls.forward
+
+    def forward(self, *args, **kwargs):
+        y = run(self, args, kwargs)
+        return graph_forward(self, *args, **kwargs) if y is None else y
+
+    forward.__doc__ = graph_forward.__doc__
+    cls.forward = forward

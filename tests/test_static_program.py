@@ -1,0 +1,174 @@
+"""The static int8 network as one native call (tersor/static_int8/program.py): bit for bit the
+graph's own forward, rebuilt when scales or weights change, and the graph's forward wherever
+the program does not apply."""
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import tersor
+from tersor.bench.cnn import mobilenet_v2, resnet18
+from tersor.static_int8 import modules as M
+from tersor.static_int8 import program
+from test_static_int8 import _Mixed, _randomize_bn
+
+
+def _graph(q, x):
+    """The output of q's graph, module by module (no program)."""
+    with torch.inference_mode():
+        return torch.fx.Interpreter(q).run(x)
+
+
+def _static(build, gen, size=48):
+    torch.manual_seed(0)
+    model = _randomize_bn(build(num_classes=10), gen)
+    cal = [torch.randn(2, 3, size, size, generator=gen) for _ in range(2)]
+    return tersor.quantize_static(model, tersor.W8A8StaticConfig(), calibration=cal)
+
+
+def _entry(q, x):
+    return q.__dict__.get("_tersor_programs", {}).get(tuple(x.shape))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("build", [resnet18, mobilenet_v2])
+def test_program_matches_the_graph(build, batch, layout, gen):
+    q = _static(build, gen)
+    x = torch.randn(batch, 3, 48, 48, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = _graph(q, x)
+    with torch.inference_mode():
+        first = q(x)  # records the graph and builds the program (and returns the graph's output)
+        entry = _entry(q, x)
+        assert entry is not None and entry[1] is not None, entry
+        layers = sum(isinstance(m, (M.Quantize, M.StaticConv, M.Pool, M.Add)) for m in q.modules())
+        assert entry[1].num_steps() == layers  # one step per module: no view was a step
+        got = [q(x) for _ in range(3)]  # the program, its arena reused
+    for y in [first, *got]:
+        assert torch.equal(y, ref)
+
+
+def test_each_shape_has_its_program(gen):
+    q = _static(resnet18, gen)
+    xa, xb = torch.randn(2, 3, 48, 48, generator=gen), torch.randn(1, 3, 40, 40, generator=gen)
+    with torch.inference_mode():
+        for x in (xa, xb, xa, xb):
+            assert torch.equal(q(x), _graph(q, x))
+    assert _entry(q, xa)[1] is not None and _entry(q, xb)[1] is not None
+
+
+def test_rebuilt_when_the_scales_change(gen):
+    qa, qb = _static(resnet18, gen), _static(resnet18, gen, size=32)
+    x = torch.randn(2, 3, 48, 48, generator=gen)
+    with torch.inference_mode():
+        qb(x), qb(x)
+        built = _entry(qb, x)
+        qb.load_state_dict(qa.state_dict())
+        assert M.GENERATION[0] != built[0]
+        y = qb(x)
+        assert _entry(qb, x)[0] == M.GENERATION[0]
+    assert torch.equal(y, _graph(qa, x)) and torch.equal(qb(x), y)
+
+
+def test_a_graph_the_program_cannot_hold_keeps_its_forward(gen):
+    """_Mixed has a Cat, a kept-float grouped conv (its codes dequantized mid-graph) and a
+    reshape: no program, the graph's forward every call, the same outputs."""
+    torch.manual_seed(0)
+    model = _Mixed().eval()
+    cal = [torch.randn(4, 3, 12, 12, generator=gen) for _ in range(3)]
+    q = tersor.quantize_static(model, tersor.W8A8StaticConfig(), calibration=cal)
+    x = torch.randn(5, 3, 12, 12, generator=gen)
+    ref = _graph(q, x)
+    with torch.inference_mode():
+        assert torch.equal(q(x), ref)
+        entry = _entry(q, x)
+        assert entry is not None and entry[1] is None and isinstance(entry[2], str)
+        assert torch.equal(q(x), ref)
+    p, reason, out = program.build(q, x)
+    assert p is None and reason and torch.equal(out, ref)
+
+
+def test_autograd_and_other_inputs_take_the_graph(gen):
+    q = _static(mobilenet_v2, gen)
+    x = torch.randn(1, 3, 48, 48, generator=gen, requires_grad=True)
+    y = q(x)  # grad mode: no program is built
+    assert _entry(q, x) is None and torch.equal(y.detach(), _graph(q, x.detach()))
+    assert program.run(q, (x.detach().double(),), {}) is None  # fp64: the graph's own errors
+    assert program.run(q, (x.detach(),), {"extra": 1}) is None
+
+
+def test_concurrent_calls_share_one_program(gen):
+    """Two threads in the program at once: the second takes an arena of its own."""
+    q = _static(mobilenet_v2, gen)
+    xs = [torch.randn(2, 3, 48, 48, generator=gen) for _ in range(2)]
+    refs = [_graph(q, x) for x in xs]
+    with torch.inference_mode():
+        q(xs[0])  # built
+    bad = []
+
+    def work(i):
+        with torch.inference_mode():
+            for _ in range(20):
+                if not torch.equal(q(xs[i]), refs[i]):
+                    bad.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad
+
+
+def test_arena_places_no_live_buffers_together(gen):
+    """_place on random lifetimes: buffers alive at the same step never share bytes, and a
+    buffer written by a step never overlaps one that step reads (end == start is alive)."""
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        bufs = []
+        for start in range(30):
+            b = program._Buf(64 * int(torch.randint(1, 9, (1,), generator=g)), start)
+            b.end = start + int(torch.randint(0, 6, (1,), generator=g))
+            bufs.append(b)
+        top = program._place(bufs)
+        for i, a in enumerate(bufs):
+            assert 0 <= a.offset and a.offset + a.nbytes <= top
+            for b in bufs[i + 1 :]:
+                if a.start <= b.end and b.start <= a.end:  # alive together
+                    assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+
+
+def test_unchanged_model_code_paths_still_compile(gen):
+    q = _static(resnet18, gen)
+    x = torch.randn(2, 3, 48, 48, generator=gen)
+    with torch.inference_mode():
+        y = q(x)
+        compiled = torch.compile(q, backend="eager", fullgraph=True)
+        assert torch.equal(compiled(x), y)
+
+
+class _TwoOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), h.mean()
+
+
+def test_two_outputs_keep_the_graph(gen):
+    torch.manual_seed(0)
+    model = _TwoOut().eval()
+    cal = [torch.randn(2, 3, 8, 8, generator=gen)]
+    q = tersor.quantize_static(model, tersor.W8A8StaticConfig(), calibration=cal)
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    with torch.inference_mode():
+        a, b = q(x)
+        ra, rb = _graph(q, x)
+        assert torch.equal(a, ra) and torch.equal(b, rb)
+        assert _entry(q, x)[1] is None
