@@ -15,6 +15,12 @@ from tersor.static_int8 import program
 from test_static_int8 import _Mixed, _randomize_bn
 
 
+@pytest.fixture(autouse=True)
+def _fuse_small_images(monkeypatch):
+    """expand_dw for the small test images too (by default only expansions of >= 1 MiB)."""
+    monkeypatch.setattr(program, "FUSE_MIN_BYTES", 0)
+
+
 def _graph(q, x):
     """The output of q's graph, module by module (no program)."""
     with torch.inference_mode():
@@ -46,10 +52,35 @@ def test_program_matches_the_graph(build, batch, layout, gen):
         entry = _entry(q, x)
         assert entry is not None and entry[1] is not None, entry
         layers = sum(isinstance(m, (M.Quantize, M.StaticConv, M.Pool, M.Add)) for m in q.modules())
-        assert entry[1].num_steps() == layers  # one step per module: no view was a step
+        # one step per module (no view was a step), but each of MobileNetV2's 16 expansions
+        # and the depthwise layer after it are one (expand_dw)
+        assert entry[1].num_steps() == layers - (16 if build is mobilenet_v2 else 0)
         got = [q(x) for _ in range(3)]  # the program, its arena reused
     for y in [first, *got]:
         assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3000, 1 << 30])
+def test_expand_dw_bands(band_bytes, gen, monkeypatch):
+    """expand_dw at one output row per band (every band's edge rows, the padding rows at the
+    top and bottom, stride 2 windows across bands), a few rows, and the whole image in one
+    band (then halved until each thread has bands): the graph's bits."""
+    monkeypatch.setattr(program, "BAND_BYTES", band_bytes)
+    q = _static(mobilenet_v2, gen, size=40)
+    x = torch.randn(2, 3, 40, 40, generator=gen)
+    with torch.inference_mode():
+        p, _, ref = program.build(q, x)
+        assert p is not None and p.num_steps() == 55 - 16
+        y = torch.empty(ref.shape)
+        xi = x.contiguous(memory_format=torch.channels_last)
+        p.run(xi.data_ptr(), y.data_ptr(), 2)
+    assert torch.equal(y, ref)
+    monkeypatch.setattr(program, "FUSE_MIN_BYTES", 2 * 96 * 20 * 20 + 1)  # block 2 at 20x20
+    assert program.build(q, x)[0].num_steps() == 55
+    monkeypatch.setattr(program, "FUSE_MIN_BYTES", 2 * 96 * 20 * 20)
+    assert program.build(q, x)[0].num_steps() == 54
+    monkeypatch.setattr(program, "FUSE_EXPAND_DW", False)
+    assert program.build(q, x)[0].num_steps() == 55
 
 
 def test_each_shape_has_its_program(gen):

@@ -45,6 +45,23 @@ void bind_static_program(py::module_& m) {
           "StaticConvPlan.run on arena buffers (the plan is copied: it holds the layer's "
           "tensor addresses, which must outlive the program).")
       .def(
+          "add_expand_dw",
+          [](Program& p, const conv::StaticConvPlan& expand, const conv::StaticConvPlan& dw,
+             int64_t in, int64_t out, int64_t B, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+             int64_t band) {
+            Step s{Op::kExpandDw};
+            s.plan = std::make_shared<const conv::StaticConvPlan>(expand);
+            s.plan2 = std::make_shared<const conv::StaticConvPlan>(dw);
+            s.in = in, s.out = out, s.B = B, s.H = H, s.W = W, s.Ho = Ho, s.Wo = Wo;
+            s.band = band;
+            p.steps.push_back(std::move(s));
+          },
+          py::arg("expand"), py::arg("dw"), py::arg("x"), py::arg("out"), py::arg("B"),
+          py::arg("H"), py::arg("W"), py::arg("Ho"), py::arg("Wo"), py::arg("band"),
+          "A 1x1 expansion (stride 1, no padding) and the depthwise convolution that alone "
+          "reads it, band rows of the output at a time (program.h): x [B, H, W] pixels in, "
+          "out [B, Ho, Wo] pixels of the depthwise layer's codes.")
+      .def(
           "add_pool",
           [](Program& p, bool max, int64_t in, int64_t out, int64_t B, int64_t H, int64_t W,
              int64_t C, std::vector<int64_t> h0, std::vector<int64_t> h1, std::vector<int64_t> w0,

@@ -3,7 +3,44 @@
 
 #include "int8_ops/int8_ops.h"
 
+#include <algorithm>
+#include <cstring>
+
 namespace tersor::static_program {
+
+namespace {
+
+// expand_dw (program.h): x the expansion's input codes [B][H][W][Cx], y the depthwise
+// convolution's output codes [B][Ho][Wo][Ce].
+void run_expand_dw(const Step& s, const int8_t* x, int8_t* y, int nthreads) {
+  const conv::StaticConvPlan& expand = *s.plan;
+  const int64_t Cx = expand.c.xs_channels > 0 ? expand.c.xs_channels : expand.c.C;
+  const int64_t Ce = expand.c.N, kh = s.plan2->c.kh, sh = s.plan2->c.sh, ph = s.plan2->c.ph;
+  const int64_t bands = (s.Ho + s.band - 1) / s.band, row_bytes = s.W * Ce;
+#pragma omp parallel num_threads(::tersor::team(nthreads))
+  {
+    conv::StaticConvPlan dw = *s.plan2;
+    dw.c.ph = 0;  // the padding rows are in buf
+    auto buf = alloc_scratch<int8_t>(((s.band - 1) * sh + kh) * row_bytes);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < s.B * bands; ++item) {
+      const int64_t b = item / bands, oh0 = item % bands * s.band;
+      const int64_t oh1 = std::min(s.Ho, oh0 + s.band);
+      const int64_t ih0 = oh0 * sh - ph, ih1 = (oh1 - 1) * sh - ph + kh;  // rows buf holds
+      const int64_t lo = std::max<int64_t>(ih0, 0), hi = std::min(ih1, s.H);
+      std::memset(buf.get(), 0, (lo - ih0) * row_bytes);
+      if (hi > lo)
+        conv::run_static_plan(expand, x + (b * s.H + lo) * s.W * Cx, 1, hi - lo, s.W, hi - lo,
+                              s.W, buf.get() + (lo - ih0) * row_bytes, nullptr, 1);
+      std::memset(buf.get() + (std::max(hi, lo) - ih0) * row_bytes, 0,
+                  (ih1 - std::max(hi, lo)) * row_bytes);
+      conv::run_static_plan(dw, buf.get(), 1, ih1 - ih0, s.W, oh1 - oh0, s.Wo,
+                            y + (b * s.Ho + oh0) * s.Wo * Ce, nullptr, 1);
+    }
+  }
+}
+
+}  // namespace
 
 void Program::run_on(int8_t* arena, const float* x, void* y, int nthreads) const {
   auto at = [&](int64_t off) -> void* {
@@ -20,6 +57,10 @@ void Program::run_on(int8_t* arena, const float* x, void* y, int nthreads) const
                               s.Wo, at(s.out),
                               s.in2 == -3 ? nullptr : static_cast<const int8_t*>(at(s.in2)),
                               nthreads);
+        break;
+      case Op::kExpandDw:
+        run_expand_dw(s, static_cast<const int8_t*>(at(s.in)), static_cast<int8_t*>(at(s.out)),
+                      nthreads);
         break;
       case Op::kMaxPool:
       case Op::kAvgPool: {

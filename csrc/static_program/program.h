@@ -5,13 +5,24 @@
 // tensor), 15% of the whole network at batch 1 (Zen 5, 2 threads).
 //
 //   steps:  quantize (fp32 NHWC input -> codes), conv (a StaticConvPlan, residual optional),
-//           max / avg pool (windows per output row / column), add, dequantize (codes -> fp32)
+//           expand_dw (below), max / avg pool (windows per output row / column), add,
+//           dequantize (codes -> fp32)
 //   buffers: byte offsets into the arena, laid out by the builder (python/tersor/static_int8/
 //           program.py) so that a buffer's bytes are reused once its last reader has run;
 //           kInput / kOutput: the caller's input and output
 //
 // Every step calls the same kernel with the same arguments as the module it replaces: the
-// same bits. The arena is kept between calls (a fresh one of ~10 MB would fault its pages in
+// same bits. expand_dw runs an inverted residual block's 1x1 expansion and the depthwise
+// convolution that alone reads it (MobileNetV2: 16 -> 96 channels at 112x112, 9.6 MB of codes
+// per batch of 8) band by band, each thread on its own bands:
+//
+//   for each (image, band of `band` output rows):
+//     buf[rows][W][Ce] = the expansion of the input rows the band's windows read (rows outside
+//                        the image: zero codes, the depthwise layer's padding written out)
+//     out[band rows]   = the depthwise convolution of buf with no row padding
+//
+// so the expanded codes stay in L2 instead of going to memory and back. The same kernels on
+// sub-images: each output is the same sum of the same codes, the same bits. The arena is kept between calls (a fresh one of ~10 MB would fault its pages in
 // on every call); a second caller while one runs gets its own.
 #pragma once
 #include <cstdint>
@@ -24,7 +35,7 @@
 
 namespace tersor::static_program {
 
-enum class Op { kQuantize, kConv, kMaxPool, kAvgPool, kAdd, kDequantize };
+enum class Op { kQuantize, kConv, kExpandDw, kMaxPool, kAvgPool, kAdd, kDequantize };
 
 constexpr int64_t kInput = -1, kOutput = -2;
 
@@ -32,7 +43,9 @@ struct Step {
   Op op;
   int64_t in = kInput, in2 = -3, out = kOutput;  // byte offsets in the arena (-3: none)
   int64_t B = 0, H = 0, W = 0, C = 0, Ho = 0, Wo = 0, n = 0;
-  std::shared_ptr<const conv::StaticConvPlan> plan;  // conv
+  std::shared_ptr<const conv::StaticConvPlan> plan;  // conv; expand_dw: the 1x1 expansion
+  std::shared_ptr<const conv::StaticConvPlan> plan2;  // expand_dw: the depthwise convolution
+  int64_t band = 0;                                   // expand_dw: output rows per band
   std::vector<int64_t> h0, h1, w0, w1, div_h, div_w;  // pools
   float a = 0, b = 0, inv = 0, lo = 0, hi = 0;        // quantize: inv, lo, hi; add: a, b
                                                       // (scales), inv, lo, hi; dequantize: a

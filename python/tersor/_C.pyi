@@ -147,6 +147,22 @@ class StaticProgram:
         addresses, which must outlive the program)."""
     def add_dequantize(self, x: int, out: int, n: int, scale: float) -> None:
         """s8 codes [n] -> fp32 float(q) * scale (tersor.static_int8 Dequantize)."""
+    def add_expand_dw(
+        self,
+        expand: StaticConvPlan,
+        dw: StaticConvPlan,
+        x: int,
+        out: int,
+        B: int,
+        H: int,
+        W: int,
+        Ho: int,
+        Wo: int,
+        band: int,
+    ) -> None:
+        """A 1x1 expansion (stride 1, no padding) and the depthwise convolution that alone reads
+        it, band rows of the output at a time (program.h): x [B, H, W] pixels in, out [B, Ho,
+        Wo] pixels of the depthwise layer's codes."""
     def add_pool(
         self,
         max: bool,
