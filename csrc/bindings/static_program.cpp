@@ -14,14 +14,16 @@ void bind_static_program(py::module_& m) {
   py::class_<Program>(m, "StaticProgram",
                       "A static int8 network's steps over one arena, run in one call. Buffer "
                       "offsets: bytes into the arena, -1 the input, -2 the output (-3: none).")
-      .def(py::init<>())
+      .def(py::init<>(), "An empty program: add_* its steps in order, then set_arena_bytes.")
       .def(
           "set_arena_bytes", [](Program& p, int64_t bytes) { p.arena_bytes = bytes; },
           py::arg("bytes"), "The arena's size, from the builder's layout of the buffers.")
       .def(
-          "arena_bytes", [](const Program& p) { return p.arena_bytes; }, "The arena's size.")
+          "arena_bytes", [](const Program& p) { return p.arena_bytes; },
+          "The arena's size in bytes (the buffers' layout).")
       .def(
-          "num_steps", [](const Program& p) { return p.steps.size(); }, "The steps so far.")
+          "num_steps", [](const Program& p) { return p.steps.size(); },
+          "How many steps the program has (a fused expand_dw counts once).")
       .def(
           "add_quantize",
           [](Program& p, int64_t in, int64_t out, int64_t n, float inv_scale, float lo, float hi) {

@@ -117,7 +117,7 @@ class StaticProgram:
     """A static int8 network's steps over one arena, run in one call. Buffer offsets: bytes
     into the arena, -1 the input, -2 the output (-3: none)."""
     def __init__(self) -> None:
-        """(undocumented)"""
+        """An empty program: add_* its steps in order, then set_arena_bytes."""
     def add_add(
         self,
         a: int,
@@ -191,9 +191,9 @@ class StaticProgram:
     ) -> None:
         """fp32 [n] -> s8 codes (tersor.static_int8 Quantize)."""
     def arena_bytes(self) -> int:
-        """The arena's size."""
+        """The arena's size in bytes (the buffers' layout)."""
     def num_steps(self) -> int:
-        """The steps so far."""
+        """How many steps the program has (a fused expand_dw counts once)."""
     def run(self, x: int, y: int, nthreads: int) -> None:
         """Every step in order: x the fp32 input (NHWC for an image), y the output."""
     def set_arena_bytes(self, bytes: int) -> None:
