@@ -2,6 +2,7 @@
 graph's own forward, rebuilt when scales or weights change, and the graph's forward wherever
 the program does not apply."""
 
+import copy
 import threading
 
 import pytest
@@ -35,7 +36,7 @@ def _static(build, gen, size=48):
 
 
 def _entry(q, x):
-    return q.__dict__.get("_tersor_programs", {}).get(tuple(x.shape))
+    return program._PROGRAMS.get(q, {}).get(tuple(x.shape))
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
@@ -121,6 +122,19 @@ def test_a_graph_the_program_cannot_hold_keeps_its_forward(gen):
         assert torch.equal(q(x), ref)
     p, reason, out = program.build(q, x)
     assert p is None and reason and torch.equal(out, ref)
+
+
+def test_deep_copies_after_a_call(gen):
+    """The programs live outside the model (a program cannot be copied): a deep copy after
+    calls works and builds a program of its own."""
+    q = _static(mobilenet_v2, gen)
+    x = torch.randn(2, 3, 48, 48, generator=gen)
+    with torch.inference_mode():
+        y = q(x)
+        q(x)
+        c = copy.deepcopy(q)
+        assert torch.equal(c(x), y) and torch.equal(c(x), y)
+        assert _entry(c, x)[1] is not None and _entry(c, x)[1] is not _entry(q, x)[1]
 
 
 def test_autograd_and_other_inputs_take_the_graph(gen):

@@ -67,12 +67,22 @@ class Observer:
                 torch.searchsorted(cdf, torch.tensor(self.percentile / 100.0)).clamp(max=BINS - 1)
             )
             return float((i + 1) * width)
-        # mse: candidate thresholds at bin edges from amax / 64 up to amax
-        cand = torch.arange(BINS // 64, BINS + 1, dtype=torch.float64) * width
-        step = cand / QMAX
-        inside = centers[None, :] <= cand[:, None]
-        rounding = (h[None, :] * inside).sum(1) * step**2 / 12
-        clipping = (h[None, :] * (~inside) * (centers[None, :] - cand[:, None]) ** 2).sum(1)
+        # mse: candidate thresholds at bin edges from amax / 64 up to amax. Candidate t = j *
+        # width has bins 0 .. j - 1 inside (their centres below t) and j .. BINS - 1 clipped:
+        #   rounding(t) = (t / 127)^2 / 12 * sum_inside h
+        #   clipping(t) = sum_clipped h (c - t)^2 = S2 - 2 t S1 + t^2 S0   (suffix sums of h,
+        #                 h c, h c^2 from bin j), O(BINS) where the candidates x bins matrices
+        #                 took 130 MB of float64 temporaries per tensor
+        j = torch.arange(BINS // 64, BINS + 1)
+        cand = j.double() * width
+        zero = torch.zeros(1, dtype=torch.float64)
+
+        def suffix(v):  # sum over bins j .. BINS - 1, for each candidate j
+            return torch.cat([torch.flip(torch.cumsum(torch.flip(v, [0]), 0), [0]), zero])[j]
+
+        s0, s1, s2 = suffix(h), suffix(h * centers), suffix(h * centers**2)
+        rounding = (h.sum() - s0) * (cand / QMAX) ** 2 / 12
+        clipping = s2 - 2 * cand * s1 + cand**2 * s0
         return float(cand[int(torch.argmin(rounding + clipping))])
 
     def scale(self) -> float:

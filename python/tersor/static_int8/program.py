@@ -10,11 +10,14 @@ as does torch.compile / export, autograd, and a non-CPU or non-fp32 input.
 
 The program is checked against the graph's own output once, bit for bit, when it is built; a
 module whose scales or packed weights change afterwards (a state_dict load, ``.to()``) bumps
-``modules.GENERATION`` and the program is rebuilt at the next call. Pool windows are read at
-build time.
+``modules.GENERATION`` and the program is rebuilt at the next call (so is every other model's:
+one recorded run each). Pool windows are read at build time. A deep copy builds a program of
+its own.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.fx as fx
@@ -26,6 +29,9 @@ from tersor.static_int8 import modules as M
 
 _INPUT, _OUTPUT, _NONE = -1, -2, -3
 _ALIGN = 64
+# model -> {input shape: (GENERATION when built, program or None, output shape or the reason)};
+# outside the model's __dict__, which copies and pickles carry (a program does neither)
+_PROGRAMS = weakref.WeakKeyDictionary()
 
 
 class _Unsupported(Exception):
@@ -39,16 +45,25 @@ class _Buf:
         self.nbytes, self.start, self.end, self.offset = nbytes, start, start, None
 
 
+class _Recorder(fx.Interpreter):
+    """Runs the graph, keeping every node's value. (At module level: a class made per call is
+    freed only by the cycle collector, and with it every value its closure held, ~1 GB per
+    build of the test models before a collection came.)"""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.values = {}
+
+    def run_node(self, n):
+        v = super().run_node(n)
+        self.values[n] = v
+        return v
+
+
 def _record(gm: fx.GraphModule, x: torch.Tensor):
-    values = {}
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, n):
-            v = super().run_node(n)
-            values[n] = v
-            return v
-
-    return Recorder(gm).run(x), values
+    rec = _Recorder(gm)
+    out = rec.run(x)
+    return out, rec.values
 
 
 def _alias_ok(src: torch.Tensor, dst: torch.Tensor) -> bool:
@@ -93,7 +108,7 @@ def _layout(gm: fx.GraphModule, values: dict):
         elif n.op == "output":
             (res,) = n.args if len(n.args) == 1 else (None,)
             if not isinstance(res, fx.Node) or where.get(res) is not _OUTPUT:
-                raise _Unsupported("the output is not one fp32 tensor of the last step")
+                raise _Unsupported("the output is not one fp32 tensor the program writes")
             output_node = res
         elif n.op == "call_module":
             mod = gm.get_submodule(n.target)
@@ -135,20 +150,10 @@ def _layout(gm: fx.GraphModule, values: dict):
                 if bb is not None and values[args[0]].shape != values[args[1]].shape:
                     raise _Unsupported("an add of two shapes")
                 lo, hi = M.code_bounds(mod._output_scale, mod.act)
+                scales = (mod._a_scale, mod._b_scale if bb is not None else 0.0)
                 where[n] = ob = new_buf(v, i)
                 steps.append(
-                    (
-                        "add",
-                        ab,
-                        mod._a_scale,
-                        bb,
-                        mod._b_scale,
-                        ob,
-                        v.numel(),
-                        1.0 / mod._output_scale,
-                        lo,
-                        hi,
-                    )  # fmt: skip
+                    ("add", ab, bb, ob, v.numel(), scales, 1.0 / mod._output_scale, lo, hi)
                 )
             elif isinstance(mod, M.Dequantize):
                 xb = codes_of(args[0], i)
@@ -250,6 +255,8 @@ def build(gm: fx.GraphModule, x: torch.Tensor):
         steps, bufs = _layout(gm, values)
     except _Unsupported as e:
         return None, str(e), out
+    finally:
+        values.clear()
     if FUSE_EXPAND_DW:
         _fuse_expand_dw(steps, bufs)
     p = _C.StaticProgram()
@@ -275,8 +282,8 @@ def build(gm: fx.GraphModule, x: torch.Tensor):
             _, is_max, xb, ob, (b_, h, w, c), win = s
             p.add_pool(is_max, off(xb), off(ob), b_, h, w, c, *(t.tolist() for t in win))
         elif kind == "add":
-            _, ab, sa, bb, sb, ob, n, inv, lo, hi = s
-            p.add_add(off(ab), sa, off(bb), sb if bb is not None else 0.0, off(ob), n, inv, lo, hi)
+            _, ab, bb, ob, n, (sa, sb), inv, lo, hi = s
+            p.add_add(off(ab), sa, off(bb), sb, off(ob), n, inv, lo, hi)
         else:
             _, xb, n, scale = s
             p.add_dequantize(off(xb), _OUTPUT, n, scale)
@@ -301,7 +308,7 @@ def run(gm: fx.GraphModule, args: tuple, kwargs: dict):
     if (type(x) is not torch.Tensor or x.dtype != torch.float32 or x.dim() != 4 or not x.is_cpu
             or (x.requires_grad and torch.is_grad_enabled()) or _is_compiling()):  # fmt: skip
         return None
-    programs = gm.__dict__.setdefault("_tersor_programs", {})
+    programs = _PROGRAMS.setdefault(gm, {})
     key = tuple(x.shape)
     entry = programs.get(key)
     if entry is None or entry[0] != M.GENERATION[0]:
@@ -319,7 +326,8 @@ def run(gm: fx.GraphModule, args: tuple, kwargs: dict):
 
 def install(gm: fx.GraphModule) -> None:
     """gm's forward tries its native program first (gm's class is its own: torch.fx makes one
-    per GraphModule). A recompile() replaces it with the graph's forward again."""
+    per GraphModule), and so do its deep copies (torch.fx gives them classes of their own). A
+    recompile() gives gm the graph's forward again."""
     cls = type(gm)
     graph_forward = cls.forward
 
@@ -327,5 +335,10 @@ def install(gm: fx.GraphModule) -> None:
         y = run(self, args, kwargs)
         return graph_forward(self, *args, **kwargs) if y is None else y
 
+    def __deepcopy__(self, memo):
+        copied = fx.GraphModule.__deepcopy__(self, memo)
+        install(copied)
+        return copied
+
     forward.__doc__ = graph_forward.__doc__
-    cls.forward = forward
+    cls.forward, cls.__deepcopy__ = forward, __deepcopy__
