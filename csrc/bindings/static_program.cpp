@@ -13,7 +13,7 @@ void bind_static_program(py::module_& m) {
   using static_program::Step;
   py::class_<Program>(m, "StaticProgram",
                       "A static int8 network's steps over one arena, run in one call. Buffer "
-                      "offsets: bytes into the arena, -1 the input, -2 the output (-3: none).")
+                      "offsets: bytes into the arena, -1 the input, -2 the output, -3 none.")
       .def(py::init<>(), "An empty program: add_* its steps in order, then set_arena_bytes.")
       .def(
           "set_arena_bytes", [](Program& p, int64_t bytes) { p.arena_bytes = bytes; },

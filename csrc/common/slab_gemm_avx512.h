@@ -1,10 +1,11 @@
 // fp32 GEMM over weight panels widened once into L1 (AVX-512 translation units only): the batch
-// path of gemm_w4 where its dequantized rules apply (gemm_w4.h). The AVX-512 register kernel
-// turns codes into floats inside its tile, once per 4 rows, and closes every 32-k chunk of
-// every output with two more FMAs: ~445 GFLOP/s from 32 rows on 2 Zen 5 cores, where pure FMA
-// chains (gemm_w8's register tile) read ~560. Here a slab of
-// kSlabK k x 64 columns (4 column blocks) is widened once into an L1-resident panel, for all
-// rows, and a 6-row x 64-column register tile (24 FMA chains) runs every row over it:
+// path of gemm_w4 where its dequantized rules apply (gemm_w4.h), and through run_slabs the
+// driver of its vdpbf16ps kernel's slabs of bf16 pairs (gemm_w4_avx512bf16.cpp). The AVX-512
+// register kernel turns codes into floats inside its tile, once per 4 rows, and closes every
+// 32-k chunk of every output with two more FMAs: ~445 GFLOP/s from 32 rows on 2 Zen 5 cores,
+// where pure FMA chains (gemm_w8's register tile) read ~560. Here a slab of kSlabK k x 64
+// columns (4 column blocks) is widened once into an L1-resident panel, for all rows, and a
+// 6-row x 64-column register tile (24 FMA chains) runs every row over it:
 //
 //   panel[kSlabK][64] float: W[16 (nb0 + j) + c][k0 + i] at [i][16 j + c]
 //   acc[rows][64] float, in memory between slabs (which rounds nothing: each output is one FMA

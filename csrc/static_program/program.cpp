@@ -1,10 +1,10 @@
 // The static program's steps (program.h), each the call its module makes.
 #include "static_program/program.h"
 
-#include "int8_ops/int8_ops.h"
-
 #include <algorithm>
 #include <cstring>
+
+#include "int8_ops/int8_ops.h"
 
 namespace tersor::static_program {
 
@@ -55,7 +55,7 @@ void Program::run_on(int8_t* arena, const float* x, void* y, int nthreads) const
       case Op::kConv:
         conv::run_static_plan(*s.plan, static_cast<const int8_t*>(at(s.in)), s.B, s.H, s.W, s.Ho,
                               s.Wo, at(s.out),
-                              s.in2 == -3 ? nullptr : static_cast<const int8_t*>(at(s.in2)),
+                              s.in2 == kNone ? nullptr : static_cast<const int8_t*>(at(s.in2)),
                               nthreads);
         break;
       case Op::kExpandDw:
@@ -73,7 +73,7 @@ void Program::run_on(int8_t* arena, const float* x, void* y, int nthreads) const
       }
       case Op::kAdd:
         int8_ops::add({static_cast<const int8_t*>(at(s.in)), s.a,
-                       s.in2 == -3 ? nullptr : static_cast<const int8_t*>(at(s.in2)), s.b, s.n,
+                       s.in2 == kNone ? nullptr : static_cast<const int8_t*>(at(s.in2)), s.b, s.n,
                        s.inv, s.lo, s.hi, static_cast<int8_t*>(at(s.out)), nthreads});
         break;
       case Op::kDequantize: {  // as the module: float(q) * scale

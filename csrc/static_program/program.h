@@ -1,7 +1,7 @@
 // A static int8 network run as one native call (tersor.static_int8's native program): the
 // steps of the converted graph in order, each a kernel the graph's modules call one by one
-// from Python, over buffers in one arena. A MobileNetV2 makes 55 such calls per image; from
-// Python each costs 4-5 us besides the kernel (the module call, its checks, the output
+// from Python, over buffers in one arena. A MobileNetV2 makes 55 such calls per inference;
+// from Python each costs 4-5 us besides the kernel (the module call, its checks, the output
 // tensor), 15% of the whole network at batch 1 (Zen 5, 2 threads).
 //
 //   steps:  quantize (fp32 NHWC input -> codes), conv (a StaticConvPlan, residual optional),
@@ -9,7 +9,7 @@
 //           dequantize (codes -> fp32)
 //   buffers: byte offsets into the arena, laid out by the builder (python/tersor/static_int8/
 //           program.py) so that a buffer's bytes are reused once its last reader has run;
-//           kInput / kOutput: the caller's input and output
+//           kInput / kOutput: the caller's input and output; kNone: no buffer
 //
 // Every step calls the same kernel with the same arguments as the module it replaces: the
 // same bits. expand_dw runs an inverted residual block's 1x1 expansion and the depthwise
@@ -37,11 +37,11 @@ namespace tersor::static_program {
 
 enum class Op { kQuantize, kConv, kExpandDw, kMaxPool, kAvgPool, kAdd, kDequantize };
 
-constexpr int64_t kInput = -1, kOutput = -2;
+constexpr int64_t kInput = -1, kOutput = -2, kNone = -3;
 
 struct Step {
   Op op;
-  int64_t in = kInput, in2 = -3, out = kOutput;  // byte offsets in the arena (-3: none)
+  int64_t in = kInput, in2 = kNone, out = kOutput;  // byte offsets in the arena
   int64_t B = 0, H = 0, W = 0, C = 0, Ho = 0, Wo = 0, n = 0;
   std::shared_ptr<const conv::StaticConvPlan> plan;  // conv; expand_dw: the 1x1 expansion
   std::shared_ptr<const conv::StaticConvPlan> plan2;  // expand_dw: the depthwise convolution

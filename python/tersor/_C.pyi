@@ -115,7 +115,7 @@ class StaticConvPlan:
 
 class StaticProgram:
     """A static int8 network's steps over one arena, run in one call. Buffer offsets: bytes
-    into the arena, -1 the input, -2 the output (-3: none)."""
+    into the arena, -1 the input, -2 the output, -3 none."""
     def __init__(self) -> None:
         """An empty program: add_* its steps in order, then set_arena_bytes."""
     def add_add(
