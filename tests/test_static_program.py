@@ -42,12 +42,13 @@ def _entry(q, x):
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("build", [resnet18, mobilenet_v2])
-def test_program_matches_the_graph(build, batch, layout, gen):
+def test_program_matches_the_graph(build, batch, layout, isa, gen, c_ref):
+    """On every ISA path, bit for bit the graph's output on the portable ref path."""
     q = _static(build, gen)
     x = torch.randn(batch, 3, 48, 48, generator=gen)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    ref = _graph(q, x)
+    ref = c_ref(lambda: _graph(q, x))
     with torch.inference_mode():
         first = q(x)  # records the graph and builds the program (and returns the graph's output)
         entry = _entry(q, x)
@@ -62,7 +63,7 @@ def test_program_matches_the_graph(build, batch, layout, gen):
 
 
 @pytest.mark.parametrize("band_bytes", [1, 3000, 1 << 30])
-def test_expand_dw_bands(band_bytes, gen, monkeypatch):
+def test_expand_dw_bands(band_bytes, isa, gen, monkeypatch):
     """expand_dw at one output row per band (every band's edge rows, the padding rows at the
     top and bottom, stride 2 windows across bands), a few rows, and the whole image in one
     band (then halved until each thread has bands): the graph's bits."""
