@@ -46,9 +46,7 @@ class _Buf:
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the graph, keeping every node's value. (At module level: a class made per call is
-    freed only by the cycle collector, and with it every value its closure held, ~1 GB per
-    build of the test models before a collection came.)"""
+    """Runs the graph, keeping every node's value."""
 
     def __init__(self, gm):
         super().__init__(gm)
@@ -90,6 +88,13 @@ def _layout(gm: fx.GraphModule, values: dict):
         b = where[arg]
         b.end = max(b.end, step)
         return b
+
+    def alias(n, v, step):  # a view of its first argument's codes, or unsupported
+        src = n.args[0] if n.args else None
+        if not (isinstance(src, fx.Node) and isinstance(where.get(src), _Buf)
+                and _alias_ok(values[src], v)):  # fmt: skip
+            raise _Unsupported(f"{n.op} {n.target} moves bytes or reads no codes")
+        where[n] = codes_of(src, step)
 
     def new_buf(v, step):
         if not isinstance(v, torch.Tensor) or v.dtype != torch.int8:
@@ -163,20 +168,11 @@ def _layout(gm: fx.GraphModule, values: dict):
                 where[n] = _OUTPUT
                 steps.append(("dequantize", xb, v.numel(), mod._scale))
             elif isinstance(mod, (torch.nn.Flatten, torch.nn.Dropout, torch.nn.Identity)):
-                src = args[0]
-                if not (isinstance(where.get(src), _Buf) and _alias_ok(values[src], v)):
-                    raise _Unsupported(f"{n.target} moves bytes")
-                where[n] = where[src]
-                codes_of(src, i)
+                alias(n, v, i)
             else:
                 raise _Unsupported(f"{n.target} ({type(mod).__name__})")
         elif n.op in ("call_function", "call_method"):
-            src = n.args[0] if n.args else None
-            if not (isinstance(src, fx.Node) and isinstance(where.get(src), _Buf)
-                    and _alias_ok(values[src], v)):  # fmt: skip
-                raise _Unsupported(f"{n.op} {n.target}")
-            where[n] = where[src]
-            codes_of(src, i)
+            alias(n, v, i)
         else:
             raise _Unsupported(f"{n.op} {n.target}")
     if output_node is None:
