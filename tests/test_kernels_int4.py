@@ -9,7 +9,7 @@ import tersor
 from tersor import _C
 from tersor.formats.int4 import Int4Format, dequantize_int4, pack_int4, quantize_int4
 from tersor.ops import dequant_w4t, gemm_w4, gemm_w4a8
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS, TILES_MIN_ROWS, gemm_w4_cpu
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS, TILES_MIN_ROWS, gemm_w4_cpu, w4_tiles
 from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
@@ -219,38 +219,58 @@ def test_gemm_w4_bf16(isa, g, k, m, sym, gen, c_ref):
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     y = gemm_w4_cpu(x.t().contiguous().t(), p.codes, p.scale, p.zero, b, n, G, False, bf16=True)
     w = dequantize_int4(q, s, z, G).double()
-    if _tiles_run(isa, m, G):  # the AMX-BF16 form: test_gemm_w4_bf16_tiles
+    tiles = _tiles_run(isa, m, G)
+    if tiles == "amx":  # the AMX-BF16 tiles: test_gemm_w4_bf16_tiles
         y64 = x.bfloat16().double() @ w.float().bfloat16().double().t() + b.double()
         assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
         return
     ref = c_ref(lambda: gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=True))
     assert torch.equal(y, ref)
+    if tiles == "scaled":  # the weights rounded with their scales: the fp64 product of those
+        w = w.float().bfloat16().double()
     y64 = x.bfloat16().double() @ w.t() + b.double()
     assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
     y64_fp32_x = x.double() @ w.t() + b.double()
     assert (y.double() - y64_fp32_x).norm() <= 2**-8 * y64_fp32_x.norm()
 
 
+@pytest.mark.parametrize("form", ["group", "scaled"])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("m,n", [(9, 5), (16, 45), (33, 70), (300, 21)])
 @pytest.mark.parametrize("g,k", [(32, 608), (-1, 523), (128, 640)])
-def test_gemm_w4_bf16_slabs(isa, g, k, m, n, sym, gen, c_ref):
-    """The vdpbf16ps kernel's slabs (from 9 rows): 256-k slabs with groups inside one (g32,
-    g128) or across several (one group of 528), panels of 4 column blocks with 1-3 in the last
-    (n = 5, 21, 45, 70), rows split between threads when the blocks are few, more rows than one
-    pass (300 > 256): bit for bit the C ref."""
+def test_gemm_w4_bf16_slabs(isa, g, k, m, n, sym, form, gen, c_ref):
+    """The vdpbf16ps kernels' slabs, in the group form (_C.gemm_w4_bf16, from 9 rows) and the
+    scaled form (_C.gemm_w4_bf16_tiles where the CPU has no AMX tiles): 256-k slabs with
+    groups inside one (g32, g128) or across several (one group of 528), panels of 4 column
+    blocks with 1-3 in the last (n = 5, 21, 45, 70), rows split between threads when the
+    blocks are few, more rows than one pass (300 > 256): bit for bit the C ref."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
-    if _tiles_run(isa, m, G):
-        pytest.skip(f"the AMX-BF16 tiles run {m} rows of group size {G} here")
-    y = gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=True)
-    ref = c_ref(lambda: gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=True))
-    assert torch.equal(y, ref)
+    fn = _C.gemm_w4_bf16 if form == "group" else _C.gemm_w4_bf16_tiles
+    if form == "scaled" and isa == "amx" and _C.has_amx_bf16() and G % 32 == 0:
+        pytest.skip(f"the AMX-BF16 tiles run group size {G} here: test_gemm_w4_bf16_tiles")
+
+    def native():
+        y = torch.empty(m, n)
+        fn(x.data_ptr(), m, k, k, p.codes.data_ptr(), p.scale.data_ptr(),
+           0 if p.zero is None else p.zero.data_ptr(), G, p.scale.shape[1], n, b.data_ptr(),
+           y.data_ptr(), n, 2, 0, 0)  # fmt: skip
+        return y
+
+    y = native()
+    assert torch.equal(y, c_ref(native))
+    if form == "scaled":
+        w = dequantize_int4(q, s, z, G).float().bfloat16().double()
+        y64 = x.bfloat16().double() @ w.t() + b.double()
+        assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
 
 
 def _tiles_run(isa, m, group_size):
-    """Whether gemm_w4_cpu(bf16=True) runs the AMX-BF16 tiles for these rows here."""
-    return (isa == "amx" and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS["w4"]
-            and group_size % 32 == 0 and _C.has_amx_bf16())  # fmt: skip
+    """Which scaled form gemm_w4_cpu(bf16=True) runs for these rows here: "amx" (the tiles),
+    "scaled" (vdpbf16ps or its C ref: the same bits), or None (the group form)."""
+    if not w4_tiles(m, group_size):
+        return None
+    amx = isa == "amx" and group_size % 32 == 0 and _C.has_amx_bf16()
+    return "amx" if amx else "scaled"
 
 
 TILE_CASES = [(16, 64, 16, 32, True), (33, 224, 37, 32, False), (70, 576, 100, 64, True),
@@ -258,12 +278,12 @@ TILE_CASES = [(16, 64, 16, 32, True), (33, 224, 37, 32, False), (70, 576, 100, 6
 
 
 @pytest.mark.parametrize("m,k,n,g,sym", TILE_CASES)
-def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen):
-    """The AMX-BF16 form of the bf16 path (csrc/gemm_w4/gemm_w4_amx.cpp): the fp64 product of
-    bf16(x) and the weights rounded to bf16 with their scales, bf16((q - z) s), to fp32
-    accumulation; the fp32 path to the rounding of both. Row blocks of 32 past M, odd step
-    counts (224 = 7 steps of 32), a lone last 16-column block (n = 37, 48), zero points. On a
-    path below amx (or a CPU without the tiles) the call is the vdpbf16ps kernel's, bit for bit."""
+def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
+    """The scaled form of the bf16 path (gemm_w4.h): the fp64 product of bf16(x) and the
+    weights rounded to bf16 with their scales, bf16((q - z) s), to fp32 accumulation; the fp32
+    path to the rounding of both. On the AMX-BF16 tiles (gemm_w4_amx.cpp): row blocks of 32
+    past M, odd step counts (224 = 7 steps of 32), a lone last 16-column block (n = 37, 48),
+    zero points. Elsewhere (vdpbf16ps, or its C ref below AVX-512): bit for bit the C ref."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     args = (p.codes, p.scale, p.zero, b, n, G, False)
 
@@ -276,18 +296,19 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen):
 
     y = native(_C.gemm_w4_bf16_tiles)
     w = dequantize_int4(q, s, z, G).double()
-    if isa == "amx" and _C.has_amx_bf16():
-        y64 = x.bfloat16().double() @ w.float().bfloat16().double().t() + b.double()
-        assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
-        y64_exact = x.double() @ w.t() + b.double()
-        assert (y.double() - y64_exact).norm() <= 2**-8 * y64_exact.norm()
-        assert not torch.equal(y, gemm_w4_cpu(x, *args, bf16=False))  # not the fp32 kernel
+    y64 = x.bfloat16().double() @ w.float().bfloat16().double().t() + b.double()
+    assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
+    y64_exact = x.double() @ w.t() + b.double()
+    assert (y.double() - y64_exact).norm() <= 2**-8 * y64_exact.norm()
+    assert not torch.equal(y, native(_C.gemm_w4_bf16))  # not the group form
+    if not (isa == "amx" and _C.has_amx_bf16()):
+        assert torch.equal(y, c_ref(lambda: native(_C.gemm_w4_bf16_tiles)))
+    if TILES_MIN_ROWS is not None and w4_tiles(m, G):
         # bf16 rows in and out through the op: the same bits as rounding the fp32 result
         yb = gemm_w4_cpu(x.bfloat16(), *args)
         assert yb.dtype == torch.bfloat16
         assert torch.equal(yb, gemm_w4_cpu(x.bfloat16().float(), *args, bf16=True).bfloat16())
-    else:
-        assert torch.equal(y, native(_C.gemm_w4_bf16))
+        assert torch.equal(gemm_w4_cpu(x.bfloat16().float(), *args, bf16=True), y)
 
 
 def test_gemm_w4_bf16_half_inputs_and_auto_choice(gen, c_ref):

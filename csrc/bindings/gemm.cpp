@@ -194,9 +194,10 @@ void bind_gemm_w4(py::module_& m) {
       },
       TERSOR_W4_ARGS, nogil(),
       (std::string(kW4Doc) +
-       "activations rounded to bf16, AMX-BF16 tiles over weights widened to bf16 with their "
-       "scales where the CPU has them and the active path is amx, with group_size % 32 == 0; "
-       "gemm_w4_bf16 otherwise (gemm_w4.h states both arithmetics)." + kIoDoc)
+       "activations rounded to bf16, weights widened to bf16 with their scales (the scaled "
+       "form): AMX-BF16 tiles where the CPU has them, the active path is amx and group_size % "
+       "32 == 0; else one vdpbf16ps chain per output (its C ref below AVX512-BF16 / AVX-512); "
+       "gemm_w4.h states the arithmetic." + kIoDoc)
           .c_str());
   m.def("has_amx_bf16", &amx_bf16_available,
         "True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then "

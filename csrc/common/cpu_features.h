@@ -32,7 +32,7 @@ const char* isa_name(Isa isa);
 // (vdpbf16ps) run, else their families' C refs of the same arithmetic.
 bool bf16_dot_available();
 // AMX-BF16 tiles usable and the active ISA path AMX: the bf16 tile kernels run
-// (gemm_w4::run_bf16_tiles), else the vdpbf16ps ones.
+// (gemm_w4::run_bf16_tiles), else the vdpbf16ps or C ref forms of the same weights.
 bool amx_bf16_available();
 
 // Number of threads a kernel may use: the caller passes torch.get_num_threads().

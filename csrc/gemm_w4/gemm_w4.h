@@ -65,13 +65,20 @@ void run_bf16_ref(const PackedW4LinearArgs& a);
 void run_avx512bf16(const PackedW4LinearArgs& a);
 void run_bf16(const PackedW4LinearArgs& a);  // avx512bf16 where bf16_dot_available(), else the ref
 
-// The same on AMX-BF16 tiles, for batches of rows (gemm_w4_amx.cpp): the scales go into the
-// widened weights, w = bf16((q - z) * s) (fp32 product rounded to nearest even, relative
-// 2^-9), so besides the rounding of x the weights are rounded too, and the tile unit orders
-// the fp32 additions:  y = sum_k bf16(x[k]) w[k] (fp32) + bias. Tests hold it to the fp64
-// product of the rounded operands (2^-13 relative) and the fp32 path to 2^-8.
-// run_bf16_tiles: this where amx_bf16_available() and group_size % 32 == 0, else run_bf16.
+// The scaled form, for batches of rows: the scales go into the widened weights,
+//   w = bf16((q - z) * s)     the exact fp32 product rounded to nearest even (relative 2^-9)
+//   y = sum_k bf16(x[k]) w[k] (fp32) + bias
+// so besides the rounding of x the weights are rounded too, and no group closes the sums.
+// run_bf16_tiles runs it, per machine:
+// - AMX-BF16 tiles where amx_bf16_available() and group_size % 32 == 0 (gemm_w4_amx.cpp): the
+//   tile unit orders the fp32 additions; tests hold it to the fp64 product of the rounded
+//   operands (2^-13 relative) and the fp32 path to 2^-8.
+// - else one vdpbf16ps chain per output over all of K in pair order (odd k, then even k, each
+//   add rounded; products exact) where bf16_dot_available() (run_avx512bf16_scaled), and the
+//   C ref of exactly that elsewhere (run_bf16_scaled_ref): bit for bit the same.
 void run_amx_bf16(const PackedW4LinearArgs& a);
+void run_avx512bf16_scaled(const PackedW4LinearArgs& a);
+void run_bf16_scaled_ref(const PackedW4LinearArgs& a);
 void run_bf16_tiles(const PackedW4LinearArgs& a);
 
 }  // namespace tersor::gemm_w4

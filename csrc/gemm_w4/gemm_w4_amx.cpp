@@ -10,8 +10,7 @@
 //
 //   panel[j][kk][16 columns]  u32 = w[2kk][n] | w[2kk + 1][n] << 16
 //
-// Then y = C + bias. The widening starts from bf16(q - 8) pairs (gemm_w4/bf16_pairs.h), takes
-// each pair to fp32, applies fma(q - 8, s, (8 - z) s) and rounds back with vcvtne2ps2bf16.
+// Then y = C + bias. The widening: gemm_w4/bf16_pairs.h's ScaledW4Pairs.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -29,40 +28,19 @@ namespace {
 // Column blocks nb0, nb0 + 1 (nb of them) of the weight as scaled bf16 pairs (the layout above).
 void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, uint32_t* panel) {
   const W4Pairs pairs_of;
-  // vcvtne2ps2bf16 (hi, lo) gives lo's 16 values, then hi's: interleave them back into pairs
-  alignas(64) int16_t order[32];
-  for (int i = 0; i < 16; ++i) {
-    order[2 * i] = static_cast<int16_t>(i);
-    order[2 * i + 1] = static_cast<int16_t>(16 + i);
-  }
-  const __m512i interleave = _mm512_load_si512(order);
-  const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  const ScaledW4Pairs scaled;
   const int64_t G = a.group_size;
   for (int j = 0; j < nb; ++j) {
     const uint8_t* w = a.w + (nb0 + j) * Kp * 8;  // Kp / 8 W4Tiles of 64 bytes
     __m512i* out = reinterpret_cast<__m512i*>(panel + j * Kp * 8);
     for (int64_t g = 0; g < a.ngroups; ++g) {
       const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
-      const __m512 s = _mm512_cvtph_ps(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
-      const __m512 c = a.zero ? _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
-                                                  _mm512_set1_epi32(8),
-                                                  _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                                                      reinterpret_cast<const __m128i*>(
-                                                          a.zero + meta))))),
-                                              s)
-                              : _mm512_setzero_ps();
-      const auto scaled = [&](__m512i q8) {  // bf16(q - 8) pairs -> bf16((q - z) s) pairs
-        const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(q8, 16));
-        const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(q8, high));
-        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_fmadd_ps(hi, s, c),
-                                                          _mm512_fmadd_ps(lo, s, c));
-        return _mm512_permutexvar_epi16(interleave, both);
-      };
+      __m512 s, c;
+      ScaledW4Pairs::group(a.scale + meta, a.zero ? a.zero + meta : nullptr, &s, &c);
       for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
         __m512i p[4];
         pairs_of(w + t * 64, p);
-        for (int i = 0; i < 4; ++i) _mm512_storeu_si512(out + 4 * t + i, scaled(p[i]));
+        for (int i = 0; i < 4; ++i) _mm512_storeu_si512(out + 4 * t + i, scaled(p[i], s, c));
       }
     }
   }

@@ -197,6 +197,76 @@ constexpr SlabFn kSlabRowTiles[slab_avx512::kMR] = {
 constexpr const SlabFn* kSlabTiles[slab_avx512::kNB] = {kSlabRowTiles<1>, kSlabRowTiles<2>,
                                                         kSlabRowTiles<3>, kSlabRowTiles<4>};
 
+// ---- The scaled form (gemm_w4.h, run_bf16_tiles on CPUs without AMX) ----------------------
+//
+// The same slabs with the scales in the pairs, w = bf16((q - z) s) (bf16_pairs.h's
+// ScaledW4Pairs), so a 6-row x 4-block tile runs one vdpbf16ps chain per output over all of K
+// and no group close interrupts it; its 24 accumulators live in scratch between slabs:
+//
+//   slab[(k - k0) / 2][64 lanes] u32 = w[k][n] | w[k + 1][n] << 16, 4 column blocks side by side
+//
+// Zen 5, 2 threads: ops/gemm_w4.py (TILES_MIN_ROWS) says where it beats the group form.
+void widen_scaled_pairs(const PackedW4LinearArgs& a, const W4Pairs& pairs,
+                        const ScaledW4Pairs& scaled, int64_t Kp, int64_t nb0, int nb, int64_t k0,
+                        int64_t k1, uint32_t* panel) {
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* w = a.w + (nb0 + j) * Kp * 8;
+    int64_t g_loaded = -1;
+    __m512 s = _mm512_setzero_ps(), c = s;
+    for (int64_t t = k0 / 8; t < k1 / 8; ++t) {
+      if (const int64_t g = 8 * t / a.group_size; g != g_loaded) {
+        const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
+        ScaledW4Pairs::group(a.scale + meta, a.zero ? a.zero + meta : nullptr, &s, &c);
+        g_loaded = g;
+      }
+      __m512i p[4];
+      pairs(w + t * 64, p);
+      uint32_t* out = panel + (8 * t - k0) / 2 * slab_avx512::kCols + 16 * j;
+TERSOR_UNROLL
+      for (int i = 0; i < 4; ++i)
+        _mm512_store_si512(out + i * slab_avx512::kCols, scaled(p[i], s, c));
+    }
+  }
+}
+
+// MR rows x NB blocks over the slab [k0, k1): acc (rows kCols apart) += the slab's pairs.
+template <int MR, int NB>
+void scaled_tile(const Rows& rows, int64_t k0, int64_t k1, const uint32_t* panel, float* acc) {
+  constexpr int64_t C = slab_avx512::kCols;
+  __m512 c[MR][NB];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j)
+      c[r][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc + r * C + 16 * j);
+  const uint16_t* ap = rows.a16 + k0;
+  for (int64_t kk = 0; kk < (k1 - k0) / 2; ++kk, ap += 2) {
+    __m512bh w[NB];
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) w[j] = (__m512bh)_mm512_load_si512(panel + kk * C + 16 * j);
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, ap + r * rows.lda, 4);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+TERSOR_UNROLL
+      for (int j = 0; j < NB; ++j) c[r][j] = _mm512_dpbf16_ps(c[r][j], av, w[j]);
+    }
+  }
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) _mm512_store_ps(acc + r * C + 16 * j, c[r][j]);
+}
+
+using ScaledFn = void (*)(const Rows&, int64_t, int64_t, const uint32_t*, float*);
+template <int NB>
+constexpr ScaledFn kScaledRowTiles[slab_avx512::kMR] = {
+    scaled_tile<1, NB>, scaled_tile<2, NB>, scaled_tile<3, NB>,
+    scaled_tile<4, NB>, scaled_tile<5, NB>, scaled_tile<6, NB>};
+constexpr const ScaledFn* kScaledTiles[slab_avx512::kNB] = {
+    kScaledRowTiles<1>, kScaledRowTiles<2>, kScaledRowTiles<3>, kScaledRowTiles<4>};
+
 // Row m of x rounded to bf16 (round to nearest even) into a16 [lda], zero past K; with zero
 // points, X[g] = the sum of group g's rounded values, fp32 adds in k order.
 void round_row(const PackedW4LinearArgs& a, int64_t m, int64_t lda, uint16_t* a16, float* X) {
@@ -251,6 +321,30 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
       [&](int64_t nb0, int nb, int64_t r0, int64_t r1, const float* scratch) {
         slab_avx512::store_plus_bias(a.y, a.ldy, a.N, a.bias, nb0, nb, r0, r1,
                                      scratch + slab_avx512::kCols, kScratch);
+      });
+}
+
+void run_avx512bf16_scaled(const PackedW4LinearArgs& a) {
+  const int64_t Kp = a.ngroups * a.group_size, lda = (Kp + 15) / 16 * 16;
+  const int64_t n_blocks = (a.N + 15) / 16;
+  auto a16 = alloc_scratch<uint16_t>(a.M * lda);
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
+  for (int64_t m = 0; m < a.M; ++m) round_row_bf16(a.x + m * a.ldx, a.K, lda, a16.get() + m * lda);
+  const W4Pairs pairs;
+  const ScaledW4Pairs scaled;
+  slab_avx512::run_slabs<uint16_t>(
+      a.M, Kp, kSlabK, n_blocks, nt, slab_avx512::kCols,
+      [&](int64_t nb0, int nb, int64_t k0, int64_t k1, uint16_t* p) {
+        widen_scaled_pairs(a, pairs, scaled, Kp, nb0, nb, k0, k1, reinterpret_cast<uint32_t*>(p));
+      },
+      [&](int64_t, int nb, int64_t m0, int mr, int64_t k0, int64_t k1, const uint16_t* p,
+          float* acc) {
+        kScaledTiles[nb - 1][mr - 1](Rows{a16.get() + m0 * lda, lda, nullptr, m0}, k0, k1,
+                                     reinterpret_cast<const uint32_t*>(p), acc);
+      },
+      [&](int64_t nb0, int nb, int64_t r0, int64_t r1, const float* acc) {
+        slab_avx512::store_plus_bias(a.y, a.ldy, a.N, a.bias, nb0, nb, r0, r1, acc);
       });
 }
 

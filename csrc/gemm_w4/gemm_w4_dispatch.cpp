@@ -20,8 +20,9 @@ void run_bf16_tiles(const PackedW4LinearArgs& a) {
   if (a.M == 0 || a.N == 0) return;
 #if defined(TERSOR_X86)
   if (amx_bf16_available() && a.group_size % 32 == 0) return run_amx_bf16(a);
+  if (bf16_dot_available()) return run_avx512bf16_scaled(a);
 #endif
-  run_bf16(a);
+  run_bf16_scaled_ref(a);
 }
 
 }  // namespace tersor::gemm_w4

@@ -107,4 +107,36 @@ void run_bf16_ref(const PackedW4LinearArgs& a) {
   }
 }
 
+void run_bf16_scaled_ref(const PackedW4LinearArgs& a) {
+  const int64_t G = a.group_size, k8n = a.ngroups * G / 8, Kp = a.ngroups * G;
+#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
+  for (int64_t n = 0; n < a.N; ++n) {
+    const W4Tile* col = reinterpret_cast<const W4Tile*>(a.w) + (n / 16) * k8n;
+    const int64_t meta = (n / 16) * a.ngroups * 16 + n % 16;
+    // w = bf16((q - z) s), the exact product rounded once, stored in vdpbf16ps's order (k + 1
+    // before k), so that the dot product is one sum in array order. (Two adds per pair step,
+    // as run_bf16_ref writes them, came out wrong from GCC 12's vectorizer here: even k
+    // counted twice.)
+    std::vector<float> w(Kp);
+    for (int64_t t = 0; t < k8n; ++t) {
+      const int64_t g = 8 * t / G;
+      const int z = a.zero ? a.zero[meta + g * 16] : 8;
+      const float s = half_to_float(a.scale[meta + g * 16]);
+      const uint8_t* bytes = col[t].q[n % 16];  // k = 8t + i low nibble, 8t + 4 + i high
+      for (int i = 0; i < 4; ++i) {
+        const int lo = bytes[i] & 0x0f, hi = bytes[i] >> 4;
+        w[(8 * t + i) ^ 1] = bf16_to_float(bf16_from(static_cast<float>(lo - z) * s));
+        w[(8 * t + 4 + i) ^ 1] = bf16_to_float(bf16_from(static_cast<float>(hi - z) * s));
+      }
+    }
+    std::vector<float> xb(Kp, 0.0f);
+    for (int64_t m = 0; m < a.M; ++m) {
+      for (int64_t k = 0; k < a.K; ++k) xb[k ^ 1] = bf16_to_float(bf16_from(a.x[m * a.ldx + k]));
+      float acc = 0.0f;
+      for (int64_t k = 0; k < Kp; ++k) acc += xb[k] * w[k];  // products exact; adds rounded
+      a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
+    }
+  }
+}
+
 }  // namespace tersor::gemm_w4

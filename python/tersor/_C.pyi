@@ -572,13 +572,13 @@ def gemm_w4_bf16_tiles(
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
     (symmetric, z = 8), group_size the effective G (formats/int4.py). activations rounded to
-    bf16, AMX-BF16 tiles over weights widened to bf16 with their scales where the CPU has them
-    and the active path is amx, with group_size % 32 == 0; gemm_w4_bf16 otherwise (gemm_w4.h
-    states both arithmetics). io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in
-    elements); half rows are widened exactly and the output rounded to nearest even, as torch's
-    .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ
-    / SmoothQuant), by the row quantizer in the int8-activation kernels, while the rows are
-    staged in the others."""
+    bf16, weights widened to bf16 with their scales (the scaled form): AMX-BF16 tiles where the
+    CPU has them, the active path is amx and group_size % 32 == 0; else one vdpbf16ps chain per
+    output (its C ref below AVX512-BF16 / AVX-512); gemm_w4.h states the arithmetic. io: 0 (fp32
+    x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly
+    and the output rounded to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K]
+    multiplied into x's columns (a layer's input scale: AWQ / SmoothQuant), by the row quantizer
+    in the int8-activation kernels, while the rows are staged in the others."""
 
 def gemm_w4_dequantized_rows(M: int) -> bool:
     """Whether gemm_w4 over M rows follows the dequantized rules on this machine (one fp32 FMA

@@ -30,19 +30,37 @@ _num_threads = torch.get_num_threads
 
 
 def _tiles_min_rows() -> Optional[dict]:
-    """Rows from which the bf16 paths run on AMX-BF16 tiles (csrc/common/bf16_tiles.h), per
-    family, on CPUs that have them; None elsewhere. W4 (gemm_w4_amx.cpp): the scales go into
-    weights widened to bf16, so the weights are rounded too (relative 2^-9); the native call
-    takes the tiles only where the active path is amx and the group size a multiple of 32, the
-    vdpbf16ps kernel otherwise. W8 (gemm_w8_amx.cpp): exact codes, the scale in the epilogue.
-    Measured on a Sapphire Rapids class Xeon (2 threads, 2048x8192 / 4096x4096 / 2048x2048):
-    W4 g128 tiles 0.82-0.91x the fp32 register kernel's time at 12 rows, 0.48-0.62x at 16,
-    0.25-0.36x at 32 (1.3-1.5x torch's bf16 GEMM on the uncompressed weight at 32-64 rows,
-    0.73-0.93x at 512); W8 0.71-1.10x at 16 rows, about 2x faster from 32."""
-    return {"w4": 12, "w8": 16} if _C.cpu_info()["features"].get("amx_bf16") else None
+    """Rows from which bf16 rows take the scaled form of the bf16 kernels (gemm_w4.h: the
+    scales go into weights widened to bf16, so the weights are rounded too, relative 2^-9, and
+    no group closes the fp32 sums), per family; None on CPUs without bf16 dot products.
+    - AMX-BF16 CPUs: the tiles (csrc/common/bf16_tiles.h). W4 (gemm_w4_amx.cpp): taken by the
+      native call only where the active path is amx and the group size a multiple of 32. W8
+      (gemm_w8_amx.cpp): exact codes, the scale in the epilogue. Measured on a Sapphire Rapids
+      class Xeon (2 threads, 2048x8192 / 4096x4096 / 2048x2048): W4 g128 tiles 0.82-0.91x the
+      fp32 register kernel's time at 12 rows, 0.48-0.62x at 16, 0.25-0.36x at 32 (1.3-1.5x
+      torch's bf16 GEMM on the uncompressed weight at 32-64 rows, 0.73-0.93x at 512); W8
+      0.71-1.10x at 16 rows, about 2x faster from 32.
+    - AVX512-BF16 without AMX (Zen 4 / 5): W4 only, one vdpbf16ps chain per output over L1
+      slabs of scaled pairs (gemm_w4_avx512bf16.cpp), the C ref of the same sums under lower
+      paths. Zen 5, 2 threads, 2048x2048 .. 4096x11008, against the group form: g32 1.01-1.04x
+      at 16 rows, 1.11-1.16x at 24-32, 1.18-1.25x at 64-128; g128 0.94x at 16 rows, 0.98-1.00x
+      at 24, 1.00-1.04x at 32, 1.06-1.10x at 64-128 (the widening with scales costs 3x the
+      plain pairs', paid over fewer rows). Hence "w4_g32": the rows for group size 32."""
+    features = _C.cpu_info()["features"]
+    if features.get("amx_bf16"):
+        return {"w4": 12, "w8": 16}
+    return {"w4": 32, "w4_g32": 16} if features.get("avx512bf16") else None
 
 
 TILES_MIN_ROWS = _tiles_min_rows()
+
+
+def w4_tiles(m: int, group_size: int) -> bool:
+    """Whether m bf16 rows of a W4 weight take the scaled form (_C.gemm_w4_bf16_tiles)."""
+    if TILES_MIN_ROWS is None:
+        return False
+    key = "w4_g32" if group_size == 32 and "w4_g32" in TILES_MIN_ROWS else "w4"
+    return m >= TILES_MIN_ROWS[key]
 
 
 def _bf16_min_rows() -> Optional[dict]:
@@ -50,14 +68,15 @@ def _bf16_min_rows() -> Optional[dict]:
     tiles' rows where the CPU has them, else the vdpbf16ps kernels (_C.gemm_w4_bf16 /
     gemm_w8_bf16) from 8 rows on CPUs with AVX512-BF16; None elsewhere. bf16 activations enter
     those kernels exactly, so the results are those of the fp32 path up to the order of the
-    fp32 additions (and W4's weight rounding on the tiles); fp32 activations take them only
-    when torch's float32 matmul precision allows bf16 (bf16_allowed). Chosen by the hardware,
-    not by the forced ISA path: under a lower path the same arithmetic runs in the C ref, so
-    every path of one machine gives the same bits. Measured: on Zen 4 (2 threads, 2048x2048 /
-    2048x8192 / 8192x2048, g128) vdpbf16ps is 1.2-1.6x the fp32 register kernel at 8 rows,
-    2.0-2.3x from 64; on Sapphire Rapids it is 0.65-0.9x the register kernel at 4-32 rows, so
-    there the tiles' rows decide, and below them the register kernel runs."""
-    if TILES_MIN_ROWS is not None:
+    fp32 additions (and W4's weight rounding in the scaled form); fp32 activations take them
+    only when torch's float32 matmul precision allows bf16 (bf16_allowed). Chosen by the
+    hardware, not by the forced ISA path: under a lower path the same arithmetic runs in the C
+    ref, so every path of one machine gives the same bits (the AMX tiles aside). Measured: on
+    Zen 4 (2 threads, 2048x2048 / 2048x8192 / 8192x2048, g128) vdpbf16ps is 1.2-1.6x the fp32
+    register kernel at 8 rows, 2.0-2.3x from 64; on Sapphire Rapids it is 0.65-0.9x the
+    register kernel at 4-32 rows, so there the tiles' rows decide, and below them the register
+    kernel runs."""
+    if _C.cpu_info()["features"].get("amx_bf16"):
         return TILES_MIN_ROWS
     return {"w4": 8, "w8": 8} if _C.cpu_info()["features"].get("avx512bf16") else None
 
@@ -93,8 +112,8 @@ def gemm_w4_cpu(
     bf16: Optional[bool] = None,
 ) -> torch.Tensor:
     """x_scale, row_amax (int8 activations only): see gemm_w8a8.linear_w8a8. bf16 (float
-    activations only): the bf16 dot-product kernel, from TILES_MIN_ROWS rows in its AMX-BF16
-    tile form; None chooses it (bf16_allowed)."""
+    activations only): the bf16 dot-product kernel, in its scaled form where w4_tiles says so;
+    None chooses it (bf16_allowed)."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -109,8 +128,7 @@ def gemm_w4_cpu(
         if act_int8:
             fn = _C.gemm_w4a8
         elif bf16:
-            tiles = TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS["w4"]
-            fn = _C.gemm_w4_bf16_tiles if tiles else _C.gemm_w4_bf16
+            fn = _C.gemm_w4_bf16_tiles if w4_tiles(m, group_size) else _C.gemm_w4_bf16
         else:
             fn = _C.gemm_w4
         fn(

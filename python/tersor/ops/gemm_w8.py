@@ -39,7 +39,7 @@ def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None, bf16=None) -> torc
         return out_2d(x, y.to(x.dtype), n)
     y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
-        tiles = bf16 and TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS["w8"]
+        tiles = bf16 and m >= (TILES_MIN_ROWS or {}).get("w8", float("inf"))
         (_C.gemm_w8_bf16_tiles if tiles else _C.gemm_w8_bf16 if bf16 else _C.gemm_w8)(
             x2.data_ptr(),
             m,
