@@ -29,6 +29,12 @@ def time_interleaved(
     the pause, Zen 3). After the pause one call runs untimed: without it the first call of a
     block woke the sleeping threads (and vCPUs), and a 2048x512 layer at one row read 0.2-5 ms
     per call in some runs instead of 0.08.
+
+    Every call is timed on its own and the median over all of an implementation's calls is its
+    time. The median of block means it replaced let one stall of the host (a 2-5 ms pause every
+    few seconds on the Zen 5 VM) decide a small layer's figure: calls of 8-17 us (medians over
+    3000 back-to-back calls: tersor, torch int4pack) read 80 us in whichever block met a stall,
+    a different implementation in each run.
     """
     counters = {name: 0 for name in fns}
     calls = {}
@@ -39,6 +45,7 @@ def time_interleaved(
         single = time.perf_counter() - t0
         calls[name] = max(1, min(64, int(target_s / max(single, 1e-7))))
     samples = {name: [] for name in fns}
+    clock = time.perf_counter
     for _ in range(rounds):
         for name, fn in fns.items():
             n = calls[name]
@@ -46,11 +53,12 @@ def time_interleaved(
                 time.sleep(gap_s)
                 fn(x, counters[name])
                 counters[name] += 1
-            t0 = time.perf_counter()
+            got = samples[name]
             for _ in range(n):
+                t0 = clock()
                 fn(x, counters[name])
+                got.append(clock() - t0)
                 counters[name] += 1
-            samples[name].append((time.perf_counter() - t0) / n)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
