@@ -75,7 +75,8 @@ def test_llm_family_on_the_tiny_shape(capsys):
     fp32 = rows[0]
     assert all(r["bytes"] < fp32["bytes"] / 2 and r["decode_tok_s"] > 0 for r in ours)
     assert all(r["floor_pct"] > 0 and "HF fp32 eager" in r["ratios"] for r in ours)
-    assert all(r["local_pct"] >= r["floor_pct"] for r in ours)  # a local probe <= the best
+    # a local probe <= the best (equal when every probe read below the given 20 GB/s)
+    assert all(r["local_pct"] >= r["floor_pct"] * (1 - 1e-12) for r in ours)
     assert "decode tok/s" in capsys.readouterr().out
 
 

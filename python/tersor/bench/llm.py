@@ -261,7 +261,7 @@ def run_llm(
         r["decode_tok_s"] = 1.0 / r["s_per_token"]
         if bandwidth:
             r["local_pct"] = statistics.median(
-                100 * r["bytes"] / t["local_bw"] / t["s_per_token"] for t in got
+                100 * (r["bytes"] / t["local_bw"]) / t["s_per_token"] for t in got
             )
     _print_llm(rows, peers, shape, prompt_len, new_tokens, rounds, bandwidth)
     if cuts:  # other work kept the cores busy (csrc/common/team_governor.h)
