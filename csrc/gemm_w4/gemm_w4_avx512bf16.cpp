@@ -10,7 +10,9 @@
 //
 // and one 32-bit broadcast of A16 (the same two k of one row) against them is one vdpbf16ps.
 // Up to 8 rows the pairs are made in registers (direct_tile); from 9, in slabs of L1 that
-// every row then reads (slab_tile). Scales and zero points per group, as in gemm_w4.h.
+// every row then reads (slab_tile). Scales and zero points per group, as in gemm_w4.h. The
+// scaled form (run_avx512bf16_scaled, from the rows ops/gemm_w4.py w4_tiles names) puts the
+// scales into the slabs' pairs instead and runs one chain per output (scaled_tile).
 #include <immintrin.h>
 
 #include <algorithm>
