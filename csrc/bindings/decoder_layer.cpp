@@ -35,7 +35,7 @@ void bind_decoder_layer(py::module_& m) {
                     "attention with the cache write, o + residual, rms_norm, gate/up, "
                     "silu(g) * u, down + residual (decoder_layer/decoder_layer.h). "
                     "Projections: flat lists of 11 integers each (kind 0 W8A8 / 1 W4A8 / 2 W4 / "
-                    "3 W8A8 with every |w| <= 64, w, "
+                    "3 W8A8 with every |w| <= 64 / 4 W4 whose bf16 rows take gemm_w4_bf16, w, "
                     "scale, aux (colsum / zero points), bias, x_scale, K, N, group_size, "
                     "ngroups, first output column). Addresses must outlive the object.")
       .def(py::init([](int64_t hidden, addr norm1, float eps1, addr norm2, float eps2,

@@ -29,8 +29,12 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
     PackedW4LinearArgs a{xf, M, K, ldx, static_cast<const uint8_t*>(w),
                          static_cast<const uint16_t*>(scale), static_cast<const uint8_t*>(aux),
                          group_size, ngroups, N, bias, yf, ldy, nthreads};
-    if (kind == W4) {  // (the staging scales fp32 rows by x_scale, as _C.gemm_w4 does)
-      half_io::run_staged(a, io, x_scale, gemm_w4::run);
+    if (kind == W4Bf16 && io == half_io::BF16) {  // (no x_scale: the layers' rule)
+      half_io::run_staged(a, io, nullptr, gemm_w4::run_bf16);
+      return;
+    }
+    if (kind == W4 || kind == W4Bf16) {  // (the staging scales fp32 rows by x_scale, as
+      half_io::run_staged(a, io, x_scale, gemm_w4::run);  // _C.gemm_w4 does)
       return;
     }
     a.x_scale = x_scale;

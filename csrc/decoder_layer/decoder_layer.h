@@ -29,8 +29,10 @@ namespace tersor::decoder_layer {
 
 // One projection: its packed weight, writing columns [col, col + N) of the stage's output.
 struct Projection {
-  // W4: fp32 activations (gemm_w4); W8A8Narrow: W8A8 with every |w| <= 64 (narrow_w)
-  enum Kind { W8A8 = 0, W4A8 = 1, W4 = 2, W8A8Narrow = 3 } kind;
+  // W4: fp32 activations (gemm_w4); W8A8Narrow: W8A8 with every |w| <= 64 (narrow_w);
+  // W4Bf16: W4 whose bf16 rows take the bf16 group form (gemm_w4::run_bf16), as the layers'
+  // own calls do on CPUs with AVX512-BF16 and no AMX (ops/gemm_w4.py BF16_MIN_ROWS)
+  enum Kind { W8A8 = 0, W4A8 = 1, W4 = 2, W8A8Narrow = 3, W4Bf16 = 4 } kind;
   const void* w;      // W8Tile / W4Tile codes
   const void* scale;  // fp32 [Np] (W8A8) or fp16 [Np/16][ngroups][16] (W4A8, W4)
   const void* aux;    // colsum int32 [Np] (W8A8) or zero points (W4A8, W4; null: symmetric)

@@ -24,6 +24,7 @@
 #include "common/parallel.h"
 #include "common/simd.h"
 #include "common/slab_gemm_avx512.h"
+#include "common/weight_stream.h"
 #include "gemm_w4/bf16_pairs.h"
 #include "gemm_w4/gemm_w4.h"
 
@@ -101,6 +102,71 @@ TERSOR_UNROLL
 TERSOR_UNROLL
   for (int r = 0; r < MR; ++r)
     _mm512_mask_storeu_ps(a.y + (rows.m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[r], b));
+}
+
+// One row (a decode step): direct_tile<1> keeps one chain of dependent vdpbf16ps per block, so
+// NB blocks run side by side (NB chains), each block's weight read as one stream prefetched
+// kPrefetchTiles ahead with the hint common/weight_stream.h picks. Per column the same
+// vdpbf16ps in the same order and the same group closes as direct_tile<1>: the same bits.
+constexpr int kRowBlocks = 4;
+constexpr int64_t kPrefetchTiles = 32;
+
+template <int NB, bool kNta>
+void row_tile(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_t nb0) {
+  const W4Pairs pairs;
+  const int64_t G = a.group_size;
+  const uint8_t* w[NB];
+TERSOR_UNROLL
+  for (int j = 0; j < NB; ++j) w[j] = a.w + (nb0 + j) * Kp * 8;
+  __m512 acc[NB];
+TERSOR_UNROLL
+  for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < a.ngroups; ++g) {
+    __m512 part[NB];
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) part[j] = _mm512_setzero_ps();
+    for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
+      __m512bh av[4];
+TERSOR_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, rows.a16 + 8 * t + 2 * i, 4);
+        av[i] = (__m512bh)_mm512_set1_epi32(pair);
+      }
+TERSOR_UNROLL
+      for (int j = 0; j < NB; ++j) {
+        // past the block's end: the next block's start, or nothing (a prefetch never faults)
+        _mm_prefetch(reinterpret_cast<const char*>(w[j] + (t + kPrefetchTiles) * 64),
+                     kNta ? _MM_HINT_NTA : _MM_HINT_T0);
+        __m512i p[4];
+        pairs(w[j] + t * 64, p);
+TERSOR_UNROLL
+        for (int i = 0; i < 4; ++i) part[j] = _mm512_dpbf16_ps(part[j], av[i], (__m512bh)p[i]);
+      }
+    }
+TERSOR_UNROLL
+    for (int j = 0; j < NB; ++j) acc[j] = GroupClose(a, nb0 + j, g)(rows, 0, part[j], acc[j]);
+  }
+TERSOR_UNROLL
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = (nb0 + j) * 16;
+    const __mmask16 mask = tail_mask16(a.N - n);
+    _mm512_mask_storeu_ps(a.y + rows.m0 * a.ldy + n, mask,
+                          _mm512_add_ps(acc[j], bias16(a.bias, n, mask)));
+  }
+}
+
+template <bool kNta>
+void row_tiles(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_t b0,
+               int64_t b1) {
+  int64_t nb = b0;
+  for (; nb + kRowBlocks <= b1; nb += kRowBlocks) row_tile<kRowBlocks, kNta>(a, Kp, rows, nb);
+  switch (b1 - nb) {
+    case 3: return row_tile<3, kNta>(a, Kp, rows, nb);
+    case 2: return row_tile<2, kNta>(a, Kp, rows, nb);
+    case 1: return row_tile<1, kNta>(a, Kp, rows, nb);
+    default: return;
+  }
 }
 
 using DirectFn = void (*)(const PackedW4LinearArgs&, int64_t, const Rows&, int64_t);
@@ -294,6 +360,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
     return Rows{a16.get() + m0 * lda, lda, a.zero ? X.get() + m0 * a.ngroups : nullptr, m0};
   };
   if (a.M <= kDirectRows) {
+    const bool nta = a.M == 1 && weight_stream_nta(a.w, n_blocks * Kp * 8);
 #pragma omp parallel num_threads(::tersor::team(nt))
     {
 #pragma omp for schedule(static)
@@ -302,7 +369,10 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
       // implicit barrier: every row is ready
       int64_t b0, b1;
       thread_range(n_blocks, &b0, &b1);
-      for (int64_t nb = b0; nb < b1; ++nb) kDirect[a.M - 1](a, Kp, rows_at(0), nb);
+      if (a.M == 1)
+        (nta ? row_tiles<true> : row_tiles<false>)(a, Kp, rows_at(0), b0, b1);
+      else
+        for (int64_t nb = b0; nb < b1; ++nb) kDirect[a.M - 1](a, Kp, rows_at(0), nb);
     }
     return;
   }

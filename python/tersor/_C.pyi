@@ -12,9 +12,9 @@ class DecoderLayer:
     """A pre-norm decoder layer's decode step in one call: rms_norm, q/k/v, attention with
     the cache write, o + residual, rms_norm, gate/up, silu(g) * u, down + residual
     (decoder_layer/decoder_layer.h). Projections: flat lists of 11 integers each (kind 0
-    W8A8 / 1 W4A8 / 2 W4 / 3 W8A8 with every |w| <= 64, w, scale, aux (colsum / zero
-    points), bias, x_scale, K, N, group_size, ngroups, first output column). Addresses must
-    outlive the object."""
+    W8A8 / 1 W4A8 / 2 W4 / 3 W8A8 with every |w| <= 64 / 4 W4 whose bf16 rows take
+    gemm_w4_bf16, w, scale, aux (colsum / zero points), bias, x_scale, K, N, group_size,
+    ngroups, first output column). Addresses must outlive the object."""
     def __init__(
         self,
         hidden: int,

@@ -34,7 +34,7 @@ from tersor.nn.fused import FusedGroup
 from tersor.ops._common import IO_CODE, NATIVE, ptr
 from tersor.ops.act import silu_mul_cpu
 from tersor.ops.dense_path import DENSE_MIN_ROWS
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS, w4_tiles
 from tersor.ops.norm import rms_norm_cpu
 
 _F32 = torch.float32
@@ -99,6 +99,8 @@ def _native_projection(module, fmt, bias, col: int):
     elif isinstance(fmt, Int4Format):
         tensors = (fmt.codes, fmt.scale, fmt.zero)
         kind, sizes = 1 if act_int8 else 2, (fmt.G, fmt.scale.shape[1])
+        if kind == 2 and xs is None and BF16_MIN_ROWS is not None and BF16_MIN_ROWS["w4"] <= 1:
+            kind = 4  # its bf16 rows take the bf16 group form at every row count, as here
     else:
         return None
     keep = [t for t in (*tensors, bias, xs) if t is not None]
@@ -122,6 +124,7 @@ class _Native:
 
         attn, n1, n2 = plan.attn, plan.norm1, plan.norm2
         self.layer, self.dtype, self.weight_only = None, n1.weight.dtype, False
+        self.bf16_groups = set()
         self.norms, self.calls, self.groups = (n1, n2, *plan.qk_norms), [], []
         self.keep = [n.weight for n in self.norms]
         self.norm_ptrs = [w.data_ptr() for w in self.keep]  # (.to() swaps a Parameter's data)
@@ -139,7 +142,11 @@ class _Native:
             if flat is None:
                 return
             stages.append(flat)
-        self.weight_only = any(kind == 2 for flat in stages for kind in flat[0::11])
+        kinds = [kind for flat in stages for kind in flat[0::11]]
+        self.weight_only = any(kind in (2, 4) for kind in kinds)
+        # group sizes of the W4 weights whose bf16 rows take the bf16 kernels (kind 4)
+        self.bf16_groups = {g for flat in stages for kind, g in zip(flat[0::11], flat[8::11])
+                            if kind == 4}  # fmt: skip
         hidden = n1.weight.shape[0]
         if plan.qkv_split is None:
             nq, nkv = (m.out_features for m in plan.qkv[:2])
@@ -191,13 +198,19 @@ class _Native:
         `dtype`: int8 activations at any row count; a W4 weight (fp32 activations) only below
         the rows where its prepared call leaves the register kernel for the bf16 kernels
         (bf16 rows, or fp32 ones under "medium" matmul precision, on CPUs with AVX512-BF16)
-        or the dense panels (ops/gemm_w4.py)."""
+        or the dense panels (ops/gemm_w4.py), except bf16 rows where the step has the same
+        bf16 kernel (kind 4: CPUs whose bf16 rows take it from one row, below the scaled
+        form's rows)."""
         if not self.weight_only:
             return True
         if rows >= DENSE_MIN_ROWS["w4"]:
             return False
         if BF16_MIN_ROWS is None or rows < BF16_MIN_ROWS["w4"]:
             return True
+        if dtype is torch.bfloat16:  # the step has the bf16 group form (kind 4), no tiles
+            if BF16_MIN_ROWS["w4"] > 1:
+                return False
+            return not any(w4_tiles(rows, g) for g in self.bf16_groups)
         medium = torch.get_float32_matmul_precision() == "medium"
         return dtype is torch.float16 or (dtype is _F32 and not medium)
 

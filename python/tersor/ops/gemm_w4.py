@@ -66,19 +66,23 @@ def w4_tiles(m: int, group_size: int) -> bool:
 def _bf16_min_rows() -> Optional[dict]:
     """Rows from which bf16 activations take a bf16 dot-product kernel, per family: the AMX-BF16
     tiles' rows where the CPU has them, else the vdpbf16ps kernels (_C.gemm_w4_bf16 /
-    gemm_w8_bf16) from 8 rows on CPUs with AVX512-BF16; None elsewhere. bf16 activations enter
-    those kernels exactly, so the results are those of the fp32 path up to the order of the
-    fp32 additions (and W4's weight rounding in the scaled form); fp32 activations take them
-    only when torch's float32 matmul precision allows bf16 (bf16_allowed). Chosen by the
+    gemm_w8_bf16) on CPUs with AVX512-BF16, W4 from one row and W8 from 8; None elsewhere.
+    bf16 activations enter those kernels exactly, so the results are those of the fp32 path up
+    to the order of the fp32 additions (and W4's weight rounding in the scaled form); fp32
+    activations take them only when torch's float32 matmul precision allows bf16
+    (bf16_allowed). Chosen by the
     hardware, not by the forced ISA path: under a lower path the same arithmetic runs in the C
     ref, so every path of one machine gives the same bits (the AMX tiles aside). Measured: on
     Zen 4 (2 threads, 2048x2048 / 2048x8192 / 8192x2048, g128) vdpbf16ps is 1.2-1.6x the fp32
     register kernel at 8 rows, 2.0-2.3x from 64; on Sapphire Rapids it is 0.65-0.9x the
     register kernel at 4-32 rows, so there the tiles' rows decide, and below them the register
-    kernel runs."""
+    kernel runs. W4 from one row on Zen 5 (2 threads, g32 / g128, weights from DRAM at
+    2048x8192 / 8192x2048, L3-resident at 2048x2048): 1.01-1.42x the fp32 register kernel at
+    M = 1 (one row runs four column blocks side by side), 0.96-1.53x at 2-7 rows (0.96-1.00x
+    in 4 of 12 cells)."""
     if _C.cpu_info()["features"].get("amx_bf16"):
         return TILES_MIN_ROWS
-    return {"w4": 8, "w8": 8} if _C.cpu_info()["features"].get("avx512bf16") else None
+    return {"w4": 1, "w8": 8} if _C.cpu_info()["features"].get("avx512bf16") else None
 
 
 BF16_MIN_ROWS = _bf16_min_rows()
@@ -156,27 +160,37 @@ def gemm_w4_cpu(
 def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8: bool, x_scale):
     """The eager CPU call of one packed int4 weight for the layers' fast path (see
     gemm_w8a8.cpu_runner_w8a8): a contiguous [..., K] float32 / bf16 / fp16 x of fewer rows than
-    any other path takes (the bf16 kernels, the dense panels) goes straight to the register
-    kernel with the weight's pointers read once, ~10 us less per call than gemm_w4_cpu's
-    general path (measured on 384x384 at M = 1); anything else takes gemm_w4_cpu."""
+    the dense panels and the scaled bf16 form take goes straight to its kernel (the register
+    kernel, or the bf16 group form where bf16_allowed says so) with the weight's pointers read
+    once, ~10 us less per call than gemm_w4_cpu's general path (measured on 384x384 at M = 1);
+    anything else takes gemm_w4_cpu."""
     cp, sp, zp, xsp = codes.data_ptr(), scale.data_ptr(), ptr(zero), ptr(x_scale)
     ngroups = scale.shape[1]
     kernel = _C.gemm_w4a8 if act_int8 else _C.gemm_w4
     tail = (0,) if act_int8 else ()  # gemm_w4a8's row_amax
     lean_rows = 1 << 62
+    bf16_rows = 1 << 62  # from these rows bf16 x may take the bf16 kernels (bf16_allowed)
     if not act_int8:
-        lean_rows = min(DENSE_MIN_ROWS["w4"], BF16_MIN_ROWS["w4"] if BF16_MIN_ROWS else lean_rows)
+        lean_rows = DENSE_MIN_ROWS["w4"]
+        if BF16_MIN_ROWS is not None:
+            bf16_rows = BF16_MIN_ROWS["w4"]
 
     @takes_half
     def run(x, bias):
         if x.dim() == 0 or x.shape[-1] != k:
             return None
         m = x.numel() // k
+        fn = kernel
+        if m >= bf16_rows and x.dtype is not torch.float16 and bf16_allowed(x, "w4", m, x_scale):
+            # (fp32 x: one read of torch's matmul precision, 0.13 us)
+            if w4_tiles(m, group_size):
+                return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
+            fn = _C.gemm_w4_bf16  # the group form, as gemm_w4_cpu would call it
         if m >= lean_rows or not x.is_contiguous():
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
         y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:
-            kernel(
+            fn(
                 x.data_ptr(),
                 m,
                 k,
