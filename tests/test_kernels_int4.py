@@ -9,7 +9,14 @@ import tersor
 from tersor import _C
 from tersor.formats.int4 import Int4Format, dequantize_int4, pack_int4, quantize_int4
 from tersor.ops import dequant_w4t, gemm_w4, gemm_w4a8
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS, TILES_MIN_ROWS, gemm_w4_cpu, w4_tiles
+from tersor.ops.gemm_w4 import (
+    BF16_MIN_ROWS,
+    FP32_BF16_MIN_ROWS,
+    TILES_MIN_ROWS,
+    cpu_runner_w4,
+    gemm_w4_cpu,
+    w4_tiles,
+)
 from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
@@ -311,11 +318,12 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
         assert torch.equal(gemm_w4_cpu(x.bfloat16().float(), *args, bf16=True), y)
 
 
-def test_gemm_w4_bf16_half_inputs_and_auto_choice(gen, c_ref):
+@pytest.mark.parametrize("m", [1, 2, 33])
+def test_gemm_w4_bf16_half_inputs_and_auto_choice(m, gen, c_ref):
     """bf16 activations in, bf16 out, the same bits as widening first; from BF16_MIN_ROWS rows
-    on a CPU with AVX512-BF16 the op takes this kernel for bf16 activations by itself, and
-    fp32 activations keep the fp32 kernels."""
-    m, k, n, G = 33, 256, 40, 128
+    on a CPU with AVX512-BF16 (one row where it has no AMX: a decode step) the op takes this
+    kernel for bf16 activations by itself, and fp32 activations keep the fp32 kernels."""
+    k, n, G = 256, 40, 128
     x, q, s, z, G, b, p = make(m, k, n, G, False, gen)
     xb = x.bfloat16()
     y = gemm_w4_cpu(xb, p.codes, p.scale, p.zero, b, n, G, False, bf16=True)
@@ -331,14 +339,19 @@ def test_gemm_w4_bf16_half_inputs_and_auto_choice(gen, c_ref):
     )
     fp32 = gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False)
     assert torch.equal(fp32, gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=False))
+    # the layers' prepared call chooses the same way
+    run = cpu_runner_w4(p.codes, p.scale, p.zero, n, k, G, False, None)
+    assert torch.equal(run(xb, b), auto) and torch.equal(run(x, b), fp32)
 
 
+@pytest.mark.parametrize("m", [1, 33])
 @pytest.mark.parametrize("precision", ["medium", "high", "highest"])
-def test_fp32_rows_take_bf16_only_under_medium_matmul_precision(precision, gen):
-    """fp32 activations take the bf16 kernels (rows rounded to bf16) from BF16_MIN_ROWS rows
-    only when torch.set_float32_matmul_precision("medium") allows bf16 for fp32 matmuls, on a
-    CPU with bf16 arithmetic; "high" and the default "highest" keep the fp32 kernels."""
-    m, k, n, G = 33, 256, 40, 128
+def test_fp32_rows_take_bf16_only_under_medium_matmul_precision(precision, m, gen):
+    """fp32 activations take the bf16 kernels (rows rounded to bf16) from FP32_BF16_MIN_ROWS
+    rows (8 at the least: a decode step keeps the fp32 kernels) only when
+    torch.set_float32_matmul_precision("medium") allows bf16 for fp32 matmuls, on a CPU with
+    bf16 arithmetic; "high" and the default "highest" keep the fp32 kernels."""
+    k, n, G = 256, 40, 128
     x, q, s, z, G, b, p = make(m, k, n, G, False, gen)
     args = (p.codes, p.scale, p.zero, b, n, G, False)
     old = torch.get_float32_matmul_precision()
@@ -347,7 +360,7 @@ def test_fp32_rows_take_bf16_only_under_medium_matmul_precision(precision, gen):
         auto = gemm_w4_cpu(x, *args)
     finally:
         torch.set_float32_matmul_precision(old)
-    bf16 = precision == "medium" and BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS["w4"]
+    bf16 = precision == "medium" and BF16_MIN_ROWS is not None and m >= FP32_BF16_MIN_ROWS["w4"]
     assert torch.equal(auto, gemm_w4_cpu(x, *args, bf16=bf16))
     if bf16:
         assert not torch.equal(auto, gemm_w4_cpu(x, *args, bf16=False))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tersor import _C
 from tersor.formats.int8 import pack_int8, quantize_per_channel_int8
 from tersor.ops import dequant_w8, gemm_w8, gemm_w8a8, quantize_rows
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS, TILES_MIN_ROWS
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS, FP32_BF16_MIN_ROWS, TILES_MIN_ROWS
 from tersor.ops.gemm_w8 import gemm_w8_cpu
 from tersor.ref import dequant_w8_ref, gemm_w8a8_ref, quantize_rows_ref
 
@@ -239,7 +239,7 @@ def test_w8_fp32_rows_take_bf16_only_under_medium_matmul_precision(gen):
         medium = gemm_w8_cpu(x, p.packed, p.scale, b, n)
     finally:
         torch.set_float32_matmul_precision(old)
-    bf16 = BF16_MIN_ROWS is not None and m >= BF16_MIN_ROWS["w8"]
+    bf16 = BF16_MIN_ROWS is not None and m >= FP32_BF16_MIN_ROWS["w8"]
     assert torch.equal(medium, gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=bf16))
     assert torch.equal(
         gemm_w8_cpu(x, p.packed, p.scale, b, n), gemm_w8_cpu(x, p.packed, p.scale, b, n, bf16=False)

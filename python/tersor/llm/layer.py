@@ -34,7 +34,7 @@ from tersor.nn.fused import FusedGroup
 from tersor.ops._common import IO_CODE, NATIVE, ptr
 from tersor.ops.act import silu_mul_cpu
 from tersor.ops.dense_path import DENSE_MIN_ROWS
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS, w4_tiles
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS, FP32_BF16_MIN_ROWS, w4_tiles
 from tersor.ops.norm import rms_norm_cpu
 
 _F32 = torch.float32
@@ -205,14 +205,15 @@ class _Native:
             return True
         if rows >= DENSE_MIN_ROWS["w4"]:
             return False
-        if BF16_MIN_ROWS is None or rows < BF16_MIN_ROWS["w4"]:
-            return True
         if dtype is torch.bfloat16:  # the step has the bf16 group form (kind 4), no tiles
+            if BF16_MIN_ROWS is None or rows < BF16_MIN_ROWS["w4"]:
+                return True
             if BF16_MIN_ROWS["w4"] > 1:
                 return False
             return not any(w4_tiles(rows, g) for g in self.bf16_groups)
-        medium = torch.get_float32_matmul_precision() == "medium"
-        return dtype is torch.float16 or (dtype is _F32 and not medium)
+        if dtype is _F32 and rows >= FP32_BF16_MIN_ROWS["w4"]:
+            return torch.get_float32_matmul_precision() != "medium"
+        return True
 
     def current(self) -> bool:
         """The addresses it holds are still the modules' tensors."""

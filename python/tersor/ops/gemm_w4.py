@@ -86,6 +86,10 @@ def _bf16_min_rows() -> Optional[dict]:
 
 
 BF16_MIN_ROWS = _bf16_min_rows()
+# fp32 rows are rounded to bf16 first: the bf16 kernels take them from 8 rows at the least
+FP32_BF16_MIN_ROWS = {
+    f: max(8, r) for f, r in (BF16_MIN_ROWS or {"w4": 1 << 62, "w8": 1 << 62}).items()
+}
 
 
 def bf16_allowed(x: torch.Tensor, family: str, m: int, x_scale) -> bool:
@@ -93,13 +97,18 @@ def bf16_allowed(x: torch.Tensor, family: str, m: int, x_scale) -> bool:
     activations without a kept input scale (x * s would not be bf16 any more), and fp32
     activations when ``torch.set_float32_matmul_precision("medium")`` allows bf16 arithmetic
     for fp32 matmuls, as torch's own GEMMs read it: then the rows are rounded to bf16 (relative
-    2^-9) and accumulated in fp32. The default ("highest") keeps fp32 activations on the fp32
-    kernels, bit for bit on every ISA path."""
+    2^-9) and accumulated in fp32, from FP32_BF16_MIN_ROWS rows (a decode step of an fp32
+    model keeps the fp32 kernels, and with them the native decoder step). The default
+    ("highest") keeps fp32 activations on the fp32 kernels, bit for bit on every ISA path."""
     if BF16_MIN_ROWS is None or m < BF16_MIN_ROWS[family]:
         return False
     if x.dtype == torch.bfloat16:
         return x_scale is None
-    return x.dtype == torch.float32 and torch.get_float32_matmul_precision() == "medium"
+    return (
+        x.dtype == torch.float32
+        and m >= FP32_BF16_MIN_ROWS[family]
+        and torch.get_float32_matmul_precision() == "medium"
+    )
 
 
 def gemm_w4_cpu(
