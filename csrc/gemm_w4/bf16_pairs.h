@@ -1,10 +1,10 @@
 // One W4Tile as bf16 pairs, for the bf16 kernels (gemm_w4_avx512bf16.cpp, gemm_w4_amx.cpp;
-// include only from files compiled with AVX-512 BW and AVX512-BF16). A W4Tile lane holds k = 8t + i at nibble i
-// of bytes 0-3 (low nibbles k 0-3, high k 4-7, formats.h); vpshufb spreads bytes (0, 1) and
-// (2, 3) of every lane into words, and vpermw looks the nibble up in a 32-word table of
-// bf16(i % 16 - 8) (it reads index bits 0-4, so the high nibble sitting in bits 4-7 of a word
-// selects the same value; shifted down 4 it is the index itself): 8 instructions per 128
-// weights, each 32-bit lane of the results
+// include only from files compiled with AVX-512 BW and AVX512-BF16). A W4Tile lane holds
+// k = 8t + i at nibble i of bytes 0-3 (low nibbles k 0-3, high k 4-7, formats.h); vpshufb
+// spreads bytes (0, 1) and (2, 3) of every lane into words, and vpermw looks the nibble up in a
+// 32-word table of bf16(i % 16 - 8) (it reads index bits 0-4, so the high nibble sitting in
+// bits 4-7 of a word selects the same value; shifted down 4 it is the index itself): 8
+// instructions per 128 weights, each 32-bit lane of the results
 //
 //   pair[p] lane n = bf16(q[2p][n] - 8) | bf16(q[2p + 1][n] - 8) << 16      p = 0..3 (k 0-7)
 #pragma once

@@ -51,11 +51,11 @@ void run_avx2(const PackedW4LinearArgs& a);
 void run_avx512(const PackedW4LinearArgs& a);
 void run(const PackedW4LinearArgs& a);
 
-// The bf16 dot-product path, for CPUs with AVX512-BF16 (vdpbf16ps), used from a few rows on
-// (ops/gemm_w4.py): the activations rounded to bf16 (nearest even), the weights exact
-// ((q - 8) is a small integer), two products per step, exact in fp32 and added in fp32 as
-// vdpbf16ps adds them (odd k, then even k, each add rounded; denormals flushed), one partial
-// sum per group:
+// The bf16 dot-product path, for CPUs with AVX512-BF16 (vdpbf16ps), used from one row on where
+// there is no AMX (ops/gemm_w4.py BF16_MIN_ROWS): the activations rounded to bf16 (nearest even),
+// the weights exact ((q - 8) is a small integer), two products per step, exact in fp32 and
+// added in fp32 as vdpbf16ps adds them (odd k, then even k, each add rounded; denormals
+// flushed), one partial sum per group:
 //   xb = bf16(x),  X_g = sum_{k in g} xb[k]   (fp32 adds in k order; zero points only)
 //   part_g = sum over pairs of g of  xb[2i+1] (q - 8) then xb[2i] (q - 8)
 //   acc = fma(fma(8 - z_g, X_g, part_g), s_g, acc)        (symmetric: 8 - z = 0)
