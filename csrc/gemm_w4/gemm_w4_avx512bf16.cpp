@@ -62,116 +62,94 @@ struct GroupClose {
 // 4096x4096 / 2048x8192 / 8192x2048 / 2048x2048, g32 and g128, 8 rows): 1.15-1.24x faster than
 // writing the 8x larger bf16 panel and reading it back; at 12 and 16 rows (two passes over
 // the weight) 0.95-1.07x, so the panel keeps them. The same vdpbf16ps in the same order per
-// (row, column), so the same bits. One column block per tile: eight rows' partial and total
-// sums take 16 of the 32 registers.
+// (row, column), so the same bits. MR rows x NB column blocks per tile: 2 to 8 rows take one
+// block (their partial and total sums take 16 of the 32 registers); one row (a decode step)
+// takes kRowBlocks side by side, as one block would leave it one chain of dependent
+// vdpbf16ps, and prefetches each block's stream kPrefetchTiles ahead with the hint
+// common/weight_stream.h picks.
 constexpr int64_t kDirectRows = 8;
-
-template <int MR>
-void direct_tile(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_t nb) {
-  const W4Pairs pairs;
-  const int64_t G = a.group_size;
-  const uint8_t* w = a.w + nb * Kp * 8;
-  __m512 acc[MR];
-TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < a.ngroups; ++g) {
-    __m512 part[MR];
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) part[r] = _mm512_setzero_ps();
-    for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
-      __m512i p[4];
-      pairs(w + t * 64, p);
-      const uint16_t* ap = rows.a16 + 8 * t;
-TERSOR_UNROLL
-      for (int i = 0; i < 4; ++i) {
-TERSOR_UNROLL
-        for (int r = 0; r < MR; ++r) {
-          int32_t pair;
-          std::memcpy(&pair, ap + r * rows.lda + 2 * i, 4);
-          part[r] = _mm512_dpbf16_ps(part[r], (__m512bh)_mm512_set1_epi32(pair), (__m512bh)p[i]);
-        }
-      }
-    }
-    const GroupClose close(a, nb, g);
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) acc[r] = close(rows, r, part[r], acc[r]);
-  }
-  const int64_t n = nb * 16;
-  const __mmask16 mask = tail_mask16(a.N - n);
-  const __m512 b = bias16(a.bias, n, mask);
-TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r)
-    _mm512_mask_storeu_ps(a.y + (rows.m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[r], b));
-}
-
-// One row (a decode step): direct_tile<1> keeps one chain of dependent vdpbf16ps per block, so
-// NB blocks run side by side (NB chains), each block's weight read as one stream prefetched
-// kPrefetchTiles ahead with the hint common/weight_stream.h picks. Per column the same
-// vdpbf16ps in the same order and the same group closes as direct_tile<1>: the same bits.
 constexpr int kRowBlocks = 4;
 constexpr int64_t kPrefetchTiles = 32;
+enum class Prefetch { kNone, kT0, kNta };
 
-template <int NB, bool kNta>
-void row_tile(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_t nb0) {
+template <int MR, int NB, Prefetch PF>
+void direct_tile(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_t nb0) {
   const W4Pairs pairs;
   const int64_t G = a.group_size;
   const uint8_t* w[NB];
+  __m512 acc[MR][NB];
 TERSOR_UNROLL
-  for (int j = 0; j < NB; ++j) w[j] = a.w + (nb0 + j) * Kp * 8;
-  __m512 acc[NB];
+  for (int j = 0; j < NB; ++j) {
+    w[j] = a.w + (nb0 + j) * Kp * 8;
 TERSOR_UNROLL
-  for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_setzero_ps();
+  }
   for (int64_t g = 0; g < a.ngroups; ++g) {
-    __m512 part[NB];
+    __m512 part[MR][NB];
 TERSOR_UNROLL
-    for (int j = 0; j < NB; ++j) part[j] = _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r)
+TERSOR_UNROLL
+      for (int j = 0; j < NB; ++j) part[r][j] = _mm512_setzero_ps();
     for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
-      __m512bh av[4];
-TERSOR_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        int32_t pair;
-        std::memcpy(&pair, rows.a16 + 8 * t + 2 * i, 4);
-        av[i] = (__m512bh)_mm512_set1_epi32(pair);
-      }
+      const uint16_t* ap = rows.a16 + 8 * t;
 TERSOR_UNROLL
       for (int j = 0; j < NB; ++j) {
         // past the block's end: the next block's start, or nothing (a prefetch never faults)
-        _mm_prefetch(reinterpret_cast<const char*>(w[j] + (t + kPrefetchTiles) * 64),
-                     kNta ? _MM_HINT_NTA : _MM_HINT_T0);
+        const char* ahead = reinterpret_cast<const char*>(w[j] + (t + kPrefetchTiles) * 64);
+        if constexpr (PF == Prefetch::kT0) _mm_prefetch(ahead, _MM_HINT_T0);
+        if constexpr (PF == Prefetch::kNta) _mm_prefetch(ahead, _MM_HINT_NTA);
         __m512i p[4];
         pairs(w[j] + t * 64, p);
 TERSOR_UNROLL
-        for (int i = 0; i < 4; ++i) part[j] = _mm512_dpbf16_ps(part[j], av[i], (__m512bh)p[i]);
+        for (int i = 0; i < 4; ++i) {
+TERSOR_UNROLL
+          for (int r = 0; r < MR; ++r) {
+            int32_t pair;
+            std::memcpy(&pair, ap + r * rows.lda + 2 * i, 4);
+            part[r][j] =
+                _mm512_dpbf16_ps(part[r][j], (__m512bh)_mm512_set1_epi32(pair), (__m512bh)p[i]);
+          }
+        }
       }
     }
 TERSOR_UNROLL
-    for (int j = 0; j < NB; ++j) acc[j] = GroupClose(a, nb0 + j, g)(rows, 0, part[j], acc[j]);
+    for (int j = 0; j < NB; ++j) {
+      const GroupClose close(a, nb0 + j, g);
+TERSOR_UNROLL
+      for (int r = 0; r < MR; ++r) acc[r][j] = close(rows, r, part[r][j], acc[r][j]);
+    }
   }
 TERSOR_UNROLL
   for (int j = 0; j < NB; ++j) {
     const int64_t n = (nb0 + j) * 16;
     const __mmask16 mask = tail_mask16(a.N - n);
-    _mm512_mask_storeu_ps(a.y + rows.m0 * a.ldy + n, mask,
-                          _mm512_add_ps(acc[j], bias16(a.bias, n, mask)));
+    const __m512 b = bias16(a.bias, n, mask);
+TERSOR_UNROLL
+    for (int r = 0; r < MR; ++r)
+      _mm512_mask_storeu_ps(a.y + (rows.m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[r][j], b));
   }
 }
 
-template <bool kNta>
+// One row: blocks b0 .. b1 - 1, kRowBlocks at a time.
+template <Prefetch PF>
 void row_tiles(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_t b0,
                int64_t b1) {
   int64_t nb = b0;
-  for (; nb + kRowBlocks <= b1; nb += kRowBlocks) row_tile<kRowBlocks, kNta>(a, Kp, rows, nb);
+  for (; nb + kRowBlocks <= b1; nb += kRowBlocks)
+    direct_tile<1, kRowBlocks, PF>(a, Kp, rows, nb);
   switch (b1 - nb) {
-    case 3: return row_tile<3, kNta>(a, Kp, rows, nb);
-    case 2: return row_tile<2, kNta>(a, Kp, rows, nb);
-    case 1: return row_tile<1, kNta>(a, Kp, rows, nb);
+    case 3: return direct_tile<1, 3, PF>(a, Kp, rows, nb);
+    case 2: return direct_tile<1, 2, PF>(a, Kp, rows, nb);
+    case 1: return direct_tile<1, 1, PF>(a, Kp, rows, nb);
     default: return;
   }
 }
 
 using DirectFn = void (*)(const PackedW4LinearArgs&, int64_t, const Rows&, int64_t);
-constexpr DirectFn kDirect[8] = {direct_tile<1>, direct_tile<2>, direct_tile<3>, direct_tile<4>,
-                                 direct_tile<5>, direct_tile<6>, direct_tile<7>, direct_tile<8>};
+template <int MR>
+constexpr DirectFn kBlock = direct_tile<MR, 1, Prefetch::kNone>;
+constexpr DirectFn kDirect[8] = {kBlock<1>, kBlock<2>, kBlock<3>, kBlock<4>,
+                                 kBlock<5>, kBlock<6>, kBlock<7>, kBlock<8>};
 
 // ---- From 9 rows: slabs of pairs in L1 (common/slab_gemm_avx512.h) --------------------------
 //
@@ -224,19 +202,7 @@ TERSOR_UNROLL
     const int64_t kend = std::min(kk1, (kk / pg + 1) * pg);  // the slab's end or the group's
     const uint32_t* wp = panel + (kk - k0 / 2) * C;
     const uint16_t* ap = rows.a16 + 2 * kk;
-    for (; kk < kend; ++kk, wp += C, ap += 2) {
-      __m512bh w[NB];
-TERSOR_UNROLL
-      for (int j = 0; j < NB; ++j) w[j] = (__m512bh)_mm512_load_si512(wp + 16 * j);
-TERSOR_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        int32_t pair;
-        std::memcpy(&pair, ap + r * rows.lda, 4);
-        const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
-TERSOR_UNROLL
-        for (int j = 0; j < NB; ++j) part[r][j] = _mm512_dpbf16_ps(part[r][j], av, w[j]);
-      }
-    }
+    for (; kk < kend; ++kk, wp += C, ap += 2) pair_step<MR, NB>(wp, 16, ap, rows.lda, part);
     if (kend % pg == 0) {  // group kend / pg - 1 ends here
 TERSOR_UNROLL
       for (int j = 0; j < NB; ++j) {
@@ -308,19 +274,8 @@ TERSOR_UNROLL
     for (int j = 0; j < NB; ++j)
       c[r][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc + r * C + 16 * j);
   const uint16_t* ap = rows.a16 + k0;
-  for (int64_t kk = 0; kk < (k1 - k0) / 2; ++kk, ap += 2) {
-    __m512bh w[NB];
-TERSOR_UNROLL
-    for (int j = 0; j < NB; ++j) w[j] = (__m512bh)_mm512_load_si512(panel + kk * C + 16 * j);
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, ap + r * rows.lda, 4);
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
-TERSOR_UNROLL
-      for (int j = 0; j < NB; ++j) c[r][j] = _mm512_dpbf16_ps(c[r][j], av, w[j]);
-    }
-  }
+  for (int64_t kk = 0; kk < (k1 - k0) / 2; ++kk, ap += 2)
+    pair_step<MR, NB>(panel + kk * C, 16, ap, rows.lda, c);
 TERSOR_UNROLL
   for (int r = 0; r < MR; ++r)
 TERSOR_UNROLL
@@ -370,7 +325,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
       int64_t b0, b1;
       thread_range(n_blocks, &b0, &b1);
       if (a.M == 1)
-        (nta ? row_tiles<true> : row_tiles<false>)(a, Kp, rows_at(0), b0, b1);
+        (nta ? row_tiles<Prefetch::kNta> : row_tiles<Prefetch::kT0>)(a, Kp, rows_at(0), b0, b1);
       else
         for (int64_t nb = b0; nb < b1; ++nb) kDirect[a.M - 1](a, Kp, rows_at(0), nb);
     }

@@ -45,19 +45,8 @@ TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_ps();
   const uint32_t* wp = panel;
   const uint16_t* ap = a16;
-  for (int64_t kk = 0; kk < Kp / 2; ++kk, wp += 16, ap += 2) {
-    __m512bh w[NB];
-TERSOR_UNROLL
-    for (int j = 0; j < NB; ++j) w[j] = (__m512bh)_mm512_loadu_si512(wp + j * Kp * 8);
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, ap + r * lda, 4);
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
-TERSOR_UNROLL
-      for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, w[j]);
-    }
-  }
+  for (int64_t kk = 0; kk < Kp / 2; ++kk, wp += 16, ap += 2)
+    pair_step<MR, NB>(wp, Kp * 8, ap, lda, acc);
 TERSOR_UNROLL
   for (int j = 0; j < NB; ++j) {
     const int64_t n = (nb0 + j) * 16;
