@@ -148,8 +148,8 @@ void row_tiles(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_
 using DirectFn = void (*)(const PackedW4LinearArgs&, int64_t, const Rows&, int64_t);
 template <int MR>
 constexpr DirectFn kBlock = direct_tile<MR, 1, Prefetch::kNone>;
-constexpr DirectFn kDirect[8] = {kBlock<1>, kBlock<2>, kBlock<3>, kBlock<4>,
-                                 kBlock<5>, kBlock<6>, kBlock<7>, kBlock<8>};
+constexpr DirectFn kDirect[7] = {kBlock<2>, kBlock<3>, kBlock<4>, kBlock<5>,
+                                 kBlock<6>, kBlock<7>, kBlock<8>};  // 2 .. 8 rows (one: row_tiles)
 
 // ---- From 9 rows: slabs of pairs in L1 (common/slab_gemm_avx512.h) --------------------------
 //
@@ -327,7 +327,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
       if (a.M == 1)
         (nta ? row_tiles<Prefetch::kNta> : row_tiles<Prefetch::kT0>)(a, Kp, rows_at(0), b0, b1);
       else
-        for (int64_t nb = b0; nb < b1; ++nb) kDirect[a.M - 1](a, Kp, rows_at(0), nb);
+        for (int64_t nb = b0; nb < b1; ++nb) kDirect[a.M - 2](a, Kp, rows_at(0), nb);
     }
     return;
   }

@@ -183,6 +183,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
         lean_rows = DENSE_MIN_ROWS["w4"]
         if BF16_MIN_ROWS is not None:
             bf16_rows = BF16_MIN_ROWS["w4"]
+    fp32_bf16_rows = FP32_BF16_MIN_ROWS["w4"]
 
     @takes_half
     def run(x, bias):
@@ -190,8 +191,9 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
             return None
         m = x.numel() // k
         fn = kernel
-        if m >= bf16_rows and x.dtype is not torch.float16 and bf16_allowed(x, "w4", m, x_scale):
-            # (fp32 x: one read of torch's matmul precision, 0.13 us)
+        # (an fp32 decode row asks nothing more: fp32 rows go no lower than FP32_BF16_MIN_ROWS)
+        bf16 = x.dtype is torch.bfloat16 or (x.dtype is torch.float32 and m >= fp32_bf16_rows)
+        if m >= bf16_rows and bf16 and bf16_allowed(x, "w4", m, x_scale):
             if w4_tiles(m, group_size):
                 return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
             fn = _C.gemm_w4_bf16  # the group form, as gemm_w4_cpu would call it
