@@ -34,6 +34,10 @@ CASES = [
     (8, 32, 3, 1, 1, 1, 7, 6, 2),  # grouped, 4 channels per group: read in place on AVX2
     (6, 48, 3, 2, 1, 1, 7, 9, 3),  # grouped, 2 channels per group: gathered
     (64, 64, 3, 1, 1, 1, 6, 5, 4),  # grouped with C % 64 == 0: no implicit GEMM
+    # 189 rows (three row blocks, the last short) over 5 / 4 column blocks: threads split a row
+    # block's columns (gemm_w8a8/row_blocks.h), across groups in the second
+    (32, 80, 3, 1, 1, 1, 7, 9, 1),
+    (32, 64, 3, 1, 1, 1, 7, 9, 2),
 ]
 
 
