@@ -17,11 +17,12 @@ namespace tersor::gemm_w4 {
 namespace {
 
 constexpr int kMR = 4;
-// One row (a GEMV: memory-bound): each of the NB weight streams prefetched this many 64-byte
-// W4Tiles ahead. The streams of a small layer are short (K / 8 tiles) and the hardware
-// prefetcher ramps up late on them: 0.91-1.00x the time at M = 1 on 384x1536 .. 4096x4096,
-// weights from DRAM (Sapphire Rapids, 2 threads); 16 ahead was no better, the next tile whole
-// up front worse (0.93-1.06x, 1.12-1.50x).
+// Each of the NB weight streams prefetched this many 64-byte W4Tiles ahead. The streams of a
+// small layer are short (K / 8 tiles) and the hardware prefetcher ramps up late on them: one row
+// 0.91-1.00x the time on 384x1536 .. 4096x4096, weights from DRAM (Sapphire Rapids, 2 threads);
+// 16 ahead was no better, the next tile whole up front worse (0.93-1.06x, 1.12-1.50x). The 2-15
+// row tiles too (below the slabs): 1.05-1.25x faster at 2-4 rows, 1.0-1.1x at 8-12 (Zen 5,
+// 4096x4096 / 2048x8192 from DRAM).
 constexpr int64_t kPrefetchTiles = 8;
 
 constexpr int shift_of(int i) { return i < 4 ? 8 * i : 8 * (i - 4) + 4; }
@@ -41,7 +42,7 @@ TERSOR_UNROLL
     __m512i v[NB];
 TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) v[j] = _mm512_loadu_si512(a.w + (nb0 + j) * block_bytes + t * 64);
-    if (MR == 1 && t + kPrefetchTiles < k8_end)
+    if (t + kPrefetchTiles < k8_end)
 TERSOR_UNROLL
       for (int j = 0; j < NB; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(a.w + (nb0 + j) * block_bytes +
@@ -137,6 +138,7 @@ void widen_slab_dequantized(const PackedW4LinearArgs& a, int64_t nb0, int nb, in
                                  _mm512_set1_ps(8.0f))
                  : _mm512_setzero_ps();
       const __m512i v = _mm512_loadu_si512(wb + t * 64);
+      prefetch_next_slab(wb + t * 64, slab_avx512::kSlabK);
       float* out = panel + (8 * t - k0) * slab_avx512::kCols + 16 * j;
 TERSOR_UNROLL
       for (int i = 0; i < 8; ++i) {
