@@ -215,14 +215,15 @@ def test_w4_dense_path_for_large_batches(gen, monkeypatch):
 
 
 @pytest.mark.parametrize("sym", [False, True])
-@pytest.mark.parametrize("m", [*MS, 8])  # up to 8: vdpbf16ps on pairs made in registers
+@pytest.mark.parametrize("n", [37, 100])  # 3 and 7 column blocks
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 33])  # to 8: pairs made in registers
 @pytest.mark.parametrize("g,k", [*CASES, (32, 576), (128, 640)])  # 18 and 5 groups
-def test_gemm_w4_bf16(isa, g, k, m, sym, gen, c_ref):
+def test_gemm_w4_bf16(isa, g, k, m, n, sym, gen, c_ref):
     """The bf16 dot-product path (csrc/gemm_w4/gemm_w4.h: vdpbf16ps where the CPU has
     AVX512-BF16, its C ref on every other path): bit for bit the C ref, the fp64 product of the
     bf16-rounded x and the exact weights to fp32 accumulation, and the fp32 path to the
-    rounding of x."""
-    n = 37
+    rounding of x. Up to 8 rows the AVX-512 tiles take 4, 3, 2 or 1 column blocks side by side
+    by the rows (gemm_w4_avx512bf16.cpp row_tiles): 7 blocks leave each a shorter last tile."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     y = gemm_w4_cpu(x.t().contiguous().t(), p.codes, p.scale, p.zero, b, n, G, False, bf16=True)
     w = dequantize_int4(q, s, z, G).double()

@@ -62,15 +62,18 @@ struct GroupClose {
 // 4096x4096 / 2048x8192 / 8192x2048 / 2048x2048, g32 and g128, 8 rows): 1.15-1.24x faster than
 // writing the 8x larger bf16 panel and reading it back; at 12 and 16 rows (two passes over
 // the weight) 0.95-1.07x, so the panel keeps them. The same vdpbf16ps in the same order per
-// (row, column), so the same bits. MR rows x NB column blocks per tile: 2 to 8 rows take one
-// block (their partial and total sums take 16 of the 32 registers); one row (a decode step)
-// takes kRowBlocks side by side, as one block would leave it one chain of dependent
-// vdpbf16ps, and prefetches each block's stream kPrefetchTiles ahead with the hint
-// common/weight_stream.h picks.
+// (row, column), so the same bits. MR rows x NB column blocks per tile, NB by the rows
+// (blocks_side_by_side): one block alone leaves MR chains of dependent vdpbf16ps, so 1-3 rows
+// take 4 blocks side by side, 4 rows 3, 5-6 rows 2 (the partial and total sums of MR x NB
+// outputs take 2 MR NB of the 32 registers), 7-8 rows one. Every tile prefetches each block's
+// stream kPrefetchTiles ahead with the hint common/weight_stream.h picks. Weights from DRAM
+// (Zen 5, 2 threads, 4096x4096 / 2048x8192, g32 / g128): the prefetch made the one-block
+// tiles 1.0-1.4x faster at 2-4 rows, 1.4-1.6x at 8; then the blocks side by side 1.15-1.9x at
+// 2 rows, 1.3-2.0x at 3, 1.25-1.7x at 4, 1.0-1.2x at 6.
 constexpr int64_t kDirectRows = 8;
 constexpr int kRowBlocks = 4;
 constexpr int64_t kPrefetchTiles = 32;
-enum class Prefetch { kNone, kT0, kNta };
+enum class Prefetch { kT0, kNta };
 
 template <int MR, int NB, Prefetch PF>
 void direct_tile(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_t nb0) {
@@ -130,26 +133,29 @@ TERSOR_UNROLL
   }
 }
 
-// One row: blocks b0 .. b1 - 1, kRowBlocks at a time.
-template <Prefetch PF>
+// MR rows: blocks b0 .. b1 - 1, blocks_side_by_side(MR) at a time (the last tile may hold fewer).
+constexpr int blocks_side_by_side(int mr) {
+  return mr <= 3 ? kRowBlocks : mr == 4 ? 3 : mr <= 6 ? 2 : 1;
+}
+template <int MR, Prefetch PF>
 void row_tiles(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_t b0,
                int64_t b1) {
+  constexpr int NB = blocks_side_by_side(MR);
   int64_t nb = b0;
-  for (; nb + kRowBlocks <= b1; nb += kRowBlocks)
-    direct_tile<1, kRowBlocks, PF>(a, Kp, rows, nb);
+  for (; nb + NB <= b1; nb += NB) direct_tile<MR, NB, PF>(a, Kp, rows, nb);
   switch (b1 - nb) {
-    case 3: return direct_tile<1, 3, PF>(a, Kp, rows, nb);
-    case 2: return direct_tile<1, 2, PF>(a, Kp, rows, nb);
-    case 1: return direct_tile<1, 1, PF>(a, Kp, rows, nb);
+    case 3: if constexpr (NB > 3) return direct_tile<MR, 3, PF>(a, Kp, rows, nb); return;
+    case 2: if constexpr (NB > 2) return direct_tile<MR, 2, PF>(a, Kp, rows, nb); return;
+    case 1: if constexpr (NB > 1) return direct_tile<MR, 1, PF>(a, Kp, rows, nb); return;
     default: return;
   }
 }
 
-using DirectFn = void (*)(const PackedW4LinearArgs&, int64_t, const Rows&, int64_t);
-template <int MR>
-constexpr DirectFn kBlock = direct_tile<MR, 1, Prefetch::kNone>;
-constexpr DirectFn kDirect[7] = {kBlock<2>, kBlock<3>, kBlock<4>, kBlock<5>,
-                                 kBlock<6>, kBlock<7>, kBlock<8>};  // 2 .. 8 rows (one: row_tiles)
+using RowTilesFn = void (*)(const PackedW4LinearArgs&, int64_t, const Rows&, int64_t, int64_t);
+template <Prefetch PF>  // 1 .. kDirectRows rows
+constexpr RowTilesFn kRowTiles[kDirectRows] = {
+    row_tiles<1, PF>, row_tiles<2, PF>, row_tiles<3, PF>, row_tiles<4, PF>,
+    row_tiles<5, PF>, row_tiles<6, PF>, row_tiles<7, PF>, row_tiles<8, PF>};
 
 // ---- From 9 rows: slabs of pairs in L1 (common/slab_gemm_avx512.h) --------------------------
 //
@@ -317,7 +323,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
     return Rows{a16.get() + m0 * lda, lda, a.zero ? X.get() + m0 * a.ngroups : nullptr, m0};
   };
   if (a.M <= kDirectRows) {
-    const bool nta = a.M == 1 && weight_stream_nta(a.w, n_blocks * Kp * 8);
+    const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 8);
 #pragma omp parallel num_threads(::tersor::team(nt))
     {
 #pragma omp for schedule(static)
@@ -326,10 +332,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
       // implicit barrier: every row is ready
       int64_t b0, b1;
       thread_range(n_blocks, &b0, &b1);
-      if (a.M == 1)
-        (nta ? row_tiles<Prefetch::kNta> : row_tiles<Prefetch::kT0>)(a, Kp, rows_at(0), b0, b1);
-      else
-        for (int64_t nb = b0; nb < b1; ++nb) kDirect[a.M - 2](a, Kp, rows_at(0), nb);
+      (nta ? kRowTiles<Prefetch::kNta> : kRowTiles<Prefetch::kT0>)[a.M - 1](a, Kp, rows_at(0), b0, b1);
     }
     return;
   }
