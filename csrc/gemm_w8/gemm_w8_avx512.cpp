@@ -17,6 +17,10 @@ namespace {
 constexpr int kMR = 8;
 constexpr int kNB = 2;
 constexpr int kNBWide = 4;  // M <= 2
+// Each weight stream prefetched this many W8Tiles ahead (T0: a chunk's later row tiles read the
+// same lines). Weights from DRAM (Zen 5, 2 threads, 4096x4096 / 2048x8192, interleaved in one
+// process): 1.2-1.3x faster at 1 row, 1.45-1.8x at 2-8, 1.25x at 16, 1.12x at 32.
+constexpr int64_t kPrefetchTiles = 64;
 
 template <int J>
 inline __m512 widen(__m512i v) {  // byte J of each lane, sign-extended, as float
@@ -38,6 +42,10 @@ TERSOR_UNROLL
     __m512 d[NB][4];
 TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) {
+      // past the block's end: the next block's start, or nothing (a prefetch never faults)
+      _mm_prefetch(reinterpret_cast<const char*>(w + j * w_block_stride +
+                                                 (k4 + kPrefetchTiles) * 64),
+                   _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(w + j * w_block_stride + k4 * 64);
       d[j][0] = widen<0>(v); d[j][1] = widen<1>(v); d[j][2] = widen<2>(v); d[j][3] = widen<3>(v);
     }

@@ -19,6 +19,11 @@ namespace tersor::gemm_w8 {
 namespace {
 
 constexpr int kMR = 4, kNB = 3;
+// The panel's widening reads each block's codes as one stream, prefetched this many W8Tiles
+// (8 KiB) ahead. Weights from DRAM (Zen 5, 2 threads, 4096x4096 / 2048x8192, interleaved in one
+// process): 1.75x faster at 8 rows, 1.55x at 16, 1.35x at 32, 1.1x at 128; 32 / 64 / 256 ahead
+// less.
+constexpr int64_t kWidenPrefetchTiles = 128;
 
 // Column blocks nb0 .. nb0 + nb of the weight as bf16 pairs (the layout above); Kp % 4 == 0.
 void widen_panel(const PackedW8LinearArgs& a, int64_t nb0, int nb, int64_t Kp, uint32_t* panel) {
@@ -27,6 +32,8 @@ void widen_panel(const PackedW8LinearArgs& a, int64_t nb0, int nb, int64_t Kp, u
     const int8_t* w = a.w + (nb0 + j) * Kp * 16;  // Kp / 4 W8Tiles of 64 bytes
     __m512i* out = reinterpret_cast<__m512i*>(panel + j * Kp * 8);
     for (int64_t t = 0; t < Kp / 4; ++t) {
+      // past the block's end: the next block's start, or nothing (a prefetch never faults)
+      _mm_prefetch(reinterpret_cast<const char*>(w + (t + kWidenPrefetchTiles) * 64), _MM_HINT_T0);
       __m512i p[2];
       pairs(w + t * 64, p);
       _mm512_storeu_si512(out + 2 * t, p[0]);
