@@ -10,15 +10,15 @@
 
 namespace tersor {
 
-// Called once per 64-byte tile of packed codes while a slab is widened: the tile one slab of
-// slab_k further on (the next slab's, or past a block's end the next block's start; a prefetch
-// never faults) is fetched while this slab's rows multiply, so the next widening reads L1 / L2
-// instead of waiting on memory. Weights from DRAM (rotated copies, Zen 5, 2 threads, 4096x4096 /
-// 2048x8192, W4 slabs of slab_gemm_avx512.h / slab_gemm_avx2.h): fp32 1.13-1.19x faster at 16
+// Called once per 64-byte tile of packed codes while a slab is widened: the tile one slab
+// further on (slab_tiles tiles: the next slab's, or past a block's end the next block's start;
+// a prefetch never faults) is fetched while this slab's rows multiply, so the next widening
+// reads L1 / L2 instead of waiting on memory. Weights from DRAM (rotated copies, Zen 5, 2
+// threads, 4096x4096 / 2048x8192): W4 slabs (slab_gemm_avx512.h) fp32 1.13-1.19x faster at 16
 // rows, 1.05-1.10x at 32; bf16 1.25-1.41x at 16, 1.13-1.20x at 32, 1.05-1.11x at 128; the AVX2
-// path 1.05-1.10x at 16 rows, 1.00-1.05x at 32.
-static inline void prefetch_next_slab(const uint8_t* tile, int64_t slab_k) {
-  _mm_prefetch(reinterpret_cast<const char*>(tile + slab_k / 8 * 64), _MM_HINT_T0);
+// slabs (slab_gemm_avx2.h) W4 1.05-1.10x at 16 rows, W8 1.2x at 16, 1.1x at 32.
+static inline void prefetch_next_slab(const void* tile, int64_t slab_tiles) {
+  _mm_prefetch(static_cast<const char*>(tile) + slab_tiles * 64, _MM_HINT_T0);
 }
 
 #if defined(__AVX2__)

@@ -240,7 +240,7 @@ void widen_slab_dequantized(const PackedW4LinearArgs& a, int64_t nb, int64_t k0,
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   for (int64_t t = k0 / 8; t < (k1 + 7) / 8; ++t) {
     const int64_t meta = (nb * a.ngroups + 8 * t / a.group_size) * 16;
-    prefetch_next_slab(wb + t * 64, slab_avx2::kSlabK);
+    prefetch_next_slab(wb + t * 64, slab_avx2::kSlabK / 8);
     float* out = panel + (8 * t - k0) * 16;
 TERSOR_UNROLL
     for (int h = 0; h < 2; ++h) {  // columns 0-7, 8-15

@@ -138,7 +138,7 @@ void widen_slab_dequantized(const PackedW4LinearArgs& a, int64_t nb0, int nb, in
                                  _mm512_set1_ps(8.0f))
                  : _mm512_setzero_ps();
       const __m512i v = _mm512_loadu_si512(wb + t * 64);
-      prefetch_next_slab(wb + t * 64, slab_avx512::kSlabK);
+      prefetch_next_slab(wb + t * 64, slab_avx512::kSlabK / 8);
       float* out = panel + (8 * t - k0) * slab_avx512::kCols + 16 * j;
 TERSOR_UNROLL
       for (int i = 0; i < 8; ++i) {

@@ -180,7 +180,7 @@ void widen_pairs(const PackedW4LinearArgs& a, const W4Pairs& pairs, int64_t Kp, 
     for (int64_t t = k0 / 8; t < k1 / 8; ++t) {
       __m512i p[4];
       pairs(w + t * 64, p);
-      prefetch_next_slab(w + t * 64, kSlabK);
+      prefetch_next_slab(w + t * 64, kSlabK / 8);
       uint32_t* out = panel + (8 * t - k0) / 2 * slab_avx512::kCols + 16 * j;
 TERSOR_UNROLL
       for (int i = 0; i < 4; ++i)
@@ -262,7 +262,7 @@ void widen_scaled_pairs(const PackedW4LinearArgs& a, const W4Pairs& pairs,
       }
       __m512i p[4];
       pairs(w + t * 64, p);
-      prefetch_next_slab(w + t * 64, kSlabK);
+      prefetch_next_slab(w + t * 64, kSlabK / 8);
       uint32_t* out = panel + (8 * t - k0) / 2 * slab_avx512::kCols + 16 * j;
 TERSOR_UNROLL
       for (int i = 0; i < 4; ++i)
