@@ -71,6 +71,11 @@ struct GroupClose {
 // tiles 1.0-1.4x faster at 2-4 rows, 1.4-1.6x at 8; then the blocks side by side 1.15-1.9x at
 // 2 rows, 1.3-2.0x at 3, 1.25-1.7x at 4, 1.0-1.2x at 6.
 constexpr int64_t kDirectRows = 8;
+// The scales and zero points of the group this many groups on, prefetched at each group's start:
+// they are streams of their own beside the codes (g32: 3 bytes per column and group against 16
+// of codes). From DRAM (Zen 5, 2 threads, 4096x4096 / 2048x8192, one row): g32 1.04-1.13x
+// faster, g128 1.0-1.03x; 8 / 16 groups on less.
+constexpr int64_t kMetaPrefetchGroups = 4;
 constexpr int kRowBlocks = 4;
 constexpr int64_t kPrefetchTiles = 32;
 enum class Prefetch { kT0, kNta };
@@ -88,6 +93,11 @@ TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) acc[r][j] = _mm512_setzero_ps();
   }
   for (int64_t g = 0; g < a.ngroups; ++g) {
+    for (int j = 0; j < NB; ++j) {  // past the block's last group: harmless (never faults)
+      const int64_t meta = ((nb0 + j) * a.ngroups + g + kMetaPrefetchGroups) * 16;
+      _mm_prefetch(reinterpret_cast<const char*>(a.scale + meta), _MM_HINT_T0);
+      if (a.zero) _mm_prefetch(reinterpret_cast<const char*>(a.zero + meta), _MM_HINT_T0);
+    }
     __m512 part[MR][NB];
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
