@@ -398,8 +398,8 @@ def test_bf16_dot_is_used_where_the_cpu_has_it(isa):
 def test_gemm_w4a8_repeated_calls(isa, m, gen, c_ref):
     """A decode step's weight prefetch (gemm_w4a8_avx2.cpp): a call after a cache's worth of
     other weights streams it (non-temporal hint; on AVX-512 up to 4 rows take the stream tile),
-    a second at once finds it cached (T0; 3-4 rows take the register tile on AVX-512); all are
-    the C ref's result."""
+    a second at once finds it cached (T0; on AVX-512 the register tile); all are the C ref's
+    result."""
     x, q, s, z, G, b, p = make(m, 1024, 37, 32, False, gen)  # 128 lines per block
     want = c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, b, 37, G))
     llc = tersor.cpu_info()["llc_bytes"]

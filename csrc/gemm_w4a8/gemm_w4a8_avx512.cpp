@@ -5,8 +5,8 @@
 // column (common/formats.h). Activations are quantized into an interleaved s8 panel
 //   apanel[M/4][Kp/4][4 rows][4 k]
 // and broadcast 4 k at a time. Register tile: MR = 4 rows x NB = 2 column blocks, an int32
-// accumulator per group and an fp32 one across groups; M <= 2 (decode), and M <= 4 with the
-// weight streaming from memory, take stream_tile.
+// accumulator per group and an fp32 one across groups; M <= 4 with the weight streaming from
+// memory takes stream_tile.
 #include <immintrin.h>
 
 #include <type_traits>
@@ -111,10 +111,10 @@ TERSOR_UNROLL
   }
 }
 
-// Decode (M <= 2, and up to 4 rows from DRAM): one column block per call, its weight read as
-// one stream and prefetched kPrefetchLines (6 KiB) ahead with the hint common/weight_stream.h
-// picks (the gemm_w4a8_avx2.cpp rule, with a longer reach for the faster memory of AVX-512
-// servers).
+// Up to 4 rows with the weight streaming from memory (a decode step of a model larger than the
+// last-level cache): one column block per call, its weight read as one stream and prefetched
+// kPrefetchLines (6 KiB) ahead, non-temporal (the gemm_w4a8_avx2.cpp rule, with a longer reach
+// for the faster memory of AVX-512 servers).
 // The general tile with 4 blocks side by side (four streams 16 KiB apart per thread, no
 // prefetch) took 1.3-1.45x the time from DRAM: Zen 5, 2 threads, g32, M = 1, 2048x8192 /
 // 8192x2048 / 2048x2048 283-312 / 258-267 / 74-77 us against 214 / 215-217 / 61-66 us, when a
@@ -123,9 +123,8 @@ TERSOR_UNROLL
 // One block gives a row one accumulator, a chain of dependent vpdpbusd; four (lo / hi nibbles
 // of even / odd k-steps) keep four chains in flight.
 constexpr int64_t kPrefetchLines = 96;
-enum class Prefetch { kT0, kNta };
 
-template <int MR, Prefetch PF>
+template <int MR>
 void stream_tile(const TileCtx& c) {
   const PackedW4LinearArgs& a = *c.a;
   const int64_t G = a.group_size;
@@ -144,9 +143,7 @@ TERSOR_UNROLL
     // one k-step of 8 into accumulators 2e, 2e + 1
     auto step = [&](int64_t t, auto e) {
       // past the block's end: the next block's start, or nothing (a prefetch never faults)
-      const char* ahead = reinterpret_cast<const char*>(wb + (t + kPrefetchLines) * 64);
-      if constexpr (PF == Prefetch::kNta) _mm_prefetch(ahead, _MM_HINT_NTA);
-      if constexpr (PF == Prefetch::kT0) _mm_prefetch(ahead, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wb + (t + kPrefetchLines) * 64), _MM_HINT_NTA);
       const __m512i v = _mm512_loadu_si512(wb + t * 64);
       const __m512i lo = _mm512_and_si512(v, nibble);
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
@@ -212,17 +209,12 @@ void run_avx512(const PackedW4LinearArgs& a) {
   auto gsum = alloc_scratch<int32_t>(m_panels * kMR * a.ngroups);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  // Decode, and up to kMR rows while the weight streams from memory (common/weight_stream.h):
-  // from DRAM the stream tile ran 3-4 rows 1.15-1.35x faster than the register tile (Zen 5,
-  // 4096x4096 / 2048x8192), from L3 0.8-0.85x as fast.
-  const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 8);
-  const bool stream = a.M <= 2 || (a.M <= kMR && nta);
-  static constexpr TileFn kStream[2][kMR] = {
-      {stream_tile<1, Prefetch::kT0>, stream_tile<2, Prefetch::kT0>,
-       stream_tile<3, Prefetch::kT0>, stream_tile<4, Prefetch::kT0>},
-      {stream_tile<1, Prefetch::kNta>, stream_tile<2, Prefetch::kNta>,
-       stream_tile<3, Prefetch::kNta>, stream_tile<4, Prefetch::kNta>}};
-  const TileFn* stream_fns = kStream[nta];
+  // Up to kMR rows while the weight streams from memory (common/weight_stream.h), the stream
+  // tile: from DRAM it ran 1-2 rows 1.0-1.3x and 3-4 rows 1.15-1.35x faster than the register
+  // tile (Zen 5, 4096x4096 / 2048x8192 / 8192x2048), from L3 0.8-0.95x as fast.
+  const bool stream = a.M <= kMR && weight_stream_nta(a.w, n_blocks * Kp * 8);
+  static constexpr TileFn kStream[kMR] = {stream_tile<1>, stream_tile<2>, stream_tile<3>,
+                                          stream_tile<4>};
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
@@ -244,7 +236,7 @@ void run_avx512(const PackedW4LinearArgs& a) {
       ctx.sx = sx.get() + m0;
       ctx.gsum = gsum.get() + m0 * a.ngroups;
       if (stream)
-        stream_fns[mr - 1](ctx);
+        kStream[mr - 1](ctx);
       else
         pick(mr, nb)(ctx);
     });

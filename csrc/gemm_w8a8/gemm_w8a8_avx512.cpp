@@ -19,7 +19,6 @@
 #include "common/formats.h"
 #include "common/simd.h"
 #include "common/parallel.h"
-#include "common/weight_stream.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
 #include "half_io/half_avx512.h"
@@ -32,8 +31,12 @@ constexpr int kNB = 3;
 // The register tile prefetches each of its weight streams this many 64-byte lines ahead (T0: the
 // later row tiles of the panel read the same lines). Weights from DRAM (Zen 5, 2 threads,
 // 4096x4096 / 2048x8192, interleaved in one process): 1.06-1.19x faster at 4 rows, 1.3x at 8,
-// 1.0-1.15x at 16, 1.06-1.18x at 32; 32 lines ahead a little less. (The stream tile for 3-6
-// rows, which the W4A8 kernel takes from DRAM, ran the same as this tile here.)
+// 1.0-1.15x at 16, 1.06-1.18x at 32; 32 lines ahead a little less. With it the tile also runs
+// the decode (M <= 2), where a one-block stream tile (NTA, 96 lines ahead) had run 1.3x faster
+// than the tile without prefetch: now the tile is 1.04-1.11x faster than the stream tile from
+// DRAM (4096x4096 / 2048x8192 / 8192x2048) and 1.0-1.17x from L3 (2048x512 .. 4096x4096).
+// (The stream tile for 3-6 rows, which the W4A8 kernel takes from DRAM, ran the same as this
+// tile here.)
 constexpr int64_t kTilePrefetchLines = 64;
 
 struct TileCtx {
@@ -93,59 +96,6 @@ TERSOR_UNROLL
   }
 }
 
-// Decode (M <= 2): one column block per call, read as one stream and prefetched ahead (the
-// rule of gemm_w4a8_avx512.cpp's stream_tile), four accumulators per row (k-steps mod 4).
-// Zen 5, 2 threads, M = 1, from DRAM: 2048x8192 347 us against the 3-block tile's 371, 8192x2048
-// and 2048x2048 level (345 / 98 us); both above a plain read's rate in the same run.
-constexpr int64_t kPrefetchLines = 96;
-enum class Prefetch { kT0, kNta };
-
-template <int MR, Prefetch PF>
-void stream_tile(const TileCtx& c) {
-  __m512i acc[MR][4];
-TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r)
-TERSOR_UNROLL
-    for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_si512();
-  const uint8_t* ap = c.apanel;
-  const int8_t* wp = c.w;
-  auto step = [&](int64_t k4, auto i) {
-    const char* ahead = reinterpret_cast<const char*>(wp + (k4 + kPrefetchLines) * 64);
-    if constexpr (PF == Prefetch::kNta) _mm_prefetch(ahead, _MM_HINT_NTA);
-    if constexpr (PF == Prefetch::kT0) _mm_prefetch(ahead, _MM_HINT_T0);
-    const __m512i w = _mm512_loadu_si512(wp + k4 * 64);
-TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      const __m512i av =
-          _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(ap + k4 * 4 * kMR + 4 * r));
-      acc[r][i] = _mm512_dpbusd_epi32(acc[r][i], av, w);
-    }
-  };
-  int64_t k4 = 0;
-  for (; k4 + 3 < c.k4n; k4 += 4) {
-    step(k4, std::integral_constant<int, 0>());
-    step(k4 + 1, std::integral_constant<int, 1>());
-    step(k4 + 2, std::integral_constant<int, 2>());
-    step(k4 + 3, std::integral_constant<int, 3>());
-  }
-  for (; k4 < c.k4n; ++k4) step(k4, std::integral_constant<int, 0>());
-
-  const PackedW8LinearArgs& a = *c.a;
-  const int64_t n = c.n0;
-  const __mmask16 mask = tail_mask16(a.N - n);
-  const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(a.colsum + n), 7);
-  const __m512 sw = _mm512_loadu_ps(a.w_scale + n);
-  const __m512 b = bias16(a.bias, n, mask);
-TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r) {
-    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[r][0], acc[r][1]),
-                                         _mm512_add_epi32(acc[r][2], acc[r][3]));
-    const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, comp));
-    const __m512 s = _mm512_mul_ps(_mm512_set1_ps(c.sx[r]), sw);
-    half_io::store_y16(a, c.m0 + r, n, mask, _mm512_fmadd_ps(v, s, b));
-  }
-}
-
 using TileFn = void (*)(const TileCtx&);
 
 template <int MR>
@@ -178,11 +128,6 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto sx = alloc_scratch<float>(m_panels * kMR);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  const bool stream = a.M <= 2;
-  static constexpr TileFn kStream[2][2] = {
-      {stream_tile<1, Prefetch::kT0>, stream_tile<2, Prefetch::kT0>},
-      {stream_tile<1, Prefetch::kNta>, stream_tile<2, Prefetch::kNta>}};
-  const TileFn* stream_fns = kStream[weight_stream_nta(a.w, n_blocks * Kp * 16)];
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
@@ -196,17 +141,13 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
     ctx.a = &a;
     ctx.k4n = k4n;
     ctx.w_block_stride = Kp * 16;
-    const int64_t chunk = stream ? 1 : kNB;
-    for_each_tile(n_blocks, chunk, a.M, kMR, [&](int64_t b0, int nb, int64_t m0, int mr) {
+    for_each_tile(n_blocks, kNB, a.M, kMR, [&](int64_t b0, int nb, int64_t m0, int mr) {
       ctx.w = a.w + b0 * Kp * 16;
       ctx.n0 = b0 * 16;
       ctx.apanel = apanel.get() + (m0 / kMR) * panel_bytes;
       ctx.sx = sx.get() + m0;
       ctx.m0 = m0;
-      if (stream)
-        stream_fns[mr - 1](ctx);
-      else
-        pick(mr, nb)(ctx);
+      pick(mr, nb)(ctx);
     });
   }
 }
