@@ -19,6 +19,7 @@
 #include "common/formats.h"
 #include "common/simd.h"
 #include "common/parallel.h"
+#include "common/weight_stream.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "quant_act/quant_act.h"
 #include "half_io/half_avx512.h"
@@ -28,16 +29,18 @@ namespace {
 
 constexpr int kMR = 8;
 constexpr int kNB = 3;
-// The register tile prefetches each of its weight streams this many 64-byte lines ahead (T0: the
-// later row tiles of the panel read the same lines). Weights from DRAM (Zen 5, 2 threads,
-// 4096x4096 / 2048x8192, interleaved in one process): 1.06-1.19x faster at 4 rows, 1.3x at 8,
-// 1.0-1.15x at 16, 1.06-1.18x at 32; 32 lines ahead a little less. With it the tile also runs
-// the decode (M <= 2), where a one-block stream tile (NTA, 96 lines ahead) had run 1.3x faster
-// than the tile without prefetch: now the tile is 1.04-1.11x faster than the stream tile from
-// DRAM (4096x4096 / 2048x8192 / 8192x2048) and 1.0-1.17x from L3 (2048x512 .. 4096x4096).
-// (The stream tile for 3-6 rows, which the W4A8 kernel takes from DRAM, ran the same as this
-// tile here.)
+// The register tile prefetches each of its weight streams this many 64-byte lines ahead: T0 (the
+// later row tiles of the panel read the same lines), or for the decode (M <= 2) of a weight
+// streaming from memory the non-temporal hint common/weight_stream.h picks. Weights from DRAM
+// (Zen 5, 2 threads, 4096x4096 / 2048x8192, interleaved in one process): 1.06-1.19x faster at 4
+// rows, 1.3x at 8, 1.0-1.15x at 16, 1.06-1.18x at 32; 32 lines ahead a little less. With it the
+// tile also runs the decode, where a one-block stream tile (NTA, 96 lines ahead) had run 1.3x
+// faster than the tile without prefetch: now the tile is 1.0-1.11x faster than the stream tile
+// from DRAM (4096x4096 / 2048x8192 / 8192x2048; NTA 1.0-1.08x faster than T0 there) and
+// 1.0-1.17x from L3 (2048x512 .. 4096x4096). (The stream tile for 3-6 rows, which the W4A8
+// kernel takes from DRAM, ran the same as this tile here.)
 constexpr int64_t kTilePrefetchLines = 64;
+enum class Prefetch { kT0, kNta };
 
 struct TileCtx {
   const uint8_t* apanel;  // this tile's panel: [Kp/4][8][4]
@@ -49,7 +52,7 @@ struct TileCtx {
   int64_t m0, n0;
 };
 
-template <int MR, int NB>
+template <int MR, int NB, Prefetch PF>
 void tile(const TileCtx& c) {
   __m512i acc[MR][NB];
 TERSOR_UNROLL
@@ -64,9 +67,10 @@ TERSOR_UNROLL
 TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) {
       // past the block's end: the next block's start, or nothing (a prefetch never faults)
-      _mm_prefetch(reinterpret_cast<const char*>(wp + j * c.w_block_stride +
-                                                 kTilePrefetchLines * 64),
-                   _MM_HINT_T0);
+      const char* ahead =
+          reinterpret_cast<const char*>(wp + j * c.w_block_stride + kTilePrefetchLines * 64);
+      if constexpr (PF == Prefetch::kNta) _mm_prefetch(ahead, _MM_HINT_NTA);
+      if constexpr (PF == Prefetch::kT0) _mm_prefetch(ahead, _MM_HINT_T0);
       w[j] = _mm512_loadu_si512(wp + j * c.w_block_stride);
     }
 TERSOR_UNROLL
@@ -98,21 +102,22 @@ TERSOR_UNROLL
 
 using TileFn = void (*)(const TileCtx&);
 
-template <int MR>
+template <int MR, Prefetch PF>
 constexpr TileFn pick_nb(int nb) {
-  return nb == 1 ? tile<MR, 1> : nb == 2 ? tile<MR, 2> : tile<MR, 3>;
+  return nb == 1 ? tile<MR, 1, PF> : nb == 2 ? tile<MR, 2, PF> : tile<MR, 3, PF>;
 }
 
-TileFn pick(int mr, int nb) {
+// nta: the decode of a weight streaming from memory (common/weight_stream.h), one or two rows
+TileFn pick(int mr, int nb, bool nta) {
   switch (mr) {
-    case 1: return pick_nb<1>(nb);
-    case 2: return pick_nb<2>(nb);
-    case 3: return pick_nb<3>(nb);
-    case 4: return pick_nb<4>(nb);
-    case 5: return pick_nb<5>(nb);
-    case 6: return pick_nb<6>(nb);
-    case 7: return pick_nb<7>(nb);
-    default: return pick_nb<8>(nb);
+    case 1: return nta ? pick_nb<1, Prefetch::kNta>(nb) : pick_nb<1, Prefetch::kT0>(nb);
+    case 2: return nta ? pick_nb<2, Prefetch::kNta>(nb) : pick_nb<2, Prefetch::kT0>(nb);
+    case 3: return pick_nb<3, Prefetch::kT0>(nb);
+    case 4: return pick_nb<4, Prefetch::kT0>(nb);
+    case 5: return pick_nb<5, Prefetch::kT0>(nb);
+    case 6: return pick_nb<6, Prefetch::kT0>(nb);
+    case 7: return pick_nb<7, Prefetch::kT0>(nb);
+    default: return pick_nb<8, Prefetch::kT0>(nb);
   }
 }
 
@@ -128,6 +133,7 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto sx = alloc_scratch<float>(m_panels * kMR);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+  const bool nta = a.M <= 2 && weight_stream_nta(a.w, n_blocks * Kp * 16);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
@@ -147,7 +153,7 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
       ctx.apanel = apanel.get() + (m0 / kMR) * panel_bytes;
       ctx.sx = sx.get() + m0;
       ctx.m0 = m0;
-      pick(mr, nb)(ctx);
+      pick(mr, nb, nta)(ctx);
     });
   }
 }
