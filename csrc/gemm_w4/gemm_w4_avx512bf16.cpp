@@ -153,12 +153,11 @@ void row_tiles(const PackedW4LinearArgs& a, int64_t Kp, const Rows& rows, int64_
   constexpr int NB = blocks_side_by_side(MR);
   int64_t nb = b0;
   for (; nb + NB <= b1; nb += NB) direct_tile<MR, NB, PF>(a, Kp, rows, nb);
-  switch (b1 - nb) {
-    case 3: if constexpr (NB > 3) return direct_tile<MR, 3, PF>(a, Kp, rows, nb); return;
-    case 2: if constexpr (NB > 2) return direct_tile<MR, 2, PF>(a, Kp, rows, nb); return;
-    case 1: if constexpr (NB > 1) return direct_tile<MR, 1, PF>(a, Kp, rows, nb); return;
-    default: return;
-  }
+  // the last, shorter tile (only narrower tiles than NB are instantiated)
+  const int64_t left = b1 - nb;
+  if constexpr (NB > 3) if (left == 3) return direct_tile<MR, 3, PF>(a, Kp, rows, nb);
+  if constexpr (NB > 2) if (left == 2) return direct_tile<MR, 2, PF>(a, Kp, rows, nb);
+  if constexpr (NB > 1) if (left == 1) return direct_tile<MR, 1, PF>(a, Kp, rows, nb);
 }
 
 using RowTilesFn = void (*)(const PackedW4LinearArgs&, int64_t, const Rows&, int64_t, int64_t);
@@ -342,7 +341,8 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
       // implicit barrier: every row is ready
       int64_t b0, b1;
       thread_range(n_blocks, &b0, &b1);
-      (nta ? kRowTiles<Prefetch::kNta> : kRowTiles<Prefetch::kT0>)[a.M - 1](a, Kp, rows_at(0), b0, b1);
+      const RowTilesFn run = (nta ? kRowTiles<Prefetch::kNta> : kRowTiles<Prefetch::kT0>)[a.M - 1];
+      run(a, Kp, rows_at(0), b0, b1);
     }
     return;
   }
