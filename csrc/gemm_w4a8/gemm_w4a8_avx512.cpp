@@ -212,7 +212,8 @@ void run_avx512(const PackedW4LinearArgs& a) {
   // Up to kMR rows while the weight streams from memory (common/weight_stream.h), the stream
   // tile: from DRAM it ran 1-2 rows 1.0-1.3x and 3-4 rows 1.15-1.35x faster than the register
   // tile (Zen 5, 4096x4096 / 2048x8192 / 8192x2048), from L3 0.8-0.95x as fast.
-  const bool stream = a.M <= kMR && weight_stream_nta(a.w, n_blocks * Kp * 8);
+  // (every call records its read: the reuse distance counts all weight bytes streamed)
+  const bool stream = weight_stream_nta(a.w, n_blocks * Kp * 8) && a.M <= kMR;
   static constexpr TileFn kStream[kMR] = {stream_tile<1>, stream_tile<2>, stream_tile<3>,
                                           stream_tile<4>};
 #pragma omp parallel num_threads(::tersor::team(nt))

@@ -133,7 +133,9 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto sx = alloc_scratch<float>(m_panels * kMR);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  const bool nta = a.M <= 2 && weight_stream_nta(a.w, n_blocks * Kp * 16);
+  // every call records its read (the reuse distance of common/weight_stream.h counts all weight
+  // bytes streamed); only the decode tiles use the hint
+  const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 16) && a.M <= 2;
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
