@@ -218,3 +218,25 @@ def test_two_outputs_keep_the_graph(gen):
         ra, rb = _graph(q, x)
         assert torch.equal(a, ra) and torch.equal(b, rb)
         assert _entry(q, x)[1] is None
+
+
+def test_profile_static_names_and_times_each_step(gen):
+    """profile_static: one (description, seconds) per program step, in order, the convolutions
+    named by their geometry; a graph without a program is a clear error."""
+    q = _static(resnet18, gen)
+    x = torch.randn(2, 3, 48, 48, generator=gen)
+    with torch.inference_mode():
+        rows = tersor.static_int8.profile_static(q, x, rounds=2)
+    assert len(rows) == _entry(q, x)[1].num_steps()
+    assert rows[0][0] == "quantize 13824"  # 2 x 48 x 48 x 3
+    assert rows[-1][0] == "conv 1x1/1 512->10 2x1x1 fp32"  # the classifier
+    assert rows[1][0] == "conv 7x7/2 4->64 2x24x24"  # the stem (3 channels read as 4)
+    assert sum(d.startswith("conv 3x3/1 64->64 2x12x12") for d, _ in rows) == 4
+    assert sum(d.endswith("+res") for d, _ in rows) == 8  # the second conv of every block
+    assert all(t > 0 for _, t in rows)
+    model = _Mixed().eval()
+    q = tersor.quantize_static(
+        model, tersor.W8A8StaticConfig(), calibration=[torch.randn(2, 3, 12, 12, generator=gen)]
+    )
+    with pytest.raises(ValueError, match=r"no native program for an input of shape \(2, 3"):
+        tersor.static_int8.profile_static(q, torch.randn(2, 3, 12, 12, generator=gen))

@@ -105,7 +105,21 @@ void bind_static_program(py::module_& m) {
             p.run(ptr<const float>(x), ptr<void>(y), nthreads);
           },
           py::arg("x"), py::arg("y"), py::arg("nthreads"), nogil(),
-          "Every step in order: x the fp32 input (NHWC for an image), y the output.");
+          "Every step in order: x the fp32 input (NHWC for an image), y the output.")
+      .def(
+          "run_timed",
+          [](Program& p, addr x, addr y, int nthreads) {
+            std::vector<double> seconds(p.steps.size());
+            {
+              py::gil_scoped_release release;
+              p.run(ptr<const float>(x), ptr<void>(y), nthreads, seconds.data());
+            }
+            return seconds;
+          },
+          py::arg("x"), py::arg("y"), py::arg("nthreads"),
+          "run(), returning each step's wall time in seconds (describe() names the steps).")
+      .def("describe", &Program::describe,
+           "One line per step: its op and shapes, e.g. 'conv 3x3/1 64->64 8x56x56 +res'.");
 }
 
 }  // namespace tersor::bindings

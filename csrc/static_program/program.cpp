@@ -2,6 +2,7 @@
 #include "static_program/program.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "int8_ops/int8_ops.h"
@@ -42,11 +43,13 @@ void run_expand_dw(const Step& s, const int8_t* x, int8_t* y, int nthreads) {
 
 }  // namespace
 
-void Program::run_on(int8_t* arena, const float* x, void* y, int nthreads) const {
+void Program::run_on(int8_t* arena, const float* x, void* y, int nthreads,
+                     double* step_seconds) const {
   auto at = [&](int64_t off) -> void* {
     return off == kInput ? const_cast<float*>(x) : off == kOutput ? y : arena + off;
   };
   for (const Step& s : steps) {
+    const auto t0 = std::chrono::steady_clock::now();
     switch (s.op) {
       case Op::kQuantize:
         conv::quantize_codes(static_cast<const float*>(at(s.in)), s.n, s.inv, s.lo, s.hi,
@@ -83,20 +86,55 @@ void Program::run_on(int8_t* arena, const float* x, void* y, int nthreads) const
         break;
       }
     }
+    if (step_seconds)
+      *step_seconds++ =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 }
 
-void Program::run(const float* x, void* y, int nthreads) {
+std::vector<std::string> Program::describe() const {
+  auto conv = [](const conv::StaticConvPlan& p, int64_t B, int64_t Ho, int64_t Wo) {
+    const conv::ConvW8A8Args& c = p.c;
+    const std::string kind = p.depthwise ? " dw" : c.groups > 1 ? " g" + std::to_string(c.groups)
+                                                                 : "";
+    return std::to_string(c.kh) + "x" + std::to_string(c.kw) + "/" + std::to_string(c.sh) +
+           kind + " " + std::to_string(c.C) + "->" + std::to_string(c.N) + " " +
+           std::to_string(B) + "x" + std::to_string(Ho) + "x" + std::to_string(Wo);
+  };
+  std::vector<std::string> out;
+  for (const Step& s : steps) {
+    const std::string pixels =
+        std::to_string(s.B) + "x" + std::to_string(s.Ho) + "x" + std::to_string(s.Wo);
+    switch (s.op) {
+      case Op::kQuantize: out.push_back("quantize " + std::to_string(s.n)); break;
+      case Op::kConv:
+        out.push_back("conv " + conv(*s.plan, s.B, s.Ho, s.Wo) + (s.in2 == kNone ? "" : " +res") +
+                      (s.plan->out.inv_scale > 0.0f ? "" : " fp32"));
+        break;
+      case Op::kExpandDw:
+        out.push_back("expand_dw " + conv(*s.plan, s.B, s.H, s.W) + " | " +
+                      conv(*s.plan2, s.B, s.Ho, s.Wo));
+        break;
+      case Op::kMaxPool: out.push_back("max_pool " + pixels + "x" + std::to_string(s.C)); break;
+      case Op::kAvgPool: out.push_back("avg_pool " + pixels + "x" + std::to_string(s.C)); break;
+      case Op::kAdd: out.push_back("add " + std::to_string(s.n)); break;
+      case Op::kDequantize: out.push_back("dequantize " + std::to_string(s.n)); break;
+    }
+  }
+  return out;
+}
+
+void Program::run(const float* x, void* y, int nthreads, double* step_seconds) {
   std::unique_lock<std::mutex> lock(arena_mutex_, std::try_to_lock);
   if (!lock.owns_lock()) {  // another caller runs this program now: a one-off arena
     auto arena = alloc_scratch<int8_t>(arena_bytes);
-    return run_on(arena.get(), x, y, nthreads);
+    return run_on(arena.get(), x, y, nthreads, step_seconds);
   }
   if (arena_size_ < arena_bytes) {
     arena_ = alloc_scratch<int8_t>(arena_bytes);
     arena_size_ = arena_bytes;
   }
-  run_on(arena_.get(), x, y, nthreads);
+  run_on(arena_.get(), x, y, nthreads, step_seconds);
 }
 
 }  // namespace tersor::static_program

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "common/parallel.h"
@@ -56,13 +57,16 @@ class Program {
   std::vector<Step> steps;
   int64_t arena_bytes = 0;
 
-  void run(const float* x, void* y, int nthreads);
+  // step_seconds, when given, receives each step's wall time (profile_static's table).
+  void run(const float* x, void* y, int nthreads, double* step_seconds = nullptr);
+  // One line per step: its op and shapes ("conv 3x3/1 64->64 8x56x56", "add 8x56x56x64").
+  std::vector<std::string> describe() const;
 
  private:
   std::mutex arena_mutex_;
   Scratch<int8_t> arena_;
   int64_t arena_size_ = 0;
-  void run_on(int8_t* arena, const float* x, void* y, int nthreads) const;
+  void run_on(int8_t* arena, const float* x, void* y, int nthreads, double* step_seconds) const;
 };
 
 }  // namespace tersor::static_program

@@ -192,10 +192,14 @@ class StaticProgram:
         """fp32 [n] -> s8 codes (tersor.static_int8 Quantize)."""
     def arena_bytes(self) -> int:
         """The arena's size in bytes (the buffers' layout)."""
+    def describe(self) -> list[str]:
+        """One line per step: its op and shapes, e.g. 'conv 3x3/1 64->64 8x56x56 +res'."""
     def num_steps(self) -> int:
         """How many steps the program has (a fused expand_dw counts once)."""
     def run(self, x: int, y: int, nthreads: int) -> None:
         """Every step in order: x the fp32 input (NHWC for an image), y the output."""
+    def run_timed(self, x: int, y: int, nthreads: int) -> list[float]:
+        """run(), returning each step's wall time in seconds (describe() names the steps)."""
     def set_arena_bytes(self, bytes: int) -> None:
         """The arena's size, from the builder's layout of the buffers."""
 

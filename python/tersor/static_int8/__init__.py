@@ -11,9 +11,13 @@ between layers:
   the codes (csrc/int8_ops);
 - anything else runs in fp32 on a dequantized input, correct and listed in the report.
 
+``profile_static(model, x)`` times each step of the native program (the network in one call) for
+x's shape: [(step, seconds)].
+
 Why a graph rewrite: static_int8/convert.py. The modules of the result: static_int8/modules.py.
 """
 
 from tersor.static_int8.convert import StaticReport, quantize_static
+from tersor.static_int8.program import profile as profile_static
 
-__all__ = ["StaticReport", "quantize_static"]
+__all__ = ["StaticReport", "profile_static", "quantize_static"]

@@ -338,3 +338,22 @@ def install(gm: fx.GraphModule) -> None:
 
     forward.__doc__ = graph_forward.__doc__
     cls.forward, cls.__deepcopy__ = forward, __deepcopy__
+
+
+def profile(gm: fx.GraphModule, x: torch.Tensor, rounds: int = 5) -> list:
+    """[(step, seconds)]: each step of gm's native program for x's shape, the fastest of
+    `rounds` runs (the program is built first if it was not). Raises ValueError when x's shape
+    has no program (the report of ``quantize_static`` says why)."""
+    run(gm, (x,), {})  # builds the program for x's shape
+    _, program, shape = _PROGRAMS.get(gm, {}).get(tuple(x.shape), (None, None, None))
+    if program is None:
+        why = shape or "a 4-d float32 CPU tensor, without grad, expected"
+        raise ValueError(f"profile_static: no native program for an input of shape "
+                         f"{tuple(x.shape)}: {why}")  # fmt: skip
+    y = torch.empty(shape, dtype=torch.float32)
+    xi = _image(x)
+    best = None
+    for _ in range(rounds):
+        t = program.run_timed(xi.data_ptr(), y.data_ptr(), torch.get_num_threads())
+        best = t if best is None else [min(a, b) for a, b in zip(best, t)]
+    return list(zip(program.describe(), best))
