@@ -228,6 +228,33 @@ def test_conv_implicit_gemm_emulated_matches(case, epilogue, gen, c_ref):
     assert torch.equal(y, _run(*args))
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize(
+    "case",
+    [
+        (64, 16, 3, 1, 1, 1, 20, 19, 1),  # codes > weights: split by images, epilogue overlapped
+        (8, 48, 3, 1, 1, 1, 23, 17, 1),  # codes > weights, 72 codes a patch: not overlapped
+        (64, 80, 3, 2, 1, 1, 7, 9, 1),  # weights > codes: split by column pairs
+    ],
+)
+def test_conv_implicit_gemm_work_orders(case, batch, gen, c_ref):
+    """The implicit GEMM's three work orders (split by images, by an image's panels, by column
+    pairs: conv_w8a8_implicit.h work_order) on two threads, each block's epilogue run between
+    the next block's K steps from 384 codes a patch: bit for bit with the C ref."""
+    xs, q, sc, pk, bias, geom, groups = _case(case, gen, batch=batch)
+    n = q.shape[0]
+    res = torch.randint(-127, 128, (batch, *_ho_wo(xs, geom), n), dtype=torch.int8, generator=gen)
+    args = (xs, pk, bias, n, geom, groups, 0.05, 0.0, 127.0, res, 0.03)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y = _run(*args, emu=True)
+        assert torch.equal(y, c_ref(lambda: _run(*args)))
+        assert torch.equal(y, _run(*args))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_requant_nan_inf_and_halves(isa, c_ref):
     x = torch.tensor(
         [
