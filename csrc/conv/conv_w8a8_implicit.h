@@ -73,10 +73,13 @@ static inline bool implicit_gemm_applies(const ConvW8A8Args& c) {
 // outweighs its one or two tile steps, and the VNNI register tile is faster: 1.6x at 24 -> 144
 // channels, 2x at 16 -> 96; at 32 -> 16 or 32 -> 32 the tiles are 1.25x faster (1x1 layers at
 // batch 8, Sapphire Rapids class), the VNNI tile broadcasting a 4-code group per output block.
-constexpr int64_t kImplicitMinK = 64;
+// Under 16 output pixels in all (a classifier's 1x1 layer at batch 8) the tiles' rows are
+// mostly empty: the VNNI tile took 0.55x their time at 8 pixels, 1.35x at 16.
+constexpr int64_t kImplicitMinK = 64, kImplicitMinPixels = 16;
 static inline bool implicit_gemm_pays(const ConvW8A8Args& c) {
   const int64_t K = c.kh * c.kw * c.C;
-  return implicit_gemm_applies(c) && (K >= kImplicitMinK || (K >= kImplicitMinK / 2 && c.N <= 32));
+  return implicit_gemm_applies(c) && c.B * c.Ho * c.Wo >= kImplicitMinPixels &&
+         (K >= kImplicitMinK || (K >= kImplicitMinK / 2 && c.N <= 32));
 }
 
 namespace implicit_detail {
@@ -136,57 +139,6 @@ void block_32(const ConvW8A8Args& c, const QuantizedInput& in, const ImplicitPla
   Tiles::template store<3>(&acc[16][16], 128);
 }
 
-// One output pixel's columns n0 .. n0 + cols of a block (cols <= 32), from its accumulators:
-//   fp32:  y = fma(float(acc), sx * w_scale[n], bias[n]), the epilogue of every W8A8 path;
-//   codes: the static pipeline's requantization (c.out, after fold_output_scale: w_scale /
-//          bias hold the folded m / c, sx is 1), as the direct kernels write them
-//          (gemm_w8a8/row_blocks.h CodesOut) and requant_rows_ref computes them unfused.
-// The AMX file compiles this with AVX-512 (two masked 16-column halves); the emulated tiles
-// with the scalar loop: the same operations in the same order, bit for bit.
-static inline void store_pixel(const ConvW8A8Args& c, const int32_t* acc, float sx, int64_t m,
-                               int64_t n0, int64_t cols) {
-  const float* sw = c.w_scale + n0;
-  const float* bias = c.bias ? c.bias + n0 : nullptr;
-  const Requant* o = c.out;
-  const int8_t* res = o && o->res ? o->res + m * o->ldres + n0 : nullptr;
-#if defined(__AVX512F__)
-  for (int64_t h = 0; h < cols; h += 16) {
-    const __mmask16 mask = tail_mask16(cols - h);
-    const __m512 v = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc + h));
-    if (o) {
-      __m512 t = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mask, sw + h), bias16(bias, h, mask));
-      if (res)
-        t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                _mm_maskz_loadu_epi8(mask, res + h))),
-                            _mm512_set1_ps(o->res_scale), t);
-      t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(o->lo)), _mm512_set1_ps(o->hi));
-      const __m128i q16 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t));
-      int8_t* dst = o->q + m * o->ldq + n0 + h;
-      if (mask == 0xffff)  // a whole block: a plain store (conv_w8a8_avx512.cpp)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), q16);
-      else
-        _mm_mask_storeu_epi8(dst, mask, q16);
-    } else {
-      const __m512 s = _mm512_mul_ps(_mm512_set1_ps(sx), _mm512_maskz_loadu_ps(mask, sw + h));
-      _mm512_mask_storeu_ps(c.y + m * out_stride(c) + n0 + h, mask,
-                            _mm512_fmadd_ps(v, s, bias16(bias, h, mask)));
-    }
-  }
-#else
-  for (int64_t n = 0; n < cols; ++n) {
-    const float v = static_cast<float>(acc[n]);
-    if (o) {
-      float t = std::fma(v, sw[n], bias ? bias[n] : 0.0f);
-      if (res) t = std::fma(static_cast<float>(res[n]), o->res_scale, t);
-      o->q[m * o->ldq + n0 + n] =
-          static_cast<int8_t>(std::nearbyint(std::fmin(std::fmax(t, o->lo), o->hi)));
-    } else {
-      c.y[m * out_stride(c) + n0 + n] = std::fma(v, sx * sw[n], bias ? bias[n] : 0.0f);
-    }
-  }
-#endif
-}
-
 // A computed block waiting for its epilogue: image b, its segments, its first column.
 struct Block {
   int64_t b;
@@ -195,24 +147,85 @@ struct Block {
   int64_t n0;
 };
 
-// Rows [r0, r1) of a block's 32 (0-15: segment s0, 16-31: s1) held in acc: pixels past the
-// output row's end (ow >= Wo: the padded width, or a segment's tail) and past the image are
-// dropped.
+// Rows [r0, r1) of a block's 32 (0-15: segment s0, 16-31: s1) held in acc, each an output
+// pixel's columns n0 .. n0 + cols (cols <= 32):
+//   fp32:  y = fma(float(acc), sx * w_scale[n], bias[n]), the epilogue of every W8A8 path;
+//   codes: the static pipeline's requantization (c.out, after fold_output_scale: w_scale /
+//          bias hold the folded m / c, sx is 1), as the direct kernels write them
+//          (gemm_w8a8/row_blocks.h CodesOut) and requant_rows_ref computes them unfused.
+// Pixels past the output row's end (ow >= Wo: the padded width, or a segment's tail) and past
+// the image are dropped. The AMX file compiles this with AVX-512 (two masked 16-column halves,
+// the block's column factors loaded once); the emulated tiles with the scalar loop: the same
+// operations in the same order, bit for bit.
 static inline void store_rows(const ConvW8A8Args& c, const QuantizedInput& in,
                               const ImplicitPlan& p, const int32_t (*acc)[32], const Block& blk,
                               int64_t r0, int64_t r1) {
   const float sx = in.scale[blk.b];
-  const int64_t cols = c.N - blk.n0 < 32 ? c.N - blk.n0 : 32;
+  const int64_t n0 = blk.n0, cols = c.N - n0 < 32 ? c.N - n0 : 32;
+  const float* sw = c.w_scale + n0;
+  const float* bias = c.bias ? c.bias + n0 : nullptr;
+  const Requant* o = c.out;
   r1 = r1 < (blk.two ? 32 : 16) ? r1 : (blk.two ? 32 : 16);
+#if defined(__AVX512F__)
+  const int halves = cols > 16 ? 2 : 1;
+  __mmask16 mask[2];
+  __m512 f[2], add[2];  // per column: the factor (sx * w_scale, or the folded m) and bias / c
+  for (int h = 0; h < halves; ++h) {
+    mask[h] = tail_mask16(cols - 16 * h);
+    f[h] = _mm512_maskz_loadu_ps(mask[h], sw + 16 * h);
+    if (!o) f[h] = _mm512_mul_ps(_mm512_set1_ps(sx), f[h]);
+    add[h] = bias16(bias, 16 * h, mask[h]);
+  }
+  const __m512 lo = _mm512_set1_ps(o ? o->lo : 0.0f), hi = _mm512_set1_ps(o ? o->hi : 0.0f);
+  const __m512 res_scale = _mm512_set1_ps(o ? o->res_scale : 0.0f);
+#endif
   for (int64_t r = r0; r < r1; ++r) {
     const Segment& sg = r < 16 ? blk.s0 : blk.s1;
     int64_t oh = sg.oh, ow = sg.ow + (r & 15);
     if (p.linear)
       while (ow >= in.Wp) ow -= in.Wp, ++oh;  // at most once from 16 columns up
     if (oh >= c.Ho || ow >= c.Wo) continue;
-    store_pixel(c, acc[r], sx, (blk.b * c.Ho + oh) * c.Wo + ow, blk.n0, cols);
+    const int64_t m = (blk.b * c.Ho + oh) * c.Wo + ow;
+    const int32_t* a = acc[r];
+#if defined(__AVX512F__)
+    for (int h = 0; h < halves; ++h) {
+      const __m512 v = _mm512_cvtepi32_ps(_mm512_loadu_si512(a + 16 * h));
+      if (o) {
+        __m512 t = _mm512_fmadd_ps(v, f[h], add[h]);
+        if (o->res)
+          t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(
+                                  mask[h], o->res + m * o->ldres + n0 + 16 * h))),
+                              res_scale, t);
+        t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+        const __m128i q16 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t));
+        int8_t* dst = o->q + m * o->ldq + n0 + 16 * h;
+        if (mask[h] == 0xffff)  // a whole block: a plain store (conv_w8a8_avx512.cpp)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), q16);
+        else
+          _mm_mask_storeu_epi8(dst, mask[h], q16);
+      } else {
+        _mm512_mask_storeu_ps(c.y + m * out_stride(c) + n0 + 16 * h, mask[h],
+                              _mm512_fmadd_ps(v, f[h], add[h]));
+      }
+    }
+#else
+    for (int64_t n = 0; n < cols; ++n) {
+      const float v = static_cast<float>(a[n]);
+      if (o) {
+        float t = std::fma(v, sw[n], bias ? bias[n] : 0.0f);
+        if (o->res)
+          t = std::fma(static_cast<float>(o->res[m * o->ldres + n0 + n]), o->res_scale, t);
+        o->q[m * o->ldq + n0 + n] =
+            static_cast<int8_t>(std::nearbyint(std::fmin(std::fmax(t, o->lo), o->hi)));
+      } else {
+        c.y[m * out_stride(c) + n0 + n] = std::fma(v, sx * sw[n], bias ? bias[n] : 0.0f);
+      }
+    }
+#endif
   }
 }
+
+
 
 }  // namespace implicit_detail
 
