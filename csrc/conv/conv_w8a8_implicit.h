@@ -15,6 +15,7 @@
 //   A tile: 16 rows (ow0 .. ow0 + 15), each 28 codes, 8 bytes apart (sw * C)
 //   B tile: 7 rows (28 / 4) of 16 columns x 4 k, the weight's k = 28 i .. 28 i + 27
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -273,55 +274,64 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
   const int64_t rows_per_step = (kImplicitRows + k_steps - 1) / k_steps;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * K, c.nthreads);
   const WorkOrder order = work_order(c, in, nt);
+  // Work items go to the threads in chunks as they ask (a vCPU that a neighbour slows takes
+  // fewer), each chunk whole images (or column pairs) in the order above, so a thread still
+  // reads what it would have read with a fixed split.
+  const int64_t items = n_pairs * c.B * panels;
+  int64_t chunk = std::max<int64_t>(1, items / (16 * nt));
+  if (order == WorkOrder::kImagePairPanel)
+    chunk = n_pairs * panels;
+  else if (order == WorkOrder::kImagePanelPair)
+    chunk = (chunk + n_pairs - 1) / n_pairs * n_pairs;  // whole panels
+  else if (n_pairs >= 4 * nt)
+    chunk = c.B * panels;  // whole pairs
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    int64_t w0, w1;
-    thread_range(n_pairs * c.B * panels, &w0, &w1);
-    if (w0 < w1) {
-      Tiles::configure(p.step);
-      alignas(64) int32_t acc[2][kImplicitRows][32];  // this block's, the previous block's
-      Block prev{};
-      bool pending = false;
-      std::vector<int8_t> tail;  // the input's last bytes and zeros (in place, see above)
-      for (int64_t w = w0; w < w1; ++w) {
-        int64_t pair, b, pn;
-        if (order == WorkOrder::kPairImagePanel)
-          pair = w / (c.B * panels), b = w / panels % c.B, pn = w % panels;
-        else if (order == WorkOrder::kImagePairPanel)
-          b = w / (n_pairs * panels), pair = w / panels % n_pairs, pn = w % panels;
-        else
-          b = w / (n_pairs * panels), pn = w / n_pairs % panels, pair = w % n_pairs;
-        const int64_t nb0 = 2 * pair;
-        const int8_t* b0 = c.w + nb0 * K * 16;
-        const int8_t* b1 = nb0 + 1 < n_blocks ? b0 + K * 16 : b0;  // odd tail: computed twice
-        const int8_t* img = in.xq + b * img_bytes;
-        Block blk{b, implicit_detail::segment(c, in, p, 2 * pn), {}, 2 * pn + 1 < segs, nb0 * 16};
-        blk.s1 = blk.two ? implicit_detail::segment(c, in, p, 2 * pn + 1) : blk.s0;
-        const int8_t* a0 = img + blk.s0.offset;
-        const int8_t* a1 = img + blk.s1.offset;
-        if (a1 + reach > end) {  // only when read in place: a padded copy has the zeros
-          tail.assign(a1 + reach - a0, 0);
-          std::memcpy(tail.data(), a0, end - a0);
-          a1 = tail.data() + (a1 - a0);
-          a0 = tail.data();
-        }
-        const int cur = (w - w0) & 1;
-        implicit_detail::block_32<Tiles>(c, in, p, a0, a1, b0, b1, acc[cur], [&](int64_t s) {
-          if (pending)
-            implicit_detail::store_rows(c, in, p, acc[cur ^ 1], prev, s * rows_per_step,
-                                        (s + 1) * rows_per_step);
-        });
-        if (overlap) {
-          prev = blk;
-          pending = true;
-        } else {
-          implicit_detail::store_rows(c, in, p, acc[cur], blk, 0, kImplicitRows);
-        }
+    Tiles::configure(p.step);
+    alignas(64) int32_t acc[2][kImplicitRows][32];  // this block's, the previous block's
+    Block prev{};
+    bool pending = false;
+    std::vector<int8_t> tail;  // the input's last bytes and zeros (in place, see above)
+    int64_t done = 0;  // blocks this thread ran
+#pragma omp for schedule(dynamic, chunk) nowait
+    for (int64_t w = 0; w < items; ++w) {
+      int64_t pair, b, pn;
+      if (order == WorkOrder::kPairImagePanel)
+        pair = w / (c.B * panels), b = w / panels % c.B, pn = w % panels;
+      else if (order == WorkOrder::kImagePairPanel)
+        b = w / (n_pairs * panels), pair = w / panels % n_pairs, pn = w % panels;
+      else
+        b = w / (n_pairs * panels), pn = w / n_pairs % panels, pair = w % n_pairs;
+      const int64_t nb0 = 2 * pair;
+      const int8_t* b0 = c.w + nb0 * K * 16;
+      const int8_t* b1 = nb0 + 1 < n_blocks ? b0 + K * 16 : b0;  // odd tail: computed twice
+      const int8_t* img = in.xq + b * img_bytes;
+      Block blk{b, implicit_detail::segment(c, in, p, 2 * pn), {}, 2 * pn + 1 < segs, nb0 * 16};
+      blk.s1 = blk.two ? implicit_detail::segment(c, in, p, 2 * pn + 1) : blk.s0;
+      const int8_t* a0 = img + blk.s0.offset;
+      const int8_t* a1 = img + blk.s1.offset;
+      if (a1 + reach > end) {  // only when read in place: a padded copy has the zeros
+        tail.assign(a1 + reach - a0, 0);
+        std::memcpy(tail.data(), a0, end - a0);
+        a1 = tail.data() + (a1 - a0);
+        a0 = tail.data();
       }
-      if (pending)
-        implicit_detail::store_rows(c, in, p, acc[(w1 - w0 - 1) & 1], prev, 0, kImplicitRows);
-      Tiles::release();
+      const int cur = done++ & 1;
+      implicit_detail::block_32<Tiles>(c, in, p, a0, a1, b0, b1, acc[cur], [&](int64_t s) {
+        if (pending)
+          implicit_detail::store_rows(c, in, p, acc[cur ^ 1], prev, s * rows_per_step,
+                                      (s + 1) * rows_per_step);
+      });
+      if (overlap) {
+        prev = blk;
+        pending = true;
+      } else {
+        implicit_detail::store_rows(c, in, p, acc[cur], blk, 0, kImplicitRows);
+      }
     }
+    if (pending)
+      implicit_detail::store_rows(c, in, p, acc[(done - 1) & 1], prev, 0, kImplicitRows);
+    Tiles::release();
   }
 }
 
