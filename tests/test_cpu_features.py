@@ -55,3 +55,18 @@ def test_weight_stream_hint_follows_reuse_distance():
     assert not _C.weight_stream_nta(w, 4096)  # half the cache streamed between: still there
     _C.weight_stream_nta(w + (1 << 30), llc)
     assert _C.weight_stream_nta(w, 4096)  # a cache's worth between: gone
+
+
+def test_int8_decode_nta_by_vendor():
+    """common/weight_stream.h: the int8 decode tiles' non-temporal hint on AMD only, unless a
+    test forces it."""
+    amd = tersor.cpu_info()["vendor"] in ("AuthenticAMD", "HygonGenuine")
+    assert _C.int8_decode_nta() == amd
+    try:
+        _C.set_int8_decode_nta(1)
+        assert _C.int8_decode_nta()
+        _C.set_int8_decode_nta(0)
+        assert not _C.int8_decode_nta()
+    finally:
+        _C.set_int8_decode_nta(-1)
+    assert _C.int8_decode_nta() == amd

@@ -51,6 +51,12 @@ void bind_cpu(py::module_& m) {
       py::arg("w"), py::arg("bytes"),
       "Records a kernel call's read of `bytes` of weights at address w; whether it takes the "
       "non-temporal prefetch (common/weight_stream.h). For tests.");
+  m.def("int8_decode_nta", &int8_decode_nta,
+        "Whether the W8A8 / W4A8 AVX-512 decode tiles give streaming weights the non-temporal "
+        "hint (common/weight_stream.h).");
+  m.def("set_int8_decode_nta", &set_int8_decode_nta, py::arg("mode"),
+        "-1: the W8A8 / W4A8 AVX-512 decode tiles give streaming weights the non-temporal hint "
+        "on AMD only (common/weight_stream.h); 0: never; 1: always. For tests.");
 
   auto stats_dict = [](const TeamGovernor::Stats& s, bool enabled) {
     py::dict d;

@@ -1,9 +1,13 @@
 #include "common/weight_stream.h"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
+
+#include "common/cpu_features.h"
 
 namespace tersor {
 namespace {
@@ -53,5 +57,19 @@ bool weight_stream_nta(const void* w, int64_t bytes) {
   streamed += uint64_t(bytes);
   return first || distance > uint64_t(last_level_cache_bytes());
 }
+
+namespace {
+std::atomic<int> int8_decode_nta_mode{-1};
+}
+
+bool int8_decode_nta() {
+  const int mode = int8_decode_nta_mode.load(std::memory_order_relaxed);
+  if (mode >= 0) return mode == 1;
+  static const bool amd = std::strcmp(cpu_features().vendor, "AuthenticAMD") == 0 ||
+                          std::strcmp(cpu_features().vendor, "HygonGenuine") == 0;
+  return amd;
+}
+
+void set_int8_decode_nta(int mode) { int8_decode_nta_mode.store(mode < 0 ? -1 : mode > 0); }
 
 }  // namespace tersor

@@ -23,4 +23,14 @@ bool weight_stream_nta(const void* w, int64_t bytes);
 
 int64_t last_level_cache_bytes();  // this core's share as sysfs lists it (index3, else index2)
 
+// Whether the int8-activation decode tiles (W8A8 and W4A8 on AVX-512, up to 2 / 4 rows) give
+// a streaming weight the non-temporal hint. On AMD (Zen 5) NTA ran 1.0-1.08x faster than T0
+// from DRAM. On Intel server cores prefetchnta fills L1 only, past the L2 streamer that T0's
+// misses train: W8A8 4096x4096 at one row read 10 GB/s with it, 26 GB/s with T0 (Sapphire
+// Rapids class, 2 threads, weights from DRAM); W4A8 g32 1.09x slower. So AMD only. (The
+// weight-only kernels' hint stays: W8 / W4 at one row were as fast or faster with NTA there.)
+// set_int8_decode_nta(-1 / 0 / 1): by vendor / never / always (tests: each path runs anywhere).
+bool int8_decode_nta();
+void set_int8_decode_nta(int mode);
+
 }  // namespace tersor

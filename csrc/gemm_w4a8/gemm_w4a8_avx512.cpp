@@ -213,7 +213,8 @@ void run_avx512(const PackedW4LinearArgs& a) {
   // tile: from DRAM it ran 1-2 rows 1.0-1.3x and 3-4 rows 1.15-1.35x faster than the register
   // tile (Zen 5, 4096x4096 / 2048x8192 / 8192x2048), from L3 0.8-0.95x as fast.
   // (every call records its read: the reuse distance counts all weight bytes streamed)
-  const bool stream = weight_stream_nta(a.w, n_blocks * Kp * 8) && a.M <= kMR;
+  const bool stream =
+      weight_stream_nta(a.w, n_blocks * Kp * 8) && a.M <= kMR && int8_decode_nta();
   static constexpr TileFn kStream[kMR] = {stream_tile<1>, stream_tile<2>, stream_tile<3>,
                                           stream_tile<4>};
 #pragma omp parallel num_threads(::tersor::team(nt))

@@ -135,7 +135,7 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
   // every call records its read (the reuse distance of common/weight_stream.h counts all weight
   // bytes streamed); only the decode tiles use the hint
-  const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 16) && a.M <= 2;
+  const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 16) && a.M <= 2 && int8_decode_nta();
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)

@@ -793,6 +793,10 @@ def int4_tiles_to_rows(
     uint8 [N][ld], two codes per byte along K (nibbles=True: k even in the low nibble) or one
     per byte."""
 
+def int8_decode_nta() -> bool:
+    """Whether the W8A8 / W4A8 AVX-512 decode tiles give streaming weights the non-temporal hint
+    (common/weight_stream.h)."""
+
 def int8_rows_to_tiles(
     tiles: int,
     colsum: int,
@@ -887,6 +891,10 @@ def set_adaptive_threads(on: bool) -> bool:
     """Whether kernels give up threads while other work keeps the cores busy
     (common/team_governor.h); returns the previous setting. Turning it on or off gives back
     every thread given up."""
+
+def set_int8_decode_nta(mode: int) -> None:
+    """-1: the W8A8 / W4A8 AVX-512 decode tiles give streaming weights the non-temporal hint on
+    AMD only (common/weight_stream.h); 0: never; 1: always. For tests."""
 
 def silu_mul(
     g: int,
