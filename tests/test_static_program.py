@@ -240,3 +240,5 @@ def test_profile_static_names_and_times_each_step(gen):
     )
     with pytest.raises(ValueError, match=r"no native program for an input of shape \(2, 3"):
         tersor.static_int8.profile_static(q, torch.randn(2, 3, 12, 12, generator=gen))
+    with pytest.raises(TypeError, match="expected the model quantize_static returned, got _Mixed"):
+        tersor.static_int8.profile_static(model, torch.randn(2, 3, 12, 12, generator=gen))

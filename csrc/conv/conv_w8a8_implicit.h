@@ -226,8 +226,6 @@ static inline void store_rows(const ConvW8A8Args& c, const QuantizedInput& in,
   }
 }
 
-
-
 }  // namespace implicit_detail
 
 // The order of the work items (32-pixel panels of an image x pairs of 16-column blocks), from

@@ -344,6 +344,9 @@ def profile(gm: fx.GraphModule, x: torch.Tensor, rounds: int = 5) -> list:
     """[(step, seconds)]: each step of gm's native program for x's shape, the fastest of
     `rounds` runs (the program is built first if it was not). Raises ValueError when x's shape
     has no program (the report of ``quantize_static`` says why)."""
+    if not isinstance(gm, fx.GraphModule) or not hasattr(gm, "tersor_report"):
+        raise TypeError(f"profile_static: expected the model quantize_static returned, got "
+                        f"{type(gm).__name__}")  # fmt: skip
     run(gm, (x,), {})  # builds the program for x's shape
     _, program, shape = _PROGRAMS.get(gm, {}).get(tuple(x.shape), (None, None, None))
     if program is None:
