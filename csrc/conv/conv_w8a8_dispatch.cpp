@@ -279,11 +279,15 @@ void run_w8a8_folded(const ConvW8A8Args& c, Path path) {
         "multiple of 4 codes, at most 64 or cut into steps of 32-64 codes, one group, and "
         "finite folded factors");
   // a 1x1 layer's codes read in place by every path (the implicit GEMM copies the blocks that
-  // would read past the input's end); signs left to the direct paths' tiles where they run
+  // would read past the input's end); signs left to the direct paths' tiles where they run,
+  // and not read at all by the implicit GEMM (signed tiles: no pass over a projection layer's
+  // whole input, which a ReLU's codes made it read to the end)
   const Isa isa = active_isa();
-  const bool direct = path == Path::Auto && isa >= Isa::Avx2 &&
-                      !(isa == Isa::Amx && implicit_gemm_pays(c));
-  const PreparedInput prepared(c, true, false, !(direct && direct_reads_signs(c)));
+  const bool implicit_runs = path == Path::EmulatedImplicit ||
+                             (path == Path::Auto && isa == Isa::Amx && implicit_gemm_pays(c));
+  const bool direct = path == Path::Auto && isa >= Isa::Avx2 && !implicit_runs;
+  const PreparedInput prepared(c, true, false,
+                               !implicit_runs && !(direct && direct_reads_signs(c)));
   const QuantizedInput& in = prepared.in;
   if (path == Path::EmulatedImplicit) return run_emulated_implicit(ConvCall{c, in});
   // AVX2 and AVX-512 VNNI run every group in one pass over the rows, the reference a group at
