@@ -211,7 +211,8 @@ void run_avx512(const PackedW4LinearArgs& a) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
   // Up to kMR rows while the weight streams from memory (common/weight_stream.h), the stream
   // tile: from DRAM it ran 1-2 rows 1.0-1.3x and 3-4 rows 1.15-1.35x faster than the register
-  // tile (Zen 5, 4096x4096 / 2048x8192 / 8192x2048), from L3 0.8-0.95x as fast.
+  // tile (Zen 5, 4096x4096 / 2048x8192 / 8192x2048), from L3 0.8-0.95x as fast. On AMD only
+  // (int8_decode_nta: on Intel the register tile with T0 was 1.09x faster).
   // (every call records its read: the reuse distance counts all weight bytes streamed)
   const bool stream =
       weight_stream_nta(a.w, n_blocks * Kp * 8) && a.M <= kMR && int8_decode_nta();

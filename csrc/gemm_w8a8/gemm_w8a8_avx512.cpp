@@ -31,14 +31,14 @@ constexpr int kMR = 8;
 constexpr int kNB = 3;
 // The register tile prefetches each of its weight streams this many 64-byte lines ahead: T0 (the
 // later row tiles of the panel read the same lines), or for the decode (M <= 2) of a weight
-// streaming from memory the non-temporal hint common/weight_stream.h picks. Weights from DRAM
-// (Zen 5, 2 threads, 4096x4096 / 2048x8192, interleaved in one process): 1.06-1.19x faster at 4
-// rows, 1.3x at 8, 1.0-1.15x at 16, 1.06-1.18x at 32; 32 lines ahead a little less. With it the
-// tile also runs the decode, where a one-block stream tile (NTA, 96 lines ahead) had run 1.3x
-// faster than the tile without prefetch: now the tile is 1.0-1.11x faster than the stream tile
-// from DRAM (4096x4096 / 2048x8192 / 8192x2048; NTA 1.0-1.08x faster than T0 there) and
-// 1.0-1.17x from L3 (2048x512 .. 4096x4096). (The stream tile for 3-6 rows, which the W4A8
-// kernel takes from DRAM, ran the same as this tile here.)
+// streaming from memory the non-temporal hint common/weight_stream.h picks (AMD only:
+// int8_decode_nta). Weights from DRAM (Zen 5, 2 threads, 4096x4096 / 2048x8192, interleaved in one
+// process): 1.06-1.19x faster at 4 rows, 1.3x at 8, 1.0-1.15x at 16, 1.06-1.18x at 32; 32 lines
+// ahead a little less. With it the tile also runs the decode, where a one-block stream tile (NTA,
+// 96 lines ahead) had run 1.3x faster than the tile without prefetch: now the tile is 1.0-1.11x
+// faster than the stream tile from DRAM (4096x4096 / 2048x8192 / 8192x2048; NTA 1.0-1.08x faster
+// than T0 there) and 1.0-1.17x from L3 (2048x512 .. 4096x4096). (The stream tile for 3-6 rows,
+// which the W4A8 kernel takes from DRAM, ran the same as this tile here.)
 constexpr int64_t kTilePrefetchLines = 64;
 enum class Prefetch { kT0, kNta };
 
