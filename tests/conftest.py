@@ -18,6 +18,15 @@ def isa(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=[0, 1], ids=["t0", "nta"])
+def int8_decode_nta(request):
+    """The W8A8 / W4A8 AVX-512 decode tiles' non-temporal hint forced off / on
+    (common/weight_stream.h: by vendor otherwise), so both run on every machine."""
+    tersor._C.set_int8_decode_nta(request.param)
+    yield request.param
+    tersor._C.set_int8_decode_nta(-1)
+
+
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)

@@ -394,9 +394,8 @@ def test_bf16_dot_is_used_where_the_cpu_has_it(isa):
     assert _C.has_bf16_dot() == (feat and isa in ("avx512", "amx"))
 
 
-@pytest.mark.parametrize("nta", [0, 1])
 @pytest.mark.parametrize("m", [1, 3, 4, 5])
-def test_gemm_w4a8_repeated_calls(isa, m, nta, gen, c_ref):
+def test_gemm_w4a8_repeated_calls(isa, m, int8_decode_nta, gen, c_ref):
     """A decode step's weight prefetch (gemm_w4a8_avx2.cpp): a call after a cache's worth of
     other weights streams it (non-temporal hint; on AVX-512 up to 4 rows take the stream tile
     where int8_decode_nta allows it: forced off and on here, whatever the vendor), a second at
@@ -404,11 +403,7 @@ def test_gemm_w4a8_repeated_calls(isa, m, nta, gen, c_ref):
     x, q, s, z, G, b, p = make(m, 1024, 37, 32, False, gen)  # 128 lines per block
     want = c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, b, 37, G))
     llc = tersor.cpu_info()["llc_bytes"]
-    _C.set_int8_decode_nta(nta)
-    try:
-        for i in range(3):
-            if i == 0:  # common/weight_stream.h: a cache's worth streamed since its last read
-                _C.weight_stream_nta(p.codes.data_ptr() + (1 << 40), llc + 1)
-            assert torch.equal(gemm_w4a8(x, p.codes, p.scale, p.zero, b, 37, G), want)
-    finally:
-        _C.set_int8_decode_nta(-1)
+    for i in range(3):
+        if i == 0:  # common/weight_stream.h: a cache's worth streamed since its last read
+            _C.weight_stream_nta(p.codes.data_ptr() + (1 << 40), llc + 1)
+        assert torch.equal(gemm_w4a8(x, p.codes, p.scale, p.zero, b, 37, G), want)

@@ -314,9 +314,8 @@ def test_w8_dense_path_for_large_batches(gen, monkeypatch):
     )
 
 
-@pytest.mark.parametrize("nta", [0, 1])
 @pytest.mark.parametrize("m", [1, 2, 3])
-def test_gemm_w8a8_repeated_calls(isa, m, nta, gen, c_ref):
+def test_gemm_w8a8_repeated_calls(isa, m, int8_decode_nta, gen, c_ref):
     """A decode step's weight prefetch (gemm_w8a8_avx2.cpp, gemm_w8a8_avx512.cpp): a call after
     a cache's worth of other weights streams it (non-temporal hint; the AVX-512 tiles of 1-2
     rows take it where int8_decode_nta allows it: forced off and on here), a second at once
@@ -324,11 +323,7 @@ def test_gemm_w8a8_repeated_calls(isa, m, nta, gen, c_ref):
     x, q, s, b, p = make(m, 200, 37, gen)
     want = c_ref(lambda: gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 37))
     llc = _C.cpu_info()["llc_bytes"]
-    _C.set_int8_decode_nta(nta)
-    try:
-        for i in range(3):
-            if i == 0:  # common/weight_stream.h: a cache's worth streamed since its last read
-                _C.weight_stream_nta(p.packed.data_ptr() + (1 << 40), llc + 1)
-            assert torch.equal(gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 37), want)
-    finally:
-        _C.set_int8_decode_nta(-1)
+    for i in range(3):
+        if i == 0:  # common/weight_stream.h: a cache's worth streamed since its last read
+            _C.weight_stream_nta(p.packed.data_ptr() + (1 << 40), llc + 1)
+        assert torch.equal(gemm_w8a8(x, p.packed, p.colsum, p.scale, b, 37), want)
