@@ -5,8 +5,8 @@
 // column (common/formats.h). Activations are quantized into an interleaved s8 panel
 //   apanel[M/4][Kp/4][4 rows][4 k]
 // and broadcast 4 k at a time. Register tile: MR = 4 rows x NB = 2 column blocks, an int32
-// accumulator per group and an fp32 one across groups; M <= 4 with the weight streaming from
-// memory takes stream_tile.
+// accumulator per group and an fp32 one across groups; on AMD, M <= 4 with the weight
+// streaming from memory takes stream_tile (common/weight_stream.h int8_decode_nta).
 #include <immintrin.h>
 
 #include <type_traits>
