@@ -209,7 +209,7 @@ IMPLICIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("epilogue", ["fp32", "residual_relu"])
+@pytest.mark.parametrize("epilogue", ["fp32", "codes", "residual_relu"])
 @pytest.mark.parametrize("case", IMPLICIT_CASES)
 def test_conv_implicit_gemm_emulated_matches(case, epilogue, gen, c_ref):
     """The AMX implicit GEMM over emulated tiles (any CPU): bit for bit with the C ref, and
@@ -217,7 +217,9 @@ def test_conv_implicit_gemm_emulated_matches(case, epilogue, gen, c_ref):
     xs, q, sc, pk, bias, geom, groups = _case(case, gen, batch=2)
     n = q.shape[0]
     out_scale, res, rs = 0.0, None, 0.0
-    if epilogue != "fp32":
+    if epilogue == "codes":
+        out_scale = 0.05
+    elif epilogue == "residual_relu":
         out_scale = 0.05
         res = torch.randint(-127, 128, (xs.shape[0], *_ho_wo(xs, geom), n), dtype=torch.int8,
                             generator=gen)  # fmt: skip

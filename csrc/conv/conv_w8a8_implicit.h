@@ -148,68 +148,113 @@ struct Block {
   int64_t n0;
 };
 
-// Rows [r0, r1) of a block's 32 (0-15: segment s0, 16-31: s1) held in acc, each an output
-// pixel's columns n0 .. n0 + cols (cols <= 32):
+// Calls row(r, m) for rows [r0, r1) of a block (0-15: segment s0, 16-31: s1) that are output
+// pixels, m the pixel's row of the output. Pixels past the output row's end (ow >= Wo: the
+// padded width, or a segment's tail) and past the image are dropped. The position steps along
+// the rows (no division per row), and the sizes are locals: row() stores int8 codes, which may
+// alias anything, and fields read through c would be reloaded after every store.
+template <class Row>
+static inline void for_each_row(const ConvW8A8Args& c, const QuantizedInput& in,
+                                const ImplicitPlan& p, const Block& blk, int64_t r0, int64_t r1,
+                                Row&& row) {
+  const int64_t Ho = c.Ho, Wo = c.Wo, Wp = in.Wp, img = blk.b * c.Ho;
+  const bool linear = p.linear;
+  r1 = r1 < (blk.two ? 32 : 16) ? r1 : (blk.two ? 32 : 16);
+  for (int64_t r = r0; r < r1;) {
+    const Segment& sg = r < 16 ? blk.s0 : blk.s1;
+    const int64_t seg_end = r < 16 && r1 > 16 ? 16 : r1;
+    int64_t oh = sg.oh, ow = sg.ow + (r & 15);
+    if (linear)
+      while (ow >= Wp) ow -= Wp, ++oh;  // at most once from 16 columns up
+    for (; r < seg_end; ++r, ++ow) {
+      if (linear && ow == Wp) ow = 0, ++oh;
+      if (oh < Ho && ow < Wo) row(r, (img + oh) * Wo + ow);
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+// The codes of one block's rows (see store_rows), kHalves 16-column halves, kRes with the
+// residual. Every field of c.out in a local, as in for_each_row: read through the struct, they
+// were reloaded after every store.
+template <int kHalves, bool kRes>
+static inline void store_codes(const ConvW8A8Args& c, const QuantizedInput& in,
+                               const ImplicitPlan& p, const int32_t (*acc)[32], const Block& blk,
+                               int64_t r0, int64_t r1) {
+  const Requant& o = *c.out;
+  const int64_t n0 = blk.n0, cols = c.N - n0 < 32 ? c.N - n0 : 32;
+  const __mmask16 mask0 = tail_mask16(cols), mask1 = tail_mask16(cols - 16);
+  const __m512 f0 = _mm512_maskz_loadu_ps(mask0, c.w_scale + n0);
+  const __m512 add0 = bias16(c.bias, n0, mask0);
+  const __m512 f1 = kHalves == 2 ? _mm512_maskz_loadu_ps(mask1, c.w_scale + n0 + 16) : f0;
+  const __m512 add1 = kHalves == 2 ? bias16(c.bias, n0 + 16, mask1) : add0;
+  const __m512 lo = _mm512_set1_ps(o.lo), hi = _mm512_set1_ps(o.hi);
+  const __m512 res_scale = _mm512_set1_ps(o.res_scale);
+  int8_t* const q = o.q + n0;
+  const int8_t* const res = kRes ? o.res + n0 : nullptr;
+  const int64_t ldq = o.ldq, ldres = o.ldres;
+  auto half = [&](const int32_t* a, int64_t m, int h, __mmask16 mask, __m512 f, __m512 add) {
+    __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(a + 16 * h)), f, add);
+    if (kRes)
+      t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                              _mm_maskz_loadu_epi8(mask, res + m * ldres + 16 * h))),
+                          res_scale, t);
+    t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+    _mm512_mask_cvtepi32_storeu_epi8(q + m * ldq + 16 * h, mask, _mm512_cvtps_epi32(t));
+  };
+  for_each_row(c, in, p, blk, r0, r1, [&](int64_t r, int64_t m) {
+    half(acc[r], m, 0, mask0, f0, add0);
+    if (kHalves == 2) half(acc[r], m, 1, mask1, f1, add1);
+  });
+}
+#endif
+
+// Rows [r0, r1) of a block's 32 held in acc, each an output pixel's columns n0 .. n0 + cols
+// (cols <= 32):
 //   fp32:  y = fma(float(acc), sx * w_scale[n], bias[n]), the epilogue of every W8A8 path;
 //   codes: the static pipeline's requantization (c.out, after fold_output_scale: w_scale /
 //          bias hold the folded m / c, sx is 1), as the direct kernels write them
 //          (gemm_w8a8/row_blocks.h CodesOut) and requant_rows_ref computes them unfused.
-// Pixels past the output row's end (ow >= Wo: the padded width, or a segment's tail) and past
-// the image are dropped. The AMX file compiles this with AVX-512 (two masked 16-column halves,
-// the block's column factors loaded once); the emulated tiles with the scalar loop: the same
-// operations in the same order, bit for bit.
+// The AMX file compiles this with AVX-512 (16-column halves, the block's column factors loaded
+// once); the emulated tiles with the scalar loop: the same operations in the same order, bit
+// for bit.
 static inline void store_rows(const ConvW8A8Args& c, const QuantizedInput& in,
                               const ImplicitPlan& p, const int32_t (*acc)[32], const Block& blk,
                               int64_t r0, int64_t r1) {
-  const float sx = in.scale[blk.b];
   const int64_t n0 = blk.n0, cols = c.N - n0 < 32 ? c.N - n0 : 32;
-  const float* sw = c.w_scale + n0;
-  const float* bias = c.bias ? c.bias + n0 : nullptr;
   const Requant* o = c.out;
-  r1 = r1 < (blk.two ? 32 : 16) ? r1 : (blk.two ? 32 : 16);
 #if defined(__AVX512F__)
+  if (o) {
+    const bool two = cols > 16;
+    if (o->res)
+      (two ? store_codes<2, true> : store_codes<1, true>)(c, in, p, acc, blk, r0, r1);
+    else
+      (two ? store_codes<2, false> : store_codes<1, false>)(c, in, p, acc, blk, r0, r1);
+    return;
+  }
   const int halves = cols > 16 ? 2 : 1;
   __mmask16 mask[2];
-  __m512 f[2], add[2];  // per column: the factor (sx * w_scale, or the folded m) and bias / c
+  __m512 f[2], add[2];  // per column: sx * w_scale and bias
   for (int h = 0; h < halves; ++h) {
     mask[h] = tail_mask16(cols - 16 * h);
-    f[h] = _mm512_maskz_loadu_ps(mask[h], sw + 16 * h);
-    if (!o) f[h] = _mm512_mul_ps(_mm512_set1_ps(sx), f[h]);
-    add[h] = bias16(bias, 16 * h, mask[h]);
+    f[h] = _mm512_mul_ps(_mm512_set1_ps(in.scale[blk.b]),
+                         _mm512_maskz_loadu_ps(mask[h], c.w_scale + n0 + 16 * h));
+    add[h] = bias16(c.bias, n0 + 16 * h, mask[h]);
   }
-  const __m512 lo = _mm512_set1_ps(o ? o->lo : 0.0f), hi = _mm512_set1_ps(o ? o->hi : 0.0f);
-  const __m512 res_scale = _mm512_set1_ps(o ? o->res_scale : 0.0f);
-#endif
-  for (int64_t r = r0; r < r1; ++r) {
-    const Segment& sg = r < 16 ? blk.s0 : blk.s1;
-    int64_t oh = sg.oh, ow = sg.ow + (r & 15);
-    if (p.linear)
-      while (ow >= in.Wp) ow -= in.Wp, ++oh;  // at most once from 16 columns up
-    if (oh >= c.Ho || ow >= c.Wo) continue;
-    const int64_t m = (blk.b * c.Ho + oh) * c.Wo + ow;
-    const int32_t* a = acc[r];
-#if defined(__AVX512F__)
+  float* const y = c.y + n0;
+  const int64_t ldy = out_stride(c);
+  for_each_row(c, in, p, blk, r0, r1, [&](int64_t r, int64_t m) {
     for (int h = 0; h < halves; ++h) {
-      const __m512 v = _mm512_cvtepi32_ps(_mm512_loadu_si512(a + 16 * h));
-      if (o) {
-        __m512 t = _mm512_fmadd_ps(v, f[h], add[h]);
-        if (o->res)
-          t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(
-                                  mask[h], o->res + m * o->ldres + n0 + 16 * h))),
-                              res_scale, t);
-        t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
-        const __m128i q16 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t));
-        int8_t* dst = o->q + m * o->ldq + n0 + 16 * h;
-        if (mask[h] == 0xffff)  // a whole block: a plain store (conv_w8a8_avx512.cpp)
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), q16);
-        else
-          _mm_mask_storeu_epi8(dst, mask[h], q16);
-      } else {
-        _mm512_mask_storeu_ps(c.y + m * out_stride(c) + n0 + 16 * h, mask[h],
-                              _mm512_fmadd_ps(v, f[h], add[h]));
-      }
+      const __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(acc[r] + 16 * h));
+      _mm512_mask_storeu_ps(y + m * ldy + 16 * h, mask[h], _mm512_fmadd_ps(v, f[h], add[h]));
     }
+  });
 #else
+  const float sx = in.scale[blk.b];
+  const float* sw = c.w_scale + n0;
+  const float* bias = c.bias ? c.bias + n0 : nullptr;
+  for_each_row(c, in, p, blk, r0, r1, [&](int64_t r, int64_t m) {
+    const int32_t* a = acc[r];
     for (int64_t n = 0; n < cols; ++n) {
       const float v = static_cast<float>(a[n]);
       if (o) {
@@ -222,8 +267,8 @@ static inline void store_rows(const ConvW8A8Args& c, const QuantizedInput& in,
         c.y[m * out_stride(c) + n0 + n] = std::fma(v, sx * sw[n], bias ? bias[n] : 0.0f);
       }
     }
+  });
 #endif
-  }
 }
 
 }  // namespace implicit_detail
