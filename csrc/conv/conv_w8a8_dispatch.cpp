@@ -246,7 +246,7 @@ void run_generic_unfused(const ConvCall& k) { run_unfused(k, run_w8a8_generic); 
 void run_generic_grouped(const ConvCall& k) { for_each_group(k, run_generic_unfused); }
 #if defined(TERSOR_X86)
 // AMX: the implicit GEMM where it applies and pays (conv_w8a8_implicit.h: the 3x3 layers, the
-// stem, strided and 1x1 layers of 64 channels and more); the others (grouped, narrow 1x1) on
+// stems, strided and 1x1 layers of 16 channels and more); the others (grouped, tiny images) on
 // the AVX-512 VNNI direct path, which reads its patches in place and writes codes from its
 // register tiles. The AMX GEMM over gathered patches that ran them before was 1.2-7x slower
 // (ResNet-18 / MobileNetV2 layers at batch 8, Sapphire Rapids class).

@@ -69,18 +69,19 @@ static inline bool implicit_gemm_applies(const ConvW8A8Args& c) {
   return implicit_plan(c).step > 0 && patch_channels(c) == c.C && c.groups == 1 &&
          !(c.out && !c.out->folded_finite);
 }
-// Where the AMX path takes it (conv_w8a8_dispatch.cpp): from kImplicitMinK codes per patch,
-// or from half that for at most 32 outputs. Below, a block's 32 x 32 epilogue through memory
-// outweighs its one or two tile steps, and the VNNI register tile is faster: 1.6x at 24 -> 144
-// channels, 2x at 16 -> 96; at 32 -> 16 or 32 -> 32 the tiles are 1.25x faster (1x1 layers at
-// batch 8, Sapphire Rapids class), the VNNI tile broadcasting a 4-code group per output block.
-// Under 16 output pixels in all (a classifier's 1x1 layer at batch 8) the tiles' rows are
-// mostly empty: the VNNI tile took 0.55x their time at 8 pixels, 1.35x at 16.
-constexpr int64_t kImplicitMinK = 64, kImplicitMinPixels = 16;
+// Where the AMX path takes it (conv_w8a8_dispatch.cpp): from kImplicitMinK codes per patch.
+// With the epilogue through memory at ~75 instructions per row (fields reloaded after every
+// code store, see store_codes) the VNNI register tile was faster below 64 codes (1.6x at
+// 24 -> 144 channels, 2x at 16 -> 96) except for at most 32 outputs; with today's epilogue the
+// tiles win from 16 codes: in-process A/B (batch 8, Sapphire Rapids class, 2 threads)
+// MobileNetV2's fused expansions 16 -> 96 .. 32 -> 192 1.07-1.35x, the network 1.08x at
+// batch 8 and 1.06x at batch 1. Under 16 output pixels in all (a classifier's 1x1 layer at
+// batch 8) the tiles' rows are mostly empty: the VNNI tile took 0.55x their time at 8 pixels,
+// 1.35x at 16.
+constexpr int64_t kImplicitMinK = 16, kImplicitMinPixels = 16;
 static inline bool implicit_gemm_pays(const ConvW8A8Args& c) {
-  const int64_t K = c.kh * c.kw * c.C;
   return implicit_gemm_applies(c) && c.B * c.Ho * c.Wo >= kImplicitMinPixels &&
-         (K >= kImplicitMinK || (K >= kImplicitMinK / 2 && c.N <= 32));
+         c.kh * c.kw * c.C >= kImplicitMinK;
 }
 
 namespace implicit_detail {
