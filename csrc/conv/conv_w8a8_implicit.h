@@ -184,7 +184,7 @@ static inline void store_codes(const ConvW8A8Args& c, const QuantizedInput& in,
                                int64_t r0, int64_t r1) {
   const Requant& o = *c.out;
   const int64_t n0 = blk.n0, cols = c.N - n0 < 32 ? c.N - n0 : 32;
-  const __mmask16 mask0 = tail_mask16(cols), mask1 = tail_mask16(cols - 16);
+  const __mmask16 mask0 = tail_mask16(cols), mask1 = kHalves == 2 ? tail_mask16(cols - 16) : 0;
   const __m512 f0 = _mm512_maskz_loadu_ps(mask0, c.w_scale + n0);
   const __m512 add0 = bias16(c.bias, n0, mask0);
   const __m512 f1 = kHalves == 2 ? _mm512_maskz_loadu_ps(mask1, c.w_scale + n0 + 16) : f0;
