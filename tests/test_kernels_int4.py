@@ -14,6 +14,7 @@ from tersor.ops.gemm_w4 import (
     FP32_BF16_MIN_ROWS,
     TILES_MIN_ROWS,
     cpu_runner_w4,
+    fp32_tiles_take,
     gemm_w4_cpu,
     w4_tiles,
 )
@@ -100,7 +101,8 @@ def test_gemm_w4_slabs(isa, g, k, m, n, sym, gen, c_ref):
     (13 = 7 + 6), panels of 4 column blocks with 1-3 in the last (n = 21, 45, 70)."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     y = gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)
-    assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)))
+    if not (isa == "amx" and fp32_tiles_take(m, G)):  # (those: test_gemm_w4_fp32_tiles)
+        assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)))
     y64 = x.double() @ dequantize_int4(q, s, z, G).double().t() + b.double()
     assert (y.double() - y64).abs().max() <= 1e-4 * y64.abs().max()
 
@@ -317,6 +319,50 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
         assert yb.dtype == torch.bfloat16
         assert torch.equal(yb, gemm_w4_cpu(x.bfloat16().float(), *args, bf16=True).bfloat16())
         assert torch.equal(gemm_w4_cpu(x.bfloat16().float(), *args, bf16=True), y)
+
+
+FP32_TILE_CASES = [(1, 64, 33, 32, True), (7, 224, 37, 32, False), (33, 576, 100, 64, True),
+                   (70, 640, 48, 128, False), (300, 1280, 40, 128, True),
+                   (7, 37, 5, -1, False)]  # fmt: skip
+
+
+@pytest.mark.parametrize("m,k,n,g,sym", FP32_TILE_CASES)
+def test_gemm_w4_fp32_tiles(isa, m, k, n, g, sym, gen, c_ref):
+    """The fp32 form of the AMX-BF16 tiles (gemm_w4.h run_fp32_tiles): rows in three exact bf16
+    parts, the dequantized weights (q - z) s in two, every product exact and only the order of
+    the fp32 additions the tile unit's. Rows mixing magnitudes 2^-20 .. 2^20: the error against
+    fp64 within the register kernel's and 4x torch's fp32 GEMM's (one weight part would be off
+    by 2^-9 relative). Row blocks past M, a lone 16-column block (n = 33, 37, 48), zero
+    points, 512-k chunks of the row parts at 300 rows (1280 = 512 + 512 + 256). A group size
+    that is no multiple of 32 (37), another CPU or a lower forced path: the register kernel,
+    bit for bit."""
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    x *= torch.exp2(torch.randint(-20, 21, x.shape, generator=gen).float())
+    if m >= 7:
+        x[2, 5], x[4, 0] = float("inf"), float("nan")
+
+    def native(fn):
+        y = torch.empty(m, n)
+        fn(x.data_ptr(), m, k, k, p.codes.data_ptr(), p.scale.data_ptr(),
+           0 if p.zero is None else p.zero.data_ptr(), G, p.scale.shape[1], n, b.data_ptr(),
+           y.data_ptr(), n, 2, 0, 0)  # fmt: skip
+        return y
+
+    y, y_fma = native(_C.gemm_w4_fp32_tiles), native(_C.gemm_w4)
+    if not (isa == "amx" and _C.has_amx_bf16() and G % 32 == 0):
+        torch.testing.assert_close(y, y_fma, rtol=0, atol=0, equal_nan=True)  # bit for bit
+        return
+    w = dequantize_int4(q, s, z, G)
+    rows = [r for r in range(m) if x[r].isfinite().all()]
+    y64 = x[rows].double() @ w.double().t() + b.double()
+    scale = x[rows].double().abs() @ w.double().abs().t() + b.double().abs()
+    err = lambda t: ((t.double() - y64).abs() / scale).max().item()  # noqa: E731
+    torch_err = err(F.linear(x[rows], w, b))
+    assert err(y[rows]) <= max(err(y_fma[rows]), 4 * torch_err, 2**-22)
+    if m >= 7:
+        # non-finite rows stay so (inf times a weight's hi and lo parts may make NaN where the
+        # register kernel has inf: both non-finite, as inf times a zero weight is there)
+        assert not y[2].isfinite().any() and y[4].isnan().all()
 
 
 @pytest.mark.parametrize("m", [1, 2, 33])

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import tersor
+from tersor import _C
 from tersor.nn import QConv2d
+from tersor.ops.gemm_w4 import FP32_TILES_MIN_ROWS
 
 CASES = [  # (C_in, C_out, kernel, stride, padding, dilation)
     (3, 8, 1, 1, 0, 1),
@@ -90,7 +92,11 @@ def test_every_scheme_on_every_isa_path(isa, scheme, case, c_ref):
     ref = F.conv2d(x, q.to_float().weight, conv.bias, conv.stride, conv.padding, conv.dilation)
     y = q(x)
     assert ((y - ref).norm() / ref.norm()).item() < SCHEMES[scheme][1]
-    assert torch.equal(y, c_ref(lambda: q(x)))
+    rows = y.numel() // y.shape[1]
+    if not (
+        isa == "amx" and scheme == "w8" and rows >= FP32_TILES_MIN_ROWS["w8"] and _C.has_amx_bf16()
+    ):  # fmt: skip  (the fp32 tiles: test_kernels_int8.py)
+        assert torch.equal(y, c_ref(lambda: q(x)))
 
 
 def test_to_float_state_dict_and_compile():

@@ -148,6 +148,20 @@ void bind_gemm_w8a8(py::module_& m) {
        "is amx, gemm_w8_bf16 otherwise (gemm_w8.h states both); colsum is unused (pass 0)." +
        kIoDoc)
           .c_str());
+  m.def(
+      "gemm_w8_fp32_tiles",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
+        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
+                            io, ptr<const float>(x_scale), gemm_w8::run_fp32_tiles);
+      },
+      TERSOR_W8_ARGS, nogil(),
+      (std::string(kW8Doc) +
+       "fp32 activations in three exact bf16 parts on AMX-BF16 tiles where the CPU has them and "
+       "the active path is amx (products exact, fp32 sums in the tile unit's order), gemm_w8 "
+       "otherwise (gemm_w8.h states both); colsum is unused (pass 0)." +
+       kIoDoc)
+          .c_str());
 }
 
 void bind_gemm_w4(py::module_& m) {
@@ -198,6 +212,22 @@ void bind_gemm_w4(py::module_& m) {
        "form): AMX-BF16 tiles where the CPU has them, the active path is amx and group_size % "
        "32 == 0; else one vdpbf16ps chain per output (its C ref below AVX512-BF16 / AVX-512); "
        "gemm_w4.h states the arithmetic." + kIoDoc)
+          .c_str());
+  m.def(
+      "gemm_w4_fp32_tiles",
+      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+         int nthreads, int io, addr x_scale) {
+        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
+                                    y, ldy, nthreads),
+                            io, ptr<const float>(x_scale), gemm_w4::run_fp32_tiles);
+      },
+      TERSOR_W4_ARGS, nogil(),
+      (std::string(kW4Doc) +
+       "fp32 activations in three exact bf16 parts and the dequantized weights in two, on "
+       "AMX-BF16 tiles where the CPU has them, the active path is amx and group_size % 32 == 0 "
+       "(products exact, fp32 sums in the tile unit's order); gemm_w4 otherwise (gemm_w4.h "
+       "states both)." + kIoDoc)
           .c_str());
   m.def("has_amx_bf16", &amx_bf16_available,
         "True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then "

@@ -81,4 +81,14 @@ void run_avx512bf16_scaled(const PackedW4LinearArgs& a);
 void run_bf16_scaled_ref(const PackedW4LinearArgs& a);
 void run_bf16_tiles(const PackedW4LinearArgs& a);
 
+// fp32 rows on AMX-BF16 tiles (the fp32 form of common/bf16_tiles.h), under the dequantized
+// rules' weights w = (q - z) s (exact in fp32, at most 15 significant bits): x = hi + mid + lo
+// and w = whi + wlo, all five exact in bf16, so the six products of parts are exact and the
+// tiles add them in fp32, in the tile unit's order (equal to the dequantized rules up to the
+// order of the additions; tests hold it to the fp64 sum):
+//   acc = sum_k sum_{xp, wp} x_xp[k] w_wp[k],    y = acc + bias
+// run_fp32_tiles: this where amx_bf16_available() and group_size % 32 == 0, else run.
+void run_amx_fp32(const PackedW4LinearArgs& a);
+void run_fp32_tiles(const PackedW4LinearArgs& a);
+
 }  // namespace tersor::gemm_w4

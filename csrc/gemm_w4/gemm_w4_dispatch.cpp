@@ -25,4 +25,12 @@ void run_bf16_tiles(const PackedW4LinearArgs& a) {
   run_bf16_scaled_ref(a);
 }
 
+void run_fp32_tiles(const PackedW4LinearArgs& a) {
+  if (a.M == 0 || a.N == 0) return;
+#if defined(TERSOR_X86)
+  if (amx_bf16_available() && a.group_size % 32 == 0) return run_amx_fp32(a);
+#endif
+  run(a);
+}
+
 }  // namespace tersor::gemm_w4

@@ -27,4 +27,13 @@ void run_bf16(const PackedW8LinearArgs& a);  // avx512bf16 where bf16_dot_availa
 void run_amx_bf16(const PackedW8LinearArgs& a);
 void run_bf16_tiles(const PackedW8LinearArgs& a);
 
+// fp32 rows on AMX-BF16 tiles (the fp32 form of common/bf16_tiles.h): x = hi + mid + lo in bf16
+// exactly, the codes exact, every product exact in fp32, the additions in fp32 in the tile
+// unit's order (not the register kernels' FMA chain: equal to the fp32 rules above up to the
+// order of the additions, as torch's own fp32 GEMM is; tests hold it to the fp64 sum):
+//   acc = sum_k (hi[k] w[k] + mid[k] w[k] + lo[k] w[k]),   y = fma(acc, scale_w, bias)
+// run_fp32_tiles: this where amx_bf16_available(), else run (bit for bit the fp32 rules).
+void run_amx_fp32(const PackedW8LinearArgs& a);
+void run_fp32_tiles(const PackedW8LinearArgs& a);
+
 }  // namespace tersor::gemm_w8

@@ -24,4 +24,12 @@ void run_bf16_tiles(const PackedW8LinearArgs& a) {
   run_bf16(a);
 }
 
+void run_fp32_tiles(const PackedW8LinearArgs& a) {
+  if (a.M == 0 || a.N == 0) return;
+#if defined(TERSOR_X86)
+  if (amx_bf16_available()) return run_amx_fp32(a);
+#endif
+  run(a);
+}
+
 }  // namespace tersor::gemm_w8

@@ -588,6 +588,35 @@ def gemm_w4_dequantized_rows(M: int) -> bool:
     """Whether gemm_w4 over M rows follows the dequantized rules on this machine (one fp32 FMA
     chain per output over w = (q - z) * s; gemm_w4.h), not the 32-k chunk rules."""
 
+def gemm_w4_fp32_tiles(
+    x: int,
+    M: int,
+    K: int,
+    ldx: int,
+    w: int,
+    scale: int,
+    zero: int,
+    group_size: int,
+    ngroups: int,
+    N: int,
+    bias: int,
+    y: int,
+    ldy: int,
+    nthreads: int,
+    io: int = 0,
+    x_scale: int = 0,
+) -> None:
+    """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
+    [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
+    (symmetric, z = 8), group_size the effective G (formats/int4.py). fp32 activations in three
+    exact bf16 parts and the dequantized weights in two, on AMX-BF16 tiles where the CPU has
+    them, the active path is amx and group_size % 32 == 0 (products exact, fp32 sums in the tile
+    unit's order); gemm_w4 otherwise (gemm_w4.h states both). io: 0 (fp32 x, y), 1 (bf16 x, y)
+    or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the output rounded
+    to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns
+    (a layer's input scale: AWQ / SmoothQuant), by the row quantizer in the int8-activation
+    kernels, while the rows are staged in the others."""
+
 def gemm_w4a8(
     x: int,
     M: int,
@@ -690,6 +719,32 @@ def gemm_w8_bf16_tiles(
     widened exactly and the output rounded to nearest even, as torch's .to() does. x_scale: 0,
     or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ / SmoothQuant), by the
     row quantizer in the int8-activation kernels, while the rows are staged in the others."""
+
+def gemm_w8_fp32_tiles(
+    x: int,
+    M: int,
+    K: int,
+    ldx: int,
+    w: int,
+    colsum: int,
+    w_scale: int,
+    N: int,
+    bias: int,
+    y: int,
+    ldy: int,
+    nthreads: int,
+    io: int = 0,
+    x_scale: int = 0,
+) -> None:
+    """y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 VNNI4
+    tiles [Np/16][Kp/4][16][4] (formats/int8.py), colsum int32 [Np], w_scale fp32 [Np], bias
+    fp32 [N] or 0. fp32 activations in three exact bf16 parts on AMX-BF16 tiles where the CPU
+    has them and the active path is amx (products exact, fp32 sums in the tile unit's order),
+    gemm_w8 otherwise (gemm_w8.h states both); colsum is unused (pass 0). io: 0 (fp32 x, y), 1
+    (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the
+    output rounded to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied
+    into x's columns (a layer's input scale: AWQ / SmoothQuant), by the row quantizer in the
+    int8-activation kernels, while the rows are staged in the others."""
 
 def gemm_w8a8(
     x: int,

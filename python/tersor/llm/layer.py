@@ -34,7 +34,7 @@ from tersor.nn.fused import FusedGroup
 from tersor.ops._common import IO_CODE, NATIVE, ptr
 from tersor.ops.act import silu_mul_cpu
 from tersor.ops.dense_path import DENSE_MIN_ROWS
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS, FP32_BF16_MIN_ROWS, w4_tiles
+from tersor.ops.gemm_w4 import BF16_MIN_ROWS, FP32_BF16_MIN_ROWS, fp32_tiles_take, w4_tiles
 from tersor.ops.norm import rms_norm_cpu
 
 _F32 = torch.float32
@@ -124,7 +124,7 @@ class _Native:
 
         attn, n1, n2 = plan.attn, plan.norm1, plan.norm2
         self.layer, self.dtype, self.weight_only = None, n1.weight.dtype, False
-        self.bf16_groups = set()
+        self.bf16_groups, self.w4_groups = set(), set()
         self.norms, self.calls, self.groups = (n1, n2, *plan.qk_norms), [], []
         self.keep = [n.weight for n in self.norms]
         self.norm_ptrs = [w.data_ptr() for w in self.keep]  # (.to() swaps a Parameter's data)
@@ -144,9 +144,11 @@ class _Native:
             stages.append(flat)
         kinds = [kind for flat in stages for kind in flat[0::11]]
         self.weight_only = any(kind in (2, 4) for kind in kinds)
-        # group sizes of the W4 weights whose bf16 rows take the bf16 kernels (kind 4)
-        self.bf16_groups = {g for flat in stages for kind, g in zip(flat[0::11], flat[8::11])
-                            if kind == 4}  # fmt: skip
+        # group sizes of the weight-only W4 weights, and of those whose bf16 rows take the bf16
+        # kernels (kind 4)
+        groups = [(kind, g) for flat in stages for kind, g in zip(flat[0::11], flat[8::11])]
+        self.w4_groups = {g for kind, g in groups if kind in (2, 4)}
+        self.bf16_groups = {g for kind, g in groups if kind == 4}
         hidden = n1.weight.shape[0]
         if plan.qkv_split is None:
             nq, nkv = (m.out_features for m in plan.qkv[:2])
@@ -197,10 +199,10 @@ class _Native:
         """Whether the layers' own calls would run the kernels of this step on `rows` rows of
         `dtype`: int8 activations at any row count; a W4 weight (fp32 activations) only below
         the rows where its prepared call leaves the register kernel for the bf16 kernels
-        (bf16 rows, or fp32 ones under "medium" matmul precision, on CPUs with AVX512-BF16)
-        or the dense panels (ops/gemm_w4.py), except bf16 rows where the step has the same
-        bf16 kernel (kind 4: CPUs whose bf16 rows take it from one row, below the scaled
-        form's rows)."""
+        (bf16 rows, or fp32 ones under "medium" matmul precision, on CPUs with AVX512-BF16),
+        the fp32 tiles (AMX-BF16 CPUs) or the dense panels (ops/gemm_w4.py), except bf16 rows
+        where the step has the same bf16 kernel (kind 4: CPUs whose bf16 rows take it from one
+        row, below the scaled form's rows)."""
         if not self.weight_only:
             return True
         if rows >= DENSE_MIN_ROWS["w4"]:
@@ -212,8 +214,10 @@ class _Native:
                 return False
             return not any(w4_tiles(rows, g) for g in self.bf16_groups)
         if dtype is _F32 and rows >= FP32_BF16_MIN_ROWS["w4"]:
-            return torch.get_float32_matmul_precision() != "medium"
-        return True
+            if torch.get_float32_matmul_precision() == "medium":
+                return False
+        # fp32 / fp16 rows where the layers' calls take the fp32 tiles
+        return not any(fp32_tiles_take(rows, g) for g in self.w4_groups)
 
     def current(self) -> bool:
         """The addresses it holds are still the modules' tensors."""

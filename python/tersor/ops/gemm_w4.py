@@ -86,6 +86,37 @@ def _bf16_min_rows() -> Optional[dict]:
 
 
 BF16_MIN_ROWS = _bf16_min_rows()
+
+
+def _fp32_tiles_min_rows() -> dict:
+    """Rows from which fp32 rows take the fp32 form of the AMX-BF16 tiles, per family (infinite
+    without AMX-BF16; under torch's "medium" matmul precision the bf16 form runs instead). Each
+    fp32 value enters as three exact bf16 parts (common/bf16_tiles.h), so the products are those
+    of fp32 arithmetic and only the order of the fp32 additions is the tile unit's, as it is
+    torch's own in its GEMM: the results stay within fp32 rounding of the exact sums (tests:
+    below the register kernels' error against fp64), not bit for bit the register kernels'.
+    The call takes the tiles only where the active path is amx (_C.has_amx_bf16()); it runs the
+    register kernel otherwise. W8 (gemm_w8_amx.cpp run_amx_fp32), measured on a Xeon with
+    AMX-BF16 (family 6 model 167), 2 threads, 384x1536 / 2048x512 / 2048x8192 / 4096x4096 /
+    8192x2048, register kernel time / tiles: 0.51-0.65 at 8 rows, 0.93-1.16 at 16, 1.31-1.65 at
+    24, 1.67-2.17 at 32, 3.05 / 3.25 / 2.86 at 128 / 256 / 512 (4096x4096), where the dense
+    panels (ops/dense_path.py) ran at torch's fp32 GEMM rate, 0.9-1.0x the register kernel.
+    W4 (gemm_w4_amx.cpp run_amx_fp32: the weights in two parts, six products a k), g128,
+    2048x512 / 4096x4096 / 8192x2048: 0.85-1.02 at 24 rows, 0.97-1.16 at 32, 1.19-1.43 at 64,
+    1.25-1.81 at 128, 1.35-1.93 at 384 (the dense panels' rows on Intel)."""
+    if _C.cpu_info()["features"].get("amx_bf16"):
+        return {"w8": 20, "w4": 48}
+    return {"w8": 1 << 62, "w4": 1 << 62}
+
+
+FP32_TILES_MIN_ROWS = _fp32_tiles_min_rows()
+
+
+def fp32_tiles_take(m: int, group_size: int) -> bool:
+    """Whether m float rows (not bf16 ones) of a W4 weight take _C.gemm_w4_fp32_tiles here."""
+    return m >= FP32_TILES_MIN_ROWS["w4"] and group_size % 32 == 0 and _C.has_amx_bf16()
+
+
 # fp32 rows are rounded to bf16 first: the bf16 kernels take them from 8 rows at the least
 FP32_BF16_MIN_ROWS = {
     f: max(8, r) for f, r in (BF16_MIN_ROWS or {"w4": 1 << 62, "w8": 1 << 62}).items()
@@ -132,7 +163,8 @@ def gemm_w4_cpu(
     m = x2.shape[0]
     if bf16 is None:
         bf16 = not act_int8 and bf16_allowed(x, "w4", m, x_scale)
-    if not act_int8 and not bf16 and m >= DENSE_MIN_ROWS["w4"]:
+    fp32_tiles = not act_int8 and not bf16 and fp32_tiles_take(m, group_size)
+    if not act_int8 and not bf16 and not fp32_tiles and m >= DENSE_MIN_ROWS["w4"]:
         xf = x2.float() if x_scale is None else x2.float() * x_scale
         y = linear_w4_dense(xf, codes, scale, zero, bias, n, group_size)
         return out_2d(x, y.to(x.dtype), n)
@@ -143,7 +175,7 @@ def gemm_w4_cpu(
         elif bf16:
             fn = _C.gemm_w4_bf16_tiles if w4_tiles(m, group_size) else _C.gemm_w4_bf16
         else:
-            fn = _C.gemm_w4
+            fn = _C.gemm_w4_fp32_tiles if fp32_tiles else _C.gemm_w4
         fn(
             x2.data_ptr(),
             m,
@@ -184,6 +216,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
         if BF16_MIN_ROWS is not None:
             bf16_rows = BF16_MIN_ROWS["w4"]
     fp32_bf16_rows = FP32_BF16_MIN_ROWS["w4"]
+    fp32_tiles_rows = 1 << 62 if act_int8 else FP32_TILES_MIN_ROWS["w4"]
 
     @takes_half
     def run(x, bias):
@@ -197,7 +230,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
             if w4_tiles(m, group_size):
                 return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
             fn = _C.gemm_w4_bf16  # the group form, as gemm_w4_cpu would call it
-        if m >= lean_rows or not x.is_contiguous():
+        if m >= lean_rows or m >= fp32_tiles_rows or not x.is_contiguous():
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
         y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:

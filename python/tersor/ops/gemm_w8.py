@@ -1,6 +1,7 @@
 """``tersor::gemm_w8``: y = x W^T + b with float activations and int8 weights widened in
-registers (formats/int8.py kernel form); from DENSE_MIN_ROWS rows, dequantized panels into
-torch's fp32 GEMM (ops/dense_path.py)."""
+registers (formats/int8.py kernel form); on AMX-BF16 CPUs from FP32_TILES_MIN_ROWS rows the
+fp32 form of the bf16 tiles (ops/gemm_w4.py), elsewhere from DENSE_MIN_ROWS rows dequantized
+panels into torch's fp32 GEMM (ops/dense_path.py)."""
 
 from __future__ import annotations
 
@@ -21,26 +22,32 @@ from tersor.ops._common import (
     takes_half,
 )
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w8_dense
-from tersor.ops.gemm_w4 import TILES_MIN_ROWS, bf16_allowed
+from tersor.ops.gemm_w4 import FP32_TILES_MIN_ROWS, TILES_MIN_ROWS, bf16_allowed
 
 
 def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None, bf16=None) -> torch.Tensor:
     """bf16: the bf16 dot-product kernel (csrc/gemm_w8/gemm_w8.h), from TILES_MIN_ROWS rows in
     its AMX-BF16 tile form (the same exact weights); None chooses it as the int4 op does
-    (ops/gemm_w4.py bf16_allowed)."""
+    (ops/gemm_w4.py bf16_allowed). Other rows take the fp32 tiles from FP32_TILES_MIN_ROWS rows
+    where the active path is amx."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if bf16 is None:
         bf16 = bf16_allowed(x, "w8", m, x_scale)
-    if not bf16 and m >= DENSE_MIN_ROWS["w8"]:
+    fp32_tiles = not bf16 and m >= FP32_TILES_MIN_ROWS["w8"] and _C.has_amx_bf16()
+    if not bf16 and not fp32_tiles and m >= DENSE_MIN_ROWS["w8"]:
         xf = x2.float() if x_scale is None else x2.float() * x_scale
         y = linear_w8_dense(xf, packed, scale, bias, n)
         return out_2d(x, y.to(x.dtype), n)
     y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
-        tiles = bf16 and m >= (TILES_MIN_ROWS or {}).get("w8", float("inf"))
-        (_C.gemm_w8_bf16_tiles if tiles else _C.gemm_w8_bf16 if bf16 else _C.gemm_w8)(
+        if bf16:
+            tiles = m >= (TILES_MIN_ROWS or {}).get("w8", float("inf"))
+            fn = _C.gemm_w8_bf16_tiles if tiles else _C.gemm_w8_bf16
+        else:
+            fn = _C.gemm_w8_fp32_tiles if fp32_tiles else _C.gemm_w8
+        fn(
             x2.data_ptr(),
             m,
             k,
