@@ -10,12 +10,18 @@ import warnings
 import torch
 
 # An untimed pause before each block of calls (time_interleaved), so no thread pool spins into
-# the next implementation's block (below).
+# the next implementation's block (below), then untimed calls for WARM_S at least.
 POOL_QUIET_S = 0.05
+WARM_S = 0.03
 
 
 def time_interleaved(
-    fns: dict, x, rounds: int = 9, target_s: float = 0.02, gap_s: float = POOL_QUIET_S
+    fns: dict,
+    x,
+    rounds: int = 9,
+    target_s: float = 0.02,
+    gap_s: float = POOL_QUIET_S,
+    warm_s: float = WARM_S,
 ) -> dict:
     """Median seconds per call of each fn(x, i), measured in alternating blocks of calls.
 
@@ -26,9 +32,13 @@ def time_interleaved(
     the next implementation's threads: tersor's ResNet-18 at batch 1 timed 27 ms after
     OpenVINO's calls, 15.5 ms after torch.ao's, in one interleaved run on 2 cores; a 2048x512
     layer at 32 rows: tersor W8A8 589 us after OpenVINO's fp32-activation calls, 515 us with
-    the pause, Zen 3). After the pause one call runs untimed: without it the first call of a
-    block woke the sleeping threads (and vCPUs), and a 2048x512 layer at one row read 0.2-5 ms
-    per call in some runs instead of 0.08.
+    the pause, Zen 3). After the pause untimed calls run for warm_s (one at least): without
+    them the first call of a block woke the sleeping threads (and vCPUs), and a 2048x512 layer
+    at one row read 0.2-5 ms per call in some runs instead of 0.08. One call was not always
+    enough: after OpenVINO's blocks (its 64 threads of 32 compiled copies), the next
+    implementation's first 2-3 calls of a 4096x4096 layer at 128 rows (7 ms each) took 10-13 ms
+    whatever the pause (0.05-1 s; AMX Xeon, family 6 model 167), and with one call a block
+    that implementation timed 1.6x slow in whichever block followed OpenVINO's.
 
     Every call is timed on its own and the median over all of an implementation's calls is its
     time. The median of block means it replaced let one stall of the host (a 2-5 ms pause every
@@ -49,10 +59,14 @@ def time_interleaved(
     for _ in range(rounds):
         for name, fn in fns.items():
             n = calls[name]
-            if gap_s:  # then one call untimed: its threads (and this VM's idle vCPUs) wake up
+            if gap_s:  # then calls untimed: its threads (and this VM's idle vCPUs) wake up
                 time.sleep(gap_s)
-                fn(x, counters[name])
-                counters[name] += 1
+                t_end = clock() + warm_s
+                while True:
+                    fn(x, counters[name])
+                    counters[name] += 1
+                    if clock() >= t_end:
+                        break
             got = samples[name]
             for _ in range(n):
                 t0 = clock()
