@@ -7,7 +7,9 @@ an fp32 GEMM's FMAs once M is large; a dequantized panel is reused by all M rows
 2:4 kernel does half the FMAs, but its per-weight shuffles make it 0.6-0.8x a dense GEMM from
 ~256 rows (both machines measured; see the sparsity closing notes), while a decompressed panel
 costs one pass over the weight. The ops switch here from ``DENSE_MIN_ROWS`` rows, thresholds
-measured on the reference machines (2 threads; the foundation, int4 and Conv2d closing notes).
+measured on the reference machines (2 threads; the foundation, int4 and Conv2d closing notes),
+except where the weight-only kernels' fp32 tiles take those rows first (CPUs with AMX-BF16:
+ops/gemm_w4.py ``FP32_TILES_MIN_ROWS``, 1.7-3.2x this path at 256-512 rows).
 Panels keep the fp32 scratch at ~16 MiB instead of a full fp32 copy of the weight; the scratch
 is kept per thread between calls, because first-touching 16 MiB of fresh pages on every call
 cost ~15% of a 512-row GEMM.
