@@ -79,8 +79,9 @@ struct QuantizedInput {
   bool* non_negative;  // [B]: every code of the image >= 0 (a ReLU's output), see tile_avx2.h
   int64_t Hp, Wp;
 };
-// Fills in.xq, in.scale and in.non_negative (allocated by the caller) from c.x, or copies c.xs.
-void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in);
+// Fills in.xq, in.scale and in.non_negative (allocated by the caller) from c.x, or copies c.xs
+// (and, unless scan_copied is false, reads the copied codes' signs: else non_negative false).
+void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in, bool scan_copied = true);
 // in.xq is c.xs itself: fills in.scale, and in.non_negative from a pass over the codes when
 // `scan` (else false: every path then reads the codes as signed, exact for any code).
 void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in, bool scan = true);
@@ -88,7 +89,7 @@ void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in, bool scan = tru
 // The input a path reads: quantized (or codes copied) into the padded xq, or the codes
 // themselves (c.xs, every channel) when the path may read them in place: a 1x1 layer without
 // padding, or any layer with `unpadded` (the path handles the border itself: in.Hp / in.Wp are
-// then H / W). `scan_signs` false: no pass over codes read in place for their signs
+// then H / W). `scan_signs` false: no pass over codes read in place (or copied) for their signs
 // (in.non_negative all false, which every path reads correctly): the depthwise rows of three
 // flip every image at no cost, the direct paths read a 1x1 layer's signs per tile. (The pass
 // was a quarter of a depthwise layer's time at 112x112.)

@@ -18,7 +18,7 @@
 
 namespace tersor::conv {
 
-void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
+void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in, bool scan_copied) {
   const Isa isa = active_isa();
   auto absmax = [&](const float* x, int64_t n, bool* finite) {
 #if defined(TERSOR_X86)
@@ -97,6 +97,10 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in) {
         quantize(c.x + (b * c.H + h) * row, row, inv_b, dst + c.pw * c.C);
       }
       std::memset(dst + c.pw * c.C + row, 0, c.pw * c.C);
+      if (codes && !scan_copied) {  // (read as signed)
+        negative_rows.get()[r] = 1;
+        continue;
+      }
       uint8_t any = 0;  // OR of the codes' bytes: the sign bit says whether one is negative
       for (int64_t i = 0; i < row; ++i) any |= static_cast<uint8_t>(dst[c.pw * c.C + i]);
       negative_rows.get()[r] = any >> 7;
@@ -140,7 +144,7 @@ PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool
   if (in_place) {
     scan_codes(c, in, scan_signs);
   } else {
-    quantize_input(c, in);
+    quantize_input(c, in, scan_signs);
   }
 }
 
