@@ -24,8 +24,9 @@
 // (split_row_tiled), and weights that are not exact in bf16 into two (the family's widening), so
 // that every product of parts is exact in fp32 and the tiles add them in fp32: the products of
 // an fp32 GEMM, summed in the tile unit's order (as cuBLAS's BF16x9 emulation of fp32 does with
-// three parts of each side). Six or three tdpbf16ps per k and block still outrun the fp32 FMA
-// units 3-5x from a few dozen rows. One part of each: the bf16 form (rows rounded once).
+// three parts of each side). W8's three tdpbf16ps a step run 1.7-3.2x the fp32 FMA kernel
+// from 32 rows, W4's six 1.2-2x from 64 (ops/gemm_w4.py FP32_TILES_MIN_ROWS). One part of each:
+// the bf16 form (rows rounded once).
 #pragma once
 #include <immintrin.h>
 
