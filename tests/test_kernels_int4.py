@@ -323,7 +323,7 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
 
 FP32_TILE_CASES = [(1, 64, 33, 32, True), (7, 224, 37, 32, False), (33, 576, 100, 64, True),
                    (70, 640, 48, 128, False), (300, 1280, 40, 128, True),
-                   (7, 37, 5, -1, False)]  # fmt: skip
+                   (1030, 64, 20, 32, False), (7, 37, 5, -1, False)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,k,n,g,sym", FP32_TILE_CASES)
@@ -333,9 +333,9 @@ def test_gemm_w4_fp32_tiles(isa, m, k, n, g, sym, gen, c_ref):
     the fp32 additions the tile unit's. Rows mixing magnitudes 2^-20 .. 2^20: the error against
     fp64 within the register kernel's and 4x torch's fp32 GEMM's (one weight part would be off
     by 2^-9 relative). Row blocks past M, a lone 16-column block (n = 33, 37, 48), zero
-    points, 512-k chunks of the row parts at 300 rows (1280 = 512 + 512 + 256). A group size
-    that is no multiple of 32 (37), another CPU or a lower forced path: the register kernel,
-    bit for bit."""
+    points, k chunks of the row parts at 300 rows (a 256-row pass: 640 + 640 of 1280), rows in
+    passes (1030 = 4 x 256 + 6). A group size that is no multiple of 32 (37), another CPU or a
+    lower forced path: the register kernel, bit for bit."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     x *= torch.exp2(torch.randint(-20, 21, x.shape, generator=gen).float())
     if m >= 7:

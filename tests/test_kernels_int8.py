@@ -262,7 +262,8 @@ def test_w8_fp32_rows_take_bf16_only_under_medium_matmul_precision(gen):
 
 
 @pytest.mark.parametrize(
-    "m,k,n", [(1, 37, 33), (7, 257, 49), (33, 600, 17), (70, 2051, 100), (300, 1100, 40)]
+    "m,k,n",
+    [(1, 37, 33), (7, 257, 49), (33, 600, 17), (70, 2051, 100), (300, 1100, 40), (1100, 64, 20)],
 )
 def test_gemm_w8_fp32_tiles(isa, m, k, n, gen, c_ref):
     """The fp32 form of the AMX-BF16 tiles (gemm_w8.h run_fp32_tiles): fp32 rows as three exact
@@ -270,9 +271,10 @@ def test_gemm_w8_fp32_tiles(isa, m, k, n, gen, c_ref):
     unit's. Rows mixing magnitudes 2^-20 .. 2^20 (a bf16 rounding of x would be off by 2^-9
     relative; two parts by 2^-17): the error against fp64 stays within the register kernel's
     (one FMA chain per output) and 4x torch's own fp32 GEMM's. Cases: row blocks of 32 past M,
-    K past the tile step and past one k chunk of the parts in L2 (300 rows: 544-k chunks of
-    1100), a lone last 16-column block (n = 17, 33, 49), inf / NaN rows. Without AMX-BF16
-    tiles (another CPU, or a lower forced path): the register kernel, bit for bit the C ref."""
+    K past the tile step and past one k chunk of the parts in L2 (300 rows: a 256-row pass in
+    672-k chunks of 1120), a lone last 16-column block (n = 17, 33, 49), rows in passes (1100
+    = 4 x 256 + 76), inf / NaN rows. Without AMX-BF16 tiles (another CPU, or a lower forced
+    path): the register kernel, bit for bit the C ref."""
     x, q, s, b, p = make(m, k, n, gen)
     x *= torch.exp2(torch.randint(-20, 21, x.shape, generator=gen).float())
     if m >= 7:

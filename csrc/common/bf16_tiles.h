@@ -132,7 +132,7 @@ static inline void block(const uint16_t* a16, int64_t a_part, int64_t Kt, int64_
 }
 
 // The k chunk: all rows' parts of one chunk stay in L2 while every pair of column blocks
-// multiplies them. One chunk of all of Kt where they fit; past that (the fp32 form from ~100
+// multiplies them. One chunk of all of Kt where they fit; past that (the fp32 form from 64
 // rows at K = 4096) the rows re-read from L3 per pair bound the tiles: W8 at 128 rows ran at
 // 0.33x the tile rate with the 3 MiB of parts in one chunk.
 constexpr int64_t kChunkBytes = 1 << 20;
@@ -150,11 +150,11 @@ static inline int64_t chunk_k(int64_t parts_bytes_per_k, int64_t Kt, int64_t k_a
 // next pair's are prefetched where K is one chunk). k_align: the chunks' k multiple (kStep,
 // or the group size).
 // XP: 1 (rows rounded to bf16) or 3 (fp32 rows in three parts); WP: the weight parts widen
-// writes (1 or 2).
-template <int XP = 1, int WP = 1, class Widen, class Store>
-static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N, int64_t Kt,
-                       int nthreads, const void* w, int64_t block_bytes,
-                       int64_t k_align, Widen&& widen, Store&& store) {
+// writes (1 or 2). One pass over M <= kPassRows rows (run, below, makes the passes).
+template <int XP, int WP, class Widen, class Store>
+static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N,
+                            int64_t Kt, int nthreads, const void* w, int64_t block_bytes,
+                            int64_t k_align, Widen& widen, Store& store) {
   static_assert(XP == 1 || XP == 3, "rows: rounded (1) or split in three (3)");
   const int64_t Mp = (M + kRows - 1) / kRows * kRows, m_blocks = Mp / kRows;
   const int64_t n_blocks = (N + 15) / 16, pairs = (n_blocks + 1) / 2;
@@ -206,6 +206,26 @@ static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_
       }
       _tile_release();
     }
+  }
+}
+
+// Rows in passes of at most kPassRows, each as above: the rows' parts of a pass, and the sums
+// a thread keeps between k chunks (its pairs x the pass's row blocks x 4 KiB), stay within L2
+// sizes (a 4096-row prefill at K = 4096 would hold 100 MiB of parts in one pass), at the cost
+// of widening the weights once a pass. 4096x4096, fp32 rows, 2048 rows: W8 passes of 256 /
+// 1024 / all rows 72.5 / 86.9 / 121 ms, W4 g128 122 / 163 / -; bf16 rows W4 g128 36.7 / 39.2
+// ms; 128-row passes were level with 256.
+constexpr int64_t kPassRows = 256;
+
+template <int XP = 1, int WP = 1, class Widen, class Store>
+static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N, int64_t Kt,
+                       int nthreads, const void* w, int64_t block_bytes, int64_t k_align,
+                       Widen&& widen, Store&& store) {
+  for (int64_t r0 = 0; r0 < M; r0 += kPassRows) {
+    auto store_rows = [&](const float (*acc)[32], int64_t m0, int64_t rows, int64_t nb0,
+                          int nb) { store(acc, r0 + m0, rows, nb0, nb); };
+    run_pass<XP, WP>(x + r0 * ldx, std::min(kPassRows, M - r0), K, ldx, N, Kt, nthreads, w,
+                     block_bytes, k_align, widen, store_rows);
   }
 }
 
