@@ -283,6 +283,16 @@ def _tiles_run(isa, m, group_size):
     return "amx" if amx else "scaled"
 
 
+def native_w4(fn, x, p, G, n, b):
+    """fn (a _C.gemm_w4* entry) over fp32 rows x on 2 threads, into a fresh [M, n]."""
+    m, k = x.shape
+    y = torch.empty(m, n)
+    fn(x.data_ptr(), m, k, k, p.codes.data_ptr(), p.scale.data_ptr(),
+       0 if p.zero is None else p.zero.data_ptr(), G, p.scale.shape[1], n, b.data_ptr(),
+       y.data_ptr(), n, 2, 0, 0)  # fmt: skip
+    return y
+
+
 TILE_CASES = [(16, 64, 16, 32, True), (33, 224, 37, 32, False), (70, 576, 100, 64, True),
               (64, 640, 48, 128, False)]  # fmt: skip
 
@@ -298,11 +308,7 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
     args = (p.codes, p.scale, p.zero, b, n, G, False)
 
     def native(fn):
-        y = torch.empty(m, n)
-        fn(x.data_ptr(), m, k, k, p.codes.data_ptr(), p.scale.data_ptr(),
-           0 if p.zero is None else p.zero.data_ptr(), G, p.scale.shape[1], n, b.data_ptr(),
-           y.data_ptr(), n, 2, 0, 0)  # fmt: skip
-        return y
+        return native_w4(fn, x, p, G, n, b)
 
     y = native(_C.gemm_w4_bf16_tiles)
     w = dequantize_int4(q, s, z, G).double()
@@ -341,14 +347,7 @@ def test_gemm_w4_fp32_tiles(isa, m, k, n, g, sym, gen, c_ref):
     if m >= 7:
         x[2, 5], x[4, 0] = float("inf"), float("nan")
 
-    def native(fn):
-        y = torch.empty(m, n)
-        fn(x.data_ptr(), m, k, k, p.codes.data_ptr(), p.scale.data_ptr(),
-           0 if p.zero is None else p.zero.data_ptr(), G, p.scale.shape[1], n, b.data_ptr(),
-           y.data_ptr(), n, 2, 0, 0)  # fmt: skip
-        return y
-
-    y, y_fma = native(_C.gemm_w4_fp32_tiles), native(_C.gemm_w4)
+    y, y_fma = (native_w4(fn, x, p, G, n, b) for fn in (_C.gemm_w4_fp32_tiles, _C.gemm_w4))
     if not (isa == "amx" and _C.has_amx_bf16() and G % 32 == 0):
         torch.testing.assert_close(y, y_fma, rtol=0, atol=0, equal_nan=True)  # bit for bit
         return

@@ -29,16 +29,19 @@
 namespace tersor::gemm_w4 {
 namespace {
 
-// Column blocks nb0, nb0 + 1 (nb of them) of the weight as scaled bf16 pairs (the layout
-// above), k in [k0, k1) (whole groups).
-void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, int64_t k0,
-                  int64_t k1, uint32_t* panel) {
+// Column blocks nb0, nb0 + 1 (nb of them) of the weight, k in [k0, k1) (whole groups): as
+// scaled bf16 pairs (the layout above), or for the fp32 form (kSplit) each weight as two exact
+// bf16 parts (ScaledW4Pairs::split), panel[0] the hi parts and panel[1] the lo ones.
+template <bool kSplit>
+void widen(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, int64_t k0, int64_t k1,
+           uint32_t* panel) {
   const W4Pairs pairs_of;
   const ScaledW4Pairs scaled;
   const int64_t G = a.group_size;
   for (int j = 0; j < nb; ++j) {
     const uint8_t* w = a.w + (nb0 + j) * Kp * 8;  // Kp / 8 W4Tiles of 64 bytes
     __m512i* out = reinterpret_cast<__m512i*>(panel + j * (k1 - k0) * 8) - k0 / 2;
+    __m512i* lo = out + (k1 - k0);  // kSplit: two blocks of (k1 - k0) / 2 vectors further
     for (int64_t g = k0 / G; g < k1 / G; ++g) {
       const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
       __m512 s, c;
@@ -46,31 +49,12 @@ void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, 
       for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
         __m512i p[4];
         pairs_of(w + t * 64, p);
-        for (int i = 0; i < 4; ++i) _mm512_storeu_si512(out + 4 * t + i, scaled(p[i], s, c));
-      }
-    }
-  }
-}
-
-// The fp32 form: each weight as two exact bf16 parts (ScaledW4Pairs::split), panel[0] the hi
-// parts and panel[1] the lo ones, k in [k0, k1) (whole groups).
-void widen_split(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, int64_t k0,
-                 int64_t k1, uint32_t* panel) {
-  const W4Pairs pairs_of;
-  const ScaledW4Pairs scaled;
-  const int64_t G = a.group_size;
-  for (int j = 0; j < nb; ++j) {
-    const uint8_t* w = a.w + (nb0 + j) * Kp * 8;  // Kp / 8 W4Tiles of 64 bytes
-    __m512i* hi = reinterpret_cast<__m512i*>(panel + j * (k1 - k0) * 8) - k0 / 2;
-    __m512i* lo = hi + (k1 - k0);  // two blocks of (k1 - k0) / 2 vectors further
-    for (int64_t g = k0 / G; g < k1 / G; ++g) {
-      const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
-      __m512 s, c;
-      ScaledW4Pairs::group(a.scale + meta, a.zero ? a.zero + meta : nullptr, &s, &c);
-      for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
-        __m512i p[4];
-        pairs_of(w + t * 64, p);
-        for (int i = 0; i < 4; ++i) scaled.split(p[i], s, c, hi + 4 * t + i, lo + 4 * t + i);
+        for (int i = 0; i < 4; ++i) {
+          if (kSplit)
+            scaled.split(p[i], s, c, out + 4 * t + i, lo + 4 * t + i);
+          else
+            _mm512_storeu_si512(out + 4 * t + i, scaled(p[i], s, c));
+        }
       }
     }
   }
@@ -99,7 +83,7 @@ void run_tiles(const PackedW4LinearArgs& a, Widen widen) {
 
 }  // namespace
 
-void run_amx_bf16(const PackedW4LinearArgs& a) { run_tiles<1, 1>(a, widen_scaled); }
-void run_amx_fp32(const PackedW4LinearArgs& a) { run_tiles<3, 2>(a, widen_split); }
+void run_amx_bf16(const PackedW4LinearArgs& a) { run_tiles<1, 1>(a, widen<false>); }
+void run_amx_fp32(const PackedW4LinearArgs& a) { run_tiles<3, 2>(a, widen<true>); }
 
 }  // namespace tersor::gemm_w4
