@@ -35,6 +35,7 @@
 #include <cstring>
 
 #include "common/bf16_avx512.h"
+#include "common/formats.h"
 #include "common/parallel.h"
 #include "gemm_w8a8/gemm_w8a8.h"  // amx_configure_tiles
 
@@ -150,23 +151,23 @@ static inline int64_t chunk_k(int64_t parts_bytes_per_k, int64_t Kt, int64_t k_a
 // next pair's are prefetched where K is one chunk). k_align: the chunks' k multiple (kStep,
 // or the group size).
 // XP: 1 (rows rounded to bf16) or 3 (fp32 rows in three parts); WP: the weight parts widen
-// writes (1 or 2). One pass over M <= kPassRows rows (run, below, makes the passes).
+// writes (1 or 2). One pass over M <= kPassRows rows (run, below, makes the passes), its rows'
+// parts written to a16 (XP * Mp * Kt).
 template <int XP, int WP, class Widen, class Store>
 static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N,
                             int64_t Kt, int nthreads, const void* w, int64_t block_bytes,
-                            int64_t k_align, Widen& widen, Store& store) {
+                            int64_t k_align, uint16_t* a16, Widen& widen, Store& store) {
   static_assert(XP == 1 || XP == 3, "rows: rounded (1) or split in three (3)");
   const int64_t Mp = (M + kRows - 1) / kRows * kRows, m_blocks = Mp / kRows;
   const int64_t n_blocks = (N + 15) / 16, pairs = (n_blocks + 1) / 2;
   const int64_t Kc = chunk_k(XP * Mp * 2, Kt, k_align);
-  auto a16 = alloc_scratch<uint16_t>(XP * Mp * Kt);
   const int nt = threads_for_work(double(M) * N * K * XP * WP, nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < Mp; ++m) {  // rows past M: zero (K = 0)
       const float* row = x + (m < M ? m : 0) * ldx;
-      uint16_t* dst = a16.get() + m / 16 * 16 * Kt + m % 16 * kStep;
+      uint16_t* dst = a16 + m / 16 * 16 * Kt + m % 16 * kStep;
       if (XP == 1)
         round_row_tiled(row, m < M ? K : 0, Kt, dst);
       else
@@ -198,7 +199,7 @@ static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, i
           for (int64_t mb = 0; mb < m_blocks; ++mb) {
             auto* acc = reinterpret_cast<float(*)[32]>(
                 sums.get() + (chunked ? (p - p0) * m_blocks + mb : 0) * kRows * 32);
-            block<XP, WP>(a16.get(), Mp * Kt, Kt, mb * kRows, k0, k1, panel.get(), j1, w_part,
+            block<XP, WP>(a16, Mp * Kt, Kt, mb * kRows, k0, k1, panel.get(), j1, w_part,
                           k0 == 0, acc, pf, mb == 0 ? pf_lines : 0);
             if (k1 == Kt) store(acc, mb * kRows, std::min(kRows, M - mb * kRows), nb0, nb);
           }
@@ -221,11 +222,13 @@ template <int XP = 1, int WP = 1, class Widen, class Store>
 static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N, int64_t Kt,
                        int nthreads, const void* w, int64_t block_bytes, int64_t k_align,
                        Widen&& widen, Store&& store) {
+  // the rows' parts of one pass (A16 above), for every pass
+  auto a16 = alloc_scratch<uint16_t>(XP * round_up(std::min(M, kPassRows), kRows) * Kt);
   for (int64_t r0 = 0; r0 < M; r0 += kPassRows) {
     auto store_rows = [&](const float (*acc)[32], int64_t m0, int64_t rows, int64_t nb0,
                           int nb) { store(acc, r0 + m0, rows, nb0, nb); };
     run_pass<XP, WP>(x + r0 * ldx, std::min(kPassRows, M - r0), K, ldx, N, Kt, nthreads, w,
-                     block_bytes, k_align, widen, store_rows);
+                     block_bytes, k_align, a16.get(), widen, store_rows);
   }
 }
 
