@@ -28,48 +28,6 @@ def test_prune_compress_pack_round_trip(n, k, seed):
     assert torch.equal(v2, v) and torch.equal(m2, m)
 
 
-@settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 40), k=st.integers(1, 41), seed=st.integers(0, 2**31 - 1))
-def test_native_decompress_matches_the_format(n, k, seed):
-    """The large-batch path's decompression (C++) rebuilds exactly the pruned dense weight,
-    also for a K that ends mid-group and N not a multiple of 16."""
-    from tersor import _C
-
-    g = torch.Generator().manual_seed(seed)
-    w = prune_24(torch.randn(n, k, generator=g))
-    p = pack_24(*compress_24(w), k)
-    out = torch.full((n, k), float("nan"))
-    _C.decompress_24(p.values.data_ptr(), p.meta.data_ptr(), n, k, out.data_ptr(), 2)
-    assert torch.equal(out, w)
-
-
-@pytest.mark.parametrize("panels", [1, 3])
-def test_dense_path_for_large_batches(panels, gen, monkeypatch):
-    """From DENSE_MIN_ROWS rows the 2:4 op decompresses panels of output columns and runs
-    torch's fp32 GEMM: the dense product on the pruned weight, as the sparse kernel gives (the
-    threshold lowered to 40 rows: with AVX2 alone the path is never taken)."""
-    from tersor.ops import dense_path
-
-    monkeypatch.setitem(dense_path.DENSE_MIN_ROWS, "2:4", 40)
-    m, k, n = dense_path.DENSE_MIN_ROWS["2:4"], 37, 1100
-    w = prune_24(torch.randn(n, k, generator=gen))
-    b = torch.randn(n, generator=gen)
-    x = torch.randn(m, k, generator=gen)
-    p = pack_24(*compress_24(w), k)
-    old = dense_path.PANEL_BYTES
-    if panels > 1:
-        dense_path.PANEL_BYTES = k * 4 * 400  # 400-column panels: three of them
-    try:
-        y = spmm_24(x, p.values, p.meta, b, n)
-    finally:
-        dense_path.PANEL_BYTES = old
-    y64 = x.double() @ w.double().t() + b.double()
-    assert (y.double() - y64).abs().max() <= 1e-5 * y64.abs().max()
-    torch.testing.assert_close(
-        y[: m - 1], spmm_24(x[: m - 1], p.values, p.meta, b, n), rtol=1e-5, atol=1e-5
-    )
-
-
 def test_pruner_keeps_the_two_largest_of_every_four():
     w = torch.tensor([[1.0, -5.0, 3.0, 0.5, 0.0, 0.0, 0.0, 2.0, 9.0]])
     p = prune_24(w)
@@ -111,12 +69,15 @@ def test_spmm_24_every_isa(isa, m, k, n, gen, c_ref):
     assert (y.double() - y64).abs().max() <= 1e-5 * (y64.abs().max() + 1)
 
 
-@pytest.mark.parametrize("m,k,n", [(16, 600, 21), (300, 37, 40)])
-def test_spmm_24_slabs(isa, m, k, n, gen, c_ref):
-    """The AVX2 kernel's dense form over slabs (16 rows and more): K over three slabs, rows split
-    between threads (n = 21: two column blocks), two passes of rows (300 > 256); bit for bit the
-    rules' result, also with an Inf or NaN at a pruned position, where the slabs would give NaN
-    and the kernel takes its sparse tile instead."""
+@pytest.mark.parametrize("m,k,n", [(16, 600, 21), (300, 37, 40), (25, 300, 70), (130, 261, 33)])
+def test_spmm_24_batches(isa, m, k, n, gen, c_ref):
+    """The batch kernels. AVX2, the dense form over slabs (16 rows and more): K over three slabs,
+    rows split between threads (n = 21: two column blocks), two passes of rows (300 > 256).
+    AVX-512, x transposed (25 rows and more): passes of 64 rows and a tail of 2 (130) or one
+    partial pass (25), K in chunks of 128 with a tail mid-group (261, 300), one column block per
+    thread and a lone one (n = 33: three). Bit for bit the rules' result, also with an Inf or
+    NaN at a pruned position, where the slabs would give NaN and the AVX2 kernel takes its
+    sparse tile instead."""
     w = prune_24(torch.randn(n, k, generator=gen))
     x = torch.randn(m, k, generator=gen)
     b = torch.randn(n, generator=gen)

@@ -21,15 +21,6 @@ void bind_spmm_24(py::module_& m) {
       "y[M, N] = x[M, K] W^T + bias, W 2:4 sparse with fp32 values [Np/16][K/4][2][16] and "
       "meta uint8 [Np/16][K4p][16] (formats/sparse24.py pack_24).");
   m.def(
-      "decompress_24",
-      [](addr values, addr meta, int64_t N, int64_t K, addr out, int nthreads) {
-        spmm_24::decompress(ptr<const float>(values), ptr<const uint8_t>(meta), N, K,
-                            ptr<float>(out), nthreads);
-      },
-      py::arg("values"), py::arg("meta"), py::arg("N"), py::arg("K"), py::arg("out"),
-      py::arg("nthreads"), nogil(),
-      "spmm_24's packed weight -> out fp32 W [N, K] (contiguous), exact.");
-  m.def(
       "spmm_24_w8a8",
       [](addr x, int64_t M, int64_t K, int64_t ldx, addr values, addr meta, addr colsum,
          addr w_scale, int64_t N, addr bias, addr y, int64_t ldy, int nthreads, addr row_amax) {

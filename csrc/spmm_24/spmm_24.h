@@ -27,11 +27,6 @@ void run_avx2(const Args& a);
 void run_avx512(const Args& a);
 void run(const Args& a);
 
-// The dense fp32 rows W[0, N) x [0, K) of a 2:4 weight (S24Group values + meta), row stride K:
-// the large-batch path (ops/dense_path.py) multiplies them with a dense GEMM panel by panel.
-void decompress(const float* values, const uint8_t* meta, int64_t N, int64_t K, float* out,
-                int nthreads);
-
 // 2:4 sparse int8 weight x int8 activations (S24I8Tile): activations quantized per row as in
 // gemm_w8a8 (quant_act.h), exact int32 accumulation, and the same epilogue in every path,
 //     y = fma(float(acc), scale_x[m] * scale_w[n], bias[n])

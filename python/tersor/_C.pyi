@@ -464,9 +464,6 @@ def decoder_layers_step(
     caches kcache[i] / vcache[i] of capacity cap[i], x's rows in and y's out (y may be x: the
     rows are stepped in place); the other arguments as DecoderLayer.step's."""
 
-def decompress_24(values: int, meta: int, N: int, K: int, out: int, nthreads: int) -> None:
-    """spmm_24's packed weight -> out fp32 W [N, K] (contiguous), exact."""
-
 def dequant_w4t(
     w: int,
     scale: int,

@@ -35,7 +35,6 @@ from tersor.formats.base import (
     row_blocks,
     row_sums_int32,
 )
-from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.spmm_24 import linear_24, linear_24_w8a8
 
 BLOCK_N = 16
@@ -402,15 +401,7 @@ class Sparse24Format(WeightFormat):
         return kept / max(1, self.out_features * self.in_features)
 
     def describe(self):
-        note = f"density {self.density:.3f}, kernel spmm_24{'_w8a8' if self.int8 else ''}"
-        big = self.out_features * self.in_features >= 1 << 20
-        if not self.int8 and big and DENSE_MIN_ROWS["2:4"] < 1 << 30:  # (AVX2, AMD: never taken)
-            # the note matters only where the weight is large enough for the path to matter
-            note += (
-                f"; from {DENSE_MIN_ROWS['2:4']} rows on a CPU, panels decompressed for a "
-                f"dense GEMM (no copy kept)"
-            )
-        return note
+        return f"density {self.density:.3f}, kernel spmm_24{'_w8a8' if self.int8 else ''}"
 
     def linear(self, x, bias, kernel, row_amax=None):
         if self.int8:

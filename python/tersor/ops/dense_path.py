@@ -1,15 +1,13 @@
-"""The large-batch path of the weight-only and 2:4 fp32 schemes: dequantize (or decompress) a
-panel of output columns with our kernel, then let torch's dense fp32 GEMM (oneDNN) multiply it,
-panel by panel.
+"""The large-batch path of the weight-only schemes: dequantize a panel of output columns with
+our kernel, then let torch's dense fp32 GEMM (oneDNN) multiply it, panel by panel.
 
 Weight-only kernels widen every weight in registers once per row tile, which costs more than
 an fp32 GEMM's FMAs once M is large; a dequantized panel is reused by all M rows instead. The
-2:4 kernel does half the FMAs, but its per-weight shuffles make it 0.6-0.8x a dense GEMM from
-~256 rows (both machines measured; see the sparsity closing notes), while a decompressed panel
-costs one pass over the weight. The ops switch here from ``DENSE_MIN_ROWS`` rows, thresholds
-measured on the reference machines (2 threads; the foundation, int4 and Conv2d closing notes),
-except where the weight-only kernels' fp32 tiles take those rows first (CPUs with AMX-BF16:
-ops/gemm_w4.py ``FP32_TILES_MIN_ROWS``, 1.7-3.2x this path at 256-512 rows).
+ops switch here from ``DENSE_MIN_ROWS`` rows, thresholds measured on the reference machines
+(2 threads; the foundation, int4 and Conv2d closing notes), except where the weight-only
+kernels' fp32 tiles take those rows first (CPUs with AMX-BF16: ops/gemm_w4.py
+``FP32_TILES_MIN_ROWS``, 1.7-3.2x this path at 256-512 rows). The 2:4 fp32 kernels beat a
+dense GEMM at every batch on every CPU measured (their own files), so they have no such path.
 Panels keep the fp32 scratch at ~16 MiB instead of a full fp32 copy of the weight; the scratch
 is kept per thread between calls, because first-touching 16 MiB of fresh pages on every call
 cost ~15% of a 512-row GEMM.
@@ -44,23 +42,19 @@ def _dense_min_rows() -> dict:
       2048x8192 / 8192x2048; 81-87 GMAC/s): 0.86-1.00 at 512, 0.88-1.01 at 2048, 0.94-1.07 at
       4096, so 4096;
       W8: 0.57-0.58 at 128 rows, 0.73-0.79 at 512, 0.78-0.86 at 2048, 0.81-0.85 at 4096
-      (slabs 84-90 GMAC/s against torch's 61-68), so 8192, twice the largest size measured;
-      2:4: never (from 16 rows its slabs of the decompressed weight run 1.22-1.69x torch's
-      dense GEMM at 128-512 rows, this path 0.77-1.06x; csrc/spmm_24/spmm_24_avx2.cpp).
+      (slabs 84-90 GMAC/s against torch's 61-68), so 8192, twice the largest size measured.
 
     AMD's AVX-512 (Zen 4 and 5) is another case: torch's fp32 GEMM runs there at ~40% of the
     FMA peak (106 GMAC/s on 2 Zen 5 cores), so the kernels keep their lead at every M measured
     (2026-12-05, Zen 5, 2 threads; kernel time / this path's):
       W4 g128 and W8, 2048x8192 / 4096x4096: 0.36-0.41 at 384 rows, 0.41-0.51 at 1024, 0.53-0.63
-      at 4096, so 8192 (twice the largest size measured);
-      2:4 (kernel / torch's dense GEMM): 0.36-0.50 at 256-1024 rows on 384x1536 .. 2048x8192,
-      where this path ran 1.01-1.49x dense: never."""
+      at 4096, so 8192 (twice the largest size measured)."""
     info = _C.cpu_info()
     if not info["features"].get("avx512f"):
-        return {"w8": 8192, "w4": 4096, "2:4": 1 << 62}
+        return {"w8": 8192, "w4": 4096}
     if info["vendor"] == "AuthenticAMD":
-        return {"w8": 8192, "w4": 8192, "2:4": 1 << 62}
-    return {"w8": 256, "w4": 384, "2:4": 256}
+        return {"w8": 8192, "w4": 8192}
+    return {"w8": 256, "w4": 384}
 
 
 DENSE_MIN_ROWS = _dense_min_rows()
@@ -145,23 +139,3 @@ def linear_w4_dense(x2, codes, scale, zero, bias, n: int, group_size: int) -> to
         )
 
     return _by_panels(x2, bias, n, fill, transposed=True)
-
-
-def linear_24_dense(x2, values, meta, bias, n: int) -> torch.Tensor:
-    """x2 [M, K] float32 rows; 2:4 fp32 weight (formats/sparse24.py pack_24), decompressed."""
-    k = x2.shape[1]
-    block_values = values.shape[1] * 2 * 16 * 4  # bytes of one 16-column block
-    block_meta = meta.shape[1] * 16
-
-    def fill(n0, nn, w):
-        nb = n0 // 16
-        _C.decompress_24(
-            values.data_ptr() + nb * block_values,
-            meta.data_ptr() + nb * block_meta,
-            nn,
-            k,
-            w.data_ptr(),
-            torch.get_num_threads(),
-        )
-
-    return _by_panels(x2, bias, n, fill)

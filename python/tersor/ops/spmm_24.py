@@ -11,18 +11,12 @@ import torch
 from tersor import _C
 from tersor.ops import gpu
 from tersor.ops._common import NATIVE, check, eager, no_row_amax, out_2d, ptr, rows_view
-from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_24_dense
 
 
 def spmm_24_cpu(x, values, meta, bias, n: int) -> torch.Tensor:
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
-    # measured: a decompressed panel + dense GEMM is faster (AVX-512), but it multiplies the
-    # pruned zeros too: an Inf or NaN input there would turn outputs that skip it into NaN,
-    # so such an input stays on the kernel (as the AVX2 kernel's own dense slabs do)
-    if m >= DENSE_MIN_ROWS["2:4"] and bool(torch.isfinite(x2).all()):
-        return out_2d(x, linear_24_dense(x2, values, meta, bias, n), n)
     y = torch.empty((m, n), dtype=torch.float32)
     if m:
         _C.spmm_24(
