@@ -213,6 +213,58 @@ def test_spmm_24_w8a8_extreme_codes_exact(isa, m, k, n, gen, c_ref):
     assert torch.equal(y, (acc.float().double() * (sx[:, None] * s[None, :]).double()).float())
 
 
+def test_int8_24_dense_copy(monkeypatch, gen):
+    """A 2:4 int8 layer converted with a dense W8A8 copy (AMX CPUs: formats/sparse24.py) runs
+    the 2:4 kernel below dense_from_rows rows and the dense kernel from there, eager and through
+    the op; the same integers and epilogue, so the same bits as the 2:4 kernel. The threshold
+    survives a state_dict round trip and shows in the report."""
+    from tersor.formats import sparse24
+
+    monkeypatch.setattr(sparse24, "dense_from_rows_24_int8", lambda n, k: 5)
+    model = nn.Sequential(nn.Linear(70, 37))
+    tersor.sparsify_(model, tersor.Sparse24Config())
+    rep = tersor.quantize_(model, tersor.W8A8Config())
+    layer = model[0]
+    assert layer.fmt.dense_from_rows == 5 and "dense W8A8 from 5 rows" in rep.layers[0].reason
+    calls = []
+    for name in ("gemm_w8a8", "spmm_24_w8a8"):
+        real = getattr(tersor._C, name)
+        spy = lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a)  # noqa: E731
+        monkeypatch.setattr(tersor._C, name, spy)
+    layer.fmt._finish()  # its lean call binds the (spied) kernels now
+    x = torch.randn(33, 70, generator=gen)
+    with torch.no_grad():
+        few, many = layer(x[:4]), layer(x)
+        assert calls == ["spmm_24_w8a8", "gemm_w8a8"]
+        strided = layer(torch.randn(33, 71, generator=gen)[:, :70])  # not contiguous: the op
+        assert calls[-1] == "gemm_w8a8"
+    f = layer.fmt
+    for rows, y in ((x[:4], few), (x, many)):
+        want = spmm_24_w8a8(rows, f.values, f.meta, f.colsum, f.scale, layer.bias, 37)
+        assert torch.equal(y, want)
+    assert strided.shape == (33, 37)
+    fresh = nn.Sequential(SparseLinear(70, 37, scheme="2:4+w8a8"))
+    fresh.load_state_dict(model.state_dict())
+    assert fresh[0].fmt.dense_from_rows == 5 and torch.equal(
+        fresh[0].fmt.dense_packed, f.dense_packed
+    )
+    sd = model.state_dict()
+    sd["0._extra_state"] = {"dense_from_rows": 0}
+    with pytest.raises(RuntimeError, match=r"0._extra_state: dense_from_rows must be None or a"):
+        fresh.load_state_dict(sd)
+
+
+def test_int8_24_dense_copy_only_on_amx(monkeypatch):
+    """The copy is decided for the active ISA path: kept only where AMX tiles run the dense
+    kernel (the 2:4 VNNI kernel runs level with dense VNNI / AVX2 elsewhere)."""
+    from tersor.formats.sparse24 import dense_from_rows_24_int8
+
+    for isa in tersor.available_isas():
+        monkeypatch.setenv("TERSOR_CPU_ISA", isa)
+        rows = dense_from_rows_24_int8(4096, 4096), dense_from_rows_24_int8(384, 1536)
+        assert rows == ((10, 5) if isa == "amx" else (None, None)), isa
+
+
 def test_spmm_24_w8a8_opcheck_and_errors(gen):
     _, _, _, p = make_24_int8(20, 24, gen)
     x = torch.randn(3, 24, generator=gen)
@@ -239,7 +291,13 @@ def test_sparsify_then_quantize_gives_sparse_int8_layers(gen):
     assert [r.scheme for r in report.layers] == ["2:4+w8a8"] * 3
     assert isinstance(model[3], SparseLinear) and model[3].scheme == "2:4+w8a8"
     assert model[0].gemm.scheme == "2:4+w8a8"
-    assert report.bytes_after < 0.4 * report.bytes_before
+    copies = sum(  # the dense W8A8 copies kept on AMX CPUs (formats/sparse24.py)
+        t.numel() * t.element_size()
+        for f in (model[0].gemm.fmt, model[3].fmt, model[5].fmt)
+        for t in (f.dense_packed, f.dense_colsum, f.dense_scale)
+        if t is not None
+    )
+    assert report.bytes_after - copies < 0.4 * report.bytes_before
     # the int8 layer's weight is the per-channel quantization of the 2:4 fp32 weight
     v, m, s = model[3].canonical_weight()
     q = decompress_24(v.float(), m, 400)

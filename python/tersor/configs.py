@@ -233,6 +233,11 @@ DENSE_FALLBACK_ROWS = 256
 # is LARGE_M_BREAK_EVEN sparse (formats/sparse_csr.py with_int8_values has the figures).
 INT8_DENSE_FALLBACK_ROWS = 4
 INT8_AVX2_SPARSE_FROM_ROWS = 32
+# 2:4 int8 layers ("2:4+w8a8") on AMX CPUs: the dense W8A8 copy from this many rows, for
+# layers of at most / more than INT8_24_SMALL weights (formats/sparse24.py
+# dense_from_rows_24_int8 has the figures).
+INT8_24_SMALL = 4 << 20
+INT8_24_DENSE_FROM_ROWS = (5, 10)
 
 
 @dataclass(frozen=True)

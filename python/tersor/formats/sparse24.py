@@ -35,9 +35,31 @@ from tersor.formats.base import (
     row_blocks,
     row_sums_int32,
 )
-from tersor.ops.spmm_24 import linear_24, linear_24_w8a8
+from tersor.ops._common import rows_window
+from tersor.ops.gemm_w8a8 import cpu_runner_w8a8, linear_w8a8
+from tersor.ops.spmm_24 import cpu_runner_24, linear_24, linear_24_w8a8
 
 BLOCK_N = 16
+
+
+def dense_from_rows_24_int8(n: int, k: int):
+    """Rows from which a 2:4 int8 layer of n x k runs a dense W8A8 copy, decided at conversion
+    for the CPU active then (as formats/sparse_csr.py does for unstructured int8). With AMX
+    tiles the dense kernel wins from a few rows: 2:4 time / dense time, AMX Xeon (family 6 model
+    167), 2 threads, 2026-12-06, K x N:
+                          1     4     6     8     12    16
+      4096x4096           0.61  0.62  0.78  0.81  1.05  1.20
+      2048x8192 8192x2048 0.63  0.66  0.83  0.89  1.22  1.32     (the slower of the two)
+      2048x512 1536x384   0.87  0.81  1.02  1.14  1.49  1.79     (the slower of the two)
+      384x1536 512x2048   1.08  1.22  1.41  1.56  2.08  2.33     (the slower of the two)
+    so from 10 rows above INT8_24_SMALL weights, from 5 at or below. With VNNI alone the two
+    run level (0.96-1.10x from 8 rows, the closing notes): no copy."""
+    from tersor._backend import cpu_info
+    from tersor.configs import INT8_24_DENSE_FROM_ROWS, INT8_24_SMALL
+
+    if cpu_info()["active"] != "amx":
+        return None
+    return INT8_24_DENSE_FROM_ROWS[n * k > INT8_24_SMALL]
 
 
 @dataclass(frozen=True)
@@ -236,23 +258,57 @@ class Sparse24Format(WeightFormat):
     per-channel scales x dynamic int8 activations ("2:4+w8a8", ``tersor::spmm_24_w8a8``).
 
     Canonical (state_dict) form: weight_values [N, K/2] (float32, or int8 in [-127, 127]),
-    weight_meta uint8 [N, K/4] (p0 | p1 << 2, p0 < p1), weight_scale float32 [N] (int8)."""
+    weight_meta uint8 [N, K/4] (p0 | p1 << 2, p0 < p1), weight_scale float32 [N] (int8).
+
+    dense_from_rows (int8 only): from this many rows on, run a dense copy of the int8 weight,
+    packed for our dense W8A8 kernel (the same math, the same bits), kept beside the 2:4 form:
+    on CPUs with AMX tiles, where the 2:4 VNNI kernel runs 0.4-0.6x the dense one from 16
+    rows (``dense_from_rows_24_int8``). Saved as ``_extra_state``."""
 
     widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
 
-    def __init__(self, values, meta, in_features: int, scale=None):
+    optional_state_names = ("_extra_state",)
+    _INT8_NAMES = (
+        "values",
+        "meta",
+        "colsum",
+        "scale",
+        "dense_packed",
+        "dense_colsum",
+        "dense_scale",
+    )
+
+    def __init__(self, values, meta, in_features: int, scale=None, dense_from_rows=None):
         super().__init__(meta.shape[0], in_features)
         self.int8 = scale is not None
         self.scheme = "2:4+w8a8" if self.int8 else "2:4"
         if self.int8:
-            self.tensor_names = ("values", "meta", "colsum", "scale")
+            self.tensor_names = self._INT8_NAMES
             p = pack_24_int8(values, meta, scale, in_features)
             self.colsum, self.scale = p.colsum, p.scale
         else:
             self.tensor_names = ("values", "meta")
             p = pack_24(values.to(torch.float32), meta, in_features)
         self.values, self.meta = p.values, p.meta
+        self._keep_dense_copy(dense_from_rows)
         self._finish()
+
+    def _keep_dense_copy(self, rows) -> None:
+        """int8 layers: the dense W8A8 copy run from `rows` rows on (None: no copy), built a
+        16-row block at a time from the packed 2:4 form."""
+        self.dense_from_rows = rows if self.int8 else None
+        self.dense_packed = self.dense_colsum = self.dense_scale = None
+        if self.dense_from_rows is None:
+            return
+        from tersor.formats.int8 import pack_int8
+
+        n, k = self.out_features, self.in_features
+        v, m, s = self.canonical()
+        q = torch.empty(n, k, dtype=torch.int8)
+        for r0, r1 in row_blocks(n, k, BLOCK_N):
+            q[r0:r1] = decompress_24(v[r0:r1].to(torch.float32), m[r0:r1], k).to(torch.int8)
+        d = pack_int8(q, s)
+        self.dense_packed, self.dense_colsum, self.dense_scale = d.packed, d.colsum, d.scale
 
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
@@ -288,7 +344,7 @@ class Sparse24Format(WeightFormat):
             return cls(
                 values, torch.empty(0, g, dtype=torch.uint8), k, torch.empty(0) if int8 else None
             )
-        names = ("values", "meta", "colsum", "scale") if int8 else ("values", "meta")
+        names = cls._INT8_NAMES[:4] if int8 else ("values", "meta")
         nb, parts = -(-n // BLOCK_N), None
         for r0, r1 in row_blocks(n, k, BLOCK_N):
             got = [getattr(packed_rows(r0, r1), t) for t in names]
@@ -301,9 +357,11 @@ class Sparse24Format(WeightFormat):
                 whole[b0 * BLOCK_N : b1 * BLOCK_N] = t
         fmt = cls.__new__(cls)
         WeightFormat.__init__(fmt, n, k)
-        fmt.int8, fmt.scheme, fmt.tensor_names = int8, "2:4+w8a8" if int8 else "2:4", names
+        fmt.int8, fmt.scheme = int8, "2:4+w8a8" if int8 else "2:4"
+        fmt.tensor_names = cls._INT8_NAMES if int8 else names
         for name, t in zip(names, parts):
             setattr(fmt, name, t)
+        fmt._keep_dense_copy(dense_from_rows_24_int8(n, k) if int8 else None)
         return fmt._finish()
 
     @classmethod
@@ -327,7 +385,10 @@ class Sparse24Format(WeightFormat):
         return ["weight_values", "weight_meta"] + (["weight_scale"] if self.int8 else [])
 
     def state_dict(self):
-        return dict(zip(self.state_names(), self.canonical()))
+        out = dict(zip(self.state_names(), self.canonical()))
+        if self.int8:
+            out["_extra_state"] = {"dense_from_rows": self.dense_from_rows}
+        return out
 
     def load_state(self, get, prefix):
         n, k = self.out_features, self.in_features
@@ -356,9 +417,20 @@ class Sparse24Format(WeightFormat):
                     f"[-127, 127] and a float32 scale [{n}]"
                 )
             scale = scale.cpu().to(torch.float32)
+        extra = get("_extra_state")
+        rows = self.dense_from_rows if extra is None else extra.get("dense_from_rows")
+        if rows is not None and (type(rows) is not int or rows < 1):
+            return (
+                f"{prefix}_extra_state: dense_from_rows must be None or a positive int, got "
+                f"{rows!r}"
+            )
         device = self.device
         self.__init__(
-            v.cpu() if self.int8 else v.cpu().to(torch.float32), m.cpu().to(torch.uint8), k, scale
+            v.cpu() if self.int8 else v.cpu().to(torch.float32),
+            m.cpu().to(torch.uint8),
+            k,
+            scale,
+            rows,
         )
         self._apply(lambda t: t.to(device))
         return None
@@ -401,9 +473,33 @@ class Sparse24Format(WeightFormat):
         return kept / max(1, self.out_features * self.in_features)
 
     def describe(self):
-        return f"density {self.density:.3f}, kernel spmm_24{'_w8a8' if self.int8 else ''}"
+        note = f"density {self.density:.3f}, kernel spmm_24{'_w8a8' if self.int8 else ''}"
+        if self.dense_from_rows is not None:
+            extra = sum(
+                t.numel() * t.element_size()
+                for t in (self.dense_packed, self.dense_colsum, self.dense_scale)
+            )
+            note += (
+                f"; dense W8A8 from {self.dense_from_rows} rows (the 2:4 kernel loses there; "
+                f"+{extra / 2**20:.1f} MiB copy)"
+            )
+        return note
+
+    def cpu_runner(self):
+        n, k = self.out_features, self.in_features
+        run = cpu_runner_24(
+            self.values, self.meta, n, k, *((self.colsum, self.scale) if self.int8 else ())
+        )
+        if self.dense_from_rows is None:
+            return run
+        d = cpu_runner_w8a8(self.dense_packed, self.dense_colsum, self.dense_scale, n, k)
+        return rows_window(run, d, k, self.dense_from_rows)
 
     def linear(self, x, bias, kernel, row_amax=None):
+        rows = self.dense_from_rows
+        if rows is not None and x.numel() // max(x.shape[-1], 1) >= rows:
+            d = (self.dense_packed, self.dense_colsum, self.dense_scale)
+            return linear_w8a8(x, *d, bias, self.out_features, kernel, None, row_amax)
         if self.int8:
             return linear_24_w8a8(
                 x,

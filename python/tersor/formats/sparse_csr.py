@@ -34,6 +34,7 @@ from tersor.formats.base import (
     dense_of_rows,
     row_blocks,
 )
+from tersor.ops._common import rows_window
 from tersor.ops.gemm_w8a8 import cpu_runner_w8a8, linear_w8a8
 from tersor.ops.spmm_csr import cpu_runner_csr, linear_csr
 
@@ -460,15 +461,7 @@ class CsrFormat(WeightFormat):
             # call costs ~7 us more: a 384x1536 layer at one row took 41 us against 34)
             n, k = self.out_features, self.in_features
             dense = cpu_runner_w8a8(self.dense_packed, self.dense_colsum, self.dense_scale, n, k)
-            lo, hi = self.dense_from_rows, self.sparse_from_rows or 1 << 62
-
-            def run(x, bias):
-                if x.dim() == 0 or x.shape[-1] != k:
-                    return None
-                rows = x.numel() // k
-                return dense(x, bias) if lo <= rows < hi else generic(x, bias)
-
-            return run
+            return rows_window(generic, dense, k, self.dense_from_rows, self.sparse_from_rows)
         arrays = [getattr(self, t) for t in self._KERNEL[:8]]
         return cpu_runner_csr(
             arrays, self.out_features, self.in_features, self.dense_from_rows, generic

@@ -14,6 +14,8 @@ Every family module has the same three parts:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 # kernel= values served by the native CPU kernels ("auto" also picks the best GPU kernel)
@@ -47,6 +49,20 @@ def takes_half(run):
     """Marks a format's prepared CPU call as taking bf16 / fp16 rows itself (see IO_CODE)."""
     run.takes_half = True
     return run
+
+
+def rows_window(run, window_run, k: int, lo: int, hi: Optional[int] = None):
+    """A layer's CPU call that hands x of [lo, hi) rows to window_run and other x to run (both
+    fn(x, bias) -> y or None): sparse int8 formats with a dense W8A8 copy for the batches where
+    the dense kernel wins (formats/sparse_csr.py, formats/sparse24.py)."""
+    hi = 1 << 62 if hi is None else hi
+
+    def call(x, bias):
+        if x.dim() == 0 or x.shape[-1] != k:
+            return None
+        return window_run(x, bias) if lo <= x.numel() // k < hi else run(x, bias)
+
+    return call
 
 
 def empty_rows(x: torch.Tensor, n: int) -> torch.Tensor:
