@@ -147,6 +147,7 @@ struct Block {
   Segment s0, s1;
   bool two;  // s1 is a segment of its own (else the last, odd segment, computed twice)
   int64_t n0;
+  int64_t m[kImplicitRows];  // each row's output pixel, -1 where dropped (locate_rows)
 };
 
 // Calls row(r, m) for rows [r0, r1) of a block (0-15: segment s0, 16-31: s1) that are output
@@ -172,6 +173,22 @@ static inline void for_each_row(const ConvW8A8Args& c, const QuantizedInput& in,
       if (oh < Ho && ow < Wo) row(r, (img + oh) * Wo + ow);
     }
   }
+}
+
+// Fills blk.m once per block: the epilogue runs in slices of a few rows between K steps, and
+// walking the segments for each slice cost as much as the slice's stores.
+static inline void locate_rows(const ConvW8A8Args& c, const QuantizedInput& in,
+                               const ImplicitPlan& p, Block& blk) {
+  for (int64_t& m : blk.m) m = -1;
+  for_each_row(c, in, p, blk, 0, kImplicitRows, [&](int64_t r, int64_t m) { blk.m[r] = m; });
+}
+
+// Calls row(r, m) for the output rows among rows [r0, r1) of a located block.
+template <class Row>
+static inline void for_rows(const Block& blk, int64_t r0, int64_t r1, Row&& row) {
+  r1 = r1 < kImplicitRows ? r1 : kImplicitRows;
+  for (int64_t r = r0; r < r1; ++r)
+    if (blk.m[r] >= 0) row(r, blk.m[r]);
 }
 
 #if defined(__AVX512F__)
@@ -203,7 +220,7 @@ static inline void store_codes(const ConvW8A8Args& c, const QuantizedInput& in,
     t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
     _mm512_mask_cvtepi32_storeu_epi8(q + m * ldq + 16 * h, mask, _mm512_cvtps_epi32(t));
   };
-  for_each_row(c, in, p, blk, r0, r1, [&](int64_t r, int64_t m) {
+  for_rows(blk, r0, r1, [&](int64_t r, int64_t m) {
     half(acc[r], m, 0, mask0, f0, add0);
     if (kHalves == 2) half(acc[r], m, 1, mask1, f1, add1);
   });
@@ -244,7 +261,7 @@ static inline void store_rows(const ConvW8A8Args& c, const QuantizedInput& in,
   }
   float* const y = c.y + n0;
   const int64_t ldy = out_stride(c);
-  for_each_row(c, in, p, blk, r0, r1, [&](int64_t r, int64_t m) {
+  for_rows(blk, r0, r1, [&](int64_t r, int64_t m) {
     for (int h = 0; h < halves; ++h) {
       const __m512 v = _mm512_cvtepi32_ps(_mm512_load_si512(acc[r] + 16 * h));
       _mm512_mask_storeu_ps(y + m * ldy + 16 * h, mask[h], _mm512_fmadd_ps(v, f[h], add[h]));
@@ -254,7 +271,7 @@ static inline void store_rows(const ConvW8A8Args& c, const QuantizedInput& in,
   const float sx = in.scale[blk.b];
   const float* sw = c.w_scale + n0;
   const float* bias = c.bias ? c.bias + n0 : nullptr;
-  for_each_row(c, in, p, blk, r0, r1, [&](int64_t r, int64_t m) {
+  for_rows(blk, r0, r1, [&](int64_t r, int64_t m) {
     const int32_t* a = acc[r];
     for (int64_t n = 0; n < cols; ++n) {
       const float v = static_cast<float>(a[n]);
@@ -333,7 +350,7 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
   {
     Tiles::configure(p.step);
     alignas(64) int32_t acc[2][kImplicitRows][32];  // this block's, the previous block's
-    Block prev{};
+    Block blocks[2];
     bool pending = false;
     std::vector<int8_t> tail;  // the input's last bytes and zeros (in place, see above)
     int64_t done = 0;  // blocks this thread ran
@@ -350,8 +367,11 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
       const int8_t* b0 = c.w + nb0 * K * 16;
       const int8_t* b1 = nb0 + 1 < n_blocks ? b0 + K * 16 : b0;  // odd tail: computed twice
       const int8_t* img = in.xq + b * img_bytes;
-      Block blk{b, implicit_detail::segment(c, in, p, 2 * pn), {}, 2 * pn + 1 < segs, nb0 * 16};
+      Block& blk = blocks[done & 1];  // (the previous one waits in the other)
+      blk.b = b, blk.s0 = implicit_detail::segment(c, in, p, 2 * pn);
+      blk.two = 2 * pn + 1 < segs, blk.n0 = nb0 * 16;
       blk.s1 = blk.two ? implicit_detail::segment(c, in, p, 2 * pn + 1) : blk.s0;
+      implicit_detail::locate_rows(c, in, p, blk);
       const int8_t* a0 = img + blk.s0.offset;
       const int8_t* a1 = img + blk.s1.offset;
       if (a1 + reach > end) {  // only when read in place: a padded copy has the zeros
@@ -363,18 +383,18 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
       const int cur = done++ & 1;
       implicit_detail::block_32<Tiles>(c, in, p, a0, a1, b0, b1, acc[cur], [&](int64_t s) {
         if (pending)
-          implicit_detail::store_rows(c, in, p, acc[cur ^ 1], prev, s * rows_per_step,
-                                      (s + 1) * rows_per_step);
+          implicit_detail::store_rows(c, in, p, acc[cur ^ 1], blocks[cur ^ 1],
+                                      s * rows_per_step, (s + 1) * rows_per_step);
       });
       if (overlap) {
-        prev = blk;
         pending = true;
       } else {
         implicit_detail::store_rows(c, in, p, acc[cur], blk, 0, kImplicitRows);
       }
     }
     if (pending)
-      implicit_detail::store_rows(c, in, p, acc[(done - 1) & 1], prev, 0, kImplicitRows);
+      implicit_detail::store_rows(c, in, p, acc[(done - 1) & 1], blocks[(done - 1) & 1], 0,
+                                  kImplicitRows);
     Tiles::release();
   }
 }
