@@ -325,13 +325,15 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
                         15 * p.row_stride + p.run;
   const int8_t* const end =
       in.xq + c.B * img_bytes + (in.xq == c.xs ? 0 : tail_pixels(c) * c.C);
-  // From kOverlapMinK codes per patch, the epilogue of block w (int32 tiles -> fp32 or codes,
-  // AVX-512) runs in slices between the K steps of block w + 1, rows_per_step of its 32 rows
-  // after each, so it overlaps that block's tile instructions instead of waiting for them:
-  // 0.92-0.95x the time at 3x3 layers of 64 and 128 channels. Below (1x1 layers of 1 or 4
-  // steps, the stem's 7 steps of 28 codes) the slices outweighed the steps: 1.05-1.14x.
+  // From kOverlapMinK codes per patch, and for every kernel taller than one row, the epilogue
+  // of block w (int32 tiles -> fp32 or codes, AVX-512) runs in slices between the K steps of
+  // block w + 1, rows_per_step of its 32 rows after each, so it overlaps that block's tile
+  // instructions instead of waiting for them: 0.92-0.95x the time at 3x3 layers of 64 and 128
+  // channels, 0.83-0.91x at the stems (7x7 on 4 channels: 7 steps of 28 codes; 3x3: 3 of 12)
+  // once the slices stopped walking the segments (locate_rows). 1x1 layers of 1-4 steps keep
+  // the epilogue after the block: their slices outweighed the steps (1.05-1.14x).
   const int64_t k_steps = c.kh * p.runs * (p.run / p.step);
-  const bool overlap = K >= kOverlapMinK;
+  const bool overlap = K >= kOverlapMinK || c.kh > 1;
   const int64_t rows_per_step = (kImplicitRows + k_steps - 1) / k_steps;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * K, c.nthreads);
   const WorkOrder order = work_order(c, in, nt);
