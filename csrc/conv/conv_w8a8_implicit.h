@@ -31,7 +31,7 @@
 namespace tersor::conv {
 
 constexpr int64_t kImplicitRows = 32;  // output pixels of a register block (2 A tiles)
-constexpr int64_t kOverlapMinK = 384;  // implicit_gemm
+constexpr int64_t kOverlapMinK = 384, kMinSliceRows = 4;  // implicit_gemm
 
 // The K walk of the implicit GEMM. The packed weight's K order is (kh, kw, C), so a kernel row
 // of taps is one run of kw * C codes of the input row (kw runs of C when dilated), and B
@@ -327,14 +327,18 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
       in.xq + c.B * img_bytes + (in.xq == c.xs ? 0 : tail_pixels(c) * c.C);
   // From kOverlapMinK codes per patch, and for every kernel taller than one row, the epilogue
   // of block w (int32 tiles -> fp32 or codes, AVX-512) runs in slices between the K steps of
-  // block w + 1, rows_per_step of its 32 rows after each, so it overlaps that block's tile
-  // instructions instead of waiting for them: 0.92-0.95x the time at 3x3 layers of 64 and 128
-  // channels, 0.83-0.91x at the stems (7x7 on 4 channels: 7 steps of 28 codes; 3x3: 3 of 12)
-  // once the slices stopped walking the segments (locate_rows). 1x1 layers of 1-4 steps keep
-  // the epilogue after the block: their slices outweighed the steps (1.05-1.14x).
+  // block w + 1, so it overlaps that block's tile instructions instead of waiting for them:
+  // 0.92-0.95x the time at 3x3 layers of 64 and 128 channels, 0.83-0.91x at the stems (7x7 on
+  // 4 channels: 7 steps of 28 codes; 3x3: 3 of 12) once the slices stopped walking the
+  // segments (locate_rows). A slice holds at least kMinSliceRows rows, after every `every`
+  // steps: one row after each step (3x3 on 512 channels: 72 steps) paid a call's set-up per
+  // row, and 3x3 layers of 256 / 512 channels took 0.91-0.94x the time with 4. 1x1 layers of
+  // 1-4 steps keep the epilogue after the block: slices outweighed the steps (1.05-1.14x).
   const int64_t k_steps = c.kh * p.runs * (p.run / p.step);
   const bool overlap = K >= kOverlapMinK || c.kh > 1;
-  const int64_t rows_per_step = (kImplicitRows + k_steps - 1) / k_steps;
+  const int64_t slices = std::min<int64_t>(k_steps, kImplicitRows / kMinSliceRows);
+  const int64_t every = k_steps / slices;  // steps between slices
+  const int64_t rows_per_slice = (kImplicitRows + slices - 1) / slices;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * K, c.nthreads);
   const WorkOrder order = work_order(c, in, nt);
   // Work items go to the threads in chunks as they ask (a vCPU that a neighbour slows takes
@@ -384,9 +388,10 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
       }
       const int cur = done++ & 1;
       implicit_detail::block_32<Tiles>(c, in, p, a0, a1, b0, b1, acc[cur], [&](int64_t s) {
-        if (pending)
+        if (pending && (s + 1) % every == 0 && s / every < slices)
           implicit_detail::store_rows(c, in, p, acc[cur ^ 1], blocks[cur ^ 1],
-                                      s * rows_per_step, (s + 1) * rows_per_step);
+                                      s / every * rows_per_slice,
+                                      (s / every + 1) * rows_per_slice);
       });
       if (overlap) {
         pending = true;
