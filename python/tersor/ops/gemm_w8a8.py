@@ -68,10 +68,17 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None, narrow_
     @takes_half
     def run(x, bias):
         """None when x is not a contiguous [..., K] (the layer then checks and takes the op)."""
-        if x.dim() == 0 or x.shape[-1] != kw or not x.is_contiguous():
-            return None
-        m = x.numel() // kw
-        y = empty_rows(x, n)  # [..., N] at once: no view per call
+        s = x.shape  # read once: 2-D rows (the common case) without dim() / numel() calls
+        if len(s) == 2:
+            if s[1] != kw or not x.is_contiguous():
+                return None
+            m = s[0]
+            y = x.new_empty(m, n)
+        else:
+            if not s or s[-1] != kw or not x.is_contiguous():
+                return None
+            m = x.numel() // kw
+            y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:
             kernel(
                 x.data_ptr(),
