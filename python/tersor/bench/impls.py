@@ -26,14 +26,22 @@ def _rotation_bytes() -> int:
     """Bytes of weight copies each implementation rotates through: twice this CPU's last-level
     cache (every call then reads its weights from DRAM, as inside a model far larger than the
     cache), at least 64 MiB; 640 MiB where the size is unknown (twice the 300 MiB L3 of the
-    first reference machine). A fixed 640 MiB ran a 2-core, 24 GiB host with a 32 MiB L3 out
-    of memory on 7B-size layers (`--shapes real`: a dozen implementations, 32 copies each)."""
+    first reference machine). At most 1/48 of the RAM: a table holds some twenty
+    implementations' copies at once, and a fixed 640 MiB ran a 2-core, 24 GiB host with a 32
+    MiB L3 out of memory on 7B-size layers, as twice a 480 MiB L3 did on Falcon-7B's MLP
+    (`--shapes real`)."""
     try:
         with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
             v = f.read().strip()
-        return max(64 << 20, 2 * int(v[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[v[-1]])
+        want = max(64 << 20, 2 * int(v[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[v[-1]])
     except (OSError, KeyError, ValueError):
-        return 640 << 20
+        want = 640 << 20
+    try:
+        with open("/proc/meminfo") as f:
+            total = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) << 10
+        return min(want, max(64 << 20, total // 48))
+    except (OSError, StopIteration, ValueError):
+        return want
 
 
 ROTATION_BYTES = _rotation_bytes()

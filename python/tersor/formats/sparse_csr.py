@@ -454,18 +454,17 @@ class CsrFormat(WeightFormat):
 
     def cpu_runner(self):
         generic = super().cpu_runner()
-        if self.int8:
-            if self.dense_from_rows is None:
-                return generic
-            # the dense window's rows straight to the dense W8A8 kernel's lean call (the generic
-            # call costs ~7 us more: a 384x1536 layer at one row took 41 us against 34)
-            n, k = self.out_features, self.in_features
-            dense = cpu_runner_w8a8(self.dense_packed, self.dense_colsum, self.dense_scale, n, k)
-            return rows_window(generic, dense, k, self.dense_from_rows, self.sparse_from_rows)
+        n, k = self.out_features, self.in_features
         arrays = [getattr(self, t) for t in self._KERNEL[:8]]
-        return cpu_runner_csr(
-            arrays, self.out_features, self.in_features, self.dense_from_rows, generic
-        )
+        if self.int8:
+            # both kernels' lean calls (the generic call costs ~7 us more: a 384x1536 layer at
+            # one row took 41 us against 34), the dense copy's rows to the dense W8A8 kernel
+            sparse = cpu_runner_csr(arrays, n, k, None, generic, self.scale)
+            if self.dense_from_rows is None:
+                return sparse
+            dense = cpu_runner_w8a8(self.dense_packed, self.dense_colsum, self.dense_scale, n, k)
+            return rows_window(sparse, dense, k, self.dense_from_rows, self.sparse_from_rows)
+        return cpu_runner_csr(arrays, n, k, self.dense_from_rows, generic)
 
     def _dense_for(self, x) -> bool:
         """Whether x's rows take the dense copy (dense_from_rows <= rows < sparse_from_rows)."""

@@ -71,8 +71,9 @@ def spmm_csr_cpu(
 _num_threads = torch.get_num_threads
 
 
-def cpu_runner_csr(arrays, n: int, k: int, dense_from_rows, fallback):
-    """The eager CPU call of one fp32 sparse weight for the layers' fast path (as
+def cpu_runner_csr(arrays, n: int, k: int, dense_from_rows, fallback, scale=None):
+    """The eager CPU call of one sparse weight (fp32 values, or int8 ones with `scale`: the
+    per-channel weight scales) for the layers' fast path (as
     gemm_w4.cpu_runner_w4): a contiguous float32 [..., K] x of fewer than dense_from_rows rows
     goes straight to the kernel with the weight's pointers read once (Zen 2, 384x1536 at one
     row: ~10 us less per call than spmm_csr_cpu, which views, allocates with a dtype keyword and
@@ -80,7 +81,7 @@ def cpu_runner_csr(arrays, n: int, k: int, dense_from_rows, fallback):
     col, val, ell_val, ell_col, ell_cnt, ell_off, perm."""
     ptrs = [t.data_ptr() for t in arrays]
     lean_rows = dense_from_rows if dense_from_rows is not None else 1 << 62
-    kernel = _C.spmm_csr
+    kernel, sp = (_C.spmm_csr, 0) if scale is None else (_C.spmm_csr_w8a8, scale.data_ptr())
 
     def run(x, bias):
         if x.dim() == 0 or x.shape[-1] != k:
@@ -91,7 +92,7 @@ def cpu_runner_csr(arrays, n: int, k: int, dense_from_rows, fallback):
         y = empty_rows(x, n)
         if m:
             b = 0 if bias is None else bias.data_ptr()
-            kernel(x.data_ptr(), m, k, k, n, *ptrs, 0, b, y.data_ptr(), n, _num_threads(), 0)
+            kernel(x.data_ptr(), m, k, k, n, *ptrs, sp, b, y.data_ptr(), n, _num_threads(), 0)
         return y
 
     return run
