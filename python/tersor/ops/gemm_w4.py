@@ -112,9 +112,17 @@ def _fp32_tiles_min_rows() -> dict:
 FP32_TILES_MIN_ROWS = _fp32_tiles_min_rows()
 
 
+# The tiles run rows 32 at a time (two 16-row A tiles), so below FP32_TILES_MIN_ROWS their time
+# steps at 32 rows while the register kernel's grows row by row: tiles time / register kernel
+# time at 24 / 32 / 40 / 48 rows (2 threads, g128; 8192x3072, 3072x8192, 4096x4096,
+# 2560x10240, 1536x1536): 0.94-1.15 / 0.84-0.97 / 1.03-1.18 / 0.87-0.99. So also at 30-32 rows.
+FP32_TILES_W4_ROWS = range(30, 33)
+
+
 def fp32_tiles_take(m: int, group_size: int) -> bool:
     """Whether m float rows (not bf16 ones) of a W4 weight take _C.gemm_w4_fp32_tiles here."""
-    return m >= FP32_TILES_MIN_ROWS["w4"] and group_size % 32 == 0 and _C.has_amx_bf16()
+    rows = m >= FP32_TILES_MIN_ROWS["w4"] or m in FP32_TILES_W4_ROWS
+    return rows and group_size % 32 == 0 and _C.has_amx_bf16()
 
 
 # fp32 rows are rounded to bf16 first: the bf16 kernels take them from 8 rows at the least
@@ -217,6 +225,8 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
             bf16_rows = BF16_MIN_ROWS["w4"]
     fp32_bf16_rows = FP32_BF16_MIN_ROWS["w4"]
     fp32_tiles_rows = 1 << 62 if act_int8 else FP32_TILES_MIN_ROWS["w4"]
+    # (the window below it: the op decides, fp32_tiles_take)
+    window = range(0) if act_int8 or fp32_tiles_rows >= 1 << 62 else FP32_TILES_W4_ROWS
 
     @takes_half
     def run(x, bias):
@@ -230,7 +240,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
             if w4_tiles(m, group_size):
                 return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
             fn = _C.gemm_w4_bf16  # the group form, as gemm_w4_cpu would call it
-        if m >= lean_rows or m >= fp32_tiles_rows or not x.is_contiguous():
+        if m >= lean_rows or m >= fp32_tiles_rows or m in window or not x.is_contiguous():
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
         y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:
