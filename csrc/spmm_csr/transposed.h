@@ -10,7 +10,7 @@
 // each in turn while all have one, then each one's rest. Channel by channel, each nonzero's FMAs
 // waited for the previous ones (4-cycle latency: at 8 rows one FMA per 4 cycles); 4-8
 // independent chains fill the pipe (4096x4096 at 90%, 8 rows: 1.9x faster, Zen 5). Wider passes
-// (kMV vectors) have enough chains per channel. Either way each output sums its own nonzeros in
+// (up to kMV vectors) step two channels together. Either way each output sums its own nonzeros in
 // k order: the same bits as the ref.
 //
 // Outputs go to a tile[r][n - n_tile] of kTileCols channels (bias added), written out to y a
@@ -34,18 +34,18 @@ constexpr int kMV = 4;         // vectors of rows per wide pass
 constexpr int kLockstep = 4;   // channels stepped together in passes of 1-2 vectors
 constexpr int kTileCols = 16;  // channels per tile of outputs (a multiple of kLockstep)
 
-template <class V, int NV>
+template <class V, int NV, int L = kLockstep>
 void channels_in_lockstep(const Args& a, const float* xb, int64_t ldt, int rows, int64_t n,
                           int count, float* tile, int64_t n_tile) {
-  int64_t beg[kLockstep], len[kLockstep], common = INT64_MAX;
+  int64_t beg[L], len[L], common = INT64_MAX;
   for (int c = 0; c < count; ++c) {
     beg[c] = a.rowptr[n + c];
     len[c] = a.rowptr[n + c + 1] - beg[c];
     common = std::min(common, len[c]);
   }
-  typename V::vec acc[kLockstep][NV];
+  typename V::vec acc[L][NV];
 TERSOR_UNROLL
-  for (int c = 0; c < kLockstep; ++c)
+  for (int c = 0; c < L; ++c)
 TERSOR_UNROLL
     for (int v = 0; v < NV; ++v) acc[c][v] = V::zero();
   auto step = [&](int c, int64_t i) {
@@ -54,10 +54,10 @@ TERSOR_UNROLL
 TERSOR_UNROLL
     for (int v = 0; v < NV; ++v) acc[c][v] = V::fma(V::load(xr + V::kLanes * v), w, acc[c][v]);
   };
-  if (count < kLockstep) common = 0;
+  if (count < L) common = 0;
   for (int64_t j = 0; j < common; ++j)
 TERSOR_UNROLL
-    for (int c = 0; c < kLockstep; ++c) step(c, beg[c] + j);
+    for (int c = 0; c < L; ++c) step(c, beg[c] + j);
   alignas(64) float tmp[V::kLanes * NV];
   for (int c = 0; c < count; ++c) {
     for (int64_t j = common; j < len[c]; ++j) step(c, beg[c] + j);
@@ -68,41 +68,14 @@ TERSOR_UNROLL
   }
 }
 
-// The channels [n, n1) of a tile, two at a time (nonzero j of each in turn while both have one,
-// then each one's rest: 2 x NV FMA chains; one channel's NV = 4 chains waited on the FMA
-// latency, 384x1536 at 128 rows 1.3x slower), over a pass of NV <= kMV vectors.
+// The channels [n, n1) of a tile over a pass of NV <= kMV vectors, two in lockstep (2 x NV FMA
+// chains: one channel's NV = 4 chains waited on the FMA latency, 384x1536 at 128 rows 1.3x
+// slower).
 template <class V, int NV>
 void channels_wide(const Args& a, const float* xb, int64_t ldt, int rows, int64_t n,
                    int64_t n1, float* tile, int64_t n_tile) {
-  alignas(64) float tmp[V::kLanes * NV];
-  for (; n < n1; n += 2) {
-    const int count = n + 1 < n1 ? 2 : 1;
-    int64_t beg[2] = {a.rowptr[n], 0}, len[2] = {a.rowptr[n + 1] - beg[0], 0};
-    if (count == 2) beg[1] = a.rowptr[n + 1], len[1] = a.rowptr[n + 2] - beg[1];
-    typename V::vec acc[2][NV];
-TERSOR_UNROLL
-    for (int c = 0; c < 2; ++c)
-TERSOR_UNROLL
-      for (int v = 0; v < NV; ++v) acc[c][v] = V::zero();
-    auto step = [&](int c, int64_t i) {
-      const auto w = V::set1(a.val[i]);
-      const float* xr = xb + int64_t(a.col[i]) * ldt;
-TERSOR_UNROLL
-      for (int v = 0; v < NV; ++v) acc[c][v] = V::fma(V::load(xr + V::kLanes * v), w, acc[c][v]);
-    };
-    const int64_t common = count == 2 ? std::min(len[0], len[1]) : 0;
-    for (int64_t j = 0; j < common; ++j) {
-      step(0, beg[0] + j);
-      step(1, beg[1] + j);
-    }
-    for (int c = 0; c < count; ++c) {
-      for (int64_t j = common; j < len[c]; ++j) step(c, beg[c] + j);
-TERSOR_UNROLL
-      for (int v = 0; v < NV; ++v) V::store(tmp + V::kLanes * v, acc[c][v]);
-      const float b = a.bias ? a.bias[n + c] : 0.0f;
-      for (int r = 0; r < rows; ++r) tile[r * kTileCols + (n + c - n_tile)] = tmp[r] + b;
-    }
-  }
+  for (; n < n1; n += 2)
+    channels_in_lockstep<V, NV, 2>(a, xb, ldt, rows, n, n + 1 < n1 ? 2 : 1, tile, n_tile);
 }
 
 // xT's row stride ldt >= round_up(M, V::kLanes) floats (the caller's choice, see its files).
