@@ -84,7 +84,8 @@ def test_gemm_w4a8_extreme_codes(isa, g, k, gen, c_ref):
 def test_gemm_w4(isa, g, k, m, n, sym, gen, c_ref):
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     y = gemm_w4(x.t().contiguous().t(), p.codes, p.scale, p.zero, b, n, G)
-    assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)))
+    if not (isa == "amx" and fp32_tiles_take(m, G)):  # (those: test_gemm_w4_fp32_tiles)
+        assert torch.equal(y, c_ref(lambda: gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)))
     w = dequantize_int4(q, s, z, G)
     y64 = x.double() @ w.double().t() + b.double()
     torch_err = (F.linear(x, w, b).double() - y64).pow(2).mean().sqrt()
@@ -142,7 +143,7 @@ def fma_chain(x, w):
 
 
 @pytest.mark.parametrize("sym", [False, True])
-@pytest.mark.parametrize("m", [7, 16, 20])
+@pytest.mark.parametrize("m", [7, 16, 19])  # (from 20 rows AMX-BF16 takes the fp32 tiles)
 @pytest.mark.parametrize("g,k", [(32, 608), (-1, 261), (128, 640)])
 def test_gemm_w4_dequantized_rules(isa, g, k, m, sym, gen):
     """Where a call follows the dequantized rules (gemm_w4.h: from 7 rows on machines without
@@ -294,7 +295,7 @@ def native_w4(fn, x, p, G, n, b):
 
 
 TILE_CASES = [(16, 64, 16, 32, True), (33, 224, 37, 32, False), (70, 576, 100, 64, True),
-              (64, 640, 48, 128, False)]  # fmt: skip
+              (64, 640, 48, 128, False), (9, 16512, 37, 128, False)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,k,n,g,sym", TILE_CASES)
@@ -303,7 +304,8 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
     weights rounded to bf16 with their scales, bf16((q - z) s), to fp32 accumulation; the fp32
     path to the rounding of both. On the AMX-BF16 tiles (gemm_w4_amx.cpp): row blocks of 32
     past M, odd step counts (224 = 7 steps of 32), a lone last 16-column block (n = 37, 48),
-    zero points. Elsewhere (vdpbf16ps, or its C ref below AVX-512): bit for bit the C ref."""
+    zero points, two k chunks of a lone row block (9 rows, k = 16512: its weights widened in
+    pieces). Elsewhere (vdpbf16ps, or its C ref below AVX-512): bit for bit the C ref."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     args = (p.codes, p.scale, p.zero, b, n, G, False)
 
@@ -313,7 +315,8 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
     y = native(_C.gemm_w4_bf16_tiles)
     w = dequantize_int4(q, s, z, G).double()
     y64 = x.bfloat16().double() @ w.float().bfloat16().double().t() + b.double()
-    assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
+    # fp32 accumulation: its error grows as the square root of the sum's length
+    assert (y.double() - y64).norm() <= 1e-6 * max(1.0, (k / 640) ** 0.5) * y64.norm()
     y64_exact = x.double() @ w.t() + b.double()
     assert (y.double() - y64_exact).norm() <= 2**-8 * y64_exact.norm()
     assert not torch.equal(y, native(_C.gemm_w4_bf16))  # not the group form
@@ -329,19 +332,21 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
 
 FP32_TILE_CASES = [(1, 64, 33, 32, True), (7, 224, 37, 32, False), (33, 576, 100, 64, True),
                    (70, 640, 48, 128, False), (300, 1280, 40, 128, True),
-                   (1030, 64, 20, 32, False), (7, 37, 5, -1, False)]  # fmt: skip
+                   (1030, 64, 20, 32, False), (7, 37, 5, -1, False),
+                   (5, 5632, 40, 64, False)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,k,n,g,sym", FP32_TILE_CASES)
 def test_gemm_w4_fp32_tiles(isa, m, k, n, g, sym, gen, c_ref):
     """The fp32 form of the AMX-BF16 tiles (gemm_w4.h run_fp32_tiles): rows in three exact bf16
-    parts, the dequantized weights (q - z) s in two, every product exact and only the order of
-    the fp32 additions the tile unit's. Rows mixing magnitudes 2^-20 .. 2^20: the error against
-    fp64 within the register kernel's and 4x torch's fp32 GEMM's (one weight part would be off
-    by 2^-9 relative). Row blocks past M, a lone 16-column block (n = 33, 37, 48), zero
-    points, k chunks of the row parts at 300 rows (a 256-row pass: 640 + 640 of 1280), rows in
-    passes (1030 = 4 x 256 + 6). A group size that is no multiple of 32 (37), another CPU or a
-    lower forced path: the register kernel, bit for bit."""
+    parts against the exact integers q - z, every product exact, each group's sums times its
+    scales in fp32 (the grouped form). Rows mixing magnitudes 2^-20 .. 2^20: the error against
+    fp64 within the register kernel's and 4x torch's fp32 GEMM's (weights rounded to bf16
+    would be off by 2^-9 relative). Row blocks past M, a lone 16-column block (n = 33, 37, 48), zero
+    points, k chunks of the row parts at 300 rows (a 256-row pass: 640 + 640 of 1280) and of a
+    lone row block (5 rows, k = 5632), rows in passes (1030 = 4 x 256 + 6). A group size that
+    is no multiple of 32 (37), another CPU or a lower forced path: the register kernel, bit for
+    bit."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     x *= torch.exp2(torch.randint(-20, 21, x.shape, generator=gen).float())
     if m >= 7:

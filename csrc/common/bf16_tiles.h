@@ -8,31 +8,33 @@
 //
 //   A16[part][Mp / 16][Kt / 32][16 rows][32 k]  bf16
 //
-// Each thread takes pairs of 16-column blocks; per pair the family widens its two blocks once
-// into a panel that every 32-row block then multiplies from L2:
+// Each thread takes pairs of 16-column blocks; per pair the family widens its two blocks into
+// a panel that every 32-row block then multiplies from L2 (or, for one row block, into
+// L1-sized pieces just before their steps: Pieces):
 //
-//   panel[wpart][j][kk][16 columns]  u32 = w[2kk][n] | w[2kk + 1][n] << 16   (bf16; kk < Kt / 2)
+//   panel[j][kk][16 columns]  u32 = w[2kk][n] | w[2kk + 1][n] << 16   (bf16; kk < Kt / 2)
 //
 //   A tile:           A16[part][rows / 16][s] (1 KiB, rows of 64 bytes)
 //   B tile of step s: rows kk = 16 s .. 16 s + 15 of block j, 64 bytes each
-//   C tiles 0..3:     rows 0-15 / 16-31 x blocks j0 / j1, fp32, over the whole K and every
-//                     pair of parts
+//   C tiles 0..3:     rows 0-15 / 16-31 x blocks j0 / j1, fp32, over the whole K (or one
+//                     group: block_groups) and every row part
 //
 // then the family's epilogue writes a block's rows < M and columns < N from the fp32 sums.
 //
 // Parts (the fp32 form): fp32 rows split into three bf16 parts, x = hi + mid + lo exactly
-// (split_row_tiled), and weights that are not exact in bf16 into two (the family's widening), so
-// that every product of parts is exact in fp32 and the tiles add them in fp32: the products of
-// an fp32 GEMM, summed in the tile unit's order (as cuBLAS's BF16x9 emulation of fp32 does with
-// three parts of each side). W8's three tdpbf16ps a step run 1.7-3.2x the fp32 FMA kernel
-// from 32 rows, W4's six 1.2-2x from 64 (ops/gemm_w4.py FP32_TILES_MIN_ROWS). One part of each:
-// the bf16 form (rows rounded once).
+// (split_row_tiled), against weights exact in bf16 (W8's codes, W4's integers q - z), so that
+// every product is exact in fp32 and the tiles add them in fp32: the products of an fp32 GEMM,
+// summed in the tile unit's order (as cuBLAS's BF16x9 emulation of fp32 does with three parts
+// of each side); the scales close the sums in fp32 (W8 in the epilogue, W4 per group). W8's
+// three tdpbf16ps a step run 1.7-3.2x the fp32 FMA kernel from 32 rows, W4's 1.4-1.9x at 32
+// (ops/gemm_w4.py FP32_TILES_MIN_ROWS). One part: the bf16 form (rows rounded once).
 #pragma once
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common/bf16_avx512.h"
 #include "common/formats.h"
@@ -81,87 +83,227 @@ static inline void split_row_tiled(const float* x, int64_t K, int64_t Kt, uint16
   }
 }
 
-// acc (+)= the 32 x 32 block (rows m0.., blocks j0 / j1 of the chunk's panel) summed over k in
-// [k0, k1) and over the XP row parts (a_part elements apart) times the WP weight parts
-// (w_part u32 apart); acc's sums so far are loaded first unless `first`.
-// pf / pf_lines: the next pair's packed weights, prefetched into L2 a few lines per step while
-// the tiles multiply, so that its widening reads L2 instead of waiting on memory (measured on
-// a Sapphire Rapids class Xeon, weights from DRAM, bf16 rows: W4 g128 and W8 at 16-32 rows
-// 0.80-0.93x the time without, 0.93-1.04x at 128 rows).
-template <int XP, int WP>
+// The packed weights the thread widens next (the next work item: a pair's blocks over a k
+// chunk): two ranges of `lines` 64-byte lines (at[1] null for a lone block), prefetched into L2
+// a few lines per tile step while the tiles multiply, so that the widening reads L2 instead of
+// waiting on memory (measured on a Sapphire Rapids class Xeon, weights from DRAM, bf16 rows:
+// W4 g128 and W8 at 16-32 rows 0.80-0.93x the time without, 0.93-1.04x at 128 rows; with the
+// k chunks of the fp32 form, W4 g128 at 32 rows of 8192x3072 0.91x).
+struct NextWeights {
+  const char* at[2] = {nullptr, nullptr};
+  int64_t lines = 0;
+
+  void start(int64_t steps) {
+    per_step_ = (lines + steps - 1) / steps;
+    done_ = 0;
+  }
+  void step() {
+    for (int64_t i = 0; i < per_step_ && done_ < lines; ++i, ++done_) {
+      _mm_prefetch(at[0] + done_ * 64, _MM_HINT_T1);
+      if (at[1]) _mm_prefetch(at[1] + done_ * 64, _MM_HINT_T1);
+    }
+  }
+
+ private:
+  int64_t per_step_ = 0, done_ = 0;
+};
+
+// Where the B tiles of step k come from: at(k, b0, b1) sets the bases that b0 + 32 k, b1 + 32 k
+// address (the 16 pair rows of blocks j0 / j1 at step k).
+// - ChunkPanel: the work item's panel, widened once before the first row block and read by
+//   every row block from L2.
+// - Pieces: a lone row block (M <= 32) uses each B tile once, so there its weights are widened
+//   kPieceK at a time into one of two L1-sized buffers just before their steps: the tiles then
+//   read B from L1, and the next piece's widening overlaps the tile unit's work on this one
+//   (W4 g128, 32 rows, 2 threads: 8192x3072 bf16 rows 0.89x the time of the L2 panel, fp32
+//   rows 0.82x; 18176x4544 bf16 rows 0.85x; 256-k pieces were 1.04x slower than 128).
+struct ChunkPanel {
+  const char *b0, *b1;
+  void at(int64_t, const char*& x0, const char*& x1) const {
+    x0 = b0;
+    x1 = b1;
+  }
+};
+
+constexpr int64_t kPieceK = 128;  // k a piece: two blocks x 128 k x 32 bytes = 8 KiB
+
+template <class Widen>
+struct Pieces {
+  Widen& widen;
+  int64_t nb0, k1, piece_k;  // piece_k: kPieceK rounded up to the widening's k multiple
+  int nb;
+  uint32_t* bufs;  // two buffers of 2 piece_k * 8 u32
+  int64_t until = -1;
+  int flip = 0;
+  const char *b0 = nullptr, *b1 = nullptr;
+
+  void at(int64_t k, const char*& x0, const char*& x1) {
+    if (k >= until) {
+      until = std::min(k1, k + piece_k);
+      uint32_t* buf = bufs + (flip ^= 1) * 2 * piece_k * 8;
+      widen(nb0, nb, k, until, buf);
+      b0 = reinterpret_cast<const char*>(buf) - k * 32;
+      b1 = reinterpret_cast<const char*>(buf + (nb > 1 ? (until - k) * 8 : 0)) - k * 32;
+    }
+    x0 = b0;
+    x1 = b1;
+  }
+};
+
+// The four tile products of step k: C tiles 0-3 += the row blocks (A tiles 4, 5; each of the
+// XP row parts, a_part elements apart) x blocks j0 / j1 (B tiles 6, 7).
+template <int XP>
+static inline void step(const char* a0, const char* a1, int64_t a_part, const char* b0,
+                        const char* b1, int64_t k) {
+  _tile_loadd(6, b0 + k * 32, 64);  // 16 pair rows of 64 bytes: 32 k
+  _tile_loadd(7, b1 + k * 32, 64);
+  for (int xp = 0; xp < XP; ++xp) {
+    _tile_loadd(4, a0 + (xp * a_part + k * 16) * 2, 64);  // tile k / 32: 16 x 64 bytes
+    _tile_loadd(5, a1 + (xp * a_part + k * 16) * 2, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+}
+
+static inline void store_c(float (*c)[32]) {
+  _tile_stored(0, &c[0][0], 128);
+  _tile_stored(1, &c[0][16], 128);
+  _tile_stored(2, &c[16][0], 128);
+  _tile_stored(3, &c[16][16], 128);
+}
+
+static inline void zero_c() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
+// acc (+)= the 32 x 32 block (rows m0.., blocks j0 / j1 of `panel`) summed over k in [k0, k1)
+// and over the XP row parts; acc's sums so far are loaded first unless `first`.
+template <int XP, class Panel>
 static inline void block(const uint16_t* a16, int64_t a_part, int64_t Kt, int64_t m0, int64_t k0,
-                         int64_t k1, const uint32_t* j0, const uint32_t* j1, int64_t w_part,
-                         bool first, float (*acc)[32], const char* pf = nullptr,
-                         int64_t pf_lines = 0) {
+                         int64_t k1, Panel& panel, bool first, float (*acc)[32],
+                         NextWeights next) {
   const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kt);  // row blocks m0, m0 + 16
   const char* a1 = a0 + 16 * Kt * 2;
-  const char* b0 = reinterpret_cast<const char*>(j0) - k0 * 32;  // the panel starts at k0
-  const char* b1 = reinterpret_cast<const char*>(j1) - k0 * 32;
   if (first) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    zero_c();
   } else {
     _tile_loadd(0, &acc[0][0], 128);
     _tile_loadd(1, &acc[0][16], 128);
     _tile_loadd(2, &acc[16][0], 128);
     _tile_loadd(3, &acc[16][16], 128);
   }
-  const int64_t steps = (k1 - k0) / kStep, per_step = (pf_lines + steps - 1) / steps;
-  int64_t line = 0;
+  next.start((k1 - k0) / kStep);
+  const char *b0, *b1;
   for (int64_t k = k0; k < k1; k += kStep) {
-    for (int64_t i = 0; i < per_step && line < pf_lines; ++i, ++line)
-      _mm_prefetch(pf + line * 64, _MM_HINT_T1);
-    for (int wp = 0; wp < WP; ++wp) {
-      _tile_loadd(6, b0 + (wp * w_part + k * 8) * 4, 64);  // 16 pair rows of 64 bytes: 32 k
-      _tile_loadd(7, b1 + (wp * w_part + k * 8) * 4, 64);
-      for (int xp = 0; xp < XP; ++xp) {
-        _tile_loadd(4, a0 + (xp * a_part + k * 16) * 2, 64);  // tile k / 32: 16 x 64 bytes
-        _tile_loadd(5, a1 + (xp * a_part + k * 16) * 2, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-      }
-    }
+    next.step();
+    panel.at(k, b0, b1);
+    step<XP>(a0, a1, a_part, b0, b1, k);
   }
-  _tile_stored(0, &acc[0][0], 128);
-  _tile_stored(1, &acc[0][16], 128);
-  _tile_stored(2, &acc[16][0], 128);
-  _tile_stored(3, &acc[16][16], 128);
+  store_c(acc);
 }
 
-// The k chunk: all rows' parts of one chunk stay in L2 while every pair of column blocks
-// multiplies them. One chunk of all of Kt where they fit; past that (the fp32 form from 64
-// rows at K = 4096) the rows re-read from L3 per pair bound the tiles: W8 at 128 rows ran at
-// 0.33x the tile rate with the 3 MiB of parts in one chunk.
+// The grouped form (W4's fp32 rows): the weights enter the tiles as exact integers (q - z), and
+// each group's sums are closed in fp32 by the group's scales, in k order:
+//
+//   C_g[r][n] = sum_{k in g} sum_xp x_xp[r][k] (q - z)[k][n]      the tiles, zeroed per group
+//   acc[r][n] = fma(C_g[r][n], s_g[n], acc[r][n])                    (the first group: C_g s_g)
+//
+// scales(k, s): the scales of the group that starts at k, s[0] block j0's 16 columns, s[1]
+// j1's. A group's C tiles go to `part` once its steps are issued, and are folded into acc
+// only after the next group's steps are issued, so that the AVX-512 FMAs run while the tile
+// unit multiplies.
+static inline void fold_group(const float (*part)[32], const __m512 s[2], bool init,
+                              float (*acc)[32]) {
+  for (int r = 0; r < 32; ++r)
+    for (int h = 0; h < 2; ++h) {
+      const __m512 c = _mm512_load_ps(&part[r][16 * h]);
+      __m512* to = reinterpret_cast<__m512*>(&acc[r][16 * h]);
+      *to = init ? _mm512_mul_ps(c, s[h]) : _mm512_fmadd_ps(c, s[h], *to);
+    }
+}
+
+template <int XP, class Panel, class Scales>
+static inline void block_groups(const uint16_t* a16, int64_t a_part, int64_t Kt, int64_t m0,
+                                int64_t k0, int64_t k1, int64_t G, Panel& panel, bool first,
+                                float (*acc)[32], Scales& scales, NextWeights next) {
+  const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kt);
+  const char* a1 = a0 + 16 * Kt * 2;
+  alignas(64) float part[32][32];
+  __m512 s[2];
+  next.start((k1 - k0) / kStep);
+  const char *b0, *b1;
+  for (int64_t g = k0; g < k1; g += G) {
+    zero_c();
+    for (int64_t k = g; k < g + G; k += kStep) {
+      next.step();
+      panel.at(k, b0, b1);
+      step<XP>(a0, a1, a_part, b0, b1, k);
+    }
+    if (g > k0) fold_group(part, s, first && g - G == k0, acc);  // the group before
+    store_c(part);
+    scales(g, s);
+  }
+  fold_group(part, s, first && k1 - G == k0, acc);
+}
+
+// No group scales: the sums run over the whole K (block above).
+struct NoGroups {};
+
+// A work item of a thread: its pair p over the k chunk [k0, k1).
+struct Item {
+  int64_t k0, k1, p;
+};
+
+// The k chunk: all rows' parts of one chunk and the pair's panel stay in L2 while every pair of
+// column blocks multiplies them. One chunk of all of Kt where they fit; past that (the fp32
+// form from 64 rows at K = 4096) the rows re-read from L3 per pair bound the tiles: W8 at 128
+// rows ran at 0.33x the tile rate with the 3 MiB of parts in one chunk; W4 g128 bf16 rows, 32
+// rows of 18176x4544: 1 MiB of parts and 1 MiB of panel in one chunk 1.20x the time of half.
 constexpr int64_t kChunkBytes = 1 << 20;
 
-static inline int64_t chunk_k(int64_t parts_bytes_per_k, int64_t Kt, int64_t k_align) {
-  const int64_t kc = kChunkBytes / parts_bytes_per_k / k_align * k_align;
+static inline int64_t chunk_k(int64_t bytes_per_k, int64_t Kt, int64_t k_align) {
+  const int64_t kc = kChunkBytes / bytes_per_k / k_align * k_align;
   return kc >= Kt ? Kt : std::max(kc, k_align);
 }
 
-// widen(nb0, nb, k0, k1, panel): blocks nb0 .. nb0 + nb (nb 1 or 2), k in [k0, k1), into panel
-// as the layout above, (k1 - k0) / 2 pair rows a block: panel[wpart][j] at (2 wpart + j) (k1 -
-// k0) * 8 u32;
+// widen(nb0, nb, k0, k1, panel): blocks nb0 .. nb0 + nb (nb 1 or 2), k in [k0, k1) (multiples
+// of k_align), into panel as the layout above, (k1 - k0) / 2 pair rows a block, block j at
+// j (k1 - k0) * 8 u32;
 // store(acc, m0, rows, nb0, nb): the block's epilogue, once its sums are whole.
-// block_bytes: a block's packed weight bytes (the blocks of a family lie one after another; the
-// next pair's are prefetched where K is one chunk). k_align: the chunks' k multiple (kStep,
-// or the group size).
-// XP: 1 (rows rounded to bf16) or 3 (fp32 rows in three parts); WP: the weight parts widen
-// writes (1 or 2). One pass over M <= kPassRows rows (run, below, makes the passes), its rows'
-// parts written to a16 (XP * Mp * Kt).
-template <int XP, int WP, class Widen, class Store>
+// block_bytes: a block's packed weight bytes (the blocks of a family lie one after another),
+// k_bytes: a block's bytes a k (NextWeights). k_align: the chunks' k multiple (kStep, or the
+// group size).
+// XP: 1 (rows rounded to bf16) or 3 (fp32 rows in three parts). scales(nb0, nb, k, s):
+// NoGroups, or the grouped form's scales (block_groups; then k_align is the group size). One
+// pass over M <= kPassRows rows (run, below, makes the passes), its rows' parts written to a16
+// (XP * Mp * Kt).
+template <int XP, class Widen, class Store, class Scales>
 static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N,
                             int64_t Kt, int nthreads, const void* w, int64_t block_bytes,
-                            int64_t k_align, uint16_t* a16, Widen& widen, Store& store) {
+                            int64_t k_bytes, int64_t k_align, uint16_t* a16, Widen& widen,
+                            Store& store, Scales& scales) {
   static_assert(XP == 1 || XP == 3, "rows: rounded (1) or split in three (3)");
   const int64_t Mp = (M + kRows - 1) / kRows * kRows, m_blocks = Mp / kRows;
   const int64_t n_blocks = (N + 15) / 16, pairs = (n_blocks + 1) / 2;
-  const int64_t Kc = chunk_k(XP * Mp * 2, Kt, k_align);
-  const int nt = threads_for_work(double(M) * N * K * XP * WP, nthreads);
+  const int64_t Kc = chunk_k(XP * Mp * 2 + (m_blocks > 1 ? 64 : 0), Kt, k_align);
+  const int nt = threads_for_work(double(M) * N * K * XP, nthreads);
+  const int64_t piece_k = round_up(kPieceK, k_align);
+  // an item's packed weights: k_bytes a k from each block's start, up to its end
+  auto next_weights = [&](const Item& it) {
+    NextWeights next;
+    const int64_t begin = it.k0 * k_bytes, end = std::min(it.k1 * k_bytes, block_bytes);
+    if (end <= begin) return next;
+    const char* at = static_cast<const char*>(w) + 2 * it.p * block_bytes + begin;
+    next.at[0] = at;
+    next.at[1] = 2 * it.p + 1 < n_blocks ? at + block_bytes : nullptr;
+    next.lines = (end - begin + 63) / 64;
+    return next;
+  };
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
 #pragma omp for schedule(static)
@@ -177,32 +319,46 @@ static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, i
     int64_t p0, p1;
     thread_range(pairs, &p0, &p1);
     if (p0 < p1) {
-      auto panel = alloc_scratch<uint32_t>(WP * 2 * Kc * 8);
+      // Work items in order: every k chunk, and in it this thread's pairs.
+      const int64_t n_pairs = p1 - p0, items = (Kt + Kc - 1) / Kc * n_pairs;
+      auto item = [&](int64_t i) {
+        const int64_t k0 = i / n_pairs * Kc;
+        return Item{k0, std::min(Kt, k0 + Kc), p0 + i % n_pairs};
+      };
+      auto buffer = alloc_scratch<uint32_t>(m_blocks > 1 ? 2 * Kc * 8 : 2 * 2 * piece_k * 8);
       // the sums of every (pair, row block) between chunks; one block's when K is one chunk
       const bool chunked = Kc < Kt;
-      auto sums = alloc_scratch<float>((chunked ? (p1 - p0) * m_blocks : 1) * kRows * 32);
+      auto sums = alloc_scratch<float>((chunked ? n_pairs * m_blocks : 1) * kRows * 32);
       gemm_w8a8::amx_configure_tiles(64);  // A, B and C tiles all 16 rows x 64 bytes
-      for (int64_t k0 = 0; k0 < Kt; k0 += Kc) {
-        const int64_t k1 = std::min(Kt, k0 + Kc);
-        const int64_t w_part = 2 * (k1 - k0) * 8;  // u32 from one weight part to the next
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t nb0 = 2 * p;
-          const int nb = static_cast<int>(std::min<int64_t>(2, n_blocks - nb0));
-          widen(nb0, nb, k0, k1, panel.get());
-          const uint32_t* j1 = panel.get() + (nb > 1 ? (k1 - k0) * 8 : 0);  // lone block: twice
-          // this thread's next pair of blocks, prefetched while this one multiplies
-          const int64_t pf_lines = p + 1 < p1 && !chunked
-                                       ? std::min<int64_t>(2, n_blocks - nb0 - 2) * block_bytes / 64
-                                       : 0;
-          const char* pf = pf_lines ? static_cast<const char*>(w) + (nb0 + 2) * block_bytes
-                                    : nullptr;
-          for (int64_t mb = 0; mb < m_blocks; ++mb) {
-            auto* acc = reinterpret_cast<float(*)[32]>(
-                sums.get() + (chunked ? (p - p0) * m_blocks + mb : 0) * kRows * 32);
-            block<XP, WP>(a16, Mp * Kt, Kt, mb * kRows, k0, k1, panel.get(), j1, w_part,
-                          k0 == 0, acc, pf, mb == 0 ? pf_lines : 0);
-            if (k1 == Kt) store(acc, mb * kRows, std::min(kRows, M - mb * kRows), nb0, nb);
+      for (int64_t i = 0; i < items; ++i) {
+        const Item it = item(i);
+        const int64_t k0 = it.k0, k1 = it.k1, nb0 = 2 * it.p;
+        const int nb = static_cast<int>(std::min<int64_t>(2, n_blocks - nb0));
+        // the next item's weights, prefetched while this one multiplies (by the first row block)
+        const NextWeights next = i + 1 < items ? next_weights(item(i + 1)) : NextWeights{};
+        auto run_block = [&](auto& panel, int64_t mb) {
+          auto* acc = reinterpret_cast<float(*)[32]>(
+              sums.get() + (chunked ? (it.p - p0) * m_blocks + mb : 0) * kRows * 32);
+          const NextWeights pf = mb == 0 ? next : NextWeights{};
+          if constexpr (std::is_same_v<Scales, NoGroups>)
+            block<XP>(a16, Mp * Kt, Kt, mb * kRows, k0, k1, panel, k0 == 0, acc, pf);
+          else {
+            auto pair_scales = [&](int64_t k, __m512 s[2]) { scales(nb0, nb, k, s); };
+            block_groups<XP>(a16, Mp * Kt, Kt, mb * kRows, k0, k1, k_align, panel, k0 == 0, acc,
+                             pair_scales, pf);
           }
+          if (k1 == Kt) store(acc, mb * kRows, std::min(kRows, M - mb * kRows), nb0, nb);
+        };
+        if (m_blocks == 1) {
+          Pieces<Widen> pieces{widen, nb0, k1, piece_k, nb, buffer.get()};
+          run_block(pieces, 0);
+        } else {
+          widen(nb0, nb, k0, k1, buffer.get());
+          const char* j0 = reinterpret_cast<const char*>(buffer.get());
+          const char* j1 = reinterpret_cast<const char*>(
+              buffer.get() + (nb > 1 ? (k1 - k0) * 8 : 0));  // lone block: twice
+          ChunkPanel panel{j0 - k0 * 32, j1 - k0 * 32};  // the panel starts at k0
+          for (int64_t mb = 0; mb < m_blocks; ++mb) run_block(panel, mb);
         }
       }
       _tile_release();
@@ -218,17 +374,17 @@ static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, i
 // ms; 128-row passes were level with 256.
 constexpr int64_t kPassRows = 256;
 
-template <int XP = 1, int WP = 1, class Widen, class Store>
+template <int XP = 1, class Widen, class Store, class Scales = NoGroups>
 static inline void run(const float* x, int64_t M, int64_t K, int64_t ldx, int64_t N, int64_t Kt,
-                       int nthreads, const void* w, int64_t block_bytes, int64_t k_align,
-                       Widen&& widen, Store&& store) {
+                       int nthreads, const void* w, int64_t block_bytes, int64_t k_bytes,
+                       int64_t k_align, Widen&& widen, Store&& store, Scales scales = {}) {
   // the rows' parts of one pass (A16 above), for every pass
   auto a16 = alloc_scratch<uint16_t>(XP * round_up(std::min(M, kPassRows), kRows) * Kt);
   for (int64_t r0 = 0; r0 < M; r0 += kPassRows) {
     auto store_rows = [&](const float (*acc)[32], int64_t m0, int64_t rows, int64_t nb0,
                           int nb) { store(acc, r0 + m0, rows, nb0, nb); };
-    run_pass<XP, WP>(x + r0 * ldx, std::min(kPassRows, M - r0), K, ldx, N, Kt, nthreads, w,
-                     block_bytes, k_align, a16.get(), widen, store_rows);
+    run_pass<XP>(x + r0 * ldx, std::min(kPassRows, M - r0), K, ldx, N, Kt, nthreads, w,
+                     block_bytes, k_bytes, k_align, a16.get(), widen, store_rows, scales);
   }
 }
 

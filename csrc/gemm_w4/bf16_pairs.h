@@ -76,22 +76,6 @@ struct ScaledW4Pairs {
         (__m512i)_mm512_cvtne2ps_pbh(_mm512_fmadd_ps(hi, s, c), _mm512_fmadd_ps(lo, s, c));
     return _mm512_permutexvar_epi16(interleave, both);
   }
-  // The same exact (q - z) s as two bf16 parts, hi = bf16((q - z) s) and lo = (q - z) s - hi:
-  // at most 15 significant bits, so lo (the bits below hi's 8, less than half an ulp of hi)
-  // is exact in bf16 and hi + lo is the fp32 weight (the fp32 form of gemm_w4_amx.cpp).
-  void split(__m512i q8, __m512 s, __m512 c, __m512i* hi_pair, __m512i* lo_pair) const {
-    const __m512 even = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(q8, 16)), s, c);
-    const __m512 odd = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(q8, high)), s, c);
-    const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(odd, even);  // even k words 0-15, odd 16-31
-    const __m512 even_hi = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hi)), 16));
-    const __m512 odd_hi = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hi, 1)), 16));
-    const __m512i lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(odd, odd_hi),
-                                                    _mm512_sub_ps(even, even_hi));
-    *hi_pair = _mm512_permutexvar_epi16(interleave, hi);
-    *lo_pair = _mm512_permutexvar_epi16(interleave, lo);
-  }
 };
 
 }  // namespace tersor::gemm_w4

@@ -81,12 +81,12 @@ void run_avx512bf16_scaled(const PackedW4LinearArgs& a);
 void run_bf16_scaled_ref(const PackedW4LinearArgs& a);
 void run_bf16_tiles(const PackedW4LinearArgs& a);
 
-// fp32 rows on AMX-BF16 tiles (the fp32 form of common/bf16_tiles.h), under the dequantized
-// rules' weights w = (q - z) s (exact in fp32, at most 15 significant bits): x = hi + mid + lo
-// and w = whi + wlo, all five exact in bf16, so the six products of parts are exact and the
-// tiles add them in fp32, in the tile unit's order (equal to the dequantized rules up to the
-// order of the additions; tests hold it to the fp64 sum):
-//   acc = sum_k sum_{xp, wp} x_xp[k] w_wp[k],    y = acc + bias
+// fp32 rows on AMX-BF16 tiles (the grouped fp32 form of common/bf16_tiles.h): x = hi + mid +
+// lo, three exact bf16 parts, against the exact integers q - z, so every product is exact;
+// the tiles add a group's products in fp32 in the tile unit's order, and the group's scale
+// closes them in fp32, in group order (tests hold it to the fp64 sum, within the register
+// kernel's error):
+//   acc = sum_g s_g * (sum_{k in g} sum_xp x_xp[k] (q[k] - z_g)),    y = acc + bias
 // run_fp32_tiles: this where amx_bf16_available() and group_size % 32 == 0, else run.
 void run_amx_fp32(const PackedW4LinearArgs& a);
 void run_fp32_tiles(const PackedW4LinearArgs& a);

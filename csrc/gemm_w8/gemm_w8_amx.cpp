@@ -50,7 +50,7 @@ template <int XP>
 void run_tiles(const PackedW8LinearArgs& a) {
   const int64_t Kp = round_up(a.K, 4), Kt = round_up(a.K, bf16_tiles::kStep);
   bf16_tiles::run<XP>(
-      a.x, a.M, a.K, a.ldx, a.N, Kt, a.nthreads, a.w, Kp * 16, bf16_tiles::kStep,
+      a.x, a.M, a.K, a.ldx, a.N, Kt, a.nthreads, a.w, Kp * 16, 16, bf16_tiles::kStep,
       [&](int64_t nb0, int nb, int64_t k0, int64_t k1, uint32_t* panel) {
         widen(a, nb0, nb, Kp, k0, k1, panel);
       },

@@ -91,38 +91,33 @@ BF16_MIN_ROWS = _bf16_min_rows()
 def _fp32_tiles_min_rows() -> dict:
     """Rows from which fp32 rows take the fp32 form of the AMX-BF16 tiles, per family (infinite
     without AMX-BF16; under torch's "medium" matmul precision the bf16 form runs instead). Each
-    fp32 value enters as three exact bf16 parts (common/bf16_tiles.h), so the products are those
-    of fp32 arithmetic and only the order of the fp32 additions is the tile unit's, as it is
-    torch's own in its GEMM: the results stay within fp32 rounding of the exact sums (tests:
-    below the register kernels' error against fp64), not bit for bit the register kernels'.
+    fp32 value enters as three exact bf16 parts (common/bf16_tiles.h) against weights that are
+    exact in bf16 (W8's int8 codes, W4's integers q - z), so every product is one of fp32
+    arithmetic and only the order of the fp32 additions is the tile unit's, as it is torch's own
+    in its GEMM; the scales close the sums in fp32 (W8 per channel, W4 per group): the results
+    stay within fp32 rounding of the exact sums (tests: below the register kernels' error
+    against fp64), not bit for bit the register kernels'.
     The call takes the tiles only where the active path is amx (_C.has_amx_bf16()); it runs the
     register kernel otherwise. W8 (gemm_w8_amx.cpp run_amx_fp32), measured on a Xeon with
     AMX-BF16 (family 6 model 167), 2 threads, 384x1536 / 2048x512 / 2048x8192 / 4096x4096 /
     8192x2048, register kernel time / tiles: 0.51-0.65 at 8 rows, 0.93-1.16 at 16, 1.31-1.65 at
     24, 1.67-2.17 at 32, 3.05 / 3.25 / 2.86 at 128 / 256 / 512 (4096x4096), where the dense
     panels (ops/dense_path.py) ran at torch's fp32 GEMM rate, 0.9-1.0x the register kernel.
-    W4 (gemm_w4_amx.cpp run_amx_fp32: the weights in two parts, six products a k), g128,
-    2048x512 / 4096x4096 / 8192x2048: 0.85-1.02 at 24 rows, 0.97-1.16 at 32, 1.19-1.43 at 64,
-    1.25-1.81 at 128, 1.35-1.93 at 384 (the dense panels' rows on Intel)."""
+    W4 (gemm_w4_amx.cpp run_amx_fp32, the grouped form), 2048x512 / 1536x1536 / 4096x4096 /
+    8192x2048 / 3072x8192: g128 0.57-0.83 at 8 rows, 0.94-1.26 at 16, 1.07-1.49 at 20, 1.40-1.91
+    at 32, 1.06-1.48 at 40 (two row blocks); g32 (2048x512 / 4096x4096 / 3072x8192) 0.83-1.08 at
+    16, 0.94-1.22 at 20, 1.18-1.58 at 32, 1.42-2.25 at 128."""
     if _C.cpu_info()["features"].get("amx_bf16"):
-        return {"w8": 20, "w4": 48}
+        return {"w8": 20, "w4": 20}
     return {"w8": 1 << 62, "w4": 1 << 62}
 
 
 FP32_TILES_MIN_ROWS = _fp32_tiles_min_rows()
 
 
-# The tiles run rows 32 at a time (two 16-row A tiles), so below FP32_TILES_MIN_ROWS their time
-# steps at 32 rows while the register kernel's grows row by row: tiles time / register kernel
-# time at 24 / 32 / 40 / 48 rows (2 threads, g128; 8192x3072, 3072x8192, 4096x4096,
-# 2560x10240, 1536x1536): 0.94-1.15 / 0.84-0.97 / 1.03-1.18 / 0.87-0.99. So also at 30-32 rows.
-FP32_TILES_W4_ROWS = range(30, 33)
-
-
 def fp32_tiles_take(m: int, group_size: int) -> bool:
     """Whether m float rows (not bf16 ones) of a W4 weight take _C.gemm_w4_fp32_tiles here."""
-    rows = m >= FP32_TILES_MIN_ROWS["w4"] or m in FP32_TILES_W4_ROWS
-    return rows and group_size % 32 == 0 and _C.has_amx_bf16()
+    return m >= FP32_TILES_MIN_ROWS["w4"] and group_size % 32 == 0 and _C.has_amx_bf16()
 
 
 # fp32 rows are rounded to bf16 first: the bf16 kernels take them from 8 rows at the least
@@ -225,8 +220,6 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
             bf16_rows = BF16_MIN_ROWS["w4"]
     fp32_bf16_rows = FP32_BF16_MIN_ROWS["w4"]
     fp32_tiles_rows = 1 << 62 if act_int8 else FP32_TILES_MIN_ROWS["w4"]
-    # (the window below it: the op decides, fp32_tiles_take)
-    window = range(0) if act_int8 or fp32_tiles_rows >= 1 << 62 else FP32_TILES_W4_ROWS
 
     @takes_half
     def run(x, bias):
@@ -240,7 +233,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
             if w4_tiles(m, group_size):
                 return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
             fn = _C.gemm_w4_bf16  # the group form, as gemm_w4_cpu would call it
-        if m >= lean_rows or m >= fp32_tiles_rows or m in window or not x.is_contiguous():
+        if m >= lean_rows or m >= fp32_tiles_rows or not x.is_contiguous():
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
         y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:
