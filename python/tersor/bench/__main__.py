@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import gc
 import json
 import platform
 import sys
@@ -172,6 +173,11 @@ def run_linear(family, shapes, ms, rotate, rounds, bw, compute_peak):
                     f"{m:>4}  {im.name:<30}{t * 1e6:>10.0f}{im.weight_bytes / t / 1e9:>8.1f}"
                     f"{2 * m * k * n / t / 1e9:>8.0f}{100 * floor / t:>9.0f}%  {rtxt}"
                 )
+        # this shape's weight copies go before the next shape's are made: held across the
+        # next make_impls they doubled the peak (`--shapes real` ran a 24 GiB host out of
+        # memory at its fifth 7B-size shape)
+        del impls, ready, times, baselines
+        gc.collect()
     return rows
 
 
