@@ -124,10 +124,28 @@ def _w4_tiles(isa, name, dtype, rows):
 
 
 def test_half_rows_staged_in_blocks():
-    """A call whose rows x (K + N) exceed the staging buffer (4M floats) runs in row blocks."""
-    layer = _layer("w8a8", 40, (1 << 20) + 7)
+    """A call whose rows x (K + N) exceed the staging buffer (8M floats) runs in row blocks."""
+    layer = _layer("w8a8", 40, (1 << 21) + 7)
     x = torch.randn(9, 40, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     assert _same(layer(x), layer(x.float()).to(torch.bfloat16))
+
+
+def test_half_rows_staged_in_balanced_blocks():
+    """2100 bf16 rows of K + N = 4096 floats, staged in two blocks (half_io.h staged_rows
+    balances them in whole 32-row tile blocks: 1056 + 1044): each row bit for bit what one call
+    of all the rows in fp32 gives it (the bf16 kernels of an int4 weight)."""
+    from tersor.formats.int4 import pack_int4, quantize_int4
+    from tersor.ops.gemm_w4 import gemm_w4_cpu
+
+    gen = torch.Generator().manual_seed(5)
+    k = n = 2048
+    q, s, z, g = quantize_int4(torch.randn(n, k, generator=gen), 128, False)
+    p = pack_int4(q, s, z, g)
+    b = torch.randn(n, generator=gen)
+    x = torch.randn(2100, k, generator=gen).bfloat16()
+    args = (p.codes, p.scale, p.zero, b, n, g, False)
+    y = gemm_w4_cpu(x, *args, bf16=True)
+    assert torch.equal(y, gemm_w4_cpu(x.float(), *args, bf16=True).bfloat16())
 
 
 @pytest.mark.parametrize("rows", [1, 3])
