@@ -58,9 +58,12 @@ struct ScaledW4Pairs {
     interleave = _mm512_load_si512(order);
     high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
   }
-  // s, c = (8 - z) s of one group's 16 columns (fp16 scales, u8 zero points or none)
+  // s, c = (8 - z) s of one group's 16 columns (fp16 scales, or none: s = 1; u8 zero points
+  // or none)
   static void group(const uint16_t* scale16, const uint8_t* zero16, __m512* s, __m512* c) {
-    *s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale16)));
+    *s = scale16
+             ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale16)))
+             : _mm512_set1_ps(1.0f);
     *c = zero16 ? _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
                                     _mm512_set1_epi32(8),
                                     _mm512_cvtepu8_epi32(_mm_loadu_si128(

@@ -34,9 +34,11 @@ namespace tersor::gemm_w4 {
 namespace {
 
 // Column blocks nb0, nb0 + 1 (nb of them) of the weight, k in [k0, k1) (whole groups), as
-// scaled bf16 pairs (the layout above).
-void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, int64_t k0,
-                  int64_t k1, uint32_t* panel) {
+// scaled bf16 pairs (the layout above), or for the grouped form (kExact) as the exact integers
+// bf16(q - z) (|q - z| <= 15), the scales left to the tiles' group sums.
+template <bool kExact>
+void widen(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, int64_t k0, int64_t k1,
+           uint32_t* panel) {
   const W4Pairs pairs_of;
   const ScaledW4Pairs scaled;
   const int64_t G = a.group_size;
@@ -45,40 +47,14 @@ void widen_scaled(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, 
     __m512i* out = reinterpret_cast<__m512i*>(panel + j * (k1 - k0) * 8) - k0 / 2;
     for (int64_t g = k0 / G; g < k1 / G; ++g) {
       const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
-      __m512 s, c;
-      ScaledW4Pairs::group(a.scale + meta, a.zero ? a.zero + meta : nullptr, &s, &c);
-      for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
-        __m512i p[4];
-        pairs_of(w + t * 64, p);
-        for (int i = 0; i < 4; ++i) _mm512_storeu_si512(out + 4 * t + i, scaled(p[i], s, c));
-      }
-    }
-  }
-}
-
-// The same blocks as exact integers for the grouped form: bf16(q - z) pairs (|q - z| <= 15:
-// exact), the scales left to the tiles' group sums.
-void widen_exact(const PackedW4LinearArgs& a, int64_t nb0, int nb, int64_t Kp, int64_t k0,
-                 int64_t k1, uint32_t* panel) {
-  const W4Pairs pairs_of;
-  const ScaledW4Pairs scaled;
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const int64_t G = a.group_size;
-  for (int j = 0; j < nb; ++j) {
-    const uint8_t* w = a.w + (nb0 + j) * Kp * 8;
-    __m512i* out = reinterpret_cast<__m512i*>(panel + j * (k1 - k0) * 8) - k0 / 2;
-    for (int64_t g = k0 / G; g < k1 / G; ++g) {
-      __m512 c = _mm512_setzero_ps();  // 8 - z: (q - 8) + (8 - z), exact in fp32 and bf16
-      if (a.zero) {
-        const uint8_t* z16 = a.zero + ((nb0 + j) * a.ngroups + g) * 16;
-        const __m128i z = _mm_loadu_si128(reinterpret_cast<const __m128i*>(z16));
-        c = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_set1_epi32(8), _mm512_cvtepu8_epi32(z)));
-      }
+      const uint8_t* zero = a.zero ? a.zero + meta : nullptr;
+      __m512 s, c;  // exact: s = 1, c = 8 - z, (q - 8) + (8 - z) exact in fp32 and bf16
+      ScaledW4Pairs::group(kExact ? nullptr : a.scale + meta, zero, &s, &c);
       for (int64_t t = g * G / 8; t < (g + 1) * G / 8; ++t) {
         __m512i p[4];
         pairs_of(w + t * 64, p);
         for (int i = 0; i < 4; ++i)
-          _mm512_storeu_si512(out + 4 * t + i, a.zero ? scaled(p[i], one, c) : p[i]);
+          _mm512_storeu_si512(out + 4 * t + i, kExact && !zero ? p[i] : scaled(p[i], s, c));
       }
     }
   }
@@ -105,7 +81,7 @@ void run_amx_bf16(const PackedW4LinearArgs& a) {
   bf16_tiles::run<1>(
       a.x, a.M, a.K, a.ldx, a.N, Kp, a.nthreads, a.w, Kp * 8, 8, a.group_size,
       [&](int64_t nb0, int nb, int64_t k0, int64_t k1, uint32_t* panel) {
-        widen_scaled(a, nb0, nb, Kp, k0, k1, panel);
+        widen<false>(a, nb0, nb, Kp, k0, k1, panel);
       },
       store_to(a));
 }
@@ -115,7 +91,7 @@ void run_amx_fp32(const PackedW4LinearArgs& a) {
   bf16_tiles::run<3>(
       a.x, a.M, a.K, a.ldx, a.N, Kp, a.nthreads, a.w, Kp * 8, 8, a.group_size,
       [&](int64_t nb0, int nb, int64_t k0, int64_t k1, uint32_t* panel) {
-        widen_exact(a, nb0, nb, Kp, k0, k1, panel);
+        widen<true>(a, nb0, nb, Kp, k0, k1, panel);
       },
       store_to(a),
       [&](int64_t nb0, int nb, int64_t k, __m512 s[2]) {  // the group's scales, blocks j0 / j1
