@@ -44,6 +44,15 @@ static inline void split_range(int64_t n, int nt, int t, int64_t* begin, int64_t
   *end = n * (t + 1) / nt;
 }
 
+// This thread's index in its OpenMP team (0 outside a parallel region).
+static inline int thread_index() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // This thread's share [begin, end) of n items, inside an OpenMP parallel region.
 static inline void thread_range(int64_t n, int64_t* begin, int64_t* end) {
 #if defined(_OPENMP)

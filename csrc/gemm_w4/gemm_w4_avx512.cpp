@@ -42,12 +42,15 @@ TERSOR_UNROLL
     __m512i v[NB];
 TERSOR_UNROLL
     for (int j = 0; j < NB; ++j) v[j] = _mm512_loadu_si512(a.w + (nb0 + j) * block_bytes + t * 64);
-    if (t + kPrefetchTiles < k8_end)
+    {  // near a stream's end, the start of the same stream of the next tile's blocks
+      const int64_t ta = t + kPrefetchTiles;
+      const uint8_t* ahead =
+          ta < k8_end ? a.w + nb0 * block_bytes + ta * 64 : a.w + (nb0 + NB) * block_bytes +
+                                                                 (ta - k8_end) * 64;
 TERSOR_UNROLL
       for (int j = 0; j < NB; ++j)
-        _mm_prefetch(reinterpret_cast<const char*>(a.w + (nb0 + j) * block_bytes +
-                                                   (t + kPrefetchTiles) * 64),
-                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + j * block_bytes), _MM_HINT_T0);
+    }
     auto step = [&](int i) {
       __m512 q[NB];
 TERSOR_UNROLL
@@ -166,14 +169,17 @@ void run_avx512(const PackedW4LinearArgs& a) {
   }
   const int64_t nbw = a.M == 1 ? 4 : 2;  // 4 x 2 accumulators fit in 32 zmm only for 1 row
   const int64_t nks = (a.K + kChunk - 1) / kChunk;
-  auto X = alloc_scratch<float>(a.M * nks);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
+  const int team_size = ::tersor::team(nt);
+  auto sums = alloc_scratch<float>(team_size * a.M * nks);
+#pragma omp parallel num_threads(team_size)
   {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
+    // every thread sums all rows itself (M * K adds against its M * K * N / nt multiply-adds):
+    // no barrier between the sums and the tiles
+    float* X = sums.get() + thread_index() * a.M * nks;
+    for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X + m * nks);
     for_each_tile(n_blocks, nbw, a.M, kMR, [&](int64_t nb0, int nb, int64_t m0, int mr) {
-      pick(mr, nb, nbw == 4)(a, X.get() + m0 * nks, nks, m0, nb0);
+      pick(mr, nb, nbw == 4)(a, X + m0 * nks, nks, m0, nb0);
     });
   }
 }
