@@ -156,6 +156,49 @@ def test_torch_compile_fullgraph(cfg):
     torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-5)
 
 
+def test_call_keeps_hooks_compile_and_fx():
+    """PackedLinear.__call__ skips nn.Module.__call__ only while nothing would notice: hooks of
+    every kind (the layer's and global ones) still run, module.compile() still compiles, and
+    torch.fx's tracer (which patches nn.Module.__call__) still records the layer as a call."""
+    q = QLinear.from_float(make_linear(37, 20), tersor.W8A8Config())
+    x = torch.randn(3, 37)
+    y = q(x)
+    seen = []
+    hooks = [
+        q.register_forward_pre_hook(lambda m, a: (a[0] * 2,)),
+        q.register_forward_hook(lambda m, a, out: seen.append("fwd") or out + 1),
+        nn.modules.module.register_module_forward_hook(lambda m, a, out: seen.append("global")),
+    ]
+    try:
+        torch.testing.assert_close(q(x), q.forward(2 * x) + 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == ["global", "fwd"]  # global hooks run first; q.forward is not a call
+    torch.testing.assert_close(q(x), y)
+    xg = x.clone().requires_grad_()
+    h = q.register_full_backward_hook(lambda m, gi, go: seen.append("bwd"))
+    q(xg).sum().backward()
+    h.remove()
+    assert seen[-1] == "bwd" and xg.grad is not None
+
+    class LeafTracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, name):
+            return isinstance(m, QLinear) or super().is_leaf_module(m, name)
+
+    model = nn.Sequential(nn.ReLU(), q)
+    graph = LeafTracer().trace(model)
+    assert [n.op for n in graph.nodes].count("call_module") == 2
+
+    torch._dynamo.reset()
+    q.compile(fullgraph=True, backend="eager")
+    try:
+        assert q._compiled_call_impl is not None
+        torch.testing.assert_close(q(x), y)
+    finally:
+        q._compiled_call_impl = None
+
+
 @pytest.mark.parametrize("scheme", ["w4", "w4a8"])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_from_gptq_matches_dequantized_linear(scheme, act_order):

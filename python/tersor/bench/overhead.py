@@ -14,16 +14,24 @@ from tersor.bench.impls import make_linear
 from tersor.nn import QLinear
 
 
-def _median_us(fn, n=2000, rounds=7):
-    for _ in range(200):
-        fn()
-    out = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(n):
+def _interleaved_us(fns: dict, n=2000, rounds=15) -> dict:
+    """Per-call time of each fn (us): the median over rounds in which every fn runs n calls
+    back to back, one after the other. Interleaved, so the drift of a shared machine (the bare
+    kernel read 3.3 and 3.8 us a minute apart here) lands on every fn alike; and the gap
+    between two of them is the median of the per-round gaps ("gap_us")."""
+    for fn in fns.values():
+        for _ in range(200):
             fn()
-        out.append((time.perf_counter() - t0) / n * 1e6)
-    return statistics.median(out)
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n * 1e6)
+    out = {name: statistics.median(t) for name, t in times.items()}
+    out["gap_us"] = statistics.median(a - b for a, b in zip(times["qlinear"], times["kernel"]))
+    return out
 
 
 def measure_overhead(k: int = 384, n: int = 384) -> dict:
@@ -46,7 +54,16 @@ def measure_overhead(k: int = 384, n: int = 384) -> dict:
         n,
         threads,
     )
-    kernel = _median_us(lambda: _C.gemm_w8a8(*args))
-    qlin = _median_us(lambda: q(x))
-    flin = _median_us(lambda: F.linear(x, lin.weight, lin.bias))
-    return dict(qlinear_us=qlin, kernel_us=kernel, overhead_us=qlin - kernel, flinear_us=flin)
+    t = _interleaved_us(
+        {
+            "kernel": lambda: _C.gemm_w8a8(*args),
+            "qlinear": lambda: q(x),
+            "flinear": lambda: F.linear(x, lin.weight, lin.bias),
+        }
+    )
+    return dict(
+        qlinear_us=t["qlinear"],
+        kernel_us=t["kernel"],
+        overhead_us=t["gap_us"],
+        flinear_us=t["flinear"],
+    )
