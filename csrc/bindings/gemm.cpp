@@ -175,7 +175,8 @@ void bind_gemm_w4(py::module_& m) {
          int nthreads, int io, addr x_scale) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w4::run);
+                            io, ptr<const float>(x_scale), gemm_w4::run, false,
+                            gemm_w4::takes_half_rows(M));
       },
       TERSOR_W4_ARGS, nogil(),
       (std::string(kW4Doc) +

@@ -34,7 +34,8 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
       return;
     }
     if (kind == W4 || kind == W4Bf16) {  // (the staging scales fp32 rows by x_scale, as
-      half_io::run_staged(a, io, x_scale, gemm_w4::run);  // _C.gemm_w4 does)
+      half_io::run_staged(a, io, x_scale, gemm_w4::run, false,  // _C.gemm_w4 does)
+                          gemm_w4::takes_half_rows(a.M));
       return;
     }
     a.x_scale = x_scale;

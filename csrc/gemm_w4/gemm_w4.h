@@ -43,6 +43,10 @@ constexpr int64_t kDequantMinRowsAvx512 = 16;
 // one with an AVX-512 path.
 bool dequantized_rows(int64_t M);
 
+// Whether run() over M rows reads bf16 / fp16 rows (a.x_io) and writes them (a.y_io) itself
+// (half_io::run_staged's half_rows): where it takes the AVX-512 register tiles.
+bool takes_half_rows(int64_t M);
+
 // Chunk sums X[m][c] of x (row stride ceil(K / kChunk)), the same arithmetic in every path.
 void chunk_sums(const float* x, int64_t K, float* out);
 

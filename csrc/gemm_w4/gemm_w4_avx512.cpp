@@ -12,6 +12,7 @@
 #include "common/parallel.h"
 #include "common/slab_gemm_avx512.h"
 #include "gemm_w4/gemm_w4.h"
+#include "half_io/half_avx512.h"
 
 namespace tersor::gemm_w4 {
 namespace {
@@ -100,7 +101,7 @@ TERSOR_UNROLL
     const __m512 b = bias16(a.bias, n, mask);
 TERSOR_UNROLL
     for (int r = 0; r < MR; ++r)
-      _mm512_mask_storeu_ps(a.y + (m0 + r) * a.ldy + n, mask, _mm512_add_ps(acc[r][j], b));
+      half_io::store_y16(a, m0 + r, n, mask, _mm512_add_ps(acc[r][j], b));
   }
 }
 
@@ -171,15 +172,26 @@ void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t nks = (a.K + kChunk - 1) / kChunk;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
   const int team_size = ::tersor::team(nt);
-  auto sums = alloc_scratch<float>(team_size * a.M * nks);
+  // per thread: the rows' chunk sums, then (half rows) the rows widened
+  const int64_t sums_floats = round_up(a.M * nks, 16);
+  const int64_t per_thread = sums_floats + (a.x_io ? round_up(a.M * a.K, 16) : 0);
+  auto scratch = alloc_scratch<float>(team_size * per_thread);
 #pragma omp parallel num_threads(team_size)
   {
-    // every thread sums all rows itself (M * K adds against its M * K * N / nt multiply-adds):
-    // no barrier between the sums and the tiles
-    float* X = sums.get() + thread_index() * a.M * nks;
-    for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X + m * nks);
+    // every thread sums (and widens) all rows itself, M * K adds against its M * K * N / nt
+    // multiply-adds: no barrier between the sums and the tiles
+    float* X = scratch.get() + thread_index() * per_thread;
+    PackedW4LinearArgs t = a;
+    if (a.x_io) {
+      float* rows = X + sums_floats;
+      a.x_widen({a.x, a.M, a.K, a.ldx, rows, a.K, a.x_io});
+      t.x = rows;
+      t.ldx = a.K;
+      t.x_io = 0;
+    }
+    for (int64_t m = 0; m < a.M; ++m) chunk_sums(t.x + m * t.ldx, a.K, X + m * nks);
     for_each_tile(n_blocks, nbw, a.M, kMR, [&](int64_t nb0, int nb, int64_t m0, int mr) {
-      pick(mr, nb, nbw == 4)(a, X + m0 * nks, nks, m0, nb0);
+      pick(mr, nb, nbw == 4)(t, X + m0 * nks, nks, m0, nb0);
     });
   }
 }

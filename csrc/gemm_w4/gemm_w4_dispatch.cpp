@@ -8,6 +8,14 @@ void run(const PackedW4LinearArgs& a) {
   dispatch_isa(a, run_ref, TERSOR_X86_FN(run_avx2), TERSOR_X86_FN(run_avx512));
 }
 
+bool takes_half_rows(int64_t M) {
+#if defined(TERSOR_X86)
+  return active_isa() >= Isa::Avx512 && !dequantized_rows(M);
+#else
+  return false;
+#endif
+}
+
 void run_bf16(const PackedW4LinearArgs& a) {
   if (a.M == 0 || a.N == 0) return;
 #if defined(TERSOR_X86)

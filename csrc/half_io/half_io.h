@@ -91,11 +91,24 @@ float* scratch(int64_t floats);  // this thread's buffer, grown on demand
 // quantizes it, so half rows go to it as they are (Args::x_io, each row widened in cache by
 // quant_act::a8_row): no pass over x. Where a8_writes_half_rows(), its epilogue rounds the
 // outputs to half itself (Args::y_io): no scratch at all. Same bits as staging.
+//
+// half_rows: the kernel reads and writes half rows itself on this call (x_io, x_widen and y_io
+// set; gemm_w4's register tiles, gemm_w4::takes_half_rows): every thread widens the rows it
+// reads and rounds the outputs it writes, so that no fp32 copy of x or y crosses between the
+// cores (at one bf16 row of 1536x384, 2 threads, the staged call took ~1 us more than an fp32
+// one). Same bits as staging.
 bool a8_writes_half_rows();  // the A8 kernels' active path is AVX-512 or AMX
 template <typename Args, typename Kernel>
-void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel, bool a8 = false) {
+void run_staged(const Args& a, int io, const float* x_scale, Kernel kernel, bool a8 = false,
+                bool half_rows = false) {
   if ((io == F32 && x_scale == nullptr) || a.M == 0) return kernel(a);
   const bool half = io != F32;
+  if (half && half_rows && x_scale == nullptr) {
+    Args b = a;
+    b.x_io = b.y_io = io;
+    b.x_widen = converters().widen_rows;
+    return kernel(b);
+  }
   const bool stage_x = !(half && a8 && x_scale == nullptr);
   const bool stage_y = half && !(a8 && a8_writes_half_rows());
   Args b = a;
