@@ -27,6 +27,7 @@ from tersor.ops._common import (
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
 
 _num_threads = torch.get_num_threads
+_BF16, _F32 = torch.bfloat16, torch.float32
 
 
 def _tiles_min_rows() -> Optional[dict]:
@@ -219,23 +220,33 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
         if BF16_MIN_ROWS is not None:
             bf16_rows = BF16_MIN_ROWS["w4"]
     fp32_bf16_rows = FP32_BF16_MIN_ROWS["w4"]
-    fp32_tiles_rows = 1 << 62 if act_int8 else FP32_TILES_MIN_ROWS["w4"]
+    # from these rows the general path (dense panels, fp32 tiles) takes every call
+    general_rows = min(lean_rows, 1 << 62 if act_int8 else FP32_TILES_MIN_ROWS["w4"])
 
     @takes_half
     def run(x, bias):
-        if x.dim() == 0 or x.shape[-1] != k:
-            return None
-        m = x.numel() // k
+        s = x.shape  # read once: 2-D rows (the common case) without dim() / numel() calls
+        if len(s) == 2:
+            if s[1] != k:
+                return None
+            m = s[0]
+        else:
+            if not s or s[-1] != k:
+                return None
+            m = x.numel() // k
         fn = kernel
+        dt = x.dtype
         # (an fp32 decode row asks nothing more: fp32 rows go no lower than FP32_BF16_MIN_ROWS)
-        bf16 = x.dtype is torch.bfloat16 or (x.dtype is torch.float32 and m >= fp32_bf16_rows)
-        if m >= bf16_rows and bf16 and bf16_allowed(x, "w4", m, x_scale):
-            if w4_tiles(m, group_size):
-                return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
-            fn = _C.gemm_w4_bf16  # the group form, as gemm_w4_cpu would call it
-        if m >= lean_rows or m >= fp32_tiles_rows or not x.is_contiguous():
+        if m >= bf16_rows and (dt is _BF16 or (dt is _F32 and m >= fp32_bf16_rows)):
+            if bf16_allowed(x, "w4", m, x_scale):
+                if w4_tiles(m, group_size):
+                    return gemm_w4_cpu(
+                        x, codes, scale, zero, bias, n, group_size, act_int8, x_scale
+                    )
+                fn = _C.gemm_w4_bf16  # the group form, as gemm_w4_cpu would call it
+        if m >= general_rows or not x.is_contiguous():
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
-        y = empty_rows(x, n)  # [..., N] at once: no view per call
+        y = x.new_empty(m, n) if len(s) == 2 else empty_rows(x, n)  # [..., N] at once
         if m:
             fn(
                 x.data_ptr(),
@@ -252,7 +263,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
                 y.data_ptr(),
                 n,
                 _num_threads(),
-                IO_CODE[x.dtype],
+                IO_CODE[dt],
                 xsp,
                 *tail,
             )
