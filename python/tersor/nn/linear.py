@@ -165,10 +165,10 @@ class PackedLinear(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        """nn.Module.__call__ without its two frames and per-call checks (~0.6 us of a small
-        layer's ~7) while nothing would see the difference: no hooks on this layer or global
-        ones, no module.compile(), no torch.jit tracing, and nn.Module.__call__ not patched
-        (torch.fx's tracer patches it to record module calls). Else torch's own."""
+        """nn.Module.__call__ without its two frames (1.05 -> ~0.6 us a call, of a small
+        layer's ~6.5 us) while nothing would see the difference: no hooks on this layer or
+        global ones, no module.compile(), no torch.jit tracing, and nn.Module.__call__ not
+        patched (torch.fx's tracer patches it to record module calls). Else torch's own."""
         if (
             self._forward_hooks
             or self._forward_pre_hooks
