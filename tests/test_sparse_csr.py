@@ -306,6 +306,27 @@ def test_spmm_csr_w8a8_exact_past_the_fp32_chunk(isa, m, gen):
     torch.testing.assert_close(y, expect.expand(m, 3), rtol=0, atol=0)
 
 
+def test_unstructured_int8_rows_window_by_isa_sparsity_and_k(monkeypatch):
+    """Where the dense W8A8 copy runs, decided at conversion for the active ISA path: with VNNI
+    from 2 rows below 95% zeros, from 4 above, from one row with fewer than 64 nonzeros an
+    output (K x density) or below 85% zeros; on AVX2 / the ref below 32 rows when sparse enough."""
+    from tersor.formats.sparse_csr import int8_rows_window
+
+    cases = [(1536, 0.1), (1536, 0.05), (4096, 0.0501), (384, 0.1), (384, 0.05), (4096, 0.2)]
+    for isa in tersor.available_isas():
+        monkeypatch.setenv("TERSOR_CPU_ISA", isa)
+        got = [int8_rows_window(k, d) for k, d in cases]
+        if isa in ("avx512", "amx"):
+            want = [(2, None), (4, None), (4, None), (1, None), (1, None), (1, None)]
+        else:
+            want = [(1, 32)] * 5 + [(1, None)]
+        assert got == want, isa
+    model = nn.Sequential(nn.Linear(384, 40))  # 38 nonzeros an output at 90% zeros
+    tersor.sparsify_(model, tersor.SparseConfig(sparsity=0.9))
+    tersor.quantize_(model, tersor.W8A8Config())
+    assert model[0].dense_from_rows == int8_rows_window(384, model[0].fmt.density)[0]
+
+
 def test_unstructured_int8_rows_window_without_vnni(monkeypatch, gen):
     """Converted for the AVX2 path, a 90% sparse int8 layer runs the dense W8A8 copy below
     INT8_AVX2_SPARSE_FROM_ROWS rows and the sparse kernel from there (the same integers, so the

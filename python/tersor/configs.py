@@ -227,11 +227,13 @@ LARGE_M_BREAK_EVEN = 0.85
 DENSE_FALLBACK_ROWS = 256
 # Their int8 form ("unstructured+w8a8") against our dense W8A8 (AMX here): 1.35-2.7x at M = 1
 # from 90% zeros, 0.4-1.0x from 8 rows, 0.6-0.8x at 75% even at M = 1. So an int8 layer runs
-# the dense W8A8 kernel on a dense int8 copy from INT8_DENSE_FALLBACK_ROWS rows, and always
-# below LARGE_M_BREAK_EVEN sparsity. On CPUs without VNNI it is the other way round: the dense
-# W8A8 kernel below INT8_AVX2_SPARSE_FROM_ROWS rows, the sparse one from there when the layer
-# is LARGE_M_BREAK_EVEN sparse (formats/sparse_csr.py with_int8_values has the figures).
-INT8_DENSE_FALLBACK_ROWS = 4
+# the dense W8A8 kernel on a dense int8 copy from INT8_DENSE_FALLBACK_ROWS rows (by its
+# sparsity: formats/sparse_csr.py int8_rows_window), from one row below LARGE_M_BREAK_EVEN
+# sparsity or with fewer than INT8_SPARSE_MIN_NONZEROS nonzeros an output. On CPUs without
+# VNNI it is the other way round: the dense W8A8 kernel below INT8_AVX2_SPARSE_FROM_ROWS rows,
+# the sparse one from there when the layer is LARGE_M_BREAK_EVEN sparse.
+INT8_DENSE_FALLBACK_ROWS = {0.95: 4, 0.0: 2}  # from this sparsity (the first that holds): rows
+INT8_SPARSE_MIN_NONZEROS = 64
 INT8_AVX2_SPARSE_FROM_ROWS = 32
 # 2:4 int8 layers ("2:4+w8a8") on AMX CPUs: the dense W8A8 copy from this many rows, for
 # layers of at most / more than INT8_24_SMALL weights (formats/sparse24.py

@@ -221,6 +221,44 @@ def pack_csr(rowptr, col, val, n: int, k: int) -> PackedCsr:
     )
 
 
+def int8_rows_window(k: int, density: float) -> tuple:
+    """(dense_from_rows, sparse_from_rows) of an unstructured int8 layer of in_features k:
+    the rows [dense_from, sparse_from) run the dense W8A8 kernel on a dense int8 copy, the rest
+    the sparse kernel. Decided at conversion, for the ISA active then.
+    - VNNI (AVX-512 / AMX machines): the sparse kernel wins at few rows only. Sparse time /
+      dense (AMX) time, AMX Xeon (family 6 model 167), 2 threads, at 1 / 2 rows
+      (`--family sparse90` / `sparse95 --m 1,2`), K x N:
+                             90% zeros               95% zeros
+        1536x384 2048x512    0.86 / 1.11  0.78 / 1.03  0.75 / 0.92  0.56 / 0.72
+        1536x1536 2048x2048  0.66 / 1.03  0.55 / 0.87  0.46 / 0.65  0.31 / 0.43
+        4096x4096            0.64 / 1.25               0.34 / 0.60
+        384x1536             1.19 / 1.72               1.08 / 1.43
+      so the dense copy from 2 rows below 95% zeros, from 4 (INT8_DENSE_FALLBACK_ROWS) above;
+      from one row where an output keeps fewer than INT8_SPARSE_MIN_NONZEROS nonzeros (k x
+      density: 38 / 19 at 384x1536, where the sparse kernel's cost per output outweighs the
+      products) or the layer is below LARGE_M_BREAK_EVEN sparsity.
+    - AVX2: the dense W8A8 kernel wins at few rows (Zen 3, 90% zeros: the sparse one
+      0.63-0.97x at M = 1, 0.5-0.76x at 2) and loses from a few dozen, where the sparse one
+      runs the fp32 kernels' FMAs on codes (1.16-1.72x at 32 rows, 1.31-1.80x at 128; 85%
+      zeros: 1.38x / 1.27x): dense below INT8_AVX2_SPARSE_FROM_ROWS rows."""
+    from tersor._backend import cpu_info
+    from tersor.configs import (
+        INT8_AVX2_SPARSE_FROM_ROWS,
+        INT8_DENSE_FALLBACK_ROWS,
+        INT8_SPARSE_MIN_NONZEROS,
+        LARGE_M_BREAK_EVEN,
+    )
+
+    sparsity = 1 - density
+    sparse_enough = sparsity >= LARGE_M_BREAK_EVEN
+    if cpu_info()["active"] not in ("avx512", "amx"):
+        return 1, (INT8_AVX2_SPARSE_FROM_ROWS if sparse_enough else None)
+    if not sparse_enough or k * density < INT8_SPARSE_MIN_NONZEROS:
+        return 1, None
+    # (a pruned layer's zeros round: 0.1% slack on the sparsity)
+    return next(r for s, r in INT8_DENSE_FALLBACK_ROWS.items() if sparsity + 1e-3 >= s), None
+
+
 class CsrFormat(WeightFormat):
     """Unstructured sparse weights: fp32 values ("unstructured") or int8 values x dynamic int8
     activations ("unstructured+w8a8"), run by ``tersor::spmm_csr``.
@@ -327,12 +365,6 @@ class CsrFormat(WeightFormat):
         """The same positions with int8 values: symmetric per output channel, rounded to
         nearest (quantize_per_channel_int8 of the dense weight, bit for bit, computed from
         the nonzeros alone), or `solved` = GPTQ's dense (q, scale) read at the positions."""
-        from tersor._backend import cpu_info
-        from tersor.configs import (
-            INT8_AVX2_SPARSE_FROM_ROWS,
-            INT8_DENSE_FALLBACK_ROWS,
-            LARGE_M_BREAK_EVEN,
-        )
         from tersor.ops._common import QMAX
 
         n, k = self.out_features, self.in_features
@@ -352,19 +384,8 @@ class CsrFormat(WeightFormat):
             dense_q, s = solved
             for _, _, a, b, rows in csr_rows(rp, n, k):
                 q[a:b] = dense_q.reshape(-1)[rows * k + col[a:b]]
-        # Decided at conversion, for the ISA active then. With VNNI (AVX-512 / AMX machines) the
-        # sparse int8 kernel wins at few rows only. On AVX2 the dense W8A8 kernel wins at few
-        # rows (Zen 3, 90% zeros: the sparse one 0.63-0.97x at M = 1, 0.5-0.76x at 2) and loses
-        # from a few dozen, where the sparse one runs the fp32 kernels' FMAs on codes (1.16-1.72x
-        # at 32 rows, 1.31-1.80x at 128; 85% zeros: 1.38x / 1.27x). The fp32 layer's positions
-        # stay (a value rounding to 0 too).
-        vnni = cpu_info()["active"] in ("avx512", "amx")
-        sparse_enough = 1 - self.density >= LARGE_M_BREAK_EVEN
-        if vnni:
-            dense_from, sparse_from = (INT8_DENSE_FALLBACK_ROWS if sparse_enough else 1), None
-        else:
-            dense_from, sparse_from = 1, (INT8_AVX2_SPARSE_FROM_ROWS if sparse_enough else None)
-        return CsrFormat(rp, col, q, n, k, s, dense_from, sparse_from)
+        # The fp32 layer's positions stay (a value rounding to 0 too).
+        return CsrFormat(rp, col, q, n, k, s, *int8_rows_window(k, self.density))
 
     def state_names(self):
         return ["weight_rowptr", "weight_col", "weight_val"] + (
@@ -463,6 +484,8 @@ class CsrFormat(WeightFormat):
             if self.dense_from_rows is None:
                 return sparse
             dense = cpu_runner_w8a8(self.dense_packed, self.dense_colsum, self.dense_scale, n, k)
+            if self.dense_from_rows <= 1 and self.sparse_from_rows is None:
+                return dense  # every row (rows_window would only add its checks)
             return rows_window(sparse, dense, k, self.dense_from_rows, self.sparse_from_rows)
         return cpu_runner_csr(arrays, n, k, self.dense_from_rows, generic)
 
