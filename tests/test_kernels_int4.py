@@ -143,16 +143,18 @@ def fma_chain(x, w):
 
 
 @pytest.mark.parametrize("sym", [False, True])
-@pytest.mark.parametrize("m", [7, 16, 19])  # (from 20 rows AMX-BF16 takes the fp32 tiles)
+@pytest.mark.parametrize("m", [7, 16, 19])
 @pytest.mark.parametrize("g,k", [(32, 608), (-1, 261), (128, 640)])
 def test_gemm_w4_dequantized_rules(isa, g, k, m, sym, gen):
     """Where a call follows the dequantized rules (gemm_w4.h: from 7 rows on machines without
-    AVX-512, from 16 on those with it), y = fma-chain(x, (q - z) * s) + bias bit for bit on
-    every path."""
+    AVX-512, from 16 on those with it, up to the rows AMX-BF16 takes the fp32 tiles from),
+    y = fma-chain(x, (q - z) * s) + bias bit for bit on every path."""
     if not _C.gemm_w4_dequantized_rows(m):
         pytest.skip(f"this machine has AVX-512: the 32-k chunk rules hold for {m} rows")
     n = 21
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    if fp32_tiles_take(m, G):
+        pytest.skip(f"the fp32 tiles take {m} rows of group size {G} here")
     x = torch.randint(-256, 257, (m, k), generator=gen).float() / 64  # 9 significant bits
     y = gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)
     w = dequantize_int4(q, s, z, G)
@@ -333,7 +335,7 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
 FP32_TILE_CASES = [(1, 64, 33, 32, True), (7, 224, 37, 32, False), (33, 576, 100, 64, True),
                    (70, 640, 48, 128, False), (300, 1280, 40, 128, True),
                    (1030, 64, 20, 32, False), (7, 37, 5, -1, False),
-                   (5, 5632, 40, 64, False)]  # fmt: skip
+                   (5, 5632, 40, 64, False), (20, 640, 48, 128, False)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,k,n,g,sym", FP32_TILE_CASES)

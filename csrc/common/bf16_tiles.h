@@ -151,19 +151,23 @@ struct Pieces {
 };
 
 // The four tile products of step k: C tiles 0-3 += the row blocks (A tiles 4, 5; each of the
-// XP row parts, a_part elements apart) x blocks j0 / j1 (B tiles 6, 7).
+// XP row parts, a_part elements apart) x blocks j0 / j1 (B tiles 6, 7). upper_rows: whether
+// rows 16-31 hold any row; if not, their two products are skipped (C tiles 2, 3 keep their
+// zeros): at 8-16 rows 1.06-1.17x faster (W4 g128 bf16 rows, 384x1536 .. 4096x4096).
 template <int XP>
 static inline void step(const char* a0, const char* a1, int64_t a_part, const char* b0,
-                        const char* b1, int64_t k) {
+                        const char* b1, int64_t k, bool upper_rows) {
   _tile_loadd(6, b0 + k * 32, 64);  // 16 pair rows of 64 bytes: 32 k
   _tile_loadd(7, b1 + k * 32, 64);
   for (int xp = 0; xp < XP; ++xp) {
     _tile_loadd(4, a0 + (xp * a_part + k * 16) * 2, 64);  // tile k / 32: 16 x 64 bytes
-    _tile_loadd(5, a1 + (xp * a_part + k * 16) * 2, 64);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    if (upper_rows) {
+      _tile_loadd(5, a1 + (xp * a_part + k * 16) * 2, 64);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
   }
 }
 
@@ -186,7 +190,7 @@ static inline void zero_c() {
 template <int XP, class Panel>
 static inline void block(const uint16_t* a16, int64_t a_part, int64_t Kt, int64_t m0, int64_t k0,
                          int64_t k1, Panel& panel, bool first, float (*acc)[32],
-                         NextWeights next) {
+                         NextWeights next, bool upper_rows) {
   const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kt);  // row blocks m0, m0 + 16
   const char* a1 = a0 + 16 * Kt * 2;
   if (first) {
@@ -202,7 +206,7 @@ static inline void block(const uint16_t* a16, int64_t a_part, int64_t Kt, int64_
   for (int64_t k = k0; k < k1; k += kStep) {
     next.step();
     panel.at(k, b0, b1);
-    step<XP>(a0, a1, a_part, b0, b1, k);
+    step<XP>(a0, a1, a_part, b0, b1, k, upper_rows);
   }
   store_c(acc);
 }
@@ -230,7 +234,8 @@ static inline void fold_group(const float (*part)[32], const __m512 s[2], bool i
 template <int XP, class Panel, class Scales>
 static inline void block_groups(const uint16_t* a16, int64_t a_part, int64_t Kt, int64_t m0,
                                 int64_t k0, int64_t k1, int64_t G, Panel& panel, bool first,
-                                float (*acc)[32], Scales& scales, NextWeights next) {
+                                float (*acc)[32], Scales& scales, NextWeights next,
+                                bool upper_rows) {
   const char* a0 = reinterpret_cast<const char*>(a16 + m0 * Kt);
   const char* a1 = a0 + 16 * Kt * 2;
   alignas(64) float part[32][32];
@@ -242,7 +247,7 @@ static inline void block_groups(const uint16_t* a16, int64_t a_part, int64_t Kt,
     for (int64_t k = g; k < g + G; k += kStep) {
       next.step();
       panel.at(k, b0, b1);
-      step<XP>(a0, a1, a_part, b0, b1, k);
+      step<XP>(a0, a1, a_part, b0, b1, k, upper_rows);
     }
     if (g > k0) fold_group(part, s, first && g - G == k0, acc);  // the group before
     store_c(part);
@@ -340,12 +345,13 @@ static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, i
           auto* acc = reinterpret_cast<float(*)[32]>(
               sums.get() + (chunked ? (it.p - p0) * m_blocks + mb : 0) * kRows * 32);
           const NextWeights pf = mb == 0 ? next : NextWeights{};
+          const bool upper_rows = M - mb * kRows > 16;
           if constexpr (std::is_same_v<Scales, NoGroups>)
-            block<XP>(a16, Mp * Kt, Kt, mb * kRows, k0, k1, panel, k0 == 0, acc, pf);
+            block<XP>(a16, Mp * Kt, Kt, mb * kRows, k0, k1, panel, k0 == 0, acc, pf, upper_rows);
           else {
             auto pair_scales = [&](int64_t k, __m512 s[2]) { scales(nb0, nb, k, s); };
             block_groups<XP>(a16, Mp * Kt, Kt, mb * kRows, k0, k1, k_align, panel, k0 == 0, acc,
-                             pair_scales, pf);
+                             pair_scales, pf, upper_rows);
           }
           if (k1 == Kt) store(acc, mb * kRows, std::min(kRows, M - mb * kRows), nb0, nb);
         };

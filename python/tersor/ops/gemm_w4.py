@@ -40,7 +40,11 @@ def _tiles_min_rows() -> Optional[dict]:
       class Xeon (2 threads, 2048x8192 / 4096x4096 / 2048x2048): W4 g128 tiles 0.82-0.91x the
       fp32 register kernel's time at 12 rows, 0.48-0.62x at 16, 0.25-0.36x at 32 (1.3-1.5x
       torch's bf16 GEMM on the uncompressed weight at 32-64 rows, 0.73-0.93x at 512); W8
-      0.71-1.10x at 16 rows, about 2x faster from 32.
+      0.71-1.10x at 16 rows, about 2x faster from 32. W4 from 8 rows since the tiles skip the
+      products of a row block that holds no row (bf16_tiles.h step; family 6 model 167, 2
+      threads, g128, register kernel time / tiles at 6 / 8 / 10 rows on 1536x384, 384x1536,
+      2048x512, 2048x2048, 4096x4096, 2048x8192: 0.97-1.16 / 1.08-1.27 / 1.38-1.60; g32 on
+      1536x384, 2048x2048, 4096x4096: 1.03-1.15 / 1.09-1.33 / 1.44-1.64).
     - AVX512-BF16 without AMX (Zen 4 / 5): W4 only, one vdpbf16ps chain per output over L1
       slabs of scaled pairs (gemm_w4_avx512bf16.cpp), the C ref of the same sums under lower
       paths. Zen 5, 2 threads, 2048x2048 .. 4096x11008, against the group form: g32 1.01-1.04x
@@ -49,7 +53,7 @@ def _tiles_min_rows() -> Optional[dict]:
       plain pairs', paid over fewer rows). Hence "w4_g32": the rows for group size 32."""
     features = _C.cpu_info()["features"]
     if features.get("amx_bf16"):
-        return {"w4": 12, "w8": 16}
+        return {"w4": 8, "w8": 16}
     return {"w4": 32, "w4_g32": 16} if features.get("avx512bf16") else None
 
 
@@ -107,18 +111,27 @@ def _fp32_tiles_min_rows() -> dict:
     W4 (gemm_w4_amx.cpp run_amx_fp32, the grouped form), 2048x512 / 1536x1536 / 4096x4096 /
     8192x2048 / 3072x8192: g128 0.57-0.83 at 8 rows, 0.94-1.26 at 16, 1.07-1.49 at 20, 1.40-1.91
     at 32, 1.06-1.48 at 40 (two row blocks); g32 (2048x512 / 4096x4096 / 3072x8192) 0.83-1.08 at
-    16, 0.94-1.22 at 20, 1.18-1.58 at 32, 1.42-2.25 at 128."""
+    16, 0.94-1.22 at 20, 1.18-1.58 at 32, 1.42-2.25 at 128. Since the tiles skip a row block
+    that holds no row (bf16_tiles.h step), W4 g128 takes them from 14 rows: 1536x384, 384x1536,
+    2048x512, 2048x2048, 4096x4096 (and 2048x8192 to 16 rows) at 12 / 14 / 16 / 17 / 19 rows
+    0.99-1.48 / 1.16-1.67 / 1.06-1.60 / 0.88-1.34 / 1.00-1.49; g32 stays at 20 (1536x384,
+    2048x512, 4096x4096: 0.84-1.10 at 12 rows, 1.00-1.27 at 14, 0.79-1.07 at 17): "w4_g32"."""
     if _C.cpu_info()["features"].get("amx_bf16"):
-        return {"w8": 20, "w4": 20}
-    return {"w8": 1 << 62, "w4": 1 << 62}
+        return {"w8": 20, "w4": 14, "w4_g32": 20}
+    return {"w8": 1 << 62, "w4": 1 << 62, "w4_g32": 1 << 62}
 
 
 FP32_TILES_MIN_ROWS = _fp32_tiles_min_rows()
 
 
+def fp32_tiles_rows(group_size: int) -> int:
+    """Rows from which float rows of a W4 weight of this group size may take the fp32 tiles."""
+    return FP32_TILES_MIN_ROWS["w4_g32" if group_size == 32 else "w4"]
+
+
 def fp32_tiles_take(m: int, group_size: int) -> bool:
     """Whether m float rows (not bf16 ones) of a W4 weight take _C.gemm_w4_fp32_tiles here."""
-    return m >= FP32_TILES_MIN_ROWS["w4"] and group_size % 32 == 0 and _C.has_amx_bf16()
+    return m >= fp32_tiles_rows(group_size) and group_size % 32 == 0 and _C.has_amx_bf16()
 
 
 # fp32 rows are rounded to bf16 first: the bf16 kernels take them from 8 rows at the least
@@ -221,7 +234,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
             bf16_rows = BF16_MIN_ROWS["w4"]
     fp32_bf16_rows = FP32_BF16_MIN_ROWS["w4"]
     # from these rows the general path (dense panels, fp32 tiles) takes every call
-    general_rows = min(lean_rows, 1 << 62 if act_int8 else FP32_TILES_MIN_ROWS["w4"])
+    general_rows = min(lean_rows, 1 << 62 if act_int8 else fp32_tiles_rows(group_size))
 
     @takes_half
     def run(x, bias):
