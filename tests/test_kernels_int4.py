@@ -21,7 +21,9 @@ from tersor.ops.gemm_w4 import (
 from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
-MS = [1, 2, 6, 7, 33]  # 1, 2: the AVX-512 decode tile; 6, 7: partial row tiles of 2 and 3
+# 1, 2: the AVX-512 decode tile; 6, 7: partial row tiles of 2 and 3; 12: the VNNI tiles below
+# AMX's 16 rows; 33: AMX row blocks of 32 and 1
+MS = [1, 2, 6, 7, 12, 33]
 W4_MS = [1, 2, 4, 5, 6, 7, 16, 33]  # the W4 kernels' tiles of 1..6 rows, slabs from 7 (AVX2) / 16
 NS = [5, 33]
 

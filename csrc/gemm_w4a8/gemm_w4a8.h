@@ -20,6 +20,10 @@ void run_avx512(const PackedW4LinearArgs& a);
 void run_amx(const PackedW4LinearArgs& a);  // AMX-INT8 tiles from kAmxMinRows rows, else avx512
 void run(const PackedW4LinearArgs& a);
 
-constexpr int64_t kAmxMinRows = 8;  // measured (4096x4096, g32): VNNI wins at 4 rows, AMX at 8
+// AMX from 16 rows: below, expanding the codes to s8 tiles costs more than the VNNI tile's
+// FMAs. Xeon family 6 model 167, 2 threads, AMX time / VNNI time at 8 / 12 / 16 / 24 rows
+// (2048x2048, 4096x4096, 8192x2048): g32 1.37-1.57 / 0.93-1.13 / 0.81-0.92 / 0.79-0.90, g128
+// 1.51-1.55 / 0.91-1.25 / 0.72-1.05 / 0.60-0.88 (8 rows, measured elsewhere earlier, is gone).
+constexpr int64_t kAmxMinRows = 16;
 
 }  // namespace tersor::gemm_w4a8
