@@ -44,7 +44,8 @@ def _tiles_min_rows() -> Optional[dict]:
       products of a row block that holds no row (bf16_tiles.h step; family 6 model 167, 2
       threads, g128, register kernel time / tiles at 6 / 8 / 10 rows on 1536x384, 384x1536,
       2048x512, 2048x2048, 4096x4096, 2048x8192: 0.97-1.16 / 1.08-1.27 / 1.38-1.60; g32 on
-      1536x384, 2048x2048, 4096x4096: 1.03-1.15 / 1.09-1.33 / 1.44-1.64).
+      1536x384, 2048x2048, 4096x4096: 1.03-1.15 / 1.09-1.33 / 1.44-1.64); W8 from 12 (1536x384,
+      2048x2048, 4096x4096 at 8 / 12 / 16 rows: 0.98-1.12 / 1.45-1.65 / 1.71-1.93).
     - AVX512-BF16 without AMX (Zen 4 / 5): W4 only, one vdpbf16ps chain per output over L1
       slabs of scaled pairs (gemm_w4_avx512bf16.cpp), the C ref of the same sums under lower
       paths. Zen 5, 2 threads, 2048x2048 .. 4096x11008, against the group form: g32 1.01-1.04x
@@ -53,7 +54,7 @@ def _tiles_min_rows() -> Optional[dict]:
       plain pairs', paid over fewer rows). Hence "w4_g32": the rows for group size 32."""
     features = _C.cpu_info()["features"]
     if features.get("amx_bf16"):
-        return {"w4": 8, "w8": 16}
+        return {"w4": 8, "w8": 12}
     return {"w4": 32, "w4_g32": 16} if features.get("avx512bf16") else None
 
 
@@ -115,9 +116,11 @@ def _fp32_tiles_min_rows() -> dict:
     that holds no row (bf16_tiles.h step), W4 g128 takes them from 14 rows: 1536x384, 384x1536,
     2048x512, 2048x2048, 4096x4096 (and 2048x8192 to 16 rows) at 12 / 14 / 16 / 17 / 19 rows
     0.99-1.48 / 1.16-1.67 / 1.06-1.60 / 0.88-1.34 / 1.00-1.49; g32 stays at 20 (1536x384,
-    2048x512, 4096x4096: 0.84-1.10 at 12 rows, 1.00-1.27 at 14, 0.79-1.07 at 17): "w4_g32"."""
+    2048x512, 4096x4096: 0.84-1.10 at 12 rows, 1.00-1.27 at 14, 0.79-1.07 at 17): "w4_g32".
+    W8 from 16 rows (1536x384, 2048x2048, 4096x4096 at 12 / 16 / 20 rows: 0.97-1.37 /
+    1.11-1.55 / 1.22-1.71)."""
     if _C.cpu_info()["features"].get("amx_bf16"):
-        return {"w8": 20, "w4": 14, "w4_g32": 20}
+        return {"w8": 16, "w4": 14, "w4_g32": 20}
     return {"w8": 1 << 62, "w4": 1 << 62, "w4_g32": 1 << 62}
 
 
