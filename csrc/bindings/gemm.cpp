@@ -1,6 +1,7 @@
 // The dense GEMM families: quant_act (row quantizer), gemm_w8a8 / gemm_w8 (int8 weights),
 // gemm_w4 / gemm_w4a8 (int4 weights), dequant (packed weights -> fp32, the large-batch path).
 #include "bindings/bind.h"
+#include "bindings/int_call.h"
 #include "common/cpu_features.h"
 #include "dequant/dequant.h"
 #include "gemm_w4/gemm_w4.h"
@@ -32,16 +33,12 @@ PackedW4LinearArgs w4_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, ad
                             ptr<const float>(row_amax), ptr<const float>(x_scale)};
 }
 
-// The argument lists shared by the kernels of one weight form.
-#define TERSOR_W8_ARGS                                                                       \
-  py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("colsum"), \
-      py::arg("w_scale"), py::arg("N"), py::arg("bias"), py::arg("y"), py::arg("ldy"),       \
-      py::arg("nthreads"), py::arg("io") = 0, py::arg("x_scale") = 0
-#define TERSOR_W4_ARGS                                                                      \
-  py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("scale"), \
-      py::arg("zero"), py::arg("group_size"), py::arg("ngroups"), py::arg("N"),             \
-      py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("nthreads"), py::arg("io") = 0, \
-      py::arg("x_scale") = 0
+// The argument lists shared by the kernels of one weight form (int_call.h specs).
+#define TERSOR_W8_ARGS \
+  "x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, io=0, x_scale=0"
+#define TERSOR_W4_ARGS                                                                   \
+  "x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y, ldy, nthreads, io=0, " \
+  "x_scale=0"
 
 constexpr const char* kW8Doc =
     "y[M, N] (fp32, row stride ldy) = x[M, K] (fp32, row stride ldx) W^T + bias. w: int8 "
@@ -98,157 +95,147 @@ void bind_quant_act(py::module_& m) {
 }
 
 void bind_gemm_w8a8(py::module_& m) {
-  m.def(
-      "gemm_w8a8",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale, addr row_amax,
-         bool narrow_w) {
+  def_int_function(
+      m, "gemm_w8a8",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale, addr row_amax,
+          bool narrow_w) {
         // the row quantizer applies x_scale (quant_act::a8_row): no staging pass for it
         PackedW8LinearArgs a =
             w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, row_amax, x_scale);
         a.narrow_w = narrow_w;
         half_io::run_staged(a, io, nullptr, gemm_w8a8::run, true);
       },
-      TERSOR_W8_ARGS, py::arg("row_amax") = 0, py::arg("narrow_w") = false, nogil(),
+      TERSOR_W8_ARGS ", row_amax=0, narrow_w: bool=False",
       (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc +
-       kRowAmaxDoc + kNarrowDoc)
-          .c_str());
-  m.def(
-      "gemm_w8",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
+       kRowAmaxDoc + kNarrowDoc));
+  def_int_function(
+      m, "gemm_w8",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
         half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
                             io, ptr<const float>(x_scale), gemm_w8::run);
       },
-      TERSOR_W8_ARGS, nogil(),
-      (std::string(kW8Doc) + "fp32 activations (weight-only); colsum is unused (pass 0)." + kIoDoc)
-          .c_str());
-  m.def(
-      "gemm_w8_bf16",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
+      TERSOR_W8_ARGS,
+      std::string(kW8Doc) + "fp32 activations (weight-only); colsum is unused (pass 0)." + kIoDoc);
+  def_int_function(
+      m, "gemm_w8_bf16",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
         half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
                             io, ptr<const float>(x_scale), gemm_w8::run_bf16);
       },
-      TERSOR_W8_ARGS, nogil(),
+      TERSOR_W8_ARGS,
       (std::string(kW8Doc) +
        "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
-       "gemm_w8.h states the arithmetic); colsum is unused (pass 0)." + kIoDoc)
-          .c_str());
-  m.def(
-      "gemm_w8_bf16_tiles",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
+       "gemm_w8.h states the arithmetic); colsum is unused (pass 0)." + kIoDoc));
+  def_int_function(
+      m, "gemm_w8_bf16_tiles",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
         half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
                             io, ptr<const float>(x_scale), gemm_w8::run_bf16_tiles);
       },
-      TERSOR_W8_ARGS, nogil(),
+      TERSOR_W8_ARGS,
       (std::string(kW8Doc) +
        "activations rounded to bf16, AMX-BF16 tiles where the CPU has them and the active path "
        "is amx, gemm_w8_bf16 otherwise (gemm_w8.h states both); colsum is unused (pass 0)." +
-       kIoDoc)
-          .c_str());
-  m.def(
-      "gemm_w8_fp32_tiles",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-         addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
+       kIoDoc));
+  def_int_function(
+      m, "gemm_w8_fp32_tiles",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
+          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
         half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
                             io, ptr<const float>(x_scale), gemm_w8::run_fp32_tiles);
       },
-      TERSOR_W8_ARGS, nogil(),
+      TERSOR_W8_ARGS,
       (std::string(kW8Doc) +
        "fp32 activations in three exact bf16 parts on AMX-BF16 tiles where the CPU has them and "
        "the active path is amx (products exact, fp32 sums in the tile unit's order), gemm_w8 "
        "otherwise (gemm_w8.h states both); colsum is unused (pass 0)." +
-       kIoDoc)
-          .c_str());
+       kIoDoc));
 }
 
 void bind_gemm_w4(py::module_& m) {
   m.def("gemm_w4_dequantized_rows", &gemm_w4::dequantized_rows, py::arg("M"),
         "Whether gemm_w4 over M rows follows the dequantized rules on this machine (one fp32 "
         "FMA chain per output over w = (q - z) * s; gemm_w4.h), not the 32-k chunk rules.");
-  m.def(
-      "gemm_w4",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
-         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads, int io, addr x_scale) {
+  def_int_function(
+      m, "gemm_w4",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+          int nthreads, int io, addr x_scale) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads),
                             io, ptr<const float>(x_scale), gemm_w4::run, false,
                             gemm_w4::takes_half_rows(M));
       },
-      TERSOR_W4_ARGS, nogil(),
+      TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
        "fp32 activations, weights dequantized in registers (or, for rows in batches where "
        "gemm_w4_dequantized_rows says so, into L1 slabs; gemm_w4.h states both rules)." +
-       kIoDoc)
-          .c_str());
-  m.def(
-      "gemm_w4_bf16",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
-         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads, int io, addr x_scale) {
+       kIoDoc));
+  def_int_function(
+      m, "gemm_w4_bf16",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+          int nthreads, int io, addr x_scale) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads),
                             io, ptr<const float>(x_scale), gemm_w4::run_bf16);
       },
-      TERSOR_W4_ARGS, nogil(),
+      TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
        "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
-       "gemm_w4.h states the arithmetic)." + kIoDoc)
-          .c_str());
-  m.def(
-      "gemm_w4_bf16_tiles",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
-         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads, int io, addr x_scale) {
+       "gemm_w4.h states the arithmetic)." + kIoDoc));
+  def_int_function(
+      m, "gemm_w4_bf16_tiles",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+          int nthreads, int io, addr x_scale) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads),
                             io, ptr<const float>(x_scale), gemm_w4::run_bf16_tiles);
       },
-      TERSOR_W4_ARGS, nogil(),
+      TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
        "activations rounded to bf16, weights widened to bf16 with their scales (the scaled "
        "form): AMX-BF16 tiles where the CPU has them, the active path is amx and group_size % "
        "32 == 0; else one vdpbf16ps chain per output (its C ref below AVX512-BF16 / AVX-512); "
-       "gemm_w4.h states the arithmetic." + kIoDoc)
-          .c_str());
-  m.def(
-      "gemm_w4_fp32_tiles",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
-         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads, int io, addr x_scale) {
+       "gemm_w4.h states the arithmetic." + kIoDoc));
+  def_int_function(
+      m, "gemm_w4_fp32_tiles",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+          int nthreads, int io, addr x_scale) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads),
                             io, ptr<const float>(x_scale), gemm_w4::run_fp32_tiles);
       },
-      TERSOR_W4_ARGS, nogil(),
+      TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
        "fp32 activations in three exact bf16 parts and the dequantized weights in two, on "
        "AMX-BF16 tiles where the CPU has them, the active path is amx and group_size % 32 == 0 "
        "(products exact, fp32 sums in the tile unit's order); gemm_w4 otherwise (gemm_w4.h "
-       "states both)." + kIoDoc)
-          .c_str());
+       "states both)." + kIoDoc));
   m.def("has_amx_bf16", &amx_bf16_available,
         "True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then "
         "runs the tiles (for group sizes that are multiples of 32).");
   m.def("has_bf16_dot", &bf16_dot_available,
         "True when this CPU has AVX512-BF16 and the active ISA path is AVX-512 or above: "
         "gemm_w4_bf16 / gemm_w8_bf16 then run vdpbf16ps instead of their C refs.");
-  m.def(
-      "gemm_w4a8",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
-         int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-         int nthreads, int io, addr x_scale, addr row_amax) {
+  def_int_function(
+      m, "gemm_w4a8",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+          int nthreads, int io, addr x_scale, addr row_amax) {
         half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
                                     y, ldy, nthreads, row_amax, x_scale),
                             io, nullptr, gemm_w4a8::run, true);
       },
-      TERSOR_W4_ARGS, py::arg("row_amax") = 0, nogil(),
+      TERSOR_W4_ARGS ", row_amax=0",
       (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums." +
-       kIoDoc + kRowAmaxDoc)
-          .c_str());
+       kIoDoc + kRowAmaxDoc));
 }
 
 void bind_dequant(py::module_& m) {

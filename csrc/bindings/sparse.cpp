@@ -1,5 +1,6 @@
 // The sparse families: spmm_24 (2:4), spmm_csr (unstructured), spmm_block (block-sparse).
 #include "bindings/bind.h"
+#include "bindings/int_call.h"
 #include "spmm_24/spmm_24.h"
 #include "spmm_block/spmm_block.h"
 #include "spmm_csr/spmm_csr.h"
@@ -7,97 +8,91 @@
 namespace tersor::bindings {
 
 void bind_spmm_24(py::module_& m) {
-  m.def(
-      "spmm_24",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr values, addr meta, int64_t N, addr bias,
-         addr y, int64_t ldy, int nthreads) {
+  def_int_function(
+      m, "spmm_24",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr values, addr meta, int64_t N, addr bias,
+          addr y, int64_t ldy, int nthreads) {
         spmm_24::run({ptr<const float>(x), M, K, ldx, ptr<const float>(values),
                       ptr<const uint8_t>(meta), N, ptr<const float>(bias), ptr<float>(y), ldy,
                       nthreads});
       },
-      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("values"),
-      py::arg("meta"), py::arg("N"), py::arg("bias"), py::arg("y"), py::arg("ldy"),
-      py::arg("nthreads"), nogil(),
+      "x, M, K, ldx, values, meta, N, bias, y, ldy, nthreads",
       "y[M, N] = x[M, K] W^T + bias, W 2:4 sparse with fp32 values [Np/16][K/4][2][16] and "
       "meta uint8 [Np/16][K4p][16] (formats/sparse24.py pack_24).");
-  m.def(
-      "spmm_24_w8a8",
-      [](addr x, int64_t M, int64_t K, int64_t ldx, addr values, addr meta, addr colsum,
-         addr w_scale, int64_t N, addr bias, addr y, int64_t ldy, int nthreads, addr row_amax) {
+  def_int_function(
+      m, "spmm_24_w8a8",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr values, addr meta, addr colsum,
+          addr w_scale, int64_t N, addr bias, addr y, int64_t ldy, int nthreads, addr row_amax) {
         spmm_24::run_w8a8({ptr<const float>(x), M, K, ldx, ptr<const int8_t>(values),
                            ptr<const uint8_t>(meta), ptr<const int32_t>(colsum),
                            ptr<const float>(w_scale), N, ptr<const float>(bias), ptr<float>(y),
                            ldy, nthreads, ptr<const float>(row_amax)});
       },
-      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("values"),
-      py::arg("meta"), py::arg("colsum"), py::arg("w_scale"), py::arg("N"), py::arg("bias"),
-      py::arg("y"), py::arg("ldy"), py::arg("nthreads"), py::arg("row_amax") = 0, nogil(),
+      "x, M, K, ldx, values, meta, colsum, w_scale, N, bias, y, ldy, nthreads, row_amax=0",
       "2:4 with int8 values [Np/16][K8][16][4], meta uint8 [Np/16][K8][16], colsum int32 / "
       "w_scale fp32 [Np] (formats/sparse24.py pack_24_int8); x quantized per row to int8 "
       "(row_amax: 0 or fp32 [M] floors under the rows' amax, quant_act.h).");
 }
 
+template <bool int8>
+void spmm_csr_call(addr x, int64_t M, int64_t K, int64_t ldx, int64_t N, addr rowptr, addr col,
+                   addr val, addr ell_val, addr ell_col, addr ell_cnt, addr ell_off, addr perm,
+                   addr w_scale, addr bias, addr y, int64_t ldy, int nthreads, addr row_amax) {
+  if (int8)
+    spmm_csr::run_w8a8({ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(rowptr),
+                        ptr<const int32_t>(col), ptr<const int8_t>(val),
+                        ptr<const int8_t>(ell_val), ptr<const uint16_t>(ell_col),
+                        ptr<const uint16_t>(ell_cnt), ptr<const int64_t>(ell_off),
+                        ptr<const int32_t>(perm), ptr<const float>(w_scale),
+                        ptr<const float>(bias), ptr<float>(y), ldy, nthreads,
+                        ptr<const float>(row_amax)});
+  else
+    spmm_csr::run({ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(rowptr),
+                   ptr<const int32_t>(col), ptr<const float>(val), ptr<const float>(ell_val),
+                   ptr<const uint16_t>(ell_col), ptr<const uint16_t>(ell_cnt),
+                   ptr<const int64_t>(ell_off), ptr<const int32_t>(perm), ptr<const float>(bias),
+                   ptr<float>(y), ldy, nthreads});
+}
+
 void bind_spmm_csr(py::module_& m) {
-  auto run = [](bool int8) {
-    return [int8](addr x, int64_t M, int64_t K, int64_t ldx, int64_t N, addr rowptr, addr col,
-                  addr val, addr ell_val, addr ell_col, addr ell_cnt, addr ell_off, addr perm,
-                  addr w_scale, addr bias, addr y, int64_t ldy, int nthreads, addr row_amax) {
-      if (int8)
-        spmm_csr::run_w8a8({ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(rowptr),
-                            ptr<const int32_t>(col), ptr<const int8_t>(val),
-                            ptr<const int8_t>(ell_val), ptr<const uint16_t>(ell_col),
-                            ptr<const uint16_t>(ell_cnt), ptr<const int64_t>(ell_off),
-                            ptr<const int32_t>(perm), ptr<const float>(w_scale),
-                            ptr<const float>(bias), ptr<float>(y), ldy, nthreads,
-                            ptr<const float>(row_amax)});
-      else
-        spmm_csr::run({ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(rowptr),
-                       ptr<const int32_t>(col), ptr<const float>(val), ptr<const float>(ell_val),
-                       ptr<const uint16_t>(ell_col), ptr<const uint16_t>(ell_cnt),
-                       ptr<const int64_t>(ell_off), ptr<const int32_t>(perm),
-                       ptr<const float>(bias), ptr<float>(y), ldy, nthreads});
-    };
-  };
-#define TERSOR_CSR_ARGS                                                                       \
-  py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("N"), py::arg("rowptr"),  \
-      py::arg("col"), py::arg("val"), py::arg("ell_val"), py::arg("ell_col"),                 \
-      py::arg("ell_cnt"), py::arg("ell_off"), py::arg("perm"), py::arg("w_scale"),            \
-      py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("nthreads"), py::arg("row_amax") = 0
-  m.def("spmm_csr", run(false), TERSOR_CSR_ARGS, nogil(),
-        "y[M, N] = x[M, K] W^T + bias, W unstructured sparse with fp32 values: CSR rowptr int64 "
-        "[N + 1], col int32 / val [nnz], and the ELL blocks ell_val [steps][16], ell_col / "
-        "ell_cnt uint16, ell_off int64, perm int32 [Np] (formats/sparse_csr.py); w_scale 0.");
-  m.def("spmm_csr_w8a8", run(true), TERSOR_CSR_ARGS, nogil(),
-        "spmm_csr with int8 values and per-channel w_scale fp32 [N]; x quantized per row "
-        "(row_amax: 0 or fp32 [M] floors under the rows' amax, quant_act.h; unused by spmm_csr).");
-#undef TERSOR_CSR_ARGS
+  constexpr const char* args =
+      "x, M, K, ldx, N, rowptr, col, val, ell_val, ell_col, ell_cnt, ell_off, perm, w_scale, "
+      "bias, y, ldy, nthreads, row_amax=0";
+  def_int_function(
+      m, "spmm_csr", &spmm_csr_call<false>, args,
+      "y[M, N] = x[M, K] W^T + bias, W unstructured sparse with fp32 values: CSR rowptr int64 "
+      "[N + 1], col int32 / val [nnz], and the ELL blocks ell_val [steps][16], ell_col / "
+      "ell_cnt uint16, ell_off int64, perm int32 [Np] (formats/sparse_csr.py); w_scale 0.");
+  def_int_function(
+      m, "spmm_csr_w8a8", &spmm_csr_call<true>, args,
+      "spmm_csr with int8 values and per-channel w_scale fp32 [N]; x quantized per row "
+      "(row_amax: 0 or fp32 [M] floors under the rows' amax, quant_act.h; unused by spmm_csr).");
+}
+
+template <bool int8>
+void spmm_block_call(addr x, int64_t M, int64_t K, int64_t ldx, int64_t N, addr p, addr kidx,
+                     addr values, addr colsum, addr w_scale, addr bias, addr y, int64_t ldy,
+                     int nthreads, addr row_amax) {
+  const spmm_block::Args a{ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(p),
+                           ptr<const uint16_t>(kidx), ptr<const void>(values),
+                           ptr<const int32_t>(colsum), ptr<const float>(w_scale),
+                           ptr<const float>(bias), ptr<float>(y), ldy, nthreads,
+                           ptr<const float>(row_amax)};
+  int8 ? spmm_block::run_w8a8(a) : spmm_block::run_f32(a);
 }
 
 void bind_spmm_block(py::module_& m) {
-  auto run = [](bool int8) {
-    return [int8](addr x, int64_t M, int64_t K, int64_t ldx, int64_t N, addr p, addr kidx,
-                  addr values, addr colsum, addr w_scale, addr bias, addr y, int64_t ldy,
-                  int nthreads, addr row_amax) {
-      const spmm_block::Args a{ptr<const float>(x), M, K, ldx, N, ptr<const int64_t>(p),
-                               ptr<const uint16_t>(kidx), ptr<const void>(values),
-                               ptr<const int32_t>(colsum), ptr<const float>(w_scale),
-                               ptr<const float>(bias), ptr<float>(y), ldy, nthreads,
-                               ptr<const float>(row_amax)};
-      int8 ? spmm_block::run_w8a8(a) : spmm_block::run_f32(a);
-    };
-  };
-#define TERSOR_BLOCK_ARGS                                                                      \
-  py::arg("x"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("N"), py::arg("ptr"),      \
-      py::arg("kidx"), py::arg("values"), py::arg("colsum"), py::arg("w_scale"),               \
-      py::arg("bias"), py::arg("y"), py::arg("ldy"), py::arg("nthreads"), py::arg("row_amax") = 0
-  m.def("spmm_block_f32", run(false), TERSOR_BLOCK_ARGS, nogil(),
-        "y[M, N] = x[M, K] W^T + bias, W block-sparse: ptr int64 [Np/16 + 1], kidx uint16 "
-        "[blocks], values fp32 [blocks][16] (16 x 1 blocks); colsum and w_scale 0.");
-  m.def("spmm_block_w8a8", run(true), TERSOR_BLOCK_ARGS, nogil(),
-        "spmm_block with int8 16 x 4 blocks [blocks][16][4], colsum int32 / w_scale fp32 [Np]; "
-        "x quantized per row to int8 (row_amax: 0 or fp32 [M] floors under the rows' amax, "
-        "quant_act.h; unused by spmm_block_f32).");
-#undef TERSOR_BLOCK_ARGS
+  constexpr const char* args =
+      "x, M, K, ldx, N, ptr, kidx, values, colsum, w_scale, bias, y, ldy, nthreads, row_amax=0";
+  def_int_function(
+      m, "spmm_block_f32", &spmm_block_call<false>, args,
+      "y[M, N] = x[M, K] W^T + bias, W block-sparse: ptr int64 [Np/16 + 1], kidx uint16 "
+      "[blocks], values fp32 [blocks][16] (16 x 1 blocks); colsum and w_scale 0.");
+  def_int_function(
+      m, "spmm_block_w8a8", &spmm_block_call<true>, args,
+      "spmm_block with int8 16 x 4 blocks [blocks][16][4], colsum int32 / w_scale fp32 [Np]; "
+      "x quantized per row to int8 (row_amax: 0 or fp32 [M] floors under the rows' amax, "
+      "quant_act.h; unused by spmm_block_f32).");
 }
 
 }  // namespace tersor::bindings
