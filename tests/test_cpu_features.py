@@ -70,3 +70,37 @@ def test_int8_decode_nta_by_vendor():
     finally:
         _C.set_int8_decode_nta(-1)
     assert _C.int8_decode_nta() == amd
+
+
+@pytest.mark.parametrize(
+    "vendor, features, kind",
+    [
+        # Sapphire Rapids class, tiles granted by the OS / not granted (an older kernel)
+        ("GenuineIntel", dict(avx512bf16=True, amx_bf16=True, os_amx=True), "amx"),
+        ("GenuineIntel", dict(avx512bf16=True, amx_bf16=True, os_amx=False), None),
+        ("GenuineIntel", dict(avx512bf16=True), None),  # Cooper Lake: vdpbf16ps at half rate
+        ("GenuineIntel", dict(avx512vnni=True), None),  # Ice Lake / Cascade Lake
+        ("AuthenticAMD", dict(avx512bf16=True), "vdpbf16ps"),  # Zen 4 / 5
+        ("AuthenticAMD", dict(avx2=True), None),  # Zen 3
+    ],
+)
+def test_bf16_dot_kind_per_cpu(vendor, features, kind):
+    from tersor.ops.gemm_w4 import _bf16_min_rows, _tiles_min_rows, bf16_dot_kind
+
+    got = bf16_dot_kind({"vendor": vendor, "features": features})
+    assert got == kind
+    # without a fast bf16 dot product, bf16 rows take the fp32 kernels at every row count
+    assert (_bf16_min_rows(got) is None) == (kind is None)
+    assert (_tiles_min_rows(got) is None) == (kind is None)
+    if kind == "amx":
+        assert _bf16_min_rows(got) == _tiles_min_rows(got)
+
+
+def test_bf16_rows_follow_this_cpus_kind():
+    from tersor.ops.gemm_w4 import BF16_MIN_ROWS, bf16_dot_kind
+
+    kind = bf16_dot_kind()
+    assert (BF16_MIN_ROWS is None) == (kind is None)
+    info = _C.cpu_info()
+    if info["features"].get("amx_bf16") and info["features"].get("os_amx"):
+        assert kind == "amx"

@@ -2,8 +2,10 @@
 // addresses (t.data_ptr()) plus sizes and strides: that costs ~1 us per call, against 10+ us
 // for a torch custom op in eager mode (DESIGN decision 2). Every function names its arguments
 // (py::arg) and says what it expects; all validation happens in python/tersor/ops/, so these
-// functions trust their arguments. After changing a signature, regenerate python/tersor/_C.pyi
-// (python tools/gen_stub.py; CI checks it is current).
+// functions trust their arguments. The kernels of the layers' eager calls are bound with
+// def_int_function (int_call.h), a lighter dispatcher for all-integer arguments. After changing
+// a signature, regenerate python/tersor/_C.pyi (python -m tersor._stub; CI checks it is
+// current).
 #pragma once
 
 #include <pybind11/pybind11.h>

@@ -1,7 +1,6 @@
 // The vectorcall entry of int_call.h's functions: argument parsing, the GIL, exceptions.
 #include "bindings/int_call.h"
 
-#include <cstring>
 #include <new>
 #include <stdexcept>
 #include <vector>

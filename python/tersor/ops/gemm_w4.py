@@ -30,7 +30,26 @@ _num_threads = torch.get_num_threads
 _BF16, _F32 = torch.bfloat16, torch.float32
 
 
-def _tiles_min_rows() -> Optional[dict]:
+def bf16_dot_kind(info: Optional[dict] = None) -> Optional[str]:
+    """Which bf16 dot products beat the fp32 register kernels on this CPU (info:
+    _C.cpu_info(), this machine's by default): "amx" where AMX-BF16 is in CPUID and the OS
+    grants the tile state (os_amx), "vdpbf16ps" where AVX512-BF16 runs on an AMD core (Zen 4
+    / 5), else None: bf16 rows then take the fp32 kernels, widened exactly. Intel cores issue
+    vdpbf16ps at one per 2 cycles with 8 of latency, half an fp32 FMA's rate (family 6 model
+    167), so without usable tiles (Cooper Lake; a Sapphire Rapids whose OS keeps the tile state)
+    the vdpbf16ps kernels lose to the fp32 ones: measured there under the avx512 path, 2
+    threads, bf16 rows of W4 g32 / g128, vdpbf16ps time / fp32 register kernel time at 8 / 32 /
+    128 rows 1.68-1.77 / 1.67-1.79 / 1.52-1.90 (4096x4096, 384x1536)."""
+    info = _C.cpu_info() if info is None else info
+    features = info["features"]
+    if features.get("amx_bf16") and features.get("os_amx"):
+        return "amx"
+    if features.get("avx512bf16") and info.get("vendor") == "AuthenticAMD":
+        return "vdpbf16ps"
+    return None
+
+
+def _tiles_min_rows(kind: Optional[str]) -> Optional[dict]:
     """Rows from which bf16 rows take the scaled form of the bf16 kernels (gemm_w4.h: the
     scales go into weights widened to bf16, so the weights are rounded too, relative 2^-9, and
     no group closes the fp32 sums), per family; None on CPUs without bf16 dot products.
@@ -52,13 +71,12 @@ def _tiles_min_rows() -> Optional[dict]:
       at 16 rows, 1.11-1.16x at 24-32, 1.18-1.25x at 64-128; g128 0.94x at 16 rows, 0.98-1.00x
       at 24, 1.00-1.04x at 32, 1.06-1.10x at 64-128 (the widening with scales costs 3x the
       plain pairs', paid over fewer rows). Hence "w4_g32": the rows for group size 32."""
-    features = _C.cpu_info()["features"]
-    if features.get("amx_bf16"):
+    if kind == "amx":
         return {"w4": 8, "w8": 12}
-    return {"w4": 32, "w4_g32": 16} if features.get("avx512bf16") else None
+    return {"w4": 32, "w4_g32": 16} if kind == "vdpbf16ps" else None
 
 
-TILES_MIN_ROWS = _tiles_min_rows()
+TILES_MIN_ROWS = _tiles_min_rows(bf16_dot_kind())
 
 
 def w4_tiles(m: int, group_size: int) -> bool:
@@ -69,10 +87,11 @@ def w4_tiles(m: int, group_size: int) -> bool:
     return m >= TILES_MIN_ROWS[key]
 
 
-def _bf16_min_rows() -> Optional[dict]:
-    """Rows from which bf16 activations take a bf16 dot-product kernel, per family: the AMX-BF16
-    tiles' rows where the CPU has them, else the vdpbf16ps kernels (_C.gemm_w4_bf16 /
-    gemm_w8_bf16) on CPUs with AVX512-BF16, W4 from one row and W8 from 8; None elsewhere.
+def _bf16_min_rows(kind: Optional[str]) -> Optional[dict]:
+    """Rows from which bf16 activations take a bf16 dot-product kernel, per family (kind:
+    bf16_dot_kind()): the AMX-BF16 tiles' rows where the CPU has them, else the vdpbf16ps kernels
+    (_C.gemm_w4_bf16 / gemm_w8_bf16) on AMD CPUs with AVX512-BF16, W4 from one row and W8 from
+    8; None elsewhere.
     bf16 activations enter those kernels exactly, so the results are those of the fp32 path up
     to the order of the fp32 additions (and W4's weight rounding in the scaled form); fp32
     activations take them only when torch's float32 matmul precision allows bf16
@@ -86,12 +105,12 @@ def _bf16_min_rows() -> Optional[dict]:
     2048x8192 / 8192x2048, L3-resident at 2048x2048): 1.01-1.42x the fp32 register kernel at
     M = 1 (one row runs four column blocks side by side), 0.96-1.53x at 2-7 rows (0.96-1.00x
     in 4 of 12 cells)."""
-    if _C.cpu_info()["features"].get("amx_bf16"):
-        return TILES_MIN_ROWS
-    return {"w4": 1, "w8": 8} if _C.cpu_info()["features"].get("avx512bf16") else None
+    if kind == "amx":
+        return _tiles_min_rows(kind)
+    return {"w4": 1, "w8": 8} if kind == "vdpbf16ps" else None
 
 
-BF16_MIN_ROWS = _bf16_min_rows()
+BF16_MIN_ROWS = _bf16_min_rows(bf16_dot_kind())
 
 
 def _fp32_tiles_min_rows() -> dict:
