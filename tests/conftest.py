@@ -48,3 +48,30 @@ def c_ref():
                 os.environ["TERSOR_CPU_ISA"] = old
 
     return run
+
+
+@pytest.fixture
+def kernel_spy(monkeypatch):
+    """kernel_spy(*names): from then on, the list of the tersor._C kernels of those names that
+    ran, in order; direct calls and the layers' prepared calls (_C.int_partial of them) alike."""
+
+    def install(*names):
+        calls, real_of = [], {}
+        for name in names:
+            real = getattr(tersor._C, name)
+            spy = lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k)  # noqa: E731
+            real_of[spy] = (name, real)
+            monkeypatch.setattr(tersor._C, name, spy)
+        real_partial = tersor._C.int_partial
+
+        def partial(fn, **bound):
+            if fn not in real_of:
+                return real_partial(fn, **bound)
+            name, real = real_of[fn]
+            call = real_partial(real, **bound)
+            return lambda *a, **k: calls.append(name) or call(*a, **k)
+
+        monkeypatch.setattr(tersor._C, "int_partial", partial)
+        return calls
+
+    return install

@@ -101,3 +101,47 @@ def test_kernel_exceptions_become_pybind11s_python_exceptions():
     # gemm_w8a8 throws std::invalid_argument above its K limit (before reading any row)
     with pytest.raises(ValueError, match="K > 65536"):
         _C.gemm_w8a8(0, 0, 70000, 70000, 0, 0, 0, 16, 0, 0, 16, 1)
+
+
+def test_int_partial_runs_the_kernel_with_the_bound_arguments(gen):
+    (x, p), bias, pos, n = _w8a8(gen)
+    m = x.shape[0]
+    want = _run(pos, bias, n, m)
+    names = ["x", "M", "K", "ldx", "w", "colsum", "w_scale", "N"]
+    bound = dict(zip(names[2:], pos[2:]), ldy=n)
+    call = _C.int_partial(_C.gemm_w8a8, **bound)
+    assert (
+        call.__name__ == "gemm_w8a8" and "K, ldx, w, colsum, w_scale, N, ldy bound" in call.__doc__
+    )
+    for args, kw in [
+        ((x.data_ptr(), m, bias.data_ptr()), {"nthreads": 1}),  # y by keyword below
+        ((x.data_ptr(), m, bias.data_ptr()), {"nthreads": 2, "narrow_w": False}),
+    ]:
+        y = torch.full((m, n), float("nan"))
+        call(*args, y=y.data_ptr(), **kw)
+        assert torch.equal(y, want)
+    y = torch.full((m, n), float("nan"))
+    call(x.data_ptr(), m, bias.data_ptr(), y.data_ptr(), 1, 0)  # positional: the unbound ones
+    assert torch.equal(y, want)
+    with pytest.raises(TypeError, match="argument 'K' is bound"):
+        call(x.data_ptr(), m, bias.data_ptr(), y.data_ptr(), 1, K=3)
+    with pytest.raises(TypeError, match="takes 9 arguments, got 10"):  # x M bias y nthreads io..
+        call(*range(10))
+    with pytest.raises(TypeError, match="missing 'nthreads'"):
+        call(x.data_ptr(), m, bias.data_ptr(), y.data_ptr())
+    with pytest.raises(TypeError, match="no unbound argument 'K'"):
+        _C.int_partial(call, K=1)  # a partial of a partial binds only what is left
+    with pytest.raises(TypeError, match="no unbound argument 'bogus'"):
+        _C.int_partial(_C.gemm_w8a8, bogus=1)
+    with pytest.raises(TypeError, match="'w' must be an int"):
+        _C.int_partial(_C.gemm_w8a8, w=1.5)
+    with pytest.raises(TypeError, match="integer functions"):
+        _C.int_partial(print, K=1)
+    with pytest.raises(TypeError, match="integer functions"):
+        _C.int_partial(_C.cpu_info, K=1)
+    # a partial is freed with its last reference (a layer's prepared calls die with it)
+    import weakref
+
+    ref = weakref.ref(call)
+    del call
+    assert ref() is None

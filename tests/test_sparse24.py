@@ -213,7 +213,7 @@ def test_spmm_24_w8a8_extreme_codes_exact(isa, m, k, n, gen, c_ref):
     assert torch.equal(y, (acc.float().double() * (sx[:, None] * s[None, :]).double()).float())
 
 
-def test_int8_24_dense_copy(monkeypatch, gen):
+def test_int8_24_dense_copy(monkeypatch, gen, kernel_spy):
     """A 2:4 int8 layer converted with a dense W8A8 copy (AMX CPUs: formats/sparse24.py) runs
     the 2:4 kernel below dense_from_rows rows and the dense kernel from there, eager and through
     the op; the same integers and epilogue, so the same bits as the 2:4 kernel. The threshold
@@ -226,11 +226,7 @@ def test_int8_24_dense_copy(monkeypatch, gen):
     rep = tersor.quantize_(model, tersor.W8A8Config())
     layer = model[0]
     assert layer.fmt.dense_from_rows == 5 and "dense W8A8 from 5 rows" in rep.layers[0].reason
-    calls = []
-    for name in ("gemm_w8a8", "spmm_24_w8a8"):
-        real = getattr(tersor._C, name)
-        spy = lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a)  # noqa: E731
-        monkeypatch.setattr(tersor._C, name, spy)
+    calls = kernel_spy(*("gemm_w8a8", "spmm_24_w8a8"))
     layer.fmt._finish()  # its lean call binds the (spied) kernels now
     x = torch.randn(33, 70, generator=gen)
     with torch.no_grad():

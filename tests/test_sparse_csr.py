@@ -327,7 +327,7 @@ def test_unstructured_int8_rows_window_by_isa_sparsity_and_k(monkeypatch):
     assert model[0].dense_from_rows == int8_rows_window(384, model[0].fmt.density)[0]
 
 
-def test_unstructured_int8_rows_window_without_vnni(monkeypatch, gen):
+def test_unstructured_int8_rows_window_without_vnni(monkeypatch, gen, kernel_spy):
     """Converted for the AVX2 path, a 90% sparse int8 layer runs the dense W8A8 copy below
     INT8_AVX2_SPARSE_FROM_ROWS rows and the sparse kernel from there (the same integers, so the
     same outputs); the window survives a state_dict round trip and shows in the report."""
@@ -340,11 +340,7 @@ def test_unstructured_int8_rows_window_without_vnni(monkeypatch, gen):
     layer = model[0]
     assert (layer.dense_from_rows, layer.sparse_from_rows) == (1, back)
     assert f"dense W8A8 from 1 to {back - 1} rows" in rep.layers[0].reason
-    calls = []
-    for name in ("gemm_w8a8", "spmm_csr_w8a8"):
-        real = getattr(tersor._C, name)
-        spy = lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a)  # noqa: E731
-        monkeypatch.setattr(tersor._C, name, spy)
+    calls = kernel_spy(*("gemm_w8a8", "spmm_csr_w8a8"))
     layer.set_dense_fallback(1, back)  # rebuilt: its lean call binds the (spied) kernel now
     x = torch.randn(back + 3, 64, generator=gen)
     with torch.no_grad():

@@ -1,6 +1,7 @@
 // The vectorcall entry of int_call.h's functions: argument parsing, the GIL, exceptions.
 #include "bindings/int_call.h"
 
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <vector>
@@ -14,8 +15,9 @@ struct Function {
   PyMethodDef def{};
   std::string name, doc;
   std::vector<std::string> args;
-  std::vector<bool> has_default, is_bool;
-  std::vector<int64_t> defaults;
+  std::vector<bool> has_default, is_bool, bound;  // bound: set by int_partial, not by callers
+  std::vector<int64_t> defaults;                  // (a bound argument's value too)
+  std::vector<std::size_t> order;                 // the arguments positional calls fill
   Erased fn = nullptr;
   Invoker invoker = nullptr;
 };
@@ -45,6 +47,8 @@ std::string parse_spec(Function& f, const char* spec) {
     f.args.push_back(item);
     f.has_default.push_back(!dflt.empty());
     f.is_bool.push_back(type == "bool");
+    f.bound.push_back(false);
+    f.order.push_back(f.order.size());
     f.defaults.push_back(dflt == "True"                    ? 1
                          : dflt.empty() || dflt == "False" ? 0
                                                            : std::stoll(dflt));
@@ -98,14 +102,16 @@ PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargsf, PyObjec
   if (f == nullptr) return nullptr;
   const std::size_t n = f->args.size();
   const auto npos = static_cast<std::size_t>(PyVectorcall_NARGS(nargsf));
-  if (npos > n) {
+  if (npos > f->order.size()) {
     return fail(PyExc_TypeError, *f,
-                "takes " + std::to_string(n) + " arguments, got " + std::to_string(npos));
+                "takes " + std::to_string(f->order.size()) + " arguments, got " +
+                    std::to_string(npos));
   }
   int64_t v[kMaxArgs];
   bool given[kMaxArgs] = {};
-  for (std::size_t i = 0; i < npos; ++i) {
-    if (!read(*f, i, args[i], v)) return nullptr;
+  for (std::size_t j = 0; j < npos; ++j) {
+    const std::size_t i = f->order[j];
+    if (!read(*f, i, args[j], v)) return nullptr;
     given[i] = true;
   }
   const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
@@ -115,6 +121,7 @@ PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargsf, PyObjec
     std::size_t i = 0;
     while (i < n && f->args[i] != key) ++i;
     if (i == n) return fail(PyExc_TypeError, *f, std::string("no argument named '") + key + "'");
+    if (f->bound[i]) return fail(PyExc_TypeError, *f, "argument '" + f->args[i] + "' is bound");
     if (given[i]) return fail(PyExc_TypeError, *f, "argument '" + f->args[i] + "' given twice");
     if (!read(*f, i, args[npos + j], v)) return nullptr;
     given[i] = true;
@@ -154,11 +161,59 @@ PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargsf, PyObjec
   Py_RETURN_NONE;
 }
 
+void free_function(PyObject* capsule) {
+  delete static_cast<Function*>(PyCapsule_GetPointer(capsule, kCapsule));
+}
+
+// The Python function of f (which it then owns).
+py::object function_object(std::unique_ptr<Function> f, PyObject* module_name) {
+  f->def = {f->name.c_str(), reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&call)),
+            METH_FASTCALL | METH_KEYWORDS, f->doc.c_str()};
+  PyMethodDef* def = &f->def;
+  py::object self =
+      py::reinterpret_steal<py::object>(PyCapsule_New(f.get(), kCapsule, &free_function));
+  if (!self) throw py::error_already_set();
+  f.release();
+  py::object fn = py::reinterpret_steal<py::object>(PyCFunction_NewEx(def, self.ptr(), module_name));
+  if (!fn) throw py::error_already_set();
+  return fn;
+}
+
+// int_partial(fn, **bound): see int_call.h.
+py::object partial(const py::object& fn, const py::kwargs& bound) {
+  PyObject* self = PyCFunction_Check(fn.ptr()) ? PyCFunction_GET_SELF(fn.ptr()) : nullptr;
+  if (self == nullptr || !PyCapsule_IsValid(self, kCapsule)) {
+    throw py::type_error("int_partial: fn must be one of tersor._C's integer functions (" +
+                         std::string(py::str(fn)) + ")");
+  }
+  const auto& base = *static_cast<const Function*>(PyCapsule_GetPointer(self, kCapsule));
+  auto f = std::make_unique<Function>(base);
+  std::string names;
+  for (const auto& [key, value] : bound) {
+    const auto name = key.cast<std::string>();
+    std::size_t i = 0;
+    while (i < f->args.size() && f->args[i] != name) ++i;
+    if (i == f->args.size() || f->bound[i]) {
+      throw py::type_error("int_partial: " + f->name + "() has no unbound argument '" + name +
+                           "'");
+    }
+    if (!read(*f, i, value.ptr(), f->defaults.data())) throw py::error_already_set();
+    f->has_default[i] = f->bound[i] = true;
+    names += (names.empty() ? "" : ", ") + name;
+  }
+  f->order.clear();
+  for (std::size_t i = 0; i < f->args.size(); ++i) {
+    if (!f->bound[i]) f->order.push_back(i);
+  }
+  f->doc = f->name + " with " + names + " bound; the other arguments in order.\n\n" + base.doc;
+  return function_object(std::move(f), fn.attr("__module__").ptr());
+}
+
 }  // namespace
 
 void add(py::module_& m, const char* name, const char* spec, const std::string& doc, Erased fn,
          Invoker invoker, int nparams) {
-  auto* f = new Function;  // lives as long as the process: the module keeps its functions
+  auto f = std::make_unique<Function>();
   f->name = name;
   f->doc = parse_spec(*f, spec) + "\n\n" + doc;
   if (static_cast<int>(f->args.size()) != nparams) {
@@ -167,13 +222,14 @@ void add(py::module_& m, const char* name, const char* spec, const std::string& 
   }
   f->fn = fn;
   f->invoker = invoker;
-  f->def = {f->name.c_str(), reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&call)),
-            METH_FASTCALL | METH_KEYWORDS, f->doc.c_str()};
-  py::object self = py::reinterpret_steal<py::object>(PyCapsule_New(f, kCapsule, nullptr));
-  py::object fn_obj = py::reinterpret_steal<py::object>(
-      PyCFunction_NewEx(&f->def, self.ptr(), m.attr("__name__").ptr()));
-  if (!self || !fn_obj) throw py::error_already_set();
-  m.add_object(name, fn_obj);
+  m.add_object(name, function_object(std::move(f), m.attr("__name__").ptr()));
+}
+
+void bind_partial(py::module_& m) {
+  m.def("int_partial", &partial, py::arg("fn"),
+        "fn (one of the integer functions: gemm_w4, gemm_w8a8, ...) with the keyword "
+        "arguments' values bound, called with the others in order (a layer's prepared call: "
+        "its weight's addresses and sizes live in one C struct, not in Python objects).");
 }
 
 }  // namespace tersor::bindings::int_call

@@ -1,6 +1,7 @@
 // tersor._C: the torch-free native core. PYBIND11_MODULE only calls one bind_<family> per
 // kernel family (csrc/bindings/<family>.cpp); see bind.h for the calling convention.
 #include "bindings/bind.h"
+#include "bindings/int_call.h"
 
 namespace b = tersor::bindings;
 
@@ -22,4 +23,5 @@ PYBIND11_MODULE(_C, m) {
   b::bind_spmm_block(m);
   b::bind_repack(m);
   b::bind_gptq(m);
+  b::int_call::bind_partial(m);
 }

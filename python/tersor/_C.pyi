@@ -875,6 +875,11 @@ def int8_tiles_to_rows(
     """Kernel int8 tiles -> canonical rows over k < K. tiles: int8 W8Tile blocks
     [Np/16][Kp/4][16][4] (Np = 16 ceil(N/16), Kp = 4 ceil(K/4)); rows: int8 [N][ld]."""
 
+def int_partial(fn: object, **kwargs) -> object:
+    """fn (one of the integer functions: gemm_w4, gemm_w8a8, ...) with the keyword arguments'
+    values bound, called with the others in order (a layer's prepared call: its weight's
+    addresses and sizes live in one C struct, not in Python objects)."""
+
 def max_pool_s8(
     x: int,
     B: int,

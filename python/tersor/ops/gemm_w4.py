@@ -244,10 +244,11 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
     kernel, or the bf16 group form where bf16_allowed says so) with the weight's pointers read
     once, ~10 us less per call than gemm_w4_cpu's general path (measured on 384x384 at M = 1);
     anything else takes gemm_w4_cpu."""
-    cp, sp, zp, xsp = codes.data_ptr(), scale.data_ptr(), ptr(zero), ptr(x_scale)
-    ngroups = scale.shape[1]
-    kernel = _C.gemm_w4a8 if act_int8 else _C.gemm_w4
-    tail = (0,) if act_int8 else ()  # gemm_w4a8's row_amax
+    # the kernels with the weight bound (_C.int_partial): called with x, M, bias, y, threads, io
+    weight = dict(K=k, ldx=k, w=codes.data_ptr(), scale=scale.data_ptr(), zero=ptr(zero))
+    weight.update(group_size=group_size, ngroups=scale.shape[1], N=n, ldy=n, x_scale=ptr(x_scale))
+    kernel = _C.int_partial(_C.gemm_w4a8 if act_int8 else _C.gemm_w4, **weight)
+    group_form = None if act_int8 else _C.int_partial(_C.gemm_w4_bf16, **weight)
     lean_rows = 1 << 62
     bf16_rows = 1 << 62  # from these rows bf16 x may take the bf16 kernels (bf16_allowed)
     if not act_int8:
@@ -278,30 +279,13 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
                     return gemm_w4_cpu(
                         x, codes, scale, zero, bias, n, group_size, act_int8, x_scale
                     )
-                fn = _C.gemm_w4_bf16  # the group form, as gemm_w4_cpu would call it
+                fn = group_form  # the bf16 group form, as gemm_w4_cpu would call it
         if m >= general_rows or not x.is_contiguous():
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
         y = x.new_empty(m, n) if len(s) == 2 else empty_rows(x, n)  # [..., N] at once
         if m:
-            fn(
-                x.data_ptr(),
-                m,
-                k,
-                k,
-                cp,
-                sp,
-                zp,
-                group_size,
-                ngroups,
-                n,
-                0 if bias is None else bias.data_ptr(),
-                y.data_ptr(),
-                n,
-                _num_threads(),
-                IO_CODE[dt],
-                xsp,
-                *tail,
-            )
+            b = 0 if bias is None else bias.data_ptr()
+            fn(x.data_ptr(), m, b, y.data_ptr(), _num_threads(), IO_CODE[dt])
         return y
 
     return run

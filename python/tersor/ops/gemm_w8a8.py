@@ -62,8 +62,19 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None, narrow_
     closure keeps the tensors alive, and formats replace their tensors rather than resize
     them), which saves ~0.5 us per call of a small layer. x_scale: the layer's input scale
     (fp32 [K]) or None. narrow_w: every |w| <= 64 (a speed hint: formats/int8.py)."""
-    wp, cp, sp, xsp = packed.data_ptr(), colsum.data_ptr(), scale.data_ptr(), ptr(x_scale)
-    kernel, kw = _C.gemm_w8a8, k
+    kernel = _C.int_partial(  # called with x, M, bias, y, threads, io
+        _C.gemm_w8a8,
+        K=k,
+        ldx=k,
+        w=packed.data_ptr(),
+        colsum=colsum.data_ptr(),
+        w_scale=scale.data_ptr(),
+        N=n,
+        ldy=n,
+        x_scale=ptr(x_scale),
+        narrow_w=narrow_w,
+    )
+    kw = k
 
     @takes_half
     def run(x, bias):
@@ -80,24 +91,8 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None, narrow_
             m = x.numel() // kw
             y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:
-            kernel(
-                x.data_ptr(),
-                m,
-                kw,
-                kw,
-                wp,
-                cp,
-                sp,
-                n,
-                0 if bias is None else bias.data_ptr(),
-                y.data_ptr(),
-                n,
-                _num_threads(),
-                IO_CODE[x.dtype],
-                xsp,
-                0,
-                narrow_w,
-            )
+            b = 0 if bias is None else bias.data_ptr()
+            kernel(x.data_ptr(), m, b, y.data_ptr(), _num_threads(), IO_CODE[x.dtype])
         return y
 
     return run

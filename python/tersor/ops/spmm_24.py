@@ -52,9 +52,11 @@ def cpu_runner_24(values, meta, n: int, k: int, colsum=None, scale=None):
     to the kernel with the weight's pointers read once (384x1536 int8 at one row: ~3 us less
     than the op's eager function); None for anything else (the layer then takes the op)."""
     int8 = colsum is not None
-    vp, mp = values.data_ptr(), meta.data_ptr()
-    cp, sp = (colsum.data_ptr(), scale.data_ptr()) if int8 else (0, 0)
-    kernel = _C.spmm_24_w8a8 if int8 else _C.spmm_24
+    weight = dict(K=k, ldx=k, values=values.data_ptr(), meta=meta.data_ptr(), N=n, ldy=n)
+    if int8:
+        weight.update(colsum=colsum.data_ptr(), w_scale=scale.data_ptr())
+    # the kernel with the weight bound (_C.int_partial): called with x, M, bias, y, threads
+    kernel = _C.int_partial(_C.spmm_24_w8a8 if int8 else _C.spmm_24, **weight)
 
     def run(x, bias):
         if x.dim() == 0 or x.shape[-1] != k or x.dtype != torch.float32 or not x.is_contiguous():
@@ -63,12 +65,7 @@ def cpu_runner_24(values, meta, n: int, k: int, colsum=None, scale=None):
         y = empty_rows(x, n)
         if m:
             b = 0 if bias is None else bias.data_ptr()
-            if int8:
-                kernel(
-                    x.data_ptr(), m, k, k, vp, mp, cp, sp, n, b, y.data_ptr(), n, _num_threads(), 0
-                )
-            else:
-                kernel(x.data_ptr(), m, k, k, vp, mp, n, b, y.data_ptr(), n, _num_threads())
+            kernel(x.data_ptr(), m, b, y.data_ptr(), _num_threads())
         return y
 
     return run

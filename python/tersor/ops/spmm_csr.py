@@ -79,9 +79,12 @@ def cpu_runner_csr(arrays, n: int, k: int, dense_from_rows, fallback, scale=None
     row: ~10 us less per call than spmm_csr_cpu, which views, allocates with a dtype keyword and
     reads 13 pointers); anything else takes fallback(x, bias). arrays: the format's rowptr,
     col, val, ell_val, ell_col, ell_cnt, ell_off, perm."""
-    ptrs = [t.data_ptr() for t in arrays]
+    names = ("rowptr", "col", "val", "ell_val", "ell_col", "ell_cnt", "ell_off", "perm")
+    weight = {name: t.data_ptr() for name, t in zip(names, arrays)}
+    weight.update(K=k, ldx=k, N=n, ldy=n, w_scale=0 if scale is None else scale.data_ptr())
     lean_rows = dense_from_rows if dense_from_rows is not None else 1 << 62
-    kernel, sp = (_C.spmm_csr, 0) if scale is None else (_C.spmm_csr_w8a8, scale.data_ptr())
+    # the kernel with the weight bound (_C.int_partial): called with x, M, bias, y, threads
+    kernel = _C.int_partial(_C.spmm_csr if scale is None else _C.spmm_csr_w8a8, **weight)
 
     def run(x, bias):
         if x.dim() == 0 or x.shape[-1] != k:
@@ -92,7 +95,7 @@ def cpu_runner_csr(arrays, n: int, k: int, dense_from_rows, fallback, scale=None
         y = empty_rows(x, n)
         if m:
             b = 0 if bias is None else bias.data_ptr()
-            kernel(x.data_ptr(), m, k, k, n, *ptrs, sp, b, y.data_ptr(), n, _num_threads(), 0)
+            kernel(x.data_ptr(), m, b, y.data_ptr(), _num_threads())
         return y
 
     return run
