@@ -62,14 +62,20 @@ def test_gemm_w4a8_integer_exact(isa, g, k, gen):
     assert torch.equal(y, expect)
 
 
-@pytest.mark.parametrize("g,k", [(32, 64), (64, 128), (128, 256), (-1, 261)])
+@pytest.mark.parametrize(
+    "g,k", [(32, 64), (64, 128), (128, 256), (-1, 261), (-1, 8192), (-1, 9000)]
+)
 def test_gemm_w4a8_extreme_codes(isa, g, k, gen, c_ref):
     """Codes 15 and 0 against activations at +-127 over whole groups: the largest partial sums
     the kernels form in narrow integers (AVX2 adds 8 vpmaddubsw pair sums in int16, up to
-    8 * 3810), bit for bit the C ref's int32 sums."""
+    8 * 3810), bit for bit the C ref's int32 sums. A group of 8192 (per channel): the largest
+    whose sums the AVX-512 tiles take in fp32 exactly (15 * 127 * 8192 < 2^24); 9000 (past 2^24):
+    int32."""
     x, q, s, z, G, b, _ = make(6, k, 20, g, False, gen)
     x[0], x[1] = 3.0, -3.0  # every code +127 / -127
     x[2] = torch.where(torch.arange(k) % 2 == 0, 3.0, -3.0)
+    x[5] = 3.0
+    x[5, 0] = 3.0 * 126 / 127  # odd sums: past 2^24, not exact in fp32
     q[:8] = 15
     q[8:12] = 0
     q[12:16] = torch.where(torch.arange(k) % 2 == 0, 15, 0).to(q.dtype)
