@@ -1,6 +1,8 @@
 // The vectorcall entry of int_call.h's functions: argument parsing, the GIL, exceptions.
 #include "bindings/int_call.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <new>
 #include <stdexcept>
@@ -11,15 +13,25 @@ namespace {
 
 constexpr const char* kCapsule = "tersor.int_call";
 
+// What every callable of one kernel shares (its partials too): names and types.
+struct Signature {
+  std::string name;
+  std::vector<std::string> args;
+  uint32_t bools = 0;  // bit i: argument i is a bool
+};
+
+// One callable: what a call reads sits in this one block (~4 cache lines), the argument
+// values included (defaults, and what int_partial bound).
 struct Function {
   PyMethodDef def{};
-  std::string name, doc;
-  std::vector<std::string> args;
-  std::vector<bool> has_default, is_bool, bound;  // bound: set by int_partial, not by callers
-  std::vector<int64_t> defaults;                  // (a bound argument's value too)
-  std::vector<std::size_t> order;                 // the arguments positional calls fill
   Erased fn = nullptr;
   Invoker invoker = nullptr;
+  int n = 0, n_order = 0;
+  uint32_t has_value = 0, bound = 0;  // bit i: values[i] holds a default / a bound value
+  uint8_t order[kMaxArgs] = {};       // the arguments positional calls fill, in order
+  int64_t values[kMaxArgs] = {};
+  std::shared_ptr<const Signature> sig;
+  std::string doc;
 };
 
 std::string trim(const std::string& s) {
@@ -29,8 +41,8 @@ std::string trim(const std::string& s) {
 }
 
 // "a, b=0, c: bool=False" -> the names, defaults and the signature line pybind11 would write.
-std::string parse_spec(Function& f, const char* spec) {
-  std::string sig = f.name + "(", rest = spec;
+std::string parse_spec(Function& f, Signature& sig, const char* spec) {
+  std::string line = sig.name + "(", rest = spec;
   while (!rest.empty()) {
     const auto comma = rest.find(',');
     std::string item = trim(rest.substr(0, comma));
@@ -44,32 +56,32 @@ std::string parse_spec(Function& f, const char* spec) {
       type = trim(item.substr(colon + 1));
       item = trim(item.substr(0, colon));
     }
-    f.args.push_back(item);
-    f.has_default.push_back(!dflt.empty());
-    f.is_bool.push_back(type == "bool");
-    f.bound.push_back(false);
-    f.order.push_back(f.order.size());
-    f.defaults.push_back(dflt == "True"                    ? 1
-                         : dflt.empty() || dflt == "False" ? 0
-                                                           : std::stoll(dflt));
-    sig +=
-        (f.args.size() > 1 ? ", " : "") + item + ": " + type + (dflt.empty() ? "" : " = " + dflt);
+    const int i = f.n++;
+    if (i == kMaxArgs) throw std::logic_error(sig.name + ": raise int_call::kMaxArgs");
+    sig.args.push_back(item);
+    if (type == "bool") sig.bools |= 1u << i;
+    f.order[f.n_order++] = static_cast<uint8_t>(i);
+    if (!dflt.empty()) {
+      f.has_value |= 1u << i;
+      f.values[i] = dflt == "True" ? 1 : dflt == "False" ? 0 : std::stoll(dflt);
+    }
+    line += (i ? ", " : "") + item + ": " + type + (dflt.empty() ? "" : " = " + dflt);
   }
-  return sig + ") -> None";
+  return line + ") -> None";
 }
 
 PyObject* fail(PyObject* type, const Function& f, const std::string& what) {
-  PyErr_SetString(type, (f.name + "(): " + what).c_str());
+  PyErr_SetString(type, (f.sig->name + "(): " + what).c_str());
   return nullptr;
 }
 
 // One argument as int64 (addresses above 2^63 as their two's complement): ints, bools and
 // objects with __index__ (numpy integers), as pybind11's int caster takes them, floats not; a
 // bool argument also takes what has a truth value (numpy.bool_), as pybind11's bool caster.
-bool read(const Function& f, std::size_t i, PyObject* o, int64_t* out) {
+bool read(const Function& f, int i, PyObject* o, int64_t* out) {
   int overflow = 0;
   long long v = 0;
-  if (f.is_bool[i] && !PyLong_Check(o)) {
+  if ((f.sig->bools >> i & 1) && !PyLong_Check(o)) {
     const int truth = PyObject_IsTrue(o);
     if (truth < 0) return false;
     out[i] = truth;
@@ -85,12 +97,12 @@ bool read(const Function& f, std::size_t i, PyObject* o, int64_t* out) {
   } else {
     PyErr_Clear();
     fail(PyExc_TypeError, f,
-         "argument '" + f.args[i] + "' must be an int, got " + Py_TYPE(o)->tp_name);
+         "argument '" + f.sig->args[i] + "' must be an int, got " + Py_TYPE(o)->tp_name);
     return false;
   }
   if (overflow < 0 || (v == -1 && PyErr_Occurred())) {
     PyErr_Clear();
-    fail(PyExc_OverflowError, f, "argument '" + f.args[i] + "' does not fit in 64 bits");
+    fail(PyExc_OverflowError, f, "argument '" + f.sig->args[i] + "' does not fit in 64 bits");
     return false;
   }
   out[i] = v;
@@ -100,36 +112,38 @@ bool read(const Function& f, std::size_t i, PyObject* o, int64_t* out) {
 PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargsf, PyObject* kwnames) {
   const auto* f = static_cast<const Function*>(PyCapsule_GetPointer(self, kCapsule));
   if (f == nullptr) return nullptr;
-  const std::size_t n = f->args.size();
-  const auto npos = static_cast<std::size_t>(PyVectorcall_NARGS(nargsf));
-  if (npos > f->order.size()) {
+  const auto npos = PyVectorcall_NARGS(nargsf);
+  if (npos > f->n_order) {
     return fail(PyExc_TypeError, *f,
-                "takes " + std::to_string(f->order.size()) + " arguments, got " +
+                "takes " + std::to_string(f->n_order) + " arguments, got " +
                     std::to_string(npos));
   }
   int64_t v[kMaxArgs];
-  bool given[kMaxArgs] = {};
-  for (std::size_t j = 0; j < npos; ++j) {
-    const std::size_t i = f->order[j];
+  uint32_t given = 0;
+  for (Py_ssize_t j = 0; j < npos; ++j) {
+    const int i = f->order[j];
     if (!read(*f, i, args[j], v)) return nullptr;
-    given[i] = true;
+    given |= 1u << i;
   }
   const Py_ssize_t nkw = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
   for (Py_ssize_t j = 0; j < nkw; ++j) {
     const char* key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, j));
     if (key == nullptr) return nullptr;
-    std::size_t i = 0;
-    while (i < n && f->args[i] != key) ++i;
-    if (i == n) return fail(PyExc_TypeError, *f, std::string("no argument named '") + key + "'");
-    if (f->bound[i]) return fail(PyExc_TypeError, *f, "argument '" + f->args[i] + "' is bound");
-    if (given[i]) return fail(PyExc_TypeError, *f, "argument '" + f->args[i] + "' given twice");
+    const auto& names = f->sig->args;
+    int i = 0;
+    while (i < f->n && names[i] != key) ++i;
+    if (i == f->n) return fail(PyExc_TypeError, *f, std::string("no argument named '") + key + "'");
+    if (f->bound >> i & 1) return fail(PyExc_TypeError, *f, "argument '" + names[i] + "' is bound");
+    if (given >> i & 1) return fail(PyExc_TypeError, *f, "argument '" + names[i] + "' given twice");
     if (!read(*f, i, args[npos + j], v)) return nullptr;
-    given[i] = true;
+    given |= 1u << i;
   }
-  for (std::size_t i = 0; i < n; ++i) {
-    if (given[i]) continue;
-    if (!f->has_default[i]) return fail(PyExc_TypeError, *f, "missing '" + f->args[i] + "'");
-    v[i] = f->defaults[i];
+  for (int i = 0; i < f->n; ++i) {
+    if (given >> i & 1) continue;
+    if (!(f->has_value >> i & 1)) {
+      return fail(PyExc_TypeError, *f, "missing '" + f->sig->args[i] + "'");
+    }
+    v[i] = f->values[i];
   }
   PyObject* error = nullptr;  // pybind11's translation of the standard exceptions
   std::string message;
@@ -167,14 +181,16 @@ void free_function(PyObject* capsule) {
 
 // The Python function of f (which it then owns).
 py::object function_object(std::unique_ptr<Function> f, PyObject* module_name) {
-  f->def = {f->name.c_str(), reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&call)),
+  f->def = {f->sig->name.c_str(),
+            reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&call)),
             METH_FASTCALL | METH_KEYWORDS, f->doc.c_str()};
   PyMethodDef* def = &f->def;
   py::object self =
       py::reinterpret_steal<py::object>(PyCapsule_New(f.get(), kCapsule, &free_function));
   if (!self) throw py::error_already_set();
   f.release();
-  py::object fn = py::reinterpret_steal<py::object>(PyCFunction_NewEx(def, self.ptr(), module_name));
+  py::object fn =
+      py::reinterpret_steal<py::object>(PyCFunction_NewEx(def, self.ptr(), module_name));
   if (!fn) throw py::error_already_set();
   return fn;
 }
@@ -187,25 +203,29 @@ py::object partial(const py::object& fn, const py::kwargs& bound) {
                          std::string(py::str(fn)) + ")");
   }
   const auto& base = *static_cast<const Function*>(PyCapsule_GetPointer(self, kCapsule));
-  auto f = std::make_unique<Function>(base);
-  std::string names;
+  auto f = std::make_unique<Function>();
+  f->fn = base.fn, f->invoker = base.invoker, f->sig = base.sig, f->n = base.n;
+  f->has_value = base.has_value, f->bound = base.bound;
+  std::copy(base.values, base.values + kMaxArgs, f->values);
+  const auto& names = base.sig->args;
+  std::string listed;
   for (const auto& [key, value] : bound) {
     const auto name = key.cast<std::string>();
-    std::size_t i = 0;
-    while (i < f->args.size() && f->args[i] != name) ++i;
-    if (i == f->args.size() || f->bound[i]) {
-      throw py::type_error("int_partial: " + f->name + "() has no unbound argument '" + name +
-                           "'");
+    int i = 0;
+    while (i < f->n && names[i] != name) ++i;
+    if (i == f->n || (f->bound >> i & 1)) {
+      throw py::type_error("int_partial: " + base.sig->name + "() has no unbound argument '" +
+                           name + "'");
     }
-    if (!read(*f, i, value.ptr(), f->defaults.data())) throw py::error_already_set();
-    f->has_default[i] = f->bound[i] = true;
-    names += (names.empty() ? "" : ", ") + name;
+    if (!read(*f, i, value.ptr(), f->values)) throw py::error_already_set();
+    f->has_value |= 1u << i, f->bound |= 1u << i;
+    listed += (listed.empty() ? "" : ", ") + name;
   }
-  f->order.clear();
-  for (std::size_t i = 0; i < f->args.size(); ++i) {
-    if (!f->bound[i]) f->order.push_back(i);
+  for (int i = 0; i < f->n; ++i) {
+    if (!(f->bound >> i & 1)) f->order[f->n_order++] = static_cast<uint8_t>(i);
   }
-  f->doc = f->name + " with " + names + " bound; the other arguments in order.\n\n" + base.doc;
+  f->doc = base.sig->name + " with " + listed + " bound; the other arguments in order (see " +
+           "tersor._C." + base.sig->name + ").";
   return function_object(std::move(f), fn.attr("__module__").ptr());
 }
 
@@ -213,13 +233,15 @@ py::object partial(const py::object& fn, const py::kwargs& bound) {
 
 void add(py::module_& m, const char* name, const char* spec, const std::string& doc, Erased fn,
          Invoker invoker, int nparams) {
+  auto sig = std::make_shared<Signature>();
+  sig->name = name;
   auto f = std::make_unique<Function>();
-  f->name = name;
-  f->doc = parse_spec(*f, spec) + "\n\n" + doc;
-  if (static_cast<int>(f->args.size()) != nparams) {
-    throw std::logic_error(f->name + ": the spec names " + std::to_string(f->args.size()) +
+  f->doc = parse_spec(*f, *sig, spec) + "\n\n" + doc;
+  if (f->n != nparams) {
+    throw std::logic_error(sig->name + ": the spec names " + std::to_string(f->n) +
                            " arguments, the function takes " + std::to_string(nparams));
   }
+  f->sig = std::move(sig);
   f->fn = fn;
   f->invoker = invoker;
   m.add_object(name, function_object(std::move(f), m.attr("__name__").ptr()));
