@@ -43,7 +43,7 @@ void add(py::module_& m, const char* name, const char* spec, const std::string& 
 
 // m.int_partial(fn, **bound): fn with some arguments' values bound, a new function called with
 // the others in order (keywords too). A layer prepares one per kernel: its weight's addresses
-// and sizes then live in one C struct, read from 2-3 cache lines per call, not in a dozen
+// and sizes then live in one C struct, ~4 cache lines read per call, not in a dozen
 // Python objects that a model's weight streaming evicts between the layer's calls.
 void bind_partial(py::module_& m);
 
