@@ -33,6 +33,23 @@ PackedW4LinearArgs w4_args(addr x, int64_t M, int64_t K, int64_t ldx, addr w, ad
                             ptr<const float>(row_amax), ptr<const float>(x_scale)};
 }
 
+// The weight-only kernels' entry: float rows (io: fp32, bf16 or fp16; x_scale) staged through
+// half_io around the kernel.
+template <void (*kKernel)(const PackedW8LinearArgs&)>
+void w8_staged(addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale,
+               int64_t N, addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
+  half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads), io,
+                      ptr<const float>(x_scale), kKernel);
+}
+template <void (*kKernel)(const PackedW4LinearArgs&)>
+void w4_staged(addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+               int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+               int nthreads, int io, addr x_scale) {
+  half_io::run_staged(
+      w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y, ldy, nthreads), io,
+      ptr<const float>(x_scale), kKernel);
+}
+
 // The argument lists shared by the kernels of one weight form (int_call.h specs).
 #define TERSOR_W8_ARGS \
   "x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads, io=0, x_scale=0"
@@ -110,45 +127,22 @@ void bind_gemm_w8a8(py::module_& m) {
       (std::string(kW8Doc) + "x is quantized per row to int8 inside (dynamic W8A8)." + kIoDoc +
        kRowAmaxDoc + kNarrowDoc));
   def_int_function(
-      m, "gemm_w8",
-      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w8::run);
-      },
-      TERSOR_W8_ARGS,
+      m, "gemm_w8", &w8_staged<gemm_w8::run>, TERSOR_W8_ARGS,
       std::string(kW8Doc) + "fp32 activations (weight-only); colsum is unused (pass 0)." + kIoDoc);
   def_int_function(
-      m, "gemm_w8_bf16",
-      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w8::run_bf16);
-      },
-      TERSOR_W8_ARGS,
+      m, "gemm_w8_bf16", &w8_staged<gemm_w8::run_bf16>, TERSOR_W8_ARGS,
       (std::string(kW8Doc) +
        "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
-       "gemm_w8.h states the arithmetic); colsum is unused (pass 0)." + kIoDoc));
+       "gemm_w8.h states the arithmetic); colsum is unused (pass 0)." +
+       kIoDoc));
   def_int_function(
-      m, "gemm_w8_bf16_tiles",
-      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w8::run_bf16_tiles);
-      },
-      TERSOR_W8_ARGS,
+      m, "gemm_w8_bf16_tiles", &w8_staged<gemm_w8::run_bf16_tiles>, TERSOR_W8_ARGS,
       (std::string(kW8Doc) +
        "activations rounded to bf16, AMX-BF16 tiles where the CPU has them and the active path "
        "is amx, gemm_w8_bf16 otherwise (gemm_w8.h states both); colsum is unused (pass 0)." +
        kIoDoc));
   def_int_function(
-      m, "gemm_w8_fp32_tiles",
-      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr colsum, addr w_scale, int64_t N,
-          addr bias, addr y, int64_t ldy, int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w8_args(x, M, K, ldx, w, colsum, w_scale, N, bias, y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w8::run_fp32_tiles);
-      },
-      TERSOR_W8_ARGS,
+      m, "gemm_w8_fp32_tiles", &w8_staged<gemm_w8::run_fp32_tiles>, TERSOR_W8_ARGS,
       (std::string(kW8Doc) +
        "fp32 activations in three exact bf16 parts on AMX-BF16 tiles where the CPU has them and "
        "the active path is amx (products exact, fp32 sums in the tile unit's order), gemm_w8 "
@@ -165,10 +159,9 @@ void bind_gemm_w4(py::module_& m) {
       +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
           int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
           int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
-                                    y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w4::run, false,
-                            gemm_w4::takes_half_rows(M));
+        half_io::run_staged(
+            w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y, ldy, nthreads),
+            io, ptr<const float>(x_scale), gemm_w4::run, false, gemm_w4::takes_half_rows(M));
       },
       TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
@@ -176,48 +169,27 @@ void bind_gemm_w4(py::module_& m) {
        "gemm_w4_dequantized_rows says so, into L1 slabs; gemm_w4.h states both rules)." +
        kIoDoc));
   def_int_function(
-      m, "gemm_w4_bf16",
-      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
-          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-          int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
-                                    y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w4::run_bf16);
-      },
-      TERSOR_W4_ARGS,
+      m, "gemm_w4_bf16", &w4_staged<gemm_w4::run_bf16>, TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
        "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
-       "gemm_w4.h states the arithmetic)." + kIoDoc));
+       "gemm_w4.h states the arithmetic)." +
+       kIoDoc));
   def_int_function(
-      m, "gemm_w4_bf16_tiles",
-      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
-          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-          int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
-                                    y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w4::run_bf16_tiles);
-      },
-      TERSOR_W4_ARGS,
+      m, "gemm_w4_bf16_tiles", &w4_staged<gemm_w4::run_bf16_tiles>, TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
        "activations rounded to bf16, weights widened to bf16 with their scales (the scaled "
        "form): AMX-BF16 tiles where the CPU has them, the active path is amx and group_size % "
        "32 == 0; else one vdpbf16ps chain per output (its C ref below AVX512-BF16 / AVX-512); "
-       "gemm_w4.h states the arithmetic." + kIoDoc));
+       "gemm_w4.h states the arithmetic." +
+       kIoDoc));
   def_int_function(
-      m, "gemm_w4_fp32_tiles",
-      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
-          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-          int nthreads, int io, addr x_scale) {
-        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
-                                    y, ldy, nthreads),
-                            io, ptr<const float>(x_scale), gemm_w4::run_fp32_tiles);
-      },
-      TERSOR_W4_ARGS,
+      m, "gemm_w4_fp32_tiles", &w4_staged<gemm_w4::run_fp32_tiles>, TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
        "fp32 activations in three exact bf16 parts and the dequantized weights in two, on "
        "AMX-BF16 tiles where the CPU has them, the active path is amx and group_size % 32 == 0 "
        "(products exact, fp32 sums in the tile unit's order); gemm_w4 otherwise (gemm_w4.h "
-       "states both)." + kIoDoc));
+       "states both)." +
+       kIoDoc));
   m.def("has_amx_bf16", &amx_bf16_available,
         "True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then "
         "runs the tiles (for group sizes that are multiples of 32).");
@@ -229,8 +201,8 @@ void bind_gemm_w4(py::module_& m) {
       +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
           int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
           int nthreads, int io, addr x_scale, addr row_amax) {
-        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias,
-                                    y, ldy, nthreads, row_amax, x_scale),
+        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y,
+                                    ldy, nthreads, row_amax, x_scale),
                             io, nullptr, gemm_w4a8::run, true);
       },
       TERSOR_W4_ARGS ", row_amax=0",
