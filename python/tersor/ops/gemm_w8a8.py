@@ -57,11 +57,11 @@ def gemm_w8a8_cpu(
 def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None, narrow_w=False):
     """The eager CPU call of one packed weight, for the layers' fast path (contiguous float32,
     bfloat16 or float16 [..., K] input of the layer's width, else None; the output [..., N] in
-    x's dtype): the
-    weight's data pointers are read once here (the
-    closure keeps the tensors alive, and formats replace their tensors rather than resize
-    them), which saves ~0.5 us per call of a small layer. x_scale: the layer's input scale
-    (fp32 [K]) or None. narrow_w: every |w| <= 64 (a speed hint: formats/int8.py)."""
+    x's dtype): the weight's data pointers are bound into the kernel once here
+    (_C.int_partial; run.tensors keeps the tensors alive, and formats replace their tensors
+    rather than resize them), which saves ~0.5 us per call of a small layer. x_scale: the
+    layer's input scale (fp32 [K]) or None. narrow_w: every |w| <= 64 (a speed hint:
+    formats/int8.py)."""
     kernel = _C.int_partial(  # called with x, M, bias, y, threads, io
         _C.gemm_w8a8,
         K=k,
@@ -74,27 +74,27 @@ def cpu_runner_w8a8(packed, colsum, scale, n: int, k: int, x_scale=None, narrow_
         x_scale=ptr(x_scale),
         narrow_w=narrow_w,
     )
-    kw = k
 
     @takes_half
     def run(x, bias):
         """None when x is not a contiguous [..., K] (the layer then checks and takes the op)."""
         s = x.shape  # read once: 2-D rows (the common case) without dim() / numel() calls
         if len(s) == 2:
-            if s[1] != kw or not x.is_contiguous():
+            if s[1] != k or not x.is_contiguous():
                 return None
             m = s[0]
             y = x.new_empty(m, n)
         else:
-            if not s or s[-1] != kw or not x.is_contiguous():
+            if not s or s[-1] != k or not x.is_contiguous():
                 return None
-            m = x.numel() // kw
+            m = x.numel() // k
             y = empty_rows(x, n)  # [..., N] at once: no view per call
         if m:
             b = 0 if bias is None else bias.data_ptr()
             kernel(x.data_ptr(), m, b, y.data_ptr(), _num_threads(), IO_CODE[x.dtype])
         return y
 
+    run.tensors = (packed, colsum, scale, x_scale)  # what the bound addresses point into
     return run
 
 

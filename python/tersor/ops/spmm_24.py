@@ -68,6 +68,7 @@ def cpu_runner_24(values, meta, n: int, k: int, colsum=None, scale=None):
             kernel(x.data_ptr(), m, b, y.data_ptr(), _num_threads())
         return y
 
+    run.tensors = (values, meta, colsum, scale)  # what the bound addresses point into
     return run
 
 

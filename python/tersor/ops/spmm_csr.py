@@ -98,6 +98,7 @@ def cpu_runner_csr(arrays, n: int, k: int, dense_from_rows, fallback, scale=None
             kernel(x.data_ptr(), m, b, y.data_ptr(), _num_threads())
         return y
 
+    run.tensors = (*arrays, scale)  # what the bound addresses point into
     return run
 
 
