@@ -156,11 +156,7 @@ PyObject* call(PyObject* self, PyObject* const* args, Py_ssize_t nargsf, PyObjec
     error = PyExc_IndexError, message = e.what();
   } catch (const std::overflow_error& e) {
     error = PyExc_OverflowError, message = e.what();
-  } catch (const std::invalid_argument& e) {
-    error = PyExc_ValueError, message = e.what();
-  } catch (const std::domain_error& e) {
-    error = PyExc_ValueError, message = e.what();
-  } catch (const std::length_error& e) {
+  } catch (const std::logic_error& e) {  // invalid_argument, domain_error, length_error
     error = PyExc_ValueError, message = e.what();
   } catch (const std::range_error& e) {
     error = PyExc_ValueError, message = e.what();
