@@ -92,8 +92,10 @@ def test_bf16_dot_kind_per_cpu(vendor, features, kind):
     # without a fast bf16 dot product, bf16 rows take the fp32 kernels at every row count
     assert (_bf16_min_rows(got) is None) == (kind is None)
     assert (_tiles_min_rows(got) is None) == (kind is None)
-    if kind == "amx":
-        assert _bf16_min_rows(got) == _tiles_min_rows(got)
+    if kind == "amx":  # W4's group form on the tiles below the scaled form's rows (G % 32 == 0)
+        rows, tiles = _bf16_min_rows(got), _tiles_min_rows(got)
+        assert rows["w8"] == tiles["w8"] and rows["w4_odd"] == tiles["w4"]
+        assert 1 < rows["w4"] <= rows["w4_g32"] <= tiles["w4"]
 
 
 def test_bf16_rows_follow_this_cpus_kind():

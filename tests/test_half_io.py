@@ -108,19 +108,23 @@ def test_layer_half_is_float_call_rounded(isa, name, dtype, m):
     for inp, out in ((x, y), (xs, layer(xs))):
         ref = layer(inp.float())
         if _w4_tiles(isa, name, dtype, inp.numel() // 96):
-            # bf16 rows of W4 in the scaled form: the weights widened to bf16 with their scales
-            # (csrc/gemm_w4/gemm_w4.h), so not the float call's bits: its error bound
+            # bf16 rows of W4 on AMX-BF16 tiles or in the scaled form (the weights widened to
+            # bf16 with their scales; csrc/gemm_w4/gemm_w4.h): fp32 sums in another order, or
+            # other weights, so not the float call's bits: its error bound
             assert (out.float() - ref).norm() <= 2**-7 * ref.norm()
         else:
             assert _same(out, ref.to(dtype))
 
 
 def _w4_tiles(isa, name, dtype, rows):
-    """Whether a W4 g32 layer's bf16 call of `rows` rows runs the scaled form here (chosen by
-    the CPU, on every path)."""
-    from tersor.ops.gemm_w4 import w4_tiles
+    """Whether a W4 g32 layer's bf16 call of `rows` rows runs the scaled form (chosen by the
+    CPU, on every path) or the group form on AMX-BF16 tiles here."""
+    from tersor.ops.gemm_w4 import BF16_MIN_ROWS, bf16_key, w4_tiles
 
-    return name.startswith("w4 ") and dtype == torch.bfloat16 and w4_tiles(rows, 32)
+    if not (name.startswith("w4 ") and dtype == torch.bfloat16):
+        return False
+    group_form = BF16_MIN_ROWS is not None and rows >= BF16_MIN_ROWS[bf16_key(32)]
+    return w4_tiles(rows, 32) or (group_form and _C.gemm_w4_bf16_on_tiles(rows, 32))
 
 
 def test_half_rows_staged_in_blocks():

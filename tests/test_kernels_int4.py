@@ -9,10 +9,12 @@ import tersor
 from tersor import _C
 from tersor.formats.int4 import Int4Format, dequantize_int4, pack_int4, quantize_int4
 from tersor.ops import dequant_w4t, gemm_w4, gemm_w4a8
+from tersor.ops._common import IO_CODE
 from tersor.ops.gemm_w4 import (
     BF16_MIN_ROWS,
     FP32_BF16_MIN_ROWS,
     TILES_MIN_ROWS,
+    bf16_key,
     cpu_runner_w4,
     fp32_tiles_take,
     gemm_w4_cpu,
@@ -246,13 +248,52 @@ def test_gemm_w4_bf16(isa, g, k, m, n, sym, gen, c_ref):
         assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
         return
     ref = c_ref(lambda: gemm_w4_cpu(x, p.codes, p.scale, p.zero, b, n, G, False, bf16=True))
-    assert torch.equal(y, ref)
+    if isa == "amx" and _C.gemm_w4_bf16_on_tiles(m, G):  # the group form on the tiles
+        assert (y.double() - ref.double()).norm() <= 1e-6 * ref.double().norm()
+    else:
+        assert torch.equal(y, ref)
     if tiles == "scaled":  # the weights rounded with their scales: the fp64 product of those
         w = w.float().bfloat16().double()
     y64 = x.bfloat16().double() @ w.t() + b.double()
     assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
     y64_fp32_x = x.double() @ w.t() + b.double()
     assert (y.double() - y64_fp32_x).norm() <= 2**-8 * y64_fp32_x.norm()
+
+
+ROWS_ON_TILES = [(1, 64, 17, 32, False), (2, 576, 100, 32, True), (3, 320, 230, 64, False),
+                 (5, 640, 37, 128, True), (7, 90, 21, -1, False), (8, 1024, 70, 128, False),
+                 (13, 96, 5, 32, True), (16, 384, 100, 128, False)]  # fmt: skip
+
+
+@pytest.mark.parametrize("m,k,n,g,sym", ROWS_ON_TILES)
+def test_gemm_w4_bf16_rows_on_tiles(m, k, n, g, sym, gen, c_ref):
+    """The bf16 group form on AMX-BF16 tiles (gemm_w4_amx.cpp run_amx_bf16_rows): A and C
+    tiles of the call's rows (1-16), 1-4 column blocks side by side (n = 5 .. 230: 15 blocks
+    leave each thread a shorter last tile), groups of one tile step (g32) or several, K padded
+    to the group (k = 90: one group of 96). The fp64 product of bf16(x) and the exact weights
+    to fp32 accumulation; the C ref of the group form to the order of its fp32 sums; bf16 rows
+    read and written by the kernel itself (half rows) the same bits as the fp32 call rounded;
+    1 and 2 threads the same bits."""
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    if not _C.gemm_w4_bf16_on_tiles(m, G):
+        pytest.skip(f"no AMX-BF16 tiles for {m} rows of group size {G} on this CPU / path")
+
+    def native(fn, xs, threads=2):
+        y = torch.empty(m, n, dtype=xs.dtype)
+        fn(xs.data_ptr(), m, k, k, p.codes.data_ptr(), p.scale.data_ptr(),
+           0 if p.zero is None else p.zero.data_ptr(), G, p.scale.shape[1], n, b.data_ptr(),
+           y.data_ptr(), n, threads, IO_CODE[xs.dtype], 0)  # fmt: skip
+        return y
+
+    xb = x.bfloat16()
+    y = native(_C.gemm_w4_bf16, xb.float())
+    w = dequantize_int4(q, s, z, G).double()
+    y64 = xb.double() @ w.t() + b.double()
+    assert (y.double() - y64).norm() <= 1e-6 * y64.norm()
+    ref = c_ref(lambda: native(_C.gemm_w4_bf16, xb.float()))
+    assert (y.double() - ref.double()).norm() <= 1e-6 * y64.norm()
+    assert torch.equal(native(_C.gemm_w4_bf16, xb), y.bfloat16())
+    assert torch.equal(native(_C.gemm_w4_bf16, xb.float(), threads=1), y)
 
 
 @pytest.mark.parametrize("form", ["group", "scaled"])
@@ -278,7 +319,11 @@ def test_gemm_w4_bf16_slabs(isa, g, k, m, n, sym, form, gen, c_ref):
         return y
 
     y = native()
-    assert torch.equal(y, c_ref(native))
+    if form == "group" and isa == "amx" and _C.gemm_w4_bf16_on_tiles(m, G):
+        ref = c_ref(native)  # the few-row tiles (test_gemm_w4_bf16_rows_on_tiles)
+        assert (y.double() - ref.double()).norm() <= 1e-6 * ref.double().norm()
+    else:
+        assert torch.equal(y, c_ref(native))
     if form == "scaled":
         w = dequantize_int4(q, s, z, G).float().bfloat16().double()
         y64 = x.bfloat16().double() @ w.t() + b.double()
@@ -403,6 +448,28 @@ def test_gemm_w4_bf16_half_inputs_and_auto_choice(m, gen, c_ref):
     # the layers' prepared call chooses the same way
     run = cpu_runner_w4(p.codes, p.scale, p.zero, n, k, G, False, None)
     assert torch.equal(run(xb, b), auto) and torch.equal(run(x, b), fp32)
+
+
+@pytest.mark.parametrize("g,k", [(128, 256), (32, 256), (-1, 100)])  # G = 128, 32, 104
+def test_bf16_rows_take_their_kernel_by_rows_and_group_size(g, k, gen, kernel_spy):
+    """A layer's bf16 rows (ops/gemm_w4.py cpu_runner_w4): the register kernel below
+    BF16_MIN_ROWS[bf16_key(G)] rows (on AMX-BF16 CPUs 2 rows for G = 128, 4 for G = 32, the
+    scaled form's rows for G = 104: the few-row tiles need whole 32-k steps), then the group
+    form below the scaled form's rows (w4_tiles), then the scaled form."""
+    calls = kernel_spy("gemm_w4", "gemm_w4_bf16", "gemm_w4_bf16_tiles")
+    n = 40
+    fmt = Int4Format.from_float(torch.randn(n, k, generator=gen), tersor.W4Config(group_size=g))
+    G = fmt.G
+    for m in range(1, 11):
+        x = torch.randn(m, k, generator=gen).bfloat16()
+        calls.clear()
+        y = fmt.cpu_call(x, None)
+        if BF16_MIN_ROWS is None or m < BF16_MIN_ROWS[bf16_key(G)]:
+            want = "gemm_w4"
+        else:
+            want = "gemm_w4_bf16_tiles" if w4_tiles(m, G) else "gemm_w4_bf16"
+        assert calls == [want], (m, G)
+        assert y.dtype == torch.bfloat16 and y.shape == (m, n)
 
 
 @pytest.mark.parametrize("m", [1, 33])

@@ -169,7 +169,17 @@ void bind_gemm_w4(py::module_& m) {
        "gemm_w4_dequantized_rows says so, into L1 slabs; gemm_w4.h states both rules)." +
        kIoDoc));
   def_int_function(
-      m, "gemm_w4_bf16", &w4_staged<gemm_w4::run_bf16>, TERSOR_W4_ARGS,
+      m, "gemm_w4_bf16",
+      +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
+          int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
+          int nthreads, int io, addr x_scale) {
+        // bf16 rows go to the AMX few-row kernel as they are (it reads and writes them)
+        const bool half_rows = io == half_io::BF16 && gemm_w4::bf16_rows_on_tiles(M, group_size);
+        half_io::run_staged(
+            w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y, ldy, nthreads),
+            io, ptr<const float>(x_scale), gemm_w4::run_bf16, false, half_rows);
+      },
+      TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
        "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
        "gemm_w4.h states the arithmetic)." +
@@ -190,6 +200,10 @@ void bind_gemm_w4(py::module_& m) {
        "(products exact, fp32 sums in the tile unit's order); gemm_w4 otherwise (gemm_w4.h "
        "states both)." +
        kIoDoc));
+  m.def("gemm_w4_bf16_on_tiles", &gemm_w4::bf16_rows_on_tiles, py::arg("M"),
+        py::arg("group_size"),
+        "Whether gemm_w4_bf16 over M rows of this group size runs on the AMX-BF16 tiles here "
+        "(the group form with the tile unit's fp32 sums; gemm_w4.h), not vdpbf16ps / its C ref.");
   m.def("has_amx_bf16", &amx_bf16_available,
         "True when this CPU has AMX-BF16 and the active ISA path is amx: gemm_w4_bf16_tiles then "
         "runs the tiles (for group sizes that are multiples of 32).");

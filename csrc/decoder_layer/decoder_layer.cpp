@@ -30,7 +30,8 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
                          static_cast<const uint16_t*>(scale), static_cast<const uint8_t*>(aux),
                          group_size, ngroups, N, bias, yf, ldy, nthreads};
     if (kind == W4Bf16 && io == half_io::BF16) {  // (no x_scale: the layers' rule)
-      half_io::run_staged(a, io, nullptr, gemm_w4::run_bf16);
+      half_io::run_staged(a, io, nullptr, gemm_w4::run_bf16, false,
+                          gemm_w4::bf16_rows_on_tiles(a.M, a.group_size));
       return;
     }
     if (kind == W4 || kind == W4Bf16) {  // (the staging scales fp32 rows by x_scale, as

@@ -13,7 +13,19 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/half.h"
+
 namespace tersor::gemm_w4 {
+
+// X[g] = the sum of group g's bf16 values (a16[g G .. g G + G)), fp32 adds in k order: the
+// zero points' term of the bf16 group form (gemm_w4.h).
+inline void group_sums_bf16(const uint16_t* a16, int64_t ngroups, int64_t G, float* X) {
+  for (int64_t g = 0; g < ngroups; ++g) {
+    float sum = 0.0f;
+    for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += bf16_to_float(a16[k]);
+    X[g] = sum;
+  }
+}
 
 struct W4Pairs {
   __m512i lut, spread01, spread23;

@@ -65,9 +65,17 @@ void run(const PackedW4LinearArgs& a);
 //   acc = fma(fma(8 - z_g, X_g, part_g), s_g, acc)        (symmetric: 8 - z = 0)
 //   y = acc + bias
 // Against the fp32 path the only change is the rounding of x (relative 2^-9 per value).
+// On AMX-BF16 CPUs (amx_bf16_available(), group_size % 32 == 0, up to kFewRowsMax rows) the
+// tile unit sums each group's products instead (run_amx_bf16_rows: part_g in its order, the
+// rest as above; tests hold it to the fp64 sum of the rounded operands).
+constexpr int64_t kFewRowsMax = 16;  // an A tile's rows
 void run_bf16_ref(const PackedW4LinearArgs& a);
 void run_avx512bf16(const PackedW4LinearArgs& a);
-void run_bf16(const PackedW4LinearArgs& a);  // avx512bf16 where bf16_dot_available(), else the ref
+void run_amx_bf16_rows(const PackedW4LinearArgs& a);
+// run_bf16: run_amx_bf16_rows where bf16_rows_on_tiles(M, group_size), else avx512bf16 where
+// bf16_dot_available(), else the ref
+void run_bf16(const PackedW4LinearArgs& a);
+bool bf16_rows_on_tiles(int64_t M, int64_t group_size);
 
 // The scaled form, for batches of rows: the scales go into the widened weights,
 //   w = bf16((q - z) * s)     the exact fp32 product rounded to nearest even (relative 2^-9)

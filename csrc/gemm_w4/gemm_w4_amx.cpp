@@ -27,8 +27,10 @@
 #include "common/bf16_tiles.h"
 #include "common/formats.h"
 #include "common/simd.h"
+#include "common/weight_stream.h"
 #include "gemm_w4/bf16_pairs.h"
 #include "gemm_w4/gemm_w4.h"
+#include "half_io/half_avx512.h"
 
 namespace tersor::gemm_w4 {
 namespace {
@@ -74,6 +76,144 @@ auto store_to(const PackedW4LinearArgs& a) {
   };
 }
 
+// ---- A few bf16 rows: the group form (run_bf16) on the tiles ----------------------------------
+//
+// One row against a W4 weight is a GEMV: per 16 weights the register kernel spends a shift, a
+// vpermps and an FMA on ports 0 / 5. Here W4Pairs widens 128 weights in 8 instructions into
+// bf16(q - 8) pairs, and the tile unit does the multiply-adds: a tile product whose A and C
+// tiles have as few rows as the call (configured so) costs about as much for 1 as for 4 rows
+// (~3 ns against ~5 ns for 16 rows, family 6 model 167). Per 32-k step, up to four 16-column
+// blocks side by side:
+//
+//   A (tmm4):        the rows' bf16 values of the step, M rows of 64 bytes (A16 rows)
+//   B (tmm5..7):     a block's 16 pair rows, just widened into L1 (two buffers by step parity)
+//
+//                    pair row kk (64 bytes) = bf16(q - 8) of k = 32 s + 2kk, 2kk + 1, 16 columns
+//
+//   C (tmm0..3):     part[r][n] = sum_{k in g} xb[r][k] (q[k][n] - 8), zeroed per group
+//
+// and each group closes in fp32 as gemm_w4.h's group form does, t = fma(8 - z, X_g, part),
+// acc = fma(t, s, acc): only the order of the fp32 additions inside a group is the tile unit's.
+// bf16 rows are read as they are (no staging), and half outputs rounded in the epilogue.
+namespace few_rows {
+
+constexpr int kBlocks = 4;       // column blocks side by side (C tiles 0..3)
+constexpr int64_t kAhead = 32;   // W4Tiles prefetched ahead on each block's stream
+
+// GCC's tile intrinsics take the tile numbers as literals (they are pasted into the asm)
+#define TERSOR_PRODUCT(J, B, pairs16) \
+  _tile_loadd(B, pairs16, 64);        \
+  _tile_dpbf16ps(J, 4, B)  // C_J += A x the block's pair rows
+#define TERSOR_TAKE_PART(J, part) \
+  _tile_stored(J, part, 64);      \
+  _tile_zero(J)  // C_J -> part (rows of 64 bytes), then zeroed
+
+struct Rows {
+  const uint16_t* a16;  // M rows of Kp bf16 (zero past K), lda apart
+  int64_t lda;
+  const float* X;  // group sums, rows ngroups apart (zero points only)
+};
+
+// Blocks nb0 .. nb0 + nb - 1 (nb <= kBlocks) for all M rows.
+template <bool kNta>
+void blocks(const PackedW4LinearArgs& a, const Rows& rows, int64_t Kp, int64_t nb0, int nb,
+            uint32_t (*bufs)[kBlocks][256]) {
+  const W4Pairs pairs_of;
+  const int64_t M = a.M, G = a.group_size, steps = G / 32;
+  const uint8_t* w[kBlocks];
+  alignas(64) float acc[kBlocks][kFewRowsMax][16];
+  alignas(64) float part[2][kBlocks][kFewRowsMax][16];  // by group parity
+  for (int j = 0; j < nb; ++j) {
+    w[j] = a.w + (nb0 + j) * Kp * 8;
+    for (int64_t r = 0; r < M; ++r) _mm512_store_ps(acc[j][r], _mm512_setzero_ps());
+  }
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  // step s's pairs into bufs[s & 1], widened one step ahead of its tile products so that
+  // the stores are in L1 when the tiles load them
+  auto widen = [&](int64_t s) {
+    uint32_t(*b)[256] = bufs[s & 1];
+    for (int j = 0; j < nb; ++j) {
+      const uint8_t* t = w[j] + s * 256;  // the step's 4 W4Tiles
+      for (int u = 0; u < 4; ++u) {
+        // past the block's end: the next block's start, or nothing (a prefetch never faults)
+        const char* ahead = reinterpret_cast<const char*>(t + (u + kAhead) * 64);
+        _mm_prefetch(ahead, kNta ? _MM_HINT_NTA : _MM_HINT_T0);
+        __m512i p[4];
+        pairs_of(t + u * 64, p);
+        for (int i = 0; i < 4; ++i) _mm512_store_si512(b[j] + (4 * u + i) * 16, p[i]);
+      }
+    }
+  };
+  // acc (+)= group g's sums (part[g & 1]) closed: t = fma(8 - z, X_g, part), acc = fma(t, s, acc)
+  auto close = [&](int64_t g) {
+    for (int j = 0; j < nb; ++j) {
+      const int64_t meta = ((nb0 + j) * a.ngroups + g) * 16;
+      const __m512 sc =
+          _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.scale + meta)));
+      const __m512 zc =  // 8 - z
+          a.zero ? _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                       _mm512_set1_epi32(8), _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                                 reinterpret_cast<const __m128i*>(a.zero + meta)))))
+                 : _mm512_setzero_ps();
+      for (int64_t r = 0; r < M; ++r) {
+        const __m512 X = _mm512_set1_ps(a.zero ? rows.X[r * a.ngroups + g] : 0.0f);
+        const __m512 t = _mm512_fmadd_ps(zc, X, _mm512_load_ps(part[g & 1][j][r]));
+        _mm512_store_ps(acc[j][r], _mm512_fmadd_ps(t, sc, _mm512_load_ps(acc[j][r])));
+      }
+    }
+  };
+  const int64_t last_step = a.ngroups * steps - 1;
+  widen(0);
+  for (int64_t g = 0; g < a.ngroups; ++g) {
+    for (int64_t s = g * steps; s < (g + 1) * steps; ++s) {
+      if (s < last_step) widen(s + 1);
+      uint32_t(*b)[256] = bufs[s & 1];
+      _tile_loadd(4, rows.a16 + s * 32, rows.lda * 2);
+      TERSOR_PRODUCT(0, 5, b[0]);
+      if (nb > 1) { TERSOR_PRODUCT(1, 6, b[1]); }
+      if (nb > 2) { TERSOR_PRODUCT(2, 7, b[2]); }
+      if (nb > 3) { TERSOR_PRODUCT(3, 5, b[3]); }
+    }
+    // group g - 1 closes now, while the tile unit works on group g's products; its sums were
+    // stored one group ago (a tile store read back at once stalls: g32 ran 1.6x slower)
+    if (g > 0) close(g - 1);
+    float(*p)[kFewRowsMax][16] = part[g & 1];
+    TERSOR_TAKE_PART(0, p[0][0]);
+    if (nb > 1) { TERSOR_TAKE_PART(1, p[1][0]); }
+    if (nb > 2) { TERSOR_TAKE_PART(2, p[2][0]); }
+    if (nb > 3) { TERSOR_TAKE_PART(3, p[3][0]); }
+  }
+  close(a.ngroups - 1);
+  for (int j = 0; j < nb; ++j) {
+    const int64_t n = (nb0 + j) * 16;
+    const __mmask16 mask = tail_mask16(a.N - n);
+    const __m512 bias = bias16(a.bias, n, mask);
+    for (int64_t r = 0; r < M; ++r)
+      half_io::store_y16(a, r, n, mask, _mm512_add_ps(_mm512_load_ps(acc[j][r]), bias));
+  }
+}
+
+// Row m as bf16 into a16[Kp] (zero past K): bf16 rows as they are, fp32 rows rounded to
+// nearest even (round_row_bf16); with zero points X[g] = the group's sum in fp32, k order.
+void stage_row(const PackedW4LinearArgs& a, int64_t m, int64_t Kp, uint16_t* a16, float* X) {
+  if (a.x_io == half_io::BF16) {
+    const uint16_t* x = reinterpret_cast<const uint16_t*>(a.x) + m * a.ldx;
+    std::memcpy(a16, x, a.K * 2);
+    std::memset(a16 + a.K, 0, (Kp - a.K) * 2);
+  } else {
+    round_row_bf16(a.x + m * a.ldx, a.K, Kp, a16);
+  }
+  if (X) group_sums_bf16(a16, a.ngroups, a.group_size, X);
+}
+
+#undef TERSOR_PRODUCT
+#undef TERSOR_TAKE_PART
+
+}  // namespace few_rows
+
 }  // namespace
 
 void run_amx_bf16(const PackedW4LinearArgs& a) {
@@ -99,6 +239,41 @@ void run_amx_fp32(const PackedW4LinearArgs& a) {
           s[h] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(
               a.scale + ((nb0 + (h < nb ? h : 0)) * a.ngroups + k / a.group_size) * 16)));
       });
+}
+
+void run_amx_bf16_rows(const PackedW4LinearArgs& a) {
+  using namespace few_rows;
+  const int64_t Kp = a.ngroups * a.group_size;  // a multiple of 32 (bf16_rows_take_tiles)
+  const int64_t n_blocks = (a.N + 15) / 16;
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+  const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 8);
+  const int team_size = ::tersor::team(nt);
+  // per thread: its own copy of the rows (no barrier), their group sums, two step buffers
+  const int64_t a16_bytes = round_up(a.M * Kp * 2, 64);
+  const int64_t X_bytes = round_up(a.M * a.ngroups * 4, 64);
+  const int64_t per_thread = a16_bytes + X_bytes + 2 * kBlocks * 1024;
+  auto scratch = alloc_scratch<char>(team_size * per_thread);
+#pragma omp parallel num_threads(team_size)
+  {
+    char* mine = scratch.get() + thread_index() * per_thread;
+    uint16_t* a16 = reinterpret_cast<uint16_t*>(mine);
+    float* X = a.zero ? reinterpret_cast<float*>(mine + a16_bytes) : nullptr;
+    auto bufs = reinterpret_cast<uint32_t(*)[kBlocks][256]>(mine + a16_bytes + X_bytes);
+    for (int64_t m = 0; m < a.M; ++m)
+      stage_row(a, m, Kp, a16 + m * Kp, X ? X + m * a.ngroups : nullptr);
+    const uint8_t rows = static_cast<uint8_t>(a.M);
+    const uint8_t shape_rows[8] = {rows, rows, rows, rows, rows, 16, 16, 16};
+    const uint16_t shape_colsb[8] = {64, 64, 64, 64, 64, 64, 64, 64};
+    gemm_w8a8::amx_configure_tile_shapes(shape_rows, shape_colsb);
+    int64_t b0, b1;
+    thread_range(n_blocks, &b0, &b1);
+    const Rows r{a16, Kp, X};
+    for (int64_t nb0 = b0; nb0 < b1; nb0 += kBlocks) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBlocks, b1 - nb0));
+      (nta ? blocks<true> : blocks<false>)(a, r, Kp, nb0, nb, bufs);
+    }
+    _tile_release();
+  }
 }
 
 }  // namespace tersor::gemm_w4

@@ -311,13 +311,7 @@ constexpr const ScaledFn* kScaledTiles[slab_avx512::kNB] = {
 // points, X[g] = the sum of group g's rounded values, fp32 adds in k order.
 void round_row(const PackedW4LinearArgs& a, int64_t m, int64_t lda, uint16_t* a16, float* X) {
   round_row_bf16(a.x + m * a.ldx, a.K, lda, a16);
-  if (!X) return;
-  for (int64_t g = 0; g < a.ngroups; ++g) {
-    float sum = 0.0f;
-    for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; ++k)
-      sum += bf16_to_float(a16[k]);
-    X[g] = sum;
-  }
+  if (X) group_sums_bf16(a16, a.ngroups, a.group_size, X);
 }
 
 }  // namespace

@@ -16,9 +16,18 @@ bool takes_half_rows(int64_t M) {
 #endif
 }
 
+bool bf16_rows_on_tiles(int64_t M, int64_t group_size) {
+#if defined(TERSOR_X86)
+  return amx_bf16_available() && group_size % 32 == 0 && M <= kFewRowsMax;
+#else
+  return false;
+#endif
+}
+
 void run_bf16(const PackedW4LinearArgs& a) {
   if (a.M == 0 || a.N == 0) return;
 #if defined(TERSOR_X86)
+  if (bf16_rows_on_tiles(a.M, a.group_size)) return run_amx_bf16_rows(a);
   if (bf16_dot_available()) return run_avx512bf16(a);
 #endif
   run_bf16_ref(a);

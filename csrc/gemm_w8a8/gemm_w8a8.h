@@ -43,6 +43,8 @@ static inline int64_t amx_lda(int64_t K) { return (K + 63) / 64 * 64 + 64; }
 // tmm4..5 (A) 16 rows x k_bytes, tmm6..7 (B) k_bytes / 4 rows x 64 bytes; k_bytes a multiple
 // of 4 up to 64 (below 64: the convolution's narrow steps, conv/conv_w8a8_implicit.h).
 void amx_configure_tiles(int64_t k_bytes = 64);
+// tmm0..7 as rows[t] x colsb[t] bytes (palette 1), the others unused
+void amx_configure_tile_shapes(const uint8_t rows[8], const uint16_t colsb[8]);
 // Call inside an OpenMP parallel region: threads split the column pairs; writes a.y.
 void amx_gemm_quantized(const PackedW8LinearArgs& a, const int8_t* aq, int64_t lda,
                         const float* sx);

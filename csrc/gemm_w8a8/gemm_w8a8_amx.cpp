@@ -40,12 +40,22 @@ static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads exactly 64 bytes");
 }  // namespace
 
 void amx_configure_tiles(int64_t k_bytes) {
+  uint8_t rows[8];
+  uint16_t colsb[8];
+  for (int t = 0; t < 8; ++t) {  // 16 rows x 64 bytes; A (4, 5) and B (6, 7) k_bytes deep
+    rows[t] = t >= 6 ? static_cast<uint8_t>(k_bytes / 4) : 16;
+    colsb[t] = t == 4 || t == 5 ? static_cast<uint16_t>(k_bytes) : 64;
+  }
+  amx_configure_tile_shapes(rows, colsb);
+}
+
+void amx_configure_tile_shapes(const uint8_t rows[8], const uint16_t colsb[8]) {
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof(cfg));
   cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {  // 16 rows x 64 bytes; A (4, 5) and B (6, 7) k_bytes deep
-    cfg.rows[t] = t >= 6 ? static_cast<uint8_t>(k_bytes / 4) : 16;
-    cfg.colsb[t] = t == 4 || t == 5 ? static_cast<uint16_t>(k_bytes) : 64;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = rows[t];
+    cfg.colsb[t] = colsb[t];
   }
   // GCC 12 drops the stores to rows / colsb before the builtin (it does not see LDTILECFG
   // read them: the tiles then stay unconfigured and the first tile instruction is #UD, seen on

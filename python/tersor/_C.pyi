@@ -552,6 +552,10 @@ def gemm_w4_bf16(
     SmoothQuant), by the row quantizer in the int8-activation kernels, while the rows are staged
     in the others."""
 
+def gemm_w4_bf16_on_tiles(M: int, group_size: int) -> bool:
+    """Whether gemm_w4_bf16 over M rows of this group size runs on the AMX-BF16 tiles here (the
+    group form with the tile unit's fp32 sums; gemm_w4.h), not vdpbf16ps / its C ref."""
+
 def gemm_w4_bf16_tiles(
     x: int,
     M: int,

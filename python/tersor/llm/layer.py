@@ -34,7 +34,13 @@ from tersor.nn.fused import FusedGroup
 from tersor.ops._common import IO_CODE, NATIVE, ptr
 from tersor.ops.act import silu_mul_cpu
 from tersor.ops.dense_path import DENSE_MIN_ROWS
-from tersor.ops.gemm_w4 import BF16_MIN_ROWS, FP32_BF16_MIN_ROWS, fp32_tiles_take, w4_tiles
+from tersor.ops.gemm_w4 import (
+    BF16_MIN_ROWS,
+    FP32_BF16_MIN_ROWS,
+    bf16_key,
+    fp32_tiles_take,
+    w4_tiles,
+)
 from tersor.ops.norm import rms_norm_cpu
 
 _F32 = torch.float32
@@ -208,8 +214,10 @@ class _Native:
         if rows >= DENSE_MIN_ROWS["w4"]:
             return False
         if dtype is torch.bfloat16:  # the step has the bf16 group form (kind 4), no tiles
-            if BF16_MIN_ROWS is None or rows < BF16_MIN_ROWS["w4"]:
+            if BF16_MIN_ROWS is None:
                 return True
+            if all(rows < BF16_MIN_ROWS[bf16_key(g)] for g in self.w4_groups):
+                return True  # every W4 weight's bf16 rows still take the register kernel
             if BF16_MIN_ROWS["w4"] > 1:
                 return False
             return not any(w4_tiles(rows, g) for g in self.bf16_groups)

@@ -104,13 +104,32 @@ def _bf16_min_rows(kind: Optional[str]) -> Optional[dict]:
     kernel runs. W4 from one row on Zen 5 (2 threads, g32 / g128, weights from DRAM at
     2048x8192 / 8192x2048, L3-resident at 2048x2048): 1.01-1.42x the fp32 register kernel at
     M = 1 (one row runs four column blocks side by side), 0.96-1.53x at 2-7 rows (0.96-1.00x
-    in 4 of 12 cells)."""
+    in 4 of 12 cells).
+    AMX-BF16 CPUs: W4 from 2 rows ("w4"; group size 32 from 4, "w4_g32"), where the group form
+    runs on the tiles (_C.gemm_w4_bf16_on_tiles: A and C tiles of the call's rows, each group
+    closed in fp32; gemm_w4_amx.cpp run_amx_bf16_rows) up to the scaled form's rows; group
+    sizes that are not multiples of 32 from the scaled form's rows ("w4_odd": the tiles need
+    whole 32-k steps in a group). Family 6 model 167, 2 threads, bf16 rows, 32 rotated weight
+    copies, register kernel time / tiles at 1 / 2 / 3 / 4 / 7 rows: g128 on 384x1536, 1536x384,
+    2048x512, 2048x2048, 4096x4096 0.85-0.98 / 1.00-1.36 / 1.25-1.56 / 1.30-1.76 / 1.88-2.90;
+    g32 on 384x1536, 2048x2048 0.70-0.74 / 0.78-0.92 / - / 1.09-1.18 (g32 closes a group every
+    tile step). Keys: bf16_key."""
     if kind == "amx":
-        return _tiles_min_rows(kind)
+        tiles = _tiles_min_rows(kind)
+        return {**tiles, "w4": 2, "w4_g32": 4, "w4_odd": tiles["w4"]}
     return {"w4": 1, "w8": 8} if kind == "vdpbf16ps" else None
 
 
 BF16_MIN_ROWS = _bf16_min_rows(bf16_dot_kind())
+
+
+def bf16_key(group_size: int) -> str:
+    """The BF16_MIN_ROWS / FP32_BF16_MIN_ROWS key of a W4 weight of this group size ("w4" holds
+    the fewest rows of them all)."""
+    table = BF16_MIN_ROWS or {}
+    if group_size % 32 and "w4_odd" in table:
+        return "w4_odd"
+    return "w4_g32" if group_size == 32 and "w4_g32" in table else "w4"
 
 
 def _fp32_tiles_min_rows() -> dict:
@@ -201,7 +220,7 @@ def gemm_w4_cpu(
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if bf16 is None:
-        bf16 = not act_int8 and bf16_allowed(x, "w4", m, x_scale)
+        bf16 = not act_int8 and bf16_allowed(x, bf16_key(group_size), m, x_scale)
     fp32_tiles = not act_int8 and not bf16 and fp32_tiles_take(m, group_size)
     if not act_int8 and not bf16 and not fp32_tiles and m >= DENSE_MIN_ROWS["w4"]:
         xf = x2.float() if x_scale is None else x2.float() * x_scale
@@ -251,11 +270,12 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
     group_form = None if act_int8 else _C.int_partial(_C.gemm_w4_bf16, **weight)
     lean_rows = 1 << 62
     bf16_rows = 1 << 62  # from these rows bf16 x may take the bf16 kernels (bf16_allowed)
+    key = bf16_key(group_size)
     if not act_int8:
         lean_rows = DENSE_MIN_ROWS["w4"]
         if BF16_MIN_ROWS is not None:
-            bf16_rows = BF16_MIN_ROWS["w4"]
-    fp32_bf16_rows = FP32_BF16_MIN_ROWS["w4"]
+            bf16_rows = BF16_MIN_ROWS[key]
+    fp32_bf16_rows = FP32_BF16_MIN_ROWS[key]
     # from these rows the general path (dense panels, fp32 tiles) takes every call
     general_rows = min(lean_rows, 1 << 62 if act_int8 else fp32_tiles_rows(group_size))
 
@@ -274,7 +294,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
         dt = x.dtype
         # (an fp32 decode row asks nothing more: fp32 rows go no lower than FP32_BF16_MIN_ROWS)
         if m >= bf16_rows and (dt is _BF16 or (dt is _F32 and m >= fp32_bf16_rows)):
-            if bf16_allowed(x, "w4", m, x_scale):
+            if bf16_allowed(x, key, m, x_scale):
                 if w4_tiles(m, group_size):
                     return gemm_w4_cpu(
                         x, codes, scale, zero, bias, n, group_size, act_int8, x_scale
