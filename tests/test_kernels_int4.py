@@ -455,12 +455,13 @@ def test_bf16_rows_take_their_kernel_by_rows_and_group_size(g, k, gen, kernel_sp
     """A layer's bf16 rows (ops/gemm_w4.py cpu_runner_w4): the register kernel below
     BF16_MIN_ROWS[bf16_key(G)] rows (on AMX-BF16 CPUs 2 rows for G = 128, 4 for G = 32, the
     scaled form's rows for G = 104: the few-row tiles need whole 32-k steps), then the group
-    form below the scaled form's rows (w4_tiles), then the scaled form."""
+    form below the scaled form's rows (w4_tiles: 17 there, 8 for G = 104), then the scaled
+    form."""
     calls = kernel_spy("gemm_w4", "gemm_w4_bf16", "gemm_w4_bf16_tiles")
     n = 40
     fmt = Int4Format.from_float(torch.randn(n, k, generator=gen), tersor.W4Config(group_size=g))
     G = fmt.G
-    for m in range(1, 11):
+    for m in range(1, 19):
         x = torch.randn(m, k, generator=gen).bfloat16()
         calls.clear()
         y = fmt.cpu_call(x, None)
@@ -470,6 +471,8 @@ def test_bf16_rows_take_their_kernel_by_rows_and_group_size(g, k, gen, kernel_sp
             want = "gemm_w4_bf16_tiles" if w4_tiles(m, G) else "gemm_w4_bf16"
         assert calls == [want], (m, G)
         assert y.dtype == torch.bfloat16 and y.shape == (m, n)
+        if want == "gemm_w4_bf16" and _C.has_amx_bf16():  # (the C++ rows agree)
+            assert _C.gemm_w4_bf16_on_tiles(m, G), (m, G)
 
 
 @pytest.mark.parametrize("m", [1, 33])

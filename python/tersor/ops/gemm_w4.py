@@ -65,6 +65,12 @@ def _tiles_min_rows(kind: Optional[str]) -> Optional[dict]:
       2048x512, 2048x2048, 4096x4096, 2048x8192: 0.97-1.16 / 1.08-1.27 / 1.38-1.60; g32 on
       1536x384, 2048x2048, 4096x4096: 1.03-1.15 / 1.09-1.33 / 1.44-1.64); W8 from 12 (1536x384,
       2048x2048, 4096x4096 at 8 / 12 / 16 rows: 0.98-1.12 / 1.45-1.65 / 1.71-1.93).
+      Since the group form runs on the tiles too (up to 16 rows: _bf16_min_rows), W4 takes
+      the scaled form from 17 rows ("w4"), group sizes that are not multiples of 32 from 8
+      ("w4_odd": the group form's tiles need whole 32-k steps): scaled form time / group form's
+      at 8 / 12 / 16 rows (family 6 model 167, 2 threads, 384x1536, 2048x2048, 4096x4096):
+      g128 2.07-2.51 / 1.77-2.02 / 1.61-1.72, g32 1.51-1.64 / 1.33-1.40 / 1.08-1.30 (the scaled
+      form costs the same from 8 rows to 32: the widening of the whole weight).
     - AVX512-BF16 without AMX (Zen 4 / 5): W4 only, one vdpbf16ps chain per output over L1
       slabs of scaled pairs (gemm_w4_avx512bf16.cpp), the C ref of the same sums under lower
       paths. Zen 5, 2 threads, 2048x2048 .. 4096x11008, against the group form: g32 1.01-1.04x
@@ -72,19 +78,25 @@ def _tiles_min_rows(kind: Optional[str]) -> Optional[dict]:
       at 24, 1.00-1.04x at 32, 1.06-1.10x at 64-128 (the widening with scales costs 3x the
       plain pairs', paid over fewer rows). Hence "w4_g32": the rows for group size 32."""
     if kind == "amx":
-        return {"w4": 8, "w8": 12}
+        return {"w4": 17, "w4_odd": 8, "w8": 12}
     return {"w4": 32, "w4_g32": 16} if kind == "vdpbf16ps" else None
 
 
 TILES_MIN_ROWS = _tiles_min_rows(bf16_dot_kind())
 
 
+def _w4_key(table: Optional[dict], group_size: int) -> str:
+    """The key of a W4 weight of this group size in a table of rows ("w4" unless the table
+    has "w4_odd" for sizes that are not multiples of 32, or "w4_g32" for 32)."""
+    table = table or {}
+    if group_size % 32 and "w4_odd" in table:
+        return "w4_odd"
+    return "w4_g32" if group_size == 32 and "w4_g32" in table else "w4"
+
+
 def w4_tiles(m: int, group_size: int) -> bool:
     """Whether m bf16 rows of a W4 weight take the scaled form (_C.gemm_w4_bf16_tiles)."""
-    if TILES_MIN_ROWS is None:
-        return False
-    key = "w4_g32" if group_size == 32 and "w4_g32" in TILES_MIN_ROWS else "w4"
-    return m >= TILES_MIN_ROWS[key]
+    return TILES_MIN_ROWS is not None and m >= TILES_MIN_ROWS[_w4_key(TILES_MIN_ROWS, group_size)]
 
 
 def _bf16_min_rows(kind: Optional[str]) -> Optional[dict]:
@@ -107,16 +119,15 @@ def _bf16_min_rows(kind: Optional[str]) -> Optional[dict]:
     in 4 of 12 cells).
     AMX-BF16 CPUs: W4 from 2 rows ("w4"; group size 32 from 4, "w4_g32"), where the group form
     runs on the tiles (_C.gemm_w4_bf16_on_tiles: A and C tiles of the call's rows, each group
-    closed in fp32; gemm_w4_amx.cpp run_amx_bf16_rows) up to the scaled form's rows; group
-    sizes that are not multiples of 32 from the scaled form's rows ("w4_odd": the tiles need
-    whole 32-k steps in a group). Family 6 model 167, 2 threads, bf16 rows, 32 rotated weight
-    copies, register kernel time / tiles at 1 / 2 / 3 / 4 / 7 rows: g128 on 384x1536, 1536x384,
-    2048x512, 2048x2048, 4096x4096 0.85-0.98 / 1.00-1.36 / 1.25-1.56 / 1.30-1.76 / 1.88-2.90;
-    g32 on 384x1536, 2048x2048 0.70-0.74 / 0.78-0.92 / - / 1.09-1.18 (g32 closes a group every
-    tile step). Keys: bf16_key."""
+    closed in fp32; gemm_w4_amx.cpp run_amx_bf16_rows) up to the scaled form's rows (17);
+    group sizes that are not multiples of 32 from the scaled form's rows ("w4_odd": the tiles
+    need whole 32-k steps in a group). Family 6 model 167, 2 threads, bf16 rows, 32 rotated
+    weight copies, register kernel time / tiles at 1 / 2 / 3 / 4 / 7 rows: g128 on 384x1536,
+    1536x384, 2048x512, 2048x2048, 4096x4096 0.85-0.98 / 1.00-1.36 / 1.25-1.56 / 1.30-1.76 /
+    1.88-2.90; g32 on 384x1536, 2048x2048, 4096x4096 0.70-0.74 / 0.78-0.92 / - / 1.09-1.26 /
+    2.01 (g32 closes a group every tile step). Keys: bf16_key."""
     if kind == "amx":
-        tiles = _tiles_min_rows(kind)
-        return {**tiles, "w4": 2, "w4_g32": 4, "w4_odd": tiles["w4"]}
+        return {**_tiles_min_rows(kind), "w4": 2, "w4_g32": 4}
     return {"w4": 1, "w8": 8} if kind == "vdpbf16ps" else None
 
 
@@ -126,10 +137,7 @@ BF16_MIN_ROWS = _bf16_min_rows(bf16_dot_kind())
 def bf16_key(group_size: int) -> str:
     """The BF16_MIN_ROWS / FP32_BF16_MIN_ROWS key of a W4 weight of this group size ("w4" holds
     the fewest rows of them all)."""
-    table = BF16_MIN_ROWS or {}
-    if group_size % 32 and "w4_odd" in table:
-        return "w4_odd"
-    return "w4_g32" if group_size == 32 and "w4_g32" in table else "w4"
+    return _w4_key(BF16_MIN_ROWS, group_size)
 
 
 def _fp32_tiles_min_rows() -> dict:
