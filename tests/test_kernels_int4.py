@@ -388,7 +388,9 @@ def test_gemm_w4_bf16_tiles(isa, m, k, n, g, sym, gen, c_ref):
 FP32_TILE_CASES = [(1, 64, 33, 32, True), (7, 224, 37, 32, False), (33, 576, 100, 64, True),
                    (70, 640, 48, 128, False), (300, 1280, 40, 128, True),
                    (1030, 64, 20, 32, False), (7, 37, 5, -1, False),
-                   (5, 5632, 40, 64, False), (20, 640, 48, 128, False)]  # fmt: skip
+                   (5, 5632, 40, 64, False), (20, 640, 48, 128, False),
+                   (15, 128, 230, 64, False), (11, 384, 100, 128, True),
+                   (16, 128, 37, 32, False)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,k,n,g,sym", FP32_TILE_CASES)
@@ -401,7 +403,9 @@ def test_gemm_w4_fp32_tiles(isa, m, k, n, g, sym, gen, c_ref):
     points, k chunks of the row parts at 300 rows (a 256-row pass: 640 + 640 of 1280) and of a
     lone row block (5 rows, k = 5632), rows in passes (1030 = 4 x 256 + 6). A group size that
     is no multiple of 32 (37), another CPU or a lower forced path: the register kernel, bit for
-    bit."""
+    bit. Up to 15 rows the few-row kernel (run_amx_fp32_rows: passes of 5 rows, three parts
+    each in the A tiles' rows; 7, 11, 15 rows in 2-3 passes, 1-4 blocks side by side), from 16
+    the grouped form."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     x *= torch.exp2(torch.randint(-20, 21, x.shape, generator=gen).float())
     if m >= 7:

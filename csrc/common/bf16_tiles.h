@@ -57,14 +57,15 @@ static inline void round_row_tiled(const float* x, int64_t K, int64_t Kt, uint16
   }
 }
 
-// x[0, K) as three bf16 parts in A16 order, part p at dst + p * part_stride (elements):
+// x[0, K) as three bf16 parts in A16 order (or, with step_stride kStep, in one plain row), part
+// p at dst + p * part_stride (elements):
 // hi = bf16(x), mid = bf16(x - hi), lo = x - hi - mid, each difference exact in fp32 (it is a
 // multiple of x's last bit below half an ulp of the part before), so x = hi + mid + lo for
 // every finite x whose low parts stay normal (|x| >= 2^-110; the tile unit flushes bf16
 // denormals). A non-finite hi (inf, NaN, or an x that rounds past the bf16 range) keeps mid =
 // lo = 0: inf - inf would make a NaN of an infinite input.
 static inline void split_row_tiled(const float* x, int64_t K, int64_t Kt, uint16_t* dst,
-                                   int64_t part_stride) {
+                                   int64_t part_stride, int64_t step_stride = 16 * kStep) {
   const __m512 inf = _mm512_set1_ps(__builtin_inff());
   for (int64_t k = 0; k < Kt; k += 16) {
     const __mmask16 mask = k < K ? tail_mask16(K - k) : 0;
@@ -76,7 +77,7 @@ static inline void split_row_tiled(const float* x, int64_t K, int64_t Kt, uint16
     const __m256i mid = (__m256i)_mm512_cvtneps_pbh(r);
     const __m512 mid_f = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(mid), 16));
     const __m256i lo = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(r, mid_f));
-    uint16_t* at = dst + k / kStep * 16 * kStep + k % kStep;
+    uint16_t* at = dst + k / kStep * step_stride + k % kStep;
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(at), hi);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + part_stride), mid);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + 2 * part_stride), lo);

@@ -99,8 +99,16 @@ void run_bf16_tiles(const PackedW4LinearArgs& a);
 // closes them in fp32, in group order (tests hold it to the fp64 sum, within the register
 // kernel's error):
 //   acc = sum_g s_g * (sum_{k in g} sum_xp x_xp[k] (q[k] - z_g)),    y = acc + bias
-// run_fp32_tiles: this where amx_bf16_available() and group_size % 32 == 0, else run.
+// Up to kFp32FewRowsMax rows the few-row kernel runs them instead (run_amx_fp32_rows), its A
+// tiles holding the three parts' rows of up to kFewRowsMax / 3 rows a pass, against the exact
+// q - 8 with the zero points' term (8 - z) X_g, X_g the fp32 sum of the group's x (as the
+// register kernel closes its 32-k chunks): family 6 model 167, 2 threads, g128 384x1536 /
+// 2048x2048 / 4096x4096, the grouped form's time / the few-row kernel's 1.64-1.74 at 6 rows,
+// 1.05-1.13 at 13, 1.01-1.05 at 16 (g32 1.02-1.03).
+// run_fp32_tiles: these where amx_bf16_available() and group_size % 32 == 0, else run.
+constexpr int64_t kFp32FewRowsMax = 15;  // three passes
 void run_amx_fp32(const PackedW4LinearArgs& a);
+void run_amx_fp32_rows(const PackedW4LinearArgs& a);
 void run_fp32_tiles(const PackedW4LinearArgs& a);
 
 }  // namespace tersor::gemm_w4

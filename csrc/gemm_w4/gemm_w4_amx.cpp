@@ -76,7 +76,7 @@ auto store_to(const PackedW4LinearArgs& a) {
   };
 }
 
-// ---- A few bf16 rows: the group form (run_bf16) on the tiles ----------------------------------
+// ---- A few rows: the group form on the tiles (run_amx_bf16_rows, run_amx_fp32_rows) -----------
 //
 // One row against a W4 weight is a GEMV: per 16 weights the register kernel spends a shift, a
 // vpermps and an FMA on ports 0 / 5. Here W4Pairs widens 128 weights in 8 instructions into
@@ -95,6 +95,11 @@ auto store_to(const PackedW4LinearArgs& a) {
 // and each group closes in fp32 as gemm_w4.h's group form does, t = fma(8 - z, X_g, part),
 // acc = fma(t, s, acc): only the order of the fp32 additions inside a group is the tile unit's.
 // bf16 rows are read as they are (no staging), and half outputs rounded in the epilogue.
+//
+// fp32 rows (run_amx_fp32_rows, kFewRowsMax / 3 rows a pass): each row as three exact bf16 parts
+// x = hi + mid + lo (bf16_tiles.h split_row_tiled), the parts' rows one above the other in the
+// A and C tiles (rows p M + r), so every product is exact; a group's part is then
+// (C[r] + C[M + r]) + C[2M + r], and X_g the sum of the fp32 values.
 namespace few_rows {
 
 constexpr int kBlocks = 4;       // column blocks side by side (C tiles 0..3)
@@ -109,9 +114,10 @@ constexpr int64_t kAhead = 32;   // W4Tiles prefetched ahead on each block's str
   _tile_zero(J)  // C_J -> part (rows of 64 bytes), then zeroed
 
 struct Rows {
-  const uint16_t* a16;  // M rows of Kp bf16 (zero past K), lda apart
+  const uint16_t* a16;  // parts x M rows of Kp bf16 (zero past K), lda apart
   int64_t lda;
   const float* X;  // group sums, rows ngroups apart (zero points only)
+  int parts;       // 1 (bf16 rows) or 3 (fp32 rows: hi, mid, lo)
 };
 
 // Blocks nb0 .. nb0 + nb - 1 (nb <= kBlocks) for all M rows.
@@ -159,8 +165,13 @@ void blocks(const PackedW4LinearArgs& a, const Rows& rows, int64_t Kp, int64_t n
                                                  reinterpret_cast<const __m128i*>(a.zero + meta)))))
                  : _mm512_setzero_ps();
       for (int64_t r = 0; r < M; ++r) {
+        const float(*c)[16] = part[g & 1][j];
+        __m512 sum = _mm512_load_ps(c[r]);
+        if (rows.parts == 3)
+          sum = _mm512_add_ps(_mm512_add_ps(sum, _mm512_load_ps(c[M + r])),
+                              _mm512_load_ps(c[2 * M + r]));
         const __m512 X = _mm512_set1_ps(a.zero ? rows.X[r * a.ngroups + g] : 0.0f);
-        const __m512 t = _mm512_fmadd_ps(zc, X, _mm512_load_ps(part[g & 1][j][r]));
+        const __m512 t = _mm512_fmadd_ps(zc, X, sum);
         _mm512_store_ps(acc[j][r], _mm512_fmadd_ps(t, sc, _mm512_load_ps(acc[j][r])));
       }
     }
@@ -196,17 +207,66 @@ void blocks(const PackedW4LinearArgs& a, const Rows& rows, int64_t Kp, int64_t n
   }
 }
 
-// Row m as bf16 into a16[Kp] (zero past K): bf16 rows as they are, fp32 rows rounded to
-// nearest even (round_row_bf16); with zero points X[g] = the group's sum in fp32, k order.
-void stage_row(const PackedW4LinearArgs& a, int64_t m, int64_t Kp, uint16_t* a16, float* X) {
+// Row m into a16 (rows of Kp, zero past K): one part, bf16 rows as they are and fp32 rows
+// rounded to nearest even (round_row_bf16), with zero points X[g] = the group's sum of those
+// values in fp32, k order; three parts (fp32 rows), at rows m, M + m, 2M + m, X[g] the sum of
+// the fp32 values.
+void stage_row(const PackedW4LinearArgs& a, int parts, int64_t m, int64_t Kp, uint16_t* a16,
+               float* X) {
+  uint16_t* row = a16 + m * Kp;
+  if (parts == 3) {
+    const float* x = a.x + m * a.ldx;
+    bf16_tiles::split_row_tiled(x, a.K, Kp, row, a.M * Kp, bf16_tiles::kStep);
+    for (int64_t g = 0; X && g < a.ngroups; ++g) {
+      float sum = 0.0f;
+      for (int64_t k = g * a.group_size; k < std::min(a.K, (g + 1) * a.group_size); ++k)
+        sum += x[k];
+      X[g] = sum;
+    }
+    return;
+  }
   if (a.x_io == half_io::BF16) {
     const uint16_t* x = reinterpret_cast<const uint16_t*>(a.x) + m * a.ldx;
-    std::memcpy(a16, x, a.K * 2);
-    std::memset(a16 + a.K, 0, (Kp - a.K) * 2);
+    std::memcpy(row, x, a.K * 2);
+    std::memset(row + a.K, 0, (Kp - a.K) * 2);
   } else {
-    round_row_bf16(a.x + m * a.ldx, a.K, Kp, a16);
+    round_row_bf16(a.x + m * a.ldx, a.K, Kp, row);
   }
-  if (X) group_sums_bf16(a16, a.ngroups, a.group_size, X);
+  if (X) group_sums_bf16(row, a.ngroups, a.group_size, X);
+}
+
+void run(const PackedW4LinearArgs& a, int parts) {
+  const int64_t Kp = a.ngroups * a.group_size;  // a multiple of 32 (bf16_rows_on_tiles)
+  const int64_t n_blocks = (a.N + 15) / 16;
+  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
+  const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 8);
+  const int team_size = ::tersor::team(nt);
+  // per thread: its own copy of the rows (no barrier), their group sums, two step buffers
+  const int64_t a16_bytes = round_up(parts * a.M * Kp * 2, 64);
+  const int64_t X_bytes = round_up(a.M * a.ngroups * 4, 64);
+  const int64_t per_thread = a16_bytes + X_bytes + 2 * kBlocks * 1024;
+  auto scratch = alloc_scratch<char>(team_size * per_thread);
+#pragma omp parallel num_threads(team_size)
+  {
+    char* mine = scratch.get() + thread_index() * per_thread;
+    uint16_t* a16 = reinterpret_cast<uint16_t*>(mine);
+    float* X = a.zero ? reinterpret_cast<float*>(mine + a16_bytes) : nullptr;
+    auto bufs = reinterpret_cast<uint32_t(*)[kBlocks][256]>(mine + a16_bytes + X_bytes);
+    for (int64_t m = 0; m < a.M; ++m)
+      stage_row(a, parts, m, Kp, a16, X ? X + m * a.ngroups : nullptr);
+    const uint8_t rows = static_cast<uint8_t>(parts * a.M);
+    const uint8_t shape_rows[8] = {rows, rows, rows, rows, rows, 16, 16, 16};
+    const uint16_t shape_colsb[8] = {64, 64, 64, 64, 64, 64, 64, 64};
+    gemm_w8a8::amx_configure_tile_shapes(shape_rows, shape_colsb);
+    int64_t b0, b1;
+    thread_range(n_blocks, &b0, &b1);
+    const Rows r{a16, Kp, X, parts};
+    for (int64_t nb0 = b0; nb0 < b1; nb0 += kBlocks) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBlocks, b1 - nb0));
+      (nta ? blocks<true> : blocks<false>)(a, r, Kp, nb0, nb, bufs);
+    }
+    _tile_release();
+  }
 }
 
 #undef TERSOR_PRODUCT
@@ -241,38 +301,16 @@ void run_amx_fp32(const PackedW4LinearArgs& a) {
       });
 }
 
-void run_amx_bf16_rows(const PackedW4LinearArgs& a) {
-  using namespace few_rows;
-  const int64_t Kp = a.ngroups * a.group_size;  // a multiple of 32 (bf16_rows_take_tiles)
-  const int64_t n_blocks = (a.N + 15) / 16;
-  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 8);
-  const int team_size = ::tersor::team(nt);
-  // per thread: its own copy of the rows (no barrier), their group sums, two step buffers
-  const int64_t a16_bytes = round_up(a.M * Kp * 2, 64);
-  const int64_t X_bytes = round_up(a.M * a.ngroups * 4, 64);
-  const int64_t per_thread = a16_bytes + X_bytes + 2 * kBlocks * 1024;
-  auto scratch = alloc_scratch<char>(team_size * per_thread);
-#pragma omp parallel num_threads(team_size)
-  {
-    char* mine = scratch.get() + thread_index() * per_thread;
-    uint16_t* a16 = reinterpret_cast<uint16_t*>(mine);
-    float* X = a.zero ? reinterpret_cast<float*>(mine + a16_bytes) : nullptr;
-    auto bufs = reinterpret_cast<uint32_t(*)[kBlocks][256]>(mine + a16_bytes + X_bytes);
-    for (int64_t m = 0; m < a.M; ++m)
-      stage_row(a, m, Kp, a16 + m * Kp, X ? X + m * a.ngroups : nullptr);
-    const uint8_t rows = static_cast<uint8_t>(a.M);
-    const uint8_t shape_rows[8] = {rows, rows, rows, rows, rows, 16, 16, 16};
-    const uint16_t shape_colsb[8] = {64, 64, 64, 64, 64, 64, 64, 64};
-    gemm_w8a8::amx_configure_tile_shapes(shape_rows, shape_colsb);
-    int64_t b0, b1;
-    thread_range(n_blocks, &b0, &b1);
-    const Rows r{a16, Kp, X};
-    for (int64_t nb0 = b0; nb0 < b1; nb0 += kBlocks) {
-      const int nb = static_cast<int>(std::min<int64_t>(kBlocks, b1 - nb0));
-      (nta ? blocks<true> : blocks<false>)(a, r, Kp, nb0, nb, bufs);
-    }
-    _tile_release();
+void run_amx_bf16_rows(const PackedW4LinearArgs& a) { few_rows::run(a, 1); }
+
+void run_amx_fp32_rows(const PackedW4LinearArgs& a) {
+  constexpr int64_t kPassRows = kFewRowsMax / 3;  // three parts a row in the tiles' rows
+  for (int64_t m0 = 0; m0 < a.M; m0 += kPassRows) {  // the weights widened once a pass
+    PackedW4LinearArgs pass = a;
+    pass.x = a.x + m0 * a.ldx;
+    pass.y = a.y + m0 * a.ldy;
+    pass.M = std::min(kPassRows, a.M - m0);
+    few_rows::run(pass, 3);
   }
 }
 

@@ -3,6 +3,7 @@
 
 namespace tersor::gemm_w4 {
 
+
 void run(const PackedW4LinearArgs& a) {
   if (a.M == 0 || a.N == 0) return;
   dispatch_isa(a, run_ref, TERSOR_X86_FN(run_avx2), TERSOR_X86_FN(run_avx512));
@@ -45,7 +46,8 @@ void run_bf16_tiles(const PackedW4LinearArgs& a) {
 void run_fp32_tiles(const PackedW4LinearArgs& a) {
   if (a.M == 0 || a.N == 0) return;
 #if defined(TERSOR_X86)
-  if (amx_bf16_available() && a.group_size % 32 == 0) return run_amx_fp32(a);
+  if (amx_bf16_available() && a.group_size % 32 == 0)
+    return a.M <= kFp32FewRowsMax ? run_amx_fp32_rows(a) : run_amx_fp32(a);
 #endif
   run(a);
 }

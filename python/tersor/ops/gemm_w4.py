@@ -164,9 +164,15 @@ def _fp32_tiles_min_rows() -> dict:
     0.99-1.48 / 1.16-1.67 / 1.06-1.60 / 0.88-1.34 / 1.00-1.49; g32 stays at 20 (1536x384,
     2048x512, 4096x4096: 0.84-1.10 at 12 rows, 1.00-1.27 at 14, 0.79-1.07 at 17): "w4_g32".
     W8 from 16 rows (1536x384, 2048x2048, 4096x4096 at 12 / 16 / 20 rows: 0.97-1.37 /
-    1.11-1.55 / 1.22-1.71)."""
+    1.11-1.55 / 1.22-1.71).
+    Since the few-row kernel runs them too (up to 15 rows, three parts of 5 rows a pass in its
+    A tiles: gemm_w4.h run_amx_fp32_rows), W4 takes the tiles from 2 rows, group size 32 from
+    5 (family 6 model 167, 2 threads, 32 rotated copies of 384x1536 / 2048x2048, 8 of
+    4096x4096, register kernel time / tiles at 1 / 2 / 3 / 4 / 5 / 8 / 13 rows: g128
+    0.85-0.99 / 1.00-1.27 / 1.16-1.43 / 1.20-1.62 / 1.56-2.10 / 1.26-1.43 / 1.47-1.75; g32 - /
+    0.78-0.96 / 0.90-1.05 / 0.94-1.16 / 1.22-1.56 / 0.96-1.17 / 1.13-1.23)."""
     if _C.cpu_info()["features"].get("amx_bf16"):
-        return {"w8": 16, "w4": 14, "w4_g32": 20}
+        return {"w8": 16, "w4": 2, "w4_g32": 5}
     return {"w8": 1 << 62, "w4": 1 << 62, "w4_g32": 1 << 62}
 
 
@@ -268,14 +274,20 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
     """The eager CPU call of one packed int4 weight for the layers' fast path (see
     gemm_w8a8.cpu_runner_w8a8): a contiguous [..., K] float32 / bf16 / fp16 x of fewer rows than
     the dense panels and the scaled bf16 form take goes straight to its kernel (the register
-    kernel, or the bf16 group form where bf16_allowed says so) with the weight's pointers read
-    once, ~10 us less per call than gemm_w4_cpu's general path (measured on 384x384 at M = 1);
-    anything else takes gemm_w4_cpu."""
+    kernel, the bf16 group form where bf16_allowed says so, or the fp32 tiles where
+    fp32_tiles_take does) with the weight's pointers read once, ~10 us less per call than
+    gemm_w4_cpu's general path (measured on 384x384 at M = 1); anything else takes
+    gemm_w4_cpu."""
     # the kernels with the weight bound (_C.int_partial): called with x, M, bias, y, threads, io
     weight = dict(K=k, ldx=k, w=codes.data_ptr(), scale=scale.data_ptr(), zero=ptr(zero))
     weight.update(group_size=group_size, ngroups=scale.shape[1], N=n, ldy=n, x_scale=ptr(x_scale))
     kernel = _C.int_partial(_C.gemm_w4a8 if act_int8 else _C.gemm_w4, **weight)
     group_form = None if act_int8 else _C.int_partial(_C.gemm_w4_bf16, **weight)
+    # float rows from fp32_tiles_rows on AMX-BF16 CPUs (fp32_tiles_take)
+    fp32_tiles_from, tiles_form = 1 << 62, None
+    if not act_int8 and group_size % 32 == 0 and fp32_tiles_rows(group_size) < 1 << 62:
+        fp32_tiles_from = fp32_tiles_rows(group_size)
+        tiles_form = _C.int_partial(_C.gemm_w4_fp32_tiles, **weight)
     lean_rows = 1 << 62
     bf16_rows = 1 << 62  # from these rows bf16 x may take the bf16 kernels (bf16_allowed)
     key = bf16_key(group_size)
@@ -284,8 +296,6 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
         if BF16_MIN_ROWS is not None:
             bf16_rows = BF16_MIN_ROWS[key]
     fp32_bf16_rows = FP32_BF16_MIN_ROWS[key]
-    # from these rows the general path (dense panels, fp32 tiles) takes every call
-    general_rows = min(lean_rows, 1 << 62 if act_int8 else fp32_tiles_rows(group_size))
 
     @takes_half
     def run(x, bias):
@@ -308,7 +318,9 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
                         x, codes, scale, zero, bias, n, group_size, act_int8, x_scale
                     )
                 fn = group_form  # the bf16 group form, as gemm_w4_cpu would call it
-        if m >= general_rows or not x.is_contiguous():
+        if fn is kernel and m >= fp32_tiles_from and _C.has_amx_bf16():
+            fn = tiles_form
+        if m >= lean_rows or not x.is_contiguous():  # the dense panels, or strided rows
             return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
         y = x.new_empty(m, n) if len(s) == 2 else empty_rows(x, n)  # [..., N] at once
         if m:
