@@ -98,8 +98,8 @@ auto store_to(const PackedW4LinearArgs& a) {
 //
 // fp32 rows (run_amx_fp32_rows, kFewRowsMax / 3 rows a pass): each row as three exact bf16 parts
 // x = hi + mid + lo (bf16_tiles.h split_row_tiled), the parts' rows one above the other in the
-// A and C tiles (rows p M + r), so every product is exact; a group's part is then
-// (C[r] + C[M + r]) + C[2M + r], and X_g the sum of the fp32 values.
+// A and C tiles (rows p P + r, P rows a part), so every product is exact; a group's part is
+// then (C[r] + C[P + r]) + C[2P + r], and X_g the sum of the fp32 values.
 namespace few_rows {
 
 constexpr int kBlocks = 4;       // column blocks side by side (C tiles 0..3)
@@ -113,19 +113,23 @@ constexpr int64_t kAhead = 32;   // W4Tiles prefetched ahead on each block's str
   _tile_stored(J, part, 64);      \
   _tile_zero(J)  // C_J -> part (rows of 64 bytes), then zeroed
 
+// One pass of rows through the tiles: `rows` rows of the call from m0, each part's rows
+// part_rows apart in the A and C tiles (parts x part_rows tile rows; the last pass of fp32
+// rows may leave some of them zero).
 struct Rows {
-  const uint16_t* a16;  // parts x M rows of Kp bf16 (zero past K), lda apart
+  const uint16_t* a16;  // the pass's A rows (tile row i at i * lda), bf16, zero past K
   int64_t lda;
-  const float* X;  // group sums, rows ngroups apart (zero points only)
+  const float* X;  // the pass's group sums, rows ngroups apart (zero points only)
   int parts;       // 1 (bf16 rows) or 3 (fp32 rows: hi, mid, lo)
+  int64_t m0, rows, part_rows;
 };
 
-// Blocks nb0 .. nb0 + nb - 1 (nb <= kBlocks) for all M rows.
+// Blocks nb0 .. nb0 + nb - 1 (nb <= kBlocks) for the pass's rows.
 template <bool kNta>
 void blocks(const PackedW4LinearArgs& a, const Rows& rows, int64_t Kp, int64_t nb0, int nb,
             uint32_t (*bufs)[kBlocks][256]) {
   const W4Pairs pairs_of;
-  const int64_t M = a.M, G = a.group_size, steps = G / 32;
+  const int64_t M = rows.rows, P = rows.part_rows, G = a.group_size, steps = G / 32;
   const uint8_t* w[kBlocks];
   alignas(64) float acc[kBlocks][kFewRowsMax][16];
   alignas(64) float part[2][kBlocks][kFewRowsMax][16];  // by group parity
@@ -168,8 +172,8 @@ void blocks(const PackedW4LinearArgs& a, const Rows& rows, int64_t Kp, int64_t n
         const float(*c)[16] = part[g & 1][j];
         __m512 sum = _mm512_load_ps(c[r]);
         if (rows.parts == 3)
-          sum = _mm512_add_ps(_mm512_add_ps(sum, _mm512_load_ps(c[M + r])),
-                              _mm512_load_ps(c[2 * M + r]));
+          sum = _mm512_add_ps(_mm512_add_ps(sum, _mm512_load_ps(c[P + r])),
+                              _mm512_load_ps(c[2 * P + r]));
         const __m512 X = _mm512_set1_ps(a.zero ? rows.X[r * a.ngroups + g] : 0.0f);
         const __m512 t = _mm512_fmadd_ps(zc, X, sum);
         _mm512_store_ps(acc[j][r], _mm512_fmadd_ps(t, sc, _mm512_load_ps(acc[j][r])));
@@ -203,20 +207,19 @@ void blocks(const PackedW4LinearArgs& a, const Rows& rows, int64_t Kp, int64_t n
     const __mmask16 mask = tail_mask16(a.N - n);
     const __m512 bias = bias16(a.bias, n, mask);
     for (int64_t r = 0; r < M; ++r)
-      half_io::store_y16(a, r, n, mask, _mm512_add_ps(_mm512_load_ps(acc[j][r]), bias));
+      half_io::store_y16(a, rows.m0 + r, n, mask, _mm512_add_ps(_mm512_load_ps(acc[j][r]), bias));
   }
 }
 
-// Row m into a16 (rows of Kp, zero past K): one part, bf16 rows as they are and fp32 rows
+// Row m into `row` (Kp bf16, zero past K): one part, bf16 rows as they are and fp32 rows
 // rounded to nearest even (round_row_bf16), with zero points X[g] = the group's sum of those
-// values in fp32, k order; three parts (fp32 rows), at rows m, M + m, 2M + m, X[g] the sum of
-// the fp32 values.
-void stage_row(const PackedW4LinearArgs& a, int parts, int64_t m, int64_t Kp, uint16_t* a16,
-               float* X) {
-  uint16_t* row = a16 + m * Kp;
+// values in fp32, k order; three parts (fp32 rows) part_stride apart, X[g] the sum of the fp32
+// values.
+void stage_row(const PackedW4LinearArgs& a, int parts, int64_t m, int64_t Kp, uint16_t* row,
+               int64_t part_stride, float* X) {
   if (parts == 3) {
     const float* x = a.x + m * a.ldx;
-    bf16_tiles::split_row_tiled(x, a.K, Kp, row, a.M * Kp, bf16_tiles::kStep);
+    bf16_tiles::split_row_tiled(x, a.K, Kp, row, part_stride, bf16_tiles::kStep);
     for (int64_t g = 0; X && g < a.ngroups; ++g) {
       float sum = 0.0f;
       for (int64_t k = g * a.group_size; k < std::min(a.K, (g + 1) * a.group_size); ++k)
@@ -235,14 +238,19 @@ void stage_row(const PackedW4LinearArgs& a, int parts, int64_t m, int64_t Kp, ui
   if (X) group_sums_bf16(row, a.ngroups, a.group_size, X);
 }
 
+// parts = 1: up to kFewRowsMax bf16 rows in one pass; 3: fp32 rows in passes of up to
+// kFewRowsMax / 3, every pass over a thread's block group while its weights are in L2 (the
+// weights are read from memory once, as the register kernel reads them).
 void run(const PackedW4LinearArgs& a, int parts) {
   const int64_t Kp = a.ngroups * a.group_size;  // a multiple of 32 (bf16_rows_on_tiles)
   const int64_t n_blocks = (a.N + 15) / 16;
+  const int64_t part_rows = parts == 1 ? a.M : std::min<int64_t>(a.M, kFewRowsMax / 3);
+  const int64_t passes = (a.M + part_rows - 1) / part_rows, tile_rows = parts * part_rows;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
   const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 8);
   const int team_size = ::tersor::team(nt);
   // per thread: its own copy of the rows (no barrier), their group sums, two step buffers
-  const int64_t a16_bytes = round_up(parts * a.M * Kp * 2, 64);
+  const int64_t a16_bytes = round_up(passes * tile_rows * Kp * 2, 64);
   const int64_t X_bytes = round_up(a.M * a.ngroups * 4, 64);
   const int64_t per_thread = a16_bytes + X_bytes + 2 * kBlocks * 1024;
   auto scratch = alloc_scratch<char>(team_size * per_thread);
@@ -252,18 +260,24 @@ void run(const PackedW4LinearArgs& a, int parts) {
     uint16_t* a16 = reinterpret_cast<uint16_t*>(mine);
     float* X = a.zero ? reinterpret_cast<float*>(mine + a16_bytes) : nullptr;
     auto bufs = reinterpret_cast<uint32_t(*)[kBlocks][256]>(mine + a16_bytes + X_bytes);
-    for (int64_t m = 0; m < a.M; ++m)
-      stage_row(a, parts, m, Kp, a16, X ? X + m * a.ngroups : nullptr);
-    const uint8_t rows = static_cast<uint8_t>(parts * a.M);
+    std::memset(a16 + (passes - 1) * tile_rows * Kp, 0, tile_rows * Kp * 2);  // a short pass
+    for (int64_t m = 0; m < a.M; ++m) {
+      uint16_t* row = a16 + (m / part_rows * tile_rows + m % part_rows) * Kp;
+      stage_row(a, parts, m, Kp, row, part_rows * Kp, X ? X + m * a.ngroups : nullptr);
+    }
+    const uint8_t rows = static_cast<uint8_t>(tile_rows);
     const uint8_t shape_rows[8] = {rows, rows, rows, rows, rows, 16, 16, 16};
     const uint16_t shape_colsb[8] = {64, 64, 64, 64, 64, 64, 64, 64};
     gemm_w8a8::amx_configure_tile_shapes(shape_rows, shape_colsb);
     int64_t b0, b1;
     thread_range(n_blocks, &b0, &b1);
-    const Rows r{a16, Kp, X, parts};
     for (int64_t nb0 = b0; nb0 < b1; nb0 += kBlocks) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlocks, b1 - nb0));
-      (nta ? blocks<true> : blocks<false>)(a, r, Kp, nb0, nb, bufs);
+      for (int64_t m0 = 0; m0 < a.M; m0 += part_rows) {
+        const Rows pass{a16 + m0 / part_rows * tile_rows * Kp, Kp, X ? X + m0 * a.ngroups : X,
+                        parts, m0, std::min(part_rows, a.M - m0), part_rows};
+        (nta ? blocks<true> : blocks<false>)(a, pass, Kp, nb0, nb, bufs);
+      }
     }
     _tile_release();
   }
@@ -303,15 +317,6 @@ void run_amx_fp32(const PackedW4LinearArgs& a) {
 
 void run_amx_bf16_rows(const PackedW4LinearArgs& a) { few_rows::run(a, 1); }
 
-void run_amx_fp32_rows(const PackedW4LinearArgs& a) {
-  constexpr int64_t kPassRows = kFewRowsMax / 3;  // three parts a row in the tiles' rows
-  for (int64_t m0 = 0; m0 < a.M; m0 += kPassRows) {  // the weights widened once a pass
-    PackedW4LinearArgs pass = a;
-    pass.x = a.x + m0 * a.ldx;
-    pass.y = a.y + m0 * a.ldy;
-    pass.M = std::min(kPassRows, a.M - m0);
-    few_rows::run(pass, 3);
-  }
-}
+void run_amx_fp32_rows(const PackedW4LinearArgs& a) { few_rows::run(a, 3); }
 
 }  // namespace tersor::gemm_w4
