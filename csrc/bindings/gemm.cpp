@@ -181,7 +181,9 @@ void bind_gemm_w4(py::module_& m) {
       },
       TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
-       "activations rounded to bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
+       "activations rounded to bf16, each group's sums closed in fp32: up to 16 rows on AMX-BF16 "
+       "tiles where the CPU has them, the active path is amx and group_size % 32 == 0 "
+       "(gemm_w4_bf16_on_tiles), else vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; "
        "gemm_w4.h states the arithmetic)." +
        kIoDoc));
   def_int_function(
@@ -195,10 +197,10 @@ void bind_gemm_w4(py::module_& m) {
   def_int_function(
       m, "gemm_w4_fp32_tiles", &w4_staged<gemm_w4::run_fp32_tiles>, TERSOR_W4_ARGS,
       (std::string(kW4Doc) +
-       "fp32 activations in three exact bf16 parts and the dequantized weights in two, on "
+       "fp32 activations in three exact bf16 parts against the exact integer weights, on "
        "AMX-BF16 tiles where the CPU has them, the active path is amx and group_size % 32 == 0 "
-       "(products exact, fp32 sums in the tile unit's order); gemm_w4 otherwise (gemm_w4.h "
-       "states both)." +
+       "(products exact, fp32 sums in the tile unit's order, each group's closed by its "
+       "scales); gemm_w4 otherwise (gemm_w4.h states both)." +
        kIoDoc));
   m.def("gemm_w4_bf16_on_tiles", &gemm_w4::bf16_rows_on_tiles, py::arg("M"),
         py::arg("group_size"),

@@ -545,12 +545,13 @@ def gemm_w4_bf16(
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
     (symmetric, z = 8), group_size the effective G (formats/int4.py). activations rounded to
-    bf16, vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; gemm_w4.h states the
-    arithmetic). io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half
-    rows are widened exactly and the output rounded to nearest even, as torch's .to() does.
-    x_scale: 0, or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ /
-    SmoothQuant), by the row quantizer in the int8-activation kernels, while the rows are staged
-    in the others."""
+    bf16, each group's sums closed in fp32: up to 16 rows on AMX-BF16 tiles where the CPU has
+    them, the active path is amx and group_size % 32 == 0 (gemm_w4_bf16_on_tiles), else
+    vdpbf16ps on CPUs with AVX512-BF16 (the C ref elsewhere; gemm_w4.h states the arithmetic).
+    io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are
+    widened exactly and the output rounded to nearest even, as torch's .to() does. x_scale: 0,
+    or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ / SmoothQuant), by the
+    row quantizer in the int8-activation kernels, while the rows are staged in the others."""
 
 def gemm_w4_bf16_on_tiles(M: int, group_size: int) -> bool:
     """Whether gemm_w4_bf16 over M rows of this group size runs on the AMX-BF16 tiles here (the
@@ -610,13 +611,13 @@ def gemm_w4_fp32_tiles(
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
     (symmetric, z = 8), group_size the effective G (formats/int4.py). fp32 activations in three
-    exact bf16 parts and the dequantized weights in two, on AMX-BF16 tiles where the CPU has
+    exact bf16 parts against the exact integer weights, on AMX-BF16 tiles where the CPU has
     them, the active path is amx and group_size % 32 == 0 (products exact, fp32 sums in the tile
-    unit's order); gemm_w4 otherwise (gemm_w4.h states both). io: 0 (fp32 x, y), 1 (bf16 x, y)
-    or 2 (fp16 x, y; strides in elements); half rows are widened exactly and the output rounded
-    to nearest even, as torch's .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns
-    (a layer's input scale: AWQ / SmoothQuant), by the row quantizer in the int8-activation
-    kernels, while the rows are staged in the others."""
+    unit's order, each group's closed by its scales); gemm_w4 otherwise (gemm_w4.h states both).
+    io: 0 (fp32 x, y), 1 (bf16 x, y) or 2 (fp16 x, y; strides in elements); half rows are
+    widened exactly and the output rounded to nearest even, as torch's .to() does. x_scale: 0,
+    or fp32 [K] multiplied into x's columns (a layer's input scale: AWQ / SmoothQuant), by the
+    row quantizer in the int8-activation kernels, while the rows are staged in the others."""
 
 def gemm_w4a8(
     x: int,

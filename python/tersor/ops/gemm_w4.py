@@ -101,9 +101,9 @@ def w4_tiles(m: int, group_size: int) -> bool:
 
 def _bf16_min_rows(kind: Optional[str]) -> Optional[dict]:
     """Rows from which bf16 activations take a bf16 dot-product kernel, per family (kind:
-    bf16_dot_kind()): the AMX-BF16 tiles' rows where the CPU has them, else the vdpbf16ps kernels
-    (_C.gemm_w4_bf16 / gemm_w8_bf16) on AMD CPUs with AVX512-BF16, W4 from one row and W8 from
-    8; None elsewhere.
+    bf16_dot_kind()): on AMX-BF16 CPUs the tiles' rows (W4's group form from 2 rows, below the
+    scaled form's: see the end), else the vdpbf16ps kernels (_C.gemm_w4_bf16 /
+    gemm_w8_bf16) on AMD CPUs with AVX512-BF16, W4 from one row and W8 from 8; None elsewhere.
     bf16 activations enter those kernels exactly, so the results are those of the fp32 path up
     to the order of the fp32 additions (and W4's weight rounding in the scaled form); fp32
     activations take them only when torch's float32 matmul precision allows bf16
