@@ -203,6 +203,24 @@ def test_stacks_of_python_steps_and_failed_checks_keep_their_forward(monkeypatch
     assert not isinstance(model.model, FastDecoderStack) and len(report.layers) == 2
 
 
+@pytest.mark.parametrize("fuse", ["auto", False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_call_steps_of_a_w4_batch_take_the_layers_kernels(dtype, fuse, monkeypatch):
+    """Five rows a step: W4 g32 layers take the bf16 group form from 4 bf16 rows and the fp32
+    tiles from 5 float rows on AMX-BF16 CPUs (ops/gemm_w4.py; the register kernel elsewhere);
+    the one call's projections name those rows and run the same kernels: the same bits."""
+    model = optimized("llama", tersor.W4Config(group_size=32), dtype, fuse)
+    prompt = torch.randint(0, 128, (5, 3), generator=torch.Generator().manual_seed(5))
+    with monkeypatch.context() as m:  # the modules' own forward: no native step at all
+        m.setattr(_StackPlan, "step", lambda *a: None)
+        m.setattr(_Plan, "step", lambda *a: None)
+        want = decode_logits(model, prompt, steps=3)
+    hits = counting(monkeypatch)
+    got = decode_logits(model, prompt, steps=3)
+    assert hits == {"stack": 3, "layer": 0}
+    assert all(a.dtype == dtype and torch.equal(a, b) for a, b in zip(want, got))
+
+
 @pytest.mark.parametrize(
     "config",
     [tersor.W8A8Config(), tersor.W4A8Config(group_size=32), tersor.W4Config(group_size=32)],

@@ -29,14 +29,20 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
     PackedW4LinearArgs a{xf, M, K, ldx, static_cast<const uint8_t*>(w),
                          static_cast<const uint16_t*>(scale), static_cast<const uint8_t*>(aux),
                          group_size, ngroups, N, bias, yf, ldy, nthreads};
-    if (kind == W4Bf16 && io == half_io::BF16) {  // (no x_scale: the layers' rule)
-      half_io::run_staged(a, io, nullptr, gemm_w4::run_bf16, false,
-                          gemm_w4::bf16_rows_on_tiles(a.M, a.group_size));
-      return;
-    }
-    if (kind == W4 || kind == W4Bf16) {  // (the staging scales fp32 rows by x_scale, as
-      half_io::run_staged(a, io, x_scale, gemm_w4::run, false,  // _C.gemm_w4 does)
-                          gemm_w4::takes_half_rows(a.M));
+    // W4 as the layers' prepared calls choose by the rows: bf16 rows in the group form (W4Bf16
+    // at every row count, with no x_scale by the layers' rule; W4 from bf16_tiles_from rows
+    // without one), float rows on the fp32 tiles from fp32_tiles_from, else the register
+    // kernel (the staging scales float rows by x_scale, as _C.gemm_w4 does)
+    if (kind == W4 || kind == W4Bf16) {
+      const bool group_form = kind == W4Bf16 || (x_scale == nullptr && M >= bf16_tiles_from);
+      if (io == half_io::BF16 && group_form) {
+        half_io::run_staged(a, io, nullptr, gemm_w4::run_bf16, false,
+                            gemm_w4::bf16_rows_on_tiles(a.M, a.group_size));
+      } else if (M >= fp32_tiles_from) {
+        half_io::run_staged(a, io, x_scale, gemm_w4::run_fp32_tiles);
+      } else {
+        half_io::run_staged(a, io, x_scale, gemm_w4::run, false, gemm_w4::takes_half_rows(a.M));
+      }
       return;
     }
     a.x_scale = x_scale;

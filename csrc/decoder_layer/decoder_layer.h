@@ -14,9 +14,10 @@
 // Why: from Python the step is ~12 calls through torch and pybind; on a 1B model at 2 threads
 // (Zen 2) their overhead was ~4 ms of a ~34 ms token. Projections are int8 or int4 weights with
 // int8 activations (gemm_w8a8 / gemm_w4a8): the kernels the layers' prepared calls use at any
-// row count, or int4 weights with fp32 activations (gemm_w4's register kernel: what the W4
-// layers' prepared calls run below the rows of their bf16 and dense paths; the Python side
-// steps natively only there). Every tensor of a step has the model's dtype (fp32, bf16 or
+// row count, or int4 weights with fp32 activations (gemm_w4's register kernel, or from the
+// rows the projection names its AMX-BF16 tile forms: what the W4 layers' prepared calls run
+// below the rows of their scaled bf16 and dense paths; the Python side steps natively only
+// there). Every tensor of a step has the model's dtype (fp32, bf16 or
 // fp16: the kernels' `dtype` / `io` codes), but biases and input scales, fp32 as the layers
 // keep them.
 #pragma once
@@ -39,6 +40,10 @@ struct Projection {
   const float* bias;  // [N] or null
   const float* x_scale;  // [K] input scale or null
   int64_t K, N, group_size, ngroups, col;
+  // W4: the rows from which bf16 rows without an input scale take the group form on the AMX
+  // tiles (gemm_w4::run_bf16), and float rows the fp32 tiles (gemm_w4::run_fp32_tiles), as
+  // the layers' prepared calls choose (ops/gemm_w4.py cpu_runner_w4); 2^62: never
+  int64_t bf16_tiles_from, fp32_tiles_from;
   // y columns [col, col + N) of rows ldy apart; x, y of dtype io (half_io::Dtype)
   void run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
            int nthreads) const;

@@ -38,12 +38,13 @@ from tersor.ops.gemm_w4 import (
     BF16_MIN_ROWS,
     FP32_BF16_MIN_ROWS,
     bf16_key,
-    fp32_tiles_take,
+    fp32_tiles_rows,
     w4_tiles,
 )
 from tersor.ops.norm import rms_norm_cpu
 
 _F32 = torch.float32
+_NEVER = 1 << 62  # a Projection's rows that never come
 _hooks = nn.modules.module  # the global forward hooks live in this module's namespace
 
 
@@ -85,7 +86,7 @@ def _project_all(modules: list, x: torch.Tensor) -> list:
 
 
 def _native_projection(module, fmt, bias, col: int):
-    """The 11 integers of csrc/decoder_layer's Projection for a packed int8 / int4 weight with
+    """The 13 integers of csrc/decoder_layer's Projection for a packed int8 / int4 weight with
     int8 activations, or an int4 weight with fp32 activations (W4: imported GPTQ / AWQ
     checkpoints), on the native CPU kernel, and the tensors they point into; None for any
     other layer (the lean step then runs in Python)."""
@@ -115,7 +116,15 @@ def _native_projection(module, fmt, bias, col: int):
     if any(t.dtype != _F32 for t in (bias, xs) if t is not None):
         return None
     ptrs = [0 if t is None else t.data_ptr() for t in (*tensors, bias, xs)]
-    return [kind, *ptrs, fmt.in_features, fmt.out_features, *sizes, col], keep
+    # W4 (kind 2): the rows from which the layer's prepared call (ops/gemm_w4.py cpu_runner_w4)
+    # takes the group form for bf16 rows without an input scale, and the fp32 tiles for float
+    # rows (AMX-BF16 CPUs)
+    tiles_from = [_NEVER, _NEVER]
+    if kind == 2 and fmt.G % 32 == 0:
+        if BF16_MIN_ROWS is not None and xs is None:
+            tiles_from[0] = BF16_MIN_ROWS[bf16_key(fmt.G)]
+        tiles_from[1] = min(fp32_tiles_rows(fmt.G), _NEVER)
+    return [kind, *ptrs, fmt.in_features, fmt.out_features, *sizes, col, *tiles_from], keep
 
 
 class _Native:
@@ -148,11 +157,11 @@ class _Native:
             if flat is None:
                 return
             stages.append(flat)
-        kinds = [kind for flat in stages for kind in flat[0::11]]
+        kinds = [kind for flat in stages for kind in flat[0::13]]
         self.weight_only = any(kind in (2, 4) for kind in kinds)
         # group sizes of the weight-only W4 weights, and of those whose bf16 rows take the bf16
         # kernels (kind 4)
-        groups = [(kind, g) for flat in stages for kind, g in zip(flat[0::11], flat[8::11])]
+        groups = [(kind, g) for flat in stages for kind, g in zip(flat[0::13], flat[8::13])]
         self.w4_groups = {g for kind, g in groups if kind in (2, 4)}
         self.bf16_groups = {g for kind, g in groups if kind == 4}
         hidden = n1.weight.shape[0]
@@ -163,7 +172,7 @@ class _Native:
         inter = plan.down.in_features
         # (K, total N) of each stage, as the native step lays its rows out
         want = [({hidden}, nq + 2 * nkv), ({nq}, hidden), ({hidden}, 2 * inter), ({inter}, hidden)]
-        got = [(set(flat[6::11]), sum(flat[7::11])) for flat in stages]
+        got = [(set(flat[6::13]), sum(flat[7::13])) for flat in stages]
         if got != want or nq % d or nkv % d or (nq // d) % (nkv // d):
             return
         qk = ()
@@ -203,29 +212,24 @@ class _Native:
 
     def serves(self, dtype: torch.dtype, rows: int) -> bool:
         """Whether the layers' own calls would run the kernels of this step on `rows` rows of
-        `dtype`: int8 activations at any row count; a W4 weight (fp32 activations) only below
-        the rows where its prepared call leaves the register kernel for the bf16 kernels
-        (bf16 rows, or fp32 ones under "medium" matmul precision, on CPUs with AVX512-BF16),
-        the fp32 tiles (AMX-BF16 CPUs) or the dense panels (ops/gemm_w4.py), except bf16 rows
-        where the step has the same bf16 kernel (kind 4: CPUs whose bf16 rows take it from one
-        row, below the scaled form's rows)."""
+        `dtype`: int8 activations at any row count; a W4 weight (fp32 activations) below the
+        rows of its prepared call's dense panels and scaled bf16 form (ops/gemm_w4.py), and
+        for fp32 rows not under "medium" matmul precision (its bf16 kernels): the step has the
+        register kernel, the bf16 group form (kind 4 at every row count; kind 2 from the rows
+        its projections name, AMX-BF16 CPUs) and the fp32 tiles (from the rows they name)."""
         if not self.weight_only:
             return True
         if rows >= DENSE_MIN_ROWS["w4"]:
             return False
-        if dtype is torch.bfloat16:  # the step has the bf16 group form (kind 4), no tiles
+        if dtype is torch.bfloat16:  # (the scaled form: where the group form's rows end)
             if BF16_MIN_ROWS is None:
                 return True
-            if all(rows < BF16_MIN_ROWS[bf16_key(g)] for g in self.w4_groups):
-                return True  # every W4 weight's bf16 rows still take the register kernel
-            if BF16_MIN_ROWS["w4"] > 1:
-                return False
-            return not any(w4_tiles(rows, g) for g in self.bf16_groups)
+            groups = self.w4_groups if BF16_MIN_ROWS["w4"] > 1 else self.bf16_groups
+            return not any(w4_tiles(rows, g) for g in groups)
         if dtype is _F32 and rows >= FP32_BF16_MIN_ROWS["w4"]:
             if torch.get_float32_matmul_precision() == "medium":
                 return False
-        # fp32 / fp16 rows where the layers' calls take the fp32 tiles
-        return not any(fp32_tiles_take(rows, g) for g in self.w4_groups)
+        return True  # float rows: the register kernel or the fp32 tiles, as the layers' calls
 
     def current(self) -> bool:
         """The addresses it holds are still the modules' tensors."""
