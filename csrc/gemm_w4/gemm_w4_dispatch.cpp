@@ -3,7 +3,6 @@
 
 namespace tersor::gemm_w4 {
 
-
 void run(const PackedW4LinearArgs& a) {
   if (a.M == 0 || a.N == 0) return;
   dispatch_isa(a, run_ref, TERSOR_X86_FN(run_avx2), TERSOR_X86_FN(run_avx512));
