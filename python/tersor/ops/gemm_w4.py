@@ -181,7 +181,7 @@ FP32_TILES_MIN_ROWS = _fp32_tiles_min_rows()
 
 def fp32_tiles_rows(group_size: int) -> int:
     """Rows from which float rows of a W4 weight of this group size may take the fp32 tiles."""
-    return FP32_TILES_MIN_ROWS["w4_g32" if group_size == 32 else "w4"]
+    return FP32_TILES_MIN_ROWS[_w4_key(FP32_TILES_MIN_ROWS, group_size)]
 
 
 def fp32_tiles_take(m: int, group_size: int) -> bool:
