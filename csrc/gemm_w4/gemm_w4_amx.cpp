@@ -125,7 +125,6 @@ struct Rows {
 };
 
 // Blocks nb0 .. nb0 + nb - 1 (nb <= kBlocks) for the pass's rows.
-template <bool kNta>
 void blocks(const PackedW4LinearArgs& a, const Rows& rows, int64_t Kp, int64_t nb0, int nb,
             uint32_t (*bufs)[kBlocks][256]) {
   const W4Pairs pairs_of;
@@ -150,7 +149,7 @@ void blocks(const PackedW4LinearArgs& a, const Rows& rows, int64_t Kp, int64_t n
       for (int u = 0; u < 4; ++u) {
         // past the block's end: the next block's start, or nothing (a prefetch never faults)
         const char* ahead = reinterpret_cast<const char*>(t + (u + kAhead) * 64);
-        _mm_prefetch(ahead, kNta ? _MM_HINT_NTA : _MM_HINT_T0);
+        _mm_prefetch(ahead, _MM_HINT_T0);
         __m512i p[4];
         pairs_of(t + u * 64, p);
         for (int i = 0; i < 4; ++i) _mm512_store_si512(b[j] + (4 * u + i) * 16, p[i]);
@@ -247,7 +246,12 @@ void run(const PackedW4LinearArgs& a, int parts) {
   const int64_t part_rows = parts == 1 ? a.M : std::min<int64_t>(a.M, kFewRowsMax / 3);
   const int64_t passes = (a.M + part_rows - 1) / part_rows, tile_rows = parts * part_rows;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-  const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 8);
+  // T0 prefetches even for a weight that streams (the call only records the read): AMX CPUs
+  // are Intel's, where prefetchnta fills L1 past the L2 streamer (weight_stream.h). W4 g128
+  // 28672x8192 from DRAM, family 6 model 167, 2 threads: bf16 rows at 2 / 8 rows 10.2 / 12.5 ms
+  // with NTA, 4.9 / 5.6 with T0; fp32 rows at 2 / 8 (two passes, the second from L2, which
+  // NTA bypassed) 12.0 / 31.5 ms against 5.2 / 16.3.
+  weight_stream_nta(a.w, n_blocks * Kp * 8);
   const int team_size = ::tersor::team(nt);
   // per thread: its own copy of the rows (no barrier), their group sums, two step buffers
   const int64_t a16_bytes = round_up(passes * tile_rows * Kp * 2, 64);
@@ -276,7 +280,7 @@ void run(const PackedW4LinearArgs& a, int parts) {
       for (int64_t m0 = 0; m0 < a.M; m0 += part_rows) {
         const Rows pass{a16 + m0 / part_rows * tile_rows * Kp, Kp, X ? X + m0 * a.ngroups : X,
                         parts, m0, std::min(part_rows, a.M - m0), part_rows};
-        (nta ? blocks<true> : blocks<false>)(a, pass, Kp, nb0, nb, bufs);
+        blocks(a, pass, Kp, nb0, nb, bufs);
       }
     }
     _tile_release();
