@@ -262,7 +262,8 @@ def test_gemm_w4_bf16(isa, g, k, m, n, sym, gen, c_ref):
 
 ROWS_ON_TILES = [(1, 64, 17, 32, False), (2, 576, 100, 32, True), (3, 320, 230, 64, False),
                  (5, 640, 37, 128, True), (7, 90, 21, -1, False), (8, 1024, 70, 128, False),
-                 (13, 96, 5, 32, True), (16, 384, 100, 128, False)]  # fmt: skip
+                 (13, 96, 5, 32, True), (16, 384, 100, 128, False),
+                 (16, 16448, 20, 32, True)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,k,n,g,sym", ROWS_ON_TILES)
@@ -270,7 +271,8 @@ def test_gemm_w4_bf16_rows_on_tiles(m, k, n, g, sym, gen, c_ref):
     """The bf16 group form on AMX-BF16 tiles (gemm_w4_amx.cpp run_amx_bf16_rows): A and C
     tiles of the call's rows (1-16), 1-4 column blocks side by side (n = 5 .. 230: 15 blocks
     leave each thread a shorter last tile), groups of one tile step (g32) or several, K padded
-    to the group (k = 90: one group of 96). The fp64 product of bf16(x) and the exact weights
+    to the group (k = 90: one group of 96), K in two chunks (k = 16448: 512 groups of 16
+    rows' A in one chunk's 512 KiB). The fp64 product of bf16(x) and the exact weights
     to fp32 accumulation; the C ref of the group form to the order of its fp32 sums; bf16 rows
     read and written by the kernel itself (half rows) the same bits as the fp32 call rounded;
     1 and 2 threads the same bits."""
@@ -390,7 +392,8 @@ FP32_TILE_CASES = [(1, 64, 33, 32, True), (7, 224, 37, 32, False), (33, 576, 100
                    (1030, 64, 20, 32, False), (7, 37, 5, -1, False),
                    (5, 5632, 40, 64, False), (20, 640, 48, 128, False),
                    (15, 128, 230, 64, False), (11, 384, 100, 128, True),
-                   (16, 128, 37, 32, False)]  # fmt: skip
+                   (16, 128, 37, 32, False), (8, 9024, 40, 32, True),
+                   (15, 6144, 20, 32, False)]  # fmt: skip
 
 
 @pytest.mark.parametrize("m,k,n,g,sym", FP32_TILE_CASES)
@@ -404,8 +407,9 @@ def test_gemm_w4_fp32_tiles(isa, m, k, n, g, sym, gen, c_ref):
     lone row block (5 rows, k = 5632), rows in passes (1030 = 4 x 256 + 6). A group size that
     is no multiple of 32 (37), another CPU or a lower forced path: the register kernel, bit for
     bit. Up to 15 rows the few-row kernel (run_amx_fp32_rows: passes of 5 rows, three parts
-    each in the A tiles' rows; 7, 11, 15 rows in 2-3 passes, 1-4 blocks side by side), from 16
-    the grouped form."""
+    each in the A tiles' rows, 7 and 8 rows in 2 passes over 1-2 blocks side by side, 11 and
+    15 rows in 3 passes over one block; 8 x 9024 and 15 x 6144 in two k chunks), from 16 the
+    grouped form."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     x *= torch.exp2(torch.randint(-20, 21, x.shape, generator=gen).float())
     if m >= 7:
