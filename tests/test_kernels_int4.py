@@ -461,7 +461,7 @@ def test_gemm_w4_bf16_half_inputs_and_auto_choice(m, gen, c_ref):
 @pytest.mark.parametrize("g,k", [(128, 256), (32, 256), (-1, 100)])  # G = 128, 32, 104
 def test_bf16_rows_take_their_kernel_by_rows_and_group_size(g, k, gen, kernel_spy):
     """A layer's bf16 rows (ops/gemm_w4.py cpu_runner_w4): the register kernel below
-    BF16_MIN_ROWS[bf16_key(G)] rows (on AMX-BF16 CPUs 2 rows for G = 128, 4 for G = 32, the
+    BF16_MIN_ROWS[bf16_key(G)] rows (on AMX-BF16 CPUs 2 rows for G = 128, 3 for G = 32, the
     scaled form's rows for G = 104: the few-row tiles need whole 32-k steps), then the group
     form below the scaled form's rows (w4_tiles: 17 there, 8 for G = 104), then the scaled
     form."""

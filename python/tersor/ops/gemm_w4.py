@@ -117,7 +117,7 @@ def _bf16_min_rows(kind: Optional[str]) -> Optional[dict]:
     2048x8192 / 8192x2048, L3-resident at 2048x2048): 1.01-1.42x the fp32 register kernel at
     M = 1 (one row runs four column blocks side by side), 0.96-1.53x at 2-7 rows (0.96-1.00x
     in 4 of 12 cells).
-    AMX-BF16 CPUs: W4 from 2 rows ("w4"; group size 32 from 4, "w4_g32"), where the group form
+    AMX-BF16 CPUs: W4 from 2 rows ("w4"; group size 32 from 3, "w4_g32"), where the group form
     runs on the tiles (_C.gemm_w4_bf16_on_tiles: A and C tiles of the call's rows, each group
     closed in fp32; gemm_w4_amx.cpp run_amx_bf16_rows) up to the scaled form's rows (17);
     group sizes that are not multiples of 32 from the scaled form's rows ("w4_odd": the tiles
@@ -125,9 +125,11 @@ def _bf16_min_rows(kind: Optional[str]) -> Optional[dict]:
     weight copies, register kernel time / tiles at 1 / 2 / 3 / 4 / 7 rows: g128 on 384x1536,
     1536x384, 2048x512, 2048x2048, 4096x4096 0.85-0.98 / 1.00-1.36 / 1.25-1.56 / 1.30-1.76 /
     1.88-2.90; g32 on 384x1536, 2048x2048, 4096x4096 0.70-0.74 / 0.78-0.92 / - / 1.09-1.26 /
-    2.01 (g32 closes a group every tile step). Keys: bf16_key."""
+    2.01 (g32 closes a group every tile step); g32 at 2 / 3 / 4 rows, 4096x4096 L3-resident
+    0.96 / 1.01 / 1.11, 28672x8192 from DRAM 1.08 / 1.17 / 1.19 (ninth session, after the
+    tiles' weights took T0 prefetches). Keys: bf16_key."""
     if kind == "amx":
-        return {**_tiles_min_rows(kind), "w4": 2, "w4_g32": 4}
+        return {**_tiles_min_rows(kind), "w4": 2, "w4_g32": 3}
     return {"w4": 1, "w8": 8} if kind == "vdpbf16ps" else None
 
 
