@@ -4,6 +4,7 @@ unsorted or decreasing pointers, truncation). Each case either loads (the corrup
 harmless: the layer then runs) or raises a Python error naming the tensor; none reaches the
 native code with bad data (the sanitizer job runs this file too)."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -272,6 +273,35 @@ def test_corrupted_checkpoint_files(which, how, at, value, tmp_path_factory):
                 data = json.dumps(manifest).encode()
             with open(os.path.join(d, f), "wb") as fh:
                 fh.write(data)
+        _loads_or_fails_cleanly(d, x, y)
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent", "empty"])
+def test_manifest_shards_outside_the_folder(where, tmp_path_factory):
+    """A manifest naming a shard outside its folder (an absolute path, "../", as a byte
+    changed by the fuzzing above once made "/odel-00001-of-00002.safetensors", which
+    os.path.join took as it was), or an empty name: an error naming the checkpoint before any
+    file is read, the model unchanged, even where the outside file exists and is the real
+    shard."""
+    import json
+    import os
+    import tempfile
+
+    path, files, x, y = _checkpoint(str(tmp_path_factory.getbasetemp()))
+    with tempfile.TemporaryDirectory() as d:
+        manifest = json.loads(files["tersor.json"])
+        key = sorted(manifest["weight_map"])[0]
+        real = manifest["weight_map"][key]
+        manifest["weight_map"][key] = {
+            "absolute": os.path.join(path, real),
+            "parent": os.path.join("..", os.path.basename(path), real),
+            "empty": "",
+        }[where]
+        for f, data in files.items():
+            with open(os.path.join(d, f), "wb") as fh:
+                fh.write(json.dumps(manifest).encode() if f == "tersor.json" else data)
+        with pytest.raises(ValueError, match="not a file of this folder"):
+            tersor.load_pretrained(_fresh_model(), d)
         _loads_or_fails_cleanly(d, x, y)
 
 

@@ -16,6 +16,16 @@ class SafetensorsFiles:
 
     def __init__(self, path: str, weight_map: dict, what: str = "the index"):
         self.path, self.weight_map, self.what, self._files = path, dict(weight_map), what, {}
+        for key, name in self.weight_map.items():  # shards are files of this folder only
+            if (
+                not isinstance(name, str)
+                or not name
+                or os.path.isabs(name)
+                or os.pardir in name.replace("\\", "/").split("/")
+            ):
+                raise ValueError(
+                    f"{path}: {what} puts '{key}' in {name!r}, not a file of this folder"
+                )
 
     @property
     def keys(self):
