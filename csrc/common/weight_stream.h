@@ -28,7 +28,8 @@ int64_t last_level_cache_bytes();  // this core's share as sysfs lists it (index
 // from DRAM. On Intel server cores prefetchnta fills L1 only, past the L2 streamer that T0's
 // misses train: W8A8 4096x4096 at one row read 10 GB/s with it, 26 GB/s with T0 (Sapphire
 // Rapids class, 2 threads, weights from DRAM); W4A8 g32 1.09x slower. So AMD only. (The
-// weight-only kernels' hint stays: W8 / W4 at one row were as fast or faster with NTA there.)
+// weight-only kernels' hint stays: W8 / W4 at one row were as fast or faster with NTA there;
+// the W4 few-row AMX tiles, Intel only, always prefetch T0: gemm_w4_amx.cpp few_rows::run.)
 // set_int8_decode_nta(-1 / 0 / 1): by vendor / never / always (tests: each path runs anywhere).
 bool int8_decode_nta();
 void set_int8_decode_nta(int mode);
