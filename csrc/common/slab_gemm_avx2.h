@@ -15,6 +15,10 @@
 //     store(nb, r0, r1, acc):  the kernel's epilogue (scale, bias, tail mask) into y
 //
 // Zen 2, 2 threads: 84-90 GMAC/s for W8 from 32 rows, where torch's fp32 GEMM reaches 61-68.
+//
+// kWidenRows > 0: the kernel's widen also runs the first kWidenRows rows of the part over the
+// slab as it writes the panel (gemm_w4), and the tiles take the rest. A widening loop of its own
+// is bound by its panel stores while the FMA ports idle; inside a row tile they overlap.
 // Internal linkage throughout (common/parallel.h says why).
 #pragma once
 #include <immintrin.h>
@@ -64,8 +68,10 @@ constexpr TileFn kTiles[kMR] = {tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, til
 
 // y = x W^T (x: M rows of stride ldx), n_blocks column blocks of 16, K deep, on nt threads:
 //   widen(nb, k0, k1, panel)        k0 a multiple of kSlabK
+//     kWidenRows > 0: widen(nb, k0, k1, panel, m0, rows, acc, first), rows <= kWidenRows of
+//     x from m0 into acc as tile() would (first: from 0)
 //   store(nb, r0, r1, acc)          the epilogue (scale, bias, tail mask) into y
-template <typename Widen, typename Store>
+template <int kWidenRows = 0, typename Widen, typename Store>
 void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, int nt,
          Widen&& widen, Store&& store) {
   // Work items: (column block, part of a pass's rows); rows split only when the column blocks
@@ -84,13 +90,17 @@ void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, in
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t nb = i / row_parts, p = i % row_parts;
         const int64_t r0 = rb0 + rows * p / row_parts, r1 = rb0 + rows * (p + 1) / row_parts;
-        const int64_t ntiles = (r1 - r0 + kMR - 1) / kMR;
+        const int64_t f = std::min<int64_t>(kWidenRows, r1 - r0), rest = r1 - r0 - f;
+        const int64_t ntiles = (rest + kMR - 1) / kMR;
         for (int64_t k0 = 0; k0 < K; k0 += kSlabK) {
           const int64_t k1 = std::min(k0 + kSlabK, K);
-          widen(nb, k0, k1, panel.get());
+          if constexpr (kWidenRows > 0)
+            widen(nb, k0, k1, panel.get(), r0, static_cast<int>(f), acc.get(), k0 == 0);
+          else
+            widen(nb, k0, k1, panel.get());
           for (int64_t t = 0; t < ntiles; ++t) {
-            const int64_t m0 = r0 + (r1 - r0) * t / ntiles;
-            const int64_t m1 = r0 + (r1 - r0) * (t + 1) / ntiles;
+            const int64_t m0 = r0 + f + rest * t / ntiles;
+            const int64_t m1 = r0 + f + rest * (t + 1) / ntiles;
             kTiles[m1 - m0 - 1](x, ldx, m0, k0, k1, panel.get(), acc.get(), k0 == 0);
           }
         }

@@ -241,9 +241,11 @@ TERSOR_UNROLL
 // 2 Zen 2 cores where the W8 slabs' pure FMA chains run 84-90.
 
 // The dequantized 16 columns of block nb, k in [k0, k1) (k0 a multiple of 8) -> panel[(k - k0)
-// * 16 + col]. A W4Tile's 8 k lie in one group (the group size is a multiple of 8), so each
-// group's two halves take their scale and zero once. Per k and half, three ops (the gemv's
-// top_byte, its convert, one FMA) and the store:
+// * 16 + col], and (MR > 0) rows m0.. of x over them as slab_avx2::tile would, into acc (the
+// driver's kWidenRows: the FMAs of these rows overlap the panel's stores, which bound a
+// widening loop of its own). A W4Tile's 8 k lie in one group (the group size is a multiple of
+// 8), so each group's two halves take their scale and zero once. Per k and half, three ops
+// (the gemv's top_byte, its convert, one FMA) and the store:
 //
 //   (q - 8) 2^28 as int32:  vpshufb of the nibble moved to the top byte of its lane, xor 8
 //   w = (q - z) s = fma(float((q - 8) 2^28), s 2^-28, (8 - z) s)
@@ -252,21 +254,26 @@ TERSOR_UNROLL
 // and >= 0, formats/int4.py, so s 2^-28 is exact too), and so is their sum, (q - z) s. The form
 // before spent a vpshufb, an or, a subtract and a multiply per k and half, and a 64-bit
 // division, the scale's conversion and the zero's per W4Tile: Zen 3, 2 threads, in-process
-// A/B over 8-16 rows of 4096x4096 and 11008x4096, it took 1.03-1.16x the layer's time (the
-// widening was a third of the kernel's time at 8 rows: its panel stores bound it).
-void widen_slab_dequantized(const PackedW4LinearArgs& a, int64_t nb, int64_t k0, int64_t k1,
-                            float* panel) {
+// A/B over 8-16 rows of 4096x4096 and 11008x4096, it took 1.03-1.16x the layer's time; a
+// separate widening loop (MR = 0 for every part) 1.04-1.06x at 8-16 rows, 1.02x at 32.
+template <int MR>
+void widen_slab(const PackedW4LinearArgs& a, int64_t nb, int64_t k0, int64_t k1, float* panel,
+                int64_t m0, float* acc, bool first) {
   const int64_t G = a.group_size, tiles_per_group = G / 8;
   const uint8_t* wb = a.w + nb * a.ngroups * G * 8;
   const uint8_t* zero = a.zero;
   const uint16_t* scale = a.scale;
+  const float* x = a.x + m0 * a.ldx;
+  const int64_t ldx = a.ldx;
   const __m256i m4hi = _mm256_set1_epi8(static_cast<char>(0xf0));
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  const int64_t t_end = (k1 + 7) / 8;
-  for (int64_t t0 = k0 / 8; t0 < t_end;) {
-    const int64_t g = t0 / tiles_per_group;
-    const int64_t t1 = std::min((g + 1) * tiles_per_group, t_end);
-    __m256 s28[2], off[2];  // the group's s 2^-28 and (8 - z) s, columns 0-7 and 8-15
+  __m256 c[MR > 0 ? MR : 1][2];
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < 2; ++h)
+      c[r][h] = first ? _mm256_setzero_ps() : _mm256_load_ps(acc + (m0 + r) * 16 + 8 * h);
+  __m256 s28[2], off[2];  // the group's s 2^-28 and (8 - z) s, columns 0-7 and 8-15
+  auto group = [&](int64_t g) {
 TERSOR_UNROLL
     for (int h = 0; h < 2; ++h) {
       const int64_t meta = (nb * a.ngroups + g) * 16 + 8 * h;
@@ -280,32 +287,63 @@ TERSOR_UNROLL
                                     s)
                     : _mm256_setzero_ps();
     }
-    for (int64_t t = t0; t < t1; ++t) {
-      prefetch_next_slab(wb + t * 64, slab_avx2::kSlabK / 8);
-      float* out = panel + (8 * t - k0) * 16;
+  };
+  // W4Tile t; kFull: all its 8 k are below k1 (every tile but a partial last one of K)
+  auto tile = [&](int64_t t, auto full) {
+    constexpr bool kFull = decltype(full)::value;
+    prefetch_next_slab(wb + t * 64, slab_avx2::kSlabK / 8);
+    const __m256i v[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64)),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64 + 32))};
 TERSOR_UNROLL
-      for (int h = 0; h < 2; ++h) {  // columns 0-7, 8-15
-        const __m256i v =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + t * 64 + 32 * h));
+    for (int hi = 0; hi < 2; ++hi) {  // k = 8t + 4 hi + B
+      __m256i nib[2];
 TERSOR_UNROLL
-        for (int hi = 0; hi < 2; ++hi) {  // k = 8t + 4 hi + B
-          const __m256i nib =
-              _mm256_xor_si256(_mm256_and_si256(hi ? v : _mm256_slli_epi16(v, 4), m4hi), flip);
-          auto put = [&](auto b) {
-            constexpr int B = decltype(b)::value;
-            _mm256_store_ps(out + 16 * (4 * hi + B) + 8 * h,
-                            _mm256_fmadd_ps(top_byte<B>(nib), s28[h], off[h]));
-          };
-          put(std::integral_constant<int, 0>{});
-          put(std::integral_constant<int, 1>{});
-          put(std::integral_constant<int, 2>{});
-          put(std::integral_constant<int, 3>{});
+      for (int h = 0; h < 2; ++h)
+        nib[h] = _mm256_xor_si256(_mm256_and_si256(hi ? v[h] : _mm256_slli_epi16(v[h], 4), m4hi),
+                                  flip);
+      auto put = [&](auto b) {
+        constexpr int B = decltype(b)::value;
+        const int64_t k = 8 * t + 4 * hi + B;
+        if (!kFull && k >= k1) return;
+        const __m256 w0 = _mm256_fmadd_ps(top_byte<B>(nib[0]), s28[0], off[0]);
+        const __m256 w1 = _mm256_fmadd_ps(top_byte<B>(nib[1]), s28[1], off[1]);
+        _mm256_store_ps(panel + (k - k0) * 16, w0);
+        _mm256_store_ps(panel + (k - k0) * 16 + 8, w1);
+TERSOR_UNROLL
+        for (int r = 0; r < MR; ++r) {
+          const __m256 xb = _mm256_broadcast_ss(x + r * ldx + k);
+          c[r][0] = _mm256_fmadd_ps(xb, w0, c[r][0]);
+          c[r][1] = _mm256_fmadd_ps(xb, w1, c[r][1]);
         }
-      }
+      };
+      put(std::integral_constant<int, 0>{});
+      put(std::integral_constant<int, 1>{});
+      put(std::integral_constant<int, 2>{});
+      put(std::integral_constant<int, 3>{});
     }
+  };
+  const int64_t t_full = k1 / 8, t_end = (k1 + 7) / 8;
+  for (int64_t t0 = k0 / 8; t0 < t_full;) {
+    const int64_t g = t0 / tiles_per_group;
+    const int64_t t1 = std::min((g + 1) * tiles_per_group, t_full);
+    group(g);
+    for (int64_t t = t0; t < t1; ++t) tile(t, std::true_type{});
     t0 = t1;
   }
+  if (t_full < t_end) {
+    group(t_full / tiles_per_group);
+    tile(t_full, std::false_type{});
+  }
+TERSOR_UNROLL
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < 2; ++h) _mm256_store_ps(acc + (m0 + r) * 16 + 8 * h, c[r][h]);
 }
+
+using WidenFn = void (*)(const PackedW4LinearArgs&, int64_t, int64_t, int64_t, float*, int64_t,
+                         float*, bool);
+constexpr int kWidenRows = 4;  // 8 accumulators beside the widening's operands in 16 ymm
+constexpr WidenFn kWiden[kWidenRows + 1] = {widen_slab<0>, widen_slab<1>, widen_slab<2>,
+                                            widen_slab<3>, widen_slab<4>};
 
 // The rows times 2^-28 for gemv<kScaled> (row stride round_up(K, 8)), or none where that is
 // not exact (a nonzero |x| below 2^-98 would lose bits): then x * (q - 8) 2^28 is the rules'
@@ -345,11 +383,10 @@ void run_avx2(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
   if (dequantized_rows(a.M)) {
-    slab_avx2::run(
+    slab_avx2::run<kWidenRows>(
         a.x, a.ldx, a.M, a.K, n_blocks, nt,
-        [&](int64_t nb, int64_t k0, int64_t k1, float* p) {
-          widen_slab_dequantized(a, nb, k0, k1, p);
-        },
+        [&](int64_t nb, int64_t k0, int64_t k1, float* p, int64_t m0, int rows, float* acc,
+            bool first) { kWiden[rows](a, nb, k0, k1, p, m0, acc, first); },
         [&](int64_t nb, int64_t r0, int64_t r1, const float* acc) {
           slab_avx2::store_plus_bias(a.y, a.ldy, a.N, a.bias, nb, r0, r1, acc);
         });
