@@ -222,7 +222,8 @@ TERSOR_UNROLL
   const __m256i mask = tail_mask8(a.N - n);
   const __m256 b = bias8(a.bias, n, mask);
 TERSOR_UNROLL
-  for (int r = 0; r < MR; ++r) maskstore8(a.y + (m0 + r) * a.ldy + n, mask, _mm256_add_ps(acc[r], b));
+  for (int r = 0; r < MR; ++r)
+    maskstore8(a.y + (m0 + r) * a.ldy + n, mask, _mm256_add_ps(acc[r], b));
 }
 
 // ---- Rows in batches: slabs widened once into L1 (common/slab_gemm_avx2.h) -----------------
@@ -280,12 +281,12 @@ TERSOR_UNROLL
       const __m256 s =
           _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scale + meta)));
       s28[h] = _mm256_mul_ps(s, _mm256_set1_ps(0x1p-28f));
-      off[h] = zero ? _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(8.0f),
-                                                  _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
-                                                      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(
-                                                          zero + meta))))),
-                                    s)
-                    : _mm256_setzero_ps();
+      off[h] = _mm256_setzero_ps();
+      if (zero) {
+        const __m128i z8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(zero + meta));
+        const __m256 z = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(z8));
+        off[h] = _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(8.0f), z), s);
+      }
     }
   };
   // W4Tile t; kFull: all its 8 k are below k1 (every tile but a partial last one of K)
