@@ -112,9 +112,9 @@ def test_gemm_w4_slabs(isa, g, k, m, n, sym, gen, c_ref):
     (AVX-512) slabs with a partial one, rows split between threads when the column blocks are
     few (n = 5, 21), more rows than one pass over the weight (300 > 256), balanced row tiles
     (13 = 7 + 6), panels of 4 column blocks with 1-3 in the last (n = 21, 45, 70). AVX2: the
-    first 4 rows of a part run inside the widening, the rest in tiles (8 = 4 + 4, 11 = 4 + 7,
-    7 = 4 + 3 and, split between threads, 3 + 4); 16 column blocks or more (n = 260, 300) are
-    taken one at a time."""
+    first 4 rows of a part run inside the widening, the rest in tiles (8 = 4 + 4, 11 = 4 + 7;
+    7 rows over one column block split between threads as parts of 3 and 4, all inside the
+    widening); 16 column blocks or more (n = 260, 300) are taken one at a time."""
     x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
     y = gemm_w4(x, p.codes, p.scale, p.zero, b, n, G)
     if not (isa == "amx" and fp32_tiles_take(m, G)):  # (those: test_gemm_w4_fp32_tiles)
