@@ -25,6 +25,8 @@ from typing import Callable, Optional
 
 import torch
 
+from tersor.formats import huge_pages
+
 HALVES = (torch.bfloat16, torch.float16)
 
 
@@ -129,6 +131,9 @@ class WeightFormat:
     # so dequantize() gives W. State key "input_scale"; the kernels apply it while staging
     # x's rows (csrc/half_io/half_io.h), no pass of its own.
     input_scale: Optional[torch.Tensor] = None
+    # the tensors a one-row call streams from memory, kept in huge pages (huge_pages.py); None:
+    # every tensor (small ones stay where they are)
+    streamed_names: Optional[tuple] = None
     # from_float takes bf16 / fp16 weights and widens them a row block at a time
     widens_by_rows = False
 
@@ -282,6 +287,11 @@ class WeightFormat:
     def _finish(self) -> "WeightFormat":
         """Called whenever the tensors are (re)placed: constructors, loading, moves."""
         self.on_cpu = self.device.type == "cpu"
+        if self.on_cpu:  # the large ones into huge pages (huge_pages.py: a decode's stream)
+            for name in self.streamed_names or self.tensor_names:
+                t = getattr(self, name)
+                if t is not None:
+                    setattr(self, name, huge_pages.place(t))
         # the layers' eager CPU call (None off the CPU: the ops' device path serves)
         self.cpu_call = self.cpu_runner() if self.on_cpu else None
         # whether it takes bf16 / fp16 rows itself (ops/_common.py takes_half), else widened first

@@ -38,6 +38,7 @@ from typing import Optional
 import torch
 
 from tersor import _C
+from tersor.formats import huge_pages
 from tersor.formats.base import WeightFormat, bad_scale, check_float_weight, expect, row_blocks
 from tersor.ops.gemm_w4 import cpu_runner_w4, dequant_w4t, linear_w4
 
@@ -170,7 +171,7 @@ def codes_to_tiles(rows: torch.Tensor, n: int, k: int, kp: int, nibbles: bool) -
         )
     if rows.is_cpu:
         rows = rows.contiguous()
-        out = torch.empty(np_ // BLOCK_N, kp // TILE_K, BLOCK_N, 4, dtype=torch.uint8)
+        out = huge_pages.empty((np_ // BLOCK_N, kp // TILE_K, BLOCK_N, 4), torch.uint8)
         _C.int4_rows_to_tiles(
             out.data_ptr(),
             rows.data_ptr(),
@@ -340,7 +341,7 @@ class Int4Format(WeightFormat):
             if parts is None:
                 nb = _round_up(n, BLOCK_N) // BLOCK_N
                 parts = [
-                    None if t is None else torch.empty((nb, *t.shape[1:]), dtype=t.dtype)
+                    None if t is None else huge_pages.empty((nb, *t.shape[1:]), t.dtype)
                     for t in (p.codes, p.scale, p.zero)
                 ]
             for whole, t in zip(parts, (p.codes, p.scale, p.zero)):

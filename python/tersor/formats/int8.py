@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from tersor import _C
+from tersor.formats import huge_pages
 from tersor.formats.base import (
     WeightFormat,
     bad_scale,
@@ -112,7 +113,7 @@ def pack_int8(q: torch.Tensor, scale: torch.Tensor) -> PackedInt8:
     scale_p[:n] = scale
     if q.is_cpu:  # one native pass: tiles, column sums and the codes' range (csrc/repack)
         q = q.contiguous()
-        packed = torch.empty(np_ // BLOCK_N, kp // BLOCK_K, BLOCK_N, BLOCK_K, dtype=torch.int8)
+        packed = huge_pages.empty((np_ // BLOCK_N, kp // BLOCK_K, BLOCK_N, BLOCK_K), torch.int8)
         colsum = torch.empty(np_, dtype=torch.int32)
         lo, hi = _C.int8_rows_to_tiles(
             packed.data_ptr(), colsum.data_ptr(), q.data_ptr(), n, k, kp, k, torch.get_num_threads()
@@ -177,7 +178,7 @@ class Int8Format(WeightFormat):
         # large layers: quantized and packed a row block at a time into the final tensors
         # (the packed layout is row-block-major), so the peak stays near the weight itself
         np_, kp = _round_up(n, BLOCK_N), _round_up(k, BLOCK_K)
-        packed = torch.empty(np_ // BLOCK_N, kp // BLOCK_K, BLOCK_N, BLOCK_K, dtype=torch.int8)
+        packed = huge_pages.empty((np_ // BLOCK_N, kp // BLOCK_K, BLOCK_N, BLOCK_K), torch.int8)
         colsum = torch.empty(np_, dtype=torch.int32)
         scale = torch.empty(np_)
         for r0, r1 in blocks:

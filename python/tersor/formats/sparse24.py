@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tersor.formats import huge_pages
 from tersor.formats.base import (
     WeightFormat,
     bad_scale,
@@ -349,7 +350,7 @@ class Sparse24Format(WeightFormat):
         for r0, r1 in row_blocks(n, k, BLOCK_N):
             got = [getattr(packed_rows(r0, r1), t) for t in names]
             if parts is None:  # values / meta: per 16-row panel; colsum / scale: per row, padded
-                parts = [torch.empty((nb, *t.shape[1:]), dtype=t.dtype) for t in got[:2]]
+                parts = [huge_pages.empty((nb, *t.shape[1:]), t.dtype) for t in got[:2]]
                 parts += [torch.empty(nb * BLOCK_N, dtype=t.dtype) for t in got[2:]]
             b0, b1 = r0 // BLOCK_N, r0 // BLOCK_N + got[0].shape[0]
             parts[0][b0:b1], parts[1][b0:b1] = got[0], got[1]

@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from tersor.formats import huge_pages
 from tersor.formats.base import (
     CHUNK_ELEMENTS,
     WeightFormat,
@@ -170,7 +171,7 @@ def _blocks(n: int, k: int, rows, bk: int, dtype):
         ptr[p0 + 1 : p0 + 1 + nz.shape[0]] = nz.sum(1)
     ptr = ptr.cumsum(0)
     kidx = torch.empty(int(ptr[-1]), dtype=torch.int32)
-    vals = torch.empty(int(ptr[-1]), BLOCK_N, bk, dtype=dtype)
+    vals = huge_pages.empty((int(ptr[-1]), BLOCK_N, bk), dtype)
     for r0, r1 in blocks:
         t, nz = tiles(r0, r1)
         p, kk = nz.nonzero(as_tuple=True)  # row-major: panels in order, k ascending

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tersor.formats import huge_pages
 from tersor.formats.base import (
     WeightFormat,
     bad_index_ptr,
@@ -198,9 +199,10 @@ def pack_csr(rowptr, col, val, n: int, k: int) -> PackedCsr:
     # nonzero i of channel ch (its j-th) lands at step ell_off[lane // 16] + j, lane lane % 16
     lane_of = torch.empty(n, dtype=torch.int64)
     lane_of[order] = torch.arange(n)
-    ell_val = torch.zeros(steps, BLOCK_N, dtype=val.dtype)
+    # what one row streams (huge_pages.py); the CSR form serves more rows from the caches
+    ell_val = huge_pages.empty((steps, BLOCK_N), val.dtype).zero_()
     # columns < 65536 stored through int16 (wrapping) and read as uint16: no int32 copy
-    ell_col = torch.zeros(steps, BLOCK_N, dtype=torch.int16)
+    ell_col = huge_pages.empty((steps, BLOCK_N), torch.int16).zero_()
     for _, _, a, b, rows in csr_rows(rowptr, n, k):
         lane = lane_of[rows]
         step = ell_off[lane // BLOCK_N] + torch.arange(a, b) - rowptr[rows]
@@ -315,6 +317,7 @@ class CsrFormat(WeightFormat):
         "dense_scale",
     )
     _KERNEL = tensor_names[:9]  # what tersor::spmm_csr takes
+    streamed_names = ("ell_val", "ell_col")
 
     @classmethod
     def from_float(cls, weight, config=None, *, what="layer", score=None, dense_from_rows=None):

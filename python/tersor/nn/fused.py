@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from tersor.formats import Int4Format, Int8Format
+from tersor.formats import Int4Format, Int8Format, huge_pages
 from tersor.ops._common import NATIVE
 
 # sibling names that read the same input in the common architectures
@@ -55,7 +55,8 @@ class FusedGroup:
             parts = [getattr(f, name) for f in fmts]
             if parts[0] is None or name in fused.input_tensor_names:  # shared (equal), kept
                 continue
-            whole = torch.cat(parts, dim=0)
+            # placed before the members take views of it: they then share its huge pages
+            whole = huge_pages.place(torch.cat(parts, dim=0))
             setattr(fused, name, whole)
             start = 0
             for f, p in zip(fmts, parts):  # members now read views of the concatenation
