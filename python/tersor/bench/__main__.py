@@ -48,6 +48,7 @@ from tersor.bench.timing import (
     quiet_baselines,
     time_interleaved,
 )
+from tersor.formats import huge_pages
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (384, 1536), (1536, 384)]  # (K, N)
 MS = [1, 8, 32, 128, 512]
@@ -276,14 +277,16 @@ def _run(a) -> int:
 
     info = tersor.cpu_info()
     bw, peak = measure_bandwidth(), measure_compute_peak()
+    pages = "2 MiB" if huge_pages.enabled() else "4 KiB"  # the weights' pages too
     print(
         f"tersor {tersor.__version__} bench, {datetime.date.today()}, {cpu_name()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, ISA {info['active']}"
     )
     print(
-        f"measured: read bandwidth {bw / 1e9:.1f} GB/s, compute peak (best of torch._int_mm "
-        f"and fp32 torch.mm) {peak / 1e9:.0f} GOP/s; roofline = max(bytes / bandwidth, ops / "
-        f"compute peak), so above 100% = faster than the best torch GEMM rate here"
+        f"measured: read bandwidth {bw / 1e9:.1f} GB/s ({pages} pages), compute peak (best of "
+        f"torch._int_mm and fp32 torch.mm) {peak / 1e9:.0f} GOP/s; roofline = max(bytes / "
+        f"bandwidth, ops / compute peak), so above 100% = faster than the best torch GEMM rate "
+        f"here"
     )
     families = [*FAMILIES, "conv"] if a.family == "all" else [a.family]
     rows = []

@@ -24,7 +24,7 @@ import torch
 
 import tersor
 from tersor.bench.generation import time_generation, warm_up
-from tersor.bench.timing import measure_bandwidth
+from tersor.bench.timing import bandwidth_buffer, measure_bandwidth
 
 SHAPES = {  # Llama-3.2-1B, and a tiny one CI runs
     "1b": dict(
@@ -238,7 +238,7 @@ def run_llm(
     # the best probe of the run, each sample is set against the probes taken just before and
     # after it (the faster of the two), the rate its own decode could have had.
     probes = [bandwidth] if bandwidth else []
-    probe_buf = torch.ones((1 << 30) // 4) if bandwidth else None
+    probe_buf = bandwidth_buffer() if bandwidth else None
     for _ in range(rounds):
         for name, (m, timer) in engines.items():
             samples[name].append(timer(m, prompt, new_tokens))
