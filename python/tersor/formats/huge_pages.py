@@ -23,6 +23,7 @@ stay where they are. The values never change: only where they live.
 from __future__ import annotations
 
 import functools
+import math
 import mmap
 import os
 
@@ -59,10 +60,10 @@ def in_huge_pages(t: torch.Tensor) -> bool:
 def empty(shape, dtype) -> torch.Tensor:
     """torch.empty(shape, dtype=dtype), in huge pages where place() would move it (the packing
     loops write their output here: no copy later)."""
-    t = torch.empty(shape, dtype=dtype, device="meta")
-    if t.numel() * t.element_size() < MIN_BYTES or not enabled():
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < MIN_BYTES or not enabled():
         return torch.empty(shape, dtype=dtype)
-    return _mapped(t.numel() * t.element_size(), shape, dtype, None)
+    return _mapped(nbytes, shape, dtype, None)
 
 
 def place(t):
