@@ -70,8 +70,7 @@ def place(t):
     """t itself, or a copy of it (same values, shape, dtype) whose whole 2 MiB pages are huge
     pages: for large contiguous CPU tensors when enabled()."""
     if (
-        not isinstance(t, torch.Tensor)
-        or not t.is_cpu
+        not t.is_cpu
         or t.requires_grad
         or not t.is_contiguous()
         or t.numel() * t.element_size() < MIN_BYTES

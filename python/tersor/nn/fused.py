@@ -55,8 +55,10 @@ class FusedGroup:
             parts = [getattr(f, name) for f in fmts]
             if parts[0] is None or name in fused.input_tensor_names:  # shared (equal), kept
                 continue
-            # placed before the members take views of it: they then share its huge pages
-            whole = huge_pages.place(torch.cat(parts, dim=0))
+            # in huge pages (when large) before the members take views of it: they share them
+            rows = sum(p.shape[0] for p in parts)
+            whole = huge_pages.empty((rows, *parts[0].shape[1:]), parts[0].dtype)
+            torch.cat(parts, dim=0, out=whole)
             setattr(fused, name, whole)
             start = 0
             for f, p in zip(fmts, parts):  # members now read views of the concatenation
