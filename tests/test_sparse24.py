@@ -69,15 +69,17 @@ def test_spmm_24_every_isa(isa, m, k, n, gen, c_ref):
     assert (y.double() - y64).abs().max() <= 1e-5 * (y64.abs().max() + 1)
 
 
-@pytest.mark.parametrize("m,k,n", [(16, 600, 21), (300, 37, 40), (25, 300, 70), (130, 261, 33)])
+@pytest.mark.parametrize(
+    "m,k,n", [(16, 600, 21), (300, 37, 40), (25, 300, 70), (130, 261, 33), (1057, 45, 20)]
+)
 def test_spmm_24_batches(isa, m, k, n, gen, c_ref):
-    """The batch kernels. AVX2, the dense form over slabs (16 rows and more): K over three slabs,
-    rows split between threads (n = 21: two column blocks), two passes of rows (300 > 256).
-    AVX-512, x transposed (25 rows and more): passes of 64 rows and a tail of 2 (130) or one
-    partial pass (25), K in chunks of 128 with a tail mid-group (261, 300), one column block per
-    thread and a lone one (n = 33: three). Bit for bit the rules' result, also with an Inf or
-    NaN at a pruned position, where the slabs would give NaN and the AVX2 kernel takes its
-    sparse tile instead."""
+    """The batch kernels, x transposed. AVX2 (16 rows and more): passes of up to 96 rows (300:
+    four of 80 -> 10 vectors; 130: 72 + 58; 1057: eleven of 96 and one row), K in chunks of 64
+    with a tail mid-group (37, 261, 300), K over ten chunks (600), one column block per thread
+    and a lone one (n = 21, 33).
+    AVX-512 (25 rows and more): passes of 64 rows and a tail of 2 (130) or one partial pass
+    (25), K in chunks of 128. Bit for bit the rules' result, also with an Inf or NaN at a pruned
+    position, which the sparse kernels never read."""
     w = prune_24(torch.randn(n, k, generator=gen))
     x = torch.randn(m, k, generator=gen)
     b = torch.randn(n, generator=gen)
@@ -92,6 +94,20 @@ def test_spmm_24_batches(isa, m, k, n, gen, c_ref):
     for row, col in ((3, 5), (5, 30)):  # outputs that prune that k stay finite
         skip = w[:, col] == 0
         assert skip.any() and torch.isfinite(y[row, skip]).all()
+
+
+@pytest.mark.parametrize("m", range(16, 97, 8))
+def test_spmm_24_transposed_every_register_tile(isa, m, gen, c_ref):
+    """Passes of 16 .. 96 rows reach every register tile of the AVX2 transposed kernel (2 .. 12
+    vectors of 8 rows, 4 .. 1 columns); m - 3 rows leave the last vector partial."""
+    k, n = 75, 37
+    w = prune_24(torch.randn(n, k, generator=gen))
+    b = torch.randn(n, generator=gen)
+    p = pack_24(*compress_24(w), k)
+    for rows in (m - 3, m):
+        x = torch.randn(rows, k, generator=gen)
+        y = spmm_24(x, p.values, p.meta, b, n)
+        assert torch.equal(y, c_ref(lambda: spmm_24(x, p.values, p.meta, b, n)))
 
 
 def test_all_zero_and_dense_rows(gen):
