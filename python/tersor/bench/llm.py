@@ -58,6 +58,10 @@ SCHEMES = {
     # the fp32 model under torch.set_float32_matmul_precision("medium"): its rows of 12 and
     # more take the same bf16 kernels (ops/gemm_w4.py bf16_allowed); HF's own fp32 ops too
     "tersor W4 g128 medium": lambda: tersor.W4Config(group_size=128),
+    # 2:4 sparsity (magnitude-pruned here: a speed row; SparseGPT / distillation keep accuracy),
+    # fp32 values and then int8 values (sparsify_, then quantize_ of the sparse layers)
+    "tersor 2:4": lambda: tersor.Sparse24Config(),
+    "tersor 2:4 W8A8": lambda: (tersor.Sparse24Config(), tersor.W8A8Config()),
 }
 # else the model stays fp32
 MODEL_DTYPE = {"tersor W4A8 g32 bf16": torch.bfloat16, "tersor W4 g128 bf16": torch.bfloat16}
@@ -200,8 +204,12 @@ def run_llm(
     engines.update(peer_engines)
     for name in schemes:
         m = sharing_weights(model).to(MODEL_DTYPE.get(name, torch.float32))
-        config = SCHEMES[name]()
-        report = tersor.quantize_(m, config, progress=False)
+        configs = SCHEMES[name]()
+        configs = configs if isinstance(configs, tuple) else (configs,)
+        seconds = 0.0
+        for config in configs:
+            convert = tersor.sparsify_ if config.scheme == "2:4" else tersor.quantize_
+            seconds += convert(m, config, progress=False).seconds
         if not tersor.optimize_decoding_(m).attention:
             raise SystemExit(f"{name}: no attention block took the decode kernel")
         with torch.inference_mode():
@@ -225,7 +233,7 @@ def run_llm(
                 impl=name,
                 kind="ours",
                 bytes=weight_bytes_per_token(m),
-                convert_s=report.seconds,
+                convert_s=seconds,
                 logit_err=err,
             )
         )
