@@ -50,4 +50,13 @@ void transpose_rows(const Args& a, float* xt, int64_t ld) {
   }
 }
 
+void transpose_passes(const Args& a, float* xt, int64_t pass) {
+  for (int64_t m0 = 0; m0 < a.M; m0 += pass) {
+    Args t = a;
+    t.x = a.x + m0 * a.ldx;
+    t.M = a.M - m0 < pass ? a.M - m0 : pass;
+    transpose_rows(t, xt + (m0 / pass) * a.K * pass, pass);
+  }
+}
+
 }  // namespace tersor::spmm_csr

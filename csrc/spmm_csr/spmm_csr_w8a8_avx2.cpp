@@ -17,23 +17,26 @@ namespace tersor::spmm_csr {
 
 namespace {
 
-// More rows: the codes transposed (xt [K][ldt]), each nonzero broadcast against 32 rows per
-// pass (spmm_csr_avx512.cpp's many-rows kernel at 8 lanes). Work-shared: call inside the
-// parallel region.
-void transposed_w8a8(const W8A8Args& a, const float* xq, int64_t ldq, const float* sx, float* xt,
-                     int64_t ldt) {
-  constexpr int kMV = 4;
+// More rows: the codes transposed pass-major (transpose_passes: a K x kPass block per pass),
+// each nonzero broadcast against the pass's 32 rows (spmm_csr/transposed.h at 8 lanes).
+// Work-shared: call inside the parallel region.
+constexpr int kMV = 4;
+constexpr int64_t kPass = 8 * kMV;
+
+void transposed_w8a8(const W8A8Args& a, const float* xq, int64_t ldq, const float* sx,
+                     float* xt) {
   const int64_t M8 = round_up(a.M, 8);
   Args t{};
   t.x = xq, t.M = a.M, t.K = a.K, t.ldx = ldq;
-  transpose_rows(t, xt, ldt);
+  transpose_passes(t, xt, kPass);
+  const int64_t ldt = kPass;
   int64_t n0, n1;
   balanced_range(a.rowptr, a.N, &n0, &n1);
   alignas(32) int32_t tmp[8 * kMV];
-  for (int64_t m0 = 0; m0 < M8; m0 += 8 * kMV) {
+  for (int64_t m0 = 0; m0 < M8; m0 += kPass) {
     const int nv = static_cast<int>(std::min<int64_t>(kMV, (M8 - m0) / 8));
-    const int rows = static_cast<int>(std::min<int64_t>(8 * kMV, a.M - m0));
-    const float* xb = xt + m0;
+    const int rows = static_cast<int>(std::min<int64_t>(kPass, a.M - m0));
+    const float* xb = xt + (m0 / kPass) * a.K * kPass;
     for (int64_t n = n0; n < n1; ++n) {
       __m256 accf[kMV];
       __m256i acci[kMV];
@@ -73,8 +76,7 @@ void w8a8_avx2(const W8A8Args& a) {
   auto q8 = alloc_scratch<uint8_t>(a.M * ldq);
   auto xq = alloc_scratch<float>(a.M * ldq);
   auto sx = alloc_scratch<float>(a.M);
-  const int64_t M8 = round_up(a.M, 8), ldt = M8 + 16;
-  auto xt = alloc_scratch<float>(a.M <= ell_avx2::kMaxRows ? 0 : a.K * ldt);
+  auto xt = alloc_scratch<float>(a.M <= ell_avx2::kMaxRows ? 0 : a.K * round_up(a.M, kPass));
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
@@ -119,7 +121,7 @@ TERSOR_UNROLL
         });
       });
     } else {
-      transposed_w8a8(a, xq.get(), ldq, sx.get(), xt.get(), ldt);
+      transposed_w8a8(a, xq.get(), ldq, sx.get(), xt.get());
     }
   }
 }

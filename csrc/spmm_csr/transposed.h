@@ -78,25 +78,33 @@ void channels_wide(const Args& a, const float* xb, int64_t ldt, int rows, int64_
     channels_in_lockstep<V, NV, 2>(a, xb, ldt, rows, n, n + 1 < n1 ? 2 : 1, tile, n_tile);
 }
 
-// xT's row stride ldt >= round_up(M, V::kLanes) floats (the caller's choice, see its files).
+// xT's layout (the caller's choice, see its files): ld = 0, pass-major (transpose_passes: one
+// K x pass block per pass of rows); else one xT [K][ld], ld >= round_up(M, V::kLanes), every
+// pass a column range of it.
 template <class V>
-void run_transposed(const Args& a, int64_t ldt) {
+void run_transposed(const Args& a, int64_t ld) {
   constexpr int64_t L = V::kLanes;
   const int64_t Mp = round_up(a.M, L);
-  auto xt = alloc_scratch<float>(a.K * ldt);
+  // passes of at most kMV vectors of rows; one pass when it is 1-2 vectors (lockstep)
+  const int64_t pass = Mp <= 2 * L ? Mp : L * kMV;
+  const bool pass_major = ld == 0;
+  const int64_t ldt = pass_major ? pass : ld;          // floats from one k row to the next
+  const int64_t block = pass_major ? a.K * pass : pass;  // from one pass to the next
+  auto xt = alloc_scratch<float>(a.K * (pass_major ? round_up(Mp, pass) : ld));
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    transpose_rows(a, xt.get(), ldt);
+    if (pass_major)
+      transpose_passes(a, xt.get(), pass);
+    else
+      transpose_rows(a, xt.get(), ld);
     int64_t n0, n1;
     balanced_range(a.rowptr, a.N, &n0, &n1);
     alignas(64) float tile[L * kMV * kTileCols];
-    // passes of at most kMV vectors of rows; one pass when it is 1-2 vectors (lockstep)
-    const int64_t pass = Mp <= 2 * L ? Mp : L * kMV;
     for (int64_t m0 = 0; m0 < Mp; m0 += pass) {
       const int nv = static_cast<int>(std::min<int64_t>(kMV, (Mp - m0) / L));
       const int rows = static_cast<int>(std::min<int64_t>(pass, a.M - m0));
-      const float* xb = xt.get() + m0;
+      const float* xb = xt.get() + (m0 / pass) * block;
       for (int64_t n_tile = n0; n_tile < n1; n_tile += kTileCols) {
         const int64_t cols = std::min<int64_t>(kTileCols, n1 - n_tile);
         if (Mp <= 2 * L) {
