@@ -17,26 +17,26 @@ namespace tersor::spmm_csr {
 
 namespace {
 
-// More rows: the codes transposed pass-major (transpose_passes: a K x kPass block per pass),
-// each nonzero broadcast against the pass's 32 rows (spmm_csr/transposed.h at 8 lanes).
-// Work-shared: call inside the parallel region.
+// More rows: the codes transposed pass-major (transpose_passes: a K x pass block per pass of up
+// to 32 rows), each nonzero broadcast against the pass's rows (spmm_csr/transposed.h at 8
+// lanes). Work-shared: call inside the parallel region.
 constexpr int kMV = 4;
-constexpr int64_t kPass = 8 * kMV;
+
+int64_t pass_rows(int64_t M) { return std::min<int64_t>(round_up(M, 8), 8 * kMV); }
 
 void transposed_w8a8(const W8A8Args& a, const float* xq, int64_t ldq, const float* sx,
                      float* xt) {
-  const int64_t M8 = round_up(a.M, 8);
+  const int64_t M8 = round_up(a.M, 8), pass = pass_rows(a.M);
   Args t{};
   t.x = xq, t.M = a.M, t.K = a.K, t.ldx = ldq;
-  transpose_passes(t, xt, kPass);
-  const int64_t ldt = kPass;
+  transpose_passes(t, xt, pass);
   int64_t n0, n1;
   balanced_range(a.rowptr, a.N, &n0, &n1);
   alignas(32) int32_t tmp[8 * kMV];
-  for (int64_t m0 = 0; m0 < M8; m0 += kPass) {
+  for (int64_t m0 = 0; m0 < M8; m0 += pass) {
     const int nv = static_cast<int>(std::min<int64_t>(kMV, (M8 - m0) / 8));
-    const int rows = static_cast<int>(std::min<int64_t>(kPass, a.M - m0));
-    const float* xb = xt + (m0 / kPass) * a.K * kPass;
+    const int rows = static_cast<int>(std::min<int64_t>(pass, a.M - m0));
+    const float* xb = xt + (m0 / pass) * a.K * pass;
     for (int64_t n = n0; n < n1; ++n) {
       __m256 accf[kMV];
       __m256i acci[kMV];
@@ -47,7 +47,7 @@ TERSOR_UNROLL
         const int64_t i1 = std::min(a.rowptr[n + 1], i0 + kExactChunk);
         for (int64_t i = i0; i < i1; ++i) {
           const __m256 w = _mm256_set1_ps(static_cast<float>(a.val[i]));
-          const float* xr = xb + int64_t(a.col[i]) * ldt;
+          const float* xr = xb + int64_t(a.col[i]) * pass;
 TERSOR_UNROLL
           for (int v = 0; v < kMV; ++v)
             if (v < nv) accf[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8 * v), w, accf[v]);
@@ -76,7 +76,8 @@ void w8a8_avx2(const W8A8Args& a) {
   auto q8 = alloc_scratch<uint8_t>(a.M * ldq);
   auto xq = alloc_scratch<float>(a.M * ldq);
   auto sx = alloc_scratch<float>(a.M);
-  auto xt = alloc_scratch<float>(a.M <= ell_avx2::kMaxRows ? 0 : a.K * round_up(a.M, kPass));
+  auto xt = alloc_scratch<float>(
+      a.M <= ell_avx2::kMaxRows ? 0 : a.K * round_up(a.M, pass_rows(a.M)));
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
 #pragma omp parallel num_threads(::tersor::team(nt))
   {

@@ -85,8 +85,8 @@ template <class V>
 void run_transposed(const Args& a, int64_t ld) {
   constexpr int64_t L = V::kLanes;
   const int64_t Mp = round_up(a.M, L);
-  // passes of at most kMV vectors of rows; one pass when it is 1-2 vectors (lockstep)
-  const int64_t pass = Mp <= 2 * L ? Mp : L * kMV;
+  // passes of at most kMV vectors of rows (1-2 vectors: the lockstep pass)
+  const int64_t pass = std::min<int64_t>(Mp, L * kMV);
   const bool pass_major = ld == 0;
   const int64_t ldt = pass_major ? pass : ld;          // floats from one k row to the next
   const int64_t block = pass_major ? a.K * pass : pass;  // from one pass to the next
