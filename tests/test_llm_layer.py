@@ -31,7 +31,19 @@ SCHEMES = {
     "w7a8": tersor.W8A8Config(weight_bits=7),  # narrow weights: the native kind 3
     "w4a8": tersor.W4A8Config(group_size=32),
     "w4": tersor.W4Config(group_size=32),
+    "2:4": tersor.Sparse24Config(),  # (sparsify_; the native kind 6)
+    "2:4w8a8": (tersor.Sparse24Config(), tersor.W8A8Config()),  # then quantize_: kind 5
 }
+
+
+def convert(model, scheme: str, fuse="auto"):
+    """The model's layers in `scheme` (SCHEMES), as the LLM bench converts them."""
+    configs = SCHEMES[scheme]
+    for config in configs if isinstance(configs, tuple) else (configs,):
+        if isinstance(config, tersor.Sparse24Config):
+            tersor.sparsify_(model, config, progress=False)
+        elif config is not None:
+            tersor.quantize_(model, config, progress=False, fuse_projections=fuse)
 
 
 def counting_lean_steps(monkeypatch) -> list:
@@ -69,8 +81,7 @@ def python_steps_only(monkeypatch):
 
 def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
     model = tiny_llm(family, dtype=dtype)
-    if SCHEMES[scheme] is not None:
-        tersor.quantize_(model, SCHEMES[scheme], progress=False, fuse_projections=fuse)
+    convert(model, scheme, fuse)
     report = tersor.optimize_decoding_(model)
     assert report.layers == ["model.layers.0", "model.layers.1"], report
     assert all(isinstance(layer, FastDecoderLayer) for layer in model.model.layers)
@@ -92,6 +103,10 @@ def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
         ("w4", torch.bfloat16, "auto", False),
         ("w4", torch.float32, "auto", True),
         ("w4", torch.bfloat16, False, True),
+        ("2:4", torch.float32, "auto", True),
+        ("2:4", torch.bfloat16, "auto", True),
+        ("2:4w8a8", torch.float32, "auto", True),
+        ("2:4w8a8", torch.float16, "auto", True),
     ],
 )
 def test_lean_steps_equal_the_layers_own_forward(family, scheme, dtype, fuse, native, monkeypatch):

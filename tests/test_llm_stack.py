@@ -47,9 +47,22 @@ def without_stack(fn):
         _StackPlan.step = orig
 
 
-def optimized(family="llama", config=None, dtype=torch.float32, fuse="auto"):
+S24 = tersor.Sparse24Config()
+S24_W8A8 = (S24, tersor.W8A8Config())  # sparsify_, then quantize_: 2:4 int8 values
+
+
+def optimized(family="llama", config=None, dtype=torch.float32, fuse="auto", then=None):
+    """The tiny model in config (a tuple: one after the other), then(model) if given, then
+    optimize_decoding_."""
     model = tiny_llm(family, dtype=dtype)
-    tersor.quantize_(model, config or tersor.W8A8Config(), progress=False, fuse_projections=fuse)
+    configs = config if isinstance(config, tuple) else (config or tersor.W8A8Config(),)
+    for c in configs:
+        if isinstance(c, tersor.Sparse24Config):
+            tersor.sparsify_(model, c, progress=False)
+        else:
+            tersor.quantize_(model, c, progress=False, fuse_projections=fuse)
+    if then is not None:
+        then(model)
     report = tersor.optimize_decoding_(model)
     assert report.stacks == ["model"] and not report.left, report
     assert isinstance(model.model, FastDecoderStack)
@@ -66,6 +79,9 @@ def optimized(family="llama", config=None, dtype=torch.float32, fuse="auto"):
         (tersor.W8A8Config(), torch.float16, False),
         (tersor.W4Config(group_size=32), torch.float32, "auto"),
         (tersor.W4Config(group_size=32), torch.bfloat16, False),
+        (S24, torch.float32, "auto"),
+        (S24_W8A8, torch.float32, "auto"),
+        (S24_W8A8, torch.bfloat16, "auto"),
     ],
 )
 def test_one_call_steps_equal_the_models_own_forward(family, config, dtype, fuse, monkeypatch):
@@ -221,9 +237,43 @@ def test_one_call_steps_of_a_w4_batch_take_the_layers_kernels(dtype, fuse, monke
     assert all(a.dtype == dtype and torch.equal(a, b) for a, b in zip(want, got))
 
 
+@pytest.mark.parametrize("config", [S24, S24_W8A8], ids=["2:4", "2:4 W8A8"])
+def test_one_call_steps_of_a_24_batch_take_the_layers_kernels(config, monkeypatch):
+    """19 rows a step (the fp32 2:4 kernel's transposed form from 16 rows, one 19-row pass);
+    2:4 int8 layers with a dense copy from 4 rows (as AMX CPUs keep one from 16): batches below
+    it step in one call, those from it take the layers' own calls (the dense kernel)."""
+
+    def dense_from_4_rows(model):
+        for m in model.modules():
+            if getattr(m, "scheme", None) == "2:4+w8a8":
+                m.fmt._keep_dense_copy(4)
+                m.fmt._finish()  # (its prepared call: the window of the dense copy)
+
+    dense_copy = isinstance(config, tuple)
+    model = optimized("llama", config, then=dense_from_4_rows if dense_copy else None)
+    for rows in (2, 19):
+        prompt = torch.randint(0, 128, (rows, 3), generator=torch.Generator().manual_seed(rows))
+        with monkeypatch.context() as m:  # the modules' own forward: no native step at all
+            m.setattr(_StackPlan, "step", lambda *a: None)
+            m.setattr(_Plan, "step", lambda *a: None)
+            want = decode_logits(model, prompt, steps=3)
+        with monkeypatch.context() as m:
+            hits = counting(m)
+            got = decode_logits(model, prompt, steps=3)
+        one_call = not dense_copy or rows < 4
+        assert hits == ({"stack": 3, "layer": 0} if one_call else {"stack": 0, "layer": 6})
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
 @pytest.mark.parametrize(
     "config",
-    [tersor.W8A8Config(), tersor.W4A8Config(group_size=32), tersor.W4Config(group_size=32)],
+    [
+        tersor.W8A8Config(),
+        tersor.W4A8Config(group_size=32),
+        tersor.W4Config(group_size=32),
+        S24,
+        S24_W8A8,
+    ],
 )
 def test_one_call_on_every_isa_path_equals_the_portable_path(config, isa, c_ref, monkeypatch):
     """The one call runs each kernel on the forced path; every path gives the portable C

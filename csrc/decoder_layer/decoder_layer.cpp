@@ -9,8 +9,28 @@
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "half_io/half_io.h"
 #include "norm/norm.h"
+#include "spmm_24/spmm_24.h"
 
 namespace tersor::decoder_layer {
+
+namespace {
+
+// The rows of a 2:4 projection's call, with the fields half_io::run_staged reads and sets: the
+// 2:4 kernels take fp32 rows only, so half rows are widened into fp32 staging rows and the
+// outputs rounded back (x_io / y_io / x_widen / row_amax stay unused: no a8, no half_rows)
+struct Rows24 {
+  const float* x;
+  int64_t M, K, ldx, N;
+  float* y;
+  int64_t ldy;
+  int nthreads;
+  const float* row_amax = nullptr;
+  int x_io = 0;
+  half_io::RowsFn x_widen = nullptr;
+  int y_io = 0;
+};
+
+}  // namespace
 
 void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
                      int nthreads) const {
@@ -18,6 +38,20 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
   // (the layers' prepared calls do the same)
   const float* xf = static_cast<const float*>(x);
   float* yf = reinterpret_cast<float*>(static_cast<char*>(y) + col * (io ? 2 : 4));
+  if (kind == S24W8A8 || kind == S24) {
+    const Rows24 r{xf, M, K, ldx, N, yf, ldy, nthreads};
+    half_io::run_staged(r, io, nullptr, [this](const Rows24& b) {
+      if (kind == S24) {
+        spmm_24::run({b.x, b.M, b.K, b.ldx, static_cast<const float*>(w), meta, N, bias, b.y,
+                      b.ldy, b.nthreads});
+      } else {
+        spmm_24::run_w8a8({b.x, b.M, b.K, b.ldx, static_cast<const int8_t*>(w), meta,
+                           static_cast<const int32_t*>(aux), static_cast<const float*>(scale), N,
+                           bias, b.y, b.ldy, b.nthreads});
+      }
+    });
+    return;
+  }
   if (kind == W8A8 || kind == W8A8Narrow) {
     PackedW8LinearArgs a{xf, M, K, ldx, static_cast<const int8_t*>(w),
                          static_cast<const int32_t*>(aux), static_cast<const float*>(scale), N,

@@ -17,7 +17,8 @@
 // row count, or int4 weights with fp32 activations (gemm_w4's register kernel, or from the
 // rows the projection names its AMX-BF16 tile forms: what the W4 layers' prepared calls run
 // below the rows of their scaled bf16 and dense paths; the Python side steps natively only
-// there). Every tensor of a step has the model's dtype (fp32, bf16 or
+// there), or 2:4 sparse weights (spmm_24: int8 values x int8 activations, or fp32 values;
+// below the rows of an int8 layer's dense copy). Every tensor of a step has the model's dtype (fp32, bf16 or
 // fp16: the kernels' `dtype` / `io` codes), but biases and input scales, fp32 as the layers
 // keep them.
 #pragma once
@@ -33,10 +34,14 @@ struct Projection {
   // W4: fp32 activations (gemm_w4); W8A8Narrow: W8A8 with every |w| <= 64 (narrow_w);
   // W4Bf16: W4 whose bf16 rows take the bf16 group form (gemm_w4::run_bf16), as the layers'
   // own calls do on CPUs with AVX512-BF16 and no AMX (ops/gemm_w4.py BF16_MIN_ROWS)
-  enum Kind { W8A8 = 0, W4A8 = 1, W4 = 2, W8A8Narrow = 3, W4Bf16 = 4 } kind;
-  const void* w;      // W8Tile / W4Tile codes
-  const void* scale;  // fp32 [Np] (W8A8) or fp16 [Np/16][ngroups][16] (W4A8, W4)
-  const void* aux;    // colsum int32 [Np] (W8A8) or zero points (W4A8, W4; null: symmetric)
+  // S24W8A8 / S24: 2:4 sparse int8 values x int8 activations (spmm_24::run_w8a8) / fp32 values
+  // (spmm_24::run), fp32 rows only in the kernels: half rows staged through fp32 (as the
+  // layers' own calls widen them and round the output back)
+  enum Kind { W8A8 = 0, W4A8 = 1, W4 = 2, W8A8Narrow = 3, W4Bf16 = 4, S24W8A8 = 5, S24 = 6 } kind;
+  const void* w;      // W8Tile / W4Tile codes, or the 2:4 values (S24I8Tile / S24Group)
+  const void* scale;  // fp32 [Np] (W8A8, S24W8A8) or fp16 [Np/16][ngroups][16] (W4A8, W4)
+  // colsum int32 [Np] (W8A8, S24W8A8) or zero points (W4A8, W4; null: symmetric)
+  const void* aux;
   const float* bias;  // [N] or null
   const float* x_scale;  // [K] input scale or null
   int64_t K, N, group_size, ngroups, col;
@@ -44,6 +49,7 @@ struct Projection {
   // tiles (gemm_w4::run_bf16), and float rows the fp32 tiles (gemm_w4::run_fp32_tiles), as
   // the layers' prepared calls choose (ops/gemm_w4.py cpu_runner_w4); 2^62: never
   int64_t bf16_tiles_from, fp32_tiles_from;
+  const uint8_t* meta;  // S24W8A8 / S24: the 2:4 positions (spmm_24.h); else null
   // y columns [col, col + N) of rows ldy apart; x, y of dtype io (half_io::Dtype)
   void run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
            int nthreads) const;

@@ -85,22 +85,37 @@ def _project_all(modules: list, x: torch.Tensor) -> list:
     return [_project(m, x) for m in modules]
 
 
+# A projection's record as csrc/decoder_layer's Projection takes it (the fields in order):
+# kind, w, scale, aux, bias, x_scale, K, N, group_size, ngroups, col, bf16_tiles_from,
+# fp32_tiles_from, meta
+RECORD = 14
+KIND, GROUP, K_AT, N_AT = 0, 8, 6, 7  # offsets in a record
+W4_KINDS = (2, 4)  # int4 weights with float activations
+S24_KINDS = (5, 6)  # 2:4 sparse int8 / fp32 values
+
+
 def _native_projection(module, fmt, bias, col: int):
-    """The 13 integers of csrc/decoder_layer's Projection for a packed int8 / int4 weight with
-    int8 activations, or an int4 weight with fp32 activations (W4: imported GPTQ / AWQ
-    checkpoints), on the native CPU kernel, and the tensors they point into; None for any
-    other layer (the lean step then runs in Python)."""
-    from tersor.formats import Int4Format, Int8Format
+    """The RECORD integers of csrc/decoder_layer's Projection for a packed int8 / int4 weight
+    with int8 activations, an int4 weight with fp32 activations (W4: imported GPTQ / AWQ
+    checkpoints) or a 2:4 sparse weight (int8 values x int8 activations, or fp32), on the
+    native CPU kernel, and the tensors they point into; None for any other layer (the lean
+    step then runs in Python)."""
+    from tersor.formats import Int4Format, Int8Format, Sparse24Format
     from tersor.nn.linear import PackedLinear
 
     if not isinstance(module, PackedLinear) or module.kernel not in NATIVE or fmt.cpu_call is None:
         return None
     if getattr(fmt, "perm", None) is not None:
         return None
-    if not fmt.cpu_half:  # (the kernel's call stages bf16 / fp16 rows itself)
+    xs, act_int8, meta = fmt.input_scale, getattr(fmt, "act_int8", False), None
+    if isinstance(fmt, Sparse24Format):
+        # (fp32 rows in the kernels: the step stages half rows as the layer's forward widens
+        # them; rows that take the dense copy are left to serves())
+        tensors = (fmt.values, fmt.scale, fmt.colsum) if fmt.int8 else (fmt.values, None, None)
+        kind, sizes, meta = 5 if fmt.int8 else 6, (0, 0), fmt.meta
+    elif not fmt.cpu_half:  # (the kernel's call stages bf16 / fp16 rows itself)
         return None
-    xs, act_int8 = fmt.input_scale, getattr(fmt, "act_int8", False)
-    if isinstance(fmt, Int8Format) and act_int8:
+    elif isinstance(fmt, Int8Format) and act_int8:
         tensors = (fmt.packed, fmt.scale, fmt.colsum)
         kind, sizes = 3 if fmt.narrow_w else 0, (0, 0)
     elif isinstance(fmt, Int4Format):
@@ -110,7 +125,7 @@ def _native_projection(module, fmt, bias, col: int):
             kind = 4  # its bf16 rows take the bf16 group form at every row count, as here
     else:
         return None
-    keep = [t for t in (*tensors, bias, xs) if t is not None]
+    keep = [t for t in (*tensors, bias, xs, meta) if t is not None]
     if any(t.device.type != "cpu" or not t.is_contiguous() for t in keep):
         return None
     if any(t.dtype != _F32 for t in (bias, xs) if t is not None):
@@ -124,12 +139,14 @@ def _native_projection(module, fmt, bias, col: int):
         if BF16_MIN_ROWS is not None and xs is None:
             tiles_from[0] = BF16_MIN_ROWS[bf16_key(fmt.G)]
         tiles_from[1] = min(fp32_tiles_rows(fmt.G), _NEVER)
-    return [kind, *ptrs, fmt.in_features, fmt.out_features, *sizes, col, *tiles_from], keep
+    record = [kind, *ptrs, fmt.in_features, fmt.out_features, *sizes, col, *tiles_from]
+    return record + [0 if meta is None else meta.data_ptr()], keep
 
 
 class _Native:
     """The layer's step as one native call (_C.DecoderLayer), where every projection is a
-    packed int8 / int4 weight with int8 activations: built from the plan's modules, valid while
+    packed int8 / int4 weight with int8 activations, an int4 one with fp32 activations or a 2:4
+    sparse one (_native_projection): built from the plan's modules, valid while
     their prepared calls are the same objects (a format replacing its tensors prepares a new
     call), their fused groups stay enabled and the norms keep their weights. Holds the tensors
     it points into."""
@@ -139,6 +156,7 @@ class _Native:
 
         attn, n1, n2 = plan.attn, plan.norm1, plan.norm2
         self.layer, self.dtype, self.weight_only = None, n1.weight.dtype, False
+        self.dense_from = _NEVER  # the fewest rows from which a 2:4 layer runs its dense copy
         self.bf16_groups, self.w4_groups = set(), set()
         self.norms, self.calls, self.groups = (n1, n2, *plan.qk_norms), [], []
         self.keep = [n.weight for n in self.norms]
@@ -157,12 +175,14 @@ class _Native:
             if flat is None:
                 return
             stages.append(flat)
-        kinds = [kind for flat in stages for kind in flat[0::13]]
-        self.weight_only = any(kind in (2, 4) for kind in kinds)
+        kinds = [kind for flat in stages for kind in flat[KIND::RECORD]]
+        self.weight_only = any(kind in W4_KINDS for kind in kinds)
         # group sizes of the weight-only W4 weights, and of those whose bf16 rows take the bf16
         # kernels (kind 4)
-        groups = [(kind, g) for flat in stages for kind, g in zip(flat[0::13], flat[8::13])]
-        self.w4_groups = {g for kind, g in groups if kind in (2, 4)}
+        groups = [
+            (kind, g) for flat in stages for kind, g in zip(flat[KIND::RECORD], flat[GROUP::RECORD])
+        ]
+        self.w4_groups = {g for kind, g in groups if kind in W4_KINDS}
         self.bf16_groups = {g for kind, g in groups if kind == 4}
         hidden = n1.weight.shape[0]
         if plan.qkv_split is None:
@@ -172,7 +192,7 @@ class _Native:
         inter = plan.down.in_features
         # (K, total N) of each stage, as the native step lays its rows out
         want = [({hidden}, nq + 2 * nkv), ({nq}, hidden), ({hidden}, 2 * inter), ({inter}, hidden)]
-        got = [(set(flat[6::13]), sum(flat[7::13])) for flat in stages]
+        got = [(set(flat[K_AT::RECORD]), sum(flat[N_AT::RECORD])) for flat in stages]
         if got != want or nq % d or nkv % d or (nq // d) % (nkv // d):
             return
         qk = ()
@@ -207,6 +227,8 @@ class _Native:
             self.calls.append((m, m.fmt, m.fmt.cpu_call, m._buffers["bias"]))
             self.keep += got[1]
             flat += got[0]
+            if getattr(fmt, "dense_from_rows", None) is not None:
+                self.dense_from = min(self.dense_from, fmt.dense_from_rows)
             col += m.out_features
         return flat
 
@@ -216,7 +238,10 @@ class _Native:
         rows of its prepared call's dense panels and scaled bf16 form (ops/gemm_w4.py), and
         for fp32 rows not under "medium" matmul precision (its bf16 kernels): the step has the
         register kernel, the bf16 group form (kind 4 at every row count; kind 2 from the rows
-        its projections name, AMX-BF16 CPUs) and the fp32 tiles (from the rows they name)."""
+        its projections name, AMX-BF16 CPUs) and the fp32 tiles (from the rows they name). 2:4
+        int8 layers below the rows of their dense copy (formats/sparse24.py)."""
+        if rows >= self.dense_from:
+            return False
         if not self.weight_only:
             return True
         if rows >= DENSE_MIN_ROWS["w4"]:
