@@ -31,6 +31,7 @@ SCHEMES = {
     "w7a8": tersor.W8A8Config(weight_bits=7),  # narrow weights: the native kind 3
     "w4a8": tersor.W4A8Config(group_size=32),
     "w4": tersor.W4Config(group_size=32),
+    "w8": tersor.W8Config(),  # int8 weights, float activations: the native kind 7
     "2:4": tersor.Sparse24Config(),  # (sparsify_; the native kind 6)
     "2:4w8a8": (tersor.Sparse24Config(), tersor.W8A8Config()),  # then quantize_: kind 5
 }
@@ -103,6 +104,8 @@ def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
         ("w4", torch.bfloat16, "auto", False),
         ("w4", torch.float32, "auto", True),
         ("w4", torch.bfloat16, False, True),
+        ("w8", torch.float32, "auto", True),
+        ("w8", torch.bfloat16, False, True),
         ("2:4", torch.float32, "auto", True),
         ("2:4", torch.bfloat16, "auto", True),
         ("2:4w8a8", torch.float32, "auto", True),

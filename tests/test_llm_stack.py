@@ -79,6 +79,8 @@ def optimized(family="llama", config=None, dtype=torch.float32, fuse="auto", the
         (tersor.W8A8Config(), torch.float16, False),
         (tersor.W4Config(group_size=32), torch.float32, "auto"),
         (tersor.W4Config(group_size=32), torch.bfloat16, False),
+        (tersor.W8Config(), torch.float32, "auto"),
+        (tersor.W8Config(), torch.bfloat16, False),
         (S24, torch.float32, "auto"),
         (S24_W8A8, torch.float32, "auto"),
         (S24_W8A8, torch.bfloat16, "auto"),
@@ -265,12 +267,41 @@ def test_one_call_steps_of_a_24_batch_take_the_layers_kernels(config, monkeypatc
         assert all(torch.equal(a, b) for a, b in zip(want, got))
 
 
+def test_w8_bf16_rows_step_on_the_bf16_kernel_from_its_rows(monkeypatch):
+    """W8 bf16 rows take gemm_w8_bf16 from BF16_MIN_ROWS["w8"] rows (CPUs with AVX512-BF16; its
+    C ref elsewhere): here from 3 rows, set for the test. A 2-row batch and a 5-row one (the
+    bf16 kernel's rows) both step in one call, and equal the layers' own calls. (Which kernel
+    ran does not show: their fp32 sums differ in the last bits, which the bf16 outputs round
+    away; the one call's choice is the layers' for speed, decoder_layer.cpp.)"""
+    import sys
+
+    from tersor.llm import layer as layer_mod
+
+    never = 1 << 62
+    rows = {"w4": never, "w4_odd": never, "w4_g32": never, "w8": 3}
+    monkeypatch.setattr(sys.modules["tersor.ops.gemm_w4"], "BF16_MIN_ROWS", rows)
+    monkeypatch.setattr(layer_mod, "BF16_MIN_ROWS", rows)
+    model = optimized("llama", tersor.W8Config(), torch.bfloat16)
+    for b in (2, 5):
+        prompt = torch.randint(0, 128, (b, 3), generator=torch.Generator().manual_seed(b))
+        with monkeypatch.context() as m:  # the modules' own forward: no native step at all
+            m.setattr(_StackPlan, "step", lambda *a: None)
+            m.setattr(_Plan, "step", lambda *a: None)
+            want = decode_logits(model, prompt, steps=3)
+        with monkeypatch.context() as m:
+            hits = counting(m)
+            got = decode_logits(model, prompt, steps=3)
+        assert hits == {"stack": 3, "layer": 0}
+        assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
 @pytest.mark.parametrize(
     "config",
     [
         tersor.W8A8Config(),
         tersor.W4A8Config(group_size=32),
         tersor.W4Config(group_size=32),
+        tersor.W8Config(),
         S24,
         S24_W8A8,
     ],

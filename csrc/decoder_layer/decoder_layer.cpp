@@ -6,6 +6,7 @@
 #include "attention/attention.h"
 #include "gemm_w4/gemm_w4.h"
 #include "gemm_w4a8/gemm_w4a8.h"
+#include "gemm_w8/gemm_w8.h"
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "half_io/half_io.h"
 #include "norm/norm.h"
@@ -50,6 +51,16 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
                            bias, b.y, b.ldy, b.nthreads});
       }
     });
+    return;
+  }
+  if (kind == W8) {  // (run_bf16 only where the layers' calls pass no x_scale)
+    const PackedW8LinearArgs a{xf, M, K, ldx, static_cast<const int8_t*>(w), nullptr,
+                               static_cast<const float*>(scale), N, bias, yf, ldy, nthreads};
+    if (io == half_io::BF16 && x_scale == nullptr && M >= bf16_tiles_from) {
+      half_io::run_staged(a, io, nullptr, gemm_w8::run_bf16);
+    } else {
+      half_io::run_staged(a, io, x_scale, gemm_w8::run);
+    }
     return;
   }
   if (kind == W8A8 || kind == W8A8Narrow) {

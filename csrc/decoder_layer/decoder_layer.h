@@ -18,9 +18,10 @@
 // rows the projection names its AMX-BF16 tile forms: what the W4 layers' prepared calls run
 // below the rows of their scaled bf16 and dense paths; the Python side steps natively only
 // there), or 2:4 sparse weights (spmm_24: int8 values x int8 activations, or fp32 values;
-// below the rows of an int8 layer's dense copy). Every tensor of a step has the model's dtype (fp32, bf16 or
-// fp16: the kernels' `dtype` / `io` codes), but biases and input scales, fp32 as the layers
-// keep them.
+// below the rows of an int8 layer's dense copy), or int8 weights with float activations
+// (gemm_w8, where the layers' calls take its register or bf16 kernel). Every tensor of a step
+// has the model's dtype (fp32, bf16 or fp16: the kernels' `dtype` / `io` codes), but biases
+// and input scales, fp32 as the layers keep them.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -36,10 +37,14 @@ struct Projection {
   // own calls do on CPUs with AVX512-BF16 and no AMX (ops/gemm_w4.py BF16_MIN_ROWS)
   // S24W8A8 / S24: 2:4 sparse int8 values x int8 activations (spmm_24::run_w8a8) / fp32 values
   // (spmm_24::run), fp32 rows only in the kernels: half rows staged through fp32 (as the
-  // layers' own calls widen them and round the output back)
-  enum Kind { W8A8 = 0, W4A8 = 1, W4 = 2, W8A8Narrow = 3, W4Bf16 = 4, S24W8A8 = 5, S24 = 6 } kind;
+  // layers' own calls widen them and round the output back). W8: int8 weights, float
+  // activations (gemm_w8::run; bf16 rows without an input scale from bf16_tiles_from rows
+  // gemm_w8::run_bf16, as ops/gemm_w8.py w8_form chooses)
+  enum Kind {
+    W8A8 = 0, W4A8 = 1, W4 = 2, W8A8Narrow = 3, W4Bf16 = 4, S24W8A8 = 5, S24 = 6, W8 = 7
+  } kind;
   const void* w;      // W8Tile / W4Tile codes, or the 2:4 values (S24I8Tile / S24Group)
-  const void* scale;  // fp32 [Np] (W8A8, S24W8A8) or fp16 [Np/16][ngroups][16] (W4A8, W4)
+  const void* scale;  // fp32 [Np] (W8A8, W8, S24W8A8) or fp16 [Np/16][ngroups][16] (W4A8, W4)
   // colsum int32 [Np] (W8A8, S24W8A8) or zero points (W4A8, W4; null: symmetric)
   const void* aux;
   const float* bias;  // [N] or null
@@ -47,7 +52,8 @@ struct Projection {
   int64_t K, N, group_size, ngroups, col;
   // W4: the rows from which bf16 rows without an input scale take the group form on the AMX
   // tiles (gemm_w4::run_bf16), and float rows the fp32 tiles (gemm_w4::run_fp32_tiles), as
-  // the layers' prepared calls choose (ops/gemm_w4.py cpu_runner_w4); 2^62: never
+  // the layers' prepared calls choose (ops/gemm_w4.py cpu_runner_w4); W8: bf16_tiles_from is
+  // where bf16 rows take gemm_w8::run_bf16; 2^62: never
   int64_t bf16_tiles_from, fp32_tiles_from;
   const uint8_t* meta;  // S24W8A8 / S24: the 2:4 positions (spmm_24.h); else null
   // y columns [col, col + N) of rows ldy apart; x, y of dtype io (half_io::Dtype)

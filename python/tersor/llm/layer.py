@@ -41,6 +41,7 @@ from tersor.ops.gemm_w4 import (
     fp32_tiles_rows,
     w4_tiles,
 )
+from tersor.ops.gemm_w8 import w8_form
 from tersor.ops.norm import rms_norm_cpu
 
 _F32 = torch.float32
@@ -89,17 +90,17 @@ def _project_all(modules: list, x: torch.Tensor) -> list:
 # kind, w, scale, aux, bias, x_scale, K, N, group_size, ngroups, col, bf16_tiles_from,
 # fp32_tiles_from, meta
 RECORD = 14
-KIND, GROUP, K_AT, N_AT = 0, 8, 6, 7  # offsets in a record
+KIND, XS_AT, K_AT, N_AT, GROUP = 0, 5, 6, 7, 8  # offsets in a record
 W4_KINDS = (2, 4)  # int4 weights with float activations
-S24_KINDS = (5, 6)  # 2:4 sparse int8 / fp32 values
+W8_KIND = 7  # int8 weights, float activations
 
 
 def _native_projection(module, fmt, bias, col: int):
     """The RECORD integers of csrc/decoder_layer's Projection for a packed int8 / int4 weight
-    with int8 activations, an int4 weight with fp32 activations (W4: imported GPTQ / AWQ
-    checkpoints) or a 2:4 sparse weight (int8 values x int8 activations, or fp32), on the
-    native CPU kernel, and the tensors they point into; None for any other layer (the lean
-    step then runs in Python)."""
+    with int8 activations, an int8 / int4 weight with float activations (W8 / W4: imported
+    weight-only checkpoints) or a 2:4 sparse weight (int8 values x int8 activations, or
+    fp32), on the native CPU kernel, and the tensors they point into; None for any other
+    layer (the lean step then runs in Python)."""
     from tersor.formats import Int4Format, Int8Format, Sparse24Format
     from tersor.nn.linear import PackedLinear
 
@@ -115,9 +116,9 @@ def _native_projection(module, fmt, bias, col: int):
         kind, sizes, meta = 5 if fmt.int8 else 6, (0, 0), fmt.meta
     elif not fmt.cpu_half:  # (the kernel's call stages bf16 / fp16 rows itself)
         return None
-    elif isinstance(fmt, Int8Format) and act_int8:
-        tensors = (fmt.packed, fmt.scale, fmt.colsum)
-        kind, sizes = 3 if fmt.narrow_w else 0, (0, 0)
+    elif isinstance(fmt, Int8Format):
+        tensors = (fmt.packed, fmt.scale, fmt.colsum if act_int8 else None)
+        kind, sizes = (3 if fmt.narrow_w else 0) if act_int8 else W8_KIND, (0, 0)
     elif isinstance(fmt, Int4Format):
         tensors = (fmt.codes, fmt.scale, fmt.zero)
         kind, sizes = 1 if act_int8 else 2, (fmt.G, fmt.scale.shape[1])
@@ -135,6 +136,8 @@ def _native_projection(module, fmt, bias, col: int):
     # takes the group form for bf16 rows without an input scale, and the fp32 tiles for float
     # rows (AMX-BF16 CPUs)
     tiles_from = [_NEVER, _NEVER]
+    if kind == W8_KIND and BF16_MIN_ROWS is not None and xs is None:
+        tiles_from[0] = BF16_MIN_ROWS["w8"]  # (its bf16 kernel, as w8_form chooses)
     if kind == 2 and fmt.G % 32 == 0:
         if BF16_MIN_ROWS is not None and xs is None:
             tiles_from[0] = BF16_MIN_ROWS[bf16_key(fmt.G)]
@@ -145,8 +148,8 @@ def _native_projection(module, fmt, bias, col: int):
 
 class _Native:
     """The layer's step as one native call (_C.DecoderLayer), where every projection is a
-    packed int8 / int4 weight with int8 activations, an int4 one with fp32 activations or a 2:4
-    sparse one (_native_projection): built from the plan's modules, valid while
+    packed int8 / int4 weight with int8 activations, an int8 / int4 one with float activations
+    or a 2:4 sparse one (_native_projection): built from the plan's modules, valid while
     their prepared calls are the same objects (a format replacing its tensors prepares a new
     call), their fused groups stay enabled and the norms keep their weights. Holds the tensors
     it points into."""
@@ -184,6 +187,13 @@ class _Native:
         ]
         self.w4_groups = {g for kind, g in groups if kind in W4_KINDS}
         self.bf16_groups = {g for kind, g in groups if kind == 4}
+        # whether each W8 projection has an input scale (w8_form reads only that)
+        self.w8_scaled = {
+            xs != 0
+            for flat in stages
+            for kind, xs in zip(flat[KIND::RECORD], flat[XS_AT::RECORD])
+            if kind == W8_KIND
+        }
         hidden = n1.weight.shape[0]
         if plan.qkv_split is None:
             nq, nkv = (m.out_features for m in plan.qkv[:2])
@@ -239,9 +249,14 @@ class _Native:
         for fp32 rows not under "medium" matmul precision (its bf16 kernels): the step has the
         register kernel, the bf16 group form (kind 4 at every row count; kind 2 from the rows
         its projections name, AMX-BF16 CPUs) and the fp32 tiles (from the rows they name). 2:4
-        int8 layers below the rows of their dense copy (formats/sparse24.py)."""
+        int8 layers below the rows of their dense copy (formats/sparse24.py); W8 layers where
+        w8_form names the register kernel, or the bf16 one for bf16 rows (ops/gemm_w8.py)."""
         if rows >= self.dense_from:
             return False
+        for scaled in self.w8_scaled:  # W8: its register kernel, or the bf16 one for bf16 rows
+            form = w8_form(dtype, rows, True if scaled else None)
+            if form != "fp32" and (form != "bf16" or dtype is not torch.bfloat16):
+                return False
         if not self.weight_only:
             return True
         if rows >= DENSE_MIN_ROWS["w4"]:

@@ -197,8 +197,8 @@ FP32_BF16_MIN_ROWS = {
 }
 
 
-def bf16_allowed(x: torch.Tensor, family: str, m: int, x_scale) -> bool:
-    """Whether rows of x take the bf16 kernels: from BF16_MIN_ROWS[family] rows, bf16
+def bf16_allowed(dtype: torch.dtype, family: str, m: int, x_scale) -> bool:
+    """Whether m rows of this dtype take the bf16 kernels: from BF16_MIN_ROWS[family] rows, bf16
     activations without a kept input scale (x * s would not be bf16 any more), and fp32
     activations when ``torch.set_float32_matmul_precision("medium")`` allows bf16 arithmetic
     for fp32 matmuls, as torch's own GEMMs read it: then the rows are rounded to bf16 (relative
@@ -207,10 +207,10 @@ def bf16_allowed(x: torch.Tensor, family: str, m: int, x_scale) -> bool:
     ("highest") keeps fp32 activations on the fp32 kernels, bit for bit on every ISA path."""
     if BF16_MIN_ROWS is None or m < BF16_MIN_ROWS[family]:
         return False
-    if x.dtype == torch.bfloat16:
+    if dtype == torch.bfloat16:
         return x_scale is None
     return (
-        x.dtype == torch.float32
+        dtype == torch.float32
         and m >= FP32_BF16_MIN_ROWS[family]
         and torch.get_float32_matmul_precision() == "medium"
     )
@@ -236,7 +236,7 @@ def gemm_w4_cpu(
     x2 = rows_view(x, k)
     m = x2.shape[0]
     if bf16 is None:
-        bf16 = not act_int8 and bf16_allowed(x, bf16_key(group_size), m, x_scale)
+        bf16 = not act_int8 and bf16_allowed(x.dtype, bf16_key(group_size), m, x_scale)
     fp32_tiles = not act_int8 and not bf16 and fp32_tiles_take(m, group_size)
     if not act_int8 and not bf16 and not fp32_tiles and m >= DENSE_MIN_ROWS["w4"]:
         xf = x2.float() if x_scale is None else x2.float() * x_scale
@@ -314,7 +314,7 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
         dt = x.dtype
         # (an fp32 decode row asks nothing more: fp32 rows go no lower than FP32_BF16_MIN_ROWS)
         if m >= bf16_rows and (dt is _BF16 or (dt is _F32 and m >= fp32_bf16_rows)):
-            if bf16_allowed(x, key, m, x_scale):
+            if bf16_allowed(dt, key, m, x_scale):
                 if w4_tiles(m, group_size):
                     return gemm_w4_cpu(
                         x, codes, scale, zero, bias, n, group_size, act_int8, x_scale

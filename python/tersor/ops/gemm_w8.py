@@ -25,29 +25,43 @@ from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w8_dense
 from tersor.ops.gemm_w4 import FP32_TILES_MIN_ROWS, TILES_MIN_ROWS, bf16_allowed
 
 
+def w8_form(dtype: torch.dtype, m: int, x_scale, bf16=None) -> str:
+    """The kernel m rows of this dtype take: "bf16" (the bf16 dot-product kernel,
+    csrc/gemm_w8/gemm_w8.h), from TILES_MIN_ROWS rows "bf16_tiles" (its AMX-BF16 tile form, the
+    same exact weights); else "fp32_tiles" (float rows from FP32_TILES_MIN_ROWS rows on
+    AMX-BF16 CPUs), "dense" (dequantized panels into torch's GEMM from DENSE_MIN_ROWS rows) or
+    "fp32" (the register kernel; half rows staged through fp32). bf16: whether the bf16
+    kernels serve, None: as the int4 op chooses (ops/gemm_w4.py bf16_allowed)."""
+    if bf16 is None:
+        bf16 = bf16_allowed(dtype, "w8", m, x_scale)
+    if bf16:
+        return "bf16_tiles" if m >= (TILES_MIN_ROWS or {}).get("w8", 1 << 62) else "bf16"
+    if m >= FP32_TILES_MIN_ROWS["w8"] and _C.has_amx_bf16():
+        return "fp32_tiles"
+    return "dense" if m >= DENSE_MIN_ROWS["w8"] else "fp32"
+
+
+_W8_CALLS = {
+    "bf16": _C.gemm_w8_bf16,
+    "bf16_tiles": _C.gemm_w8_bf16_tiles,
+    "fp32_tiles": _C.gemm_w8_fp32_tiles,
+    "fp32": _C.gemm_w8,
+}
+
+
 def gemm_w8_cpu(x, packed, scale, bias, n: int, x_scale=None, bf16=None) -> torch.Tensor:
-    """bf16: the bf16 dot-product kernel (csrc/gemm_w8/gemm_w8.h), from TILES_MIN_ROWS rows in
-    its AMX-BF16 tile form (the same exact weights); None chooses it as the int4 op does
-    (ops/gemm_w4.py bf16_allowed). Other rows take the fp32 tiles from FP32_TILES_MIN_ROWS rows
-    where the active path is amx."""
+    """The kernel w8_form(x.dtype, rows, x_scale, bf16) names."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
-    if bf16 is None:
-        bf16 = bf16_allowed(x, "w8", m, x_scale)
-    fp32_tiles = not bf16 and m >= FP32_TILES_MIN_ROWS["w8"] and _C.has_amx_bf16()
-    if not bf16 and not fp32_tiles and m >= DENSE_MIN_ROWS["w8"]:
+    form = w8_form(x.dtype, m, x_scale, bf16)
+    if form == "dense":
         xf = x2.float() if x_scale is None else x2.float() * x_scale
         y = linear_w8_dense(xf, packed, scale, bias, n)
         return out_2d(x, y.to(x.dtype), n)
     y = torch.empty((m, n), dtype=x.dtype)  # float32, or bf16 / fp16 staged natively
     if m:
-        if bf16:
-            tiles = m >= (TILES_MIN_ROWS or {}).get("w8", float("inf"))
-            fn = _C.gemm_w8_bf16_tiles if tiles else _C.gemm_w8_bf16
-        else:
-            fn = _C.gemm_w8_fp32_tiles if fp32_tiles else _C.gemm_w8
-        fn(
+        _W8_CALLS[form](
             x2.data_ptr(),
             m,
             k,
