@@ -267,6 +267,39 @@ def test_one_call_steps_of_a_24_batch_take_the_layers_kernels(config, monkeypatc
         assert all(torch.equal(a, b) for a, b in zip(want, got))
 
 
+@pytest.mark.parametrize(
+    "dtype,activations",
+    [(torch.float32, None), (torch.bfloat16, None), (torch.float16, "int8")],
+    ids=["fp32 w4", "bf16 w4", "fp16 w4a8"],
+)
+def test_act_order_gptq_layers_step_in_one_call(tmp_path, dtype, activations, monkeypatch):
+    """An act-order GPTQ checkpoint (input permutations, formats/int4.py): its layers' rows
+    are widened to fp32 and gathered before the kernel, in the one call as in the layers'
+    own; two rows and five (the W4 group form's rows on AVX512-BF16 CPUs), the model's own
+    forward bit for bit."""
+    from hf_writers import write_gptq
+
+    write_gptq(tiny_llm("llama"), str(tmp_path), act_order=True)
+    with tersor.empty_weights():
+        model = tiny_llm("llama").to(dtype)
+    tersor.load_pretrained(model, str(tmp_path), activations=activations)
+    perms = [m.fmt.perm for m in model.modules() if getattr(m, "scheme", "")[:2] == "w4"]
+    assert len(perms) == 14 and all(p is not None for p in perms)
+    report = tersor.optimize_decoding_(model)
+    assert report.stacks == ["model"] and not report.left, report
+    for b in (2, 5):
+        prompt = torch.randint(0, 128, (b, 3), generator=torch.Generator().manual_seed(b))
+        with monkeypatch.context() as m:  # the modules' own forward: no native step at all
+            m.setattr(_StackPlan, "step", lambda *a: None)
+            m.setattr(_Plan, "step", lambda *a: None)
+            want = decode_logits(model, prompt, steps=3)
+        with monkeypatch.context() as m:
+            hits = counting(m)
+            got = decode_logits(model, prompt, steps=3)
+        assert hits == {"stack": 3, "layer": 0}
+        assert all(a.dtype == dtype and torch.equal(a, b) for a, b in zip(want, got))
+
+
 def test_w8_bf16_rows_step_on_the_bf16_kernel_from_its_rows(monkeypatch):
     """W8 bf16 rows take gemm_w8_bf16 from BF16_MIN_ROWS["w8"] rows (CPUs with AVX512-BF16; its
     C ref elsewhere): here from 3 rows, set for the test. A 2-row batch and a 5-row one (the

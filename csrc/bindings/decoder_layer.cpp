@@ -12,18 +12,18 @@ namespace tersor::bindings {
 
 namespace {
 
-// A projection crosses as 14 integers: kind, w, scale, aux, bias, x_scale, K, N, group_size,
-// ngroups, col, bf16_tiles_from, fp32_tiles_from, meta (Projection's fields, in order).
+// A projection crosses as 15 integers: kind, w, scale, aux, bias, x_scale, K, N, group_size,
+// ngroups, col, bf16_tiles_from, fp32_tiles_from, meta, perm (Projection's fields, in order).
 std::vector<decoder_layer::Projection> projections(const std::vector<int64_t>& flat) {
   std::vector<decoder_layer::Projection> out;
-  if (flat.size() % 14) throw std::invalid_argument("projections: 14 integers each");
-  for (size_t i = 0; i + 14 <= flat.size(); i += 14) {
+  if (flat.size() % 15) throw std::invalid_argument("projections: 15 integers each");
+  for (size_t i = 0; i + 15 <= flat.size(); i += 15) {
     const int64_t* f = flat.data() + i;
     auto at = [&](int i) { return static_cast<addr>(f[i]); };
     out.push_back({static_cast<decoder_layer::Projection::Kind>(f[0]), ptr<const void>(at(1)),
                    ptr<const void>(at(2)), ptr<const void>(at(3)), ptr<const float>(at(4)),
                    ptr<const float>(at(5)), f[6], f[7], f[8], f[9], f[10], f[11], f[12],
-                   ptr<const uint8_t>(at(13))});
+                   ptr<const uint8_t>(at(13)), ptr<const int64_t>(at(14))});
   }
   return out;
 }
@@ -36,14 +36,14 @@ void bind_decoder_layer(py::module_& m) {
                     "A pre-norm decoder layer's decode step in one call: rms_norm, q/k/v, "
                     "attention with the cache write, o + residual, rms_norm, gate/up, "
                     "silu(g) * u, down + residual (decoder_layer/decoder_layer.h). "
-                    "Projections: flat lists of 14 integers each (kind 0 W8A8 / 1 W4A8 / 2 W4 / "
+                    "Projections: flat lists of 15 integers each (kind 0 W8A8 / 1 W4A8 / 2 W4 / "
                     "3 W8A8 with every |w| <= 64 / 4 W4 whose bf16 rows take gemm_w4_bf16 / "
                     "5 2:4 W8A8 / 6 2:4 fp32 / 7 W8 (float activations), w (or the 2:4 "
                     "values), scale, aux (colsum / zero points), bias, x_scale, K, N, "
                     "group_size, ngroups, first output column, the rows from which W4's (W8's) "
                     "bf16 rows take gemm_w4_bf16 (gemm_w8_bf16) and W4's float rows "
-                    "gemm_w4_fp32_tiles, the 2:4 meta (else 0)). Addresses must outlive the "
-                    "object.")
+                    "gemm_w4_fp32_tiles, the 2:4 meta (else 0), the act-order permutation (int64 "
+                    "[K], else 0)). Addresses must outlive the object.")
       .def(py::init([](int64_t hidden, addr norm1, float eps1, addr norm2, float eps2,
                        const std::vector<int64_t>& qkv, int64_t nq, int64_t nkv,
                        const std::vector<int64_t>& o, const std::vector<int64_t>& gate_up,

@@ -10,6 +10,7 @@
 #include "gemm_w8a8/gemm_w8a8.h"
 #include "half_io/half_io.h"
 #include "norm/norm.h"
+#include "repack/repack.h"
 #include "spmm_24/spmm_24.h"
 
 namespace tersor::decoder_layer {
@@ -33,8 +34,31 @@ struct Rows24 {
 
 }  // namespace
 
+void Projection::run_permuted(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy,
+                              int io, int nthreads) const {
+  // fp32 rows x[:, perm] | fp32 outputs (half io) | the gathered half rows (half io). A buffer
+  // of its own: step()'s scratch and half_io's are live around this call.
+  thread_local std::vector<float> buf;
+  const int64_t half_floats = io ? (M * K + 1) / 2 : 0;
+  const size_t need = static_cast<size_t>(M * K + (io ? M * N : 0) + half_floats);
+  if (buf.size() < need) buf.resize(need);
+  float* xs = buf.data();
+  float* ys = xs + M * K;
+  const int bytes = io ? 2 : 4;
+  void* gathered = io ? static_cast<void*>(ys + M * N) : static_cast<void*>(xs);
+  repack::gather_columns(x, M, K, ldx, perm, gathered, K, bytes, nthreads);
+  if (io) half_io::widen({gathered, M, K, K, xs, K, io, nthreads});  // (exact)
+  Projection p = *this;
+  p.perm = nullptr;
+  if (!io) return p.run(xs, M, K, y, ldy, half_io::F32, nthreads);
+  p.col = 0;
+  p.run(xs, M, K, ys, N, half_io::F32, nthreads);
+  half_io::narrow({ys, M, N, N, static_cast<char*>(y) + col * 2, ldy, io, nthreads});
+}
+
 void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
                      int nthreads) const {
+  if (perm) return run_permuted(x, M, ldx, y, ldy, io, nthreads);
   // half rows are staged through fp32 by half_io, or widened row by row by the A8 kernels
   // (the layers' prepared calls do the same)
   const float* xf = static_cast<const float*>(x);

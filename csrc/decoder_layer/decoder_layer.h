@@ -56,9 +56,17 @@ struct Projection {
   // where bf16 rows take gemm_w8::run_bf16; 2^62: never
   int64_t bf16_tiles_from, fp32_tiles_from;
   const uint8_t* meta;  // S24W8A8 / S24: the 2:4 positions (spmm_24.h); else null
+  // act-order (GPTQ's input permutation, formats/int4.py): int64 [K], or null. The layers'
+  // call widens x to fp32, gathers x[:, perm] and runs on those fp32 rows (half outputs
+  // rounded back once); run() does the same. Never with x_scale (the Python side declines).
+  const int64_t* perm;
   // y columns [col, col + N) of rows ldy apart; x, y of dtype io (half_io::Dtype)
   void run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
            int nthreads) const;
+
+ private:
+  void run_permuted(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy, int io,
+                    int nthreads) const;
 };
 
 struct Layer {

@@ -11,13 +11,13 @@ ISAS: tuple[str, ...]  # ('ref', 'avx2', 'avx512', 'amx')
 class DecoderLayer:
     """A pre-norm decoder layer's decode step in one call: rms_norm, q/k/v, attention with
     the cache write, o + residual, rms_norm, gate/up, silu(g) * u, down + residual
-    (decoder_layer/decoder_layer.h). Projections: flat lists of 14 integers each (kind 0
+    (decoder_layer/decoder_layer.h). Projections: flat lists of 15 integers each (kind 0
     W8A8 / 1 W4A8 / 2 W4 / 3 W8A8 with every |w| <= 64 / 4 W4 whose bf16 rows take
     gemm_w4_bf16 / 5 2:4 W8A8 / 6 2:4 fp32 / 7 W8 (float activations), w (or the 2:4
     values), scale, aux (colsum / zero points), bias, x_scale, K, N, group_size, ngroups,
     first output column, the rows from which W4's (W8's) bf16 rows take gemm_w4_bf16
-    (gemm_w8_bf16) and W4's float rows gemm_w4_fp32_tiles, the 2:4 meta (else 0)). Addresses
-    must outlive the object."""
+    (gemm_w8_bf16) and W4's float rows gemm_w4_fp32_tiles, the 2:4 meta (else 0), the act-
+    order permutation (int64 [K], else 0)). Addresses must outlive the object."""
     def __init__(
         self,
         hidden: int,

@@ -88,9 +88,9 @@ def _project_all(modules: list, x: torch.Tensor) -> list:
 
 # A projection's record as csrc/decoder_layer's Projection takes it (the fields in order):
 # kind, w, scale, aux, bias, x_scale, K, N, group_size, ngroups, col, bf16_tiles_from,
-# fp32_tiles_from, meta
-RECORD = 14
-KIND, XS_AT, K_AT, N_AT, GROUP = 0, 5, 6, 7, 8  # offsets in a record
+# fp32_tiles_from, meta, perm
+RECORD = 15
+KIND, XS_AT, K_AT, N_AT, GROUP, PERM_AT = 0, 5, 6, 7, 8, 14  # offsets in a record
 W4_KINDS = (2, 4)  # int4 weights with float activations
 W8_KIND = 7  # int8 weights, float activations
 
@@ -106,15 +106,16 @@ def _native_projection(module, fmt, bias, col: int):
 
     if not isinstance(module, PackedLinear) or module.kernel not in NATIVE or fmt.cpu_call is None:
         return None
-    if getattr(fmt, "perm", None) is not None:
-        return None
     xs, act_int8, meta = fmt.input_scale, getattr(fmt, "act_int8", False), None
+    perm = getattr(fmt, "perm", None)  # act-order: the step gathers fp32 rows, as the layer
+    if perm is not None and (xs is not None or not isinstance(fmt, Int4Format)):
+        return None
     if isinstance(fmt, Sparse24Format):
         # (fp32 rows in the kernels: the step stages half rows as the layer's forward widens
         # them; rows that take the dense copy are left to serves())
         tensors = (fmt.values, fmt.scale, fmt.colsum) if fmt.int8 else (fmt.values, None, None)
         kind, sizes, meta = 5 if fmt.int8 else 6, (0, 0), fmt.meta
-    elif not fmt.cpu_half:  # (the kernel's call stages bf16 / fp16 rows itself)
+    elif not fmt.cpu_half and perm is None:  # (the kernel's call stages half rows itself)
         return None
     elif isinstance(fmt, Int8Format):
         tensors = (fmt.packed, fmt.scale, fmt.colsum if act_int8 else None)
@@ -126,7 +127,7 @@ def _native_projection(module, fmt, bias, col: int):
             kind = 4  # its bf16 rows take the bf16 group form at every row count, as here
     else:
         return None
-    keep = [t for t in (*tensors, bias, xs, meta) if t is not None]
+    keep = [t for t in (*tensors, bias, xs, meta, perm) if t is not None]
     if any(t.device.type != "cpu" or not t.is_contiguous() for t in keep):
         return None
     if any(t.dtype != _F32 for t in (bias, xs) if t is not None):
@@ -143,7 +144,7 @@ def _native_projection(module, fmt, bias, col: int):
             tiles_from[0] = BF16_MIN_ROWS[bf16_key(fmt.G)]
         tiles_from[1] = min(fp32_tiles_rows(fmt.G), _NEVER)
     record = [kind, *ptrs, fmt.in_features, fmt.out_features, *sizes, col, *tiles_from]
-    return record + [0 if meta is None else meta.data_ptr()], keep
+    return record + [0 if t is None else t.data_ptr() for t in (meta, perm)], keep
 
 
 class _Native:
@@ -159,6 +160,7 @@ class _Native:
 
         attn, n1, n2 = plan.attn, plan.norm1, plan.norm2
         self.layer, self.dtype, self.weight_only = None, n1.weight.dtype, False
+        self.permuted, self.w8_scaled = False, set()
         self.dense_from = _NEVER  # the fewest rows from which a 2:4 layer runs its dense copy
         self.bf16_groups, self.w4_groups = set(), set()
         self.norms, self.calls, self.groups = (n1, n2, *plan.qk_norms), [], []
@@ -188,6 +190,7 @@ class _Native:
         self.w4_groups = {g for kind, g in groups if kind in W4_KINDS}
         self.bf16_groups = {g for kind, g in groups if kind == 4}
         # whether each W8 projection has an input scale (w8_form reads only that)
+        self.permuted = any(p != 0 for flat in stages for p in flat[PERM_AT::RECORD])
         self.w8_scaled = {
             xs != 0
             for flat in stages
@@ -250,13 +253,19 @@ class _Native:
         register kernel, the bf16 group form (kind 4 at every row count; kind 2 from the rows
         its projections name, AMX-BF16 CPUs) and the fp32 tiles (from the rows they name). 2:4
         int8 layers below the rows of their dense copy (formats/sparse24.py); W8 layers where
-        w8_form names the register kernel, or the bf16 one for bf16 rows (ops/gemm_w8.py)."""
+        w8_form names the register kernel, or the bf16 one for bf16 rows (ops/gemm_w8.py).
+        Act-order layers' rows are fp32 rows whatever the dtype (formats/int4.py)."""
         if rows >= self.dense_from:
             return False
         for scaled in self.w8_scaled:  # W8: its register kernel, or the bf16 one for bf16 rows
             form = w8_form(dtype, rows, True if scaled else None)
             if form != "fp32" and (form != "bf16" or dtype is not torch.bfloat16):
                 return False
+        if self.permuted and not self._w4_serves(_F32, rows):
+            return False  # (act-order rows reach their kernels as fp32 rows)
+        return self._w4_serves(dtype, rows)
+
+    def _w4_serves(self, dtype: torch.dtype, rows: int) -> bool:
         if not self.weight_only:
             return True
         if rows >= DENSE_MIN_ROWS["w4"]:
