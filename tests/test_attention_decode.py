@@ -253,13 +253,22 @@ def sdpa(model):
 
 def counting_fast_steps(monkeypatch):
     """Counts the attention steps the kernel served ("fast": the attention block's own fast
-    step, or a decoder layer's lean step, tersor/llm/layer.py) and those it left ("model")."""
+    step, or a decoder layer's lean step, tersor/llm/layer.py, or the decoder stack's one
+    call, tersor/llm/stack.py, one per layer) and those it left ("model")."""
     from tersor.llm.attention import FastDecodeAttention
     from tersor.llm.layer import _Plan
+    from tersor.llm.stack import _StackPlan
 
     hits = {"fast": 0, "model": 0, "layer": 0}
     orig = FastDecodeAttention._tersor_decode_step
-    orig_layer = _Plan.step
+    orig_layer, orig_stack = _Plan.step, _StackPlan.step
+
+    def counted_stack(self, model, kw):
+        out = orig_stack(self, model, kw)
+        if out is not None:
+            hits["fast"] += len(self.layers)
+            hits["layer"] += len(self.layers)
+        return out
 
     def counted(self, args, kwargs):
         out = orig(self, args, kwargs)
@@ -275,6 +284,7 @@ def counting_fast_steps(monkeypatch):
 
     monkeypatch.setattr(FastDecodeAttention, "_tersor_decode_step", counted)
     monkeypatch.setattr(_Plan, "step", counted_layer)
+    monkeypatch.setattr(_StackPlan, "step", counted_stack)
     return hits
 
 
