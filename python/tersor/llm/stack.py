@@ -1,7 +1,7 @@
 """Decode steps of a whole Hugging Face decoder stack (a causal LM's ``model.model``: embedding,
 decoder layers, final norm) with every layer in one native call, once each layer steps as one
-native call itself (tersor.llm.layer's ``_Native``: int8 / int4 weights with int8 activations,
-int4 weights with fp32 ones).
+native call itself (tersor.llm.layer's ``_Native``: int8 / int4 weights with int8 or float
+activations, act-order int4, 2:4 int8 / fp32 values).
 
 Why: with each layer's step native, a 1B Llama's W4A8 decode step (Zen 3, 2 threads) still
 spent ~4 ms of ~29 in Python: per layer ~170 us of module call, HF's checkpointing wrapper,
