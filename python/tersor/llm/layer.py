@@ -189,8 +189,8 @@ class _Native:
         ]
         self.w4_groups = {g for kind, g in groups if kind in W4_KINDS}
         self.bf16_groups = {g for kind, g in groups if kind == 4}
-        # whether each W8 projection has an input scale (w8_form reads only that)
         self.permuted = any(p != 0 for flat in stages for p in flat[PERM_AT::RECORD])
+        # whether each W8 projection has an input scale (w8_form reads only that)
         self.w8_scaled = {
             xs != 0
             for flat in stages
