@@ -38,6 +38,19 @@ def counting(monkeypatch) -> dict:
     return hits
 
 
+def own_and_stepped(model, prompt, monkeypatch, steps=3):
+    """The logits of `steps` decode steps by the modules' own forward (no native step at all), and
+    as the model steps now, with the hits of those."""
+    with monkeypatch.context() as m:
+        m.setattr(_StackPlan, "step", lambda *a: None)
+        m.setattr(_Plan, "step", lambda *a: None)
+        want = decode_logits(model, prompt, steps=steps)
+    with monkeypatch.context() as m:
+        hits = counting(m)
+        got = decode_logits(model, prompt, steps=steps)
+    return want, got, hits
+
+
 def without_stack(fn):
     orig = _StackPlan.step
     _StackPlan.step = lambda *a: None
@@ -229,12 +242,7 @@ def test_one_call_steps_of_a_w4_batch_take_the_layers_kernels(dtype, fuse, monke
     the one call's projections name those rows and run the same kernels: the same bits."""
     model = optimized("llama", tersor.W4Config(group_size=32), dtype, fuse)
     prompt = torch.randint(0, 128, (5, 3), generator=torch.Generator().manual_seed(5))
-    with monkeypatch.context() as m:  # the modules' own forward: no native step at all
-        m.setattr(_StackPlan, "step", lambda *a: None)
-        m.setattr(_Plan, "step", lambda *a: None)
-        want = decode_logits(model, prompt, steps=3)
-    hits = counting(monkeypatch)
-    got = decode_logits(model, prompt, steps=3)
+    want, got, hits = own_and_stepped(model, prompt, monkeypatch)
     assert hits == {"stack": 3, "layer": 0}
     assert all(a.dtype == dtype and torch.equal(a, b) for a, b in zip(want, got))
 
@@ -255,13 +263,7 @@ def test_one_call_steps_of_a_24_batch_take_the_layers_kernels(config, monkeypatc
     model = optimized("llama", config, then=dense_from_4_rows if dense_copy else None)
     for rows in (2, 19):
         prompt = torch.randint(0, 128, (rows, 3), generator=torch.Generator().manual_seed(rows))
-        with monkeypatch.context() as m:  # the modules' own forward: no native step at all
-            m.setattr(_StackPlan, "step", lambda *a: None)
-            m.setattr(_Plan, "step", lambda *a: None)
-            want = decode_logits(model, prompt, steps=3)
-        with monkeypatch.context() as m:
-            hits = counting(m)
-            got = decode_logits(model, prompt, steps=3)
+        want, got, hits = own_and_stepped(model, prompt, monkeypatch)
         one_call = not dense_copy or rows < 4
         assert hits == ({"stack": 3, "layer": 0} if one_call else {"stack": 0, "layer": 6})
         assert all(torch.equal(a, b) for a, b in zip(want, got))
@@ -289,13 +291,7 @@ def test_act_order_gptq_layers_step_in_one_call(tmp_path, dtype, activations, mo
     assert report.stacks == ["model"] and not report.left, report
     for b in (2, 5):
         prompt = torch.randint(0, 128, (b, 3), generator=torch.Generator().manual_seed(b))
-        with monkeypatch.context() as m:  # the modules' own forward: no native step at all
-            m.setattr(_StackPlan, "step", lambda *a: None)
-            m.setattr(_Plan, "step", lambda *a: None)
-            want = decode_logits(model, prompt, steps=3)
-        with monkeypatch.context() as m:
-            hits = counting(m)
-            got = decode_logits(model, prompt, steps=3)
+        want, got, hits = own_and_stepped(model, prompt, monkeypatch)
         assert hits == {"stack": 3, "layer": 0}
         assert all(a.dtype == dtype and torch.equal(a, b) for a, b in zip(want, got))
 
@@ -317,13 +313,7 @@ def test_w8_bf16_rows_step_on_the_bf16_kernel_from_its_rows(monkeypatch):
     model = optimized("llama", tersor.W8Config(), torch.bfloat16)
     for b in (2, 5):
         prompt = torch.randint(0, 128, (b, 3), generator=torch.Generator().manual_seed(b))
-        with monkeypatch.context() as m:  # the modules' own forward: no native step at all
-            m.setattr(_StackPlan, "step", lambda *a: None)
-            m.setattr(_Plan, "step", lambda *a: None)
-            want = decode_logits(model, prompt, steps=3)
-        with monkeypatch.context() as m:
-            hits = counting(m)
-            got = decode_logits(model, prompt, steps=3)
+        want, got, hits = own_and_stepped(model, prompt, monkeypatch)
         assert hits == {"stack": 3, "layer": 0}
         assert all(torch.equal(a, b) for a, b in zip(want, got))
 
