@@ -31,6 +31,18 @@ def tiny_llm(family: str = "llama", dtype=torch.float32, seed: int = 0):
     return transformers.AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
 
 
+def convert(model, configs, fuse="auto"):
+    """The model's layers in `configs` (one config, a tuple applied in order, or None): a
+    Sparse24Config by sparsify_, the others by quantize_, as the LLM bench converts them."""
+    import tersor
+
+    for config in configs if isinstance(configs, tuple) else (configs,):
+        if isinstance(config, tersor.Sparse24Config):
+            tersor.sparsify_(model, config, progress=False)
+        elif config is not None:
+            tersor.quantize_(model, config, progress=False, fuse_projections=fuse)
+
+
 def decode_logits(model, prompt, steps=6):
     """Logits of a prefill then `steps` greedy decode steps (the cache HF makes; its argument
     is `cache` from transformers 5.x, `past_key_values` before)."""

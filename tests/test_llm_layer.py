@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 import torch
-from tests.llm_models import decode_logits, tiny_llm
+from tests.llm_models import convert, decode_logits, tiny_llm
 from torch import nn
 
 import tersor
@@ -35,16 +35,6 @@ SCHEMES = {
     "2:4": tersor.Sparse24Config(),  # (sparsify_; the native kind 6)
     "2:4w8a8": (tersor.Sparse24Config(), tersor.W8A8Config()),  # then quantize_: kind 5
 }
-
-
-def convert(model, scheme: str, fuse="auto"):
-    """The model's layers in `scheme` (SCHEMES), as the LLM bench converts them."""
-    configs = SCHEMES[scheme]
-    for config in configs if isinstance(configs, tuple) else (configs,):
-        if isinstance(config, tersor.Sparse24Config):
-            tersor.sparsify_(model, config, progress=False)
-        elif config is not None:
-            tersor.quantize_(model, config, progress=False, fuse_projections=fuse)
 
 
 def counting_lean_steps(monkeypatch) -> list:
@@ -82,7 +72,7 @@ def python_steps_only(monkeypatch):
 
 def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
     model = tiny_llm(family, dtype=dtype)
-    convert(model, scheme, fuse)
+    convert(model, SCHEMES[scheme], fuse)
     report = tersor.optimize_decoding_(model)
     assert report.layers == ["model.layers.0", "model.layers.1"], report
     assert all(isinstance(layer, FastDecoderLayer) for layer in model.model.layers)

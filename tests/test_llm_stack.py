@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from tests.llm_models import decode_logits, tiny_llm
+from tests.llm_models import convert, decode_logits, tiny_llm
 from torch import nn
 
 import tersor
@@ -68,12 +68,7 @@ def optimized(family="llama", config=None, dtype=torch.float32, fuse="auto", the
     """The tiny model in config (a tuple: one after the other), then(model) if given, then
     optimize_decoding_."""
     model = tiny_llm(family, dtype=dtype)
-    configs = config if isinstance(config, tuple) else (config or tersor.W8A8Config(),)
-    for c in configs:
-        if isinstance(c, tersor.Sparse24Config):
-            tersor.sparsify_(model, c, progress=False)
-        else:
-            tersor.quantize_(model, c, progress=False, fuse_projections=fuse)
+    convert(model, config or tersor.W8A8Config(), fuse)
     if then is not None:
         then(model)
     report = tersor.optimize_decoding_(model)
