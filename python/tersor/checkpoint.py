@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from tersor._heap import release_freed_memory
 from tersor.formats import SCHEMES
 from tersor.nn.fused import fuse_projections as fuse
 from tersor.nn.linear import PackedLinear
@@ -146,26 +147,6 @@ def _jsonable(v):
     if isinstance(v, tuple):
         return list(v)
     raise TypeError(f"tersor.save_pretrained: cannot store {type(v).__name__} in the manifest")
-
-
-def _release_freed_memory() -> None:
-    """Hand the re-packing temporaries of a layer back to the OS: glibc keeps freed heap pages
-    between the long-lived packed tensors (measured: without this, loading held ~4.5x the
-    compressed size in RSS; with it, about the compressed size plus one layer's temporaries)."""
-    global _libc
-    if _libc is None:
-        try:
-            import ctypes
-
-            _libc = ctypes.CDLL("libc.so.6")
-            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc.malloc_trim(0)
-
-
-_libc = None
 
 
 def _build_layer(fqn: str, entry: dict, get, path: str) -> nn.Module:
@@ -392,7 +373,7 @@ def _load(model, path, manifest, shards, strict, build=None):
         # unmapped after each layer: the shard's pages read so far would otherwise stay in the
         # process's resident set until the end (the reopening costs one header parse)
         shards.close()
-        _release_freed_memory()
+        release_freed_memory()
     # every tensor under a layer must be one it took
     claimed = set()
     for fqn, layer in built.items():

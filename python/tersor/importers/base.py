@@ -15,7 +15,7 @@ from typing import Optional
 
 from torch import nn
 
-from tersor.checkpoint import _release_freed_memory
+from tersor._heap import release_freed_memory
 from tersor.formats.base import WeightFormat
 from tersor.importers.folder import Folder
 from tersor.nn.linear import PackedLinear
@@ -112,7 +112,7 @@ def import_folder(model: nn.Module, folder: Folder, importer: Importer, strict: 
             LayerReport(fqn, shape, fmt.scheme, before, built[fqn].nbytes, got.note, CONVERTED)
         )
         folder.close()  # unmap the pages read so far, as tersor checkpoints do per layer
-        _release_freed_memory()
+        release_freed_memory()
     if "" in built:
         raise ValueError(f"{folder.path}: the model itself is a Linear; build the layer instead")
 
