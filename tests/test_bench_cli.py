@@ -65,6 +65,7 @@ def test_llm_family_on_the_tiny_shape(capsys):
     assert [r["impl"] for r in ours] == [
         "tersor W8A8",
         "tersor W7A8",
+        "tersor W8",
         "tersor W4A8 g32",
         "tersor W4 g128",
         "tersor W4A8 g32 bf16",

@@ -50,6 +50,8 @@ SCHEMES = {
     "tersor W8A8": lambda: tersor.W8A8Config(),
     # 7-bit weights: OpenVINO's grid on CPUs without VNNI, where it runs faster (configs.py)
     "tersor W7A8": lambda: tersor.W8A8Config(weight_bits=7),
+    # int8 weights with fp32 activations (compressed-tensors W8A16 checkpoints)
+    "tersor W8": lambda: tersor.W8Config(),
     "tersor W4A8 g32": lambda: tersor.W4A8Config(group_size=32),
     "tersor W4 g128": lambda: tersor.W4Config(group_size=128),
     "tersor W4A8 g32 bf16": lambda: tersor.W4A8Config(group_size=32),
