@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tersor
-from tersor.formats.sparse24 import compress_24, decompress_24, is_24, pack_24, prune_24, unpack_24
+from tersor.formats.sparse24 import (
+    Sparse24Format,
+    compress_24,
+    decompress_24,
+    is_24,
+    pack_24,
+    prune_24,
+    unpack_24,
+)
 from tersor.nn import SparseLinear
 from tersor.ops.spmm_24 import spmm_24
 
@@ -54,6 +62,60 @@ def test_compress_meta_of_every_pattern():
         want = sorted(nz + [p for p in range(4) if p not in nz][: 2 - len(nz)])
         assert m.tolist() == [[want[0] | want[1] << 2]], bits
         assert torch.equal(v.nan_to_num(7.0), w[:, want].nan_to_num(7.0)), bits
+
+
+def test_pruner_ties_nan_scores_and_sparse_groups():
+    """Ties go to the lower position, a NaN score ranks highest, and a group of at most 2
+    nonzeros stays as it is whatever its scores (here the zeros' scores are the largest)."""
+    w = torch.tensor([[1.0, -1.0, 1.0, 0.5, 0.0, 5.0, 0.0, 3.0, 1.0, 2.0, 3.0, 4.0]])
+    score = torch.tensor([[2.0, 2.0, 2.0, 2.0, 9.0, 0.0, 9.0, 1.0, 1.0, float("nan"), 0.0, 5.0]])
+    assert prune_24(w).tolist() == [[1.0, -1.0, 0, 0, 0, 5.0, 0, 3.0, 0, 0, 3.0, 4.0]]
+    assert prune_24(w, score).tolist() == [[1.0, -1.0, 0, 0, 0, 5.0, 0, 3.0, 0, 2.0, 0, 4.0]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    k=st.integers(1, 41),
+    seed=st.integers(0, 2**31 - 1),
+    scored=st.sampled_from(["abs", "score", "nan score"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_native_conversion_matches_the_torch_passes(n, k, seed, scored, dtype):
+    """Sparse24Format.from_float (csrc/repack s24_prune_to_tiles) gives the tiles of prune_24 +
+    compress_24 + pack_24 exactly, and with_int8_values (s24_tiles_to_int8) those of
+    quantize_24_int8 + pack_24_int8: weights from a few values (ties in every group), some
+    groups already sparse, rows whose small values round to code 0 (their slots freed)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(-3, 4, (n, k), generator=g).to(dtype) * 0.25
+    w[:, 0] *= 1000.0  # the rest of row 0's codes round to 0 or +-1
+    score = None
+    if scored != "abs":
+        score = torch.randint(0, 3, (n, k), generator=g).float()
+        if scored == "nan score":
+            score[torch.rand(n, k, generator=g) < 0.2] = float("nan")
+    fmt = Sparse24Format.from_float(w, tersor.Sparse24Config(), score=score)
+    pruned = prune_24(w.float(), score)
+    ref = pack_24(*compress_24(pruned), k)
+    assert torch.equal(fmt.values, ref.values) and torch.equal(fmt.meta, ref.meta)
+    q = fmt.with_int8_values(tersor.W8A8Config())
+    r8 = pack_24_int8(*quantize_24_int8(pruned), k)
+    for name in ("values", "meta", "colsum", "scale"):
+        got, want = getattr(q, name), getattr(r8, name)
+        assert torch.equal(got, want)
+
+
+def test_native_conversion_refuses_what_the_torch_passes_refused():
+    w = torch.randn(20, 12)
+    w[17, 5] = float("nan")
+    with pytest.raises(ValueError, match="layer 'x': weight holds NaN or Inf"):
+        Sparse24Format.from_float(w, tersor.Sparse24Config(), what="layer 'x'")
+    with pytest.raises(ValueError, match=r"not 2:4 sparse \(row 0\).*prune=False"):
+        Sparse24Format.from_float(torch.ones(3, 8), tersor.Sparse24Config(False))
+    ok = Sparse24Format.from_float(prune_24(torch.randn(20, 12)), tersor.Sparse24Config(False))
+    ok.values[1, 2, 0, 3] = float("inf")  # row 19
+    with pytest.raises(ValueError, match="values of row 19 hold NaN or Inf"):
+        ok.with_int8_values(tersor.W8A8Config())
 
 
 @pytest.mark.parametrize("m", [1, 7, 33])  # 33: the AVX2 slabs

@@ -84,6 +84,46 @@ void bind_repack(py::module_& m) {
       py::arg("ldy"), py::arg("bytes"), py::arg("nthreads"), nogil(),
       "y[m][k] = x[m][perm[k]]: M rows of K elements of `bytes` (2 or 4) each, row strides "
       "ldx / ldy in elements; perm int64 [K], every index in [0, K) (not checked here).");
+
+  constexpr const char* k24Doc =
+      " fp32 tiles: values [Np/16][G][2][16] fp32, meta [Np/16][G4][16] uint8 (G = ceil(K/4), "
+      "G4 = 4 ceil(G/4)); int8 tiles: values [Np/16][K8][16][4] int8, meta [Np/16][K8][16] "
+      "uint8 (K8 = ceil(G/2)); padding groups and rows hold values 0 at positions (0, 1).";
+  m.def(
+      "s24_prune_to_tiles",
+      [](addr rows, addr score, int64_t ld, int64_t ld_score, addr values, addr meta, int64_t N,
+         int64_t K, bool prune, int nthreads) {
+        const auto r = repack::s24_prune_to_tiles(repack::S24PruneArgs{
+            ptr<const float>(rows), ptr<const float>(score), ld, ld_score, ptr<float>(values),
+            ptr<uint8_t>(meta), N, K, prune, nthreads});
+        return std::make_pair(r.nonfinite, r.dense);
+      },
+      py::arg("rows"), py::arg("score"), py::arg("ld"), py::arg("ld_score"), py::arg("values"),
+      py::arg("meta"), py::arg("N"), py::arg("K"), py::arg("prune"), py::arg("nthreads"),
+      nogil(),
+      (std::string("Dense fp32 rows [N][ld] -> 2:4 fp32 tiles. prune: groups of 3-4 nonzeros "
+                   "keep the 2 of largest score (score fp32 [N][ld_score], or 0: |rows|; ties "
+                   "to the lower slot, NaN highest). Returns (first row holding NaN / Inf, "
+                   "first row left with > 2 nonzeros in a group), -1 for none.") +
+       k24Doc)
+          .c_str());
+  m.def(
+      "s24_tiles_to_int8",
+      [](addr values, addr meta, addr values8, addr meta8, addr colsum, addr scale, int64_t N,
+         int64_t K, int nthreads) {
+        return repack::s24_tiles_to_int8(repack::S24Int8Args{
+            ptr<const float>(values), ptr<const uint8_t>(meta), ptr<int8_t>(values8),
+            ptr<uint8_t>(meta8), ptr<int32_t>(colsum), ptr<float>(scale), N, K, nthreads});
+      },
+      py::arg("values"), py::arg("meta"), py::arg("values8"), py::arg("meta8"),
+      py::arg("colsum"), py::arg("scale"), py::arg("N"), py::arg("K"), py::arg("nthreads"),
+      nogil(),
+      (std::string("2:4 fp32 tiles -> int8 tiles: per-row symmetric codes in [-127, 127] "
+                   "(scale fp32 [Np] = amax / 127, colsum int32 [Np] the codes' sums), each "
+                   "group's meta from its nonzero codes. Returns the first row holding NaN / "
+                   "Inf, or -1.") +
+       k24Doc)
+          .c_str());
 }
 
 }  // namespace tersor::bindings

@@ -62,4 +62,53 @@ void int8_tiles_to_rows(const Int8Args& a);
 void gather_columns(const void* x, int64_t M, int64_t K, int64_t ldx, const int64_t* perm,
                     void* y, int64_t ldy, int bytes, int nthreads);
 
+// 2:4 conversion (formats/sparse24.py; kernel forms in common/formats.h): the pruning,
+// compression and packing a layer's conversion ran as torch ops on every group of 4 (top-k,
+// scatter, gather, permutes: ~20 M weights/s on Zen 3, a minute for a 1B Llama), in one pass.
+//
+// A group's meta byte (p0 | p1 << 2, p0 < p1) keeps its nonzeros, topped up with its lowest
+// zero slots; the values are the group's entries at p0 and p1.
+//
+//   fp32 tiles (S24Group)   values [Np/16][G][2][16] fp32, meta [Np/16][G4][16] uint8
+//   int8 tiles (S24I8Tile)  values [Np/16][K8][16][4] int8, meta [Np/16][K8][16] uint8
+//   G = ceil(K / 4), G4 = 4 ceil(G / 4), K8 = ceil(G / 2); padding groups and rows: values 0,
+//   positions (0, 1)
+struct S24PruneArgs {
+  const float* rows;   // [N][ld], the dense weight (k >= K read as 0)
+  const float* score;  // [N][ld_score] (its magnitude ranks), or nullptr: |rows|
+  int64_t ld, ld_score;
+  float* values;  // fp32 tiles of ceil(N / 16) blocks
+  uint8_t* meta;
+  int64_t N, K;
+  bool prune;  // groups of more than 2 nonzeros keep the 2 of largest score (else: refused)
+  int nthreads;
+};
+
+struct S24Rows {
+  int64_t nonfinite;  // the first row holding NaN / Inf, or -1
+  int64_t dense;      // the first row with a group of > 2 nonzeros left unpruned, or -1
+};
+
+// rows -> fp32 tiles. With prune, a group of 3-4 nonzeros keeps the 2 positions of largest
+// score, ties to the lower position, a NaN score above any number (torch's descending sort,
+// stable); groups of 0-2 nonzeros stay as they are.
+S24Rows s24_prune_to_tiles(const S24PruneArgs& a);
+
+struct S24Int8Args {
+  const float* values;  // fp32 tiles
+  const uint8_t* meta;
+  int8_t* values8;  // int8 tiles
+  uint8_t* meta8;
+  int32_t* colsum;  // [Np]: each row's sum of codes (0 past N)
+  float* scale;     // [Np]: amax / 127 of each row's kept values (0 past N)
+  int64_t N, K;
+  int nthreads;
+};
+
+// fp32 tiles -> int8 tiles: symmetric per-row codes round(v / scale) in [-127, 127] (round half
+// to even, scale 1 where the row is all zero), the meta of the codes' own nonzeros (a kept
+// value that rounds to 0 frees its slot). Returns the first row whose values are not all
+// finite, or -1.
+int64_t s24_tiles_to_int8(const S24Int8Args& a);
+
 }  // namespace tersor::repack

@@ -952,6 +952,43 @@ def rtn_int4(w: int, N: int, K: int, group: int, symmetric: bool, out: int, nthr
     of `group` columns (the last may be shorter), fp16-rounded scales; what quantize_int4 then
     dequantize_int4 give (gptq/gptq.h)."""
 
+def s24_prune_to_tiles(
+    rows: int,
+    score: int,
+    ld: int,
+    ld_score: int,
+    values: int,
+    meta: int,
+    N: int,
+    K: int,
+    prune: bool,
+    nthreads: int,
+) -> tuple[int, int]:
+    """Dense fp32 rows [N][ld] -> 2:4 fp32 tiles. prune: groups of 3-4 nonzeros keep the 2 of
+    largest score (score fp32 [N][ld_score], or 0: |rows|; ties to the lower slot, NaN highest).
+    Returns (first row holding NaN / Inf, first row left with > 2 nonzeros in a group), -1 for
+    none. fp32 tiles: values [Np/16][G][2][16] fp32, meta [Np/16][G4][16] uint8 (G = ceil(K/4),
+    G4 = 4 ceil(G/4)); int8 tiles: values [Np/16][K8][16][4] int8, meta [Np/16][K8][16] uint8
+    (K8 = ceil(G/2)); padding groups and rows hold values 0 at positions (0, 1)."""
+
+def s24_tiles_to_int8(
+    values: int,
+    meta: int,
+    values8: int,
+    meta8: int,
+    colsum: int,
+    scale: int,
+    N: int,
+    K: int,
+    nthreads: int,
+) -> int:
+    """2:4 fp32 tiles -> int8 tiles: per-row symmetric codes in [-127, 127] (scale fp32 [Np] =
+    amax / 127, colsum int32 [Np] the codes' sums), each group's meta from its nonzero codes.
+    Returns the first row holding NaN / Inf, or -1. fp32 tiles: values [Np/16][G][2][16] fp32,
+    meta [Np/16][G4][16] uint8 (G = ceil(K/4), G4 = 4 ceil(G/4)); int8 tiles: values
+    [Np/16][K8][16][4] int8, meta [Np/16][K8][16] uint8 (K8 = ceil(G/2)); padding groups and
+    rows hold values 0 at positions (0, 1)."""
+
 def set_adaptive_threads(on: bool) -> bool:
     """Whether kernels give up threads while other work keeps the cores busy
     (common/team_governor.h); returns the previous setting. Turning it on or off gives back

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tersor import _C
 from tersor.formats import huge_pages
 from tersor.formats.base import (
     WeightFormat,
@@ -127,13 +128,17 @@ def _group_meta(g: torch.Tensor) -> torch.Tensor:
 
 
 def prune_24(weight: torch.Tensor, score: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep the 2 largest-score entries of every group of 4 along K (score: |w| by default, or
-    e.g. Wanda's |w| * ||x||); returns the pruned float weight."""
+    """Keep the 2 largest-|score| entries of every group of 4 along K that holds more than 2
+    nonzeros (score: |w| by default, or e.g. Wanda's |w| * ||x||; ties to the lower position, a
+    NaN score highest); groups of at most 2 nonzeros stay as they are. Returns the pruned float
+    weight. The reference of the conversion's native pass (csrc/repack s24_prune_to_tiles)."""
     w = weight.detach().to(torch.float32)
     s = _groups(w.abs() if score is None else score.detach().to(torch.float32).abs())
-    keep = torch.zeros_like(s, dtype=torch.bool)
-    keep.scatter_(2, s.topk(2, dim=2).indices, True)
-    return (_groups(w) * keep).reshape(w.shape[0], -1)[:, : w.shape[1]].contiguous()
+    order = s.sort(dim=2, descending=True, stable=True).indices[..., :2]
+    keep = torch.zeros_like(s, dtype=torch.bool).scatter_(2, order, True)
+    g = _groups(w)
+    keep |= (g != 0).sum(dim=2, keepdim=True) <= 2
+    return (g * keep).reshape(w.shape[0], -1)[:, : w.shape[1]].contiguous()
 
 
 def mask_24(module) -> torch.Tensor:
@@ -318,21 +323,37 @@ class Sparse24Format(WeightFormat):
         temporaries (group views, top-k indices, sort orders: ~8x the weight whole) stay one
         block's."""
         w = weight.detach()
-        check_float_weight(w, what, halves=True)
+        check_float_weight(w, what, finite=False, halves=True)  # NaN / Inf: the pass finds them
         n, k = w.shape
-
-        def packed_rows(r0, r1):
-            wb = w[r0:r1].to(torch.float32)
-            if not is_24(wb):
-                if not config.prune:
-                    raise ValueError(
-                        f"{what}: weight is not 2:4 sparse and Sparse24Config(prune="
-                        f"False) forbids pruning it"
-                    )
-                wb = prune_24(wb, None if score is None else score[r0:r1])
-            return pack_24(*compress_24(wb), k)
-
-        return cls._by_row_blocks(n, k, packed_rows, int8=False)
+        if n == 0:
+            return cls._by_row_blocks(n, k, None, int8=False)
+        g, nb = (k + 3) // 4, -(-n // BLOCK_N)
+        values = huge_pages.empty((nb, g, 2, BLOCK_N), torch.float32)
+        meta = huge_pages.empty((nb, (g + 3) // 4 * 4, BLOCK_N), torch.uint8)
+        for r0, r1 in row_blocks(n, k, BLOCK_N):  # fp32 temporaries of one block (halves)
+            wb = w[r0:r1].to(device="cpu", dtype=torch.float32).contiguous()
+            sb = None if score is None else score[r0:r1].to("cpu", torch.float32).contiguous()
+            b0 = r0 // BLOCK_N
+            nonfinite, dense = _C.s24_prune_to_tiles(
+                wb.data_ptr(),
+                0 if sb is None else sb.data_ptr(),
+                k,
+                k,
+                values[b0:].data_ptr(),
+                meta[b0:].data_ptr(),
+                r1 - r0,
+                k,
+                bool(config.prune),  # a method name prunes too
+                torch.get_num_threads(),
+            )
+            if nonfinite >= 0:
+                raise ValueError(f"{what}: weight holds NaN or Inf; cannot convert it")
+            if dense >= 0:
+                raise ValueError(
+                    f"{what}: weight is not 2:4 sparse (row {r0 + dense}) and "
+                    f"Sparse24Config(prune=False) forbids pruning it"
+                )
+        return cls._of_tiles(n, k, (values, meta), int8=False)
 
     @classmethod
     def _by_row_blocks(cls, n: int, k: int, packed_rows, int8: bool) -> "Sparse24Format":
@@ -356,11 +377,16 @@ class Sparse24Format(WeightFormat):
             parts[0][b0:b1], parts[1][b0:b1] = got[0], got[1]
             for whole, t in zip(parts[2:], got[2:]):
                 whole[b0 * BLOCK_N : b1 * BLOCK_N] = t
+        return cls._of_tiles(n, k, parts, int8)
+
+    @classmethod
+    def _of_tiles(cls, n: int, k: int, parts, int8: bool) -> "Sparse24Format":
+        """The format of its kernel tensors: (values, meta), plus (colsum, scale) for int8."""
         fmt = cls.__new__(cls)
         WeightFormat.__init__(fmt, n, k)
         fmt.int8, fmt.scheme = int8, "2:4+w8a8" if int8 else "2:4"
-        fmt.tensor_names = cls._INT8_NAMES if int8 else names
-        for name, t in zip(names, parts):
+        fmt.tensor_names = cls._INT8_NAMES if int8 else ("values", "meta")
+        for name, t in zip(fmt.tensor_names, parts):
             setattr(fmt, name, t)
         fmt._keep_dense_copy(dense_from_rows_24_int8(n, k) if int8 else None)
         return fmt._finish()
@@ -443,29 +469,37 @@ class Sparse24Format(WeightFormat):
         return w * c[2][:, None] if self.int8 else w
 
     def with_int8_values(self, config, solved=None):
-        """Per-channel int8 values at the same positions (quantize_24_int8 of the fp32 layer,
-        or GPTQ's `solved` (q, scale)), quantized and packed a 16-row block at a time into
-        the final tensors: compress_24's sort orders of a whole weight are ~10x it (a 1 GiB
-        fp32 layer took 10 GiB)."""
+        """Per-channel int8 values at the same positions: the fp32 tiles quantized straight
+        into int8 tiles in one native pass (csrc/repack s24_tiles_to_int8; quantize_24_int8
+        of the fp32 layer is its reference), or GPTQ's `solved` (q, scale) packed a 16-row
+        block at a time (compress_24's temporaries of a whole weight are ~10x it)."""
         n, k = self.out_features, self.in_features
+        if solved is not None or n == 0:
 
-        def packed_rows(r0, r1):
-            if solved is None:
-                v, m, s = quantize_24_int8(self._dense_rows(r0, r1))
-            else:
+            def packed_rows(r0, r1):
                 v, m = compress_24(solved[0][r0:r1].to(torch.float32))
-                v, s = v.to(torch.int8), solved[1][r0:r1]
-            return pack_24_int8(v, m, s, k)
+                return pack_24_int8(v.to(torch.int8), m, solved[1][r0:r1], k)
 
-        return Sparse24Format._by_row_blocks(n, k, packed_rows, int8=True)
-
-    def _dense_rows(self, r0: int, r1: int) -> torch.Tensor:
-        """float32 rows r0:r1 (r0 a multiple of 16) of an fp32 2:4 layer, from its packed
-        blocks alone."""
-        b0, b1, g = r0 // BLOCK_N, -(-r1 // BLOCK_N), (self.in_features + 3) // 4
-        v = self.values[b0:b1].cpu().permute(0, 3, 1, 2).reshape(-1, 2 * g)[: r1 - r0]
-        m = self.meta[b0:b1].cpu().permute(0, 2, 1).reshape((b1 - b0) * BLOCK_N, -1)
-        return decompress_24(v, m[: r1 - r0, :g].contiguous(), self.in_features)
+            return Sparse24Format._by_row_blocks(n, k, packed_rows, int8=True)
+        nb, k8 = self.values.shape[0], ((k + 3) // 4 + 1) // 2
+        values, meta = self.values.cpu().contiguous(), self.meta.cpu().contiguous()
+        parts = (
+            huge_pages.empty((nb, k8, BLOCK_N, 4), torch.int8),
+            huge_pages.empty((nb, k8, BLOCK_N), torch.uint8),
+            torch.empty(nb * BLOCK_N, dtype=torch.int32),
+            torch.empty(nb * BLOCK_N),
+        )
+        nonfinite = _C.s24_tiles_to_int8(
+            values.data_ptr(),
+            meta.data_ptr(),
+            *(t.data_ptr() for t in parts),
+            n,
+            k,
+            torch.get_num_threads(),
+        )
+        if nonfinite >= 0:
+            raise ValueError(f"2:4 values of row {nonfinite} hold NaN or Inf; cannot quantize them")
+        return Sparse24Format._of_tiles(n, k, parts, int8=True)
 
     @property
     def density(self) -> float:
