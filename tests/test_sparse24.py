@@ -112,6 +112,10 @@ def test_native_conversion_refuses_what_the_torch_passes_refused():
         Sparse24Format.from_float(w, tersor.Sparse24Config(), what="layer 'x'")
     with pytest.raises(ValueError, match=r"not 2:4 sparse \(row 0\).*prune=False"):
         Sparse24Format.from_float(torch.ones(3, 8), tersor.Sparse24Config(False))
+    with pytest.raises(
+        ValueError, match=r"score must be \[20, 12\] like the weight, got \(20, 8\)"
+    ):
+        Sparse24Format.from_float(w, tersor.Sparse24Config(), score=torch.ones(20, 8))
     ok = Sparse24Format.from_float(prune_24(torch.randn(20, 12)), tersor.Sparse24Config(False))
     ok.values[1, 2, 0, 3] = float("inf")  # row 19
     with pytest.raises(ValueError, match="values of row 19 hold NaN or Inf"):

@@ -1,5 +1,6 @@
 // 2:4 conversion passes (repack.h): prune + compress + pack, and fp32 -> int8 values. Each
 // thread takes whole 16-row blocks; every output byte is written by one thread.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>

@@ -318,13 +318,17 @@ class Sparse24Format(WeightFormat):
 
     @classmethod
     def from_float(cls, weight, config, *, what="layer", score=None):
-        """Prunes to 2:4 by `score` (|w| by default) unless the weight already is 2:4. Every
-        step is row-local, so it goes a row block at a time: the pruning's and compression's
-        temporaries (group views, top-k indices, sort orders: ~8x the weight whole) stay one
-        block's."""
+        """Every group of 4 along K with more than 2 nonzeros pruned to the 2 of largest
+        |score| (|w| by default; prune_24's rule), compressed and packed into the kernel tiles
+        by one native pass (csrc/repack s24_prune_to_tiles), a row block at a time: the fp32
+        temporaries of a bf16 / fp16 weight stay one block's."""
         w = weight.detach()
         check_float_weight(w, what, finite=False, halves=True)  # NaN / Inf: the pass finds them
         n, k = w.shape
+        if score is not None and tuple(score.shape) != (n, k):
+            raise ValueError(
+                f"{what}: score must be [{n}, {k}] like the weight, got {tuple(score.shape)}"
+            )
         if n == 0:
             return cls._by_row_blocks(n, k, None, int8=False)
         g, nb = (k + 3) // 4, -(-n // BLOCK_N)
