@@ -671,7 +671,9 @@ def test_conversion_holds_about_the_packed_bytes():
         [sys.executable, "-c", _HELD_SCRIPT], capture_output=True, text=True, timeout=600
     )
     assert got.returncode == 0, got.stderr[-2000:]
-    for line in got.stdout.splitlines():
+    lines = got.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["w8a8", "w4", "2:4"], got.stdout
+    for line in lines:
         scheme, grown, packed = line.split()
         assert float(grown) < float(packed) + 16, (
             f"{scheme}: RSS grew {float(grown):.0f} MiB converting {float(packed):.0f} MiB of "
