@@ -248,3 +248,60 @@ def test_act_order_layer_matches_permuting_first_and_rejects_a_bad_permutation()
     for bad in (perm.clone().fill_(0), torch.arange(k) + 1, torch.arange(k - 1)):
         with pytest.raises(ValueError, match="act-order input permutation"):
             Int4Format(q, s, z, 32, perm=bad)
+
+
+@pytest.mark.parametrize("m", [1, 7, 8, 9, 33])
+@pytest.mark.parametrize("shape", [(), (3,)])
+def test_act_bits_16_layer_takes_the_planes_up_to_their_rows(m, shape):
+    """W4A8Config(act_bits=16): up to PLANES_MAX_ROWS rows the layer is the planes op, above it
+    the float-activation W4 layer on the same codes; bf16 rows give that, rounded once."""
+    import tersor
+    from tersor.nn import QLinear
+    from tersor.ops import gemm_w4a8
+    from tersor.ops.gemm_w4 import PLANES_MAX_ROWS
+
+    torch.manual_seed(m)
+    lin = torch.nn.Linear(96, 37)
+    q16 = QLinear.from_float(lin, tersor.W4A8Config(group_size=32, act_bits=16))
+    assert q16.fmt.act_bits == 16 and q16.fmt.options()["act_bits"] == 16
+    assert "act_bits=16" in repr(q16)
+    f = q16.fmt
+    w4 = QLinear.wrap(Int4Format(*f.canonical(), 32, act_int8=False, nibbles_k=None), q16.bias)
+    x = torch.randn(*shape, m, 96)
+    rows = x.numel() // 96
+    y = q16(x)
+    if rows <= PLANES_MAX_ROWS:
+        want = gemm_w4a8(x, f.codes, f.scale, f.zero, q16.bias, 37, f.G, "auto", 2)
+    else:
+        want = w4(x)
+    assert y.shape == (*shape, m, 37) and torch.equal(y, want)
+    assert torch.equal(q16(x.bfloat16()), q16(x.bfloat16().float()).bfloat16())
+    with torch.no_grad():
+        assert torch.equal(q16._checked(x), y)  # the checked path: the same choice
+
+
+def test_act_bits_errors():
+    import tersor
+
+    with pytest.raises(ValueError, match="act_bits must be 8 or 16"):
+        tersor.W4A8Config(act_bits=12)
+    with pytest.raises(ValueError, match="act_bits=16 applies to int8 activations"):
+        Int4Format.empty(16, 64, act_int8=False, group_size=32, act_bits=16)
+
+
+def test_act_bits_16_saves_and_loads(tmp_path):
+    import tersor
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    tersor.quantize_(net, tersor.W4A8Config(group_size=32, act_bits=16), progress=False)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        want = net(x)
+    manifest = tersor.save_pretrained(net, str(tmp_path))
+    assert manifest["layers"]["0"]["options"]["act_bits"] == 16
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    tersor.load_pretrained(fresh, str(tmp_path))
+    assert fresh[0].fmt.act_bits == 16 and fresh[2].fmt.act_bits == 16
+    with torch.no_grad():
+        assert torch.equal(fresh(x), want)

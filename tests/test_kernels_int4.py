@@ -20,7 +20,7 @@ from tersor.ops.gemm_w4 import (
     gemm_w4_cpu,
     w4_tiles,
 )
-from tersor.ref import gemm_w4a8_ref, quantize_rows_ref
+from tersor.ref import gemm_w4a8_ref, quantize_planes_ref, quantize_rows_ref
 
 CASES = [(-1, 3), (-1, 37), (32, 64), (32, 96), (64, 128), (128, 256), (-1, 261)]  # (G, K)
 # 1, 2: the AVX-512 decode tile; 6, 7: partial row tiles of 2 and 3; 12: the VNNI tiles below
@@ -85,6 +85,62 @@ def test_gemm_w4a8_extreme_codes(isa, g, k, gen, c_ref):
     y = gemm_w4a8(x, p.codes, p.scale, p.zero, b, 20, G)
     assert torch.equal(y, c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, b, 20, G)))
     torch.testing.assert_close(y, gemm_w4a8_ref(x, q, s, z, G, b), rtol=2e-6, atol=2e-5)
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("m", [1, 2, 7, 33])
+@pytest.mark.parametrize("g,k", [(-1, 37), (32, 96), (128, 256), (-1, 261)])
+def test_gemm_w4a8_planes(isa, g, k, m, sym, gen, c_ref):
+    """16-bit activations as two int8 planes (x_planes=2): the C ref bit for bit, the torch
+    reference, and within the planes' bound of the float activations' exact product: each
+    activation within amax / 64516 (int8 alone: amax / 254)."""
+    n = 37
+    x, q, s, z, G, b, p = make(m, k, n, g, sym, gen)
+    x[0, 1] = 40.0  # an outlier sets the row's amax
+    xs = torch.randn(m, k + 5, generator=gen)[:, 2 : 2 + k]  # strided rows
+    xs.copy_(x)
+    y = gemm_w4a8(xs, p.codes, p.scale, p.zero, b, n, G, "auto", 2)
+    assert torch.equal(y, c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, b, n, G, "auto", 2)))
+    torch.testing.assert_close(y, gemm_w4a8_ref(x, q, s, z, G, b, x_planes=2), rtol=2e-6, atol=2e-5)
+    w = dequantize_int4(q, s, z, G).double()
+    y64 = x.double() @ w.t() + b.double()
+    amax = x.abs().amax(1, keepdim=True).double()
+    bound = (amax / 64516) @ w.abs().sum(1, keepdim=True).t()  # sum_k |w| * amax / 64516
+    err = (y.double() - y64).abs()
+    assert (err <= bound + 1e-5 * y64.abs() + 1e-5).all()
+    y8 = gemm_w4a8(x, p.codes, p.scale, p.zero, b, n, G)
+    assert (y8.double() - y64).norm() > 20 * (y.double() - y64).norm()
+
+
+@pytest.mark.parametrize("g,k", [(32, 64), (-1, 37)])
+def test_gemm_w4a8_planes_codes_exact(isa, g, k, gen):
+    """One group, no bias: y = fl(fl(t_hi s) sx_hi) + fl(fl(t_lo s) sx_lo), with t each plane's
+    exact integer sum, so the codes and scales are those of the rules (quantize_planes_ref),
+    including a row at amax = 0 and one holding NaN."""
+    x, q, s, z, G, _, p = make(7, k, 20, -1, False, gen, bias=False)
+    x[3] = 0.0
+    x[5, 2] = float("nan")
+    y = gemm_w4a8(x, p.codes, p.scale, p.zero, None, 20, G, "auto", 2)
+    hi, s_hi, lo, s_lo = quantize_planes_ref(x)
+    assert int(lo.abs().max()) <= 127 and int(lo[0].abs().max()) > 100
+
+    def plane(codes, scale):
+        t = codes.double() @ q.double().t() - z.double().t() * codes.double().sum(1, keepdim=True)
+        return (t.float() * s.float().t()) * scale[:, None]
+
+    want = plane(hi, s_hi) + plane(lo, s_lo)
+    assert torch.equal(y[[0, 1, 2, 3, 4, 6]], want[[0, 1, 2, 3, 4, 6]])
+    assert torch.isnan(y[5]).all() and (y[3] == 0).all()
+
+
+def test_gemm_w4a8_planes_errors(gen):
+    x, q, s, z, G, b, p = make(2, 64, 20, 32, False, gen)
+    with pytest.raises(ValueError, match="x_planes must be 1 or 2"):
+        gemm_w4a8(x, p.codes, p.scale, p.zero, b, 20, G, "auto", 3)
+    with pytest.raises(ValueError, match="x_planes must be 1"):
+        gemm_w4(x, p.codes, p.scale, p.zero, b, 20, G, "auto", 2)
+    with pytest.raises(ValueError, match="x_planes must be 1 or 2"):
+        cpu_runner_w4(p.codes, p.scale, p.zero, 20, 64, G, True, None, 0)(x, None)
 
 
 @pytest.mark.parametrize("sym", [False, True])

@@ -30,6 +30,7 @@ SCHEMES = {
     "w8a8": tersor.W8A8Config(),
     "w7a8": tersor.W8A8Config(weight_bits=7),  # narrow weights: the native kind 3
     "w4a8": tersor.W4A8Config(group_size=32),
+    "w4a16": tersor.W4A8Config(group_size=32, act_bits=16),  # two planes: the native kind 8
     "w4": tersor.W4Config(group_size=32),
     "w8": tersor.W8Config(),  # int8 weights, float activations: the native kind 7
     "2:4": tersor.Sparse24Config(),  # (sparsify_; the native kind 6)
@@ -90,6 +91,8 @@ def optimized(family="llama", scheme="w8a8", dtype=torch.float32, fuse="auto"):
         ("w7a8", torch.float32, "auto", True),
         ("w4a8", torch.float32, False, True),
         ("w4a8", torch.bfloat16, "auto", True),
+        ("w4a16", torch.float32, "auto", True),
+        ("w4a16", torch.bfloat16, False, True),
         ("w8a8", torch.float16, False, True),
         ("w4", torch.bfloat16, "auto", False),
         ("w4", torch.float32, "auto", True),
@@ -163,6 +166,26 @@ def test_w4_layers_step_natively_only_where_their_calls_run_the_register_kernel(
     native = model.model.layers[0]._tersor_plan.native
     assert native.weight_only and not native.serves(torch.float32, 2)
     assert native.serves(torch.float32, 1)
+
+
+def test_planes_layers_step_natively_up_to_their_rows(monkeypatch):
+    """act_bits=16 layers run the planes up to PLANES_MAX_ROWS rows, float rows above: the
+    native step (kind 8, planes only) declines from there on."""
+    import tersor.llm.layer as layer_mod
+
+    model = optimized("llama", "w4a16")
+    prompt = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(5))
+    want = decode_logits(model, prompt, steps=3)
+    assert all(natives(model))
+    native = model.model.layers[0]._tersor_plan.native
+    assert native.planes and native.serves(torch.float32, 2)
+    assert not native.serves(torch.float32, layer_mod.PLANES_MAX_ROWS + 1)
+    monkeypatch.setattr(layer_mod, "PLANES_MAX_ROWS", 1)  # (as if 2 rows were many)
+    assert not native.serves(torch.float32, 2)
+    served = counting_lean_steps(monkeypatch)
+    got = decode_logits(model, prompt, steps=3)
+    assert served == [0, 1] * 3
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
 
 
 def test_native_steps_follow_fusion_and_format_changes(monkeypatch):

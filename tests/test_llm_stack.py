@@ -84,6 +84,7 @@ def optimized(family="llama", config=None, dtype=torch.float32, fuse="auto", the
         (tersor.W8A8Config(), torch.float32, "auto"),
         (tersor.W4A8Config(group_size=32), torch.float32, False),
         (tersor.W4A8Config(group_size=32), torch.bfloat16, "auto"),
+        (tersor.W4A8Config(group_size=32, act_bits=16), torch.float16, "auto"),
         (tersor.W8A8Config(), torch.float16, False),
         (tersor.W4Config(group_size=32), torch.float32, "auto"),
         (tersor.W4Config(group_size=32), torch.bfloat16, False),

@@ -1,5 +1,7 @@
 // The dense GEMM families: quant_act (row quantizer), gemm_w8a8 / gemm_w8 (int8 weights),
 // gemm_w4 / gemm_w4a8 (int4 weights), dequant (packed weights -> fp32, the large-batch path).
+#include <stdexcept>
+
 #include "bindings/bind.h"
 #include "bindings/int_call.h"
 #include "common/cpu_features.h"
@@ -216,14 +218,19 @@ void bind_gemm_w4(py::module_& m) {
       m, "gemm_w4a8",
       +[](addr x, int64_t M, int64_t K, int64_t ldx, addr w, addr scale, addr zero,
           int64_t group_size, int64_t ngroups, int64_t N, addr bias, addr y, int64_t ldy,
-          int nthreads, int io, addr x_scale, addr row_amax) {
-        half_io::run_staged(w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N, bias, y,
-                                    ldy, nthreads, row_amax, x_scale),
-                            io, nullptr, gemm_w4a8::run, true);
+          int nthreads, int io, addr x_scale, addr row_amax, int x_planes) {
+        if (x_planes != 1 && x_planes != 2)
+          throw std::invalid_argument("gemm_w4a8: x_planes must be 1 or 2");
+        PackedW4LinearArgs a = w4_args(x, M, K, ldx, w, scale, zero, group_size, ngroups, N,
+                                       bias, y, ldy, nthreads, row_amax, x_scale);
+        a.x_planes = x_planes;
+        half_io::run_staged(a, io, nullptr, gemm_w4a8::run, true);
       },
-      TERSOR_W4_ARGS ", row_amax=0",
+      TERSOR_W4_ARGS ", row_amax=0, x_planes=1",
       (std::string(kW4Doc) + "x quantized per row to int8 inside; exact integer group sums." +
-       kIoDoc + kRowAmaxDoc));
+       kIoDoc + kRowAmaxDoc +
+       " x_planes: 1, or 2 for 16-bit activations as two int8 planes (quant_act.h), each row's "
+       "two outputs added."));
 }
 
 void bind_dequant(py::module_& m) {

@@ -59,6 +59,10 @@ struct PackedW4LinearArgs {
   // A8 kernels on the AVX-512 / AMX paths (half_io::a8_writes_half_rows()): BF16 / F16 when y is
   // half rows (the pointer's type aside), rounded in the epilogue (half_io/half_avx512.h)
   int y_io = 0;
+  // 1, or 2: 16-bit activations as two int8 planes (quant_act.h "Two planes"). gemm_w4a8::run
+  // then runs the ISA kernel over 2M plane rows (row p: plane p % 2 of x's row p / 2, as
+  // quant_act::a8_grouped_row quantizes it) into a scratch, and adds each row's two outputs.
+  int x_planes = 1;
 };
 
 }  // namespace tersor

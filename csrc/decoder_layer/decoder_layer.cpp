@@ -115,6 +115,7 @@ void Projection::run(const void* x, int64_t M, int64_t ldx, void* y, int64_t ldy
       return;
     }
     a.x_scale = x_scale;
+    a.x_planes = kind == W4A8Planes ? 2 : 1;
     half_io::run_staged(a, io, nullptr, gemm_w4a8::run, true);
   }
 }

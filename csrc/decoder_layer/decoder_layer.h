@@ -41,7 +41,8 @@ struct Projection {
   // activations (gemm_w8::run; bf16 rows without an input scale from bf16_tiles_from rows
   // gemm_w8::run_bf16, as ops/gemm_w8.py w8_form chooses)
   enum Kind {
-    W8A8 = 0, W4A8 = 1, W4 = 2, W8A8Narrow = 3, W4Bf16 = 4, S24W8A8 = 5, S24 = 6, W8 = 7
+    W8A8 = 0, W4A8 = 1, W4 = 2, W8A8Narrow = 3, W4Bf16 = 4, S24W8A8 = 5, S24 = 6, W8 = 7,
+    W4A8Planes = 8  // W4A8 with 16-bit activations as two int8 planes (x_planes = 2)
   } kind;
   const void* w;      // W8Tile / W4Tile codes, or the 2:4 values (S24I8Tile / S24Group)
   const void* scale;  // fp32 [Np] (W8A8, W8, S24W8A8) or fp16 [Np/16][ngroups][16] (W4A8, W4)

@@ -115,8 +115,8 @@ void run_amx(const PackedW4LinearArgs& a) {
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
     quant_act::fill_rows_amx(a.M, a.K, M32, lda, aq.get(), sx.get(), [&](int64_t m, uint8_t* row) {
-      return quant_act::quantize_row_avx512(quant_act::a8_row(a, m), a.K, row, 4, 0,
-                                            quant_act::amax_floor(a.row_amax, m));
+      return quant_act::a8_plane_codes(a, m, quant_act::quantize_row_avx512,
+                                       quant_act::quantize_row_lo_avx2, row, 4);
     });
 
     int64_t p0, p1;

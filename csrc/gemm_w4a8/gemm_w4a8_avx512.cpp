@@ -239,11 +239,9 @@ void run_avx512(const PackedW4LinearArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
-      sx.get()[m] = quant_act::quantize_row_grouped(quant_act::quantize_row_avx512,
-                                                    quant_act::a8_row(a, m), a.K, G,
-                                                    a.ngroups, dst, kMR,
-                                                    gsum.get() + m * a.ngroups,
-                                                    quant_act::amax_floor(a.row_amax, m));
+      sx.get()[m] = quant_act::a8_grouped_row(a, m, quant_act::quantize_row_avx512,
+                                              quant_act::quantize_row_lo_avx2, dst, kMR,
+                                              gsum.get() + m * a.ngroups);
       for (int64_t g = 0; float_zero && g < a.ngroups; ++g)
         gsum_f.get()[m * a.ngroups + g] = float(gsum.get()[m * a.ngroups + g]);
     }

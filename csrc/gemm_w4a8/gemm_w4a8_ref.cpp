@@ -16,9 +16,9 @@ void run_ref(const PackedW4LinearArgs& a) {
   for (int64_t m = 0; m < a.M; ++m) {
     std::vector<uint8_t> qb(Kp);
     std::vector<int32_t> S(a.ngroups);
-    const float sx = quant_act::quantize_row_grouped(
-        quant_act::quantize_row_ref, quant_act::a8_row(a, m), a.K, G, a.ngroups, qb.data(), 1,
-        S.data(), quant_act::amax_floor(a.row_amax, m));
+    const float sx = quant_act::a8_grouped_row(a, m, quant_act::quantize_row_ref,
+                                               quant_act::quantize_row_lo_ref, qb.data(), 1,
+                                               S.data());
     const int8_t* q = reinterpret_cast<const int8_t*>(qb.data());
     for (int64_t n = 0; n < a.N; ++n) {
       const W4Tile* col = reinterpret_cast<const W4Tile*>(a.w) + (n / 16) * k8n;

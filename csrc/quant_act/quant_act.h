@@ -30,6 +30,24 @@ float quantize_row_avx512(const float* x, int64_t K, uint8_t* dst, int64_t group
 using RowQuantizer = float (*)(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
                                uint8_t xor_mask, float amax_floor);
 
+// Two planes (16-bit activations through the int8 kernels; gemm_w4a8 with x_planes = 2): a row
+// is the sum of a high plane, the codes above with scale s = amax / 127, and a low plane that
+// rounds what the high one left, in units of s / 254:
+//
+//   t = x[k] * inv            (inv, s: as above)
+//   h = clamp(round_half_even(t), -127, 127)       the high plane's code
+//   l = round_half_even((t - h) * 254.0f)          the low plane's code, in [-127, 127]
+//   scale_lo = s / 254.0f
+//
+// t - h is exact (|t - h| <= 1/2), so x = s * (h + l / 254) within s / 508 (amax / 64516) and
+// one fp32 rounding of t: about 16-bit activations, each plane a row of the int8 kernel. Why
+// 254 and not 256: (t - h) * 254 stays within 127, so no code needs a clamp. Returns
+// scale_lo (0 for a zero row, NaN for a row holding NaN or Inf, whose codes are 0).
+float quantize_row_lo_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                          uint8_t xor_mask, float amax_floor = 0.0f);
+float quantize_row_lo_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                           uint8_t xor_mask, float amax_floor = 0.0f);
+
 // Row m of an A8 kernel's activations (Args: common/linear_args.h), as its quantizer reads it:
 // the row itself or, when the layer keeps an input scale (AWQ / SmoothQuant), x[m][k] *
 // x_scale[k] formed in this thread's row buffer just before the quantizer reads it. One IEEE
@@ -60,6 +78,27 @@ inline float amax_floor(const float* row_amax, int64_t m) { return row_amax ? ro
 float quantize_row_grouped(RowQuantizer quantize, const float* x, int64_t K, int64_t G,
                            int64_t ngroups, uint8_t* dst, int64_t panel_rows, int32_t* gsum,
                            float amax_floor = 0.0f);
+
+// Plane row p of a grouped A8 kernel (PackedW4LinearArgs: x_planes 1 or 2) into its A panel
+// (quantize_row_grouped): x's row p, or plane p % 2 of row p / 2 (quantize: the ISA path's
+// high-plane quantizer, lo: its low-plane one). Returns the plane row's scale.
+template <typename Args>
+inline float a8_grouped_row(const Args& a, int64_t p, RowQuantizer quantize, RowQuantizer lo,
+                            uint8_t* dst, int64_t panel_rows, int32_t* gsum) {
+  const int64_t m = a.x_planes == 2 ? p >> 1 : p;
+  return quantize_row_grouped(a.x_planes == 2 && (p & 1) ? lo : quantize, a8_row(a, m), a.K,
+                              a.group_size, a.ngroups, dst, panel_rows, gsum,
+                              amax_floor(a.row_amax, m));
+}
+
+// The same for a kernel that writes plain codes (dst, group_stride, no xor: the AMX A rows).
+template <typename Args>
+inline float a8_plane_codes(const Args& a, int64_t p, RowQuantizer quantize, RowQuantizer lo,
+                            uint8_t* dst, int64_t group_stride) {
+  const int64_t m = a.x_planes == 2 ? p >> 1 : p;
+  return (a.x_planes == 2 && (p & 1) ? lo : quantize)(a8_row(a, m), a.K, dst, group_stride, 0,
+                                                      amax_floor(a.row_amax, m));
+}
 
 // AMX A operand: M_pad rows x lda bytes of s8, row m < M written by row_codes(m, row) (K codes,
 // zeros up to round_up(K, 4); returns the row's scale), zero beyond that and in the padding rows

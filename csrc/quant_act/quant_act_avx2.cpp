@@ -42,6 +42,40 @@ float quantize_row_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_s
   return amax > 0.0f ? amax / 127.0f : 0.0f;
 }
 
+float quantize_row_lo_avx2(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                           uint8_t xor_mask, float amax_floor) {
+  bool finite;
+  const float amax = std::fmax(absmax_avx2(x, K, &finite), amax_floor);
+  if (!finite || amax == 0.0f) return quantize_row_lo_ref(x, K, dst, group_stride, xor_mask, 0.0f);
+  const float inv = 127.0f / amax;
+  const __m256 vinv = _mm256_set1_ps(inv), v254 = _mm256_set1_ps(254.0f);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  const __m128i vxor = _mm_set1_epi8(static_cast<char>(xor_mask));
+  constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 t = _mm256_mul_ps(_mm256_loadu_ps(x + k), vinv);
+    const __m256 h = _mm256_min_ps(_mm256_max_ps(_mm256_round_ps(t, kRne), lo), hi);
+    const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(t, h), v254));
+    const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    const __m128i b = _mm_xor_si128(_mm_packs_epi16(w16, w16), vxor);  // 8 codes, low half
+    const int32_t g0 = _mm_cvtsi128_si32(b), g1 = _mm_extract_epi32(b, 1);
+    std::memcpy(dst + (k / 4) * group_stride, &g0, 4);
+    std::memcpy(dst + (k / 4 + 1) * group_stride, &g1, 4);
+  }
+  const int64_t Kp = round_up(K, 4);
+  for (; k < Kp; ++k) {
+    int8_t v = 0;
+    if (k < K) {
+      const float t = x[k] * inv;
+      const float h = std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(t)));
+      v = static_cast<int8_t>(std::nearbyint((t - h) * 254.0f));
+    }
+    dst[(k / 4) * group_stride + (k % 4)] = static_cast<uint8_t>(v) ^ xor_mask;
+  }
+  return amax / 127.0f / 254.0f;
+}
+
 float absmax_avx2(const float* x, int64_t n, bool* finite) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256 zero = _mm256_setzero_ps();

@@ -32,6 +32,28 @@ float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_st
   return amax / 127.0f;
 }
 
+float quantize_row_lo_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                          uint8_t xor_mask, float amax_floor) {
+  bool finite;
+  const float amax = std::fmax(absmax_ref(x, K, &finite), amax_floor);
+  const int64_t Kp = round_up(K, 4);
+  auto put = [&](int64_t k, int8_t v) {
+    dst[(k / 4) * group_stride + (k % 4)] = static_cast<uint8_t>(v) ^ xor_mask;
+  };
+  if (!finite || amax == 0.0f) {
+    for (int64_t k = 0; k < Kp; ++k) put(k, 0);
+    return finite ? 0.0f : NAN;
+  }
+  const float inv = 127.0f / amax;
+  for (int64_t k = 0; k < K; ++k) {
+    const float t = x[k] * inv;
+    const float h = std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(t)));
+    put(k, static_cast<int8_t>(std::nearbyint((t - h) * 254.0f)));
+  }
+  for (int64_t k = K; k < Kp; ++k) put(k, 0);
+  return amax / 127.0f / 254.0f;
+}
+
 static float* row_buffer(int64_t K) {  // this thread's, overwritten by its next row
   thread_local std::vector<float> row;
   if (static_cast<int64_t>(row.size()) < K) row.resize(K);

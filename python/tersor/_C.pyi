@@ -13,11 +13,12 @@ class DecoderLayer:
     the cache write, o + residual, rms_norm, gate/up, silu(g) * u, down + residual
     (decoder_layer/decoder_layer.h). Projections: flat lists of 15 integers each (kind 0
     W8A8 / 1 W4A8 / 2 W4 / 3 W8A8 with every |w| <= 64 / 4 W4 whose bf16 rows take
-    gemm_w4_bf16 / 5 2:4 W8A8 / 6 2:4 fp32 / 7 W8 (float activations), w (or the 2:4
-    values), scale, aux (colsum / zero points), bias, x_scale, K, N, group_size, ngroups,
-    first output column, the rows from which W4's (W8's) bf16 rows take gemm_w4_bf16
-    (gemm_w8_bf16) and W4's float rows gemm_w4_fp32_tiles, the 2:4 meta (else 0), the act-
-    order permutation (int64 [K], else 0)). Addresses must outlive the object."""
+    gemm_w4_bf16 / 5 2:4 W8A8 / 6 2:4 fp32 / 7 W8 (float activations) / 8 W4A8 with two
+    activation planes (16-bit), w (or the 2:4 values), scale, aux (colsum / zero points),
+    bias, x_scale, K, N, group_size, ngroups, first output column, the rows from which W4's
+    (W8's) bf16 rows take gemm_w4_bf16 (gemm_w8_bf16) and W4's float rows
+    gemm_w4_fp32_tiles, the 2:4 meta (else 0), the act-order permutation (int64 [K], else
+    0)). Addresses must outlive the object."""
     def __init__(
         self,
         hidden: int,
@@ -640,6 +641,7 @@ def gemm_w4a8(
     io: int = 0,
     x_scale: int = 0,
     row_amax: int = 0,
+    x_planes: int = 1,
 ) -> None:
     """y[M, N] = x[M, K] W^T + bias, W int4 group-wise: w uint8 W4Tile codes
     [Np/16][Kp/8][16][4], scale fp16 [Np/16][ngroups][16], zero uint8 (same shape) or 0
@@ -649,7 +651,9 @@ def gemm_w4a8(
     as torch's .to() does. x_scale: 0, or fp32 [K] multiplied into x's columns (a layer's input
     scale: AWQ / SmoothQuant), by the row quantizer in the int8-activation kernels, while the
     rows are staged in the others. row_amax: 0, or fp32 [M] floors under each row's amax (the
-    rows of a tensor-parallel shard quantize with the whole row's scale: quant_act.h)."""
+    rows of a tensor-parallel shard quantize with the whole row's scale: quant_act.h). x_planes:
+    1, or 2 for 16-bit activations as two int8 planes (quant_act.h), each row's two outputs
+    added."""
 
 def gemm_w8(
     x: int,

@@ -257,6 +257,7 @@ def _solved_format(solved, config):
             config.scheme == "w4a8",
             config.symmetric,
             solved.perm,
+            act_bits=getattr(config, "act_bits", 8),
         )
     return Int8Format(solved.q, solved.scale, act_int8=config.scheme == "w8a8")
 

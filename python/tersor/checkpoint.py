@@ -247,7 +247,9 @@ def load_pretrained(
       GPTQ, AWQ; tersor/importers/): its quantized layers become tersor layers directly, the
       rest is loaded in the dtype the model was built with. activations: None runs each layer
       as the checkpoint says, "int8" quantizes activations (W4A16 -> W4A8, the faster CPU
-      kernel), "float" keeps them float.
+      kernel), "int16" runs int4 layers on that kernel over two int8 planes per row (within
+      amax / 64516 of the float row: W4A8Config act_bits=16) and the others on float
+      activations, "float" keeps them float.
 
     fuse_projections: as in ``quantize_`` (one packed call for q/k/v where measured faster).
     """

@@ -143,7 +143,16 @@ class _Shadow(nn.Module):
             scale, zero = fmt.canonical()[1:]
             wp = w if fmt.perm is None else w[:, fmt.perm]
             q = self._int4_codes(wp).to(torch.uint8)
-            new = Int4Format(q, scale, zero, fmt.group_size, fmt.act_int8, fmt.symmetric, fmt.perm)
+            new = Int4Format(
+                q,
+                scale,
+                zero,
+                fmt.group_size,
+                fmt.act_int8,
+                fmt.symmetric,
+                fmt.perm,
+                act_bits=fmt.act_bits,
+            )
         else:
             wm = w * self.mask
             if isinstance(fmt, Sparse24Format):

@@ -275,8 +275,10 @@ def from_nibbles(b: torch.Tensor, k: int) -> torch.Tensor:
 
 class Int4Format(WeightFormat):
     """int4 group-wise weights; "w4" runs them against float activations (``tersor::gemm_w4``),
-    "w4a8" against dynamic int8 activations (``tersor::gemm_w4a8``). An input permutation
-    (``perm``: GPTQ act-order) is applied to x once per call, so the groups stay contiguous."""
+    "w4a8" against dynamic int8 activations (``tersor::gemm_w4a8``): act_bits 8, or 16 for
+    each row as two int8 planes (csrc/quant_act/quant_act.h "Two planes": within amax / 64516
+    of the float row) through the same kernel. An input permutation (``perm``: GPTQ
+    act-order) is applied to x once per call, so the groups stay contiguous."""
 
     widens_by_rows = True  # bf16 / fp16 weights: no whole fp32 copy
 
@@ -294,13 +296,16 @@ class Int4Format(WeightFormat):
         perm: Optional[torch.Tensor] = None,
         what: str = "layer",
         nibbles_k: Optional[int] = None,
+        act_bits: int = 8,
     ):
         """q uint8 [N, K], scale fp16 [N, ngroups], zero uint8 or None (symmetric: z = 8),
         group_size the configured one (32, 64, 128 or -1). nibbles_k = K: q is the canonical
-        nibble bytes [N, ceil(K/2)] instead (what checkpoints hold)."""
+        nibble bytes [N, ceil(K/2)] instead (what checkpoints hold). act_bits: 8 or 16, int8
+        activations only."""
         n, k = q.shape if nibbles_k is None else (q.shape[0], nibbles_k)
         super().__init__(n, k)
         self.act_int8, self.symmetric, self.group_size = act_int8, symmetric, group_size
+        self.act_bits = check_act_bits(act_int8, act_bits, what)
         self.scheme = "w4a8" if act_int8 else "w4"
         self.G = effective_group_size(k, group_size, what)
         if symmetric and zero is not None:
@@ -327,11 +332,12 @@ class Int4Format(WeightFormat):
         # quantize_int4 checks the group ranges, and widens halves a row block at a time
         check_float_weight(weight, what, finite=False, halves=True)
         a8, sym, gs = config.scheme == "w4a8", config.symmetric, config.group_size
+        bits = getattr(config, "act_bits", 8)
         n, k = weight.shape
         blocks = row_blocks(n, k, BLOCK_N)
         if len(blocks) == 1:
             q, s, z, _ = quantize_int4(weight, gs, sym, what)
-            return cls(q, s, z, gs, a8, sym, what=what)
+            return cls(q, s, z, gs, a8, sym, what=what, act_bits=bits)
         # large layers: quantized and packed a row block at a time into the final tensors
         # (every packed tensor is row-block-major), so the peak stays near the weight itself
         parts = None
@@ -350,6 +356,7 @@ class Int4Format(WeightFormat):
         fmt = cls.__new__(cls)
         WeightFormat.__init__(fmt, n, k)
         fmt.act_int8, fmt.symmetric, fmt.group_size, fmt.G = a8, sym, gs, g
+        fmt.act_bits = check_act_bits(a8, bits, what)
         fmt.scheme = "w4a8" if a8 else "w4"
         fmt.codes, fmt.scale, fmt.zero = parts
         fmt.perm = None
@@ -365,6 +372,7 @@ class Int4Format(WeightFormat):
         symmetric=False,
         act_order=False,
         input_scaled=False,
+        act_bits=8,
     ):
         g = effective_group_size(in_features, group_size)
         ng = -(-in_features // g)
@@ -376,6 +384,7 @@ class Int4Format(WeightFormat):
             act_int8,
             symmetric,
             torch.arange(in_features) if act_order else None,
+            act_bits=act_bits,
         ).with_input_scale(torch.ones(in_features) if input_scaled else None)
 
     def options(self):
@@ -386,6 +395,8 @@ class Int4Format(WeightFormat):
             opts["act_order"] = True
         if self.act_int8:
             opts["act_int8"] = True
+        if self.act_bits != 8:
+            opts["act_bits"] = self.act_bits
         if self.input_scale is not None:
             opts["input_scaled"] = True
         return opts
@@ -467,7 +478,17 @@ class Int4Format(WeightFormat):
         b, s, z, perm, xs = args
         device = self.device
         k = self.in_features
-        self.__init__(b, s, z, self.group_size, self.act_int8, self.symmetric, perm, nibbles_k=k)
+        self.__init__(
+            b,
+            s,
+            z,
+            self.group_size,
+            self.act_int8,
+            self.symmetric,
+            perm,
+            nibbles_k=k,
+            act_bits=self.act_bits,
+        )
         self.input_scale = xs
         self._apply(lambda t: t.to(device))
         return None
@@ -484,6 +505,7 @@ class Int4Format(WeightFormat):
         symmetric=False,
         act_order=False,
         input_scaled=False,
+        act_bits=8,
     ):
         args = cls._canonical_args(
             get, prefix, out_features, in_features, group_size, symmetric, act_order, input_scaled
@@ -492,8 +514,24 @@ class Int4Format(WeightFormat):
             return args
         b, s, z, perm, xs = args
         what = prefix or "layer"
-        fmt = cls(b, s, z, group_size, act_int8, symmetric, perm, what, nibbles_k=in_features)
+        fmt = cls(
+            b,
+            s,
+            z,
+            group_size,
+            act_int8,
+            symmetric,
+            perm,
+            what,
+            nibbles_k=in_features,
+            act_bits=act_bits,
+        )
         return fmt.with_input_scale(xs, what)
+
+    @property
+    def x_planes(self) -> int:
+        """The int8 planes each activation row becomes (the kernels' x_planes): 1 or 2."""
+        return 2 if self.act_bits == 16 else 1
 
     def dequantize(self):
         w = dequant_w4t(
@@ -510,7 +548,15 @@ class Int4Format(WeightFormat):
         if perm is not None and xs is not None:
             xs = xs[perm]  # linear's order: x * s, then the permutation
         run = cpu_runner_w4(
-            self.codes, self.scale, self.zero, self.out_features, k, self.G, self.act_int8, xs
+            self.codes,
+            self.scale,
+            self.zero,
+            self.out_features,
+            k,
+            self.G,
+            self.act_int8,
+            xs,
+            self.x_planes,
         )
         if perm is None:
             return run
@@ -539,7 +585,23 @@ class Int4Format(WeightFormat):
             kernel,
             xs,
             row_amax,
+            self.x_planes,
         )
+
+
+ACT_BITS = (8, 16)
+
+
+def check_act_bits(act_int8: bool, act_bits, what: str) -> int:
+    """act_bits as a layer keeps it: 8 or 16 with int8 activations, 8 (unused) with float ones."""
+    if act_bits not in ACT_BITS or isinstance(act_bits, bool):
+        raise ValueError(f"{what}: act_bits must be one of {ACT_BITS}, got {act_bits!r}")
+    if act_bits != 8 and not act_int8:
+        raise ValueError(
+            f"{what}: act_bits={act_bits} applies to int8 activations (w4a8); float activations "
+            f"(w4) are already exact"
+        )
+    return act_bits
 
 
 def _gather_columns(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:

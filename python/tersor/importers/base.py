@@ -20,7 +20,7 @@ from tersor.formats.base import WeightFormat
 from tersor.importers.folder import Folder
 from tersor.nn.linear import PackedLinear
 
-ACTIVATIONS = (None, "int8", "float")
+ACTIVATIONS = (None, "int8", "int16", "float")
 
 
 @dataclass
@@ -61,8 +61,16 @@ class Importer:
 
     def act_int8(self, checkpoint_int8: bool) -> bool:
         """Whether the layer quantizes its activations: the checkpoint's scheme unless the caller
-        chose (a W4A16 checkpoint may run as W4A8, the faster kernel on CPUs)."""
+        chose (a W4A16 checkpoint may run as W4A8, the faster kernel on CPUs). "int16" keeps
+        int8 weights on float activations (only int4 layers have the planes: int4_act)."""
         return checkpoint_int8 if self.activations is None else self.activations == "int8"
+
+    def int4_act(self, checkpoint_int8: bool) -> tuple:
+        """(act_int8, act_bits) of an int4 layer: "int16" runs it on the int8 kernel over two
+        activation planes (W4A8Config act_bits=16)."""
+        if self.activations == "int16":
+            return True, 16
+        return self.act_int8(checkpoint_int8), 8
 
 
 def linear_shape(m: nn.Module) -> Optional[tuple]:

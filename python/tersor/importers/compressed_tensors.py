@@ -132,7 +132,7 @@ class CompressedTensorsImporter(Importer):
             notes.append("static input scale replaced by dynamic per-row int8")
         act = self.act_int8(bool(a))
         if kind == "int4":
-            fmt, keys = self._int4(folder, p, w, act, what, notes)
+            fmt, keys = self._int4(folder, p, w, self.int4_act(bool(a)), what, notes)
         elif kind == "int8":
             fmt, keys = self._int8(folder, p, w, act, what, notes)
         else:
@@ -207,7 +207,10 @@ class CompressedTensorsImporter(Importer):
             q = q[:, perm].contiguous()
             notes.append("act-order (input permutation)")
         s = f4.fp16_scales(scale, what)
-        fmt = Int4Format(q, s, z, group_size, act, symmetric=z is None, perm=perm, what=what)
+        a8, bits = act
+        fmt = Int4Format(
+            q, s, z, group_size, a8, symmetric=z is None, perm=perm, what=what, act_bits=bits
+        )
         keys = [p + "weight_packed", p + "weight_shape", p + "weight_scale"]
         keys += [p + n for n in ("weight_zero_point", "weight_g_idx") if p + n in folder]
         return fmt, keys

@@ -53,7 +53,8 @@ class GptqImporter(Importer):
             raise ValueError(
                 f"{what}: scales give group size {g}, config.json says {self.group_size}"
             )
-        fmt = Int4Format(q, s, z, g if g < k else -1, self.act_int8(False), perm=perm, what=what)
+        a8, bits = self.int4_act(False)
+        fmt = Int4Format(q, s, z, g if g < k else -1, a8, perm=perm, what=what, act_bits=bits)
         keys = [p + n for n in ("qweight", "qzeros", "scales", "g_idx") if p + n in folder]
         note = "act-order (input permutation)" if perm is not None else ""
         return Imported(fmt, keys, note)
@@ -86,5 +87,6 @@ class AwqImporter(Importer):
             self.group_size,
             what=what,
         )
-        fmt = Int4Format(q, s, z, g, self.act_int8(False), what=what)
+        a8, bits = self.int4_act(False)
+        fmt = Int4Format(q, s, z, g, a8, what=what, act_bits=bits)
         return Imported(fmt, [p + "qweight", p + "qzeros", p + "scales"], "")

@@ -37,6 +37,7 @@ from tersor.ops.dense_path import DENSE_MIN_ROWS
 from tersor.ops.gemm_w4 import (
     BF16_MIN_ROWS,
     FP32_BF16_MIN_ROWS,
+    PLANES_MAX_ROWS,
     bf16_key,
     fp32_tiles_rows,
     w4_tiles,
@@ -93,6 +94,7 @@ RECORD = 15
 KIND, XS_AT, K_AT, N_AT, GROUP, PERM_AT = 0, 5, 6, 7, 8, 14  # offsets in a record
 W4_KINDS = (2, 4)  # int4 weights with float activations
 W8_KIND = 7  # int8 weights, float activations
+PLANES_KIND = 8  # W4A8 with 16-bit activations as two int8 planes (act_bits=16)
 
 
 def _native_projection(module, fmt, bias, col: int):
@@ -123,6 +125,8 @@ def _native_projection(module, fmt, bias, col: int):
     elif isinstance(fmt, Int4Format):
         tensors = (fmt.codes, fmt.scale, fmt.zero)
         kind, sizes = 1 if act_int8 else 2, (fmt.G, fmt.scale.shape[1])
+        if act_int8 and fmt.x_planes == 2:
+            kind = PLANES_KIND  # (up to PLANES_MAX_ROWS rows: serves())
         if kind == 2 and xs is None and BF16_MIN_ROWS is not None and BF16_MIN_ROWS["w4"] <= 1:
             kind = 4  # its bf16 rows take the bf16 group form at every row count, as here
     else:
@@ -162,6 +166,7 @@ class _Native:
         self.layer, self.dtype, self.weight_only = None, n1.weight.dtype, False
         self.permuted, self.w8_scaled = False, set()
         self.dense_from = _NEVER  # the fewest rows from which a 2:4 layer runs its dense copy
+        self.planes = False  # a projection has two activation planes (act_bits=16)
         self.bf16_groups, self.w4_groups = set(), set()
         self.norms, self.calls, self.groups = (n1, n2, *plan.qk_norms), [], []
         self.keep = [n.weight for n in self.norms]
@@ -182,6 +187,7 @@ class _Native:
             stages.append(flat)
         kinds = [kind for flat in stages for kind in flat[KIND::RECORD]]
         self.weight_only = any(kind in W4_KINDS for kind in kinds)
+        self.planes = PLANES_KIND in kinds
         # group sizes of the weight-only W4 weights, and of those whose bf16 rows take the bf16
         # kernels (kind 4)
         groups = [
@@ -255,8 +261,8 @@ class _Native:
         int8 layers below the rows of their dense copy (formats/sparse24.py); W8 layers where
         w8_form names the register kernel, or the bf16 one for bf16 rows (ops/gemm_w8.py).
         Act-order layers' rows are fp32 rows whatever the dtype (formats/int4.py)."""
-        if rows >= self.dense_from:
-            return False
+        if rows >= self.dense_from or (self.planes and rows > PLANES_MAX_ROWS):
+            return False  # (act_bits=16 layers take their float rows from PLANES_MAX_ROWS)
         for scaled in self.w8_scaled:  # W8: its register kernel, or the bf16 one for bf16 rows
             form = w8_form(dtype, rows, True if scaled else None)
             if form != "fp32" and (form != "bf16" or dtype is not torch.bfloat16):

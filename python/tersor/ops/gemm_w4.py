@@ -22,6 +22,7 @@ from tersor.ops._common import (
     out_2d,
     ptr,
     rows_view,
+    rows_window,
     takes_half,
 )
 from tersor.ops.dense_path import DENSE_MIN_ROWS, linear_w4_dense
@@ -216,6 +217,15 @@ def bf16_allowed(dtype: torch.dtype, family: str, m: int, x_scale) -> bool:
     )
 
 
+# A layer's 16-bit activations (x_planes = 2, formats/int4.py act_bits=16) take the W4A8 kernel
+# over two int8 planes up to these rows, and the float-activation W4 kernels (exact rows) above,
+# where those are faster (the op itself runs the planes at any row count). Zen 3 (avx2), 2
+# threads, g128, 2048x8192 / 8192x2048 / 4096x4096 / 2048x2048, W4 fp32 time / planes' at 1 row
+# 1.38-1.59x, 8 rows 1.03-1.06x, 32 rows 0.85-0.90x (the planes double the W4A8 kernel's rows:
+# 0.84-0.91x its time at one row, 0.51x from 8).
+PLANES_MAX_ROWS = 8
+
+
 def gemm_w4_cpu(
     x,
     codes,
@@ -228,10 +238,12 @@ def gemm_w4_cpu(
     x_scale=None,
     row_amax=None,
     bf16: Optional[bool] = None,
+    x_planes: int = 1,
 ) -> torch.Tensor:
     """x_scale, row_amax (int8 activations only): see gemm_w8a8.linear_w8a8. bf16 (float
     activations only): the bf16 dot-product kernel, in its scaled form where w4_tiles says so;
-    None chooses it (bf16_allowed)."""
+    None chooses it (bf16_allowed). x_planes (int8 activations): 1, or 2 for 16-bit
+    activations as two int8 planes (formats/int4.py act_bits)."""
     k = x.shape[-1]
     x2 = rows_view(x, k)
     m = x2.shape[0]
@@ -267,12 +279,23 @@ def gemm_w4_cpu(
             torch.get_num_threads(),
             IO_CODE[x.dtype],
             ptr(x_scale),
-            *((ptr(row_amax),) if act_int8 else ()),
+            *((ptr(row_amax), x_planes) if act_int8 else ()),
         )
     return out_2d(x, y, n)
 
 
-def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8: bool, x_scale):
+def cpu_runner_w4(
+    codes,
+    scale,
+    zero,
+    n: int,
+    k: int,
+    group_size: int,
+    act_int8: bool,
+    x_scale,
+    x_planes=1,
+    rows_choice=True,
+):
     """The eager CPU call of one packed int4 weight for the layers' fast path (see
     gemm_w8a8.cpu_runner_w8a8): a contiguous [..., K] float32 / bf16 / fp16 x of fewer rows than
     the dense panels and the scaled bf16 form take goes straight to its kernel (the register
@@ -280,10 +303,15 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
     fp32_tiles_take does) with the weight's pointers read once, ~10 us less per call than
     gemm_w4_cpu's general path (measured on 384x384 at M = 1); anything else takes
     gemm_w4_cpu."""
+    if act_int8 and x_planes == 2 and rows_choice:  # planes to PLANES_MAX_ROWS, then floats
+        planes = cpu_runner_w4(codes, scale, zero, n, k, group_size, True, x_scale, 2, False)
+        rows = cpu_runner_w4(codes, scale, zero, n, k, group_size, False, x_scale)
+        return takes_half(rows_window(rows, planes, k, 0, PLANES_MAX_ROWS + 1))
     # the kernels with the weight bound (_C.int_partial): called with x, M, bias, y, threads, io
     weight = dict(K=k, ldx=k, w=codes.data_ptr(), scale=scale.data_ptr(), zero=ptr(zero))
     weight.update(group_size=group_size, ngroups=scale.shape[1], N=n, ldy=n, x_scale=ptr(x_scale))
-    kernel = _C.int_partial(_C.gemm_w4a8 if act_int8 else _C.gemm_w4, **weight)
+    planes = dict(x_planes=x_planes) if act_int8 else {}
+    kernel = _C.int_partial(_C.gemm_w4a8 if act_int8 else _C.gemm_w4, **weight, **planes)
     group_form = None if act_int8 else _C.int_partial(_C.gemm_w4_bf16, **weight)
     # float rows from fp32_tiles_rows on AMX-BF16 CPUs (fp32_tiles_take)
     fp32_tiles_from, tiles_form = 1 << 62, None
@@ -323,7 +351,9 @@ def cpu_runner_w4(codes, scale, zero, n: int, k: int, group_size: int, act_int8:
         if fn is kernel and m >= fp32_tiles_from and _C.has_amx_bf16():
             fn = tiles_form
         if m >= lean_rows or not x.is_contiguous():  # the dense panels, or strided rows
-            return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale)
+            return gemm_w4_cpu(
+                x, codes, scale, zero, bias, n, group_size, act_int8, x_scale, x_planes=x_planes
+            )
         y = x.new_empty(m, n) if len(s) == 2 else empty_rows(x, n)  # [..., N] at once
         if m:
             b = 0 if bias is None else bias.data_ptr()
@@ -345,14 +375,30 @@ def linear_w4(
     kernel_pref: str = "auto",
     x_scale=None,
     row_amax=None,
+    x_planes: int = 1,
 ) -> torch.Tensor:
     if eager(x, kernel_pref):
-        return gemm_w4_cpu(x, codes, scale, zero, bias, n, group_size, act_int8, x_scale, row_amax)
+        if x_planes == 2 and x.numel() > PLANES_MAX_ROWS * x.shape[-1]:
+            act_int8, x_planes = False, 1  # exact float rows: faster than the planes here
+        return gemm_w4_cpu(
+            x,
+            codes,
+            scale,
+            zero,
+            bias,
+            n,
+            group_size,
+            act_int8,
+            x_scale,
+            row_amax,
+            x_planes=x_planes,
+        )
     no_row_amax(row_amax, "tersor::gemm_w4a8")
     if x_scale is not None:
         x = x * x_scale.to(x.dtype)
-    op = gemm_w4a8 if act_int8 else gemm_w4
-    return op(x, codes, scale, zero, bias, n, group_size, kernel_pref)
+    if act_int8:
+        return gemm_w4a8(x, codes, scale, zero, bias, n, group_size, kernel_pref, x_planes)
+    return gemm_w4(x, codes, scale, zero, bias, n, group_size, kernel_pref)
 
 
 def check_packed_int4(op: str, x, codes, scale, zero, bias, n: int, group_size: int) -> None:
@@ -401,21 +447,34 @@ def check_packed_int4(op: str, x, codes, scale, zero, bias, n: int, group_size: 
 
 def _ops(name: str, act_int8: bool):
     """tersor::gemm_w4 / tersor::gemm_w4a8: the native kernel registered for "cpu", the device
-    path (ops/gpu.py) for any other device and for kernel_pref="cuda" | "triton" | "ref"."""
+    path (ops/gpu.py) for any other device and for kernel_pref="cuda" | "triton" | "ref".
+    x_planes: gemm_w4a8's activation planes (1, or 2 for 16-bit activations); gemm_w4: 1."""
 
-    def device_path(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
+    def check_planes(x_planes):
+        ok = x_planes in (1, 2) if act_int8 else x_planes == 1
+        check(ok, f"{name}: x_planes must be {'1 or 2' if act_int8 else '1'}, got {x_planes}")
+
+    def device_path(
+        x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto", x_planes=1
+    ):
         check_packed_int4(name, x, codes, scale, zero, bias, out_features, group_size)
+        check_planes(x_planes)
         return gpu.int4_linear(
-            x, codes, scale, zero, bias, out_features, group_size, kernel_pref, act_int8
+            x, codes, scale, zero, bias, out_features, group_size, kernel_pref, act_int8, x_planes
         )
 
-    def cpu(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
+    def cpu(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto", x_planes=1):
         if kernel_pref not in NATIVE:
-            return device_path(x, codes, scale, zero, bias, out_features, group_size, kernel_pref)
+            return device_path(
+                x, codes, scale, zero, bias, out_features, group_size, kernel_pref, x_planes
+            )
         check_packed_int4(name, x, codes, scale, zero, bias, out_features, group_size)
-        return gemm_w4_cpu(x, codes, scale, zero, bias, out_features, group_size, act_int8)
+        check_planes(x_planes)
+        return gemm_w4_cpu(
+            x, codes, scale, zero, bias, out_features, group_size, act_int8, x_planes=x_planes
+        )
 
-    def fake(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto"):
+    def fake(x, codes, scale, zero, bias, out_features, group_size, kernel_pref="auto", x_planes=1):
         return x.new_empty((*x.shape[:-1], out_features))
 
     def schema_of(
@@ -427,8 +486,11 @@ def _ops(name: str, act_int8: bool):
         out_features: int,
         group_size: int,
         kernel_pref: str = "auto",
+        x_planes: int = 1,
     ) -> torch.Tensor:
-        return device_path(x, codes, scale, zero, bias, out_features, group_size, kernel_pref)
+        return device_path(
+            x, codes, scale, zero, bias, out_features, group_size, kernel_pref, x_planes
+        )
 
     op = torch.library.custom_op(name, schema_of, mutates_args=())
     op.register_kernel("cpu")(cpu)

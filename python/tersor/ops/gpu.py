@@ -232,7 +232,9 @@ def int8_linear(x, packed, scale, bias, n: int, kernel: str, act_int8: bool):
     return fn(_rows(x), q, s, bias, kernel, what).view(*x.shape[:-1], n)
 
 
-def int4_linear(x, codes, scale, zero, bias, n: int, group_size: int, kernel: str, act_int8: bool):
+def int4_linear(
+    x, codes, scale, zero, bias, n: int, group_size: int, kernel: str, act_int8: bool, x_planes=1
+):
     from tersor.formats.int4 import unpack_int4
 
     k = x.shape[-1]
@@ -242,7 +244,7 @@ def int4_linear(x, codes, scale, zero, bias, n: int, group_size: int, kernel: st
         from tersor.ref.int4 import gemm_w4a8_ref
 
         q, s, z = forms(codes, lambda: unpack_int4(codes, scale, zero, n, k))
-        y = gemm_w4a8_ref(x2.float(), q, s, z, group_size, bias).to(x.dtype)
+        y = gemm_w4a8_ref(x2.float(), q, s, z, group_size, bias, x_planes=x_planes).to(x.dtype)
     else:
         gw = forms(
             codes,

@@ -26,6 +26,21 @@ def quantize_rows_ref(x: torch.Tensor, row_amax=None) -> tuple[torch.Tensor, tor
     return q, scale
 
 
+def quantize_planes_ref(x: torch.Tensor, row_amax=None):
+    """Two int8 planes per row (csrc/quant_act/quant_act.h "Two planes"): (high codes, scale,
+    low codes, low scale), x ~ scale * high + low_scale * low within amax / 64516."""
+    hi, scale = quantize_rows_ref(x, row_amax)
+    x = x.to(torch.float32)
+    amax = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])
+    if row_amax is not None:
+        amax = torch.fmax(amax, row_amax)
+    use = torch.isfinite(x).all(dim=1) & (amax > 0)
+    inv = torch.where(use, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    t = torch.where(use[:, None], x, torch.zeros_like(x)) * inv[:, None]
+    lo = torch.round((t - hi.to(torch.float32)) * 254.0).to(torch.int8)  # (t - h): exact
+    return hi, scale, lo, scale / 254.0
+
+
 def gemm_w8a8_ref(x, q, w_scale, bias=None):
     """Dynamic int8 activations x int8 weights; integer products summed exactly (fp64)."""
     qx, sx = quantize_rows_ref(x)
