@@ -97,6 +97,23 @@ def test_from_pretrained_builds_the_model_and_runs_w4a16_as_w4a8(tmp_path):
     assert not any(t.is_meta for t in loaded.state_dict().values())
 
 
+@pytest.mark.parametrize("writer", [write_gptq, write_awq, write_ct_pack])
+def test_int16_activations_run_w4a16_on_the_planes(tmp_path, writer):
+    """activations="int16": int4 layers on the W4A8 kernel over two planes (act_bits=16), much
+    nearer the float-activation logits than int8 activations."""
+    model = _llama()
+    ref = _reference(model, writer(model, str(tmp_path), group_size=32))
+    ids = IDS[:, :4]  # 8 rows, PLANES_MAX_ROWS: the planes (float rows above)
+    want = _logits(ref, ids)
+    got16 = tersor.load_pretrained(_empty(), str(tmp_path), activations="int16")
+    layers = [m for m in got16.modules() if isinstance(m, PackedLinear)]
+    assert {(m.scheme, m.fmt.act_bits) for m in layers} == {("w4a8", 16)}
+    got8 = tersor.load_pretrained(_empty(), str(tmp_path), activations="int8")
+    err16 = (_logits(got16, ids) - want).norm() / want.norm()
+    err8 = (_logits(got8, ids) - want).norm() / want.norm()
+    assert 0 < err16 < 1e-3 and err16 * 20 < err8, (err16, err8)
+
+
 def test_import_into_a_bf16_model_casts_the_float_rest(tmp_path):
     model = _llama()
     write_ct_pack(model, str(tmp_path))

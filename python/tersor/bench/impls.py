@@ -430,6 +430,14 @@ def int4_impls(lin: nn.Linear, rotate: bool, group_sizes=(32, 128)):
             tersor_linear(lin, tersor.W4Config(group_size=g), rotate, f"tersor W4 g{g}", "f32"),
             tersor_w4_bf16(lin, g, rotate),
             tersor_linear(lin, tersor.W4A8Config(group_size=g), rotate, f"tersor W4A8 g{g}", "i8"),
+            # 16-bit activations (two int8 planes): against the float-activation peers
+            tersor_linear(
+                lin,
+                tersor.W4A8Config(group_size=g, act_bits=16),
+                rotate,
+                f"tersor W4 g{g} a16",
+                "f32",
+            ),
             torch_int4pack(lin, g, rotate),
             ort_matmul_nbits(lin, g, 0, rotate),
             ort_matmul_nbits(lin, g, 4, rotate),

@@ -54,6 +54,9 @@ SCHEMES = {
     "tersor W8": lambda: tersor.W8Config(),
     "tersor W4A8 g32": lambda: tersor.W4A8Config(group_size=32),
     "tersor W4 g128": lambda: tersor.W4Config(group_size=128),
+    # the same weights with 16-bit activations as two int8 planes (W4A16 imports with
+    # activations="int16"): the int8 kernel, activations within amax / 64516
+    "tersor W4 g128 a16": lambda: tersor.W4A8Config(group_size=128, act_bits=16),
     "tersor W4A8 g32 bf16": lambda: tersor.W4A8Config(group_size=32),
     # a bf16 model: its prefill takes the bf16 kernels (AMX-BF16 tiles / vdpbf16ps)
     "tersor W4 g128 bf16": lambda: tersor.W4Config(group_size=128),
