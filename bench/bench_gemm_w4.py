@@ -1,6 +1,7 @@
-"""4-bit weights: tersor W4 / W4A8 (g32, g128) against torch fp32, torch's int4pack CPU op,
-onnxruntime MatMulNBits (accuracy_level 0 and 4), OpenVINO INT4 (NNCF; int8, fp32 and bf16
-activations; skipped with the reason when not installed) and our W8A8."""
+"""4-bit weights: tersor W4 / W4A8 / W4 a16 (16-bit activations as two int8 planes; g32,
+g128) against torch fp32, torch's int4pack CPU op, onnxruntime MatMulNBits (accuracy_level 0
+and 4), OpenVINO INT4 (NNCF; int8, fp32 and bf16 activations; skipped with the reason when not
+installed) and our W8A8."""
 
 import functools
 
@@ -14,6 +15,8 @@ IMPLS = [
     "tersor W4A8 g32",
     "tersor W4 g128",
     "tersor W4A8 g128",
+    "tersor W4 g32 a16",
+    "tersor W4 g128 a16",
     "torch int4pack g32",
     "torch int4pack g128",
     "ort MatMulNBits g32 acc0",

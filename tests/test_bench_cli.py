@@ -68,6 +68,7 @@ def test_llm_family_on_the_tiny_shape(capsys):
         "tersor W8",
         "tersor W4A8 g32",
         "tersor W4 g128",
+        "tersor W4 g128 a16",
         "tersor W4A8 g32 bf16",
         "tersor W4 g128 bf16",
         "tersor W4 g128 medium",

@@ -250,7 +250,7 @@ def test_act_order_layer_matches_permuting_first_and_rejects_a_bad_permutation()
             Int4Format(q, s, z, 32, perm=bad)
 
 
-@pytest.mark.parametrize("m", [1, 7, 8, 9, 33])
+@pytest.mark.parametrize("m", [1, 5, 6, 7, 33])
 @pytest.mark.parametrize("shape", [(), (3,)])
 def test_act_bits_16_layer_takes_the_planes_up_to_their_rows(m, shape):
     """W4A8Config(act_bits=16): up to PLANES_MAX_ROWS rows the layer is the planes op, above it

@@ -103,7 +103,7 @@ def test_int16_activations_run_w4a16_on_the_planes(tmp_path, writer):
     nearer the float-activation logits than int8 activations."""
     model = _llama()
     ref = _reference(model, writer(model, str(tmp_path), group_size=32))
-    ids = IDS[:, :4]  # 8 rows, PLANES_MAX_ROWS: the planes (float rows above)
+    ids = IDS[:, :3]  # 6 rows, PLANES_MAX_ROWS: the planes (float rows above)
     want = _logits(ref, ids)
     got16 = tersor.load_pretrained(_empty(), str(tmp_path), activations="int16")
     layers = [m for m in got16.modules() if isinstance(m, PackedLinear)]

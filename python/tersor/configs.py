@@ -187,7 +187,7 @@ class W4A8Config(_Int4Config):
 
     act_bits: 8, or 16: each row as two int8 planes (a high one and one for what it left,
             csrc/quant_act/quant_act.h), every activation within amax / 64516 of its float
-            value (int8: amax / 254), through the same kernel, up to 8 rows (ops/gemm_w4.py
+            value (int8: amax / 254), through the same kernel, up to 6 rows (ops/gemm_w4.py
             PLANES_MAX_ROWS; above them the float-activation W4 kernels, faster there, on the
             exact rows). A decode step's accuracy about that of float activations at the int8
             kernel's speed: Zen 3 (AVX2), one row, 1.38-1.59x the W4 (float) kernel, 0.84-0.91x

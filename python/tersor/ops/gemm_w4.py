@@ -220,10 +220,10 @@ def bf16_allowed(dtype: torch.dtype, family: str, m: int, x_scale) -> bool:
 # A layer's 16-bit activations (x_planes = 2, formats/int4.py act_bits=16) take the W4A8 kernel
 # over two int8 planes up to these rows, and the float-activation W4 kernels (exact rows) above,
 # where those are faster (the op itself runs the planes at any row count). Zen 3 (avx2), 2
-# threads, g128, 2048x8192 / 8192x2048 / 4096x4096 / 2048x2048, W4 fp32 time / planes' at 1 row
-# 1.38-1.59x, 8 rows 1.03-1.06x, 32 rows 0.85-0.90x (the planes double the W4A8 kernel's rows:
-# 0.84-0.91x its time at one row, 0.51x from 8).
-PLANES_MAX_ROWS = 8
+# threads, g128, W4 fp32 time / planes' on 384x1536, 1536x384, 2048x512, 2048x8192, 8192x2048:
+# 1.38-1.59x at 1 row (the larger three), 1.24-1.98x at 2, 0.93-1.43x at 4, 0.91-1.31x at 6,
+# 0.85-1.04x at 8, 0.86-0.98x at 12 (the planes double the W4A8 kernel's rows).
+PLANES_MAX_ROWS = 6
 
 
 def gemm_w4_cpu(
