@@ -23,6 +23,9 @@ def _mlp():
 
 CASES = {
     "w4a8 g32": lambda m: tersor.quantize_(m, tersor.W4A8Config(group_size=32), progress=False),
+    "w4a16 g32": lambda m: tersor.quantize_(
+        m, tersor.W4A8Config(group_size=32, act_bits=16), progress=False
+    ),
     "w8a8": lambda m: tersor.quantize_(m, tersor.W8A8Config(), progress=False),
     "w4 act-order gptq": lambda m: tersor.quantize_(
         m,
@@ -197,3 +200,13 @@ def test_distill_block_loss():
     tersor.quantize_(mlp, tersor.W8A8Config(), progress=False)
     with pytest.raises(ValueError, match="block_loss needs a model"):
         tersor.distill_(mlp, _mlp(), torch.randn(4, 64), steps=1, block_loss=1.0)
+
+
+def test_sixteen_bit_activations_train_as_float_ones():
+    """act_bits=16 layers are within amax / 64516 of float activations: no int8 fake-quant."""
+    from tersor.distill import _Shadow
+
+    for bits, fq in ((8, True), (16, False)):
+        m = _mlp()
+        tersor.quantize_(m, tersor.W4A8Config(group_size=32, act_bits=bits), progress=False)
+        assert _Shadow(m[0]).act_int8 is fq

@@ -74,7 +74,10 @@ class _Shadow(nn.Module):
         self.weight = nn.Parameter(w.clone() if self.xs is None else w / self.xs)
         b = gemm.bias
         self.bias = None if b is None else nn.Parameter(b.detach().clone())
-        self.act_int8 = "w8a8" in fmt.scheme or fmt.scheme == "w4a8"
+        # (16-bit activations, act_bits=16, train as float ones: within amax / 64516 of them)
+        self.act_int8 = ("w8a8" in fmt.scheme or fmt.scheme == "w4a8") and getattr(
+            fmt, "act_bits", 8
+        ) == 8
         self.mask = None
         if isinstance(fmt, Int8Format):
             self.grid = fmt.canonical()[1]  # scale [N]
