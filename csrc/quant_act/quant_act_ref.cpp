@@ -10,30 +10,12 @@
 
 namespace tersor::quant_act {
 
-float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                       uint8_t xor_mask, float amax_floor) {
-  bool finite;
-  const float amax = std::fmax(absmax_ref(x, K, &finite), amax_floor);
-  const int64_t Kp = round_up(K, 4);
-  auto put = [&](int64_t k, int8_t v) {
-    dst[(k / 4) * group_stride + (k % 4)] = static_cast<uint8_t>(v) ^ xor_mask;
-  };
-  if (!finite || amax == 0.0f) {
-    for (int64_t k = 0; k < Kp; ++k) put(k, 0);
-    return finite ? 0.0f : NAN;
-  }
-  const float inv = 127.0f / amax;
-  for (int64_t k = 0; k < K; ++k) {
-    float v = std::nearbyint(x[k] * inv);  // default rounding mode: half to even
-    v = std::fmin(127.0f, std::fmax(-127.0f, v));
-    put(k, static_cast<int8_t>(v));
-  }
-  for (int64_t k = K; k < Kp; ++k) put(k, 0);
-  return amax / 127.0f;
-}
+namespace {
 
-float quantize_row_lo_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
-                          uint8_t xor_mask, float amax_floor) {
+// A row's codes by the rules (quant_act.h): the high plane's (the one-plane codes), or with lo
+// the low plane's. Returns the plane's scale.
+float quantize_plane_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                         uint8_t xor_mask, float amax_floor, bool lo) {
   bool finite;
   const float amax = std::fmax(absmax_ref(x, K, &finite), amax_floor);
   const int64_t Kp = round_up(K, 4);
@@ -47,11 +29,23 @@ float quantize_row_lo_ref(const float* x, int64_t K, uint8_t* dst, int64_t group
   const float inv = 127.0f / amax;
   for (int64_t k = 0; k < K; ++k) {
     const float t = x[k] * inv;
-    const float h = std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(t)));
-    put(k, static_cast<int8_t>(std::nearbyint((t - h) * 254.0f)));
+    const float h = std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(t)));  // half to even
+    put(k, static_cast<int8_t>(lo ? std::nearbyint((t - h) * 254.0f) : h));
   }
   for (int64_t k = K; k < Kp; ++k) put(k, 0);
-  return amax / 127.0f / 254.0f;
+  return lo ? amax / 127.0f / 254.0f : amax / 127.0f;
+}
+
+}  // namespace
+
+float quantize_row_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                       uint8_t xor_mask, float amax_floor) {
+  return quantize_plane_ref(x, K, dst, group_stride, xor_mask, amax_floor, false);
+}
+
+float quantize_row_lo_ref(const float* x, int64_t K, uint8_t* dst, int64_t group_stride,
+                          uint8_t xor_mask, float amax_floor) {
+  return quantize_plane_ref(x, K, dst, group_stride, xor_mask, amax_floor, true);
 }
 
 static float* row_buffer(int64_t K) {  // this thread's, overwritten by its next row
