@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 
 
-def quantize_rows_ref(x: torch.Tensor, row_amax=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric int8: the exact rules of csrc/quant_act/quant_act.h (row_amax: fp32
-    [M] floors under the rows' amax)."""
+def _scaled_rows(x: torch.Tensor, row_amax=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t = x * inv per row, the rows' scale amax / 127) by the rules of
+    csrc/quant_act/quant_act.h: t zero on rows at amax 0 or holding NaN / Inf, whose scale is
+    0 / NaN (row_amax: fp32 [M] floors under the rows' amax)."""
     x = x.to(torch.float32)
     amax = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])
     if row_amax is not None:
@@ -20,25 +21,24 @@ def quantize_rows_ref(x: torch.Tensor, row_amax=None) -> tuple[torch.Tensor, tor
     # its last bit differs now and then (one code in ~300K moved across a half)
     inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     inv = torch.where(finite, inv, torch.zeros_like(inv))
-    xs = torch.where(finite[:, None], x, torch.zeros_like(x))
-    q = torch.round(xs * inv[:, None]).clamp_(-127, 127).to(torch.int8)  # half to even
-    scale = torch.where(finite, amax / 127.0, torch.full_like(amax, float("nan")))
-    return q, scale
+    t = torch.where(finite[:, None], x, torch.zeros_like(x)) * inv[:, None]
+    return t, torch.where(finite, amax / 127.0, torch.full_like(amax, float("nan")))
+
+
+def quantize_rows_ref(x: torch.Tensor, row_amax=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: the exact rules of csrc/quant_act/quant_act.h (row_amax: fp32
+    [M] floors under the rows' amax)."""
+    t, scale = _scaled_rows(x, row_amax)
+    return torch.round(t).clamp_(-127, 127).to(torch.int8), scale  # half to even
 
 
 def quantize_planes_ref(x: torch.Tensor, row_amax=None):
     """Two int8 planes per row (csrc/quant_act/quant_act.h "Two planes"): (high codes, scale,
     low codes, low scale), x ~ scale * high + low_scale * low within amax / 64516."""
-    hi, scale = quantize_rows_ref(x, row_amax)
-    x = x.to(torch.float32)
-    amax = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])
-    if row_amax is not None:
-        amax = torch.fmax(amax, row_amax)
-    use = torch.isfinite(x).all(dim=1) & (amax > 0)
-    inv = torch.where(use, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
-    t = torch.where(use[:, None], x, torch.zeros_like(x)) * inv[:, None]
-    lo = torch.round((t - hi.to(torch.float32)) * 254.0).to(torch.int8)  # (t - h): exact
-    return hi, scale, lo, scale / 254.0
+    t, scale = _scaled_rows(x, row_amax)
+    hi = torch.round(t).clamp_(-127, 127)
+    lo = torch.round((t - hi) * 254.0)  # (t - hi: exact)
+    return hi.to(torch.int8), scale, lo.to(torch.int8), scale / 254.0
 
 
 def gemm_w8a8_ref(x, q, w_scale, bias=None):
