@@ -302,7 +302,8 @@ def cpu_runner_w4(
     kernel, the bf16 group form where bf16_allowed says so, or the fp32 tiles where
     fp32_tiles_take does) with the weight's pointers read once, ~10 us less per call than
     gemm_w4_cpu's general path (measured on 384x384 at M = 1); anything else takes
-    gemm_w4_cpu."""
+    gemm_w4_cpu. x_planes=2 (int8 activations): the planes up to PLANES_MAX_ROWS rows, float
+    rows on the W4 kernels above (rows_choice=False: the planes at any row count)."""
     if act_int8 and x_planes == 2 and rows_choice:  # planes to PLANES_MAX_ROWS, then floats
         planes = cpu_runner_w4(codes, scale, zero, n, k, group_size, True, x_scale, 2, False)
         rows = cpu_runner_w4(codes, scale, zero, n, k, group_size, False, x_scale)
