@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar, Optional
 
-from tersor.formats.int4 import GROUP_SIZES
+from tersor.formats.int4 import ACT_BITS, GROUP_SIZES
 
 KERNELS = ("auto", "native", "cuda", "triton", "ref")
 METHODS = ("rtn", "gptq", "awq", "awq+gptq")  # how quantization configs choose their weights
@@ -202,7 +202,7 @@ class W4A8Config(_Int4Config):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.act_bits not in (8, 16) or isinstance(self.act_bits, bool):
+        if self.act_bits not in ACT_BITS or isinstance(self.act_bits, bool):
             raise ValueError(f"W4A8Config.act_bits must be 8 or 16, got {self.act_bits!r}")
 
 
