@@ -79,18 +79,21 @@ def test_gemm_w8a8_row_blocks_exact(isa, m, k, n, gen):
     assert torch.equal(y, (acc * (sx[:, None] * s[None, :]).double()).float())
 
 
-@pytest.mark.parametrize("m", [32, 47, 300])
+@pytest.mark.parametrize("m", [5, 13, 32, 47, 300])
 @pytest.mark.parametrize("k,n", [(1029, 40), (2060, 17)])
 def test_gemm_w8a8_signed_rows_extreme_codes_exact(isa, m, k, n, gen):
-    """Signed rows from 32 (AVX2's XOR tile: |w| x (a XOR sign mask of w), accumulators starting
-    at each column's sum of |w| over its negative codes): weights at -127 in whole columns and
-    in long runs, codes at +-127 against them (the largest pair sums), K past the 512 codes
-    whose staged sums fit int16 before they are widened; both drivers (few rows, row blocks)."""
+    """Signed rows from 5 (AVX2's kXorA tile: |a| x (w XOR sign mask of a), accumulators
+    starting at each row's sum of |a| over its negative codes; the rows split in place, K with
+    a tail past the last 32 codes): weights at +-127 in whole columns and in long runs, codes at
+    +-127 against them, pairs of codes at -127 against weights at 127 (the largest pair sum,
+    127 * -128 * 2); every driver (k chunks, few-row tiles, row blocks)."""
     x, q, s, _, _ = make(m, k, n, gen, bias=False)
     x[:, ::7] = 9.0  # codes at 127 ...
     x[:, 3::7] = -9.0  # ... and at -127
+    x[:, 4::14], x[:, 5::14] = -9.0, -9.0  # a vpmaddubsw pair (k = 2j, 2j + 1) both at -127
     q[0], q[1, : k // 2] = -127, -127  # a column all negative, one half negative
     q[2, ::2], q[2, 1::2] = 127, -127
+    q[3] = 127
     p = pack_int8(q, s)
     y = gemm_w8a8(x, p.packed, p.colsum, p.scale, None, n)
     qx, sx = quantize_rows_ref(x)

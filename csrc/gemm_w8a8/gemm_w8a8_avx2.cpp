@@ -27,10 +27,16 @@ using avx2::Signs;
 // thread, 7-bit weights, 4096x4096 at 8 / 16 rows 61-71 / 66-80 -> 77-83 / 78-87; two threads
 // 1.0-1.25x at 5-32 rows on 4096x4096, 4096x11008 and 11008x4096, exact 8-bit weights (the
 // sign trick) 1.0-1.15x; cache-resident layers unchanged. At 64 rows it lost (0.9x): the
-// tiles' accumulator traffic and a single prefetching tile. Signed rows take the sign trick
-// here (from 32 rows, the XOR tile over whole staged blocks below): the XOR tile with each
-// chunk staged ran 0.65-0.95x its time at 5-16 rows.
+// tiles' accumulator traffic and a single prefetching tile.
 constexpr int64_t kChunkGroups = 64, kChunkPrefetchLines = 32, kChunkMaxTiles = 8;
+
+// Signed rows of exact 8-bit weights are split for kXorA (tile_avx2.h) from this many rows; 1-4
+// rows take the sign trick, with nothing to prepare. kXorA's time against the tiles it replaced
+// (Zen 3, 2 threads, interleaved rounds, medians; 4096x4096, 1536x8960, 8960x1536, 2560x2560,
+// 3072x8192, 2048x512, 384x1536): the sign trick at 5-16 rows 0.95-1.11x faster (most
+// 1.02-1.06x), the XOR tile over staged weights at 32 rows 1.03-1.14x, at 64-512 rows
+// 0.96-1.08x (most 1.02-1.07x); at 3-4 rows 0.94-1.05x, hence 5.
+constexpr int64_t kSplitMinRows = 5;
 
 // One row tile's pass over groups [g0, g0 + groups) of a column block, its accumulators in
 // acc_mem [MR][2].
@@ -43,7 +49,7 @@ TERSOR_UNROLL
   for (int r = 0; r < MR; ++r) {
     acc[r][0] = _mm256_load_si256(acc_mem + 2 * r);
     acc[r][1] = _mm256_load_si256(acc_mem + 2 * r + 1);
-    ap[r] = rows[r] + 4 * g0;
+    ap[r] = rows[r] + (kSigns == Signs::kXorA ? 8 : 4) * g0;
   }
   avx2::dot_groups<MR, kSigns>(acc, ap, wblock + 64 * g0, groups, prefetch, kChunkPrefetchLines);
 TERSOR_UNROLL
@@ -54,9 +60,10 @@ TERSOR_UNROLL
 }
 
 template <int MR, Signs kSigns>
-void chunk_start(__m256i* acc_mem, const PackedW8LinearArgs& a, int64_t n0) {
+void chunk_start(__m256i* acc_mem, const PackedW8LinearArgs& a, int64_t n0,
+                 const int32_t* neg_sum) {
   __m256i acc[MR][2];
-  avx2::start_acc<MR, kSigns>(acc, a, n0, nullptr);
+  avx2::start_acc<MR, kSigns>(acc, a, n0, nullptr, neg_sum);
   for (int r = 0; r < MR; ++r)
     for (int h = 0; h < 2; ++h) _mm256_store_si256(acc_mem + 2 * r + h, acc[r][h]);
 }
@@ -71,44 +78,52 @@ void chunk_finish(const __m256i* acc_mem, const float* sx, const PackedW8LinearA
 }
 
 // The tile variants the k-chunk driver takes, by row tile: non-negative codes, signed codes
-// (the sign trick: the XOR tile stages whole column blocks instead), narrow weights' a + 128
+// (the sign trick), narrow weights' a + 128, signed rows split (kXorA)
 using PassFn = void (*)(__m256i*, const uint8_t* const*, int64_t, int64_t, const int8_t*, int);
-using StartFn = void (*)(__m256i*, const PackedW8LinearArgs&, int64_t);
+using StartFn = void (*)(__m256i*, const PackedW8LinearArgs&, int64_t, const int32_t*);
 using FinishFn = void (*)(const __m256i*, const float*, const PackedW8LinearArgs&, float*,
                           int64_t);
-constexpr PassFn kPass[3][kMR] = {
+constexpr PassFn kPass[4][kMR] = {
     {chunk_pass<1, Signs::kNonNegative>, chunk_pass<2, Signs::kNonNegative>,
      chunk_pass<3, Signs::kNonNegative>, chunk_pass<4, Signs::kNonNegative>},
     {chunk_pass<1, Signs::kSignA>, chunk_pass<2, Signs::kSignA>, chunk_pass<3, Signs::kSignA>,
      chunk_pass<4, Signs::kSignA>},
     {chunk_pass<1, Signs::kNarrowBiased>, chunk_pass<2, Signs::kNarrowBiased>,
-     chunk_pass<3, Signs::kNarrowBiased>, chunk_pass<4, Signs::kNarrowBiased>}};
-constexpr StartFn kStart[3][kMR] = {
+     chunk_pass<3, Signs::kNarrowBiased>, chunk_pass<4, Signs::kNarrowBiased>},
+    {chunk_pass<1, Signs::kXorA>, chunk_pass<2, Signs::kXorA>, chunk_pass<3, Signs::kXorA>,
+     chunk_pass<4, Signs::kXorA>}};
+constexpr StartFn kStart[4][kMR] = {
     {chunk_start<1, Signs::kNonNegative>, chunk_start<2, Signs::kNonNegative>,
      chunk_start<3, Signs::kNonNegative>, chunk_start<4, Signs::kNonNegative>},
     {chunk_start<1, Signs::kSignA>, chunk_start<2, Signs::kSignA>,
      chunk_start<3, Signs::kSignA>, chunk_start<4, Signs::kSignA>},
     {chunk_start<1, Signs::kNarrowBiased>, chunk_start<2, Signs::kNarrowBiased>,
-     chunk_start<3, Signs::kNarrowBiased>, chunk_start<4, Signs::kNarrowBiased>}};
+     chunk_start<3, Signs::kNarrowBiased>, chunk_start<4, Signs::kNarrowBiased>},
+    {chunk_start<1, Signs::kXorA>, chunk_start<2, Signs::kXorA>,
+     chunk_start<3, Signs::kXorA>, chunk_start<4, Signs::kXorA>}};
 constexpr FinishFn kFinish[kMR] = {chunk_finish<1>, chunk_finish<2>, chunk_finish<3>,
                                    chunk_finish<4>};
 
-// Inside the parallel region: the few-rows GEMM over `tiles` row tiles of quantized rows (Kp
-// codes each, whole tiles), threads splitting the column blocks, in k chunks.
+// Inside the parallel region: the few-rows GEMM over `tiles` row tiles of quantized rows
+// (whole tiles, `stride` bytes apart; split: signed tiles split for kXorA, their sums in
+// neg_sum), threads splitting the column blocks, in k chunks.
 void run_k_chunks(const PackedW8LinearArgs& a, int64_t tiles, const uint8_t* rows,
-                  const float* sx, const bool* non_negative, bool biased) {
+                  int64_t stride, const float* sx, const bool* non_negative, bool biased,
+                  bool split, const int32_t* neg_sum) {
   const int64_t Kp = round_up(a.K, 4), groups = Kp / 4, n_blocks = round_up(a.N, 16) / 16;
   __m256i acc[kChunkMaxTiles * kMR * 2];  // tiles <= kChunkMaxTiles: no allocation per call
   const uint8_t* ptrs[kChunkMaxTiles * kMR];
-  for (int64_t i = 0; i < tiles * kMR; ++i) ptrs[i] = rows + i * Kp;
-  const auto variant = [&](int64_t t) { return biased ? 2 : non_negative[t] ? 0 : 1; };
+  for (int64_t i = 0; i < tiles * kMR; ++i) ptrs[i] = rows + i * stride;
+  const auto variant = [&](int64_t t) {
+    return biased ? 2 : non_negative[t] ? 0 : split ? 3 : 1;
+  };
   const auto rows_of = [&](int64_t t) { return int(std::min<int64_t>(kMR, a.M - t * kMR)); };
   int64_t b0, b1;
   thread_range(n_blocks, &b0, &b1);
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int8_t* wb = a.w + blk * Kp * 16;
     for (int64_t t = 0; t < tiles; ++t)
-      kStart[variant(t)][rows_of(t) - 1](acc + t * 2 * kMR, a, blk * 16);
+      kStart[variant(t)][rows_of(t) - 1](acc + t * 2 * kMR, a, blk * 16, neg_sum + t * kMR);
     for (int64_t g0 = 0; g0 < groups; g0 += kChunkGroups)
       for (int64_t t = 0; t < tiles; ++t)
         kPass[variant(t)][rows_of(t) - 1](acc + t * 2 * kMR, ptrs + t * kMR, g0,
@@ -125,28 +140,41 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   using avx2::kMR;
   const int64_t Kp = round_up(a.K, 4);
   static const int64_t kOneRun = 0;
-  // Rows [m0, m1) quantized to rows + (m - m0) * Kp, their scales to sx; returns whether
+  // Rows [m0, m1) quantized to rows + (m - m0) * stride, their scales to sx; returns whether
   // every code is >= 0 (the tile variant to take). Narrow weights: the codes are written as
-  // u8 a + 128 (tile_avx2.h), whatever their signs.
+  // u8 a + 128 (tile_avx2.h), whatever their signs. With split (stride 2 Kp), signed rows are
+  // split for kXorA (tile_avx2.h split_signs), their sums to neg_sum.
   const bool biased = a.narrow_w;
-  auto quantize = [&](int64_t m0, int64_t m1, uint8_t* rows, float* sx) {
-    for (int64_t m = m0; m < m1; ++m)
-      sx[m - m0] = fill(m, rows + (m - m0) * Kp, 4, biased ? 0x80 : 0);
-    return !biased && avx2::all_non_negative(rows, (m1 - m0) * Kp);
+  auto quantize = [&](int64_t m0, int64_t m1, uint8_t* rows, int64_t stride, float* sx,
+                      bool split, int32_t* neg_sum) {
+    bool non_negative = !biased;
+    for (int64_t m = m0; m < m1; ++m) {
+      uint8_t* row = rows + (m - m0) * stride;
+      sx[m - m0] = fill(m, row, 4, biased ? 0x80 : 0);
+      non_negative = non_negative && avx2::all_non_negative(row, Kp);
+    }
+    if (split && !non_negative)
+      for (int64_t m = m0; m < m1; ++m)
+        neg_sum[m - m0] = avx2::split_signs(rows + (m - m0) * stride, Kp);
+    return non_negative;
   };
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 
   if (a.M >= kRowsPerBlock * nt) {  // every thread gets whole row blocks
 #pragma omp parallel num_threads(::tersor::team(nt))
     {
-      auto rows = alloc_scratch<uint8_t>(kRowsPerBlock * Kp);
+      const bool split = !biased;
+      const int64_t stride = split ? 2 * Kp : Kp;
+      auto rows = alloc_scratch<uint8_t>(kRowsPerBlock * stride);
       avx2::run_row_blocks(a, [&](int64_t m0, int64_t m1, avx2::RowBlock& block) {
         for (int64_t m = m0; m < m1; m += kMR)
-          block.non_negative[(m - m0) / kMR] = quantize(
-              m, std::min(m + kMR, m1), rows.get() + (m - m0) * Kp, block.sx + (m - m0));
-        for (int64_t i = 0; i < kRowsPerBlock; ++i) block.row[i] = rows.get() + i * Kp;
+          block.non_negative[(m - m0) / kMR] =
+              quantize(m, std::min(m + kMR, m1), rows.get() + (m - m0) * stride, stride,
+                       block.sx + (m - m0), split, block.neg_sum + (m - m0));
+        for (int64_t i = 0; i < kRowsPerBlock; ++i) block.row[i] = rows.get() + i * stride;
         block.runs = RowRuns{&kOneRun, 1, Kp / 4};
         block.biased = biased;
+        block.split = split;
       });
     }
     return;
@@ -154,31 +182,36 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
 
   // Few rows: quantize them all, then threads split the column blocks.
   const int64_t n_blocks = round_up(a.N, 16) / 16, tiles = (a.M + kMR - 1) / kMR;
-  auto rows = alloc_scratch<uint8_t>(tiles * kMR * Kp);  // whole tiles: every row pointer valid
+  const bool split = !biased && a.M >= kSplitMinRows;
+  const int64_t stride = split ? 2 * Kp : Kp;
+  auto rows = alloc_scratch<uint8_t>(tiles * kMR * stride);  // whole tiles: every row pointer valid
   auto sx = alloc_scratch<float>(tiles * kMR);
+  auto neg_sum = alloc_scratch<int32_t>(tiles * kMR);
   auto non_negative = alloc_scratch<bool>(tiles);
   const int prefetch = a.M > kMR ? 0 : weight_stream_nta(a.w, n_blocks * Kp * 16) ? 2 : 1;
-  // signed rows take the XOR tile (tile_avx2.h) where staging its operands, once per column
-  // block and call, costs less than it saves: from 8 row tiles
-  const bool xor_tiles = a.M >= 8 * kMR;
-  const bool k_chunks = tiles > 1 && tiles <= kChunkMaxTiles && !(xor_tiles && !biased);
+  const bool k_chunks = tiles > 1 && tiles <= kChunkMaxTiles;
 #pragma omp parallel num_threads(::tersor::team(nt))
   {
-    avx2::XorWeights xw;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t)
-      non_negative.get()[t] = quantize(t * kMR, std::min(a.M, t * kMR + kMR),
-                                       rows.get() + t * kMR * Kp, sx.get() + t * kMR);
+      non_negative.get()[t] =
+          quantize(t * kMR, std::min(a.M, t * kMR + kMR), rows.get() + t * kMR * stride, stride,
+                   sx.get() + t * kMR, split, neg_sum.get() + t * kMR);
     if (k_chunks) {
-      run_k_chunks(a, tiles, rows.get(), sx.get(), non_negative.get(), biased);
+      run_k_chunks(a, tiles, rows.get(), stride, sx.get(), non_negative.get(), biased, split,
+                   neg_sum.get());
     } else {
       for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
-        const uint8_t* r = rows.get() + m0 * Kp;
-        const avx2::ARows src{
-            {r, r + Kp, r + 2 * Kp, r + 3 * Kp}, RowRuns{&kOneRun, 1, Kp / 4}, prefetch, biased};
+        const uint8_t* r = rows.get() + m0 * stride;
+        const avx2::ARows src{{r, r + stride, r + 2 * stride, r + 3 * stride},
+                              RowRuns{&kOneRun, 1, Kp / 4},
+                              prefetch,
+                              biased,
+                              split,
+                              neg_sum.get() + m0};
         avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16,
                        sx.get() + m0, a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0},
-                       blk * 16, xor_tiles ? &xw : nullptr);
+                       blk * 16, nullptr);
       });
     }
   }

@@ -44,6 +44,10 @@ struct RowBlock {
   float sx[kRowsPerBlock];
   bool non_negative[kRowsPerBlock / MR];  // per tile: every code >= 0, the plain u8 x s8 tile
   bool biased = false;  // the codes are stored as u8 a + 128 (narrow weights, tile_avx2.h)
+  // Signed rows split into |a| and sign masks, with their sums of |a| over the negative codes
+  // (the AVX2 GEMM: tile_avx2.h kXorA).
+  bool split = false;
+  int32_t neg_sum[kRowsPerBlock];
   RowRuns runs{nullptr, 0, 0};            // shared by every row
   const CodesOut* codes = nullptr;        // codes out (the static pipeline), or fp32 to a.y
   // A grouped convolution: column block b reads its rows group_bytes * (16 b / group_cols)

@@ -2,17 +2,24 @@
 // the direct convolution (conv/conv_w8a8_avx2.cpp). Include only from *_avx2.cpp files.
 //
 // vpmaddubsw multiplies u8 by s8 into saturating int16 pair sums; vpmaddwd with ones then
-// widens the pairs to int32. Four variants, by the row codes' signs and the weights' range
+// widens the pairs to int32. The variants, by the row codes' signs and the weights' range
 // (Signs below):
 //  - non-negative activations (every conv after a ReLU): the s8 codes 0..127 are valid u8
 //    operands as they are; a pair sum is at most 2 * 127 * 127 < 32767, so u8 x s8 is exact.
-//  - signed activations, 3-4 rows: |w| x (a XOR m), m = 0xFF where w < 0. Where w < 0 that
-//    is |w| * (-a - 1) = a * w - |w|, so the accumulators start at the column's sum of |w| over
-//    its negative codes (XorWeights stages |w|, the masks and these sums once per column
-//    block and thread) and the sum comes out exact. |w| <= 127 against any s8 code cannot
-//    saturate. Per row this costs one XOR per weight vector, which any vector ALU takes; the
-//    sign trick's vpsignb (below) competes with vpmaddubsw / vpmaddwd for the two multiply
-//    ports on Zen. Zen 3, one thread, 256-512 signed rows: 65-69 -> 72-75 GMAC/s
+//  - signed activations in the GEMM's own row buffer (kXorA): the quantized rows are split
+//    once into |a| and a's sign masks m (split_signs), and each product is |a| x (w XOR m).
+//    Where a < 0 that is |a| * (-w - 1) = a * w - |a|, so a row's accumulators start at its
+//    sum of |a| over the negative codes and come out exact; |a| <= 127 against any s8 cannot
+//    saturate. One XOR per row and weight vector beside the two multiplies and the add, as
+//    kXorW, but nothing staged: the weights are read as packed. A row's |a| and masks
+//    alternate by 4-k group, so both broadcasts read one line (kept apart, K = 4096 put a
+//    tile's 8 streams in one L1 set: 0.8x).
+//  - signed activations read in place (the convolutions), 3-4 rows (kXorW): the same with the
+//    roles swapped, |w| x (a XOR m), m = 0xFF where w < 0: |w| * (-a - 1) = a * w - |w|, the
+//    accumulators at the column's sum of |w| over its negative codes (XorWeights stages |w|,
+//    the masks and the sums once per column block and thread). Any vector ALU takes the XOR,
+//    where the sign trick's vpsignb (below) competes with vpmaddubsw / vpmaddwd for the two
+//    multiply ports on Zen. Zen 3, one thread, 256-512 signed rows: 65-69 -> 72-75 GMAC/s
 //    (non-negative rows: 90).
 //  - signed activations, 1-2 rows (a decode step, bound by the weight stream): the sign trick
 //    (llama.cpp), |a| * sign(w, a) == a * w, with no set-up per column block.
@@ -120,6 +127,9 @@ struct ARows {
   // weights from DRAM, M = 1: 0.90-0.93x the time; 16 lines alike, 24 slower.
   int prefetch = 0;  // 0: none, 1: T0, 2: NTA
   bool biased = false;  // the codes are stored as u8 a + 128 (narrow weights only)
+  // Rows split by split_signs (kXorA), neg_sum[r] row r's sum of |a| over its negative codes.
+  bool split = false;
+  const int32_t* neg_sum = nullptr;
 };
 constexpr int64_t kPrefetchLines = 8;
 
@@ -133,7 +143,16 @@ struct TileOut {
 
 // the variants above; narrow weights: rows stored as a + 128 (kNarrowBiased) or as s8 codes,
 // flipped in the tile (kNarrowFlip)
-enum class Signs { kNonNegative, kXorW, kSignA, kNarrowBiased, kNarrowFlip, kNarrowNonNegative };
+enum class Signs {
+  kNonNegative,
+  kXorW,
+  kSignA,
+  kNarrowBiased,
+  kNarrowFlip,
+  kNarrowNonNegative,
+  kXorA
+};
+constexpr int kVariants = 7;
 
 constexpr int64_t kShortBlocks = 8;  // the most column blocks one tile call runs (see below)
 
@@ -200,10 +219,11 @@ TERSOR_UNROLL
 }  // namespace
 
 // The accumulators' start: 0, kXorW the column's sum of |w| over its negative codes (staged
-// in neg_sums), narrow weights -128 * colsum.
+// in neg_sums), kXorA the row's sum of |a| over its negative codes (row_sums), narrow weights
+// -128 * colsum.
 template <int MR, Signs kSigns>
 static inline void start_acc(__m256i (&acc)[MR][2], const PackedW8LinearArgs& a, int64_t n0,
-                             const int32_t* neg_sums) {
+                             const int32_t* neg_sums, const int32_t* row_sums = nullptr) {
   const __m256i zero = _mm256_setzero_si256();
 TERSOR_UNROLL
   for (int h = 0; h < 2; ++h) {
@@ -214,12 +234,14 @@ TERSOR_UNROLL
       start = _mm256_sub_epi32(zero, _mm256_slli_epi32(_mm256_loadu_si256(
                   reinterpret_cast<const __m256i*>(a.colsum + n0 + 8 * h)), 7));
 TERSOR_UNROLL
-    for (int r = 0; r < MR; ++r) acc[r][h] = start;
+    for (int r = 0; r < MR; ++r)
+      acc[r][h] = kSigns == Signs::kXorA ? _mm256_set1_epi32(row_sums[r]) : start;
   }
 }
 
 // acc += the rows' codes ap[r][0 .. 4 * groups) x `groups` 4-k groups of one column block at
-// wp (64 bytes each; kXorW: the staged 128-byte groups). prefetch: ARows::prefetch, of the
+// wp (64 bytes each; kXorW: the staged 128-byte groups; kXorA: rows of 8 bytes per group, |a|
+// then the masks). prefetch: ARows::prefetch, of the
 // line prefetch_lines ahead, a template argument in the loops (dot_groups below). kHalf: the
 // block's columns 0-7 only (acc[r][1] untouched), the last block where N % 16 is 1-8: a
 // 1x1 layer with 24 outputs (MobileNetV2) spent a quarter of its products on zero columns.
@@ -269,7 +291,7 @@ TERSOR_UNROLL
         kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 64)) : zero;
     const __m256i neg1 =
         kXor ? _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + 96)) : zero;
-    const int64_t off = 4 * g;
+    const int64_t off = (kSigns == Signs::kXorA ? 8 : 4) * g;
     const char* ahead = reinterpret_cast<const char*>(wp + prefetch_lines * 64);
     if constexpr (prefetch == 2) _mm_prefetch(ahead, _MM_HINT_NTA);
     if constexpr (prefetch == 1) _mm_prefetch(ahead, _MM_HINT_T0);
@@ -277,6 +299,9 @@ TERSOR_UNROLL
     for (int r = 0; r < MR; ++r) {
       __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off));
       if constexpr (kSigns == Signs::kNarrowFlip) av = _mm256_xor_si256(av, flip);
+      __m256i am = zero;  // kXorA: the row's sign masks
+      if constexpr (kSigns == Signs::kXorA)
+        am = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(ap[r] + off + 4));
       // the products of one weight vector (columns 0-7 or 8-15)
       const auto dot = [&](__m256i w, __m256i neg) {
         if constexpr (kSigns == Signs::kNonNegative || kSigns == Signs::kNarrowNonNegative ||
@@ -284,6 +309,8 @@ TERSOR_UNROLL
           return _mm256_maddubs_epi16(av, w);
         } else if constexpr (kXor) {
           return _mm256_maddubs_epi16(w, _mm256_xor_si256(av, neg));
+        } else if constexpr (kSigns == Signs::kXorA) {
+          return _mm256_maddubs_epi16(av, _mm256_xor_si256(w, am));
         } else {
           return _mm256_maddubs_epi16(_mm256_abs_epi8(av), _mm256_sign_epi8(w, av));
         }
@@ -324,7 +351,7 @@ __attribute__((always_inline)) static inline void tile(const ARows& src, const i
   const int8_t* wsrc = kXor ? reinterpret_cast<const int8_t*>(xw->ops.get()) : wblock;
   for (int j = 0; j < nb; ++j, wsrc += step * block_bytes / 64, n0 += 16) {
     __m256i acc[MR][2];
-    start_acc<MR, kSigns>(acc, a, n0, kXor ? xw->sums + 16 * j : nullptr);
+    start_acc<MR, kSigns>(acc, a, n0, kXor ? xw->sums + 16 * j : nullptr, src.neg_sum);
     const int8_t* wp = wsrc;
     const bool half = a.N - n0 <= 8;
     for (int64_t i = 0; i < src.runs.n_runs; ++i, wp += step * src.runs.run_groups) {
@@ -345,25 +372,29 @@ TERSOR_UNROLL
   }
 }
 
-static inline Signs pick_signs(bool biased, bool non_negative, bool narrow_w, bool xor_w) {
+// split: the rows went through split_signs (kXorA); xor_w: kXorW's staging is available.
+static inline Signs pick_signs(bool biased, bool non_negative, bool narrow_w, bool split,
+                               bool xor_w) {
   return biased                    ? Signs::kNarrowBiased
          : non_negative && narrow_w ? Signs::kNarrowNonNegative
          : non_negative             ? Signs::kNonNegative
          : narrow_w                 ? Signs::kNarrowFlip
+         : split                    ? Signs::kXorA
          : xor_w                    ? Signs::kXorW
                                     : Signs::kSignA;
 }
 
 // The tile for a runtime row count 1..4 and the rows' signs. Non-negative rows take the paired
 // tile with narrow weights. Signed rows take the narrow weights' tile where the weights allow
-// it, else kXorW from 3 rows when the caller keeps staged operands (xw), else kSignA. Rows
-// stored as a + 128 (src.biased) take kNarrowBiased.
+// it, else kXorA where the rows are split (src.split), else kXorW from 3 rows when the
+// caller keeps staged operands (xw), else kSignA. Rows stored as a + 128 (src.biased) take
+// kNarrowBiased.
 static inline void run_tile(int mr, bool non_negative, const ARows& src, const int8_t* wblock,
                             const float* sx, const PackedW8LinearArgs& a, const TileOut& out,
                             int64_t n0, XorWeights* xw, int nb = 1) {
   using TileFn = void (*)(const ARows&, const int8_t*, const float*, const PackedW8LinearArgs&,
                           const TileOut&, int64_t, int, const XorWeights*);
-  static constexpr TileFn kTiles[6][kMR] = {
+  static constexpr TileFn kTiles[kVariants][kMR] = {
       {tile<1, Signs::kNonNegative>, tile<2, Signs::kNonNegative>,
        tile<3, Signs::kNonNegative>, tile<4, Signs::kNonNegative>},
       {tile<1, Signs::kXorW>, tile<2, Signs::kXorW>, tile<3, Signs::kXorW>,
@@ -375,8 +406,11 @@ static inline void run_tile(int mr, bool non_negative, const ARows& src, const i
       {tile<1, Signs::kNarrowFlip>, tile<2, Signs::kNarrowFlip>, tile<3, Signs::kNarrowFlip>,
        tile<4, Signs::kNarrowFlip>},
       {tile<1, Signs::kNarrowNonNegative>, tile<2, Signs::kNarrowNonNegative>,
-       tile<3, Signs::kNarrowNonNegative>, tile<4, Signs::kNarrowNonNegative>}};
-  const Signs signs = pick_signs(src.biased, non_negative, a.narrow_w, xw && mr >= 3);
+       tile<3, Signs::kNarrowNonNegative>, tile<4, Signs::kNarrowNonNegative>},
+      {tile<1, Signs::kXorA>, tile<2, Signs::kXorA>, tile<3, Signs::kXorA>,
+       tile<4, Signs::kXorA>}};
+  const Signs signs =
+      pick_signs(src.biased, non_negative, a.narrow_w, src.split, xw && mr >= 3);
   if (signs == Signs::kXorW) xw->stage(wblock, (a.K + 3) / 4 * 4 * 16, nb);
   kTiles[static_cast<int>(signs)][mr - 1](src, wblock, sx, a, out, n0, nb, xw);
 }
@@ -394,7 +428,7 @@ static void tile_span(const RowBlock& block, int64_t i0, int64_t i1, int64_t m, 
   for (int64_t i = i0; i < i1; i += kMR) {
     const uint8_t* const* r = block.row + i;
     const ARows src{{r[0] + shift, r[1] + shift, r[2] + shift, r[3] + shift}, block.runs, 0,
-                    block.biased};
+                    block.biased, block.split, block.neg_sum + i};
     const TileOut out{a.y + (m + i) * a.ldy, a.ldy, block.codes, m + i};
     tile<kMR, kSigns>(src, wblock, block.sx + i, a, out, n0, nb, xw);
   }
@@ -409,14 +443,16 @@ static inline void block_tiles(const RowBlock& block, int64_t m, int rows, int64
                                int64_t shift, const PackedW8LinearArgs& a, XorWeights& xw) {
   using SpanFn = void (*)(const RowBlock&, int64_t, int64_t, int64_t, int64_t, const int8_t*,
                           const PackedW8LinearArgs&, int64_t, int, const XorWeights*);
-  static constexpr SpanFn kSpans[6] = {
-      tile_span<Signs::kNonNegative>, tile_span<Signs::kXorW>,
-      tile_span<Signs::kSignA>,       tile_span<Signs::kNarrowBiased>,
-      tile_span<Signs::kNarrowFlip>,  tile_span<Signs::kNarrowNonNegative>};
+  static constexpr SpanFn kSpans[kVariants] = {
+      tile_span<Signs::kNonNegative>,  tile_span<Signs::kXorW>,
+      tile_span<Signs::kSignA>,        tile_span<Signs::kNarrowBiased>,
+      tile_span<Signs::kNarrowFlip>,   tile_span<Signs::kNarrowNonNegative>,
+      tile_span<Signs::kXorA>};
   const int64_t Kp = (a.K + 3) / 4 * 4;
   const int8_t* wblock = a.w + blk * Kp * 16;
   const auto signs_of = [&](int64_t i) {
-    return pick_signs(block.biased, block.non_negative[i / kMR], a.narrow_w, true);
+    return pick_signs(block.biased, block.non_negative[i / kMR], a.narrow_w, block.split,
+                      true);
   };
   const int64_t full = rows / kMR * kMR;
   for (int64_t i = 0; i < full;) {
@@ -430,7 +466,8 @@ static inline void block_tiles(const RowBlock& block, int64_t m, int rows, int64
   if (full < rows) {
     auto at = [shift](const uint8_t* p) { return p ? p + shift : p; };  // unused ones: null
     const uint8_t* const* r = block.row + full;
-    const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.runs, 0, block.biased};
+    const ARows src{{at(r[0]), at(r[1]), at(r[2]), at(r[3])}, block.runs, 0, block.biased,
+                    block.split, block.neg_sum + full};
     const TileOut out{a.y + (m + full) * a.ldy, a.ldy, block.codes, m + full};
     run_tile(rows - full, block.non_negative[full / kMR], src, wblock, block.sx + full, a, out,
              blk * 16, &xw, nb);
@@ -468,6 +505,39 @@ static inline bool all_non_negative(const uint8_t* p, int64_t n) {
   uint8_t tail = 0;
   for (; i < n; ++i) tail |= p[i];
   return _mm256_movemask_epi8(any) == 0 && (tail & 0x80) == 0;
+}
+
+// kXorA's rows (see the top): Kp s8 codes at row (Kp a multiple of 4) become 2 Kp bytes in
+// place, by 4-k group g: |a| at 8 g, the sign masks (0xFF where a < 0) at 8 g + 4. Returns the
+// sum of |a| over the negative codes. Last group first, so no code is overwritten unread.
+static inline int32_t split_signs(uint8_t* row, int64_t Kp) {
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i sums = zero;  // vpsadbw: four 64-bit lane sums of the negative codes' |a|
+  int64_t total = 0;
+  int64_t i = Kp;
+  for (; i % 32; i -= 4) {  // the groups past the last multiple of 32 codes
+    for (int64_t j = i - 4; j < i; ++j) {
+      const int8_t v = static_cast<int8_t>(row[j]);
+      const int64_t at = 2 * (i - 4) + (j - (i - 4));
+      row[at] = static_cast<uint8_t>(v < 0 ? -v : v);
+      row[at + 4] = v < 0 ? 0xFF : 0;
+      if (v < 0) total -= v;
+    }
+  }
+  for (i -= 32; i >= 0; i -= 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i));
+    const __m256i neg = _mm256_cmpgt_epi8(zero, v), abs = _mm256_abs_epi8(v);
+    sums = _mm256_add_epi64(sums, _mm256_sad_epu8(_mm256_and_si256(abs, neg), zero));
+    // dwords (groups) 0, 1 | 4, 5 and 2, 3 | 6, 7, each followed by its masks
+    const __m256i lo = _mm256_unpacklo_epi32(abs, neg), hi = _mm256_unpackhi_epi32(abs, neg);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + 2 * i),
+                        _mm256_permute2x128_si256(lo, hi, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + 2 * i + 32),
+                        _mm256_permute2x128_si256(lo, hi, 0x31));
+  }
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sums);
+  return static_cast<int32_t>(total + lanes[0] + lanes[1] + lanes[2] + lanes[3]);
 }
 
 }  // namespace tersor::gemm_w8a8::avx2
