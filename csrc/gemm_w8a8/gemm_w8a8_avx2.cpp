@@ -35,7 +35,7 @@ constexpr int64_t kChunkGroups = 64, kChunkPrefetchLines = 32, kChunkMaxTiles = 
 // (Zen 3, 2 threads, interleaved rounds, medians; 4096x4096, 1536x8960, 8960x1536, 2560x2560,
 // 3072x8192, 2048x512, 384x1536): the sign trick at 5-16 rows 0.95-1.11x faster (most
 // 1.02-1.06x), the XOR tile over staged weights at 32 rows 1.03-1.14x, at 64-512 rows
-// 0.96-1.08x (most 1.02-1.07x); at 3-4 rows 0.94-1.05x, hence 5.
+// 0.96-1.09x (most 1.01-1.07x); at 3-4 rows 0.94-1.05x, hence 5.
 constexpr int64_t kSplitMinRows = 5;
 
 // One row tile's pass over groups [g0, g0 + groups) of a column block, its accumulators in
