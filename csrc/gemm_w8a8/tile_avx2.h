@@ -516,11 +516,11 @@ static inline int32_t split_signs(uint8_t* row, int64_t Kp) {
   int64_t total = 0;
   int64_t i = Kp;
   for (; i % 32; i -= 4) {  // the groups past the last multiple of 32 codes
-    for (int64_t j = i - 4; j < i; ++j) {
-      const int8_t v = static_cast<int8_t>(row[j]);
-      const int64_t at = 2 * (i - 4) + (j - (i - 4));
-      row[at] = static_cast<uint8_t>(v < 0 ? -v : v);
-      row[at + 4] = v < 0 ? 0xFF : 0;
+    const int64_t g4 = i - 4;  // the group's first code
+    for (int64_t j = 0; j < 4; ++j) {
+      const int8_t v = static_cast<int8_t>(row[g4 + j]);
+      row[2 * g4 + j] = static_cast<uint8_t>(v < 0 ? -v : v);
+      row[2 * g4 + 4 + j] = v < 0 ? 0xFF : 0;
       if (v < 0) total -= v;
     }
   }
