@@ -1,5 +1,6 @@
 // AVX2 W8A8 GEMM (CPUs without VNNI): rows are quantized into a buffer of s8 rows (Kp codes
-// each, zero past K), then the micro-kernel of tile_avx2.h runs over it, 4 rows x 16 columns at
+// each, zero past K; from kSplitMinRows rows, signed ones split in place into |a| and sign
+// masks, 2 Kp bytes), then the micro-kernel of tile_avx2.h runs over it, 4 rows x 16 columns at
 // a time, with one pointer per row.
 #include <immintrin.h>
 
