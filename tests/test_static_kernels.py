@@ -177,6 +177,29 @@ def test_conv_narrow_weights_sum_group_pairs_exactly(isa, case, gen, c_ref):
     assert float(y.abs().amax()) > 0.5 * 127 * 64 * k * k * c * 0.02 * float(sc.min())
 
 
+@pytest.mark.parametrize("c", [72, 160])
+def test_conv_signed_codes_extreme_weights_exact(isa, c, gen, c_ref):
+    """Signed codes read in place (AVX2's XOR tile, kXorW: |w| x (a XOR sign mask of w), the
+    accumulators at each column's sum of |w| over its negative codes, staged in int16 over at
+    most 512 codes before widening): weights at -127 in a whole column, in half of one and
+    alternating in a third, codes at +-127 against them, K = 648 / 1440 past those 512; the
+    C ref bit for bit and the torch rule."""
+    n, h, w = 20, 6, 7
+    xs = torch.randint(-127, 128, (2, h, w, c), dtype=torch.int8, generator=gen)
+    xs[..., ::5], xs[..., 2::5] = 127, -127
+    k_in = 9 * c
+    q, sc = quantize_per_channel_int8(torch.randn(n, k_in, generator=gen))
+    q[0], q[1, : k_in // 2] = -127, -127
+    q[2, ::2], q[2, 1::2] = 127, -127
+    pk, bias = pack_int8(q, sc), torch.randn(n, generator=gen)
+    geom = (3, 3, 1, 1, 1, 1, 1, 1)
+    run = lambda: _run(xs, pk, bias, n, geom, 1, 0.0, 0, 0)  # noqa: E731
+    y = run()
+    assert torch.equal(y, c_ref(run))
+    ref = ops.conv_static_ref(xs, 0.02, q, sc, bias, geom, 1, 0.0, -127.0, 127.0, None, 0.0)
+    torch.testing.assert_close(y, ref, rtol=2e-6, atol=1e-6)
+
+
 def _check_narrow(xs, q, sc, geom, gen, c_ref, channels=0):
     """The narrow-weights convolution of xs (read as `channels`, 0: its own) with codes out
     and fp32 out: the ISA path equal to the C ref, the fp32 output to the torch rule; returns
