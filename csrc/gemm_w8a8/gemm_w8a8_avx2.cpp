@@ -124,7 +124,8 @@ void run_k_chunks(const PackedW8LinearArgs& a, int64_t tiles, const uint8_t* row
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int8_t* wb = a.w + blk * Kp * 16;
     for (int64_t t = 0; t < tiles; ++t)
-      kStart[variant(t)][rows_of(t) - 1](acc + t * 2 * kMR, a, blk * 16, neg_sum + t * kMR);
+      kStart[variant(t)][rows_of(t) - 1](acc + t * 2 * kMR, a, blk * 16,
+                                         split ? neg_sum + t * kMR : nullptr);
     for (int64_t g0 = 0; g0 < groups; g0 += kChunkGroups)
       for (int64_t t = 0; t < tiles; ++t)
         kPass[variant(t)][rows_of(t) - 1](acc + t * 2 * kMR, ptrs + t * kMR, g0,
@@ -187,7 +188,9 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int64_t stride = split ? 2 * Kp : Kp;
   auto rows = alloc_scratch<uint8_t>(tiles * kMR * stride);  // whole tiles: every row pointer valid
   auto sx = alloc_scratch<float>(tiles * kMR);
-  auto neg_sum = alloc_scratch<int32_t>(tiles * kMR);
+  Scratch<int32_t> neg_sum;  // split only: no allocation on a decode step's call
+  if (split) neg_sum = alloc_scratch<int32_t>(tiles * kMR);
+  const auto sums_at = [&](int64_t m) { return split ? neg_sum.get() + m : nullptr; };
   auto non_negative = alloc_scratch<bool>(tiles);
   const int prefetch = a.M > kMR ? 0 : weight_stream_nta(a.w, n_blocks * Kp * 16) ? 2 : 1;
   const bool k_chunks = tiles > 1 && tiles <= kChunkMaxTiles;
@@ -197,7 +200,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
     for (int64_t t = 0; t < tiles; ++t)
       non_negative.get()[t] =
           quantize(t * kMR, std::min(a.M, t * kMR + kMR), rows.get() + t * kMR * stride, stride,
-                   sx.get() + t * kMR, split, neg_sum.get() + t * kMR);
+                   sx.get() + t * kMR, split, sums_at(t * kMR));
     if (k_chunks) {
       run_k_chunks(a, tiles, rows.get(), stride, sx.get(), non_negative.get(), biased, split,
                    neg_sum.get());
@@ -209,7 +212,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
                               prefetch,
                               biased,
                               split,
-                              neg_sum.get() + m0};
+                              sums_at(m0)};
         avx2::run_tile(mr, non_negative.get()[m0 / kMR], src, a.w + blk * Kp * 16,
                        sx.get() + m0, a, avx2::TileOut{a.y + m0 * a.ldy, a.ldy, nullptr, m0},
                        blk * 16, nullptr);
