@@ -181,3 +181,27 @@ def test_kernels_ask_the_governor(isa, scheme, rows):
         torch.set_num_threads(threads)
         tersor.set_adaptive_threads(was)
     assert after > before
+
+
+# ---- parallel_team (common/parallel.h): a team of one runs without an OpenMP region ----------
+
+
+def test_team_of_one_runs_on_the_calling_thread_without_a_region():
+    """A region of one thread costs ~1 us in GNU OpenMP (a team allocated and freed, a futex
+    wake per barrier), so parallel_team(1) calls its body directly: nesting level 0, and the
+    body's `omp for` still runs every item (here 37, no whole number per thread)."""
+    assert _C.parallel_team_probe(1, 1, 37) == [[0, 1, 37]]
+    assert _C.parallel_team_probe(0, 1, 5) == [[0, 1, 5]]
+    level, size, ran = _C.parallel_team_probe(2, 1, 37)[0]
+    assert level == 1 and size in (1, 2) and ran == 37  # a real region of up to two threads
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+def test_team_inside_an_active_team_keeps_a_region_of_its_own(nt):
+    """Called by each thread of a caller's active team, the body's worksharing must bind to a
+    team of its own (not the caller's, which would split the items between the callers):
+    every caller runs all 37 items."""
+    seen = _C.parallel_team_probe(nt, 2, 37)
+    assert len(seen) == 2
+    for level, size, ran in seen:
+        assert level == 2 and size == 1 and ran == 37, seen

@@ -37,8 +37,7 @@ void silu_mul_impl(const SwigluArgs& a) {
   // place, their last partial step through the same padded chunk.
   constexpr int64_t kChunk = 512;
   const half_io::Converters cv = half_io::converters();
-#pragma omp parallel num_threads(nt)
-  {
+  parallel_team(nt, [&] {
     alignas(32) float gf[kChunk], uf[kChunk], yf[kChunk];
     int64_t m0, m1;
     thread_range(a.M, &m0, &m1);
@@ -61,7 +60,7 @@ void silu_mul_impl(const SwigluArgs& a) {
         cv.narrow(yf, n, y + i * es, dt);
       }
     }
-  }
+  });
 }
 
 }  // namespace

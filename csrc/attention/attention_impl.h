@@ -60,8 +60,7 @@ void decode_impl(const DecodeArgs& a) {
   const int64_t items = a.B * a.Hkv;
   const int nt = static_cast<int>(std::min<int64_t>(items, team(a.nthreads)));
   const half_io::Converters cv = half_io::converters();
-#pragma omp parallel num_threads(nt > 1 ? nt : 1)
-  {
+  parallel_team(nt, [&] {
     // roped queries, scores / weights, outputs, staging rows, and (halves) the head's cache
     // in fp32
     std::vector<float> buf(size_t(2 * G * D + G * Lmax + 4 * D + (f32 ? 0 : 2 * Lall * D)));
@@ -201,7 +200,7 @@ TERSOR_UNROLL
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace

@@ -1,11 +1,13 @@
 // CPU features and the ISA paths: the one list of ISA names (common/cpu_features.h) as _C.ISAS.
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
 #include "bindings/bind.h"
 #include "common/cpu_features.h"
+#include "common/parallel.h"
 #include "common/team_governor.h"
 #include "common/weight_stream.h"
 
@@ -90,6 +92,39 @@ void bind_cpu(py::module_& m) {
       "The thread governor's counters since the process started (regions: those that asked "
       "for more than one thread), the involuntary context switches per second of its last "
       "window, and the threads given up now.");
+  m.def(
+      "parallel_team_probe",
+      [](int nt, int outer, int items) {
+        // what a region of parallel_team (common/parallel.h) sees, per calling thread:
+        // (nesting level, team size, loop items it ran)
+        std::vector<std::vector<int>> seen(outer > 1 ? outer : 1);
+        auto probe = [&](int slot) {
+          std::atomic<int> ran{0};
+          int level = 0, size = 1;
+          parallel_team(nt, [&] {
+#pragma omp for schedule(static)
+            for (int i = 0; i < items; ++i) ran.fetch_add(1);
+            if (thread_index() == 0) {
+#if defined(_OPENMP)
+              level = omp_get_level();
+              size = omp_get_num_threads();
+#endif
+            }
+          });
+          seen[slot] = {level, size, ran.load()};
+        };
+        if (outer > 1) {
+#pragma omp parallel num_threads(outer)
+          probe(thread_index());
+        } else {
+          probe(0);
+        }
+        return seen;
+      },
+      py::arg("nt"), py::arg("outer"), py::arg("items"),
+      "For tests: an `omp for` of `items` items in a region of parallel_team(nt), called "
+      "outside any team (outer <= 1) or by each thread of an active team of `outer`; returns "
+      "[nesting level, team size, items run] per calling thread.");
   py::class_<TeamGovernor>(m, "TeamGovernor",
                            "A thread governor of its own (common/team_governor.h) on made-up "
                            "times and switch counts: for tests of its decisions.")

@@ -310,8 +310,7 @@ static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, i
     next.lines = (end - begin + 63) / 64;
     return next;
   };
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < Mp; ++m) {  // rows past M: zero (K = 0)
       const float* row = x + (m < M ? m : 0) * ldx;
@@ -370,7 +369,7 @@ static inline void run_pass(const float* x, int64_t M, int64_t K, int64_t ldx, i
       }
       _tile_release();
     }
-  }
+  });
 }
 
 // Rows in passes of at most kPassRows, each as above: the rows' parts of a pass, and the sums

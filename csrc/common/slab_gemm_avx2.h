@@ -79,8 +79,7 @@ void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, in
   int64_t row_parts = 1;
   if (n_blocks < 2 * nt)
     row_parts = std::min<int64_t>(nt, (std::min(M, kSlabRows) + kMR - 1) / kMR);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     auto panel = alloc_scratch<float>(kSlabK * 16);
     auto acc = alloc_scratch<float>(M * 16);
     for (int64_t rb0 = 0; rb0 < M; rb0 += kSlabRows) {
@@ -118,7 +117,7 @@ void run(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t n_blocks, in
         for (int64_t i = i0; i < i1; ++i) item(i);
       }
     }
-  }
+  });
 }
 
 // The epilogue y[r0, r1) of block nb = acc + bias (the store of the kernels whose rules end

@@ -97,8 +97,7 @@ void run_slabs(int64_t M, int64_t K, int64_t slab_k, int64_t n_blocks, int nt,
   int64_t row_parts = 1;
   if (n_groups < 2 * nt)
     row_parts = std::min<int64_t>(nt, (std::min(M, kSlabRows) + kMR - 1) / kMR);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     auto panel = alloc_scratch<Panel>(slab_k * kCols);
     auto acc = alloc_scratch<float>(std::min(M, kSlabRows) * acc_floats);
     for (int64_t rb0 = 0; rb0 < M; rb0 += kSlabRows) {
@@ -123,7 +122,7 @@ void run_slabs(int64_t M, int64_t K, int64_t slab_k, int64_t n_blocks, int nt,
         store(nb0, nb, r0, r1, static_cast<const float*>(acc.get()));
       }
     }
-  }
+  });
 }
 
 // y = x W^T over fp32 panels (x: M rows of stride ldx): run_slabs with the tiles above.

@@ -192,8 +192,7 @@ void run_dw_avx2(const DwCall& k) {
     }
   const bool codes = c.out && c.out->folded_finite && !c.out->res;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * N * taps, c.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     const DwRowOutput out(c);
     BorderedRows input(k);
     std::vector<__m256> sb(4 * blocks);  // [blocks][s0, s1, b0, b1] of the image sb_image
@@ -263,7 +262,7 @@ void run_dw_avx2(const DwCall& k) {
         out.finish_columns(r, full);
       }
     }
-  }
+  });
 }
 
 }  // namespace tersor::conv

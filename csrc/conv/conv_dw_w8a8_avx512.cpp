@@ -161,8 +161,7 @@ void run_rows_of_three(const DwCall& k, bool codes) {
   const int32_t* comp = k.weights.comp3.data();
   const int64_t row_bytes = blocks * c.Wo * 64;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * kh * 3, c.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     const DwRowOutput out(c);
     auto ring = alloc_scratch<uint8_t>(kh * row_bytes);
     int64_t held[kMaxRows];  // the input row each ring slot holds: image b, row h -> tag
@@ -206,7 +205,7 @@ void run_rows_of_three(const DwCall& k, bool codes) {
       }
       if (!codes) out.finish_row(r);
     }
-  }
+  });
 }
 }  // namespace
 
@@ -232,39 +231,38 @@ void run_dw_avx512(const DwCall& k) {
                                                  0x55555555, load(2 * p));
     }
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * taps, c.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
-  const DwRowOutput out(c);
+  parallel_team(::tersor::team(nt), [&] {
+    const DwRowOutput out(c);
 #pragma omp for schedule(static)
-  for (int64_t r = 0; r < c.B * c.Ho; ++r) {
-    const int64_t b = r / c.Ho, oh = r % c.Ho;
-    const int8_t* row = k.in.xq + (b * Hp + oh * c.sh) * Wp * c.C;
-    const __m512 vsx = _mm512_set1_ps(k.in.scale[b]);
-    const Store16 store(c, out, codes, r);
-    for (int64_t nb = 0; nb < blocks; ++nb) {
-      const int64_t n0 = nb * 16;
-      const __mmask16 m = tail_mask16(c.N - n0);
-      __m512i w[kMaxPairs];
-      for (int64_t p = 0; p < pairs; ++p) w[p] = wp[nb * pairs + p];
-      const __m512 s = _mm512_mul_ps(vsx, _mm512_loadu_ps(c.w_scale + n0));  // [Np]
-      const __m512 bias = bias16(c.bias, n0, m);
-      for (int64_t ow = 0; ow < c.Wo; ++ow) {
-        const int8_t* patch = row + ow * c.sw * c.C + n0;
-        __m512i acc = _mm512_setzero_si512();
-        for (int64_t p = 0; p < pairs; ++p) {
-          const __m512i xa =
-              _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, patch + tap_offset[2 * p]));
-          const __m512i xb =
-              _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, patch + tap_offset[2 * p + 1]));
-          const __m512i x = _mm512_mask_mov_epi16(_mm512_slli_epi32(xb, 16), 0x55555555, xa);
-          acc = _mm512_dpwssd_epi32(acc, x, w[p]);
+    for (int64_t r = 0; r < c.B * c.Ho; ++r) {
+      const int64_t b = r / c.Ho, oh = r % c.Ho;
+      const int8_t* row = k.in.xq + (b * Hp + oh * c.sh) * Wp * c.C;
+      const __m512 vsx = _mm512_set1_ps(k.in.scale[b]);
+      const Store16 store(c, out, codes, r);
+      for (int64_t nb = 0; nb < blocks; ++nb) {
+        const int64_t n0 = nb * 16;
+        const __mmask16 m = tail_mask16(c.N - n0);
+        __m512i w[kMaxPairs];
+        for (int64_t p = 0; p < pairs; ++p) w[p] = wp[nb * pairs + p];
+        const __m512 s = _mm512_mul_ps(vsx, _mm512_loadu_ps(c.w_scale + n0));  // [Np]
+        const __m512 bias = bias16(c.bias, n0, m);
+        for (int64_t ow = 0; ow < c.Wo; ++ow) {
+          const int8_t* patch = row + ow * c.sw * c.C + n0;
+          __m512i acc = _mm512_setzero_si512();
+          for (int64_t p = 0; p < pairs; ++p) {
+            const __m512i xa =
+                _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, patch + tap_offset[2 * p]));
+            const __m512i xb =
+                _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, patch + tap_offset[2 * p + 1]));
+            const __m512i x = _mm512_mask_mov_epi16(_mm512_slli_epi32(xb, 16), 0x55555555, xa);
+            acc = _mm512_dpwssd_epi32(acc, x, w[p]);
+          }
+          store(ow, n0, m, acc, s, bias);
         }
-        store(ow, n0, m, acc, s, bias);
       }
+      if (!codes) out.finish_row(r);
     }
-    if (!codes) out.finish_row(r);
-  }
-  }
+  });
 }
 
 }  // namespace tersor::conv

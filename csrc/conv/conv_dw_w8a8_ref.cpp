@@ -49,8 +49,7 @@ void dw_pixel_ref(const DwCall& k, int64_t b, int64_t oh, int64_t ow, int64_t n0
 void run_dw_ref(const DwCall& k) {
   const ConvW8A8Args& c = k.c;
   const int nt = threads_for_work(double(c.B) * c.Ho * c.Wo * c.N * c.kh * c.kw, c.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     const DwRowOutput out(c);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < c.B * c.Ho; ++r) {
@@ -59,7 +58,7 @@ void run_dw_ref(const DwCall& k) {
         dw_pixel_ref(k, r / c.Ho, r % c.Ho, ow, 0, c.N, y + ow * c.N);
       out.finish_row(r);
     }
-  }
+  });
 }
 
 DwWeights prepare_dw_weights(const ConvW8A8Args& c) {

@@ -51,8 +51,7 @@ void run_w8a8_avx2(const ConvCall& k) {
   const bool flip_copy_in_place = c.narrow_w && c.groups == 1 && !direct_reads_signs(c) &&
                                   k.in.xq != c.xs && !any_non_negative;
   const int64_t copy_bytes = (c.B * k.in.Hp * k.in.Wp + tail_pixels(c)) * c.C;
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     if (flip_copy_in_place) {
       constexpr int64_t kChunk = 64 << 10;
 #pragma omp for schedule(static)
@@ -78,7 +77,7 @@ void run_w8a8_avx2(const ConvCall& k) {
       }
       block.biased = true;
     });
-  }
+  });
 }
 
 }  // namespace tersor::conv

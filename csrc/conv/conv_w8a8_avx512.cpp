@@ -139,21 +139,22 @@ void run_w8a8_avx512(const ConvCall& k) {
   const gemm_w8a8::CodesOut codes = direct_codes(c);
   const int64_t Kp = round_up(a.K, 4);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, c.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  gemm_w8a8::run_row_blocks<kMR, kNB>(
-      a,
-      [&](int64_t m0, int64_t m1, gemm_w8a8::RowBlock<kMR>& block) {
-        direct_rows(c, k.in, d, &codes, m0, m1, block);
-      },
-      [&](const gemm_w8a8::RowBlock<kMR>& block, int64_t m, int mr, int64_t blk, int nb,
-          int64_t shift) {
-        const int64_t i = m % gemm_w8a8::kRowsPerBlock;
-        const uint8_t* rows[kMR];
-        for (int r = 0; r < kMR; ++r) rows[r] = r < mr ? block.row[i + r] + shift : nullptr;
-        const Tile t{rows, block.runs, a.w + blk * Kp * 16, Kp * 16, block.sx + i,
-                     block.codes, m, blk * 16};
-        (block.non_negative[i / kMR] ? pick<true>(mr, nb) : pick<false>(mr, nb))(t, a);
-      });
+  parallel_team(::tersor::team(nt), [&] {
+    gemm_w8a8::run_row_blocks<kMR, kNB>(
+        a,
+        [&](int64_t m0, int64_t m1, gemm_w8a8::RowBlock<kMR>& block) {
+          direct_rows(c, k.in, d, &codes, m0, m1, block);
+        },
+        [&](const gemm_w8a8::RowBlock<kMR>& block, int64_t m, int mr, int64_t blk, int nb,
+            int64_t shift) {
+          const int64_t i = m % gemm_w8a8::kRowsPerBlock;
+          const uint8_t* rows[kMR];
+          for (int r = 0; r < kMR; ++r) rows[r] = r < mr ? block.row[i + r] + shift : nullptr;
+          const Tile t{rows, block.runs, a.w + blk * Kp * 16, Kp * 16, block.sx + i,
+                       block.codes, m, blk * 16};
+          (block.non_negative[i / kMR] ? pick<true>(mr, nb) : pick<false>(mr, nb))(t, a);
+        });
+  });
 }
 
 }  // namespace tersor::conv

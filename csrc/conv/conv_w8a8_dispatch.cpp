@@ -41,8 +41,7 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in, bool scan_c
   auto inv = alloc_scratch<float>(c.B);
   auto negative_rows = alloc_scratch<uint8_t>(c.B * in.Hp);  // per padded row: a code < 0
   const int nt = threads_for_work(double(c.B) * c.H * row * 8, c.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < (codes ? 0 : c.B * c.H); ++r) {
       bool finite;
@@ -105,7 +104,7 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in, bool scan_c
       for (int64_t i = 0; i < row; ++i) any |= static_cast<uint8_t>(dst[c.pw * c.C + i]);
       negative_rows.get()[r] = any >> 7;
     }
-  }
+  });
   for (int64_t b = 0; b < c.B; ++b) {
     bool non_negative = true;
     for (int64_t h = 0; h < in.Hp; ++h)
@@ -118,17 +117,19 @@ void quantize_input(const ConvW8A8Args& c, const QuantizedInput& in, bool scan_c
 void scan_codes(const ConvW8A8Args& c, const QuantizedInput& in, bool scan) {
   const int64_t image = c.H * c.W * c.C;
   const int nt = scan ? threads_for_work(double(c.B) * image, c.nthreads) : 1;
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
-  for (int64_t b = 0; b < c.B; ++b) {
-    const uint8_t* p = reinterpret_cast<const uint8_t*>(c.xs) + b * image;
-    // OR of the codes' bytes, 4 KiB at a time: the sign bit says whether one is negative (a
-    // signed image stops at its first chunk)
-    uint8_t any = scan ? 0 : 0x80;
-    for (int64_t i0 = 0; i0 < image && !(any >> 7); i0 += 4096)
-      for (int64_t i = i0, i1 = std::min(image, i0 + 4096); i < i1; ++i) any |= p[i];
-    in.scale[b] = c.xs_scale;
-    in.non_negative[b] = !(any >> 7);
-  }
+  parallel_team(::tersor::team(nt), [&] {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < c.B; ++b) {
+      const uint8_t* p = reinterpret_cast<const uint8_t*>(c.xs) + b * image;
+      // OR of the codes' bytes, 4 KiB at a time: the sign bit says whether one is negative (a
+      // signed image stops at its first chunk)
+      uint8_t any = scan ? 0 : 0x80;
+      for (int64_t i0 = 0; i0 < image && !(any >> 7); i0 += 4096)
+        for (int64_t i = i0, i1 = std::min(image, i0 + 4096); i < i1; ++i) any |= p[i];
+      in.scale[b] = c.xs_scale;
+      in.non_negative[b] = !(any >> 7);
+    }
+  });
 }
 
 PreparedInput::PreparedInput(const ConvW8A8Args& c, bool may_read_in_place, bool unpadded,

@@ -352,8 +352,7 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
     chunk = (chunk + n_pairs - 1) / n_pairs * n_pairs;  // whole panels
   else if (n_pairs >= 4 * nt)
     chunk = c.B * panels;  // whole pairs
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     Tiles::configure(p.step);
     alignas(64) int32_t acc[2][kImplicitRows][32];  // this block's, the previous block's
     Block blocks[2];
@@ -405,7 +404,7 @@ void implicit_gemm(const ConvW8A8Args& c, const QuantizedInput& in) {
       implicit_detail::store_rows(c, in, p, acc[(done - 1) & 1], blocks[(done - 1) & 1], 0,
                                   kImplicitRows);
     Tiles::release();
-  }
+  });
 }
 
 // Scalar tiles with the AMX semantics, one register file per thread.

@@ -39,8 +39,7 @@ FoldedScales fold_output_scale(const float* w_scale, const float* bias, int64_t 
 void requant_all(const Requant& r, const float* y, int64_t M, int64_t N, int nthreads) {
   const bool avx2 = TERSOR_X86_FN(requant_rows_avx2) != nullptr && active_isa() >= Isa::Avx2;
   const int nt = threads_for_work(double(M) * N * 4, nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     int64_t m0, m1;
     thread_range(M, &m0, &m1);
     if (m0 < m1) {
@@ -50,7 +49,7 @@ void requant_all(const Requant& r, const float* y, int64_t M, int64_t N, int nth
 #endif
         requant_rows_ref(r, y + m0 * N, N, m0, m1, N);
     }
-  }
+  });
 }
 
 }  // namespace tersor::conv

@@ -326,8 +326,7 @@ void run(const PackedW4LinearArgs& a, int parts) {
   const int64_t state_bytes = (n_blocks + kBlocks) * kMaxPasses * kFewRowsMax * 64;
   const int64_t per_thread = a16_bytes + X_bytes + 2 * kBlocks * 1024 + state_bytes;
   auto scratch = alloc_scratch<char>(team_size * per_thread);
-#pragma omp parallel num_threads(team_size)
-  {
+  parallel_team(team_size, [&] {
     char* mine = scratch.get() + thread_index() * per_thread;
     uint16_t* a16 = reinterpret_cast<uint16_t*>(mine);
     float* X = a.zero ? reinterpret_cast<float*>(mine + a16_bytes) : nullptr;
@@ -367,7 +366,7 @@ void run(const PackedW4LinearArgs& a, int parts) {
     else if (passes == 2) sweep(std::integral_constant<int, 2>());
     else sweep(std::integral_constant<int, 3>());
     _tile_release();
-  }
+  });
 }
 
 #undef TERSOR_PRODUCT

@@ -398,8 +398,7 @@ void run_avx2(const PackedW4LinearArgs& a) {
   auto X = alloc_scratch<float>(a.M * nks);
   Scratch<float> xs = a.M <= kGemvRows ? scaled_rows(a) : nullptr;
   const int64_t ldxs = round_up(a.K, 8);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) chunk_sums(a.x + m * a.ldx, a.K, X.get() + m * nks);
     if (a.M <= kGemvRows) {
@@ -418,7 +417,7 @@ void run_avx2(const PackedW4LinearArgs& a) {
         for (int h = 0; h < 2; ++h) kHalves[mr - 1][h](a, X.get() + m0 * nks, nks, m0, nb);
       });
     }
-  }
+  });
 }
 
 }  // namespace tersor::gemm_w4

@@ -176,8 +176,7 @@ void run_avx512(const PackedW4LinearArgs& a) {
   const int64_t sums_floats = round_up(a.M * nks, 16);
   const int64_t per_thread = sums_floats + (a.x_io ? round_up(a.M * a.K, 16) : 0);
   auto scratch = alloc_scratch<float>(team_size * per_thread);
-#pragma omp parallel num_threads(team_size)
-  {
+  parallel_team(team_size, [&] {
     // every thread sums (and widens) all rows itself, M * K adds against its M * K * N / nt
     // multiply-adds: no barrier between the sums and the tiles
     float* X = scratch.get() + thread_index() * per_thread;
@@ -193,7 +192,7 @@ void run_avx512(const PackedW4LinearArgs& a) {
     for_each_tile(n_blocks, nbw, a.M, kMR, [&](int64_t nb0, int nb, int64_t m0, int mr) {
       pick(mr, nb, nbw == 4)(t, X + m0 * nks, nks, m0, nb0);
     });
-  }
+  });
 }
 
 }  // namespace tersor::gemm_w4

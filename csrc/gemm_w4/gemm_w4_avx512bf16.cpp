@@ -327,8 +327,7 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
   };
   if (a.M <= kDirectRows) {
     const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 8);
-#pragma omp parallel num_threads(::tersor::team(nt))
-    {
+    parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
       for (int64_t m = 0; m < a.M; ++m)
         round_row(a, m, lda, a16.get() + m * lda, a.zero ? X.get() + m * a.ngroups : nullptr);
@@ -337,12 +336,14 @@ void run_avx512bf16(const PackedW4LinearArgs& a) {
       thread_range(n_blocks, &b0, &b1);
       const RowTilesFn run = (nta ? kRowTiles<Prefetch::kNta> : kRowTiles<Prefetch::kT0>)[a.M - 1];
       run(a, Kp, rows_at(0), b0, b1);
-    }
+    });
     return;
   }
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
-  for (int64_t m = 0; m < a.M; ++m)
-    round_row(a, m, lda, a16.get() + m * lda, a.zero ? X.get() + m * a.ngroups : nullptr);
+  parallel_team(::tersor::team(nt), [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m)
+      round_row(a, m, lda, a16.get() + m * lda, a.zero ? X.get() + m * a.ngroups : nullptr);
+  });
   const W4Pairs pairs;
   slab_avx512::run_slabs<uint16_t>(  // a slab of bf16 values: kSlabK / 2 rows of 64 pairs
       a.M, Kp, kSlabK, n_blocks, nt, kScratch,
@@ -365,8 +366,11 @@ void run_avx512bf16_scaled(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = (a.N + 15) / 16;
   auto a16 = alloc_scratch<uint16_t>(a.M * lda);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
-  for (int64_t m = 0; m < a.M; ++m) round_row_bf16(a.x + m * a.ldx, a.K, lda, a16.get() + m * lda);
+  parallel_team(::tersor::team(nt), [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m)
+      round_row_bf16(a.x + m * a.ldx, a.K, lda, a16.get() + m * lda);
+  });
   const W4Pairs pairs;
   const ScaledW4Pairs scaled;
   slab_avx512::run_slabs<uint16_t>(

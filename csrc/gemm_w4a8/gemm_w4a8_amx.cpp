@@ -112,8 +112,7 @@ void run_amx(const PackedW4LinearArgs& a) {
   auto sx = alloc_scratch<float>(M32);
 
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     quant_act::fill_rows_amx(a.M, a.K, M32, lda, aq.get(), sx.get(), [&](int64_t m, uint8_t* row) {
       return quant_act::a8_plane_codes(a, m, quant_act::quantize_row_avx512,
                                        quant_act::quantize_row_lo_avx2, row, 4);
@@ -199,7 +198,7 @@ void run_amx(const PackedW4LinearArgs& a) {
       }
       _tile_release();
     }
-  }
+  });
 }
 
 }  // namespace tersor::gemm_w4a8

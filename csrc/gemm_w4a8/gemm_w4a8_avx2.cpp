@@ -148,8 +148,7 @@ void run_avx2(const PackedW4LinearArgs& a) {
                       : weight_stream_nta(a.w, n_blocks * Kp * 8) ? Prefetch::kNta
                                                                   : Prefetch::kT0;
   const TileFn* tiles = kTiles[G == 32][static_cast<int>(pf)];
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
@@ -161,7 +160,7 @@ void run_avx2(const PackedW4LinearArgs& a) {
       const uint8_t* ap = apanel.get() + (m0 / kMR) * panel_bytes;
       tiles[mr - 1](a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
     });
-  }
+  });
 }
 
 }  // namespace tersor::gemm_w4a8

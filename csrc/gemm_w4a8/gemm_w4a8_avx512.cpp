@@ -234,8 +234,7 @@ void run_avx512(const PackedW4LinearArgs& a) {
       weight_stream_nta(a.w, n_blocks * Kp * 8) && a.M <= kMR && int8_decode_nta();
   static constexpr TileFn kStream[kMR] = {stream_tile<1>, stream_tile<2>, stream_tile<3>,
                                           stream_tile<4>};
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
@@ -260,7 +259,7 @@ void run_avx512(const PackedW4LinearArgs& a) {
       else
         pick(mr, nb)(ctx);
     });
-  }
+  });
 }
 
 }  // namespace tersor::gemm_w4a8

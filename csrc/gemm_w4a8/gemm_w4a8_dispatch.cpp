@@ -31,18 +31,20 @@ void run_planes(const PackedW4LinearArgs& a) {
   run_isa(b);
   const half_io::Converters cv = half_io::converters();
   const int nt = a.M * a.N >= (int64_t(1) << 16) ? a.nthreads : 1;
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(clamp_threads(nt)))
-  for (int64_t m = 0; m < a.M; ++m) {
-    float* hi = b.y + 2 * m * a.N;  // the sum overwrites the high plane's row
-    const float* lo = hi + a.N;
-    for (int64_t n = 0; n < a.N; ++n) hi[n] += lo[n];
-    if (a.bias)
-      for (int64_t n = 0; n < a.N; ++n) hi[n] += a.bias[n];
-    if (a.y_io)
-      cv.narrow(hi, a.N, reinterpret_cast<uint16_t*>(a.y) + m * a.ldy, a.y_io);
-    else
-      std::copy(hi, hi + a.N, a.y + m * a.ldy);
-  }
+  parallel_team(::tersor::team(clamp_threads(nt)), [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      float* hi = b.y + 2 * m * a.N;  // the sum overwrites the high plane's row
+      const float* lo = hi + a.N;
+      for (int64_t n = 0; n < a.N; ++n) hi[n] += lo[n];
+      if (a.bias)
+        for (int64_t n = 0; n < a.N; ++n) hi[n] += a.bias[n];
+      if (a.y_io)
+        cv.narrow(hi, a.N, reinterpret_cast<uint16_t*>(a.y) + m * a.ldy, a.y_io);
+      else
+        std::copy(hi, hi + a.N, a.y + m * a.ldy);
+    }
+  });
 }
 
 }  // namespace

@@ -177,18 +177,18 @@ void run_avx2(const PackedW8LinearArgs& a) {
     return;
   }
   if (a.M == 1) {
-#pragma omp parallel num_threads(::tersor::team(nt))
-    for_each_tile(n_blocks, kGemvBlocks, 1, 1, [&](int64_t nb0, int nb, int64_t, int) {
-      (nb == 2 ? gemv<2> : gemv<1>)(a, nb0);
+    parallel_team(::tersor::team(nt), [&] {
+      for_each_tile(n_blocks, kGemvBlocks, 1, 1, [&](int64_t nb0, int nb, int64_t, int) {
+        (nb == 2 ? gemv<2> : gemv<1>)(a, nb0);
+      });
     });
     return;
   }
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t blk, int, int64_t m0, int mr) {
       kTiles[mr - 1](a, a.w + blk * Kp * 16, m0, blk * 16);
     });
-  }
+  });
 }
 
 }  // namespace tersor::gemm_w8

@@ -122,12 +122,11 @@ void run_avx512(const PackedW8LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t nbw = a.M <= 2 ? kNBWide : kNB;  // column blocks per register tile
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     for_each_tile(n_blocks, nbw, a.M, kMR, [&](int64_t b0, int nb, int64_t m0, int mr) {
       pick(mr, nb)(a, a.w + b0 * Kp * 16, Kp * 16, m0, b0 * 16);
     });
-  }
+  });
 }
 
 }  // namespace tersor::gemm_w8

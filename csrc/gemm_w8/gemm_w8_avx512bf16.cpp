@@ -91,8 +91,7 @@ void run_avx512bf16(const PackedW8LinearArgs& a) {
   const int64_t n_blocks = (a.N + 15) / 16, panels = (n_blocks + kNB - 1) / kNB;
   auto a16 = alloc_scratch<uint16_t>(a.M * lda);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) round_row_bf16(a.x + m * a.ldx, a.K, lda, a16.get() + m * lda);
     // implicit barrier: every row is ready
@@ -108,7 +107,7 @@ void run_avx512bf16(const PackedW8LinearArgs& a) {
         pick(mr, nb)(a, Kp, a16.get() + m0 * lda, lda, panel.get(), m0, nb0);
       }
     }
-  }
+  });
 }
 
 }  // namespace tersor::gemm_w8

@@ -220,12 +220,11 @@ void run_rows_amx(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto aq = alloc_scratch<int8_t>(M32 * lda);
   auto sx = alloc_scratch<float>(M32);
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     quant_act::fill_rows_amx(a.M, a.K, M32, lda, aq.get(), sx.get(),
                              [&](int64_t m, uint8_t* row) { return fill(m, row, 4, 0); });
     amx_gemm_quantized(a, aq.get(), lda, sx.get());
-  }
+  });
 }
 
 void run_amx(const PackedW8LinearArgs& a) {

@@ -163,8 +163,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
 
   if (a.M >= kRowsPerBlock * nt) {  // every thread gets whole row blocks
-#pragma omp parallel num_threads(::tersor::team(nt))
-    {
+    parallel_team(::tersor::team(nt), [&] {
       const bool split = !biased;
       const int64_t stride = split ? 2 * Kp : Kp;
       auto rows = alloc_scratch<uint8_t>(kRowsPerBlock * stride);
@@ -178,7 +177,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
         block.biased = biased;
         block.split = split;
       });
-    }
+    });
     return;
   }
 
@@ -194,8 +193,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   auto non_negative = alloc_scratch<bool>(tiles);
   const int prefetch = a.M > kMR ? 0 : weight_stream_nta(a.w, n_blocks * Kp * 16) ? 2 : 1;
   const bool k_chunks = tiles > 1 && tiles <= kChunkMaxTiles;
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t)
       non_negative.get()[t] =
@@ -218,7 +216,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
                        blk * 16, nullptr);
       });
     }
-  }
+  });
 }
 void run_avx2(const PackedW8LinearArgs& a) {
   run_rows_avx2(a, [&](int64_t m, uint8_t* dst, int64_t gs, uint8_t xm) {

@@ -136,8 +136,7 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
   // every call records its read (the reuse distance of common/weight_stream.h counts all weight
   // bytes streamed); only the decode tiles use the hint
   const bool nta = weight_stream_nta(a.w, n_blocks * Kp * 16) && a.M <= 2 && int8_decode_nta();
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
@@ -157,7 +156,7 @@ void run_rows_avx512(const PackedW8LinearArgs& a, const RowFill& fill) {
       ctx.m0 = m0;
       pick(mr, nb, nta)(ctx);
     });
-  }
+  });
 }
 
 void run_avx512(const PackedW8LinearArgs& a) {

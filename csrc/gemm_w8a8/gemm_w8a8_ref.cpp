@@ -12,19 +12,21 @@ namespace tersor::gemm_w8a8 {
 void run_rows_ref(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int64_t Kp = round_up(a.K, 4);
   const int64_t k4n = Kp / 4;
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
-  for (int64_t m = 0; m < a.M; ++m) {
-    std::vector<uint8_t> q(Kp);
-    const float sx = fill(m, q.data(), 4, 0);
-    for (int64_t n = 0; n < a.N; ++n) {
-      const W8Tile* col = reinterpret_cast<const W8Tile*>(a.w) + (n / 16) * k4n;
-      int32_t acc = 0;
-      for (int64_t k = 0; k < a.K; ++k)
-        acc += int32_t(static_cast<int8_t>(q[k])) * int32_t(col[k / 4].q[n % 16][k % 4]);
-      const float b = a.bias ? a.bias[n] : 0.0f;
-      a.y[m * a.ldy + n] = std::fma(static_cast<float>(acc), sx * a.w_scale[n], b);
+  parallel_team(::tersor::team(a.nthreads), [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      std::vector<uint8_t> q(Kp);
+      const float sx = fill(m, q.data(), 4, 0);
+      for (int64_t n = 0; n < a.N; ++n) {
+        const W8Tile* col = reinterpret_cast<const W8Tile*>(a.w) + (n / 16) * k4n;
+        int32_t acc = 0;
+        for (int64_t k = 0; k < a.K; ++k)
+          acc += int32_t(static_cast<int8_t>(q[k])) * int32_t(col[k / 4].q[n % 16][k % 4]);
+        const float b = a.bias ? a.bias[n] : 0.0f;
+        a.y[m * a.ldy + n] = std::fma(static_cast<float>(acc), sx * a.w_scale[n], b);
+      }
     }
-  }
+  });
 }
 
 void run_ref(const PackedW8LinearArgs& a) {

@@ -130,8 +130,7 @@ void tile_pass(const BlockArgs& a, int64_t r0, int64_t r1, float* safe_g, float*
 
 void rtn_int4(const float* w, int64_t N, int64_t K, int64_t group, bool symmetric, float* out,
               int nthreads) {
-#pragma omp parallel num_threads(team(nthreads))
-  {
+  parallel_team(team(nthreads), [&] {
     int64_t r0, r1;
     thread_range(N, &r0, &r1);
     for (int64_t r = r0; r < r1; ++r) {
@@ -152,7 +151,7 @@ void rtn_int4(const float* w, int64_t N, int64_t K, int64_t group, bool symmetri
         }
       }
     }
-  }
+  });
 }
 
 float round_to_fp16(float f) {
@@ -170,8 +169,7 @@ float round_to_fp16(float f) {
 
 void block_pass(const BlockArgs& a) {
   const int64_t tiles = (a.n + kRowTile - 1) / kRowTile;
-#pragma omp parallel num_threads(team(a.nthreads))
-  {
+  parallel_team(team(a.nthreads), [&] {
     int64_t t0, t1;
     thread_range(tiles, &t0, &t1);
     std::vector<float> grid(a.group > 0 ? 2 * kRowTile : 0);
@@ -179,7 +177,7 @@ void block_pass(const BlockArgs& a) {
     for (int64_t t = t0; t < t1; ++t)
       tile_pass(a, t * kRowTile, std::min((t + 1) * kRowTile, a.n), grid.data(),
                 grid.data() + (grid.empty() ? 0 : kRowTile), drops.data());
-  }
+  });
 }
 
 }  // namespace tersor::gptq

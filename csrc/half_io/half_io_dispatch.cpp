@@ -18,8 +18,7 @@ void split(const RowsArgs& a, int64_t src_bytes, int64_t dst_bytes, Fn fn) {
   constexpr int64_t kMinElements = int64_t(1) << 16;  // below: the team's wake-up costs more
   const int nt = a.M * a.K < kMinElements ? 1 : std::max(1, a.nthreads);
   if (nt == 1) return fn(a);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #if defined(_OPENMP)
     const bool by_rows = a.M >= omp_get_num_threads();
 #else
@@ -35,7 +34,7 @@ void split(const RowsArgs& a, int64_t src_bytes, int64_t dst_bytes, Fn fn) {
       (by_rows ? b.M : b.K) = i1 - i0;
       fn(b);
     }
-  }
+  });
 }
 
 void widen_one(const RowsArgs& a) {

@@ -17,8 +17,10 @@ template <typename Body>
 void for_each_output_row(const PoolArgs& a, Body&& body) {
   const double work = double(a.B) * a.H * a.W * a.C;
   const int nt = threads_for_work(work, a.nthreads);
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
-  for (int64_t r = 0; r < a.B * a.Ho; ++r) body(r / a.Ho, r % a.Ho, a.y + r * a.Wo * a.C);
+  parallel_team(::tersor::team(nt), [&] {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < a.B * a.Ho; ++r) body(r / a.Ho, r % a.Ho, a.y + r * a.Wo * a.C);
+  });
 }
 
 inline int8_t requant(float v, float inv, float lo, float hi) {
@@ -74,11 +76,13 @@ void add_impl(const int8_t* __restrict a, float sa, const int8_t* __restrict b, 
               int64_t n, float inv_scale, float lo, float hi, int8_t* __restrict y,
               int nthreads) {
   const int nt = threads_for_work(double(n) * 4, nthreads);
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(nt))
-  for (int64_t i = 0; i < n; ++i) {
-    const float va = static_cast<float>(a[i]) * sa;
-    y[i] = requant(b ? std::fma(static_cast<float>(b[i]), sb, va) : va, inv_scale, lo, hi);
-  }
+  parallel_team(::tersor::team(nt), [&] {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const float va = static_cast<float>(a[i]) * sa;
+      y[i] = requant(b ? std::fma(static_cast<float>(b[i]), sb, va) : va, inv_scale, lo, hi);
+    }
+  });
 }
 
 }  // namespace

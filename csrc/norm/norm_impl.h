@@ -21,8 +21,7 @@ void rms_norm_impl(const RmsArgs& a) {
   // a row is ~N / 8 fmas: below a few rows of 2048 the thread team costs more than it saves
   const int nt = a.M * N >= (int64_t(1) << 14) ? team(a.nthreads) : 1;
   const half_io::Converters cv = half_io::converters();
-#pragma omp parallel num_threads(nt)
-  {
+  parallel_team(nt, [&] {
     std::vector<float> buf(f32 ? 0 : size_t(2 * N));  // w and a row (halves)
     float* wf = buf.data();
     float* xf = wf + N;
@@ -70,7 +69,7 @@ void rms_norm_impl(const RmsArgs& a) {
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace

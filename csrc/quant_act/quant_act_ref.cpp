@@ -108,8 +108,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q,
   // that writes exactly K codes per row by quantizing into a padded temporary.
   const Isa isa = active_isa();
   const int64_t Kp = round_up(K, 4);
-#pragma omp parallel num_threads(::tersor::team(clamp_threads(M >= 8 ? nthreads : 1)))
-  {
+  parallel_team(::tersor::team(clamp_threads(M >= 8 ? nthreads : 1)), [&] {
     uint8_t* tmp = new uint8_t[Kp];
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) {
@@ -127,7 +126,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q,
       for (int64_t k = 0; k < K; ++k) q[m * K + k] = static_cast<int8_t>(tmp[k]);
     }
     delete[] tmp;
-  }
+  });
 }
 
 }  // namespace tersor::quant_act

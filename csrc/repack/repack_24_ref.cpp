@@ -65,12 +65,11 @@ template <typename Fn>
 int64_t for_each_block(int64_t N, int nthreads, Fn&& fn) {
   const int64_t nblocks = (N + kBlockN - 1) / kBlockN;
   std::vector<int64_t> found(nblocks, -1);
-#pragma omp parallel num_threads(team(nthreads))
-  {
+  parallel_team(team(nthreads), [&] {
     int64_t b0, b1;
     thread_range(nblocks, &b0, &b1);
     for (int64_t nb = b0; nb < b1; ++nb) fn(nb, &found[nb]);
-  }
+  });
   for (int64_t f : found)
     if (f >= 0) return f;  // blocks in row order: the first is the smallest
   return -1;

@@ -90,14 +90,13 @@ void tiles_to_row(const uint8_t* in, uint8_t* r, int64_t K, bool nibbles) {
 template <typename Fn>
 void for_each_lane(int64_t N, int64_t tiles_per_lane, int nthreads, Fn&& fn) {
   const int64_t nblocks = (N + kBlockN - 1) / kBlockN;
-#pragma omp parallel num_threads(team(nthreads))
-  {
+  parallel_team(team(nthreads), [&] {
     int64_t b0, b1;
     thread_range(nblocks, &b0, &b1);
     for (int64_t nb = b0; nb < b1; ++nb)
       for (int64_t c = 0; c < kBlockN; ++c)
         fn(nb * kBlockN + c, (nb * tiles_per_lane * kBlockN + c) * 4);
-  }
+  });
 }
 
 }  // namespace
@@ -170,8 +169,7 @@ template <typename T>
 void gather_rows(const T* x, int64_t M, int64_t K, int64_t ldx, const int64_t* perm, T* y,
                  int64_t ldy, int nthreads) {
   const int nt = M * K < (int64_t(1) << 15) ? 1 : nthreads;
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     int64_t m0, m1;
     thread_range(M, &m0, &m1);
     for (int64_t m = m0; m < m1; ++m) {
@@ -179,7 +177,7 @@ void gather_rows(const T* x, int64_t M, int64_t K, int64_t ldx, const int64_t* p
       T* yr = y + m * ldy;
       for (int64_t k = 0; k < K; ++k) yr[k] = xr[perm[k]];
     }
-  }
+  });
 }
 
 void gather_columns(const void* x, int64_t M, int64_t K, int64_t ldx, const int64_t* perm,

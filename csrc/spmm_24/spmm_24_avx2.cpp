@@ -213,8 +213,7 @@ void run_transposed(const Args& a, int nt) {
   // passes of about equal size, a multiple of 8 rows: 100 rows run as 56 + 44, not 96 + 4
   const int64_t passes = (a.M + kPassRows - 1) / kPassRows;
   const int64_t pass_rows = ((a.M + passes - 1) / passes + 7) / 8 * 8;
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     int64_t b0, b1;
     thread_range(n_blocks, &b0, &b1);
     if (b0 < b1) {
@@ -235,7 +234,7 @@ void run_transposed(const Args& a, int nt) {
         store_rows(a, acc.get(), b0, b1, m0, rows);
       }
     }
-  }
+  });
 }
 
 }  // namespace
@@ -244,9 +243,10 @@ void run_avx2(const Args& a) {
   const int64_t n_blocks = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.N * a.K / 2, a.nthreads);
   if (a.M >= kTransposedMinRows) return run_transposed(a, nt);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
-    kTiles[mr - 1](a, nb, m0);
+  parallel_team(::tersor::team(nt), [&] {
+    for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
+      kTiles[mr - 1](a, nb, m0);
+    });
   });
 }
 

@@ -215,8 +215,7 @@ TERSOR_UNROLL
 void run_transposed(const Args& a, int nt) {
   const int64_t n_blocks = (a.N + 15) / 16, G = groups(a.K), G4 = meta_groups(a.K);
   const S24Group* grp = reinterpret_cast<const S24Group*>(a.values);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     int64_t b0, b1;
     thread_range(n_blocks, &b0, &b1);
     if (b0 < b1) {
@@ -236,7 +235,7 @@ void run_transposed(const Args& a, int nt) {
         store_rows(a, acc.get(), b0, b1, m0, rows, nv);
       }
     }
-  }
+  });
 }
 
 }  // namespace
@@ -249,9 +248,10 @@ void run_avx512(const Args& a) {
   static const bool amd = std::strcmp(cpu_features().vendor, "AuthenticAMD") == 0;
   if (a.M >= kTransposedMinRows && !amd) return run_transposed(a, nt);
   const bool wide = a.M <= 2;
-#pragma omp parallel num_threads(::tersor::team(nt))
-  for_each_tile(n_blocks, wide ? 2 : 1, a.M, kMR, [&](int64_t nb, int nbs, int64_t m0, int mr) {
-    (wide && nbs == 2 ? kWide[mr - 1] : kTiles[mr - 1])(a, nb, m0);
+  parallel_team(::tersor::team(nt), [&] {
+    for_each_tile(n_blocks, wide ? 2 : 1, a.M, kMR, [&](int64_t nb, int nbs, int64_t m0, int mr) {
+      (wide && nbs == 2 ? kWide[mr - 1] : kTiles[mr - 1])(a, nb, m0);
+    });
   });
 }
 

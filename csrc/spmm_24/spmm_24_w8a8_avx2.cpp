@@ -212,8 +212,7 @@ void run_w8a8_avx2(const W8A8Args& a) {
   const int nt = threads_for_work(double(a.M) * a.N * a.K / 2, a.nthreads);
   const int prefetch =
       a.M > kPrefetchMaxRows ? 0 : weight_stream_nta(a.values, n_blocks * K8 * 80) ? 2 : 1;
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* row = aq.get() + m * lda;
@@ -234,7 +233,7 @@ void run_w8a8_avx2(const W8A8Args& a) {
         kTiles[prefetch][mr - 1](a, aq.get(), lda, K8, sx.get(), nb, m0);
       });
     }
-  }
+  });
 }
 
 }  // namespace tersor::spmm_24

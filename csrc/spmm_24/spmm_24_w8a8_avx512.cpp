@@ -119,8 +119,7 @@ void run_w8a8_avx512(const W8A8Args& a) {
   auto sx = alloc_scratch<float>(a.M);
   const bool small = a.M <= kSmallM;
   const int nt = threads_for_work(double(a.M) * a.N * a.K / 2, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* row = aq.get() + m * lda;
@@ -146,7 +145,7 @@ void run_w8a8_avx512(const W8A8Args& a) {
         kLarge[nb - 1][mr - 1](c, b0, m0);
       });
     }
-  }
+  });
 }
 
 }  // namespace tersor::spmm_24

@@ -126,8 +126,7 @@ int64_t row_block(int64_t row_bytes) {
 void f32_avx512(const Args& a) {
   const int64_t np = panels(a);
   const int nt = threads_for_work(double(a.M) * a.ptr[np] * 16, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     int64_t p0, p1;
     balanced_range(a.ptr, np, &p0, &p1);
     for_row_blocks(a.M, row_block(a.K * 4), [&](int64_t r0, int64_t r1) {
@@ -135,7 +134,7 @@ void f32_avx512(const Args& a) {
         for (int64_t m0 = r0; m0 < r1; m0 += kMR)
           kF32[(r1 - m0 < kMR ? r1 - m0 : kMR) - 1](a, p, m0);
     });
-  }
+  });
 }
 
 void w8a8_avx512(const Args& a) {
@@ -144,8 +143,7 @@ void w8a8_avx512(const Args& a) {
   auto aq = alloc_scratch<uint8_t>(a.M * lda);
   auto sx = alloc_scratch<float>(a.M);
   const int nt = threads_for_work(double(a.M) * a.ptr[np] * 64, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m)
       sx.get()[m] = quant_act::quantize_row_avx512(a.x + m * a.ldx, a.K, aq.get() + m * lda, 4,
@@ -157,7 +155,7 @@ void w8a8_avx512(const Args& a) {
         for (int64_t m0 = r0; m0 < r1; m0 += kMR)
           kW8[(r1 - m0 < kMR ? r1 - m0 : kMR) - 1](a, aq.get(), lda, sx.get(), p, m0);
     });
-  }
+  });
 }
 
 }  // namespace tersor::spmm_block

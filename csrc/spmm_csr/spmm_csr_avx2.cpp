@@ -38,17 +38,18 @@ void run_avx2(const Args& a) {
   if (a.M <= ell_avx2::kMaxRows) {
     const ell_avx2::Ell ell{a.ell_cnt, a.ell_off, a.ell_col, a.perm, a.N};
     const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-    ell_avx2::for_blocks(ell, a.M, [&](int64_t b, auto shape) {
-      constexpr int MR = decltype(shape)::kRows, NB = decltype(shape)::kBlocks;
-      ell_avx2::walk<MR, NB>(
-          ell, b, a.x, a.ldx, INT64_MAX,
-          [&](int64_t e) { return _mm256_loadu_ps(a.ell_val + e); },
-          [&](const __m256(&acc)[MR][NB][2]) {  // once, at the end: y = acc + bias
-            ell_avx2::scatter<float>(ell, b, acc, [&](int r, int32_t n, float v) {
-              a.y[r * a.ldy + n] = v + (a.bias ? a.bias[n] : 0.0f);
+    parallel_team(::tersor::team(nt), [&] {
+      ell_avx2::for_blocks(ell, a.M, [&](int64_t b, auto shape) {
+        constexpr int MR = decltype(shape)::kRows, NB = decltype(shape)::kBlocks;
+        ell_avx2::walk<MR, NB>(
+            ell, b, a.x, a.ldx, INT64_MAX,
+            [&](int64_t e) { return _mm256_loadu_ps(a.ell_val + e); },
+            [&](const __m256(&acc)[MR][NB][2]) {  // once, at the end: y = acc + bias
+              ell_avx2::scatter<float>(ell, b, acc, [&](int r, int32_t n, float v) {
+                a.y[r * a.ldy + n] = v + (a.bias ? a.bias[n] : 0.0f);
+              });
             });
-          });
+      });
     });
     return;
   }

@@ -54,13 +54,12 @@ constexpr EllFn kEll[kMR] = {ell_tile<1>, ell_tile<2>, ell_tile<3>, ell_tile<4>}
 void run_ell(const Args& a) {
   const int64_t nblocks = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     int64_t b0, b1;
     balanced_range(a.ell_off, nblocks, &b0, &b1);
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t m0 = 0; m0 < a.M; m0 += kMR) kEll[std::min<int64_t>(kMR, a.M - m0) - 1](a, b, m0);
-  }
+  });
 }
 
 struct Avx512Vec {

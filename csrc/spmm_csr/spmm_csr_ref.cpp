@@ -10,32 +10,36 @@
 namespace tersor::spmm_csr {
 
 void run_ref(const Args& a) {
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
-  for (int64_t m = 0; m < a.M; ++m) {
-    const float* x = a.x + m * a.ldx;
-    for (int64_t n = 0; n < a.N; ++n) {
-      float acc = 0.0f;
-      for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i)
-        acc = std::fma(x[a.col[i]], a.val[i], acc);
-      a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
+  parallel_team(::tersor::team(a.nthreads), [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* x = a.x + m * a.ldx;
+      for (int64_t n = 0; n < a.N; ++n) {
+        float acc = 0.0f;
+        for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i)
+          acc = std::fma(x[a.col[i]], a.val[i], acc);
+        a.y[m * a.ldy + n] = acc + (a.bias ? a.bias[n] : 0.0f);
+      }
     }
-  }
+  });
 }
 
 void w8a8_ref(const W8A8Args& a) {
-#pragma omp parallel for schedule(static) num_threads(::tersor::team(a.nthreads < 1 ? 1 : a.nthreads))
-  for (int64_t m = 0; m < a.M; ++m) {
-    std::vector<uint8_t> q((a.K + 3) / 4 * 4);
-    const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0,
-                                                 quant_act::amax_floor(a.row_amax, m));
-    for (int64_t n = 0; n < a.N; ++n) {
-      int32_t acc = 0;
-      for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i)
-        acc += int32_t(static_cast<int8_t>(q[a.col[i]])) * a.val[i];
-      const float b = a.bias ? a.bias[n] : 0.0f;
-      a.y[m * a.ldy + n] = std::fma(static_cast<float>(acc), sx * a.w_scale[n], b);
+  parallel_team(::tersor::team(a.nthreads), [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      std::vector<uint8_t> q((a.K + 3) / 4 * 4);
+      const float sx = quant_act::quantize_row_ref(a.x + m * a.ldx, a.K, q.data(), 4, 0,
+                                                   quant_act::amax_floor(a.row_amax, m));
+      for (int64_t n = 0; n < a.N; ++n) {
+        int32_t acc = 0;
+        for (int64_t i = a.rowptr[n]; i < a.rowptr[n + 1]; ++i)
+          acc += int32_t(static_cast<int8_t>(q[a.col[i]])) * a.val[i];
+        const float b = a.bias ? a.bias[n] : 0.0f;
+        a.y[m * a.ldy + n] = std::fma(static_cast<float>(acc), sx * a.w_scale[n], b);
+      }
     }
-  }
+  });
 }
 
 void transpose_rows(const Args& a, float* xt, int64_t ld) {

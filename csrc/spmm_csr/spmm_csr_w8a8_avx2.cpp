@@ -79,8 +79,7 @@ void w8a8_avx2(const W8A8Args& a) {
   auto xt = alloc_scratch<float>(
       a.M <= ell_avx2::kMaxRows ? 0 : a.K * round_up(a.M, pass_rows(a.M)));
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
       uint8_t* q = q8.get() + m * ldq;
@@ -124,7 +123,7 @@ TERSOR_UNROLL
     } else {
       transposed_w8a8(a, xq.get(), ldq, sx.get(), xt.get());
     }
-  }
+  });
 }
 
 }  // namespace tersor::spmm_csr

@@ -85,8 +85,7 @@ void run_transposed(const W8A8Args& a, int64_t ldq, uint8_t* q8, float* xq, floa
   const int64_t M16 = round_up(a.M, 16), ldt = M16 + 16;  // off a power of two (spmm_csr)
   auto xt = alloc_scratch<float>(a.K * ldt);
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     quantize_codes(a, q8, ldq, xq, sx);  // ends in a barrier
     Args t{};
     t.x = xq, t.M = a.M, t.K = a.K, t.ldx = ldq;
@@ -126,7 +125,7 @@ TERSOR_UNROLL
               std::fma(static_cast<float>(tmp[r]), sx[m0 + r] * a.w_scale[n], b);
       }
     }
-  }
+  });
 }
 
 }  // namespace
@@ -139,14 +138,13 @@ void w8a8_avx512(const W8A8Args& a) {
   if (a.M >= kLargeM) return run_transposed(a, ldq, q8.get(), xq.get(), sx.get());
   const int64_t nblocks = (a.N + 15) / 16;
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     quantize_codes(a, q8.get(), ldq, xq.get(), sx.get());
     int64_t b0, b1;
     balanced_range(a.ell_off, nblocks, &b0, &b1);
     for (int64_t b = b0; b < b1; ++b)
       kEll[a.M - 1](a, xq.get(), ldq, sx.get(), b, 0);
-  }
+  });
 }
 
 }  // namespace tersor::spmm_csr

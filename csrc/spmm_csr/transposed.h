@@ -92,8 +92,7 @@ void run_transposed(const Args& a, int64_t ld) {
   const int64_t block = pass_major ? a.K * pass : pass;  // from one pass to the next
   auto xt = alloc_scratch<float>(a.K * (pass_major ? round_up(Mp, pass) : ld));
   const int nt = threads_for_work(double(a.M) * a.rowptr[a.N] * 4, a.nthreads);
-#pragma omp parallel num_threads(::tersor::team(nt))
-  {
+  parallel_team(::tersor::team(nt), [&] {
     if (pass_major)
       transpose_passes(a, xt.get(), pass);
     else
@@ -128,7 +127,7 @@ void run_transposed(const Args& a, int64_t ld) {
             std::memcpy(a.y + (m0 + r) * a.ldy + n_tile, tile + r * kTileCols, size_t(cols) * 4);
       }
     }
-  }
+  });
 }
 
 }  // namespace

@@ -18,8 +18,7 @@ void run_expand_dw(const Step& s, const int8_t* x, int8_t* y, int nthreads) {
   const int64_t Cx = expand.c.xs_channels > 0 ? expand.c.xs_channels : expand.c.C;
   const int64_t Ce = expand.c.N, kh = s.plan2->c.kh, sh = s.plan2->c.sh, ph = s.plan2->c.ph;
   const int64_t bands = (s.Ho + s.band - 1) / s.band, row_bytes = s.W * Ce;
-#pragma omp parallel num_threads(::tersor::team(nthreads))
-  {
+  parallel_team(::tersor::team(nthreads), [&] {
     conv::StaticConvPlan dw = *s.plan2;
     dw.c.ph = 0;  // the padding rows are in buf
     auto buf = alloc_scratch<int8_t>(((s.band - 1) * sh + kh) * row_bytes);
@@ -38,7 +37,7 @@ void run_expand_dw(const Step& s, const int8_t* x, int8_t* y, int nthreads) {
       conv::run_static_plan(dw, buf.get(), 1, ih1 - ih0, s.W, oh1 - oh0, s.Wo,
                             y + (b * s.Ho + oh0) * s.Wo * Ce, nullptr, 1);
     }
-  }
+  });
 }
 
 }  // namespace

@@ -916,6 +916,11 @@ def others_runnable() -> int:
     """Threads of other processes waiting to run now, as the thread governor sees them
     (common/team_governor.h); -1 where /proc cannot say."""
 
+def parallel_team_probe(nt: int, outer: int, items: int) -> list[list[int]]:
+    """For tests: an `omp for` of `items` items in a region of parallel_team(nt), called outside
+    any team (outer <= 1) or by each thread of an active team of `outer`; returns [nesting
+    level, team size, items run] per calling thread."""
+
 def quantize_rows(x: int, M: int, K: int, ldx: int, q: int, scales: int, nthreads: int) -> None:
     """Per-row symmetric int8: q int8 [M, K] (contiguous), scales fp32 [M] = amax / 127 (NaN for
     a row holding NaN/Inf) from x fp32 [M, K] (row stride ldx)."""
