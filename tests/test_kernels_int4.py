@@ -64,6 +64,32 @@ def test_gemm_w4a8_integer_exact(isa, g, k, gen):
     assert torch.equal(y, expect)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("g,k", [(32, 1056), (-1, 1029)])
+def test_gemm_w4a8_one_panel_on_two_threads(isa, g, k, m, gen, c_ref):
+    """A row panel of 1-4 rows with work enough for two threads (K * N >= 64K): each thread
+    quantizes the rows into a copy of its own (no barrier). Bit for bit the C ref, on one thread
+    and on two; one group: the exact integer sums."""
+    n = 70
+    x, q, s, z, G, _, p = make(m, k, n, g, False, gen, bias=False)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            outs.append(gemm_w4a8(x, p.codes, p.scale, p.zero, None, n, G))
+        assert torch.equal(outs[0], outs[1])
+        assert torch.equal(
+            outs[0], c_ref(lambda: gemm_w4a8(x, p.codes, p.scale, p.zero, None, n, G))
+        )
+    finally:
+        torch.set_num_threads(before)
+    if g == -1:
+        qx, sx = quantize_rows_ref(x)
+        t = qx.double() @ q.double().t() - z.double().t() * qx.double().sum(1, keepdim=True)
+        assert torch.equal(outs[0], (t.float() * s.float().t()) * sx[:, None])
+
+
 @pytest.mark.parametrize(
     "g,k", [(32, 64), (64, 128), (128, 256), (-1, 261), (-1, 8192), (-1, 9000)]
 )

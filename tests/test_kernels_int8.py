@@ -170,6 +170,27 @@ def test_gemm_w8a8_integer_accumulation_exact(isa, m, k, n, gen):
     assert torch.equal(y, expect)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("signs", ["signed", "non_negative"])
+def test_gemm_w8a8_one_tile_on_two_threads_exact(isa, m, signs, gen):
+    """A row tile of 1-4 rows with work enough for two threads (K * N >= 64K): each thread
+    quantizes the rows into a copy of its own (no barrier). Exact integer sums on one thread
+    and on two, bit for bit alike."""
+    k, n = 1029, 70
+    x, q, s, _, p = make(m, k, n, gen, bias=False)
+    if signs == "non_negative":
+        x = x.abs()
+    qx, sx = quantize_rows_ref(x)
+    expect = ((qx.double() @ q.double().t()) * (sx[:, None] * s[None, :]).double()).float()
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            assert torch.equal(gemm_w8a8(x, p.packed, p.colsum, p.scale, None, n), expect)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("m", MS)
 @pytest.mark.parametrize("k,n", [(37, 33), (257, 49)])
 def test_gemm_w8a8_non_negative_rows_exact(isa, m, k, n, gen):

@@ -131,11 +131,15 @@ void run_avx2(const PackedW4LinearArgs& a) {
   const int64_t n_blocks = round_up(a.N, 16) / 16;
   const int64_t m_panels = (a.M + kMR - 1) / kMR;
   const int64_t panel_bytes = Kp * kMR;
-  auto apanel = alloc_scratch<uint8_t>(m_panels * panel_bytes);
-  auto sx = alloc_scratch<float>(m_panels * kMR);
-  auto gsum = alloc_scratch<int32_t>(m_panels * kMR * a.ngroups);
+  // One panel (a decode step): every thread quantizes it into a copy of its own instead of
+  // waiting at a barrier for one thread's (as gemm_w8a8_avx2.cpp run_rows_avx2).
+  const int team_size = ::tersor::team(threads_for_work(double(a.M) * a.N * a.K, a.nthreads));
+  const bool own_copy = m_panels == 1 && team_size > 1;
+  const int64_t copies = own_copy ? team_size : 1;
+  auto apanel = alloc_scratch<uint8_t>(copies * m_panels * panel_bytes);
+  auto sx_all = alloc_scratch<float>(copies * m_panels * kMR);
+  auto gsum_all = alloc_scratch<int32_t>(copies * m_panels * kMR * a.ngroups);
 
-  const int nt = threads_for_work(double(a.M) * a.N * a.K, a.nthreads);
   using TileFn = decltype(&tile<1, Prefetch::kNone, 0>);
 #define TERSOR_W4A8_TILES(PF, G8) {tile<1, PF, G8>, tile<2, PF, G8>, tile<3, PF, G8>, tile<4, PF, G8>}
 #define TERSOR_W4A8_GROUP(G8)                                                    \
@@ -148,17 +152,26 @@ void run_avx2(const PackedW4LinearArgs& a) {
                       : weight_stream_nta(a.w, n_blocks * Kp * 8) ? Prefetch::kNta
                                                                   : Prefetch::kT0;
   const TileFn* tiles = kTiles[G == 32][static_cast<int>(pf)];
-  parallel_team(::tersor::team(nt), [&] {
+  parallel_team(team_size, [&] {
+    const int64_t copy = own_copy ? thread_index() : 0;
+    uint8_t* const panels = apanel.get() + copy * m_panels * panel_bytes;
+    float* const sx = sx_all.get() + copy * m_panels * kMR;
+    int32_t* const gsum = gsum_all.get() + copy * m_panels * kMR * a.ngroups;
+    const auto quantize = [&](int64_t m) {
+      uint8_t* dst = panels + (m / kMR) * panel_bytes + (m % kMR) * 4;
+      sx[m] = quant_act::a8_grouped_row(a, m, quant_act::quantize_row_avx2,
+                                        quant_act::quantize_row_lo_avx2, dst, kMR,
+                                        gsum + m * a.ngroups);
+    };
+    if (own_copy) {
+      for (int64_t m = 0; m < a.M; ++m) quantize(m);
+    } else {
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < a.M; ++m) {
-      uint8_t* dst = apanel.get() + (m / kMR) * panel_bytes + (m % kMR) * 4;
-      sx.get()[m] = quant_act::a8_grouped_row(a, m, quant_act::quantize_row_avx2,
-                                              quant_act::quantize_row_lo_avx2, dst, kMR,
-                                              gsum.get() + m * a.ngroups);
+      for (int64_t m = 0; m < a.M; ++m) quantize(m);
     }
     for_each_tile(n_blocks, 1, a.M, kMR, [&](int64_t nb, int, int64_t m0, int mr) {
-      const uint8_t* ap = apanel.get() + (m0 / kMR) * panel_bytes;
-      tiles[mr - 1](a, ap, gsum.get() + m0 * a.ngroups, sx.get() + m0, m0, nb);
+      const uint8_t* ap = panels + (m0 / kMR) * panel_bytes;
+      tiles[mr - 1](a, ap, gsum + m0 * a.ngroups, sx + m0, m0, nb);
     });
   });
 }
