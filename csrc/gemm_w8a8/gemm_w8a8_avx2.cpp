@@ -192,8 +192,10 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
   const int64_t copies = own_copy ? team_size : 1, rows_bytes = tiles * kMR * stride;
   auto rows = alloc_scratch<uint8_t>(copies * rows_bytes);  // whole tiles: row pointers valid
   auto sx_all = alloc_scratch<float>(copies * kMR * tiles);
-  Scratch<int32_t> neg_sum;  // split only: no allocation on a decode step's call
-  if (split) neg_sum = alloc_scratch<int32_t>(copies * tiles * kMR);
+  // split only (no allocation on a decode step's call), never with own copies
+  static_assert(kSplitMinRows > kMR, "split rows span more than one tile");
+  Scratch<int32_t> neg_sum;
+  if (split) neg_sum = alloc_scratch<int32_t>(tiles * kMR);
   auto non_negative_all = alloc_scratch<bool>(copies * tiles);
   const int prefetch = a.M > kMR ? 0 : weight_stream_nta(a.w, n_blocks * Kp * 16) ? 2 : 1;
   const bool k_chunks = tiles > 1 && tiles <= kChunkMaxTiles;
@@ -202,9 +204,7 @@ void run_rows_avx2(const PackedW8LinearArgs& a, const RowFill& fill) {
     uint8_t* const my_rows = rows.get() + copy * rows_bytes;
     float* const sx = sx_all.get() + copy * kMR * tiles;
     bool* const non_negative = non_negative_all.get() + copy * tiles;
-    const auto sums_at = [&](int64_t m) {
-      return split ? neg_sum.get() + copy * tiles * kMR + m : nullptr;
-    };
+    const auto sums_at = [&](int64_t m) { return split ? neg_sum.get() + m : nullptr; };
     if (own_copy) {
       non_negative[0] = quantize(0, a.M, my_rows, stride, sx, split, sums_at(0));
     } else {
